@@ -1,0 +1,27 @@
+"""The ``deepquant`` command line (thin: parse, call the library, print, write files).
+
+Each engine keeps its commands in its own module and lists them in ``COMMANDS``:
+``cli/market.py`` (marginals, chain, calibrate), ``cli/mmot.py`` (bounds, solve, demo),
+``cli/neural.py`` (generate, validate-data, train, evaluate) and ``cli/rough.py`` (american).
+Heavy imports (torch, ray) happen inside the commands, never at import time.
+"""
+
+from __future__ import annotations
+
+import click
+
+from deepquant import __version__
+from deepquant.cli import market, mmot, neural, rough
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="deepquant")
+def main() -> None:
+    """deep-quant: exotic option prices with quantified uncertainty."""
+
+
+for _module in (market, mmot, neural, rough):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)

@@ -1,0 +1,67 @@
+"""Shared output helpers for the CLI: rich console, JSON printing, tables and progress bars."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+__all__ = ["console", "err_console", "print_json", "table", "progress", "fail"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None if np.isnan(obj) else (1e308 if obj > 0 else -1e308)
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as JSON on stdout (numpy values converted; nothing else printed there)."""
+    sys.stdout.write(json.dumps(_plain(obj), indent=2, sort_keys=True) + "\n")
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """A rich table; floats are shown with 6 significant digits."""
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="right" if c not in ("name", "payoff", "model") else "left")
+    for row in rows:
+        t.add_row(*[f"{v:.6g}" if isinstance(v, float | np.floating) else str(v) for v in row])
+    return t
+
+
+def progress(*, disable: bool = False) -> Progress:
+    """A rich progress bar on stderr (so ``--json`` output on stdout stays clean)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                    disable=disable, transient=False)
+
+
+def fail(message: str) -> None:
+    """Abort the command with a clear message (exit code 2)."""
+    raise click.UsageError(message)

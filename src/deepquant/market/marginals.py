@@ -1,0 +1,408 @@
+"""Discrete marginal laws of the forward-moneyness process on a common grid.
+
+``Marginals(grid, weights, times)`` holds the laws of X_{t_0}, ..., X_{t_N} (DESIGN §1): ``weights``
+has shape (N+1, M), row t is the law of X_t on the sorted grid of M points. Rows must be
+probabilities with equal means and increase in convex order; each violation is a ``ValueError``
+naming the date, the grid point and the size of the violation.
+
+Convex order on a common grid is checked exactly through call prices: for two laws with the same
+mean, mu <= nu in convex order iff C_mu(k) <= C_nu(k) for every k, and both call curves are
+piecewise linear with kinks at grid points only, so checking k on the grid is exact.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import KW_ONLY, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import optimize, sparse
+
+from deepquant.atomic import atomic_path
+
+__all__ = ["Marginals", "ConvexOrderReport", "RepairReport", "call_matrix"]
+
+
+def call_matrix(grid: np.ndarray, strikes: np.ndarray) -> np.ndarray:
+    """Payoff matrix ``(x_j - k_i)^+`` of shape (len(strikes), len(grid))."""
+    return np.maximum(np.asarray(grid)[None, :] - np.asarray(strikes)[:, None], 0.0)
+
+
+@dataclass(frozen=True)
+class ConvexOrderReport:
+    """Worst convex-order violation between consecutive dates.
+
+    Attributes
+    ----------
+    violation : float
+        max over t and grid points k of C_t(k) - C_{t+1}(k) (<= 0 when in convex order).
+    date : int
+        Index t+1 of the later date in the worst pair (``-1`` when there is a single date).
+    point : float
+        Grid point k where the worst violation occurs.
+    per_date : ndarray, shape (N,)
+        Worst violation for each pair (t, t+1).
+    """
+
+    violation: float
+    date: int
+    point: float
+    per_date: np.ndarray
+
+    @property
+    def ok(self) -> bool:
+        return self.violation <= 0.0
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What ``Marginals.repair_convex_order`` changed: the L1 distance each row moved."""
+
+    moved_l1: np.ndarray
+    before: ConvexOrderReport
+    after: ConvexOrderReport
+
+
+@dataclass(frozen=True, eq=False)
+class Marginals:
+    """Laws of X_t at N+1 dates on a common sorted moneyness grid.
+
+    Parameters
+    ----------
+    grid : array_like, shape (M,)
+        Strictly increasing finite grid points.
+    weights : array_like, shape (N+1, M)
+        Row t is the law of X_t. Non-negative, rows sum to 1, equal means, convex order.
+    times : array_like, shape (N+1,), optional
+        Year fractions of the dates, strictly increasing. Defaults to 0, 1, ..., N.
+    sum_tol : float
+        Tolerance on |sum_j w_tj - 1|.
+    mean_tol : float
+        Tolerance on |mean_t - mean_0|, relative to max(1, |mean_0|).
+    convex_tol : float
+        Tolerance on call-price decreases between consecutive dates, relative to max(1, |mean_0|).
+    check_convex : bool
+        If False, skip the convex-order check (for instance to build data that is then repaired
+        with ``repair_convex_order``). Every other check always runs.
+    """
+
+    grid: np.ndarray
+    weights: np.ndarray
+    times: np.ndarray | None = None
+    _: KW_ONLY
+    sum_tol: float = 1e-9
+    mean_tol: float = 1e-9
+    convex_tol: float = 1e-9
+    check_convex: bool = True
+
+    def __post_init__(self) -> None:
+        grid = np.array(self.grid, dtype=np.float64, copy=True)
+        weights = np.array(self.weights, dtype=np.float64, copy=True)
+        if grid.ndim != 1 or grid.size < 2:
+            raise ValueError(f"grid must be 1-D with at least 2 points, got shape {grid.shape}")
+        if not np.all(np.isfinite(grid)):
+            bad = int(np.flatnonzero(~np.isfinite(grid))[0])
+            raise ValueError(f"grid has a non-finite value {grid[bad]} at index {bad}")
+        steps = np.diff(grid)
+        if np.any(steps <= 0):
+            bad = int(np.flatnonzero(steps <= 0)[0])
+            what = "duplicate" if steps[bad] == 0 else "unsorted"
+            raise ValueError(
+                f"grid must be strictly increasing: {what} points at index {bad}, {bad + 1} "
+                f"({grid[bad]!r}, {grid[bad + 1]!r})"
+            )
+        if weights.ndim == 1:
+            weights = weights[None, :]
+        if weights.ndim != 2 or weights.shape[1] != grid.size:
+            raise ValueError(
+                f"weights must have shape (N+1, {grid.size}) to match the grid, got {weights.shape}"
+            )
+        for name, tol in (("sum_tol", self.sum_tol), ("mean_tol", self.mean_tol),
+                          ("convex_tol", self.convex_tol)):
+            if not (np.isfinite(tol) and tol >= 0):
+                raise ValueError(f"{name} must be a finite non-negative number, got {tol!r}")
+        n_dates = weights.shape[0]
+        if not np.all(np.isfinite(weights)):
+            t, j = map(int, np.argwhere(~np.isfinite(weights))[0])
+            raise ValueError(
+                f"weights at date {t}, grid point x={grid[j]:.6g} is {weights[t, j]!r} (not finite)"
+            )
+        if np.any(weights < 0):
+            t, j = np.unravel_index(int(np.argmin(weights)), weights.shape)
+            raise ValueError(
+                f"weights at date {t}, grid point x={grid[j]:.6g} is negative ({weights[t, j]:.3e})"
+            )
+        sums = weights.sum(axis=1)
+        bad_sum = np.abs(sums - 1.0) > self.sum_tol
+        if np.any(bad_sum):
+            t = int(np.flatnonzero(bad_sum)[0])
+            raise ValueError(
+                f"weights at date {t} sum to {sums[t]:.12g}, not 1 (|error| {abs(sums[t] - 1):.3e} "
+                f"> sum_tol {self.sum_tol:g})"
+            )
+        means = weights @ grid
+        scale = max(1.0, abs(means[0]))
+        dmean = np.abs(means - means[0])
+        if np.any(dmean > self.mean_tol * scale):
+            t = int(np.argmax(dmean))
+            raise ValueError(
+                f"unequal means: date {t} has mean {means[t]:.12g}, date 0 has {means[0]:.12g} "
+                f"(difference {dmean[t]:.3e} > mean_tol {self.mean_tol:g})"
+            )
+        if self.times is None:
+            times = np.arange(n_dates, dtype=np.float64)
+        else:
+            times = np.array(self.times, dtype=np.float64, copy=True).reshape(-1)
+            if times.shape != (n_dates,):
+                raise ValueError(
+                    f"times must have shape ({n_dates},) to match weights, got {times.shape}"
+                )
+            if not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0) or times[0] < 0:
+                raise ValueError(f"times must be finite, non-negative and increasing, got {times}")
+        grid.flags.writeable = False
+        weights.flags.writeable = False
+        times.flags.writeable = False
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "times", times)
+        if self.check_convex and n_dates > 1:
+            rep = self.check_convex_order()
+            if rep.violation > self.convex_tol * scale:
+                raise ValueError(
+                    f"marginals[{rep.date}] is not in convex order with marginals[{rep.date - 1}]: "
+                    f"call price at k={rep.point:.6g} drops by {rep.violation:.3e} "
+                    f"(> convex_tol {self.convex_tol:g}); see Marginals.repair_convex_order"
+                )
+
+    # ------------------------------------------------------------------ basic properties
+    @property
+    def n_dates(self) -> int:
+        """Number of dates N+1."""
+        return int(self.weights.shape[0])
+
+    @property
+    def n_periods(self) -> int:
+        """Number of periods N."""
+        return self.n_dates - 1
+
+    @property
+    def size(self) -> int:
+        """Number of grid points M."""
+        return int(self.grid.size)
+
+    @property
+    def means(self) -> np.ndarray:
+        """Means of the rows, shape (N+1,)."""
+        return self.weights @ self.grid
+
+    @property
+    def mean(self) -> float:
+        """Common mean (1 in forward moneyness)."""
+        return float(self.means[0])
+
+    def variances(self) -> np.ndarray:
+        """Centred variances of the rows, shape (N+1,)."""
+        return self.weights @ self.grid**2 - self.means**2
+
+    def support(self, date: int, *, atol: float = 0.0) -> np.ndarray:
+        """Boolean mask of grid points carrying weight > ``atol`` at ``date``."""
+        return self.weights[self._date(date)] > atol
+
+    # ------------------------------------------------------------------ prices
+    def call_prices(self, strikes: np.ndarray | float | None = None) -> np.ndarray:
+        """Undiscounted call prices E[(X_t - k)^+] per date, shape (N+1, K).
+
+        ``strikes`` default to the grid points.
+        """
+        k = self.grid if strikes is None else np.atleast_1d(np.asarray(strikes, dtype=float))
+        return self.weights @ call_matrix(self.grid, k).T
+
+    def put_prices(self, strikes: np.ndarray | float | None = None) -> np.ndarray:
+        """Undiscounted put prices E[(k - X_t)^+] per date, shape (N+1, K) (by put-call parity)."""
+        k = self.grid if strikes is None else np.atleast_1d(np.asarray(strikes, dtype=float))
+        return self.call_prices(k) - self.means[:, None] + k[None, :]
+
+    def spot_call_price(
+        self, date: int, strike: float, *, forward: float, discount: float = 1.0
+    ) -> float:
+        """Call price in currency: D(0,t) F(0,t) E[(X_t - K/F)^+] for a strike K on the spot."""
+        if forward <= 0:
+            raise ValueError(f"forward must be > 0, got {forward!r}")
+        if discount <= 0:
+            raise ValueError(f"discount must be > 0, got {discount!r}")
+        c = self.call_prices(np.array([strike / forward]))[self._date(date), 0]
+        return float(discount * forward * c)
+
+    # ------------------------------------------------------------------ conversions
+    @classmethod
+    def from_spot_laws(
+        cls,
+        spot_grid: np.ndarray,
+        weights: np.ndarray,
+        forwards: np.ndarray,
+        *,
+        grid: np.ndarray | None = None,
+        times: np.ndarray | None = None,
+        **options,
+    ) -> Marginals:
+        """Convert laws of S_t (each row on ``spot_grid``) to laws of X_t = S_t / F(0,t).
+
+        The point masses at S/F_t are split linearly onto the common moneyness ``grid``
+        (default: ``spot_grid / forwards[0]``); linear splitting preserves the mass and the mean
+        exactly and can only increase a law in convex order.
+        """
+        spot_grid = np.asarray(spot_grid, dtype=float)
+        weights = np.atleast_2d(np.asarray(weights, dtype=float))
+        forwards = np.asarray(forwards, dtype=float).reshape(-1)
+        if forwards.shape != (weights.shape[0],) or np.any(forwards <= 0):
+            raise ValueError(
+                f"forwards must be {weights.shape[0]} positive numbers, got {forwards!r}"
+            )
+        grid = spot_grid / forwards[0] if grid is None else np.asarray(grid, dtype=float)
+        rows = [split_onto_grid(spot_grid / f, w, grid) for f, w in zip(forwards, weights)]
+        return cls(grid, np.vstack(rows), times, **options)
+
+    def with_options(self, **options) -> Marginals:
+        """A copy with other validation options (e.g. ``check_convex=False``)."""
+        kw = dict(sum_tol=self.sum_tol, mean_tol=self.mean_tol, convex_tol=self.convex_tol,
+                  check_convex=self.check_convex)
+        kw.update(options)
+        return Marginals(self.grid, self.weights, self.times, **kw)
+
+    def select(self, dates: list[int] | np.ndarray) -> Marginals:
+        """The marginals at a subset of dates (in the given increasing order)."""
+        idx = [self._date(d) for d in dates]
+        return Marginals(
+            self.grid, self.weights[idx], self.times[idx], sum_tol=self.sum_tol,
+            mean_tol=self.mean_tol, convex_tol=self.convex_tol, check_convex=self.check_convex,
+        )
+
+    # ------------------------------------------------------------------ convex order
+    def check_convex_order(self) -> ConvexOrderReport:
+        """Worst violation of C_t(k) <= C_{t+1}(k) over consecutive dates and grid points k."""
+        calls = self.call_prices()
+        if self.n_dates < 2:
+            return ConvexOrderReport(-np.inf, -1, float("nan"), np.zeros(0))
+        diff = calls[:-1] - calls[1:]
+        per_date = diff.max(axis=1)
+        t, j = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        return ConvexOrderReport(float(diff[t, j]), int(t) + 1, float(self.grid[j]), per_date)
+
+    def repair_convex_order(self) -> tuple[Marginals, RepairReport]:
+        """Project each later row onto the laws above the (repaired) earlier row in convex order.
+
+        Row t+1 is replaced by the law nu with the same mean that minimises ||nu - mu_{t+1}||_1
+        subject to C_nu(k) >= C_{t}(k) at every grid point (an LP solved by HiGHS). Rows already
+        in order are left unchanged. Never applied implicitly: the caller sees how far each row
+        moved in the returned report.
+        """
+        before = self.with_options(check_convex=False).check_convex_order()
+        w = np.array(self.weights)
+        moved = np.zeros(self.n_dates)
+        grid = self.grid
+        m = grid.size
+        payoff = call_matrix(grid, grid)  # (K=M, M)
+        mean = self.mean
+        for t in range(1, self.n_dates):
+            target = payoff @ w[t - 1]
+            if np.all(payoff @ w[t] - target >= -1e-15 * max(1.0, abs(mean))):
+                continue
+            # variables: nu (M), d (M) with d >= |nu - w_t|; minimise sum d
+            eye = sparse.identity(m, format="csr")
+            a_ub = sparse.vstack([
+                sparse.hstack([eye, -eye]),             # nu - d <= w_t
+                sparse.hstack([-eye, -eye]),            # -nu - d <= -w_t
+                sparse.hstack([-sparse.csr_matrix(payoff), sparse.csr_matrix((m, m))]),
+            ]).tocsr()
+            b_ub = np.concatenate([w[t], -w[t], -target])
+            a_eq = sparse.csr_matrix(np.vstack([
+                np.concatenate([np.ones(m), np.zeros(m)]),
+                np.concatenate([grid, np.zeros(m)]),
+            ]))
+            b_eq = np.array([1.0, mean])
+            c = np.concatenate([np.zeros(m), np.ones(m)])
+            res = optimize.linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq,
+                                   bounds=[(0, None)] * (2 * m), method="highs")
+            if res.status != 0:
+                raise ValueError(
+                    f"repair_convex_order: no law above marginals[{t - 1}] with mean {mean:.6g} "
+                    f"exists on this grid (HiGHS: {res.message})"
+                )
+            nu = np.maximum(res.x[:m], 0.0)
+            nu /= nu.sum()
+            moved[t] = float(np.abs(nu - w[t]).sum())
+            w[t] = nu
+        repaired = Marginals(
+            grid, w, self.times, sum_tol=max(self.sum_tol, 1e-9), mean_tol=max(self.mean_tol, 1e-9),
+            convex_tol=max(self.convex_tol, 1e-9), check_convex=self.check_convex,
+        )
+        after = repaired.with_options(check_convex=False).check_convex_order()
+        return repaired, RepairReport(moved, before, after)
+
+    # ------------------------------------------------------------------ storage
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``.npz`` with keys ``grid``, ``marginals`` (N+1, M) and ``times`` atomically."""
+        path = Path(path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, grid=self.grid, marginals=self.weights, times=self.times)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **options) -> Marginals:
+        """Read a file written by ``save`` (keys ``grid``, ``marginals``, optional ``times``)."""
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"marginals file {str(path)!r} does not exist")
+        try:
+            with np.load(path) as data:
+                keys = set(data.files)
+                missing = {"grid", "marginals"} - keys
+                if missing:
+                    raise ValueError(
+                        f"{str(path)!r} lacks the key(s) {sorted(missing)}; found {sorted(keys)}"
+                    )
+                grid = data["grid"]
+                weights = data["marginals"]
+                times = data["times"] if "times" in keys else None
+        except (OSError, EOFError) as exc:  # not a zip / truncated
+            raise ValueError(f"{str(path)!r} is not a readable .npz file: {exc}") from exc
+        return cls(grid, weights, times, **options)
+
+    # ------------------------------------------------------------------ helpers
+    def _date(self, date: int) -> int:
+        d = int(date)
+        if not -self.n_dates <= d < self.n_dates:
+            raise ValueError(f"date index {date!r} out of range for {self.n_dates} dates")
+        return d % self.n_dates
+
+    def __repr__(self) -> str:
+        return (f"Marginals(n_dates={self.n_dates}, size={self.size}, "
+                f"grid=[{self.grid[0]:.4g}, {self.grid[-1]:.4g}], times={np.round(self.times, 4)})")
+
+
+def split_onto_grid(points: np.ndarray, mass: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Split point masses at ``points`` linearly onto the two neighbouring ``grid`` points.
+
+    Mass and mean are preserved exactly for points inside [grid[0], grid[-1]]; points outside
+    are rejected with a ``ValueError``. The result dominates the input in convex order.
+    """
+    points = np.asarray(points, dtype=float)
+    mass = np.asarray(mass, dtype=float)
+    grid = np.asarray(grid, dtype=float)
+    live = mass > 0
+    lo_bad = points[live] < grid[0] - 1e-12 * abs(grid[0])
+    hi_bad = points[live] > grid[-1] + 1e-12 * abs(grid[-1])
+    if np.any(lo_bad) or np.any(hi_bad):
+        bad = points[live][lo_bad | hi_bad][0]
+        raise ValueError(
+            f"point {bad:.6g} carrying mass lies outside the grid [{grid[0]:.6g}, {grid[-1]:.6g}]"
+        )
+    p = np.clip(points, grid[0], grid[-1])
+    j = np.clip(np.searchsorted(grid, p, side="right") - 1, 0, grid.size - 2)
+    lam = (p - grid[j]) / (grid[j + 1] - grid[j])
+    out = np.zeros(grid.size)
+    np.add.at(out, j, mass * (1.0 - lam))
+    np.add.at(out, j + 1, mass * lam)
+    return out
