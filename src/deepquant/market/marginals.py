@@ -356,18 +356,19 @@ class Marginals:
         if not path.exists():
             raise ValueError(f"marginals file {str(path)!r} does not exist")
         try:
-            with np.load(path) as data:
-                keys = set(data.files)
-                missing = {"grid", "marginals"} - keys
-                if missing:
-                    raise ValueError(
-                        f"{str(path)!r} lacks the key(s) {sorted(missing)}; found {sorted(keys)}"
-                    )
-                grid = data["grid"]
-                weights = data["marginals"]
-                times = data["times"] if "times" in keys else None
-        except (OSError, EOFError) as exc:  # not a zip / truncated
+            data = np.load(path, allow_pickle=False)
+        except (OSError, EOFError, ValueError) as exc:  # not a zip, truncated, or pickled
             raise ValueError(f"{str(path)!r} is not a readable .npz file: {exc}") from exc
+        with data:
+            keys = set(data.files)
+            missing = {"grid", "marginals"} - keys
+            if missing:
+                raise ValueError(
+                    f"{str(path)!r} lacks the key(s) {sorted(missing)}; found {sorted(keys)}"
+                )
+            grid = data["grid"]
+            weights = data["marginals"]
+            times = data["times"] if "times" in keys else None
         return cls(grid, weights, times, **options)
 
     # ------------------------------------------------------------------ helpers

@@ -1,0 +1,183 @@
+"""Marginals: validation, convex order, repair, prices, storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deepquant import Marginals
+from deepquant.market.marginals import call_matrix, split_onto_grid
+from tests.conftest import martingale_kernel_marginals, random_walk_marginals
+
+GRID = np.linspace(0.5, 1.5, 11)
+
+
+def two_point(lo_idx: int, hi_idx: int, grid=GRID) -> np.ndarray:
+    """Law on grid[lo], grid[hi] with mean 1 (grid symmetric about 1)."""
+    w = np.zeros(grid.size)
+    w[lo_idx] += 0.5
+    w[hi_idx] += 0.5
+    return w
+
+
+def test_valid_marginals_round_trip(tmp_path):
+    w = np.vstack([two_point(5, 5), two_point(4, 6), two_point(2, 8)])
+    m = Marginals(GRID, w, [0.0, 0.5, 1.0])
+    assert m.n_dates == 3 and m.size == 11 and m.n_periods == 2
+    assert m.mean == pytest.approx(1.0, abs=1e-15)
+    path = m.save(tmp_path / "m.npz")
+    with np.load(path) as data:
+        assert set(data.files) == {"grid", "marginals", "times"}
+    back = Marginals.load(path)
+    np.testing.assert_array_equal(back.weights, m.weights)
+    np.testing.assert_array_equal(back.times, m.times)
+
+
+def test_arrays_are_read_only():
+    m = Marginals(GRID, two_point(4, 6))
+    with pytest.raises(ValueError, match="read-only"):
+        m.weights[0, 0] = 1.0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda g, w: (g, np.where(np.arange(w.size) == 3, np.nan, w)), r"date 0, grid point x=0.8 .*not finite"),
+        (lambda g, w: (g, w + np.where(np.arange(w.size) == 0, -0.1, 0.0)), r"date 0, grid point x=0.5 is negative"),
+        (lambda g, w: (g, w * 1.01), r"date 0 sum to 1.01"),
+        (lambda g, w: (g[::-1], w), r"unsorted points at index 0, 1"),
+        (lambda g, w: (np.r_[g[:2], g[1], g[3:]], w), r"duplicate points at index 1, 2"),
+        (lambda g, w: (g[:-1], w), r"weights must have shape \(N\+1, 10\)"),
+        (lambda g, w: (np.r_[g[:-1], np.inf], w), r"grid has a non-finite value inf at index 10"),
+    ],
+)
+def test_validation_errors(mutate, match):
+    g, w = mutate(GRID.copy(), two_point(4, 6))
+    with pytest.raises(ValueError, match=match):
+        Marginals(g, w)
+
+
+def test_unequal_means_names_date():
+    w = np.vstack([two_point(4, 6), two_point(5, 7)])
+    with pytest.raises(ValueError, match=r"unequal means: date 1 has mean 1.1"):
+        Marginals(GRID, w)
+
+
+def test_times_validation():
+    w = np.vstack([two_point(5, 5), two_point(4, 6)])
+    with pytest.raises(ValueError, match="times must have shape"):
+        Marginals(GRID, w, [0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="increasing"):
+        Marginals(GRID, w, [1.0, 0.5])
+
+
+def test_convex_order_violation_names_date_point_and_size():
+    w = np.vstack([two_point(2, 8), two_point(4, 6)])  # later row is *less* spread
+    with pytest.raises(ValueError, match=r"marginals\[1\] is not in convex order with marginals\[0\]: "
+                       r"call price at k=0.9 drops by 1\.000e-01"):
+        Marginals(GRID, w)
+    m = Marginals(GRID, w, check_convex=False)
+    rep = m.check_convex_order()
+    # C_0(0.9) = 0.5 * 0.4 = 0.2 and C_1(0.9) = 0.5 * 0.2 = 0.1: the first worst point is k = 0.9
+    calls = m.call_prices()
+    assert rep.violation == pytest.approx(np.max(calls[0] - calls[1]), abs=1e-15)
+    assert rep.date == 1 and not rep.ok
+
+
+def test_convex_tolerance_is_configurable():
+    w = np.vstack([two_point(4, 6), two_point(4, 6)])
+    eps = 1e-7
+    w[1, 4] -= eps
+    w[1, 6] -= eps
+    w[1, 5] += 2 * eps  # slightly *less* spread: violation of order 1e-8
+    with pytest.raises(ValueError, match="convex order"):
+        Marginals(GRID, w)
+    Marginals(GRID, w, convex_tol=1e-6)
+
+
+def test_repair_convex_order_is_explicit_and_reported():
+    w = np.vstack([two_point(2, 8), two_point(4, 6), two_point(1, 9)])
+    bad = Marginals(GRID, w, check_convex=False)
+    fixed, report = bad.repair_convex_order()
+    assert report.before.violation > 0
+    assert report.after.violation <= 1e-12
+    assert report.moved_l1[0] == 0.0 and report.moved_l1[1] > 0
+    np.testing.assert_allclose(fixed.means, 1.0, atol=1e-12)
+    # the original object is untouched: nothing is repaired silently
+    assert bad.check_convex_order().violation > 0
+
+
+def test_call_put_parity_and_call_matrix():
+    m = Marginals(GRID, np.vstack([two_point(5, 5), two_point(3, 7)]))
+    k = np.array([0.55, 1.0, 1.23])
+    np.testing.assert_allclose(m.call_prices(k) - m.put_prices(k), m.means[:, None] - k, atol=1e-15)
+    np.testing.assert_allclose(m.call_prices(k)[1], 0.5 * np.maximum(GRID[[3, 7]][:, None] - k, 0).sum(0))
+    assert call_matrix(GRID, k).shape == (3, 11)
+    assert m.spot_call_price(1, 4000.0, forward=4000.0, discount=0.99) == pytest.approx(
+        0.99 * 4000.0 * 0.5 * 0.2)
+
+
+def test_from_spot_laws_preserves_mean_and_order():
+    spot = np.linspace(50.0, 150.0, 101)
+    w0 = np.zeros(101)
+    w0[50] = 1.0
+    w1 = np.zeros(101)
+    w1[[40, 60]] = 0.5
+    m = Marginals.from_spot_laws(spot, np.vstack([w0, w1 * 0 + w0, w1]), [100.0, 100.0, 100.0])
+    assert m.mean == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="forwards must be 3 positive numbers"):
+        Marginals.from_spot_laws(spot, np.vstack([w0, w0, w1]), [100.0, -1.0, 100.0])
+
+
+def test_split_onto_grid_preserves_mass_and_mean():
+    pts = np.array([0.53, 1.0, 1.47])
+    mass = np.array([0.2, 0.5, 0.3])
+    out = split_onto_grid(pts, mass, GRID)
+    assert out.sum() == pytest.approx(1.0, abs=1e-15)
+    assert out @ GRID == pytest.approx(mass @ pts, abs=1e-15)
+    with pytest.raises(ValueError, match="outside the grid"):
+        split_onto_grid(np.array([2.0]), np.array([1.0]), GRID)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        Marginals.load(tmp_path / "missing.npz")
+    np.savez(tmp_path / "bad.npz", grid=GRID)
+    with pytest.raises(ValueError, match=r"lacks the key\(s\) \['marginals'\]"):
+        Marginals.load(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        Marginals.load(tmp_path / "junk.npz")
+
+
+def test_random_walk_marginals_are_valid():
+    grid, w = random_walk_marginals()
+    m = Marginals(grid, w)
+    # Var X_t = t * Var(step) = 2 t exactly
+    np.testing.assert_allclose(m.variances(), 2.0 * np.arange(4), atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_dates=st.integers(2, 5))
+def test_kernel_marginals_pass_validation(seed, n_dates):
+    """Pushing a law through martingale kernels always yields convex-ordered rows (to 1e-12)."""
+    grid, w = martingale_kernel_marginals(np.random.default_rng(seed), n_dates=n_dates)
+    m = Marginals(grid, w)
+    assert m.check_convex_order().violation <= 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_reversed_nontrivial_marginals_fail_and_repair(seed):
+    """Reversing a strictly spreading pair breaks convex order; repair restores it exactly."""
+    grid, w = martingale_kernel_marginals(np.random.default_rng(seed), n_dates=2)
+    calls = w @ call_matrix(grid, grid).T
+    if np.max(calls[1] - calls[0]) < 1e-6:
+        return  # the kernel did not spread: the reversed pair is still ordered
+    with pytest.raises(ValueError, match="not in convex order"):
+        Marginals(grid, w[::-1])
+    fixed, rep = Marginals(grid, w[::-1], check_convex=False).repair_convex_order()
+    assert rep.after.violation <= 1e-12
+    assert rep.moved_l1[1] > 0

@@ -1,0 +1,75 @@
+"""Executors: every backend returns the same results in the same order; Ray is started for real."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deepquant.parallel import LocalExecutor, chunked, get_executor
+
+
+def _task(seed: int) -> float:
+    """A deterministic numerical task (module level, so every backend can pickle it)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((30, 30))
+    return float(np.linalg.slogdet(a @ a.T + np.eye(30))[1])
+
+
+ITEMS = list(range(12))
+EXPECTED = [_task(i) for i in ITEMS]
+
+
+@pytest.mark.parametrize("backend", ["serial", "local"])
+def test_local_backends_match_in_process_results(backend):
+    ex = get_executor(backend, n_workers=2)
+    assert ex.map(_task, ITEMS) == EXPECTED
+    seen = dict(ex.as_completed(_task, ITEMS))
+    assert [seen[i] for i in ITEMS] == EXPECTED
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_local_workers_run_single_threaded_blas():
+    ex = LocalExecutor(2)
+    assert ex.map(_env, ["OMP_NUM_THREADS"]) == ["1"]
+
+
+@pytest.mark.ray
+def test_ray_backend_matches_local():
+    """Start a real local Ray runtime with 2 CPUs and run a small batch through it."""
+    pytest.importorskip("ray")
+    ex = get_executor("ray", num_cpus=2)
+    try:
+        assert ex.n_workers == 2
+        assert ex.map(_task, ITEMS) == EXPECTED
+    finally:
+        ex.shutdown()
+
+
+def test_bad_backend_and_arguments():
+    with pytest.raises(ValueError, match="backend must be 'serial', 'local', 'ray'"):
+        get_executor("threads")
+    with pytest.raises(ValueError, match="n_workers must be >= 0"):
+        LocalExecutor(-1)
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        chunked([1, 2], 0)
+    assert chunked(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
+
+
+def test_import_deepquant_does_not_import_torch_or_ray():
+    code = ("import sys, deepquant, deepquant.cli, deepquant.payoffs, deepquant.parallel; "
+            "bad = [m for m in ('torch', 'ray') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_task_is_deterministic():
+    assert math.isfinite(EXPECTED[0]) and _task(0) == EXPECTED[0]
