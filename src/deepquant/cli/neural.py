@@ -1,7 +1,173 @@
-"""CLI commands of the neural engine (see deepquant.cli)."""
+"""CLI commands of the neural engine (see deepquant.cli): generate, validate-data, train,
+evaluate. torch and the neural modules are imported inside the commands only."""
 
 from __future__ import annotations
 
 import click
 
-COMMANDS: list[click.Command] = []
+from deepquant.cli.output import console, err_console, fail, print_json, progress, table
+
+
+@click.command("generate")
+@click.option("--num", type=int, default=12000, show_default=True, help="Instances 0..num-1.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HDF5 output file.")
+@click.option("--backend", default="local", show_default=True,
+              help="serial | local | ray | auto | a Ray address.")
+@click.option("--workers", type=int, default=0, show_default=True, help="Local workers (0 = all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eps", type=float, default=1.0, show_default=True,
+              help="Entropic eps (with c = 0 the plan is eps-free; potentials stored / eps).")
+@click.option("--tol", type=float, default=1e-9, show_default=True, help="Teacher tolerance.")
+@click.option("--grid-size", type=int, default=150, show_default=True)
+@click.option("--chunk", type=int, default=16, show_default=True,
+              help="Instances per crash-safe shard.")
+@click.option("--n-choices", default="2,3,5,10,20,30,50", show_default=True,
+              help="Allowed numbers of periods N.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n_choices,
+                 as_json):
+    """Generate (or resume) the training set: GBM/Merton/Heston marginals and their entropic
+    MMOT potentials. Rerunning after a kill keeps finished instances (none duplicated)."""
+    from deepquant.neural.data import generate_dataset, model_grid
+
+    choices = tuple(int(c) for c in n_choices.split(","))
+    with progress(disable=as_json) as bar:
+        task = bar.add_task("instances", total=num)
+
+        def cb(done, total):
+            bar.update(task, completed=done, total=total)
+
+        try:
+            summary = generate_dataset(out, num, seed=seed, eps=eps, tol=tol,
+                                       grid=model_grid(grid_size), backend=backend,
+                                       workers=workers, chunk=chunk, progress=cb,
+                                       n_choices=choices)
+        except ValueError as exc:
+            fail(str(exc))
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"{summary['instances']} instances in {out} ({summary['new']} new, "
+                      f"{summary['seconds']:.1f} s)")
+
+
+@click.command("validate-data")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--residual-tol", type=float, default=1e-6, show_default=True)
+@click.option("--drift-tol", type=float, default=1e-6, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def validate_data_cmd(path, residual_tol, drift_tol, as_json):
+    """Check a data file: NaNs, convex order, solver residuals, drift of the stored potentials."""
+    from deepquant.neural.data import validate_dataset
+
+    try:
+        rep = validate_dataset(path, residual_tol=residual_tol, drift_tol=drift_tol)
+    except ValueError as exc:
+        fail(str(exc))
+    summary = {"instances": rep.instances, "ok": rep.ok, "failures": len(rep.failures),
+               "max_marginal_error": rep.max_marginal_error, "max_live_drift": rep.max_drift,
+               "max_recomputed_drift": rep.max_recomputed_drift,
+               "convex_violations": rep.convex_violations, "nan_count": rep.nan_count,
+               "duplicates": rep.duplicates, "failed_periods_masked": rep.failed_periods,
+               "periods": rep.periods, "first_failures": rep.failures[:10]}
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(table(f"validate-data {path}", ["check", "value"],
+                            [(k, v) for k, v in summary.items() if k != "first_failures"]))
+        for line in rep.failures[:10]:
+            err_console.print(f"[red]{line}")
+    if not rep.ok:
+        raise SystemExit(1)
+
+
+@click.command("train")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              required=True)
+@click.option("--data", default=None, help="Override data.train.")
+@click.option("--out-dir", default=None, help="Override train.out_dir.")
+@click.option("--max-steps", type=int, default=None, help="Override train.max_steps.")
+@click.option("--max-minutes", type=float, default=None, help="Override train.max_minutes.")
+@click.option("--no-resume", is_flag=True, help="Start afresh even if last.pt exists.")
+@click.option("--export", "export_dir", default=None,
+              help="After training, export best.pt (safetensors + config.json) here.")
+@click.option("--json", "as_json", is_flag=True)
+def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, export_dir,
+              as_json):
+    """Train the surrogate from a YAML config (resumes from <out_dir>/last.pt)."""
+    from deepquant.neural.config import load_config
+    from deepquant.neural.model import SEED_PARAMETER_COUNT
+    from deepquant.neural.train import export_checkpoint, train
+
+    over = {}
+    if data:
+        over["data.train"] = data
+    if out_dir:
+        over["train.out_dir"] = out_dir
+    if max_steps:
+        over["train.max_steps"] = max_steps
+    if max_minutes:
+        over["train.max_minutes"] = max_minutes
+    if no_resume:
+        over["train.resume"] = False
+    try:
+        cfg = load_config(config_path, **over)
+
+        def cb(ev):
+            if ev["kind"] == "eval" and not as_json:
+                v = ev["val"]
+                err_console.print(
+                    f"step {ev['step']:6d}  val {v['total']:.4g} (dist {v['dist']:.3g}, "
+                    f"mart {v['mart']:.3g}, h {v['hpen']:.2g}, max drift {v['drift_max']:.3g})"
+                    f"  best {ev['best']:.4g}")
+
+        res = train(cfg, callback=cb)
+        if export_dir:
+            export_checkpoint(f"{res.out_dir}/best.pt", export_dir,
+                              note=f"deepquant train --config {config_path}")
+    except ValueError as exc:
+        fail(str(exc))
+    summary = {"step": res.step, "best_val_loss": res.best_val_loss, "best_step": res.best_step,
+               "stopped": res.stopped, "seconds": res.seconds, "n_params": res.n_params,
+               "seed_n_params": SEED_PARAMETER_COUNT, "n_train": res.n_train,
+               "n_val": res.n_val, "out_dir": res.out_dir}
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"{cfg.model.kind}: {res.n_params:,} parameters (seed 001 §9.2 claims "
+                      f"{SEED_PARAMETER_COUNT:,})")
+        console.print(table("train", ["key", "value"], summary.items()))
+
+
+@click.command("evaluate")
+@click.option("--checkpoint", default=None, help="Checkpoint (default: the shipped one).")
+@click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--max-instances", type=int, default=None)
+@click.option("--hybrid/--no-hybrid", default=True, show_default=True,
+              help="Also time the hybrid polish and the cold classical solve.")
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def evaluate_cmd(checkpoint, test_path, max_instances, hybrid, threads, as_json):
+    """Per-family table: ATM Asian price error vs classical, drift, pass rates, timings."""
+    from deepquant.neural.evaluate import evaluate
+
+    try:
+        rep = evaluate(test_path, checkpoint=checkpoint, max_instances=max_instances,
+                       hybrid=hybrid, threads=threads)
+    except ValueError as exc:
+        fail(str(exc))
+    if as_json:
+        print_json(rep)
+        return
+    cols = ["family", "n", "mean err %", "median err %", "mean drift", "max drift",
+            "pass<0.1 %", "pass<0.01 %", "neural ms", "hybrid ms", "classical ms",
+            "hybrid drift"]
+    rows = [[r[k] for k in ("family", "n", "mean_err_pct", "median_err_pct", "mean_drift",
+                            "max_drift", "pass_0.1_pct", "pass_0.01_pct", "neural_ms",
+                            "hybrid_ms", "classical_ms", "hybrid_max_drift")]
+            for r in rep["families"]]
+    console.print(table(f"neural MMOT on {test_path} (ATM Asian call, {rep['checkpoint']})",
+                        cols, rows))
+
+
+COMMANDS: list[click.Command] = [generate_cmd, validate_data_cmd, train_cmd, evaluate_cmd]

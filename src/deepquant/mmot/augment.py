@@ -34,7 +34,7 @@ from scipy import sparse
 from deepquant.market.marginals import Marginals
 from deepquant.payoffs import Payoff, Statistic
 
-__all__ = ["AugmentedChain", "build_chain", "expectation", "SUM_MODES"]
+__all__ = ["AugmentedChain", "build_chain", "trivial_chain", "expectation", "SUM_MODES"]
 
 SUM_MODES = ("auto", "lattice", "grid")
 
@@ -359,3 +359,26 @@ def expectation(chain: AugmentedChain, kernels: np.ndarray, *, law0: np.ndarray 
             (q.ravel(), (np.tile(np.arange(m), n_t), np.arange(n_t * m))), shape=(m, n_t * m))
         joint = np.asarray((sel @ chain.transitions[t]).todense())
     return float(np.sum(joint * chain.terminal))
+
+
+def trivial_chain(marginals: Marginals, last_date: int | None = None) -> AugmentedChain:
+    """The chain with no statistic (one dummy state) over dates 0..``last_date`` (default N),
+    with a zero terminal payoff; used for pairwise payoffs and plain martingale plans."""
+    n_dates = marginals.n_dates
+    T = n_dates - 1 if last_date is None else int(last_date)
+    if not 0 <= T < n_dates:
+        raise ValueError(f"last_date={last_date} out of range for {n_dates} dates")
+    grid = np.asarray(marginals.grid, dtype=float)
+    m = grid.size
+    support = np.asarray(marginals.weights[: T + 1] > 0)
+    rows = np.flatnonzero(support[0])
+    initial = _deterministic(m, 1, rows, np.zeros(rows.size, np.int64))
+    transitions = []
+    for t in range(T):
+        rows = np.flatnonzero(support[t + 1])
+        transitions.append(_deterministic(m, 1, rows, np.zeros(rows.size, np.int64)))
+    return AugmentedChain(grid=grid, last_date=T, states=[np.zeros(1)] * (T + 1),
+                          initial=initial, transitions=transitions, terminal=np.zeros((m, 1)),
+                          exact=True, kind="none",
+                          law0=np.asarray(marginals.weights[0], dtype=float), support=support,
+                          reach=[s[:, None].copy() for s in support])

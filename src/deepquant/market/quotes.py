@@ -1,0 +1,636 @@
+"""Option chains: load, clean, slice on (expiry, root), and fit forwards by put–call parity.
+
+Two CSV layouts are read (``load_chain`` tells them apart from the first lines):
+
+* **Cboe "delayed quotes"** download (``spx_quotedata.csv``): a blank line, a line
+  ``<name>,Last: <spot>,...``, a line ``Date: 9 June 2023, 1:40 PM EDT,Bid: ...``, then the header
+  ``Expiration Date,Calls,Last Sale,Net,Bid,Ask,...,Strike,Puts,Last Sale,Net,Bid,Ask,...`` and one
+  row per (expiry, root, strike) with the call on the left of ``Strike`` and the put on its right.
+  The root (``SPX``/``SPXW``) is read from the OCC symbol ``ROOT YYMMDD C|P STRIKE*1000``.
+* **Normalized long table**: one row per contract with at least the columns
+  ``quote_date, expiry, strike, type, bid, ask``; optional ``quote_time_et`` (default 16:00),
+  ``root`` (default from ``option_symbol``, else ``underlying``, else ``"?"``), ``settlement``
+  (``AM``/``PM``; default AM for the root ``SPX``, PM otherwise) and ``spot``.
+
+Cleaning (counts kept in ``CleaningReport``): a contract is dropped when its slice has expired
+(settlement instant not after the quote instant), when its bid is zero (or missing), or when it is
+crossed (bid > ask). A slice is keyed on (expiry, root): SPX AM-settled and SPXW PM-settled series
+on the same date are different contracts with different settlement values.
+
+Time to expiry (``year_fraction``): ACT/365 on the elapsed wall time between the quote instant and
+the settlement instant, both in US/Eastern (``America/New_York``, daylight saving handled), with
+settlement at 09:30 ET for AM-settled roots (the special opening quotation) and 16:00 ET for
+PM-settled roots.
+
+Forward and discount (``fit_parity``): put–call parity C(K) - P(K) = D (F - K) holds for European
+options on the same (expiry, root). Over the near-the-money strikes where both the call and the
+put are two-sided, regress y = C_mid - P_mid on K by weighted least squares,
+y ≈ a + b K with a = D F and b = -D, so D = -b and F = -a / b. Weights are 1 / (s_C + s_P)^2 with
+s the bid–ask spreads (inverse variance of the mid difference under noise uniform in the band).
+References: Hull, *Options, Futures and Other Derivatives*, §11.4 (parity); the same fit is the
+one described for ``slices.csv`` in the data set's PROVENANCE.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+__all__ = [
+    "EASTERN",
+    "ChainSlice",
+    "CleaningReport",
+    "OptionChain",
+    "ParityFit",
+    "fit_parity",
+    "load_chain",
+    "settlement_instant",
+    "year_fraction",
+]
+
+EASTERN = ZoneInfo("America/New_York")
+"""Time zone of SPX quotes and settlements."""
+
+AM_SETTLEMENT_TIME = dt.time(9, 30)
+PM_SETTLEMENT_TIME = dt.time(16, 0)
+DAYS_PER_YEAR = 365.0
+
+_OCC = re.compile(r"^\s*([A-Z]+?)(\d{6})([CP])(\d{8})\s*$")
+_NORMALIZED_REQUIRED = ("quote_date", "expiry", "strike", "type", "bid", "ask")
+
+
+# ----------------------------------------------------------------------------- data classes
+@dataclass(frozen=True)
+class CleaningReport:
+    """How many contracts the loader read, dropped and kept.
+
+    Attributes
+    ----------
+    path : str
+        Source file.
+    n_rows : int
+        Contract rows read (a Cboe row holds two contracts: a call and a put).
+    n_expired : int
+        Contracts in slices whose settlement instant is not after the quote instant.
+    n_zero_bid : int
+        Contracts (not expired) with a zero or missing bid.
+    n_crossed : int
+        Contracts (not expired, bid > 0) with bid > ask.
+    n_kept : int
+        Two-sided contracts kept (0 < bid <= ask).
+    """
+
+    path: str
+    n_rows: int
+    n_expired: int
+    n_zero_bid: int
+    n_crossed: int
+    n_kept: int
+
+    def as_dict(self) -> dict[str, int | str]:
+        return dict(path=self.path, n_rows=self.n_rows, n_expired=self.n_expired,
+                    n_zero_bid=self.n_zero_bid, n_crossed=self.n_crossed, n_kept=self.n_kept)
+
+
+@dataclass(frozen=True, eq=False)
+class ChainSlice:
+    """Two-sided quotes of one (expiry, root) slice, in currency units.
+
+    Attributes
+    ----------
+    expiry : datetime.date
+    root : str
+        Option root, e.g. ``"SPX"`` (AM-settled) or ``"SPXW"`` (PM-settled).
+    settlement : str
+        ``"AM"`` or ``"PM"``.
+    t : float
+        Year fraction from the quote instant to settlement (see ``year_fraction``).
+    strikes : ndarray, shape (K,)
+        Sorted distinct strikes with at least one two-sided contract.
+    call_bid, call_ask, put_bid, put_ask : ndarray, shape (K,)
+        Quotes; NaN where that contract was dropped (zero bid, crossed) or absent.
+    """
+
+    expiry: dt.date
+    root: str
+    settlement: str
+    t: float
+    strikes: np.ndarray
+    call_bid: np.ndarray
+    call_ask: np.ndarray
+    put_bid: np.ndarray
+    put_ask: np.ndarray
+
+    @property
+    def label(self) -> str:
+        """``"2023-07-21 SPX"``."""
+        return f"{self.expiry.isoformat()} {self.root}"
+
+    @property
+    def days(self) -> float:
+        """Time to expiry in days (ACT/365 year fraction times 365)."""
+        return self.t * DAYS_PER_YEAR
+
+    @property
+    def call_ok(self) -> np.ndarray:
+        """Mask (K,) of two-sided calls."""
+        return np.isfinite(self.call_bid)
+
+    @property
+    def put_ok(self) -> np.ndarray:
+        """Mask (K,) of two-sided puts."""
+        return np.isfinite(self.put_bid)
+
+    @property
+    def n_quotes(self) -> int:
+        """Number of two-sided contracts (calls plus puts)."""
+        return int(self.call_ok.sum() + self.put_ok.sum())
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of strikes where both the call and the put are two-sided."""
+        return int((self.call_ok & self.put_ok).sum())
+
+
+@dataclass(frozen=True, eq=False)
+class OptionChain:
+    """A cleaned option chain: quote instant, spot and slices sorted by time to expiry.
+
+    Attributes
+    ----------
+    path : str
+    quote_time : datetime.datetime
+        Quote instant, timezone-aware (US/Eastern).
+    spot : float
+        Underlying level shown with the chain (NaN when the file has none).
+    slices : tuple of ChainSlice
+        Non-expired slices with at least one two-sided contract, sorted by ``t`` (then root).
+    cleaning : CleaningReport
+    """
+
+    path: str
+    quote_time: dt.datetime
+    spot: float
+    slices: tuple[ChainSlice, ...]
+    cleaning: CleaningReport
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    @property
+    def times(self) -> np.ndarray:
+        """Year fractions of the slices, shape (S,)."""
+        return np.array([s.t for s in self.slices])
+
+    def slice(self, expiry: dt.date | str, root: str | None = None) -> ChainSlice:
+        """The slice with this expiry (and root; required when two roots share the date)."""
+        if isinstance(expiry, str):
+            expiry = _parse_date(expiry, what="expiry")
+        hits = [s for s in self.slices if s.expiry == expiry and (root is None or s.root == root)]
+        if not hits:
+            have = ", ".join(s.label for s in self.slices)
+            raise ValueError(f"{self.path}: no slice {expiry} {root or ''}; slices are: {have}")
+        if len(hits) > 1:
+            raise ValueError(
+                f"{self.path}: {expiry} has several roots ({', '.join(s.root for s in hits)}); "
+                "pass root="
+            )
+        return hits[0]
+
+
+@dataclass(frozen=True, eq=False)
+class ParityFit:
+    """Forward and discount factor of one slice from put–call parity, with residuals.
+
+    Model: C_mid(K) - P_mid(K) = D (F - K) + e(K), fitted by weighted least squares.
+
+    Attributes
+    ----------
+    forward : float
+        F(0, T).
+    discount : float
+        D(0, T).
+    rate : float
+        Implied continuously compounded rate r = -ln D / T.
+    dividend_yield : float
+        Implied carry q = r - ln(F / spot) / T (NaN without a spot).
+    strikes : ndarray, shape (P,)
+        Strikes of the pairs used.
+    residuals : ndarray, shape (P,)
+        e(K) = (C_mid - P_mid) - D (F - K) at those strikes, in currency.
+    weights : ndarray, shape (P,)
+        Regression weights 1 / (s_C + s_P)^2.
+    band_halfwidth : ndarray, shape (P,)
+        (s_C + s_P) / 2: |e| above it means parity fails at the quoted bid/ask.
+    rmse : float
+        Weighted root-mean-square residual.
+    n_outside_band : int
+        Pairs with |e| > band half-width.
+    """
+
+    forward: float
+    discount: float
+    rate: float
+    dividend_yield: float
+    strikes: np.ndarray
+    residuals: np.ndarray
+    weights: np.ndarray
+    band_halfwidth: np.ndarray
+    rmse: float
+    n_outside_band: int
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.strikes.size)
+
+    @property
+    def max_abs_residual(self) -> float:
+        return float(np.max(np.abs(self.residuals)))
+
+
+# ----------------------------------------------------------------------------- time
+def settlement_instant(expiry: dt.date, settlement: str) -> dt.datetime:
+    """Settlement instant in US/Eastern: 09:30 for ``"AM"``, 16:00 for ``"PM"``."""
+    s = settlement.upper()
+    if s not in ("AM", "PM"):
+        raise ValueError(f"settlement must be 'AM' or 'PM', got {settlement!r}")
+    clock = AM_SETTLEMENT_TIME if s == "AM" else PM_SETTLEMENT_TIME
+    return dt.datetime.combine(expiry, clock, tzinfo=EASTERN)
+
+
+def year_fraction(quote_time: dt.datetime, expiry: dt.date, settlement: str) -> float:
+    """ACT/365 year fraction from ``quote_time`` to the settlement instant of ``expiry``.
+
+    T = (settlement_instant - quote_time) / 365 days, on real elapsed time (time-zone aware, so a
+    daylight-saving change in between counts its hour). Negative or zero means expired.
+    """
+    if quote_time.tzinfo is None:
+        quote_time = quote_time.replace(tzinfo=EASTERN)
+    delta = settlement_instant(expiry, settlement).astimezone(dt.UTC) - quote_time.astimezone(dt.UTC)
+    return delta.total_seconds() / (DAYS_PER_YEAR * 86400.0)
+
+
+def _default_settlement(root: str) -> str:
+    """AM for the monthly ``SPX`` root (and other roots without a trailing W), PM for weeklies."""
+    return "PM" if root.upper().endswith("W") or root.upper() in ("?", "") else "AM"
+
+
+# ----------------------------------------------------------------------------- parsing helpers
+def _parse_date(text: str, *, what: str, where: str = "") -> dt.date:
+    text = text.strip()
+    for fmt in ("%Y-%m-%d", "%a %b %d %Y", "%m/%d/%Y", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    raise ValueError(f"{where}cannot read {what} {text!r} as a date (expected YYYY-MM-DD)")
+
+
+def _parse_float(text: str, *, column: str, where: str) -> float:
+    t = text.strip()
+    if t == "":
+        return float("nan")
+    try:
+        v = float(t)
+    except ValueError:
+        raise ValueError(f"{where}column {column!r}: {text!r} is not a number") from None
+    if not np.isfinite(v):
+        raise ValueError(f"{where}column {column!r}: {text!r} is not finite")
+    return v
+
+
+def _parse_cboe_timestamp(text: str, where: str) -> dt.datetime:
+    """``'Date: 9 June 2023, 1:40 PM EDT'`` (also ``'June 9, 2023 at 1:40 PM EDT'``)."""
+    t = text.strip()
+    if t.lower().startswith("date:"):
+        t = t[5:].strip()
+    t = re.sub(r"\s+(EDT|EST|ET)$", "", t).replace(" at ", ", ")
+    for fmt in ("%d %B %Y, %I:%M %p", "%B %d, %Y, %I:%M %p", "%d %B %Y, %H:%M"):
+        try:
+            return dt.datetime.strptime(t, fmt).replace(tzinfo=EASTERN)
+        except ValueError:
+            continue
+    raise ValueError(f"{where}cannot read the quote timestamp {text!r} (expected "
+                     "'Date: 9 June 2023, 1:40 PM EDT')")
+
+
+def _float_after_colon(text: str) -> float:
+    try:
+        return float(text.split(":", 1)[1])
+    except (IndexError, ValueError):
+        return float("nan")
+
+
+# ----------------------------------------------------------------------------- loaders
+@dataclass
+class _Contract:
+    expiry: dt.date
+    root: str
+    settlement: str
+    strike: float
+    is_call: bool
+    bid: float
+    ask: float
+
+
+@dataclass
+class _Parsed:
+    quote_time: dt.datetime
+    spot: float
+    contracts: list[_Contract] = field(default_factory=list)
+
+
+def _read_cboe(path: Path, lines: list[list[str]], first: int) -> _Parsed:
+    """Cboe layout; ``lines[first]`` is the ``<name>,Last: ...`` line (0-based index)."""
+    name = str(path)
+    if len(lines) < first + 3:
+        raise ValueError(f"{name}: a Cboe quote file needs a name line, a date line and a column "
+                         f"header, found {len(lines) - first} non-blank-led lines")
+    spot = float("nan")
+    for cell in lines[first]:
+        if cell.strip().lower().startswith("last:"):
+            spot = _float_after_colon(cell)
+    date_line = lines[first + 1]
+    # the timestamp itself holds a comma, so csv splits it over the first two cells
+    quote_time = _parse_cboe_timestamp(",".join(date_line[:2]),
+                                       f"{name}, line {first + 2}: ")
+    hline = first + 3  # 1-based line number of the column header
+    header = [h.strip() for h in lines[first + 2]]
+    if "Strike" not in header:
+        raise ValueError(f"{name}, line {hline}: missing column 'Strike' in the Cboe header "
+                         f"{header}")
+    ks = header.index("Strike")
+    left, right = header[:ks], header[ks + 1:]
+    need = ("Calls", "Bid", "Ask")
+    for side, cols, label in ((left, ("Expiration Date", *need), "call"),
+                              (right, ("Puts", "Bid", "Ask"), "put")):
+        for c in cols:
+            if c not in side:
+                raise ValueError(f"{name}, line {hline}: missing {label} column {c!r} in the "
+                                 "header")
+    i_exp = left.index("Expiration Date")
+    i_csym, i_cbid, i_cask = left.index("Calls"), left.index("Bid"), left.index("Ask")
+    i_psym = ks + 1 + right.index("Puts")
+    i_pbid, i_pask = ks + 1 + right.index("Bid"), ks + 1 + right.index("Ask")
+    out = _Parsed(quote_time, spot)
+    for lineno, row in enumerate(lines[first + 3:], start=hline + 1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        where = f"{name}, line {lineno}: "
+        if len(row) != len(header):
+            raise ValueError(f"{where}expected {len(header)} fields as in the header, "
+                             f"found {len(row)}")
+        expiry = _parse_date(row[i_exp], what="'Expiration Date'", where=where)
+        strike = _parse_float(row[ks], column="Strike", where=where)
+        if not strike > 0:
+            raise ValueError(f"{where}column 'Strike': {row[ks]!r} is not a positive number")
+        for i_sym, i_bid, i_ask, is_call in ((i_csym, i_cbid, i_cask, True),
+                                             (i_psym, i_pbid, i_pask, False)):
+            m = _OCC.match(row[i_sym])
+            if m is None:
+                col = "Calls" if is_call else "Puts"
+                raise ValueError(f"{where}column {col!r}: {row[i_sym]!r} is not an OCC symbol "
+                                 "like 'SPXW230609C04300000'")
+            root = m.group(1)
+            out.contracts.append(_Contract(
+                expiry, root, _default_settlement(root), strike, is_call,
+                _parse_float(row[i_bid], column="Bid", where=where),
+                _parse_float(row[i_ask], column="Ask", where=where)))
+    return out
+
+
+def _read_normalized(path: Path, lines: list[list[str]], first: int) -> _Parsed:
+    """Normalized layout; ``lines[first]`` is the header (0-based index)."""
+    name = str(path)
+    header = [h.strip().lower() for h in lines[first]]
+    missing = [c for c in _NORMALIZED_REQUIRED if c not in header]
+    if missing:
+        raise ValueError(f"{name}, line {first + 1}: missing column(s) {missing}; the header has {header}")
+    col = {c: header.index(c) for c in header}
+    quote_time: dt.datetime | None = None
+    spot = float("nan")
+    out = _Parsed(dt.datetime.min, spot)
+    for lineno, row in enumerate(lines[first + 1:], start=first + 2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        where = f"{name}, line {lineno}: "
+        if len(row) != len(header):
+            raise ValueError(f"{where}expected {len(header)} fields as in the header, "
+                             f"found {len(row)}")
+        qd = _parse_date(row[col["quote_date"]], what="'quote_date'", where=where)
+        clock = dt.time(16, 0)
+        if "quote_time_et" in col and row[col["quote_time_et"]].strip():
+            try:
+                clock = dt.datetime.strptime(row[col["quote_time_et"]].strip(), "%H:%M").time()
+            except ValueError:
+                raise ValueError(f"{where}column 'quote_time_et': "
+                                 f"{row[col['quote_time_et']]!r} is not HH:MM") from None
+        qt = dt.datetime.combine(qd, clock, tzinfo=EASTERN)
+        if quote_time is None:
+            quote_time = qt
+        elif qt != quote_time:
+            raise ValueError(f"{where}quote time {qt:%Y-%m-%d %H:%M} differs from the first row's "
+                             f"{quote_time:%Y-%m-%d %H:%M}; one chain per file")
+        if "spot" in col and np.isnan(spot) and row[col["spot"]].strip():
+            spot = _parse_float(row[col["spot"]], column="spot", where=where)
+        root = ""
+        if "root" in col:
+            root = row[col["root"]].strip()
+        if not root and "option_symbol" in col:
+            m = _OCC.match(row[col["option_symbol"]])
+            root = m.group(1) if m else ""
+        if not root and "underlying" in col:
+            root = row[col["underlying"]].strip()
+        root = root or "?"
+        settle = row[col["settlement"]].strip().upper() if "settlement" in col else ""
+        if settle == "":
+            settle = _default_settlement(root)
+        if settle not in ("AM", "PM"):
+            raise ValueError(f"{where}column 'settlement': {settle!r} is not AM or PM")
+        kind = row[col["type"]].strip().upper()
+        if kind not in ("C", "P", "CALL", "PUT"):
+            raise ValueError(f"{where}column 'type': {row[col['type']]!r} is not C or P")
+        strike = _parse_float(row[col["strike"]], column="strike", where=where)
+        if not strike > 0:
+            raise ValueError(f"{where}column 'strike': {row[col['strike']]!r} is not a positive "
+                             "number")
+        out.contracts.append(_Contract(
+            _parse_date(row[col["expiry"]], what="'expiry'", where=where), root, settle, strike,
+            kind.startswith("C"),
+            _parse_float(row[col["bid"]], column="bid", where=where),
+            _parse_float(row[col["ask"]], column="ask", where=where)))
+    if quote_time is None:
+        raise ValueError(f"{name}: no data rows after the header")
+    out.quote_time = quote_time
+    out.spot = spot
+    return out
+
+
+def load_chain(path: str | os.PathLike[str]) -> OptionChain:
+    """Load an option chain CSV (Cboe delayed-quotes or normalized layout) and clean it.
+
+    Parameters
+    ----------
+    path : path-like
+        The CSV file. The layout is detected from its first non-blank line: a normalized file
+        starts with a header containing ``quote_date``; a Cboe file starts with the underlying's
+        name and ``Last:``.
+
+    Returns
+    -------
+    OptionChain
+        Slices on (expiry, root), sorted by time to expiry, each holding only two-sided quotes
+        (0 < bid <= ask); the dropped counts are in ``chain.cleaning``.
+
+    Raises
+    ------
+    ValueError
+        The file is missing or unreadable, a required column is missing (named), a line has the
+        wrong number of fields or an unreadable value (file and line named), or no contract in
+        the file is two-sided and unexpired.
+    """
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        raise ValueError(f"option chain file {name!r} does not exist")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            lines = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{name}: not a readable CSV file ({exc})") from exc
+    first = next((i for i, r in enumerate(lines) if any(c.strip() for c in r)), None)
+    if first is None:
+        raise ValueError(f"{name}: the file is empty")
+    head = [c.strip().lower() for c in lines[first]]
+    if "quote_date" in head:
+        parsed = _read_normalized(path, lines, first)
+    elif any(c.startswith("last:") for c in head) or (
+            len(lines) > first + 2 and any("expiration date" == c.strip().lower()
+                                           for c in lines[first + 2])):
+        parsed = _read_cboe(path, lines, first)
+    else:
+        raise ValueError(
+            f"{name}, line {first + 1}: unknown layout; expected a normalized header with columns "
+            f"{list(_NORMALIZED_REQUIRED)} or a Cboe delayed-quotes file ('<name>,Last: ...')"
+        )
+    return _clean(name, parsed)
+
+
+def _clean(name: str, parsed: _Parsed) -> OptionChain:
+    qt = parsed.quote_time
+    groups: dict[tuple[dt.date, str, str], dict[float, dict[str, float]]] = {}
+    n_rows = len(parsed.contracts)
+    n_expired = n_zero = n_crossed = n_kept = 0
+    times: dict[tuple[dt.date, str, str], float] = {}
+    for c in parsed.contracts:
+        key = (c.expiry, c.root, c.settlement)
+        if key not in times:
+            times[key] = year_fraction(qt, c.expiry, c.settlement)
+        if times[key] <= 0:
+            n_expired += 1
+            continue
+        if not (c.bid > 0):  # zero, negative or missing
+            n_zero += 1
+            continue
+        if not (c.ask >= c.bid):  # crossed (or missing ask)
+            n_crossed += 1
+            continue
+        n_kept += 1
+        side = "c" if c.is_call else "p"
+        groups.setdefault(key, {}).setdefault(c.strike, {})[side + "b"] = c.bid
+        groups[key][c.strike][side + "a"] = c.ask
+    report = CleaningReport(name, n_rows, n_expired, n_zero, n_crossed, n_kept)
+    if n_kept == 0:
+        raise ValueError(
+            f"{name}: no two-sided quotes (0 < bid <= ask) in unexpired slices: {n_rows} contracts "
+            f"read, {n_expired} expired, {n_zero} with zero bid, {n_crossed} crossed"
+        )
+    slices = []
+    for (expiry, root, settle), by_strike in groups.items():
+        ks = np.array(sorted(by_strike))
+        arr = {f: np.array([by_strike[k].get(f, np.nan) for k in ks])
+               for f in ("cb", "ca", "pb", "pa")}
+        slices.append(ChainSlice(expiry, root, settle, times[(expiry, root, settle)], ks,
+                                 arr["cb"], arr["ca"], arr["pb"], arr["pa"]))
+    slices.sort(key=lambda s: (s.t, s.root))
+    return OptionChain(name, qt, float(parsed.spot), tuple(slices), report)
+
+
+# ----------------------------------------------------------------------------- parity
+def fit_parity(
+    sl: ChainSlice,
+    *,
+    spot: float | None = None,
+    near_fraction: float = 0.4,
+    min_pairs: int = 3,
+    source: str = "",
+) -> ParityFit:
+    """Forward F and discount D of a slice by weighted least squares on put–call parity.
+
+    Fits y_i = C_mid(K_i) - P_mid(K_i) ≈ a + b K_i over the ``near_fraction`` of two-sided pairs
+    whose strikes lie nearest the money (at least ``min_pairs``), with weights
+    w_i = 1 / (s_C,i + s_P,i)^2. Then D = -b, F = -a / b. The pairs are first chosen around
+    ``spot`` (or the median pair strike without one), then once more around the fitted F.
+
+    Parameters
+    ----------
+    sl : ChainSlice
+    spot : float, optional
+        Level around which the near-the-money pairs are first chosen.
+    near_fraction : float
+        Fraction of the two-sided pairs used, in (0, 1].
+    min_pairs : int
+        Fewest pairs to fit (at least 2).
+    source : str
+        File name used in error messages.
+
+    Raises
+    ------
+    ValueError
+        Fewer than ``min_pairs`` two-sided pairs, or a fit with D <= 0 or F <= 0.
+    """
+    if not 0 < near_fraction <= 1:
+        raise ValueError(f"near_fraction must be in (0, 1], got {near_fraction!r}")
+    min_pairs = max(int(min_pairs), 2)
+    both = sl.call_ok & sl.put_ok
+    where = f"{source + ': ' if source else ''}slice {sl.label}"
+    if both.sum() < min_pairs:
+        raise ValueError(f"{where} has {int(both.sum())} strikes with a two-sided call and put; "
+                         f"put-call parity needs at least {min_pairs}")
+    k = sl.strikes[both]
+    y = (sl.call_bid[both] + sl.call_ask[both]) / 2 - (sl.put_bid[both] + sl.put_ask[both]) / 2
+    spread = (sl.call_ask[both] - sl.call_bid[both]) + (sl.put_ask[both] - sl.put_bid[both])
+    # a zero spread (locked quotes) would get an infinite weight: floor it at a tenth of the median
+    floor = max(0.1 * float(np.median(spread)), 1e-12)
+    w_all = 1.0 / np.maximum(spread, floor) ** 2
+    n_use = max(min_pairs, int(np.ceil(near_fraction * k.size)))
+    center = float(spot) if spot is not None and np.isfinite(spot) else float(np.median(k))
+    a = b = 0.0
+    for _ in range(2):
+        idx = np.sort(np.argsort(np.abs(k - center), kind="stable")[:n_use])
+        kk, yy, ww = k[idx], y[idx], w_all[idx]
+        if np.ptp(kk) == 0:
+            raise ValueError(f"{where}: the near-the-money pairs share one strike; cannot fit")
+        design = np.column_stack([np.ones_like(kk), kk])
+        sw = np.sqrt(ww)
+        (a, b), *_ = np.linalg.lstsq(design * sw[:, None], yy * sw, rcond=None)
+        if not (b < 0 and a > 0):
+            raise ValueError(f"{where}: parity fit gives D = {-b:.6g}, D F = {a:.6g}; "
+                             "both must be positive")
+        center = -a / b
+    discount, forward = float(-b), float(-a / b)
+    resid = yy - (a + b * kk)
+    half = spread[idx] / 2
+    rmse = float(np.sqrt(np.sum(ww * resid**2) / np.sum(ww)))
+    rate = -np.log(discount) / sl.t
+    q = rate - np.log(forward / spot) / sl.t if spot is not None and np.isfinite(spot) and spot > 0 \
+        else float("nan")
+    return ParityFit(forward, discount, float(rate), float(q), kk, resid, ww, half, rmse,
+                     int(np.sum(np.abs(resid) > half)))

@@ -1,0 +1,490 @@
+"""Exact MMOT bounds by linear programming on the augmented chain (DESIGN §2.2, §2.3, §7).
+
+Variables pi_t(x, s, y) >= 0 for t = 0..T-1 over reachable pairs (X_t, S_t) = (x, s) and points
+y of supp(mu_{t+1}): the mass of (X_t, S_t, X_{t+1}). Constraints (multipliers in brackets):
+
+* start       sum_y pi_0(x, s_0(x), y) = mu_0(x)                                   [phi_0(x, s)]
+* marginals   sum_{x,s} pi_t(x, s, y) = mu_{t+1}(y),  t = 0..T-1                      [u_{t+1}(y)]
+* flow        sum_y' pi_{t+1}(y, s', y') = sum_{x,s} pi_t(x, s, y) K_t(s, y; s')       [phi_{t+1}(y, s')]
+* martingale  sum_y pi_t(x, s, y) (y - x) = 0  for every reachable (x, s)              [h_t(x, s)]
+
+and the objective sum pi_{T-1}(x, s, y) sum_s' K_{T-1}(s, y; s') f(y, s'). The martingale rows per
+(x, s) make X a martingale in its own filtration (the chain is Markov in (X, S)); the seeds' rows
+per x only (``martingale="one-step"``, kept for comparison) are weaker and give wider bounds.
+
+Pairwise payoffs sum_t c_t(X_t, X_{t+1}) decompose into independent one-period LPs (gluing).
+
+Every solve is checked: the primal residual max|A pi - b|, the dual residual (reduced costs of
+the wrong sign) and the primal-dual gap are measured on the returned solution and reported.
+Only grid points with positive weight enter the LP (zero-weight points are pruned, exactly); no
+positive mass is dropped or merged. Solver: HiGHS through ``scipy.optimize.linprog`` with sparse
+(CSR) constraint matrices.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, sparse
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot.augment import AugmentedChain, build_chain, trivial_chain
+from deepquant.mmot.result import BoundSide, BoundsResult, Duals
+from deepquant.payoffs import Payoff, SumSquaredIncrements
+
+__all__ = ["ChainLP", "build_chain_lp", "solve_side", "lp_bounds", "check_convex_order",
+           "DEFAULT_HIGHS_OPTIONS"]
+
+DEFAULT_HIGHS_OPTIONS = dict(presolve=True, primal_feasibility_tolerance=1e-9,
+                             dual_feasibility_tolerance=1e-9)
+"""HiGHS options used unless overridden (tight tolerances; DESIGN §7: residuals are checked)."""
+
+MARTINGALE_MODES = ("full", "one-step")
+
+
+@dataclass(frozen=True, eq=False)
+class ChainLP:
+    """The LP of one payoff on one augmented chain (data only; see module docstring).
+
+    Attributes
+    ----------
+    chain : AugmentedChain
+    a_eq : scipy.sparse.csr_matrix, shape (rows_eq, cols)
+    b_eq : ndarray, shape (rows_eq,)
+    a_ub, b_ub : sparse matrix and ndarray or None
+        The relaxed martingale rows (``martingale_tol > 0``).
+    cost : ndarray, shape (cols,)
+        Objective coefficients (payoff of each variable).
+    pairs : list of ndarray
+        ``pairs[t]`` (P_t, 2): (x index, s index) of the variables' rows at t.
+    ys : list of ndarray
+        ``ys[t]``: grid indices of supp(mu_{t+1}).
+    offsets : ndarray, shape (T+1,)
+        Variables of period t are ``offsets[t]:offsets[t+1]``, ordered (pair, y).
+    rows : dict
+        Row offsets of the blocks: ``"start"``, ``"marg"`` (list per t+1), ``"flow"`` (list per
+        t, None at 0), ``"mart"`` (list per t).
+    martingale : str
+    martingale_tol : float
+    """
+
+    chain: AugmentedChain
+    a_eq: sparse.csr_matrix
+    b_eq: np.ndarray
+    a_ub: sparse.csr_matrix | None
+    b_ub: np.ndarray | None
+    cost: np.ndarray
+    pairs: list[np.ndarray]
+    ys: list[np.ndarray]
+    offsets: np.ndarray
+    rows: dict
+    martingale: str
+    martingale_tol: float
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """rows, cols, nnz of the constraint matrix (equalities plus inequalities)."""
+        rows = self.a_eq.shape[0] + (0 if self.a_ub is None else self.a_ub.shape[0])
+        nnz = self.a_eq.nnz + (0 if self.a_ub is None else self.a_ub.nnz)
+        return dict(rows=int(rows), cols=int(self.a_eq.shape[1]), nnz=int(nnz))
+
+
+def check_convex_order(marginals: Marginals, dates: range | None = None) -> None:
+    """Raise a ``ValueError`` naming every pair of dates not in convex order on the grid."""
+    rep = marginals.with_options(check_convex=False).check_convex_order()
+    if marginals.n_dates < 2:
+        return
+    scale = max(1.0, abs(marginals.mean))
+    tol = max(marginals.convex_tol, 1e-12) * scale
+    bad = [t + 1 for t, v in enumerate(rep.per_date) if v > tol
+           and (dates is None or t + 1 in dates)]
+    if bad:
+        pairs = ", ".join(f"marginals[{t}] vs marginals[{t - 1}] (call price drops by "
+                          f"{rep.per_date[t - 1]:.3e})" for t in bad)
+        raise ValueError(
+            f"marginals are not in convex order on the grid: {pairs}; no martingale has these "
+            "marginals. Repair them (Marginals.repair_convex_order) or pass martingale_tol > 0 "
+            "for the relaxed LP (Guo-Obloj)"
+        )
+
+
+def build_chain_lp(
+    chain: AugmentedChain,
+    marginals: Marginals,
+    *,
+    costs: list[np.ndarray | None] | None = None,
+    martingale: str = "full",
+    martingale_tol: float = 0.0,
+) -> ChainLP:
+    """Assemble the sparse LP of the augmented chain.
+
+    Parameters
+    ----------
+    chain : AugmentedChain
+        From ``build_chain`` (or ``trivial_chain`` with ``costs``).
+    marginals : Marginals
+    costs : list of (M, M) arrays or None, optional
+        Extra per-period costs c_t(x, y) added to the objective (pairwise payoffs).
+    martingale : {"full", "one-step"}
+        ``"full"``: rows per (t, x, s) (exact); ``"one-step"``: rows per (t, x) only (the seeds'
+        weaker formulation, for comparison).
+    martingale_tol : float
+        0: equality rows. > 0: |sum_y pi (y - x)| <= tol * sum_y pi (relaxed mode).
+    """
+    if martingale not in MARTINGALE_MODES:
+        raise ValueError(f"martingale must be one of {MARTINGALE_MODES}, got {martingale!r}")
+    if not (np.isfinite(martingale_tol) and martingale_tol >= 0):
+        raise ValueError(f"martingale_tol must be a finite number >= 0, got {martingale_tol!r}")
+    m = chain.size
+    T = chain.last_date
+    grid = chain.grid
+    mu = np.asarray(marginals.weights, dtype=float)
+    pairs = [chain.pairs(t) for t in range(T + 1)]
+    pid = []
+    for t in range(T + 1):
+        tab = -np.ones(chain.reach[t].shape, dtype=np.int64)
+        tab[pairs[t][:, 0], pairs[t][:, 1]] = np.arange(len(pairs[t]))
+        pid.append(tab)
+    ys = [np.flatnonzero(chain.support[t + 1]) for t in range(T)]
+    nv = [len(pairs[t]) * ys[t].size for t in range(T)]
+    offsets = np.concatenate([[0], np.cumsum(nv)]).astype(np.int64)
+    # row blocks
+    r = 0
+    start = r
+    r += len(pairs[0])
+    marg = []
+    for t in range(T):
+        marg.append(r)
+        r += ys[t].size
+    flow: list[int | None] = [None]
+    for t in range(1, T):
+        flow.append(r)
+        r += len(pairs[t])
+    mart_keys = []
+    for t in range(T):
+        if martingale == "full":
+            mart_keys.append(np.arange(len(pairs[t])))
+        else:
+            _, inv = np.unique(pairs[t][:, 0], return_inverse=True)
+            mart_keys.append(inv.reshape(-1))
+    relaxed = martingale_tol > 0
+    mart = []
+    r_ub = 0
+    for t in range(T):
+        n_rows = int(mart_keys[t].max()) + 1 if mart_keys[t].size else 0
+        if relaxed:
+            mart.append(r_ub)
+            r_ub += 2 * n_rows
+        else:
+            mart.append(r)
+            r += n_rows
+    n_rows_eq = r
+    b_eq = np.zeros(n_rows_eq)
+    x0 = pairs[0][:, 0]
+    b_eq[start:start + len(pairs[0])] = mu[0, x0]
+    for t in range(T):
+        b_eq[marg[t]:marg[t] + ys[t].size] = mu[t + 1, ys[t]]
+    ri, ci, vi = [], [], []
+    ui, uc, uv = [], [], []
+    cost = np.zeros(offsets[-1])
+    for t in range(T):
+        P = pairs[t]
+        n_p, n_y = len(P), ys[t].size
+        pp = np.repeat(np.arange(n_p), n_y)
+        jj = np.tile(np.arange(n_y), n_p)
+        v = offsets[t] + np.arange(n_p * n_y)
+        yv = ys[t][jj]
+        dx = grid[yv] - grid[P[pp, 0]]
+        ri += [(start if t == 0 else flow[t]) + pp, marg[t] + jj]
+        ci += [v, v]
+        vi += [np.ones(v.size), np.ones(v.size)]
+        key = mart_keys[t][pp]
+        if relaxed:
+            ui += [mart[t] + 2 * key, mart[t] + 2 * key + 1]
+            uc += [v, v]
+            uv += [dx - martingale_tol, -dx - martingale_tol]
+        else:
+            ri.append(mart[t] + key)
+            ci.append(v)
+            vi.append(dx)
+        k = chain.transitions[t][P[pp, 1] * m + yv].tocoo()
+        if t + 1 < T:
+            q = pid[t + 1][yv[k.row], k.col]
+            if np.any(q < 0):
+                raise RuntimeError("augmented chain reach masks are inconsistent")  # internal
+            ri.append(flow[t + 1] + q)
+            ci.append(v[k.row])
+            vi.append(-k.data)
+        else:
+            cost[v] += np.bincount(k.row, k.data * chain.terminal[yv[k.row], k.col],
+                                   minlength=v.size)
+        if costs is not None and costs[t] is not None:
+            cost[v] += np.asarray(costs[t])[P[pp, 0], yv]
+    a_eq = sparse.csr_matrix((np.concatenate(vi), (np.concatenate(ri), np.concatenate(ci))),
+                             shape=(n_rows_eq, offsets[-1]))
+    a_ub = b_ub = None
+    if relaxed:
+        a_ub = sparse.csr_matrix((np.concatenate(uv), (np.concatenate(ui), np.concatenate(uc))),
+                                 shape=(r_ub, offsets[-1]))
+        b_ub = np.zeros(r_ub)
+    return ChainLP(chain=chain, a_eq=a_eq, b_eq=b_eq, a_ub=a_ub, b_ub=b_ub, cost=cost,
+                   pairs=pairs, ys=ys, offsets=offsets,
+                   rows=dict(start=start, marg=marg, flow=flow, mart=mart),
+                   martingale=martingale, martingale_tol=float(martingale_tol))
+
+
+def _constant_value(chain: AugmentedChain) -> float:
+    """E[f] when T = 0 (no variables)."""
+    s0 = chain.initial.toarray()
+    return float(np.sum(chain.law0[:, None] * s0 * chain.terminal))
+
+
+def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
+               return_plan: bool = False, method: str = "highs") -> BoundSide:
+    """Solve one side (``"lower"`` = min, ``"upper"`` = max) of ``lp`` with HiGHS.
+
+    Returns the value, status, measured residuals, gap, the duals mapped to (u_t, h_t, phi_t)
+    with the sign convention of the side (upper: the portfolio dominates the payoff), and
+    optionally the plan.
+    """
+    if sense not in ("lower", "upper"):
+        raise ValueError(f"sense must be 'lower' or 'upper', got {sense!r}")
+    chain = lp.chain
+    T = chain.last_date
+    sign = 1.0 if sense == "lower" else -1.0
+    t0 = time.perf_counter()
+    if T == 0 or lp.a_eq.shape[1] == 0:
+        val = _constant_value(chain)
+        return BoundSide(val, True, 0, "no free variables (payoff known at date 0)",
+                         time.perf_counter() - t0, 0.0, 0.0, 0.0)
+    opts = dict(DEFAULT_HIGHS_OPTIONS)
+    opts.update(highs_options or {})
+    c = sign * lp.cost
+    res = optimize.linprog(c, A_eq=lp.a_eq, b_eq=lp.b_eq, A_ub=lp.a_ub, b_ub=lp.b_ub,
+                           bounds=(0, None), method=method, options=opts)
+    seconds = time.perf_counter() - t0
+    if res.status != 0 or res.x is None:
+        msg = f"HiGHS status {res.status}: {res.message}"
+        if res.status == 2:
+            msg += (" (infeasible: the marginals admit no martingale coupling on the grid"
+                    + (f" within martingale_tol={lp.martingale_tol:g}" if lp.martingale_tol
+                       else "") + ")")
+        return BoundSide(float("nan"), False, int(res.status), msg, seconds)
+    x = res.x
+    y_eq = np.asarray(res.eqlin.marginals)
+    resid = lp.a_eq @ x - lp.b_eq
+    primal = max(float(np.max(np.abs(resid))) if resid.size else 0.0, float(max(0.0, -x.min())))
+    reduced = c - lp.a_eq.T @ y_eq
+    dual_obj = float(lp.b_eq @ y_eq)
+    y_ub = None
+    if lp.a_ub is not None:
+        y_ub = np.asarray(res.ineqlin.marginals)
+        primal = max(primal, float(np.max(lp.a_ub @ x - lp.b_ub, initial=0.0)))
+        reduced = reduced - lp.a_ub.T @ y_ub
+        dual_obj += float(lp.b_ub @ y_ub)
+        dual_res = max(float(max(0.0, -reduced.min())), float(max(0.0, y_ub.max(initial=0.0))))
+    else:
+        dual_res = float(max(0.0, -reduced.min()))
+    primal_obj = float(c @ x)
+    gap = abs(primal_obj - dual_obj)
+    duals = _map_duals(lp, sign * y_eq, None if y_ub is None else sign * y_ub)
+    plan = _plan(lp, x) if return_plan else None
+    value = sign * primal_obj
+    return BoundSide(value, True, 0, str(res.message), seconds, primal, dual_res, gap,
+                     duals, plan)
+
+
+def _map_duals(lp: ChainLP, y: np.ndarray, y_ub: np.ndarray | None) -> Duals:
+    chain = lp.chain
+    m, T = chain.size, chain.last_date
+    u = np.full((T + 1, m), np.nan)
+    phi = [np.full(r.shape, np.nan) for r in chain.reach]
+    h = [np.full(r.shape, np.nan) for r in chain.reach[:T]]
+    P0 = lp.pairs[0]
+    st = lp.rows["start"]
+    phi[0][P0[:, 0], P0[:, 1]] = y[st:st + len(P0)]
+    u[0, P0[:, 0]] = y[st:st + len(P0)]
+    for t in range(T):
+        mg = lp.rows["marg"][t]
+        u[t + 1, lp.ys[t]] = y[mg:mg + lp.ys[t].size]
+        P = lp.pairs[t]
+        if t >= 1:
+            fl = lp.rows["flow"][t]
+            phi[t][P[:, 0], P[:, 1]] = y[fl:fl + len(P)]
+        if lp.martingale == "full" and y_ub is None:
+            mt = lp.rows["mart"][t]
+            h[t][P[:, 0], P[:, 1]] = y[mt:mt + len(P)]
+        elif lp.martingale == "full":
+            mt = lp.rows["mart"][t]
+            k = np.arange(len(P))
+            # relaxed rows: y_ub[2k] on (dx - tol), y_ub[2k+1] on (-dx - tol)
+            h[t][P[:, 0], P[:, 1]] = y_ub[mt + 2 * k] - y_ub[mt + 2 * k + 1]
+        else:
+            _, inv = np.unique(P[:, 0], return_inverse=True)
+            mt = lp.rows["mart"][t]
+            if y_ub is None:
+                h[t][P[:, 0], P[:, 1]] = y[mt + inv.reshape(-1)]
+            else:
+                k = inv.reshape(-1)
+                h[t][P[:, 0], P[:, 1]] = y_ub[mt + 2 * k] - y_ub[mt + 2 * k + 1]
+    # u_T is absorbed into the last marginal rows; phi_T = payoff
+    phi[T] = np.where(chain.reach[T], chain.terminal, np.nan)
+    return Duals(u=u, h=h, phi=phi)
+
+
+def _plan(lp: ChainLP, x: np.ndarray) -> list[np.ndarray]:
+    chain = lp.chain
+    m = chain.size
+    out = []
+    for t in range(chain.last_date):
+        P = lp.pairs[t]
+        block = x[lp.offsets[t]:lp.offsets[t + 1]].reshape(len(P), lp.ys[t].size)
+        arr = np.zeros((m, chain.reach[t].shape[1], m))
+        arr[P[:, 0][:, None], P[:, 1][:, None], lp.ys[t][None, :]] = block
+        out.append(arr)
+    return out
+
+
+def _status(lo: BoundSide, up: BoundSide) -> tuple[str, bool, str]:
+    ok = lo.success and up.success
+    if ok:
+        return "optimal", True, "both sides optimal"
+    bad = [f"{n}: {s.message}" for n, s in (("lower", lo), ("upper", up)) if not s.success]
+    return "failed", False, "; ".join(bad)
+
+
+def lp_bounds(
+    marginals: Marginals,
+    payoff: Payoff,
+    *,
+    decompose: bool = True,
+    sum_mode: str = "auto",
+    sum_grid_size: int | None = None,
+    martingale: str = "full",
+    martingale_tol: float = 0.0,
+    highs_options: dict | None = None,
+    return_plan: bool = False,
+    sides: tuple[str, ...] = ("lower", "upper"),
+) -> BoundsResult:
+    """Lower and upper bounds of E[payoff] over martingale laws with ``marginals`` (exact LP).
+
+    Parameters
+    ----------
+    marginals : Marginals
+    payoff : Payoff
+    decompose : bool
+        Use independent one-period LPs when the payoff is pairwise (default True).
+    sum_mode, sum_grid_size
+        Running-sum state (see ``deepquant.mmot.augment.build_chain``).
+    martingale : {"full", "one-step"}
+        ``"one-step"`` is the seeds' weaker formulation (wider bounds), for comparison only.
+    martingale_tol : float
+        0 (exact) or the relaxed-mode tolerance on |E[X_{t+1} - X_t | X_t, S_t]|.
+    highs_options : dict, optional
+        Passed to ``scipy.optimize.linprog(method="highs")`` over ``DEFAULT_HIGHS_OPTIONS``.
+    return_plan : bool
+        Keep the optimal plans pi_t(x, s, y).
+    sides : tuple of str
+        Which sides to solve.
+    """
+    if not isinstance(marginals, Marginals):
+        raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
+    if not isinstance(payoff, Payoff):
+        raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+    for s in sides:
+        if s not in ("lower", "upper"):
+            raise ValueError(f"sides must be a subset of ('lower', 'upper'), got {sides!r}")
+    n = marginals.n_dates
+    terms = payoff.pairwise(n)
+    if terms is None and isinstance(payoff, SumSquaredIncrements):
+        raise ValueError("sum-squared-increments needs at least two dates")
+    pairwise = terms is not None and (decompose or isinstance(payoff, SumSquaredIncrements))
+    if martingale_tol == 0:
+        last = payoff.last_date(n) if not pairwise else max(t for t, _ in terms) + 1
+        check_convex_order(marginals, range(1, last + 1))
+    t_build = time.perf_counter()
+    if pairwise:
+        return _pairwise_bounds(marginals, terms, martingale_tol=martingale_tol,
+                                highs_options=highs_options, sides=sides, t_build=t_build)
+    chain = build_chain(marginals, payoff, sum_mode=sum_mode, sum_grid_size=sum_grid_size)
+    lp = build_chain_lp(chain, marginals, martingale=martingale, martingale_tol=martingale_tol)
+    build = time.perf_counter() - t_build
+    res = {s: solve_side(lp, s, highs_options=highs_options, return_plan=return_plan)
+           for s in sides}
+    missing = BoundSide(float("nan"), True, 0, "not requested", 0.0)
+    lo, up = res.get("lower", missing), res.get("upper", missing)
+    status, ok, msg = _status(lo, up)
+    return BoundsResult(
+        lower=lo.value, upper=up.value, method="lp", status=status, success=ok, message=msg,
+        seconds=dict(lower=lo.seconds, upper=up.seconds, build=build), sizes=lp.sizes,
+        lower_side=lo if "lower" in res else None, upper_side=up if "upper" in res else None,
+        exact=chain.exact, martingale_tol=float(martingale_tol), structure="augmented",
+        info=dict(states=chain.n_states, kind=chain.kind, martingale=martingale,
+                  support=[int(s.sum()) for s in chain.support], chain=chain),
+    )
+
+
+def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, t_build):
+    n = marginals.n_dates
+    m = marginals.size
+    by_t: dict[int, list] = {}
+    for t, fn in terms:
+        by_t.setdefault(int(t), []).append(fn)
+    grid = np.asarray(marginals.grid, dtype=float)
+    T = max(by_t) + 1
+    costs = [np.zeros((m, m)) for _ in range(T)]
+    for t, fns in by_t.items():
+        for fn in fns:
+            costs[t] += np.broadcast_to(
+                np.asarray(fn(grid[:, None], grid[None, :]), dtype=float), (m, m))
+    sizes = dict(rows=0, cols=0, nnz=0)
+    out = {}
+    build = time.perf_counter() - t_build
+    lps = []
+    for t in sorted(by_t):
+        t0 = time.perf_counter()
+        sub = marginals.select([t, t + 1]).with_options(check_convex=False)
+        chain = trivial_chain(sub, 1)
+        lp = build_chain_lp(chain, sub, costs=[costs[t]], martingale_tol=martingale_tol)
+        build += time.perf_counter() - t0
+        lps.append((t, lp))
+        for k, v in lp.sizes.items():
+            sizes[k] += v
+    for s in sides:
+        u = np.zeros((T + 1, m))
+        h = [np.zeros((m, 1)) for _ in range(T)]
+        value, secs, ok, status, msgs = 0.0, 0.0, True, 0, []
+        primal = dual = gap = 0.0
+        for t, lp in lps:
+            side = solve_side(lp, s, highs_options=highs_options)
+            secs += side.seconds
+            if not side.success:
+                ok, status = False, max(status, side.status)
+                msgs.append(f"period {t}: {side.message}")
+                continue
+            value += side.value
+            primal, dual, gap = (max(primal, side.primal_residual),
+                                 max(dual, side.dual_residual), gap + side.gap)
+            d = side.duals
+            u[t] += np.nan_to_num(d.u[0])
+            u[t + 1] += np.nan_to_num(d.u[1])
+            h[t] = d.h[0]
+        supp = marginals.weights[: T + 1] > 0
+        u = np.where(supp, u, np.nan)
+        duals = Duals(u=u, h=h, phi=[np.where(sp[:, None], 0.0, np.nan) for sp in supp],
+                      costs=costs)
+        out[s] = BoundSide(value if ok else float("nan"), ok, status,
+                           "; ".join(msgs) if msgs else "optimal", secs, primal, dual, gap,
+                           duals if ok else None)
+    missing = BoundSide(float("nan"), True, 0, "not requested", 0.0)
+    lo, up = out.get("lower", missing), out.get("upper", missing)
+    status, ok, msg = _status(lo, up)
+    return BoundsResult(
+        lower=lo.value, upper=up.value, method="lp", status=status, success=ok, message=msg,
+        seconds=dict(lower=lo.seconds, upper=up.seconds, build=build), sizes=sizes,
+        lower_side=out.get("lower"), upper_side=out.get("upper"), exact=True,
+        martingale_tol=float(martingale_tol), structure="pairwise",
+        info=dict(periods=sorted(by_t), last_date=T),
+    )

@@ -1,0 +1,161 @@
+"""Result objects of the MMOT bounds (``deepquant.mmot.bounds``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Duals", "BoundSide", "BoundsResult"]
+
+
+@dataclass(frozen=True, eq=False)
+class Duals:
+    """Dual variables of one side of the LP on the augmented chain (DESIGN §2.3, §2.6).
+
+    The semi-static portfolio is ``sum_t u_t(X_t) + sum_{t<T} h_t(X_t, S_t) (X_{t+1} - X_t)``;
+    ``phi_t(x, s)`` are the (untraded) value functions of the flow constraints, with
+    ``phi_T = payoff``. For pairwise payoffs, ``costs[t]`` holds c_t(x, y) of shape (M, M) and
+    the payoff is their sum along the path.
+
+    Attributes
+    ----------
+    u : ndarray, shape (T+1, M)
+        Static payoffs on the grid; NaN off the support of mu_t.
+    h : list of ndarray
+        ``h[t]`` has shape (M, n_t): dynamic position at (X_t, S_t) = (grid[x], states[t][s]);
+        NaN where the pair is not reachable.
+    phi : list of ndarray
+        ``phi[t]`` of shape (M, n_t), the flow multipliers (value of the rest of the hedge).
+    costs : list of ndarray or None
+        Per-period costs c_t(x, y), shape (M, M), for pairwise payoffs; None otherwise.
+    """
+
+    u: np.ndarray
+    h: list[np.ndarray]
+    phi: list[np.ndarray]
+    costs: list[np.ndarray] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class BoundSide:
+    """One side (lower or upper) of the bounds.
+
+    Attributes
+    ----------
+    value : float
+        The bound (objective of the LP), NaN on failure.
+    success : bool
+    status : int
+        HiGHS status through ``scipy.optimize.linprog`` (0 = optimal), or the maximum over the
+        sub-problems of a decomposed payoff.
+    message : str
+    seconds : float
+        Wall time of the solve(s) of this side.
+    primal_residual : float
+        max |A pi - b| (and the most negative pi) measured on the returned plan.
+    dual_residual : float
+        Largest violation of the dual constraints (reduced costs of the wrong sign).
+    gap : float
+        |primal objective - dual objective|.
+    duals : Duals or None
+    plan : list of ndarray or None
+        ``plan[t]`` of shape (M, n_t, M): pi_t(x, s, y), if requested.
+    """
+
+    value: float
+    success: bool
+    status: int
+    message: str
+    seconds: float
+    primal_residual: float = float("nan")
+    dual_residual: float = float("nan")
+    gap: float = float("nan")
+    duals: Duals | None = None
+    plan: list[np.ndarray] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class BoundsResult:
+    """Lower and upper price bounds over martingale laws with the given marginals.
+
+    Attributes
+    ----------
+    lower, upper : float
+        The bounds (undiscounted, in the units of the payoff on the grid).
+    method : str
+        ``"lp"``, ``"path-lp"`` or ``"entropic"``.
+    status : str
+        ``"optimal"``, or a short description of the failure.
+    success : bool
+    message : str
+    seconds : dict
+        Wall seconds per side, keys ``"lower"``, ``"upper"`` (and ``"build"`` for the LP).
+    sizes : dict
+        LP sizes: ``rows``, ``cols``, ``nnz`` (summed over sub-problems of a decomposed payoff).
+    lower_side, upper_side : BoundSide or None
+        Full per-side information (residuals, gap, duals, plan).
+    eps : float or None
+        Entropic regularisation (``method="entropic"``).
+    exact : bool
+        False when the statistic was approximated (running-sum grid with splitting).
+    martingale_tol : float
+        Tolerance on |E[X_{t+1} - X_t | X_t, S_t]| (0 = exact martingale; > 0: relaxed mode).
+    structure : str
+        ``"pairwise"`` (independent one-period LPs), ``"augmented"`` or ``"paths"``.
+    info : dict
+        Other diagnostics (states per date, pruned points, ...).
+    """
+
+    lower: float
+    upper: float
+    method: str
+    status: str
+    success: bool
+    message: str
+    seconds: dict[str, float]
+    sizes: dict[str, int] = field(default_factory=dict)
+    lower_side: BoundSide | None = None
+    upper_side: BoundSide | None = None
+    eps: float | None = None
+    exact: bool = True
+    martingale_tol: float = 0.0
+    structure: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> float:
+        """upper - lower."""
+        return self.upper - self.lower
+
+    @property
+    def primal_residual(self) -> float:
+        """Largest primal residual over both sides."""
+        return _worst(self.lower_side, self.upper_side, "primal_residual")
+
+    @property
+    def gap(self) -> float:
+        """Largest primal-dual gap over both sides."""
+        return _worst(self.lower_side, self.upper_side, "gap")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no arrays)."""
+        out: dict[str, Any] = dict(
+            lower=self.lower, upper=self.upper, method=self.method, status=self.status,
+            success=self.success, message=self.message, seconds=dict(self.seconds),
+            sizes=dict(self.sizes), eps=self.eps, exact=self.exact,
+            martingale_tol=self.martingale_tol, structure=self.structure,
+        )
+        for name, side in (("lower", self.lower_side), ("upper", self.upper_side)):
+            if side is not None:
+                out[f"{name}_primal_residual"] = side.primal_residual
+                out[f"{name}_dual_residual"] = side.dual_residual
+                out[f"{name}_gap"] = side.gap
+        return out
+
+
+def _worst(a: BoundSide | None, b: BoundSide | None, name: str) -> float:
+    vals = [getattr(s, name) for s in (a, b) if s is not None]
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(max(vals)) if vals else float("nan")

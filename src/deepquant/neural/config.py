@@ -1,0 +1,163 @@
+"""Configuration of the neural MMOT surrogate: model, data and training, loaded from YAML.
+
+A config file has three sections, each optional (missing keys take the defaults below)::
+
+    model: {kind: transformer, grid_size: 150, d_model: 256, ...}
+    data:  {train: data.h5, val_fraction: 0.15, ...}
+    train: {lr: 1.0e-4, batch_size: 32, max_steps: 20000, ...}
+
+``load_config(path)`` returns a ``Config``; ``Config.to_dict()`` is what checkpoints store, and
+``Config.from_dict`` rebuilds it (unknown keys are a ``ValueError`` naming the key, so a typo in a
+YAML file never passes silently).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "load_config"]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture (seed 001 §9.2, DESIGN §3).
+
+    ``kind="transformer"``: Conv1d embedding over the date axis (``in_features * grid_size``
+    channels -> ``d_embed``, kernel ``conv_kernel``), a linear layer to ``d_model``, LayerNorm,
+    sinusoidal date encoding, ``n_layers`` pre-norm encoder layers (``n_heads`` heads, feed-forward
+    ``d_ff`` with GELU, dropout), and two heads ``d_model -> grid_size``: the u-head (column
+    potential of the period ending at this date) and the h-head (martingale multiplier of the
+    period starting at this date). ``kind="mlp"``: the ablation baseline, a per-period MLP on the
+    two marginals of the period.
+    """
+
+    kind: str = "transformer"
+    grid_size: int = 150
+    in_features: int = 2  # density (times M) and normalised call curve per date
+    d_embed: int = 128
+    d_model: int = 256
+    n_layers: int = 3
+    n_heads: int = 4
+    d_ff: int = 1024
+    dropout: float = 0.1
+    conv_kernel: int = 5
+    max_dates: int = 64
+    mlp_hidden: int = 512
+    mlp_layers: int = 3
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("transformer", "mlp"):
+            raise ValueError(f"model.kind must be 'transformer' or 'mlp', got {self.kind!r}")
+        if self.grid_size < 2:
+            raise ValueError(f"model.grid_size must be >= 2, got {self.grid_size}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.conv_kernel % 2 == 0:
+            raise ValueError(f"model.conv_kernel must be odd, got {self.conv_kernel}")
+
+
+@dataclass
+class DataConfig:
+    """Where the training data lives and how it is split."""
+
+    train: str = "data.h5"
+    val: str | None = None  # separate validation file; None = split ``train``
+    val_fraction: float = 0.15
+    max_instances: int | None = None  # use only the first n instances (tiny runs)
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (seed 001 §9.3-9.4 with DESIGN §3 weights).
+
+    Loss = dist + ``lambda_mart`` * mart + ``lambda_h`` * hpen (see ``deepquant.neural.losses``).
+    The learning rate warms up linearly for ``warmup_steps`` then follows a cosine decay to
+    ``lr * min_lr_ratio`` at ``max_steps``. Training stops early when the validation loss has
+    not improved for ``patience`` evaluations.
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    max_steps: int = 20000
+    max_minutes: float | None = None  # wall-clock budget; stops cleanly (checkpoint kept)
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    patience: int = 10
+    lambda_mart: float = 5.0
+    lambda_h: float = 1.0
+    drift_scale: float = 0.01  # drift loss unit (moneyness): a loss of 1 = drift at this size
+    h_units: float = 1e-3  # the h penalty acts on h * h_units (multiplier in price units)
+    mass_floor: float = 1e-10  # grid points with less mass are masked in the distillation
+    seed: int = 0
+    threads: int = 1
+    out_dir: str = "runs/neural"
+    log_dir: str | None = None  # TensorBoard; default <out_dir>/tb
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "batch_size", "max_steps", "eval_every", "patience", "threads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": asdict(self.model), "data": asdict(self.data),
+                "train": asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> Config:
+        raw = dict(raw or {})
+        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+        unknown = set(raw) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; "
+                             f"expected {sorted(sections)}")
+        built = {}
+        for name, klass in sections.items():
+            values = dict(raw.get(name) or {})
+            known = {f.name for f in fields(klass)}
+            bad = set(values) - known
+            if bad:
+                raise ValueError(f"unknown key(s) {sorted(bad)} in config section {name!r}; "
+                                 f"known: {sorted(known)}")
+            built[name] = klass(**values)
+        return cls(**built)
+
+
+def load_config(path: str | os.PathLike[str], **overrides: Any) -> Config:
+    """Read a YAML config. Relative data paths are resolved against the current folder.
+
+    ``overrides`` are dotted keys, e.g. ``load_config(p, **{"train.max_steps": 10})``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(raw).__name__}")
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        raw.setdefault(section, {})
+        raw[section][name] = value
+    return Config.from_dict(raw)

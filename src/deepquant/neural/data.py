@@ -1,0 +1,500 @@
+"""Training data for the surrogate: synthetic marginals and their entropic MMOT potentials.
+
+Instance i is fully determined by ``(seed, i)`` (``instance_spec``): a family (GBM, Merton,
+Heston in turn), N in {2, 3, 5, 10, 20, 30, 50}, a maturity T in [0.1, 0.5] and the family's
+parameters (DESIGN §3). ``solve_instance`` builds its marginals on the model grid
+(``deepquant.market.synthetic``, exactly convex-ordered), solves the N one-period entropic
+problems with c = 0 and the product reference (``deepquant.mmot.entropic.solve_entropic``) and
+stores the potentials divided by eps, gauge-fixed (``gauge_fix``). With c = 0 the plan does not
+depend on eps and the potentials scale linearly with it, so potentials in units of eps are
+eps-free; eps is kept in the metadata.
+
+File layout (HDF5, one layout for shards and the merged file): ragged rows
+``weights`` (sum N_i+1, M) float64, ``times`` (sum N_i+1,), ``v``, ``h`` (sum N_i, M) float32,
+``h_valid`` (sum N_i, M) bool, a per-instance table under ``instances/`` (index, family,
+n_periods, maturity, params as JSON, offsets, solver residuals, nit, seconds, success), the model
+``grid`` and attributes (format, eps, grid_size, seed, version).
+
+Generation is resumable and crash-safe: finished instances are written every ``chunk`` results
+to a new shard ``<out>.parts/part-*.h5`` through an atomic rename (a kill leaves whole shards
+only); a rerun skips every index found in the shards or in ``out``; at the end the shards are
+merged, deduplicated by index, into ``out`` (again atomically) and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from deepquant.atomic import atomic_path
+
+__all__ = [
+    "FAMILIES", "N_CHOICES", "FORMAT", "InstanceSpec", "instance_spec", "model_grid",
+    "gauge_fix", "gibbs_kernels_np", "kernel_drift_np", "solve_instance", "generate_dataset",
+    "read_dataset", "NeuralDataset", "validate_dataset", "ValidationReport", "write_instances",
+]
+
+FAMILIES = ("gbm", "merton", "heston")
+N_CHOICES = (2, 3, 5, 10, 20, 30, 50)
+FORMAT = "deepquant-neural-data-v1"
+H_CLIP = 1e7  # |h| (units of 1/eps) above this is a pinned / edge row: stored clipped, masked
+V_CLIP = 1e7  # |v| above this marks a column the teacher excluded (no Gibbs mass)
+LIVE_MASS = 1e-8  # rows with less mass are ignored by the "live" drift
+PERIOD_TOL = 1e-6  # a period whose teacher residuals exceed this is not used for training
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One synthetic instance: family, number of periods N, maturity T (years), parameters."""
+
+    index: int
+    family: str
+    n_periods: int
+    maturity: float
+    params: dict = field(default_factory=dict)
+
+    @property
+    def times(self) -> np.ndarray:
+        """N+1 dates t_k = k T / N, k = 0..N (date 0 is today: X_0 = 1)."""
+        return np.linspace(0.0, self.maturity, self.n_periods + 1)
+
+
+def instance_spec(index: int, seed: int = 0, *, n_choices: Iterable[int] = N_CHOICES
+                  ) -> InstanceSpec:
+    """The instance ``index`` of the dataset with seed ``seed`` (DESIGN §3 ranges)."""
+    rng = np.random.default_rng([int(seed), int(index)])
+    family = FAMILIES[index % len(FAMILIES)]
+    n = int(rng.choice(np.asarray(tuple(n_choices))))
+    maturity = float(rng.uniform(0.1, 0.5))
+    if family == "gbm":
+        params = {"sigma": float(rng.uniform(0.15, 0.35))}
+    elif family == "merton":
+        params = {"sigma": float(rng.uniform(0.15, 0.35)), "jump_intensity": 5.0, "jump_mean": -0.1,
+                  "jump_std": 0.1}
+    else:
+        params = {"v0": float(rng.uniform(0.02, 0.09)), "kappa": 2.0, "theta": 0.04,
+                  "sigma_v": 0.3, "rho": float(rng.uniform(-0.7, 0.0))}
+    return InstanceSpec(int(index), family, n, maturity, params)
+
+
+def model_grid(grid_size: int = 150, lo: float = 0.5, hi: float = 2.0) -> np.ndarray:
+    """The model's moneyness grid: uniform, step (hi - lo) / (grid_size - 1), with 1 exactly on
+    the grid (the default grid of ``deepquant.market.synthetic`` for a narrow law)."""
+    step = (hi - lo) / (grid_size - 1)
+    i_one = int(round((1.0 - lo) / step))
+    return 1.0 + step * (np.arange(grid_size) - i_one)
+
+
+# ----------------------------------------------------------------------------- potentials
+def gauge_fix(v: np.ndarray, h: np.ndarray, w_to: np.ndarray, grid: np.ndarray):
+    """Fix the gauge v -> v + a + b (y - 1), h -> h - b of each period.
+
+    Chooses (a, b) so that v has zero mean and zero slope in the mu_{t+1}-weighted least-squares
+    sense; v is set to 0 where mu_{t+1} = 0 (it is irrelevant there). Shapes (N, M).
+    """
+    v = np.array(v, dtype=np.float64)
+    h = np.array(h, dtype=np.float64)
+    y = grid - 1.0
+    for t in range(v.shape[0]):
+        nu = w_to[t]
+        s = (nu > 0) & np.isfinite(v[t])
+        if not s.any():
+            continue
+        A = np.stack((np.ones(s.sum()), y[s]), axis=1) * np.sqrt(nu[s])[:, None]
+        coef, *_ = np.linalg.lstsq(A, v[t, s] * np.sqrt(nu[s]), rcond=None)
+        a, b = coef
+        v[t] = np.where(s, v[t] - a - b * y, 0.0)
+        h[t] = h[t] + b
+    return v, h
+
+
+def gibbs_kernels_np(v: np.ndarray, h: np.ndarray, weights: np.ndarray, grid: np.ndarray
+                     ) -> np.ndarray:
+    """Row-normalised Gibbs kernels K_t(y|x) ∝ mu_{t+1}(y) exp(v_t(y) + h_t(x)(y - x)),
+    shape (N, M, M), from potentials in units of eps (numpy reference of the loss)."""
+    w_to = weights[1:]
+    with np.errstate(divide="ignore"):
+        log_nu = np.where(w_to > 0, np.log(np.where(w_to > 0, w_to, 1.0)), -np.inf)
+    logits = h[:, :, None] * (grid[None, None, :] - grid[None, :, None]) + v[:, None, :]
+    logits = logits + log_nu[:, None, :]
+    logits -= logits.max(axis=-1, keepdims=True)
+    k = np.exp(logits)
+    return k / k.sum(axis=-1, keepdims=True)
+
+
+def kernel_drift_np(kernels: np.ndarray, weights: np.ndarray, grid: np.ndarray,
+                    *, mass_floor: float = 0.0) -> tuple[float, float]:
+    """(max drift, marginal L1 error) of kernels (N, M, M) started from the marginals.
+
+    Drift is max over t and x with mu_t(x) > mass_floor of |sum_y K(y|x) (y - x)|; the marginal
+    error is max_t ||mu_t K_t - mu_{t+1}||_1.
+    """
+    delta = kernels @ grid - grid[None, :]
+    live = weights[:-1] > mass_floor
+    drift = float(np.abs(np.where(live, delta, 0.0)).max())
+    cols = np.einsum("tx,txy->ty", weights[:-1], kernels)
+    merr = float(np.abs(cols - weights[1:]).sum(axis=1).max())
+    return drift, merr
+
+
+# ----------------------------------------------------------------------------- teacher
+def build_marginals(spec: InstanceSpec, grid: np.ndarray):
+    """The marginals of ``spec`` on ``grid`` (engineer C's synthetic models)."""
+    from deepquant.market.synthetic import synthetic_marginals
+
+    return synthetic_marginals(spec.family, spec.times, grid=grid, **spec.params)
+
+
+def solve_instance(task: tuple) -> dict[str, Any]:
+    """Worker: ``(spec, grid, eps, tol)`` -> one instance's record (module-level, picklable)."""
+    spec, grid, eps, tol = task
+    from deepquant.mmot.entropic import solve_entropic
+
+    t0 = time.perf_counter()
+    marg = build_marginals(spec, grid)
+    weights = np.asarray(marg.weights, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = solve_entropic(marg, eps, tol=tol)
+    v = np.asarray(res.v, dtype=np.float64) / eps
+    h = np.asarray(res.h, dtype=np.float64) / eps
+    mu = weights[:-1]
+    live = (mu > LIVE_MASS) & ~np.asarray(res.pinned, dtype=bool)
+    delta = np.abs(res.kernels @ grid - grid[None, :])
+    period_drift = np.where(live, delta, 0.0).max(axis=1)
+    drift_live = float(period_drift.max())
+    return _record(spec, grid, weights, v, h, pinned=np.asarray(res.pinned, dtype=bool),
+                   period_ok=(period_drift <= PERIOD_TOL)
+                   & (np.asarray(res.marginal_errors) <= PERIOD_TOL),
+                   marginal_error=float(res.marginal_error), drift=float(res.drift),
+                   drift_live=drift_live, nit=int(res.nit), success=bool(res.success),
+                   seconds=time.perf_counter() - t0)
+
+
+def _record(spec: InstanceSpec, grid, weights, v, h, pinned=None, period_ok=None, **meta
+            ) -> dict[str, Any]:
+    """Clean and gauge-fix the teacher's potentials (units of eps) into a stored record.
+
+    Columns where the teacher's v is not finite or above ``V_CLIP`` in size are columns the
+    teacher excluded (no Gibbs mass; their mu_{t+1} mass is negligible): v = 0 there, not
+    distilled. Rows that are pinned, massless or with |h| >= H_CLIP are not distilled in h.
+    """
+    w_to = weights[1:]
+    v_ok = np.isfinite(v) & (np.abs(v) < V_CLIP) & (w_to > 0)
+    h_valid = np.isfinite(h) & (np.abs(h) < H_CLIP) & (weights[:-1] > 0)
+    if pinned is not None:
+        h_valid &= ~pinned
+    h = np.where(np.isfinite(h), np.clip(h, -H_CLIP, H_CLIP), 0.0)
+    v = np.where(v_ok, v, np.nan)
+    v, h = gauge_fix(v, h, np.where(v_ok, w_to, 0.0), grid)
+    v = np.where(v_ok, v, 0.0)
+    h = np.where(weights[:-1] > 0, h, 0.0)
+    return {"index": spec.index, "family": spec.family, "n_periods": spec.n_periods,
+            "maturity": spec.maturity, "params": json.dumps(spec.params, sort_keys=True),
+            "times": spec.times, "weights": weights, "v": v.astype(np.float32),
+            "h": h.astype(np.float32), "h_valid": h_valid, "v_valid": v_ok,
+            "period_ok": (np.ones(v.shape[0], bool) if period_ok is None
+                          else np.asarray(period_ok, bool)), **meta}
+
+
+# ----------------------------------------------------------------------------- storage
+_META_FIELDS = {"marginal_error": "f8", "drift": "f8", "drift_live": "f8", "nit": "i8",
+                "success": "?", "seconds": "f8"}
+
+
+def write_instances(path: str | os.PathLike[str], records: list[dict], *, grid: np.ndarray,
+                    attrs: dict[str, Any]) -> Path:
+    """Write ``records`` (sorted by index) to a new HDF5 file at ``path`` atomically."""
+    records = sorted(records, key=lambda r: r["index"])
+    n_dates = np.array([r["weights"].shape[0] for r in records], dtype=np.int64)
+    n_per = n_dates - 1
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            for k, val in attrs.items():
+                f.attrs[k] = val
+            f["grid"] = np.asarray(grid, dtype=np.float64)
+            m = len(grid)
+            cat = (lambda key, dt: np.concatenate([r[key] for r in records]).astype(dt)
+                   if records else np.zeros((0, m), dt))
+            opts = {"compression": "lzf"} if records else {}
+            f.create_dataset("weights", data=cat("weights", np.float64), **opts)
+            f.create_dataset("v", data=cat("v", np.float32), **opts)
+            f.create_dataset("h", data=cat("h", np.float32), **opts)
+            f.create_dataset("h_valid", data=cat("h_valid", bool), **opts)
+            f.create_dataset("v_valid", data=cat("v_valid", bool), **opts)
+            f["period_ok"] = (np.concatenate([r["period_ok"] for r in records]) if records
+                              else np.zeros(0, bool))
+            f["times"] = (np.concatenate([r["times"] for r in records]) if records
+                          else np.zeros(0))
+            g = f.create_group("instances")
+            g["index"] = np.array([r["index"] for r in records], dtype=np.int64)
+            g["family"] = np.array([r["family"] for r in records], dtype="S8")
+            g["n_periods"] = n_per.astype(np.int32)
+            g["maturity"] = np.array([r["maturity"] for r in records], dtype=np.float64)
+            g["params"] = np.array([r["params"] for r in records], dtype=h5py.string_dtype())
+            g["date_offset"] = np.concatenate(([0], np.cumsum(n_dates)[:-1])).astype(np.int64)
+            g["period_offset"] = np.concatenate(([0], np.cumsum(n_per)[:-1])).astype(np.int64)
+            for k, dt in _META_FIELDS.items():
+                g[k] = np.array([r.get(k, np.nan if dt == "f8" else 0) for r in records],
+                                dtype=dt)
+    return Path(path)
+
+
+def read_dataset(path: str | os.PathLike[str]) -> tuple[list[dict], np.ndarray, dict]:
+    """All records of a data file, its grid and attributes. Raises ``ValueError`` on a file
+    that is not a deepquant neural data file."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"data file {str(path)!r} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"data file {str(path)!r} is not a readable HDF5 file: {exc}") from exc
+    with f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"data file {str(path)!r} has format {f.attrs.get('format')!r}, "
+                             f"expected {FORMAT!r}")
+        attrs = dict(f.attrs)
+        grid = f["grid"][:]
+        g = f["instances"]
+        tab = {k: g[k][:] for k in g}
+        weights, v, h, hv, vv, times = (f["weights"][:], f["v"][:], f["h"][:],
+                                        f["h_valid"][:], f["v_valid"][:], f["times"][:])
+        pok = f["period_ok"][:]
+    records = []
+    for i in range(len(tab["index"])):
+        n = int(tab["n_periods"][i])
+        d0, p0 = int(tab["date_offset"][i]), int(tab["period_offset"][i])
+        rec = {"index": int(tab["index"][i]), "family": tab["family"][i].decode(),
+               "n_periods": n, "maturity": float(tab["maturity"][i]),
+               "params": tab["params"][i].decode() if isinstance(tab["params"][i], bytes)
+               else str(tab["params"][i]),
+               "weights": weights[d0:d0 + n + 1], "times": times[d0:d0 + n + 1],
+               "v": v[p0:p0 + n], "h": h[p0:p0 + n], "h_valid": hv[p0:p0 + n],
+               "v_valid": vv[p0:p0 + n], "period_ok": pok[p0:p0 + n]}
+        for k in _META_FIELDS:
+            rec[k] = tab[k][i].item()
+        records.append(rec)
+    return records, grid, attrs
+
+
+def _parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def _done_indices(out: Path) -> set[int]:
+    done: set[int] = set()
+    sources = ([out] if out.exists() else []) + sorted(_parts_dir(out).glob("part-*.h5"))
+    for src in sources:
+        with h5py.File(src, "r") as f:
+            done.update(int(i) for i in f["instances/index"][:])
+    return done
+
+
+def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, eps: float = 1e-2,
+                     tol: float = 1e-9, grid: np.ndarray | None = None, backend: str = "local",
+                     workers: int = 0, chunk: int = 16,
+                     worker: Callable[[tuple], dict] | None = None,
+                     progress: Callable[[int, int], None] | None = None,
+                     n_choices: Iterable[int] = N_CHOICES) -> dict[str, Any]:
+    """Generate (or resume) instances ``0..num-1`` into ``out``; returns a summary dict.
+
+    ``worker`` maps ``(spec, grid, eps, tol)`` to a record (default ``solve_instance``; tests
+    pass a fake). ``progress(done, total)`` is called after each finished instance.
+    """
+    from deepquant import __version__
+    from deepquant.parallel import get_executor
+
+    out = Path(out)
+    grid = model_grid() if grid is None else np.asarray(grid, dtype=np.float64)
+    worker = solve_instance if worker is None else worker
+    attrs = {"eps": float(eps), "tol": float(tol), "seed": int(seed),
+             "grid_size": int(len(grid)), "version": __version__,
+             "potential_units": "eps (potentials divided by eps, gauge-fixed)"}
+    parts = _parts_dir(out)
+    if out.exists():
+        with h5py.File(out, "r") as f:
+            old = dict(f.attrs)
+            if (not np.array_equal(f["grid"][:], grid) or float(old.get("eps")) != eps
+                    or int(old.get("seed")) != seed):
+                raise ValueError(
+                    f"{str(out)!r} was generated with another grid, eps or seed "
+                    f"(eps={old.get('eps')}, seed={old.get('seed')}); use a new --out")
+    done = _done_indices(out)
+    todo = [i for i in range(num) if i not in done]
+    t0 = time.perf_counter()
+    n_done = len(done & set(range(num)))
+    if progress:
+        progress(n_done, num)
+    if todo:
+        parts.mkdir(parents=True, exist_ok=True)
+        tasks = [(instance_spec(i, seed, n_choices=n_choices), grid, eps, tol) for i in todo]
+        ex = get_executor(backend, n_workers=workers) if backend != "serial" else \
+            get_executor("serial")
+        buf: list[dict] = []
+
+        def flush() -> None:
+            if buf:
+                name = f"part-{min(r['index'] for r in buf):07d}-{os.getpid()}-{time.time_ns()}.h5"
+                write_instances(parts / name, buf, grid=grid, attrs=attrs)
+                buf.clear()
+
+        try:
+            for _, rec in ex.as_completed(worker, tasks):
+                buf.append(rec)
+                n_done += 1
+                if progress:
+                    progress(n_done, num)
+                if len(buf) >= chunk:
+                    flush()
+        finally:
+            flush()
+    merged = merge_parts(out, grid=grid, attrs=attrs)
+    return {"out": str(out), "instances": merged, "new": len(todo),
+            "seconds": time.perf_counter() - t0}
+
+
+def merge_parts(out: Path, *, grid: np.ndarray, attrs: dict) -> int:
+    """Merge ``out`` and its shards into ``out`` (dedup by index), then remove the shards."""
+    parts = _parts_dir(out)
+    shards = sorted(parts.glob("part-*.h5")) if parts.exists() else []
+    if not shards and out.exists():
+        with h5py.File(out, "r") as f:
+            return int(f["instances/index"].shape[0])
+    records: dict[int, dict] = {}
+    for src in ([out] if out.exists() else []) + shards:
+        for rec in read_dataset(src)[0]:
+            records.setdefault(rec["index"], rec)
+    write_instances(out, list(records.values()), grid=grid, attrs=attrs)
+    for s in shards:
+        s.unlink()
+    if parts.exists() and not any(parts.iterdir()):
+        parts.rmdir()
+    return len(records)
+
+
+# ----------------------------------------------------------------------------- validation
+@dataclass
+class ValidationReport:
+    instances: int
+    failures: list[str]
+    max_marginal_error: float
+    max_drift: float
+    max_recomputed_drift: float
+    convex_violations: int
+    nan_count: int
+    duplicates: int
+    failed_periods: int = 0  # periods whose teacher residuals exceed PERIOD_TOL (masked)
+    periods: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def validate_dataset(path: str | os.PathLike[str], *, residual_tol: float = 1e-6,
+                     drift_tol: float = 1e-6, recompute: bool = True,
+                     mass_floor: float = 1e-10) -> ValidationReport:
+    """Check every instance: finite arrays, convex order of the marginals (``Marginals``),
+    stored solver residuals under the tolerances, and (``recompute``) the drift of the Gibbs
+    kernels rebuilt from the stored gauge-fixed potentials (rows with mass > ``mass_floor``)."""
+    from deepquant.market.marginals import Marginals
+
+    records, grid, _ = read_dataset(path)
+    failures: list[str] = []
+    idx = [r["index"] for r in records]
+    dups = len(idx) - len(set(idx))
+    if dups:
+        failures.append(f"{dups} duplicated instance indices")
+    nan_count = conv = bad_periods = 0
+    max_merr = max_drift = max_re = 0.0
+    for r in records:
+        tag = f"instance {r['index']} ({r['family']}, N={r['n_periods']})"
+        bad = sum(int((~np.isfinite(r[k])).sum()) for k in ("weights", "v", "h"))
+        if bad:
+            nan_count += bad
+            failures.append(f"{tag}: {bad} non-finite values")
+            continue
+        try:
+            Marginals(grid, r["weights"], r["times"] if r["times"][0] < r["times"][-1] else None)
+        except ValueError as exc:
+            conv += 1
+            failures.append(f"{tag}: marginals invalid: {exc}")
+        max_merr = max(max_merr, r["marginal_error"])
+        max_drift = max(max_drift, r["drift_live"])
+        if r["marginal_error"] > residual_tol or r["drift_live"] > drift_tol:
+            bad_periods += int((~r["period_ok"]).sum())
+            if r["period_ok"].sum() == 0:
+                failures.append(f"{tag}: no usable period (solver success={r['success']}, "
+                                f"marginal error {r['marginal_error']:.2e}, live drift "
+                                f"{r['drift_live']:.2e})")
+        if recompute:
+            w_x = r["weights"].copy()
+            w_x[1:] = np.where(r["v_valid"], w_x[1:], 0.0)  # columns the teacher excluded
+            k = gibbs_kernels_np(r["v"].astype(np.float64), r["h"].astype(np.float64), w_x, grid)
+            live = (r["h_valid"] & (r["weights"][:-1] > mass_floor)
+                    & r["period_ok"][:, None])
+            delta = np.abs(k @ grid - grid[None, :])
+            d = float(np.where(live, delta, 0.0).max())
+            max_re = max(max_re, d)
+    return ValidationReport(len(records), failures, max_merr, max_drift, max_re, conv,
+                            nan_count, dups, bad_periods,
+                            sum(len(r["period_ok"]) for r in records))
+
+
+# ----------------------------------------------------------------------------- torch dataset
+class NeuralDataset:
+    """Records held in memory as float32 tensors, batched by equal N (no padding needed)."""
+
+    def __init__(self, records: list[dict], grid: np.ndarray) -> None:
+        import torch
+
+        self.grid = torch.as_tensor(grid, dtype=torch.float32)
+        self.items = []
+        for r in records:
+            self.items.append({
+                "weights": torch.as_tensor(r["weights"], dtype=torch.float32),
+                "v": torch.as_tensor(r["v"], dtype=torch.float32),
+                "h": torch.as_tensor(r["h"], dtype=torch.float32),
+                "h_valid": torch.as_tensor(r["h_valid"], dtype=torch.bool),
+                "v_valid": torch.as_tensor(r["v_valid"], dtype=torch.bool),
+                "period_ok": torch.as_tensor(r["period_ok"], dtype=torch.bool),
+                "n": r["n_periods"], "family": r["family"], "index": r["index"],
+            })
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batches(self, batch_size: int, rng: np.random.Generator | None = None):
+        """Lists of item positions with equal N; shuffled when ``rng`` is given."""
+        by_n: dict[int, list[int]] = {}
+        for i, it in enumerate(self.items):
+            by_n.setdefault(it["n"], []).append(i)
+        out = []
+        for ids in by_n.values():
+            ids = list(rng.permutation(ids)) if rng is not None else ids
+            out += [ids[j:j + batch_size] for j in range(0, len(ids), batch_size)]
+        if rng is not None:
+            out = [out[j] for j in rng.permutation(len(out))]
+        return out
+
+    def collate(self, ids: list[int]) -> dict:
+        import torch
+
+        its = [self.items[i] for i in ids]
+        b = {k: torch.stack([it[k] for it in its]) for k in ("weights", "v", "h", "h_valid",
+                                                               "v_valid")}
+        b["period_mask"] = torch.stack([it["period_ok"] for it in its])
+        b["date_mask"] = torch.ones(len(its), its[0]["n"] + 1, dtype=torch.bool)
+        b["grid"] = self.grid
+        return b

@@ -1,0 +1,320 @@
+"""Inference: pure-neural and hybrid (neural + Newton polish) calibrated martingale models.
+
+``NeuralPricer(checkpoint=None)`` loads a checkpoint (``None``: the one shipped in
+``deepquant/neural/checkpoints``). ``solve(marginals)`` predicts the gauge-fixed potentials
+(v_t, h_t) of the N one-period problems (units of eps, c = 0, product reference) in one forward
+pass and turns them into the Gibbs kernels
+
+    K_t(y | x) = mu_{t+1}(y) exp(v_t(y) + h_t(x)(y - x)) / Z_t(x)       (DESIGN §2.1)
+
+of a Markov chain started from mu_0. The result prices any payoff of ``deepquant.payoffs`` by the
+exact forward recursion on the augmented chain (``deepquant.mmot.augment``), like the classical
+calibrated model, and reports the kernels' measured drift and marginal error: pure-neural
+kernels are NOT exact martingales and do not reproduce the marginals exactly.
+
+``hybrid=True`` runs the classical Newton solver warm-started from the network's potentials
+(``deepquant.mmot.entropic.newton_polish``) to the classical tolerance; the result says how many
+Newton steps it took. Out-of-distribution guard: when the pure-neural drift (rows with mass above
+``mass_floor``) exceeds ``ood_drift`` or the marginal error exceeds ``ood_marginal_error``, or the
+marginals do not fit the model (too many dates, mass outside the model grid), the pricer falls
+back to the cold classical solver and says so in ``mode`` / ``message``. Marginals on another
+grid are moved onto the model grid by linear splitting (exact in mass and mean, preserves convex
+order) with a ``NeuralGridWarning``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepquant.market.marginals import Marginals
+
+__all__ = ["NeuralPricer", "NeuralSolution", "NeuralGridWarning", "default_checkpoint",
+           "demo_prices"]
+
+EPS = 1.0  # potentials are in units of eps; with c = 0 the plan does not depend on eps
+
+
+class NeuralGridWarning(UserWarning):
+    """Marginals were moved onto the model grid (or fell partly outside it)."""
+
+
+def default_checkpoint() -> Path:
+    """Folder of the checkpoint shipped with the package."""
+    return Path(__file__).resolve().parent / "checkpoints"
+
+
+@dataclass
+class NeuralSolution:
+    """A calibrated Markov martingale model from the neural (or hybrid / fallback) solver.
+
+    Attributes
+    ----------
+    marginals : Marginals
+        The marginals on the model grid (after regridding, if any).
+    kernels : ndarray, shape (N, M, M)
+        Transition kernels P(X_{t+1} = y | X_t = x).
+    v, h : ndarray, shape (N, M)
+        Potentials in units of eps (the network's for ``mode="neural"``, the polished ones for
+        ``"hybrid"``, the classical ones for ``"classical"``).
+    mode : str
+        ``"neural"``, ``"hybrid"`` or ``"classical"`` (out-of-distribution fallback).
+    drift : float
+        max_t max_{x: mu_t(x) > 0} |E[X_{t+1} - X_t | X_t = x]| of the kernels (DESIGN §2.1).
+    drift_live : float
+        The same over rows with mu_t(x) > mass_floor.
+    marginal_error : float
+        max_t ||mu_t K_t - mu_{t+1}||_1.
+    neural_drift, neural_marginal_error : float
+        The pure-neural residuals (before any polish / fallback).
+    success : bool
+    message : str
+    seconds, inference_seconds, polish_seconds : float
+    nit : int
+        Newton iterations of the polish or classical solve (0 for pure neural).
+    """
+
+    marginals: Marginals
+    kernels: np.ndarray
+    v: np.ndarray
+    h: np.ndarray
+    mode: str
+    drift: float
+    drift_live: float
+    marginal_error: float
+    neural_drift: float
+    neural_marginal_error: float
+    success: bool
+    message: str
+    seconds: float
+    inference_seconds: float
+    polish_seconds: float = 0.0
+    nit: int = 0
+    regridded: bool = False
+    classical: Any = field(default=None, repr=False)
+
+    @property
+    def grid(self) -> np.ndarray:
+        return self.marginals.grid
+
+    @property
+    def fallback(self) -> bool:
+        return self.mode == "classical"
+
+    def price(self, payoff, **chain_options) -> float:
+        """E[payoff] under the chain, by the exact forward recursion on the augmented state
+        (``deepquant.mmot.augment.expectation``); undiscounted, in moneyness units."""
+        from deepquant.mmot.augment import build_chain, expectation
+
+        chain = build_chain(self.marginals, payoff, **chain_options)
+        return expectation(chain, self.kernels, law0=self.marginals.weights[0])
+
+    def sample(self, n_paths: int, rng=None) -> np.ndarray:
+        """Paths (n_paths, N+1) of the chain on the grid."""
+        rng = np.random.default_rng(rng)
+        grid, w = self.marginals.grid, self.marginals.weights
+        idx = np.empty((n_paths, w.shape[0]), dtype=np.int64)
+        idx[:, 0] = rng.choice(grid.size, size=n_paths, p=w[0] / w[0].sum())
+        cum = np.cumsum(self.kernels, axis=2)
+        for t in range(w.shape[0] - 1):
+            c = cum[t, idx[:, t]]
+            u = rng.random(n_paths)[:, None] * c[:, -1:]
+            idx[:, t + 1] = np.minimum((c < u).sum(axis=1), grid.size - 1)
+        return grid[idx]
+
+
+def _measure(kernels, weights, grid, mass_floor):
+    delta = kernels @ grid - grid[None, :]
+    mu = weights[:-1]
+    drift = float(np.abs(np.where(mu > 0, delta, 0.0)).max())
+    live = float(np.abs(np.where(mu > mass_floor, delta, 0.0)).max())
+    cols = np.einsum("tx,txy->ty", mu, kernels)
+    merr = float(np.abs(cols - weights[1:]).sum(axis=1).max())
+    return drift, live, merr
+
+
+class NeuralPricer:
+    """Pure-neural / hybrid MMOT calibration from a trained checkpoint (see module doc).
+
+    Parameters
+    ----------
+    checkpoint : path, optional
+        Exported folder (``model.safetensors`` + ``config.json``), ``.safetensors`` file or
+        training ``.pt``; ``None`` loads the shipped checkpoint.
+    threads : int, optional
+        torch intra-op threads (``None`` leaves torch's setting).
+    ood_drift, ood_marginal_error : float
+        Out-of-distribution thresholds on the pure-neural residuals.
+    fallback : bool
+        Fall back to the classical solver out of distribution (else only ``success=False``).
+    tol : float
+        Classical tolerance for the hybrid polish and the fallback.
+    mass_floor : float
+        Rows with less mass are ignored by ``drift_live`` and the OOD guard.
+    """
+
+    def __init__(self, checkpoint=None, *, threads: int | None = 1, ood_drift: float = 0.05,
+                 ood_marginal_error: float = 0.2, fallback: bool = True, tol: float = 1e-9,
+                 mass_floor: float = 1e-8) -> None:
+        import torch
+
+        from deepquant.neural.train import load_model
+
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+        self.model, self.meta = load_model(self.checkpoint)
+        self.grid = self.model.grid.detach().double().numpy().copy()
+        self.max_dates = int(getattr(self.model.cfg, "max_dates", 10 ** 9))
+        self.ood_drift, self.ood_marginal_error = float(ood_drift), float(ood_marginal_error)
+        self.fallback, self.tol, self.mass_floor = bool(fallback), float(tol), float(mass_floor)
+
+    # ------------------------------------------------------------------ inputs
+    def to_model_grid(self, marginals: Marginals) -> tuple[Marginals, bool, str]:
+        """(marginals on the model grid, regridded?, problem or "")."""
+        if not isinstance(marginals, Marginals):
+            raise TypeError(f"marginals must be a Marginals instance, got "
+                            f"{type(marginals).__name__}")
+        if (marginals.grid.shape == self.grid.shape
+                and np.allclose(marginals.grid, self.grid, rtol=0, atol=1e-12)):
+            return marginals, False, ""
+        from deepquant.market.marginals import split_onto_grid
+
+        lo, hi = self.grid[0], self.grid[-1]
+        outside = float(sum(w[(marginals.grid < lo) | (marginals.grid > hi)].sum()
+                            for w in marginals.weights))
+        pts = np.clip(marginals.grid, lo, hi)
+        rows = np.vstack([split_onto_grid(pts, w, self.grid) for w in marginals.weights])
+        rows /= rows.sum(axis=1, keepdims=True)
+        warnings.warn(
+            f"marginals on a {marginals.size}-point grid [{marginals.grid[0]:.4g}, "
+            f"{marginals.grid[-1]:.4g}] were moved onto the model's {self.grid.size}-point grid "
+            f"[{lo:.4g}, {hi:.4g}] by linear splitting"
+            + (f"; mass {outside:.2e} outside the model grid was clipped" if outside else ""),
+            NeuralGridWarning, stacklevel=3)
+        problem = f"mass {outside:.2e} outside the model grid" if outside > 1e-8 else ""
+        new = Marginals(self.grid, rows, marginals.times, sum_tol=1e-6, mean_tol=1e-6,
+                        convex_tol=1e-6, check_convex=not problem)
+        return new, True, problem
+
+    # ------------------------------------------------------------------ network
+    def predict(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Potentials (v, h), each (B, N, M) float64, for weights (B, N+1, M) on the model grid
+        (one batched forward pass; all instances of a call must share N)."""
+        import torch
+
+        w = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+        if w.ndim == 2:
+            w = w[None]
+        with torch.inference_mode():
+            v, h = self.model(w)
+        return v.double().numpy(), h.double().numpy()
+
+    def kernels(self, weights: np.ndarray, v: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """Gibbs kernels (N, M, M) of potentials (N, M) for one instance (float64)."""
+        from deepquant.neural.data import gibbs_kernels_np
+
+        return gibbs_kernels_np(v, h, weights, self.grid)
+
+    # ------------------------------------------------------------------ solve
+    def _classical(self, marg: Marginals, warm=None):
+        from deepquant.mmot.entropic import newton_polish, solve_entropic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if warm is None:
+                return solve_entropic(marg, EPS, tol=self.tol)
+            return newton_polish(marg, EPS, None, warm[0], warm[1], tol=self.tol)
+
+    def solve(self, marginals: Marginals, *, hybrid: bool = False) -> NeuralSolution:
+        """Calibrate a martingale model to ``marginals`` (see module doc)."""
+        t0 = time.perf_counter()
+        marg, regridded, problem = self.to_model_grid(marginals)
+        w = marg.weights
+        if w.shape[0] > self.max_dates:
+            problem = f"{w.shape[0]} dates exceed the model's max_dates={self.max_dates}"
+        v = h = kern = None
+        nd = nl = nm = float("nan")
+        t_inf = 0.0
+        if not problem:
+            ti = time.perf_counter()
+            v, h = (a[0] for a in self.predict(w[None]))
+            kern = self.kernels(w, v, h)
+            t_inf = time.perf_counter() - ti
+            nd, nl, nm = _measure(kern, w, self.grid, self.mass_floor)
+            if not (np.isfinite(nl) and nl <= self.ood_drift):
+                problem = f"neural drift {nl:.3g} above ood_drift={self.ood_drift:g}"
+            elif not (np.isfinite(nm) and nm <= self.ood_marginal_error):
+                problem = (f"neural marginal error {nm:.3g} above "
+                           f"ood_marginal_error={self.ood_marginal_error:g}")
+        if problem and self.fallback:
+            tp = time.perf_counter()
+            res = self._classical(marg)
+            d, dl, me = _measure(res.kernels, w, self.grid, self.mass_floor)
+            return NeuralSolution(
+                marg, res.kernels, res.v / EPS, res.h / EPS, "classical", d, dl, me, nd, nm,
+                bool(res.success), f"out of distribution ({problem}): classical solver used; "
+                + res.message, time.perf_counter() - t0, t_inf, time.perf_counter() - tp,
+                int(res.nit), regridded, res)
+        if problem:
+            return NeuralSolution(marg, kern if kern is not None else np.zeros(0),
+                                  v, h, "neural", nd, nl, nm, nd, nm, False,
+                                  f"out of distribution ({problem}); no fallback",
+                                  time.perf_counter() - t0, t_inf, 0.0, 0, regridded)
+        if hybrid:
+            tp = time.perf_counter()
+            res = self._classical(marg, warm=(v * EPS, h * EPS))
+            d, dl, me = _measure(res.kernels, w, self.grid, self.mass_floor)
+            return NeuralSolution(
+                marg, res.kernels, res.v / EPS, res.h / EPS, "hybrid", d, dl, me, nd, nm,
+                bool(res.success), f"neural warm start + Newton polish: {res.message}",
+                time.perf_counter() - t0, t_inf, time.perf_counter() - tp, int(res.nit),
+                regridded, res)
+        return NeuralSolution(marg, kern, v, h, "neural", nd, nl, nm, nd, nm, True,
+                              "pure neural (kernels are not exact martingales; see drift)",
+                              time.perf_counter() - t0, t_inf, 0.0, 0, regridded)
+
+    def price(self, marginals: Marginals, payoff, *, hybrid: bool = False) -> float:
+        """Price of ``payoff`` under the calibrated model (undiscounted, moneyness units)."""
+        return self.solve(marginals, hybrid=hybrid).price(payoff)
+
+
+def demo_prices(marginals: Marginals, payoffs: dict[str, Any] | list, *, checkpoint=None
+                ) -> dict[str, Any]:
+    """Neural, hybrid and classical prices and timings for ``payoffs`` (for ``deepquant demo``).
+
+    Returns ``{"prices": {name: {"neural": p, "hybrid": p, "classical": p}}, "seconds":
+    {"neural": s, "hybrid": s, "classical": s}, "drift": {...}, "mode": ...}``.
+    """
+    if not isinstance(payoffs, dict):
+        payoffs = {getattr(p, "name", str(i)): p for i, p in enumerate(payoffs)}
+    pricer = NeuralPricer(checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NeuralGridWarning)
+        neural = pricer.solve(marginals)
+        hybrid = pricer.solve(marginals, hybrid=True)
+    t0 = time.perf_counter()
+    classical = pricer._classical(neural.marginals)
+    t_classical = time.perf_counter() - t0
+    from deepquant.mmot.augment import build_chain, expectation
+
+    prices = {}
+    for name, p in payoffs.items():
+        chain = build_chain(neural.marginals, p)
+        prices[name] = {
+            "neural": expectation(chain, neural.kernels, law0=neural.marginals.weights[0]),
+            "hybrid": expectation(chain, hybrid.kernels, law0=neural.marginals.weights[0]),
+            "classical": expectation(chain, classical.kernels,
+                                     law0=neural.marginals.weights[0]),
+        }
+    return {"prices": prices,
+            "seconds": {"neural": neural.seconds, "hybrid": hybrid.seconds,
+                        "classical": t_classical},
+            "drift": {"neural": neural.drift_live, "hybrid": hybrid.drift,
+                      "classical": float(classical.drift)},
+            "mode": {"neural": neural.mode, "hybrid": hybrid.mode}}

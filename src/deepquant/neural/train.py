@@ -1,0 +1,361 @@
+"""Training loop, checkpoints and export of the surrogate (seed 001 §9.4, DESIGN §3).
+
+``train(config)`` trains from a data file, logs to TensorBoard, writes ``last.pt`` after every
+evaluation and ``best.pt`` when the validation loss improves (both atomically), stops at
+``max_steps``, at the ``max_minutes`` budget or early (no improvement for ``patience``
+evaluations), and resumes from ``last.pt`` when asked. A training checkpoint holds the model and
+optimizer states, the scheduler step, the full config, the step, the best validation loss, the
+data file's attributes and the library version.
+
+``export_checkpoint(pt, out_dir)`` writes the inference form shipped with the package: weights as
+``model.safetensors`` and a ``config.json`` (model config, grid, output scales, provenance).
+``load_model(path)`` reads either form; a missing, corrupt or mismatched file is a ``ValueError``
+that says which.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepquant.atomic import atomic_path, write_json
+from deepquant.neural.config import Config, ModelConfig
+from deepquant.neural.data import NeuralDataset, read_dataset
+from deepquant.neural.losses import surrogate_loss
+from deepquant.neural.model import build_model, count_parameters, period_scale
+
+__all__ = ["train", "TrainResult", "save_checkpoint", "load_checkpoint", "export_checkpoint",
+           "load_model", "evaluate_loss", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "deepquant-neural-checkpoint-v1"
+EXPORT_FORMAT = "deepquant-neural-export-v1"
+
+
+@dataclass
+class TrainResult:
+    """What a training run did."""
+
+    step: int
+    best_val_loss: float
+    best_step: int
+    stopped: str  # "max_steps" | "early_stopping" | "time_budget"
+    seconds: float
+    n_params: int
+    n_train: int
+    n_val: int
+    out_dir: str
+    history: list[dict] = field(default_factory=list)
+
+
+def _split(records: list[dict], frac: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Stratified split by family, deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for fam in sorted({r["family"] for r in records}):
+        group = [r for r in records if r["family"] == fam]
+        perm = rng.permutation(len(group))
+        n_val = max(1, int(round(frac * len(group)))) if len(group) > 1 else 0
+        val += [group[i] for i in perm[:n_val]]
+        train += [group[i] for i in perm[n_val:]]
+    return train, val
+
+
+def _target_scales(records: list[dict], mass_floor: float) -> tuple[float, float]:
+    """RMS of s_t * v and s_t * h over the distilled entries (the heads' output units)."""
+    vs, hs = [], []
+    for r in records:
+        w = r["weights"]
+        s = np.asarray(period_scale(torch.as_tensor(w[None]), torch.as_tensor(grid_of(r))))[0]
+        vs.append((r["v"] * s[:, None])[r["v_valid"] & (w[1:] > mass_floor)])
+        hs.append((r["h"] * s[:, None])[r["h_valid"] & (w[:-1] > mass_floor)])
+    v = np.concatenate(vs) if vs else np.ones(1)
+    h = np.concatenate(hs) if hs else np.ones(1)
+    return float(max(np.sqrt(np.mean(v ** 2)), 1e-3)), float(max(np.sqrt(np.mean(h ** 2)), 1e-3))
+
+
+def grid_of(record: dict) -> np.ndarray:
+    return record["grid"]
+
+
+def _lr_factor(step: int, cfg) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def _loss_kwargs(cfg: Config, model) -> dict[str, float]:
+    t = cfg.train
+    return {"lambda_mart": t.lambda_mart, "lambda_h": t.lambda_h, "drift_scale": t.drift_scale,
+            "h_units": t.h_units, "mass_floor": t.mass_floor,
+            "v_scale": float(model.v_scale), "h_scale": float(model.h_scale)}
+
+
+@torch.no_grad()
+def evaluate_loss(model, ds: NeuralDataset, cfg: Config, *, batch_size: int = 64) -> dict:
+    """Mean validation loss terms over ``ds`` (weighted by batch size) and the max drift."""
+    was = model.training
+    model.eval()
+    sums = {"total": 0.0, "dist": 0.0, "mart": 0.0, "hpen": 0.0}
+    drift = 0.0
+    n = 0
+    kw = _loss_kwargs(cfg, model)
+    for ids in ds.batches(batch_size):
+        b = ds.collate(ids)
+        v, h = model(b["weights"], b["date_mask"])
+        terms = surrogate_loss(v, h, b, **kw)
+        for k in sums:
+            sums[k] += float(getattr(terms, k)) * len(ids)
+        drift = max(drift, float(terms.drift_max))
+        n += len(ids)
+    model.train(was)
+    out = {k: s / max(n, 1) for k, s in sums.items()}
+    out["drift_max"] = drift
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | os.PathLike[str], *, model, optimizer, cfg: Config, step: int,
+                    best_val: float, best_step: int, data_attrs: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Atomically write a training checkpoint (``torch.save`` to a temp file, then rename)."""
+    from deepquant import __version__
+
+    state = {
+        "format": CHECKPOINT_FORMAT, "version": __version__, "config": cfg.to_dict(),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+        "step": int(step), "best_val_loss": float(best_val), "best_step": int(best_step),
+        "data_attrs": {k: (v.item() if hasattr(v, "item") else v)
+                       for k, v in (data_attrs or {}).items()},
+        "torch_rng": torch.get_rng_state(), "extra": extra or {},
+    }
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict:
+    """Read a training checkpoint; ``ValueError`` if missing, corrupt or of another format."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types on a damaged file
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"checkpoint {str(path)!r} has format {fmt!r}, expected "
+                         f"{CHECKPOINT_FORMAT!r}")
+    return state
+
+
+def _model_from_state(state_dict: dict, mcfg: ModelConfig, source: str):
+    model = build_model(mcfg)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {source!r} does not match its model config "
+                         f"(kind={mcfg.kind}, grid_size={mcfg.grid_size}): "
+                         f"{str(exc).splitlines()[0]}") from exc
+    model.eval()
+    return model
+
+
+def export_checkpoint(pt_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                      *, note: str = "") -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (the shipped, inference-only form)."""
+    from safetensors.torch import save_file
+
+    state = load_checkpoint(pt_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in state["model"].items()}
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    meta = {"format": EXPORT_FORMAT, "version": state["version"],
+            "model": state["config"]["model"], "train": state["config"]["train"],
+            "data": state["config"]["data"], "step": state["step"],
+            "best_val_loss": state["best_val_loss"], "data_attrs": state["data_attrs"],
+            "extra": state.get("extra", {}), "note": note}
+    write_json(out_dir / "config.json", meta)
+    return out_dir
+
+
+def load_model(path: str | os.PathLike[str]):
+    """(model in eval mode, metadata dict) from a training ``.pt`` or an exported folder /
+    ``.safetensors`` file (with its ``config.json`` beside it)."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        state = load_checkpoint(path)
+        mcfg = ModelConfig(**state["config"]["model"])
+        meta = {k: state[k] for k in ("version", "step", "best_val_loss", "data_attrs")}
+        meta["model"] = state["config"]["model"]
+        return _model_from_state(state["model"], mcfg, str(path)), meta
+    folder = path if path.is_dir() else path.parent
+    weights = folder / "model.safetensors" if path.is_dir() else path
+    cfg_path = folder / "config.json"
+    for p in (weights, cfg_path):
+        if not p.exists():
+            raise ValueError(f"checkpoint file {str(p)!r} does not exist")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"checkpoint config {str(cfg_path)!r} is corrupt: {exc}") from exc
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"checkpoint config {str(cfg_path)!r} has format "
+                         f"{meta.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:
+        raise ValueError(f"checkpoint weights {str(weights)!r} are corrupt "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from exc
+    try:
+        mcfg = ModelConfig(**meta["model"])
+    except TypeError as exc:
+        raise ValueError(f"checkpoint config {str(cfg_path)!r} has an invalid model section: "
+                         f"{exc}") from exc
+    return _model_from_state(tensors, mcfg, str(weights)), meta
+
+
+# ----------------------------------------------------------------------------- training
+def train(cfg: Config, *, callback=None) -> TrainResult:
+    """Train the surrogate described by ``cfg``. ``callback(event: dict)`` receives progress
+    (``{"kind": "eval", "step": ..., "val": ...}`` and ``{"kind": "step", ...}``)."""
+    t = cfg.train
+    torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    t_start = time.perf_counter()
+    out_dir = Path(t.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    records, grid, attrs = read_dataset(cfg.data.train)
+    if cfg.model.grid_size != len(grid):
+        raise ValueError(f"model.grid_size={cfg.model.grid_size} but the data grid has "
+                         f"{len(grid)} points")
+    if cfg.data.max_instances:
+        records = records[: cfg.data.max_instances]
+    if cfg.data.val:
+        train_recs, (val_recs, _, _) = records, read_dataset(cfg.data.val)
+    else:
+        train_recs, val_recs = _split(records, cfg.data.val_fraction, cfg.data.split_seed)
+    if not train_recs or not val_recs:
+        raise ValueError(f"need training and validation instances, got {len(train_recs)} and "
+                         f"{len(val_recs)} from {cfg.data.train!r}")
+    train_ds, val_ds = NeuralDataset(train_recs, grid), NeuralDataset(val_recs, grid)
+
+    model = build_model(cfg.model, grid)
+    for r in train_recs:
+        r["grid"] = grid
+    model.set_scales(*_target_scales(train_recs, t.mass_floor))
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    step, best_val, best_step, history = 0, math.inf, 0, []
+    last = out_dir / "last.pt"
+    if t.resume and last.exists():
+        state = load_checkpoint(last)
+        if state["config"]["model"] != cfg.to_dict()["model"]:
+            diff = {k for k, v in cfg.to_dict()["model"].items()
+                    if state["config"]["model"].get(k) != v}
+            raise ValueError(f"cannot resume from {str(last)!r}: its model config differs in "
+                             f"{sorted(diff)}; use another train.out_dir or resume: false")
+        model = _model_from_state(state["model"], cfg.model, str(last))
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        opt.load_state_dict(state["optimizer"])
+        step, best_val, best_step = state["step"], state["best_val_loss"], state["best_step"]
+        history = list(state.get("extra", {}).get("history", []))
+        torch.set_rng_state(state["torch_rng"])
+    writer = None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(t.log_dir or str(out_dir / "tb"))
+    except ImportError:  # pragma: no cover - tensorboard is in the neural extra
+        pass
+
+    kw = _loss_kwargs(cfg, model)
+    rng = np.random.default_rng(t.seed + step)
+    bad_evals = 0
+    stopped = "max_steps"
+    model.train()
+
+    def do_eval() -> bool:
+        nonlocal best_val, best_step, bad_evals
+        val = evaluate_loss(model, val_ds, cfg)
+        improved = val["total"] < best_val
+        if improved:
+            best_val, best_step, bad_evals = val["total"], step, 0
+        else:
+            bad_evals += 1
+        rec = {"step": step, "seconds": time.perf_counter() - t_start,
+               **{f"val_{k}": v for k, v in val.items()}}
+        history.append(rec)
+        if writer:
+            for k, v in val.items():
+                writer.add_scalar(f"val/{k}", v, step)
+            writer.flush()
+        ckw = {"model": model, "optimizer": opt, "cfg": cfg, "step": step,
+               "best_val": best_val, "best_step": best_step, "data_attrs": attrs,
+               "extra": {"history": history, "n_params": count_parameters(model)}}
+        if improved:
+            save_checkpoint(out_dir / "best.pt", **ckw)
+        save_checkpoint(last, **ckw)
+        if callback:
+            callback({"kind": "eval", "step": step, "val": val, "best": best_val})
+        return improved
+
+    if step == 0:
+        do_eval()
+    done = step >= t.max_steps
+    while not done:
+        for ids in train_ds.batches(t.batch_size, rng):
+            for g in opt.param_groups:
+                g["lr"] = t.lr * _lr_factor(step, t)
+            b = train_ds.collate(ids)
+            v, h = model(b["weights"], b["date_mask"])
+            terms = surrogate_loss(v, h, b, **kw)
+            opt.zero_grad(set_to_none=True)
+            terms.total.backward()
+            if t.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            step += 1
+            if writer and step % 20 == 0:
+                for k in ("total", "dist", "mart", "hpen", "drift_max"):
+                    writer.add_scalar(f"train/{k}", float(getattr(terms, k)), step)
+                writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
+            if callback:
+                callback({"kind": "step", "step": step, "loss": float(terms.total)})
+            over_time = (t.max_minutes is not None
+                         and time.perf_counter() - t_start > 60 * t.max_minutes)
+            if step % t.eval_every == 0 or step >= t.max_steps or over_time:
+                do_eval()
+                if bad_evals >= t.patience:
+                    stopped, done = "early_stopping", True
+            if step >= t.max_steps:
+                stopped, done = "max_steps", True
+            elif over_time:
+                stopped, done = "time_budget", True
+            if done:
+                break
+    if writer:
+        writer.close()
+    return TrainResult(step, best_val, best_step, stopped, time.perf_counter() - t_start,
+                       count_parameters(model), len(train_ds), len(val_ds), str(out_dir),
+                       history)
+
+
+def config_summary(cfg: Config) -> dict[str, Any]:
+    """Flat dict for logs."""
+    return {f"{s}.{k}": v for s, d in cfg.to_dict().items() for k, v in d.items()}

@@ -1,0 +1,228 @@
+"""Dual (upper) bounds: a signature martingale fitted by pathwise optimisation, and the
+Andersen–Broadie nested-simulation martingale as a cross-check.
+
+Duality (Rogers 2002; Haugh & Kogan 2004): for ANY martingale M with M_0 = 0,
+
+    V_0 = sup_tau E[Z_tau] <= E[ max_j (Z_j - M_{t_j}) ],
+
+with equality for the Doob martingale of the Snell envelope. So an upper bound is the mean of
+max_j (Z_j - M_j) over paths that were NOT used to choose M.
+
+**Signature martingale** (Bayer, Pelizzari & Schoenmakers 2023, "Primal and dual optimal
+stopping with signatures", §3; Desai, Farias & Moallemi 2012 for the pathwise optimisation). On
+the simulation grid, with interval j = [t_j, t_{j+1}) between exercise dates,
+
+    M_{t_j} = sum_{i < j} sum_{k in interval i} theta_i . (phi_k (x) dX_k)   (+ payoff terms),
+
+where phi_k (F,) are F_{t_k}-measurable features (1, s, s^2, v, the truncated signature of
+(t, log S, V) up to t_k, and the Black–Scholes put deltas N(-d1) for strikes c K, c in
+``delta_strikes``, to the next exercise date with vol sqrt(xi0)), and dX_k = (dS~_k / K, dW_k) are
+martingale increments: the discounted stock increment and the volatility-driver increment. So
+each theta-term is a martingale transform and M is a martingale for every theta. Optional
+``payoff_increments``: on the last step of each interval, the increments
+e^{-r t_{k+1}} (cK - S_{k+1})^+ - e^{-r t_k} P_BS(S_k; cK, sqrt(V_k), dt) are martingale
+increments too (given F_{t_k}, log-Euler makes S_{k+1} exactly lognormal with variance V_k dt),
+and they carry the kink of the value function at the exercise dates that a linear-in-increment
+integrand cannot. theta (J, P) minimises the convex sample average
+mean_n max_j (Z_nj - M_nj), smoothed as tau log sum_j exp(./tau) with tau decreasing to
+``tau_min`` (L-BFGS; the smoothed objective exceeds the max by at most tau log(J+1)), plus
+``ridge``/2 |theta|^2 on standardized columns.
+
+**Andersen–Broadie** (Andersen & Broadie 2004, Manag. Sci. 50(9)): with a stopping policy
+(the LSM one) and its continuation values C_j = E_j[Z_{tau_{j+1}}] estimated by inner paths
+that share the outer path's noise up to t_j, M_{j+1} - M_j = L_{j+1} - C_j where L_j = Z_j if
+the policy stops at j and C_j otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import KW_ONLY, dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import logsumexp, ndtr, softmax
+
+from deepquant.payoffs import EuropeanPut, Payoff
+from deepquant.rough.lsm import bs_european
+from deepquant.rough.rbergomi import RoughPaths
+from deepquant.rough.signature import iter_signatures, lifted_path
+
+__all__ = [
+    "MartingaleBasis",
+    "martingale_increments",
+    "DualMartingale",
+    "fit_dual",
+    "dual_objective",
+]
+
+
+@dataclass(frozen=True)
+class MartingaleBasis:
+    """Features of the martingale integrand (see the module docstring)."""
+
+    _: KW_ONLY
+    sig_level: int = 2
+    poly_degree: int = 2
+    delta_strikes: tuple = (0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
+    payoff_increments: bool = True
+    payoff_strikes: tuple = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3)
+    variance: str = "log"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sig_level, int) or not 0 <= self.sig_level <= 4:
+            raise ValueError(f"sig_level must be an integer in 0..4, got {self.sig_level!r}")
+        if not isinstance(self.poly_degree, int) or not 0 <= self.poly_degree <= 4:
+            raise ValueError(f"poly_degree must be an integer in 0..4, got {self.poly_degree!r}")
+        for name in ("delta_strikes", "payoff_strikes"):
+            vals = getattr(self, name)
+            if any(not (math.isfinite(c) and c > 0) for c in vals):
+                raise ValueError(f"{name} must be positive finite multiples of K, got {vals!r}")
+
+
+def _step_features(S, V, t, t_next, sig, K, r, xi0, basis: MartingaleBasis, put: bool,
+                   varies: bool) -> np.ndarray:
+    s = S / K
+    cols = [np.ones_like(s)]
+    for d in range(1, basis.poly_degree + 1):
+        cols.append(s**d)
+    if varies and basis.poly_degree >= 1:
+        cols.append(V / xi0)
+    tau = max(t_next - t, 1e-12)
+    sd = math.sqrt(xi0 * tau)
+    for c in basis.delta_strikes:
+        d1 = (np.log(S / (c * K)) + (r + 0.5 * xi0) * tau) / sd
+        cols.append(ndtr(-d1) if put else ndtr(d1))
+    out = np.stack(cols, axis=1)
+    if sig is not None and sig.shape[1]:
+        out = np.concatenate([out, sig], axis=1)
+    return out
+
+
+def martingale_increments(paths: RoughPaths, xi0: float, payoff: Payoff, dates,
+                          basis: MartingaleBasis) -> np.ndarray:
+    """Interval sums B of the martingale basis increments, shape (n_paths, J, P).
+
+    B[n, i, :] = sum_{k in [e_i, e_{i+1})} (phi_k (x) dX_k) [+ payoff increments], so that
+    M_{t_j} = sum_{i<j} B[:, i] . theta_i.
+    """
+    dates = [int(d) for d in dates]
+    J = len(dates) - 1
+    K = float(payoff.strike)
+    put = isinstance(payoff, EuropeanPut)
+    r = paths.r
+    times = paths.times
+    disc = np.exp(-r * times)
+    dS = np.diff(disc[None, :] * paths.S, axis=1) / K
+    dW = paths.dW
+    varies = float(np.ptp(paths.V)) > 0.0
+    interval = np.full(paths.n_steps, -1)
+    for i in range(J):
+        interval[dates[i] : dates[i + 1]] = i
+    sig_iter = None
+    if basis.sig_level > 0:
+        sig_iter = iter_signatures(lifted_path(paths, xi0, variance=basis.variance),
+                                   basis.sig_level)
+    B = None
+    n_pay = len(basis.payoff_strikes) if basis.payoff_increments else 0
+    for k in range(dates[-1]):
+        sig = next(sig_iter)[1] if sig_iter is not None else None
+        i = interval[k]
+        if i < 0:
+            continue
+        phi = _step_features(paths.S[:, k], paths.V[:, k], times[k], times[dates[i + 1]], sig,
+                             K, r, xi0, basis, put, varies)
+        F = phi.shape[1]
+        if B is None:
+            B = np.zeros((paths.n_paths, J, 2 * F + n_pay))
+        B[:, i, :F] += phi * dS[:, k : k + 1]
+        B[:, i, F : 2 * F] += phi * dW[:, k : k + 1]
+        if n_pay:
+            # option-price increments of (cK - S)^+ expiring at t_{i+1}, priced with the
+            # variance V_k over [t_k, t_{k+1}] and xi0 after: exact one-step conditional mean
+            dt = times[k + 1] - times[k]
+            rest = times[dates[i + 1]] - times[k + 1]
+            vol_before = np.sqrt((paths.V[:, k] * dt + xi0 * rest) / (dt + rest))
+            vol_after = math.sqrt(xi0)
+            for m, c in enumerate(basis.payoff_strikes):
+                strike = c * K
+                after = bs_european(paths.S[:, k + 1], strike, r, vol_after, rest, put=put)
+                before = bs_european(paths.S[:, k], strike, r, vol_before, dt + rest, put=put)
+                B[:, i, 2 * F + m] += (disc[k + 1] * after - disc[k] * before) / K
+    return B
+
+
+def dual_objective(theta: np.ndarray, Z: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Pathwise max_j (Z_j - M_j), shape (n,), for theta (J, P), Z (n, J+1), B (n, J, P)."""
+    m = np.einsum("nip,ip->ni", B, theta)
+    M = np.concatenate([np.zeros((Z.shape[0], 1)), np.cumsum(m, axis=1)], axis=1)
+    return np.max(Z - M, axis=1)
+
+
+@dataclass(frozen=True)
+class DualMartingale:
+    """A fitted martingale: theta (J, P) acting on standardized increments B / scale.
+
+    in_sample : mean of max_j (Z_j - M_j) on the training paths (biased low as an estimate of
+    the out-of-sample value; reported for diagnostics only).
+    """
+
+    theta: np.ndarray
+    scale: np.ndarray
+    in_sample: float
+    n_train: int
+    success: bool
+    message: str
+    nit: int
+
+    def pathwise(self, Z: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """max_j (Z_j - M_j) on (independent) paths, shape (n,)."""
+        return dual_objective(self.theta / self.scale, Z, B)
+
+
+def fit_dual(Z: np.ndarray, B: np.ndarray, *, ridge: float = 1e-6, tau_min: float = 1e-3,
+             max_iter: int = 400) -> DualMartingale:
+    """Minimise mean_n max_j (Z_nj - M_nj) over theta (see the module docstring).
+
+    Z (n, J+1) discounted exercise values, B (n, J, P) from ``martingale_increments``.
+    ``tau_min`` is relative to the mean of max_j Z_j.
+    """
+    Z = np.asarray(Z, dtype=float)
+    n, J1 = Z.shape
+    _, J, P = B.shape
+    if J != J1 - 1:
+        raise ValueError(f"B must have J = Z.shape[1] - 1 = {J1 - 1} intervals, got {J}")
+    scale = B.std(axis=0)
+    scale = np.where(scale > 1e-14, scale, np.inf)
+    Bs = B / scale
+    level = max(float(np.max(Z, axis=1).mean()), 1e-12)
+
+    def fun(x, tau):
+        th = x.reshape(J, P)
+        m = np.einsum("nip,ip->ni", Bs, th)
+        M = np.concatenate([np.zeros((n, 1)), np.cumsum(m, axis=1)], axis=1)
+        A = (Z - M) / tau
+        f = tau * logsumexp(A, axis=1).mean() + 0.5 * ridge * level * x @ x
+        w = softmax(A, axis=1)
+        tail = 1.0 - np.cumsum(w, axis=1)[:, :J]  # sum_{j > i} w_j
+        g = -np.einsum("ni,nip->ip", tail, Bs) / n
+        return f, g.ravel() + ridge * level * x
+
+    x = np.zeros(J * P)
+    ok, msg, nit = True, "", 0
+    for rel in (0.1, 0.03, 0.01, 0.003, tau_min):
+        if rel < tau_min:
+            continue
+        res = minimize(fun, x, args=(rel * level,), jac=True, method="L-BFGS-B",
+                       options={"maxiter": max_iter, "gtol": 1e-10, "ftol": 1e-12})
+        x = res.x
+        ok, msg, nit = bool(res.success), str(res.message), nit + int(res.nit)
+        if rel == tau_min:
+            break
+    theta = x.reshape(J, P)
+    if not ok and "ABNORMAL" not in msg.upper():
+        warnings.warn(f"dual fit did not converge: {msg}", RuntimeWarning, stacklevel=2)
+    in_sample = float(dual_objective(theta, Z, Bs).mean())
+    return DualMartingale(theta=theta, scale=scale, in_sample=in_sample, n_train=n,
+                          success=ok, message=msg, nit=nit)

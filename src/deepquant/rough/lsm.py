@@ -1,0 +1,240 @@
+"""Longstaff–Schwartz lower bound with polynomial and signature regression bases.
+
+Problem: a Bermudan option with exercise value g(S) (a put or call from ``deepquant.payoffs``) at
+the exercise dates t_0 = 0 (optional), t_1, ..., t_J = T, which are grid indices
+``dates = (e_0, ..., e_J)`` of the simulation grid. Z_j = exp(-r t_j) g(S_{t_j}) is the
+discounted exercise value, shape (n_paths, J+1).
+
+Regression (Longstaff & Schwartz 2001, RFS 14(1), §1): backward in j, regress the realised
+discounted cash flow of the current policy on the basis functions phi_j(path up to t_j) over the
+in-the-money paths (Z_j > 0), by least squares on standardized columns; exercise where
+Z_j >= the fitted continuation. At t_0 every path has the same state, so the continuation is
+the mean cash flow. The fitted policy is then applied to INDEPENDENT pricing paths, so its value
+there is an unbiased estimate of a lower bound (any stopping rule is sub-optimal).
+
+Basis (``ExerciseBasis``): all monomials s^a v^b with a + b <= ``poly_degree`` in s = S/K and
+v = V/xi0; the truncated signature of (t, log S, V) up to t_j (``deepquant.rough.signature``) to
+level ``sig_level``; optionally the Black–Scholes European value (K e^{-r tau} N(-d2) - S N(-d1))/K
+with tau = T - t_j and volatility sqrt(xi0) (a smooth proxy for the continuation value).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import KW_ONLY, dataclass, field
+
+import numpy as np
+from scipy.special import ndtr
+
+from deepquant.payoffs import EuropeanCall, EuropeanPut, Payoff
+from deepquant.rough.rbergomi import RoughPaths
+from deepquant.rough.signature import lifted_path, signatures_at
+
+__all__ = [
+    "ExerciseBasis",
+    "bs_european",
+    "exercise_values",
+    "exercise_features",
+    "LSMPolicy",
+    "fit_lsm",
+    "check_exercise_payoff",
+]
+
+
+def check_exercise_payoff(payoff: Payoff) -> Payoff:
+    """Accept a put or call from ``deepquant.payoffs`` as the exercise value g(S)."""
+    if not isinstance(payoff, EuropeanPut | EuropeanCall):
+        raise ValueError(
+            f"payoff must be a deepquant.payoffs.EuropeanPut or EuropeanCall (its terminal(S) is "
+            f"the exercise value), got {payoff!r}"
+        )
+    if not (math.isfinite(payoff.strike) and payoff.strike > 0):
+        raise ValueError(f"strike must be a finite number > 0, got {payoff.strike!r}")
+    return payoff
+
+
+def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = True) -> np.ndarray:
+    """Black–Scholes European value (broadcasting); tau = 0 gives the intrinsic value."""
+    S = np.asarray(S, dtype=float)
+    sigma = np.asarray(sigma, dtype=float)
+    tau = np.asarray(tau, dtype=float)
+    sd = sigma * np.sqrt(tau)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d1 = (np.log(S / K) + (r + 0.5 * sigma**2) * tau) / sd
+    d2 = d1 - sd
+    disc = K * np.exp(-r * tau)
+    if put:
+        val = disc * ndtr(-d2) - S * ndtr(-d1)
+        intrinsic = np.maximum(K - S, 0.0)
+    else:
+        val = S * ndtr(d1) - disc * ndtr(d2)
+        intrinsic = np.maximum(S - K, 0.0)
+    return np.where(sd > 0, val, intrinsic)
+
+
+def exercise_values(paths: RoughPaths, payoff: Payoff, dates) -> np.ndarray:
+    """Discounted exercise values Z_j = exp(-r t_j) g(S_{t_j}), shape (n_paths, len(dates))."""
+    idx = np.asarray(dates, dtype=int)
+    g = payoff.terminal(paths.S[:, idx], None)
+    return np.exp(-paths.r * paths.times[idx])[None, :] * g
+
+
+@dataclass(frozen=True)
+class ExerciseBasis:
+    """Regression basis at the exercise dates (see the module docstring).
+
+    ``poly_degree`` >= 0 (total degree in s = S/K and v = V/xi0), ``sig_level`` >= 0
+    (0 = no signature terms), ``bs_feature``: add the Black–Scholes European value,
+    ``variance``: the signature's variance channel, "log" or "level".
+    """
+
+    _: KW_ONLY
+    poly_degree: int = 2
+    sig_level: int = 2
+    bs_feature: bool = True
+    variance: str = "log"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.poly_degree, int) or self.poly_degree < 0:
+            raise ValueError(f"poly_degree must be an integer >= 0, got {self.poly_degree!r}")
+        if not isinstance(self.sig_level, int) or not 0 <= self.sig_level <= 5:
+            raise ValueError(f"sig_level must be an integer in 0..5, got {self.sig_level!r}")
+        if self.variance not in ("log", "level"):
+            raise ValueError(f"variance must be 'log' or 'level', got {self.variance!r}")
+
+
+def exercise_features(paths: RoughPaths, xi0: float, payoff: Payoff, dates,
+                      basis: ExerciseBasis) -> np.ndarray:
+    """Basis functions at each exercise date, shape (n_paths, len(dates), F), no constant column
+    (the regression adds it)."""
+    idx = np.asarray(dates, dtype=int)
+    K = float(payoff.strike)
+    T = float(paths.times[-1])
+    s = paths.S[:, idx] / K
+    v = paths.V[:, idx] / xi0
+    cols = []
+    varies = float(np.ptp(paths.V)) > 0.0
+    for total in range(1, basis.poly_degree + 1):
+        for b in range(total + 1):
+            if b and not varies:
+                continue
+            cols.append(s ** (total - b) * v**b)
+    if basis.bs_feature:
+        tau = T - paths.times[idx]
+        cols.append(bs_european(paths.S[:, idx], K, paths.r, math.sqrt(xi0), tau[None, :],
+                                put=isinstance(payoff, EuropeanPut)) / K)
+    feats = [np.stack(cols, axis=-1)] if cols else []
+    if basis.sig_level > 0:
+        x = lifted_path(paths, xi0, variance=basis.variance)
+        feats.append(signatures_at(x, basis.sig_level, idx))
+    if not feats:
+        return np.zeros((paths.n_paths, len(idx), 0))
+    return np.concatenate(feats, axis=-1)
+
+
+@dataclass(frozen=True)
+class LSMPolicy:
+    """A fitted exercise policy: continuation_j(x) = c_j + ((x - mean_j) / scale_j) . beta_j.
+
+    coef : list of J+1 arrays (F+1,) or None (None at dates without a regression: the last
+        date, date 0, dates with too few in-the-money paths -> never exercise before T there)
+    mean, scale : lists of arrays (F,) (column standardisation per date)
+    exercise_at_zero : bool    decision at t_0 (all paths share the state there)
+    continuation_zero : float  regression-path estimate of the value of continuing at t_0
+    """
+
+    coef: list
+    mean: list
+    scale: list
+    exercise_at_zero: bool
+    continuation_zero: float
+    has_zero_date: bool = True
+    n_regression: int = 0
+    in_sample_value: float = float("nan")
+    rank: list = field(default_factory=list)
+
+    def continuation(self, j: int, feats: np.ndarray) -> np.ndarray:
+        """Fitted continuation at date j for features (n, F), shape (n,)."""
+        c = self.coef[j]
+        if c is None:
+            return np.full(feats.shape[0], np.inf)
+        return c[0] + ((feats - self.mean[j]) / self.scale[j]) @ c[1:]
+
+    def stopping_index(self, Z: np.ndarray, feats: np.ndarray, start: int = 0) -> np.ndarray:
+        """First date index j >= start at which the policy exercises (J if never), shape (n,).
+
+        At j = J the option is exercised (Z_J >= 0 is paid). Date 0 uses ``exercise_at_zero``.
+        """
+        n, J1 = Z.shape
+        tau = np.full(n, J1 - 1)
+        alive = np.ones(n, dtype=bool)
+        for j in range(start, J1 - 1):
+            if j == 0 and self.has_zero_date:
+                if self.exercise_at_zero and Z[0, 0] > 0:
+                    tau[:] = 0
+                    return tau
+                continue
+            cand = alive & (Z[:, j] > 0)
+            if not cand.any() or self.coef[j] is None:
+                continue
+            ex = np.zeros(n, dtype=bool)
+            ex[cand] = Z[cand, j] >= self.continuation(j, feats[cand, j])
+            tau[ex] = j
+            alive &= ~ex
+        return tau
+
+    def cashflows(self, Z: np.ndarray, feats: np.ndarray, start: int = 0) -> np.ndarray:
+        """Discounted cash flow Z_tau of the policy started at date ``start``, shape (n,)."""
+        tau = self.stopping_index(Z, feats, start)
+        return Z[np.arange(Z.shape[0]), tau]
+
+
+def _lstsq(X: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray,
+                                                              np.ndarray, int]:
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    scale = np.where(scale > 1e-12 * (1.0 + np.abs(mean)), scale, np.inf)
+    Xs = (X - mean) / scale
+    A = np.concatenate([np.ones((X.shape[0], 1)), Xs], axis=1)
+    G = A.T @ A
+    G[1:, 1:] += ridge * X.shape[0] * np.eye(Xs.shape[1])
+    coef, *_ = np.linalg.lstsq(G, A.T @ y, rcond=1e-12)
+    rank = int(np.isfinite(scale).sum()) + 1
+    return coef, mean, scale, rank
+
+
+def fit_lsm(Z: np.ndarray, feats: np.ndarray, *, has_zero_date: bool = True,
+            ridge: float = 1e-8, min_itm: int = 16) -> LSMPolicy:
+    """Fit the Longstaff–Schwartz policy on regression paths.
+
+    Parameters
+    ----------
+    Z : (n, J+1) discounted exercise values at the exercise dates (date 0 first if
+        ``has_zero_date``).
+    feats : (n, J+1, F) basis functions at the dates.
+    ridge : Tikhonov weight on the standardized coefficients (per path).
+    """
+    Z = np.asarray(Z, dtype=float)
+    n, J1 = Z.shape
+    coef: list = [None] * J1
+    means: list = [None] * J1
+    scales: list = [None] * J1
+    ranks: list = [0] * J1
+    cash = Z[:, -1].copy()
+    first = 1 if has_zero_date else 0
+    for j in range(J1 - 2, first - 1, -1):
+        itm = Z[:, j] > 0
+        if itm.sum() < max(min_itm, feats.shape[2] + 2):
+            continue
+        c, m, s, rk = _lstsq(feats[itm, j], cash[itm], ridge)
+        coef[j], means[j], scales[j], ranks[j] = c, m, s, rk
+        cont = c[0] + ((feats[itm, j] - m) / s) @ c[1:]
+        ex = Z[itm, j] >= cont
+        idx = np.flatnonzero(itm)[ex]
+        cash[idx] = Z[idx, j]
+    cont0 = float(cash.mean())
+    ex0 = bool(has_zero_date and Z[0, 0] > 0 and Z[0, 0] >= cont0)
+    value = float(Z[0, 0]) if ex0 else cont0
+    return LSMPolicy(coef=coef, mean=means, scale=scales, exercise_at_zero=ex0,
+                     continuation_zero=cont0, has_zero_date=has_zero_date, n_regression=n,
+                     in_sample_value=value, rank=ranks)

@@ -1,0 +1,401 @@
+"""Tests of the batched entropic MMOT solver (DESIGN §2.1–2.2).
+
+Test marginals are built here, independently of ``deepquant.market.synthetic``:
+
+* ``lognormal_marginals``: Black–Scholes call curves on a uniform moneyness grid, corrected by the
+  affine function that puts all mass on the grid with mean 1; consecutive curves are ordered, so
+  the laws are in convex order (up to round-off).
+* ``kernel_marginals``: a random law pushed through random martingale kernels (mean-preserving
+  spreads onto grid points), exactly convex-ordered by construction; includes zero-weight points
+  and rows at the ends of the next law's support.
+
+Reference values: closed forms (model-free sums of squared increments, European calls, the unique
+plan from a point mass, plans forced by touching call curves) and one-period LPs solved by HiGHS.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import optimize, sparse
+from scipy.stats import norm
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot.entropic import (
+    ConvergenceWarning,
+    EntropicResult,
+    newton_polish,
+    reference_kernels,
+    solve_entropic,
+)
+from deepquant.payoffs import EuropeanCall, ForwardStartStraddle, SumSquaredIncrements
+
+TOL = 1e-9  # solver target for both measured residuals
+
+
+# ---------------------------------------------------------------------------- test marginals
+def _bs_call(k: np.ndarray, s: float) -> np.ndarray:
+    d1 = (-np.log(k) + 0.5 * s * s) / s
+    return norm.cdf(d1) - k * norm.cdf(d1 - s)
+
+
+def lognormal_marginals(n: int, m: int, sigma: float = 0.2, maturity: float = 1.0,
+                        lo: float = 0.5, hi: float = 2.0) -> Marginals:
+    """N+1 lognormal laws (total variance sigma^2 (t + T/N)) on a uniform grid, convex-ordered."""
+    grid = np.linspace(lo, hi, m)
+    times = np.linspace(0.0, maturity, n + 1)
+    rows = []
+    for t in times:
+        c = _bs_call(grid, sigma * np.sqrt(t + maturity / n))
+        lam = (grid - grid[0]) / (grid[-1] - grid[0])
+        c = c - ((c[0] - (1.0 - grid[0])) * (1 - lam) + c[-1] * lam)
+        slopes = np.concatenate([[-1.0], np.diff(c) / np.diff(grid), [0.0]])
+        rows.append(np.diff(slopes))
+    w = np.array(rows)
+    assert w.min() > -1e-12
+    w = np.maximum(w, 0.0)
+    w /= w.sum(axis=1, keepdims=True)
+    return Marginals(grid, w, times)
+
+
+def kernel_marginals(rng: np.random.Generator, n_dates: int, size: int,
+                     stay: float = 0.3) -> Marginals:
+    """Random law on the middle of the grid pushed through random martingale kernels."""
+    grid = np.sort(rng.uniform(0.5, 1.5, size)) if rng.random() < 0.3 else np.linspace(0.5, 1.5,
+                                                                                         size)
+    law = np.zeros(size)
+    mid = size // 2
+    k0 = max(1, size // 6)
+    law[mid - k0: mid + k0 + 1] = rng.dirichlet(np.ones(2 * k0 + 1))
+    law[rng.random(size) < 0.2] = 0.0  # zero-weight points inside the support
+    if law.sum() == 0:
+        law[mid] = 1.0
+    law /= law.sum()
+    rows = [law]
+    for _ in range(n_dates - 1):
+        nxt = np.zeros(size)
+        for j, mass in enumerate(law):
+            if mass == 0:
+                continue
+            a = int(rng.integers(0, min(j, 3) + 1))
+            b = int(rng.integers(0, min(size - 1 - j, 3) + 1))
+            if a == 0 or b == 0 or rng.random() < stay:
+                nxt[j] += mass
+                continue
+            xl, xr, x = grid[j - a], grid[j + b], grid[j]
+            nxt[j - a] += mass * (xr - x) / (xr - xl)
+            nxt[j + b] += mass * (x - xl) / (xr - xl)
+        rows.append(nxt)
+        law = nxt
+    return Marginals(grid, np.vstack(rows))
+
+
+def check_result(res: EntropicResult, mg: Marginals, tol: float = TOL) -> None:
+    """Success, measured residuals below tol (re-measured here), stochastic finite kernels."""
+    assert res.success, res.message
+    assert np.all(np.isfinite(res.kernels))
+    assert np.all(res.kernels >= 0)
+    np.testing.assert_allclose(res.kernels.sum(axis=2), 1.0, atol=1e-12)
+    plans = res.plans
+    mu, nu = mg.weights[:-1], mg.weights[1:]
+    err = np.abs(plans.sum(axis=2) - mu).sum(axis=1) + np.abs(plans.sum(axis=1) - nu).sum(axis=1)
+    drift = np.abs(res.kernels @ mg.grid - mg.grid[None, :])
+    drift = np.where(mu > 0, drift, 0.0).max(axis=1)
+    assert err.max() <= tol, err
+    assert drift.max() <= tol, drift
+    assert res.marginal_error == pytest.approx(err.max(), abs=1e-15)
+    for arr in (res.u, res.v, res.h):
+        assert arr.shape == mu.shape and np.all(np.isfinite(arr))
+
+
+def one_period_lp(mg: Marginals, cost: np.ndarray, t: int = 0, sense: int = 1) -> float:
+    """min (sense=1) or max (sense=-1) <c, pi> over martingale plans of period t (HiGHS)."""
+    mu, nu, x = mg.weights[t], mg.weights[t + 1], mg.grid
+    m = x.size
+    eye = sparse.identity(m, format="csr")
+    ones = sparse.csr_matrix(np.ones((1, m)))
+    rows = sparse.kron(eye, ones)                  # sum_y pi(x, y) = mu(x)
+    cols = sparse.kron(ones, eye)                  # sum_x pi(x, y) = nu(y)
+    mart = sparse.kron(eye, sparse.csr_matrix((x[None, :])))  # sum_y pi(x,y) y = x mu(x)
+    a_eq = sparse.vstack([rows, cols, mart]).tocsr()
+    b_eq = np.concatenate([mu, nu, x * mu])
+    res = optimize.linprog(sense * cost.ravel(), A_eq=a_eq, b_eq=b_eq, bounds=(0, None),
+                           method="highs")
+    assert res.status == 0, res.message
+    return float(sense * res.fun)
+
+
+# ---------------------------------------------------------------------------- main cases
+def test_lognormal_chain_converges_to_tolerance():
+    mg = lognormal_marginals(5, 80)
+    res = solve_entropic(mg, 1e-3)
+    check_result(res, mg)
+    assert res.nit <= 30
+    assert res.kernels.shape == (5, 80, 80)
+    assert res.history and res.history[-1]["kind"] == "newton"
+    # dual value equals the measured primal entropic objective at convergence (c = 0)
+    assert res.dual_value == pytest.approx(res.entropic_objective, rel=1e-6, abs=1e-9)
+    assert res.transport_cost == 0.0
+
+
+def test_gauge_of_potentials():
+    """v has zero mean and zero slope under the column targets (no pinned rows here)."""
+    mg = lognormal_marginals(2, 40, lo=0.3, hi=3.0, sigma=0.25)
+    res = solve_entropic(mg, 1e-2)
+    check_result(res, mg)
+    for t in range(2):
+        nu = mg.weights[t + 1] - np.where(res.pinned[t], mg.weights[t], 0.0)
+        y = mg.grid
+        assert abs(nu @ res.v[t]) < 1e-10
+        assert abs((nu * (y - (nu @ y) / nu.sum())) @ res.v[t]) < 1e-10
+
+
+def test_gibbs_form_of_kernels():
+    """Active rows satisfy pi = R exp((u + v + h (y - x) - c)/eps) with the returned potentials."""
+    mg = lognormal_marginals(2, 30)
+    eps = 5e-3
+    cost = SumSquaredIncrements()
+    res = solve_entropic(mg, eps, cost=cost)
+    check_result(res, mg)
+    x, y = mg.grid[:, None], mg.grid[None, :]
+    for t in range(2):
+        mu, nu = mg.weights[t], mg.weights[t + 1]
+        rows = (mu > 0) & ~res.pinned[t]
+        expo = (res.u[t][:, None] + res.v[t][None, :] + res.h[t][:, None] * (y - x)
+                - (y - x) ** 2) / eps
+        pi = mu[:, None] * nu[None, :] * np.exp(expo)
+        cols = nu > 0
+        np.testing.assert_allclose(pi[np.ix_(rows, cols)], res.plans[t][np.ix_(rows, cols)],
+                                   rtol=1e-6, atol=1e-14)
+
+
+def test_c0_plan_does_not_depend_on_eps():
+    """With c = 0 the scaled potentials absorb eps: the plan is the same for every eps."""
+    mg = lognormal_marginals(2, 40)
+    a = solve_entropic(mg, 1e-1)
+    b = solve_entropic(mg, 1e-4)
+    np.testing.assert_allclose(a.kernels, b.kernels, atol=1e-8)
+    np.testing.assert_allclose(a.v / 1e-1, b.v / 1e-4, rtol=1e-6, atol=1e-6)
+
+
+def test_lognormal_reference():
+    mg = lognormal_marginals(3, 60)
+    res = solve_entropic(mg, 1e-3, reference="lognormal")
+    check_result(res, mg)
+    prod = solve_entropic(mg, 1e-3)
+    # a random-walk reference gives a more local chain than the product reference
+    x, y = mg.grid[:, None], mg.grid[None, :]
+    e_abs = [float((r.plans * np.abs(y - x)).sum()) for r in (res, prod)]
+    assert e_abs[0] < e_abs[1]
+
+
+def test_reference_array_equals_product():
+    mg = lognormal_marginals(2, 30)
+    q = np.broadcast_to(mg.weights[1:, None, :], (2, 30, 30))
+    a = solve_entropic(mg, 1e-3, reference=q)
+    b = solve_entropic(mg, 1e-3)
+    np.testing.assert_allclose(a.kernels, b.kernels, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------- closed forms
+def test_point_mass_start_gives_product_kernel():
+    """From a point mass the martingale plan is unique: the kernel row is nu itself."""
+    grid = np.linspace(0.5, 1.5, 11)
+    mu = np.zeros(11)
+    mu[5] = 1.0
+    nu = np.array([0, 0.1, 0, 0.2, 0.1, 0.1, 0.1, 0.2, 0.1, 0.1, 0.0])
+    nu = nu / nu.sum()
+    shift = (nu @ grid - 1.0)
+    # fix the mean exactly with the two outer points of the support
+    nu[1] += shift / (grid[9] - grid[1]) * 1.0
+    nu[9] -= shift / (grid[9] - grid[1]) * 1.0
+    mg = Marginals(grid, np.vstack([mu, nu]))
+    res = solve_entropic(mg, 1e-2, cost=np.random.default_rng(0).random((1, 11, 11)))
+    check_result(res, mg)
+    np.testing.assert_allclose(res.kernels[0, 5], nu, atol=1e-10)
+
+
+def test_edge_rows_are_pinned():
+    """Rows at the ends of supp(nu)'s hull cannot move; the middle row splits half/half."""
+    grid = np.array([0.8, 0.9, 1.0, 1.1, 1.2])
+    mu = np.array([0.0, 0.25, 0.5, 0.25, 0.0])
+    nu = np.array([0.0, 0.5, 0.0, 0.5, 0.0])
+    mg = Marginals(grid, np.vstack([mu, nu]))
+    res = solve_entropic(mg, 1e-3)
+    check_result(res, mg)
+    assert res.pinned[0].tolist() == [False, True, False, True, False]
+    np.testing.assert_allclose(res.kernels[0, 1], [0, 1, 0, 0, 0], atol=1e-15)
+    np.testing.assert_allclose(res.kernels[0, 2], [0, 0.5, 0, 0.5, 0], atol=1e-12)
+    # zero-mass rows get a point mass at x
+    np.testing.assert_allclose(res.kernels[0, 0], [1, 0, 0, 0, 0])
+
+
+def test_touching_call_curves_split_the_problem():
+    """C_mu(3) = C_nu(3): no mass crosses 3, so each row has a unique two-point kernel."""
+    grid = np.arange(7.0)
+    mu = np.array([0, 0.5, 0, 0, 0, 0.5, 0])
+    nu = np.array([0.25, 0, 0.25, 0, 0.25, 0, 0.25])
+    mg = Marginals(grid, np.vstack([mu, nu]))
+    res = solve_entropic(mg, 1e-2)
+    check_result(res, mg)
+    np.testing.assert_allclose(res.kernels[0, 1], [0.5, 0, 0.5, 0, 0, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(res.kernels[0, 5], [0, 0, 0, 0, 0.5, 0, 0.5], atol=1e-12)
+
+
+def test_identical_marginals_are_the_identity():
+    mg = lognormal_marginals(1, 20)
+    same = Marginals(mg.grid, np.vstack([mg.weights[0], mg.weights[0]]))
+    res = solve_entropic(same, 1e-3)
+    check_result(res, same)
+    mu = same.weights[0]
+    np.testing.assert_allclose(res.kernels[0][mu > 0], np.eye(20)[mu > 0], atol=1e-15)
+
+
+def test_model_free_payoffs_are_exact():
+    """Sum of squared increments and a European call are the same under every martingale plan."""
+    mg = lognormal_marginals(3, 50)
+    res = solve_entropic(mg, 1e-3, cost=SumSquaredIncrements())
+    check_result(res, mg)
+    second = mg.weights @ mg.grid**2
+    assert res.transport_cost == pytest.approx(second[-1] - second[0], abs=1e-8)
+    call = EuropeanCall(strike=1.1)
+    res = solve_entropic(mg, 1e-3, cost=call)
+    check_result(res, mg)
+    assert res.transport_cost == pytest.approx(mg.call_prices([1.1])[-1, 0], abs=1e-9)
+
+
+@pytest.mark.parametrize("sense", [1, -1])
+def test_entropic_cost_converges_to_one_period_lp(sense):
+    """Forward-start straddle |X1 - X0|: <c, pi_eps> -> LP value as eps -> 0 (sense: min/max)."""
+    mg = lognormal_marginals(1, 25, sigma=0.25)
+    payoff = ForwardStartStraddle(strike=1.0, t1=0, t2=1)
+    x, y = mg.grid[:, None], mg.grid[None, :]
+    c = np.abs(y - x)
+    lp = one_period_lp(mg, c, sense=sense)
+    gaps = []
+    for eps in (1e-2, 1e-3, 1e-4):
+        res = solve_entropic(mg, eps, cost=payoff, maximize=sense < 0)
+        check_result(res, mg)
+        gaps.append(sense * (res.transport_cost - lp))
+    assert all(g >= -1e-8 for g in gaps)           # a feasible plan is never beyond the LP
+    assert gaps[0] > gaps[1] > gaps[2]
+    assert gaps[2] < 2e-3 * abs(lp)
+
+
+# ---------------------------------------------------------------------------- properties
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), n_dates=st.integers(2, 4), size=st.integers(6, 30),
+       eps=st.sampled_from([1e-1, 1e-2, 1e-3]),
+       reference=st.sampled_from(["product", "lognormal"]))
+def test_random_convex_ordered_marginals(seed, n_dates, size, eps, reference):
+    mg = kernel_marginals(np.random.default_rng(seed), n_dates, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = solve_entropic(mg, eps, reference=reference)
+    check_result(res, mg)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_random_marginals_with_pairwise_cost(seed):
+    rng = np.random.default_rng(seed)
+    mg = kernel_marginals(rng, 3, 15)
+    cost = rng.normal(size=(2, 15, 15)) * 0.05
+    res = solve_entropic(mg, 1e-3, cost=cost)
+    check_result(res, mg)
+    assert res.dual_value == pytest.approx(res.entropic_objective, rel=1e-5, abs=1e-8)
+
+
+# ---------------------------------------------------------------------------- warm starts
+def test_warm_start_from_solution_takes_no_iteration():
+    mg = lognormal_marginals(4, 60)
+    res = solve_entropic(mg, 1e-3)
+    again = solve_entropic(mg, 1e-3, warm_start=res)
+    check_result(again, mg)
+    assert again.nit <= 1
+    np.testing.assert_allclose(again.kernels, res.kernels, atol=1e-9)
+
+
+def test_newton_polish_from_perturbed_potentials():
+    mg = lognormal_marginals(4, 60)
+    res = solve_entropic(mg, 1e-3)
+    rng = np.random.default_rng(1)
+    v = res.v * (1 + 0.05 * rng.standard_normal(res.v.shape)) + 1.0  # other gauge, noise
+    h = res.h * (1 + 0.05 * rng.standard_normal(res.h.shape))
+    pol = newton_polish(mg, 1e-3, None, v, h)
+    check_result(pol, mg)
+    assert pol.sweeps == 0
+    assert pol.nit < res.nit + 5
+    np.testing.assert_allclose(pol.kernels, res.kernels, atol=1e-8)
+
+
+def test_eps_schedule_and_cold_start_newton():
+    mg = lognormal_marginals(2, 40)
+    c = np.abs(mg.grid[None, :] - mg.grid[:, None])
+    cost = np.stack([c, c])
+    a = solve_entropic(mg, 1e-4, cost=cost)
+    b = solve_entropic(mg, 1e-4, cost=cost, eps_schedule=[1e-2, 1e-3, 1e-4], sinkhorn_sweeps=0)
+    check_result(a, mg)
+    check_result(b, mg)
+    np.testing.assert_allclose(a.kernels, b.kernels, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- failures
+def test_iteration_limit_warns_and_reports():
+    mg = lognormal_marginals(3, 60)
+    with pytest.warns(ConvergenceWarning, match="iteration limit"):
+        res = solve_entropic(mg, 1e-3, max_iter=1)
+    assert not res.success
+    assert res.status == 1
+    assert np.all(np.isfinite(res.kernels))
+    assert np.isfinite(res.marginal_error) and res.marginal_error > TOL
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.0, float("nan"), float("inf"), "abc"])
+def test_bad_eps(eps):
+    mg = lognormal_marginals(1, 10)
+    with pytest.raises(ValueError, match="eps must be a positive"):
+        solve_entropic(mg, eps)
+
+
+def test_bad_inputs():
+    mg = lognormal_marginals(2, 10)
+    with pytest.raises(TypeError, match="Marginals"):
+        solve_entropic(mg.weights, 1e-3)
+    with pytest.raises(ValueError, match=r"cost must have shape \(N, M, M\)"):
+        solve_entropic(mg, 1e-3, cost=np.zeros((1, 10, 10)))
+    with pytest.raises(ValueError, match="non-finite"):
+        solve_entropic(mg, 1e-3, cost=np.full((2, 10, 10), np.nan))
+    with pytest.raises(ValueError, match="reference must be"):
+        solve_entropic(mg, 1e-3, reference="gaussian")
+    with pytest.raises(ValueError, match="reference array must have shape"):
+        solve_entropic(mg, 1e-3, reference=np.ones((2, 10, 9)))
+    with pytest.raises(ValueError, match="non-negative"):
+        solve_entropic(mg, 1e-3, reference=-np.ones((2, 10, 10)))
+    with pytest.raises(ValueError, match="eps_schedule must end at eps"):
+        solve_entropic(mg, 1e-3, eps_schedule=[1e-2])
+    with pytest.raises(ValueError, match="non-increasing"):
+        solve_entropic(mg, 1e-3, eps_schedule=[1e-4, 1e-3])
+    with pytest.raises(ValueError, match="tol must be"):
+        solve_entropic(mg, 1e-3, tol=0.0)
+    with pytest.raises(ValueError, match="warm_start potentials must have shape"):
+        solve_entropic(mg, 1e-3, warm_start=(None, np.zeros((2, 9)), np.zeros((2, 9))))
+    with pytest.raises(ValueError, match="not pairwise"):
+        from deepquant.payoffs import AsianCall
+
+        solve_entropic(mg, 1e-3, cost=AsianCall(strike=1.0))
+    neg = Marginals(mg.grid - 1.0, mg.weights)
+    with pytest.raises(ValueError, match="positive moneyness grid"):
+        reference_kernels(neg, "lognormal")
+
+
+def test_not_in_convex_order():
+    grid = np.array([0.9, 1.0, 1.1])
+    w = np.array([[0.5, 0.0, 0.5], [0.0, 1.0, 0.0]])
+    mg = Marginals(grid, w, check_convex=False)
+    with pytest.raises(ValueError, match=r"marginals\[1\] is not in convex order"):
+        solve_entropic(mg, 1e-3)
