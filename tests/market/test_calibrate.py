@@ -61,10 +61,10 @@ def test_recovers_random_walk_law_on_its_grid():
     quotes = [quotes_from_law(f"d{t}", 0.1 * t, grid, rows[t], strikes, half) for t in (1, 2, 3)]
     res = calibrate(quotes, grid=grid, reg=1e-3)
     assert res.success and res.fraction_inside == 1.0
-    # every grid call price is pinned by a quote to +-1e-6 (plus the 1e-7 inside tolerance)
+    # every grid call price is pinned by a quote to +-1e-6 (plus the 1e-9 inside tolerance)
     got = res.marginals.call_prices(strikes)
     want = rows[1:] @ call_matrix(grid, strikes).T
-    np.testing.assert_allclose(got, want, atol=half + 1e-7)
+    np.testing.assert_allclose(got, want, atol=half + 1e-9)
     np.testing.assert_allclose(res.marginals.means, 1.0, atol=1e-12)
     assert res.marginals.check_convex_order().violation <= 1e-9
     assert np.all(res.cleanup_l1 < 1e-6)
@@ -79,11 +79,11 @@ def test_lognormal_slices_repriced_inside_band():
     m = res.marginals
     assert isinstance(m, Marginals) and m.n_dates == 3 and m.size == 80
     np.testing.assert_allclose(m.times, [0.1, 0.25, 0.5])
-    # the returned laws reprice every quote within its band (1e-7 = inside_tol)
+    # the returned laws reprice every quote within its band (1e-9 = inside_tol)
     for s, q in enumerate(quotes):
         c = m.call_prices(q.k)[s]
         model = np.where(q.is_call, c, c - 1 + q.k)
-        assert np.all(model >= q.bid - 1e-7) and np.all(model <= q.ask + 1e-7)
+        assert np.all(model >= q.bid - 1e-9) and np.all(model <= q.ask + 1e-9)
         np.testing.assert_allclose(model, res.model[s], atol=1e-15)
     # a Marginals round trip keeps the convex-order validation at default tolerances
     Marginals(m.grid, m.weights, m.times)
@@ -193,6 +193,11 @@ def test_expiry_selection(tmp_path):
         select_slices(chain, ["soon"])
     with pytest.raises(ValueError, match="no usable slice on 2024-04-19"):
         select_slices(chain, ["2024-04-19", "30d"])
+    assert len(select_slices(chain, ["7d..1y"])) == 3
+    assert [s.label for s in select_slices(chain, ["50d..170d"])] == [
+        "2024-03-15 SPX", "2024-06-21 SPX"]
+    with pytest.raises(ValueError, match="must be two tenors"):
+        select_slices(chain, ["2024-03-15..1y"])
     res = calibrate_chain(chain, ["1m", "2m", "5m"], grid_size=60)
     assert res.success and res.fraction_inside == 1.0
     assert res.cleaning is chain.cleaning and res.chain_path == str(path)

@@ -100,6 +100,17 @@ def test_cleaning_counts_and_slicing_on_root(tmp_path):
     assert chain.slice("2024-03-15", "SPXW") is pm
 
 
+def test_duplicate_contracts(tmp_path):
+    rows = synthetic_rows()
+    dup = write_normalized(tmp_path / "dup.csv", rows + [list(rows[3])])
+    chain = load_chain(dup)
+    assert chain.cleaning.n_duplicate == 1 and chain.cleaning.n_kept == len(rows)
+    bad = list(rows[3])
+    bad[9] = "999"
+    with pytest.raises(ValueError, match=r"conflicting quotes for 2024-03-15 SPX put 85"):
+        load_chain(write_normalized(tmp_path / "bad.csv", rows + [bad]))
+
+
 def test_year_fraction_day_count_and_dst():
     qt = dt.datetime(2023, 6, 9, 13, 40, tzinfo=EASTERN)
     # 7 days less 4h10m (13:40 -> 09:30), ACT/365

@@ -120,7 +120,7 @@ def one_period_lp(mg: Marginals, cost: np.ndarray, t: int = 0, sense: int = 1) -
     ones = sparse.csr_matrix(np.ones((1, m)))
     rows = sparse.kron(eye, ones)                  # sum_y pi(x, y) = mu(x)
     cols = sparse.kron(ones, eye)                  # sum_x pi(x, y) = nu(y)
-    mart = sparse.kron(eye, sparse.csr_matrix((x[None, :])))  # sum_y pi(x,y) y = x mu(x)
+    mart = sparse.kron(eye, sparse.csr_matrix(x[None, :]))  # sum_y pi(x,y) y = x mu(x)
     a_eq = sparse.vstack([rows, cols, mart]).tocsr()
     b_eq = np.concatenate([mu, nu, x * mu])
     res = optimize.linprog(sense * cost.ravel(), A_eq=a_eq, b_eq=b_eq, bounds=(0, None),

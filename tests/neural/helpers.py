@@ -34,7 +34,7 @@ def kernel_marginals(rng: np.random.Generator, n_dates: int, size: int) -> tuple
     return grid, np.vstack(rows)
 
 
-def sinkhorn_teacher(mu: np.ndarray, nu: np.ndarray, grid: np.ndarray, iters: int = 600):
+def sinkhorn_teacher(mu: np.ndarray, nu: np.ndarray, grid: np.ndarray, iters: int = 250):
     """Potentials (u, v, h) in units of eps of the one-period entropic martingale problem with
     product reference: pi = mu nu exp(u(x) + v(y) + h(x)(y - x))."""
     m = grid.size

@@ -22,8 +22,8 @@ def _parse_range(text: str) -> tuple[float, float]:
 @click.command("calibrate")
 @click.argument("chain", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--expiries", default="30d,60d,90d,120d,150d", show_default=True,
-              help="Comma-separated tenors (30d, 6w, 3m, 1y: nearest available expiry) or dates "
-                   "YYYY-MM-DD[:ROOT].")
+              help="Comma-separated tenors (30d, 6w, 3m, 1y: nearest available expiry), dates "
+                   "YYYY-MM-DD[:ROOT], or ranges like 7d..1y (every expiry in it).")
 @click.option("--grid-size", default=150, show_default=True, type=click.IntRange(10, 5000),
               help="Points of the common moneyness grid.")
 @click.option("--out", "out", default="marginals.npz", show_default=True,

@@ -5,3 +5,107 @@ from __future__ import annotations
 import click
 
 COMMANDS: list[click.Command] = []
+
+
+# ---------------------------------------------------------------------------- solve (entropic)
+@click.command("solve")
+@click.argument("marginals_path", metavar="MARGINALS.npz", type=click.Path(dir_okay=False))
+@click.option("--eps", type=float, required=True, help="Entropic regularisation (cost units).")
+@click.option("--reference", type=click.Choice(["product", "lognormal"]), default="product",
+              show_default=True, help="Reference kernel q(y|x).")
+@click.option("--tol", type=float, default=1e-9, show_default=True,
+              help="Target of the L1 marginal error and of the drift.")
+@click.option("--max-iter", type=int, default=100, show_default=True,
+              help="Newton iterations per eps stage.")
+@click.option("--threads", type=int, default=1, show_default=True, help="BLAS threads.")
+@click.option("--period", type=int, default=None,
+              help="Period whose plan is plotted (default: the last).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG with the transport-plan heatmap and the convergence curve.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period, plot_path,
+                  as_json):
+    """Entropic martingale transport of MARGINALS.npz (c = 0): the calibrated Markov chain."""
+    import warnings
+
+    from deepquant.cli.output import console, fail, print_json, table
+    from deepquant.market.marginals import Marginals
+    from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
+
+    try:
+        marginals = Marginals.load(marginals_path)
+    except ValueError as exc:
+        fail(str(exc))
+    if marginals.n_dates < 2:
+        fail(f"{marginals_path!r} holds a single date; solve needs at least two")
+    if period is not None and not -marginals.n_periods <= period < marginals.n_periods:
+        fail(f"--period {period} out of range for {marginals.n_periods} period(s)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported through success/message
+        try:
+            res = solve_entropic(marginals, eps, reference=reference, tol=tol,
+                                 max_iter=max_iter, threads=threads)
+        except ValueError as exc:
+            fail(str(exc))
+    summary = res.summary()
+    summary.update(marginals=str(marginals_path), reference=reference, tol=tol,
+                   marginal_errors=res.marginal_errors.tolist(), drifts=res.drifts.tolist())
+    if plot_path is not None:
+        summary["plot"] = str(_plot_solve(res, marginals, plot_path, period))
+    if as_json:
+        print_json(summary)
+    else:
+        rows = [(k, summary[k]) for k in ("success", "message", "nit", "sweeps", "seconds",
+                                          "marginal_error", "drift", "eps", "dual_value",
+                                          "n_periods", "grid_size", "pinned_rows")]
+        console.print(table(f"entropic MMOT: {marginals_path}", ["name", "value"], rows))
+        if plot_path is not None:
+            console.print(f"plot written to {summary['plot']}")
+    if not res.success:
+        raise SystemExit(1)
+
+
+def _plot_solve(res, marginals, path, period):
+    """Heatmap of one period's plan and the residual history; written atomically (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from deepquant.atomic import atomic_path
+
+    t = res.n_periods - 1 if period is None else period % res.n_periods
+    grid = marginals.grid
+    plan = res.plans[t]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.5))
+    with np.errstate(divide="ignore"):
+        img = np.log10(np.where(plan > 0, plan, np.nan))
+    im = ax0.imshow(img, origin="lower", aspect="auto", cmap="viridis",
+                    extent=(grid[0], grid[-1], grid[0], grid[-1]),
+                    vmin=np.nanmax(img) - 12 if np.isfinite(img).any() else None)
+    fig.colorbar(im, ax=ax0, label="log10 pi(x, y)")
+    ax0.set_xlabel(f"y = X at date {t + 1}")
+    ax0.set_ylabel(f"x = X at date {t}")
+    ax0.set_title(f"transport plan, period {t}")
+    it = np.arange(1, len(res.history) + 1)
+    err = [max(h["marginal_error"], 1e-17) for h in res.history]
+    drift = [max(h["drift"], 1e-17) for h in res.history]
+    ax1.semilogy(it, err, "o-", label="L1 marginal error")
+    ax1.semilogy(it, drift, "s-", label="drift max|E[dX|x]|")
+    for i, h in enumerate(res.history):
+        if h["kind"] == "sinkhorn":
+            ax1.axvspan(i + 0.5, i + 1.5, color="0.9")
+    ax1.axhline(res.summary()["marginal_error"], color="0.6", lw=0.5)
+    ax1.set_xlabel("iteration (shaded: Sinkhorn sweeps, then Newton)")
+    ax1.set_ylabel("residual (max over periods still iterating)")
+    ax1.set_title(f"convergence: {res.nit} Newton iterations, {res.seconds * 1e3:.1f} ms")
+    ax1.legend()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+COMMANDS.append(solve_command)

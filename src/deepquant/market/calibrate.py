@@ -10,13 +10,16 @@ parity, ``deepquant.market.quotes.fit_parity``), every quote is normalized to fo
 
 and one convex quadratic program is solved for weights W (S, M) on a common moneyness grid x (M,):
 
-    minimise    sum_i (u_i + v_i) / h_i  +  lam * sum_s sigma_s^3 sum_j (p_{s,j+1} - p_{s,j})^2 / (x_{j+1} - x_j)
-    subject to  W >= 0,  sum_j W_sj = 1,  sum_j W_sj x_j = 1                         (probability, mean 1)
-                bid'_i - u_i <= model_i(W) <= ask'_i + v_i,  u, v >= 0                (bid-ask band)
-                C_{s+1}(x_j) >= C_s(x_j) for every grid point x_j and s                (convex order)
+    minimise    sum_i (u_i + v_i)  +  lam * sum_s sigma_s^3 sum_j (p_{s,j+1} - p_{s,j})^2 / dx_j
+    subject to  W >= 0,  sum_j W_sj = 1,  sum_j W_sj x_j = 1           (probability, mean 1)
+                bid'_i - h_i u_i <= model_i(W) <= ask'_i + h_i v_i,     (bid-ask band)
+                u, v >= 0
+                C_{s+1}(x_j) >= C_s(x_j) for every grid point x_j, s     (convex order)
 
 where model_i is E[(X - k_i)^+] for a call and E[(k_i - X)^+] for a put under row s of W,
-h_i = (ask'_i - bid'_i) / 2 is the half-spread (so violations are counted in half-spreads),
+h_i = (ask'_i - bid'_i) / 2 is the half-spread (so u, v count violations in half-spreads;
+carrying h in the constraints rather than 1/h in the objective keeps the program well scaled
+when spreads are tiny), dx_j = x_{j+1} - x_j,
 p_{s,j} = W_sj / cell_j is the density (cell_j the width of the Voronoi cell of x_j, with
 p = 0 beyond the grid, which also penalises mass piled on the end points), and sigma_s = the ATM
 total volatility of slice s (making each slice's smoothness term dimensionless: for a Gaussian
@@ -403,25 +406,56 @@ def normalize_slice(
 
 
 # ----------------------------------------------------------------------------- grid
+def _smile_density_weight(q: SliceQuotes, x: np.ndarray) -> np.ndarray:
+    """sqrt(p(x) / h(x)) on the quoted range of ``q``, 0 outside (see ``make_grid``).
+
+    p(x): lognormal density of mean 1 whose total volatility is the slice's mid implied total
+    volatility at x (out-of-the-money quotes, interpolated in log k, flat beyond), a cheap proxy
+    of the density that keeps the skew's fat left tail; h(x): the half-spread, interpolated.
+    """
+    otm = np.where(q.is_call, q.k >= 1, q.k <= 1)
+    mid = (q.bid + q.ask) / 2
+    v = implied_vol(mid[otm], q.k[otm], 1.0, q.is_call[otm])
+    ok = np.isfinite(v) & (v > 0)
+    if ok.sum() < 2:
+        v_x = np.full(x.shape, q.atm_total_vol())
+        kk = q.k
+        h_x = np.full(x.shape, max(float(np.median(q.half_spread)), 1e-12))
+    else:
+        kk, vv, hh = q.k[otm][ok], v[ok], q.half_spread[otm][ok]
+        order = np.argsort(kk)
+        kk, vv, hh = kk[order], vv[order], hh[order]
+        v_x = np.interp(np.log(x), np.log(kk), vv)
+        h_x = np.maximum(np.interp(x, kk, hh), 1e-12)
+    logpdf = (-((np.log(x) + 0.5 * v_x**2) ** 2) / (2 * v_x**2)
+              - np.log(x * v_x * np.sqrt(2 * np.pi)))
+    inside = (x >= q.k.min()) & (x <= q.k.max())
+    return np.where(inside, np.exp(0.5 * (logpdf - np.log(h_x))), 0.0)
+
+
 def make_grid(
     quotes: Sequence[SliceQuotes],
     size: int,
     *,
     lo: float | None = None,
     hi: float | None = None,
-    floor: float = 0.15,
+    floor: float = 0.05,
 ) -> np.ndarray:
-    """Common moneyness grid of ``size`` points, dense where the marginals curve the most.
+    """Common moneyness grid of ``size`` points, dense where the quotes need resolution.
 
-    The error of a piecewise-linear call curve between grid points is about h^2 p / 8 (h the
-    spacing, p the density), so points are spread with local density proportional to
-    sqrt(p): the grid is the set of quantiles of
+    Between grid points the call curve of a law on the grid is linear, so a quote at k inside a
+    cell of width h is matched to about h^2 p(k) / 8 (p the density); keeping that below the
+    half-spread h_s(k) everywhere with the fewest points means a local point density
+    proportional to sqrt(p / h_s) (equidistribution). The grid is the set of quantiles of
 
-        g(x) = (1 - floor) * mean_s sqrt(phi_s(x)) / int sqrt(phi_s) + floor / (hi - lo),
+        g(x) = (1 - floor) * sum_s g_s(x) / int sum_s g_s + floor / (hi - lo),
+        g_s(x) = sqrt(p_s(x) / h_s(x)) on the quoted range of slice s, 0 elsewhere,
 
-    phi_s the lognormal density of mean 1 and the slice's ATM total volatility. ``lo`` and
-    ``hi`` default to half the smallest quoted k and 1 + 2 (largest k - 1), so every quote lies
-    strictly inside and there is room for the tails. The point 1 is always a grid point.
+    with p_s the lognormal density at the slice's own mid implied volatility at x (a proxy that
+    keeps the skew's fat left tail) and h_s the interpolated half-spread. ``lo`` and ``hi``
+    default to half the smallest quoted k and 1 + 2 (largest k - 1), so every quote lies
+    strictly inside and the tails have room; ``floor`` spreads a fraction of the points
+    uniformly. The point 1 is always a grid point.
 
     Returns
     -------
@@ -431,6 +465,8 @@ def make_grid(
     size = int(size)
     if size < 10:
         raise ValueError(f"grid size must be >= 10, got {size}")
+    if not 0 < floor <= 1:
+        raise ValueError(f"floor must be in (0, 1], got {floor!r}")
     kmin = min(float(q.k.min()) for q in quotes)
     kmax = max(float(q.k.max()) for q in quotes)
     lo = 0.5 * min(kmin, 1.0) if lo is None else float(lo)
@@ -439,14 +475,12 @@ def make_grid(
         raise ValueError(f"grid range [{lo:.6g}, {hi:.6g}] must contain 1 and every quoted k "
                          f"in [{kmin:.6g}, {kmax:.6g}] strictly inside")
     fine = np.linspace(lo, hi, 20001)
-    g = np.zeros_like(fine)
     xs = np.maximum(fine, 1e-12)
+    g = np.zeros_like(fine)
     for q in quotes:
-        v = q.atm_total_vol()
-        logpdf = -((np.log(xs) + 0.5 * v**2) ** 2) / (2 * v**2) - np.log(xs * v * np.sqrt(2 * np.pi))
-        r = np.exp(0.5 * logpdf)
-        g += r / np.trapezoid(r, fine)
-    g = (1 - floor) * g / len(quotes) + floor / (hi - lo)
+        g += _smile_density_weight(q, xs)
+    total = np.trapezoid(g, fine)
+    g = (1 - floor) * g / total + floor / (hi - lo) if total > 0 else np.ones_like(fine)
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (g[1:] + g[:-1]) * np.diff(fine))])
     cdf /= cdf[-1]
     grid = np.interp(np.linspace(0, 1, size), cdf, fine)
@@ -518,8 +552,9 @@ def calibrate(
     reg: float = 1e-2,
     window: float = 0.4,
     alpha: float = 0.05,
-    inside_tol: float = 1e-7,
+    inside_tol: float = 1e-9,
     solver: str = "CLARABEL",
+    solver_opts: dict | None = None,
     verbose: bool = False,
 ) -> CalibrationResult:
     """Calibrate arbitrage-free marginals to the bid–ask bands of several slices at once.
@@ -539,10 +574,14 @@ def calibrate(
     alpha : float
         Confidence level of the Cor. 6.3 half-width.
     inside_tol : float
-        A quote counts as inside when its violation is at most this (normalized units; 1e-7 is
-        about 4e-4 index points on SPX, a hundredth of a tick).
+        A quote counts as inside when its violation is at most this (normalized units; 1e-9 is
+        about 4e-6 index points on SPX, far below the 0.05 tick).
     solver : str
         cvxpy solver name (``"CLARABEL"``; any QP solver cvxpy knows).
+    solver_opts : dict, optional
+        Passed to ``cvxpy.Problem.solve`` (e.g. Clarabel's ``tol_feas``).
+    verbose : bool
+        Solver log on stdout.
 
     Returns
     -------
@@ -621,8 +660,9 @@ def calibrate(
     under = cp.Variable(n_q, nonneg=True)
     over = cp.Variable(n_q, nonneg=True)
     model = bmat @ call + off
-    cons += [model + under >= bid, model - over <= ask]
-    band = cp.sum(cp.multiply(1.0 / half, under + over))
+    # slacks in units of the quote's half-spread (u_i = violation_i / h_i)
+    cons += [model + cp.multiply(half, under) >= bid, model - cp.multiply(half, over) <= ask]
+    band = cp.sum(under + over)
     # smoothness: sigma^3 sum_j (p_{j+1} - p_j)^2 / (x_{j+1} - x_j), p = W / cell, p = 0 off-grid
     cell = np.empty(m)
     cell[1:-1] = (x[2:] - x[:-2]) / 2
@@ -639,7 +679,7 @@ def calibrate(
     problem = cp.Problem(cp.Minimize(band + reg * smooth), cons)
     t0 = time.perf_counter()
     try:
-        problem.solve(solver=solver, verbose=verbose)
+        problem.solve(solver=solver, verbose=verbose, **(solver_opts or {}))
     except cp.error.SolverError as exc:
         raise RuntimeError(f"calibration: solver {solver} failed: {exc}") from exc
     solve_time = time.perf_counter() - t0
@@ -714,7 +754,8 @@ def select_slices(chain: OptionChain, expiries: Sequence[str | float | dt.date],
     A tenor (``"30d"``, ``"6w"``, ``"3m"`` = 3 x 365/12 days, ``"1y"``, or a number of days)
     maps to the slice whose ACT/365 time to expiry is nearest; a date ``YYYY-MM-DD`` to the slice
     on that date (``YYYY-MM-DD:ROOT`` to choose the root; without one, the slice with the most
-    two-sided quotes). Only slices with at least ``min_pairs`` put–call pairs are candidates.
+    two-sided quotes); a range of tenors ``"7d..1y"`` to every slice in it (both AM and PM
+    slices of a date). Only slices with at least ``min_pairs`` put–call pairs are candidates.
     The result is sorted by time to expiry.
 
     Raises
@@ -733,6 +774,17 @@ def select_slices(chain: OptionChain, expiries: Sequence[str | float | dt.date],
         raise ValueError("no expiries requested")
     chosen: dict[int, str] = {}
     for spec in expiries:
+        if isinstance(spec, str) and ".." in spec:
+            a, b = spec.split("..", 1)
+            (ka, da, _), (kb, db, _) = _parse_expiry(a), _parse_expiry(b)
+            if ka != "days" or kb != "days":
+                raise ValueError(f"expiry range {spec!r} must be two tenors, e.g. '7d..1y'")
+            hits = [j for j, s in enumerate(usable) if float(da) <= s.days <= float(db)]
+            if not hits:
+                raise ValueError(f"{chain.path}: no usable slice between {a} and {b}")
+            for j in hits:
+                chosen.setdefault(j, spec)
+            continue
         kind, value, root = _parse_expiry(spec)
         if kind == "days":
             i = int(np.argmin([abs(s.days - float(value)) for s in usable]))

@@ -85,6 +85,9 @@ class CleaningReport:
         Contracts (not expired, bid > 0) with bid > ask.
     n_kept : int
         Two-sided contracts kept (0 < bid <= ask).
+    n_duplicate : int
+        Rows repeating a kept contract (same expiry, root, strike, type) with identical quotes;
+        counted once. Conflicting repeats are an error.
     """
 
     path: str
@@ -93,10 +96,12 @@ class CleaningReport:
     n_zero_bid: int
     n_crossed: int
     n_kept: int
+    n_duplicate: int = 0
 
     def as_dict(self) -> dict[str, int | str]:
         return dict(path=self.path, n_rows=self.n_rows, n_expired=self.n_expired,
-                    n_zero_bid=self.n_zero_bid, n_crossed=self.n_crossed, n_kept=self.n_kept)
+                    n_zero_bid=self.n_zero_bid, n_crossed=self.n_crossed, n_kept=self.n_kept,
+                    n_duplicate=self.n_duplicate)
 
 
 @dataclass(frozen=True, eq=False)
@@ -527,7 +532,7 @@ def _clean(name: str, parsed: _Parsed) -> OptionChain:
     qt = parsed.quote_time
     groups: dict[tuple[dt.date, str, str], dict[float, dict[str, float]]] = {}
     n_rows = len(parsed.contracts)
-    n_expired = n_zero = n_crossed = n_kept = 0
+    n_expired = n_zero = n_crossed = n_kept = n_dup = 0
     times: dict[tuple[dt.date, str, str], float] = {}
     for c in parsed.contracts:
         key = (c.expiry, c.root, c.settlement)
@@ -542,11 +547,19 @@ def _clean(name: str, parsed: _Parsed) -> OptionChain:
         if not (c.ask >= c.bid):  # crossed (or missing ask)
             n_crossed += 1
             continue
-        n_kept += 1
         side = "c" if c.is_call else "p"
-        groups.setdefault(key, {}).setdefault(c.strike, {})[side + "b"] = c.bid
-        groups[key][c.strike][side + "a"] = c.ask
-    report = CleaningReport(name, n_rows, n_expired, n_zero, n_crossed, n_kept)
+        slot = groups.setdefault(key, {}).setdefault(c.strike, {})
+        if side + "b" in slot:
+            if (slot[side + "b"], slot[side + "a"]) != (c.bid, c.ask):
+                raise ValueError(
+                    f"{name}: conflicting quotes for {c.expiry} {c.root} "
+                    f"{'call' if c.is_call else 'put'} {c.strike:g}: "
+                    f"{slot[side + 'b']}/{slot[side + 'a']} and {c.bid}/{c.ask}")
+            n_dup += 1
+            continue
+        n_kept += 1
+        slot[side + "b"], slot[side + "a"] = c.bid, c.ask
+    report = CleaningReport(name, n_rows, n_expired, n_zero, n_crossed, n_kept, n_dup)
     if n_kept == 0:
         raise ValueError(
             f"{name}: no two-sided quotes (0 < bid <= ask) in unexpired slices: {n_rows} contracts "

@@ -9,10 +9,14 @@ C_t(k) = E[(X_t - k)^+]:
   C = sum_n e^{-lam t} (lam t)^n / n! [F_n N(d1n) - k N(d2n)], with
   F_n = exp(-lam kappa_J t + n (mu_J + delta^2/2)), s_n^2 = sigma^2 t + n delta^2,
   kappa_J = exp(mu_J + delta^2/2) - 1 (compensated drift, so E[X_t] = 1).
-- Heston (1993): the COS method of Fang & Oosterlee (2008, SIAM J. Sci. Comput. 31(2), eq. 3.10
-  and 3.13 with the put coefficients of eq. 22-23) on the characteristic function of ln X_t in the
-  "little Heston trap" form (Albrecher, Mayer, Schoutens & Tistaert 2007), put prices summed with
-  Horner's rule and calls by put-call parity C = P + 1 - k.
+- Heston (1993): the COS method of Fang & Oosterlee (2008, "A novel pricing method for European
+  options based on Fourier-cosine series expansions", SIAM J. Sci. Comput. 31(2)) for put prices
+  (cosine coefficients chi_n, psi_n of the put payoff on [a, ln k]), on the characteristic
+  function of ln X_t in the "little Heston trap" form (Albrecher, Mayer, Schoutens & Tistaert
+  2007, Wilmott Magazine); calls by put-call parity C = P + 1 - k. The cosine sums are evaluated
+  for all dates and strikes at once as polynomials in z = e^{i pi (ln k - a)/(b - a)} (baby-step
+  giant-step: one batched matrix product). Measured against QuantLib's AnalyticHestonEngine:
+  below 6e-15 for the DESIGN §3 parameters, t from 1 day to 5 years.
 
 Discretisation (``marginals_from_call_prices``). A law on the grid g_0 < ... < g_{M-1} is fixed by
 its call prices at the grid points; its weights are the second differences of the call curve
@@ -46,7 +50,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import gammaln, ndtr
 
 from deepquant.market.marginals import Marginals
 
@@ -182,9 +186,9 @@ class MertonParams:
         object.__setattr__(self, "jump_intensity",
                            _check_float("jump_intensity", self.jump_intensity, lo=0.0, hi=1e3))
         object.__setattr__(self, "jump_mean",
-                           _check_float("jump_mean", self.jump_mean, lo=-5.0, hi=5.0))
+                           _check_float("jump_mean", self.jump_mean, lo=-2.0, hi=2.0))
         object.__setattr__(self, "jump_std",
-                           _check_float("jump_std", self.jump_std, lo=0.0, hi=5.0))
+                           _check_float("jump_std", self.jump_std, lo=0.0, hi=2.0))
 
     @property
     def kappa_j(self) -> float:
@@ -202,27 +206,31 @@ class MertonParams:
     def call_prices(self, times, strikes) -> np.ndarray:
         """Series (Poisson mixture of Black prices) call prices; returns shape (N, K).
 
-        The series is cut at n_max = lam T + 12 sqrt(lam T) + 20 jumps, where the Poisson tail
-        (times the at most unit-size terms) is below 1e-17.
+        Term n is p_n [F_n N(d1n) - k N(d2n)] with 0 <= term <= p_n F_n, and p_n F_n is
+        e^{-lam t (1 + kappa_J)} times a Poisson(lam t e^m) weight, m = mu_J + delta^2/2. The
+        series runs to n_max = L + 12 sqrt(L) + 20 with L = lam t max(1, e^m), and the terms with
+        p_n max(1, F_n) < 1e-18 are skipped (per date): truncation error below 1e-15.
         """
         t = _as_times(times)
         k = _as_strikes(strikes, t.size)
+        m = self.jump_mean + 0.5 * self.jump_std**2
         lam_t = self.jump_intensity * t                                   # (N,)
-        n_max = int(np.ceil(lam_t.max() + 12.0 * np.sqrt(lam_t.max()) + 20.0))
+        big = float(lam_t.max()) * max(1.0, float(np.exp(m)))
+        n_max = int(np.ceil(big + 12.0 * np.sqrt(big) + 20.0))
         n = np.arange(n_max + 1, dtype=float)                             # (J,)
-        # Poisson weights, computed in logs; t = 0 gives weight 1 on n = 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            from scipy.special import gammaln
-            logp = np.where(lam_t[:, None] > 0,
-                            n[None, :] * np.log(np.where(lam_t > 0, lam_t, 1.0))[:, None]
-                            - lam_t[:, None] - gammaln(n + 1.0)[None, :],
-                            np.where(n[None, :] == 0, 0.0, -np.inf))
+        safe = np.where(lam_t > 0, lam_t, 1.0)
+        logp = n[None, :] * np.log(safe)[:, None] - lam_t[:, None] - gammaln(n + 1.0)[None, :]
+        logp = np.where(lam_t[:, None] > 0, logp, np.where(n[None, :] == 0, 0.0, -np.inf))
         p = np.exp(logp)                                                  # (N, J)
-        log_fn = (-self.jump_intensity * self.kappa_j * t[:, None]
-                  + n[None, :] * (self.jump_mean + 0.5 * self.jump_std**2))
-        var_n = self.sigma**2 * t[:, None] + n[None, :] * self.jump_std**2
-        calls = _black_calls(np.exp(log_fn)[:, :, None], k[:, None, :], var_n[:, :, None])
-        return np.einsum("tj,tjk->tk", p, calls)
+        log_fn = -self.jump_intensity * self.kappa_j * t[:, None] + n[None, :] * m
+        ti, ni = np.nonzero(p * np.maximum(1.0, np.exp(log_fn)) > 1e-18)  # live (date, n)
+        log_fn = log_fn[ti, ni]
+        var_n = self.sigma**2 * t[ti] + n[ni] * self.jump_std**2
+        terms = p[ti, ni][:, None] * _black_calls(np.exp(log_fn)[:, None], k[ti],
+                                                  var_n[:, None])         # (pairs, K)
+        out = np.zeros(k.shape)
+        np.add.at(out, ti, terms)
+        return out
 
 
 @dataclass(frozen=True)
@@ -299,21 +307,30 @@ class HestonParams:
         return np.exp(big_c + big_d * self.v0)
 
     def log_cumulants(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean (-E[int v]/2, exact) and variance of ln X_t (second difference of ln phi)."""
+        """Mean (-E[int v]/2, exact) and variance of ln X_t, each of shape (N,).
+
+        The variance is -2 Re ln phi(h) / h^2 = c2 - c4 h^2 / 12 + ... with h = 0.1 / sqrt(w),
+        w = E[int v]: the relative error is about kurtosis / 1200 (ample for setting the COS
+        range and the default grid) and the round-off stays near 1e-14 even for tiny t.
+        """
         t = np.asarray(times, dtype=float)
-        h = 1e-3
-        # -2 Re ln phi(h) / h^2 = c2 - c4 h^2 / 12 + ...: accurate far beyond what the COS
-        # truncation range and the default grid need
+        w = self.integrated_variance(t)
+        h = 0.1 / np.sqrt(np.maximum(w, 1e-300))
         var = -2.0 * np.real(np.log(self.char_func(h, t))) / h**2
-        return -0.5 * self.integrated_variance(t), np.maximum(var, 0.0)
+        var = np.where(w > 0, var, 0.0)
+        return -0.5 * w, np.maximum(var, 0.0)
 
     def call_prices(self, times, strikes) -> np.ndarray:
         """COS-method call prices E[(X_t - k)^+]; ``strikes`` (K,) or (N, K); returns (N, K).
 
         Per date, ln X_t is truncated to [a, b] = c1 -/+ width sqrt(c2); the put price is
         P(k) = sum'_{n<n_eff} Re[phi(u_n) e^{-i u_n a}] U_n(k), u_n = n pi / (b - a),
-        U_n = 2/(b-a) [k psi_n(a, y) - chi_n(a, y)], y = clip(ln k, a, b), with chi and psi the
-        cosine integrals of Fang & Oosterlee (2008) eq. 22-23; C = P + 1 - k. Dates t = 0 and
+        U_n = 2/(b-a) [k psi_n(a, y) - chi_n(a, y)], y = clip(ln k, a, b), with the cosine
+        integrals of Fang & Oosterlee (2008)
+        chi_n(a, y) = int_a^y e^x cos(u_n (x - a)) dx
+                    = [e^y (cos(u_n (y - a)) + u_n sin(u_n (y - a))) - e^a] / (1 + u_n^2),
+        psi_n(a, y) = int_a^y cos(u_n (x - a)) dx = sin(u_n (y - a)) / u_n (y - a for n = 0);
+        C = P + 1 - k. Terms with |phi(u_n)| < ``tol`` at every date are dropped. Dates t = 0 and
         strikes k <= 0 are exact ((1 - k)^+ and 1 - k).
         """
         t = _as_times(times)
@@ -355,13 +372,24 @@ class HestonParams:
         inv_1pu2 = 1.0 / (1.0 + u * u)
         coef1 = np.where(n[None, :] > 0, re / np.where(u > 0, u, 1.0), 0.0)  # Im -> k sin/u_n
         coef2 = re * inv_1pu2 * (1.0 - 1j * u)                             # Re -> e^y (cos + u sin)
-        # (Nc, 2, N, 1), contiguous per term for the Horner loop
-        coefs = np.ascontiguousarray(
-            np.stack([coef1.astype(complex), coef2]).transpose(2, 0, 1))[..., None]
-        acc = np.zeros((2,) + z.shape, dtype=complex)
-        for j in range(n_eff - 1, -1, -1):                                 # Horner in z
-            np.multiply(acc, z, out=acc)
-            np.add(acc, coefs[j], out=acc)
+        # sum_n coef_n z^n by baby-step giant-step: n = q B + r, z^n = (z^B)^q z^r, so that
+        # sum_q (z^B)^q [sum_r coef_{qB+r} z^r] is one batched matrix product (N, Q, B) @ (N, B, K)
+        n_b = int(np.ceil(np.sqrt(n_eff)))
+        n_q = -(-n_eff // n_b)
+        coefs = np.zeros((2, tl.size, n_q * n_b), dtype=complex)
+        coefs[0, :, :n_eff] = coef1
+        coefs[1, :, :n_eff] = coef2
+        powers_r = np.ones((tl.size, n_b, z.shape[1]), dtype=complex)      # z^r, r < B
+        if n_b > 1:
+            powers_r[:, 1:] = np.cumprod(np.broadcast_to(z[:, None, :], (tl.size, n_b - 1,
+                                                                         z.shape[1])), axis=1)
+        z_b = powers_r[:, -1] * z                                          # z^B
+        powers_q = np.ones((tl.size, n_q, z.shape[1]), dtype=complex)      # z^{qB}, q < Q
+        if n_q > 1:
+            powers_q[:, 1:] = np.cumprod(np.broadcast_to(z_b[:, None, :], (tl.size, n_q - 1,
+                                                                           z.shape[1])), axis=1)
+        inner = np.matmul(coefs.reshape(2, tl.size, n_q, n_b), powers_r)   # (2, N, Q, K)
+        acc = np.einsum("cnqk,nqk->cnk", inner, powers_q)                  # (2, N, K)
         s4 = (re * inv_1pu2).sum(axis=1)[:, None]
         put = (2.0 / span[:, None]) * (
             kl * (acc[0].imag + re[:, :1] * (y - a[:, None])) - np.exp(y) * acc[1].real

@@ -160,6 +160,7 @@ class _Problem:
         self.mu = w
         self.supp = w > 0
         self.n = chain.n_states
+        self._marginals, self._lognormal = marginals, None
         with np.errstate(divide="ignore"):
             self.log_mu = np.log(w)
         self.logq = [self._log_reference(reference, t, w) for t in range(T)]
@@ -190,12 +191,20 @@ class _Problem:
     def _log_reference(self, reference, t, w):
         m = self.m
         if isinstance(reference, str):
-            if reference != "product":
-                raise ValueError(f"reference must be 'product' or an array of kernels, "
-                                 f"got {reference!r}")
-            with np.errstate(divide="ignore"):
-                row = np.log(w[t + 1])
-            return np.broadcast_to(row, (m, m)).copy()
+            if reference == "product":
+                with np.errstate(divide="ignore"):
+                    row = np.log(w[t + 1])
+                return np.broadcast_to(row, (m, m)).copy()
+            if reference != "lognormal":
+                raise ValueError(f"reference must be 'product', 'lognormal' or an array of "
+                                 f"kernels, got {reference!r}")
+            if self._lognormal is None:
+                from deepquant.mmot.entropic import reference_kernels
+
+                self._lognormal = reference_kernels(self._marginals, "lognormal")
+            lq = self._lognormal[t].copy()
+            lq[:, ~self.supp[t + 1]] = -np.inf
+            return lq
         q = np.asarray(reference, dtype=float)
         if q.ndim != 3 or q.shape[1:] != (m, m) or q.shape[0] < self.T:
             raise ValueError(f"reference kernels must have shape (>= {self.T}, {m}, {m}), "
@@ -388,8 +397,9 @@ def solve_chain_entropic(
         Regularisation (> 0), in the units of the payoff.
     sign : {1, -1}
         +1: minimise (lower bound); -1: maximise (upper bound).
-    reference : "product" or ndarray, shape (>= T, M, M)
-        Reference kernels q_t(y | x).
+    reference : "product", "lognormal" or ndarray, shape (>= T, M, M)
+        Reference kernels q_t(y | x); ``"lognormal"`` is ``entropic.reference_kernels``'s
+        lognormal random walk with the marginals' variance increments.
     tol : float
         Target L1 marginal error sum_t ||P o X_t^{-1} - mu_t||_1. L-BFGS works on the dual value,
         whose float64 precision (about 1e-16 |u| / eps) limits the reachable gradient to about
@@ -442,7 +452,7 @@ def solve_chain_entropic(
         last = k == len(stages) - 1
         counter = [0]
 
-        def fun(zvec, e=e, counter=counter):
+        def fun(zvec, e=e, counter=counter, g_store=g_store):
             av = prob.unpack(zvec)
             logbeta, logB, gs, kern, logz = prob.backward(av, e, g_store, htol)
             for t in range(prob.T):

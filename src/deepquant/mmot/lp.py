@@ -42,6 +42,7 @@ DEFAULT_HIGHS_OPTIONS = dict(presolve=True, primal_feasibility_tolerance=1e-9,
 """HiGHS options used unless overridden (tight tolerances; DESIGN §7: residuals are checked)."""
 
 MARTINGALE_MODES = ("full", "one-step")
+ALGORITHMS = ("colgen", "direct")
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +58,8 @@ class ChainLP:
         The relaxed martingale rows (``martingale_tol > 0``).
     cost : ndarray, shape (cols,)
         Objective coefficients (payoff of each variable).
+    margs : ndarray, shape (N+1, M)
+        The marginal weights.
     pairs : list of ndarray
         ``pairs[t]`` (P_t, 2): (x index, s index) of the variables' rows at t.
     ys : list of ndarray
@@ -76,6 +79,7 @@ class ChainLP:
     a_ub: sparse.csr_matrix | None
     b_ub: np.ndarray | None
     cost: np.ndarray
+    margs: np.ndarray
     pairs: list[np.ndarray]
     ys: list[np.ndarray]
     offsets: np.ndarray
@@ -229,7 +233,7 @@ def build_chain_lp(
         a_ub = sparse.csr_matrix((np.concatenate(uv), (np.concatenate(ui), np.concatenate(uc))),
                                  shape=(r_ub, offsets[-1]))
         b_ub = np.zeros(r_ub)
-    return ChainLP(chain=chain, a_eq=a_eq, b_eq=b_eq, a_ub=a_ub, b_ub=b_ub, cost=cost,
+    return ChainLP(chain=chain, a_eq=a_eq, b_eq=b_eq, a_ub=a_ub, b_ub=b_ub, cost=cost, margs=mu,
                    pairs=pairs, ys=ys, offsets=offsets,
                    rows=dict(start=start, marg=marg, flow=flow, mart=mart),
                    martingale=martingale, martingale_tol=float(martingale_tol))
@@ -242,12 +246,21 @@ def _constant_value(chain: AugmentedChain) -> float:
 
 
 def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
-               return_plan: bool = False, method: str = "highs") -> BoundSide:
+               return_plan: bool = False, method: str = "highs",
+               algorithm: str = "colgen") -> BoundSide:
     """Solve one side (``"lower"`` = min, ``"upper"`` = max) of ``lp`` with HiGHS.
 
     Returns the value, status, measured residuals, gap, the duals mapped to (u_t, h_t, phi_t)
     with the sign convention of the side (upper: the portfolio dominates the payoff), and
     optionally the plan.
+
+    ``algorithm="colgen"`` (default) solves the LP by column generation with warm-started HiGHS
+    dual simplex (highspy): it starts from the support of a feasible Markov plan (one-period
+    martingale couplings glued along the chain), prices every column of the full LP with the
+    current duals (reduced cost c - A^T y) and adds the violated ones until none is left below
+    ``-pricing_tol``; the residuals and gap are then measured on the FULL LP, so the result is
+    certified exactly as a direct solve. ``algorithm="direct"`` passes the whole LP to
+    ``scipy.optimize.linprog(method=method)``.
     """
     if sense not in ("lower", "upper"):
         raise ValueError(f"sense must be 'lower' or 'upper', got {sense!r}")
@@ -262,25 +275,31 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     opts = dict(DEFAULT_HIGHS_OPTIONS)
     opts.update(highs_options or {})
     c = sign * lp.cost
-    res = optimize.linprog(c, A_eq=lp.a_eq, b_eq=lp.b_eq, A_ub=lp.a_ub, b_ub=lp.b_ub,
-                           bounds=(0, None), method=method, options=opts)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    info: dict = {}
+    if algorithm == "colgen" and lp.a_ub is None:
+        x, y_eq, y_ub, status, message, info = _column_generation(lp, c, opts)
+    else:
+        res = optimize.linprog(c, A_eq=lp.a_eq, b_eq=lp.b_eq, A_ub=lp.a_ub, b_ub=lp.b_ub,
+                               bounds=(0, None), method=method, options=opts)
+        status, message, x = int(res.status), str(res.message), res.x
+        if x is not None and status == 0:
+            y_eq = np.asarray(res.eqlin.marginals)
+            y_ub = None if lp.a_ub is None else np.asarray(res.ineqlin.marginals)
     seconds = time.perf_counter() - t0
-    if res.status != 0 or res.x is None:
-        msg = f"HiGHS status {res.status}: {res.message}"
-        if res.status == 2:
+    if status != 0 or x is None:
+        msg = f"HiGHS status {status}: {message}"
+        if status == 2:
             msg += (" (infeasible: the marginals admit no martingale coupling on the grid"
                     + (f" within martingale_tol={lp.martingale_tol:g}" if lp.martingale_tol
                        else "") + ")")
-        return BoundSide(float("nan"), False, int(res.status), msg, seconds)
-    x = res.x
-    y_eq = np.asarray(res.eqlin.marginals)
+        return BoundSide(float("nan"), False, int(status), msg, seconds)
     resid = lp.a_eq @ x - lp.b_eq
     primal = max(float(np.max(np.abs(resid))) if resid.size else 0.0, float(max(0.0, -x.min())))
     reduced = c - lp.a_eq.T @ y_eq
     dual_obj = float(lp.b_eq @ y_eq)
-    y_ub = None
     if lp.a_ub is not None:
-        y_ub = np.asarray(res.ineqlin.marginals)
         primal = max(primal, float(np.max(lp.a_ub @ x - lp.b_ub, initial=0.0)))
         reduced = reduced - lp.a_ub.T @ y_ub
         dual_obj += float(lp.b_ub @ y_ub)
@@ -292,8 +311,101 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     duals = _map_duals(lp, sign * y_eq, None if y_ub is None else sign * y_ub)
     plan = _plan(lp, x) if return_plan else None
     value = sign * primal_obj
-    return BoundSide(value, True, 0, str(res.message), seconds, primal, dual_res, gap,
-                     duals, plan)
+    return BoundSide(value, True, 0, message, seconds, primal, dual_res, gap, duals, plan,
+                     info)
+
+
+def _markov_support(lp: ChainLP) -> np.ndarray:
+    """Columns of a feasible plan: pi_t(x, s, y) = m_t(x, s) k_t(x, y) with k_t the kernel of a
+    one-period martingale coupling of (mu_t, mu_{t+1}) (an LP vertex, so sparse); gluing these
+    Markov kernels is feasible for the augmented LP. Returns a boolean mask over the columns."""
+    chain = lp.chain
+    mask = np.zeros(lp.a_eq.shape[1], dtype=bool)
+    for t in range(chain.last_date):
+        xs = np.flatnonzero(chain.support[t])
+        ys = lp.ys[t]
+        mu, nu = lp.margs[t], lp.margs[t + 1]
+        n_x, n_y = xs.size, ys.size
+        dx = chain.grid[ys][None, :] - chain.grid[xs][:, None]
+        rows = sparse.vstack([
+            sparse.kron(sparse.identity(n_x), np.ones((1, n_y))),
+            sparse.kron(np.ones((1, n_x)), sparse.identity(n_y)),
+            sparse.csr_matrix((dx.ravel(), (np.repeat(np.arange(n_x), n_y),
+                                            np.arange(n_x * n_y))), shape=(n_x, n_x * n_y)),
+        ]).tocsr()
+        b = np.concatenate([mu[xs], nu[ys], np.zeros(n_x)])
+        for opts in (dict(presolve=False), dict(presolve=True)):
+            # presolve can report false infeasibility with tiny masses (DESIGN §7)
+            res = optimize.linprog(np.zeros(n_x * n_y), A_eq=rows, b_eq=b, bounds=(0, None),
+                                   method="highs-ds", options=opts)
+            if res.status == 0:
+                break
+        if res.status != 0:
+            return np.ones_like(mask)  # let the full LP report infeasibility
+        plan = res.x.reshape(n_x, n_y)
+        live = np.zeros((chain.size, n_y), dtype=bool)
+        live[xs] = plan > 1e-14 * max(1.0, plan.max())
+        P = lp.pairs[t]
+        mask[lp.offsets[t]:lp.offsets[t + 1]] = live[P[:, 0]].ravel()
+    return mask
+
+
+def _column_generation(lp: ChainLP, c: np.ndarray, opts: dict):
+    """Column generation with warm-started HiGHS simplex (see ``solve_side``)."""
+    import highspy
+
+    a = lp.a_eq.tocsc()
+    at = lp.a_eq.T.tocsr()
+    n_rows, n_cols = a.shape
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("presolve", "off")
+    for key in ("primal_feasibility_tolerance", "dual_feasibility_tolerance", "time_limit"):
+        if key in opts:
+            h.setOptionValue(key, float(opts[key]))
+    inf = highspy.kHighsInf
+    h.addRows(n_rows, lp.b_eq, lp.b_eq, 0, np.zeros(n_rows, np.int32), np.zeros(0, np.int32),
+              np.zeros(0))
+    in_model = np.zeros(n_cols, dtype=bool)
+    order: list[np.ndarray] = []
+
+    def add(cols: np.ndarray) -> None:
+        sub = a[:, cols]
+        h.addCols(cols.size, c[cols], np.zeros(cols.size), np.full(cols.size, inf), sub.nnz,
+                  sub.indptr[:-1].astype(np.int32), sub.indices.astype(np.int32),
+                  sub.data.astype(float))
+        in_model[cols] = True
+        order.append(cols)
+
+    add(np.flatnonzero(_markov_support(lp)))
+    tol = float(opts.get("pricing_tol", 1e-9)) * max(1.0, float(np.max(np.abs(c), initial=0.0)))
+    cap = max(2 * n_rows, 1000)
+    rounds = 0
+    while True:
+        h.run()
+        rounds += 1
+        status = h.getModelStatus()
+        if status != highspy.HighsModelStatus.kOptimal:
+            code = 2 if status == highspy.HighsModelStatus.kInfeasible else 4
+            return None, None, None, code, h.modelStatusToString(status), dict(rounds=rounds)
+        sol = h.getSolution()
+        y = np.asarray(sol.row_dual, dtype=float)
+        rc = c - at @ y
+        rc[in_model] = 0.0
+        bad = np.flatnonzero(rc < -tol)
+        if bad.size == 0 or rounds > 200:
+            break
+        if bad.size > cap:
+            bad = bad[np.argpartition(rc[bad], cap)[:cap]]
+        add(np.sort(bad))
+    cols = np.concatenate(order)
+    x = np.zeros(n_cols)
+    x[cols] = np.asarray(sol.col_value, dtype=float)
+    info = dict(rounds=rounds, columns=int(cols.size), total_columns=int(n_cols),
+                simplex_iterations=int(h.getInfo().simplex_iteration_count))
+    msg = "Optimal (column generation)" if bad.size == 0 else \
+        "column generation stopped after 200 rounds"
+    return x, y, None, 0 if bad.size == 0 else 1, msg, info
 
 
 def _map_duals(lp: ChainLP, y: np.ndarray, y_ub: np.ndarray | None) -> Duals:
@@ -367,6 +479,7 @@ def lp_bounds(
     highs_options: dict | None = None,
     return_plan: bool = False,
     sides: tuple[str, ...] = ("lower", "upper"),
+    algorithm: str = "colgen",
 ) -> BoundsResult:
     """Lower and upper bounds of E[payoff] over martingale laws with ``marginals`` (exact LP).
 
@@ -388,6 +501,9 @@ def lp_bounds(
         Keep the optimal plans pi_t(x, s, y).
     sides : tuple of str
         Which sides to solve.
+    algorithm : {"colgen", "direct"}
+        Column generation with warm-started HiGHS (default; exact, certified on the full LP)
+        or one direct HiGHS solve of the full LP (see ``solve_side``).
     """
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
@@ -407,12 +523,13 @@ def lp_bounds(
     t_build = time.perf_counter()
     if pairwise:
         return _pairwise_bounds(marginals, terms, martingale_tol=martingale_tol,
-                                highs_options=highs_options, sides=sides, t_build=t_build)
+                                highs_options=highs_options, sides=sides, t_build=t_build,
+                                algorithm=algorithm)
     chain = build_chain(marginals, payoff, sum_mode=sum_mode, sum_grid_size=sum_grid_size)
     lp = build_chain_lp(chain, marginals, martingale=martingale, martingale_tol=martingale_tol)
     build = time.perf_counter() - t_build
-    res = {s: solve_side(lp, s, highs_options=highs_options, return_plan=return_plan)
-           for s in sides}
+    res = {s: solve_side(lp, s, highs_options=highs_options, return_plan=return_plan,
+                         algorithm=algorithm) for s in sides}
     missing = BoundSide(float("nan"), True, 0, "not requested", 0.0)
     lo, up = res.get("lower", missing), res.get("upper", missing)
     status, ok, msg = _status(lo, up)
@@ -426,7 +543,8 @@ def lp_bounds(
     )
 
 
-def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, t_build):
+def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, t_build,
+                     algorithm):
     n = marginals.n_dates
     m = marginals.size
     by_t: dict[int, list] = {}
@@ -458,7 +576,7 @@ def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, 
         value, secs, ok, status, msgs = 0.0, 0.0, True, 0, []
         primal = dual = gap = 0.0
         for t, lp in lps:
-            side = solve_side(lp, s, highs_options=highs_options)
+            side = solve_side(lp, s, highs_options=highs_options, algorithm=algorithm)
             secs += side.seconds
             if not side.success:
                 ok, status = False, max(status, side.status)

@@ -62,6 +62,8 @@ class BoundSide:
     duals : Duals or None
     plan : list of ndarray or None
         ``plan[t]`` of shape (M, n_t, M): pi_t(x, s, y), if requested.
+    info : dict
+        Solver details (column-generation rounds and columns, ...).
     """
 
     value: float
@@ -74,6 +76,7 @@ class BoundSide:
     gap: float = float("nan")
     duals: Duals | None = None
     plan: list[np.ndarray] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)

@@ -72,6 +72,7 @@ class DataConfig:
     val_fraction: float = 0.15
     max_instances: int | None = None  # use only the first n instances (tiny runs)
     split_seed: int = 0
+    prefix_windows: bool = True  # also train on the prefixes (dates 0..n) of each instance
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -102,6 +103,7 @@ class TrainConfig:
     lambda_h: float = 1.0
     drift_scale: float = 0.01  # drift loss unit (moneyness): a loss of 1 = drift at this size
     h_units: float = 1e-3  # the h penalty acts on h * h_units (multiplier in price units)
+    mart_periods: int = 8  # drift loss on at most this many random periods per batch (0 = all)
     mass_floor: float = 1e-10  # grid points with less mass are masked in the distillation
     seed: int = 0
     threads: int = 1

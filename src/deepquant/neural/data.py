@@ -39,7 +39,7 @@ from deepquant.atomic import atomic_path
 
 __all__ = [
     "FAMILIES", "N_CHOICES", "FORMAT", "InstanceSpec", "instance_spec", "model_grid",
-    "gauge_fix", "gibbs_kernels_np", "kernel_drift_np", "solve_instance", "generate_dataset",
+    "gauge_fix", "touching_mask", "allowed_np", "gibbs_kernels_np", "kernel_drift_np", "solve_instance", "generate_dataset",
     "read_dataset", "NeuralDataset", "validate_dataset", "ValidationReport", "write_instances",
 ]
 
@@ -117,15 +117,41 @@ def gauge_fix(v: np.ndarray, h: np.ndarray, w_to: np.ndarray, grid: np.ndarray):
     return v, h
 
 
-def gibbs_kernels_np(v: np.ndarray, h: np.ndarray, weights: np.ndarray, grid: np.ndarray
-                     ) -> np.ndarray:
+def touching_mask(weights: np.ndarray, grid: np.ndarray, *, tol: float = 1e-13) -> np.ndarray:
+    """Touching points of each period, (N, M) bool: C_{t+1}(k) - C_t(k) <= tol * max(1, |grid|)
+    (the entropic solver's rule, ``deepquant.mmot.entropic.touching_points``)."""
+    from deepquant.mmot.entropic import touching_points
+
+    scale = max(1.0, float(np.max(np.abs(grid))))
+    return touching_points(weights[:-1], weights[1:], grid, tol=tol * scale)
+
+
+def allowed_np(touch: np.ndarray) -> np.ndarray:
+    """numpy twin of ``deepquant.neural.losses.allowed_entries``: (N, M) -> (N, M, M)."""
+    m = touch.shape[-1]
+    cs = np.cumsum(touch, axis=-1)
+    idx = np.arange(m)
+    lo = np.minimum(idx[:, None], idx[None, :])
+    hi = np.maximum(idx[:, None], idx[None, :])
+    cross = np.where(hi > lo, cs[..., np.maximum(hi - 1, 0)] - cs[..., lo], 0)
+    pinned = touch[..., :, None] & ~np.eye(m, dtype=bool)
+    return (cross == 0) & ~pinned
+
+
+def gibbs_kernels_np(v: np.ndarray, h: np.ndarray, weights: np.ndarray, grid: np.ndarray,
+                     touch: np.ndarray | None = None) -> np.ndarray:
     """Row-normalised Gibbs kernels K_t(y|x) ∝ mu_{t+1}(y) exp(v_t(y) + h_t(x)(y - x)),
-    shape (N, M, M), from potentials in units of eps (numpy reference of the loss)."""
+    shape (N, M, M), from potentials in units of eps (numpy reference of the loss); entries
+    crossing a touching point (``touch`` (N, M)) are zero, rows with no allowed entry stay put."""
     w_to = weights[1:]
     with np.errstate(divide="ignore"):
         log_nu = np.where(w_to > 0, np.log(np.where(w_to > 0, w_to, 1.0)), -np.inf)
     logits = h[:, :, None] * (grid[None, None, :] - grid[None, :, None]) + v[:, None, :]
     logits = logits + log_nu[:, None, :]
+    if touch is not None:
+        logits = np.where(allowed_np(touch), logits, -np.inf)
+    empty = np.isinf(logits).all(axis=-1, keepdims=True)
+    logits = np.where(empty & np.eye(grid.size, dtype=bool), 0.0, logits)
     logits -= logits.max(axis=-1, keepdims=True)
     k = np.exp(logits)
     return k / k.sum(axis=-1, keepdims=True)
@@ -441,7 +467,8 @@ def validate_dataset(path: str | os.PathLike[str], *, residual_tol: float = 1e-6
         if recompute:
             w_x = r["weights"].copy()
             w_x[1:] = np.where(r["v_valid"], w_x[1:], 0.0)  # columns the teacher excluded
-            k = gibbs_kernels_np(r["v"].astype(np.float64), r["h"].astype(np.float64), w_x, grid)
+            k = gibbs_kernels_np(r["v"].astype(np.float64), r["h"].astype(np.float64), w_x, grid,
+                                 touching_mask(r["weights"], grid))
             live = (r["h_valid"] & (r["weights"][:-1] > mass_floor)
                     & r["period_ok"][:, None])
             delta = np.abs(k @ grid - grid[None, :])
@@ -469,6 +496,7 @@ class NeuralDataset:
                 "h_valid": torch.as_tensor(r["h_valid"], dtype=torch.bool),
                 "v_valid": torch.as_tensor(r["v_valid"], dtype=torch.bool),
                 "period_ok": torch.as_tensor(r["period_ok"], dtype=torch.bool),
+                "touch": torch.as_tensor(touching_mask(r["weights"], grid)),
                 "n": r["n_periods"], "family": r["family"], "index": r["index"],
             })
 
@@ -493,7 +521,7 @@ class NeuralDataset:
 
         its = [self.items[i] for i in ids]
         b = {k: torch.stack([it[k] for it in its]) for k in ("weights", "v", "h", "h_valid",
-                                                               "v_valid")}
+                                                               "v_valid", "touch")}
         b["period_mask"] = torch.stack([it["period_ok"] for it in its])
         b["date_mask"] = torch.ones(len(its), its[0]["n"] + 1, dtype=torch.bool)
         b["grid"] = self.grid

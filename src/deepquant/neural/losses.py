@@ -28,21 +28,45 @@ import torch
 
 from deepquant.neural.model import period_scale
 
-__all__ = ["gibbs_log_kernel", "kernel_drift", "LossTerms", "surrogate_loss"]
+__all__ = ["allowed_entries", "gibbs_log_kernel", "kernel_drift", "LossTerms", "surrogate_loss"]
+
+
+def allowed_entries(touch: torch.Tensor) -> torch.Tensor:
+    """Entries (x, y) a martingale plan may charge, shape (..., M, M), from the touching points
+    ``touch`` (..., M) (grid points k with C_{t+1}(k) = C_t(k), DESIGN §2.1 / entropic solver):
+    no mass crosses a touching point, and a row at a touching point stays put."""
+    cs = torch.cumsum(touch.to(torch.int32), dim=-1)  # touching points <= j
+    prev = cs - touch.to(torch.int32)  # touching points < j
+    m = touch.shape[-1]
+    idx = torch.arange(m, device=touch.device)
+    up = idx[None, :] > idx[:, None]  # y > x: allowed iff #touch < y == #touch <= x
+    same_up = prev[..., None, :] == cs[..., :, None]
+    same_down = prev[..., :, None] == cs[..., None, :]
+    allowed = torch.where(up, same_up, same_down)
+    eye = idx[:, None] == idx[None, :]
+    return (allowed | eye) & ~(touch[..., :, None] & ~eye)
 
 
 def gibbs_log_kernel(v: torch.Tensor, h: torch.Tensor, w_from: torch.Tensor,
-                     w_to: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+                     w_to: torch.Tensor, grid: torch.Tensor,
+                     touch: torch.Tensor | None = None) -> torch.Tensor:
     """log K_t(y | x), shape (..., M, M) [x, y], from v, h (..., M) and the period's marginals.
 
-    Columns with mu_{t+1}(y) = 0 get log K = -inf; rows are normalised even where
-    mu_t(x) = 0 (those rows are simply unused).
+    Columns with mu_{t+1}(y) = 0 get log K = -inf, and so do entries that cross a touching point
+    (``touch`` (..., M), see ``allowed_entries``); rows are normalised even where mu_t(x) = 0
+    (those rows are simply unused). Rows with no allowed entry are point masses at x.
     """
     diff = grid[None, :] - grid[:, None]  # (x, y): y - x
     logits = h[..., :, None] * diff + v[..., None, :]
     log_nu = torch.where(w_to > 0, torch.log(torch.clamp(w_to, min=1e-300)),
                          torch.full_like(w_to, -torch.inf))
     logits = logits + log_nu[..., None, :]
+    if touch is not None:
+        logits = logits.masked_fill(~allowed_entries(touch), -torch.inf)
+    m = grid.shape[-1]
+    eye = torch.eye(m, dtype=torch.bool, device=logits.device)
+    empty = torch.isinf(logits).all(dim=-1, keepdim=True)  # e.g. pinned rows off supp(nu)
+    logits = torch.where(empty & eye, torch.zeros_like(logits), logits)
     return logits - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
@@ -87,13 +111,21 @@ def surrogate_loss(v: torch.Tensor, h: torch.Tensor, batch: dict, *, lambda_mart
     dist = ((ev.sum((1, 2)) / vmask.sum((1, 2)).clamp(min=1.0))
             + (eh.sum((1, 2)) / hmask.sum((1, 2)).clamp(min=1.0))).mean()
 
-    log_k = gibbs_log_kernel(v, h, w_from, w_to, grid)
-    delta = kernel_drift(log_k, grid)  # (B, N, M)
-    delta = torch.where(w_from > 0, delta, torch.zeros_like(delta))
-    mart = (((w_from * (delta / drift_scale) ** 2).sum(-1) * pmask).sum(1) / n_per).mean()
+    sel = batch.get("mart_periods")  # optional subset of periods (cost is O(N M^2))
+    if sel is not None:
+        vs, hs, wf, wt = v[:, sel], h[:, sel], w_from[:, sel], w_to[:, sel]
+        pm = pmask[:, sel]
+        touch = batch["touch"][:, sel] if "touch" in batch else None
+    else:
+        vs, hs, wf, wt, pm, touch = v, h, w_from, w_to, pmask, batch.get("touch")
+    log_k = gibbs_log_kernel(vs, hs, wf, wt, grid, touch)
+    delta = kernel_drift(log_k, grid)  # (B, n, M)
+    delta = torch.where(wf > 0, delta, torch.zeros_like(delta))
+    mart = (((wf * (delta / drift_scale) ** 2).sum(-1) * pm).sum(1)
+            / pm.sum(1).clamp(min=1.0)).mean()
     hpen = ((((h_units * h) ** 2).mean(-1) * pmask).sum(1) / n_per).mean()
     with torch.no_grad():
-        live = (w_from > mass_floor) & (pmask[..., None] > 0)
+        live = (wf > mass_floor) & (pm[..., None] > 0)
         drift_max = torch.where(live, delta.abs(), torch.zeros_like(delta)).amax()
     total = dist + lambda_mart * mart + lambda_h * hpen
     return LossTerms(total, dist, mart, hpen, drift_max)

@@ -68,6 +68,23 @@ def _split(records: list[dict], frac: float, seed: int) -> tuple[list[dict], lis
     return train, val
 
 
+def prefix_windows(records: list[dict]) -> list[dict]:
+    """Extra training instances for free: the first n periods of an instance (dates 0..n) are
+    an instance with maturity t_n, and its N one-period problems are independent (DESIGN §2.2),
+    so the prefixes' targets are the stored ones. n runs over N_CHOICES below N."""
+    from deepquant.neural.data import N_CHOICES
+
+    out = []
+    for r in records:
+        for n in N_CHOICES:
+            if n >= r["n_periods"]:
+                break
+            out.append({**r, "n_periods": n, "weights": r["weights"][: n + 1],
+                        "times": r["times"][: n + 1],
+                        **{k: r[k][:n] for k in ("v", "h", "h_valid", "v_valid", "period_ok")}})
+    return out
+
+
 def _target_scales(records: list[dict], mass_floor: float) -> tuple[float, float]:
     """RMS of s_t * v and s_t * h over the distilled entries (the heads' output units)."""
     vs, hs = [], []
@@ -200,6 +217,7 @@ def load_model(path: str | os.PathLike[str]):
         mcfg = ModelConfig(**state["config"]["model"])
         meta = {k: state[k] for k in ("version", "step", "best_val_loss", "data_attrs")}
         meta["model"] = state["config"]["model"]
+        meta["extra"] = state.get("extra", {})
         return _model_from_state(state["model"], mcfg, str(path)), meta
     folder = path if path.is_dir() else path.parent
     weights = folder / "model.safetensors" if path.is_dir() else path
@@ -253,6 +271,8 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
     if not train_recs or not val_recs:
         raise ValueError(f"need training and validation instances, got {len(train_recs)} and "
                          f"{len(val_recs)} from {cfg.data.train!r}")
+    if cfg.data.prefix_windows:
+        train_recs = train_recs + prefix_windows(train_recs)
     train_ds, val_ds = NeuralDataset(train_recs, grid), NeuralDataset(val_recs, grid)
 
     model = build_model(cfg.model, grid)
@@ -307,7 +327,8 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
             writer.flush()
         ckw = {"model": model, "optimizer": opt, "cfg": cfg, "step": step,
                "best_val": best_val, "best_step": best_step, "data_attrs": attrs,
-               "extra": {"history": history, "n_params": count_parameters(model)}}
+               "extra": {"history": history, "n_params": count_parameters(model),
+                         "grid": [float(x) for x in grid]}}
         if improved:
             save_checkpoint(out_dir / "best.pt", **ckw)
         save_checkpoint(last, **ckw)
@@ -323,6 +344,10 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
             for g in opt.param_groups:
                 g["lr"] = t.lr * _lr_factor(step, t)
             b = train_ds.collate(ids)
+            n_per = b["v"].shape[1]
+            if t.mart_periods and n_per > t.mart_periods:
+                b["mart_periods"] = torch.as_tensor(
+                    np.sort(rng.choice(n_per, t.mart_periods, replace=False)))
             v, h = model(b["weights"], b["date_mask"])
             terms = surrogate_loss(v, h, b, **kw)
             opt.zero_grad(set_to_none=True)
@@ -333,7 +358,7 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
             step += 1
             if writer and step % 20 == 0:
                 for k in ("total", "dist", "mart", "hpen", "drift_max"):
-                    writer.add_scalar(f"train/{k}", float(getattr(terms, k)), step)
+                    writer.add_scalar(f"train/{k}", float(getattr(terms, k).detach()), step)
                 writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
             if callback:
                 callback({"kind": "step", "step": step, "loss": float(terms.total)})

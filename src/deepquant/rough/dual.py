@@ -145,11 +145,11 @@ def martingale_increments(paths: RoughPaths, xi0: float, payoff: Payoff, dates,
             rest = times[dates[i + 1]] - times[k + 1]
             vol_before = np.sqrt((paths.V[:, k] * dt + xi0 * rest) / (dt + rest))
             vol_after = math.sqrt(xi0)
-            for m, c in enumerate(basis.payoff_strikes):
-                strike = c * K
-                after = bs_european(paths.S[:, k + 1], strike, r, vol_after, rest, put=put)
-                before = bs_european(paths.S[:, k], strike, r, vol_before, dt + rest, put=put)
-                B[:, i, 2 * F + m] += (disc[k + 1] * after - disc[k] * before) / K
+            strikes = K * np.asarray(basis.payoff_strikes, dtype=float)[None, :]
+            after = bs_european(paths.S[:, k + 1, None], strikes, r, vol_after, rest, put=put)
+            before = bs_european(paths.S[:, k, None], strikes, r, vol_before[:, None],
+                                 dt + rest, put=put)
+            B[:, i, 2 * F :] += (disc[k + 1] * after - disc[k] * before) / K
     return B
 
 

@@ -1,0 +1,224 @@
+"""Benchmarks of the batched entropic MMOT solver (issue 3, DESIGN §2.1–2.2).
+
+Sections (``--section``, default all):
+
+* ``main``    N=10, M=150, eps=1e-3, c=0, product reference, tol 1e-9 on the L1 marginal error
+              and on the drift: Newton (1 and 2 BLAS threads) side by side with plain
+              martingale-Sinkhorn (seed 001 Algorithm 1), interleaved repeats, medians, ratios.
+* ``large``   N=50, M=500.
+* ``scaling`` (N, M) = (2,100), (10,150), (20,200), (50,500), (100,1000): median time, Newton
+              iterations, peak traced memory (tracemalloc, separate run), fitted exponents.
+* ``lp``      transport cost of the entropic plan -> one-period LP values (HiGHS) as eps -> 0,
+              for |X1 - X0| (min and max): gaps and the fitted rate gap ~ eps^r.
+
+Marginals: lognormal laws (sigma=0.2, T=1, dates t_k = k T/N, total variance sigma^2 (t_k + T/N))
+discretised on a uniform moneyness grid [0.5, 2.0] by interpolating Black–Scholes call prices
+(corrected by an affine function so that all mass is on the grid and the mean is 1): exactly in
+convex order on the grid. Built here, independently of ``deepquant.market.synthetic``.
+
+Usage:  python benchmarks/mmot_entropic.py [--section main] [--repeats 7] [--out FILE.json]
+The machine is shared: every timing is a median of interleaved repeats, and the load average is
+recorded with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import tracemalloc
+import warnings
+
+import numpy as np
+from scipy import optimize, sparse
+from scipy.stats import norm
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
+from deepquant.mmot.sinkhorn import martingale_sinkhorn
+
+
+def lognormal_marginals(n: int, m: int, sigma: float = 0.2, maturity: float = 1.0,
+                        lo: float = 0.5, hi: float = 2.0) -> Marginals:
+    grid = np.linspace(lo, hi, m)
+    rows = []
+    for t in np.linspace(0.0, maturity, n + 1):
+        s = sigma * np.sqrt(t + maturity / n)
+        d1 = (-np.log(grid) + 0.5 * s * s) / s
+        c = norm.cdf(d1) - grid * norm.cdf(d1 - s)
+        lam = (grid - grid[0]) / (grid[-1] - grid[0])
+        c = c - ((c[0] - (1.0 - grid[0])) * (1 - lam) + c[-1] * lam)
+        slopes = np.concatenate([[-1.0], np.diff(c) / np.diff(grid), [0.0]])
+        rows.append(np.maximum(np.diff(slopes), 0.0))
+    w = np.array(rows)
+    return Marginals(grid, w / w.sum(axis=1, keepdims=True), np.linspace(0.0, maturity, n + 1))
+
+
+def _run(fn, *args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        t0 = time.perf_counter()
+        res = fn(*args, **kw)
+        return res, time.perf_counter() - t0
+
+
+def _row(res, seconds):
+    return {"seconds": seconds, "nit": int(res.nit), "sweeps": int(res.sweeps),
+            "marginal_error": float(res.marginal_error), "drift": float(res.drift),
+            "success": bool(res.success)}
+
+
+def section_main(repeats: int) -> dict:
+    mg = lognormal_marginals(10, 150)
+    eps = 1e-3
+    variants = {
+        "newton_1thread": lambda: _run(solve_entropic, mg, eps, threads=1),
+        "newton_2threads": lambda: _run(solve_entropic, mg, eps, threads=2),
+        "sinkhorn_1thread": lambda: _run(martingale_sinkhorn, mg, eps, threads=1,
+                                         max_sweeps=20_000),
+    }
+    runs: dict[str, list] = {k: [] for k in variants}
+    for _ in range(repeats):                       # interleaved: same load for every variant
+        for name, fn in variants.items():
+            res, sec = fn()
+            runs[name].append(_row(res, sec))
+    out = {}
+    for name, rows in runs.items():
+        secs = [r["seconds"] for r in rows]
+        out[name] = dict(rows[-1], median_seconds=float(np.median(secs)),
+                         min_seconds=float(np.min(secs)), max_seconds=float(np.max(secs)),
+                         repeats=len(secs))
+    base = out["newton_1thread"]["median_seconds"]
+    out["ratio_sinkhorn_over_newton"] = out["sinkhorn_1thread"]["median_seconds"] / base
+    out["ratio_2threads_over_1thread"] = out["newton_2threads"]["median_seconds"] / base
+    out["problem"] = {"N": 10, "M": 150, "eps": eps, "tol": 1e-9, "grid": [0.5, 2.0]}
+    return out
+
+
+def section_large(repeats: int) -> dict:
+    mg = lognormal_marginals(50, 500)
+    secs, res = [], None
+    for _ in range(repeats):
+        res, sec = _run(solve_entropic, mg, 1e-3)
+        secs.append(sec)
+    return dict(_row(res, secs[-1]), median_seconds=float(np.median(secs)),
+                min_seconds=float(np.min(secs)), repeats=repeats,
+                problem={"N": 50, "M": 500, "eps": 1e-3})
+
+
+def _peak_memory(mg, eps) -> float:
+    tracemalloc.start()
+    _run(solve_entropic, mg, eps)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def section_scaling(repeats: int) -> dict:
+    sizes = [(2, 100), (10, 150), (20, 200), (50, 500), (100, 1000)]
+    rows = []
+    for n, m in sizes:
+        mg = lognormal_marginals(n, m)
+        reps = repeats if n * m * m <= 5e6 else max(1, min(repeats, 2))
+        secs = []
+        for _ in range(reps):
+            res, sec = _run(solve_entropic, mg, 1e-3)
+            secs.append(sec)
+        peak = _peak_memory(mg, 1e-3)
+        rows.append(dict(_row(res, secs[-1]), N=n, M=m, median_seconds=float(np.median(secs)),
+                         repeats=reps, peak_mib=peak,
+                         output_mib=n * m * m * 8 / 2**20))
+        print(f"  scaling N={n} M={m}: {np.median(secs):.3f} s, nit {res.nit}, peak {peak:.0f} MiB",
+              file=sys.stderr, flush=True)
+    n = np.array([r["N"] for r in rows], float)
+    m = np.array([r["M"] for r in rows], float)
+    t = np.array([r["median_seconds"] for r in rows])
+    mem = np.array([r["peak_mib"] for r in rows])
+    # time per period against M (periods are independent): t / N ~ M^beta
+    beta = float(np.polyfit(np.log(m), np.log(t / n), 1)[0])
+    # joint fit log t = a + alpha log N + beta log M (N and M grow together: indicative only)
+    a = np.column_stack([np.ones_like(n), np.log(n), np.log(m)])
+    coef = np.linalg.lstsq(a, np.log(t), rcond=None)[0]
+    beta_mem = float(np.polyfit(np.log(m), np.log(mem / n), 1)[0])
+    return {"rows": rows, "per_period_time_exponent_in_M": beta,
+            "joint_fit": {"alpha_N": float(coef[1]), "beta_M": float(coef[2])},
+            "per_period_memory_exponent_in_M": beta_mem}
+
+
+def _one_period_lp(mu, nu, x, cost, sense):
+    m = x.size
+    eye = sparse.identity(m, format="csr")
+    ones = sparse.csr_matrix(np.ones((1, m)))
+    a_eq = sparse.vstack([sparse.kron(eye, ones), sparse.kron(ones, eye),
+                          sparse.kron(eye, sparse.csr_matrix(x[None, :]))]).tocsr()
+    b_eq = np.concatenate([mu, nu, x * mu])
+    res = optimize.linprog(sense * cost.ravel(), A_eq=a_eq, b_eq=b_eq, bounds=(0, None),
+                           method="highs")
+    if res.status != 0:
+        raise RuntimeError(res.message)
+    return float(sense * res.fun)
+
+
+def section_lp(repeats: int) -> dict:
+    from deepquant.payoffs import ForwardStartStraddle
+
+    mg = lognormal_marginals(1, 41, sigma=0.25)
+    x = mg.grid
+    cost = np.abs(x[None, :] - x[:, None])
+    payoff = ForwardStartStraddle(strike=1.0, t1=0, t2=1)
+    eps_list = [3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5]
+    out = {}
+    for label, sense in (("lower", 1), ("upper", -1)):
+        lp = _one_period_lp(mg.weights[0], mg.weights[1], x, cost, sense)
+        gaps, rows = [], []
+        for eps in eps_list:
+            res, sec = _run(solve_entropic, mg, eps, cost=payoff, maximize=sense < 0)
+            gap = sense * (res.transport_cost - lp)
+            gaps.append(gap)
+            rows.append({"eps": eps, "transport_cost": res.transport_cost, "gap": gap,
+                         "relative_gap": gap / abs(lp), "seconds": sec, "nit": res.nit,
+                         "success": res.success, "marginal_error": res.marginal_error,
+                         "drift": res.drift})
+        g = np.array(gaps)
+        e = np.array(eps_list)
+        ok = g > 0
+        rate = float(np.polyfit(np.log(e[ok][-4:]), np.log(g[ok][-4:]), 1)[0])
+        out[label] = {"lp": lp, "rows": rows, "fitted_rate_last4": rate}
+    out["problem"] = {"payoff": "|X1 - X0| (forward-start straddle, k=1)", "N": 1, "M": 41,
+                      "sigma": 0.25}
+    return out
+
+
+SECTIONS = {"main": section_main, "large": section_large, "scaling": section_scaling,
+            "lp": section_lp}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--section", choices=[*SECTIONS, "all"], default="all")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+    names = list(SECTIONS) if args.section == "all" else [args.section]
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "python": platform.python_version(), "numpy": np.__version__,
+                           "loadavg_start": os.getloadavg()}}
+    for name in names:
+        print(f"section {name} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        results[name] = SECTIONS[name](args.repeats)
+        results[name]["section_seconds"] = time.perf_counter() - t0
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    text = json.dumps(results, indent=2, default=float)
+    if args.out:
+        from deepquant.atomic import write_text
+
+        write_text(args.out, text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

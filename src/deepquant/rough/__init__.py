@@ -1,0 +1,48 @@
+"""Rough Bergomi American/Bermudan engine (DESIGN §4): hybrid-scheme paths, randomized QMC with
+adaptive stopping, a Longstaff–Schwartz lower bound with signature features, a dual upper bound
+from a signature martingale, Andersen–Broadie nested simulation, and parallel ensembles.
+
+Quick start::
+
+    from deepquant.rough import RoughBergomi, price_bermudan
+    res = price_bermudan(RoughBergomi(), 100.0, rng=1)      # 12 dates, put, K = 100
+    res.lower, res.upper, res.lower_ci, res.upper_ci
+
+Only numpy/scipy are imported here; pysiglib (signatures) is imported when features are built.
+"""
+
+from deepquant.rough.dual import DualMartingale, MartingaleBasis, fit_dual, martingale_increments
+from deepquant.rough.engine import (
+    BermudanPricer,
+    BermudanResult,
+    EnsembleResult,
+    ensemble,
+    price_bermudan,
+)
+from deepquant.rough.lsm import ExerciseBasis, LSMPolicy, fit_lsm
+from deepquant.rough.nested import AndersenBroadieResult, andersen_broadie
+from deepquant.rough.qmc import AdaptiveResult, adaptive_mean, driver_increments, gaussian_points
+from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
+
+__all__ = [
+    "RoughBergomi",
+    "RoughPaths",
+    "BermudanPricer",
+    "BermudanResult",
+    "EnsembleResult",
+    "price_bermudan",
+    "ensemble",
+    "ExerciseBasis",
+    "LSMPolicy",
+    "fit_lsm",
+    "MartingaleBasis",
+    "DualMartingale",
+    "fit_dual",
+    "martingale_increments",
+    "andersen_broadie",
+    "AndersenBroadieResult",
+    "adaptive_mean",
+    "AdaptiveResult",
+    "driver_increments",
+    "gaussian_points",
+]

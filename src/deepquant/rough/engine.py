@@ -1,0 +1,408 @@
+"""Bermudan/American pricing engine under rough Bergomi: lower and upper bounds with confidence
+intervals, and ensembles of independent runs (DESIGN §4, seed 004 §3–4).
+
+One run (``BermudanPricer.__call__``), with independent random streams spawned from ``rng``:
+
+1. **Regression paths** (n_regression, one scramble): fit the Longstaff–Schwartz policy
+   (``lsm.fit_lsm``) and the dual martingale. The martingale is first fitted by least squares
+   (for each interval j, regress the policy's discounted cash flow from t_{j+1} on the
+   F_{t_j}-measurable exercise basis and the interval's martingale increments B_j; the
+   coefficients of B_j approximate the increment of the policy's value process, as in the
+   Andersen–Broadie martingale but without nested simulation); with ``dual_fit="pathwise"``
+   it is then refined by minimising the sample mean of max_j (Z_j - M_j) (``dual.fit_dual``)
+   and the refinement is kept only if it lowers that mean on an independent validation set.
+2. **Pricing batches** (batch_size each, an independent scramble per batch) until the adaptive
+   rule of ``qmc.adaptive_mean`` stops: per batch, the lower bound is the mean of Z_tau over the
+   policy's stopping times tau, computed as mean(Z_tau - M_tau) with the fitted martingale as a
+   control variate (``control_variate=True``; E[M_tau] = 0 by optional stopping, so the
+   estimator stays unbiased for E[Z_tau] <= V_0); the upper bound is the mean of
+   max_j (Z_j - M_j) >= V_0. The plain estimator mean(Z_tau) is reported too.
+
+The bounds are valid for the DISCRETISED model (the simulation grid with ``steps_per_date``
+steps between exercise dates); the grid bias of the hybrid scheme is not part of the intervals.
+
+Ensembles (``ensemble``): N independent runs through ``deepquant.parallel``; the midpoint of
+each run is (lower + upper)/2; the final price is the mean of the midpoints, with 95%
+t-intervals (N - 1 degrees of freedom) for the midpoint, the lower and the upper bound (seed
+004 §3.3).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import KW_ONLY, asdict, dataclass, field, replace
+
+import numpy as np
+
+from deepquant.payoffs import EuropeanCall, EuropeanPut, Payoff
+from deepquant.rough.dual import (
+    DualMartingale,
+    MartingaleBasis,
+    dual_objective,
+    fit_dual,
+    martingale_increments,
+)
+from deepquant.rough.lsm import (
+    ExerciseBasis,
+    LSMPolicy,
+    check_exercise_payoff,
+    exercise_features,
+    exercise_values,
+    fit_lsm,
+)
+from deepquant.rough.qmc import RngLike, adaptive_mean, as_seed_sequence, t_interval
+from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
+
+__all__ = [
+    "BermudanPricer",
+    "BermudanResult",
+    "EnsembleResult",
+    "price_bermudan",
+    "ensemble",
+    "make_payoff",
+]
+
+
+def make_payoff(strike: float, option: str = "put") -> Payoff:
+    """The exercise value as a payoff of ``deepquant.payoffs`` (put or call at ``strike``)."""
+    if option not in ("put", "call"):
+        raise ValueError(f"option must be 'put' or 'call', got {option!r}")
+    if not (isinstance(strike, int | float | np.floating) and math.isfinite(strike)
+            and strike > 0):
+        raise ValueError(f"strike must be a finite number > 0, got {strike!r}")
+    return EuropeanPut(strike=float(strike)) if option == "put" else EuropeanCall(
+        strike=float(strike))
+
+
+@dataclass(frozen=True)
+class BermudanResult:
+    """One run's bounds (discounted to t = 0, in price units).
+
+    value : midpoint (lower + upper) / 2
+    lower, upper : bound estimates; lower_stderr, upper_stderr : their standard errors over the
+        pricing batches; lower_ci, upper_ci : 95% t-intervals (lower end of lower_ci, upper end
+        of upper_ci bracket the price with >= 95% confidence each)
+    gap : upper - lower; gap_stderr from the paired batch differences
+    lower_plain, lower_plain_stderr : the lower bound without the control variate
+    variance_reduction : var(plain) / var(control variate) of the batch means
+    n_paths : pricing paths used; n_batches ; stop_reason : "tol", "patience", "max_batches"
+    n_regression : regression paths; dual_in_sample : training value of the dual objective
+    dual_method : "regression" or "pathwise" (whichever was kept)
+    exercise_at_zero : the policy exercises at t = 0
+    seconds : wall time of the run; timings : seconds per phase
+    """
+
+    value: float
+    lower: float
+    upper: float
+    lower_stderr: float
+    upper_stderr: float
+    lower_ci: tuple[float, float]
+    upper_ci: tuple[float, float]
+    gap: float
+    gap_stderr: float
+    lower_plain: float
+    lower_plain_stderr: float
+    variance_reduction: float
+    n_paths: int
+    n_batches: int
+    stop_reason: str
+    n_regression: int
+    dual_in_sample: float
+    dual_method: str
+    exercise_at_zero: bool
+    strike: float
+    option: str
+    n_dates: int
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def relative_gap(self) -> float:
+        return self.gap / self.value if self.value else math.inf
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["midpoint"] = self.value
+        out["relative_gap"] = self.relative_gap
+        return out
+
+
+@dataclass(frozen=True)
+class BermudanPricer:
+    """Configured pricer; call it as ``pricer(model, strike, option="put", rng=...)``.
+
+    Exercise dates are t_j = j T / n_dates, j = 1..n_dates, plus t_0 = 0 when
+    ``exercise_at_zero``. The simulation grid has ``steps_per_date`` steps per exercise period.
+    Path counts for RQMC must be powers of two (antithetic pairs included).
+    """
+
+    _: KW_ONLY
+    n_dates: int = 12
+    T: float = 1.0
+    steps_per_date: int = 8
+    exercise_at_zero: bool = True
+    n_regression: int = 2**15
+    batch_size: int = 2**13
+    min_batches: int = 4
+    max_batches: int = 16
+    patience: int = 3
+    min_improvement: float = 0.02
+    tol: float = 0.0
+    method: str = "rqmc"
+    antithetic: bool = True
+    bridge: bool = True
+    exercise_basis: ExerciseBasis = field(default_factory=ExerciseBasis)
+    martingale_basis: MartingaleBasis = field(default_factory=MartingaleBasis)
+    dual_fit: str = "regression"
+    martingale_ridge: float = 1e-3
+    control_variate: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_dates", "steps_per_date", "n_regression", "batch_size", "min_batches",
+                     "max_batches", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.T, int | float) and math.isfinite(self.T) and self.T > 0):
+            raise ValueError(f"T must be a finite number > 0, got {self.T!r}")
+        if self.min_batches < 2:
+            raise ValueError(f"min_batches must be >= 2, got {self.min_batches}")
+        if self.max_batches < self.min_batches:
+            raise ValueError(
+                f"max_batches must be >= min_batches={self.min_batches}, got {self.max_batches}")
+        if self.method not in ("rqmc", "mc"):
+            raise ValueError(f"method must be 'rqmc' or 'mc', got {self.method!r}")
+        if not (math.isfinite(self.martingale_ridge) and self.martingale_ridge > 0):
+            raise ValueError(f"martingale_ridge must be > 0, got {self.martingale_ridge!r}")
+        if self.dual_fit not in ("regression", "pathwise"):
+            raise ValueError(f"dual_fit must be 'regression' or 'pathwise', got {self.dual_fit!r}")
+        if self.method == "rqmc":
+            for name in ("n_regression", "batch_size"):
+                value = getattr(self, name)
+                if value & (value - 1):
+                    raise ValueError(f"{name} must be a power of 2 for RQMC, got {value}")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def n_steps(self) -> int:
+        return self.n_dates * self.steps_per_date
+
+    @property
+    def dates(self) -> list[int]:
+        first = 0 if self.exercise_at_zero else self.steps_per_date
+        return list(range(first, self.n_steps + 1, self.steps_per_date))
+
+    @property
+    def _martingale_dates(self) -> list[int]:
+        # intervals between consecutive exercise dates, starting at t = 0 in any case
+        return list(range(0, self.n_steps + 1, self.steps_per_date))
+
+    def simulate(self, model: RoughBergomi, n: int, seed) -> RoughPaths:
+        return model.simulate(n, T=self.T, n_steps=self.n_steps, method=self.method,
+                              antithetic=self.antithetic, bridge=self.bridge, rng=seed)
+
+    def exercise_arrays(self, model: RoughBergomi, payoff: Payoff, paths: RoughPaths):
+        """Z (n, n_dates+1) discounted exercise values and F (n, n_dates+1, F) exercise
+        features; column 0 is t = 0 (Z = -inf there when ``exercise_at_zero`` is False)."""
+        Z = exercise_values(paths, payoff, self.dates)
+        F = exercise_features(paths, model.xi0, payoff, self.dates, self.exercise_basis)
+        if not self.exercise_at_zero:
+            Z = np.concatenate([np.full((Z.shape[0], 1), -np.inf), Z], axis=1)
+            F = np.concatenate([F[:, :1] * 0.0, F], axis=1)
+        return Z, F
+
+    def _arrays(self, model, payoff, paths):
+        Z, F = self.exercise_arrays(model, payoff, paths)
+        B = martingale_increments(paths, model.xi0, payoff, self._martingale_dates,
+                                  self.martingale_basis)
+        return Z, F, B
+
+    def _regression_martingale(self, Z, F, B, policy: LSMPolicy) -> DualMartingale:
+        """Least-squares martingale: per interval j, ridge regression (standardized columns,
+        weight ``martingale_ridge`` per path) of the policy's cash flow from t_{j+1} on
+        [F_j, B_j]; the B_j coefficients define M."""
+        n, J, P = B.shape
+        theta = np.zeros((J, P))
+        nf = F.shape[2]
+        for j in range(J):
+            y = policy.cashflows(Z, F, start=j + 1)
+            X = np.concatenate([F[:, j], B[:, j]], axis=1)
+            mean = X.mean(axis=0)
+            scale = X.std(axis=0)
+            scale = np.where(scale > 1e-12 * (1.0 + np.abs(mean)), scale, np.inf)
+            Xs = (X - mean) / scale
+            G = Xs.T @ Xs + self.martingale_ridge * n * np.eye(X.shape[1])
+            coef = np.linalg.solve(G, Xs.T @ (y - y.mean())) / scale
+            theta[j] = coef[nf:]
+        return DualMartingale(theta=theta, scale=np.ones(P), in_sample=float(
+            dual_objective(theta, Z, B).mean()), n_train=n, success=True,
+            message="ridge least squares", nit=0)
+
+    def fit(self, model: RoughBergomi, strike: float, *, option: str = "put",
+            rng: RngLike = None) -> tuple[LSMPolicy, DualMartingale]:
+        """Fit the exercise policy and the dual martingale only (same streams as a run)."""
+        payoff = check_exercise_payoff(make_payoff(strike, option))
+        seed_reg, seed_val, _ = as_seed_sequence(rng).spawn(3)
+        policy, dual, _ = self._fit(model, payoff, seed_reg, seed_val, {})
+        return policy, dual
+
+    def _fit(self, model, payoff, seed_reg, seed_val, timings):
+        t0 = time.perf_counter()
+        reg = self.simulate(model, self.n_regression, seed_reg)
+        Z, F, B = self._arrays(model, payoff, reg)
+        del reg
+        timings["regression_paths"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        policy = fit_lsm(Z, F, has_zero_date=True)
+        dual = self._regression_martingale(Z, F, B, policy)
+        method = "regression"
+        if self.dual_fit == "pathwise":
+            refined = fit_dual(Z, B)
+            val = self.simulate(model, self.batch_size, seed_val)
+            Zv, _, Bv = self._arrays(model, payoff, val)
+            if refined.pathwise(Zv, Bv).mean() < dual.pathwise(Zv, Bv).mean():
+                dual, method = refined, "pathwise"
+        timings["fit"] = time.perf_counter() - t1
+        return policy, dual, method
+
+    # ------------------------------------------------------------------ one run
+    def __call__(self, model: RoughBergomi, strike: float, *, option: str = "put",
+                 rng: RngLike = None,
+                 callback: Callable[[int, float], None] | None = None) -> BermudanResult:
+        if not isinstance(model, RoughBergomi):
+            raise ValueError(f"model must be a RoughBergomi, got {model!r}")
+        payoff = check_exercise_payoff(make_payoff(strike, option))
+        root = as_seed_sequence(rng)
+        seed_reg, seed_val, seed_price = root.spawn(3)
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        policy, dual, method = self._fit(model, payoff, seed_reg, seed_val, timings)
+        t2 = time.perf_counter()
+
+
+        def batch(b: int, seed) -> np.ndarray:
+            p = self.simulate(model, self.batch_size, seed)
+            Zb, Fb, Bb = self._arrays(model, payoff, p)
+            tau = policy.stopping_index(Zb, Fb)
+            rows = np.arange(Zb.shape[0])
+            plain = Zb[rows, tau]
+            m = np.einsum("nip,ip->ni", Bb, dual.theta / dual.scale)
+            M = np.concatenate([np.zeros((Zb.shape[0], 1)), np.cumsum(m, axis=1)], axis=1)
+            cv = plain - M[rows, tau] if self.control_variate else plain
+            upper = np.max(Zb - M, axis=1)
+            return np.array([cv.mean(), upper.mean(), plain.mean(), (upper - cv).mean()])
+
+        ad = adaptive_mean(batch, seed_price, min_batches=self.min_batches,
+                           max_batches=self.max_batches, tol=self.tol, patience=self.patience,
+                           min_improvement=self.min_improvement,
+                           monitor=lambda h: float(max(h[0], h[1])), callback=callback)
+        timings["pricing"] = time.perf_counter() - t2
+        lo, up, plain, gap = ad.mean
+        lo_se, up_se, plain_se, gap_se = ad.stderr
+        lo_hw, up_hw = ad.half_width[0], ad.half_width[1]
+        vr = float(plain_se**2 / lo_se**2) if lo_se > 0 else math.inf
+        return BermudanResult(
+            value=float(0.5 * (lo + up)), lower=float(lo), upper=float(up),
+            lower_stderr=float(lo_se), upper_stderr=float(up_se),
+            lower_ci=(float(lo - lo_hw), float(lo + lo_hw)),
+            upper_ci=(float(up - up_hw), float(up + up_hw)),
+            gap=float(gap), gap_stderr=float(gap_se), lower_plain=float(plain),
+            lower_plain_stderr=float(plain_se), variance_reduction=vr,
+            n_paths=ad.n_batches * self.batch_size, n_batches=ad.n_batches,
+            stop_reason=ad.reason, n_regression=self.n_regression,
+            dual_in_sample=dual.in_sample, dual_method=method,
+            exercise_at_zero=policy.exercise_at_zero, strike=float(strike), option=option,
+            n_dates=self.n_dates, seconds=time.perf_counter() - t0, timings=timings)
+
+
+def price_bermudan(model: RoughBergomi, strike: float, *, option: str = "put",
+                   rng: RngLike = None, **options) -> BermudanResult:
+    """Convenience: ``BermudanPricer(**options)(model, strike, option=option, rng=rng)``."""
+    return BermudanPricer(**options)(model, strike, option=option, rng=rng)
+
+
+# ---------------------------------------------------------------------------- ensembles
+@dataclass(frozen=True)
+class EnsembleResult:
+    """Seed 004 §3.3 table over ``n_runs`` independent runs (95% t-intervals, n_runs - 1 dof).
+
+    midpoint : mean of the runs' (lower + upper) / 2, with midpoint_ci
+    lower, upper : means of the runs' bounds, with lower_ci, upper_ci
+    runs : the individual ``BermudanResult`` objects
+    seconds : wall time of the ensemble
+    """
+
+    midpoint: float
+    midpoint_ci: tuple[float, float]
+    lower: float
+    lower_ci: tuple[float, float]
+    upper: float
+    upper_ci: tuple[float, float]
+    n_runs: int
+    seconds: float
+    runs: list
+
+    @property
+    def value(self) -> float:
+        return self.midpoint
+
+    def to_dict(self) -> dict:
+        return {
+            "midpoint": self.midpoint, "midpoint_ci": list(self.midpoint_ci),
+            "lower": self.lower, "lower_ci": list(self.lower_ci),
+            "upper": self.upper, "upper_ci": list(self.upper_ci),
+            "n_runs": self.n_runs, "seconds": self.seconds,
+            "runs": [r.to_dict() for r in self.runs],
+        }
+
+
+def _ensemble_task(args) -> BermudanResult:  # module level: picklable for process pools/Ray
+    pricer, model, strike, option, seed = args
+    return pricer(model, strike, option=option, rng=seed)
+
+
+def ensemble(model: RoughBergomi, strike: float, *, runs: int = 10, option: str = "put",
+             pricer: BermudanPricer | None = None, rng: RngLike = None,
+             backend: str | None = "local", n_workers: int = 0,
+             progress: Callable[[int, BermudanResult], None] | None = None) -> EnsembleResult:
+    """Run ``runs`` independent pricings (seeds from ``SeedSequence.spawn``) in parallel via
+    ``deepquant.parallel.get_executor(backend)``; ``progress(done, result)`` after each run."""
+    from deepquant.parallel import get_executor
+
+    if not isinstance(runs, int) or runs < 2:
+        raise ValueError(f"runs must be an integer >= 2 for t-intervals, got {runs!r}")
+    make_payoff(strike, option)  # validates strike and option before starting workers
+    pricer = pricer or BermudanPricer()
+    seeds = as_seed_sequence(rng).spawn(runs)
+    t0 = time.perf_counter()
+    executor = get_executor(backend, n_workers=n_workers)
+    results: list = [None] * runs
+    done = 0
+    for i, res in executor.as_completed(_ensemble_task,
+                                        [(pricer, model, strike, option, s) for s in seeds]):
+        results[i] = res
+        done += 1
+        if progress:
+            progress(done, res)
+    lows = np.array([r.lower for r in results])
+    ups = np.array([r.upper for r in results])
+    mids = 0.5 * (lows + ups)
+
+    def ci(x):
+        m, _, hw = t_interval(x)
+        return float(m), (float(m - hw), float(m + hw))
+
+    mid, mid_ci = ci(mids)
+    lo, lo_ci = ci(lows)
+    up, up_ci = ci(ups)
+    return EnsembleResult(midpoint=mid, midpoint_ci=mid_ci, lower=lo, lower_ci=lo_ci, upper=up,
+                          upper_ci=up_ci, n_runs=runs, seconds=time.perf_counter() - t0,
+                          runs=results)
+
+
+def with_options(pricer: BermudanPricer, **changes) -> BermudanPricer:
+    """A copy of ``pricer`` with some options changed (validated)."""
+    return replace(pricer, **changes)

@@ -1,0 +1,106 @@
+"""Incremental updates (seed 001 Algorithm 2): they must equal a full solve to tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
+from deepquant.mmot.incremental import append_date, insert_date, update_date
+from deepquant.payoffs import SumSquaredIncrements
+
+TOL = 1e-9
+
+
+def lognormal_rows(grid: np.ndarray, total_vars: list[float]) -> np.ndarray:
+    """Laws whose call curves interpolate Black–Scholes calls (mean 1, all mass on the grid)."""
+    rows = []
+    for v in total_vars:
+        s = np.sqrt(v)
+        d1 = (-np.log(grid) + 0.5 * s * s) / s
+        c = norm.cdf(d1) - grid * norm.cdf(d1 - s)
+        lam = (grid - grid[0]) / (grid[-1] - grid[0])
+        c = c - ((c[0] - (1.0 - grid[0])) * (1 - lam) + c[-1] * lam)
+        slopes = np.concatenate([[-1.0], np.diff(c) / np.diff(grid), [0.0]])
+        rows.append(np.maximum(np.diff(slopes), 0.0))
+    w = np.array(rows)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+GRID = np.linspace(0.5, 2.0, 60)
+VARS = [0.004 * (t + 1) for t in range(6)]
+
+
+def full(dates_vars):
+    return Marginals(GRID, lognormal_rows(GRID, dates_vars))
+
+
+def assert_same(a, b):
+    assert a.success and b.success
+    np.testing.assert_allclose(a.kernels, b.kernels, atol=1e-7)
+    assert a.marginal_error <= TOL and a.drift <= TOL
+
+
+@pytest.mark.parametrize("date", [0, 2, 5])
+def test_insert_date_equals_full_solve(date):
+    new = full(VARS)
+    old = Marginals(GRID, np.delete(new.weights, date, axis=0))
+    prev = solve_entropic(old, 1e-3)
+    inc = insert_date(prev, new, date)
+    ref = solve_entropic(new, 1e-3)
+    assert_same(inc, ref)
+    # the untouched periods are copied bit for bit
+    untouched = [t for t in range(new.n_periods) if t + 1 < date]
+    for t in untouched:
+        np.testing.assert_array_equal(inc.kernels[t], prev.kernels[t])
+    assert "reused" in inc.message
+
+
+def test_append_and_costs():
+    new = full(VARS)
+    old = new.select(range(5))
+    cost = SumSquaredIncrements()
+    prev = solve_entropic(old, 1e-3, cost=cost)
+    inc = append_date(prev, new, cost=cost)
+    ref = solve_entropic(new, 1e-3, cost=cost)
+    assert_same(inc, ref)
+    assert inc.transport_cost == pytest.approx(ref.transport_cost, abs=1e-9)
+
+
+def test_update_date_warm_start():
+    base = full(VARS)
+    prev = solve_entropic(base, 1e-3)
+    moved = list(VARS)
+    moved[3] *= 1.03                       # new quotes for one expiry (still in convex order)
+    new = full(moved)
+    inc = update_date(prev, new, 3)
+    ref = solve_entropic(new, 1e-3)
+    assert_same(inc, ref)
+    assert inc.sweeps == 0                # warm start: Newton only
+    np.testing.assert_array_equal(inc.kernels[0], prev.kernels[0])
+
+
+def test_incremental_errors():
+    new = full(VARS)
+    prev = solve_entropic(new.select(range(5)), 1e-3)
+    with pytest.raises(ValueError, match="differ from the previous"):
+        insert_date(prev, new, 1)
+    with pytest.raises(ValueError, match="out of range"):
+        insert_date(prev, new, 9)
+    with pytest.raises(ValueError, match="expected"):
+        update_date(prev, new, 1)
+    with pytest.raises(TypeError, match="EntropicResult"):
+        insert_date(new, new, 5)
+    other = Marginals(np.linspace(0.5, 2.0, 61), lognormal_rows(np.linspace(0.5, 2.0, 61), VARS))
+    with pytest.raises(ValueError, match="grid"):
+        insert_date(prev, other, 5)
+
+
+def test_incremental_failure_warns():
+    new = full(VARS)
+    prev = solve_entropic(new.select(range(5)), 1e-3)
+    with pytest.warns(ConvergenceWarning, match="incremental update above tol"):
+        res = append_date(prev, new, max_iter=0, sinkhorn_sweeps=0)
+    assert not res.success

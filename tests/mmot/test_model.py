@@ -1,0 +1,120 @@
+"""The calibrated martingale model (deepquant.mmot.model).
+
+Independent references: E's exact augmented LP (every model price lies inside the bounds), the
+model-free prices of Europeans and of the sum of squared increments, and Monte Carlo on paths
+sampled from the kernels (within k standard errors, fixed seeds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tests.conftest import martingale_kernel_marginals, random_walk_marginals
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot.lp import lp_bounds
+from deepquant.mmot.model import CalibratedModel
+from deepquant.payoffs import (
+    AsianCall,
+    EuropeanCall,
+    ForwardStartStraddle,
+    LookbackCall,
+    SumSquaredIncrements,
+)
+
+K_SE = 4.0  # Monte Carlo tolerance in standard errors (two-sided p ~ 6e-5 per assertion)
+
+
+@pytest.fixture(scope="module")
+def rw():
+    grid, w = random_walk_marginals()
+    return Marginals(grid, w)
+
+
+@pytest.fixture(scope="module", params=["product", "lognormal"])
+def model(request, rw):
+    return CalibratedModel.calibrate(rw, reference=request.param)
+
+
+RW_PAYOFFS = [AsianCall(strike=100.0, dates=(1, 2, 3)), LookbackCall(strike=100.0),
+              ForwardStartStraddle(strike=1.0, t1=1, t2=3), AsianCall(strike=101.0)]
+
+
+def test_fits_marginals_and_is_martingale(model):
+    assert model.solve.success
+    assert model.marginal_error() <= 1e-9  # measured by propagating mu_0 through the kernels
+    assert model.drift() <= 1e-9 * 100  # moneyness ~ 100 here: relative 1e-9
+
+
+@pytest.mark.parametrize("payoff", RW_PAYOFFS, ids=lambda p: p.name)
+def test_prices_inside_lp_bounds(model, rw, payoff):
+    lp = lp_bounds(rw, payoff)
+    assert lp.success
+    price = model.price(payoff)
+    assert lp.lower - 1e-9 <= price <= lp.upper + 1e-9  # tolerance: LP residuals ~1e-12
+
+
+def test_prices_inside_lp_bounds_random_marginals():
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        grid, w = martingale_kernel_marginals(rng, n_dates=4, size=9)
+        m = Marginals(grid, w)
+        mod = CalibratedModel.calibrate(m)
+        for payoff in (AsianCall(strike=1.0), LookbackCall(strike=1.05)):
+            lp = lp_bounds(m, payoff)
+            assert lp.lower - 1e-9 <= mod.price(payoff) <= lp.upper + 1e-9
+
+
+def test_model_free_prices_are_exact(model, rw):
+    """European calls and the sum of squared increments do not depend on the martingale law:
+    E[sum (dX)^2] = sum_t (E X_{t+1}^2 - E X_t^2). Tolerance: solver residuals 1e-9 x 1e4."""
+    second = rw.weights @ rw.grid**2
+    assert model.price(SumSquaredIncrements()) == pytest.approx(second[-1] - second[0], abs=1e-5)
+    assert model.price(SumSquaredIncrements()) == pytest.approx(6.0, abs=1e-5)  # DESIGN §2.3
+    call = float(rw.call_prices(100.0)[-1, 0])
+    assert model.price(EuropeanCall(strike=100.0)) == pytest.approx(call, abs=1e-9)
+
+
+@pytest.mark.parametrize("payoff", RW_PAYOFFS[:3], ids=lambda p: p.name)
+def test_monte_carlo_agrees_with_exact_price(model, payoff):
+    paths = model.sample(20_000, rng=12345)
+    vals = payoff.evaluate(paths)
+    se = vals.std(ddof=1) / np.sqrt(vals.size)
+    assert abs(vals.mean() - model.price(payoff)) <= K_SE * se
+
+
+def test_sample_marginals_match(model, rw):
+    n = 20_000
+    idx = model.sample(n, rng=7, return_indices=True)
+    assert idx.shape == (n, rw.n_dates) and idx.dtype.kind == "i"
+    for t in range(rw.n_dates):
+        freq = np.bincount(idx[:, t], minlength=rw.size) / n
+        mu = rw.weights[t]
+        se = np.sqrt(mu * (1 - mu) / n)
+        assert np.all(np.abs(freq - mu) <= K_SE * se + 1e-12)
+    paths = model.sample(5, rng=np.random.default_rng(1))
+    assert np.all(np.isin(paths, rw.grid))
+    # same seed, same paths
+    np.testing.assert_array_equal(model.sample(100, rng=3), model.sample(100, rng=3))
+
+
+def test_expected_abs_moves_matches_sampling(model):
+    paths = model.sample(20_000, rng=99)
+    moves = np.abs(np.diff(paths, axis=1))
+    se = moves.std(axis=0, ddof=1) / np.sqrt(moves.shape[0])
+    assert np.all(np.abs(moves.mean(axis=0) - model.expected_abs_moves()) <= K_SE * se)
+
+
+def test_input_errors(rw, model):
+    with pytest.raises(ValueError, match=r"kernels must have shape \(N, M, M\) = \(3, 13, 13\)"):
+        CalibratedModel(rw, np.zeros((2, 13, 13)))
+    bad = np.array(model.kernels)
+    bad[1, 6, :] *= 2.0
+    with pytest.raises(ValueError, match=r"kernels\[1\] row x=100 sums to 2"):
+        CalibratedModel(rw, bad)
+    with pytest.raises(ValueError, match=r"n_paths must be an integer >= 1, got 0"):
+        model.sample(0)
+    with pytest.raises(TypeError, match=r"payoff must be a Payoff, got str"):
+        model.price("asian-call")
+    with pytest.raises(TypeError, match=r"marginals must be a Marginals"):
+        CalibratedModel.calibrate(rw.weights)
