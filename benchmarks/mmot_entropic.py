@@ -7,7 +7,7 @@ Sections (``--section``, default all):
               martingale-Sinkhorn (seed 001 Algorithm 1), interleaved repeats, medians, ratios.
 * ``large``   N=50, M=500.
 * ``scaling`` (N, M) = (2,100), (10,150), (20,200), (50,500), (100,1000): median time, Newton
-              iterations, peak traced memory (tracemalloc, separate run), fitted exponents.
+              iterations, peak traced memory (tracemalloc), fitted exponents (CPU time).
 * ``lp``      transport cost of the entropic plan -> one-period LP values (HiGHS) as eps -> 0,
               for |X1 - X0| (min and max): gaps and the fitted rate gap ~ eps^r.
 
@@ -60,13 +60,16 @@ def lognormal_marginals(n: int, m: int, sigma: float = 0.2, maturity: float = 1.
 def _run(fn, *args, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        c0 = time.process_time()
         t0 = time.perf_counter()
         res = fn(*args, **kw)
+        res.cpu_seconds = time.process_time() - c0
         return res, time.perf_counter() - t0
 
 
 def _row(res, seconds):
-    return {"seconds": seconds, "nit": int(res.nit), "sweeps": int(res.sweeps),
+    return {"seconds": seconds, "cpu_seconds": float(getattr(res, "cpu_seconds", np.nan)),
+            "nit": int(res.nit), "sweeps": int(res.sweeps),
             "marginal_error": float(res.marginal_error), "drift": float(res.drift),
             "success": bool(res.success)}
 
@@ -89,6 +92,7 @@ def section_main(repeats: int) -> dict:
     for name, rows in runs.items():
         secs = [r["seconds"] for r in rows]
         out[name] = dict(rows[-1], median_seconds=float(np.median(secs)),
+                         median_cpu_seconds=float(np.median([r["cpu_seconds"] for r in rows])),
                          min_seconds=float(np.min(secs)), max_seconds=float(np.max(secs)),
                          repeats=len(secs))
     base = out["newton_1thread"]["median_seconds"]
@@ -100,51 +104,54 @@ def section_main(repeats: int) -> dict:
 
 def section_large(repeats: int) -> dict:
     mg = lognormal_marginals(50, 500)
-    secs, res = [], None
+    secs, cpus, res = [], [], None
     for _ in range(repeats):
         res, sec = _run(solve_entropic, mg, 1e-3)
         secs.append(sec)
+        cpus.append(res.cpu_seconds)
     return dict(_row(res, secs[-1]), median_seconds=float(np.median(secs)),
+                median_cpu_seconds=float(np.median(cpus)),
                 min_seconds=float(np.min(secs)), repeats=repeats,
                 problem={"N": 50, "M": 500, "eps": 1e-3})
 
 
-def _peak_memory(mg, eps) -> float:
-    tracemalloc.start()
-    _run(solve_entropic, mg, eps)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return peak / 2**20
-
-
 def section_scaling(repeats: int) -> dict:
+    """Median wall and CPU time, Newton iterations and peak traced memory per size.
+
+    tracemalloc is on during every repeat (NumPy reports its buffers to it; the overhead is per
+    allocation, negligible here). Sizes with N M^2 > 5e6 run once.
+    """
     sizes = [(2, 100), (10, 150), (20, 200), (50, 500), (100, 1000)]
     rows = []
     for n, m in sizes:
         mg = lognormal_marginals(n, m)
-        reps = repeats if n * m * m <= 5e6 else max(1, min(repeats, 2))
-        secs = []
+        reps = repeats if n * m * m <= 5e6 else 1
+        secs, cpus, peaks = [], [], []
         for _ in range(reps):
+            tracemalloc.start()
             res, sec = _run(solve_entropic, mg, 1e-3)
+            peaks.append(tracemalloc.get_traced_memory()[1] / 2**20)
+            tracemalloc.stop()
             secs.append(sec)
-        peak = _peak_memory(mg, 1e-3)
+            cpus.append(res.cpu_seconds)
         rows.append(dict(_row(res, secs[-1]), N=n, M=m, median_seconds=float(np.median(secs)),
-                         repeats=reps, peak_mib=peak,
-                         output_mib=n * m * m * 8 / 2**20))
-        print(f"  scaling N={n} M={m}: {np.median(secs):.3f} s, nit {res.nit}, peak {peak:.0f} MiB",
-              file=sys.stderr, flush=True)
+                         median_cpu_seconds=float(np.median(cpus)), repeats=reps,
+                         peak_mib=float(max(peaks)), output_mib=n * m * m * 8 / 2**20,
+                         loadavg=os.getloadavg()[0]))
+        print(f"  scaling N={n} M={m}: {np.median(secs):.3f} s (cpu {np.median(cpus):.3f} s), "
+              f"nit {res.nit}, peak {max(peaks):.0f} MiB", file=sys.stderr, flush=True)
     n = np.array([r["N"] for r in rows], float)
     m = np.array([r["M"] for r in rows], float)
-    t = np.array([r["median_seconds"] for r in rows])
+    t = np.array([r["median_cpu_seconds"] for r in rows])
     mem = np.array([r["peak_mib"] for r in rows])
-    # time per period against M (periods are independent): t / N ~ M^beta
+    # CPU time per period against M (periods are independent): t / N ~ M^beta
     beta = float(np.polyfit(np.log(m), np.log(t / n), 1)[0])
     # joint fit log t = a + alpha log N + beta log M (N and M grow together: indicative only)
     a = np.column_stack([np.ones_like(n), np.log(n), np.log(m)])
     coef = np.linalg.lstsq(a, np.log(t), rcond=None)[0]
     beta_mem = float(np.polyfit(np.log(m), np.log(mem / n), 1)[0])
-    return {"rows": rows, "per_period_time_exponent_in_M": beta,
-            "joint_fit": {"alpha_N": float(coef[1]), "beta_M": float(coef[2])},
+    return {"rows": rows, "per_period_cpu_exponent_in_M": beta,
+            "joint_fit_cpu": {"alpha_N": float(coef[1]), "beta_M": float(coef[2])},
             "per_period_memory_exponent_in_M": beta_mem}
 
 

@@ -39,7 +39,8 @@ def full(dates_vars):
 
 def assert_same(a, b):
     assert a.success and b.success
-    np.testing.assert_allclose(a.kernels, b.kernels, atol=1e-7)
+    # plans agree to the solver tolerance (kernels of rows with mass mu only to ~tol / mu)
+    np.testing.assert_allclose(a.plans, b.plans, atol=1e-8)
     assert a.marginal_error <= TOL and a.drift <= TOL
 
 

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from deepquant.neural import data as nd  # noqa: E402
-from deepquant.neural.config import Config, ModelConfig, load_config  # noqa: E402
+from deepquant.neural.config import ModelConfig, load_config  # noqa: E402
 from deepquant.neural.losses import gibbs_log_kernel, kernel_drift, surrogate_loss  # noqa: E402
 from deepquant.neural.model import (  # noqa: E402
     SEED_PARAMETER_COUNT,
@@ -79,11 +79,15 @@ def test_loss_terms_match_numpy_reference():
     batch = {"weights": wt[None], "grid": tg, "v": torch.as_tensor(v)[None] * 0,
              "h": torch.as_tensor(h)[None] * 0, "period_mask": torch.ones(1, 3, dtype=bool)}
     terms = surrogate_loss(torch.as_tensor(v)[None], torch.as_tensor(h)[None], batch,
-                           drift_scale=0.01, h_units=1e-4, lambda_mart=5.0, lambda_h=1.0)
+                           drift_scale=0.01, h_units=1e-2, lambda_mart=5.0, lambda_h=1.0)
     mart_np = np.mean([(w[t] * (np.where(w[t] > 0, delta_np[t], 0) / 0.01) ** 2).sum()
                        for t in range(3)])
     assert float(terms.mart) == pytest.approx(mart_np, rel=1e-10)
-    assert float(terms.hpen) == pytest.approx(np.mean((1e-4 * h) ** 2), rel=1e-10)
+    mean = w @ grid
+    var = ((grid[None, :] - mean[:, None]) ** 2 * w).sum(1)
+    s_np = np.maximum(np.diff(var), (grid[1] - grid[0]) ** 2 / 4)
+    hpen_np = np.mean([np.mean((1e-2 * s_np[t] * h[t][w[t] > 1e-10]) ** 2) for t in range(3)])
+    assert float(terms.hpen) == pytest.approx(hpen_np, rel=1e-10)
     assert float(terms.total) == pytest.approx(
         float(terms.dist) + 5.0 * mart_np + float(terms.hpen), rel=1e-10)
 
@@ -140,7 +144,6 @@ def test_dataset_resume_without_duplicates(tmp_path):
 
 def test_partial_shard_does_not_corrupt(tmp_path):
     """A crash while a shard is written leaves only a hidden temp file, never a broken shard."""
-    out = tmp_path / "d.h5"
     grid = np.linspace(0.7, 1.3, 11)
     rec = helpers.fake_worker((nd.instance_spec(0, 0, n_choices=(2,)), grid, 1.0, 1e-9))
     with pytest.raises(KeyError):
@@ -269,3 +272,28 @@ def test_hybrid_reaches_classical_tolerance_and_ood_fallback(tiny_data, tiny_che
     with pytest.warns(NeuralGridWarning, match="moved onto the model"):
         sol = pricer.solve(m_fine)
     np.testing.assert_allclose(sol.marginals.weights, r["weights"], atol=1e-12)
+
+
+def test_cli_generate_validate_train_evaluate(tmp_path, tiny_checkpoint):
+    from click.testing import CliRunner
+
+    from deepquant.cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "cli.h5"
+    r = runner.invoke(main, ["generate", "--num", "6", "--out", str(out), "--backend", "serial",
+                             "--n-choices", "2", "--seed", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["validate-data", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["instances"] == 6
+    r = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_checkpoint), "--test", str(out),
+                             "--max-instances", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    fams = [row["family"] for row in rep["families"]]
+    assert fams == ["gbm", "merton", "heston", "all"]
+    assert all(row["hybrid_max_drift"] <= 1e-9 for row in rep["families"])
+    r = runner.invoke(main, ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--data",
+                             str(tmp_path / "missing.h5"), "--out-dir", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "does not exist" in r.output

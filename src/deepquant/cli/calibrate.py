@@ -58,7 +58,7 @@ def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
     try:
         res = calibrate_chain(chain, specs, grid_size=grid_size, fit_range=_parse_range(fit_range),
                               reg=reg, window=window, alpha=alpha)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # bad input; a solver that returned nothing
         fail(str(exc))
     res.marginals.save(out)
     written = [str(out)]
@@ -85,6 +85,9 @@ def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
         f"[{res.marginals.grid[0]:.3g}, {res.marginals.grid[-1]:.3g}]",
         ["expiry", "days", "F", "D", "n", "in %", f"in % ±{100 * window:g}%", "viol pts",
          "viol spr", "δ(6.3)"], rows))
+    if not res.success:
+        console.print(f"[bold red]warning[/]: the solver did not reach an optimum ({res.message});"
+                      " the marginals are valid but the fit may be poor")
     co = res.marginals.check_convex_order()
     console.print(f"solver {res.message}; solve {res.solve_time:.2f} s, total {res.total_time:.2f} s;"
                   f" convex-order check: worst C_t - C_t+1 = {co.violation:.2e} "

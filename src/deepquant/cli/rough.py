@@ -90,8 +90,8 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
             out["price_ci"] = [res.lower_ci[0], res.upper_ci[1]]
             rows = [("lower", res.lower, res.lower_stderr, *res.lower_ci),
                     ("upper", res.upper, res.upper_stderr, *res.upper_ci),
-                    ("midpoint", res.value, float("nan"), float("nan"), float("nan")),
-                    ("price interval", float("nan"), float("nan"), *out["price_ci"])]
+                    ("midpoint", res.value, "", "", ""),
+                    ("price interval", "", "", *out["price_ci"])]
             note = (f"{res.n_paths} pricing paths in {res.n_batches} batches ({res.stop_reason}),"
                     f" {res.n_regression} regression paths, gap {res.gap:.4g} "
                     f"({100 * res.relative_gap:.2f}%), {res.seconds:.1f} s")
@@ -102,9 +102,9 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
                                backend=backend, n_workers=workers,
                                progress=lambda done, _: bar.update(task, completed=done))
             out = ens.to_dict()
-            rows = [("lower", ens.lower, float("nan"), *ens.lower_ci),
-                    ("upper", ens.upper, float("nan"), *ens.upper_ci),
-                    ("midpoint", ens.midpoint, float("nan"), *ens.midpoint_ci)]
+            rows = [("lower", ens.lower, "", *ens.lower_ci),
+                    ("upper", ens.upper, "", *ens.upper_ci),
+                    ("midpoint", ens.midpoint, "", *ens.midpoint_ci)]
             note = f"{runs} independent runs, {ens.seconds:.1f} s"
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -437,7 +437,8 @@ def _evaluate(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, mu: np.ndarray
 def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2: np.ndarray,
                       mu: np.ndarray, nu: np.ndarray, p: np.ndarray, st: _State,
                       phi: np.ndarray, eta: np.ndarray, lam: np.ndarray, wbuf: np.ndarray,
-                      *, reg: float = 1e-12, frozen_sd: float = 5.0
+                      *, reg: float = 1e-12, frozen_sd: float = 5.0,
+                      factors: np.ndarray | None = None, reuse: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Damped Newton direction (dphi, deta) of the semi-dual by a Schur complement in phi.
 
@@ -455,6 +456,10 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     Rows whose drift exceeds ``frozen_sd`` conditional standard deviations (nearly degenerate
     kernels far from the solution) are left out of the joint system and jump to their
     row-optimal eta for the current phi instead (``_row_solve``).
+
+    ``factors`` (k, M, M), optional, receives the Cholesky factors; periods with ``reuse[i]``
+    skip the O(M^3) build and factorisation and solve with the stored factor (a chord step:
+    exact gradient, Hessian from an earlier iterate, used only in the quadratic phase).
     """
     from scipy.linalg import blas, lapack
 
@@ -472,7 +477,9 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     w = wbuf[:k]
     top = w[:, :mm]
     bot = w[:, mm:]
-    np.multiply(p, np.sqrt(mu)[:, :, None], out=top)
+    if reuse is None or factors is None:
+        reuse = np.zeros(k, dtype=bool)
+    sqmu = np.sqrt(mu)
     np.subtract(diff[None], m_[:, :, None], out=bot)
     bot *= p
     bot *= cx[:, :, None]                       # sqrt(mu/V) p (y - E[Y|x])
@@ -489,12 +496,19 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     gauge[:, 1] = nu * yc / (sd * np.sqrt(tot))[:, None]
     x = np.empty((k, mm))
     for i in range(k):
+        if reuse[i]:
+            x[i], info = lapack.dpotrs(factors[i].T, rs[i], lower=0)
+            if info == 0:
+                continue
+        np.multiply(p[i], sqmu[i][:, None], out=top[i])
         c = np.diag(diag[i])                     # symmetric: C order == Fortran order
         c = blas.dsyrk(1.0, gauge[i].T, beta=1.0, c=c.T, trans=0, lower=0, overwrite_c=1)
         c = blas.dsyrk(-1.0, w[i].T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
         cf, info = lapack.dpotrf(c, lower=0, overwrite_a=1, clean=0)
         if info == 0:
             x[i], info = lapack.dpotrs(cf, rs[i], lower=0)
+            if factors is not None:
+                factors[i] = cf.T                # C-order copy of U^T = L (upper part valid)
         if info != 0:                            # not positive definite (round-off): lstsq
             full = np.diag(diag[i]) + gauge[i].T @ gauge[i] - w[i].T @ w[i]
             x[i] = np.linalg.lstsq(full, rs[i], rcond=1e-14)[0]
@@ -551,14 +565,16 @@ def _sinkhorn_sweep(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2: n
     """One martingale-Sinkhorn sweep in place (seed 001 Algorithm 1, our signs).
 
     u is eliminated in closed form inside every evaluation (row scaling); h by ``inner``
-    safeguarded 1-D Newton steps per row (-m/Var, capped to an exponent change of 30 across the
-    grid, bisection once bracketed; stops early when every |m| <= ``inner_tol``); then v in
+    safeguarded 1-D Newton steps per row (-m/Var, capped to an exponent change of 30 * 4^k
+    across the grid until the root is bracketed, bisection once bracketed; stops early when
+    every |m| <= ``inner_tol``); then v in
     closed form, phi += log(nu / column sums). Returns the number of kernel evaluations.
     """
     active = mu > 0
     span = float(grid[-1] - grid[0])
     lo = np.full(eta.shape, -np.inf)
     hi = np.full(eta.shape, np.inf)
+    cap = np.full(eta.shape, 30.0 / span)
     evals = 0
     for _ in range(inner):
         _kernels_into(buf, lk, diff, phi, eta)
@@ -571,8 +587,9 @@ def _sinkhorn_sweep(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2: n
         var = np.maximum(second - m * m, 1e-300)
         lo = np.where(m < 0, np.maximum(lo, eta), lo)
         hi = np.where(m > 0, np.minimum(hi, eta), hi)
-        new = eta + np.clip(-m / var, -30.0 / span, 30.0 / span)
+        new = eta + np.clip(-m / var, -cap, cap)
         both = np.isfinite(lo) & np.isfinite(hi)
+        cap = np.where(both, cap, 4.0 * cap)
         outside = (new <= lo) | (new >= hi)
         mid = np.where(both, 0.5 * (np.where(both, lo, 0.0) + np.where(both, hi, 0.0)), 0.0)
         new = np.where(outside & both, mid, new)
@@ -588,7 +605,8 @@ def _sinkhorn_sweep(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2: n
 # ---------------------------------------------------------------------------- core solver
 def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol: float,
                  max_iter: int, sweeps: int, stage: int, history: list[dict[str, Any]],
-                 armijo: float = 1e-4, max_backtrack: int = 30, min_step: float = 1e-3
+                 armijo: float = 1e-4, max_backtrack: int = 30, min_step: float = 1e-3,
+                 polish_below: float = 0.5, chord: bool = True, chord_below: float = 1e-5
                  ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Damped Newton on all periods of ``b``, in place; returns (phi, eta, nit, status).
 
@@ -620,13 +638,19 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
     nit = 0
     stalls = np.zeros(nb, dtype=int)
     lam = np.zeros(nb)
+    factors = np.empty((nb, mm, mm)) if chord else None
+    have = np.zeros(nb, dtype=bool)        # a factor of an undamped Hessian is stored
+    quad = np.zeros(nb, dtype=bool)        # last step: full, undamped, residual / >= 10
 
     def compact(keep: np.ndarray) -> None:
-        nonlocal work, lk, mu, nu, ph, et, st, pbuf, stalls, lam
+        nonlocal work, lk, mu, nu, ph, et, st, pbuf, stalls, lam, factors, have, quad
         phi[work] = ph
         eta[work] = et
         work, lk, mu, nu = work[keep], lk[keep], mu[keep], nu[keep]
         ph, et, stalls, lam = ph[keep], et[keep], stalls[keep], lam[keep]
+        have, quad = have[keep], quad[keep]
+        if factors is not None:
+            factors = factors[keep]
         st = st.take(keep)
         pbuf = pbuf[keep]
 
@@ -642,8 +666,12 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
             compact(keep)
         k = work.size
         nit += 1
+        res_before = st.err + st.drift
+        reuse = have & quad & (lam == 0.0) & (res_before <= chord_below)
         dphi, deta = _newton_direction(lk, grid, diff, diff2, mu, nu, pbuf, st, ph, et, lam,
-                                       wbuf)
+                                       wbuf, factors=factors, reuse=reuse)
+        if factors is not None:
+            have = np.where(reuse, have, lam == 0.0)
         slope = (np.einsum("by,by->b", nu - st.col, dphi)
                  - np.einsum("bx,bx->b", mu * st.m, deta))
         alpha = np.ones(k)
@@ -689,6 +717,7 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
             if np.all(alpha[pending] < min_step):
                 break
         full = accepted & (alpha >= 1.0)
+        quad = full & (lam == 0.0) & (st.err + st.drift <= 0.1 * res_before)
         lam[full] = np.where(lam[full] < 1e-6, 0.0, lam[full] / 16.0)
         lam[~full] = np.maximum(lam[~full] * 8.0, 1e-4)
         rescue = ~accepted | (alpha < min_step)
@@ -702,6 +731,23 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
             st.put(r, rst, np.arange(r.size))
             pbuf[r] = rbuf
             stalls[r[~accepted[r]]] += 1
+        # struggling periods (short steps): re-solve the rows far from their own optimum
+        # exactly for the current phi (block step on eta; it never decreases the dual)
+        short = np.flatnonzero(alpha < polish_below)
+        if short.size:
+            sec = np.einsum("bxy,xy->bx", pbuf[short], diff2)
+            msh = st.m[short]
+            vsh = np.maximum(sec - msh * msh, 1e-300)
+            bad = (mu[short] > 0) & (np.abs(msh) > 0.5 * np.sqrt(vsh))
+            if np.any(bad):
+                bi, xi = np.nonzero(bad)
+                pi = short[bi]
+                et[pi, xi] = _row_solve(lk[pi, xi, :] + ph[pi], diff[xi, :], grid, et[pi, xi])
+                rbuf = np.empty((short.size, mm, mm))
+                rst = _evaluate(lk[short], grid, diff, mu[short], nu[short], ph[short],
+                                et[short], rbuf)
+                st.put(short, rst, np.arange(short.size))
+                pbuf[short] = rbuf
         history.append({"stage": stage, "eps": eps, "kind": "newton", "iteration": nit,
                         "marginal_error": float(st.err.max()), "drift": float(st.drift.max()),
                         "step": float(alpha.min())})

@@ -73,7 +73,9 @@ def expected_abs_moves(source, *, grid: np.ndarray | None = None,
         * an object with attributes ``kernels`` (N, M, M), row-stochastic
           P(X_{t+1} = y | X_t = x), and ``marginals`` (a ``Marginals``), e.g. an entropic result;
         * an array of joint plans pi_t(x, y), shape (N, M, M), each summing to 1 (needs ``grid``);
-        * an array of kernels (N, M, M) with ``weights`` (N+1, M) and ``grid`` (M,).
+        * an array of kernels (N, M, M) with ``weights`` (N+1, M) and ``grid`` (M,);
+        * a list of augmented joint plans pi_t(x, s, y) of shape (M, n_t, M) (the ``plan`` of an
+          LP or entropic ``BoundSide``), with ``grid``.
     grid, weights
         Grid points and marginal weights when ``source`` is a bare array.
 
@@ -87,6 +89,19 @@ def expected_abs_moves(source, *, grid: np.ndarray | None = None,
     if hasattr(source, "kernels") and hasattr(source, "marginals"):
         m = source.marginals
         return _moves_from_kernels(np.asarray(source.kernels, float), m.weights, m.grid)
+    if isinstance(source, list | tuple) and source and all(np.ndim(p) == 3 for p in source):
+        if grid is None:
+            raise ValueError("grid is required when source is a list of augmented plans")
+        grid = np.asarray(grid, dtype=float)
+        dist = np.abs(grid[None, :] - grid[:, None])
+        out = []
+        for t, p in enumerate(source):
+            p = np.asarray(p, dtype=float)
+            if p.shape[0] != grid.size:
+                raise ValueError(f"plan {t} has shape {p.shape}; expected ({grid.size}, n_t, "
+                                 f"{grid.size})")
+            out.append(float(np.einsum("xsy,xy->", p, dist)))
+        return np.array(out)
     arr = np.asarray(source, dtype=float)
     if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
         raise ValueError(f"plans/kernels must have shape (N, M, M), got {arr.shape}")

@@ -102,7 +102,7 @@ class TrainConfig:
     lambda_mart: float = 5.0
     lambda_h: float = 1.0
     drift_scale: float = 0.01  # drift loss unit (moneyness): a loss of 1 = drift at this size
-    h_units: float = 1e-3  # the h penalty acts on h * h_units (multiplier in price units)
+    h_units: float = 1e-2  # the h penalty acts on h_units * s_t * h (see losses)
     mart_periods: int = 8  # drift loss on at most this many random periods per batch (0 = all)
     mass_floor: float = 1e-10  # grid points with less mass are masked in the distillation
     seed: int = 0

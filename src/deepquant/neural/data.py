@@ -250,8 +250,12 @@ def write_instances(path: str | os.PathLike[str], records: list[dict], *, grid: 
                 f.attrs[k] = val
             f["grid"] = np.asarray(grid, dtype=np.float64)
             m = len(grid)
-            cat = (lambda key, dt: np.concatenate([r[key] for r in records]).astype(dt)
-                   if records else np.zeros((0, m), dt))
+
+            def cat(key, dt):
+                if not records:
+                    return np.zeros((0, m), dt)
+                return np.concatenate([r[key] for r in records]).astype(dt)
+
             opts = {"compression": "lzf"} if records else {}
             f.create_dataset("weights", data=cat("weights", np.float64), **opts)
             f.create_dataset("v", data=cat("v", np.float32), **opts)

@@ -17,7 +17,11 @@ Terms (all averaged over the instances of a batch, and over the periods of an in
   period's variance increment s_t (``period_scale``) and in units of the model's output scales, on grid points that carry mass (v on supp mu_{t+1}, h on supp mu_t);
 * ``mart``: sum_x mu_t(x) (Delta_t(x) / drift_scale)^2, with Delta_t(x) = E_K[Y - X | X = x] the
   drift of the Gibbs kernel of the PREDICTED potentials (seed eq. 9.4-9.5);
-* ``hpen``: mean of (h_units * h)^2 (seed eq. 9.6), h in price units at eps = ``h_units``.
+* ``hpen``: mean over rows with mass of (h_units * s_t * h)^2 (seed eq. 9.6). s_t * h is the
+  shift of the conditional mean that the multiplier induces (moneyness units, see
+  ``period_scale``); with h_units = 1e-2 the term shrinks h by about 1e-4 relative, a tie-breaker
+  rather than a competitor of the distillation (a weight of 1 on h in units of 1/eps, whose
+  size is up to ~1e4, would dominate the loss and bias h, hence the drift).
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ class LossTerms:
 
 
 def surrogate_loss(v: torch.Tensor, h: torch.Tensor, batch: dict, *, lambda_mart: float = 5.0,
-                   lambda_h: float = 1.0, drift_scale: float = 0.01, h_units: float = 1e-4,
+                   lambda_h: float = 1.0, drift_scale: float = 0.01, h_units: float = 1e-2,
                    mass_floor: float = 1e-10, v_scale: float = 1.0,
                    h_scale: float = 1.0) -> LossTerms:
     """Total loss and its terms for predictions ``v, h`` (B, N, M).
@@ -123,7 +127,9 @@ def surrogate_loss(v: torch.Tensor, h: torch.Tensor, batch: dict, *, lambda_mart
     delta = torch.where(wf > 0, delta, torch.zeros_like(delta))
     mart = (((wf * (delta / drift_scale) ** 2).sum(-1) * pm).sum(1)
             / pm.sum(1).clamp(min=1.0)).mean()
-    hpen = ((((h_units * h) ** 2).mean(-1) * pmask).sum(1) / n_per).mean()
+    s_live = (w_from > mass_floor).to(v.dtype)
+    hsq = ((h_units * s * h) ** 2 * s_live).sum(-1) / s_live.sum(-1).clamp(min=1.0)
+    hpen = ((hsq * pmask).sum(1) / n_per).mean()
     with torch.no_grad():
         live = (wf > mass_floor) & (pm[..., None] > 0)
         drift_max = torch.where(live, delta.abs(), torch.zeros_like(delta)).amax()

@@ -361,7 +361,7 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
                     writer.add_scalar(f"train/{k}", float(getattr(terms, k).detach()), step)
                 writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
             if callback:
-                callback({"kind": "step", "step": step, "loss": float(terms.total)})
+                callback({"kind": "step", "step": step, "loss": float(terms.total.detach())})
             over_time = (t.max_minutes is not None
                          and time.perf_counter() - t_start > 60 * t.max_minutes)
             if step % t.eval_every == 0 or step >= t.max_steps or over_time:

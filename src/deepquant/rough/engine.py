@@ -157,7 +157,7 @@ class BermudanPricer:
     exercise_basis: ExerciseBasis = field(default_factory=ExerciseBasis)
     martingale_basis: MartingaleBasis = field(default_factory=MartingaleBasis)
     dual_fit: str = "regression"
-    martingale_ridge: float = 1e-3
+    martingale_ridge: float = 0.0
     control_variate: bool = True
 
     def __post_init__(self) -> None:
@@ -175,8 +175,8 @@ class BermudanPricer:
                 f"max_batches must be >= min_batches={self.min_batches}, got {self.max_batches}")
         if self.method not in ("rqmc", "mc"):
             raise ValueError(f"method must be 'rqmc' or 'mc', got {self.method!r}")
-        if not (math.isfinite(self.martingale_ridge) and self.martingale_ridge > 0):
-            raise ValueError(f"martingale_ridge must be > 0, got {self.martingale_ridge!r}")
+        if not (math.isfinite(self.martingale_ridge) and self.martingale_ridge >= 0):
+            raise ValueError(f"martingale_ridge must be >= 0, got {self.martingale_ridge!r}")
         if self.dual_fit not in ("regression", "pathwise"):
             raise ValueError(f"dual_fit must be 'regression' or 'pathwise', got {self.dual_fit!r}")
         if self.method == "rqmc":
@@ -221,22 +221,27 @@ class BermudanPricer:
         return Z, F, B
 
     def _regression_martingale(self, Z, F, B, policy: LSMPolicy) -> DualMartingale:
-        """Least-squares martingale: per interval j, ridge regression (standardized columns,
-        weight ``martingale_ridge`` per path) of the policy's cash flow from t_{j+1} on
-        [F_j, B_j]; the B_j coefficients define M."""
+        """Least-squares martingale: per interval j, regress the policy's discounted cash flow
+        from t_{j+1} on [1, F_j, B_j] (SVD least squares on the raw columns; with
+        ``martingale_ridge`` > 0 a ridge penalty relative to each column's mean square); the
+        B_j coefficients define M. Raw columns matter: B_0 has exactly collinear columns (all
+        features are constant at t = 0) and a standardized minimum-norm solution was measured
+        to generalise worse (BS case: control-variate variance ratio 1.1 instead of 58)."""
         n, J, P = B.shape
         theta = np.zeros((J, P))
         nf = F.shape[2]
         for j in range(J):
             y = policy.cashflows(Z, F, start=j + 1)
-            X = np.concatenate([F[:, j], B[:, j]], axis=1)
-            mean = X.mean(axis=0)
-            scale = X.std(axis=0)
-            scale = np.where(scale > 1e-12 * (1.0 + np.abs(mean)), scale, np.inf)
-            Xs = (X - mean) / scale
-            G = Xs.T @ Xs + self.martingale_ridge * n * np.eye(X.shape[1])
-            coef = np.linalg.solve(G, Xs.T @ (y - y.mean())) / scale
-            theta[j] = coef[nf:]
+            X = np.concatenate([np.ones((n, 1)), F[:, j], B[:, j]], axis=1)
+            rhs = y
+            if self.martingale_ridge > 0:
+                rms = np.sqrt((X[:, 1:] ** 2).mean(axis=0))
+                pen = np.zeros((X.shape[1] - 1, X.shape[1]))
+                pen[:, 1:] = np.diag(math.sqrt(self.martingale_ridge * n) * rms)
+                X = np.concatenate([X, pen], axis=0)
+                rhs = np.concatenate([y, np.zeros(pen.shape[0])])
+            coef, *_ = np.linalg.lstsq(X, rhs, rcond=None)
+            theta[j] = coef[1 + nf :]
         return DualMartingale(theta=theta, scale=np.ones(P), in_sample=float(
             dual_objective(theta, Z, B).mean()), n_train=n, success=True,
             message="ridge least squares", nit=0)

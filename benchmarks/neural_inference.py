@@ -1,0 +1,119 @@
+"""Neural MMOT surrogate: inference latency / throughput, and hybrid vs cold classical times.
+
+    python benchmarks/neural_inference.py [--checkpoint DIR] [--threads 1] [--repeats 50]
+        [--instances 10] [--json out.json]
+
+Instances: GBM / Merton / Heston marginals with N = 10 periods, M = 150 (model grid), maturity
+0.3, from ``deepquant.market.synthetic``. Reported (medians over repeats, same process, same
+threads):
+
+* single: one forward pass (potentials) for one instance, and forward + Gibbs kernels (float64);
+* batched: forward passes of a batch of 256 instances, instances per second;
+* hybrid: neural warm start + Newton polish to tol 1e-9 vs the cold classical solve, on the same
+  instances in the same run (ratio of medians and median of per-instance ratios);
+* peak resident memory of the process (ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+import warnings
+
+import numpy as np
+
+
+def _instances(k: int):
+    from deepquant.market.synthetic import synthetic_marginals
+    from deepquant.neural.data import model_grid
+
+    grid = model_grid()
+    times = np.linspace(0.0, 0.3, 11)
+    rng = np.random.default_rng(123)
+    out = []
+    for i in range(k):
+        fam = ("gbm", "merton", "heston")[i % 3]
+        if fam == "heston":
+            p = {"v0": float(rng.uniform(0.02, 0.09)), "rho": float(rng.uniform(-0.7, 0))}
+        else:
+            p = {"sigma": float(rng.uniform(0.15, 0.35))}
+        out.append((fam, synthetic_marginals(fam, times, grid=grid, **p)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--instances", type=int, default=9)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from deepquant.mmot.entropic import solve_entropic
+    from deepquant.neural.pricer import EPS, NeuralPricer
+
+    torch.set_num_threads(args.threads)
+    pricer = NeuralPricer(args.checkpoint, threads=args.threads)
+    inst = _instances(args.instances)
+    w1 = inst[0][1].weights[None]
+    for _ in range(5):
+        pricer.predict(w1)
+    fwd = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        pricer.predict(w1)
+        fwd.append(time.perf_counter() - t0)
+    full = []
+    for _ in range(args.repeats // 2):
+        t0 = time.perf_counter()
+        v, h = pricer.predict(w1)
+        pricer.kernels(w1[0], v[0], h[0])
+        full.append(time.perf_counter() - t0)
+    wb = np.stack([inst[i % len(inst)][1].weights for i in range(args.batch)])
+    pricer.predict(wb)
+    bt = []
+    for _ in range(max(3, args.repeats // 10)):
+        t0 = time.perf_counter()
+        pricer.predict(wb)
+        bt.append(time.perf_counter() - t0)
+    cold, hyb, ratios, hyb_drift, cold_drift = [], [], [], [], []
+    for _fam, m in inst:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            c = solve_entropic(m, EPS, tol=1e-9)
+            tc = time.perf_counter() - t0
+            hs = pricer.solve(m, hybrid=True)
+        cold.append(tc)
+        hyb.append(hs.seconds)
+        ratios.append(hs.seconds / tc)
+        hyb_drift.append(hs.drift)
+        cold_drift.append(float(c.drift))
+    res = {
+        "threads": args.threads, "checkpoint": str(pricer.checkpoint),
+        "single_forward_ms": 1e3 * statistics.median(fwd),
+        "single_forward_plus_kernels_ms": 1e3 * statistics.median(full),
+        "batch": args.batch, "batched_instances_per_s": args.batch / statistics.median(bt),
+        "cold_classical_ms_median": 1e3 * statistics.median(cold),
+        "hybrid_ms_median": 1e3 * statistics.median(hyb),
+        "hybrid_over_cold_ratio_of_medians": statistics.median(hyb) / statistics.median(cold),
+        "hybrid_over_cold_median_ratio": statistics.median(ratios),
+        "hybrid_max_drift": max(hyb_drift), "cold_max_drift": max(cold_drift),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    print(json.dumps(res, indent=2))
+    if args.json:
+        from deepquant.atomic import write_json
+
+        write_json(args.json, res)
+
+
+if __name__ == "__main__":
+    main()

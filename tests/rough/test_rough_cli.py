@@ -1,0 +1,56 @@
+"""`deepquant american`: JSON keys, table output, ensembles, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from deepquant.cli import main
+
+SMALL = ["--paths", "4096", "--batch-size", "1024", "--max-batches", "2", "--seed", "3"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_american_bs_json(runner, ql_put):
+    res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates", "12",
+                               "--json", *SMALL])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    for key in ("lower", "upper", "midpoint", "lower_ci", "upper_ci", "price_ci", "seconds"):
+        assert key in out
+    q = ql_put(100.0, 100.0, 0.05, 0.2, 1.0, 12)
+    assert out["price_ci"][0] - 2e-3 <= q <= out["price_ci"][1] + 2e-3
+    assert out["lower"] <= out["upper"]
+
+
+def test_american_ensemble_json_and_table(runner):
+    res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates", "4",
+                               "--runs", "2", "--backend", "serial", "--json", *SMALL])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    for key in ("midpoint", "midpoint_ci", "lower_ci", "upper_ci", "seconds", "runs"):
+        assert key in out
+    assert out["n_runs"] == 2 and len(out["runs"]) == 2
+    res = runner.invoke(main, ["american", "--model", "bs", "--strike", "90", "--dates", "4",
+                               *SMALL])
+    assert res.exit_code == 0, res.output
+    assert "lower" in res.stdout and "upper" in res.stdout
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--strike", "-1"], "strike must be"),
+    (["--strike", "100", "--dates", "0"], "n_dates must be"),
+    (["--strike", "100", "--paths", "1000"], "power of 2"),
+    (["--strike", "100", "--hurst", "0.9"], "H must be in"),
+    (["--strike", "100", "--model", "bs", "--sigma", "0"], "sigma must be"),
+])
+def test_american_bad_input(runner, args, match):
+    res = runner.invoke(main, ["american", *args, "--max-batches", "2"])
+    assert res.exit_code == 2
+    assert match in res.output
