@@ -277,6 +277,8 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
     from deepquant.mmot.widening import calibration_widening, transaction_cost_widening, widen
 
     cfg = config or DemoConfig()
+    if chain is not None and not Path(chain).exists():
+        raise ValueError(f"chain file {str(chain)!r} does not exist")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda _msg: None)
@@ -299,8 +301,6 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
         chain_path = str(syn.to_csv(out / "chain.csv"))
     else:
         chain_path = str(chain)
-        if not Path(chain_path).exists():
-            raise ValueError(f"chain file {chain_path!r} does not exist")
     timings["chain"] = time.perf_counter() - t0
     say("calibration")
     t0 = time.perf_counter()

@@ -64,11 +64,13 @@ def plot_plan(grid: np.ndarray, plans: Sequence[np.ndarray], titles: Sequence[st
     plt = _pyplot()
     k = len(plans)
     fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 3.8), squeeze=False)
-    ext = [grid[0], grid[-1], grid[0], grid[-1]]
+    g = np.asarray(grid, dtype=float)
+    mid = 0.5 * (g[1:] + g[:-1])
+    edges = np.concatenate([[g[0] - (mid[0] - g[0])], mid, [g[-1] + (g[-1] - mid[-1])]])
     for ax, p, t in zip(axes[0], plans, titles):
         with np.errstate(divide="ignore"):
             lp = np.log10(np.where(p > 1e-12, p, np.nan))
-        im = ax.imshow(lp, origin="lower", extent=ext, aspect="auto", cmap="viridis")
+        im = ax.pcolormesh(edges, edges, lp, cmap="viridis", shading="flat")
         ax.set_xlabel("y = X_{t+1}")
         ax.set_ylabel("x = X_t")
         ax.set_title(t, fontsize=9)

@@ -75,6 +75,7 @@ def test_lognormal_slices_repriced_inside_band():
     quotes = [lognormal_quotes(f"T{t}", t, 0.2, strikes) for t in (0.1, 0.25, 0.5)]
     res = calibrate(quotes, grid_size=80)
     assert res.success, res.message
+    assert res.nit > 0 and res.primal_residual < 1e-7  # Clarabel's feasibility tolerance 1e-8
     assert res.fraction_inside == 1.0 and res.max_violation == 0.0
     m = res.marginals
     assert isinstance(m, Marginals) and m.n_dates == 3 and m.size == 80
@@ -90,6 +91,30 @@ def test_lognormal_slices_repriced_inside_band():
     rep = res.slices[0]
     assert rep.n_window == rep.n_quotes  # all strikes within +-40%
     assert rep.half_width == pytest.approx(confidence_halfwidth(rep.mean_spread, rep.n_quotes))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_lognormal_mixtures_repriced_inside_band(seed):
+    """Mixtures of mean-1 lognormals with fixed weights and vols are in convex order in t
+    (each component is), with fat tails: every quote must be repriced inside its band."""
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.ones(3))
+    vols = rng.uniform(0.1, 0.6, size=3)
+    times = np.sort(rng.uniform(0.05, 1.0, size=3))
+    strikes = np.arange(0.6, 1.601, 0.02)
+    k = np.concatenate([strikes, strikes])
+    is_call = np.repeat([True, False], strikes.size)
+    quotes = []
+    for t in times:
+        price = sum(a * black_price(k, v * np.sqrt(t), is_call) for a, v in zip(weights, vols))
+        half = np.maximum(0.005 * price, 5e-5)
+        keep = price > half  # like a real chain: no quote without a bid
+        quotes.append(SliceQuotes(f"t={t:.3f}", float(t), 100.0, 0.99, k[keep], is_call[keep],
+                                  price[keep] - half[keep], price[keep] + half[keep]))
+    res = calibrate(quotes, grid_size=120)
+    assert res.success, res.message
+    assert res.fraction_inside == 1.0, [r.fraction_inside for r in res.slices]
+    assert res.marginals.check_convex_order().violation <= 1e-9
 
 
 def test_calendar_arbitrage_in_quotes_is_not_passed_on():

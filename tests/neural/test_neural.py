@@ -293,7 +293,8 @@ def test_cli_generate_validate_train_evaluate(tmp_path, tiny_checkpoint):
     rep = json.loads(r.output)
     fams = [row["family"] for row in rep["families"]]
     assert fams == ["gbm", "merton", "heston", "all"]
-    assert all(row["hybrid_max_drift"] <= 1e-9 for row in rep["families"])
+    assert all(row["hybrid_max_drift"] <= 1e-9 for row in rep["families"]), [
+        (r["hybrid_drift"], r["hybrid_success"], r["hybrid_nit"]) for r in rep["instances"]]
     r = runner.invoke(main, ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--data",
                              str(tmp_path / "missing.h5"), "--out-dir", str(tmp_path / "run")])
     assert r.exit_code == 2 and "does not exist" in r.output

@@ -94,7 +94,7 @@ def test_exercise_features_shapes_and_values():
     np.testing.assert_allclose(Z, np.exp(-m.r * p.times[dates]) * np.maximum(
         100 - p.S[:, dates], 0))
     basis = ExerciseBasis(poly_degree=2, sig_level=2)
-    F = exercise_features(p, m.xi0, payoff, dates, basis)
+    F = exercise_features(p, m, payoff, dates, basis)
     assert F.shape == (16, 5, 5 + 1 + 12)  # s, v, s^2, sv, v^2; BS value; 3 + 9 signature
     np.testing.assert_allclose(F[:, :, 0], p.S[:, dates] / 100.0)
     # the BS feature at T is the intrinsic value / K

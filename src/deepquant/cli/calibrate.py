@@ -89,9 +89,10 @@ def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
         console.print(f"[bold red]warning[/]: the solver did not reach an optimum ({res.message});"
                       " the marginals are valid but the fit may be poor")
     co = res.marginals.check_convex_order()
-    console.print(f"solver {res.message}; solve {res.solve_time:.2f} s, total {res.total_time:.2f} s;"
-                  f" convex-order check: worst C_t - C_t+1 = {co.violation:.2e} "
-                  f"({'ok' if co.ok or co.violation <= 1e-9 else 'FAILED'})")
+    console.print(f"solver {res.message} (primal residual {res.primal_residual:.1e}, cleaning "
+                  f"moved {res.cleanup_l1.max():.1e} in L1); solve {res.solve_time:.2f} s, total "
+                  f"{res.total_time:.2f} s; convex-order check: worst C_t - C_t+1 = "
+                  f"{co.violation:.2e} ({'ok' if co.ok or co.violation <= 1e-9 else 'FAILED'})")
     console.print("wrote " + ", ".join(written))
 
 

@@ -130,7 +130,11 @@ class SliceQuotes:
     parity: ParityFit | None = None
 
     def __post_init__(self) -> None:
-        k = np.asarray(self.k, float)
+        k = np.array(self.k, dtype=float, copy=True).reshape(-1)
+        object.__setattr__(self, "k", k)
+        object.__setattr__(self, "is_call", np.array(self.is_call, dtype=bool, copy=True))
+        for name in ("bid", "ask"):
+            object.__setattr__(self, name, np.array(getattr(self, name), dtype=float, copy=True))
         for name in ("is_call", "bid", "ask"):
             if np.shape(getattr(self, name)) != k.shape:
                 raise ValueError(f"SliceQuotes {self.label}: {name} has shape "
@@ -158,11 +162,8 @@ class SliceQuotes:
         return (np.asarray(self.ask) - np.asarray(self.bid)) / 2.0
 
     def atm_total_vol(self) -> float:
-        """ATM total volatility sigma sqrt(t) from the mid straddle nearest k = 1.
-
-        Brenner–Subrahmanyam: an ATM call on a unit forward is worth about sigma sqrt(t) / sqrt(2 pi),
-        so the straddle c + p gives sigma sqrt(t) ~ sqrt(2 pi) (c + p) / 2, refined by
-        ``implied_vol`` on the out-of-the-money mid nearest the money.
+        """ATM total volatility sigma sqrt(t): Black implied total vol of the out-of-the-money
+        mid quote whose strike is nearest k = 1 (0.2 sqrt(t) if it has none).
         """
         mid = (np.asarray(self.bid) + np.asarray(self.ask)) / 2
         otm = np.where(self.is_call, self.k >= 1, self.k <= 1)
@@ -256,6 +257,9 @@ class CalibrationResult:
     solver : str
     nit : int
         Solver iterations (-1 when the solver does not say).
+    primal_residual : float
+        Largest violation of the hard constraints (W >= 0, convex order, C(x_0) = 1 - x_0,
+        C(x_{M-1}) = 0) by the solver's point before cleaning, in moneyness units.
     solve_time, total_time : float
         Seconds in ``Problem.solve`` (cvxpy compilation plus the solver) and overall.
     cleanup_l1 : ndarray, shape (S,)
@@ -279,6 +283,7 @@ class CalibrationResult:
     message: str
     solver: str
     nit: int
+    primal_residual: float
     solve_time: float
     total_time: float
     cleanup_l1: np.ndarray
@@ -305,7 +310,8 @@ class CalibrationResult:
         """Plain dict for JSON output."""
         return dict(
             chain=self.chain_path, success=self.success, status=self.status,
-            solver=self.solver, nit=self.nit, value=self.value, band_penalty=self.band_penalty,
+            solver=self.solver, nit=self.nit, primal_residual=self.primal_residual,
+            value=self.value, band_penalty=self.band_penalty,
             smoothness=self.smoothness, solve_time=self.solve_time, total_time=self.total_time,
             grid_size=self.marginals.size, grid=[float(self.marginals.grid[0]),
                                                   float(self.marginals.grid[-1])],
@@ -713,7 +719,14 @@ def calibrate(
         raise RuntimeError(f"calibration: solver {solver} returned no solution (status {status})")
     if not success:
         warnings.warn(f"calibration: solver status {status}", CalibrationWarning, stacklevel=2)
-    weights, moved = _clean_rows((amat @ call.value + bvec).reshape(n_s, m), x)
+    raw_c = call.value.reshape(n_s, m)
+    raw_w = (amat @ call.value + bvec).reshape(n_s, m)
+    # largest violation of the hard constraints by the solver's own point (before cleaning)
+    primal_residual = float(max(
+        0.0, -raw_w.min(), float(np.max(raw_c[:-1] - raw_c[1:])) if n_s > 1 else 0.0,
+        float(np.max(np.abs(raw_c[:, 0] - (1.0 - x[0])))), float(np.max(np.abs(raw_c[:, -1]))),
+    ))
+    weights, moved = _clean_rows(raw_w, x)
     marg = Marginals(x, weights, times)
     # reports from the cleaned marginals (exact prices of the returned laws)
     reports, models = [], []
@@ -744,7 +757,7 @@ def calibrate(
         value=float(problem.value), band_penalty=float(band.value),
         smoothness=float(reg * smooth.value), success=success, status=status,
         message=f"{solver}: {status} after {nit} iterations", solver=solver, nit=nit,
-        solve_time=solve_time,
+        primal_residual=primal_residual, solve_time=solve_time,
         total_time=time.perf_counter() - t_start, cleanup_l1=moved, reg=float(reg))
 
 

@@ -274,19 +274,32 @@ def reference_kernels(marginals: Marginals, reference: Any = "product") -> np.nd
         return np.log(arr)
 
 
-def touching_points(mu: np.ndarray, nu: np.ndarray, grid: np.ndarray, *, tol: float) -> np.ndarray:
-    """Grid points k where C_nu(k) - C_mu(k) <= tol (no martingale plan moves mass across k).
+def touching_points(mu: np.ndarray, nu: np.ndarray, grid: np.ndarray, *, tol: float = 0.0,
+                    rel: float = 0.0) -> np.ndarray:
+    """Grid points k where D(k) = C_nu(k) - C_mu(k) <= tol + rel * s(k): no mass crosses k.
 
-    ``mu``, ``nu`` have shape (B, M); returns a boolean array (B, M). The call curves of laws on the
-    grid are piecewise linear with kinks at grid points, so testing grid points is exact.
+    ``mu``, ``nu`` have shape (B, M); returns a boolean array (B, M). The call curves of laws on
+    the grid are piecewise linear with kinks at grid points, so testing grid points is exact.
+    D is computed from the side with less mass: calls (sums over x_i >= k) above, puts (sums over
+    x_i <= k, equal to D for equal means) below, so tail values keep their precision; s(k) is
+    the round-off scale of those sums, sum (mu_i + nu_i)(|x_i| + |k|) over the same side.
+    ``tol`` is an absolute tolerance, ``rel`` a multiple of s(k) (a relative test stays correct
+    in tails whose masses are far below any absolute tolerance).
     """
-    # C(k_j) = sum_i w_i (x_i - k_j)^+ via cumulative sums from the right.
-    def calls(w: np.ndarray) -> np.ndarray:
-        tail_mass = np.cumsum(w[:, ::-1], axis=1)[:, ::-1]          # sum_{i>=j} w_i
-        tail_first = np.cumsum((w * grid)[:, ::-1], axis=1)[:, ::-1]  # sum_{i>=j} w_i x_i
-        return tail_first - grid * tail_mass
+    mu = np.atleast_2d(mu)
+    nu = np.atleast_2d(nu)
+    ax = np.abs(grid)
 
-    return calls(nu) - calls(mu) <= tol
+    def right(w: np.ndarray) -> np.ndarray:        # sum_{i >= j} w_i
+        return np.cumsum(w[:, ::-1], axis=1)[:, ::-1]
+
+    calls = lambda w: right(w * grid) - grid * right(w)           # noqa: E731
+    puts = lambda w: grid * np.cumsum(w, axis=1) - np.cumsum(w * grid, axis=1)  # noqa: E731
+    both = mu + nu
+    s_call = right(both * ax) + ax * right(both)
+    s_put = np.cumsum(both * ax, axis=1) + ax * np.cumsum(both, axis=1)
+    d = np.where(s_put < s_call, puts(nu) - puts(mu), calls(nu) - calls(mu))
+    return d <= tol + rel * np.minimum(s_put, s_call)
 
 
 # ---------------------------------------------------------------------------- prepared batch
@@ -325,8 +338,7 @@ def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
              logq_raw: np.ndarray | None, cost: np.ndarray | None, *, touch_tol: float) -> _Batch:
     b, m = mu_full.shape
     diff = grid[None, :] - grid[:, None]
-    scale = max(1.0, float(np.max(np.abs(grid))))
-    touch = touching_points(mu_full, nu_full, grid, tol=touch_tol * scale)
+    touch = touching_points(mu_full, nu_full, grid, rel=touch_tol)
     has_mass = mu_full > 0
     pinned = touch & has_mass
     mu = np.where(pinned, 0.0, mu_full)
@@ -606,8 +618,8 @@ def _sinkhorn_sweep(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2: n
 def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol: float,
                  max_iter: int, sweeps: int, stage: int, history: list[dict[str, Any]],
                  armijo: float = 1e-4, max_backtrack: int = 30, min_step: float = 1e-3,
-                 polish_below: float = 0.5, chord: bool = True, chord_below: float = 1e-5
-                 ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+                 polish_below: float = 0.5, chord: bool = True, chord_below: float = 1e-5,
+                 light_mass: float = 1e-2) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Damped Newton on all periods of ``b``, in place; returns (phi, eta, nit, status).
 
     status per period: 0 converged, 1 iteration limit, 2 line search failure. Converged
@@ -748,12 +760,46 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
                                 et[short], rbuf)
                 st.put(short, rst, np.arange(short.size))
                 pbuf[short] = rbuf
+        # light rows (mass <= light_mass * tol: they hardly move the column sums, but their
+        # drift must still reach tol, and Newton's quadratic model, weighted by the mass, barely
+        # sees them): solve them exactly for the new phi, row by row (block coordinate ascent),
+        # and patch the state (kernel rows, LSE, drift, column sums, objective) in O(K M)
+        light = (mu > 0) & (mu <= light_mass * tol) & (np.abs(st.m) > 0.1 * tol)
+        if np.any(light):
+            _polish_rows(light, lk, grid, diff, mu, nu, ph, et, pbuf, st, tol=0.01 * tol)
         history.append({"stage": stage, "eps": eps, "kind": "newton", "iteration": nit,
                         "marginal_error": float(st.err.max()), "drift": float(st.drift.max()),
                         "step": float(alpha.min())})
     phi[work] = ph
     eta[work] = et
     return phi, eta, nit, status
+
+
+def _polish_rows(rows: np.ndarray, lk: np.ndarray, grid: np.ndarray, diff: np.ndarray,
+                 mu: np.ndarray, nu: np.ndarray, ph: np.ndarray, et: np.ndarray,
+                 pbuf: np.ndarray, st: _State, *, tol: float) -> None:
+    """Exact 1-D solves of the selected rows (k, M mask) for the current phi; patch the state."""
+    bi, xi = np.nonzero(rows)
+    base = lk[bi, xi, :] + ph[bi]
+    d = diff[xi, :]
+    e = _row_solve(base, d, grid, et[bi, xi], tol=tol)
+    s = base + e[:, None] * d
+    smax = s.max(axis=1)
+    smax[~np.isfinite(smax)] = 0.0
+    pn = np.exp(s - smax[:, None])
+    z = pn.sum(axis=1)
+    pn /= z[:, None]
+    lse = smax + np.log(z)
+    w = mu[bi, xi]
+    np.add.at(st.col, bi, w[:, None] * (pn - pbuf[bi, xi, :]))
+    np.add.at(st.obj, bi, -w * (lse - st.lse[bi, xi]))
+    pbuf[bi, xi, :] = pn
+    st.lse[bi, xi] = lse
+    et[bi, xi] = e
+    st.m[bi, xi] = pn @ grid - grid[xi]
+    touched = np.unique(bi)
+    st.err[touched] = np.abs(st.col[touched] - nu[touched]).sum(axis=1)
+    st.drift[touched] = np.abs(st.m[touched]).max(axis=1)
 
 
 def _sinkhorn_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol: float,
@@ -858,7 +904,7 @@ def solve_entropic(
     sinkhorn_sweeps: int | None = None,
     stage_tol: float = 1e-6,
     maximize: bool = False,
-    touch_tol: float = 1e-13,
+    touch_tol: float = 1e-11,
     threads: int | None = 1,
     chunk_entries: int = 8_000_000,
     warn: bool = True,
@@ -892,8 +938,9 @@ def solve_entropic(
     maximize : bool
         Maximise <c, pi> (i.e. use the cost -c); ``transport_cost`` is reported for +c.
     touch_tol : float
-        Relative tolerance on C_nu(k) - C_mu(k) below which k is a touching point (rows there are
-        pinned to point masses and no mass crosses k).
+        k is a touching point when C_nu(k) - C_mu(k) <= touch_tol * s(k), s(k) the round-off
+        scale of the call (or put) sums at k (``touching_points``); rows there are pinned to
+        point masses and no mass crosses k.
     threads : int or None
         BLAS threads inside the solve (``None``: leave as is). 1 is the fastest on 2 cores.
     chunk_entries : int

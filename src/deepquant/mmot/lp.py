@@ -37,12 +37,13 @@ from deepquant.payoffs import Payoff, SumSquaredIncrements
 __all__ = ["ChainLP", "build_chain_lp", "solve_side", "lp_bounds", "check_convex_order",
            "DEFAULT_HIGHS_OPTIONS"]
 
-DEFAULT_HIGHS_OPTIONS = dict(presolve=True, primal_feasibility_tolerance=1e-9,
+DEFAULT_HIGHS_OPTIONS = dict(presolve=False, primal_feasibility_tolerance=1e-9,
                              dual_feasibility_tolerance=1e-9)
-"""HiGHS options used unless overridden (tight tolerances; DESIGN §7: residuals are checked)."""
+"""HiGHS options used unless overridden: tight tolerances, presolve off (DESIGN §7: presolve gave
+false infeasibility and 5e-8 residuals on MOT LPs with tiny tail masses; residuals are checked)."""
 
 MARTINGALE_MODES = ("full", "one-step")
-ALGORITHMS = ("colgen", "direct")
+ALGORITHMS = ("direct", "colgen", "dw")
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +81,7 @@ class ChainLP:
     b_ub: np.ndarray | None
     cost: np.ndarray
     margs: np.ndarray
+    marginals: Marginals
     pairs: list[np.ndarray]
     ys: list[np.ndarray]
     offsets: np.ndarray
@@ -234,6 +236,7 @@ def build_chain_lp(
                                  shape=(r_ub, offsets[-1]))
         b_ub = np.zeros(r_ub)
     return ChainLP(chain=chain, a_eq=a_eq, b_eq=b_eq, a_ub=a_ub, b_ub=b_ub, cost=cost, margs=mu,
+                   marginals=marginals,
                    pairs=pairs, ys=ys, offsets=offsets,
                    rows=dict(start=start, marg=marg, flow=flow, mart=mart),
                    martingale=martingale, martingale_tol=float(martingale_tol))
@@ -246,21 +249,24 @@ def _constant_value(chain: AugmentedChain) -> float:
 
 
 def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
-               return_plan: bool = False, method: str = "highs",
-               algorithm: str = "colgen") -> BoundSide:
+               return_plan: bool = False, method: str = "highs-ipm",
+               algorithm: str = "direct") -> BoundSide:
     """Solve one side (``"lower"`` = min, ``"upper"`` = max) of ``lp`` with HiGHS.
 
     Returns the value, status, measured residuals, gap, the duals mapped to (u_t, h_t, phi_t)
     with the sign convention of the side (upper: the portfolio dominates the payoff), and
     optionally the plan.
 
-    ``algorithm="colgen"`` (default) solves the LP by column generation with warm-started HiGHS
+    ``algorithm="direct"`` (default) passes the whole sparse LP to
+    ``scipy.optimize.linprog(method=method)`` (HiGHS interior point with crossover by default).
+    ``algorithm="colgen"`` solves the LP by column generation with warm-started HiGHS
     dual simplex (highspy): it starts from the support of a feasible Markov plan (one-period
     martingale couplings glued along the chain), prices every column of the full LP with the
     current duals (reduced cost c - A^T y) and adds the violated ones until none is left below
     ``-pricing_tol``; the residuals and gap are then measured on the FULL LP, so the result is
-    certified exactly as a direct solve. ``algorithm="direct"`` passes the whole LP to
-    ``scipy.optimize.linprog(method=method)``.
+    certified exactly as a direct solve (slower than "direct" on the benchmark cases).
+    ``algorithm="dw"`` is the Dantzig-Wolfe decomposition ``solve_side_dw`` (experimental: fast
+    on small cases, tails off on realistic marginals; see docs/benchmarks-lp.md).
     """
     if sense not in ("lower", "upper"):
         raise ValueError(f"sense must be 'lower' or 'upper', got {sense!r}")
@@ -277,6 +283,9 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     c = sign * lp.cost
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "dw" and lp.a_ub is None and lp.martingale == "full":
+        return solve_side_dw(chain, lp.marginals, sense, highs_options=highs_options,
+                             return_plan=return_plan)
     info: dict = {}
     if algorithm == "colgen" and lp.a_ub is None:
         x, y_eq, y_ub, status, message, info = _column_generation(lp, c, opts)
@@ -492,7 +501,7 @@ def lp_bounds(
     highs_options: dict | None = None,
     return_plan: bool = False,
     sides: tuple[str, ...] = ("lower", "upper"),
-    algorithm: str = "colgen",
+    algorithm: str = "direct",
 ) -> BoundsResult:
     """Lower and upper bounds of E[payoff] over martingale laws with ``marginals`` (exact LP).
 
@@ -514,9 +523,9 @@ def lp_bounds(
         Keep the optimal plans pi_t(x, s, y).
     sides : tuple of str
         Which sides to solve.
-    algorithm : {"colgen", "direct"}
-        Column generation with warm-started HiGHS (default; exact, certified on the full LP)
-        or one direct HiGHS solve of the full LP (see ``solve_side``).
+    algorithm : {"direct", "colgen", "dw"}
+        One direct HiGHS solve of the full sparse LP (default), column generation, or the
+        experimental Dantzig-Wolfe decomposition (see ``solve_side``).
     """
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
@@ -867,7 +876,7 @@ def _forward_kernels(chain: AugmentedChain, kernels: np.ndarray, g_term: np.ndar
 
 
 def solve_side_dw(chain: AugmentedChain, marginals: Marginals, sense: str, *,
-                  tol: float = 1e-10, max_iter: int = 2000,
+                  tol: float = 1e-10, max_iter: int = 2000, smoothing: float = 0.8,
                   highs_options: dict | None = None, return_plan: bool = False) -> BoundSide:
     """One side of the chain LP by Dantzig-Wolfe decomposition (see the comment above).
 
@@ -934,25 +943,32 @@ def solve_side_dw(chain: AugmentedChain, marginals: Marginals, sense: str, *,
         sol = h.getSolution()
         y = np.asarray(sol.row_dual, dtype=float)
         master = -float(h.getInfo().objective_function_value)
-        p = np.zeros((T + 1, m))
+        pm = np.zeros((T + 1, m))
         off = 1
         for t in range(T):
-            p[t + 1, rows_y[t]] = -y[off:off + rows_y[t].size]
+            pm[t + 1, rows_y[t]] = -y[off:off + rows_y[t].size]
             off += rows_y[t].size
-        W, H, moves, val = _backward(chain, stages, g_term, p)
-        bound = val + float(np.sum(p[1:] * mu[1:T + 1]))
-        if best is None or bound < best[0]:
-            best = (bound, p, W, H)
+        # Wentges smoothing: price at a convex combination of the best dual point and the
+        # master's duals; on a mis-price (no improving column) price at the master's duals.
+        for a in ((smoothing, 0.0) if best is not None and smoothing > 0 else (0.0,)):
+            p = pm if a == 0.0 else a * best[1] + (1.0 - a) * pm
+            W, H, moves, val = _backward(chain, stages, g_term, p)
+            bound = val + float(np.sum(p[1:] * mu[1:T + 1]))
+            if best is None or bound < best[0]:
+                best = (bound, p, W, H)
+            laws, value, flows = _forward(chain, moves, g_term)
+            gain = value - float(np.sum(pm[1:] * laws[1:])) + y[0]
+            if gain > tol * scale * 1e-2:
+                break
         gap = best[0] - master
         if gap <= tol * scale or it >= max_iter:
             if gap > tol * scale:
                 status, message = 1, f"stopped after {it} iterations with gap {gap:.3e}"
             break
-        if val + y[0] <= tol * scale * 1e-3:
-            # no improving column but a gap: numerical stall
-            status, message = 1, f"stalled with gap {gap:.3e}"
+        if gain <= tol * scale * 1e-2:
+            status, message = 1, f"stalled with gap {gap:.3e} (no improving column)"
             break
-        add(*_forward(chain, moves, g_term))
+        add(laws, value, flows)
     seconds = time.perf_counter() - t0
     if status == 4:
         return BoundSide(float("nan"), False, status, message, seconds, info=dict(iterations=it))

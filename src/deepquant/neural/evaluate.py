@@ -31,7 +31,9 @@ def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None
     from deepquant.neural.pricer import EPS, NeuralPricer
     from deepquant.payoffs import AsianCall
 
-    pricer = NeuralPricer(checkpoint, threads=threads, fallback=False, mass_floor=mass_floor)
+    # no OOD guard here: pure-neural errors are reported as they are, and hybrid always polishes
+    pricer = NeuralPricer(checkpoint, threads=threads, fallback=False, mass_floor=mass_floor,
+                          ood_drift=float("inf"), ood_marginal_error=float("inf"))
     payoff = AsianCall(strike=1.0)
     out = []
     for r in records:

@@ -274,10 +274,14 @@ class NeuralPricer:
         if hybrid:
             tp = time.perf_counter()
             res = self._classical(marg, warm=(v * EPS, h * EPS))
+            note = "neural warm start + Newton polish: "
+            if not res.success:  # the polish did not reach tol: finish from a cold start
+                note = f"Newton polish from the neural start failed ({res.message}); cold solve: "
+                res = self._classical(marg)
             d, dl, me = _measure(res.kernels, w, marg.grid, self.mass_floor)
             return NeuralSolution(
                 marg, res.kernels, res.v / EPS, res.h / EPS, "hybrid", d, dl, me, nd, nm,
-                bool(res.success), f"neural warm start + Newton polish: {res.message}",
+                bool(res.success), note + res.message,
                 time.perf_counter() - t0, t_inf, time.perf_counter() - tp, int(res.nit),
                 regridded, res)
         return NeuralSolution(marg, kern, v, h, "neural", nd, nl, nm, nd, nm, True,

@@ -46,7 +46,7 @@ from scipy.special import logsumexp, ndtr, softmax
 
 from deepquant.payoffs import EuropeanPut, Payoff
 from deepquant.rough.lsm import bs_european
-from deepquant.rough.rbergomi import RoughPaths
+from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.signature import iter_signatures, lifted_path
 
 __all__ = [
@@ -81,7 +81,7 @@ class MartingaleBasis:
                 raise ValueError(f"{name} must be positive finite multiples of K, got {vals!r}")
 
 
-def _step_features(S, V, t, t_next, sig, K, r, xi0, basis: MartingaleBasis, put: bool,
+def _step_features(S, V, fv, t, t_next, sig, K, r, xi0, basis: MartingaleBasis, put: bool,
                    varies: bool) -> np.ndarray:
     s = S / K
     cols = [np.ones_like(s)]
@@ -89,10 +89,11 @@ def _step_features(S, V, t, t_next, sig, K, r, xi0, basis: MartingaleBasis, put:
         cols.append(s**d)
     if varies and basis.poly_degree >= 1:
         cols.append(V / xi0)
+        cols.append(fv / xi0)
     tau = max(t_next - t, 1e-12)
-    sd = math.sqrt(xi0 * tau)
+    sd = np.sqrt(fv * tau)
     for c in basis.delta_strikes:
-        d1 = (np.log(S / (c * K)) + (r + 0.5 * xi0) * tau) / sd
+        d1 = (np.log(S / (c * K)) + (r + 0.5 * fv) * tau) / sd
         cols.append(ndtr(-d1) if put else ndtr(d1))
     out = np.stack(cols, axis=1)
     if sig is not None and sig.shape[1]:
@@ -100,13 +101,17 @@ def _step_features(S, V, t, t_next, sig, K, r, xi0, basis: MartingaleBasis, put:
     return out
 
 
-def martingale_increments(paths: RoughPaths, xi0: float, payoff: Payoff, dates,
+def martingale_increments(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, dates,
                           basis: MartingaleBasis) -> np.ndarray:
     """Interval sums B of the martingale basis increments, shape (n_paths, J, P).
+
+    P = 2 F + n_payoff_strikes (F features per leg); the dW leg is dropped when V is constant
+    (eta = 0), where W drives nothing and its columns would only add regression noise.
 
     B[n, i, :] = sum_{k in [e_i, e_{i+1})} (phi_k (x) dX_k) [+ payoff increments], so that
     M_{t_j} = sum_{i<j} B[:, i] . theta_i.
     """
+    xi0 = model.xi0
     dates = [int(d) for d in dates]
     J = len(dates) - 1
     K = float(payoff.strike)
@@ -120,6 +125,11 @@ def martingale_increments(paths: RoughPaths, xi0: float, payoff: Payoff, dates,
     interval = np.full(paths.n_steps, -1)
     for i in range(J):
         interval[dates[i] : dates[i + 1]] = i
+    # forward-variance proxy at each step for the rest of its interval (midpoint horizon)
+    nxt = np.array([times[dates[interval[k] + 1]] if interval[k] >= 0 else times[k]
+                    for k in range(paths.n_steps)] + [times[-1]])
+    horizon = np.maximum(0.5 * (np.append(times[1:], times[-1]) + nxt), times)
+    fwd = model.forward_variance(paths, horizon)
     sig_iter = None
     if basis.sig_level > 0:
         sig_iter = iter_signatures(lifted_path(paths, xi0, variance=basis.variance),
@@ -131,25 +141,27 @@ def martingale_increments(paths: RoughPaths, xi0: float, payoff: Payoff, dates,
         i = interval[k]
         if i < 0:
             continue
-        phi = _step_features(paths.S[:, k], paths.V[:, k], times[k], times[dates[i + 1]], sig,
-                             K, r, xi0, basis, put, varies)
+        phi = _step_features(paths.S[:, k], paths.V[:, k], fwd[:, k], times[k],
+                             times[dates[i + 1]], sig, K, r, xi0, basis, put, varies)
         F = phi.shape[1]
+        legs = 2 if varies else 1  # eta = 0: W does not drive the state, its leg is noise
         if B is None:
-            B = np.zeros((paths.n_paths, J, 2 * F + n_pay))
+            B = np.zeros((paths.n_paths, J, legs * F + n_pay))
         B[:, i, :F] += phi * dS[:, k : k + 1]
-        B[:, i, F : 2 * F] += phi * dW[:, k : k + 1]
+        if varies:
+            B[:, i, F : 2 * F] += phi * dW[:, k : k + 1]
         if n_pay:
             # option-price increments of (cK - S)^+ expiring at t_{i+1}, priced with the
             # variance V_k over [t_k, t_{k+1}] and xi0 after: exact one-step conditional mean
             dt = times[k + 1] - times[k]
             rest = times[dates[i + 1]] - times[k + 1]
-            vol_before = np.sqrt((paths.V[:, k] * dt + xi0 * rest) / (dt + rest))
-            vol_after = math.sqrt(xi0)
+            vol_before = np.sqrt((paths.V[:, k] * dt + fwd[:, k] * rest) / (dt + rest))
+            vol_after = np.sqrt(fwd[:, k])[:, None]
             strikes = K * np.asarray(basis.payoff_strikes, dtype=float)[None, :]
             after = bs_european(paths.S[:, k + 1, None], strikes, r, vol_after, rest, put=put)
             before = bs_european(paths.S[:, k, None], strikes, r, vol_before[:, None],
                                  dt + rest, put=put)
-            B[:, i, 2 * F :] += (disc[k + 1] * after - disc[k] * before) / K
+            B[:, i, legs * F :] += (disc[k + 1] * after - disc[k] * before) / K
     return B
 
 
@@ -182,11 +194,14 @@ class DualMartingale:
 
 
 def fit_dual(Z: np.ndarray, B: np.ndarray, *, ridge: float = 1e-6, tau_min: float = 1e-3,
-             max_iter: int = 400) -> DualMartingale:
+             max_iter: int = 400, theta0: np.ndarray | None = None,
+             taus: tuple = (0.1, 0.03, 0.01, 0.003)) -> DualMartingale:
     """Minimise mean_n max_j (Z_nj - M_nj) over theta (see the module docstring).
 
     Z (n, J+1) discounted exercise values, B (n, J, P) from ``martingale_increments``.
-    ``tau_min`` is relative to the mean of max_j Z_j.
+    ``tau_min`` and ``taus`` (the smoothing schedule) are relative to the mean of max_j Z_j;
+    ``theta0`` (J, P) in the units of B is the starting point (default zero), e.g. the
+    least-squares martingale.
     """
     Z = np.asarray(Z, dtype=float)
     n, J1 = Z.shape
@@ -209,9 +224,10 @@ def fit_dual(Z: np.ndarray, B: np.ndarray, *, ridge: float = 1e-6, tau_min: floa
         g = -np.einsum("ni,nip->ip", tail, Bs) / n
         return f, g.ravel() + ridge * level * x
 
-    x = np.zeros(J * P)
+    x = np.zeros(J * P) if theta0 is None else np.nan_to_num(
+        (np.asarray(theta0, dtype=float) * np.where(np.isfinite(scale), scale, 0.0)).ravel())
     ok, msg, nit = True, "", 0
-    for rel in (0.1, 0.03, 0.01, 0.003, tau_min):
+    for rel in (*taus, tau_min):
         if rel < tau_min:
             continue
         res = minimize(fun, x, args=(rel * level,), jac=True, method="L-BFGS-B",

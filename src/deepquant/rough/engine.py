@@ -157,7 +157,7 @@ class BermudanPricer:
     exercise_basis: ExerciseBasis = field(default_factory=ExerciseBasis)
     martingale_basis: MartingaleBasis = field(default_factory=MartingaleBasis)
     dual_fit: str = "regression"
-    martingale_ridge: float = 0.0
+    martingale_ridge: float = 1e-6
     control_variate: bool = True
 
     def __post_init__(self) -> None:
@@ -208,7 +208,7 @@ class BermudanPricer:
         """Z (n, n_dates+1) discounted exercise values and F (n, n_dates+1, F) exercise
         features; column 0 is t = 0 (Z = -inf there when ``exercise_at_zero`` is False)."""
         Z = exercise_values(paths, payoff, self.dates)
-        F = exercise_features(paths, model.xi0, payoff, self.dates, self.exercise_basis)
+        F = exercise_features(paths, model, payoff, self.dates, self.exercise_basis)
         if not self.exercise_at_zero:
             Z = np.concatenate([np.full((Z.shape[0], 1), -np.inf), Z], axis=1)
             F = np.concatenate([F[:, :1] * 0.0, F], axis=1)
@@ -216,7 +216,7 @@ class BermudanPricer:
 
     def _arrays(self, model, payoff, paths):
         Z, F = self.exercise_arrays(model, payoff, paths)
-        B = martingale_increments(paths, model.xi0, payoff, self._martingale_dates,
+        B = martingale_increments(paths, model, payoff, self._martingale_dates,
                                   self.martingale_basis)
         return Z, F, B
 

@@ -15,7 +15,8 @@ there is an unbiased estimate of a lower bound (any stopping rule is sub-optimal
 Basis (``ExerciseBasis``): all monomials s^a v^b with a + b <= ``poly_degree`` in s = S/K and
 v = V/xi0; the truncated signature of (t, log S, V) up to t_j (``deepquant.rough.signature``) to
 level ``sig_level``; optionally the Black–Scholes European value (K e^{-r tau} N(-d2) - S N(-d1))/K
-with tau = T - t_j and volatility sqrt(xi0) (a smooth proxy for the continuation value).
+with tau = T - t_j and volatility sqrt(xi0) (a smooth proxy for the continuation value); and the
+conditional forward variance xi_{t_j}(u) with the European value at that variance.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from deepquant.payoffs import EuropeanCall, EuropeanPut, Payoff
-from deepquant.rough.rbergomi import RoughPaths
+from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.signature import lifted_path, signatures_at
 
 __all__ = [
@@ -85,7 +86,9 @@ class ExerciseBasis:
 
     ``poly_degree`` >= 0 (total degree in s = S/K and v = V/xi0), ``sig_level`` >= 0
     (0 = no signature terms), ``bs_feature``: add the Black–Scholes European value,
-    ``variance``: the signature's variance channel, "log" or "level".
+    ``variance``: the signature's variance channel, "log" or "level";
+    ``forward_variance``: add xi_{t_j}(u)/xi0 (``RoughBergomi.forward_variance``, u halfway to
+    T) and the European value with that variance (only when V is not constant).
     """
 
     _: KW_ONLY
@@ -93,6 +96,7 @@ class ExerciseBasis:
     sig_level: int = 2
     bs_feature: bool = True
     variance: str = "log"
+    forward_variance: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.poly_degree, int) or self.poly_degree < 0:
@@ -103,10 +107,11 @@ class ExerciseBasis:
             raise ValueError(f"variance must be 'log' or 'level', got {self.variance!r}")
 
 
-def exercise_features(paths: RoughPaths, xi0: float, payoff: Payoff, dates,
+def exercise_features(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, dates,
                       basis: ExerciseBasis) -> np.ndarray:
     """Basis functions at each exercise date, shape (n_paths, len(dates), F), no constant column
     (the regression adds it)."""
+    xi0 = model.xi0
     idx = np.asarray(dates, dtype=int)
     K = float(payoff.strike)
     T = float(paths.times[-1])
@@ -122,6 +127,14 @@ def exercise_features(paths: RoughPaths, xi0: float, payoff: Payoff, dates,
     if basis.bs_feature:
         tau = T - paths.times[idx]
         cols.append(bs_european(paths.S[:, idx], K, paths.r, math.sqrt(xi0), tau[None, :],
+                                put=isinstance(payoff, EuropeanPut)) / K)
+    if basis.forward_variance and varies:
+        # xi_{t_j}(u) at the middle of the remaining life, and the European value with it
+        u = paths.times + 0.5 * (T - paths.times)
+        fv = model.forward_variance(paths, u)[:, idx]
+        cols.append(fv / xi0)
+        cols.append(bs_european(paths.S[:, idx], K, paths.r, np.sqrt(fv),
+                                (T - paths.times[idx])[None, :],
                                 put=isinstance(payoff, EuropeanPut)) / K)
     feats = [np.stack(cols, axis=-1)] if cols else []
     if basis.sig_level > 0:

@@ -211,6 +211,32 @@ class RoughBergomi:
                           dW_perp=np.asarray(dW_perp, dtype=float),
                           cell=np.asarray(cell, dtype=float), r=self.r)
 
+    def forward_variance(self, paths: RoughPaths, horizons: np.ndarray) -> np.ndarray:
+        """Forward-variance proxy xi_{t_k}(u_k) = E[V_{u_k} | F_{t_k}], shape (n_paths, n+1).
+
+        ``horizons`` (n+1,) holds u_k >= t_k. From the Volterra representation,
+        E_t[V_u] = xi0 exp(eta sqrt(2H) int_0^t (u-s)^a dW_s - eta^2 H int_0^t (u-s)^(2a) ds),
+        with the kernel averaged over each completed cell [t_l, t_{l+1}], l < k (one matrix
+        product for the whole batch). F_{t_k}-measurable; a feature, not part of the scheme.
+        """
+        times = paths.times
+        n = paths.n_steps
+        u = np.asarray(horizons, dtype=float)
+        if u.shape != times.shape or np.any(u < times - 1e-12):
+            raise ValueError("horizons must have shape (n+1,) with u_k >= t_k")
+        if self.eta == 0.0:
+            return np.full(paths.S.shape, self.xi0)
+        a = self.H - 0.5
+        dt = times[1] - times[0]
+        lo = times[:-1][:, None]  # cell starts t_l, (n, 1)
+        hi = times[1:][:, None]
+        uu = np.maximum(u[None, :], hi)  # (n, n+1); only l < k is used, where u_k >= t_{l+1}
+        w = ((uu - lo) ** (a + 1.0) - (uu - hi) ** (a + 1.0)) / ((a + 1.0) * dt)
+        mask = np.arange(n)[:, None] < np.arange(n + 1)[None, :]
+        w = np.where(mask, w, 0.0)
+        drift = 0.5 * self.eta**2 * 2.0 * self.H * (w**2).sum(axis=0) * dt
+        return self.xi0 * np.exp(self.eta * math.sqrt(2.0 * self.H) * (paths.dW @ w) - drift)
+
     def simulate(self, n_paths: int, *, T: float = 1.0, n_steps: int = 96,
                  method: str = "rqmc", antithetic: bool = True, bridge: bool = True,
                  rng: int | np.random.Generator | np.random.SeedSequence | None = None

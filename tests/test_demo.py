@@ -1,0 +1,104 @@
+"""Smoke-plus-invariants run of the main job (deepquant.demo) with small sizes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deepquant.demo import DemoConfig, coarsen_marginals, demo_grid, run_demo
+
+SMALL = DemoConfig(grid_step=0.1, grid_range=(0.6, 1.5), calibration_grid_size=60,
+                   sweep_strikes=(0.95, 1.0), n_paths=2_000)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return run_demo(out_dir=out, config=SMALL, pricers={"product-model": _model_price})
+
+
+def _model_price(marginals, payoff):
+    """A stand-in for the neural pricer hook: the calibrated model itself (same number)."""
+    from deepquant.mmot.model import CalibratedModel
+
+    return CalibratedModel.calibrate(marginals).price(payoff)
+
+
+def test_files_exist(demo):
+    names = {p.name for p in demo.files}
+    assert {"marginals.png", "plan.png", "convergence.png", "strikes.png", "hedge.png",
+            "report.md", "results.json"} <= names
+    for p in demo.files:
+        assert p.exists() and p.stat().st_size > 0
+    assert (demo.out_dir / "chain.csv").exists()
+    text = (demo.out_dir / "report.md").read_text()
+    for fig in ("marginals.png", "plan.png", "convergence.png", "strikes.png", "hedge.png"):
+        assert f"({fig})" in text
+    data = json.loads((demo.out_dir / "results.json").read_text())
+    assert len(data["rows"]) == 3 and all(r["inside"] for r in data["rows"])
+    assert not list(demo.out_dir.glob(".*"))  # no temporary files left behind
+
+
+def test_bounds_contain_calibrated_price(demo):
+    for r in demo.rows:
+        assert r.lp_status == "optimal", r.lp_status
+        assert r.lower - 1e-9 <= r.calibrated <= r.upper + 1e-9
+        assert r.widened_lower <= r.lower and r.widened_upper >= r.upper
+        # the widenings are reported separately and add up
+        assert r.widened_lower == pytest.approx(r.lower - r.gamma_lower - r.epsilon, abs=1e-15)
+        assert r.widened_upper == pytest.approx(r.upper + r.gamma_upper + r.epsilon, abs=1e-15)
+        assert r.gamma_lower > 0 and r.gamma_upper > 0 and r.epsilon > 0
+        # the pricer hook is timed and shown: here it is the same model, so the same price
+        assert r.extra["product-model"]["price"] == pytest.approx(r.calibrated, abs=1e-12)
+    sw = demo.sweep
+    assert np.all(np.array(sw["lower"]) <= np.array(sw["calibrated"]) + 1e-9)
+    assert np.all(np.array(sw["calibrated"]) <= np.array(sw["upper"]) + 1e-9)
+
+
+def test_model_and_backtest(demo):
+    assert demo.model.marginal_error() < 1e-9 and demo.model.drift() < 1e-9
+    bt = demo.backtest["calibrated model"]
+    assert abs(bt["mean"]) <= 4 * bt["stderr"]  # unbiased under the model (4 standard errors)
+    assert bt["std"] < bt["unhedged_std"]
+
+
+def test_coarsening_keeps_convex_order_and_calls():
+    from deepquant.market.synthetic import heston_marginals
+
+    fine = heston_marginals(np.array([30, 90, 150]) / 365, grid_size=120)
+    grid = demo_grid(0.1, 0.6, 1.5)
+    assert 1.0 in grid and np.allclose(np.diff(grid), 0.1)
+    m = coarsen_marginals(fine, grid)
+    assert m.n_dates == 4 and m.weights[0, np.searchsorted(grid, 1.0)] == 1.0
+    assert m.check_convex_order().violation <= 1e-12
+    np.testing.assert_allclose(m.means, 1.0, atol=1e-12)
+    # interior call prices at the coarse nodes are the fine ones (hull touches them): 1e-4
+    # allows the tail mass folded inside the coarse range
+    inner = (grid > 0.75) & (grid < 1.35)
+    np.testing.assert_allclose(m.call_prices(grid[inner])[1:], fine.call_prices(grid[inner]),
+                               atol=1e-4)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match=r"grid_step must be > 0, got 0"):
+        DemoConfig(grid_step=0)
+    with pytest.raises(ValueError, match=r"grid_range must satisfy 0 < lo < 1 < hi"):
+        DemoConfig(grid_range=(1.1, 1.5))
+    with pytest.raises(ValueError, match=r"chain file '/nonexistent.csv' does not exist"):
+        run_demo("/nonexistent.csv", config=SMALL)
+
+
+def test_cli_demo_json(tmp_path):
+    from deepquant.cli import main
+
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "r"), "--grid-step", "0.1",
+                                    "--paths", "500", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert {"rows", "timings", "calibration", "backtest"} <= set(data)
+    assert all(r["lower"] <= r["calibrated"] <= r["upper"] for r in data["rows"])
+    bad = CliRunner().invoke(main, ["demo", "--chain", str(tmp_path / "missing.csv")])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
