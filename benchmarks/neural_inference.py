@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=9)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--spec-model", action="store_true",
+                    help="Also time the forward pass of the full-width seed §9.2 model (2.67M "
+                         "parameters, random weights: latency only).")
     args = ap.parse_args()
 
     import torch
@@ -96,8 +99,33 @@ def main() -> None:
         ratios.append(hs.seconds / tc)
         hyb_drift.append(hs.drift)
         cold_drift.append(float(c.drift))
+    spec = {}
+    if args.spec_model:
+        from deepquant.neural.config import ModelConfig
+        from deepquant.neural.model import build_model, count_parameters
+
+        sm = build_model(ModelConfig(), pricer.grid).eval()
+        x1 = torch.as_tensor(w1, dtype=torch.float32)
+        xb = torch.as_tensor(wb, dtype=torch.float32)
+        with torch.inference_mode():
+            for _ in range(5):
+                sm(x1)
+            ts = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                sm(x1)
+                ts.append(time.perf_counter() - t0)
+            tb = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                sm(xb)
+                tb.append(time.perf_counter() - t0)
+        spec = {"spec_model_params": count_parameters(sm),
+                "spec_single_forward_ms": 1e3 * statistics.median(ts),
+                "spec_batched_instances_per_s": args.batch / statistics.median(tb)}
     res = {
         "threads": args.threads, "checkpoint": str(pricer.checkpoint),
+        "params": sum(p.numel() for p in pricer.model.parameters()), **spec,
         "single_forward_ms": 1e3 * statistics.median(fwd),
         "single_forward_plus_kernels_ms": 1e3 * statistics.median(full),
         "batch": args.batch, "batched_instances_per_s": args.batch / statistics.median(bt),

@@ -95,10 +95,16 @@ def test_cli_demo_json(tmp_path):
     from deepquant.cli import main
 
     res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "r"), "--grid-step", "0.1",
-                                    "--paths", "500", "--json"])
+                                    "--paths", "500", "--pricer",
+                                    "same=tests.test_demo:_model_price", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert {"rows", "timings", "calibration", "backtest"} <= set(data)
     assert all(r["lower"] <= r["calibrated"] <= r["upper"] for r in data["rows"])
+    for r in data["rows"]:
+        assert abs(r["extra"]["same"]["price"] - r["calibrated"]) < 1e-12
+        assert r["extra"]["same"]["seconds"] >= 0
+    bad_spec = CliRunner().invoke(main, ["demo", "--pricer", "oops"])
+    assert bad_spec.exit_code == 2 and "NAME=MODULE:FUNC" in bad_spec.output
     bad = CliRunner().invoke(main, ["demo", "--chain", str(tmp_path / "missing.csv")])
     assert bad.exit_code == 2 and "does not exist" in bad.output

@@ -454,10 +454,12 @@ def _write_report(out, marg, model, rows, sweep, bt, bt_summary, calibration, ti
     files.append(report.plot_tracking_errors({k: v.errors for k, v in bt.items()},
                                              out / "hedge.png"))
     extra_names = sorted({k for r in rows for k in r.extra})
-    cols = ["payoff", "lower", "calibrated", "upper", *extra_names, "Gamma lo", "Gamma up",
-            "epsilon", "widened lower", "widened upper", "LP status", "LP s"]
+    extra_cols = [c for k in extra_names for c in (k, f"{k} s")]
+    cols = ["payoff", "lower", "calibrated", "calibrated s", "upper", *extra_cols, "Gamma lo",
+            "Gamma up", "epsilon", "widened lower", "widened upper", "LP status", "LP s"]
     table = report.markdown_table(cols, [
-        [r.label, r.lower, r.calibrated, r.upper, *[r.extra[k]["price"] for k in extra_names],
+        [r.label, r.lower, r.calibrated, r.price_seconds, r.upper,
+         *[r.extra[k][f] for k in extra_names for f in ("price", "seconds")],
          r.gamma_lower, r.gamma_upper, r.epsilon, r.widened_lower, r.widened_upper,
          r.lp_status + (f" (martingale_tol {r.martingale_tol:g})" if r.martingale_tol else ""),
          r.lp_seconds] for r in rows])

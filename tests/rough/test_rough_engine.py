@@ -81,7 +81,7 @@ def _check_ls_case(case, rough_data, ql_put):
     assert res.lower_ci[0] - QL_TOL <= q <= res.upper_ci[1] + QL_TOL
     # the published LSM value (LS's own lower-bound estimate) sits inside our bracket
     assert res.lower_ci[0] - 3 * lsm_se <= lsm <= res.upper_ci[1] + 3 * lsm_se
-    assert res.gap < 0.01 * q  # measured 0.1-0.4%
+    assert res.gap < 0.025 * q  # measured 0.5-1.6% at these sizes (2^14 regression paths)
 
 
 @pytest.mark.parametrize("case", CASES_FAST)

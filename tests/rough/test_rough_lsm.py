@@ -95,7 +95,8 @@ def test_exercise_features_shapes_and_values():
         100 - p.S[:, dates], 0))
     basis = ExerciseBasis(poly_degree=2, sig_level=2)
     F = exercise_features(p, m, payoff, dates, basis)
-    assert F.shape == (16, 5, 5 + 1 + 12)  # s, v, s^2, sv, v^2; BS value; 3 + 9 signature
+    # s, v, s^2, sv, v^2; BS value; forward variance and BS value with it; 3 + 9 signature
+    assert F.shape == (16, 5, 5 + 1 + 2 + 12)
     np.testing.assert_allclose(F[:, :, 0], p.S[:, dates] / 100.0)
     # the BS feature at T is the intrinsic value / K
     np.testing.assert_allclose(F[:, -1, 5], np.maximum(100 - p.S[:, -1], 0) / 100.0)

@@ -156,3 +156,24 @@ def test_black_scholes_limit_european_put(ql_european_put):
     assert ref == pytest.approx(closed, abs=1e-3)  # QuantLib's calendar vs T = 1 exactly
     # RQMC: the error is far below the iid standard error; 4 iid SE is a loose bound
     assert abs(put.mean() - closed) < K_SE * put.std(ddof=1) / math.sqrt(put.size)
+
+
+def test_forward_variance_proxy_predicts_future_variance(paths):
+    """xi_t(u) = E[V_u | F_t]: its mean is xi0 (tower property), xi_0(u) = xi0, and as a
+    predictor of V_u it is unbiased (regression slope of V_u on it ~ 1, loose tolerance for
+    the cell-averaged kernel and heavy tails) and beats the spot variance V_t."""
+    m = RoughBergomi(**STD)
+    k, target = 12, 36  # predict V at t = 0.75 from t = 0.25
+    u = np.maximum(paths.times, paths.times[target])
+    fv = m.forward_variance(paths, u)
+    np.testing.assert_allclose(fv[:, 0], m.xi0)
+    x = fv[:, k]
+    assert abs(x.mean() - m.xi0) < K_SE * x.std(ddof=1) / math.sqrt(x.size)
+    y = paths.V[:, target]
+    slope = np.cov(x, y)[0, 1] / x.var(ddof=1)
+    assert 0.7 < slope < 1.3
+    mse_fv = np.mean((y - x) ** 2)
+    mse_spot = np.mean((y - paths.V[:, k]) ** 2)
+    assert mse_fv < mse_spot
+    with pytest.raises(ValueError, match="horizons"):
+        m.forward_variance(paths, paths.times - 0.1)

@@ -125,10 +125,15 @@ COMMANDS.append(solve_command)
 @click.option("--paths", "n_paths", type=int, default=None,
               help="Paths per hedging backtest (default 20000).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--pricer", "pricer_specs", multiple=True, metavar="NAME=MODULE:FUNC",
+              help="Extra pricer f(marginals, payoff) -> float shown beside the calibrated "
+                   "price, with its timing (repeatable), e.g. neural=deepquant.neural.pricer:f.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
-def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, seed, as_json):
+def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, seed, pricer_specs,
+                 as_json):
     """The main job: chain -> calibrated marginals -> exact bounds, calibrated price, widenings
     and a delta-hedge backtest for an Asian call, a lookback and a forward-start straddle."""
+    import importlib
     from dataclasses import replace
 
     from deepquant.cli.output import console, err_console, fail, print_json, table
@@ -143,6 +148,16 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, seed, as_jso
             cfg = replace(cfg, n_paths=n_paths)
     except ValueError as exc:
         fail(str(exc))
+    pricers = {}
+    for spec in pricer_specs:
+        name, _, target = spec.partition("=")
+        mod_name, _, attr = target.partition(":")
+        if not (name and mod_name and attr):
+            fail(f"--pricer must look like NAME=MODULE:FUNC, got {spec!r}")
+        try:
+            pricers[name] = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as exc:
+            fail(f"--pricer {spec!r}: cannot load {target!r}: {exc}")
     status = err_console.status("deepquant demo", spinner="dots") if not as_json else None
 
     def progress(msg: str) -> None:
@@ -153,7 +168,8 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, seed, as_jso
         if status is not None:
             status.start()
         try:
-            res = run_demo(chain_path, out_dir, config=cfg, progress=progress)
+            res = run_demo(chain_path, out_dir, config=cfg, pricers=pricers,
+                           progress=progress)
         finally:
             if status is not None:
                 status.stop()
@@ -165,8 +181,10 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, seed, as_jso
     extra = sorted({k for r in res.rows for k in r.extra})
     console.print(table(
         "MMOT bounds and calibrated price (undiscounted, fraction of forward)",
-        ["payoff", "lower", "calibrated", "upper", *extra, "LP"],
-        [[r.label, r.lower, r.calibrated, r.upper, *[r.extra[k]["price"] for k in extra],
+        ["payoff", "lower", "calibrated", "upper",
+         *[c for k in extra for c in (k, f"{k} s")], "LP"],
+        [[r.label, r.lower, r.calibrated, r.upper,
+          *[r.extra[k][f] for k in extra for f in ("price", "seconds")],
           r.lp_status + (f" (tol {r.martingale_tol:g})" if r.martingale_tol else "")]
          for r in res.rows]))
     console.print(table(
@@ -186,3 +204,78 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, seed, as_jso
 
 
 COMMANDS.append(demo_command)
+
+
+# ---------------------------------------------------------------------------- bounds (LP)
+def _payoff_names():
+    from deepquant.payoffs import PAYOFF_NAMES
+
+    return list(PAYOFF_NAMES)
+
+
+@click.command("bounds")
+@click.argument("marginals_path", metavar="MARGINALS.npz", type=click.Path(dir_okay=False))
+@click.option("--payoff", "payoff_name", required=True, type=click.Choice(_payoff_names()),
+              help="Payoff name.")
+@click.option("--strike", type=float, default=None,
+              help="Strike (moneyness units of the grid; relative strike k for forward starts).")
+@click.option("--t1", type=int, default=None, help="Forward-start date (row index).")
+@click.option("--t2", type=int, default=None, help="Forward-start maturity (row index).")
+@click.option("--barrier", type=float, default=None, help="Barrier level (barrier payoffs).")
+@click.option("--method", type=click.Choice(["lp", "entropic", "path-lp"]), default="lp",
+              show_default=True, help="Exact LP, entropic plans, or the path-space LP oracle.")
+@click.option("--eps", type=float, default=None, help="Entropic regularisation (entropic only).")
+@click.option("--martingale-tol", type=float, default=0.0, show_default=True,
+              help="Relaxed LP: tolerance on |E[dX | X, S]| (marginals not in convex order).")
+@click.option("--sum-grid-size", type=int, default=None,
+              help="Running-sum grid size when sums do not fall on a lattice (Asian).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method, eps,
+                   martingale_tol, sum_grid_size, as_json):
+    """Model-free lower and upper bounds of a payoff over martingales with MARGINALS.npz."""
+    from deepquant.cli.output import console, fail, print_json, table
+    from deepquant.market.marginals import Marginals
+    from deepquant.mmot.bounds import bounds
+    from deepquant.payoffs import make_payoff
+
+    params = dict(strike=strike, t1=t1, t2=t2, barrier=barrier)
+    try:
+        marginals = Marginals.load(marginals_path, check_convex=martingale_tol == 0)
+        payoff = make_payoff(payoff_name, **params)
+        payoff.last_date(marginals.n_dates)  # validates dates against the file
+        options = {}
+        if method == "lp":
+            options.update(martingale_tol=martingale_tol)
+            if sum_grid_size is not None:
+                options.update(sum_grid_size=sum_grid_size)
+        elif method == "entropic" and sum_grid_size is not None:
+            options.update(sum_grid_size=sum_grid_size)
+        if martingale_tol and method != "lp":
+            fail("--martingale-tol is only used by --method lp")
+        res = bounds(marginals, payoff, method, eps=eps, **options)
+    except ValueError as exc:
+        fail(str(exc))
+    out = res.to_dict()
+    out.update(payoff=payoff_name, marginals=str(marginals_path),
+               params={k: v for k, v in params.items() if v is not None})
+    if as_json:
+        print_json(out)
+    else:
+        rows = [("lower", res.lower), ("upper", res.upper), ("status", res.status),
+                ("method", res.method), ("seconds lower", res.seconds.get("lower")),
+                ("seconds upper", res.seconds.get("upper"))]
+        if res.sizes:
+            rows += [(f"LP {k}", v) for k, v in res.sizes.items()]
+        if res.method != "entropic":
+            rows += [("primal residual", res.primal_residual), ("gap", res.gap)]
+        if res.martingale_tol:
+            rows.append(("martingale tol", res.martingale_tol))
+        if not res.exact:
+            rows.append(("exact", "no (running-sum grid with splitting)"))
+        console.print(table(f"bounds: {payoff_name} on {marginals_path}", ["name", "value"],
+                            rows))
+    if not res.success:
+        raise SystemExit(1)
+
+
+COMMANDS.append(bounds_command)

@@ -42,6 +42,13 @@ Edge states: when x lies at the end of the convex hull of the support of q_t(.|x
 diverges and the conditional law is the point mass at y = x (the only martingale move): we pin
 it exactly (psi = log q_t(x|x) B_t(s, x)). A state with no feasible move gets psi = -inf.
 
+Conditioning. L-BFGS works in z = a sqrt(mu) (Jacobi scaling: the dual Hessian in a_t(x) is
+about diag(mu_t(x))). Marginals with masses below ~1e-10 or call curves that nearly touch between
+dates (C_{t+1}(k) - C_t(k) < ~1e-9 at an interior k) make the dual nearly degenerate and the
+solve slow or unsuccessful (reported through ``success`` and ``ConvergenceWarning``); exact
+touching points are not pinned here (the one-period solver ``entropic.solve_entropic`` does):
+trim such tails from the grid first.
+
 Reported value: the transport cost <f, pi_eps> = E_P[f] of the entropic plan, a feasible plan up
 to the measured residuals, hence an inner estimate inside [LP min, LP max] (DESIGN §2.3). The
 entropic objective is reported beside it. Measured L1 marginal error sum_t ||P o X_t^{-1} -
@@ -338,7 +345,7 @@ def _min_logsumexp(L: np.ndarray, d: np.ndarray, g0: np.ndarray | None, tol: flo
         pos = m1 > 0
         hi[active[pos]] = np.minimum(hi[active[pos]], ga[pos])
         lo[active[~pos]] = np.maximum(lo[active[~pos]], ga[~pos])
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             step = -m1 / m2
         step = np.where(np.isfinite(step), step, -np.sign(m1) * cap[active])
         step = np.clip(step, -cap[active], cap[active])
@@ -443,6 +450,9 @@ def solve_chain_entropic(
     history: list[dict] = []
     nit = nfev = 0
     cache: dict = {}
+    # Jacobi preconditioning: the Hessian of the dual in a_t(x) is about diag(mu_t(x)), which
+    # spans many orders of magnitude on tails; L-BFGS works in z = a sqrt(mu).
+    scaling = np.sqrt(prob.pack(prob.mu))
     for k, e in enumerate(stages):
         if k > 0:
             r = stages[k - 1] / e
@@ -453,7 +463,7 @@ def solve_chain_entropic(
         counter = [0]
 
         def fun(zvec, e=e, counter=counter, g_store=g_store):
-            av = prob.unpack(zvec)
+            av = prob.unpack(zvec / scaling)
             logbeta, logB, gs, kern, logz = prob.backward(av, e, g_store, htol)
             for t in range(prob.T):
                 g_store[t] = np.where(np.isfinite(gs[t]), gs[t], 0.0)
@@ -463,18 +473,18 @@ def solve_chain_entropic(
             joint = prob.forward(logbeta, logB, kern, logz)
             pm = np.vstack([j.sum(axis=1) for j in joint])
             val = -(float(np.sum(av[prob.supp] * prob.mu[prob.supp])) - logz)
-            grad = -(prob.pack(prob.mu) - prob.pack(pm))
+            grad = -(prob.pack(prob.mu) - prob.pack(pm)) / scaling
             cache.update(a=av, kern=kern, joint=joint, gs=gs, logz=logz, pm=pm)
             return val, grad
 
-        z0 = prob.pack(a)
-        gtol = (tol if last else max(tol, 1e-6)) / max(1, z0.size)
+        z0 = prob.pack(a) * scaling
+        gtol = (tol if last else max(tol, 1e-6)) / np.sqrt(max(1, z0.size))
         res = optimize.minimize(fun, z0, jac=True, method="L-BFGS-B",
                                 options=dict(maxiter=max_iter, maxcor=30, gtol=gtol,
                                              ftol=0.0 if last else 1e-12, maxls=40))
         # re-evaluate at the returned point so the cache matches it
         fun(res.x)
-        a = prob.unpack(res.x)
+        a = prob.unpack(res.x / scaling)
         nit += int(res.nit)
         nfev += counter[0]
         merr, drift, value = _diagnostics(prob, cache)

@@ -30,19 +30,30 @@ eliminated), so a Newton step costs one Schur complement in phi,
 with d_x(y) = y - E_{p_x}[Y] (centred moments throughout, DESIGN §7), an M x M positive
 semi-definite matrix whose null space is spanned by constants and linear functions of y (the
 2-dimensional gauge: u absorbs constants, h absorbs slopes). We fix the gauge by adding a rank-2
-term (mean and slope under nu), scale by sqrt(nu), factor by Cholesky, and take a backtracking
-(Armijo) line search on F, all batched over periods (arrays (B, M, M)). The start is a few
-martingale-Sinkhorn sweeps (seed 001 Algorithm 1: u closed form, h by a safeguarded 1-D Newton per
-row, v closed form) or given potentials (``warm_start``, ``newton_polish``); for a non-zero cost
-the regularisation follows a decreasing eps schedule with warm starts (eps-scaling).
+term (mean and slope under nu), build S per period with two BLAS ``syrk`` calls and factor it by
+LAPACK ``potrf`` (1 BLAS thread by default: DESIGN §7), all other work batched over periods
+(arrays (B, M, M)); converged periods leave the batch. Globalisation: a backtracking (Armijo)
+line search on F; a Levenberg–Marquardt damping (H + lam D, D = diag(nu) on phi and
+diag(mu span^2) on eta) that grows after short steps and vanishes after full ones; rows whose
+drift exceeds 5 conditional standard deviations are taken out of the joint system and solved
+exactly per row (safeguarded 1-D Newton); rows lighter than 1e-2 tol are re-solved exactly after
+each step (Newton's mass-weighted model hardly sees them, yet their drift must reach tol); a
+period whose step stays below 1e-3 gets a martingale-Sinkhorn sweep. In the quadratic phase
+(residual <= 1e-5 and the last step cut it tenfold) the last Cholesky factor is reused (a chord
+step). The start is one martingale-Sinkhorn sweep (seed 001 Algorithm 1: u closed form, h by a
+safeguarded 1-D Newton per row, v closed form) or given potentials (``warm_start``,
+``newton_polish``); for a non-zero cost the regularisation follows a decreasing eps schedule with
+warm starts (eps-scaling). With c = 0 the plan does not depend on eps (phi, eta absorb it).
 
 Irreducible components and edge rows (DESIGN §7). Let D(k) = C_nu(k) - C_mu(k) >= 0 be the
-difference of call prices. If D(k) = 0 at a grid point k, no martingale plan moves mass across k,
+difference of call prices. If D(k) = 0 at a grid point k (tested relative to the round-off of the
+call or put sums at k, ``touching_points``), no martingale plan moves mass across k,
 and mass sitting at k stays there (conditional Jensen with equality). We therefore pin every row at
 such a point to a point mass (this includes rows at the ends of the convex hull of supp(nu), where
 h would diverge), forbid the entries that cross a touching point, and remove both from the Newton
-system; the pinned mass is subtracted from the column targets. Rows and columns with zero weight
-are dropped (no log 0, no division by zero).
+system; the pinned mass is subtracted from the column targets. This handles all edge rows at once
+(no repeated pinning is needed: the zero set of D is computed once). Rows and columns with zero
+weight are dropped (no log 0, no division by zero).
 
 Stopping uses measured residuals: the L1 error of both marginals of every plan and the drift
 max_x |E[Y - X | X = x]| over rows with mass, never iterate changes.

@@ -156,6 +156,10 @@ def superhedge(result: BoundsResult, marginals: Marginals, payoff: Payoff, side:
     """The semi-static hedge of ``side`` from an LP ``BoundsResult`` (``method="lp"``)."""
     if side not in ("lower", "upper"):
         raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
+    if result.martingale_tol:
+        raise ValueError(
+            f"this result is from the relaxed LP (martingale_tol={result.martingale_tol:g}): its "
+            "dual is not a semi-static hedge in the underlying; use martingale_tol=0")
     bs = result.upper_side if side == "upper" else result.lower_side
     if bs is None or not bs.success or bs.duals is None:
         raise ValueError(f"the {side} side of this result has no dual solution "

@@ -228,6 +228,8 @@ def build_chain_lp(
                                    minlength=v.size)
         if costs is not None and costs[t] is not None:
             cost[v] += np.asarray(costs[t])[P[pp, 0], yv]
+    if not vi:  # T = 0: no variables
+        ri, ci, vi = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
     a_eq = sparse.csr_matrix((np.concatenate(vi), (np.concatenate(ri), np.concatenate(ci))),
                              shape=(n_rows_eq, offsets[-1]))
     a_ub = b_ub = None
@@ -567,7 +569,6 @@ def lp_bounds(
 
 def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, t_build,
                      algorithm):
-    n = marginals.n_dates
     m = marginals.size
     by_t: dict[int, list] = {}
     for t, fn in terms:
@@ -736,8 +737,9 @@ def _envelope(G: np.ndarray, st: _Stage, grid: np.ndarray):
         right = np.where(dy[None] > 0, q, -np.inf).max(axis=2)
         left = np.where(dy[None] < 0, q, np.inf).min(axis=2)
         vslope = np.where(np.isfinite(right), right, np.where(np.isfinite(left), left, 0.0))
-        sslope = (Gc[np.arange(Gc.shape[0])[:, None], bj] - Gc[np.arange(Gc.shape[0])[:, None], bi]
-                  ) / (yv[bj] - yv[bi])
+        den = yv[bj] - yv[bi]
+        rows = np.arange(Gc.shape[0])[:, None]
+        sslope = (Gc[rows, bj] - Gc[rows, bi]) / np.where(den > 0, den, 1.0)  # den=0: unused
         sl = slice(a, a + Gc.shape[0])
         value[sl] = np.where(vert, gx, seg)
         slope[sl] = np.where(vert, vslope, sslope)

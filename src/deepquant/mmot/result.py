@@ -74,9 +74,9 @@ class BoundSide:
     primal_residual: float = float("nan")
     dual_residual: float = float("nan")
     gap: float = float("nan")
-    duals: Duals | None = None
-    plan: list[np.ndarray] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    duals: Duals | None = field(default=None, repr=False)
+    plan: list[np.ndarray] | None = field(default=None, repr=False)
+    info: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,13 +119,13 @@ class BoundsResult:
     message: str
     seconds: dict[str, float]
     sizes: dict[str, int] = field(default_factory=dict)
-    lower_side: BoundSide | None = None
-    upper_side: BoundSide | None = None
+    lower_side: BoundSide | None = field(default=None, repr=False)
+    upper_side: BoundSide | None = field(default=None, repr=False)
     eps: float | None = None
     exact: bool = True
     martingale_tol: float = 0.0
     structure: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def width(self) -> float:

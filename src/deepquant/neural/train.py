@@ -349,7 +349,10 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
                 b["mart_periods"] = torch.as_tensor(
                     np.sort(rng.choice(n_per, t.mart_periods, replace=False)))
             v, h = model(b["weights"], b["date_mask"])
-            terms = surrogate_loss(v, h, b, **kw)
+            kw_step = dict(kw)
+            if t.mart_warmup:
+                kw_step["lambda_mart"] = t.lambda_mart * min(1.0, (step + 1) / t.mart_warmup)
+            terms = surrogate_loss(v, h, b, **kw_step)
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
             if t.grad_clip:

@@ -156,13 +156,15 @@ class BermudanPricer:
     bridge: bool = True
     exercise_basis: ExerciseBasis = field(default_factory=ExerciseBasis)
     martingale_basis: MartingaleBasis = field(default_factory=MartingaleBasis)
-    dual_fit: str = "regression"
+    dual_fit: str = "pathwise"
+    dual_max_iter: int = 150
+    dual_ridge: float = 1e-3
     martingale_ridge: float = 1e-6
     control_variate: bool = True
 
     def __post_init__(self) -> None:
         for name in ("n_dates", "steps_per_date", "n_regression", "batch_size", "min_batches",
-                     "max_batches", "patience"):
+                     "max_batches", "patience", "dual_max_iter"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -265,7 +267,8 @@ class BermudanPricer:
         dual = self._regression_martingale(Z, F, B, policy)
         method = "regression"
         if self.dual_fit == "pathwise":
-            refined = fit_dual(Z, B)
+            refined = fit_dual(Z, B, theta0=dual.theta, taus=(0.01,), tau_min=0.003,
+                               max_iter=self.dual_max_iter, ridge=self.dual_ridge)
             val = self.simulate(model, self.batch_size, seed_val)
             Zv, _, Bv = self._arrays(model, payoff, val)
             if refined.pathwise(Zv, Bv).mean() < dual.pathwise(Zv, Bv).mean():

@@ -75,9 +75,9 @@ def iter_signatures(x: np.ndarray, level: int) -> Iterator[tuple[int, np.ndarray
     dx = np.ascontiguousarray(np.diff(x, axis=1))
     for k in range(1, n1):
         if k == 1:
-            cur = ps.sig(np.ascontiguousarray(x[:, :2]), level)
+            cur = ps.sig(x[:, :2].copy(), level)
         else:
-            cur = ps.sig_join(cur, np.ascontiguousarray(dx[:, k - 1]), d, level)
+            cur = ps.sig_join(cur, dx[:, k - 1].copy(), d, level)
         yield k, cur
 
 

@@ -1,0 +1,188 @@
+"""Exact LP bounds on the augmented chain (DESIGN §2.2, §2.3, §7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.conftest import martingale_kernel_marginals, random_walk_marginals
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot.bounds import bounds
+from deepquant.mmot.lp import lp_bounds
+from deepquant.mmot.pathlp import path_lp_bounds
+from deepquant.payoffs import make_payoff
+
+DATA = json.loads((Path(__file__).parent / "data" / "random_walk_bounds.json").read_text())
+RW_CASES = [pytest.param(c, id=c["payoff"]) for c in DATA["cases"]]
+
+
+@pytest.fixture(scope="module")
+def rw():
+    return Marginals(*random_walk_marginals(4))
+
+
+@pytest.mark.parametrize("case", RW_CASES)
+def test_random_walk_full_martingale_values(rw, case):
+    res = bounds(rw, make_payoff(case["payoff"], **case["params"]))
+    assert res.success and res.status == "optimal"
+    # reference values are rounded to 6 decimals (error <= 5e-7); the LP is solved to ~1e-12
+    assert res.lower == pytest.approx(case["lower"], abs=DATA["tolerance"])
+    assert res.upper == pytest.approx(case["upper"], abs=DATA["tolerance"])
+    # every solve is checked: residual and gap measured on the returned solution
+    assert res.primal_residual < 1e-9
+    assert res.gap < 1e-9
+    assert res.sizes["rows"] > 0 and res.sizes["cols"] > 0 and res.sizes["nnz"] > 0
+    assert res.lower_side.duals is not None and res.upper_side.duals is not None
+
+
+@pytest.mark.parametrize("case", [c for c in RW_CASES if c.values[0]["payoff"] != "sum-squared-increments"])
+def test_one_step_multipliers_are_wider(rw, case):
+    """The seeds' h_t(x) rows (weaker than the martingale property) give different, wider
+    bounds; built both on the augmented chain and as a path LP."""
+    payoff = make_payoff(case["payoff"], **case["params"])
+    weak = lp_bounds(rw, payoff, martingale="one-step")
+    weak_paths = path_lp_bounds(rw, payoff, filtration="one-step")
+    tol = DATA["tolerance"]  # the references are rounded to 6 decimals
+    assert weak.lower <= case["lower"] + tol and weak.upper >= case["upper"] - tol
+    assert (case["lower"] - weak.lower) + (weak.upper - case["upper"]) > 5e-3
+    assert weak_paths.lower == pytest.approx(case["one_step_lower"], abs=DATA["tolerance"])
+    assert weak_paths.upper == pytest.approx(case["one_step_upper"], abs=DATA["tolerance"])
+
+
+def _random_marginals(seed: int, n_dates: int, size: int) -> Marginals:
+    rng = np.random.default_rng(seed)
+    return Marginals(*martingale_kernel_marginals(rng, n_dates=n_dates, size=size))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_dates=st.integers(2, 5), size=st.integers(5, 12))
+def test_sum_squared_increments_is_model_free(seed, n_dates, size):
+    mg = _random_marginals(seed, n_dates, size)
+    res = bounds(mg, make_payoff("sum-squared-increments"))
+    second = mg.weights @ mg.grid**2
+    exact = float(np.sum(np.diff(second)))
+    assert res.success
+    # lower = upper = sum_t (E mu_{t+1}[x^2] - E mu_t[x^2]); LP accuracy ~1e-12
+    assert res.lower == pytest.approx(exact, abs=1e-9)
+    assert res.upper == pytest.approx(exact, abs=1e-9)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "colgen", "dw"])
+def test_algorithms_agree(rw, algorithm):
+    payoff = make_payoff("asian-call", strike=100.0)
+    res = lp_bounds(rw, payoff, algorithm=algorithm)
+    assert res.lower == pytest.approx(0.639111, abs=1e-6)
+    assert res.upper == pytest.approx(0.794667, abs=1e-6)
+    assert res.gap < 1e-9
+
+
+def test_pairwise_decomposition_equals_augmented_chain():
+    mg = _random_marginals(7, 4, 9)
+    payoff = make_payoff("forward-start-straddle", t1=1, t2=2)
+    a = lp_bounds(mg, payoff)
+    b = lp_bounds(mg, payoff, decompose=False)
+    assert a.structure == "pairwise" and b.structure == "augmented"
+    assert a.lower == pytest.approx(b.lower, abs=1e-9)
+    assert a.upper == pytest.approx(b.upper, abs=1e-9)
+
+
+def test_plan_is_a_martingale_with_the_marginals(rw):
+    res = lp_bounds(rw, make_payoff("lookback-call", strike=100.0), return_plan=True)
+    grid = rw.grid
+    for side in (res.lower_side, res.upper_side):
+        for t, plan in enumerate(side.plan):  # (M, n_t, M)
+            np.testing.assert_allclose(plan.sum(axis=(0, 1)), rw.weights[t + 1], atol=1e-12)
+            drift = np.einsum("xsy,y->xs", plan, grid) - plan.sum(axis=2) * grid[:, None]
+            assert np.abs(drift).max() < 1e-12
+
+
+def test_grid_mode_close_to_lattice():
+    """An interpolated sum grid (strike on the grid) approaches the exact lattice value."""
+    mg = _random_marginals(11, 4, 9)
+    payoff = make_payoff("asian-call", strike=1.0)
+    exact = lp_bounds(mg, payoff)
+    approx = lp_bounds(mg, payoff, sum_mode="grid", sum_grid_size=41)
+    assert exact.exact and not approx.exact
+    # measured: about 1e-3 absolute at 41 sum points on this case
+    assert approx.lower == pytest.approx(exact.lower, abs=5e-3)
+    assert approx.upper == pytest.approx(exact.upper, abs=5e-3)
+
+
+def test_not_in_convex_order_names_the_dates():
+    grid = np.array([0.8, 0.9, 1.0, 1.1, 1.2])
+    w = np.array([[0, 0, 1, 0, 0], [0, 0.5, 0, 0.5, 0], [0, 0, 1, 0, 0.0]], dtype=float)
+    mg = Marginals(grid, w, check_convex=False)
+    with pytest.raises(ValueError, match=r"marginals\[2\] vs marginals\[1\].*martingale_tol"):
+        bounds(mg, make_payoff("asian-call", strike=1.0))
+
+
+def test_relaxed_mode_reports_tolerance():
+    grid = np.array([0.8, 0.9, 1.0, 1.1, 1.2])
+    w = np.array([[0, 0, 1, 0, 0], [0, 0.5, 0, 0.5, 0], [0, 0.25, 0.5, 0.25, 0.0]])
+    mg = Marginals(grid, w, check_convex=False)  # date 2 is not above date 1
+    res = bounds(mg, make_payoff("asian-call", strike=1.0), martingale_tol=0.06)
+    assert res.success and res.martingale_tol == 0.06
+    assert res.lower <= res.upper
+    tight = bounds(mg, make_payoff("asian-call", strike=1.0), martingale_tol=1e-3)
+    assert not tight.success and "martingale_tol" in tight.message
+
+
+def test_relaxed_mode_widens_valid_bounds(rw):
+    payoff = make_payoff("lookback-call", strike=100.0)
+    exact = bounds(rw, payoff)
+    relaxed = bounds(rw, payoff, martingale_tol=0.1)
+    assert relaxed.lower <= exact.lower + 1e-9 and relaxed.upper >= exact.upper - 1e-9
+
+
+def test_payoff_known_at_date_zero(rw):
+    res = bounds(rw, make_payoff("european-call", strike=99.0, date=0))
+    assert res.lower == pytest.approx(1.0) and res.upper == pytest.approx(1.0)
+
+
+def test_bounds_errors(rw):
+    payoff = make_payoff("asian-call", strike=100.0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        bounds(rw, payoff, method="simplex")
+    with pytest.raises(ValueError, match="eps is only used"):
+        bounds(rw, payoff, eps=0.1)
+    with pytest.raises(ValueError, match="needs eps > 0"):
+        bounds(rw, payoff, method="entropic")
+    with pytest.raises(TypeError, match="Payoff"):
+        bounds(rw, "asian-call")
+    with pytest.raises(ValueError, match="martingale must be one of"):
+        lp_bounds(rw, payoff, martingale="weak")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        lp_bounds(rw, payoff, algorithm="barrier")
+    with pytest.raises(ValueError, match="martingale_tol must be"):
+        lp_bounds(rw, payoff, martingale_tol=-1.0)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_dates=st.integers(2, 4), size=st.integers(5, 9),
+       name=st.sampled_from(["asian-call", "lookback-put", "forward-start-straddle",
+                             "up-and-in-call"]))
+def test_random_marginals_solve_and_contain_a_model_price(seed, n_dates, size, name):
+    """Random convex-ordered marginals: both sides optimal, residuals and gaps below 1e-9, and
+    the price under one martingale model (glued one-period couplings) lies inside the bounds."""
+    from deepquant.mmot.augment import build_chain, expectation
+    from deepquant.mmot.lp import _glued_kernels
+
+    mg = _random_marginals(seed, n_dates, size)
+    params = dict(strike=1.0)
+    if name == "forward-start-straddle":
+        params = dict(t1=0)
+    if name == "up-and-in-call":
+        params.update(barrier=1.1)
+    payoff = make_payoff(name, **params)
+    res = bounds(mg, payoff)
+    assert res.success
+    assert res.primal_residual < 1e-9 and res.gap < 1e-9
+    chain = build_chain(mg, payoff)
+    kernels = _glued_kernels(chain, mg.weights)
+    price = expectation(chain, kernels)
+    assert res.lower - 1e-9 <= price <= res.upper + 1e-9

@@ -1,0 +1,76 @@
+"""The ``deepquant bounds`` command (thin CLI over deepquant.mmot.bounds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deepquant.cli import main
+from deepquant.market.marginals import Marginals
+from tests.conftest import random_walk_marginals
+
+
+@pytest.fixture
+def rw_file(tmp_path):
+    path = tmp_path / "rw.npz"
+    Marginals(*random_walk_marginals(4)).save(path)
+    return path
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["bounds", *map(str, args)])
+
+
+def test_asian_json(rw_file):
+    res = _run(rw_file, "--payoff", "asian-call", "--strike", 100, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    for key in ("lower", "upper", "method", "status", "seconds"):
+        assert key in out
+    # DESIGN §2.3 reference values (6 decimals)
+    assert out["lower"] == pytest.approx(0.639111, abs=1e-6)
+    assert out["upper"] == pytest.approx(0.794667, abs=1e-6)
+    assert out["method"] == "lp" and out["status"] == "optimal"
+
+
+def test_forward_start_dates_and_path_lp(rw_file):
+    res = _run(rw_file, "--payoff", "forward-start-straddle", "--t1", 1, "--t2", 3,
+               "--method", "path-lp", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["lower"] == pytest.approx(0.910667, abs=1e-6)
+    assert out["upper"] == pytest.approx(1.934222, abs=1e-6)
+
+
+def test_barrier_table(rw_file):
+    res = _run(rw_file, "--payoff", "up-and-out-call", "--strike", 100, "--barrier", 102)
+    assert res.exit_code == 0, res.output
+    assert "upper" in res.output and "0.144" in res.output
+
+
+def test_errors(rw_file, tmp_path):
+    res = _run(rw_file, "--payoff", "asian-call", "--t1", 9)
+    assert res.exit_code == 2 and "does not take these parameters" in res.output
+    res = _run(rw_file, "--payoff", "forward-start-call", "--t1", 0, "--t2", 7)
+    assert res.exit_code == 2 and "t2=7 out of range" in res.output
+    res = _run(rw_file, "--payoff", "asian-call", "--eps", 0.1)
+    assert res.exit_code == 2 and "eps is only used" in res.output
+    res = _run(tmp_path / "missing.npz", "--payoff", "asian-call")
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = _run(rw_file, "--payoff", "no-such-payoff")
+    assert res.exit_code == 2
+
+
+def test_not_in_convex_order(tmp_path):
+    grid = np.array([0.8, 0.9, 1.0, 1.1, 1.2])
+    w = np.array([[0, 0, 1, 0, 0], [0, 0.5, 0, 0.5, 0], [0, 0.25, 0.5, 0.25, 0.0]])
+    path = tmp_path / "bad.npz"
+    Marginals(grid, w, check_convex=False).save(path)
+    res = _run(path, "--payoff", "asian-call")
+    assert res.exit_code == 2 and "convex order" in res.output
+    res = _run(path, "--payoff", "asian-call", "--martingale-tol", 0.06, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["martingale_tol"] == 0.06
