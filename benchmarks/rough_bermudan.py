@@ -36,7 +36,8 @@ PUBLISHED = {70: 1.88, 80: 3.22, 90: 5.30, 100: 8.50, 110: 13.2, 120: 20.0}
 
 def rbergomi_pricer(**kw) -> BermudanPricer:
     opts = dict(n_dates=12, steps_per_date=8, n_regression=2**15, batch_size=2**13,
-                min_batches=4, max_batches=8, martingale_ridge=1e-2, dual_fit="pathwise")
+                min_batches=4, max_batches=8, martingale_ridge=1e-2, dual_fit="pathwise",
+                dual_ridge=1e-3)
     opts.update(kw)
     return BermudanPricer(**opts)
 

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from deepquant.cli import main
 
-SMALL = ["--paths", "4096", "--batch-size", "1024", "--max-batches", "2", "--seed", "3"]
+SMALL = ["--paths", "4096", "--batch-size", "1024", "--max-batches", "2", "--seed", "3",
+         "--dual", "regression"]
 
 
 @pytest.fixture

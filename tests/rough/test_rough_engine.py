@@ -21,8 +21,9 @@ from deepquant.rough import (
 # Black-Scholes limit: one step per exercise period (log-Euler is exact for constant vol) and no
 # signature terms (the variance channel is constant).
 BS_PRICER = BermudanPricer(steps_per_date=1, exercise_basis=ExerciseBasis(sig_level=0),
-                           martingale_basis=MartingaleBasis(sig_level=0), n_regression=2**15,
-                           batch_size=2**12, min_batches=4, max_batches=8)
+                           martingale_basis=MartingaleBasis(sig_level=0), n_regression=2**14,
+                           batch_size=2**12, min_batches=4, max_batches=8, dual_ridge=1e-2,
+                           dual_max_iter=100)
 QL_TOL = 2e-3  # QuantLib FD (800 x 800 grid) vs its 2000 x 2000 value: < 1e-4; calendar < 1e-3
 
 
@@ -41,8 +42,8 @@ def test_black_scholes_bermudan_put_brackets_quantlib(bs_result, ql_put):
     assert r.lower <= r.upper
     # measured gap ~0.2% of the price; the dual must be tight, not just valid
     assert r.gap < 0.005 * q
-    # the control variate (fitted martingale) cuts the lower bound's variance (measured ~100x)
-    assert r.variance_reduction > 10
+    # the control variate (fitted martingale) cuts the lower bound's variance (measured 15-200x)
+    assert r.variance_reduction > 5
     assert abs(r.lower_plain - r.lower) < 4 * math.hypot(r.lower_plain_stderr, r.lower_stderr)
 
 
@@ -76,7 +77,8 @@ def _check_ls_case(case, rough_data, ql_put):
     pricer = BermudanPricer(n_dates=n_dates, T=float(T), steps_per_date=1,
                             exercise_basis=ExerciseBasis(sig_level=0),
                             martingale_basis=MartingaleBasis(sig_level=0),
-                            n_regression=2**14, batch_size=2**12, min_batches=4, max_batches=4)
+                            n_regression=2**14, batch_size=2**12, min_batches=4, max_batches=4,
+                            dual_fit="regression")
     res = pricer(RoughBergomi.black_scholes(sigma=sigma, r=r, S0=float(S0)), K, rng=7)
     assert res.lower_ci[0] - QL_TOL <= q <= res.upper_ci[1] + QL_TOL
     # the published LSM value (LS's own lower-bound estimate) sits inside our bracket
@@ -102,7 +104,7 @@ def test_andersen_broadie_cross_check(ql_put):
     m = RoughBergomi.black_scholes(sigma=0.2)
     pricer = BermudanPricer(n_dates=6, steps_per_date=1, exercise_basis=ExerciseBasis(
         sig_level=0), martingale_basis=MartingaleBasis(sig_level=0), n_regression=2**14,
-        batch_size=2**12, max_batches=4)
+        batch_size=2**12, max_batches=4, dual_fit="regression")
     q = ql_put(100.0, 100.0, 0.05, 0.2, 1.0, 6)
     policy, _ = pricer.fit(m, 100.0, rng=5)
     ab = andersen_broadie(pricer, m, 100.0, policy, n_outer=400, n_inner=200, rng=6)
@@ -121,7 +123,8 @@ def test_rough_bergomi_small_run_brackets_published_price(rough_data):
     d = rough_data("rbergomi_american_put.json")
     ref = dict(d["rows"])[100]
     pricer = BermudanPricer(steps_per_date=4, n_regression=2**13, batch_size=2**11,
-                            min_batches=4, max_batches=4)
+                            min_batches=4, max_batches=4, dual_fit="regression",
+                            martingale_ridge=1e-2)
     res = pricer(RoughBergomi(**{k: v for k, v in d["model"].items() if k != "T"}), 100.0,
                  rng=11)
     assert res.lower_ci[0] <= ref <= res.upper_ci[1]
@@ -132,7 +135,7 @@ def test_ensemble_serial_and_local_agree():
     m = RoughBergomi.black_scholes(sigma=0.2)
     pricer = BermudanPricer(n_dates=4, steps_per_date=1, exercise_basis=ExerciseBasis(
         sig_level=0), martingale_basis=MartingaleBasis(sig_level=0), n_regression=2**11,
-        batch_size=2**10, min_batches=2, max_batches=2)
+        batch_size=2**10, min_batches=2, max_batches=2, dual_fit="regression")
     a = ensemble(m, 100.0, runs=3, pricer=pricer, rng=1, backend="serial")
     b = ensemble(m, 100.0, runs=3, pricer=pricer, rng=1, backend="local", n_workers=2)
     np.testing.assert_allclose([r.lower for r in a.runs], [r.lower for r in b.runs])

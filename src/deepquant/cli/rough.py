@@ -36,6 +36,9 @@ __all__ = ["american", "COMMANDS"]
               help="pricing paths per RQMC batch (power of 2)")
 @click.option("--max-batches", type=int, default=16, show_default=True)
 @click.option("--patience", type=int, default=3, show_default=True)
+@click.option("--dual", "dual_fit", type=click.Choice(["pathwise", "regression"]),
+              default="pathwise", show_default=True,
+              help="dual martingale: least squares only, or refined by pathwise minimisation")
 @click.option("--mc", is_flag=True, help="plain Monte Carlo instead of randomized QMC")
 @click.option("--no-zero", is_flag=True, help="no exercise at t = 0")
 @click.option("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
@@ -44,7 +47,7 @@ __all__ = ["american", "COMMANDS"]
 @click.option("--workers", type=int, default=0, show_default=True, help="0 = all cores")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho, xi0,
-             steps_per_date, sig_level, n_regression, batch_size, max_batches, patience, mc,
+             steps_per_date, sig_level, n_regression, batch_size, max_batches, patience, dual_fit, mc,
              no_zero, seed, backend, workers, as_json):
     """Bermudan/American option bounds under rough Bergomi (LSM lower, dual upper bound)."""
     from deepquant.rough import (
@@ -67,7 +70,8 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
             n_dates=n_dates, T=T, steps_per_date=spd, exercise_at_zero=not no_zero,
             n_regression=n_regression, batch_size=batch_size,
             max_batches=max_batches, min_batches=min(4, max_batches), patience=patience,
-            method="mc" if mc else "rqmc",
+            method="mc" if mc else "rqmc", dual_fit=dual_fit,
+            martingale_ridge=1e-6 if bs else 1e-2,
             exercise_basis=ExerciseBasis(sig_level=level),
             martingale_basis=MartingaleBasis(sig_level=0 if bs else 2))
         if runs < 1:

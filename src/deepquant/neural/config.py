@@ -100,7 +100,8 @@ class TrainConfig:
     eval_every: int = 200
     patience: int = 10
     lambda_mart: float = 5.0
-    mart_warmup: int = 0  # ramp lambda_mart linearly from 0 over this many steps
+    mart_start: int = 0  # lambda_mart is 0 before this step (distillation only) ...
+    mart_warmup: int = 0  # ... then ramps linearly to lambda_mart over this many steps
     lambda_h: float = 1.0
     drift_scale: float = 0.01  # drift loss unit (moneyness): a loss of 1 = drift at this size
     h_units: float = 1e-2  # the h penalty acts on h_units * s_t * h (see losses)

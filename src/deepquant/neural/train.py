@@ -313,7 +313,10 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
     def do_eval() -> bool:
         nonlocal best_val, best_step, bad_evals
         val = evaluate_loss(model, val_ds, cfg)
-        improved = val["total"] < best_val
+        # while lambda_mart is still ramping the loss is not the final one: every evaluation
+        # counts as the best so far (early stopping / best.pt start when the ramp is over)
+        ramping = step < t.mart_start + t.mart_warmup
+        improved = ramping or val["total"] < best_val
         if improved:
             best_val, best_step, bad_evals = val["total"], step, 0
         else:
@@ -350,8 +353,9 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
                     np.sort(rng.choice(n_per, t.mart_periods, replace=False)))
             v, h = model(b["weights"], b["date_mask"])
             kw_step = dict(kw)
-            if t.mart_warmup:
-                kw_step["lambda_mart"] = t.lambda_mart * min(1.0, (step + 1) / t.mart_warmup)
+            if t.mart_start or t.mart_warmup:
+                ramp = (step + 1 - t.mart_start) / max(1, t.mart_warmup)
+                kw_step["lambda_mart"] = t.lambda_mart * min(1.0, max(0.0, ramp))
             terms = surrogate_loss(v, h, b, **kw_step)
             opt.zero_grad(set_to_none=True)
             terms.total.backward()

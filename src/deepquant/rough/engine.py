@@ -9,8 +9,10 @@ One run (``BermudanPricer.__call__``), with independent random streams spawned f
    F_{t_j}-measurable exercise basis and the interval's martingale increments B_j; the
    coefficients of B_j approximate the increment of the policy's value process, as in the
    Andersen–Broadie martingale but without nested simulation); with ``dual_fit="pathwise"``
-   it is then refined by minimising the sample mean of max_j (Z_j - M_j) (``dual.fit_dual``)
-   and the refinement is kept only if it lowers that mean on an independent validation set.
+   (default) it is then refined by minimising the smoothed sample mean of max_j (Z_j - M_j)
+   from that start (``dual.fit_dual``, ridge ``dual_ridge`` towards the start), and the
+   refinement is kept only if it lowers that mean on independent validation paths by more than
+   two standard errors.
 2. **Pricing batches** (batch_size each, an independent scramble per batch) until the adaptive
    rule of ``qmc.adaptive_mean`` stops: per batch, the lower bound is the mean of Z_tau over the
    policy's stopping times tau, computed as mean(Z_tau - M_tau) with the fitted martingale as a
@@ -269,9 +271,13 @@ class BermudanPricer:
         if self.dual_fit == "pathwise":
             refined = fit_dual(Z, B, theta0=dual.theta, taus=(0.01,), tau_min=0.003,
                                max_iter=self.dual_max_iter, ridge=self.dual_ridge)
-            val = self.simulate(model, self.batch_size, seed_val)
+            # keep the refinement only if it is better on independent validation paths by
+            # more than two standard errors of the difference (guards against overfitting to
+            # rare events that the training sample barely contains)
+            val = self.simulate(model, max(self.batch_size, self.n_regression // 4), seed_val)
             Zv, _, Bv = self._arrays(model, payoff, val)
-            if refined.pathwise(Zv, Bv).mean() < dual.pathwise(Zv, Bv).mean():
+            diff = dual.pathwise(Zv, Bv) - refined.pathwise(Zv, Bv)
+            if diff.mean() > 2.0 * diff.std(ddof=1) / math.sqrt(diff.size):
                 dual, method = refined, "pathwise"
         timings["fit"] = time.perf_counter() - t1
         return policy, dual, method
