@@ -80,8 +80,8 @@ def main():
     g = np.round(1.0 + 0.075 * np.arange(-4, 5), 12)
     hm = heston_marginals(np.array([0, 30, 60, 90, 120, 150]) / 365, grid=g)
     eps_h = [1e-2, 1e-3] if args.quick else [1e-2, 3e-3, 1e-3, 3e-4]
-    for name, p in [("Heston demo grid: Asian call K=1", AsianCall(strike=1.0)),
-                    ("Heston demo grid: lookback call K=1", LookbackCall(strike=1.0))]:
+    for name, p in [("Heston 9-point grid: Asian call K=1", AsianCall(strike=1.0)),
+                    ("Heston 9-point grid: lookback call K=1", LookbackCall(strike=1.0))]:
         lp = lp_bounds(hm, p)
         if not lp.success:
             lp = lp_bounds(hm, p, martingale_tol=1e-9)

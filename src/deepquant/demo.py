@@ -33,8 +33,9 @@
 Prices are undiscounted and in units of the forward (multiply by D(0,T) F(0,T) for currency).
 
 Hook for other pricers (issue 5): ``pricers={"neural": f, "hybrid": g}`` with
-``f(marginals, payoff) -> float``; each is timed and shown beside the classical price in the
-table, the JSON and the report.
+``f(marginals, payoff) -> float``; each is timed and shown beside the classical price (with its
+seconds) in the CLI table, the JSON and the report. On the command line:
+``deepquant demo --pricer neural=MODULE:FUNC --pricer hybrid=MODULE:FUNC``.
 """
 
 from __future__ import annotations

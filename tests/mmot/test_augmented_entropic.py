@@ -11,12 +11,12 @@ import warnings
 
 import numpy as np
 import pytest
-from tests.conftest import martingale_kernel_marginals, random_walk_marginals
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import build_chain
 from deepquant.mmot.augmented_entropic import entropic_bounds, solve_chain_entropic
 from deepquant.payoffs import AsianCall, EuropeanCall, ForwardStartStraddle, LookbackCall
+from tests.conftest import martingale_kernel_marginals, random_walk_marginals
 
 # DESIGN §2.3: exact bounds over all martingale laws (path-space LP), X_0 = 100.
 DESIGN_VALUES = {
@@ -131,8 +131,12 @@ def test_random_marginals_asian_against_lp():
 def test_bounds_entry_point_dispatches(rw):
     from deepquant.mmot.bounds import bounds
 
-    r = bounds(rw, DESIGN_VALUES["lookback"][0], method="entropic", eps=0.1)
+    payoff, lo, up = DESIGN_VALUES["lookback"]
+    r = bounds(rw, payoff, method="entropic", eps=0.1, lp=True)
     assert r.method == "entropic" and r.success
+    assert r.info["lp_lower"] == pytest.approx(lo, abs=1e-6)
+    assert r.info["bias_lower"] == pytest.approx(r.lower - r.info["lp_lower"], abs=1e-15)
+    assert r.info["bias_lower"] > 0 and r.info["bias_upper"] > 0  # eps = 0.1: visible bias
     assert r.lower_side.duals.u.shape == (4, rw.size)
 
 

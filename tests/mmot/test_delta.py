@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.conftest import random_walk_marginals
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.delta import backtest, delta_hedge
 from deepquant.mmot.model import CalibratedModel
 from deepquant.payoffs import AsianCall, EuropeanCall, ForwardStartStraddle, LookbackCall
+from tests.conftest import random_walk_marginals
 
 K_SE = 4.0  # Monte Carlo tolerance in standard errors
 

@@ -449,3 +449,37 @@ def test_synthetic_model_marginals_with_far_tails(model):
     mg = synthetic_marginals(model, np.linspace(0.1, 1.0, 6), grid_size=80)
     res = solve_entropic(mg, 1e-3)
     check_result(res, mg)
+
+
+def test_noise_level_tails_rows_without_two_sided_columns_are_pinned():
+    """On a 1000-point grid the far-left tail of these laws is round-off noise (masses of one
+    ulp of the call slopes, ~7e-14) whose convex order fails at the 1e-17 level; some rows then
+    reach columns on one side only. They must be pinned (no martingale kernel exists), the rest
+    kept two-sided. Regression test for a 100-iteration stall of the (100, 1000) benchmark."""
+    from deepquant.mmot.entropic import _prepare
+
+    mg = lognormal_marginals(100, 1000).select([14, 15])
+    b = _prepare(mg.grid, mg.weights[:1].copy(), mg.weights[1:].copy(), None, None,
+                 touch_tol=1e-11)
+    allowed = np.isfinite(b.logq[0])
+    idx = np.arange(mg.size)
+    for i in np.flatnonzero(b.mu[0] > 0):
+        cols = np.flatnonzero(allowed[i])
+        assert cols.min() < idx[i] < cols.max(), i
+    assert b.pinned[0, 23]          # the row that stalled: its only columns lay to its left
+
+
+@pytest.mark.slow
+def test_noise_level_tails_solve():
+    mg = lognormal_marginals(100, 1000).select([14, 15, 16])
+    check_result(solve_entropic(mg, 1e-3), mg)
+
+
+def test_support_structure_matches_the_solver():
+    from deepquant.mmot.entropic import support_structure
+
+    mg = lognormal_marginals(3, 50)
+    pinned, allowed = support_structure(mg)
+    res = solve_entropic(mg, 1e-3)
+    np.testing.assert_array_equal(pinned, res.pinned)
+    assert np.all(res.kernels[~allowed & ~np.eye(50, dtype=bool)[None]] == 0.0)

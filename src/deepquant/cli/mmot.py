@@ -188,10 +188,11 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, seed, pricer
           r.lp_status + (f" (tol {r.martingale_tol:g})" if r.martingale_tol else "")]
          for r in res.rows]))
     console.print(table(
-        "Widenings: transaction costs (Gamma) and calibration uncertainty (epsilon)",
-        ["payoff", "Gamma lo", "Gamma up", "epsilon", "widened lower", "widened upper"],
-        [[r.label, r.gamma_lower, r.gamma_upper, r.epsilon, r.widened_lower, r.widened_upper]
-         for r in res.rows]))
+        "Widenings in bp of the forward: transaction costs (Gamma), calibration (epsilon)",
+        ["payoff", "Gamma lo bp", "Gamma up bp", "epsilon bp", "widened lower",
+         "widened upper"],
+        [[r.label, round(1e4 * r.gamma_lower, 3), round(1e4 * r.gamma_upper, 3),
+          round(1e4 * r.epsilon, 3), r.widened_lower, r.widened_upper] for r in res.rows]))
     bt = {k: v for k, v in res.backtest.items() if isinstance(v, dict)}
     console.print(table("Asian call delta hedge: tracking error",
                         ["paths from", "mean", "std", "RMSE", "unhedged std"],

@@ -314,8 +314,8 @@ def _min_logsumexp(L: np.ndarray, d: np.ndarray, g0: np.ndarray | None, tol: flo
     Returns g (P,), psi (P,), and the minimising softmax weights (P, M), whose mean of d is 0 to
     ``tol`` (the martingale condition). Rows with support on one side of 0 only are pinned to the
     point mass at d = 0 (g = -+inf); rows with no feasible move get psi = -inf and zero weights.
-    Safeguarded Newton: steps capped at 30 / max|d| in log-weight, bisection inside the bracket
-    once one is known.
+    Safeguarded Newton: steps capped at 30 / max|d| in log-weight (the cap doubles while no
+    bracket is known on the side of the move), bisection inside the bracket once one is known.
     """
     P, M = L.shape
     fin = np.isfinite(L)
@@ -329,6 +329,7 @@ def _min_logsumexp(L: np.ndarray, d: np.ndarray, g0: np.ndarray | None, tol: flo
     hi = np.full(P, np.inf)
     dspan = np.where(fin, np.abs(d), 0.0).max(axis=1)
     cap = 30.0 / np.maximum(dspan, 1e-300)
+    mult = np.ones(P)
     active = np.flatnonzero(interior)
     for _ in range(max_iter):
         if active.size == 0:
@@ -347,8 +348,13 @@ def _min_logsumexp(L: np.ndarray, d: np.ndarray, g0: np.ndarray | None, tol: flo
         lo[active[~pos]] = np.maximum(lo[active[~pos]], ga[~pos])
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             step = -m1 / m2
-        step = np.where(np.isfinite(step), step, -np.sign(m1) * cap[active])
-        step = np.clip(step, -cap[active], cap[active])
+        lim = cap[active] * mult[active]
+        step = np.where(np.isfinite(step), step, -np.sign(m1) * lim)
+        capped = np.abs(step) >= lim
+        step = np.clip(step, -lim, lim)
+        # no bracket yet on the side we move to: grow the cap geometrically (exponential search)
+        open_side = np.where(step > 0, ~np.isfinite(hi[active]), ~np.isfinite(lo[active]))
+        mult[active] = np.where(capped & open_side, mult[active] * 2.0, 1.0)
         gn = ga + step
         la, ha = lo[active], hi[active]
         out = (gn <= la) | (gn >= ha)
@@ -599,9 +605,10 @@ def entropic_bounds(
         Passed to ``build_chain`` (ignored when ``chain`` is given).
     chain : AugmentedChain, optional
         A chain already built for (marginals, payoff).
-    lp : BoundsResult, optional
-        LP bounds to compare with: the entropic bias lower - LP lower (>= 0 up to residuals) and
-        LP upper - upper go into ``info``.
+    lp : BoundsResult or True, optional
+        LP bounds to compare with (``True``: solve them with ``lp.lp_bounds`` on the same chain
+        options): the entropic bias lower - LP lower (>= 0 up to residuals) and LP upper -
+        upper go into ``info`` (``bias_lower``, ``bias_upper``, ``lp_lower``, ``lp_upper``).
 
     Returns
     -------
@@ -634,6 +641,10 @@ def entropic_bounds(
                           moves=sol.moves.tolist(), solution=sol)
     lo_side, lo_sol = sides["lower"]
     up_side, up_sol = sides["upper"]
+    if lp is True:
+        from deepquant.mmot.lp import lp_bounds
+
+        lp = lp_bounds(marginals, payoff, sum_mode=sum_mode, sum_grid_size=sum_grid_size)
     if lp is not None:
         info["lp_lower"], info["lp_upper"] = float(lp.lower), float(lp.upper)
         info["bias_lower"] = lo_sol.value - float(lp.lower)

@@ -86,6 +86,8 @@ __all__ = [
     "pairwise_cost",
     "reference_kernels",
     "touching_points",
+    "support_structure",
+    "measure",
 ]
 
 
@@ -127,8 +129,9 @@ class EntropicResult:
     eps : float
         Regularisation of the last stage.
     nit : int
-        Newton iterations of the last stage, summed over periods solved together (the maximum
-        over periods, since periods are iterated as one batch).
+        Newton iterations over all eps stages (periods iterate as one batch, so this is the
+        count of the slowest period; the maximum over chunks of periods). For
+        ``method="sinkhorn"``, the number of sweeps.
     sweeps : int
         Martingale-Sinkhorn sweeps used (warm start, or all iterations of the baseline).
     marginal_error : float
@@ -145,15 +148,19 @@ class EntropicResult:
         Wall time of the solve.
     history : list of dict
         One entry per iteration: ``stage``, ``eps``, ``kind`` ("sinkhorn" or "newton"),
-        ``marginal_error`` and ``drift`` (max over the periods still iterating), ``step``.
+        ``marginal_error`` (column L1 error of the Gibbs plans, rows being exact by
+        construction) and ``drift``, both max over the periods still iterating, and ``step``
+        (the smallest line-search step of the iteration).
     transport_cost : float
         sum_t <c_t, pi_t> (0 without a cost): an inner estimate of the LP value.
     dual_value : float
         sum_t <u_t, mu_t> + <v_t, nu_t>; at convergence equal to ``entropic_objective``.
     entropic_objective : float
-        sum_t <c_t, pi_t> + eps KL(pi_t | R_t), measured on the plans.
+        sum_t <c_t, pi_t> + eps KL(pi_t | R_t) (for the signed cost, -c when ``maximize``), from
+        the Gibbs form with the measured row sums, column sums and drifts (see ``_objectives``).
     pinned : ndarray of bool, shape (N, M)
-        Rows pinned to a point mass (touching points of the call-price curves, grid-edge rows).
+        Rows pinned to a point mass (touching points of the call-price curves, grid-edge rows,
+        rows whose reachable columns lie on one side only).
     """
 
     u: np.ndarray
@@ -313,6 +320,22 @@ def touching_points(mu: np.ndarray, nu: np.ndarray, grid: np.ndarray, *, tol: fl
     return d <= tol + rel * np.minimum(s_put, s_call)
 
 
+def support_structure(marginals: Marginals, *, touch_tol: float = 1e-11
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The solver's structural decisions, without solving: ``(pinned, allowed)``.
+
+    ``pinned`` (N, M) bool: rows the solver fixes to a point mass (touching points of the call
+    curves, grid-edge rows, rows that reach columns on one side only). ``allowed`` (N, M, M)
+    bool: the entries (x, y) a Gibbs kernel may charge (product reference: rows with mass, not
+    pinned; columns with mass left after pinning; no crossing of a touching point). Kernels of
+    other rows are point masses at x. For models that predict potentials (neural engine) and must
+    build the same kernels as ``solve_entropic``.
+    """
+    w = marginals.weights
+    b = _prepare(marginals.grid, w[:-1].copy(), w[1:].copy(), None, None, touch_tol=touch_tol)
+    return b.pinned.copy(), np.isfinite(b.logq)
+
+
 # ---------------------------------------------------------------------------- prepared batch
 @dataclass
 class _Batch:
@@ -379,13 +402,25 @@ def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
         else:
             base = logq_raw[t]
             allowed &= np.isfinite(base)
-        # rows that reach no column, and columns no row reaches (possible only through the
-        # round-off tolerance of the touching test or a reference kernel with zeros) are dropped;
-        # their (tiny) mass shows up in the measured marginal error
-        dead_rows = ~allowed.any(axis=1) & (mu[t] > 0)
-        if np.any(dead_rows):
-            mu[t, dead_rows] = 0.0
-            allowed[dead_rows] = False
+        # rows whose reachable columns all lie on one side of x (or nowhere) admit no martingale
+        # kernel except the point mass at x: possible only when the marginals violate convex
+        # order at round-off level in a far tail (noise-level masses), or with a reference
+        # kernel that has zeros. Such rows are pinned too; if the column at x lacks the mass,
+        # the (tiny) deficit shows up in the measured marginal error. Columns no row reaches are
+        # dropped likewise.
+        # (Repeated: pinning a row can empty the column that kept another row feasible.)
+        for _ in range(m):
+            cs = np.cumsum(allowed, axis=1)
+            has_left = cs[idx, idx] - allowed[idx, idx] > 0    # an allowed column y < x
+            has_right = cs[:, -1] - cs[idx, idx] > 0           # an allowed column y > x
+            stuck = (mu[t] > 0) & ~(has_left & has_right)
+            if not np.any(stuck):
+                break
+            pinned[t, stuck] = True
+            mu[t, stuck] = 0.0
+            allowed[stuck] = False
+            nu[t, stuck] = np.maximum(nu[t, stuck] - mu_full[t, stuck], 0.0)
+            allowed &= (nu[t] > 0)[None, :]
         dead_cols = ~allowed.any(axis=0) & (nu[t] > 0)
         nu[t, dead_cols] = 0.0
         logq[t] = np.where(allowed, base, -np.inf)

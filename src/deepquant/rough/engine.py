@@ -15,8 +15,8 @@ One run (``BermudanPricer.__call__``), with independent random streams spawned f
    two standard errors.
 2. **Pricing batches** (batch_size each, an independent scramble per batch) until the adaptive
    rule of ``qmc.adaptive_mean`` stops: per batch, the lower bound is the mean of Z_tau over the
-   policy's stopping times tau, computed as mean(Z_tau - M_tau) with the fitted martingale as a
-   control variate (``control_variate=True``; E[M_tau] = 0 by optional stopping, so the
+   policy's stopping times tau, computed as mean(Z_tau - M_tau) with the least-squares
+   martingale as a control variate (``control_variate=True``; E[M_tau] = 0 by optional stopping, so the
    estimator stays unbiased for E[Z_tau] <= V_0); the upper bound is the mean of
    max_j (Z_j - M_j) >= V_0. The plain estimator mean(Z_tau) is reported too.
 
@@ -255,7 +255,7 @@ class BermudanPricer:
         """Fit the exercise policy and the dual martingale only (same streams as a run)."""
         payoff = check_exercise_payoff(make_payoff(strike, option))
         seed_reg, seed_val, _ = as_seed_sequence(rng).spawn(3)
-        policy, dual, _ = self._fit(model, payoff, seed_reg, seed_val, {})
+        policy, dual, _, _ = self._fit(model, payoff, seed_reg, seed_val, {})
         return policy, dual
 
     def _fit(self, model, payoff, seed_reg, seed_val, timings):
@@ -266,7 +266,7 @@ class BermudanPricer:
         timings["regression_paths"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         policy = fit_lsm(Z, F, has_zero_date=True)
-        dual = self._regression_martingale(Z, F, B, policy)
+        dual = cv = self._regression_martingale(Z, F, B, policy)
         method = "regression"
         if self.dual_fit == "pathwise":
             refined = fit_dual(Z, B, theta0=dual.theta, taus=(0.01,), tau_min=0.003,
@@ -280,7 +280,7 @@ class BermudanPricer:
             if diff.mean() > 2.0 * diff.std(ddof=1) / math.sqrt(diff.size):
                 dual, method = refined, "pathwise"
         timings["fit"] = time.perf_counter() - t1
-        return policy, dual, method
+        return policy, dual, cv, method
 
     # ------------------------------------------------------------------ one run
     def __call__(self, model: RoughBergomi, strike: float, *, option: str = "put",
@@ -293,7 +293,7 @@ class BermudanPricer:
         seed_reg, seed_val, seed_price = root.spawn(3)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        policy, dual, method = self._fit(model, payoff, seed_reg, seed_val, timings)
+        policy, dual, cv_mart, method = self._fit(model, payoff, seed_reg, seed_val, timings)
         t2 = time.perf_counter()
 
 
@@ -303,10 +303,15 @@ class BermudanPricer:
             tau = policy.stopping_index(Zb, Fb)
             rows = np.arange(Zb.shape[0])
             plain = Zb[rows, tau]
-            m = np.einsum("nip,ip->ni", Bb, dual.theta / dual.scale)
-            M = np.concatenate([np.zeros((Zb.shape[0], 1)), np.cumsum(m, axis=1)], axis=1)
-            cv = plain - M[rows, tau] if self.control_variate else plain
-            upper = np.max(Zb - M, axis=1)
+            upper = dual.pathwise(Zb, Bb)
+            if self.control_variate:
+                # the least-squares martingale: the pathwise fit minimises max_j (Z_j - M_j),
+                # not Var(M_tau), and was measured to be a worse control variate
+                m = np.einsum("nip,ip->ni", Bb, cv_mart.theta / cv_mart.scale)
+                cv = plain - np.concatenate([np.zeros((Zb.shape[0], 1)), np.cumsum(m, axis=1)],
+                                            axis=1)[rows, tau]
+            else:
+                cv = plain
             return np.array([cv.mean(), upper.mean(), plain.mean(), (upper - cv).mean()])
 
         ad = adaptive_mean(batch, seed_price, min_batches=self.min_batches,
