@@ -22,13 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import random_walk_marginals  # noqa: E402
-
 from deepquant.market.marginals import Marginals  # noqa: E402
 from deepquant.market.synthetic import heston_marginals  # noqa: E402
 from deepquant.mmot.augmented_entropic import entropic_bounds  # noqa: E402
 from deepquant.mmot.lp import lp_bounds  # noqa: E402
 from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall  # noqa: E402
+from tests.conftest import random_walk_marginals  # noqa: E402
 
 
 def run_case(name, marginals, payoff, lp_lo, lp_up, eps_list, repeat):

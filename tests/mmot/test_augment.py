@@ -6,11 +6,11 @@ import itertools
 
 import numpy as np
 import pytest
-from tests.conftest import martingale_kernel_marginals, random_walk_marginals
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import build_chain, expectation, trivial_chain
 from deepquant.payoffs import make_payoff
+from tests.conftest import martingale_kernel_marginals, random_walk_marginals
 
 
 def irregular_marginals(rng, n_dates=4, size=9):

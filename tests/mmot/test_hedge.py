@@ -6,12 +6,12 @@ import itertools
 
 import numpy as np
 import pytest
-from tests.conftest import martingale_kernel_marginals, random_walk_marginals
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.bounds import bounds
 from deepquant.mmot.hedge import StaticStrip, superhedge, verify_hedge
 from deepquant.payoffs import make_payoff
+from tests.conftest import martingale_kernel_marginals, random_walk_marginals
 
 ATOL = 1e-9  # acceptance tolerance: dominance on all paths and cost == bound
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.conftest import martingale_kernel_marginals, random_walk_marginals
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.bounds import bounds
 from deepquant.mmot.lp import lp_bounds
 from deepquant.mmot.pathlp import path_lp_bounds
 from deepquant.payoffs import make_payoff
+from tests.conftest import martingale_kernel_marginals, random_walk_marginals
 
 DATA = json.loads((Path(__file__).parent / "data" / "random_walk_bounds.json").read_text())
 RW_CASES = [pytest.param(c, id=c["payoff"]) for c in DATA["cases"]]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.conftest import martingale_kernel_marginals
-from tests.mmot.test_augment import irregular_marginals
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.bounds import bounds
 from deepquant.payoffs import make_payoff
+from tests.conftest import martingale_kernel_marginals
+from tests.mmot.test_augment import irregular_marginals
 
 CASES = [
     ("asian-call", dict(strike=1.0)),  # running sum on a lattice (uniform grid, equal weights)
