@@ -18,7 +18,7 @@ an index option chain:
   to the spread by construction;
 - a bid under one tick is shown as 0 (no bid), as Cboe does for far out-of-the-money strikes.
 
-``OptionChain.to_csv`` writes the *normalized* long format of
+``SyntheticChain.to_csv`` writes the *normalized* long format of
 ``shared/data/spx_20230609/spx_options_normalized.csv`` (same column names, one row per contract),
 followed by ``rate``, ``dividend_yield``, ``t_years`` and ``model_price``.
 """
@@ -39,7 +39,7 @@ from scipy.special import ndtr
 from deepquant.atomic import write_text
 from deepquant.market.synthetic import ModelName, ModelParams, model_params
 
-__all__ = ["OptionChain", "synthetic_chain", "default_expiries", "NORMALIZED_COLUMNS",
+__all__ = ["SyntheticChain", "synthetic_chain", "default_expiries", "NORMALIZED_COLUMNS",
            "EXTRA_COLUMNS", "tick_size"]
 
 NORMALIZED_COLUMNS = (
@@ -126,7 +126,7 @@ def _implied_vol(price, fwd, strike, disc, t, is_call, lo=1e-4, hi=5.0, n_iter=8
 
 
 @dataclass(frozen=True, eq=False)
-class OptionChain:
+class SyntheticChain:
     """A quotes table at one quote time: one row per (expiry, strike, type).
 
     Attributes
@@ -269,7 +269,7 @@ def synthetic_chain(
     expiries: list[dt.date | str] | None = None,
     n_sd: float = 4.0,
     params: dict | None = None,
-) -> OptionChain:
+) -> SyntheticChain:
     """A synthetic quotes table priced under ``model`` (see the module docstring).
 
     Parameters
@@ -288,7 +288,7 @@ def synthetic_chain(
 
     Returns
     -------
-    OptionChain
+    SyntheticChain
     """
     if isinstance(quote_date, str):
         try:
@@ -376,7 +376,7 @@ def synthetic_chain(
             rec["volume"] = vol_traded
             parts.append(rec)
     quotes = np.concatenate(parts)
-    return OptionChain(
+    return SyntheticChain(
         quotes, quote_date=quote_date, spot=float(spot), rate=float(rate),
         dividend_yield=float(dividend_yield), model=str(model).lower(), params=p, seed=seed,
     )
