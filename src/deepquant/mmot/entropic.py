@@ -456,13 +456,44 @@ class _State:
 _STATE_FIELDS = ("lse", "col", "m", "obj", "obj_scale", "err", "drift", "finite")
 
 
+_BLOCK_ENTRIES = 1 << 18   # periods per pass over (k, M, M) arrays: about 2 MiB (one L2)
+
+
 def _kernels_into(out: np.ndarray, lk: np.ndarray, diff: np.ndarray, phi: np.ndarray,
-                  eta: np.ndarray) -> np.ndarray:
+                  eta: np.ndarray, mu: np.ndarray | None = None, grid: np.ndarray | None = None
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row-normalised Gibbs kernels into ``out`` (k, M, M); returns the row log-sum-exp (k, M).
 
     s(x, y) = lk(x, y) + phi(y) + eta(x)(y - x); p = exp(s - LSE_y s). Rows that are -inf
-    everywhere (inactive) give zero rows and LSE 0.
+    everywhere (inactive) give zero rows and LSE 0. With ``mu`` and ``grid`` also returns the
+    column sums mu @ p and the row means p @ grid, (lse, col, mean), computed block by block
+    while the kernels are in cache (blocks of periods of about ``_BLOCK_ENTRIES`` entries).
     """
+    k, mm = phi.shape
+    step = max(1, _BLOCK_ENTRIES // max(1, mm * mm))
+    moments = mu is not None and grid is not None
+    if step >= k:
+        lse = _kernels_block(out, lk, diff, phi, eta)
+        if not moments:
+            return lse
+        return lse, np.matmul(mu[:, None, :], out)[:, 0, :], np.matmul(out, grid)
+    lse = np.empty((k, mm))
+    col = np.empty((k, mm)) if moments else None
+    mean = np.empty((k, mm)) if moments else None
+    for s0 in range(0, k, step):
+        sl = slice(s0, min(k, s0 + step))
+        o = out[sl]
+        lse[sl] = _kernels_block(o, lk[sl], diff, phi[sl], eta[sl])
+        if moments:
+            col[sl] = np.matmul(mu[sl, None, :], o)[:, 0, :]
+            mean[sl] = np.matmul(o, grid)
+    if not moments:
+        return lse
+    return lse, col, mean
+
+
+def _kernels_block(out: np.ndarray, lk: np.ndarray, diff: np.ndarray, phi: np.ndarray,
+                   eta: np.ndarray) -> np.ndarray:
     np.multiply(eta[:, :, None], diff[None], out=out)
     out += lk
     out += phi[:, None, :]
@@ -479,9 +510,7 @@ def _kernels_into(out: np.ndarray, lk: np.ndarray, diff: np.ndarray, phi: np.nda
 def _evaluate(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, mu: np.ndarray,
               nu: np.ndarray, phi: np.ndarray, eta: np.ndarray, out: np.ndarray) -> _State:
     """Semi-dual, residuals and kernels (written into ``out``) at (phi, eta)."""
-    lse = _kernels_into(out, lk, diff, phi, eta)
-    col = np.matmul(mu[:, None, :], out)[:, 0, :]
-    m = np.matmul(out, grid)
+    lse, col, m = _kernels_into(out, lk, diff, phi, eta, mu, grid)
     m -= grid
     m[~(mu > 0)] = 0.0
     obj = np.einsum("by,by->b", nu, phi) - np.einsum("bx,bx->b", mu, lse)
@@ -494,7 +523,7 @@ def _evaluate(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, mu: np.ndarray
 
 def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2: np.ndarray,
                       mu: np.ndarray, nu: np.ndarray, p: np.ndarray, st: _State,
-                      phi: np.ndarray, eta: np.ndarray, lam: np.ndarray, wbuf: np.ndarray,
+                      phi: np.ndarray, eta: np.ndarray, lam: np.ndarray, bbuf: np.ndarray,
                       *, reg: float = 1e-12, frozen_sd: float = 5.0,
                       factors: np.ndarray | None = None, reuse: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
@@ -509,15 +538,19 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
 
     with V = Var_x + lam span^2 (centred moments) and G (2 x M) = [nu / |nu|_1 ; nu (y - ybar) / sd]
     a rank-2 term that fixes the gauge (constants and slopes in y, absorbed by u and h). S is
-    symmetric positive definite; per period it is built by two BLAS ``syrk`` calls, factored by
-    ``potrf`` and solved by ``potrs`` (faster here than NumPy's batched matmul + Cholesky).
+    symmetric positive definite; per period it is built by BLAS ``syrk`` calls directly into
+    ``factors[i]``, factored in place by ``potrf`` and solved by ``potrs``.
     Rows whose drift exceeds ``frozen_sd`` conditional standard deviations (nearly degenerate
     kernels far from the solution) are left out of the joint system and jump to their
     row-optimal eta for the current phi instead (``_row_solve``).
 
-    ``factors`` (k, M, M), optional, receives the Cholesky factors; periods with ``reuse[i]``
-    skip the O(M^3) build and factorisation and solve with the stored factor (a chord step:
-    exact gradient, Hessian from an earlier iterate, used only in the quadratic phase).
+    ``factors`` (k, M, M), optional, is the work space of S and receives its Cholesky factors
+    (C order; ``factors[i].T`` is the lower factor in Fortran order: LAPACK's lower
+    Cholesky is faster here than the upper one); periods with
+    ``reuse[i]`` skip the O(M^3) build and factorisation and solve with the stored factor (a
+    chord step: exact gradient, Hessian from an earlier iterate, used only in the quadratic
+    phase; the caller guarantees that a valid factor is stored). ``reuse[i]`` is cleared where
+    the factorisation failed.
     """
     from scipy.linalg import blas, lapack
 
@@ -532,12 +565,8 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     var_d = var + (lam * span2)[:, None]
     col_active = nu > 0
     cx = np.where(joint, np.sqrt(mu / var_d), 0.0)
-    w = wbuf[:k]
-    top = w[:, :mm]
-    bot = w[:, mm:]
-    if reuse is None or factors is None:
-        reuse = np.zeros(k, dtype=bool)
     sqmu = np.sqrt(mu)
+    bot = bbuf[:k]
     np.subtract(diff[None], m_[:, :, None], out=bot)
     bot *= p
     bot *= cx[:, :, None]                       # sqrt(mu/V) p (y - E[Y|x])
@@ -552,58 +581,81 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     gauge = np.empty((k, 2, mm))
     gauge[:, 0] = nu / np.sqrt(tot)[:, None]
     gauge[:, 1] = nu * yc / (sd * np.sqrt(tot))[:, None]
-    x = np.empty((k, mm))
-    for i in range(k):
-        if reuse[i]:
-            x[i], info = lapack.dpotrs(factors[i].T, rs[i], lower=0)
-            if info == 0:
-                continue
-        np.multiply(p[i], sqmu[i][:, None], out=top[i])
-        c = np.diag(diag[i])                     # symmetric: C order == Fortran order
-        c = blas.dsyrk(1.0, gauge[i].T, beta=1.0, c=c.T, trans=0, lower=0, overwrite_c=1)
-        c = blas.dsyrk(-1.0, w[i].T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
-        cf, info = lapack.dpotrf(c, lower=0, overwrite_a=1, clean=0)
+    x = np.zeros((k, mm))
+    todo = np.ones(k, dtype=bool)
+    if factors is not None and reuse is not None:
+        for i in np.flatnonzero(reuse):
+            x[i], info = lapack.dpotrs(factors[i].T, rs[i], lower=1)
+            todo[i] = info != 0
+    scratch = None if factors is not None else np.empty((mm, mm))
+    top = np.empty((mm, mm))
+    for i in np.flatnonzero(todo):
+        c = factors[i] if factors is not None else scratch
+        np.multiply(p[i], sqmu[i][:, None], out=top)
+        # C-order symmetric buffer: its transpose is the Fortran array LAPACK works on in place
+        cf = blas.dsyrk(-1.0, top.T, beta=0.0, c=c.T, trans=0, lower=1, overwrite_c=1)
+        cf = blas.dsyrk(-1.0, bot[i].T, beta=1.0, c=cf, trans=0, lower=1, overwrite_c=1)
+        cf = blas.dsyrk(1.0, gauge[i].T, beta=1.0, c=cf, trans=0, lower=1, overwrite_c=1)
+        cf[np.diag_indices(mm)] += diag[i]
+        cf, info = lapack.dpotrf(cf, lower=1, overwrite_a=1, clean=0)
         if info == 0:
-            x[i], info = lapack.dpotrs(cf, rs[i], lower=0)
-            if factors is not None:
-                factors[i] = cf.T                # C-order copy of U^T = L (upper part valid)
+            x[i], info = lapack.dpotrs(cf, rs[i], lower=1)
+            if not np.shares_memory(cf, c):
+                c[...] = cf.T
         if info != 0:                            # not positive definite (round-off): lstsq
-            full = np.diag(diag[i]) + gauge[i].T @ gauge[i] - w[i].T @ w[i]
+            full = (np.diag(diag[i]) + gauge[i].T @ gauge[i] - (p[i].T * mu[i]) @ p[i]
+                    - bot[i].T @ bot[i])
             x[i] = np.linalg.lstsq(full, rs[i], rcond=1e-14)[0]
+        else:
+            todo[i] = False                      # a valid factor is stored
     dphi = np.where(col_active, x, 0.0)
     # back-substitution for eta on joint rows: deta = -(m + sum_y p dev dphi) / V
     pdv = np.matmul(bot, dphi[:, :, None])[:, :, 0]        # = cx * sum_y p dev dphi
     deta = np.where(joint, -(m_ + pdv / np.where(joint, cx, 1.0)) / var_d, 0.0)
     if np.any(frozen):
-        bi, xi = np.nonzero(frozen)
-        eta_new = _row_solve(lk[bi, xi, :] + phi[bi], diff[xi, :], grid, eta[bi, xi])
-        deta[bi, xi] = eta_new - eta[bi, xi]
+        bi, xi_ = np.nonzero(frozen)
+        eta_new = _row_solve(lk[bi, xi_, :] + phi[bi], diff[xi_, :], grid, eta[bi, xi_])
+        deta[bi, xi_] = eta_new - eta[bi, xi_]
+    factored_ok = ~todo
+    if reuse is not None:
+        reuse[...] = factored_ok
     return dphi, deta
 
 
+def _row_eval(base: np.ndarray, e: np.ndarray, d: np.ndarray, d2: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows p = exp(base + e d - LSE) (K, M), their LSE, mean E_p[d] and second moment E_p[d^2]."""
+    s = base + e[:, None] * d
+    smax = s.max(axis=1)
+    smax[~np.isfinite(smax)] = 0.0
+    s -= smax[:, None]
+    p = np.exp(s, out=s)
+    z = p.sum(axis=1)
+    p /= z[:, None]
+    return p, smax + np.log(z), np.einsum("ky,ky->k", p, d), np.einsum("ky,ky->k", p, d2)
+
+
 def _row_solve(base: np.ndarray, d: np.ndarray, grid: np.ndarray, eta: np.ndarray, *,
-               iters: int = 60, tol: float = 1e-13) -> np.ndarray:
+               iters: int = 60, tol: float = 1e-13, kernels: bool = False
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row-optimal eta: m(eta) = E_p[y - x] = 0 by safeguarded 1-D Newton, row by row (K rows).
 
     ``base`` (K, M): log kernel without the eta term (lk + phi); ``d`` (K, M): y - x. m is
     increasing in eta; Newton steps stay inside the current bracket (bisection otherwise) and,
     before a bracket exists, are capped to an exponent change of 10 * 2^k across the grid.
+    With ``kernels`` returns (eta, p, lse): the normalised rows and their LSE at that eta.
     """
     span = float(grid[-1] - grid[0])
     e = np.array(eta, dtype=np.float64)
     lo = np.full(e.shape, -np.inf)
     hi = np.full(e.shape, np.inf)
     cap = np.full(e.shape, 10.0 / span)
-    for _ in range(iters):
-        s = base + e[:, None] * d
-        smax = s.max(axis=1, keepdims=True)
-        smax[~np.isfinite(smax)] = 0.0
-        p = np.exp(s - smax)
-        p /= p.sum(axis=1, keepdims=True)
-        m = np.einsum("ky,ky->k", p, d)
-        var = np.maximum(np.einsum("ky,ky->k", p, d * d) - m * m, 1e-300)
+    d2 = d * d
+    p, lse, m, sec = _row_eval(base, e, d, d2)
+    for it in range(iters):
+        var = np.maximum(sec - m * m, 1e-300)
         done = np.abs(m) <= tol
-        if np.all(done):
+        if np.all(done) or it == iters - 1:
             break
         lo = np.where(m < 0, np.maximum(lo, e), lo)
         hi = np.where(m > 0, np.minimum(hi, e), hi)
@@ -613,6 +665,9 @@ def _row_solve(base: np.ndarray, d: np.ndarray, grid: np.ndarray, eta: np.ndarra
         new = np.where(bracketed & outside, 0.5 * (lo + hi), new)
         cap = np.where(bracketed, cap, 2.0 * cap)
         e = np.where(done, e, new)
+        p, lse, m, sec = _row_eval(base, e, d, d2)
+    if kernels:
+        return e, p, lse
     return e
 
 
@@ -661,11 +716,21 @@ def _sinkhorn_sweep(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2: n
 
 
 # ---------------------------------------------------------------------------- core solver
+def _compact_front(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Move arr[idx] (idx increasing) to arr[:idx.size] in place; returns that view."""
+    for j, i in enumerate(idx):
+        if i != j:
+            arr[j] = arr[i]
+    return arr[:idx.size]
+
+
 def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol: float,
                  max_iter: int, sweeps: int, stage: int, history: list[dict[str, Any]],
                  armijo: float = 1e-4, max_backtrack: int = 30, min_step: float = 1e-3,
                  polish_below: float = 0.5, chord: bool = True, chord_below: float = 1e-5,
-                 light_mass: float = 1e-2) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+                 light_mass: float = 1e-2, kernels_out: np.ndarray | None = None,
+                 lse_out: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Damped Newton on all periods of ``b``, in place; returns (phi, eta, nit, status).
 
     status per period: 0 converged, 1 iteration limit, 2 line search failure. Converged
@@ -685,18 +750,20 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
     ph, et = phi.copy(), eta.copy()
     pbuf = np.empty((nb, mm, mm))
     tbuf = np.empty((nb, mm, mm))
-    wbuf = np.empty((nb, 2 * mm, mm))
+    bbuf = np.empty((nb, mm, mm))
+    st = None
     for k in range(sweeps):
         _sinkhorn_sweep(lk, grid, diff, diff2, mu, nu, ph, et, pbuf)
         st = _evaluate(lk, grid, diff, mu, nu, ph, et, pbuf)
         history.append({"stage": stage, "eps": eps, "kind": "sinkhorn", "iteration": k,
                         "marginal_error": float(st.err.max()), "drift": float(st.drift.max()),
                         "step": 1.0})
-    st = _evaluate(lk, grid, diff, mu, nu, ph, et, pbuf)
+    if st is None:
+        st = _evaluate(lk, grid, diff, mu, nu, ph, et, pbuf)
     nit = 0
     stalls = np.zeros(nb, dtype=int)
     lam = np.zeros(nb)
-    factors = np.empty((nb, mm, mm)) if chord else None
+    factors = np.empty((nb, mm, mm))       # work space of S and its Cholesky factors
     have = np.zeros(nb, dtype=bool)        # a factor of an undamped Hessian is stored
     quad = np.zeros(nb, dtype=bool)        # last step: full, undamped, residual / >= 10
 
@@ -704,13 +771,19 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
         nonlocal work, lk, mu, nu, ph, et, st, pbuf, stalls, lam, factors, have, quad
         phi[work] = ph
         eta[work] = et
-        work, lk, mu, nu = work[keep], lk[keep], mu[keep], nu[keep]
+        if kernels_out is not None:
+            gone = ~keep
+            kernels_out[work[gone]] = pbuf[:work.size][gone]
+            lse_out[work[gone]] = st.lse[gone]
+        idx = np.flatnonzero(keep)
+        work, mu, nu = work[keep], mu[keep], nu[keep]
         ph, et, stalls, lam = ph[keep], et[keep], stalls[keep], lam[keep]
         have, quad = have[keep], quad[keep]
-        if factors is not None:
-            factors = factors[keep]
+        # (k, M, M) work arrays (owned here): kept periods move to the front, no new copies
+        lk = _compact_front(lk, idx)
+        factors = _compact_front(factors, idx)
+        pbuf = _compact_front(pbuf[:keep.size], idx)
         st = st.take(keep)
-        pbuf = pbuf[keep]
 
     while True:
         done = st.finite & (st.err <= tol) & (st.drift <= tol)
@@ -725,11 +798,13 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
         k = work.size
         nit += 1
         res_before = st.err + st.drift
-        reuse = have & quad & (lam == 0.0) & (res_before <= chord_below)
+        valid = have & quad & (lam == 0.0) & (res_before <= chord_below)   # chord steps
+        if not chord:
+            valid[:] = False
         dphi, deta = _newton_direction(lk, grid, diff, diff2, mu, nu, pbuf, st, ph, et, lam,
-                                       wbuf, factors=factors, reuse=reuse)
-        if factors is not None:
-            have = np.where(reuse, have, lam == 0.0)
+                                       bbuf, factors=factors, reuse=valid)
+        # valid now: factors[i] holds a factor (reused, or of this iterate's S)
+        have = valid & (lam == 0.0)
         slope = (np.einsum("by,by->b", nu - st.col, dphi)
                  - np.einsum("bx,bx->b", mu * st.m, deta))
         alpha = np.ones(k)
@@ -818,6 +893,9 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
                         "step": float(alpha.min())})
     phi[work] = ph
     eta[work] = et
+    if kernels_out is not None:            # pbuf always holds the kernels at (ph, et)
+        kernels_out[work] = pbuf[:work.size]
+        lse_out[work] = st.lse
     return phi, eta, nit, status
 
 
@@ -828,22 +906,17 @@ def _polish_rows(rows: np.ndarray, lk: np.ndarray, grid: np.ndarray, diff: np.nd
     bi, xi = np.nonzero(rows)
     base = lk[bi, xi, :] + ph[bi]
     d = diff[xi, :]
-    e = _row_solve(base, d, grid, et[bi, xi], tol=tol)
-    s = base + e[:, None] * d
-    smax = s.max(axis=1)
-    smax[~np.isfinite(smax)] = 0.0
-    pn = np.exp(s - smax[:, None])
-    z = pn.sum(axis=1)
-    pn /= z[:, None]
-    lse = smax + np.log(z)
+    e, pn, lse = _row_solve(base, d, grid, et[bi, xi], tol=tol, kernels=True)
     w = mu[bi, xi]
-    np.add.at(st.col, bi, w[:, None] * (pn - pbuf[bi, xi, :]))
-    np.add.at(st.obj, bi, -w * (lse - st.lse[bi, xi]))
+    # bi is sorted (row-major nonzero): sums per period by reduceat
+    starts = np.flatnonzero(np.concatenate([[True], bi[1:] != bi[:-1]]))
+    touched = bi[starts]
+    st.col[touched] += np.add.reduceat(w[:, None] * (pn - pbuf[bi, xi, :]), starts, axis=0)
+    st.obj[touched] -= np.add.reduceat(w * (lse - st.lse[bi, xi]), starts)
     pbuf[bi, xi, :] = pn
     st.lse[bi, xi] = lse
     et[bi, xi] = e
     st.m[bi, xi] = pn @ grid - grid[xi]
-    touched = np.unique(bi)
     st.err[touched] = np.abs(st.col[touched] - nu[touched]).sum(axis=1)
     st.drift[touched] = np.abs(st.m[touched]).max(axis=1)
 
@@ -952,7 +1025,7 @@ def solve_entropic(
     maximize: bool = False,
     touch_tol: float = 1e-11,
     threads: int | None = 1,
-    chunk_entries: int = 8_000_000,
+    chunk_entries: int = 1_000_000,
     warn: bool = True,
     method: str = "newton",
 ) -> EntropicResult:
@@ -1073,6 +1146,7 @@ def solve_entropic(
                 eta = np.zeros((nb, m))
             prev = schedule[0]
             chunk_nit = 0
+            lse_chunk = None          # Newton writes the final kernels and LSE (no recompute)
             for k, e in enumerate(schedule):
                 phi *= prev / e
                 eta *= prev / e
@@ -1084,16 +1158,21 @@ def solve_entropic(
                         max_iter=int(max_iter), stage=k, history=history,
                     )
                 else:
+                    if last:
+                        lse_chunk = np.empty((nb, m))
                     phi, eta, it, st = _solve_batch(
                         b, e, phi, eta, tol=tol if last else max(tol, stage_tol),
                         max_iter=int(max_iter), sweeps=int(sinkhorn_sweeps) if k == 0 else 1,
                         stage=k, history=history,
+                        kernels_out=kernels[sl] if last else None,
+                        lse_out=lse_chunk if last else None,
                     )
                 chunk_nit += it
                 if last:
                     status[sl] = st
             nit_total = max(nit_total, chunk_nit)
-            _finish_chunk(b, eps, phi, eta, kernels[sl], u_out[sl], v_out[sl], h_out[sl])
+            _finish_chunk(b, eps, phi, eta, kernels[sl], u_out[sl], v_out[sl], h_out[sl],
+                          lse=lse_chunk)
             pinned_all[sl] = b.pinned
         # measured residuals on the full plans
         moments = _moments(grid, w, kernels)
@@ -1122,10 +1201,16 @@ def solve_entropic(
 
 
 def _finish_chunk(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, kernels: np.ndarray,
-                  u: np.ndarray, v: np.ndarray, h: np.ndarray) -> None:
-    """Kernels and gauge-fixed potentials (cost units) for a solved chunk, written in place."""
+                  u: np.ndarray, v: np.ndarray, h: np.ndarray, lse: np.ndarray | None = None
+                  ) -> None:
+    """Kernels and gauge-fixed potentials (cost units) for a solved chunk, written in place.
+
+    With ``lse`` given, ``kernels`` already hold the Gibbs kernels at (phi, eta) and ``lse``
+    their row log-sum-exp (as left by ``_solve_batch``); otherwise both are computed here.
+    """
     nb, m = phi.shape
-    lse = _kernels_into(kernels, b.logk(eps), b.diff, phi, eta)
+    if lse is None:
+        lse = _kernels_into(kernels, b.logk(eps), b.diff, phi, eta)
     grid = b.grid
     active_rows = b.mu > 0
     col_active = b.nu > 0

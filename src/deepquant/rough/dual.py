@@ -211,7 +211,12 @@ def fit_dual(Z: np.ndarray, B: np.ndarray, *, ridge: float = 1e-6, tau_min: floa
     if J != J1 - 1:
         raise ValueError(f"B must have J = Z.shape[1] - 1 = {J1 - 1} intervals, got {J}")
     scale = B.std(axis=0)
-    scale = np.where(scale > 1e-14, scale, np.inf)
+    # floor the scales: a column that is almost always ~0 (e.g. a far out-of-the-money
+    # option increment) must not get a cheap huge raw coefficient that pays off on the
+    # training sample and explodes on a rare validation/pricing path
+    live = scale[scale > 1e-14]
+    floor = 1e-2 * float(np.median(live)) if live.size else 0.0
+    scale = np.where(scale > 1e-14, np.maximum(scale, floor), np.inf)
     Bs = B / scale
     level = max(float(np.max(Z, axis=1).mean()), 1e-12)
 

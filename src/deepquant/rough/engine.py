@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import KW_ONLY, asdict, dataclass, field, replace
+from dataclasses import KW_ONLY, asdict, dataclass, field
 
 import numpy as np
 
@@ -93,7 +93,8 @@ class BermudanResult:
     n_regression : regression paths; dual_in_sample : training value of the dual objective
     dual_method : "regression" or "pathwise" (whichever was kept)
     exercise_at_zero : the policy exercises at t = 0
-    seconds : wall time of the run; timings : seconds per phase
+    seconds : wall time of the run; cpu_seconds : CPU time of this process (stable on a shared
+        machine); timings : wall seconds per phase
     """
 
     value: float
@@ -119,6 +120,7 @@ class BermudanResult:
     option: str
     n_dates: int
     seconds: float
+    cpu_seconds: float = float("nan")
     timings: dict = field(default_factory=dict)
 
     @property
@@ -292,10 +294,10 @@ class BermudanPricer:
         root = as_seed_sequence(rng)
         seed_reg, seed_val, seed_price = root.spawn(3)
         t0 = time.perf_counter()
+        c0 = time.process_time()
         timings: dict[str, float] = {}
         policy, dual, cv_mart, method = self._fit(model, payoff, seed_reg, seed_val, timings)
         t2 = time.perf_counter()
-
 
         def batch(b: int, seed) -> np.ndarray:
             p = self.simulate(model, self.batch_size, seed)
@@ -334,7 +336,8 @@ class BermudanPricer:
             stop_reason=ad.reason, n_regression=self.n_regression,
             dual_in_sample=dual.in_sample, dual_method=method,
             exercise_at_zero=policy.exercise_at_zero, strike=float(strike), option=option,
-            n_dates=self.n_dates, seconds=time.perf_counter() - t0, timings=timings)
+            n_dates=self.n_dates, seconds=time.perf_counter() - t0,
+            cpu_seconds=time.process_time() - c0, timings=timings)
 
 
 def price_bermudan(model: RoughBergomi, strike: float, *, option: str = "put",
@@ -420,8 +423,3 @@ def ensemble(model: RoughBergomi, strike: float, *, runs: int = 10, option: str 
     return EnsembleResult(midpoint=mid, midpoint_ci=mid_ci, lower=lo, lower_ci=lo_ci, upper=up,
                           upper_ci=up_ci, n_runs=runs, seconds=time.perf_counter() - t0,
                           runs=results)
-
-
-def with_options(pricer: BermudanPricer, **changes) -> BermudanPricer:
-    """A copy of ``pricer`` with some options changed (validated)."""
-    return replace(pricer, **changes)
