@@ -18,6 +18,10 @@ discretised on a uniform moneyness grid [0.5, 2.0] by interpolating Black–Scho
 convex order on the grid. Built here, independently of ``deepquant.market.synthetic``.
 
 Usage:  python benchmarks/mmot_entropic.py [--section main] [--repeats 7] [--out FILE.json]
+        [--baseline PATH/TO/old_entropic.py]
+``--baseline`` loads another version of ``deepquant/mmot/entropic.py`` from a file and runs its
+``solve_entropic`` interleaved with the current one in ``main`` and ``large`` (old vs new in the
+same run, same load).
 The machine is shared: every timing is a median of interleaved repeats, and the load average is
 recorded with the results.
 """
@@ -58,6 +62,20 @@ def lognormal_marginals(n: int, m: int, sigma: float = 0.2, maturity: float = 1.
     return Marginals(grid, w / w.sum(axis=1, keepdims=True), np.linspace(0.0, maturity, n + 1))
 
 
+BASELINE = None   # module loaded from --baseline
+SKIP: set[str] = set()   # variants of section main not to run (--skip)
+
+
+def _load_baseline(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("entropic_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["entropic_baseline"] = mod          # dataclasses need the module registered
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _run(fn, *args, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -84,6 +102,10 @@ def section_main(repeats: int) -> dict:
         "sinkhorn_1thread": lambda: _run(martingale_sinkhorn, mg, eps, threads=1,
                                          max_sweeps=20_000),
     }
+    if BASELINE is not None:
+        variants["baseline_newton_1thread"] = lambda: _run(BASELINE.solve_entropic, mg, eps,
+                                                           threads=1)
+    variants = {k: v for k, v in variants.items() if k not in SKIP}
     runs: dict[str, list] = {k: [] for k in variants}
     for rep in range(repeats):                     # interleaved: same load for every variant
         for name, fn in variants.items():
@@ -99,8 +121,15 @@ def section_main(repeats: int) -> dict:
                          min_seconds=float(np.min(secs)), max_seconds=float(np.max(secs)),
                          repeats=len(secs))
     base = out["newton_1thread"]["median_seconds"]
-    out["ratio_sinkhorn_over_newton"] = out["sinkhorn_1thread"]["median_seconds"] / base
-    out["ratio_2threads_over_1thread"] = out["newton_2threads"]["median_seconds"] / base
+    if "sinkhorn_1thread" in out:
+        out["ratio_sinkhorn_over_newton"] = out["sinkhorn_1thread"]["median_seconds"] / base
+    if "newton_2threads" in out:
+        out["ratio_2threads_over_1thread"] = out["newton_2threads"]["median_seconds"] / base
+    if BASELINE is not None:
+        old = out["baseline_newton_1thread"]
+        out["ratio_baseline_over_newton_wall"] = old["median_seconds"] / base
+        out["ratio_baseline_over_newton_cpu"] = (old["median_cpu_seconds"]
+                                                 / out["newton_1thread"]["median_cpu_seconds"])
     out["problem"] = {"N": 10, "M": 150, "eps": eps, "tol": 1e-9, "grid": [0.5, 2.0]}
     return out
 
@@ -108,14 +137,24 @@ def section_main(repeats: int) -> dict:
 def section_large(repeats: int) -> dict:
     mg = lognormal_marginals(50, 500)
     secs, cpus, res = [], [], None
-    for _ in range(repeats):
+    bsecs, bcpus, bres = [], [], None
+    for _ in range(repeats):                       # interleaved with the baseline, if any
         res, sec = _run(solve_entropic, mg, 1e-3)
         secs.append(sec)
         cpus.append(res.cpu_seconds)
-    return dict(_row(res, secs[-1]), median_seconds=float(np.median(secs)),
-                median_cpu_seconds=float(np.median(cpus)),
-                min_seconds=float(np.min(secs)), repeats=repeats,
-                problem={"N": 50, "M": 500, "eps": 1e-3})
+        if BASELINE is not None:
+            bres, bsec = _run(BASELINE.solve_entropic, mg, 1e-3)
+            bsecs.append(bsec)
+            bcpus.append(bres.cpu_seconds)
+    out = dict(_row(res, secs[-1]), median_seconds=float(np.median(secs)),
+               median_cpu_seconds=float(np.median(cpus)),
+               min_seconds=float(np.min(secs)), repeats=repeats,
+               problem={"N": 50, "M": 500, "eps": 1e-3})
+    if BASELINE is not None:
+        out["baseline"] = dict(_row(bres, bsecs[-1]), median_seconds=float(np.median(bsecs)),
+                               median_cpu_seconds=float(np.median(bcpus)),
+                               min_seconds=float(np.min(bsecs)), repeats=repeats)
+    return out
 
 
 def section_scaling(repeats: int) -> dict:
@@ -215,7 +254,15 @@ def main() -> None:
     ap.add_argument("--section", choices=[*SECTIONS, "all"], default="all")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--baseline", default=None,
+                    help="another entropic.py to time side by side (main, large)")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated variants of 'main' to skip (e.g. sinkhorn_1thread)")
     args = ap.parse_args()
+    global BASELINE, SKIP
+    if args.baseline:
+        BASELINE = _load_baseline(args.baseline)
+    SKIP = {v for v in args.skip.split(",") if v}
     names = list(SECTIONS) if args.section == "all" else [args.section]
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "python": platform.python_version(), "numpy": np.__version__,

@@ -521,6 +521,15 @@ def _evaluate(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, mu: np.ndarray
     return _State(lse, col, m, obj, obj_scale, err, drift, finite)
 
 
+# Entries of the factor W of the Schur complement below this are set to zero. Narrow kernels
+# (many periods, fine grids) have tails far below it; syrk on such operands (subnormal inputs,
+# or products that underflow) ran 6x slower here. Dropping them perturbs S by at most
+# M * _FLUSH in absolute terms (round-off for every column with mass above ~1e-130; on columns
+# below, the diagonal only grows: a slightly damped, still positive definite Newton model).
+# The gradient, the residuals and the kernels themselves are never flushed.
+_FLUSH = 1e-150
+
+
 def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2: np.ndarray,
                       mu: np.ndarray, nu: np.ndarray, p: np.ndarray, st: _State,
                       phi: np.ndarray, eta: np.ndarray, lam: np.ndarray, bbuf: np.ndarray,
@@ -570,6 +579,9 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     np.subtract(diff[None], m_[:, :, None], out=bot)
     bot *= p
     bot *= cx[:, :, None]                       # sqrt(mu/V) p (y - E[Y|x])
+    # flush entries below _FLUSH to zero (see _FLUSH): BLAS on subnormal operands and
+    # products is many times slower, and such entries are far below round-off of S
+    np.putmask(bot, np.abs(bot) < _FLUSH, 0.0)
     # right-hand side g_v - H_vh H_hh^-1 g_h
     rs = (nu - st.col) + np.matmul((cx * m_)[:, None, :], bot)[:, 0, :]
     rs = np.where(col_active, rs, 0.0)
@@ -592,6 +604,7 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     for i in np.flatnonzero(todo):
         c = factors[i] if factors is not None else scratch
         np.multiply(p[i], sqmu[i][:, None], out=top)
+        np.putmask(top, top < _FLUSH, 0.0)
         # C-order symmetric buffer: its transpose is the Fortran array LAPACK works on in place
         cf = blas.dsyrk(-1.0, top.T, beta=0.0, c=c.T, trans=0, lower=1, overwrite_c=1)
         cf = blas.dsyrk(-1.0, bot[i].T, beta=1.0, c=cf, trans=0, lower=1, overwrite_c=1)

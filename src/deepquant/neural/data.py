@@ -10,7 +10,8 @@ depend on eps and the potentials scale linearly with it, so potentials in units 
 eps-free; eps is kept in the metadata.
 
 File layout (HDF5, one layout for shards and the merged file): ragged rows
-``weights`` (sum N_i+1, M) float64, ``times`` (sum N_i+1,), ``v``, ``h`` (sum N_i, M) float32,
+``weights`` (sum N_i+1, M) float64, ``times`` (sum N_i+1,), ``v``, ``h`` (sum N_i, M) float64
+(files written before this change hold float32 potentials; both read the same),
 ``h_valid`` (sum N_i, M) bool, a per-instance table under ``instances/`` (index, family,
 n_periods, maturity, params as JSON, offsets, solver residuals, nit, seconds, success), the model
 ``grid`` and attributes (format, eps, grid_size, seed, version).
@@ -226,8 +227,8 @@ def _record(spec: InstanceSpec, grid, weights, v, h, pinned=None, period_ok=None
     h = np.where(weights[:-1] > 0, h, 0.0)
     return {"index": spec.index, "family": spec.family, "n_periods": spec.n_periods,
             "maturity": spec.maturity, "params": json.dumps(spec.params, sort_keys=True),
-            "times": spec.times, "weights": weights, "v": v.astype(np.float32),
-            "h": h.astype(np.float32), "h_valid": h_valid, "v_valid": v_ok,
+            "times": spec.times, "weights": weights, "v": v,
+            "h": h, "h_valid": h_valid, "v_valid": v_ok,
             "period_ok": (np.ones(v.shape[0], bool) if period_ok is None
                           else np.asarray(period_ok, bool)), **meta}
 
@@ -258,8 +259,8 @@ def write_instances(path: str | os.PathLike[str], records: list[dict], *, grid: 
 
             opts = {"compression": "lzf"} if records else {}
             f.create_dataset("weights", data=cat("weights", np.float64), **opts)
-            f.create_dataset("v", data=cat("v", np.float32), **opts)
-            f.create_dataset("h", data=cat("h", np.float32), **opts)
+            f.create_dataset("v", data=cat("v", np.float64), **opts)
+            f.create_dataset("h", data=cat("h", np.float64), **opts)
             f.create_dataset("h_valid", data=cat("h_valid", bool), **opts)
             f.create_dataset("v_valid", data=cat("v_valid", bool), **opts)
             f["period_ok"] = (np.concatenate([r["period_ok"] for r in records]) if records
@@ -434,7 +435,7 @@ class ValidationReport:
 
 def validate_dataset(path: str | os.PathLike[str], *, residual_tol: float = 1e-6,
                      drift_tol: float = 1e-6, recompute: bool = True,
-                     mass_floor: float = 1e-10) -> ValidationReport:
+                     mass_floor: float = LIVE_MASS) -> ValidationReport:
     """Check every instance: finite arrays, convex order of the marginals (``Marginals``),
     stored solver residuals under the tolerances, and (``recompute``) the drift of the Gibbs
     kernels rebuilt from the stored gauge-fixed potentials (rows with mass > ``mass_floor``)."""

@@ -298,15 +298,22 @@ def demo_prices(marginals: Marginals, payoffs: dict[str, Any] | list, *, checkpo
     """Neural, hybrid and classical prices and timings for ``payoffs`` (for ``deepquant demo``).
 
     Returns ``{"prices": {name: {"neural": p, "hybrid": p, "classical": p}}, "seconds":
-    {"neural": s, "hybrid": s, "classical": s}, "drift": {...}, "mode": ...}``.
+    {"neural": s, "hybrid": s, "classical": s}, "drift": {...}, "mode": ..., "ood": bool}``;
+    ``ood`` is True when the default out-of-distribution guard of ``NeuralPricer`` would have
+    replaced the neural answer by the classical one (the pure-neural drift is reported as is).
     """
     if not isinstance(payoffs, dict):
         payoffs = {getattr(p, "name", str(i)): p for i, p in enumerate(payoffs)}
-    pricer = NeuralPricer(checkpoint)
+    # no OOD guard here, so the "neural" column is always the network's own answer; ``ood`` says
+    # whether the default guard would have fallen back to the classical solver
+    pricer = NeuralPricer(checkpoint, ood_drift=float("inf"), ood_marginal_error=float("inf"))
+    guard = NeuralPricer(checkpoint)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NeuralGridWarning)
         neural = pricer.solve(marginals)
         hybrid = pricer.solve(marginals, hybrid=True)
+    ood = (neural.drift_live > guard.ood_drift
+           or neural.marginal_error > guard.ood_marginal_error)
     t0 = time.perf_counter()
     classical = pricer._classical(neural.marginals)
     t_classical = time.perf_counter() - t0
@@ -326,4 +333,5 @@ def demo_prices(marginals: Marginals, payoffs: dict[str, Any] | list, *, checkpo
                         "classical": t_classical},
             "drift": {"neural": neural.drift_live, "hybrid": hybrid.drift,
                       "classical": float(classical.drift)},
-            "mode": {"neural": neural.mode, "hybrid": hybrid.mode}}
+            "mode": {"neural": neural.mode, "hybrid": hybrid.mode}, "ood": bool(ood),
+            "marginal_error": {"neural": neural.marginal_error}}
