@@ -108,3 +108,16 @@ def test_cli_demo_json(tmp_path):
     assert bad_spec.exit_code == 2 and "NAME=MODULE:FUNC" in bad_spec.output
     bad = CliRunner().invoke(main, ["demo", "--chain", str(tmp_path / "missing.csv")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+def test_neural_and_hybrid_prices_beside_classical(demo):
+    """With torch installed the demo shows the shipped checkpoint's prices; the hybrid (Newton
+    polish of the network's potentials) must agree with the cold classical solve."""
+    pytest.importorskip("torch")
+    assert demo.neural is not None
+    for name, p in demo.neural["prices"].items():
+        assert p["hybrid"] == pytest.approx(p["classical"], rel=1e-6, abs=1e-9), name
+        assert np.isfinite(p["neural"])
+    assert demo.neural["drift"]["hybrid"] <= 1e-8
+    assert set(demo.neural["seconds"]) == {"neural", "hybrid", "classical"}
+    assert "## Neural surrogate" in (demo.out_dir / "report.md").read_text()

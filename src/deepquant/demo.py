@@ -41,6 +41,7 @@ seconds) in the CLI table, the JSON and the report. On the command line:
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import os
 import time
 import warnings
@@ -91,6 +92,9 @@ class DemoConfig:
         Seed of the synthetic chain's jitter and of the path simulations.
     lp_retry_tol : float
         martingale_tol of the relaxed LP when the exact one is declared infeasible.
+    neural : bool
+        Also price with the shipped neural checkpoint (pure and hybrid) beside the classical
+        solver on the fine calibrated marginals, when torch is installed (extra ``neural``).
     """
 
     expiries: tuple[str, ...] = ("30d", "60d", "90d", "120d", "150d")
@@ -105,6 +109,7 @@ class DemoConfig:
     n_paths: int = 20_000
     seed: int = 0
     lp_retry_tol: float = 1e-9
+    neural: bool = True
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.grid_step) and self.grid_step > 0):
@@ -163,6 +168,7 @@ class DemoResult:
     out_dir: Path
     files: list[Path]
     chain_path: str
+    neural: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
@@ -170,7 +176,7 @@ class DemoResult:
             rows=[{**asdict(r), "inside": r.inside} for r in self.rows],
             calibration=self.calibration, sweep=self.sweep, backtest=self.backtest,
             timings=self.timings, config=asdict(self.config), out_dir=str(self.out_dir),
-            files=[str(f) for f in self.files], chain=self.chain_path,
+            files=[str(f) for f in self.files], chain=self.chain_path, neural=self.neural,
             grid=[float(self.marginals.grid[0]), float(self.marginals.grid[-1]),
                   int(self.marginals.size)],
             times=self.marginals.times.tolist(),
@@ -401,18 +407,50 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
     backtest_summary["model_error_std"] = float(np.sqrt(hedge.expected_error_variance()))
     timings["backtest"] = time.perf_counter() - t0
 
-    # 8. report
+    # 8. neural surrogate beside the classical solver (issue 5)
+    neural = None
+    if cfg.neural and importlib.util.find_spec("torch") is not None:
+        say("neural pricer")
+        t0 = time.perf_counter()
+        from deepquant.neural.pricer import NeuralPricer, demo_prices
+
+        # the fine calibrated marginals moved onto the network's grid through their call
+        # prices (mass, mean and convex order kept), as for the demo grid above
+        fine = coarsen_marginals(cal.marginals, NeuralPricer().grid)
+        neural = demo_prices(fine, {label: p for label, p, _ in demo_payoffs(fine.n_dates)})
+        timings["neural"] = time.perf_counter() - t0
+
+    # 9. report
     say("report")
     t0 = time.perf_counter()
     files = _write_report(out, marg, model, rows, sweep, bt, backtest_summary, calibration,
-                          timings, cfg, chain_path, lp_results, report)
+                          timings, cfg, chain_path, lp_results, report, neural)
     timings["report"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     result = DemoResult(rows=rows, marginals=marg, model=model, calibration=calibration,
                         sweep=sweep, backtest=backtest_summary, timings=timings, config=cfg,
-                        out_dir=out, files=files, chain_path=chain_path)
+                        out_dir=out, files=files, chain_path=chain_path, neural=neural)
     files.append(write_json(out / "results.json", _jsonable(result.to_dict())))
     return result
+
+
+def neural_rows(neural: dict) -> list[list]:
+    """Rows (payoff, neural, hybrid, classical) of ``demo_prices`` output."""
+    return [[name, v["neural"], v["hybrid"], v["classical"]]
+            for name, v in neural["prices"].items()]
+
+
+def neural_markdown(neural: dict, report) -> str:
+    """The report section comparing the neural, hybrid and classical calibrated prices."""
+    sec, drift = neural["seconds"], neural["drift"]
+    tab = report.markdown_table(["payoff", "neural", "hybrid", "classical"], neural_rows(neural))
+    return ("Calibrated (c = 0) model prices on the calibrated marginals moved onto the "
+            "network's grid (through their call prices), by the shipped checkpoint alone (neural), by the network's "
+            "potentials polished by Newton (hybrid), and by the classical solver from a cold "
+            f"start.\n\n{tab}\n\nSeconds: neural {sec['neural']:.3g}, hybrid "
+            f"{sec['hybrid']:.3g}, classical {sec['classical']:.3g}. Drift: neural "
+            f"{drift['neural']:.2e}, hybrid {drift['hybrid']:.2e}, classical "
+            f"{drift['classical']:.2e}. Out of distribution for the guard: {neural['ood']}.")
 
 
 def _jsonable(obj):
@@ -430,7 +468,7 @@ def _jsonable(obj):
 
 
 def _write_report(out, marg, model, rows, sweep, bt, bt_summary, calibration, timings, cfg,
-                  chain_path, lp_results, report) -> list[Path]:
+                  chain_path, lp_results, report, neural=None) -> list[Path]:
     files: list[Path] = []
     days = [f"t={t * 365:.0f}d" for t in marg.times]
     files.append(report.plot_marginals(marg.grid, marg.weights, days, out / "marginals.png",
@@ -514,6 +552,8 @@ def _write_report(out, marg, model, rows, sweep, bt, bt_summary, calibration, ti
          f"comparison only.\n\n{bt_tab}\n\n![hedge](hedge.png)"),
         ("Timings", f"{tim}\n\nReproduce: `deepquant demo --out {out}`."),
     ]
+    if neural is not None:
+        sections.insert(-1, ("Neural surrogate", neural_markdown(neural, report)))
     files.append(report.write_markdown(out / "report.md", sections,
                                        title="deep-quant demo: exotic bounds from an option "
                                              "chain"))

@@ -198,6 +198,14 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, seed, pricer
                         ["paths from", "mean", "std", "RMSE", "unhedged std"],
                         [[k, v["mean"], v["std"], v["rmse"], v["unhedged_std"]]
                          for k, v in bt.items()]))
+    if res.neural is not None:
+        from deepquant.demo import neural_rows
+
+        sec = res.neural["seconds"]
+        console.print(table(
+            f"Neural surrogate, calibrated prices (s: neural {sec['neural']:.3g}, hybrid "
+            f"{sec['hybrid']:.3g}, classical {sec['classical']:.3g})",
+            ["payoff", "neural", "hybrid", "classical"], neural_rows(res.neural)))
     console.print(f"calibration: {100 * res.calibration['fraction_inside']:.1f}% of quotes "
                   f"inside bid-ask; model drift {res.model.drift():.1e}; "
                   f"total {res.timings['total']:.1f} s")
