@@ -683,7 +683,11 @@ def _row_solve(base: np.ndarray, d: np.ndarray, grid: np.ndarray, eta: np.ndarra
         new = np.where(bracketed & outside, 0.5 * (lo + hi), new)
         cap = np.where(bracketed, cap, 2.0 * cap)
         e = np.where(done, e, new)
-        p, lse, m, sec = _row_eval(base, e, d, d2)
+        act = np.flatnonzero(~done)                # only rows still moving are re-evaluated
+        if act.size == e.size:
+            p, lse, m, sec = _row_eval(base, e, d, d2)
+        else:
+            p[act], lse[act], m[act], sec[act] = _row_eval(base[act], e[act], d[act], d2[act])
     if kernels:
         return e, p, lse
     return e

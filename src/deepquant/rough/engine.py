@@ -242,6 +242,10 @@ class BermudanPricer:
             rhs = y
             if self.martingale_ridge > 0:
                 rms = np.sqrt((X[:, 1:] ** 2).mean(axis=0))
+                # floor: rarely non-zero columns (far out-of-the-money increments) must not
+                # get huge coefficients for free (measured: CV blow-ups with 50 dates/yr)
+                live = rms[rms > 0]
+                rms = np.maximum(rms, 1e-2 * float(np.median(live)) if live.size else 0.0)
                 pen = np.zeros((X.shape[1] - 1, X.shape[1]))
                 pen[:, 1:] = np.diag(math.sqrt(self.martingale_ridge * n) * rms)
                 X = np.concatenate([X, pen], axis=0)
