@@ -7,6 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests draw their examples deterministically, so a CI run is reproducible; set
+# HYPOTHESIS_PROFILE=explore to search new random examples locally.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 SPX_DATA = Path(os.environ.get("DEEPQUANT_SPX_DATA", REPO.parent / "shared" / "data" / "spx_20230609"))

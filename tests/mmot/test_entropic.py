@@ -310,6 +310,19 @@ def test_random_marginals_with_pairwise_cost(seed):
     assert res.dual_value == pytest.approx(res.entropic_objective, rel=1e-5, abs=1e-8)
 
 
+def test_rough_cost_retries_with_gentler_eps_scaling():
+    """Regression (hypothesis seed 1208656068): with a rough random cost the default eps-scaling
+    (ratio 4) ends in a failed line search; the solver retries with ratio 1.5 and converges."""
+    rng = np.random.default_rng(1_208_656_068)
+    mg = kernel_marginals(rng, 3, 15)
+    cost = rng.normal(size=(2, 15, 15)) * 0.05
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = solve_entropic(mg, 1e-3, cost=cost)
+    check_result(res, mg)
+    assert res.dual_value == pytest.approx(res.entropic_objective, rel=1e-5, abs=1e-8)
+
+
 # ---------------------------------------------------------------------------- warm starts
 def test_warm_start_from_solution_takes_no_iteration():
     mg = lognormal_marginals(4, 60)

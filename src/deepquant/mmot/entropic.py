@@ -1018,7 +1018,9 @@ def _warm_potentials(warm_start: Any, n: int, m: int) -> tuple[np.ndarray, np.nd
     return v, h
 
 
-def _default_schedule(eps: float, cost: np.ndarray | None, maximize: bool) -> list[float]:
+def _default_schedule(eps: float, cost: np.ndarray | None, maximize: bool,
+                      ratio: float = 4.0) -> list[float]:
+    """eps-scaling stages from 5% of the cost range down to ``eps``, dividing by ``ratio``."""
     if cost is None:
         return [eps]
     spread = float(np.ptp(cost)) if cost.size else 0.0
@@ -1027,9 +1029,14 @@ def _default_schedule(eps: float, cost: np.ndarray | None, maximize: bool) -> li
     e = start
     while e > eps * 1.0001:
         sched.append(e)
-        e /= 4.0
+        e /= ratio
     sched.append(eps)
     return sched
+
+
+_RETRY_RATIO = 1.5
+"""eps-scaling ratio of the automatic retry after a failed line search with the default
+schedule (rough costs, e.g. c/eps of order 50 with random signs, need the gentler path)."""
 
 
 def solve_entropic(
@@ -1204,6 +1211,20 @@ def solve_entropic(
         tc, ent, dual = _objectives(grid, w, kernels, u_out, v_out, h_out, cost_arr, moments)
     ok = (errs <= tol) & (drifts <= tol)
     success = bool(np.all(ok)) and bool(np.isfinite(errs).all())
+    if (not success and eps_schedule is None and signed_cost is not None
+            and method == "newton" and np.any(status == 2)):
+        # the default eps-scaling was too coarse for this cost: redo with gentler stages
+        finer = _default_schedule(eps, signed_cost, maximize, ratio=_RETRY_RATIO)
+        if len(finer) > len(schedule):
+            retry = solve_entropic(
+                marginals, eps, cost, reference, tol=tol, max_iter=max_iter,
+                warm_start=warm_start, eps_schedule=finer, sinkhorn_sweeps=sinkhorn_sweeps,
+                stage_tol=stage_tol, maximize=maximize, touch_tol=touch_tol, threads=threads,
+                chunk_entries=chunk_entries, warn=warn, method=method)
+            retry.history[:0] = history
+            retry.nit += nit_total
+            retry.seconds = time.perf_counter() - t0
+            return retry
     if success:
         code, msg = 0, f"converged: marginal error {errs.max():.2e}, drift {drifts.max():.2e}"
     else:
