@@ -38,8 +38,8 @@ import tracemalloc
 import warnings
 
 import numpy as np
+from common import lognormal_rows  # noqa: E402
 from scipy import optimize, sparse
-from scipy.stats import norm
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
@@ -49,17 +49,8 @@ from deepquant.mmot.sinkhorn import martingale_sinkhorn
 def lognormal_marginals(n: int, m: int, sigma: float = 0.2, maturity: float = 1.0,
                         lo: float = 0.5, hi: float = 2.0) -> Marginals:
     grid = np.linspace(lo, hi, m)
-    rows = []
-    for t in np.linspace(0.0, maturity, n + 1):
-        s = sigma * np.sqrt(t + maturity / n)
-        d1 = (-np.log(grid) + 0.5 * s * s) / s
-        c = norm.cdf(d1) - grid * norm.cdf(d1 - s)
-        lam = (grid - grid[0]) / (grid[-1] - grid[0])
-        c = c - ((c[0] - (1.0 - grid[0])) * (1 - lam) + c[-1] * lam)
-        slopes = np.concatenate([[-1.0], np.diff(c) / np.diff(grid), [0.0]])
-        rows.append(np.maximum(np.diff(slopes), 0.0))
-    w = np.array(rows)
-    return Marginals(grid, w / w.sum(axis=1, keepdims=True), np.linspace(0.0, maturity, n + 1))
+    times = np.linspace(0.0, maturity, n + 1)
+    return Marginals(grid, lognormal_rows(grid, sigma**2 * (times + maturity / n)), times)
 
 
 BASELINE = None   # module loaded from --baseline

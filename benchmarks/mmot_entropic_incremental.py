@@ -24,25 +24,11 @@ import time
 import warnings
 
 import numpy as np
-from scipy.stats import norm
+from common import lognormal_rows  # noqa: E402
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
 from deepquant.mmot.incremental import append_date, insert_date, update_date
-
-
-def rows_for(grid: np.ndarray, total_vars) -> np.ndarray:
-    out = []
-    for v in total_vars:
-        s = np.sqrt(v)
-        d1 = (-np.log(grid) + 0.5 * s * s) / s
-        c = norm.cdf(d1) - grid * norm.cdf(d1 - s)
-        lam = (grid - grid[0]) / (grid[-1] - grid[0])
-        c = c - ((c[0] - (1.0 - grid[0])) * (1 - lam) + c[-1] * lam)
-        slopes = np.concatenate([[-1.0], np.diff(c) / np.diff(grid), [0.0]])
-        out.append(np.maximum(np.diff(slopes), 0.0))
-    w = np.array(out)
-    return w / w.sum(axis=1, keepdims=True)
 
 
 def main() -> None:
@@ -56,13 +42,13 @@ def main() -> None:
     grid = np.linspace(0.5, 2.0, m)
     sigma2 = 0.04
     tv = [sigma2 * (k + 1) / n for k in range(n + 1)]       # N+1 dates, T = 1
-    new = Marginals(grid, rows_for(grid, tv))
+    new = Marginals(grid, lognormal_rows(grid, tv))
     old_append = new.select(range(n))                         # without the last date
     mid = n // 2
     old_insert = Marginals(grid, np.delete(new.weights, mid, axis=0))
     moved = list(tv)
     moved[mid] = 0.5 * (tv[mid] + tv[mid + 1]) if mid + 1 < len(tv) else tv[mid] * 1.02
-    moved_marg = Marginals(grid, rows_for(grid, moved))
+    moved_marg = Marginals(grid, lognormal_rows(grid, moved))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

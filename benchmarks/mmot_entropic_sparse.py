@@ -25,7 +25,7 @@ import time
 import warnings
 
 import numpy as np
-from scipy.stats import norm
+from common import lognormal_rows  # noqa: E402
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
@@ -33,17 +33,7 @@ from deepquant.mmot.sparse import sparse_marginals
 
 
 def lognormal(grid: np.ndarray, n: int, sigma: float = 0.2) -> Marginals:
-    rows = []
-    for k in range(n + 1):
-        s = sigma * np.sqrt((k + 1) / n)
-        d1 = (-np.log(grid) + 0.5 * s * s) / s
-        c = norm.cdf(d1) - grid * norm.cdf(d1 - s)
-        lam = (grid - grid[0]) / (grid[-1] - grid[0])
-        c = c - ((c[0] - (1.0 - grid[0])) * (1 - lam) + c[-1] * lam)
-        slopes = np.concatenate([[-1.0], np.diff(c) / np.diff(grid), [0.0]])
-        rows.append(np.maximum(np.diff(slopes), 0.0))
-    w = np.array(rows)
-    return Marginals(grid, w / w.sum(axis=1, keepdims=True))
+    return Marginals(grid, lognormal_rows(grid, sigma**2 * np.arange(1, n + 2) / n))
 
 
 def statistic(res, mg) -> float:

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import norm
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
 from deepquant.mmot.incremental import append_date, insert_date, update_date
 from deepquant.payoffs import SumSquaredIncrements
+from tests.conftest import lognormal_rows
 
 TOL = 1e-9
 
 
-def lognormal_rows(grid: np.ndarray, total_vars: list[float]) -> np.ndarray:
-    """Laws whose call curves interpolate Black–Scholes calls (mean 1, all mass on the grid)."""
-    rows = []
-    for v in total_vars:
-        s = np.sqrt(v)
-        d1 = (-np.log(grid) + 0.5 * s * s) / s
-        c = norm.cdf(d1) - grid * norm.cdf(d1 - s)
-        lam = (grid - grid[0]) / (grid[-1] - grid[0])
-        c = c - ((c[0] - (1.0 - grid[0])) * (1 - lam) + c[-1] * lam)
-        slopes = np.concatenate([[-1.0], np.diff(c) / np.diff(grid), [0.0]])
-        rows.append(np.maximum(np.diff(slopes), 0.0))
-    w = np.array(rows)
-    return w / w.sum(axis=1, keepdims=True)
 
 
 GRID = np.linspace(0.5, 2.0, 60)

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import norm
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.entropic import solve_entropic
 from deepquant.mmot.sparse import adaptive_grid, sparse_marginals
+from tests.conftest import lognormal_rows
 
 
 def lognormal_marginals(grid: np.ndarray, total_vars) -> Marginals:
     """Laws whose call curves interpolate Black–Scholes calls on ``grid`` (mean 1)."""
-    rows = []
-    for v in total_vars:
-        s = np.sqrt(v)
-        d1 = (-np.log(grid) + 0.5 * s * s) / s
-        c = norm.cdf(d1) - grid * norm.cdf(d1 - s)
-        lam = (grid - grid[0]) / (grid[-1] - grid[0])
-        c = c - ((c[0] - (1.0 - grid[0])) * (1 - lam) + c[-1] * lam)
-        slopes = np.concatenate([[-1.0], np.diff(c) / np.diff(grid), [0.0]])
-        rows.append(np.maximum(np.diff(slopes), 0.0))
-    w = np.array(rows)
-    return Marginals(grid, w / w.sum(axis=1, keepdims=True))
+    return Marginals(grid, lognormal_rows(grid, total_vars))
 
 
 VARS = [0.02, 0.04, 0.06]

@@ -336,25 +336,10 @@ def _markov_support(lp: ChainLP) -> np.ndarray:
         xs = np.flatnonzero(chain.support[t])
         ys = lp.ys[t]
         mu, nu = lp.margs[t], lp.margs[t + 1]
-        n_x, n_y = xs.size, ys.size
-        dx = chain.grid[ys][None, :] - chain.grid[xs][:, None]
-        rows = sparse.vstack([
-            sparse.kron(sparse.identity(n_x), np.ones((1, n_y))),
-            sparse.kron(np.ones((1, n_x)), sparse.identity(n_y)),
-            sparse.csr_matrix((dx.ravel(), (np.repeat(np.arange(n_x), n_y),
-                                            np.arange(n_x * n_y))), shape=(n_x, n_x * n_y)),
-        ]).tocsr()
-        b = np.concatenate([mu[xs], nu[ys], np.zeros(n_x)])
-        for opts in (dict(presolve=False, primal_feasibility_tolerance=1e-10),
-                     dict(presolve=True, primal_feasibility_tolerance=1e-10)):
-            # presolve can report false infeasibility with tiny masses (DESIGN §7)
-            res = optimize.linprog(np.zeros(n_x * n_y), A_eq=rows, b_eq=b, bounds=(0, None),
-                                   method="highs-ds", options=opts)
-            if res.status == 0:
-                break
-        if res.status != 0:
+        n_y = ys.size
+        plan = _feasible_martingale_plan(chain.grid[xs], chain.grid[ys], mu[xs], nu[ys])
+        if plan is None:
             return np.ones_like(mask)  # let the full LP report infeasibility
-        plan = res.x.reshape(n_x, n_y)
         live = np.zeros((chain.size, n_y), dtype=bool)
         live[xs] = plan > 1e-14 * max(1.0, plan.max())
         P = lp.pairs[t]
@@ -822,25 +807,10 @@ def _glued_kernels(chain: AugmentedChain, margs: np.ndarray) -> np.ndarray | Non
     for t in range(chain.last_date):
         xs = np.flatnonzero(chain.support[t])
         ys = np.flatnonzero(chain.support[t + 1])
-        n_x, n_y = xs.size, ys.size
-        dx = grid[ys][None, :] - grid[xs][:, None]
-        rows = sparse.vstack([
-            sparse.kron(sparse.identity(n_x), np.ones((1, n_y))),
-            sparse.kron(np.ones((1, n_x)), sparse.identity(n_y)),
-            sparse.csr_matrix((dx.ravel(), (np.repeat(np.arange(n_x), n_y),
-                                            np.arange(n_x * n_y))), shape=(n_x, n_x * n_y)),
-        ]).tocsr()
-        b = np.concatenate([margs[t, xs], margs[t + 1, ys], np.zeros(n_x)])
-        for opts in (dict(presolve=False, primal_feasibility_tolerance=1e-10),
-                     dict(presolve=True, primal_feasibility_tolerance=1e-10)):
-            # presolve can report false infeasibility with tiny masses (DESIGN §7)
-            res = optimize.linprog(np.zeros(n_x * n_y), A_eq=rows, b_eq=b, bounds=(0, None),
-                                   method="highs-ds", options=opts)
-            if res.status == 0:
-                break
-        if res.status != 0:
+        plan = _feasible_martingale_plan(grid[xs], grid[ys], margs[t, xs], margs[t + 1, ys])
+        if plan is None:
             return None
-        plan = np.maximum(res.x.reshape(n_x, n_y), 0.0)
+        plan = np.maximum(plan, 0.0)
         rs = plan.sum(axis=1, keepdims=True)
         ker = np.where(rs > 0, plan / np.where(rs > 0, rs, 1.0), 0.0)
         # rows HiGHS left empty (mass below its tolerance): stay put if possible
@@ -1007,3 +977,26 @@ def solve_side_dw(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                      float(bound - master_val), duals, plan,
                      dict(iterations=it, columns=len(columns), bound=sign * bound,
                           master_rows=n_rows, elastic_mass=elastic))
+
+
+def _feasible_martingale_plan(x: np.ndarray, y: np.ndarray, mu: np.ndarray, nu: np.ndarray
+                              ) -> np.ndarray | None:
+    """Some one-period martingale plan (n_x, n_y) from ``mu`` on ``x`` to ``nu`` on ``y`` (a
+    feasibility LP by HiGHS dual simplex), or None if HiGHS finds none."""
+    n_x, n_y = x.size, y.size
+    dx = y[None, :] - x[:, None]
+    rows = sparse.vstack([
+        sparse.kron(sparse.identity(n_x), np.ones((1, n_y))),
+        sparse.kron(np.ones((1, n_x)), sparse.identity(n_y)),
+        sparse.csr_matrix((dx.ravel(), (np.repeat(np.arange(n_x), n_y),
+                                        np.arange(n_x * n_y))), shape=(n_x, n_x * n_y)),
+    ]).tocsr()
+    b = np.concatenate([mu, nu, np.zeros(n_x)])
+    for opts in (dict(presolve=False, primal_feasibility_tolerance=1e-10),
+                 dict(presolve=True, primal_feasibility_tolerance=1e-10)):
+        # presolve can report false infeasibility with tiny masses (DESIGN §7)
+        res = optimize.linprog(np.zeros(n_x * n_y), A_eq=rows, b_eq=b, bounds=(0, None),
+                               method="highs-ds", options=opts)
+        if res.status == 0:
+            return res.x.reshape(n_x, n_y)
+    return None
