@@ -3,9 +3,10 @@
 Sections (``--section``, default all):
 
 * ``main``    N=10, M=150, eps=1e-3, c=0, product reference, tol 1e-9 on the L1 marginal error
-              and on the drift: Newton (1 and 2 BLAS threads) side by side with plain
-              martingale-Sinkhorn (seed 001 Algorithm 1), interleaved repeats, medians, ratios.
-* ``large``   N=50, M=500.
+              and on the drift: Newton (default multiscale start; cold start; 2 BLAS threads)
+              side by side with plain martingale-Sinkhorn (seed 001 Algorithm 1), interleaved
+              repeats, medians, ratios.
+* ``large``   N=50, M=500 (default and cold start, interleaved).
 * ``scaling`` (N, M) = (2,100), (10,150), (20,200), (50,500), (100,1000): median time, Newton
               iterations, peak traced memory (tracemalloc), fitted exponents (CPU time).
 * ``lp``      transport cost of the entropic plan -> one-period LP values (HiGHS) as eps -> 0,
@@ -81,7 +82,9 @@ def _row(res, seconds):
     return {"seconds": seconds, "cpu_seconds": float(getattr(res, "cpu_seconds", np.nan)),
             "nit": int(res.nit), "sweeps": int(res.sweeps),
             "marginal_error": float(res.marginal_error), "drift": float(res.drift),
-            "success": bool(res.success)}
+            "success": bool(res.success),
+            "coarse": [{"grid_size": h["grid_size"], "nit": h["iteration"]}
+                       for h in getattr(res, "history", []) if h.get("kind") == "coarse"]}
 
 
 def section_main(repeats: int) -> dict:
@@ -89,6 +92,8 @@ def section_main(repeats: int) -> dict:
     eps = 1e-3
     variants = {
         "newton_1thread": lambda: _run(solve_entropic, mg, eps, threads=1),
+        "newton_cold_1thread": lambda: _run(solve_entropic, mg, eps, threads=1,
+                                            multiscale=False),
         "newton_2threads": lambda: _run(solve_entropic, mg, eps, threads=2),
         "sinkhorn_1thread": lambda: _run(martingale_sinkhorn, mg, eps, threads=1,
                                          max_sweeps=20_000),
@@ -114,6 +119,11 @@ def section_main(repeats: int) -> dict:
     base = out["newton_1thread"]["median_seconds"]
     if "sinkhorn_1thread" in out:
         out["ratio_sinkhorn_over_newton"] = out["sinkhorn_1thread"]["median_seconds"] / base
+    if "newton_cold_1thread" in out:
+        cold = out["newton_cold_1thread"]
+        out["ratio_cold_over_multiscale_wall"] = cold["median_seconds"] / base
+        out["ratio_cold_over_multiscale_cpu"] = (cold["median_cpu_seconds"]
+                                                 / out["newton_1thread"]["median_cpu_seconds"])
     if "newton_2threads" in out:
         out["ratio_2threads_over_1thread"] = out["newton_2threads"]["median_seconds"] / base
     if BASELINE is not None:
@@ -129,10 +139,14 @@ def section_large(repeats: int) -> dict:
     mg = lognormal_marginals(50, 500)
     secs, cpus, res = [], [], None
     bsecs, bcpus, bres = [], [], None
-    for _ in range(repeats):                       # interleaved with the baseline, if any
+    csecs, ccpus, cres = [], [], None
+    for _ in range(repeats):                       # interleaved: cold start, baseline if any
         res, sec = _run(solve_entropic, mg, 1e-3)
         secs.append(sec)
         cpus.append(res.cpu_seconds)
+        cres, csec = _run(solve_entropic, mg, 1e-3, multiscale=False)
+        csecs.append(csec)
+        ccpus.append(cres.cpu_seconds)
         if BASELINE is not None:
             bres, bsec = _run(BASELINE.solve_entropic, mg, 1e-3)
             bsecs.append(bsec)
@@ -141,6 +155,10 @@ def section_large(repeats: int) -> dict:
                median_cpu_seconds=float(np.median(cpus)),
                min_seconds=float(np.min(secs)), repeats=repeats,
                problem={"N": 50, "M": 500, "eps": 1e-3})
+    out["cold_start"] = dict(_row(cres, csecs[-1]), median_seconds=float(np.median(csecs)),
+                             median_cpu_seconds=float(np.median(ccpus)),
+                             min_seconds=float(np.min(csecs)), repeats=repeats)
+    out["ratio_cold_over_multiscale_cpu"] = float(np.median(ccpus) / np.median(cpus))
     if BASELINE is not None:
         out["baseline"] = dict(_row(bres, bsecs[-1]), median_seconds=float(np.median(bsecs)),
                                median_cpu_seconds=float(np.median(bcpus)),

@@ -26,8 +26,10 @@ from scipy.stats import norm
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.entropic import (
+    MULTISCALE_MIN_POINTS,
     ConvergenceWarning,
     EntropicResult,
+    coarse_marginals,
     newton_polish,
     reference_kernels,
     solve_entropic,
@@ -297,6 +299,82 @@ def test_random_convex_ordered_marginals(seed, n_dates, size, eps, reference):
         warnings.simplefilter("error", ConvergenceWarning)
         res = solve_entropic(mg, eps, reference=reference)
     check_result(res, mg)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), n_dates=st.integers(2, 4),
+       size=st.integers(MULTISCALE_MIN_POINTS, 160), reference=st.sampled_from(["product",
+                                                                               "lognormal"]))
+def test_random_marginals_multiscale_start(seed, n_dates, size, reference):
+    """The default multiscale start on grids above the threshold: same plan as a cold start."""
+    mg = kernel_marginals(np.random.default_rng(seed), n_dates, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = solve_entropic(mg, 1e-2, reference=reference)
+        cold = solve_entropic(mg, 1e-2, reference=reference, multiscale=False)
+    check_result(res, mg)
+    assert any(h["kind"] == "coarse" for h in res.history)
+    assert not any(h["kind"] == "coarse" for h in cold.history)
+    # one strictly convex problem: both plans solve it to 1e-9 residuals, so they agree to a
+    # few times that in L1 (the conditioning of these small random cases)
+    assert np.abs(res.plans - cold.plans).sum(axis=(1, 2)).max() <= 1e-6
+
+
+def test_multiscale_start_falls_back_to_a_cold_start(monkeypatch):
+    """When the solve from the interpolated start fails (forced here: its Newton loop gets no
+    iteration), the solver restarts cold and converges to the cold plan."""
+    import deepquant.mmot.entropic as entropic
+
+    mg = lognormal_marginals(3, 120)
+    real = entropic._solve_batch
+    calls = []
+
+    def first_fails(*args, **kw):
+        calls.append(kw["max_iter"])
+        if len(calls) == 2:            # call 1: the coarse solve; call 2: the warm fine solve
+            kw["max_iter"] = 0
+        return real(*args, **kw)
+
+    monkeypatch.setattr(entropic, "_solve_batch", first_fails)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = solve_entropic(mg, 1e-3)
+    monkeypatch.undo()
+    cold = solve_entropic(mg, 1e-3, multiscale=False)
+    check_result(res, mg)
+    assert len(calls) == 3
+    kinds = [h["kind"] for h in res.history]
+    assert kinds[0] == "coarse" and kinds.count("sinkhorn") == 2   # warm try, then cold
+    assert np.abs(res.plans - cold.plans).sum(axis=(1, 2)).max() <= 1e-8
+
+
+def test_multiscale_start_halves_the_fine_iterations():
+    mg = lognormal_marginals(6, 150)
+    res = solve_entropic(mg, 1e-3)
+    cold = solve_entropic(mg, 1e-3, multiscale=False)
+    check_result(res, mg)
+    check_result(cold, mg)
+    coarse = [h for h in res.history if h["kind"] == "coarse"]
+    assert len(coarse) == 1 and coarse[0]["grid_size"] == 76
+    assert res.nit <= cold.nit // 2
+    assert np.abs(res.plans - cold.plans).sum(axis=(1, 2)).max() <= 1e-8
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), size=st.integers(4, 40))
+def test_coarse_marginals_keep_mass_mean_and_convex_order(seed, size):
+    """Linear splitting onto every other point: mass, mean and the call prices at the kept
+    points are unchanged, so convex order survives (checked on the coarse laws)."""
+    mg = kernel_marginals(np.random.default_rng(seed), 3, size)
+    cm = coarse_marginals(mg)
+    keep = np.unique(np.r_[np.arange(0, size, 2), size - 1])
+    np.testing.assert_array_equal(cm.grid, mg.grid[keep])
+    np.testing.assert_allclose(cm.weights.sum(axis=1), 1.0, atol=1e-14)
+    np.testing.assert_allclose(cm.weights @ cm.grid, mg.weights @ mg.grid, atol=1e-14)
+    for k in cm.grid:
+        np.testing.assert_allclose(np.maximum(cm.grid - k, 0.0) @ cm.weights.T,
+                                   np.maximum(mg.grid - k, 0.0) @ mg.weights.T, atol=1e-14)
+    assert cm.check_convex_order().violation <= 1e-14
 
 
 @settings(max_examples=10, deadline=None)
