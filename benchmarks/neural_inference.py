@@ -7,8 +7,11 @@ Instances: GBM / Merton / Heston marginals with N = 10 periods, M = 150 (model g
 0.3, from ``deepquant.market.synthetic``. Reported (medians over repeats, same process, same
 threads):
 
-* single: one forward pass (potentials) for one instance, and forward + Gibbs kernels (float64);
-* batched: forward passes of a batch of 256 instances, instances per second;
+* single: one forward pass (potentials) for one instance through ``NeuralPricer.predict`` (a
+  per-shape TorchScript trace), the eager module on the same input, and forward + Gibbs kernels
+  (float64), with ``--threads`` torch threads (default 1);
+* batched: forward passes of a batch of 256 instances with ``--batch-threads`` (default 2, the
+  machine's two cores), instances per second;
 * hybrid: neural warm start + Newton polish to tol 1e-9 vs the cold classical solve, on the same
   instances in the same run (ratio of medians and median of per-instance ratios);
 * peak resident memory of the process (ru_maxrss).
@@ -48,6 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-threads", type=int, default=2,
+                    help="torch threads for the batched throughput (the machine's 2 cores)")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--instances", type=int, default=9)
     ap.add_argument("--batch", type=int, default=256)
@@ -73,6 +78,13 @@ def main() -> None:
         t0 = time.perf_counter()
         pricer.predict(w1)
         fwd.append(time.perf_counter() - t0)
+    eager = []                                   # the eager module, same input, same run
+    x1 = torch.as_tensor(np.asarray(w1, dtype=np.float32))
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            pricer.model(x1)
+            eager.append(time.perf_counter() - t0)
     full = []
     for _ in range(args.repeats // 2):
         t0 = time.perf_counter()
@@ -80,12 +92,14 @@ def main() -> None:
         pricer.kernels(w1[0], v[0], h[0])
         full.append(time.perf_counter() - t0)
     wb = np.stack([inst[i % len(inst)][1].weights for i in range(args.batch)])
+    torch.set_num_threads(args.batch_threads)
     pricer.predict(wb)
     bt = []
     for _ in range(max(3, args.repeats // 10)):
         t0 = time.perf_counter()
         pricer.predict(wb)
         bt.append(time.perf_counter() - t0)
+    torch.set_num_threads(args.threads)
     cold, hyb, ratios, hyb_drift, cold_drift = [], [], [], [], []
     for _fam, m in inst:
         with warnings.catch_warnings():
@@ -127,8 +141,10 @@ def main() -> None:
         "threads": args.threads, "checkpoint": str(pricer.checkpoint),
         "params": sum(p.numel() for p in pricer.model.parameters()), **spec,
         "single_forward_ms": 1e3 * statistics.median(fwd),
+        "single_forward_eager_ms": 1e3 * statistics.median(eager),
         "single_forward_plus_kernels_ms": 1e3 * statistics.median(full),
-        "batch": args.batch, "batched_instances_per_s": args.batch / statistics.median(bt),
+        "batch": args.batch, "batch_threads": args.batch_threads,
+        "batched_instances_per_s": args.batch / statistics.median(bt),
         "cold_classical_ms_median": 1e3 * statistics.median(cold),
         "hybrid_ms_median": 1e3 * statistics.median(hyb),
         "hybrid_over_cold_ratio_of_medians": statistics.median(hyb) / statistics.median(cold),
