@@ -119,8 +119,8 @@ def main() -> None:
         from deepquant.neural.model import build_model, count_parameters
 
         sm = build_model(ModelConfig(), pricer.grid).eval()
-        x1 = torch.as_tensor(w1, dtype=torch.float32)
-        xb = torch.as_tensor(wb, dtype=torch.float32)
+        x1 = torch.as_tensor(np.array(w1, dtype=np.float32))
+        xb = torch.as_tensor(np.array(wb, dtype=np.float32))
         with torch.inference_mode():
             for _ in range(5):
                 sm(x1)

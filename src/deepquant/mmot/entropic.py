@@ -399,14 +399,6 @@ def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
             pos_r = np.searchsorted(tp, idx, side="right")   # first touch index > i
             right = np.where(pos_r < tp.size, tp[np.minimum(pos_r, tp.size - 1)], m - 1)
             lo, hi = left, right
-        allowed = (idx[None, :] >= lo[:, None]) & (idx[None, :] <= hi[:, None])
-        allowed &= (mu[t] > 0)[:, None] & (nu[t] > 0)[None, :]
-        if logq_raw is None:
-            with np.errstate(divide="ignore"):
-                base = np.broadcast_to(np.log(nu_full[t])[None, :], (m, m))
-        else:
-            base = logq_raw[t]
-            allowed &= np.isfinite(base)
         # rows whose reachable columns all lie on one side of x (or nowhere) admit no martingale
         # kernel except the point mass at x: possible only when the marginals violate convex
         # order at round-off level in a far tail (noise-level masses), or with a reference
@@ -414,18 +406,40 @@ def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
         # the (tiny) deficit shows up in the measured marginal error. Columns no row reaches are
         # dropped likewise.
         # (Repeated: pinning a row can empty the column that kept another row feasible.)
-        for _ in range(m):
-            cs = np.cumsum(allowed, axis=1)
-            has_left = cs[idx, idx] - allowed[idx, idx] > 0    # an allowed column y < x
-            has_right = cs[:, -1] - cs[idx, idx] > 0           # an allowed column y > x
-            stuck = (mu[t] > 0) & ~(has_left & has_right)
-            if not np.any(stuck):
-                break
-            pinned[t, stuck] = True
-            mu[t, stuck] = 0.0
-            allowed[stuck] = False
-            nu[t, stuck] = np.maximum(nu[t, stuck] - mu_full[t, stuck], 0.0)
-            allowed &= (nu[t] > 0)[None, :]
+        if logq_raw is None:
+            # product reference: allowed = [lo, hi] x (nu > 0) on rows with mass, so the
+            # one-sided test needs only prefix counts of the live columns (O(M) per pass)
+            for _ in range(m):
+                cnt = np.concatenate([[0], np.cumsum(nu[t] > 0)])
+                has_left = cnt[idx] - cnt[lo] > 0             # a live column in [lo, x)
+                has_right = cnt[hi + 1] - cnt[idx + 1] > 0    # a live column in (x, hi]
+                stuck = (mu[t] > 0) & ~(has_left & has_right)
+                if not np.any(stuck):
+                    break
+                pinned[t, stuck] = True
+                mu[t, stuck] = 0.0
+                nu[t, stuck] = np.maximum(nu[t, stuck] - mu_full[t, stuck], 0.0)
+            allowed = (idx[None, :] >= lo[:, None]) & (idx[None, :] <= hi[:, None])
+            allowed &= (mu[t] > 0)[:, None] & (nu[t] > 0)[None, :]
+            with np.errstate(divide="ignore"):
+                base = np.log(nu_full[t])[None, :]
+        else:
+            allowed = (idx[None, :] >= lo[:, None]) & (idx[None, :] <= hi[:, None])
+            allowed &= (mu[t] > 0)[:, None] & (nu[t] > 0)[None, :]
+            base = logq_raw[t]
+            allowed &= np.isfinite(base)
+            for _ in range(m):
+                cs = np.cumsum(allowed, axis=1)
+                has_left = cs[idx, idx] - allowed[idx, idx] > 0    # an allowed column y < x
+                has_right = cs[:, -1] - cs[idx, idx] > 0           # an allowed column y > x
+                stuck = (mu[t] > 0) & ~(has_left & has_right)
+                if not np.any(stuck):
+                    break
+                pinned[t, stuck] = True
+                mu[t, stuck] = 0.0
+                allowed[stuck] = False
+                nu[t, stuck] = np.maximum(nu[t, stuck] - mu_full[t, stuck], 0.0)
+                allowed &= (nu[t] > 0)[None, :]
         dead_cols = ~allowed.any(axis=0) & (nu[t] > 0)
         nu[t, dead_cols] = 0.0
         logq[t] = np.where(allowed, base, -np.inf)
