@@ -1,6 +1,7 @@
 """Rough Bergomi American/Bermudan engine (DESIGN §4): hybrid-scheme paths, randomized QMC with
 adaptive stopping, a Longstaff–Schwartz lower bound with signature features, a dual upper bound
-from a signature martingale, Andersen–Broadie nested simulation, and parallel ensembles.
+from a signature martingale or from the Doob martingale of the regression value function with
+one-period sub-simulation, Andersen–Broadie nested simulation, and parallel ensembles.
 
 Quick start::
 
@@ -23,6 +24,7 @@ from deepquant.rough.lsm import ExerciseBasis, LSMPolicy, fit_lsm
 from deepquant.rough.nested import AndersenBroadieResult, andersen_broadie
 from deepquant.rough.qmc import AdaptiveResult, adaptive_mean, driver_increments, gaussian_points
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
+from deepquant.rough.subsim import ValueFunction, fit_value_function, subsim_pathwise
 
 __all__ = [
     "RoughBergomi",
@@ -40,6 +42,9 @@ __all__ = [
     "fit_dual",
     "martingale_increments",
     "andersen_broadie",
+    "ValueFunction",
+    "fit_value_function",
+    "subsim_pathwise",
     "AndersenBroadieResult",
     "adaptive_mean",
     "AdaptiveResult",

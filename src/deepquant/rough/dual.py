@@ -190,6 +190,11 @@ class DualMartingale:
     message: str
     nit: int
 
+    def values(self, B: np.ndarray) -> np.ndarray:
+        """M_{t_j} on paths with increments B (n, J, P), shape (n, J+1), M_0 = 0."""
+        m = np.einsum("nip,ip->ni", B, self.theta / self.scale)
+        return np.concatenate([np.zeros((B.shape[0], 1)), np.cumsum(m, axis=1)], axis=1)
+
     def pathwise(self, Z: np.ndarray, B: np.ndarray) -> np.ndarray:
         """max_j (Z_j - M_j) on (independent) paths, shape (n,)."""
         return dual_objective(self.theta / self.scale, Z, B)

@@ -20,6 +20,13 @@ One run (``BermudanPricer.__call__``), with independent random streams spawned f
    estimator stays unbiased for E[Z_tau] <= V_0); the upper bound is the mean of
    max_j (Z_j - M_j) >= V_0. The plain estimator mean(Z_tau) is reported too.
 
+With ``dual="subsim"`` the upper bound comes instead from the Doob martingale of the
+regression value function max(Z_j, C_j), with its one-period conditional means estimated by
+``subsim_inner`` inner paths per outer path and period (``deepquant.rough.subsim``); it is
+evaluated on the first ``subsim_outer`` paths of each pricing batch (a balanced subset: the
+first Sobol points and their antithetic partners). The least-squares signature martingale is
+still fitted (control variate of the lower bound); the pathwise refinement is skipped.
+
 The bounds are valid for the DISCRETISED model (the simulation grid with ``steps_per_date``
 steps between exercise dates); the grid bias of the hybrid scheme is not part of the intervals.
 
@@ -56,6 +63,7 @@ from deepquant.rough.lsm import (
 )
 from deepquant.rough.qmc import RngLike, adaptive_mean, as_seed_sequence, t_interval
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
+from deepquant.rough.subsim import ValueFunction, fit_value_function, subsim_pathwise
 
 __all__ = [
     "BermudanPricer",
@@ -91,7 +99,8 @@ class BermudanResult:
     variance_reduction : var(plain) / var(control variate) of the batch means
     n_paths : pricing paths used; n_batches ; stop_reason : "tol", "patience", "max_batches"
     n_regression : regression paths; dual_in_sample : training value of the dual objective
-    dual_method : "regression" or "pathwise" (whichever was kept)
+        (with dual="subsim": of the least-squares signature martingale, a diagnostic only)
+    dual_method : "regression" or "pathwise" (whichever was kept), or "subsim"
     exercise_at_zero : the policy exercises at t = 0
     seconds : wall time of the run; cpu_seconds : CPU time of this process (stable on a shared
         machine); timings : wall seconds per phase
@@ -141,6 +150,14 @@ class BermudanPricer:
     Exercise dates are t_j = j T / n_dates, j = 1..n_dates, plus t_0 = 0 when
     ``exercise_at_zero``. The simulation grid has ``steps_per_date`` steps per exercise period.
     Path counts for RQMC must be powers of two (antithetic pairs included).
+
+    ``dual``: "signature" (default; the fitted signature martingale, ``dual_fit`` chooses
+    least squares or the pathwise refinement) or "subsim" (Doob martingale of the regression
+    value function with one-period sub-simulation: ``subsim_inner`` inner paths per outer path
+    and period, on ``subsim_outer`` outer paths per pricing batch).
+    ``martingale_targets``: refit the LSM policy (and the sub-simulation value function) with
+    the regression targets Z_tau - (M_tau - M_j), M the least-squares martingale of a first
+    pass (``lsm.fit_lsm(martingale=...)``), then refit M for the new policy.
     """
 
     _: KW_ONLY
@@ -165,10 +182,18 @@ class BermudanPricer:
     dual_ridge: float = 1e-3
     martingale_ridge: float = 1e-6
     control_variate: bool = True
+    dual: str = "signature"
+    subsim_inner: int = 256
+    subsim_outer: int = 2**9
+    martingale_targets: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.martingale_targets, bool):
+            raise ValueError(
+                f"martingale_targets must be a bool, got {self.martingale_targets!r}")
         for name in ("n_dates", "steps_per_date", "n_regression", "batch_size", "min_batches",
-                     "max_batches", "patience", "dual_max_iter"):
+                     "max_batches", "patience", "dual_max_iter", "subsim_inner",
+                     "subsim_outer"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -185,6 +210,15 @@ class BermudanPricer:
             raise ValueError(f"martingale_ridge must be >= 0, got {self.martingale_ridge!r}")
         if self.dual_fit not in ("regression", "pathwise"):
             raise ValueError(f"dual_fit must be 'regression' or 'pathwise', got {self.dual_fit!r}")
+        if self.dual not in ("signature", "subsim"):
+            raise ValueError(f"dual must be 'signature' or 'subsim', got {self.dual!r}")
+        if self.subsim_inner < 4 or self.subsim_inner & (self.subsim_inner - 1):
+            raise ValueError(f"subsim_inner must be a power of 2 >= 4, got {self.subsim_inner}")
+        if self.dual == "subsim":
+            if self.subsim_outer > self.batch_size or self.subsim_outer < 2 or (
+                    self.subsim_outer & (self.subsim_outer - 1)):
+                raise ValueError(f"subsim_outer must be a power of 2 in [2, batch_size="
+                                 f"{self.batch_size}], got {self.subsim_outer}")
         if self.method == "rqmc":
             for name in ("n_regression", "batch_size"):
                 value = getattr(self, name)
@@ -261,7 +295,7 @@ class BermudanPricer:
         """Fit the exercise policy and the dual martingale only (same streams as a run)."""
         payoff = check_exercise_payoff(make_payoff(strike, option))
         seed_reg, seed_val, _ = as_seed_sequence(rng).spawn(3)
-        policy, dual, _, _ = self._fit(model, payoff, seed_reg, seed_val, {})
+        policy, dual, _, _, _ = self._fit(model, payoff, seed_reg, seed_val, {})
         return policy, dual
 
     def _fit(self, model, payoff, seed_reg, seed_val, timings):
@@ -273,8 +307,19 @@ class BermudanPricer:
         t1 = time.perf_counter()
         policy = fit_lsm(Z, F, has_zero_date=True)
         dual = cv = self._regression_martingale(Z, F, B, policy)
+        Mreg = None
+        if self.martingale_targets:
+            # second pass: regress Z_tau - (M_tau - M_j) with the least-squares martingale
+            # (same conditional mean, much less noise), then refit that martingale
+            policy = fit_lsm(Z, F, has_zero_date=True, martingale=dual.values(B))
+            dual = cv = self._regression_martingale(Z, F, B, policy)
+            Mreg = dual.values(B)
         method = "regression"
-        if self.dual_fit == "pathwise":
+        value_fn = None
+        if self.dual == "subsim":
+            value_fn = fit_value_function(Z, F, policy, martingale=Mreg)
+            method = "subsim"
+        elif self.dual_fit == "pathwise":
             refined = fit_dual(Z, B, theta0=dual.theta, taus=(0.01,), tau_min=0.003,
                                max_iter=self.dual_max_iter, ridge=self.dual_ridge)
             # keep the refinement only if it is better on independent validation paths by
@@ -286,7 +331,25 @@ class BermudanPricer:
             if diff.mean() > 2.0 * diff.std(ddof=1) / math.sqrt(diff.size):
                 dual, method = refined, "pathwise"
         timings["fit"] = time.perf_counter() - t1
-        return policy, dual, cv, method
+        return policy, dual, cv, method, value_fn
+
+    def _subsim_upper(self, model: RoughBergomi, payoff: Payoff, paths: RoughPaths,
+                      Z: np.ndarray, F: np.ndarray, value_fn: ValueFunction, seed) -> np.ndarray:
+        """Sub-simulation dual on the first ``subsim_outer`` paths of a batch (with
+        antithetic pairs: the first subsim_outer / 2 points and their partners)."""
+        n = Z.shape[0]
+        k = self.subsim_outer
+        if self.antithetic:
+            rows = np.concatenate([np.arange(k // 2), n // 2 + np.arange(k // 2)])
+        else:
+            rows = np.arange(k)
+        sub = RoughPaths(times=paths.times, S=paths.S[rows], V=paths.V[rows], Y=paths.Y[rows],
+                         dW=paths.dW[rows], dW_perp=paths.dW_perp[rows],
+                         cell=paths.cell[rows], r=paths.r)
+        (inner_seed,) = seed.spawn(1)
+        return subsim_pathwise(model, payoff, sub, Z[rows], F[rows], value_fn,
+                               basis=self.exercise_basis, steps_per_date=self.steps_per_date,
+                               n_inner=self.subsim_inner, rng=inner_seed)
 
     # ------------------------------------------------------------------ one run
     def __call__(self, model: RoughBergomi, strike: float, *, option: str = "put",
@@ -300,8 +363,11 @@ class BermudanPricer:
         t0 = time.perf_counter()
         c0 = time.process_time()
         timings: dict[str, float] = {}
-        policy, dual, cv_mart, method = self._fit(model, payoff, seed_reg, seed_val, timings)
+        policy, dual, cv_mart, method, value_fn = self._fit(model, payoff, seed_reg, seed_val,
+                                                            timings)
         t2 = time.perf_counter()
+        if value_fn is not None:
+            timings["subsim"] = 0.0
 
         def batch(b: int, seed) -> np.ndarray:
             p = self.simulate(model, self.batch_size, seed)
@@ -309,7 +375,12 @@ class BermudanPricer:
             tau = policy.stopping_index(Zb, Fb)
             rows = np.arange(Zb.shape[0])
             plain = Zb[rows, tau]
-            upper = dual.pathwise(Zb, Bb)
+            if value_fn is not None:
+                ts = time.perf_counter()
+                upper = self._subsim_upper(model, payoff, p, Zb, Fb, value_fn, seed)
+                timings["subsim"] += time.perf_counter() - ts
+            else:
+                upper = dual.pathwise(Zb, Bb)
             if self.control_variate:
                 # the least-squares martingale: the pathwise fit minimises max_j (Z_j - M_j),
                 # not Var(M_tau), and was measured to be a worse control variate
@@ -318,7 +389,7 @@ class BermudanPricer:
                                             axis=1)[rows, tau]
             else:
                 cv = plain
-            return np.array([cv.mean(), upper.mean(), plain.mean(), (upper - cv).mean()])
+            return np.array([cv.mean(), upper.mean(), plain.mean(), upper.mean() - cv.mean()])
 
         ad = adaptive_mean(batch, seed_price, min_batches=self.min_batches,
                            max_batches=self.max_batches, tol=self.tol, patience=self.patience,

@@ -88,7 +88,10 @@ class ExerciseBasis:
     (0 = no signature terms), ``bs_feature``: add the Black–Scholes European value,
     ``variance``: the signature's variance channel, "log" or "level";
     ``forward_variance``: add xi_{t_j}(u)/xi0 (``RoughBergomi.forward_variance``, u halfway to
-    T) and the European value with that variance (only when V is not constant).
+    T) and the European value with that variance (only when V is not constant);
+    ``european_periods``: for each k, the European value expiring k exercise periods ahead
+    (capped at T), with volatility sqrt(xi_{t_j}(u)) (sqrt(xi0) when V is constant): short
+    expiries carry the curvature of the continuation value near the exercise boundary.
     """
 
     _: KW_ONLY
@@ -97,8 +100,14 @@ class ExerciseBasis:
     bs_feature: bool = True
     variance: str = "log"
     forward_variance: bool = True
+    european_periods: tuple = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.european_periods, tuple) or any(
+                not isinstance(k, int) or isinstance(k, bool) or k < 1
+                for k in self.european_periods):
+            raise ValueError(f"european_periods must be a tuple of integers >= 1, got "
+                             f"{self.european_periods!r}")
         if not isinstance(self.poly_degree, int) or self.poly_degree < 0:
             raise ValueError(f"poly_degree must be an integer >= 0, got {self.poly_degree!r}")
         if not isinstance(self.sig_level, int) or not 0 <= self.sig_level <= 5:
@@ -136,6 +145,13 @@ def exercise_features(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, da
         cols.append(bs_european(paths.S[:, idx], K, paths.r, np.sqrt(fv),
                                 (T - paths.times[idx])[None, :],
                                 put=isinstance(payoff, EuropeanPut)) / K)
+    if basis.european_periods:
+        period = float(paths.times[idx[-1]] - paths.times[idx[-2]]) if len(idx) > 1 else T
+        vol = np.sqrt(fv) if (basis.forward_variance and varies) else math.sqrt(xi0)
+        for k in basis.european_periods:
+            tau_k = np.minimum(k * period, T - paths.times[idx])[None, :]
+            cols.append(bs_european(paths.S[:, idx], K, paths.r, vol, tau_k,
+                                    put=isinstance(payoff, EuropeanPut)) / K)
     feats = [np.stack(cols, axis=-1)] if cols else []
     if basis.sig_level > 0:
         x = lifted_path(paths, xi0, variance=basis.variance)
@@ -217,7 +233,8 @@ def _lstsq(X: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.n
 
 
 def fit_lsm(Z: np.ndarray, feats: np.ndarray, *, has_zero_date: bool = True,
-            ridge: float = 1e-8, min_itm: int = 16) -> LSMPolicy:
+            ridge: float = 1e-8, min_itm: int = 16,
+            martingale: np.ndarray | None = None) -> LSMPolicy:
     """Fit the Longstaff–Schwartz policy on regression paths.
 
     Parameters
@@ -226,6 +243,11 @@ def fit_lsm(Z: np.ndarray, feats: np.ndarray, *, has_zero_date: bool = True,
         ``has_zero_date``).
     feats : (n, J+1, F) basis functions at the dates.
     ridge : Tikhonov weight on the standardized coefficients (per path).
+    martingale : optional (n, J+1) values M_{t_j} of a martingale with M_0 = 0 (e.g. the
+        least-squares signature martingale): the regression target at date j becomes
+        Z_tau - (M_tau - M_j) instead of Z_tau. It has the same conditional mean
+        E_j[Z_tau] (optional stopping) and, for a martingale that tracks the value process,
+        a much smaller variance, so the continuation regressions are less noisy.
     """
     Z = np.asarray(Z, dtype=float)
     n, J1 = Z.shape
@@ -234,17 +256,27 @@ def fit_lsm(Z: np.ndarray, feats: np.ndarray, *, has_zero_date: bool = True,
     scales: list = [None] * J1
     ranks: list = [0] * J1
     cash = Z[:, -1].copy()
+    if martingale is not None:
+        martingale = np.asarray(martingale, dtype=float)
+        if martingale.shape != Z.shape:
+            raise ValueError(f"martingale must have shape {Z.shape}, got {martingale.shape}")
+        mtau = martingale[:, -1].copy()
     first = 1 if has_zero_date else 0
     for j in range(J1 - 2, first - 1, -1):
         itm = Z[:, j] > 0
         if itm.sum() < max(min_itm, feats.shape[2] + 2):
             continue
-        c, m, s, rk = _lstsq(feats[itm, j], cash[itm], ridge)
+        target = cash[itm]
+        if martingale is not None:
+            target = target - mtau[itm] + martingale[itm, j]
+        c, m, s, rk = _lstsq(feats[itm, j], target, ridge)
         coef[j], means[j], scales[j], ranks[j] = c, m, s, rk
         cont = c[0] + ((feats[itm, j] - m) / s) @ c[1:]
         ex = Z[itm, j] >= cont
         idx = np.flatnonzero(itm)[ex]
         cash[idx] = Z[idx, j]
+        if martingale is not None:
+            mtau[idx] = martingale[idx, j]
     cont0 = float(cash.mean())
     ex0 = bool(has_zero_date and Z[0, 0] > 0 and Z[0, 0] >= cont0)
     value = float(Z[0, 0]) if ex0 else cont0
