@@ -30,6 +30,7 @@ from deepquant.mmot.entropic import (
     ConvergenceWarning,
     EntropicResult,
     coarse_marginals,
+    martingale_projection,
     newton_polish,
     reference_kernels,
     solve_entropic,
@@ -423,6 +424,48 @@ def test_newton_polish_from_perturbed_potentials():
     assert pol.nit < res.nit + 5
     # plans, not kernels: a row with mass mu may differ by ~tol / mu in its kernel
     np.testing.assert_allclose(pol.plans, res.plans, atol=1e-8)
+
+
+def test_martingale_projection_of_the_solution_is_the_solution():
+    # reference: the converged solver; its v with the row multipliers re-solved from h = 0
+    # must give back its kernels (the row problem has a unique root)
+    mg = lognormal_marginals(4, 60)
+    res = solve_entropic(mg, 1e-3)
+    proj = martingale_projection(mg, res.v, None, eps=1e-3)
+    np.testing.assert_allclose(mg.weights[:-1, :, None] * proj.kernels, res.plans, atol=1e-9)
+    assert proj.drift.max() <= 1e-12
+    assert proj.marginal_error.max() <= 1e-8
+
+
+@given(seed=st.integers(0, 2**31 - 1), n_dates=st.integers(2, 4), size=st.integers(6, 25),
+       noise=st.floats(0.0, 3.0))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_martingale_projection_of_any_v_is_an_exact_martingale(seed, n_dates, size, noise):
+    # invariant: for ANY column potentials the projected kernels are stochastic, have zero
+    # drift on every row with mass (1e-12: the row solve stops at 1e-13 in moneyness units)
+    # and exact row sums; only the columns may be off
+    rng = np.random.default_rng(seed)
+    mg = kernel_marginals(rng, n_dates, size)
+    v = noise * rng.standard_normal((mg.n_periods, mg.size))
+    proj = martingale_projection(mg, v, noise * rng.standard_normal(v.shape))
+    assert np.all(np.isfinite(proj.kernels)) and np.all(proj.kernels >= 0)
+    np.testing.assert_allclose(proj.kernels.sum(axis=2), 1.0, atol=1e-12)
+    mu = mg.weights[:-1]
+    drift = np.where(mu > 0, np.abs(proj.kernels @ mg.grid - mg.grid[None, :]), 0.0)
+    assert drift.max() <= 1e-12
+    np.testing.assert_allclose(proj.drift, drift.max(axis=1), atol=1e-15)
+
+
+def test_martingale_projection_bad_input():
+    mg = lognormal_marginals(2, 20)
+    with pytest.raises(ValueError, match=r"v must be a finite array of shape \(N, M\)"):
+        martingale_projection(mg, np.zeros((3, 20)))
+    with pytest.raises(ValueError, match="v must be a finite array"):
+        martingale_projection(mg, np.full((2, 20), np.nan))
+    with pytest.raises(ValueError, match=r"h must have shape"):
+        martingale_projection(mg, np.zeros((2, 20)), np.zeros(5))
+    with pytest.raises(TypeError, match="Marginals"):
+        martingale_projection(mg.weights, np.zeros((2, 20)))
 
 
 def test_eps_schedule_and_cold_start_newton():

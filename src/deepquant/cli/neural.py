@@ -148,7 +148,8 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def evaluate_cmd(checkpoint, test_path, max_instances, hybrid, threads, as_json):
-    """Per-family table: ATM Asian price error vs classical, drift, pass rates, timings."""
+    """Per-family table: ATM Asian price error vs classical, drift, pass rates, timings
+    (pure neural with exact row multipliers; ``raw`` columns: the network's own (v, h))."""
     from deepquant.neural.evaluate import evaluate
 
     try:
@@ -160,11 +161,12 @@ def evaluate_cmd(checkpoint, test_path, max_instances, hybrid, threads, as_json)
         print_json(rep)
         return
     cols = ["family", "n", "mean err %", "median err %", "mean drift", "max drift",
-            "pass<0.1 %", "pass<0.01 %", "neural ms", "hybrid ms", "classical ms",
-            "hybrid drift"]
+            "pass<0.1 %", "pass<0.01 %", "marginal err", "raw mean err %", "raw mean drift",
+            "neural ms", "hybrid ms", "classical ms", "hybrid drift"]
     rows = [[r[k] for k in ("family", "n", "mean_err_pct", "median_err_pct", "mean_drift",
-                            "max_drift", "pass_0.1_pct", "pass_0.01_pct", "neural_ms",
-                            "hybrid_ms", "classical_ms", "hybrid_max_drift")]
+                            "max_drift", "pass_0.1_pct", "pass_0.01_pct",
+                            "mean_marginal_error", "mean_err_raw_pct", "mean_drift_raw",
+                            "neural_ms", "hybrid_ms", "classical_ms", "hybrid_max_drift")]
             for r in rep["families"]]
     console.print(table(f"neural MMOT on {test_path} (ATM Asian call, {rep['checkpoint']})",
                         cols, rows))

@@ -88,6 +88,7 @@ __all__ = [
     "EntropicResult",
     "solve_entropic",
     "newton_polish",
+    "martingale_projection",
     "pairwise_cost",
     "reference_kernels",
     "touching_points",
@@ -1455,3 +1456,75 @@ def newton_polish(marginals: Marginals, eps: float, u: np.ndarray | None, v: np.
     options.setdefault("sinkhorn_sweeps", 0)
     options.setdefault("eps_schedule", [float(eps)])
     return solve_entropic(marginals, eps, cost, reference, warm_start=(u, v, h), **options)
+
+
+@dataclass
+class ProjectionResult:
+    """Kernels of given column potentials with the row multipliers solved exactly.
+
+    Attributes
+    ----------
+    kernels : ndarray, shape (N, M, M)
+        K_t(y | x) = q_t(y | x) exp(v_t(y)/eps + h_t(x)(y - x)/eps) / Z_t(x) on the allowed
+        entries; rows without mass and pinned rows are the point mass at x.
+    h : ndarray, shape (N, M)
+        The row-optimal multipliers (cost units; 0 on rows without mass and on pinned rows).
+    drift : ndarray, shape (N,)
+        Measured max_x |E[Y - x | x]| over rows with mass (<= ``tol`` up to rounding).
+    marginal_error : ndarray, shape (N,)
+        Measured L1 error of the row and column sums (rows exact; the columns carry the error
+        of v).
+    """
+
+    kernels: np.ndarray
+    h: np.ndarray
+    drift: np.ndarray
+    marginal_error: np.ndarray
+
+
+def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | None = None, *,
+                          eps: float = 1.0, reference: Any = "product", tol: float = 1e-13,
+                          touch_tol: float = 1e-11) -> ProjectionResult:
+    """The exact martingale kernels of column potentials ``v`` (shape (N, M), cost units).
+
+    For fixed v the semi-dual F(phi, eta) of the module doc separates over rows in (u, eta):
+    u is the row normaliser and eta(x) = h(x) / eps solves the 1-D convex equation
+    E_{p_x}[Y - x] = 0 (safeguarded Newton, bracketed, ``_row_solve``), started from ``h`` when
+    given. The resulting kernels are exact martingale transitions (drift <= ``tol``) with exact
+    row sums; only their column sums carry the error of v. This is the "c-transform" of
+    martingale transport: one half-sweep of martingale-Sinkhorn (seed 001 Algorithm 1) without
+    the v update, and it is how the neural pricer turns predicted potentials into a martingale
+    model. Edge rows and touching points are handled as in ``solve_entropic`` (pinned to point
+    masses, crossing entries forbidden).
+    """
+    if not isinstance(marginals, Marginals):
+        raise TypeError(f"marginals must be a Marginals instance, got {type(marginals).__name__}")
+    eps = _check_eps(eps)
+    n, m = marginals.n_periods, marginals.size
+    v = np.asarray(v, dtype=np.float64)
+    if v.shape != (n, m) or not np.all(np.isfinite(v)):
+        raise ValueError(f"v must be a finite array of shape (N, M) = {(n, m)}, got "
+                         f"shape {v.shape}")
+    if h is None:
+        h = np.zeros((n, m))
+    h = np.asarray(h, dtype=np.float64)
+    if h.shape != (n, m):
+        raise ValueError(f"h must have shape (N, M) = {(n, m)}, got {h.shape}")
+    h = np.where(np.isfinite(h), h, 0.0)
+    grid, w = marginals.grid, marginals.weights
+    logq_raw = reference_kernels(marginals, reference)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        b = _prepare(grid, w[:-1].copy(), w[1:].copy(), logq_raw, None, touch_tol=touch_tol)
+        phi = v / eps
+        active = b.mu > 0
+        kernels = np.broadcast_to(np.eye(m), (n, m, m)).copy()
+        eta = np.zeros((n, m))
+        tt, xx = np.nonzero(active)
+        if tt.size:
+            base = b.logq[tt, xx, :] + phi[tt, :]
+            d = b.diff[xx]
+            e, p, _ = _row_solve(base, d, grid, h[tt, xx] / eps, tol=tol, kernels=True)
+            eta[tt, xx] = e
+            kernels[tt, xx] = p
+    errs, drift = measure(grid, w, kernels)
+    return ProjectionResult(kernels=kernels, h=eps * eta, drift=drift, marginal_error=errs)

@@ -5,7 +5,9 @@ timing baseline), the pure-neural solve (no fallback, so its errors are reported
 and the hybrid solve (neural warm start + Newton polish), and the price of an ATM Asian call
 (``AsianCall(strike=1.0)``, average over dates 1..N) under each calibrated chain by the exact
 forward recursion. The table per family has the mean / median relative price error of the pure
-neural model against the classical one, the mean / max pure-neural drift (max over periods and
+neural model (network v, row multipliers solved exactly: ``NeuralPricer(project=True)``) against
+the classical one, the same for the raw Gibbs kernels of the network's (v, h)
+(``project=False``, columns ``*_raw``), the mean / max pure-neural drift (max over periods and
 rows with mass > ``mass_floor`` of |E[X_{t+1} - X_t | X_t = x]|), the pass rates at drift < 0.1
 and < 0.01, and median times of inference, hybrid and cold classical solves.
 """
@@ -34,6 +36,8 @@ def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None
     # no OOD guard here: pure-neural errors are reported as they are, and hybrid always polishes
     pricer = NeuralPricer(checkpoint, threads=threads, fallback=False, mass_floor=mass_floor,
                           ood_drift=float("inf"), ood_marginal_error=float("inf"))
+    raw = NeuralPricer(checkpoint, threads=threads, fallback=False, mass_floor=mass_floor,
+                       ood_drift=float("inf"), ood_marginal_error=float("inf"), project=False)
     payoff = AsianCall(strike=1.0)
     out = []
     for r in records:
@@ -49,11 +53,16 @@ def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None
         p_cl = expectation(chain, cold.kernels, law0=w0)
         nn = pricer.solve(marg)
         p_nn = expectation(chain, nn.kernels, law0=w0)
+        nr = raw.solve(marg)
+        p_raw = expectation(chain, nr.kernels, law0=w0)
         row = {"index": r["index"], "family": r["family"], "n_periods": r["n_periods"],
                "price_classical": p_cl, "price_neural": p_nn,
                "err_pct": 100 * abs(p_nn - p_cl) / max(abs(p_cl), 1e-12),
                "drift": nn.drift_live, "drift_all_rows": nn.drift,
                "marginal_error": nn.marginal_error, "neural_s": nn.inference_seconds,
+               "price_raw": p_raw, "err_raw_pct": 100 * abs(p_raw - p_cl) / max(abs(p_cl), 1e-12),
+               "drift_raw": nr.drift_live, "marginal_error_raw": nr.marginal_error,
+               "raw_s": nr.inference_seconds,
                "classical_s": t_cold, "classical_drift": float(cold.drift),
                "classical_success": bool(cold.success)}
         if hybrid:
@@ -75,6 +84,11 @@ def _summary(rows: list[dict], family: str) -> dict[str, Any]:
          "pass_0.1_pct": float(100 * np.mean(drift < 0.1)),
          "pass_0.01_pct": float(100 * np.mean(drift < 0.01)),
          "mean_marginal_error": float(np.mean([r["marginal_error"] for r in rows])),
+         "mean_err_raw_pct": float(np.mean([r["err_raw_pct"] for r in rows])),
+         "median_err_raw_pct": float(np.median([r["err_raw_pct"] for r in rows])),
+         "mean_drift_raw": float(np.mean([r["drift_raw"] for r in rows])),
+         "mean_marginal_error_raw": float(np.mean([r["marginal_error_raw"] for r in rows])),
+         "raw_ms": float(1e3 * np.median([r["raw_s"] for r in rows])),
          "neural_ms": float(1e3 * np.median([r["neural_s"] for r in rows])),
          "classical_ms": float(1e3 * np.median([r["classical_s"] for r in rows]))}
     if "hybrid_s" in rows[0]:
