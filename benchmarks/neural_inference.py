@@ -9,7 +9,8 @@ threads):
 
 * single: one forward pass (potentials) for one instance through ``NeuralPricer.predict`` (a
   per-shape TorchScript trace), the eager module on the same input, and forward + Gibbs kernels
-  (float64), with ``--threads`` torch threads (default 1);
+  (float64), with ``--threads`` torch threads (default 1), and the whole pure-neural
+  ``NeuralPricer.solve`` (forward pass + exact row multipliers, the default ``project=True``);
 * batched: forward passes of a batch of 256 instances with ``--batch-threads`` (default 2, the
   machine's two cores), instances per second;
 * hybrid: neural warm start + Newton polish to tol 1e-9 vs the cold classical solve, on the same
@@ -91,6 +92,12 @@ def main() -> None:
         v, h = pricer.predict(w1)
         pricer.kernels(w1[0], v[0], h[0])
         full.append(time.perf_counter() - t0)
+    solve_ms = []                                # pure-neural solve: forward + exact h rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(max(3, args.repeats // 5)):
+            sol = pricer.solve(inst[0][1])
+            solve_ms.append(1e3 * sol.seconds)
     wb = np.stack([inst[i % len(inst)][1].weights for i in range(args.batch)])
     torch.set_num_threads(args.batch_threads)
     pricer.predict(wb)
@@ -143,6 +150,7 @@ def main() -> None:
         "single_forward_ms": 1e3 * statistics.median(fwd),
         "single_forward_eager_ms": 1e3 * statistics.median(eager),
         "single_forward_plus_kernels_ms": 1e3 * statistics.median(full),
+        "pure_neural_solve_ms": statistics.median(solve_ms),
         "batch": args.batch, "batch_threads": args.batch_threads,
         "batched_instances_per_s": args.batch / statistics.median(bt),
         "cold_classical_ms_median": 1e3 * statistics.median(cold),

@@ -4,6 +4,7 @@ Usage (2 cores, one BLAS thread per process):
 
     python benchmarks/rough_bermudan.py rbergomi [--strikes 70 80 90 100 110 120] [--seed 1]
         [--dual signature|subsim] [--subsim-inner 256] [--subsim-outer 512]
+        [--regression-paths 32768]
     python benchmarks/rough_bermudan.py bs
     python benchmarks/rough_bermudan.py ls-table1
     python benchmarks/rough_bermudan.py rqmc
@@ -26,43 +27,27 @@ from threadpoolctl import threadpool_limits
 
 from deepquant.rough import (
     BermudanPricer,
-    ExerciseBasis,
-    MartingaleBasis,
     RoughBergomi,
     andersen_broadie,
+    preset_pricer,
 )
 
 PUBLISHED = {70: 1.88, 80: 3.22, 90: 5.30, 100: 8.50, 110: 13.2, 120: 20.0}
 
 
 def rbergomi_pricer(**kw) -> BermudanPricer:
-    opts = dict(n_dates=12, steps_per_date=8, n_regression=2**15, batch_size=2**13,
-                min_batches=4, max_batches=8, martingale_ridge=1e-2, dual_fit="pathwise",
-                dual_ridge=1e-3)
-    opts.update(kw)
-    return BermudanPricer(**opts)
+    """Signature-martingale dual (``preset_pricer("rbergomi-signature")``)."""
+    return preset_pricer("rbergomi-signature", **kw)
 
 
 def rbergomi_subsim_pricer(**kw) -> BermudanPricer:
-    """The sub-simulation dual (``dual="subsim"``): Doob martingale of the regression value
-    function with one-period inner paths; LSM regressions with martingale-adjusted targets;
-    European values 1 and 3 periods ahead as extra exercise features; a lighter least-squares
-    martingale (4 option-price increment strikes: it only serves as control variate and
-    regression-target martingale here, and the 12 strikes cost ~1 s per 2^13 paths)."""
-    opts = dict(dual="subsim", martingale_targets=True, subsim_inner=256,
-                subsim_outer=2**9,
-                exercise_basis=ExerciseBasis(european_periods=(1, 3)),
-                martingale_basis=MartingaleBasis(payoff_strikes=(0.7, 0.85, 1.0, 1.15)))
-    opts.update(kw)
-    return rbergomi_pricer(**opts)
+    """The sub-simulation dual (``preset_pricer("rbergomi")``, see its docstring)."""
+    return preset_pricer("rbergomi", **kw)
 
 
 def bs_pricer(**kw) -> BermudanPricer:
-    opts = dict(steps_per_date=1, exercise_basis=ExerciseBasis(sig_level=0),
-                martingale_basis=MartingaleBasis(sig_level=0), n_regression=2**15,
-                batch_size=2**13, min_batches=4, max_batches=8)
-    opts.update(kw)
-    return BermudanPricer(**opts)
+    """Black-Scholes limit (``preset_pricer("bs")``)."""
+    return preset_pricer("bs", **kw)
 
 
 def run(pricer, model, strike, seed):
@@ -80,9 +65,11 @@ def cmd_rbergomi(args):
     if args.dual == "subsim":
         pricer = rbergomi_subsim_pricer(steps_per_date=args.steps_per_date,
                                         subsim_inner=args.subsim_inner,
-                                        subsim_outer=args.subsim_outer)
+                                        subsim_outer=args.subsim_outer,
+                                        n_regression=args.regression_paths)
     else:
-        pricer = rbergomi_pricer(steps_per_date=args.steps_per_date)
+        pricer = rbergomi_pricer(steps_per_date=args.steps_per_date,
+                                 n_regression=args.regression_paths)
     print("| K | lower (95% CI) | upper (95% CI) | midpoint | gap % | published | wall s | "
           "CPU s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -173,6 +160,7 @@ def main():
     ap.add_argument("--dual", choices=["signature", "subsim"], default="signature")
     ap.add_argument("--subsim-inner", type=int, default=256)
     ap.add_argument("--subsim-outer", type=int, default=2**9)
+    ap.add_argument("--regression-paths", type=int, default=2**15)
     args = ap.parse_args()
     with threadpool_limits(1):
         {"rbergomi": cmd_rbergomi, "bs": cmd_bs, "ls-table1": cmd_ls, "rqmc": cmd_rqmc,

@@ -55,3 +55,28 @@ def test_american_bad_input(runner, args, match):
     res = runner.invoke(main, ["american", *args, "--max-batches", "2"])
     assert res.exit_code == 2
     assert match in res.output
+
+
+def test_american_rbergomi_subsim_upper_json(runner):
+    # the default rough Bergomi upper bound is the sub-simulation dual (preset "rbergomi");
+    # invariant: the dual upper bound lies above the lower bound within their CIs
+    res = runner.invoke(main, ["american", "--strike", "100", "--dates", "4",
+                               "--steps-per-date", "2", "--json", *SMALL])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["dual_method"] == "subsim"
+    assert out["lower_ci"][0] <= out["upper_ci"][1]
+    sig = runner.invoke(main, ["american", "--strike", "100", "--dates", "4",
+                               "--steps-per-date", "2", "--upper", "signature", "--json", *SMALL])
+    assert sig.exit_code == 0, sig.output
+    assert json.loads(sig.stdout)["dual_method"] in ("regression", "pathwise")
+
+
+def test_preset_pricer_names():
+    from deepquant.rough import PRESETS, preset_pricer
+
+    assert preset_pricer("rbergomi").dual == "subsim"
+    assert preset_pricer("bs", n_dates=4).n_dates == 4
+    assert set(PRESETS) == {"bs", "rbergomi", "rbergomi-signature"}
+    with pytest.raises(ValueError, match="name must be one of"):
+        preset_pricer("heston")

@@ -29,16 +29,22 @@ __all__ = ["american", "COMMANDS"]
 @click.option("--steps-per-date", type=int, default=None,
               help="simulation steps per exercise period [default: 8 rbergomi, 1 bs]")
 @click.option("--sig-level", type=int, default=None,
-              help="signature level of the exercise basis [default: 3 rbergomi, 0 bs]")
+              help="signature level of the exercise basis [default: 2 rbergomi, 0 bs]")
 @click.option("--paths", "n_regression", type=int, default=2**15, show_default=True,
               help="regression paths (power of 2)")
 @click.option("--batch-size", type=int, default=2**13, show_default=True,
               help="pricing paths per RQMC batch (power of 2)")
 @click.option("--max-batches", type=int, default=8, show_default=True)
 @click.option("--patience", type=int, default=3, show_default=True)
+@click.option("--upper", type=click.Choice(["auto", "subsim", "signature"]), default="auto",
+              show_default=True,
+              help="upper bound: sub-simulation Doob martingale of the regression value "
+                   "function, or the fitted signature martingale; auto = subsim for rbergomi, "
+                   "signature for bs (docs/benchmarks-rough.md)")
 @click.option("--dual", "dual_fit", type=click.Choice(["pathwise", "regression"]),
               default="pathwise", show_default=True,
-              help="dual martingale: least squares only, or refined by pathwise minimisation")
+              help="signature martingale: least squares only, or refined by pathwise "
+                   "minimisation")
 @click.option("--mc", is_flag=True, help="plain Monte Carlo instead of randomized QMC")
 @click.option("--no-zero", is_flag=True, help="no exercise at t = 0")
 @click.option("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
@@ -47,16 +53,12 @@ __all__ = ["american", "COMMANDS"]
 @click.option("--workers", type=int, default=0, show_default=True, help="0 = all cores")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho, xi0,
-             steps_per_date, sig_level, n_regression, batch_size, max_batches, patience, dual_fit, mc,
-             no_zero, seed, backend, workers, as_json):
+             steps_per_date, sig_level, n_regression, batch_size, max_batches, patience, upper,
+             dual_fit, mc, no_zero, seed, backend, workers, as_json):
     """Bermudan/American option bounds under rough Bergomi (LSM lower, dual upper bound)."""
-    from deepquant.rough import (
-        BermudanPricer,
-        ExerciseBasis,
-        MartingaleBasis,
-        RoughBergomi,
-        ensemble,
-    )
+    from dataclasses import replace
+
+    from deepquant.rough import RoughBergomi, ensemble, preset_pricer
 
     try:
         if model == "bs":
@@ -64,16 +66,21 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
         else:
             m = RoughBergomi(H=H, eta=eta, rho=rho, xi0=xi0, r=r, S0=S0)
         bs = model == "bs"
-        spd = steps_per_date if steps_per_date is not None else (1 if bs else 8)
-        level = sig_level if sig_level is not None else (0 if bs else 3)
-        pricer = BermudanPricer(
-            n_dates=n_dates, T=T, steps_per_date=spd, exercise_at_zero=not no_zero,
-            n_regression=n_regression, batch_size=batch_size,
-            max_batches=max_batches, min_batches=min(4, max_batches), patience=patience,
-            method="mc" if mc else "rqmc", dual_fit=dual_fit,
-            martingale_ridge=1e-6 if bs else 1e-2,
-            exercise_basis=ExerciseBasis(sig_level=level),
-            martingale_basis=MartingaleBasis(sig_level=0 if bs else 2))
+        if upper == "auto":
+            upper = "signature" if bs else "subsim"
+        preset = "bs" if bs else ("rbergomi" if upper == "subsim" else "rbergomi-signature")
+        opts = dict(n_dates=n_dates, T=T, exercise_at_zero=not no_zero,
+                    n_regression=n_regression, batch_size=batch_size, max_batches=max_batches,
+                    min_batches=min(4, max_batches), patience=patience,
+                    method="mc" if mc else "rqmc", dual_fit=dual_fit)
+        if steps_per_date is not None:
+            opts["steps_per_date"] = steps_per_date
+        if bs and upper == "subsim":
+            opts.update(dual="subsim", subsim_outer=min(2**9, batch_size))
+        pricer = preset_pricer(preset, **opts)
+        if sig_level is not None:
+            pricer = replace(pricer, exercise_basis=replace(pricer.exercise_basis,
+                                                            sig_level=sig_level))
         if runs < 1:
             raise ValueError(f"runs must be >= 1, got {runs}")
     except ValueError as exc:

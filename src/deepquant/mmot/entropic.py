@@ -1504,7 +1504,8 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
     v = np.asarray(v, dtype=np.float64)
     if v.shape != (n, m) or not np.all(np.isfinite(v)):
         raise ValueError(f"v must be a finite array of shape (N, M) = {(n, m)}, got "
-                         f"shape {v.shape}")
+                         f"shape {v.shape} with {int(np.size(v) - np.isfinite(v).sum())} "
+                         "non-finite entries")
     if h is None:
         h = np.zeros((n, m))
     h = np.asarray(h, dtype=np.float64)

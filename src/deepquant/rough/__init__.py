@@ -14,10 +14,12 @@ Only numpy/scipy are imported here; pysiglib (signatures) is imported when featu
 
 from deepquant.rough.dual import DualMartingale, MartingaleBasis, fit_dual, martingale_increments
 from deepquant.rough.engine import (
+    PRESETS,
     BermudanPricer,
     BermudanResult,
     EnsembleResult,
     ensemble,
+    preset_pricer,
     price_bermudan,
 )
 from deepquant.rough.lsm import ExerciseBasis, LSMPolicy, fit_lsm
@@ -33,6 +35,8 @@ __all__ = [
     "BermudanResult",
     "EnsembleResult",
     "price_bermudan",
+    "preset_pricer",
+    "PRESETS",
     "ensemble",
     "ExerciseBasis",
     "LSMPolicy",
