@@ -89,6 +89,26 @@ class ChainLP:
     martingale: str
     martingale_tol: float
 
+    def redundant_rows(self) -> np.ndarray:
+        """Equality rows implied by the others (dropped before the solve; see ``solve_side``).
+
+        Per period t the rows are linearly dependent twice: summed over y, the marginal rows of
+        date t+1 equal the total outflow at t (given by the start or flow rows), and their
+        y-weighted sum equals sum_x x mu_t(x) plus the sum of the martingale rows (X_{t+1} has
+        the mean of X_t). So the marginal rows of the two heaviest points y_a != y_b of
+        supp(mu_{t+1}) are implied by the rest (two equations in their two values). With
+        relaxed (inequality) martingale rows only the first dependency holds: one row.
+        Returns the indices (sorted) of the rows to drop.
+        """
+        drop = []
+        per_date = 1 if self.martingale_tol > 0 else 2
+        for t, r0 in enumerate(self.rows["marg"]):
+            ny = self.ys[t].size
+            k = min(per_date, ny)
+            if k:
+                drop.append(r0 + np.argsort(self.b_eq[r0:r0 + ny], kind="stable")[ny - k:])
+        return np.sort(np.concatenate(drop)) if drop else np.zeros(0, dtype=np.int64)
+
     @property
     def sizes(self) -> dict[str, int]:
         """rows, cols, nnz of the constraint matrix (equalities plus inequalities)."""
@@ -292,11 +312,18 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     if algorithm == "colgen" and lp.a_ub is None:
         x, y_eq, y_ub, status, message, info = _column_generation(lp, c, opts)
     else:
-        res = optimize.linprog(c, A_eq=lp.a_eq, b_eq=lp.b_eq, A_ub=lp.a_ub, b_ub=lp.b_ub,
-                               bounds=(0, None), method=method, options=opts)
+        # drop the rows implied by the others: the full system is rank deficient by two per
+        # period, which made HiGHS's interior point finish "imprecise" and fall back to a long
+        # simplex clean-up (10 s -> 7.7 s on the benchmark case); the dropped rows get zero
+        # duals (a valid dual of the full LP) and the residuals below are measured on ALL rows
+        keep = np.ones(lp.a_eq.shape[0], dtype=bool)
+        keep[lp.redundant_rows()] = False
+        res = optimize.linprog(c, A_eq=lp.a_eq[keep], b_eq=lp.b_eq[keep], A_ub=lp.a_ub,
+                               b_ub=lp.b_ub, bounds=(0, None), method=method, options=opts)
         status, message, x = int(res.status), str(res.message), res.x
         if x is not None and status == 0:
-            y_eq = np.asarray(res.eqlin.marginals)
+            y_eq = np.zeros(lp.a_eq.shape[0])
+            y_eq[keep] = np.asarray(res.eqlin.marginals)
             y_ub = None if lp.a_ub is None else np.asarray(res.ineqlin.marginals)
     seconds = time.perf_counter() - t0
     if status != 0 or x is None:
