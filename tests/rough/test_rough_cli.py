@@ -30,14 +30,21 @@ def test_american_bs_json(runner, ql_put):
     assert out["lower"] <= out["upper"]
 
 
-def test_american_ensemble_json_and_table(runner):
+def test_american_ensemble_json_and_table(runner, tmp_path):
+    state = tmp_path / "state.json"
     res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates", "4",
-                               "--runs", "2", "--backend", "serial", "--json", *SMALL])
+                               "--runs", "2", "--backend", "serial", "--json", *SMALL,
+                               "--resume", str(state)])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     for key in ("midpoint", "midpoint_ci", "lower_ci", "upper_ci", "seconds", "runs"):
         assert key in out
     assert out["n_runs"] == 2 and len(out["runs"]) == 2
+    assert len(json.loads(state.read_text())["runs"]) == 2
+    again = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates", "4",
+                                 "--runs", "2", "--backend", "serial", "--json", *SMALL,
+                                 "--resume", str(state)])      # all runs kept: same answer
+    assert again.exit_code == 0 and json.loads(again.stdout)["lower"] == out["lower"]
     res = runner.invoke(main, ["american", "--model", "bs", "--strike", "90", "--dates", "4",
                                *SMALL])
     assert res.exit_code == 0, res.output
@@ -50,6 +57,7 @@ def test_american_ensemble_json_and_table(runner):
     (["--strike", "100", "--paths", "1000"], "power of 2"),
     (["--strike", "100", "--hurst", "0.9"], "H must be in"),
     (["--strike", "100", "--model", "bs", "--sigma", "0"], "sigma must be"),
+    (["--strike", "100", "--resume", "x.json"], "--resume needs an ensemble"),
 ])
 def test_american_bad_input(runner, args, match):
     res = runner.invoke(main, ["american", *args, "--max-batches", "2"])

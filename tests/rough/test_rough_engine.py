@@ -3,6 +3,7 @@ Andersen-Broadie cross-check, ensembles, validation."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -183,6 +184,40 @@ def test_ensemble_serial_and_local_agree():
     assert len({r.lower for r in a.runs}) == 3  # independent streams
     with pytest.raises(ValueError, match="runs must be"):
         ensemble(m, 100.0, runs=1, pricer=pricer)
+
+
+def test_ensemble_resume_keeps_finished_runs(tmp_path):
+    m = RoughBergomi.black_scholes(sigma=0.2)
+    pricer = BermudanPricer(n_dates=4, steps_per_date=1, exercise_basis=ExerciseBasis(
+        sig_level=0), martingale_basis=MartingaleBasis(sig_level=0), n_regression=2**11,
+        batch_size=2**10, min_batches=2, max_batches=2, dual_fit="regression")
+    state = tmp_path / "ens.json"
+
+    def interrupt(done, _res):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ensemble(m, 100.0, runs=4, pricer=pricer, rng=5, backend="serial", resume=str(state),
+                 progress=interrupt)
+    saved = json.loads(state.read_text())
+    assert sorted(saved["runs"]) == ["0", "1"]            # finished work is on disk
+    full = ensemble(m, 100.0, runs=4, pricer=pricer, rng=5, backend="serial")
+    resumed = ensemble(m, 100.0, runs=4, pricer=pricer, rng=None, backend="serial",
+                       resume=str(state))                 # seed entropy read from the file
+    # the same seeds: identical bounds to an uninterrupted ensemble
+    assert [r.lower for r in resumed.runs] == [r.lower for r in full.runs]
+    assert [r.upper for r in resumed.runs] == [r.upper for r in full.runs]
+    # runs 0 and 1 were not recomputed (their recorded wall times are the saved ones)
+    assert [r.seconds for r in resumed.runs[:2]] == [saved["runs"][k]["seconds"]
+                                                     for k in ("0", "1")]
+    assert len(json.loads(state.read_text())["runs"]) == 4
+    with pytest.raises(ValueError, match="another ensemble configuration"):
+        ensemble(m, 90.0, runs=4, pricer=pricer, rng=5, backend="serial", resume=str(state))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="not an ensemble state file"):
+        ensemble(m, 100.0, runs=4, pricer=pricer, rng=5, backend="serial", resume=str(bad))
 
 
 @pytest.mark.parametrize("kwargs,match", [

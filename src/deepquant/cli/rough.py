@@ -51,10 +51,13 @@ __all__ = ["american", "COMMANDS"]
 @click.option("--backend", default="local", show_default=True,
               help="ensemble executor: serial, local, ray, auto or a Ray address")
 @click.option("--workers", type=int, default=0, show_default=True, help="0 = all cores")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None,
+              help="ensemble state file (JSON, rewritten after every finished run): rerun the "
+                   "same command after an interruption to keep the finished runs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho, xi0,
              steps_per_date, sig_level, n_regression, batch_size, max_batches, patience, upper,
-             dual_fit, mc, no_zero, seed, backend, workers, as_json):
+             dual_fit, mc, no_zero, seed, backend, workers, resume, as_json):
     """Bermudan/American option bounds under rough Bergomi (LSM lower, dual upper bound)."""
     from dataclasses import replace
 
@@ -83,6 +86,8 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
                                                             sig_level=sig_level))
         if runs < 1:
             raise ValueError(f"runs must be >= 1, got {runs}")
+        if resume is not None and runs == 1:
+            raise ValueError("--resume needs an ensemble (--runs >= 2)")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -113,7 +118,7 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
             with progress(disable=as_json) as bar:
                 task = bar.add_task("ensemble runs", total=runs)
                 ens = ensemble(m, strike, runs=runs, option=option, pricer=pricer, rng=seed,
-                               backend=backend, n_workers=workers,
+                               backend=backend, n_workers=workers, resume=resume,
                                progress=lambda done, _: bar.update(task, completed=done))
             out = ens.to_dict()
             rows = [("lower", ens.lower, "", *ens.lower_ci),

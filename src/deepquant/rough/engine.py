@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import KW_ONLY, asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -143,6 +143,15 @@ class BermudanResult:
         out["midpoint"] = self.value
         out["relative_gap"] = self.relative_gap
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BermudanResult:
+        """Inverse of ``to_dict`` (derived keys ignored; CIs back to tuples)."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("lower_ci", "upper_ci"):
+            kw[k] = tuple(float(x) for x in kw[k])
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -500,29 +509,93 @@ def _ensemble_task(args) -> BermudanResult:  # module level: picklable for proce
     return pricer(model, strike, option=option, rng=seed)
 
 
+def _ensemble_fingerprint(pricer, model, strike, option, runs, root) -> str:
+    import hashlib
+
+    key = repr((pricer, model, float(strike), option, int(runs), root.entropy, root.spawn_key))
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _load_resume(path, rng: RngLike) -> tuple[np.random.SeedSequence | None, dict]:
+    """(root seed sequence, finished runs by index) from a resume file, or (None, {})."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return None, {}
+    try:
+        state = json.loads(path.read_text())
+        entropy = state["entropy"]
+        done = {int(k): BermudanResult.from_dict(v) for k, v in state["runs"].items()}
+        fingerprint = state["fingerprint"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"resume file {str(path)!r} is not an ensemble state file ({exc})"
+                         ) from exc
+    root = as_seed_sequence(rng) if rng is not None else np.random.SeedSequence(entropy)
+    return root, {"fingerprint": fingerprint, "runs": done}
+
+
 def ensemble(model: RoughBergomi, strike: float, *, runs: int = 10, option: str = "put",
              pricer: BermudanPricer | None = None, rng: RngLike = None,
              backend: str | None = "local", n_workers: int = 0,
-             progress: Callable[[int, BermudanResult], None] | None = None) -> EnsembleResult:
+             progress: Callable[[int, BermudanResult], None] | None = None,
+             resume: str | None = None) -> EnsembleResult:
     """Run ``runs`` independent pricings (seeds from ``SeedSequence.spawn``) in parallel via
-    ``deepquant.parallel.get_executor(backend)``; ``progress(done, result)`` after each run."""
+    ``deepquant.parallel.get_executor(backend)``; ``progress(done, result)`` after each run.
+
+    ``resume``: a JSON state file, rewritten atomically after every finished run (the root seed
+    entropy, a fingerprint of the configuration and the finished runs). Rerunning with the same
+    file after an interruption keeps the finished runs and computes only the missing ones, with
+    the same seeds (the stored entropy is used when ``rng`` is None); a file written for another
+    configuration (pricer, model, strike, option, runs or seed) is a ``ValueError``.
+    """
     from deepquant.parallel import get_executor
 
     if not isinstance(runs, int) or runs < 2:
         raise ValueError(f"runs must be an integer >= 2 for t-intervals, got {runs!r}")
     make_payoff(strike, option)  # validates strike and option before starting workers
     pricer = pricer or BermudanPricer()
-    seeds = as_seed_sequence(rng).spawn(runs)
-    t0 = time.perf_counter()
-    executor = get_executor(backend, n_workers=n_workers)
+    root, state = _load_resume(resume, rng) if resume is not None else (None, {})
+    root = root if root is not None else as_seed_sequence(rng)
+    fingerprint = _ensemble_fingerprint(pricer, model, strike, option, runs, root)
     results: list = [None] * runs
-    done = 0
-    for i, res in executor.as_completed(_ensemble_task,
-                                        [(pricer, model, strike, option, s) for s in seeds]):
-        results[i] = res
-        done += 1
-        if progress:
-            progress(done, res)
+    if state:
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(f"resume file {str(resume)!r} was written for another ensemble "
+                             "configuration (pricer, model, strike, option, runs or seed); "
+                             "delete it or pass another path")
+        for i, res in state["runs"].items():
+            if 0 <= i < runs:
+                results[i] = res
+    seeds = root.spawn(runs)
+    t0 = time.perf_counter()
+
+    def save() -> None:
+        if resume is None:
+            return
+        from deepquant.atomic import write_json
+
+        entropy = root.entropy
+        write_json(resume, {"fingerprint": fingerprint,
+                            "entropy": entropy if isinstance(entropy, int) else list(entropy),
+                            "runs": {str(i): r.to_dict() for i, r in enumerate(results)
+                                     if r is not None}})
+
+    todo = [i for i in range(runs) if results[i] is None]
+    done = runs - len(todo)
+    if progress and done:
+        progress(done, next(r for r in results if r is not None))
+    if todo:
+        executor = get_executor(backend, n_workers=n_workers)
+        tasks = [(pricer, model, strike, option, seeds[i]) for i in todo]
+        for j, res in executor.as_completed(_ensemble_task, tasks):
+            results[todo[j]] = res
+            done += 1
+            save()
+            if progress:
+                progress(done, res)
+    save()
     lows = np.array([r.lower for r in results])
     ups = np.array([r.upper for r in results])
     mids = 0.5 * (lows + ups)
