@@ -30,8 +30,9 @@ __all__ = ["american", "COMMANDS"]
               help="simulation steps per exercise period [default: 8 rbergomi, 1 bs]")
 @click.option("--sig-level", type=int, default=None,
               help="signature level of the exercise basis [default: 2 rbergomi, 0 bs]")
-@click.option("--paths", "n_regression", type=int, default=2**15, show_default=True,
-              help="regression paths (power of 2)")
+@click.option("--paths", "n_regression", type=int, default=None,
+              help="regression paths (power of 2) [default: 2^16 rbergomi with the "
+                   "sub-simulation dual, else 2^15]")
 @click.option("--batch-size", type=int, default=2**13, show_default=True,
               help="pricing paths per RQMC batch (power of 2)")
 @click.option("--max-batches", type=int, default=8, show_default=True)
@@ -73,11 +74,13 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
             upper = "signature" if bs else "subsim"
         preset = "bs" if bs else ("rbergomi" if upper == "subsim" else "rbergomi-signature")
         opts = dict(n_dates=n_dates, T=T, exercise_at_zero=not no_zero,
-                    n_regression=n_regression, batch_size=batch_size, max_batches=max_batches,
+                    batch_size=batch_size, max_batches=max_batches,
                     min_batches=min(4, max_batches), patience=patience,
                     method="mc" if mc else "rqmc", dual_fit=dual_fit)
         if steps_per_date is not None:
             opts["steps_per_date"] = steps_per_date
+        if n_regression is not None:
+            opts["n_regression"] = n_regression
         if bs and upper == "subsim":
             opts.update(dual="subsim", subsim_outer=min(2**9, batch_size))
         pricer = preset_pricer(preset, **opts)
