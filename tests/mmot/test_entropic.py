@@ -456,6 +456,32 @@ def test_martingale_projection_of_any_v_is_an_exact_martingale(seed, n_dates, si
     np.testing.assert_allclose(proj.drift, drift.max(axis=1), atol=1e-15)
 
 
+def test_martingale_projection_column_floor():
+    # columns at or below the floor get no mass; rows stay exact martingales and stochastic
+    mg = lognormal_marginals(3, 60)
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((3, 60))
+    floor = float(np.quantile(mg.weights[1:], 0.2))     # the lightest fifth of the columns
+    proj = martingale_projection(mg, v, column_floor=floor)
+    light = mg.weights[1:] <= floor
+    assert light.any()
+    # mass reaches a light column y only from a row pinned at x = y (a point mass)
+    plans = mg.weights[:-1, :, None] * proj.kernels
+    off_diag = plans * (1.0 - np.eye(60))[None]
+    assert np.all(off_diag[np.broadcast_to(light[:, None, :], plans.shape)] == 0)
+    np.testing.assert_allclose(proj.kernels.sum(axis=2), 1.0, atol=1e-12)
+    mu = mg.weights[:-1]
+    assert np.where(mu > floor, np.abs(proj.kernels @ mg.grid - mg.grid), 0.0).max() <= 1e-12
+    # proj.v: v unchanged on kept columns, the dropped columns filled in closed form; a
+    # Newton polish from (proj.v, proj.h) reaches the solver tolerance (its purpose)
+    keep = ~light
+    np.testing.assert_array_equal(proj.v[keep], v[keep])
+    assert np.all(np.isfinite(proj.v)) and not np.array_equal(proj.v, v)
+    check_result(newton_polish(mg, 1e-3, None, proj.v * 1e-3, proj.h * 1e-3), mg)
+    with pytest.raises(ValueError, match="column_floor must be"):
+        martingale_projection(mg, v, column_floor=-1.0)
+
+
 def test_martingale_projection_bad_input():
     mg = lognormal_marginals(2, 20)
     with pytest.raises(ValueError, match=r"v must be a finite array of shape \(N, M\)"):

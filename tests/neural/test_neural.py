@@ -364,3 +364,29 @@ def test_shipped_checkpoint_projected_prices_near_classical():
         chain = build_chain(marg, AsianCall(strike=1.0))
         p_cl = expectation(chain, classical.kernels, law0=marg.weights[0])
         assert abs(sol.price(AsianCall(strike=1.0)) - p_cl) <= 0.03 * p_cl
+
+
+def test_call_increment_features():
+    """in_features=3: (C_{t+1} - C_t) / s_t is zero at the last real date and on padded dates,
+    and integrates over k to exactly 1/2 for any martingale increment: int C(k) dk =
+    E[(X - lo)^2] / 2, so int (C_{t+1} - C_t) dk = (Var_{t+1} - Var_t) / 2 = s_t / 2."""
+    import torch
+
+    from deepquant.market.synthetic import gbm_marginals
+    from deepquant.neural.model import marginal_features
+
+    grid = nd.model_grid()
+    m = gbm_marginals([0.0, 0.1, 0.2, 0.3], grid=grid, sigma=0.2)
+    w = torch.zeros((1, 6, grid.size), dtype=torch.float64)
+    w[0, :4] = torch.as_tensor(np.array(m.weights))         # 4 real dates, 2 padded
+    g = torch.as_tensor(grid)
+    f = marginal_features(w, g, 3)
+    assert f.shape == (1, 6, 3, grid.size)
+    inc = f[0, :, 2]
+    assert torch.all(inc[3:] == 0)                           # last real date and padding
+    step = float(grid[1] - grid[0])
+    # integral over k of dC/dVar = 1/2 exactly for any martingale increment (int C dk is
+    # E[(X - lo)^2] / 2 up to terms linear in the mean); tolerance 1%: grid truncation
+    np.testing.assert_allclose((inc[:3].sum(-1) * step).numpy(), 0.5, rtol=1e-2)
+    f2 = marginal_features(w, g, 2)
+    assert torch.equal(f2, f[:, :, :2])                      # the old features are unchanged

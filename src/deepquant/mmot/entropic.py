@@ -1474,17 +1474,24 @@ class ProjectionResult:
     marginal_error : ndarray, shape (N,)
         Measured L1 error of the row and column sums (rows exact; the columns carry the error
         of v).
+    v : ndarray, shape (N, M)
+        The input v (cost units), except on the columns dropped by ``column_floor`` that carry
+        weight: there v is set in closed form so that the Gibbs kernels at (v, h) would give
+        them exactly their target weight (one martingale-Sinkhorn column update): a warm start
+        for ``newton_polish`` that does not need the dropped columns repaired by iteration.
     """
 
     kernels: np.ndarray
     h: np.ndarray
     drift: np.ndarray
     marginal_error: np.ndarray
+    v: np.ndarray | None = None
 
 
 def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | None = None, *,
                           eps: float = 1.0, reference: Any = "product", tol: float = 1e-13,
-                          touch_tol: float = 1e-11) -> ProjectionResult:
+                          touch_tol: float = 1e-11, column_floor: float = 0.0
+                          ) -> ProjectionResult:
     """The exact martingale kernels of column potentials ``v`` (shape (N, M), cost units).
 
     For fixed v the semi-dual F(phi, eta) of the module doc separates over rows in (u, eta):
@@ -1496,6 +1503,12 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
     the v update, and it is how the neural pricer turns predicted potentials into a martingale
     model. Edge rows and touching points are handled as in ``solve_entropic`` (pinned to point
     masses, crossing entries forbidden).
+
+    ``column_floor``: columns y with mu_{t+1}(y) <= column_floor receive no mass (the kernels
+    are built as if those weights were 0; rows left without support on both sides are pinned).
+    For potentials that are only meaningful where the target has mass (a network trained with a
+    mass floor): there an arbitrary v can pull O(1) mass onto a column of weight 1e-20. The
+    measured marginal error then includes the dropped weights (at most M * column_floor).
     """
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals instance, got {type(marginals).__name__}")
@@ -1512,20 +1525,45 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
     if h.shape != (n, m):
         raise ValueError(f"h must have shape (N, M) = {(n, m)}, got {h.shape}")
     h = np.where(np.isfinite(h), h, 0.0)
+    if not (np.isfinite(column_floor) and column_floor >= 0):
+        raise ValueError(f"column_floor must be a finite number >= 0, got {column_floor!r}")
     grid, w = marginals.grid, marginals.weights
     logq_raw = reference_kernels(marginals, reference)
+    nu = w[1:].copy()
+    if column_floor > 0:
+        nu[nu <= column_floor] = 0.0
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        b = _prepare(grid, w[:-1].copy(), w[1:].copy(), logq_raw, None, touch_tol=touch_tol)
+        b = _prepare(grid, w[:-1].copy(), nu, logq_raw, None, touch_tol=touch_tol)
         phi = v / eps
         active = b.mu > 0
         kernels = np.broadcast_to(np.eye(m), (n, m, m)).copy()
         eta = np.zeros((n, m))
         tt, xx = np.nonzero(active)
+        lse = np.zeros((n, m))
         if tt.size:
             base = b.logq[tt, xx, :] + phi[tt, :]
             d = b.diff[xx]
-            e, p, _ = _row_solve(base, d, grid, h[tt, xx] / eps, tol=tol, kernels=True)
+            e, p, lse_rows = _row_solve(base, d, grid, h[tt, xx] / eps, tol=tol, kernels=True)
             eta[tt, xx] = e
             kernels[tt, xx] = p
+            lse[tt, xx] = lse_rows
+        v_out = v.copy()
+        light = (w[1:] <= column_floor) & (w[1:] > 0) if column_floor > 0 else None
+        if light is not None and light.any():
+            from scipy.special import logsumexp
+
+            for t in np.flatnonzero(light.any(axis=1)):
+                rows = np.flatnonzero(active[t])
+                cols = np.flatnonzero(light[t])
+                if rows.size == 0:
+                    continue
+                lq = (np.log(w[t + 1, cols])[None, :] if logq_raw is None
+                      else logq_raw[t][np.ix_(rows, cols)])
+                sc = (lq + phi[t, cols][None, :] + eta[t, rows][:, None]
+                      * b.diff[np.ix_(rows, cols)] - lse[t, rows][:, None])
+                lcol = logsumexp(np.log(b.mu[t, rows])[:, None] + sc, axis=0)
+                ok = np.isfinite(lcol)
+                v_out[t, cols[ok]] += eps * (np.log(w[t + 1, cols[ok]]) - lcol[ok])
     errs, drift = measure(grid, w, kernels)
-    return ProjectionResult(kernels=kernels, h=eps * eta, drift=drift, marginal_error=errs)
+    return ProjectionResult(kernels=kernels, h=eps * eta, drift=drift, marginal_error=errs,
+                            v=v_out)

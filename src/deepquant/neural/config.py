@@ -38,7 +38,7 @@ class ModelConfig:
 
     kind: str = "transformer"
     grid_size: int = 150
-    in_features: int = 2  # density (times M) and normalised call curve per date
+    in_features: int = 2  # density (times M), normalised call curve (+ call increments if 3)
     d_embed: int = 128
     d_model: int = 256
     n_layers: int = 3
@@ -61,6 +61,8 @@ class ModelConfig:
             )
         if self.conv_kernel % 2 == 0:
             raise ValueError(f"model.conv_kernel must be odd, got {self.conv_kernel}")
+        if self.in_features not in (2, 3):
+            raise ValueError(f"model.in_features must be 2 or 3, got {self.in_features}")
 
 
 @dataclass

@@ -36,9 +36,17 @@ __all__ = ["marginal_features", "period_scale", "MMOTTransformer", "MMOTMLP", "b
 SEED_PARAMETER_COUNT = 4_423_468  # seed 001 §9.2 ("4.4M")
 
 
-def marginal_features(weights: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Per-date input features, shape (B, T, 2, M): density times M, and the call curve's time
-    value ``(C_t(k) - (mean - k)^+) * 20`` at the grid strikes (zero for padded dates)."""
+def marginal_features(weights: torch.Tensor, grid: torch.Tensor, n_features: int = 2
+                      ) -> torch.Tensor:
+    """Per-date input features, shape (B, T, F, M): density times M, and the call curve's time
+    value ``(C_t(k) - (mean - k)^+) * 20`` at the grid strikes (zero for padded dates).
+
+    ``n_features=3`` adds the call-price increment to the next date per unit of the period's
+    variance increment, (C_{t+1}(k) - C_t(k)) / s_t (``period_scale``; about half the local
+    density of the variance increment at k, O(1) for any period length; zero at the last real
+    date and on padded dates). With many short periods consecutive marginals differ by O(s_t),
+    which the first two channels only show as tiny differences between neighbouring tokens.
+    """
     m = grid.shape[-1]
     dens = weights * m
     payoff = torch.clamp(grid[None, :] - grid[:, None], min=0.0)  # (k, x)
@@ -46,7 +54,16 @@ def marginal_features(weights: torch.Tensor, grid: torch.Tensor) -> torch.Tensor
     mean = (weights * grid).sum(-1, keepdim=True)
     mass = weights.sum(-1, keepdim=True)
     intrinsic = torch.clamp(mean - grid * mass, min=0.0)
-    return torch.stack((dens, 20.0 * (calls - intrinsic)), dim=-2)
+    chans = [dens, 20.0 * (calls - intrinsic)]
+    if n_features >= 3:
+        inc = torch.zeros_like(calls)
+        if calls.shape[1] > 1:
+            s = period_scale(weights, grid)[..., None]                  # (B, N, 1)
+            real = (mass[:, 1:] > 0.5) & (mass[:, :-1] > 0.5)           # both dates real
+            step = torch.clamp((calls[:, 1:] - calls[:, :-1]) / s, -50.0, 50.0)
+            inc[:, :-1] = torch.where(real, step, torch.zeros_like(step))
+        chans.append(inc)
+    return torch.stack(chans, dim=-2)
 
 
 def period_scale(weights: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -141,7 +158,7 @@ class MMOTTransformer(_Scaled):
                              f"{self.cfg.grid_size}")
         if t > self.cfg.max_dates:
             raise ValueError(f"{t} dates exceed the model's max_dates={self.cfg.max_dates}")
-        feats = marginal_features(weights, self.grid).reshape(b, t, -1)  # (B, T, F*M)
+        feats = marginal_features(weights, self.grid, self.cfg.in_features).reshape(b, t, -1)
         if b * t <= _CONV_AS_MATMUL_ROWS:
             z = _conv_as_matmul(self.conv, feats)
         else:
@@ -177,7 +194,7 @@ class MMOTMLP(_Scaled):
         if m != self.cfg.grid_size:
             raise ValueError(f"weights have {m} grid points, the model expects "
                              f"{self.cfg.grid_size}")
-        feats = marginal_features(weights, self.grid).reshape(b, t, -1)
+        feats = marginal_features(weights, self.grid, self.cfg.in_features).reshape(b, t, -1)
         z = self.body(torch.cat((feats[:, :-1], feats[:, 1:]), dim=-1))
         s = period_scale(weights, self.grid)[..., None]
         return self.v_head(z) * self.v_scale / s, self.h_head(z) * self.h_scale / s
