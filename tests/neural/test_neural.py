@@ -293,7 +293,11 @@ def test_hybrid_reaches_classical_tolerance_and_ood_fallback(tiny_data, tiny_che
     assert pure.projected and pure.drift <= 1e-12
     raw = NeuralPricer(tiny_checkpoint, ood_drift=10.0, ood_marginal_error=10.0,
                        project=False).solve(marg)
-    assert not raw.projected and raw.neural_drift == pure.neural_drift
+    both = NeuralPricer(tiny_checkpoint, ood_drift=10.0, ood_marginal_error=10.0,
+                        raw_residuals=True).solve(marg)
+    assert np.isnan(pure.neural_drift)                 # not measured by default
+    assert not raw.projected and raw.neural_drift == both.neural_drift == raw.drift
+    np.testing.assert_array_equal(both.kernels, pure.kernels)
     np.testing.assert_allclose(raw.v, pure.v)        # the same network potentials v
     with pytest.raises(ValueError, match="project must be a bool"):
         NeuralPricer(tiny_checkpoint, project="yes")
