@@ -314,8 +314,9 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     else:
         # drop the rows implied by the others: the full system is rank deficient by two per
         # period, which made HiGHS's interior point finish "imprecise" and fall back to a long
-        # simplex clean-up (10 s -> 7.7 s on the benchmark case); the dropped rows get zero
-        # duals (a valid dual of the full LP) and the residuals below are measured on ALL rows
+        # simplex clean-up (10-12 s -> 7-8 s per side on the benchmark case); the dropped rows
+        # get zero duals (a valid dual of the full LP) and the residuals below are measured on
+        # ALL rows
         keep = np.ones(lp.a_eq.shape[0], dtype=bool)
         keep[lp.redundant_rows()] = False
         res = optimize.linprog(c, A_eq=lp.a_eq[keep], b_eq=lp.b_eq[keep], A_ub=lp.a_ub,
