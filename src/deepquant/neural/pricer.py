@@ -17,7 +17,7 @@ from the network's h, no iteration on v). The kernels are then exact martingale 
 (drift <= 1e-13) with exact row sums; only the column marginals carry the network's error.
 Columns whose target weight is below the checkpoint's training mass floor get no mass (the
 network's v is untrained there). Measured on fresh instances this cuts the ATM Asian price error
-from ~17-46% (raw Gibbs kernels of the predicted (v, h), ``project=False``) to ~0.5% mean
+from ~18-46% (raw Gibbs kernels of the predicted (v, h), ``project=False``) to ~0.4% mean
 (docs/benchmarks-neural.md): the price of a path-dependent payoff is far more sensitive to the
 drift than to the column error. The result
 prices any payoff of ``deepquant.payoffs`` by the exact forward recursion on the augmented chain
@@ -188,7 +188,7 @@ class NeuralPricer:
         With ``project``, columns whose target weight is <= this receive no mass. Default: the
         checkpoint's training mass floor (``train.mass_floor``, 1e-10): the distillation never
         sees v there, and an untrained v on a column of weight 1e-20 pulled O(1) mass onto it
-        (measured: mean ATM Asian error 3.2% -> 0.54% on fresh instances with the floor).
+        (measured with the second-session checkpoint: mean ATM Asian error 3.2% -> 0.87%).
     """
 
     def __init__(self, checkpoint=None, *, threads: int | None = 1, ood_drift: float = 0.05,
