@@ -89,6 +89,7 @@ __all__ = [
     "solve_entropic",
     "newton_polish",
     "martingale_projection",
+    "ProjectionResult",
     "pairwise_cost",
     "reference_kernels",
     "touching_points",
@@ -1485,7 +1486,7 @@ class ProjectionResult:
     h: np.ndarray
     drift: np.ndarray
     marginal_error: np.ndarray
-    v: np.ndarray | None = None
+    v: np.ndarray
 
 
 def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | None = None, *,

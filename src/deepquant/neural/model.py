@@ -36,8 +36,8 @@ __all__ = ["marginal_features", "period_scale", "MMOTTransformer", "MMOTMLP", "b
 SEED_PARAMETER_COUNT = 4_423_468  # seed 001 §9.2 ("4.4M")
 
 
-def marginal_features(weights: torch.Tensor, grid: torch.Tensor, n_features: int = 2
-                      ) -> torch.Tensor:
+def marginal_features(weights: torch.Tensor, grid: torch.Tensor, n_features: int = 2,
+                      scale: torch.Tensor | None = None) -> torch.Tensor:
     """Per-date input features, shape (B, T, F, M): density times M, and the call curve's time
     value ``(C_t(k) - (mean - k)^+) * 20`` at the grid strikes (zero for padded dates).
 
@@ -46,6 +46,7 @@ def marginal_features(weights: torch.Tensor, grid: torch.Tensor, n_features: int
     density of the variance increment at k, O(1) for any period length; zero at the last real
     date and on padded dates). With many short periods consecutive marginals differ by O(s_t),
     which the first two channels only show as tiny differences between neighbouring tokens.
+    ``scale``: s_t (B, N) if the caller has it already.
     """
     m = grid.shape[-1]
     dens = weights * m
@@ -58,7 +59,7 @@ def marginal_features(weights: torch.Tensor, grid: torch.Tensor, n_features: int
     if n_features >= 3:
         inc = torch.zeros_like(calls)
         if calls.shape[1] > 1:
-            s = period_scale(weights, grid)[..., None]                  # (B, N, 1)
+            s = (period_scale(weights, grid) if scale is None else scale)[..., None]
             real = (mass[:, 1:] > 0.5) & (mass[:, :-1] > 0.5)           # both dates real
             step = torch.clamp((calls[:, 1:] - calls[:, :-1]) / s, -50.0, 50.0)
             inc[:, :-1] = torch.where(real, step, torch.zeros_like(step))
@@ -158,7 +159,8 @@ class MMOTTransformer(_Scaled):
                              f"{self.cfg.grid_size}")
         if t > self.cfg.max_dates:
             raise ValueError(f"{t} dates exceed the model's max_dates={self.cfg.max_dates}")
-        feats = marginal_features(weights, self.grid, self.cfg.in_features).reshape(b, t, -1)
+        s = period_scale(weights, self.grid)                            # (B, N)
+        feats = marginal_features(weights, self.grid, self.cfg.in_features, s).reshape(b, t, -1)
         if b * t <= _CONV_AS_MATMUL_ROWS:
             z = _conv_as_matmul(self.conv, feats)
         else:
@@ -166,7 +168,7 @@ class MMOTTransformer(_Scaled):
         z = self.norm_in(self.proj(torch.nn.functional.gelu(z))) + self.pe[:t]
         pad = None if date_mask is None else ~date_mask
         z = self.norm_out(self.encoder(z, src_key_padding_mask=pad))
-        s = period_scale(weights, self.grid)[..., None]
+        s = s[..., None]
         v = self.u_head(z[:, 1:]) * self.v_scale / s
         h = self.h_head(z[:, :-1]) * self.h_scale / s
         return v, h
@@ -194,9 +196,10 @@ class MMOTMLP(_Scaled):
         if m != self.cfg.grid_size:
             raise ValueError(f"weights have {m} grid points, the model expects "
                              f"{self.cfg.grid_size}")
-        feats = marginal_features(weights, self.grid, self.cfg.in_features).reshape(b, t, -1)
+        s = period_scale(weights, self.grid)
+        feats = marginal_features(weights, self.grid, self.cfg.in_features, s).reshape(b, t, -1)
         z = self.body(torch.cat((feats[:, :-1], feats[:, 1:]), dim=-1))
-        s = period_scale(weights, self.grid)[..., None]
+        s = s[..., None]
         return self.v_head(z) * self.v_scale / s, self.h_head(z) * self.h_scale / s
 
 
