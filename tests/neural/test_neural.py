@@ -306,8 +306,9 @@ def test_hybrid_reaches_classical_tolerance_and_ood_fallback(tiny_data, tiny_che
     assert hy.drift <= 1e-9 and hy.marginal_error <= 1e-9  # the classical tolerance
     price = hy.price(AsianCall(strike=1.0))
     assert 0.0 < price < 0.2
-    # OOD: a threshold no neural answer can meet -> classical fallback, said in the result
-    strict = NeuralPricer(tiny_checkpoint, ood_drift=1e-12)
+    # OOD: a threshold no neural answer can meet (the projected kernels are exact martingales,
+    # but their column sums carry the network's error) -> classical fallback, said so
+    strict = NeuralPricer(tiny_checkpoint, ood_marginal_error=1e-12)
     fb = strict.solve(marg)
     assert fb.mode == "classical" and fb.fallback and "out of distribution" in fb.message
     assert fb.drift <= 1e-9
@@ -394,3 +395,37 @@ def test_call_increment_features():
     np.testing.assert_allclose((inc[:3].sum(-1) * step).numpy(), 0.5, rtol=1e-2)
     f2 = marginal_features(w, g, 2)
     assert torch.equal(f2, f[:, :, :2])                      # the old features are unchanged
+
+
+def test_gap_finetuning_on_unlabelled_instances(tiny_data, tiny_checkpoint, tmp_path):
+    """Fine-tuning from a checkpoint (train.init_from) with the teacher-free dual-gap loss on
+    unlabelled instances: the validation reports the exact path-law KL (labelled validation
+    file), training resumes, and bad combinations are refused with a clear error."""
+    from deepquant.neural.train import load_model, train
+
+    cfg = _tiny_cfg(tiny_data, tmp_path / "ft", max_steps=6, eval_every=3, lambda_dist=0.0,
+                    lambda_gap=1.0, lambda_hcons=1.0, gap_periods=1, lr=1e-5,
+                    init_from=str(tiny_checkpoint))
+    cfg.data.unlabelled = 8
+    cfg.data.val = str(tiny_data)
+    init, _ = load_model(tiny_checkpoint)
+    res = train(cfg)
+    first = res.history[0]
+    assert res.step == 6 and res.n_train > 8                       # labelled + unlabelled
+    assert 0 <= first["val_sqrt_kl"] <= np.sqrt(first["val_kl"]) + 1e-12       # Jensen
+    # step 0 evaluates the initial weights: the same as the checkpoint's, scales included
+    model, _ = load_model(tmp_path / "ft" / "last.pt")
+    assert float(model.v_scale) == float(init.v_scale)
+    cfg.train.max_steps = 9
+    assert train(cfg).step == 9                                     # resumed from last.pt
+    bad = _tiny_cfg(tiny_data, tmp_path / "bad", max_steps=2)
+    bad.data.unlabelled = 4
+    with pytest.raises(ValueError, match="unlabelled instances carry no teacher"):
+        train(bad)
+    other = _tiny_cfg(tiny_data, tmp_path / "other", max_steps=2, lambda_gap=1.0,
+                      init_from=str(tiny_checkpoint))
+    other.model.d_model = 32
+    with pytest.raises(ValueError, match="init_from"):
+        train(other)
+    with pytest.raises(ValueError, match="gap_weighting"):
+        load_config(REPO / "configs" / "tiny.yaml", **{"train.gap_weighting": "sqrt"})

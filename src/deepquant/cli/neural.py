@@ -114,12 +114,18 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
         cfg = load_config(config_path, **over)
 
         def cb(ev):
-            if ev["kind"] == "eval" and not as_json:
+            if as_json:
+                return
+            if ev["kind"] == "data":
+                err_console.print(f"unlabelled instances {ev['done']}/{ev['total']}")
+            elif ev["kind"] == "eval":
                 v = ev["val"]
+                gap = (f", path KL {v['kl']:.3g}, sqrt KL {v['sqrt_kl']:.3g}, "
+                       f"hcons {v['hcons']:.2g}" if "kl" in v else "")
                 err_console.print(
                     f"step {ev['step']:6d}  val {v['total']:.4g} (dist {v['dist']:.3g}, "
-                    f"mart {v['mart']:.3g}, h {v['hpen']:.2g}, max drift {v['drift_max']:.3g})"
-                    f"  best {ev['best']:.4g}")
+                    f"mart {v['mart']:.3g}, h {v['hpen']:.2g}, max drift {v['drift_max']:.3g}"
+                    f"{gap})  best {ev['best']:.4g}")
 
         res = train(cfg, callback=cb)
         if export_dir:

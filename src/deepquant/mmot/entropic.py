@@ -90,6 +90,8 @@ __all__ = [
     "newton_polish",
     "martingale_projection",
     "ProjectionResult",
+    "SemiDual",
+    "semi_dual",
     "pairwise_cost",
     "reference_kernels",
     "touching_points",
@@ -1568,3 +1570,99 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
     errs, drift = measure(grid, w, kernels)
     return ProjectionResult(kernels=kernels, h=eps * eta, drift=drift, marginal_error=errs,
                             v=v_out)
+
+
+@dataclass
+class SemiDual:
+    """K independent one-period problems evaluated at column potentials v (``semi_dual``).
+
+    With the product reference and c = 0, and potentials in units of eps, the semi-dual of
+    period k is
+
+        G_k(v) = sum_y nu_k(y) v(y) - sum_x mu_k(x) log Z_x(v),
+        log Z_x(v) = min_eta LSE_y(logq_k(x, y) + v(y) + eta (y - x)),
+
+    concave in v, maximal at the entropic optimum v*, and for every v
+    G_k(v*) - G_k(v) = KL(pi*_k || pi_k(v)), where pi_k(v) is the plan of the martingale kernels
+    of v with the row multipliers solved exactly (``martingale_projection``): the dual gap is
+    the relative entropy of the projected plan, and summed over the periods of a chain it is
+    the relative entropy of the path law (chain rule). Its gradient in v is nu - (column sums
+    of pi_k(v)) (envelope theorem: eta is row-optimal).
+
+    Attributes
+    ----------
+    logq : ndarray, shape (K, M, M)
+        log reference kernel log nu(y) on the allowed entries (no touching point crossed, row
+        with mass, column with target mass), -inf elsewhere; rows without an allowed entry are
+        all -inf.
+    mu : ndarray, shape (K, M)
+        Transported row mass (pinned rows removed).
+    nu : ndarray, shape (K, M)
+        Column targets net of the pinned mass, tilted by a factor 1 + a + b (y - 1) (relative
+        size <= ~M * column_floor) so that their mass and mean equal those of ``mu`` exactly;
+        then G_k is exactly invariant under the gauge v -> v + a + b (y - 1).
+    pinned : ndarray of bool, shape (K, M)
+    eta : ndarray, shape (K, M)
+        Row-optimal multipliers at v (0 on rows without mass).
+    lse : ndarray, shape (K, M)
+        log Z_x(v) (0 on rows without mass).
+    value : ndarray, shape (K,)
+        G_k(v).
+    """
+
+    logq: np.ndarray
+    mu: np.ndarray
+    nu: np.ndarray
+    pinned: np.ndarray
+    eta: np.ndarray
+    lse: np.ndarray
+    value: np.ndarray
+
+
+def semi_dual(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, v: np.ndarray,
+              h: np.ndarray | None = None, *, tol: float = 1e-12, touch_tol: float = 1e-11,
+              column_floor: float = 0.0) -> SemiDual:
+    """The semi-dual G_k(v) of K one-period problems (rows of ``mu``, ``nu`` (K, M), marginals
+    in convex order on ``grid``) at column potentials ``v`` (K, M, units of eps), with the row
+    multipliers solved exactly as in ``martingale_projection`` (started from ``h`` if given).
+    See ``SemiDual``. ``column_floor``: columns with nu <= floor are dropped (target 0).
+    """
+    grid = np.asarray(grid, dtype=np.float64)
+    mu = np.asarray(mu, dtype=np.float64)
+    nu = np.array(nu, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    if mu.ndim != 2 or mu.shape[1] != grid.size or nu.shape != mu.shape:
+        raise ValueError(f"mu and nu must both have shape (K, {grid.size}), got {mu.shape} "
+                         f"and {nu.shape}")
+    if v.shape != mu.shape or not np.all(np.isfinite(v)):
+        raise ValueError(f"v must be a finite array of shape {mu.shape}, got shape {v.shape}")
+    if not (np.isfinite(column_floor) and column_floor >= 0):
+        raise ValueError(f"column_floor must be a finite number >= 0, got {column_floor!r}")
+    h0 = np.zeros_like(v) if h is None else np.where(np.isfinite(h), h, 0.0)
+    if column_floor > 0:
+        nu[nu <= column_floor] = 0.0
+    k, m = mu.shape
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        b = _prepare(grid, mu.copy(), nu, None, None, touch_tol=touch_tol)
+        eta = np.zeros((k, m))
+        lse = np.zeros((k, m))
+        tt, xx = np.nonzero(b.mu > 0)
+        if tt.size:
+            base = b.logq[tt, xx, :] + v[tt, :]
+            e, _, lse_rows = _row_solve(base, b.diff[xx], grid, h0[tt, xx], tol=tol,
+                                        kernels=True)
+            eta[tt, xx] = e
+            lse[tt, xx] = lse_rows
+    # tilt the targets so that their mass and mean match the transported rows exactly
+    y = grid - 1.0
+    tnu = b.nu.copy()
+    mom = np.stack([tnu.sum(1), tnu @ y, tnu @ (y * y)], axis=1)      # (K, 3)
+    rhs = np.stack([b.mu.sum(1) - mom[:, 0], b.mu @ y - mom[:, 1]], axis=1)
+    det = mom[:, 0] * mom[:, 2] - mom[:, 1] ** 2
+    ok = det > 1e-300
+    a = np.where(ok, (rhs[:, 0] * mom[:, 2] - rhs[:, 1] * mom[:, 1]) / np.where(ok, det, 1), 0)
+    c = np.where(ok, (mom[:, 0] * rhs[:, 1] - mom[:, 1] * rhs[:, 0]) / np.where(ok, det, 1), 0)
+    tnu *= 1.0 + a[:, None] + c[:, None] * y[None, :]
+    value = np.where(tnu > 0, tnu * v, 0.0).sum(1) - (b.mu * lse).sum(1)
+    return SemiDual(logq=b.logq, mu=b.mu, nu=tnu, pinned=b.pinned, eta=eta, lse=lse,
+                    value=value)

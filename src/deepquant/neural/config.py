@@ -75,17 +75,25 @@ class DataConfig:
     max_instances: int | None = None  # use only the first n instances (tiny runs)
     split_seed: int = 0
     prefix_windows: bool = True  # also train on the prefixes (dates 0..n) of each instance
+    unlabelled: int = 0  # extra teacher-free instances 0..n-1 of ``unlabelled_seed`` (gap loss)
+    unlabelled_seed: int = 1000
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.unlabelled < 0:
+            raise ValueError(f"data.unlabelled must be >= 0, got {self.unlabelled}")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation (seed 001 §9.3-9.4 with DESIGN §3 weights).
 
-    Loss = dist + ``lambda_mart`` * mart + ``lambda_h`` * hpen (see ``deepquant.neural.losses``).
+    Loss = ``lambda_dist`` * dist + ``lambda_mart`` * mart + ``lambda_h`` * hpen
+    + ``lambda_gap`` * gap + ``lambda_hcons`` * hcons (see ``deepquant.neural.losses``; the gap
+    terms run on ``gap_periods`` random periods per batch and weigh instances by
+    ``gap_weighting``). ``init_from`` starts from the weights (and output scales) of another
+    checkpoint, for fine-tuning; resuming from ``out_dir/last.pt`` takes precedence.
     The learning rate warms up linearly for ``warmup_steps`` then follows a cosine decay to
     ``lr * min_lr_ratio`` at ``max_steps``. Training stops early when the validation loss has
     not improved for ``patience`` evaluations.
@@ -105,6 +113,12 @@ class TrainConfig:
     mart_start: int = 0  # lambda_mart is 0 before this step (distillation only) ...
     mart_warmup: int = 0  # ... then ramps linearly to lambda_mart over this many steps
     lambda_h: float = 1.0
+    lambda_dist: float = 1.0
+    lambda_gap: float = 0.0  # dual gap = KL of the projected plan (teacher-free)
+    lambda_hcons: float = 0.0  # h-head vs the exact row multipliers of the predicted v
+    gap_periods: int = 4  # gap terms on at most this many random periods per batch (0 = all)
+    gap_weighting: str = "scaled"  # "scaled" or "kl", see losses.dual_gap_loss
+    init_from: str | None = None
     drift_scale: float = 0.01  # drift loss unit (moneyness): a loss of 1 = drift at this size
     h_units: float = 1e-2  # the h penalty acts on h_units * s_t * h (see losses)
     mart_periods: int = 8  # drift loss on at most this many random periods per batch (0 = all)
@@ -119,6 +133,12 @@ class TrainConfig:
         for name in ("lr", "batch_size", "max_steps", "eval_every", "patience", "threads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("lambda_dist", "lambda_gap", "lambda_hcons", "gap_periods"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.gap_weighting not in ("kl", "scaled"):
+            raise ValueError(f"train.gap_weighting must be 'kl' or 'scaled', got "
+                             f"{self.gap_weighting!r}")
 
 
 @dataclass

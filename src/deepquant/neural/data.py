@@ -41,7 +41,7 @@ from deepquant.atomic import atomic_path
 __all__ = [
     "FAMILIES", "N_CHOICES", "FORMAT", "InstanceSpec", "instance_spec", "model_grid",
     "gauge_fix", "touching_mask", "allowed_np", "gibbs_kernels_np", "kernel_drift_np", "solve_instance", "generate_dataset",
-    "read_dataset", "NeuralDataset", "validate_dataset", "ValidationReport", "write_instances",
+    "read_dataset", "marginal_records", "NeuralDataset", "validate_dataset", "ValidationReport", "write_instances",
 ]
 
 FAMILIES = ("gbm", "merton", "heston")
@@ -231,6 +231,26 @@ def _record(spec: InstanceSpec, grid, weights, v, h, pinned=None, period_ok=None
             "h": h, "h_valid": h_valid, "v_valid": v_ok,
             "period_ok": (np.ones(v.shape[0], bool) if period_ok is None
                           else np.asarray(period_ok, bool)), **meta}
+
+
+def marginal_records(num: int, seed: int, grid: np.ndarray, *, progress=None) -> list[dict]:
+    """Teacher-free records of instances 0..num-1 of ``seed``: the marginals only (a few ms an
+    instance), for the dual-gap loss; potentials are zero and masked (``labelled`` False).
+    ``progress(done, total)`` is called every 500 instances."""
+    out = []
+    for i in range(num):
+        spec = instance_spec(i, seed)
+        w = np.array(build_marginals(spec, grid).weights, dtype=np.float64)
+        n, m = spec.n_periods, grid.size
+        out.append({"index": i, "family": spec.family, "n_periods": n,
+                    "maturity": spec.maturity, "params": json.dumps(spec.params, sort_keys=True),
+                    "times": spec.times, "weights": w, "v": np.zeros((n, m)),
+                    "h": np.zeros((n, m)), "h_valid": np.zeros((n, m), bool),
+                    "v_valid": np.zeros((n, m), bool), "period_ok": np.ones(n, bool),
+                    "labelled": False})
+        if progress is not None and ((i + 1) % 500 == 0 or i + 1 == num):
+            progress(i + 1, num)
+    return out
 
 
 # ----------------------------------------------------------------------------- storage
@@ -492,10 +512,13 @@ class NeuralDataset:
         import torch
 
         self.grid = torch.as_tensor(grid, dtype=torch.float32)
+        self.grid64 = torch.as_tensor(grid, dtype=torch.float64)
         self.items = []
         for r in records:
             self.items.append({
                 "weights": torch.as_tensor(r["weights"], dtype=torch.float32),
+                "weights64": torch.as_tensor(r["weights"], dtype=torch.float64),
+                "labelled": bool(r.get("labelled", True)),
                 "v": torch.as_tensor(r["v"], dtype=torch.float32),
                 "h": torch.as_tensor(r["h"], dtype=torch.float32),
                 "h_valid": torch.as_tensor(r["h_valid"], dtype=torch.bool),
@@ -525,9 +548,11 @@ class NeuralDataset:
         import torch
 
         its = [self.items[i] for i in ids]
-        b = {k: torch.stack([it[k] for it in its]) for k in ("weights", "v", "h", "h_valid",
-                                                               "v_valid", "touch")}
+        b = {k: torch.stack([it[k] for it in its]) for k in ("weights", "weights64", "v", "h",
+                                                               "h_valid", "v_valid", "touch")}
         b["period_mask"] = torch.stack([it["period_ok"] for it in its])
         b["date_mask"] = torch.ones(len(its), its[0]["n"] + 1, dtype=torch.bool)
         b["grid"] = self.grid
+        b["grid64"] = self.grid64
+        b["labelled"] = all(it["labelled"] for it in its)
         return b

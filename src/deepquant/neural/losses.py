@@ -22,17 +22,35 @@ Terms (all averaged over the instances of a batch, and over the periods of an in
   ``period_scale``); with h_units = 1e-2 the term shrinks h by about 1e-4 relative, a tie-breaker
   rather than a competitor of the distillation (a weight of 1 on h in units of 1/eps, whose
   size is up to ~1e4, would dominate the loss and bias h, hence the drift).
+
+The dual-gap terms (``dual_gap_loss``) need no teacher. For the predicted v, the row multipliers
+are solved exactly (what the pricer does, ``martingale_projection``), and the semi-dual
+G_t(v) = sum_y nu(y) v(y) - sum_x mu(x) log Z_x(v) is evaluated (``deepquant.mmot.entropic.
+semi_dual``). G_t(v*) - G_t(v) is exactly the relative entropy KL(pi*_t || pi_t(v)) of the
+projected plan, and by the chain rule the sum over t is the relative entropy of the path law of
+the pricer's Markov chain against the calibrated model's; |price error| <= ||payoff||_inf *
+sqrt(KL / 2) (Pinsker). So:
+
+* ``gap``: per instance, N / |sel| * sum_{t in sel} (G_t(v*) - G_t(v)) over a random subset sel of
+  the periods (an unbiased estimate of the path-law KL), averaged over the batch; without a
+  teacher the constant G_t(v*) is unknown and -G_t(v) is used (same gradient, nu - column sums
+  of the projected plan; the envelope theorem removes the row solve from the gradient);
+* ``hcons``: mean over rows with mass of ((h - eta*(v)) * s_t / h_scale)^2, eta*(v) the exact row
+  multipliers of the predicted v: keeps the h-head a good start for the row solve and the
+  hybrid's Newton polish, again without a teacher.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from deepquant.neural.model import period_scale
 
-__all__ = ["allowed_entries", "gibbs_log_kernel", "kernel_drift", "LossTerms", "surrogate_loss"]
+__all__ = ["allowed_entries", "gibbs_log_kernel", "kernel_drift", "LossTerms", "surrogate_loss",
+           "semi_dual_value", "GapTerms", "dual_gap_loss"]
 
 
 def allowed_entries(touch: torch.Tensor) -> torch.Tensor:
@@ -89,7 +107,7 @@ class LossTerms:
 
 
 def surrogate_loss(v: torch.Tensor, h: torch.Tensor, batch: dict, *, lambda_mart: float = 5.0,
-                   lambda_h: float = 1.0, drift_scale: float = 0.01, h_units: float = 1e-2,
+                   lambda_h: float = 1.0, lambda_dist: float = 1.0, drift_scale: float = 0.01, h_units: float = 1e-2,
                    mass_floor: float = 1e-10, v_scale: float = 1.0,
                    h_scale: float = 1.0) -> LossTerms:
     """Total loss and its terms for predictions ``v, h`` (B, N, M).
@@ -133,5 +151,93 @@ def surrogate_loss(v: torch.Tensor, h: torch.Tensor, batch: dict, *, lambda_mart
     with torch.no_grad():
         live = (wf > mass_floor) & (pm[..., None] > 0)
         drift_max = torch.where(live, delta.abs(), torch.zeros_like(delta)).amax()
-    total = dist + lambda_mart * mart + lambda_h * hpen
+    total = lambda_dist * dist + lambda_mart * mart + lambda_h * hpen
     return LossTerms(total, dist, mart, hpen, drift_max)
+
+
+def semi_dual_value(v: torch.Tensor, mu: np.ndarray, nu: np.ndarray, grid: np.ndarray, *,
+                    h: torch.Tensor | None = None, column_floor: float = 1e-10,
+                    tol: float = 1e-10):
+    """Differentiable G_k(v) of K one-period problems: (value (K,) float64 tensor with the
+    gradient nu - column sums of the projected plan, the numpy ``SemiDual`` at v).
+
+    ``v``, ``h`` (K, M) tensors (potentials in units of eps; ``h`` only starts the row solve);
+    ``mu``, ``nu`` (K, M) float64 marginals. The row multipliers are solved in numpy and enter
+    as constants: G is stationary in them (envelope theorem).
+    """
+    from deepquant.mmot.entropic import semi_dual
+
+    v64 = v.double()
+    sd = semi_dual(grid, mu, nu, v64.detach().cpu().numpy(),
+                   None if h is None else h.detach().double().cpu().numpy(), tol=tol,
+                   column_floor=column_floor)
+    active = torch.from_numpy(sd.mu > 0).to(v.device)
+    logq = torch.where(active[..., None], torch.from_numpy(sd.logq).to(v.device), 0.0)
+    g = torch.tensor(np.asarray(grid, dtype=np.float64), device=v.device)
+    eta = torch.from_numpy(sd.eta).to(v.device)
+    logits = logq + v64[:, None, :] + eta[..., None] * (g[None, :] - g[:, None])
+    lse = torch.where(active, torch.logsumexp(logits, dim=-1), 0.0)
+    nu_t = torch.from_numpy(sd.nu).to(v.device)
+    mu_t = torch.from_numpy(sd.mu).to(v.device)
+    value = (nu_t * v64).sum(-1) - (mu_t * lse).sum(-1)
+    return value, sd
+
+
+@dataclass
+class GapTerms:
+    gap: torch.Tensor      # the batch's gap term (see ``dual_gap_loss``'s ``weighting``)
+    hcons: torch.Tensor    # h-head consistency with the exact row multipliers
+    kl: torch.Tensor | None  # (B,) estimated path-law KL per instance (None without teacher)
+
+
+def dual_gap_loss(v: torch.Tensor, h: torch.Tensor, batch: dict, sel: np.ndarray | None = None,
+                  *, column_floor: float = 1e-10, h_scale: float = 1.0, v_scale: float = 1.0,
+                  mass_floor: float = 1e-10, weighting: str = "scaled") -> GapTerms:
+    """The terms ``gap`` and ``hcons`` (module doc) for predictions ``v, h`` (B, N, M) on the
+    periods ``sel`` (default: all).
+
+    ``batch`` holds ``weights64`` (B, N+1, M) float64 and ``grid64`` (M,); with ``labelled``
+    True also the teacher's ``v`` and ``v_valid``: then the gap is G(v*) - G(v) >= 0 (columns
+    the teacher excluded are dropped from both), else -G(v) (same gradient).
+
+    ``weighting``:
+
+    * ``"kl"``: the batch mean of the estimated path-law KL, N / |sel| * sum_t gap_t;
+    * ``"scaled"``: the batch mean over instances and periods of 2 (s_t / v_scale)^2 gap_t, the
+      gap in the units of the network's v-head (which predicts s_t v / v_scale). Near v* the gap
+      is a quadratic form in the v error, 1/2 dv' H dv with H ~ nu-weighted; in head units its
+      curvature is then O(1) for every period, where the raw KL's varies like 1 / s_t^2 (10^4
+      over the training periods) and makes AdamW unstable. Same minimiser per period.
+    """
+    if weighting not in ("kl", "scaled"):
+        raise ValueError(f"weighting must be 'kl' or 'scaled', got {weighting!r}")
+    w = batch["weights64"].numpy()
+    grid = batch["grid64"].numpy()
+    b, n, m = v.shape
+    sel = np.arange(n) if sel is None else np.asarray(sel)
+    mu = w[:, :-1][:, sel].reshape(-1, m)
+    nu = w[:, 1:][:, sel].reshape(-1, m)
+    labelled = bool(batch.get("labelled", False))
+    if labelled:
+        nu = np.where(batch["v_valid"][:, sel].reshape(-1, m).numpy(), nu, 0.0)
+    vs = v[:, sel].reshape(-1, m)
+    hs = h[:, sel].reshape(-1, m)
+    value, sd = semi_dual_value(vs, mu, nu, grid, h=hs, column_floor=column_floor)
+    kl = None
+    if labelled:
+        vref = batch["v"][:, sel].reshape(-1, m).double()
+        ref, _ = semi_dual_value(vref, mu, nu, grid, column_floor=column_floor)
+        per = (ref - value).reshape(b, len(sel))
+        kl = per.detach().sum(1) * (n / len(sel))
+    else:
+        per = -value.reshape(b, len(sel))
+    s = period_scale(batch["weights64"], batch["grid64"])[:, sel]            # (B, |sel|)
+    if weighting == "kl":
+        gap = (per.sum(1) * (n / len(sel))).mean()
+    else:
+        gap = (2.0 * (s / v_scale) ** 2 * per).mean()
+    live = torch.from_numpy(sd.mu > mass_floor).to(v.dtype)
+    target = torch.from_numpy(sd.eta).to(v.dtype)
+    err = ((hs - target) * s.reshape(-1, 1).to(v.dtype) / h_scale) ** 2 * live
+    hcons = err.sum() / live.sum().clamp(min=1.0)
+    return GapTerms(gap, hcons, kl)

@@ -28,8 +28,8 @@ import torch
 
 from deepquant.atomic import atomic_path, write_json
 from deepquant.neural.config import Config, ModelConfig
-from deepquant.neural.data import NeuralDataset, read_dataset
-from deepquant.neural.losses import surrogate_loss
+from deepquant.neural.data import NeuralDataset, marginal_records, read_dataset
+from deepquant.neural.losses import dual_gap_loss, surrogate_loss
 from deepquant.neural.model import build_model, count_parameters, period_scale
 
 __all__ = ["train", "TrainResult", "save_checkpoint", "load_checkpoint", "export_checkpoint",
@@ -111,26 +111,69 @@ def _lr_factor(step: int, cfg) -> float:
 
 def _loss_kwargs(cfg: Config, model) -> dict[str, float]:
     t = cfg.train
-    return {"lambda_mart": t.lambda_mart, "lambda_h": t.lambda_h, "drift_scale": t.drift_scale,
+    return {"lambda_mart": t.lambda_mart, "lambda_h": t.lambda_h, "lambda_dist": t.lambda_dist,
+            "drift_scale": t.drift_scale,
             "h_units": t.h_units, "mass_floor": t.mass_floor,
             "v_scale": float(model.v_scale), "h_scale": float(model.h_scale)}
 
 
+def _uses_gap(cfg: Config) -> bool:
+    return cfg.train.lambda_gap > 0 or cfg.train.lambda_hcons > 0
+
+
+def _gap_kwargs(cfg: Config, model) -> dict[str, Any]:
+    t = cfg.train
+    return {"column_floor": t.mass_floor, "mass_floor": t.mass_floor,
+            "h_scale": float(model.h_scale), "v_scale": float(model.v_scale),
+            "weighting": t.gap_weighting}
+
+
+def _eval_gap(v, h, b: dict, cfg: Config, model, max_rows: int = 256
+              ) -> tuple[float, float, float, float]:
+    """Gap terms of a validation batch on all its periods (in chunks of <= ``max_rows``
+    one-period problems): (gap term, hcons, mean path-law KL, mean sqrt KL); NaN KL without a
+    teacher."""
+    nb, n = v.shape[0], v.shape[1]
+    chunks = np.array_split(np.arange(n), max(1, -(-nb * n // max_rows)))
+    kl = torch.zeros(nb, dtype=torch.float64)
+    gap = hc = 0.0
+    for sel in chunks:
+        g = dual_gap_loss(v, h, b, sel, **_gap_kwargs(cfg, model))
+        hc += float(g.hcons) * len(sel) / n
+        gap += float(g.gap) * (len(sel) / n if cfg.train.gap_weighting == "scaled" else 1.0)
+        if g.kl is not None:
+            kl += g.kl * len(sel) / n
+    if not b.get("labelled", False):
+        return gap, hc, float("nan"), float("nan")
+    return gap, hc, float(kl.mean()), float(torch.sqrt(kl.clamp(min=0.0) + 1e-12).mean())
+
+
 @torch.no_grad()
 def evaluate_loss(model, ds: NeuralDataset, cfg: Config, *, batch_size: int = 64) -> dict:
-    """Mean validation loss terms over ``ds`` (weighted by batch size) and the max drift."""
+    """Mean validation loss terms over ``ds`` (weighted by batch size) and the max drift; with
+    the gap terms on (``lambda_gap`` or ``lambda_hcons`` > 0) also ``gap``, ``hcons`` and the
+    mean path-law KL of the projected chain (``kl``, ``sqrt_kl``) on all periods."""
     was = model.training
     model.eval()
-    sums = {"total": 0.0, "dist": 0.0, "mart": 0.0, "hpen": 0.0}
+    gap_on = _uses_gap(cfg)
+    keys = ["total", "dist", "mart", "hpen"] + (["gap", "hcons", "kl", "sqrt_kl"] if gap_on
+                                                else [])
+    sums = dict.fromkeys(keys, 0.0)
     drift = 0.0
     n = 0
     kw = _loss_kwargs(cfg, model)
+    t = cfg.train
     for ids in ds.batches(batch_size):
         b = ds.collate(ids)
         v, h = model(b["weights"], b["date_mask"])
         terms = surrogate_loss(v, h, b, **kw)
+        vals = {k: float(getattr(terms, k)) for k in ("total", "dist", "mart", "hpen")}
+        if gap_on:
+            vals["gap"], vals["hcons"], vals["kl"], vals["sqrt_kl"] = _eval_gap(v, h, b, cfg,
+                                                                                 model)
+            vals["total"] += t.lambda_gap * vals["gap"] + t.lambda_hcons * vals["hcons"]
         for k in sums:
-            sums[k] += float(getattr(terms, k)) * len(ids)
+            sums[k] += vals[k] * len(ids)
         drift = max(drift, float(terms.drift_max))
         n += len(ids)
     model.train(was)
@@ -271,14 +314,30 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
     if not train_recs or not val_recs:
         raise ValueError(f"need training and validation instances, got {len(train_recs)} and "
                          f"{len(val_recs)} from {cfg.data.train!r}")
+    labelled = list(train_recs)
+    if cfg.data.unlabelled:
+        if not _uses_gap(cfg):
+            raise ValueError("data.unlabelled instances carry no teacher: they need the gap "
+                             "loss (train.lambda_gap > 0)")
+        train_recs = train_recs + marginal_records(
+            cfg.data.unlabelled, cfg.data.unlabelled_seed, grid,
+            progress=(lambda d, n: callback({"kind": "data", "done": d, "total": n}))
+            if callback else None)
     if cfg.data.prefix_windows:
         train_recs = train_recs + prefix_windows(train_recs)
     train_ds, val_ds = NeuralDataset(train_recs, grid), NeuralDataset(val_recs, grid)
 
     model = build_model(cfg.model, grid)
-    for r in train_recs:
-        r["grid"] = grid
-    model.set_scales(*_target_scales(train_recs, t.mass_floor))
+    if t.init_from:
+        init, _ = load_model(t.init_from)
+        if init.cfg != cfg.model:
+            raise ValueError(f"train.init_from={t.init_from!r} has another model config than "
+                             f"this run's model section")
+        model.load_state_dict(init.state_dict())
+    else:
+        for r in labelled:
+            r["grid"] = grid
+        model.set_scales(*_target_scales(labelled, t.mass_floor))
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     step, best_val, best_step, history = 0, math.inf, 0, []
     last = out_dir / "last.pt"
@@ -305,6 +364,7 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
         pass
 
     kw = _loss_kwargs(cfg, model)
+    gap_on = _uses_gap(cfg)
     rng = np.random.default_rng(t.seed + step)
     bad_evals = 0
     stopped = "max_steps"
@@ -357,8 +417,14 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
                 ramp = (step + 1 - t.mart_start) / max(1, t.mart_warmup)
                 kw_step["lambda_mart"] = t.lambda_mart * min(1.0, max(0.0, ramp))
             terms = surrogate_loss(v, h, b, **kw_step)
+            loss = terms.total
+            if gap_on:
+                sel = (np.sort(rng.choice(n_per, t.gap_periods, replace=False))
+                       if t.gap_periods and n_per > t.gap_periods else None)
+                g = dual_gap_loss(v, h, b, sel, **_gap_kwargs(cfg, model))
+                loss = loss + t.lambda_gap * g.gap + t.lambda_hcons * g.hcons
             opt.zero_grad(set_to_none=True)
-            terms.total.backward()
+            loss.backward()
             if t.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
@@ -366,9 +432,12 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
             if writer and step % 20 == 0:
                 for k in ("total", "dist", "mart", "hpen", "drift_max"):
                     writer.add_scalar(f"train/{k}", float(getattr(terms, k).detach()), step)
+                if gap_on:
+                    writer.add_scalar("train/gap", float(g.gap.detach()), step)
+                    writer.add_scalar("train/hcons", float(g.hcons.detach()), step)
                 writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
             if callback:
-                callback({"kind": "step", "step": step, "loss": float(terms.total.detach())})
+                callback({"kind": "step", "step": step, "loss": float(loss.detach())})
             over_time = (t.max_minutes is not None
                          and time.perf_counter() - t_start > 60 * t.max_minutes)
             if step % t.eval_every == 0 or step >= t.max_steps or over_time:
