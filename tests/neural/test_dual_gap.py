@@ -159,3 +159,33 @@ def test_first_period_from_a_point_mass_is_exact():
     assert np.all(v[0] == 0) and np.any(v[1] != 0)
     proj = martingale_projection(marg, v, h[0].double().numpy())
     np.testing.assert_allclose(proj.kernels[0][grid == 1.0][0], marg.weights[1], atol=1e-14)
+
+
+def test_period_metrics_are_the_second_order_errors_of_the_projected_plan(solved):
+    """refit's quadratic forms against exact computations at a small perturbation dv:
+    "kl": 1/2 dv' A dv = the dual gap G(v*) - G(v* + dv) (= KL of the projected plan);
+    "call": 1/2 |Phi' A dv|^2-form = 1/2 |Phi' (columns of the projected plan - nu)|^2 with
+    Phi = 10 (y - k)^+ (the call-price error of mu_{t+1}), both to second order."""
+    from deepquant.neural.refit import period_metric
+
+    marg, res = solved
+    w, grid = marg.weights, marg.grid
+    live = res.v > -1e6
+    v_star = np.where(live, res.v, 0.0)
+    rng = np.random.default_rng(5)
+    dv = np.where(live, 1e-3 * rng.standard_normal(v_star.shape), 0.0)
+    dv[0] = 0.0                                   # period 0 (point mass) is exact anyway
+    a_kl = period_metric(w[:-1], w[1:], v_star, res.h, grid, metric="kl", column_floor=0.0)
+    a_call = period_metric(w[:-1], w[1:], v_star, res.h, grid, metric="call", column_floor=0.0)
+    gap = (semi_dual(grid, w[:-1], w[1:], v_star, res.h).value
+           - semi_dual(grid, w[:-1], w[1:], v_star + dv).value)
+    quad = 0.5 * np.einsum("ty,tyz,tz->t", dv, a_kl, dv)
+    np.testing.assert_allclose(quad[1:], gap[1:], rtol=1e-2)
+    proj = martingale_projection(marg, v_star + dv)
+    cols = np.einsum("tx,txy->ty", w[:-1], proj.kernels)
+    phi = 10.0 * np.maximum(grid[:, None] - grid[None, :], 0.0)
+    call_err = 0.5 * (((cols - w[1:]) @ phi) ** 2).sum(1)
+    quad_call = 0.5 * np.einsum("ty,tyz,tz->t", dv, a_call, dv)
+    np.testing.assert_allclose(quad_call[1:], call_err[1:], rtol=2e-2)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        period_metric(w[:-1], w[1:], v_star, res.h, grid, metric="l2")

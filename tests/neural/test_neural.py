@@ -429,3 +429,34 @@ def test_gap_finetuning_on_unlabelled_instances(tiny_data, tiny_checkpoint, tmp_
         train(other)
     with pytest.raises(ValueError, match="gap_weighting"):
         load_config(REPO / "configs" / "tiny.yaml", **{"train.gap_weighting": "sqrt"})
+
+
+def test_refit_head_lowers_its_objective_and_changes_only_the_v_head(tiny_data, tiny_checkpoint,
+                                                                   tmp_path):
+    from click.testing import CliRunner
+
+    from deepquant.cli import main
+    from deepquant.neural.pricer import NeuralPricer
+    from deepquant.neural.refit import refit_head
+    from deepquant.neural.train import load_model
+
+    res = refit_head(tiny_checkpoint, tiny_data, tmp_path / "refit", iterations=30, threads=1)
+    # CG on the ridge-regularised quadratic never increases it, so the metric alone falls too
+    assert res.objective_end < res.objective_start and res.periods > 0
+    before, _ = load_model(tiny_checkpoint)
+    after, meta = load_model(tmp_path / "refit")
+    changed = {k for k, v in after.state_dict().items()
+               if not torch.equal(v, before.state_dict()[k])}
+    assert changed == {"u_head.weight", "u_head.bias"}
+    assert meta["extra"]["refit"]["metric"] == "call"
+    assert NeuralPricer(tmp_path / "refit").grid.size == 150        # loads as a checkpoint
+    for bad, match in (({"metric": "l2"}, "metric must be one of"),
+                       ({"per_instance": 0}, "per_instance"),
+                       ({"ridge": -1.0}, "ridge")):
+        with pytest.raises(ValueError, match=match):
+            refit_head(tiny_checkpoint, tiny_data, tmp_path / "bad", **bad)
+    r = CliRunner().invoke(main, ["refit-head", "--checkpoint", str(tiny_checkpoint), "--data",
+                                  str(tiny_data), "--out", str(tmp_path / "cli"), "--metric",
+                                  "kl", "--iterations", "5", "--threads", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["metric"] == "kl"

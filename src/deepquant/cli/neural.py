@@ -1,4 +1,5 @@
 """CLI commands of the neural engine (see deepquant.cli): generate, validate-data, train,
+refit-head,
 evaluate. torch and the neural modules are imported inside the commands only."""
 
 from __future__ import annotations
@@ -145,6 +146,54 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
         console.print(table("train", ["key", "value"], summary.items()))
 
 
+@click.command("refit-head")
+@click.option("--checkpoint", default=None, help="Starting checkpoint (default: the shipped one).")
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False),
+              required=True, help="Labelled HDF5 data (deepquant generate).")
+@click.option("--out", "out_dir", required=True, help="Output folder (safetensors + config).")
+@click.option("--metric", type=click.Choice(["call", "kl"]), default="call", show_default=True)
+@click.option("--per-instance", type=int, default=2, show_default=True,
+              help="Random periods per instance in the fit.")
+@click.option("--iterations", type=int, default=300, show_default=True, help="CG iterations.")
+@click.option("--ridge", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-instances", type=int, default=None)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterations, ridge, seed,
+                   max_instances, threads, as_json):
+    """Refit the network's v-head under the projected model's error metric (Gauss-Newton)."""
+    from dataclasses import asdict
+
+    from deepquant.neural.pricer import default_checkpoint
+    from deepquant.neural.refit import refit_head
+
+    checkpoint = checkpoint or default_checkpoint()
+    try:
+        with progress(disable=as_json) as bar:
+            tasks: dict[str, int] = {}
+
+            def cb(stage, done, total):
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done)
+
+            res = refit_head(checkpoint, data_path, out_dir, metric=metric,
+                             per_instance=per_instance, iterations=iterations, ridge=ridge,
+                             seed=seed, max_instances=max_instances, threads=threads,
+                             progress=cb, note=f"deepquant refit-head --data {data_path} "
+                             f"--metric {metric} --per-instance {per_instance} --iterations "
+                             f"{iterations} --ridge {ridge} --seed {seed}")
+    except ValueError as exc:
+        fail(str(exc))
+    summary = asdict(res)
+    summary.pop("history")
+    if as_json:
+        print_json(asdict(res))
+    else:
+        console.print(table("refit-head", ["key", "value"], summary.items()))
+
+
 @click.command("evaluate")
 @click.option("--checkpoint", default=None, help="Checkpoint (default: the shipped one).")
 @click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), required=True)
@@ -178,4 +227,5 @@ def evaluate_cmd(checkpoint, test_path, max_instances, hybrid, threads, as_json)
                         cols, rows))
 
 
-COMMANDS: list[click.Command] = [generate_cmd, validate_data_cmd, train_cmd, evaluate_cmd]
+COMMANDS: list[click.Command] = [generate_cmd, validate_data_cmd, train_cmd, refit_head_cmd,
+                                 evaluate_cmd]
