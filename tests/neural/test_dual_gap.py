@@ -105,7 +105,7 @@ def test_semi_dual_gradient_is_nu_minus_projected_columns(solved):
 
 
 def _batch(marg, v_ref, h_ref):
-    w = torch.as_tensor(np.asarray(marg.weights))[None]
+    w = torch.as_tensor(np.array(marg.weights))[None]
     n, m = v_ref.shape
     return {"weights64": w, "grid64": torch.as_tensor(marg.grid),
             "weights": w.float(), "grid": torch.as_tensor(marg.grid).float(),

@@ -506,7 +506,8 @@ def validate_dataset(path: str | os.PathLike[str], *, residual_tol: float = 1e-6
 
 # ----------------------------------------------------------------------------- torch dataset
 class NeuralDataset:
-    """Records held in memory as float32 tensors, batched by equal N (no padding needed)."""
+    """Records held in memory as float32 tensors (the weights also in float64, for the dual-gap
+    terms), batched by equal N (no padding needed)."""
 
     def __init__(self, records: list[dict], grid: np.ndarray) -> None:
         import torch

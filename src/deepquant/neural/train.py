@@ -140,7 +140,7 @@ def _eval_gap(v, h, b: dict, cfg: Config, model, max_rows: int = 256
     for sel in chunks:
         g = dual_gap_loss(v, h, b, sel, **_gap_kwargs(cfg, model))
         hc += float(g.hcons) * len(sel) / n
-        gap += float(g.gap) * (len(sel) / n if cfg.train.gap_weighting == "scaled" else 1.0)
+        gap += float(g.gap) * len(sel) / n      # either weighting: chunk estimate x share
         if g.kl is not None:
             kl += g.kl * len(sel) / n
     if not b.get("labelled", False):
