@@ -107,8 +107,8 @@ def test_semi_dual_gradient_is_nu_minus_projected_columns(solved):
 def _batch(marg, v_ref, h_ref):
     w = torch.as_tensor(np.array(marg.weights))[None]
     n, m = v_ref.shape
-    return {"weights64": w, "grid64": torch.as_tensor(marg.grid),
-            "weights": w.float(), "grid": torch.as_tensor(marg.grid).float(),
+    return {"weights64": w, "grid64": torch.tensor(marg.grid),
+            "weights": w.float(), "grid": torch.tensor(marg.grid).float(),
             "v": torch.as_tensor(v_ref)[None], "h": torch.as_tensor(h_ref)[None],
             "v_valid": torch.as_tensor(v_ref > -1e6)[None],
             "h_valid": torch.ones(1, n, m, dtype=torch.bool),
@@ -154,7 +154,7 @@ def test_first_period_from_a_point_mass_is_exact():
     for p in model.parameters():                            # heads start at zero: randomise
         torch.nn.init.normal_(p, std=0.05)
     with torch.no_grad():
-        v, h = model(torch.as_tensor(np.asarray(marg.weights), dtype=torch.float32)[None])
+        v, h = model(torch.tensor(np.array(marg.weights), dtype=torch.float32)[None])
     v = v[0].double().numpy()
     assert np.all(v[0] == 0) and np.any(v[1] != 0)
     proj = martingale_projection(marg, v, h[0].double().numpy())
