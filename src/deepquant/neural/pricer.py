@@ -16,8 +16,10 @@ martingale_projection``: the martingale "c-transform", a safeguarded 1-D Newton 
 from the network's h, no iteration on v). The kernels are then exact martingale transitions
 (drift <= 1e-13) with exact row sums; only the column marginals carry the network's error.
 Columns whose target weight is below the checkpoint's training mass floor get no mass (the
-network's v is untrained there). Measured on fresh instances this cuts the ATM Asian price error
-from ~18-46% (raw Gibbs kernels of the predicted (v, h), ``project=False``) to ~0.4% mean
+network's v is untrained there), and periods that start from a point mass use the exact v = 0
+(``deepquant.neural.model.point_mass_exact``). Measured on fresh instances the ATM Asian price
+error is ~18% mean with the raw Gibbs kernels of the predicted (v, h) (``project=False``) and
+0.08-0.19% per family with the projection and the shipped, refit checkpoint
 (docs/benchmarks-neural.md): the price of a path-dependent payoff is far more sensitive to the
 drift than to the column error. The result
 prices any payoff of ``deepquant.payoffs`` by the exact forward recursion on the augmented chain
