@@ -31,10 +31,13 @@ projected plan, and by the chain rule the sum over t is the relative entropy of 
 the pricer's Markov chain against the calibrated model's; |price error| <= ||payoff||_inf *
 sqrt(KL / 2) (Pinsker). So:
 
-* ``gap``: per instance, N / |sel| * sum_{t in sel} (G_t(v*) - G_t(v)) over a random subset sel of
-  the periods (an unbiased estimate of the path-law KL), averaged over the batch; without a
-  teacher the constant G_t(v*) is unknown and -G_t(v) is used (same gradient, nu - column sums
-  of the projected plan; the envelope theorem removes the row solve from the gradient);
+* ``gap``: G_t(v*) - G_t(v) on a random subset of the periods, either summed per instance into
+  an unbiased estimate of the path-law KL (``weighting="kl"``) or averaged in the v-head's units
+  (``"scaled"``, the default, better conditioned; see ``dual_gap_loss``); without a teacher the
+  constant G_t(v*) is unknown and -G_t(v) is used (same gradient, nu - column sums of the
+  projected plan; the envelope theorem removes the row solve from the gradient). Measured:
+  fine-tuning the shipped network with it diverged (docs/benchmarks-neural.md); the same
+  metric is used successfully, to second order, by ``deepquant.neural.refit``;
 * ``hcons``: mean over rows with mass of ((h - eta*(v)) * s_t / h_scale)^2, eta*(v) the exact row
   multipliers of the predicted v: keeps the h-head a good start for the row solve and the
   hybrid's Newton polish, again without a teacher.
