@@ -1608,6 +1608,9 @@ class SemiDual:
         log Z_x(v) (0 on rows without mass).
     value : ndarray, shape (K,)
         G_k(v).
+    kernels : ndarray, shape (K, M, M), or None
+        With ``semi_dual(..., kernels=True)``: the projected rows p(y | x) at (v, eta) on rows
+        with transported mass, 0 elsewhere.
     """
 
     logq: np.ndarray
@@ -1617,15 +1620,17 @@ class SemiDual:
     eta: np.ndarray
     lse: np.ndarray
     value: np.ndarray
+    kernels: np.ndarray | None = None
 
 
 def semi_dual(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, v: np.ndarray,
               h: np.ndarray | None = None, *, tol: float = 1e-12, touch_tol: float = 1e-11,
-              column_floor: float = 0.0) -> SemiDual:
+              column_floor: float = 0.0, kernels: bool = False) -> SemiDual:
     """The semi-dual G_k(v) of K one-period problems (rows of ``mu``, ``nu`` (K, M), marginals
     in convex order on ``grid``) at column potentials ``v`` (K, M, units of eps), with the row
     multipliers solved exactly as in ``martingale_projection`` (started from ``h`` if given).
-    See ``SemiDual``. ``column_floor``: columns with nu <= floor are dropped (target 0).
+    See ``SemiDual``. ``column_floor``: columns with nu <= floor are dropped (target 0);
+    ``kernels``: also return the projected rows.
     """
     grid = np.asarray(grid, dtype=np.float64)
     mu = np.asarray(mu, dtype=np.float64)
@@ -1646,13 +1651,16 @@ def semi_dual(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, v: np.ndarray,
         b = _prepare(grid, mu.copy(), nu, None, None, touch_tol=touch_tol)
         eta = np.zeros((k, m))
         lse = np.zeros((k, m))
+        rows = np.zeros((k, m, m)) if kernels else None
         tt, xx = np.nonzero(b.mu > 0)
         if tt.size:
             base = b.logq[tt, xx, :] + v[tt, :]
-            e, _, lse_rows = _row_solve(base, b.diff[xx], grid, h0[tt, xx], tol=tol,
+            e, p, lse_rows = _row_solve(base, b.diff[xx], grid, h0[tt, xx], tol=tol,
                                         kernels=True)
             eta[tt, xx] = e
             lse[tt, xx] = lse_rows
+            if kernels:
+                rows[tt, xx] = p
     # tilt the targets so that their mass and mean match the transported rows exactly
     y = grid - 1.0
     tnu = b.nu.copy()
@@ -1665,4 +1673,4 @@ def semi_dual(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, v: np.ndarray,
     tnu *= 1.0 + a[:, None] + c[:, None] * y[None, :]
     value = np.where(tnu > 0, tnu * v, 0.0).sum(1) - (b.mu * lse).sum(1)
     return SemiDual(logq=b.logq, mu=b.mu, nu=tnu, pinned=b.pinned, eta=eta, lse=lse,
-                    value=value)
+                    value=value, kernels=rows)

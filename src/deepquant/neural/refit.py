@@ -50,14 +50,11 @@ def period_metric(mu: np.ndarray, nu: np.ndarray, v_star: np.ndarray, h_star: np
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     from deepquant.mmot.entropic import semi_dual
 
-    sd = semi_dual(grid, mu, nu, v_star, h_star, column_floor=column_floor)
+    sd = semi_dual(grid, mu, nu, v_star, h_star, column_floor=column_floor, kernels=True)
     m = grid.size
     d = grid[None, :] - grid[:, None]
     act = sd.mu > 0
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        logits = sd.logq + v_star[:, None, :] + sd.eta[..., None] * d[None]
-        p = np.where(act[..., None], np.exp(logits - sd.lse[..., None]), 0.0)
-    p = np.nan_to_num(p, nan=0.0, posinf=0.0)
+    p = sd.kernels
     var = np.einsum("kxy,xy->kx", p, d * d)
     pm = np.sqrt(sd.mu)[..., None] * p
     qm = np.sqrt(np.where(act, sd.mu / np.maximum(var, 1e-300), 0.0))[..., None] * (p * d[None])
