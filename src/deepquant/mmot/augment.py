@@ -335,7 +335,9 @@ def expectation(chain: AugmentedChain, kernels: np.ndarray, *, law0: np.ndarray 
 
     Forward recursion on the joint law m_t(x, s) of (X_t, S_t):
     m_0 = law0(x) * initial(x, s),  m_{t+1}(y, s') = sum_{x, s} m_t(x, s) k_t(x, y) K_t(s, y; s'),
-    E = sum_{x, s} m_T(x, s) terminal(x, s). Exact on the chain (no sampling).
+    E = sum_{x, s} m_T(x, s) terminal(x, s). Exact on the chain (no sampling). The index arrays
+    of the statistic map are precomputed once per chain (``deepquant.mmot.model.ChainPlan``,
+    which also prices many kernel sets in one batched call).
 
     Parameters
     ----------
@@ -345,20 +347,17 @@ def expectation(chain: AugmentedChain, kernels: np.ndarray, *, law0: np.ndarray 
     law0 : ndarray, shape (M,), optional
         Law of X_0 (default ``chain.law0``).
     """
+    from deepquant.mmot.model import chain_plan
+
     kernels = np.asarray(kernels, dtype=float)
     m = chain.size
     T = chain.last_date
     if kernels.ndim != 3 or kernels.shape[1:] != (m, m) or kernels.shape[0] < T:
         raise ValueError(f"kernels must have shape (>= {T}, {m}, {m}), got {kernels.shape}")
     p0 = chain.law0 if law0 is None else np.asarray(law0, dtype=float)
-    joint = chain.initial.multiply(p0[:, None]).toarray()  # (M, n_0)
-    for t in range(T):
-        q = joint.T @ kernels[t]  # (n_t, M): mass of (S_t = s, X_{t+1} = y)
-        n_t = q.shape[0]
-        sel = sparse.csr_matrix(
-            (q.ravel(), (np.tile(np.arange(m), n_t), np.arange(n_t * m))), shape=(m, n_t * m))
-        joint = np.asarray((sel @ chain.transitions[t]).todense())
-    return float(np.sum(joint * chain.terminal))
+    if p0.shape != (m,):
+        raise ValueError(f"law0 must have shape ({m},), got {p0.shape}")
+    return float(chain_plan(chain).expectation(kernels[None], p0[None])[0])
 
 
 def trivial_chain(marginals: Marginals, last_date: int | None = None) -> AugmentedChain:

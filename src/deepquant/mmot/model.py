@@ -15,13 +15,17 @@ References ``"product"`` (q_t = mu_{t+1}) and ``"lognormal"`` (a lognormal rando
 in moneyness with the marginals' variance increments; ``entropic.reference_kernels``).
 
 ``price(payoff)`` runs the exact forward recursion on the augmented state (X_t, S_t) of the
-payoff (``augment.expectation``); pairwise payoffs are priced as sum_t <c_t, pi_t>.
+payoff (``ChainPlan``: the statistic map's index arrays precomputed once per chain, the chain
+itself cached per grid, support and payoff; ``price_batch`` prices one payoff under many kernel
+sets in one batched recursion); pairwise payoffs are priced as sum_t <c_t, pi_t>.
 ``sample(n_paths, rng)`` draws grid paths of shape (n_paths, N+1) from the kernels.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +33,8 @@ import numpy as np
 from deepquant.market.marginals import Marginals
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 
-__all__ = ["CalibratedModel", "ModelPrice", "calibrate_model"]
+__all__ = ["CalibratedModel", "ModelPrice", "calibrate_model", "ChainPlan", "chain_plan",
+           "cached_chain", "price_batch"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class ModelPrice:
     exact : bool
         False when the payoff's statistic was approximated (interpolated running-sum grid).
     seconds : float
-        Wall time of the pricing (chain build + recursion).
+        Wall time of the pricing (chain build, or cache hit, + recursion).
     n_states : list of int
         Number of statistic values per date of the augmented chain ([] for pairwise payoffs).
     """
@@ -167,8 +172,6 @@ class CalibratedModel:
     def price_result(self, payoff: Payoff, *, sum_mode: str = "auto",
                      sum_grid_size: int | None = None) -> ModelPrice:
         """``price`` with the chain's exactness flag and timing."""
-        from deepquant.mmot.augment import build_chain, expectation
-
         if not isinstance(payoff, Payoff):
             raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
         t0 = time.perf_counter()
@@ -181,9 +184,10 @@ class CalibratedModel:
                 cm = np.asarray(c(g[:, None], g[None, :]), dtype=float)
                 val += float(np.sum(self.plans[t] * cm))
             return ModelPrice(val, True, time.perf_counter() - t0, [])
-        chain = build_chain(self.marginals, payoff, sum_mode=sum_mode,
-                            sum_grid_size=sum_grid_size)
-        val = expectation(chain, self.kernels, law0=np.asarray(self.marginals.weights[0]))
+        chain = cached_chain(self.marginals, payoff, sum_mode=sum_mode,
+                             sum_grid_size=sum_grid_size)
+        val = float(chain_plan(chain).expectation(self.kernels[None],
+                                                  np.asarray(self.marginals.weights[0])[None])[0])
         return ModelPrice(val, chain.exact, time.perf_counter() - t0, chain.n_states)
 
     # ------------------------------------------------------------------ sampling
@@ -230,3 +234,174 @@ class CalibratedModel:
 def calibrate_model(marginals: Marginals, *, reference="product", **options) -> CalibratedModel:
     """Convenience: ``CalibratedModel.calibrate(marginals, reference=..., **options)``."""
     return CalibratedModel.calibrate(marginals, reference=reference, **options)
+
+
+# ---------------------------------------------------------------------- fast forward recursion
+class ChainPlan:
+    """Precomputed index arrays of the forward recursion on an augmented chain.
+
+    The joint law of (S_t, X_t) is kept dense on the reachable grid rows ``rows[t]`` of each
+    date, shape (B, n_t, |rows[t]|) for B instances at once. One step is
+
+        q(s, y)           = sum_x m_t(s, x) k_t(x, y)              (batched dense matmul)
+        m_{t+1}(s', y)    = sum_s q(s, y) K_t(s, y; s')            (precomputed sparse map)
+
+    with x over ``rows[t]`` and y over the support of mu_{t+1}. The statistic map K_t comes from
+    ``chain.transitions[t]`` once, as one CSR matrix from the flattened (s, y) to the flattened
+    (s', y'), so no sparse matrix is built per call. The result is the same sum as
+    ``deepquant.mmot.augment.expectation`` (exact on the chain, no sampling), restricted to the
+    entries that can carry mass: rows of K outside the support of mu_{t+1} are empty in the
+    chain, so the mass they would receive is dropped in both.
+
+    Attributes
+    ----------
+    rows : list of ndarray of int
+        ``rows[t]``: grid indices x with a reachable pair (x, s) at date t.
+    cols : list of ndarray of int
+        ``cols[t]``: grid indices y of the support of mu_{t+1} (period t's kernel columns).
+    maps : list of scipy.sparse.csr_matrix
+        ``maps[t]`` of shape (n_{t+1} |rows[t+1]|, n_t |cols[t]|).
+    initial : ndarray, shape (n_0, |rows[0]|)
+        initial(x, s) transposed on the reachable rows.
+    terminal : ndarray, shape (n_T, |rows[T]|)
+    """
+
+    def __init__(self, chain) -> None:
+        from scipy import sparse
+
+        m, T = chain.size, chain.last_date
+        self.size, self.last_date = m, T
+        self.rows = [np.flatnonzero(r.any(axis=1)) for r in chain.reach]
+        self.cols = [np.flatnonzero(chain.support[t + 1]) for t in range(T)]
+        self.initial = np.ascontiguousarray(chain.initial.toarray()[self.rows[0]].T)
+        self.terminal = np.ascontiguousarray(chain.terminal[self.rows[T]].T)
+        self.maps = []
+        for t in range(T):
+            coo = chain.transitions[t].tocoo()
+            s, y = coo.row // m, coo.row % m
+            ypos = np.full(m, -1, dtype=np.int64)
+            ypos[self.cols[t]] = np.arange(self.cols[t].size)
+            xpos = np.full(m, -1, dtype=np.int64)
+            xpos[self.rows[t + 1]] = np.arange(self.rows[t + 1].size)
+            keep = (ypos[y] >= 0) & (coo.data != 0)
+            if np.any(xpos[y[keep]] < 0):   # cannot happen on a pruned chain
+                raise RuntimeError("chain maps mass onto an unreachable grid point")
+            src = s[keep] * self.cols[t].size + ypos[y[keep]]
+            dst = coo.col[keep] * self.rows[t + 1].size + xpos[y[keep]]
+            n_src = chain.states[t].size * self.cols[t].size
+            n_dst = chain.states[t + 1].size * self.rows[t + 1].size
+            self.maps.append(sparse.csr_matrix((coo.data[keep], (dst, src)),
+                                               shape=(n_dst, n_src)))
+
+    def expectation(self, kernels: np.ndarray, law0: np.ndarray) -> np.ndarray:
+        """E[payoff] for B chains at once.
+
+        Parameters
+        ----------
+        kernels : ndarray, shape (B, T', M, M) with T' >= T
+            ``kernels[b, t, x, y]`` = P(X_{t+1} = grid[y] | X_t = grid[x]) of instance b.
+        law0 : ndarray, shape (B, M)
+            Law of X_0 per instance.
+
+        Returns
+        -------
+        ndarray, shape (B,)
+        """
+        b = kernels.shape[0]
+        joint = law0[:, None, self.rows[0]] * self.initial[None]          # (B, n_0, |rows_0|)
+        for t in range(self.last_date):
+            k = kernels[:, t][:, self.rows[t]][:, :, self.cols[t]]         # (B, |rows_t|, |cols_t|)
+            q = np.matmul(joint, k).reshape(b, -1)                         # (B, n_t |cols_t|)
+            nxt = self.maps[t] @ q.T                                       # (n_{t+1} |rows|, B)
+            joint = np.ascontiguousarray(nxt.T).reshape(b, -1, self.rows[t + 1].size)
+        return np.einsum("bsx,sx->b", joint, self.terminal)
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def chain_plan(chain) -> ChainPlan:
+    """The ``ChainPlan`` of an augmented chain, built once per chain object (weakly cached)."""
+    plan = _PLANS.get(chain)
+    if plan is None:
+        plan = ChainPlan(chain)
+        _PLANS[chain] = plan
+    return plan
+
+
+_CHAINS: OrderedDict = OrderedDict()
+_CHAIN_CACHE_SIZE = 32
+
+
+def cached_chain(marginals: Marginals, payoff: Payoff, **chain_options):
+    """``augment.build_chain(marginals, payoff, **chain_options)``, reused across calls.
+
+    The chain depends on the marginals only through the grid, the number of dates and the
+    support (weights > 0), so models that share them (one solved chain priced many times, a
+    scenario sweep on one grid) share the chain and its ``ChainPlan``. A small LRU cache.
+    """
+    from deepquant.mmot.augment import build_chain
+
+    w = np.asarray(marginals.weights)
+    key = (payoff, np.asarray(marginals.grid).tobytes(), w.shape, np.packbits(w > 0).tobytes(),
+           tuple(sorted(chain_options.items())))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable payoff or option: no caching
+        return build_chain(marginals, payoff, **chain_options)
+    chain = _CHAINS.get(key)
+    if chain is None:
+        chain = build_chain(marginals, payoff, **chain_options)
+        _CHAINS[key] = chain
+        if len(_CHAINS) > _CHAIN_CACHE_SIZE:
+            _CHAINS.popitem(last=False)
+    else:
+        _CHAINS.move_to_end(key)
+    return chain
+
+
+def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, **chain_options) -> np.ndarray:
+    """Prices of one payoff under B Markov chains on one grid, in one batched recursion.
+
+    Parameters
+    ----------
+    marginals : Marginals or sequence of Marginals
+        One set per instance (all on the same grid with the same number of dates), or one set
+        shared by all. The chain is built on the union of the supports (a mixture of the
+        marginals, still in convex order), which prices every instance exactly: a kernel puts
+        no mass where its own marginals have none, and the extra states then carry zero mass.
+    kernels : ndarray, shape (B, N, M, M) or (N, M, M)
+    payoff : Payoff
+
+    Returns
+    -------
+    ndarray, shape (B,)
+        E[payoff] per instance (undiscounted, moneyness units).
+    """
+    kernels = np.asarray(kernels, dtype=float)
+    if kernels.ndim == 3:
+        kernels = kernels[None]
+    if kernels.ndim != 4 or kernels.shape[2] != kernels.shape[3]:
+        raise ValueError(f"kernels must have shape (B, N, M, M), got {kernels.shape}")
+    margs = [marginals] if isinstance(marginals, Marginals) else list(marginals)
+    if not margs or not all(isinstance(m, Marginals) for m in margs):
+        raise TypeError("marginals must be a Marginals or a non-empty sequence of Marginals")
+    if len(margs) not in (1, kernels.shape[0]):
+        raise ValueError(f"got {len(margs)} marginals for {kernels.shape[0]} kernel sets")
+    first = margs[0]
+    for i, m in enumerate(margs[1:], 1):
+        if m.weights.shape != first.weights.shape or not np.array_equal(m.grid, first.grid):
+            raise ValueError(f"marginals[{i}] has shape {m.weights.shape} on another grid than "
+                             f"marginals[0] {first.weights.shape}; price_batch needs one grid")
+    if len(margs) == 1:
+        union, law0 = first, np.broadcast_to(first.weights[0], (kernels.shape[0], first.size))
+    else:
+        law0 = np.stack([m.weights[0] for m in margs])
+        union = first if all(np.array_equal(m.weights > 0, first.weights > 0) for m in margs) \
+            else Marginals(first.grid, np.mean([m.weights for m in margs], axis=0), first.times,
+                           check_convex=False)
+    chain = cached_chain(union, payoff, **chain_options)
+    if kernels.shape[1] < chain.last_date or kernels.shape[2] != chain.size:
+        raise ValueError(f"kernels must have shape (B, >= {chain.last_date}, {chain.size}, "
+                         f"{chain.size}), got {kernels.shape}")
+    return chain_plan(chain).expectation(kernels, np.asarray(law0, dtype=float))

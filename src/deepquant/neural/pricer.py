@@ -132,10 +132,11 @@ class NeuralSolution:
     def price(self, payoff, **chain_options) -> float:
         """E[payoff] under the chain, by the exact forward recursion on the augmented state
         (``deepquant.mmot.augment.expectation``); undiscounted, in moneyness units."""
-        from deepquant.mmot.augment import build_chain, expectation
+        from deepquant.mmot.model import price_batch
 
-        chain = build_chain(self.marginals, payoff, **chain_options)
-        return expectation(chain, self.kernels, law0=self.marginals.weights[0])
+        if self.kernels.ndim != 3:
+            raise ValueError(f"this solution has no kernels to price with ({self.message})")
+        return float(price_batch(self.marginals, self.kernels, payoff, **chain_options)[0])
 
     def sample(self, n_paths: int, rng=None) -> np.ndarray:
         """Paths (n_paths, N+1) of the chain on the grid."""
