@@ -52,16 +52,23 @@ def test_barrier_table(rw_file):
 
 
 def test_errors(rw_file, tmp_path):
-    res = _run(rw_file, "--payoff", "asian-call", "--t1", 9)
+    res = _run(rw_file, "--payoff", "asian-call", "--strike", 1.0, "--t1", 9)
     assert res.exit_code == 2 and "does not take these parameters" in res.output
     res = _run(rw_file, "--payoff", "forward-start-call", "--t1", 0, "--t2", 7)
     assert res.exit_code == 2 and "t2=7 out of range" in res.output
-    res = _run(rw_file, "--payoff", "asian-call", "--eps", 0.1)
+    res = _run(rw_file, "--payoff", "asian-call", "--strike", 1.0, "--eps", 0.1)
     assert res.exit_code == 2 and "eps is only used" in res.output
-    res = _run(tmp_path / "missing.npz", "--payoff", "asian-call")
+    res = _run(tmp_path / "missing.npz", "--payoff", "asian-call", "--strike", 1.0)
     assert res.exit_code == 2 and "does not exist" in res.output
     res = _run(rw_file, "--payoff", "no-such-payoff")
     assert res.exit_code == 2
+    # parameters that define the payoff are required, never defaulted silently
+    res = _run(rw_file, "--payoff", "up-and-out-call", "--strike", 100)
+    assert res.exit_code == 2 and "up-and-out-call needs --barrier" in res.output
+    res = _run(rw_file, "--payoff", "asian-call")
+    assert res.exit_code == 2 and "asian-call needs --strike" in res.output
+    res = _run(rw_file, "--payoff", "asian-call", "--strike", "nan")
+    assert res.exit_code == 2 and "strike must be a finite real number, got nan" in res.output
 
 
 def test_not_in_convex_order(tmp_path):
@@ -69,8 +76,23 @@ def test_not_in_convex_order(tmp_path):
     w = np.array([[0, 0, 1, 0, 0], [0, 0.5, 0, 0.5, 0], [0, 0.25, 0.5, 0.25, 0.0]])
     path = tmp_path / "bad.npz"
     Marginals(grid, w, check_convex=False).save(path)
-    res = _run(path, "--payoff", "asian-call")
+    res = _run(path, "--payoff", "asian-call", "--strike", 1.0)
     assert res.exit_code == 2 and "convex order" in res.output
-    res = _run(path, "--payoff", "asian-call", "--martingale-tol", 0.06, "--json")
+    res = _run(path, "--payoff", "asian-call", "--strike", 1.0, "--martingale-tol", 0.06, "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["martingale_tol"] == 0.06
+    out = json.loads(res.output)
+    assert out["martingale_tol"] == 0.06
+    # the JSON params show every parameter of the payoff, defaults included
+    assert out["params"] == {"strike": 1.0, "dates": None, "weights": None}
+
+
+def test_infeasible_relaxed_lp_says_why_without_json(tmp_path):
+    grid = np.linspace(0.5, 1.5, 11)
+    w = np.zeros((2, 11))
+    w[0, [2, 8]] = 0.5
+    w[1, 5] = 1.0   # a point mass after a spread law: no martingale within a 0.01 drift
+    path = tmp_path / "bad.npz"
+    Marginals(grid, w, check_convex=False).save(path)
+    res = _run(path, "--payoff", "european-call", "--strike", 1.0, "--martingale-tol", 0.01)
+    assert res.exit_code == 1
+    assert "infeasible" in res.output and "martingale_tol=0.01" in " ".join(res.output.split())

@@ -25,9 +25,10 @@ of dates is known.
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -46,6 +47,8 @@ __all__ = [
     "BarrierPut",
     "SumSquaredIncrements",
     "make_payoff",
+    "payoff_params",
+    "required_params",
     "PAYOFF_NAMES",
 ]
 
@@ -156,6 +159,17 @@ def _check_date(value: int, n_dates: int, name: str) -> int:
     return value
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_real(value, name: str) -> None:
+    """``value`` must be a finite real number (not a bool, a string or None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not np.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+
+
 def _check_paths(paths: np.ndarray) -> np.ndarray:
     paths = np.asarray(paths, dtype=float)
     if paths.ndim < 1 or paths.shape[-1] < 1:
@@ -171,6 +185,26 @@ class Payoff(ABC):
     """
 
     name = "payoff"
+
+    def __post_init__(self) -> None:
+        """Check the parameters at construction (a ``ValueError`` naming the bad one)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("strike", "barrier"):
+                _check_real(value, f.name)
+            elif f.name in ("date", "t1", "t2") and value is not None:
+                if not _is_int(value):
+                    raise ValueError(f"{f.name} must be a date index (int), got {value!r}")
+            elif f.name == "dates" and value is not None:
+                if isinstance(value, str | bytes) or not isinstance(value, Sequence) or \
+                        not all(_is_int(d) for d in value):
+                    raise ValueError(f"dates must be a sequence of date indices (ints), "
+                                     f"got {value!r}")
+            elif f.name == "weights" and value is not None:
+                if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+                    raise ValueError(f"weights must be a sequence of numbers, got {value!r}")
+                for w in value:
+                    _check_real(w, "weights")
 
     def statistic(self, n_dates: int) -> Statistic:
         """The statistic this payoff needs on a path with ``n_dates`` dates."""
@@ -382,8 +416,7 @@ class _Barrier(Payoff):
     def __post_init__(self) -> None:
         if self.barrier_type not in BARRIER_TYPES:
             raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {self.barrier_type!r}")
-        if not np.isfinite(self.barrier):
-            raise ValueError(f"barrier must be finite, got {self.barrier!r}")
+        super().__post_init__()
 
     def statistic(self, n_dates: int) -> Statistic:
         dates = _resolve_dates(self.dates, range(n_dates), n_dates, "monitoring dates")
@@ -463,6 +496,29 @@ for _kind in BARRIER_TYPES:
     _FACTORIES[f"{_kind}-put"] = (lambda k: lambda **kw: BarrierPut(barrier_type=k, **kw))(_kind)
 
 PAYOFF_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def required_params(name: str) -> tuple[str, ...]:
+    """Parameters a user must state for the payoff ``name`` (the command line requires them
+    rather than fall back on the library defaults): ``strike`` for every payoff with a strike
+    except the forward starts (relative strike, 1 = at the money), and ``barrier`` for the
+    barrier payoffs."""
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown payoff {name!r}; choose one of {', '.join(PAYOFF_NAMES)}")
+    if name == "sum-squared-increments" or name.startswith("forward-start"):
+        return ()
+    if name.split("-")[-1] in ("call", "put") and "-and-" in name:
+        return ("strike", "barrier")
+    return ("strike",)
+
+
+def payoff_params(payoff: Payoff) -> dict:
+    """The parameters of a payoff as plain values (JSON-ready), defaults included."""
+    out = {}
+    for f in fields(payoff):
+        v = getattr(payoff, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 def make_payoff(name: str, **params) -> Payoff:

@@ -181,3 +181,50 @@ def test_reversed_nontrivial_marginals_fail_and_repair(seed):
     fixed, rep = Marginals(grid, w[::-1], check_convex=False).repair_convex_order()
     assert rep.after.violation <= 1e-12
     assert rep.moved_l1[1] > 0
+
+
+def test_complex_weights_empty_rows_and_text_are_rejected():
+    grid = np.linspace(0.5, 1.5, 11)
+    w = np.zeros((2, 11))
+    w[:, 5] = 1.0
+    with pytest.raises(ValueError, match=r"weights must be real numbers, got a complex array"):
+        Marginals(grid, w + 0j)
+    with pytest.raises(ValueError, match=r"grid must be real numbers"):
+        Marginals(grid + 1e-3j, w)
+    with pytest.raises(ValueError, match=r"weights must have shape \(N\+1, 11\) with N\+1 >= 1 "
+                                         r"dates to match the grid, got \(0, 11\)"):
+        Marginals(grid, np.zeros((0, 11)))
+    with pytest.raises(ValueError, match="times must be an array of real numbers"):
+        Marginals(grid, w, times=["a", "b"])
+
+
+def test_validation_of_a_large_grid_is_linear_in_memory():
+    import tracemalloc
+
+    m = 100_001
+    grid = np.linspace(0.5, 1.5, m)
+    w = np.zeros((2, m))
+    w[0, m // 2] = 1.0
+    w[1, [0, -1]] = 0.5
+    tracemalloc.start()
+    try:
+        marg = Marginals(grid, w)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # an M x M matrix would be 80 GB; the O(M) check needs a few arrays of 2 x M floats
+    assert peak < 50e6, peak
+    assert marg.check_convex_order().ok
+
+
+def test_call_prices_match_the_payoff_matrix():
+    # the O(M) call curve and its interpolation against the direct sum of (x - k)^+ w
+    rng = np.random.default_rng(3)
+    grid = np.sort(rng.uniform(0.3, 2.0, 40))
+    w = rng.uniform(0, 1, (1, 40))
+    w /= w.sum()
+    marg = Marginals(grid, w)
+    k = np.concatenate([grid, rng.uniform(0.1, 2.5, 30)])
+    direct = w @ np.maximum(grid[None, :] - k[:, None], 0.0).T
+    # sums of 40 non-negative terms of order 1: 1e-14 absolute
+    np.testing.assert_allclose(marg.call_prices(k), direct, atol=1e-14)

@@ -245,9 +245,12 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
     from deepquant.cli.output import console, fail, print_json, table
     from deepquant.market.marginals import Marginals
     from deepquant.mmot.bounds import bounds
-    from deepquant.payoffs import make_payoff
+    from deepquant.payoffs import make_payoff, payoff_params, required_params
 
     params = dict(strike=strike, t1=t1, t2=t2, barrier=barrier)
+    missing = [f"--{p}" for p in required_params(payoff_name) if params[p] is None]
+    if missing:
+        fail(f"--payoff {payoff_name} needs {' and '.join(missing)} (no default is assumed)")
     try:
         marginals = Marginals.load(marginals_path, check_convex=martingale_tol == 0)
         payoff = make_payoff(payoff_name, **params)
@@ -265,12 +268,12 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
     except ValueError as exc:
         fail(str(exc))
     out = res.to_dict()
-    out.update(payoff=payoff_name, marginals=str(marginals_path),
-               params={k: v for k, v in params.items() if v is not None})
+    out.update(payoff=payoff_name, marginals=str(marginals_path), params=payoff_params(payoff))
     if as_json:
         print_json(out)
     else:
         rows = [("lower", res.lower), ("upper", res.upper), ("status", res.status),
+                *([("message", res.message)] if not res.success else []),
                 ("method", res.method), ("seconds lower", res.seconds.get("lower")),
                 ("seconds upper", res.seconds.get("upper"))]
         if res.sizes:

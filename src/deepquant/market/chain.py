@@ -37,6 +37,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from deepquant.atomic import write_text
+from deepquant.blackscholes import black_d1, black_gamma, black_vega, implied_vol
 from deepquant.market.synthetic import ModelName, ModelParams, model_params
 
 __all__ = ["SyntheticChain", "synthetic_chain", "default_expiries", "NORMALIZED_COLUMNS",
@@ -95,34 +96,6 @@ def default_expiries(quote_date: dt.date, *, monthly: int = 6, horizon_months: i
         if len(out) < monthly or (d.month % 3 == 0 and months_ahead <= horizon_months):
             out.append(d)
     return sorted(set(out))
-
-
-def _black(fwd, strike, disc, vol, t, is_call):
-    """Discounted Black prices, vega (per unit vol), delta and gamma (w.r.t. spot)."""
-    s = vol * np.sqrt(t)
-    d1 = (np.log(fwd / strike) + 0.5 * s * s) / s
-    d2 = d1 - s
-    call = disc * (fwd * ndtr(d1) - strike * ndtr(d2))
-    price = np.where(is_call, call, call - disc * (fwd - strike))
-    pdf = np.exp(-0.5 * d1 * d1) / np.sqrt(2.0 * np.pi)
-    vega = disc * fwd * pdf * np.sqrt(t)
-    return price, vega, d1, pdf
-
-
-def _implied_vol(price, fwd, strike, disc, t, is_call, lo=1e-4, hi=5.0, n_iter=80):
-    """Black implied volatility by vectorised bisection (NaN where no volatility fits)."""
-    price = np.asarray(price, dtype=float)
-    a = np.full(price.shape, lo)
-    b = np.full(price.shape, hi)
-    p_lo = _black(fwd, strike, disc, a, t, is_call)[0]
-    p_hi = _black(fwd, strike, disc, b, t, is_call)[0]
-    ok = (price > p_lo) & (price < p_hi)
-    for _ in range(n_iter):
-        m = 0.5 * (a + b)
-        above = _black(fwd, strike, disc, m, t, is_call)[0] > price
-        b = np.where(above, m, b)
-        a = np.where(above, a, m)
-    return np.where(ok, 0.5 * (a + b), np.nan)
 
 
 @dataclass(frozen=True, eq=False)
@@ -333,9 +306,10 @@ def synthetic_chain(
         put = call - disc * (fwd - strikes)
         for typ, price in (("C", call), ("P", np.maximum(put, 0.0))):
             is_call = typ == "C"
-            iv_true = _implied_vol(price, fwd, strikes, disc, t, is_call)
+            iv_true = implied_vol(price, fwd, strikes, t, is_call=is_call, discount=disc,
+                                  min_vol=1e-4, max_vol=5.0)
             vol = np.where(np.isfinite(iv_true), iv_true, np.sqrt(max(sd * sd / t, 1e-8)))
-            vega = _black(fwd, strikes, disc, vol, t, is_call)[1]
+            vega = black_vega(fwd, strikes, vol, t, discount=disc)
             s_vol = 0.001 * (1.0 + 0.5 * np.abs(np.log(x)) / (0.2 * np.sqrt(t)))
             spread = np.maximum(2.0 * tick_size(price), 0.003 * price + s_vol * vega)
             mid = price + rng.uniform(-0.25, 0.25, size=price.shape) * spread
@@ -348,12 +322,15 @@ def synthetic_chain(
             ask = np.maximum(np.ceil(np.round(raw_ask / ta, 9)) * ta, 0.05)
             bid, ask = np.round(bid, 2), np.round(ask, 2)
             quote_mid = 0.5 * (bid + ask)
-            iv = np.where(bid > 0, _implied_vol(quote_mid, fwd, strikes, disc, t, is_call), np.nan)
-            _, _, d1, pdf = _black(fwd, strikes, disc, np.where(np.isfinite(iv), iv, 0.2), t,
-                                   is_call)
+            iv = np.where(bid > 0, implied_vol(quote_mid, fwd, strikes, t, is_call=is_call,
+                                               discount=disc, min_vol=1e-4, max_vol=5.0), np.nan)
+            iv_or = np.where(np.isfinite(iv), iv, 0.2)
+            # spot greeks: e^{-q t} N(d1) (call), e^{-q t} (N(d1) - 1) (put), and the forward
+            # gamma times (F / S)^2
+            d1 = black_d1(fwd, strikes, iv_or, t)
             df_q = np.exp(-dividend_yield * t)
             delta = np.where(is_call, df_q * ndtr(d1), df_q * (ndtr(d1) - 1.0))
-            gamma = df_q * pdf / (spot * np.where(np.isfinite(iv), iv, 0.2) * np.sqrt(t))
+            gamma = black_gamma(fwd, strikes, iv_or, t, discount=disc) * (fwd / spot) ** 2
             # open interest and volume: larger near the money and for short expiries
             weight = np.exp(-0.5 * (np.log(x) / max(sd, 1e-3)) ** 2) / np.sqrt(1.0 + t)
             oi = np.floor(rng.gamma(2.0, 2500.0, size=x.shape) * weight).astype(np.int64)

@@ -50,8 +50,9 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.special import gammaln, ndtr
+from scipy.special import gammaln
 
+from deepquant.blackscholes import black_price
 from deepquant.market.marginals import Marginals
 
 __all__ = [
@@ -112,23 +113,6 @@ def _as_strikes(strikes: np.ndarray | Sequence[float] | float, n_dates: int) -> 
     return k
 
 
-def _black_calls(fwd: np.ndarray, strikes: np.ndarray, total_var: np.ndarray) -> np.ndarray:
-    """Undiscounted Black call prices E[(F e^{s Z - s^2/2} - k)^+], broadcasting all arguments.
-
-    Exact limits: total variance 0 gives (F - k)^+, strikes <= 0 give F - k.
-    """
-    fwd, strikes, total_var = np.broadcast_arrays(fwd, strikes, total_var)
-    out = np.maximum(fwd - strikes, 0.0)
-    live = (total_var > 0) & (strikes > 0)
-    s = np.sqrt(total_var[live])
-    f, k = fwd[live], strikes[live]
-    d1 = (np.log(f / k) + 0.5 * s * s) / s
-    out[live] = f * ndtr(d1) - k * ndtr(d1 - s)
-    neg = strikes <= 0
-    out[neg] = fwd[neg] - strikes[neg]
-    return out
-
-
 # ---------------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class GBMParams:
@@ -155,7 +139,7 @@ class GBMParams:
         """Black call prices E[(X_t - k)^+]; ``strikes`` (K,) or (N, K); returns (N, K)."""
         t = _as_times(times)
         k = _as_strikes(strikes, t.size)
-        return _black_calls(1.0, k, (self.sigma**2 * t)[:, None])
+        return black_price(1.0, k, self.sigma * np.sqrt(t)[:, None], 1.0)
 
 
 @dataclass(frozen=True)
@@ -226,8 +210,8 @@ class MertonParams:
         ti, ni = np.nonzero(p * np.maximum(1.0, np.exp(log_fn)) > 1e-18)  # live (date, n)
         log_fn = log_fn[ti, ni]
         var_n = self.sigma**2 * t[ti] + n[ni] * self.jump_std**2
-        terms = p[ti, ni][:, None] * _black_calls(np.exp(log_fn)[:, None], k[ti],
-                                                  var_n[:, None])         # (pairs, K)
+        terms = p[ti, ni][:, None] * black_price(np.exp(log_fn)[:, None], k[ti],
+                                                 np.sqrt(var_n)[:, None], 1.0)   # (pairs, K)
         out = np.zeros(k.shape)
         np.add.at(out, ti, terms)
         return out
