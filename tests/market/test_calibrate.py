@@ -16,20 +16,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from deepquant.blackscholes import black_price, implied_vol
 from deepquant.cli import main
 from deepquant.market.calibrate import (
     SliceQuotes,
-    _clean_rows,
-    black_price,
     calibrate,
     calibrate_chain,
     confidence_halfwidth,
-    implied_vol,
-    make_grid,
-    select_slices,
 )
+from deepquant.market.grid import clean_rows, make_grid
 from deepquant.market.marginals import Marginals, call_matrix
-from deepquant.market.quotes import load_chain
+from deepquant.market.quotes import load_chain, select_slices
 from tests.conftest import random_walk_marginals, spx_data_dir
 from tests.market.test_quotes import synthetic_rows, write_normalized
 
@@ -47,7 +44,7 @@ def quotes_from_law(label, t, grid, w, strikes, half):
 def lognormal_quotes(label, t, vol, strikes, rel=0.01, floor=2e-4):
     k = np.concatenate([strikes, strikes])
     is_call = np.repeat([True, False], strikes.size)
-    price = black_price(k, vol * np.sqrt(t), is_call)
+    price = black_price(1.0, k, vol, t, is_call=is_call)
     half = np.maximum(rel * price, floor)
     return SliceQuotes(label, t, 100.0, 0.99, k, is_call, np.maximum(price - half, 0), price + half)
 
@@ -106,7 +103,7 @@ def test_random_lognormal_mixtures_repriced_inside_band(seed):
     is_call = np.repeat([True, False], strikes.size)
     quotes = []
     for t in times:
-        price = sum(a * black_price(k, v * np.sqrt(t), is_call) for a, v in zip(weights, vols))
+        price = sum(a * black_price(1.0, k, v, t, is_call=is_call) for a, v in zip(weights, vols))
         half = np.maximum(0.005 * price, 5e-5)
         keep = price > half  # like a real chain: no quote without a bid
         quotes.append(SliceQuotes(f"t={t:.3f}", float(t), 100.0, 0.99, k[keep], is_call[keep],
@@ -142,7 +139,7 @@ def test_clean_rows_restores_exact_constraints():
     noisy_b[12] -= 3e-10
     noisy_b[10] += 6e-10
     noisy_a = a + np.where(a == 0, -1e-12, 1e-10)
-    w, moved = _clean_rows(np.vstack([noisy_a, noisy_b]), grid)
+    w, moved = clean_rows(np.vstack([noisy_a, noisy_b]), grid)
     assert np.all(w >= 0)
     np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-15)
     np.testing.assert_allclose(w @ grid, 1.0, atol=1e-15)
@@ -153,10 +150,11 @@ def test_clean_rows_restores_exact_constraints():
 def test_black_and_implied_vol_round_trip():
     k = np.array([0.5, 0.8, 1.0, 1.2, 1.6])
     for is_call in (np.ones(5, bool), np.zeros(5, bool)):
-        price = black_price(k, 0.3 * np.sqrt(0.5), is_call)
-        np.testing.assert_allclose(implied_vol(price, k, 0.5, is_call), 0.3, atol=1e-9)
+        price = black_price(1.0, k, 0.3, 0.5, is_call=is_call)
+        np.testing.assert_allclose(implied_vol(price, 1.0, k, 0.5, is_call=is_call), 0.3,
+                                   atol=1e-9)
     # below intrinsic -> NaN
-    assert np.isnan(implied_vol(np.array([0.1]), np.array([0.8]), 0.5, np.array([True])))[0]
+    assert np.isnan(implied_vol(0.1, 1.0, 0.8, 0.5, is_call=True))
 
 
 def test_confidence_halfwidth_formula():

@@ -125,7 +125,8 @@ def test_parity_recovers_forward_and_discount(chain):
 def test_calibration_loader_reads_the_chain(chain, tmp_path):
     # the built-in chain is the input of the main job: deepquant.market.quotes must read it with
     # the same times, and its parity fit must recover the forwards and discount factors
-    from deepquant.market.quotes import fit_parity, load_chain
+    from deepquant.market.parity import fit_parity
+    from deepquant.market.quotes import load_chain
 
     loaded = load_chain(chain.to_csv(tmp_path / "chain.csv"))
     np.testing.assert_allclose(loaded.times, chain.times, rtol=0, atol=1e-12)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from deepquant.market.parity import fit_parity
 from deepquant.market.quotes import (
     EASTERN,
-    fit_parity,
     load_chain,
     settlement_instant,
     year_fraction,

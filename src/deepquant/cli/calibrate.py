@@ -52,7 +52,8 @@ def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
     marginals in forward moneyness to OUT.
     """
     from deepquant.cli.output import console, fail, print_json, table
-    from deepquant.market.calibrate import calibrate_chain, save_figures
+    from deepquant.market.calibrate import calibrate_chain
+    from deepquant.plots import calibration_figures
 
     specs = [e.strip() for e in expiries.split(",") if e.strip()]
     try:
@@ -63,7 +64,7 @@ def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
     res.marginals.save(out)
     written = [str(out)]
     if figures is not None:
-        written += [str(p) for p in save_figures(res, figures)]
+        written += [str(p) for p in calibration_figures(res, figures)]
     if as_json:
         summary = res.summary()
         summary["written"] = written

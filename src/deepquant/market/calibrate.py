@@ -51,26 +51,25 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy import sparse
-from scipy.special import ndtr
 
+from deepquant.blackscholes import implied_vol
+from deepquant.market.grid import clean_rows, make_grid
 from deepquant.market.marginals import Marginals
+from deepquant.market.parity import ParityFit, fit_parity
 from deepquant.market.quotes import (
     DAYS_PER_YEAR,
     ChainSlice,
     CleaningReport,
     OptionChain,
-    ParityFit,
-    fit_parity,
     load_chain,
+    select_slices,
 )
 
 __all__ = [
@@ -78,19 +77,13 @@ __all__ = [
     "CalibrationWarning",
     "SliceQuotes",
     "SliceReport",
-    "black_price",
     "calibrate",
     "calibrate_chain",
     "confidence_halfwidth",
-    "implied_vol",
-    "make_grid",
     "normalize_slice",
-    "save_figures",
-    "select_slices",
 ]
 
 DEFAULT_EXPIRIES = ("30d", "60d", "90d", "120d", "150d")
-_CLEAN_NOISE = 1e-13
 
 
 class CalibrationWarning(UserWarning):
@@ -169,8 +162,7 @@ class SliceQuotes:
         otm = np.where(self.is_call, self.k >= 1, self.k <= 1)
         idx = np.flatnonzero(otm) if np.any(otm) else np.arange(self.n)
         i = int(idx[np.argmin(np.abs(np.log(self.k[idx])))])
-        v = implied_vol(np.array([mid[i]]), np.array([self.k[i]]), 1.0,
-                        np.array([bool(self.is_call[i])]))[0]
+        v = implied_vol(mid[i], 1.0, self.k[i], 1.0, is_call=bool(self.is_call[i]))
         return float(v) if np.isfinite(v) and v > 0 else 0.2 * np.sqrt(self.t)
 
 
@@ -324,57 +316,6 @@ class CalibrationResult:
         )
 
 
-# ----------------------------------------------------------------------------- Black formulas
-def black_price(k: np.ndarray, v: np.ndarray, is_call: np.ndarray) -> np.ndarray:
-    """Black (1976) price on a unit forward, undiscounted: E[(X - k)^+] or E[(k - X)^+].
-
-    X lognormal with mean 1 and total volatility v = sigma sqrt(t):
-    call = N(d1) - k N(d2), put = k N(-d2) - N(-d1), d1 = (-ln k + v^2/2) / v, d2 = d1 - v.
-    Shapes broadcast.
-    """
-    k, v = np.asarray(k, float), np.asarray(v, float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d1 = (-np.log(k) + 0.5 * v**2) / v
-    d2 = d1 - v
-    call = ndtr(d1) - k * ndtr(d2)
-    put = k * ndtr(-d2) - ndtr(-d1)
-    return np.where(is_call, call, put)
-
-
-def implied_vol(price: np.ndarray, k: np.ndarray, t: float | np.ndarray,
-                is_call: np.ndarray, *, max_vol: float = 5.0) -> np.ndarray:
-    """Black implied volatility sigma of normalized prices, by vectorized bisection.
-
-    Parameters
-    ----------
-    price, k, is_call : ndarray, shape (Q,)
-        Undiscounted prices on a unit forward (see ``black_price``), strikes K / F, option types.
-    t : float or ndarray
-        Year fraction(s).
-
-    Returns
-    -------
-    ndarray, shape (Q,)
-        sigma, or NaN where the price is at or below intrinsic or above the no-arbitrage bound
-        (forward for a call, k for a put). Absolute accuracy on sigma sqrt(t) about 1e-10.
-    """
-    price = np.asarray(price, float)
-    k = np.asarray(k, float)
-    is_call = np.asarray(is_call, bool)
-    intrinsic = np.where(is_call, np.maximum(1 - k, 0), np.maximum(k - 1, 0))
-    upper = np.where(is_call, 1.0, k)
-    ok = (price > intrinsic) & (price < upper) & np.isfinite(price)
-    lo = np.full(price.shape, 1e-8)
-    hi = np.full(price.shape, max_vol * np.sqrt(np.max(t)) + 1.0)
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        above = black_price(k, mid, is_call) > price
-        hi = np.where(above, mid, hi)
-        lo = np.where(above, lo, mid)
-    v = 0.5 * (lo + hi)
-    return np.where(ok, v / np.sqrt(t), np.nan)
-
-
 def confidence_halfwidth(spread: float, n_quotes: int, alpha: float = 0.05) -> float:
     """Seed 001 Cor. 6.3: delta(s, alpha, M) = (s / 2) sqrt(2 (1 + log(2 / alpha)) / M).
 
@@ -417,93 +358,6 @@ def normalize_slice(
                        bid[keep][order], ask[keep][order], parity)
 
 
-# ----------------------------------------------------------------------------- grid
-def _smile_density_weight(q: SliceQuotes, x: np.ndarray) -> np.ndarray:
-    """sqrt(p(x) / h(x)) on the quoted range of ``q``, 0 outside (see ``make_grid``).
-
-    p(x): lognormal density of mean 1 whose total volatility is the slice's mid implied total
-    volatility at x (out-of-the-money quotes, interpolated in log k, flat beyond), a cheap proxy
-    of the density that keeps the skew's fat left tail; h(x): the half-spread, interpolated.
-    """
-    otm = np.where(q.is_call, q.k >= 1, q.k <= 1)
-    mid = (q.bid + q.ask) / 2
-    v = implied_vol(mid[otm], q.k[otm], 1.0, q.is_call[otm])
-    ok = np.isfinite(v) & (v > 0)
-    if ok.sum() < 2:
-        v_x = np.full(x.shape, q.atm_total_vol())
-        kk = q.k
-        h_x = np.full(x.shape, max(float(np.median(q.half_spread)), 1e-12))
-    else:
-        kk, vv, hh = q.k[otm][ok], v[ok], q.half_spread[otm][ok]
-        order = np.argsort(kk)
-        kk, vv, hh = kk[order], vv[order], hh[order]
-        v_x = np.interp(np.log(x), np.log(kk), vv)
-        h_x = np.maximum(np.interp(x, kk, hh), 1e-12)
-    logpdf = (-((np.log(x) + 0.5 * v_x**2) ** 2) / (2 * v_x**2)
-              - np.log(x * v_x * np.sqrt(2 * np.pi)))
-    inside = (x >= q.k.min()) & (x <= q.k.max())
-    return np.where(inside, np.exp(0.5 * (logpdf - np.log(h_x))), 0.0)
-
-
-def make_grid(
-    quotes: Sequence[SliceQuotes],
-    size: int,
-    *,
-    lo: float | None = None,
-    hi: float | None = None,
-    floor: float = 0.05,
-) -> np.ndarray:
-    """Common moneyness grid of ``size`` points, dense where the quotes need resolution.
-
-    Between grid points the call curve of a law on the grid is linear, so a quote at k inside a
-    cell of width h is matched to about h^2 p(k) / 8 (p the density); keeping that below the
-    half-spread h_s(k) everywhere with the fewest points means a local point density
-    proportional to sqrt(p / h_s) (equidistribution). The grid is the set of quantiles of
-
-        g(x) = (1 - floor) * sum_s g_s(x) / int sum_s g_s + floor / (hi - lo),
-        g_s(x) = sqrt(p_s(x) / h_s(x)) on the quoted range of slice s, 0 elsewhere,
-
-    with p_s the lognormal density at the slice's own mid implied volatility at x (a proxy that
-    keeps the skew's fat left tail) and h_s the interpolated half-spread. ``lo`` and ``hi``
-    default to half the smallest quoted k and 1 + 2 (largest k - 1), so every quote lies
-    strictly inside and the tails have room; ``floor`` spreads a fraction of the points
-    uniformly. The point 1 is always a grid point.
-
-    Returns
-    -------
-    ndarray, shape (size,)
-        Strictly increasing.
-    """
-    size = int(size)
-    if size < 10:
-        raise ValueError(f"grid size must be >= 10, got {size}")
-    if not 0 < floor <= 1:
-        raise ValueError(f"floor must be in (0, 1], got {floor!r}")
-    kmin = min(float(q.k.min()) for q in quotes)
-    kmax = max(float(q.k.max()) for q in quotes)
-    lo = 0.5 * min(kmin, 1.0) if lo is None else float(lo)
-    hi = 1.0 + 2.0 * max(kmax - 1.0, 0.05) if hi is None else float(hi)
-    if not (0 <= lo < min(kmin, 1.0) and hi > max(kmax, 1.0)):
-        raise ValueError(f"grid range [{lo:.6g}, {hi:.6g}] must contain 1 and every quoted k "
-                         f"in [{kmin:.6g}, {kmax:.6g}] strictly inside")
-    fine = np.linspace(lo, hi, 20001)
-    xs = np.maximum(fine, 1e-12)
-    g = np.zeros_like(fine)
-    for q in quotes:
-        g += _smile_density_weight(q, xs)
-    total = np.trapezoid(g, fine)
-    g = (1 - floor) * g / total + floor / (hi - lo) if total > 0 else np.ones_like(fine)
-    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (g[1:] + g[:-1]) * np.diff(fine))])
-    cdf /= cdf[-1]
-    grid = np.interp(np.linspace(0, 1, size), cdf, fine)
-    grid[0], grid[-1] = lo, hi
-    j = int(np.argmin(np.abs(grid[1:-1] - 1.0))) + 1
-    grid[j] = 1.0
-    if np.any(np.diff(grid) <= 0):
-        raise ValueError("grid construction produced repeated points; use a smaller size")
-    return grid
-
-
 # ----------------------------------------------------------------------------- the program
 def _interp_matrix(grid: np.ndarray, k: np.ndarray) -> sparse.csr_matrix:
     """Sparse (Q, M) matrix B with (B c)_i = linear interpolation of c (on grid) at k_i."""
@@ -531,47 +385,6 @@ def _second_difference(x: np.ndarray) -> sparse.csr_matrix:
     cols = np.concatenate([j + 1, j, j + 1, j])
     vals = np.concatenate([inv, -inv, -inv, inv])
     return sparse.csr_matrix((vals, (rows, cols)), shape=(m, m))
-
-
-def _clean_rows(w: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Make rows exact probabilities with mean 1 in convex order; return (weights, L1 moved).
-
-    Each row: clip negatives, renormalise, then restore the mean by mixing with a point mass at
-    an end point, (1 - e) w + e delta_z with e = (1 - m) / (z - m). Then for s >= 1, if
-    C_s < C_{s-1} anywhere on the grid, mix row s with the largest law of mean 1 on the grid,
-    nu = two-point law on {x_0, x_{M-1}} (its call curve is the chord, >= every other), with the
-    smallest e that restores C_s >= C_{s-1}: e = max_j (C_{s-1} - C_s)_j / (C_nu - C_s)_j.
-    """
-    w = np.array(w, dtype=float)
-    moved = np.zeros(w.shape[0])
-    x0, x1 = grid[0], grid[-1]
-    payoff = np.maximum(grid[None, :] - grid[:, None], 0.0)  # (K=M, M)
-    ext = np.zeros(grid.size)
-    ext[0], ext[-1] = (x1 - 1) / (x1 - x0), (1 - x0) / (x1 - x0)
-    c_ext = payoff @ ext
-    for s in range(w.shape[0]):
-        orig = w[s].copy()
-        row = np.maximum(w[s], 0.0)
-        row /= row.sum()
-        m = row @ grid
-        if m != 1.0:
-            z = x0 if m > 1 else x1
-            e = (1.0 - m) / (z - m)
-            row *= 1 - e
-            row[0 if m > 1 else -1] += e
-        if s > 0:
-            c_prev, c_now = payoff @ w[s - 1], payoff @ row
-            gap = c_prev - c_now
-            # rounding noise (~1e-16) at the end points, where every call curve is pinned, is
-            # left alone: the Marginals check tolerance is 1e-9
-            bad = gap > _CLEAN_NOISE
-            if np.any(bad):
-                room = np.maximum(c_ext - c_now, 1e-300)
-                e = min(1.0, float(np.max(gap[bad] / room[bad])) * (1 + 1e-6))
-                row = (1 - e) * row + e * ext
-        w[s] = row
-        moved[s] = float(np.abs(row - orig).sum())
-    return w, moved
 
 
 def calibrate(
@@ -726,7 +539,7 @@ def calibrate(
         0.0, -raw_w.min(), float(np.max(raw_c[:-1] - raw_c[1:])) if n_s > 1 else 0.0,
         float(np.max(np.abs(raw_c[:, 0] - (1.0 - x[0])))), float(np.max(np.abs(raw_c[:, -1]))),
     ))
-    weights, moved = _clean_rows(raw_w, x)
+    weights, moved = clean_rows(raw_w, x)
     marg = Marginals(x, weights, times)
     # reports from the cleaned marginals (exact prices of the returned laws)
     reports, models = [], []
@@ -759,87 +572,6 @@ def calibrate(
         message=f"{solver}: {status} after {nit} iterations", solver=solver, nit=nit,
         primal_residual=primal_residual, solve_time=solve_time,
         total_time=time.perf_counter() - t_start, cleanup_l1=moved, reg=float(reg))
-
-
-# ----------------------------------------------------------------------------- chain front end
-_TENOR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dwmy])\s*$", re.IGNORECASE)
-_DATE = re.compile(r"^\s*(\d{4}-\d{2}-\d{2})(?:[:@/ ]([A-Za-z]+))?\s*$")
-
-
-def _parse_expiry(spec: str | float | dt.date) -> tuple[str, float | dt.date, str | None]:
-    """'30d', '6w', '3m', '1y' -> ('days', days); 'YYYY-MM-DD[:ROOT]' -> ('date', date, root)."""
-    if isinstance(spec, dt.date):
-        return "date", spec, None
-    if isinstance(spec, int | float) and not isinstance(spec, bool):
-        return "days", float(spec), None
-    text = str(spec)
-    m = _TENOR.match(text)
-    if m:
-        n, unit = float(m.group(1)), m.group(2).lower()
-        days = n * {"d": 1.0, "w": 7.0, "m": DAYS_PER_YEAR / 12, "y": DAYS_PER_YEAR}[unit]
-        return "days", days, None
-    m = _DATE.match(text)
-    if m:
-        return "date", dt.date.fromisoformat(m.group(1)), (m.group(2) or None)
-    raise ValueError(f"expiry {text!r} is neither a tenor like '30d', '6w', '3m', '1y' nor a date "
-                     "'YYYY-MM-DD' (optionally ':ROOT', e.g. '2023-07-21:SPX')")
-
-
-def select_slices(chain: OptionChain, expiries: Sequence[str | float | dt.date],
-                  *, min_pairs: int = 5) -> list[ChainSlice]:
-    """Pick one slice per requested expiry.
-
-    A tenor (``"30d"``, ``"6w"``, ``"3m"`` = 3 x 365/12 days, ``"1y"``, or a number of days)
-    maps to the slice whose ACT/365 time to expiry is nearest; a date ``YYYY-MM-DD`` to the slice
-    on that date (``YYYY-MM-DD:ROOT`` to choose the root; without one, the slice with the most
-    two-sided quotes); a range of tenors ``"7d..1y"`` to every slice in it (both AM and PM
-    slices of a date). Only slices with at least ``min_pairs`` put–call pairs are candidates.
-    The result is sorted by time to expiry.
-
-    Raises
-    ------
-    ValueError
-        The chain has fewer than 2 usable slices (e.g. a single expiry), a date is not in the
-        chain, or two requests map to the same slice.
-    """
-    usable = [s for s in chain.slices if s.n_pairs >= min_pairs]
-    if len(usable) < 2:
-        labels = ", ".join(s.label for s in usable) or "none"
-        raise ValueError(f"{chain.path}: needs at least 2 expiries with >= {min_pairs} two-sided "
-                         f"call/put pairs, found {len(usable)} ({labels}); a single expiry "
-                         "cannot be calibrated in convex order")
-    if len(expiries) == 0:
-        raise ValueError("no expiries requested")
-    chosen: dict[int, str] = {}
-    for spec in expiries:
-        if isinstance(spec, str) and ".." in spec:
-            a, b = spec.split("..", 1)
-            (ka, da, _), (kb, db, _) = _parse_expiry(a), _parse_expiry(b)
-            if ka != "days" or kb != "days":
-                raise ValueError(f"expiry range {spec!r} must be two tenors, e.g. '7d..1y'")
-            hits = [j for j, s in enumerate(usable) if float(da) <= s.days <= float(db)]
-            if not hits:
-                raise ValueError(f"{chain.path}: no usable slice between {a} and {b}")
-            for j in hits:
-                chosen.setdefault(j, spec)
-            continue
-        kind, value, root = _parse_expiry(spec)
-        if kind == "days":
-            i = int(np.argmin([abs(s.days - float(value)) for s in usable]))
-        else:
-            hits = [j for j, s in enumerate(usable)
-                    if s.expiry == value and (root is None or s.root.upper() == root.upper())]
-            if not hits:
-                avail = ", ".join(s.label for s in usable)
-                raise ValueError(f"{chain.path}: no usable slice on {value}"
-                                 f"{' ' + root if root else ''}; available: {avail}")
-            i = max(hits, key=lambda j: usable[j].n_quotes)
-        if i in chosen:
-            raise ValueError(f"expiries {chosen[i]!r} and {str(spec)!r} both map to "
-                             f"{usable[i].label} ({usable[i].days:.1f} days); ask for distinct "
-                             "expiries")
-        chosen[i] = str(spec)
-    return [usable[i] for i in sorted(chosen, key=lambda j: usable[j].t)]
 
 
 def calibrate_chain(
@@ -889,85 +621,3 @@ def calibrate_chain(
     res = calibrate(quotes, grid_size=grid_size, **options)
     return CalibrationResult(**{**res.__dict__, "chain_path": ch.path, "cleaning": ch.cleaning,
                                 "total_time": time.perf_counter() - t0})
-
-
-# ----------------------------------------------------------------------------- figures
-def save_figures(result: CalibrationResult, folder: str | os.PathLike[str]) -> list[Path]:
-    """Write ``densities.png`` and ``implied_vols.png`` for a calibration into ``folder``.
-
-    * densities: the implied density p_{s,j} = W_sj / cell_j of every slice against moneyness.
-    * implied vols: per slice, Black implied vols of the out-of-the-money quotes (puts for k < 1,
-      calls for k >= 1) as bid–ask bars, with the model's implied vol on a fine strike grid.
-
-    Uses matplotlib with the Agg backend (no display needed); files are written atomically.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from deepquant.atomic import atomic_path
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    marg = result.marginals
-    x = marg.grid
-    cell = np.empty_like(x)
-    cell[1:-1] = (x[2:] - x[:-2]) / 2
-    cell[0], cell[-1] = (x[1] - x[0]) / 2, (x[-1] - x[-2]) / 2
-    out = []
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    cmap = plt.get_cmap("viridis")
-    n_s = marg.n_dates
-    lo = min(float(q.k.min()) for q in result.quotes)
-    hi = max(float(q.k.max()) for q in result.quotes)
-    for s, rep in enumerate(result.slices):
-        ax.plot(x, marg.weights[s] / cell, color=cmap(s / max(1, n_s - 1)),
-                label=f"{rep.label} ({rep.days:.0f}d)", lw=1.2)
-    ax.set_xlim(lo, hi)
-    ax.set_xlabel("forward moneyness K/F")
-    ax.set_ylabel("implied density")
-    ax.set_title("Calibrated marginals (convex order, within bid-ask)")
-    ax.legend(fontsize=7, ncol=1 + n_s // 12)
-    fig.tight_layout()
-    with atomic_path(folder / "densities.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    out.append(folder / "densities.png")
-
-    ncol = min(3, n_s)
-    nrow = int(np.ceil(n_s / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
-    for s, (q, rep) in enumerate(zip(result.quotes, result.slices)):
-        ax = axes[s // ncol][s % ncol]
-        otm = np.where(q.is_call, q.k >= 1, q.k < 1)
-        kq, cq = q.k[otm], q.is_call[otm]
-        iv_bid = implied_vol(q.bid[otm], kq, q.t, cq)
-        iv_ask = implied_vol(q.ask[otm], kq, q.t, cq)
-        mid = np.where(np.isfinite(iv_bid), iv_bid, 0.0)
-        ok = np.isfinite(iv_ask)
-        ax.errorbar(kq[ok], 0.5 * (mid[ok] + iv_ask[ok]),
-                    yerr=0.5 * (iv_ask[ok] - mid[ok]), fmt="none", ecolor="tab:gray",
-                    elinewidth=1.0, capsize=1.5, label="market bid/ask")
-        kf = np.linspace(kq.min(), kq.max(), 400)
-        cf = np.full(kf.shape, True)
-        cf[kf < 1] = False
-        c = marg.call_prices(kf)[s]
-        model = np.where(cf, c, c - 1.0 + kf)
-        ax.plot(kf, implied_vol(model, kf, q.t, cf), color="tab:red", lw=1.0, label="model")
-        ax.set_title(f"{rep.label} ({rep.days:.0f}d): {100 * rep.fraction_inside:.1f}% inside",
-                     fontsize=8)
-        ax.set_xlabel("K/F", fontsize=8)
-        ax.set_ylabel("implied vol", fontsize=8)
-        ax.tick_params(labelsize=7)
-        if s == 0:
-            ax.legend(fontsize=7)
-    for s in range(n_s, nrow * ncol):
-        axes[s // ncol][s % ncol].axis("off")
-    fig.tight_layout()
-    with atomic_path(folder / "implied_vols.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    out.append(folder / "implied_vols.png")
-    return out

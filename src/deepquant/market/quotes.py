@@ -1,4 +1,4 @@
-"""Option chains: load, clean, slice on (expiry, root), and fit forwards by put–call parity.
+"""Option chains: load, clean, slice on (expiry, root), and pick expiries.
 
 Two CSV layouts are read (``load_chain`` tells them apart from the first lines):
 
@@ -22,13 +22,7 @@ the settlement instant, both in US/Eastern (``America/New_York``, daylight savin
 settlement at 09:30 ET for AM-settled roots (the special opening quotation) and 16:00 ET for
 PM-settled roots.
 
-Forward and discount (``fit_parity``): put–call parity C(K) - P(K) = D (F - K) holds for European
-options on the same (expiry, root). Over the near-the-money strikes where both the call and the
-put are two-sided, regress y = C_mid - P_mid on K by weighted least squares,
-y ≈ a + b K with a = D F and b = -D, so D = -b and F = -a / b. Weights are 1 / (s_C + s_P)^2 with
-s the bid–ask spreads (inverse variance of the mid difference under noise uniform in the band).
-References: Hull, *Options, Futures and Other Derivatives*, §11.4 (parity); the same fit is the
-one described for ``slices.csv`` in the data set's PROVENANCE.md.
+Forwards and discount factors by put–call parity: ``deepquant.market.parity``.
 """
 
 from __future__ import annotations
@@ -37,6 +31,7 @@ import csv
 import datetime as dt
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -48,9 +43,9 @@ __all__ = [
     "ChainSlice",
     "CleaningReport",
     "OptionChain",
-    "ParityFit",
-    "fit_parity",
     "load_chain",
+    "parse_expiry",
+    "select_slices",
     "settlement_instant",
     "year_fraction",
 ]
@@ -208,56 +203,6 @@ class OptionChain:
                 "pass root="
             )
         return hits[0]
-
-
-@dataclass(frozen=True, eq=False)
-class ParityFit:
-    """Forward and discount factor of one slice from put–call parity, with residuals.
-
-    Model: C_mid(K) - P_mid(K) = D (F - K) + e(K), fitted by weighted least squares.
-
-    Attributes
-    ----------
-    forward : float
-        F(0, T).
-    discount : float
-        D(0, T).
-    rate : float
-        Implied continuously compounded rate r = -ln D / T.
-    dividend_yield : float
-        Implied carry q = r - ln(F / spot) / T (NaN without a spot).
-    strikes : ndarray, shape (P,)
-        Strikes of the pairs used.
-    residuals : ndarray, shape (P,)
-        e(K) = (C_mid - P_mid) - D (F - K) at those strikes, in currency.
-    weights : ndarray, shape (P,)
-        Regression weights 1 / (s_C + s_P)^2.
-    band_halfwidth : ndarray, shape (P,)
-        (s_C + s_P) / 2: |e| above it means parity fails at the quoted bid/ask.
-    rmse : float
-        Weighted root-mean-square residual.
-    n_outside_band : int
-        Pairs with |e| > band half-width.
-    """
-
-    forward: float
-    discount: float
-    rate: float
-    dividend_yield: float
-    strikes: np.ndarray
-    residuals: np.ndarray
-    weights: np.ndarray
-    band_halfwidth: np.ndarray
-    rmse: float
-    n_outside_band: int
-
-    @property
-    def n_pairs(self) -> int:
-        return int(self.strikes.size)
-
-    @property
-    def max_abs_residual(self) -> float:
-        return float(np.max(np.abs(self.residuals)))
 
 
 # ----------------------------------------------------------------------------- time
@@ -576,74 +521,87 @@ def _clean(name: str, parsed: _Parsed) -> OptionChain:
     return OptionChain(name, qt, float(parsed.spot), tuple(slices), report)
 
 
-# ----------------------------------------------------------------------------- parity
-def fit_parity(
-    sl: ChainSlice,
-    *,
-    spot: float | None = None,
-    near_fraction: float = 0.4,
-    min_pairs: int = 3,
-    source: str = "",
-) -> ParityFit:
-    """Forward F and discount D of a slice by weighted least squares on put–call parity.
+# ----------------------------------------------------------------------------- expiries
+_TENOR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dwmy])\s*$", re.IGNORECASE)
+_DATE = re.compile(r"^\s*(\d{4}-\d{2}-\d{2})(?:[:@/ ]([A-Za-z]+))?\s*$")
 
-    Fits y_i = C_mid(K_i) - P_mid(K_i) ≈ a + b K_i over the ``near_fraction`` of two-sided pairs
-    whose strikes lie nearest the money (at least ``min_pairs``), with weights
-    w_i = 1 / (s_C,i + s_P,i)^2. Then D = -b, F = -a / b. The pairs are first chosen around
-    ``spot`` (or the median pair strike without one), then once more around the fitted F.
 
-    Parameters
-    ----------
-    sl : ChainSlice
-    spot : float, optional
-        Level around which the near-the-money pairs are first chosen.
-    near_fraction : float
-        Fraction of the two-sided pairs used, in (0, 1].
-    min_pairs : int
-        Fewest pairs to fit (at least 2).
-    source : str
-        File name used in error messages.
+def parse_expiry(spec: str | float | dt.date) -> tuple[str, float | dt.date, str | None]:
+    """Read an expiry request.
+
+    ``'30d'``, ``'6w'``, ``'3m'`` (3 x 365/12 days), ``'1y'`` or a number of days give
+    ``('days', days, None)``; ``'YYYY-MM-DD'`` or ``'YYYY-MM-DD:ROOT'`` give
+    ``('date', date, root)``.
+    """
+    if isinstance(spec, dt.date):
+        return "date", spec, None
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        return "days", float(spec), None
+    text = str(spec)
+    m = _TENOR.match(text)
+    if m:
+        n, unit = float(m.group(1)), m.group(2).lower()
+        days = n * {"d": 1.0, "w": 7.0, "m": DAYS_PER_YEAR / 12, "y": DAYS_PER_YEAR}[unit]
+        return "days", days, None
+    m = _DATE.match(text)
+    if m:
+        return "date", dt.date.fromisoformat(m.group(1)), (m.group(2) or None)
+    raise ValueError(f"expiry {text!r} is neither a tenor like '30d', '6w', '3m', '1y' nor a date "
+                     "'YYYY-MM-DD' (optionally ':ROOT', e.g. '2023-07-21:SPX')")
+
+
+def select_slices(chain: OptionChain, expiries: Sequence[str | float | dt.date],
+                  *, min_pairs: int = 5) -> list[ChainSlice]:
+    """Pick one slice per requested expiry.
+
+    A tenor (``"30d"``, ``"6w"``, ``"3m"`` = 3 x 365/12 days, ``"1y"``, or a number of days)
+    maps to the slice whose ACT/365 time to expiry is nearest; a date ``YYYY-MM-DD`` to the slice
+    on that date (``YYYY-MM-DD:ROOT`` to choose the root; without one, the slice with the most
+    two-sided quotes); a range of tenors ``"7d..1y"`` to every slice in it (both AM and PM
+    slices of a date). Only slices with at least ``min_pairs`` put–call pairs are candidates.
+    The result is sorted by time to expiry.
 
     Raises
     ------
     ValueError
-        Fewer than ``min_pairs`` two-sided pairs, or a fit with D <= 0 or F <= 0.
+        The chain has fewer than 2 usable slices (e.g. a single expiry), a date is not in the
+        chain, or two requests map to the same slice.
     """
-    if not 0 < near_fraction <= 1:
-        raise ValueError(f"near_fraction must be in (0, 1], got {near_fraction!r}")
-    min_pairs = max(int(min_pairs), 2)
-    both = sl.call_ok & sl.put_ok
-    where = f"{source + ': ' if source else ''}slice {sl.label}"
-    if both.sum() < min_pairs:
-        raise ValueError(f"{where} has {int(both.sum())} strikes with a two-sided call and put; "
-                         f"put-call parity needs at least {min_pairs}")
-    k = sl.strikes[both]
-    y = (sl.call_bid[both] + sl.call_ask[both]) / 2 - (sl.put_bid[both] + sl.put_ask[both]) / 2
-    spread = (sl.call_ask[both] - sl.call_bid[both]) + (sl.put_ask[both] - sl.put_bid[both])
-    # a zero spread (locked quotes) would get an infinite weight: floor it at a tenth of the median
-    floor = max(0.1 * float(np.median(spread)), 1e-12)
-    w_all = 1.0 / np.maximum(spread, floor) ** 2
-    n_use = max(min_pairs, int(np.ceil(near_fraction * k.size)))
-    center = float(spot) if spot is not None and np.isfinite(spot) else float(np.median(k))
-    a = b = 0.0
-    for _ in range(2):
-        idx = np.sort(np.argsort(np.abs(k - center), kind="stable")[:n_use])
-        kk, yy, ww = k[idx], y[idx], w_all[idx]
-        if np.ptp(kk) == 0:
-            raise ValueError(f"{where}: the near-the-money pairs share one strike; cannot fit")
-        design = np.column_stack([np.ones_like(kk), kk])
-        sw = np.sqrt(ww)
-        (a, b), *_ = np.linalg.lstsq(design * sw[:, None], yy * sw, rcond=None)
-        if not (b < 0 and a > 0):
-            raise ValueError(f"{where}: parity fit gives D = {-b:.6g}, D F = {a:.6g}; "
-                             "both must be positive")
-        center = -a / b
-    discount, forward = float(-b), float(-a / b)
-    resid = yy - (a + b * kk)
-    half = spread[idx] / 2
-    rmse = float(np.sqrt(np.sum(ww * resid**2) / np.sum(ww)))
-    rate = -np.log(discount) / sl.t
-    q = rate - np.log(forward / spot) / sl.t if spot is not None and np.isfinite(spot) and spot > 0 \
-        else float("nan")
-    return ParityFit(forward, discount, float(rate), float(q), kk, resid, ww, half, rmse,
-                     int(np.sum(np.abs(resid) > half)))
+    usable = [s for s in chain.slices if s.n_pairs >= min_pairs]
+    if len(usable) < 2:
+        labels = ", ".join(s.label for s in usable) or "none"
+        raise ValueError(f"{chain.path}: needs at least 2 expiries with >= {min_pairs} two-sided "
+                         f"call/put pairs, found {len(usable)} ({labels}); a single expiry "
+                         "cannot be calibrated in convex order")
+    if len(expiries) == 0:
+        raise ValueError("no expiries requested")
+    chosen: dict[int, str] = {}
+    for spec in expiries:
+        if isinstance(spec, str) and ".." in spec:
+            a, b = spec.split("..", 1)
+            (ka, da, _), (kb, db, _) = parse_expiry(a), parse_expiry(b)
+            if ka != "days" or kb != "days":
+                raise ValueError(f"expiry range {spec!r} must be two tenors, e.g. '7d..1y'")
+            hits = [j for j, s in enumerate(usable) if float(da) <= s.days <= float(db)]
+            if not hits:
+                raise ValueError(f"{chain.path}: no usable slice between {a} and {b}")
+            for j in hits:
+                chosen.setdefault(j, spec)
+            continue
+        kind, value, root = parse_expiry(spec)
+        if kind == "days":
+            i = int(np.argmin([abs(s.days - float(value)) for s in usable]))
+        else:
+            hits = [j for j, s in enumerate(usable)
+                    if s.expiry == value and (root is None or s.root.upper() == root.upper())]
+            if not hits:
+                avail = ", ".join(s.label for s in usable)
+                raise ValueError(f"{chain.path}: no usable slice on {value}"
+                                 f"{' ' + root if root else ''}; available: {avail}")
+            i = max(hits, key=lambda j: usable[j].n_quotes)
+        if i in chosen:
+            raise ValueError(f"expiries {chosen[i]!r} and {str(spec)!r} both map to "
+                             f"{usable[i].label} ({usable[i].days:.1f} days); ask for distinct "
+                             "expiries")
+        chosen[i] = str(spec)
+    return [usable[i] for i in sorted(chosen, key=lambda j: usable[j].t)]
