@@ -13,7 +13,9 @@ asked for. Every backend calls ``fn(item)`` on each item and returns identical r
 deterministic ``fn`` (tested).
 
 Workers run with one BLAS thread each (DESIGN §7: on 2 cores, 2 OpenBLAS threads per process
-made small dense linear algebra many times slower).
+made small dense linear algebra many times slower). Local pool workers exit within
+``_PARENT_POLL_S`` seconds when their parent process dies (even by SIGKILL), so no orphan is
+left behind.
 """
 
 from __future__ import annotations
@@ -39,7 +41,30 @@ class Executor(Protocol):
     ) -> Iterator[tuple[int, Any]]: ...
 
 
-def _single_thread_init() -> None:
+_PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A daemon thread of a pool worker: exit the worker as soon as its parent is gone (a
+    SIGKILLed parent cannot shut its pool down, and the worker would otherwise wait on the
+    pipe for ever, re-parented to init)."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(_PARENT_POLL_S)
+
+    threading.Thread(target=watch, name="deepquant-parent-watchdog", daemon=True).start()
+
+
+def _single_thread_init(parent: int | None = None) -> None:
+    if parent is not None:
+        if os.getppid() != parent:   # the parent died before this worker started
+            os._exit(1)
+        _exit_with_parent(parent)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     try:
@@ -90,7 +115,8 @@ class LocalExecutor:
 
     def as_completed(self, fn, items):
         it = iter(enumerate(items))
-        with ProcessPoolExecutor(self.n_workers, initializer=_single_thread_init) as pool:
+        with ProcessPoolExecutor(self.n_workers, initializer=_single_thread_init,
+                                 initargs=(os.getpid(),)) as pool:
             pending: dict = {}
             for i, item in it:
                 pending[pool.submit(fn, item)] = i

@@ -4,6 +4,8 @@ evaluate. torch and the neural modules are imported inside the commands only."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from deepquant.cli.output import console, err_console, fail, print_json, progress, table
@@ -29,9 +31,19 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
                  as_json):
     """Generate (or resume) the training set: GBM/Merton/Heston marginals and their entropic
     MMOT potentials. Rerunning after a kill keeps finished instances (none duplicated)."""
-    from deepquant.neural.data import generate_dataset, model_grid
+    from deepquant.neural.data import check_writable_file, generate_dataset, model_grid
 
-    choices = tuple(int(c) for c in n_choices.split(","))
+    try:
+        choices = tuple(int(c) for c in n_choices.split(","))
+    except ValueError:
+        fail(f"--n-choices must be comma-separated integers >= 1 (e.g. 2,3,5), got "
+             f"{n_choices!r}")
+    if num < 1:
+        fail(f"--num must be >= 1, got {num}")
+    try:
+        check_writable_file(out, "--out")
+    except ValueError as exc:
+        fail(str(exc))
     with progress(disable=as_json) as bar:
         task = bar.add_task("instances", total=num)
 
@@ -97,10 +109,18 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
               as_json):
     """Train the surrogate from a YAML config (resumes from <out_dir>/last.pt)."""
     from deepquant.neural.config import load_config
+    from deepquant.neural.data import check_writable_file
     from deepquant.neural.model import SEED_PARAMETER_COUNT
     from deepquant.neural.train import export_checkpoint, train
 
     over = {}
+    if out_dir:
+        target = Path(out_dir)
+        try:
+            check_writable_file(target / "last.pt" if target.is_dir() else target,
+                                "--out-dir")
+        except ValueError as exc:
+            fail(str(exc))
     if data:
         over["data.train"] = data
     if out_dir:

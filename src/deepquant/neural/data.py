@@ -42,6 +42,7 @@ __all__ = [
     "FAMILIES", "N_CHOICES", "FORMAT", "InstanceSpec", "instance_spec", "model_grid",
     "gauge_fix", "touching_mask", "allowed_np", "gibbs_kernels_np", "kernel_drift_np", "solve_instance", "generate_dataset",
     "read_dataset", "marginal_records", "NeuralDataset", "validate_dataset", "ValidationReport", "write_instances",
+    "check_writable_file", "check_finite_records",
 ]
 
 FAMILIES = ("gbm", "merton", "heston")
@@ -307,21 +308,28 @@ def read_dataset(path: str | os.PathLike[str]) -> tuple[list[dict], np.ndarray, 
     path = Path(path)
     if not path.exists():
         raise ValueError(f"data file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"data file {str(path)!r} is not a file")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise ValueError(f"data file {str(path)!r} is not a readable HDF5 file: {exc}") from exc
-    with f:
-        if f.attrs.get("format") != FORMAT:
-            raise ValueError(f"data file {str(path)!r} has format {f.attrs.get('format')!r}, "
-                             f"expected {FORMAT!r}")
-        attrs = dict(f.attrs)
-        grid = f["grid"][:]
-        g = f["instances"]
-        tab = {k: g[k][:] for k in g}
-        weights, v, h, hv, vv, times = (f["weights"][:], f["v"][:], f["h"][:],
-                                        f["h_valid"][:], f["v_valid"][:], f["times"][:])
-        pok = f["period_ok"][:]
+        raise ValueError(f"data file {str(path)!r} is not a readable HDF5 file: "
+                         f"{_first_line(exc)}") from exc
+    try:
+        with f:
+            if f.attrs.get("format") != FORMAT:
+                raise ValueError(f"data file {str(path)!r} has format "
+                                 f"{f.attrs.get('format')!r}, expected {FORMAT!r}")
+            attrs = dict(f.attrs)
+            grid = f["grid"][:]
+            g = f["instances"]
+            tab = {k: g[k][:] for k in g}
+            weights, v, h, hv, vv, times = (f["weights"][:], f["v"][:], f["h"][:],
+                                            f["h_valid"][:], f["v_valid"][:], f["times"][:])
+            pok = f["period_ok"][:]
+    except (OSError, KeyError, RuntimeError) as exc:   # a corrupted block or a missing dataset
+        raise ValueError(f"data file {str(path)!r} is corrupted or incomplete: "
+                         f"{_first_line(exc)}") from exc
     records = []
     for i in range(len(tab["index"])):
         n = int(tab["n_periods"][i])
@@ -339,6 +347,32 @@ def read_dataset(path: str | os.PathLike[str]) -> tuple[list[dict], np.ndarray, 
     return records, grid, attrs
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def check_writable_file(path: str | os.PathLike[str], what: str = "output file") -> Path:
+    """Raise ``ValueError`` unless a file can be created (or replaced) at ``path``: its folder
+    exists, is a folder and is writable, and ``path`` is not a folder. Checked before long work
+    so that it does not fail at the end."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder")
+    parent = path.parent
+    for p in (parent, *parent.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"{what} {str(path)!r} is under {str(p)!r}, a regular file")
+            break
+    if not parent.is_dir():
+        raise ValueError(f"{what} {str(path)!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists()
+                                                    and not os.access(path, os.W_OK)):
+        raise ValueError(f"{what} {str(path)!r} is not writable (permission denied)")
+    return path
+
+
 def _parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
@@ -347,9 +381,36 @@ def _done_indices(out: Path) -> set[int]:
     done: set[int] = set()
     sources = ([out] if out.exists() else []) + sorted(_parts_dir(out).glob("part-*.h5"))
     for src in sources:
-        with h5py.File(src, "r") as f:
-            done.update(int(i) for i in f["instances/index"][:])
+        try:
+            with h5py.File(src, "r") as f:
+                done.update(int(i) for i in f["instances/index"][:])
+        except (OSError, KeyError) as exc:
+            raise ValueError(f"data file {str(src)!r} is corrupted or incomplete: "
+                             f"{_first_line(exc)}; move it away to regenerate") from exc
     return done
+
+
+def _check_resume(src: Path, grid: np.ndarray, attrs: dict[str, Any]) -> None:
+    """Refuse to resume ``src`` (the output or one of its shards) generated with other
+    settings: the instances would be silently mixed."""
+    try:
+        with h5py.File(src, "r") as f:
+            old = dict(f.attrs)
+            same_grid = np.array_equal(f["grid"][:], grid)
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"data file {str(src)!r} is corrupted or incomplete: "
+                         f"{_first_line(exc)}; move it away to regenerate") from exc
+    diffs = [] if same_grid else [f"grid ({len(grid)} points requested)"]
+    for key in ("eps", "seed", "tol", "n_choices"):
+        if key not in old:           # files written before the key was stored
+            continue
+        a, b = old[key], attrs[key]
+        same = (str(a) == str(b)) if key == "n_choices" else float(a) == float(b)
+        if not same:
+            diffs.append(f"{key} (file {a}, requested {b})")
+    if diffs:
+        raise ValueError(f"{str(src)!r} was generated with another " + ", ".join(diffs)
+                         + "; resuming would mix instances: use a new --out")
 
 
 def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, eps: float = 1e-2,
@@ -367,20 +428,23 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
     from deepquant.parallel import get_executor
 
     out = Path(out)
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+        raise ValueError(f"num must be an integer >= 1, got {num!r}")
+    n_choices = _check_n_choices(n_choices)
+    for name, val in (("eps", eps), ("tol", tol)):
+        if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {val!r}")
     grid = model_grid() if grid is None else np.asarray(grid, dtype=np.float64)
     worker = solve_instance if worker is None else worker
     attrs = {"eps": float(eps), "tol": float(tol), "seed": int(seed),
              "grid_size": int(len(grid)), "version": __version__,
+             "n_choices": ",".join(str(n) for n in n_choices),
              "potential_units": "eps (potentials divided by eps, gauge-fixed)"}
     parts = _parts_dir(out)
-    if out.exists():
-        with h5py.File(out, "r") as f:
-            old = dict(f.attrs)
-            if (not np.array_equal(f["grid"][:], grid) or float(old.get("eps")) != eps
-                    or int(old.get("seed")) != seed):
-                raise ValueError(
-                    f"{str(out)!r} was generated with another grid, eps or seed "
-                    f"(eps={old.get('eps')}, seed={old.get('seed')}); use a new --out")
+    check_writable_file(out, "output file")
+    for src in ([out] if out.exists() else []) + (sorted(parts.glob("part-*.h5"))[:1]
+                                                  if parts.is_dir() else []):
+        _check_resume(src, grid, attrs)
     done = _done_indices(out)
     todo = [i for i in range(num) if i not in done]
     t0 = time.perf_counter()
@@ -415,6 +479,19 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
             "seconds": time.perf_counter() - t0}
 
 
+def _check_n_choices(n_choices: Iterable[int]) -> tuple[int, ...]:
+    try:
+        vals = tuple(n_choices)
+    except TypeError:
+        raise ValueError(f"n_choices must be a sequence of integers >= 1, got {n_choices!r}") \
+            from None
+    if not vals or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
+                       for n in vals):
+        raise ValueError(f"n_choices must be a non-empty sequence of integers >= 1, "
+                         f"got {n_choices!r}")
+    return tuple(int(n) for n in vals)
+
+
 def merge_parts(out: Path, *, grid: np.ndarray, attrs: dict) -> int:
     """Merge ``out`` and its shards into ``out`` (dedup by index), then remove the shards."""
     parts = _parts_dir(out)
@@ -432,6 +509,22 @@ def merge_parts(out: Path, *, grid: np.ndarray, attrs: dict) -> int:
     if parts.exists() and not any(parts.iterdir()):
         parts.rmdir()
     return len(records)
+
+
+def check_finite_records(records: list[dict], path) -> None:
+    """Raise ``ValueError`` naming the file and the first instance with a non-finite weight or
+    time, or a non-finite potential where it is used (``v_valid`` / ``h_valid``)."""
+    for r in records:
+        for key, mask in (("weights", None), ("times", None), ("v", "v_valid"),
+                          ("h", "h_valid")):
+            a = np.asarray(r[key])
+            bad = ~np.isfinite(a)
+            if mask is not None:
+                bad &= np.asarray(r[mask], dtype=bool)
+            if bad.any():
+                raise ValueError(
+                    f"data file {str(path)!r}: instance {r['index']} has {int(bad.sum())} "
+                    f"non-finite {key} value(s); run 'deepquant validate-data {path}'")
 
 
 # ----------------------------------------------------------------------------- validation

@@ -36,6 +36,12 @@ def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None
     # no OOD guard here: pure-neural errors are reported as they are, and hybrid always polishes
     pricer = NeuralPricer(checkpoint, threads=threads, fallback=False, mass_floor=mass_floor,
                           ood_drift=float("inf"), ood_marginal_error=float("inf"))
+    if grid.shape != pricer.grid.shape or not np.allclose(grid, pricer.grid, rtol=0, atol=1e-7):
+        raise ValueError(
+            f"the test instances are on a {grid.size}-point grid [{grid[0]:.4g}, "
+            f"{grid[-1]:.4g}], the checkpoint's grid has {pricer.grid.size} points "
+            f"[{pricer.grid[0]:.4g}, {pricer.grid[-1]:.4g}]: generate the test set with "
+            f"--grid-size {pricer.grid.size}")
     raw = NeuralPricer(checkpoint, threads=threads, fallback=False, mass_floor=mass_floor,
                        ood_drift=float("inf"), ood_marginal_error=float("inf"), project=False)
     payoff = AsianCall(strike=1.0)

@@ -135,7 +135,8 @@ class NeuralSolution:
         from deepquant.mmot.model import price_batch
 
         if self.kernels.ndim != 3:
-            raise ValueError(f"this solution has no kernels to price with ({self.message})")
+            raise ValueError(f"cannot price: this solution has no kernels ({self.message}); use "
+                             "NeuralPricer(fallback=True) for the classical solver instead")
         return float(price_batch(self.marginals, self.kernels, payoff, **chain_options)[0])
 
     def sample(self, n_paths: int, rng=None) -> np.ndarray:
@@ -225,7 +226,15 @@ class NeuralPricer:
 
     # ------------------------------------------------------------------ inputs
     def to_model_grid(self, marginals: Marginals) -> tuple[Marginals, bool, str]:
-        """(marginals on the model grid, regridded?, problem or "")."""
+        """(marginals on the model grid, regridded?, problem or "").
+
+        The network works in forward moneyness on its own grid. Marginals on another grid are
+        moved onto it by linear splitting (exact in mass and mean, keeps convex order) with a
+        ``NeuralGridWarning``. They are NOT moved, and the problem is returned instead (the
+        solver then falls back to the classical solver on the marginals as given), when they
+        are not in moneyness (mean off 1 by more than 1e-6), when mass above 1e-8 lies outside
+        the model grid, or when the moved marginals fail validation.
+        """
         if not isinstance(marginals, Marginals):
             raise TypeError(f"marginals must be a Marginals instance, got "
                             f"{type(marginals).__name__}")
@@ -235,21 +244,32 @@ class NeuralPricer:
         from deepquant.market.marginals import split_onto_grid
 
         lo, hi = self.grid[0], self.grid[-1]
-        outside = float(sum(w[(marginals.grid < lo) | (marginals.grid > hi)].sum()
-                            for w in marginals.weights))
+        means = marginals.weights @ marginals.grid
+        if np.max(np.abs(means - 1.0)) > 1e-6:
+            return marginals, False, (
+                f"marginals have mean {float(means[0]):.6g}, not 1: the network works in "
+                "forward moneyness X = S / F (divide the grid by the forward)")
+        outside = float(np.max([w[(marginals.grid < lo) | (marginals.grid > hi)].sum()
+                                for w in marginals.weights]))
+        if outside > 1e-8:
+            return marginals, False, (
+                f"mass {outside:.2e} outside the model grid [{lo:.4g}, {hi:.4g}] "
+                f"(marginals on [{marginals.grid[0]:.4g}, {marginals.grid[-1]:.4g}])")
         pts = np.clip(marginals.grid, lo, hi)
         rows = np.vstack([split_onto_grid(pts, w, self.grid) for w in marginals.weights])
         rows /= rows.sum(axis=1, keepdims=True)
+        try:
+            new = Marginals(self.grid, rows, marginals.times, sum_tol=1e-6, mean_tol=1e-6,
+                            convex_tol=1e-6)
+        except ValueError as exc:
+            return marginals, False, f"the marginals moved onto the model grid are invalid: {exc}"
         warnings.warn(
             f"marginals on a {marginals.size}-point grid [{marginals.grid[0]:.4g}, "
             f"{marginals.grid[-1]:.4g}] were moved onto the model's {self.grid.size}-point grid "
             f"[{lo:.4g}, {hi:.4g}] by linear splitting"
             + (f"; mass {outside:.2e} outside the model grid was clipped" if outside else ""),
             NeuralGridWarning, stacklevel=3)
-        problem = f"mass {outside:.2e} outside the model grid" if outside > 1e-8 else ""
-        new = Marginals(self.grid, rows, marginals.times, sum_tol=1e-6, mean_tol=1e-6,
-                        convex_tol=1e-6, check_convex=not problem)
-        return new, True, problem
+        return new, True, ""
 
     # ------------------------------------------------------------------ network
     def predict(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -307,10 +327,16 @@ class NeuralPricer:
     def solve(self, marginals: Marginals, *, hybrid: bool = False) -> NeuralSolution:
         """Calibrate a martingale model to ``marginals`` (see module doc)."""
         t0 = time.perf_counter()
-        marg, regridded, problem = self.to_model_grid(marginals)
+        if not isinstance(marginals, Marginals):
+            raise TypeError(f"marginals must be a Marginals instance, got "
+                            f"{type(marginals).__name__}")
+        if marginals.n_dates > self.max_dates:
+            marg, regridded = marginals, False
+            problem = (f"{marginals.n_dates} dates exceed the model's "
+                       f"max_dates={self.max_dates}")
+        else:
+            marg, regridded, problem = self.to_model_grid(marginals)
         w = marg.weights
-        if w.shape[0] > self.max_dates:
-            problem = f"{w.shape[0]} dates exceed the model's max_dates={self.max_dates}"
         v = h = kern = None
         nd = nl = nm = raw_drift = raw_merr = float("nan")
         v_warm = None
@@ -373,8 +399,15 @@ class NeuralPricer:
                               self.project)
 
     def price(self, marginals: Marginals, payoff, *, hybrid: bool = False) -> float:
-        """Price of ``payoff`` under the calibrated model (undiscounted, moneyness units)."""
-        return self.solve(marginals, hybrid=hybrid).price(payoff)
+        """Price of ``payoff`` under the calibrated model (undiscounted, moneyness units).
+
+        Raises ``ValueError`` when the solve failed (out of distribution with
+        ``fallback=False``) rather than pricing under a model the guard rejected."""
+        sol = self.solve(marginals, hybrid=hybrid)
+        if not sol.success and sol.mode == "neural":
+            raise ValueError(f"cannot price: the neural solve failed ({sol.message}); use "
+                             "NeuralPricer(fallback=True) for the classical solver instead")
+        return sol.price(payoff)
 
 
 def demo_prices(marginals: Marginals, payoffs: dict[str, Any] | list, *, checkpoint=None

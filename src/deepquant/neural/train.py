@@ -28,7 +28,13 @@ import torch
 
 from deepquant.atomic import atomic_path, write_json
 from deepquant.neural.config import Config, ModelConfig
-from deepquant.neural.data import NeuralDataset, marginal_records, read_dataset
+from deepquant.neural.data import (
+    NeuralDataset,
+    check_finite_records,
+    check_writable_file,
+    marginal_records,
+    read_dataset,
+)
 from deepquant.neural.losses import dual_gap_loss, surrogate_loss
 from deepquant.neural.model import build_model, count_parameters, period_scale
 
@@ -299,9 +305,12 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
     torch.manual_seed(t.seed)
     t_start = time.perf_counter()
     out_dir = Path(t.out_dir)
+    # before any work: a folder that cannot be created or written fails here, not at step 0
+    check_writable_file(out_dir / "last.pt" if out_dir.is_dir() else out_dir, "train.out_dir")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     records, grid, attrs = read_dataset(cfg.data.train)
+    check_finite_records(records, cfg.data.train)
     if cfg.model.grid_size != len(grid):
         raise ValueError(f"model.grid_size={cfg.model.grid_size} but the data grid has "
                          f"{len(grid)} points")
@@ -309,6 +318,7 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
         records = records[: cfg.data.max_instances]
     if cfg.data.val:
         train_recs, (val_recs, _, _) = records, read_dataset(cfg.data.val)
+        check_finite_records(val_recs, cfg.data.val)
     else:
         train_recs, val_recs = _split(records, cfg.data.val_fraction, cfg.data.split_seed)
     if not train_recs or not val_recs:
@@ -423,6 +433,9 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
                        if t.gap_periods and n_per > t.gap_periods else None)
                 g = dual_gap_loss(v, h, b, sel, **_gap_kwargs(cfg, model))
                 loss = loss + t.lambda_gap * g.gap + t.lambda_hcons * g.hcons
+            if not torch.isfinite(loss.detach()):
+                raise ValueError(f"training diverged: non-finite loss at step {step} (data "
+                                 f"{cfg.data.train!r}); {last} keeps the last evaluated step")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip:

@@ -1,0 +1,284 @@
+"""Bad inputs to the neural engine: each gets a clear error naming the argument or file, or a
+documented fallback that says what happened (never a silent wrong answer, a traceback or an
+orphan process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from deepquant.cli import main  # noqa: E402
+from deepquant.market.marginals import Marginals  # noqa: E402
+from deepquant.market.synthetic import gbm_marginals  # noqa: E402
+from deepquant.mmot.model import CalibratedModel  # noqa: E402
+from deepquant.neural import data as nd  # noqa: E402
+from deepquant.neural.config import load_config  # noqa: E402
+from deepquant.neural.pricer import NeuralPricer  # noqa: E402
+from deepquant.payoffs import AsianCall  # noqa: E402
+from tests.neural import helpers  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def pricer():
+    return NeuralPricer()
+
+
+def test_marginals_off_the_model_grid_fall_back_with_the_reason(pricer):
+    """Marginals in price units (mean 7.5 on [3.75, 11.25]): the classical solver on the
+    marginals as given, mode 'classical' and the reason; the price is the classical model's
+    (1e-12: the same solver on the same input)."""
+    m = gbm_marginals([0.0, 0.1, 0.2, 0.3], grid=np.linspace(0.5, 1.5, 61))
+    m75 = Marginals(m.grid * 7.5, m.weights, m.times)
+    sol = pricer.solve(m75)
+    assert sol.mode == "classical" and sol.success
+    assert "mean 7.5" in sol.message and "moneyness" in sol.message
+    asian = AsianCall(strike=7.5)
+    ref = CalibratedModel.calibrate(m75).price(asian)
+    assert sol.price(asian) == pytest.approx(ref, abs=1e-12)
+    assert ref == pytest.approx(7.5 * CalibratedModel.calibrate(m).price(AsianCall(strike=1.0)),
+                                rel=1e-6)
+
+
+def test_no_fallback_price_raises(pricer):
+    strict = NeuralPricer(fallback=False)
+    m = gbm_marginals([0.0, 0.1, 0.2], grid=np.linspace(0.5, 1.5, 61))
+    m75 = Marginals(m.grid * 7.5, m.weights, m.times)
+    sol = strict.solve(m75)
+    assert not sol.success and "no fallback" in sol.message
+    with pytest.raises(ValueError, match="cannot price.*mean 7.5.*fallback=True"):
+        strict.price(m75, AsianCall(strike=7.5))
+    with pytest.raises(ValueError, match="cannot price"):
+        sol.price(AsianCall(strike=7.5))
+
+
+def test_wider_grid_and_more_dates_fall_back_with_the_reason(pricer):
+    wide = gbm_marginals([0.0, 0.25, 0.5], grid=np.linspace(0.2, 3.0, 120), sigma=0.6)
+    sol = pricer.solve(wide)
+    assert sol.mode == "classical" and sol.success
+    assert "outside the model grid" in sol.message and "unequal" not in sol.message
+    many = gbm_marginals(np.linspace(0.0, 0.5, pricer.max_dates + 2), grid=pricer.grid)
+    sol = pricer.solve(many)
+    assert sol.mode == "classical" and f"max_dates={pricer.max_dates}" in sol.message
+    # a narrower grid inside the model's is moved onto it (mass and mean exact), with a warning
+    narrow = gbm_marginals([0.0, 0.1, 0.2], grid=np.linspace(0.7, 1.4, 71))
+    with pytest.warns(UserWarning, match="moved onto the model"):
+        sol = pricer.solve(narrow)
+    assert sol.mode == "neural" and sol.regridded
+
+
+def _gen_kwargs(**kw):
+    base = {"seed": 0, "grid": np.linspace(0.7, 1.3, 11), "backend": "serial", "chunk": 2,
+            "worker": helpers.fake_worker, "n_choices": (2, 3)}
+    base.update(kw)
+    return base
+
+
+@pytest.mark.parametrize("num", [-5, 0, 2.5, True])
+def test_generate_rejects_bad_num(tmp_path, num):
+    with pytest.raises(ValueError, match=f"num must be an integer >= 1, got {num!r}"):
+        nd.generate_dataset(tmp_path / "d.h5", num, **_gen_kwargs())
+    assert not (tmp_path / "d.h5").exists()
+
+
+@pytest.mark.parametrize("choices", [(0,), (), ("two",), (2, -1)])
+def test_generate_rejects_bad_n_choices(tmp_path, choices):
+    with pytest.raises(ValueError, match="n_choices must be a non-empty sequence of integers"):
+        nd.generate_dataset(tmp_path / "d.h5", 2, **_gen_kwargs(n_choices=choices))
+
+
+def test_generate_resume_with_other_settings_refuses(tmp_path):
+    out = tmp_path / "d.h5"
+    nd.generate_dataset(out, 3, **_gen_kwargs())
+    with pytest.raises(ValueError, match=r"another n_choices \(file 2,3, requested 2,3,5\)"):
+        nd.generate_dataset(out, 5, **_gen_kwargs(n_choices=(2, 3, 5)))
+    with pytest.raises(ValueError, match=r"another tol \(file 1e-09, requested 1e-06\)"):
+        nd.generate_dataset(out, 5, tol=1e-6, **_gen_kwargs())
+    assert nd.read_dataset(out)[2]["n_choices"] == "2,3"
+    # the shards of an interrupted run are checked too
+    helpers.FAIL_AT.clear()
+    helpers.FAIL_AT.add(1)
+    try:
+        with pytest.raises(RuntimeError):
+            nd.generate_dataset(tmp_path / "e.h5", 4, **_gen_kwargs())
+    finally:
+        helpers.FAIL_AT.clear()
+    with pytest.raises(ValueError, match="another n_choices"):
+        nd.generate_dataset(tmp_path / "e.h5", 4, **_gen_kwargs(n_choices=(5,)))
+
+
+def test_generate_checks_the_output_path_first(tmp_path):
+    calls = []
+
+    def worker(task):
+        calls.append(task)
+        return helpers.fake_worker(task)
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out, msg in ((blocker / "d.h5", "under .* a regular file"),
+                     (tmp_path / "missing" / "d.h5", "does not exist"),
+                     (tmp_path, "is a folder")):
+        with pytest.raises(ValueError, match=msg):
+            nd.generate_dataset(out, 2, **_gen_kwargs(worker=worker))
+    assert calls == []
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--num", "-5"], "--num must be >= 1, got -5"),
+    (["--n-choices", "two"], "--n-choices must be comma-separated integers"),
+    (["--n-choices", "0"], "n_choices must be a non-empty sequence of integers >= 1"),
+])
+def test_cli_generate_bad_options(tmp_path, args, msg):
+    r = CliRunner().invoke(main, ["generate", "--out", str(tmp_path / "d.h5"), "--backend",
+                                  "serial", "--num", "2", *args])
+    assert r.exit_code == 2 and msg in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "d.h5").exists()
+
+
+def test_cli_generate_and_train_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = CliRunner().invoke(main, ["generate", "--out", str(blocker / "d.h5"), "--num", "2",
+                                  "--backend", "serial"])
+    assert r.exit_code == 2 and "regular file" in r.output, r.output
+    r = CliRunner().invoke(main, ["train", "--config", str(REPO / "configs" / "tiny.yaml"),
+                                  "--out-dir", str(blocker / "run")])
+    assert r.exit_code == 2 and "--out-dir" in r.output and "regular file" in r.output, r.output
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory):
+    """4 instances on the 150-point model grid from the numpy teacher of the test helpers."""
+    out = tmp_path_factory.mktemp("bad") / "fake.h5"
+    nd.generate_dataset(out, 4, **_gen_kwargs(grid=nd.model_grid(150), n_choices=(2,)))
+    return out
+
+
+def _corrupt(src: Path, dst: Path, how: str) -> Path:
+    raw = bytearray(src.read_bytes())
+    if how == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:  # garble the first compressed chunk of the weights (the file's structure is intact)
+        import h5py
+
+        with h5py.File(src, "r") as f:
+            info = f["weights"].id.get_chunk_info(0)
+        start = info.byte_offset + 4
+        junk = np.random.default_rng(0).integers(0, 256, info.size - 8, dtype=np.uint8)
+        raw[start:start + junk.size] = junk.tobytes()
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+@pytest.mark.parametrize("how", ["truncated", "block"])
+def test_corrupted_data_file_one_line_error(fake_data, tmp_path, how):
+    bad = _corrupt(fake_data, tmp_path / f"{how}.h5", how)
+    with pytest.raises(ValueError, match=f"data file '{bad}'") as exc:
+        nd.validate_dataset(bad)
+    assert "\n" not in str(exc.value)
+    r = CliRunner().invoke(main, ["validate-data", str(bad)])
+    assert r.exit_code == 2 and str(bad) in r.output and "Traceback" not in r.output, r.output
+
+
+def test_npy_and_npz_passed_as_data_file(tmp_path):
+    npy = tmp_path / "w.npz"
+    np.save(tmp_path / "w.npy", np.ones(3))
+    (tmp_path / "w.npy").rename(npy)
+    with pytest.raises(ValueError, match=f"data file '{npy}' is not a readable HDF5 file"):
+        nd.read_dataset(npy)
+    npz = tmp_path / "x.npz"
+    np.savez(npz, a=np.ones(3))
+    r = CliRunner().invoke(main, ["validate-data", str(npz)])
+    assert r.exit_code == 2 and "not a readable HDF5 file" in r.output, r.output
+
+
+def test_train_on_a_nan_weight_fails_clearly(fake_data, tmp_path):
+    from deepquant.neural.train import train
+
+    records, grid, attrs = nd.read_dataset(fake_data)
+    records[2]["weights"] = records[2]["weights"].copy()
+    records[2]["weights"][1, 70] = np.nan
+    bad = nd.write_instances(tmp_path / "nan.h5", records, grid=grid, attrs=attrs)
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    cfg.data.train = str(bad)
+    cfg.train.out_dir = str(tmp_path / "run")
+    cfg.train.max_steps = 2
+    with pytest.raises(ValueError, match=r"instance 2 has 1 non-finite weights"):
+        train(cfg)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_evaluate_on_another_grid_size(tmp_path):
+    out = tmp_path / "g50.h5"
+    nd.generate_dataset(out, 1, **_gen_kwargs(grid=nd.model_grid(50), n_choices=(2,)))
+    r = CliRunner().invoke(main, ["evaluate", "--test", str(out), "--no-hybrid"])
+    assert r.exit_code == 2 and "50-point grid" in r.output and "--grid-size 150" in r.output, \
+        r.output
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+    return True
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_local_pool_worker_exits_when_its_parent_is_killed(tmp_path):
+    """The parent runs a long task in a 1-worker local pool and is SIGKILLed; the worker must
+    be gone within a few poll periods (0.5 s each), not left running under init."""
+    pid_file = tmp_path / "worker.pid"
+    script = textwrap.dedent(f"""
+        import os, time
+        from deepquant.parallel import LocalExecutor
+
+        def task(_):
+            open({str(pid_file)!r}, "w").write(str(os.getpid()))
+            time.sleep(120)
+
+        if __name__ == "__main__":
+            list(LocalExecutor(1).as_completed(task, [0]))
+    """)
+    (tmp_path / "job.py").write_text(script)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "job.py")], env=env)
+    try:
+        deadline = time.time() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and _alive(worker):
+            time.sleep(0.1)
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the pool worker outlived its SIGKILLed parent by 10 s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
