@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file in the same folder, then ``os.replace``.
 
 A reader never sees a half-written file, and an interrupted job leaves either the old file or the
-new one. Every writer in the package goes through these helpers.
+new one. Every writer in the package goes through these helpers. ``ensure_writable`` checks an
+output location before a long job starts, so a bad path fails at once with one line naming it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json"]
+__all__ = ["atomic_path", "ensure_writable", "write_bytes", "write_text", "write_json"]
 
 
 @contextlib.contextmanager
@@ -63,3 +64,44 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically and return the path."""
     return write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=float) + "\n")
+
+
+def ensure_writable(path: str | os.PathLike[str], *, folder: bool = False) -> Path:
+    """Check that ``path`` can be written (as a file, or as a folder when ``folder``) BEFORE the
+    work that produces it; return it as a ``Path``.
+
+    The deepest existing ancestor must be a folder in which a file can really be created (a
+    temporary file is made and removed there: permission bits alone mislead, e.g. for root or
+    on read-only mounts); missing folders below it are created later by ``atomic_path``. A file
+    path must not be an existing folder, a folder path not an existing file. Nothing is left
+    behind.
+
+    Raises
+    ------
+    ValueError
+        One line naming the path and the reason (a parent is a regular file, the folder is not
+        writable, the path is a folder or a file of the wrong kind).
+    """
+    p = Path(path)
+    kind = "folder" if folder else "file"
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"cannot write the {kind} {str(p)!r}: it exists and is not a folder")
+    if not folder and p.is_dir():
+        raise ValueError(f"cannot write the {kind} {str(p)!r}: it is a folder")
+    base = (p if folder else p.parent).absolute()
+    probe = base
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"cannot write the {kind} {str(p)!r}: {str(probe)!r} is a regular file, "
+                         "not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".deepquant-write-check.", dir=probe)
+    except OSError as exc:
+        raise ValueError(f"cannot write the {kind} {str(p)!r}: the folder {str(probe)!r} is not "
+                         f"writable ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return p

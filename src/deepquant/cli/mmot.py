@@ -28,10 +28,11 @@ def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period
     """Entropic martingale transport of MARGINALS.npz (c = 0): the calibrated Markov chain."""
     import warnings
 
-    from deepquant.cli.output import console, fail, print_json, table
+    from deepquant.cli.output import check_writable, console, fail, print_json, table
     from deepquant.market.marginals import Marginals
     from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
 
+    check_writable(plot_path, "--plot")
     try:
         marginals = Marginals.load(marginals_path)
     except ValueError as exc:

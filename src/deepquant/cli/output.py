@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["console", "err_console", "print_json", "table", "progress", "fail"]
+__all__ = ["check_writable", "console", "err_console", "print_json", "table", "progress", "fail"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -65,3 +65,17 @@ def progress(*, disable: bool = False) -> Progress:
 def fail(message: str) -> None:
     """Abort the command with a clear message (exit code 2)."""
     raise click.UsageError(message)
+
+
+def check_writable(path: Any, option: str, *, folder: bool = False) -> None:
+    """Fail at once (exit code 2, one line naming ``option`` and the path) when ``path`` cannot
+    be written as a file (or a folder); call it before the work that produces the output.
+    ``None`` is skipped. See ``deepquant.atomic.ensure_writable``."""
+    from deepquant.atomic import ensure_writable
+
+    if path is None:
+        return
+    try:
+        ensure_writable(path, folder=folder)
+    except ValueError as exc:
+        fail(f"{option}: {exc}")
