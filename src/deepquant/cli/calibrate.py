@@ -19,6 +19,34 @@ def _parse_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _parse_rates(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"--rate-range: expected LO,HI (e.g. -0.05,0.25), got "
+                                 f"{text!r}") from None
+    if not lo < hi:
+        raise click.BadParameter(f"--rate-range: need LO < HI, got {text!r}")
+    return lo, hi
+
+
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def _parse_duration(text: str, option: str) -> float:
+    """'90s', '5m', '5min', '1h' or a number of seconds -> seconds."""
+    t = text.strip().lower()
+    unit = next((u for u in sorted(_UNITS, key=len, reverse=True) if t.endswith(u)), "")
+    try:
+        value = float(t[:len(t) - len(unit)]) * _UNITS.get(unit, 1.0)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value < float("inf")):
+        raise click.BadParameter(f"{option}: expected a duration like 90s, 5m or 1h, got "
+                                 f"{text!r}")
+    return value
+
+
 @click.command("calibrate")
 @click.argument("chain", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--expiries", default="30d,60d,90d,120d,150d", show_default=True,
@@ -40,10 +68,17 @@ def _parse_range(text: str) -> tuple[float, float]:
 @click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True,
                                                                               max_open=True),
               help="Confidence level of the seed Cor. 6.3 half-width.")
+@click.option("--rate-range", default="-0.05,0.25", show_default=True,
+              help="Plausible annual rates LO,HI: an expiry whose put-call parity implies a rate "
+                   "outside is an error (scaled or stale quotes).")
+@click.option("--max-quote-spread", default="5m", show_default=True,
+              help="Widest span of quote times in a chain merged from snapshots (e.g. 90s, 5m, "
+                   "1h); the latest quote of a contract seen twice is kept.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead.")
 def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
                       figures: Path | None, fit_range: str, reg: float, window: float,
-                      alpha: float, as_json: bool) -> None:
+                      alpha: float, rate_range: str, max_quote_spread: str,
+                      as_json: bool) -> None:
     """Calibrate arbitrage-free marginals to the bid-ask quotes of an option CHAIN (CSV).
 
     Reads a Cboe delayed-quotes CSV or a normalized CSV, fits forwards and discount factors by
@@ -51,14 +86,24 @@ def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
     mean 1, increasing in convex order, prices inside bid-ask wherever possible) and writes the
     marginals in forward moneyness to OUT.
     """
-    from deepquant.cli.output import console, fail, print_json, table
-    from deepquant.market.calibrate import calibrate_chain
+    import warnings
+
+    from deepquant.cli.output import check_writable, console, fail, print_json, table
+    from deepquant.market.calibrate import CalibrationWarning, calibrate_chain
     from deepquant.plots import calibration_figures
 
     specs = [e.strip() for e in expiries.split(",") if e.strip()]
+    rates = _parse_rates(rate_range)
+    spread = _parse_duration(max_quote_spread, "--max-quote-spread")
+    check_writable(out, "--out")
+    if figures is not None:
+        check_writable(figures, "--figures", folder=True)
     try:
-        res = calibrate_chain(chain, specs, grid_size=grid_size, fit_range=_parse_range(fit_range),
-                              reg=reg, window=window, alpha=alpha)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CalibrationWarning)  # reported from quote_checks
+            res = calibrate_chain(chain, specs, grid_size=grid_size,
+                                  fit_range=_parse_range(fit_range), reg=reg, window=window,
+                                  alpha=alpha, rate_range=rates, max_quote_spread=spread)
     except (ValueError, RuntimeError) as exc:  # bad input; a solver that returned nothing
         fail(str(exc))
     res.marginals.save(out)
@@ -73,7 +118,11 @@ def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
     c = res.cleaning
     if c is not None:
         console.print(f"[bold]{c.path}[/]: {c.n_rows} contracts, dropped {c.n_expired} expired, "
-                      f"{c.n_zero_bid} zero-bid, {c.n_crossed} crossed; kept {c.n_kept} two-sided")
+                      f"{c.n_zero_bid} zero-bid, {c.n_crossed} crossed"
+                      + (f", {c.n_superseded} superseded by a later snapshot"
+                         if c.n_superseded else "")
+                      + f"; kept {c.n_kept} two-sided; quote times span {c.quote_spread:g} s "
+                      f"(--max-quote-spread {c.max_quote_spread:g} s)")
     rows = []
     for r in res.slices:
         price = r.discount * r.forward
@@ -86,6 +135,8 @@ def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
         f"[{res.marginals.grid[0]:.3g}, {res.marginals.grid[-1]:.3g}]",
         ["expiry", "days", "F", "D", "n", "in %", f"in % ±{100 * window:g}%", "viol pts",
          "viol spr", "δ(6.3)"], rows))
+    for msg in res.quote_checks:
+        console.print(f"[bold yellow]quotes[/]: {msg}")
     if not res.success:
         console.print(f"[bold red]warning[/]: the solver did not reach an optimum ({res.message});"
                       " the marginals are valid but the fit may be poor")

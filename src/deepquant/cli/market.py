@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from deepquant.cli.output import console, fail, print_json, table
+from deepquant.cli.output import check_writable, console, fail, print_json, table
 
 COMMANDS: list[click.Command] = []
 
@@ -105,6 +105,8 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
     from deepquant.market.synthetic import default_grid, marginals_from_call_prices, model_params
 
     times = _parse_dates(dates)
+    check_writable(out, "--out")
+    check_writable(plot, "--plot")
     try:
         p = model_params(model, **_parse_params(params))
         grid = default_grid(p, float(np.max(times)), grid_size)
@@ -171,6 +173,7 @@ def chain_command(model: str, seed: int, quote_date: str, spot: float, rate: flo
     """A synthetic Cboe-style option chain (bid/ask on SPX ticks); the built-in market data."""
     from deepquant.market.chain import synthetic_chain
 
+    check_writable(out, "--out")
     try:
         ch = synthetic_chain(model, seed=seed, quote_date=quote_date, spot=spot, rate=rate,
                              dividend_yield=dividend_yield, params=_parse_params(params))

@@ -62,9 +62,16 @@ from scipy import sparse
 from deepquant.blackscholes import implied_vol
 from deepquant.market.grid import clean_rows, make_grid
 from deepquant.market.marginals import Marginals
-from deepquant.market.parity import ParityFit, fit_parity
+from deepquant.market.parity import (
+    DEFAULT_RATE_RANGE,
+    ParityFit,
+    calendar_violations,
+    check_rates,
+    fit_parity,
+)
 from deepquant.market.quotes import (
     DAYS_PER_YEAR,
+    DEFAULT_MAX_QUOTE_SPREAD,
     ChainSlice,
     CleaningReport,
     OptionChain,
@@ -87,7 +94,7 @@ DEFAULT_EXPIRIES = ("30d", "60d", "90d", "120d", "150d")
 
 
 class CalibrationWarning(UserWarning):
-    """The solver did not report an optimal solution."""
+    """The solver did not report an optimal solution, or the quotes hold calendar arbitrage."""
 
 
 # ----------------------------------------------------------------------------- data classes
@@ -261,6 +268,9 @@ class CalibrationResult:
     chain_path : str
     cleaning : CleaningReport or None
         Loader counts when the result comes from ``calibrate_chain``.
+    quote_checks : tuple of str
+        Problems found in the quotes before the fit (``calibrate_chain``): calendar arbitrage
+        between expiries, put-call parity outliers (``deepquant.market.parity``).
     """
 
     marginals: Marginals
@@ -282,6 +292,7 @@ class CalibrationResult:
     reg: float
     chain_path: str = ""
     cleaning: CleaningReport | None = None
+    quote_checks: tuple[str, ...] = ()
 
     @property
     def fraction_inside(self) -> float:
@@ -313,6 +324,11 @@ class CalibrationResult:
             convex_order_violation=self.marginals.check_convex_order().violation,
             slices=[r.as_dict() for r in self.slices],
             cleaning=self.cleaning.as_dict() if self.cleaning else None,
+            quote_checks=list(self.quote_checks),
+            parity=[dict(label=q.label, rate=q.parity.rate, rate_stderr=q.parity.rate_stderr,
+                         n_pairs=q.parity.n_pairs,
+                         outlier_strikes=q.parity.outlier_strikes.tolist())
+                    for q in self.quotes if q.parity is not None],
         )
 
 
@@ -581,6 +597,8 @@ def calibrate_chain(
     grid_size: int = 150,
     fit_range: tuple[float, float] = (0.3, 2.0),
     near_fraction: float = 0.4,
+    rate_range: tuple[float, float] = DEFAULT_RATE_RANGE,
+    max_quote_spread: float = DEFAULT_MAX_QUOTE_SPREAD,
     **options,
 ) -> CalibrationResult:
     """Load a chain, fit forwards by parity, and calibrate marginals at the chosen expiries.
@@ -598,6 +616,11 @@ def calibrate_chain(
         Quotes with K/F outside are left out of the program.
     near_fraction : float
         Fraction of the pairs used by the parity fit (``fit_parity``).
+    rate_range : (float, float)
+        Plausible annual rates: an expiry whose parity fit implies a rate outside (beyond three
+        standard errors) is an error (``deepquant.market.parity.check_rates``).
+    max_quote_spread : float
+        Seconds; passed to ``load_chain`` when ``chain`` is a path.
     **options
         Passed to ``calibrate`` (``reg``, ``window``, ``alpha``, ``inside_tol``, ``solver``).
 
@@ -608,16 +631,40 @@ def calibrate_chain(
         ``result.slices[s].forward``/``discount`` convert back to currency.
     """
     t0 = time.perf_counter()
-    ch = chain if isinstance(chain, OptionChain) else load_chain(chain)
+    ch = chain if isinstance(chain, OptionChain) else load_chain(
+        chain, max_quote_spread=max_quote_spread)
     chosen = select_slices(ch, expiries)
     spot = ch.spot if np.isfinite(ch.spot) else None
+    fits = [fit_parity(sl, spot=spot, near_fraction=near_fraction, source=ch.path)
+            for sl in chosen]
+    checks = _check_quotes(ch.path, chosen, fits, rate_range)
     quotes = []
-    for sl in chosen:
-        fit = fit_parity(sl, spot=spot, near_fraction=near_fraction, source=ch.path)
+    for sl, fit in zip(chosen, fits):
         try:
             quotes.append(normalize_slice(sl, fit, fit_range=fit_range))
         except ValueError as exc:
             raise ValueError(f"{ch.path}: {exc}") from None
     res = calibrate(quotes, grid_size=grid_size, **options)
     return CalibrationResult(**{**res.__dict__, "chain_path": ch.path, "cleaning": ch.cleaning,
-                                "total_time": time.perf_counter() - t0})
+                                "total_time": time.perf_counter() - t0,
+                                "quote_checks": tuple(checks)})
+
+
+def _check_quotes(path: str, chosen: Sequence[ChainSlice], fits: Sequence[ParityFit],
+                  rate_range: tuple[float, float]) -> list[str]:
+    """Rates (an error when implausible), calendar arbitrage and parity outliers (warnings)."""
+    calendar = [v.message() for v in calendar_violations(chosen, fits)]
+    bad_rates = check_rates(fits, rate_range=rate_range)
+    if bad_rates:
+        hint = (" The quotes of such an expiry are probably scaled or stale"
+                + (f"; {'; '.join(calendar)}" if calendar else "")
+                + ". Drop the expiry from --expiries, or widen --rate-range (rate_range=) if the "
+                "rate is real.")
+        raise ValueError(f"{path}: " + "; ".join(bad_rates) + "." + hint)
+    checks = calendar + [
+        f"{f.label}: put-call parity outliers at strikes "
+        f"{', '.join(f'{k:g}' for k in f.outlier_strikes)} left out of the forward and discount "
+        "fit" for f in fits if f.n_outliers]
+    for msg in checks:
+        warnings.warn(f"{path}: {msg}", CalibrationWarning, stacklevel=3)
+    return checks

@@ -12,6 +12,12 @@ Two CSV layouts are read (``load_chain`` tells them apart from the first lines):
   ``root`` (default from ``option_symbol``, else ``underlying``, else ``"?"``), ``settlement``
   (``AM``/``PM``; default AM for the root ``SPX``, PM otherwise) and ``spot``.
 
+Chains assembled from several snapshots (normalized layout): rows may carry different quote times
+as long as they span at most ``max_quote_spread`` seconds (default 300, five minutes; a wider span
+is an error naming the option). The chain's quote instant is the latest row's; a contract seen
+in several snapshots keeps its latest quote (the older ones are counted as ``n_superseded``);
+each slice records the spread of its rows' quote times (``ChainSlice.quote_spread``).
+
 Cleaning (counts kept in ``CleaningReport``): a contract is dropped when its slice has expired
 (settlement instant not after the quote instant), when its bid is zero (or missing), or when it is
 crossed (bid > ask). A slice is keyed on (expiry, root): SPX AM-settled and SPXW PM-settled series
@@ -53,6 +59,9 @@ __all__ = [
 EASTERN = ZoneInfo("America/New_York")
 """Time zone of SPX quotes and settlements."""
 
+DEFAULT_MAX_QUOTE_SPREAD = 300.0
+"""Seconds: the widest span of quote times accepted in one chain (merged snapshots)."""
+
 AM_SETTLEMENT_TIME = dt.time(9, 30)
 PM_SETTLEMENT_TIME = dt.time(16, 0)
 DAYS_PER_YEAR = 365.0
@@ -81,8 +90,14 @@ class CleaningReport:
     n_kept : int
         Two-sided contracts kept (0 < bid <= ask).
     n_duplicate : int
-        Rows repeating a kept contract (same expiry, root, strike, type) with identical quotes;
-        counted once. Conflicting repeats are an error.
+        Rows repeating a kept contract (same expiry, root, strike, type) at the same quote time
+        with identical quotes; counted once. Conflicting repeats at one time are an error.
+    n_superseded : int
+        Rows replaced by a later quote of the same contract (chains merged from snapshots).
+    quote_spread : float
+        Seconds between the earliest and the latest quote time of the rows read.
+    max_quote_spread : float
+        The largest spread accepted (``load_chain(max_quote_spread=...)``).
     """
 
     path: str
@@ -92,11 +107,15 @@ class CleaningReport:
     n_crossed: int
     n_kept: int
     n_duplicate: int = 0
+    n_superseded: int = 0
+    quote_spread: float = 0.0
+    max_quote_spread: float = 0.0
 
-    def as_dict(self) -> dict[str, int | str]:
+    def as_dict(self) -> dict[str, int | str | float]:
         return dict(path=self.path, n_rows=self.n_rows, n_expired=self.n_expired,
                     n_zero_bid=self.n_zero_bid, n_crossed=self.n_crossed, n_kept=self.n_kept,
-                    n_duplicate=self.n_duplicate)
+                    n_duplicate=self.n_duplicate, n_superseded=self.n_superseded,
+                    quote_spread=self.quote_spread, max_quote_spread=self.max_quote_spread)
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,6 +135,9 @@ class ChainSlice:
         Sorted distinct strikes with at least one two-sided contract.
     call_bid, call_ask, put_bid, put_ask : ndarray, shape (K,)
         Quotes; NaN where that contract was dropped (zero bid, crossed) or absent.
+    quote_spread : float
+        Seconds between the earliest and the latest quote time of the slice's kept contracts
+        (0 for a chain from one snapshot).
     """
 
     expiry: dt.date
@@ -127,6 +149,7 @@ class ChainSlice:
     call_ask: np.ndarray
     put_bid: np.ndarray
     put_ask: np.ndarray
+    quote_spread: float = 0.0
 
     @property
     def label(self) -> str:
@@ -288,6 +311,7 @@ class _Contract:
     is_call: bool
     bid: float
     ask: float
+    quote_time: dt.datetime | None = None  # None: the file's one timestamp
 
 
 @dataclass
@@ -364,7 +388,7 @@ def _read_normalized(path: Path, lines: list[list[str]], first: int) -> _Parsed:
     if missing:
         raise ValueError(f"{name}, line {first + 1}: missing column(s) {missing}; the header has {header}")
     col = {c: header.index(c) for c in header}
-    quote_time: dt.datetime | None = None
+    times: list[dt.datetime] = []
     spot = float("nan")
     out = _Parsed(dt.datetime.min, spot)
     for lineno, row in enumerate(lines[first + 1:], start=first + 2):
@@ -377,17 +401,18 @@ def _read_normalized(path: Path, lines: list[list[str]], first: int) -> _Parsed:
         qd = _parse_date(row[col["quote_date"]], what="'quote_date'", where=where)
         clock = dt.time(16, 0)
         if "quote_time_et" in col and row[col["quote_time_et"]].strip():
-            try:
-                clock = dt.datetime.strptime(row[col["quote_time_et"]].strip(), "%H:%M").time()
-            except ValueError:
-                raise ValueError(f"{where}column 'quote_time_et': "
-                                 f"{row[col['quote_time_et']]!r} is not HH:MM") from None
+            text = row[col["quote_time_et"]].strip()
+            for fmt in ("%H:%M", "%H:%M:%S"):
+                try:
+                    clock = dt.datetime.strptime(text, fmt).time()
+                    break
+                except ValueError:
+                    continue
+            else:
+                raise ValueError(f"{where}column 'quote_time_et': {text!r} is not HH:MM or "
+                                 "HH:MM:SS")
         qt = dt.datetime.combine(qd, clock, tzinfo=EASTERN)
-        if quote_time is None:
-            quote_time = qt
-        elif qt != quote_time:
-            raise ValueError(f"{where}quote time {qt:%Y-%m-%d %H:%M} differs from the first row's "
-                             f"{quote_time:%Y-%m-%d %H:%M}; one chain per file")
+        times.append(qt)
         if "spot" in col and np.isnan(spot) and row[col["spot"]].strip():
             spot = _parse_float(row[col["spot"]], column="spot", where=where)
         root = ""
@@ -415,15 +440,16 @@ def _read_normalized(path: Path, lines: list[list[str]], first: int) -> _Parsed:
             _parse_date(row[col["expiry"]], what="'expiry'", where=where), root, settle, strike,
             kind.startswith("C"),
             _parse_float(row[col["bid"]], column="bid", where=where),
-            _parse_float(row[col["ask"]], column="ask", where=where)))
-    if quote_time is None:
+            _parse_float(row[col["ask"]], column="ask", where=where), qt))
+    if not times:
         raise ValueError(f"{name}: no data rows after the header")
-    out.quote_time = quote_time
+    out.quote_time = max(times)
     out.spot = spot
     return out
 
 
-def load_chain(path: str | os.PathLike[str]) -> OptionChain:
+def load_chain(path: str | os.PathLike[str], *,
+               max_quote_spread: float = DEFAULT_MAX_QUOTE_SPREAD) -> OptionChain:
     """Load an option chain CSV (Cboe delayed-quotes or normalized layout) and clean it.
 
     Parameters
@@ -432,6 +458,10 @@ def load_chain(path: str | os.PathLike[str]) -> OptionChain:
         The CSV file. The layout is detected from its first non-blank line: a normalized file
         starts with a header containing ``quote_date``; a Cboe file starts with the underlying's
         name and ``Last:``.
+    max_quote_spread : float
+        Largest accepted span, in seconds, between the earliest and the latest quote time of the
+        rows (a chain merged from snapshots); the chain is quoted at the latest time and a
+        contract seen twice keeps its latest quote.
 
     Returns
     -------
@@ -443,9 +473,13 @@ def load_chain(path: str | os.PathLike[str]) -> OptionChain:
     ------
     ValueError
         The file is missing or unreadable, a required column is missing (named), a line has the
-        wrong number of fields or an unreadable value (file and line named), or no contract in
-        the file is two-sided and unexpired.
+        wrong number of fields or an unreadable value (file and line named), no contract in
+        the file is two-sided and unexpired, or the quote times span more than
+        ``max_quote_spread``.
     """
+    if not (np.isfinite(max_quote_spread) and max_quote_spread >= 0):
+        raise ValueError(f"max_quote_spread must be a number of seconds >= 0, got "
+                         f"{max_quote_spread!r}")
     path = Path(path)
     name = str(path)
     if not path.is_file():
@@ -470,17 +504,40 @@ def load_chain(path: str | os.PathLike[str]) -> OptionChain:
             f"{name}, line {first + 1}: unknown layout; expected a normalized header with columns "
             f"{list(_NORMALIZED_REQUIRED)} or a Cboe delayed-quotes file ('<name>,Last: ...')"
         )
-    return _clean(name, parsed)
+    return _clean(name, parsed, float(max_quote_spread))
 
 
-def _clean(name: str, parsed: _Parsed) -> OptionChain:
+def _fmt_seconds(sec: float) -> str:
+    return f"{sec / 60:.4g} min" if sec >= 60 else f"{sec:.4g} s"
+
+
+def _clean(name: str, parsed: _Parsed, max_quote_spread: float) -> OptionChain:
     qt = parsed.quote_time
-    groups: dict[tuple[dt.date, str, str], dict[float, dict[str, float]]] = {}
+    stamps = [c.quote_time for c in parsed.contracts if c.quote_time is not None]
+    spread = (max(stamps) - min(stamps)).total_seconds() if stamps else 0.0
+    if spread > max_quote_spread:
+        raise ValueError(
+            f"{name}: quote times span {_fmt_seconds(spread)} ({min(stamps):%Y-%m-%d %H:%M:%S} "
+            f"to {max(stamps):%Y-%m-%d %H:%M:%S} ET), more than max_quote_spread = "
+            f"{_fmt_seconds(max_quote_spread)}; a chain merged from snapshots must be quoted "
+            "within that span: raise --max-quote-spread (deepquant calibrate) or "
+            "load_chain(max_quote_spread=...) to accept it")
+    groups: dict[tuple[dt.date, str, str], dict[float, dict[str, object]]] = {}
     n_rows = len(parsed.contracts)
-    n_expired = n_zero = n_crossed = n_kept = n_dup = 0
+    n_expired = n_zero = n_crossed = n_dup = n_old = 0
     times: dict[tuple[dt.date, str, str], float] = {}
+    # a contract quoted in several snapshots: only its latest quote counts (even without a bid)
+    latest: dict[tuple, dt.datetime] = {}
+    for c in parsed.contracts:
+        ident = (c.expiry, c.root, c.settlement, c.strike, c.is_call)
+        when = c.quote_time or qt
+        if ident not in latest or when > latest[ident]:
+            latest[ident] = when
     for c in parsed.contracts:
         key = (c.expiry, c.root, c.settlement)
+        if (c.quote_time or qt) < latest[(*key, c.strike, c.is_call)]:
+            n_old += 1
+            continue
         if key not in times:
             times[key] = year_fraction(qt, c.expiry, c.settlement)
         if times[key] <= 0:
@@ -494,17 +551,20 @@ def _clean(name: str, parsed: _Parsed) -> OptionChain:
             continue
         side = "c" if c.is_call else "p"
         slot = groups.setdefault(key, {}).setdefault(c.strike, {})
-        if side + "b" in slot:
+        when = c.quote_time or qt
+        if side + "b" in slot:       # the same contract at the same (latest) time
             if (slot[side + "b"], slot[side + "a"]) != (c.bid, c.ask):
                 raise ValueError(
                     f"{name}: conflicting quotes for {c.expiry} {c.root} "
-                    f"{'call' if c.is_call else 'put'} {c.strike:g}: "
-                    f"{slot[side + 'b']}/{slot[side + 'a']} and {c.bid}/{c.ask}")
+                    f"{'call' if c.is_call else 'put'} {c.strike:g} at "
+                    f"{when:%Y-%m-%d %H:%M:%S}: {slot[side + 'b']}/{slot[side + 'a']} and "
+                    f"{c.bid}/{c.ask}")
             n_dup += 1
             continue
-        n_kept += 1
-        slot[side + "b"], slot[side + "a"] = c.bid, c.ask
-    report = CleaningReport(name, n_rows, n_expired, n_zero, n_crossed, n_kept, n_dup)
+        slot[side + "b"], slot[side + "a"], slot[side + "t"] = c.bid, c.ask, when
+    n_kept = sum(("cb" in v) + ("pb" in v) for g in groups.values() for v in g.values())
+    report = CleaningReport(name, n_rows, n_expired, n_zero, n_crossed, n_kept, n_dup, n_old,
+                            spread, max_quote_spread)
     if n_kept == 0:
         raise ValueError(
             f"{name}: no two-sided quotes (0 < bid <= ask) in unexpired slices: {n_rows} contracts "
@@ -513,10 +573,12 @@ def _clean(name: str, parsed: _Parsed) -> OptionChain:
     slices = []
     for (expiry, root, settle), by_strike in groups.items():
         ks = np.array(sorted(by_strike))
-        arr = {f: np.array([by_strike[k].get(f, np.nan) for k in ks])
+        arr = {f: np.array([by_strike[k].get(f, np.nan) for k in ks], dtype=float)
                for f in ("cb", "ca", "pb", "pa")}
+        kept = [v[f] for v in by_strike.values() for f in ("ct", "pt") if f in v]
         slices.append(ChainSlice(expiry, root, settle, times[(expiry, root, settle)], ks,
-                                 arr["cb"], arr["ca"], arr["pb"], arr["pa"]))
+                                 arr["cb"], arr["ca"], arr["pb"], arr["pa"],
+                                 (max(kept) - min(kept)).total_seconds()))
     slices.sort(key=lambda s: (s.t, s.root))
     return OptionChain(name, qt, float(parsed.spot), tuple(slices), report)
 
