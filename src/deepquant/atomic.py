@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "ensure_writable", "write_bytes", "write_text", "write_json"]
+import numpy as np
+
+__all__ = ["atomic_path", "ensure_writable", "to_jsonable", "write_bytes", "write_text",
+           "write_json"]
 
 
 @contextlib.contextmanager
@@ -61,8 +65,30 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON values: numpy arrays and scalars to lists and Python numbers,
+    tuples to lists, dict keys to strings, and every non-finite float (NaN, +inf, -inf) to
+    ``None`` (JSON ``null``; strict JSON has no infinities). The one sanitizer of the package,
+    used for ``--json`` output and for reports."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically and return the path."""
+    """Write ``obj`` as JSON to ``path`` atomically and return the path.
+
+    Floats are written as Python's ``json`` does (NaN and infinities as the ``NaN`` and
+    ``Infinity`` literals, which ``json.load`` reads back), so state files round-trip exactly;
+    pass ``to_jsonable(obj)`` for strict JSON."""
     return write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=float) + "\n")
 
 

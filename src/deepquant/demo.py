@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from deepquant.atomic import write_json
+from deepquant.atomic import to_jsonable, write_json
 from deepquant.market.marginals import Marginals
 from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall, Payoff
 
@@ -430,7 +430,7 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
     result = DemoResult(rows=rows, marginals=marg, model=model, calibration=calibration,
                         sweep=sweep, backtest=backtest_summary, timings=timings, config=cfg,
                         out_dir=out, files=files, chain_path=chain_path, neural=neural)
-    files.append(write_json(out / "results.json", _jsonable(result.to_dict())))
+    files.append(write_json(out / "results.json", to_jsonable(result.to_dict())))
     return result
 
 
@@ -451,20 +451,6 @@ def neural_markdown(neural: dict, report) -> str:
             f"{sec['hybrid']:.3g}, classical {sec['classical']:.3g}. Drift: neural "
             f"{drift['neural']:.2e}, hybrid {drift['hybrid']:.2e}, classical "
             f"{drift['classical']:.2e}. Out of distribution for the guard: {neural['ood']}.")
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def _write_report(out, marg, model, rows, sweep, bt, bt_summary, calibration, timings, cfg,

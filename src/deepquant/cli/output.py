@@ -26,23 +26,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None if np.isnan(obj) else (1e308 if obj > 0 else -1e308)
-    return obj
-
-
 def print_json(obj: Any) -> None:
-    """Print ``obj`` as JSON on stdout (numpy values converted; nothing else printed there)."""
-    sys.stdout.write(json.dumps(_plain(obj), indent=2, sort_keys=True) + "\n")
+    """Print ``obj`` as JSON on stdout (``deepquant.atomic.to_jsonable``: numpy values
+    converted, NaN and infinities as null; nothing else printed there)."""
+    from deepquant.atomic import to_jsonable
+
+    sys.stdout.write(json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
