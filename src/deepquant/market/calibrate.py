@@ -4,7 +4,7 @@ Seed 001 §7.1 calibrates each maturity alone by least squares to mid prices plu
 Mid prices of SPX are not arbitrage-free at 5-point strike spacing (data set quality report: about
 14% of near-the-money mid butterflies are negative), and slice-by-slice fits can cross in convex
 order. Here instead, for S chosen slices with forwards F_s and discount factors D_s (put–call
-parity, ``deepquant.market.quotes.fit_parity``), every quote is normalized to forward moneyness,
+parity, ``deepquant.market.parity.fit_parity``), every quote is normalized to forward moneyness,
 
     k = K / F_s,   bid' = bid / (D_s F_s),   ask' = ask / (D_s F_s),
 
@@ -28,7 +28,7 @@ dominates: quotes are repriced inside [bid, ask] wherever that is possible, and 
 marginals the smoothest one is chosen (and the program has a unique solution).
 
 The variables are the call values C_s(x_j) at the grid points; the weights are their second
-differences, W = A C + e_0 (``_second_difference``), so W >= 0 is a banded constraint, the rows
+differences, W = A C + e_0 (``deepquant.market.grid.second_difference``), so W >= 0 is a banded constraint, the rows
 sum to 1 identically, C_s(x_0) = 1 - x_0 and C_s(x_{M-1}) = 0 fix the mean at 1, and the convex
 order on the grid (exact for laws on the grid, see ``deepquant.market.marginals``) is one sparse
 inequality per point. The call curve of a law on the grid is piecewise linear with kinks at grid
@@ -59,15 +59,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from deepquant.blackscholes import implied_vol
-from deepquant.market.grid import clean_rows, make_grid
+from deepquant.market.grid import clean_rows, interp_matrix, make_grid, second_difference
 from deepquant.market.marginals import Marginals
 from deepquant.market.parity import (
     DEFAULT_RATE_RANGE,
     ParityFit,
+    SliceQuotes,
     calendar_violations,
     check_rates,
     fit_parity,
+    normalize_slice,
 )
 from deepquant.market.quotes import (
     DAYS_PER_YEAR,
@@ -98,81 +99,6 @@ class CalibrationWarning(UserWarning):
 
 
 # ----------------------------------------------------------------------------- data classes
-@dataclass(frozen=True, eq=False)
-class SliceQuotes:
-    """Two-sided quotes of one slice in forward moneyness (the calibration's input).
-
-    Attributes
-    ----------
-    label : str
-        ``"2023-07-21 SPX"``.
-    t : float
-        Year fraction to expiry.
-    forward, discount : float
-        F(0, t) and D(0, t) used for the normalization.
-    k : ndarray, shape (Q,)
-        Strikes K / F.
-    is_call : ndarray of bool, shape (Q,)
-    bid, ask : ndarray, shape (Q,)
-        Quotes divided by D F (prices of payoffs on X = S_t / F).
-    parity : ParityFit or None
-        The put–call parity fit that gave F and D.
-    """
-
-    label: str
-    t: float
-    forward: float
-    discount: float
-    k: np.ndarray
-    is_call: np.ndarray
-    bid: np.ndarray
-    ask: np.ndarray
-    parity: ParityFit | None = None
-
-    def __post_init__(self) -> None:
-        k = np.array(self.k, dtype=float, copy=True).reshape(-1)
-        object.__setattr__(self, "k", k)
-        object.__setattr__(self, "is_call", np.array(self.is_call, dtype=bool, copy=True))
-        for name in ("bid", "ask"):
-            object.__setattr__(self, name, np.array(getattr(self, name), dtype=float, copy=True))
-        for name in ("is_call", "bid", "ask"):
-            if np.shape(getattr(self, name)) != k.shape:
-                raise ValueError(f"SliceQuotes {self.label}: {name} has shape "
-                                 f"{np.shape(getattr(self, name))}, k has {k.shape}")
-        if k.size == 0:
-            raise ValueError(f"SliceQuotes {self.label}: no quotes")
-        if not (self.t > 0 and self.forward > 0 and self.discount > 0):
-            raise ValueError(f"SliceQuotes {self.label}: t, forward, discount must be > 0, got "
-                             f"{self.t!r}, {self.forward!r}, {self.discount!r}")
-        bid, ask = np.asarray(self.bid, float), np.asarray(self.ask, float)
-        if np.any(~np.isfinite(bid)) or np.any(~np.isfinite(ask)) or np.any(bid > ask):
-            i = int(np.flatnonzero(~(np.isfinite(bid) & np.isfinite(ask) & (bid <= ask)))[0])
-            raise ValueError(f"SliceQuotes {self.label}: quote {i} at k={k[i]:.6g} has "
-                             f"bid {bid[i]!r} > ask {ask[i]!r} or is not finite")
-        if np.any(k <= 0):
-            raise ValueError(f"SliceQuotes {self.label}: strikes must be > 0")
-
-    @property
-    def n(self) -> int:
-        return int(self.k.size)
-
-    @property
-    def half_spread(self) -> np.ndarray:
-        """(ask - bid) / 2, shape (Q,)."""
-        return (np.asarray(self.ask) - np.asarray(self.bid)) / 2.0
-
-    def atm_total_vol(self) -> float:
-        """ATM total volatility sigma sqrt(t): Black implied total vol of the out-of-the-money
-        mid quote whose strike is nearest k = 1 (0.2 sqrt(t) if it has none).
-        """
-        mid = (np.asarray(self.bid) + np.asarray(self.ask)) / 2
-        otm = np.where(self.is_call, self.k >= 1, self.k <= 1)
-        idx = np.flatnonzero(otm) if np.any(otm) else np.arange(self.n)
-        i = int(idx[np.argmin(np.abs(np.log(self.k[idx])))])
-        v = implied_vol(mid[i], 1.0, self.k[i], 1.0, is_call=bool(self.is_call[i]))
-        return float(v) if np.isfinite(v) and v > 0 else 0.2 * np.sqrt(self.t)
-
-
 @dataclass(frozen=True)
 class SliceReport:
     """Fit of one calibrated slice to its bid–ask band (prices in forward-moneyness units).
@@ -346,63 +272,7 @@ def confidence_halfwidth(spread: float, n_quotes: int, alpha: float = 0.05) -> f
     return float(spread / 2 * np.sqrt(2 * (1 + np.log(2 / alpha)) / n_quotes))
 
 
-# ----------------------------------------------------------------------------- quotes -> moneyness
-def normalize_slice(
-    sl: ChainSlice,
-    parity: ParityFit,
-    *,
-    fit_range: tuple[float, float] = (0.0, np.inf),
-) -> SliceQuotes:
-    """Two-sided quotes of ``sl`` in forward moneyness: k = K/F, prices / (D F).
-
-    Only quotes with ``fit_range[0] <= k <= fit_range[1]`` are kept. Calls and puts are both kept
-    (they carry different spreads; parity ties them through the mean-1 constraint).
-    """
-    f, d = parity.forward, parity.discount
-    ks, cb, ca, pb, pa = sl.strikes, sl.call_bid, sl.call_ask, sl.put_bid, sl.put_ask
-    k = np.concatenate([ks[sl.call_ok], ks[sl.put_ok]]) / f
-    is_call = np.concatenate([np.ones(int(sl.call_ok.sum()), bool),
-                              np.zeros(int(sl.put_ok.sum()), bool)])
-    bid = np.concatenate([cb[sl.call_ok], pb[sl.put_ok]]) / (d * f)
-    ask = np.concatenate([ca[sl.call_ok], pa[sl.put_ok]]) / (d * f)
-    keep = (k >= fit_range[0]) & (k <= fit_range[1])
-    if not keep.any():
-        raise ValueError(f"slice {sl.label} has no two-sided quotes with K/F in "
-                         f"[{fit_range[0]:g}, {fit_range[1]:g}]")
-    order = np.lexsort((~is_call[keep], k[keep]))
-    return SliceQuotes(sl.label, sl.t, f, d, k[keep][order], is_call[keep][order],
-                       bid[keep][order], ask[keep][order], parity)
-
-
 # ----------------------------------------------------------------------------- the program
-def _interp_matrix(grid: np.ndarray, k: np.ndarray) -> sparse.csr_matrix:
-    """Sparse (Q, M) matrix B with (B c)_i = linear interpolation of c (on grid) at k_i."""
-    j = np.clip(np.searchsorted(grid, k, side="right") - 1, 0, grid.size - 2)
-    lam = (k - grid[j]) / (grid[j + 1] - grid[j])
-    rows = np.repeat(np.arange(k.size), 2)
-    cols = np.stack([j, j + 1], axis=1).ravel()
-    vals = np.stack([1 - lam, lam], axis=1).ravel()
-    return sparse.csr_matrix((vals, (rows, cols)), shape=(k.size, grid.size))
-
-
-def _second_difference(x: np.ndarray) -> sparse.csr_matrix:
-    """(M, M) matrix A with A c + e_0 = the weights of the law whose call curve is c on ``x``.
-
-    For a law W on the grid, C(x_j) = sum_l W_l (x_l - x_j)^+ is piecewise linear with slopes
-    -(sum_{l > j} W_l) on [x_j, x_{j+1}], so W_0 = 1 + (C_1 - C_0) / dx_0,
-    W_j = (C_{j+1} - C_j) / dx_j - (C_j - C_{j-1}) / dx_{j-1} and
-    W_{M-1} = -(C_{M-1} - C_{M-2}) / dx_{M-2}; they sum to 1 whatever C is (telescoping), and
-    sum_j W_j x_j = x_0 + C_0 whenever C_{M-1} = 0.
-    """
-    m = x.size
-    inv = 1.0 / np.diff(x)
-    j = np.arange(m - 1)
-    rows = np.concatenate([j, j, j + 1, j + 1])
-    cols = np.concatenate([j + 1, j, j + 1, j])
-    vals = np.concatenate([inv, -inv, -inv, inv])
-    return sparse.csr_matrix((vals, (rows, cols)), shape=(m, m))
-
-
 def calibrate(
     quotes: Sequence[SliceQuotes],
     *,
@@ -482,7 +352,7 @@ def calibrate(
     # variables: call values C_s(x_j), flattened as s * M + j; weights are their second
     # differences W = A C + b (b puts the 1 in W_0 = 1 + (C_1 - C_0) / dx_0)
     call = cp.Variable(n_s * m)
-    amat = sparse.kron(sparse.identity(n_s), _second_difference(x), format="csr")
+    amat = sparse.kron(sparse.identity(n_s), second_difference(x), format="csr")
     bvec = np.zeros(n_s * m)
     bvec[::m] = 1.0
     w = amat @ call + bvec
@@ -502,7 +372,7 @@ def calibrate(
     # quotes: model_i = B_i C_s + offset_i
     blocks, offs, bids, asks, halves = [], [], [], [], []
     for s, q in enumerate(quotes):
-        b = _interp_matrix(x, q.k)
+        b = interp_matrix(x, q.k)
         blocks.append(sparse.hstack([sparse.csr_matrix((q.n, s * m)), b,
                                      sparse.csr_matrix((q.n, (n_s - s - 1) * m))]))
         offs.append(np.where(q.is_call, 0.0, q.k - 1.0))

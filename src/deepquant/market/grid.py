@@ -1,9 +1,10 @@
 """The common moneyness grid of a calibration, and the clean-up of the solver's weights.
 
 ``make_grid`` places the points where the quotes need resolution (equidistribution of
-sqrt(density / half-spread)); ``clean_rows`` turns the solver's weights into exact probabilities
-of mean 1 in convex order, reporting how far each row moved. Both serve
-``deepquant.market.calibrate``.
+sqrt(density / half-spread)); ``interp_matrix`` and ``second_difference`` are the sparse maps
+from call values on the grid to quote prices and to weights; ``clean_rows`` turns the solver's
+weights into exact probabilities of mean 1 in convex order, reporting how far each row moved.
+All serve ``deepquant.market.calibrate``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import sparse
 
 from deepquant.blackscholes import implied_vol
 from deepquant.market.marginals import call_curve
 
 if TYPE_CHECKING:
-    from deepquant.market.calibrate import SliceQuotes
+    from deepquant.market.parity import SliceQuotes
 
-__all__ = ["clean_rows", "make_grid"]
+__all__ = ["clean_rows", "interp_matrix", "make_grid", "second_difference"]
 
 _CLEAN_NOISE = 1e-13
 
@@ -150,3 +152,31 @@ def clean_rows(w: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         w[s] = row
         moved[s] = float(np.abs(row - orig).sum())
     return w, moved
+
+
+def interp_matrix(grid: np.ndarray, k: np.ndarray) -> sparse.csr_matrix:
+    """Sparse (Q, M) matrix B with (B c)_i = linear interpolation of c (on grid) at k_i."""
+    j = np.clip(np.searchsorted(grid, k, side="right") - 1, 0, grid.size - 2)
+    lam = (k - grid[j]) / (grid[j + 1] - grid[j])
+    rows = np.repeat(np.arange(k.size), 2)
+    cols = np.stack([j, j + 1], axis=1).ravel()
+    vals = np.stack([1 - lam, lam], axis=1).ravel()
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(k.size, grid.size))
+
+
+def second_difference(x: np.ndarray) -> sparse.csr_matrix:
+    """(M, M) matrix A with A c + e_0 = the weights of the law whose call curve is c on ``x``.
+
+    For a law W on the grid, C(x_j) = sum_l W_l (x_l - x_j)^+ is piecewise linear with slopes
+    -(sum_{l > j} W_l) on [x_j, x_{j+1}], so W_0 = 1 + (C_1 - C_0) / dx_0,
+    W_j = (C_{j+1} - C_j) / dx_j - (C_j - C_{j-1}) / dx_{j-1} and
+    W_{M-1} = -(C_{M-1} - C_{M-2}) / dx_{M-2}; they sum to 1 whatever C is (telescoping), and
+    sum_j W_j x_j = x_0 + C_0 whenever C_{M-1} = 0.
+    """
+    m = x.size
+    inv = 1.0 / np.diff(x)
+    j = np.arange(m - 1)
+    rows = np.concatenate([j, j, j + 1, j + 1])
+    cols = np.concatenate([j + 1, j, j + 1, j])
+    vals = np.concatenate([inv, -inv, -inv, inv])
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(m, m))

@@ -1,4 +1,5 @@
-"""Forwards and discount factors by put–call parity, and checks of the quotes across expiries.
+"""Forwards and discount factors by put–call parity, quotes in forward moneyness, and checks of
+the quotes across expiries.
 
 Put–call parity C(K) - P(K) = D (F - K) holds for European options on the same (expiry, root)
 (Hull, *Options, Futures and Other Derivatives*, §11.4). Over the near-the-money strikes where
@@ -41,10 +42,12 @@ from deepquant.market.quotes import ChainSlice
 __all__ = [
     "CalendarViolation",
     "ParityFit",
+    "SliceQuotes",
     "calendar_violations",
     "check_rates",
     "common_rate",
     "fit_parity",
+    "normalize_slice",
 ]
 
 DEFAULT_RATE_RANGE = (-0.05, 0.25)
@@ -231,6 +234,111 @@ def fit_parity(
                      half[inl], rmse, int(np.sum(np.abs(resid[inl]) > half[inl])),
                      outlier_strikes=kk[~inl], rate_stderr=rate_se, t=float(sl.t),
                      label=sl.label)
+
+
+# ----------------------------------------------------------------------------- moneyness
+@dataclass(frozen=True, eq=False)
+class SliceQuotes:
+    """Two-sided quotes of one slice in forward moneyness (the calibration's input).
+
+    Attributes
+    ----------
+    label : str
+        ``"2023-07-21 SPX"``.
+    t : float
+        Year fraction to expiry.
+    forward, discount : float
+        F(0, t) and D(0, t) used for the normalization.
+    k : ndarray, shape (Q,)
+        Strikes K / F.
+    is_call : ndarray of bool, shape (Q,)
+    bid, ask : ndarray, shape (Q,)
+        Quotes divided by D F (prices of payoffs on X = S_t / F).
+    parity : ParityFit or None
+        The put–call parity fit that gave F and D.
+    """
+
+    label: str
+    t: float
+    forward: float
+    discount: float
+    k: np.ndarray
+    is_call: np.ndarray
+    bid: np.ndarray
+    ask: np.ndarray
+    parity: ParityFit | None = None
+
+    def __post_init__(self) -> None:
+        k = np.array(self.k, dtype=float, copy=True).reshape(-1)
+        object.__setattr__(self, "k", k)
+        object.__setattr__(self, "is_call", np.array(self.is_call, dtype=bool, copy=True))
+        for name in ("bid", "ask"):
+            object.__setattr__(self, name, np.array(getattr(self, name), dtype=float, copy=True))
+        for name in ("is_call", "bid", "ask"):
+            if np.shape(getattr(self, name)) != k.shape:
+                raise ValueError(f"SliceQuotes {self.label}: {name} has shape "
+                                 f"{np.shape(getattr(self, name))}, k has {k.shape}")
+        if k.size == 0:
+            raise ValueError(f"SliceQuotes {self.label}: no quotes")
+        if not (self.t > 0 and self.forward > 0 and self.discount > 0):
+            raise ValueError(f"SliceQuotes {self.label}: t, forward, discount must be > 0, got "
+                             f"{self.t!r}, {self.forward!r}, {self.discount!r}")
+        bid, ask = np.asarray(self.bid, float), np.asarray(self.ask, float)
+        if np.any(~np.isfinite(bid)) or np.any(~np.isfinite(ask)) or np.any(bid > ask):
+            i = int(np.flatnonzero(~(np.isfinite(bid) & np.isfinite(ask) & (bid <= ask)))[0])
+            raise ValueError(f"SliceQuotes {self.label}: quote {i} at k={k[i]:.6g} has "
+                             f"bid {bid[i]!r} > ask {ask[i]!r} or is not finite")
+        if np.any(k <= 0):
+            raise ValueError(f"SliceQuotes {self.label}: strikes must be > 0")
+
+    @property
+    def n(self) -> int:
+        return int(self.k.size)
+
+    @property
+    def half_spread(self) -> np.ndarray:
+        """(ask - bid) / 2, shape (Q,)."""
+        return (np.asarray(self.ask) - np.asarray(self.bid)) / 2.0
+
+    def atm_total_vol(self) -> float:
+        """ATM total volatility sigma sqrt(t): Black implied total vol of the out-of-the-money
+        mid quote whose strike is nearest k = 1 (0.2 sqrt(t) if it has none).
+        """
+        mid = (np.asarray(self.bid) + np.asarray(self.ask)) / 2
+        otm = np.where(self.is_call, self.k >= 1, self.k <= 1)
+        idx = np.flatnonzero(otm) if np.any(otm) else np.arange(self.n)
+        i = int(idx[np.argmin(np.abs(np.log(self.k[idx])))])
+        v = implied_vol(mid[i], 1.0, self.k[i], 1.0, is_call=bool(self.is_call[i]))
+        return float(v) if np.isfinite(v) and v > 0 else 0.2 * np.sqrt(self.t)
+
+
+
+def normalize_slice(
+    sl: ChainSlice,
+    parity: ParityFit,
+    *,
+    fit_range: tuple[float, float] = (0.0, np.inf),
+) -> SliceQuotes:
+    """Two-sided quotes of ``sl`` in forward moneyness: k = K/F, prices / (D F).
+
+    Only quotes with ``fit_range[0] <= k <= fit_range[1]`` are kept. Calls and puts are both kept
+    (they carry different spreads; parity ties them through the mean-1 constraint).
+    """
+    f, d = parity.forward, parity.discount
+    ks, cb, ca, pb, pa = sl.strikes, sl.call_bid, sl.call_ask, sl.put_bid, sl.put_ask
+    k = np.concatenate([ks[sl.call_ok], ks[sl.put_ok]]) / f
+    is_call = np.concatenate([np.ones(int(sl.call_ok.sum()), bool),
+                              np.zeros(int(sl.put_ok.sum()), bool)])
+    bid = np.concatenate([cb[sl.call_ok], pb[sl.put_ok]]) / (d * f)
+    ask = np.concatenate([ca[sl.call_ok], pa[sl.put_ok]]) / (d * f)
+    keep = (k >= fit_range[0]) & (k <= fit_range[1])
+    if not keep.any():
+        raise ValueError(f"slice {sl.label} has no two-sided quotes with K/F in "
+                         f"[{fit_range[0]:g}, {fit_range[1]:g}]")
+    order = np.lexsort((~is_call[keep], k[keep]))
+    return SliceQuotes(sl.label, sl.t, f, d, k[keep][order], is_call[keep][order],
+                       bid[keep][order], ask[keep][order], parity)
+
 
 
 # ----------------------------------------------------------------------------- checks

@@ -38,11 +38,19 @@ import datetime as dt
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import numpy as np
+
+from deepquant.market.layouts import (
+    EASTERN,
+    NORMALIZED_REQUIRED,
+    ParsedChain,
+    parse_date,
+    read_cboe,
+    read_normalized,
+)
 
 __all__ = [
     "EASTERN",
@@ -56,9 +64,6 @@ __all__ = [
     "year_fraction",
 ]
 
-EASTERN = ZoneInfo("America/New_York")
-"""Time zone of SPX quotes and settlements."""
-
 DEFAULT_MAX_QUOTE_SPREAD = 300.0
 """Seconds: the widest span of quote times accepted in one chain (merged snapshots)."""
 
@@ -66,8 +71,6 @@ AM_SETTLEMENT_TIME = dt.time(9, 30)
 PM_SETTLEMENT_TIME = dt.time(16, 0)
 DAYS_PER_YEAR = 365.0
 
-_OCC = re.compile(r"^\s*([A-Z]+?)(\d{6})([CP])(\d{8})\s*$")
-_NORMALIZED_REQUIRED = ("quote_date", "expiry", "strike", "type", "bid", "ask")
 
 
 # ----------------------------------------------------------------------------- data classes
@@ -215,7 +218,7 @@ class OptionChain:
     def slice(self, expiry: dt.date | str, root: str | None = None) -> ChainSlice:
         """The slice with this expiry (and root; required when two roots share the date)."""
         if isinstance(expiry, str):
-            expiry = _parse_date(expiry, what="expiry")
+            expiry = parse_date(expiry, what="expiry")
         hits = [s for s in self.slices if s.expiry == expiry and (root is None or s.root == root)]
         if not hits:
             have = ", ".join(s.label for s in self.slices)
@@ -248,204 +251,6 @@ def year_fraction(quote_time: dt.datetime, expiry: dt.date, settlement: str) -> 
         quote_time = quote_time.replace(tzinfo=EASTERN)
     delta = settlement_instant(expiry, settlement).astimezone(dt.UTC) - quote_time.astimezone(dt.UTC)
     return delta.total_seconds() / (DAYS_PER_YEAR * 86400.0)
-
-
-def _default_settlement(root: str) -> str:
-    """AM for the monthly ``SPX`` root (and other roots without a trailing W), PM for weeklies."""
-    return "PM" if root.upper().endswith("W") or root.upper() in ("?", "") else "AM"
-
-
-# ----------------------------------------------------------------------------- parsing helpers
-def _parse_date(text: str, *, what: str, where: str = "") -> dt.date:
-    text = text.strip()
-    for fmt in ("%Y-%m-%d", "%a %b %d %Y", "%m/%d/%Y", "%Y%m%d"):
-        try:
-            return dt.datetime.strptime(text, fmt).date()
-        except ValueError:
-            continue
-    raise ValueError(f"{where}cannot read {what} {text!r} as a date (expected YYYY-MM-DD)")
-
-
-def _parse_float(text: str, *, column: str, where: str) -> float:
-    t = text.strip()
-    if t == "":
-        return float("nan")
-    try:
-        v = float(t)
-    except ValueError:
-        raise ValueError(f"{where}column {column!r}: {text!r} is not a number") from None
-    if not np.isfinite(v):
-        raise ValueError(f"{where}column {column!r}: {text!r} is not finite")
-    return v
-
-
-def _parse_cboe_timestamp(text: str, where: str) -> dt.datetime:
-    """``'Date: 9 June 2023, 1:40 PM EDT'`` (also ``'June 9, 2023 at 1:40 PM EDT'``)."""
-    t = text.strip()
-    if t.lower().startswith("date:"):
-        t = t[5:].strip()
-    t = re.sub(r"\s+(EDT|EST|ET)$", "", t).replace(" at ", ", ")
-    for fmt in ("%d %B %Y, %I:%M %p", "%B %d, %Y, %I:%M %p", "%d %B %Y, %H:%M"):
-        try:
-            return dt.datetime.strptime(t, fmt).replace(tzinfo=EASTERN)
-        except ValueError:
-            continue
-    raise ValueError(f"{where}cannot read the quote timestamp {text!r} (expected "
-                     "'Date: 9 June 2023, 1:40 PM EDT')")
-
-
-def _float_after_colon(text: str) -> float:
-    try:
-        return float(text.split(":", 1)[1])
-    except (IndexError, ValueError):
-        return float("nan")
-
-
-# ----------------------------------------------------------------------------- loaders
-@dataclass
-class _Contract:
-    expiry: dt.date
-    root: str
-    settlement: str
-    strike: float
-    is_call: bool
-    bid: float
-    ask: float
-    quote_time: dt.datetime | None = None  # None: the file's one timestamp
-
-
-@dataclass
-class _Parsed:
-    quote_time: dt.datetime
-    spot: float
-    contracts: list[_Contract] = field(default_factory=list)
-
-
-def _read_cboe(path: Path, lines: list[list[str]], first: int) -> _Parsed:
-    """Cboe layout; ``lines[first]`` is the ``<name>,Last: ...`` line (0-based index)."""
-    name = str(path)
-    if len(lines) < first + 3:
-        raise ValueError(f"{name}: a Cboe quote file needs a name line, a date line and a column "
-                         f"header, found {len(lines) - first} non-blank-led lines")
-    spot = float("nan")
-    for cell in lines[first]:
-        if cell.strip().lower().startswith("last:"):
-            spot = _float_after_colon(cell)
-    date_line = lines[first + 1]
-    # the timestamp itself holds a comma, so csv splits it over the first two cells
-    quote_time = _parse_cboe_timestamp(",".join(date_line[:2]),
-                                       f"{name}, line {first + 2}: ")
-    hline = first + 3  # 1-based line number of the column header
-    header = [h.strip() for h in lines[first + 2]]
-    if "Strike" not in header:
-        raise ValueError(f"{name}, line {hline}: missing column 'Strike' in the Cboe header "
-                         f"{header}")
-    ks = header.index("Strike")
-    left, right = header[:ks], header[ks + 1:]
-    need = ("Calls", "Bid", "Ask")
-    for side, cols, label in ((left, ("Expiration Date", *need), "call"),
-                              (right, ("Puts", "Bid", "Ask"), "put")):
-        for c in cols:
-            if c not in side:
-                raise ValueError(f"{name}, line {hline}: missing {label} column {c!r} in the "
-                                 "header")
-    i_exp = left.index("Expiration Date")
-    i_csym, i_cbid, i_cask = left.index("Calls"), left.index("Bid"), left.index("Ask")
-    i_psym = ks + 1 + right.index("Puts")
-    i_pbid, i_pask = ks + 1 + right.index("Bid"), ks + 1 + right.index("Ask")
-    out = _Parsed(quote_time, spot)
-    for lineno, row in enumerate(lines[first + 3:], start=hline + 1):
-        if not row or all(not c.strip() for c in row):
-            continue
-        where = f"{name}, line {lineno}: "
-        if len(row) != len(header):
-            raise ValueError(f"{where}expected {len(header)} fields as in the header, "
-                             f"found {len(row)}")
-        expiry = _parse_date(row[i_exp], what="'Expiration Date'", where=where)
-        strike = _parse_float(row[ks], column="Strike", where=where)
-        if not strike > 0:
-            raise ValueError(f"{where}column 'Strike': {row[ks]!r} is not a positive number")
-        for i_sym, i_bid, i_ask, is_call in ((i_csym, i_cbid, i_cask, True),
-                                             (i_psym, i_pbid, i_pask, False)):
-            m = _OCC.match(row[i_sym])
-            if m is None:
-                col = "Calls" if is_call else "Puts"
-                raise ValueError(f"{where}column {col!r}: {row[i_sym]!r} is not an OCC symbol "
-                                 "like 'SPXW230609C04300000'")
-            root = m.group(1)
-            out.contracts.append(_Contract(
-                expiry, root, _default_settlement(root), strike, is_call,
-                _parse_float(row[i_bid], column="Bid", where=where),
-                _parse_float(row[i_ask], column="Ask", where=where)))
-    return out
-
-
-def _read_normalized(path: Path, lines: list[list[str]], first: int) -> _Parsed:
-    """Normalized layout; ``lines[first]`` is the header (0-based index)."""
-    name = str(path)
-    header = [h.strip().lower() for h in lines[first]]
-    missing = [c for c in _NORMALIZED_REQUIRED if c not in header]
-    if missing:
-        raise ValueError(f"{name}, line {first + 1}: missing column(s) {missing}; the header has {header}")
-    col = {c: header.index(c) for c in header}
-    times: list[dt.datetime] = []
-    spot = float("nan")
-    out = _Parsed(dt.datetime.min, spot)
-    for lineno, row in enumerate(lines[first + 1:], start=first + 2):
-        if not row or all(not c.strip() for c in row):
-            continue
-        where = f"{name}, line {lineno}: "
-        if len(row) != len(header):
-            raise ValueError(f"{where}expected {len(header)} fields as in the header, "
-                             f"found {len(row)}")
-        qd = _parse_date(row[col["quote_date"]], what="'quote_date'", where=where)
-        clock = dt.time(16, 0)
-        if "quote_time_et" in col and row[col["quote_time_et"]].strip():
-            text = row[col["quote_time_et"]].strip()
-            for fmt in ("%H:%M", "%H:%M:%S"):
-                try:
-                    clock = dt.datetime.strptime(text, fmt).time()
-                    break
-                except ValueError:
-                    continue
-            else:
-                raise ValueError(f"{where}column 'quote_time_et': {text!r} is not HH:MM or "
-                                 "HH:MM:SS")
-        qt = dt.datetime.combine(qd, clock, tzinfo=EASTERN)
-        times.append(qt)
-        if "spot" in col and np.isnan(spot) and row[col["spot"]].strip():
-            spot = _parse_float(row[col["spot"]], column="spot", where=where)
-        root = ""
-        if "root" in col:
-            root = row[col["root"]].strip()
-        if not root and "option_symbol" in col:
-            m = _OCC.match(row[col["option_symbol"]])
-            root = m.group(1) if m else ""
-        if not root and "underlying" in col:
-            root = row[col["underlying"]].strip()
-        root = root or "?"
-        settle = row[col["settlement"]].strip().upper() if "settlement" in col else ""
-        if settle == "":
-            settle = _default_settlement(root)
-        if settle not in ("AM", "PM"):
-            raise ValueError(f"{where}column 'settlement': {settle!r} is not AM or PM")
-        kind = row[col["type"]].strip().upper()
-        if kind not in ("C", "P", "CALL", "PUT"):
-            raise ValueError(f"{where}column 'type': {row[col['type']]!r} is not C or P")
-        strike = _parse_float(row[col["strike"]], column="strike", where=where)
-        if not strike > 0:
-            raise ValueError(f"{where}column 'strike': {row[col['strike']]!r} is not a positive "
-                             "number")
-        out.contracts.append(_Contract(
-            _parse_date(row[col["expiry"]], what="'expiry'", where=where), root, settle, strike,
-            kind.startswith("C"),
-            _parse_float(row[col["bid"]], column="bid", where=where),
-            _parse_float(row[col["ask"]], column="ask", where=where), qt))
-    if not times:
-        raise ValueError(f"{name}: no data rows after the header")
-    out.quote_time = max(times)
-    out.spot = spot
-    return out
 
 
 def load_chain(path: str | os.PathLike[str], *,
@@ -494,15 +299,15 @@ def load_chain(path: str | os.PathLike[str], *,
         raise ValueError(f"{name}: the file is empty")
     head = [c.strip().lower() for c in lines[first]]
     if "quote_date" in head:
-        parsed = _read_normalized(path, lines, first)
+        parsed = read_normalized(path, lines, first)
     elif any(c.startswith("last:") for c in head) or (
             len(lines) > first + 2 and any("expiration date" == c.strip().lower()
                                            for c in lines[first + 2])):
-        parsed = _read_cboe(path, lines, first)
+        parsed = read_cboe(path, lines, first)
     else:
         raise ValueError(
             f"{name}, line {first + 1}: unknown layout; expected a normalized header with columns "
-            f"{list(_NORMALIZED_REQUIRED)} or a Cboe delayed-quotes file ('<name>,Last: ...')"
+            f"{list(NORMALIZED_REQUIRED)} or a Cboe delayed-quotes file ('<name>,Last: ...')"
         )
     return _clean(name, parsed, float(max_quote_spread))
 
@@ -511,7 +316,7 @@ def _fmt_seconds(sec: float) -> str:
     return f"{sec / 60:.4g} min" if sec >= 60 else f"{sec:.4g} s"
 
 
-def _clean(name: str, parsed: _Parsed, max_quote_spread: float) -> OptionChain:
+def _clean(name: str, parsed: ParsedChain, max_quote_spread: float) -> OptionChain:
     qt = parsed.quote_time
     stamps = [c.quote_time for c in parsed.contracts if c.quote_time is not None]
     spread = (max(stamps) - min(stamps)).total_seconds() if stamps else 0.0
