@@ -228,3 +228,19 @@ def test_call_prices_match_the_payoff_matrix():
     direct = w @ np.maximum(grid[None, :] - k[:, None], 0.0).T
     # sums of 40 non-negative terms of order 1: 1e-14 absolute
     np.testing.assert_allclose(marg.call_prices(k), direct, atol=1e-14)
+
+
+def test_require_convex_order_names_every_pair_and_the_hint():
+    grid = np.linspace(0.5, 1.5, 11)
+    w = np.zeros((4, 11))
+    w[0, [3, 7]] = 0.5      # spread
+    w[1, 5] = 1.0           # collapses: out of order with date 0 (drop 0.1 at k = 1)
+    w[2, [4, 6]] = 0.5
+    w[3, 5] = 1.0           # collapses again (drop 0.05 at k = 1)
+    m = Marginals(grid, w, check_convex=False)
+    with pytest.raises(ValueError, match=r"marginals\[1\] is not in convex order with "
+                                         r"marginals\[0\]: call price at k=1 drops by 1\.000e-01 "
+                                         r"\(> convex_tol 1e-09\); also marginals\[3\] vs "
+                                         r"marginals\[2\] \(drop 5\.000e-02\); use the relaxed LP"):
+        m.require_convex_order(hint="use the relaxed LP")
+    m.select([0, 2]).require_convex_order()   # in order: no error

@@ -168,13 +168,7 @@ class Marginals:
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "times", times)
         if self.check_convex and n_dates > 1:
-            rep = self.check_convex_order()
-            if rep.violation > self.convex_tol * scale:
-                raise ValueError(
-                    f"marginals[{rep.date}] is not in convex order with marginals[{rep.date - 1}]: "
-                    f"call price at k={rep.point:.6g} drops by {rep.violation:.3e} "
-                    f"(> convex_tol {self.convex_tol:g}); see Marginals.repair_convex_order"
-                )
+            self.require_convex_order()
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -297,6 +291,28 @@ class Marginals:
         per_date = diff.max(axis=1)
         t, j = np.unravel_index(int(np.argmax(diff)), diff.shape)
         return ConvexOrderReport(float(diff[t, j]), int(t) + 1, float(self.grid[j]), per_date)
+
+    def require_convex_order(self, *, hint: str = "see Marginals.repair_convex_order") -> None:
+        """Raise the package's one convex-order ``ValueError`` when a call price drops between
+        consecutive dates by more than ``convex_tol`` (relative to max(1, |mean|)).
+
+        The message names the worst pair (``marginals[t]`` against ``marginals[t-1]``), the
+        grid point and the size of the drop, then every other pair out of order, then ``hint``
+        (what the caller can do about it).
+        """
+        rep = self.check_convex_order()
+        tol = self.convex_tol * max(1.0, abs(self.mean))
+        if rep.violation <= tol:
+            return
+        others = [t + 1 for t, v in enumerate(rep.per_date) if v > tol and t + 1 != rep.date]
+        also = ("; also " + ", ".join(f"marginals[{t}] vs marginals[{t - 1}] (drop "
+                                      f"{rep.per_date[t - 1]:.3e})" for t in others)
+                if others else "")
+        raise ValueError(
+            f"marginals[{rep.date}] is not in convex order with marginals[{rep.date - 1}]: "
+            f"call price at k={rep.point:.6g} drops by {rep.violation:.3e} "
+            f"(> convex_tol {self.convex_tol:g}){also}; {hint}"
+        )
 
     def repair_convex_order(self) -> tuple[Marginals, RepairReport]:
         """Project each later row onto the laws above the (repaired) earlier row in convex order.
