@@ -233,10 +233,10 @@ def test_call_prices_match_the_payoff_matrix():
 def test_require_convex_order_names_every_pair_and_the_hint():
     grid = np.linspace(0.5, 1.5, 11)
     w = np.zeros((4, 11))
-    w[0, [3, 7]] = 0.5      # spread
-    w[1, 5] = 1.0           # collapses: out of order with date 0 (drop 0.1 at k = 1)
-    w[2, [4, 6]] = 0.5
-    w[3, 5] = 1.0           # collapses again (drop 0.05 at k = 1)
+    w[0, [3, 7]] = 0.5      # 0.8 or 1.2
+    w[1, 5] = 1.0           # collapses to 1: out of order with date 0 (drop 0.1 at k = 1)
+    w[2, [2, 8]] = 0.5      # 0.7 or 1.3
+    w[3, [3, 7]] = 0.5      # narrower again: drop 0.05
     m = Marginals(grid, w, check_convex=False)
     with pytest.raises(ValueError, match=r"marginals\[1\] is not in convex order with "
                                          r"marginals\[0\]: call price at k=1 drops by 1\.000e-01 "
