@@ -148,7 +148,8 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match=r"lacks the key\(s\) \['marginals'\]"):
         Marginals.load(tmp_path / "bad.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match=r"not a readable \.npz file: not a \.npz \(zip\) "
+                                         "archive"):
         Marginals.load(tmp_path / "junk.npz")
 
 
@@ -244,3 +245,25 @@ def test_require_convex_order_names_every_pair_and_the_hint():
                                          r"marginals\[2\] \(drop 5\.000e-02\); use the relaxed LP"):
         m.require_convex_order(hint="use the relaxed LP")
     m.select([0, 2]).require_convex_order()   # in order: no error
+
+
+def test_load_corrupted_files_is_a_clear_error(tmp_path):
+    grid = np.linspace(0.5, 1.5, 101)
+    w = np.zeros((3, 101))
+    w[:, 50] = 1.0
+    good = Marginals(grid, w).save(tmp_path / "good.npz")
+    raw = good.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(raw[: len(raw) // 2])
+    flipped = bytearray(raw)
+    flipped[200] ^= 0xFF            # inside the first member: its CRC no longer matches
+    (tmp_path / "crc.npz").write_bytes(bytes(flipped))
+    np.save(tmp_path / "arr.npy", w)
+    (tmp_path / "arr.npy").rename(tmp_path / "arr.npz")
+    cases = [("trunc.npz", "File is not a zip file"), ("crc.npz", "Bad CRC-32"),
+             ("arr.npz", r"holds a single array \(a \.npy file\)")]
+    for name, why in cases:
+        with pytest.raises(ValueError, match=rf"'.*{name}' is not a readable \.npz file: "
+                                             rf".*{why}"):
+            Marginals.load(tmp_path / name)
+    with pytest.raises(ValueError, match="is a folder"):
+        Marginals.load(tmp_path)

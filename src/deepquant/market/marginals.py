@@ -13,6 +13,7 @@ piecewise linear with kinks at grid points only, so checking k on the grid is ex
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
@@ -380,20 +381,26 @@ class Marginals:
         path = Path(path)
         if not path.exists():
             raise ValueError(f"marginals file {str(path)!r} does not exist")
+        if path.is_dir():
+            raise ValueError(f"marginals file {str(path)!r} is a folder")
         try:
             data = np.load(path, allow_pickle=False)
-        except (OSError, EOFError, ValueError) as exc:  # not a zip, truncated, or pickled
-            raise ValueError(f"{str(path)!r} is not a readable .npz file: {exc}") from exc
-        with data:
-            keys = set(data.files)
-            missing = {"grid", "marginals"} - keys
-            if missing:
-                raise ValueError(
-                    f"{str(path)!r} lacks the key(s) {sorted(missing)}; found {sorted(keys)}"
-                )
-            grid = data["grid"]
-            weights = data["marginals"]
-            times = data["times"] if "times" in keys else None
+            if not isinstance(data, np.lib.npyio.NpzFile):   # a .npy (or text) file
+                raise ValueError("it holds a single array (a .npy file), not the keys 'grid' "
+                                 "and 'marginals' of a .npz")
+            with data:
+                keys = set(data.files)
+                missing = {"grid", "marginals"} - keys
+                if missing:
+                    raise ValueError(
+                        f"it lacks the key(s) {sorted(missing)}; found {sorted(keys)}")
+                grid = data["grid"]
+                weights = data["marginals"]
+                times = data["times"] if "times" in keys else None
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            # not a zip, truncated, a bad CRC, pickled data, or a .npy under a .npz name
+            why = ("not a .npz (zip) archive" if "pickled" in str(exc) else str(exc))
+            raise ValueError(f"{str(path)!r} is not a readable .npz file: {why}") from None
         return cls(grid, weights, times, **options)
 
     # ------------------------------------------------------------------ helpers
