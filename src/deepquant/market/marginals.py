@@ -149,8 +149,8 @@ class Marginals:
         if np.any(dmean > self.mean_tol * scale):
             t = int(np.argmax(dmean))
             raise ValueError(
-                f"unequal means: date {t} has mean {means[t]:.12g}, date 0 has {means[0]:.12g} "
-                f"(difference {dmean[t]:.3e} > mean_tol {self.mean_tol:g})"
+                f"weights have unequal means: date {t} has mean {means[t]:.12g}, date 0 has "
+                f"{means[0]:.12g} (difference {dmean[t]:.3e} > mean_tol {self.mean_tol:g})"
             )
         if self.times is None:
             times = np.arange(n_dates, dtype=np.float64)
