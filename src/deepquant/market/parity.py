@@ -9,8 +9,10 @@ spreads: the inverse variance of the mid difference under noise uniform in the b
 
 The fit is **outlier-robust**: a least-squares fit would absorb a handful of bad quotes into D
 (five near-the-money calls shifted by 150 index points move D by 3%). The weighted residuals
-r = sqrt(w) (y - a - b K), in units of the combined spread, are first fitted with the soft-L1
-loss rho(z) = 2 (sqrt(1 + z) - 1) (``scipy.optimize.least_squares``, scale 0.5: half a spread);
+r = sqrt(w) (y - a - b K), in units of the combined spread, of the least-squares line are checked
+first: when every |r| <= 2 that line is the answer (no outlier can have moved it by more than two
+spreads). Otherwise the line is refitted with the soft-L1 loss rho(z) = 2 (sqrt(1 + z) - 1)
+(``scipy.optimize.least_squares``, scale 0.5: half a spread);
 pairs with |r| > max(5 sigma, 2), sigma = 1.4826 median |r| (normal-consistent MAD), are then
 set aside as outliers and the line is refitted by weighted least squares on the others. The
 outlier strikes are reported (``ParityFit.outlier_strikes``).
@@ -136,15 +138,21 @@ def _robust_line(k: np.ndarray, y: np.ndarray, w: np.ndarray, k0: float
     def resid(p):
         return sw * (y - p[0] - p[1] * x / scale)
 
-    # start: D = 1 (slope -1) and the median level, which no minority of outliers can move
-    start = np.array([float(np.median(y + x)), -scale])
-    fit = least_squares(resid, start, loss="soft_l1", f_scale=_SOFT_L1_SCALE, method="trf",
-                        x_scale="jac")
-    r = resid(fit.x)
-    sigma = 1.4826 * float(np.median(np.abs(r)))
-    inlier = np.abs(r) <= max(_OUTLIER_SIGMAS * sigma, _OUTLIER_FLOOR)
-    if inlier.sum() < 2 or np.ptp(x[inlier]) == 0:
-        inlier = np.ones_like(inlier)
+    design_all = np.column_stack([np.ones_like(x), x / scale]) * sw[:, None]
+    p_ls, *_ = np.linalg.lstsq(design_all, y * sw, rcond=None)
+    r = resid(p_ls)
+    inlier = np.ones(x.shape, bool)
+    if np.max(np.abs(r)) > _OUTLIER_FLOOR:
+        # some pair is off by more than the floor: fit robustly, starting from D = 1 (slope
+        # -1) and the median level, which no minority of outliers can move
+        start = np.array([float(np.median(y + x)), -scale])
+        fit = least_squares(resid, start, loss="soft_l1", f_scale=_SOFT_L1_SCALE,
+                            method="trf", x_scale="jac")
+        r = resid(fit.x)
+        sigma = 1.4826 * float(np.median(np.abs(r)))
+        inlier = np.abs(r) <= max(_OUTLIER_SIGMAS * sigma, _OUTLIER_FLOOR)
+        if inlier.sum() < 2 or np.ptp(x[inlier]) == 0:
+            inlier = np.ones_like(inlier)
     design = np.column_stack([np.ones(int(inlier.sum())), x[inlier]]) * sw[inlier, None]
     (alpha, beta), *_ = np.linalg.lstsq(design, y[inlier] * sw[inlier], rcond=None)
     rr = sw[inlier] * (y[inlier] - alpha - beta * x[inlier])
