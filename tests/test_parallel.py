@@ -73,3 +73,20 @@ def test_import_deepquant_does_not_import_torch_or_ray():
 
 def test_task_is_deterministic():
     assert math.isfinite(EXPECTED[0]) and _task(0) == EXPECTED[0]
+
+
+def test_unreachable_ray_address_fails_fast_naming_it():
+    import socket
+    import time
+
+    with socket.socket() as s:       # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for addr in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match=f"no Ray cluster at backend address '{addr}'"):
+            get_executor(addr)
+        assert time.perf_counter() - t0 < 15
+    for bad in ("ray://nohost", "host:notaport"):
+        with pytest.raises(ValueError, match="Ray address 'host:port'"):
+            get_executor(bad)

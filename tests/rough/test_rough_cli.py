@@ -69,13 +69,14 @@ def test_american_rbergomi_subsim_upper_json(runner):
     # the default rough Bergomi upper bound is the sub-simulation dual (preset "rbergomi");
     # invariant: the dual upper bound lies above the lower bound within their CIs
     res = runner.invoke(main, ["american", "--strike", "100", "--dates", "4",
-                               "--steps-per-date", "2", "--json", *SMALL])
+                               "--steps-per-date", "2", "--grids", "1", "--json", *SMALL])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["dual_method"] == "subsim"
     assert out["lower_ci"][0] <= out["upper_ci"][1]
     sig = runner.invoke(main, ["american", "--strike", "100", "--dates", "4",
-                               "--steps-per-date", "2", "--upper", "signature", "--json", *SMALL])
+                               "--steps-per-date", "2", "--grids", "1", "--upper", "signature",
+                               "--json", *SMALL])
     assert sig.exit_code == 0, sig.output
     assert json.loads(sig.stdout)["dual_method"] in ("regression", "pathwise")
 
@@ -88,3 +89,64 @@ def test_preset_pricer_names():
     assert set(PRESETS) == {"bs", "rbergomi", "rbergomi-signature"}
     with pytest.raises(ValueError, match="name must be one of"):
         preset_pricer("heston")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--max-batches", "1"], "--max-batches must be >= 2"),
+    (["--batch-size", "100"], "--batch-size must be a power of 2 >= 16, got 100"),
+    (["--paths", "1000"], "--paths must be a power of 2 >= 16, got 1000"),
+    (["--patience", "0"], "--patience must be >= 1"),
+    (["--tol", "-0.1"], "--tol must be in [0, 1)"),
+    (["--float32"], "--float32 needs --device"),
+    (["--american", "--steps-per-date", "6"], "--steps-per-date must be a multiple of 4"),
+    (["--grids", "3", "--steps-per-date", "2"], "divisible by 2^(grids-1) = 4"),
+])
+def test_american_options_are_named_in_errors(runner, args, match):
+    res = runner.invoke(main, ["american", "--strike", "100", *args])
+    assert res.exit_code == 2
+    assert match in res.output
+
+
+def test_american_resume_path_checked_before_the_work(runner, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for path, match in [(blocker / "state.json", "is a file"),
+                        (tmp_path / "missing" / "state.json", "does not exist"),
+                        (tmp_path, "is a directory")]:
+        res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--runs",
+                                   "2", "--resume", str(path), *SMALL])
+        assert res.exit_code == 2, res.output
+        assert match in res.output and str(path) in res.output
+        assert "Traceback" not in res.output
+
+
+def test_american_unreachable_ray_backend_fails_fast(runner):
+    import socket
+    import time
+
+    with socket.socket() as s:       # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for addr in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        t0 = time.perf_counter()
+        res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--runs", "2",
+                                   "--backend", addr, *SMALL])
+        assert res.exit_code == 2
+        assert f"no Ray cluster at backend address '{addr}'" in res.output
+        assert time.perf_counter() - t0 < 30
+
+
+def test_american_default_rbergomi_reports_a_discretisation_error(runner):
+    # default: two grids (half and full --steps-per-date), Richardson-extrapolated midpoint
+    res = runner.invoke(main, ["american", "--strike", "100", "--dates", "4",
+                               "--steps-per-date", "2", "--json", *SMALL])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    from deepquant.rough import TIME_STEP_RATE
+
+    m1, m2 = (r["midpoint"] for r in out["runs"])
+    c = 1.0 / (2**TIME_STEP_RATE - 1.0)
+    assert out["value"] == pytest.approx(m2 + c * (m2 - m1), rel=1e-12)
+    assert out["discretisation_error"] == pytest.approx(c * abs(m2 - m1), rel=1e-12)
+    assert "continuous-time model" in out["model_description"]
+    assert out["model"] == "rbergomi"

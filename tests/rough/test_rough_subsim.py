@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deepquant.rough import BermudanPricer, ExerciseBasis, MartingaleBasis, RoughBergomi
-from deepquant.rough.engine import make_payoff
+from deepquant.rough.engine import exercise_payoff
 from deepquant.rough.lsm import fit_lsm
 from deepquant.rough.signature import _siglib, signature_length
 from deepquant.rough.subsim import (
@@ -33,7 +33,7 @@ def test_inner_paths_reproduce_the_outer_path():
     basis = ExerciseBasis(european_periods=(1, 3))
     pricer = BermudanPricer(n_dates=6, steps_per_date=4, n_regression=2**10, batch_size=2**10,
                             exercise_basis=basis)
-    payoff = make_payoff(100.0)
+    payoff = exercise_payoff(100.0)
     paths = pricer.simulate(model, 8, 3)
     _, F = pricer.exercise_arrays(model, payoff, paths)
     m, n, T = 4, 24, 1.0
@@ -64,7 +64,7 @@ def test_martingale_increments_have_mean_zero():
     model = RoughBergomi()
     pricer = BermudanPricer(n_dates=4, steps_per_date=2, n_regression=2**12,
                             batch_size=2**11)
-    payoff = make_payoff(100.0)
+    payoff = exercise_payoff(100.0)
     reg = pricer.simulate(model, 2**12, 1)
     Zr, Fr = pricer.exercise_arrays(model, payoff, reg)
     policy = fit_lsm(Zr, Fr)
@@ -138,7 +138,7 @@ def test_subsim_input_validation():
     model = RoughBergomi.black_scholes(sigma=0.2)
     pricer = BermudanPricer(n_dates=2, steps_per_date=1, exercise_basis=ExerciseBasis(
         sig_level=0), n_regression=2**8, batch_size=2**8)
-    payoff = make_payoff(100.0)
+    payoff = exercise_payoff(100.0)
     p = pricer.simulate(model, 16, 1)
     Z, F = pricer.exercise_arrays(model, payoff, p)
     vf = fit_value_function(Z, F, fit_lsm(Z, F))

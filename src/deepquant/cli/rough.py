@@ -9,6 +9,118 @@ from deepquant.cli.output import console, err_console, print_json, progress, tab
 __all__ = ["american", "COMMANDS"]
 
 
+def _power_of_two(value: int, option: str, low: int) -> None:
+    if value < low or value & (value - 1):
+        raise ValueError(f"{option} must be a power of 2 >= {low}, got {value}")
+
+
+def _check_resume(path: str) -> None:
+    """Fail before the work unless the state file can be written (one line naming it)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--resume {path!r} is a folder, not a file")
+    for q in (p.parent, *p.parent.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ValueError(f"--resume {path!r} cannot be written: {str(q)!r} is a file")
+            break
+    if not p.parent.is_dir():
+        raise ValueError(f"--resume {path!r} cannot be written: folder {str(p.parent)!r} does "
+                         "not exist")
+    try:  # a real probe: permission bits do not stop root, read-only mounts do
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=".deepquant-probe-"):
+            pass
+        if p.exists() and not os.access(p, os.W_OK):
+            raise PermissionError("permission denied")
+    except OSError as exc:
+        raise ValueError(f"--resume {path!r} cannot be written ({exc.strerror or exc})"
+                         ) from exc
+
+
+def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, steps_per_date,
+           grids, grid_rate, american, tol, device, float32, sig_level, n_regression, batch_size,
+           max_batches, patience, upper, dual_fit, mc, no_zero, resume):
+    """Validate the options (messages name the CLI option) and build (model, pricer, plan)."""
+    from dataclasses import replace
+
+    from deepquant.rough import TIME_STEP_RATE, RoughBergomi, preset_pricer
+
+    if max_batches < 2:
+        raise ValueError(f"--max-batches must be >= 2 (a confidence interval needs two "
+                         f"batches), got {max_batches}")
+    if patience < 1:
+        raise ValueError(f"--patience must be >= 1, got {patience}")
+    if not mc:
+        _power_of_two(batch_size, "--batch-size", 16)
+        if n_regression is not None:
+            _power_of_two(n_regression, "--paths", 16)
+    elif batch_size < 16 or batch_size % 2:
+        raise ValueError(f"--batch-size must be an even number >= 16, got {batch_size}")
+    if runs < 1:
+        raise ValueError(f"--runs must be >= 1, got {runs}")
+    if resume is not None and runs == 1:
+        raise ValueError("--resume needs an ensemble (--runs >= 2)")
+    if not (tol >= 0 and tol < 1):
+        raise ValueError(f"--tol must be in [0, 1) (relative to the price), got {tol}")
+    if float32 and device is None:
+        raise ValueError("--float32 needs --device (the numpy simulator is float64)")
+    if model == "bs":
+        m = RoughBergomi.black_scholes(sigma=sigma, r=r, S0=S0)
+    else:
+        m = RoughBergomi(H=H, eta=eta, rho=rho, xi0=xi0, r=r, S0=S0)
+    bs = model == "bs"
+    if upper == "auto":
+        upper = "signature" if bs else "subsim"
+    preset = "bs" if bs else ("rbergomi" if upper == "subsim" else "rbergomi-signature")
+    opts = dict(n_dates=n_dates, T=T, exercise_at_zero=not no_zero, batch_size=batch_size,
+                max_batches=max_batches, min_batches=min(4, max_batches), patience=patience,
+                method="mc" if mc else "rqmc", dual_fit=dual_fit, device=device,
+                dtype="float32" if float32 else "float64",
+                subsim_outer=min(2**9, batch_size))
+    if steps_per_date is not None:
+        if steps_per_date < 1:
+            raise ValueError(f"--steps-per-date must be >= 1, got {steps_per_date}")
+        opts["steps_per_date"] = steps_per_date
+    if n_regression is not None:
+        opts["n_regression"] = n_regression
+    if bs and upper == "subsim":
+        opts.update(dual="subsim")
+    pricer = preset_pricer(preset, **opts)
+    if sig_level is not None:
+        pricer = replace(pricer, exercise_basis=replace(pricer.exercise_basis,
+                                                        sig_level=sig_level))
+    if grids is None:
+        grids = 1 if bs or runs > 1 else 2
+    if grids < 1:
+        raise ValueError(f"--grids must be >= 1, got {grids}")
+    if american and steps_per_date is None and pricer.steps_per_date % 4:
+        # Black-Scholes: the scheme is exact, 4 steps per period let 4x the dates share it
+        pricer = replace(pricer, steps_per_date=4)
+    spd = pricer.steps_per_date
+    if grids > 1 and spd % 2 ** (grids - 1):
+        raise ValueError(f"--steps-per-date must be divisible by 2^(grids-1) = "
+                         f"{2 ** (grids - 1)} for --grids {grids}, got {spd}")
+    if american and spd % 4:
+        raise ValueError(f"--american runs --dates x 1, 2, 4 on one grid: --steps-per-date "
+                         f"must be a multiple of 4, got {spd}")
+    if runs > 1 and (grids > 1 or american or tol > 0):
+        raise ValueError("--runs >= 2 (ensembles) needs --grids 1 and no --american/--tol")
+    if grid_rate is None:
+        grid_rate = TIME_STEP_RATE
+    if not grid_rate > 0:
+        raise ValueError(f"--grid-rate must be > 0, got {grid_rate}")
+    if resume is not None:
+        _check_resume(resume)
+    if tol > 0 and not american:
+        grids = max(grids, 2)
+    plan = dict(grids=grids, rate=grid_rate, american=american, tol=tol, bs=bs)
+    return m, pricer, plan
+
+
 @click.command("american")
 @click.option("--model", type=click.Choice(["rbergomi", "bs"]), default="rbergomi",
               show_default=True, help="rough Bergomi, or its Black-Scholes limit (eta = 0).")
@@ -27,16 +139,37 @@ __all__ = ["american", "COMMANDS"]
 @click.option("--rho", type=float, default=-0.9, show_default=True)
 @click.option("--xi0", type=float, default=0.09, show_default=True)
 @click.option("--steps-per-date", type=int, default=None,
-              help="simulation steps per exercise period [default: 8 rbergomi, 1 bs]")
+              help="simulation steps per exercise period of the finest grid [default: 8 "
+                   "rbergomi, 1 bs]")
+@click.option("--grids", type=int, default=None,
+              help="time grids for the discretisation error estimate: the finest one and "
+                   "coarser ones with half the steps each, Richardson-extrapolated "
+                   "[default: 2 rbergomi, 1 bs (its scheme is exact)]")
+@click.option("--grid-rate", "grid_rate", type=float, default=None,
+              help="weak rate of the time-step extrapolation [default: the measured rate, "
+                   "deepquant.rough.TIME_STEP_RATE]")
+@click.option("--american", is_flag=True,
+              help="American price: Bermudan runs with --dates, 2x and 4x as many dates on one "
+                   "grid, extrapolated in the number of dates, plus a time-grid correction")
+@click.option("--tol", type=float, default=0.0, show_default=True,
+              help="precision target relative to the price (e.g. 0.005): add finer grids until "
+                   "the discretisation error estimate is below it, and report whether the "
+                   "duality gap is")
+@click.option("--device", default=None,
+              help="torch device for the path simulation (cpu, cuda, ...); default numpy")
+@click.option("--float32", "float32", is_flag=True,
+              help="simulate in float32 (with --device)")
 @click.option("--sig-level", type=int, default=None,
               help="signature level of the exercise basis [default: 2 rbergomi, 0 bs]")
 @click.option("--paths", "n_regression", type=int, default=None,
               help="regression paths (power of 2) [default: 2^16 rbergomi with the "
                    "sub-simulation dual, else 2^15]")
 @click.option("--batch-size", type=int, default=2**13, show_default=True,
-              help="pricing paths per RQMC batch (power of 2)")
-@click.option("--max-batches", type=int, default=8, show_default=True)
-@click.option("--patience", type=int, default=3, show_default=True)
+              help="pricing paths per RQMC batch (a power of 2 >= 16)")
+@click.option("--max-batches", type=int, default=8, show_default=True,
+              help="most pricing batches per run (>= 2)")
+@click.option("--patience", type=int, default=3, show_default=True,
+              help="stop after this many batches without a narrower interval (>= 1)")
 @click.option("--upper", type=click.Choice(["auto", "subsim", "signature"]), default="auto",
               show_default=True,
               help="upper bound: sub-simulation Doob martingale of the regression value "
@@ -57,47 +190,62 @@ __all__ = ["american", "COMMANDS"]
                    "same command after an interruption to keep the finished runs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho, xi0,
-             steps_per_date, sig_level, n_regression, batch_size, max_batches, patience, upper,
-             dual_fit, mc, no_zero, seed, backend, workers, resume, as_json):
-    """Bermudan/American option bounds under rough Bergomi (LSM lower, dual upper bound)."""
-    from dataclasses import replace
-
-    from deepquant.rough import RoughBergomi, ensemble, preset_pricer
+             steps_per_date, grids, grid_rate, american, tol, device, float32, sig_level,
+             n_regression, batch_size, max_batches, patience, upper, dual_fit, mc, no_zero,
+             seed, backend, workers, resume, as_json):
+    """Bermudan/American option under rough Bergomi: LSM lower and dual upper bounds per run;
+    by default two time grids and a Richardson-extrapolated price with a discretisation error
+    estimate (--grids 1: one run), --american for the American price."""
+    from deepquant.rough import ensemble, price_american, price_converged
 
     try:
-        if model == "bs":
-            m = RoughBergomi.black_scholes(sigma=sigma, r=r, S0=S0)
-        else:
-            m = RoughBergomi(H=H, eta=eta, rho=rho, xi0=xi0, r=r, S0=S0)
-        bs = model == "bs"
-        if upper == "auto":
-            upper = "signature" if bs else "subsim"
-        preset = "bs" if bs else ("rbergomi" if upper == "subsim" else "rbergomi-signature")
-        opts = dict(n_dates=n_dates, T=T, exercise_at_zero=not no_zero,
-                    batch_size=batch_size, max_batches=max_batches,
-                    min_batches=min(4, max_batches), patience=patience,
-                    method="mc" if mc else "rqmc", dual_fit=dual_fit)
-        if steps_per_date is not None:
-            opts["steps_per_date"] = steps_per_date
-        if n_regression is not None:
-            opts["n_regression"] = n_regression
-        if bs and upper == "subsim":
-            opts.update(dual="subsim", subsim_outer=min(2**9, batch_size))
-        pricer = preset_pricer(preset, **opts)
-        if sig_level is not None:
-            pricer = replace(pricer, exercise_basis=replace(pricer.exercise_basis,
-                                                            sig_level=sig_level))
-        if runs < 1:
-            raise ValueError(f"runs must be >= 1, got {runs}")
-        if resume is not None and runs == 1:
-            raise ValueError("--resume needs an ensemble (--runs >= 2)")
+        m, pricer, plan = _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho,
+                                 xi0, steps_per_date, grids, grid_rate, american, tol, device,
+                                 float32, sig_level, n_regression, batch_size, max_batches,
+                                 patience, upper, dual_fit, mc, no_zero, resume)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
     title = (f"{option} K={strike:g}, {n_dates} dates, T={T:g}, "
              f"{'Black-Scholes sigma=' + format(sigma, 'g') if model == 'bs' else 'rough Bergomi'}")
     try:
-        if runs == 1:
+        if plan["american"] or plan["grids"] > 1:
+            from threadpoolctl import threadpool_limits
+
+            spd = pricer.steps_per_date
+            with progress(disable=as_json) as bar, threadpool_limits(1):
+                task = bar.add_task("runs", total=None)
+                done = [0]
+
+                def tick(_):
+                    done[0] += 1
+                    bar.update(task, completed=done[0])
+
+                if plan["american"]:
+                    res = price_american(m, strike, option=option, pricer=pricer,
+                                         dates=(n_dates, 2 * n_dates, 4 * n_dates),
+                                         total_steps=n_dates * spd,
+                                         coarse_total_steps=None if plan["bs"] else
+                                         n_dates * spd // 2, rate=plan["rate"],
+                                         tol=plan["tol"], rng=seed, callback=tick)
+                else:
+                    steps = [spd // 2**k for k in range(plan["grids"] - 1, -1, -1)]
+                    res = price_converged(m, strike, option=option, pricer=pricer, steps=steps,
+                                          rate=plan["rate"], tol=plan["tol"],
+                                          max_steps_per_date=max(32, spd), rng=seed,
+                                          callback=tick)
+            out = res.to_dict()
+            rows = [(f"{r.n_dates} dates, {r.model.split(' on ')[-1].split(' (')[0]}",
+                     r.lower, r.upper, *r.lower_ci[:1], r.upper_ci[1]) for r in res.runs]
+            rows += [("extrapolated", res.lower, res.upper, "", ""),
+                     ("price (midpoint)", res.value, "", "", ""),
+                     ("discretisation error", res.discretisation_error, "", "", ""),
+                     ("total error", res.error, "", "", "")]
+            columns = ["run", "lower", "upper", "95% CI low", "95% CI high"]
+            note = (f"estimates {res.model}. {res.message}. Total error = discretisation + "
+                    f"2 stderr + gap/2 = {res.error:.4g} ({100 * res.relative_error:.2f}%), "
+                    f"{res.seconds:.1f} s")
+        elif runs == 1:
             from threadpoolctl import threadpool_limits
 
             # one BLAS thread: small dense least squares are slower with 2 (DESIGN §7)
@@ -114,9 +262,11 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
                     ("upper", res.upper, res.upper_stderr, *res.upper_ci),
                     ("midpoint", res.value, "", "", ""),
                     ("price interval", "", "", *out["price_ci"])]
+            columns = ["bound", "estimate", "stderr", "95% CI low", "95% CI high"]
             note = (f"{res.n_paths} pricing paths in {res.n_batches} batches ({res.stop_reason}),"
                     f" {res.n_regression} regression paths, gap {res.gap:.4g} "
-                    f"({100 * res.relative_gap:.2f}%), {res.seconds:.1f} s")
+                    f"({100 * res.relative_gap:.2f}%), {res.seconds:.1f} s; brackets "
+                    f"{res.model} (no discretisation error estimate: --grids 1)")
         else:
             with progress(disable=as_json) as bar:
                 task = bar.add_task("ensemble runs", total=runs)
@@ -127,16 +277,17 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
             rows = [("lower", ens.lower, "", *ens.lower_ci),
                     ("upper", ens.upper, "", *ens.upper_ci),
                     ("midpoint", ens.midpoint, "", *ens.midpoint_ci)]
+            columns = ["bound", "estimate", "stderr", "95% CI low", "95% CI high"]
             note = f"{runs} independent runs, {ens.seconds:.1f} s"
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         raise click.UsageError(str(exc)) from exc
 
-    out.update(model=model, strike=strike, option=option, n_dates=n_dates)
+    out.update(model=model, model_description=out.get("model", ""), strike=strike,
+               option=option, n_dates=n_dates)
     if as_json:
         print_json(out)
         return
-    console.print(table(title, ["bound", "estimate", "stderr", "95% CI low", "95% CI high"],
-                        rows))
+    console.print(table(title, columns, rows))
     err_console.print(note)
 
 

@@ -8,6 +8,8 @@ Quick start::
     from deepquant.rough import RoughBergomi, price_bermudan
     res = price_bermudan(RoughBergomi(), 100.0, rng=1)      # 12 dates, put, K = 100
     res.lower, res.upper, res.lower_ci, res.upper_ci
+    conv = price_converged(RoughBergomi(), 100.0, steps=(4, 8), rng=1)   # two grids
+    conv.value, conv.discretisation_error, conv.model
 
 Only numpy/scipy are imported here; pysiglib (signatures) is imported when features are built.
 """
@@ -19,9 +21,19 @@ from deepquant.rough.engine import (
     BermudanResult,
     EnsembleResult,
     ensemble,
+    exercise_payoff,
     preset_pricer,
     price_bermudan,
 )
+from deepquant.rough.extrapolate import (
+    TIME_STEP_RATE,
+    ConvergedResult,
+    Extrapolation,
+    price_american,
+    price_converged,
+    richardson,
+)
+from deepquant.rough.heston import Heston
 from deepquant.rough.lsm import ExerciseBasis, LSMPolicy, fit_lsm
 from deepquant.rough.nested import AndersenBroadieResult, andersen_broadie
 from deepquant.rough.qmc import AdaptiveResult, adaptive_mean, driver_increments, gaussian_points
@@ -31,10 +43,18 @@ from deepquant.rough.subsim import ValueFunction, fit_value_function, subsim_pat
 __all__ = [
     "RoughBergomi",
     "RoughPaths",
+    "Heston",
     "BermudanPricer",
     "BermudanResult",
     "EnsembleResult",
     "price_bermudan",
+    "exercise_payoff",
+    "price_converged",
+    "price_american",
+    "richardson",
+    "TIME_STEP_RATE",
+    "ConvergedResult",
+    "Extrapolation",
     "preset_pricer",
     "PRESETS",
     "ensemble",

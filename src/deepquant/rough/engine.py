@@ -53,6 +53,7 @@ from deepquant.rough.dual import (
     fit_dual,
     martingale_increments,
 )
+from deepquant.rough.heston import Heston
 from deepquant.rough.lsm import (
     ExerciseBasis,
     LSMPolicy,
@@ -73,19 +74,37 @@ __all__ = [
     "EnsembleResult",
     "price_bermudan",
     "ensemble",
-    "make_payoff",
+    "exercise_payoff",
 ]
 
 
-def make_payoff(strike: float, option: str = "put") -> Payoff:
-    """The exercise value as a payoff of ``deepquant.payoffs`` (put or call at ``strike``)."""
+def exercise_payoff(payoff: Payoff | float, option: str = "put") -> Payoff:
+    """The exercise value g(S) as a payoff of ``deepquant.payoffs``.
+
+    ``payoff`` is a ``EuropeanPut`` or ``EuropeanCall`` (strike in price units; its ``terminal``
+    is evaluated at every exercise date), or a strike K with ``option`` "put" or "call".
+    """
+    if isinstance(payoff, Payoff):
+        return check_exercise_payoff(payoff)
     if option not in ("put", "call"):
         raise ValueError(f"option must be 'put' or 'call', got {option!r}")
-    if not (isinstance(strike, int | float | np.floating) and math.isfinite(strike)
-            and strike > 0):
-        raise ValueError(f"strike must be a finite number > 0, got {strike!r}")
+    strike = payoff
+    if isinstance(strike, bool) or not (isinstance(strike, int | float | np.floating)
+                                        and math.isfinite(strike) and strike > 0):
+        raise ValueError(f"strike must be a finite number > 0 or a deepquant.payoffs put/call, "
+                         f"got {strike!r}")
     return EuropeanPut(strike=float(strike)) if option == "put" else EuropeanCall(
         strike=float(strike))
+
+
+def check_model(model) -> None:
+    """The engine prices under ``RoughBergomi`` (and its Black-Scholes limit) or ``Heston``."""
+    if not isinstance(model, RoughBergomi | Heston):
+        raise ValueError(f"model must be a RoughBergomi or a Heston, got {model!r}")
+
+
+def _option_name(payoff: Payoff) -> str:
+    return "put" if isinstance(payoff, EuropeanPut) else "call"
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,10 @@ class BermudanResult:
     exercise_at_zero : the policy exercises at t = 0
     seconds : wall time of the run; cpu_seconds : CPU time of this process (stable on a shared
         machine); timings : wall seconds per phase
+    success : False only when a precision target ``tol`` > 0 was set and not reached (the
+        bounds are valid either way); status : the stop reason; message : one line
+    model : what the bounds bracket: the Bermudan price of the DISCRETISED model (scheme and
+        grid named), not its continuous-time limit (see ``deepquant.rough.extrapolate``)
     """
 
     value: float
@@ -133,6 +156,10 @@ class BermudanResult:
     seconds: float
     cpu_seconds: float = float("nan")
     timings: dict = field(default_factory=dict)
+    success: bool = True
+    status: str = ""
+    message: str = ""
+    model: str = ""
 
     @property
     def relative_gap(self) -> float:
@@ -197,8 +224,14 @@ class BermudanPricer:
     subsim_inner: int = 256
     subsim_outer: int = 2**9
     martingale_targets: bool = False
+    device: str | None = None
+    dtype: str = "float64"
 
     def __post_init__(self) -> None:
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise ValueError(f"device must be a torch device name or None, got {self.device!r}")
         if not isinstance(self.martingale_targets, bool):
             raise ValueError(
                 f"martingale_targets must be a bool, got {self.martingale_targets!r}")
@@ -253,7 +286,8 @@ class BermudanPricer:
 
     def simulate(self, model: RoughBergomi, n: int, seed) -> RoughPaths:
         return model.simulate(n, T=self.T, n_steps=self.n_steps, method=self.method,
-                              antithetic=self.antithetic, bridge=self.bridge, rng=seed)
+                              antithetic=self.antithetic, bridge=self.bridge, rng=seed,
+                              device=self.device, dtype=self.dtype)
 
     def exercise_arrays(self, model: RoughBergomi, payoff: Payoff, paths: RoughPaths):
         """Z (n, n_dates+1) discounted exercise values and F (n, n_dates+1, F) exercise
@@ -301,10 +335,10 @@ class BermudanPricer:
             dual_objective(theta, Z, B).mean()), n_train=n, success=True,
             message="ridge least squares", nit=0)
 
-    def fit(self, model: RoughBergomi, strike: float, *, option: str = "put",
+    def fit(self, model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
             rng: RngLike = None) -> tuple[LSMPolicy, DualMartingale]:
         """Fit the exercise policy and the dual martingale only (same streams as a run)."""
-        payoff = check_exercise_payoff(make_payoff(strike, option))
+        payoff = exercise_payoff(payoff, option)
         seed_reg, seed_val, _ = as_seed_sequence(rng).spawn(3)
         policy, dual, _, _, _ = self._fit(model, payoff, seed_reg, seed_val, {})
         return policy, dual
@@ -363,12 +397,33 @@ class BermudanPricer:
                                n_inner=self.subsim_inner, rng=inner_seed)
 
     # ------------------------------------------------------------------ one run
-    def __call__(self, model: RoughBergomi, strike: float, *, option: str = "put",
+    def describe(self, model: RoughBergomi) -> str:
+        """One line naming the discretised model whose Bermudan price the bounds bracket."""
+        zero = " and t = 0" if self.exercise_at_zero else ""
+        if isinstance(model, Heston):
+            name = (f"Heston (v0={model.v0:g}, kappa={model.kappa:g}, theta={model.theta:g}, "
+                    f"sigma={model.sigma:g}, rho={model.rho:g}), full-truncation Euler + "
+                    "log-Euler")
+        elif model.is_black_scholes:
+            name = f"Black-Scholes (sigma={math.sqrt(model.xi0):g}), exact log-Euler"
+        else:
+            name = (f"rough Bergomi (H={model.H:g}, eta={model.eta:g}, rho={model.rho:g}, "
+                    f"xi0={model.xi0:g}), hybrid scheme + log-Euler")
+        return (f"{name} on {self.n_steps} steps ({self.steps_per_date} per exercise period), "
+                f"{self.n_dates} exercise dates{zero}, T={self.T:g}")
+
+    def __call__(self, model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
                  rng: RngLike = None,
                  callback: Callable[[int, float], None] | None = None) -> BermudanResult:
-        if not isinstance(model, RoughBergomi):
-            raise ValueError(f"model must be a RoughBergomi, got {model!r}")
-        payoff = check_exercise_payoff(make_payoff(strike, option))
+        """One run for the exercise value ``payoff`` (a ``deepquant.payoffs`` put or call, or a
+        strike with ``option``)."""
+        check_model(model)
+        if isinstance(model, Heston) and self.dual == "subsim":
+            raise ValueError("dual='subsim' is specific to the rough Bergomi scheme; use "
+                             "dual='signature' (preset 'heston') for a Heston model")
+        payoff = exercise_payoff(payoff, option)
+        option = _option_name(payoff)
+        strike = payoff.strike
         root = as_seed_sequence(rng)
         seed_reg, seed_val, seed_price = root.spawn(3)
         t0 = time.perf_counter()
@@ -411,6 +466,11 @@ class BermudanPricer:
         lo_se, up_se, plain_se, gap_se = ad.stderr
         lo_hw, up_hw = ad.half_width[0], ad.half_width[1]
         vr = float(plain_se**2 / lo_se**2) if lo_se > 0 else math.inf
+        success = not (self.tol > 0 and ad.reason != "tol")
+        message = (f"stopped on {ad.reason} after {ad.n_batches} batches; 95% half-widths "
+                   f"{lo_hw:.3g} (lower), {up_hw:.3g} (upper)")
+        if not success:
+            message += f"; the target tol={self.tol:g} was not reached (raise max_batches)"
         return BermudanResult(
             value=float(0.5 * (lo + up)), lower=float(lo), upper=float(up),
             lower_stderr=float(lo_se), upper_stderr=float(up_se),
@@ -423,10 +483,11 @@ class BermudanPricer:
             dual_in_sample=dual.in_sample, dual_method=method,
             exercise_at_zero=policy.exercise_at_zero, strike=float(strike), option=option,
             n_dates=self.n_dates, seconds=time.perf_counter() - t0,
-            cpu_seconds=time.process_time() - c0, timings=timings)
+            cpu_seconds=time.process_time() - c0, timings=timings, success=success,
+            status=ad.reason, message=message, model=self.describe(model))
 
 
-PRESETS = ("bs", "rbergomi", "rbergomi-signature")
+PRESETS = ("bs", "rbergomi", "rbergomi-signature", "heston")
 
 
 def preset_pricer(name: str, **overrides) -> BermudanPricer:
@@ -439,7 +500,8 @@ def preset_pricer(name: str, **overrides) -> BermudanPricer:
     2^16 regression paths, LSM with martingale-adjusted targets and European values 1 and 3
     periods ahead as features, sub-simulation Doob dual (256 inner paths on 512 outer paths per
     batch). ``"rbergomi-signature"``: the signature-martingale dual (pathwise refinement; gap
-    1.9-2.7%, no inner simulation). The others use 2^15 regression paths; all up to 8 RQMC
+    1.9-2.7%, no inner simulation); ``"heston"``: the same settings for a ``Heston`` model
+    (the sub-simulation dual is specific to rough Bergomi). The others use 2^15 regression paths; all up to 8 RQMC
     batches of 2^13 pricing paths.
     """
     common = dict(n_dates=12, n_regression=2**15, batch_size=2**13, min_batches=4,
@@ -448,7 +510,7 @@ def preset_pricer(name: str, **overrides) -> BermudanPricer:
         opts = dict(common, steps_per_date=1, martingale_ridge=1e-6,
                     exercise_basis=ExerciseBasis(sig_level=0),
                     martingale_basis=MartingaleBasis(sig_level=0))
-    elif name == "rbergomi-signature":
+    elif name in ("rbergomi-signature", "heston"):
         opts = dict(common, steps_per_date=8, martingale_ridge=1e-2, dual_fit="pathwise",
                     dual_ridge=1e-3)
     elif name == "rbergomi":
@@ -464,10 +526,10 @@ def preset_pricer(name: str, **overrides) -> BermudanPricer:
     return BermudanPricer(**opts)
 
 
-def price_bermudan(model: RoughBergomi, strike: float, *, option: str = "put",
+def price_bermudan(model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
                    rng: RngLike = None, **options) -> BermudanResult:
-    """Convenience: ``BermudanPricer(**options)(model, strike, option=option, rng=rng)``."""
-    return BermudanPricer(**options)(model, strike, option=option, rng=rng)
+    """Convenience: ``BermudanPricer(**options)(model, payoff, option=option, rng=rng)``."""
+    return BermudanPricer(**options)(model, payoff, option=option, rng=rng)
 
 
 # ---------------------------------------------------------------------------- ensembles
@@ -537,7 +599,7 @@ def _load_resume(path, rng: RngLike) -> tuple[np.random.SeedSequence | None, dic
     return root, {"fingerprint": fingerprint, "runs": done}
 
 
-def ensemble(model: RoughBergomi, strike: float, *, runs: int = 10, option: str = "put",
+def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, option: str = "put",
              pricer: BermudanPricer | None = None, rng: RngLike = None,
              backend: str | None = "local", n_workers: int = 0,
              progress: Callable[[int, BermudanResult], None] | None = None,
@@ -555,7 +617,8 @@ def ensemble(model: RoughBergomi, strike: float, *, runs: int = 10, option: str 
 
     if not isinstance(runs, int) or runs < 2:
         raise ValueError(f"runs must be an integer >= 2 for t-intervals, got {runs!r}")
-    make_payoff(strike, option)  # validates strike and option before starting workers
+    payoff = exercise_payoff(strike, option)  # validated before starting workers
+    strike, option = payoff.strike, _option_name(payoff)
     pricer = pricer or BermudanPricer()
     root, state = _load_resume(resume, rng) if resume is not None else (None, {})
     root = root if root is not None else as_seed_sequence(rng)

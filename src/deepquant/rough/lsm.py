@@ -25,8 +25,8 @@ import math
 from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
-from scipy.special import ndtr
 
+from deepquant.blackscholes import bs_price
 from deepquant.payoffs import EuropeanCall, EuropeanPut, Payoff
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.signature import lifted_path, signatures_at
@@ -55,22 +55,11 @@ def check_exercise_payoff(payoff: Payoff) -> Payoff:
 
 
 def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = True) -> np.ndarray:
-    """Black–Scholes European value (broadcasting); tau = 0 gives the intrinsic value."""
-    S = np.asarray(S, dtype=float)
-    sigma = np.asarray(sigma, dtype=float)
-    tau = np.asarray(tau, dtype=float)
-    sd = sigma * np.sqrt(tau)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d1 = (np.log(S / K) + (r + 0.5 * sigma**2) * tau) / sd
-    d2 = d1 - sd
-    disc = K * np.exp(-r * tau)
-    if put:
-        val = disc * ndtr(-d2) - S * ndtr(-d1)
-        intrinsic = np.maximum(K - S, 0.0)
-    else:
-        val = S * ndtr(d1) - disc * ndtr(d2)
-        intrinsic = np.maximum(S - K, 0.0)
-    return np.where(sd > 0, val, intrinsic)
+    """Black–Scholes European value (broadcasting); tau = 0 gives the intrinsic value.
+
+    ``deepquant.blackscholes.bs_price`` in the argument order of the feature code here.
+    """
+    return bs_price(S, K, sigma, tau, rate=r, is_call=not put)
 
 
 def exercise_values(paths: RoughPaths, payoff: Payoff, dates) -> np.ndarray:

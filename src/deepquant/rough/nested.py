@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepquant.rough.engine import BermudanPricer, make_payoff
-from deepquant.rough.lsm import LSMPolicy, check_exercise_payoff
+from deepquant.rough.engine import BermudanPricer, exercise_payoff
+from deepquant.rough.lsm import LSMPolicy
 from deepquant.rough.qmc import RngLike, as_seed_sequence, driver_increments
 from deepquant.rough.rbergomi import RoughBergomi
 
@@ -47,10 +47,12 @@ class AndersenBroadieResult:
     seconds: float
 
 
-def andersen_broadie(pricer: BermudanPricer, model: RoughBergomi, strike: float,
+def andersen_broadie(pricer: BermudanPricer, model: RoughBergomi, strike,
                      policy: LSMPolicy, *, option: str = "put", n_outer: int = 256,
                      n_inner: int = 128, rng: RngLike = None) -> AndersenBroadieResult:
     """Nested-simulation upper bound for ``policy`` (fitted with the same ``pricer`` settings).
+
+    ``strike``: a strike (with ``option``) or a ``deepquant.payoffs`` put/call.
 
     Outer and inner paths are plain Monte Carlo (independent normals).
     """
@@ -58,7 +60,7 @@ def andersen_broadie(pricer: BermudanPricer, model: RoughBergomi, strike: float,
         raise ValueError(f"n_outer must be an integer >= 2, got {n_outer!r}")
     if not isinstance(n_inner, int) or n_inner < 2:
         raise ValueError(f"n_inner must be an integer >= 2, got {n_inner!r}")
-    payoff = check_exercise_payoff(make_payoff(strike, option))
+    payoff = exercise_payoff(strike, option)
     t0 = time.perf_counter()
     seed_outer, seed_inner = as_seed_sequence(rng).spawn(2)
     n = pricer.n_steps

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from scipy.stats import qmc
 
 __all__ = [
@@ -81,7 +81,7 @@ def gaussian_points(n: int, dim: int, *, method: str = "rqmc", antithetic: bool 
             raise ValueError(f"Sobol points support dim <= 21201, got {dim}")
         sobol = qmc.Sobol(dim, scramble=True, rng=np.random.default_rng(seed))
         u = sobol.random_base2(int(round(math.log2(m))))
-        z = stats.norm.ppf(np.clip(u, _EPS, 1.0 - _EPS))
+        z = special.ndtri(np.clip(u, _EPS, 1.0 - _EPS))  # = norm.ppf, 5x faster (no checks)
     else:
         z = np.random.default_rng(seed).standard_normal((m, dim))
     if antithetic:
@@ -123,13 +123,15 @@ class BrownianBridge:
         z = np.asarray(z, dtype=float)
         if z.shape[-1] != self.n_steps:
             raise ValueError(f"z must have {self.n_steps} columns, got shape {z.shape}")
-        w = np.zeros(z.shape[:-1] + (self.n_steps + 1,))
+        # time on the leading axis: every update below reads and writes contiguous rows
+        zt = np.ascontiguousarray(np.moveaxis(z, -1, 0))
+        w = np.zeros((self.n_steps + 1,) + z.shape[:-1])
         for col, (tgt, lo, hi, wl, wr, std) in enumerate(self._plan):
             if hi < 0:
-                w[..., tgt] = std * z[..., col]
+                np.multiply(zt[col], std, out=w[tgt])
             else:
-                w[..., tgt] = wl * w[..., lo] + wr * w[..., hi] + std * z[..., col]
-        return np.diff(w, axis=-1)
+                w[tgt] = wl * w[lo] + wr * w[hi] + std * zt[col]
+        return np.ascontiguousarray(np.moveaxis(np.diff(w, axis=0), 0, -1))
 
 
 def driver_increments(n_paths: int, n_steps: int, dt: float, *, method: str = "rqmc",

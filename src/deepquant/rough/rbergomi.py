@@ -30,6 +30,12 @@ Discretisation (DESIGN §4, seed 004 §2.2) on the uniform grid t_i = i dt, i = 
 
   Conditionally on F_{t_i}, S_{i+1} is lognormal, so exp(-r t) S_t is an exact martingale on
   the grid.
+
+The same map runs in torch (``device="cpu"``, ``"cuda"``, ...; ``dtype`` float64 or float32):
+the convolution is an ``torch.fft.rfft`` product of length 2n, the rest elementwise and one
+cumulative sum, so a GPU runs the identical code; the paths come back as float64 numpy arrays.
+float32 keeps ~1e-6 relative accuracy of S over a few hundred steps (tested), far below the
+Monte Carlo error. torch is imported only when a ``device`` is given.
 """
 
 from __future__ import annotations
@@ -180,16 +186,24 @@ class RoughBergomi:
         return (c[0, 1] / dt) * dW + math.sqrt(max(c[1, 1] - c[0, 1] ** 2 / dt, 0.0)) * z
 
     def paths_from_increments(self, dW: np.ndarray, dW_perp: np.ndarray, cell: np.ndarray,
-                              T: float) -> RoughPaths:
+                              T: float, *, device: str | None = None,
+                              dtype: str = "float64") -> RoughPaths:
         """Build paths from driver increments, shapes (n_paths, n) each, on [0, T].
 
         This is a deterministic map; samplers (``deepquant.rough.qmc``) supply the increments,
-        and nested simulation reuses a prefix of them (conditioning on F_{t_k}).
+        and nested simulation reuses a prefix of them (conditioning on F_{t_k}). ``device``
+        (a torch device name) runs it in torch with ``dtype`` "float64" or "float32".
         """
         dW = np.asarray(dW, dtype=float)
         n_paths, n = dW.shape
         dt = T / n
         times = np.linspace(0.0, T, n + 1)
+        if device is not None:
+            Y, V, S = self._map_torch(dW, np.asarray(dW_perp, dtype=float),
+                                      np.asarray(cell, dtype=float), dt, device, dtype)
+            return RoughPaths(times=times, S=S, V=V, Y=Y, dW=dW,
+                              dW_perp=np.asarray(dW_perp, dtype=float),
+                              cell=np.asarray(cell, dtype=float), r=self.r)
         Y = np.zeros((n_paths, n + 1))
         if self.eta != 0.0:
             gamma = hybrid_kernel(self.H, n, dt)
@@ -210,6 +224,49 @@ class RoughBergomi:
         return RoughPaths(times=times, S=np.exp(logS), V=V, Y=Y, dW=dW,
                           dW_perp=np.asarray(dW_perp, dtype=float),
                           cell=np.asarray(cell, dtype=float), r=self.r)
+
+    def _map_torch(self, dW: np.ndarray, dW_perp: np.ndarray, cell: np.ndarray, dt: float,
+                   device: str, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Y, V, S) of ``paths_from_increments`` computed in torch on ``device``."""
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError("device= needs torch: pip install 'deepquant[neural]'") from exc
+        if dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device must be a torch device name, got {device!r}") from exc
+        tdt = getattr(torch, dtype)
+        n_paths, n = dW.shape
+
+        def t(a):
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=tdt, device=dev)
+
+        w, wp = t(dW), t(dW_perp)
+        if self.eta != 0.0:
+            gamma = t(hybrid_kernel(self.H, n, dt))
+            m = 2 * n + 1  # linear (not circular) convolution of lengths n and n + 1
+            conv = torch.fft.irfft(torch.fft.rfft(w, m) * torch.fft.rfft(gamma, m), m)[:, : n + 1]
+            Y = torch.zeros((n_paths, n + 1), dtype=tdt, device=dev)
+            Y[:, 1:] = math.sqrt(2.0 * self.H) * (t(cell) + conv[:, 1:])
+            v = t(self.volterra_variance(n, dt))
+            V = torch.exp(math.log(self.xi0) + self.eta * Y - 0.5 * self.eta**2 * v[None, :])
+        else:
+            Y = torch.zeros((n_paths, n + 1), dtype=tdt, device=dev)
+            V = torch.full((n_paths, n + 1), self.xi0, dtype=tdt, device=dev)
+        dB = self.rho * w + math.sqrt(max(1.0 - self.rho**2, 0.0)) * wp
+        Vl = V[:, :-1]
+        dlogS = (self.r - 0.5 * Vl) * dt + torch.sqrt(Vl) * dB
+        logS = torch.zeros((n_paths, n + 1), dtype=torch.float64, device=dev)
+        logS[:, 1:] = torch.cumsum(dlogS.to(torch.float64), dim=1)  # sum in float64
+        S = self.S0 * torch.exp(logS)
+
+        def back(x):
+            return x.detach().to("cpu", torch.float64).numpy()
+
+        return back(Y), back(V), back(S)
 
     def forward_variance(self, paths: RoughPaths, horizons: np.ndarray) -> np.ndarray:
         """Forward-variance proxy xi_{t_k}(u_k) = E[V_{u_k} | F_{t_k}], shape (n_paths, n+1).
@@ -239,12 +296,13 @@ class RoughBergomi:
 
     def simulate(self, n_paths: int, *, T: float = 1.0, n_steps: int = 96,
                  method: str = "rqmc", antithetic: bool = True, bridge: bool = True,
-                 rng: int | np.random.Generator | np.random.SeedSequence | None = None
-                 ) -> RoughPaths:
+                 rng: int | np.random.Generator | np.random.SeedSequence | None = None,
+                 device: str | None = None, dtype: str = "float64") -> RoughPaths:
         """Simulate ``n_paths`` paths with ``n_steps`` steps on [0, T].
 
         ``method="rqmc"``: scrambled Sobol + inverse normal (+ Brownian bridge and antithetic
         pairs); ``"mc"``: pseudo-random normals. See ``deepquant.rough.qmc.driver_increments``.
+        ``device``/``dtype``: the path map in torch (see ``paths_from_increments``).
         """
         from deepquant.rough.qmc import driver_increments
 
@@ -254,4 +312,4 @@ class RoughBergomi:
                                            method=method, antithetic=antithetic,
                                            bridge=bridge, rng=rng)
         cell = self.cell_from_normals(dW, z, T / n_steps)
-        return self.paths_from_increments(dW, dW_perp, cell, T)
+        return self.paths_from_increments(dW, dW_perp, cell, T, device=device, dtype=dtype)

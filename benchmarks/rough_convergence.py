@@ -1,0 +1,175 @@
+"""Time-step and exercise-date convergence of the rough Bergomi engine (docs/benchmarks-rough.md).
+
+Usage (one process, one BLAS thread; results are appended case by case to the JSON file)::
+
+    python benchmarks/rough_convergence.py steps [--steps 4 8 16 32] [--strikes 70 100 120]
+        [--regression-paths 32768] [--max-batches 4] [--seed 7]
+        [--out benchmarks/results/rough_convergence_steps.json]
+    python benchmarks/rough_convergence.py dates [--dates 12 24 48] [--total-steps 96]
+        [--strikes 100] [--out benchmarks/results/rough_convergence_dates.json]
+
+``steps``: the ``rbergomi`` preset with ``steps_per_date`` in ``--steps`` (12 exercise dates),
+each strike and step count one run; the table gives lower and upper bounds with 95% intervals,
+and the observed rate p of the midpoint from consecutive differences,
+p = log2(|P(s) - P(s/2)| / |P(2s) - P(s)|).
+``dates``: the same fine grid (``--total-steps`` steps over [0, T]) with 12, 24, 48 exercise
+dates (``steps_per_date`` = total / dates), the Bermudan bounds and the Richardson extrapolation
+in the number of dates (``deepquant.rough.extrapolate.richardson``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from deepquant.rough import RoughBergomi, preset_pricer
+
+
+def _load(path: Path) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"cases": []}
+
+
+def _save(path: Path, data: dict) -> None:
+    from deepquant.atomic import write_json
+
+    write_json(path, data)
+
+
+def _row(res, cpu: float, **key) -> dict:
+    return dict(key, lower=res.lower, upper=res.upper, lower_ci=list(res.lower_ci),
+                upper_ci=list(res.upper_ci), lower_stderr=res.lower_stderr,
+                upper_stderr=res.upper_stderr, midpoint=res.value,
+                relative_gap=res.relative_gap, n_paths=res.n_paths, cpu_seconds=cpu,
+                seconds=res.seconds)
+
+
+def _run_cases(args, cases) -> dict:
+    out = Path(args.out)
+    data = _load(out)
+    data["config"] = {"preset": "rbergomi", "regression_paths": args.regression_paths,
+                      "batch_size": args.batch_size, "max_batches": args.max_batches,
+                      "seed": args.seed, "model": "RoughBergomi(H=0.07, eta=1.9, rho=-0.9, "
+                      "xi0=0.09, r=0.05, S0=100), put, T=1"}
+    done = {(c["strike"], c["steps_per_date"], c["n_dates"]) for c in data["cases"]}
+    model = RoughBergomi()
+    for K, spd, nd in cases:
+        if (K, spd, nd) in done:
+            continue
+        pricer = preset_pricer("rbergomi", steps_per_date=spd, n_dates=nd,
+                               n_regression=args.regression_paths, batch_size=args.batch_size,
+                               min_batches=min(4, args.max_batches),
+                               max_batches=args.max_batches)
+        c0 = time.process_time()
+        res = pricer(model, K, rng=args.seed)
+        cpu = time.process_time() - c0
+        data["cases"].append(_row(res, cpu, strike=K, steps_per_date=spd, n_dates=nd))
+        _save(out, data)
+        print(f"K={K:g} dates={nd} steps/date={spd}: [{res.lower:.4f}, {res.upper:.4f}] "
+              f"+-({res.lower_stderr:.4f}, {res.upper_stderr:.4f}) cpu {cpu:.0f} s", flush=True)
+    return data
+
+
+def observed_rates(values: list[float]) -> list[float]:
+    """p_i = log2(|P_i - P_{i-1}| / |P_{i+1} - P_i|) for grids refined by 2."""
+    out = []
+    for a, b, c in zip(values, values[1:], values[2:], strict=False):
+        d1, d2 = abs(b - a), abs(c - b)
+        out.append(math.log2(d1 / d2) if d1 > 0 and d2 > 0 else float("nan"))
+    return out
+
+
+def fit_rate(groups: list[list[dict]]) -> dict:
+    """Weighted least squares fit of P_K(h) = A_K + c_K h^p, h = 1 / steps_per_date, with ONE
+    rate p shared by the strikes (weights 1 / stderr of the midpoints); p with its standard
+    error from the Gauss-Newton covariance, and A_K (the extrapolated limits)."""
+    from scipy.optimize import least_squares
+
+    h = [np.array([1.0 / c["steps_per_date"] for c in g]) for g in groups]
+    y = [np.array([c["midpoint"] for c in g]) for g in groups]
+    se = [np.array([0.5 * math.hypot(c["lower_stderr"], c["upper_stderr"]) for c in g])
+          for g in groups]
+
+    def resid(x):
+        p = x[0]
+        return np.concatenate([(y[i] - x[1 + 2 * i] - x[2 + 2 * i] * h[i] ** p) / se[i]
+                               for i in range(len(groups))])
+
+    x0 = [0.7] + [v for i in range(len(groups)) for v in (y[i][-1], -1.0)]
+    sol = least_squares(resid, x0)
+    J = sol.jac
+    dof = max(J.shape[0] - J.shape[1], 1)
+    cov = np.linalg.pinv(J.T @ J) * max(1.0, float(sol.fun @ sol.fun) / dof)
+    return {"rate": float(sol.x[0]), "rate_stderr": float(math.sqrt(cov[0, 0])),
+            "limits": [float(sol.x[1 + 2 * i]) for i in range(len(groups))],
+            "limits_stderr": [float(math.sqrt(cov[1 + 2 * i, 1 + 2 * i]))
+                              for i in range(len(groups))],
+            "chi2_per_dof": float(sol.fun @ sol.fun) / dof}
+
+
+def cmd_steps(args) -> None:
+    data = _run_cases(args, [(float(K), s, 12) for K in args.strikes for s in args.steps])
+    print("| K | steps/period | lower (95% CI) | upper (95% CI) | midpoint | CPU s |")
+    print("|---|---|---|---|---|---|")
+    for K in args.strikes:
+        rows = sorted((c for c in data["cases"] if c["strike"] == float(K)),
+                      key=lambda c: c["steps_per_date"])
+        for c in rows:
+            print(f"| {K:g} | {c['steps_per_date']} | {c['lower']:.4f} [{c['lower_ci'][0]:.4f},"
+                  f" {c['lower_ci'][1]:.4f}] | {c['upper']:.4f} [{c['upper_ci'][0]:.4f}, "
+                  f"{c['upper_ci'][1]:.4f}] | {c['midpoint']:.4f} | {c['cpu_seconds']:.0f} |")
+        print(f"observed rates K={K:g}: {observed_rates([c['midpoint'] for c in rows])}")
+    groups = [sorted((c for c in data["cases"] if c["strike"] == float(K)),
+                     key=lambda c: c["steps_per_date"]) for K in args.strikes]
+    fit = fit_rate(groups)
+    data["fit"] = dict(fit, strikes=[float(K) for K in args.strikes])
+    _save(Path(args.out), data)
+    print(f"common rate p = {fit['rate']:.2f} +- {fit['rate_stderr']:.2f}; limits "
+          + ", ".join(f"K={K:g}: {a:.4f} +- {e:.4f}" for K, a, e in
+                      zip(args.strikes, fit["limits"], fit["limits_stderr"], strict=True))
+          + f"; chi2/dof {fit['chi2_per_dof']:.2f}")
+
+
+def cmd_dates(args) -> None:
+    from deepquant.rough.extrapolate import richardson
+
+    cases = [(float(K), args.total_steps // d, d) for K in args.strikes for d in args.dates]
+    data = _run_cases(args, cases)
+    for K in args.strikes:
+        rows = sorted((c for c in data["cases"] if c["strike"] == float(K)),
+                      key=lambda c: c["n_dates"])
+        mids = [c["midpoint"] for c in rows]
+        ses = [0.5 * math.hypot(c["lower_stderr"], c["upper_stderr"]) for c in rows]
+        ex = richardson([c["n_dates"] for c in rows], mids, ses, rate=1.0)
+        print(f"K={K:g}: Bermudan midpoints {mids} -> American {ex.value:.4f} "
+              f"+- {ex.error:.4f} (Richardson, rate 1)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("steps", "dates"):
+        q = sub.add_parser(name)
+        q.add_argument("--strikes", type=float, nargs="+", default=[70.0, 100.0, 120.0])
+        q.add_argument("--regression-paths", type=int, default=2**15)
+        q.add_argument("--batch-size", type=int, default=2**13)
+        q.add_argument("--max-batches", type=int, default=4)
+        q.add_argument("--seed", type=int, default=7)
+        q.add_argument("--out", default=f"benchmarks/results/rough_convergence_{name}.json")
+    sub.choices["steps"].add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32])
+    sub.choices["dates"].add_argument("--dates", type=int, nargs="+", default=[12, 24, 48])
+    sub.choices["dates"].add_argument("--total-steps", type=int, default=96)
+    args = p.parse_args()
+    with threadpool_limits(1):
+        {"steps": cmd_steps, "dates": cmd_dates}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

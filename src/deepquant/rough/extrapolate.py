@@ -1,0 +1,318 @@
+"""Prices converged in the time grid and in the exercise dates, with error estimates.
+
+The bounds of one ``BermudanPricer`` run hold for the DISCRETISED model: rough Bergomi on the
+simulation grid (hybrid scheme + log-Euler, ``steps_per_date`` steps per exercise period) with
+``n_dates`` exercise dates. Two limits are estimated here by Richardson extrapolation
+(Richardson 1911; for Bermudan -> American e.g. Geske & Johnson 1984, J. Finance 39(5),
+and Chang, Chung & Stapleton 2007, J. Futures Markets 27(3)):
+
+* **time grid** (``price_converged``): runs with h and h/2, error model P(h) = P + c h^p + ...;
+  the extrapolation is P(h/2) + (P(h/2) - P(h)) / (2^p - 1) and the error estimate is the size
+  of that correction (with three or more grids: the difference of the last two
+  extrapolations). The rate p defaults to ``TIME_STEP_RATE``, the rate measured in
+  ``benchmarks/rough_convergence.py steps`` (docs/benchmarks-rough.md); the rate observed on
+  the given levels, log2(|P_2 - P_1| / |P_3 - P_2|), is reported when there are three.
+* **exercise dates** (``price_american``): Bermudan prices with N, 2N, 4N dates on ONE
+  simulation grid (the same discretised model) and first-order extrapolation (p = 1) to the
+  American price; the grid error of that model is estimated by a second, coarser grid at N
+  dates and added.
+
+Each level is one independent run, so the statistical error of an extrapolation is the
+propagated standard error of the midpoints; ``error`` is the discretisation estimate plus two
+standard errors plus half the finest run's duality gap (the midpoint is not a bound), a
+conservative total.
+
+A precision target ``tol`` (relative to the price) refines the grid until the relative error
+estimate and the finest relative duality gap are both below it, or says which one failed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from deepquant.payoffs import Payoff
+from deepquant.rough.engine import BermudanPricer, BermudanResult, check_model, exercise_payoff
+from deepquant.rough.qmc import RngLike, as_seed_sequence
+from deepquant.rough.rbergomi import RoughBergomi
+
+__all__ = ["TIME_STEP_RATE", "Extrapolation", "ConvergedResult", "richardson",
+           "price_converged", "price_american"]
+
+TIME_STEP_RATE = 0.5
+"""Weak rate in the time step used by default (measured, docs/benchmarks-rough.md)."""
+
+
+@dataclass(frozen=True)
+class Extrapolation:
+    """Richardson extrapolation of ``values`` at ``levels`` (refined by a constant ratio).
+
+    value : the extrapolated limit; error : discretisation error estimate (>= 0); stderr : its
+    statistical standard error; rate : the rate used; observed_rate : from the last three
+    levels (nan with two); levels, values, stderrs : the inputs.
+    """
+
+    value: float
+    error: float
+    stderr: float
+    rate: float
+    observed_rate: float
+    levels: tuple
+    values: tuple
+    stderrs: tuple
+
+
+def _pair(n1: float, n2: float, p1: float, p2: float, s1: float, s2: float, rate: float):
+    c = 1.0 / ((n2 / n1) ** rate - 1.0)
+    return p2 + c * (p2 - p1), abs(c * (p2 - p1)), math.hypot((1.0 + c) * s2, c * s1)
+
+
+def richardson(levels, values, stderrs=None, *, rate: float) -> Extrapolation:
+    """Extrapolate P(N) = P + c N^(-rate) + ... from levels N_1 < N_2 < ... (ratio constant).
+
+    ``levels``: grid sizes (steps or dates), increasing; ``values``: the estimates; ``stderrs``:
+    their standard errors (independent runs). Two levels give the extrapolation of the last
+    pair and the size of the correction as the error (the rate is assumed, not checked); three
+    or more give the difference between the last two pairs' extrapolations (which checks the
+    rate: it vanishes for an exact power law and is about three times the remaining error
+    for rate 1 with a second-order term, tested).
+    """
+    n = np.asarray(levels, dtype=float)
+    v = np.asarray(values, dtype=float)
+    s = np.zeros_like(v) if stderrs is None else np.asarray(stderrs, dtype=float)
+    if n.ndim != 1 or n.size < 2 or v.shape != n.shape or s.shape != n.shape:
+        raise ValueError(f"levels, values and stderrs must be 1-D of equal length >= 2, got "
+                         f"{n.shape}, {v.shape}, {s.shape}")
+    if np.any(np.diff(n) <= 0) or n[0] <= 0:
+        raise ValueError(f"levels must be positive and increasing, got {list(levels)}")
+    if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a finite number > 0, got {rate!r}")
+    if not (np.all(np.isfinite(v)) and np.all(np.isfinite(s))):
+        raise ValueError(f"values and stderrs must be finite, got {list(values)}, "
+                         f"{list(s)}")
+    value, error, se = _pair(n[-2], n[-1], v[-2], v[-1], s[-2], s[-1], rate)
+    observed = math.nan
+    if n.size >= 3:
+        prev, _, _ = _pair(n[-3], n[-2], v[-3], v[-2], s[-3], s[-2], rate)
+        error = abs(value - prev)
+        d1, d2 = abs(v[-2] - v[-3]), abs(v[-1] - v[-2])
+        if d1 > 0 and d2 > 0:
+            observed = math.log(d1 / d2) / math.log(n[-1] / n[-2])
+    return Extrapolation(value=float(value), error=float(error), stderr=float(se),
+                         rate=float(rate), observed_rate=float(observed),
+                         levels=tuple(float(x) for x in n), values=tuple(float(x) for x in v),
+                         stderrs=tuple(float(x) for x in s))
+
+
+@dataclass(frozen=True)
+class ConvergedResult:
+    """An extrapolated price with its error budget (see the module docstring).
+
+    value : the extrapolated midpoint; lower, upper : the extrapolated lower and upper bounds
+        (estimates of the limit's bracket, no longer guaranteed bounds)
+    discretisation_error : the Richardson error estimate (time grid and, for American prices,
+        exercise dates, added); stderr : statistical standard error of ``value``
+    gap : duality gap of the finest run (upper - lower); error : discretisation_error +
+        2 stderr + gap / 2, the total error estimate of ``value``
+    model : what ``value`` estimates; runs : the ``BermudanResult`` of each level
+    time_grid, dates : the ``Extrapolation`` objects (None where not used)
+    success : the precision target (if any) was met; status : "converged", "tol_not_met" or
+        "no_target"; message : one line (which target failed and why)
+    """
+
+    value: float
+    lower: float
+    upper: float
+    discretisation_error: float
+    stderr: float
+    gap: float
+    error: float
+    model: str
+    success: bool
+    status: str
+    message: str
+    seconds: float
+    time_grid: Extrapolation | None = None
+    dates: Extrapolation | None = None
+    runs: list = field(default_factory=list)
+
+    @property
+    def relative_error(self) -> float:
+        return self.error / abs(self.value) if self.value else math.inf
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "runs"}
+        out["relative_error"] = self.relative_error
+        out["runs"] = [r.to_dict() for r in self.runs]
+        return out
+
+
+def _midpoint_se(r: BermudanResult) -> float:
+    return 0.5 * math.hypot(r.lower_stderr, r.upper_stderr)
+
+
+def _check(model, pricer, tol, rate):
+    check_model(model)
+    if not isinstance(pricer, BermudanPricer):
+        raise ValueError(f"pricer must be a BermudanPricer, got {pricer!r}")
+    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0 (relative to the price), got "
+                         f"{tol!r}")
+    if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a finite number > 0, got {rate!r}")
+
+
+def _doubling(levels, name: str) -> list[int]:
+    """At least two positive integers, each twice the previous (Richardson with ratio 2)."""
+    try:
+        out = [int(x) for x in levels]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be integers, got {levels!r}") from exc
+    if len(out) < 2 or out[0] < 1 or any(b != 2 * a for a, b in zip(out, out[1:],
+                                                                    strict=False)):
+        raise ValueError(f"{name} must be >= 2 positive integers, each twice the previous, "
+                         f"got {out}")
+    return out
+
+
+def _verdict(value, gap, disc, tol, extra=""):
+    if tol <= 0:
+        return True, "no_target", "no precision target (tol = 0)" + extra
+    rel_gap, rel_disc = gap / abs(value), disc / abs(value)
+    failed = []
+    if rel_gap > tol:
+        failed.append(f"duality gap {100 * rel_gap:.2f}% > tol {100 * tol:.2f}% (more "
+                      "regression paths or inner paths narrow it)")
+    if rel_disc > tol:
+        failed.append(f"discretisation error estimate {100 * rel_disc:.2f}% > tol "
+                      f"{100 * tol:.2f}% (a finer grid is needed)")
+    if failed:
+        return False, "tol_not_met", "; ".join(failed) + extra
+    return True, "converged", (f"gap {100 * rel_gap:.2f}% and discretisation error "
+                               f"{100 * rel_disc:.2f}% within tol {100 * tol:.2f}%" + extra)
+
+
+def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
+                    pricer: BermudanPricer | None = None, steps=(4, 8),
+                    rate: float = TIME_STEP_RATE, tol: float = 0.0,
+                    max_steps_per_date: int = 32, rng: RngLike = None,
+                    callback=None) -> ConvergedResult:
+    """Bermudan price extrapolated in the time step (see the module docstring).
+
+    ``steps``: steps per exercise period of the runs, each twice the previous (>= 2 entries);
+    ``pricer``: the other settings (default ``BermudanPricer()``; its ``steps_per_date`` is
+    replaced). With ``tol`` > 0 (relative), further grids (doubling, up to
+    ``max_steps_per_date``) are added until the discretisation error estimate is <= tol x
+    price; the finest run's duality gap must be <= tol x price too. ``callback(result)``
+    after each run. Levels run one after another with independent seeds from ``rng``.
+    """
+    pricer = pricer or BermudanPricer()
+    _check(model, pricer, tol, rate)
+    steps = _doubling(steps, "steps")
+    payoff = exercise_payoff(payoff, option)
+    t0 = time.perf_counter()
+    root = as_seed_sequence(rng)
+    runs: list[BermudanResult] = []
+
+    def run(spd: int) -> BermudanResult:
+        (seed,) = root.spawn(1)
+        res = replace(pricer, steps_per_date=spd)(model, payoff, rng=seed)
+        runs.append(res)
+        if callback:
+            callback(res)
+        return res
+
+    for spd in steps:
+        run(spd)
+    while True:
+        ex = richardson([r.n_dates * s for r, s in zip(runs, steps, strict=True)],
+                        [r.value for r in runs], [_midpoint_se(r) for r in runs], rate=rate)
+        if tol <= 0 or ex.error <= tol * abs(ex.value) or 2 * steps[-1] > max_steps_per_date:
+            break
+        steps.append(2 * steps[-1])
+        run(steps[-1])
+    lo = richardson(ex.levels, [r.lower for r in runs], rate=rate).value
+    up = richardson(ex.levels, [r.upper for r in runs], rate=rate).value
+    fine = runs[-1]
+    disc = ex.error
+    extra = "" if tol <= 0 or ex.error <= tol * abs(ex.value) else (
+        f" (stopped at max_steps_per_date={max_steps_per_date})")
+    ok, status, message = _verdict(ex.value, fine.gap, disc, tol, extra)
+    model_text = (f"the Bermudan price of the continuous-time model ({fine.n_dates} exercise "
+                  f"dates), extrapolated (rate {rate:g}) from the discretised models with "
+                  f"{', '.join(str(s) for s in steps)} steps per period; each run's bracket "
+                  f"holds for its discretised model: {fine.model}")
+    return ConvergedResult(value=ex.value, lower=lo, upper=up, discretisation_error=disc,
+                           stderr=ex.stderr, gap=fine.gap,
+                           error=disc + 2.0 * ex.stderr + 0.5 * fine.gap, model=model_text,
+                           success=ok, status=status, message=message,
+                           seconds=time.perf_counter() - t0, time_grid=ex, runs=runs)
+
+
+def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
+                   pricer: BermudanPricer | None = None, dates=(12, 24, 48),
+                   total_steps: int = 96, coarse_total_steps: int | None = 48,
+                   rate: float = TIME_STEP_RATE, tol: float = 0.0, rng: RngLike = None,
+                   callback=None) -> ConvergedResult:
+    """American price: Bermudan runs with ``dates`` exercise dates (each twice the previous) on
+    one grid of ``total_steps`` steps, extrapolated with rate 1 in the number of dates; with
+    ``coarse_total_steps`` (half of ``total_steps``) one more run at ``dates[0]`` dates on the
+    coarse grid estimates the time-grid error (rate ``rate``), which is added to the value and
+    to the error. ``tol``: relative target, checked (not iterated: each level is a full run).
+    """
+    pricer = pricer or BermudanPricer()
+    _check(model, pricer, tol, rate)
+    dates = _doubling(dates, "dates")
+    if not isinstance(total_steps, int) or total_steps % dates[-1]:
+        raise ValueError(f"total_steps must be a multiple of the largest number of dates "
+                         f"{dates[-1]}, got {total_steps!r}")
+    if coarse_total_steps is not None and (2 * coarse_total_steps != total_steps
+                                           or coarse_total_steps % dates[0]):
+        raise ValueError(f"coarse_total_steps must be total_steps / 2 = {total_steps / 2:g} "
+                         f"and a multiple of {dates[0]} (or None), got {coarse_total_steps!r}")
+    payoff = exercise_payoff(payoff, option)
+    t0 = time.perf_counter()
+    root = as_seed_sequence(rng)
+    runs: list[BermudanResult] = []
+    for nd in dates:
+        (seed,) = root.spawn(1)
+        res = replace(pricer, n_dates=nd, steps_per_date=total_steps // nd)(model, payoff,
+                                                                            rng=seed)
+        runs.append(res)
+        if callback:
+            callback(res)
+    ex = richardson(dates, [r.value for r in runs], [_midpoint_se(r) for r in runs], rate=1.0)
+    lo = richardson(dates, [r.lower for r in runs], rate=1.0).value
+    up = richardson(dates, [r.upper for r in runs], rate=1.0).value
+    value, disc, se = ex.value, ex.error, ex.stderr
+    grid = None
+    if coarse_total_steps is not None:
+        (seed,) = root.spawn(1)
+        coarse = replace(pricer, n_dates=dates[0], steps_per_date=coarse_total_steps // dates[0]
+                         )(model, payoff, rng=seed)
+        runs.append(coarse)
+        if callback:
+            callback(coarse)
+        grid = richardson([coarse_total_steps, total_steps], [coarse.value, runs[0].value],
+                          [_midpoint_se(coarse), _midpoint_se(runs[0])], rate=rate)
+        shift = grid.value - runs[0].value
+        value, lo, up = value + shift, lo + shift, up + shift
+        disc = disc + grid.error
+        se = math.hypot(se, grid.stderr)
+    finest = runs[len(dates) - 1]
+    ok, status, message = _verdict(value, finest.gap, disc, tol)
+    model_text = (f"the American price of the continuous-time model, extrapolated in the "
+                  f"number of exercise dates ({', '.join(map(str, dates))}, rate 1) on "
+                  f"{total_steps} steps" + (f" plus the time-grid correction from "
+                                            f"{coarse_total_steps} steps (rate {rate:g})"
+                                            if grid else " (exact scheme, no time-grid error)"
+                                            if model.is_black_scholes else
+                                            " (time-grid error not included)"))
+    return ConvergedResult(value=value, lower=lo, upper=up, discretisation_error=disc,
+                           stderr=se, gap=finest.gap, error=disc + 2.0 * se + 0.5 * finest.gap,
+                           model=model_text, success=ok, status=status, message=message,
+                           seconds=time.perf_counter() - t0, time_grid=grid, dates=ex,
+                           runs=runs)

@@ -1,0 +1,166 @@
+"""Richardson extrapolation in the time step and in the exercise dates, the precision target,
+and the result protocol of the rough engine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deepquant.payoffs import AsianCall, EuropeanCall, EuropeanPut
+from deepquant.rough import (
+    BermudanPricer,
+    BermudanResult,
+    RoughBergomi,
+    preset_pricer,
+    price_american,
+    price_converged,
+    richardson,
+)
+from deepquant.rough.engine import exercise_payoff
+
+
+# ---------------------------------------------------------------- richardson (closed forms)
+@pytest.mark.parametrize("rate", [0.5, 1.0, 2.0])
+def test_richardson_recovers_the_limit_of_a_power_law(rate):
+    # P(N) = A + c N^-p exactly: one Richardson step with the true p gives A to rounding
+    levels = [12, 24, 48]
+    values = [3.0 + 0.7 * n**-rate for n in levels]
+    ex = richardson(levels, values, rate=rate)
+    assert ex.value == pytest.approx(3.0, abs=1e-12)
+    assert ex.error == pytest.approx(0.0, abs=1e-12)        # both pairs agree exactly
+    assert ex.observed_rate == pytest.approx(rate, rel=1e-9)
+
+
+def test_richardson_error_covers_a_second_order_term():
+    # P(N) = A + c/N + d/N^2 with rate 1: the remaining error of the last pair is d/(N1 N2);
+    # the estimate (difference of the two extrapolations) must cover it
+    A, c, d = 6.0, 0.8, 5.0
+    levels = [12, 24, 48]
+    ex = richardson(levels, [A + c / n + d / n**2 for n in levels], rate=1.0)
+    true_err = abs(ex.value - A)
+    assert true_err == pytest.approx(d / (24 * 48), rel=1e-9)
+    assert ex.error >= true_err
+
+
+def test_richardson_propagates_standard_errors():
+    # two levels, ratio 2, rate 1: value = 2 P2 - P1, stderr = sqrt(4 s2^2 + s1^2)
+    ex = richardson([10, 20], [1.0, 1.5], [0.03, 0.04], rate=1.0)
+    assert ex.value == pytest.approx(2.0)
+    assert ex.error == pytest.approx(0.5)
+    assert ex.stderr == pytest.approx(math.hypot(2 * 0.04, 0.03))
+    assert math.isnan(ex.observed_rate)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(levels=[1], values=[1.0]), "length >= 2"),
+    (dict(levels=[2, 1], values=[1.0, 2.0]), "increasing"),
+    (dict(levels=[1, 2], values=[1.0, float("nan")]), "finite"),
+    (dict(levels=[1, 2], values=[1.0, 2.0], rate=0.0), "rate must be"),
+])
+def test_richardson_bad_input(kw, match):
+    kw.setdefault("rate", 1.0)
+    with pytest.raises(ValueError, match=match):
+        richardson(kw.pop("levels"), kw.pop("values"), rate=kw.pop("rate"))
+
+
+# ---------------------------------------------------------------- payoffs and results
+def test_engine_takes_a_library_payoff():
+    pricer = preset_pricer("bs", n_dates=4, n_regression=2**11, batch_size=2**10,
+                           min_batches=2, max_batches=2, dual_fit="regression")
+    m = RoughBergomi.black_scholes(sigma=0.2)
+    a = pricer(m, EuropeanPut(strike=100.0), rng=5)
+    b = pricer(m, 100.0, option="put", rng=5)
+    assert (a.lower, a.upper) == (b.lower, b.upper)        # the same streams, the same run
+    assert a.option == "put" and a.strike == 100.0
+    c = pricer(m, EuropeanCall(strike=100.0), rng=5)
+    assert c.option == "call"
+    assert a.success and a.status in ("patience", "max_batches", "tol") and a.message
+    assert "Black-Scholes" in a.model and "4 exercise dates" in a.model
+    d = a.to_dict()
+    assert d["success"] is True and BermudanResult.from_dict(d) == a
+    with pytest.raises(ValueError, match="EuropeanPut or EuropeanCall"):
+        pricer(m, AsianCall(strike=1.0))
+    with pytest.raises(ValueError, match="strike must be"):
+        exercise_payoff(-1.0)
+    with pytest.raises(ValueError, match="option must be"):
+        exercise_payoff(100.0, "straddle")
+
+
+def test_unreached_tolerance_is_reported():
+    pricer = preset_pricer("bs", n_dates=4, n_regression=2**11, batch_size=2**10,
+                           min_batches=2, max_batches=2, dual_fit="regression", tol=1e-9)
+    res = pricer(RoughBergomi.black_scholes(sigma=0.2), 100.0, rng=1)
+    assert not res.success and res.status == "max_batches"
+    assert "tol=1e-09 was not reached" in res.message
+
+
+# ---------------------------------------------------------------- converged prices
+SMALL_RB = dict(n_dates=4, n_regression=2**11, batch_size=2**10, min_batches=2, max_batches=2,
+                dual_fit="regression", exercise_basis=preset_pricer("bs").exercise_basis,
+                martingale_basis=preset_pricer("bs").martingale_basis)
+
+
+def test_price_converged_is_the_richardson_limit_of_its_runs():
+    pricer = BermudanPricer(**SMALL_RB)
+    res = price_converged(RoughBergomi(), 100.0, pricer=pricer, steps=(1, 2), rate=0.5, rng=3)
+    assert [r.model.split(" on ")[1].split(" steps")[0] for r in res.runs] == ["4", "8"]
+    mids = [r.value for r in res.runs]
+    c = 1.0 / (2**0.5 - 1.0)
+    assert res.value == pytest.approx(mids[1] + c * (mids[1] - mids[0]), rel=1e-12)
+    assert res.discretisation_error == pytest.approx(c * abs(mids[1] - mids[0]), rel=1e-12)
+    assert res.error >= res.discretisation_error + 0.5 * res.gap
+    assert "continuous-time model" in res.model and res.status == "no_target"
+    d = res.to_dict()
+    assert len(d["runs"]) == 2 and d["time_grid"]["rate"] == 0.5
+
+
+def test_precision_target_refines_the_grid_then_says_why_not():
+    pricer = BermudanPricer(**SMALL_RB)
+    res = price_converged(RoughBergomi(), 100.0, pricer=pricer, steps=(1, 2), tol=1e-6,
+                          max_steps_per_date=4, rng=3)
+    assert len(res.runs) == 3                      # one refinement (4 steps), then the cap
+    assert not res.success and res.status == "tol_not_met"
+    assert "discretisation error estimate" in res.message and "max_steps_per_date=4" in (
+        res.message)
+    with pytest.raises(ValueError, match="tol must be"):
+        price_converged(RoughBergomi(), 100.0, pricer=pricer, tol=-1.0)
+    with pytest.raises(ValueError, match="steps must be"):
+        price_converged(RoughBergomi(), 100.0, pricer=pricer, steps=(2, 3))
+
+
+@pytest.mark.slow  # ~85 s on the shared 2-core box
+def test_american_put_black_scholes_against_quantlib(ql_put):
+    # Black-Scholes limit (exact scheme): the extrapolation in the number of exercise dates
+    # (12, 24, 48) must land within its own total error of QuantLib's American FD price
+    # (the Bermudan values themselves sit below it by ~0.03-0.05).
+    pricer = preset_pricer("bs", n_regression=2**14, batch_size=2**12, min_batches=4,
+                           max_batches=4, dual_fit="regression")
+    m = RoughBergomi.black_scholes(sigma=0.2)
+    res = price_american(m, 100.0, pricer=pricer, total_steps=48, coarse_total_steps=None,
+                         rng=2)
+    ref = ql_put(100.0, 100.0, 0.05, 0.2, 1.0, None, grid=1000)
+    assert abs(res.value - ref) <= res.error, (res.value, ref, res.error)
+    assert res.runs[0].value < ref                   # the 12-date Bermudan is below
+    assert "exact scheme" in res.model
+    with pytest.raises(ValueError, match="total_steps must be a multiple"):
+        price_american(m, 100.0, pricer=pricer, total_steps=50)
+
+
+def test_simulation_grid_is_unchanged_by_a_torch_device():
+    pytest.importorskip("torch")
+    m = RoughBergomi()
+    a = m.simulate(2**8, n_steps=48, rng=4)
+    b = m.simulate(2**8, n_steps=48, rng=4, device="cpu")
+    c = m.simulate(2**8, n_steps=48, rng=4, device="cpu", dtype="float32")
+    # float64 torch: the same map up to FFT rounding; float32: ~1e-6 relative (measured
+    # 5e-6 max over 2^15 paths x 96 steps), far below Monte Carlo error
+    np.testing.assert_allclose(b.S, a.S, rtol=1e-12)
+    np.testing.assert_allclose(b.V, a.V, rtol=1e-10)
+    np.testing.assert_allclose(c.S, a.S, rtol=2e-5)
+    np.testing.assert_allclose(c.V, a.V, rtol=2e-5)
+    with pytest.raises(ValueError, match="dtype must be"):
+        m.simulate(2**4, n_steps=4, rng=1, device="cpu", dtype="float16")
+    with pytest.raises(ValueError, match="device must be"):
+        m.simulate(2**4, n_steps=4, rng=1, device="no-such-device")
