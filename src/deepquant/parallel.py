@@ -136,6 +136,23 @@ class LocalExecutor:
         return _collect(self.as_completed(fn, items), len(items))
 
 
+def _check_ray_address(address: str, timeout: float) -> None:
+    """Fail fast unless something listens at a Ray address ("ray://host:port" or "host:port")."""
+    import socket
+
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"backend must be a Ray address 'host:port' or 'ray://host:port', got "
+                         f"{address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ValueError(f"no Ray cluster at backend address {address!r}: {host}:{port} did "
+                         f"not accept a connection within {timeout:g} s ({exc})") from exc
+
+
 def _ray_call(fn, item):  # module level so Ray can pickle it by reference
     _single_thread_init()
     return fn(item)
@@ -147,11 +164,14 @@ class RayExecutor:
     cluster and else start one) or a cluster at ``address``.
 
     ``num_cpus`` limits a runtime this executor starts itself (ignored when joining a cluster).
+    ``connect_timeout``: seconds to wait for the cluster's port to answer before a
+    ``ValueError`` naming the address (Ray itself retries a dead address for minutes).
     """
 
     address: str = "local"
     num_cpus: int | None = None
     n_workers: int = 0
+    connect_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         try:
@@ -173,9 +193,14 @@ class RayExecutor:
                     ray.init(num_cpus=self.num_cpus, **kwargs)
                 kwargs = {}
             else:
+                _check_ray_address(self.address, self.connect_timeout)
                 kwargs["address"] = self.address
             if kwargs:
-                ray.init(**kwargs)
+                try:
+                    ray.init(**kwargs)
+                except (ConnectionError, TimeoutError, OSError) as exc:
+                    raise RuntimeError(f"cannot connect to the Ray cluster at "
+                                       f"{self.address!r}: {exc}") from exc
         self.n_workers = int(ray.cluster_resources().get("CPU", 1))
         self._remote = ray.remote(num_cpus=1)(_ray_call)
 
