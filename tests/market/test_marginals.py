@@ -61,7 +61,7 @@ def test_validation_errors(mutate, match):
 
 def test_unequal_means_names_date():
     w = np.vstack([two_point(4, 6), two_point(5, 7)])
-    with pytest.raises(ValueError, match=r"unequal means: date 1 has mean 1.1"):
+    with pytest.raises(ValueError, match=r"weights have unequal means: date 1 has mean 1.1"):
         Marginals(GRID, w)
 
 
