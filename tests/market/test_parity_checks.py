@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import warnings
 
 import numpy as np
@@ -202,7 +203,11 @@ def test_calibrate_cli_merged_snapshots(chain_rows, tmp_path):
         warnings.simplefilter("error", CalibrationWarning)   # the CLI reports, never warns
         r = CliRunner().invoke(main, [*args, "--max-quote-spread", "10m"])
     assert r.exit_code == 0, r.output
-    assert "quote times span 600 s (--max-quote-spread 600 s)" in " ".join(r.output.split())
+    text = " ".join(r.output.split())
+    assert "quote times span 600 s (--max-quote-spread 600 s)" in text
+    assert "quote times span per expiry: 2024-02-16 SYN 600 s, 2024-03-15 SYN 600 s" in text
+    r = CliRunner().invoke(main, [*args, "--max-quote-spread", "10m", "--json"])
+    assert [p["quote_spread"] for p in json.loads(r.output)["parity"]] == [600.0, 600.0]
     r = CliRunner().invoke(main, [*args, "--max-quote-spread", "soon"])
     assert r.exit_code == 2 and "expected a duration like 90s, 5m or 1h, got 'soon'" in r.output
     r = CliRunner().invoke(main, [*args, "--rate-range", "0.2,0.1"])

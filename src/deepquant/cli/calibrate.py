@@ -135,6 +135,9 @@ def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
         f"[{res.marginals.grid[0]:.3g}, {res.marginals.grid[-1]:.3g}]",
         ["expiry", "days", "F", "D", "n", "in %", f"in % ±{100 * window:g}%", "viol pts",
          "viol spr", "δ(6.3)"], rows))
+    if any(q.quote_spread > 0 for q in res.quotes):
+        console.print("quote times span per expiry: " + ", ".join(
+            f"{q.label} {q.quote_spread:g} s" for q in res.quotes))
     for msg in res.quote_checks:
         console.print(f"[bold yellow]quotes[/]: {msg}")
     if not res.success:

@@ -253,7 +253,8 @@ class CalibrationResult:
             quote_checks=list(self.quote_checks),
             parity=[dict(label=q.label, rate=q.parity.rate, rate_stderr=q.parity.rate_stderr,
                          n_pairs=q.parity.n_pairs,
-                         outlier_strikes=q.parity.outlier_strikes.tolist())
+                         outlier_strikes=q.parity.outlier_strikes.tolist(),
+                         quote_spread=q.quote_spread)
                     for q in self.quotes if q.parity is not None],
         )
 

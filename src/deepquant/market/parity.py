@@ -264,6 +264,8 @@ class SliceQuotes:
         Quotes divided by D F (prices of payoffs on X = S_t / F).
     parity : ParityFit or None
         The put–call parity fit that gave F and D.
+    quote_spread : float
+        Seconds between the earliest and the latest quote time of the slice (merged snapshots).
     """
 
     label: str
@@ -275,6 +277,7 @@ class SliceQuotes:
     bid: np.ndarray
     ask: np.ndarray
     parity: ParityFit | None = None
+    quote_spread: float = 0.0
 
     def __post_init__(self) -> None:
         k = np.array(self.k, dtype=float, copy=True).reshape(-1)
@@ -345,7 +348,7 @@ def normalize_slice(
                          f"[{fit_range[0]:g}, {fit_range[1]:g}]")
     order = np.lexsort((~is_call[keep], k[keep]))
     return SliceQuotes(sl.label, sl.t, f, d, k[keep][order], is_call[keep][order],
-                       bid[keep][order], ask[keep][order], parity)
+                       bid[keep][order], ask[keep][order], parity, sl.quote_spread)
 
 
 
