@@ -212,3 +212,18 @@ def test_calibrate_cli_merged_snapshots(chain_rows, tmp_path):
     assert r.exit_code == 2 and "expected a duration like 90s, 5m or 1h, got 'soon'" in r.output
     r = CliRunner().invoke(main, [*args, "--rate-range", "0.2,0.1"])
     assert r.exit_code == 2 and "need LO < HI" in r.output
+
+
+def test_real_spx_chain_with_a_scaled_expiry_is_an_error():
+    from dataclasses import replace
+
+    chain = load_chain(spx_data_dir() / "spx_options_normalized.csv")
+    target = chain.slice("2023-09-15", "SPX")
+    scaled = replace(target, **{f: getattr(target, f) * 0.3
+                                for f in ("call_bid", "call_ask", "put_bid", "put_ask")})
+    bad = replace(chain, slices=tuple(scaled if s is target else s for s in chain.slices))
+    expiries = ["2023-07-21:SPX", "2023-08-18:SPX", "2023-09-15:SPX", "2023-12-15:SPX"]
+    with pytest.raises(ValueError, match=r"2023-09-15 SPX: put-call parity implies D = 0\.29\d+ "
+                                         r"over 98 days, an annual rate of \d{3}\.\d%.*calendar "
+                                         r"arbitrage: 2023-09-15 SPX"):
+        calibrate_chain(bad, expiries, grid_size=60)
