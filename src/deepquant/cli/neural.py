@@ -104,9 +104,11 @@ def validate_data_cmd(path, residual_tol, drift_tol, as_json):
 @click.option("--no-resume", is_flag=True, help="Start afresh even if last.pt exists.")
 @click.option("--export", "export_dir", default=None,
               help="After training, export best.pt (safetensors + config.json) here.")
+@click.option("--device", default=None,
+              help="Override train.device: cpu | cuda | cuda:N | auto.")
 @click.option("--json", "as_json", is_flag=True)
 def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, export_dir,
-              as_json):
+              device, as_json):
     """Train the surrogate from a YAML config (resumes from <out_dir>/last.pt)."""
     from deepquant.neural.config import load_config
     from deepquant.neural.data import check_writable_file
@@ -131,6 +133,8 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
         over["train.max_minutes"] = max_minutes
     if no_resume:
         over["train.resume"] = False
+    if device:
+        over["train.device"] = device
     try:
         cfg = load_config(config_path, **over)
 
@@ -221,15 +225,17 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
 @click.option("--hybrid/--no-hybrid", default=True, show_default=True,
               help="Also time the hybrid polish and the cold classical solve.")
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the network runs: cpu | cuda | cuda:N | auto.")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate_cmd(checkpoint, test_path, max_instances, hybrid, threads, as_json):
+def evaluate_cmd(checkpoint, test_path, max_instances, hybrid, threads, device, as_json):
     """Per-family table: ATM Asian price error vs classical, drift, pass rates, timings
     (pure neural with exact row multipliers; ``raw`` columns: the network's own (v, h))."""
     from deepquant.neural.evaluate import evaluate
 
     try:
         rep = evaluate(test_path, checkpoint=checkpoint, max_instances=max_instances,
-                       hybrid=hybrid, threads=threads)
+                       hybrid=hybrid, threads=threads, device=device)
     except ValueError as exc:
         fail(str(exc))
     if as_json:
@@ -247,5 +253,92 @@ def evaluate_cmd(checkpoint, test_path, max_instances, hybrid, threads, as_json)
                         cols, rows))
 
 
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        fail(f"{name} must be comma-separated numbers, got {text!r}")
+    if not vals:
+        fail(f"{name} must hold at least one number, got {text!r}")
+    return vals
+
+
+@click.command("sweep")
+@click.option("--payoff", "payoff_name", default="asian-call", show_default=True,
+              help="Payoff name (deepquant bounds --help lists them).")
+@click.option("--strike", type=float, default=None, help="Strike (moneyness).")
+@click.option("--barrier", type=float, default=None, help="Barrier (barrier payoffs).")
+@click.option("--maturity", type=float, default=0.5, show_default=True,
+              help="Last date in years; dates are equally spaced from 0.")
+@click.option("--periods", type=int, default=10, show_default=True, help="Number of periods N.")
+@click.option("--vols", default="0.2", show_default=True,
+              help="Base forward volatility per period (one value, or N comma-separated).")
+@click.option("--num", type=int, default=100, show_default=True, help="Scenarios K.")
+@click.option("--bump", type=float, default=0.1, show_default=True,
+              help="Relative volatility bumps drawn uniformly in [-bump, bump] per period.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--classical/--no-classical", default=True, show_default=True,
+              help="Also calibrate every scenario classically (errors, speed-up).")
+@click.option("--checkpoint", default=None, help="Checkpoint (default: the shipped one).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the network runs: cpu | cuda | cuda:N | auto.")
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write the per-scenario prices as JSON here.")
+@click.option("--json", "as_json", is_flag=True)
+def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, seed, classical,
+              checkpoint, device, threads, out, as_json):
+    """Price one payoff on NUM bumped volatility term structures (lognormal marginals per
+    period on the model grid) with the neural pricer in one batched call, and classically."""
+    import numpy as np
+
+    from deepquant.atomic import write_json
+    from deepquant.neural.data import check_writable_file
+    from deepquant.neural.pricer import NeuralPricer
+    from deepquant.neural.sweep import bumped_scenarios, sweep
+    from deepquant.payoffs import PAYOFF_NAMES, make_payoff, payoff_params, required_params
+
+    if payoff_name not in PAYOFF_NAMES:
+        fail(f"--payoff must be one of {', '.join(PAYOFF_NAMES)}, got {payoff_name!r}")
+    params = {"strike": strike, "barrier": barrier}
+    missing = [f"--{p}" for p in required_params(payoff_name) if params.get(p) is None]
+    if missing:
+        fail(f"--payoff {payoff_name} needs {' and '.join(missing)} (no default is assumed)")
+    for name, val, lo in (("--num", num, 1), ("--periods", periods, 1), ("--threads", threads, 1)):
+        if val < lo:
+            fail(f"{name} must be >= {lo}, got {val}")
+    if not (np.isfinite(maturity) and maturity > 0):
+        fail(f"--maturity must be > 0, got {maturity}")
+    if not (np.isfinite(bump) and 0 <= bump < 1):
+        fail(f"--bump must be in [0, 1), got {bump}")
+    base = _floats(vols, "--vols")
+    if len(base) not in (1, periods):
+        fail(f"--vols needs 1 or --periods={periods} values, got {len(base)}")
+    try:
+        if out:
+            check_writable_file(out, "--out")
+        payoff = make_payoff(payoff_name, **params)
+        pricer = NeuralPricer(checkpoint, threads=threads, device=device)
+        times = np.linspace(0.0, maturity, periods + 1)
+        rng = np.random.default_rng(seed)
+        scen = bumped_scenarios(times, base, pricer.grid,
+                                rng.uniform(-bump, bump, (num, periods)))
+        res = sweep(scen, payoff, pricer=pricer, classical=classical)
+    except ValueError as exc:
+        fail(str(exc))
+    summary = res.summary()
+    summary.update(params=payoff_params(payoff), vols=base, maturity=maturity,
+                   periods=periods, bump=bump, seed=seed, device=device)
+    if out:
+        write_json(out, {**summary, "neural": res.neural.tolist(), "modes": res.modes,
+                         "classical": None if res.classical is None
+                         else res.classical.tolist()})
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(table(f"sweep: {payoff_name} on {num} bumped term structures", ["key",
+                            "value"], summary.items()))
+
+
 COMMANDS: list[click.Command] = [generate_cmd, validate_data_cmd, train_cmd, refit_head_cmd,
-                                 evaluate_cmd]
+                                 evaluate_cmd, sweep_cmd]

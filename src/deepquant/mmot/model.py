@@ -312,8 +312,10 @@ class ChainPlan:
         for t in range(self.last_date):
             k = kernels[:, t][:, self.rows[t]][:, :, self.cols[t]]         # (B, |rows_t|, |cols_t|)
             q = np.matmul(joint, k).reshape(b, -1)                         # (B, n_t |cols_t|)
-            nxt = self.maps[t] @ q.T                                       # (n_{t+1} |rows|, B)
-            joint = np.ascontiguousarray(nxt.T).reshape(b, -1, self.rows[t + 1].size)
+            nxt = np.empty((b, self.maps[t].shape[0]))
+            for i in range(b):       # one CSR mat-vec per instance: no transposed copies
+                nxt[i] = self.maps[t] @ q[i]
+            joint = nxt.reshape(b, -1, self.rows[t + 1].size)
         return np.einsum("bsx,sx->b", joint, self.terminal)
 
 

@@ -14,6 +14,7 @@ YAML file never passes silently).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,7 @@ class TrainConfig:
     mass_floor: float = 1e-10  # grid points with less mass are masked in the distillation
     seed: int = 0
     threads: int = 1
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     out_dir: str = "runs/neural"
     log_dir: str | None = None  # TensorBoard; default <out_dir>/tb
     resume: bool = True
@@ -136,6 +138,10 @@ class TrainConfig:
         for name in ("lambda_dist", "lambda_gap", "lambda_hcons", "gap_periods"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?",
+                                                                self.device):
+            raise ValueError(f"train.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got "
+                             f"{self.device!r}")
         if self.gap_weighting not in ("kl", "scaled"):
             raise ValueError(f"train.gap_weighting must be 'kl' or 'scaled', got "
                              f"{self.gap_weighting!r}")

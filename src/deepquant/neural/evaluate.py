@@ -24,8 +24,8 @@ __all__ = ["evaluate", "evaluate_instances"]
 
 
 def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None,
-                       hybrid: bool = True, threads: int = 1, mass_floor: float = 1e-8
-                       ) -> list[dict[str, Any]]:
+                       hybrid: bool = True, threads: int = 1, mass_floor: float = 1e-8,
+                       device: str = "cpu") -> list[dict[str, Any]]:
     """Per-instance metrics (see module doc)."""
     from deepquant.market.marginals import Marginals
     from deepquant.mmot.augment import build_chain, expectation
@@ -35,7 +35,7 @@ def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None
 
     # no OOD guard here: pure-neural errors are reported as they are, and hybrid always polishes
     pricer = NeuralPricer(checkpoint, threads=threads, fallback=False, mass_floor=mass_floor,
-                          ood_drift=float("inf"), ood_marginal_error=float("inf"))
+                          ood_drift=float("inf"), ood_marginal_error=float("inf"), device=device)
     if grid.shape != pricer.grid.shape or not np.allclose(grid, pricer.grid, rtol=0, atol=1e-7):
         raise ValueError(
             f"the test instances are on a {grid.size}-point grid [{grid[0]:.4g}, "
@@ -43,7 +43,8 @@ def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None
             f"[{pricer.grid[0]:.4g}, {pricer.grid[-1]:.4g}]: generate the test set with "
             f"--grid-size {pricer.grid.size}")
     raw = NeuralPricer(checkpoint, threads=threads, fallback=False, mass_floor=mass_floor,
-                       ood_drift=float("inf"), ood_marginal_error=float("inf"), project=False)
+                       ood_drift=float("inf"), ood_marginal_error=float("inf"), project=False,
+                       device=device)
     payoff = AsianCall(strike=1.0)
     out = []
     for r in records:
@@ -109,7 +110,7 @@ def _summary(rows: list[dict], family: str) -> dict[str, Any]:
 
 
 def evaluate(test_path, *, checkpoint=None, max_instances: int | None = None,
-             hybrid: bool = True, threads: int = 1) -> dict[str, Any]:
+             hybrid: bool = True, threads: int = 1, device: str = "cpu") -> dict[str, Any]:
     """Evaluate ``checkpoint`` (default: shipped) on the instances of ``test_path``."""
     from deepquant.neural.data import read_dataset
     from deepquant.neural.pricer import default_checkpoint
@@ -127,7 +128,7 @@ def evaluate(test_path, *, checkpoint=None, max_instances: int | None = None,
                     picked.append(by_fam[fam].pop(0))
         records = picked
     rows = evaluate_instances(records, grid, checkpoint=checkpoint, hybrid=hybrid,
-                              threads=threads)
+                              threads=threads, device=device)
     fams = [f for f in ("gbm", "merton", "heston") if any(r["family"] == f for r in rows)]
     table = [_summary([r for r in rows if r["family"] == f], f) for f in fams]
     table.append(_summary(rows, "all"))

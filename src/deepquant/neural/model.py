@@ -30,7 +30,7 @@ from torch import nn
 
 from deepquant.neural.config import ModelConfig
 
-__all__ = ["marginal_features", "period_scale", "point_mass_exact", "MMOTTransformer", "MMOTMLP", "build_model", "count_parameters",
+__all__ = ["marginal_features", "period_scale", "point_mass_exact", "MMOTTransformer", "MMOTMLP", "build_model", "count_parameters", "resolve_device",
            "SEED_PARAMETER_COUNT"]
 
 SEED_PARAMETER_COUNT = 4_423_468  # seed 001 §9.2 ("4.4M")
@@ -231,3 +231,27 @@ def build_model(cfg: ModelConfig, grid=None) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def resolve_device(device: str | None = "cpu") -> torch.device:
+    """A torch device from ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (cuda when
+    available, else cpu); ``ValueError`` when a CUDA device is asked for and none is usable."""
+    name = "cpu" if device is None else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got "
+                         f"{device!r}") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available to this "
+                             f"torch build ({torch.__version__}); use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only "
+                             f"{torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
+

@@ -59,7 +59,7 @@ class NeuralGridWarning(UserWarning):
     """Marginals were moved onto the model grid (or fell partly outside it)."""
 
 
-_TRACE_MAX_BATCH = 8
+_TRACE_MAX_BATCH = 1
 """Batches up to this size run through a per-shape TorchScript trace (``NeuralPricer._forward``)."""
 
 
@@ -188,6 +188,9 @@ class NeuralPricer:
         With ``project``, also build the network-only Gibbs kernels to report their residuals
         (``neural_drift``, ``neural_marginal_error``; NaN otherwise): one more O(N M^2) kernel
         evaluation, about 40% of the pure-neural solve at N = 10.
+    device : str
+        Where the network runs: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"``;
+        the projection and pricing run on the CPU (numpy) either way.
     column_floor : float, optional
         With ``project``, columns whose target weight is <= this receive no mass. Default: the
         checkpoint's training mass floor (``train.mass_floor``, 1e-10): the distillation never
@@ -198,18 +201,22 @@ class NeuralPricer:
     def __init__(self, checkpoint=None, *, threads: int | None = 1, ood_drift: float = 0.05,
                  ood_marginal_error: float = 0.2, fallback: bool = True, tol: float = 1e-9,
                  mass_floor: float = 1e-8, project: bool = True,
-                 raw_residuals: bool = False, column_floor: float | None = None) -> None:
+                 raw_residuals: bool = False, column_floor: float | None = None,
+                 device: str = "cpu") -> None:
         import torch
 
+        from deepquant.neural.model import resolve_device
         from deepquant.neural.train import load_model
 
         if threads is not None:
             torch.set_num_threads(int(threads))
+        self.device = resolve_device(device)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint()
         self.model, self.meta = load_model(self.checkpoint)
+        self.model.to(self.device)
         grid64 = (self.meta.get("extra") or {}).get("grid")
         self.grid = (np.asarray(grid64, dtype=np.float64) if grid64 is not None
-                     else self.model.grid.detach().double().numpy().copy())
+                     else self.model.grid.detach().double().cpu().numpy().copy())
         self.max_dates = int(getattr(self.model.cfg, "max_dates", 10 ** 9))
         self.ood_drift, self.ood_marginal_error = float(ood_drift), float(ood_marginal_error)
         self.fallback, self.tol, self.mass_floor = bool(fallback), float(tol), float(mass_floor)
@@ -277,12 +284,14 @@ class NeuralPricer:
         (one batched forward pass; all instances of a call must share N)."""
         import torch
 
-        w = torch.as_tensor(np.array(weights, dtype=np.float32))
+        w = torch.as_tensor(np.array(weights, dtype=np.float32)).to(self.device)
         if w.ndim == 2:
             w = w[None]
         with torch.inference_mode():
-            v, h = self._forward(w)(w)
-        return v.double().numpy(), h.double().numpy()
+            # batches run eagerly: a trace is specialised to one shape and costs ~0.5 s to
+            # build, which only repeated single-instance calls amortise
+            v, h = (self._forward(w) if w.shape[0] == 1 else self.model.eval())(w)
+        return v.double().cpu().numpy(), h.double().cpu().numpy()
 
     def _forward(self, w):
         """The network for inputs shaped like ``w``: for small batches (latency), a TorchScript
@@ -324,18 +333,57 @@ class NeuralPricer:
             return newton_polish(marg, EPS, None, warm[0], warm[1], tol=self.tol,
                                  sinkhorn_sweeps=1)
 
-    def solve(self, marginals: Marginals, *, hybrid: bool = False) -> NeuralSolution:
-        """Calibrate a martingale model to ``marginals`` (see module doc)."""
-        t0 = time.perf_counter()
+    def _prepare(self, marginals: Marginals) -> tuple[Marginals, bool, str]:
         if not isinstance(marginals, Marginals):
             raise TypeError(f"marginals must be a Marginals instance, got "
                             f"{type(marginals).__name__}")
         if marginals.n_dates > self.max_dates:
-            marg, regridded = marginals, False
-            problem = (f"{marginals.n_dates} dates exceed the model's "
-                       f"max_dates={self.max_dates}")
-        else:
-            marg, regridded, problem = self.to_model_grid(marginals)
+            return marginals, False, (f"{marginals.n_dates} dates exceed the model's "
+                                      f"max_dates={self.max_dates}")
+        return self.to_model_grid(marginals)
+
+    def solve(self, marginals: Marginals, *, hybrid: bool = False) -> NeuralSolution:
+        """Calibrate a martingale model to ``marginals`` (see module doc)."""
+        t0 = time.perf_counter()
+        marg, regridded, problem = self._prepare(marginals)
+        pred = None
+        if not problem:
+            ti = time.perf_counter()
+            pred = tuple(a[0] for a in self.predict(marg.weights[None]))
+            pred = (*pred, time.perf_counter() - ti)
+        return self._finish(marg, regridded, problem, pred, t0, hybrid)
+
+    def solve_batch(self, marginals, *, hybrid: bool = False) -> list[NeuralSolution]:
+        """``solve`` for many marginal sets, with one forward pass per number of dates.
+
+        Each result's ``inference_seconds`` holds its share of the batched forward pass plus
+        its own projection; ``seconds`` likewise (shares of the shared work, then its own)."""
+        items = list(marginals)
+        t0 = time.perf_counter()
+        prepared = [self._prepare(m) for m in items]
+        share = (time.perf_counter() - t0) / max(len(items), 1)
+        preds: dict[int, tuple] = {}
+        by_n: dict[int, list[int]] = {}
+        for i, (marg, _, problem) in enumerate(prepared):
+            if not problem:
+                by_n.setdefault(marg.n_dates, []).append(i)
+        for ids in by_n.values():
+            ti = time.perf_counter()
+            v, h = self.predict(np.stack([prepared[i][0].weights for i in ids]))
+            dt = (time.perf_counter() - ti) / len(ids)
+            for j, i in enumerate(ids):
+                preds[i] = (v[j], h[j], dt)
+        out = []
+        for i, (marg, regridded, problem) in enumerate(prepared):
+            pred = preds.get(i)
+            start = time.perf_counter() - share - (pred[2] if pred else 0.0)
+            out.append(self._finish(marg, regridded, problem, pred, start, hybrid))
+        return out
+
+    def _finish(self, marg: Marginals, regridded: bool, problem: str, pred, t0: float,
+                hybrid: bool) -> NeuralSolution:
+        """Projection, out-of-distribution guard, fallback and hybrid polish of one instance
+        whose network output ``pred = (v, h, forward seconds)`` is given (None: not run)."""
         w = marg.weights
         v = h = kern = None
         nd = nl = nm = raw_drift = raw_merr = float("nan")
@@ -343,7 +391,8 @@ class NeuralPricer:
         t_inf = 0.0
         if not problem:
             ti = time.perf_counter()
-            v, h = (a[0] for a in self.predict(w[None]))
+            v, h, t_fwd = pred
+            ti -= t_fwd
             if not self.project or self.raw_residuals:
                 kern = self.kernels(w, v, h, marg.grid)
                 nd, nl, nm = _measure(kern, w, marg.grid, self.mass_floor)

@@ -36,7 +36,7 @@ from deepquant.neural.data import (
     read_dataset,
 )
 from deepquant.neural.losses import dual_gap_loss, surrogate_loss
-from deepquant.neural.model import build_model, count_parameters, period_scale
+from deepquant.neural.model import build_model, count_parameters, period_scale, resolve_device
 
 __all__ = ["train", "TrainResult", "save_checkpoint", "load_checkpoint", "export_checkpoint",
            "load_model", "evaluate_loss", "CHECKPOINT_FORMAT"]
@@ -59,6 +59,16 @@ class TrainResult:
     n_val: int
     out_dir: str
     history: list[dict] = field(default_factory=list)
+
+
+def to_device(batch: dict, device) -> dict:
+    """The batch's tensors on ``device``, except the float64 copies that the dual-gap terms
+    read through numpy (``weights64``, ``grid64``), which stay on the CPU."""
+    if torch.device(device).type == "cpu":
+        return batch
+    return {k: (v.to(device, non_blocking=True)
+                if isinstance(v, torch.Tensor) and k not in ("weights64", "grid64") else v)
+            for k, v in batch.items()}
 
 
 def _split(records: list[dict], frac: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -169,8 +179,9 @@ def evaluate_loss(model, ds: NeuralDataset, cfg: Config, *, batch_size: int = 64
     n = 0
     kw = _loss_kwargs(cfg, model)
     t = cfg.train
+    device = next(model.parameters()).device
     for ids in ds.batches(batch_size):
-        b = ds.collate(ids)
+        b = to_device(ds.collate(ids), device)
         v, h = model(b["weights"], b["date_mask"])
         terms = surrogate_loss(v, h, b, **kw)
         vals = {k: float(getattr(terms, k)) for k in ("total", "dist", "mart", "hpen")}
@@ -303,6 +314,7 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
     t = cfg.train
     torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
+    device = resolve_device(t.device)
     t_start = time.perf_counter()
     out_dir = Path(t.out_dir)
     # before any work: a folder that cannot be created or written fails here, not at step 0
@@ -348,6 +360,7 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
         for r in labelled:
             r["grid"] = grid
         model.set_scales(*_target_scales(labelled, t.mass_floor))
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     step, best_val, best_step, history = 0, math.inf, 0, []
     last = out_dir / "last.pt"
@@ -358,7 +371,7 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
                     if state["config"]["model"].get(k) != v}
             raise ValueError(f"cannot resume from {str(last)!r}: its model config differs in "
                              f"{sorted(diff)}; use another train.out_dir or resume: false")
-        model = _model_from_state(state["model"], cfg.model, str(last))
+        model = _model_from_state(state["model"], cfg.model, str(last)).to(device)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         opt.load_state_dict(state["optimizer"])
@@ -416,7 +429,7 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
         for ids in train_ds.batches(t.batch_size, rng):
             for g in opt.param_groups:
                 g["lr"] = t.lr * _lr_factor(step, t)
-            b = train_ds.collate(ids)
+            b = to_device(train_ds.collate(ids), device)
             n_per = b["v"].shape[1]
             if t.mart_periods and n_per > t.mart_periods:
                 b["mart_periods"] = torch.as_tensor(

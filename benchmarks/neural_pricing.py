@@ -1,0 +1,118 @@
+"""Pricing a solved chain: the precomputed forward recursion against the per-step sparse one.
+
+    python benchmarks/neural_pricing.py [--repeats 7] [--batch 16] [--json out.json]
+
+Instance: Heston marginals (kappa 2, theta 0.04, sigma_v 0.3, rho -0.5, v0 0.04), N = 10
+periods to T = 0.5 on the neural model's 150-point grid, calibrated by the classical solver
+(``CalibratedModel.calibrate``). For each payoff (ATM Asian call, lookback call, up-and-out
+call with barrier 1.2, forward-start straddle 2 -> 5) the script reports, side by side in one
+process with one BLAS thread (medians over ``--repeats``):
+
+* ``build_ms``: building the augmented chain (``augment.build_chain``), which ``price`` now
+  caches per grid, support and payoff;
+* ``sparse_ms``: the forward recursion as it was written before (one scipy sparse matrix built
+  per step; reproduced here verbatim as the baseline);
+* ``plan_ms``: ``ChainPlan.expectation`` for one instance (index arrays precomputed once);
+* ``price_ms``: ``CalibratedModel.price`` on a warm cache (what a user calls);
+* ``batch_ms_per_instance``: ``ChainPlan.expectation`` on ``--batch`` kernel sets at once,
+  divided by the batch size;
+* ``max_abs_diff``: |plan - sparse| over the payoffs (the two are the same sum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+
+def sparse_expectation(chain, kernels, law0):
+    """The per-step sparse forward recursion (the implementation before ChainPlan)."""
+    from scipy import sparse
+
+    m = chain.size
+    joint = chain.initial.multiply(law0[:, None]).toarray()
+    for t in range(chain.last_date):
+        q = joint.T @ kernels[t]
+        n_t = q.shape[0]
+        sel = sparse.csr_matrix(
+            (q.ravel(), (np.tile(np.arange(m), n_t), np.arange(n_t * m))), shape=(m, n_t * m))
+        joint = np.asarray((sel @ chain.transitions[t]).todense())
+    return float(np.sum(joint * chain.terminal))
+
+
+def _median_ms(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    from threadpoolctl import threadpool_limits
+
+    from deepquant.market.synthetic import heston_marginals
+    from deepquant.mmot.augment import build_chain
+    from deepquant.mmot.model import CalibratedModel, ChainPlan
+    from deepquant.neural.data import model_grid
+    from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall, make_payoff
+
+    threadpool_limits(1)
+    marg = heston_marginals(np.linspace(0.0, 0.5, 11), grid=model_grid(150), v0=0.04,
+                            kappa=2.0, theta=0.04, sigma_v=0.3, rho=-0.5)
+    model = CalibratedModel.calibrate(marg)
+    kernels, law0 = model.kernels, marg.weights[0]
+    payoffs = {"asian": AsianCall(strike=1.0), "lookback": LookbackCall(strike=1.0),
+               "up-and-out": make_payoff("up-and-out-call", strike=1.0, barrier=1.2),
+               "forward-start": ForwardStartStraddle(t1=2, t2=5)}
+    rows = {}
+    for name, pay in payoffs.items():
+        chain = build_chain(marg, pay)
+        build = _median_ms(lambda pay=pay: build_chain(marg, pay), max(3, args.repeats // 2))
+        sparse_ms = _median_ms(lambda c=chain: sparse_expectation(c, kernels, law0), args.repeats)
+        plan = ChainPlan(chain)
+        plan_ms = _median_ms(lambda p=plan: p.expectation(kernels[None], law0[None]),
+                             args.repeats)
+        model.price(pay)   # warm the chain cache
+        price_ms = _median_ms(lambda pay=pay: model.price(pay), args.repeats)
+        kb = np.broadcast_to(kernels, (args.batch, *kernels.shape)).copy()
+        lb = np.broadcast_to(law0, (args.batch, law0.size)).copy()
+        batch_ms = _median_ms(lambda p=plan, k=kb, w=lb: p.expectation(k, w),
+                              max(3, args.repeats // 2))
+        ref = sparse_expectation(chain, kernels, law0)
+        got = float(plan.expectation(kernels[None], law0[None])[0])
+        rows[name] = {"n_states": chain.n_states, "exact": chain.exact, "build_ms": build,
+                      "sparse_ms": sparse_ms, "plan_ms": plan_ms, "price_ms": price_ms,
+                      "batch_ms_per_instance": batch_ms / args.batch,
+                      "speedup_plan_vs_sparse": sparse_ms / plan_ms,
+                      "price": got, "max_abs_diff": abs(got - ref)}
+        print(f"{name:14s} states<= {max(chain.n_states):5d}  build {build:7.1f} ms  "
+              f"sparse {sparse_ms:7.2f} ms  plan {plan_ms:7.2f} ms  price {price_ms:7.2f} ms  "
+              f"batch/inst {batch_ms / args.batch:7.2f} ms  x{sparse_ms / plan_ms:5.1f}  "
+              f"|diff| {abs(got - ref):.1e}", flush=True)
+    out = {"instance": "heston N=10 T=0.5 M=150 (model grid), classical kernels",
+           "repeats": args.repeats, "batch": args.batch, "threads": 1,
+           "load_average": os.getloadavg(), "payoffs": rows}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Scenario sweeps (deepquant.neural.sweep), batched neural solves and the device option."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from deepquant.cli import main  # noqa: E402
+from deepquant.market.synthetic import gbm_marginals  # noqa: E402
+from deepquant.mmot.model import CalibratedModel  # noqa: E402
+from deepquant.neural.pricer import NeuralPricer  # noqa: E402
+from deepquant.neural.sweep import bumped_scenarios, sweep, term_structure_marginals  # noqa: E402
+from deepquant.payoffs import AsianCall, LookbackCall  # noqa: E402
+
+TIMES = [0.0, 0.1, 0.2, 0.35]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def pricer():
+    return NeuralPricer()
+
+
+def test_flat_term_structure_is_gbm(pricer):
+    """A constant forward vol gives the GBM marginals of that vol (same Black prices; 1e-13)."""
+    a = term_structure_marginals(TIMES, 0.25, pricer.grid)
+    b = gbm_marginals(TIMES, grid=pricer.grid, sigma=0.25)
+    assert np.max(np.abs(a.weights - b.weights)) < 1e-13
+    np.testing.assert_array_equal(a.times, TIMES)
+
+
+def test_term_structure_total_variance(pricer):
+    """Per-period vols: the variance of X_t on the grid equals the lognormal one
+    exp(w_t) - 1 with w_t = sum sigma_s^2 dt, up to the grid's truncation of the tails
+    (2% relative on the model grid [0.5, 2] at w <= 0.03)."""
+    vols = [0.35, 0.15, 0.25]
+    m = term_structure_marginals(TIMES, vols, pricer.grid)
+    w = np.concatenate([[0.0], np.cumsum(np.square(vols) * np.diff(TIMES))])
+    var = m.weights @ (m.grid - 1.0) ** 2
+    assert np.allclose(var[1:], np.expm1(w[1:]), rtol=0.02)
+    assert m.check_convex_order().ok
+
+
+def test_bumped_scenarios_and_errors(pricer):
+    sc = bumped_scenarios(TIMES, 0.2, pricer.grid, [0.0, 0.1, -0.1])
+    assert len(sc) == 3
+    assert np.max(np.abs(sc[0].weights - gbm_marginals(TIMES, grid=pricer.grid,
+                                                       sigma=0.2).weights)) < 1e-13
+    with pytest.raises(ValueError, match="bumps must be finite and > -1"):
+        bumped_scenarios(TIMES, 0.2, pricer.grid, [-1.0])
+    with pytest.raises(ValueError, match=r"bumps must have shape \(K,\) or \(K, N=3\)"):
+        bumped_scenarios(TIMES, 0.2, pricer.grid, np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="vols must be finite and > 0"):
+        term_structure_marginals(TIMES, [0.2, -0.1, 0.2], pricer.grid)
+    with pytest.raises(ValueError, match="times must be increasing from 0"):
+        term_structure_marginals([0.1, 0.2], 0.2, pricer.grid)
+
+
+def test_sweep_matches_one_by_one_pricing(pricer):
+    """Neural sweep prices == per-scenario NeuralPricer.solve(...).price(...) (same network in
+    float32, batched vs single forward: 1e-6 relative), classical sweep prices ==
+    CalibratedModel.calibrate(...).price(...) (same solver and tolerance: 1e-12)."""
+    rng = np.random.default_rng(1)
+    sc = bumped_scenarios(TIMES, [0.3, 0.2, 0.25], pricer.grid, rng.uniform(-0.1, 0.1, (4, 3)))
+    sc.append(gbm_marginals([0.0, 0.2], grid=pricer.grid, sigma=0.3))   # another N
+    for pay in (AsianCall(strike=1.0), LookbackCall(strike=1.05)):
+        res = sweep(sc, pay, pricer=pricer)
+        one = np.array([pricer.solve(m).price(pay) for m in sc])
+        assert np.allclose(res.neural, one, rtol=1e-6, atol=0)
+        cl = np.array([CalibratedModel.calibrate(m).price(pay) for m in sc])
+        assert np.allclose(res.classical, cl, rtol=1e-12, atol=1e-15)
+        assert res.modes == ["neural"] * 5 and res.classical_success.all()
+        s = res.summary()
+        assert s["scenarios"] == 5 and s["mean_err_pct"] == pytest.approx(
+            np.mean(100 * np.abs(one - cl) / cl), rel=1e-5)
+    only = sweep(sc[:2], AsianCall(strike=1.0), pricer=pricer, classical=False)
+    assert only.classical is None and np.isnan(only.errors_pct).all()
+    assert "mean_err_pct" not in only.summary()
+
+
+def test_sweep_falls_back_per_scenario(pricer):
+    """A scenario the network cannot take (price units) falls back alone, with its reason."""
+    from deepquant.market.marginals import Marginals
+
+    ok = gbm_marginals(TIMES, grid=pricer.grid, sigma=0.2)
+    base = gbm_marginals(TIMES, grid=np.linspace(0.5, 1.5, 41), sigma=0.2)
+    off = Marginals(base.grid * 3.0, base.weights, base.times)
+    res = sweep([ok, off], AsianCall(strike=1.0), pricer=pricer, classical=False)
+    assert res.modes == ["neural", "classical"] and "mean 3" in res.messages[1]
+
+
+def test_sweep_input_errors(pricer):
+    with pytest.raises(ValueError, match="at least one scenario"):
+        sweep([], AsianCall(strike=1.0), pricer=pricer)
+    with pytest.raises(TypeError, match=r"marginals\[0\] must be a Marginals"):
+        sweep([np.ones(3)], AsianCall(strike=1.0), pricer=pricer)
+    with pytest.raises(TypeError, match="payoff must be a Payoff"):
+        sweep([gbm_marginals(TIMES, grid=pricer.grid)], "asian", pricer=pricer)
+
+
+def test_solve_batch_equals_solve(pricer):
+    sc = [gbm_marginals(TIMES, grid=pricer.grid, sigma=s) for s in (0.18, 0.3)]
+    batch = pricer.solve_batch(sc)
+    for m, b in zip(sc, batch):
+        one = pricer.solve(m)
+        assert b.mode == one.mode == "neural"
+        # float32 network, batched eager vs single traced forward: potentials agree to ~1e-5
+        assert np.max(np.abs(b.kernels - one.kernels)) < 1e-5
+        assert b.drift < 1e-12
+
+
+def test_cli_sweep(tmp_path):
+    out = tmp_path / "sweep.json"
+    r = CliRunner().invoke(main, ["sweep", "--num", "3", "--periods", "3", "--maturity", "0.3",
+                                  "--strike", "1.0", "--vols", "0.3,0.2,0.25", "--json",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)
+    assert s["scenarios"] == 3 and s["mean_err_pct"] < 5 and s["fallbacks"] == 0
+    assert len(json.loads(out.read_text())["neural"]) == 3
+    for args, msg in ((["--num", "0", "--strike", "1"], "--num must be >= 1"),
+                      ([], "needs --strike"),
+                      (["--strike", "1", "--vols", "0.2,0.3"], "--vols needs 1 or"),
+                      (["--strike", "1", "--vols", "x"], "--vols must be comma-separated"),
+                      (["--strike", "1", "--bump", "1.5"], "--bump must be in [0, 1)")):
+        r = CliRunner().invoke(main, ["sweep", "--periods", "3", *args])
+        assert r.exit_code == 2 and msg in r.output, (args, r.output)
+
+
+def test_device_option():
+    import torch
+
+    from deepquant.neural.config import TrainConfig
+    from deepquant.neural.model import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="train.device must be"):
+        TrainConfig(device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            NeuralPricer(device="cuda")
+        r = CliRunner().invoke(main, ["train", "--config", str(REPO / "configs" / "tiny.yaml"),
+                                      "--device", "cuda", "--max-steps", "1"])
+        assert r.exit_code == 2 and "CUDA is not available" in r.output, r.output
