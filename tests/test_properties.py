@@ -1,7 +1,8 @@
 """Property tests (hypothesis) over the public market and payoff API.
 
 Random valid marginals (a law on a random grid, then mean-preserving spreads, which keep every
-row in convex order exactly on the grid) must construct, validate and price; random invalid
+row in convex order exactly on the grid) must construct, validate, price and solve (entropic
+martingale transport); random invalid
 input must raise ``ValueError`` whose message names the argument, never another exception.
 """
 
@@ -183,3 +184,23 @@ def test_valid_payoffs_evaluate_finite_on_random_paths(strike, level, n_dates):
         params = {p: (strike if p == "strike" else level) for p in po.required_params(name)}
         values = po.make_payoff(name, **params)(paths)
         assert values.shape == (50,) and np.all(np.isfinite(values))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_marginals())
+def test_random_valid_marginals_solve(data):
+    import warnings
+
+    from deepquant.mmot.entropic import solve_entropic
+
+    grid, w, times = data
+    if w.shape[0] < 2:
+        return
+    m = Marginals(grid, w, times)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # no ConvergenceWarning either
+        res = solve_entropic(m, 1e-2)
+    assert res.success, res.message
+    # measured residuals, not iterate changes: L1 marginal error and drift at the solver's tol
+    # (1e-9), with room for the rounding of sums over at most 40 x 40 entries
+    assert res.marginal_error <= 1e-8 and res.drift <= 1e-8
