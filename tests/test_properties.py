@@ -2,8 +2,8 @@
 
 Random valid marginals (a law on a random grid, then mean-preserving spreads, which keep every
 row in convex order exactly on the grid) must construct, validate, price and solve (entropic
-martingale transport); random invalid
-input must raise ``ValueError`` whose message names the argument, never another exception.
+martingale transport); random invalid input must raise ``ValueError`` whose message names the
+argument, never another exception.
 """
 
 from __future__ import annotations
