@@ -232,16 +232,23 @@ def _payoff_names():
 @click.option("--t1", type=int, default=None, help="Forward-start date (row index).")
 @click.option("--t2", type=int, default=None, help="Forward-start maturity (row index).")
 @click.option("--barrier", type=float, default=None, help="Barrier level (barrier payoffs).")
-@click.option("--method", type=click.Choice(["lp", "entropic", "path-lp"]), default="lp",
-              show_default=True, help="Exact LP, entropic plans, or the path-space LP oracle.")
+@click.option("--method", type=click.Choice(["auto", "lp", "certified", "entropic", "path-lp"]),
+              default="auto", show_default=True,
+              help="auto: the exact LP when small, else certified bounds (a checked dual and "
+                   "its gap); or force one: exact LP, certified, entropic plans, path-space LP.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True,
+              help="Certified method: target relative gap between the certified bound and "
+                   "the inner estimate.")
+@click.option("--max-seconds", type=float, default=600.0, show_default=True,
+              help="Certified method: time budget per side (the best certificate is kept).")
 @click.option("--eps", type=float, default=None, help="Entropic regularisation (entropic only).")
 @click.option("--martingale-tol", type=float, default=0.0, show_default=True,
               help="Relaxed LP: tolerance on |E[dX | X, S]| (marginals not in convex order).")
 @click.option("--sum-grid-size", type=int, default=None,
               help="Running-sum grid size when sums do not fall on a lattice (Asian).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method, eps,
-                   martingale_tol, sum_grid_size, as_json):
+def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method, rtol,
+                   max_seconds, eps, martingale_tol, sum_grid_size, as_json):
     """Model-free lower and upper bounds of a payoff over martingales with MARGINALS.npz."""
     from deepquant.cli.output import console, fail, print_json, table
     from deepquant.market.marginals import Marginals
@@ -257,13 +264,13 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
         payoff = make_payoff(payoff_name, **params)
         payoff.last_date(marginals.n_dates)  # validates dates against the file
         options = {}
-        if method == "lp":
-            options.update(martingale_tol=martingale_tol)
-            if sum_grid_size is not None:
-                options.update(sum_grid_size=sum_grid_size)
-        elif method == "entropic" and sum_grid_size is not None:
+        if sum_grid_size is not None and method != "path-lp":
             options.update(sum_grid_size=sum_grid_size)
-        if martingale_tol and method != "lp":
+        if method in ("lp", "auto") and martingale_tol:
+            options.update(martingale_tol=martingale_tol)
+        if method in ("certified", "auto"):
+            options.update(rtol=rtol, max_seconds=max_seconds)
+        if martingale_tol and method not in ("lp", "auto"):
             fail("--martingale-tol is only used by --method lp")
         res = bounds(marginals, payoff, method, eps=eps, **options)
     except ValueError as exc:
@@ -278,8 +285,14 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
                 ("method", res.method), ("seconds lower", res.seconds.get("lower")),
                 ("seconds upper", res.seconds.get("upper"))]
         if res.sizes:
-            rows += [(f"LP {k}", v) for k, v in res.sizes.items()]
-        if res.method != "entropic":
+            rows += [(f"{'LP' if res.method == 'lp' else 'chain'} {k}", v)
+                     for k, v in res.sizes.items()]
+        if res.method == "certified":
+            for name, side in (("lower", res.lower_side), ("upper", res.upper_side)):
+                rows += [(f"{name} inner estimate", side.info.get("inner")),
+                         (f"{name} certified gap", side.gap),
+                         (f"{name} inner marginal error (L1)", side.primal_residual)]
+        elif res.method != "entropic":
             rows += [("primal residual", res.primal_residual), ("gap", res.gap)]
         if res.martingale_tol:
             rows.append(("martingale tol", res.martingale_tol))

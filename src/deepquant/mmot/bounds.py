@@ -5,8 +5,14 @@
 
 Methods
 -------
+``"auto"``      (default) the exact LP when it is small (at most ``LP_MAX_COLUMNS`` variables),
+                the certified method otherwise; ``result.method`` says which ran.
 ``"lp"``        exact LP (HiGHS): per-period LPs for pairwise payoffs, the augmented chain LP
                 for path-dependent ones (``deepquant.mmot.lp``).
+``"certified"`` certified bounds at market resolution (``deepquant.mmot.certified``): the
+                smoothed dual optimised by L-BFGS with eps-scaling, each iterate certified by
+                the exact concave-envelope sweep; ``lower``/``upper`` are always valid bounds
+                and each side reports its gap to an inner estimate.
 ``"path-lp"``   the LP over all grid paths, for tiny problems (``deepquant.mmot.pathlp``).
 ``"entropic"``  entropic plans on the augmented chain (``deepquant.mmot.augmented_entropic``);
                 needs ``eps``; the bounds are the transport costs of the entropic plans, inner
@@ -15,16 +21,22 @@ Methods
 
 from __future__ import annotations
 
+import numpy as np
+
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.result import BoundsResult
 from deepquant.payoffs import Payoff
 
 __all__ = ["bounds", "METHODS"]
 
-METHODS = ("lp", "path-lp", "entropic")
+METHODS = ("auto", "lp", "certified", "path-lp", "entropic")
+
+LP_MAX_COLUMNS = 60_000
+"""``method="auto"`` runs the exact LP up to this many variables pi_t(x, s, y) (about 10 s per
+side with HiGHS on 2 cores), the certified method beyond."""
 
 
-def bounds(marginals: Marginals, payoff: Payoff, method: str = "lp", *,
+def bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", *,
            eps: float | None = None, **options) -> BoundsResult:
     """Lower and upper bounds of E[payoff] over martingale laws with the given marginals.
 
@@ -35,13 +47,15 @@ def bounds(marginals: Marginals, payoff: Payoff, method: str = "lp", *,
         the LP for the relaxed problem).
     payoff : Payoff
         From ``deepquant.payoffs`` (e.g. ``make_payoff("asian-call", strike=1.0)``).
-    method : {"lp", "path-lp", "entropic"}
+    method : {"auto", "lp", "certified", "path-lp", "entropic"}
     eps : float, optional
         Entropic regularisation; required for (and only for) ``method="entropic"``.
     **options
         Passed to ``lp.lp_bounds`` (``sum_mode``, ``sum_grid_size``, ``martingale_tol``,
-        ``highs_options``, ``return_plan``, ...), ``pathlp.path_lp_bounds`` (``max_paths``, ...)
-        or ``augmented_entropic.entropic_bounds`` (``reference``, ``tol``, ...).
+        ``highs_options``, ``return_plan``, ...), ``certified.certified_bounds`` (``rtol``,
+        ``eps_end``, ``max_seconds``, ``progress``, ...), ``pathlp.path_lp_bounds``
+        (``max_paths``, ...) or ``augmented_entropic.entropic_bounds`` (``reference``, ``tol``,
+        ...).
 
     Returns
     -------
@@ -56,6 +70,17 @@ def bounds(marginals: Marginals, payoff: Payoff, method: str = "lp", *,
     if method != "entropic" and eps is not None:
         raise ValueError(f"eps is only used by method='entropic', got eps={eps!r} with "
                          f"method={method!r}")
+    if method == "auto":
+        method = "lp" if lp_columns(marginals, payoff, **_chain_options(options)) \
+            <= LP_MAX_COLUMNS or options.get("martingale_tol") else "certified"
+        if method == "lp":
+            options = {k: v for k, v in options.items() if k not in _CERTIFIED_ONLY}
+        else:
+            options = {k: v for k, v in options.items() if k not in _LP_ONLY}
+    if method == "certified":
+        from deepquant.mmot.certified import certified_bounds
+
+        return certified_bounds(marginals, payoff, **options)
     if method == "lp":
         from deepquant.mmot.lp import lp_bounds
 
@@ -69,3 +94,29 @@ def bounds(marginals: Marginals, payoff: Payoff, method: str = "lp", *,
     from deepquant.mmot.augmented_entropic import entropic_bounds
 
     return entropic_bounds(marginals, payoff, float(eps), **options)
+
+
+_CERTIFIED_ONLY = ("rtol", "eps_start", "eps_end", "eps_factor", "band", "max_iter",
+                   "max_seconds", "multiscale", "progress", "gtol", "maxcor")
+_LP_ONLY = ("decompose", "martingale", "martingale_tol", "highs_options", "return_plan",
+            "algorithm")
+
+
+def _chain_options(options: dict) -> dict:
+    return {k: options[k] for k in ("sum_mode", "sum_grid_size") if k in options}
+
+
+def lp_columns(marginals: Marginals, payoff: Payoff, **chain_options) -> int:
+    """Number of variables of the exact LP of ``payoff`` on ``marginals``: sum over periods of
+    |supp mu_t| x |supp mu_{t+1}| for a pairwise payoff (one-period LPs), of reachable pairs
+    (x, s) x |supp mu_{t+1}| on the augmented chain otherwise."""
+    from deepquant.mmot.augment import build_chain
+
+    n = marginals.n_dates
+    supp = np.asarray(marginals.weights > 0)
+    terms = payoff.pairwise(n)
+    if terms is not None:
+        periods = sorted({int(t) for t, _ in terms})
+        return int(sum(supp[t].sum() * supp[t + 1].sum() for t in periods))
+    chain = build_chain(marginals, payoff, **chain_options)
+    return int(sum(chain.reach[t].sum() * supp[t + 1].sum() for t in range(chain.last_date)))

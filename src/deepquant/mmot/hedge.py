@@ -28,7 +28,7 @@ import numpy as np
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain, build_chain, trivial_chain
-from deepquant.mmot.lp import _backward, _stages
+from deepquant.mmot.certified import hull_backward
 from deepquant.mmot.result import BoundsResult
 from deepquant.payoffs import Payoff
 
@@ -153,7 +153,9 @@ class HedgeCheck:
 
 def superhedge(result: BoundsResult, marginals: Marginals, payoff: Payoff, side: str = "upper"
                ) -> SemiStaticHedge:
-    """The semi-static hedge of ``side`` from an LP ``BoundsResult`` (``method="lp"``)."""
+    """The semi-static hedge of ``side`` from a ``BoundsResult`` of the LP or the certified
+    method: the static potentials u_t of the dual, and the cheapest positions h_t(x, s) and
+    date-0 payoff for them by the exact concave-envelope sweep (DESIGN §2.8)."""
     if side not in ("lower", "upper"):
         raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
     if result.martingale_tol:
@@ -184,9 +186,9 @@ def superhedge(result: BoundsResult, marginals: Marginals, payoff: Payoff, side:
         T = chain.last_date
         p = np.nan_to_num(np.asarray(d.u, dtype=float) * sign, nan=0.0)
         p[0] = 0.0
-        W, H, _, _ = _backward(chain, _stages(chain), sign * chain.terminal, p)
+        _, H, V = hull_backward(chain, marginals, sign, p)
         u = p.copy()
-        u[0] = np.sum(chain.initial.toarray() * np.nan_to_num(W[0], nan=0.0), axis=1)
+        u[0] = np.sum(chain.initial.toarray() * np.nan_to_num(V[0], nan=0.0), axis=1)
         h = [np.where(chain.reach[t], H[t], np.nan) for t in range(T)]
         costs = None
     strips = []

@@ -43,7 +43,7 @@ DEFAULT_HIGHS_OPTIONS = dict(presolve=False, primal_feasibility_tolerance=1e-9,
 false infeasibility and 5e-8 residuals on MOT LPs with tiny tail masses; residuals are checked)."""
 
 MARTINGALE_MODES = ("full", "one-step")
-ALGORITHMS = ("direct", "colgen", "dw")
+ALGORITHMS = ("direct", "colgen")
 
 
 @dataclass(frozen=True, eq=False)
@@ -287,8 +287,8 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     current duals (reduced cost c - A^T y) and adds the violated ones until none is left below
     ``-pricing_tol``; the residuals and gap are then measured on the FULL LP, so the result is
     certified exactly as a direct solve (slower than "direct" on the benchmark cases).
-    ``algorithm="dw"`` is the Dantzig-Wolfe decomposition ``solve_side_dw`` (experimental: fast
-    on small cases, tails off on realistic marginals; see docs/benchmarks-lp.md).
+    Grids beyond the reach of one LP go to ``deepquant.mmot.certified`` (certified bounds by
+    the concave-envelope sweep, DESIGN §2.8).
     """
     if sense not in ("lower", "upper"):
         raise ValueError(f"sense must be 'lower' or 'upper', got {sense!r}")
@@ -305,9 +305,6 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     c = sign * lp.cost
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if algorithm == "dw" and lp.a_ub is None and lp.martingale == "full":
-        return solve_side_dw(chain, lp.marginals, sense, highs_options=highs_options,
-                             return_plan=return_plan)
     info: dict = {}
     if algorithm == "colgen" and lp.a_ub is None:
         x, y_eq, y_ub, status, message, info = _column_generation(lp, c, opts)
@@ -538,9 +535,9 @@ def lp_bounds(
         Keep the optimal plans pi_t(x, s, y).
     sides : tuple of str
         Which sides to solve.
-    algorithm : {"direct", "colgen", "dw"}
-        One direct HiGHS solve of the full sparse LP (default), column generation, or the
-        experimental Dantzig-Wolfe decomposition (see ``solve_side``).
+    algorithm : {"direct", "colgen"}
+        One direct HiGHS solve of the full sparse LP (default) or column generation (see
+        ``solve_side``).
     """
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
@@ -644,188 +641,6 @@ def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, 
     )
 
 
-# ----------------------------------------------------------------------------- decomposition
-# Dantzig-Wolfe decomposition of the chain LP (the default algorithm for path-dependent payoffs).
-#
-# Keep the start, flow and martingale rows in a sub-problem Q (Markov flows in (X, S) started
-# from mu_0) and move the marginal rows of dates 1..T to a master problem over convex
-# combinations of vertices of Q. A vertex of Q moves each (x, s) to at most two points y, and
-# maximising a linear functional  E[g(X_T, S_T)] - sum_{t>=1} <p_t, law of X_t>  over Q is a
-# backward recursion of concave envelopes (the superhedging recursion):
-#
-#     W_T(x, s) = g(x, s) - p_T(x),
-#     G_{t,s}(y) = sum_{s'} K_t(s, y; s') W_{t+1}(y, s'),       y in supp mu_{t+1},
-#     W_t(x, s) = conc_y G_{t,s} (x) - p_t(x)   (p_0 = 0),
-#
-# whose value is sum_x mu_0(x) W_0(x, s_0(x)). For any p the bound F(p) = sum_{t>=1} <p_t, mu_t> +
-# sum_x mu_0(x) W_0(x, s_0(x)) >= max E[g] (weak duality): it is a superhedge with static parts
-# p_t and deltas h_t(x, s) = a supergradient of the envelope at x. The master (about T*M rows)
-# is solved by warm-started HiGHS simplex; its duals give p; stop when F(p) - master <= tol.
-# The mixture of Markov-in-(X, S) martingale chains is a martingale law, so master = chain LP.
-
-
-@dataclass(frozen=True, eq=False)
-class _Stage:
-    xs: np.ndarray  # (n_x,) grid indices of supp mu_t
-    ys: np.ndarray  # (Y,) grid indices of supp mu_{t+1}
-    seg_i: np.ndarray  # (n_x, K) positions in ys of left points y_i < x (padded)
-    seg_j: np.ndarray  # (n_x, K) positions in ys of right points y_j > x
-    seg_lam: np.ndarray  # (n_x, K) weight on y_i: (y_j - x) / (y_j - y_i)
-    seg_ok: np.ndarray  # (n_x, K) bool
-    x_pos: np.ndarray  # (n_x,) position of x in ys or -1
-    k_row: np.ndarray  # transitions[t] entries: row s*M+y, col s', value
-    k_col: np.ndarray
-    k_val: np.ndarray
-
-
-def _stages(chain: AugmentedChain) -> list[_Stage]:
-    m = chain.size
-    g = chain.grid
-    out = []
-    for t in range(chain.last_date):
-        xs = np.flatnonzero(chain.support[t])
-        ys = np.flatnonzero(chain.support[t + 1])
-        yv = g[ys]
-        lists_i, lists_j = [], []
-        for x in g[xs]:
-            left = np.flatnonzero(yv < x)
-            right = np.flatnonzero(yv > x)
-            ii, jj = np.meshgrid(left, right, indexing="ij")
-            lists_i.append(ii.ravel())
-            lists_j.append(jj.ravel())
-        k = max(1, max(a.size for a in lists_i))
-        seg_i = np.zeros((xs.size, k), dtype=np.int64)
-        seg_j = np.zeros((xs.size, k), dtype=np.int64)
-        seg_ok = np.zeros((xs.size, k), dtype=bool)
-        for a, (ii, jj) in enumerate(zip(lists_i, lists_j)):
-            seg_i[a, : ii.size] = ii
-            seg_j[a, : jj.size] = jj
-            seg_ok[a, : ii.size] = True
-        den = yv[seg_j] - yv[seg_i]
-        den[~seg_ok] = 1.0
-        lam = np.where(seg_ok, (yv[seg_j] - g[xs][:, None]) / den, 0.0)
-        pos = np.searchsorted(yv, g[xs])
-        pos = np.minimum(pos, ys.size - 1)
-        x_pos = np.where(yv[pos] == g[xs], pos, -1)
-        coo = chain.transitions[t].tocoo()
-        keep = chain.support[t + 1][coo.row % m]
-        out.append(_Stage(xs, ys, seg_i, seg_j, lam, seg_ok, x_pos,
-                          coo.row[keep], coo.col[keep], coo.data[keep]))
-    return out
-
-
-def _envelope(G: np.ndarray, st: _Stage, grid: np.ndarray):
-    """Concave envelope of each row of G (n_s, Y) at the points xs, with a supergradient.
-
-    Returns value (n_s, n_x), slope (n_s, n_x), and the chosen move: y1, y2 (positions in ys)
-    and lam (weight on y1), each (n_s, n_x).
-    """
-    n_s, n_y = G.shape
-    n_x, k = st.seg_i.shape
-    yv = grid[st.ys]
-    xv = grid[st.xs]
-    value = np.empty((n_s, n_x))
-    slope = np.empty((n_s, n_x))
-    y1 = np.empty((n_s, n_x), dtype=np.int64)
-    y2 = np.empty((n_s, n_x), dtype=np.int64)
-    lam = np.empty((n_s, n_x))
-    chunk = max(1, int(4_000_000 // max(1, n_x * k)))
-    has_x = st.x_pos >= 0
-    xp = np.where(has_x, st.x_pos, 0)
-    for a in range(0, n_s, chunk):
-        Gc = G[a:a + chunk]
-        vals = st.seg_lam * Gc[:, st.seg_i] + (1.0 - st.seg_lam) * Gc[:, st.seg_j]
-        vals = np.where(st.seg_ok, vals, -np.inf)
-        best = np.argmax(vals, axis=2)
-        seg = np.take_along_axis(vals, best[..., None], axis=2)[..., 0]
-        bi = st.seg_i[np.arange(n_x)[None, :], best]
-        bj = st.seg_j[np.arange(n_x)[None, :], best]
-        bl = st.seg_lam[np.arange(n_x)[None, :], best]
-        gx = np.where(has_x[None, :], Gc[:, xp], -np.inf)
-        vert = gx >= seg
-        # supergradient at a vertex on the hull: the right slope (left one at the right end)
-        dy = yv[None, :] - xv[:, None]  # (n_x, Y)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            q = (Gc[:, None, :] - gx[:, :, None]) / dy[None]
-        right = np.where(dy[None] > 0, q, -np.inf).max(axis=2)
-        left = np.where(dy[None] < 0, q, np.inf).min(axis=2)
-        vslope = np.where(np.isfinite(right), right, np.where(np.isfinite(left), left, 0.0))
-        den = yv[bj] - yv[bi]
-        rows = np.arange(Gc.shape[0])[:, None]
-        sslope = (Gc[rows, bj] - Gc[rows, bi]) / np.where(den > 0, den, 1.0)  # den=0: unused
-        sl = slice(a, a + Gc.shape[0])
-        value[sl] = np.where(vert, gx, seg)
-        slope[sl] = np.where(vert, vslope, sslope)
-        y1[sl] = np.where(vert, xp[None, :], bi)
-        y2[sl] = np.where(vert, xp[None, :], bj)
-        lam[sl] = np.where(vert, 1.0, bl)
-    return value, slope, y1, y2, lam
-
-
-def _backward(chain: AugmentedChain, stages: list[_Stage], g_term: np.ndarray,
-              p: np.ndarray):
-    """The recursion above. Returns W (list of (M, n_t), NaN off xs), slopes h (list (M, n_t)),
-    moves (list of (y1, y2, lam) grid-index arrays (M, n_t)) and the value sum mu_0 W_0."""
-    m = chain.size
-    T = chain.last_date
-    W = [None] * (T + 1)
-    H: list = [None] * T
-    moves: list = [None] * T
-    wt = np.full((m, chain.states[T].size), np.nan)
-    xs = np.flatnonzero(chain.support[T])
-    wt[xs] = g_term[xs] - p[T][xs][:, None]
-    W[T] = wt
-    for t in range(T - 1, -1, -1):
-        st = stages[t]
-        n_t = chain.states[t].size
-        nxt = np.nan_to_num(W[t + 1], nan=0.0)
-        flat = np.bincount(st.k_row, st.k_val * nxt[st.k_row % m, st.k_col],
-                           minlength=n_t * m).reshape(n_t, m)
-        G = flat[:, st.ys]
-        val, sl, i1, i2, lm = _envelope(G, st, chain.grid)
-        w = np.full((m, n_t), np.nan)
-        w[st.xs] = val.T - (p[t][st.xs][:, None] if t > 0 else 0.0)
-        hh = np.full((m, n_t), np.nan)
-        hh[st.xs] = sl.T
-        a1 = np.zeros((m, n_t), dtype=np.int64)
-        a2 = np.zeros((m, n_t), dtype=np.int64)
-        al = np.zeros((m, n_t))
-        a1[st.xs] = st.ys[i1].T
-        a2[st.xs] = st.ys[i2].T
-        al[st.xs] = lm.T
-        W[t], H[t], moves[t] = w, hh, (a1, a2, al)
-    s0 = chain.initial.toarray()
-    start = np.nan_to_num(W[0], nan=0.0)
-    value = float(np.sum(chain.law0[:, None] * s0 * start))
-    return W, H, moves, value
-
-
-def _forward(chain: AugmentedChain, moves, g_term: np.ndarray):
-    """Laws of X_1..X_T (T, M) and E[g] of the chain that follows ``moves``; also the flows."""
-    m = chain.size
-    T = chain.last_date
-    joint = chain.initial.multiply(chain.law0[:, None]).toarray()
-    laws = np.zeros((T + 1, m))
-    laws[0] = joint.sum(axis=1)
-    flows = []
-    for t in range(T):
-        a1, a2, al = moves[t]
-        n_t = joint.shape[1]
-        xx, ss = np.nonzero(joint > 0)
-        mass = joint[xx, ss]
-        q = np.zeros((n_t, m))
-        np.add.at(q, (ss, a1[xx, ss]), mass * al[xx, ss])
-        np.add.at(q, (ss, a2[xx, ss]), mass * (1.0 - al[xx, ss]))
-        flows.append((np.concatenate([xx, xx]), np.concatenate([ss, ss]),
-                      np.concatenate([a1[xx, ss], a2[xx, ss]]),
-                      np.concatenate([mass * al[xx, ss], mass * (1.0 - al[xx, ss])])))
-        sel = sparse.csr_matrix((q.ravel(), (np.tile(np.arange(m), n_t), np.arange(n_t * m))),
-                                shape=(m, n_t * m))
-        joint = np.asarray((sel @ chain.transitions[t]).todense())
-        laws[t + 1] = joint.sum(axis=1)
-    return laws, float(np.sum(joint * g_term)), flows
-
-
 def _glued_kernels(chain: AugmentedChain, margs: np.ndarray) -> np.ndarray | None:
     """Kernels (T, M, M) of one-period martingale couplings (LP vertices) of mu_t, mu_{t+1}:
     glued, a feasible start of the master. None if a coupling is not found."""
@@ -849,162 +664,6 @@ def _glued_kernels(chain: AugmentedChain, margs: np.ndarray) -> np.ndarray | Non
                 ker[a, pos[0]] = 1.0
         out[t][np.ix_(xs, ys)] = ker
     return out
-
-
-def _forward_kernels(chain: AugmentedChain, kernels: np.ndarray, g_term: np.ndarray):
-    """Like ``_forward`` for a Markov chain in X given by kernels (T, M, M)."""
-    m = chain.size
-    T = chain.last_date
-    joint = chain.initial.multiply(chain.law0[:, None]).toarray()
-    laws = np.zeros((T + 1, m))
-    laws[0] = joint.sum(axis=1)
-    flows = []
-    for t in range(T):
-        n_t = joint.shape[1]
-        xx, ss = np.nonzero(joint > 0)
-        kk = kernels[t][xx]  # (n, M)
-        rr, yy = np.nonzero(kk > 0)
-        w = joint[xx[rr], ss[rr]] * kk[rr, yy]
-        flows.append((xx[rr], ss[rr], yy, w))
-        q = np.zeros((n_t, m))
-        np.add.at(q, (ss[rr], yy), w)
-        sel = sparse.csr_matrix((q.ravel(), (np.tile(np.arange(m), n_t), np.arange(n_t * m))),
-                                shape=(m, n_t * m))
-        joint = np.asarray((sel @ chain.transitions[t]).todense())
-        laws[t + 1] = joint.sum(axis=1)
-    return laws, float(np.sum(joint * g_term)), flows
-
-
-def solve_side_dw(chain: AugmentedChain, marginals: Marginals, sense: str, *,
-                  tol: float = 1e-10, max_iter: int = 2000, smoothing: float = 0.8,
-                  highs_options: dict | None = None, return_plan: bool = False) -> BoundSide:
-    """One side of the chain LP by Dantzig-Wolfe decomposition (see the comment above).
-
-    The reported ``gap`` is the certified duality gap F(p) - master value; ``primal_residual``
-    is the marginal residual of the master's mixture; ``dual_residual`` is 0 by construction
-    (the recursion builds a dual-feasible superhedge for every p).
-    """
-    import highspy
-
-    if sense not in ("lower", "upper"):
-        raise ValueError(f"sense must be 'lower' or 'upper', got {sense!r}")
-    t0 = time.perf_counter()
-    T = chain.last_date
-    if T == 0:
-        return BoundSide(_constant_value(chain), True, 0, "no free variables", 0.0, 0.0, 0.0, 0.0)
-    sign = 1.0 if sense == "upper" else -1.0
-    g_term = sign * chain.terminal
-    m = chain.size
-    mu = np.asarray(marginals.weights, dtype=float)
-    stages = _stages(chain)
-    rows_y = [np.flatnonzero(chain.support[t]) for t in range(1, T + 1)]
-    b = np.concatenate([[1.0]] + [mu[t + 1, rows_y[t]] for t in range(T)])
-    n_rows = b.size
-    opts = dict(DEFAULT_HIGHS_OPTIONS)
-    opts.update(highs_options or {})
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("presolve", "off")
-    for key in ("primal_feasibility_tolerance", "dual_feasibility_tolerance"):
-        h.setOptionValue(key, float(opts[key]))
-    inf = highspy.kHighsInf
-    h.addRows(n_rows, b, b, 0, np.zeros(n_rows, np.int32), np.zeros(0, np.int32), np.zeros(0))
-    scale = 1.0 + float(np.max(np.abs(g_term), initial=0.0))
-    big = 1e4 * scale
-    eye = np.arange(n_rows, dtype=np.int32)
-    for sgn in (1.0, -1.0):
-        h.addCols(n_rows, np.full(n_rows, big), np.zeros(n_rows), np.full(n_rows, inf), n_rows,
-                  eye, eye, np.full(n_rows, sgn))
-    columns: list = []
-
-    def add(laws: np.ndarray, value: float, flows) -> None:
-        col = np.concatenate([[1.0]] + [laws[t + 1, rows_y[t]] for t in range(T)])
-        nz = np.flatnonzero(col)
-        h.addCols(1, np.array([-value]), np.zeros(1), np.full(1, inf), nz.size,
-                  np.zeros(1, np.int32), nz.astype(np.int32), col[nz])
-        columns.append((laws, value, flows if return_plan else None))
-
-    # start: the chain maximising E[g] with p = 0, and the glued one-period couplings
-    p = np.zeros((T + 1, m))
-    W, H, moves, val = _backward(chain, stages, g_term, p)
-    add(*_forward(chain, moves, g_term))
-    glued = _glued_kernels(chain, mu)
-    if glued is not None:
-        add(*_forward_kernels(chain, glued, g_term))
-    best = None
-    it = 0
-    status, message = 0, "optimal"
-    while True:
-        h.run()
-        it += 1
-        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-            status, message = 4, f"master: {h.modelStatusToString(h.getModelStatus())}"
-            break
-        sol = h.getSolution()
-        y = np.asarray(sol.row_dual, dtype=float)
-        master = -float(h.getInfo().objective_function_value)
-        pm = np.zeros((T + 1, m))
-        off = 1
-        for t in range(T):
-            pm[t + 1, rows_y[t]] = -y[off:off + rows_y[t].size]
-            off += rows_y[t].size
-        # Wentges smoothing: price at a convex combination of the best dual point and the
-        # master's duals; on a mis-price (no improving column) price at the master's duals.
-        for a in ((smoothing, 0.0) if best is not None and smoothing > 0 else (0.0,)):
-            p = pm if a == 0.0 else a * best[1] + (1.0 - a) * pm
-            W, H, moves, val = _backward(chain, stages, g_term, p)
-            bound = val + float(np.sum(p[1:] * mu[1:T + 1]))
-            if best is None or bound < best[0]:
-                best = (bound, p, W, H)
-            laws, value, flows = _forward(chain, moves, g_term)
-            gain = value - float(np.sum(pm[1:] * laws[1:])) + y[0]
-            if gain > tol * scale * 1e-2:
-                break
-        gap = best[0] - master
-        if gap <= tol * scale or it >= max_iter:
-            if gap > tol * scale:
-                status, message = 1, f"stopped after {it} iterations with gap {gap:.3e}"
-            break
-        if gain <= tol * scale * 1e-2:
-            status, message = 1, f"stalled with gap {gap:.3e} (no improving column)"
-            break
-        add(laws, value, flows)
-    seconds = time.perf_counter() - t0
-    if status == 4:
-        return BoundSide(float("nan"), False, status, message, seconds, info=dict(iterations=it))
-    x = np.asarray(sol.col_value, dtype=float)
-    elastic = float(x[: 2 * n_rows].sum())
-    lam = x[2 * n_rows:]
-    mix = sum(l * c[0] for l, c in zip(lam, columns))
-    primal = float(np.max(np.abs(mix[1:] - mu[1:T + 1] * chain.support[1:])))
-    primal = max(primal, abs(float(lam.sum()) - 1.0))
-    if elastic > 10 * opts["primal_feasibility_tolerance"]:
-        return BoundSide(float("nan"), False, 2,
-                         f"infeasible: elastic mass {elastic:.3e} left in the master (the "
-                         "marginals admit no martingale coupling on the grid)", seconds,
-                         primal, info=dict(iterations=it))
-    bound, p, W, H = best
-    u = p.copy()
-    s0 = chain.initial.toarray()
-    u[0] = np.nansum(s0 * np.nan_to_num(W[0], nan=0.0), axis=1)
-    supp = chain.support
-    u = np.where(supp, u, np.nan)
-    duals = Duals(u=sign * u, h=[sign * np.where(r, hh, np.nan) for r, hh in
-                                 zip(chain.reach[:T], H)],
-                  phi=[sign * np.where(r, w, np.nan) for r, w in zip(chain.reach, W)])
-    plan = None
-    if return_plan:
-        plan = [np.zeros((m, s.size, m)) for s in chain.states[:T]]
-        for l, c in zip(lam, columns):
-            if l <= 0 or c[2] is None:
-                continue
-            for t, (xx, ss, yy, w) in enumerate(c[2]):
-                np.add.at(plan[t], (xx, ss, yy), l * w)
-    master_val = float(lam @ np.array([c[1] for c in columns]))
-    return BoundSide(sign * master_val, status == 0, status, message, seconds, primal, 0.0,
-                     float(bound - master_val), duals, plan,
-                     dict(iterations=it, columns=len(columns), bound=sign * bound,
-                          master_rows=n_rows, elastic_mass=elastic))
 
 
 def _feasible_martingale_plan(x: np.ndarray, y: np.ndarray, mu: np.ndarray, nu: np.ndarray

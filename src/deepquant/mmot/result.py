@@ -88,9 +88,11 @@ class BoundsResult:
     lower, upper : float
         The bounds (undiscounted, in the units of the payoff on the grid).
     method : str
-        ``"lp"``, ``"path-lp"`` or ``"entropic"``.
+        ``"lp"``, ``"certified"``, ``"path-lp"`` or ``"entropic"`` (the method that ran).
     status : str
-        ``"optimal"``, or a short description of the failure.
+        ``"optimal"`` (LP), ``"certified"`` (certified method, both gaps within rtol),
+        ``"certified-wide"`` (valid bounds, a gap above rtol), or a short description of the
+        failure.
     success : bool
     message : str
     seconds : dict
@@ -155,6 +157,8 @@ class BoundsResult:
                 out[f"{name}_primal_residual"] = side.primal_residual
                 out[f"{name}_dual_residual"] = side.dual_residual
                 out[f"{name}_gap"] = side.gap
+                if "inner" in side.info:
+                    out[f"{name}_inner"] = side.info["inner"]
         return out
 
 

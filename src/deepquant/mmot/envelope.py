@@ -1,0 +1,329 @@
+"""Concave envelopes on the augmented chain: the exact superhedging sweep and its entropic
+smoothing (DESIGN §2.8).
+
+For static potentials u_t on the grid (the upper side; the lower side is the upper side of -f),
+the cheapest semi-static superhedge follows from one backward sweep over the chain (X_t, S_t):
+
+    W_T(x, s) = f(x, s) - u_T(x),
+    G_{t,s}(y) = sum_{s'} K_t(s, y; s') W_{t+1}(y, s'),            y in supp mu_{t+1},
+    V_t(x, s) = cav_y G_{t,s} (x),        W_t = V_t - u_t   (t >= 1),
+
+where cav_y is the upper concave envelope over the points y of supp mu_{t+1}, evaluated at x; its
+slope at x is the position h_t(x, s) in the underlying. For every u,
+
+    F(u) = sum_{t>=1} <u_t, mu_t> + sum_x mu_0(x) V_0(x, s_0(x))  >=  max E[f]
+
+(weak duality: the portfolio dominates f on every path of the chain), and min_u F = the LP value.
+One hull per state s costs O(Y) (monotone chain), so a sweep costs O(sum_t n_t M).
+
+The smoothed sweep replaces cav by the entropic envelope with h eliminated per state,
+
+    V_t(x, s) = min_h eps log sum_y exp((G~_{t,s}(y) - h (y - x)) / eps),
+    G~ = G + eps log mu_{t+1}(y)   (reference kernel: the next marginal),
+
+whose minimiser h makes the Gibbs kernel p(y | x, s) an exact martingale transition. F_eps is
+smooth and convex in u with gradient mu_t - (law of X_t under that chain). The sum over y is
+restricted to the band of points whose gap to the exact supporting line at x is below
+``band`` * eps (the hull bounds the gap from below, so the scan stops at the first hull vertex
+beyond the band); the dropped terms weigh less than exp(-band) each.
+
+The kernels run in numba (compiled on first use, cached on disk).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["hull_sweep_period", "soft_sweep_period", "soft_forward_period",
+           "hedge_violation_period", "kernels"]
+
+_PIN = 1e-13  # relative distance to the end of the hull at which a row is pinned (point mass)
+
+
+@njit(cache=True, nogil=True)
+def _upper_hull(yv, g, out):
+    """Positions of the vertices of the upper concave hull of (yv[j], g[j]) (yv increasing).
+    Writes them into ``out`` and returns their number. Collinear points are dropped."""
+    n = 0
+    for j in range(yv.size):
+        while n >= 2:
+            a = out[n - 2]
+            b = out[n - 1]
+            # drop b if it lies on or below the chord a -> j
+            cross = (yv[b] - yv[a]) * (g[j] - g[a]) - (g[b] - g[a]) * (yv[j] - yv[a])
+            if cross >= 0.0:
+                n -= 1
+            else:
+                break
+        out[n] = j
+        n += 1
+    return n
+
+
+def _hull_sweep_period(G, yv, xv, live, val, slope, j1, j2, lam, vert):
+    """Exact envelope of one period.
+
+    G : (n_s, Y) values G_{t,s}(y);  yv : (Y,) next points;  xv : (X,) current points (sorted);
+    live : (n_s, X) bool, the reachable pairs. Outputs (n_s, X): ``val`` = cav at x, ``slope``
+    = a supergradient (the hedge h), ``j1``/``j2`` = positions in yv of the move and ``lam`` the
+    weight on j1 (the hull chain: the martingale transition on the bracketing vertices);
+    ``vert`` (n_s, Y) marks hull vertices. Pairs whose x lies outside [yv[0], yv[-1]] get
+    val = -inf (no martingale transition exists)."""
+    n_s, n_y = G.shape
+    n_x = xv.size
+    for s in prange(n_s):
+        hull = np.empty(n_y, np.int64)
+        g = G[s]
+        nh = _upper_hull(yv, g, hull)
+        for k in range(n_y):
+            vert[s, k] = False
+        for k in range(nh):
+            vert[s, hull[k]] = True
+        k = 0
+        for a in range(n_x):
+            if not live[s, a]:
+                val[s, a] = 0.0
+                slope[s, a] = 0.0
+                j1[s, a] = 0
+                j2[s, a] = 0
+                lam[s, a] = 1.0
+                continue
+            x = xv[a]
+            if x < yv[hull[0]] or x > yv[hull[nh - 1]]:
+                val[s, a] = -np.inf
+                slope[s, a] = 0.0
+                j1[s, a] = 0
+                j2[s, a] = 0
+                lam[s, a] = 1.0
+                continue
+            while k < nh - 2 and yv[hull[k + 1]] < x:
+                k += 1
+            while k > 0 and yv[hull[k]] > x:
+                k -= 1
+            if nh == 1:
+                val[s, a] = g[hull[0]]
+                slope[s, a] = 0.0
+                j1[s, a] = hull[0]
+                j2[s, a] = hull[0]
+                lam[s, a] = 1.0
+                continue
+            ia = hull[k]
+            ib = hull[k + 1]
+            ya = yv[ia]
+            yb = yv[ib]
+            sl = (g[ib] - g[ia]) / (yb - ya)
+            slope[s, a] = sl
+            if x == ya:
+                val[s, a] = g[ia]
+                j1[s, a] = ia
+                j2[s, a] = ia
+                lam[s, a] = 1.0
+            elif x == yb:
+                val[s, a] = g[ib]
+                j1[s, a] = ib
+                j2[s, a] = ib
+                lam[s, a] = 1.0
+            else:
+                w = (yb - x) / (yb - ya)
+                val[s, a] = w * g[ia] + (1.0 - w) * g[ib]
+                j1[s, a] = ia
+                j2[s, a] = ib
+                lam[s, a] = w
+
+
+@njit(cache=True, nogil=True)
+def _soft_row(g, yv, x, lo, hi, h, h_mid, radius, eps, tol, max_iter):
+    """min_h eps log sum_{j=lo..hi} exp((g[j] - h (yv[j] - x)) / eps) by safeguarded Newton.
+
+    The minimiser lies within ``radius`` of the exact slope ``h_mid`` (the band holds every
+    point within band*eps of the supporting line), so h is kept in that interval; a step that
+    goes uphill is halved. Returns (value, h, |E[y - x]|)."""
+    h_lo = h_mid - radius
+    h_hi = h_mid + radius
+    h = min(max(h, h_lo), h_hi)
+    best_v = np.inf
+    best_h = h
+    drift = np.inf
+    h_prev = h
+    for _ in range(max_iter):
+        m = -np.inf
+        for j in range(lo, hi + 1):
+            z = (g[j] - h * (yv[j] - x)) / eps
+            if z > m:
+                m = z
+        ssum = 0.0
+        e1 = 0.0
+        for j in range(lo, hi + 1):
+            e = np.exp((g[j] - h * (yv[j] - x)) / eps - m)
+            ssum += e
+            e1 += e * (yv[j] - x)
+        mean = e1 / ssum
+        v = eps * (m + np.log(ssum))
+        if not (v <= best_v + 1e-15 * (abs(best_v) + eps)) and best_v < np.inf:
+            # uphill (or not finite): halve the step (the objective is convex in h)
+            h = 0.5 * (h + h_prev)
+            continue
+        best_v = v
+        best_h = h
+        drift = abs(mean)
+        if drift <= tol:
+            break
+        if mean > 0.0:
+            h_lo = max(h_lo, h)
+        else:
+            h_hi = min(h_hi, h)
+        var = 0.0
+        for j in range(lo, hi + 1):
+            e = np.exp((g[j] - h * (yv[j] - x)) / eps - m)
+            d = yv[j] - x - mean
+            var += e * d * d
+        var /= ssum
+        h_prev = h
+        step = eps * mean / var if var > 0.0 else np.inf
+        h_new = h + step
+        if not (h_lo < h_new < h_hi):
+            h_new = 0.5 * (h_lo + h_hi)  # bisection inside the bracket
+        if abs(h_new - h) <= 1e-14 * (abs(h) + radius):
+            break
+        h = h_new
+    return best_v, best_h, drift
+
+
+def _soft_sweep_period(G, yv, xv, live, hval, hslope, vert, eps, band, h_init, use_init,
+                      val, h_out, lo_out, hi_out, drift_out):
+    """Entropic envelope of one period (see the module docstring).
+
+    G : (n_s, Y) the smoothed values G~ (reference folded in); hval/hslope/vert from
+    ``hull_sweep_period`` on the same G; h_init (n_s, X) warm starts used where ``use_init``.
+    Outputs (n_s, X): val, h_out, the band [lo_out, hi_out] (positions in yv) and the drift."""
+    n_s, n_y = G.shape
+    n_x = xv.size
+    thr = band * eps
+    span = yv[n_y - 1] - yv[0]
+    for s in prange(n_s):
+        g = G[s]
+        for a in range(n_x):
+            if not live[s, a]:
+                val[s, a] = 0.0
+                h_out[s, a] = 0.0
+                lo_out[s, a] = 0
+                hi_out[s, a] = -1
+                drift_out[s, a] = 0.0
+                continue
+            x = xv[a]
+            # position p: last j with yv[j] <= x
+            lo = 0
+            hi = n_y - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if yv[mid] <= x:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            p = lo
+            pin_lo = x - yv[0] <= _PIN * span
+            pin_hi = yv[n_y - 1] - x <= _PIN * span
+            if pin_lo or pin_hi:
+                q = 0 if pin_lo else n_y - 1
+                val[s, a] = g[q]
+                h_out[s, a] = hslope[s, a]
+                lo_out[s, a] = q
+                hi_out[s, a] = q
+                drift_out[s, a] = 0.0
+                continue
+            v0 = hval[s, a]
+            s0 = hslope[s, a]
+            j = p
+            while j >= 0:
+                d = v0 + s0 * (yv[j] - x) - g[j]
+                if vert[s, j] and d > thr:
+                    break
+                j -= 1
+            lo = j + 1
+            j = p + 1
+            while j < n_y:
+                d = v0 + s0 * (yv[j] - x) - g[j]
+                if vert[s, j] and d > thr:
+                    break
+                j += 1
+            hi = j - 1
+            if lo > p or hi <= p and yv[p] < x:
+                # cannot happen for x inside the hull (the bracketing vertices have gap 0)
+                lo = max(0, min(lo, p))
+                hi = min(n_y - 1, max(hi, p + 1))
+            dmin = span
+            for j in range(lo, hi + 1):
+                d = abs(yv[j] - x)
+                if 0.0 < d < dmin:
+                    dmin = d
+            radius = 2.0 * (band + 2.0) * eps / dmin
+            h0 = h_init[s, a] if use_init else s0
+            tol = 1e-12 * span
+            v, hh, dr = _soft_row(g, yv, x, lo, hi, h0, s0, radius, eps, tol, 80)
+            val[s, a] = v
+            h_out[s, a] = hh
+            lo_out[s, a] = lo
+            hi_out[s, a] = hi
+            drift_out[s, a] = dr
+
+
+def _soft_forward_period(G, yv, xv, mass, h, lo, hi, val, eps, q):
+    """Mass of (S_t = s, X_{t+1} = yv[j]) under the smoothed chain: q[s, j] = sum_x mass[s, x]
+    p(j | x, s), p the Gibbs kernel exp((G~ - h (y - x) - val) / eps) on the band."""
+    n_s, n_y = G.shape
+    n_x = xv.size
+    for s in prange(n_s):
+        for j in range(n_y):
+            q[s, j] = 0.0
+        for a in range(n_x):
+            w = mass[s, a]
+            if w <= 0.0 or hi[s, a] < lo[s, a]:
+                continue
+            x = xv[a]
+            tot = 0.0
+            for j in range(lo[s, a], hi[s, a] + 1):
+                tot += np.exp((G[s, j] - h[s, a] * (yv[j] - x) - val[s, a]) / eps)
+            for j in range(lo[s, a], hi[s, a] + 1):
+                q[s, j] += w * np.exp((G[s, j] - h[s, a] * (yv[j] - x) - val[s, a]) / eps) / tot
+
+
+def _hedge_violation_period(G, yv, xv, live, val, slope):
+    """Largest violation max_y [G_s(y) - val(s, x) - slope(s, x) (y - x)] over the live pairs,
+    per state (n_s,): what the superhedge of this period misses on its worst move."""
+    n_s, n_y = G.shape
+    n_x = xv.size
+    out = np.zeros(n_s)
+    for s in prange(n_s):
+        worst = 0.0
+        for a in range(n_x):
+            if not live[s, a]:
+                continue
+            x = xv[a]
+            for j in range(n_y):
+                d = G[s, j] - val[s, a] - slope[s, a] * (yv[j] - x)
+                if d > worst:
+                    worst = d
+        out[s] = worst
+    return out
+
+
+_PY = dict(hull_sweep_period=_hull_sweep_period, soft_sweep_period=_soft_sweep_period,
+           soft_forward_period=_soft_forward_period,
+           hedge_violation_period=_hedge_violation_period)
+_SERIAL = {k: njit(cache=True)(f) for k, f in _PY.items()}
+_PARALLEL = {k: njit(cache=True, parallel=True)(f) for k, f in _PY.items()}
+PARALLEL_WORK = 400_000
+"""Work (states x points x points) above which the threaded kernels are used: below it the
+thread start-up costs more than it saves (measured 10x slower on 13-point grids)."""
+
+
+def kernels(work: int) -> dict:
+    """The serial or the threaded compiled kernels for a period of the given work size."""
+    return _PARALLEL if work > PARALLEL_WORK else _SERIAL
+
+
+hull_sweep_period = _SERIAL["hull_sweep_period"]
+soft_sweep_period = _SERIAL["soft_sweep_period"]
+soft_forward_period = _SERIAL["soft_forward_period"]
+hedge_violation_period = _SERIAL["hedge_violation_period"]
