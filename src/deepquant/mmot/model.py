@@ -310,7 +310,7 @@ class ChainPlan:
         b = kernels.shape[0]
         joint = law0[:, None, self.rows[0]] * self.initial[None]          # (B, n_0, |rows_0|)
         for t in range(self.last_date):
-            k = kernels[:, t][:, self.rows[t]][:, :, self.cols[t]]         # (B, |rows_t|, |cols_t|)
+            k = kernels[:, t, self.rows[t][:, None], self.cols[t]]         # (B, |rows_t|, |cols_t|)
             q = np.matmul(joint, k).reshape(b, -1)                         # (B, n_t |cols_t|)
             nxt = np.empty((b, self.maps[t].shape[0]))
             for i in range(b):       # one CSR mat-vec per instance: no transposed copies
