@@ -86,9 +86,10 @@ def test_preset_pricer_names():
 
     assert preset_pricer("rbergomi").dual == "subsim"
     assert preset_pricer("bs", n_dates=4).n_dates == 4
-    assert set(PRESETS) == {"bs", "rbergomi", "rbergomi-signature"}
+    assert set(PRESETS) == {"bs", "rbergomi", "rbergomi-signature", "heston"}
+    assert preset_pricer("heston").dual == "signature"
     with pytest.raises(ValueError, match="name must be one of"):
-        preset_pricer("heston")
+        preset_pricer("sabr")
 
 
 @pytest.mark.parametrize("args, match", [
@@ -100,6 +101,8 @@ def test_preset_pricer_names():
     (["--float32"], "--float32 needs --device"),
     (["--american", "--steps-per-date", "6"], "--steps-per-date must be a multiple of 4"),
     (["--grids", "3", "--steps-per-date", "2"], "divisible by 2^(grids-1) = 4"),
+    (["--model", "heston", "--upper", "subsim"], "--upper subsim is specific to rough Bergomi"),
+    (["--model", "heston", "--v0", "-1"], "v0 must be > 0"),
 ])
 def test_american_options_are_named_in_errors(runner, args, match):
     res = runner.invoke(main, ["american", "--strike", "100", *args])

@@ -41,13 +41,14 @@ def _check_resume(path: str) -> None:
                          ) from exc
 
 
-def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, steps_per_date,
+def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, heston,
+           steps_per_date,
            grids, grid_rate, american, tol, device, float32, sig_level, n_regression, batch_size,
            max_batches, patience, upper, dual_fit, mc, no_zero, resume):
     """Validate the options (messages name the CLI option) and build (model, pricer, plan)."""
     from dataclasses import replace
 
-    from deepquant.rough import TIME_STEP_RATE, RoughBergomi, preset_pricer
+    from deepquant.rough import TIME_STEP_RATE, Heston, RoughBergomi, preset_pricer
 
     if max_batches < 2:
         raise ValueError(f"--max-batches must be >= 2 (a confidence interval needs two "
@@ -70,12 +71,18 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, step
         raise ValueError("--float32 needs --device (the numpy simulator is float64)")
     if model == "bs":
         m = RoughBergomi.black_scholes(sigma=sigma, r=r, S0=S0)
+    elif model == "heston":
+        m = Heston(**heston)
     else:
         m = RoughBergomi(H=H, eta=eta, rho=rho, xi0=xi0, r=r, S0=S0)
     bs = model == "bs"
+    if model == "heston" and upper == "subsim":
+        raise ValueError("--upper subsim is specific to rough Bergomi; use --upper signature "
+                         "(the default) for --model heston")
     if upper == "auto":
-        upper = "signature" if bs else "subsim"
-    preset = "bs" if bs else ("rbergomi" if upper == "subsim" else "rbergomi-signature")
+        upper = "signature" if bs or model == "heston" else "subsim"
+    preset = "bs" if bs else ("heston" if model == "heston" else
+                              "rbergomi" if upper == "subsim" else "rbergomi-signature")
     opts = dict(n_dates=n_dates, T=T, exercise_at_zero=not no_zero, batch_size=batch_size,
                 max_batches=max_batches, min_batches=min(4, max_batches), patience=patience,
                 method="mc" if mc else "rqmc", dual_fit=dual_fit, device=device,
@@ -109,8 +116,8 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, step
                          f"must be a multiple of 4, got {spd}")
     if runs > 1 and (grids > 1 or american or tol > 0):
         raise ValueError("--runs >= 2 (ensembles) needs --grids 1 and no --american/--tol")
-    if grid_rate is None:
-        grid_rate = TIME_STEP_RATE
+    if grid_rate is None:  # Euler for Heston: weak order 1
+        grid_rate = 1.0 if model == "heston" else TIME_STEP_RATE
     if not grid_rate > 0:
         raise ValueError(f"--grid-rate must be > 0, got {grid_rate}")
     if resume is not None:
@@ -122,8 +129,10 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, step
 
 
 @click.command("american")
-@click.option("--model", type=click.Choice(["rbergomi", "bs"]), default="rbergomi",
-              show_default=True, help="rough Bergomi, or its Black-Scholes limit (eta = 0).")
+@click.option("--model", type=click.Choice(["rbergomi", "bs", "heston"]), default="rbergomi",
+              show_default=True,
+              help="rough Bergomi, its Black-Scholes limit (eta = 0), or Heston (--v0, "
+                   "--kappa, --theta, --vol-of-vol, --rho; signature dual)")
 @click.option("--strike", type=float, required=True, help="strike K")
 @click.option("--dates", "n_dates", type=int, default=12, show_default=True,
               help="exercise dates j T / dates, j = 1..dates (plus t = 0 unless --no-zero)")
@@ -138,6 +147,12 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, step
 @click.option("--eta", type=float, default=1.9, show_default=True)
 @click.option("--rho", type=float, default=-0.9, show_default=True)
 @click.option("--xi0", type=float, default=0.09, show_default=True)
+@click.option("--v0", type=float, default=0.04, show_default=True, help="Heston V_0")
+@click.option("--kappa", type=float, default=1.5, show_default=True, help="Heston mean reversion")
+@click.option("--theta", type=float, default=0.04, show_default=True,
+              help="Heston long-run variance")
+@click.option("--vol-of-vol", type=float, default=0.5, show_default=True,
+              help="Heston volatility of the variance")
 @click.option("--steps-per-date", type=int, default=None,
               help="simulation steps per exercise period of the finest grid [default: 8 "
                    "rbergomi, 1 bs]")
@@ -146,7 +161,8 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, step
                    "coarser ones with half the steps each, Richardson-extrapolated "
                    "[default: 2 rbergomi, 1 bs (its scheme is exact)]")
 @click.option("--grid-rate", "grid_rate", type=float, default=None,
-              help="weak rate of the time-step extrapolation [default: the measured rate, "
+              help="weak rate of the time-step extrapolation [default: 1 for heston, else the "
+                   "measured rough Bergomi rate, "
                    "deepquant.rough.TIME_STEP_RATE]")
 @click.option("--american", is_flag=True,
               help="American price: Bermudan runs with --dates, 2x and 4x as many dates on one "
@@ -189,8 +205,8 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, step
               help="ensemble state file (JSON, rewritten after every finished run): rerun the "
                    "same command after an interruption to keep the finished runs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho, xi0,
-             steps_per_date, grids, grid_rate, american, tol, device, float32, sig_level,
+def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho, xi0, v0,
+             kappa, theta, vol_of_vol, steps_per_date, grids, grid_rate, american, tol, device, float32, sig_level,
              n_regression, batch_size, max_batches, patience, upper, dual_fit, mc, no_zero,
              seed, backend, workers, resume, as_json):
     """Bermudan/American option under rough Bergomi: LSM lower and dual upper bounds per run;
@@ -199,15 +215,17 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
     from deepquant.rough import ensemble, price_american, price_converged
 
     try:
+        heston = dict(v0=v0, kappa=kappa, theta=theta, sigma=vol_of_vol, rho=rho, r=r, S0=S0)
         m, pricer, plan = _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho,
-                                 xi0, steps_per_date, grids, grid_rate, american, tol, device,
+                                 xi0, heston, steps_per_date, grids, grid_rate, american, tol, device,
                                  float32, sig_level, n_regression, batch_size, max_batches,
                                  patience, upper, dual_fit, mc, no_zero, resume)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
-    title = (f"{option} K={strike:g}, {n_dates} dates, T={T:g}, "
-             f"{'Black-Scholes sigma=' + format(sigma, 'g') if model == 'bs' else 'rough Bergomi'}")
+    name = {"bs": f"Black-Scholes sigma={sigma:g}", "heston": "Heston"}.get(model,
+                                                                          "rough Bergomi")
+    title = f"{option} K={strike:g}, {n_dates} dates, T={T:g}, {name}"
     try:
         if plan["american"] or plan["grids"] > 1:
             from threadpoolctl import threadpool_limits

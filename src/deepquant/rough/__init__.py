@@ -19,12 +19,11 @@ from deepquant.rough.engine import (
     PRESETS,
     BermudanPricer,
     BermudanResult,
-    EnsembleResult,
-    ensemble,
     exercise_payoff,
     preset_pricer,
     price_bermudan,
 )
+from deepquant.rough.ensemble import EnsembleResult, ensemble
 from deepquant.rough.extrapolate import (
     TIME_STEP_RATE,
     ConvergedResult,

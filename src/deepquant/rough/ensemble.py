@@ -1,0 +1,171 @@
+"""Ensembles of independent Bermudan runs with t-intervals, resumable (DESIGN §4, seed 004
+§3.3).
+
+``ensemble`` runs N independent pricings (seeds from ``SeedSequence.spawn``) through
+``deepquant.parallel``; the midpoint of each run is (lower + upper)/2; the final price is the
+mean of the midpoints, with 95% t-intervals (N - 1 degrees of freedom) for the midpoint, the
+lower and the upper bound. A JSON state file makes an interrupted ensemble resumable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepquant.payoffs import Payoff
+from deepquant.rough.engine import (
+    BermudanPricer,
+    BermudanResult,
+    _option_name,
+    exercise_payoff,
+)
+from deepquant.rough.qmc import RngLike, as_seed_sequence, t_interval
+from deepquant.rough.rbergomi import RoughBergomi
+
+__all__ = ["EnsembleResult", "ensemble"]
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """Seed 004 §3.3 table over ``n_runs`` independent runs (95% t-intervals, n_runs - 1 dof).
+
+    midpoint : mean of the runs' (lower + upper) / 2, with midpoint_ci
+    lower, upper : means of the runs' bounds, with lower_ci, upper_ci
+    runs : the individual ``BermudanResult`` objects
+    seconds : wall time of the ensemble
+    """
+
+    midpoint: float
+    midpoint_ci: tuple[float, float]
+    lower: float
+    lower_ci: tuple[float, float]
+    upper: float
+    upper_ci: tuple[float, float]
+    n_runs: int
+    seconds: float
+    runs: list
+
+    @property
+    def value(self) -> float:
+        return self.midpoint
+
+    def to_dict(self) -> dict:
+        return {
+            "midpoint": self.midpoint, "midpoint_ci": list(self.midpoint_ci),
+            "lower": self.lower, "lower_ci": list(self.lower_ci),
+            "upper": self.upper, "upper_ci": list(self.upper_ci),
+            "n_runs": self.n_runs, "seconds": self.seconds,
+            "runs": [r.to_dict() for r in self.runs],
+        }
+
+
+def _ensemble_task(args) -> BermudanResult:  # module level: picklable for process pools/Ray
+    pricer, model, strike, option, seed = args
+    return pricer(model, strike, option=option, rng=seed)
+
+
+def _ensemble_fingerprint(pricer, model, strike, option, runs, root) -> str:
+    import hashlib
+
+    key = repr((pricer, model, float(strike), option, int(runs), root.entropy, root.spawn_key))
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _load_resume(path, rng: RngLike) -> tuple[np.random.SeedSequence | None, dict]:
+    """(root seed sequence, finished runs by index) from a resume file, or (None, {})."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return None, {}
+    try:
+        state = json.loads(path.read_text())
+        entropy = state["entropy"]
+        done = {int(k): BermudanResult.from_dict(v) for k, v in state["runs"].items()}
+        fingerprint = state["fingerprint"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"resume file {str(path)!r} is not an ensemble state file ({exc})"
+                         ) from exc
+    root = as_seed_sequence(rng) if rng is not None else np.random.SeedSequence(entropy)
+    return root, {"fingerprint": fingerprint, "runs": done}
+
+
+def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, option: str = "put",
+             pricer: BermudanPricer | None = None, rng: RngLike = None,
+             backend: str | None = "local", n_workers: int = 0,
+             progress: Callable[[int, BermudanResult], None] | None = None,
+             resume: str | None = None) -> EnsembleResult:
+    """Run ``runs`` independent pricings (seeds from ``SeedSequence.spawn``) in parallel via
+    ``deepquant.parallel.get_executor(backend)``; ``progress(done, result)`` after each run.
+
+    ``resume``: a JSON state file, rewritten atomically after every finished run (the root seed
+    entropy, a fingerprint of the configuration and the finished runs). Rerunning with the same
+    file after an interruption keeps the finished runs and computes only the missing ones, with
+    the same seeds (the stored entropy is used when ``rng`` is None); a file written for another
+    configuration (pricer, model, strike, option, runs or seed) is a ``ValueError``.
+    """
+    from deepquant.parallel import get_executor
+
+    if not isinstance(runs, int) or runs < 2:
+        raise ValueError(f"runs must be an integer >= 2 for t-intervals, got {runs!r}")
+    payoff = exercise_payoff(strike, option)  # validated before starting workers
+    strike, option = payoff.strike, _option_name(payoff)
+    pricer = pricer or BermudanPricer()
+    root, state = _load_resume(resume, rng) if resume is not None else (None, {})
+    root = root if root is not None else as_seed_sequence(rng)
+    fingerprint = _ensemble_fingerprint(pricer, model, strike, option, runs, root)
+    results: list = [None] * runs
+    if state:
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(f"resume file {str(resume)!r} was written for another ensemble "
+                             "configuration (pricer, model, strike, option, runs or seed); "
+                             "delete it or pass another path")
+        for i, res in state["runs"].items():
+            if 0 <= i < runs:
+                results[i] = res
+    seeds = root.spawn(runs)
+    t0 = time.perf_counter()
+
+    def save() -> None:
+        if resume is None:
+            return
+        from deepquant.atomic import write_json
+
+        entropy = root.entropy
+        write_json(resume, {"fingerprint": fingerprint,
+                            "entropy": entropy if isinstance(entropy, int) else list(entropy),
+                            "runs": {str(i): r.to_dict() for i, r in enumerate(results)
+                                     if r is not None}})
+
+    todo = [i for i in range(runs) if results[i] is None]
+    done = runs - len(todo)
+    if progress and done:
+        progress(done, next(r for r in results if r is not None))
+    if todo:
+        executor = get_executor(backend, n_workers=n_workers)
+        tasks = [(pricer, model, strike, option, seeds[i]) for i in todo]
+        for j, res in executor.as_completed(_ensemble_task, tasks):
+            results[todo[j]] = res
+            done += 1
+            save()
+            if progress:
+                progress(done, res)
+    save()
+    lows = np.array([r.lower for r in results])
+    ups = np.array([r.upper for r in results])
+    mids = 0.5 * (lows + ups)
+
+    def ci(x):
+        m, _, hw = t_interval(x)
+        return float(m), (float(m - hw), float(m + hw))
+
+    mid, mid_ci = ci(mids)
+    lo, lo_ci = ci(lows)
+    up, up_ci = ci(ups)
+    return EnsembleResult(midpoint=mid, midpoint_ci=mid_ci, lower=lo, lower_ci=lo_ci, upper=up,
+                          upper_ci=up_ci, n_runs=runs, seconds=time.perf_counter() - t0,
+                          runs=results)
