@@ -227,3 +227,39 @@ def test_real_spx_chain_with_a_scaled_expiry_is_an_error():
                                          r"over 98 days, an annual rate of \d{3}\.\d%.*calendar "
                                          r"arbitrage: 2023-09-15 SPX"):
         calibrate_chain(bad, expiries, grid_size=60)
+
+
+def test_snapshots_in_several_files(chain_rows, tmp_path):
+    from click.testing import CliRunner
+
+    from deepquant.cli import main
+
+    rows, _ = chain_rows
+    one = load_chain(write(tmp_path / "one.csv", rows))
+    # three files, a minute apart; the first one also repeats every contract of the last one
+    # with stale quotes, which the later file must replace
+    parts = [rows[0::3], rows[1::3], rows[2::3]]
+    files = [write(tmp_path / f"snap{i}.csv",
+                   [dict(r, quote_time_et=f"15:5{8 + i}" if i < 2 else "16:00") for r in p])
+             for i, p in enumerate(parts)]
+    stale = [dict(r, quote_time_et="15:58", bid="0.05", ask="9999") for r in parts[2]]
+    files[0] = write(tmp_path / "snap0.csv",
+                     [dict(r, quote_time_et="15:58") for r in parts[0]] + stale)
+    many = load_chain(files)
+    assert many.path.endswith("snap0.csv (+2 more files)")
+    assert many.quote_time == one.quote_time and many.cleaning.quote_spread == 120.0
+    assert many.cleaning.n_superseded == len(parts[2])
+    for a, b in zip(one.slices, many.slices):
+        np.testing.assert_array_equal(a.call_ask, b.call_ask)
+        np.testing.assert_array_equal(a.put_bid, b.put_bid)
+    with pytest.raises(ValueError, match="no option chain file given"):
+        load_chain([])
+    with pytest.raises(ValueError, match="is not a regular file"):
+        load_chain([files[0], tmp_path])
+    r = CliRunner().invoke(main, ["calibrate", *map(str, files), "--expiries",
+                                  ",".join(EXPIRIES[:2]), "--grid-size", "40", "--out",
+                                  str(tmp_path / "m.npz"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["cleaning"]["quote_spread"] == 120.0
+    assert out["cleaning"]["n_superseded"] == len(parts[2])

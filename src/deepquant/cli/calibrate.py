@@ -48,7 +48,7 @@ def _parse_duration(text: str, option: str) -> float:
 
 
 @click.command("calibrate")
-@click.argument("chain", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("chain", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--expiries", default="30d,60d,90d,120d,150d", show_default=True,
               help="Comma-separated tenors (30d, 6w, 3m, 1y: nearest available expiry), dates "
                    "YYYY-MM-DD[:ROOT], or ranges like 7d..1y (every expiry in it).")
@@ -75,11 +75,12 @@ def _parse_duration(text: str, option: str) -> float:
               help="Widest span of quote times in a chain merged from snapshots (e.g. 90s, 5m, "
                    "1h); the latest quote of a contract seen twice is kept.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead.")
-def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
+def calibrate_command(chain: tuple[Path, ...], expiries: str, grid_size: int, out: Path,
                       figures: Path | None, fit_range: str, reg: float, window: float,
                       alpha: float, rate_range: str, max_quote_spread: str,
                       as_json: bool) -> None:
-    """Calibrate arbitrage-free marginals to the bid-ask quotes of an option CHAIN (CSV).
+    """Calibrate arbitrage-free marginals to the bid-ask quotes of an option CHAIN (CSV; several
+    files are snapshots of one chain, merged within --max-quote-spread).
 
     Reads a Cboe delayed-quotes CSV or a normalized CSV, fits forwards and discount factors by
     put-call parity, solves one convex program over all chosen expiries (probabilities with
@@ -101,7 +102,7 @@ def calibrate_command(chain: Path, expiries: str, grid_size: int, out: Path,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CalibrationWarning)  # reported from quote_checks
-            res = calibrate_chain(chain, specs, grid_size=grid_size,
+            res = calibrate_chain(chain[0] if len(chain) == 1 else list(chain), specs, grid_size=grid_size,
                                   fit_range=_parse_range(fit_range), reg=reg, window=window,
                                   alpha=alpha, rate_range=rates, max_quote_spread=spread)
     except (ValueError, RuntimeError) as exc:  # bad input; a solver that returned nothing

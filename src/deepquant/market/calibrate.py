@@ -462,7 +462,7 @@ def calibrate(
 
 
 def calibrate_chain(
-    chain: str | os.PathLike[str] | OptionChain,
+    chain: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | OptionChain,
     expiries: Sequence[str | float | dt.date] = DEFAULT_EXPIRIES,
     *,
     grid_size: int = 150,
@@ -476,8 +476,9 @@ def calibrate_chain(
 
     Parameters
     ----------
-    chain : path-like or OptionChain
-        A CSV in either layout (``deepquant.market.quotes.load_chain``) or a loaded chain.
+    chain : path-like, sequence of path-likes, or OptionChain
+        A CSV in either layout, or several holding snapshots of one chain
+        (``deepquant.market.quotes.load_chain``), or a loaded chain.
     expiries : sequence
         Tenors (``"30d"``, ``"3m"``, ...) or dates (``"2023-07-21"``, ``"2023-07-21:SPX"``); see
         ``select_slices``. At least 2.

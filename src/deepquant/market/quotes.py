@@ -12,11 +12,12 @@ Two CSV layouts are read (``load_chain`` tells them apart from the first lines):
   ``root`` (default from ``option_symbol``, else ``underlying``, else ``"?"``), ``settlement``
   (``AM``/``PM``; default AM for the root ``SPX``, PM otherwise) and ``spot``.
 
-Chains assembled from several snapshots (normalized layout): rows may carry different quote times
-as long as they span at most ``max_quote_spread`` seconds (default 300, five minutes; a wider span
-is an error naming the option). The chain's quote instant is the latest row's; a contract seen
-in several snapshots keeps its latest quote (the older ones are counted as ``n_superseded``);
-each slice records the spread of its rows' quote times (``ChainSlice.quote_spread``).
+Chains assembled from several snapshots (rows of a normalized file with their own quote times,
+or several files in either layout passed together to ``load_chain``): the quote times may span at
+most ``max_quote_spread`` seconds (default 300, five minutes; a wider span is an error naming the
+option). The chain's quote instant is the latest row's; a contract seen in several snapshots
+keeps its latest quote (the older ones are counted as ``n_superseded``); each slice records the
+spread of its rows' quote times (``ChainSlice.quote_spread``).
 
 Cleaning (counts kept in ``CleaningReport``): a contract is dropped when its slice has expired
 (settlement instant not after the quote instant), when its bid is zero (or missing), or when it is
@@ -38,7 +39,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -253,16 +254,17 @@ def year_fraction(quote_time: dt.datetime, expiry: dt.date, settlement: str) -> 
     return delta.total_seconds() / (DAYS_PER_YEAR * 86400.0)
 
 
-def load_chain(path: str | os.PathLike[str], *,
+def load_chain(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
                max_quote_spread: float = DEFAULT_MAX_QUOTE_SPREAD) -> OptionChain:
     """Load an option chain CSV (Cboe delayed-quotes or normalized layout) and clean it.
 
     Parameters
     ----------
-    path : path-like
-        The CSV file. The layout is detected from its first non-blank line: a normalized file
-        starts with a header containing ``quote_date``; a Cboe file starts with the underlying's
-        name and ``Last:``.
+    path : path-like or sequence of path-likes
+        The CSV file, or several files holding snapshots of one chain (each in either layout;
+        they are merged as one file with several quote times would be). The layout is detected
+        from the first non-blank line: a normalized file starts with a header containing
+        ``quote_date``; a Cboe file starts with the underlying's name and ``Last:``.
     max_quote_spread : float
         Largest accepted span, in seconds, between the earliest and the latest quote time of the
         rows (a chain merged from snapshots); the chain is quoted at the latest time and a
@@ -277,18 +279,38 @@ def load_chain(path: str | os.PathLike[str], *,
     Raises
     ------
     ValueError
-        The file is missing or unreadable, a required column is missing (named), a line has the
-        wrong number of fields or an unreadable value (file and line named), no contract in
-        the file is two-sided and unexpired, or the quote times span more than
-        ``max_quote_spread``.
+        A file is missing or unreadable, a required column is missing (named), a line has the
+        wrong number of fields or an unreadable value (file and line named), no contract is
+        two-sided and unexpired, or the quote times span more than ``max_quote_spread``.
     """
     if not (np.isfinite(max_quote_spread) and max_quote_spread >= 0):
         raise ValueError(f"max_quote_spread must be a number of seconds >= 0, got "
                          f"{max_quote_spread!r}")
-    path = Path(path)
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if not paths:
+        raise ValueError("no option chain file given")
+    parts = [_read_file(Path(p)) for p in paths]
+    if len(parts) == 1:
+        return _clean(str(paths[0]), parts[0], float(max_quote_spread))
+    # several snapshots: every contract keeps its file's (or its row's) quote time; the spot is
+    # the one shown with the latest snapshot that has one
+    contracts = [replace(c, quote_time=c.quote_time or p.quote_time)
+                 for p in parts for c in p.contracts]
+    latest = max(parts, key=lambda p: p.quote_time)
+    spots = [p for p in sorted(parts, key=lambda p: p.quote_time) if np.isfinite(p.spot)]
+    merged = ParsedChain(latest.quote_time, spots[-1].spot if spots else float("nan"),
+                         contracts)
+    name = f"{paths[0]} (+{len(paths) - 1} more file{'s' if len(paths) > 2 else ''})"
+    return _clean(name, merged, float(max_quote_spread))
+
+
+def _read_file(path: Path) -> ParsedChain:
+    """Read one CSV in either layout (not yet cleaned)."""
     name = str(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"option chain file {name!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"option chain file {name!r} is not a regular file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             lines = list(csv.reader(fh))
@@ -299,17 +321,15 @@ def load_chain(path: str | os.PathLike[str], *,
         raise ValueError(f"{name}: the file is empty")
     head = [c.strip().lower() for c in lines[first]]
     if "quote_date" in head:
-        parsed = read_normalized(path, lines, first)
-    elif any(c.startswith("last:") for c in head) or (
+        return read_normalized(path, lines, first)
+    if any(c.startswith("last:") for c in head) or (
             len(lines) > first + 2 and any("expiration date" == c.strip().lower()
                                            for c in lines[first + 2])):
-        parsed = read_cboe(path, lines, first)
-    else:
-        raise ValueError(
-            f"{name}, line {first + 1}: unknown layout; expected a normalized header with columns "
-            f"{list(NORMALIZED_REQUIRED)} or a Cboe delayed-quotes file ('<name>,Last: ...')"
-        )
-    return _clean(name, parsed, float(max_quote_spread))
+        return read_cboe(path, lines, first)
+    raise ValueError(
+        f"{name}, line {first + 1}: unknown layout; expected a normalized header with columns "
+        f"{list(NORMALIZED_REQUIRED)} or a Cboe delayed-quotes file ('<name>,Last: ...')"
+    )
 
 
 def _fmt_seconds(sec: float) -> str:
