@@ -302,7 +302,8 @@ def test_hybrid_reaches_classical_tolerance_and_ood_fallback(tiny_data, tiny_che
     np.testing.assert_allclose(raw.v, pure.v)        # the same network potentials v
     with pytest.raises(ValueError, match="project must be a bool"):
         NeuralPricer(tiny_checkpoint, project="yes")
-    hy = pricer.solve(marg, hybrid=True)
+    with pytest.warns(FutureWarning, match="hybrid=True is deprecated.*1.31x"):
+        hy = pricer.solve(marg, hybrid=True)
     assert hy.mode == "hybrid" and hy.success
     assert hy.drift <= 1e-9 and hy.marginal_error <= 1e-9  # the classical tolerance
     price = hy.price(AsianCall(strike=1.0))
@@ -338,7 +339,7 @@ def test_cli_generate_validate_train_evaluate(tmp_path, tiny_checkpoint):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["instances"] == 6
     r = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_checkpoint), "--test", str(out),
-                             "--max-instances", "3", "--json"])
+                             "--max-instances", "3", "--hybrid", "--json"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     fams = [row["family"] for row in rep["families"]]

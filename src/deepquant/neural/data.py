@@ -28,7 +28,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,18 @@ import numpy as np
 from deepquant.atomic import atomic_path
 
 __all__ = [
-    "FAMILIES", "N_CHOICES", "FORMAT", "InstanceSpec", "instance_spec", "model_grid",
+    "FAMILIES", "ALL_FAMILIES", "N_CHOICES", "FORMAT", "InstanceSpec", "instance_spec", "model_grid",
     "gauge_fix", "touching_mask", "allowed_np", "gibbs_kernels_np", "kernel_drift_np", "solve_instance", "generate_dataset",
     "read_dataset", "marginal_records", "NeuralDataset", "validate_dataset", "ValidationReport", "write_instances",
     "check_writable_file", "check_finite_records",
 ]
 
 FAMILIES = ("gbm", "merton", "heston")
+"""The default families (the shipped checkpoint's training distribution), in turn by index."""
+ALL_FAMILIES = FAMILIES + ("termvol",)
+"""Every family ``instance_spec`` can draw: ``termvol`` is lognormal with a per-period forward
+volatility term structure (each period's vol uniform in [0.15, 0.35]; ``deepquant.neural.
+sweep.term_structure_marginals``), a shape the default families never produce."""
 N_CHOICES = (2, 3, 5, 10, 20, 30, 50)
 FORMAT = "deepquant-neural-data-v1"
 H_CLIP = 1e7  # |h| (units of 1/eps) above this is a pinned / edge row: stored clipped, masked
@@ -70,14 +75,18 @@ class InstanceSpec:
         return np.linspace(0.0, self.maturity, self.n_periods + 1)
 
 
-def instance_spec(index: int, seed: int = 0, *, n_choices: Iterable[int] = N_CHOICES
-                  ) -> InstanceSpec:
-    """The instance ``index`` of the dataset with seed ``seed`` (DESIGN §3 ranges)."""
+def instance_spec(index: int, seed: int = 0, *, n_choices: Iterable[int] = N_CHOICES,
+                  families: Sequence[str] = FAMILIES) -> InstanceSpec:
+    """The instance ``index`` of the dataset with seed ``seed`` (DESIGN §3 ranges): family
+    ``families[index % len(families)]`` (the default keeps every existing data file's
+    instances), then N, T and the family's parameters from the (seed, index) stream."""
     rng = np.random.default_rng([int(seed), int(index)])
-    family = FAMILIES[index % len(FAMILIES)]
+    family = families[index % len(families)]
     n = int(rng.choice(np.asarray(tuple(n_choices))))
     maturity = float(rng.uniform(0.1, 0.5))
-    if family == "gbm":
+    if family == "termvol":
+        params = {"vols": [float(x) for x in rng.uniform(0.15, 0.35, n)]}
+    elif family == "gbm":
         params = {"sigma": float(rng.uniform(0.15, 0.35))}
     elif family == "merton":
         params = {"sigma": float(rng.uniform(0.15, 0.35)), "jump_intensity": 5.0, "jump_mean": -0.1,
@@ -177,6 +186,10 @@ def kernel_drift_np(kernels: np.ndarray, weights: np.ndarray, grid: np.ndarray,
 # ----------------------------------------------------------------------------- teacher
 def build_marginals(spec: InstanceSpec, grid: np.ndarray):
     """The marginals of ``spec`` on ``grid`` (engineer C's synthetic models)."""
+    if spec.family == "termvol":
+        from deepquant.neural.sweep import term_structure_marginals
+
+        return term_structure_marginals(spec.times, spec.params["vols"], grid)
     from deepquant.market.synthetic import synthetic_marginals
 
     return synthetic_marginals(spec.family, spec.times, grid=grid, **spec.params)
@@ -401,11 +414,11 @@ def _check_resume(src: Path, grid: np.ndarray, attrs: dict[str, Any]) -> None:
         raise ValueError(f"data file {str(src)!r} is corrupted or incomplete: "
                          f"{_first_line(exc)}; move it away to regenerate") from exc
     diffs = [] if same_grid else [f"grid ({len(grid)} points requested)"]
-    for key in ("eps", "seed", "tol", "n_choices"):
+    for key in ("eps", "seed", "tol", "n_choices", "families"):
         if key not in old:           # files written before the key was stored
             continue
         a, b = old[key], attrs[key]
-        same = (str(a) == str(b)) if key == "n_choices" else float(a) == float(b)
+        same = (str(a) == str(b)) if key in ("n_choices", "families") else float(a) == float(b)
         if not same:
             diffs.append(f"{key} (file {a}, requested {b})")
     if diffs:
@@ -418,7 +431,8 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
                      workers: int = 0, chunk: int = 16,
                      worker: Callable[[tuple], dict] | None = None,
                      progress: Callable[[int, int], None] | None = None,
-                     n_choices: Iterable[int] = N_CHOICES) -> dict[str, Any]:
+                     n_choices: Iterable[int] = N_CHOICES,
+                     families: Sequence[str] = FAMILIES) -> dict[str, Any]:
     """Generate (or resume) instances ``0..num-1`` into ``out``; returns a summary dict.
 
     ``worker`` maps ``(spec, grid, eps, tol)`` to a record (default ``solve_instance``; tests
@@ -431,6 +445,10 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
     if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
         raise ValueError(f"num must be an integer >= 1, got {num!r}")
     n_choices = _check_n_choices(n_choices)
+    families = tuple(families)
+    if not families or any(f not in ALL_FAMILIES for f in families):
+        raise ValueError(f"families must be a non-empty sequence of {ALL_FAMILIES}, got "
+                         f"{families!r}")
     for name, val in (("eps", eps), ("tol", tol)):
         if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {val!r}")
@@ -439,6 +457,7 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
     attrs = {"eps": float(eps), "tol": float(tol), "seed": int(seed),
              "grid_size": int(len(grid)), "version": __version__,
              "n_choices": ",".join(str(n) for n in n_choices),
+             "families": ",".join(families),
              "potential_units": "eps (potentials divided by eps, gauge-fixed)"}
     parts = _parts_dir(out)
     check_writable_file(out, "output file")
@@ -453,7 +472,8 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
         progress(n_done, num)
     if todo:
         parts.mkdir(parents=True, exist_ok=True)
-        tasks = [(instance_spec(i, seed, n_choices=n_choices), grid, eps, tol) for i in todo]
+        tasks = [(instance_spec(i, seed, n_choices=n_choices, families=families), grid, eps,
+                  tol) for i in todo]
         ex = get_executor(backend, n_workers=workers) if backend != "serial" else \
             get_executor("serial")
         buf: list[dict] = []

@@ -1,0 +1,105 @@
+"""Does the hybrid start pay for itself? Neural warm start + Newton polish vs a cold solve.
+
+    python benchmarks/neural_hybrid.py [--num 30] [--seed 1] [--json out.json]
+
+Instances ``0..num-1`` of the training distribution with seed ``--seed`` (the issue's test
+seed 1: GBM / Merton / Heston in turn, N in {2, 3, 5, 10, 20, 30, 50}, T in [0.1, 0.5]) on the
+model grid. For each instance, in the same process and one thread, alternating the order:
+the cold classical solve (``solve_entropic``, tol 1e-9 on the L1 marginal error and the drift)
+and the hybrid (``NeuralPricer.solve(hybrid=True)``: forward pass, exact row multipliers,
+Newton polish to the same tol, falling back to a cold solve if the polish fails). Reported:
+per-instance times, the median of the per-instance ratios hybrid / cold overall and per
+family, the share of hybrid solves that needed the cold fallback, and both results' residuals.
+The hybrid is worth keeping only if the median ratio is <= 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+import warnings
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--num", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from deepquant.mmot.entropic import solve_entropic
+    from deepquant.neural.data import build_marginals, instance_spec, model_grid
+    from deepquant.neural.pricer import NeuralPricer
+
+    threadpool_limits(1)
+    torch.set_num_threads(1)
+    pricer = NeuralPricer(threads=1, ood_drift=float("inf"), ood_marginal_error=float("inf"))
+    grid = model_grid(150)
+    rows = []
+    for i in range(args.num):
+        spec = instance_spec(i, args.seed)
+        marg = build_marginals(spec, grid)
+        pricer.solve(marg)    # trace for this shape outside the timing
+
+        def cold(m=marg):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = solve_entropic(m, 1.0, tol=1e-9)
+            return time.perf_counter() - t0, res
+
+        def hybrid(m=marg):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sol = pricer.solve(m, hybrid=True)
+            return time.perf_counter() - t0, sol
+
+        if i % 2:
+            (t_h, sol), (t_c, res) = hybrid(), cold()
+        else:
+            (t_c, res), (t_h, sol) = cold(), hybrid()
+        rows.append({"index": i, "family": spec.family, "n_periods": spec.n_periods,
+                     "cold_s": t_c, "hybrid_s": t_h, "ratio": t_h / t_c,
+                     "cold_success": bool(res.success), "cold_drift": float(res.drift),
+                     "hybrid_success": bool(sol.success), "hybrid_drift": float(sol.drift),
+                     "hybrid_marginal_error": float(sol.marginal_error),
+                     "hybrid_cold_fallback": "cold solve" in sol.message,
+                     "hybrid_nit": int(sol.nit)})
+        r = rows[-1]
+        print(f"{i:3d} {spec.family:6s} N={spec.n_periods:2d}  cold {1e3 * t_c:8.1f} ms  "
+              f"hybrid {1e3 * t_h:8.1f} ms  ratio {r['ratio']:5.2f}  "
+              f"{'fallback' if r['hybrid_cold_fallback'] else ''}", flush=True)
+
+    def summary(sel):
+        return {"n": len(sel), "median_ratio": statistics.median(r["ratio"] for r in sel),
+                "median_cold_ms": 1e3 * statistics.median(r["cold_s"] for r in sel),
+                "median_hybrid_ms": 1e3 * statistics.median(r["hybrid_s"] for r in sel),
+                "hybrid_success_pct": 100 * sum(r["hybrid_success"] for r in sel) / len(sel),
+                "cold_fallback_pct": 100 * sum(r["hybrid_cold_fallback"] for r in sel) / len(sel),
+                "max_hybrid_drift": max(r["hybrid_drift"] for r in sel)}
+
+    out = {"seed": args.seed, "num": args.num, "threads": 1, "load_average": os.getloadavg(),
+           "all": summary(rows),
+           "families": {f: summary([r for r in rows if r["family"] == f])
+                        for f in ("gbm", "merton", "heston")
+                        if any(r["family"] == f for r in rows)},
+           "instances": rows}
+    print(json.dumps({k: out[k] for k in ("all", "families")}, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

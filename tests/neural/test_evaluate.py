@@ -1,0 +1,69 @@
+"""The evaluation protocol (deepquant evaluate) and the extra training family."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from deepquant.cli import main  # noqa: E402
+from deepquant.neural import data as nd  # noqa: E402
+
+
+def test_default_families_keep_existing_instances():
+    """Adding families must not change any instance of the default distribution."""
+    for i in range(12):
+        a = nd.instance_spec(i, 5)
+        b = nd.instance_spec(i, 5, families=nd.FAMILIES)
+        assert a == b and a.family == nd.FAMILIES[i % 3]
+    spec = nd.instance_spec(3, 5, families=nd.ALL_FAMILIES)
+    assert spec.family == "termvol" and len(spec.params["vols"]) == spec.n_periods
+    assert all(0.15 <= v <= 0.35 for v in spec.params["vols"])
+
+
+def test_termvol_marginals_are_valid_and_match_their_variances():
+    grid = nd.model_grid(150)
+    spec = nd.instance_spec(3, 0, families=nd.ALL_FAMILIES, n_choices=(5,))
+    m = nd.build_marginals(spec, grid)
+    assert m.check_convex_order().ok and m.n_dates == 6
+    w = np.concatenate([[0.0], np.cumsum(np.square(spec.params["vols"]) * np.diff(spec.times))])
+    var = m.weights @ (grid - 1.0) ** 2
+    assert np.allclose(var[1:], np.expm1(w[1:]), rtol=0.02)   # grid truncation of the tails
+
+
+def test_generate_rejects_unknown_family(tmp_path):
+    with pytest.raises(ValueError, match="families must be a non-empty sequence"):
+        nd.generate_dataset(tmp_path / "d.h5", 2, families=("sabr",), backend="serial")
+
+
+def test_evaluate_marks_held_out_families(tmp_path):
+    out = tmp_path / "t.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nd.generate_dataset(out, 4, seed=9, backend="serial", n_choices=(2, 3),
+                            families=("gbm", "termvol"))
+    assert nd.read_dataset(out)[2]["families"] == "gbm,termvol"
+    r = CliRunner().invoke(main, ["evaluate", "--test", str(out), "--no-hybrid", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["training_families"] == ["gbm", "heston", "merton"]
+    rows = {row["family"]: row for row in rep["families"]}
+    assert set(rows) == {"gbm", "termvol", "in-family", "held-out", "all"}
+    assert rows["termvol"]["held_out"] and not rows["gbm"]["held_out"]
+    assert rows["held-out"]["n"] == rows["termvol"]["n"] == 2
+    for row in rep["instances"]:
+        for key in ("err_pct", "err_lookback_pct", "err_fwdstart_pct"):
+            assert np.isfinite(row[key]) and row[key] >= 0
+        # independent check of one error: the relative difference of the stored prices
+        assert row["err_lookback_pct"] == pytest.approx(
+            100 * abs(row["price_lookback_neural"] - row["price_lookback_classical"])
+            / row["price_lookback_classical"], rel=1e-12)
+    assert 0 <= rows["all"]["ood_pct"] <= 100
+    r = CliRunner().invoke(main, ["evaluate", "--test", str(out), "--no-hybrid"])
+    assert r.exit_code == 0 and "yes" in r.output, r.output   # the held-out column
