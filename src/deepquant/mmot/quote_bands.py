@@ -1,0 +1,222 @@
+"""Bid-ask bands of listed options in forward moneyness, and whether a law on a grid fits them.
+
+Quotes are normalized as in ``deepquant.market.calibrate``: k = K / F, prices divided by D F
+(undiscounted prices of (X - k)^+ and (k - X)^+ with X = S_t / F(0, t)). A zero or missing bid is
+no lower constraint; a missing ask (one-sided quote) is no upper constraint. ``check_bands``
+finds the law sequence on a grid closest to the bands (the band term of the calibration
+program with lam = 0, an LP): when it misses a band, no martingale on that grid fits the quotes,
+and its violations name the expiries and strikes to repair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, sparse
+
+__all__ = ["QuoteBands", "BandCheck", "check_bands", "quote_grid", "load_bands"]
+
+
+@dataclass(frozen=True, eq=False)
+class QuoteBands:
+    """Price bands of listed calls and puts at S expiries, in forward-moneyness units.
+
+    Attributes
+    ----------
+    labels : tuple of str, length S
+    times : ndarray, shape (S,)
+        Year fractions, strictly increasing.
+    k, is_call, bid, ask : tuple of S ndarrays, shape (Q_s,) each
+        Strikes K / F, call flags, bids and asks divided by D F. A bid of 0 or NaN: no lower
+        constraint; an ask of inf or NaN: no upper constraint.
+    """
+
+    labels: tuple[str, ...]
+    times: np.ndarray
+    k: tuple[np.ndarray, ...]
+    is_call: tuple[np.ndarray, ...]
+    bid: tuple[np.ndarray, ...]
+    ask: tuple[np.ndarray, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        object.__setattr__(self, "times", np.asarray(self.times, dtype=float).reshape(-1))
+        if n < 1 or self.times.size != n or any(len(a) != n for a in
+                                                (self.k, self.is_call, self.bid, self.ask)):
+            raise ValueError(f"QuoteBands needs one label, time and quote array per expiry, got "
+                             f"{n} labels and {self.times.size} times")
+        if np.any(np.diff(self.times) <= 0) or not self.times[0] > 0:
+            raise ValueError(f"times must be > 0 and strictly increasing, got {self.times!r}")
+        ks, cs, bs, as_ = [], [], [], []
+        for s in range(n):
+            k = np.asarray(self.k[s], dtype=float).reshape(-1)
+            c = np.asarray(self.is_call[s], dtype=bool).reshape(-1)
+            b = np.nan_to_num(np.asarray(self.bid[s], dtype=float).reshape(-1), nan=0.0)
+            a = np.asarray(self.ask[s], dtype=float).reshape(-1)
+            a = np.where(np.isnan(a), np.inf, a)
+            if not (k.shape == c.shape == b.shape == a.shape):
+                raise ValueError(f"expiry {self.labels[s]}: k, is_call, bid, ask shapes differ")
+            if np.any(~np.isfinite(k)) or np.any(k <= 0):
+                raise ValueError(f"expiry {self.labels[s]}: strikes must be finite and > 0")
+            bad = np.flatnonzero((b < 0) | ~np.isfinite(b) | (b > a))
+            if bad.size:
+                i = int(bad[0])
+                raise ValueError(f"bid of expiry {self.labels[s]} at k={k[i]:.6g} is {b[i]!r} "
+                                 f"with ask {a[i]!r}: bids must be finite, >= 0 and <= the ask")
+            ks.append(k)
+            cs.append(c)
+            bs.append(b)
+            as_.append(a)
+        for name, v in (("k", ks), ("is_call", cs), ("bid", bs), ("ask", as_)):
+            object.__setattr__(self, name, tuple(v))
+
+    @property
+    def n_expiries(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def from_quotes(cls, quotes) -> QuoteBands:
+        """From a sequence of ``deepquant.market.parity.SliceQuotes`` (normalized quotes)."""
+        quotes = list(quotes)
+        return cls(tuple(q.label for q in quotes), np.array([q.t for q in quotes]),
+                   tuple(q.k for q in quotes), tuple(q.is_call for q in quotes),
+                   tuple(q.bid for q in quotes), tuple(q.ask for q in quotes))
+
+    def payoffs(self, s: int, x: np.ndarray) -> np.ndarray:
+        """c_i(x) of the quotes of expiry s at points x: shape (Q_s, len(x))."""
+        k = self.k[s][:, None]
+        d = np.asarray(x, dtype=float)[None, :] - k
+        return np.where(self.is_call[s][:, None], np.maximum(d, 0.0), np.maximum(-d, 0.0))
+
+    def restrict(self, lo: float, hi: float) -> tuple[QuoteBands, int]:
+        """Quotes with lo < k < hi only, and how many were left out."""
+        keep = [(k > lo) & (k < hi) for k in self.k]
+        out = QuoteBands(self.labels, self.times, *(
+            tuple(a[m] for a, m in zip(arrs, keep))
+            for arrs in (self.k, self.is_call, self.bid, self.ask)))
+        return out, int(sum((~m).sum() for m in keep))
+
+    def widened(self, prices: Sequence[np.ndarray], pad: float = 1e-9) -> QuoteBands:
+        """Bands widened to contain ``prices`` (one array per expiry), with ``pad`` room."""
+        bid = tuple(np.where(p < b, np.maximum(p - pad, 0.0), b)
+                    for p, b in zip(prices, self.bid))
+        ask = tuple(np.where(p > a, p + pad, a) for p, a in zip(prices, self.ask))
+        return QuoteBands(self.labels, self.times, self.k, self.is_call, bid, ask)
+
+
+@dataclass(frozen=True, eq=False)
+class BandCheck:
+    """Result of ``check_bands``: the closest law to the bands on the grid.
+
+    ``violation[s]`` (Q_s,) is each quote's distance outside its band (price units) under that
+    law, ``prices[s]`` its model prices, ``laws`` (S, M) the laws; ``feasible`` when the total
+    violation is below ``tol``."""
+
+    feasible: bool
+    total: float
+    violation: tuple[np.ndarray, ...]
+    prices: tuple[np.ndarray, ...]
+    laws: np.ndarray
+    tol: float
+
+    def culprits(self, bands: QuoteBands) -> list[tuple[str, list[str]]]:
+        """(expiry label, ['C 1.05: 0.0123 above ask', ...]) for every violated quote."""
+        out = []
+        for s, v in enumerate(self.violation):
+            bad = np.flatnonzero(v > self.tol)
+            if bad.size:
+                items = []
+                for i in bad:
+                    side = "below bid" if self.prices[s][i] < bands.bid[s][i] else "above ask"
+                    items.append(f"{'C' if bands.is_call[s][i] else 'P'} "
+                                 f"{bands.k[s][i]:.4f}: {v[i]:.3g} {side}")
+                out.append((bands.labels[s], items))
+        return out
+
+
+def check_bands(bands: QuoteBands, grid: np.ndarray, *, tol: float = 1e-8) -> BandCheck:
+    """Is there a sequence of laws on ``grid`` (mean 1, increasing in convex order) pricing every
+    quote inside its band? One LP (HiGHS) minimising sum_i (under_i + over_i) / w_i, the band
+    violations weighted by the half-spread w_i (the calibration's band term); convex order is
+    exact for laws on the grid (call prices non-decreasing in t at every grid point)."""
+    x = np.asarray(grid, dtype=float)
+    m, n_s = x.size, bands.n_expiries
+    calls = np.maximum(x[None, :] - x[:, None], 0.0)  # (M, M): C(x_j) = sum_i l(i) calls[j, i]
+    n_q = [k.size for k in bands.k]
+    nl, nq = n_s * m, int(sum(n_q))
+    rows_eq = sparse.block_diag([np.vstack([np.ones(m), x])] * n_s)
+    a_eq = sparse.hstack([rows_eq, sparse.csr_matrix((2 * n_s, 2 * nq))])
+    b_eq = np.ones(2 * n_s)
+    ub, b_ub = [], []
+    for s in range(n_s - 1):  # C_s - C_{s+1} <= 0
+        ub.append(sparse.hstack([sparse.csr_matrix((m, s * m)), sparse.csr_matrix(calls),
+                                 sparse.csr_matrix(-calls),
+                                 sparse.csr_matrix((m, nl - (s + 2) * m + 2 * nq))]).tocsr())
+        b_ub.append(np.zeros(m))
+    off = 0
+    weights = []
+    for s in range(n_s):
+        c = bands.payoffs(s, x)
+        bid, ask = bands.bid[s], bands.ask[s]
+        w = np.where(np.isfinite(ask), (ask - bid) / 2, np.maximum(bid / 2, 0.0))
+        w = np.maximum(w, 1e-6)
+        weights.append(w)
+        q = n_q[s]
+        idx = np.arange(q)
+        under = sparse.csr_matrix((-w, (idx, nl + off + idx)), shape=(q, nl + 2 * nq))
+        over = sparse.csr_matrix((-w, (idx, nl + nq + off + idx)), shape=(q, nl + 2 * nq))
+        full = sparse.hstack([sparse.csr_matrix((q, s * m)), sparse.csr_matrix(c),
+                              sparse.csr_matrix((q, nl - (s + 1) * m + 2 * nq))]).tocsr()
+        lo = bid > 0
+        ub.append((-full - under)[lo])
+        b_ub.append(-bid[lo])
+        hi = np.isfinite(ask)
+        ub.append((full + over)[hi])
+        b_ub.append(ask[hi])
+        off += q
+    cost = np.concatenate([np.zeros(nl), np.ones(2 * nq)])
+    res = optimize.linprog(cost, A_ub=sparse.vstack(ub).tocsr(), b_ub=np.concatenate(b_ub),
+                           A_eq=a_eq.tocsr(), b_eq=b_eq, bounds=(0, None), method="highs",
+                           options=dict(primal_feasibility_tolerance=1e-10))
+    if res.status != 0:
+        raise RuntimeError(f"check_bands: HiGHS failed ({res.message})")  # always feasible
+    laws = np.maximum(res.x[:nl].reshape(n_s, m), 0.0)
+    prices, viol = [], []
+    for s in range(n_s):
+        p = bands.payoffs(s, x) @ laws[s]
+        prices.append(p)
+        viol.append(np.maximum.reduce([bands.bid[s] - p, p - bands.ask[s], np.zeros(p.size)]))
+    total = float(sum(v.sum() for v in viol))
+    return BandCheck(total <= tol, total, tuple(viol), tuple(prices), laws, tol)
+
+
+def quote_grid(bands: QuoteBands, size: int, *, margin: float = 0.05) -> np.ndarray:
+    """Uniform grid of ``size`` points with 1 on it, covering the quoted strikes with ``margin``
+    (a fraction of their span) of room on each side (running sums then fall on a lattice)."""
+    if int(size) < 5:
+        raise ValueError(f"grid_size must be >= 5, got {size!r}")
+    kmin = min(float(k.min()) for k in bands.k if k.size)
+    kmax = max(float(k.max()) for k in bands.k if k.size)
+    pad = margin * (max(kmax, 1.0) - min(kmin, 1.0))
+    left, right = 1.0 - min(kmin, 1.0) + pad, max(kmax, 1.0) - 1.0 + pad
+    n = int(size) - 1
+    a = int(np.clip(round(n * left / (left + right)), 1, n - 1))
+    d = max(left / a, right / (n - a))
+    return 1.0 + d * np.arange(-a, n - a + 1)
+
+
+def load_bands(chain, expiries: Sequence[str], *, fit_range=(0.5, 1.6), near_fraction=0.4):
+    """Normalized bands of a chain (path(s) or ``OptionChain``) at ``expiries``: forwards and
+    discounts from the put-call parity fit of ``deepquant.market.parity``, k = K/F, prices /(DF)."""
+    from deepquant.market.parity import fit_parity, normalize_slice
+    from deepquant.market.quotes import OptionChain, load_chain, select_slices
+
+    ch = chain if isinstance(chain, OptionChain) else load_chain(chain)
+    chosen = select_slices(ch, expiries)
+    spot = ch.spot if np.isfinite(ch.spot) else None
+    quotes = [normalize_slice(sl, fit_parity(sl, spot=spot, near_fraction=near_fraction,
+                                             source=ch.path), fit_range=fit_range)
+              for sl in chosen]
+    return QuoteBands.from_quotes(quotes), quotes

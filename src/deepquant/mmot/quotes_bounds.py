@@ -1,0 +1,460 @@
+"""Model-free bounds from the bid-ask quotes themselves (DESIGN §2.3, §2.6, §2.8).
+
+The bounds are taken over EVERY martingale law of (X_0 = 1, X_1, ..., X_S) on a moneyness grid
+whose option prices at each quoted strike lie inside the quoted band at every chosen expiry:
+
+    bid_i <= E[c_i(X_{d_i})] <= ask_i,     c_i(x) = (x - k_i)^+ (call) or (k_i - x)^+ (put),
+
+in the units of ``deepquant.market.calibrate``: k = K / F, prices divided by D F (undiscounted
+prices of payoffs on X = S_t / F(0, t)). Date 0 is today (X_0 = 1); dates 1..S are the expiries.
+A zero (or missing) bid gives no lower constraint (a call or put is worth >= 0 anyway); a missing
+ask (one-sided quote) gives no upper constraint.
+
+Dual (upper side; the lower side is minus the upper side of -f): a static portfolio of the listed
+options, a_i units of quote i, bought at the ask when a_i > 0 and sold at the bid when a_i < 0,
+plus cash and dynamic positions h_t(x, s) in the underlying (forward positions are affine in X_t
+and are absorbed into h), such that
+
+    sum_i a_i c_i(X_{d_i}) + cash + sum_t h_t(X_t, S_t) (X_{t+1} - X_t) >= f     on every path.
+
+For FIXED positions a, the cheapest h and cash follow by one backward sweep of concave envelopes
+over the augmented chain (``deepquant.mmot.envelope``), whatever the laws: so cost(a) + cash is a
+VALID upper bound for any a, certified exactly. Two methods:
+
+``"lp"``         the exact LP on the augmented chain (``deepquant.mmot.lp.build_chain_lp``) with
+                 the marginal equality rows replaced by free laws l_t(y) >= 0 and the quote
+                 inequalities on them (small grids). Its optimal positions are the duals of the
+                 quote rows; the hedge is the sweep of those positions (equal to the LP value
+                 by strong duality, which the result reports).
+``"certified"``  min over a of cost(a) + sweep(a), smoothed (entropic envelope, reference kernel
+                 from a full-support law, eps-scaling), split long/short variables p, q >= 0
+                 with a = p - q optimised by L-BFGS-B; every stage certified by the exact sweep.
+                 The smoothed chain's laws give an inner estimate and their band violation.
+
+A band that no law on the grid satisfies (static arbitrage in the quotes, or a grid too coarse
+for tight spreads) is found by the band-violation LP of ``check_bands`` (the band term of the
+calibration program, ``deepquant.market.calibrate``, with lam = 0) and reported as a
+``ValueError`` naming the expiry and the strikes; ``repair="minimal"`` widens exactly those
+bands to the closest arbitrage-free prices, ``repair="calibration"`` widens every band to
+contain the calibrated marginals' prices (the fit the calibration offers).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import optimize, sparse
+from threadpoolctl import threadpool_limits
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot.augment import build_chain
+from deepquant.mmot.certified import _Sweeper
+from deepquant.mmot.hedge import SemiStaticHedge, StaticStrip, verify_hedge
+from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, build_chain_lp
+from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
+from deepquant.mmot.result import BoundSide, BoundsResult
+from deepquant.payoffs import Payoff, SumSquaredIncrements
+
+__all__ = ["QuoteBands", "QuoteHedge", "bounds_from_quotes", "check_bands", "load_bands",
+           "quote_grid", "quote_hedge", "verify_quote_hedge", "REPAIRS"]
+
+REPAIRS = (None, "minimal", "calibration")
+METHODS = ("lp", "certified")
+
+
+def _full_support_law(x: np.ndarray) -> np.ndarray:
+    """A law with positive weight at every grid point and mean 1 (exponential tilt)."""
+    def mean(theta):
+        w = np.exp(theta * (x - 1.0))
+        return float(w @ x / w.sum()) - 1.0
+    span = x[-1] - x[0]
+    theta = optimize.brentq(mean, -200.0 / span, 200.0 / span, xtol=1e-14)
+    w = np.exp(theta * (x - 1.0))
+    w /= w.sum()
+    w[np.argmin(np.abs(x - 1.0))] += 1.0 - w.sum()
+    return w
+
+
+def _reference(grid: np.ndarray, times: np.ndarray, fitted: np.ndarray | None) -> Marginals:
+    """Date 0 a point mass at 1, dates 1..S full-support laws of mean 1 (the fitted laws mixed
+    with a tilted uniform law when given): the chain's supports and the smoothing's kernel."""
+    base = _full_support_law(grid)
+    rows = np.tile(base, (times.size, 1))
+    if fitted is not None:
+        rows = 0.8 * fitted + 0.2 * rows
+        rows += np.outer(1.0 - rows.sum(axis=1), np.eye(grid.size)[np.argmin(np.abs(grid - 1))])
+    delta = (np.abs(grid - 1.0) < 1e-12).astype(float)
+    return Marginals(grid, np.vstack([delta, rows]), np.concatenate([[0.0], times]),
+                     check_convex=False, mean_tol=1e-8)
+
+
+@dataclass(frozen=True, eq=False)
+class QuoteHedge:
+    """The semi-static hedge of one side: ``positions`` (units per quote, one array per
+    expiry) of the portfolio that dominates sign * f (sign = +1 upper, -1 lower) together with
+    ``cash`` and ``h`` (per period, (M, n_t), the sweep's slopes); long units cost the ask and
+    short units earn the bid; ``cost`` = option cost + cash = the side's bound times sign."""
+
+    side: str
+    positions: tuple[np.ndarray, ...]
+    cash: float
+    option_cost: float
+    h: list[np.ndarray]
+    violation: float
+    semistatic: SemiStaticHedge = field(repr=False)
+
+    @property
+    def bound(self) -> float:
+        sign = 1.0 if self.side == "upper" else -1.0
+        return sign * (self.option_cost + self.cash)
+
+
+class _Problem:
+    """Bands, grid, chain and the position <-> potential maps of one payoff."""
+
+    def __init__(self, bands: QuoteBands, grid: np.ndarray, payoff: Payoff, fitted, sum_mode,
+                 sum_grid_size):
+        self.bands = bands
+        self.grid = grid
+        self.payoff = payoff
+        self.ref = _reference(grid, bands.times, fitted)
+        self.chain = build_chain(self.ref, payoff, sum_mode=sum_mode,
+                                 sum_grid_size=sum_grid_size)
+        self.T = self.chain.last_date
+        self.used = list(range(self.T))  # expiry indices s = date - 1 in the chain
+        self.mats = [bands.payoffs(s, grid) for s in self.used]  # (Q_s, M)
+        self.sizes = [mt.shape[0] for mt in self.mats]
+        self.off = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
+        self.bid = np.concatenate([bands.bid[s] for s in self.used]) if self.used else np.zeros(0)
+        self.ask = np.concatenate([bands.ask[s] for s in self.used]) if self.used else np.zeros(0)
+        self._sweepers: dict[float, _Sweeper] = {}
+
+    def sweeper(self, sign: float) -> _Sweeper:
+        if sign not in self._sweepers:
+            self._sweepers[sign] = _Sweeper(self.chain, self.ref, sign)
+        return self._sweepers[sign]
+
+    def split(self, a: np.ndarray) -> list[np.ndarray]:
+        return [a[self.off[i]:self.off[i + 1]] for i in range(len(self.used))]
+
+    def uvec(self, a: np.ndarray) -> np.ndarray:
+        """Concatenated u_1..u_T on the (full) supports: u_t = sum_i a_i c_i."""
+        return np.concatenate([a_s @ mt for a_s, mt in zip(self.split(a), self.mats)])
+
+    def option_cost(self, a: np.ndarray) -> float:
+        long = np.where(a > 0, a * np.where(np.isfinite(self.ask), self.ask, 0.0), 0.0)
+        return float(np.sum(long) + np.sum(np.where(a < 0, a * self.bid, 0.0)))
+
+    def certify(self, a: np.ndarray, sign: float) -> tuple[float, float, float]:
+        """(bound of sign*f, cash, worst rounding violation) of positions ``a`` (exact sweep)."""
+        if np.any((a > 0) & ~np.isfinite(self.ask)):
+            raise ValueError("positions buy a quote that has no ask")
+        sw = self.sweeper(sign)
+        u = self.uvec(a)
+        value, _, viol = sw.hard(u, verify=True)
+        cash = value - float(u @ sw.mu_flat) + float(viol.sum())
+        return self.option_cost(a) + cash, cash, float(viol.sum())
+
+
+def quote_hedge(prob: _Problem, a: np.ndarray, side: str) -> QuoteHedge:
+    """The semi-static hedge of positions ``a`` (in the sign-flipped problem of ``side``)."""
+    sign = 1.0 if side == "upper" else -1.0
+    total, cash, viol = prob.certify(a, sign)
+    sw = prob.sweeper(sign)
+    _, per_t, _ = sw.hard(prob.uvec(a))
+    m = prob.grid.size
+    hs = []
+    for t in range(prob.T):
+        per = sw.periods[t]
+        h = np.full((m, per.n_s), np.nan)
+        h[per.xs] = np.where(per.live, per_t[t][1], np.nan).T
+        hs.append(sign * h)
+    strips = [StaticStrip(0, 1.0, sign * cash, 0.0, *([np.zeros(0)] * 4))]
+    for t, (a_s, s) in enumerate(zip(prob.split(a), prob.used), start=1):
+        c = prob.bands.is_call[s]
+        k = prob.bands.k[s]
+        strips.append(StaticStrip(t, 1.0, 0.0, 0.0, k[~c], sign * a_s[~c], k[c], sign * a_s[c]))
+    cost = prob.option_cost(a) + cash
+    semi = SemiStaticHedge(side, strips, hs, prob.chain, None, sign * cost, sign * total)
+    return QuoteHedge(side, tuple(prob.split(a)), cash, prob.option_cost(a), hs, viol, semi)
+
+
+def verify_quote_hedge(hedge: QuoteHedge, prob_or_result, *, atol: float = 1e-9):
+    """Pathwise check (``deepquant.mmot.hedge.verify_hedge``) of a quote hedge on every path of
+    the grid chain; the hedge's cost is its price at the quotes."""
+    prob = prob_or_result.info["problem"] if isinstance(prob_or_result, BoundsResult) \
+        else prob_or_result
+    return verify_hedge(hedge.semistatic, prob.ref, prob.payoff, atol=atol)
+
+
+# ---------------------------------------------------------------------------- exact LP
+def _lp_side(prob: _Problem, sense: str, highs_options: dict | None) -> BoundSide:
+    """The chain LP with free laws l_t and quote rows; positions = duals of the quote rows."""
+    t0 = time.perf_counter()
+    sign = 1.0 if sense == "upper" else -1.0
+    lp = build_chain_lp(prob.chain, prob.ref)
+    n_pi = lp.a_eq.shape[1]
+    b_eq = lp.b_eq.copy()
+    rows, cols = [], []
+    lcol = []  # first column of l_{t+1}
+    c0 = n_pi
+    for t in range(prob.T):
+        r0 = lp.rows["marg"][t]
+        ny = lp.ys[t].size
+        b_eq[r0:r0 + ny] = 0.0
+        rows.append(r0 + np.arange(ny))
+        cols.append(c0 + np.arange(ny))
+        lcol.append(c0)
+        c0 += ny
+    n_col = c0
+    extra = sparse.csr_matrix((-np.ones(n_col - n_pi), (np.concatenate(rows),
+                                                         np.concatenate(cols))),
+                              shape=(lp.a_eq.shape[0], n_col))
+    a_eq = (sparse.hstack([lp.a_eq, sparse.csr_matrix((lp.a_eq.shape[0], n_col - n_pi))])
+            + extra).tocsr()
+    ub_r, ub_c, ub_v, b_ub, kind = [], [], [], [], []
+    r = 0
+    for t, mt in enumerate(prob.mats):
+        ys = lp.ys[t]
+        q0 = prob.off[t]
+        for i in range(mt.shape[0]):
+            for sgn, bnd, ok in ((1.0, prob.ask[q0 + i], np.isfinite(prob.ask[q0 + i])),
+                                 (-1.0, -prob.bid[q0 + i], prob.bid[q0 + i] > 0)):
+                if not ok:
+                    continue
+                ub_r.append(np.full(ys.size, r))
+                ub_c.append(lcol[t] + np.arange(ys.size))
+                ub_v.append(sgn * mt[i, ys])
+                b_ub.append(bnd)
+                kind.append((q0 + i, sgn))
+                r += 1
+    a_ub = sparse.csr_matrix((np.concatenate(ub_v) if ub_v else np.zeros(0),
+                              (np.concatenate(ub_r) if ub_r else np.zeros(0, int),
+                               np.concatenate(ub_c) if ub_c else np.zeros(0, int))),
+                             shape=(r, n_col))
+    cost = np.concatenate([-sign * lp.cost, np.zeros(n_col - n_pi)])
+    opts = dict(DEFAULT_HIGHS_OPTIONS)
+    opts.update(highs_options or {})
+    res = optimize.linprog(cost, A_ub=a_ub if r else None, b_ub=np.array(b_ub) if r else None,
+                           A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs", options=opts)
+    if res.status != 0:
+        return BoundSide(float("nan"), False, int(res.status), res.message,
+                         time.perf_counter() - t0)
+    z = res.x
+    primal = float(max(np.max(np.abs(a_eq @ z - b_eq)),
+                       np.max(a_ub @ z - b_ub, initial=0.0) if r else 0.0, -z.min()))
+    a = np.zeros(prob.off[-1])
+    marg = res.ineqlin.marginals if r else np.zeros(0)
+    for (i, sgn), mg in zip(kind, marg):
+        a[i] += -mg if sgn > 0 else mg  # ask rows: units bought; bid rows: units sold
+    a = np.where((a > 0) & ~np.isfinite(prob.ask), 0.0, a)
+    value = -float(res.fun)
+    hedge = quote_hedge(prob, a, sense)
+    gap = abs(sign * hedge.bound - value)
+    laws = [z[lcol[t]:lcol[t] + lp.ys[t].size] for t in range(prob.T)]
+    return BoundSide(sign * value, True, 0, res.message, time.perf_counter() - t0, primal,
+                     0.0, gap, None, None,
+                     dict(hedge=hedge, hedge_bound=hedge.bound, positions=hedge.positions,
+                          laws=laws, rows=dict(eq=a_eq.shape[0], ub=r), cols=n_col))
+
+
+# ---------------------------------------------------------------------------- certified
+def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6, eps_factor=0.2,
+                    band=40.0, max_iter=300, rtol=1e-4, band_tol=1e-6, max_seconds=600.0,
+                    a0: np.ndarray | None = None) -> BoundSide:
+    """min over positions of cost(a) + sweep(a) by L-BFGS-B on the entropic smoothing."""
+    t0 = time.perf_counter()
+    sign = 1.0 if sense == "upper" else -1.0
+    sw = prob.sweeper(sign)
+    nq = prob.off[-1]
+    has_ask = np.isfinite(prob.ask)
+    ask = np.where(has_ask, prob.ask, 0.0)
+    bid = prob.bid
+    mats = prob.mats
+
+    def prices(law):  # model prices of the quotes under the laws (flat over dates 1..T)
+        parts = [law[sw.offsets[t]:sw.offsets[t + 1]] for t in range(prob.T)]
+        return np.concatenate([mt @ p for mt, p in zip(mats, parts)])
+
+    bnds = [(0.0, None if h else 0.0) for h in has_ask] + [(0.0, None)] * nq
+    a = np.zeros(nq) if a0 is None else np.asarray(a0, dtype=float)
+    z = np.concatenate([np.maximum(a, 0.0), np.maximum(-a, 0.0)])
+    scale = sw.scale
+    best = (np.inf, a.copy(), 0.0)
+    inner, band_viol, nit, stages = np.nan, np.inf, 0, 0
+    eps = eps_start
+    status, message = 1, "eps schedule ended before the gap reached rtol"
+    while True:
+        e_abs = eps * scale
+        sw.h_warm = [None] * sw.T
+
+        def fun(zz, e_abs=e_abs):
+            aa = zz[:nq] - zz[nq:]
+            u = prob.uvec(aa)
+            val, grad, _, _, _ = sw.soft(u, e_abs, band)
+            law = sw.mu_flat - grad
+            pr = prices(law)
+            f = val - float(u @ sw.mu_flat) + float(ask @ zz[:nq] - bid @ zz[nq:])
+            g = np.concatenate([ask - pr, pr - bid])
+            return f / e_abs, g / e_abs
+
+        res = optimize.minimize(fun, z, jac=True, method="L-BFGS-B", bounds=bnds,
+                                options=dict(maxiter=max_iter, maxcor=30, gtol=1e-10,
+                                             ftol=1e-15))
+        z = res.x
+        nit += int(res.nit)
+        stages += 1
+        a = z[:nq] - z[nq:]
+        _, grad, st_inner, _, _ = sw.soft(prob.uvec(a), e_abs, band)
+        pr = prices(sw.mu_flat - grad)
+        viol = float(np.max(np.maximum(np.maximum(bid - pr, pr - np.where(has_ask, ask, np.inf)),
+                                       0.0), initial=0.0))
+        if viol <= max(band_viol, band_tol) or not np.isfinite(inner):
+            inner, band_viol = st_inner, viol
+        outer, _, rv = prob.certify(a, sign)
+        if outer < best[0]:
+            best = (outer, a.copy(), rv)
+        gap = best[0] - inner
+        if abs(gap) <= rtol * max(abs(best[0]), 1e-3 * scale) and band_viol <= band_tol:
+            status, message = 0, "certified gap within rtol"
+            break
+        if time.perf_counter() - t0 > max_seconds:
+            status, message = 1, f"time budget {max_seconds:g} s spent"
+            break
+        if eps <= eps_end * (1 + 1e-9):
+            break
+        eps = max(eps * eps_factor, eps_end)
+    outer, abest, rv = best
+    hedge = quote_hedge(prob, abest, sense)
+    return BoundSide(sign * outer, True, status, message, time.perf_counter() - t0, band_viol,
+                     0.0, float(outer - inner), None, None,
+                     dict(hedge=hedge, positions=hedge.positions, inner=sign * inner,
+                          band_violation=band_viol, stages=stages, iterations=nit,
+                          eps=eps * scale, violation=rv))
+
+
+# ---------------------------------------------------------------------------- entry point
+def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None = None,
+                       grid: np.ndarray | None = None, grid_size: int = 15, method: str = "lp",
+                       repair: str | None = None, fit_range=(0.5, 1.6),
+                       sum_mode: str = "auto", sum_grid_size: int | None = None,
+                       sides: tuple[str, ...] = ("lower", "upper"),
+                       highs_options: dict | None = None, **certified_options) -> BoundsResult:
+    """Lower and upper bounds of E[payoff] over all martingale laws on the grid that price every
+    quote inside its band (see the module docstring).
+
+    Parameters
+    ----------
+    source : QuoteBands, sequence of SliceQuotes, CalibrationResult, path(s) or OptionChain
+        The quotes. A path or chain needs ``expiries`` (forwards and discounts by put-call
+        parity, quotes with K/F in ``fit_range``); a ``CalibrationResult`` brings its quotes and
+        its fitted marginals (used for the smoothing's reference and ``repair="calibration"``).
+    payoff : Payoff
+        On dates 0..S (0 = today, X_0 = 1; the expiries are dates 1..S).
+    grid : ndarray, optional
+        Moneyness grid with 1 on it (default ``quote_grid(bands, grid_size)``, or the
+        calibration's grid). Quotes with k outside (grid[0], grid[-1]) are left out
+        (``info["dropped_quotes"]``).
+    method : {"lp", "certified"}
+    repair : {None, "minimal", "calibration"}
+        What to do with bands that no law on the grid satisfies: raise (default), widen the
+        violated bands to the closest arbitrage-free prices, or widen every band to contain the
+        calibrated marginals' prices (needs a ``CalibrationResult`` on the same grid).
+    sum_mode, sum_grid_size
+        Running-sum state (``deepquant.mmot.augment.build_chain``).
+    **certified_options
+        ``eps_start``, ``eps_end``, ``rtol``, ``max_iter``, ``max_seconds``, ``band_tol``.
+
+    Returns
+    -------
+    BoundsResult
+        ``method`` "quotes-lp" or "quotes-certified"; per side ``info["hedge"]`` (a
+        ``QuoteHedge``: positions, cash, h) and ``info["positions"]``; ``info["problem"]``.
+    """
+    from deepquant.market.calibrate import CalibrationResult
+
+    if not isinstance(payoff, Payoff):
+        raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+    if isinstance(payoff, SumSquaredIncrements):
+        raise ValueError(f"payoff {payoff.name!r} is pairwise only: its bounds do not depend on "
+                         "the quotes beyond the marginals; use deepquant.mmot.bounds")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if repair not in REPAIRS:
+        raise ValueError(f"repair must be one of {REPAIRS}, got {repair!r}")
+    t_build = time.perf_counter()
+    fitted = None
+    if isinstance(source, QuoteBands):
+        bands = source
+    elif isinstance(source, CalibrationResult):
+        bands = QuoteBands.from_quotes(source.quotes)
+        fitted = source.marginals
+        grid = fitted.grid if grid is None else grid
+    elif isinstance(source, str | os.PathLike) or hasattr(source, "slices"):
+        if not expiries:
+            raise ValueError("expiries must be given with a chain path, got none")
+        bands, _ = load_bands(source, expiries, fit_range=fit_range)
+    else:
+        bands = QuoteBands.from_quotes(source)
+    grid = quote_grid(bands, grid_size) if grid is None else np.asarray(grid, dtype=float)
+    if grid.ndim != 1 or np.any(np.diff(grid) <= 0) or not np.any(np.abs(grid - 1) < 1e-12):
+        raise ValueError(f"grid must be strictly increasing with 1 on it, got {grid!r}")
+    bands, dropped = bands.restrict(grid[0], grid[-1])
+    fitted_w = None
+    if fitted is not None:
+        if fitted.size != grid.size or not np.allclose(fitted.grid, grid):
+            if repair == "calibration":
+                raise ValueError("repair='calibration' needs the grid of the calibration")
+        else:
+            fitted_w = np.asarray(fitted.weights, dtype=float)
+    if repair == "calibration":
+        if fitted_w is None:
+            raise ValueError("repair='calibration' needs a CalibrationResult as source")
+        bands = bands.widened([bands.payoffs(s, grid) @ fitted_w[s]
+                               for s in range(bands.n_expiries)])
+    check = check_bands(bands, grid)
+    if not check.feasible:
+        if repair is None:
+            where = "; ".join(f"expiry {lab}: " + ", ".join(items[:6])
+                              + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
+                              for lab, items in check.culprits(bands))
+            raise ValueError(
+                f"the bid-ask bands admit no arbitrage-free law on this grid of {grid.size} "
+                f"points [{grid[0]:.4g}, {grid[-1]:.4g}] (total band violation "
+                f"{check.total:.3g} at the closest law): {where}. Repair: repair='minimal' "
+                "widens these bands to the closest arbitrage-free prices (the calibration's "
+                "band fit, deepquant.market.calibrate), repair='calibration' to the calibrated "
+                "marginals' prices; or use a finer grid")
+        bands = bands.widened(list(check.prices))
+    prob = _Problem(bands, grid, payoff, fitted_w[:, :] if fitted_w is not None else None,
+                    sum_mode, sum_grid_size)
+    build = time.perf_counter() - t_build
+    out = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for s in sides:
+            if method == "lp":
+                out[s] = _lp_side(prob, s, highs_options)
+            else:
+                out[s] = _certified_side(prob, s, **certified_options)
+    missing = BoundSide(float("nan"), True, 0, "not requested", 0.0)
+    lo, up = out.get("lower", missing), out.get("upper", missing)
+    ok = all(r.success for r in out.values())
+    if method == "lp":
+        status = "optimal" if ok else "failed"
+    else:
+        status = "certified" if all(r.status == 0 for r in out.values()) else "certified-wide"
+    msg = "; ".join(f"{k}: {r.message}" for k, r in out.items())
+    return BoundsResult(
+        lower=lo.value, upper=up.value, method=f"quotes-{method}", status=status, success=ok,
+        message=msg, seconds=dict(lower=lo.seconds, upper=up.seconds, build=build),
+        sizes=dict(grid=int(grid.size), quotes=int(prob.off[-1]),
+                   states=int(sum(prob.chain.n_states))),
+        lower_side=out.get("lower"), upper_side=out.get("upper"), exact=prob.chain.exact,
+        structure="augmented",
+        info=dict(problem=prob, bands=bands, dropped_quotes=dropped, repaired=not check.feasible,
+                  band_check=check, expiries_used=[bands.labels[s] for s in prob.used]),
+    )
