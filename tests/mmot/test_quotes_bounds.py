@@ -1,0 +1,221 @@
+"""Bounds from bid-ask quotes: the chain LP with price inequalities against an independent LP
+over all grid paths, the certified sweep against the LP, hedges, and the documented behaviour of
+zero bids, one-sided quotes and bands that no arbitrage-free law satisfies."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import optimize
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot import bounds
+from deepquant.mmot.quote_bands import QuoteBands, check_bands, quote_grid
+from deepquant.mmot.quotes_bounds import bounds_from_quotes, verify_quote_hedge
+from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall
+
+GRID = np.round(np.linspace(0.7, 1.3, 7), 12)
+STRIKES = np.array([0.8, 0.9, 1.0, 1.1, 1.2])
+SPREAD = 0.004
+PAYOFFS = [AsianCall(strike=1.0), LookbackCall(strike=1.0), ForwardStartStraddle(t1=1, t2=3)]
+
+
+def walk_laws(n: int = 3) -> np.ndarray:
+    """Laws (n+1, 7) of X_t = 1 + 0.1 * (sum of t steps in {-1, 0, 1}, probabilities 1/4,
+    1/2, 1/4) on GRID: a martingale, so the rows are in convex order."""
+    law = np.zeros(GRID.size)
+    law[3] = 1.0
+    rows = [law]
+    for _ in range(n):
+        law = 0.5 * law + 0.25 * np.roll(law, 1) + 0.25 * np.roll(law, -1)
+        rows.append(law)
+    return np.vstack(rows)
+
+
+def walk_bands(spread: float = SPREAD, one_sided: tuple[int, int] | None = None) -> QuoteBands:
+    """Calls and puts at STRIKES on the walk's laws, mid +- spread / 2 (bids floored at 0:
+    the far out-of-the-money quotes of the first expiry get a zero bid)."""
+    laws = walk_laws()
+    k = np.concatenate([STRIKES, STRIKES])
+    is_call = np.r_[np.ones(5, bool), np.zeros(5, bool)]
+    bids, asks = [], []
+    for t in range(1, 4):
+        d = GRID[None, :] - k[:, None]
+        mid = np.where(is_call[:, None], np.maximum(d, 0), np.maximum(-d, 0)) @ laws[t]
+        bids.append(np.maximum(mid - spread / 2, 0.0))
+        ask = mid + spread / 2
+        if one_sided is not None and one_sided[0] == t - 1:
+            ask = ask.copy()
+            ask[one_sided[1]] = np.inf
+        asks.append(ask)
+    return QuoteBands(("1m", "2m", "3m"), np.array([1, 2, 3]) / 12, (k,) * 3, (is_call,) * 3,
+                      tuple(bids), tuple(asks))
+
+
+def path_lp(bands: QuoteBands, payoff, sense: str) -> float:
+    """Independent reference: the LP over all M^3 grid paths from X_0 = 1 with the martingale
+    condition given every prefix and the quote inequalities on the marginals."""
+    paths = np.array([(1.0, *p) for p in itertools.product(GRID, repeat=3)])
+    n = len(paths)
+    a_eq, b_eq = [np.ones(n)], [1.0]
+    for t in range(3):
+        prefixes = {tuple(p[: t + 1]) for p in paths}
+        for pre in prefixes:
+            sel = np.all(np.isclose(paths[:, : t + 1], pre), axis=1)
+            a_eq.append(np.where(sel, paths[:, t + 1] - paths[:, t], 0.0))
+            b_eq.append(0.0)
+    a_ub, b_ub = [], []
+    for s in range(3):
+        c = bands.payoffs(s, paths[:, s + 1])
+        for i in range(c.shape[0]):
+            if np.isfinite(bands.ask[s][i]):
+                a_ub.append(c[i])
+                b_ub.append(bands.ask[s][i])
+            if bands.bid[s][i] > 0:
+                a_ub.append(-c[i])
+                b_ub.append(-bands.bid[s][i])
+    f = payoff(paths)
+    sign = 1.0 if sense == "lower" else -1.0
+    res = optimize.linprog(sign * f, A_ub=np.array(a_ub), b_ub=np.array(b_ub),
+                           A_eq=np.array(a_eq), b_eq=np.array(b_eq), bounds=(0, None),
+                           method="highs")
+    assert res.status == 0, res.message
+    return sign * res.fun
+
+
+@pytest.fixture(scope="module")
+def lp_results():
+    bands = walk_bands()
+    return bands, {p.name: bounds_from_quotes(bands, p, grid=GRID, method="lp") for p in PAYOFFS}
+
+
+@pytest.mark.parametrize("payoff", PAYOFFS, ids=lambda p: p.name)
+def test_chain_lp_equals_path_lp(lp_results, payoff):
+    # the chain LP is exact (lattice sums on the uniform grid): equal to 1e-6 (solver tolerance)
+    bands, res = lp_results
+    r = res[payoff.name]
+    assert r.method == "quotes-lp" and r.success and r.exact
+    assert abs(r.lower - path_lp(bands, payoff, "lower")) <= 1e-6
+    assert abs(r.upper - path_lp(bands, payoff, "upper")) <= 1e-6
+    assert r.lower < r.upper
+
+
+@pytest.mark.parametrize("payoff", PAYOFFS, ids=lambda p: p.name)
+def test_fitted_marginal_bounds_inside_quote_bounds(lp_results, payoff):
+    # the walk's laws price every quote inside its band, so its MMOT bounds are a subset
+    _, res = lp_results
+    fitted = bounds(Marginals(GRID, walk_laws(), [0.0, 1 / 12, 2 / 12, 3 / 12]), payoff,
+                    method="lp")
+    r = res[payoff.name]
+    assert r.lower <= fitted.lower + 1e-9
+    assert fitted.upper <= r.upper + 1e-9
+
+
+@pytest.mark.parametrize("payoff", PAYOFFS, ids=lambda p: p.name)
+def test_lp_hedge_dominates_and_costs_the_bound(lp_results, payoff):
+    _, res = lp_results
+    r = res[payoff.name]
+    for side, value in (("lower", r.lower), ("upper", r.upper)):
+        hedge = getattr(r, f"{side}_side").info["hedge"]
+        check = verify_quote_hedge(hedge, r)
+        assert check.ok and check.margin >= -1e-9
+        # strong duality through the sweep: the LP's positions cost the LP value (1e-7)
+        assert abs(hedge.bound - value) <= 1e-7
+        # priced at the quotes: long at the ask, short at the bid
+        prob = r.info["problem"]
+        a = np.concatenate(hedge.positions)
+        manual = float(np.sum(np.where(a > 0, a * np.where(np.isfinite(prob.ask), prob.ask, 0),
+                                       a * prob.bid)))
+        assert abs(manual - hedge.option_cost) <= 1e-12
+
+
+@pytest.mark.parametrize("payoff", PAYOFFS, ids=lambda p: p.name)
+def test_certified_contains_lp_and_is_close(lp_results, payoff):
+    bands, res = lp_results
+    r = res[payoff.name]
+    c = bounds_from_quotes(bands, payoff, grid=GRID, method="certified")
+    assert c.method == "quotes-certified"
+    # valid outer bounds (up to the LP's 1e-9 tolerances) ...
+    assert c.lower <= r.lower + 1e-8 and c.upper >= r.upper - 1e-8
+    # ... and close: within 1e-4 of the payoff scale (rtol of the certified stop)
+    assert r.lower - c.lower <= 1e-4 and c.upper - r.upper <= 1e-4
+    for side in ("lower", "upper"):
+        assert verify_quote_hedge(getattr(c, f"{side}_side").info["hedge"], c).ok
+
+
+def test_zero_bid_is_no_lower_constraint():
+    bands = walk_bands()
+    assert np.any(bands.bid[0] == 0)  # the far out-of-the-money quotes of the first expiry
+    nan_bid = QuoteBands(bands.labels, bands.times, bands.k, bands.is_call,
+                         tuple(np.where(b == 0, np.nan, b) for b in bands.bid), bands.ask)
+    payoff = PAYOFFS[0]
+    a = bounds_from_quotes(bands, payoff, grid=GRID)
+    b = bounds_from_quotes(nan_bid, payoff, grid=GRID)
+    assert abs(a.lower - b.lower) <= 1e-12 and abs(a.upper - b.upper) <= 1e-12
+
+
+def test_one_sided_quote():
+    # the 1.0 call of the second expiry loses its ask: no upper constraint, so the bounds can
+    # only widen, the hedges never buy it, and the path LP without that row agrees (1e-6)
+    bands = walk_bands(one_sided=(1, 2))
+    payoff = PAYOFFS[1]
+    r = bounds_from_quotes(bands, payoff, grid=GRID)
+    full = bounds_from_quotes(walk_bands(), payoff, grid=GRID)
+    assert r.lower <= full.lower + 1e-9 and r.upper >= full.upper - 1e-9
+    assert abs(r.upper - path_lp(bands, payoff, "upper")) <= 1e-6
+    for side in ("lower", "upper"):
+        pos = getattr(r, f"{side}_side").info["positions"][1]
+        assert pos[2] <= 1e-12
+
+
+def test_band_without_arbitrage_free_law_names_expiry_and_strike():
+    bands = walk_bands()
+    # calendar arbitrage: the 3m 1.0 call band lies 0.028 below the 2m 1.0 call band (a call
+    # price cannot fall with the maturity of a martingale)
+    bid, ask = list(bands.bid), list(bands.ask)
+    bid[2], ask[2] = bid[2].copy(), ask[2].copy()
+    bid[2][2] = bands.bid[1][2] - 0.028
+    ask[2][2] = bid[2][2] + SPREAD
+    bad = QuoteBands(bands.labels, bands.times, bands.k, bands.is_call, tuple(bid), tuple(ask))
+    assert not check_bands(bad, GRID).feasible
+    with pytest.raises(ValueError, match=r"no arbitrage-free law.*expiry (2m|3m): [CP] 1\.0000"):
+        bounds_from_quotes(bad, PAYOFFS[0], grid=GRID)
+    # the offered repair widens exactly the violated bands to the closest feasible prices
+    r = bounds_from_quotes(bad, PAYOFFS[0], grid=GRID, repair="minimal")
+    assert r.info["repaired"] and r.success
+    fixed = r.info["bands"]
+    assert check_bands(fixed, GRID).feasible
+    # only widened, and by the closest law's total violation (+ 1e-9 room per changed band)
+    widening = 0.0
+    for f, b, g, a in zip(fixed.bid, bad.bid, fixed.ask, bad.ask):
+        assert np.all(f <= b) and np.all(g >= a)
+        widening += float(np.sum(b - f) + np.sum(g - a))
+    total = check_bands(bad, GRID).total
+    assert total > 0.01 and abs(widening - total) <= 1e-7
+
+
+def test_bad_inputs():
+    bands = walk_bands()
+    with pytest.raises(ValueError, match="bid of expiry 1m at k=0.8"):
+        QuoteBands(bands.labels, bands.times, bands.k, bands.is_call,
+                   (bands.ask[0] + 1,) + bands.bid[1:], bands.ask)
+    with pytest.raises(ValueError, match="bid of expiry 1m"):
+        QuoteBands(bands.labels, bands.times, bands.k, bands.is_call,
+                   (bands.bid[0] - 1,) + bands.bid[1:], bands.ask)
+    with pytest.raises(ValueError, match="method must be one of"):
+        bounds_from_quotes(bands, PAYOFFS[0], grid=GRID, method="simplex")
+    with pytest.raises(ValueError, match="repair must be one of"):
+        bounds_from_quotes(bands, PAYOFFS[0], grid=GRID, repair="yes")
+    with pytest.raises(ValueError, match="grid must be strictly increasing with 1 on it"):
+        bounds_from_quotes(bands, PAYOFFS[0], grid=GRID + 0.01)
+    with pytest.raises(ValueError, match="repair='calibration' needs a CalibrationResult"):
+        bounds_from_quotes(bands, PAYOFFS[0], grid=GRID, repair="calibration")
+
+
+def test_quote_grid_has_one_and_covers_strikes():
+    g = quote_grid(walk_bands(), 21)
+    assert g.size == 21 and np.any(np.abs(g - 1) < 1e-12)
+    assert g[0] < STRIKES.min() and g[-1] > STRIKES.max()
+    assert np.allclose(np.diff(g), np.diff(g)[0])
