@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from deepquant.demo import DemoConfig, coarsen_marginals, demo_grid, run_demo
 
 SMALL = DemoConfig(grid_step=0.1, grid_range=(0.6, 1.5), calibration_grid_size=60,
-                   sweep_strikes=(0.95, 1.0), n_paths=2_000)
+                   sweep_strikes=(0.95, 1.0), n_paths=2_000, grid_sizes=(10, 7))
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,21 @@ def test_files_exist(demo):
     data = json.loads((demo.out_dir / "results.json").read_text())
     assert len(data["rows"]) == 3 and all(r["inside"] for r in data["rows"])
     assert not list(demo.out_dir.glob(".*"))  # no temporary files left behind
+
+
+def test_bounds_against_the_grid(demo):
+    """The 10-point uniform grid of the resolution study is the demo grid itself (step 0.1 on
+    [0.6, 1.5] through 1), so its bounds are the demo's LP bounds (same marginals, same LP)."""
+    entries = {(e["label"], e["size"]): e for e in demo.resolution}
+    assert {size for _, size in entries} == {10, 7}
+    for r in demo.rows:
+        e = entries[(r.label, 10)]
+        assert e["method"] == "lp" and e["success"]
+        assert e["lower"] == pytest.approx(r.lower, abs=1e-9)
+        assert e["upper"] == pytest.approx(r.upper, abs=1e-9)
+    text = (demo.out_dir / "report.md").read_text()
+    assert "## Bounds against the grid" in text and "(resolution.png)" in text
+    assert (demo.out_dir / "resolution.png").stat().st_size > 0
 
 
 def test_bounds_contain_calibrated_price(demo):

@@ -137,6 +137,26 @@ def plot_tracking_errors(errors: Mapping[str, np.ndarray], path: str | os.PathLi
     return _save(fig, path)
 
 
+def plot_bounds_vs_grid(entries: Sequence[Mapping], path: str | os.PathLike[str], *,
+                        title: str = "Bounds against the grid size") -> Path:
+    """Lower and upper bounds of each payoff against the grid size M (one panel per payoff)."""
+    plt = _pyplot()
+    labels = list(dict.fromkeys(e["label"] for e in entries))
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.4), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        es = sorted((e for e in entries if e["label"] == label), key=lambda e: e["size"])
+        m = [e["size"] for e in es]
+        for key, color in (("lower", "tab:blue"), ("upper", "tab:red")):
+            ax.plot(m, [e[key] for e in es], "o-", color=color, label=key)
+        ax.set_xscale("log")
+        ax.set_xlabel("grid points M")
+        ax.set_title(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _fmt(v) -> str:
     if isinstance(v, float | np.floating):
         if not np.isfinite(v):

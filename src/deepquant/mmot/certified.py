@@ -226,7 +226,7 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                  rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float = 1e-7,
                  eps_factor: float = 0.2, band: float = 40.0, max_iter: int = 400,
                  gtol: float = 1e-9, maxcor: int = 50, precondition: bool = False,
-                 max_seconds: float = 600.0, u0: np.ndarray | None = None,
+                 inner_resid_tol: float = 1e-3, max_seconds: float = 600.0, u0: np.ndarray | None = None,
                  progress=None) -> BoundSide:
     """One side of the certified bounds on ``chain`` (see the module docstring).
 
@@ -236,13 +236,20 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
     marginals : Marginals
     sense : {"lower", "upper"}
     rtol : float
-        Stop when (outer - inner) <= rtol * max(|outer|, 1e-3 * payoff scale).
+        Stop when |outer - inner| <= rtol * max(|outer|, 1e-3 * payoff scale) with the inner
+        chain's marginal error (L1 summed over dates) <= ``inner_resid_tol``.
     eps_start, eps_end, eps_factor : float
         eps-scaling schedule, relative to the payoff scale max |f| on the chain.
     band : float
         Band of the smoothed envelope in units of eps (terms below exp(-band) dropped).
     max_iter : int
         L-BFGS iterations per stage.
+    gtol, maxcor : float, int
+        L-BFGS-B options (gradient tolerance on the marginal residual, memory).
+    precondition : bool
+        Optimise v = u sqrt(mu / eps) (the diagonal of the Hessian at a fitted chain).
+    inner_resid_tol : float
+        Marginal error (L1 over dates) below which an inner estimate counts.
     max_seconds : float
         Time budget; the best certificate so far is returned when it runs out.
     u0 : ndarray, optional
@@ -279,11 +286,13 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
         return _certify(chain, marginals, sense, sign, t0, rtol=rtol, eps_start=eps_start,
                         eps_end=eps_end, eps_factor=eps_factor, band=band, max_iter=max_iter,
                         gtol=gtol, maxcor=maxcor, precondition=precondition,
-                        max_seconds=max_seconds, u0=u0, progress=progress)
+                        inner_resid_tol=inner_resid_tol, max_seconds=max_seconds, u0=u0,
+                        progress=progress)
 
 
 def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps_factor, band,
-             max_iter, gtol, maxcor, precondition, max_seconds, u0, progress) -> BoundSide:
+             max_iter, gtol, maxcor, precondition, inner_resid_tol, max_seconds, u0,
+             progress) -> BoundSide:
     sw = _Sweeper(chain, marginals, sign)
     uvec = np.zeros(sw.mu_flat.size) if u0 is None else np.array(u0, dtype=float)
     if uvec.shape != sw.mu_flat.shape:
@@ -291,7 +300,7 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
     scale = sw.scale
     best = (np.inf, uvec.copy(), np.zeros(sw.T))
     inner = np.nan
-    resid = np.nan
+    resid = np.inf  # marginal error (L1 over dates) of the chain that gave ``inner``
     drift = np.nan
     nit = 0
     stages = 0
@@ -316,8 +325,12 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
         uvec = res.x * pre
         nit += int(res.nit)
         stages += 1
-        _, _, inner, law, drift = sw.soft(uvec, e_abs, band)
-        resid = float(np.sum(np.abs(law - sw.mu_flat)))
+        _, _, stage_inner, law, drift = sw.soft(uvec, e_abs, band)
+        stage_resid = float(np.sum(np.abs(law - sw.mu_flat)))
+        # the inner estimate is only as good as its chain's marginals: keep the stage whose
+        # chain fits them best (later stages at tiny eps often fit them worse)
+        if stage_resid <= max(resid, inner_resid_tol) or not np.isfinite(inner):
+            inner, resid = stage_inner, stage_resid
         value, _, viol = sw.hard(uvec, verify=True)
         outer = value + float(viol.sum())
         if outer < best[0]:
@@ -326,7 +339,7 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
         if progress is not None:
             progress(CertifiedProgress(sense, stages, e_abs, sign * best[0], sign * inner, resid,
                                        time.perf_counter() - t0))
-        if gap <= rtol * max(abs(best[0]), 1e-3 * scale):
+        if abs(gap) <= rtol * max(abs(best[0]), 1e-3 * scale) and resid <= inner_resid_tol:
             status, message = 0, "certified gap within rtol"
             break
         if time.perf_counter() - t0 > max_seconds:
