@@ -327,9 +327,12 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
         stages += 1
         _, _, stage_inner, law, drift = sw.soft(uvec, e_abs, band)
         stage_resid = float(np.sum(np.abs(law - sw.mu_flat)))
-        # the inner estimate is only as good as its chain's marginals: keep the stage whose
-        # chain fits them best (later stages at tiny eps often fit them worse)
-        if stage_resid <= max(resid, inner_resid_tol) or not np.isfinite(inner):
+        # the inner estimate is only as good as its chain's marginals: among the stages whose
+        # chain fits them within inner_resid_tol keep the largest value (the entropic bias is
+        # downwards); while none does, keep the best-fitting one
+        fits, fitted = stage_resid <= inner_resid_tol, resid <= inner_resid_tol
+        if (fits and (not fitted or stage_inner > inner)) or \
+                (not fits and not fitted and stage_resid < resid):
             inner, resid = stage_inner, stage_resid
         value, _, viol = sw.hard(uvec, verify=True)
         outer = value + float(viol.sum())
