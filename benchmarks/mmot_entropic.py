@@ -44,7 +44,6 @@ from scipy import optimize, sparse
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
-from deepquant.mmot.sinkhorn import martingale_sinkhorn
 
 
 def lognormal_marginals(n: int, m: int, sigma: float = 0.2, maturity: float = 1.0,
@@ -95,8 +94,8 @@ def section_main(repeats: int) -> dict:
         "newton_cold_1thread": lambda: _run(solve_entropic, mg, eps, threads=1,
                                             multiscale=False),
         "newton_2threads": lambda: _run(solve_entropic, mg, eps, threads=2),
-        "sinkhorn_1thread": lambda: _run(martingale_sinkhorn, mg, eps, threads=1,
-                                         max_sweeps=20_000),
+        "sinkhorn_1thread": lambda: _run(solve_entropic, mg, eps, threads=1,
+                                         method="sinkhorn", max_iter=20_000),
     }
     if BASELINE is not None:
         variants["baseline_newton_1thread"] = lambda: _run(BASELINE.solve_entropic, mg, eps,

@@ -2,9 +2,10 @@
 
 Entry points:
 
-* ``bounds(marginals, payoff, method="lp"|"entropic"|"path-lp")``: exact lower and upper bounds
-  over all martingale laws with the given marginals (path-dependent payoffs through the augmented
-  chain of DESIGN §2.3);
+* ``bounds(marginals, payoff, method="auto"|"lp"|"certified"|"entropic"|"path-lp")``: lower and
+  upper bounds over all martingale laws with the given marginals (path-dependent payoffs through
+  the augmented chain of DESIGN §2.3): exact LP on small grids, certified bounds (a dual checked
+  on every path, DESIGN §2.8) at market resolution;
 * ``solve_entropic(marginals, eps, ...)``: the batched entropic Newton solver (pairwise or no cost);
 * ``CalibratedModel.calibrate(marginals)``: the entropic calibrated martingale model, ``price`` and
   ``sample``;
@@ -16,6 +17,7 @@ Entry points:
 
 from deepquant.mmot.augment import AugmentedChain, build_chain, expectation
 from deepquant.mmot.bounds import METHODS, bounds
+from deepquant.mmot.certified import CertifiedProgress, certified_bounds
 from deepquant.mmot.delta import BacktestResult, DeltaHedge, backtest, delta_hedge
 from deepquant.mmot.entropic import (
     ConvergenceWarning,
@@ -27,19 +29,19 @@ from deepquant.mmot.hedge import SemiStaticHedge, superhedge, verify_hedge
 from deepquant.mmot.incremental import append_date, insert_date, update_date
 from deepquant.mmot.model import CalibratedModel, ModelPrice, calibrate_model
 from deepquant.mmot.result import BoundsResult
-from deepquant.mmot.sinkhorn import martingale_sinkhorn
 from deepquant.mmot.sparse import adaptive_grid, sparse_marginals
 from deepquant.mmot.widening import WidenedBounds, widen
 
 __all__ = [
     "bounds",
     "METHODS",
+    "certified_bounds",
+    "CertifiedProgress",
     "BoundsResult",
     "solve_entropic",
     "newton_polish",
     "EntropicResult",
     "ConvergenceWarning",
-    "martingale_sinkhorn",
     "CalibratedModel",
     "ModelPrice",
     "calibrate_model",
