@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from deepquant import __version__
-from deepquant.cli import calibrate, market, mmot, neural, rough
+from deepquant.cli import calibrate, market, mmot, neural, quotes, rough
 
 __all__ = ["main"]
 
@@ -22,6 +22,6 @@ def main() -> None:
     """deep-quant: exotic option prices with quantified uncertainty."""
 
 
-for _module in (market, calibrate, mmot, neural, rough):
+for _module in (market, calibrate, mmot, neural, rough, quotes):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -98,6 +98,28 @@ class QuoteBands:
             for arrs in (self.k, self.is_call, self.bid, self.ask)))
         return out, int(sum((~m).sum() for m in keep))
 
+    def thinned(self, grid: np.ndarray) -> QuoteBands:
+        """Per expiry and type, only the quote whose strike is nearest each grid point (within
+        half a cell): on a coarse grid the dense listed strikes pin the law down (its call curve
+        is linear between grid points), while the nearest quotes bound it only at the nodes."""
+        g = np.asarray(grid, dtype=float)
+        keep = []
+        for k, c in zip(self.k, self.is_call):
+            mask = np.zeros(k.size, dtype=bool)
+            cell = np.diff(g).min() / 2
+            for flag in (True, False):
+                idx = np.flatnonzero(c == flag)
+                if idx.size == 0:
+                    continue
+                near = np.abs(k[idx][None, :] - g[:, None])  # (M, n)
+                best = np.argmin(near, axis=1)
+                ok = near[np.arange(g.size), best] <= cell
+                mask[idx[best[ok]]] = True
+            keep.append(mask)
+        return QuoteBands(self.labels, self.times, *(
+            tuple(a[m] for a, m in zip(arrs, keep))
+            for arrs in (self.k, self.is_call, self.bid, self.ask)))
+
     def widened(self, prices: Sequence[np.ndarray], pad: float = 1e-9) -> QuoteBands:
         """Bands widened to contain ``prices`` (one array per expiry), with ``pad`` room."""
         bid = tuple(np.where(p < b, np.maximum(p - pad, 0.0), b)

@@ -337,10 +337,20 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
                           eps=eps * scale, violation=rv))
 
 
+def _widening(before: QuoteBands, after: QuoteBands) -> float:
+    """Total widening of the bands (sum over quotes of bid decrease plus finite ask increase)."""
+    tot = 0.0
+    for b0, b1, a0, a1 in zip(before.bid, after.bid, before.ask, after.ask):
+        fin = np.isfinite(a0)
+        tot += float(np.sum(b0 - b1) + np.sum(a1[fin] - a0[fin]))
+    return tot
+
+
 # ---------------------------------------------------------------------------- entry point
 def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None = None,
                        grid: np.ndarray | None = None, grid_size: int = 15, method: str = "lp",
                        repair: str | None = None, fit_range=(0.5, 1.6),
+                       thin: bool = False,
                        sum_mode: str = "auto", sum_grid_size: int | None = None,
                        sides: tuple[str, ...] = ("lower", "upper"),
                        highs_options: dict | None = None, **certified_options) -> BoundsResult:
@@ -364,6 +374,9 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
         What to do with bands that no law on the grid satisfies: raise (default), widen the
         violated bands to the closest arbitrage-free prices, or widen every band to contain the
         calibrated marginals' prices (needs a ``CalibrationResult`` on the same grid).
+    thin : bool
+        Keep per expiry and type only the quote nearest each grid point
+        (``QuoteBands.thinned``), for coarse grids.
     sum_mode, sum_grid_size
         Running-sum state (``deepquant.mmot.augment.build_chain``).
     **certified_options
@@ -404,6 +417,10 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
     if grid.ndim != 1 or np.any(np.diff(grid) <= 0) or not np.any(np.abs(grid - 1) < 1e-12):
         raise ValueError(f"grid must be strictly increasing with 1 on it, got {grid!r}")
     bands, dropped = bands.restrict(grid[0], grid[-1])
+    if thin:
+        n0 = sum(k.size for k in bands.k)
+        bands = bands.thinned(grid)
+        dropped += n0 - sum(k.size for k in bands.k)
     fitted_w = None
     if fitted is not None:
         if fitted.size != grid.size or not np.allclose(fitted.grid, grid):
@@ -411,6 +428,7 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
                 raise ValueError("repair='calibration' needs the grid of the calibration")
         else:
             fitted_w = np.asarray(fitted.weights, dtype=float)
+    original = bands
     if repair == "calibration":
         if fitted_w is None:
             raise ValueError("repair='calibration' needs a CalibrationResult as source")
@@ -455,6 +473,8 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
                    states=int(sum(prob.chain.n_states))),
         lower_side=out.get("lower"), upper_side=out.get("upper"), exact=prob.chain.exact,
         structure="augmented",
-        info=dict(problem=prob, bands=bands, dropped_quotes=dropped, repaired=not check.feasible,
+        info=dict(problem=prob, bands=bands, dropped_quotes=dropped,
+                  repaired=not check.feasible or repair == "calibration",
+                  band_widening=_widening(original, bands),
                   band_check=check, expiries_used=[bands.labels[s] for s in prob.used]),
     )

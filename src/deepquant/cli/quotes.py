@@ -1,0 +1,142 @@
+"""CLI command ``quote-bounds``: model-free bounds from the bid-ask quotes of a chain."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []
+
+
+def _payoff_names():
+    from deepquant.payoffs import PAYOFF_NAMES
+
+    return list(PAYOFF_NAMES)
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected two numbers 'LO,HI', got {text!r}") from None
+    if not 0 < lo < 1 < hi:
+        raise click.BadParameter(f"expected 0 < LO < 1 < HI, got {text!r}")
+    return lo, hi
+
+
+@click.command("quote-bounds")
+@click.option("--quotes", "chain_path", required=True, type=click.Path(dir_okay=False),
+              help="Option chain CSV (Cboe or normalized layout).")
+@click.option("--expiries", required=True,
+              help="Comma-separated tenors or dates, e.g. 30d,60d,90d (dates 1..S; date 0 is "
+                   "today, X_0 = 1).")
+@click.option("--payoff", "payoff_name", required=True, type=click.Choice(_payoff_names()),
+              help="Payoff name.")
+@click.option("--strike", type=float, default=None, help="Strike (forward moneyness).")
+@click.option("--t1", type=int, default=None, help="Forward-start date (0 = today).")
+@click.option("--t2", type=int, default=None, help="Forward-start maturity date.")
+@click.option("--barrier", type=float, default=None, help="Barrier level (barrier payoffs).")
+@click.option("--grid-size", type=int, default=15, show_default=True,
+              help="Points of the uniform moneyness grid (1 on it).")
+@click.option("--method", type=click.Choice(["lp", "certified"]), default="lp",
+              show_default=True, help="Exact LP (small grids) or the certified sweep.")
+@click.option("--fit-range", default="0.5,1.6", show_default=True,
+              help="Quotes with K/F in LO,HI are used.")
+@click.option("--thin", is_flag=True,
+              help="Keep per expiry and type only the quote nearest each grid point.")
+@click.option("--repair", type=click.Choice(["none", "minimal", "calibration"]), default="none",
+              show_default=True,
+              help="Bands no law on the grid meets: fail (none), widen them to the closest "
+                   "arbitrage-free prices (minimal) or to the calibrated marginals' prices.")
+@click.option("--max-seconds", type=float, default=600.0, show_default=True,
+              help="Certified method: time budget per side.")
+@click.option("--top", type=int, default=5, show_default=True,
+              help="Largest option positions shown per side.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barrier, grid_size,
+                         method, fit_range, thin, repair, max_seconds, top, as_json):
+    """Bounds of a payoff over every martingale law pricing each quote inside its bid-ask band,
+    with the static option positions of each side's hedge (long at the ask, short at the bid)."""
+    import warnings
+
+    import numpy as np
+
+    from deepquant.cli.output import console, fail, print_json, table
+    from deepquant.market.calibrate import calibrate_chain
+    from deepquant.market.quotes import load_chain
+    from deepquant.mmot.quote_bands import load_bands, quote_grid
+    from deepquant.mmot.quotes_bounds import bounds_from_quotes, verify_quote_hedge
+    from deepquant.payoffs import make_payoff, payoff_params, required_params
+
+    params = dict(strike=strike, t1=t1, t2=t2, barrier=barrier)
+    missing = [f"--{p}" for p in required_params(payoff_name) if params[p] is None]
+    if missing:
+        fail(f"--payoff {payoff_name} needs {' and '.join(missing)} (no default is assumed)")
+    frange = _range(fit_range)
+    specs = [s.strip() for s in expiries.split(",") if s.strip()]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            chain = load_chain(chain_path)
+            bands, _ = load_bands(chain, specs, fit_range=frange)
+            payoff = make_payoff(payoff_name, **params)
+            payoff.last_date(bands.n_expiries + 1)
+            grid = quote_grid(bands, grid_size)
+            source = bands
+            if repair == "calibration":
+                source = calibrate_chain(chain, specs, grid=grid, fit_range=frange)
+            options = dict(max_seconds=max_seconds) if method == "certified" else {}
+            res = bounds_from_quotes(source, payoff, grid=grid, method=method, thin=thin,
+                                     repair=None if repair == "none" else repair, **options)
+    except ValueError as exc:
+        hint = (" (here: --repair minimal or --repair calibration, --thin on coarse grids)"
+                if "no arbitrage-free law" in str(exc) else "")
+        fail(f"{exc}{hint}")
+    out = res.to_dict()
+    prob = res.info["problem"]
+    positions = {}
+    for side in ("lower", "upper"):
+        s = getattr(res, f"{side}_side")
+        hedge = s.info["hedge"]
+        rows = []
+        for e, a in enumerate(hedge.positions):
+            b = prob.bands
+            for i in np.flatnonzero(np.abs(a) > 1e-9):
+                rows.append(dict(expiry=b.labels[e], type="C" if b.is_call[e][i] else "P",
+                                 k=float(b.k[e][i]), units=float(a[i]),
+                                 price=float(b.ask[e][i] if a[i] > 0 else b.bid[e][i])))
+        rows.sort(key=lambda r: -abs(r["units"]))
+        positions[side] = dict(cash=hedge.cash, option_cost=hedge.option_cost,
+                               dominates=bool(verify_quote_hedge(hedge, res).ok),
+                               positions=rows)
+    out.update(payoff=payoff_name, params=payoff_params(payoff), chain=str(chain_path),
+               expiries=list(prob.bands.labels), grid=[float(grid[0]), float(grid[-1])],
+               dropped_quotes=res.info["dropped_quotes"], repaired=res.info["repaired"],
+               band_widening=res.info["band_widening"], hedges=positions)
+    if as_json:
+        print_json(out)
+    else:
+        rows = [("lower", res.lower), ("upper", res.upper), ("status", res.status),
+                ("method", res.method), ("expiries", ", ".join(prob.bands.labels)),
+                ("quotes used", res.sizes["quotes"]), ("quotes left out", out["dropped_quotes"]),
+                ("bands widened by", out["band_widening"]),
+                ("seconds lower", res.seconds["lower"]), ("seconds upper", res.seconds["upper"])]
+        if method == "certified":
+            for name in ("lower", "upper"):
+                side = getattr(res, f"{name}_side")
+                rows += [(f"{name} inner estimate", side.info.get("inner")),
+                         (f"{name} certified gap", side.gap)]
+        console.print(table(f"quote-bounds: {payoff_name} on {chain_path}", ["name", "value"],
+                            rows))
+        for side in ("lower", "upper"):
+            h = positions[side]
+            console.print(table(
+                f"{side} hedge of {'' if side == 'upper' else '-'}payoff (dominates: "
+                f"{h['dominates']}, cash {h['cash']:.6g}; long at the ask, short at the bid)",
+                ["expiry", "type", "k", "units", "price"],
+                [(r["expiry"], r["type"], r["k"], r["units"], r["price"])
+                 for r in h["positions"][:top]]))
+    if not res.success:
+        raise SystemExit(1)
+
+
+COMMANDS.append(quote_bounds_command)

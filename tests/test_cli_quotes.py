@@ -1,0 +1,57 @@
+"""The ``deepquant quote-bounds`` command (thin CLI over deepquant.mmot.quotes_bounds)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+from click.testing import CliRunner
+
+from deepquant.cli import main
+from deepquant.market.chain import synthetic_chain
+from deepquant.mmot.quote_bands import load_bands, quote_grid
+from deepquant.mmot.quotes_bounds import bounds_from_quotes
+from deepquant.payoffs import LookbackCall
+
+
+@pytest.fixture(scope="module")
+def chain_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("quotes") / "chain.csv"
+    synthetic_chain(seed=3).to_csv(path)
+    return path
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["quote-bounds", *map(str, args)])
+
+
+def test_json_matches_library(chain_csv):
+    res = _run("--quotes", chain_csv, "--expiries", "30d,60d", "--payoff", "lookback-call",
+               "--strike", 1, "--grid-size", 11, "--thin", "--repair", "minimal", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["method"] == "quotes-lp" and out["status"] == "optimal"
+    assert out["hedges"]["lower"]["dominates"] and out["hedges"]["upper"]["dominates"]
+    # the same problem through the library (the CLI only parses and prints): equal to 1e-12
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bands, _ = load_bands(chain_csv, ["30d", "60d"], fit_range=(0.5, 1.6))
+    lib = bounds_from_quotes(bands, LookbackCall(strike=1.0), grid=quote_grid(bands, 11),
+                             thin=True, repair="minimal")
+    assert out["lower"] == pytest.approx(lib.lower, abs=1e-12)
+    assert out["upper"] == pytest.approx(lib.upper, abs=1e-12)
+    assert out["lower"] < out["upper"]
+
+
+def test_infeasible_band_names_expiry_and_offers_repair(chain_csv):
+    res = _run("--quotes", chain_csv, "--expiries", "30d,60d", "--payoff", "asian-call",
+               "--strike", 1, "--grid-size", 11, "--thin")
+    assert res.exit_code == 2
+    assert "no arbitrage-free law" in res.output and "expiry 2024-01-19 SYN" in res.output
+    assert "--repair minimal" in res.output
+
+
+def test_missing_strike():
+    res = _run("--quotes", "x.csv", "--expiries", "30d", "--payoff", "asian-call")
+    assert res.exit_code == 2 and "needs --strike" in res.output
