@@ -225,7 +225,7 @@ def nest_supports(marginals: Marginals, last_date: int, *, max_mass: float = 1e-
 def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                  rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float = 1e-7,
                  eps_factor: float = 0.2, band: float = 40.0, max_iter: int = 400,
-                 gtol: float = 1e-9, maxcor: int = 50, precondition: bool = False,
+                 gtol: float = 1e-9, maxcor: int = 50, precondition: float = 0.0,
                  inner_resid_tol: float = 1e-3, max_seconds: float = 600.0, u0: np.ndarray | None = None,
                  progress=None) -> BoundSide:
     """One side of the certified bounds on ``chain`` (see the module docstring).
@@ -246,8 +246,9 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
         L-BFGS iterations per stage.
     gtol, maxcor : float, int
         L-BFGS-B options (gradient tolerance on the marginal residual, memory).
-    precondition : bool
-        Optimise v = u sqrt(mu / eps) (the diagonal of the Hessian at a fitted chain).
+    precondition : float
+        0 (off) or a mass floor: optimise v = u sqrt(max(mu, floor) / eps) (the diagonal of
+        the Hessian at a fitted chain, floored so tail points are not blown up).
     inner_resid_tol : float
         Marginal error (L1 over dates) below which an inner estimate counts.
     max_seconds : float
@@ -312,7 +313,7 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
 
         # diagonal preconditioner: d law_t(y) / d u_t(y) ~ -mu_t(y) / eps (the Gibbs weight
         # of y scales like exp(-u_t(y) / eps)), so optimise v = u * sqrt(mu / eps)
-        pre = (np.sqrt(e_abs / np.maximum(sw.mu_flat, 1e-300)) if precondition
+        pre = (np.sqrt(e_abs / np.maximum(sw.mu_flat, precondition)) if precondition > 0
                else np.full(sw.mu_flat.size, e_abs))
 
         def fun(v, e_abs=e_abs, pre=pre):
