@@ -41,8 +41,8 @@ from deepquant.atomic import atomic_path
 __all__ = [
     "FAMILIES", "ALL_FAMILIES", "N_CHOICES", "FORMAT", "InstanceSpec", "instance_spec", "model_grid",
     "gauge_fix", "touching_mask", "allowed_np", "gibbs_kernels_np", "kernel_drift_np", "solve_instance", "generate_dataset",
-    "read_dataset", "marginal_records", "NeuralDataset", "validate_dataset", "ValidationReport", "write_instances",
-    "check_writable_file", "check_finite_records",
+    "read_dataset", "marginal_records", "validate_dataset", "ValidationReport", "write_instances",
+    "check_writable_file",
 ]
 
 FAMILIES = ("gbm", "merton", "heston")
@@ -531,22 +531,6 @@ def merge_parts(out: Path, *, grid: np.ndarray, attrs: dict) -> int:
     return len(records)
 
 
-def check_finite_records(records: list[dict], path) -> None:
-    """Raise ``ValueError`` naming the file and the first instance with a non-finite weight or
-    time, or a non-finite potential where it is used (``v_valid`` / ``h_valid``)."""
-    for r in records:
-        for key, mask in (("weights", None), ("times", None), ("v", "v_valid"),
-                          ("h", "h_valid")):
-            a = np.asarray(r[key])
-            bad = ~np.isfinite(a)
-            if mask is not None:
-                bad &= np.asarray(r[mask], dtype=bool)
-            if bad.any():
-                raise ValueError(
-                    f"data file {str(path)!r}: instance {r['index']} has {int(bad.sum())} "
-                    f"non-finite {key} value(s); run 'deepquant validate-data {path}'")
-
-
 # ----------------------------------------------------------------------------- validation
 @dataclass
 class ValidationReport:
@@ -617,56 +601,10 @@ def validate_dataset(path: str | os.PathLike[str], *, residual_tol: float = 1e-6
                             sum(len(r["period_ok"]) for r in records))
 
 
-# ----------------------------------------------------------------------------- torch dataset
-class NeuralDataset:
-    """Records held in memory as float32 tensors (the weights also in float64, for the dual-gap
-    terms), batched by equal N (no padding needed)."""
+def __getattr__(name: str):
+    # the torch-side pieces live in deepquant.neural.dataset (kept importable from here)
+    if name in ("NeuralDataset", "check_finite_records"):
+        from deepquant.neural import dataset
 
-    def __init__(self, records: list[dict], grid: np.ndarray) -> None:
-        import torch
-
-        self.grid = torch.as_tensor(grid, dtype=torch.float32)
-        self.grid64 = torch.as_tensor(grid, dtype=torch.float64)
-        self.items = []
-        for r in records:
-            self.items.append({
-                "weights": torch.as_tensor(r["weights"], dtype=torch.float32),
-                "weights64": torch.as_tensor(r["weights"], dtype=torch.float64),
-                "labelled": bool(r.get("labelled", True)),
-                "v": torch.as_tensor(r["v"], dtype=torch.float32),
-                "h": torch.as_tensor(r["h"], dtype=torch.float32),
-                "h_valid": torch.as_tensor(r["h_valid"], dtype=torch.bool),
-                "v_valid": torch.as_tensor(r["v_valid"], dtype=torch.bool),
-                "period_ok": torch.as_tensor(r["period_ok"], dtype=torch.bool),
-                "touch": torch.as_tensor(touching_mask(r["weights"], grid)),
-                "n": r["n_periods"], "family": r["family"], "index": r["index"],
-            })
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def batches(self, batch_size: int, rng: np.random.Generator | None = None):
-        """Lists of item positions with equal N; shuffled when ``rng`` is given."""
-        by_n: dict[int, list[int]] = {}
-        for i, it in enumerate(self.items):
-            by_n.setdefault(it["n"], []).append(i)
-        out = []
-        for ids in by_n.values():
-            ids = list(rng.permutation(ids)) if rng is not None else ids
-            out += [ids[j:j + batch_size] for j in range(0, len(ids), batch_size)]
-        if rng is not None:
-            out = [out[j] for j in rng.permutation(len(out))]
-        return out
-
-    def collate(self, ids: list[int]) -> dict:
-        import torch
-
-        its = [self.items[i] for i in ids]
-        b = {k: torch.stack([it[k] for it in its]) for k in ("weights", "weights64", "v", "h",
-                                                               "h_valid", "v_valid", "touch")}
-        b["period_mask"] = torch.stack([it["period_ok"] for it in its])
-        b["date_mask"] = torch.ones(len(its), its[0]["n"] + 1, dtype=torch.bool)
-        b["grid"] = self.grid
-        b["grid64"] = self.grid64
-        b["labelled"] = all(it["labelled"] for it in its)
-        return b
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

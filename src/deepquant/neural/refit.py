@@ -85,7 +85,7 @@ class RefitResult:
 
 def _collect(model, records, grid, *, metric, per_instance, rng, batch_size, column_floor,
              progress):
-    from deepquant.neural.data import NeuralDataset
+    from deepquant.neural.dataset import NeuralDataset
     from deepquant.neural.model import period_scale
 
     ds = NeuralDataset(records, grid)

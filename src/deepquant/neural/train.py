@@ -28,13 +28,8 @@ import torch
 
 from deepquant.atomic import atomic_path, write_json
 from deepquant.neural.config import Config, ModelConfig
-from deepquant.neural.data import (
-    NeuralDataset,
-    check_finite_records,
-    check_writable_file,
-    marginal_records,
-    read_dataset,
-)
+from deepquant.neural.data import check_writable_file, marginal_records, read_dataset
+from deepquant.neural.dataset import NeuralDataset, check_finite_records
 from deepquant.neural.losses import dual_gap_loss, surrogate_loss
 from deepquant.neural.model import build_model, count_parameters, period_scale, resolve_device
 
