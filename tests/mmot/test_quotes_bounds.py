@@ -219,3 +219,39 @@ def test_quote_grid_has_one_and_covers_strikes():
     assert g.size == 21 and np.any(np.abs(g - 1) < 1e-12)
     assert g[0] < STRIKES.min() and g[-1] > STRIKES.max()
     assert np.allclose(np.diff(g), np.diff(g)[0])
+
+
+@pytest.fixture(scope="module")
+def synthetic_calibration(tmp_path_factory):
+    """A synthetic Heston chain calibrated on an 11-point uniform quote grid (date 0 = today
+    prepended to the calibrated laws for the fitted-marginal bounds)."""
+    import warnings
+
+    from deepquant.market.calibrate import calibrate_chain
+    from deepquant.market.chain import synthetic_chain
+    from deepquant.mmot.quote_bands import load_bands
+
+    path = tmp_path_factory.mktemp("chain") / "chain.csv"
+    synthetic_chain(seed=3).to_csv(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bands, _ = load_bands(path, ["30d", "60d"], fit_range=(0.5, 1.6))
+        grid = quote_grid(bands, 11)
+        cal = calibrate_chain(path, ["30d", "60d"], grid=grid, fit_range=(0.5, 1.6))
+    m = cal.marginals
+    delta = (np.abs(m.grid - 1) < 1e-12).astype(float)
+    fitted = Marginals(m.grid, np.vstack([delta, m.weights]), np.concatenate([[0.0], m.times]))
+    return cal, grid, fitted
+
+
+@pytest.mark.parametrize("payoff", [AsianCall(strike=1.0), LookbackCall(strike=1.0),
+                                    ForwardStartStraddle(t1=1, t2=2)], ids=lambda p: p.name)
+def test_calibrated_marginal_bounds_inside_quote_bounds(synthetic_calibration, payoff):
+    # repair="calibration" keeps every band that contains the calibrated price and widens the
+    # others to it, so the calibrated laws are feasible: their bounds lie inside (LP tol 1e-9)
+    cal, grid, fitted = synthetic_calibration
+    q = bounds_from_quotes(cal, payoff, grid=grid, thin=True, repair="calibration")
+    f = bounds(fitted, payoff, method="lp")
+    assert q.info["repaired"] and q.info["band_widening"] >= 0
+    assert q.lower <= f.lower + 1e-9 and f.upper <= q.upper + 1e-9
+    assert q.width > f.width

@@ -302,7 +302,11 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
             g = np.concatenate([ask - pr, pr - bid])
             return f / e_abs, g / e_abs
 
-        res = optimize.minimize(fun, z, jac=True, method="L-BFGS-B", bounds=bnds,
+        def stop(intermediate_result):  # the time budget also ends a stage
+            if time.perf_counter() - t0 > max_seconds:
+                raise StopIteration
+
+        res = optimize.minimize(fun, z, jac=True, method="L-BFGS-B", bounds=bnds, callback=stop,
                                 options=dict(maxiter=max_iter, maxcor=30, gtol=1e-10,
                                              ftol=1e-15))
         z = res.x
