@@ -297,7 +297,13 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
                 options.update(progress=show)
         if martingale_tol and method not in ("lp", "auto"):
             fail("--martingale-tol is only used by --method lp")
-        res = bounds(marginals, payoff, method, eps=eps, **options)
+        if not as_json and err_console.is_terminal and "progress" not in options:
+            # the LP and the entropic method report no iterations: a spinner while they run
+            with err_console.status(f"deepquant bounds: {method} on {marginals.size} points "
+                                    f"x {marginals.n_dates} dates", spinner="dots"):
+                res = bounds(marginals, payoff, method, eps=eps, **options)
+        else:
+            res = bounds(marginals, payoff, method, eps=eps, **options)
     except ValueError as exc:
         fail(str(exc))
     out = res.to_dict()
