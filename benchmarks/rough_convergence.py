@@ -4,7 +4,7 @@ Usage (one process, one BLAS thread; results are appended case by case to the JS
 
     python benchmarks/rough_convergence.py steps [--steps 4 8 16 32] [--strikes 70 100 120]
         [--regression-paths 32768] [--max-batches 4] [--seed 7]
-        [--out benchmarks/results/rough_convergence_steps.json]
+        [--out benchmarks/results/rough_convergence_steps.json] [--summary-only]
     python benchmarks/rough_convergence.py dates [--dates 12 24 48] [--total-steps 96]
         [--strikes 100] [--out benchmarks/results/rough_convergence_dates.json]
 
@@ -61,7 +61,7 @@ def _run_cases(args, cases) -> dict:
     done = {(c["strike"], c["steps_per_date"], c["n_dates"]) for c in data["cases"]}
     model = RoughBergomi()
     for K, spd, nd in cases:
-        if (K, spd, nd) in done:
+        if (K, spd, nd) in done or args.summary_only:
             continue
         pricer = preset_pricer("rbergomi", steps_per_date=spd, n_dates=nd,
                                n_regression=args.regression_paths, batch_size=args.batch_size,
@@ -163,6 +163,8 @@ def main() -> None:
         q.add_argument("--max-batches", type=int, default=4)
         q.add_argument("--seed", type=int, default=7)
         q.add_argument("--out", default=f"benchmarks/results/rough_convergence_{name}.json")
+        q.add_argument("--summary-only", action="store_true",
+                       help="run nothing; tables and fit from the cases already in --out")
     sub.choices["steps"].add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32])
     sub.choices["dates"].add_argument("--dates", type=int, nargs="+", default=[12, 24, 48])
     sub.choices["dates"].add_argument("--total-steps", type=int, default=96)

@@ -44,7 +44,7 @@ __all__ = ["TIME_STEP_RATE", "Extrapolation", "ConvergedResult", "richardson",
 
 TIME_STEP_RATE = 0.7
 """Weak rate in the time step used by default: the rate fitted jointly to the Bermudan
-midpoints at K = 70, 100, 120 with 4..32 steps per period, 0.70 +- 0.23
+midpoints at K = 70, 100, 120 with 4..32 steps per period (and 64 at K = 100), 0.69 +- 0.13
 (``benchmarks/rough_convergence.py steps``, docs/benchmarks-rough.md)."""
 
 
