@@ -111,6 +111,10 @@ def test_certified_bracket_contains_the_lp_values(rw, name, params):
     assert res.method == "certified" and res.success
     assert res.lower <= lp.lower + 1e-10
     assert res.upper >= lp.upper - 1e-10
+    # the inner values are feasible plans' (restricted LP): a rigorous bracket on each side
+    assert res.lower_side.info["inner_kind"] == "restricted LP"
+    assert lp.lower - 1e-9 <= res.lower_side.info["inner"] <= lp.upper
+    assert lp.lower <= res.upper_side.info["inner"] <= lp.upper + 1e-9
     for side in ("lower", "upper"):
         s = getattr(res, f"{side}_side")
         assert s.info["violation"] <= 1e-12

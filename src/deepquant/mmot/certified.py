@@ -226,7 +226,7 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                  rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float = 1e-7,
                  eps_factor: float = 0.2, band: float = 40.0, max_iter: int = 400,
                  gtol: float = 1e-9, maxcor: int = 50, precondition: float = 0.0,
-                 inner_resid_tol: float = 1e-3, max_seconds: float = 600.0, u0: np.ndarray | None = None,
+                 inner_resid_tol: float = 1e-3, lp_inner_columns: int = 6, max_seconds: float = 600.0, u0: np.ndarray | None = None,
                  progress=None) -> BoundSide:
     """One side of the certified bounds on ``chain`` (see the module docstring).
 
@@ -251,6 +251,10 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
         the Hessian at a fitted chain, floored so tail points are not blown up).
     inner_resid_tol : float
         Marginal error (L1 over dates) below which an inner estimate counts.
+    lp_inner_columns : int
+        If > 0 and the chain LP has at most ``LP_INNER_MAX_COLUMNS`` variables, the final inner
+        value is a feasible plan's: the LP restricted to this many near-contact moves per state
+        (plus a glued coupling), solved by HiGHS (``info["inner_kind"]`` says which).
     max_seconds : float
         Time budget; the best certificate so far is returned when it runs out.
     u0 : ndarray, optional
@@ -287,13 +291,13 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
         return _certify(chain, marginals, sense, sign, t0, rtol=rtol, eps_start=eps_start,
                         eps_end=eps_end, eps_factor=eps_factor, band=band, max_iter=max_iter,
                         gtol=gtol, maxcor=maxcor, precondition=precondition,
-                        inner_resid_tol=inner_resid_tol, max_seconds=max_seconds, u0=u0,
-                        progress=progress)
+                        inner_resid_tol=inner_resid_tol, lp_inner_columns=lp_inner_columns,
+                        max_seconds=max_seconds, u0=u0, progress=progress)
 
 
 def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps_factor, band,
-             max_iter, gtol, maxcor, precondition, inner_resid_tol, max_seconds, u0,
-             progress) -> BoundSide:
+             max_iter, gtol, maxcor, precondition, inner_resid_tol, lp_inner_columns,
+             max_seconds, u0, progress) -> BoundSide:
     sw = _Sweeper(chain, marginals, sign)
     uvec = np.zeros(sw.mu_flat.size) if u0 is None else np.array(u0, dtype=float)
     if uvec.shape != sw.mu_flat.shape:
@@ -353,17 +357,87 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
             break
         eps = max(eps * eps_factor, eps_end)
     outer, ubest, viol = best
+    inner_kind = "smoothed chain"
+    if lp_inner_columns > 0:
+        lp_inner = _restricted_lp_inner(sw, marginals, ubest, lp_inner_columns)
+        if lp_inner is not None:
+            inner, resid = lp_inner
+            inner_kind = "restricted LP"
+            if abs(outer - inner) <= rtol * max(abs(outer), 1e-3 * scale):
+                status, message = 0, "certified gap within rtol (inner: a feasible plan)"
     duals = _duals(sw, ubest)
     gap = outer - inner
     u_grid = np.full((sw.T + 1, chain.size), np.nan)
     for t, piece in enumerate(sw.split(ubest), start=1):
         u_grid[t, sw.supp[t]] = piece
-    info = dict(inner=sign * inner, eps=eps * scale, stages=stages, iterations=nit,
-                u_sweep=u_grid,
+    info = dict(inner=sign * inner, inner_kind=inner_kind, eps=eps * scale, stages=stages,
+                iterations=nit, u_sweep=u_grid,
                 violation=float(viol.sum()), drift=drift, scale=scale,
                 relative_gap=gap / max(abs(outer), 1e-300))
     return BoundSide(sign * outer, True, status, message, time.perf_counter() - t0, resid, 0.0,
                      float(gap), duals, None, info)
+
+
+LP_INNER_MAX_COLUMNS = 3_000_000
+"""The rigorous inner bound builds the chain LP (all columns, for the column map): only up to
+this many LP variables (about 1 GB of sparse matrix)."""
+
+
+def _restricted_lp_inner(sw: _Sweeper, marginals: Marginals, uvec: np.ndarray, k: int):
+    """A feasible plan's value: the chain LP restricted to the k moves of each state closest to
+    the supporting line of the exact envelope for ``uvec`` (near-contact points, the support of
+    the optimal plan when u is optimal) plus the support of a glued one-period coupling (so the
+    restricted LP is feasible). Its optimum is a valid inner bound (a lower bound of the max).
+    Returns (value in the sweep's sign, max residual) or None when too large or not solved."""
+    from deepquant.mmot.lp import (
+        DEFAULT_HIGHS_OPTIONS,
+        _markov_support,
+        build_chain_lp,
+    )
+
+    chain = sw.chain
+    n_cols = sum(int(chain.reach[t].sum()) * sw.periods[t].ys.size for t in range(sw.T))
+    if n_cols > LP_INNER_MAX_COLUMNS:
+        return None
+    lp = build_chain_lp(chain, marginals)
+    mask = _markov_support(lp)
+    u = sw.split(uvec)
+    w = np.where(sw.live_T, sw.g_term - u[sw.T - 1][None, :], 0.0)
+    for t in range(sw.T - 1, -1, -1):
+        per = sw.periods[t]
+        G = per.gather(w)
+        shape = (per.n_s, per.xv.size)
+        val, slope, lam = np.empty(shape), np.empty(shape), np.empty(shape)
+        j1, j2 = np.empty(shape, np.int64), np.empty(shape, np.int64)
+        vert = np.empty(G.shape, dtype=np.bool_)
+        per.k["hull_sweep_period"](G, per.yv, per.xv, per.live, val, slope, j1, j2, lam, vert)
+        n_y = per.ys.size
+        pid = -np.ones(chain.reach[t].shape, dtype=np.int64)
+        pairs = lp.pairs[t]
+        pid[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
+        ss, aa = np.nonzero(per.live)
+        base = lp.offsets[t] + pid[per.xs[aa], ss] * n_y
+        kk = min(k, n_y)
+        for c in range(0, ss.size, 20_000):
+            s_, a_ = ss[c:c + 20_000], aa[c:c + 20_000]
+            gap = (val[s_, a_][:, None] + slope[s_, a_][:, None]
+                   * (per.yv[None, :] - per.xv[a_][:, None]) - G[s_])
+            near = np.argpartition(gap, kk - 1, axis=1)[:, :kk]
+            mask[(base[c:c + 20_000][:, None] + near).ravel()] = True
+        w = np.where(per.live, val - (u[t - 1][None, :] if t > 0 else 0.0), 0.0)
+    keep = np.ones(lp.a_eq.shape[0], dtype=bool)
+    keep[lp.redundant_rows()] = False
+    cost = sw.sign * lp.cost[mask]
+    res = optimize.linprog(-cost, A_eq=lp.a_eq[keep][:, mask], b_eq=lp.b_eq[keep],
+                           bounds=(0, None), method="highs-ipm", options=DEFAULT_HIGHS_OPTIONS)
+    if res.status != 0 or res.x is None:
+        return None
+    x = np.zeros(mask.size)
+    x[mask] = res.x
+    resid = max(float(np.max(np.abs(lp.a_eq @ x - lp.b_eq))), float(max(0.0, -x.min())))
+    if resid > 1e-8:
+        return None
+    return float(cost @ res.x), resid
 
 
 def _duals(sw: _Sweeper, uvec: np.ndarray) -> Duals:
