@@ -153,3 +153,19 @@ def test_american_default_rbergomi_reports_a_discretisation_error(runner):
     assert out["discretisation_error"] == pytest.approx(c * abs(m2 - m1), rel=1e-12)
     assert "continuous-time model" in out["model_description"]
     assert out["model"] == "rbergomi"
+
+
+def test_american_flag_extrapolates_in_the_dates(runner):
+    # Black-Scholes (exact scheme): 4, 8 and 16 dates on one 16-step grid, rate 1, no grid run;
+    # invariant: the value is 2 P_16 - P_8 of the run midpoints, the error |R(8,16) - R(4,8)|
+    res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates", "4",
+                               "--american", "--tol", "0.5", "--json", *SMALL])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    m4, m8, m16 = (r["midpoint"] for r in out["runs"])
+    assert [r["n_dates"] for r in out["runs"]] == [4, 8, 16]
+    assert out["value"] == pytest.approx(2 * m16 - m8, rel=1e-12)
+    assert out["discretisation_error"] == pytest.approx(abs((2 * m16 - m8) - (2 * m8 - m4)),
+                                                        rel=1e-12)
+    assert "exact scheme" in out["model_description"]
+    assert out["status"] in ("converged", "tol_not_met") and out["message"]
