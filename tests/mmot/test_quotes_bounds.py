@@ -15,6 +15,7 @@ from deepquant.mmot import bounds
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, quote_grid
 from deepquant.mmot.quotes_bounds import bounds_from_quotes, verify_quote_hedge
 from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall
+from tests.conftest import spx_data_dir
 
 GRID = np.round(np.linspace(0.7, 1.3, 7), 12)
 STRIKES = np.array([0.8, 0.9, 1.0, 1.1, 1.2])
@@ -255,3 +256,37 @@ def test_calibrated_marginal_bounds_inside_quote_bounds(synthetic_calibration, p
     assert q.info["repaired"] and q.info["band_widening"] >= 0
     assert q.lower <= f.lower + 1e-9 and f.upper <= q.upper + 1e-9
     assert q.width > f.width
+
+
+@pytest.mark.slow
+def test_spx_fitted_bounds_inside_quote_bounds_and_certified_contains_lp():
+    # the real chain at 5 expiries on the 13-point grid of benchmarks/mmot_quotes.py: the
+    # calibrated laws' LP bounds inside the bid-ask LP bounds; the certified sweep contains the
+    # LP values (1e-8) within 1e-3 (about 2% of the ranges); both hedges dominate
+    import warnings
+
+    from deepquant.market.calibrate import calibrate_chain
+    from deepquant.market.quotes import load_chain
+    from deepquant.mmot.quote_bands import load_bands
+
+    expiries = ["30d", "60d", "90d", "120d", "150d"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chain = load_chain(spx_data_dir() / "spx_options_normalized.csv")
+        bands, _ = load_bands(chain, expiries, fit_range=(0.75, 1.3))
+        grid = quote_grid(bands, 13)
+        cal = calibrate_chain(chain, expiries, grid=grid, fit_range=(0.75, 1.3))
+    m = cal.marginals
+    delta = (np.abs(m.grid - 1) < 1e-12).astype(float)
+    fitted = Marginals(m.grid, np.vstack([delta, m.weights]), np.concatenate([[0.0], m.times]))
+    payoff = LookbackCall(strike=1.0)
+    q = bounds_from_quotes(cal, payoff, grid=grid, thin=True, repair="calibration")
+    f = bounds(fitted, payoff, method="lp")
+    assert q.lower <= f.lower + 1e-9 and f.upper <= q.upper + 1e-9
+    c = bounds_from_quotes(cal, payoff, grid=grid, thin=True, repair="calibration",
+                           method="certified", max_seconds=60)
+    assert c.lower <= q.lower + 1e-8 and c.upper >= q.upper - 1e-8
+    assert q.lower - c.lower <= 1e-3 and c.upper - q.upper <= 1e-3
+    for res in (q, c):
+        for side in ("lower", "upper"):
+            assert verify_quote_hedge(getattr(res, f"{side}_side").info["hedge"], res).ok
