@@ -452,7 +452,7 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
                 "band fit, deepquant.market.calibrate), repair='calibration' to the calibrated "
                 "marginals' prices; or use a finer grid")
         bands = bands.widened(list(check.prices))
-    prob = _Problem(bands, grid, payoff, fitted_w[:, :] if fitted_w is not None else None,
+    prob = _Problem(bands, grid, payoff, fitted_w,
                     sum_mode, sum_grid_size)
     build = time.perf_counter() - t_build
     out = {}
