@@ -22,3 +22,26 @@ def lognormal_rows(grid: np.ndarray, total_vars) -> np.ndarray:
         rows.append(np.maximum(np.diff(slopes), 0.0))
     w = np.array(rows)
     return w / w.sum(axis=1, keepdims=True)
+
+
+def neural_warm_polish(pricer, marginals, tol: float = 1e-9):
+    """The removed hybrid, rebuilt from public pieces for the record (benchmarks/neural_hybrid.py):
+    the network's potentials for ``marginals`` (on the model grid), the exact row multipliers
+    for its v with the light columns filled in closed form (``martingale_projection``), then
+    Newton to ``tol`` from there after one martingale-Sinkhorn sweep (``newton_polish``), and a
+    cold solve if the polish does not reach ``tol``. Returns (seconds, result, cold_fallback)."""
+    import time
+    import warnings
+
+    from deepquant.mmot.entropic import martingale_projection, newton_polish, solve_entropic
+
+    t0 = time.perf_counter()
+    v, h = (a[0] for a in pricer.predict(marginals.weights[None]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proj = martingale_projection(marginals, v, h, eps=1.0, column_floor=pricer.column_floor)
+        res = newton_polish(marginals, 1.0, None, proj.v, proj.h, tol=tol, sinkhorn_sweeps=1)
+        cold = not res.success
+        if cold:
+            res = solve_entropic(marginals, 1.0, tol=tol)
+    return time.perf_counter() - t0, res, cold

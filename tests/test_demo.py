@@ -125,14 +125,22 @@ def test_cli_demo_json(tmp_path):
     assert bad.exit_code == 2 and "does not exist" in bad.output
 
 
-def test_neural_and_hybrid_prices_beside_classical(demo):
-    """With torch installed the demo shows the shipped checkpoint's prices; the hybrid (Newton
-    polish of the network's potentials) must agree with the cold classical solve."""
+def test_neural_prices_beside_classical(demo):
+    """With torch installed the demo shows the shipped checkpoint's pure-neural prices beside the
+    cold classical solve: within 3% of the classical prices (the shipped-checkpoint bound of
+    tests/neural; measured 0.5% on the Asian call here), exact martingale rows for the neural
+    chain, the classical solve to its tolerance; the report says why there is no hybrid."""
     pytest.importorskip("torch")
     assert demo.neural is not None
     for name, p in demo.neural["prices"].items():
-        assert p["hybrid"] == pytest.approx(p["classical"], rel=1e-6, abs=1e-9), name
-        assert np.isfinite(p["neural"])
-    assert demo.neural["drift"]["hybrid"] <= 1e-8
-    assert set(demo.neural["seconds"]) == {"neural", "hybrid", "classical"}
-    assert "## Neural surrogate" in (demo.out_dir / "report.md").read_text()
+        assert p["neural"] == pytest.approx(p["classical"], rel=0.03), name
+        assert p["neural"] != p["classical"], name     # two different solvers
+    assert demo.neural["drift"]["neural"] <= 1e-12
+    assert demo.neural["drift"]["classical"] <= 1e-9
+    assert demo.neural["mode"] == {"neural": "neural"}
+    assert set(demo.neural["seconds"]) == {"neural", "classical"}
+    assert all(s > 0 for s in demo.neural["seconds"].values())
+    text = (demo.out_dir / "report.md").read_text()
+    section = text[text.index("## Neural surrogate"):]
+    assert "| payoff | neural | classical | neural - classical |" in section
+    assert "hybrid" in section and "removed" in section and "1.31x" in section

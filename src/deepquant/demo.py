@@ -32,10 +32,10 @@
 
 Prices are undiscounted and in units of the forward (multiply by D(0,T) F(0,T) for currency).
 
-Hook for other pricers (issue 5): ``pricers={"neural": f, "hybrid": g}`` with
+Hook for other pricers: ``pricers={"neural": f, "mine": g}`` with
 ``f(marginals, payoff) -> float``; each is timed and shown beside the classical price (with its
 seconds) in the CLI table, the JSON and the report. On the command line:
-``deepquant demo --pricer neural=MODULE:FUNC --pricer hybrid=MODULE:FUNC``.
+``deepquant demo --pricer neural=MODULE:FUNC --pricer mine=MODULE:FUNC``.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class DemoConfig:
     lp_retry_tol : float
         martingale_tol of the relaxed LP when the exact one is declared infeasible.
     neural : bool
-        Also price with the shipped neural checkpoint (pure and hybrid) beside the classical
+        Also price with the shipped neural checkpoint (pure neural) beside the classical
         solver on the fine calibrated marginals, when torch is installed (extra ``neural``).
     grid_sizes : tuple of int
         Also compute the bounds of every payoff on uniform grids of these sizes
@@ -282,7 +282,7 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
         Report folder (created; files replaced atomically).
     config : DemoConfig, optional
     pricers : mapping of name -> callable(marginals, payoff) -> float, optional
-        Extra pricers shown beside the calibrated price (e.g. the neural and hybrid pricers).
+        Extra pricers shown beside the calibrated price (e.g. a neural pricer).
     progress : callable(str), optional
         Called with a short description before each stage (the CLI shows it; the library
         never prints).
@@ -421,7 +421,7 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
     backtest_summary["model_error_std"] = float(np.sqrt(hedge.expected_error_variance()))
     timings["backtest"] = time.perf_counter() - t0
 
-    # 8. neural surrogate beside the classical solver (issue 5)
+    # 8. neural surrogate beside the classical solver
     neural = None
     if cfg.neural and importlib.util.find_spec("torch") is not None:
         say("neural pricer")
@@ -462,23 +462,29 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
     return result
 
 
+NEURAL_HYBRID_NOTE = ("The hybrid (network warm start + Newton polish) was removed: it measured a "
+                      "median 1.31x the cold classical solve time (30 instances, against a "
+                      "0.5x bar; docs/benchmarks-neural.md).")
+
+
 def neural_rows(neural: dict) -> list[list]:
-    """Rows (payoff, neural, hybrid, classical) of ``demo_prices`` output."""
-    return [[name, v["neural"], v["hybrid"], v["classical"]]
+    """Rows (payoff, neural, classical, neural - classical) of ``demo_prices`` output."""
+    return [[name, v["neural"], v["classical"], v["neural"] - v["classical"]]
             for name, v in neural["prices"].items()]
 
 
 def neural_markdown(neural: dict, report) -> str:
-    """The report section comparing the neural, hybrid and classical calibrated prices."""
+    """The report section comparing the neural and classical calibrated prices."""
     sec, drift = neural["seconds"], neural["drift"]
-    tab = report.markdown_table(["payoff", "neural", "hybrid", "classical"], neural_rows(neural))
+    tab = report.markdown_table(["payoff", "neural", "classical", "neural - classical"],
+                                neural_rows(neural))
     return ("Calibrated (c = 0) model prices on the calibrated marginals moved onto the "
-            "network's grid (through their call prices), by the shipped checkpoint alone (neural), by the network's "
-            "potentials polished by Newton (hybrid), and by the classical solver from a cold "
-            f"start.\n\n{tab}\n\nSeconds: neural {sec['neural']:.3g}, hybrid "
-            f"{sec['hybrid']:.3g}, classical {sec['classical']:.3g}. Drift: neural "
-            f"{drift['neural']:.2e}, hybrid {drift['hybrid']:.2e}, classical "
-            f"{drift['classical']:.2e}. Out of distribution for the guard: {neural['ood']}.")
+            "network's grid (through their call prices), by the shipped checkpoint alone "
+            "(neural) and by the classical solver from a cold start."
+            f"\n\n{tab}\n\nSeconds: neural {sec['neural']:.3g}, classical "
+            f"{sec['classical']:.3g}. Drift: neural {drift['neural']:.2e}, classical "
+            f"{drift['classical']:.2e}. Out of distribution for the guard: {neural['ood']}. "
+            + NEURAL_HYBRID_NOTE)
 
 
 def resolution_markdown(resolution: list[dict], report) -> str:

@@ -225,7 +225,7 @@ def test_train_on_a_nan_weight_fails_clearly(fake_data, tmp_path):
 def test_evaluate_on_another_grid_size(tmp_path):
     out = tmp_path / "g50.h5"
     nd.generate_dataset(out, 1, **_gen_kwargs(grid=nd.model_grid(50), n_choices=(2,)))
-    r = CliRunner().invoke(main, ["evaluate", "--test", str(out), "--no-hybrid"])
+    r = CliRunner().invoke(main, ["evaluate", "--test", str(out)])
     assert r.exit_code == 2 and "50-point grid" in r.output and "--grid-size 150" in r.output, \
         r.output
 

@@ -49,7 +49,7 @@ def test_evaluate_marks_held_out_families(tmp_path):
         nd.generate_dataset(out, 4, seed=9, backend="serial", n_choices=(2, 3),
                             families=("gbm", "termvol"))
     assert nd.read_dataset(out)[2]["families"] == "gbm,termvol"
-    r = CliRunner().invoke(main, ["evaluate", "--test", str(out), "--no-hybrid", "--json"])
+    r = CliRunner().invoke(main, ["evaluate", "--test", str(out), "--json"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     assert rep["training_families"] == ["gbm", "heston", "merton"]
@@ -65,5 +65,5 @@ def test_evaluate_marks_held_out_families(tmp_path):
             100 * abs(row["price_lookback_neural"] - row["price_lookback_classical"])
             / row["price_lookback_classical"], rel=1e-12)
     assert 0 <= rows["all"]["ood_pct"] <= 100
-    r = CliRunner().invoke(main, ["evaluate", "--test", str(out), "--no-hybrid"])
+    r = CliRunner().invoke(main, ["evaluate", "--test", str(out)])
     assert r.exit_code == 0 and "yes" in r.output, r.output   # the held-out column

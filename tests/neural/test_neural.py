@@ -278,7 +278,7 @@ def tiny_checkpoint(tiny_data, tmp_path_factory):
     return export_checkpoint(d / "run" / "best.pt", d / "exp")
 
 
-def test_hybrid_reaches_classical_tolerance_and_ood_fallback(tiny_data, tiny_checkpoint):
+def test_pure_neural_and_ood_fallback(tiny_data, tiny_checkpoint):
     from deepquant.market.marginals import Marginals
     from deepquant.neural.pricer import NeuralGridWarning, NeuralPricer
     from deepquant.payoffs import AsianCall
@@ -302,18 +302,19 @@ def test_hybrid_reaches_classical_tolerance_and_ood_fallback(tiny_data, tiny_che
     np.testing.assert_allclose(raw.v, pure.v)        # the same network potentials v
     with pytest.raises(ValueError, match="project must be a bool"):
         NeuralPricer(tiny_checkpoint, project="yes")
-    with pytest.warns(FutureWarning, match="hybrid=True is deprecated.*1.31x"):
-        hy = pricer.solve(marg, hybrid=True)
-    assert hy.mode == "hybrid" and hy.success
-    assert hy.drift <= 1e-9 and hy.marginal_error <= 1e-9  # the classical tolerance
-    price = hy.price(AsianCall(strike=1.0))
+    with pytest.raises(TypeError, match="hybrid"):            # removed (1.31x the cold solve)
+        pricer.solve(marg, hybrid=True)
+    price = pure.price(AsianCall(strike=1.0))
     assert 0.0 < price < 0.2
+    assert pricer.price(marg, AsianCall(strike=1.0)) == price
     # OOD: a threshold no neural answer can meet (the projected kernels are exact martingales,
     # but their column sums carry the network's error) -> classical fallback, said so
     strict = NeuralPricer(tiny_checkpoint, ood_marginal_error=1e-12)
     fb = strict.solve(marg)
     assert fb.mode == "classical" and fb.fallback and "out of distribution" in fb.message
-    assert fb.drift <= 1e-9
+    assert fb.success and fb.drift <= 1e-9 and fb.marginal_error <= 1e-9  # classical tol
+    assert fb.nit > 0 and fb.polish_seconds > 0
+    assert 0.0 < fb.price(AsianCall(strike=1.0)) < 0.2
     # another grid: regridded onto the model grid with a warning
     fine = np.linspace(grid[0], grid[-1], 299)
     w_fine = np.vstack([np.interp(fine, grid, row) for row in r["weights"]])
@@ -339,13 +340,16 @@ def test_cli_generate_validate_train_evaluate(tmp_path, tiny_checkpoint):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["instances"] == 6
     r = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_checkpoint), "--test", str(out),
-                             "--max-instances", "3", "--hybrid", "--json"])
+                             "--max-instances", "3", "--json"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     fams = [row["family"] for row in rep["families"]]
     assert fams == ["gbm", "merton", "heston", "all"]
-    assert all(row["hybrid_max_drift"] <= 1e-9 for row in rep["families"]), [
-        (r["hybrid_drift"], r["hybrid_success"], r["hybrid_nit"]) for r in rep["instances"]]
+    assert all(row["max_drift"] <= 1e-12 for row in rep["families"])   # exact rows
+    assert all(r["classical_drift"] <= 1e-9 for r in rep["instances"])
+    assert not any("hybrid" in key for row in rep["families"] for key in row)
+    r = runner.invoke(main, ["evaluate", "--test", str(out), "--hybrid"])
+    assert r.exit_code == 2 and "No such option" in r.output
     r = runner.invoke(main, ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--data",
                              str(tmp_path / "missing.h5"), "--out-dir", str(tmp_path / "run")])
     assert r.exit_code == 2 and "does not exist" in r.output

@@ -211,13 +211,15 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
                         [[k, v["mean"], v["std"], v["rmse"], v["unhedged_std"]]
                          for k, v in bt.items()]))
     if res.neural is not None:
-        from deepquant.demo import neural_rows
+        from deepquant.demo import NEURAL_HYBRID_NOTE, neural_rows
 
-        sec = res.neural["seconds"]
+        sec, drift = res.neural["seconds"], res.neural["drift"]
         console.print(table(
-            f"Neural surrogate, calibrated prices (s: neural {sec['neural']:.3g}, hybrid "
-            f"{sec['hybrid']:.3g}, classical {sec['classical']:.3g})",
-            ["payoff", "neural", "hybrid", "classical"], neural_rows(res.neural)))
+            f"Neural surrogate, calibrated prices (s: neural {sec['neural']:.3g}, classical "
+            f"{sec['classical']:.3g}; drift: neural {drift['neural']:.1e}, classical "
+            f"{drift['classical']:.1e})",
+            ["payoff", "neural", "classical", "neural - classical"], neural_rows(res.neural)))
+        console.print(NEURAL_HYBRID_NOTE)
     if res.resolution:
         console.print(table(
             "Bounds against the grid (exact LP while small, certified beyond)",

@@ -226,20 +226,18 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
 @click.option("--checkpoint", default=None, help="Checkpoint (default: the shipped one).")
 @click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--max-instances", type=int, default=None)
-@click.option("--hybrid/--no-hybrid", default=False, show_default=True,
-              help="Also time the (deprecated) hybrid polish against the cold solve.")
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True,
               help="Where the network runs: cpu | cuda | cuda:N | auto.")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate_cmd(checkpoint, test_path, max_instances, hybrid, threads, device, as_json):
+def evaluate_cmd(checkpoint, test_path, max_instances, threads, device, as_json):
     """Per-family table: ATM Asian price error vs classical, drift, pass rates, timings
     (pure neural with exact row multipliers; ``raw`` columns: the network's own (v, h))."""
     from deepquant.neural.evaluate import evaluate
 
     try:
         rep = evaluate(test_path, checkpoint=checkpoint, max_instances=max_instances,
-                       hybrid=hybrid, threads=threads, device=device)
+                       threads=threads, device=device)
     except ValueError as exc:
         fail(str(exc))
     if as_json:

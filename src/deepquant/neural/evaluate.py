@@ -1,9 +1,8 @@
 """Evaluation of a checkpoint on fresh instances, in-family and on held-out families.
 
 For every test instance: the cold classical solve (``solve_entropic``, the reference and the
-timing baseline), the pure-neural solve (no fallback, so its errors are reported as they are)
-and, optionally, the hybrid solve (neural warm start + Newton polish). Under each calibrated
-chain, by the exact forward recursion: an ATM Asian call (average over dates 1..N), a lookback
+timing baseline) and the pure-neural solve (no fallback, so its errors are reported as they
+are). Under each calibrated chain, by the exact forward recursion: an ATM Asian call (average over dates 1..N), a lookback
 call (strike 1) and a forward-start straddle from date N // 2 to N. Per family, the table has
 the mean / median / max relative errors of the pure-neural prices (network v, row multipliers
 solved exactly: ``NeuralPricer(project=True)``) against the classical ones, the same for the raw
@@ -34,7 +33,7 @@ __all__ = ["evaluate", "evaluate_instances"]
 
 
 def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None,
-                       hybrid: bool = False, threads: int = 1, mass_floor: float = 1e-8,
+                       threads: int = 1, mass_floor: float = 1e-8,
                        device: str = "cpu") -> list[dict[str, Any]]:
     """Per-instance metrics (see module doc)."""
     from deepquant.market.marginals import Marginals
@@ -44,7 +43,7 @@ def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None
     from deepquant.neural.pricer import EPS, NeuralPricer
     from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall
 
-    # no OOD guard here: pure-neural errors are reported as they are, and hybrid always polishes
+    # no OOD guard here: pure-neural errors are reported as they are
     pricer = NeuralPricer(checkpoint, threads=threads, fallback=False, mass_floor=mass_floor,
                           ood_drift=float("inf"), ood_marginal_error=float("inf"), device=device)
     if grid.shape != pricer.grid.shape or not np.allclose(grid, pricer.grid, rtol=0, atol=1e-7):
@@ -92,12 +91,6 @@ def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None
             row[f"err_{key}_pct"] = 100 * abs(ne - cl) / max(abs(cl), 1e-12)
         row["ood"] = bool(not (nn.drift_live <= guard["ood_drift"]
                                and nn.marginal_error <= guard["ood_marginal_error"]))
-        if hybrid:
-            hy = pricer._solve(marg, hybrid=True)   # measured here, deprecated in the API
-            row.update({"hybrid_s": hy.seconds, "hybrid_drift": hy.drift,
-                        "hybrid_marginal_error": hy.marginal_error, "hybrid_nit": hy.nit,
-                        "hybrid_success": hy.success,
-                        "price_hybrid": expectation(chain, hy.kernels, law0=w0)})
         out.append(row)
     return out
 
@@ -124,19 +117,11 @@ def _summary(rows: list[dict], family: str) -> dict[str, Any]:
          "raw_ms": float(1e3 * np.median([r["raw_s"] for r in rows])),
          "neural_ms": float(1e3 * np.median([r["neural_s"] for r in rows])),
          "classical_ms": float(1e3 * np.median([r["classical_s"] for r in rows]))}
-    if "hybrid_s" in rows[0]:
-        s["hybrid_ms"] = float(1e3 * np.median([r["hybrid_s"] for r in rows]))
-        s["hybrid_max_drift"] = float(max(r["hybrid_drift"] for r in rows))
-        s["hybrid_over_classical"] = float(np.median([r["hybrid_s"] / r["classical_s"]
-                                                      for r in rows]))
-        s["hybrid_success_pct"] = float(100 * np.mean([r["hybrid_success"] for r in rows]))
-    else:
-        s["hybrid_ms"] = s["hybrid_max_drift"] = float("nan")
     return s
 
 
 def evaluate(test_path, *, checkpoint=None, max_instances: int | None = None,
-             hybrid: bool = False, threads: int = 1, device: str = "cpu") -> dict[str, Any]:
+             threads: int = 1, device: str = "cpu") -> dict[str, Any]:
     """Evaluate ``checkpoint`` (default: shipped) on the instances of ``test_path``."""
     from deepquant.neural.data import read_dataset
     from deepquant.neural.pricer import default_checkpoint
@@ -153,7 +138,7 @@ def evaluate(test_path, *, checkpoint=None, max_instances: int | None = None,
                 if by_fam[fam] and len(picked) < max_instances:
                     picked.append(by_fam[fam].pop(0))
         records = picked
-    rows = evaluate_instances(records, grid, checkpoint=checkpoint, hybrid=hybrid,
+    rows = evaluate_instances(records, grid, checkpoint=checkpoint,
                               threads=threads, device=device)
     trained = _training_families(checkpoint or default_checkpoint())
     fams = list(dict.fromkeys(r["family"] for r in rows))

@@ -39,8 +39,8 @@ sqrt(KL / 2) (Pinsker). So:
   fine-tuning the shipped network with it diverged (docs/benchmarks-neural.md); the same
   metric is used successfully, to second order, by ``deepquant.neural.refit``;
 * ``hcons``: mean over rows with mass of ((h - eta*(v)) * s_t / h_scale)^2, eta*(v) the exact row
-  multipliers of the predicted v: keeps the h-head a good start for the row solve and the
-  hybrid's Newton polish, again without a teacher.
+  multipliers of the predicted v: keeps the h-head a good start for the row solve, again
+  without a teacher.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Inference: pure-neural and hybrid (neural + Newton polish) calibrated martingale models.
+"""Inference: pure-neural calibrated martingale models, with a classical fallback.
 
 ``NeuralPricer(checkpoint=None)`` loads a checkpoint (``None``: the one shipped in
 ``deepquant/neural/checkpoints``). ``solve(marginals)`` predicts the gauge-fixed potentials
@@ -27,13 +27,12 @@ prices any payoff of ``deepquant.payoffs`` by the exact forward recursion on the
 measured drift and marginal error (and the raw network's, ``neural_drift``): pure-neural kernels
 do not reproduce the marginals exactly.
 
-``hybrid=True`` (deprecated) runs the classical Newton solver warm-started from the network's
-potentials (``deepquant.mmot.entropic.newton_polish``) to the classical tolerance. It does not
-pay for itself: measured side by side on 30 fresh instances to the same tolerance
-(``benchmarks/neural_hybrid.py``) the median hybrid time is 1.31x the cold classical solve
-(GBM 2.0x, Merton 0.96x, Heston 1.41x), against a 0.5x bar, so it warns (``FutureWarning``)
-and will be removed; for solver accuracy calibrate classically
-(``deepquant.mmot.CalibratedModel.calibrate``). Out-of-distribution guard: when the pure-neural drift (rows with mass above
+There is no hybrid mode: the classical Newton solver warm-started from the network's
+potentials (``deepquant.mmot.entropic.newton_polish``) measured a median 1.31x the cold
+classical solve to the same tolerance on 30 fresh instances (GBM 2.0x, Merton 0.96x, Heston
+1.41x; ``benchmarks/neural_hybrid.py``, docs/benchmarks-neural.md), against a 0.5x bar, and was
+removed. For solver accuracy calibrate classically (``deepquant.mmot.CalibratedModel.
+calibrate``). Out-of-distribution guard: when the pure-neural drift (rows with mass above
 ``mass_floor``) exceeds ``ood_drift`` or the marginal error exceeds ``ood_marginal_error``, or the
 marginals do not fit the model (too many dates, mass outside the model grid), the pricer falls
 back to the cold classical solver and says so in ``mode`` / ``message``. Marginals on another
@@ -74,7 +73,7 @@ def default_checkpoint() -> Path:
 
 @dataclass
 class NeuralSolution:
-    """A calibrated Markov martingale model from the neural (or hybrid / fallback) solver.
+    """A calibrated Markov martingale model from the neural (or fallback classical) solver.
 
     Attributes
     ----------
@@ -83,10 +82,10 @@ class NeuralSolution:
     kernels : ndarray, shape (N, M, M)
         Transition kernels P(X_{t+1} = y | X_t = x).
     v, h : ndarray, shape (N, M)
-        Potentials in units of eps (the network's for ``mode="neural"``, the polished ones for
-        ``"hybrid"``, the classical ones for ``"classical"``).
+        Potentials in units of eps (the network's for ``mode="neural"``, the classical ones
+        for ``"classical"``).
     mode : str
-        ``"neural"``, ``"hybrid"`` or ``"classical"`` (out-of-distribution fallback).
+        ``"neural"`` or ``"classical"`` (out-of-distribution fallback).
     drift : float
         max_t max_{x: mu_t(x) > 0} |E[X_{t+1} - X_t | X_t = x]| of the kernels (DESIGN §2.1).
     drift_live : float
@@ -94,15 +93,16 @@ class NeuralSolution:
     marginal_error : float
         max_t ||mu_t K_t - mu_{t+1}||_1.
     neural_drift, neural_marginal_error : float
-        The residuals of the raw Gibbs kernels of the network's (v, h) (before the projection,
-        polish or fallback); NaN with ``project`` unless ``raw_residuals``.
+        The residuals of the raw Gibbs kernels of the network's (v, h) (before the projection
+        or fallback); NaN with ``project`` unless ``raw_residuals``.
     projected : bool
         The row multipliers were re-solved exactly (``project=True``).
     success : bool
     message : str
     seconds, inference_seconds, polish_seconds : float
+        Whole solve; forward pass + projection; the classical fallback solve (0 otherwise).
     nit : int
-        Newton iterations of the polish or classical solve (0 for pure neural).
+        Newton iterations of the classical fallback solve (0 for pure neural).
     """
 
     marginals: Marginals
@@ -157,14 +157,6 @@ class NeuralSolution:
         return grid[idx]
 
 
-def _warn_hybrid() -> None:
-    warnings.warn(
-        "hybrid=True is deprecated and will be removed: the neural warm start + Newton polish "
-        "measured a median 1.31x the cold classical solve to the same tolerance "
-        "(benchmarks/neural_hybrid.py, docs/benchmarks-neural.md); for solver accuracy use "
-        "deepquant.mmot.CalibratedModel.calibrate", FutureWarning, stacklevel=3)
-
-
 def _measure(kernels, weights, grid, mass_floor):
     delta = kernels @ grid - grid[None, :]
     mu = weights[:-1]
@@ -176,7 +168,7 @@ def _measure(kernels, weights, grid, mass_floor):
 
 
 class NeuralPricer:
-    """Pure-neural / hybrid MMOT calibration from a trained checkpoint (see module doc).
+    """Pure-neural MMOT calibration from a trained checkpoint (see module doc).
 
     Parameters
     ----------
@@ -196,7 +188,7 @@ class NeuralPricer:
     fallback : bool
         Fall back to the classical solver out of distribution (else only ``success=False``).
     tol : float
-        Classical tolerance for the hybrid polish and the fallback.
+        Tolerance of the classical fallback solve.
     mass_floor : float
         Rows with less mass are ignored by ``drift_live`` and the OOD guard.
     project : bool
@@ -338,18 +330,12 @@ class NeuralPricer:
         return gibbs_kernels_np(v, h, weights, grid, touching_mask(weights, grid))
 
     # ------------------------------------------------------------------ solve
-    def _classical(self, marg: Marginals, warm=None):
-        from deepquant.mmot.entropic import newton_polish, solve_entropic
+    def _classical(self, marg: Marginals):
+        from deepquant.mmot.entropic import solve_entropic
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if warm is None:
-                return solve_entropic(marg, EPS, tol=self.tol)
-            # one martingale-Sinkhorn sweep first (measured on 60 fresh instances: with the
-            # projected h and the light columns of v filled in closed form, the polish takes a
-            # median 0.75x the cold time, without the sweep 0.88x; docs/benchmarks-neural.md)
-            return newton_polish(marg, EPS, None, warm[0], warm[1], tol=self.tol,
-                                 sinkhorn_sweeps=1)
+            return solve_entropic(marg, EPS, tol=self.tol)
 
     def _prepare(self, marginals: Marginals) -> tuple[Marginals, bool, str]:
         if not isinstance(marginals, Marginals):
@@ -360,14 +346,8 @@ class NeuralPricer:
                                       f"max_dates={self.max_dates}")
         return self.to_model_grid(marginals)
 
-    def solve(self, marginals: Marginals, *, hybrid: bool = False) -> NeuralSolution:
-        """Calibrate a martingale model to ``marginals`` (see module doc; ``hybrid`` is
-        deprecated)."""
-        if hybrid:
-            _warn_hybrid()
-        return self._solve(marginals, hybrid)
-
-    def _solve(self, marginals: Marginals, hybrid: bool = False) -> NeuralSolution:
+    def solve(self, marginals: Marginals) -> NeuralSolution:
+        """Calibrate a martingale model to ``marginals`` (see module doc)."""
         t0 = time.perf_counter()
         marg, regridded, problem = self._prepare(marginals)
         pred = None
@@ -375,15 +355,13 @@ class NeuralPricer:
             ti = time.perf_counter()
             pred = tuple(a[0] for a in self.predict(marg.weights[None]))
             pred = (*pred, time.perf_counter() - ti)
-        return self._finish(marg, regridded, problem, pred, t0, hybrid)
+        return self._finish(marg, regridded, problem, pred, t0)
 
-    def solve_batch(self, marginals, *, hybrid: bool = False) -> list[NeuralSolution]:
+    def solve_batch(self, marginals) -> list[NeuralSolution]:
         """``solve`` for many marginal sets, with one forward pass per number of dates.
 
         Each result's ``inference_seconds`` holds its share of the batched forward pass plus
         its own projection; ``seconds`` likewise (shares of the shared work, then its own)."""
-        if hybrid:
-            _warn_hybrid()
         items = list(marginals)
         t0 = time.perf_counter()
         prepared = [self._prepare(m) for m in items]
@@ -403,17 +381,16 @@ class NeuralPricer:
         for i, (marg, regridded, problem) in enumerate(prepared):
             pred = preds.get(i)
             start = time.perf_counter() - share - (pred[2] if pred else 0.0)
-            out.append(self._finish(marg, regridded, problem, pred, start, hybrid))
+            out.append(self._finish(marg, regridded, problem, pred, start))
         return out
 
-    def _finish(self, marg: Marginals, regridded: bool, problem: str, pred, t0: float,
-                hybrid: bool) -> NeuralSolution:
-        """Projection, out-of-distribution guard, fallback and hybrid polish of one instance
+    def _finish(self, marg: Marginals, regridded: bool, problem: str, pred,
+                t0: float) -> NeuralSolution:
+        """Projection, out-of-distribution guard and fallback of one instance
         whose network output ``pred = (v, h, forward seconds)`` is given (None: not run)."""
         w = marg.weights
         v = h = kern = None
         nd = nl = nm = raw_drift = raw_merr = float("nan")
-        v_warm = None
         t_inf = 0.0
         if not problem:
             ti = time.perf_counter()
@@ -429,7 +406,6 @@ class NeuralPricer:
                 proj = martingale_projection(marg, v * EPS, h * EPS, eps=EPS,
                                              column_floor=self.column_floor)
                 kern, h = proj.kernels, proj.h / EPS
-                v_warm = proj.v / EPS   # dropped light columns filled in closed form
                 nd, nl, nm = _measure(kern, w, marg.grid, self.mass_floor)
             t_inf = time.perf_counter() - ti
             if not (np.isfinite(nl) and nl <= self.ood_drift):
@@ -452,20 +428,6 @@ class NeuralPricer:
                                   f"out of distribution ({problem}); no fallback",
                                   time.perf_counter() - t0, t_inf, 0.0, 0, regridded,
                                   self.project)
-        if hybrid:
-            tp = time.perf_counter()
-            res = self._classical(marg, warm=((v if v_warm is None else v_warm) * EPS,
-                                              h * EPS))
-            note = "neural warm start + Newton polish: "
-            if not res.success:  # the polish did not reach tol: finish from a cold start
-                note = f"Newton polish from the neural start failed ({res.message}); cold solve: "
-                res = self._classical(marg)
-            d, dl, me = _measure(res.kernels, w, marg.grid, self.mass_floor)
-            return NeuralSolution(
-                marg, res.kernels, res.v / EPS, res.h / EPS, "hybrid", d, dl, me, raw_drift,
-                raw_merr, bool(res.success), note + res.message,
-                time.perf_counter() - t0, t_inf, time.perf_counter() - tp, int(res.nit),
-                regridded, self.project, res)
         msg = ("pure neural, row multipliers solved exactly (exact martingale; the column "
                "marginals carry the network's error, see marginal_error)" if self.project else
                "pure neural (kernels are not exact martingales; see drift)")
@@ -473,14 +435,12 @@ class NeuralPricer:
                               msg, time.perf_counter() - t0, t_inf, 0.0, 0, regridded,
                               self.project)
 
-    def price(self, marginals: Marginals, payoff, *, hybrid: bool = False) -> float:
+    def price(self, marginals: Marginals, payoff) -> float:
         """Price of ``payoff`` under the calibrated model (undiscounted, moneyness units).
 
         Raises ``ValueError`` when the solve failed (out of distribution with
         ``fallback=False``) rather than pricing under a model the guard rejected."""
-        if hybrid:
-            _warn_hybrid()
-        sol = self._solve(marginals, hybrid)
+        sol = self.solve(marginals)
         if not sol.success and sol.mode == "neural":
             raise ValueError(f"cannot price: the neural solve failed ({sol.message}); use "
                              "NeuralPricer(fallback=True) for the classical solver instead")
@@ -489,23 +449,23 @@ class NeuralPricer:
 
 def demo_prices(marginals: Marginals, payoffs: dict[str, Any] | list, *, checkpoint=None
                 ) -> dict[str, Any]:
-    """Neural, hybrid and classical prices and timings for ``payoffs`` (for ``deepquant demo``).
+    """Neural and classical prices and timings for ``payoffs`` (for ``deepquant demo``).
 
-    Returns ``{"prices": {name: {"neural": p, "hybrid": p, "classical": p}}, "seconds":
-    {"neural": s, "hybrid": s, "classical": s}, "drift": {...}, "mode": ..., "ood": bool}``;
-    ``ood`` is True when the default out-of-distribution guard of ``NeuralPricer`` would have
-    replaced the neural answer by the classical one (the pure-neural drift is reported as is).
+    Returns ``{"prices": {name: {"neural": p, "classical": p}}, "seconds": {"neural": s,
+    "classical": s}, "drift": {"neural": d, "classical": d}, "mode": {"neural": m}, "ood": bool,
+    "marginal_error": {"neural": e}}``; ``ood`` is True when the default out-of-distribution
+    guard of ``NeuralPricer`` would have replaced the neural answer by the classical one (the
+    pure-neural drift is reported as is).
     """
     if not isinstance(payoffs, dict):
         payoffs = {getattr(p, "name", str(i)): p for i, p in enumerate(payoffs)}
     # no OOD guard here, so the "neural" column is always the network's own answer; ``ood`` says
     # whether the default guard would have fallen back to the classical solver
     pricer = NeuralPricer(checkpoint, ood_drift=float("inf"), ood_marginal_error=float("inf"))
-    guard = NeuralPricer(checkpoint)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NeuralGridWarning)
         neural = pricer.solve(marginals)
-        hybrid = pricer._solve(marginals, hybrid=True)
+    guard = NeuralPricer(checkpoint)
     ood = (neural.drift_live > guard.ood_drift
            or neural.marginal_error > guard.ood_marginal_error)
     t0 = time.perf_counter()
@@ -518,14 +478,11 @@ def demo_prices(marginals: Marginals, payoffs: dict[str, Any] | list, *, checkpo
         chain = build_chain(neural.marginals, p)
         prices[name] = {
             "neural": expectation(chain, neural.kernels, law0=neural.marginals.weights[0]),
-            "hybrid": expectation(chain, hybrid.kernels, law0=neural.marginals.weights[0]),
             "classical": expectation(chain, classical.kernels,
                                      law0=neural.marginals.weights[0]),
         }
     return {"prices": prices,
-            "seconds": {"neural": neural.seconds, "hybrid": hybrid.seconds,
-                        "classical": t_classical},
-            "drift": {"neural": neural.drift_live, "hybrid": hybrid.drift,
-                      "classical": float(classical.drift)},
-            "mode": {"neural": neural.mode, "hybrid": hybrid.mode}, "ood": bool(ood),
+            "seconds": {"neural": neural.seconds, "classical": t_classical},
+            "drift": {"neural": neural.drift_live, "classical": float(classical.drift)},
+            "mode": {"neural": neural.mode}, "ood": bool(ood),
             "marginal_error": {"neural": neural.marginal_error}}
