@@ -120,6 +120,7 @@ class _Sweeper:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         self.mu_flat = np.concatenate([mu[t, self.supp[t]] for t in range(1, self.T + 1)])
         self.h_warm: list = [None] * self.T
+        self.bands: list = [None] * self.T  # (lo, hi) of the last smoothed sweep, per period
         self.scale = float(np.max(np.abs(self.g_term[self.live_T]), initial=0.0)) or 1.0
 
     def split(self, uvec: np.ndarray) -> list[np.ndarray]:
@@ -170,6 +171,7 @@ class _Sweeper:
             self.h_warm[t] = hh
             drift = max(drift, float(np.max(dr, initial=0.0)))
             store[t] = (G, val, hh, lo, hi)
+            self.bands[t] = (lo, hi)
             w = np.where(per.live, val - (u[t - 1][None, :] if t > 0 else 0.0), 0.0)
         value = float(np.sum(self.mass0 * w)) + float(uvec @ self.mu_flat)
         mass = self.mass0
@@ -359,6 +361,7 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
     outer, ubest, viol = best
     inner_kind = "smoothed chain"
     if lp_inner_columns > 0:
+        sw.soft(ubest, eps * scale, band)  # the smoothed plan's bands of the final stage
         lp_inner = _restricted_lp_inner(sw, marginals, ubest, lp_inner_columns)
         if lp_inner is not None:
             inner, resid = lp_inner
@@ -386,8 +389,9 @@ this many LP variables (about 1 GB of sparse matrix)."""
 def _restricted_lp_inner(sw: _Sweeper, marginals: Marginals, uvec: np.ndarray, k: int):
     """A feasible plan's value: the chain LP restricted to the k moves of each state closest to
     the supporting line of the exact envelope for ``uvec`` (near-contact points, the support of
-    the optimal plan when u is optimal) plus the support of a glued one-period coupling (so the
-    restricted LP is feasible). Its optimum is a valid inner bound (a lower bound of the max).
+    the optimal plan when u is optimal), the moves inside the bands of the last smoothed sweep
+    (the support of the smoothed plan, which approximates an optimal plan) and the support of a
+    glued one-period coupling (so the restricted LP is feasible). Its optimum is a valid inner bound (a lower bound of the max).
     Returns (value in the sweep's sign, max residual) or None when too large or not solved."""
     from deepquant.mmot.lp import (
         DEFAULT_HIGHS_OPTIONS,
@@ -417,6 +421,11 @@ def _restricted_lp_inner(sw: _Sweeper, marginals: Marginals, uvec: np.ndarray, k
         pid[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
         ss, aa = np.nonzero(per.live)
         base = lp.offsets[t] + pid[per.xs[aa], ss] * n_y
+        if sw.bands[t] is not None:
+            lo, hi = sw.bands[t][0][ss, aa], sw.bands[t][1][ss, aa]
+            n = np.maximum(hi - lo + 1, 0)
+            first = np.repeat(base + lo - np.cumsum(n) + n, n)
+            mask[first + np.arange(int(n.sum()))] = True
         kk = min(k, n_y)
         for c in range(0, ss.size, 20_000):
             s_, a_ = ss[c:c + 20_000], aa[c:c + 20_000]
