@@ -30,11 +30,11 @@ from deepquant.mmot.entropic import (
     ConvergenceWarning,
     EntropicResult,
     coarse_marginals,
-    martingale_projection,
     newton_polish,
     reference_kernels,
     solve_entropic,
 )
+from deepquant.mmot.projection import martingale_projection
 from deepquant.payoffs import EuropeanCall, ForwardStartStraddle, SumSquaredIncrements
 
 TOL = 1e-9  # solver target for both measured residuals
@@ -616,7 +616,7 @@ def test_noise_level_tails_rows_without_two_sided_columns_are_pinned():
     ulp of the call slopes, ~7e-14) whose convex order fails at the 1e-17 level; some rows then
     reach columns on one side only. They must be pinned (no martingale kernel exists), the rest
     kept two-sided. Regression test for a 100-iteration stall of the (100, 1000) benchmark."""
-    from deepquant.mmot.entropic import _prepare
+    from deepquant.mmot._support import _prepare
 
     mg = lognormal_marginals(100, 1000).select([14, 15])
     b = _prepare(mg.grid, mg.weights[:1].copy(), mg.weights[1:].copy(), None, None,
@@ -648,22 +648,24 @@ def test_support_structure_matches_the_solver():
 def test_blocked_kernels_chunks_and_chord_agree(monkeypatch):
     """Code paths that must not change the answer: kernels evaluated in blocks of periods
     (``_BLOCK_ENTRIES``), periods solved in chunks (``chunk_entries``), chord steps on or off."""
+    import deepquant.mmot._gibbs as gibbs
     import deepquant.mmot.entropic as ent
+    from deepquant.mmot._support import _prepare
 
     mg = lognormal_marginals(4, 40)
     ref = solve_entropic(mg, 1e-3)
     check_result(ref, mg)
     # kernels with moments, one period per block, equal the batched evaluation
-    b = ent._prepare(mg.grid, mg.weights[:-1].copy(), mg.weights[1:].copy(), None, None,
+    b = _prepare(mg.grid, mg.weights[:-1].copy(), mg.weights[1:].copy(), None, None,
                      touch_tol=1e-11)
     rng = np.random.default_rng(0)
     phi = rng.normal(size=(4, 40))
     eta = rng.normal(size=(4, 40))
     out1 = np.empty((4, 40, 40))
     out2 = np.empty((4, 40, 40))
-    lse1, col1, mean1 = ent._kernels_into(out1, b.logq, b.diff, phi, eta, b.mu, mg.grid)
-    monkeypatch.setattr(ent, "_BLOCK_ENTRIES", 40 * 40)
-    lse2, col2, mean2 = ent._kernels_into(out2, b.logq, b.diff, phi, eta, b.mu, mg.grid)
+    lse1, col1, mean1 = gibbs._kernels_into(out1, b.logq, b.diff, phi, eta, b.mu, mg.grid)
+    monkeypatch.setattr(gibbs, "_BLOCK_ENTRIES", 40 * 40)
+    lse2, col2, mean2 = gibbs._kernels_into(out2, b.logq, b.diff, phi, eta, b.mu, mg.grid)
     np.testing.assert_allclose(out2, out1, rtol=0, atol=1e-15)
     np.testing.assert_allclose(lse2, lse1, rtol=1e-15, atol=1e-15)
     np.testing.assert_allclose(col2, col1, rtol=0, atol=1e-15)
@@ -683,7 +685,7 @@ def test_repair_rows_restores_the_mean_of_tail_rows_only():
     """A row with drift 1e-6 and mass 1e-15 gets mean x exactly (1e-15), keeps its row sum and
     its support; a row whose repair would move more than 1e-3 * tol of column mass is left
     alone (its drift is a convergence failure)."""
-    from deepquant.mmot.entropic import _moments, _repair_rows
+    from deepquant.mmot._plans import _moments, _repair_rows
 
     grid = np.linspace(0.5, 1.5, 11)
     k = np.zeros((1, 11, 11))

@@ -1,4 +1,4 @@
-"""The semi-dual / dual-gap machinery of the neural surrogate (deepquant.mmot.entropic.semi_dual,
+"""The semi-dual / dual-gap machinery of the neural surrogate (deepquant.mmot.projection.semi_dual,
 deepquant.neural.losses.dual_gap_loss) and the exact first period of the network."""
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from deepquant.market.synthetic import gbm_marginals, heston_marginals  # noqa: E402
-from deepquant.mmot.entropic import (  # noqa: E402
-    martingale_projection,
-    semi_dual,
-    solve_entropic,
-)
+from deepquant.mmot.entropic import solve_entropic  # noqa: E402
+from deepquant.mmot.projection import martingale_projection, semi_dual  # noqa: E402
 from deepquant.neural import data as nd  # noqa: E402
 from deepquant.neural.losses import dual_gap_loss, semi_dual_value  # noqa: E402
 

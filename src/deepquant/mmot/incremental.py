@@ -125,7 +125,7 @@ def _resolve(previous: EntropicResult, marginals: Marginals, eps: float | None, 
         msg = (f"converged: solved period(s) {todo}, reused {len(reuse)}; marginal error "
                f"{errs.max():.2e}, drift {drifts.max():.2e}")
     # objectives: recompute on the whole chain
-    from deepquant.mmot.entropic import _objectives
+    from deepquant.mmot._plans import _objectives
 
     cost_arr = pairwise_cost(marginals, cost)
     tc, ent, dual = _objectives(marginals.grid, marginals.weights, kernels, u, v, h, cost_arr)

@@ -48,7 +48,7 @@ def period_metric(mu: np.ndarray, nu: np.ndarray, v_star: np.ndarray, h_star: np
     the module doc. Rows/columns without mass are zero."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    from deepquant.mmot.entropic import semi_dual
+    from deepquant.mmot.projection import semi_dual
 
     sd = semi_dual(grid, mu, nu, v_star, h_star, column_floor=column_floor, kernels=True)
     m = grid.size

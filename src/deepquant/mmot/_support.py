@@ -1,0 +1,277 @@
+"""Inputs of the entropic solver: cost and reference kernels, touching points, pinned rows.
+
+``_prepare`` turns the marginals of a set of periods into the ``_Batch`` that the solvers
+(``_newton``, ``_sinkhorn_sweeps``) and the projection (``projection``) work on: log reference
+kernels restricted to the allowed entries, row masses with the pinned rows removed, and column
+targets net of the pinned mass.
+
+Irreducible components and edge rows (DESIGN §7). Let D(k) = C_nu(k) - C_mu(k) >= 0 be the
+difference of call prices. If D(k) = 0 at a grid point k (tested relative to the round-off of the
+call or put sums at k, ``touching_points``), no martingale plan moves mass across k,
+and mass sitting at k stays there (conditional Jensen with equality). We therefore pin every row at
+such a point to a point mass (this includes rows at the ends of the convex hull of supp(nu), where
+h would diverge), forbid the entries that cross a touching point, and remove both from the Newton
+system; the pinned mass is subtracted from the column targets. This handles all edge rows at once
+(no repeated pinning is needed: the zero set of D is computed once). Rows and columns with zero
+weight are dropped (no log 0, no division by zero).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deepquant.market.marginals import Marginals
+
+__all__ = [
+    "pairwise_cost",
+    "reference_kernels",
+    "touching_points",
+    "support_structure",
+]
+
+
+def _check_eps(eps: Any, name: str = "eps") -> float:
+    try:
+        val = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {eps!r}") from None
+    if not (math.isfinite(val) and val > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {eps!r}")
+    return val
+
+
+# ---------------------------------------------------------------------------- inputs
+def pairwise_cost(marginals: Marginals, cost: Any) -> np.ndarray | None:
+    """Cost arrays c_t(x, y), shape (N, M, M), from ``None``, an array or a pairwise ``Payoff``.
+
+    ``None`` gives ``None`` (zero cost). A payoff must return terms from ``pairwise(N+1)``; terms
+    for the same period are added.
+    """
+    n, m = marginals.n_periods, marginals.size
+    if cost is None:
+        return None
+    if hasattr(cost, "pairwise") and callable(cost.pairwise):
+        terms = cost.pairwise(marginals.n_dates)
+        if terms is None:
+            raise ValueError(
+                f"cost payoff {getattr(cost, 'name', cost)!r} is not pairwise-decomposable; "
+                "path-dependent payoffs need the augmented-chain solver"
+            )
+        out = np.zeros((n, m, m))
+        x = marginals.grid[:, None]
+        y = marginals.grid[None, :]
+        for t, fn in terms:
+            if not 0 <= int(t) < n:
+                raise ValueError(f"pairwise term for period {t} outside 0..{n - 1}")
+            out[int(t)] += np.broadcast_to(np.asarray(fn(x, y), dtype=np.float64), (m, m))
+        return out
+    arr = np.asarray(cost, dtype=np.float64)
+    if arr.shape != (n, m, m):
+        raise ValueError(f"cost must have shape (N, M, M) = {(n, m, m)}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("cost has non-finite entries")
+    return arr
+
+
+def reference_kernels(marginals: Marginals, reference: Any = "product") -> np.ndarray | None:
+    """Log reference kernels log q_t(y | x), shape (N, M, M), or ``None`` for the product.
+
+    ``"product"``: q_t(y|x) = nu_t(y) (``None`` is returned; the solver uses log nu directly).
+    ``"lognormal"``: Y = x exp(s Z - s^2/2) discretised on the grid (density times the trapezoid
+    cell width, renormalised per row), with s_t^2 = log(1 + (Var X_{t+1} - Var X_t) / E[X_t^2])
+    so that the reference's variance increment matches the marginals'. Needs a positive grid.
+    An array of shape (N, M, M): kernels q_t(y|x) >= 0 (rows need not be normalised).
+    """
+    n, m = marginals.n_periods, marginals.size
+    grid = marginals.grid
+    if isinstance(reference, str):
+        if reference == "product":
+            return None
+        if reference != "lognormal":
+            raise ValueError(
+                f"reference must be 'product', 'lognormal' or an (N, M, M) array, got {reference!r}"
+            )
+        if grid[0] <= 0:
+            raise ValueError(
+                f"reference='lognormal' needs a positive moneyness grid, got grid[0]={grid[0]:.6g}"
+            )
+        w = marginals.weights
+        var = marginals.variances()
+        second = w @ grid**2
+        cell = np.empty(m)
+        cell[1:-1] = 0.5 * (grid[2:] - grid[:-2])
+        cell[0] = 0.5 * (grid[1] - grid[0])
+        cell[-1] = 0.5 * (grid[-1] - grid[-2])
+        min_s = 0.5 * float(np.min(np.diff(grid))) / float(grid.max())
+        logx = np.log(grid)
+        out = np.empty((n, m, m))
+        for t in range(n):
+            dvar = max(float(var[t + 1] - var[t]), 0.0)
+            s = max(math.sqrt(math.log1p(dvar / second[t])), min_s)
+            z = (logx[None, :] - logx[:, None] + 0.5 * s * s) / s
+            lq = -0.5 * z * z - logx[None, :] + np.log(cell)[None, :]
+            lq -= lq.max(axis=1, keepdims=True)
+            lq -= np.log(np.exp(lq).sum(axis=1, keepdims=True))
+            out[t] = lq
+        return out
+    arr = np.asarray(reference, dtype=np.float64)
+    if arr.shape != (n, m, m):
+        raise ValueError(f"reference array must have shape (N, M, M) = {(n, m, m)}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError("reference kernels must be finite and non-negative")
+    with np.errstate(divide="ignore"):
+        return np.log(arr)
+
+
+def touching_points(mu: np.ndarray, nu: np.ndarray, grid: np.ndarray, *, tol: float = 0.0,
+                    rel: float = 0.0) -> np.ndarray:
+    """Grid points k where D(k) = C_nu(k) - C_mu(k) <= tol + rel * s(k): no mass crosses k.
+
+    ``mu``, ``nu`` have shape (B, M); returns a boolean array (B, M). The call curves of laws on
+    the grid are piecewise linear with kinks at grid points, so testing grid points is exact.
+    D is computed from the side with less mass: calls (sums over x_i >= k) above, puts (sums over
+    x_i <= k, equal to D for equal means) below, so tail values keep their precision; s(k) is
+    the round-off scale of those sums, sum (mu_i + nu_i)(|x_i| + |k|) over the same side.
+    ``tol`` is an absolute tolerance, ``rel`` a multiple of s(k) (a relative test stays correct
+    in tails whose masses are far below any absolute tolerance).
+    """
+    mu = np.atleast_2d(mu)
+    nu = np.atleast_2d(nu)
+    ax = np.abs(grid)
+
+    def right(w: np.ndarray) -> np.ndarray:        # sum_{i >= j} w_i
+        return np.cumsum(w[:, ::-1], axis=1)[:, ::-1]
+
+    calls = lambda w: right(w * grid) - grid * right(w)           # noqa: E731
+    puts = lambda w: grid * np.cumsum(w, axis=1) - np.cumsum(w * grid, axis=1)  # noqa: E731
+    both = mu + nu
+    s_call = right(both * ax) + ax * right(both)
+    s_put = np.cumsum(both * ax, axis=1) + ax * np.cumsum(both, axis=1)
+    d = np.where(s_put < s_call, puts(nu) - puts(mu), calls(nu) - calls(mu))
+    return d <= tol + rel * np.minimum(s_put, s_call)
+
+
+def support_structure(marginals: Marginals, *, touch_tol: float = 1e-11
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The solver's structural decisions, without solving: ``(pinned, allowed)``.
+
+    ``pinned`` (N, M) bool: rows the solver fixes to a point mass (touching points of the call
+    curves, grid-edge rows, rows that reach columns on one side only). ``allowed`` (N, M, M)
+    bool: the entries (x, y) a Gibbs kernel may charge (product reference: rows with mass, not
+    pinned; columns with mass left after pinning; no crossing of a touching point). Kernels of
+    other rows are point masses at x. For models that predict potentials (neural engine) and must
+    build the same kernels as ``solve_entropic``.
+    """
+    w = marginals.weights
+    b = _prepare(marginals.grid, w[:-1].copy(), w[1:].copy(), None, None, touch_tol=touch_tol)
+    return b.pinned.copy(), np.isfinite(b.logq)
+
+
+# ---------------------------------------------------------------------------- prepared batch
+@dataclass
+class _Batch:
+    """Prepared one-period problems for a set of periods (internal).
+
+    ``logq``: (B, M, M) log reference kernel with -inf on forbidden entries and on rows without
+    Gibbs mass; ``cost``: (B, M, M) or None; ``mu``/``nu``: active row masses / column targets
+    (pinned mass removed); ``mu_full``/``nu_full``: the marginals.
+    """
+
+    grid: np.ndarray
+    diff: np.ndarray
+    diff2: np.ndarray
+    mu_full: np.ndarray
+    nu_full: np.ndarray
+    mu: np.ndarray
+    nu: np.ndarray
+    pinned: np.ndarray
+    logq: np.ndarray
+    logq_raw: np.ndarray | None
+    cost: np.ndarray | None
+
+    @property
+    def size(self) -> int:
+        return int(self.mu.shape[0])
+
+    def logk(self, eps: float) -> np.ndarray:
+        if self.cost is None:
+            return self.logq
+        return self.logq - self.cost / eps
+
+
+def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
+             logq_raw: np.ndarray | None, cost: np.ndarray | None, *, touch_tol: float) -> _Batch:
+    b, m = mu_full.shape
+    diff = grid[None, :] - grid[:, None]
+    touch = touching_points(mu_full, nu_full, grid, rel=touch_tol)
+    has_mass = mu_full > 0
+    pinned = touch & has_mass
+    mu = np.where(pinned, 0.0, mu_full)
+    nu = nu_full - np.where(pinned, mu_full, 0.0)
+    # rounding: pinned mass equal to the column mass up to round-off leaves an empty column
+    nu = np.where(nu <= 1e-14 * np.maximum(nu_full, 1e-300), 0.0, nu)
+    nu = np.maximum(nu, 0.0)
+    # allowed entries: y in [L(x), R(x)], the touching points that enclose x
+    idx = np.arange(m)
+    logq = np.empty((b, m, m))
+    for t in range(b):
+        tp = np.flatnonzero(touch[t])
+        if tp.size == 0:
+            lo = np.zeros(m, dtype=int)
+            hi = np.full(m, m - 1)
+        else:
+            pos = np.searchsorted(tp, idx, side="left")      # first touch index >= i
+            left = np.where(pos > 0, tp[np.maximum(pos - 1, 0)], 0)
+            pos_r = np.searchsorted(tp, idx, side="right")   # first touch index > i
+            right = np.where(pos_r < tp.size, tp[np.minimum(pos_r, tp.size - 1)], m - 1)
+            lo, hi = left, right
+        # rows whose reachable columns all lie on one side of x (or nowhere) admit no martingale
+        # kernel except the point mass at x: possible only when the marginals violate convex
+        # order at round-off level in a far tail (noise-level masses), or with a reference
+        # kernel that has zeros. Such rows are pinned too; if the column at x lacks the mass,
+        # the (tiny) deficit shows up in the measured marginal error. Columns no row reaches are
+        # dropped likewise.
+        # (Repeated: pinning a row can empty the column that kept another row feasible.)
+        if logq_raw is None:
+            # product reference: allowed = [lo, hi] x (nu > 0) on rows with mass, so the
+            # one-sided test needs only prefix counts of the live columns (O(M) per pass)
+            for _ in range(m):
+                cnt = np.concatenate([[0], np.cumsum(nu[t] > 0)])
+                has_left = cnt[idx] - cnt[lo] > 0             # a live column in [lo, x)
+                has_right = cnt[hi + 1] - cnt[idx + 1] > 0    # a live column in (x, hi]
+                stuck = (mu[t] > 0) & ~(has_left & has_right)
+                if not np.any(stuck):
+                    break
+                pinned[t, stuck] = True
+                mu[t, stuck] = 0.0
+                nu[t, stuck] = np.maximum(nu[t, stuck] - mu_full[t, stuck], 0.0)
+            allowed = (idx[None, :] >= lo[:, None]) & (idx[None, :] <= hi[:, None])
+            allowed &= (mu[t] > 0)[:, None] & (nu[t] > 0)[None, :]
+            with np.errstate(divide="ignore"):
+                base = np.log(nu_full[t])[None, :]
+        else:
+            allowed = (idx[None, :] >= lo[:, None]) & (idx[None, :] <= hi[:, None])
+            allowed &= (mu[t] > 0)[:, None] & (nu[t] > 0)[None, :]
+            base = logq_raw[t]
+            allowed &= np.isfinite(base)
+            for _ in range(m):
+                cs = np.cumsum(allowed, axis=1)
+                has_left = cs[idx, idx] - allowed[idx, idx] > 0    # an allowed column y < x
+                has_right = cs[:, -1] - cs[idx, idx] > 0           # an allowed column y > x
+                stuck = (mu[t] > 0) & ~(has_left & has_right)
+                if not np.any(stuck):
+                    break
+                pinned[t, stuck] = True
+                mu[t, stuck] = 0.0
+                allowed[stuck] = False
+                nu[t, stuck] = np.maximum(nu[t, stuck] - mu_full[t, stuck], 0.0)
+                allowed &= (nu[t] > 0)[None, :]
+        dead_cols = ~allowed.any(axis=0) & (nu[t] > 0)
+        nu[t, dead_cols] = 0.0
+        logq[t] = np.where(allowed, base, -np.inf)
+    return _Batch(grid=grid, diff=diff, diff2=diff * diff, mu_full=mu_full, nu_full=nu_full,
+                  mu=mu, nu=nu, pinned=pinned, logq=logq, logq_raw=logq_raw, cost=cost)

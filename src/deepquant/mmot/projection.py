@@ -1,0 +1,237 @@
+"""The exact martingale projection of given column potentials (for the neural engine).
+
+``martingale_projection`` turns predicted potentials v of a chain into martingale kernels by
+solving every row multiplier exactly; ``semi_dual`` evaluates the semi-dual of one-period
+problems at given v (its value, its row multipliers and, optionally, the projected rows), the
+dual-gap loss of the neural engine. Both share the support rules (pinned rows, touching points)
+of ``solve_entropic``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot._gibbs import _row_solve
+from deepquant.mmot._plans import measure
+from deepquant.mmot._support import _check_eps, _prepare, reference_kernels
+
+__all__ = ["ProjectionResult", "martingale_projection", "SemiDual", "semi_dual"]
+
+
+@dataclass
+class ProjectionResult:
+    """Kernels of given column potentials with the row multipliers solved exactly.
+
+    Attributes
+    ----------
+    kernels : ndarray, shape (N, M, M)
+        K_t(y | x) = q_t(y | x) exp(v_t(y)/eps + h_t(x)(y - x)/eps) / Z_t(x) on the allowed
+        entries; rows without mass and pinned rows are the point mass at x.
+    h : ndarray, shape (N, M)
+        The row-optimal multipliers (cost units; 0 on rows without mass and on pinned rows).
+    drift : ndarray, shape (N,)
+        Measured max_x |E[Y - x | x]| over rows with mass (<= ``tol`` up to rounding).
+    marginal_error : ndarray, shape (N,)
+        Measured L1 error of the row and column sums (rows exact; the columns carry the error
+        of v).
+    v : ndarray, shape (N, M)
+        The input v (cost units), except on the columns dropped by ``column_floor`` that carry
+        weight: there v is set in closed form so that the Gibbs kernels at (v, h) would give
+        them exactly their target weight (one martingale-Sinkhorn column update): a warm start
+        for ``newton_polish`` that does not need the dropped columns repaired by iteration.
+    """
+
+    kernels: np.ndarray
+    h: np.ndarray
+    drift: np.ndarray
+    marginal_error: np.ndarray
+    v: np.ndarray
+
+
+def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | None = None, *,
+                          eps: float = 1.0, reference: Any = "product", tol: float = 1e-13,
+                          touch_tol: float = 1e-11, column_floor: float = 0.0
+                          ) -> ProjectionResult:
+    """The exact martingale kernels of column potentials ``v`` (shape (N, M), cost units).
+
+    For fixed v the semi-dual F(phi, eta) of the module doc separates over rows in (u, eta):
+    u is the row normaliser and eta(x) = h(x) / eps solves the 1-D convex equation
+    E_{p_x}[Y - x] = 0 (safeguarded Newton, bracketed, ``_row_solve``), started from ``h`` when
+    given. The resulting kernels are exact martingale transitions (drift <= ``tol``) with exact
+    row sums; only their column sums carry the error of v. This is the "c-transform" of
+    martingale transport: one half-sweep of martingale-Sinkhorn (seed 001 Algorithm 1) without
+    the v update, and it is how the neural pricer turns predicted potentials into a martingale
+    model. Edge rows and touching points are handled as in ``solve_entropic`` (pinned to point
+    masses, crossing entries forbidden).
+
+    ``column_floor``: columns y with mu_{t+1}(y) <= column_floor receive no mass (the kernels
+    are built as if those weights were 0; rows left without support on both sides are pinned).
+    For potentials that are only meaningful where the target has mass (a network trained with a
+    mass floor): there an arbitrary v can pull O(1) mass onto a column of weight 1e-20. The
+    measured marginal error then includes the dropped weights (at most M * column_floor).
+    """
+    if not isinstance(marginals, Marginals):
+        raise TypeError(f"marginals must be a Marginals instance, got {type(marginals).__name__}")
+    eps = _check_eps(eps)
+    n, m = marginals.n_periods, marginals.size
+    v = np.asarray(v, dtype=np.float64)
+    if v.shape != (n, m) or not np.all(np.isfinite(v)):
+        raise ValueError(f"v must be a finite array of shape (N, M) = {(n, m)}, got "
+                         f"shape {v.shape} with {int(np.size(v) - np.isfinite(v).sum())} "
+                         "non-finite entries")
+    if h is None:
+        h = np.zeros((n, m))
+    h = np.asarray(h, dtype=np.float64)
+    if h.shape != (n, m):
+        raise ValueError(f"h must have shape (N, M) = {(n, m)}, got {h.shape}")
+    h = np.where(np.isfinite(h), h, 0.0)
+    if not (np.isfinite(column_floor) and column_floor >= 0):
+        raise ValueError(f"column_floor must be a finite number >= 0, got {column_floor!r}")
+    grid, w = marginals.grid, marginals.weights
+    logq_raw = reference_kernels(marginals, reference)
+    nu = w[1:].copy()
+    if column_floor > 0:
+        nu[nu <= column_floor] = 0.0
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        b = _prepare(grid, w[:-1].copy(), nu, logq_raw, None, touch_tol=touch_tol)
+        phi = v / eps
+        active = b.mu > 0
+        kernels = np.broadcast_to(np.eye(m), (n, m, m)).copy()
+        eta = np.zeros((n, m))
+        tt, xx = np.nonzero(active)
+        lse = np.zeros((n, m))
+        if tt.size:
+            base = b.logq[tt, xx, :] + phi[tt, :]
+            d = b.diff[xx]
+            e, p, lse_rows = _row_solve(base, d, grid, h[tt, xx] / eps, tol=tol, kernels=True)
+            eta[tt, xx] = e
+            kernels[tt, xx] = p
+            lse[tt, xx] = lse_rows
+        v_out = v.copy()
+        light = (w[1:] <= column_floor) & (w[1:] > 0) if column_floor > 0 else None
+        if light is not None and light.any():
+            from scipy.special import logsumexp
+
+            for t in np.flatnonzero(light.any(axis=1)):
+                rows = np.flatnonzero(active[t])
+                cols = np.flatnonzero(light[t])
+                if rows.size == 0:
+                    continue
+                lq = (np.log(w[t + 1, cols])[None, :] if logq_raw is None
+                      else logq_raw[t][np.ix_(rows, cols)])
+                sc = (lq + phi[t, cols][None, :] + eta[t, rows][:, None]
+                      * b.diff[np.ix_(rows, cols)] - lse[t, rows][:, None])
+                lcol = logsumexp(np.log(b.mu[t, rows])[:, None] + sc, axis=0)
+                ok = np.isfinite(lcol)
+                v_out[t, cols[ok]] += eps * (np.log(w[t + 1, cols[ok]]) - lcol[ok])
+    errs, drift = measure(grid, w, kernels)
+    return ProjectionResult(kernels=kernels, h=eps * eta, drift=drift, marginal_error=errs,
+                            v=v_out)
+
+
+@dataclass
+class SemiDual:
+    """K independent one-period problems evaluated at column potentials v (``semi_dual``).
+
+    With the product reference and c = 0, and potentials in units of eps, the semi-dual of
+    period k is
+
+        G_k(v) = sum_y nu_k(y) v(y) - sum_x mu_k(x) log Z_x(v),
+        log Z_x(v) = min_eta LSE_y(logq_k(x, y) + v(y) + eta (y - x)),
+
+    concave in v, maximal at the entropic optimum v*, and for every v
+    G_k(v*) - G_k(v) = KL(pi*_k || pi_k(v)), where pi_k(v) is the plan of the martingale kernels
+    of v with the row multipliers solved exactly (``martingale_projection``): the dual gap is
+    the relative entropy of the projected plan, and summed over the periods of a chain it is
+    the relative entropy of the path law (chain rule). Its gradient in v is nu - (column sums
+    of pi_k(v)) (envelope theorem: eta is row-optimal).
+
+    Attributes
+    ----------
+    logq : ndarray, shape (K, M, M)
+        log reference kernel log nu(y) on the allowed entries (no touching point crossed, row
+        with mass, column with target mass), -inf elsewhere; rows without an allowed entry are
+        all -inf.
+    mu : ndarray, shape (K, M)
+        Transported row mass (pinned rows removed).
+    nu : ndarray, shape (K, M)
+        Column targets net of the pinned mass, tilted by a factor 1 + a + b (y - 1) (relative
+        size <= ~M * column_floor) so that their mass and mean equal those of ``mu`` exactly;
+        then G_k is exactly invariant under the gauge v -> v + a + b (y - 1).
+    pinned : ndarray of bool, shape (K, M)
+    eta : ndarray, shape (K, M)
+        Row-optimal multipliers at v (0 on rows without mass).
+    lse : ndarray, shape (K, M)
+        log Z_x(v) (0 on rows without mass).
+    value : ndarray, shape (K,)
+        G_k(v).
+    kernels : ndarray, shape (K, M, M), or None
+        With ``semi_dual(..., kernels=True)``: the projected rows p(y | x) at (v, eta) on rows
+        with transported mass, 0 elsewhere.
+    """
+
+    logq: np.ndarray
+    mu: np.ndarray
+    nu: np.ndarray
+    pinned: np.ndarray
+    eta: np.ndarray
+    lse: np.ndarray
+    value: np.ndarray
+    kernels: np.ndarray | None = None
+
+
+def semi_dual(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, v: np.ndarray,
+              h: np.ndarray | None = None, *, tol: float = 1e-12, touch_tol: float = 1e-11,
+              column_floor: float = 0.0, kernels: bool = False) -> SemiDual:
+    """The semi-dual G_k(v) of K one-period problems (rows of ``mu``, ``nu`` (K, M), marginals
+    in convex order on ``grid``) at column potentials ``v`` (K, M, units of eps), with the row
+    multipliers solved exactly as in ``martingale_projection`` (started from ``h`` if given).
+    See ``SemiDual``. ``column_floor``: columns with nu <= floor are dropped (target 0);
+    ``kernels``: also return the projected rows.
+    """
+    grid = np.asarray(grid, dtype=np.float64)
+    mu = np.asarray(mu, dtype=np.float64)
+    nu = np.array(nu, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    if mu.ndim != 2 or mu.shape[1] != grid.size or nu.shape != mu.shape:
+        raise ValueError(f"mu and nu must both have shape (K, {grid.size}), got {mu.shape} "
+                         f"and {nu.shape}")
+    if v.shape != mu.shape or not np.all(np.isfinite(v)):
+        raise ValueError(f"v must be a finite array of shape {mu.shape}, got shape {v.shape}")
+    if not (np.isfinite(column_floor) and column_floor >= 0):
+        raise ValueError(f"column_floor must be a finite number >= 0, got {column_floor!r}")
+    h0 = np.zeros_like(v) if h is None else np.where(np.isfinite(h), h, 0.0)
+    if column_floor > 0:
+        nu[nu <= column_floor] = 0.0
+    k, m = mu.shape
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        b = _prepare(grid, mu.copy(), nu, None, None, touch_tol=touch_tol)
+        eta = np.zeros((k, m))
+        lse = np.zeros((k, m))
+        rows = np.zeros((k, m, m)) if kernels else None
+        tt, xx = np.nonzero(b.mu > 0)
+        if tt.size:
+            base = b.logq[tt, xx, :] + v[tt, :]
+            e, p, lse_rows = _row_solve(base, b.diff[xx], grid, h0[tt, xx], tol=tol,
+                                        kernels=True)
+            eta[tt, xx] = e
+            lse[tt, xx] = lse_rows
+            if kernels:
+                rows[tt, xx] = p
+    # tilt the targets so that their mass and mean match the transported rows exactly
+    y = grid - 1.0
+    tnu = b.nu.copy()
+    mom = np.stack([tnu.sum(1), tnu @ y, tnu @ (y * y)], axis=1)      # (K, 3)
+    rhs = np.stack([b.mu.sum(1) - mom[:, 0], b.mu @ y - mom[:, 1]], axis=1)
+    det = mom[:, 0] * mom[:, 2] - mom[:, 1] ** 2
+    ok = det > 1e-300
+    a = np.where(ok, (rhs[:, 0] * mom[:, 2] - rhs[:, 1] * mom[:, 1]) / np.where(ok, det, 1), 0)
+    c = np.where(ok, (mom[:, 0] * rhs[:, 1] - mom[:, 1] * rhs[:, 0]) / np.where(ok, det, 1), 0)
+    tnu *= 1.0 + a[:, None] + c[:, None] * y[None, :]
+    value = np.where(tnu > 0, tnu * v, 0.0).sum(1) - (b.mu * lse).sum(1)
+    return SemiDual(logq=b.logq, mu=b.mu, nu=tnu, pinned=b.pinned, eta=eta, lse=lse,
+                    value=value, kernels=rows)
