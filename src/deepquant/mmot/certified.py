@@ -83,6 +83,16 @@ class _Period:
         self.n_s = n_s
         self.k = kernels(n_s * self.xs.size * n_y)
 
+    def hull(self, G: np.ndarray):
+        """Exact envelopes of the rows of G at the current points: (val, slope, j1, j2, lam,
+        vert), see ``envelope.hull_sweep_period``."""
+        shape = (self.n_s, self.xv.size)
+        val, slope, lam = np.empty(shape), np.empty(shape), np.empty(shape)
+        j1, j2 = np.empty(shape, np.int64), np.empty(shape, np.int64)
+        vert = np.empty(G.shape, dtype=np.bool_)
+        self.k["hull_sweep_period"](G, self.yv, self.xv, self.live, val, slope, j1, j2, lam, vert)
+        return val, slope, j1, j2, lam, vert
+
     def gather(self, w_next: np.ndarray) -> np.ndarray:
         """G[s, j] = sum_k K(s, y_j; s'_k) W_{t+1}(y_j, s'_k); w_next is (n_{t+1}, Y)."""
         j = np.arange(self.ys.size)[None, :]
@@ -135,11 +145,7 @@ class _Sweeper:
         for t in range(self.T - 1, -1, -1):
             per = self.periods[t]
             G = per.gather(w)
-            shape = (per.n_s, per.xv.size)
-            val, slope, lam = np.empty(shape), np.empty(shape), np.empty(shape)
-            j1, j2 = np.empty(shape, np.int64), np.empty(shape, np.int64)
-            vert = np.empty(G.shape, dtype=np.bool_)
-            per.k["hull_sweep_period"](G, per.yv, per.xv, per.live, val, slope, j1, j2, lam, vert)
+            val, slope, j1, j2, lam, _ = per.hull(G)
             if verify:
                 viol[t] = float(np.max(per.k["hedge_violation_period"](G, per.yv, per.xv, per.live, val,
                                                               slope), initial=0.0))
@@ -157,11 +163,8 @@ class _Sweeper:
         for t in range(self.T - 1, -1, -1):
             per = self.periods[t]
             G = per.gather(w) + eps * per.logq[None, :]
-            shape = (per.n_s, per.xv.size)
-            hv, hs, lam = np.empty(shape), np.empty(shape), np.empty(shape)
-            j1, j2 = np.empty(shape, np.int64), np.empty(shape, np.int64)
-            vert = np.empty(G.shape, dtype=np.bool_)
-            per.k["hull_sweep_period"](G, per.yv, per.xv, per.live, hv, hs, j1, j2, lam, vert)
+            hv, hs, _, _, _, vert = per.hull(G)
+            shape = hv.shape
             val, hh, dr = np.empty(shape), np.empty(shape), np.empty(shape)
             lo, hi = np.empty(shape, np.int64), np.empty(shape, np.int64)
             warm = self.h_warm[t]
@@ -410,11 +413,7 @@ def _restricted_lp_inner(sw: _Sweeper, marginals: Marginals, uvec: np.ndarray, k
     for t in range(sw.T - 1, -1, -1):
         per = sw.periods[t]
         G = per.gather(w)
-        shape = (per.n_s, per.xv.size)
-        val, slope, lam = np.empty(shape), np.empty(shape), np.empty(shape)
-        j1, j2 = np.empty(shape, np.int64), np.empty(shape, np.int64)
-        vert = np.empty(G.shape, dtype=np.bool_)
-        per.k["hull_sweep_period"](G, per.yv, per.xv, per.live, val, slope, j1, j2, lam, vert)
+        val, slope, _, _, _, _ = per.hull(G)
         n_y = per.ys.size
         pid = -np.ones(chain.reach[t].shape, dtype=np.int64)
         pairs = lp.pairs[t]
