@@ -32,7 +32,7 @@ from deepquant.mmot.envelope import kernels
 from deepquant.mmot.result import BoundSide, BoundsResult, Duals
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 
-__all__ = ["certified_bounds", "certify_side", "hull_backward", "nest_supports",
+__all__ = ["certified_bounds", "certify_side", "hull_backward", "nest_supports", "stage_stop",
            "CertifiedProgress"]
 
 
@@ -227,6 +227,21 @@ def nest_supports(marginals: Marginals, last_date: int, *, max_mass: float = 1e-
                      check_convex=False), moved
 
 
+def stage_stop(gap: float, outer: float, scale: float, *, rtol: float, fitted: bool,
+               t0: float, max_seconds: float, eps: float, eps_end: float
+               ) -> tuple[int, str] | None:
+    """The end of an eps-scaling loop after a stage, as (status, message), or None to go on:
+    the gap within ``rtol`` of the bound (with the inner value's fit acceptable), the time
+    budget spent, or the schedule at ``eps_end``."""
+    if abs(gap) <= rtol * max(abs(outer), 1e-3 * scale) and fitted:
+        return 0, "certified gap within rtol"
+    if time.perf_counter() - t0 > max_seconds:
+        return 1, f"time budget {max_seconds:g} s spent"
+    if eps <= eps_end * (1 + 1e-9):
+        return 1, "eps schedule ended before the gap reached rtol"
+    return None
+
+
 def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                  rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float = 1e-7,
                  eps_factor: float = 0.2, band: float = 40.0, max_iter: int = 400,
@@ -352,13 +367,10 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
         if progress is not None:
             progress(CertifiedProgress(sense, stages, e_abs, sign * best[0], sign * inner, resid,
                                        time.perf_counter() - t0))
-        if abs(gap) <= rtol * max(abs(best[0]), 1e-3 * scale) and resid <= inner_resid_tol:
-            status, message = 0, "certified gap within rtol"
-            break
-        if time.perf_counter() - t0 > max_seconds:
-            status, message = 1, f"time budget {max_seconds:g} s spent"
-            break
-        if eps <= eps_end * (1 + 1e-9):
+        verdict = stage_stop(gap, best[0], scale, rtol=rtol, fitted=resid <= inner_resid_tol,
+                             t0=t0, max_seconds=max_seconds, eps=eps, eps_end=eps_end)
+        if verdict is not None:
+            status, message = verdict
             break
         eps = max(eps * eps_factor, eps_end)
     outer, ubest, viol = best

@@ -52,7 +52,7 @@ from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import build_chain
-from deepquant.mmot.certified import _Sweeper
+from deepquant.mmot.certified import _Sweeper, stage_stop
 from deepquant.mmot.hedge import SemiStaticHedge, StaticStrip, verify_hedge
 from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, build_chain_lp
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
@@ -323,13 +323,10 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
         if outer < best[0]:
             best = (outer, a.copy(), rv)
         gap = best[0] - inner
-        if abs(gap) <= rtol * max(abs(best[0]), 1e-3 * scale) and band_viol <= band_tol:
-            status, message = 0, "certified gap within rtol"
-            break
-        if time.perf_counter() - t0 > max_seconds:
-            status, message = 1, f"time budget {max_seconds:g} s spent"
-            break
-        if eps <= eps_end * (1 + 1e-9):
+        verdict = stage_stop(gap, best[0], scale, rtol=rtol, fitted=band_viol <= band_tol,
+                             t0=t0, max_seconds=max_seconds, eps=eps, eps_end=eps_end)
+        if verdict is not None:
+            status, message = verdict
             break
         eps = max(eps * eps_factor, eps_end)
     outer, abest, rv = best
