@@ -27,7 +27,7 @@ from deepquant.mmot.entropic import (
 )
 from deepquant.mmot.hedge import SemiStaticHedge, superhedge, verify_hedge
 from deepquant.mmot.incremental import append_date, insert_date, update_date
-from deepquant.mmot.model import CalibratedModel, ModelPrice, calibrate_model
+from deepquant.mmot.model import CalibratedModel, ModelPrice
 from deepquant.mmot.result import BoundsResult
 from deepquant.mmot.sparse import adaptive_grid, sparse_marginals
 from deepquant.mmot.widening import WidenedBounds, widen
@@ -44,7 +44,6 @@ __all__ = [
     "ConvergenceWarning",
     "CalibratedModel",
     "ModelPrice",
-    "calibrate_model",
     "AugmentedChain",
     "build_chain",
     "expectation",

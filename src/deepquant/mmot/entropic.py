@@ -545,7 +545,7 @@ def _multiscale_start(marginals: Marginals, eps: float, reference: str, *, tol: 
 def newton_polish(marginals: Marginals, eps: float, u: np.ndarray | None, v: np.ndarray,
                   h: np.ndarray, cost: Any = None, reference: Any = "product", **options
                   ) -> EntropicResult:
-    """Newton to tolerance from given potentials (the hybrid neural solver's second stage).
+    """Newton to tolerance from given potentials (a warm start, e.g. a network's prediction).
 
     ``u`` is ignored (it is eliminated in closed form) and may be ``None``; ``v`` and ``h`` have
     shape (N, M) in cost units, any gauge. No Sinkhorn sweeps and no eps-scaling by default.

@@ -33,7 +33,7 @@ import numpy as np
 from deepquant.market.marginals import Marginals
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 
-__all__ = ["CalibratedModel", "ModelPrice", "calibrate_model", "ChainPlan", "chain_plan",
+__all__ = ["CalibratedModel", "ModelPrice", "ChainPlan", "chain_plan",
            "cached_chain", "price_batch"]
 
 
@@ -229,11 +229,6 @@ class CalibratedModel:
                     nxt[sel] = np.searchsorted(cdf[x], u[sel] * cdf[x, -1], side="right")
             idx[:, t + 1] = np.minimum(nxt, m - 1)
         return idx if return_indices else self.grid[idx]
-
-
-def calibrate_model(marginals: Marginals, *, reference="product", **options) -> CalibratedModel:
-    """Convenience: ``CalibratedModel.calibrate(marginals, reference=..., **options)``."""
-    return CalibratedModel.calibrate(marginals, reference=reference, **options)
 
 
 # ---------------------------------------------------------------------- fast forward recursion
