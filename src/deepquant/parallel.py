@@ -178,7 +178,7 @@ class RayExecutor:
             import ray
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ValueError(
-                "backend 'ray' needs Ray: pip install 'deepquant[distributed]'"
+                "backend 'ray' needs Ray: pip install 'deepquant-mmot[distributed]'"
             ) from exc
         self._ray = ray
         if not ray.is_initialized():

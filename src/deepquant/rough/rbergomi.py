@@ -231,7 +231,7 @@ class RoughBergomi:
         try:
             import torch
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError("device= needs torch: pip install 'deepquant[neural]'") from exc
+            raise ImportError("device= needs torch: pip install 'deepquant-mmot[neural]'") from exc
         if dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         try:

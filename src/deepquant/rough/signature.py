@@ -11,7 +11,7 @@ signature up to level L has 3 + 9 + ... + 3^L terms (no scalar 1).
 
 Signatures at every grid point are cumulative: S(x)_{0,t_{k+1}} = S(x)_{0,t_k} (x) exp(dx_k)
 (Chen's identity), computed with ``pysiglib.sig_join`` one segment at a time for the whole
-batch. pysiglib is imported lazily (extra ``deepquant[signature]``).
+batch. pysiglib is imported lazily (extra ``deepquant-mmot[signature]``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _siglib():
         import pysiglib
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError(
-            "signature features need pysiglib: pip install 'deepquant[signature]'"
+            "signature features need pysiglib: pip install 'deepquant-mmot[signature]'"
         ) from exc
     return pysiglib
 
