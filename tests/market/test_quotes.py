@@ -286,3 +286,53 @@ def test_spx_times_and_parity_match_slices_csv(spx):
             assert 0.04 < fit.rate < 0.06 and 0.0 < fit.dividend_yield < 0.02
         n_checked += 1
     assert n_checked == 43  # PROVENANCE.md: 43 slices between 7 days and 1 year
+
+
+def test_zero_bid_and_one_sided_quotes_kept_apart(tmp_path):
+    """Zero or missing bids with an ask, and bids with no ask (missing or shown as 0), leave the
+    two-sided arrays (the calibration's input) but are kept in ``ChainSlice.one_sided``; a
+    contract with neither side and a crossed one are dropped."""
+    from deepquant.market.parity import normalize_slice
+    from deepquant.mmot.quote_bands import load_bands
+
+    rows = synthetic_rows()                            # strikes 80..120 by 5 at two expiries
+    at = {(r[6], r[7]): r for r in rows if r[5] == "2024-03-15"}
+    at[80, "C"][8] = "0"                               # zero bid: upper bound only
+    at[85, "P"][8] = ""                                # missing bid: upper bound only
+    at[90, "C"][9] = ""                                # missing ask: lower bound only
+    at[90, "P"][9] = "0"                               # ask shown as 0: lower bound only
+    at[95, "C"][8], at[95, "C"][9] = "0", "0"          # neither: dropped
+    at[95, "P"][8], at[95, "P"][9] = "5.0", "4.0"      # crossed: dropped
+    chain = load_chain(write_normalized(tmp_path / "c.csv", rows))
+    c = chain.cleaning
+    assert (c.n_zero_bid, c.n_crossed, c.n_one_sided, c.n_kept) == (3, 3, 4, len(rows) - 6)
+    assert c.as_dict()["n_one_sided"] == 4
+    sl = chain.slices[0]
+    assert sl.expiry == dt.date(2024, 3, 15) and len(chain.slices[1].one_sided) == 0
+    one = sl.one_sided
+    assert len(one) == 4
+    np.testing.assert_array_equal(one.strikes, [80.0, 85.0, 90.0, 90.0])
+    np.testing.assert_array_equal(one.is_call, [True, False, False, True])
+    np.testing.assert_array_equal(one.bid, [0.0, 0.0, float(at[90, "P"][8]),
+                                            float(at[90, "C"][8])])
+    np.testing.assert_array_equal(one.ask, [float(at[80, "C"][9]), float(at[85, "P"][9]),
+                                            np.inf, np.inf])
+    # the two-sided arrays (and so the calibration's quotes) do not see them
+    i = {k: j for j, k in enumerate(sl.strikes)}
+    assert np.isnan(sl.call_bid[i[80]]) and np.isnan(sl.put_bid[i[85]])
+    assert 90 not in i and 95 not in i         # no two-sided contract left at these strikes
+    fit = fit_parity(sl, spot=chain.spot)
+    assert normalize_slice(sl, fit).n == sl.n_quotes == 18 - 6
+    # the bid-ask bands add them, normalized by the same F and D F (1e-12: the same arithmetic)
+    bands, (q, q2) = load_bands(chain, ["2024-03-15", "2024-06-21"], fit_range=(0.0, 10.0))
+    plain, _ = load_bands(chain, ["2024-03-15", "2024-06-21"], fit_range=(0.0, 10.0),
+                          one_sided=False)
+    assert bands.k[0].size == q.n + 4 and plain.k[0].size == q.n
+    assert bands.k[1].size == plain.k[1].size == q2.n
+    for strike, call, bid, ask in zip(one.strikes, one.is_call, one.bid, one.ask):
+        j = np.flatnonzero((np.abs(bands.k[0] - strike / q.forward) < 1e-12)
+                           & (bands.is_call[0] == call))
+        assert j.size == 1
+        assert bands.bid[0][j[0]] == pytest.approx(bid / (q.discount * q.forward), abs=1e-12)
+        assert bands.ask[0][j[0]] == ask / (q.discount * q.forward)
+    assert np.all(np.diff(bands.k[0]) >= 0)

@@ -290,3 +290,149 @@ def test_spx_fitted_bounds_inside_quote_bounds_and_certified_contains_lp():
     for res in (q, c):
         for side in ("lower", "upper"):
             assert verify_quote_hedge(getattr(res, f"{side}_side").info["hedge"], res).ok
+
+
+# ----------------------------------------------------------------------------- one-sided quotes
+CHAIN_HEADER = "quote_date,quote_time_et,root,settlement,spot,expiry,strike,type,bid,ask"
+CHAIN_EXPIRIES = ("2024-02-16", "2024-03-15")
+
+
+def one_sided_chain_rows() -> list[list]:
+    """A chain in currency (spot 100, no rates: F = 100, D = 1) whose mids are the prices of the
+    walk's laws after 2 and 3 steps at strikes 80..120 by 5, two-sided quotes mid +- 0.5 (bids
+    floored at 0: the far out-of-the-money ones get a zero bid). At the second expiry three
+    quotes are tight and one-sided: the 80 put has no bid (empty) and the 120 call a zero bid,
+    both with the ask mid + 0.01, and the 110 call has the bid mid - 0.01 and no ask."""
+    rows = []
+    for expiry, steps in zip(CHAIN_EXPIRIES, (2, 3)):
+        law = walk_laws(steps)[-1]
+        for strike in range(80, 121, 5):
+            for typ in ("C", "P"):
+                d = GRID - strike / 100
+                mid = 100 * float(np.maximum(d if typ == "C" else -d, 0.0) @ law)
+                bid, ask = f"{max(mid - 0.5, 0.0):.10f}", f"{mid + 0.5:.10f}"
+                if expiry == CHAIN_EXPIRIES[1] and (strike, typ) == (80, "P"):
+                    bid, ask = "", f"{mid + 0.01:.10f}"
+                elif expiry == CHAIN_EXPIRIES[1] and (strike, typ) == (120, "C"):
+                    bid, ask = "0", f"{mid + 0.01:.10f}"
+                elif expiry == CHAIN_EXPIRIES[1] and (strike, typ) == (110, "C"):
+                    bid, ask = f"{mid - 0.01:.10f}", ""
+                rows.append(["2024-01-12", "13:40", "SPX", "AM", 100, expiry, strike, typ, bid,
+                             ask])
+    return rows
+
+
+def rows_lp(rows: list[list], payoff, sense: str) -> float:
+    """Independent reference for the chain of ``one_sided_chain_rows``: the LP over the M^2
+    grid paths (1, X_1, X_2) with the martingale condition given every prefix and one explicit
+    price inequality per quoted side read from the CSV rows: E[c(X_s)] >= bid / (D F) where the
+    bid is > 0, E[c(X_s)] <= ask / (D F) where there is an ask (F = 100, D = 1)."""
+    paths = np.array([(1.0, a, b) for a, b in itertools.product(GRID, repeat=2)])
+    a_eq = [np.ones(len(paths)), paths[:, 1] - 1.0]
+    b_eq = [1.0, 0.0]
+    for x in GRID:
+        a_eq.append(np.where(np.isclose(paths[:, 1], x), paths[:, 2] - x, 0.0))
+        b_eq.append(0.0)
+    a_ub, b_ub = [], []
+    for r in rows:
+        x = paths[:, CHAIN_EXPIRIES.index(r[5]) + 1]
+        k = r[6] / 100
+        c = np.maximum(x - k, 0.0) if r[7] == "C" else np.maximum(k - x, 0.0)
+        if r[8] and float(r[8]) > 0:
+            a_ub.append(-c)
+            b_ub.append(-float(r[8]) / 100)
+        if r[9]:
+            a_ub.append(c)
+            b_ub.append(float(r[9]) / 100)
+    sign = 1.0 if sense == "lower" else -1.0
+    res = optimize.linprog(sign * payoff(paths), A_ub=np.array(a_ub), b_ub=np.array(b_ub),
+                           A_eq=np.array(a_eq), b_eq=np.array(b_eq), bounds=(0, None),
+                           method="highs")
+    assert res.status == 0, res.message
+    return sign * res.fun
+
+
+@pytest.fixture(scope="module")
+def one_sided_chain(tmp_path_factory):
+    rows = one_sided_chain_rows()
+    path = tmp_path_factory.mktemp("one-sided") / "chain.csv"
+    path.write_text(CHAIN_HEADER + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    return path, rows
+
+
+@pytest.mark.parametrize("payoff", [AsianCall(strike=1.0), LookbackCall(strike=1.0),
+                                    ForwardStartStraddle(t1=1, t2=2)], ids=lambda p: p.name)
+def test_chain_with_zero_bid_and_one_sided_quotes_against_explicit_lp(one_sided_chain, payoff):
+    # from the chain file: the zero bid, the missing bid and the missing ask each give one
+    # constraint; equal to the explicit LP to 1e-6 (solver tolerance; F and D from the parity
+    # fit are 100 and 1 to 1e-12)
+    import warnings
+
+    from deepquant.mmot.quote_bands import load_bands
+
+    path, rows = one_sided_chain
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, quotes = load_bands(path, CHAIN_EXPIRIES)
+        r = bounds_from_quotes(path, payoff, expiries=CHAIN_EXPIRIES, grid=GRID)
+    for q in quotes:
+        assert abs(q.forward - 100.0) <= 1e-9 and abs(q.discount - 1.0) <= 1e-12
+    assert r.success and r.info["dropped_quotes"] == 0
+    # zero bids: the 80, 85 puts and 115, 120 calls of the first expiry (mid < 0.5), the 120
+    # call and the bidless 80 put of the second; no ask: the 110 call of the second
+    assert (r.info["no_bid"], r.info["no_ask"]) == (6, 1)
+    assert abs(r.lower - rows_lp(rows, payoff, "lower")) <= 1e-6
+    assert abs(r.upper - rows_lp(rows, payoff, "upper")) <= 1e-6
+    for side in ("lower", "upper"):
+        assert verify_quote_hedge(getattr(r, f"{side}_side").info["hedge"], r).ok
+
+
+def test_one_sided_quotes_bind(one_sided_chain):
+    # the tight one-sided quotes move the straddle's bounds: without them (the calibration's
+    # two-sided filter) the lower bound is 0 and the upper 0.105; with them 0.0023 and 0.10347
+    # (measured), both far beyond the 1e-6 solver tolerance
+    import warnings
+
+    from deepquant.mmot.quote_bands import load_bands
+
+    path, rows = one_sided_chain
+    payoff = ForwardStartStraddle(t1=1, t2=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        two_sided, _ = load_bands(path, CHAIN_EXPIRIES, one_sided=False)
+        with_them, _ = load_bands(path, CHAIN_EXPIRIES)
+    plain = bounds_from_quotes(two_sided, payoff, grid=GRID)
+    full = bounds_from_quotes(with_them, payoff, grid=GRID)
+    assert full.lower >= plain.lower + 1e-3 and full.upper <= plain.upper - 1e-3
+    kept = [r for r in rows if r[8] and float(r[8]) > 0 and r[9]]
+    assert abs(plain.lower - rows_lp(kept, payoff, "lower")) <= 1e-6
+
+
+def test_fitted_marginals_on_the_grid_and_lp_methods():
+    # fitted= laws (date 0 included) make repair="calibration" work without a CalibrationResult:
+    # bands shifted away from the walk's prices are widened to them, so the walk's bounds lie
+    # inside (LP tolerance 1e-9); the interior-point LP gives the same bounds (1e-9)
+    bands = walk_bands()
+    shifted = QuoteBands(bands.labels, bands.times, bands.k, bands.is_call,
+                         tuple(b + 0.003 for b in bands.bid), tuple(a + 0.003 for a in bands.ask))
+    fitted = Marginals(GRID, walk_laws(), [0.0, 1 / 12, 2 / 12, 3 / 12])
+    payoff = PAYOFFS[1]
+    with pytest.raises(ValueError, match="no arbitrage-free law"):
+        bounds_from_quotes(shifted, payoff, grid=GRID)
+    q = bounds_from_quotes(shifted, payoff, grid=GRID, repair="calibration", fitted=fitted)
+    f = bounds(fitted, payoff, method="lp")
+    assert q.info["repaired"] and q.info["widened_quotes"] > 0 and q.info["band_widening"] > 0
+    assert q.lower <= f.lower + 1e-9 and f.upper <= q.upper + 1e-9
+    ipm = bounds_from_quotes(shifted, payoff, grid=GRID, repair="calibration", fitted=fitted,
+                             lp_method="highs-ipm")
+    assert abs(ipm.lower - q.lower) <= 1e-9 and abs(ipm.upper - q.upper) <= 1e-9
+    with pytest.raises(ValueError, match="lp_method must be one of"):
+        bounds_from_quotes(bands, payoff, grid=GRID, lp_method="simplex")
+    other = Marginals(GRID, walk_laws(), [0.0, 1 / 12, 2 / 12, 4 / 12])
+    with pytest.raises(ValueError, match="do not match the 3 expiries"):
+        bounds_from_quotes(bands, payoff, grid=GRID, repair="calibration", fitted=other)
+    coarse = Marginals(GRID[1:-1], walk_laws(2)[:, 1:-1], [0.0, 1 / 12, 2 / 12])
+    with pytest.raises(ValueError, match="are not on the grid of 7 points"):
+        bounds_from_quotes(bands, payoff, grid=GRID, fitted=coarse)
+    with pytest.raises(TypeError, match="fitted must be a Marginals"):
+        bounds_from_quotes(bands, payoff, grid=GRID, fitted=walk_laws())

@@ -81,12 +81,13 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
             payoff = make_payoff(payoff_name, **params)
             payoff.last_date(bands.n_expiries + 1)
             grid = quote_grid(bands, grid_size)
-            source = bands
-            if repair == "calibration":
-                source = calibrate_chain(chain, specs, grid=grid, fit_range=frange)
+            fitted = None
+            if repair == "calibration":  # the bands keep the zero-bid and one-sided quotes
+                fitted = calibrate_chain(chain, specs, grid=grid, fit_range=frange).marginals
             options = dict(max_seconds=max_seconds) if method == "certified" else {}
-            res = bounds_from_quotes(source, payoff, grid=grid, method=method, thin=thin,
-                                     repair=None if repair == "none" else repair, **options)
+            res = bounds_from_quotes(bands, payoff, grid=grid, method=method, thin=thin,
+                                     repair=None if repair == "none" else repair,
+                                     fitted=fitted, **options)
     except ValueError as exc:
         hint = (" (here: --repair minimal or --repair calibration, --thin on coarse grids)"
                 if "no arbitrage-free law" in str(exc) else "")
@@ -110,14 +111,18 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
                                positions=rows)
     out.update(payoff=payoff_name, params=payoff_params(payoff), chain=str(chain_path),
                expiries=list(prob.bands.labels), grid=[float(grid[0]), float(grid[-1])],
-               dropped_quotes=res.info["dropped_quotes"], repaired=res.info["repaired"],
+               dropped_quotes=res.info["dropped_quotes"], no_bid=res.info["no_bid"],
+               no_ask=res.info["no_ask"], repaired=res.info["repaired"],
                band_widening=res.info["band_widening"], hedges=positions)
     if as_json:
         print_json(out)
     else:
         rows = [("lower", res.lower), ("upper", res.upper), ("status", res.status),
                 ("method", res.method), ("expiries", ", ".join(prob.bands.labels)),
-                ("quotes used", res.sizes["quotes"]), ("quotes left out", out["dropped_quotes"]),
+                ("quotes used", res.sizes["quotes"]),
+                ("  with no bid (ask only)", out["no_bid"]),
+                ("  with no ask (bid only)", out["no_ask"]),
+                ("quotes left out", out["dropped_quotes"]),
                 ("bands widened by", out["band_widening"]),
                 ("seconds lower", res.seconds["lower"]), ("seconds upper", res.seconds["upper"])]
         if method == "certified":

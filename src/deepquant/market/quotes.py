@@ -21,8 +21,20 @@ spread of its rows' quote times (``ChainSlice.quote_spread``).
 
 Cleaning (counts kept in ``CleaningReport``): a contract is dropped when its slice has expired
 (settlement instant not after the quote instant), when its bid is zero (or missing), or when it is
-crossed (bid > ask). A slice is keyed on (expiry, root): SPX AM-settled and SPXW PM-settled series
-on the same date are different contracts with different settlement values.
+crossed (bid > ask, or no ask). A slice is keyed on (expiry, root): SPX AM-settled and SPXW
+PM-settled series on the same date are different contracts with different settlement values.
+
+The slices' two-sided quotes (0 < bid <= ask) are what the parity fit and the calibration use.
+Two kinds of dropped contract still bound a price and are kept apart, per slice, in
+``ChainSlice.one_sided`` (``OneSidedQuotes``; counted in ``CleaningReport.n_one_sided``):
+
+* a zero or missing bid with an ask > 0: the option is worth between 0 and the ask (an upper
+  bound only; Cboe shows far out-of-the-money strikes this way);
+* a bid > 0 with no ask (missing, or shown as 0): worth at least the bid (a lower bound only).
+
+A contract with neither a bid nor an ask says nothing and is dropped; a crossed quote
+(0 < ask < bid) is dropped. ``deepquant.mmot.quote_bands.load_bands`` adds the one-sided quotes
+to the bid-ask bands of ``deepquant.mmot.quotes_bounds.bounds_from_quotes``.
 
 Time to expiry (``year_fraction``): ACT/365 on the elapsed wall time between the quote instant and
 the settlement instant, both in US/Eastern (``America/New_York``, daylight saving handled), with
@@ -39,7 +51,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +69,7 @@ __all__ = [
     "EASTERN",
     "ChainSlice",
     "CleaningReport",
+    "OneSidedQuotes",
     "OptionChain",
     "load_chain",
     "parse_expiry",
@@ -102,6 +115,9 @@ class CleaningReport:
         Seconds between the earliest and the latest quote time of the rows read.
     max_quote_spread : float
         The largest spread accepted (``load_chain(max_quote_spread=...)``).
+    n_one_sided : int
+        Contracts among ``n_zero_bid`` and ``n_crossed`` kept apart as one-sided quotes (zero
+        or missing bid with an ask, or a bid with no ask) in a slice's ``one_sided``.
     """
 
     path: str
@@ -114,12 +130,43 @@ class CleaningReport:
     n_superseded: int = 0
     quote_spread: float = 0.0
     max_quote_spread: float = 0.0
+    n_one_sided: int = 0
 
     def as_dict(self) -> dict[str, int | str | float]:
         return dict(path=self.path, n_rows=self.n_rows, n_expired=self.n_expired,
                     n_zero_bid=self.n_zero_bid, n_crossed=self.n_crossed, n_kept=self.n_kept,
                     n_duplicate=self.n_duplicate, n_superseded=self.n_superseded,
-                    quote_spread=self.quote_spread, max_quote_spread=self.max_quote_spread)
+                    quote_spread=self.quote_spread, max_quote_spread=self.max_quote_spread,
+                    n_one_sided=self.n_one_sided)
+
+
+@dataclass(frozen=True, eq=False)
+class OneSidedQuotes:
+    """Contracts of one slice that bound a price from one side only, in currency units.
+
+    Attributes
+    ----------
+    strikes : ndarray, shape (n,)
+    is_call : ndarray of bool, shape (n,)
+    bid : ndarray, shape (n,)
+        0 where the contract has no bid (zero or missing): it is worth between 0 and its ask.
+    ask : ndarray, shape (n,)
+        inf where the contract has no ask: it is worth at least its bid.
+
+    Sorted by strike (put before call); empty arrays when the slice has none.
+    """
+
+    strikes: np.ndarray
+    is_call: np.ndarray
+    bid: np.ndarray
+    ask: np.ndarray
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.strikes).size)
+
+    @classmethod
+    def empty(cls) -> OneSidedQuotes:
+        return cls(np.zeros(0), np.zeros(0, bool), np.zeros(0), np.zeros(0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,6 +189,10 @@ class ChainSlice:
     quote_spread : float
         Seconds between the earliest and the latest quote time of the slice's kept contracts
         (0 for a chain from one snapshot).
+    one_sided : OneSidedQuotes
+        The slice's contracts with a zero (or missing) bid and an ask, or a bid and no ask
+        (module docstring): not in the arrays above, so the parity fit and the calibration do
+        not see them; the bid-ask bounds use them as one-sided constraints.
     """
 
     expiry: dt.date
@@ -154,6 +205,7 @@ class ChainSlice:
     put_bid: np.ndarray
     put_ask: np.ndarray
     quote_spread: float = 0.0
+    one_sided: OneSidedQuotes = field(default_factory=OneSidedQuotes.empty)
 
     @property
     def label(self) -> str:
@@ -273,8 +325,9 @@ def load_chain(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], 
     Returns
     -------
     OptionChain
-        Slices on (expiry, root), sorted by time to expiry, each holding only two-sided quotes
-        (0 < bid <= ask); the dropped counts are in ``chain.cleaning``.
+        Slices on (expiry, root), sorted by time to expiry, each holding two-sided quotes
+        (0 < bid <= ask) in its quote arrays (what the calibration uses) and its zero-bid and
+        one-sided quotes apart in ``one_sided``; the dropped counts are in ``chain.cleaning``.
 
     Raises
     ------
@@ -351,6 +404,7 @@ def _clean(name: str, parsed: ParsedChain, max_quote_spread: float) -> OptionCha
     n_rows = len(parsed.contracts)
     n_expired = n_zero = n_crossed = n_dup = n_old = 0
     times: dict[tuple[dt.date, str, str], float] = {}
+    partial: dict[tuple[dt.date, str, str], dict[tuple[float, bool], tuple[float, float]]] = {}
     # a contract quoted in several snapshots: only its latest quote counts (even without a bid)
     latest: dict[tuple, dt.datetime] = {}
     for c in parsed.contracts:
@@ -370,9 +424,13 @@ def _clean(name: str, parsed: ParsedChain, max_quote_spread: float) -> OptionCha
             continue
         if not (c.bid > 0):  # zero, negative or missing
             n_zero += 1
+            if c.ask > 0:    # worth between 0 and the ask: kept apart as a one-sided quote
+                _keep_one_sided(name, partial, key, c, 0.0, c.ask)
             continue
         if not (c.ask >= c.bid):  # crossed (or missing ask)
             n_crossed += 1
+            if not (c.ask > 0):  # no ask (missing, or shown as 0): worth at least the bid
+                _keep_one_sided(name, partial, key, c, c.bid, np.inf)
             continue
         side = "c" if c.is_call else "p"
         slot = groups.setdefault(key, {}).setdefault(c.strike, {})
@@ -388,8 +446,10 @@ def _clean(name: str, parsed: ParsedChain, max_quote_spread: float) -> OptionCha
             continue
         slot[side + "b"], slot[side + "a"], slot[side + "t"] = c.bid, c.ask, when
     n_kept = sum(("cb" in v) + ("pb" in v) for g in groups.values() for v in g.values())
+    one_sided = {key: _one_sided(partial.get(key, {}), by_strike)
+                 for key, by_strike in groups.items()}
     report = CleaningReport(name, n_rows, n_expired, n_zero, n_crossed, n_kept, n_dup, n_old,
-                            spread, max_quote_spread)
+                            spread, max_quote_spread, sum(map(len, one_sided.values())))
     if n_kept == 0:
         raise ValueError(
             f"{name}: no two-sided quotes (0 < bid <= ask) in unexpired slices: {n_rows} contracts "
@@ -403,9 +463,33 @@ def _clean(name: str, parsed: ParsedChain, max_quote_spread: float) -> OptionCha
         kept = [v[f] for v in by_strike.values() for f in ("ct", "pt") if f in v]
         slices.append(ChainSlice(expiry, root, settle, times[(expiry, root, settle)], ks,
                                  arr["cb"], arr["ca"], arr["pb"], arr["pa"],
-                                 (max(kept) - min(kept)).total_seconds()))
+                                 (max(kept) - min(kept)).total_seconds(),
+                                 one_sided[(expiry, root, settle)]))
     slices.sort(key=lambda s: (s.t, s.root))
     return OptionChain(name, qt, float(parsed.spot), tuple(slices), report)
+
+
+def _keep_one_sided(name: str, partial: dict, key: tuple, c, bid: float, ask: float) -> None:
+    """Record a one-sided quote of slice ``key``; a conflicting repeat is an error."""
+    slot = partial.setdefault(key, {})
+    ident = (c.strike, c.is_call)
+    if ident in slot and slot[ident] != (bid, ask):
+        raise ValueError(
+            f"{name}: conflicting quotes for {c.expiry} {c.root} "
+            f"{'call' if c.is_call else 'put'} {c.strike:g}: {slot[ident][0]}/{slot[ident][1]} "
+            f"and {bid}/{ask}")
+    slot[ident] = (bid, ask)
+
+
+def _one_sided(partial: dict[tuple[float, bool], tuple[float, float]],
+               two_sided: dict[float, dict[str, object]]) -> OneSidedQuotes:
+    """The one-sided quotes of a slice, less any contract also quoted two-sided there."""
+    items = sorted((k, call, b, a) for (k, call), (b, a) in partial.items()
+                   if ("cb" if call else "pb") not in two_sided.get(k, {}))
+    if not items:
+        return OneSidedQuotes.empty()
+    k, call, b, a = (np.array(v) for v in zip(*items))
+    return OneSidedQuotes(k.astype(float), call.astype(bool), b.astype(float), a.astype(float))
 
 
 # ----------------------------------------------------------------------------- expiries

@@ -2,7 +2,9 @@
 
 Quotes are normalized as in ``deepquant.market.calibrate``: k = K / F, prices divided by D F
 (undiscounted prices of (X - k)^+ and (k - X)^+ with X = S_t / F(0, t)). A zero or missing bid is
-no lower constraint; a missing ask (one-sided quote) is no upper constraint. ``check_bands``
+no lower constraint; a missing ask (one-sided quote) is no upper constraint. ``load_bands`` takes
+such quotes from a chain too (the loader keeps them apart from the two-sided quotes the
+calibration uses: ``deepquant.market.quotes.OneSidedQuotes``). ``check_bands``
 finds the law sequence on a grid closest to the bands (the band term of the calibration
 program with lam = 0, an LP): when it misses a band, no martingale on that grid fits the quotes,
 and its violations name the expiries and strikes to repair.
@@ -101,20 +103,24 @@ class QuoteBands:
     def thinned(self, grid: np.ndarray) -> QuoteBands:
         """Per expiry and type, only the quote whose strike is nearest each grid point (within
         half a cell): on a coarse grid the dense listed strikes pin the law down (its call curve
-        is linear between grid points), while the nearest quotes bound it only at the nodes."""
+        is linear between grid points), while the nearest quotes bound it only at the nodes.
+        Nearest is taken per bound: the nearest quote with a bid and the nearest with an ask
+        (the same quote when it is two-sided), so an ask-only quote (zero bid) never displaces
+        the nearest lower bound, nor a bid-only quote the nearest upper bound."""
         g = np.asarray(grid, dtype=float)
+        cell = np.diff(g).min() / 2
         keep = []
-        for k, c in zip(self.k, self.is_call):
+        for k, c, b, a in zip(self.k, self.is_call, self.bid, self.ask):
             mask = np.zeros(k.size, dtype=bool)
-            cell = np.diff(g).min() / 2
             for flag in (True, False):
-                idx = np.flatnonzero(c == flag)
-                if idx.size == 0:
-                    continue
-                near = np.abs(k[idx][None, :] - g[:, None])  # (M, n)
-                best = np.argmin(near, axis=1)
-                ok = near[np.arange(g.size), best] <= cell
-                mask[idx[best[ok]]] = True
+                for has_bound in (b > 0, np.isfinite(a)):
+                    idx = np.flatnonzero((c == flag) & has_bound)
+                    if idx.size == 0:
+                        continue
+                    near = np.abs(k[idx][None, :] - g[:, None])  # (M, n)
+                    best = np.argmin(near, axis=1)
+                    ok = near[np.arange(g.size), best] <= cell
+                    mask[idx[best[ok]]] = True
             keep.append(mask)
         return QuoteBands(self.labels, self.times, *(
             tuple(a[m] for a, m in zip(arrs, keep))
@@ -229,9 +235,23 @@ def quote_grid(bands: QuoteBands, size: int, *, margin: float = 0.05) -> np.ndar
     return 1.0 + d * np.arange(-a, n - a + 1)
 
 
-def load_bands(chain, expiries: Sequence[str], *, fit_range=(0.5, 1.6), near_fraction=0.4):
+def load_bands(chain, expiries: Sequence[str], *, fit_range=(0.5, 1.6), near_fraction=0.4,
+               one_sided: bool = True) -> tuple[QuoteBands, list]:
     """Normalized bands of a chain (path(s) or ``OptionChain``) at ``expiries``: forwards and
-    discounts from the put-call parity fit of ``deepquant.market.parity``, k = K/F, prices /(DF)."""
+    discounts from the put-call parity fit of ``deepquant.market.parity``, k = K/F, prices /(DF).
+
+    The two-sided quotes (0 < bid <= ask) are those of ``normalize_slice``, the calibration's
+    input. With ``one_sided`` the contracts the chain loader keeps apart
+    (``ChainSlice.one_sided``) are added with the same F, D and ``fit_range``: a zero or missing
+    bid with an ask as bid 0 (an upper constraint only), a bid with no ask as ask inf (a lower
+    constraint only). The calibration keeps its two-sided filter.
+
+    Returns
+    -------
+    (QuoteBands, list of SliceQuotes)
+        The bands (per expiry sorted by k, call before put) and the two-sided normalized
+        quotes.
+    """
     from deepquant.market.parity import fit_parity, normalize_slice
     from deepquant.market.quotes import OptionChain, load_chain, select_slices
 
@@ -241,4 +261,25 @@ def load_bands(chain, expiries: Sequence[str], *, fit_range=(0.5, 1.6), near_fra
     quotes = [normalize_slice(sl, fit_parity(sl, spot=spot, near_fraction=near_fraction,
                                              source=ch.path), fit_range=fit_range)
               for sl in chosen]
-    return QuoteBands.from_quotes(quotes), quotes
+    parts = [(q.k, q.is_call, q.bid, q.ask) for q in quotes]
+    if one_sided:
+        parts = [_add_one_sided(part, sl.one_sided, q.forward, q.discount, fit_range)
+                 for part, sl, q in zip(parts, chosen, quotes)]
+    bands = QuoteBands(tuple(q.label for q in quotes), np.array([q.t for q in quotes]),
+                       *(tuple(p[i] for p in parts) for i in range(4)))
+    return bands, quotes
+
+
+def _add_one_sided(part, extra, forward: float, discount: float, fit_range):
+    """(k, is_call, bid, ask) of a slice with its one-sided quotes (currency units in
+    ``extra``) normalized by F and D F and added, sorted by k (call before put, as
+    ``normalize_slice``)."""
+    k = np.asarray(extra.strikes, dtype=float) / forward
+    keep = (k >= fit_range[0]) & (k <= fit_range[1])
+    scale = discount * forward
+    ks = np.concatenate([part[0], k[keep]])
+    calls = np.concatenate([part[1], np.asarray(extra.is_call, bool)[keep]])
+    bid = np.concatenate([part[2], np.asarray(extra.bid, float)[keep] / scale])
+    ask = np.concatenate([part[3], np.asarray(extra.ask, float)[keep] / scale])
+    order = np.lexsort((~calls, ks))
+    return ks[order], calls[order], bid[order], ask[order]
