@@ -30,7 +30,7 @@ def _model_price(marginals, payoff):
 def test_files_exist(demo):
     names = {p.name for p in demo.files}
     assert {"marginals.png", "plan.png", "convergence.png", "strikes.png", "hedge.png",
-            "report.md", "results.json"} <= names
+            "ranges.png", "report.md", "results.json"} <= names
     for p in demo.files:
         assert p.exists() and p.stat().st_size > 0
     assert (demo.out_dir / "chain.csv").exists()
@@ -71,6 +71,37 @@ def test_bounds_contain_calibrated_price(demo):
     sw = demo.sweep
     assert np.all(np.array(sw["lower"]) <= np.array(sw["calibrated"]) + 1e-9)
     assert np.all(np.array(sw["calibrated"]) <= np.array(sw["upper"]) + 1e-9)
+
+
+def test_fitted_range_inside_bid_ask_range(demo):
+    """The three ranges on the demo output (results.json): the bid-ask range (every martingale
+    law on the grid pricing the quotes inside their bands, the fitted laws among them) contains
+    the fitted-marginal range up to RANGE_TOL = 1e-8 (two exact LPs at HiGHS tolerances 1e-9,
+    bands padded by 1e-9 around the fitted prices); the seed widening is fitted +- epsilon."""
+    from deepquant.demo import RANGE_TOL, range_rows
+
+    assert RANGE_TOL == 1e-8
+    data = json.loads((demo.out_dir / "results.json").read_text())
+    for r in data["rows"]:
+        assert r["quote_status"] == "optimal" and r["quote_seconds"] > 0
+        assert r["quote_lower"] <= r["lower"] + RANGE_TOL
+        assert r["upper"] <= r["quote_upper"] + RANGE_TOL
+        # the quotes leave the marginals open: strictly wider than the fitted range
+        assert r["quote_upper"] - r["quote_lower"] > r["upper"] - r["lower"]
+        assert r["epsilon_lower"] == pytest.approx(r["lower"] - r["epsilon"], abs=1e-15)
+        assert r["epsilon_upper"] == pytest.approx(r["upper"] + r["epsilon"], abs=1e-15)
+    assert all(row[-1] is True for row in range_rows(demo.rows))
+    q = data["quotes"]
+    # the bands use the calibration's forwards (the same parity fit), and the synthetic chain's
+    # zero bids (far out of the money, inside the grid) as upper constraints
+    assert q["forward_mismatch"] <= 1e-12
+    assert q["quotes"] > 0 and q["no_bid"] > 0 and q["widened_quotes"] <= q["quotes"]
+    assert q["lp_method"] == "highs-ipm" and "quote_bounds" in data["timings"]
+    text = (demo.out_dir / "report.md").read_text()
+    section = text[text.index("## Fitted, seed-widened and bid-ask ranges"):]
+    assert "(ranges.png)" in section and "*Figure: three ranges" in section
+    assert "| bid-ask lower | bid-ask upper | fitted inside bid-ask |" in section
+    assert (demo.out_dir / "ranges.png").stat().st_size > 0
 
 
 def test_model_and_backtest(demo):
@@ -114,7 +145,7 @@ def test_cli_demo_json(tmp_path):
                                     "same=tests.test_demo:_model_price", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert {"rows", "timings", "calibration", "backtest"} <= set(data)
+    assert {"rows", "timings", "calibration", "backtest", "quotes"} <= set(data)
     assert all(r["lower"] <= r["calibrated"] <= r["upper"] for r in data["rows"])
     for r in data["rows"]:
         assert abs(r["extra"]["same"]["price"] - r["calibrated"]) < 1e-12

@@ -47,3 +47,27 @@ def test_report_numbers_are_the_library_s(spx_demo):
             assert f"{v:.6g}" in report, (label, v)
     assert "## How to read this report" in report
     assert res.calibration["fraction_inside"] > 0.9
+
+
+def test_bid_ask_range_contains_fitted_range_and_is_the_library_s(spx_demo):
+    """On the real chain: the fitted-marginal range lies inside the bid-ask range (RANGE_TOL,
+    two exact LPs at HiGHS tolerances 1e-9), and the lookback's bid-ask range is the library's
+    (``bounds_from_quotes`` called directly with HiGHS's default method against the demo's
+    interior-point solve: the same LP optimum to 1e-9)."""
+    from deepquant.demo import QUOTE_FIT_RANGE, RANGE_TOL
+    from deepquant.mmot.quote_bands import load_bands
+    from deepquant.mmot.quotes_bounds import bounds_from_quotes
+
+    chain, res = spx_demo
+    for row in res.rows:
+        assert row.quote_status == "optimal", row.label
+        assert row.quote_lower <= row.lower + RANGE_TOL and row.upper <= row.quote_upper + RANGE_TOL
+    assert res.quotes["forward_mismatch"] <= 1e-12 and res.quotes["no_bid"] > 0
+    label, payoff, _ = demo_payoffs(res.marginals.n_dates)[1]
+    bands, _ = load_bands(chain, list(CFG.expiries), fit_range=QUOTE_FIT_RANGE)
+    direct = bounds_from_quotes(bands, payoff, grid=res.marginals.grid, thin=True,
+                                repair="calibration", fitted=res.marginals)
+    row = res.rows[1]
+    assert row.label == label
+    assert row.quote_lower == pytest.approx(direct.lower, abs=1e-9)
+    assert row.quote_upper == pytest.approx(direct.upper, abs=1e-9)

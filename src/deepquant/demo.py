@@ -24,10 +24,16 @@
    ``cost_rate`` per period under each side's optimal LP plan; calibration uncertainty
    epsilon = L C max_t delta(s_t, alpha, M_t) with s_t the mean bid–ask spread and M_t the quote
    count of slice t, L the payoff's Lipschitz constant (sup norm), C = ``stability``.
-7. **Hedging.** Minimum-variance delta hedge of the Asian call from the calibrated model,
+7. **Bid-ask bounds.** ``deepquant.mmot.quotes_bounds.bounds_from_quotes`` (exact LP on the
+   demo grid): the bounds over every martingale law on the grid that prices each quote inside
+   its bid-ask band, with no fitted marginals (zero bids as upper constraints only, one-sided
+   quotes as one-sided constraints; bands the fitted laws miss on the coarse grid widened to
+   them, so the fitted range lies inside). The printed summary, the JSON and the report set
+   three ranges side by side: fitted, fitted +- epsilon (step 6) and bid-ask.
+8. **Hedging.** Minimum-variance delta hedge of the Asian call from the calibrated model,
    backtested on paths of the model itself and of a second model fitting the same marginals
    (lognormal reference).
-8. **Report.** PNG figures and ``report.md`` + ``results.json`` in ``out_dir``, all written
+9. **Report.** PNG figures and ``report.md`` + ``results.json`` in ``out_dir``, all written
    atomically.
 
 Prices are undiscounted and in units of the forward (multiply by D(0,T) F(0,T) for currency).
@@ -57,9 +63,20 @@ from deepquant.market.marginals import Marginals
 from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall, Payoff
 
 __all__ = ["DemoConfig", "DemoRow", "DemoResult", "run_demo", "demo_grid", "coarsen_marginals",
-           "demo_payoffs"]
+           "demo_payoffs", "range_rows", "RANGE_NAMES"]
 
 Pricer = Callable[[Marginals, Payoff], float]
+
+RANGE_NAMES = ("fitted", "fitted +- epsilon", "bid-ask")
+"""The three ranges of each payoff compared by the demo (``DemoRow.ranges``)."""
+
+QUOTE_LP_METHOD = "highs-ipm"
+"""LP method of the bid-ask bounds: measured 2x faster than HiGHS's default choice on the demo's
+Asian chain, same bounds (``bounds_from_quotes(lp_method=)``)."""
+
+QUOTE_FIT_RANGE = (0.3, 2.0)
+"""K/F range of the quotes read for the bid-ask bounds (the calibration's default); the bounds
+keep those strictly inside the demo grid."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,10 @@ class DemoConfig:
         their gaps) and add a bounds-against-grid table and figure to the report.
     resolution_seconds : float
         Time budget per side of each certified solve of ``grid_sizes``.
+    quote_bounds : bool
+        Also bound every payoff from the bid-ask quotes themselves
+        (``deepquant.mmot.quotes_bounds.bounds_from_quotes``, exact LP on the demo grid) and
+        show the fitted, the seed-widened and the bid-ask ranges side by side.
     """
 
     expiries: tuple[str, ...] = ("30d", "60d", "90d", "120d", "150d")
@@ -118,6 +139,7 @@ class DemoConfig:
     neural: bool = True
     grid_sizes: tuple[int, ...] = ()
     resolution_seconds: float = 120.0
+    quote_bounds: bool = True
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.grid_step) and self.grid_step > 0):
@@ -139,7 +161,13 @@ class DemoConfig:
 
 @dataclass
 class DemoRow:
-    """One payoff of the demo: bounds, calibrated price and widenings (fractions of forward)."""
+    """One payoff of the demo: bounds, calibrated price and widenings (fractions of forward).
+
+    The three ranges of the report's comparison: [lower, upper] (the fitted marginals),
+    [epsilon_lower, epsilon_upper] = [lower - epsilon, upper + epsilon] (the seed's calibration
+    widening alone) and [quote_lower, quote_upper] (every martingale law on the demo grid that
+    prices the quotes inside their bid-ask bands; NaN when not computed).
+    """
 
     label: str
     payoff: str
@@ -158,11 +186,23 @@ class DemoRow:
     lipschitz: float
     lp_sizes: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    epsilon_lower: float = float("nan")
+    epsilon_upper: float = float("nan")
+    quote_lower: float = float("nan")
+    quote_upper: float = float("nan")
+    quote_status: str = ""
+    quote_seconds: float = 0.0
 
     @property
     def inside(self) -> bool:
         """lower <= calibrated <= upper (up to 1e-9)."""
         return self.lower - 1e-9 <= self.calibrated <= self.upper + 1e-9
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """The three ranges (fitted, seed widening, bid-ask), keyed as ``RANGE_NAMES``."""
+        return dict(zip(RANGE_NAMES, ((self.lower, self.upper),
+                                      (self.epsilon_lower, self.epsilon_upper),
+                                      (self.quote_lower, self.quote_upper))))
 
 
 @dataclass
@@ -182,6 +222,7 @@ class DemoResult:
     chain_path: str
     neural: dict | None = None
     resolution: list[dict] = field(default_factory=list)
+    quotes: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
@@ -190,7 +231,7 @@ class DemoResult:
             calibration=self.calibration, sweep=self.sweep, backtest=self.backtest,
             timings=self.timings, config=asdict(self.config), out_dir=str(self.out_dir),
             files=[str(f) for f in self.files], chain=self.chain_path, neural=self.neural,
-            resolution=self.resolution,
+            resolution=self.resolution, quotes=self.quotes,
             grid=[float(self.marginals.grid[0]), float(self.marginals.grid[-1]),
                   int(self.marginals.size)],
             times=self.marginals.times.tolist(),
@@ -291,23 +332,54 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
     -------
     DemoResult
     """
-    from deepquant import report
-    from deepquant.market.calibrate import calibrate_chain
-    from deepquant.mmot.delta import backtest, delta_hedge
-    from deepquant.mmot.model import CalibratedModel
-    from deepquant.mmot.widening import calibration_widening, transaction_cost_widening, widen
-
     cfg = config or DemoConfig()
     if chain is not None and not Path(chain).exists():
         raise ValueError(f"chain file {str(chain)!r} does not exist")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say = progress or (lambda _msg: None)
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    run = _Run(cfg, out, progress or (lambda _msg: None))
+    market = _load_and_calibrate(run, chain)
+    model = _calibrated_model(run, market.marginals)
+    rows, lp_results = _bounds(run, market, model, pricers or {})
+    quotes = _quote_bounds(run, market, rows)
+    sweep = _strike_sweep(run, market.marginals, model, rows[0])
+    backtests, backtest_summary = _backtest(run, market.marginals, model)
+    neural = _neural(run, market.fit)
+    resolution = _resolution(run, market)
+    return _report(run, market, model, rows, lp_results, quotes, sweep, backtests,
+                   backtest_summary, neural, resolution)
 
-    # 1-2. market and calibration
-    say("market data")
+
+@dataclass
+class _Run:
+    """What every step of ``run_demo`` shares: settings, report folder, progress callback and
+    the stage timings (seconds, in the order the stages ran)."""
+
+    cfg: DemoConfig
+    out: Path
+    say: Callable[[str], None]
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Market:
+    """Output of the market step: the chain, its calibration and the demo-grid marginals."""
+
+    chain_path: str
+    fit: Any                   # CalibrationResult on the fine calibration grid
+    grid: np.ndarray           # the demo grid
+    marginals: Marginals       # the fitted laws moved onto the demo grid, date 0 prepended
+    calibration: dict          # JSON summary of the calibration
+
+
+def _load_and_calibrate(run: _Run, chain) -> _Market:
+    """Steps 1-3: the chain (built-in synthetic or the user's), the calibration on the fine
+    grid, and the fitted laws moved onto the demo grid."""
+    from deepquant.market.calibrate import calibrate_chain
+
+    cfg, out = run.cfg, run.out
+    run.say("market data")
     t0 = time.perf_counter()
     if chain is None:
         from deepquant.market.chain import synthetic_chain
@@ -322,36 +394,51 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
         chain_path = str(syn.to_csv(out / "chain.csv"))
     else:
         chain_path = str(chain)
-    timings["chain"] = time.perf_counter() - t0
-    say("calibration")
+    run.timings["chain"] = time.perf_counter() - t0
+    run.say("calibration")
     t0 = time.perf_counter()
     cal = calibrate_chain(chain_path, expiries=list(cfg.expiries),
                           grid_size=cfg.calibration_grid_size)
-    timings["calibration"] = time.perf_counter() - t0
+    run.timings["calibration"] = time.perf_counter() - t0
     grid = demo_grid(cfg.grid_step, *cfg.grid_range)
     marg = coarsen_marginals(cal.marginals, grid)
-    slices = [r.as_dict() for r in cal.slices]
     calibration = dict(success=bool(cal.success), fraction_inside=float(cal.fraction_inside),
-                       max_violation=float(cal.max_violation), seconds=timings["calibration"],
-                       fine_grid_size=int(cal.marginals.size), slices=slices,
+                       max_violation=float(cal.max_violation),
+                       seconds=run.timings["calibration"],
+                       fine_grid_size=int(cal.marginals.size),
+                       slices=[r.as_dict() for r in cal.slices],
                        coarse_grid=[float(grid[0]), float(grid[-1]), int(grid.size)],
                        coarse_call_error=float(np.max(np.abs(
                            marg.call_prices(grid)[1:] - cal.marginals.call_prices(grid)))))
+    return _Market(chain_path, cal, grid, marg, calibration)
 
-    # 5. calibrated model
-    say("calibrated model")
+
+def _calibrated_model(run: _Run, marg: Marginals):
+    """Step 5: the calibrated c = 0 entropic model on the demo grid."""
+    from deepquant.mmot.model import CalibratedModel
+
+    run.say("calibrated model")
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # reported through model.solve.success
-        model = CalibratedModel.calibrate(marg, reference=cfg.reference)
-    timings["model"] = time.perf_counter() - t0
+        model = CalibratedModel.calibrate(marg, reference=run.cfg.reference)
+    run.timings["model"] = time.perf_counter() - t0
+    return model
 
-    # 4 + 6. bounds, prices, widenings
+
+def _bounds(run: _Run, market: _Market, model, pricers: Mapping[str, Pricer]
+            ) -> tuple[list[DemoRow], dict]:
+    """Steps 4 and 6: exact LP bounds, calibrated prices, the extra pricers and the widenings
+    of each payoff (``timings["bounds"]`` counts the LP solves only)."""
+    from deepquant.mmot.widening import calibration_widening, transaction_cost_widening, widen
+
+    cfg, marg = run.cfg, market.marginals
+    slices = market.calibration["slices"]
     rows: list[DemoRow] = []
     lp_results = {}
     t_lp = 0.0
     for label, payoff, lip in demo_payoffs(marg.n_dates):
-        say(f"bounds: {label}")
+        run.say(f"bounds: {label}")
         t0 = time.perf_counter()
         lp = _lp(marg, payoff, cfg.lp_retry_tol)
         lp_s = time.perf_counter() - t0
@@ -366,10 +453,11 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
         if lp.success:
             wb = widen(lp.lower, lp.upper, transaction=(g_lo, g_up), calibration=eps_cal)
             wl, wu = wb.widened_lower, wb.widened_upper
+            el, eu = wb.with_calibration
         else:
-            wl = wu = float("nan")
+            wl = wu = el = eu = float("nan")
         extra = {}
-        for name, fn in (pricers or {}).items():
+        for name, fn in pricers.items():
             t1 = time.perf_counter()
             val = float(fn(marg, payoff))
             extra[name] = dict(price=val, seconds=time.perf_counter() - t1)
@@ -378,13 +466,66 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
             calibrated=pr.value, gamma_lower=g_lo.gamma, gamma_upper=g_up.gamma,
             epsilon=eps_cal.epsilon, widened_lower=wl, widened_upper=wu,
             lp_status=lp.status, martingale_tol=float(lp.martingale_tol), lp_seconds=lp_s,
-            price_seconds=pr.seconds, lipschitz=lip, lp_sizes=dict(lp.sizes), extra=extra))
-    timings["bounds"] = t_lp
+            price_seconds=pr.seconds, lipschitz=lip, lp_sizes=dict(lp.sizes), extra=extra,
+            epsilon_lower=el, epsilon_upper=eu))
+    run.timings["bounds"] = t_lp
+    return rows, lp_results
 
-    # strike sweep (Asian call)
-    say("strike sweep")
+
+def _quote_bounds(run: _Run, market: _Market, rows: list[DemoRow]) -> dict:
+    """Step 7: bounds from the bid-ask quotes (``bounds_from_quotes``, exact LP on the demo
+    grid), filled into each row's ``quote_lower``/``quote_upper``.
+
+    The bands are the chain's quotes at the demo's expiries with the calibration's forwards and
+    discounts (the same put-call parity fit), zero bids and one-sided quotes included as
+    one-sided constraints, restricted to strikes inside the grid and thinned to the quote
+    nearest each grid node (the grid is coarse). Bands that the fitted laws on the demo grid
+    miss (their call curves are linear between nodes) are widened to the fitted prices
+    (``repair="calibration"``), so the fitted laws are feasible and the fitted-marginal range
+    lies inside the bid-ask range; the widening is reported. Returns the JSON summary
+    (``{}`` when ``DemoConfig.quote_bounds`` is off).
+    """
+    if not run.cfg.quote_bounds:
+        return {}
+    from deepquant.mmot.quote_bands import load_bands
+    from deepquant.mmot.quotes_bounds import bounds_from_quotes
+
+    t_all = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quote checks are reported by the calibration
+        bands, quotes = load_bands(market.chain_path, list(run.cfg.expiries),
+                                   fit_range=QUOTE_FIT_RANGE)
+    forward_gap = max(abs(q.forward / s.forward - 1.0)
+                      for q, s in zip(quotes, market.fit.slices))
+    res = None
+    for row, (label, payoff, _) in zip(rows, demo_payoffs(market.marginals.n_dates)):
+        run.say(f"quote bounds: {label}")
+        t0 = time.perf_counter()
+        res = bounds_from_quotes(bands, payoff, grid=market.grid, method="lp", thin=True,
+                                 repair="calibration", fitted=market.marginals,
+                                 lp_method=QUOTE_LP_METHOD)
+        row.quote_lower, row.quote_upper = float(res.lower), float(res.upper)
+        row.quote_status = res.status
+        row.quote_seconds = time.perf_counter() - t0
+    run.timings["quote_bounds"] = time.perf_counter() - t_all
+    info = res.info if res is not None else {}
+    return dict(method="lp", lp_method=QUOTE_LP_METHOD, thin=True, repair="calibration",
+                fit_range=list(QUOTE_FIT_RANGE),
+                expiries=list(bands.labels), quotes=int(res.sizes["quotes"]) if res else 0,
+                no_bid=int(info.get("no_bid", 0)), no_ask=int(info.get("no_ask", 0)),
+                left_out=int(info.get("dropped_quotes", 0)),
+                widened_quotes=int(info.get("widened_quotes", 0)),
+                band_widening=float(info.get("band_widening", 0.0)),
+                forward_mismatch=float(forward_gap), seconds=run.timings["quote_bounds"])
+
+
+def _strike_sweep(run: _Run, marg: Marginals, model, asian_row: DemoRow) -> dict:
+    """The Asian call's bounds, calibrated price and widened bounds against strike."""
+    from deepquant.mmot.widening import transaction_cost_widening
+
+    cfg = run.cfg
+    run.say("strike sweep")
     t0 = time.perf_counter()
-    asian_row = rows[0]
     sweep: dict[str, list] = dict(strikes=[], lower=[], upper=[], calibrated=[],
                                   widened_lower=[], widened_upper=[])
     for k in cfg.sweep_strikes:
@@ -395,18 +536,25 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
             p = AsianCall(strike=float(k))
             lp = _lp(marg, p, cfg.lp_retry_tol)
             lo, up, c = float(lp.lower), float(lp.upper), model.price(p)
-            g = asian_row.gamma_lower, asian_row.gamma_upper
             g_lo = transaction_cost_widening(_moves(lp.lower_side, marg, model), cfg.cost_rate)
             g_up = transaction_cost_widening(_moves(lp.upper_side, marg, model), cfg.cost_rate)
-            g = g_lo.gamma, g_up.gamma
-            wl, wu = lo - g[0] - asian_row.epsilon, up + g[1] + asian_row.epsilon
+            wl = lo - g_lo.gamma - asian_row.epsilon
+            wu = up + g_up.gamma + asian_row.epsilon
         for key, v in zip(("strikes", "lower", "upper", "calibrated", "widened_lower",
                            "widened_upper"), (float(k), lo, up, c, wl, wu)):
             sweep[key].append(float(v))
-    timings["sweep"] = time.perf_counter() - t0
+    run.timings["sweep"] = time.perf_counter() - t0
+    return sweep
 
-    # 7. hedging backtest
-    say("delta-hedge backtest")
+
+def _backtest(run: _Run, marg: Marginals, model) -> tuple[dict, dict]:
+    """Step 8: the Asian call's delta hedge backtested on paths of the calibrated model and of
+    a second model with the same marginals (lognormal reference)."""
+    from deepquant.mmot.delta import backtest, delta_hedge
+    from deepquant.mmot.model import CalibratedModel
+
+    cfg = run.cfg
+    run.say("delta-hedge backtest")
     t0 = time.perf_counter()
     asian = demo_payoffs(marg.n_dates)[0][1]
     hedge = delta_hedge(model, asian)
@@ -417,48 +565,63 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
         other = CalibratedModel.calibrate(marg, reference="lognormal")
     if getattr(other.solve, "success", False):
         bt["lognormal-reference model"] = backtest(hedge, other.sample(cfg.n_paths, rng))
-    backtest_summary = {k: v.summary() for k, v in bt.items()}
-    backtest_summary["model_error_std"] = float(np.sqrt(hedge.expected_error_variance()))
-    timings["backtest"] = time.perf_counter() - t0
+    summary = {k: v.summary() for k, v in bt.items()}
+    summary["model_error_std"] = float(np.sqrt(hedge.expected_error_variance()))
+    run.timings["backtest"] = time.perf_counter() - t0
+    return bt, summary
 
-    # 8. neural surrogate beside the classical solver
-    neural = None
-    if cfg.neural and importlib.util.find_spec("torch") is not None:
-        say("neural pricer")
-        t0 = time.perf_counter()
-        from deepquant.neural.pricer import NeuralPricer, demo_prices
 
-        # the fine calibrated marginals moved onto the network's grid through their call
-        # prices (mass, mean and convex order kept), as for the demo grid above
-        fine = coarsen_marginals(cal.marginals, NeuralPricer().grid)
-        neural = demo_prices(fine, {label: p for label, p, _ in demo_payoffs(fine.n_dates)})
-        timings["neural"] = time.perf_counter() - t0
-
-    # 9. bounds against the grid
-    resolution: list[dict] = []
-    if cfg.grid_sizes:
-        from deepquant.mmot.resolution import resolution_study
-
-        t0 = time.perf_counter()
-        entries = resolution_study(
-            cal.marginals, {label: p for label, p, _ in demo_payoffs(marg.n_dates)},
-            cfg.grid_sizes, grid_range=cfg.grid_range, progress=say, rtol=1e-3,
-            max_seconds=cfg.resolution_seconds)
-        resolution = [e.to_dict() for e in entries]
-        timings["resolution"] = time.perf_counter() - t0
-
-    # 10. report
-    say("report")
+def _neural(run: _Run, cal) -> dict | None:
+    """The shipped checkpoint's prices beside the classical solver (when torch is installed)."""
+    if not (run.cfg.neural and importlib.util.find_spec("torch") is not None):
+        return None
+    run.say("neural pricer")
     t0 = time.perf_counter()
-    files = _write_report(out, marg, model, rows, sweep, bt, backtest_summary, calibration,
-                          timings, cfg, chain_path, lp_results, report, neural, resolution)
-    timings["report"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    result = DemoResult(rows=rows, marginals=marg, model=model, calibration=calibration,
-                        sweep=sweep, backtest=backtest_summary, timings=timings, config=cfg,
-                        out_dir=out, files=files, chain_path=chain_path, neural=neural,
-                        resolution=resolution)
-    files.append(write_json(out / "results.json", to_jsonable(result.to_dict())))
+    from deepquant.neural.pricer import NeuralPricer, demo_prices
+
+    # the fine calibrated marginals moved onto the network's grid through their call prices
+    # (mass, mean and convex order kept), as for the demo grid above
+    fine = coarsen_marginals(cal.marginals, NeuralPricer().grid)
+    neural = demo_prices(fine, {label: p for label, p, _ in demo_payoffs(fine.n_dates)})
+    run.timings["neural"] = time.perf_counter() - t0
+    return neural
+
+
+def _resolution(run: _Run, market: _Market) -> list[dict]:
+    """The bounds against the grid size (``DemoConfig.grid_sizes``; none by default)."""
+    cfg = run.cfg
+    if not cfg.grid_sizes:
+        return []
+    from deepquant.mmot.resolution import resolution_study
+
+    t0 = time.perf_counter()
+    entries = resolution_study(
+        market.fit.marginals,
+        {label: p for label, p, _ in demo_payoffs(market.marginals.n_dates)},
+        cfg.grid_sizes, grid_range=cfg.grid_range, progress=run.say, rtol=1e-3,
+        max_seconds=cfg.resolution_seconds)
+    run.timings["resolution"] = time.perf_counter() - t0
+    return [e.to_dict() for e in entries]
+
+
+def _report(run: _Run, market: _Market, model, rows, lp_results, quotes, sweep, backtests,
+            backtest_summary, neural, resolution) -> DemoResult:
+    """Step 9: figures, report.md and results.json in the report folder."""
+    from deepquant import report
+
+    run.say("report")
+    t0 = time.perf_counter()
+    files = _write_report(run.out, market.marginals, model, rows, sweep, backtests,
+                          backtest_summary, market.calibration, run.timings, run.cfg,
+                          market.chain_path, lp_results, report, neural, resolution, quotes)
+    run.timings["report"] = time.perf_counter() - t0
+    run.timings["total"] = time.perf_counter() - run.started
+    result = DemoResult(rows=rows, marginals=market.marginals, model=model,
+                        calibration=market.calibration, sweep=sweep, backtest=backtest_summary,
+                        timings=run.timings, config=run.cfg, out_dir=run.out, files=files,
+                        chain_path=market.chain_path, neural=neural, resolution=resolution,
+                        quotes=quotes)
+    files.append(write_json(run.out / "results.json", to_jsonable(result.to_dict())))
     return result
 
 
@@ -504,8 +667,67 @@ def resolution_markdown(resolution: list[dict], report) -> str:
             "above.*")
 
 
+RANGE_TOL = 1e-8
+"""Tolerance of "the fitted range lies inside the bid-ask range": both are exact LPs solved by
+HiGHS to feasibility tolerances of 1e-9, and the repaired bands contain the fitted prices with
+1e-9 of room."""
+
+
+def range_rows(rows) -> list[list]:
+    """Rows [payoff, then lower and upper of each of ``RANGE_NAMES``, fitted inside bid-ask]
+    of the three-range comparison (inside: up to ``RANGE_TOL``; None when no bid-ask range)."""
+    out = []
+    for r in rows:
+        rg = r.ranges()
+        (fl, fu), (ql, qu) = rg[RANGE_NAMES[0]], rg[RANGE_NAMES[2]]
+        inside = (bool(ql <= fl + RANGE_TOL and fu <= qu + RANGE_TOL)
+                  if np.isfinite(ql) and np.isfinite(qu) else None)
+        out.append([r.label, *(v for name in RANGE_NAMES for v in rg[name]), inside])
+    return out
+
+
+RANGES_CAPTION = (
+    "*Figure: three ranges of each payoff's undiscounted price (fraction of the forward) on the "
+    "demo grid. **fitted**: the exact LP bounds over martingale laws with the fitted "
+    "(calibrated) marginals. **fitted +- epsilon**: the same widened by the seed's calibration "
+    "uncertainty epsilon = L C max_t delta(s_t, alpha, M_t) (Cor. 6.3). **bid-ask**: the exact "
+    "LP bounds over every martingale law on the grid that prices each listed quote inside its "
+    "bid-ask band, with no fitted marginals (bands the fitted laws miss on this grid widened "
+    "to the fitted prices, so fitted lies inside bid-ask). Dotted line: the calibrated "
+    "model's price.*")
+
+
+def ranges_markdown(rows, quotes: dict, report, cfg) -> str:
+    """The report section comparing the fitted, seed-widened and bid-ask ranges."""
+    tab = report.markdown_table(
+        ["payoff", "fitted lower", "fitted upper", "+-eps lower", "+-eps upper",
+         "bid-ask lower", "bid-ask upper", "fitted inside bid-ask"], range_rows(rows))
+    q = quotes
+    return (
+        "Three answers to \"what can this payoff be worth?\" on the demo grid. (a) **fitted**: "
+        "the bounds over every martingale law with the calibrated marginals (table above). "
+        "(b) **fitted +- epsilon**: (a) widened by the seed's calibration-uncertainty formula "
+        f"alone (``deepquant.mmot.widening.calibration_widening``, alpha = {cfg.alpha:g}, "
+        f"C = {cfg.stability:g}), which models the calibration error as a sampling error of "
+        "the quotes. (c) **bid-ask**: the bounds over every martingale law on the grid whose "
+        "prices of the listed options lie inside their bid-ask bands "
+        "(``deepquant.mmot.quotes_bounds.bounds_from_quotes``, exact LP): the marginals are "
+        "not fixed, so (c) shows how much the quotes themselves leave open.\n\n"
+        f"Quotes for (c): {q['quotes']} at {len(q['expiries'])} expiries with K/F inside the "
+        f"grid, thinned to the quotes nearest each grid node ({q['left_out']} others left "
+        f"out: outside the grid or not nearest a node); {q['no_bid']} have a zero bid (an "
+        "upper constraint only, worth between 0 "
+        f"and the ask) and {q['no_ask']} no ask (a lower constraint only). The fitted laws on "
+        "this coarse grid (call curves linear between nodes) miss some bands; those "
+        f"{q['widened_quotes']} bands were widened to the fitted prices (total "
+        f"{q['band_widening']:.3g}, ``repair='calibration'``), so the fitted laws are among "
+        "the laws of (c) and (a) lies inside (c) up to the LP tolerance "
+        f"({RANGE_TOL:g}).\n\n{tab}\n\n![ranges](ranges.png)\n\n{RANGES_CAPTION}")
+
+
 def _write_report(out, marg, model, rows, sweep, bt, bt_summary, calibration, timings, cfg,
-                  chain_path, lp_results, report, neural=None, resolution=None) -> list[Path]:
+                  chain_path, lp_results, report, neural=None, resolution=None,
+                  quotes=None) -> list[Path]:
     files: list[Path] = []
     days = [f"t={t * 365:.0f}d" for t in marg.times]
     files.append(report.plot_marginals(marg.grid, marg.weights, days, out / "marginals.png",
@@ -559,13 +781,16 @@ def _write_report(out, marg, model, rows, sweep, bt, bt_summary, calibration, ti
          "Every price is undiscounted and in units of the forward of its payoff's expiry. "
          "Each number says where it was computed: the **demo grid** "
          f"({g.size} points, step {cfg.grid_step:g}) carries the exact LP bounds, the "
-         "calibrated model's prices, the widenings, the strike sweep and the hedge; the "
+         "calibrated model's prices, the widenings, the bid-ask bounds, the strike sweep and "
+         "the hedge; the "
          f"**calibration grid** ({calibration['fine_grid_size']} points) carries the fitted "
          "marginals; the neural section works on the network's own grid; the bounds-against-"
          "the-grid section (when asked for) repeats the bounds on finer uniform grids. The "
          "same payoff therefore has one calibrated price per grid, and the differences "
          "between grids are discretisation, not disagreement between methods. Bounds are "
-         "valid over every martingale law with the marginals of their grid; the LP ones are "
+         "valid over every martingale law with the marginals of their grid (the bid-ask "
+         "bounds: with any marginals on the grid that price the quotes inside their bands); "
+         "the LP ones are "
          "exact (residuals and duality gaps below 1e-9), the certified ones are valid bounds "
          "with a stated gap to an inner estimate. Widenings are added outside the bounds, "
          "each reported separately."),
@@ -612,6 +837,14 @@ def _write_report(out, marg, model, rows, sweep, bt, bt_summary, calibration, ti
          "of the tracking error of the delta hedge on paths of each model.*"),
         ("Timings", f"{tim}\n\nReproduce: `deepquant demo --out {out}`."),
     ]
+    if quotes:
+        files.append(report.plot_ranges(
+            [r.label for r in rows],
+            {name: [r.ranges()[name] for r in rows] for name in RANGE_NAMES},
+            out / "ranges.png", points={"calibrated": [r.calibrated for r in rows]},
+            title="Fitted, seed-widened and bid-ask ranges"))
+        sections.insert(3, ("Fitted, seed-widened and bid-ask ranges",
+                            ranges_markdown(rows, quotes, report, cfg)))
     if neural is not None:
         sections.insert(-1, ("Neural surrogate", neural_markdown(neural, report)))
     if resolution:

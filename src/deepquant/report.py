@@ -21,6 +21,8 @@ __all__ = [
     "plot_convergence",
     "plot_strike_sweep",
     "plot_tracking_errors",
+    "plot_bounds_vs_grid",
+    "plot_ranges",
     "markdown_table",
     "write_markdown",
 ]
@@ -153,6 +155,46 @@ def plot_bounds_vs_grid(entries: Sequence[Mapping], path: str | os.PathLike[str]
         ax.set_title(label)
         ax.legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_ranges(labels: Sequence[str], ranges: Mapping[str, Sequence[tuple[float, float]]],
+                path: str | os.PathLike[str], *,
+                points: Mapping[str, Sequence[float]] | None = None,
+                title: str = "Price ranges") -> Path:
+    """Grouped intervals: one panel per label (payoff), one horizontal bar per range.
+
+    ``ranges[name][j]`` is the (lower, upper) pair of range ``name`` for ``labels[j]`` (a
+    non-finite pair is left out); ``points[name][j]`` is drawn as a dotted vertical line (e.g.
+    the calibrated price). Each panel has its own price axis, since payoffs differ in scale.
+    """
+    plt = _pyplot()
+    names = list(ranges)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.8 * len(labels), 0.5 * len(names) + 1.6),
+                             squeeze=False)
+    for j, (ax, label) in enumerate(zip(axes[0], labels)):
+        for i, name in enumerate(names):
+            lo, hi = (float(v) for v in ranges[name][j])
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                continue
+            y = len(names) - 1 - i
+            color = colors[i % len(colors)]
+            ax.hlines(y, lo, hi, color=color, lw=5, alpha=0.6)
+            ax.plot([lo, hi], [y, y], "|", color=color, ms=14, mew=1.5)
+        for name, vals in (points or {}).items():
+            ax.axvline(float(vals[j]), color="k", ls=":", lw=1, label=name if j == 0 else None)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names[::-1] if j == 0 else [""] * len(names), fontsize=8)
+        ax.set_ylim(-0.7, len(names) - 0.3)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("price (fraction of forward)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(alpha=0.3, axis="x")
+    if points:
+        fig.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

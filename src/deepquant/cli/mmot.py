@@ -205,6 +205,19 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
          "widened upper"],
         [[r.label, round(1e4 * r.gamma_lower, 3), round(1e4 * r.gamma_upper, 3),
           round(1e4 * r.epsilon, 3), r.widened_lower, r.widened_upper] for r in res.rows]))
+    if res.quotes:
+        from deepquant.demo import RANGE_NAMES, range_rows
+
+        q = res.quotes
+        console.print(table(
+            "Three ranges: fitted marginals; fitted +- epsilon (seed calibration widening); "
+            f"bid-ask quotes ({q['quotes']} quotes, {q['no_bid']} with a zero bid, "
+            f"{q['no_ask']} with no ask; {q['widened_quotes']} bands widened to the fitted "
+            "prices)",
+            ["range", *(r.label for r in res.rows)],
+            [*([name, *(f"{r[i]:.4g}..{r[i + 1]:.4g}" for r in range_rows(res.rows))]
+               for name, i in zip(RANGE_NAMES, (1, 3, 5))),
+             ["fitted inside", *(r[7] for r in range_rows(res.rows))]]))
     bt = {k: v for k, v in res.backtest.items() if isinstance(v, dict)}
     console.print(table("Asian call delta hedge: tracking error",
                         ["paths from", "mean", "std", "RMSE", "unhedged std"],
