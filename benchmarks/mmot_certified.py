@@ -57,7 +57,7 @@ def run(case: str, size: int, payoff_name: str, *, rtol: float, max_seconds: flo
                                                        inner=p.inner, seconds=p.seconds)))
     wall = time.perf_counter() - t0
     entry = dict(case=case, size=size, payoff=payoff_name, n_periods=m.n_dates - 1,
-                 lower=res.lower, upper=res.upper, status=res.status, seconds=res.seconds,
+                 lower=res.lower, upper=res.upper, status=res.status, seconds=res.timings,
                  wall=wall, sizes=res.sizes, exact_statistic=res.exact, stages=stages)
     for side in ("lower", "upper"):
         s = getattr(res, f"{side}_side")

@@ -70,9 +70,9 @@ def run_one(n: int, m: int, payoff_name: str, repeat: int, algorithm: str) -> di
     for _ in range(repeat):
         t0 = time.perf_counter()
         res = lp_bounds(mg, payoff, algorithm=algorithm)
-        build_t.append(res.seconds["build"])
-        lo_t.append(res.seconds["lower"])
-        up_t.append(res.seconds["upper"])
+        build_t.append(res.timings["build"])
+        lo_t.append(res.timings["lower"])
+        up_t.append(res.timings["upper"])
         del t0
     pos = mg.weights[mg.weights > 0]
     return dict(

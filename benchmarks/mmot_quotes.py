@@ -121,7 +121,7 @@ def run(config: str, payoffs: list[str], max_seconds: float) -> dict:
                         lower_inner=fb.lower_side.info.get("inner"),
                         upper_inner=fb.upper_side.info.get("inner")),
             quotes=dict(lower=qb.lower, upper=qb.upper, status=qb.status, seconds=t_q,
-                        seconds_per_side=qb.seconds, dropped_quotes=qb.info["dropped_quotes"],
+                        seconds_per_side=qb.timings, dropped_quotes=qb.info["dropped_quotes"],
                         band_widening_total=widened,
                         lower_gap=qb.lower_side.gap, upper_gap=qb.upper_side.gap,
                         lower_inner=qb.lower_side.info.get("inner"),

@@ -8,6 +8,7 @@ output location before a long job starts, so a bad path fails at once with one l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -67,9 +68,14 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def to_jsonable(obj: Any) -> Any:
     """``obj`` as plain JSON values: numpy arrays and scalars to lists and Python numbers,
-    tuples to lists, dict keys to strings, and every non-finite float (NaN, +inf, -inf) to
+    tuples to lists, dict keys to strings, results through their ``to_dict()``, other
+    dataclass instances through their fields, and every non-finite float (NaN, +inf, -inf) to
     ``None`` (JSON ``null``; strict JSON has no infinities). The one sanitizer of the package,
-    used for ``--json`` output and for reports."""
+    used for ``--json`` output, for reports and by every result's ``to_dict``."""
+    if callable(getattr(obj, "to_dict", None)) and not isinstance(obj, type):
+        return to_jsonable(obj.to_dict())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

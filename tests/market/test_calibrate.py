@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 from deepquant.blackscholes import black_price, implied_vol
 from deepquant.cli import main
 from deepquant.market.calibrate import (
+    CalibrationResult,
     SliceQuotes,
     calibrate,
     calibrate_chain,
@@ -29,6 +31,7 @@ from deepquant.market.marginals import Marginals, call_matrix
 from deepquant.market.quotes import load_chain, select_slices
 from tests.conftest import random_walk_marginals, spx_data_dir
 from tests.market.test_quotes import synthetic_rows, write_normalized
+from tests.result_protocol import ResultProtocol
 
 
 def quotes_from_law(label, t, grid, w, strikes, half):
@@ -278,3 +281,23 @@ def test_spx_cli_writes_marginals_and_figures(tmp_path):
     bad = runner.invoke(main, ["calibrate", str(chain), "--expiries", "30d", "--out",
                                str(tmp_path / "x.npz")])
     assert bad.exit_code == 2 and "at least 2 expiries" in bad.output
+
+
+class TestCalibrationResult(ResultProtocol):
+    result_type = CalibrationResult
+    nit = True
+    QUOTES = [lognormal_quotes(f"T{t}", t, 0.2, np.arange(0.7, 1.301, 0.05)) for t in (0.1, 0.25)]
+
+    @pytest.fixture(scope="class")
+    def result(self):
+        return calibrate(self.QUOTES, grid_size=40)
+
+    @pytest.fixture
+    def failure(self):
+        def stopped_early():
+            # two interior-point iterations: Clarabel stops with status user_limit
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Solution may be inaccurate")  # cvxpy's own
+                return calibrate(self.QUOTES, grid_size=40, solver_opts={"max_iter": 2})
+
+        return stopped_early

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.delta import backtest, delta_hedge
+from deepquant.mmot.delta import BacktestResult, backtest, delta_hedge
 from deepquant.mmot.model import CalibratedModel
 from deepquant.payoffs import AsianCall, EuropeanCall, ForwardStartStraddle, LookbackCall
 from tests.conftest import random_walk_marginals
+from tests.result_protocol import ResultProtocol
 
 K_SE = 4.0  # Monte Carlo tolerance in standard errors
 
@@ -85,3 +86,11 @@ def test_input_errors(model):
         backtest(hedge, np.ones((10, 3)))
     with pytest.raises(ValueError, match=r"path 0, date 1 has 100\.5"):
         backtest(hedge, np.array([[100.0, 100.5, 100.0, 100.0]] * 3))
+
+
+class TestBacktestResult(ResultProtocol):
+    result_type = BacktestResult
+
+    @pytest.fixture(scope="class")
+    def result(self, model):
+        return backtest(delta_hedge(model, PAYOFFS[0]), model.sample(200, rng=1))

@@ -14,8 +14,10 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot.bounds import bounds
 from deepquant.mmot.lp import lp_bounds
 from deepquant.mmot.pathlp import path_lp_bounds
+from deepquant.mmot.result import BoundsResult
 from deepquant.payoffs import make_payoff
 from tests.conftest import martingale_kernel_marginals, random_walk_marginals
+from tests.result_protocol import ResultProtocol
 
 DATA = json.loads((Path(__file__).parent / "data" / "random_walk_bounds.json").read_text())
 RW_CASES = [pytest.param(c, id=c["payoff"]) for c in DATA["cases"]]
@@ -186,3 +188,23 @@ def test_random_marginals_solve_and_contain_a_model_price(seed, n_dates, size, n
     kernels = _glued_kernels(chain, mg.weights)
     price = expectation(chain, kernels)
     assert res.lower - 1e-9 <= price <= res.upper + 1e-9
+
+
+class TestBoundsResult(ResultProtocol):
+    result_type = BoundsResult
+
+    @pytest.fixture(scope="class")
+    def result(self):
+        return bounds(Marginals(*random_walk_marginals(4)), make_payoff("asian-call",
+                                                                         strike=100.0))
+
+    @pytest.fixture
+    def failure(self):
+        # HiGHS stops at once with a zero time limit: both sides fail (status 1)
+        m = Marginals(*random_walk_marginals(3))
+        return lambda: path_lp_bounds(m, make_payoff("asian-call", strike=100.0),
+                                      highs_options={"time_limit": 0.0})
+
+    def test_seconds_is_the_total_of_the_timings(self, result):
+        assert set(result.timings) == {"lower", "upper", "build"}
+        assert result.seconds == pytest.approx(sum(result.timings.values()), rel=1e-12)

@@ -22,7 +22,10 @@ from deepquant.neural.model import (  # noqa: E402
     build_model,
     count_parameters,
 )
+from deepquant.neural.refit import RefitResult  # noqa: E402
+from deepquant.neural.train import TrainResult  # noqa: E402
 from tests.neural import helpers  # noqa: E402
+from tests.result_protocol import ResultProtocol  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -466,3 +469,27 @@ def test_refit_head_lowers_its_objective_and_changes_only_the_v_head(tiny_data, 
                                   "kl", "--iterations", "5", "--threads", "1", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["metric"] == "kl"
+
+
+class TestTrainResult(ResultProtocol):
+    result_type = TrainResult
+    nit = True
+
+    @pytest.fixture(scope="class")
+    def result(self, tiny_data, tmp_path_factory):
+        from deepquant.neural.train import train
+
+        out = tmp_path_factory.mktemp("protocol") / "run"
+        return train(_tiny_cfg(tiny_data, out, max_steps=4, eval_every=2))
+
+
+class TestRefitResult(ResultProtocol):
+    result_type = RefitResult
+    nit = True
+
+    @pytest.fixture(scope="class")
+    def result(self, tiny_data, tiny_checkpoint, tmp_path_factory):
+        from deepquant.neural.refit import refit_head
+
+        out = tmp_path_factory.mktemp("protocol") / "refit"
+        return refit_head(tiny_checkpoint, tiny_data, out, iterations=3, threads=1)

@@ -16,8 +16,14 @@ from deepquant.cli import main  # noqa: E402
 from deepquant.market.synthetic import gbm_marginals  # noqa: E402
 from deepquant.mmot.model import CalibratedModel  # noqa: E402
 from deepquant.neural.pricer import NeuralPricer  # noqa: E402
-from deepquant.neural.sweep import bumped_scenarios, sweep, term_structure_marginals  # noqa: E402
+from deepquant.neural.sweep import (  # noqa: E402
+    SweepResult,
+    bumped_scenarios,
+    sweep,
+    term_structure_marginals,
+)
 from deepquant.payoffs import AsianCall, LookbackCall  # noqa: E402
+from tests.result_protocol import ResultProtocol  # noqa: E402
 
 TIMES = [0.0, 0.1, 0.2, 0.35]
 REPO = Path(__file__).resolve().parents[2]
@@ -171,3 +177,18 @@ def test_device_option():
         r = CliRunner().invoke(main, ["train", "--config", str(REPO / "configs" / "tiny.yaml"),
                                       "--device", "cuda", "--max-steps", "1"])
         assert r.exit_code == 2 and "CUDA is not available" in r.output, r.output
+
+
+class TestSweepResult(ResultProtocol):
+    result_type = SweepResult
+
+    @pytest.fixture(scope="class")
+    def result(self, pricer):
+        return sweep(bumped_scenarios(TIMES[:3], 0.2, pricer.grid, [0.0]), AsianCall(strike=1.0),
+                     pricer=pricer)
+
+    @pytest.fixture
+    def failure(self, pricer):
+        # a tolerance below rounding: every classical solve stops at its iteration limit
+        return lambda: sweep(bumped_scenarios(TIMES[:3], 0.2, pricer.grid, [0.0]),
+                             AsianCall(strike=1.0), pricer=pricer, tol=1e-30)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from deepquant.rough import (
+    AndersenBroadieResult,
     BermudanPricer,
+    BermudanResult,
+    EnsembleResult,
     ExerciseBasis,
     MartingaleBasis,
     RoughBergomi,
@@ -18,6 +22,7 @@ from deepquant.rough import (
     ensemble,
     price_bermudan,
 )
+from tests.result_protocol import ResultProtocol
 
 # Black-Scholes limit: one step per exercise period (log-Euler is exact for constant vol) and no
 # signature terms (the variance channel is constant).
@@ -242,3 +247,49 @@ def test_bad_strike_and_option():
         price_bermudan(m, 100.0, option="straddle")
     with pytest.raises(ValueError, match="model must be"):
         BS_PRICER("not a model", 100.0)
+
+
+# ---------------------------------------------------------------- result protocol
+TINY_PRICER = BermudanPricer(n_dates=4, steps_per_date=1, exercise_basis=ExerciseBasis(
+    sig_level=0), martingale_basis=MartingaleBasis(sig_level=0), n_regression=2**10,
+    batch_size=2**9, min_batches=2, max_batches=2, dual_fit="regression")
+
+
+class TestBermudanResult(ResultProtocol):
+    result_type = BermudanResult
+    nit = True
+
+    @pytest.fixture(scope="class")
+    def result(self, bs_result):
+        return bs_result
+
+    @pytest.fixture
+    def failure(self):
+        # a precision target that two batches of 512 paths cannot reach
+        pricer = replace(TINY_PRICER, tol=1e-9)
+        return lambda: pricer(RoughBergomi.black_scholes(sigma=0.2), 100.0, rng=1)
+
+
+class TestEnsembleResult(ResultProtocol):
+    result_type = EnsembleResult
+
+    @pytest.fixture(scope="class")
+    def result(self):
+        return ensemble(RoughBergomi.black_scholes(sigma=0.2), 100.0, runs=2,
+                        pricer=TINY_PRICER, rng=1, backend="serial")
+
+    @pytest.fixture
+    def failure(self):
+        pricer = replace(TINY_PRICER, tol=1e-9)
+        return lambda: ensemble(RoughBergomi.black_scholes(sigma=0.2), 100.0, runs=2,
+                                pricer=pricer, rng=1, backend="serial")
+
+
+class TestAndersenBroadieResult(ResultProtocol):
+    result_type = AndersenBroadieResult
+
+    @pytest.fixture(scope="class")
+    def result(self):
+        m = RoughBergomi.black_scholes(sigma=0.2)
+        policy, _ = TINY_PRICER.fit(m, 100.0, rng=5)
+        return andersen_broadie(TINY_PRICER, m, 100.0, policy, n_outer=16, n_inner=8, rng=6)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from deepquant.payoffs import AsianCall, EuropeanCall, EuropeanPut
+from deepquant.results import ConvergenceWarning
 from deepquant.rough import (
     BermudanPricer,
     BermudanResult,
+    ConvergedResult,
     RoughBergomi,
     preset_pricer,
     price_american,
@@ -19,6 +21,7 @@ from deepquant.rough import (
     richardson,
 )
 from deepquant.rough.engine import exercise_payoff
+from tests.result_protocol import ResultProtocol
 
 
 # ---------------------------------------------------------------- richardson (closed forms)
@@ -91,7 +94,8 @@ def test_engine_takes_a_library_payoff():
 def test_unreached_tolerance_is_reported():
     pricer = preset_pricer("bs", n_dates=4, n_regression=2**11, batch_size=2**10,
                            min_batches=2, max_batches=2, dual_fit="regression", tol=1e-9)
-    res = pricer(RoughBergomi.black_scholes(sigma=0.2), 100.0, rng=1)
+    with pytest.warns(ConvergenceWarning, match="tol=1e-09 was not reached"):
+        res = pricer(RoughBergomi.black_scholes(sigma=0.2), 100.0, rng=1)
     assert not res.success and res.status == "max_batches"
     assert "tol=1e-09 was not reached" in res.message
 
@@ -118,8 +122,9 @@ def test_price_converged_is_the_richardson_limit_of_its_runs():
 
 def test_precision_target_refines_the_grid_then_says_why_not():
     pricer = BermudanPricer(**SMALL_RB)
-    res = price_converged(RoughBergomi(), 100.0, pricer=pricer, steps=(1, 2), tol=1e-6,
-                          max_steps_per_date=4, rng=3)
+    with pytest.warns(ConvergenceWarning, match="discretisation error estimate"):
+        res = price_converged(RoughBergomi(), 100.0, pricer=pricer, steps=(1, 2), tol=1e-6,
+                              max_steps_per_date=4, rng=3)
     assert len(res.runs) == 3                      # one refinement (4 steps), then the cap
     assert not res.success and res.status == "tol_not_met"
     assert "discretisation error estimate" in res.message and "max_steps_per_date=4" in (
@@ -164,3 +169,18 @@ def test_simulation_grid_is_unchanged_by_a_torch_device():
         m.simulate(2**4, n_steps=4, rng=1, device="cpu", dtype="float16")
     with pytest.raises(ValueError, match="device must be"):
         m.simulate(2**4, n_steps=4, rng=1, device="no-such-device")
+
+
+class TestConvergedResult(ResultProtocol):
+    result_type = ConvergedResult
+
+    @pytest.fixture(scope="class")
+    def result(self):
+        return price_converged(RoughBergomi(), 100.0, pricer=BermudanPricer(**SMALL_RB),
+                               steps=(1, 2), rate=0.5, rng=3)
+
+    @pytest.fixture
+    def failure(self):
+        # a 1e-6 relative target: the duality gap of these small runs is far above it
+        return lambda: price_converged(RoughBergomi(), 100.0, pricer=BermudanPricer(**SMALL_RB),
+                                       steps=(1, 2), tol=1e-6, max_steps_per_date=2, rng=3)

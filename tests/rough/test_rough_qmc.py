@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from deepquant.rough.qmc import (
+    AdaptiveResult,
     BrownianBridge,
     adaptive_mean,
     as_seed_sequence,
@@ -17,6 +18,7 @@ from deepquant.rough.qmc import (
     t_interval,
 )
 from deepquant.rough.rbergomi import RoughBergomi
+from tests.result_protocol import ResultProtocol
 
 
 def test_gaussian_points_errors():
@@ -121,3 +123,20 @@ def test_adaptive_mean_batches_get_independent_seeds():
     adaptive_mean(lambda b, s: (seen.append(s.generate_state(1)[0]), 0.0)[1], 5,
                   min_batches=3, max_batches=3)
     assert len(set(seen)) == 3
+
+
+class TestAdaptiveResult(ResultProtocol):
+    result_type = AdaptiveResult
+    nit = True
+
+    @pytest.fixture(scope="class")
+    def result(self):
+        noise = np.random.default_rng(0).standard_normal(8)
+        return adaptive_mean(lambda b, s: np.array([noise[b]]), 1, min_batches=2,
+                             max_batches=8)
+
+    @pytest.fixture
+    def failure(self):
+        # alternating +-1 never reaches a 95% half-width of 1e-12 in 4 batches
+        return lambda: adaptive_mean(lambda b, s: np.array([(-1.0) ** b]), 1, min_batches=2,
+                                     max_batches=4, tol=1e-12)

@@ -89,7 +89,14 @@ def calibrate_command(chain: tuple[Path, ...], expiries: str, grid_size: int, ou
     """
     import warnings
 
-    from deepquant.cli.output import check_writable, console, fail, print_json, table
+    from deepquant.cli.output import (
+        check_writable,
+        console,
+        fail,
+        print_json,
+        reported_failures,
+        table,
+    )
     from deepquant.market.calibrate import CalibrationWarning, calibrate_chain
     from deepquant.plots import calibration_figures
 
@@ -100,7 +107,7 @@ def calibrate_command(chain: tuple[Path, ...], expiries: str, grid_size: int, ou
     if figures is not None:
         check_writable(figures, "--figures", folder=True)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), reported_failures():
             warnings.simplefilter("ignore", CalibrationWarning)  # reported from quote_checks
             res = calibrate_chain(chain[0] if len(chain) == 1 else list(chain), specs, grid_size=grid_size,
                                   fit_range=_parse_range(fit_range), reg=reg, window=window,
@@ -112,7 +119,7 @@ def calibrate_command(chain: tuple[Path, ...], expiries: str, grid_size: int, ou
     if figures is not None:
         written += [str(p) for p in calibration_figures(res, figures)]
     if as_json:
-        summary = res.summary()
+        summary = res.to_dict()
         summary["written"] = written
         print_json(summary)
         return

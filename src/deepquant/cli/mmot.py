@@ -26,11 +26,16 @@ COMMANDS: list[click.Command] = []
 def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period, plot_path,
                   as_json):
     """Entropic martingale transport of MARGINALS.npz (c = 0): the calibrated Markov chain."""
-    import warnings
-
-    from deepquant.cli.output import check_writable, console, fail, print_json, table
+    from deepquant.cli.output import (
+        check_writable,
+        console,
+        fail,
+        print_json,
+        reported_failures,
+        table,
+    )
     from deepquant.market.marginals import Marginals
-    from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
+    from deepquant.mmot.entropic import solve_entropic
 
     check_writable(plot_path, "--plot")
     try:
@@ -41,8 +46,7 @@ def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period
         fail(f"{marginals_path!r} holds a single date; solve needs at least two")
     if period is not None and not -marginals.n_periods <= period < marginals.n_periods:
         fail(f"--period {period} out of range for {marginals.n_periods} period(s)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # reported through success/message
+    with reported_failures():
         try:
             res = solve_entropic(marginals, eps, reference=reference, tol=tol,
                                  max_iter=max_iter, threads=threads)
@@ -282,7 +286,14 @@ def _payoff_names():
 def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method, rtol,
                    max_seconds, eps, martingale_tol, sum_grid_size, as_json):
     """Model-free lower and upper bounds of a payoff over martingales with MARGINALS.npz."""
-    from deepquant.cli.output import console, err_console, fail, print_json, table
+    from deepquant.cli.output import (
+        console,
+        err_console,
+        fail,
+        print_json,
+        reported_failures,
+        table,
+    )
     from deepquant.market.marginals import Marginals
     from deepquant.mmot.bounds import bounds
     from deepquant.payoffs import make_payoff, payoff_params, required_params
@@ -315,10 +326,12 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
         if not as_json and err_console.is_terminal and "progress" not in options:
             # the LP and the entropic method report no iterations: a spinner while they run
             with err_console.status(f"deepquant bounds: {method} on {marginals.size} points "
-                                    f"x {marginals.n_dates} dates", spinner="dots"):
+                                    f"x {marginals.n_dates} dates", spinner="dots"), \
+                    reported_failures():
                 res = bounds(marginals, payoff, method, eps=eps, **options)
         else:
-            res = bounds(marginals, payoff, method, eps=eps, **options)
+            with reported_failures():
+                res = bounds(marginals, payoff, method, eps=eps, **options)
     except ValueError as exc:
         fail(str(exc))
     out = res.to_dict()
@@ -328,8 +341,8 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
     else:
         rows = [("lower", res.lower), ("upper", res.upper), ("status", res.status),
                 *([("message", res.message)] if not res.success else []),
-                ("method", res.method), ("seconds lower", res.seconds.get("lower")),
-                ("seconds upper", res.seconds.get("upper"))]
+                ("method", res.method), ("seconds lower", res.timings.get("lower")),
+                ("seconds upper", res.timings.get("upper"))]
         if res.sizes:
             rows += [(f"{'LP' if res.method == 'lp' else 'chain'} {k}", v)
                      for k, v in res.sizes.items()]

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import click
 
-from deepquant.cli.output import console, err_console, fail, print_json, progress, table
+from deepquant.cli.output import (
+    console,
+    err_console,
+    fail,
+    print_json,
+    progress,
+    reported_failures,
+    table,
+)
 
 
 @click.command("generate")
@@ -162,10 +170,9 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
                               note=f"deepquant train --config {config_path}")
     except ValueError as exc:
         fail(str(exc))
-    summary = {"step": res.step, "best_val_loss": res.best_val_loss, "best_step": res.best_step,
-               "stopped": res.stopped, "seconds": res.seconds, "n_params": res.n_params,
-               "seed_n_params": SEED_PARAMETER_COUNT, "n_train": res.n_train,
-               "n_val": res.n_val, "out_dir": res.out_dir}
+    summary = res.to_dict()
+    summary.pop("history")
+    summary["seed_n_params"] = SEED_PARAMETER_COUNT
     if as_json:
         print_json(summary)
     else:
@@ -191,14 +198,12 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
 def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterations, ridge, seed,
                    max_instances, threads, as_json):
     """Refit the network's v-head under the projected model's error metric (Gauss-Newton)."""
-    from dataclasses import asdict
-
     from deepquant.neural.pricer import default_checkpoint
     from deepquant.neural.refit import refit_head
 
     checkpoint = checkpoint or default_checkpoint()
     try:
-        with progress(disable=as_json) as bar:
+        with progress(disable=as_json) as bar, reported_failures():
             tasks: dict[str, int] = {}
 
             def cb(stage, done, total):
@@ -214,10 +219,10 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
                              f"{iterations} --ridge {ridge} --seed {seed}")
     except ValueError as exc:
         fail(str(exc))
-    summary = asdict(res)
-    summary.pop("history")
+    full = res.to_dict()
+    summary = {k: v for k, v in full.items() if k != "history"}
     if as_json:
-        print_json(asdict(res))
+        print_json(full)
     else:
         console.print(table("refit-head", ["key", "value"], summary.items()))
 
@@ -324,7 +329,8 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
         rng = np.random.default_rng(seed)
         scen = bumped_scenarios(times, base, pricer.grid,
                                 rng.uniform(-bump, bump, (num, periods)))
-        res = sweep(scen, payoff, pricer=pricer, classical=classical)
+        with reported_failures():
+            res = sweep(scen, payoff, pricer=pricer, classical=classical)
     except ValueError as exc:
         fail(str(exc))
     summary = res.summary()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -20,7 +22,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["check_writable", "console", "err_console", "print_json", "table", "progress", "fail"]
+__all__ = ["check_writable", "console", "err_console", "print_json", "table", "progress", "fail",
+           "reported_failures"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,6 +35,17 @@ def print_json(obj: Any) -> None:
     from deepquant.atomic import to_jsonable
 
     sys.stdout.write(json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def reported_failures() -> Iterator[None]:
+    """Silence ``ConvergenceWarning`` inside: the command reports ``success``, ``status`` and
+    ``message`` of the result itself (in the table or the JSON), not as a Python warning."""
+    from deepquant.results import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:

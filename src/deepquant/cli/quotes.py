@@ -124,7 +124,7 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
                 ("  with no ask (bid only)", out["no_ask"]),
                 ("quotes left out", out["dropped_quotes"]),
                 ("bands widened by", out["band_widening"]),
-                ("seconds lower", res.seconds["lower"]), ("seconds upper", res.seconds["upper"])]
+                ("seconds lower", res.timings["lower"]), ("seconds upper", res.timings["upper"])]
         if method == "certified":
             for name in ("lower", "upper"):
                 side = getattr(res, f"{name}_side")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from deepquant.cli.output import console, err_console, print_json, progress, table
+from deepquant.cli.output import (
+    console,
+    err_console,
+    print_json,
+    progress,
+    reported_failures,
+    table,
+)
 
 __all__ = ["american", "COMMANDS"]
 
@@ -227,76 +234,78 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
                                                                           "rough Bergomi")
     title = f"{option} K={strike:g}, {n_dates} dates, T={T:g}, {name}"
     try:
-        if plan["american"] or plan["grids"] > 1:
-            from threadpoolctl import threadpool_limits
+        with reported_failures():  # success and message are in the output
+            if plan["american"] or plan["grids"] > 1:
+                from threadpoolctl import threadpool_limits
 
-            spd = pricer.steps_per_date
-            with progress(disable=as_json) as bar, threadpool_limits(1):
-                task = bar.add_task("runs", total=None)
-                done = [0]
+                spd = pricer.steps_per_date
+                with progress(disable=as_json) as bar, threadpool_limits(1):
+                    task = bar.add_task("runs", total=None)
+                    done = [0]
 
-                def tick(_):
-                    done[0] += 1
-                    bar.update(task, completed=done[0])
+                    def tick(_):
+                        done[0] += 1
+                        bar.update(task, completed=done[0])
 
-                if plan["american"]:
-                    res = price_american(m, strike, option=option, pricer=pricer,
-                                         dates=(n_dates, 2 * n_dates, 4 * n_dates),
-                                         total_steps=n_dates * spd,
-                                         coarse_total_steps=None if plan["bs"] else
-                                         n_dates * spd // 2, rate=plan["rate"],
-                                         tol=plan["tol"], rng=seed, callback=tick)
-                else:
-                    steps = [spd // 2**k for k in range(plan["grids"] - 1, -1, -1)]
-                    res = price_converged(m, strike, option=option, pricer=pricer, steps=steps,
-                                          rate=plan["rate"], tol=plan["tol"],
-                                          max_steps_per_date=max(32, spd), rng=seed,
-                                          callback=tick)
-            out = res.to_dict()
-            rows = [(f"{r.n_dates} dates, {r.model.split(' on ')[-1].split(' (')[0]}",
-                     r.lower, r.upper, *r.lower_ci[:1], r.upper_ci[1]) for r in res.runs]
-            rows += [("extrapolated", res.lower, res.upper, "", ""),
-                     ("price (midpoint)", res.value, "", "", ""),
-                     ("discretisation error", res.discretisation_error, "", "", ""),
-                     ("total error", res.error, "", "", "")]
-            columns = ["run", "lower", "upper", "95% CI low", "95% CI high"]
-            note = (f"estimates {res.model}. {res.message}. Total error = discretisation + "
-                    f"2 stderr + gap/2 = {res.error:.4g} ({100 * res.relative_error:.2f}%), "
-                    f"{res.seconds:.1f} s")
-        elif runs == 1:
-            from threadpoolctl import threadpool_limits
+                    if plan["american"]:
+                        res = price_american(m, strike, option=option, pricer=pricer,
+                                             dates=(n_dates, 2 * n_dates, 4 * n_dates),
+                                             total_steps=n_dates * spd,
+                                             coarse_total_steps=None if plan["bs"] else
+                                             n_dates * spd // 2, rate=plan["rate"],
+                                             tol=plan["tol"], rng=seed, callback=tick)
+                    else:
+                        steps = [spd // 2**k for k in range(plan["grids"] - 1, -1, -1)]
+                        res = price_converged(m, strike, option=option, pricer=pricer, steps=steps,
+                                              rate=plan["rate"], tol=plan["tol"],
+                                              max_steps_per_date=max(32, spd), rng=seed,
+                                              callback=tick)
+                out = res.to_dict()
+                rows = [(f"{r.n_dates} dates, {r.model.split(' on ')[-1].split(' (')[0]}",
+                         r.lower, r.upper, *r.lower_ci[:1], r.upper_ci[1]) for r in res.runs]
+                rows += [("extrapolated", res.lower, res.upper, "", ""),
+                         ("price (midpoint)", res.value, "", "", ""),
+                         ("discretisation error", res.discretisation_error, "", "", ""),
+                         ("total error", res.error, "", "", "")]
+                columns = ["run", "lower", "upper", "95% CI low", "95% CI high"]
+                note = (f"estimates {res.model}. {res.message}. Total error = discretisation + "
+                        f"2 stderr + gap/2 = {res.error:.4g} ({100 * res.relative_error:.2f}%), "
+                        f"{res.seconds:.1f} s")
+            elif runs == 1:
+                from threadpoolctl import threadpool_limits
 
-            # one BLAS thread: small dense least squares are slower with 2 (DESIGN §7)
-            with progress(disable=as_json) as bar, threadpool_limits(1):
-                task = bar.add_task("pricing batches", total=max_batches)
-                res = pricer(m, strike, option=option, rng=seed,
-                             callback=lambda b, h: bar.update(task, completed=b))
-                bar.update(task, total=res.n_batches, completed=res.n_batches)
-            out = res.to_dict()
-            # one run: [low end of the lower CI, high end of the upper CI] holds the price
-            # with >= 90% confidence (two one-sided 97.5% statements)
-            out["price_ci"] = [res.lower_ci[0], res.upper_ci[1]]
-            rows = [("lower", res.lower, res.lower_stderr, *res.lower_ci),
-                    ("upper", res.upper, res.upper_stderr, *res.upper_ci),
-                    ("midpoint", res.value, "", "", ""),
-                    ("price interval", "", "", *out["price_ci"])]
-            columns = ["bound", "estimate", "stderr", "95% CI low", "95% CI high"]
-            note = (f"{res.n_paths} pricing paths in {res.n_batches} batches ({res.stop_reason}),"
-                    f" {res.n_regression} regression paths, gap {res.gap:.4g} "
-                    f"({100 * res.relative_gap:.2f}%), {res.seconds:.1f} s; brackets "
-                    f"{res.model} (no discretisation error estimate: --grids 1)")
-        else:
-            with progress(disable=as_json) as bar:
-                task = bar.add_task("ensemble runs", total=runs)
-                ens = ensemble(m, strike, runs=runs, option=option, pricer=pricer, rng=seed,
-                               backend=backend, n_workers=workers, resume=resume,
-                               progress=lambda done, _: bar.update(task, completed=done))
-            out = ens.to_dict()
-            rows = [("lower", ens.lower, "", *ens.lower_ci),
-                    ("upper", ens.upper, "", *ens.upper_ci),
-                    ("midpoint", ens.midpoint, "", *ens.midpoint_ci)]
-            columns = ["bound", "estimate", "stderr", "95% CI low", "95% CI high"]
-            note = f"{runs} independent runs, {ens.seconds:.1f} s"
+                # one BLAS thread: small dense least squares are slower with 2 (DESIGN §7)
+                with progress(disable=as_json) as bar, threadpool_limits(1):
+                    task = bar.add_task("pricing batches", total=max_batches)
+                    res = pricer(m, strike, option=option, rng=seed,
+                                 callback=lambda b, h: bar.update(task, completed=b))
+                    bar.update(task, total=res.n_batches, completed=res.n_batches)
+                out = res.to_dict()
+                # one run: [low end of the lower CI, high end of the upper CI] holds the price
+                # with >= 90% confidence (two one-sided 97.5% statements)
+                out["price_ci"] = [res.lower_ci[0], res.upper_ci[1]]
+                rows = [("lower", res.lower, res.lower_stderr, *res.lower_ci),
+                        ("upper", res.upper, res.upper_stderr, *res.upper_ci),
+                        ("midpoint", res.value, "", "", ""),
+                        ("price interval", "", "", *out["price_ci"])]
+                columns = ["bound", "estimate", "stderr", "95% CI low", "95% CI high"]
+                note = (f"{res.n_paths} pricing paths in {res.n_batches} batches "
+                        f"({res.stop_reason}), {res.n_regression} regression paths, gap "
+                        f"{res.gap:.4g} ({100 * res.relative_gap:.2f}%), {res.seconds:.1f} s; "
+                        f"brackets {res.model} (no discretisation error estimate: --grids 1)"
+                        + ("" if res.success else f"; {res.message}"))
+            else:
+                with progress(disable=as_json) as bar:
+                    task = bar.add_task("ensemble runs", total=runs)
+                    ens = ensemble(m, strike, runs=runs, option=option, pricer=pricer, rng=seed,
+                                   backend=backend, n_workers=workers, resume=resume,
+                                   progress=lambda done, _: bar.update(task, completed=done))
+                out = ens.to_dict()
+                rows = [("lower", ens.lower, "", *ens.lower_ci),
+                        ("upper", ens.upper, "", *ens.upper_ci),
+                        ("midpoint", ens.midpoint, "", *ens.midpoint_ci)]
+                columns = ["bound", "estimate", "stderr", "95% CI low", "95% CI high"]
+                note = f"{ens.message}, {ens.seconds:.1f} s"
     except (ValueError, RuntimeError) as exc:
         raise click.UsageError(str(exc)) from exc
 

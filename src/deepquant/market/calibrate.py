@@ -59,6 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from deepquant.atomic import to_jsonable
 from deepquant.market.grid import clean_rows, interp_matrix, make_grid, second_difference
 from deepquant.market.marginals import Marginals
 from deepquant.market.parity import (
@@ -95,7 +96,8 @@ DEFAULT_EXPIRIES = ("30d", "60d", "90d", "120d", "150d")
 
 
 class CalibrationWarning(UserWarning):
-    """The solver did not report an optimal solution, or the quotes hold calendar arbitrage."""
+    """The quotes hold calendar arbitrage or put-call parity outliers. (A solver that does not
+    report an optimal solution is a ``deepquant.results.ConvergenceWarning``.)"""
 
 
 # ----------------------------------------------------------------------------- data classes
@@ -176,8 +178,11 @@ class CalibrationResult:
     band_penalty, smoothness : float
         The two parts of the objective (violations in half-spreads; lam times roughness).
     success : bool
+        The solver reported an optimal solution (otherwise a ``ConvergenceWarning`` was
+        issued).
     status : str
-        Solver status.
+        The solver's status as cvxpy reports it (``"optimal"``, ``"optimal_inaccurate"``,
+        ``"infeasible"``, ...).
     message : str
     solver : str
     nit : int
@@ -197,6 +202,9 @@ class CalibrationResult:
     quote_checks : tuple of str
         Problems found in the quotes before the fit (``calibrate_chain``): calendar arbitrage
         between expiries, put-call parity outliers (``deepquant.market.parity``).
+    seconds : float
+        ``total_time`` (the result protocol, ``deepquant.results``); ``timings`` holds
+        ``{"solve": solve_time}``.
     """
 
     marginals: Marginals
@@ -235,10 +243,25 @@ class CalibrationResult:
     def max_violation(self) -> float:
         return max(r.max_violation for r in self.slices)
 
+    @property
+    def seconds(self) -> float:
+        """Total wall seconds (``total_time``)."""
+        return self.total_time
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per phase: ``{"solve": solve_time}``."""
+        return {"solve": self.solve_time}
+
     def summary(self) -> dict:
-        """Plain dict for JSON output."""
-        return dict(
+        """Same as ``to_dict``."""
+        return self.to_dict()
+
+    def to_dict(self) -> dict:
+        """JSON-safe summary (the marginals' grid range and per-slice reports, no weights)."""
+        return to_jsonable(dict(
             chain=self.chain_path, success=self.success, status=self.status,
+            message=self.message, seconds=self.seconds, timings=self.timings,
             solver=self.solver, nit=self.nit, primal_residual=self.primal_residual,
             value=self.value, band_penalty=self.band_penalty,
             smoothness=self.smoothness, solve_time=self.solve_time, total_time=self.total_time,
@@ -256,7 +279,7 @@ class CalibrationResult:
                          outlier_strikes=q.parity.outlier_strikes.tolist(),
                          quote_spread=q.quote_spread)
                     for q in self.quotes if q.parity is not None],
-        )
+        ))
 
 
 def confidence_halfwidth(spread: float, n_quotes: int, alpha: float = 0.05) -> float:
@@ -418,7 +441,10 @@ def calibrate(
     if w.value is None:
         raise RuntimeError(f"calibration: solver {solver} returned no solution (status {status})")
     if not success:
-        warnings.warn(f"calibration: solver status {status}", CalibrationWarning, stacklevel=2)
+        from deepquant.results import ConvergenceWarning
+
+        warnings.warn(f"calibration: solver {solver} status {status} after {nit} iterations",
+                      ConvergenceWarning, stacklevel=2)
     raw_c = call.value.reshape(n_s, m)
     raw_w = (amat @ call.value + bvec).reshape(n_s, m)
     # largest violation of the hard constraints by the solver's own point (before cleaning)

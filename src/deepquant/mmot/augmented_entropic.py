@@ -70,6 +70,7 @@ from scipy import optimize, sparse
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain, build_chain
 from deepquant.payoffs import Payoff
+from deepquant.results import ConvergenceWarning
 
 __all__ = [
     "ChainSolution",
@@ -77,12 +78,6 @@ __all__ = [
     "entropic_bounds",
     "ConvergenceWarning",
 ]
-
-try:  # the engine's warning class when it exists (engineer D's solver)
-    from deepquant.mmot.entropic import ConvergenceWarning  # type: ignore[attr-defined]
-except Exception:  # noqa: BLE001 - fall back to our own
-    class ConvergenceWarning(UserWarning):  # type: ignore[no-redef]
-        """An entropic solve stopped before reaching its tolerance."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -653,7 +648,7 @@ def entropic_bounds(
     msg = "; ".join(f"{n}: {s[1].message}" for n, s in sides.items())
     return BoundsResult(
         lower=lo_sol.value, upper=up_sol.value, method="entropic",
-        status="optimal" if ok else "not converged", success=ok, message=msg,
+        status="converged" if ok else "not_converged", success=ok, message=msg,
         seconds=dict(lower=lo_sol.seconds, upper=up_sol.seconds, build=build_s),
         sizes=dict(states=int(sum(len(chain.pairs(t)) for t in range(chain.last_date + 1))),
                    variables=int(sum(np.count_nonzero(marginals.weights[t] > 0)

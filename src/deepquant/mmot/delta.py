@@ -35,11 +35,13 @@ states that bound without proof, so it is printed as a scale, not checked as a g
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from deepquant.payoffs import Payoff
+from deepquant.results import result_dict
 
 __all__ = ["DeltaHedge", "BacktestResult", "delta_hedge", "backtest"]
 
@@ -230,6 +232,9 @@ class BacktestResult:
         L_Delta sqrt(dt) log(1/dt) (seed eq. 8.3 with C = 1; a scale, not a guarantee).
     method : str
     n_paths : int
+    success, status, message, seconds
+        The result protocol (``deepquant.results``): a backtest has no stopping criterion, so
+        ``success`` is True and ``status`` is ``"done"``; ``seconds`` is the wall time.
     """
 
     errors: np.ndarray
@@ -245,13 +250,18 @@ class BacktestResult:
     seed_bound: float = float("nan")
     method: str = "mv"
     n_paths: int = 0
+    success: bool = True
+    status: str = "done"
+    message: str = ""
+    seconds: float = float("nan")
+
+    def to_dict(self) -> dict:
+        """JSON-safe scalars (the per-path ``errors`` left out)."""
+        return result_dict(self, skip=("errors",))
 
     def summary(self) -> dict:
-        """Scalars for printing / JSON."""
-        return dict(mean=self.mean, std=self.std, rmse=self.rmse, stderr=self.stderr,
-                    quantiles=dict(self.quantiles), unhedged_std=self.unhedged_std,
-                    price=self.price, l_delta=self.l_delta, dt=self.dt,
-                    seed_bound=self.seed_bound, method=self.method, n_paths=self.n_paths)
+        """Same as ``to_dict``."""
+        return self.to_dict()
 
 
 def backtest(hedge: DeltaHedge, paths: np.ndarray) -> BacktestResult:
@@ -267,6 +277,7 @@ def backtest(hedge: DeltaHedge, paths: np.ndarray) -> BacktestResult:
     -------
     BacktestResult
     """
+    t0 = time.perf_counter()
     paths = np.asarray(paths, dtype=float)
     n_dates = hedge.kernels.shape[0] + 1
     if paths.ndim != 2 or paths.shape[1] != n_dates or paths.shape[0] < 2:
@@ -293,9 +304,12 @@ def backtest(hedge: DeltaHedge, paths: np.ndarray) -> BacktestResult:
     dt = float(np.mean(np.diff(times))) if T > 0 else float("nan")
     l_delta = hedge.delta_lipschitz()
     bound = l_delta * np.sqrt(dt) * np.log(1.0 / dt) if 0 < dt < 1 else float("nan")
+    rmse = float(np.sqrt(np.mean(err**2)))
     return BacktestResult(
-        errors=err, mean=float(err.mean()), std=float(err.std(ddof=1)),
-        rmse=float(np.sqrt(np.mean(err**2))), stderr=float(err.std(ddof=1) / np.sqrt(n)),
+        errors=err, mean=float(err.mean()), std=float(err.std(ddof=1)), rmse=rmse,
+        stderr=float(err.std(ddof=1) / np.sqrt(n)),
         quantiles={f"{q:g}": float(np.quantile(err, q)) for q in qs},
         unhedged_std=float((v0 - f).std(ddof=1)), price=hedge.price, l_delta=l_delta, dt=dt,
-        seed_bound=float(bound), method=hedge.method, n_paths=n)
+        seed_bound=float(bound), method=hedge.method, n_paths=n,
+        message=f"{n} paths, tracking error rmse {rmse:.3g}",
+        seconds=time.perf_counter() - t0)

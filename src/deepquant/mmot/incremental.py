@@ -20,13 +20,8 @@ from typing import Any
 import numpy as np
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.entropic import (
-    ConvergenceWarning,
-    EntropicResult,
-    measure,
-    pairwise_cost,
-    solve_entropic,
-)
+from deepquant.mmot.entropic import EntropicResult, measure, pairwise_cost, solve_entropic
+from deepquant.results import ConvergenceWarning
 
 __all__ = ["insert_date", "update_date", "append_date"]
 

@@ -23,6 +23,7 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, check_convex_order
 from deepquant.mmot.result import BoundSide, BoundsResult
 from deepquant.payoffs import Payoff
+from deepquant.results import warn_failure
 
 __all__ = ["path_lp_bounds", "FILTRATIONS"]
 
@@ -126,9 +127,11 @@ def path_lp_bounds(
     info: dict = dict(n_paths=n_paths, filtration=filtration)
     if return_plan:
         info.update(paths=paths, plans=plans)
-    return BoundsResult(
+    out = BoundsResult(
         lower=lo.value, upper=up.value, method="path-lp", status="optimal" if ok else "failed",
         success=ok, message=msg, seconds=dict(lower=lo.seconds, upper=up.seconds, build=build),
         sizes=dict(rows=int(a_eq.shape[0]), cols=int(a_eq.shape[1]), nnz=int(a_eq.nnz)),
         lower_side=lo, upper_side=up, exact=True, structure="paths", info=info,
     )
+    warn_failure(out, "path LP")
+    return out

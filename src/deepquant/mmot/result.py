@@ -1,11 +1,15 @@
-"""Result objects of the MMOT bounds (``deepquant.mmot.bounds``)."""
+"""Result objects of the MMOT bounds (``deepquant.mmot.bounds``); ``BoundsResult`` follows the
+package's result protocol (``deepquant.results``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from deepquant.results import result_dict, total_seconds
 
 __all__ = ["Duals", "BoundSide", "BoundsResult"]
 
@@ -95,8 +99,9 @@ class BoundsResult:
         failure.
     success : bool
     message : str
-    seconds : dict
-        Wall seconds per side, keys ``"lower"``, ``"upper"`` (and ``"build"`` for the LP).
+    seconds : float
+        Total wall seconds: the sum of ``timings``. (A dict passed here, the older form, is
+        taken as ``timings``.)
     sizes : dict
         LP sizes: ``rows``, ``cols``, ``nnz`` (summed over sub-problems of a decomposed payoff).
     lower_side, upper_side : BoundSide or None
@@ -111,6 +116,8 @@ class BoundsResult:
         ``"pairwise"`` (independent one-period LPs), ``"augmented"`` or ``"paths"``.
     info : dict
         Other diagnostics (states per date, pruned points, ...).
+    timings : dict
+        Wall seconds per phase, keys ``"lower"``, ``"upper"`` (and ``"build"`` for the LP).
     """
 
     lower: float
@@ -119,7 +126,7 @@ class BoundsResult:
     status: str
     success: bool
     message: str
-    seconds: dict[str, float]
+    seconds: float
     sizes: dict[str, int] = field(default_factory=dict)
     lower_side: BoundSide | None = field(default=None, repr=False)
     upper_side: BoundSide | None = field(default=None, repr=False)
@@ -128,6 +135,15 @@ class BoundsResult:
     martingale_tol: float = 0.0
     structure: str = ""
     info: dict[str, Any] = field(default_factory=dict, repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seconds, Mapping):   # per-side seconds: the breakdown, summed
+            timings = {str(k): float(v) for k, v in self.seconds.items()}
+            object.__setattr__(self, "timings", {**timings, **self.timings})
+            object.__setattr__(self, "seconds", total_seconds(timings))
+        else:
+            object.__setattr__(self, "seconds", float(self.seconds))
 
     @property
     def width(self) -> float:
@@ -145,21 +161,16 @@ class BoundsResult:
         return _worst(self.lower_side, self.upper_side, "gap")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no arrays)."""
-        out: dict[str, Any] = dict(
-            lower=self.lower, upper=self.upper, method=self.method, status=self.status,
-            success=self.success, message=self.message, seconds=dict(self.seconds),
-            sizes=dict(self.sizes), eps=self.eps, exact=self.exact,
-            martingale_tol=self.martingale_tol, structure=self.structure,
-        )
+        """JSON-safe summary (no arrays, no sides' duals or plans, no ``info``)."""
+        extra: dict[str, Any] = {}
         for name, side in (("lower", self.lower_side), ("upper", self.upper_side)):
             if side is not None:
-                out[f"{name}_primal_residual"] = side.primal_residual
-                out[f"{name}_dual_residual"] = side.dual_residual
-                out[f"{name}_gap"] = side.gap
+                extra[f"{name}_primal_residual"] = side.primal_residual
+                extra[f"{name}_dual_residual"] = side.dual_residual
+                extra[f"{name}_gap"] = side.gap
                 if "inner" in side.info:
-                    out[f"{name}_inner"] = side.info["inner"]
-        return out
+                    extra[f"{name}_inner"] = side.info["inner"]
+        return result_dict(self, skip=("lower_side", "upper_side", "info"), **extra)
 
 
 def _worst(a: BoundSide | None, b: BoundSide | None, name: str) -> float:

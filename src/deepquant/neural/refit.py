@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepquant.results import result_dict, warn_failure
+
 __all__ = ["period_metric", "refit_head", "RefitResult", "METRICS"]
 
 METRICS = ("kl", "call")
@@ -67,10 +69,12 @@ def period_metric(mu: np.ndarray, nu: np.ndarray, v_star: np.ndarray, h_star: np
     return a
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class RefitResult:
     """What ``refit_head`` did. ``objective`` is the weighted metric per period (mean) at the
-    starting head and after each reported CG iteration."""
+    starting head and after each reported CG iteration. The result protocol
+    (``deepquant.results``): ``iterations`` is also ``nit``; ``success`` says the objective did
+    not rise (``status`` "done", else "objective_rose" with a ``ConvergenceWarning``)."""
 
     out_dir: str
     metric: str
@@ -81,6 +85,16 @@ class RefitResult:
     objective_end: float
     seconds: float
     history: list[dict] = field(default_factory=list)
+    success: bool = True
+    status: str = "done"
+    message: str = ""
+
+    @property
+    def nit(self) -> int:
+        return self.iterations
+
+    def to_dict(self) -> dict[str, Any]:
+        return result_dict(self)
 
 
 def _collect(model, records, grid, *, metric, per_instance, rng, batch_size, column_floor,
@@ -247,6 +261,12 @@ def refit_head(checkpoint, data, out_dir, *, metric: str = "call", per_instance:
         "step": meta.get("step"), "best_val_loss": meta.get("best_val_loss"),
         "data_attrs": meta.get("data_attrs", {}), "extra": extra,
         "note": note or meta.get("note", "")})
-    return RefitResult(str(out), metric, n_per, n_inst, history[-1]["iteration"], start, end,
-                       time.perf_counter() - t0, history)
+    ok = bool(np.isfinite(end) and end <= start)
+    res = RefitResult(str(out), metric, n_per, n_inst, history[-1]["iteration"], start, end,
+                      time.perf_counter() - t0, history, success=ok,
+                      status="done" if ok else "objective_rose",
+                      message=f"{history[-1]['iteration']} CG iterations: objective "
+                      f"{start:.4g} -> {end:.4g}")
+    warn_failure(res, "refit_head")
+    return res
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from deepquant.atomic import to_jsonable
 from deepquant.market.marginals import Marginals
+from deepquant.results import total_seconds, warn_failure
 
 __all__ = ["SweepResult", "sweep", "term_structure_marginals", "bumped_scenarios"]
 
@@ -84,9 +86,9 @@ def bumped_scenarios(times: Sequence[float], vols: Sequence[float] | float, grid
     return [term_structure_marginals(t, base * (1.0 + row), grid) for row in b]
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class SweepResult:
-    """Prices of one payoff on K scenarios.
+    """Prices of one payoff on K scenarios (the result protocol of ``deepquant.results``).
 
     Attributes
     ----------
@@ -103,6 +105,13 @@ class SweepResult:
         The batched pricing part of each.
     marginal_error : ndarray, shape (K,)
         max_t L1 column error of each neural model.
+    classical_success : ndarray of bool, shape (K,) or None
+        Whether each classical solve converged.
+    success, status, message
+        False / ``"classical_failed"`` when a classical solve did not converge (its price is
+        still reported; a ``ConvergenceWarning`` says so); else True / ``"done"``.
+    seconds : float
+        neural_seconds + classical_seconds (the latter when run).
     """
 
     payoff: str
@@ -116,6 +125,14 @@ class SweepResult:
     marginal_error: np.ndarray
     classical_success: np.ndarray | None = None
     messages: list[str] = field(default_factory=list, repr=False)
+    success: bool = True
+    status: str = "done"
+    message: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return total_seconds({"neural": self.neural_seconds,
+                              "classical": self.classical_seconds})
 
     @property
     def errors_pct(self) -> np.ndarray:
@@ -125,11 +142,12 @@ class SweepResult:
         return 100.0 * np.abs(self.neural - self.classical) / np.maximum(
             np.abs(self.classical), 1e-12)
 
-    def summary(self) -> dict[str, Any]:
-        """Scalar summary (JSON-ready)."""
+    def to_dict(self) -> dict[str, Any]:
+        """Scalar summary, JSON-safe (the per-scenario arrays left out)."""
         err = self.errors_pct
         k = int(self.neural.size)
-        out = {"payoff": self.payoff, "scenarios": k,
+        out = {"payoff": self.payoff, "scenarios": k, "success": self.success,
+               "status": self.status, "message": self.message, "seconds": self.seconds,
                "neural_seconds": self.neural_seconds,
                "neural_per_scenario_ms": 1e3 * self.neural_seconds / k,
                "neural_pricing_seconds": self.neural_pricing_seconds,
@@ -144,7 +162,11 @@ class SweepResult:
                         "median_err_pct": float(np.median(err)),
                         "max_err_pct": float(np.max(err)),
                         "classical_failures": int(np.sum(~self.classical_success))})
-        return out
+        return to_jsonable(out)
+
+    def summary(self) -> dict[str, Any]:
+        """Same as ``to_dict``."""
+        return self.to_dict()
 
 
 def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: bool = True,
@@ -189,12 +211,14 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
     neural = _price_grouped([s.marginals for s in sols], [s.kernels for s in sols], payoff,
                             price_batch, chain_options)
     t_end = time.perf_counter()
+    n_fallback = sum(s.mode != "neural" for s in sols)
     res = SweepResult(
         payoff=payoff.name, neural=neural, classical=None, modes=[s.mode for s in sols],
         neural_seconds=t_end - t0, classical_seconds=float("nan"),
         neural_pricing_seconds=t_end - tp, classical_pricing_seconds=float("nan"),
         marginal_error=np.array([s.marginal_error for s in sols]),
-        messages=[s.message for s in sols])
+        messages=[s.message for s in sols],
+        message=f"{len(sols)} scenarios, {n_fallback} classical fallbacks")
     if classical:
         from deepquant.mmot.entropic import solve_entropic
 
@@ -204,11 +228,20 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
             warnings.simplefilter("ignore")
             solved = [solve_entropic(m, 1.0, tol=tol) for m in margs]
         tp = time.perf_counter()
-        res.classical = _price_grouped(margs, [r.kernels for r in solved], payoff, price_batch,
-                                       chain_options)
+        prices = _price_grouped(margs, [r.kernels for r in solved], payoff, price_batch,
+                                chain_options)
         t_end = time.perf_counter()
-        res.classical_seconds, res.classical_pricing_seconds = t_end - t0, t_end - tp
-        res.classical_success = np.array([bool(r.success) for r in solved])
+        ok = np.array([bool(r.success) for r in solved])
+        failed = np.flatnonzero(~ok)
+        res = replace(res, classical=prices, classical_seconds=t_end - t0,
+                      classical_pricing_seconds=t_end - tp, classical_success=ok,
+                      success=not failed.size,
+                      status="classical_failed" if failed.size else "done",
+                      message=res.message + (f"; {failed.size} classical solves did not "
+                                             f"converge (scenarios {failed.tolist()}; first: "
+                                             f"{solved[failed[0]].message})"
+                                             if failed.size else ""))
+        warn_failure(res, "sweep")
     return res
 
 

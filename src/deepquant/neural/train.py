@@ -32,6 +32,7 @@ from deepquant.neural.data import check_writable_file, marginal_records, read_da
 from deepquant.neural.dataset import NeuralDataset, check_finite_records
 from deepquant.neural.losses import dual_gap_loss, surrogate_loss
 from deepquant.neural.model import build_model, count_parameters, period_scale, resolve_device
+from deepquant.results import result_dict
 
 __all__ = ["train", "TrainResult", "save_checkpoint", "load_checkpoint", "export_checkpoint",
            "load_model", "evaluate_loss", "CHECKPOINT_FORMAT"]
@@ -40,20 +41,38 @@ CHECKPOINT_FORMAT = "deepquant-neural-checkpoint-v1"
 EXPORT_FORMAT = "deepquant-neural-export-v1"
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class TrainResult:
-    """What a training run did."""
+    """What a training run did (the result protocol of ``deepquant.results``).
+
+    ``stopped`` (also ``status``): "max_steps", "early_stopping" or "time_budget"; ``step``
+    (also ``nit``): optimiser steps; ``success``: True (a diverging run raises instead);
+    ``history``: one dict per evaluation.
+    """
 
     step: int
     best_val_loss: float
     best_step: int
-    stopped: str  # "max_steps" | "early_stopping" | "time_budget"
+    stopped: str
     seconds: float
     n_params: int
     n_train: int
     n_val: int
     out_dir: str
     history: list[dict] = field(default_factory=list)
+    success: bool = True
+    message: str = ""
+
+    @property
+    def status(self) -> str:
+        return self.stopped
+
+    @property
+    def nit(self) -> int:
+        return self.step
+
+    def to_dict(self) -> dict[str, Any]:
+        return result_dict(self)
 
 
 def to_device(batch: dict, device) -> dict:
@@ -475,7 +494,8 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
         writer.close()
     return TrainResult(step, best_val, best_step, stopped, time.perf_counter() - t_start,
                        count_parameters(model), len(train_ds), len(val_ds), str(out_dir),
-                       history)
+                       history, message=f"stopped on {stopped} at step {step}; best "
+                       f"validation loss {best_val:.4g} at step {best_step}")
 
 
 def config_summary(cfg: Config) -> dict[str, Any]:

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import KW_ONLY, asdict, dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field, fields
 
 import numpy as np
 
 from deepquant.payoffs import EuropeanCall, EuropeanPut, Payoff
+from deepquant.results import result_dict, warn_failure
 from deepquant.rough.dual import (
     DualMartingale,
     MartingaleBasis,
@@ -121,7 +123,8 @@ class BermudanResult:
     seconds : wall time of the run; cpu_seconds : CPU time of this process (stable on a shared
         machine); timings : wall seconds per phase
     success : False only when a precision target ``tol`` > 0 was set and not reached (the
-        bounds are valid either way); status : the stop reason; message : one line
+        bounds are valid either way; a ``ConvergenceWarning`` says so); status : the stop
+        reason; message : one line; nit : n_batches (the result protocol, ``deepquant.results``)
     model : what the bounds bracket: the Bermudan price of the DISCRETISED model (scheme and
         grid named), not its continuous-time limit (see ``deepquant.rough.extrapolate``)
     """
@@ -160,19 +163,25 @@ class BermudanResult:
     def relative_gap(self) -> float:
         return self.gap / self.value if self.value else math.inf
 
+    @property
+    def nit(self) -> int:
+        return self.n_batches
+
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out["midpoint"] = self.value
-        out["relative_gap"] = self.relative_gap
-        return out
+        """JSON-safe fields plus ``midpoint``, ``relative_gap`` and ``nit`` (NaN and infinities
+        as None; ``dataclasses.asdict`` keeps them, for a state file that must round-trip)."""
+        return result_dict(self, midpoint=self.value, relative_gap=self.relative_gap)
 
     @classmethod
     def from_dict(cls, d: dict) -> BermudanResult:
-        """Inverse of ``to_dict`` (derived keys ignored; CIs back to tuples)."""
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
+        """Inverse of ``to_dict`` or of ``dataclasses.asdict`` (derived keys ignored; CIs back to
+        tuples; a float field that JSON holds as None back to NaN)."""
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for f in fields(cls):
+            if f.type == "float" and f.name in kw and kw[f.name] is None:
+                kw[f.name] = math.nan
         for k in ("lower_ci", "upper_ci"):
-            kw[k] = tuple(float(x) for x in kw[k])
+            kw[k] = tuple(math.nan if x is None else float(x) for x in kw[k])
         return cls(**kw)
 
 
@@ -452,10 +461,14 @@ class BermudanPricer:
                 cv = plain
             return np.array([cv.mean(), upper.mean(), plain.mean(), upper.mean() - cv.mean()])
 
-        ad = adaptive_mean(batch, seed_price, min_batches=self.min_batches,
-                           max_batches=self.max_batches, tol=self.tol, patience=self.patience,
-                           min_improvement=self.min_improvement,
-                           monitor=lambda h: float(max(h[0], h[1])), callback=callback)
+        from deepquant.results import ConvergenceWarning
+
+        with warnings.catch_warnings():   # the run's own warning below names the pricer
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            ad = adaptive_mean(batch, seed_price, min_batches=self.min_batches,
+                               max_batches=self.max_batches, tol=self.tol,
+                               patience=self.patience, min_improvement=self.min_improvement,
+                               monitor=lambda h: float(max(h[0], h[1])), callback=callback)
         timings["pricing"] = time.perf_counter() - t2
         lo, up, plain, gap = ad.mean
         lo_se, up_se, plain_se, gap_se = ad.stderr
@@ -466,7 +479,7 @@ class BermudanPricer:
                    f"{lo_hw:.3g} (lower), {up_hw:.3g} (upper)")
         if not success:
             message += f"; the target tol={self.tol:g} was not reached (raise max_batches)"
-        return BermudanResult(
+        out = BermudanResult(
             value=float(0.5 * (lo + up)), lower=float(lo), upper=float(up),
             lower_stderr=float(lo_se), upper_stderr=float(up_se),
             lower_ci=(float(lo - lo_hw), float(lo + lo_hw)),
@@ -480,6 +493,8 @@ class BermudanPricer:
             n_dates=self.n_dates, seconds=time.perf_counter() - t0,
             cpu_seconds=time.process_time() - c0, timings=timings, success=success,
             status=ad.reason, message=message, model=self.describe(model))
+        warn_failure(out, "Bermudan pricer")
+        return out
 
 
 PRESETS = ("bs", "rbergomi", "rbergomi-signature", "heston")

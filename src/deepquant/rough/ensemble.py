@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from deepquant.payoffs import Payoff
+from deepquant.results import result_dict, warn_failure
 from deepquant.rough.engine import (
     BermudanPricer,
     BermudanResult,
@@ -36,6 +37,7 @@ class EnsembleResult:
     lower, upper : means of the runs' bounds, with lower_ci, upper_ci
     runs : the individual ``BermudanResult`` objects
     seconds : wall time of the ensemble
+    success : every run succeeded (``status`` "done", else "runs_failed"); message : one line
     """
 
     midpoint: float
@@ -47,19 +49,17 @@ class EnsembleResult:
     n_runs: int
     seconds: float
     runs: list
+    success: bool = True
+    status: str = "done"
+    message: str = ""
 
     @property
     def value(self) -> float:
         return self.midpoint
 
     def to_dict(self) -> dict:
-        return {
-            "midpoint": self.midpoint, "midpoint_ci": list(self.midpoint_ci),
-            "lower": self.lower, "lower_ci": list(self.lower_ci),
-            "upper": self.upper, "upper_ci": list(self.upper_ci),
-            "n_runs": self.n_runs, "seconds": self.seconds,
-            "runs": [r.to_dict() for r in self.runs],
-        }
+        """JSON-safe fields, the runs through their ``to_dict``."""
+        return result_dict(self)
 
 
 def _ensemble_task(args) -> BermudanResult:  # module level: picklable for process pools/Ray
@@ -138,7 +138,7 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
         entropy = root.entropy
         write_json(resume, {"fingerprint": fingerprint,
                             "entropy": entropy if isinstance(entropy, int) else list(entropy),
-                            "runs": {str(i): r.to_dict() for i, r in enumerate(results)
+                            "runs": {str(i): asdict(r) for i, r in enumerate(results)
                                      if r is not None}})
 
     todo = [i for i in range(runs) if results[i] is None]
@@ -166,6 +166,13 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
     mid, mid_ci = ci(mids)
     lo, lo_ci = ci(lows)
     up, up_ci = ci(ups)
-    return EnsembleResult(midpoint=mid, midpoint_ci=mid_ci, lower=lo, lower_ci=lo_ci, upper=up,
-                          upper_ci=up_ci, n_runs=runs, seconds=time.perf_counter() - t0,
-                          runs=results)
+    failed = [i for i, r in enumerate(results) if not r.success]
+    message = (f"{runs} runs, 95% t-intervals ({runs - 1} degrees of freedom)" if not failed
+               else f"{len(failed)} of {runs} runs missed their target (runs {failed}); the "
+               f"first: {results[failed[0]].message}")
+    out = EnsembleResult(midpoint=mid, midpoint_ci=mid_ci, lower=lo, lower_ci=lo_ci, upper=up,
+                         upper_ci=up_ci, n_runs=runs, seconds=time.perf_counter() - t0,
+                         runs=results, success=not failed,
+                         status="runs_failed" if failed else "done", message=message)
+    warn_failure(out, "ensemble")
+    return out

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from deepquant.payoffs import Payoff
+from deepquant.results import result_dict, warn_failure
 from deepquant.rough.engine import BermudanPricer, BermudanResult, check_model, exercise_payoff
 from deepquant.rough.qmc import RngLike, as_seed_sequence
 from deepquant.rough.rbergomi import RoughBergomi
@@ -121,8 +122,9 @@ class ConvergedResult:
         2 stderr + gap / 2, the total error estimate of ``value``
     model : what ``value`` estimates; runs : the ``BermudanResult`` of each level
     time_grid, dates : the ``Extrapolation`` objects (None where not used)
-    success : the precision target (if any) was met; status : "converged", "tol_not_met" or
-        "no_target"; message : one line (which target failed and why)
+    success : the precision target (if any) was met (else a ``ConvergenceWarning``);
+        status : "converged", "tol_not_met" or "no_target"; message : one line (which target
+        failed and why)
     """
 
     value: float
@@ -146,10 +148,8 @@ class ConvergedResult:
         return self.error / abs(self.value) if self.value else math.inf
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k != "runs"}
-        out["relative_error"] = self.relative_error
-        out["runs"] = [r.to_dict() for r in self.runs]
-        return out
+        """JSON-safe fields plus ``relative_error``; the runs through their ``to_dict``."""
+        return result_dict(self, relative_error=self.relative_error)
 
 
 def _midpoint_se(r: BermudanResult) -> float:
@@ -247,11 +247,13 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
                   f"dates), extrapolated (rate {rate:g}) from the discretised models with "
                   f"{', '.join(str(s) for s in steps)} steps per period; each run's bracket "
                   f"holds for its discretised model: {fine.model}")
-    return ConvergedResult(value=ex.value, lower=lo, upper=up, discretisation_error=disc,
-                           stderr=ex.stderr, gap=fine.gap,
-                           error=disc + 2.0 * ex.stderr + 0.5 * fine.gap, model=model_text,
-                           success=ok, status=status, message=message,
-                           seconds=time.perf_counter() - t0, time_grid=ex, runs=runs)
+    out = ConvergedResult(value=ex.value, lower=lo, upper=up, discretisation_error=disc,
+                          stderr=ex.stderr, gap=fine.gap,
+                          error=disc + 2.0 * ex.stderr + 0.5 * fine.gap, model=model_text,
+                          success=ok, status=status, message=message,
+                          seconds=time.perf_counter() - t0, time_grid=ex, runs=runs)
+    warn_failure(out, "price_converged")
+    return out
 
 
 def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
@@ -313,8 +315,10 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
                                             if grid else " (exact scheme, no time-grid error)"
                                             if model.is_black_scholes else
                                             " (time-grid error not included)"))
-    return ConvergedResult(value=value, lower=lo, upper=up, discretisation_error=disc,
-                           stderr=se, gap=finest.gap, error=disc + 2.0 * se + 0.5 * finest.gap,
-                           model=model_text, success=ok, status=status, message=message,
-                           seconds=time.perf_counter() - t0, time_grid=grid, dates=ex,
-                           runs=runs)
+    out = ConvergedResult(value=value, lower=lo, upper=up, discretisation_error=disc,
+                          stderr=se, gap=finest.gap, error=disc + 2.0 * se + 0.5 * finest.gap,
+                          model=model_text, success=ok, status=status, message=message,
+                          seconds=time.perf_counter() - t0, time_grid=grid, dates=ex,
+                          runs=runs)
+    warn_failure(out, "price_american")
+    return out

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deepquant.results import result_dict
 from deepquant.rough.engine import BermudanPricer, exercise_payoff
 from deepquant.rough.lsm import LSMPolicy
 from deepquant.rough.qmc import RngLike, as_seed_sequence, driver_increments
@@ -34,7 +35,9 @@ __all__ = ["AndersenBroadieResult", "andersen_broadie"]
 @dataclass(frozen=True)
 class AndersenBroadieResult:
     """lower : policy value on the outer paths; upper : mean of max_j (Z_j - M_j);
-    *_stderr : standard errors over outer paths; gap = upper - lower (paired)."""
+    *_stderr : standard errors over outer paths; gap = upper - lower (paired).
+    success, status, message, seconds : the result protocol (``deepquant.results``); a fixed
+    number of paths is no stopping criterion, so success is True and status "done"."""
 
     lower: float
     lower_stderr: float
@@ -45,6 +48,12 @@ class AndersenBroadieResult:
     n_outer: int
     n_inner: int
     seconds: float
+    success: bool = True
+    status: str = "done"
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return result_dict(self)
 
 
 def andersen_broadie(pricer: BermudanPricer, model: RoughBergomi, strike,
@@ -100,4 +109,5 @@ def andersen_broadie(pricer: BermudanPricer, model: RoughBergomi, strike,
         lower=float(lo.mean()), lower_stderr=float(lo.std(ddof=1) / sq),
         upper=float(up.mean()), upper_stderr=float(up.std(ddof=1) / sq),
         gap=float(gap.mean()), gap_stderr=float(gap.std(ddof=1) / sq),
-        n_outer=n_outer, n_inner=n_inner, seconds=time.perf_counter() - t0)
+        n_outer=n_outer, n_inner=n_inner, seconds=time.perf_counter() - t0,
+        message=f"{n_outer} outer x {n_inner} inner paths, gap {float(gap.mean()):.4g}")

@@ -19,12 +19,15 @@ stopping (DESIGN §4, seed 004 §4).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import special, stats
 from scipy.stats import qmc
+
+from deepquant.results import result_dict, warn_failure
 
 __all__ = [
     "as_seed_sequence",
@@ -166,15 +169,18 @@ def t_interval(samples: np.ndarray, level: float = 0.95, axis: int = 0
     return mean, se, stats.t.ppf(0.5 + level / 2.0, n - 1) * se
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class AdaptiveResult:
-    """Result of ``adaptive_mean``.
+    """Result of ``adaptive_mean`` (the result protocol of ``deepquant.results``).
 
     mean, stderr, half_width : ndarray (k,)   over the batch estimates
     batches : ndarray (n_batches, k)          every batch estimate
-    n_batches : int
-    reason : str                               "tol", "patience" or "max_batches"
+    n_batches : int                            also ``nit``
+    reason : str                               "tol", "patience" or "max_batches"; also ``status``
     history : list of float                    monitored half-width after each batch
+    success : bool                             False only when a target ``tol`` > 0 was set and
+                                               not reached
+    message : str ; seconds : float            one line; wall time
     """
 
     mean: np.ndarray
@@ -184,6 +190,21 @@ class AdaptiveResult:
     n_batches: int
     reason: str
     history: list = field(default_factory=list)
+    success: bool = True
+    message: str = ""
+    seconds: float = float("nan")
+
+    @property
+    def status(self) -> str:
+        return self.reason
+
+    @property
+    def nit(self) -> int:
+        return self.n_batches
+
+    def to_dict(self) -> dict:
+        """JSON-safe: every field but the per-batch estimates."""
+        return result_dict(self, skip=("batches",))
 
 
 def adaptive_mean(batch_fn: Callable[[int, np.random.SeedSequence], np.ndarray],
@@ -197,7 +218,8 @@ def adaptive_mean(batch_fn: Callable[[int, np.random.SeedSequence], np.ndarray],
     (spawned from ``rng``). After each batch from ``min_batches`` on, the monitored half-width
     h = ``monitor(half_widths)`` (default: the largest) is compared with the best so far: stop
     if h <= tol, or if h > best * (1 - min_improvement) for ``patience`` consecutive batches,
-    or at ``max_batches``.
+    or at ``max_batches``. A target ``tol`` > 0 that is not reached gives ``success=False`` and a
+    ``ConvergenceWarning``.
     """
     if min_batches < 2:
         raise ValueError(f"min_batches must be >= 2, got {min_batches}")
@@ -208,6 +230,7 @@ def adaptive_mean(batch_fn: Callable[[int, np.random.SeedSequence], np.ndarray],
     if not 0.0 <= min_improvement < 1.0:
         raise ValueError(f"min_improvement must be in [0, 1), got {min_improvement}")
     monitor = monitor or (lambda h: float(np.max(h)))
+    t0 = time.perf_counter()
     root = as_seed_sequence(rng)
     estimates: list[np.ndarray] = []
     history: list[float] = []
@@ -241,5 +264,13 @@ def adaptive_mean(batch_fn: Callable[[int, np.random.SeedSequence], np.ndarray],
                 break
     arr = np.stack(estimates)
     mean, se, hw = t_interval(arr)
-    return AdaptiveResult(mean=mean, stderr=se, half_width=hw, batches=arr,
-                          n_batches=len(estimates), reason=reason, history=history)
+    success = not (tol > 0 and reason != "tol")
+    message = (f"stopped on {reason} after {len(estimates)} batches, monitored 95% half-width "
+               f"{history[-1] if history else math.inf:.3g}")
+    if not success:
+        message += f"; the target tol={tol:g} was not reached"
+    out = AdaptiveResult(mean=mean, stderr=se, half_width=hw, batches=arr,
+                         n_batches=len(estimates), reason=reason, history=history,
+                         success=success, message=message, seconds=time.perf_counter() - t0)
+    warn_failure(out, "adaptive_mean")
+    return out

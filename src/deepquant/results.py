@@ -1,0 +1,119 @@
+"""The result protocol every engine follows, and the one warning for a solve that falls short.
+
+Every solve returns one frozen dataclass (never a tuple whose shape depends on a flag) with, besides
+its domain fields (``lower``, ``upper``, ``value``, ``stderr``, ``kernels``, ...):
+
+``success`` : bool
+    The solve reached what was asked of it (a tolerance, an optimal LP, a precision target).
+    Where nothing was asked (a Monte Carlo run with a fixed budget, a backtest), it is True.
+``status`` : str
+    A short machine-readable code: lower case, no spaces. One type everywhere (a string, not an
+    integer: the bounds and Monte Carlo results already spoke in words, and a word says which
+    engine's condition applied). The codes in use:
+
+    * ``"optimal"`` an LP or convex program solved to optimality (``"optimal_inaccurate"``,
+      ``"infeasible"``, ... as the convex solver reports them); ``"failed"`` an LP side failed;
+    * ``"certified"``, ``"certified-wide"`` certified bounds within / above their gap target;
+    * ``"converged"``, ``"not_converged"`` an iterative solver against its tolerance;
+    * ``"tol"``, ``"patience"``, ``"max_batches"`` why adaptive Monte Carlo stopped;
+      ``"no_target"``, ``"tol_not_met"`` a precision target that was absent or missed;
+    * ``"max_steps"``, ``"early_stopping"``, ``"time_budget"`` why training stopped;
+    * ``"done"`` a computation with no stopping criterion; ``"runs_failed"``,
+      ``"classical_failed"`` an aggregate whose parts did not all succeed.
+
+    (``BoundSide.status``, one side of ``BoundsResult``, keeps HiGHS's integer code: it is the
+    solver's own word, not a result of the package.)
+``message`` : str
+    One line a person can read (what stopped the solve and the measured residuals).
+``nit`` : int
+    Iterations, where the method iterates (Newton steps, Monte Carlo batches, CG steps).
+``seconds`` : float
+    Total wall time. A per-phase breakdown, where there is one, is ``timings`` (a dict).
+``to_dict()``
+    JSON-safe scalars and small arrays, through ``deepquant.atomic.to_jsonable`` (the package's
+    one sanitizer: NaN and infinities become ``null``). Large arrays (paths, plans) stay out.
+
+When a solve returns ``success=False`` it also warns with ``ConvergenceWarning`` (callers that
+report the failure themselves, such as the command line, silence it).
+
+``ConvergenceWarning`` is one class for the whole package. Its definition still sits in
+``deepquant.mmot.entropic`` (that solver was its first user); this module is its public home and
+hands out that same class, imported on first use so that importing ``deepquant.results`` stays
+cheap and free of import cycles. Filter or catch ``deepquant.results.ConvergenceWarning``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # at run time, ``__getattr__`` below hands out the class
+    from deepquant.mmot.entropic import ConvergenceWarning
+
+__all__ = ["ConvergenceWarning", "Result", "result_dict", "total_seconds", "warn_failure"]
+
+PROTOCOL_FIELDS = ("success", "status", "message", "seconds")
+
+
+@runtime_checkable
+class Result(Protocol):
+    """What every result offers (see the module docstring)."""
+
+    @property
+    def success(self) -> bool: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def seconds(self) -> float: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ConvergenceWarning":
+        from deepquant.mmot.entropic import ConvergenceWarning
+
+        return ConvergenceWarning
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def warn_failure(result: Any, where: str, *, stacklevel: int = 2) -> None:
+    """Warn with ``ConvergenceWarning`` (``"{where}: {result.message}"``) when
+    ``result.success`` is False; ``stacklevel`` counts from the caller (2: the caller's caller).
+    """
+    if not result.success:
+        from deepquant.mmot.entropic import ConvergenceWarning
+
+        warnings.warn(f"{where}: {result.message}", ConvergenceWarning,
+                      stacklevel=stacklevel + 1)
+
+
+def total_seconds(timings: dict[str, float]) -> float:
+    """Sum of the finite per-phase seconds (NaN when none is finite)."""
+    vals = [float(v) for v in timings.values() if v is not None and math.isfinite(float(v))]
+    return float(sum(vals)) if vals else float("nan")
+
+
+def result_dict(result: Any, *, skip: Iterable[str] = (), **extra: Any) -> dict[str, Any]:
+    """``result``'s dataclass fields (less ``skip``) plus the protocol attributes (``success``,
+    ``status``, ``message``, ``seconds``, and ``nit`` where it exists) and ``extra``, as plain
+    JSON values (``deepquant.atomic.to_jsonable``; nested results through their ``to_dict``).
+    """
+    from deepquant.atomic import to_jsonable
+
+    skip = set(skip)
+    out = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
+           if f.name not in skip}
+    for name in (*PROTOCOL_FIELDS, "nit"):
+        if name not in skip and name not in out and hasattr(result, name):
+            out[name] = getattr(result, name)
+    out.update(extra)
+    return to_jsonable(out)
