@@ -15,6 +15,11 @@ u gives a VALID bound in one exact backward sweep of concave envelopes. The meth
 
 ``gap = outer - inner`` says how far from the LP optimum the bound can be. Stop when the relative
 gap reaches ``rtol`` (or the schedule or the time budget ends; the result says which).
+
+Chains small enough for an LP (``POLISH_MAX_STATES``) skip the smoothing: the chain LP is solved
+exactly by column generation (``deepquant.mmot.colgen``, every move priced in the same layout);
+its plan is feasible (a rigorous inner value) and its potentials, swept exactly, give the outer
+bound, so the bracket closes to the LP tolerance.
 """
 
 from __future__ import annotations
@@ -28,12 +33,32 @@ from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain, build_chain
+from deepquant.mmot.colgen import band_moves, solve_chain_colgen
 from deepquant.mmot.envelope import kernels
 from deepquant.mmot.result import BoundSide, BoundsResult, Duals
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 
 __all__ = ["certified_bounds", "certify_side", "hull_backward", "nest_supports", "stage_stop",
            "CertifiedProgress"]
+
+
+POLISH_MAX_STATES = 1_500
+"""Chains with at most this many live states (x, s) over all periods are solved exactly by
+column generation (measured on a loaded 2-core machine: lookback N = 5, M = 25 (742 states) in
+4 s per side; the Asian at M = 25 (3,625 states) took over 50 s per pricing round); larger ones
+go through the smoothed stages, then one restricted LP for the inner value."""
+
+INNER_MAX_COLUMNS = 1_500_000
+"""The restricted LP of the inner value (smoothed plan's bands plus near-contact moves) is
+solved only up to this many columns."""
+
+POLISH_RESIDUAL = 1e-8
+"""Largest row residual of a column-generation plan accepted as a feasible (inner) plan."""
+
+
+def live_states(chain: AugmentedChain) -> int:
+    """Number of live states (x, s) at the dates 0..T-1 (the LP's martingale rows)."""
+    return int(sum(chain.reach[t][chain.support[t]].sum() for t in range(chain.last_date)))
 
 
 @dataclass(frozen=True)
@@ -246,8 +271,9 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                  rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float = 1e-7,
                  eps_factor: float = 0.2, band: float = 40.0, max_iter: int = 400,
                  gtol: float = 1e-9, maxcor: int = 50, precondition: float = 0.0,
-                 inner_resid_tol: float = 1e-3, lp_inner_columns: int = 6, max_seconds: float = 600.0, u0: np.ndarray | None = None,
-                 progress=None) -> BoundSide:
+                 inner_resid_tol: float = 1e-3, polish: bool = True,
+                 polish_max_states: int = POLISH_MAX_STATES, max_seconds: float = 600.0,
+                 u0: np.ndarray | None = None, progress=None) -> BoundSide:
     """One side of the certified bounds on ``chain`` (see the module docstring).
 
     Parameters
@@ -271,10 +297,15 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
         the Hessian at a fitted chain, floored so tail points are not blown up).
     inner_resid_tol : float
         Marginal error (L1 over dates) below which an inner estimate counts.
-    lp_inner_columns : int
-        If > 0 and the chain LP has at most ``LP_INNER_MAX_COLUMNS`` variables, the final inner
-        value is a feasible plan's: the LP restricted to this many near-contact moves per state
-        (plus a glued coupling), solved by HiGHS (``info["inner_kind"]`` says which).
+    polish : bool
+        Solve the chain LP exactly by column generation (``deepquant.mmot.colgen``) when the
+        chain has at most ``polish_max_states`` live states in all: first from ``u0`` (if it
+        converges, the bracket closes to the LP tolerance and the smoothed stages are skipped),
+        otherwise (larger chains) the LP restricted to the final smoothed plan's bands and the
+        near-contact moves is solved once (up to ``INNER_MAX_COLUMNS`` columns). Either plan is
+        feasible, so its value is a rigorous inner bound (``info["inner_kind"]`` says which
+        inner value is reported); its potentials, swept exactly, are a second outer candidate.
+    polish_max_states : int
     max_seconds : float
         Time budget; the best certificate so far is returned when it runs out.
     u0 : ndarray, optional
@@ -311,12 +342,13 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
         return _certify(chain, marginals, sense, sign, t0, rtol=rtol, eps_start=eps_start,
                         eps_end=eps_end, eps_factor=eps_factor, band=band, max_iter=max_iter,
                         gtol=gtol, maxcor=maxcor, precondition=precondition,
-                        inner_resid_tol=inner_resid_tol, lp_inner_columns=lp_inner_columns,
-                        max_seconds=max_seconds, u0=u0, progress=progress)
+                        inner_resid_tol=inner_resid_tol, polish=polish,
+                        polish_max_states=polish_max_states, max_seconds=max_seconds, u0=u0,
+                        progress=progress)
 
 
 def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps_factor, band,
-             max_iter, gtol, maxcor, precondition, inner_resid_tol, lp_inner_columns,
+             max_iter, gtol, maxcor, precondition, inner_resid_tol, polish, polish_max_states,
              max_seconds, u0, progress) -> BoundSide:
     sw = _Sweeper(chain, marginals, sign)
     uvec = np.zeros(sw.mu_flat.size) if u0 is None else np.array(u0, dtype=float)
@@ -330,6 +362,21 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
     nit = 0
     stages = 0
     eps = eps_start
+    inner_kind = "smoothed chain"
+    if polish and live_states(chain) <= polish_max_states:
+        cg = solve_chain_colgen(sw, uvec, max_seconds=max_seconds)
+        if cg.u is not None and cg.residual <= POLISH_RESIDUAL:
+            # a feasible plan (rigorous inner) and its potentials (a second outer candidate)
+            value, _, viol = sw.hard(cg.u, verify=True)
+            outer = value + float(viol.sum())
+            within = abs(outer - cg.value) <= rtol * max(abs(outer), 1e-3 * scale)
+            status = 0 if within else 1
+            message = (f"LP solved by column generation ({cg.rounds} rounds, {cg.columns} "
+                       f"columns): {cg.message}")
+            return _side_result(sw, sign, t0, (outer, cg.u, viol), cg.value, cg.residual,
+                                "LP (column generation)", status, message,
+                                dict(eps=0.0, stages=0, iterations=cg.rounds, drift=0.0,
+                                     lp_seconds=cg.lp_seconds, columns=cg.columns))
     status, message = 1, "eps schedule ended before the gap reached rtol"
     while True:
         e_abs = eps * scale
@@ -373,91 +420,40 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
             status, message = verdict
             break
         eps = max(eps * eps_factor, eps_end)
-    outer, ubest, viol = best
-    inner_kind = "smoothed chain"
-    if lp_inner_columns > 0:
-        sw.soft(ubest, eps * scale, band)  # the smoothed plan's bands of the final stage
-        lp_inner = _restricted_lp_inner(sw, marginals, ubest, lp_inner_columns)
-        if lp_inner is not None:
-            inner, resid = lp_inner
-            inner_kind = "restricted LP"
-            if abs(outer - inner) <= rtol * max(abs(outer), 1e-3 * scale):
+    extra = dict(eps=eps * scale, stages=stages, iterations=nit, drift=drift)
+    if polish:
+        # one restricted LP on the final stage's bands and the near-contact moves of the best
+        # potentials: a feasible plan, so a rigorous inner value
+        sw.soft(best[1], eps * scale, band)
+        left = max(60.0, max_seconds - (time.perf_counter() - t0))
+        cg = solve_chain_colgen(sw, best[1], k=6, extra=band_moves(sw), max_rounds=1,
+                                solver="ipm", max_columns=INNER_MAX_COLUMNS, max_seconds=left)
+        if cg.u is not None and cg.residual <= POLISH_RESIDUAL:
+            inner, resid, inner_kind = cg.value, cg.residual, "restricted LP"
+            extra.update(lp_seconds=cg.lp_seconds, columns=cg.columns)
+            value, _, viol = sw.hard(cg.u, verify=True)
+            if value + float(viol.sum()) < best[0]:
+                best = (value + float(viol.sum()), cg.u, viol)
+            if abs(best[0] - inner) <= rtol * max(abs(best[0]), 1e-3 * scale):
                 status, message = 0, "certified gap within rtol (inner: a feasible plan)"
+    return _side_result(sw, sign, t0, best, inner, resid, inner_kind, status, message, extra)
+
+
+def _side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid: float,
+                 inner_kind: str, status: int, message: str, extra: dict) -> BoundSide:
+    """The BoundSide of the certificate ``best`` = (outer, u, violation per period)."""
+    chain = sw.chain
+    outer, ubest, viol = best
     duals = _duals(sw, ubest)
     gap = outer - inner
     u_grid = np.full((sw.T + 1, chain.size), np.nan)
     for t, piece in enumerate(sw.split(ubest), start=1):
         u_grid[t, sw.supp[t]] = piece
-    info = dict(inner=sign * inner, inner_kind=inner_kind, eps=eps * scale, stages=stages,
-                iterations=nit, u_sweep=u_grid,
-                violation=float(viol.sum()), drift=drift, scale=scale,
-                relative_gap=gap / max(abs(outer), 1e-300))
+    info = dict(inner=sign * inner, inner_kind=inner_kind, u_sweep=u_grid,
+                violation=float(viol.sum()), scale=sw.scale,
+                relative_gap=gap / max(abs(outer), 1e-300), **extra)
     return BoundSide(sign * outer, True, status, message, time.perf_counter() - t0, resid, 0.0,
                      float(gap), duals, None, info)
-
-
-LP_INNER_MAX_COLUMNS = 3_000_000
-"""The rigorous inner bound builds the chain LP (all columns, for the column map): only up to
-this many LP variables (about 1 GB of sparse matrix)."""
-
-
-def _restricted_lp_inner(sw: _Sweeper, marginals: Marginals, uvec: np.ndarray, k: int):
-    """A feasible plan's value: the chain LP restricted to the k moves of each state closest to
-    the supporting line of the exact envelope for ``uvec`` (near-contact points, the support of
-    the optimal plan when u is optimal), the moves inside the bands of the last smoothed sweep
-    (the support of the smoothed plan, which approximates an optimal plan) and the support of a
-    glued one-period coupling (so the restricted LP is feasible). Its optimum is a valid inner bound (a lower bound of the max).
-    Returns (value in the sweep's sign, max residual) or None when too large or not solved."""
-    from deepquant.mmot.lp import (
-        DEFAULT_HIGHS_OPTIONS,
-        _markov_support,
-        build_chain_lp,
-    )
-
-    chain = sw.chain
-    n_cols = sum(int(chain.reach[t].sum()) * sw.periods[t].ys.size for t in range(sw.T))
-    if n_cols > LP_INNER_MAX_COLUMNS:
-        return None
-    lp = build_chain_lp(chain, marginals)
-    mask = _markov_support(lp)
-    u = sw.split(uvec)
-    w = np.where(sw.live_T, sw.g_term - u[sw.T - 1][None, :], 0.0)
-    for t in range(sw.T - 1, -1, -1):
-        per = sw.periods[t]
-        G = per.gather(w)
-        val, slope, _, _, _, _ = per.hull(G)
-        n_y = per.ys.size
-        pid = -np.ones(chain.reach[t].shape, dtype=np.int64)
-        pairs = lp.pairs[t]
-        pid[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
-        ss, aa = np.nonzero(per.live)
-        base = lp.offsets[t] + pid[per.xs[aa], ss] * n_y
-        if sw.bands[t] is not None:
-            lo, hi = sw.bands[t][0][ss, aa], sw.bands[t][1][ss, aa]
-            n = np.maximum(hi - lo + 1, 0)
-            first = np.repeat(base + lo - np.cumsum(n) + n, n)
-            mask[first + np.arange(int(n.sum()))] = True
-        kk = min(k, n_y)
-        for c in range(0, ss.size, 20_000):
-            s_, a_ = ss[c:c + 20_000], aa[c:c + 20_000]
-            gap = (val[s_, a_][:, None] + slope[s_, a_][:, None]
-                   * (per.yv[None, :] - per.xv[a_][:, None]) - G[s_])
-            near = np.argpartition(gap, kk - 1, axis=1)[:, :kk]
-            mask[(base[c:c + 20_000][:, None] + near).ravel()] = True
-        w = np.where(per.live, val - (u[t - 1][None, :] if t > 0 else 0.0), 0.0)
-    keep = np.ones(lp.a_eq.shape[0], dtype=bool)
-    keep[lp.redundant_rows()] = False
-    cost = sw.sign * lp.cost[mask]
-    res = optimize.linprog(-cost, A_eq=lp.a_eq[keep][:, mask], b_eq=lp.b_eq[keep],
-                           bounds=(0, None), method="highs-ipm", options=DEFAULT_HIGHS_OPTIONS)
-    if res.status != 0 or res.x is None:
-        return None
-    x = np.zeros(mask.size)
-    x[mask] = res.x
-    resid = max(float(np.max(np.abs(lp.a_eq @ x - lp.b_eq))), float(max(0.0, -x.min())))
-    if resid > 1e-8:
-        return None
-    return float(cost @ res.x), resid
 
 
 def _duals(sw: _Sweeper, uvec: np.ndarray) -> Duals:
@@ -498,6 +494,9 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     the coarse potentials are interpolated linearly onto the fine supports."""
     from deepquant.mmot.entropic import coarse_marginals
 
+    if options.get("polish", True) and \
+            live_states(chain) <= options.get("polish_max_states", POLISH_MAX_STATES):
+        levels = 0  # solved exactly by column generation: no warm start needed
     if levels is None:
         levels = 0
         size = marginals.size
@@ -516,6 +515,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         copts = dict(options)
         copts["eps_end"] = max(options.get("eps_end", 1e-7), 1e-5)
         copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
+        copts["polish"] = False  # the coarse levels only provide potentials
         cres = _multiscale_side(coarse, payoff, cchain, sense, levels=levels - 1,
                                 sum_grid_size=sum_grid_size, sum_mode=sum_mode,
                                 progress=None, **copts)

@@ -376,11 +376,12 @@ def _column_generation(lp: ChainLP, c: np.ndarray, opts: dict):
     """Column generation with warm-started HiGHS simplex (see ``solve_side``)."""
     import highspy
 
+    from deepquant.mmot.colgen import _quiet_highs
+
     a = lp.a_eq.tocsc()
     at = lp.a_eq.T.tocsr()
     n_rows, n_cols = a.shape
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _quiet_highs()
     h.setOptionValue("presolve", "off")
     for key in ("primal_feasibility_tolerance", "dual_feasibility_tolerance", "time_limit"):
         if key in opts:
