@@ -11,8 +11,9 @@ import pytest
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import build_chain
 from deepquant.mmot.bounds import bounds
-from deepquant.mmot.certified import _Sweeper, certified_bounds, nest_supports
+from deepquant.mmot.certified import certified_bounds, nest_supports
 from deepquant.mmot.hedge import superhedge, verify_hedge
+from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import make_payoff
 from tests.conftest import martingale_kernel_marginals, random_walk_marginals
 

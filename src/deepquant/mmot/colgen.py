@@ -247,7 +247,7 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
                        max_seconds: float = 600.0, max_columns: int | None = None,
                        solver: str = "simplex", feasibility_tol: float = 1e-9,
                        log=None) -> ColgenResult:
-    """Solve the chain LP of ``sw`` (a ``certified._Sweeper``) exactly by column generation,
+    """Solve the chain LP of ``sw`` (a ``sweep._Sweeper``) exactly by column generation,
     starting from the near-contact moves of the potentials ``uvec`` (see the module docstring).
 
     ``extra``: more starting moves per period ((s, a, j) arrays or None, e.g. ``band_moves``).

@@ -28,8 +28,8 @@ import numpy as np
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain, build_chain, trivial_chain
-from deepquant.mmot.certified import hull_backward
 from deepquant.mmot.result import BoundsResult
+from deepquant.mmot.sweep import hull_backward
 from deepquant.payoffs import Payoff
 
 __all__ = ["StaticStrip", "SemiStaticHedge", "HedgeCheck", "superhedge", "verify_hedge"]

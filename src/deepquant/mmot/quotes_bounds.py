@@ -54,11 +54,12 @@ from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import build_chain
-from deepquant.mmot.certified import _Sweeper, stage_stop
+from deepquant.mmot.certified import stage_stop
 from deepquant.mmot.hedge import SemiStaticHedge, StaticStrip, verify_hedge
 from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, build_chain_lp
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
 from deepquant.mmot.result import BoundSide, BoundsResult
+from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 
 __all__ = ["QuoteBands", "QuoteHedge", "bounds_from_quotes", "check_bands", "load_bands",

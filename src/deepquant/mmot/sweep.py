@@ -1,0 +1,216 @@
+"""The exact and the smoothed backward sweeps of one side of the augmented chain (DESIGN §2.8).
+
+``_Sweeper`` holds the chain in the layout of the numba kernels (``deepquant.mmot.envelope``):
+per period t -> t+1 the live states (s, x) and the points y of the next support. For static
+potentials u (flat over the supports of dates 1..T) ``hard`` computes the superhedging value
+F(u) with its positions and the worst violation of the superhedging inequality, ``soft`` the
+entropic smoothing F_eps with its gradient and the smoothed chain's laws. ``duals_of`` and
+``hull_backward`` turn potentials into the grid-indexed hedge (u_t, h_t, V_t).
+
+The sign convention: a sweep maximises sign * payoff (``sign=+1`` the upper side, ``-1`` the
+lower side as the upper side of -f).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot.augment import AugmentedChain
+from deepquant.mmot.envelope import kernels
+from deepquant.mmot.result import Duals
+
+__all__ = ["duals_of", "hull_backward"]
+
+
+class _Period:
+    """Arrays of one period t -> t+1 in the layout of the kernels (state-major)."""
+
+    def __init__(self, chain: AugmentedChain, t: int, mu_next: np.ndarray):
+        m = chain.size
+        g = chain.grid
+        self.xs = np.flatnonzero(chain.support[t])
+        self.ys = np.flatnonzero(chain.support[t + 1])
+        self.xv = np.ascontiguousarray(g[self.xs])
+        self.yv = np.ascontiguousarray(g[self.ys])
+        self.live = np.ascontiguousarray(chain.reach[t][self.xs].T)  # (n_s, X)
+        n_s = chain.states[t].size
+        n_y = self.ys.size
+        coo = chain.transitions[t].tocoo()
+        keep = chain.support[t + 1][coo.row % m]
+        rows, cols, vals = coo.row[keep], coo.col[keep], coo.data[keep]
+        s_idx = rows // m
+        jpos = np.searchsorted(self.ys, rows % m)
+        order = np.lexsort((cols, jpos, s_idx))
+        s_idx, jpos, cols, vals = s_idx[order], jpos[order], cols[order], vals[order]
+        flat = s_idx * n_y + jpos
+        first = np.ones(flat.size, dtype=bool)
+        first[1:] = flat[1:] != flat[:-1]
+        slot = np.where(first, 0, 1)
+        if flat.size and np.any(np.diff(np.flatnonzero(first), append=flat.size) > 2):
+            raise ValueError("the statistic update splits a state over more than two points")
+        self.nidx = np.zeros((n_s, n_y, 2), dtype=np.int64)
+        self.nw = np.zeros((n_s, n_y, 2))
+        self.nidx[s_idx, jpos, slot] = cols
+        self.nw[s_idx, jpos, slot] = vals
+        self.logq = np.log(mu_next[self.ys])
+        self.n_s = n_s
+        self.k = kernels(n_s * self.xs.size * n_y)
+
+    def hull(self, G: np.ndarray):
+        """Exact envelopes of the rows of G at the current points: (val, slope, j1, j2, lam,
+        vert), see ``envelope.hull_sweep_period``."""
+        shape = (self.n_s, self.xv.size)
+        val, slope, lam = np.empty(shape), np.empty(shape), np.empty(shape)
+        j1, j2 = np.empty(shape, np.int64), np.empty(shape, np.int64)
+        vert = np.empty(G.shape, dtype=np.bool_)
+        self.k["hull_sweep_period"](G, self.yv, self.xv, self.live, val, slope, j1, j2, lam, vert)
+        return val, slope, j1, j2, lam, vert
+
+    def gather(self, w_next: np.ndarray) -> np.ndarray:
+        """G[s, j] = sum_k K(s, y_j; s'_k) W_{t+1}(y_j, s'_k); w_next is (n_{t+1}, Y)."""
+        j = np.arange(self.ys.size)[None, :]
+        second = np.where(self.nw[..., 1] > 0, self.nw[..., 1] * w_next[self.nidx[..., 1], j],
+                          0.0)
+        return np.ascontiguousarray(self.nw[..., 0] * w_next[self.nidx[..., 0], j] + second)
+
+    def scatter(self, q: np.ndarray, n_next: int) -> np.ndarray:
+        """Mass (n_{t+1}, Y) at t+1 from q[s, j] = mass of (S_t = s, X_{t+1} = y_j)."""
+        n_y = self.ys.size
+        j = np.broadcast_to(np.arange(n_y)[None, :, None], self.nidx.shape)
+        idx = (self.nidx * n_y + j).ravel()
+        out = np.bincount(idx, (q[:, :, None] * self.nw).ravel(), minlength=n_next * n_y)
+        return out.reshape(n_next, n_y)
+
+
+class _Sweeper:
+    """Exact and smoothed sweeps of one side of one chain."""
+
+    def __init__(self, chain: AugmentedChain, marginals: Marginals, sign: float):
+        self.chain = chain
+        self.sign = sign
+        self.T = chain.last_date
+        mu = np.asarray(marginals.weights, dtype=float)
+        self.mu = mu
+        self.periods = [_Period(chain, t, mu[t + 1]) for t in range(self.T)]
+        xs_T = np.flatnonzero(chain.support[self.T])
+        self.g_term = np.ascontiguousarray(sign * chain.terminal[xs_T].T)  # (n_T, X_T)
+        self.live_T = chain.reach[self.T][xs_T].T
+        xs0 = np.flatnonzero(chain.support[0])
+        init = chain.initial.toarray()[xs0]  # (X_0, n_0)
+        self.mass0 = np.ascontiguousarray((init * mu[0, xs0][:, None]).T)  # (n_0, X_0)
+        self.supp = [np.flatnonzero(chain.support[t]) for t in range(self.T + 1)]
+        self.sizes = [s.size for s in self.supp[1:]]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+        self.mu_flat = np.concatenate([mu[t, self.supp[t]] for t in range(1, self.T + 1)])
+        self.h_warm: list = [None] * self.T
+        self.bands: list = [None] * self.T  # (lo, hi) of the last smoothed sweep, per period
+        self.scale = float(np.max(np.abs(self.g_term[self.live_T]), initial=0.0)) or 1.0
+
+    def split(self, uvec: np.ndarray) -> list[np.ndarray]:
+        return [uvec[self.offsets[t - 1]:self.offsets[t]] for t in range(1, self.T + 1)]
+
+    def hard(self, uvec: np.ndarray, *, verify: bool = False):
+        """Exact sweep: (F(u), per-period (val, slope, moves), worst violation per period)."""
+        u = self.split(uvec)
+        w = np.where(self.live_T, self.g_term - u[self.T - 1][None, :], 0.0)
+        out = [None] * self.T
+        viol = np.zeros(self.T)
+        for t in range(self.T - 1, -1, -1):
+            per = self.periods[t]
+            G = per.gather(w)
+            val, slope, j1, j2, lam, _ = per.hull(G)
+            if verify:
+                viol[t] = float(np.max(per.k["hedge_violation_period"](G, per.yv, per.xv, per.live, val,
+                                                              slope), initial=0.0))
+            out[t] = (val, slope, j1, j2, lam)
+            w = np.where(per.live, val - (u[t - 1][None, :] if t > 0 else 0.0), 0.0)
+        value = float(np.sum(self.mass0 * w)) + float(uvec @ self.mu_flat)
+        return value, out, viol
+
+    def soft(self, uvec: np.ndarray, eps: float, band: float):
+        """Smoothed sweep and forward pass: (F_eps, gradient, E[f] of the chain, laws, drift)."""
+        u = self.split(uvec)
+        w = np.where(self.live_T, self.g_term - u[self.T - 1][None, :], 0.0)
+        store = [None] * self.T
+        drift = 0.0
+        for t in range(self.T - 1, -1, -1):
+            per = self.periods[t]
+            G = per.gather(w) + eps * per.logq[None, :]
+            hv, hs, _, _, _, vert = per.hull(G)
+            shape = hv.shape
+            val, hh, dr = np.empty(shape), np.empty(shape), np.empty(shape)
+            lo, hi = np.empty(shape, np.int64), np.empty(shape, np.int64)
+            warm = self.h_warm[t]
+            use = warm is not None
+            per.k["soft_sweep_period"](G, per.yv, per.xv, per.live, hv, hs, vert, eps, band,
+                              warm if use else hs, use, val, hh, lo, hi, dr)
+            self.h_warm[t] = hh
+            drift = max(drift, float(np.max(dr, initial=0.0)))
+            store[t] = (G, val, hh, lo, hi)
+            self.bands[t] = (lo, hi)
+            w = np.where(per.live, val - (u[t - 1][None, :] if t > 0 else 0.0), 0.0)
+        value = float(np.sum(self.mass0 * w)) + float(uvec @ self.mu_flat)
+        mass = self.mass0
+        laws = []
+        for t in range(self.T):
+            per = self.periods[t]
+            G, val, hh, lo, hi = store[t]
+            q = np.empty(G.shape)
+            per.k["soft_forward_period"](G, per.yv, per.xv, np.ascontiguousarray(mass), hh, lo, hi, val,
+                                eps, q)
+            n_next = (self.periods[t + 1].n_s if t + 1 < self.T else self.g_term.shape[0])
+            mass = per.scatter(q, n_next)
+            laws.append(mass.sum(axis=0))
+        expected = float(np.sum(mass * np.where(self.live_T, self.g_term, 0.0)))
+        law = np.concatenate(laws)
+        return value, self.mu_flat - law, expected, law, drift
+
+
+def duals_of(sw: _Sweeper, uvec: np.ndarray) -> Duals:
+    """The superhedge of ``uvec`` in the Duals layout (grid-indexed, NaN off the supports)."""
+    chain = sw.chain
+    m = chain.size
+    T = sw.T
+    _, per_t, _ = sw.hard(uvec)
+    u = np.full((T + 1, m), np.nan)
+    for t, piece in enumerate(sw.split(uvec), start=1):
+        u[t, sw.supp[t]] = piece
+    hs, phis = [], []
+    for t in range(T):
+        val, slope = per_t[t][0], per_t[t][1]
+        per = sw.periods[t]
+        h = np.full((m, per.n_s), np.nan)
+        h[per.xs] = np.where(per.live, slope, np.nan).T
+        phi = np.full((m, per.n_s), np.nan)
+        phi[per.xs] = np.where(per.live, val, np.nan).T
+        hs.append(sw.sign * h)
+        phis.append(sw.sign * phi)
+    # u_0 absorbs the value at date 0 (the static payoff bought at date 0)
+    u[0, sw.supp[0]] = np.nansum(chain.initial.toarray()[sw.supp[0]]
+                                 * np.nan_to_num(phis[0][sw.supp[0]], nan=0.0) * sw.sign, axis=1)
+    u = sw.sign * u
+    phis.append(np.where(chain.reach[T], chain.terminal, np.nan))
+    return Duals(u=u, h=hs, phi=phis)
+
+
+def hull_backward(chain: AugmentedChain, marginals: Marginals, g_sign: float, u: np.ndarray):
+    """The exact sweep for grid-indexed potentials ``u`` (T+1, M) (u_0 ignored) on the side
+    ``g_sign`` (+1 upper, -1 lower, in the sign-flipped convention of the sweep).
+
+    Returns ``(value, h, phi)``: F(u) of the sign-flipped problem, positions h_t (M, n_t) and
+    envelopes V_t (M, n_t), NaN off the reachable pairs."""
+    sw = _Sweeper(chain, marginals, g_sign)
+    uvec = np.concatenate([np.nan_to_num(u[t, sw.supp[t]]) for t in range(1, sw.T + 1)])
+    value, per_t, _ = sw.hard(uvec)
+    m = chain.size
+    hs, phis = [], []
+    for t in range(sw.T):
+        per = sw.periods[t]
+        h = np.full((m, per.n_s), np.nan)
+        h[per.xs] = np.where(per.live, per_t[t][1], np.nan).T
+        phi = np.full((m, per.n_s), np.nan)
+        phi[per.xs] = np.where(per.live, per_t[t][0], np.nan).T
+        hs.append(h)
+        phis.append(phi)
+    return value, hs, phis
