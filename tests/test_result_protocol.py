@@ -107,9 +107,6 @@ def test_result_dict_and_the_sanitizer():
     assert math.isnan(total_seconds({})) and total_seconds({"a": 1.0, "b": math.nan}) == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="not yet on the protocol: a slots class (not a frozen "
-                   "dataclass) with an integer status, no success and no to_dict; remove this "
-                   "mark when ColgenResult follows deepquant.results")
 class TestColgenResult(ResultProtocol):
     result_type = ColgenResult
     nit = True
@@ -117,5 +114,5 @@ class TestColgenResult(ResultProtocol):
     @pytest.fixture(scope="class")
     def result(self):
         # the shape of the class is under test, so a hand-built instance of a converged solve
-        return ColgenResult(value=1.0, u=None, residual=0.0, violation=0.0, rounds=2, columns=10,
-                            seconds=0.1, status=0, message="converged", lp_seconds=0.05)
+        return ColgenResult(value=1.0, u=None, residual=0.0, violation=0.0, nit=2, columns=10,
+                            seconds=0.1, status="optimal", message="converged", lp_seconds=0.05)

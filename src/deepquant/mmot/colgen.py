@@ -22,25 +22,49 @@ states (s, a) of ``_Period.live`` at each date, moves to the points ``ys`` of th
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
 
+from deepquant.results import result_dict
+
 __all__ = ["ColgenResult", "band_moves", "solve_chain_colgen"]
 
 
+@dataclass(frozen=True)
 class ColgenResult:
-    """Restricted-LP solution: ``value`` (sign convention of the sweep), ``u`` (the potentials
-    in the sweep's flat layout), ``residual`` (max |A x - b| of the plan on the full LP rows),
-    ``violation`` (largest reduced-cost violation left), ``rounds``, ``columns``, ``seconds``,
-    ``status`` (0 converged, 1 stopped by rounds/time), ``message``."""
+    """Restricted-LP solution (the package's result protocol, ``deepquant.results``).
 
-    __slots__ = ("value", "u", "residual", "violation", "rounds", "columns", "seconds",
-                 "status", "message", "lp_seconds")
+    ``value`` (sign convention of the sweep), ``u`` (the potentials in the sweep's flat layout;
+    None when no restricted LP was solved), ``residual`` (max |A x - b| of the plan over all
+    rows of the chain LP), ``violation`` (largest reduced-cost violation left), ``nit`` (LP
+    rounds), ``columns``, ``status``: ``"optimal"`` (no column prices out), ``"restricted"``
+    (one restricted solve, as asked), ``"max_rounds"``, ``"time_budget"``, ``"infeasible"``,
+    ``"too_large"`` or ``"lp_failed"``. A building block of ``certified``, which reports its
+    outcome, so a partial solve does not warn here."""
 
-    def __init__(self, **kw):
-        for k in self.__slots__:
-            setattr(self, k, kw.get(k))
+    value: float
+    u: np.ndarray | None
+    residual: float
+    violation: float
+    nit: int
+    columns: int
+    seconds: float
+    status: str
+    message: str
+    lp_seconds: float
+
+    @property
+    def success(self) -> bool:
+        return self.status in ("optimal", "restricted")
+
+    @property
+    def rounds(self) -> int:
+        return self.nit
+
+    def to_dict(self) -> dict:
+        return result_dict(self, skip=("u",))
 
 
 class _Layout:
@@ -252,7 +276,7 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
 
     ``extra``: more starting moves per period ((s, a, j) arrays or None, e.g. ``band_moves``).
     ``max_rounds=1`` solves the restricted LP once (a feasible plan: an inner value).
-    ``max_columns``: give up (status 3) when the starting set is larger. ``solver``: HiGHS's
+    ``max_columns``: give up (status ``"too_large"``) when the starting set is larger. ``solver``: HiGHS's
     ``"simplex"`` or ``"ipm"`` (with crossover; better for one large cold solve).
     ``pricing_tol`` is relative to the payoff scale ``sw.scale``; ``log``, if given, is called
     after every round with (round, seconds so far, columns, value, largest violation)."""
@@ -303,14 +327,14 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
         if mv is not None:
             add(t, *mv)
     if max_columns is not None and n_cols > max_columns:
-        return ColgenResult(value=np.nan, u=None, residual=np.inf, violation=np.inf, rounds=0,
-                            columns=n_cols, seconds=time.perf_counter() - t0, status=3,
+        return ColgenResult(value=np.nan, u=None, residual=np.inf, violation=np.inf, nit=0,
+                            columns=n_cols, seconds=time.perf_counter() - t0, status="too_large",
                             message=f"{n_cols} starting columns > max_columns={max_columns}",
                             lp_seconds=0.0)
     tol = pricing_tol * sw.scale
     rounds = 0
     lp_seconds = 0.0
-    status, message = 1, "round limit reached"
+    status, message = "max_rounds", "round limit reached"
     worst = np.inf
     sol = None
     u = None
@@ -323,12 +347,15 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
         ms = h.getModelStatus()
         if ms != highspy.HighsModelStatus.kOptimal:
             if sol is None:
-                code = 2 if ms == highspy.HighsModelStatus.kInfeasible else 1
+                code = ("infeasible" if ms == highspy.HighsModelStatus.kInfeasible else
+                        "time_budget" if ms == highspy.HighsModelStatus.kTimeLimit else
+                        "lp_failed")
                 return ColgenResult(value=np.nan, u=None, residual=np.inf, violation=np.inf,
-                                    rounds=rounds, columns=n_cols,
+                                    nit=rounds, columns=n_cols,
                                     seconds=time.perf_counter() - t0, status=code,
                                     message=f"HiGHS: {h.modelStatusToString(ms)}",
                                     lp_seconds=lp_seconds)
+            status = "time_budget" if ms == highspy.HighsModelStatus.kTimeLimit else "lp_failed"
             message = f"stopped: HiGHS {h.modelStatusToString(ms)} (last optimal round kept)"
             break
         sol = h.getSolution()
@@ -338,18 +365,21 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
         y = np.asarray(sol.row_dual, dtype=float)
         phi, u, hh = _duals(sw, lay, y)
         if max_rounds <= 1:
-            message = "restricted LP solved once (no pricing)"
+            status, message = "restricted", "restricted LP solved once (no pricing)"
             worst = np.nan
             break
         new, worst = _price(sw, lay, phi, u, hh, in_model, tol, per_state)
         if log is not None:
             log(rounds, time.perf_counter() - t0, n_cols, value, worst)
-        if rounds >= max_rounds or time.perf_counter() - t0 > max_seconds:
-            message = "round limit reached" if rounds >= max_rounds else "time budget spent"
+        if not any(nw is not None and nw[0].size for nw in new):
+            status, message = "optimal", "no column prices out"
             break
-        added = sum(add(t, *nw) for t, nw in enumerate(new) if nw is not None and nw[0].size)
-        if added == 0:
-            status, message = 0, "no column prices out"
+        if rounds >= max_rounds or time.perf_counter() - t0 > max_seconds:
+            status, message = (("max_rounds", "round limit reached") if rounds >= max_rounds
+                               else ("time_budget", "time budget spent"))
+            break
+        if sum(add(t, *nw) for t, nw in enumerate(new) if nw is not None and nw[0].size) == 0:
+            status, message = "optimal", "no new column prices out"
             break
     x = x_cols
     # residual of the plan on every row (columns not in the model are zero)
@@ -363,5 +393,5 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
         pos += key.size
     residual = max(float(np.max(np.abs(resid_vec), initial=0.0)), float(max(0.0, -x.min())))
     return ColgenResult(value=value, u=np.concatenate(u), residual=residual, violation=worst,
-                        rounds=rounds, columns=n_cols, seconds=time.perf_counter() - t0,
+                        nit=rounds, columns=n_cols, seconds=time.perf_counter() - t0,
                         status=status, message=message, lp_seconds=lp_seconds)
