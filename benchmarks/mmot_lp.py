@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/mmot_lp.py [--quick] [--repeat R] [--repeat-scaling R]
-                                 [--algorithm direct|colgen|dw]
+                                 [--algorithm direct]
     python benchmarks/mmot_lp.py --one N M [--payoff asian-call]   (one config, JSON on stdout)
 
 Marginals: X_0 = 1 and X_{t+1} | X_t = x spread by a 9-node Gauss-Hermite law with standard
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--payoff", default="asian-call")
     ap.add_argument("--repeat", type=int, default=3, help="runs per config of the main case")
     ap.add_argument("--repeat-scaling", type=int, default=1, help="runs per scaling config")
-    ap.add_argument("--algorithm", default="direct", choices=["direct", "colgen"])
+    ap.add_argument("--algorithm", default="direct", choices=["direct"])
     ap.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
     args = ap.parse_args()
     if args.one:

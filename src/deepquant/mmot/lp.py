@@ -43,7 +43,7 @@ DEFAULT_HIGHS_OPTIONS = dict(presolve=False, primal_feasibility_tolerance=1e-9,
 false infeasibility and 5e-8 residuals on MOT LPs with tiny tail masses; residuals are checked)."""
 
 MARTINGALE_MODES = ("full", "one-step")
-ALGORITHMS = ("direct", "colgen")
+ALGORITHMS = ("direct",)
 
 
 @dataclass(frozen=True, eq=False)
@@ -281,12 +281,8 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
 
     ``algorithm="direct"`` (default) passes the whole sparse LP to
     ``scipy.optimize.linprog(method=method)`` (HiGHS interior point with crossover by default).
-    ``algorithm="colgen"`` solves the LP by column generation with warm-started HiGHS
-    dual simplex (highspy): it starts from the support of a feasible Markov plan (one-period
-    martingale couplings glued along the chain), prices every column of the full LP with the
-    current duals (reduced cost c - A^T y) and adds the violated ones until none is left below
-    ``-pricing_tol``; the residuals and gap are then measured on the FULL LP, so the result is
-    certified exactly as a direct solve (slower than "direct" on the benchmark cases).
+    Column generation on the chain LP (without building it) lives in ``deepquant.mmot.colgen``,
+    used by the certified method.
     Grids beyond the reach of one LP go to ``deepquant.mmot.certified`` (certified bounds by
     the concave-envelope sweep, DESIGN §2.8).
     """
@@ -304,25 +300,23 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     opts.update(highs_options or {})
     c = sign * lp.cost
     if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r} (column "
+                         "generation: bounds(..., method='certified'))")
     info: dict = {}
-    if algorithm == "colgen" and lp.a_ub is None:
-        x, y_eq, y_ub, status, message, info = _column_generation(lp, c, opts)
-    else:
-        # drop the rows implied by the others: the full system is rank deficient by two per
-        # period, which made HiGHS's interior point finish "imprecise" and fall back to a long
-        # simplex clean-up (10-12 s -> 7-8 s per side on the benchmark case); the dropped rows
-        # get zero duals (a valid dual of the full LP) and the residuals below are measured on
-        # ALL rows
-        keep = np.ones(lp.a_eq.shape[0], dtype=bool)
-        keep[lp.redundant_rows()] = False
-        res = optimize.linprog(c, A_eq=lp.a_eq[keep], b_eq=lp.b_eq[keep], A_ub=lp.a_ub,
-                               b_ub=lp.b_ub, bounds=(0, None), method=method, options=opts)
-        status, message, x = int(res.status), str(res.message), res.x
-        if x is not None and status == 0:
-            y_eq = np.zeros(lp.a_eq.shape[0])
-            y_eq[keep] = np.asarray(res.eqlin.marginals)
-            y_ub = None if lp.a_ub is None else np.asarray(res.ineqlin.marginals)
+    # drop the rows implied by the others: the full system is rank deficient by two per
+    # period, which made HiGHS's interior point finish "imprecise" and fall back to a long
+    # simplex clean-up (10-12 s -> 7-8 s per side on the benchmark case); the dropped rows
+    # get zero duals (a valid dual of the full LP) and the residuals below are measured on
+    # ALL rows
+    keep = np.ones(lp.a_eq.shape[0], dtype=bool)
+    keep[lp.redundant_rows()] = False
+    res = optimize.linprog(c, A_eq=lp.a_eq[keep], b_eq=lp.b_eq[keep], A_ub=lp.a_ub,
+                           b_ub=lp.b_ub, bounds=(0, None), method=method, options=opts)
+    status, message, x = int(res.status), str(res.message), res.x
+    if x is not None and status == 0:
+        y_eq = np.zeros(lp.a_eq.shape[0])
+        y_eq[keep] = np.asarray(res.eqlin.marginals)
+        y_ub = None if lp.a_ub is None else np.asarray(res.ineqlin.marginals)
     seconds = time.perf_counter() - t0
     if status != 0 or x is None:
         msg = f"HiGHS status {status}: {message}"
@@ -349,98 +343,6 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     value = sign * primal_obj
     return BoundSide(value, True, 0, message, seconds, primal, dual_res, gap, duals, plan,
                      info)
-
-
-def _markov_support(lp: ChainLP) -> np.ndarray:
-    """Columns of a feasible plan: pi_t(x, s, y) = m_t(x, s) k_t(x, y) with k_t the kernel of a
-    one-period martingale coupling of (mu_t, mu_{t+1}) (an LP vertex, so sparse); gluing these
-    Markov kernels is feasible for the augmented LP. Returns a boolean mask over the columns."""
-    chain = lp.chain
-    mask = np.zeros(lp.a_eq.shape[1], dtype=bool)
-    for t in range(chain.last_date):
-        xs = np.flatnonzero(chain.support[t])
-        ys = lp.ys[t]
-        mu, nu = lp.margs[t], lp.margs[t + 1]
-        n_y = ys.size
-        plan = _feasible_martingale_plan(chain.grid[xs], chain.grid[ys], mu[xs], nu[ys])
-        if plan is None:
-            return np.ones_like(mask)  # let the full LP report infeasibility
-        live = np.zeros((chain.size, n_y), dtype=bool)
-        live[xs] = plan > 1e-14 * max(1.0, plan.max())
-        P = lp.pairs[t]
-        mask[lp.offsets[t]:lp.offsets[t + 1]] = live[P[:, 0]].ravel()
-    return mask
-
-
-def _column_generation(lp: ChainLP, c: np.ndarray, opts: dict):
-    """Column generation with warm-started HiGHS simplex (see ``solve_side``)."""
-    import highspy
-
-    from deepquant.mmot.colgen import _quiet_highs
-
-    a = lp.a_eq.tocsc()
-    at = lp.a_eq.T.tocsr()
-    n_rows, n_cols = a.shape
-    h = _quiet_highs()
-    h.setOptionValue("presolve", "off")
-    for key in ("primal_feasibility_tolerance", "dual_feasibility_tolerance", "time_limit"):
-        if key in opts:
-            h.setOptionValue(key, float(opts[key]))
-    inf = highspy.kHighsInf
-    h.addRows(n_rows, lp.b_eq, lp.b_eq, 0, np.zeros(n_rows, np.int32), np.zeros(0, np.int32),
-              np.zeros(0))
-    # elastic columns +-e_i (big-M cost): the restricted LP is always feasible, and tail masses
-    # below HiGHS' tolerance cannot make the start infeasible; they must end at zero.
-    big = 1e4 * (1.0 + float(np.max(np.abs(c), initial=0.0)))
-    eye = np.arange(n_rows, dtype=np.int32)
-    for sgn in (1.0, -1.0):
-        h.addCols(n_rows, np.full(n_rows, big), np.zeros(n_rows), np.full(n_rows, inf), n_rows,
-                  eye, eye, np.full(n_rows, sgn))
-    in_model = np.zeros(n_cols, dtype=bool)
-    order: list[np.ndarray] = []
-
-    def add(cols: np.ndarray) -> None:
-        sub = a[:, cols]
-        h.addCols(cols.size, c[cols], np.zeros(cols.size), np.full(cols.size, inf), sub.nnz,
-                  sub.indptr[:-1].astype(np.int32), sub.indices.astype(np.int32),
-                  sub.data.astype(float))
-        in_model[cols] = True
-        order.append(cols)
-
-    add(np.flatnonzero(_markov_support(lp)))
-    tol = float(opts.get("pricing_tol", 1e-9)) * max(1.0, float(np.max(np.abs(c), initial=0.0)))
-    cap = max(2 * n_rows, 1000)
-    rounds = 0
-    while True:
-        h.run()
-        rounds += 1
-        status = h.getModelStatus()
-        if status != highspy.HighsModelStatus.kOptimal:
-            code = 2 if status == highspy.HighsModelStatus.kInfeasible else 4
-            return None, None, None, code, h.modelStatusToString(status), dict(rounds=rounds)
-        sol = h.getSolution()
-        y = np.asarray(sol.row_dual, dtype=float)
-        rc = c - at @ y
-        rc[in_model] = 0.0
-        bad = np.flatnonzero(rc < -tol)
-        if bad.size == 0 or rounds > 200:
-            break
-        if bad.size > cap:
-            bad = bad[np.argpartition(rc[bad], cap)[:cap]]
-        add(np.sort(bad))
-    cols = np.concatenate(order)
-    values = np.asarray(sol.col_value, dtype=float)
-    elastic = float(values[: 2 * n_rows].sum())
-    x = np.zeros(n_cols)
-    x[cols] = values[2 * n_rows:]
-    info = dict(rounds=rounds, columns=int(cols.size), total_columns=int(n_cols),
-                simplex_iterations=int(h.getInfo().simplex_iteration_count),
-                elastic_mass=elastic)
-    if elastic > 10 * float(opts.get("primal_feasibility_tolerance", 1e-9)):
-        return (None, None, None, 2, f"elastic mass {elastic:.3e} left: infeasible", info)
-    msg = "Optimal (column generation)" if bad.size == 0 else \
-        "column generation stopped after 200 rounds"
-    return x, y, None, 0 if bad.size == 0 else 1, msg, info
 
 
 def _map_duals(lp: ChainLP, y: np.ndarray, y_ub: np.ndarray | None) -> Duals:
@@ -536,9 +438,9 @@ def lp_bounds(
         Keep the optimal plans pi_t(x, s, y).
     sides : tuple of str
         Which sides to solve.
-    algorithm : {"direct", "colgen"}
-        One direct HiGHS solve of the full sparse LP (default) or column generation (see
-        ``solve_side``).
+    algorithm : {"direct"}
+        One direct HiGHS solve of the full sparse LP (column generation on the chain:
+        ``method="certified"`` of ``bounds``).
     """
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
