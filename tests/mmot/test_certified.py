@@ -184,3 +184,16 @@ def test_certified_errors(rw):
         certified_bounds(rw, make_payoff("sum-squared-increments"))
     with pytest.raises(ValueError, match="sides must be"):
         certified_bounds(rw, payoff, sides=("middle",))
+
+
+def test_column_generation_reports_its_rounds(rw):
+    """The exact route reports every LP round through ``progress`` (eps = 0), and its
+    restricted values increase to the final inner value (a max over growing column sets)."""
+    seen = []
+    res = certified_bounds(rw, make_payoff("lookback-call", strike=100.0), sides=("upper",),
+                           progress=seen.append)
+    assert seen and all(p.eps == 0.0 and p.side == "upper" for p in seen)
+    assert [p.stage for p in seen] == list(range(1, len(seen) + 1))
+    values = [p.inner for p in seen]
+    assert all(b >= a - 1e-9 for a, b in zip(values, values[1:]))
+    assert values[-1] == pytest.approx(res.upper_side.info["inner"], abs=1e-9)

@@ -315,6 +315,11 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
             options.update(rtol=rtol, max_seconds=max_seconds)
             if not as_json and err_console.is_terminal:
                 def show(p):
+                    if p.eps == 0.0:  # a column-generation round of the exact LP
+                        err_console.print(
+                            f"certified {p.side}: LP round {p.stage}  restricted value "
+                            f"{p.inner:.6g}  {p.seconds:.1f} s", highlight=False)
+                        return
                     err_console.print(
                         f"certified {p.side}: eps {p.eps:.2e}  bound {p.outer:.6g}  inner "
                         f"{p.inner:.6g}  marginal error {p.marginal_error:.1e}  "

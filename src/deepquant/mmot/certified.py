@@ -63,7 +63,9 @@ def live_states(chain: AugmentedChain) -> int:
 
 @dataclass(frozen=True)
 class CertifiedProgress:
-    """One eps stage of a certified solve, passed to ``progress`` callbacks."""
+    """One eps stage of a certified solve, passed to ``progress`` callbacks. ``eps == 0``
+    marks a round of the exact column generation (``stage`` the round, ``inner`` the restricted
+    LP's value, ``outer`` NaN until the final sweep)."""
 
     side: str
     stage: int
@@ -220,7 +222,14 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
     eps = eps_start
     inner_kind = "smoothed chain"
     if polish and live_states(chain) <= polish_max_states:
-        cg = solve_chain_colgen(sw, uvec, max_seconds=max_seconds)
+        log = None
+        if progress is not None:
+            def log(rnd, sec, cols, val, worst):
+                # eps = 0 marks a column-generation round; the restricted LP's value is an
+                # inner value, the outer bound is swept once at the end
+                progress(CertifiedProgress(sense, rnd, 0.0, float("nan"), sign * val, 0.0,
+                                           time.perf_counter() - t0))
+        cg = solve_chain_colgen(sw, uvec, max_seconds=max_seconds, log=log)
         if cg.u is not None and cg.residual <= POLISH_RESIDUAL:
             # a feasible plan (rigorous inner) and its potentials (a second outer candidate)
             value, _, viol = sw.hard(cg.u, verify=True)
