@@ -37,6 +37,7 @@ from deepquant.mmot.colgen import band_moves, solve_chain_colgen
 from deepquant.mmot.result import BoundSide, BoundsResult
 from deepquant.mmot.sweep import _Sweeper, duals_of
 from deepquant.payoffs import Payoff, SumSquaredIncrements
+from deepquant.results import warn_failure
 
 __all__ = ["certified_bounds", "certify_side", "nest_supports", "stage_stop",
            "CertifiedProgress"]
@@ -425,7 +426,7 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
     certified = all(r.status == 0 for r in res.values())
     status = "certified" if certified else "certified-wide"
     msg = "; ".join(f"{k}: {r.message} (gap {r.gap:.3g})" for k, r in res.items())
-    return BoundsResult(
+    result = BoundsResult(
         lower=lo.value, upper=up.value, method="certified", status=status, success=ok,
         message=msg, seconds=dict(lower=lo.seconds, upper=up.seconds, build=build),
         sizes=dict(states=int(sum(chain.n_states)), pairs=int(sum(r.sum() for r in chain.reach)),
@@ -435,3 +436,5 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
         info=dict(states=chain.n_states, kind=chain.kind, chain=chain, tail_mass_moved=moved,
                   support=[int(s.sum()) for s in chain.support]),
     )
+    warn_failure(result, "certified bounds")
+    return result

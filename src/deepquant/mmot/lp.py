@@ -33,6 +33,7 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain, build_chain, trivial_chain
 from deepquant.mmot.result import BoundSide, BoundsResult, Duals
 from deepquant.payoffs import Payoff, SumSquaredIncrements
+from deepquant.results import warn_failure
 
 __all__ = ["ChainLP", "build_chain_lp", "solve_side", "lp_bounds", "check_convex_order",
            "DEFAULT_HIGHS_OPTIONS"]
@@ -470,7 +471,7 @@ def lp_bounds(
     missing = BoundSide(float("nan"), True, 0, "not requested", 0.0)
     lo, up = res.get("lower", missing), res.get("upper", missing)
     status, ok, msg = _status(lo, up)
-    return BoundsResult(
+    result = BoundsResult(
         lower=lo.value, upper=up.value, method="lp", status=status, success=ok, message=msg,
         seconds=dict(lower=lo.seconds, upper=up.seconds, build=build), sizes=lp.sizes,
         lower_side=lo if "lower" in res else None, upper_side=up if "upper" in res else None,
@@ -478,6 +479,8 @@ def lp_bounds(
         info=dict(states=chain.n_states, kind=chain.kind, martingale=martingale,
                   support=[int(s.sum()) for s in chain.support], chain=chain),
     )
+    warn_failure(result, "LP bounds")
+    return result
 
 
 def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, t_build,
@@ -535,13 +538,15 @@ def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, 
     missing = BoundSide(float("nan"), True, 0, "not requested", 0.0)
     lo, up = out.get("lower", missing), out.get("upper", missing)
     status, ok, msg = _status(lo, up)
-    return BoundsResult(
+    result = BoundsResult(
         lower=lo.value, upper=up.value, method="lp", status=status, success=ok, message=msg,
         seconds=dict(lower=lo.seconds, upper=up.seconds, build=build), sizes=sizes,
         lower_side=out.get("lower"), upper_side=out.get("upper"), exact=True,
         martingale_tol=float(martingale_tol), structure="pairwise",
         info=dict(periods=sorted(by_t), last_date=T),
     )
+    warn_failure(result, "LP bounds")
+    return result
 
 
 def _glued_kernels(chain: AugmentedChain, margs: np.ndarray) -> np.ndarray | None:

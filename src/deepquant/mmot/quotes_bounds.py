@@ -61,6 +61,7 @@ from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quot
 from deepquant.mmot.result import BoundSide, BoundsResult
 from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff, SumSquaredIncrements
+from deepquant.results import warn_failure
 
 __all__ = ["QuoteBands", "QuoteHedge", "bounds_from_quotes", "check_bands", "load_bands",
            "quote_grid", "quote_hedge", "verify_quote_hedge", "REPAIRS"]
@@ -524,7 +525,7 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
     else:
         status = "certified" if all(r.status == 0 for r in out.values()) else "certified-wide"
     msg = "; ".join(f"{k}: {r.message}" for k, r in out.items())
-    return BoundsResult(
+    result = BoundsResult(
         lower=lo.value, upper=up.value, method=f"quotes-{method}", status=status, success=ok,
         message=msg, seconds=dict(lower=lo.seconds, upper=up.seconds, build=build),
         sizes=dict(grid=int(grid.size), quotes=int(prob.off[-1]),
@@ -539,3 +540,5 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
                   widened_quotes=_n_widened(original, bands),
                   band_check=check, expiries_used=[bands.labels[s] for s in prob.used]),
     )
+    warn_failure(result, "quote bounds")
+    return result
