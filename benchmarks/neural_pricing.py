@@ -1,4 +1,4 @@
-"""Pricing a solved chain: the precomputed forward recursion against the per-step sparse one.
+"""Pricing a solved chain: the banded recursion against the dense plan and the sparse one.
 
     python benchmarks/neural_pricing.py [--repeats 7] [--batch 16] [--json out.json]
 
@@ -12,11 +12,18 @@ process with one BLAS thread (medians over ``--repeats``):
   caches per grid, support and payoff;
 * ``sparse_ms``: the forward recursion as it was written before (one scipy sparse matrix built
   per step; reproduced here verbatim as the baseline);
-* ``plan_ms``: ``ChainPlan.expectation`` for one instance (index arrays precomputed once);
-* ``price_ms``: ``CalibratedModel.price`` on a warm cache (what a user calls);
-* ``batch_ms_per_instance``: ``ChainPlan.expectation`` on ``--batch`` kernel sets at once,
-  divided by the batch size;
-* ``max_abs_diff``: |plan - sparse| over the payoffs (the two are the same sum).
+* ``dense_ms`` (before): ``ChainPlan._expectation_dense`` for one instance, the plan's dense
+  recursion (one batched matmul on the full reachable-rows x support-columns rectangle per
+  date, then the CSR statistic map), as ``expectation`` was before the banded kernel;
+* ``plan_ms`` (after): ``ChainPlan.expectation`` for one instance (the banded numba step:
+  kernel bands at 1e-14 of the row, joint entries above 1e-18 of the mass, BLAS per block);
+* ``price_ms``: ``CalibratedModel.price`` on a warm cache (what a user calls, after);
+* ``batch_dense_ms_per_instance`` / ``batch_ms_per_instance``: the dense and the banded
+  recursion on ``--batch`` kernel sets at once, divided by the batch size;
+* ``max_abs_diff``: |plan - sparse| (exact reference), ``bound``: the banded recursion's own
+  bound on it (dropped mass x max |payoff|), ``dense_diff``: |dense - sparse|.
+
+Before and after are timed interleaved in the same process (each repeat runs both).
 """
 
 from __future__ import annotations
@@ -57,6 +64,17 @@ def _median_ms(fn, repeats):
     return statistics.median(out)
 
 
+def _paired_ms(fns, repeats):
+    """Medians of several callables timed interleaved (one call of each per repeat)."""
+    out = [[] for _ in fns]
+    for _ in range(repeats):
+        for o, fn in zip(out, fns):
+            t0 = time.perf_counter()
+            fn()
+            o.append(1e3 * (time.perf_counter() - t0))
+    return [statistics.median(o) for o in out]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -86,25 +104,37 @@ def main(argv=None):
         build = _median_ms(lambda pay=pay: build_chain(marg, pay), max(3, args.repeats // 2))
         sparse_ms = _median_ms(lambda c=chain: sparse_expectation(c, kernels, law0), args.repeats)
         plan = ChainPlan(chain)
-        plan_ms = _median_ms(lambda p=plan: p.expectation(kernels[None], law0[None]),
-                             args.repeats)
+        k1, l1 = kernels[None], law0[None]
+        plan.expectation(k1, l1)            # compile the numba step (cached on disk)
         model.price(pay)   # warm the chain cache
-        price_ms = _median_ms(lambda pay=pay: model.price(pay), args.repeats)
+        dense_ms, plan_ms, price_ms = _paired_ms(
+            [lambda p=plan, k=k1, w=l1: p._expectation_dense(k, w),
+             lambda p=plan, k=k1, w=l1: p.expectation(k, w),
+             lambda pay=pay: model.price(pay)], args.repeats)
         kb = np.broadcast_to(kernels, (args.batch, *kernels.shape)).copy()
         lb = np.broadcast_to(law0, (args.batch, law0.size)).copy()
-        batch_ms = _median_ms(lambda p=plan, k=kb, w=lb: p.expectation(k, w),
-                              max(3, args.repeats // 2))
+        batch_dense, batch_ms = _paired_ms(
+            [lambda p=plan, k=kb, w=lb: p._expectation_dense(k, w),
+             lambda p=plan, k=kb, w=lb: p.expectation(k, w)], max(3, args.repeats // 2))
         ref = sparse_expectation(chain, kernels, law0)
-        got = float(plan.expectation(kernels[None], law0[None])[0])
+        vals, bound = plan.expectation_bound(k1, l1)
+        got = float(vals[0])
+        dense = float(plan._expectation_dense(k1, l1)[0])
         rows[name] = {"n_states": chain.n_states, "exact": chain.exact, "build_ms": build,
-                      "sparse_ms": sparse_ms, "plan_ms": plan_ms, "price_ms": price_ms,
+                      "sparse_ms": sparse_ms, "dense_ms": dense_ms, "plan_ms": plan_ms,
+                      "price_ms": price_ms,
+                      "batch_dense_ms_per_instance": batch_dense / args.batch,
                       "batch_ms_per_instance": batch_ms / args.batch,
                       "speedup_plan_vs_sparse": sparse_ms / plan_ms,
-                      "price": got, "max_abs_diff": abs(got - ref)}
+                      "speedup_plan_vs_dense": dense_ms / plan_ms,
+                      "price": got, "max_abs_diff": abs(got - ref),
+                      "max_rel_diff": abs(got - ref) / abs(ref), "bound": float(bound[0]),
+                      "dense_diff": abs(dense - ref)}
         print(f"{name:14s} states<= {max(chain.n_states):5d}  build {build:7.1f} ms  "
-              f"sparse {sparse_ms:7.2f} ms  plan {plan_ms:7.2f} ms  price {price_ms:7.2f} ms  "
-              f"batch/inst {batch_ms / args.batch:7.2f} ms  x{sparse_ms / plan_ms:5.1f}  "
-              f"|diff| {abs(got - ref):.1e}", flush=True)
+              f"sparse {sparse_ms:7.2f} ms  dense {dense_ms:7.2f} ms  plan {plan_ms:7.2f} ms  "
+              f"price {price_ms:7.2f} ms  batch/inst {batch_dense / args.batch:7.2f} -> "
+              f"{batch_ms / args.batch:7.2f} ms  |diff| {abs(got - ref):.1e} "
+              f"(rel {abs(got - ref) / abs(ref):.1e}, bound {bound[0]:.1e})", flush=True)
     out = {"instance": "heston N=10 T=0.5 M=150 (model grid), classical kernels",
            "repeats": args.repeats, "batch": args.batch, "threads": 1,
            "load_average": os.getloadavg(), "payoffs": rows}
