@@ -12,6 +12,11 @@ Usage (one process, one BLAS thread; results are appended case by case to the JS
 each strike and step count one run; the table gives lower and upper bounds with 95% intervals,
 and the observed rate p of the midpoint from consecutive differences,
 p = log2(|P(s) - P(s/2)| / |P(2s) - P(s)|).
+``converged``: ``price_converged`` per strike for each named configuration (``--configs``,
+see ``CONFIGS``: the previous default and the coarse-feature default), alternating
+configurations strike by strike so that they share the machine's load; the table gives the
+extrapolated price, the discretisation error estimate against half the finest gap, and the CPU
+seconds per strike.
 ``dates``: the same fine grid (``--total-steps`` steps over [0, T]) with 12, 24, 48 exercise
 dates (``steps_per_date`` = total / dates), the Bermudan bounds and the Richardson extrapolation
 in the number of dates (``deepquant.rough.extrapolate.richardson``).
@@ -152,10 +157,64 @@ def cmd_dates(args) -> None:
               f"+- {ex.error:.4f} (Richardson, rate 1)")
 
 
+CONFIGS = {
+    # the previous default: two grids (4, 8 steps per period), features on every step
+    "before": dict(steps=(4, 8), feature_steps=None),
+    # features on a coarse grid (2 points per period), grids of 8 and 16 steps
+    "after": dict(steps=(8, 16), feature_steps=2),
+}
+"""Configurations of ``converged``; the pricer is the ``rbergomi`` preset with the scaled-down
+sizes of the other commands."""
+
+
+def cmd_converged(args) -> None:
+    from deepquant.rough.extrapolate import price_converged
+
+    out = Path(args.out)
+    data = _load(out)
+    done = {(c["config"], c["strike"]) for c in data["cases"]}
+    model = RoughBergomi()
+    for K in args.strikes:
+        for name in args.configs:
+            if (name, float(K)) in done or args.summary_only:
+                continue
+            cfg = CONFIGS[name]
+            pricer = preset_pricer("rbergomi", n_regression=args.regression_paths,
+                                   batch_size=args.batch_size,
+                                   min_batches=min(4, args.max_batches),
+                                   max_batches=args.max_batches,
+                                   feature_steps=cfg["feature_steps"])
+            c0 = time.process_time()
+            res = price_converged(model, float(K), pricer=pricer, steps=cfg["steps"],
+                                  rng=args.seed)
+            cpu = time.process_time() - c0
+            row = dict(config=name, strike=float(K), steps=list(cfg["steps"]),
+                       feature_steps=cfg["feature_steps"], value=res.value, lower=res.lower,
+                       upper=res.upper, discretisation_error=res.discretisation_error,
+                       stderr=res.stderr, gap=res.gap, error=res.error, cpu_seconds=cpu,
+                       runs=[_row(r, math.nan, steps_per_date=s) for r, s in
+                             zip(res.runs, cfg["steps"], strict=True)])
+            data["cases"].append(row)
+            _save(out, data)
+            print(f"{name} K={K:g}: {res.value:.4f} disc {res.discretisation_error:.4f} gap "
+                  f"{res.gap:.4f} cpu {cpu:.0f} s", flush=True)
+    print("| K | config | grids | extrapolated | disc. error | finest gap | disc <= gap/2 | "
+          "CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in sorted(data["cases"], key=lambda c: (c["strike"], c["config"])):
+        v = c["value"]
+        print(f"| {c['strike']:g} | {c['config']} | {', '.join(map(str, c['steps']))} "
+              f"(features: {c['feature_steps'] or 'every step'}) | {v:.4f} | "
+              f"{c['discretisation_error']:.4f} ({100 * c['discretisation_error'] / v:.2f}%) | "
+              f"{c['gap']:.4f} ({100 * c['gap'] / v:.2f}%) | "
+              f"{'yes' if c['discretisation_error'] <= 0.5 * c['gap'] else 'no'} | "
+              f"{c['cpu_seconds']:.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("steps", "dates"):
+    for name in ("steps", "dates", "converged"):
         q = sub.add_parser(name)
         q.add_argument("--strikes", type=float, nargs="+", default=[70.0, 100.0, 120.0])
         q.add_argument("--regression-paths", type=int, default=2**15)
@@ -168,9 +227,11 @@ def main() -> None:
     sub.choices["steps"].add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32])
     sub.choices["dates"].add_argument("--dates", type=int, nargs="+", default=[12, 24, 48])
     sub.choices["dates"].add_argument("--total-steps", type=int, default=96)
+    sub.choices["converged"].add_argument("--configs", nargs="+", choices=sorted(CONFIGS),
+                                          default=["before", "after"])
     args = p.parse_args()
     with threadpool_limits(1):
-        {"steps": cmd_steps, "dates": cmd_dates}[args.cmd](args)
+        {"steps": cmd_steps, "dates": cmd_dates, "converged": cmd_converged}[args.cmd](args)
 
 
 if __name__ == "__main__":

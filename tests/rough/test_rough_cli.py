@@ -101,6 +101,8 @@ def test_preset_pricer_names():
     (["--float32"], "--float32 needs --device"),
     (["--american", "--steps-per-date", "6"], "--steps-per-date must be a multiple of 4"),
     (["--grids", "3", "--steps-per-date", "2"], "divisible by 2^(grids-1) = 4"),
+    (["--steps-per-date", "8", "--feature-steps", "3"], "--feature-steps 3 must divide"),
+    (["--feature-steps", "0"], "--feature-steps must be >= 1"),
     (["--model", "heston", "--upper", "subsim"], "--upper subsim is specific to rough Bergomi"),
     (["--model", "heston", "--v0", "-1"], "v0 must be > 0"),
 ])
@@ -153,6 +155,17 @@ def test_american_default_rbergomi_reports_a_discretisation_error(runner):
     assert out["discretisation_error"] == pytest.approx(c * abs(m2 - m1), rel=1e-12)
     assert "continuous-time model" in out["model_description"]
     assert out["model"] == "rbergomi"
+
+
+def test_american_feature_steps_reach_the_runs(runner):
+    # two grids of 2 and 4 steps per period, features once per period: every 2 and 4 steps
+    res = runner.invoke(main, ["american", "--strike", "100", "--dates", "4",
+                               "--steps-per-date", "4", "--feature-steps", "1", "--json",
+                               *SMALL])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert [r["model"].split("T=1, ")[-1] for r in out["runs"]] == [
+        "features every 2 steps", "features every 4 steps"]
 
 
 def test_american_flag_extrapolates_in_the_dates(runner):

@@ -24,19 +24,21 @@ from deepquant.rough.subsim import (
 QL_TOL = 2e-3  # QuantLib FD grid/calendar error, as in test_rough_engine.py
 
 
-def test_inner_paths_reproduce_the_outer_path():
+@pytest.mark.parametrize("feature_steps", [None, 2])
+def test_inner_paths_reproduce_the_outer_path(feature_steps):
     """Fed with the outer path's own increments over [t_j, t_{j+1}], the one-period inner
     simulation must reproduce the outer S, V on that period and the exercise features at
     t_{j+1} (Volterra history term, Chen-combined signature, forward-variance split) to
-    rounding error."""
+    rounding error; with ``feature_steps`` = 2 of 4 steps per period the segment signature is
+    that of every second step, as for the outer features."""
     model = RoughBergomi()
     basis = ExerciseBasis(european_periods=(1, 3))
     pricer = BermudanPricer(n_dates=6, steps_per_date=4, n_regression=2**10, batch_size=2**10,
-                            exercise_basis=basis)
+                            exercise_basis=basis, feature_steps=feature_steps)
     payoff = exercise_payoff(100.0)
     paths = pricer.simulate(model, 8, 3)
     _, F = pricer.exercise_arrays(model, payoff, paths)
-    m, n, T = 4, 24, 1.0
+    m, n, T, c = 4, 24, 1.0, pricer.feature_stride
     dt = T / n
     L = signature_length(basis.sig_level)
     rows = np.arange(8)
@@ -49,8 +51,9 @@ def test_inner_paths_reproduce_the_outer_path():
             paths.dW_perp[:, None, e:e + m], paths.cell[:, None, e:e + m])
         np.testing.assert_allclose(S[:, 0], paths.S[:, e:e + m + 1], rtol=1e-12)
         np.testing.assert_allclose(V[:, 0], paths.V[:, e:e + m + 1], rtol=1e-12)
-        seg = _segment_signature(logS[:, 0], logV[:, 0], V[:, 0], model.S0, model.xi0, T,
-                                 paths.times[e], dt, basis.sig_level, basis.variance)
+        seg = _segment_signature(logS[:, 0, ::c], logV[:, 0, ::c], V[:, 0, ::c], model.S0,
+                                 model.xi0, T, paths.times[e], c * dt, basis.sig_level,
+                                 basis.variance)
         sig = seg if e == 0 else _siglib().sig_combine(np.ascontiguousarray(F[:, j, -L:]),
                                                        seg, 3, basis.sig_level)
         feats = features_at(S[:, 0, -1], V[:, 0, -1], fv[:, 0], sig, paths.times[e + m], T,

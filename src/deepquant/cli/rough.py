@@ -49,13 +49,19 @@ def _check_resume(path: str) -> None:
 
 
 def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, heston,
-           steps_per_date,
+           steps_per_date, feature_steps,
            grids, grid_rate, american, tol, device, float32, sig_level, n_regression, batch_size,
            max_batches, patience, upper, dual_fit, mc, no_zero, resume):
     """Validate the options (messages name the CLI option) and build (model, pricer, plan)."""
     from dataclasses import replace
 
-    from deepquant.rough import TIME_STEP_RATE, Heston, RoughBergomi, preset_pricer
+    from deepquant.rough import (
+        FEATURE_STEPS,
+        TIME_STEP_RATE,
+        Heston,
+        RoughBergomi,
+        preset_pricer,
+    )
 
     if max_batches < 2:
         raise ValueError(f"--max-batches must be >= 2 (a confidence interval needs two "
@@ -131,6 +137,22 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
         _check_resume(resume)
     if tol > 0 and not american:
         grids = max(grids, 2)
+    if feature_steps is not None and feature_steps < 1:
+        raise ValueError(f"--feature-steps must be >= 1, got {feature_steps}")
+    if model == "rbergomi" and grids > 1 and not american:
+        # time-grid runs: features twice per period buy grids of 8 and 16 steps
+        if steps_per_date is None:
+            pricer = replace(pricer, steps_per_date=16)
+        if feature_steps is None:
+            feature_steps = FEATURE_STEPS
+    if feature_steps is not None:
+        spd = pricer.steps_per_date
+        finest_ok = feature_steps >= spd or spd % feature_steps == 0
+        coarsest = spd // 2 ** (grids - 1) if grids > 1 and not american else spd
+        if not finest_ok or (feature_steps < coarsest and coarsest % feature_steps):
+            raise ValueError(f"--feature-steps {feature_steps} must divide the steps per "
+                             f"period of every grid (finest {spd}) or exceed them")
+        pricer = replace(pricer, feature_steps=feature_steps)
     plan = dict(grids=grids, rate=grid_rate, american=american, tol=tol, bs=bs)
     return m, pricer, plan
 
@@ -161,8 +183,12 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
 @click.option("--vol-of-vol", type=float, default=0.5, show_default=True,
               help="Heston volatility of the variance")
 @click.option("--steps-per-date", type=int, default=None,
-              help="simulation steps per exercise period of the finest grid [default: 8 "
-                   "rbergomi, 1 bs]")
+              help="simulation steps per exercise period of the finest grid [default: 16 "
+                   "rbergomi with several grids, 8 rbergomi with one, 1 bs]")
+@click.option("--feature-steps", type=int, default=None,
+              help="points per exercise period at which the regression features see the path "
+                   "(a divisor of the steps per period) [default: 2 for rbergomi with several "
+                   "grids, else every step]")
 @click.option("--grids", type=int, default=None,
               help="time grids for the discretisation error estimate: the finest one and "
                    "coarser ones with half the steps each, Richardson-extrapolated "
@@ -213,7 +239,7 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
                    "same command after an interruption to keep the finished runs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho, xi0, v0,
-             kappa, theta, vol_of_vol, steps_per_date, grids, grid_rate, american, tol, device, float32, sig_level,
+             kappa, theta, vol_of_vol, steps_per_date, feature_steps, grids, grid_rate, american, tol, device, float32, sig_level,
              n_regression, batch_size, max_batches, patience, upper, dual_fit, mc, no_zero,
              seed, backend, workers, resume, as_json):
     """Bermudan/American option under rough Bergomi: LSM lower and dual upper bounds per run;
@@ -224,7 +250,7 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
     try:
         heston = dict(v0=v0, kappa=kappa, theta=theta, sigma=vol_of_vol, rho=rho, r=r, S0=S0)
         m, pricer, plan = _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho,
-                                 xi0, heston, steps_per_date, grids, grid_rate, american, tol, device,
+                                 xi0, heston, steps_per_date, feature_steps, grids, grid_rate, american, tol, device,
                                  float32, sig_level, n_regression, batch_size, max_batches,
                                  patience, upper, dual_fit, mc, no_zero, resume)
     except ValueError as exc:

@@ -8,7 +8,7 @@ Quick start::
     from deepquant.rough import RoughBergomi, price_bermudan
     res = price_bermudan(RoughBergomi(), 100.0, rng=1)      # 12 dates, put, K = 100
     res.lower, res.upper, res.lower_ci, res.upper_ci
-    conv = price_converged(RoughBergomi(), 100.0, steps=(4, 8), rng=1)   # two grids
+    conv = price_converged(RoughBergomi(), 100.0, steps=(8, 16), rng=1)   # two grids
     conv.value, conv.discretisation_error, conv.model
 
 Only numpy/scipy are imported here; pysiglib (signatures) is imported when features are built.
@@ -25,6 +25,7 @@ from deepquant.rough.engine import (
 )
 from deepquant.rough.ensemble import EnsembleResult, ensemble
 from deepquant.rough.extrapolate import (
+    FEATURE_STEPS,
     TIME_STEP_RATE,
     ConvergedResult,
     Extrapolation,
@@ -49,6 +50,7 @@ __all__ = [
     "price_bermudan",
     "exercise_payoff",
     "price_converged",
+    "FEATURE_STEPS",
     "price_american",
     "richardson",
     "TIME_STEP_RATE",

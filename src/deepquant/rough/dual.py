@@ -104,7 +104,8 @@ def _step_features(S, V, fv, t, t_next, sig, K, r, xi0, basis: MartingaleBasis, 
 
 
 def martingale_increments(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, dates,
-                          basis: MartingaleBasis) -> np.ndarray:
+                          basis: MartingaleBasis, *, stride: int = 1,
+                          payoff_every_step: bool = True) -> np.ndarray:
     """Interval sums B of the martingale basis increments, shape (n_paths, J, P).
 
     P = 2 F + n_payoff_strikes (F features per leg); the dW leg is dropped when V is constant
@@ -112,17 +113,29 @@ def martingale_increments(paths: RoughPaths, model: RoughBergomi, payoff: Payoff
 
     B[n, i, :] = sum_{k in [e_i, e_{i+1})} (phi_k (x) dX_k) [+ payoff increments], so that
     M_{t_j} = sum_{i<j} B[:, i] . theta_i.
+
+    ``stride`` > 1 (a coarser feature grid; every date a multiple of it): the integrand phi is
+    evaluated every ``stride`` steps only (signature of the path observed on that grid) and
+    held over the next ``stride`` steps, dX_k the increment over them. The payoff increments
+    stay on every simulation step (``payoff_every_step``; False: only on the last step of each
+    feature cell, which includes the last step before every exercise date; measured: a much
+    weaker control variate, variance ratio 7 instead of 23 at K = 100). Each term stays an
+    exact martingale increment of the scheme, so M is a martingale for every theta.
     """
     xi0 = model.xi0
     dates = [int(d) for d in dates]
+    if stride < 1 or any(d % stride for d in dates):
+        raise ValueError(f"the dates {dates} must be multiples of the feature stride {stride}")
     J = len(dates) - 1
     K = float(payoff.strike)
     put = isinstance(payoff, EuropeanPut)
     r = paths.r
     times = paths.times
     disc = np.exp(-r * times)
-    dS = np.diff(disc[None, :] * paths.S, axis=1) / K
+    dS = np.diff(disc[None, ::stride] * paths.S[:, ::stride], axis=1) / K  # per feature cell
     dW = paths.dW
+    if stride > 1:
+        dW = dW[:, : (dW.shape[1] // stride) * stride].reshape(dW.shape[0], -1, stride).sum(2)
     varies = float(np.ptp(paths.V)) > 0.0
     interval = np.full(paths.n_steps, -1)
     for i in range(J):
@@ -131,39 +144,46 @@ def martingale_increments(paths: RoughPaths, model: RoughBergomi, payoff: Payoff
     nxt = np.array([times[dates[interval[k] + 1]] if interval[k] >= 0 else times[k]
                     for k in range(paths.n_steps)] + [times[-1]])
     horizon = np.maximum(0.5 * (np.append(times[1:], times[-1]) + nxt), times)
-    fwd = model.forward_variance(paths, horizon)
+    starts = np.arange(0, dates[-1], stride)  # feature points
+    lasts = starts + stride - 1  # last step of each feature cell (payoff increments)
+    pay_steps = [np.arange(k, k + stride) if payoff_every_step else np.array([q])
+                 for k, q in zip(starts, lasts, strict=True)]
+    cols = np.union1d(starts, np.concatenate(pay_steps))
+    fwd = model.forward_variance(paths, horizon, columns=cols)
+    pos = {int(c): q for q, c in enumerate(cols)}
     sig_iter = None
     if basis.sig_level > 0:
-        sig_iter = iter_signatures(lifted_path(paths, xi0, variance=basis.variance),
+        sig_iter = iter_signatures(lifted_path(paths, xi0, variance=basis.variance)[:, ::stride],
                                    basis.sig_level)
     B = None
     n_pay = len(basis.payoff_strikes) if basis.payoff_increments else 0
-    for k in range(dates[-1]):
+    for c, k in enumerate(starts):
         sig = next(sig_iter)[1] if sig_iter is not None else None
         i = interval[k]
         if i < 0:
             continue
-        phi = _step_features(paths.S[:, k], paths.V[:, k], fwd[:, k], times[k],
+        phi = _step_features(paths.S[:, k], paths.V[:, k], fwd[:, pos[k]], times[k],
                              times[dates[i + 1]], sig, K, r, xi0, basis, put, varies)
         F = phi.shape[1]
         legs = 2 if varies else 1  # eta = 0: W does not drive the state, its leg is noise
         if B is None:
             B = np.zeros((paths.n_paths, J, legs * F + n_pay))
-        B[:, i, :F] += phi * dS[:, k : k + 1]
+        B[:, i, :F] += phi * dS[:, c : c + 1]
         if varies:
-            B[:, i, F : 2 * F] += phi * dW[:, k : k + 1]
-        if n_pay:
+            B[:, i, F : 2 * F] += phi * dW[:, c : c + 1]
+        for q in pay_steps[c] if n_pay else ():
             # option-price increments of (cK - S)^+ expiring at t_{i+1}, priced with the
-            # variance V_k over [t_k, t_{k+1}] and xi0 after: exact one-step conditional mean
-            dt = times[k + 1] - times[k]
-            rest = times[dates[i + 1]] - times[k + 1]
-            vol_before = np.sqrt((paths.V[:, k] * dt + fwd[:, k] * rest) / (dt + rest))
-            vol_after = np.sqrt(fwd[:, k])[:, None]
+            # variance V_q over [t_q, t_{q+1}] and xi0 after: exact one-step conditional mean
+            fq = fwd[:, pos[int(q)]]
+            dt = times[q + 1] - times[q]
+            rest = times[dates[i + 1]] - times[q + 1]
+            vol_before = np.sqrt((paths.V[:, q] * dt + fq * rest) / (dt + rest))
+            vol_after = np.sqrt(fq)[:, None]
             strikes = K * np.asarray(basis.payoff_strikes, dtype=float)[None, :]
-            after = bs_european(paths.S[:, k + 1, None], strikes, r, vol_after, rest, put=put)
-            before = bs_european(paths.S[:, k, None], strikes, r, vol_before[:, None],
+            after = bs_european(paths.S[:, q + 1, None], strikes, r, vol_after, rest, put=put)
+            before = bs_european(paths.S[:, q, None], strikes, r, vol_before[:, None],
                                  dt + rest, put=put)
-            B[:, i, legs * F :] += (disc[k + 1] * after - disc[k] * before) / K
+            B[:, i, legs * F :] += (disc[q + 1] * after - disc[q] * before) / K
     return B
 
 

@@ -200,6 +200,13 @@ class BermudanPricer:
     ``martingale_targets``: refit the LSM policy (and the sub-simulation value function) with
     the regression targets Z_tau - (M_tau - M_j), M the least-squares martingale of a first
     pass (``lsm.fit_lsm(martingale=...)``), then refit M for the new policy.
+    ``feature_steps``: the regression features (exercise-basis signatures, the martingale
+    integrand, the sub-simulation's inner signatures) see the path at this many points per
+    exercise period (a divisor of ``steps_per_date``; the payoff increments of the martingale
+    basis are taken on the last simulation step of each feature cell); None or a value
+    >= ``steps_per_date``: every simulation step. The bounds stay valid for any feature grid
+    (the lower bound is a stopping rule's value, the upper bound uses a martingale of the
+    discretised model); a coarse one is cheaper and costs only tightness (docs/benchmarks-rough.md).
     """
 
     _: KW_ONLY
@@ -228,6 +235,7 @@ class BermudanPricer:
     subsim_inner: int = 256
     subsim_outer: int = 2**9
     martingale_targets: bool = False
+    feature_steps: int | None = None
     device: str | None = None
     dtype: str = "float64"
 
@@ -239,6 +247,13 @@ class BermudanPricer:
         if not isinstance(self.martingale_targets, bool):
             raise ValueError(
                 f"martingale_targets must be a bool, got {self.martingale_targets!r}")
+        if self.feature_steps is not None:
+            fs = self.feature_steps
+            if not isinstance(fs, int | np.integer) or isinstance(fs, bool) or fs < 1:
+                raise ValueError(f"feature_steps must be a positive integer or None, got {fs!r}")
+            if fs < self.steps_per_date and self.steps_per_date % fs:
+                raise ValueError(f"feature_steps={fs} must divide steps_per_date="
+                                 f"{self.steps_per_date}")
         for name in ("n_dates", "steps_per_date", "n_regression", "batch_size", "min_batches",
                      "max_batches", "patience", "dual_max_iter", "subsim_inner",
                      "subsim_outer"):
@@ -279,6 +294,12 @@ class BermudanPricer:
         return self.n_dates * self.steps_per_date
 
     @property
+    def feature_stride(self) -> int:
+        """Simulation steps per feature cell (1: features on every step)."""
+        fs = self.feature_steps
+        return 1 if fs is None or fs >= self.steps_per_date else self.steps_per_date // fs
+
+    @property
     def dates(self) -> list[int]:
         first = 0 if self.exercise_at_zero else self.steps_per_date
         return list(range(first, self.n_steps + 1, self.steps_per_date))
@@ -297,7 +318,8 @@ class BermudanPricer:
         """Z (n, n_dates+1) discounted exercise values and F (n, n_dates+1, F) exercise
         features; column 0 is t = 0 (Z = -inf there when ``exercise_at_zero`` is False)."""
         Z = exercise_values(paths, payoff, self.dates)
-        F = exercise_features(paths, model, payoff, self.dates, self.exercise_basis)
+        F = exercise_features(paths, model, payoff, self.dates, self.exercise_basis,
+                              stride=self.feature_stride)
         if not self.exercise_at_zero:
             Z = np.concatenate([np.full((Z.shape[0], 1), -np.inf), Z], axis=1)
             F = np.concatenate([F[:, :1] * 0.0, F], axis=1)
@@ -306,7 +328,7 @@ class BermudanPricer:
     def _arrays(self, model, payoff, paths):
         Z, F = self.exercise_arrays(model, payoff, paths)
         B = martingale_increments(paths, model, payoff, self._martingale_dates,
-                                  self.martingale_basis)
+                                  self.martingale_basis, stride=self.feature_stride)
         return Z, F, B
 
     def _regression_martingale(self, Z, F, B, policy: LSMPolicy) -> DualMartingale:
@@ -398,7 +420,8 @@ class BermudanPricer:
         (inner_seed,) = seed.spawn(1)
         return subsim_pathwise(model, payoff, sub, Z[rows], F[rows], value_fn,
                                basis=self.exercise_basis, steps_per_date=self.steps_per_date,
-                               n_inner=self.subsim_inner, rng=inner_seed)
+                               n_inner=self.subsim_inner, rng=inner_seed,
+                               feature_stride=self.feature_stride)
 
     # ------------------------------------------------------------------ one run
     def describe(self, model: RoughBergomi) -> str:
@@ -413,8 +436,10 @@ class BermudanPricer:
         else:
             name = (f"rough Bergomi (H={model.H:g}, eta={model.eta:g}, rho={model.rho:g}, "
                     f"xi0={model.xi0:g}), hybrid scheme + log-Euler")
+        feats = ("" if self.feature_stride == 1 else
+                 f", features every {self.feature_stride} steps")
         return (f"{name} on {self.n_steps} steps ({self.steps_per_date} per exercise period), "
-                f"{self.n_dates} exercise dates{zero}, T={self.T:g}")
+                f"{self.n_dates} exercise dates{zero}, T={self.T:g}{feats}")
 
     def __call__(self, model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
                  rng: RngLike = None,

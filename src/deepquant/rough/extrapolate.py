@@ -40,13 +40,20 @@ from deepquant.rough.engine import BermudanPricer, BermudanResult, check_model, 
 from deepquant.rough.qmc import RngLike, as_seed_sequence
 from deepquant.rough.rbergomi import RoughBergomi
 
-__all__ = ["TIME_STEP_RATE", "Extrapolation", "ConvergedResult", "richardson",
+__all__ = ["TIME_STEP_RATE", "FEATURE_STEPS", "Extrapolation", "ConvergedResult", "richardson",
            "price_converged", "price_american"]
 
 TIME_STEP_RATE = 0.7
 """Weak rate in the time step used by default: the rate fitted jointly to the Bermudan
 midpoints at K = 70, 100, 120 with 4..32 steps per period (and 64 at K = 100), 0.69 +- 0.13
 (``benchmarks/rough_convergence.py steps``, docs/benchmarks-rough.md)."""
+
+
+FEATURE_STEPS = 2
+"""Feature points per exercise period used by default for the time-grid runs
+(``BermudanPricer.feature_steps``): the regression features see the path twice per period
+whatever the simulation grid, which makes a run with 16 steps per period cost about what one
+with 8 cost with features on every step (docs/benchmarks-rough.md)."""
 
 
 @dataclass(frozen=True)
@@ -198,20 +205,20 @@ def _verdict(value, gap, disc, tol, extra=""):
 
 
 def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
-                    pricer: BermudanPricer | None = None, steps=(4, 8),
+                    pricer: BermudanPricer | None = None, steps=(8, 16),
                     rate: float = TIME_STEP_RATE, tol: float = 0.0,
                     max_steps_per_date: int = 32, rng: RngLike = None,
                     callback=None) -> ConvergedResult:
     """Bermudan price extrapolated in the time step (see the module docstring).
 
-    ``steps``: steps per exercise period of the runs, each twice the previous (>= 2 entries);
-    ``pricer``: the other settings (default ``BermudanPricer()``; its ``steps_per_date`` is
-    replaced). With ``tol`` > 0 (relative), further grids (doubling, up to
+    ``steps``: steps per exercise period of the runs, each twice the previous (>= 2 entries;
+    default 8 and 16); ``pricer``: the other settings (default
+    ``BermudanPricer(feature_steps=FEATURE_STEPS)``; its ``steps_per_date`` is replaced). With ``tol`` > 0 (relative), further grids (doubling, up to
     ``max_steps_per_date``) are added until the discretisation error estimate is <= tol x
     price; the finest run's duality gap must be <= tol x price too. ``callback(result)``
     after each run. Levels run one after another with independent seeds from ``rng``.
     """
-    pricer = pricer or BermudanPricer()
+    pricer = pricer or BermudanPricer(feature_steps=FEATURE_STEPS)
     _check(model, pricer, tol, rate)
     steps = _doubling(steps, "steps")
     payoff = exercise_payoff(payoff, option)

@@ -123,13 +123,16 @@ class Heston:
                                            bridge=bridge, rng=rng)
         return self.paths_from_increments(dW, dW_perp, T)
 
-    def forward_variance(self, paths: RoughPaths, horizons: np.ndarray) -> np.ndarray:
-        """E_{t_k}[V_{u_k}] = theta + (V_{t_k} - theta) e^{-kappa (u_k - t_k)}, (n_paths, n+1)."""
+    def forward_variance(self, paths: RoughPaths, horizons: np.ndarray,
+                         columns=None) -> np.ndarray:
+        """E_{t_k}[V_{u_k}] = theta + (V_{t_k} - theta) e^{-kappa (u_k - t_k)}, (n_paths, n+1)
+        (or (n_paths, len(columns)) for the grid indices ``columns`` only)."""
         u = np.asarray(horizons, dtype=float)
         if u.shape != paths.times.shape or np.any(u < paths.times - 1e-12):
             raise ValueError("horizons must have shape (n+1,) with u_k >= t_k")
-        decay = np.exp(-self.kappa * (u - paths.times))[None, :]
-        return self.theta + (paths.V - self.theta) * decay
+        cols = np.arange(paths.times.size) if columns is None else np.asarray(columns, dtype=int)
+        decay = np.exp(-self.kappa * (u[cols] - paths.times[cols]))[None, :]
+        return self.theta + (paths.V[:, cols] - self.theta) * decay
 
     # ------------------------------------------------------------------ Fourier prices
     def char_log_price(self, u, T: float) -> np.ndarray:

@@ -25,6 +25,7 @@ import math
 from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
+from scipy.special import ndtr
 
 from deepquant.blackscholes import bs_price
 from deepquant.payoffs import EuropeanCall, EuropeanPut, Payoff
@@ -57,9 +58,19 @@ def check_exercise_payoff(payoff: Payoff) -> Payoff:
 def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = True) -> np.ndarray:
     """Black–Scholes European value (broadcasting); tau = 0 gives the intrinsic value.
 
-    ``deepquant.blackscholes.bs_price`` in the argument order of the feature code here.
+    ``deepquant.blackscholes.bs_price`` in the argument order of the feature code here; where
+    every sigma sqrt(tau) > 0 (the features' hot path) the put or call alone is evaluated
+    (two normal CDFs instead of four, the same formula).
     """
-    return bs_price(S, K, sigma, tau, rate=r, is_call=not put)
+    sd = np.sqrt(np.asarray(tau, dtype=float)) * sigma
+    if not np.all(sd > 0) or not np.all(np.asarray(K) > 0):
+        return bs_price(S, K, sigma, tau, rate=r, is_call=not put)
+    disc_k = np.exp(-r * np.asarray(tau, dtype=float)) * K
+    d1 = np.log(S / disc_k) / sd + 0.5 * sd
+    d2 = d1 - sd
+    if put:
+        return disc_k * ndtr(-d2) - S * ndtr(-d1)
+    return S * ndtr(d1) - disc_k * ndtr(d2)
 
 
 def exercise_values(paths: RoughPaths, payoff: Payoff, dates) -> np.ndarray:
@@ -106,9 +117,14 @@ class ExerciseBasis:
 
 
 def exercise_features(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, dates,
-                      basis: ExerciseBasis) -> np.ndarray:
+                      basis: ExerciseBasis, *, stride: int = 1) -> np.ndarray:
     """Basis functions at each exercise date, shape (n_paths, len(dates), F), no constant column
-    (the regression adds it)."""
+    (the regression adds it).
+
+    ``stride``: the signature is that of the path observed every ``stride`` simulation steps
+    (a coarser feature grid; every date must be a multiple of it). Any adapted feature map
+    keeps the bounds valid; a coarser one only costs tightness, and it is cheaper.
+    """
     xi0 = model.xi0
     idx = np.asarray(dates, dtype=int)
     K = float(payoff.strike)
@@ -129,7 +145,7 @@ def exercise_features(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, da
     if basis.forward_variance and varies:
         # xi_{t_j}(u) at the middle of the remaining life, and the European value with it
         u = paths.times + 0.5 * (T - paths.times)
-        fv = model.forward_variance(paths, u)[:, idx]
+        fv = model.forward_variance(paths, u, columns=idx)
         cols.append(fv / xi0)
         cols.append(bs_european(paths.S[:, idx], K, paths.r, np.sqrt(fv),
                                 (T - paths.times[idx])[None, :],
@@ -143,8 +159,11 @@ def exercise_features(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, da
                                     put=isinstance(payoff, EuropeanPut)) / K)
     feats = [np.stack(cols, axis=-1)] if cols else []
     if basis.sig_level > 0:
-        x = lifted_path(paths, xi0, variance=basis.variance)
-        feats.append(signatures_at(x, basis.sig_level, idx))
+        if stride < 1 or np.any(idx % stride):
+            raise ValueError(f"the exercise dates {idx.tolist()} must be multiples of the "
+                             f"feature stride {stride}")
+        x = lifted_path(paths, xi0, variance=basis.variance)[:, ::stride]
+        feats.append(signatures_at(x, basis.sig_level, idx // stride))
     if not feats:
         return np.zeros((paths.n_paths, len(idx), 0))
     return np.concatenate(feats, axis=-1)

@@ -268,8 +268,10 @@ class RoughBergomi:
 
         return back(Y), back(V), back(S)
 
-    def forward_variance(self, paths: RoughPaths, horizons: np.ndarray) -> np.ndarray:
-        """Forward-variance proxy xi_{t_k}(u_k) = E[V_{u_k} | F_{t_k}], shape (n_paths, n+1).
+    def forward_variance(self, paths: RoughPaths, horizons: np.ndarray,
+                         columns=None) -> np.ndarray:
+        """Forward-variance proxy xi_{t_k}(u_k) = E[V_{u_k} | F_{t_k}], shape (n_paths, n+1)
+        (or (n_paths, len(columns)) for the grid indices ``columns`` only).
 
         ``horizons`` (n+1,) holds u_k >= t_k. From the Volterra representation,
         E_t[V_u] = xi0 exp(eta sqrt(2H) int_0^t (u-s)^a dW_s - eta^2 H int_0^t (u-s)^(2a) ds),
@@ -281,15 +283,16 @@ class RoughBergomi:
         u = np.asarray(horizons, dtype=float)
         if u.shape != times.shape or np.any(u < times - 1e-12):
             raise ValueError("horizons must have shape (n+1,) with u_k >= t_k")
+        cols = np.arange(n + 1) if columns is None else np.asarray(columns, dtype=int)
         if self.eta == 0.0:
-            return np.full(paths.S.shape, self.xi0)
+            return np.full((paths.n_paths, cols.size), self.xi0)
         a = self.H - 0.5
         dt = times[1] - times[0]
         lo = times[:-1][:, None]  # cell starts t_l, (n, 1)
         hi = times[1:][:, None]
-        uu = np.maximum(u[None, :], hi)  # (n, n+1); only l < k is used, where u_k >= t_{l+1}
+        uu = np.maximum(u[cols][None, :], hi)  # only l < k is used, where u_k >= t_{l+1}
         w = ((uu - lo) ** (a + 1.0) - (uu - hi) ** (a + 1.0)) / ((a + 1.0) * dt)
-        mask = np.arange(n)[:, None] < np.arange(n + 1)[None, :]
+        mask = np.arange(n)[:, None] < cols[None, :]
         w = np.where(mask, w, 0.0)
         drift = 0.5 * self.eta**2 * 2.0 * self.H * (w**2).sum(axis=0) * dt
         return self.xi0 * np.exp(self.eta * math.sqrt(2.0 * self.H) * (paths.dW @ w) - drift)

@@ -311,7 +311,7 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
                     steps_per_date: int, n_inner: int, rng,
                     control: bool = True, european_control: bool = False,
                     n_inner_zero: int = 2**14,
-                    return_martingale: bool = False):
+                    return_martingale: bool = False, feature_stride: int = 1):
     """max_j (Z_j - M_j) on the outer paths, shape (n,), for the sub-simulation martingale.
 
     Z, F : (n, J+1) exercise values and (n, J+1, F) features of the outer paths, column j at
@@ -319,7 +319,9 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
     ``n_inner`` inner paths per outer path and period (a power of 2, >= 4; with ``control``
     two independent halves); ``n_inner_zero`` inner paths for the first period, whose start
     (t = 0) all outer paths share. With ``return_martingale`` also returns M (n, J+1) and the
-    conditional-mean estimates (n, J).
+    conditional-mean estimates (n, J). ``feature_stride``: the signature features see the path
+    every ``feature_stride`` steps (as ``lsm.exercise_features(stride=...)`` for ``F``; a
+    divisor of ``steps_per_date``).
     """
     if not isinstance(n_inner, int | np.integer) or isinstance(n_inner, bool) or n_inner < 4 \
             or n_inner & (n_inner - 1):
@@ -327,6 +329,10 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
     if not isinstance(n_inner_zero, int | np.integer) or n_inner_zero < 4 \
             or n_inner_zero & (n_inner_zero - 1):
         raise ValueError(f"n_inner_zero must be a power of 2 >= 4, got {n_inner_zero!r}")
+    if not isinstance(feature_stride, int | np.integer) or feature_stride < 1 \
+            or steps_per_date % feature_stride:
+        raise ValueError(f"feature_stride must be a positive divisor of steps_per_date="
+                         f"{steps_per_date}, got {feature_stride!r}")
     if float(np.ptp(outer.S[:, 0])) != 0.0:
         raise ValueError("outer paths must share the state at t = 0")
     n, J1 = Z.shape
@@ -381,10 +387,11 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
                     continue
                 sig = None
                 if L:
-                    seg = _segment_signature(logS.reshape(nb * ni, m + 1),
-                                             logV.reshape(nb * ni, m + 1),
-                                             V.reshape(nb * ni, m + 1), model.S0, xi0, T,
-                                             outer.times[e], dt, basis.sig_level,
+                    c = feature_stride
+                    seg = _segment_signature(logS.reshape(nb * ni, m + 1)[:, ::c],
+                                             logV.reshape(nb * ni, m + 1)[:, ::c],
+                                             V.reshape(nb * ni, m + 1)[:, ::c], model.S0, xi0,
+                                             T, outer.times[e], c * dt, basis.sig_level,
                                              basis.variance)
                     sig_e = F[rows, j, -L:]
                     if e == 0:
