@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -106,3 +107,22 @@ def test_hedge_of_failed_side_raises(rw):
     oracle = bounds(rw, payoff, method="path-lp")
     with pytest.raises(ValueError, match="no dual solution"):
         superhedge(oracle, rw, payoff, "upper")
+
+
+def test_result_carries_its_problem(rw):
+    """``bounds`` results carry marginals, payoff, method and options: the hedge and its
+    check then take the result alone and agree with the explicit calls."""
+    payoff = make_payoff("asian-call", strike=100.0)
+    res = bounds(rw, payoff)
+    assert res.problem.marginals is rw and res.problem.payoff is payoff
+    assert res.problem.method == res.method
+    assert res.to_dict()["problem"]["payoff"] == payoff.name
+    for side in ("lower", "upper"):
+        alone = superhedge(res, side=side)
+        explicit = superhedge(res, rw, payoff, side)
+        assert alone.cost == pytest.approx(explicit.cost, abs=1e-12)
+        check = verify_hedge(alone, atol=ATOL)
+        assert check.ok and check.cost_error <= ATOL * max(1.0, abs(alone.bound))
+    bare = dataclasses.replace(res, problem=None)
+    with pytest.raises(ValueError, match="pass marginals and payoff"):
+        superhedge(bare, side="upper")

@@ -21,10 +21,12 @@ Methods
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.result import BoundsResult
+from deepquant.mmot.result import BoundsResult, MMOTProblem
 from deepquant.payoffs import Payoff
 
 __all__ = ["bounds", "METHODS"]
@@ -60,7 +62,18 @@ def bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", *,
     Returns
     -------
     BoundsResult
+        With ``problem`` (marginals, payoff, the method that ran, the options), so that
+        ``superhedge(result)`` and ``verify_hedge(hedge)`` need nothing else.
     """
+    res = _solve(marginals, payoff, method, eps=eps, **options)
+    opts = {k: v for k, v in options.items() if k != "progress"}
+    if eps is not None:
+        opts["eps"] = eps
+    return dataclasses.replace(res, problem=MMOTProblem(marginals, payoff, res.method, opts))
+
+
+def _solve(marginals: Marginals, payoff: Payoff, method: str, *, eps: float | None,
+           **options) -> BoundsResult:
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
     if not isinstance(payoff, Payoff):
@@ -97,7 +110,8 @@ def bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", *,
 
 
 _CERTIFIED_ONLY = ("rtol", "eps_start", "eps_end", "eps_factor", "band", "max_iter",
-                   "max_seconds", "multiscale", "progress", "gtol", "maxcor")
+                   "max_seconds", "multiscale", "progress", "gtol", "maxcor", "polish",
+                   "polish_max_states", "inner_resid_tol", "precondition")
 _LP_ONLY = ("decompose", "martingale", "martingale_tol", "highs_options", "return_plan",
             "algorithm")
 

@@ -22,7 +22,7 @@ given the X path and dominance holds in expectation over the split (the approxim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -110,6 +110,8 @@ class SemiStaticHedge:
         Price of the static strips, sum_t E_{mu_t}[u_t].
     bound : float
         The LP bound of this side, for comparison.
+    marginals, payoff : Marginals, Payoff or None
+        The problem the hedge was built for (``verify_hedge``'s defaults).
     """
 
     side: str
@@ -119,6 +121,8 @@ class SemiStaticHedge:
     costs: list[np.ndarray] | None
     cost: float
     bound: float
+    marginals: Marginals | None = field(default=None, repr=False)
+    payoff: Payoff | None = field(default=None, repr=False)
 
     def static_values(self) -> np.ndarray:
         """u_t on the grid, shape (T+1, M)."""
@@ -151,13 +155,31 @@ class HedgeCheck:
     n_paths: int
 
 
-def superhedge(result: BoundsResult, marginals: Marginals, payoff: Payoff, side: str = "upper"
-               ) -> SemiStaticHedge:
+def _problem_inputs(result, marginals, payoff, where: str):
+    """``marginals`` and ``payoff``, defaulting to the ones ``result.problem`` carries."""
+    problem = getattr(result, "problem", None)
+    if marginals is None:
+        marginals = getattr(problem, "marginals", None)
+    if payoff is None:
+        payoff = getattr(problem, "payoff", None)
+    if marginals is None or payoff is None:
+        raise ValueError(f"{where}: pass marginals and payoff (this result carries no problem; "
+                         "results of deepquant.mmot.bounds do)")
+    return marginals, payoff
+
+
+def superhedge(result: BoundsResult, marginals: Marginals | None = None,
+               payoff: Payoff | None = None, side: str = "upper") -> SemiStaticHedge:
     """The semi-static hedge of ``side`` from a ``BoundsResult`` of the LP or the certified
     method: the static potentials u_t of the dual, and the cheapest positions h_t(x, s) and
-    date-0 payoff for them by the exact concave-envelope sweep (DESIGN §2.8)."""
+    date-0 payoff for them by the exact concave-envelope sweep (DESIGN §2.8).
+
+    ``marginals`` and ``payoff`` default to the result's ``problem`` (set by ``bounds``), so
+    ``superhedge(bounds(m, f), side="lower")`` is enough. The hedge keeps them for
+    ``verify_hedge``."""
     if side not in ("lower", "upper"):
         raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
+    marginals, payoff = _problem_inputs(result, marginals, payoff, "superhedge")
     if result.martingale_tol:
         raise ValueError(
             f"this result is from the relaxed LP (martingale_tol={result.martingale_tol:g}): its "
@@ -199,7 +221,7 @@ def superhedge(result: BoundsResult, marginals: Marginals, payoff: Payoff, side:
     cost = float(sum(s.price(marginals) for s in strips))
     bound = result.upper if side == "upper" else result.lower
     return SemiStaticHedge(side=side, strips=strips, h=h, chain=chain, costs=costs, cost=cost,
-                           bound=float(bound))
+                           bound=float(bound), marginals=marginals, payoff=payoff)
 
 
 def _tighten_pairwise(chain, costs, u, h, sign):
@@ -218,16 +240,21 @@ def _tighten_pairwise(chain, costs, u, h, sign):
     return np.where(sup[0], need, 0.0)
 
 
-def verify_hedge(hedge: SemiStaticHedge, marginals: Marginals, payoff: Payoff, *,
-                 atol: float = 1e-9) -> HedgeCheck:
+def verify_hedge(hedge: SemiStaticHedge, marginals: Marginals | None = None,
+                 payoff: Payoff | None = None, *, atol: float = 1e-9) -> HedgeCheck:
     """Check pathwise dominance of ``hedge`` on every path of the augmented grid chain.
 
     The minimum over all paths (x_0..x_T) through the supports of portfolio - payoff (upper side;
     payoff - portfolio for the lower side) is computed exactly by a backward recursion over the
     chain's (x, s) states (S is a function of the path, so this is a minimum over all
     prod_t |supp mu_t| paths without enumerating them). Also checks cost == bound within
-    ``atol * max(1, |bound|)``.
+    ``atol * max(1, |bound|)``. ``marginals`` and ``payoff`` default to the ones the hedge
+    was built for.
     """
+    marginals = hedge.marginals if marginals is None else marginals
+    payoff = hedge.payoff if payoff is None else payoff
+    if marginals is None or payoff is None:
+        raise ValueError("verify_hedge: pass marginals and payoff (this hedge carries none)")
     chain = hedge.chain
     grid = chain.grid
     m = grid.size

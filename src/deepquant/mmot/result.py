@@ -84,6 +84,31 @@ class BoundSide:
 
 
 @dataclass(frozen=True, eq=False)
+class MMOTProblem:
+    """What a bounds computation was asked: the marginals, the payoff, the method that ran
+    and the options passed (validated by the solver that took them). Carried by the
+    ``BoundsResult`` of ``bounds`` so that hedges and checks take the result alone."""
+
+    marginals: Any
+    payoff: Any
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary: the payoff's name and parameters, the grid and the options that
+        are plain values."""
+        from deepquant.atomic import to_jsonable
+
+        plain = {k: v for k, v in self.options.items()
+                 if isinstance(v, (bool, int, float, str)) or v is None}
+        return to_jsonable(dict(payoff=getattr(self.payoff, "name", str(self.payoff)),
+                                params=getattr(self.payoff, "params", None),
+                                n_dates=int(self.marginals.n_dates),
+                                grid_size=int(self.marginals.size), method=self.method,
+                                options=plain))
+
+
+@dataclass(frozen=True, eq=False)
 class BoundsResult:
     """Lower and upper price bounds over martingale laws with the given marginals.
 
@@ -118,6 +143,9 @@ class BoundsResult:
         Other diagnostics (states per date, pruned points, ...).
     timings : dict
         Wall seconds per phase, keys ``"lower"``, ``"upper"`` (and ``"build"`` for the LP).
+    problem : MMOTProblem or None
+        The marginals, payoff, method and options (set by ``bounds``): ``superhedge`` and
+        ``verify_hedge`` then need the result alone.
     """
 
     lower: float
@@ -136,6 +164,7 @@ class BoundsResult:
     structure: str = ""
     info: dict[str, Any] = field(default_factory=dict, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
+    problem: MMOTProblem | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.seconds, Mapping):   # per-side seconds: the breakdown, summed
@@ -170,7 +199,9 @@ class BoundsResult:
                 extra[f"{name}_gap"] = side.gap
                 if "inner" in side.info:
                     extra[f"{name}_inner"] = side.info["inner"]
-        return result_dict(self, skip=("lower_side", "upper_side", "info"), **extra)
+        if self.problem is not None:
+            extra["problem"] = self.problem.to_dict()
+        return result_dict(self, skip=("lower_side", "upper_side", "info", "problem"), **extra)
 
 
 def _worst(a: BoundSide | None, b: BoundSide | None, name: str) -> float:
