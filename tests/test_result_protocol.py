@@ -112,7 +112,8 @@ class TestColgenResult(ResultProtocol):
     nit = True
 
     @pytest.fixture(scope="class")
-    def result(self):
+    @classmethod
+    def result(cls):
         # the shape of the class is under test, so a hand-built instance of a converged solve
         return ColgenResult(value=1.0, u=None, residual=0.0, violation=0.0, nit=2, columns=10,
                             seconds=0.1, status="optimal", message="converged", lp_seconds=0.05)

@@ -289,8 +289,9 @@ class TestCalibrationResult(ResultProtocol):
     QUOTES = [lognormal_quotes(f"T{t}", t, 0.2, np.arange(0.7, 1.301, 0.05)) for t in (0.1, 0.25)]
 
     @pytest.fixture(scope="class")
-    def result(self):
-        return calibrate(self.QUOTES, grid_size=40)
+    @classmethod
+    def result(cls):
+        return calibrate(cls.QUOTES, grid_size=40)
 
     @pytest.fixture
     def failure(self):

@@ -92,5 +92,6 @@ class TestBacktestResult(ResultProtocol):
     result_type = BacktestResult
 
     @pytest.fixture(scope="class")
-    def result(self, model):
+    @classmethod
+    def result(cls, model):
         return backtest(delta_hedge(model, PAYOFFS[0]), model.sample(200, rng=1))

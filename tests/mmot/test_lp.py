@@ -195,7 +195,8 @@ class TestBoundsResult(ResultProtocol):
     result_type = BoundsResult
 
     @pytest.fixture(scope="class")
-    def result(self):
+    @classmethod
+    def result(cls):
         return bounds(Marginals(*random_walk_marginals(4)), make_payoff("asian-call",
                                                                          strike=100.0))
 

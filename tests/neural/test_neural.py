@@ -476,7 +476,8 @@ class TestTrainResult(ResultProtocol):
     nit = True
 
     @pytest.fixture(scope="class")
-    def result(self, tiny_data, tmp_path_factory):
+    @classmethod
+    def result(cls, tiny_data, tmp_path_factory):
         from deepquant.neural.train import train
 
         out = tmp_path_factory.mktemp("protocol") / "run"
@@ -488,7 +489,8 @@ class TestRefitResult(ResultProtocol):
     nit = True
 
     @pytest.fixture(scope="class")
-    def result(self, tiny_data, tiny_checkpoint, tmp_path_factory):
+    @classmethod
+    def result(cls, tiny_data, tiny_checkpoint, tmp_path_factory):
         from deepquant.neural.refit import refit_head
 
         out = tmp_path_factory.mktemp("protocol") / "refit"

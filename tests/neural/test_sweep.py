@@ -183,7 +183,8 @@ class TestSweepResult(ResultProtocol):
     result_type = SweepResult
 
     @pytest.fixture(scope="class")
-    def result(self, pricer):
+    @classmethod
+    def result(cls, pricer):
         return sweep(bumped_scenarios(TIMES[:3], 0.2, pricer.grid, [0.0]), AsianCall(strike=1.0),
                      pricer=pricer)
 

@@ -260,7 +260,8 @@ class TestBermudanResult(ResultProtocol):
     nit = True
 
     @pytest.fixture(scope="class")
-    def result(self, bs_result):
+    @classmethod
+    def result(cls, bs_result):
         return bs_result
 
     @pytest.fixture
@@ -274,7 +275,8 @@ class TestEnsembleResult(ResultProtocol):
     result_type = EnsembleResult
 
     @pytest.fixture(scope="class")
-    def result(self):
+    @classmethod
+    def result(cls):
         return ensemble(RoughBergomi.black_scholes(sigma=0.2), 100.0, runs=2,
                         pricer=TINY_PRICER, rng=1, backend="serial")
 
@@ -289,7 +291,8 @@ class TestAndersenBroadieResult(ResultProtocol):
     result_type = AndersenBroadieResult
 
     @pytest.fixture(scope="class")
-    def result(self):
+    @classmethod
+    def result(cls):
         m = RoughBergomi.black_scholes(sigma=0.2)
         policy, _ = TINY_PRICER.fit(m, 100.0, rng=5)
         return andersen_broadie(TINY_PRICER, m, 100.0, policy, n_outer=16, n_inner=8, rng=6)

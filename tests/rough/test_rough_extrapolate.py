@@ -175,7 +175,8 @@ class TestConvergedResult(ResultProtocol):
     result_type = ConvergedResult
 
     @pytest.fixture(scope="class")
-    def result(self):
+    @classmethod
+    def result(cls):
         return price_converged(RoughBergomi(), 100.0, pricer=BermudanPricer(**SMALL_RB),
                                steps=(1, 2), rate=0.5, rng=3)
 

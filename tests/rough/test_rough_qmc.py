@@ -130,7 +130,8 @@ class TestAdaptiveResult(ResultProtocol):
     nit = True
 
     @pytest.fixture(scope="class")
-    def result(self):
+    @classmethod
+    def result(cls):
         noise = np.random.default_rng(0).standard_normal(8)
         return adaptive_mean(lambda b, s: np.array([noise[b]]), 1, min_batches=2,
                              max_batches=8)
