@@ -267,7 +267,7 @@ def band_moves(sw):
 
 
 def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
-                       pricing_tol: float = 1e-9, per_state: int = 2, max_rounds: int = 100,
+                       pricing_tol: float = 1e-9, per_state: int = 2, max_rounds: int = 500,
                        max_seconds: float = 600.0, max_columns: int | None = None,
                        solver: str = "simplex", feasibility_tol: float = 1e-9,
                        log=None) -> ColgenResult:
@@ -296,6 +296,15 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
     inf = highspy.kHighsInf
     h.addRows(lay.n_rows, lay.b, lay.b, 0, np.zeros(lay.n_rows, np.int32),
               np.zeros(0, np.int32), np.zeros(0))
+    # elastic columns +-e_i at a prohibitive cost: the restricted LP stays feasible when HiGHS
+    # would call the glued coupling infeasible by tail masses below its tolerance; a plan that
+    # still uses them at the end is rejected by its measured residual
+    big = 1e4 * (1.0 + float(np.max(np.abs(sw.g_term), initial=0.0)))
+    eye = np.arange(lay.n_rows, dtype=np.int32)
+    for sgn in (1.0, -1.0):
+        h.addCols(lay.n_rows, np.full(lay.n_rows, big), np.zeros(lay.n_rows),
+                  np.full(lay.n_rows, inf), lay.n_rows, eye, eye, np.full(lay.n_rows, sgn))
+    n_elastic = 2 * lay.n_rows
     blocks: list[tuple[int, np.ndarray]] = []  # (t, flat keys) in column order
     n_cols = 0
 
@@ -381,7 +390,8 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
         if sum(add(t, *nw) for t, nw in enumerate(new) if nw is not None and nw[0].size) == 0:
             status, message = "optimal", "no new column prices out"
             break
-    x = x_cols
+    elastic = float(x_cols[:n_elastic].sum())
+    x = x_cols[n_elastic:]
     # residual of the plan on every row (columns not in the model are zero)
     resid_vec = -lay.b.copy()
     pos = 0
@@ -391,7 +401,11 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
         rows, cols, vals, _ = _columns(sw, lay, t, live_s[st], live_a[st], j)
         np.add.at(resid_vec, rows, vals * x[pos + cols])
         pos += key.size
-    residual = max(float(np.max(np.abs(resid_vec), initial=0.0)), float(max(0.0, -x.min())))
+    residual = max(float(np.max(np.abs(resid_vec), initial=0.0)),
+                   float(max(0.0, -x.min(initial=0.0))))
+    if elastic > feasibility_tol * max(1.0, float(np.abs(lay.b).sum())):
+        status = "infeasible"
+        message = f"elastic mass {elastic:.3e} left: the restricted LP is infeasible ({message})"
     return ColgenResult(value=value, u=np.concatenate(u), residual=residual, violation=worst,
                         nit=rounds, columns=n_cols, seconds=time.perf_counter() - t0,
                         status=status, message=message, lp_seconds=lp_seconds)
