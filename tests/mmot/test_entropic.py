@@ -322,31 +322,43 @@ def test_random_marginals_multiscale_start(seed, n_dates, size, reference):
     assert np.abs(res.plans - cold.plans).sum(axis=(1, 2)).max() <= 1e-6
 
 
-def test_multiscale_start_falls_back_to_a_cold_start(monkeypatch):
-    """When the solve from the interpolated start fails (forced here: its Newton loop gets no
-    iteration), the solver restarts cold and converges to the cold plan."""
+def solve_with_failing_calls(monkeypatch, mg: Marginals, failing: tuple[int, ...]
+                             ) -> tuple[EntropicResult, list[int]]:
+    """``solve_entropic(mg, 1e-3)`` (a ``ConvergenceWarning`` raises) where the Newton loops of
+    the calls to ``_solve_batch`` numbered in ``failing`` (from 1) get no iteration; returns
+    the result and the ``max_iter`` of every call."""
     import deepquant.mmot.entropic as entropic
 
-    mg = lognormal_marginals(3, 120)
     real = entropic._solve_batch
-    calls = []
+    calls: list[int] = []
 
-    def first_fails(*args, **kw):
+    def some_fail(*args, **kw):
         calls.append(kw["max_iter"])
-        if len(calls) == 2:            # call 1: the coarse solve; call 2: the warm fine solve
+        if len(calls) in failing:
             kw["max_iter"] = 0
         return real(*args, **kw)
 
-    monkeypatch.setattr(entropic, "_solve_batch", first_fails)
+    monkeypatch.setattr(entropic, "_solve_batch", some_fail)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         res = solve_entropic(mg, 1e-3)
     monkeypatch.undo()
+    return res, calls
+
+
+def test_multiscale_start_falls_back_to_a_cold_start(monkeypatch):
+    """When the solve from the interpolated start fails and so does the restart of its periods
+    (forced here: both Newton loops get no iteration), the solver starts again cold and
+    converges to the cold plan."""
+    mg = lognormal_marginals(3, 120)
+    # call 1: the coarse solve; 2: the warm fine solve; 3: the restart of its periods
+    res, calls = solve_with_failing_calls(monkeypatch, mg, (2, 3))
     cold = solve_entropic(mg, 1e-3, multiscale=False)
     check_result(res, mg)
-    assert len(calls) == 3
+    assert len(calls) == 4
     kinds = [h["kind"] for h in res.history]
-    assert kinds[0] == "coarse" and kinds.count("sinkhorn") == 2   # warm try, then cold
+    assert kinds[0] == "coarse" and kinds.count("restart") == 1
+    assert kinds.count("sinkhorn") == 3             # warm try, restart, then cold
     assert np.abs(res.plans - cold.plans).sum(axis=(1, 2)).max() <= 1e-8
 
 
@@ -360,6 +372,66 @@ def test_multiscale_start_halves_the_fine_iterations():
     assert len(coarse) == 1 and coarse[0]["grid_size"] == 76
     assert res.nit <= cold.nit // 2
     assert np.abs(res.plans - cold.plans).sum(axis=(1, 2)).max() <= 1e-8
+
+
+def test_failed_periods_are_restarted_from_the_spread_start(monkeypatch):
+    """Periods whose first solve misses tol (forced here: its Newton loop gets no iteration)
+    are solved again from ``_spread_start``, and that result (the same plan as an ordinary
+    solve, to 1e-8 in L1: both meet tol = 1e-9 on a strictly concave problem) is kept."""
+    mg = lognormal_marginals(3, 60)
+    res, calls = solve_with_failing_calls(monkeypatch, mg, (1,))
+    ref = solve_entropic(mg, 1e-3)
+    check_result(res, mg)
+    assert len(calls) == 2
+    restarts = [h for h in res.history if h["kind"] == "restart"]
+    assert len(restarts) == 1 and restarts[0]["periods"] == [0, 1, 2]
+    assert not any(h["kind"] == "restart" for h in ref.history)
+    assert np.abs(res.plans - ref.plans).sum(axis=(1, 2)).max() <= 1e-8
+
+
+def test_spread_start_rows_are_normal_kernels():
+    """The Gibbs rows at ``_spread_start`` are exp(-(y - x)^2 / (2 s^2)) on the allowed
+    columns, renormalised (product reference), s^2 the variance increment of the period;
+    1e-12: exponentials of the same arguments, two ways."""
+    from deepquant.mmot._gibbs import _kernels_into
+    from deepquant.mmot._newton import _spread_start
+    from deepquant.mmot._support import _prepare
+
+    mg = lognormal_marginals(2, 40)
+    grid, w = mg.grid, mg.weights
+    b = _prepare(grid, w[:-1].copy(), w[1:].copy(), None, None, touch_tol=1e-11)
+    phi, eta = _spread_start(b)
+    p = np.empty((2, grid.size, grid.size))
+    _kernels_into(p, b.logq, b.diff, phi, eta)
+    for t in range(2):
+        mu, nu = b.mu[t] / b.mu[t].sum(), b.nu[t] / b.nu[t].sum()
+        s2 = nu @ grid**2 - (nu @ grid) ** 2 - (mu @ grid**2 - (mu @ grid) ** 2)
+        assert s2 > 0
+        ref = np.where(np.isfinite(b.logq[t]), np.exp(-b.diff**2 / (2 * s2)), 0.0)
+        rows = b.mu[t] > 0
+        ref = ref[rows] / ref[rows].sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(p[t][rows], ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("index, period, eps", [(631, 8, 1e-2), (977, 5, 1e-3)])
+def test_robustness_benchmark_failures_converge(index, period, eps):
+    """Periods that ended unsolved in ``benchmarks/mmot_entropic_robustness.py --num 1000
+    --seed 11`` (instances 631 and 977, M = 50, 50 dates) now meet tol = 1e-9 on both measured
+    residuals (re-measured by ``check_result``). Period 8 of the Merton chain (T = 0.109) has a
+    variance increment of half a grid step: 100 Newton iterations from the usual start left a
+    marginal error of 9e-3; the restart from ``_spread_start`` solves it. Period 5 of the
+    Heston chain has noise atoms (mass 1e-17..1e-15) in its far tail whose round-off Newton
+    components cut every step: a bulk row kept a drift of 2.7e-9; the round-off floor of the
+    Schur complement removes them."""
+    from deepquant.neural.data import build_marginals, instance_spec, model_grid
+
+    spec = instance_spec(index, 11, n_choices=(2, 3, 5, 10, 20, 30, 50))
+    full = build_marginals(spec, model_grid(50))
+    mg = Marginals(full.grid, full.weights[period:period + 2], full.times[period:period + 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = solve_entropic(mg, eps)
+    check_result(res, mg, tol=1e-9)
 
 
 @settings(max_examples=30, deadline=None)
@@ -679,7 +751,9 @@ def test_blocked_kernels_chunks_and_chord_agree(monkeypatch):
     monkeypatch.setattr(ent, "_solve_batch", lambda *a, **k: orig(*a, **k, chord=False))
     nochord = solve_entropic(mg, 1e-3)
     check_result(nochord, mg)
-    np.testing.assert_allclose(nochord.kernels, ref.kernels, rtol=0, atol=1e-8)
+    # both meet tol = 1e-9 from different iterates: the plans agree to 1e-8 in L1; kernel rows
+    # of mass 1e-9..1e-11 (conditional laws, residuals weighted by that mass) differed by 8e-8
+    assert np.abs(nochord.plans - ref.plans).sum(axis=(1, 2)).max() <= 1e-8
 
 
 def test_repair_rows_restores_the_mean_of_tail_rows_only():

@@ -25,14 +25,19 @@ evaluation). Globalisation: a backtracking (Armijo)
 line search on F; a Levenberg–Marquardt damping (H + lam D, D = diag(nu) on phi and
 diag(mu span^2) on eta) that grows after short steps and vanishes after full ones; rows whose
 drift exceeds 5 conditional standard deviations are taken out of the joint system and solved
-exactly per row (safeguarded 1-D Newton); rows lighter than 1e-2 tol are re-solved exactly after
-each step (Newton's mass-weighted model hardly sees them, yet their drift must reach tol); a
-period whose step stays below 1e-3 gets a martingale-Sinkhorn sweep. In the quadratic phase
-(residual <= 1e-5 and the last step cut it tenfold) the last Cholesky factor is reused (a chord
-step). The start is one martingale-Sinkhorn sweep (seed 001 Algorithm 1: u closed form, h by a
-safeguarded 1-D Newton per row, v closed form) or given potentials (``warm_start``,
-``newton_polish``); for a non-zero cost the regularisation follows a decreasing eps schedule with
-warm starts (eps-scaling). With c = 0 the plan does not depend on eps (phi, eta absorb it).
+exactly per row (safeguarded 1-D Newton); rows whose exact re-solve moves at most 1e-2 tol of
+column mass (mass times min(1, drift / conditional sd)) are re-solved exactly after each step
+(Newton's mass-weighted model hardly sees them, yet their drift must reach tol, ``_light_rows``);
+a period whose step stays below 1e-3 gets a martingale-Sinkhorn sweep. Once the residual is
+below 1e-5, columns whose target mass is below the round-off of S get that round-off on the
+diagonal (their steps are noise that would cut the step of the whole period); if moreover the
+last step cut the residual tenfold, the last Cholesky factor is reused (a chord step). The start
+is one martingale-Sinkhorn sweep (seed 001 Algorithm 1: u closed form, h by a safeguarded 1-D
+Newton per row, v closed form) or given potentials (``warm_start``, ``newton_polish``); for a
+non-zero cost the regularisation follows a decreasing eps schedule with warm starts
+(eps-scaling). With c = 0 the plan does not depend on eps (phi, eta absorb it). Periods that end
+unsolved are solved once more from ``_spread_start`` (normal rows of the period's variance
+increment; ``solve_entropic``).
 """
 
 from __future__ import annotations
@@ -58,8 +63,8 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
                       mu: np.ndarray, nu: np.ndarray, p: np.ndarray, st: _State,
                       phi: np.ndarray, eta: np.ndarray, lam: np.ndarray, bbuf: np.ndarray,
                       *, reg: float = 1e-12, frozen_sd: float = 5.0,
-                      factors: np.ndarray | None = None, reuse: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      factors: np.ndarray | None = None, reuse: np.ndarray | None = None,
+                      settle: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Damped Newton direction (dphi, deta) of the semi-dual by a Schur complement in phi.
 
     The system is (H + lam D) d = g with H the negative Hessian of F, D = diag(nu) on phi and
@@ -76,6 +81,23 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     Rows whose drift exceeds ``frozen_sd`` conditional standard deviations (nearly degenerate
     kernels far from the solution) are left out of the joint system and jump to their
     row-optimal eta for the current phi instead (``_row_solve``).
+
+    Periods with ``settle[i]`` (k,) bool, those in the quadratic phase, get a round-off floor
+    delta = M eps_mach sum_y nu(y) (eps_mach = 2.2e-16) added to the diagonal of S on the
+    columns whose target nu(y) is below delta. delta is the round-off of M weights of that
+    total, so such targets are indistinguishable from zero in the data, and it bounds the
+    backward error of the Cholesky factorisation (about M eps_mach ||S||, ||S|| at most about
+    max col); there col is close to nu, so every entry of S in such a column (at most col(y))
+    is below it and the column's component of the step is round-off. Undamped it came out at
+    1e3..1e5 in phi on noise atoms of mass 1e-17..1e-15 (the far tail of a 50-date Heston
+    chain), their share of F (nu dphi, 1e-12) failed the full step in the Armijo test, the
+    steps were cut to 1/64..1/2, the Levenberg–Marquardt damping grew, and a bulk row of mass
+    2e-4 kept a drift of 3e-9 through 100 iterations; and where such atoms form a component
+    (between touching points) whose row and column masses differ by round-off, the dual is
+    unbounded there and undamped steps drove its potentials to 1e13..1e14, where a row's
+    Gibbs weights lose all precision (drift 4e-5). With the floor their steps shrink to order
+    one. Earlier iterations keep the undamped system (col may be far from nu there, and the
+    floor changed the path of other periods: one GBM chain took 72 iterations instead of 13).
 
     ``factors`` (k, M, M), optional, is the work space of S and receives its Cholesky factors
     (C order; ``factors[i].T`` is the lower factor in Fortran order: LAPACK's lower
@@ -110,6 +132,11 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     rs = (nu - st.col) + np.matmul((cx * m_)[:, None, :], bot)[:, 0, :]
     rs = np.where(col_active, rs, 0.0)
     diag = np.where(col_active, st.col + (lam[:, None] + reg) * nu, 1.0)
+    if settle is not None and np.any(settle):
+        # round-off floor of S (see the docstring): only on columns whose target is below it
+        floor = mm * np.finfo(float).eps * nu.sum(axis=1, keepdims=True)
+        floor = np.where(settle[:, None] & col_active & (nu <= floor), floor, 0.0)
+        diag += floor
     tot = np.maximum(nu.sum(axis=1), 1e-300)
     ybar = (nu @ grid) / tot
     yc = grid[None, :] - ybar[:, None]
@@ -157,6 +184,41 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     if reuse is not None:
         reuse[...] = factored_ok
     return dphi, deta
+
+
+def _spread_start(b: _Batch) -> tuple[np.ndarray, np.ndarray]:
+    """Scaled potentials (phi, eta), each (B, M), whose Gibbs rows are the normal kernels
+    N(x, s^2) on the allowed columns (times the reference's x-dependence, if any).
+
+    s^2 = Var(nu) - Var(mu) (active laws; at least a quarter of the mean grid step squared) is
+    the variance increment of the period: the conditional variance that a martingale kernel has
+    on average. With phi(y) = -log nu(y) - (y - ybar)^2 / (2 s^2) (the -log nu term only for the
+    product reference, whose log kernel is log nu(y)) and eta(x) = (x - ybar) / s^2, a Gibbs row
+    is proportional to exp(-(y - x)^2 / (2 s^2)). It is the restart of periods that the usual
+    start (one martingale-Sinkhorn sweep from zero potentials, rows p_x = nu tilted to mean x)
+    leaves unsolved: when s is about the grid step the solution's rows are narrow, the tilted
+    rows are wide, and Newton from there can take well over 100 iterations (period 8 of two
+    50-date Merton chains at T = 0.1, s = 0.5 and 1.1 grid steps: 158 and 171 iterations from
+    the usual start, 43 and 10 from this one).
+    """
+    grid = b.grid
+    mu, nu = b.mu, b.nu
+    tm = np.maximum(mu.sum(axis=1), 1e-300)
+    tn = np.maximum(nu.sum(axis=1), 1e-300)
+    xbar = (mu @ grid) / tm
+    ybar = (nu @ grid) / tn
+    var_x = np.maximum((mu @ grid**2) / tm - xbar**2, 0.0)
+    var_y = np.maximum((nu @ grid**2) / tn - ybar**2, 0.0)
+    step = float(grid[-1] - grid[0]) / max(grid.size - 1, 1)
+    s2 = np.maximum(var_y - var_x, 0.25 * step * step)[:, None]
+    yc = grid[None, :] - ybar[:, None]
+    phi = -0.5 * yc * yc / s2
+    if b.logq_raw is None:
+        with np.errstate(divide="ignore"):
+            phi = phi - np.log(np.where(b.nu_full > 0, b.nu_full, 1.0))
+    phi = np.where(nu > 0, phi, 0.0)
+    eta = np.where(mu > 0, yc / s2, 0.0)
+    return phi, eta
 
 
 def _compact_front(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -245,7 +307,8 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
         if not chord:
             valid[:] = False
         dphi, deta = _newton_direction(lk, grid, diff, diff2, mu, nu, pbuf, st, ph, et, lam,
-                                       bbuf, factors=factors, reuse=valid)
+                                       bbuf, factors=factors, reuse=valid,
+                                       settle=res_before <= chord_below)
         # valid now: factors[i] holds a factor (reused, or of this iterate's S)
         have = valid & (lam == 0.0)
         slope = (np.einsum("by,by->b", nu - st.col, dphi)
@@ -324,11 +387,12 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
                                 et[short], rbuf)
                 st.put(short, rst, np.arange(short.size))
                 pbuf[short] = rbuf
-        # light rows (mass <= light_mass * tol: they hardly move the column sums, but their
-        # drift must still reach tol, and Newton's quadratic model, weighted by the mass, barely
-        # sees them): solve them exactly for the new phi, row by row (block coordinate ascent),
-        # and patch the state (kernel rows, LSE, drift, column sums, objective) in O(K M)
-        light = (mu > 0) & (mu <= light_mass * tol) & (np.abs(st.m) > 0.1 * tol)
+        # light rows (their exact re-solve moves at most light_mass * tol of column mass, yet
+        # their drift must still reach tol, and Newton's quadratic model, weighted by the mass,
+        # barely sees them): solve them exactly for the new phi, row by row (block coordinate
+        # ascent), and patch the state (kernel rows, LSE, drift, column sums, objective)
+        light = _light_rows(pbuf, st.m, mu, diff2, light_mass * tol, 0.1 * tol,
+                            float(grid[-1] - grid[0]))
         if np.any(light):
             _polish_rows(light, lk, grid, diff, mu, nu, ph, et, pbuf, st, tol=0.01 * tol)
         history.append({"stage": stage, "eps": eps, "kind": "newton", "iteration": nit,
@@ -340,6 +404,42 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
         kernels_out[work] = pbuf[:work.size]
         lse_out[work] = st.lse
     return phi, eta, nit, status
+
+
+def _light_rows(p: np.ndarray, m: np.ndarray, mu: np.ndarray, diff2: np.ndarray,
+                budget: float, floor: float, span: float) -> np.ndarray:
+    """Rows (k, M mask) with drift above ``floor`` to re-solve exactly: those of mass at most
+    ``budget``, and the rows of least cost mu(x) min(1, |m(x)| / sd(x)) up to a total cost of
+    ``budget`` per period.
+
+    Re-solving row x changes its eta by about -m / Var_x, hence its kernel by
+    p (y - E[Y|x]) m / Var_x, of L1 norm at most |m| / sd_x (Cauchy-Schwarz): the cost bounds
+    the column mass that the re-solve moves. Such rows weigh too little in the mass-weighted
+    Newton model to be resolved by it (measured: rows of mass 1e-10 kept a drift of 1e-7
+    through 100 iterations while the column sums were exact to 1e-12); the mass rule alone
+    left them to Newton (on the 100 instances 0, 10, .., 990 of
+    ``benchmarks/mmot_entropic_robustness.py --seed 11``: 1028 fine Newton iterations with the
+    mass rule, 714 with the cost rule, the coarse tolerance of the multiscale start at 1e-3).
+    ``p`` (k, M, M) are the kernels, ``m`` (k, M) the drifts; ``span``,
+    the grid span, bounds sd by span / 2, so only the rows that pass that bound get their
+    variance computed.
+    """
+    moving = (mu > 0) & (np.abs(m) > floor)
+    light = moving & (mu <= budget)
+    cand = moving & ~light & (mu * np.minimum(np.abs(m), 0.5 * span) <= budget * 0.5 * span)
+    if np.any(cand):
+        bi, xi = np.nonzero(cand)
+        sec = np.einsum("ky,ky->k", p[bi, xi, :], diff2[xi, :])
+        mk = m[bi, xi]
+        sd = np.sqrt(np.maximum(sec - mk * mk, 1e-300))
+        cost = np.full(mu.shape, np.inf)
+        cost[bi, xi] = mu[bi, xi] * np.minimum(1.0, np.abs(mk) / sd)
+        order = np.argsort(cost, axis=1)
+        total = np.cumsum(np.take_along_axis(cost, order, axis=1), axis=1)
+        cheap = np.zeros(mu.shape, dtype=bool)
+        np.put_along_axis(cheap, order, total <= budget, axis=1)
+        light |= cheap
+    return light
 
 
 def _polish_rows(rows: np.ndarray, lk: np.ndarray, grid: np.ndarray, diff: np.ndarray,
