@@ -809,7 +809,8 @@ class TestEntropicResult(ResultProtocol):
     nit = True
 
     @pytest.fixture(scope="class")
-    def result(self):
+    @classmethod
+    def result(cls):
         return solve_entropic(lognormal_marginals(3, 30), 1e-2)
 
     @pytest.fixture
@@ -822,6 +823,7 @@ class TestProjectionResult(ResultProtocol):
     result_type = ProjectionResult
 
     @pytest.fixture(scope="class")
-    def result(self):
+    @classmethod
+    def result(cls):
         mg = lognormal_marginals(3, 30)
         return martingale_projection(mg, solve_entropic(mg, 1e-2).v, None, eps=1e-2)
