@@ -76,6 +76,7 @@ class _Layout:
         lives = [sw.periods[t].live for t in range(T)]
         self.idx = []
         self.n_live = []
+        self.states = [np.nonzero(live) for live in lives]  # (s, a) of each live state, in order
         for live in lives:
             tab = -np.ones(live.shape, dtype=np.int64)
             n = int(live.sum())
@@ -208,7 +209,7 @@ def _price(sw, lay, phi, u, h, in_model, tol, per_state):
         per = sw.periods[t]
         w_next = phi[t + 1] if t + 1 < sw.T else np.where(sw.live_T, sw.g_term, 0.0)
         G = per.gather(w_next)
-        ss, aa = np.nonzero(per.live)
+        ss, aa = lay.states[t]
         adds = []
         for c in range(0, ss.size, 20_000):
             s_, a_ = ss[c:c + 20_000], aa[c:c + 20_000]
@@ -305,7 +306,7 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
         h.addCols(lay.n_rows, np.full(lay.n_rows, big), np.zeros(lay.n_rows),
                   np.full(lay.n_rows, inf), lay.n_rows, eye, eye, np.full(lay.n_rows, sgn))
     n_elastic = 2 * lay.n_rows
-    blocks: list[tuple[int, np.ndarray]] = []  # (t, flat keys) in column order
+    blocks: list[sparse.csc_matrix] = []  # the model's columns, in order
     n_cols = 0
 
     def add(t, s, a, j):
@@ -316,15 +317,14 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
         if key.size == 0:
             return 0
         st, j = key // n_y[t], key % n_y[t]
-        live_s, live_a = np.nonzero(sw.periods[t].live)
-        s, a = live_s[st], live_a[st]
-        rows, cols, vals, cost = _columns(sw, lay, t, s, a, j)
+        live_s, live_a = lay.states[t]
+        rows, cols, vals, cost = _columns(sw, lay, t, live_s[st], live_a[st], j)
         m = sparse.csc_matrix((vals, (rows, cols)), shape=(lay.n_rows, key.size))
         h.addCols(key.size, cost, np.zeros(key.size), np.full(key.size, inf), m.nnz,
                   m.indptr[:-1].astype(np.int32), m.indices.astype(np.int32),
                   m.data.astype(float))
         in_model[t].ravel()[key] = True
-        blocks.append((t, key))
+        blocks.append(m)
         n_cols += key.size
         return key.size
 
@@ -395,12 +395,9 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
     # residual of the plan on every row (columns not in the model are zero)
     resid_vec = -lay.b.copy()
     pos = 0
-    for t, key in blocks[:blocks_done]:
-        st, j = key // n_y[t], key % n_y[t]
-        live_s, live_a = np.nonzero(sw.periods[t].live)
-        rows, cols, vals, _ = _columns(sw, lay, t, live_s[st], live_a[st], j)
-        np.add.at(resid_vec, rows, vals * x[pos + cols])
-        pos += key.size
+    for m in blocks[:blocks_done]:
+        resid_vec += m @ x[pos:pos + m.shape[1]]
+        pos += m.shape[1]
     residual = max(float(np.max(np.abs(resid_vec), initial=0.0)),
                    float(max(0.0, -x.min(initial=0.0))))
     if elastic > feasibility_tol * max(1.0, float(np.abs(lay.b).sum())):
