@@ -78,7 +78,7 @@ def test_fitted_range_inside_bid_ask_range(demo):
     law on the grid pricing the quotes inside their bands, the fitted laws among them) contains
     the fitted-marginal range up to RANGE_TOL = 1e-8 (two exact LPs at HiGHS tolerances 1e-9,
     bands padded by 1e-9 around the fitted prices); the seed widening is fitted +- epsilon."""
-    from deepquant.demo import RANGE_TOL, range_rows
+    from deepquant.demo_report import RANGE_TOL, range_rows
 
     assert RANGE_TOL == 1e-8
     data = json.loads((demo.out_dir / "results.json").read_text())

@@ -54,7 +54,8 @@ def test_bid_ask_range_contains_fitted_range_and_is_the_library_s(spx_demo):
     two exact LPs at HiGHS tolerances 1e-9), and the lookback's bid-ask range is the library's
     (``bounds_from_quotes`` called directly with HiGHS's default method against the demo's
     interior-point solve: the same LP optimum to 1e-9)."""
-    from deepquant.demo import QUOTE_FIT_RANGE, RANGE_TOL
+    from deepquant.demo import QUOTE_FIT_RANGE
+    from deepquant.demo_report import RANGE_TOL
     from deepquant.mmot.quote_bands import load_bands
     from deepquant.mmot.quotes_bounds import bounds_from_quotes
 

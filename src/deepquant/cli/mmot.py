@@ -228,7 +228,7 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
                         [[k, v["mean"], v["std"], v["rmse"], v["unhedged_std"]]
                          for k, v in bt.items()]))
     if res.neural is not None:
-        from deepquant.demo import NEURAL_HYBRID_NOTE, neural_rows
+        from deepquant.demo_report import NEURAL_HYBRID_NOTE, neural_rows
 
         sec, drift = res.neural["seconds"], res.neural["drift"]
         console.print(table(
