@@ -43,7 +43,8 @@ from common import lognormal_rows  # noqa: E402
 from scipy import optimize, sparse
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
+from deepquant.mmot.entropic import solve_entropic
+from deepquant.results import ConvergenceWarning
 
 
 def lognormal_marginals(n: int, m: int, sigma: float = 0.2, maturity: float = 1.0,
@@ -73,12 +74,11 @@ def _run(fn, *args, **kw):
         c0 = time.process_time()
         t0 = time.perf_counter()
         res = fn(*args, **kw)
-        res.cpu_seconds = time.process_time() - c0
-        return res, time.perf_counter() - t0
+        return res, time.perf_counter() - t0, time.process_time() - c0
 
 
-def _row(res, seconds):
-    return {"seconds": seconds, "cpu_seconds": float(getattr(res, "cpu_seconds", np.nan)),
+def _row(res, seconds, cpu_seconds):
+    return {"seconds": seconds, "cpu_seconds": float(cpu_seconds),
             "nit": int(res.nit), "sweeps": int(res.sweeps),
             "marginal_error": float(res.marginal_error), "drift": float(res.drift),
             "success": bool(res.success),
@@ -106,8 +106,8 @@ def section_main(repeats: int) -> dict:
         for name, fn in variants.items():
             if name == "newton_2threads" and rep >= 3:
                 continue                           # seconds each under load: 3 repeats
-            res, sec = fn()
-            runs[name].append(_row(res, sec))
+            res, sec, cpu = fn()
+            runs[name].append(_row(res, sec, cpu))
     out = {}
     for name, rows in runs.items():
         secs = [r["seconds"] for r in rows]
@@ -140,26 +140,26 @@ def section_large(repeats: int) -> dict:
     bsecs, bcpus, bres = [], [], None
     csecs, ccpus, cres = [], [], None
     for _ in range(repeats):                       # interleaved: cold start, baseline if any
-        res, sec = _run(solve_entropic, mg, 1e-3)
+        res, sec, cpu = _run(solve_entropic, mg, 1e-3)
         secs.append(sec)
-        cpus.append(res.cpu_seconds)
-        cres, csec = _run(solve_entropic, mg, 1e-3, multiscale=False)
+        cpus.append(cpu)
+        cres, csec, ccpu = _run(solve_entropic, mg, 1e-3, multiscale=False)
         csecs.append(csec)
-        ccpus.append(cres.cpu_seconds)
+        ccpus.append(ccpu)
         if BASELINE is not None:
-            bres, bsec = _run(BASELINE.solve_entropic, mg, 1e-3)
+            bres, bsec, bcpu = _run(BASELINE.solve_entropic, mg, 1e-3)
             bsecs.append(bsec)
-            bcpus.append(bres.cpu_seconds)
-    out = dict(_row(res, secs[-1]), median_seconds=float(np.median(secs)),
+            bcpus.append(bcpu)
+    out = dict(_row(res, secs[-1], cpus[-1]), median_seconds=float(np.median(secs)),
                median_cpu_seconds=float(np.median(cpus)),
                min_seconds=float(np.min(secs)), repeats=repeats,
                problem={"N": 50, "M": 500, "eps": 1e-3})
-    out["cold_start"] = dict(_row(cres, csecs[-1]), median_seconds=float(np.median(csecs)),
+    out["cold_start"] = dict(_row(cres, csecs[-1], ccpus[-1]), median_seconds=float(np.median(csecs)),
                              median_cpu_seconds=float(np.median(ccpus)),
                              min_seconds=float(np.min(csecs)), repeats=repeats)
     out["ratio_cold_over_multiscale_cpu"] = float(np.median(ccpus) / np.median(cpus))
     if BASELINE is not None:
-        out["baseline"] = dict(_row(bres, bsecs[-1]), median_seconds=float(np.median(bsecs)),
+        out["baseline"] = dict(_row(bres, bsecs[-1], bcpus[-1]), median_seconds=float(np.median(bsecs)),
                                median_cpu_seconds=float(np.median(bcpus)),
                                min_seconds=float(np.min(bsecs)), repeats=repeats)
     return out
@@ -179,12 +179,12 @@ def section_scaling(repeats: int) -> dict:
         secs, cpus, peaks = [], [], []
         for _ in range(reps):
             tracemalloc.start()
-            res, sec = _run(solve_entropic, mg, 1e-3)
+            res, sec, cpu = _run(solve_entropic, mg, 1e-3)
             peaks.append(tracemalloc.get_traced_memory()[1] / 2**20)
             tracemalloc.stop()
             secs.append(sec)
-            cpus.append(res.cpu_seconds)
-        rows.append(dict(_row(res, secs[-1]), N=n, M=m, median_seconds=float(np.median(secs)),
+            cpus.append(cpu)
+        rows.append(dict(_row(res, secs[-1], cpus[-1]), N=n, M=m, median_seconds=float(np.median(secs)),
                          median_cpu_seconds=float(np.median(cpus)), repeats=reps,
                          peak_mib=float(max(peaks)), output_mib=n * m * m * 8 / 2**20,
                          loadavg=os.getloadavg()[0]))
@@ -232,7 +232,7 @@ def section_lp(repeats: int) -> dict:
         lp = _one_period_lp(mg.weights[0], mg.weights[1], x, cost, sense)
         gaps, rows = [], []
         for eps in eps_list:
-            res, sec = _run(solve_entropic, mg, eps, cost=payoff, maximize=sense < 0)
+            res, sec, _ = _run(solve_entropic, mg, eps, cost=payoff, maximize=sense < 0)
             gap = sense * (res.transport_cost - lp)
             gaps.append(gap)
             rows.append({"eps": eps, "transport_cost": res.transport_cost, "gap": gap,

@@ -27,8 +27,9 @@ import numpy as np
 from common import lognormal_rows  # noqa: E402
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
+from deepquant.mmot.entropic import solve_entropic
 from deepquant.mmot.incremental import append_date, insert_date, update_date
+from deepquant.results import ConvergenceWarning
 
 
 def main() -> None:

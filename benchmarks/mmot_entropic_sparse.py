@@ -28,8 +28,9 @@ import numpy as np
 from common import lognormal_rows  # noqa: E402
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
+from deepquant.mmot.entropic import solve_entropic
 from deepquant.mmot.sparse import sparse_marginals
+from deepquant.results import ConvergenceWarning
 
 
 def lognormal(grid: np.ndarray, n: int, sigma: float = 0.2) -> Marginals:

@@ -13,16 +13,22 @@ its domain fields (``lower``, ``upper``, ``value``, ``stderr``, ``kernels``, ...
 
     * ``"optimal"`` an LP or convex program solved to optimality (``"optimal_inaccurate"``,
       ``"infeasible"``, ... as the convex solver reports them); ``"failed"`` an LP side failed;
-    * ``"certified"``, ``"certified-wide"`` certified bounds within / above their gap target;
-    * ``"converged"``, ``"not_converged"`` an iterative solver against its tolerance;
+    * one side of LP bounds (``BoundSide``) speaks HiGHS's words: ``"optimal"``,
+      ``"iteration_limit"``, ``"infeasible"``, ``"unbounded"``, ``"numerical"`` (scipy's
+      ``linprog`` status 0..4; the integer itself in ``info["highs_status"]``), or
+      ``"not_requested"`` for a side that was not asked for;
+    * ``"certified"``, ``"certified-wide"`` certified bounds (or one side of them) within / above
+      their gap target;
+    * ``"converged"``, ``"not_converged"`` an iterative solver against its tolerance (the
+      martingale projection: every row multiplier solved to ``tol``); the entropic solver says
+      why it fell short: ``"iteration_limit"`` (``max_iter`` reached) or
+      ``"line_search_failed"`` (a Newton step found no ascent: numerical breakdown);
     * ``"tol"``, ``"patience"``, ``"max_batches"`` why adaptive Monte Carlo stopped;
       ``"no_target"``, ``"tol_not_met"`` a precision target that was absent or missed;
     * ``"max_steps"``, ``"early_stopping"``, ``"time_budget"`` why training stopped;
     * ``"done"`` a computation with no stopping criterion; ``"runs_failed"``,
       ``"classical_failed"`` an aggregate whose parts did not all succeed.
 
-    (``BoundSide.status``, one side of ``BoundsResult``, keeps HiGHS's integer code: it is the
-    solver's own word, not a result of the package.)
 ``message`` : str
     One line a person can read (what stopped the solve and the measured residuals).
 ``nit`` : int
@@ -36,10 +42,9 @@ its domain fields (``lower``, ``upper``, ``value``, ``stderr``, ``kernels``, ...
 When a solve returns ``success=False`` it also warns with ``ConvergenceWarning`` (callers that
 report the failure themselves, such as the command line, silence it).
 
-``ConvergenceWarning`` is one class for the whole package. Its definition still sits in
-``deepquant.mmot.entropic`` (that solver was its first user); this module is its public home and
-hands out that same class, imported on first use so that importing ``deepquant.results`` stays
-cheap and free of import cycles. Filter or catch ``deepquant.results.ConvergenceWarning``.
+``ConvergenceWarning`` is one class for the whole package, defined here; the engines import it
+(``deepquant.mmot.entropic.ConvergenceWarning`` and the other public names are this class).
+Filter or catch ``deepquant.results.ConvergenceWarning``.
 """
 
 from __future__ import annotations
@@ -48,14 +53,15 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-if TYPE_CHECKING:  # at run time, ``__getattr__`` below hands out the class
-    from deepquant.mmot.entropic import ConvergenceWarning
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["ConvergenceWarning", "Result", "result_dict", "total_seconds", "warn_failure"]
 
 PROTOCOL_FIELDS = ("success", "status", "message", "seconds")
+
+
+class ConvergenceWarning(UserWarning):
+    """A solve stopped before it reached what was asked of it (``success=False``)."""
 
 
 @runtime_checkable
@@ -77,21 +83,11 @@ class Result(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-def __getattr__(name: str) -> Any:
-    if name == "ConvergenceWarning":
-        from deepquant.mmot.entropic import ConvergenceWarning
-
-        return ConvergenceWarning
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def warn_failure(result: Any, where: str, *, stacklevel: int = 2) -> None:
     """Warn with ``ConvergenceWarning`` (``"{where}: {result.message}"``) when
     ``result.success`` is False; ``stacklevel`` counts from the caller (2: the caller's caller).
     """
     if not result.success:
-        from deepquant.mmot.entropic import ConvergenceWarning
-
         warnings.warn(f"{where}: {result.message}", ConvergenceWarning,
                       stacklevel=stacklevel + 1)
 

@@ -15,6 +15,7 @@ plan from a point mass, plans forced by touching call curves) and one-period LPs
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -27,7 +28,6 @@ from scipy.stats import norm
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.entropic import (
     MULTISCALE_MIN_POINTS,
-    ConvergenceWarning,
     EntropicResult,
     coarse_marginals,
     newton_polish,
@@ -36,6 +36,7 @@ from deepquant.mmot.entropic import (
 )
 from deepquant.mmot.projection import ProjectionResult, martingale_projection
 from deepquant.payoffs import EuropeanCall, ForwardStartStraddle, SumSquaredIncrements
+from deepquant.results import ConvergenceWarning
 from tests.result_protocol import ResultProtocol
 
 TOL = 1e-9  # solver target for both measured residuals
@@ -584,7 +585,7 @@ def test_iteration_limit_warns_and_reports():
     with pytest.warns(ConvergenceWarning, match="iteration limit"):
         res = solve_entropic(mg, 1e-3, max_iter=1)
     assert not res.success
-    assert res.status == 1
+    assert res.status == "iteration_limit"
     assert np.all(np.isfinite(res.kernels))
     assert np.isfinite(res.marginal_error) and res.marginal_error > TOL
 
@@ -799,11 +800,6 @@ def test_heston_long_chains_converge(seed, index):
 
 
 # ---------------------------------------------------------------------------- result protocol
-NOT_YET = ("not yet on the protocol: not frozen, no to_dict (and, for EntropicResult, an "
-           "integer status); remove this mark when the class follows deepquant.results")
-
-
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 class TestEntropicResult(ResultProtocol):
     result_type = EntropicResult
     nit = True
@@ -817,8 +813,54 @@ class TestEntropicResult(ResultProtocol):
     def failure(self):
         return lambda: solve_entropic(lognormal_marginals(3, 60), 1e-3, max_iter=1)
 
+    def test_converged_result_says_so(self, result):
+        assert result.success and result.status == "converged"
+        assert result.message.startswith("converged: marginal error")
+        # no multiscale start (M = 30 < MULTISCALE_MIN_POINTS) and no restart: one phase,
+        # inside the total
+        assert set(result.timings) == {"solve"}
+        assert 0.0 < result.timings["solve"] <= result.seconds
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
+    def test_to_dict_summarises_without_arrays_of_the_grid(self, result):
+        d = result.to_dict()
+        assert d["n_periods"] == 3 and d["grid_size"] == 30
+        assert d["pinned_rows"] == int(result.pinned.sum())
+        assert d["marginal_errors"] == result.marginal_errors.tolist()
+        assert d["drifts"] == result.drifts.tolist()
+        assert d["timings"] == result.timings and d["eps"] == 1e-2
+        assert not {"u", "v", "h", "kernels", "grid", "weights", "history", "pinned"} & set(d)
+
+    def test_failure_is_an_iteration_limit(self):
+        with pytest.warns(ConvergenceWarning, match=r"^solve_entropic: iteration limit "
+                                                    r"max_iter=1 reached"):
+            res = solve_entropic(lognormal_marginals(3, 60), 1e-3, max_iter=1)
+        assert res.status == "iteration_limit" and res.message.startswith("iteration limit")
+        assert res.to_dict()["status"] == "iteration_limit"
+
+
+def test_multiscale_timings_and_the_retry_keep_the_first_try(monkeypatch):
+    """The multiscale start is timed as its own phase; a retry (here the cold start after a
+    failed warm solve and restart, forced as in ``solve_with_failing_calls``) is a new result
+    that carries the first try's history, iterations and time (the result is frozen: nothing
+    is patched in place)."""
+    mg = lognormal_marginals(3, 120)
+    plain = solve_entropic(mg, 1e-3)
+    assert set(plain.timings) == {"coarse", "solve"}
+    assert sum(plain.timings.values()) <= plain.seconds
+    res, _ = solve_with_failing_calls(monkeypatch, mg, (2, 3))
+    cold = solve_entropic(mg, 1e-3, multiscale=False)
+    assert res.success and res.status == "converged"
+    assert set(res.timings) == {"first_attempt", "solve"}
+    assert res.timings["first_attempt"] + res.timings["solve"] <= res.seconds
+    assert res.nit >= cold.nit                # the retry's iterations plus the first try's
+    # the history: the first try's (coarse solve, starved warm solve, restart), then the
+    # cold retry's, entry for entry
+    first, retry = res.history[:-len(cold.history)], res.history[-len(cold.history):]
+    assert first[0]["kind"] == "coarse" and [h["kind"] for h in first].count("restart") == 1
+    assert [h["kind"] for h in retry] == [h["kind"] for h in cold.history]
+    assert retry[-1]["marginal_error"] == cold.history[-1]["marginal_error"]
+
+
 class TestProjectionResult(ResultProtocol):
     result_type = ProjectionResult
 
@@ -827,3 +869,33 @@ class TestProjectionResult(ResultProtocol):
     def result(cls):
         mg = lognormal_marginals(3, 30)
         return martingale_projection(mg, solve_entropic(mg, 1e-2).v, None, eps=1e-2)
+
+    @pytest.fixture
+    def failure(self):
+        # |E[Y - x | x]| <= 1e-30 is below the rounding of a mean of grid points near 1
+        # (about 1e-17): no row can meet it
+        mg = lognormal_marginals(2, 20)
+        return lambda: martingale_projection(mg, np.zeros((2, 20)), tol=1e-30)
+
+    def test_converged_projection_says_so(self, result):
+        assert result.success and result.status == "converged"
+        assert result.message.startswith("every row solved to tol=1e-13")
+        assert np.isfinite(result.seconds) and result.seconds > 0.0
+        d = result.to_dict()
+        assert d["drift"] == result.drift.tolist()
+        assert d["marginal_error"] == result.marginal_error.tolist()
+        assert not {"kernels", "h", "v"} & set(d)
+
+    def test_failure_counts_the_rows_and_can_be_silenced(self):
+        mg = lognormal_marginals(2, 20)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConvergenceWarning)
+            res = martingale_projection(mg, np.zeros((2, 20)), tol=1e-30, warn=False)
+        assert res.status == "not_converged" and not res.success
+        # every transported row misses (the pinned edge rows are not solved: at most the rows
+        # with mass)
+        got = re.match(r"(\d+) of (\d+) row\(s\) above tol=1e-30", res.message)
+        assert got and got[1] == got[2], res.message
+        assert 0 < int(got[1]) <= int((mg.weights[:-1] > 0).sum())
+        # the kernels are still the projection's (the drift is at round-off, not at 1e-30)
+        assert res.drift.max() <= 1e-12

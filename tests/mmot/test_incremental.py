@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.entropic import ConvergenceWarning, solve_entropic
+from deepquant.mmot.entropic import solve_entropic
 from deepquant.mmot.incremental import append_date, insert_date, update_date
 from deepquant.payoffs import SumSquaredIncrements
+from deepquant.results import ConvergenceWarning
 from tests.conftest import lognormal_rows
 
 TOL = 1e-9

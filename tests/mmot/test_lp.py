@@ -15,7 +15,7 @@ from deepquant.mmot.bounds import bounds
 from deepquant.mmot.lp import lp_bounds
 from deepquant.mmot.pathlp import path_lp_bounds
 from deepquant.mmot.result import BoundsResult
-from deepquant.payoffs import make_payoff
+from deepquant.payoffs import SumSquaredIncrements, make_payoff
 from deepquant.results import ConvergenceWarning
 from tests.conftest import martingale_kernel_marginals, random_walk_marginals
 from tests.result_protocol import ResultProtocol
@@ -41,6 +41,7 @@ def test_random_walk_full_martingale_values(rw, case):
     assert res.gap < 1e-9
     assert res.sizes["rows"] > 0 and res.sizes["cols"] > 0 and res.sizes["nnz"] > 0
     assert res.lower_side.duals is not None and res.upper_side.duals is not None
+    assert res.lower_side.status == res.upper_side.status == "optimal"
 
 
 @pytest.mark.parametrize("case", [c for c in RW_CASES if c.values[0]["payoff"] != "sum-squared-increments"])
@@ -133,6 +134,23 @@ def test_relaxed_mode_reports_tolerance():
     with pytest.warns(ConvergenceWarning, match="martingale_tol"):
         tight = bounds(mg, make_payoff("asian-call", strike=1.0), martingale_tol=1e-3)
     assert not tight.success and "martingale_tol" in tight.message
+    # each side says why in the protocol's word; HiGHS's own code (2: infeasible) in its info
+    for side in (tight.lower_side, tight.upper_side):
+        assert side.status == "infeasible" and side.info["highs_status"] == 2
+        assert not side.success and np.isnan(side.value)
+
+
+def test_pairwise_lp_failure_names_the_first_failing_period():
+    """A payoff of one period per term (the pairwise LPs): a period without a martingale
+    coupling fails the side with HiGHS's word for it, and the message names the period."""
+    grid = np.array([0.8, 0.9, 1.0, 1.1, 1.2])
+    w = np.array([[0, 0, 1, 0, 0], [0, 0.5, 0, 0.5, 0], [0, 0.25, 0.5, 0.25, 0.0]])
+    mg = Marginals(grid, w, check_convex=False)  # date 2 is not above date 1
+    with pytest.warns(ConvergenceWarning, match="period 1"):
+        res = bounds(mg, SumSquaredIncrements(), method="lp", martingale_tol=1e-3)
+    assert res.structure == "pairwise" and not res.success and res.status == "failed"
+    for side in (res.lower_side, res.upper_side):
+        assert side.status == "infeasible" and "period 1" in side.message
 
 
 def test_relaxed_mode_widens_valid_bounds(rw):

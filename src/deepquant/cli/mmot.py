@@ -52,9 +52,8 @@ def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period
                                  max_iter=max_iter, threads=threads)
         except ValueError as exc:
             fail(str(exc))
-    summary = res.summary()
-    summary.update(marginals=str(marginals_path), reference=reference, tol=tol,
-                   marginal_errors=res.marginal_errors.tolist(), drifts=res.drifts.tolist())
+    summary = res.to_dict()
+    summary.update(marginals=str(marginals_path), reference=reference, tol=tol)
     if plot_path is not None:
         summary["plot"] = str(_plot_solve(res, marginals, plot_path, period))
     if as_json:
@@ -101,7 +100,7 @@ def _plot_solve(res, marginals, path, period):
     for i, h in enumerate(res.history):
         if h["kind"] == "sinkhorn":
             ax1.axvspan(i + 0.5, i + 1.5, color="0.9")
-    ax1.axhline(res.summary()["marginal_error"], color="0.6", lw=0.5)
+    ax1.axhline(res.marginal_error, color="0.6", lw=0.5)
     ax1.set_xlabel("iteration (shaded: Sinkhorn sweeps, then Newton)")
     ax1.set_ylabel("residual (max over periods still iterating)")
     ax1.set_title(f"convergence: {res.nit} Newton iterations, {res.seconds * 1e3:.1f} ms")

@@ -124,13 +124,14 @@ def _row_eval(base: np.ndarray, e: np.ndarray, d: np.ndarray, d2: np.ndarray
 
 def _row_solve(base: np.ndarray, d: np.ndarray, grid: np.ndarray, eta: np.ndarray, *,
                iters: int = 60, tol: float = 1e-13, kernels: bool = False
-               ) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
+               ) -> np.ndarray | tuple[np.ndarray, ...]:
     """Row-optimal eta: m(eta) = E_p[y - x] = 0 by safeguarded 1-D Newton, row by row (K rows).
 
     ``base`` (K, M): log kernel without the eta term (lk + phi); ``d`` (K, M): y - x. m is
     increasing in eta; Newton steps stay inside the current bracket (bisection otherwise) and,
     before a bracket exists, are capped to an exponent change of 10 * 2^k across the grid.
-    With ``kernels`` returns (eta, p, lse): the normalised rows and their LSE at that eta.
+    With ``kernels`` returns (eta, p, lse, m): the normalised rows, their LSE and their mean
+    E_p[y - x] (the residual the stopping test |m| <= ``tol`` was applied to) at that eta.
     """
     span = float(grid[-1] - grid[0])
     e = np.array(eta, dtype=np.float64)
@@ -158,5 +159,5 @@ def _row_solve(base: np.ndarray, d: np.ndarray, grid: np.ndarray, eta: np.ndarra
         else:
             p[act], lse[act], m[act], sec[act] = _row_eval(base[act], e[act], d[act], d2[act])
     if kernels:
-        return e, p, lse
+        return e, p, lse, m
     return e

@@ -449,7 +449,7 @@ def _polish_rows(rows: np.ndarray, lk: np.ndarray, grid: np.ndarray, diff: np.nd
     bi, xi = np.nonzero(rows)
     base = lk[bi, xi, :] + ph[bi]
     d = diff[xi, :]
-    e, pn, lse = _row_solve(base, d, grid, et[bi, xi], tol=tol, kernels=True)
+    e, pn, lse, _ = _row_solve(base, d, grid, et[bi, xi], tol=tol, kernels=True)
     w = mu[bi, xi]
     # bi is sorted (row-major nonzero): sums per period by reduceat
     starts = np.flatnonzero(np.concatenate([[True], bi[1:] != bi[:-1]]))

@@ -529,7 +529,8 @@ def entropic_bounds(
                                    max_iter=max_iter, eps0=eps0, eps_factor=eps_factor,
                                    warn=warn)
         duals = Duals(u=sol.u, h=sol.h, phi=[])
-        side = BoundSide(value=sol.value, success=sol.success, status=0 if sol.success else 1,
+        side = BoundSide(value=sol.value, success=sol.success,
+                         status="converged" if sol.success else "not_converged",
                          message=sol.message, seconds=sol.seconds,
                          primal_residual=max(sol.marginal_error, sol.drift), duals=duals,
                          plan=[sol.plan(t) for t in range(chain.last_date)])

@@ -194,8 +194,8 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
     sign = 1.0 if sense == "upper" else -1.0
     if chain.last_date == 0:
         val = float(np.sum(chain.law0[:, None] * chain.initial.toarray() * chain.terminal))
-        return BoundSide(val, True, 0, "no free variables (payoff known at date 0)", 0.0, 0.0,
-                         0.0, 0.0, info=dict(inner=val))
+        return BoundSide(val, True, "optimal", "no free variables (payoff known at date 0)",
+                         0.0, 0.0, 0.0, 0.0, info=dict(inner=val))
     with threadpool_limits(limits=1, user_api="blas"):
         # L-BFGS-B's small dense algebra: 4x slower with 2 BLAS threads on 2 cores (DESIGN §7)
         return _certify(chain, marginals, sense, sign, t0, rtol=rtol, eps_start=eps_start,
@@ -317,7 +317,8 @@ def _side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid
     info = dict(inner=sign * inner, inner_kind=inner_kind, u_sweep=u_grid,
                 violation=float(viol.sum()), scale=sw.scale,
                 relative_gap=gap / max(abs(outer), 1e-300), **extra)
-    return BoundSide(sign * outer, True, status, message, time.perf_counter() - t0, resid, 0.0,
+    code = "certified" if status == 0 else "certified-wide"
+    return BoundSide(sign * outer, True, code, message, time.perf_counter() - t0, resid, 0.0,
                      float(gap), duals, None, info)
 
 
@@ -419,10 +420,10 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
     res = {s: _multiscale_side(marginals, payoff, chain, s, levels=multiscale,
                                sum_grid_size=sum_grid_size, sum_mode=sum_mode,
                                progress=progress, **options) for s in sides}
-    missing = BoundSide(float("nan"), True, 0, "not requested", 0.0)
+    missing = BoundSide(float("nan"), True, "not_requested", "not requested", 0.0)
     lo, up = res.get("lower", missing), res.get("upper", missing)
     ok = all(r.success for r in res.values())
-    certified = all(r.status == 0 for r in res.values())
+    certified = all(r.status == "certified" for r in res.values())
     status = "certified" if certified else "certified-wide"
     msg = "; ".join(f"{k}: {r.message} (gap {r.gap:.3g})" for k, r in res.items())
     result = BoundsResult(

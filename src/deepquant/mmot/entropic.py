@@ -42,9 +42,8 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -68,9 +67,11 @@ from deepquant.mmot.projection import (
     martingale_projection,
     semi_dual,
 )
+from deepquant.mmot.result import EntropicResult
+from deepquant.results import ConvergenceWarning, warn_failure
 
 __all__ = [
-    "ConvergenceWarning",
+    "ConvergenceWarning",  # deepquant.results' class, under the name its first user gave it
     "EntropicResult",
     "solve_entropic",
     "newton_polish",
@@ -86,10 +87,6 @@ __all__ = [
 ]
 
 
-class ConvergenceWarning(UserWarning):
-    """The entropic solver stopped before its measured residuals reached the tolerance."""
-
-
 _CONTROLLER: ThreadpoolController | None = None
 
 
@@ -103,108 +100,6 @@ def _blas_limit(threads: int | None):
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=int(threads), user_api="blas")
-
-
-# ---------------------------------------------------------------------------- result
-@dataclass
-class EntropicResult:
-    """Output of ``solve_entropic`` (one-period plans of a Markov martingale chain).
-
-    Attributes
-    ----------
-    u, v, h : ndarray, shape (N, M)
-        Dual potentials of period t (rows: x = grid at date t, columns: y = grid at date t+1),
-        gauge-fixed as described in the module docstring. Units of the cost (v = eps * phi).
-    kernels : ndarray, shape (N, M, M)
-        Row-stochastic transition kernels P(X_{t+1} = y | X_t = x). Rows without mass and pinned
-        rows are point masses at x.
-    grid : ndarray, shape (M,)
-    weights : ndarray, shape (N+1, M)
-        The marginals solved for.
-    eps : float
-        Regularisation of the last stage.
-    nit : int
-        Newton iterations over all eps stages (periods iterate as one batch, so this is the
-        count of the slowest period; the maximum over chunks of periods, a restarted period
-        counting both of its solves). For ``method="sinkhorn"``, the number of sweeps.
-    sweeps : int
-        Martingale-Sinkhorn sweeps used (warm start, or all iterations of the baseline).
-    marginal_error : float
-        max over periods of the measured L1 errors sum|row sums - mu| + sum|column sums - nu|.
-    drift : float
-        max over periods and rows x with mu(x) > 0 of |E[X_{t+1} - X_t | X_t = x]|.
-    marginal_errors, drifts : ndarray, shape (N,)
-        The same per period.
-    success : bool
-    status : int
-        0 converged, 1 iteration limit, 2 line search failed / numerical breakdown.
-    message : str
-    seconds : float
-        Wall time of the solve.
-    history : list of dict
-        One entry per iteration: ``stage``, ``eps``, ``kind`` ("sinkhorn" or "newton"),
-        ``marginal_error`` (column L1 error of the Gibbs plans, rows being exact by
-        construction) and ``drift``, both max over the periods still iterating, and ``step``
-        (the smallest line-search step of the iteration). A ``"restart"`` entry (with
-        ``periods``, and the residuals of those periods) precedes the second solve of the
-        periods that missed the tolerance; a ``"coarse"`` entry summarises the solve on the
-        half grid of the multiscale start.
-    transport_cost : float
-        sum_t <c_t, pi_t> (0 without a cost): an inner estimate of the LP value.
-    dual_value : float
-        sum_t <u_t, mu_t> + <v_t, nu_t>; at convergence equal to ``entropic_objective``.
-    entropic_objective : float
-        sum_t <c_t, pi_t> + eps KL(pi_t | R_t) (for the signed cost, -c when ``maximize``), from
-        the Gibbs form with the measured row sums, column sums and drifts (see ``_objectives``).
-    pinned : ndarray of bool, shape (N, M)
-        Rows pinned to a point mass (touching points of the call-price curves, grid-edge rows,
-        rows whose reachable columns lie on one side only).
-    """
-
-    u: np.ndarray
-    v: np.ndarray
-    h: np.ndarray
-    kernels: np.ndarray
-    grid: np.ndarray
-    weights: np.ndarray
-    eps: float
-    nit: int
-    sweeps: int
-    marginal_error: float
-    drift: float
-    marginal_errors: np.ndarray
-    drifts: np.ndarray
-    success: bool
-    status: int
-    message: str
-    seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
-    transport_cost: float = 0.0
-    dual_value: float = float("nan")
-    entropic_objective: float = float("nan")
-    pinned: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def plans(self) -> np.ndarray:
-        """Transport plans pi_t(x, y) = mu_t(x) P(y | x), shape (N, M, M)."""
-        return self.weights[:-1, :, None] * self.kernels
-
-    @property
-    def n_periods(self) -> int:
-        return int(self.kernels.shape[0])
-
-    def summary(self) -> dict[str, Any]:
-        """Scalars for printing / JSON."""
-        return {
-            "success": bool(self.success), "status": int(self.status), "message": self.message,
-            "nit": int(self.nit), "sweeps": int(self.sweeps), "seconds": float(self.seconds),
-            "marginal_error": float(self.marginal_error), "drift": float(self.drift),
-            "eps": float(self.eps), "transport_cost": float(self.transport_cost),
-            "dual_value": float(self.dual_value),
-            "entropic_objective": float(self.entropic_objective),
-            "n_periods": self.n_periods, "grid_size": int(self.grid.size),
-            "pinned_rows": int(self.pinned.sum()) if self.pinned is not None else 0,
-        }
 
 
 # ---------------------------------------------------------------------------- public API
@@ -365,11 +260,14 @@ def solve_entropic(
         multiscale = (method == "newton" and warm_start is None and cost_arr is None
                       and isinstance(reference, str) and m >= MULTISCALE_MIN_POINTS)
     coarse_history: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
     from_coarse = False
     if multiscale and warm_start is None and m >= 4:
+        tc0 = time.perf_counter()
         warm_start = _multiscale_start(marginals, eps, reference, tol=tol, max_iter=max_iter,
                                        touch_tol=touch_tol, threads=threads,
                                        history=coarse_history)
+        timings["coarse"] = time.perf_counter() - tc0
         from_coarse = warm_start is not None
         if from_coarse and sinkhorn_sweeps is None:
             sinkhorn_sweeps = 1   # the interpolated h is off on the finer rows: one sweep
@@ -450,6 +348,7 @@ def solve_entropic(
 
     with _blas_limit(threads), np.errstate(over="ignore", under="ignore", invalid="ignore",
                                            divide="ignore"):
+        ts = time.perf_counter()
         kernels, u_out, v_out, h_out, pinned_all, status, period_nit = out = new_out(n)
         solve_periods(np.arange(n), out)
         # measured residuals on the full plans
@@ -459,7 +358,9 @@ def solve_entropic(
             moments = _moments(grid, w, kernels)
         errs, drifts = measure(grid, w, kernels, moments)
         failed = np.flatnonzero(~((errs <= tol) & (drifts <= tol)))
+        timings["solve"] = time.perf_counter() - ts
         if method == "newton" and failed.size:
+            ts = time.perf_counter()
             # restart the failed periods from the spread start; keep what converges there
             history.append({"stage": len(schedule) - 1, "eps": eps, "kind": "restart",
                             "iteration": 0, "periods": failed.tolist(),
@@ -479,56 +380,56 @@ def solve_entropic(
                     n_repaired += rep
             moments = _moments(grid, w, kernels)
             errs, drifts = measure(grid, w, kernels, moments)
+            timings["restart"] = time.perf_counter() - ts
         nit_total = int(period_nit.max())
         tc, ent, dual = _objectives(grid, w, kernels, u_out, v_out, h_out, cost_arr, moments)
     ok = (errs <= tol) & (drifts <= tol)
     success = bool(np.all(ok)) and bool(np.isfinite(errs).all())
+    retry: dict[str, Any] | None = None
     if not success and from_coarse:
         # the interpolated start was worse than a cold one (rare: about 1 in 150 random
         # cases): solve again from the usual cold start
-        retry = solve_entropic(
-            marginals, eps, cost, reference, tol=tol, max_iter=max_iter, warm_start=None,
-            eps_schedule=eps_schedule, sinkhorn_sweeps=None, stage_tol=stage_tol,
-            maximize=maximize, touch_tol=touch_tol, threads=threads,
-            chunk_entries=chunk_entries, warn=warn, method=method, multiscale=False)
-        retry.history[:0] = history
-        retry.nit += nit_total
-        retry.seconds = time.perf_counter() - t0
-        return retry
-    if (not success and eps_schedule is None and signed_cost is not None
+        retry = dict(warm_start=None, eps_schedule=eps_schedule, sinkhorn_sweeps=None)
+    elif (not success and eps_schedule is None and signed_cost is not None
             and method == "newton" and np.any(status == 2)):
         # the default eps-scaling was too coarse for this cost: redo with gentler stages
         finer = _default_schedule(eps, signed_cost, maximize, ratio=_RETRY_RATIO)
         if len(finer) > len(schedule):
-            retry = solve_entropic(
-                marginals, eps, cost, reference, tol=tol, max_iter=max_iter,
-                warm_start=warm_start, eps_schedule=finer, sinkhorn_sweeps=sinkhorn_sweeps,
-                stage_tol=stage_tol, maximize=maximize, touch_tol=touch_tol, threads=threads,
-                chunk_entries=chunk_entries, warn=warn, method=method, multiscale=False)
-            retry.history[:0] = history
-            retry.nit += nit_total
-            retry.seconds = time.perf_counter() - t0
-            return retry
+            retry = dict(warm_start=warm_start, eps_schedule=finer,
+                         sinkhorn_sweeps=sinkhorn_sweeps)
+    if retry is not None:
+        first = time.perf_counter() - t0
+        again = solve_entropic(
+            marginals, eps, cost, reference, tol=tol, max_iter=max_iter, stage_tol=stage_tol,
+            maximize=maximize, touch_tol=touch_tol, threads=threads,
+            chunk_entries=chunk_entries, warn=warn, method=method, multiscale=False, **retry)
+        return replace(again, history=history + again.history, nit=again.nit + nit_total,
+                       seconds=time.perf_counter() - t0,
+                       timings={"first_attempt": first, **again.timings})
     if success:
-        code, msg = 0, f"converged: marginal error {errs.max():.2e}, drift {drifts.max():.2e}"
+        code, msg = "converged", (f"converged: marginal error {errs.max():.2e}, drift "
+                                  f"{drifts.max():.2e}")
         if n_repaired:
             msg += f" ({n_repaired} tail row(s) mean-corrected)"
     else:
-        code = 2 if np.any(status == 2) else 1
+        breakdown = bool(np.any(status == 2))
+        code = "line_search_failed" if breakdown else "iteration_limit"
         bad = np.flatnonzero(~ok)
-        what = "line search failed" if code == 2 else f"iteration limit max_iter={max_iter} reached"
-        msg = (f"{what}: {bad.size} period(s) above tol={tol:g} (first: period {bad[0] if bad.size else -1}); "
+        what = "line search failed" if breakdown else f"iteration limit max_iter={max_iter} reached"
+        msg = (f"{what}: {bad.size} period(s) above tol={tol:g} (first: period "
+               f"{bad[0] if bad.size else -1}); "
                f"marginal error {np.nanmax(errs):.2e}, drift {np.nanmax(drifts):.2e}")
-        if warn:
-            warnings.warn(f"solve_entropic: {msg}", ConvergenceWarning, stacklevel=2)
-    return EntropicResult(
+    result = EntropicResult(
         u=u_out, v=v_out, h=h_out, kernels=kernels, grid=grid, weights=w, eps=eps,
-        nit=nit_total,
-        sweeps=nit_total if method == "sinkhorn" else int(sinkhorn_sweeps), marginal_error=float(np.max(errs)),
-        drift=float(np.max(drifts)), marginal_errors=errs, drifts=drifts, success=success,
-        status=code, message=msg, seconds=time.perf_counter() - t0, history=history,
-        transport_cost=tc, dual_value=dual, entropic_objective=ent, pinned=pinned_all,
+        nit=nit_total, sweeps=nit_total if method == "sinkhorn" else int(sinkhorn_sweeps),
+        marginal_error=float(np.max(errs)), drift=float(np.max(drifts)), marginal_errors=errs,
+        drifts=drifts, success=success, status=code, message=msg,
+        seconds=time.perf_counter() - t0, history=history, transport_cost=tc, dual_value=dual,
+        entropic_objective=ent, pinned=pinned_all, timings=timings,
     )
+    if warn:
+        warn_failure(result, "solve_entropic")
+    return result
 
 
 MULTISCALE_MIN_POINTS = 100

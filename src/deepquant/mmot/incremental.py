@@ -127,7 +127,8 @@ def _resolve(previous: EntropicResult, marginals: Marginals, eps: float | None, 
     return EntropicResult(
         u=u, v=v, h=h, kernels=kernels, grid=marginals.grid, weights=marginals.weights, eps=eps,
         nit=nit, sweeps=sweeps, marginal_error=float(errs.max()), drift=float(drifts.max()),
-        marginal_errors=errs, drifts=drifts, success=success, status=0 if success else 1,
+        marginal_errors=errs, drifts=drifts, success=success,
+        status="converged" if success else "not_converged",
         message=msg, seconds=time.perf_counter() - t0, history=history, transport_cost=tc,
         dual_value=dual, entropic_objective=ent, pinned=pinned,
     )

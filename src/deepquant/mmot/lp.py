@@ -31,7 +31,7 @@ from scipy import optimize, sparse
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain, build_chain, trivial_chain
-from deepquant.mmot.result import BoundSide, BoundsResult, Duals
+from deepquant.mmot.result import BoundSide, BoundsResult, Duals, failed_side
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 from deepquant.results import warn_failure
 
@@ -295,7 +295,7 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     t0 = time.perf_counter()
     if T == 0 or lp.a_eq.shape[1] == 0:
         val = _constant_value(chain)
-        return BoundSide(val, True, 0, "no free variables (payoff known at date 0)",
+        return BoundSide(val, True, "optimal", "no free variables (payoff known at date 0)",
                          time.perf_counter() - t0, 0.0, 0.0, 0.0)
     opts = dict(DEFAULT_HIGHS_OPTIONS)
     opts.update(highs_options or {})
@@ -325,7 +325,7 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
             msg += (" (infeasible: the marginals admit no martingale coupling on the grid"
                     + (f" within martingale_tol={lp.martingale_tol:g}" if lp.martingale_tol
                        else "") + ")")
-        return BoundSide(float("nan"), False, int(status), msg, seconds)
+        return failed_side(status, msg, seconds)
     resid = lp.a_eq @ x - lp.b_eq
     primal = max(float(np.max(np.abs(resid))) if resid.size else 0.0, float(max(0.0, -x.min())))
     reduced = c - lp.a_eq.T @ y_eq
@@ -342,8 +342,8 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     duals = _map_duals(lp, sign * y_eq, None if y_ub is None else sign * y_ub)
     plan = _plan(lp, x) if return_plan else None
     value = sign * primal_obj
-    return BoundSide(value, True, 0, message, seconds, primal, dual_res, gap, duals, plan,
-                     info)
+    return BoundSide(value, True, "optimal", message, seconds, primal, dual_res, gap, duals,
+                     plan, info)
 
 
 def _map_duals(lp: ChainLP, y: np.ndarray, y_ub: np.ndarray | None) -> Duals:
@@ -468,7 +468,7 @@ def lp_bounds(
     build = time.perf_counter() - t_build
     res = {s: solve_side(lp, s, highs_options=highs_options, return_plan=return_plan,
                          algorithm=algorithm) for s in sides}
-    missing = BoundSide(float("nan"), True, 0, "not requested", 0.0)
+    missing = BoundSide(float("nan"), True, "not_requested", "not requested", 0.0)
     lo, up = res.get("lower", missing), res.get("upper", missing)
     status, ok, msg = _status(lo, up)
     result = BoundsResult(
@@ -512,13 +512,13 @@ def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, 
     for s in sides:
         u = np.zeros((T + 1, m))
         h = [np.zeros((m, 1)) for _ in range(T)]
-        value, secs, ok, status, msgs = 0.0, 0.0, True, 0, []
+        value, secs, ok, status, msgs = 0.0, 0.0, True, "optimal", []
         primal = dual = gap = 0.0
         for t, lp in lps:
             side = solve_side(lp, s, highs_options=highs_options, algorithm=algorithm)
             secs += side.seconds
             if not side.success:
-                ok, status = False, max(status, side.status)
+                ok, status = False, side.status if ok else status   # the first failure
                 msgs.append(f"period {t}: {side.message}")
                 continue
             value += side.value
@@ -535,7 +535,7 @@ def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, 
         out[s] = BoundSide(value if ok else float("nan"), ok, status,
                            "; ".join(msgs) if msgs else "optimal", secs, primal, dual, gap,
                            duals if ok else None)
-    missing = BoundSide(float("nan"), True, 0, "not requested", 0.0)
+    missing = BoundSide(float("nan"), True, "not_requested", "not requested", 0.0)
     lo, up = out.get("lower", missing), out.get("upper", missing)
     status, ok, msg = _status(lo, up)
     result = BoundsResult(

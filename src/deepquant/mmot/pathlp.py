@@ -21,7 +21,7 @@ from scipy import optimize, sparse
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, check_convex_order
-from deepquant.mmot.result import BoundSide, BoundsResult
+from deepquant.mmot.result import BoundSide, BoundsResult, failed_side
 from deepquant.payoffs import Payoff
 from deepquant.results import warn_failure
 
@@ -109,16 +109,16 @@ def path_lp_bounds(
                                method="highs", options=opts)
         secs = time.perf_counter() - t0
         if res.status != 0 or res.x is None:
-            sides[name] = BoundSide(float("nan"), False, int(res.status),
-                                    f"HiGHS status {res.status}: {res.message}", secs)
+            sides[name] = failed_side(res.status, f"HiGHS status {res.status}: {res.message}",
+                                      secs)
             continue
         x = res.x
         y = np.asarray(res.eqlin.marginals)
         primal = max(float(np.max(np.abs(a_eq @ x - b_eq))), float(max(0.0, -x.min())))
         reduced = sign * cost - a_eq.T @ y
         gap = abs(float(sign * cost @ x) - float(b_eq @ y))
-        sides[name] = BoundSide(float(cost @ x), True, 0, str(res.message), secs, primal,
-                                float(max(0.0, -reduced.min())), gap)
+        sides[name] = BoundSide(float(cost @ x), True, "optimal", str(res.message), secs,
+                                primal, float(max(0.0, -reduced.min())), gap)
         plans[name] = x
     lo, up = sides["lower"], sides["upper"]
     ok = lo.success and up.success

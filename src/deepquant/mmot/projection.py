@@ -9,6 +9,7 @@ of ``solve_entropic``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +19,12 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot._gibbs import _row_solve
 from deepquant.mmot._plans import measure
 from deepquant.mmot._support import _check_eps, _prepare, reference_kernels
+from deepquant.results import result_dict, warn_failure
 
 __all__ = ["ProjectionResult", "martingale_projection", "SemiDual", "semi_dual"]
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class ProjectionResult:
     """Kernels of given column potentials with the row multipliers solved exactly.
 
@@ -43,6 +45,15 @@ class ProjectionResult:
         weight: there v is set in closed form so that the Gibbs kernels at (v, h) would give
         them exactly their target weight (one martingale-Sinkhorn column update): a warm start
         for ``newton_polish`` that does not need the dropped columns repaired by iteration.
+    success : bool
+        Every row with mass met the row solve's target |E[Y - x | x]| <= ``tol`` (the columns
+        are not asked to match: they carry the error of v).
+    status : str
+        ``"converged"`` or ``"not_converged"`` (some row missed ``tol`` within the row solve's
+        iterations).
+    message : str
+    seconds : float
+        Wall time of the projection.
     """
 
     kernels: np.ndarray
@@ -50,12 +61,21 @@ class ProjectionResult:
     drift: np.ndarray
     marginal_error: np.ndarray
     v: np.ndarray
+    success: bool
+    status: str
+    message: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary: the protocol fields and the per-period ``drift`` and
+        ``marginal_error`` (no kernels or potentials)."""
+        return result_dict(self, skip=("kernels", "h", "v"))
 
 
 def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | None = None, *,
                           eps: float = 1.0, reference: Any = "product", tol: float = 1e-13,
-                          touch_tol: float = 1e-11, column_floor: float = 0.0
-                          ) -> ProjectionResult:
+                          touch_tol: float = 1e-11, column_floor: float = 0.0,
+                          warn: bool = True) -> ProjectionResult:
     """The exact martingale kernels of column potentials ``v`` (shape (N, M), cost units).
 
     For fixed v the semi-dual F(phi, eta) of the module doc separates over rows in (u, eta):
@@ -73,7 +93,11 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
     For potentials that are only meaningful where the target has mass (a network trained with a
     mass floor): there an arbitrary v can pull O(1) mass onto a column of weight 1e-20. The
     measured marginal error then includes the dropped weights (at most M * column_floor).
+
+    A row whose multiplier misses ``tol`` within the row solve's iterations makes the result
+    ``success=False`` (status ``"not_converged"``) and, with ``warn``, a ``ConvergenceWarning``.
     """
+    t0 = time.perf_counter()
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals instance, got {type(marginals).__name__}")
     eps = _check_eps(eps)
@@ -104,10 +128,12 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
         eta = np.zeros((n, m))
         tt, xx = np.nonzero(active)
         lse = np.zeros((n, m))
+        row_residual = np.zeros(0)
         if tt.size:
             base = b.logq[tt, xx, :] + phi[tt, :]
             d = b.diff[xx]
-            e, p, lse_rows = _row_solve(base, d, grid, h[tt, xx] / eps, tol=tol, kernels=True)
+            e, p, lse_rows, row_residual = _row_solve(base, d, grid, h[tt, xx] / eps, tol=tol,
+                                                      kernels=True)
             eta[tt, xx] = e
             kernels[tt, xx] = p
             lse[tt, xx] = lse_rows
@@ -129,8 +155,21 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
                 ok = np.isfinite(lcol)
                 v_out[t, cols[ok]] += eps * (np.log(w[t + 1, cols[ok]]) - lcol[ok])
     errs, drift = measure(grid, w, kernels)
-    return ProjectionResult(kernels=kernels, h=eps * eta, drift=drift, marginal_error=errs,
-                            v=v_out)
+    missed = int(np.count_nonzero(~(np.abs(row_residual) <= tol)))
+    residuals = (f"drift {np.max(drift, initial=0.0):.2e}, column L1 error "
+                 f"{np.max(errs, initial=0.0):.2e}")
+    if missed:
+        message = (f"{missed} of {row_residual.size} row(s) above tol={tol:g} (largest "
+                   f"|E[Y - x | x]| {np.max(np.abs(row_residual)):.2e}); {residuals}")
+    else:
+        message = f"every row solved to tol={tol:g}; {residuals}"
+    result = ProjectionResult(kernels=kernels, h=eps * eta, drift=drift, marginal_error=errs,
+                              v=v_out, success=missed == 0,
+                              status="not_converged" if missed else "converged",
+                              message=message, seconds=time.perf_counter() - t0)
+    if warn:
+        warn_failure(result, "martingale_projection")
+    return result
 
 
 @dataclass
@@ -216,8 +255,8 @@ def semi_dual(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, v: np.ndarray,
         tt, xx = np.nonzero(b.mu > 0)
         if tt.size:
             base = b.logq[tt, xx, :] + v[tt, :]
-            e, p, lse_rows = _row_solve(base, b.diff[xx], grid, h0[tt, xx], tol=tol,
-                                        kernels=True)
+            e, p, lse_rows, _ = _row_solve(base, b.diff[xx], grid, h0[tt, xx], tol=tol,
+                                           kernels=True)
             eta[tt, xx] = e
             lse[tt, xx] = lse_rows
             if kernels:

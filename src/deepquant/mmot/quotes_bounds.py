@@ -58,7 +58,7 @@ from deepquant.mmot.certified import stage_stop
 from deepquant.mmot.hedge import SemiStaticHedge, StaticStrip, verify_hedge
 from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, build_chain_lp
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
-from deepquant.mmot.result import BoundSide, BoundsResult
+from deepquant.mmot.result import BoundSide, BoundsResult, failed_side
 from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 from deepquant.results import warn_failure
@@ -251,8 +251,7 @@ def _lp_side(prob: _Problem, sense: str, highs_options: dict | None,
                            A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method=lp_method,
                            options=opts)
     if res.status != 0:
-        return BoundSide(float("nan"), False, int(res.status), res.message,
-                         time.perf_counter() - t0)
+        return failed_side(res.status, res.message, time.perf_counter() - t0)
     z = res.x
     primal = float(max(np.max(np.abs(a_eq @ z - b_eq)),
                        np.max(a_ub @ z - b_ub, initial=0.0) if r else 0.0, -z.min()))
@@ -265,8 +264,8 @@ def _lp_side(prob: _Problem, sense: str, highs_options: dict | None,
     hedge = quote_hedge(prob, a, sense)
     gap = abs(sign * hedge.bound - value)
     laws = [z[lcol[t]:lcol[t] + lp.ys[t].size] for t in range(prob.T)]
-    return BoundSide(sign * value, True, 0, res.message, time.perf_counter() - t0, primal,
-                     0.0, gap, None, None,
+    return BoundSide(sign * value, True, "optimal", res.message, time.perf_counter() - t0,
+                     primal, 0.0, gap, None, None,
                      dict(hedge=hedge, hedge_bound=hedge.bound, positions=hedge.positions,
                           laws=laws, rows=dict(eq=a_eq.shape[0], ub=r), cols=n_col))
 
@@ -340,7 +339,8 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
         eps = max(eps * eps_factor, eps_end)
     outer, abest, rv = best
     hedge = quote_hedge(prob, abest, sense)
-    return BoundSide(sign * outer, True, status, message, time.perf_counter() - t0, band_viol,
+    code = "certified" if status == 0 else "certified-wide"
+    return BoundSide(sign * outer, True, code, message, time.perf_counter() - t0, band_viol,
                      0.0, float(outer - inner), None, None,
                      dict(hedge=hedge, positions=hedge.positions, inner=sign * inner,
                           band_violation=band_viol, stages=stages, iterations=nit,
@@ -517,13 +517,14 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
                 out[s] = _lp_side(prob, s, highs_options, lp_method)
             else:
                 out[s] = _certified_side(prob, s, **certified_options)
-    missing = BoundSide(float("nan"), True, 0, "not requested", 0.0)
+    missing = BoundSide(float("nan"), True, "not_requested", "not requested", 0.0)
     lo, up = out.get("lower", missing), out.get("upper", missing)
     ok = all(r.success for r in out.values())
     if method == "lp":
         status = "optimal" if ok else "failed"
     else:
-        status = "certified" if all(r.status == 0 for r in out.values()) else "certified-wide"
+        status = ("certified" if all(r.status == "certified" for r in out.values())
+                  else "certified-wide")
     msg = "; ".join(f"{k}: {r.message}" for k, r in out.items())
     result = BoundsResult(
         lower=lo.value, upper=up.value, method=f"quotes-{method}", status=status, success=ok,

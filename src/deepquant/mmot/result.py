@@ -1,5 +1,6 @@
-"""Result objects of the MMOT bounds (``deepquant.mmot.bounds``); ``BoundsResult`` follows the
-package's result protocol (``deepquant.results``)."""
+"""Result objects of the MMOT engines: the bounds (``deepquant.mmot.bounds``: ``BoundsResult``
+and its sides) and the entropic solve (``deepquant.mmot.entropic``: ``EntropicResult``). The
+results follow the package's result protocol (``deepquant.results``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import numpy as np
 
 from deepquant.results import result_dict, total_seconds
 
-__all__ = ["Duals", "BoundSide", "BoundsResult"]
+__all__ = ["Duals", "BoundSide", "BoundsResult", "EntropicResult", "HIGHS_STATUS", "failed_side"]
+
+HIGHS_STATUS = {0: "optimal", 1: "iteration_limit", 2: "infeasible", 3: "unbounded",
+                4: "numerical"}
+"""The status codes of ``scipy.optimize.linprog`` (HiGHS) as the words of the result protocol;
+any other code is ``"failed"``."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,9 +57,13 @@ class BoundSide:
     value : float
         The bound (objective of the LP), NaN on failure.
     success : bool
-    status : int
-        HiGHS status through ``scipy.optimize.linprog`` (0 = optimal), or the maximum over the
-        sub-problems of a decomposed payoff.
+    status : str
+        A code of the result protocol (``deepquant.results``): for an LP, HiGHS's outcome as a
+        word (``HIGHS_STATUS``: ``"optimal"``, ``"iteration_limit"``, ``"infeasible"``, ...;
+        the integer in ``info["highs_status"]``; for a decomposed payoff, the code of the first
+        sub-problem that failed); ``"certified"`` / ``"certified-wide"`` for a certified side
+        (gap within / above its target); ``"converged"`` / ``"not_converged"`` for an entropic
+        side; ``"not_requested"`` for a side that was not asked for.
     message : str
     seconds : float
         Wall time of the solve(s) of this side.
@@ -72,7 +82,7 @@ class BoundSide:
 
     value: float
     success: bool
-    status: int
+    status: str
     message: str
     seconds: float
     primal_residual: float = float("nan")
@@ -81,6 +91,14 @@ class BoundSide:
     duals: Duals | None = field(default=None, repr=False)
     plan: list[np.ndarray] | None = field(default=None, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def failed_side(highs_status: int, message: str, seconds: float) -> BoundSide:
+    """The side of an LP that HiGHS did not solve: NaN value, ``success=False``, ``status`` the
+    word for ``highs_status`` (``HIGHS_STATUS``), the integer in ``info["highs_status"]``."""
+    code = int(highs_status)
+    return BoundSide(float("nan"), False, HIGHS_STATUS.get(code, "failed"), message, seconds,
+                     info={"highs_status": code})
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,3 +226,112 @@ def _worst(a: BoundSide | None, b: BoundSide | None, name: str) -> float:
     vals = [getattr(s, name) for s in (a, b) if s is not None]
     vals = [v for v in vals if np.isfinite(v)]
     return float(max(vals)) if vals else float("nan")
+
+
+@dataclass(frozen=True, eq=False)
+class EntropicResult:
+    """Output of ``solve_entropic`` (one-period plans of a Markov martingale chain).
+
+    Attributes
+    ----------
+    u, v, h : ndarray, shape (N, M)
+        Dual potentials of period t (rows: x = grid at date t, columns: y = grid at date t+1),
+        gauge-fixed as described in ``deepquant.mmot.entropic``. Units of the cost
+        (v = eps * phi).
+    kernels : ndarray, shape (N, M, M)
+        Row-stochastic transition kernels P(X_{t+1} = y | X_t = x). Rows without mass and pinned
+        rows are point masses at x.
+    grid : ndarray, shape (M,)
+    weights : ndarray, shape (N+1, M)
+        The marginals solved for.
+    eps : float
+        Regularisation of the last stage.
+    nit : int
+        Newton iterations over all eps stages (periods iterate as one batch, so this is the
+        count of the slowest period; the maximum over chunks of periods, a restarted period
+        counting both of its solves, a retried solve counting both tries). For
+        ``method="sinkhorn"``, the number of sweeps.
+    sweeps : int
+        Martingale-Sinkhorn sweeps used (warm start, or all iterations of the baseline).
+    marginal_error : float
+        max over periods of the measured L1 errors sum|row sums - mu| + sum|column sums - nu|.
+    drift : float
+        max over periods and rows x with mu(x) > 0 of |E[X_{t+1} - X_t | X_t = x]|.
+    marginal_errors, drifts : ndarray, shape (N,)
+        The same per period.
+    success : bool
+        Both measured residuals of every period are at most ``tol``.
+    status : str
+        ``"converged"``; else ``"iteration_limit"`` (``max_iter`` reached above ``tol``) or
+        ``"line_search_failed"`` (a Newton line search found no ascent: numerical breakdown);
+        ``"not_converged"`` for an incremental update above ``tol``.
+    message : str
+    seconds : float
+        Wall time of the solve.
+    history : list of dict
+        One entry per iteration: ``stage``, ``eps``, ``kind`` ("sinkhorn" or "newton"),
+        ``marginal_error`` (column L1 error of the Gibbs plans, rows being exact by
+        construction) and ``drift``, both max over the periods still iterating, and ``step``
+        (the smallest line-search step of the iteration). A ``"restart"`` entry (with
+        ``periods``, and the residuals of those periods) precedes the second solve of the
+        periods that missed the tolerance; a ``"coarse"`` entry summarises the solve on the
+        half grid of the multiscale start.
+    transport_cost : float
+        sum_t <c_t, pi_t> (0 without a cost): an inner estimate of the LP value.
+    dual_value : float
+        sum_t <u_t, mu_t> + <v_t, nu_t>; at convergence equal to ``entropic_objective``.
+    entropic_objective : float
+        sum_t <c_t, pi_t> + eps KL(pi_t | R_t) (for the signed cost, -c when ``maximize``), from
+        the Gibbs form with the measured row sums, column sums and drifts (see ``_objectives``).
+    pinned : ndarray of bool, shape (N, M)
+        Rows pinned to a point mass (touching points of the call-price curves, grid-edge rows,
+        rows whose reachable columns lie on one side only).
+    timings : dict
+        Wall seconds per phase: ``"coarse"`` (the multiscale start), ``"solve"`` (all periods
+        along the eps schedule, with the measured residuals), ``"restart"`` (the periods that
+        missed ``tol``, solved again); after a retry (a cold start or a finer eps schedule),
+        ``"first_attempt"`` (the try it replaced) and the retry's phases.
+    """
+
+    u: np.ndarray
+    v: np.ndarray
+    h: np.ndarray
+    kernels: np.ndarray
+    grid: np.ndarray
+    weights: np.ndarray
+    eps: float
+    nit: int
+    sweeps: int
+    marginal_error: float
+    drift: float
+    marginal_errors: np.ndarray
+    drifts: np.ndarray
+    success: bool
+    status: str
+    message: str
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    transport_cost: float = 0.0
+    dual_value: float = float("nan")
+    entropic_objective: float = float("nan")
+    pinned: np.ndarray | None = field(default=None, repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def plans(self) -> np.ndarray:
+        """Transport plans pi_t(x, y) = mu_t(x) P(y | x), shape (N, M, M)."""
+        return self.weights[:-1, :, None] * self.kernels
+
+    @property
+    def n_periods(self) -> int:
+        return int(self.kernels.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary: the scalars, the per-period residuals ``marginal_errors`` and
+        ``drifts``, ``timings``, ``n_periods``, ``grid_size`` and ``pinned_rows`` (no
+        potentials, kernels or history)."""
+        pinned = int(self.pinned.sum()) if self.pinned is not None else 0
+        return result_dict(self, skip=("u", "v", "h", "kernels", "grid", "weights", "history",
+                                       "pinned"),
+                           n_periods=self.n_periods, grid_size=int(self.grid.size),
+                           pinned_rows=pinned)
