@@ -13,10 +13,13 @@ each strike and step count one run; the table gives lower and upper bounds with 
 and the observed rate p of the midpoint from consecutive differences,
 p = log2(|P(s) - P(s/2)| / |P(2s) - P(s)|).
 ``converged``: ``price_converged`` per strike for each named configuration (``--configs``,
-see ``CONFIGS``: the previous default and the coarse-feature default), alternating
+see ``CONFIGS``: earlier defaults, the coupled default, three coupled grids), alternating
 configurations strike by strike so that they share the machine's load; the table gives the
 extrapolated price, the discretisation error estimate against half the finest gap, and the CPU
 seconds per strike.
+``american``: ``price_american`` per strike (Bermudans with ``--dates`` on one grid of
+``--total-steps`` steps plus a 12-date run on half the steps, all coupled; features
+``--feature-steps`` times per period).
 ``dates``: the same fine grid (``--total-steps`` steps over [0, T]) with 12, 24, 48 exercise
 dates (``steps_per_date`` = total / dates), the Bermudan bounds and the Richardson extrapolation
 in the number of dates (``deepquant.rough.extrapolate.richardson``).
@@ -159,9 +162,13 @@ def cmd_dates(args) -> None:
 
 CONFIGS = {
     # the previous default: two grids (4, 8 steps per period), features on every step
-    "before": dict(steps=(4, 8), feature_steps=None),
-    # features on a coarse grid (2 points per period), grids of 8 and 16 steps
-    "after": dict(steps=(8, 16), feature_steps=2),
+    "before": dict(steps=(4, 8), feature_steps=None, coupled=False),
+    # features on a coarse grid (2 points per period), grids of 8 and 16 steps, independent
+    "after": dict(steps=(8, 16), feature_steps=2, coupled=False),
+    # the same grids on common random numbers (the current default)
+    "coupled": dict(steps=(8, 16), feature_steps=2, coupled=True),
+    # three coupled grids: the difference of two extrapolations and the observed rate
+    "coupled3": dict(steps=(4, 8, 16), feature_steps=2, coupled=True),
 }
 """Configurations of ``converged``; the pricer is the ``rbergomi`` preset with the scaled-down
 sizes of the other commands."""
@@ -186,35 +193,99 @@ def cmd_converged(args) -> None:
                                    feature_steps=cfg["feature_steps"])
             c0 = time.process_time()
             res = price_converged(model, float(K), pricer=pricer, steps=cfg["steps"],
-                                  rng=args.seed)
+                                  coupled=cfg["coupled"], rng=args.seed)
             cpu = time.process_time() - c0
+            tg = res.time_grid
+            # the same runs' correction stderr if they had been independent
+            unpaired = math.sqrt(sum((w * s) ** 2 for w, s in
+                                     zip(tg.error_weights, tg.stderrs, strict=True)))
             row = dict(config=name, strike=float(K), steps=list(cfg["steps"]),
-                       feature_steps=cfg["feature_steps"], value=res.value, lower=res.lower,
+                       feature_steps=cfg["feature_steps"], coupled=cfg["coupled"],
+                       value=res.value, lower=res.lower,
                        upper=res.upper, discretisation_error=res.discretisation_error,
+                       discretisation_stderr=res.discretisation_stderr,
+                       discretisation_stderr_unpaired=unpaired,
+                       observed_rate=tg.observed_rate,
                        stderr=res.stderr, gap=res.gap, error=res.error, cpu_seconds=cpu,
-                       runs=[_row(r, math.nan, steps_per_date=s) for r, s in
+                       runs=[_row(r, r.cpu_seconds, steps_per_date=s) for r, s in
                              zip(res.runs, cfg["steps"], strict=True)])
             data["cases"].append(row)
             _save(out, data)
-            print(f"{name} K={K:g}: {res.value:.4f} disc {res.discretisation_error:.4f} gap "
+            print(f"{name} K={K:g}: {res.value:.4f} disc {res.discretisation_error:.4f} "
+                  f"+- {res.discretisation_stderr:.4f} (independent: +- {unpaired:.4f}) gap "
                   f"{res.gap:.4f} cpu {cpu:.0f} s", flush=True)
-    print("| K | config | grids | extrapolated | disc. error | finest gap | disc <= gap/2 | "
-          "CPU s |")
+    print("| K | config | grids | extrapolated +- stderr | disc. error +- stderr (unpaired) | "
+          "finest gap | disc <= gap/2 | CPU s |")
     print("|---|---|---|---|---|---|---|---|")
     for c in sorted(data["cases"], key=lambda c: (c["strike"], c["config"])):
+        if c["config"] not in args.configs:
+            continue
         v = c["value"]
+        se = c.get("discretisation_stderr")
+        se_txt = "" if se is None else (f" +- {se:.4f} ({c['discretisation_stderr_unpaired']:.4f})")
         print(f"| {c['strike']:g} | {c['config']} | {', '.join(map(str, c['steps']))} "
-              f"(features: {c['feature_steps'] or 'every step'}) | {v:.4f} | "
-              f"{c['discretisation_error']:.4f} ({100 * c['discretisation_error'] / v:.2f}%) | "
-              f"{c['gap']:.4f} ({100 * c['gap'] / v:.2f}%) | "
+              f"(features: {c['feature_steps'] or 'every step'}) | {v:.4f} +- "
+              f"{c['stderr']:.4f} | "
+              f"{c['discretisation_error']:.4f} ({100 * c['discretisation_error'] / v:.2f}%)"
+              f"{se_txt} | {c['gap']:.4f} ({100 * c['gap'] / v:.2f}%) | "
               f"{'yes' if c['discretisation_error'] <= 0.5 * c['gap'] else 'no'} | "
               f"{c['cpu_seconds']:.0f} |")
+
+
+def cmd_american(args) -> None:
+    """``price_american`` per strike (coupled runs, features twice per period)."""
+    from dataclasses import replace
+
+    from deepquant.rough.extrapolate import price_american
+
+    out = Path(args.out)
+    data = _load(out)
+    done = {c["strike"] for c in data["cases"]}
+    model = RoughBergomi()
+    for K in args.strikes:
+        if float(K) in done or args.summary_only:
+            continue
+        pricer = preset_pricer("rbergomi", n_regression=args.regression_paths,
+                               batch_size=args.batch_size, min_batches=min(4, args.max_batches),
+                               max_batches=args.max_batches)
+        if args.feature_steps:
+            pricer = replace(pricer, feature_steps=args.feature_steps)
+        c0 = time.process_time()
+        res = price_american(model, float(K), pricer=pricer, dates=tuple(args.dates),
+                             total_steps=args.total_steps,
+                             coarse_total_steps=args.total_steps // 2, rng=args.seed)
+        cpu = time.process_time() - c0
+        row = dict(strike=float(K), dates=list(args.dates), total_steps=args.total_steps,
+                   feature_steps=args.feature_steps, value=res.value, lower=res.lower,
+                   upper=res.upper, discretisation_error=res.discretisation_error,
+                   discretisation_stderr=res.discretisation_stderr,
+                   date_error=res.dates.error, date_error_stderr=res.dates.error_stderr,
+                   grid_correction=res.time_grid.value - res.runs[0].value,
+                   grid_error=res.time_grid.error, stderr=res.stderr, gap=res.gap,
+                   error=res.error, relative_error=res.relative_error, cpu_seconds=cpu,
+                   runs=[_row(r, r.cpu_seconds, n_dates=r.n_dates) for r in res.runs])
+        data["cases"].append(row)
+        _save(out, data)
+        print(f"K={K:g}: American {res.value:.4f} error {res.error:.4f} "
+              f"({100 * res.relative_error:.2f}%) cpu {cpu:.0f} s", flush=True)
+    print("| K | Bermudan midpoints [lower, upper] (dates..., coarse grid) | American +- stderr | "
+          "date error | grid correction | disc. error +- stderr | total error | CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in sorted(data["cases"], key=lambda c: c["strike"]):
+        runs = " / ".join(f"{r['midpoint']:.4f} [{r['lower']:.4f}, {r['upper']:.4f}]"
+                          for r in c["runs"])
+        v = c["value"]
+        print(f"| {c['strike']:g} | {runs} | {v:.4f} +- {c['stderr']:.4f} | "
+              f"{c['date_error']:.4f} | {c['grid_correction']:+.4f} (error "
+              f"{c['grid_error']:.4f}) | {c['discretisation_error']:.4f} +- "
+              f"{c['discretisation_stderr']:.4f} | {c['error']:.4f} "
+              f"({100 * c['relative_error']:.2f}%) | {c['cpu_seconds']:.0f} |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("steps", "dates", "converged"):
+    for name in ("steps", "dates", "converged", "american"):
         q = sub.add_parser(name)
         q.add_argument("--strikes", type=float, nargs="+", default=[70.0, 100.0, 120.0])
         q.add_argument("--regression-paths", type=int, default=2**15)
@@ -228,10 +299,14 @@ def main() -> None:
     sub.choices["dates"].add_argument("--dates", type=int, nargs="+", default=[12, 24, 48])
     sub.choices["dates"].add_argument("--total-steps", type=int, default=96)
     sub.choices["converged"].add_argument("--configs", nargs="+", choices=sorted(CONFIGS),
-                                          default=["before", "after"])
+                                          default=["coupled"])
+    sub.choices["american"].add_argument("--dates", type=int, nargs="+", default=[12, 24, 48])
+    sub.choices["american"].add_argument("--total-steps", type=int, default=96)
+    sub.choices["american"].add_argument("--feature-steps", type=int, default=2)
     args = p.parse_args()
     with threadpool_limits(1):
-        {"steps": cmd_steps, "dates": cmd_dates, "converged": cmd_converged}[args.cmd](args)
+        {"steps": cmd_steps, "dates": cmd_dates, "converged": cmd_converged,
+         "american": cmd_american}[args.cmd](args)
 
 
 if __name__ == "__main__":

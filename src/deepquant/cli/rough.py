@@ -197,6 +197,9 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
               help="weak rate of the time-step extrapolation [default: 1 for heston, else the "
                    "measured rough Bergomi rate, "
                    "deepquant.rough.TIME_STEP_RATE]")
+@click.option("--independent", is_flag=True,
+              help="run the grids (and, with --american, the date counts) on independent "
+                   "random numbers instead of one shared Brownian path per sample")
 @click.option("--american", is_flag=True,
               help="American price: Bermudan runs with --dates, 2x and 4x as many dates on one "
                    "grid, extrapolated in the number of dates, plus a time-grid correction")
@@ -239,7 +242,8 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
                    "same command after an interruption to keep the finished runs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho, xi0, v0,
-             kappa, theta, vol_of_vol, steps_per_date, feature_steps, grids, grid_rate, american, tol, device, float32, sig_level,
+             kappa, theta, vol_of_vol, steps_per_date, feature_steps, grids, grid_rate,
+             independent, american, tol, device, float32, sig_level,
              n_regression, batch_size, max_batches, patience, upper, dual_fit, mc, no_zero,
              seed, backend, workers, resume, as_json):
     """Bermudan/American option under rough Bergomi: LSM lower and dual upper bounds per run;
@@ -279,19 +283,22 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
                                              total_steps=n_dates * spd,
                                              coarse_total_steps=None if plan["bs"] else
                                              n_dates * spd // 2, rate=plan["rate"],
-                                             tol=plan["tol"], rng=seed, callback=tick)
+                                             tol=plan["tol"], coupled=not independent,
+                                             rng=seed, callback=tick)
                     else:
                         steps = [spd // 2**k for k in range(plan["grids"] - 1, -1, -1)]
                         res = price_converged(m, strike, option=option, pricer=pricer, steps=steps,
                                               rate=plan["rate"], tol=plan["tol"],
-                                              max_steps_per_date=max(32, spd), rng=seed,
+                                              max_steps_per_date=max(32, spd),
+                                              coupled=not independent, rng=seed,
                                               callback=tick)
                 out = res.to_dict()
                 rows = [(f"{r.n_dates} dates, {r.model.split(' on ')[-1].split(' (')[0]}",
                          r.lower, r.upper, *r.lower_ci[:1], r.upper_ci[1]) for r in res.runs]
                 rows += [("extrapolated", res.lower, res.upper, "", ""),
                          ("price (midpoint)", res.value, "", "", ""),
-                         ("discretisation error", res.discretisation_error, "", "", ""),
+                         ("discretisation error", res.discretisation_error,
+                          f"+- {res.discretisation_stderr:.2g}", "", ""),
                          ("total error", res.error, "", "", "")]
                 columns = ["run", "lower", "upper", "95% CI low", "95% CI high"]
                 note = (f"estimates {res.model}. {res.message}. Total error = discretisation + "

@@ -36,6 +36,7 @@ import numpy as np
 
 from deepquant.payoffs import Payoff
 from deepquant.results import result_dict, warn_failure
+from deepquant.rough.coupling import price_levels
 from deepquant.rough.engine import BermudanPricer, BermudanResult, check_model, exercise_payoff
 from deepquant.rough.qmc import RngLike, as_seed_sequence
 from deepquant.rough.rbergomi import RoughBergomi
@@ -61,8 +62,12 @@ class Extrapolation:
     """Richardson extrapolation of ``values`` at ``levels`` (refined by a constant ratio).
 
     value : the extrapolated limit; error : discretisation error estimate (>= 0); stderr : its
-    statistical standard error; rate : the rate used; observed_rate : from the last three
-    levels (nan with two); levels, values, stderrs : the inputs.
+    statistical standard error; error_stderr : the standard error of the signed quantity
+    whose size is ``error`` (the correction, or the difference of two extrapolations); rate :
+    the rate used; observed_rate : from the last three levels (nan with two); levels, values,
+    stderrs : the inputs; weights, error_weights : ``value`` and the signed error as linear
+    combinations of ``values`` (with a covariance of the values, their variances are
+    w' C w).
     """
 
     value: float
@@ -73,26 +78,40 @@ class Extrapolation:
     levels: tuple
     values: tuple
     stderrs: tuple
+    error_stderr: float = math.nan
+    weights: tuple = ()
+    error_weights: tuple = ()
 
 
-def _pair(n1: float, n2: float, p1: float, p2: float, s1: float, s2: float, rate: float):
-    c = 1.0 / ((n2 / n1) ** rate - 1.0)
-    return p2 + c * (p2 - p1), abs(c * (p2 - p1)), math.hypot((1.0 + c) * s2, c * s1)
+def _pair_weights(k: int, i: int, n: np.ndarray, rate: float) -> np.ndarray:
+    """Weights of P(n_{i+1}) + c (P(n_{i+1}) - P(n_i)), c = 1 / ((n_{i+1}/n_i)^rate - 1)."""
+    c = 1.0 / ((n[i + 1] / n[i]) ** rate - 1.0)
+    w = np.zeros(k)
+    w[i + 1], w[i] = 1.0 + c, -c
+    return w
 
 
-def richardson(levels, values, stderrs=None, *, rate: float) -> Extrapolation:
+def richardson(levels, values, stderrs=None, *, rate: float, cov=None) -> Extrapolation:
     """Extrapolate P(N) = P + c N^(-rate) + ... from levels N_1 < N_2 < ... (ratio constant).
 
     ``levels``: grid sizes (steps or dates), increasing; ``values``: the estimates; ``stderrs``:
-    their standard errors (independent runs). Two levels give the extrapolation of the last
-    pair and the size of the correction as the error (the rate is assumed, not checked); three
-    or more give the difference between the last two pairs' extrapolations (which checks the
-    rate: it vanishes for an exact power law and is about three times the remaining error
-    for rate 1 with a second-order term, tested).
+    their standard errors (independent runs); ``cov``: instead, the covariance matrix of the
+    values (runs on common random numbers, ``deepquant.rough.coupling``). Two levels give the
+    extrapolation of the last pair and the size of the correction as the error (the rate is
+    assumed, not checked); three or more give the difference between the last two pairs'
+    extrapolations (which checks the rate: it vanishes for an exact power law and is about
+    three times the remaining error for rate 1 with a second-order term, tested).
     """
     n = np.asarray(levels, dtype=float)
     v = np.asarray(values, dtype=float)
-    s = np.zeros_like(v) if stderrs is None else np.asarray(stderrs, dtype=float)
+    if cov is not None:
+        C = np.atleast_2d(np.asarray(cov, dtype=float))
+        if C.shape != (v.size, v.size) or not np.all(np.isfinite(C)):
+            raise ValueError(f"cov must be a finite ({v.size}, {v.size}) matrix, got shape "
+                             f"{C.shape}")
+        s = np.sqrt(np.maximum(np.diag(C), 0.0))
+    else:
+        s = np.zeros_like(v) if stderrs is None else np.asarray(stderrs, dtype=float)
     if n.ndim != 1 or n.size < 2 or v.shape != n.shape or s.shape != n.shape:
         raise ValueError(f"levels, values and stderrs must be 1-D of equal length >= 2, got "
                          f"{n.shape}, {v.shape}, {s.shape}")
@@ -103,18 +122,27 @@ def richardson(levels, values, stderrs=None, *, rate: float) -> Extrapolation:
     if not (np.all(np.isfinite(v)) and np.all(np.isfinite(s))):
         raise ValueError(f"values and stderrs must be finite, got {list(values)}, "
                          f"{list(s)}")
-    value, error, se = _pair(n[-2], n[-1], v[-2], v[-1], s[-2], s[-1], rate)
+    if cov is None:
+        C = np.diag(s**2)
+    k = n.size
+    w = _pair_weights(k, k - 2, n, rate)
+    u = w.copy()
+    u[k - 1] -= 1.0                       # the correction c (P_k - P_{k-1})
     observed = math.nan
-    if n.size >= 3:
-        prev, _, _ = _pair(n[-3], n[-2], v[-3], v[-2], s[-3], s[-2], rate)
-        error = abs(value - prev)
+    if k >= 3:
+        u = w - _pair_weights(k, k - 3, n, rate)   # difference of the last two extrapolations
         d1, d2 = abs(v[-2] - v[-3]), abs(v[-1] - v[-2])
         if d1 > 0 and d2 > 0:
             observed = math.log(d1 / d2) / math.log(n[-1] / n[-2])
-    return Extrapolation(value=float(value), error=float(error), stderr=float(se),
+    value, signed = float(w @ v), float(u @ v)
+    return Extrapolation(value=value, error=abs(signed),
+                         stderr=math.sqrt(max(float(w @ C @ w), 0.0)),
                          rate=float(rate), observed_rate=float(observed),
                          levels=tuple(float(x) for x in n), values=tuple(float(x) for x in v),
-                         stderrs=tuple(float(x) for x in s))
+                         stderrs=tuple(float(x) for x in s),
+                         error_stderr=math.sqrt(max(float(u @ C @ u), 0.0)),
+                         weights=tuple(float(x) for x in w),
+                         error_weights=tuple(float(x) for x in u))
 
 
 @dataclass(frozen=True)
@@ -129,6 +157,10 @@ class ConvergedResult:
         2 stderr + gap / 2, the total error estimate of ``value``
     model : what ``value`` estimates; runs : the ``BermudanResult`` of each level
     time_grid, dates : the ``Extrapolation`` objects (None where not used)
+    discretisation_stderr : standard error of the signed quantity behind
+        ``discretisation_error`` (small when the levels share their random numbers)
+    coupled : the levels ran on common random numbers (``deepquant.rough.coupling``)
+    cpu_seconds : process time of all levels
     success : the precision target (if any) was met (else a ``ConvergenceWarning``);
         status : "converged", "tol_not_met" or "no_target"; message : one line (which target
         failed and why)
@@ -149,6 +181,9 @@ class ConvergedResult:
     time_grid: Extrapolation | None = None
     dates: Extrapolation | None = None
     runs: list = field(default_factory=list)
+    discretisation_stderr: float = math.nan
+    coupled: bool = False
+    cpu_seconds: float = math.nan
 
     @property
     def relative_error(self) -> float:
@@ -204,47 +239,71 @@ def _verdict(value, gap, disc, tol, extra=""):
                                f"{100 * rel_disc:.2f}% within tol {100 * tol:.2f}%" + extra)
 
 
+def _run_levels(model, payoff, pricers: list, coupled: bool, root, callback):
+    """Runs of ``pricers`` and the covariances of their midpoints, lower and upper bounds:
+    coupled (one ``price_levels`` call) or independent (one seed each, diagonal)."""
+    if coupled:
+        (seed,) = root.spawn(1)
+        cr = price_levels(model, payoff, pricers, rng=seed, callback=callback)
+        return cr.runs, {w: cr.covariance(w) for w in ("midpoint", "lower", "upper")}
+    runs = []
+    for p in pricers:
+        (seed,) = root.spawn(1)
+        res = p(model, payoff, rng=seed)
+        runs.append(res)
+        if callback:
+            callback(res)
+    cov = {"midpoint": np.diag([_midpoint_se(r) ** 2 for r in runs]),
+           "lower": np.diag([r.lower_stderr ** 2 for r in runs]),
+           "upper": np.diag([r.upper_stderr ** 2 for r in runs])}
+    return runs, cov
+
+
 def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
                     pricer: BermudanPricer | None = None, steps=(8, 16),
                     rate: float = TIME_STEP_RATE, tol: float = 0.0,
-                    max_steps_per_date: int = 32, rng: RngLike = None,
+                    max_steps_per_date: int = 32, coupled: bool = True, rng: RngLike = None,
                     callback=None) -> ConvergedResult:
     """Bermudan price extrapolated in the time step (see the module docstring).
 
     ``steps``: steps per exercise period of the runs, each twice the previous (>= 2 entries;
     default 8 and 16); ``pricer``: the other settings (default
-    ``BermudanPricer(feature_steps=FEATURE_STEPS)``; its ``steps_per_date`` is replaced). With ``tol`` > 0 (relative), further grids (doubling, up to
-    ``max_steps_per_date``) are added until the discretisation error estimate is <= tol x
-    price; the finest run's duality gap must be <= tol x price too. ``callback(result)``
-    after each run. Levels run one after another with independent seeds from ``rng``.
+    ``BermudanPricer(feature_steps=FEATURE_STEPS)``; its ``steps_per_date`` is replaced).
+    ``coupled`` (default): the grids share their Brownian paths and pricing batches
+    (``deepquant.rough.coupling.price_levels``), so the difference of the grids' prices, and
+    with it the error estimate and the extrapolated value, has a much smaller standard error
+    (taken from the paired batches); False: independent runs. With ``tol`` > 0 (relative),
+    further grids (doubling, up to ``max_steps_per_date``) are added until the
+    discretisation error estimate is <= tol x price (coupled: the levels are rerun together
+    with the new grid); the finest run's duality gap must be <= tol x price too.
+    ``callback(result)`` after each run.
     """
     pricer = pricer or BermudanPricer(feature_steps=FEATURE_STEPS)
     _check(model, pricer, tol, rate)
     steps = _doubling(steps, "steps")
     payoff = exercise_payoff(payoff, option)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     root = as_seed_sequence(rng)
-    runs: list[BermudanResult] = []
-
-    def run(spd: int) -> BermudanResult:
-        (seed,) = root.spawn(1)
-        res = replace(pricer, steps_per_date=spd)(model, payoff, rng=seed)
-        runs.append(res)
-        if callback:
-            callback(res)
-        return res
-
-    for spd in steps:
-        run(spd)
+    runs, cov = _run_levels(model, payoff, [replace(pricer, steps_per_date=s) for s in steps],
+                            coupled, root, callback)
     while True:
-        ex = richardson([r.n_dates * s for r, s in zip(runs, steps, strict=True)],
-                        [r.value for r in runs], [_midpoint_se(r) for r in runs], rate=rate)
+        levels = [r.n_dates * s for r, s in zip(runs, steps, strict=True)]
+        ex = richardson(levels, [r.value for r in runs], rate=rate, cov=cov["midpoint"])
         if tol <= 0 or ex.error <= tol * abs(ex.value) or 2 * steps[-1] > max_steps_per_date:
             break
         steps.append(2 * steps[-1])
-        run(steps[-1])
-    lo = richardson(ex.levels, [r.lower for r in runs], rate=rate).value
-    up = richardson(ex.levels, [r.upper for r in runs], rate=rate).value
+        if coupled:
+            runs, cov = _run_levels(model, payoff,
+                                    [replace(pricer, steps_per_date=s) for s in steps],
+                                    True, root, callback)
+        else:
+            more, c = _run_levels(model, payoff, [replace(pricer, steps_per_date=steps[-1])],
+                                  False, root, callback)
+            runs += more
+            cov = {k: np.diag(np.append(np.diag(cov[k]), np.diag(c[k]))) for k in cov}
+    lo = richardson(ex.levels, [r.lower for r in runs], rate=rate, cov=cov["lower"]).value
+    up = richardson(ex.levels, [r.upper for r in runs], rate=rate, cov=cov["upper"]).value
     fine = runs[-1]
     disc = ex.error
     extra = "" if tol <= 0 or ex.error <= tol * abs(ex.value) else (
@@ -252,13 +311,16 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
     ok, status, message = _verdict(ex.value, fine.gap, disc, tol, extra)
     model_text = (f"the Bermudan price of the continuous-time model ({fine.n_dates} exercise "
                   f"dates), extrapolated (rate {rate:g}) from the discretised models with "
-                  f"{', '.join(str(s) for s in steps)} steps per period; each run's bracket "
-                  f"holds for its discretised model: {fine.model}")
+                  f"{', '.join(str(s) for s in steps)} steps per period"
+                  f"{' (coupled: one Brownian path per sample)' if coupled else ''}; each "
+                  f"run's bracket holds for its discretised model: {fine.model}")
     out = ConvergedResult(value=ex.value, lower=lo, upper=up, discretisation_error=disc,
                           stderr=ex.stderr, gap=fine.gap,
                           error=disc + 2.0 * ex.stderr + 0.5 * fine.gap, model=model_text,
                           success=ok, status=status, message=message,
-                          seconds=time.perf_counter() - t0, time_grid=ex, runs=runs)
+                          seconds=time.perf_counter() - t0, time_grid=ex, runs=runs,
+                          discretisation_stderr=ex.error_stderr, coupled=coupled,
+                          cpu_seconds=time.process_time() - c0)
     warn_failure(out, "price_converged")
     return out
 
@@ -266,13 +328,15 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
 def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
                    pricer: BermudanPricer | None = None, dates=(12, 24, 48),
                    total_steps: int = 96, coarse_total_steps: int | None = 48,
-                   rate: float = TIME_STEP_RATE, tol: float = 0.0, rng: RngLike = None,
-                   callback=None) -> ConvergedResult:
+                   rate: float = TIME_STEP_RATE, tol: float = 0.0, coupled: bool = True,
+                   rng: RngLike = None, callback=None) -> ConvergedResult:
     """American price: Bermudan runs with ``dates`` exercise dates (each twice the previous) on
     one grid of ``total_steps`` steps, extrapolated with rate 1 in the number of dates; with
     ``coarse_total_steps`` (half of ``total_steps``) one more run at ``dates[0]`` dates on the
     coarse grid estimates the time-grid error (rate ``rate``), which is added to the value and
-    to the error. ``tol``: relative target, checked (not iterated: each level is a full run).
+    to the error. ``coupled`` (default): all runs share their paths (the coarse grid's by
+    coarsening, ``deepquant.rough.coupling``), and every standard error comes from the paired
+    batches. ``tol``: relative target, checked (not iterated: each level is a full run).
     """
     pricer = pricer or BermudanPricer()
     _check(model, pricer, tol, rate)
@@ -286,34 +350,38 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
                          f"and a multiple of {dates[0]} (or None), got {coarse_total_steps!r}")
     payoff = exercise_payoff(payoff, option)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     root = as_seed_sequence(rng)
-    runs: list[BermudanResult] = []
-    for nd in dates:
-        (seed,) = root.spawn(1)
-        res = replace(pricer, n_dates=nd, steps_per_date=total_steps // nd)(model, payoff,
-                                                                            rng=seed)
-        runs.append(res)
-        if callback:
-            callback(res)
-    ex = richardson(dates, [r.value for r in runs], [_midpoint_se(r) for r in runs], rate=1.0)
-    lo = richardson(dates, [r.lower for r in runs], rate=1.0).value
-    up = richardson(dates, [r.upper for r in runs], rate=1.0).value
-    value, disc, se = ex.value, ex.error, ex.stderr
+    pricers = [replace(pricer, n_dates=nd, steps_per_date=total_steps // nd) for nd in dates]
+    if coarse_total_steps is not None:
+        pricers.append(replace(pricer, n_dates=dates[0],
+                               steps_per_date=coarse_total_steps // dates[0]))
+    runs, cov = _run_levels(model, payoff, pricers, coupled, root, callback)
+    nd_ = len(dates)
+    C = cov["midpoint"]
+    mids = np.array([r.value for r in runs])
+    ex = richardson(dates, mids[:nd_], rate=1.0, cov=C[:nd_, :nd_])
+    lo = richardson(dates, [r.lower for r in runs[:nd_]], rate=1.0,
+                    cov=cov["lower"][:nd_, :nd_]).value
+    up = richardson(dates, [r.upper for r in runs[:nd_]], rate=1.0,
+                    cov=cov["upper"][:nd_, :nd_]).value
+    weights = np.zeros(len(runs))
+    weights[:nd_] = ex.weights
+    disc, disc_se = ex.error, ex.error_stderr
     grid = None
     if coarse_total_steps is not None:
-        (seed,) = root.spawn(1)
-        coarse = replace(pricer, n_dates=dates[0], steps_per_date=coarse_total_steps // dates[0]
-                         )(model, payoff, rng=seed)
-        runs.append(coarse)
-        if callback:
-            callback(coarse)
-        grid = richardson([coarse_total_steps, total_steps], [coarse.value, runs[0].value],
-                          [_midpoint_se(coarse), _midpoint_se(runs[0])], rate=rate)
+        pair = [nd_, 0]                       # coarse grid, then the fine grid (dates[0])
+        grid = richardson([coarse_total_steps, total_steps], mids[pair], rate=rate,
+                          cov=C[np.ix_(pair, pair)])
         shift = grid.value - runs[0].value
-        value, lo, up = value + shift, lo + shift, up + shift
+        weights[pair] += grid.weights
+        weights[0] -= 1.0
+        lo, up = lo + shift, up + shift
         disc = disc + grid.error
-        se = math.hypot(se, grid.stderr)
-    finest = runs[len(dates) - 1]
+        disc_se = math.hypot(disc_se, grid.error_stderr)
+    value = float(weights @ mids)
+    se = math.sqrt(max(float(weights @ C @ weights), 0.0))
+    finest = runs[nd_ - 1]
     ok, status, message = _verdict(value, finest.gap, disc, tol)
     model_text = (f"the American price of the continuous-time model, extrapolated in the "
                   f"number of exercise dates ({', '.join(map(str, dates))}, rate 1) on "
@@ -321,11 +389,13 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
                                             f"{coarse_total_steps} steps (rate {rate:g})"
                                             if grid else " (exact scheme, no time-grid error)"
                                             if model.is_black_scholes else
-                                            " (time-grid error not included)"))
+                                            " (time-grid error not included)")
+                  + ("; coupled runs (one Brownian path per sample)" if coupled else ""))
     out = ConvergedResult(value=value, lower=lo, upper=up, discretisation_error=disc,
                           stderr=se, gap=finest.gap, error=disc + 2.0 * se + 0.5 * finest.gap,
                           model=model_text, success=ok, status=status, message=message,
                           seconds=time.perf_counter() - t0, time_grid=grid, dates=ex,
-                          runs=runs)
+                          runs=runs, discretisation_stderr=disc_se, coupled=coupled,
+                          cpu_seconds=time.process_time() - c0)
     warn_failure(out, "price_american")
     return out

@@ -66,7 +66,8 @@ def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = Tr
     if not np.all(sd > 0) or not np.all(np.asarray(K) > 0):
         return bs_price(S, K, sigma, tau, rate=r, is_call=not put)
     disc_k = np.exp(-r * np.asarray(tau, dtype=float)) * K
-    d1 = np.log(S / disc_k) / sd + 0.5 * sd
+    # log S - log(K e^{-r tau}): one log per path when S is (n, 1) against several strikes
+    d1 = (np.log(S) - np.log(disc_k)) / sd + 0.5 * sd
     d2 = d1 - sd
     if put:
         return disc_k * ndtr(-d2) - S * ndtr(-d1)

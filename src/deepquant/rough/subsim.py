@@ -51,7 +51,8 @@ from deepquant.rough.qmc import as_seed_sequence
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths, hybrid_kernel
 from deepquant.rough.signature import signature_length
 
-__all__ = ["ValueFunction", "fit_value_function", "features_at", "subsim_pathwise"]
+__all__ = ["ValueFunction", "fit_value_function", "features_at", "subsim_pathwise",
+           "InnerShare"]
 
 
 def features_at(S: np.ndarray, V: np.ndarray, fv: np.ndarray | None, sig: np.ndarray | None,
@@ -213,6 +214,21 @@ class _Inner:
         return np.exp(logS), V, fv, logS, logV
 
 
+class InnerShare:
+    """Inner noise handed from the finest of several coupled grids to the coarser ones within
+    one pricing batch (``deepquant.rough.coupling.price_levels``): the finest grid's draw,
+    coarsened, is exactly what a coarser grid with ``inner_refine`` would draw itself, so it
+    is drawn (scrambled Sobol shift, inverse normal CDF: the expensive part) once.
+
+    wanted : set of (fine steps per period, factor) pairs to keep; the store holds the first
+    (antithetic) half of each coarsened draw until the coarser grid takes it.
+    """
+
+    def __init__(self, wanted) -> None:
+        self.wanted = set(wanted)
+        self.store: dict = {}
+
+
 class _InnerNoise:
     """Per outer path an independently randomized QMC set of inner increments: one scrambled
     Sobol set (n_inner / 2 points in 3m dimensions, W and W_perp Brownian-bridge coordinates
@@ -223,33 +239,71 @@ class _InnerNoise:
     A shift per outer path (not just one scramble shared by all outer paths, nor random signs
     on shared normals) matters: with 16–64 points the set's own second moments are off by a
     few percent, and an error shared by all outer paths of a batch does not average out
-    (measured: upper bound 0.2 below the lower bound on one batch with shared points)."""
+    (measured: upper bound 0.2 below the lower bound on one batch with shared points).
 
-    def __init__(self, model: RoughBergomi, m: int, dt: float, n_inner: int, seed) -> None:
+    ``refine`` > 1: the points live on a grid ``refine`` times finer (m * refine steps) and
+    are coarsened to m steps (``coupling.coarsen_increments``): the inner paths of a coarse
+    grid then share their Brownian paths with those of the finest grid. ``share``: an
+    ``InnerShare`` through which the finest grid hands its coarsened draws on."""
+
+    def __init__(self, model: RoughBergomi, m: int, dt: float, n_inner: int, seed,
+                 refine: int = 1, share: InnerShare | None = None, key=()) -> None:
         from scipy.stats import qmc
 
         from deepquant.rough.qmc import BrownianBridge
 
-        self.model, self.m, self.dt = model, m, dt
-        s_sobol, s_shift = seed.spawn(2)
+        self.model, self.m, self.dt, self.refine = model, m, dt, int(refine)
+        self.share, self.key = share, key
+        mf = m * refine
+        s_sobol, s_shift, s_resid = seed.spawn(3)
         half = n_inner // 2
-        self.u = qmc.Sobol(3 * m, scramble=True, rng=np.random.default_rng(s_sobol)
+        self.u = qmc.Sobol(3 * mf, scramble=True, rng=np.random.default_rng(s_sobol)
                            ).random_base2(int(round(math.log2(half))))
         self.shift_rng = np.random.default_rng(s_shift)
-        self.bridge = BrownianBridge(m, dt).increments(np.eye(m))  # row c: coordinate c
+        self.resid_rng = np.random.default_rng(s_resid)
+        self.bridge = BrownianBridge(mf, dt / refine).increments(np.eye(mf))  # row c: coord c
 
-    def draw(self, n: int):
+    def _fine_half(self, n: int):
+        """(dW, dW_perp, cell) of the first antithetic half on the fine grid, (n, half, mf)."""
         from scipy.special import ndtri
 
-        m = self.m
-        u = self.u[None] + self.shift_rng.random((n, 1, 3 * m))
+        mf = self.m * self.refine
+        u = self.u[None] + self.shift_rng.random((n, 1, 3 * mf))
         u -= np.floor(u)
         np.clip(u, 1e-12, 1.0 - 1e-12, out=u)
         z = ndtri(u)
-        z = np.concatenate([z, -z], axis=1)
-        dW = z[..., 0 : 2 * m : 2] @ self.bridge
-        dWp = z[..., 1 : 2 * m : 2] @ self.bridge
-        return dW, dWp, self.model.cell_from_normals(dW, z[..., 2 * m :], self.dt)
+        dW = z[..., 0 : 2 * mf : 2] @ self.bridge
+        dWp = z[..., 1 : 2 * mf : 2] @ self.bridge
+        return dW, dWp, self.model.cell_from_normals(dW, z[..., 2 * mf :], self.dt / self.refine)
+
+    def _residuals(self, half) -> np.ndarray:
+        return self.resid_rng.standard_normal(half[0].shape[:-1] + (half[0].shape[-1] // 2,))
+
+    def draw(self, n: int, block=0):
+        """Inner increments (dW, dW_perp, cell), each (n, n_inner, m), for ``n`` outer paths
+        (``block``: the block's index, the key of a shared draw)."""
+        from deepquant.rough.coupling import coarsen_increments
+
+        mf = self.m * self.refine
+        share = self.share
+        key = (mf, self.refine, *self.key, block)
+        if share is not None and key in share.store:
+            half = share.store.pop(key)
+        else:
+            half = self._fine_half(n)
+            dt = self.dt / self.refine
+            for _ in range(self.refine.bit_length() - 1):
+                half = coarsen_increments(self.model, *half, dt, self._residuals(half))
+                dt *= 2.0
+            if share is not None and self.refine == 1:
+                # the finest grid: hand its draw on, coarsened, to the grids that want it
+                nxt, factor = half, 1
+                while (mf, 2 * factor) in share.wanted:
+                    nxt = coarsen_increments(self.model, *nxt, dt, self._residuals(nxt))
+                    dt *= 2.0
+                    factor *= 2
+                    share.store[(mf, factor, *self.key, block)] = nxt
+        return tuple(np.concatenate([h, -h], axis=1) for h in half)
 
 
 def _segment_signature(logS, logV, V, S0, xi0, T, t0, dt, level, variance):
@@ -311,7 +365,8 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
                     steps_per_date: int, n_inner: int, rng,
                     control: bool = True, european_control: bool = False,
                     n_inner_zero: int = 2**14,
-                    return_martingale: bool = False, feature_stride: int = 1):
+                    return_martingale: bool = False, feature_stride: int = 1,
+                    inner_refine: int = 1, inner_share: InnerShare | None = None):
     """max_j (Z_j - M_j) on the outer paths, shape (n,), for the sub-simulation martingale.
 
     Z, F : (n, J+1) exercise values and (n, J+1, F) features of the outer paths, column j at
@@ -321,7 +376,11 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
     (t = 0) all outer paths share. With ``return_martingale`` also returns M (n, J+1) and the
     conditional-mean estimates (n, J). ``feature_stride``: the signature features see the path
     every ``feature_stride`` steps (as ``lsm.exercise_features(stride=...)`` for ``F``; a
-    divisor of ``steps_per_date``).
+    divisor of ``steps_per_date``). ``inner_refine`` (a power of 2): the inner noise is drawn
+    on a grid that many times finer and coarsened, so that runs on coupled grids
+    (``deepquant.rough.coupling``) with the same ``rng`` share their inner Brownian paths;
+    ``inner_share``: the finest grid hands its coarsened draws to the coarser ones through it
+    (run the finest grid first).
     """
     if not isinstance(n_inner, int | np.integer) or isinstance(n_inner, bool) or n_inner < 4 \
             or n_inner & (n_inner - 1):
@@ -333,6 +392,9 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
             or steps_per_date % feature_stride:
         raise ValueError(f"feature_stride must be a positive divisor of steps_per_date="
                          f"{steps_per_date}, got {feature_stride!r}")
+    if not isinstance(inner_refine, int | np.integer) or inner_refine < 1 \
+            or inner_refine & (inner_refine - 1):
+        raise ValueError(f"inner_refine must be a power of 2 >= 1, got {inner_refine!r}")
     if float(np.ptp(outer.S[:, 0])) != 0.0:
         raise ValueError("outer paths must share the state at t = 0")
     n, J1 = Z.shape
@@ -366,7 +428,8 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
         # the paths)
         at_zero = e == 0
         ni_j = max(n_inner, n_inner_zero) if at_zero else n_inner
-        gens = [_InnerNoise(model, m, dt, ni_j // halves, seeds[j * halves + h])
+        gens = [_InnerNoise(model, m, dt, ni_j // halves, seeds[j * halves + h],
+                            refine=inner_refine, share=inner_share, key=(j, h))
                 for h in range(halves)]
         block = max(1, 2**17 // ni_j)
         for lo in range(0, 1 if at_zero else n, block):
@@ -374,7 +437,7 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
             hy, hf = inner.history(outer, rows)
             vals, ctrl = [], []
             for gen in gens:
-                dW, dWp, cell = gen.draw(rows.size)
+                dW, dWp, cell = gen.draw(rows.size, lo)
                 S, V, fv, logS, logV = inner.simulate(outer.S[rows, e], outer.V[rows, e], hy, hf, dW, dWp,
                                           cell)
                 nb, ni = S.shape[:2]
