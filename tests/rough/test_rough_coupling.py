@@ -154,3 +154,15 @@ def test_paired_difference_has_a_smaller_stderr():
         assert paired[0] < 0.9 * unpaired[0], which
     assert run.covariance().shape == (2, 2) and run.n_batches == 8
     assert run.to_dict()["steps"] == [4, 8]
+
+
+def test_finest_level_of_a_coupled_run_is_the_single_run():
+    # same seed: the finest grid of a coupled run sees the single run's regression, pricing
+    # and inner paths and fits the same way, so its bounds are bit-identical
+    p = preset_pricer("rbergomi", n_dates=4, n_regression=2**11, batch_size=2**10,
+                      min_batches=2, max_batches=2, subsim_outer=64, subsim_inner=16,
+                      feature_steps=2, steps_per_date=4)
+    single = p(RoughBergomi(), 100.0, rng=3)
+    coupled = price_levels(RoughBergomi(), 100.0, [replace(p, steps_per_date=2), p],
+                           rng=3).runs[1]
+    assert (coupled.lower, coupled.upper) == (single.lower, single.upper)
