@@ -198,3 +198,21 @@ def test_column_generation_reports_its_rounds(rw):
     values = [p.inner for p in seen]
     assert all(b >= a - 1e-9 for a, b in zip(values, values[1:]))
     assert values[-1] == pytest.approx(res.upper_side.info["inner"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name,params", CASES[:3])
+def test_every_column_generation_round_brackets_the_lp(rw, name, params):
+    """Each round's restricted value is a feasible plan's (<= the LP optimum) and its potentials
+    swept exactly are a valid bound (>= the LP optimum), so every round brackets the LP value
+    (the exact LP, an independent solver); the last round closes the bracket to 1e-9."""
+    payoff = make_payoff(name, **params)
+    lp = bounds(rw, payoff, method="lp")
+    for side, s in (("lower", -1.0), ("upper", 1.0)):
+        seen = []
+        certified_bounds(rw, payoff, sides=(side,), progress=seen.append)
+        want = getattr(lp, side)
+        assert seen and all(np.isfinite(p.outer) for p in seen)
+        for p in seen:
+            assert s * (p.outer - want) >= -1e-9
+            assert s * (want - p.inner) >= -1e-9
+        assert abs(seen[-1].outer - seen[-1].inner) <= 1e-9 * max(1.0, abs(want))

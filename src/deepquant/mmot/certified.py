@@ -66,7 +66,7 @@ def live_states(chain: AugmentedChain) -> int:
 class CertifiedProgress:
     """One eps stage of a certified solve, passed to ``progress`` callbacks. ``eps == 0``
     marks a round of the exact column generation (``stage`` the round, ``inner`` the restricted
-    LP's value, ``outer`` NaN until the final sweep)."""
+    LP's value, ``outer`` the exact sweep of its potentials)."""
 
     side: str
     stage: int
@@ -225,10 +225,10 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
     if polish and live_states(chain) <= polish_max_states:
         log = None
         if progress is not None:
-            def log(rnd, sec, cols, val, worst):
-                # eps = 0 marks a column-generation round; the restricted LP's value is an
-                # inner value, the outer bound is swept once at the end
-                progress(CertifiedProgress(sense, rnd, 0.0, float("nan"), sign * val, 0.0,
+            def log(rnd, sec, cols, val, worst, outer):
+                # eps = 0 marks a column-generation round: the restricted LP's value is an
+                # inner value, its potentials swept exactly the round's outer bound
+                progress(CertifiedProgress(sense, rnd, 0.0, sign * outer, sign * val, 0.0,
                                            time.perf_counter() - t0))
         cg = solve_chain_colgen(sw, uvec, max_seconds=max_seconds, log=log)
         if cg.u is not None and cg.residual <= POLISH_RESIDUAL:
