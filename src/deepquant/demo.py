@@ -1,6 +1,7 @@
 """The main job: from an option chain to exact bounds, a calibrated price and a report.
 
-``run_demo(chain=None, out_dir="report")`` (behind ``deepquant demo``):
+``run_demo(chain=None, out_dir="report")`` (behind ``deepquant demo``); steps 1-3 live in
+``deepquant.demo_market``, the report's text in ``deepquant.demo_report``:
 
 1. **Market.** The built-in synthetic Heston chain (``deepquant.market.chain.synthetic_chain``,
    DESIGN §3 parameters, expiries 30..150 days, written to ``out_dir/chain.csv``), or a chain
@@ -46,7 +47,6 @@ seconds) in the CLI table, the JSON and the report. On the command line:
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib.util
 import os
 import time
@@ -59,11 +59,8 @@ from typing import Any
 import numpy as np
 
 from deepquant.atomic import to_jsonable, write_json
-from deepquant.demo_report import (
-    RANGE_NAMES,
-    range_rows,
-    write_report,
-)
+from deepquant.demo_market import Market, coarsen_marginals, demo_grid, load_market
+from deepquant.demo_report import RANGE_NAMES, range_rows, write_report
 from deepquant.market.marginals import Marginals
 from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall, Payoff
 
@@ -245,32 +242,6 @@ class DemoResult:
 
 
 # ----------------------------------------------------------------------------- building blocks
-def demo_grid(step: float, lo: float, hi: float) -> np.ndarray:
-    """Uniform grid 1 + step * k covering [lo, hi] (contains 1 exactly)."""
-    k_lo = int(np.ceil((lo - 1.0) / step - 1e-9))
-    k_hi = int(np.floor((hi - 1.0) / step + 1e-9))
-    return np.round(1.0 + step * np.arange(k_lo, k_hi + 1), 12)
-
-
-def coarsen_marginals(fine: Marginals, grid: np.ndarray, *, with_spot: bool = True) -> Marginals:
-    """Move calibrated marginals onto ``grid`` through their call prices (convex order kept).
-
-    Calls C_t(k) at the coarse nodes are taken from the fine laws; the greatest convex minorant
-    with C(g_0) = 1 - g_0, C(g_{M-1}) = 0 gives the coarse weights
-    (``synthetic.marginals_from_call_prices``). With ``with_spot`` a first date t = 0 with
-    X_0 = 1 (call curve (1 - k)^+) is prepended.
-    """
-    from deepquant.market.synthetic import marginals_from_call_prices
-
-    grid = np.asarray(grid, dtype=float)
-    calls = fine.call_prices(grid)
-    times = np.asarray(fine.times, dtype=float)
-    if with_spot:
-        calls = np.vstack([np.maximum(1.0 - grid, 0.0)[None, :], calls])
-        times = np.concatenate([[0.0], times])
-    return marginals_from_call_prices(grid, calls, times)
-
-
 def demo_payoffs(n_dates: int) -> list[tuple[str, Payoff, float]]:
     """(label, payoff, Lipschitz constant in sup norm) of the three demo payoffs.
 
@@ -341,7 +312,7 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg, out, progress or (lambda _msg: None))
-    market = _load_and_calibrate(run, chain)
+    market = load_market(chain, run.out, cfg, say=run.say, timings=run.timings)
     model = _calibrated_model(run, market.marginals)
     rows, lp_results = _bounds(run, market, model, pricers or {})
     quotes = _quote_bounds(run, market, rows)
@@ -365,57 +336,6 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
 
 
-@dataclass
-class _Market:
-    """Output of the market step: the chain, its calibration and the demo-grid marginals."""
-
-    chain_path: str
-    fit: Any                   # CalibrationResult on the fine calibration grid
-    grid: np.ndarray           # the demo grid
-    marginals: Marginals       # the fitted laws moved onto the demo grid, date 0 prepended
-    calibration: dict          # JSON summary of the calibration
-
-
-def _load_and_calibrate(run: _Run, chain) -> _Market:
-    """Steps 1-3: the chain (built-in synthetic or the user's), the calibration on the fine
-    grid, and the fitted laws moved onto the demo grid."""
-    from deepquant.market.calibrate import calibrate_chain
-
-    cfg, out = run.cfg, run.out
-    run.say("market data")
-    t0 = time.perf_counter()
-    if chain is None:
-        from deepquant.market.chain import synthetic_chain
-
-        qd = dt.date(2024, 1, 2)
-        days = [int(round(float(e.rstrip("d")))) for e in cfg.expiries if e.endswith("d")]
-        if len(days) != len(cfg.expiries):
-            raise ValueError(f"the synthetic chain needs tenors in days ('30d'), got "
-                             f"{cfg.expiries!r}")
-        syn = synthetic_chain("heston", seed=cfg.seed, quote_date=qd,
-                              expiries=[qd + dt.timedelta(days=d) for d in days])
-        chain_path = str(syn.to_csv(out / "chain.csv"))
-    else:
-        chain_path = str(chain)
-    run.timings["chain"] = time.perf_counter() - t0
-    run.say("calibration")
-    t0 = time.perf_counter()
-    cal = calibrate_chain(chain_path, expiries=list(cfg.expiries),
-                          grid_size=cfg.calibration_grid_size)
-    run.timings["calibration"] = time.perf_counter() - t0
-    grid = demo_grid(cfg.grid_step, *cfg.grid_range)
-    marg = coarsen_marginals(cal.marginals, grid)
-    calibration = dict(success=bool(cal.success), fraction_inside=float(cal.fraction_inside),
-                       max_violation=float(cal.max_violation),
-                       seconds=run.timings["calibration"],
-                       fine_grid_size=int(cal.marginals.size),
-                       slices=[r.as_dict() for r in cal.slices],
-                       coarse_grid=[float(grid[0]), float(grid[-1]), int(grid.size)],
-                       coarse_call_error=float(np.max(np.abs(
-                           marg.call_prices(grid)[1:] - cal.marginals.call_prices(grid)))))
-    return _Market(chain_path, cal, grid, marg, calibration)
-
-
 def _calibrated_model(run: _Run, marg: Marginals):
     """Step 5: the calibrated c = 0 entropic model on the demo grid."""
     from deepquant.mmot.model import CalibratedModel
@@ -429,7 +349,7 @@ def _calibrated_model(run: _Run, marg: Marginals):
     return model
 
 
-def _bounds(run: _Run, market: _Market, model, pricers: Mapping[str, Pricer]
+def _bounds(run: _Run, market: Market, model, pricers: Mapping[str, Pricer]
             ) -> tuple[list[DemoRow], dict]:
     """Steps 4 and 6: exact LP bounds, calibrated prices, the extra pricers and the widenings
     of each payoff (``timings["bounds"]`` counts the LP solves only)."""
@@ -475,7 +395,7 @@ def _bounds(run: _Run, market: _Market, model, pricers: Mapping[str, Pricer]
     return rows, lp_results
 
 
-def _quote_bounds(run: _Run, market: _Market, rows: list[DemoRow]) -> dict:
+def _quote_bounds(run: _Run, market: Market, rows: list[DemoRow]) -> dict:
     """Step 7: bounds from the bid-ask quotes (``bounds_from_quotes``, exact LP on the demo
     grid), filled into each row's ``quote_lower``/``quote_upper``.
 
@@ -590,7 +510,7 @@ def _neural(run: _Run, cal) -> dict | None:
     return neural
 
 
-def _resolution(run: _Run, market: _Market) -> list[dict]:
+def _resolution(run: _Run, market: Market) -> list[dict]:
     """The bounds against the grid size (``DemoConfig.grid_sizes``; none by default)."""
     cfg = run.cfg
     if not cfg.grid_sizes:
@@ -607,7 +527,7 @@ def _resolution(run: _Run, market: _Market) -> list[dict]:
     return [e.to_dict() for e in entries]
 
 
-def _report(run: _Run, market: _Market, model, rows, lp_results, quotes, sweep, backtests,
+def _report(run: _Run, market: Market, model, rows, lp_results, quotes, sweep, backtests,
             backtest_summary, neural, resolution) -> DemoResult:
     """Step 9: figures, report.md and results.json in the report folder."""
     from deepquant import report

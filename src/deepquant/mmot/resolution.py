@@ -77,7 +77,7 @@ def resolution_study(fine: Marginals, payoffs: Mapping[str, Payoff], sizes: Sequ
     **options
         Passed to ``bounds`` (e.g. ``rtol``, ``max_seconds`` of the certified method).
     """
-    from deepquant.demo import coarsen_marginals
+    from deepquant.demo_market import coarsen_marginals
     from deepquant.mmot.bounds import bounds
 
     lo, hi = grid_range or (float(fine.grid[0]), float(fine.grid[-1]))
