@@ -5,8 +5,9 @@ p_x(y) = exp(lk(x, y) + phi(y) + eta(x)(y - x) - LSE_x), lk the log reference ke
 c / eps. ``_kernels_into`` evaluates these rows for a batch of periods (blocks of about 2 MiB),
 ``_evaluate`` adds the semi-dual F(phi, eta) and the measured residuals (``_State``), and
 ``_row_solve`` finds, row by row, the eta(x) that makes p_x a martingale row (E[Y - x] = 0) by
-a safeguarded 1-D Newton: the step that Newton freezes, that light rows are polished with, and
-the whole of the projection of the neural engine.
+a safeguarded 1-D Newton: the library's one martingale row solver (the step that Newton
+freezes, that light rows are polished with, the whole of the projection of the neural engine,
+and the backward pass of the augmented chain's entropic solver).
 """
 
 from __future__ import annotations
@@ -122,42 +123,97 @@ def _row_eval(base: np.ndarray, e: np.ndarray, d: np.ndarray, d2: np.ndarray
     return p, smax + np.log(z), np.einsum("ky,ky->k", p, d), np.einsum("ky,ky->k", p, d2)
 
 
-def _row_solve(base: np.ndarray, d: np.ndarray, grid: np.ndarray, eta: np.ndarray, *,
+def _row_solve(base: np.ndarray, d: np.ndarray, eta: np.ndarray | None, *,
                iters: int = 60, tol: float = 1e-13, kernels: bool = False
                ) -> np.ndarray | tuple[np.ndarray, ...]:
-    """Row-optimal eta: m(eta) = E_p[y - x] = 0 by safeguarded 1-D Newton, row by row (K rows).
+    """Per row, the eta minimising psi(eta) = log sum_y exp(base_y + eta d_y) (K rows, 1-D, convex).
 
-    ``base`` (K, M): log kernel without the eta term (lk + phi); ``d`` (K, M): y - x. m is
-    increasing in eta; Newton steps stay inside the current bracket (bisection otherwise) and,
-    before a bracket exists, are capped to an exponent change of 10 * 2^k across the grid.
-    With ``kernels`` returns (eta, p, lse, m): the normalised rows, their LSE and their mean
-    E_p[y - x] (the residual the stopping test |m| <= ``tol`` was applied to) at that eta.
+    The one martingale row solver of the library: its stationarity condition is the martingale
+    condition m(eta) = E_p[d] = 0 for p = exp(base + eta d - psi). Used by the one-period
+    Newton (``_newton``: frozen rows, struggling rows, light rows), the martingale projection of
+    the neural engine (``projection``) and the backward pass of the augmented chain
+    (``augmented_entropic``, where psi is the message and eta = h / eps).
+
+    ``base`` (K, M): log kernel without the eta term (-inf where a move is forbidden); ``d``
+    (K, M): the moves y - x; ``eta`` (K,): the start (None or non-finite entries: 0).
+    m is increasing in eta. Safeguarded Newton: steps capped at 30 / max_y |d_y| in log-weight
+    across the row, the cap doubling while the capped step heads where no bracket is known yet
+    (exponential search), bisection inside the bracket once one is known; a row stops when
+    |m| <= ``tol`` or its bracket has shrunk to round-off, after at most ``iters`` steps.
+
+    Edge rows: a row with allowed moves on one side of 0 only has no finite optimum; when it
+    allows d = 0 it is pinned to that point mass (eta = -inf or +inf, psi = base at d = 0,
+    the only martingale move); with no allowed move at all psi = -inf and its weights are zero.
+
+    Returns eta (K,), or with ``kernels`` (eta, p, psi, m): the normalised rows (K, M), their
+    log-sum-exp psi (K,) and their mean m = E_p[d] (K,), the residual the stopping test was
+    applied to, at that eta.
     """
-    span = float(grid[-1] - grid[0])
-    e = np.array(eta, dtype=np.float64)
-    lo = np.full(e.shape, -np.inf)
-    hi = np.full(e.shape, np.inf)
-    cap = np.full(e.shape, 10.0 / span)
-    d2 = d * d
-    p, lse, m, sec = _row_eval(base, e, d, d2)
-    for it in range(iters):
-        var = np.maximum(sec - m * m, 1e-300)
-        done = np.abs(m) <= tol
-        if np.all(done) or it == iters - 1:
-            break
-        lo = np.where(m < 0, np.maximum(lo, e), lo)
-        hi = np.where(m > 0, np.minimum(hi, e), hi)
-        new = e + np.clip(-m / var, -cap, cap)
-        bracketed = np.isfinite(lo) & np.isfinite(hi)
-        outside = (new <= lo) | (new >= hi)
-        new = np.where(bracketed & outside, 0.5 * (lo + hi), new)
-        cap = np.where(bracketed, cap, 2.0 * cap)
-        e = np.where(done, e, new)
-        act = np.flatnonzero(~done)                # only rows still moving are re-evaluated
-        if act.size == e.size:
-            p, lse, m, sec = _row_eval(base, e, d, d2)
-        else:
-            p[act], lse[act], m[act], sec[act] = _row_eval(base[act], e[act], d[act], d2[act])
+    k, mm = base.shape
+    fin = np.isfinite(base)
+    has_pos = (fin & (d > 0)).any(axis=1)
+    has_neg = (fin & (d < 0)).any(axis=1)
+    interior = has_pos & has_neg
+    e = np.zeros(k) if eta is None else np.array(eta, dtype=np.float64).reshape(k)
+    e = np.where(interior & np.isfinite(e), e, 0.0)
+    p = np.zeros((k, mm))
+    lse = np.full(k, -np.inf)
+    m = np.zeros(k)
+    rows = np.flatnonzero(interior)
+    if rows.size:
+        bi, di = base[rows], d[rows]
+        ei, pi, li, mi = _solve_interior(bi, di, fin[rows], e[rows], iters, tol)
+        e[rows], p[rows], lse[rows], m[rows] = ei, pi, li, mi
+    edge = np.flatnonzero(~interior)
+    if edge.size:
+        zero = fin[edge] & (d[edge] == 0)
+        pin = zero.any(axis=1)
+        r, c = edge[pin], np.argmax(zero[pin], axis=1)
+        lse[r] = base[r, c]
+        p[r, c] = 1.0
+        e[r] = np.where(has_pos[r], -np.inf, np.where(has_neg[r], np.inf, 0.0))
     if kernels:
         return e, p, lse, m
     return e
+
+
+def _solve_interior(base: np.ndarray, d: np.ndarray, fin: np.ndarray, e: np.ndarray,
+                    iters: int, tol: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``_row_solve`` on rows with allowed moves on both sides of 0 (a finite optimum)."""
+    d2 = d * d
+    cap = 30.0 / np.maximum(np.where(fin, np.abs(d), 0.0).max(axis=1), 1e-300)
+    mult = np.ones(e.shape)
+    lo = np.full(e.shape, -np.inf)
+    hi = np.full(e.shape, np.inf)
+    p, lse, m, sec = _row_eval(base, e, d, d2)
+    act = np.arange(e.size)
+    for _ in range(iters):
+        ma, ea = m[act], e[act]
+        la = lo[act] = np.where(ma < 0, np.maximum(lo[act], ea), lo[act])
+        ha = hi[act] = np.where(ma > 0, np.minimum(hi[act], ea), hi[act])
+        stuck = np.isfinite(la) & np.isfinite(ha) & (ha - la <= 1e-15 * np.maximum(1, np.abs(ea)))
+        keep = ~((np.abs(ma) <= tol) | stuck)
+        act, ma, ea, la, ha = act[keep], ma[keep], ea[keep], la[keep], ha[keep]
+        if act.size == 0:
+            break
+        var = np.maximum(sec[act] - ma * ma, 1e-300)
+        lim = cap[act] * mult[act]
+        with np.errstate(over="ignore", invalid="ignore"):
+            step = -ma / var
+        step = np.where(np.isfinite(step), step, -np.sign(ma) * lim)
+        capped = np.abs(step) >= lim
+        step = np.clip(step, -lim, lim)
+        # no bracket yet on the side of the move: grow the cap geometrically
+        open_side = np.where(step > 0, ~np.isfinite(ha), ~np.isfinite(la))
+        mult[act] = np.where(capped & open_side, 2.0 * mult[act], 1.0)
+        new = ea + step
+        mid = 0.5 * (la + ha)
+        new = np.where(((new <= la) | (new >= ha)) & np.isfinite(mid), mid, new)
+        e[act] = new
+        # only rows still moving are re-evaluated
+        if act.size == e.size:
+            p, lse, m, sec = _row_eval(base, e, d, d2)
+        else:
+            p[act], lse[act], m[act], sec[act] = _row_eval(base[act], new, d[act], d2[act])
+    return e, p, lse, m

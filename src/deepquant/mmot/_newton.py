@@ -178,7 +178,7 @@ def _newton_direction(lk: np.ndarray, grid: np.ndarray, diff: np.ndarray, diff2:
     deta = np.where(joint, -(m_ + pdv / np.where(joint, cx, 1.0)) / var_d, 0.0)
     if np.any(frozen):
         bi, xi_ = np.nonzero(frozen)
-        eta_new = _row_solve(lk[bi, xi_, :] + phi[bi], diff[xi_, :], grid, eta[bi, xi_])
+        eta_new = _row_solve(lk[bi, xi_, :] + phi[bi], diff[xi_, :], eta[bi, xi_])
         deta[bi, xi_] = eta_new - eta[bi, xi_]
     factored_ok = ~todo
     if reuse is not None:
@@ -381,7 +381,7 @@ def _solve_batch(b: _Batch, eps: float, phi: np.ndarray, eta: np.ndarray, *, tol
             if np.any(bad):
                 bi, xi = np.nonzero(bad)
                 pi = short[bi]
-                et[pi, xi] = _row_solve(lk[pi, xi, :] + ph[pi], diff[xi, :], grid, et[pi, xi])
+                et[pi, xi] = _row_solve(lk[pi, xi, :] + ph[pi], diff[xi, :], et[pi, xi])
                 rbuf = np.empty((short.size, mm, mm))
                 rst = _evaluate(lk[short], grid, diff, mu[short], nu[short], ph[short],
                                 et[short], rbuf)
@@ -449,7 +449,7 @@ def _polish_rows(rows: np.ndarray, lk: np.ndarray, grid: np.ndarray, diff: np.nd
     bi, xi = np.nonzero(rows)
     base = lk[bi, xi, :] + ph[bi]
     d = diff[xi, :]
-    e, pn, lse, _ = _row_solve(base, d, grid, et[bi, xi], tol=tol, kernels=True)
+    e, pn, lse, _ = _row_solve(base, d, et[bi, xi], tol=tol, kernels=True)
     w = mu[bi, xi]
     # bi is sorted (row-major nonzero): sums per period by reduceat
     starts = np.flatnonzero(np.concatenate([[True], bi[1:] != bi[:-1]]))

@@ -27,7 +27,7 @@ recursion of messages in log-space (log-sum-exp):
 
 Elimination of h. g_t(x, s) enters log Z only through beta_t(x, s), and log Z increases with
 beta_t, so max_g D is attained state by state by minimising the convex 1-D function psi_t(x, s)
-(safeguarded Newton, vectorised): its stationarity condition is exactly the martingale
+(the library's one martingale row solver, ``_gibbs._row_solve``: safeguarded Newton, vectorised): its stationarity condition is exactly the martingale
 condition E[X_{t+1} - X_t | Z_t = (x, s)] = 0. One backward sweep therefore returns g*(a), and
 D*(a) = max_g D(a, g) is concave with gradient (envelope theorem)
 
@@ -68,7 +68,8 @@ import numpy as np
 from scipy import optimize, sparse
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot._chain_rows import _lse, _min_logsumexp, _segment_logsumexp
+from deepquant.mmot._chain_rows import _lse, _segment_logsumexp
+from deepquant.mmot._gibbs import _row_solve
 from deepquant.mmot.augment import AugmentedChain, build_chain
 from deepquant.payoffs import Payoff
 from deepquant.results import ConvergenceWarning
@@ -249,7 +250,7 @@ class _Problem:
             logB[t] = lB
             p = self.pairs[t]
             L = self.logq[t][p[:, 0]] + lB[p[:, 1]]
-            g, psi, k = _min_logsumexp(L, self.d[t], g0[t], htol)
+            g, k, psi, _ = _row_solve(L, self.d[t], g0[t], iters=200, tol=htol, kernels=True)
             gs[t], kern[t] = g, k
             lbt = np.full((m, self.n[t]), -np.inf)
             lbt[p[:, 0], p[:, 1]] = a[t, p[:, 0]] + psi

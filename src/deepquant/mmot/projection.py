@@ -132,7 +132,7 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
         if tt.size:
             base = b.logq[tt, xx, :] + phi[tt, :]
             d = b.diff[xx]
-            e, p, lse_rows, row_residual = _row_solve(base, d, grid, h[tt, xx] / eps, tol=tol,
+            e, p, lse_rows, row_residual = _row_solve(base, d, h[tt, xx] / eps, tol=tol,
                                                       kernels=True)
             eta[tt, xx] = e
             kernels[tt, xx] = p
@@ -255,7 +255,7 @@ def semi_dual(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, v: np.ndarray,
         tt, xx = np.nonzero(b.mu > 0)
         if tt.size:
             base = b.logq[tt, xx, :] + v[tt, :]
-            e, p, lse_rows, _ = _row_solve(base, b.diff[xx], grid, h0[tt, xx], tol=tol,
+            e, p, lse_rows, _ = _row_solve(base, b.diff[xx], h0[tt, xx], tol=tol,
                                            kernels=True)
             eta[tt, xx] = e
             lse[tt, xx] = lse_rows
