@@ -265,20 +265,15 @@ def _lp(marginals: Marginals, payoff: Payoff, retry_tol: float):
     return res
 
 
-def _moves(side, marginals: Marginals, model) -> np.ndarray:
-    """E|dX| per period under a side's optimal plan (the model's if no plan is available)."""
-    from deepquant.mmot.widening import expected_abs_moves
+def _moves(lp, side: str, model) -> np.ndarray:
+    """E|dX| per period under a side's optimal plan (the model's if the side has no plan: a
+    failed side, or a pairwise payoff solved as one-period LPs)."""
+    from deepquant.mmot.widening import plan_moves
 
-    plan = getattr(side, "plan", None) if side is not None else None
-    if plan:
-        try:
-            mv = expected_abs_moves(list(plan), grid=marginals.grid)
-            out = np.zeros(marginals.n_periods)
-            out[: mv.size] = mv
-            return out
-        except ValueError:
-            pass
-    return model.expected_abs_moves()
+    try:
+        return plan_moves(lp, side)
+    except ValueError:
+        return model.expected_abs_moves()
 
 
 # ----------------------------------------------------------------------------- main job
@@ -368,8 +363,8 @@ def _bounds(run: _Run, market: Market, model, pricers: Mapping[str, Pricer]
         t_lp += lp_s
         lp_results[label] = lp
         pr = model.price_result(payoff)
-        g_lo = transaction_cost_widening(_moves(lp.lower_side, marg, model), cfg.cost_rate)
-        g_up = transaction_cost_widening(_moves(lp.upper_side, marg, model), cfg.cost_rate)
+        g_lo = transaction_cost_widening(_moves(lp, "lower", model), cfg.cost_rate)
+        g_up = transaction_cost_widening(_moves(lp, "upper", model), cfg.cost_rate)
         eps_cal = max((calibration_widening(s["mean_spread"], cfg.alpha, s["n_quotes"], lip,
                                             cfg.stability) for s in slices),
                       key=lambda c: c.epsilon)
@@ -459,8 +454,8 @@ def _strike_sweep(run: _Run, marg: Marginals, model, asian_row: DemoRow) -> dict
             p = AsianCall(strike=float(k))
             lp = _lp(marg, p, cfg.lp_retry_tol)
             lo, up, c = float(lp.lower), float(lp.upper), model.price(p)
-            g_lo = transaction_cost_widening(_moves(lp.lower_side, marg, model), cfg.cost_rate)
-            g_up = transaction_cost_widening(_moves(lp.upper_side, marg, model), cfg.cost_rate)
+            g_lo = transaction_cost_widening(_moves(lp, "lower", model), cfg.cost_rate)
+            g_up = transaction_cost_widening(_moves(lp, "upper", model), cfg.cost_rate)
             wl = lo - g_lo.gamma - asian_row.epsilon
             wu = up + g_up.gamma + asian_row.epsilon
         for key, v in zip(("strikes", "lower", "upper", "calibrated", "widened_lower",

@@ -86,6 +86,24 @@ def test_convex_order_violation_names_date_point_and_size():
     assert rep.date == 1 and not rep.ok
 
 
+def test_require_convex_order_on_some_dates_names_every_bad_pair():
+    """Rows spread, shrink, spread, shrink: pairs (1, 2) and (3, 4) are out of order (drops of
+    0.1 at k = 0.9, exact in binary to 1e-15); ``dates`` restricts the check."""
+    w = np.vstack([two_point(5, 5), two_point(2, 8), two_point(4, 6), two_point(2, 8),
+                   two_point(4, 6)])
+    m = Marginals(GRID, w, check_convex=False)
+    with pytest.raises(ValueError, match=r"marginals\[2\] is not in convex order with "
+                                         r"marginals\[1\]: call price at k=0\.9 drops by "
+                                         r"1\.000e-01 \(> convex_tol 1e-09\); also marginals"
+                                         r"\[4\] vs marginals\[3\] \(drop 1\.000e-01\); fix it"):
+        m.require_convex_order(hint="fix it")
+    with pytest.raises(ValueError, match=r"marginals\[4\] is not in convex order with "
+                                         r"marginals\[3\].*\); see Marginals"):
+        m.require_convex_order(dates=range(3, 5))
+    m.require_convex_order(dates=range(1, 2))   # only (0, 1): in order
+    m.require_convex_order(dates=range(3, 4))   # only (2, 3): in order
+
+
 def test_convex_tolerance_is_configurable():
     w = np.vstack([two_point(4, 6), two_point(4, 6)])
     eps = 1e-7

@@ -120,8 +120,13 @@ def test_not_in_convex_order_names_the_dates():
     grid = np.array([0.8, 0.9, 1.0, 1.1, 1.2])
     w = np.array([[0, 0, 1, 0, 0], [0, 0.5, 0, 0.5, 0], [0, 0, 1, 0, 0.0]], dtype=float)
     mg = Marginals(grid, w, check_convex=False)
-    with pytest.raises(ValueError, match=r"marginals\[2\] vs marginals\[1\].*martingale_tol"):
+    with pytest.raises(ValueError, match=r"marginals\[2\] is not in convex order with "
+                                         r"marginals\[1\]: call price at k=1 drops by "
+                                         r"5\.000e-02.*martingale_tol > 0"):
         bounds(mg, make_payoff("asian-call", strike=1.0))
+    # a payoff that stops at date 1 never meets the bad pair: the LP runs
+    res = bounds(mg, make_payoff("european-call", strike=1.0, date=1), method="lp")
+    assert res.success and res.lower == pytest.approx(0.05, abs=1e-9)
 
 
 def test_relaxed_mode_reports_tolerance():

@@ -113,3 +113,75 @@ def test_widening_input_errors():
         calibration_widening(0.1, 0.05, 10, L=-1)
     with pytest.raises(ValueError, match=r"lower=0\.8 exceeds upper=0\.7"):
         widen(0.8, 0.7)
+
+
+# ----------------------------------------------------------------------------- from a result
+@pytest.fixture(scope="module")
+def asian_lp():
+    """Exact LP bounds with plans of an Asian call on dates 1, 2 of a 4-date random walk (the
+    plans stop at date 2, so the last period has no plan)."""
+    from deepquant.market.marginals import Marginals
+    from deepquant.mmot.bounds import bounds
+    from deepquant.payoffs import AsianCall
+    from tests.conftest import random_walk_marginals
+
+    grid, w = random_walk_marginals()
+    return bounds(Marginals(grid, w), AsianCall(strike=100.0, dates=(1, 2)), method="lp",
+                  return_plan=True)
+
+
+def test_widen_bounds_uses_each_sides_plan(asian_lp):
+    """Gamma of each side is k times the moves of that side's own plan (summed by hand over the
+    augmented plans pi_t(x, s, y)); exact up to float summation (1e-14)."""
+    from deepquant.mmot.widening import plan_moves, widen_bounds
+
+    res = asian_lp
+    assert res.success, res.message
+    grid = res.problem.marginals.grid
+    dist = np.abs(grid[None, :] - grid[:, None])
+    cal = calibration_widening(0.01, 0.05, 25, L=1.0)
+    wb = widen_bounds(res, cost_rate=[1e-3, 2e-3, 4e-3], calibration=cal, scale=2.0)
+    for side, gamma in (("lower", wb.gamma_lower), ("upper", wb.gamma_upper)):
+        plan = getattr(res, f"{side}_side").plan
+        by_hand = [float((p.sum(axis=1) * dist).sum()) for p in plan]
+        assert len(by_hand) == 2                       # the plan stops at the payoff's date 2
+        moves = plan_moves(res, side)
+        np.testing.assert_allclose(moves, by_hand + [0.0], rtol=0, atol=1e-14)
+        assert gamma == pytest.approx(2.0 * (1e-3 * by_hand[0] + 2e-3 * by_hand[1]), abs=1e-14)
+        assert by_hand[0] == pytest.approx(1.2, abs=1e-9)   # E|step| of the walk: 6/5
+    assert (wb.lower, wb.upper) == (res.lower, res.upper)
+    assert wb.widened_lower == pytest.approx(res.lower - wb.gamma_lower - cal.epsilon, abs=1e-14)
+    assert wb.widened_upper == pytest.approx(res.upper + wb.gamma_upper + cal.epsilon, abs=1e-14)
+
+
+def test_widen_bounds_errors(asian_lp):
+    import dataclasses
+
+    from deepquant.mmot.widening import plan_moves, widen_bounds
+
+    with pytest.raises(ValueError, match=r"side must be 'lower' or 'upper', got 'both'"):
+        plan_moves(asian_lp, "both")
+    no_plan = dataclasses.replace(asian_lp, lower_side=dataclasses.replace(
+        asian_lp.lower_side, plan=None))
+    with pytest.raises(ValueError, match=r"the lower side of the result has no plan .*"
+                                         r"return_plan=True"):
+        widen_bounds(no_plan, cost_rate=1e-3)
+    with pytest.raises(ValueError, match=r"result carries no problem"):
+        plan_moves(dataclasses.replace(asian_lp, problem=None), "upper")
+    failed = dataclasses.replace(asian_lp, success=False, status="infeasible")
+    with pytest.raises(ValueError, match=r"cannot widen a failed bounds result .*'infeasible'"):
+        widen_bounds(failed)
+
+
+def test_expected_moves_of_an_entropic_result():
+    """An EntropicResult (kernels, weights, grid) gives the moves of its plans."""
+    from deepquant.market.marginals import Marginals
+    from deepquant.mmot.entropic import solve_entropic
+    from tests.conftest import random_walk_marginals
+
+    grid, w = random_walk_marginals(n_dates=3)
+    res = solve_entropic(Marginals(grid, w), eps=1.0)
+    dist = np.abs(grid[None, :] - grid[:, None])
+    by_hand = [float((res.plans[t] * dist).sum()) for t in range(2)]
+    np.testing.assert_allclose(expected_abs_moves(res), by_hand, rtol=1e-14)
+    assert by_hand[0] == pytest.approx(1.2, abs=1e-6)   # date 0 is a point mass: E|step| = 6/5

@@ -293,25 +293,36 @@ class Marginals:
         t, j = np.unravel_index(int(np.argmax(diff)), diff.shape)
         return ConvexOrderReport(float(diff[t, j]), int(t) + 1, float(self.grid[j]), per_date)
 
-    def require_convex_order(self, *, hint: str = "see Marginals.repair_convex_order") -> None:
+    def require_convex_order(self, *, hint: str = "see Marginals.repair_convex_order",
+                             dates: range | None = None) -> None:
         """Raise the package's one convex-order ``ValueError`` when a call price drops between
         consecutive dates by more than ``convex_tol`` (relative to max(1, |mean|)).
 
         The message names the worst pair (``marginals[t]`` against ``marginals[t-1]``), the
         grid point and the size of the drop, then every other pair out of order, then ``hint``
-        (what the caller can do about it).
+        (what the caller can do about it). With ``dates`` only the pairs (t-1, t) with t in
+        ``dates`` are checked (e.g. the dates a payoff reaches).
         """
-        rep = self.check_convex_order()
-        tol = self.convex_tol * max(1.0, abs(self.mean))
-        if rep.violation <= tol:
+        if self.n_dates < 2:
             return
-        others = [t + 1 for t, v in enumerate(rep.per_date) if v > tol and t + 1 != rep.date]
-        also = ("; also " + ", ".join(f"marginals[{t}] vs marginals[{t - 1}] (drop "
-                                      f"{rep.per_date[t - 1]:.3e})" for t in others)
+        diff = self.call_prices()
+        diff = diff[:-1] - diff[1:]                      # (N, M): C_{t-1}(k) - C_t(k)
+        if dates is not None:
+            keep = np.array([t + 1 in dates for t in range(self.n_periods)])
+            diff = np.where(keep[:, None], diff, -np.inf)
+        per_date = diff.max(axis=1)
+        tol = self.convex_tol * max(1.0, abs(self.mean))
+        t, j = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        if diff[t, j] <= tol:
+            return
+        date = int(t) + 1
+        others = [u + 1 for u, v in enumerate(per_date) if v > tol and u + 1 != date]
+        also = ("; also " + ", ".join(f"marginals[{u}] vs marginals[{u - 1}] (drop "
+                                      f"{per_date[u - 1]:.3e})" for u in others)
                 if others else "")
         raise ValueError(
-            f"marginals[{rep.date}] is not in convex order with marginals[{rep.date - 1}]: "
-            f"call price at k={rep.point:.6g} drops by {rep.violation:.3e} "
+            f"marginals[{date}] is not in convex order with marginals[{date - 1}]: "
+            f"call price at k={self.grid[j]:.6g} drops by {diff[t, j]:.3e} "
             f"(> convex_tol {self.convex_tol:g}){also}; {hint}"
         )
 

@@ -11,7 +11,8 @@ Entry points:
   ``sample``;
 * ``superhedge`` / ``verify_hedge``: semi-static hedges from the LP dual; ``delta_hedge`` /
   ``backtest``: delta hedges from the calibrated model;
-* ``widen``: transaction-cost and calibration-uncertainty widening;
+* ``widen``, ``widen_bounds``: transaction-cost and calibration-uncertainty widening (of two
+  numbers, or of a ``bounds`` result under its optimal plans);
 * ``insert_date`` / ``append_date`` / ``update_date`` (incremental) and ``sparse_marginals``.
 """
 
@@ -25,7 +26,7 @@ from deepquant.mmot.incremental import append_date, insert_date, update_date
 from deepquant.mmot.model import CalibratedModel, ModelPrice
 from deepquant.mmot.result import BoundsResult
 from deepquant.mmot.sparse import adaptive_grid, sparse_marginals
-from deepquant.mmot.widening import WidenedBounds, widen
+from deepquant.mmot.widening import WidenedBounds, widen, widen_bounds
 from deepquant.results import ConvergenceWarning
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "DeltaHedge",
     "BacktestResult",
     "widen",
+    "widen_bounds",
     "WidenedBounds",
     "insert_date",
     "append_date",

@@ -235,14 +235,8 @@ def solve_entropic(
         raise ValueError(f"method must be 'newton' or 'sinkhorn', got {method!r}")
     n, m = marginals.n_periods, marginals.size
     if not marginals.check_convex:
-        rep = marginals.check_convex_order()
-        scale = max(1.0, abs(marginals.mean))
-        if rep.violation > marginals.convex_tol * scale:
-            raise ValueError(
-                f"marginals[{rep.date}] is not in convex order with marginals[{rep.date - 1}]: "
-                f"call price at k={rep.point:.6g} drops by {rep.violation:.3e}; no martingale "
-                "plan exists (see Marginals.repair_convex_order)"
-            )
+        marginals.require_convex_order(
+            hint="no martingale plan exists (see Marginals.repair_convex_order)")
     cost_arr = pairwise_cost(marginals, cost)
     if cost_arr is not None and not np.any(cost_arr):
         cost_arr = None

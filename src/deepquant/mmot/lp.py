@@ -119,22 +119,12 @@ class ChainLP:
 
 
 def check_convex_order(marginals: Marginals, dates: range | None = None) -> None:
-    """Raise a ``ValueError`` naming every pair of dates not in convex order on the grid."""
-    rep = marginals.with_options(check_convex=False).check_convex_order()
-    if marginals.n_dates < 2:
-        return
-    scale = max(1.0, abs(marginals.mean))
-    tol = max(marginals.convex_tol, 1e-12) * scale
-    bad = [t + 1 for t, v in enumerate(rep.per_date) if v > tol
-           and (dates is None or t + 1 in dates)]
-    if bad:
-        pairs = ", ".join(f"marginals[{t}] vs marginals[{t - 1}] (call price drops by "
-                          f"{rep.per_date[t - 1]:.3e})" for t in bad)
-        raise ValueError(
-            f"marginals are not in convex order on the grid: {pairs}; no martingale has these "
-            "marginals. Repair them (Marginals.repair_convex_order) or pass martingale_tol > 0 "
-            "for the relaxed LP (Guo-Obloj)"
-        )
+    """Raise ``Marginals.require_convex_order``'s ``ValueError`` for the pairs of ``dates`` not
+    in convex order on the grid (tolerance at least 1e-12 relative, for round-off)."""
+    m = marginals.with_options(check_convex=False, convex_tol=max(marginals.convex_tol, 1e-12))
+    m.require_convex_order(dates=dates, hint=(
+        "no martingale has these marginals. Repair them (Marginals.repair_convex_order) or pass "
+        "martingale_tol > 0 for the relaxed LP (Guo-Obloj)"))
 
 
 def build_chain_lp(

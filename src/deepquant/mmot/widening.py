@@ -46,6 +46,8 @@ __all__ = [
     "calibration_delta",
     "calibration_widening",
     "widen",
+    "plan_moves",
+    "widen_bounds",
 ]
 
 
@@ -68,10 +70,11 @@ def expected_abs_moves(source, *, grid: np.ndarray | None = None,
     source
         One of:
 
-        * an object with a method ``expected_abs_moves()`` (``CalibratedModel``,
-          ``AugmentedEntropicResult``), which is called;
+        * an object with a method ``expected_abs_moves()`` (``CalibratedModel``, the
+          ``ChainSolution`` of the augmented entropic solver), which is called;
         * an object with attributes ``kernels`` (N, M, M), row-stochastic
-          P(X_{t+1} = y | X_t = x), and ``marginals`` (a ``Marginals``), e.g. an entropic result;
+          P(X_{t+1} = y | X_t = x), and either ``marginals`` (a ``Marginals``) or ``weights``
+          (N+1, M) and ``grid`` (M,), e.g. an ``EntropicResult``;
         * an array of joint plans pi_t(x, y), shape (N, M, M), each summing to 1 (needs ``grid``);
         * an array of kernels (N, M, M) with ``weights`` (N+1, M) and ``grid`` (M,);
         * a list of augmented joint plans pi_t(x, s, y) of shape (M, n_t, M) (the ``plan`` of an
@@ -89,6 +92,10 @@ def expected_abs_moves(source, *, grid: np.ndarray | None = None,
     if hasattr(source, "kernels") and hasattr(source, "marginals"):
         m = source.marginals
         return _moves_from_kernels(np.asarray(source.kernels, float), m.weights, m.grid)
+    if all(hasattr(source, a) for a in ("kernels", "weights", "grid")):
+        return _moves_from_kernels(np.asarray(source.kernels, float),
+                                   np.asarray(source.weights, float),
+                                   np.asarray(source.grid, float))
     if isinstance(source, list | tuple) and source and all(np.ndim(p) == 3 for p in source):
         if grid is None:
             raise ValueError("grid is required when source is a list of augmented plans")
@@ -329,3 +336,55 @@ def widen(lower: float, upper: float, *,
     e = 0.0 if calibration is None else calibration.epsilon
     return WidenedBounds(lo, up, g_lo, g_up, e, lo - g_lo - e, up + g_up + e, t_lo, t_up,
                          calibration)
+
+
+def plan_moves(result, side: str) -> np.ndarray:
+    """E|X_{t+1} - X_t| per period under the optimal plan of one side of a bounds result.
+
+    Parameters
+    ----------
+    result : BoundsResult
+        From ``deepquant.mmot.bounds(..., return_plan=True)``: it carries the side's plan and
+        its problem (the marginals give the grid and the number of periods N).
+    side : {"lower", "upper"}
+
+    Returns
+    -------
+    ndarray, shape (N,)
+        The moves of the side's plan; 0 for the periods after the payoff's last date (the plan
+        stops there, and so does the hedge).
+    """
+    if side not in ("lower", "upper"):
+        raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
+    problem = getattr(result, "problem", None)
+    if problem is None:
+        raise ValueError("result carries no problem (pass a BoundsResult returned by bounds)")
+    bound = getattr(result, f"{side}_side", None)
+    plan = getattr(bound, "plan", None) if bound is not None else None
+    if not plan:
+        raise ValueError(f"the {side} side of the result has no plan (solve with "
+                         f"return_plan=True; the {side} status is "
+                         f"{getattr(bound, 'status', 'missing')!r})")
+    marginals = problem.marginals
+    moves = expected_abs_moves(list(plan), grid=marginals.grid)
+    out = np.zeros(marginals.n_periods)
+    out[: moves.size] = moves
+    return out
+
+
+def widen_bounds(result, *, cost_rate=0.0, calibration: CalibrationWidening | None = None,
+                 scale: float = 1.0) -> WidenedBounds:
+    """Widen the bounds of a result by transaction costs and calibration uncertainty.
+
+    The lower bound's Gamma is taken under the minimising plan, the upper bound's under the
+    maximising plan (``plan_moves``), at ``cost_rate`` k (scalar or one per period, see
+    ``transaction_cost_widening``); ``calibration`` (``calibration_widening``) widens both
+    sides by its epsilon. Needs a successful ``BoundsResult`` solved with
+    ``return_plan=True``; the arithmetic is ``widen``'s.
+    """
+    if not getattr(result, "success", False):
+        raise ValueError(f"cannot widen a failed bounds result (status "
+                         f"{getattr(result, 'status', None)!r})")
+    t_lo = transaction_cost_widening(plan_moves(result, "lower"), cost_rate, scale=scale)
+    t_up = transaction_cost_widening(plan_moves(result, "upper"), cost_rate, scale=scale)
+    return widen(result.lower, result.upper, transaction=(t_lo, t_up), calibration=calibration)
