@@ -46,9 +46,19 @@ def test_forward_start_dates_and_path_lp(rw_file):
 
 
 def test_barrier_table(rw_file):
+    """The table shows the bounds; the JSON carries them with the problem's payoff parameters.
+    Oracle: the path-space LP over the 5^3 paths of the walk gives [0, 0.144] (HiGHS, 1e-9)."""
     res = _run(rw_file, "--payoff", "up-and-out-call", "--strike", 100, "--barrier", 102)
     assert res.exit_code == 0, res.output
-    assert "upper" in res.output and "0.144" in res.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in res.output.splitlines() if line.count("│") == 3}
+    assert (rows["lower"], rows["upper"], rows["status"]) == ("0", "0.144", "optimal")
+    out = json.loads(_run(rw_file, "--payoff", "up-and-out-call", "--strike", 100, "--barrier",
+                          102, "--json").output)
+    assert out["lower"] == pytest.approx(0.0, abs=1e-9)
+    assert out["upper"] == pytest.approx(0.144, abs=1e-9)
+    assert out["problem"]["params"] == out["params"] == dict(
+        strike=100.0, barrier=102.0, barrier_type="up-and-out", dates=None)
 
 
 def test_errors(rw_file, tmp_path):

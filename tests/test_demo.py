@@ -149,7 +149,10 @@ def test_cli_demo_json(tmp_path):
     assert all(r["lower"] <= r["calibrated"] <= r["upper"] for r in data["rows"])
     for r in data["rows"]:
         assert abs(r["extra"]["same"]["price"] - r["calibrated"]) < 1e-12
-        assert r["extra"]["same"]["seconds"] >= 0
+        # timed around the call: positive, and inside the run's total
+        assert 0 < r["extra"]["same"]["seconds"] < data["timings"]["total"]
+    assert [r["label"] for r in data["rows"]] == ["Asian call", "Lookback call",
+                                                 "Fwd-start straddle"]
     bad_spec = CliRunner().invoke(main, ["demo", "--pricer", "oops"])
     assert bad_spec.exit_code == 2 and "NAME=MODULE:FUNC" in bad_spec.output
     bad = CliRunner().invoke(main, ["demo", "--chain", str(tmp_path / "missing.csv")])

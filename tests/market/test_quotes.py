@@ -336,3 +336,29 @@ def test_zero_bid_and_one_sided_quotes_kept_apart(tmp_path):
         assert bands.bid[0][j[0]] == pytest.approx(bid / (q.discount * q.forward), abs=1e-12)
         assert bands.ask[0][j[0]] == ask / (q.discount * q.forward)
     assert np.all(np.diff(bands.k[0]) >= 0)
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("30d", ("days", 30.0, None)),
+    (" 6W ", ("days", 42.0, None)),
+    ("3m", ("days", 3 * 365.0 / 12, None)),
+    ("1.5y", ("days", 547.5, None)),
+    (45, ("days", 45.0, None)),
+    (dt.date(2023, 7, 21), ("date", dt.date(2023, 7, 21), None)),
+    ("2023-07-21", ("date", dt.date(2023, 7, 21), None)),
+    ("2023-07-21:SPXW", ("date", dt.date(2023, 7, 21), "SPXW")),
+])
+def test_parse_expiry(spec, expected):
+    from deepquant.market.quotes import parse_expiry
+
+    kind, value, root = parse_expiry(spec)
+    assert (kind, root) == (expected[0], expected[2])
+    assert value == (pytest.approx(expected[1], abs=1e-12) if kind == "days" else expected[1])
+
+
+@pytest.mark.parametrize("spec", ["30x", "2023-13-01", "soon", True])
+def test_parse_expiry_rejects(spec):
+    from deepquant.market.quotes import parse_expiry
+
+    with pytest.raises(ValueError):
+        parse_expiry(spec)

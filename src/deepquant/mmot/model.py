@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepquant.market.marginals import Marginals
+from deepquant.mmot._plans import measure
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 
 __all__ = ["CalibratedModel", "ModelPrice", "ChainPlan", "chain_plan",
@@ -149,10 +150,8 @@ class CalibratedModel:
 
     def drift(self) -> float:
         """max over t and x with mu_t(x) > 0 of |E[X_{t+1} - X_t | X_t = x]| (measured)."""
-        g = self.grid
-        d = self.kernels @ g - g[None, :]
-        live = self.marginals.weights[:-1] > 0
-        return float(np.max(np.abs(d[live]))) if live.any() else 0.0
+        _, drifts = measure(self.grid, self.marginals.weights, self.kernels)
+        return float(np.max(drifts, initial=0.0))
 
     def marginal_error(self) -> float:
         """max_t ||mu_t propagated - mu_t||_1 (measured)."""

@@ -64,7 +64,7 @@ from deepquant.payoffs import Payoff, SumSquaredIncrements
 from deepquant.results import warn_failure
 
 __all__ = ["QuoteBands", "QuoteHedge", "bounds_from_quotes", "check_bands", "load_bands",
-           "quote_grid", "quote_hedge", "verify_quote_hedge", "REPAIRS"]
+           "quote_grid", "verify_quote_hedge", "REPAIRS"]
 
 REPAIRS = (None, "minimal", "calibration")
 METHODS = ("lp", "certified")
@@ -167,7 +167,7 @@ class _Problem:
         return self.option_cost(a) + cash, cash, float(viol.sum())
 
 
-def quote_hedge(prob: _Problem, a: np.ndarray, side: str) -> QuoteHedge:
+def _quote_hedge(prob: _Problem, a: np.ndarray, side: str) -> QuoteHedge:
     """The semi-static hedge of positions ``a`` (in the sign-flipped problem of ``side``)."""
     sign = 1.0 if side == "upper" else -1.0
     total, cash, viol = prob.certify(a, sign)
@@ -261,7 +261,7 @@ def _lp_side(prob: _Problem, sense: str, highs_options: dict | None,
         a[i] += -mg if sgn > 0 else mg  # ask rows: units bought; bid rows: units sold
     a = np.where((a > 0) & ~np.isfinite(prob.ask), 0.0, a)
     value = -float(res.fun)
-    hedge = quote_hedge(prob, a, sense)
+    hedge = _quote_hedge(prob, a, sense)
     gap = abs(sign * hedge.bound - value)
     laws = [z[lcol[t]:lcol[t] + lp.ys[t].size] for t in range(prob.T)]
     return BoundSide(sign * value, True, "optimal", res.message, time.perf_counter() - t0,
@@ -338,7 +338,7 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
             break
         eps = max(eps * eps_factor, eps_end)
     outer, abest, rv = best
-    hedge = quote_hedge(prob, abest, sense)
+    hedge = _quote_hedge(prob, abest, sense)
     code = "certified" if status == 0 else "certified-wide"
     return BoundSide(sign * outer, True, code, message, time.perf_counter() - t0, band_viol,
                      0.0, float(outer - inner), None, None,

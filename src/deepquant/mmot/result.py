@@ -116,11 +116,13 @@ class MMOTProblem:
         """JSON-safe summary: the payoff's name and parameters, the grid and the options that
         are plain values."""
         from deepquant.atomic import to_jsonable
+        from deepquant.payoffs import Payoff, payoff_params
 
         plain = {k: v for k, v in self.options.items()
                  if isinstance(v, (bool, int, float, str)) or v is None}
+        params = payoff_params(self.payoff) if isinstance(self.payoff, Payoff) else None
         return to_jsonable(dict(payoff=getattr(self.payoff, "name", str(self.payoff)),
-                                params=getattr(self.payoff, "params", None),
+                                params=params,
                                 n_dates=int(self.marginals.n_dates),
                                 grid_size=int(self.marginals.size), method=self.method,
                                 options=plain))
