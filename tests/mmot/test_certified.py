@@ -235,3 +235,18 @@ def test_column_generation_variants_reach_the_same_lp_value(rw):
         assert res.value == pytest.approx(want, abs=1e-9)
         assert sw.certify(res.u)[0] == pytest.approx(want, abs=1e-9)
     assert runs["certified"].nit <= runs["textbook"].nit
+
+
+def test_inner_above_the_outer_bound_is_clipped_and_reported(rw):
+    """An inner value above the certified outer bound (a smoothed chain's marginal error, or an
+    LP plan within the solver's tolerance) cannot stand in a bracket: the side keeps the outer
+    bound, reports the excess, and its gap is zero, never negative."""
+    from deepquant.mmot.certified import _side_result
+
+    payoff = make_payoff("lookback-call", strike=100.0)
+    sw = _Sweeper(build_chain(rw, payoff), rw, 1.0)
+    cert = sw.certify(np.zeros(sw.mu_flat.size))
+    side = _side_result(sw, 1.0, 0.0, cert, cert[0] + 0.25, 0.0, "restricted LP", 0, "", {})
+    assert side.value == pytest.approx(cert[0], abs=1e-12)
+    assert side.gap == 0.0 and side.info["inner"] == pytest.approx(cert[0], abs=1e-12)
+    assert side.info["inner_excess"] == pytest.approx(0.25, abs=1e-12)

@@ -310,6 +310,12 @@ def _side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid
     chain = sw.chain
     outer, ubest, viol = best
     duals = duals_of(sw, ubest)
+    # an inner value above the certified outer bound is an artefact: a smoothed chain's
+    # marginal error, or an LP plan whose row residuals (within the solver's tolerance) sit on
+    # rows with huge duals (tail states of 1e-13 mass). The bracket keeps the outer bound and
+    # reports the excess instead of a negative gap.
+    extra = dict(extra, inner_excess=max(0.0, float(inner - outer)))
+    inner = min(inner, outer)
     gap = outer - inner
     u_grid = np.full((sw.T + 1, chain.size), np.nan)
     for t, piece in enumerate(sw.split(ubest), start=1):
