@@ -47,10 +47,22 @@ __all__ = [
 
 FAMILIES = ("gbm", "merton", "heston")
 """The default families (the shipped checkpoint's training distribution), in turn by index."""
-ALL_FAMILIES = FAMILIES + ("termvol",)
-"""Every family ``instance_spec`` can draw: ``termvol`` is lognormal with a per-period forward
-volatility term structure (each period's vol uniform in [0.15, 0.35]; ``deepquant.neural.
-sweep.term_structure_marginals``), a shape the default families never produce."""
+ALL_FAMILIES = FAMILIES + ("termvol", "svi", "chain", "spx")
+"""Every family ``instance_spec`` can draw, beyond the default three:
+
+* ``termvol``: lognormal with a per-period forward volatility term structure (each period's vol
+  uniform in [0.15, 0.35]; ``deepquant.neural.sweep.term_structure_marginals``);
+* ``svi``: SSVI smiles (per-period ATM vol in [0.12, 0.35], rho in [-0.8, -0.1], eta in
+  [0.5, 1.5], gamma in [0.3, 0.5]; ``deepquant.neural.families.svi_marginals``);
+* ``chain``: the calibration of the synthetic chain of a Heston or Merton model with random
+  parameters at N random expiries in [1 week, 1 year] (``families.chain_marginals``);
+* ``spx``: a perturbed calibration of the SPX chain at N random expiries in [1 week, 1 year]
+  (``families.spx_marginals``; needs ``$DEEPQUANT_SPX_DATA``).
+
+For ``chain`` and ``spx`` N is capped at ``CHAIN_MAX_PERIODS`` (a calibration is one convex
+program over all expiries) and the dates are the expiries' year fractions."""
+CHAIN_FAMILIES = ("chain", "spx")
+CHAIN_MAX_PERIODS = 10
 N_CHOICES = (2, 3, 5, 10, 20, 30, 50)
 FORMAT = "deepquant-neural-data-v1"
 H_CLIP = 1e7  # |h| (units of 1/eps) above this is a pinned / edge row: stored clipped, masked
@@ -71,7 +83,11 @@ class InstanceSpec:
 
     @property
     def times(self) -> np.ndarray:
-        """N+1 dates t_k = k T / N, k = 0..N (date 0 is today: X_0 = 1)."""
+        """N+1 dates from 0 (today: X_0 = 1): t_k = k T / N, or the expiries of the ``chain``
+        family (``params["days"]`` / 365). The ``spx`` family's dates are the expiries its
+        builder draws; the stored records hold the built marginals' dates."""
+        if "days" in self.params:
+            return np.concatenate([[0.0], np.asarray(self.params["days"], float) / 365.0])
         return np.linspace(0.0, self.maturity, self.n_periods + 1)
 
 
@@ -84,7 +100,29 @@ def instance_spec(index: int, seed: int = 0, *, n_choices: Iterable[int] = N_CHO
     family = families[index % len(families)]
     n = int(rng.choice(np.asarray(tuple(n_choices))))
     maturity = float(rng.uniform(0.1, 0.5))
-    if family == "termvol":
+    if family in CHAIN_FAMILIES:
+        n = max(2, min(n, CHAIN_MAX_PERIODS))
+        params: dict = {"seed": int(rng.integers(2 ** 31))}
+        if family == "chain":
+            days = np.sort(rng.choice(np.arange(7, 366), size=n, replace=False))
+            maturity = float(days[-1] / 365.0)
+            params["days"] = [int(d) for d in days]
+            model = str(rng.choice(["heston", "merton"]))
+            params["model"] = model
+            params["params"] = (
+                {"v0": float(rng.uniform(0.01, 0.09)), "theta": float(rng.uniform(0.01, 0.09)),
+                 "kappa": float(rng.uniform(0.5, 4.0)), "sigma_v": float(rng.uniform(0.2, 0.8)),
+                 "rho": float(rng.uniform(-0.9, -0.2))} if model == "heston" else
+                {"sigma": float(rng.uniform(0.1, 0.3)),
+                 "jump_intensity": float(rng.uniform(0.5, 5.0)),
+                 "jump_mean": float(rng.uniform(-0.2, 0.0)),
+                 "jump_std": float(rng.uniform(0.05, 0.2))})
+        return InstanceSpec(int(index), family, n, maturity, params)
+    if family == "svi":
+        params = {"vols": [float(x) for x in rng.uniform(0.12, 0.35, n)],
+                  "rho": float(rng.uniform(-0.8, -0.1)), "eta": float(rng.uniform(0.5, 1.5)),
+                  "gamma": float(rng.uniform(0.3, 0.5))}
+    elif family == "termvol":
         params = {"vols": [float(x) for x in rng.uniform(0.15, 0.35, n)]}
     elif family == "gbm":
         params = {"sigma": float(rng.uniform(0.15, 0.35))}
@@ -190,6 +228,22 @@ def build_marginals(spec: InstanceSpec, grid: np.ndarray):
         from deepquant.neural.sweep import term_structure_marginals
 
         return term_structure_marginals(spec.times, spec.params["vols"], grid)
+    if spec.family == "svi":
+        from deepquant.neural.families import svi_marginals
+
+        p = spec.params
+        return svi_marginals(spec.times, p["vols"], grid, rho=p["rho"], eta=p["eta"],
+                             gamma=p["gamma"])
+    if spec.family == "chain":
+        from deepquant.neural.families import chain_marginals
+
+        p = spec.params
+        return chain_marginals(p["days"], grid, model=p["model"], params=p["params"],
+                               seed=p["seed"])
+    if spec.family == "spx":
+        from deepquant.neural.families import spx_marginals
+
+        return spx_marginals(spec.n_periods, grid, rng=spec.params["seed"])
     from deepquant.market.synthetic import synthetic_marginals
 
     return synthetic_marginals(spec.family, spec.times, grid=grid, **spec.params)
@@ -213,7 +267,8 @@ def solve_instance(task: tuple) -> dict[str, Any]:
     delta = np.abs(res.kernels @ grid - grid[None, :])
     period_drift = np.where(live, delta, 0.0).max(axis=1)
     drift_live = float(period_drift.max())
-    return _record(spec, grid, weights, v, h, pinned=np.asarray(res.pinned, dtype=bool),
+    return _record(spec, grid, weights, v, h, times=marg.times,
+                   pinned=np.asarray(res.pinned, dtype=bool),
                    period_ok=(period_drift <= PERIOD_TOL)
                    & (np.asarray(res.marginal_errors) <= PERIOD_TOL),
                    marginal_error=float(res.marginal_error), drift=float(res.drift),
@@ -221,8 +276,8 @@ def solve_instance(task: tuple) -> dict[str, Any]:
                    seconds=time.perf_counter() - t0)
 
 
-def _record(spec: InstanceSpec, grid, weights, v, h, pinned=None, period_ok=None, **meta
-            ) -> dict[str, Any]:
+def _record(spec: InstanceSpec, grid, weights, v, h, times=None, pinned=None, period_ok=None,
+            **meta) -> dict[str, Any]:
     """Clean and gauge-fix the teacher's potentials (units of eps) into a stored record.
 
     Columns where the teacher's v is not finite or above ``V_CLIP`` in size are columns the
@@ -239,9 +294,10 @@ def _record(spec: InstanceSpec, grid, weights, v, h, pinned=None, period_ok=None
     v, h = gauge_fix(v, h, np.where(v_ok, w_to, 0.0), grid)
     v = np.where(v_ok, v, 0.0)
     h = np.where(weights[:-1] > 0, h, 0.0)
+    times = spec.times if times is None else np.asarray(times, dtype=np.float64)
     return {"index": spec.index, "family": spec.family, "n_periods": spec.n_periods,
-            "maturity": spec.maturity, "params": json.dumps(spec.params, sort_keys=True),
-            "times": spec.times, "weights": weights, "v": v,
+            "maturity": float(times[-1]), "params": json.dumps(spec.params, sort_keys=True),
+            "times": times, "weights": weights, "v": v,
             "h": h, "h_valid": h_valid, "v_valid": v_ok,
             "period_ok": (np.ones(v.shape[0], bool) if period_ok is None
                           else np.asarray(period_ok, bool)), **meta}
@@ -254,11 +310,13 @@ def marginal_records(num: int, seed: int, grid: np.ndarray, *, progress=None) ->
     out = []
     for i in range(num):
         spec = instance_spec(i, seed)
-        w = np.array(build_marginals(spec, grid).weights, dtype=np.float64)
+        marg = build_marginals(spec, grid)
+        w = np.array(marg.weights, dtype=np.float64)
         n, m = spec.n_periods, grid.size
         out.append({"index": i, "family": spec.family, "n_periods": n,
                     "maturity": spec.maturity, "params": json.dumps(spec.params, sort_keys=True),
-                    "times": spec.times, "weights": w, "v": np.zeros((n, m)),
+                    "times": marg.times if marg.times is not None else spec.times,
+                    "weights": w, "v": np.zeros((n, m)),
                     "h": np.zeros((n, m)), "h_valid": np.zeros((n, m), bool),
                     "v_valid": np.zeros((n, m), bool), "period_ok": np.ones(n, bool),
                     "labelled": False})
