@@ -36,7 +36,9 @@ from deepquant.cli.output import (
               help="Allowed numbers of periods N.")
 @click.option("--families", default="gbm,merton,heston", show_default=True,
               help="Families drawn in turn by index (also: termvol, a per-period vol term "
-                   "structure).")
+                   "structure; svi, SSVI smiles; chain, calibrations of the synthetic chain "
+                   "with random parameters; spx, perturbed calibrations of the SPX chain at "
+                   "$DEEPQUANT_SPX_DATA).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n_choices,
                  families, as_json):
@@ -234,29 +236,57 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True,
               help="Where the network runs: cpu | cuda | cuda:N | auto.")
+@click.option("--lofo-train", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Leave-one-family-out: refit the v-head on this labelled data file without "
+                   "each family in turn and test on that family (beside the in-family table).")
+@click.option("--lofo-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the leave-one-family-out checkpoints go (with --lofo-train).")
+@click.option("--lofo-families", default=None,
+              help="Families to hold out, comma-separated (default: all in both files).")
+@click.option("--iterations", type=int, default=300, show_default=True,
+              help="CG steps of each v-head refit (with --lofo-train).")
+@click.option("--per-instance", type=int, default=3, show_default=True,
+              help="Periods per instance in each v-head refit (with --lofo-train).")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate_cmd(checkpoint, test_path, max_instances, threads, device, as_json):
-    """Per-family table: ATM Asian price error vs classical, drift, pass rates, timings
-    (pure neural with exact row multipliers; ``raw`` columns: the network's own (v, h))."""
-    from deepquant.neural.evaluate import evaluate
+def evaluate_cmd(checkpoint, test_path, max_instances, threads, device, lofo_train, lofo_dir,
+                 lofo_families, iterations, per_instance, as_json):
+    """Per-family table: ATM Asian, lookback and forward-start straddle price errors vs
+    classical, marginal error, OOD-guard rate, timings (pure neural with exact row multipliers).
+    With --lofo-train: the leave-one-family-out tables (v-head refits, trunk fixed)."""
+    from deepquant.neural.evaluate import evaluate, leave_one_family_out
 
+    if (lofo_train is None) != (lofo_dir is None):
+        fail("--lofo-train and --lofo-dir go together")
     try:
-        rep = evaluate(test_path, checkpoint=checkpoint, max_instances=max_instances,
-                       threads=threads, device=device)
+        if lofo_train is None:
+            rep = evaluate(test_path, checkpoint=checkpoint, max_instances=max_instances,
+                           threads=threads, device=device)
+        else:
+            fams = ([f.strip() for f in lofo_families.split(",") if f.strip()]
+                    if lofo_families else None)
+            rep = leave_one_family_out(
+                lofo_train, test_path, lofo_dir, checkpoint=checkpoint, families=fams,
+                max_instances=max_instances, per_instance=per_instance, iterations=iterations,
+                threads=threads, device=device,
+                progress=lambda stage, fam: err_console.print(f"{stage}: {fam}"))
     except ValueError as exc:
         fail(str(exc))
     if as_json:
         print_json(rep)
         return
+    tables = ([("", rep["families"])] if lofo_train is None else
+              [(" - start", rep["start"]), (" - in family (head refit on all)", rep["in_family"]),
+               (" - held out (head refit without the family)", rep["held_out"])])
     cols = ["family", "held out", "n", "asian % mean/max", "lookback %", "fwd-start %",
             "marg. err", "OOD %", "neural ms", "classical ms"]
-    rows = [[r["family"], "yes" if r["held_out"] else "", r["n"],
-             f"{r['mean_err_pct']:.3f}/{r['max_err_pct']:.2f}",
-             f"{r['mean_err_lookback_pct']:.3f}", f"{r['mean_err_fwdstart_pct']:.3f}",
-             f"{r['mean_marginal_error']:.4f}", f"{r['ood_pct']:.0f}", f"{r['neural_ms']:.0f}",
-             f"{r['classical_ms']:.0f}"] for r in rep["families"]]
-    console.print(table(f"neural MMOT on {test_path} (ATM Asian call, {rep['checkpoint']})",
-                        cols, rows))
+    for title, fams in tables:
+        rows = [[r["family"], "yes" if r["held_out"] else "", r["n"],
+                 f"{r['mean_err_pct']:.3f}/{r['max_err_pct']:.2f}",
+                 f"{r['mean_err_lookback_pct']:.3f}", f"{r['mean_err_fwdstart_pct']:.3f}",
+                 f"{r['mean_marginal_error']:.4f}", f"{r['ood_pct']:.0f}",
+                 f"{r['neural_ms']:.0f}", f"{r['classical_ms']:.0f}"] for r in fams]
+        console.print(table(f"neural MMOT on {test_path}{title} ({rep['checkpoint']})",
+                            cols, rows))
 
 
 def _floats(text: str, name: str) -> list[float]:

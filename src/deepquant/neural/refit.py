@@ -163,14 +163,18 @@ def _collect(model, records, grid, *, metric, per_instance, rng, batch_size, col
 def refit_head(checkpoint, data, out_dir, *, metric: str = "call", per_instance: int = 2,
                iterations: int = 300, ridge: float = 1e-3, seed: int = 0,
                max_instances: int | None = None, batch_size: int = 32, threads: int = 2,
-               column_floor: float = 1e-10, progress=None, note: str = "") -> RefitResult:
+               column_floor: float = 1e-10, exclude_families=(), progress=None,
+               note: str = "") -> RefitResult:
     """Refit the v-head of ``checkpoint`` on the labelled instances of ``data`` (HDF5 from
     ``deepquant generate``) under ``metric`` and export the result to ``out_dir``
     (``model.safetensors`` + ``config.json``, atomically; everything but the v-head unchanged).
 
     ``per_instance`` random periods per instance enter the fit (memory: 90 kB per period);
     ``iterations`` CG steps; ``ridge`` pulls towards the starting head (absolute, in the units
-    of the summed, weighted objective; small against its curvature). ``progress(stage, done, total)`` reports the collection and the CG iterations.
+    of the summed, weighted objective; small against its curvature). Instances of the
+    families in ``exclude_families`` are left out (the leave-one-family-out protocol,
+    ``deepquant.neural.evaluate.leave_one_family_out``); the export records the families the
+    refit saw. ``progress(stage, done, total)`` reports the collection and the CG iterations.
     """
     from safetensors.torch import save_file
 
@@ -190,6 +194,11 @@ def refit_head(checkpoint, data, out_dir, *, metric: str = "call", per_instance:
     torch.set_num_threads(threads)
     model, meta = load_model(checkpoint)
     records, grid, attrs = read_dataset(data)
+    excluded = {str(f) for f in exclude_families}
+    records = [r for r in records if r["family"] not in excluded]
+    if not records:
+        raise ValueError(f"no instances left in {str(data)!r} after excluding the families "
+                         f"{sorted(excluded)}")
     if max_instances:
         records = records[:max_instances]
     if len(grid) != model.cfg.grid_size:
@@ -250,6 +259,8 @@ def refit_head(checkpoint, data, out_dir, *, metric: str = "call", per_instance:
     extra["refit"] = {"source": str(checkpoint), "data": str(data), "metric": metric,
                       "per_instance": per_instance, "iterations": iterations, "ridge": ridge,
                       "seed": seed, "periods": n_per, "instances": n_inst,
+                      "families": sorted({r["family"] for r in records}),
+                      "excluded_families": sorted(excluded),
                       "objective_start": start, "objective_end": end,
                       "data_attrs": {k: (v.item() if hasattr(v, "item") else v)
                                      for k, v in attrs.items()}}
