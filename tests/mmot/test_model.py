@@ -219,6 +219,29 @@ def test_price_batch_union_support_is_exact():
         assert abs(vals.mean() - p) < K_SE * vals.std() / np.sqrt(vals.size)
 
 
+def test_price_batch_full_support_chain_is_exact_and_shared():
+    """``support="full"``: one chain for every instance on the grid (the cache holds one entry
+    after pricing three instances with three supports), prices equal to the instances' own
+    union-support prices to 1e-13 for the Asian, lookback and forward-start payoffs."""
+    from deepquant.market.synthetic import gbm_marginals
+    from deepquant.mmot.model import _CHAINS, price_batch
+
+    grid = np.linspace(0.5, 1.5, 41)
+    margs = [gbm_marginals([0.0, 0.1, 0.25, 0.4], sigma=s, grid=grid)
+             for s in (0.12, 0.2, 0.3)]
+    models = [CalibratedModel.calibrate(m) for m in margs]
+    for pay in (AsianCall(strike=1.0), LookbackCall(strike=1.0),
+                ForwardStartStraddle(t1=1, t2=3)):
+        one = np.array([price_batch(m, mo.kernels, pay)[0] for m, mo in zip(margs, models)])
+        _CHAINS.clear()
+        full = np.array([price_batch(m, mo.kernels, pay, support="full")[0]
+                         for m, mo in zip(margs, models)])
+        assert len(_CHAINS) == 1
+        assert np.allclose(full, one, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="support must be"):
+        price_batch(margs[0], models[0].kernels, pay, support="all")
+
+
 def test_price_batch_input_errors(rw, model):
     from deepquant.mmot.model import price_batch
 

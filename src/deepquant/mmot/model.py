@@ -413,7 +413,17 @@ def cached_chain(marginals: Marginals, payoff: Payoff, **chain_options):
     return chain
 
 
-def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, **chain_options) -> np.ndarray:
+def _full_support(union: Marginals, weights: list[np.ndarray]) -> Marginals:
+    """``union`` with every grid point in the support of each date whose union support has more
+    than one point (weight 1e-300 added there: only the support pattern reaches the chain)."""
+    pos = np.any([w > 0 for w in weights], axis=0)
+    multi = pos.sum(axis=1) > 1
+    w = np.where(multi[:, None] & ~pos, 1e-300, union.weights)
+    return Marginals(union.grid, w, union.times, check_convex=False)
+
+
+def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str = "union",
+                **chain_options) -> np.ndarray:
     """Prices of one payoff under B Markov chains on one grid, in one batched recursion.
 
     Parameters
@@ -425,6 +435,17 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, **chain_options)
         no mass where its own marginals have none, and the extra states then carry zero mass.
     kernels : ndarray, shape (B, N, M, M) or (N, M, M)
     payoff : Payoff
+    support : {"union", "full"}
+        The support the chain is built on. ``"union"``: the union of the instances' supports.
+        ``"full"``: every grid point at every date where the union holds more than one point;
+        the chain then depends only on the grid, the number of dates and the payoff, so it is
+        built once and reused by every later call on that grid (a fresh model on the network's
+        grid otherwise pays a new chain, 0.3-0.4 s for the exact Asian at N = 10, M = 150).
+        Both are exact: states outside an instance's support carry zero mass, and the banded
+        recursion skips them. ``"full"`` suits near-full supports (the network's grid); on
+        narrow supports it enlarges the running-sum lattice.
+    **chain_options
+        Passed to the augmented chain (``sum_mode``, ``sum_grid_size``).
 
     Returns
     -------
@@ -446,6 +467,8 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, **chain_options)
         if m.weights.shape != first.weights.shape or not np.array_equal(m.grid, first.grid):
             raise ValueError(f"marginals[{i}] has shape {m.weights.shape} on another grid than "
                              f"marginals[0] {first.weights.shape}; price_batch needs one grid")
+    if support not in ("union", "full"):
+        raise ValueError(f"support must be 'union' or 'full', got {support!r}")
     if len(margs) == 1:
         union, law0 = first, np.broadcast_to(first.weights[0], (kernels.shape[0], first.size))
     else:
@@ -453,6 +476,8 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, **chain_options)
         union = first if all(np.array_equal(m.weights > 0, first.weights > 0) for m in margs) \
             else Marginals(first.grid, np.mean([m.weights for m in margs], axis=0), first.times,
                            check_convex=False)
+    if support == "full":
+        union = _full_support(union, [m.weights for m in margs])
     chain = cached_chain(union, payoff, **chain_options)
     if kernels.shape[1] < chain.last_date or kernels.shape[2] != chain.size:
         raise ValueError(f"kernels must have shape (B, >= {chain.last_date}, {chain.size}, "

@@ -135,12 +135,16 @@ class NeuralSolution:
 
     def price(self, payoff, **chain_options) -> float:
         """E[payoff] under the chain, by the exact forward recursion on the augmented state
-        (``deepquant.mmot.augment.expectation``); undiscounted, in moneyness units."""
+        (``deepquant.mmot.model.price_batch``); undiscounted, in moneyness units. A neural
+        solution (on the network's grid) is priced on the full-support chain, built once per
+        payoff and number of dates and shared by every later model (``support="full"``)."""
         from deepquant.mmot.model import price_batch
 
         if self.kernels.ndim != 3:
             raise ValueError(f"cannot price: this solution has no kernels ({self.message}); use "
                              "NeuralPricer(fallback=True) for the classical solver instead")
+        if self.mode == "neural":
+            chain_options.setdefault("support", "full")
         return float(price_batch(self.marginals, self.kernels, payoff, **chain_options)[0])
 
     def sample(self, n_paths: int, rng=None) -> np.ndarray:

@@ -209,7 +209,7 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
         sols = pricer.solve_batch(items)
     tp = time.perf_counter()
     neural = _price_grouped([s.marginals for s in sols], [s.kernels for s in sols], payoff,
-                            price_batch, chain_options)
+                            price_batch, chain_options, pricer.grid)
     t_end = time.perf_counter()
     n_fallback = sum(s.mode != "neural" for s in sols)
     res = SweepResult(
@@ -229,7 +229,7 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
             solved = [solve_entropic(m, 1.0, tol=tol) for m in margs]
         tp = time.perf_counter()
         prices = _price_grouped(margs, [r.kernels for r in solved], payoff, price_batch,
-                                chain_options)
+                                chain_options, pricer.grid)
         t_end = time.perf_counter()
         ok = np.array([bool(r.success) for r in solved])
         failed = np.flatnonzero(~ok)
@@ -245,13 +245,19 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
     return res
 
 
-def _price_grouped(margs, kernels, payoff, price_batch, chain_options) -> np.ndarray:
-    """price_batch over groups of scenarios that share a grid and a number of dates."""
+def _price_grouped(margs, kernels, payoff, price_batch, chain_options, model_grid
+                   ) -> np.ndarray:
+    """price_batch over groups of scenarios that share a grid and a number of dates; groups on
+    the network's grid ``model_grid`` on the full-support chain (built once per payoff and
+    number of dates, ``price_batch(support="full")``)."""
     out = np.empty(len(margs))
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(margs):
         groups.setdefault((m.weights.shape, m.grid.tobytes()), []).append(i)
     for ids in groups.values():
+        opts = dict(chain_options)
+        if np.array_equal(margs[ids[0]].grid, model_grid):
+            opts.setdefault("support", "full")
         out[ids] = price_batch([margs[i] for i in ids], np.stack([kernels[i] for i in ids]),
-                               payoff, **chain_options)
+                               payoff, **opts)
     return out
