@@ -247,9 +247,11 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
               help="CG steps of each v-head refit (with --lofo-train).")
 @click.option("--per-instance", type=int, default=3, show_default=True,
               help="Periods per instance in each v-head refit (with --lofo-train).")
+@click.option("--ridge", type=float, default=1e-3, show_default=True,
+              help="Pull of each v-head refit towards the starting head (with --lofo-train).")
 @click.option("--json", "as_json", is_flag=True)
 def evaluate_cmd(checkpoint, test_path, max_instances, threads, device, lofo_train, lofo_dir,
-                 lofo_families, iterations, per_instance, as_json):
+                 lofo_families, iterations, per_instance, ridge, as_json):
     """Per-family table: ATM Asian, lookback and forward-start straddle price errors vs
     classical, marginal error, OOD-guard rate, timings (pure neural with exact row multipliers).
     With --lofo-train: the leave-one-family-out tables (v-head refits, trunk fixed)."""
@@ -267,6 +269,7 @@ def evaluate_cmd(checkpoint, test_path, max_instances, threads, device, lofo_tra
             rep = leave_one_family_out(
                 lofo_train, test_path, lofo_dir, checkpoint=checkpoint, families=fams,
                 max_instances=max_instances, per_instance=per_instance, iterations=iterations,
+                ridge=ridge,
                 threads=threads, device=device,
                 progress=lambda stage, fam: err_console.print(f"{stage}: {fam}"))
     except ValueError as exc:

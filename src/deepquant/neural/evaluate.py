@@ -207,7 +207,8 @@ def evaluate(test_path, *, checkpoint=None, max_instances: int | None = None,
 
 def leave_one_family_out(train_path, test_path, out_dir, *, checkpoint=None,
                          families=None, max_instances: int | None = None,
-                         per_instance: int = 3, iterations: int = 300, seed: int = 0,
+                         per_instance: int = 3, iterations: int = 300, ridge: float = 1e-3,
+                         seed: int = 0,
                          threads: int = 1, device: str = "cpu", progress=None
                          ) -> dict[str, Any]:
     """Leave-one-family-out evaluation by refits of the v-head (``refit_head``).
@@ -252,7 +253,7 @@ def leave_one_family_out(train_path, test_path, out_dir, *, checkpoint=None,
     trunk = _training_families(checkpoint)
     say("evaluate", "start")
     start = evaluate_instances(records, grid, checkpoint=checkpoint, **opts)
-    refit = {"per_instance": per_instance, "iterations": iterations, "seed": seed,
+    refit = {"per_instance": per_instance, "iterations": iterations, "ridge": ridge, "seed": seed,
              "threads": max(1, threads)}
     say("refit", "all")
     t0 = time.perf_counter()
