@@ -45,3 +45,15 @@ def neural_warm_polish(pricer, marginals, tol: float = 1e-9):
         if cold:
             res = solve_entropic(marginals, 1.0, tol=tol)
     return time.perf_counter() - t0, res, cold
+
+
+def emit(out: dict, summary_keys, path=None) -> dict:
+    """Print the ``summary_keys`` part of a benchmark's result as JSON and write the whole
+    result to ``path`` when given; returns ``out``."""
+    import json
+
+    print(json.dumps({k: out[k] for k in summary_keys}, indent=1))
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=2)
+    return out

@@ -26,14 +26,17 @@ side (solves one by one, one ``price_batch``). Medians throughout; 1 thread unle
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit  # noqa: E402
 
 
 def main(argv=None):
@@ -135,11 +138,7 @@ def main(argv=None):
     out = {"num": args.num, "seed": args.seed, "threads": args.threads,
            "load_average": os.getloadavg(), "single_ms": single, "batched": batched,
            "instances": rows}
-    print(json.dumps({"single_ms": single, "batched": batched}, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-    return out
+    return emit(out, ("single_ms", "batched"), args.json)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ steps as the removed ``solve(hybrid=True)``, without its out-of-distribution gua
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import neural_warm_polish  # noqa: E402
+from common import emit, neural_warm_polish  # noqa: E402
 
 
 def main(argv=None):
@@ -104,11 +103,7 @@ def main(argv=None):
            "families": {f: summary([r for r in rows if r["family"] == f])
                         for f in families if any(r["family"] == f for r in rows)},
            "instances": rows}
-    print(json.dumps({k: out[k] for k in ("all", "families")}, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-    return out
+    return emit(out, ("all", "families"), args.json)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ The SPX chain of 2023-06-09 is read from ``$DEEPQUANT_SPX_DATA`` (default
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit  # noqa: E402
 
 EXPIRY_SETS = (("1w", "2w"), ("1w", "1m"), ("2w", "1m", "2m"), ("1m", "2m", "3m"),
                ("3m", "6m"), ("6m", "1y"), ("1w", "1m", "3m", "6m", "1y"),
@@ -98,11 +98,7 @@ def main(argv=None):
            "model_grid_fire_pct": 100 * float(np.mean([r["model_grid"]["guard_fires"]
                                                        for r in rows])),
            "sets": rows}
-    print(json.dumps({k: v for k, v in out.items() if k != "sets"}, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-    return out
+    return emit(out, tuple(k for k in out if k != "sets"), args.json)
 
 
 if __name__ == "__main__":
