@@ -362,7 +362,10 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
     u = None
     while True:
         t_lp = time.perf_counter()
-        h.setOptionValue("time_limit", max(1.0, max_seconds - (t_lp - t0)))
+        # HiGHS's run clock accumulates over the re-solves, so the limit is that clock plus
+        # what is left of the budget
+        h.setOptionValue("time_limit",
+                         h.getRunTime() + max(1.0, max_seconds - (t_lp - t0)))
         h.run()
         lp_seconds += time.perf_counter() - t_lp
         rounds += 1
