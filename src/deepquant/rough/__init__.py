@@ -19,11 +19,11 @@ from deepquant.rough.engine import (
     PRESETS,
     BermudanPricer,
     BermudanResult,
-    exercise_payoff,
     preset_pricer,
     price_bermudan,
 )
 from deepquant.rough.ensemble import EnsembleResult, ensemble
+from deepquant.rough.exercise import check_exercise_payoff, exercise_payoff
 from deepquant.rough.extrapolate import (
     FEATURE_STEPS,
     TIME_STEP_RATE,
@@ -49,6 +49,7 @@ __all__ = [
     "EnsembleResult",
     "price_bermudan",
     "exercise_payoff",
+    "check_exercise_payoff",
     "price_converged",
     "FEATURE_STEPS",
     "price_american",

@@ -27,6 +27,13 @@ evaluated on the first ``subsim_outer`` paths of each pricing batch (a balanced 
 first Sobol points and their antithetic partners). The least-squares signature martingale is
 still fitted (control variate of the lower bound); the pathwise refinement is skipped.
 
+Payoffs (``deepquant.rough.exercise``): the exercise value is a function of the current spot,
+g(S_{t_j}) = ``payoff.terminal``: a ``deepquant.payoffs`` put or call (``EuropeanPut`` /
+``EuropeanCall`` with ``date=None``) or a strike with ``option``. Path-dependent payoffs (Asian,
+lookback, barrier, forward start, sum of squared increments) are rejected with a ``ValueError``
+naming them: their running statistic is not part of the regression state or of the
+sub-simulation dual, so the bracket would not be valid for them.
+
 The bounds are valid for the DISCRETISED model (the simulation grid with ``steps_per_date``
 steps between exercise dates); the grid bias of the hybrid scheme is not part of the intervals.
 
@@ -39,13 +46,13 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
-from deepquant.payoffs import EuropeanCall, EuropeanPut, Payoff
-from deepquant.results import result_dict, warn_failure
+from deepquant.payoffs import Payoff
+from deepquant.results import warn_failure
 from deepquant.rough.dual import (
     DualMartingale,
     MartingaleBasis,
@@ -53,17 +60,18 @@ from deepquant.rough.dual import (
     fit_dual,
     martingale_increments,
 )
+from deepquant.rough.exercise import exercise_payoff, option_name
 from deepquant.rough.heston import Heston
 from deepquant.rough.lsm import (
     ExerciseBasis,
     LSMPolicy,
-    check_exercise_payoff,
     exercise_features,
     exercise_values,
     fit_lsm,
 )
 from deepquant.rough.qmc import RngLike, adaptive_mean, as_seed_sequence
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
+from deepquant.rough.result import BermudanResult
 from deepquant.rough.subsim import ValueFunction, fit_value_function, subsim_pathwise
 
 __all__ = [
@@ -76,33 +84,10 @@ __all__ = [
 ]
 
 
-def exercise_payoff(payoff: Payoff | float, option: str = "put") -> Payoff:
-    """The exercise value g(S) as a payoff of ``deepquant.payoffs``.
-
-    ``payoff`` is a ``EuropeanPut`` or ``EuropeanCall`` (strike in price units; its ``terminal``
-    is evaluated at every exercise date), or a strike K with ``option`` "put" or "call".
-    """
-    if isinstance(payoff, Payoff):
-        return check_exercise_payoff(payoff)
-    if option not in ("put", "call"):
-        raise ValueError(f"option must be 'put' or 'call', got {option!r}")
-    strike = payoff
-    if isinstance(strike, bool) or not (isinstance(strike, int | float | np.floating)
-                                        and math.isfinite(strike) and strike > 0):
-        raise ValueError(f"strike must be a finite number > 0 or a deepquant.payoffs put/call, "
-                         f"got {strike!r}")
-    return EuropeanPut(strike=float(strike)) if option == "put" else EuropeanCall(
-        strike=float(strike))
-
-
 def check_model(model) -> None:
     """The engine prices under ``RoughBergomi`` (and its Black-Scholes limit) or ``Heston``."""
     if not isinstance(model, RoughBergomi | Heston):
         raise ValueError(f"model must be a RoughBergomi or a Heston, got {model!r}")
-
-
-def _option_name(payoff: Payoff) -> str:
-    return "put" if isinstance(payoff, EuropeanPut) else "call"
 
 
 class _Fitted(NamedTuple):
@@ -115,87 +100,6 @@ class _Fitted(NamedTuple):
     cv: DualMartingale
     method: str
     value_fn: ValueFunction | None
-
-
-@dataclass(frozen=True)
-class BermudanResult:
-    """One run's bounds (discounted to t = 0, in price units).
-
-    value : midpoint (lower + upper) / 2
-    lower, upper : bound estimates; lower_stderr, upper_stderr : their standard errors over the
-        pricing batches; lower_ci, upper_ci : 95% t-intervals (lower end of lower_ci, upper end
-        of upper_ci bracket the price with >= 95% confidence each)
-    gap : upper - lower; gap_stderr from the paired batch differences
-    lower_plain, lower_plain_stderr : the lower bound without the control variate
-    variance_reduction : var(plain) / var(control variate) of the batch means
-    n_paths : pricing paths used; n_batches ; stop_reason : "tol", "patience", "max_batches"
-    n_regression : regression paths; dual_in_sample : training value of the dual objective
-        (with dual="subsim": of the least-squares signature martingale, a diagnostic only)
-    dual_method : "regression" or "pathwise" (whichever was kept), or "subsim"
-    exercise_at_zero : the policy exercises at t = 0
-    seconds : wall time of the run; cpu_seconds : CPU time of this process (stable on a shared
-        machine); timings : wall seconds per phase
-    success : False only when a precision target ``tol`` > 0 was set and not reached (the
-        bounds are valid either way; a ``ConvergenceWarning`` says so); status : the stop
-        reason; message : one line; nit : n_batches (the result protocol, ``deepquant.results``)
-    model : what the bounds bracket: the Bermudan price of the DISCRETISED model (scheme and
-        grid named), not its continuous-time limit (see ``deepquant.rough.extrapolate``)
-    """
-
-    value: float
-    lower: float
-    upper: float
-    lower_stderr: float
-    upper_stderr: float
-    lower_ci: tuple[float, float]
-    upper_ci: tuple[float, float]
-    gap: float
-    gap_stderr: float
-    lower_plain: float
-    lower_plain_stderr: float
-    variance_reduction: float
-    n_paths: int
-    n_batches: int
-    stop_reason: str
-    n_regression: int
-    dual_in_sample: float
-    dual_method: str
-    exercise_at_zero: bool
-    strike: float
-    option: str
-    n_dates: int
-    seconds: float
-    cpu_seconds: float = float("nan")
-    timings: dict = field(default_factory=dict)
-    success: bool = True
-    status: str = ""
-    message: str = ""
-    model: str = ""
-
-    @property
-    def relative_gap(self) -> float:
-        return self.gap / self.value if self.value else math.inf
-
-    @property
-    def nit(self) -> int:
-        return self.n_batches
-
-    def to_dict(self) -> dict:
-        """JSON-safe fields plus ``midpoint``, ``relative_gap`` and ``nit`` (NaN and infinities
-        as None; ``dataclasses.asdict`` keeps them, for a state file that must round-trip)."""
-        return result_dict(self, midpoint=self.value, relative_gap=self.relative_gap)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BermudanResult:
-        """Inverse of ``to_dict`` or of ``dataclasses.asdict`` (derived keys ignored; CIs back to
-        tuples; a float field that JSON holds as None back to NaN)."""
-        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        for f in fields(cls):
-            if f.type == "float" and f.name in kw and kw[f.name] is None:
-                kw[f.name] = math.nan
-        for k in ("lower_ci", "upper_ci"):
-            kw[k] = tuple(math.nan if x is None else float(x) for x in kw[k])
-        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -573,7 +477,7 @@ class BermudanPricer:
             stop_reason=ad.reason, n_regression=self.n_regression,
             dual_in_sample=fitted.dual.in_sample, dual_method=fitted.method,
             exercise_at_zero=fitted.policy.exercise_at_zero, strike=float(payoff.strike),
-            option=_option_name(payoff), n_dates=self.n_dates, seconds=seconds,
+            option=option_name(payoff), n_dates=self.n_dates, seconds=seconds,
             cpu_seconds=cpu_seconds, timings=timings, success=success,
             status=ad.reason, message=message, model=self.describe(model))
 

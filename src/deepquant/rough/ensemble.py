@@ -17,12 +17,8 @@ import numpy as np
 
 from deepquant.payoffs import Payoff
 from deepquant.results import result_dict, warn_failure
-from deepquant.rough.engine import (
-    BermudanPricer,
-    BermudanResult,
-    _option_name,
-    exercise_payoff,
-)
+from deepquant.rough.engine import BermudanPricer, BermudanResult
+from deepquant.rough.exercise import exercise_payoff, option_name
 from deepquant.rough.qmc import RngLike, as_seed_sequence, t_interval
 from deepquant.rough.rbergomi import RoughBergomi
 
@@ -113,7 +109,7 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
     if not isinstance(runs, int) or runs < 2:
         raise ValueError(f"runs must be an integer >= 2 for t-intervals, got {runs!r}")
     payoff = exercise_payoff(strike, option)  # validated before starting workers
-    strike, option = payoff.strike, _option_name(payoff)
+    strike, option = payoff.strike, option_name(payoff)
     pricer = pricer or BermudanPricer()
     root, state = _load_resume(resume, rng) if resume is not None else (None, {})
     root = root if root is not None else as_seed_sequence(rng)

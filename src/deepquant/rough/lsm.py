@@ -28,7 +28,8 @@ import numpy as np
 from scipy.special import ndtr
 
 from deepquant.blackscholes import bs_price
-from deepquant.payoffs import EuropeanCall, EuropeanPut, Payoff
+from deepquant.payoffs import EuropeanPut, Payoff
+from deepquant.rough.exercise import check_exercise_payoff
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.signature import lifted_path, signatures_at
 
@@ -41,18 +42,6 @@ __all__ = [
     "fit_lsm",
     "check_exercise_payoff",
 ]
-
-
-def check_exercise_payoff(payoff: Payoff) -> Payoff:
-    """Accept a put or call from ``deepquant.payoffs`` as the exercise value g(S)."""
-    if not isinstance(payoff, EuropeanPut | EuropeanCall):
-        raise ValueError(
-            f"payoff must be a deepquant.payoffs.EuropeanPut or EuropeanCall (its terminal(S) is "
-            f"the exercise value), got {payoff!r}"
-        )
-    if not (math.isfinite(payoff.strike) and payoff.strike > 0):
-        raise ValueError(f"strike must be a finite number > 0, got {payoff.strike!r}")
-    return payoff
 
 
 def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = True) -> np.ndarray:
