@@ -271,7 +271,7 @@ def test_bad_sources_name_the_argument(tmp_path):
                                                 for r in one_sided_chain_rows()]) + "\n")
     with pytest.raises(TypeError, match="fit_range must be two numbers"):
         bounds_from_quotes(path, PAYOFFS[0], expiries=["2024-02-16"], fit_range=0.5)
-    with pytest.raises(ValueError, match="fit_range must satisfy 0 < lo < hi"):
+    with pytest.raises(ValueError, match="fit_range must satisfy 0 <= lo < hi"):
         bounds_from_quotes(path, PAYOFFS[0], expiries=["2024-02-16"], fit_range=(1.2, 0.5))
 
 

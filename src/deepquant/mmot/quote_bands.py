@@ -259,8 +259,8 @@ def load_bands(chain, expiries: Sequence[str], *, fit_range=(0.5, 1.6), near_fra
         lo, hi = (float(v) for v in fit_range)
     except (TypeError, ValueError):
         raise TypeError(f"fit_range must be two numbers (lo, hi), got {fit_range!r}") from None
-    if not 0 < lo < hi:
-        raise ValueError(f"fit_range must satisfy 0 < lo < hi, got {fit_range!r}")
+    if not 0 <= lo < hi:
+        raise ValueError(f"fit_range must satisfy 0 <= lo < hi, got {fit_range!r}")
     if isinstance(expiries, str):
         expiries = [e.strip() for e in expiries.split(",") if e.strip()]
     ch = chain if isinstance(chain, OptionChain) else load_chain(chain)

@@ -305,9 +305,10 @@ def _check_certified_options(options: dict) -> None:
             raise ValueError(f"eps_factor must be in (0, 1), got {value!r}")
         if name == "max_iter" and (v != int(v) or v < 1):
             raise ValueError(f"max_iter must be an integer >= 1, got {value!r}")
-    if options.get("eps_end", 1e-6) > options.get("eps_start", 1e-2):
-        raise ValueError(f"eps_end must be <= eps_start, got eps_end={options.get('eps_end', 1e-6)!r}"
-                         f" and eps_start={options.get('eps_start', 1e-2)!r}")
+    start, end = options.get("eps_start", 1e-2), options.get("eps_end", 1e-6)
+    if end > start:
+        raise ValueError(f"eps_end must be <= eps_start, got eps_end={end!r} and "
+                         f"eps_start={start!r}")
 
 
 def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6, eps_factor=0.2,
