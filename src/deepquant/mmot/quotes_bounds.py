@@ -397,11 +397,16 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
     outer, abest, rv = best
     hedge = _quote_hedge(prob, abest, sense)
     code = "certified" if status == 0 else "certified-wide"
+    # an inner estimate above the certified bound comes from a smoothed chain that misses the
+    # bands (band_violation): keep the bound, report the excess, never a negative gap (as
+    # deepquant.mmot.certified does)
+    excess = max(0.0, float(inner - outer))
+    inner = min(inner, outer)
     return BoundSide(sign * outer, True, code, message, time.perf_counter() - t0, band_viol,
                      0.0, float(outer - inner), None, None,
                      dict(hedge=hedge, positions=hedge.positions, inner=sign * inner,
-                          band_violation=band_viol, stages=stages, iterations=nit,
-                          evaluations=evals, eps=eps * scale, violation=rv))
+                          inner_excess=excess, band_violation=band_viol, stages=stages,
+                          iterations=nit, evaluations=evals, eps=eps * scale, violation=rv))
 
 
 def _widening(before: QuoteBands, after: QuoteBands) -> float:
