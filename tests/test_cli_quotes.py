@@ -55,3 +55,18 @@ def test_infeasible_band_names_expiry_and_offers_repair(chain_csv):
 def test_missing_strike():
     res = _run("--quotes", "x.csv", "--expiries", "30d", "--payoff", "asian-call")
     assert res.exit_code == 2 and "needs --strike" in res.output
+
+
+def test_bad_options_are_usage_errors(chain_csv):
+    # a clear message naming the option, exit code 2, no traceback
+    base = ["--quotes", chain_csv, "--expiries", "30d,60d", "--payoff", "asian-call",
+            "--strike", 1, "--grid-size", 11, "--thin", "--repair", "minimal"]
+    res = _run(*base, "--method", "certified", "--max-seconds", -1)
+    assert res.exit_code == 2 and "max_seconds must be > 0, got -1.0" in res.output
+    res = _run(*base, "--top", -1)
+    assert res.exit_code == 2 and "--top" in res.output
+    res = _run(*base[:-5], "--grid-size", 3)
+    assert res.exit_code == 2 and "grid_size must be >= 5, got 3" in res.output
+    res = _run("--quotes", chain_csv, "--expiries", "30d,60d", "--payoff",
+               "forward-start-straddle", "--t1", 1, "--t2", 5, "--grid-size", 11)
+    assert res.exit_code == 2 and "t2=5 out of range" in res.output

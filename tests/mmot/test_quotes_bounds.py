@@ -146,6 +146,28 @@ def test_certified_contains_lp_and_is_close(lp_results, payoff):
         assert verify_quote_hedge(getattr(c, f"{side}_side").info["hedge"], c).ok
 
 
+def test_certified_time_budget_is_checked_before_every_sweep(lp_results):
+    # a budget spent at once: each side ends after the first smoothed sweep (the budget is
+    # checked inside the objective, so an L-BFGS-B line search cannot overrun it) with a
+    # valid bound (contains the LP to 1e-8) and a dominating hedge
+    bands, res = lp_results
+    payoff = PAYOFFS[0]
+    c = bounds_from_quotes(bands, payoff, grid=GRID, method="certified", max_seconds=1e-9)
+    assert c.status == "certified-wide"
+    for side in ("lower", "upper"):
+        s = getattr(c, f"{side}_side")
+        assert s.info["evaluations"] == 1 and s.info["stages"] == 1
+        assert "time budget" in s.message
+        assert verify_quote_hedge(s.info["hedge"], c).ok
+    r = res[payoff.name]
+    assert c.lower <= r.lower + 1e-8 and c.upper >= r.upper - 1e-8
+    # the inner estimate of one smoothed sweep misses the bands; it never passes the bound
+    for side, sign in (("lower", -1.0), ("upper", 1.0)):
+        s = getattr(c, f"{side}_side")
+        assert s.gap >= 0 and s.info["inner_excess"] >= 0
+        assert sign * (s.value - s.info["inner"]) >= 0
+
+
 def test_zero_bid_is_no_lower_constraint():
     bands = walk_bands()
     assert np.any(bands.bid[0] == 0)  # the far out-of-the-money quotes of the first expiry
@@ -213,6 +235,69 @@ def test_bad_inputs():
         bounds_from_quotes(bands, PAYOFFS[0], grid=GRID + 0.01)
     with pytest.raises(ValueError, match="repair='calibration' needs a CalibrationResult"):
         bounds_from_quotes(bands, PAYOFFS[0], grid=GRID, repair="calibration")
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    (dict(sides=("up",)), ValueError, "sides must be a non-empty tuple"),
+    (dict(sides="upper"), ValueError, "sides must be a non-empty tuple"),
+    (dict(sides=()), ValueError, "sides must be a non-empty tuple"),
+    (dict(grid=np.r_[GRID[:-1], np.nan]), ValueError, "grid must be strictly increasing"),
+    (dict(grid=np.array([1.0])), ValueError, "grid must be strictly increasing"),
+    (dict(grid=np.array([0.8, 0.9, 1.0])), ValueError, "1 on it strictly inside"),
+    (dict(grid=None, grid_size=11.5), TypeError, "grid_size must be an integer, got 11.5"),
+    (dict(method="certified", foo=1), TypeError, r"unknown certified option\(s\) \['foo'\]"),
+    (dict(method="certified", max_seconds=-1), ValueError, "max_seconds must be > 0, got -1"),
+    (dict(method="certified", eps_factor=1.0), ValueError, "eps_factor must be in"),
+    (dict(method="certified", max_iter=0), ValueError, "max_iter must be an integer >= 1"),
+    (dict(method="certified", band_tol="a"), TypeError, "band_tol must be a number"),
+    (dict(method="certified", eps_start=1e-6, eps_end=1e-3), ValueError,
+     "eps_end must be <= eps_start"),
+    (dict(max_seconds=10), ValueError, "apply to method='certified' only"),
+    (dict(method="certified", a0=np.zeros(3)), ValueError, r"a0 must hold one position per "
+     r"quote used, shape \(30,\)"),
+])
+def test_bad_options_name_the_argument(kwargs, error, match):
+    # a clear error naming the argument and its value, raised before any LP or sweep (the
+    # a0 check comes with the first certified side)
+    kwargs.setdefault("grid", GRID)
+    with pytest.raises(error, match=match):
+        bounds_from_quotes(walk_bands(), PAYOFFS[0], **kwargs)
+
+
+def test_bad_sources_name_the_argument(tmp_path):
+    with pytest.raises(TypeError, match="source must be QuoteBands.*got int"):
+        bounds_from_quotes(42, PAYOFFS[0], grid=GRID)
+    with pytest.raises(TypeError, match="source must be QuoteBands.*got list"):
+        bounds_from_quotes([1, 2], PAYOFFS[0], grid=GRID)
+    with pytest.raises(ValueError, match="does not fit the 3 expiries of the quotes"):
+        bounds_from_quotes(walk_bands(), ForwardStartStraddle(t1=1, t2=5), grid=GRID)
+    path = tmp_path / "chain.csv"
+    path.write_text("\n".join([CHAIN_HEADER] + [",".join(map(str, r))
+                                                for r in one_sided_chain_rows()]) + "\n")
+    with pytest.raises(TypeError, match="fit_range must be two numbers"):
+        bounds_from_quotes(path, PAYOFFS[0], expiries=["2024-02-16"], fit_range=0.5)
+    with pytest.raises(ValueError, match="fit_range must satisfy 0 <= lo < hi"):
+        bounds_from_quotes(path, PAYOFFS[0], expiries=["2024-02-16"], fit_range=(1.2, 0.5))
+
+
+def test_unreachable_bid_is_reported_not_a_solver_failure():
+    # a bid above every price a law on the grid can give (the 1.2 call of the first expiry is
+    # worth at most 0.1 * P(X = 1.3) <= 0.05 under mean 1): check_bands reports it below the
+    # bid by the exact amount (0.3 - 0.05 on the closest law, 1e-9: HiGHS tolerance), and
+    # bounds_from_quotes names it and repairs it
+    bands = walk_bands()
+    bid = list(bands.bid)
+    ask = list(bands.ask)
+    bid[0], ask[0] = bid[0].copy(), ask[0].copy()
+    bid[0][4], ask[0][4] = 0.3, 0.31
+    bad = QuoteBands(bands.labels, bands.times, bands.k, bands.is_call, tuple(bid), tuple(ask))
+    check = check_bands(bad, GRID)
+    assert not check.feasible
+    assert check.violation[0][4] >= 0.3 - 0.05 - 1e-9
+    with pytest.raises(ValueError, match=r"expiry 1m: C 1\.2000: [0-9.]+ below bid"):
+        bounds_from_quotes(bad, PAYOFFS[0], grid=GRID)
+    r = bounds_from_quotes(bad, PAYOFFS[0], grid=GRID, repair="minimal")
+    assert r.success and check_bands(r.info["bands"], GRID).feasible
 
 
 def test_quote_grid_has_one_and_covers_strikes():

@@ -49,7 +49,7 @@ def _range(text: str) -> tuple[float, float]:
                    "arbitrage-free prices (minimal) or to the calibrated marginals' prices.")
 @click.option("--max-seconds", type=float, default=600.0, show_default=True,
               help="Certified method: time budget per side.")
-@click.option("--top", type=int, default=5, show_default=True,
+@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
               help="Largest option positions shown per side.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barrier, grid_size,

@@ -198,7 +198,7 @@ def check_bands(bands: QuoteBands, grid: np.ndarray, *, tol: float = 1e-8) -> Ba
         full = sparse.hstack([sparse.csr_matrix((q, s * m)), sparse.csr_matrix(c),
                               sparse.csr_matrix((q, nl - (s + 1) * m + 2 * nq))]).tocsr()
         lo = bid > 0
-        ub.append((-full - under)[lo])
+        ub.append((-full + under)[lo])  # c l + w under >= bid
         b_ub.append(-bid[lo])
         hi = np.isfinite(ask)
         ub.append((full + over)[hi])
@@ -255,6 +255,14 @@ def load_bands(chain, expiries: Sequence[str], *, fit_range=(0.5, 1.6), near_fra
     from deepquant.market.parity import fit_parity, normalize_slice
     from deepquant.market.quotes import OptionChain, load_chain, select_slices
 
+    try:
+        lo, hi = (float(v) for v in fit_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"fit_range must be two numbers (lo, hi), got {fit_range!r}") from None
+    if not 0 <= lo < hi:
+        raise ValueError(f"fit_range must satisfy 0 <= lo < hi, got {fit_range!r}")
+    if isinstance(expiries, str):
+        expiries = [e.strip() for e in expiries.split(",") if e.strip()]
     ch = chain if isinstance(chain, OptionChain) else load_chain(chain)
     chosen = select_slices(ch, expiries)
     spot = ch.spot if np.isfinite(ch.spot) else None

@@ -64,7 +64,7 @@ from deepquant.payoffs import Payoff, SumSquaredIncrements
 from deepquant.results import warn_failure
 
 __all__ = ["QuoteBands", "QuoteHedge", "bounds_from_quotes", "check_bands", "load_bands",
-           "quote_grid", "verify_quote_hedge", "REPAIRS"]
+           "quote_grid", "verify_quote_hedge", "REPAIRS", "CERTIFIED_OPTIONS"]
 
 REPAIRS = (None, "minimal", "calibration")
 METHODS = ("lp", "certified")
@@ -271,10 +271,56 @@ def _lp_side(prob: _Problem, sense: str, highs_options: dict | None,
 
 
 # ---------------------------------------------------------------------------- certified
+CERTIFIED_OPTIONS = ("eps_start", "eps_end", "eps_factor", "band", "max_iter", "rtol", "band_tol",
+                     "max_seconds", "a0")
+"""Keyword options of the certified method (``bounds_from_quotes(**certified_options)``)."""
+
+
+class _OutOfTime(Exception):
+    """The time budget ran out inside an L-BFGS-B stage (raised by the objective, so that a
+    line search of many smoothed sweeps cannot overrun the budget)."""
+
+
+def _check_certified_options(options: dict) -> None:
+    """ValueError/TypeError naming the option for unknown names and out-of-range values."""
+    unknown = sorted(set(options) - set(CERTIFIED_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown certified option(s) {unknown}; the options are "
+                        f"{list(CERTIFIED_OPTIONS)}")
+    positive = ("eps_start", "eps_end", "band", "rtol", "max_seconds")
+    for name, value in options.items():
+        if name == "a0":
+            continue
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a number, got {value!r}") from None
+        if not np.isfinite(v) and not (name == "max_seconds" and v == np.inf):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        if name in positive and not v > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+        if name == "band_tol" and v < 0:
+            raise ValueError(f"band_tol must be >= 0, got {value!r}")
+        if name == "eps_factor" and not 0 < v < 1:
+            raise ValueError(f"eps_factor must be in (0, 1), got {value!r}")
+        if name == "max_iter" and (v != int(v) or v < 1):
+            raise ValueError(f"max_iter must be an integer >= 1, got {value!r}")
+    start, end = options.get("eps_start", 1e-2), options.get("eps_end", 1e-6)
+    if end > start:
+        raise ValueError(f"eps_end must be <= eps_start, got eps_end={end!r} and "
+                         f"eps_start={start!r}")
+
+
 def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6, eps_factor=0.2,
                     band=40.0, max_iter=300, rtol=1e-4, band_tol=1e-6, max_seconds=600.0,
                     a0: np.ndarray | None = None) -> BoundSide:
-    """min over positions of cost(a) + sweep(a) by L-BFGS-B on the entropic smoothing."""
+    """min over positions of cost(a) + sweep(a) by L-BFGS-B on the entropic smoothing.
+
+    Each smoothed sweep is one objective evaluation; the evaluation with the lowest smoothed
+    objective of a stage (L-BFGS-B's last accepted iterate) gives the stage's positions, inner
+    estimate and band violation without a further sweep. The budget ``max_seconds`` is checked
+    before every evaluation, so a side ends at most one smoothed sweep (plus the exact sweeps
+    of the certificate and the hedge) after it."""
     t0 = time.perf_counter()
     sign = 1.0 if sense == "upper" else -1.0
     sw = prob.sweeper(sign)
@@ -290,43 +336,54 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
 
     bnds = [(0.0, None if h else 0.0) for h in has_ask] + [(0.0, None)] * nq
     a = np.zeros(nq) if a0 is None else np.asarray(a0, dtype=float)
+    if a.shape != (nq,):
+        raise ValueError(f"a0 must hold one position per quote used, shape ({nq},), got shape "
+                         f"{a.shape}")
     z = np.concatenate([np.maximum(a, 0.0), np.maximum(-a, 0.0)])
+    z[:nq][~has_ask] = 0.0  # a quote without an ask is never bought
     scale = sw.scale
     best = (np.inf, a.copy(), 0.0)
-    inner, band_viol, nit, stages = np.nan, np.inf, 0, 0
+    inner, band_viol, nit, stages, evals = np.nan, np.inf, 0, 0, 0
     eps = eps_start
     status, message = 1, "eps schedule ended before the gap reached rtol"
     while True:
         e_abs = eps * scale
         sw.h_warm = [None] * sw.T
+        low: dict = {}  # the stage's evaluation with the lowest smoothed objective
 
-        def fun(zz, e_abs=e_abs):
+        def fun(zz, e_abs=e_abs, low=low):
+            nonlocal evals
+            if low and time.perf_counter() - t0 > max_seconds:
+                raise _OutOfTime
             aa = zz[:nq] - zz[nq:]
             u = prob.uvec(aa)
-            val, grad, _, _, _ = sw.soft(u, e_abs, band)
-            law = sw.mu_flat - grad
-            pr = prices(law)
+            val, grad, st_inner, _, _ = sw.soft(u, e_abs, band)
+            evals += 1
+            pr = prices(sw.mu_flat - grad)
             f = val - float(u @ sw.mu_flat) + float(ask @ zz[:nq] - bid @ zz[nq:])
+            if not low or f < low["f"]:
+                low.update(f=f, z=zz.copy(), inner=st_inner, prices=pr)
             g = np.concatenate([ask - pr, pr - bid])
             return f / e_abs, g / e_abs
 
-        def stop(intermediate_result):  # the time budget also ends a stage
-            if time.perf_counter() - t0 > max_seconds:
-                raise StopIteration
+        def count(intermediate_result):
+            nonlocal nit
+            nit += 1
 
-        res = optimize.minimize(fun, z, jac=True, method="L-BFGS-B", bounds=bnds, callback=stop,
-                                options=dict(maxiter=max_iter, maxcor=30, gtol=1e-10,
-                                             ftol=1e-15))
-        z = res.x
-        nit += int(res.nit)
+        try:
+            optimize.minimize(fun, z, jac=True, method="L-BFGS-B", bounds=bnds, callback=count,
+                              options=dict(maxiter=max_iter, maxcor=30, gtol=1e-10,
+                                           ftol=1e-15))
+        except _OutOfTime:
+            pass
+        z = low["z"]
         stages += 1
         a = z[:nq] - z[nq:]
-        _, grad, st_inner, _, _ = sw.soft(prob.uvec(a), e_abs, band)
-        pr = prices(sw.mu_flat - grad)
+        pr = low["prices"]
         viol = float(np.max(np.maximum(np.maximum(bid - pr, pr - np.where(has_ask, ask, np.inf)),
                                        0.0), initial=0.0))
         if viol <= max(band_viol, band_tol) or not np.isfinite(inner):
-            inner, band_viol = st_inner, viol
+            inner, band_viol = low["inner"], viol
         outer, _, rv = prob.certify(a, sign)
         if outer < best[0]:
             best = (outer, a.copy(), rv)
@@ -340,11 +397,16 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
     outer, abest, rv = best
     hedge = _quote_hedge(prob, abest, sense)
     code = "certified" if status == 0 else "certified-wide"
+    # an inner estimate above the certified bound comes from a smoothed chain that misses the
+    # bands (band_violation): keep the bound, report the excess, never a negative gap (as
+    # deepquant.mmot.certified does)
+    excess = max(0.0, float(inner - outer))
+    inner = min(inner, outer)
     return BoundSide(sign * outer, True, code, message, time.perf_counter() - t0, band_viol,
                      0.0, float(outer - inner), None, None,
                      dict(hedge=hedge, positions=hedge.positions, inner=sign * inner,
-                          band_violation=band_viol, stages=stages, iterations=nit,
-                          eps=eps * scale, violation=rv))
+                          inner_excess=excess, band_violation=band_viol, stages=stages,
+                          iterations=nit, evaluations=evals, eps=eps * scale, violation=rv))
 
 
 def _widening(before: QuoteBands, after: QuoteBands) -> float:
@@ -427,8 +489,15 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
         (5 expiries, 100 quotes): "highs-ipm" (interior point, then crossover to a vertex, so
         the quote-row duals are exact) solved the Asian call's two sides in 4.2 s against 9.2 s
         for "highs", with the same bounds to 1e-16.
+    sides : tuple of {"lower", "upper"}
+        The sides to solve (a side not asked for has value NaN, status "not_requested").
     **certified_options
-        ``eps_start``, ``eps_end``, ``rtol``, ``max_iter``, ``max_seconds``, ``band_tol``.
+        Method "certified" only (``CERTIFIED_OPTIONS``): ``eps_start``, ``eps_end``,
+        ``eps_factor`` (the eps schedule, relative to the payoff's scale), ``band``,
+        ``max_iter`` (L-BFGS-B iterations per stage), ``rtol``, ``band_tol``, ``max_seconds``
+        (time budget per side, checked before every smoothed sweep; the side then ends with
+        the best certified bound so far) and ``a0`` (starting positions, one per quote used).
+        Unknown names raise ``TypeError``, out-of-range values ``ValueError``.
 
     Returns
     -------
@@ -452,6 +521,17 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
         raise ValueError(f"repair must be one of {REPAIRS}, got {repair!r}")
     if lp_method not in LP_METHODS:
         raise ValueError(f"lp_method must be one of {LP_METHODS}, got {lp_method!r}")
+    if isinstance(sides, str) or not sides or any(s not in ("lower", "upper") for s in sides) \
+            or len(set(sides)) != len(sides):
+        raise ValueError(f"sides must be a non-empty tuple of distinct 'lower' and 'upper', got "
+                         f"{sides!r}")
+    _check_certified_options(certified_options)
+    if certified_options and method != "certified":
+        raise ValueError(f"options {sorted(certified_options)} apply to method='certified' only, "
+                         f"got method={method!r}")
+    if grid is None and (isinstance(grid_size, bool)
+                         or not isinstance(grid_size, int | np.integer)):
+        raise TypeError(f"grid_size must be an integer, got {grid_size!r}")
     t_build = time.perf_counter()
     explicit = fitted is not None
     if explicit and not isinstance(fitted, Marginals):
@@ -463,14 +543,30 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
         fitted = source.marginals if fitted is None else fitted
         grid = fitted.grid if grid is None else grid
     elif isinstance(source, str | os.PathLike) or hasattr(source, "slices"):
+        if isinstance(expiries, str):
+            expiries = [e.strip() for e in expiries.split(",") if e.strip()]
         if not expiries:
             raise ValueError("expiries must be given with a chain path, got none")
         bands, _ = load_bands(source, expiries, fit_range=fit_range)
     else:
-        bands = QuoteBands.from_quotes(source)
+        try:
+            bands = QuoteBands.from_quotes(source)
+        except (TypeError, AttributeError):
+            raise TypeError("source must be QuoteBands, a CalibrationResult, a chain path or "
+                            "OptionChain, or a sequence of SliceQuotes, got "
+                            f"{type(source).__name__}") from None
     grid = quote_grid(bands, grid_size) if grid is None else np.asarray(grid, dtype=float)
-    if grid.ndim != 1 or np.any(np.diff(grid) <= 0) or not np.any(np.abs(grid - 1) < 1e-12):
-        raise ValueError(f"grid must be strictly increasing with 1 on it, got {grid!r}")
+    if grid.ndim != 1 or grid.size < 3 or not np.all(np.isfinite(grid)) \
+            or np.any(np.diff(grid) <= 0) or not np.any(np.abs(grid - 1) < 1e-12) \
+            or not 0 <= grid[0] < 1 < grid[-1]:
+        raise ValueError("grid must be strictly increasing with 1 on it strictly inside "
+                         "(1-D, finite, >= 0, at least 3 points), got "
+                         f"{np.array2string(grid, threshold=12)}")
+    try:
+        payoff.last_date(bands.n_expiries + 1)
+    except ValueError as exc:
+        raise ValueError(f"payoff {payoff.name!r} does not fit the {bands.n_expiries} expiries "
+                         f"of the quotes (dates 0..{bands.n_expiries}, 0 = today): {exc}") from None
     bands, dropped = bands.restrict(grid[0], grid[-1])
     if thin:
         n0 = sum(k.size for k in bands.k)
