@@ -44,7 +44,8 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
                  families, as_json):
     """Generate (or resume) the training set: GBM/Merton/Heston marginals and their entropic
     MMOT potentials. Rerunning after a kill keeps finished instances (none duplicated)."""
-    from deepquant.neural.data import check_writable_file, generate_dataset, model_grid
+    from deepquant.neural.data import generate_dataset, model_grid
+    from deepquant.neural.dataset_io import check_writable_file
 
     try:
         choices = tuple(int(c) for c in n_choices.split(","))
@@ -85,7 +86,7 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
 @click.option("--json", "as_json", is_flag=True)
 def validate_data_cmd(path, residual_tol, drift_tol, as_json):
     """Check a data file: NaNs, convex order, solver residuals, drift of the stored potentials."""
-    from deepquant.neural.data import validate_dataset
+    from deepquant.neural.dataset_io import validate_dataset
 
     try:
         rep = validate_dataset(path, residual_tol=residual_tol, drift_tol=drift_tol)
@@ -125,7 +126,7 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
               device, as_json):
     """Train the surrogate from a YAML config (resumes from <out_dir>/last.pt)."""
     from deepquant.neural.config import load_config
-    from deepquant.neural.data import check_writable_file
+    from deepquant.neural.dataset_io import check_writable_file
     from deepquant.neural.model import SEED_PARAMETER_COUNT
     from deepquant.neural.train import export_checkpoint, train
 
@@ -332,7 +333,7 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
     import numpy as np
 
     from deepquant.atomic import write_json
-    from deepquant.neural.data import check_writable_file
+    from deepquant.neural.dataset_io import check_writable_file
     from deepquant.neural.pricer import NeuralPricer
     from deepquant.neural.sweep import bumped_scenarios, sweep
     from deepquant.payoffs import PAYOFF_NAMES, make_payoff, payoff_params, required_params

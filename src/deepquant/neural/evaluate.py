@@ -155,7 +155,7 @@ def _summary(rows: list[dict], family: str) -> dict[str, Any]:
 
 
 def _read_test(test_path, max_instances: int | None):
-    from deepquant.neural.data import read_dataset
+    from deepquant.neural.dataset_io import read_dataset
 
     records, grid, attrs = read_dataset(test_path)
     if max_instances:
@@ -226,7 +226,7 @@ def leave_one_family_out(train_path, test_path, out_dir, *, checkpoint=None,
     family in that set is held out of the head only. For the other families both the trunk
     and the held-out head never saw them. ``progress(stage, family)`` reports each step.
     """
-    from deepquant.neural.data import read_dataset
+    from deepquant.neural.dataset_io import read_dataset
     from deepquant.neural.pricer import default_checkpoint
     from deepquant.neural.refit import refit_head
 

@@ -179,7 +179,7 @@ def refit_head(checkpoint, data, out_dir, *, metric: str = "call", per_instance:
     from safetensors.torch import save_file
 
     from deepquant.atomic import atomic_path, write_json
-    from deepquant.neural.data import read_dataset
+    from deepquant.neural.dataset_io import read_dataset
     from deepquant.neural.train import load_model
 
     if metric not in METRICS:

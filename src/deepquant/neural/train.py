@@ -28,8 +28,9 @@ import torch
 
 from deepquant.atomic import atomic_path, write_json
 from deepquant.neural.config import Config, ModelConfig
-from deepquant.neural.data import check_writable_file, marginal_records, read_dataset
+from deepquant.neural.data import marginal_records
 from deepquant.neural.dataset import NeuralDataset, check_finite_records
+from deepquant.neural.dataset_io import check_writable_file, read_dataset
 from deepquant.neural.losses import dual_gap_loss, surrogate_loss
 from deepquant.neural.model import build_model, count_parameters, period_scale, resolve_device
 from deepquant.results import result_dict
@@ -496,7 +497,6 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
                        count_parameters(model), len(train_ds), len(val_ds), str(out_dir),
                        history, message=f"stopped on {stopped} at step {step}; best "
                        f"validation loss {best_val:.4g} at step {best_step}")
-
 
 def config_summary(cfg: Config) -> dict[str, Any]:
     """Flat dict for logs."""
