@@ -497,7 +497,3 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
                        count_parameters(model), len(train_ds), len(val_ds), str(out_dir),
                        history, message=f"stopped on {stopped} at step {step}; best "
                        f"validation loss {best_val:.4g} at step {best_step}")
-
-def config_summary(cfg: Config) -> dict[str, Any]:
-    """Flat dict for logs."""
-    return {f"{s}.{k}": v for s, d in cfg.to_dict().items() for k, v in d.items()}
