@@ -153,6 +153,12 @@ def test_cli_demo_json(tmp_path):
         assert 0 < r["extra"]["same"]["seconds"] < data["timings"]["total"]
     assert [r["label"] for r in data["rows"]] == ["Asian call", "Lookback call",
                                                  "Fwd-start straddle"]
+    # by default the same bounds on a 25-point grid beside the demo grid's
+    res25 = data["resolution"]
+    assert [e["label"] for e in res25] == [r["label"] for r in data["rows"]]
+    for e in res25:
+        assert e["size"] == 25 and e["success"] and e["method"] in ("lp", "certified")
+        assert e["lower"] <= e["upper"] + 1e-12
     bad_spec = CliRunner().invoke(main, ["demo", "--pricer", "oops"])
     assert bad_spec.exit_code == 2 and "NAME=MODULE:FUNC" in bad_spec.output
     bad = CliRunner().invoke(main, ["demo", "--chain", str(tmp_path / "missing.csv")])
