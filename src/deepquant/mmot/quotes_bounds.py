@@ -46,20 +46,21 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize, sparse
 from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.augment import build_chain
-from deepquant.mmot.certified import stage_stop
-from deepquant.mmot.hedge import SemiStaticHedge, StaticStrip, verify_hedge
 from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, build_chain_lp
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
+from deepquant.mmot.quote_problem import QuoteHedge, _Problem, _quote_hedge, verify_quote_hedge
+from deepquant.mmot.quotes_certified import (
+    CERTIFIED_OPTIONS,
+    _certified_side,
+    _check_certified_options,
+)
 from deepquant.mmot.result import BoundSide, BoundsResult, failed_side
-from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 from deepquant.results import warn_failure
 
@@ -71,131 +72,6 @@ METHODS = ("lp", "certified")
 LP_METHODS = ("highs", "highs-ipm", "highs-ds")
 """``scipy.optimize.linprog`` methods for the exact LP sides (HiGHS's choice, interior point
 with crossover, dual simplex)."""
-
-
-def _full_support_law(x: np.ndarray) -> np.ndarray:
-    """A law with positive weight at every grid point and mean 1 (exponential tilt)."""
-    def mean(theta):
-        w = np.exp(theta * (x - 1.0))
-        return float(w @ x / w.sum()) - 1.0
-    span = x[-1] - x[0]
-    theta = optimize.brentq(mean, -200.0 / span, 200.0 / span, xtol=1e-14)
-    w = np.exp(theta * (x - 1.0))
-    w /= w.sum()
-    w[np.argmin(np.abs(x - 1.0))] += 1.0 - w.sum()
-    return w
-
-
-def _reference(grid: np.ndarray, times: np.ndarray, fitted: np.ndarray | None) -> Marginals:
-    """Date 0 a point mass at 1, dates 1..S full-support laws of mean 1 (the fitted laws mixed
-    with a tilted uniform law when given): the chain's supports and the smoothing's kernel."""
-    base = _full_support_law(grid)
-    rows = np.tile(base, (times.size, 1))
-    if fitted is not None:
-        rows = 0.8 * fitted + 0.2 * rows
-        rows += np.outer(1.0 - rows.sum(axis=1), np.eye(grid.size)[np.argmin(np.abs(grid - 1))])
-    delta = (np.abs(grid - 1.0) < 1e-12).astype(float)
-    return Marginals(grid, np.vstack([delta, rows]), np.concatenate([[0.0], times]),
-                     check_convex=False, mean_tol=1e-8)
-
-
-@dataclass(frozen=True, eq=False)
-class QuoteHedge:
-    """The semi-static hedge of one side: ``positions`` (units per quote, one array per
-    expiry) of the portfolio that dominates sign * f (sign = +1 upper, -1 lower) together with
-    ``cash`` and ``h`` (per period, (M, n_t), the sweep's slopes); long units cost the ask and
-    short units earn the bid; ``cost`` = option cost + cash = the side's bound times sign."""
-
-    side: str
-    positions: tuple[np.ndarray, ...]
-    cash: float
-    option_cost: float
-    h: list[np.ndarray]
-    violation: float
-    semistatic: SemiStaticHedge = field(repr=False)
-
-    @property
-    def bound(self) -> float:
-        sign = 1.0 if self.side == "upper" else -1.0
-        return sign * (self.option_cost + self.cash)
-
-
-class _Problem:
-    """Bands, grid, chain and the position <-> potential maps of one payoff."""
-
-    def __init__(self, bands: QuoteBands, grid: np.ndarray, payoff: Payoff, fitted, sum_mode,
-                 sum_grid_size):
-        self.bands = bands
-        self.grid = grid
-        self.payoff = payoff
-        self.ref = _reference(grid, bands.times, fitted)
-        self.chain = build_chain(self.ref, payoff, sum_mode=sum_mode,
-                                 sum_grid_size=sum_grid_size)
-        self.T = self.chain.last_date
-        self.used = list(range(self.T))  # expiry indices s = date - 1 in the chain
-        self.mats = [bands.payoffs(s, grid) for s in self.used]  # (Q_s, M)
-        self.sizes = [mt.shape[0] for mt in self.mats]
-        self.off = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
-        self.bid = np.concatenate([bands.bid[s] for s in self.used]) if self.used else np.zeros(0)
-        self.ask = np.concatenate([bands.ask[s] for s in self.used]) if self.used else np.zeros(0)
-        self._sweepers: dict[float, _Sweeper] = {}
-
-    def sweeper(self, sign: float) -> _Sweeper:
-        if sign not in self._sweepers:
-            self._sweepers[sign] = _Sweeper(self.chain, self.ref, sign)
-        return self._sweepers[sign]
-
-    def split(self, a: np.ndarray) -> list[np.ndarray]:
-        return [a[self.off[i]:self.off[i + 1]] for i in range(len(self.used))]
-
-    def uvec(self, a: np.ndarray) -> np.ndarray:
-        """Concatenated u_1..u_T on the (full) supports: u_t = sum_i a_i c_i."""
-        return np.concatenate([a_s @ mt for a_s, mt in zip(self.split(a), self.mats)])
-
-    def option_cost(self, a: np.ndarray) -> float:
-        long = np.where(a > 0, a * np.where(np.isfinite(self.ask), self.ask, 0.0), 0.0)
-        return float(np.sum(long) + np.sum(np.where(a < 0, a * self.bid, 0.0)))
-
-    def certify(self, a: np.ndarray, sign: float) -> tuple[float, float, float]:
-        """(bound of sign*f, cash, worst rounding violation) of positions ``a`` (exact sweep)."""
-        if np.any((a > 0) & ~np.isfinite(self.ask)):
-            raise ValueError("positions buy a quote that has no ask")
-        sw = self.sweeper(sign)
-        u = self.uvec(a)
-        value, _, viol = sw.hard(u, verify=True)
-        cash = value - float(u @ sw.mu_flat) + float(viol.sum())
-        return self.option_cost(a) + cash, cash, float(viol.sum())
-
-
-def _quote_hedge(prob: _Problem, a: np.ndarray, side: str) -> QuoteHedge:
-    """The semi-static hedge of positions ``a`` (in the sign-flipped problem of ``side``)."""
-    sign = 1.0 if side == "upper" else -1.0
-    total, cash, viol = prob.certify(a, sign)
-    sw = prob.sweeper(sign)
-    _, per_t, _ = sw.hard(prob.uvec(a))
-    m = prob.grid.size
-    hs = []
-    for t in range(prob.T):
-        per = sw.periods[t]
-        h = np.full((m, per.n_s), np.nan)
-        h[per.xs] = np.where(per.live, per_t[t][1], np.nan).T
-        hs.append(sign * h)
-    strips = [StaticStrip(0, 1.0, sign * cash, 0.0, *([np.zeros(0)] * 4))]
-    for t, (a_s, s) in enumerate(zip(prob.split(a), prob.used), start=1):
-        c = prob.bands.is_call[s]
-        k = prob.bands.k[s]
-        strips.append(StaticStrip(t, 1.0, 0.0, 0.0, k[~c], sign * a_s[~c], k[c], sign * a_s[c]))
-    cost = prob.option_cost(a) + cash
-    semi = SemiStaticHedge(side, strips, hs, prob.chain, None, sign * cost, sign * total)
-    return QuoteHedge(side, tuple(prob.split(a)), cash, prob.option_cost(a), hs, viol, semi)
-
-
-def verify_quote_hedge(hedge: QuoteHedge, prob_or_result, *, atol: float = 1e-9):
-    """Pathwise check (``deepquant.mmot.hedge.verify_hedge``) of a quote hedge on every path of
-    the grid chain; the hedge's cost is its price at the quotes."""
-    prob = prob_or_result.info["problem"] if isinstance(prob_or_result, BoundsResult) \
-        else prob_or_result
-    return verify_hedge(hedge.semistatic, prob.ref, prob.payoff, atol=atol)
 
 
 # ---------------------------------------------------------------------------- exact LP
@@ -268,145 +144,6 @@ def _lp_side(prob: _Problem, sense: str, highs_options: dict | None,
                      primal, 0.0, gap, None, None,
                      dict(hedge=hedge, hedge_bound=hedge.bound, positions=hedge.positions,
                           laws=laws, rows=dict(eq=a_eq.shape[0], ub=r), cols=n_col))
-
-
-# ---------------------------------------------------------------------------- certified
-CERTIFIED_OPTIONS = ("eps_start", "eps_end", "eps_factor", "band", "max_iter", "rtol", "band_tol",
-                     "max_seconds", "a0")
-"""Keyword options of the certified method (``bounds_from_quotes(**certified_options)``)."""
-
-
-class _OutOfTime(Exception):
-    """The time budget ran out inside an L-BFGS-B stage (raised by the objective, so that a
-    line search of many smoothed sweeps cannot overrun the budget)."""
-
-
-def _check_certified_options(options: dict) -> None:
-    """ValueError/TypeError naming the option for unknown names and out-of-range values."""
-    unknown = sorted(set(options) - set(CERTIFIED_OPTIONS))
-    if unknown:
-        raise TypeError(f"unknown certified option(s) {unknown}; the options are "
-                        f"{list(CERTIFIED_OPTIONS)}")
-    positive = ("eps_start", "eps_end", "band", "rtol", "max_seconds")
-    for name, value in options.items():
-        if name == "a0":
-            continue
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a number, got {value!r}") from None
-        if not np.isfinite(v) and not (name == "max_seconds" and v == np.inf):
-            raise ValueError(f"{name} must be finite, got {value!r}")
-        if name in positive and not v > 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
-        if name == "band_tol" and v < 0:
-            raise ValueError(f"band_tol must be >= 0, got {value!r}")
-        if name == "eps_factor" and not 0 < v < 1:
-            raise ValueError(f"eps_factor must be in (0, 1), got {value!r}")
-        if name == "max_iter" and (v != int(v) or v < 1):
-            raise ValueError(f"max_iter must be an integer >= 1, got {value!r}")
-    start, end = options.get("eps_start", 1e-2), options.get("eps_end", 1e-6)
-    if end > start:
-        raise ValueError(f"eps_end must be <= eps_start, got eps_end={end!r} and "
-                         f"eps_start={start!r}")
-
-
-def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6, eps_factor=0.2,
-                    band=40.0, max_iter=300, rtol=1e-4, band_tol=1e-6, max_seconds=600.0,
-                    a0: np.ndarray | None = None) -> BoundSide:
-    """min over positions of cost(a) + sweep(a) by L-BFGS-B on the entropic smoothing.
-
-    Each smoothed sweep is one objective evaluation; the evaluation with the lowest smoothed
-    objective of a stage (L-BFGS-B's last accepted iterate) gives the stage's positions, inner
-    estimate and band violation without a further sweep. The budget ``max_seconds`` is checked
-    before every evaluation, so a side ends at most one smoothed sweep (plus the exact sweeps
-    of the certificate and the hedge) after it."""
-    t0 = time.perf_counter()
-    sign = 1.0 if sense == "upper" else -1.0
-    sw = prob.sweeper(sign)
-    nq = prob.off[-1]
-    has_ask = np.isfinite(prob.ask)
-    ask = np.where(has_ask, prob.ask, 0.0)
-    bid = prob.bid
-    mats = prob.mats
-
-    def prices(law):  # model prices of the quotes under the laws (flat over dates 1..T)
-        parts = [law[sw.offsets[t]:sw.offsets[t + 1]] for t in range(prob.T)]
-        return np.concatenate([mt @ p for mt, p in zip(mats, parts)])
-
-    bnds = [(0.0, None if h else 0.0) for h in has_ask] + [(0.0, None)] * nq
-    a = np.zeros(nq) if a0 is None else np.asarray(a0, dtype=float)
-    if a.shape != (nq,):
-        raise ValueError(f"a0 must hold one position per quote used, shape ({nq},), got shape "
-                         f"{a.shape}")
-    z = np.concatenate([np.maximum(a, 0.0), np.maximum(-a, 0.0)])
-    z[:nq][~has_ask] = 0.0  # a quote without an ask is never bought
-    scale = sw.scale
-    best = (np.inf, a.copy(), 0.0)
-    inner, band_viol, nit, stages, evals = np.nan, np.inf, 0, 0, 0
-    eps = eps_start
-    status, message = 1, "eps schedule ended before the gap reached rtol"
-    while True:
-        e_abs = eps * scale
-        sw.h_warm = [None] * sw.T
-        low: dict = {}  # the stage's evaluation with the lowest smoothed objective
-
-        def fun(zz, e_abs=e_abs, low=low):
-            nonlocal evals
-            if low and time.perf_counter() - t0 > max_seconds:
-                raise _OutOfTime
-            aa = zz[:nq] - zz[nq:]
-            u = prob.uvec(aa)
-            val, grad, st_inner, _, _ = sw.soft(u, e_abs, band)
-            evals += 1
-            pr = prices(sw.mu_flat - grad)
-            f = val - float(u @ sw.mu_flat) + float(ask @ zz[:nq] - bid @ zz[nq:])
-            if not low or f < low["f"]:
-                low.update(f=f, z=zz.copy(), inner=st_inner, prices=pr)
-            g = np.concatenate([ask - pr, pr - bid])
-            return f / e_abs, g / e_abs
-
-        def count(intermediate_result):
-            nonlocal nit
-            nit += 1
-
-        try:
-            optimize.minimize(fun, z, jac=True, method="L-BFGS-B", bounds=bnds, callback=count,
-                              options=dict(maxiter=max_iter, maxcor=30, gtol=1e-10,
-                                           ftol=1e-15))
-        except _OutOfTime:
-            pass
-        z = low["z"]
-        stages += 1
-        a = z[:nq] - z[nq:]
-        pr = low["prices"]
-        viol = float(np.max(np.maximum(np.maximum(bid - pr, pr - np.where(has_ask, ask, np.inf)),
-                                       0.0), initial=0.0))
-        if viol <= max(band_viol, band_tol) or not np.isfinite(inner):
-            inner, band_viol = low["inner"], viol
-        outer, _, rv = prob.certify(a, sign)
-        if outer < best[0]:
-            best = (outer, a.copy(), rv)
-        gap = best[0] - inner
-        verdict = stage_stop(gap, best[0], scale, rtol=rtol, fitted=band_viol <= band_tol,
-                             t0=t0, max_seconds=max_seconds, eps=eps, eps_end=eps_end)
-        if verdict is not None:
-            status, message = verdict
-            break
-        eps = max(eps * eps_factor, eps_end)
-    outer, abest, rv = best
-    hedge = _quote_hedge(prob, abest, sense)
-    code = "certified" if status == 0 else "certified-wide"
-    # an inner estimate above the certified bound comes from a smoothed chain that misses the
-    # bands (band_violation): keep the bound, report the excess, never a negative gap (as
-    # deepquant.mmot.certified does)
-    excess = max(0.0, float(inner - outer))
-    inner = min(inner, outer)
-    return BoundSide(sign * outer, True, code, message, time.perf_counter() - t0, band_viol,
-                     0.0, float(outer - inner), None, None,
-                     dict(hedge=hedge, positions=hedge.positions, inner=sign * inner,
-                          inner_excess=excess, band_violation=band_viol, stages=stages,
-                          iterations=nit, evaluations=evals, eps=eps * scale, violation=rv))
 
 
 def _widening(before: QuoteBands, after: QuoteBands) -> float:
