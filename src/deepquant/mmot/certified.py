@@ -253,15 +253,29 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
         pre = (np.sqrt(e_abs / np.maximum(sw.mu_flat, precondition)) if precondition > 0
                else np.full(sw.mu_flat.size, e_abs))
 
-        def fun(v, e_abs=e_abs, pre=pre):
+        low: dict = {}  # the stage's evaluation with the lowest smoothed value
+
+        def fun(v, e_abs=e_abs, pre=pre, low=low):
+            # the budget is checked before every sweep: one L-BFGS stage (up to max_iter
+            # iterations, each with its line search) can otherwise run far past it
+            if low and time.perf_counter() - t0 > max_seconds:
+                raise _OutOfTime
             val, grad, _, _, _ = sw.soft(v * pre, e_abs, band)
+            if not low or val < low["f"]:
+                low.update(f=val, v=v.copy())
             return val / e_abs, grad * pre / e_abs
 
-        res = optimize.minimize(fun, uvec / pre, jac=True, method="L-BFGS-B",
-                                options=dict(maxiter=max_iter, maxcor=maxcor, gtol=gtol,
-                                             ftol=1e-15))
-        uvec = res.x * pre
-        nit += int(res.nit)
+        def count(intermediate_result):
+            nonlocal nit
+            nit += 1
+
+        try:
+            optimize.minimize(fun, uvec / pre, jac=True, method="L-BFGS-B", callback=count,
+                              options=dict(maxiter=max_iter, maxcor=maxcor, gtol=gtol,
+                                           ftol=1e-15))
+        except _OutOfTime:
+            pass
+        uvec = low["v"] * pre
         stages += 1
         _, _, stage_inner, law, drift = sw.soft(uvec, e_abs, band)
         stage_resid = float(np.sum(np.abs(law - sw.mu_flat)))
@@ -286,11 +300,12 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
             break
         eps = max(eps * eps_factor, eps_end)
     extra = dict(eps=eps * scale, stages=stages, iterations=nit, drift=drift)
-    if polish:
+    left = max_seconds - (time.perf_counter() - t0)
+    if polish and left > 1.0:
         # one restricted LP on the final stage's bands and the near-contact moves of the best
-        # potentials: a feasible plan, so a rigorous inner value
+        # potentials (within what is left of the budget): a feasible plan, so a rigorous inner
+        # value
         sw.soft(best[1], eps * scale, band)
-        left = max(60.0, max_seconds - (time.perf_counter() - t0))
         cg = solve_chain_colgen(sw, best[1], k=6, extra=band_moves(sw), max_rounds=1,
                                 solver="ipm", max_columns=INNER_MAX_COLUMNS, max_seconds=left)
         if cg.u is not None and cg.residual <= POLISH_RESIDUAL:
@@ -328,6 +343,10 @@ def _side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid
                      float(gap), duals, None, info)
 
 
+class _OutOfTime(Exception):
+    """Raised inside an L-BFGS stage when the time budget is spent."""
+
+
 COARSE_SIZE = 40
 """Grids are halved for the warm start down to about this many points."""
 
@@ -350,6 +369,8 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
             levels += 1
     u0 = None
     opts = dict(options)
+    t_start = time.perf_counter()
+    budget = float(options.get("max_seconds", 600.0))
     if levels > 0:
         coarse = coarse_marginals(marginals)
         T = chain.last_date
@@ -361,6 +382,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         copts["eps_end"] = max(options.get("eps_end", 1e-7), 1e-5)
         copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
         copts["polish"] = False  # the coarse levels only provide potentials
+        copts["max_seconds"] = budget / 3  # and a third of the budget, recursively
         cres = _multiscale_side(coarse, payoff, cchain, sense, levels=levels - 1,
                                 sum_grid_size=sum_grid_size, sum_mode=sum_mode,
                                 progress=None, **copts)
@@ -374,6 +396,8 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
                 pieces.append(np.interp(grid[xs], cgrid[ok], uc[t, ok]))
             u0 = np.concatenate(pieces)
             opts.setdefault("eps_start", max(cres.info["eps"] / cres.info["scale"], 1e-5))
+        # the fine level gets what is left (at least one certified evaluation runs)
+        opts["max_seconds"] = max(budget - (time.perf_counter() - t_start), 1e-3)
     return certify_side(chain, marginals, sense, u0=u0, progress=progress, **opts)
 
 
