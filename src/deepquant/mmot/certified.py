@@ -39,7 +39,7 @@ from deepquant.mmot.sweep import _Sweeper, duals_of
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 from deepquant.results import warn_failure
 
-__all__ = ["certified_bounds", "certify_side", "nest_supports", "stage_stop",
+__all__ = ["certified_bounds", "certify_side", "clip_inner", "nest_supports", "stage_stop",
            "CertifiedProgress"]
 
 
@@ -109,6 +109,11 @@ def nest_supports(marginals: Marginals, last_date: int, *, max_mass: float = 1e-
     return Marginals(grid, w, marginals.times, sum_tol=marginals.sum_tol,
                      mean_tol=max(marginals.mean_tol, 1e-8), convex_tol=marginals.convex_tol,
                      check_convex=False), moved
+
+
+class _OutOfTime(Exception):
+    """The time budget ran out inside an L-BFGS stage (raised by the objective before a
+    smoothed sweep, so that a line search of many sweeps cannot overrun the budget)."""
 
 
 def stage_stop(gap: float, outer: float, scale: float, *, rtol: float, fitted: bool,
@@ -319,18 +324,23 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
     return _side_result(sw, sign, t0, best, inner, resid, inner_kind, status, message, extra)
 
 
+def clip_inner(inner: float, outer: float) -> tuple[float, float]:
+    """(inner clipped to the outer bound, the excess clipped off). An inner value above the
+    certified outer bound is an artefact: a smoothed chain's marginal (or band) error, or an LP
+    plan whose row residuals (within the solver's tolerance) sit on rows with huge duals (tail
+    states of 1e-13 mass). The bracket keeps the outer bound and reports the excess instead of
+    a negative gap."""
+    return min(inner, outer), max(0.0, float(inner - outer))
+
+
 def _side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid: float,
                  inner_kind: str, status: int, message: str, extra: dict) -> BoundSide:
     """The BoundSide of the certificate ``best`` = (outer, u, violation per period)."""
     chain = sw.chain
     outer, ubest, viol = best
     duals = duals_of(sw, ubest)
-    # an inner value above the certified outer bound is an artefact: a smoothed chain's
-    # marginal error, or an LP plan whose row residuals (within the solver's tolerance) sit on
-    # rows with huge duals (tail states of 1e-13 mass). The bracket keeps the outer bound and
-    # reports the excess instead of a negative gap.
-    extra = dict(extra, inner_excess=max(0.0, float(inner - outer)))
-    inner = min(inner, outer)
+    inner, excess = clip_inner(inner, outer)
+    extra = dict(extra, inner_excess=excess)
     gap = outer - inner
     u_grid = np.full((sw.T + 1, chain.size), np.nan)
     for t, piece in enumerate(sw.split(ubest), start=1):
@@ -341,10 +351,6 @@ def _side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid
     code = "certified" if status == 0 else "certified-wide"
     return BoundSide(sign * outer, True, code, message, time.perf_counter() - t0, resid, 0.0,
                      float(gap), duals, None, info)
-
-
-class _OutOfTime(Exception):
-    """Raised inside an L-BFGS stage when the time budget is spent."""
 
 
 COARSE_SIZE = 40

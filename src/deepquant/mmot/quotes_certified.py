@@ -14,7 +14,7 @@ import time
 import numpy as np
 from scipy import optimize
 
-from deepquant.mmot.certified import stage_stop
+from deepquant.mmot.certified import _OutOfTime, clip_inner, stage_stop
 from deepquant.mmot.quote_problem import _Problem, _quote_hedge
 from deepquant.mmot.result import BoundSide
 
@@ -24,11 +24,6 @@ __all__ = ["CERTIFIED_OPTIONS"]
 CERTIFIED_OPTIONS = ("eps_start", "eps_end", "eps_factor", "band", "max_iter", "rtol", "band_tol",
                      "max_seconds", "a0")
 """Keyword options of the certified method (``bounds_from_quotes(**certified_options)``)."""
-
-
-class _OutOfTime(Exception):
-    """The time budget ran out inside an L-BFGS-B stage (raised by the objective, so that a
-    line search of many smoothed sweeps cannot overrun the budget)."""
 
 
 def _check_certified_options(options: dict) -> None:
@@ -147,11 +142,7 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
     outer, abest, rv = best
     hedge = _quote_hedge(prob, abest, sense)
     code = "certified" if status == 0 else "certified-wide"
-    # an inner estimate above the certified bound comes from a smoothed chain that misses the
-    # bands (band_violation): keep the bound, report the excess, never a negative gap (as
-    # deepquant.mmot.certified does)
-    excess = max(0.0, float(inner - outer))
-    inner = min(inner, outer)
+    inner, excess = clip_inner(inner, outer)
     return BoundSide(sign * outer, True, code, message, time.perf_counter() - t0, band_viol,
                      0.0, float(outer - inner), None, None,
                      dict(hedge=hedge, positions=hedge.positions, inner=sign * inner,
