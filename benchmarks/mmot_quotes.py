@@ -4,6 +4,7 @@
     python benchmarks/mmot_quotes.py --config lp --two-sided --no-certified-check
     python benchmarks/mmot_quotes.py --config certified     # 40 points, certified sweep
     python benchmarks/mmot_quotes.py --config grid --grid-sizes 25 50 100 150 --max-seconds 10
+    python benchmarks/mmot_quotes.py --config grid --grid-sizes 150 --max-seconds 10 --coarse none
 
 Chain: ``../shared/data/spx_20230609`` (or ``$DEEPQUANT_SPX_DATA``), expiries 30d, 60d, 90d,
 120d, 150d (1-5 months), forwards and discounts by put-call parity, quotes with K/F in the
@@ -30,7 +31,10 @@ forward-start straddle |X_5 - X_1|, all at strike 1) and per config:
 (``--grid-sizes``, the same chain and fit range as ``certified``) with a time budget per side
 (``--max-seconds``): per side the certified bound, the inner estimate of the smoothed chain,
 the certified gap (bound - inner, meaningful when the band violation of the inner chain is
-small), the seconds, the smoothed sweeps and the seconds of one smoothed sweep.
+small), the seconds, the smoothed sweeps and the seconds of one smoothed sweep. Grids of at
+least twice ``--coarse`` points (default the library's, 25) start each side from the
+positions of the same side on a coarse subgrid (``info["coarse"]``); ``--coarse none`` turns
+that off, for comparison.
 
 Results go to ``benchmarks/results/mmot_quotes.json`` (written atomically, one entry per config,
 keys ``lp``, ``certified`` and ``grid-<max seconds>s``, with ``-two-sided`` appended for
@@ -55,7 +59,7 @@ from deepquant.market.marginals import Marginals
 from deepquant.market.quotes import load_chain
 from deepquant.mmot import bounds
 from deepquant.mmot.quote_bands import load_bands, quote_grid
-from deepquant.mmot.quotes_bounds import bounds_from_quotes, verify_quote_hedge
+from deepquant.mmot.quotes_bounds import COARSE, bounds_from_quotes, verify_quote_hedge
 from deepquant.mmot.widening import calibration_widening
 from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall
 
@@ -130,7 +134,8 @@ def side_row(side) -> dict:
     return dict(bound=side.value, inner=info.get("inner"), gap=side.gap, status=side.status,
                 seconds=side.seconds, band_violation=info.get("band_violation"),
                 stages=info.get("stages"), iterations=info.get("iterations"),
-                evaluations=info.get("evaluations"), message=side.message)
+                evaluations=info.get("evaluations"), message=side.message,
+                coarse=info.get("coarse"))
 
 
 def run(config: str, payoffs: list[str], max_seconds: float, two_sided: bool,
@@ -199,12 +204,12 @@ def run(config: str, payoffs: list[str], max_seconds: float, two_sided: bool,
 
 
 def run_grid(sizes: list[int], payoffs: list[str], max_seconds: float,
-             two_sided: bool) -> dict:
+             two_sided: bool, coarse: int | None) -> dict:
     """The certified quote bounds at each grid size, with a time budget per side."""
     cfg = CONFIGS["grid"]
     chain = load_chain(DATA / "spx_options_normalized.csv")
     entry = dict(config="grid", two_sided=two_sided, fit_range=list(cfg["fit_range"]),
-                 max_seconds=max_seconds, certified=CERTIFIED, sizes={})
+                 max_seconds=max_seconds, certified=CERTIFIED, coarse=coarse, sizes={})
     for size in sizes:
         bands, grid, cal, t_cal = market(chain, size, cfg["fit_range"], two_sided)
         per = dict(grid=[float(grid[0]), float(grid[-1])], calibration_seconds=t_cal,
@@ -214,7 +219,8 @@ def run_grid(sizes: list[int], payoffs: list[str], max_seconds: float,
             t0 = time.perf_counter()
             qb = bounds_from_quotes(bands, payoff, grid=grid, method="certified",
                                     repair="calibration", fitted=cal.marginals,
-                                    thin=cfg["thin"], max_seconds=max_seconds, **CERTIFIED)
+                                    thin=cfg["thin"], max_seconds=max_seconds, coarse=coarse,
+                                    **CERTIFIED)
             wall = time.perf_counter() - t0
             sides = {s: side_row(getattr(qb, f"{s}_side")) for s in ("lower", "upper")}
             prob = qb.info["problem"]  # one smoothed sweep at the last stage's eps, timed
@@ -244,7 +250,7 @@ def merge(old: dict | None, new: dict) -> dict:
     (everything but the payoffs and the timings) agree."""
     if not old:
         return new
-    keys = ("config", "two_sided", "fit_range", "max_seconds", "grid_size")
+    keys = ("config", "two_sided", "fit_range", "max_seconds", "grid_size", "coarse")
     if any(old.get(k) != new.get(k) for k in keys):
         return new
     if new["config"] == "grid":
@@ -269,16 +275,22 @@ def main() -> None:
                     help="Config lp: skip the certified sweep on the same problems.")
     ap.add_argument("--grid-sizes", nargs="+", type=int, default=[25, 50, 100, 150],
                     help="Config grid: the grid sizes.")
+    ap.add_argument("--coarse", default=str(COARSE),
+                    help="Config grid: size of the coarse start of the certified sides "
+                         "('none': no coarse start).")
     args = ap.parse_args()
+    coarse = None if args.coarse == "none" else int(args.coarse)
     if not DATA.exists():
         raise SystemExit(f"SPX data not found at {DATA} (set DEEPQUANT_SPX_DATA)")
     if args.config == "grid":
-        entry = run_grid(args.grid_sizes, args.payoffs, args.max_seconds, args.two_sided)
+        entry = run_grid(args.grid_sizes, args.payoffs, args.max_seconds, args.two_sided,
+                         coarse)
     else:
         entry = run(args.config, args.payoffs, args.max_seconds, args.two_sided,
                     args.check_certified)
     key = args.config + (f"-{args.max_seconds:g}s" if args.config == "grid" else "") \
-        + ("-two-sided" if args.two_sided else "")
+        + ("-two-sided" if args.two_sided else "") \
+        + (f"-coarse-{args.coarse}" if args.config == "grid" and coarse != COARSE else "")
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     old[key] = merge(old.get(key), entry)
     write_json(OUT, old)

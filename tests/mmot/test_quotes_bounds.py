@@ -13,7 +13,7 @@ from scipy import optimize
 from deepquant.market.marginals import Marginals
 from deepquant.mmot import bounds
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, quote_grid
-from deepquant.mmot.quotes_bounds import bounds_from_quotes, verify_quote_hedge
+from deepquant.mmot.quotes_bounds import bounds_from_quotes, coarse_grid, verify_quote_hedge
 from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall
 from tests.conftest import spx_data_dir
 
@@ -298,6 +298,53 @@ def test_unreachable_bid_is_reported_not_a_solver_failure():
         bounds_from_quotes(bad, PAYOFFS[0], grid=GRID)
     r = bounds_from_quotes(bad, PAYOFFS[0], grid=GRID, repair="minimal")
     assert r.success and check_bands(r.info["bands"], GRID).feasible
+
+
+FINE = np.round(np.linspace(0.7, 1.3, 13), 12)
+
+
+@pytest.mark.parametrize("payoff", PAYOFFS, ids=lambda p: p.name)
+def test_coarse_start_is_valid_and_converges(payoff):
+    # the 13-point grid started from its 5-point subgrid: the coarse positions' certificate on
+    # the fine grid is a valid bound (contains the fine exact LP to 1e-8); with the default
+    # budget the fine stages then close on the LP (1e-4 of the payoff scale, rtol); with a
+    # budget spent at once the side is the coarse positions' certificate, still valid
+    bands = walk_bands()
+    lp = bounds_from_quotes(bands, payoff, grid=FINE, method="lp")
+    c = bounds_from_quotes(bands, payoff, grid=FINE, method="certified", coarse=5)
+    quick = bounds_from_quotes(bands, payoff, grid=FINE, method="certified", coarse=5,
+                               max_seconds=1e-9)
+    for res in (c, quick):
+        assert res.lower <= lp.lower + 1e-8 and res.upper >= lp.upper - 1e-8
+        for side in ("lower", "upper"):
+            s = getattr(res, f"{side}_side")
+            assert s.info["coarse"]["size"] == 5
+            assert verify_quote_hedge(s.info["hedge"], res).ok
+    assert lp.lower - c.lower <= 1e-4 and c.upper - lp.upper <= 1e-4
+    for side in ("lower", "upper"):
+        s = getattr(quick, f"{side}_side")
+        assert s.info["stages"] == 0 and "time budget" in s.message
+
+
+def test_coarse_grid_is_a_subgrid_with_the_same_range():
+    g = quote_grid(walk_bands(), 150)
+    c = coarse_grid(g, 25)
+    assert 25 <= c.size <= 27 and np.all(np.isin(c, g))
+    assert c[0] == g[0] and c[-1] == g[-1] and np.any(np.abs(c - 1) < 1e-12)
+
+
+def test_certified_side_never_worse_than_its_start(lp_results):
+    # positions a0 are certified before the first stage: the side's bound is at most a0's
+    bands, _ = lp_results
+    payoff = PAYOFFS[1]
+    base = bounds_from_quotes(bands, payoff, grid=GRID, method="certified", sides=("upper",),
+                              max_seconds=1e-9)
+    a0 = np.concatenate(base.upper_side.info["positions"])
+    prob = base.info["problem"]
+    cert = prob.certify(a0, 1.0)[0]
+    again = bounds_from_quotes(bands, payoff, grid=GRID, method="certified", sides=("upper",),
+                               a0=a0, max_seconds=1e-9)
+    assert again.upper <= cert + 1e-12 and abs(base.upper - cert) <= 1e-12
 
 
 def test_quote_grid_has_one_and_covers_strikes():

@@ -22,7 +22,7 @@ __all__ = ["CERTIFIED_OPTIONS"]
 
 
 CERTIFIED_OPTIONS = ("eps_start", "eps_end", "eps_factor", "band", "max_iter", "rtol", "band_tol",
-                     "max_seconds", "a0")
+                     "max_seconds", "a0", "coarse")
 """Keyword options of the certified method (``bounds_from_quotes(**certified_options)``)."""
 
 
@@ -35,6 +35,11 @@ def _check_certified_options(options: dict) -> None:
     positive = ("eps_start", "eps_end", "band", "rtol", "max_seconds")
     for name, value in options.items():
         if name == "a0":
+            continue
+        if name == "coarse":
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, int | np.integer) or value < 5):
+                raise ValueError(f"coarse must be None or an integer >= 5, got {value!r}")
             continue
         try:
             v = float(value)
@@ -58,14 +63,20 @@ def _check_certified_options(options: dict) -> None:
 
 def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6, eps_factor=0.2,
                     band=40.0, max_iter=300, rtol=1e-4, band_tol=1e-6, max_seconds=600.0,
-                    a0: np.ndarray | None = None) -> BoundSide:
+                    a0: np.ndarray | None = None, start: dict | None = None) -> BoundSide:
     """min over positions of cost(a) + sweep(a) by L-BFGS-B on the entropic smoothing.
 
     Each smoothed sweep is one objective evaluation; the evaluation with the lowest smoothed
     objective of a stage (L-BFGS-B's last accepted iterate) gives the stage's positions, inner
     estimate and band violation without a further sweep. The budget ``max_seconds`` is checked
     before every evaluation, so a side ends at most one smoothed sweep (plus the exact sweeps
-    of the certificate and the hedge) after it."""
+    of the certificate and the hedge) after it.
+
+    ``a0`` is certified before the first stage, so the side never returns a bound worse than
+    its certificate; with it, the budget is checked before the first smoothed sweep too (a
+    side may then end without smoothing). ``start`` (from a coarse grid: ``inner``,
+    ``band_violation``) is the inner estimate until a stage gives one that prices the bands
+    at least as well."""
     t0 = time.perf_counter()
     sign = 1.0 if sense == "upper" else -1.0
     sw = prob.sweeper(sign)
@@ -89,6 +100,11 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
     scale = sw.scale
     best = (np.inf, a.copy(), 0.0)
     inner, band_viol, nit, stages, evals = np.nan, np.inf, 0, 0, 0
+    if a0 is not None:
+        outer, _, rv = prob.certify(np.where(has_ask, a, np.minimum(a, 0.0)), sign)
+        best = (outer, np.where(has_ask, a, np.minimum(a, 0.0)), rv)
+    if start is not None:
+        inner, band_viol = sign * start["inner"], start["band_violation"]
     eps = eps_start
     status, message = 1, "eps schedule ended before the gap reached rtol"
     while True:
@@ -96,9 +112,9 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
         sw.h_warm = [None] * sw.T
         low: dict = {}  # the stage's evaluation with the lowest smoothed objective
 
-        def fun(zz, e_abs=e_abs, low=low):
+        def fun(zz, e_abs=e_abs, low=low, armed=bool(np.isfinite(best[0]))):
             nonlocal evals
-            if low and time.perf_counter() - t0 > max_seconds:
+            if (low or armed) and time.perf_counter() - t0 > max_seconds:
                 raise _OutOfTime
             aa = zz[:nq] - zz[nq:]
             u = prob.uvec(aa)
@@ -120,7 +136,9 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
                               options=dict(maxiter=max_iter, maxcor=30, gtol=1e-10,
                                            ftol=1e-15))
         except _OutOfTime:
-            pass
+            if not low:  # out of time before the stage's first sweep: a0's certificate stands
+                status, message = 1, f"time budget {max_seconds:g} s spent"
+                break
         z = low["z"]
         stages += 1
         a = z[:nq] - z[nq:]
