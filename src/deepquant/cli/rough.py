@@ -307,10 +307,10 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
 
     name = {"bs": f"Black-Scholes sigma={sigma:g}", "heston": "Heston"}.get(model,
                                                                           "rough Bergomi")
-    from deepquant.rough.exercise import option_name
+    from deepquant.rough.exercise import option_name, payoff_label
 
     option = option_name(payoff)
-    title = (f"{payoff.name} K={strike:g}"
+    title = (f"{payoff_label(payoff)} K={strike:g}"
              + (f" barrier={barrier:g}" if barrier is not None else "")
              + f", {n_dates} dates, T={T:g}, {name}")
     try:
@@ -393,7 +393,7 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
         raise click.UsageError(str(exc)) from exc
 
     out.update(model=model, model_description=out.get("model", ""), strike=strike,
-               option=option, payoff=payoff.name, barrier=barrier, n_dates=n_dates)
+               option=option, payoff=payoff_label(payoff), barrier=barrier, n_dates=n_dates)
     if as_json:
         print_json(out)
         return

@@ -63,7 +63,12 @@ from deepquant.rough.dual import (
     fit_dual,
     martingale_increments,
 )
-from deepquant.rough.exercise import check_payoff_dates, exercise_payoff, option_name
+from deepquant.rough.exercise import (
+    check_payoff_dates,
+    exercise_payoff,
+    option_name,
+    payoff_label,
+)
 from deepquant.rough.heston import Heston
 from deepquant.rough.lsm import (
     ExerciseBasis,
@@ -506,7 +511,7 @@ class BermudanPricer:
             stop_reason=ad.reason, n_regression=self.n_regression,
             dual_in_sample=fitted.dual.in_sample, dual_method=fitted.method,
             exercise_at_zero=fitted.policy.exercise_at_zero, strike=float(payoff.strike),
-            option=option_name(payoff), payoff=payoff.name, n_dates=self.n_dates,
+            option=option_name(payoff), payoff=payoff_label(payoff), n_dates=self.n_dates,
             seconds=seconds,
             cpu_seconds=cpu_seconds, timings=timings, success=success,
             status=ad.reason, message=message, model=self.describe(model))

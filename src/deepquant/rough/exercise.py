@@ -50,7 +50,7 @@ import numpy as np
 from deepquant.payoffs import EuropeanCall, EuropeanPut, Payoff
 
 __all__ = ["check_exercise_payoff", "check_payoff_dates", "exercise_payoff", "is_put",
-           "is_path_dependent", "option_name", "payoff_grid_states", "state_columns",
+           "is_path_dependent", "option_name", "payoff_label", "payoff_grid_states", "state_columns",
            "statistic_kind", "truncated_payoff"]
 
 _STATISTIC_REASONS = {
@@ -101,6 +101,11 @@ def check_exercise_payoff(payoff: Payoff) -> Payoff:
     if not isinstance(payoff, Payoff):
         raise ValueError(f"payoff must be a payoff of deepquant.payoffs (EuropeanPut, "
                          f"EuropeanCall, AsianCall, ...), or a strike, got {payoff!r}")
+    if getattr(payoff, "weights", None) is not None:
+        raise ValueError(
+            f"{payoff.name!r} has weights={payoff.weights!r}: the engine's Asian pays on the "
+            f"equally weighted average of the payoff dates so far (the truncated payoff); pass "
+            f"weights=None")
     kind = statistic_kind(payoff)
     why = _rejection(payoff, kind)
     if why is None and kind == "none" and not isinstance(payoff, EuropeanPut | EuropeanCall):
@@ -115,11 +120,6 @@ def check_exercise_payoff(payoff: Payoff) -> Payoff:
             f"{payoff.name!r} has date={payoff.date!r}: the Bermudan engine evaluates the "
             f"exercise value at each of its own exercise dates (the pricer's n_dates and T); "
             f"pass date=None")
-    if getattr(payoff, "weights", None) is not None:
-        raise ValueError(
-            f"{payoff.name!r} has weights={payoff.weights!r}: the engine's Asian pays on the "
-            f"equally weighted average of the payoff dates so far (the truncated payoff); pass "
-            f"weights=None")
     if not (math.isfinite(payoff.strike) and payoff.strike > 0):
         raise ValueError(f"strike must be a finite number > 0, got {payoff.strike!r}")
     barrier = getattr(payoff, "barrier", None)
@@ -166,6 +166,13 @@ def exercise_payoff(payoff: Payoff | float, option: str = "put") -> Payoff:
 def is_put(payoff: Payoff) -> bool:
     """True for the put side (European, Asian, lookback or barrier put)."""
     return payoff.name.endswith("-put")
+
+
+def payoff_label(payoff: Payoff) -> str:
+    """The payoff's command-line name (``deepquant.payoffs.make_payoff``): its ``name``, with
+    the barrier type for a barrier payoff ("up-and-out-put")."""
+    kind = getattr(payoff, "barrier_type", None)
+    return f"{kind}-{option_name(payoff)}" if kind else payoff.name
 
 
 def option_name(payoff: Payoff) -> str:
