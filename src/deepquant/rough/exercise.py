@@ -53,13 +53,6 @@ __all__ = ["check_exercise_payoff", "check_payoff_dates", "exercise_payoff", "is
            "is_path_dependent", "option_name", "payoff_label", "payoff_grid_states", "state_columns",
            "statistic_kind", "truncated_payoff"]
 
-_STATISTIC_REASONS = {
-    "sum": "a running average over its averaging dates",
-    "max": "a running maximum over its monitoring dates",
-    "min": "a running minimum over its monitoring dates",
-    "value": "the spot remembered at an earlier date (forward start)",
-    "hit": "a barrier-crossing flag over its monitoring dates",
-}
 _PATH_KINDS = ("sum", "max", "min", "hit")  # statistics whose truncated payoff is defined
 
 
@@ -86,9 +79,9 @@ def _rejection(payoff: Payoff, kind: str) -> str | None:
                 f"realised sum so far, only grows with the date, so early exercise never pays: "
                 f"price it as a European")
     if kind == "value":
-        return (f"{what} depends on the path through {_STATISTIC_REASONS['value']}: its strike "
-                f"k X_t1 is set at date t1, so the path truncated at an earlier exercise date "
-                f"has no payoff (no early-exercise value)")
+        return (f"{what} depends on the path through the spot remembered at an earlier date "
+                f"(forward start): its strike k X_t1 is set at date t1, so the path truncated "
+                f"at an earlier exercise date has no payoff (no early-exercise value)")
     if kind not in ("none", *_PATH_KINDS):
         return f"{what} has a path statistic ({kind!r}) without a truncated payoff"
     return None
