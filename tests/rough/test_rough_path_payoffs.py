@@ -12,7 +12,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from deepquant.blackscholes import bs_price
 from deepquant.payoffs import (
@@ -32,7 +31,14 @@ from deepquant.rough import (
     preset_pricer,
 )
 from deepquant.rough.exercise import exercise_payoff, truncated_payoff
-from deepquant.rough.subsim import _Inner, features_at, inner_exercise
+from deepquant.rough.lsm import fit_lsm
+from deepquant.rough.subsim import (
+    _Inner,
+    features_at,
+    fit_value_function,
+    inner_exercise,
+    subsim_pathwise,
+)
 
 K_SE = 4.0  # Monte Carlo checks: within 4 standard errors (fixed seeds)
 SIGMA, R, S0 = 0.2, 0.05, 100.0
@@ -220,6 +226,27 @@ def test_inner_paths_continue_the_payoff_statistic():
         np.testing.assert_allclose(feats, F[:, j + 1], rtol=1e-9, atol=1e-12)
 
 
+def test_subsim_martingale_increments_have_mean_zero_for_a_lookback():
+    """The sub-simulation martingale of a lookback put (running minimum continued by the inner
+    paths) has E[M_{j+1} - M_j] = 0 in every period, on i.i.d. outer paths: each column mean
+    within 4 standard errors of 0 (an inner path that restarted the minimum would bias it)."""
+    model = RoughBergomi()
+    pricer = BermudanPricer(n_dates=3, steps_per_date=2, n_regression=2**12, batch_size=2**11,
+                            exercise_basis=ExerciseBasis(sig_level=1))
+    payoff = pricer.prepare_payoff(LookbackPut(strike=100.0))
+    reg = pricer.simulate(model, 2**12, 1)
+    Zr, Fr = pricer.exercise_arrays(model, payoff, reg)
+    value_fn = fit_value_function(Zr, Fr, fit_lsm(Zr, Fr))
+    outer = model.simulate(2**10, T=1.0, n_steps=6, method="mc", antithetic=False, rng=2)
+    Z, F = pricer.exercise_arrays(model, payoff, outer)
+    _, M, _ = subsim_pathwise(model, payoff, outer, Z, F, value_fn, basis=pricer.exercise_basis,
+                              steps_per_date=2, n_inner=16, n_inner_zero=2**10, rng=3,
+                              return_martingale=True)
+    dM = np.diff(M, axis=1)
+    se = dM.std(axis=0, ddof=1) / math.sqrt(dM.shape[0])
+    assert np.all(np.abs(dM.mean(axis=0)) < K_SE * se), (dM.mean(axis=0), se)
+
+
 # ----------------------------------------------------------------------- (4) bad input
 @pytest.mark.parametrize("payoff, kw, match", [
     (AsianCall(strike=100.0, dates=(1, 2, 3)), {}, r"payoff dates=\(1, 2, 3\).*payoff_dates = 4"),
@@ -240,28 +267,3 @@ def test_explicit_default_dates_are_the_default():
     pricer = _bs_pricer(n_dates=4)
     explicit = pricer.prepare_payoff(AsianCall(strike=100.0, dates=(1, 2, 3, 4)))
     assert explicit == AsianCall(strike=100.0)
-
-
-# ----------------------------------------------------------------------- CLI
-def test_cli_payoff_json_and_bad_input():
-    import json
-
-    from deepquant.cli import main
-
-    small = ["american", "--model", "bs", "--strike", "100", "--dates", "4", "--paths", "4096",
-             "--batch-size", "1024", "--max-batches", "2", "--seed", "3", "--dual",
-             "regression"]
-    runner = CliRunner()
-    res = runner.invoke(main, [*small, "--payoff", "down-and-out-put", "--barrier", "80",
-                               "--payoff-dates", "8", "--steps-per-date", "2", "--json"])
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout)
-    assert out["payoff"] == "down-and-out-put" and out["option"] == "put"
-    assert out["barrier"] == 80.0 and out["lower_ci"][0] <= out["upper_ci"][1]
-    for args, match in [(["--payoff", "up-and-out-put"], "needs --barrier"),
-                        (["--payoff", "asian-put", "--option", "call"], "--option is for"),
-                        (["--barrier", "90"], "--barrier needs a barrier --payoff"),
-                        (["--payoff", "asian-put", "--payoff-dates", "6"],
-                         "payoff_dates must be")]:
-        bad = runner.invoke(main, [*small, *args])
-        assert bad.exit_code == 2 and match in bad.output, bad.output
