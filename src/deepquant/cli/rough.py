@@ -83,7 +83,8 @@ def _payoff(name, option, strike, barrier):
 def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, heston,
            steps_per_date, feature_steps,
            grids, grid_rate, american, tol, device, float32, sig_level, n_regression, batch_size,
-           max_batches, patience, upper, dual_fit, mc, no_zero, resume, payoff_dates=None):
+           max_batches, patience, upper, dual_fit, mc, no_zero, resume, payoff_dates=None,
+           payoff_name=None):
     """Validate the options (messages name the CLI option) and build (model, pricer, plan)."""
     from dataclasses import replace
 
@@ -125,7 +126,10 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
         raise ValueError("--upper subsim is specific to rough Bergomi; use --upper signature "
                          "(the default) for --model heston")
     if upper == "auto":
-        upper = "signature" if bs or model == "heston" else "subsim"
+        # Black-Scholes: the signature dual is tight for a put or call, the sub-simulation one
+        # for a path-dependent payoff (docs/benchmarks-rough.md, "Path-dependent payoffs")
+        path_dep = payoff_name is not None and not payoff_name.startswith("european-")
+        upper = "signature" if (bs and not path_dep) or model == "heston" else "subsim"
     preset = "bs" if bs else ("heston" if model == "heston" else
                               "rbergomi" if upper == "subsim" else "rbergomi-signature")
     opts = dict(n_dates=n_dates, T=T, exercise_at_zero=not no_zero, batch_size=batch_size,
@@ -269,7 +273,8 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
               show_default=True,
               help="upper bound: sub-simulation Doob martingale of the regression value "
                    "function, or the fitted signature martingale; auto = subsim for rbergomi, "
-                   "signature for bs (docs/benchmarks-rough.md)")
+                   "signature for bs (subsim for bs with a path-dependent --payoff; "
+                   "docs/benchmarks-rough.md)")
 @click.option("--dual", "dual_fit", type=click.Choice(["pathwise", "regression"]),
               default="pathwise", show_default=True,
               help="signature martingale: least squares only, or refined by pathwise "
@@ -300,7 +305,7 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                                  xi0, heston, steps_per_date, feature_steps, grids, grid_rate, american, tol, device,
                                  float32, sig_level, n_regression, batch_size, max_batches,
                                  patience, upper, dual_fit, mc, no_zero, resume,
-                                 payoff_dates)
+                                 payoff_dates, payoff_name)
         payoff = pricer.prepare_payoff(_payoff(payoff_name, option, strike, barrier))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
