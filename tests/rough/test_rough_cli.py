@@ -182,3 +182,24 @@ def test_american_flag_extrapolates_in_the_dates(runner):
                                                         rel=1e-12)
     assert "exact scheme" in out["model_description"]
     assert out["status"] in ("converged", "tol_not_met") and out["message"]
+
+
+def test_american_payoff_json_and_bad_input(runner):
+    """--payoff with --barrier and --payoff-dates: JSON names the payoff; options that do not
+    fit the payoff fail with exit code 2 and the option's name."""
+    small = ["american", "--model", "bs", "--strike", "100", "--dates", "4", "--paths", "4096",
+             "--batch-size", "1024", "--max-batches", "2", "--seed", "3", "--dual",
+             "regression"]
+    res = runner.invoke(main, [*small, "--payoff", "down-and-out-put", "--barrier", "80",
+                               "--payoff-dates", "8", "--steps-per-date", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["payoff"] == "down-and-out-put" and out["option"] == "put"
+    assert out["barrier"] == 80.0 and out["lower_ci"][0] <= out["upper_ci"][1]
+    for args, match in [(["--payoff", "up-and-out-put"], "needs --barrier"),
+                        (["--payoff", "asian-put", "--option", "call"], "--option is for"),
+                        (["--barrier", "90"], "--barrier needs a barrier --payoff"),
+                        (["--payoff", "asian-put", "--payoff-dates", "6"],
+                         "payoff_dates must be")]:
+        bad = runner.invoke(main, [*small, *args])
+        assert bad.exit_code == 2 and match in bad.output, bad.output

@@ -121,24 +121,32 @@ def test_rough_bergomi_bermudan_call_is_the_direct_european():
 
 
 @pytest.mark.parametrize("payoff, why", [
-    (AsianCall(strike=1.0), "running average"),
-    (AsianPut(strike=1.0, dates=(3, 20)), "running average"),
-    (LookbackCall(strike=1.0), "running maximum"),
-    (LookbackPut(strike=1.0), "running minimum"),
-    (BarrierCall(strike=1.0, barrier=1.2), "barrier-crossing flag"),
-    (BarrierPut(strike=1.0, barrier=0.8, barrier_type="down-and-in"), "barrier-crossing flag"),
-    (ForwardStartCall(t1=2), "remembered"),
-    (ForwardStartStraddle(), "remembered"),
-    (SumSquaredIncrements(), "whole path"),
+    (ForwardStartCall(t1=2), "remembered.*no early-exercise value"),
+    (ForwardStartStraddle(), "remembered.*no early-exercise value"),
+    (SumSquaredIncrements(), "whole path.*price it as a European"),
 ], ids=lambda p: getattr(p, "name", ""))
-def test_path_dependent_payoffs_are_rejected_by_name(payoff, why):
-    """Every path-dependent payoff of the library is refused with its name and the reason, at
-    the public entry points (before any simulation)."""
+def test_payoffs_without_early_exercise_value_are_rejected_by_name(payoff, why):
+    """The payoffs whose truncated payoff is not defined or never worth exercising early are
+    refused with their name and the reason, at the public entry points (before any
+    simulation)."""
     match = f"'{payoff.name}'.*{why}"
     with pytest.raises(ValueError, match=match):
         exercise_payoff(payoff)
     with pytest.raises(ValueError, match=match):
         price_bermudan(BS, payoff, n_dates=2, steps_per_date=1)
+
+
+@pytest.mark.parametrize("payoff", [
+    AsianCall(strike=100.0), AsianPut(strike=100.0), LookbackCall(strike=100.0),
+    LookbackPut(strike=100.0), BarrierCall(strike=100.0, barrier=120.0),
+    BarrierPut(strike=100.0, barrier=80.0, barrier_type="down-and-in"),
+], ids=lambda p: p.name)
+def test_path_dependent_payoffs_are_accepted(payoff):
+    """Asian, lookback and barrier payoffs have an early-exercise value (the payoff truncated
+    at the exercise date, tests/rough/test_rough_path_payoffs.py)."""
+    assert exercise_payoff(payoff) is payoff
+    with pytest.raises(ValueError, match="payoff dates="):
+        BermudanPricer(n_dates=4)(BS, replace(payoff, dates=(1, 2)))
 
 
 def test_spot_payoffs_are_accepted_and_dated_ones_refused():

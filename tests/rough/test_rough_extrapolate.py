@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from deepquant.payoffs import AsianCall, EuropeanCall, EuropeanPut
+from deepquant.payoffs import EuropeanCall, EuropeanPut, ForwardStartCall
 from deepquant.results import ConvergenceWarning
 from deepquant.rough import (
     BermudanPricer,
@@ -83,8 +83,8 @@ def test_engine_takes_a_library_payoff():
     assert "Black-Scholes" in a.model and "4 exercise dates" in a.model
     d = a.to_dict()
     assert d["success"] is True and BermudanResult.from_dict(d) == a
-    with pytest.raises(ValueError, match="EuropeanPut or EuropeanCall"):
-        pricer(m, AsianCall(strike=1.0))
+    with pytest.raises(ValueError, match="'forward-start-call'.*no early-exercise value"):
+        pricer(m, ForwardStartCall())
     with pytest.raises(ValueError, match="strike must be"):
         exercise_payoff(-1.0)
     with pytest.raises(ValueError, match="option must be"):

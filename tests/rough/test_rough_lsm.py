@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from deepquant.payoffs import EuropeanPut, LookbackCall
+from deepquant.payoffs import EuropeanPut, ForwardStartCall
 from deepquant.rough.lsm import (
     ExerciseBasis,
     bs_european,
@@ -116,5 +116,5 @@ def test_bad_basis_and_payoff_raise():
         ExerciseBasis(sig_level=9)
     with pytest.raises(ValueError, match="variance"):
         ExerciseBasis(variance="sqrt")
-    with pytest.raises(ValueError, match="EuropeanPut or EuropeanCall"):
-        check_exercise_payoff(LookbackCall(strike=1.0))
+    with pytest.raises(ValueError, match="'forward-start-call'.*no early-exercise value"):
+        check_exercise_payoff(ForwardStartCall())

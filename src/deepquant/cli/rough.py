@@ -1,4 +1,10 @@
-"""CLI commands of the rough engine (see deepquant.cli): ``deepquant american``."""
+"""CLI commands of the rough engine (see deepquant.cli): ``deepquant american``.
+
+The exercise payoff is ``--option put|call`` with ``--strike`` (the plain Bermudan), or
+``--payoff NAME`` with ``--strike`` (and ``--barrier`` for the barrier payoffs), a payoff of
+``deepquant.payoffs`` truncated at each exercise date (``deepquant.rough.exercise``), as in
+``deepquant bounds --payoff``; ``--payoff-dates N`` puts its dates at i T / N.
+"""
 
 from __future__ import annotations
 
@@ -48,10 +54,37 @@ def _check_resume(path: str) -> None:
                          ) from exc
 
 
+ROUGH_PAYOFFS = ("european-put", "european-call", "asian-call", "asian-put", "lookback-call",
+                 "lookback-put", *(f"{k}-{o}" for k in ("up-and-out", "up-and-in",
+                                                        "down-and-out", "down-and-in")
+                                   for o in ("call", "put")))
+
+
+def _payoff(name, option, strike, barrier):
+    """The exercise payoff from --payoff/--option, --strike, --barrier (ValueError naming the
+    option otherwise)."""
+    from deepquant.payoffs import make_payoff, required_params
+    from deepquant.rough import exercise_payoff
+
+    if name is None:
+        if barrier is not None:
+            raise ValueError("--barrier needs a barrier --payoff (e.g. --payoff up-and-out-put)")
+        return exercise_payoff(strike, option or "put")
+    if option is not None:
+        raise ValueError(f"--option is for the plain put/call; --payoff {name} names its side "
+                         "(give one of them)")
+    if barrier is None and "barrier" in required_params(name):
+        raise ValueError(f"--payoff {name} needs --barrier (no default is assumed)")
+    if barrier is not None and "barrier" not in required_params(name):
+        raise ValueError(f"--barrier is for the barrier payoffs, not --payoff {name}")
+    return exercise_payoff(make_payoff(name, strike=strike, barrier=barrier))
+
+
 def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, heston,
            steps_per_date, feature_steps,
            grids, grid_rate, american, tol, device, float32, sig_level, n_regression, batch_size,
-           max_batches, patience, upper, dual_fit, mc, no_zero, resume):
+           max_batches, patience, upper, dual_fit, mc, no_zero, resume, payoff_dates=None,
+           payoff_name=None):
     """Validate the options (messages name the CLI option) and build (model, pricer, plan)."""
     from dataclasses import replace
 
@@ -93,7 +126,10 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
         raise ValueError("--upper subsim is specific to rough Bergomi; use --upper signature "
                          "(the default) for --model heston")
     if upper == "auto":
-        upper = "signature" if bs or model == "heston" else "subsim"
+        # Black-Scholes: the signature dual is tight for a put or call, the sub-simulation one
+        # for a path-dependent payoff (docs/benchmarks-rough.md, "Path-dependent payoffs")
+        path_dep = payoff_name is not None and not payoff_name.startswith("european-")
+        upper = "signature" if (bs and not path_dep) or model == "heston" else "subsim"
     preset = "bs" if bs else ("heston" if model == "heston" else
                               "rbergomi" if upper == "subsim" else "rbergomi-signature")
     opts = dict(n_dates=n_dates, T=T, exercise_at_zero=not no_zero, batch_size=batch_size,
@@ -107,6 +143,8 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
         opts["steps_per_date"] = steps_per_date
     if n_regression is not None:
         opts["n_regression"] = n_regression
+    if payoff_dates is not None:
+        opts["payoff_dates"] = payoff_dates
     if bs and upper == "subsim":
         opts.update(dual="subsim")
     pricer = preset_pricer(preset, **opts)
@@ -167,7 +205,16 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
               help="exercise dates j T / dates, j = 1..dates (plus t = 0 unless --no-zero)")
 @click.option("--runs", type=int, default=1, show_default=True,
               help="independent runs; >= 2 gives the ensemble t-intervals (seed 004 §3.3)")
-@click.option("--option", type=click.Choice(["put", "call"]), default="put", show_default=True)
+@click.option("--option", type=click.Choice(["put", "call"]), default=None,
+              help="the plain Bermudan put or call [default: put]; or --payoff")
+@click.option("--payoff", "payoff_name", type=click.Choice(ROUGH_PAYOFFS), default=None,
+              help="exercise payoff of deepquant.payoffs, truncated at each exercise date: "
+                   "the Asian on the average of the payoff dates so far, the lookback on the "
+                   "running max/min, the barrier option on the barrier flag so far")
+@click.option("--barrier", type=float, default=None, help="barrier level (barrier payoffs)")
+@click.option("--payoff-dates", "payoff_dates", type=int, default=None,
+              help="N: the payoff's dates are i T / N, i = 0..N (a multiple of --dates that "
+                   "divides the simulation steps) [default: the exercise dates]")
 @click.option("--maturity", "T", type=float, default=1.0, show_default=True)
 @click.option("--spot", "S0", type=float, default=100.0, show_default=True)
 @click.option("--rate", "r", type=float, default=0.05, show_default=True)
@@ -226,7 +273,8 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
               show_default=True,
               help="upper bound: sub-simulation Doob martingale of the regression value "
                    "function, or the fitted signature martingale; auto = subsim for rbergomi, "
-                   "signature for bs (docs/benchmarks-rough.md)")
+                   "signature for bs (subsim for bs with a path-dependent --payoff; "
+                   "docs/benchmarks-rough.md)")
 @click.option("--dual", "dual_fit", type=click.Choice(["pathwise", "regression"]),
               default="pathwise", show_default=True,
               help="signature martingale: least squares only, or refined by pathwise "
@@ -241,7 +289,7 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
               help="ensemble state file (JSON, rewritten after every finished run): rerun the "
                    "same command after an interruption to keep the finished runs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho, xi0, v0,
+def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_dates, T, S0, r, sigma, H, eta, rho, xi0, v0,
              kappa, theta, vol_of_vol, steps_per_date, feature_steps, grids, grid_rate,
              independent, american, tol, device, float32, sig_level,
              n_regression, batch_size, max_batches, patience, upper, dual_fit, mc, no_zero,
@@ -256,13 +304,20 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
         m, pricer, plan = _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho,
                                  xi0, heston, steps_per_date, feature_steps, grids, grid_rate, american, tol, device,
                                  float32, sig_level, n_regression, batch_size, max_batches,
-                                 patience, upper, dual_fit, mc, no_zero, resume)
+                                 patience, upper, dual_fit, mc, no_zero, resume,
+                                 payoff_dates, payoff_name)
+        payoff = pricer.prepare_payoff(_payoff(payoff_name, option, strike, barrier))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
     name = {"bs": f"Black-Scholes sigma={sigma:g}", "heston": "Heston"}.get(model,
                                                                           "rough Bergomi")
-    title = f"{option} K={strike:g}, {n_dates} dates, T={T:g}, {name}"
+    from deepquant.rough.exercise import option_name, payoff_label
+
+    option = option_name(payoff)
+    title = (f"{payoff_label(payoff)} K={strike:g}"
+             + (f" barrier={barrier:g}" if barrier is not None else "")
+             + f", {n_dates} dates, T={T:g}, {name}")
     try:
         with reported_failures():  # success and message are in the output
             if plan["american"] or plan["grids"] > 1:
@@ -278,7 +333,7 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
                         bar.update(task, completed=done[0])
 
                     if plan["american"]:
-                        res = price_american(m, strike, option=option, pricer=pricer,
+                        res = price_american(m, payoff, pricer=pricer,
                                              dates=(n_dates, 2 * n_dates, 4 * n_dates),
                                              total_steps=n_dates * spd,
                                              coarse_total_steps=None if plan["bs"] else
@@ -287,7 +342,7 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
                                              rng=seed, callback=tick)
                     else:
                         steps = [spd // 2**k for k in range(plan["grids"] - 1, -1, -1)]
-                        res = price_converged(m, strike, option=option, pricer=pricer, steps=steps,
+                        res = price_converged(m, payoff, pricer=pricer, steps=steps,
                                               rate=plan["rate"], tol=plan["tol"],
                                               max_steps_per_date=max(32, spd),
                                               coupled=not independent, rng=seed,
@@ -310,7 +365,7 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
                 # one BLAS thread: small dense least squares are slower with 2 (DESIGN §7)
                 with progress(disable=as_json) as bar, threadpool_limits(1):
                     task = bar.add_task("pricing batches", total=max_batches)
-                    res = pricer(m, strike, option=option, rng=seed,
+                    res = pricer(m, payoff, rng=seed,
                                  callback=lambda b, h: bar.update(task, completed=b))
                     bar.update(task, total=res.n_batches, completed=res.n_batches)
                 out = res.to_dict()
@@ -330,7 +385,7 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
             else:
                 with progress(disable=as_json) as bar:
                     task = bar.add_task("ensemble runs", total=runs)
-                    ens = ensemble(m, strike, runs=runs, option=option, pricer=pricer, rng=seed,
+                    ens = ensemble(m, payoff, runs=runs, pricer=pricer, rng=seed,
                                    backend=backend, n_workers=workers, resume=resume,
                                    progress=lambda done, _: bar.update(task, completed=done))
                 out = ens.to_dict()
@@ -343,7 +398,7 @@ def american(model, strike, n_dates, runs, option, T, S0, r, sigma, H, eta, rho,
         raise click.UsageError(str(exc)) from exc
 
     out.update(model=model, model_description=out.get("model", ""), strike=strike,
-               option=option, n_dates=n_dates)
+               option=option, payoff=payoff_label(payoff), barrier=barrier, n_dates=n_dates)
     if as_json:
         print_json(out)
         return

@@ -10,6 +10,8 @@ Quick start::
     res.lower, res.upper, res.lower_ci, res.upper_ci
     conv = price_converged(RoughBergomi(), 100.0, steps=(8, 16), rng=1)   # two grids
     conv.value, conv.discretisation_error, conv.model
+    price_bermudan(RoughBergomi(), AsianPut(strike=100.0), rng=1)   # any deepquant.payoffs
+    # payoff truncated at each exercise date (deepquant.rough.exercise)
 
 Only numpy/scipy are imported here; pysiglib (signatures) is imported when features are built.
 """

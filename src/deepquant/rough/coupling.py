@@ -254,6 +254,7 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
     for q in pricers:
         q.check_model(model)
     payoff = exercise_payoff(payoff)
+    payoffs = [q.prepare_payoff(payoff) for q in pricers]  # dates checked on each level
     grids = grids_of(pricers)
     levels = pricers
     ref = pricers[-1]
@@ -282,7 +283,7 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
     fits = []
     for i, lvl in enumerate(levels):
         ci = time.process_time()
-        fits.append(lvl._fit_paths(model, payoff, _head(reg[i], lvl.n_regression),
+        fits.append(lvl._fit_paths(model, payoffs[i], _head(reg[i], lvl.n_regression),
                                    validation(i), {}))
         reg[i] = None
         cpu[i] += time.process_time() - ci
@@ -302,7 +303,7 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
         out: list = [None] * len(levels)
         for i in order:
             ci = time.process_time()
-            out[i] = levels[i]._batch_estimates(model, payoff, fits[i], paths[i],
+            out[i] = levels[i]._batch_estimates(model, payoffs[i], fits[i], paths[i],
                                                 _fresh(inner), inner_refine=refine[i],
                                                 inner_share=share)
             paths[i] = None
@@ -324,7 +325,7 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
     cpu_total = time.process_time() - c0
     runs = []
     for i, lvl in enumerate(levels):
-        res = lvl._result(model, payoff, fits[i], ad, slice(4 * i, 4 * i + 4), seconds=wall,
+        res = lvl._result(model, payoffs[i], fits[i], ad, slice(4 * i, 4 * i + 4), seconds=wall,
                           cpu_seconds=cpu[i], timings=dict(timings))
         runs.append(res)
         if callback:

@@ -27,12 +27,15 @@ evaluated on the first ``subsim_outer`` paths of each pricing batch (a balanced 
 first Sobol points and their antithetic partners). The least-squares signature martingale is
 still fitted (control variate of the lower bound); the pathwise refinement is skipped.
 
-Payoffs (``deepquant.rough.exercise``): the exercise value is a function of the current spot,
-g(S_{t_j}) = ``payoff.terminal``: a ``deepquant.payoffs`` put or call (``EuropeanPut`` /
-``EuropeanCall`` with ``date=None``) or a strike with ``option``. Path-dependent payoffs (Asian,
-lookback, barrier, forward start, sum of squared increments) are rejected with a ``ValueError``
-naming them: their running statistic is not part of the regression state or of the
-sub-simulation dual, so the bracket would not be valid for them.
+Payoffs (``deepquant.rough.exercise``): exercising at t_j pays the payoff of
+``deepquant.payoffs`` truncated at t_j, on the payoff grid of ``payoff_dates`` + 1 dates i T / N
+(default: the exercise dates): g(S_{t_j}) for a put or call (``EuropeanPut`` / ``EuropeanCall``
+with ``date=None``, or a strike with ``option``), the running average of the payoff dates so far
+for an Asian, the running max / min for a lookback, the barrier flag so far for a barrier
+option. The payoff's statistic is part of the regression features, of the signature
+martingale's integrand and of the sub-simulation dual's inner paths (which continue it from
+the outer path), so both bounds hold for path-dependent payoffs too. Forward starts and the sum
+of squared increments are rejected with a ``ValueError`` naming them and why.
 
 The bounds are valid for the DISCRETISED model (the simulation grid with ``steps_per_date``
 steps between exercise dates); the grid bias of the hybrid scheme is not part of the intervals.
@@ -60,7 +63,12 @@ from deepquant.rough.dual import (
     fit_dual,
     martingale_increments,
 )
-from deepquant.rough.exercise import exercise_payoff, option_name
+from deepquant.rough.exercise import (
+    check_payoff_dates,
+    exercise_payoff,
+    option_name,
+    payoff_label,
+)
 from deepquant.rough.heston import Heston
 from deepquant.rough.lsm import (
     ExerciseBasis,
@@ -124,6 +132,9 @@ class BermudanPricer:
     >= ``steps_per_date``: every simulation step. The bounds stay valid for any feature grid
     (the lower bound is a stopping rule's value, the upper bound uses a martingale of the
     discretised model); a coarse one is cheaper and costs only tightness (docs/benchmarks-rough.md).
+    ``payoff_dates``: N, the payoff's dates 0..N are the times i T / N (``deepquant.rough.
+    exercise``); None: the exercise dates (N = n_dates). A multiple of n_dates dividing the
+    number of simulation steps: e.g. n_dates=1, payoff_dates=12 is a European Asian on 12 dates.
     """
 
     _: KW_ONLY
@@ -153,6 +164,7 @@ class BermudanPricer:
     subsim_outer: int = 2**9
     martingale_targets: bool = False
     feature_steps: int | None = None
+    payoff_dates: int | None = None
     device: str | None = None
     dtype: str = "float64"
 
@@ -177,6 +189,12 @@ class BermudanPricer:
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        N = self.payoff_dates
+        if N is not None and (not isinstance(N, int | np.integer) or isinstance(N, bool) or N < 1
+                              or N % self.n_dates or self.n_steps % N):
+            raise ValueError(f"payoff_dates must be a multiple of n_dates={self.n_dates} that "
+                             f"divides the {self.n_steps} simulation steps (every exercise date "
+                             f"a payoff date, every payoff date a grid point), got {N!r}")
         if not (isinstance(self.T, int | float) and math.isfinite(self.T) and self.T > 0):
             raise ValueError(f"T must be a finite number > 0, got {self.T!r}")
         if self.min_batches < 2:
@@ -211,6 +229,21 @@ class BermudanPricer:
         return self.n_dates * self.steps_per_date
 
     @property
+    def n_payoff(self) -> int:
+        """N: the payoff's dates are 0..N at the times i T / N."""
+        return self.n_dates if self.payoff_dates is None else int(self.payoff_dates)
+
+    @property
+    def payoff_stride(self) -> int:
+        """Simulation steps between payoff dates."""
+        return self.n_steps // self.n_payoff
+
+    def prepare_payoff(self, payoff: Payoff | float, option: str = "put") -> Payoff:
+        """The exercise payoff (``exercise.exercise_payoff``) with its dates checked against
+        this pricer's payoff grid (``exercise.check_payoff_dates``)."""
+        return check_payoff_dates(exercise_payoff(payoff, option), self.n_payoff)
+
+    @property
     def feature_stride(self) -> int:
         """Simulation steps per feature cell (1: features on every step)."""
         fs = self.feature_steps
@@ -234,9 +267,9 @@ class BermudanPricer:
     def exercise_arrays(self, model: RoughBergomi, payoff: Payoff, paths: RoughPaths):
         """Z (n, n_dates+1) discounted exercise values and F (n, n_dates+1, F) exercise
         features; column 0 is t = 0 (Z = -inf there when ``exercise_at_zero`` is False)."""
-        Z = exercise_values(paths, payoff, self.dates)
+        Z = exercise_values(paths, payoff, self.dates, self.payoff_stride)
         F = exercise_features(paths, model, payoff, self.dates, self.exercise_basis,
-                              stride=self.feature_stride)
+                              stride=self.feature_stride, payoff_stride=self.payoff_stride)
         if not self.exercise_at_zero:
             Z = np.concatenate([np.full((Z.shape[0], 1), -np.inf), Z], axis=1)
             F = np.concatenate([F[:, :1] * 0.0, F], axis=1)
@@ -245,7 +278,8 @@ class BermudanPricer:
     def _arrays(self, model, payoff, paths):
         Z, F = self.exercise_arrays(model, payoff, paths)
         B = martingale_increments(paths, model, payoff, self._martingale_dates,
-                                  self.martingale_basis, stride=self.feature_stride)
+                                  self.martingale_basis, stride=self.feature_stride,
+                                  payoff_stride=self.payoff_stride)
         return Z, F, B
 
     def _regression_martingale(self, Z, F, B, policy: LSMPolicy) -> DualMartingale:
@@ -295,7 +329,7 @@ class BermudanPricer:
     def fit(self, model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
             rng: RngLike = None) -> tuple[LSMPolicy, DualMartingale]:
         """Fit the exercise policy and the dual martingale only (same streams as a run)."""
-        payoff = exercise_payoff(payoff, option)
+        payoff = self.prepare_payoff(payoff, option)
         seed_reg, seed_val, _ = as_seed_sequence(rng).spawn(3)
         fitted = self._fit(model, payoff, seed_reg, seed_val, {})
         return fitted.policy, fitted.dual
@@ -364,7 +398,7 @@ class BermudanPricer:
                                basis=self.exercise_basis, steps_per_date=self.steps_per_date,
                                n_inner=self.subsim_inner, rng=inner_seed,
                                feature_stride=self.feature_stride, inner_refine=inner_refine,
-                               inner_share=inner_share)
+                               inner_share=inner_share, payoff_stride=self.payoff_stride)
 
     # ------------------------------------------------------------------ one run
     def describe(self, model: RoughBergomi) -> str:
@@ -394,10 +428,10 @@ class BermudanPricer:
     def __call__(self, model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
                  rng: RngLike = None,
                  callback: Callable[[int, float], None] | None = None) -> BermudanResult:
-        """One run for the exercise value ``payoff`` (a ``deepquant.payoffs`` put or call, or a
-        strike with ``option``)."""
+        """One run for the exercise payoff ``payoff`` (a payoff of ``deepquant.payoffs``,
+        truncated at each exercise date, or a strike with ``option``)."""
         self.check_model(model)
-        payoff = exercise_payoff(payoff, option)
+        payoff = self.prepare_payoff(payoff, option)
         root = as_seed_sequence(rng)
         seed_reg, seed_val, seed_price = root.spawn(3)
         t0 = time.perf_counter()
@@ -477,7 +511,8 @@ class BermudanPricer:
             stop_reason=ad.reason, n_regression=self.n_regression,
             dual_in_sample=fitted.dual.in_sample, dual_method=fitted.method,
             exercise_at_zero=fitted.policy.exercise_at_zero, strike=float(payoff.strike),
-            option=option_name(payoff), n_dates=self.n_dates, seconds=seconds,
+            option=option_name(payoff), payoff=payoff_label(payoff), n_dates=self.n_dates,
+            seconds=seconds,
             cpu_seconds=cpu_seconds, timings=timings, success=success,
             status=ad.reason, message=message, model=self.describe(model))
 

@@ -18,7 +18,7 @@ import numpy as np
 from deepquant.payoffs import Payoff
 from deepquant.results import result_dict, warn_failure
 from deepquant.rough.engine import BermudanPricer, BermudanResult
-from deepquant.rough.exercise import exercise_payoff, option_name
+from deepquant.rough.exercise import is_path_dependent, option_name
 from deepquant.rough.qmc import RngLike, as_seed_sequence, t_interval
 from deepquant.rough.rbergomi import RoughBergomi
 
@@ -59,14 +59,18 @@ class EnsembleResult:
 
 
 def _ensemble_task(args) -> BermudanResult:  # module level: picklable for process pools/Ray
-    pricer, model, strike, option, seed = args
-    return pricer(model, strike, option=option, rng=seed)
+    pricer, model, payoff, seed = args
+    return pricer(model, payoff, rng=seed)
 
 
-def _ensemble_fingerprint(pricer, model, strike, option, runs, root) -> str:
+def _ensemble_fingerprint(pricer, model, payoff, runs, root) -> str:
     import hashlib
 
-    key = repr((pricer, model, float(strike), option, int(runs), root.entropy, root.spawn_key))
+    key = (pricer, model, float(payoff.strike), option_name(payoff), int(runs), root.entropy,
+           root.spawn_key)
+    if is_path_dependent(payoff):
+        key += (payoff,)
+    key = repr(key)
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -108,12 +112,11 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
 
     if not isinstance(runs, int) or runs < 2:
         raise ValueError(f"runs must be an integer >= 2 for t-intervals, got {runs!r}")
-    payoff = exercise_payoff(strike, option)  # validated before starting workers
-    strike, option = payoff.strike, option_name(payoff)
     pricer = pricer or BermudanPricer()
+    payoff = pricer.prepare_payoff(strike, option)  # validated before starting workers
     root, state = _load_resume(resume, rng) if resume is not None else (None, {})
     root = root if root is not None else as_seed_sequence(rng)
-    fingerprint = _ensemble_fingerprint(pricer, model, strike, option, runs, root)
+    fingerprint = _ensemble_fingerprint(pricer, model, payoff, runs, root)
     results: list = [None] * runs
     if state:
         if state["fingerprint"] != fingerprint:
@@ -143,7 +146,7 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
         progress(done, next(r for r in results if r is not None))
     if todo:
         executor = get_executor(backend, n_workers=n_workers)
-        tasks = [(pricer, model, strike, option, seeds[i]) for i in todo]
+        tasks = [(pricer, model, payoff, seeds[i]) for i in todo]
         for j, res in executor.as_completed(_ensemble_task, tasks):
             results[todo[j]] = res
             done += 1

@@ -1,9 +1,10 @@
 """Longstaff–Schwartz lower bound with polynomial and signature regression bases.
 
-Problem: a Bermudan option with exercise value g(S) (a put or call from ``deepquant.payoffs``) at
-the exercise dates t_0 = 0 (optional), t_1, ..., t_J = T, which are grid indices
-``dates = (e_0, ..., e_J)`` of the simulation grid. Z_j = exp(-r t_j) g(S_{t_j}) is the
-discounted exercise value, shape (n_paths, J+1).
+Problem: a Bermudan option with exercise value h_j (a payoff of ``deepquant.payoffs`` truncated at
+the exercise date: g(S_{t_j}) for a put or call, the running average / max / min / barrier flag
+for a path-dependent payoff; ``deepquant.rough.exercise``) at the exercise dates t_0 = 0
+(optional), t_1, ..., t_J = T, which are grid indices ``dates = (e_0, ..., e_J)`` of the
+simulation grid. Z_j = exp(-r t_j) h_j is the discounted exercise value, shape (n_paths, J+1).
 
 Regression (Longstaff & Schwartz 2001, RFS 14(1), §1): backward in j, regress the realised
 discounted cash flow of the current policy on the basis functions phi_j(path up to t_j) over the
@@ -16,7 +17,9 @@ Basis (``ExerciseBasis``): all monomials s^a v^b with a + b <= ``poly_degree`` i
 v = V/xi0; the truncated signature of (t, log S, V) up to t_j (``deepquant.rough.signature``) to
 level ``sig_level``; optionally the Black–Scholes European value (K e^{-r tau} N(-d2) - S N(-d1))/K
 with tau = T - t_j and volatility sqrt(xi0) (a smooth proxy for the continuation value); and the
-conditional forward variance xi_{t_j}(u) with the European value at that variance.
+conditional forward variance xi_{t_j}(u) with the European value at that variance; for a
+path-dependent payoff its statistic A_j at the date (``exercise.state_columns``), so that the
+continuation value depends on it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,14 @@ import numpy as np
 from scipy.special import ndtr
 
 from deepquant.blackscholes import bs_price
-from deepquant.payoffs import EuropeanPut, Payoff
-from deepquant.rough.exercise import check_exercise_payoff
+from deepquant.payoffs import Payoff
+from deepquant.rough.exercise import (
+    check_exercise_payoff,
+    is_path_dependent,
+    is_put,
+    payoff_grid_states,
+    state_columns,
+)
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.signature import lifted_path, signatures_at
 
@@ -38,6 +47,7 @@ __all__ = [
     "bs_european",
     "exercise_values",
     "exercise_features",
+    "payoff_states",
     "LSMPolicy",
     "fit_lsm",
     "check_exercise_payoff",
@@ -63,10 +73,29 @@ def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = Tr
     return S * ndtr(d1) - disc_k * ndtr(d2)
 
 
-def exercise_values(paths: RoughPaths, payoff: Payoff, dates) -> np.ndarray:
-    """Discounted exercise values Z_j = exp(-r t_j) g(S_{t_j}), shape (n_paths, len(dates))."""
+def payoff_states(paths: RoughPaths, payoff: Payoff, dates,
+                  payoff_stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(h, A), each (n_paths, len(dates)): the payoff truncated at each grid index in ``dates``
+    and its statistic there (``exercise.truncated_payoff``), on the payoff grid that sees the
+    path every ``payoff_stride`` simulation steps (default: the spacing of ``dates``; every
+    date must be a multiple of it)."""
     idx = np.asarray(dates, dtype=int)
-    g = payoff.terminal(paths.S[:, idx], None)
+    p = payoff_stride or (int(idx[-1] - idx[-2]) if idx.size > 1 else int(idx[-1]) or 1)
+    if p < 1 or np.any(idx % p):
+        raise ValueError(f"the exercise dates {idx.tolist()} must be multiples of the payoff "
+                         f"grid's stride {p}")
+    return payoff_grid_states(paths.S[:, ::p], payoff, idx // p)
+
+
+def exercise_values(paths: RoughPaths, payoff: Payoff, dates,
+                    payoff_stride: int | None = None) -> np.ndarray:
+    """Discounted exercise values Z_j = exp(-r t_j) h_j, shape (n_paths, len(dates)); h_j the
+    payoff truncated at t_j (``payoff_states``; g(S_{t_j}) for a put or call)."""
+    idx = np.asarray(dates, dtype=int)
+    if is_path_dependent(payoff):
+        g = payoff_states(paths, payoff, idx, payoff_stride)[0]
+    else:
+        g = payoff.terminal(paths.S[:, idx], None)
     return np.exp(-paths.r * paths.times[idx])[None, :] * g
 
 
@@ -107,13 +136,15 @@ class ExerciseBasis:
 
 
 def exercise_features(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, dates,
-                      basis: ExerciseBasis, *, stride: int = 1) -> np.ndarray:
+                      basis: ExerciseBasis, *, stride: int = 1,
+                      payoff_stride: int | None = None) -> np.ndarray:
     """Basis functions at each exercise date, shape (n_paths, len(dates), F), no constant column
     (the regression adds it).
 
     ``stride``: the signature is that of the path observed every ``stride`` simulation steps
     (a coarser feature grid; every date must be a multiple of it). Any adapted feature map
     keeps the bounds valid; a coarser one only costs tightness, and it is cheaper.
+    ``payoff_stride``: the payoff grid of a path-dependent payoff (``payoff_states``).
     """
     xi0 = model.xi0
     idx = np.asarray(dates, dtype=int)
@@ -131,7 +162,7 @@ def exercise_features(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, da
     if basis.bs_feature:
         tau = T - paths.times[idx]
         cols.append(bs_european(paths.S[:, idx], K, paths.r, math.sqrt(xi0), tau[None, :],
-                                put=isinstance(payoff, EuropeanPut)) / K)
+                                put=is_put(payoff)) / K)
     if basis.forward_variance and varies:
         # xi_{t_j}(u) at the middle of the remaining life, and the European value with it
         u = paths.times + 0.5 * (T - paths.times)
@@ -139,14 +170,16 @@ def exercise_features(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, da
         cols.append(fv / xi0)
         cols.append(bs_european(paths.S[:, idx], K, paths.r, np.sqrt(fv),
                                 (T - paths.times[idx])[None, :],
-                                put=isinstance(payoff, EuropeanPut)) / K)
+                                put=is_put(payoff)) / K)
     if basis.european_periods:
         period = float(paths.times[idx[-1]] - paths.times[idx[-2]]) if len(idx) > 1 else T
         vol = np.sqrt(fv) if (basis.forward_variance and varies) else math.sqrt(xi0)
         for k in basis.european_periods:
             tau_k = np.minimum(k * period, T - paths.times[idx])[None, :]
             cols.append(bs_european(paths.S[:, idx], K, paths.r, vol, tau_k,
-                                    put=isinstance(payoff, EuropeanPut)) / K)
+                                    put=is_put(payoff)) / K)
+    if is_path_dependent(payoff):
+        cols += state_columns(payoff, s, payoff_states(paths, payoff, idx, payoff_stride)[1])
     feats = [np.stack(cols, axis=-1)] if cols else []
     if basis.sig_level > 0:
         if stride < 1 or np.any(idx % stride):

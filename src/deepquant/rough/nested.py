@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepquant.results import result_dict
-from deepquant.rough.engine import BermudanPricer, exercise_payoff
+from deepquant.rough.engine import BermudanPricer
 from deepquant.rough.lsm import LSMPolicy
 from deepquant.rough.qmc import RngLike, as_seed_sequence, driver_increments
 from deepquant.rough.rbergomi import RoughBergomi
@@ -61,7 +61,9 @@ def andersen_broadie(pricer: BermudanPricer, model: RoughBergomi, strike,
                      n_inner: int = 128, rng: RngLike = None) -> AndersenBroadieResult:
     """Nested-simulation upper bound for ``policy`` (fitted with the same ``pricer`` settings).
 
-    ``strike``: a strike (with ``option``) or a ``deepquant.payoffs`` put/call.
+    ``strike``: a strike (with ``option``) or a payoff of ``deepquant.payoffs`` (truncated at
+    each exercise date, ``deepquant.rough.exercise``; the inner paths share the outer path's
+    noise up to t_j, so they continue its payoff statistic).
 
     Outer and inner paths are plain Monte Carlo (independent normals).
     """
@@ -69,7 +71,7 @@ def andersen_broadie(pricer: BermudanPricer, model: RoughBergomi, strike,
         raise ValueError(f"n_outer must be an integer >= 2, got {n_outer!r}")
     if not isinstance(n_inner, int) or n_inner < 2:
         raise ValueError(f"n_inner must be an integer >= 2, got {n_inner!r}")
-    payoff = exercise_payoff(strike, option)
+    payoff = pricer.prepare_payoff(strike, option)
     t0 = time.perf_counter()
     seed_outer, seed_inner = as_seed_sequence(rng).spawn(2)
     n = pricer.n_steps

@@ -32,6 +32,7 @@ class BermudanResult:
     success : False only when a precision target ``tol`` > 0 was set and not reached (the
         bounds are valid either way; a ``ConvergenceWarning`` says so); status : the stop
         reason; message : one line; nit : n_batches (the result protocol, ``deepquant.results``)
+    payoff : the payoff's name (``deepquant.payoffs``; truncated at each exercise date)
     model : what the bounds bracket: the Bermudan price of the DISCRETISED model (scheme and
         grid named), not its continuous-time limit (see ``deepquant.rough.extrapolate``)
     """
@@ -65,6 +66,7 @@ class BermudanResult:
     status: str = ""
     message: str = ""
     model: str = ""
+    payoff: str = ""
 
     @property
     def relative_gap(self) -> float:

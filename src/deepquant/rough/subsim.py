@@ -45,26 +45,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepquant.payoffs import EuropeanPut, Payoff
+from deepquant.payoffs import Payoff
+from deepquant.rough.exercise import is_path_dependent, is_put, state_columns, truncated_payoff
 from deepquant.rough.lsm import ExerciseBasis, LSMPolicy, _lstsq, bs_european
 from deepquant.rough.qmc import as_seed_sequence
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths, hybrid_kernel
 from deepquant.rough.signature import signature_length
 
-__all__ = ["ValueFunction", "fit_value_function", "features_at", "subsim_pathwise",
-           "InnerShare"]
+__all__ = ["ValueFunction", "fit_value_function", "features_at", "inner_exercise",
+           "subsim_pathwise", "InnerShare"]
 
 
 def features_at(S: np.ndarray, V: np.ndarray, fv: np.ndarray | None, sig: np.ndarray | None,
                 t: float, T: float, K: float, r: float, xi0: float, basis: ExerciseBasis,
-                put: bool, varies: bool, period: float = 0.0) -> np.ndarray:
+                put: bool, varies: bool, period: float = 0.0,
+                state: list | None = None) -> np.ndarray:
     """Exercise features at ONE date t for arrays of states (any leading shape), last axis F.
 
     Same columns, in the same order, as ``lsm.exercise_features`` (checked by a test): the
     monomials in s = S/K and v = V/xi0, the BS European value with sqrt(xi0), the forward
     variance xi_t(t + (T - t)/2)/xi0 and the European value with it, the European values
     expiring ``basis.european_periods`` exercise periods (of length ``period``) ahead, the
-    signature.
+    payoff-statistic columns ``state`` (``exercise.state_columns``; path-dependent payoffs),
+    the signature.
     """
     s = S / K
     v = V / xi0
@@ -84,6 +87,7 @@ def features_at(S: np.ndarray, V: np.ndarray, fv: np.ndarray | None, sig: np.nda
         vol = np.sqrt(fv) if (basis.forward_variance and varies) else math.sqrt(xi0)
         for k in basis.european_periods:
             cols.append(bs_european(S, K, r, vol, min(k * period, tau), put=put) / K)
+    cols += state or []
     out = [np.stack(cols, axis=-1)] if cols else []
     if basis.sig_level > 0:
         out.append(sig)
@@ -306,6 +310,20 @@ class _InnerNoise:
         return tuple(np.concatenate([h, -h], axis=1) for h in half)
 
 
+def inner_exercise(payoff: Payoff, hist: np.ndarray, S: np.ndarray, payoff_stride: int,
+                   K: float) -> tuple[np.ndarray, list]:
+    """Exercise value at the end of a period for a path-dependent payoff, and its state
+    columns: the payoff truncated there (``exercise.truncated_payoff``) on the outer path's
+    payoff dates ``hist`` (n, i + 1) up to the period's start followed by the inner paths'
+    payoff dates in the period, every ``payoff_stride`` steps of S (n, n_inner, m + 1).
+    Returns h (n * n_inner,) and ``exercise.state_columns`` at the end."""
+    nb, ni = S.shape[:2]
+    X = np.concatenate([np.broadcast_to(hist[:, None, :], (nb, ni, hist.shape[1])),
+                        S[:, :, payoff_stride::payoff_stride]], axis=2).reshape(nb * ni, -1)
+    h, a = truncated_payoff(payoff, X)
+    return h, state_columns(payoff, S[:, :, -1].reshape(-1) / K, a)
+
+
 def _segment_signature(logS, logV, V, S0, xi0, T, t0, dt, level, variance):
     """Signature (n, L) of the lifted path (t/T, log(S/S0)/sqrt(xi0 T), var(V)) over the
     segment given by log S, log V, V of shape (n, m + 1) (``signature.lifted_path``
@@ -366,7 +384,8 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
                     control: bool = True, european_control: bool = False,
                     n_inner_zero: int = 2**14,
                     return_martingale: bool = False, feature_stride: int = 1,
-                    inner_refine: int = 1, inner_share: InnerShare | None = None):
+                    inner_refine: int = 1, inner_share: InnerShare | None = None,
+                    payoff_stride: int | None = None):
     """max_j (Z_j - M_j) on the outer paths, shape (n,), for the sub-simulation martingale.
 
     Z, F : (n, J+1) exercise values and (n, J+1, F) features of the outer paths, column j at
@@ -380,7 +399,11 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
     on a grid that many times finer and coarsened, so that runs on coupled grids
     (``deepquant.rough.coupling``) with the same ``rng`` share their inner Brownian paths;
     ``inner_share``: the finest grid hands its coarsened draws to the coarser ones through it
-    (run the finest grid first).
+    (run the finest grid first). ``payoff_stride``: the payoff grid of a path-dependent
+    payoff sees the path every ``payoff_stride`` steps (a divisor of ``steps_per_date``;
+    default ``steps_per_date``): each inner path continues the outer path's payoff dates up to
+    t_j with its own ones in the period, and its exercise value and features at t_{j+1} are
+    those of the payoff truncated there (``exercise.truncated_payoff``).
     """
     if not isinstance(n_inner, int | np.integer) or isinstance(n_inner, bool) or n_inner < 4 \
             or n_inner & (n_inner - 1):
@@ -405,7 +428,13 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
     if n_steps != J * m:
         raise ValueError(f"outer paths have {n_steps} steps, expected {J * m}")
     K = float(payoff.strike)
-    put = isinstance(payoff, EuropeanPut)
+    put = is_put(payoff)
+    path_dep = is_path_dependent(payoff)
+    p = payoff_stride or m
+    if not isinstance(p, int | np.integer) or p < 1 or m % p:
+        raise ValueError(f"payoff_stride must be a positive divisor of steps_per_date={m}, "
+                         f"got {payoff_stride!r}")
+    X_outer = outer.S[:, ::p]  # the outer paths on the payoff grid
     r = outer.r
     xi0 = model.xi0
     varies = model.eta != 0.0
@@ -442,7 +471,12 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
                                           cell)
                 nb, ni = S.shape[:2]
                 S_end = S[:, :, -1].reshape(-1)
-                z_end = disc_end * payoff.terminal(S_end, None)
+                state = None
+                if path_dep:
+                    h_end, state = inner_exercise(payoff, X_outer[rows, : e // p + 1], S, p, K)
+                    z_end = disc_end * h_end
+                else:
+                    z_end = disc_end * payoff.terminal(S_end, None)
                 ctrl.append(_controls(S, V, outer.times[e], dt, K, r, T, xi0, put,
                                       european_control))
                 if j + 1 == J:
@@ -467,7 +501,7 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
                             basis.sig_level)
                 feats = features_at(S_end, V[:, :, -1].reshape(-1), fv.reshape(-1), sig,
                                     inner.t_end, T, K, r, xi0, basis, put, varies,
-                                    period=m * dt)
+                                    period=m * dt, state=state)
                 vals.append(value_fn.value(j + 1, z_end, feats).reshape(nb, ni))
             if control:
                 est = []
