@@ -63,6 +63,10 @@ def test_bad_options_are_usage_errors(chain_csv):
             "--strike", 1, "--grid-size", 11, "--thin", "--repair", "minimal"]
     res = _run(*base, "--method", "certified", "--max-seconds", -1)
     assert res.exit_code == 2 and "max_seconds must be > 0, got -1.0" in res.output
+    res = _run(*base, "--method", "certified", "--coarse", "x")
+    assert res.exit_code == 2 and "--coarse must be an integer or 'none', got 'x'" in res.output
+    res = _run(*base, "--method", "certified", "--coarse", 3)
+    assert res.exit_code == 2 and "coarse must be None or an integer >= 5, got 3" in res.output
     res = _run(*base, "--top", -1)
     assert res.exit_code == 2 and "--top" in res.output
     res = _run(*base[:-5], "--grid-size", 3)
@@ -70,3 +74,17 @@ def test_bad_options_are_usage_errors(chain_csv):
     res = _run("--quotes", chain_csv, "--expiries", "30d,60d", "--payoff",
                "forward-start-straddle", "--t1", 1, "--t2", 5, "--grid-size", 11)
     assert res.exit_code == 2 and "t2=5 out of range" in res.output
+
+
+def test_certified_coarse_start_contains_the_lp(chain_csv):
+    # 21 points started from the 11-point subgrid (every second point): valid outer bounds (contain the exact LP on
+    # the same 21-point problem to 1e-8), the coarse start reported, hedges dominate
+    base = ["--quotes", chain_csv, "--expiries", "30d,60d", "--payoff", "lookback-call",
+            "--strike", 1, "--grid-size", 21, "--thin", "--repair", "minimal", "--json"]
+    lp = json.loads(_run(*base).output)
+    res = _run(*base, "--method", "certified", "--coarse", 10, "--max-seconds", 20)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["lower"] <= lp["lower"] + 1e-8 and out["upper"] >= lp["upper"] - 1e-8
+    assert out["hedges"]["lower"]["dominates"] and out["hedges"]["upper"]["dominates"]
+    assert out["coarse"]["lower"]["size"] == out["coarse"]["upper"]["size"] == 11

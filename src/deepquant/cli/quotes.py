@@ -49,11 +49,14 @@ def _range(text: str) -> tuple[float, float]:
                    "arbitrage-free prices (minimal) or to the calibrated marginals' prices.")
 @click.option("--max-seconds", type=float, default=600.0, show_default=True,
               help="Certified method: time budget per side.")
+@click.option("--coarse", default="25", show_default=True, metavar="N|none",
+              help="Certified method on grids of at least 2N points: start each side from "
+                   "the positions of the same side on an N-point subgrid (none: off).")
 @click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
               help="Largest option positions shown per side.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barrier, grid_size,
-                         method, fit_range, thin, repair, max_seconds, top, as_json):
+                         method, fit_range, thin, repair, max_seconds, coarse, top, as_json):
     """Bounds of a payoff over every martingale law pricing each quote inside its bid-ask band,
     with the static option positions of each side's hedge (long at the ask, short at the bid)."""
     import warnings
@@ -72,6 +75,13 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
     if missing:
         fail(f"--payoff {payoff_name} needs {' and '.join(missing)} (no default is assumed)")
     frange = _range(fit_range)
+    if coarse.strip().lower() == "none":
+        coarse_size = None
+    else:
+        try:
+            coarse_size = int(coarse)
+        except ValueError:
+            fail(f"--coarse must be an integer or 'none', got {coarse!r}")
     specs = [s.strip() for s in expiries.split(",") if s.strip()]
     try:
         with warnings.catch_warnings():
@@ -84,7 +94,8 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
             fitted = None
             if repair == "calibration":  # the bands keep the zero-bid and one-sided quotes
                 fitted = calibrate_chain(chain, specs, grid=grid, fit_range=frange).marginals
-            options = dict(max_seconds=max_seconds) if method == "certified" else {}
+            options = dict(max_seconds=max_seconds, coarse=coarse_size) \
+                if method == "certified" else {}
             res = bounds_from_quotes(bands, payoff, grid=grid, method=method, thin=thin,
                                      repair=None if repair == "none" else repair,
                                      fitted=fitted, **options)
@@ -114,6 +125,9 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
                dropped_quotes=res.info["dropped_quotes"], no_bid=res.info["no_bid"],
                no_ask=res.info["no_ask"], repaired=res.info["repaired"],
                band_widening=res.info["band_widening"], hedges=positions)
+    if method == "certified":
+        out["coarse"] = {side: getattr(res, f"{side}_side").info.get("coarse")
+                         for side in ("lower", "upper")}
     if as_json:
         print_json(out)
     else:
@@ -130,6 +144,10 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
                 side = getattr(res, f"{name}_side")
                 rows += [(f"{name} inner estimate", side.info.get("inner")),
                          (f"{name} certified gap", side.gap)]
+                if side.info.get("coarse"):
+                    c = side.info["coarse"]
+                    rows.append((f"{name} coarse start", f"{c['size']} points, bound "
+                                 f"{c['bound']:.6g} in {c['seconds']:.1f} s"))
         console.print(table(f"quote-bounds: {payoff_name} on {chain_path}", ["name", "value"],
                             rows))
         for side in ("lower", "upper"):

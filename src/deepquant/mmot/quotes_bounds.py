@@ -153,6 +153,10 @@ COARSE = 25
 of at least twice as many points; ``coarse=None`` turns it off)."""
 
 
+COARSE_SHARE = 0.9
+"""Share of a side's time budget for its coarse start (the rest: the fine certificate, its
+hedge, and fine stages when the coarse solve ends early)."""
+
 FINE_SWEEPS = 4
 """Fewest predicted smoothed sweeps worth a fine-grid stage after the coarse start."""
 
@@ -197,7 +201,7 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
     positions of a coarse solution carry over; potentials would not). The coarse inner value
     and band violation are the inner estimate until a fine stage does better; the coarse solve
     is reported in ``info["coarse"]``. The fine grid's smoothed stages get the rest of the
-    budget, and are skipped when ``FINE_SWEEPS`` smoothed sweeps (predicted from the coarse
+    budget (most of it when the coarse solve reaches its rtol early), and are skipped when ``FINE_SWEEPS`` smoothed sweeps (predicted from the coarse
     ones) would not fit in it: the first sweep is at the coarse positions themselves."""
     options = dict(options)
     size = options.pop("coarse", COARSE)
@@ -209,7 +213,7 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
     cg = coarse_grid(prob.grid, size)
     cres = bounds_from_quotes(prob.bands, prob.payoff, grid=cg, method="certified",
                               repair="minimal", thin=True, sum_mode=sum_mode, sides=(side,),
-                              max_seconds=budget / 2, coarse=None, **sub)
+                              max_seconds=COARSE_SHARE * budget, coarse=None, **sub)
     cside = getattr(cres, f"{side}_side")
     a0 = _map_positions(prob, cres.info["problem"], cside.info["positions"])
     start = dict(inner=cside.info["inner"], band_violation=cside.info["band_violation"])
