@@ -24,6 +24,7 @@ bound, so the bracket closes to the LP tolerance.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -137,7 +138,8 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                  gtol: float = 1e-9, maxcor: int = 50, precondition: float = 0.0,
                  inner_resid_tol: float = 1e-3, polish: bool = True,
                  polish_max_states: int = POLISH_MAX_STATES, max_seconds: float = 600.0,
-                 u0: np.ndarray | None = None, progress=None) -> BoundSide:
+                 u0: np.ndarray | None = None, start: dict | None = None,
+                 progress=None) -> BoundSide:
     """One side of the certified bounds on ``chain`` (see the module docstring).
 
     Parameters
@@ -173,7 +175,12 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
     max_seconds : float
         Time budget; the best certificate so far is returned when it runs out.
     u0 : ndarray, optional
-        Warm start, the concatenated potentials u_1..u_T on the supports.
+        Warm start, the concatenated potentials u_1..u_T on the supports. Its certificate is
+        taken before the first stage (the side never ends worse than it), and the budget is
+        then checked before the first smoothed sweep too (a side may end without smoothing).
+    start : dict, optional
+        The inner estimate until a stage gives one (``inner``, ``resid``, ``kind``), e.g. the
+        inner value of a coarse grid.
     progress : callable, optional
         Called with a ``CertifiedProgress`` after each stage.
 
@@ -208,12 +215,12 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                         gtol=gtol, maxcor=maxcor, precondition=precondition,
                         inner_resid_tol=inner_resid_tol, polish=polish,
                         polish_max_states=polish_max_states, max_seconds=max_seconds, u0=u0,
-                        progress=progress)
+                        start=start, progress=progress)
 
 
 def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps_factor, band,
              max_iter, gtol, maxcor, precondition, inner_resid_tol, polish, polish_max_states,
-             max_seconds, u0, progress) -> BoundSide:
+             max_seconds, u0, start, progress) -> BoundSide:
     sw = _Sweeper(chain, marginals, sign)
     uvec = np.zeros(sw.mu_flat.size) if u0 is None else np.array(u0, dtype=float)
     if uvec.shape != sw.mu_flat.shape:
@@ -227,6 +234,10 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
     stages = 0
     eps = eps_start
     inner_kind = "smoothed chain"
+    if u0 is not None:  # the start's certificate: the side never ends worse than it
+        best = sw.certify(uvec.copy())
+    if start is not None:
+        inner, resid, inner_kind = sign * start["inner"], start["resid"], start["kind"]
     if polish and live_states(chain) <= polish_max_states:
         log = None
         if progress is not None:
@@ -260,10 +271,10 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
 
         low: dict = {}  # the stage's evaluation with the lowest smoothed value
 
-        def fun(v, e_abs=e_abs, pre=pre, low=low):
+        def fun(v, e_abs=e_abs, pre=pre, low=low, armed=bool(np.isfinite(best[0]))):
             # the budget is checked before every sweep: one L-BFGS stage (up to max_iter
             # iterations, each with its line search) can otherwise run far past it
-            if low and time.perf_counter() - t0 > max_seconds:
+            if (low or armed) and time.perf_counter() - t0 > max_seconds:
                 raise _OutOfTime
             val, grad, _, _, _ = sw.soft(v * pre, e_abs, band)
             if not low or val < low["f"]:
@@ -279,7 +290,9 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
                               options=dict(maxiter=max_iter, maxcor=maxcor, gtol=gtol,
                                            ftol=1e-15))
         except _OutOfTime:
-            pass
+            if not low:  # out of time before the stage's first sweep: the start stands
+                status, message = 1, f"time budget {max_seconds:g} s spent"
+                break
         uvec = low["v"] * pre
         stages += 1
         _, _, stage_inner, law, drift = sw.soft(uvec, e_abs, band)
@@ -356,12 +369,31 @@ def _side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid
 COARSE_SIZE = 40
 """Grids are halved for the warm start down to about this many points."""
 
+COARSE_SHARE = 0.9
+"""Share of a side's time budget for its coarse levels (the rest: the fine certificate and the
+fine stages when they fit)."""
+
+FINE_SWEEPS = 4
+"""Fewest predicted smoothed sweeps worth a fine stage after a coarse start."""
+
+SOFT_OVER_HARD = 100.0
+"""Cost of one smoothed sweep over one exact sweep of the same chain (measured 70-160 at 150
+points: exact 4-16 ms, smoothed 0.3-1.2 s on the Heston lookback; the prediction of the fine
+stages' cost)."""
+
 
 def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain, sense: str, *,
                      levels: int | None, sum_grid_size, sum_mode, progress, **options
                      ) -> BoundSide:
-    """``certify_side`` warm-started from the same side on ``coarse_marginals`` (recursively):
-    the coarse potentials are interpolated linearly onto the fine supports."""
+    """``certify_side`` started from the same side on ``coarse_marginals`` (recursively).
+
+    The coarse levels get ``COARSE_SHARE`` of the budget and are solved like any side (exactly
+    by column generation when small); their potentials, interpolated linearly onto the fine
+    supports, are certified by one exact sweep (a valid bound whatever the grid), and the fine
+    stages run only when ``FINE_SWEEPS`` smoothed sweeps (predicted as ``SOFT_OVER_HARD``
+    times the exact sweep just timed) fit in what is left. Until a fine stage gives one, the
+    inner estimate is the coarse level's: a value on other (coarsened) marginals, so the gap
+    is then an estimate of the bracket, not a bound (``info["inner_kind"]`` says so)."""
     from deepquant.mmot.entropic import coarse_marginals
 
     if options.get("polish", True) and \
@@ -370,41 +402,51 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     if levels is None:
         levels = 0
         size = marginals.size
-        while size > 2 * COARSE_SIZE:
+        while size > COARSE_SIZE:
             size = (size + 1) // 2
             levels += 1
-    u0 = None
-    opts = dict(options)
+    if levels <= 0:
+        return certify_side(chain, marginals, sense, progress=progress, **options)
     t_start = time.perf_counter()
     budget = float(options.get("max_seconds", 600.0))
-    if levels > 0:
-        coarse = coarse_marginals(marginals)
-        T = chain.last_date
-        coarse, _ = nest_supports(coarse, T)
-        cchain = build_chain(coarse, payoff, sum_mode=sum_mode,
-                             sum_grid_size=None if sum_grid_size is None
-                             else max(2, (int(sum_grid_size) + 1) // 2))
-        copts = dict(options)
-        copts["eps_end"] = max(options.get("eps_end", 1e-7), 1e-5)
-        copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
-        copts["polish"] = False  # the coarse levels only provide potentials
-        copts["max_seconds"] = budget / 3  # and a third of the budget, recursively
-        cres = _multiscale_side(coarse, payoff, cchain, sense, levels=levels - 1,
-                                sum_grid_size=sum_grid_size, sum_mode=sum_mode,
-                                progress=None, **copts)
-        uc = cres.info.get("u_sweep")
-        if uc is not None:
-            grid, cgrid = marginals.grid, coarse.grid
-            pieces = []
-            for t in range(1, T + 1):
-                ok = np.isfinite(uc[t])
-                xs = np.flatnonzero(chain.support[t])
-                pieces.append(np.interp(grid[xs], cgrid[ok], uc[t, ok]))
-            u0 = np.concatenate(pieces)
-            opts.setdefault("eps_start", max(cres.info["eps"] / cres.info["scale"], 1e-5))
-        # the fine level gets what is left (at least one certified evaluation runs)
-        opts["max_seconds"] = max(budget - (time.perf_counter() - t_start), 1e-3)
-    return certify_side(chain, marginals, sense, u0=u0, progress=progress, **opts)
+    T = chain.last_date
+    coarse = coarse_marginals(marginals)
+    coarse, _ = nest_supports(coarse, T)
+    cchain = build_chain(coarse, payoff, sum_mode=sum_mode,
+                         sum_grid_size=None if sum_grid_size is None
+                         else max(2, (int(sum_grid_size) + 1) // 2))
+    copts = dict(options)
+    copts["eps_end"] = max(options.get("eps_end", 1e-7), 1e-5)
+    copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
+    copts["max_seconds"] = COARSE_SHARE * budget
+    cres = _multiscale_side(coarse, payoff, cchain, sense, levels=levels - 1,
+                            sum_grid_size=sum_grid_size, sum_mode=sum_mode, progress=None,
+                            **copts)
+    uc = cres.info.get("u_sweep")
+    if uc is None:  # nothing to carry over (a payoff known at date 0)
+        return certify_side(chain, marginals, sense, progress=progress, **options)
+    grid, cgrid = marginals.grid, coarse.grid
+    pieces = []
+    for t in range(1, T + 1):
+        ok = np.isfinite(uc[t])
+        xs = np.flatnonzero(chain.support[t])
+        pieces.append(np.interp(grid[xs], cgrid[ok], uc[t, ok]))
+    opts = dict(options)
+    opts.setdefault("eps_start", max(cres.info.get("eps", 0.0) / cres.info["scale"], 1e-5))
+    sign = 1.0 if sense == "upper" else -1.0
+    t_hard = time.perf_counter()
+    _Sweeper(chain, marginals, sign).hard(np.concatenate(pieces))
+    hard = time.perf_counter() - t_hard
+    left = budget - (time.perf_counter() - t_start)
+    opts["max_seconds"] = left if FINE_SWEEPS * SOFT_OVER_HARD * hard < left else 0.0
+    start = dict(inner=cres.info["inner"], resid=np.nan,
+                 kind=f"coarse grid of {coarse.size} points ({cres.info['inner_kind']})")
+    fine = certify_side(chain, marginals, sense, u0=np.concatenate(pieces), start=start,
+                        progress=progress, **opts)
+    info = dict(fine.info, coarse=dict(size=int(coarse.size), bound=cres.value,
+                                       inner=cres.info["inner"], gap=cres.gap,
+                                       status=cres.status, seconds=cres.seconds))
+    return dataclasses.replace(fine, seconds=time.perf_counter() - t_start, info=info)
 
 
 def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int | None = None,
