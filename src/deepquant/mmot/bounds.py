@@ -5,14 +5,22 @@
 
 Methods
 -------
-``"auto"``      (default) the exact LP when it is small (at most ``LP_MAX_COLUMNS`` variables),
-                the certified method otherwise; ``result.method`` says which ran.
+``"auto"``      (default) the exact LP when it is small (at most ``LP_MAX_COLUMNS`` variables);
+                beyond, the interior point method for pairwise payoffs and the certified
+                method otherwise; ``result.method`` says which ran.
 ``"lp"``        exact LP (HiGHS): per-period LPs for pairwise payoffs, the augmented chain LP
                 for path-dependent ones (``deepquant.mmot.lp``).
 ``"certified"`` certified bounds at market resolution (``deepquant.mmot.certified``): the
                 smoothed dual optimised by L-BFGS with eps-scaling, each iterate certified by
                 the exact concave-envelope sweep; ``lower``/``upper`` are always valid bounds
                 and each side reports its gap to an inner estimate.
+``"ipm"``       pairwise payoffs only (``payoff.pairwise(n)`` not None: forward-start payoffs
+                between adjacent dates, Europeans, sum of squared increments): each one-period
+                LP by a primal-dual interior point method whose Newton systems reduce to one
+                dense Cholesky factorisation in the next date's potentials
+                (``deepquant.mmot.ipm``); the potentials are certified by the exact concave
+                envelope, so ``lower``/``upper`` are valid bounds and each side reports its
+                bracket [inner, outer].
 ``"path-lp"``   the LP over all grid paths, for tiny problems (``deepquant.mmot.pathlp``).
 ``"entropic"``  entropic plans on the augmented chain (``deepquant.mmot.augmented_entropic``);
                 needs ``eps``; the bounds are the transport costs of the entropic plans, inner
@@ -31,7 +39,7 @@ from deepquant.payoffs import Payoff
 
 __all__ = ["bounds", "METHODS"]
 
-METHODS = ("auto", "lp", "certified", "path-lp", "entropic")
+METHODS = ("auto", "lp", "certified", "ipm", "path-lp", "entropic")
 
 LP_MAX_COLUMNS = 60_000
 """``method="auto"`` runs the exact LP up to this many variables pi_t(x, s, y) (about 10 s per
@@ -49,13 +57,14 @@ def bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", *,
         the LP for the relaxed problem).
     payoff : Payoff
         From ``deepquant.payoffs`` (e.g. ``make_payoff("asian-call", strike=1.0)``).
-    method : {"auto", "lp", "certified", "path-lp", "entropic"}
+    method : {"auto", "lp", "certified", "ipm", "path-lp", "entropic"}
     eps : float, optional
         Entropic regularisation; required for (and only for) ``method="entropic"``.
     **options
         Passed to ``lp.lp_bounds`` (``sum_mode``, ``sum_grid_size``, ``martingale_tol``,
         ``highs_options``, ``return_plan``, ...), ``certified.certified_bounds`` (``rtol``,
-        ``eps_end``, ``max_seconds``, ``progress``, ...), ``pathlp.path_lp_bounds``
+        ``eps_end``, ``max_seconds``, ``progress``, ...), ``ipm.ipm_bounds`` (``rtol``,
+        ``feas_tol``, ``max_iter``, ``sides``), ``pathlp.path_lp_bounds``
         (``max_paths``, ...) or ``augmented_entropic.entropic_bounds`` (``reference``, ``tol``,
         ...).
 
@@ -86,10 +95,18 @@ def _solve(marginals: Marginals, payoff: Payoff, method: str, *, eps: float | No
     if method == "auto":
         method = "lp" if lp_columns(marginals, payoff, **_chain_options(options)) \
             <= LP_MAX_COLUMNS or options.get("martingale_tol") else "certified"
+        if method == "certified" and payoff.pairwise(marginals.n_dates) is not None:
+            method = "ipm"
         if method == "lp":
             options = {k: v for k, v in options.items() if k not in _CERTIFIED_ONLY}
+        elif method == "ipm":
+            options = {k: v for k, v in options.items() if k in _IPM_OPTIONS}
         else:
             options = {k: v for k, v in options.items() if k not in _LP_ONLY}
+    if method == "ipm":
+        from deepquant.mmot.ipm import ipm_bounds
+
+        return ipm_bounds(marginals, payoff, **options)
     if method == "certified":
         from deepquant.mmot.certified import certified_bounds
 
@@ -111,7 +128,8 @@ def _solve(marginals: Marginals, payoff: Payoff, method: str, *, eps: float | No
 
 _CERTIFIED_ONLY = ("rtol", "eps_start", "eps_end", "eps_factor", "band", "max_iter",
                    "max_seconds", "multiscale", "progress", "gtol", "maxcor", "polish",
-                   "polish_max_states", "inner_resid_tol", "precondition")
+                   "polish_max_states", "inner_resid_tol", "precondition", "feas_tol")
+_IPM_OPTIONS = ("rtol", "feas_tol", "max_iter", "sides")
 _LP_ONLY = ("decompose", "martingale", "martingale_tol", "highs_options", "return_plan",
             "algorithm")
 

@@ -58,7 +58,7 @@ __all__ = ["ipm_bounds", "solve_period", "certify_period", "PeriodSolve"]
 STEP = 0.995
 """Fraction of the step to the boundary of the positive orthant (0.9 in the first iterations)."""
 
-CORRECTORS = int(__import__("os").environ.get("NCORR", "2"))
+CORRECTORS = 2
 """Gondzio's centrality correctors per iteration (each one solve with the same factor)."""
 
 CERTIFY_GAP = 1e-3
