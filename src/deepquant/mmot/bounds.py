@@ -64,7 +64,7 @@ def bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", *,
         Passed to ``lp.lp_bounds`` (``sum_mode``, ``sum_grid_size``, ``martingale_tol``,
         ``highs_options``, ``return_plan``, ...), ``certified.certified_bounds`` (``rtol``,
         ``eps_end``, ``max_seconds``, ``progress``, ...), ``ipm.ipm_bounds`` (``rtol``,
-        ``feas_tol``, ``max_iter``, ``sides``), ``pathlp.path_lp_bounds``
+        ``feas_tol``, ``max_iter``, ``sides``, ``workers``), ``pathlp.path_lp_bounds``
         (``max_paths``, ...) or ``augmented_entropic.entropic_bounds`` (``reference``, ``tol``,
         ...).
 
@@ -128,8 +128,9 @@ def _solve(marginals: Marginals, payoff: Payoff, method: str, *, eps: float | No
 
 _CERTIFIED_ONLY = ("rtol", "eps_start", "eps_end", "eps_factor", "band", "max_iter",
                    "max_seconds", "multiscale", "progress", "gtol", "maxcor", "polish",
-                   "polish_max_states", "inner_resid_tol", "precondition", "feas_tol")
-_IPM_OPTIONS = ("rtol", "feas_tol", "max_iter", "sides")
+                   "polish_max_states", "inner_resid_tol", "precondition", "feas_tol",
+                   "workers")
+_IPM_OPTIONS = ("rtol", "feas_tol", "max_iter", "sides", "workers")
 _LP_ONLY = ("decompose", "martingale", "martingale_tol", "highs_options", "return_plan",
             "algorithm")
 
