@@ -132,6 +132,15 @@ def test_certificate_dominates_on_every_move():
     assert outer == pytest.approx(phi @ w[0, xs] + psi @ w[1, ys], rel=1e-13)
 
 
+def test_two_workers_give_the_same_bounds():
+    # the sides are independent solves: on two threads they must not interfere
+    mg = _spread_marginals(2)
+    payoff = make_payoff("forward-start-call", t1=0, t2=1, strike=0.98)
+    one, two = ipm_bounds(mg, payoff), ipm_bounds(mg, payoff, workers=2)
+    assert (one.lower, one.upper) == (two.lower, two.upper)
+    assert two.info["workers"] == 2 and two.info["wall_seconds"] > 0
+
+
 def test_several_periods_sum_squared_increments_is_model_free():
     mg = Marginals(*random_walk_marginals(4))
     res = ipm_bounds(mg, SumSquaredIncrements())
@@ -169,6 +178,7 @@ def test_auto_runs_the_ipm_for_pairwise_payoffs_beyond_the_lp(monkeypatch):
     (dict(max_iter=0), "max_iter must be an integer >= 1, got 0"),
     (dict(max_iter=2.5), "max_iter must be an integer >= 1, got 2.5"),
     (dict(sides=("both",)), "sides must be a subset"),
+    (dict(workers=3), "workers must be 1 or 2, got 3"),
 ])
 def test_bad_options_name_the_argument(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -86,10 +86,9 @@ class PeriodSolve:
     status : str
         ``"converged"`` (bracket within rtol), ``"iteration_limit"``, ``"numerical"`` (the
         Schur complement lost positive definiteness, or a non-finite iterate).
-    phi, h, psi : ndarray
-        The certificate on the grid indices ``xs``, ``ys``: phi(x) + psi(y) + h(x)(y - x)
-        dominates the payoff term (upper side) or is dominated by it (lower side).
-    xs, ys : ndarray of int
+    phi, h, psi : ndarray, shapes (n,), (n,), (m,)
+        The certificate: phi(x) + psi(y) + h(x)(y - x) dominates the payoff term (upper side)
+        or is dominated by it (lower side).
     info : dict
         ``violation``, ``dual_residual``, ``duality_gap`` (relative, of the IPM), ``pinned``
         (rows fixed), ``history`` (per certified iterate: iteration, outer, inner, residual).
@@ -103,8 +102,6 @@ class PeriodSolve:
     phi: np.ndarray
     h: np.ndarray
     psi: np.ndarray
-    xs: np.ndarray
-    ys: np.ndarray
     info: dict = field(default_factory=dict, repr=False)
 
 
@@ -419,8 +416,7 @@ def solve_period(xv: np.ndarray, yv: np.ndarray, mu: np.ndarray, nu: np.ndarray,
         inner = min(inner, outer)  # round-off of the plan's residuals, see certified.clip_inner
     info.update(violation=viol, history=history)
     return PeriodSolve(outer=sign * outer, inner=sign * inner, residual=resid, nit=nit,
-                       status=status, phi=sign * phi, h=sign * h, psi=sign * psi,
-                       xs=np.arange(n), ys=np.arange(m), info=info)
+                       status=status, phi=sign * phi, h=sign * h, psi=sign * psi, info=info)
 
 
 def _residual(P, xv, yv, mu, nu) -> float:
@@ -520,7 +516,6 @@ class _Mehrotra:
             dw = tuple(a + b for a, b in zip(dw, cw))
         eta = STEP if self.k > 3 else 0.9
         ap, ad = min(1.0, eta * ap), min(1.0, eta * ad)
-        self.steps = (ap, ad, target / max(self.mu, 1e-300))
         self.phi, self.h, self.psi = (w + ad * dw_ for w, dw_ in zip((self.phi, self.h, self.psi),
                                                                     dw))
         self.k += 1
