@@ -169,6 +169,9 @@ def test_auto_runs_the_ipm_for_pairwise_payoffs_beyond_the_lp(monkeypatch):
     assert res.method == "ipm" and res.problem.method == "ipm"
     asian = make_payoff("asian-call", strike=1.0)
     assert bounds(Marginals(mg.grid, mg.weights), asian, rtol=1e-3).method == "certified"
+    monkeypatch.setattr(sys.modules["deepquant.mmot.bounds"], "LP_MAX_COLUMNS", 60_000)
+    monkeypatch.setattr(sys.modules["deepquant.mmot.bounds"], "IPM_MIN_COLUMNS", 10)
+    assert bounds(mg, payoff).method == "ipm"  # beyond IPM_MIN_COLUMNS, below LP_MAX_COLUMNS
 
 
 @pytest.mark.parametrize("kw, match", [

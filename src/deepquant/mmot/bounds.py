@@ -5,9 +5,10 @@
 
 Methods
 -------
-``"auto"``      (default) the exact LP when it is small (at most ``LP_MAX_COLUMNS`` variables);
-                beyond, the interior point method for pairwise payoffs and the certified
-                method otherwise; ``result.method`` says which ran.
+``"auto"``      (default) the interior point method for pairwise payoffs beyond
+                ``IPM_MIN_COLUMNS`` variables; otherwise the exact LP when it is small (at
+                most ``LP_MAX_COLUMNS`` variables) and the certified method beyond;
+                ``result.method`` says which ran.
 ``"lp"``        exact LP (HiGHS): per-period LPs for pairwise payoffs, the augmented chain LP
                 for path-dependent ones (``deepquant.mmot.lp``).
 ``"certified"`` certified bounds at market resolution (``deepquant.mmot.certified``): the
@@ -40,6 +41,11 @@ from deepquant.payoffs import Payoff
 __all__ = ["bounds", "METHODS"]
 
 METHODS = ("auto", "lp", "certified", "ipm", "path-lp", "entropic")
+
+IPM_MIN_COLUMNS = 10_000
+"""``method="auto"`` runs the interior point method for pairwise payoffs beyond this many
+variables (about M = 100 per period; measured 6x faster than HiGHS in CPU there, 13x at M = 800,
+``docs/benchmarks-ipm.md``)."""
 
 LP_MAX_COLUMNS = 60_000
 """``method="auto"`` runs the exact LP up to this many variables pi_t(x, s, y) (about 10 s per
@@ -93,9 +99,11 @@ def _solve(marginals: Marginals, payoff: Payoff, method: str, *, eps: float | No
         raise ValueError(f"eps is only used by method='entropic', got eps={eps!r} with "
                          f"method={method!r}")
     if method == "auto":
-        method = "lp" if lp_columns(marginals, payoff, **_chain_options(options)) \
-            <= LP_MAX_COLUMNS or options.get("martingale_tol") else "certified"
-        if method == "certified" and payoff.pairwise(marginals.n_dates) is not None:
+        cols = lp_columns(marginals, payoff, **_chain_options(options))
+        method = "lp" if cols <= LP_MAX_COLUMNS or options.get("martingale_tol") \
+            else "certified"
+        if payoff.pairwise(marginals.n_dates) is not None and not options.get("martingale_tol") \
+                and cols > min(IPM_MIN_COLUMNS, LP_MAX_COLUMNS):
             method = "ipm"
         if method == "lp":
             options = {k: v for k, v in options.items() if k not in _CERTIFIED_ONLY}
