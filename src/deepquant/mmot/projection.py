@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot._gibbs import _row_solve
@@ -21,7 +22,8 @@ from deepquant.mmot._plans import measure
 from deepquant.mmot._support import _check_eps, _prepare, reference_kernels
 from deepquant.results import result_dict, warn_failure
 
-__all__ = ["ProjectionResult", "martingale_projection", "SemiDual", "semi_dual"]
+__all__ = ["ProjectionResult", "martingale_projection", "project_periods", "SemiDual",
+           "semi_dual"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,22 +123,10 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
     if column_floor > 0:
         nu[nu <= column_floor] = 0.0
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        b = _prepare(grid, w[:-1].copy(), nu, logq_raw, None, touch_tol=touch_tol)
         phi = v / eps
+        b, kernels, eta, lse, row_residual = project_periods(
+            grid, w[:-1], nu, phi, h / eps, logq_raw=logq_raw, tol=tol, touch_tol=touch_tol)
         active = b.mu > 0
-        kernels = np.broadcast_to(np.eye(m), (n, m, m)).copy()
-        eta = np.zeros((n, m))
-        tt, xx = np.nonzero(active)
-        lse = np.zeros((n, m))
-        row_residual = np.zeros(0)
-        if tt.size:
-            base = b.logq[tt, xx, :] + phi[tt, :]
-            d = b.diff[xx]
-            e, p, lse_rows, row_residual = _row_solve(base, d, h[tt, xx] / eps, tol=tol,
-                                                      kernels=True)
-            eta[tt, xx] = e
-            kernels[tt, xx] = p
-            lse[tt, xx] = lse_rows
         v_out = v.copy()
         light = (w[1:] <= column_floor) & (w[1:] > 0) if column_floor > 0 else None
         if light is not None and light.any():
@@ -170,6 +160,115 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
     if warn:
         warn_failure(result, "martingale_projection")
     return result
+
+
+def project_periods(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, phi: np.ndarray,
+                    eta0: np.ndarray, *, logq_raw: np.ndarray | None = None, tol: float = 1e-13,
+                    touch_tol: float = 1e-11, iters: int = 60):
+    """The core of ``martingale_projection`` for K stacked periods (any mix of instances on one
+    grid), inputs trusted (validated by the caller): marginals ``mu``, column targets ``nu``
+    (K, M), scaled potentials ``phi`` = v / eps and starts ``eta0`` (K, M), finite.
+
+    The supports (``_prepare``: pinned rows, touching points) are those of ``solve_entropic``;
+    every row with mass is solved by ``_project_rows`` (compiled; the safeguarded Newton of
+    ``deepquant.mmot._gibbs._row_solve``, row by row, writing the kernel rows in place).
+    Returns ``(batch, kernels (K, M, M), eta (K, M), lse (K, M), residual of each solved row)``.
+    """
+    k, m = mu.shape
+    b = _prepare(grid, np.array(mu, dtype=np.float64), nu, logq_raw, None, touch_tol=touch_tol)
+    kernels = np.broadcast_to(np.eye(m), (k, m, m)).copy()
+    eta, lse = np.zeros((k, m)), np.zeros((k, m))
+    tt, xx = np.nonzero(b.mu > 0)
+    residual = np.zeros(tt.size)
+    _project_rows(b.logq, np.ascontiguousarray(phi, dtype=np.float64), grid, tt, xx,
+                  np.ascontiguousarray(eta0, dtype=np.float64), tol, iters, kernels, eta, lse,
+                  residual)
+    return b, kernels, eta, lse, residual
+
+
+@njit(cache=True, nogil=True)
+def _project_rows(logq, phi, grid, tt, xx, eta0, tol, iters, kernels, eta, lse,
+                  residual):  # pragma: no cover
+    """Row r = (tt[r], xx[r]): eta solving E_p[Y - x] = 0 for p(y) = exp(logq(x, y) + phi(y)
+    + eta (y - x) - lse), written with p into ``kernels``, ``eta``, ``lse``, ``residual``.
+
+    The same iteration as ``_row_solve`` / ``_solve_interior`` of ``deepquant.mmot._gibbs``
+    (the numpy reference): steps capped at 30 / max |y - x|, the cap doubling towards an open
+    side, bisection inside a known bracket, stop at |m| <= tol or a round-off bracket, at most
+    ``iters`` steps; rows with allowed moves on one side only are pinned to x (eta = -+inf).
+    """
+    m = grid.size
+    for r in range(tt.size):
+        t, x = tt[r], xx[r]
+        p = kernels[t, x]
+        p[:] = 0.0
+        has_pos = has_neg = False
+        zero = -1
+        dmax = 0.0
+        for j in range(m):
+            if np.isfinite(logq[t, x, j]):
+                dj = grid[j] - grid[x]
+                has_pos |= dj > 0
+                has_neg |= dj < 0
+                if dj == 0 and zero < 0:
+                    zero = j
+                dmax = max(dmax, abs(dj))
+        if not (has_pos and has_neg):
+            lse[t, x] = logq[t, x, zero] + phi[t, zero] if zero >= 0 else -np.inf
+            if zero >= 0:
+                p[zero] = 1.0
+                eta[t, x] = -np.inf if has_pos else (np.inf if has_neg else 0.0)
+            continue
+        e = eta0[t, x] if np.isfinite(eta0[t, x]) else 0.0
+        cap = 30.0 / max(dmax, 1e-300)
+        mult, lo, hi = 1.0, -np.inf, np.inf
+        mean = sec = 0.0
+        for it in range(iters + 1):
+            smax = -np.inf
+            for j in range(m):
+                sj = logq[t, x, j] + phi[t, j] + e * (grid[j] - grid[x])
+                p[j] = sj
+                smax = max(smax, sj)
+            if not np.isfinite(smax):
+                smax = 0.0
+            z = 0.0
+            for j in range(m):
+                pj = np.exp(p[j] - smax)
+                p[j] = pj
+                z += pj
+            mean = sec = 0.0
+            for j in range(m):
+                p[j] /= z
+                dj = grid[j] - grid[x]
+                mean += p[j] * dj
+                sec += p[j] * dj * dj
+            lse[t, x] = smax + np.log(z)
+            if it == iters:
+                break
+            if mean < 0:
+                lo = max(lo, e)
+            if mean > 0:
+                hi = min(hi, e)
+            stuck = (np.isfinite(lo) and np.isfinite(hi)
+                     and hi - lo <= 1e-15 * max(1.0, abs(e)))
+            if abs(mean) <= tol or stuck:
+                break
+            var = max(sec - mean * mean, 1e-300)
+            lim = cap * mult
+            step = -mean / var
+            if not np.isfinite(step):
+                step = -np.sign(mean) * lim
+            capped = abs(step) >= lim
+            step = min(max(step, -lim), lim)
+            open_side = not np.isfinite(hi) if step > 0 else not np.isfinite(lo)
+            mult = 2.0 * mult if capped and open_side else 1.0
+            new = e + step
+            mid = 0.5 * (lo + hi)
+            if (new <= lo or new >= hi) and np.isfinite(mid):
+                new = mid
+            e = new
+        eta[t, x] = e
+        residual[r] = mean
 
 
 @dataclass
