@@ -357,13 +357,13 @@ class ChainPlan:
             rows, cols = self.rows[t], self.cols[t]
             shape = (b, rows.size)
             lo, hi, sa, se = (np.empty(shape, dtype=np.int64) for _ in range(4))
-            kt = np.empty((b, cols.size, rows.size))
+            kb = np.empty((b, rows.size, cols.size))
             joint = np.ascontiguousarray(joint)
-            lost += _trim_step(joint, kernels[:, t], rows, cols, thr, self.BAND_EPS, kt,
+            lost += _trim_step(joint, kernels[:, t], rows, cols, thr, self.BAND_EPS, kb,
                                lo, hi, sa, se)
             indptr, dst, w, off, stride, n1 = self._steps[t]
             nxt = np.zeros((b, self.rows[t + 1].size * n1))
-            _advance_step(_DGEMM, joint, kt, lo, hi, sa, se, self.BLOCK, off, stride, indptr,
+            _advance_step(_DGEMM, joint, kb, lo, hi, sa, se, self.BLOCK, off, stride, indptr,
                           dst, w, nxt)
             joint = nxt.reshape(b, self.rows[t + 1].size, n1)
         return np.einsum("bxs,sx->b", joint, self.terminal), lost
@@ -546,76 +546,84 @@ _DGEMM = _blas_dgemm()
 
 @njit(cache=True, nogil=True)
 def _gemm(f, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, m, n, k):  # pragma: no cover
-    """c[c_off:] (m x n, row stride ldc) += a[a_off:] (m x k, lda) @ b[b_off:] (k x n, ldb), on
-    flat row-major float64 arrays (dgemm ``f`` on the transposes: no copies)."""
-    tr = np.array([78], np.uint8)                                      # "N"
+    """c[c_off:] (m x n, row stride ldc) += a.T @ b on flat row-major float64 arrays, with
+    a[a_off:] stored as (k x m, row stride lda) and b[b_off:] as (k x n, ldb) (dgemm ``f`` on
+    the column-major views: no copies)."""
+    tr = np.array([78, 84], np.uint8)                                  # "N", "T"
     ints = np.array([n, m, k, ldb, lda, ldc], np.int32)
     one = np.ones(1)
-    f(tr.ctypes, tr.ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes, one.ctypes,
-      b[b_off:].ctypes, ints[3:].ctypes, a[a_off:].ctypes, ints[4:].ctypes, one.ctypes,
-      c[c_off:].ctypes, ints[5:].ctypes)
+    f(tr[0:].ctypes, tr[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
+      one.ctypes, b[b_off:].ctypes, ints[3:].ctypes, a[a_off:].ctypes, ints[4:].ctypes,
+      one.ctypes, c[c_off:].ctypes, ints[5:].ctypes)
 
 
-@njit(cache=True, nogil=True)
-def _trim_step(jt, kern, rows, cols, thr, band_eps, kt, lo, hi, sa, se):  # pragma: no cover
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _trim_step(jt, kern, rows, cols, thr, band_eps, kb, lo, hi, sa, se):  # pragma: no cover
     """First half of a date for B instances: per row i (grid point rows[i]) the kernel band
     [lo, hi) over ``cols`` and the live states [sa, se) of ``jt`` (B, r, n) (entries outside
-    are set to 0), the banded transposed kernel ``kt`` (B, c, r). Returns the dropped mass."""
+    are set to 0), the banded kernel rows ``kb`` (B, r, c). Returns the dropped mass."""
     nb, r, n = jt.shape
     c = cols.size
     lost = np.zeros(nb)
     for b in range(nb):
         acc = 0.0
         for i in range(r):
-            x = rows[i]
+            k = kb[b, i]
+            src = kern[b, rows[i]]
             top = 0.0
             for j in range(c):
-                kt[b, j, i] = 0.0
-                top = max(top, abs(kern[b, x, cols[j]]))
+                k[j] = src[cols[j]]
+                top = max(top, abs(k[j]))
             cut = band_eps * top
             a = 0
-            while a < c and not abs(kern[b, x, cols[a]]) > cut:
+            while a < c and not abs(k[a]) > cut:
                 a += 1
             e = c
-            while e > a and not abs(kern[b, x, cols[e - 1]]) > cut:
+            while e > a and not abs(k[e - 1]) > cut:
                 e -= 1
             tail = 0.0
-            for j in range(c):
-                if j < a or j >= e:
-                    tail += abs(kern[b, x, cols[j]])
-                else:
-                    kt[b, j, i] = kern[b, x, cols[j]]
+            for j in range(a):
+                tail += abs(k[j])
+                k[j] = 0.0
+            for j in range(e, c):
+                tail += abs(k[j])
+                k[j] = 0.0
+            row = jt[b, i]
             p = 0
-            while p < n and not abs(jt[b, i, p]) > thr[b]:
+            while p < n and not abs(row[p]) > thr[b]:
+                acc += abs(row[p])
+                row[p] = 0.0
                 p += 1
             q = n
-            while q > p and not abs(jt[b, i, q - 1]) > thr[b]:
+            while q > p and not abs(row[q - 1]) > thr[b]:
+                acc += abs(row[q - 1])
+                row[q - 1] = 0.0
                 q -= 1
             live = 0.0
-            for s in range(n):
-                if s < p or s >= q or e <= a:     # a zero kernel row moves no mass (as exact)
-                    acc += abs(jt[b, i, s]) if e > a else 0.0
-                    jt[b, i, s] = 0.0
-                else:
-                    live += abs(jt[b, i, s])
-            acc += live * tail
-            lo[b, i], hi[b, i], sa[b, i], se[b, i] = a, e, p, q if e > a else p
+            for s in range(p, q):
+                live += abs(row[s])
+            if e <= a:          # a zero kernel row moves no mass (as the exact sum)
+                row[p:q] = 0.0
+                q = p
+            else:
+                acc += live * tail
+            lo[b, i], hi[b, i], sa[b, i], se[b, i] = a, e, p, q
         lost[b] = acc
     return lost
 
 
 @njit(cache=True, nogil=True)
-def _advance_step(f, jt, kt, lo, hi, sa, se, block, off, stride, indptr, dst, w,
+def _advance_step(f, jt, kb, lo, hi, sa, se, block, off, stride, indptr, dst, w,
                   out):  # pragma: no cover
-    """Second half: out (B, r' n') = map(kt @ jt), one dgemm ``f`` per block of ``block``
+    """Second half: out (B, r' n') = map(kb.T @ jt), one dgemm ``f`` per block of ``block``
     states on the rectangle of live rows and their kernel bands; with ``stride`` > 0 the
     product is added in place (row j at off[j] = off[0] + j stride), else pushed through the
     CSC map (indptr, dst, w)."""
     nb, r, n = jt.shape
-    c = kt.shape[1]
+    c = kb.shape[2]
     prod = np.empty(0 if stride > 0 else c * block)
     for b in range(nb):
-        jf, kf, of = jt[b].ravel(), kt[b].ravel(), out[b]
+        jf, kf, of = jt[b].ravel(), kb[b].ravel(), out[b]
         for s0 in range(0, n, block):
             s1 = min(n, s0 + block)
             xa, xe, ya, ye = r, 0, c, 0
@@ -626,11 +634,11 @@ def _advance_step(f, jt, kt, lo, hi, sa, se, block, off, stride, indptr, dst, w,
             if xe <= xa or ye <= ya:
                 continue
             if stride > 0:      # row j of the product lands at off[j] + s = off[0] + j stride + s
-                _gemm(f, kf, ya * r + xa, r, jf, xa * n + s0, n, of, off[ya] + s0, stride,
+                _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, of, off[ya] + s0, stride,
                       ye - ya, s1 - s0, xe - xa)
                 continue
             prod[:] = 0.0
-            _gemm(f, kf, ya * r + xa, r, jf, xa * n + s0, n, prod, 0, s1 - s0,
+            _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, prod, 0, s1 - s0,
                   ye - ya, s1 - s0, xe - xa)
             for j in range(ya, ye):
                 for s in range(s0, s1):
