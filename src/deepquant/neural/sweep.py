@@ -170,7 +170,7 @@ class SweepResult:
 
 
 def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: bool = True,
-          tol: float = 1e-9, chunk: int = 64, threads: int = 1,
+          tol: float = 1e-9, chunk: int = 16, threads: int = 1,
           **chain_options) -> SweepResult:
     """Price ``payoff`` on every marginal set of ``marginals`` (see module doc).
 
