@@ -363,12 +363,13 @@ class ChainPlan:
                                lo, hi, sa, se)
             indptr, dst, w, off, stride, n1 = self._steps[t]
             nxt = np.zeros((b, self.rows[t + 1].size * n1))
-            _advance_step(_DGEMM, joint, kb, lo, hi, sa, se, self.BLOCK, off, stride, indptr,
-                          dst, w, nxt)
+            _advance_step(_DGEMM, joint, kb, lo, hi, sa, se, self.BLOCK, self.TILE, off,
+                          stride, indptr, dst, w, nxt)
             joint = nxt.reshape(b, self.rows[t + 1].size, n1)
         return np.einsum("bxs,sx->b", joint, self.terminal), lost
 
     BLOCK = 64
+    TILE = 32
     CHUNK = 8
     BAND_EPS = 1e-14
     MASS_EPS = 1e-18
@@ -613,12 +614,12 @@ def _trim_step(jt, kern, rows, cols, thr, band_eps, kb, lo, hi, sa, se):  # prag
 
 
 @njit(cache=True, nogil=True)
-def _advance_step(f, jt, kb, lo, hi, sa, se, block, off, stride, indptr, dst, w,
+def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, stride, indptr, dst, w,
                   out):  # pragma: no cover
-    """Second half: out (B, r' n') = map(kb.T @ jt), one dgemm ``f`` per block of ``block``
-    states on the rectangle of live rows and their kernel bands; with ``stride`` > 0 the
-    product is added in place (row j at off[j] = off[0] + j stride), else pushed through the
-    CSC map (indptr, dst, w)."""
+    """Second half: out (B, r' n') = map(kb.T @ jt), per block of ``block`` states and tile of
+    ``tile`` rows one dgemm ``f`` on the rectangle of the tile's live rows and the union of
+    their kernel bands; with ``stride`` > 0 the product is added in place (row j at off[j] =
+    off[0] + j stride), else gathered per block and pushed through the CSC map."""
     nb, r, n = jt.shape
     c = kb.shape[2]
     prod = np.empty(0 if stride > 0 else c * block)
@@ -626,23 +627,27 @@ def _advance_step(f, jt, kb, lo, hi, sa, se, block, off, stride, indptr, dst, w,
         jf, kf, of = jt[b].ravel(), kb[b].ravel(), out[b]
         for s0 in range(0, n, block):
             s1 = min(n, s0 + block)
-            xa, xe, ya, ye = r, 0, c, 0
-            for i in range(r):
-                if sa[b, i] < s1 and se[b, i] > s0 and sa[b, i] < se[b, i]:
-                    xa, xe = min(xa, i), i + 1
-                    ya, ye = min(ya, lo[b, i]), max(ye, hi[b, i])
-            if xe <= xa or ye <= ya:
-                continue
-            if stride > 0:      # row j of the product lands at off[j] + s = off[0] + j stride + s
-                _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, of, off[ya] + s0, stride,
+            if stride <= 0:
+                prod[:] = 0.0
+            ya_b, ye_b = c, 0
+            for t0 in range(0, r, tile):
+                xa, xe, ya, ye = r, 0, c, 0
+                for i in range(t0, min(r, t0 + tile)):
+                    if sa[b, i] < s1 and se[b, i] > s0 and sa[b, i] < se[b, i]:
+                        xa, xe = min(xa, i), i + 1
+                        ya, ye = min(ya, lo[b, i]), max(ye, hi[b, i])
+                if xe <= xa or ye <= ya:
+                    continue
+                if stride > 0:  # row j of the product lands at off[j] + s = off[0] + j stride + s
+                    _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, of, off[ya] + s0, stride,
+                          ye - ya, s1 - s0, xe - xa)
+                    continue
+                _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, prod, ya * (s1 - s0), s1 - s0,
                       ye - ya, s1 - s0, xe - xa)
-                continue
-            prod[:] = 0.0
-            _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, prod, 0, s1 - s0,
-                  ye - ya, s1 - s0, xe - xa)
-            for j in range(ya, ye):
+                ya_b, ye_b = min(ya_b, ya), max(ye_b, ye)
+            for j in range(ya_b, ye_b):
                 for s in range(s0, s1):
-                    v = prod[(j - ya) * (s1 - s0) + s - s0]
+                    v = prod[j * (s1 - s0) + s - s0]
                     if v != 0.0:
                         for p in range(indptr[j * n + s], indptr[j * n + s + 1]):
                             of[dst[p]] += w[p] * v
