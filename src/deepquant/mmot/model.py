@@ -23,6 +23,7 @@ sets in one batched recursion); pairwise payoffs are priced as sum_t <c_t, pi_t>
 
 from __future__ import annotations
 
+import ctypes
 import time
 import weakref
 from collections import OrderedDict
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+from numba.extending import get_cython_function_address
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot._plans import measure
@@ -241,17 +243,12 @@ class ChainPlan:
         q(y, s)           = sum_x k_t(x, y) m_t(x, s)              (BLAS per block of s)
         m_{t+1}(y', s')   = sum_s q(y, s) K_t(s, y; s')            (precomputed sparse map)
 
-    with x over ``rows[t]`` and y over the support of mu_{t+1}. The statistic map K_t comes from
-    ``chain.transitions[t]`` once; it sends the column y of q to the row y' = y of m_{t+1}, so
-    where it moves every state by the same offset with weight 1 along a column (an exact
-    running-sum lattice) the product is added in place, row by row, without a sparse map. The
-    result is the same sum as ``deepquant.mmot.augment.expectation`` (exact on the chain, no
-    sampling), restricted to the entries that can carry mass: rows of K outside the support of
-    mu_{t+1} are empty in the chain, so the mass they would receive is dropped in both.
-
-    ``expectation`` runs it banded (``expectation_bound``: kernel entries beyond each row's
-    1e-14 band and joint entries below 1e-18 of the mass are skipped and counted, with a bound
-    on the error returned); ``_expectation_dense`` is the full dense product, no entry skipped.
+    with x over ``rows[t]``, y over the support of mu_{t+1}; K_t (from ``chain.transitions[t]``,
+    once) sends column y of q to row y' = y of m_{t+1}; where it shifts every state of a column
+    by one offset with weight 1 (a running-sum lattice) the product is added in place. The same
+    sum as ``deepquant.mmot.augment.expectation`` (exact on the chain), restricted to entries
+    that can carry mass. ``expectation`` runs it banded (``expectation_bound``);
+    ``_expectation_dense`` is the full dense product, no entry skipped.
 
     Attributes
     ----------
@@ -415,18 +412,25 @@ def cached_chain(marginals: Marginals, payoff: Payoff, **chain_options):
     support (weights > 0), so models that share them (one solved chain priced many times, a
     scenario sweep on one grid) share the chain and its ``ChainPlan``. A small LRU cache.
     """
+    w = np.asarray(marginals.weights)
+    return _cached_chain(np.asarray(marginals.grid), w > 0, payoff, lambda: marginals,
+                         chain_options)
+
+
+def _cached_chain(grid, support, payoff, make, chain_options):
+    """``cached_chain`` keyed by the support pattern (bool (N+1, M)); ``make()`` gives the
+    marginals to build from on a miss."""
     from deepquant.mmot.augment import build_chain
 
-    w = np.asarray(marginals.weights)
-    key = (payoff, np.asarray(marginals.grid).tobytes(), w.shape, np.packbits(w > 0).tobytes(),
+    key = (payoff, grid.tobytes(), support.shape, np.packbits(support).tobytes(),
            tuple(sorted(chain_options.items())))
     try:
         hash(key)
     except TypeError:  # an unhashable payoff or option: no caching
-        return build_chain(marginals, payoff, **chain_options)
+        return build_chain(make(), payoff, **chain_options)
     chain = _CHAINS.get(key)
     if chain is None:
-        chain = build_chain(marginals, payoff, **chain_options)
+        chain = build_chain(make(), payoff, **chain_options)
         _CHAINS[key] = chain
         if len(_CHAINS) > _CHAIN_CACHE_SIZE:
             _CHAINS.popitem(last=False)
@@ -435,13 +439,13 @@ def cached_chain(marginals: Marginals, payoff: Payoff, **chain_options):
     return chain
 
 
-def _full_support(union: Marginals, weights: list[np.ndarray]) -> Marginals:
-    """``union`` with every grid point in the support of each date whose union support has more
-    than one point (weight 1e-300 added there: only the support pattern reaches the chain)."""
-    pos = np.any([w > 0 for w in weights], axis=0)
-    multi = pos.sum(axis=1) > 1
-    w = np.where(multi[:, None] & ~pos, 1e-300, union.weights)
-    return Marginals(union.grid, w, union.times, check_convex=False)
+def _full_support(margs: list[Marginals], pos: np.ndarray, full: np.ndarray) -> Marginals:
+    """The union (mixture) of ``margs`` with weight 1e-300 added on ``full`` outside their
+    supports ``pos``: only the support pattern reaches the chain."""
+    first = margs[0]
+    w = np.mean([m.weights for m in margs], axis=0)
+    return Marginals(first.grid, np.where(full & ~pos, 1e-300, w), first.times,
+                     check_convex=False)
 
 
 def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str = "union",
@@ -491,16 +495,19 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str 
                              f"marginals[0] {first.weights.shape}; price_batch needs one grid")
     if support not in ("union", "full"):
         raise ValueError(f"support must be 'union' or 'full', got {support!r}")
-    if len(margs) == 1:
-        union, law0 = first, np.broadcast_to(first.weights[0], (kernels.shape[0], first.size))
+    law0 = (np.broadcast_to(first.weights[0], (kernels.shape[0], first.size))
+            if len(margs) == 1 else np.stack([m.weights[0] for m in margs]))
+    pos = first.weights > 0
+    for m in margs[1:]:
+        pos = pos | (m.weights > 0)
+    if support == "full":   # every point of each date whose union holds more than one
+        full = pos | (pos.sum(axis=1) > 1)[:, None]
+        chain = _cached_chain(first.grid, full, payoff,
+                              lambda: _full_support(margs, pos, full), chain_options)
     else:
-        law0 = np.stack([m.weights[0] for m in margs])
-        union = first if all(np.array_equal(m.weights > 0, first.weights > 0) for m in margs) \
-            else Marginals(first.grid, np.mean([m.weights for m in margs], axis=0), first.times,
-                           check_convex=False)
-    if support == "full":
-        union = _full_support(union, [m.weights for m in margs])
-    chain = cached_chain(union, payoff, **chain_options)
+        chain = _cached_chain(first.grid, pos, payoff, lambda: first if len(margs) == 1 else
+                              Marginals(first.grid, np.mean([m.weights for m in margs], axis=0),
+                                        first.times, check_convex=False), chain_options)
     if kernels.shape[1] < chain.last_date or kernels.shape[2] != chain.size:
         raise ValueError(f"kernels must have shape (B, >= {chain.last_date}, {chain.size}, "
                          f"{chain.size}), got {kernels.shape}")
@@ -530,19 +537,10 @@ def _transposed_map(src, dst, w, n_src, n_dst, n, n1):
     return indptr, idx, csc.data.astype(float), off, stride, n1
 
 
-def _blas_dgemm():
-    """scipy's BLAS dgemm as a ctypes function, passed to the numba kernels as an argument (so
-    that they stay cacheable)."""
-    import ctypes
-
-    from numba.extending import get_cython_function_address
-
-    p = ctypes.c_void_p
-    return ctypes.CFUNCTYPE(None, *(p,) * 13)(
-        get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
-
-
-_DGEMM = _blas_dgemm()
+# scipy's BLAS dgemm as a ctypes function, passed to the kernels as an argument (a global
+# function pointer would keep numba from caching them)
+_DGEMM = ctypes.CFUNCTYPE(None, *(ctypes.c_void_p,) * 13)(
+    get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
 
 
 @njit(cache=True, nogil=True)

@@ -11,9 +11,10 @@ of a Markov chain started from mu_0, with the entries that cross a touching poin
 marginals' call curves removed (a property of the inputs, as in the classical solver).
 
 By default (``project=True``) the network's column potentials v_t are kept and the row
-multipliers h_t(x) are re-solved exactly, row by row (``deepquant.mmot.entropic.
-martingale_projection``: the martingale "c-transform", a safeguarded 1-D Newton per row started
-from the network's h, no iteration on v). The kernels are then exact martingale transitions
+multipliers h_t(x) are re-solved exactly, row by row (``deepquant.mmot.projection.
+project_periods``, the core of ``martingale_projection``: the martingale "c-transform", a
+safeguarded 1-D Newton per row started from the network's h, no iteration on v; compiled, every
+instance of a batch in one call). The kernels are then exact martingale transitions
 (drift <= 1e-13) with exact row sums; only the column marginals carry the network's error.
 Columns whose target weight is below the checkpoint's training mass floor get no mass (the
 network's v is untrained there), and periods that start from a point mass use the exact v = 0
@@ -206,7 +207,7 @@ class NeuralPricer:
         evaluation, about 40% of the pure-neural solve at N = 10.
     device : str
         Where the network runs: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"``;
-        the projection and pricing run on the CPU (numpy) either way.
+        the projection and pricing run on the CPU (numba / BLAS) either way.
     column_floor : float, optional
         With ``project``, columns whose target weight is <= this receive no mass. Default: the
         checkpoint's training mass floor (``train.mass_floor``, 1e-10): the distillation never
@@ -402,10 +403,9 @@ class NeuralPricer:
             nu = weights[:, 1:].reshape(-1, m).copy()
             nu[nu <= self.column_floor] = 0.0
             with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-                _, kern, eta, _, _ = project_periods(
-                    self.grid, weights[:, :-1].reshape(-1, m), nu,
-                    v.reshape(-1, m) / EPS * EPS, np.where(np.isfinite(h), h, 0.0).reshape(
-                        -1, m))
+                _, kern, eta, _, _ = project_periods(     # v, h are already in units of eps
+                    self.grid, weights[:, :-1].reshape(-1, m), nu, v.reshape(-1, m),
+                    np.where(np.isfinite(h), h, 0.0).reshape(-1, m))
             kern = kern.reshape(nb, n1 - 1, m, m)
             h = eta.reshape(nb, n1 - 1, m)
         return (kern, h, *_measure(kern, weights, self.grid, self.mass_floor), *raw)

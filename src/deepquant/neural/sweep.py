@@ -1,11 +1,12 @@
 """Scenario sweeps: one payoff priced on K perturbed marginal sets, neural beside classical.
 
 The workload the surrogate is built for: risk on a bumped volatility surface re-calibrates the
-martingale model K times. ``sweep`` runs the network once per number of dates over all K
-scenarios (``NeuralPricer.solve_batch``: one batched forward pass, then the exact row
-multipliers per scenario), prices every calibrated chain in one batched forward recursion on
-the shared augmented chain (``deepquant.mmot.model.price_batch``), and, when asked, does the
-same with the classical entropic solver so that the errors and the times sit side by side.
+martingale model K times. ``sweep`` takes the K scenarios in chunks (``NeuralPricer.
+solve_batch``: one batched forward pass per chunk and number of dates, the exact row
+multipliers of the whole chunk in one compiled call), prices each chunk's calibrated chains in
+one batched forward recursion on the shared augmented chain (``deepquant.mmot.model.
+price_batch``), optionally spreads the chunks over threads, and, when asked, does the same with
+the classical entropic solver so that the errors and the times sit side by side.
 
 Scenario builders: ``term_structure_marginals`` (lognormal marginals of a piecewise-constant
 forward volatility per period, X_t = exp(sum_s sigma_s dW_s - w_t / 2) with total variance
