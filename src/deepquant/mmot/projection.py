@@ -123,10 +123,22 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
     if column_floor > 0:
         nu[nu <= column_floor] = 0.0
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        b = _prepare(grid, w[:-1].copy(), nu, logq_raw, None, touch_tol=touch_tol)
         phi = v / eps
-        b, kernels, eta, lse, row_residual = project_periods(
-            grid, w[:-1], nu, phi, h / eps, logq_raw=logq_raw, tol=tol, touch_tol=touch_tol)
         active = b.mu > 0
+        kernels = np.broadcast_to(np.eye(m), (n, m, m)).copy()
+        eta = np.zeros((n, m))
+        tt, xx = np.nonzero(active)
+        lse = np.zeros((n, m))
+        row_residual = np.zeros(0)
+        if tt.size:
+            base = b.logq[tt, xx, :] + phi[tt, :]
+            d = b.diff[xx]
+            e, p, lse_rows, row_residual = _row_solve(base, d, h[tt, xx] / eps, tol=tol,
+                                                      kernels=True)
+            eta[tt, xx] = e
+            kernels[tt, xx] = p
+            lse[tt, xx] = lse_rows
         v_out = v.copy()
         light = (w[1:] <= column_floor) & (w[1:] > 0) if column_floor > 0 else None
         if light is not None and light.any():
@@ -165,13 +177,17 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
 def project_periods(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, phi: np.ndarray,
                     eta0: np.ndarray, *, logq_raw: np.ndarray | None = None, tol: float = 1e-13,
                     touch_tol: float = 1e-11, iters: int = 60):
-    """The core of ``martingale_projection`` for K stacked periods (any mix of instances on one
-    grid), inputs trusted (validated by the caller): marginals ``mu``, column targets ``nu``
-    (K, M), scaled potentials ``phi`` = v / eps and starts ``eta0`` (K, M), finite.
+    """The kernels of ``martingale_projection`` for K stacked periods (any mix of instances on
+    one grid), compiled: the neural engine's batched path. Inputs are trusted (validated by
+    the caller): marginals ``mu``, column targets ``nu`` (K, M), scaled potentials
+    ``phi`` = v / eps and starts ``eta0`` (K, M), finite.
 
     The supports (``_prepare``: pinned rows, touching points) are those of ``solve_entropic``;
-    every row with mass is solved by ``_project_rows`` (compiled; the safeguarded Newton of
-    ``deepquant.mmot._gibbs._row_solve``, row by row, writing the kernel rows in place).
+    every row with mass is solved by ``_project_rows`` (the safeguarded Newton of the numpy
+    reference ``deepquant.mmot._gibbs._row_solve``, row by row, kernel rows written in place;
+    kernels equal to the reference's to ~1e-14, tests/neural/test_fast_path.py). Rows stop on
+    a residual at round-off, so with a ``tol`` below round-off which rows count as converged
+    differs from the reference (``martingale_projection`` keeps the reference).
     Returns ``(batch, kernels (K, M, M), eta (K, M), lse (K, M), residual of each solved row)``.
     """
     k, m = mu.shape

@@ -12,9 +12,9 @@ marginals' call curves removed (a property of the inputs, as in the classical so
 
 By default (``project=True``) the network's column potentials v_t are kept and the row
 multipliers h_t(x) are re-solved exactly, row by row (``deepquant.mmot.projection.
-project_periods``, the core of ``martingale_projection``: the martingale "c-transform", a
-safeguarded 1-D Newton per row started from the network's h, no iteration on v; compiled, every
-instance of a batch in one call). The kernels are then exact martingale transitions
+project_periods``, the compiled batched counterpart of ``martingale_projection``: the
+martingale "c-transform", a safeguarded 1-D Newton per row started from the network's h, no
+iteration on v; every instance of a batch in one call). The kernels are then exact martingale transitions
 (drift <= 1e-13) with exact row sums; only the column marginals carry the network's error.
 Columns whose target weight is below the checkpoint's training mass floor get no mass (the
 network's v is untrained there), and periods that start from a point mass use the exact v = 0
