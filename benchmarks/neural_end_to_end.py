@@ -1,26 +1,25 @@
 """End to end, marginals -> ATM Asian price (N = 10, M = 150): neural vs classical, single and batched.
 
-    python benchmarks/neural_end_to_end.py [--num 32] [--batch 32] [--repeats 3] [--seed 1]
-        [--threads 1] [--json out.json]
+    python benchmarks/neural_end_to_end.py [--num 24] [--batch 1000] [--threads 1]
+        [--batch-threads 2] [--check 4] [--seed 1] [--json out.json]
 
-Instances ``0..num-1`` of seed ``--seed`` (GBM / Merton / Heston in turn, N = 10, T in
-[0.1, 0.5], on the model grid: the shipped checkpoint's own distribution).
+Instances ``0..`` of seed ``--seed`` (GBM / Merton / Heston in turn, N = 10, T in [0.1, 0.5],
+on the model grid: the shipped checkpoint's own distribution).
 
-Single (per instance, in one process, neural and classical alternating in order):
+Single (``--num`` instances, one process, neural and classical alternating in order; the
+network's trace, the full-support chain and the compiled kernels warmed up first, their one-off
+cost reported as ``warm_up_ms``):
 
 * neural: ``NeuralPricer.solve`` (guard and classical fallback as shipped) then
-  ``NeuralSolution.price(AsianCall(1))``, which prices on the full-support chain of the
-  network's grid (``price_batch(support="full")``): built once per payoff and N (timed apart,
-  ``chain_build_once_ms``), then shared by every fresh model. ``union chain`` is the previous
-  default for comparison: the chain of the instance's own support, built for each fresh
-  model (its cache never hits on fresh marginals);
+  ``NeuralSolution.price(AsianCall(1))`` (the full-support chain, ``price_batch(support="full")``);
 * classical: ``solve_entropic`` (tol 1e-9) then the same full-support pricing.
 
-Batched: ``sweep(..., classical=False)`` on ``--batch`` instances at once (one forward pass,
-row projections, one ``price_batch`` on the union chain), best of ``--repeats``;
-``instances/s`` = batch / seconds. The classical batched figure is the same sweep's classical
-side (solves one by one, one ``price_batch``). Medians throughout; 1 thread unless
-``--threads``.
+Exactness (``--check`` instances): the fast price against the dense reference recursion
+(``ChainPlan._expectation_dense``, no entry skipped) on the same kernels; max relative gap.
+
+Batched: ``sweep(..., classical=False)`` on ``--batch`` instances (chunks of 64: one forward
+pass, one stacked row projection, one batched pricing each), once with ``--threads`` and once
+with ``--batch-threads`` threads; ``instances/s`` = batch / seconds. Medians throughout.
 """
 
 from __future__ import annotations
@@ -41,11 +40,12 @@ from common import emit  # noqa: E402
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--num", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--num", type=int, default=24)
+    ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-threads", type=int, default=2)
+    ap.add_argument("--check", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -54,23 +54,23 @@ def main(argv=None):
     from threadpoolctl import threadpool_limits
 
     from deepquant.mmot.entropic import solve_entropic
-    from deepquant.mmot.model import _CHAINS, price_batch
+    from deepquant.mmot.model import _CHAINS, chain_plan, price_batch
     from deepquant.neural.data import build_marginals, instance_spec, model_grid
     from deepquant.neural.pricer import NeuralPricer
     from deepquant.neural.sweep import sweep
     from deepquant.payoffs import AsianCall
 
-    threadpool_limits(args.threads)
+    threadpool_limits(1)
     torch.set_num_threads(args.threads)
     grid = model_grid(150)
     payoff = AsianCall(strike=1.0)
     margs = [build_marginals(instance_spec(i, args.seed, n_choices=(10,)), grid)
              for i in range(max(args.num, args.batch))]
     pricer = NeuralPricer(threads=args.threads)
-    sol0 = pricer.solve(margs[0])                   # trace the N = 10 shape outside the timing
     t0 = time.perf_counter()
-    sol0.price(payoff)                              # the full-support chain, once
-    chain_build_once = time.perf_counter() - t0
+    pricer.solve(margs[0]).price(payoff)            # trace, chain, compiled kernels: once
+    sweep(margs[:2], payoff, pricer=pricer, classical=False)
+    warm_up = time.perf_counter() - t0
 
     def neural(m):
         t0 = time.perf_counter()
@@ -78,15 +78,8 @@ def main(argv=None):
         t1 = time.perf_counter()
         p = sol.price(payoff)
         t2 = time.perf_counter()
-        union = {k: v for k, v in _CHAINS.items()}
-        price_batch(sol.marginals, sol.kernels[None], payoff, support="union")
-        t3 = time.perf_counter()
-        _CHAINS.clear()
-        _CHAINS.update(union)                       # drop the union chain again
         return {"neural_solve_s": t1 - t0, "neural_price_s": t2 - t1, "neural_s": t2 - t0,
-                "neural_price_union_chain_s": t3 - t2,
-                "neural_union_chain_s": (t1 - t0) + (t3 - t2), "price_neural": p,
-                "mode": sol.mode}
+                "price_neural": p, "mode": sol.mode, "_sol": sol}
 
     def classical(m):
         t0 = time.perf_counter()
@@ -98,43 +91,46 @@ def main(argv=None):
         t2 = time.perf_counter()
         return {"classical_solve_s": t1 - t0, "classical_s": t2 - t0, "price_classical": p}
 
-    rows = []
+    rows, gaps = [], []
     for i, m in enumerate(margs[:args.num]):
         a, b = (neural(m), classical(m)) if i % 2 == 0 else (classical(m), neural(m))[::-1]
+        sol = a.pop("_sol")
         row = {"index": i, **a, **b}
         row["err_pct"] = 100 * abs(row["price_neural"] - row["price_classical"]) / \
             row["price_classical"]
+        if i < args.check and sol.mode == "neural":
+            plan = chain_plan(next(reversed(_CHAINS.values())))
+            ref = plan._expectation_dense(sol.kernels[None], sol.marginals.weights[0][None])[0]
+            gaps.append(abs(row["price_neural"] / ref - 1))
         rows.append(row)
-        print(f"{i:3d} {row['mode']:9s} neural {1e3 * row['neural_s']:7.1f} ms "
-              f"(solve {1e3 * row['neural_solve_s']:5.1f}, price {1e3 * row['neural_price_s']:5.1f}"
-              f"; union chain {1e3 * row['neural_price_union_chain_s']:6.1f})  classical "
-              f"{1e3 * row['classical_s']:7.1f} ms  err {row['err_pct']:.3f}%", flush=True)
+        print(f"{i:3d} {row['mode']:9s} neural {1e3 * row['neural_s']:6.1f} ms "
+              f"(solve {1e3 * row['neural_solve_s']:5.1f}, price {1e3 * row['neural_price_s']:5.1f})"
+              f"  classical {1e3 * row['classical_s']:7.1f} ms  err {row['err_pct']:.3f}%",
+              flush=True)
 
     def med(key):
         return statistics.median(r[key] for r in rows)
 
     single = {k: 1e3 * med(k) for k in rows[0] if k.endswith("_s")}
-    single["chain_build_once_ms"] = 1e3 * chain_build_once
+    single["warm_up_ms"] = 1e3 * warm_up
     single["classical_over_neural"] = statistics.median(
         r["classical_s"] / r["neural_s"] for r in rows)
-    single["union_chain_over_full"] = statistics.median(
-        r["neural_union_chain_s"] / r["neural_s"] for r in rows)
     single["mean_err_pct"] = float(np.mean([r["err_pct"] for r in rows]))
     single["fallback_pct"] = 100 * float(np.mean([r["mode"] != "neural" for r in rows]))
+    single["max_rel_gap_vs_dense_reference"] = float(max(gaps, default=float("nan")))
 
     batch = margs[:args.batch]
-    best_n, best_c, res = np.inf, np.inf, None
-    for _ in range(args.repeats):
+    batched = {"batch": len(batch)}
+    for th in dict.fromkeys((args.threads, args.batch_threads)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = sweep(batch, payoff, pricer=pricer, classical=True)
-        best_n, best_c = min(best_n, res.neural_seconds), min(best_c, res.classical_seconds)
-    batched = {"batch": len(batch), "neural_s": best_n, "classical_s": best_c,
-               "neural_pricing_s": res.neural_pricing_seconds,
-               "neural_instances_per_s": len(batch) / best_n,
-               "classical_instances_per_s": len(batch) / best_c,
-               "speedup": best_c / best_n,
-               "mean_err_pct": float(np.mean(res.errors_pct))}
+            res = sweep(batch, payoff, pricer=pricer, classical=False, threads=th)
+        batched[f"threads_{th}"] = {
+            "seconds": res.neural_seconds, "instances_per_s": len(batch) / res.neural_seconds,
+            "pricing_s": res.neural_pricing_seconds,
+            "fallbacks": int(sum(m != "neural" for m in res.modes))}
+        print(f"batched {len(batch)} on {th} thread(s): {res.neural_seconds:.1f} s, "
+              f"{len(batch) / res.neural_seconds:.0f} instances/s", flush=True)
     out = {"num": args.num, "seed": args.seed, "threads": args.threads,
            "load_average": os.getloadavg(), "single_ms": single, "batched": batched,
            "instances": rows}

@@ -23,12 +23,15 @@ sets in one batched recursion); pairwise payoffs are priced as sum_t <c_t, pi_t>
 
 from __future__ import annotations
 
+import ctypes
 import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
+from numba.extending import get_cython_function_address
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot._plans import measure
@@ -234,22 +237,18 @@ class CalibratedModel:
 class ChainPlan:
     """Precomputed index arrays of the forward recursion on an augmented chain.
 
-    The joint law of (S_t, X_t) is kept dense on the reachable grid rows ``rows[t]`` of each
-    date, shape (B, n_t, |rows[t]|) for B instances at once. One step is
+    The joint law of (X_t, S_t) is kept dense on the reachable grid rows ``rows[t]`` of each
+    date, transposed: shape (B, |rows[t]|, n_t) for B instances, states s contiguous. One step is
 
-        q(s, y)           = sum_x m_t(s, x) k_t(x, y)              (BLAS per block of s)
-        m_{t+1}(s', y)    = sum_s q(s, y) K_t(s, y; s')            (precomputed sparse map)
+        q(y, s)           = sum_x k_t(x, y) m_t(x, s)              (BLAS per block of s)
+        m_{t+1}(y', s')   = sum_s q(y, s) K_t(s, y; s')            (precomputed sparse map)
 
-    ``expectation`` runs it banded (``expectation_bound``: kernel entries beyond each row's
-    1e-14 band and joint entries below 1e-18 of the mass are skipped and counted, with a bound
-    on the error returned); ``_expectation_dense`` is the full dense product, no entry skipped.
-
-    with x over ``rows[t]`` and y over the support of mu_{t+1}. The statistic map K_t comes from
-    ``chain.transitions[t]`` once, as one CSR matrix from the flattened (s, y) to the flattened
-    (s', y'), so no sparse matrix is built per call. The result is the same sum as
-    ``deepquant.mmot.augment.expectation`` (exact on the chain, no sampling), restricted to the
-    entries that can carry mass: rows of K outside the support of mu_{t+1} are empty in the
-    chain, so the mass they would receive is dropped in both.
+    with x over ``rows[t]``, y over the support of mu_{t+1}; K_t (from ``chain.transitions[t]``,
+    once) sends column y of q to row y' = y of m_{t+1}; where it shifts every state of a column
+    by one offset with weight 1 (a running-sum lattice) the product is added in place. The same
+    sum as ``deepquant.mmot.augment.expectation`` (exact on the chain), restricted to entries
+    that can carry mass. ``expectation`` runs it banded (``expectation_bound``);
+    ``_expectation_dense`` is the full dense product, no entry skipped.
 
     Attributes
     ----------
@@ -258,7 +257,8 @@ class ChainPlan:
     cols : list of ndarray of int
         ``cols[t]``: grid indices y of the support of mu_{t+1} (period t's kernel columns).
     maps : list of scipy.sparse.csr_matrix
-        ``maps[t]`` of shape (n_{t+1} |rows[t+1]|, n_t |cols[t]|).
+        ``maps[t]`` of shape (n_{t+1} |rows[t+1]|, n_t |cols[t]|), flattened (s, y) to (s', y')
+        (the dense reference's layout).
     initial : ndarray, shape (n_0, |rows[0]|)
         initial(x, s) transposed on the reachable rows.
     terminal : ndarray, shape (n_T, |rows[T]|)
@@ -273,7 +273,7 @@ class ChainPlan:
         self.cols = [np.flatnonzero(chain.support[t + 1]) for t in range(T)]
         self.initial = np.ascontiguousarray(chain.initial.toarray()[self.rows[0]].T)
         self.terminal = np.ascontiguousarray(chain.terminal[self.rows[T]].T)
-        self.maps = []
+        self.maps, self._steps = [], []
         for t in range(T):
             coo = chain.transitions[t].tocoo()
             s, y = coo.row // m, coo.row % m
@@ -284,37 +284,34 @@ class ChainPlan:
             keep = (ypos[y] >= 0) & (coo.data != 0)
             if np.any(xpos[y[keep]] < 0):   # cannot happen on a pruned chain
                 raise RuntimeError("chain maps mass onto an unreachable grid point")
-            src = s[keep] * self.cols[t].size + ypos[y[keep]]
-            dst = coo.col[keep] * self.rows[t + 1].size + xpos[y[keep]]
-            n_src = chain.states[t].size * self.cols[t].size
-            n_dst = chain.states[t + 1].size * self.rows[t + 1].size
-            self.maps.append(sparse.csr_matrix((coo.data[keep], (dst, src)),
-                                               shape=(n_dst, n_src)))
+            s, y, s1, data = s[keep], y[keep], coo.col[keep], coo.data[keep]
+            c, n, r1 = self.cols[t].size, chain.states[t].size, self.rows[t + 1].size
+            n1 = chain.states[t + 1].size
+            self.maps.append(sparse.csr_matrix(
+                (data, (s1 * r1 + xpos[y], s * c + ypos[y])), shape=(n1 * r1, n * c)))
+            self._steps.append(_transposed_map(ypos[y] * n + s, xpos[y] * n1 + s1, data,
+                                               c * n, n1 * r1, n, n1))
         self.max_abs_payoff = float(np.max(np.abs(self.terminal), initial=0.0))
-        self.kidx = [r[:, None] * m + c[None, :] for r, c in zip(self.rows, self.cols)]
-        self.csc = []
-        for mp in self.maps:
-            csc = mp.tocsc()
-            csc.sort_indices()
-            self.csc.append((csc.indptr.astype(np.int64), csc.indices.astype(np.int64),
-                             csc.data.astype(float)))
 
-    def expectation(self, kernels: np.ndarray, law0: np.ndarray) -> np.ndarray:
+    def expectation(self, kernels: np.ndarray, law0: np.ndarray, *,
+                    threads: int = 1) -> np.ndarray:
         """E[payoff] for B chains at once (the banded recursion, ``expectation_bound``)."""
-        return self.expectation_bound(kernels, law0)[0]
+        return self.expectation_bound(kernels, law0, threads=threads)[0]
 
-    def expectation_bound(self, kernels: np.ndarray,
-                          law0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def expectation_bound(self, kernels: np.ndarray, law0: np.ndarray, *,
+                          threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """E[payoff] for B chains at once, with a bound on its distance to the exact sum.
 
-        The recursion runs in one numba kernel (``deepquant.mmot._chainplan_kernels``) and
-        skips what cannot matter at double precision: kernel entries outside each row's band
-        (the columns between the first and the last entry above ``BAND_EPS`` = 1e-14 times the
-        row's largest) and joint entries m(s, x) below ``MASS_EPS`` = 1e-18 times the
-        instance's mass (states of the statistic, such as running sums, that no path reaches
-        with more probability). The dropped mass is counted exactly; kernels are stochastic
-        and the statistic maps conserve mass, so |value - exact| <= dropped x max |payoff|,
-        returned as ``bound`` (about 1e-15 and below on the benchmark chains).
+        Each date is two numba steps (``_trim_step``, ``_advance_step``: one BLAS product
+        per block of ``BLOCK`` states, instances in chunks of ``CHUNK``, the chunks spread
+        over ``threads`` threads) that skip what cannot matter at double precision: kernel
+        entries outside each row's band (the columns between the first and the last entry
+        above ``BAND_EPS`` = 1e-14 times the row's largest) and, per grid point x, the joint
+        entries m(x, s) before the first and after the last one above ``MASS_EPS`` = 1e-18
+        times the instance's mass (states of the statistic, such as running sums, that no path
+        reaches with more probability). The dropped mass is counted exactly; kernels are
+        stochastic and the statistic maps conserve mass, so |value - exact| <= dropped x
+        max |payoff|, returned as ``bound`` (about 1e-14 and below on the benchmark chains).
 
         Parameters
         ----------
@@ -327,28 +324,50 @@ class ChainPlan:
         -------
         values, bound : ndarray, shape (B,)
         """
-        from deepquant.mmot._chainplan_kernels import banded_step
-
         kernels = np.asarray(kernels, dtype=float)
-        b = kernels.shape[0]
-        m = self.size
         law0 = np.asarray(law0, dtype=float)
-        mass = np.abs(law0[:, self.rows[0]]).sum(axis=1)                  # (B,)
-        thr = self.MASS_EPS * mass
-        lost = np.zeros(b)
-        joint = law0[:, None, self.rows[0]] * self.initial[None]          # (B, n_0, |rows_0|)
-        for t in range(self.last_date):
-            kt = kernels[:, t].reshape(b, m * m)
-            k = kt.take(self.kidx[t], axis=1)                              # (B, |rows_t|, |cols_t|)
-            nxt = np.empty((b, self.maps[t].shape[0]))
-            ip, dst, w = self.csc[t]
-            lost += banded_step(np.ascontiguousarray(joint), np.ascontiguousarray(k), thr,
-                                self.BAND_EPS, self.BLOCK, ip, dst, w, nxt)
-            joint = nxt.reshape(b, -1, self.rows[t + 1].size)
-        values = np.einsum("bsx,sx->b", joint, self.terminal)
+        b = kernels.shape[0]
+        values, lost = np.empty(b), np.empty(b)
+        chunks = [slice(i, min(b, i + self.CHUNK)) for i in range(0, b, self.CHUNK)]
+
+        def run(idx):
+            values[idx], lost[idx] = self._recursion(kernels[idx], law0[idx])
+
+        if threads > 1 and len(chunks) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+                list(pool.map(run, chunks))
+        else:
+            for idx in chunks:
+                run(idx)
         return values, np.maximum(lost, 0.0) * self.max_abs_payoff
 
-    BLOCK = 32
+    def _recursion(self, kernels: np.ndarray, law0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``expectation_bound`` for one chunk of instances: (values, dropped mass)."""
+        b = kernels.shape[0]
+        r0 = self.rows[0]
+        thr = self.MASS_EPS * np.abs(law0[:, r0]).sum(axis=1)
+        joint = law0[:, r0, None] * self.initial.T[None]                  # (B, |rows_0|, n_0)
+        lost = np.zeros(b)
+        for t in range(self.last_date):
+            rows, cols = self.rows[t], self.cols[t]
+            shape = (b, rows.size)
+            lo, hi, sa, se = (np.empty(shape, dtype=np.int64) for _ in range(4))
+            kb = np.empty((b, rows.size, cols.size))
+            joint = np.ascontiguousarray(joint)
+            lost += _trim_step(joint, kernels[:, t], rows, cols, thr, self.BAND_EPS, kb,
+                               lo, hi, sa, se)
+            indptr, dst, w, off, stride, n1 = self._steps[t]
+            nxt = np.zeros((b, self.rows[t + 1].size * n1))
+            _advance_step(_DGEMM, joint, kb, lo, hi, sa, se, self.BLOCK, self.TILE, off,
+                          stride, indptr, dst, w, nxt)
+            joint = nxt.reshape(b, self.rows[t + 1].size, n1)
+        return np.einsum("bxs,sx->b", joint, self.terminal), lost
+
+    BLOCK = 64
+    TILE = 32
+    CHUNK = 8
     BAND_EPS = 1e-14
     MASS_EPS = 1e-18
 
@@ -393,18 +412,25 @@ def cached_chain(marginals: Marginals, payoff: Payoff, **chain_options):
     support (weights > 0), so models that share them (one solved chain priced many times, a
     scenario sweep on one grid) share the chain and its ``ChainPlan``. A small LRU cache.
     """
+    w = np.asarray(marginals.weights)
+    return _cached_chain(np.asarray(marginals.grid), w > 0, payoff, lambda: marginals,
+                         chain_options)
+
+
+def _cached_chain(grid, support, payoff, make, chain_options):
+    """``cached_chain`` keyed by the support pattern (bool (N+1, M)); ``make()`` gives the
+    marginals to build from on a miss."""
     from deepquant.mmot.augment import build_chain
 
-    w = np.asarray(marginals.weights)
-    key = (payoff, np.asarray(marginals.grid).tobytes(), w.shape, np.packbits(w > 0).tobytes(),
+    key = (payoff, grid.tobytes(), support.shape, np.packbits(support).tobytes(),
            tuple(sorted(chain_options.items())))
     try:
         hash(key)
     except TypeError:  # an unhashable payoff or option: no caching
-        return build_chain(marginals, payoff, **chain_options)
+        return build_chain(make(), payoff, **chain_options)
     chain = _CHAINS.get(key)
     if chain is None:
-        chain = build_chain(marginals, payoff, **chain_options)
+        chain = build_chain(make(), payoff, **chain_options)
         _CHAINS[key] = chain
         if len(_CHAINS) > _CHAIN_CACHE_SIZE:
             _CHAINS.popitem(last=False)
@@ -413,13 +439,13 @@ def cached_chain(marginals: Marginals, payoff: Payoff, **chain_options):
     return chain
 
 
-def _full_support(union: Marginals, weights: list[np.ndarray]) -> Marginals:
-    """``union`` with every grid point in the support of each date whose union support has more
-    than one point (weight 1e-300 added there: only the support pattern reaches the chain)."""
-    pos = np.any([w > 0 for w in weights], axis=0)
-    multi = pos.sum(axis=1) > 1
-    w = np.where(multi[:, None] & ~pos, 1e-300, union.weights)
-    return Marginals(union.grid, w, union.times, check_convex=False)
+def _full_support(margs: list[Marginals], pos: np.ndarray, full: np.ndarray) -> Marginals:
+    """The union (mixture) of ``margs`` with weight 1e-300 added on ``full`` outside their
+    supports ``pos``: only the support pattern reaches the chain."""
+    first = margs[0]
+    w = np.mean([m.weights for m in margs], axis=0)
+    return Marginals(first.grid, np.where(full & ~pos, 1e-300, w), first.times,
+                     check_convex=False)
 
 
 def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str = "union",
@@ -469,17 +495,158 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str 
                              f"marginals[0] {first.weights.shape}; price_batch needs one grid")
     if support not in ("union", "full"):
         raise ValueError(f"support must be 'union' or 'full', got {support!r}")
-    if len(margs) == 1:
-        union, law0 = first, np.broadcast_to(first.weights[0], (kernels.shape[0], first.size))
+    law0 = (np.broadcast_to(first.weights[0], (kernels.shape[0], first.size))
+            if len(margs) == 1 else np.stack([m.weights[0] for m in margs]))
+    pos = first.weights > 0
+    for m in margs[1:]:
+        pos = pos | (m.weights > 0)
+    if support == "full":   # every point of each date whose union holds more than one
+        full = pos | (pos.sum(axis=1) > 1)[:, None]
+        chain = _cached_chain(first.grid, full, payoff,
+                              lambda: _full_support(margs, pos, full), chain_options)
     else:
-        law0 = np.stack([m.weights[0] for m in margs])
-        union = first if all(np.array_equal(m.weights > 0, first.weights > 0) for m in margs) \
-            else Marginals(first.grid, np.mean([m.weights for m in margs], axis=0), first.times,
-                           check_convex=False)
-    if support == "full":
-        union = _full_support(union, [m.weights for m in margs])
-    chain = cached_chain(union, payoff, **chain_options)
+        chain = _cached_chain(first.grid, pos, payoff, lambda: first if len(margs) == 1 else
+                              Marginals(first.grid, np.mean([m.weights for m in margs], axis=0),
+                                        first.times, check_convex=False), chain_options)
     if kernels.shape[1] < chain.last_date or kernels.shape[2] != chain.size:
         raise ValueError(f"kernels must have shape (B, >= {chain.last_date}, {chain.size}, "
                          f"{chain.size}), got {kernels.shape}")
     return chain_plan(chain).expectation(kernels, np.asarray(law0, dtype=float))
+
+
+# ---------------------------------------------------------------------- recursion kernels
+def _transposed_map(src, dst, w, n_src, n_dst, n, n1):
+    """One date's statistic map from flattened sources j n + s (kernel column j, state s) to
+    destinations y' n1 + s': (indptr, dst, w) in CSC over the sources, per-column offsets
+    ``off``, ``stride`` and n1. ``stride`` > 0 marks a map that sends (j, s) to off[j] + s with
+    weight 1 for every s, off[j] = off[0] + j stride (a running-sum lattice:
+    ``_advance_step`` adds the product in place); 0 a general map."""
+    from scipy import sparse
+
+    csc = sparse.csr_matrix((w, (src, dst)), shape=(n_src, n_dst))
+    csc.sort_indices()
+    indptr, idx = csc.indptr.astype(np.int64), csc.indices.astype(np.int64)
+    off = np.zeros(n_src // max(n, 1), dtype=np.int64)
+    stride = 0
+    if n_src and np.all(np.diff(indptr) == 1) and np.all(csc.data == 1.0):
+        o = (idx - np.arange(n_src) % n).reshape(-1, n)
+        step = np.diff(o[:, 0])
+        if np.all(o == o[:, :1]) and (step.size == 0 or (np.all(step == step[0])
+                                                          and step[0] >= n)):
+            off, stride = np.ascontiguousarray(o[:, 0]), int(step[0]) if step.size else n
+    return indptr, idx, csc.data.astype(float), off, stride, n1
+
+
+# scipy's BLAS dgemm as a ctypes function, passed to the kernels as an argument (a global
+# function pointer would keep numba from caching them)
+_DGEMM = ctypes.CFUNCTYPE(None, *(ctypes.c_void_p,) * 13)(
+    get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
+
+
+@njit(cache=True, nogil=True)
+def _gemm(f, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, m, n, k):  # pragma: no cover
+    """c[c_off:] (m x n, row stride ldc) += a.T @ b on flat row-major float64 arrays, with
+    a[a_off:] stored as (k x m, row stride lda) and b[b_off:] as (k x n, ldb) (dgemm ``f`` on
+    the column-major views: no copies)."""
+    tr = np.array([78, 84], np.uint8)                                  # "N", "T"
+    ints = np.array([n, m, k, ldb, lda, ldc], np.int32)
+    one = np.ones(1)
+    f(tr[0:].ctypes, tr[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
+      one.ctypes, b[b_off:].ctypes, ints[3:].ctypes, a[a_off:].ctypes, ints[4:].ctypes,
+      one.ctypes, c[c_off:].ctypes, ints[5:].ctypes)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _trim_step(jt, kern, rows, cols, thr, band_eps, kb, lo, hi, sa, se):  # pragma: no cover
+    """First half of a date for B instances: per row i (grid point rows[i]) the kernel band
+    [lo, hi) over ``cols`` and the live states [sa, se) of ``jt`` (B, r, n) (entries outside
+    are set to 0), the banded kernel rows ``kb`` (B, r, c). Returns the dropped mass."""
+    nb, r, n = jt.shape
+    c = cols.size
+    lost = np.zeros(nb)
+    for b in range(nb):
+        acc = 0.0
+        for i in range(r):
+            k = kb[b, i]
+            src = kern[b, rows[i]]
+            top = 0.0
+            for j in range(c):
+                k[j] = src[cols[j]]
+                top = max(top, abs(k[j]))
+            cut = band_eps * top
+            a = 0
+            while a < c and not abs(k[a]) > cut:
+                a += 1
+            e = c
+            while e > a and not abs(k[e - 1]) > cut:
+                e -= 1
+            tail = 0.0
+            for j in range(a):
+                tail += abs(k[j])
+                k[j] = 0.0
+            for j in range(e, c):
+                tail += abs(k[j])
+                k[j] = 0.0
+            row = jt[b, i]
+            p = 0
+            while p < n and not abs(row[p]) > thr[b]:
+                acc += abs(row[p])
+                row[p] = 0.0
+                p += 1
+            q = n
+            while q > p and not abs(row[q - 1]) > thr[b]:
+                acc += abs(row[q - 1])
+                row[q - 1] = 0.0
+                q -= 1
+            live = 0.0
+            for s in range(p, q):
+                live += abs(row[s])
+            if e <= a:          # a zero kernel row moves no mass (as the exact sum)
+                row[p:q] = 0.0
+                q = p
+            else:
+                acc += live * tail
+            lo[b, i], hi[b, i], sa[b, i], se[b, i] = a, e, p, q
+        lost[b] = acc
+    return lost
+
+
+@njit(cache=True, nogil=True)
+def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, stride, indptr, dst, w,
+                  out):  # pragma: no cover
+    """Second half: out (B, r' n') = map(kb.T @ jt), per block of ``block`` states and tile of
+    ``tile`` rows one dgemm ``f`` on the rectangle of the tile's live rows and the union of
+    their kernel bands; with ``stride`` > 0 the product is added in place (row j at off[j] =
+    off[0] + j stride), else gathered per block and pushed through the CSC map."""
+    nb, r, n = jt.shape
+    c = kb.shape[2]
+    prod = np.empty(0 if stride > 0 else c * block)
+    for b in range(nb):
+        jf, kf, of = jt[b].ravel(), kb[b].ravel(), out[b]
+        for s0 in range(0, n, block):
+            s1 = min(n, s0 + block)
+            if stride <= 0:
+                prod[:] = 0.0
+            ya_b, ye_b = c, 0
+            for t0 in range(0, r, tile):
+                xa, xe, ya, ye = r, 0, c, 0
+                for i in range(t0, min(r, t0 + tile)):
+                    if sa[b, i] < s1 and se[b, i] > s0 and sa[b, i] < se[b, i]:
+                        xa, xe = min(xa, i), i + 1
+                        ya, ye = min(ya, lo[b, i]), max(ye, hi[b, i])
+                if xe <= xa or ye <= ya:
+                    continue
+                if stride > 0:  # row j of the product lands at off[j] + s = off[0] + j stride + s
+                    _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, of, off[ya] + s0, stride,
+                          ye - ya, s1 - s0, xe - xa)
+                    continue
+                _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, prod, ya * (s1 - s0), s1 - s0,
+                      ye - ya, s1 - s0, xe - xa)
+                ya_b, ye_b = min(ya_b, ya), max(ye_b, ye)
+            for j in range(ya_b, ye_b):
+                for s in range(s0, s1):
+                    v = prod[j * (s1 - s0) + s - s0]
+                    if v != 0.0:
+                        for p in range(indptr[j * n + s], indptr[j * n + s + 1]):
+                            of[dst[p]] += w[p] * v
+    return 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot._gibbs import _row_solve
@@ -21,7 +22,8 @@ from deepquant.mmot._plans import measure
 from deepquant.mmot._support import _check_eps, _prepare, reference_kernels
 from deepquant.results import result_dict, warn_failure
 
-__all__ = ["ProjectionResult", "martingale_projection", "SemiDual", "semi_dual"]
+__all__ = ["ProjectionResult", "martingale_projection", "project_periods", "SemiDual",
+           "semi_dual"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,6 +172,154 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
     if warn:
         warn_failure(result, "martingale_projection")
     return result
+
+
+def project_periods(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, phi: np.ndarray,
+                    eta0: np.ndarray, *, logq_raw: np.ndarray | None = None, tol: float = 1e-13,
+                    touch_tol: float = 1e-11, iters: int = 60):
+    """The kernels of ``martingale_projection`` for K stacked periods (any mix of instances on
+    one grid), compiled: the neural engine's batched path. Inputs are trusted (validated by
+    the caller): marginals ``mu``, column targets ``nu`` (K, M), scaled potentials
+    ``phi`` = v / eps and starts ``eta0`` (K, M), finite.
+
+    The supports (``_prepare``: pinned rows, touching points) are those of ``solve_entropic``;
+    every row with mass is solved by ``_project_rows`` (the safeguarded Newton of the numpy
+    reference ``deepquant.mmot._gibbs._row_solve``, row by row, kernel rows written in place;
+    kernels equal to the reference's to ~1e-14, tests/neural/test_fast_path.py). Rows stop on
+    a residual at round-off, so with a ``tol`` below round-off which rows count as converged
+    differs from the reference (``martingale_projection`` keeps the reference).
+    Returns ``(batch, kernels (K, M, M), eta (K, M), lse (K, M), residual of each solved row)``.
+    """
+    k, m = mu.shape
+    b = _prepare(grid, np.array(mu, dtype=np.float64), nu, logq_raw, None, touch_tol=touch_tol)
+    kernels = np.broadcast_to(np.eye(m), (k, m, m)).copy()
+    eta, lse = np.zeros((k, m)), np.zeros((k, m))
+    tt, xx = np.nonzero(b.mu > 0)
+    residual = np.zeros(tt.size)
+    phi = np.ascontiguousarray(phi, dtype=np.float64)
+    step = np.diff(grid)
+    delta = float(step.mean()) if grid.size > 1 else 0.0
+    if logq_raw is not None or np.any(np.abs(step - delta) > 1e-12 * delta):
+        delta = 0.0                                     # the direct exp for every entry
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        a = np.log(b.nu_full) + phi
+    amax = np.max(np.where(np.isfinite(a), a, -np.inf), axis=1, initial=-np.inf)
+    amax = np.where(np.isfinite(amax), amax, 0.0)
+    with np.errstate(invalid="ignore", under="ignore"):
+        unit = np.where(np.isfinite(a), np.exp(a - amax[:, None]), 0.0)
+    _project_rows(b.logq, phi, grid, tt, xx, np.ascontiguousarray(eta0, dtype=np.float64),
+                  tol, iters, kernels, eta, lse, residual, unit, amax, delta)
+    return b, kernels, eta, lse, residual
+
+
+_ANCHOR = 8
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _project_rows(logq, phi, grid, tt, xx, eta0, tol, iters, kernels, eta, lse, residual,
+                  unit, amax, delta):  # pragma: no cover
+    """Row r = (tt[r], xx[r]): eta solving E_p[Y - x] = 0 for p(y) = exp(logq(x, y) + phi(y)
+    + eta (y - x) - lse), written with p into ``kernels``, ``eta``, ``lse``, ``residual``.
+
+    The same iteration as ``_row_solve`` / ``_solve_interior`` of ``deepquant.mmot._gibbs``
+    (the numpy reference): steps capped at 30 / max |y - x|, the cap doubling towards an open
+    side, bisection inside a known bracket, stop at |m| <= tol or a round-off bracket, at most
+    ``iters`` steps; rows with allowed moves on one side only are pinned to x (eta = -+inf).
+
+    ``delta`` > 0 (a uniform grid of step delta, product reference: logq(x, y) = log nu(y)
+    where allowed): the row weights exp(logq + phi + e (y - x) - max) are
+    unit(y) exp(e (y - x) + amax - max), with unit = exp(log nu + phi - amax) per period, and
+    exp(e (y - x)) is advanced by the factor exp(e delta) from an exact value every
+    ``_ANCHOR`` points (relative error about 1e-15; entries where unit or the factor leave
+    the float range take the direct exp): 150 exponentials per row become about 20.
+    """
+    m = grid.size
+    for r in range(tt.size):
+        t, x = tt[r], xx[r]
+        p = kernels[t, x]
+        p[:] = 0.0
+        has_pos = has_neg = False
+        zero = -1
+        dmax = 0.0
+        for j in range(m):
+            if np.isfinite(logq[t, x, j]):
+                dj = grid[j] - grid[x]
+                has_pos |= dj > 0
+                has_neg |= dj < 0
+                if dj == 0 and zero < 0:
+                    zero = j
+                dmax = max(dmax, abs(dj))
+        if not (has_pos and has_neg):
+            lse[t, x] = logq[t, x, zero] + phi[t, zero] if zero >= 0 else -np.inf
+            if zero >= 0:
+                p[zero] = 1.0
+                eta[t, x] = -np.inf if has_pos else (np.inf if has_neg else 0.0)
+            continue
+        e = eta0[t, x] if np.isfinite(eta0[t, x]) else 0.0
+        cap = 30.0 / max(dmax, 1e-300)
+        mult, lo, hi = 1.0, -np.inf, np.inf
+        mean = sec = 0.0
+        lq, ph, gx = logq[t, x], phi[t], grid[x]
+        for it in range(iters + 1):
+            smax = -np.inf
+            for j in range(m):
+                p[j] = lq[j] + ph[j] + e * (grid[j] - gx)
+                smax = max(smax, p[j])
+            if not np.isfinite(smax):
+                smax = 0.0
+            z = 0.0
+            if delta > 0:       # product reference on a uniform grid: exp(e d_j) geometric in j
+                rho = np.exp(e * delta)
+                u = unit[t]
+                for j0 in range(0, m, _ANCHOR):      # an exact exp every _ANCHOR points
+                    w = np.exp(e * (grid[j0] - gx) + amax[t] - smax)
+                    for j in range(j0, min(m, j0 + _ANCHOR)):
+                        if p[j] == -np.inf:
+                            p[j] = 0.0
+                        elif u[j] > 1e-290 and w < 1e290:
+                            p[j] = u[j] * w
+                        else:
+                            p[j] = np.exp(p[j] - smax)
+                        w *= rho
+            else:
+                for j in range(m):
+                    p[j] = np.exp(p[j] - smax)
+            for j in range(m):
+                z += p[j]
+            inv = 1.0 / z
+            mean = sec = 0.0
+            for j in range(m):
+                p[j] *= inv
+                dj = grid[j] - gx
+                mean += p[j] * dj
+                sec += p[j] * dj * dj
+            lse[t, x] = smax + np.log(z)
+            if it == iters:
+                break
+            if mean < 0:
+                lo = max(lo, e)
+            if mean > 0:
+                hi = min(hi, e)
+            stuck = (np.isfinite(lo) and np.isfinite(hi)
+                     and hi - lo <= 1e-15 * max(1.0, abs(e)))
+            if abs(mean) <= tol or stuck:
+                break
+            var = max(sec - mean * mean, 1e-300)
+            lim = cap * mult
+            step = -mean / var
+            if not np.isfinite(step):
+                step = -np.sign(mean) * lim
+            capped = abs(step) >= lim
+            step = min(max(step, -lim), lim)
+            open_side = not np.isfinite(hi) if step > 0 else not np.isfinite(lo)
+            mult = 2.0 * mult if capped and open_side else 1.0
+            new = e + step
+            mid = 0.5 * (lo + hi)
+            if (new <= lo or new >= hi) and np.isfinite(mid):
+                new = mid
+            e = new
+        eta[t, x] = e
+        residual[r] = mean
 
 
 @dataclass

@@ -11,9 +11,10 @@ of a Markov chain started from mu_0, with the entries that cross a touching poin
 marginals' call curves removed (a property of the inputs, as in the classical solver).
 
 By default (``project=True``) the network's column potentials v_t are kept and the row
-multipliers h_t(x) are re-solved exactly, row by row (``deepquant.mmot.entropic.
-martingale_projection``: the martingale "c-transform", a safeguarded 1-D Newton per row started
-from the network's h, no iteration on v). The kernels are then exact martingale transitions
+multipliers h_t(x) are re-solved exactly, row by row (``deepquant.mmot.projection.
+project_periods``, the compiled batched counterpart of ``martingale_projection``: the
+martingale "c-transform", a safeguarded 1-D Newton per row started from the network's h, no
+iteration on v; every instance of a batch in one call). The kernels are then exact martingale transitions
 (drift <= 1e-13) with exact row sums; only the column marginals carry the network's error.
 Columns whose target weight is below the checkpoint's training mass floor get no mass (the
 network's v is untrained there), and periods that start from a point mass use the exact v = 0
@@ -162,12 +163,14 @@ class NeuralSolution:
 
 
 def _measure(kernels, weights, grid, mass_floor):
-    delta = kernels @ grid - grid[None, :]
-    mu = weights[:-1]
-    drift = float(np.abs(np.where(mu > 0, delta, 0.0)).max())
-    live = float(np.abs(np.where(mu > mass_floor, delta, 0.0)).max())
-    cols = np.einsum("tx,txy->ty", mu, kernels)
-    merr = float(np.abs(cols - weights[1:]).sum(axis=1).max())
+    """(drift, live drift, marginal error), each (B,), of kernels (B, N, M, M) started from
+    weights (B, N+1, M) (``NeuralSolution``'s definitions)."""
+    delta = kernels @ grid - grid
+    mu = weights[:, :-1]
+    drift = np.abs(np.where(mu > 0, delta, 0.0)).max(axis=(1, 2))
+    live = np.abs(np.where(mu > mass_floor, delta, 0.0)).max(axis=(1, 2))
+    cols = np.einsum("btx,btxy->bty", mu, kernels)
+    merr = np.abs(cols - weights[:, 1:]).sum(axis=2).max(axis=1)
     return drift, live, merr
 
 
@@ -204,7 +207,7 @@ class NeuralPricer:
         evaluation, about 40% of the pure-neural solve at N = 10.
     device : str
         Where the network runs: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"``;
-        the projection and pricing run on the CPU (numpy) either way.
+        the projection and pricing run on the CPU (numba / BLAS) either way.
     column_floor : float, optional
         With ``project``, columns whose target weight is <= this receive no mass. Default: the
         checkpoint's training mass floor (``train.mass_floor``, 1e-10): the distillation never
@@ -352,67 +355,76 @@ class NeuralPricer:
 
     def solve(self, marginals: Marginals) -> NeuralSolution:
         """Calibrate a martingale model to ``marginals`` (see module doc)."""
-        t0 = time.perf_counter()
-        marg, regridded, problem = self._prepare(marginals)
-        pred = None
-        if not problem:
-            ti = time.perf_counter()
-            pred = tuple(a[0] for a in self.predict(marg.weights[None]))
-            pred = (*pred, time.perf_counter() - ti)
-        return self._finish(marg, regridded, problem, pred, t0)
+        return self.solve_batch([marginals])[0]
 
     def solve_batch(self, marginals) -> list[NeuralSolution]:
-        """``solve`` for many marginal sets, with one forward pass per number of dates.
+        """``solve`` for many marginal sets: one forward pass per number of dates, the row
+        projections of all instances of a pass stacked into one compiled solve
+        (``deepquant.mmot.projection.project_periods``), the residuals measured in one go.
 
-        Each result's ``inference_seconds`` holds its share of the batched forward pass plus
-        its own projection; ``seconds`` likewise (shares of the shared work, then its own)."""
+        Each result's ``inference_seconds`` holds its share of the batched forward pass and
+        projection; ``seconds`` likewise (shares of the shared work, then its own fallback)."""
         items = list(marginals)
         t0 = time.perf_counter()
         prepared = [self._prepare(m) for m in items]
         share = (time.perf_counter() - t0) / max(len(items), 1)
-        preds: dict[int, tuple] = {}
+        out: list[NeuralSolution | None] = [None] * len(items)
         by_n: dict[int, list[int]] = {}
         for i, (marg, _, problem) in enumerate(prepared):
-            if not problem:
+            if problem:
+                out[i] = self._finish(marg, prepared[i][1], problem, None, None, share)
+            else:
                 by_n.setdefault(marg.n_dates, []).append(i)
         for ids in by_n.values():
             ti = time.perf_counter()
-            v, h = self.predict(np.stack([prepared[i][0].weights for i in ids]))
+            weights = np.stack([prepared[i][0].weights for i in ids])
+            v, h = self.predict(weights)
+            res = self._project(weights, v, h)
             dt = (time.perf_counter() - ti) / len(ids)
             for j, i in enumerate(ids):
-                preds[i] = (v[j], h[j], dt)
-        out = []
-        for i, (marg, regridded, problem) in enumerate(prepared):
-            pred = preds.get(i)
-            start = time.perf_counter() - share - (pred[2] if pred else 0.0)
-            out.append(self._finish(marg, regridded, problem, pred, start))
+                marg, regridded, _ = prepared[i]
+                out[i] = self._finish(marg, regridded, "", (v[j], h[j]),
+                                      tuple(a[j] for a in res), share + dt)
         return out
 
-    def _finish(self, marg: Marginals, regridded: bool, problem: str, pred,
-                t0: float) -> NeuralSolution:
-        """Projection, out-of-distribution guard and fallback of one instance
-        whose network output ``pred = (v, h, forward seconds)`` is given (None: not run)."""
-        w = marg.weights
+    def _project(self, weights: np.ndarray, v: np.ndarray, h: np.ndarray) -> tuple:
+        """Kernels (B, N, M, M), row multipliers h (B, N, M) and residuals (drift, live drift,
+        marginal error, raw drift, raw marginal error; each (B,)) of network outputs (B, N, M)
+        for weights (B, N+1, M) on the model grid."""
+        from deepquant.mmot.projection import project_periods
+
+        nb, n1, m = weights.shape
+        nan = np.full(nb, np.nan)
+        raw = (nan, nan)
+        if not self.project or self.raw_residuals:
+            kern = np.stack([self.kernels(w, vi, hi) for w, vi, hi in zip(weights, v, h)])
+            raw = _measure(kern, weights, self.grid, self.mass_floor)[::2]
+        if self.project:
+            nu = weights[:, 1:].reshape(-1, m).copy()
+            nu[nu <= self.column_floor] = 0.0
+            with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+                _, kern, eta, _, _ = project_periods(     # v, h are already in units of eps
+                    self.grid, weights[:, :-1].reshape(-1, m), nu, v.reshape(-1, m),
+                    np.where(np.isfinite(h), h, 0.0).reshape(-1, m))
+            kern = kern.reshape(nb, n1 - 1, m, m)
+            h = eta.reshape(nb, n1 - 1, m)
+        return (kern, h, *_measure(kern, weights, self.grid, self.mass_floor), *raw)
+
+    def _finish(self, marg: Marginals, regridded: bool, problem: str, pred, res,
+                shared: float) -> NeuralSolution:
+        """Out-of-distribution guard and fallback of one instance. ``pred`` = the network's
+        (v, h), ``res`` = its row of ``_project`` (None: not run); ``shared`` seconds of the
+        batched work are charged to it."""
+        t0 = time.perf_counter() - shared
         v = h = kern = None
         nd = nl = nm = raw_drift = raw_merr = float("nan")
-        t_inf = 0.0
         if not problem:
-            ti = time.perf_counter()
-            v, h, t_fwd = pred
-            ti -= t_fwd
-            if not self.project or self.raw_residuals:
-                kern = self.kernels(w, v, h, marg.grid)
-                nd, nl, nm = _measure(kern, w, marg.grid, self.mass_floor)
-                raw_drift, raw_merr = nd, nm
-            if self.project:
-                from deepquant.mmot.entropic import martingale_projection
-
-                proj = martingale_projection(marg, v * EPS, h * EPS, eps=EPS,
-                                             column_floor=self.column_floor)
-                kern, h = proj.kernels, proj.h / EPS
-                nd, nl, nm = _measure(kern, w, marg.grid, self.mass_floor)
-            t_inf = time.perf_counter() - ti
-            if not (np.isfinite(nl) and nl <= self.ood_drift):
+            v, h = pred
+            kern, h, *resid = res
+            nd, nl, nm, raw_drift, raw_merr = map(float, resid)
+            if not np.all(np.isfinite(v)):
+                problem = "the network's potentials are not finite"
+            elif not (np.isfinite(nl) and nl <= self.ood_drift):
                 problem = f"neural drift {nl:.3g} above ood_drift={self.ood_drift:g}"
             elif not (np.isfinite(nm) and nm <= self.ood_marginal_error):
                 problem = (f"neural marginal error {nm:.3g} above "
@@ -420,23 +432,24 @@ class NeuralPricer:
         if problem and self.fallback:
             tp = time.perf_counter()
             res = self._classical(marg)
-            d, dl, me = _measure(res.kernels, w, marg.grid, self.mass_floor)
+            d, dl, me = (float(a[0]) for a in _measure(res.kernels[None], marg.weights[None],
+                                                        marg.grid, self.mass_floor))
             return NeuralSolution(
                 marg, res.kernels, res.v / EPS, res.h / EPS, "classical", d, dl, me, raw_drift,
                 raw_merr, bool(res.success), f"out of distribution ({problem}): classical "
-                "solver used; " + res.message, time.perf_counter() - t0, t_inf,
+                "solver used; " + res.message, time.perf_counter() - t0, shared,
                 time.perf_counter() - tp, int(res.nit), regridded, self.project, res)
         if problem:
             return NeuralSolution(marg, kern if kern is not None else np.zeros(0),
                                   v, h, "neural", nd, nl, nm, raw_drift, raw_merr, False,
                                   f"out of distribution ({problem}); no fallback",
-                                  time.perf_counter() - t0, t_inf, 0.0, 0, regridded,
+                                  time.perf_counter() - t0, shared, 0.0, 0, regridded,
                                   self.project)
         msg = ("pure neural, row multipliers solved exactly (exact martingale; the column "
                "marginals carry the network's error, see marginal_error)" if self.project else
                "pure neural (kernels are not exact martingales; see drift)")
         return NeuralSolution(marg, kern, v, h, "neural", nd, nl, nm, raw_drift, raw_merr, True,
-                              msg, time.perf_counter() - t0, t_inf, 0.0, 0, regridded,
+                              msg, time.perf_counter() - t0, shared, 0.0, 0, regridded,
                               self.project)
 
     def price(self, marginals: Marginals, payoff) -> float:
