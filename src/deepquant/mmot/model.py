@@ -23,17 +23,20 @@ sets in one batched recursion); pairwise payoffs are priced as sum_t <c_t, pi_t>
 
 from __future__ import annotations
 
-import ctypes
 import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
-from numba.extending import get_cython_function_address
 
 from deepquant.market.marginals import Marginals
+from deepquant.mmot._chainplan_kernels import (
+    _DGEMM,
+    _advance_step,
+    _transposed_map,
+    _trim_step,
+)
 from deepquant.mmot._plans import measure
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 
@@ -512,141 +515,3 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str 
         raise ValueError(f"kernels must have shape (B, >= {chain.last_date}, {chain.size}, "
                          f"{chain.size}), got {kernels.shape}")
     return chain_plan(chain).expectation(kernels, np.asarray(law0, dtype=float))
-
-
-# ---------------------------------------------------------------------- recursion kernels
-def _transposed_map(src, dst, w, n_src, n_dst, n, n1):
-    """One date's statistic map from flattened sources j n + s (kernel column j, state s) to
-    destinations y' n1 + s': (indptr, dst, w) in CSC over the sources, per-column offsets
-    ``off``, ``stride`` and n1. ``stride`` > 0 marks a map that sends (j, s) to off[j] + s with
-    weight 1 for every s, off[j] = off[0] + j stride (a running-sum lattice:
-    ``_advance_step`` adds the product in place); 0 a general map."""
-    from scipy import sparse
-
-    csc = sparse.csr_matrix((w, (src, dst)), shape=(n_src, n_dst))
-    csc.sort_indices()
-    indptr, idx = csc.indptr.astype(np.int64), csc.indices.astype(np.int64)
-    off = np.zeros(n_src // max(n, 1), dtype=np.int64)
-    stride = 0
-    if n_src and np.all(np.diff(indptr) == 1) and np.all(csc.data == 1.0):
-        o = (idx - np.arange(n_src) % n).reshape(-1, n)
-        step = np.diff(o[:, 0])
-        if np.all(o == o[:, :1]) and (step.size == 0 or (np.all(step == step[0])
-                                                          and step[0] >= n)):
-            off, stride = np.ascontiguousarray(o[:, 0]), int(step[0]) if step.size else n
-    return indptr, idx, csc.data.astype(float), off, stride, n1
-
-
-# scipy's BLAS dgemm as a ctypes function, passed to the kernels as an argument (a global
-# function pointer would keep numba from caching them)
-_DGEMM = ctypes.CFUNCTYPE(None, *(ctypes.c_void_p,) * 13)(
-    get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
-
-
-@njit(cache=True, nogil=True)
-def _gemm(f, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, m, n, k):  # pragma: no cover
-    """c[c_off:] (m x n, row stride ldc) += a.T @ b on flat row-major float64 arrays, with
-    a[a_off:] stored as (k x m, row stride lda) and b[b_off:] as (k x n, ldb) (dgemm ``f`` on
-    the column-major views: no copies)."""
-    tr = np.array([78, 84], np.uint8)                                  # "N", "T"
-    ints = np.array([n, m, k, ldb, lda, ldc], np.int32)
-    one = np.ones(1)
-    f(tr[0:].ctypes, tr[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
-      one.ctypes, b[b_off:].ctypes, ints[3:].ctypes, a[a_off:].ctypes, ints[4:].ctypes,
-      one.ctypes, c[c_off:].ctypes, ints[5:].ctypes)
-
-
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _trim_step(jt, kern, rows, cols, thr, band_eps, kb, lo, hi, sa, se):  # pragma: no cover
-    """First half of a date for B instances: per row i (grid point rows[i]) the kernel band
-    [lo, hi) over ``cols`` and the live states [sa, se) of ``jt`` (B, r, n) (entries outside
-    are set to 0), the banded kernel rows ``kb`` (B, r, c). Returns the dropped mass."""
-    nb, r, n = jt.shape
-    c = cols.size
-    lost = np.zeros(nb)
-    for b in range(nb):
-        acc = 0.0
-        for i in range(r):
-            k = kb[b, i]
-            src = kern[b, rows[i]]
-            top = 0.0
-            for j in range(c):
-                k[j] = src[cols[j]]
-                top = max(top, abs(k[j]))
-            cut = band_eps * top
-            a = 0
-            while a < c and not abs(k[a]) > cut:
-                a += 1
-            e = c
-            while e > a and not abs(k[e - 1]) > cut:
-                e -= 1
-            tail = 0.0
-            for j in range(a):
-                tail += abs(k[j])
-                k[j] = 0.0
-            for j in range(e, c):
-                tail += abs(k[j])
-                k[j] = 0.0
-            row = jt[b, i]
-            p = 0
-            while p < n and not abs(row[p]) > thr[b]:
-                acc += abs(row[p])
-                row[p] = 0.0
-                p += 1
-            q = n
-            while q > p and not abs(row[q - 1]) > thr[b]:
-                acc += abs(row[q - 1])
-                row[q - 1] = 0.0
-                q -= 1
-            live = 0.0
-            for s in range(p, q):
-                live += abs(row[s])
-            if e <= a:          # a zero kernel row moves no mass (as the exact sum)
-                row[p:q] = 0.0
-                q = p
-            else:
-                acc += live * tail
-            lo[b, i], hi[b, i], sa[b, i], se[b, i] = a, e, p, q
-        lost[b] = acc
-    return lost
-
-
-@njit(cache=True, nogil=True)
-def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, stride, indptr, dst, w,
-                  out):  # pragma: no cover
-    """Second half: out (B, r' n') = map(kb.T @ jt), per block of ``block`` states and tile of
-    ``tile`` rows one dgemm ``f`` on the rectangle of the tile's live rows and the union of
-    their kernel bands; with ``stride`` > 0 the product is added in place (row j at off[j] =
-    off[0] + j stride), else gathered per block and pushed through the CSC map."""
-    nb, r, n = jt.shape
-    c = kb.shape[2]
-    prod = np.empty(0 if stride > 0 else c * block)
-    for b in range(nb):
-        jf, kf, of = jt[b].ravel(), kb[b].ravel(), out[b]
-        for s0 in range(0, n, block):
-            s1 = min(n, s0 + block)
-            if stride <= 0:
-                prod[:] = 0.0
-            ya_b, ye_b = c, 0
-            for t0 in range(0, r, tile):
-                xa, xe, ya, ye = r, 0, c, 0
-                for i in range(t0, min(r, t0 + tile)):
-                    if sa[b, i] < s1 and se[b, i] > s0 and sa[b, i] < se[b, i]:
-                        xa, xe = min(xa, i), i + 1
-                        ya, ye = min(ya, lo[b, i]), max(ye, hi[b, i])
-                if xe <= xa or ye <= ya:
-                    continue
-                if stride > 0:  # row j of the product lands at off[j] + s = off[0] + j stride + s
-                    _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, of, off[ya] + s0, stride,
-                          ye - ya, s1 - s0, xe - xa)
-                    continue
-                _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, prod, ya * (s1 - s0), s1 - s0,
-                      ye - ya, s1 - s0, xe - xa)
-                ya_b, ye_b = min(ya_b, ya), max(ye_b, ye)
-            for j in range(ya_b, ye_b):
-                for s in range(s0, s1):
-                    v = prod[j * (s1 - s0) + s - s0]
-                    if v != 0.0:
-                        for p in range(indptr[j * n + s], indptr[j * n + s + 1]):
-                            of[dst[p]] += w[p] * v
-    return 0
