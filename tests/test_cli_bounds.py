@@ -106,3 +106,16 @@ def test_infeasible_relaxed_lp_says_why_without_json(tmp_path):
     res = _run(path, "--payoff", "european-call", "--strike", 1.0, "--martingale-tol", 0.01)
     assert res.exit_code == 1
     assert "infeasible" in res.output and "martingale_tol=0.01" in " ".join(res.output.split())
+
+
+def test_ipm_matches_the_lp_on_a_pairwise_payoff(rw_file):
+    # the interior point method's certified bracket contains the exact LP value (to 1e-8)
+    base = [rw_file, "--payoff", "forward-start-straddle", "--t1", 1, "--t2", 2, "--json"]
+    lp = json.loads(_run(*base, "--method", "lp").output)
+    res = _run(*base, "--method", "ipm", "--rtol", 1e-7)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["method"] == "ipm"
+    assert out["lower"] <= lp["lower"] + 1e-8 and out["upper"] >= lp["upper"] - 1e-8
+    assert out["lower"] == pytest.approx(lp["lower"], abs=1e-6)
+    assert out["upper"] == pytest.approx(lp["upper"], abs=1e-6)

@@ -271,13 +271,16 @@ def _payoff_names():
 @click.option("--t1", type=int, default=None, help="Forward-start date (row index).")
 @click.option("--t2", type=int, default=None, help="Forward-start maturity (row index).")
 @click.option("--barrier", type=float, default=None, help="Barrier level (barrier payoffs).")
-@click.option("--method", type=click.Choice(["auto", "lp", "certified", "entropic", "path-lp"]),
+@click.option("--method",
+              type=click.Choice(["auto", "lp", "certified", "ipm", "entropic", "path-lp"]),
               default="auto", show_default=True,
-              help="auto: the exact LP when small, else certified bounds (a checked dual and "
-                   "its gap); or force one: exact LP, certified, entropic plans, path-space LP.")
+              help="auto: the interior point method for pairwise payoffs on large grids, the "
+                   "exact LP when small, else certified bounds (a checked dual and its gap); or "
+                   "force one: exact LP, certified, interior point (pairwise payoffs), entropic "
+                   "plans, path-space LP.")
 @click.option("--rtol", type=float, default=1e-4, show_default=True,
-              help="Certified method: target relative gap between the certified bound and "
-                   "the inner estimate.")
+              help="Certified and interior point methods: target relative gap between the "
+                   "certified bound and the inner value.")
 @click.option("--max-seconds", type=float, default=600.0, show_default=True,
               help="Certified method: time budget per side (the best certificate is kept).")
 @click.option("--eps", type=float, default=None, help="Entropic regularisation (entropic only).")
@@ -329,6 +332,8 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
                         f"{p.seconds:.1f} s", highlight=False)
 
                 options.update(progress=show)
+        if method == "ipm":
+            options.update(rtol=rtol)
         if martingale_tol and method not in ("lp", "auto"):
             fail("--martingale-tol is only used by --method lp")
         if not as_json and err_console.is_terminal and "progress" not in options:
@@ -354,7 +359,7 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
         if res.sizes:
             rows += [(f"{'LP' if res.method == 'lp' else 'chain'} {k}", v)
                      for k, v in res.sizes.items()]
-        if res.method == "certified":
+        if res.method in ("certified", "ipm"):
             for name, side in (("lower", res.lower_side), ("upper", res.upper_side)):
                 rows += [(f"{name} inner estimate", side.info.get("inner")),
                          (f"{name} certified gap", side.gap),
