@@ -28,7 +28,6 @@ import math
 from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
-from scipy.special import ndtr
 
 from deepquant.blackscholes import bs_price
 from deepquant.payoffs import Payoff
@@ -39,6 +38,7 @@ from deepquant.rough.exercise import (
     payoff_grid_states,
     state_columns,
 )
+from deepquant.rough.kernels import bs_put_call
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.signature import lifted_path, signatures_at
 
@@ -65,12 +65,9 @@ def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = Tr
     if not np.all(sd > 0) or not np.all(np.asarray(K) > 0):
         return bs_price(S, K, sigma, tau, rate=r, is_call=not put)
     disc_k = np.exp(-r * np.asarray(tau, dtype=float)) * K
-    # log S - log(K e^{-r tau}): one log per path when S is (n, 1) against several strikes
-    d1 = (np.log(S) - np.log(disc_k)) / sd + 0.5 * sd
-    d2 = d1 - sd
-    if put:
-        return disc_k * ndtr(-d2) - S * ndtr(-d1)
-    return S * ndtr(d1) - disc_k * ndtr(d2)
+    # log S - log(K e^{-r tau}): one log per path when S is (n, 1) against several strikes;
+    # d1 = (log S - log(K e^{-r tau})) / sd + sd / 2, d2 = d1 - sd in one compiled pass
+    return bs_put_call(S, np.log(S), disc_k, np.log(disc_k), sd, put=put)
 
 
 def payoff_states(paths: RoughPaths, payoff: Payoff, dates,
