@@ -10,6 +10,8 @@ pointers).
 * ``bs_put_call``: the Black–Scholes value K e^{-r tau} N(-d2) - S N(-d1) (put) or
   S N(d1) - K e^{-r tau} N(d2) (call) from log S, log(K e^{-r tau}) and sigma sqrt(tau)
   (``lsm.bs_european``'s hot path).
+* ``inner_log_paths``: log S, V, log V of the sub-simulation's inner paths over one period
+  from the Volterra terms (``subsim._Inner.simulate``).
 * ``shifted_normals``: inverse normal CDF of Sobol points under a Cranley–Patterson shift
   modulo 1 and clipped to [eps, 1 - eps] (the sub-simulation's inner draws).
 """
@@ -21,7 +23,7 @@ from functools import cache
 
 import numpy as np
 
-__all__ = ["bs_put_call", "shifted_normals"]
+__all__ = ["bs_put_call", "shifted_normals", "inner_log_paths"]
 
 
 @cache
@@ -56,7 +58,34 @@ def _compiled():
                     u -= np.floor(u)
                     out[a, b, c] = ndtri(min(max(u, eps), 1.0 - eps))
 
-    return bs, shifted
+    @njit(nogil=True)
+    def inner(hist, cell, mm, logV0, logS0, dW, dWp, c):  # pragma: no cover - compiled
+        s2h, log_xi0, eta, rho, rho_c, r, dt = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+        half_var = c[7:]
+        n, ni, m = cell.shape
+        logV = np.empty((n, ni, m + 1))
+        V = np.empty((n, ni, m + 1))
+        logS = np.empty((n, ni, m + 1))
+        for a in range(n):
+            for b in range(ni):
+                lv = logV0[a]
+                v = np.exp(lv)
+                logV[a, b, 0] = lv
+                V[a, b, 0] = v
+                logS[a, b, 0] = logS0[a]
+                acc = 0.0
+                for k in range(m):
+                    db = rho * dW[a, b, k] + rho_c * dWp[a, b, k]
+                    acc += (r - 0.5 * v) * dt + np.sqrt(v) * db
+                    logS[a, b, k + 1] = logS0[a] + acc
+                    y = s2h * ((hist[a, k] + cell[a, b, k]) + mm[a, b, k])
+                    lv = (log_xi0 + eta * y) - half_var[k]
+                    v = np.exp(lv)
+                    logV[a, b, k + 1] = lv
+                    V[a, b, k + 1] = v
+        return logS, V, logV
+
+    return bs, shifted, inner
 
 
 def bs_put_call(S, log_S, disc_k, log_disc_k, sd, *, put: bool) -> np.ndarray:
@@ -84,3 +113,23 @@ def shifted_normals(base: np.ndarray, shift: np.ndarray, eps: float) -> np.ndarr
     out = np.empty((shift.shape[0],) + base.shape)
     _compiled()[1](base, shift, float(eps), out)
     return out
+
+
+def inner_log_paths(hist, cell, mm, logV0, logS0, dW, dWp, *, s2h, log_xi0, eta, rho, r, dt,
+                    half_var) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log S, V, log V), each (n, n_inner, m + 1), of inner paths starting at log V0, log S0
+    (n,): log V_{k+1} = log xi0 + eta y_k - half_var_k with
+    y_k = s2h ((hist_k + cell_k) + mm_k) (hist (n, m) the outer path's Volterra history, mm
+    (n, n_inner, m) the new-noise convolution), V = exp(log V), and the log-Euler step
+    log S_{k+1} = log S_0 + sum_{l <= k} ((r - V_l / 2) dt + sqrt(V_l) (rho dW_l +
+    sqrt(1 - rho^2) dWp_l)). The operations of ``subsim._Inner.simulate``'s numpy form, in
+    its order (exp and sqrt from the C library: equal to a few ulp)."""
+    c = np.concatenate([[s2h, log_xi0, eta, rho, np.sqrt(max(1.0 - rho**2, 0.0)), r, dt],
+                        np.asarray(half_var, dtype=float)])
+    return _compiled()[2](np.ascontiguousarray(hist, dtype=float),
+                          np.ascontiguousarray(cell, dtype=float),
+                          np.ascontiguousarray(mm, dtype=float),
+                          np.ascontiguousarray(logV0, dtype=float),
+                          np.ascontiguousarray(logS0, dtype=float),
+                          np.ascontiguousarray(dW, dtype=float),
+                          np.ascontiguousarray(dWp, dtype=float), c)

@@ -47,7 +47,7 @@ import numpy as np
 
 from deepquant.payoffs import Payoff
 from deepquant.rough.exercise import is_path_dependent, is_put, state_columns, truncated_payoff
-from deepquant.rough.kernels import shifted_normals
+from deepquant.rough.kernels import inner_log_paths, shifted_normals
 from deepquant.rough.lsm import ExerciseBasis, LSMPolicy, _lstsq, bs_european
 from deepquant.rough.qmc import as_seed_sequence
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths, hybrid_kernel
@@ -196,27 +196,34 @@ class _Inner:
     def simulate(self, S_e, V_e, hist_y, hist_fv, dW, dWp, cell):
         """S, V, log S, log V (n, n_inner, m + 1) from t_e and fv (n, n_inner) at the end, from
         the inner noise dW, dWp, cell of shape (n, n_inner, m)."""
+        logS, V, fv, logV = self.simulate_logs(S_e, V_e, hist_y, hist_fv, dW, dWp, cell)
+        return np.exp(logS), V, fv, logS, logV
+
+    def simulate_logs(self, S_e, V_e, hist_y, hist_fv, dW, dWp, cell):
+        """log S, V, log V (n, n_inner, m + 1) and fv (n, n_inner) as ``simulate`` (S itself
+        is left to the caller, who needs it at a few columns only)."""
         model = self.model
         n, ni = dW.shape[:2]
         if self.varies:
-            y = math.sqrt(2.0 * model.H) * (hist_y[:, None, :] + cell + dW @ self.G_new)
-            logV = np.empty((n, ni, self.m + 1))
-            logV[:, :, 0] = np.log(V_e)[:, None]
-            logV[:, :, 1:] = math.log(model.xi0) + model.eta * y - 0.5 * model.eta**2 * self.vvar
-            V = np.exp(logV)
+            # Y_{e+k} = sqrt(2H) (history + I + new-noise convolution), log-variance and the
+            # log-Euler price in one compiled pass (kernels.inner_log_paths)
+            logS, V, logV = inner_log_paths(
+                hist_y, cell, dW @ self.G_new, np.log(V_e), np.log(S_e), dW, dWp,
+                s2h=math.sqrt(2.0 * model.H), log_xi0=math.log(model.xi0), eta=model.eta,
+                rho=model.rho, r=model.r, dt=self.dt, half_var=0.5 * model.eta**2 * self.vvar)
             fv = model.xi0 * np.exp(model.eta * math.sqrt(2.0 * model.H)
                                     * (hist_fv[:, None] + dW @ self.w_new) - self.fv_drift)
-        else:
-            V = np.full((n, ni, self.m + 1), model.xi0)
-            logV = np.log(V)
-            fv = np.full((n, ni), model.xi0)
+            return logS, V, fv, logV
+        V = np.full((n, ni, self.m + 1), model.xi0)
+        logV = np.log(V)
+        fv = np.full((n, ni), model.xi0)
         rho = model.rho
         dB = rho * dW + math.sqrt(max(1.0 - rho**2, 0.0)) * dWp
         dlogS = (model.r - 0.5 * V[:, :, :-1]) * self.dt + np.sqrt(V[:, :, :-1]) * dB
         logS = np.empty((n, ni, self.m + 1))
         logS[:, :, 0] = np.log(S_e)[:, None]
         logS[:, :, 1:] = logS[:, :, :1] + np.cumsum(dlogS, axis=2)
-        return np.exp(logS), V, fv, logS, logV
+        return logS, V, fv, logV
 
 
 class InnerShare:
@@ -343,8 +350,10 @@ def _controls(S: np.ndarray, V: np.ndarray, t_e: float, dt: float, K: float, r: 
     one-step increments of the discounted European value to T with volatility sqrt(xi0) after
     the step, e^{-r t_{k+1}} P(S_{k+1}; T - t_{k+1}) - e^{-r t_k} P(S_k; mixed variance
     V_k dt + xi0 (T - t_{k+1})) (exact: S_{k+1} is lognormal with variance V_k dt given F_{t_k}).
+    S (n, n_inner, m + 1) with ``european``, else only its two ends (n, n_inner, 2); V
+    (n, n_inner, m + 1).
     """
-    m = S.shape[2] - 1
+    m = V.shape[2] - 1
     t_end = t_e + m * dt
     cols = [((math.exp(-r * t_end) * S[:, :, -1] - math.exp(-r * t_e) * S[:, :, 0]) / K)]
     if european:
@@ -464,8 +473,11 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
             vals, ctrl = [], []
             for gen in gens:
                 dW, dWp, cell = gen.draw(rows.size, lo)
-                S, V, fv, logS, logV = inner.simulate(outer.S[rows, e], outer.V[rows, e], hy, hf, dW, dWp,
-                                          cell)
+                logS, V, fv, logV = inner.simulate_logs(outer.S[rows, e], outer.V[rows, e], hy,
+                                                        hf, dW, dWp, cell)
+                # S where it is used: every step for a path-dependent payoff or the European
+                # controls, else the period's two ends
+                S = np.exp(logS if path_dep or european_control else logS[:, :, [0, -1]])
                 nb, ni = S.shape[:2]
                 S_end = S[:, :, -1].reshape(-1)
                 state = None
