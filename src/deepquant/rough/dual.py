@@ -53,7 +53,7 @@ from deepquant.rough.exercise import (
     payoff_grid_states,
     state_columns,
 )
-from deepquant.rough.lsm import bs_european
+from deepquant.rough.kernels import payoff_increments
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.signature import iter_signatures, lifted_path
 
@@ -170,10 +170,11 @@ def martingale_increments(paths: RoughPaths, model: RoughBergomi, payoff: Payoff
     pos = {int(c): q for q, c in enumerate(cols)}
     sig_iter = None
     if basis.sig_level > 0:
-        sig_iter = iter_signatures(lifted_path(paths, xi0, variance=basis.variance)[:, ::stride],
+        sig_iter = iter_signatures(lifted_path(paths, xi0, variance=basis.variance, stride=stride),
                                    basis.sig_level)
     B = None
     n_pay = len(basis.payoff_strikes) if basis.payoff_increments else 0
+    pay = []  # (step, forward-variance column, interval, interval end) of payoff increments
     for c, k in enumerate(starts):
         sig = next(sig_iter)[1] if sig_iter is not None else None
         i = interval[k]
@@ -191,18 +192,15 @@ def martingale_increments(paths: RoughPaths, model: RoughBergomi, payoff: Payoff
         if varies:
             B[:, i, F : 2 * F] += phi * dW[:, c : c + 1]
         for q in pay_steps[c] if n_pay else ():
-            # option-price increments of (cK - S)^+ expiring at t_{i+1}, priced with the
-            # variance V_q over [t_q, t_{q+1}] and xi0 after: exact one-step conditional mean
-            fq = fwd[:, pos[int(q)]]
-            dt = times[q + 1] - times[q]
-            rest = times[dates[i + 1]] - times[q + 1]
-            vol_before = np.sqrt((paths.V[:, q] * dt + fq * rest) / (dt + rest))
-            vol_after = np.sqrt(fq)[:, None]
-            strikes = K * np.asarray(basis.payoff_strikes, dtype=float)[None, :]
-            after = bs_european(paths.S[:, q + 1, None], strikes, r, vol_after, rest, put=put)
-            before = bs_european(paths.S[:, q, None], strikes, r, vol_before[:, None],
-                                 dt + rest, put=put)
-            B[:, i, legs * F :] += (disc[q + 1] * after - disc[q] * before) / K
+            pay.append((int(q), pos[int(q)], i, times[dates[i + 1]]))
+    if pay:
+        # option-price increments of (cK - S)^+ expiring at t_{i+1}, priced with the
+        # variance V_q over [t_q, t_{q+1}] and the forward variance after: exact one-step
+        # conditional mean; all steps in one compiled pass
+        q, col, itv, end = (np.array(v) for v in zip(*pay, strict=True))
+        payoff_increments(paths.S, np.log(paths.S), paths.V, fwd, q, col, itv, times, end, disc,
+                          K * np.asarray(basis.payoff_strikes, dtype=float), K, r, put=put,
+                          out=B, offset=B.shape[2] - n_pay)
     return B
 
 

@@ -12,6 +12,8 @@ pointers).
   (``lsm.bs_european``'s hot path).
 * ``inner_log_paths``: log S, V, log V of the sub-simulation's inner paths over one period
   from the Volterra terms (``subsim._Inner.simulate``).
+* ``payoff_increments``: the one-step increments of European values that end the martingale
+  basis (``dual.martingale_increments``), summed per interval.
 * ``shifted_normals``: inverse normal CDF of Sobol points under a Cranley–Patterson shift
   modulo 1 and clipped to [eps, 1 - eps] (the sub-simulation's inner draws).
 """
@@ -23,7 +25,7 @@ from functools import cache
 
 import numpy as np
 
-__all__ = ["bs_put_call", "shifted_normals", "inner_log_paths"]
+__all__ = ["bs_put_call", "shifted_normals", "inner_log_paths", "payoff_increments"]
 
 
 @cache
@@ -85,7 +87,41 @@ def _compiled():
                     V[a, b, k + 1] = v
         return logS, V, logV
 
-    return bs, shifted, inner
+    @njit(nogil=True)
+    def payoff_incr(S, logS, V, fwd, q_of, col_of, i_of, c, strikes, logdk_a, dk_a,
+                    logdk_b, dk_b, put, off, out):  # pragma: no cover - compiled
+        # c[s] = (dt, rest, sqrt(rest), sqrt(dt + rest), disc_q, disc_q1, K)
+        n = S.shape[0]
+        P = strikes.shape[0]
+        for a in range(n):
+            for s in range(q_of.shape[0]):
+                q, i = q_of[s], i_of[s]
+                dt, rest, sq_rest, sq_tb = c[s, 0], c[s, 1], c[s, 2], c[s, 3]
+                f = fwd[a, col_of[s]]
+                vol_b = np.sqrt((V[a, q] * dt + f * rest) / (dt + rest))
+                sd_b = sq_tb * vol_b
+                sd_a = sq_rest * np.sqrt(f)
+                for p in range(P):
+                    if rest > 0.0:
+                        d1 = (logS[a, q + 1] - logdk_a[s, p]) / sd_a + 0.5 * sd_a
+                        d2 = d1 - sd_a
+                        if put:
+                            after = dk_a[s, p] * ndtr(-d2) - S[a, q + 1] * ndtr(-d1)
+                        else:
+                            after = S[a, q + 1] * ndtr(d1) - dk_a[s, p] * ndtr(d2)
+                    elif put:
+                        after = max(strikes[p] - S[a, q + 1], 0.0)
+                    else:
+                        after = max(S[a, q + 1] - strikes[p], 0.0)
+                    d1 = (logS[a, q] - logdk_b[s, p]) / sd_b + 0.5 * sd_b
+                    d2 = d1 - sd_b
+                    if put:
+                        before = dk_b[s, p] * ndtr(-d2) - S[a, q] * ndtr(-d1)
+                    else:
+                        before = S[a, q] * ndtr(d1) - dk_b[s, p] * ndtr(d2)
+                    out[a, i, off + p] += (c[s, 5] * after - c[s, 4] * before) / c[s, 6]
+
+    return bs, shifted, inner, payoff_incr
 
 
 def bs_put_call(S, log_S, disc_k, log_disc_k, sd, *, put: bool) -> np.ndarray:
@@ -133,3 +169,29 @@ def inner_log_paths(hist, cell, mm, logV0, logS0, dW, dWp, *, s2h, log_xi0, eta,
                           np.ascontiguousarray(logS0, dtype=float),
                           np.ascontiguousarray(dW, dtype=float),
                           np.ascontiguousarray(dWp, dtype=float), c)
+
+
+def payoff_increments(S, logS, V, fwd, steps, cols, intervals, times, ends, disc, strikes,
+                      K: float, r: float, *, put: bool, out: np.ndarray, offset: int) -> None:
+    """Add to ``out[:, i, offset:]`` (out (n, J, P)) for each simulation step q in ``steps``
+    (interval ``intervals`` ending at time ``ends``, forward variance ``fwd[:, cols]``) the
+    increment (disc_{q+1} P(S_{q+1}; sqrt(f), rest) - disc_q P(S_q; vol_b, dt + rest)) / K of
+    the European values with ``strikes`` (P,) expiring at the interval's end, rest = end -
+    t_{q+1}, vol_b^2 = (V_q dt + f rest) / (dt + rest); P(.; ., 0) the intrinsic value.
+    The operations of ``dual.martingale_increments``' numpy form through ``lsm.bs_european``,
+    in its order (bit-identical; S, log S, V (n, N + 1))."""
+    steps = np.asarray(steps, dtype=np.int64)
+    t0, t1 = times[steps], times[steps + 1]
+    dt = t1 - t0
+    rest = np.asarray(ends, dtype=float) - t1
+    tb = dt + rest
+    strikes = np.asarray(strikes, dtype=float)
+    # per step, as bs_european forms them from its scalar tau
+    dk_a = np.array([np.exp(-r * np.asarray(x)) * strikes for x in rest])
+    dk_b = np.array([np.exp(-r * np.asarray(x)) * strikes for x in tb])
+    c = np.stack([dt, rest, np.sqrt(np.maximum(rest, 0.0)), np.sqrt(tb), disc[steps],
+                  disc[steps + 1], np.full_like(dt, K)], axis=1)
+    _compiled()[3](S, logS, V, np.ascontiguousarray(fwd), steps,
+                   np.asarray(cols, dtype=np.int64), np.asarray(intervals, dtype=np.int64),
+                   np.ascontiguousarray(c), strikes, np.log(dk_a), dk_a, np.log(dk_b), dk_b,
+                   bool(put), int(offset), out)

@@ -182,7 +182,7 @@ def exercise_features(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, da
         if stride < 1 or np.any(idx % stride):
             raise ValueError(f"the exercise dates {idx.tolist()} must be multiples of the "
                              f"feature stride {stride}")
-        x = lifted_path(paths, xi0, variance=basis.variance)[:, ::stride]
+        x = lifted_path(paths, xi0, variance=basis.variance, stride=stride)
         feats.append(signatures_at(x, basis.sig_level, idx // stride))
     if not feats:
         return np.zeros((paths.n_paths, len(idx), 0))

@@ -45,16 +45,19 @@ def signature_length(level: int, dim: int = 3) -> int:
     return sum(dim**k for k in range(1, level + 1))
 
 
-def lifted_path(paths: RoughPaths, xi0: float, *, variance: str = "log") -> np.ndarray:
-    """The channels (t/T, log(S/S0)/sqrt(xi0 T), var(V)), shape (n_paths, n+1, 3)."""
+def lifted_path(paths: RoughPaths, xi0: float, *, variance: str = "log",
+                stride: int = 1) -> np.ndarray:
+    """The channels (t/T, log(S/S0)/sqrt(xi0 T), var(V)) at every ``stride``-th grid point,
+    shape (n_paths, n / stride + 1, 3) (the grid points 0, stride, 2 stride, ...)."""
     if variance not in VARIANCE_CHANNELS:
         raise ValueError(f"variance must be one of {VARIANCE_CHANNELS}, got {variance!r}")
     T = float(paths.times[-1])
-    n_paths, n1 = paths.S.shape
+    S, V, times = paths.S[:, ::stride], paths.V[:, ::stride], paths.times[::stride]
+    n_paths, n1 = S.shape
     x = np.empty((n_paths, n1, 3))
-    x[:, :, 0] = paths.times[None, :] / T
-    x[:, :, 1] = np.log(paths.S / paths.S[:, :1]) / math.sqrt(xi0 * T)
-    x[:, :, 2] = np.log(paths.V / xi0) if variance == "log" else paths.V / xi0 - 1.0
+    x[:, :, 0] = times[None, :] / T
+    x[:, :, 1] = np.log(S / S[:, :1]) / math.sqrt(xi0 * T)
+    x[:, :, 2] = np.log(V / xi0) if variance == "log" else V / xi0 - 1.0
     return x
 
 
