@@ -53,7 +53,6 @@ from deepquant.rough.exercise import (
     payoff_grid_states,
     state_columns,
 )
-from deepquant.rough.kernels import payoff_increments
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.signature import iter_signatures, lifted_path
 
@@ -197,6 +196,8 @@ def martingale_increments(paths: RoughPaths, model: RoughBergomi, payoff: Payoff
         # option-price increments of (cK - S)^+ expiring at t_{i+1}, priced with the
         # variance V_q over [t_q, t_{q+1}] and the forward variance after: exact one-step
         # conditional mean; all steps in one compiled pass
+        from deepquant.rough.kernels import payoff_increments
+
         q, col, itv, end = (np.array(v) for v in zip(*pay, strict=True))
         payoff_increments(paths.S, np.log(paths.S), paths.V, fwd, q, col, itv, times, end, disc,
                           K * np.asarray(basis.payoff_strikes, dtype=float), K, r, put=put,

@@ -3,9 +3,9 @@
 Each kernel performs the SAME floating-point operations, in the same order, as the numpy
 expression it replaces, and calls scipy's own ``ndtr`` / ``ndtri`` (through
 ``scipy.special.cython_special``), so its results are bit-identical to the numpy code
-(tested); only the memory traffic of the intermediate arrays is saved. The kernels are
-compiled on first use (about a second each; numba cannot cache functions that call through C
-pointers).
+(tested); only the memory traffic of the intermediate arrays is saved. Compiled on first
+use and cached on disk; the modules that use them import this one lazily (numba stays out of
+``import deepquant``).
 
 * ``bs_put_call``: the Black–Scholes value K e^{-r tau} N(-d2) - S N(-d1) (put) or
   S N(d1) - K e^{-r tau} N(d2) (call) from log S, log(K e^{-r tau}) and sigma sqrt(tau)
@@ -20,108 +20,110 @@ pointers).
 
 from __future__ import annotations
 
-import ctypes
-from functools import cache
-
+import llvmlite.binding as llvm
 import numpy as np
+from numba import njit, types
+from numba.extending import get_cython_function_address
 
 __all__ = ["bs_put_call", "shifted_normals", "inner_log_paths", "payoff_increments"]
 
 
-@cache
-def _compiled():
-    from numba import njit
-    from numba.extending import get_cython_function_address
+def _scipy_function(name: str, symbol: str):
+    """scipy's compiled ``name`` (a double -> double function of ``cython_special``) as an
+    external function of the kernels, registered under ``symbol``: called by name, so the
+    kernels are cached on disk (a ctypes pointer would pin them to one process)."""
+    llvm.add_symbol(symbol, get_cython_function_address("scipy.special.cython_special", name))
+    return types.ExternalFunction(symbol, types.float64(types.float64))
 
-    sig = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_double)
-    ndtr = sig(get_cython_function_address("scipy.special.cython_special", "__pyx_fuse_1ndtr"))
-    ndtri = sig(get_cython_function_address("scipy.special.cython_special", "ndtri"))
 
-    @njit(nogil=True)
-    def bs(logS, S, logdk, dk, sd, put, out):  # pragma: no cover - compiled
-        n0, n1 = out.shape
-        for i in range(n0):
-            for j in range(n1):
-                s = sd[i, j]
-                d1 = (logS[i, j] - logdk[i, j]) / s + 0.5 * s
-                d2 = d1 - s
-                if put:
-                    out[i, j] = dk[i, j] * ndtr(-d2) - S[i, j] * ndtr(-d1)
-                else:
-                    out[i, j] = S[i, j] * ndtr(d1) - dk[i, j] * ndtr(d2)
+_ndtr = _scipy_function("__pyx_fuse_1ndtr", "deepquant_rough_ndtr")
+_ndtri = _scipy_function("ndtri", "deepquant_rough_ndtri")
 
-    @njit(nogil=True)
-    def shifted(base, shift, eps, out):  # pragma: no cover - compiled
-        n, m, d = out.shape
-        for a in range(n):
-            for b in range(m):
-                for c in range(d):
-                    u = base[b, c] + shift[a, c]
-                    u -= np.floor(u)
-                    out[a, b, c] = ndtri(min(max(u, eps), 1.0 - eps))
 
-    @njit(nogil=True)
-    def inner(hist, cell, mm, logV0, logS0, dW, dWp, c):  # pragma: no cover - compiled
-        s2h, log_xi0, eta, rho, rho_c, r, dt = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
-        half_var = c[7:]
-        n, ni, m = cell.shape
-        logV = np.empty((n, ni, m + 1))
-        V = np.empty((n, ni, m + 1))
-        logS = np.empty((n, ni, m + 1))
-        for a in range(n):
-            for b in range(ni):
-                lv = logV0[a]
+@njit(cache=True, nogil=True)
+def _bs(logS, S, logdk, dk, sd, put, out):  # pragma: no cover - compiled
+    n0, n1 = out.shape
+    for i in range(n0):
+        for j in range(n1):
+            s = sd[i, j]
+            d1 = (logS[i, j] - logdk[i, j]) / s + 0.5 * s
+            d2 = d1 - s
+            if put:
+                out[i, j] = dk[i, j] * _ndtr(-d2) - S[i, j] * _ndtr(-d1)
+            else:
+                out[i, j] = S[i, j] * _ndtr(d1) - dk[i, j] * _ndtr(d2)
+
+@njit(cache=True, nogil=True)
+def _shifted(base, shift, eps, out):  # pragma: no cover - compiled
+    n, m, d = out.shape
+    for a in range(n):
+        for b in range(m):
+            for c in range(d):
+                u = base[b, c] + shift[a, c]
+                u -= np.floor(u)
+                out[a, b, c] = _ndtri(min(max(u, eps), 1.0 - eps))
+
+@njit(cache=True, nogil=True)
+def _inner(hist, cell, mm, logV0, logS0, dW, dWp, c):  # pragma: no cover - compiled
+    s2h, log_xi0, eta, rho, rho_c, r, dt = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+    half_var = c[7:]
+    n, ni, m = cell.shape
+    logV = np.empty((n, ni, m + 1))
+    V = np.empty((n, ni, m + 1))
+    logS = np.empty((n, ni, m + 1))
+    for a in range(n):
+        for b in range(ni):
+            lv = logV0[a]
+            v = np.exp(lv)
+            logV[a, b, 0] = lv
+            V[a, b, 0] = v
+            logS[a, b, 0] = logS0[a]
+            acc = 0.0
+            for k in range(m):
+                db = rho * dW[a, b, k] + rho_c * dWp[a, b, k]
+                acc += (r - 0.5 * v) * dt + np.sqrt(v) * db
+                logS[a, b, k + 1] = logS0[a] + acc
+                y = s2h * ((hist[a, k] + cell[a, b, k]) + mm[a, b, k])
+                lv = (log_xi0 + eta * y) - half_var[k]
                 v = np.exp(lv)
-                logV[a, b, 0] = lv
-                V[a, b, 0] = v
-                logS[a, b, 0] = logS0[a]
-                acc = 0.0
-                for k in range(m):
-                    db = rho * dW[a, b, k] + rho_c * dWp[a, b, k]
-                    acc += (r - 0.5 * v) * dt + np.sqrt(v) * db
-                    logS[a, b, k + 1] = logS0[a] + acc
-                    y = s2h * ((hist[a, k] + cell[a, b, k]) + mm[a, b, k])
-                    lv = (log_xi0 + eta * y) - half_var[k]
-                    v = np.exp(lv)
-                    logV[a, b, k + 1] = lv
-                    V[a, b, k + 1] = v
-        return logS, V, logV
+                logV[a, b, k + 1] = lv
+                V[a, b, k + 1] = v
+    return logS, V, logV
 
-    @njit(nogil=True)
-    def payoff_incr(S, logS, V, fwd, q_of, col_of, i_of, c, strikes, logdk_a, dk_a,
-                    logdk_b, dk_b, put, off, out):  # pragma: no cover - compiled
-        # c[s] = (dt, rest, sqrt(rest), sqrt(dt + rest), disc_q, disc_q1, K)
-        n = S.shape[0]
-        P = strikes.shape[0]
-        for a in range(n):
-            for s in range(q_of.shape[0]):
-                q, i = q_of[s], i_of[s]
-                dt, rest, sq_rest, sq_tb = c[s, 0], c[s, 1], c[s, 2], c[s, 3]
-                f = fwd[a, col_of[s]]
-                vol_b = np.sqrt((V[a, q] * dt + f * rest) / (dt + rest))
-                sd_b = sq_tb * vol_b
-                sd_a = sq_rest * np.sqrt(f)
-                for p in range(P):
-                    if rest > 0.0:
-                        d1 = (logS[a, q + 1] - logdk_a[s, p]) / sd_a + 0.5 * sd_a
-                        d2 = d1 - sd_a
-                        if put:
-                            after = dk_a[s, p] * ndtr(-d2) - S[a, q + 1] * ndtr(-d1)
-                        else:
-                            after = S[a, q + 1] * ndtr(d1) - dk_a[s, p] * ndtr(d2)
-                    elif put:
-                        after = max(strikes[p] - S[a, q + 1], 0.0)
-                    else:
-                        after = max(S[a, q + 1] - strikes[p], 0.0)
-                    d1 = (logS[a, q] - logdk_b[s, p]) / sd_b + 0.5 * sd_b
-                    d2 = d1 - sd_b
+@njit(cache=True, nogil=True)
+def _payoff_incr(S, logS, V, fwd, q_of, col_of, i_of, c, strikes, logdk_a, dk_a,
+                logdk_b, dk_b, put, off, out):  # pragma: no cover - compiled
+    # c[s] = (dt, rest, sqrt(rest), sqrt(dt + rest), disc_q, disc_q1, K)
+    n = S.shape[0]
+    P = strikes.shape[0]
+    for a in range(n):
+        for s in range(q_of.shape[0]):
+            q, i = q_of[s], i_of[s]
+            dt, rest, sq_rest, sq_tb = c[s, 0], c[s, 1], c[s, 2], c[s, 3]
+            f = fwd[a, col_of[s]]
+            vol_b = np.sqrt((V[a, q] * dt + f * rest) / (dt + rest))
+            sd_b = sq_tb * vol_b
+            sd_a = sq_rest * np.sqrt(f)
+            for p in range(P):
+                if rest > 0.0:
+                    d1 = (logS[a, q + 1] - logdk_a[s, p]) / sd_a + 0.5 * sd_a
+                    d2 = d1 - sd_a
                     if put:
-                        before = dk_b[s, p] * ndtr(-d2) - S[a, q] * ndtr(-d1)
+                        after = dk_a[s, p] * _ndtr(-d2) - S[a, q + 1] * _ndtr(-d1)
                     else:
-                        before = S[a, q] * ndtr(d1) - dk_b[s, p] * ndtr(d2)
-                    out[a, i, off + p] += (c[s, 5] * after - c[s, 4] * before) / c[s, 6]
+                        after = S[a, q + 1] * _ndtr(d1) - dk_a[s, p] * _ndtr(d2)
+                elif put:
+                    after = max(strikes[p] - S[a, q + 1], 0.0)
+                else:
+                    after = max(S[a, q + 1] - strikes[p], 0.0)
+                d1 = (logS[a, q] - logdk_b[s, p]) / sd_b + 0.5 * sd_b
+                d2 = d1 - sd_b
+                if put:
+                    before = dk_b[s, p] * _ndtr(-d2) - S[a, q] * _ndtr(-d1)
+                else:
+                    before = S[a, q] * _ndtr(d1) - dk_b[s, p] * _ndtr(d2)
+                out[a, i, off + p] += (c[s, 5] * after - c[s, 4] * before) / c[s, 6]
 
-    return bs, shifted, inner, payoff_incr
 
 
 def bs_put_call(S, log_S, disc_k, log_disc_k, sd, *, put: bool) -> np.ndarray:
@@ -136,7 +138,7 @@ def bs_put_call(S, log_S, disc_k, log_disc_k, sd, *, put: bool) -> np.ndarray:
     if len(shape) != 2:
         views = [np.ascontiguousarray(v).reshape(flat) for v in views]
     out = np.empty(flat)
-    _compiled()[0](*views, bool(put), out)
+    _bs(*views, bool(put), out)
     return out.reshape(shape)
 
 
@@ -147,7 +149,7 @@ def shifted_normals(base: np.ndarray, shift: np.ndarray, eps: float) -> np.ndarr
     base = np.ascontiguousarray(base, dtype=float)
     shift = np.ascontiguousarray(shift, dtype=float)
     out = np.empty((shift.shape[0],) + base.shape)
-    _compiled()[1](base, shift, float(eps), out)
+    _shifted(base, shift, float(eps), out)
     return out
 
 
@@ -162,7 +164,7 @@ def inner_log_paths(hist, cell, mm, logV0, logS0, dW, dWp, *, s2h, log_xi0, eta,
     its order (exp and sqrt from the C library: equal to a few ulp)."""
     c = np.concatenate([[s2h, log_xi0, eta, rho, np.sqrt(max(1.0 - rho**2, 0.0)), r, dt],
                         np.asarray(half_var, dtype=float)])
-    return _compiled()[2](np.ascontiguousarray(hist, dtype=float),
+    return _inner(np.ascontiguousarray(hist, dtype=float),
                           np.ascontiguousarray(cell, dtype=float),
                           np.ascontiguousarray(mm, dtype=float),
                           np.ascontiguousarray(logV0, dtype=float),
@@ -191,7 +193,7 @@ def payoff_increments(S, logS, V, fwd, steps, cols, intervals, times, ends, disc
     dk_b = np.array([np.exp(-r * np.asarray(x)) * strikes for x in tb])
     c = np.stack([dt, rest, np.sqrt(np.maximum(rest, 0.0)), np.sqrt(tb), disc[steps],
                   disc[steps + 1], np.full_like(dt, K)], axis=1)
-    _compiled()[3](S, logS, V, np.ascontiguousarray(fwd), steps,
+    _payoff_incr(S, logS, V, np.ascontiguousarray(fwd), steps,
                    np.asarray(cols, dtype=np.int64), np.asarray(intervals, dtype=np.int64),
                    np.ascontiguousarray(c), strikes, np.log(dk_a), dk_a, np.log(dk_b), dk_b,
                    bool(put), int(offset), out)

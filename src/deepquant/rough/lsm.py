@@ -38,7 +38,6 @@ from deepquant.rough.exercise import (
     payoff_grid_states,
     state_columns,
 )
-from deepquant.rough.kernels import bs_put_call
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.signature import lifted_path, signatures_at
 
@@ -67,6 +66,8 @@ def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = Tr
     disc_k = np.exp(-r * np.asarray(tau, dtype=float)) * K
     # log S - log(K e^{-r tau}): one log per path when S is (n, 1) against several strikes;
     # d1 = (log S - log(K e^{-r tau})) / sd + sd / 2, d2 = d1 - sd in one compiled pass
+    from deepquant.rough.kernels import bs_put_call
+
     return bs_put_call(S, np.log(S), disc_k, np.log(disc_k), sd, put=put)
 
 

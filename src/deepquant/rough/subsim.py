@@ -47,7 +47,6 @@ import numpy as np
 
 from deepquant.payoffs import Payoff
 from deepquant.rough.exercise import is_path_dependent, is_put, state_columns, truncated_payoff
-from deepquant.rough.kernels import inner_log_paths, shifted_normals
 from deepquant.rough.lsm import ExerciseBasis, LSMPolicy, _lstsq, bs_european
 from deepquant.rough.qmc import as_seed_sequence
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths, hybrid_kernel
@@ -205,6 +204,8 @@ class _Inner:
         model = self.model
         n, ni = dW.shape[:2]
         if self.varies:
+            from deepquant.rough.kernels import inner_log_paths
+
             # Y_{e+k} = sqrt(2H) (history + I + new-noise convolution), log-variance and the
             # log-Euler price in one compiled pass (kernels.inner_log_paths)
             logS, V, logV = inner_log_paths(
@@ -277,6 +278,8 @@ class _InnerNoise:
 
     def _fine_half(self, n: int):
         """(dW, dW_perp, cell) of the first antithetic half on the fine grid, (n, half, mf)."""
+        from deepquant.rough.kernels import shifted_normals
+
         mf = self.m * self.refine
         # ndtri(clip((u + shift) mod 1, 1e-12, 1 - 1e-12)) in one compiled pass
         z = shifted_normals(self.u, self.shift_rng.random((n, 1, 3 * mf))[:, 0], 1e-12)
