@@ -10,6 +10,8 @@ use and cached on disk; the modules that use them import this one lazily (numba 
 * ``bs_put_call``: the Black–Scholes value K e^{-r tau} N(-d2) - S N(-d1) (put) or
   S N(d1) - K e^{-r tau} N(d2) (call) from log S, log(K e^{-r tau}) and sigma sqrt(tau)
   (``lsm.bs_european``'s hot path).
+* ``outer_paths``: Y, V, S of the hybrid scheme and log-Euler from the Volterra convolution
+  (``rbergomi.RoughBergomi.paths_from_increments``).
 * ``inner_log_paths``: log S, V, log V of the sub-simulation's inner paths over one period
   from the Volterra terms (``subsim._Inner.simulate``).
 * ``payoff_increments``: the one-step increments of European values that end the martingale
@@ -25,7 +27,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import get_cython_function_address
 
-__all__ = ["bs_put_call", "shifted_normals", "inner_log_paths", "payoff_increments"]
+__all__ = ["bs_put_call", "shifted_normals", "inner_log_paths", "outer_paths",
+           "payoff_increments"]
 
 
 def _scipy_function(name: str, symbol: str):
@@ -126,6 +129,29 @@ def _payoff_incr(S, logS, V, fwd, q_of, col_of, i_of, c, strikes, logdk_a, dk_a,
 
 
 
+@njit(cache=True, nogil=True)
+def _outer(cell, conv, dW, dWp, v, c):  # pragma: no cover - compiled
+    s2h, log_xi0, eta, half_eta2, rho, rho_c, r, dt, log_s0 = (c[0], c[1], c[2], c[3], c[4],
+                                                                c[5], c[6], c[7], c[8])
+    n, m = dW.shape
+    Y = np.zeros((n, m + 1))
+    V = np.empty((n, m + 1))
+    S = np.empty((n, m + 1))
+    for a in range(n):
+        v_k = np.exp((log_xi0 + eta * 0.0) - half_eta2 * v[0])
+        V[a, 0] = v_k
+        S[a, 0] = np.exp(log_s0)
+        acc = 0.0
+        for k in range(m):
+            acc += (r - 0.5 * v_k) * dt + np.sqrt(v_k) * (rho * dW[a, k] + rho_c * dWp[a, k])
+            S[a, k + 1] = np.exp(acc + log_s0)
+            y = s2h * (cell[a, k] + conv[a, k + 1])
+            Y[a, k + 1] = y
+            v_k = np.exp((log_xi0 + eta * y) - half_eta2 * v[k + 1])
+            V[a, k + 1] = v_k
+    return Y, V, S
+
+
 def bs_put_call(S, log_S, disc_k, log_disc_k, sd, *, put: bool) -> np.ndarray:
     """Black–Scholes value for broadcasting arrays: spot ``S`` and its log ``log_S``, the
     discounted strike K e^{-r tau} and its log, the total volatility sigma sqrt(tau) (> 0).
@@ -197,3 +223,16 @@ def payoff_increments(S, logS, V, fwd, steps, cols, intervals, times, ends, disc
                    np.asarray(cols, dtype=np.int64), np.asarray(intervals, dtype=np.int64),
                    np.ascontiguousarray(c), strikes, np.log(dk_a), dk_a, np.log(dk_b), dk_b,
                    bool(put), int(offset), out)
+
+
+def outer_paths(cell, conv, dW, dWp, v, *, s2h, log_xi0, eta, rho, r, dt, log_s0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Y, V, S), each (n, m + 1), of ``RoughBergomi.paths_from_increments`` (eta != 0) from
+    the cell integrals, the convolution ``conv`` (n, >= m + 1) and the drivers (n, m):
+    Y_k = s2h (cell_k + conv_k), log V = log xi0 + eta Y - eta^2 v / 2, log S by log-Euler
+    with the left-point variance from log S_0. The numpy form's operations in its order."""
+    c = np.array([s2h, log_xi0, eta, 0.5 * eta**2, rho, np.sqrt(max(1.0 - rho**2, 0.0)), r,
+                  dt, log_s0])
+    return _outer(np.ascontiguousarray(cell, dtype=float), np.ascontiguousarray(conv),
+                  np.ascontiguousarray(dW, dtype=float), np.ascontiguousarray(dWp, dtype=float),
+                  np.ascontiguousarray(v, dtype=float), c)

@@ -204,16 +204,21 @@ class RoughBergomi:
             return RoughPaths(times=times, S=S, V=V, Y=Y, dW=dW,
                               dW_perp=np.asarray(dW_perp, dtype=float),
                               cell=np.asarray(cell, dtype=float), r=self.r)
-        Y = np.zeros((n_paths, n + 1))
         if self.eta != 0.0:
+            from deepquant.rough.kernels import outer_paths
+
             gamma = hybrid_kernel(self.H, n, dt)
             conv = fftconvolve(dW, gamma[None, :], axes=1)[:, : n + 1]
-            Y[:, 1:] = math.sqrt(2.0 * self.H) * (cell + conv[:, 1:])
-            v = self.volterra_variance(n, dt)
-            logV = math.log(self.xi0) + self.eta * Y - 0.5 * self.eta**2 * v[None, :]
-            V = np.exp(logV)
-        else:
-            V = np.full((n_paths, n + 1), self.xi0)
+            # Y, log V, V and the log-Euler price in one compiled pass (the operations below)
+            Y, V, S = outer_paths(cell, conv, dW, dW_perp, self.volterra_variance(n, dt),
+                                  s2h=math.sqrt(2.0 * self.H), log_xi0=math.log(self.xi0),
+                                  eta=self.eta, rho=self.rho, r=self.r, dt=dt,
+                                  log_s0=math.log(self.S0))
+            return RoughPaths(times=times, S=S, V=V, Y=Y, dW=dW,
+                              dW_perp=np.asarray(dW_perp, dtype=float),
+                              cell=np.asarray(cell, dtype=float), r=self.r)
+        Y = np.zeros((n_paths, n + 1))
+        V = np.full((n_paths, n + 1), self.xi0)
         dB = self.rho * dW + math.sqrt(max(1.0 - self.rho**2, 0.0)) * dW_perp
         sv = np.sqrt(V[:, :-1])
         dlogS = (self.r - 0.5 * V[:, :-1]) * dt + sv * dB
