@@ -53,3 +53,17 @@ def test_shifted_normals_is_the_numpy_expression():
     u -= np.floor(u)
     want = ndtri(np.clip(u, 1e-12, 1.0 - 1e-12))
     np.testing.assert_array_equal(shifted_normals(base, shift, 1e-12), want)
+
+
+def test_signature2_matches_pysiglib():
+    pysiglib = pytest.importorskip("pysiglib")
+    from deepquant.rough.kernels import signature2
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((64, 4, 3))
+    prefix = rng.standard_normal((16, 12))
+    # the same sums in another order: equal to rounding (1e-13 absolute on O(10) values)
+    np.testing.assert_allclose(signature2(x), pysiglib.sig(x, 2), rtol=0, atol=1e-13)
+    want = pysiglib.sig_combine(np.ascontiguousarray(np.repeat(prefix, 4, axis=0)),
+                                pysiglib.sig(x, 2), 3, 2)
+    np.testing.assert_allclose(signature2(x, prefix, 4), want, rtol=0, atol=1e-13)

@@ -1,6 +1,6 @@
 """numba kernels for the hot elementwise loops of the rough engine (one pass, no temporaries).
 
-Each kernel performs the SAME floating-point operations, in the same order, as the numpy
+Each kernel but ``signature2`` performs the SAME floating-point operations, in the same order, as the numpy
 expression it replaces, and calls scipy's own ``ndtr`` / ``ndtri`` (through
 ``scipy.special.cython_special``), so its results are bit-identical to the numpy code
 (tested); only the memory traffic of the intermediate arrays is saved. Compiled on first
@@ -16,6 +16,9 @@ use and cached on disk; the modules that use them import this one lazily (numba 
   from the Volterra terms (``subsim._Inner.simulate``).
 * ``payoff_increments``: the one-step increments of European values that end the martingale
   basis (``dual.martingale_increments``), summed per interval.
+* ``signature2``: the level-2 signature of the inner paths' segments, combined with the
+  outer path's signature (Chen); the one kernel whose sums run in another order than the code
+  it replaces (pysiglib), equal to rounding.
 * ``shifted_normals``: inverse normal CDF of Sobol points under a Cranley–Patterson shift
   modulo 1 and clipped to [eps, 1 - eps] (the sub-simulation's inner draws).
 """
@@ -28,7 +31,7 @@ from numba import njit, types
 from numba.extending import get_cython_function_address
 
 __all__ = ["bs_put_call", "shifted_normals", "inner_log_paths", "outer_paths",
-           "payoff_increments"]
+           "payoff_increments", "signature2"]
 
 
 def _scipy_function(name: str, symbol: str):
@@ -152,6 +155,36 @@ def _outer(cell, conv, dW, dWp, v, c):  # pragma: no cover - compiled
     return Y, V, S
 
 
+@njit(cache=True, nogil=True)
+def _segment_sig2(x, prefix, rep, out):  # pragma: no cover - compiled
+    N, p, _ = x.shape
+    s1 = np.empty(3)
+    s2 = np.empty((3, 3))
+    dx = np.empty(3)
+    for a in range(N):
+        s1[:] = 0.0
+        s2[:] = 0.0
+        for k in range(p - 1):
+            for i in range(3):
+                dx[i] = x[a, k + 1, i] - x[a, k, i]
+            for i in range(3):
+                for j in range(3):
+                    s2[i, j] += s1[i] * dx[j] + 0.5 * dx[i] * dx[j]
+            for i in range(3):
+                s1[i] += dx[i]
+        if prefix.shape[0]:
+            b = a // rep
+            for i in range(3):
+                for j in range(3):
+                    s2[i, j] += prefix[b, 3 + 3 * i + j] + prefix[b, i] * s1[j]
+            for i in range(3):
+                s1[i] += prefix[b, i]
+        for i in range(3):
+            out[a, i] = s1[i]
+            for j in range(3):
+                out[a, 3 + 3 * i + j] = s2[i, j]
+
+
 def bs_put_call(S, log_S, disc_k, log_disc_k, sd, *, put: bool) -> np.ndarray:
     """Black–Scholes value for broadcasting arrays: spot ``S`` and its log ``log_S``, the
     discounted strike K e^{-r tau} and its log, the total volatility sigma sqrt(tau) (> 0).
@@ -236,3 +269,16 @@ def outer_paths(cell, conv, dW, dWp, v, *, s2h, log_xi0, eta, rho, r, dt, log_s0
     return _outer(np.ascontiguousarray(cell, dtype=float), np.ascontiguousarray(conv),
                   np.ascontiguousarray(dW, dtype=float), np.ascontiguousarray(dWp, dtype=float),
                   np.ascontiguousarray(v, dtype=float), c)
+
+
+def signature2(x: np.ndarray, prefix: np.ndarray | None = None, repeat: int = 1) -> np.ndarray:
+    """Level-2 signature (N, 12) of the piecewise-linear paths x (N, p, 3) (level 1 then level
+    2 row-major, as ``pysiglib.sig(x, 2)``), by Chen's identity segment by segment; with
+    ``prefix`` (N / repeat, 12) the Chen product prefix[i // repeat] (x) sig(x_i) (as
+    ``pysiglib.sig_combine`` of the repeated prefix). Equal to pysiglib to rounding (the sums
+    in another order: ~1e-16 relative, tested)."""
+    x = np.ascontiguousarray(x, dtype=float)
+    pre = np.zeros((0, 12)) if prefix is None else np.ascontiguousarray(prefix, dtype=float)
+    out = np.empty((x.shape[0], 12))
+    _segment_sig2(x, pre, int(repeat), out)
+    return out

@@ -331,10 +331,11 @@ def inner_exercise(payoff: Payoff, hist: np.ndarray, S: np.ndarray, payoff_strid
     return h, state_columns(payoff, S[:, :, -1].reshape(-1) / K, a)
 
 
-def _segment_signature(logS, logV, V, S0, xi0, T, t0, dt, level, variance):
+def _segment_signature(logS, logV, V, S0, xi0, T, t0, dt, level, variance, *, prefix=None):
     """Signature (n, L) of the lifted path (t/T, log(S/S0)/sqrt(xi0 T), var(V)) over the
     segment given by log S, log V, V of shape (n, m + 1) (``signature.lifted_path``
-    channels)."""
+    channels); with ``prefix`` (n / r, L) the Chen product prefix[i // r] (x) segment_i (the
+    signature of the outer path up to the segment's start continued by the segment)."""
     from deepquant.rough.signature import _siglib
 
     n, m1 = logS.shape
@@ -342,7 +343,16 @@ def _segment_signature(logS, logV, V, S0, xi0, T, t0, dt, level, variance):
     x[:, :, 0] = (t0 + dt * np.arange(m1))[None, :] / T
     x[:, :, 1] = (logS - math.log(S0)) / math.sqrt(xi0 * T)
     x[:, :, 2] = logV - math.log(xi0) if variance == "log" else V / xi0 - 1.0
-    return _siglib().sig(x, level)
+    repeat = 1 if prefix is None else n // prefix.shape[0]
+    if level == 2:
+        from deepquant.rough.kernels import signature2
+
+        return signature2(x, prefix, repeat)
+    seg = _siglib().sig(x, level)
+    if prefix is None:
+        return seg
+    return _siglib().sig_combine(np.ascontiguousarray(np.repeat(prefix, repeat, axis=0)), seg,
+                                 3, level)
 
 
 def _controls(S: np.ndarray, V: np.ndarray, t_e: float, dt: float, K: float, r: float,
@@ -497,20 +507,13 @@ def subsim_pathwise(model: RoughBergomi, payoff: Payoff, outer: RoughPaths, Z: n
                 sig = None
                 if L:
                     c = feature_stride
-                    seg = _segment_signature(logS.reshape(nb * ni, m + 1)[:, ::c],
+                    # the outer signature at t_e continued by each inner segment (Chen)
+                    sig = _segment_signature(logS.reshape(nb * ni, m + 1)[:, ::c],
                                              logV.reshape(nb * ni, m + 1)[:, ::c],
                                              V.reshape(nb * ni, m + 1)[:, ::c], model.S0, xi0,
                                              T, outer.times[e], c * dt, basis.sig_level,
-                                             basis.variance)
-                    sig_e = F[rows, j, -L:]
-                    if e == 0:
-                        sig = seg
-                    else:
-                        from deepquant.rough.signature import _siglib
-
-                        sig = _siglib().sig_combine(
-                            np.ascontiguousarray(np.repeat(sig_e, ni, axis=0)), seg, 3,
-                            basis.sig_level)
+                                             basis.variance,
+                                             prefix=None if e == 0 else F[rows, j, -L:])
                 feats = features_at(S_end, V[:, :, -1].reshape(-1), fv.reshape(-1), sig,
                                     inner.t_end, T, K, r, xi0, basis, put, varies,
                                     period=m * dt, state=state)
