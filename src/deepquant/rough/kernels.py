@@ -46,18 +46,23 @@ _ndtr = _scipy_function("__pyx_fuse_1ndtr", "deepquant_rough_ndtr")
 _ndtri = _scipy_function("ndtri", "deepquant_rough_ndtri")
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _bs1(log_s, s, log_dk, dk, sd, put):  # pragma: no cover - compiled
+    """One Black–Scholes value: d1 = (log S - log(K e^{-r tau})) / sd + sd / 2, d2 = d1 - sd."""
+    d1 = (log_s - log_dk) / sd + 0.5 * sd
+    d2 = d1 - sd
+    if put:
+        return dk * _ndtr(-d2) - s * _ndtr(-d1)
+    return s * _ndtr(d1) - dk * _ndtr(d2)
+
+
 @njit(cache=True, nogil=True)
 def _bs(logS, S, logdk, dk, sd, put, out):  # pragma: no cover - compiled
     n0, n1 = out.shape
     for i in range(n0):
         for j in range(n1):
-            s = sd[i, j]
-            d1 = (logS[i, j] - logdk[i, j]) / s + 0.5 * s
-            d2 = d1 - s
-            if put:
-                out[i, j] = dk[i, j] * _ndtr(-d2) - S[i, j] * _ndtr(-d1)
-            else:
-                out[i, j] = S[i, j] * _ndtr(d1) - dk[i, j] * _ndtr(d2)
+            out[i, j] = _bs1(logS[i, j], S[i, j], logdk[i, j], dk[i, j], sd[i, j], put)
+
 
 @njit(cache=True, nogil=True)
 def _shifted(base, shift, eps, out):  # pragma: no cover - compiled
@@ -96,6 +101,7 @@ def _inner(hist, cell, mm, logV0, logS0, dW, dWp, c):  # pragma: no cover - comp
                 V[a, b, k + 1] = v
     return logS, V, logV
 
+
 @njit(cache=True, nogil=True)
 def _payoff_incr(S, logS, V, fwd, q_of, col_of, i_of, c, strikes, logdk_a, dk_a,
                 logdk_b, dk_b, put, off, out):  # pragma: no cover - compiled
@@ -112,22 +118,13 @@ def _payoff_incr(S, logS, V, fwd, q_of, col_of, i_of, c, strikes, logdk_a, dk_a,
             sd_a = sq_rest * np.sqrt(f)
             for p in range(P):
                 if rest > 0.0:
-                    d1 = (logS[a, q + 1] - logdk_a[s, p]) / sd_a + 0.5 * sd_a
-                    d2 = d1 - sd_a
-                    if put:
-                        after = dk_a[s, p] * _ndtr(-d2) - S[a, q + 1] * _ndtr(-d1)
-                    else:
-                        after = S[a, q + 1] * _ndtr(d1) - dk_a[s, p] * _ndtr(d2)
+                    after = _bs1(logS[a, q + 1], S[a, q + 1], logdk_a[s, p], dk_a[s, p], sd_a,
+                                 put)
                 elif put:
                     after = max(strikes[p] - S[a, q + 1], 0.0)
                 else:
                     after = max(S[a, q + 1] - strikes[p], 0.0)
-                d1 = (logS[a, q] - logdk_b[s, p]) / sd_b + 0.5 * sd_b
-                d2 = d1 - sd_b
-                if put:
-                    before = dk_b[s, p] * _ndtr(-d2) - S[a, q] * _ndtr(-d1)
-                else:
-                    before = S[a, q] * _ndtr(d1) - dk_b[s, p] * _ndtr(d2)
+                before = _bs1(logS[a, q], S[a, q], logdk_b[s, p], dk_b[s, p], sd_b, put)
                 out[a, i, off + p] += (c[s, 5] * after - c[s, 4] * before) / c[s, 6]
 
 
