@@ -8,6 +8,7 @@ Usage (one BLAS thread; each case runs in a fresh subprocess on the source tree 
     python benchmarks/rough_speed.py compare --old SRC_OLD --new SRC_NEW [--strikes 100 70 120]
         [--steps 8 16] [--repeats 1] [--out benchmarks/results/rough_speed.json]
     python benchmarks/rough_speed.py case --strike K [--steps 8 16]   # one case, JSON on stdout
+    python benchmarks/rough_speed.py summary [--out benchmarks/results/rough_speed.json]
 
 ``reference``: the small coupled case of ``tests/rough/test_rough_speed.py`` run by the code in
 SRC (the package directory's parent, e.g. an export of an older commit); its values are written
@@ -27,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 SMALL = dict(n_regression=2**12, batch_size=2**10, min_batches=2, max_batches=2,
              subsim_outer=2**5, subsim_inner=32, feature_steps=2)
@@ -102,6 +105,33 @@ def cmd_compare(args) -> None:
                       f"(with imports {row['cpu_total']:.1f} s)", flush=True)
 
 
+def cmd_summary(args) -> None:
+    """The markdown table of ``--out``: per strike and code the prices and CPU seconds (median
+    over repeats), and the median over repeats of the ratio new / old of each adjacent pair
+    (the two ran one after the other, under the same load)."""
+    data = json.loads(Path(args.out).read_text())
+    print("| K | grids | code | extrapolated [lower, upper] | disc. error +- stderr | finest gap "
+          "| CPU s (each run) | new / old (per pair) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for K in sorted({c["strike"] for c in data["cases"]}):
+        rows = {code: [c for c in data["cases"] if c["strike"] == K and c["code"] == code]
+                for code in ("old", "new")}
+        pairs = [n["cpu_seconds"] / o["cpu_seconds"]
+                 for o, n in zip(rows["old"], rows["new"], strict=False)]
+        for code in ("old", "new"):
+            if not rows[code]:
+                continue
+            c = rows[code][-1]
+            cpu = ", ".join(f"{r['cpu_seconds']:.1f}" for r in rows[code])
+            ratio = ""
+            if code == "new" and pairs:
+                ratio = (f"{float(np.median(pairs)):.2f} ("
+                         + ", ".join(f"{x:.2f}" for x in pairs) + ")")
+            print(f"| {K:g} | {', '.join(map(str, c['steps']))} | {code} | {c['value']:.6f} "
+                  f"[{c['lower']:.6f}, {c['upper']:.6f}] | {c['discretisation_error']:.4f} +- "
+                  f"{c['discretisation_stderr']:.4f} | {c['gap']:.4f} | {cpu} | {ratio} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -122,8 +152,11 @@ def main() -> None:
     q.add_argument("--steps", type=int, nargs="+", default=[8, 16])
     q.add_argument("--repeats", type=int, default=1)
     q.add_argument("--out", default="benchmarks/results/rough_speed.json")
+    q = sub.add_parser("summary")
+    q.add_argument("--out", default="benchmarks/results/rough_speed.json")
     args = p.parse_args()
-    {"case": cmd_case, "reference": cmd_reference, "compare": cmd_compare}[args.cmd](args)
+    {"case": cmd_case, "reference": cmd_reference, "compare": cmd_compare,
+     "summary": cmd_summary}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """numba kernels for the hot elementwise loops of the rough engine (one pass, no temporaries).
 
-Each kernel but ``signature2`` performs the SAME floating-point operations, in the same order, as the numpy
-expression it replaces, and calls scipy's own ``ndtr`` / ``ndtri`` (through
-``scipy.special.cython_special``), so its results are bit-identical to the numpy code
-(tested); only the memory traffic of the intermediate arrays is saved. Compiled on first
-use and cached on disk; the modules that use them import this one lazily (numba stays out of
-``import deepquant``).
+Each kernel but ``signature2`` performs the SAME floating-point operations, in the same
+order, as the numpy expression it replaces and calls scipy's own ``ndtr`` / ``ndtri`` (through
+``scipy.special.cython_special``); exp, log and sqrt are the C library's, which numpy uses too
+on the machines measured (checked bit for bit; a numpy build with its own SIMD exp/log could
+differ by an ulp). So the results equal the numpy code's (tested); only the memory traffic of
+the intermediate arrays is saved. Compiled on first use and cached on disk; the modules that
+use them import this one lazily (numba stays out of ``import deepquant``).
 
 * ``bs_put_call``: the Black–Scholes value K e^{-r tau} N(-d2) - S N(-d1) (put) or
   S N(d1) - K e^{-r tau} N(d2) (call) from log S, log(K e^{-r tau}) and sigma sqrt(tau)
@@ -217,7 +218,7 @@ def inner_log_paths(hist, cell, mm, logV0, logS0, dW, dWp, *, s2h, log_xi0, eta,
     (n, n_inner, m) the new-noise convolution), V = exp(log V), and the log-Euler step
     log S_{k+1} = log S_0 + sum_{l <= k} ((r - V_l / 2) dt + sqrt(V_l) (rho dW_l +
     sqrt(1 - rho^2) dWp_l)). The operations of ``subsim._Inner.simulate``'s numpy form, in
-    its order (exp and sqrt from the C library: equal to a few ulp)."""
+    its order."""
     c = np.concatenate([[s2h, log_xi0, eta, rho, np.sqrt(max(1.0 - rho**2, 0.0)), r, dt],
                         np.asarray(half_var, dtype=float)])
     return _inner(np.ascontiguousarray(hist, dtype=float),
