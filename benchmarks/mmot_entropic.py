@@ -1,4 +1,4 @@
-"""Benchmarks of the batched entropic MMOT solver (issue 3, DESIGN §2.1–2.2).
+"""Benchmarks of the batched entropic MMOT solver (DESIGN §2.1–2.2).
 
 Sections (``--section``, default all):
 

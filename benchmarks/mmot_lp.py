@@ -10,7 +10,7 @@ deviation 0.2 x / sqrt(N) (shrunk near the grid edges), split linearly onto the 
 1 + 0.04 (j - 11), j = 0..M-1: an exact martingale kernel, so the rows are in convex order on the
 grid and the running sums fall on a lattice (exact augmented LP). Tail masses reach 1e-8..1e-10.
 
-Main case (issue 3): Asian call (strike 1, average of X_1..X_N), N = 5, M = 24, both sides.
+Main case: Asian call (strike 1, average of X_1..X_N), N = 5, M = 24, both sides.
 Scaling: N in {2, 3, 4, 5} at M = 16, and M in {12, 16, 20, 24} at N = 4, with growth exponents
 fitted by least squares on log(seconds) against log(N) or log(M). Every configuration runs in a
 fresh process; peak memory is that process's maximum resident set size (ru_maxrss), which

@@ -1,4 +1,4 @@
-"""Benchmarks of the rough engine (issue 6); results go to docs/benchmarks-rough.md.
+"""Benchmarks of the rough engine; results go to docs/benchmarks-rough.md.
 
 Usage (2 cores, one BLAS thread per process):
 

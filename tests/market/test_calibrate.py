@@ -4,7 +4,7 @@ Synthetic tests need no data: quotes are generated from laws known to be in conv
 (a symmetric random walk on a grid; lognormal laws with increasing total variance), so the
 calibration must reprice them inside their bands and return valid ``Marginals``. Real-data
 tests read ``$DEEPQUANT_SPX_DATA`` (default ``<repo>/../shared/data/spx_20230609``) and skip only
-when it is absent; they check the acceptance criteria of issue 4.
+when it is absent; they check the calibration's acceptance criteria.
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def spx_chain():
 
 
 def test_spx_acceptance_five_expiries(spx_chain):
-    """Issue 4: 5 expiries in 1-6 months; >= 99% of quotes within +-40% inside bid-ask; convex
+    """Acceptance: 5 expiries in 1-6 months; >= 99% of quotes within +-40% inside bid-ask; convex
     order passes; <= 10 s (load + parity + program + cleaning)."""
     t0 = time.perf_counter()
     res = calibrate_chain(spx_data_dir() / "raw" / "spx_quotedata.csv",

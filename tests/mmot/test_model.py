@@ -128,7 +128,7 @@ def test_input_errors(rw, model):
 def test_property_random_marginals(seed, n_dates, strike):
     """Random convex-ordered marginals (random martingale kernels, conftest): the calibrated
     model solves successfully with measured residuals below 1e-9, and its Asian and lookback
-    prices lie inside the exact LP bounds (issue 3 acceptance)."""
+    prices lie inside the exact LP bounds (the acceptance case)."""
     grid, w = martingale_kernel_marginals(np.random.default_rng(seed), n_dates=n_dates, size=9)
     m = Marginals(grid, w)
     mod = CalibratedModel.calibrate(m)

@@ -1,4 +1,4 @@
-"""Tests of the neural MMOT surrogate (issue 5): import hygiene, model, losses, data, training,
+"""Tests of the neural MMOT surrogate: import hygiene, model, losses, data, training,
 checkpoints and inference. Small data only; every tolerance is stated with its reason."""
 
 from __future__ import annotations
