@@ -139,7 +139,7 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                  inner_resid_tol: float = 1e-3, polish: bool = True,
                  polish_max_states: int = POLISH_MAX_STATES, max_seconds: float = 600.0,
                  u0: np.ndarray | None = None, start: dict | None = None,
-                 progress=None) -> BoundSide:
+                 min_sweeps: int = 0, progress=None) -> BoundSide:
     """One side of the certified bounds on ``chain`` (see the module docstring).
 
     Parameters
@@ -181,6 +181,10 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
     start : dict, optional
         The inner estimate until a stage gives one (``inner``, ``resid``, ``kind``), e.g. the
         inner value of a coarse grid.
+    min_sweeps : int
+        With ``u0``: run the smoothed stages only if this many smoothed sweeps, predicted as
+        ``SOFT_OVER_HARD`` times the exact sweep of ``u0``'s certificate, fit in the budget
+        left (0: always run them).
     progress : callable, optional
         Called with a ``CertifiedProgress`` after each stage.
 
@@ -215,12 +219,12 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                         gtol=gtol, maxcor=maxcor, precondition=precondition,
                         inner_resid_tol=inner_resid_tol, polish=polish,
                         polish_max_states=polish_max_states, max_seconds=max_seconds, u0=u0,
-                        start=start, progress=progress)
+                        start=start, min_sweeps=min_sweeps, progress=progress)
 
 
 def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps_factor, band,
              max_iter, gtol, maxcor, precondition, inner_resid_tol, polish, polish_max_states,
-             max_seconds, u0, start, progress) -> BoundSide:
+             max_seconds, u0, start, min_sweeps, progress) -> BoundSide:
     sw = _Sweeper(chain, marginals, sign)
     uvec = np.zeros(sw.mu_flat.size) if u0 is None else np.array(u0, dtype=float)
     if uvec.shape != sw.mu_flat.shape:
@@ -235,7 +239,11 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
     eps = eps_start
     inner_kind = "smoothed chain"
     if u0 is not None:  # the start's certificate: the side never ends worse than it
+        t_cert = time.perf_counter()
         best = sw.certify(uvec.copy())
+        sweep = SOFT_OVER_HARD * (time.perf_counter() - t_cert)
+        if min_sweeps * sweep >= max_seconds - (time.perf_counter() - t0):
+            max_seconds = 0.0  # no smoothed stage fits: the start's certificate stands
     if start is not None:
         inner, resid, inner_kind = sign * start["inner"], start["resid"], start["kind"]
     if polish and live_states(chain) <= polish_max_states:
@@ -437,16 +445,11 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         pieces.append(np.interp(grid[xs], cgrid[ok], uc[t, ok]))
     opts = dict(options)
     opts.setdefault("eps_start", max(cres.info.get("eps", 0.0) / cres.info["scale"], 1e-5))
-    sign = 1.0 if sense == "upper" else -1.0
-    t_hard = time.perf_counter()
-    _Sweeper(chain, marginals, sign).hard(np.concatenate(pieces))
-    hard = time.perf_counter() - t_hard
-    left = budget - (time.perf_counter() - t_start)
-    opts["max_seconds"] = left if FINE_SWEEPS * SOFT_OVER_HARD * hard < left else 0.0
+    opts["max_seconds"] = max(budget - (time.perf_counter() - t_start), 0.0)
     start = dict(inner=cres.info["inner"], resid=np.nan,
                  kind=f"coarse grid of {coarse.size} points ({cres.info['inner_kind']})")
     fine = certify_side(chain, marginals, sense, u0=np.concatenate(pieces), start=start,
-                        progress=progress, **opts)
+                        min_sweeps=FINE_SWEEPS, progress=progress, **opts)
     info = dict(fine.info, coarse=dict(size=int(coarse.size), bound=cres.value,
                                        inner=cres.info["inner"], gap=cres.gap,
                                        status=cres.status, seconds=cres.seconds))

@@ -53,6 +53,7 @@ from scipy import optimize, sparse
 from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
+from deepquant.mmot.certified import COARSE_SHARE, FINE_SWEEPS
 from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, build_chain_lp
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
 from deepquant.mmot.quote_problem import QuoteHedge, _Problem, _quote_hedge, verify_quote_hedge
@@ -153,14 +154,6 @@ COARSE = 25
 of at least twice as many points; ``coarse=None`` turns it off)."""
 
 
-COARSE_SHARE = 0.9
-"""Share of a side's time budget for its coarse start (the rest: the fine certificate, its
-hedge, and fine stages when the coarse solve ends early)."""
-
-FINE_SWEEPS = 4
-"""Fewest predicted smoothed sweeps worth a fine-grid stage after the coarse start."""
-
-
 def coarse_grid(grid: np.ndarray, size: int) -> np.ndarray:
     """Every r-th point of ``grid`` through 1 (r the largest step giving at least ``size``
     points), with the two ends of ``grid`` added: a subgrid, so a law on it is a law on
@@ -196,12 +189,14 @@ def _map_positions(prob: _Problem, coarse: _Problem, positions) -> np.ndarray:
 
 def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dict) -> BoundSide:
     """A certified side, started (when the grid has at least twice ``coarse`` points and no
-    ``a0`` is given) from the positions of the same side on a coarse subgrid, solved with half
-    the time budget: their exact sweep on the fine grid is already a valid bound (the option
-    positions of a coarse solution carry over; potentials would not). The coarse inner value
-    and band violation are the inner estimate until a fine stage does better; the coarse solve
-    is reported in ``info["coarse"]``. The fine grid's smoothed stages get the rest of the
-    budget (most of it when the coarse solve reaches its rtol early), and are skipped when ``FINE_SWEEPS`` smoothed sweeps (predicted from the coarse
+    ``a0`` is given) from the positions of the same side on a coarse subgrid (its quotes
+    thinned, its bands repaired minimally if the subgrid cannot meet them), solved with
+    ``COARSE_SHARE`` of the time budget: their exact sweep on the fine grid is already a valid
+    bound (the option positions of a coarse solution carry over; potentials would not). The
+    coarse inner value and band violation are the inner estimate until a fine stage does
+    better; the coarse solve is reported in ``info["coarse"]``. The fine grid's smoothed
+    stages get the rest of the budget (most of it when the coarse solve reaches its rtol
+    early), and are skipped when ``FINE_SWEEPS`` smoothed sweeps (predicted from the coarse
     ones) would not fit in it: the first sweep is at the coarse positions themselves."""
     options = dict(options)
     size = options.pop("coarse", COARSE)

@@ -100,9 +100,10 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
     scale = sw.scale
     best = (np.inf, a.copy(), 0.0)
     inner, band_viol, nit, stages, evals = np.nan, np.inf, 0, 0, 0
-    if a0 is not None:
-        outer, _, rv = prob.certify(np.where(has_ask, a, np.minimum(a, 0.0)), sign)
-        best = (outer, np.where(has_ask, a, np.minimum(a, 0.0)), rv)
+    if a0 is not None:  # a quote without an ask is never bought (as in z)
+        a = np.where(has_ask, a, np.minimum(a, 0.0))
+        outer, _, rv = prob.certify(a, sign)
+        best = (outer, a.copy(), rv)
     if start is not None:
         inner, band_viol = sign * start["inner"], start["band_violation"]
     eps = eps_start
