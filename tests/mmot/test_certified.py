@@ -270,8 +270,9 @@ def test_time_budget_is_kept_inside_a_stage():
 
 
 def test_coarse_start_is_valid_and_closes_on_the_lp():
-    # 41 points started from the 21-point level (solved exactly by column generation: the
-    # polish threshold is set between the two chains' sizes): with the budget spent at once the
+    # 41 points started from the 21-point level (its chain LP is small: solved exactly by
+    # HiGHS, the polish threshold keeps column generation off the 41-point chain): with the
+    # budget spent at once the
     # side is the interpolated coarse potentials' certificate, valid (contains the LP to 1e-8)
     # with the coarse inner as its labelled estimate; with a budget the fine stages tighten it
     # (never worse than the start) to within 1e-3 of the LP (measured 3e-4 at the end of the
@@ -288,7 +289,26 @@ def test_coarse_start_is_valid_and_closes_on_the_lp():
             assert getattr(res, f"{side}_side").info["coarse"]["size"] == 21
     for side in ("lower", "upper"):
         s = getattr(quick, f"{side}_side")
-        assert s.info["inner_kind"].startswith("coarse grid of 21 points")
+        assert s.info["inner_kind"] == "coarse grid of 21 points (LP (HiGHS))"
         assert s.info["stages"] == 0 and "time budget" in s.message
     assert full.lower >= quick.lower and full.upper <= quick.upper
     assert lp.lower - full.lower <= 1e-3 * lp.lower and full.upper - lp.upper <= 1e-3 * lp.upper
+
+
+def test_lp_columns_counts_the_chain_lp_and_the_lp_level_is_exact():
+    # the count that picks the LP level equals the built LP's columns; a level solved by the LP
+    # is certified (its potentials swept exactly) at the LP's value on both sides
+    from deepquant.mmot.certified import _lp_side, lp_columns
+    from deepquant.mmot.lp import build_chain_lp
+
+    m = heston_marginals(np.arange(4) * 30 / 365, grid=np.linspace(0.7, 1.3, 21))
+    for name in ("asian-call", "european-call", "lookback-call"):
+        payoff = make_payoff(name, strike=1.0)
+        marg, _ = nest_supports(m, payoff.last_date(m.n_dates))
+        chain = build_chain(marg, payoff)
+        assert lp_columns(chain) == build_chain_lp(chain, marg).a_eq.shape[1]
+    lp = bounds(m, payoff, method="lp")  # the lookback
+    for side in ("lower", "upper"):
+        s = _lp_side(chain, marg, side, {})
+        assert s.status == "certified" and s.info["inner_kind"] == "LP (HiGHS)"
+        assert abs(s.value - getattr(lp, side)) <= 1e-9 and 0 <= s.gap <= 1e-9
