@@ -163,8 +163,9 @@ def exact_factor(H: float, n: int, T: float) -> np.ndarray:
     C = np.zeros((2 * n, 2 * n))
     C[:n, :n] = dt * np.eye(n)
     ti, tj = t[:, None], t[None, :]  # Y index i, increment index j (cell [t_{j-1}, t_j])
+    lag = np.maximum(ti - tj, 0.0)  # increments after t_i (lag < 0) are masked below
     cross = np.where(tj <= ti + 1e-12, math.sqrt(2 * H) * (
-        (ti - tj + dt) ** (a + 1) - np.maximum(ti - tj, 0.0) ** (a + 1)) / (a + 1), 0.0)
+        (lag + dt) ** (a + 1) - lag ** (a + 1)) / (a + 1), 0.0)
     C[n:, :n] = cross
     C[:n, n:] = cross.T
     u, v = np.minimum(ti, tj), np.maximum(ti, tj)
