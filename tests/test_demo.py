@@ -53,7 +53,8 @@ def test_bounds_against_the_grid(demo):
         assert e["lower"] == pytest.approx(r.lower, abs=1e-9)
         assert e["upper"] == pytest.approx(r.upper, abs=1e-9)
     text = (demo.out_dir / "report.md").read_text()
-    assert "## Bounds against the grid" in text and "(resolution.png)" in text
+    assert "## Bounds at the calibration's resolution and against the grid" in text
+    assert "(resolution.png)" in text
     assert (demo.out_dir / "resolution.png").stat().st_size > 0
 
 
@@ -142,7 +143,8 @@ def test_cli_demo_json(tmp_path):
 
     res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "r"), "--grid-step", "0.1",
                                     "--paths", "500", "--pricer",
-                                    "same=tests.test_demo:_model_price", "--json"])
+                                    "same=tests.test_demo:_model_price", "--max-seconds", "2",
+                                    "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert {"rows", "timings", "calibration", "backtest", "quotes"} <= set(data)
@@ -151,14 +153,17 @@ def test_cli_demo_json(tmp_path):
         assert abs(r["extra"]["same"]["price"] - r["calibrated"]) < 1e-12
         # timed around the call: positive, and inside the run's total
         assert 0 < r["extra"]["same"]["seconds"] < data["timings"]["total"]
-    assert [r["label"] for r in data["rows"]] == ["Asian call", "Lookback call",
-                                                 "Fwd-start straddle"]
-    # by default the same bounds on a 25-point grid beside the demo grid's
-    res25 = data["resolution"]
-    assert [e["label"] for e in res25] == [r["label"] for r in data["rows"]]
-    for e in res25:
-        assert e["size"] == 25 and e["success"] and e["method"] in ("lp", "certified")
-        assert e["lower"] <= e["upper"] + 1e-12
+    labels = [r["label"] for r in data["rows"]]
+    assert labels == ["Asian call", "Lookback call", "Fwd-start straddle"]
+    # by default the same bounds on a 25-point grid (exact LP) and at the calibration's
+    # resolution (150 points, certified within the time budget) beside the demo grid's
+    res_grid = data["resolution"]
+    assert [(e["label"], e["size"]) for e in res_grid] == \
+        [(label, size) for size in (25, 150) for label in labels]
+    for e in res_grid:
+        assert e["success"] and e["method"] == ("lp" if e["size"] == 25 else "certified")
+        assert e["lower"] <= e["upper"] + 1e-12 and e["lower_gap"] >= 0 and e["upper_gap"] >= 0
+        assert e["seconds"] < 120  # two sides of 2 s each, plus the builds and the coarse LPs
     bad_spec = CliRunner().invoke(main, ["demo", "--pricer", "oops"])
     assert bad_spec.exit_code == 2 and "NAME=MODULE:FUNC" in bad_spec.output
     bad = CliRunner().invoke(main, ["demo", "--chain", str(tmp_path / "missing.csv")])

@@ -81,7 +81,8 @@ keep those strictly inside the demo grid."""
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Settings of the main job (defaults chosen to run in < 60 s on 2 cores).
+    """Settings of the main job (defaults: about 2 minutes on 2 cores, half of it the 150-point
+    certified bounds).
 
     Attributes
     ----------
@@ -116,10 +117,13 @@ class DemoConfig:
         Also compute the bounds of every payoff on uniform grids of these sizes
         (``deepquant.mmot.resolution``: the exact LP while small, certified bounds beyond, with
         their gaps) and add a bounds-against-grid table and figure to the report. The default
-        (25 points beside the demo grid) shows how far the grid alone moves the bounds; ``()``
-        skips it.
+        bounds each payoff at the calibration's resolution (150 points, certified) and on a
+        25-point grid (exact LP) beside the demo grid, so the report shows how far the grid
+        alone moves the bounds; ``()`` skips it.
     resolution_seconds : float
-        Time budget per side of each certified solve of ``grid_sizes``.
+        Time budget per side of each certified solve of ``grid_sizes``. With 10 s the coarse
+        start (a level solved exactly, carried up to 150 points) gave, on the Heston benchmark
+        chain, bounds within 1-9% of what 60 s per side gives (docs/benchmarks-certified.md).
     quote_bounds : bool
         Also bound every payoff from the bid-ask quotes themselves
         (``deepquant.mmot.quotes_bounds.bounds_from_quotes``, exact LP on the demo grid) and
@@ -139,8 +143,8 @@ class DemoConfig:
     seed: int = 0
     lp_retry_tol: float = 1e-9
     neural: bool = True
-    grid_sizes: tuple[int, ...] = (25,)
-    resolution_seconds: float = 120.0
+    grid_sizes: tuple[int, ...] = (25, 150)
+    resolution_seconds: float = 10.0
     quote_bounds: bool = True
 
     def __post_init__(self) -> None:
@@ -508,7 +512,8 @@ def _neural(run: _Run, cal) -> dict | None:
 
 
 def _resolution(run: _Run, market: Market) -> list[dict]:
-    """The bounds against the grid size (``DemoConfig.grid_sizes``; 25 points by default)."""
+    """The bounds against the grid size (``DemoConfig.grid_sizes``; 25 and 150 points by
+    default)."""
     cfg = run.cfg
     if not cfg.grid_sizes:
         return []
