@@ -4,6 +4,10 @@ complement's rows, the right-hand sides' row and column sums, the search directi
 complementarity products of a trial step, and the update with the next residuals). They
 release the GIL, so the two sides can run in two threads. Compiled on first use, cached on
 disk.
+
+The divisions are done once per iteration: ``_schur_rows`` stores the weights D = P / S and
+the reciprocals 1 / S and 1 / P, which the passes of the predictor and the correctors (three to
+five per iteration) multiply by.
 """
 
 from __future__ import annotations
@@ -11,14 +15,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["_complementarity", "_directions", "_rhs_sums", "_schur_rows", "_update"]
+FAST = {"contract", "reassoc", "nsz"}
+"""Floating-point licences of the kernels: fused multiply-adds and reassociated sums (so that
+the reductions vectorize); no assumptions on NaN or infinities (a broken iterate is detected
+by the caller)."""
+
+__all__ = ["_complementarity", "_directions", "_schur_rows", "_trial_mean", "_update"]
 
 
-@njit(cache=True, nogil=True)
-def _schur_rows(P, S, d, free_idx, C, l11, l22, dbar, diag):
+@njit(cache=True, nogil=True, fastmath=FAST)
+def _schur_rows(P, S, d, free_idx, C, l11, l22, dbar, diag, D, Si, Pi):
     """The 2x2 blocks of the rows (D = P / S): l11 = sqrt(sum_y D), dbar = the D-mean of y - x,
     l22 = sqrt(sum_y D (y - x - dbar)^2); C = L^{-1} B on the free columns; diag = column sums
-    of D on the free columns."""
+    of D on the free columns. Stores D, Si = 1 / S and Pi = 1 / P."""
     n, m = P.shape
     for k in range(free_idx.size):
         diag[k] = 0.0
@@ -26,83 +35,112 @@ def _schur_rows(P, S, d, free_idx, C, l11, l22, dbar, diag):
         a = 0.0
         b = 0.0
         for j in range(m):
-            w = P[i, j] / S[i, j]
+            si = 1.0 / S[i, j]
+            w = P[i, j] * si
+            Si[i, j] = si
+            Pi[i, j] = 1.0 / P[i, j]
+            D[i, j] = w
             a += w
             b += w * d[i, j]
         mean = b / a
         v = 0.0
         for j in range(m):
             e = d[i, j] - mean
-            v += P[i, j] / S[i, j] * e * e
+            v += D[i, j] * e * e
         v = max(v, 1e-300 * a)
         l11[i] = np.sqrt(a)
         l22[i] = np.sqrt(v)
         dbar[i] = mean
+        r11 = 1.0 / l11[i]
+        r22 = 1.0 / l22[i]
         for k in range(free_idx.size):
             j = free_idx[k]
-            w = P[i, j] / S[i, j]
-            C[0, i, k] = w / l11[i]
-            C[1, i, k] = w * (d[i, j] - mean) / l22[i]
+            w = D[i, j]
+            C[0, i, k] = w * r11
+            C[1, i, k] = w * (d[i, j] - mean) * r22
             diag[k] += w
 
 
-@njit(cache=True, nogil=True)
-def _rhs_sums(P, S, Rd, Rc, d, use_rd, r1, r2, col):
-    """Row sums, d-weighted row sums and column sums of T = (Rc - P Rd) / S (A T)."""
-    n, m = P.shape
-    for j in range(m):
-        col[j] = 0.0
-    for i in range(n):
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(m):
-            t = (Rc[i, j] - P[i, j] * Rd[i, j]) / S[i, j] if use_rd else Rc[i, j] / S[i, j]
-            s1 += t
-            s2 += t * d[i, j]
-            col[j] += t
-        r1[i] = s1
-        r2[i] = s2
-
-
-@njit(cache=True, nogil=True)
-def _directions(P, S, Rd, Rc, d, use_rd, phi, h, psi, base_p, base_s, dP, dS):
-    """dS = Rd - (phi + psi + h d), dP = (Rc - P dS) / S, each plus its base; returns the
-    largest ratios -dP / P and -dS / S (the step to the boundary is their inverse)."""
-    n, m = P.shape
+@njit(cache=True, nogil=True, fastmath=FAST)
+def _directions(D, Si, Pi, Rd, Rc, d, use_rd, phi, h, psi, base, base_p, base_s, dP, dS):
+    """dS = Rd - (phi + psi + h d), dP = (Rc - P dS) / S, each plus its base (if ``base``);
+    returns the largest ratios -dP / P and -dS / S (the step to the boundary is their
+    inverse)."""
+    n, m = D.shape
     wp = 0.0
     ws = 0.0
     for i in range(n):
+        a, b = phi[i], h[i]
         for j in range(m):
-            ds = (Rd[i, j] if use_rd else 0.0) - (phi[i] + psi[j] + h[i] * d[i, j])
-            dp = (Rc[i, j] - P[i, j] * ds) / S[i, j] + base_p[i, j]
-            ds += base_s[i, j]
-            dP[i, j] = dp
-            dS[i, j] = ds
-            wp = max(wp, -dp / P[i, j])
-            ws = max(ws, -ds / S[i, j])
+            dS[i, j] = -(a + psi[j] + b * d[i, j])
+        if use_rd:
+            for j in range(m):
+                dS[i, j] += Rd[i, j]
+        for j in range(m):
+            dP[i, j] = Rc[i, j] * Si[i, j] - D[i, j] * dS[i, j]
+        if base:
+            for j in range(m):
+                dP[i, j] += base_p[i, j]
+                dS[i, j] += base_s[i, j]
+        for j in range(m):
+            wp = max(wp, -dP[i, j] * Pi[i, j])
+            ws = max(ws, -dS[i, j] * Si[i, j])
     return wp, ws
 
 
-@njit(cache=True, nogil=True)
-def _complementarity(P, S, dP, dS, ap, ad, target, mode, out):
-    """mode 0: out = target - P S - dP dS (Mehrotra's corrector); mode 1: Gondzio's corrector
-    for the trial step (ap, ad): the products v pushed into [0.1, 10] x target. Returns the
-    mean of the trial products (P + ap dP)(S + ad dS)."""
+@njit(cache=True, nogil=True, fastmath=FAST)
+def _trial_mean(P, S, dP, dS, ap, ad):
+    """The mean of the products (P + ap dP)(S + ad dS) of a trial step."""
     n, m = P.shape
     tot = 0.0
     for i in range(n):
         for j in range(m):
-            v = (P[i, j] + ap * dP[i, j]) * (S[i, j] + ad * dS[i, j])
-            tot += v
-            if mode == 0:
-                out[i, j] = target - P[i, j] * S[i, j] - dP[i, j] * dS[i, j]
-            else:
-                r = min(max(v, 0.1 * target), 10.0 * target) - v
-                out[i, j] = max(r, -10.0 * target)
+            tot += (P[i, j] + ap * dP[i, j]) * (S[i, j] + ad * dS[i, j])
     return tot / (n * m)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FAST)
+def _complementarity(P, S, dP, dS, ap, ad, target, mode, out, D, Si, Rd, d, use_rd, r1, r2,
+                     col):
+    """The complementarity right-hand side ``out``: mode 0, target - P S - dP dS (Mehrotra's
+    corrector); mode 1, Gondzio's corrector for the trial step (ap, ad): the products
+    v = (P + ap dP)(S + ad dS) pushed into [0.1, 10] x target; mode 3, -P S (the predictor).
+    In the same pass (r1, r2, col): the row sums, d-weighted row sums and column sums of
+    T = (out - P Rd) / S (without Rd if not ``use_rd``), the right-hand side's A T."""
+    n, m = P.shape
+    lo, hi = 0.1 * target, 10.0 * target
+    for j in range(m):
+        col[j] = 0.0
+    for i in range(n):
+        if mode == 0:
+            for j in range(m):
+                out[i, j] = target - P[i, j] * S[i, j] - dP[i, j] * dS[i, j]
+        elif mode == 3:
+            for j in range(m):
+                out[i, j] = -P[i, j] * S[i, j]
+        else:
+            for j in range(m):
+                v = (P[i, j] + ap * dP[i, j]) * (S[i, j] + ad * dS[i, j])
+                out[i, j] = max(min(max(v, lo), hi) - v, -hi)
+        s1 = 0.0
+        s2 = 0.0
+        if use_rd:
+            for j in range(m):
+                t = out[i, j] * Si[i, j] - D[i, j] * Rd[i, j]
+                s1 += t
+                s2 += t * d[i, j]
+                col[j] += t
+        else:
+            for j in range(m):
+                t = out[i, j] * Si[i, j]
+                s1 += t
+                s2 += t * d[i, j]
+                col[j] += t
+        r1[i] = s1
+        r2[i] = s2
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
 def _update(P, S, dP, dS, ap, ad, c, d, phi, h, psi, Rd, r1, r2, col):
     """Take the step, then the dual residual Rd = c - A^T w - S and the primal sums A P;
     returns (<c, P>, mean P S, max |Rd|)."""

@@ -52,8 +52,8 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot._ipm_kernels import (
     _complementarity,
     _directions,
-    _rhs_sums,
     _schur_rows,
+    _trial_mean,
     _update,
 )
 from deepquant.mmot.envelope import hedge_violation_period, hull_sweep_period
@@ -68,6 +68,19 @@ STEP = 0.995
 
 CORRECTORS = 2
 """Gondzio's centrality correctors per iteration (each one solve with the same factor)."""
+
+PIN_SHARE = 0.01
+"""The lightest rows, up to this share of ``rtol`` of the total mass together, stay put
+(pi(x, x) = mu(x), where x is a point of nu with at least twice the mass): removing the same
+mass from mu and nu at x leaves the rest in convex order, and the restriction lowers the inner
+value by at most that mass times 2 max |c|. The outer bound stays exact (all rows are
+certified); the IPM no longer stalls on rows of mass 1e-15 to 1e-10 (Black-Scholes tails)."""
+
+TRIAL = 0.2
+"""Gondzio's trial step: the step lengths plus this much."""
+
+GAIN = 0.02
+"""A corrector is kept if it lengthens the shorter step by at least this much."""
 
 CERTIFY_GAP = 10.0
 """The exact certificate (one envelope sweep, O(n m)) is evaluated at every iterate whose
@@ -142,12 +155,13 @@ class _Normal:
         self.C = np.empty((2, n, k))
         self.l11, self.l22, self.dbar = np.empty(n), np.empty(n), np.empty(n)
         self.diag = np.empty(k)
+        self.D, self.Si, self.Pi = (np.empty(d.shape) for _ in range(3))
 
     def factor(self, P: np.ndarray, S: np.ndarray) -> bool:
         """Factor for the weights D = P / S (n, m); False if S is not numerically positive
         definite even after a diagonal shift."""
         _schur_rows(P, S, self.d, self.free_idx, self.C, self.l11, self.l22, self.dbar,
-                    self.diag)
+                    self.diag, self.D, self.Si, self.Pi)
         k = self.free_idx.size
         if k == 0:
             self.F = np.zeros((0, 0))
@@ -183,14 +197,25 @@ def _step(worst: float) -> float:
     return 1.0 if worst <= 1.0 else 1.0 / worst
 
 
-def _pin(xv, yv, mu, nu):
-    """Fix the rows at the ends of the hull of the y points (they can only stay put): returns
-    the kept rows, the kept columns, the reduced nu, the fixed (x index, y index, mass) and the
-    mass of nu left out (dropped columns' remainders, negative remainders clipped to 0)."""
+def _pin(xv, yv, mu, nu, light=0.0):
+    """Fix the rows at the ends of the hull of the y points (they can only stay put), and the
+    lightest rows up to ``light`` of the total mass (``PIN_SHARE``): returns the kept rows, the
+    kept columns, the reduced nu, the fixed (x index, y index, mass) and the mass of nu left
+    out (dropped columns' remainders, negative remainders clipped to 0)."""
     rows = np.ones(xv.size, dtype=bool)
     cols = np.ones(yv.size, dtype=bool)
     nu = nu.copy()
     fixed = []
+    budget = light * float(mu.sum())
+    for a in np.argsort(mu, kind="stable"):
+        j = int(np.searchsorted(yv, xv[a]))
+        if mu[a] > budget:
+            break
+        if j < yv.size and yv[j] == xv[a] and nu[j] >= 2.0 * mu[a]:
+            fixed.append((a, j, mu[a]))
+            nu[j] -= mu[a]
+            rows[a] = False
+            budget -= mu[a]
     changed = True
     while changed and rows.any() and cols.any():
         changed = False
@@ -245,7 +270,7 @@ def solve_period(xv: np.ndarray, yv: np.ndarray, mu: np.ndarray, nu: np.ndarray,
     g = sign * np.asarray(cost, dtype=float)
     n, m = xv.size, yv.size
     scale = float(np.max(np.abs(g), initial=0.0)) or 1.0
-    rows, cols, nu_r, fixed, lost = _pin(xv, yv, mu, nu)
+    rows, cols, nu_r, fixed, lost = _pin(xv, yv, mu, nu, PIN_SHARE * rtol)
     fixed_value = float(sum(w * g[a, j] for a, j, w in fixed))
     xr, yr, mur, nur = xv[rows], yv[cols], mu[rows], nu_r[cols]
     gr = g[np.ix_(rows, cols)]
@@ -331,7 +356,6 @@ class _Mehrotra:
         self.k = 0
         self.Rd, self.Rc, self.dP, self.dS, self.cP, self.cS = (np.empty((n, m))
                                                                  for _ in range(6))
-        self.zero = np.zeros((n, m))
         self.sums = (np.empty(n), np.empty(n), np.empty(m))
         # Mehrotra's starting point: least-norm primal and dual, shifted into the interior
         self.ne.factor(np.ones((n, m)), np.ones((n, m)))
@@ -345,7 +369,9 @@ class _Mehrotra:
         self.P = P + 0.5 * ps / S.sum()
         self.S = S + 0.5 * ps / self.P.sum()
         self.phi, self.h, self.psi = w
-        self.measure(*_update(self.P, self.S, self.zero, self.zero, 0.0, 0.0, self.c, self.d,
+        self.dP.fill(0.0)
+        self.dS.fill(0.0)
+        self.measure(*_update(self.P, self.S, self.dP, self.dS, 0.0, 0.0, self.c, self.d,
                               self.phi, self.h, self.psi_full(), self.Rd, *self.sums))
 
     def At(self, phi, h, psi_f):
@@ -368,45 +394,54 @@ class _Mehrotra:
 
     def direction(self, Rc, rp, use_rd, base_p, base_s, dP, dS):
         """Newton direction for the complementarity target Rc (primal residual rp, dual
-        residual Rd if use_rd, else 0) plus (base_p, base_s); returns (dw, step P, step S)."""
+        residual Rd if use_rd, else 0) plus (base_p, base_s) unless None, from the sums A T
+        of the right-hand side in ``self.sums`` (``_complementarity``); returns (dw, step P,
+        step S)."""
         r1, r2, col = self.sums
-        _rhs_sums(self.P, self.S, self.Rd, Rc, self.d, use_rd, r1, r2, col)
-        dw = self.ne.solve(rp[0] - r1, rp[1] - r2, rp[2] - col[self.free])
-        wp, ws = _directions(self.P, self.S, self.Rd, Rc, self.d, use_rd, dw[0], dw[1],
-                             self.psi_full(dw[2]), base_p, base_s, dP, dS)
+        ne = self.ne
+        dw = ne.solve(rp[0] - r1, rp[1] - r2, rp[2] - col[self.free])
+        base = base_p is not None
+        wp, ws = _directions(ne.D, ne.Si, ne.Pi, self.Rd, Rc, self.d, use_rd, dw[0], dw[1],
+                             self.psi_full(dw[2]), base, base_p if base else Rc,
+                             base_s if base else Rc, dP, dS)
         return dw, _step(wp), _step(ws)
+
+    def products(self, ap, ad, target, mode, use_rd):
+        """``_complementarity`` at the current iterate and direction (into Rc and the sums)."""
+        ne = self.ne
+        _complementarity(self.P, self.S, self.dP, self.dS, ap, ad, target, mode,
+                                self.Rc, ne.D, ne.Si, self.Rd, self.d, use_rd, *self.sums)
 
     def step(self) -> bool:
         """One predictor-corrector step; False on numerical breakdown."""
-        P, S, Rc, dP, dS = self.P, self.S, self.Rc, self.dP, self.dS
+        P, S, Rc = self.P, self.S, self.Rc
         if not self.ne.factor(P, S) or not np.all(np.isfinite(self.ne.l22)):
             return False
-        np.multiply(P, S, out=Rc)
-        np.negative(Rc, out=Rc)
-        _, ap, ad = self.direction(Rc, self.rp, True, self.zero, self.zero, dP, dS)
-        mu_aff = _complementarity(P, S, dP, dS, ap, ad, 0.0, 0, Rc)
+        self.products(0.0, 0.0, 0.0, 3, True)  # the predictor: Rc = -P S
+        _, ap, ad = self.direction(Rc, self.rp, True, None, None, self.dP, self.dS)
+        mu_aff = _trial_mean(P, S, self.dP, self.dS, ap, ad)
         target = (mu_aff / self.mu) ** 3 * self.mu if self.mu > 0 else 0.0
-        _complementarity(P, S, dP, dS, 0.0, 0.0, target, 0, Rc)
-        dw, ap, ad = self.direction(Rc, self.rp, True, self.zero, self.zero, dP, dS)
+        self.products(0.0, 0.0, target, 0, True)
+        dw, ap, ad = self.direction(Rc, self.rp, True, None, None, self.dP, self.dS)
         zero_rp = (np.zeros_like(self.rp[0]), np.zeros_like(self.rp[1]),
                    np.zeros_like(self.rp[2]))
         for _ in range(CORRECTORS):
             # Gondzio's centrality corrector: push the products of a longer trial step into
             # [0.1, 10] x target, keep it if both steps grow
-            _complementarity(P, S, dP, dS, min(1.0, ap + 0.2), min(1.0, ad + 0.2), target, 1,
-                             Rc)
-            cw, nap, nad = self.direction(Rc, zero_rp, False, dP, dS, self.cP, self.cS)
-            if min(nap, nad) < min(ap, ad) + 0.02:
+            self.products(min(1.0, ap + TRIAL), min(1.0, ad + TRIAL), target, 1, False)
+            cw, nap, nad = self.direction(Rc, zero_rp, False, self.dP, self.dS, self.cP,
+                                          self.cS)
+            if min(nap, nad) < min(ap, ad) + GAIN:
                 break
             self.dP, self.cP, self.dS, self.cS = self.cP, self.dP, self.cS, self.dS
-            dP, dS, ap, ad = self.dP, self.dS, nap, nad
+            ap, ad = nap, nad
             dw = tuple(a + b for a, b in zip(dw, cw))
         eta = STEP if self.k > 3 else 0.9
         ap, ad = min(1.0, eta * ap), min(1.0, eta * ad)
         self.phi, self.h, self.psi = (w + ad * dw_ for w, dw_ in zip((self.phi, self.h, self.psi),
                                                                     dw))
         self.k += 1
-        self.measure(*_update(P, S, dP, dS, ap, ad, self.c, self.d, self.phi, self.h,
+        self.measure(*_update(P, S, self.dP, self.dS, ap, ad, self.c, self.d, self.phi, self.h,
                               self.psi_full(), self.Rd, *self.sums))
         return bool(np.isfinite(self.pobj) and np.isfinite(self.gap))
 
