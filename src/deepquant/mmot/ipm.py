@@ -82,7 +82,7 @@ TRIAL = 0.2
 GAIN = 0.02
 """A corrector is kept if it lengthens the shorter step by at least this much."""
 
-CERTIFY_GAP = 10.0
+CERTIFY_GAP = 3.0
 """The exact certificate (one envelope sweep, O(n m)) is evaluated at every iterate whose
 relative duality gap is below this many ``rtol``, and at the last one."""
 
@@ -156,6 +156,8 @@ class _Normal:
         self.l11, self.l22, self.dbar = np.empty(n), np.empty(n), np.empty(n)
         self.diag = np.empty(k)
         self.D, self.Si, self.Pi = (np.empty(d.shape) for _ in range(3))
+        self.buf = np.empty((k, k), order="F")
+        self.dg = np.arange(k) * (k + 1)
 
     def factor(self, P: np.ndarray, S: np.ndarray) -> bool:
         """Factor for the weights D = P / S (n, m); False if S is not numerically positive
@@ -166,11 +168,12 @@ class _Normal:
         if k == 0:
             self.F = np.zeros((0, 0))
             return True
-        # C as a C-ordered (2n, k) array is the Fortran (k, 2n) array C^T: S -= C^T C in place
+        # C as a C-ordered (2n, k) array is the Fortran (k, 2n) array C^T: -C^T C into the
+        # Fortran buffer (upper triangle), the diagonal added, factored in place
         for shift in (1e-14, 1e-11, 1e-8):
-            S = np.diag(self.diag * (1.0 + shift))
-            S = blas.dsyrk(-1.0, self.C.reshape(-1, k).T, beta=1.0, c=S, trans=0, lower=0,
-                           overwrite_c=1)
+            S = blas.dsyrk(-1.0, self.C.reshape(-1, k).T, beta=0.0, c=self.buf, trans=0,
+                           lower=0, overwrite_c=1)
+            S.ravel(order="K")[self.dg] += self.diag * (1.0 + shift)
             F, info = lapack.dpotrf(S, lower=0, clean=0, overwrite_a=1)
             if info == 0:
                 self.F = F
