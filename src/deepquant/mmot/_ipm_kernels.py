@@ -5,6 +5,9 @@ complementarity products of a trial step, and the update with the next residuals
 release the GIL, so the two sides can run in two threads. Compiled on first use, cached on
 disk.
 
+Also the two helpers in numpy that set up and check a period: the rows fixed before the IPM
+(``_pin``) and the residuals of a plan (``_residual``).
+
 The divisions are done once per iteration: ``_schur_rows`` stores the weights D = P / S and
 the reciprocals 1 / S and 1 / P, which the passes of the predictor and the correctors (three to
 five per iteration) multiply by.
@@ -20,7 +23,8 @@ FAST = {"contract", "reassoc", "nsz"}
 the reductions vectorize); no assumptions on NaN or infinities (a broken iterate is detected
 by the caller)."""
 
-__all__ = ["_complementarity", "_directions", "_schur_rows", "_trial_mean", "_update"]
+__all__ = ["_complementarity", "_directions", "_pin", "_residual", "_schur_rows", "_trial_mean",
+           "_update"]
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
@@ -169,3 +173,61 @@ def _update(P, S, dP, dS, ap, ad, c, d, phi, h, psi, Rd, r1, r2, col):
         r1[i] = s1
         r2[i] = s2
     return pobj, ps / (n * m), worst
+
+
+def _pin(xv, yv, mu, nu, light=0.0):
+    """Fix the rows at the ends of the hull of the y points (they can only stay put), and the
+    lightest rows up to ``light`` of the total mass (``PIN_SHARE``): returns the kept rows, the
+    kept columns, the reduced nu, the fixed (x index, y index, mass) and the mass of nu left
+    out (dropped columns' remainders, negative remainders clipped to 0)."""
+    rows = np.ones(xv.size, dtype=bool)
+    cols = np.ones(yv.size, dtype=bool)
+    nu = nu.copy()
+    fixed = []
+    budget = light * float(mu.sum())
+    for a in np.argsort(mu, kind="stable"):
+        j = int(np.searchsorted(yv, xv[a]))
+        if mu[a] > budget:
+            break
+        if j < yv.size and yv[j] == xv[a] and nu[j] >= 2.0 * mu[a]:
+            fixed.append((a, j, mu[a]))
+            nu[j] -= mu[a]
+            rows[a] = False
+            budget -= mu[a]
+    changed = True
+    while changed and rows.any() and cols.any():
+        changed = False
+        live_y = np.flatnonzero(cols)
+        for j in (live_y[0], live_y[-1]):
+            for a in np.flatnonzero(rows & (xv == yv[j])):
+                fixed.append((a, j, mu[a]))
+                nu[j] -= mu[a]
+                rows[a] = False
+                changed = True
+            if nu[j] <= 1e-15 * mu.sum():
+                cols[j] = False  # no mass left there: no other row may move to it
+                changed = True
+        live_y = np.flatnonzero(cols)
+        if live_y.size and rows.any():
+            out = rows & ((xv < yv[live_y[0]]) | (xv > yv[live_y[-1]]))
+            if out.any():  # rounding of the convex order: stay put at the nearest end
+                for a in np.flatnonzero(out):
+                    j = live_y[0] if xv[a] < yv[live_y[0]] else live_y[-1]
+                    fixed.append((a, j, mu[a]))
+                    nu[j] -= mu[a]
+                    rows[a] = False
+                changed = True
+    lost = max(float(np.max(np.abs(nu[~cols]), initial=0.0)),
+               float(-np.min(nu[cols], initial=0.0)))
+    return rows, cols, np.maximum(nu, 0.0), fixed, lost
+
+
+def _residual(P, xv, yv, mu, nu, phi, h, psi) -> tuple[float, float]:
+    """Largest residual of the plan P (n, m) on its rows (before the fixed rows are added: those
+    are exact) and its most negative entry; and the residuals' worth at the duals (phi, h, psi):
+    sum |phi| |r_mu| + |h| |r_mart| + |psi| |r_nu|."""
+    rows = P.sum(axis=1)
+    r1, r2, r3 = np.abs(rows - mu), np.abs(P @ yv - xv * rows), np.abs(P.sum(axis=0) - nu)
+    r = max(float(np.max(r1)), float(np.max(r2)), float(np.max(r3)))
+    worth = float(np.abs(phi) @ r1 + np.abs(h) @ r2 + np.abs(psi) @ r3)
+    return max(r, float(-min(P.min(), 0.0))), worth

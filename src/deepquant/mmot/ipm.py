@@ -29,14 +29,17 @@ upper side, -c for the lower side; ``deepquant.mmot.envelope``), and
 
 (weak duality; the constant is shifted by the measured worst violation of the superhedging
 inequality on every move (x, y), rounding only). That is the **outer bound**; the IPM's primal
-objective, at a plan whose residuals are at most ``feas_tol``, is the **inner value**, and the
-solve stops when the two are within ``rtol``. A stopped or failed solve still returns the best
+objective, at a plan whose residuals are at most ``feas_tol``, less what those residuals are
+worth at the IPM's duals (sum |dual| |residual|, so that a plan made better by its infeasibility
+does not close the bracket early), is the **inner value**, and the solve stops when the two are
+within ``rtol`` (the certificate is evaluated from ``CERTIFY_GAP`` rtol of duality gap on). A stopped or failed solve still returns the best
 certified outer bound (``success=False``, a ``ConvergenceWarning``).
 
 Data: points of zero mass are dropped; mass of mu outside the hull of supp nu (tails of 1e-12
 that no martingale can move) is merged onto the hull's end (``certified.nest_supports``, at most
 1e-8 in all); rows at an end of the hull can only stay put and are fixed (pi(x, x) = mu(x))
-before the IPM, which would otherwise chase a diverging h(x).
+before the IPM, which would otherwise chase a diverging h(x), and so are the lightest rows, up
+to ``PIN_SHARE`` rtol of the mass together (the outer bound still certifies every row).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot._ipm_kernels import (
     _complementarity,
     _directions,
+    _pin,
+    _residual,
     _schur_rows,
     _trial_mean,
     _update,
@@ -99,8 +104,8 @@ class PeriodSolve:
     outer : float
         Certified bound (upper side: >= the LP maximum; lower side: <= the LP minimum).
     inner : float
-        The IPM's primal objective at the last iterate with residual <= ``feas_tol`` (clipped to
-        ``outer``), NaN if none.
+        The IPM's primal objective at the last iterate with residual <= ``feas_tol``, less the
+        residuals' worth at its duals (clipped to ``outer``), NaN if none.
     residual : float
         Largest residual of that plan on every row (marginals of both dates, martingale), with
         the fixed rows, and its most negative entry.
@@ -203,53 +208,6 @@ def _step(worst: float) -> float:
     return 1.0 if worst <= 1.0 else 1.0 / worst
 
 
-def _pin(xv, yv, mu, nu, light=0.0):
-    """Fix the rows at the ends of the hull of the y points (they can only stay put), and the
-    lightest rows up to ``light`` of the total mass (``PIN_SHARE``): returns the kept rows, the
-    kept columns, the reduced nu, the fixed (x index, y index, mass) and the mass of nu left
-    out (dropped columns' remainders, negative remainders clipped to 0)."""
-    rows = np.ones(xv.size, dtype=bool)
-    cols = np.ones(yv.size, dtype=bool)
-    nu = nu.copy()
-    fixed = []
-    budget = light * float(mu.sum())
-    for a in np.argsort(mu, kind="stable"):
-        j = int(np.searchsorted(yv, xv[a]))
-        if mu[a] > budget:
-            break
-        if j < yv.size and yv[j] == xv[a] and nu[j] >= 2.0 * mu[a]:
-            fixed.append((a, j, mu[a]))
-            nu[j] -= mu[a]
-            rows[a] = False
-            budget -= mu[a]
-    changed = True
-    while changed and rows.any() and cols.any():
-        changed = False
-        live_y = np.flatnonzero(cols)
-        for j in (live_y[0], live_y[-1]):
-            for a in np.flatnonzero(rows & (xv == yv[j])):
-                fixed.append((a, j, mu[a]))
-                nu[j] -= mu[a]
-                rows[a] = False
-                changed = True
-            if nu[j] <= 1e-15 * mu.sum():
-                cols[j] = False  # no mass left there: no other row may move to it
-                changed = True
-        live_y = np.flatnonzero(cols)
-        if live_y.size and rows.any():
-            out = rows & ((xv < yv[live_y[0]]) | (xv > yv[live_y[-1]]))
-            if out.any():  # rounding of the convex order: stay put at the nearest end
-                for a in np.flatnonzero(out):
-                    j = live_y[0] if xv[a] < yv[live_y[0]] else live_y[-1]
-                    fixed.append((a, j, mu[a]))
-                    nu[j] -= mu[a]
-                    rows[a] = False
-                changed = True
-    lost = max(float(np.max(np.abs(nu[~cols]), initial=0.0)),
-               float(-np.min(nu[cols], initial=0.0)))
-    return rows, cols, np.maximum(nu, 0.0), fixed, lost
-
-
 def solve_period(xv: np.ndarray, yv: np.ndarray, mu: np.ndarray, nu: np.ndarray,
                  cost: np.ndarray, sense: str, *, rtol: float = 1e-7, feas_tol: float = 1e-8,
                  max_iter: int = 100) -> PeriodSolve:
@@ -339,17 +297,6 @@ def solve_period(xv: np.ndarray, yv: np.ndarray, mu: np.ndarray, nu: np.ndarray,
     info.update(violation=viol, history=history)
     return PeriodSolve(outer=sign * outer, inner=sign * inner, residual=resid, nit=nit,
                        status=status, phi=sign * phi, h=sign * h, psi=sign * psi, info=info)
-
-
-def _residual(P, xv, yv, mu, nu, phi, h, psi) -> tuple[float, float]:
-    """Largest residual of the plan P (n, m) on its rows (before the fixed rows are added: those
-    are exact) and its most negative entry; and the residuals' worth at the duals (phi, h, psi):
-    sum |phi| |r_mu| + |h| |r_mart| + |psi| |r_nu|."""
-    rows = P.sum(axis=1)
-    r1, r2, r3 = np.abs(rows - mu), np.abs(P @ yv - xv * rows), np.abs(P.sum(axis=0) - nu)
-    r = max(float(np.max(r1)), float(np.max(r2)), float(np.max(r3)))
-    worth = float(np.abs(phi) @ r1 + np.abs(h) @ r2 + np.abs(psi) @ r3)
-    return max(r, float(-min(P.min(), 0.0))), worth
 
 
 class _Mehrotra:
