@@ -9,7 +9,8 @@ For each M: both sides by ``ipm_bounds`` (``--repeats`` runs, medians; sides one
 and with ``--workers 2`` also both sides at once on two threads), the certified bounds, each
 side's bracket width |outer - inner| and iterations; the exact LP by ``bounds(method="lp")``
 beside it up to M = 400 (``--full``: every M), ``--lp-repeats`` runs. The growth exponent of
-the IPM's time in M is the least-squares slope of log(seconds) on log(M). Results go to
+the IPM's CPU time in M is the least-squares slope of log(CPU seconds) on log(M) (CPU, not
+wall: on a shared machine the wall time depends on the other jobs). Results go to
 ``benchmarks/results/mmot_ipm.json`` (or ``--out``; written atomically, one entry per M, merged
 with earlier runs).
 """
@@ -112,22 +113,24 @@ def main() -> None:
         ipm = entry["ipm"][str(args.workers[0])]
         lp = entry.get("lp", {})
         print(f"M={size:5d} IPM lower {ipm['lower']:.10f} upper {ipm['upper']:.10f} widths "
-              f"{ipm['lower_width']:.1e} {ipm['upper_width']:.1e} iterations "
+              f"{ipm['lower_width']:.1e} {ipm['upper_width']:.1e} (relative "
+              f"{ipm['lower_width'] / abs(ipm['lower']):.1e} "
+              f"{ipm['upper_width'] / abs(ipm['upper']):.1e}) iterations "
               f"{ipm['lower_iterations']}+{ipm['upper_iterations']} sides "
               f"{ipm['lower_seconds_median']:.2f}+{ipm['upper_seconds_median']:.2f} s"
               + "".join(f"  workers={w}: wall {entry['ipm'][str(w)]['wall_median']:.2f} s, "
                         f"CPU {entry['ipm'][str(w)]['cpu_median']:.2f} s" for w in args.workers)
               + (f"  LP {lp['lower']:.10f} {lp['upper']:.10f} wall {lp['wall_median']:.1f} s,"
                  f" CPU {lp['cpu_median']:.1f} s" if lp else ""), flush=True)
-    done = sorted((v["size"], v["ipm"][str(args.workers[0])]["wall_median"])
+    done = sorted((v["size"], v["ipm"][str(args.workers[0])]["cpu_median"])
                   for k, v in old.items() if k.startswith("bs-fss/")
                   and str(args.workers[0]) in v["ipm"])
     if len(done) >= 2:
         slope = growth([s for s, _ in done], [t for _, t in done])
         old["growth_exponent"] = dict(workers=args.workers[0], sizes=[s for s, _ in done],
-                                      exponent=slope)
+                                      exponent=slope, of="cpu_median")
         write_json(out, old)
-        print(f"IPM time ~ M^{slope:.2f} over M = {[s for s, _ in done]}")
+        print(f"IPM CPU time ~ M^{slope:.2f} over M = {[s for s, _ in done]}")
 
 
 if __name__ == "__main__":

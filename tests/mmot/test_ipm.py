@@ -10,9 +10,10 @@ import pytest
 
 from deepquant.market.marginals import Marginals
 from deepquant.market.synthetic import gbm_marginals
+from deepquant.mmot._ipm_kernels import _pin
 from deepquant.mmot.bounds import bounds
 from deepquant.mmot.hedge import superhedge, verify_hedge
-from deepquant.mmot.ipm import certify_period, ipm_bounds
+from deepquant.mmot.ipm import PIN_SHARE, certify_period, ipm_bounds
 from deepquant.mmot.result import BoundsResult
 from deepquant.payoffs import SumSquaredIncrements, make_payoff
 from deepquant.results import ConvergenceWarning
@@ -100,6 +101,46 @@ def test_tiny_tails_are_kept():
     res = ipm_bounds(tails, payoff)
     assert res.info["tail_mass_moved"] == 0.0
     _check_against_lp(res, bounds(tails, payoff, method="lp"))
+
+
+@pytest.mark.parametrize("rtol", [1e-6, 1e-5])
+def test_the_bracket_closes_at_rtol_around_the_lp(rtol):
+    # the solve stops as soon as certificate and inner value are within rtol: the LP value must
+    # still lie in [inner, outer] (the inner value is the plan's value less what its residuals
+    # are worth, so an infeasible plan cannot overshoot), for random and Black-Scholes laws
+    payoff = make_payoff("forward-start-straddle", t1=0, t2=1)
+    bs = gbm_marginals([0.0, 1.0, 2.0], grid=np.linspace(0.2, 3.0, 80), sigma=0.2)
+    cases = [(_spread_marginals(seed), payoff) for seed in (0, 2, 5)]
+    cases.append((bs, make_payoff("forward-start-straddle", t1=1, t2=2)))
+    for mg, pay in cases:
+        res, lp = ipm_bounds(mg, pay, rtol=rtol), bounds(mg, pay, method="lp")
+        assert res.success and res.status == "certified"
+        for side in ("lower", "upper"):
+            s = getattr(res, f"{side}_side")
+            outer, inner, exact = s.value, s.info["inner"], getattr(lp, side)
+            scale = max(abs(exact), 1e-3)
+            lo, hi = (outer, inner) if side == "lower" else (inner, outer)
+            assert lo - LP_TOL * scale <= exact <= hi + LP_TOL * scale, (side, lo, exact, hi)
+            assert abs(outer - inner) <= rtol * abs(outer) + 1e-3 * rtol * 3.0, (side, rtol)
+
+
+def test_the_lightest_rows_stay_put():
+    # Black-Scholes tails (masses down to 1e-15): the lightest rows, up to PIN_SHARE rtol of the
+    # mass, are fixed at their own points; what is left has equal masses and means
+    mg = gbm_marginals([0.0, 1.0, 2.0], grid=np.linspace(0.2, 3.0, 200), sigma=0.2)
+    w = mg.weights
+    xs, ys = np.flatnonzero(w[1] > 0), np.flatnonzero(w[2] > 0)
+    xv, yv, mu, nu = mg.grid[xs], mg.grid[ys], w[1, xs], w[2, ys]
+    light = PIN_SHARE * 1e-6
+    rows, cols, nu_r, fixed, lost = _pin(xv, yv, mu, nu, light)
+    moved = [(a, j, m) for a, j, m in fixed if 0 < a < xv.size - 1]
+    assert len(moved) > 0 and sum(m for *_, m in moved) <= light * mu.sum() * (1 + 1e-12)
+    assert all(xv[a] == yv[j] and m <= light for a, j, m in moved)
+    kept = mu[rows].sum() + sum(m for *_, m in fixed)
+    assert kept == pytest.approx(mu.sum(), rel=1e-15)
+    assert mu[rows].sum() == pytest.approx(nu_r[cols].sum(), rel=1e-12)
+    assert mu[rows] @ xv[rows] == pytest.approx(nu_r[cols] @ yv[cols], rel=1e-9)
+    assert lost <= 1e-15
 
 
 def test_the_outer_bound_is_valid_when_stopped_early():
