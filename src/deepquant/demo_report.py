@@ -52,7 +52,7 @@ def resolution_markdown(resolution: list[dict], report, demo_size: int) -> str:
             f"({demo_size} points) included.\n\n{tab}\n\n"
             "![bounds against the grid](resolution.png)\n\n*Figure: lower and upper bounds of "
             "each payoff against the number of grid points M (log scale): the demo grid's exact "
-            "LP bounds and the table above.*")
+            "LP bounds and the table above (filled: exact LP; hollow: certified).*")
 
 
 RANGE_TOL = 1e-8

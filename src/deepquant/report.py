@@ -141,16 +141,25 @@ def plot_tracking_errors(errors: Mapping[str, np.ndarray], path: str | os.PathLi
 
 def plot_bounds_vs_grid(entries: Sequence[Mapping], path: str | os.PathLike[str], *,
                         title: str = "Bounds against the grid size") -> Path:
-    """Lower and upper bounds of each payoff against the grid size M (one panel per payoff)."""
+    """Lower and upper bounds of each payoff against the grid size M (one panel per payoff):
+    filled markers for exact LP bounds, hollow ones for certified bounds (``method``)."""
     plt = _pyplot()
     labels = list(dict.fromkeys(e["label"] for e in entries))
     fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.4), squeeze=False)
     for ax, label in zip(axes[0], labels):
         es = sorted((e for e in entries if e["label"] == label), key=lambda e: e["size"])
         m = [e["size"] for e in es]
+        exact = np.array([e.get("method", "lp") == "lp" for e in es])
         for key, color in (("lower", "tab:blue"), ("upper", "tab:red")):
-            ax.plot(m, [e[key] for e in es], "o-", color=color, label=key)
+            v = np.array([e[key] for e in es], dtype=float)
+            ax.plot(m, v, "-", color=color, label=key)
+            ax.plot(np.array(m)[exact], v[exact], "o", color=color)
+            ax.plot(np.array(m)[~exact], v[~exact], "o", mfc="white", color=color,
+                    label="certified" if key == "upper" and (~exact).any() else None)
         ax.set_xscale("log")
+        ax.set_xticks(sorted(set(m)))
+        ax.set_xticklabels([str(v) for v in sorted(set(m))])
+        ax.minorticks_off()
         ax.set_xlabel("grid points M")
         ax.set_title(label)
         ax.legend(fontsize=8)
