@@ -9,6 +9,13 @@ statistic map (in place for a running-sum lattice, through a CSC map otherwise).
 stochastic and the maps move mass without creating it, so |result - exact| <= the counted mass
 x max |payoff| (the bound ``ChainPlan`` reports).
 
+The last date of a call- or put-like payoff (``_hinge_terminal``: the payoff pulled back through
+the last statistic map, g(s, y), is zero on one side of a threshold in s and linear in s on the
+other, column by column: Asian calls and puts on a lattice or an interpolated sum grid) is
+summed in closed form (``_last_step_hinge``): E[g(s, Y) | x] is a prefix sum of the kernel row
+times the columns' intercepts and slopes, O(M + n) per grid point instead of a product into
+the last date's law.
+
 Compiled on first use, cached on disk.
 """
 
@@ -20,7 +27,8 @@ import numpy as np
 from numba import njit
 from numba.extending import get_cython_function_address
 
-__all__ = ["_DGEMM", "_advance_step", "_transposed_map", "_trim_step"]
+__all__ = ["_DGEMM", "_advance_step", "_hinge_terminal", "_last_step_hinge", "_transposed_map",
+           "_trim_step"]
 
 
 def _transposed_map(src, dst, w, n_src, n_dst, n, n1):
@@ -158,3 +166,86 @@ def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, stride, indptr, d
                         for p in range(indptr[j * n + s], indptr[j * n + s + 1]):
                             of[dst[p]] += w[p] * v
     return 0
+
+
+def _hinge_terminal(g, rel_tol=1e-13):
+    """The closed form of the last date, or None: ``g`` (n, c) is the payoff pulled back to
+    (state s of the previous date, kernel column j). Call-like: every column is zero for
+    s < a_j and alpha_j + beta_j s from a_j on; put-like: alpha_j + beta_j s below e_j, zero
+    from e_j on. Returns ``(perm, alpha, beta, count, err)``: columns in the order they become
+    active, their lines in that order, ``count[s]`` = how many are active at s (a prefix of
+    ``perm``), and err = max |g - closed form| (round-off of the payoff's values, added to
+    the bound). None when g has another shape or the lines miss by more than ``rel_tol``
+    times max |g|."""
+    n, c = g.shape
+    nz = g != 0.0
+    first = np.where(nz.any(axis=0), nz.argmax(axis=0), n)
+    last = np.where(nz.any(axis=0), n - nz[::-1].argmax(axis=0), n)    # one past the last
+    width = nz.sum(axis=0)
+    contiguous = np.all((width == 0) | (last - first == width))
+    if not contiguous or n == 0 or c == 0:
+        return None
+    if np.all((width == 0) | (last == n)):             # call-like: active from first[j] on
+        key, active_from = first, True
+    elif np.all((width == 0) | (first == 0)):          # put-like: active below last[j]
+        key, active_from = np.where(width == 0, 0, last), False
+    else:
+        return None
+    s = np.arange(n, dtype=float)
+    alpha, beta = np.zeros(c), np.zeros(c)
+    err = 0.0
+    for j in np.flatnonzero(width):
+        sel = slice(first[j], last[j])
+        x, y = s[sel], g[sel, j]
+        if y.size == 1:
+            alpha[j] = y[0]
+        else:
+            xm = x.mean()
+            beta[j] = np.dot(x - xm, y - y.mean()) / np.dot(x - xm, x - xm)
+            alpha[j] = y.mean() - beta[j] * xm
+        err = max(err, float(np.max(np.abs(alpha[j] + beta[j] * x - y))))
+    if err > rel_tol * max(float(np.max(np.abs(g))), 1e-300):
+        return None
+    if active_from:
+        perm = np.argsort(key, kind="stable")
+        count = np.searchsorted(np.sort(key), np.arange(n), side="right")
+    else:
+        perm = np.argsort(-key, kind="stable")
+        count = c - np.searchsorted(np.sort(key), np.arange(n), side="right")
+    perm = np.ascontiguousarray(perm[:c], dtype=np.int64)
+    return (perm, alpha[perm].copy(), beta[perm].copy(), count.astype(np.int64), err)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count):  # pragma: no cover
+    """E[payoff] of B instances from the law ``jt`` (B, r, n) of the previous date and the last
+    kernels ``kern`` (B, M, M) with the closed form of ``_hinge_terminal``: per grid point
+    rows[i], prefix sums A, C of k(x, perm[l]) alpha_l and k(x, perm[l]) beta_l, then
+    sum_s jt(x, s) (A[count[s]] + s C[count[s]])."""
+    nb, r, n = jt.shape
+    c = perm.size
+    pa, pb = np.empty(c + 1), np.empty(c + 1)
+    out = np.zeros(nb)
+    for b in range(nb):
+        acc = 0.0
+        for i in range(r):
+            row = jt[b, i]
+            p = 0
+            while p < n and row[p] == 0.0:
+                p += 1
+            if p == n:
+                continue
+            q = n
+            while row[q - 1] == 0.0:
+                q -= 1
+            src = kern[b, rows[i]]
+            pa[0] = pb[0] = 0.0
+            for k in range(c):
+                v = src[cols[perm[k]]]
+                pa[k + 1] = pa[k] + v * alpha[k]
+                pb[k + 1] = pb[k] + v * beta[k]
+            for s in range(p, q):
+                j = count[s]
+                acc += row[s] * (pa[j] + s * pb[j])
+        out[b] = acc
+    return out

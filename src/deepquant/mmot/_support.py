@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from deepquant.market.marginals import Marginals
 
@@ -215,63 +216,81 @@ def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
     # rounding: pinned mass equal to the column mass up to round-off leaves an empty column
     nu = np.where(nu <= 1e-14 * np.maximum(nu_full, 1e-300), 0.0, nu)
     nu = np.maximum(nu, 0.0)
-    # allowed entries: y in [L(x), R(x)], the touching points that enclose x
+    # allowed entries: y in [lo(x), hi(x)], the touching points that enclose x (the last one
+    # strictly before x, else 0; the first one strictly after x, else m - 1), all periods at once
     idx = np.arange(m)
-    logq = np.empty((b, m, m))
-    for t in range(b):
-        tp = np.flatnonzero(touch[t])
-        if tp.size == 0:
-            lo = np.zeros(m, dtype=int)
-            hi = np.full(m, m - 1)
-        else:
-            pos = np.searchsorted(tp, idx, side="left")      # first touch index >= i
-            left = np.where(pos > 0, tp[np.maximum(pos - 1, 0)], 0)
-            pos_r = np.searchsorted(tp, idx, side="right")   # first touch index > i
-            right = np.where(pos_r < tp.size, tp[np.minimum(pos_r, tp.size - 1)], m - 1)
-            lo, hi = left, right
-        # rows whose reachable columns all lie on one side of x (or nowhere) admit no martingale
-        # kernel except the point mass at x: possible only when the marginals violate convex
-        # order at round-off level in a far tail (noise-level masses), or with a reference
-        # kernel that has zeros. Such rows are pinned too; if the column at x lacks the mass,
-        # the (tiny) deficit shows up in the measured marginal error. Columns no row reaches are
-        # dropped likewise.
-        # (Repeated: pinning a row can empty the column that kept another row feasible.)
-        if logq_raw is None:
-            # product reference: allowed = [lo, hi] x (nu > 0) on rows with mass, so the
-            # one-sided test needs only prefix counts of the live columns (O(M) per pass)
-            for _ in range(m):
-                cnt = np.concatenate([[0], np.cumsum(nu[t] > 0)])
-                has_left = cnt[idx] - cnt[lo] > 0             # a live column in [lo, x)
-                has_right = cnt[hi + 1] - cnt[idx + 1] > 0    # a live column in (x, hi]
-                stuck = (mu[t] > 0) & ~(has_left & has_right)
-                if not np.any(stuck):
-                    break
-                pinned[t, stuck] = True
-                mu[t, stuck] = 0.0
-                nu[t, stuck] = np.maximum(nu[t, stuck] - mu_full[t, stuck], 0.0)
-            allowed = (idx[None, :] >= lo[:, None]) & (idx[None, :] <= hi[:, None])
-            allowed &= (mu[t] > 0)[:, None] & (nu[t] > 0)[None, :]
-            with np.errstate(divide="ignore"):
-                base = np.log(nu_full[t])[None, :]
-        else:
-            allowed = (idx[None, :] >= lo[:, None]) & (idx[None, :] <= hi[:, None])
-            allowed &= (mu[t] > 0)[:, None] & (nu[t] > 0)[None, :]
-            base = logq_raw[t]
-            allowed &= np.isfinite(base)
-            for _ in range(m):
-                cs = np.cumsum(allowed, axis=1)
-                has_left = cs[idx, idx] - allowed[idx, idx] > 0    # an allowed column y < x
-                has_right = cs[:, -1] - cs[idx, idx] > 0           # an allowed column y > x
-                stuck = (mu[t] > 0) & ~(has_left & has_right)
-                if not np.any(stuck):
-                    break
-                pinned[t, stuck] = True
-                mu[t, stuck] = 0.0
-                allowed[stuck] = False
-                nu[t, stuck] = np.maximum(nu[t, stuck] - mu_full[t, stuck], 0.0)
-                allowed &= (nu[t] > 0)[None, :]
-        dead_cols = ~allowed.any(axis=0) & (nu[t] > 0)
-        nu[t, dead_cols] = 0.0
-        logq[t] = np.where(allowed, base, -np.inf)
+    lo = np.zeros((b, m), dtype=np.int64)
+    hi = np.full((b, m), m - 1, dtype=np.int64)
+    if m > 1:
+        lo[:, 1:] = np.maximum.accumulate(np.where(touch[:, :-1], idx[:-1], 0), axis=1)
+        hi[:, :-1] = np.minimum.accumulate(
+            np.where(touch[:, :0:-1], idx[:0:-1], m - 1), axis=1)[:, ::-1]
+    rows = np.arange(b)[:, None]
+    # rows whose reachable columns all lie on one side of x (or nowhere) admit no martingale
+    # kernel except the point mass at x: possible only when the marginals violate convex
+    # order at round-off level in a far tail (noise-level masses), or with a reference
+    # kernel that has zeros. Such rows are pinned too; if the column at x lacks the mass,
+    # the (tiny) deficit shows up in the measured marginal error. Columns no row reaches are
+    # dropped likewise. (Repeated: pinning a row can empty the column that kept another row
+    # feasible; every period in each pass, a pass changes only the periods with stuck rows.)
+    if logq_raw is None:
+        # product reference: allowed = [lo, hi] x (nu > 0) on rows with mass, so the
+        # one-sided test needs only prefix counts of the live columns (O(M) per pass)
+        for _ in range(m):
+            cnt = np.zeros((b, m + 1), dtype=np.int64)
+            np.cumsum(nu > 0, axis=1, out=cnt[:, 1:])
+            has_left = cnt[:, :-1] - cnt[rows, lo] > 0             # a live column in [lo, x)
+            has_right = cnt[rows, hi + 1] - cnt[:, 1:] > 0         # a live column in (x, hi]
+            stuck = (mu > 0) & ~(has_left & has_right)
+            if not stuck.any():
+                break
+            pinned |= stuck
+            mu[stuck] = 0.0
+            nu[stuck] = np.maximum(nu[stuck] - mu_full[stuck], 0.0)
+        with np.errstate(divide="ignore"):
+            base = np.log(nu_full)
+        logq = np.empty((b, m, m))
+        reached = _product_logq(lo, hi, mu, nu, base, logq)
+        nu[~reached & (nu > 0)] = 0.0                       # columns no row reaches
+    else:
+        band = (idx[None, None, :] >= lo[:, :, None]) & (idx[None, None, :] <= hi[:, :, None])
+        allowed = band & (mu > 0)[:, :, None] & (nu > 0)[:, None, :]
+        base = logq_raw
+        allowed &= np.isfinite(base)
+        for _ in range(m):
+            cs = np.cumsum(allowed, axis=2)
+            diag = cs[:, idx, idx]
+            has_left = diag - allowed[:, idx, idx] > 0              # an allowed column y < x
+            has_right = cs[:, :, -1] - diag > 0                     # an allowed column y > x
+            stuck = (mu > 0) & ~(has_left & has_right)
+            if not stuck.any():
+                break
+            pinned |= stuck
+            mu[stuck] = 0.0
+            allowed[stuck] = False
+            nu[stuck] = np.maximum(nu[stuck] - mu_full[stuck], 0.0)
+            allowed &= (nu > 0)[:, None, :]
+        nu[~allowed.any(axis=1) & (nu > 0)] = 0.0           # columns no row reaches
+        logq = np.where(allowed, base, -np.inf)
     return _Batch(grid=grid, diff=diff, diff2=diff * diff, mu_full=mu_full, nu_full=nu_full,
                   mu=mu, nu=nu, pinned=pinned, logq=logq, logq_raw=logq_raw, cost=cost)
+
+
+@njit(cache=True, nogil=True)
+def _product_logq(lo, hi, mu, nu, lognu, logq):  # pragma: no cover
+    """``logq[t, x, y]`` = log nu_full(y) on the allowed entries of the product reference (x
+    with mass, y in [lo(x), hi(x)] with target mass), -inf elsewhere, in one pass; returns
+    which columns some row reaches (B, M)."""
+    b, m = mu.shape
+    reached = np.zeros((b, m), dtype=np.bool_)
+    for t in range(b):
+        for x in range(m):
+            row = logq[t, x]
+            a, e = (lo[t, x], hi[t, x] + 1) if mu[t, x] > 0 else (m, m)
+            for y in range(m):
+                if a <= y < e and nu[t, y] > 0:
+                    row[y] = lognu[t, y]
+                    reached[t, y] = True
+                else:
+                    row[y] = -np.inf
+    return reached

@@ -34,6 +34,8 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot._chainplan_kernels import (
     _DGEMM,
     _advance_step,
+    _hinge_terminal,
+    _last_step_hinge,
     _transposed_map,
     _trim_step,
 )
@@ -295,6 +297,10 @@ class ChainPlan:
             self._steps.append(_transposed_map(ypos[y] * n + s, xpos[y] * n1 + s1, data,
                                                c * n, n1 * r1, n, n1))
         self.max_abs_payoff = float(np.max(np.abs(self.terminal), initial=0.0))
+        self._last = None            # the last date in closed form (call- and put-like payoffs)
+        if T > 0:
+            g = self.maps[T - 1].T @ self.terminal.ravel()         # payoff pulled back: (s, y)
+            self._last = _hinge_terminal(g.reshape(chain.states[T - 1].size, self.cols[T - 1].size))
 
     def expectation(self, kernels: np.ndarray, law0: np.ndarray, *,
                     threads: int = 1) -> np.ndarray:
@@ -353,7 +359,9 @@ class ChainPlan:
         thr = self.MASS_EPS * np.abs(law0[:, r0]).sum(axis=1)
         joint = law0[:, r0, None] * self.initial.T[None]                  # (B, |rows_0|, n_0)
         lost = np.zeros(b)
-        for t in range(self.last_date):
+        last = self._last if self.CLOSED_FORM else None
+        steps = self.last_date - (last is not None)
+        for t in range(steps):
             rows, cols = self.rows[t], self.cols[t]
             shape = (b, rows.size)
             lo, hi, sa, se = (np.empty(shape, dtype=np.int64) for _ in range(4))
@@ -366,10 +374,19 @@ class ChainPlan:
             _advance_step(_DGEMM, joint, kb, lo, hi, sa, se, self.BLOCK, self.TILE, off,
                           stride, indptr, dst, w, nxt)
             joint = nxt.reshape(b, self.rows[t + 1].size, n1)
-        return np.einsum("bxs,sx->b", joint, self.terminal), lost
+        if last is None:
+            return np.einsum("bxs,sx->b", joint, self.terminal), lost
+        perm, alpha, beta, count, err = last
+        t = steps
+        values = _last_step_hinge(np.ascontiguousarray(joint), kernels[:, t], self.rows[t],
+                                  self.cols[t], perm, alpha, beta, count)
+        # the lines' round-off, in units of the dropped mass of the bound
+        mass = np.abs(joint).sum(axis=(1, 2))
+        return values, lost + mass * err / max(self.max_abs_payoff, 1e-300)
 
     BLOCK = 64
     TILE = 32
+    CLOSED_FORM = True
     CHUNK = 8
     BAND_EPS = 1e-14
     MASS_EPS = 1e-18

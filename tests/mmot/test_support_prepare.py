@@ -1,0 +1,157 @@
+"""``_prepare`` (all periods at once) against the per-period loop it replaced.
+
+The loop below is the previous implementation, kept verbatim as the oracle: the supports
+(pinned rows, column targets, allowed entries of the log kernels) must be identical, bit for
+bit, on marginals with touching points, point masses, empty columns, noise-level violations
+of convex order (rows left with columns on one side only, pinned in repeated passes) and with
+array references that have zeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepquant.mmot._support import _prepare, reference_kernels, touching_points
+from tests.neural.helpers import kernel_marginals
+
+
+def _prepare_loop(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
+             logq_raw: np.ndarray | None, cost: np.ndarray | None, *, touch_tol: float):
+    b, m = mu_full.shape
+    touch = touching_points(mu_full, nu_full, grid, rel=touch_tol)
+    has_mass = mu_full > 0
+    pinned = touch & has_mass
+    mu = np.where(pinned, 0.0, mu_full)
+    nu = nu_full - np.where(pinned, mu_full, 0.0)
+    # rounding: pinned mass equal to the column mass up to round-off leaves an empty column
+    nu = np.where(nu <= 1e-14 * np.maximum(nu_full, 1e-300), 0.0, nu)
+    nu = np.maximum(nu, 0.0)
+    # allowed entries: y in [L(x), R(x)], the touching points that enclose x
+    idx = np.arange(m)
+    logq = np.empty((b, m, m))
+    for t in range(b):
+        tp = np.flatnonzero(touch[t])
+        if tp.size == 0:
+            lo = np.zeros(m, dtype=int)
+            hi = np.full(m, m - 1)
+        else:
+            pos = np.searchsorted(tp, idx, side="left")      # first touch index >= i
+            left = np.where(pos > 0, tp[np.maximum(pos - 1, 0)], 0)
+            pos_r = np.searchsorted(tp, idx, side="right")   # first touch index > i
+            right = np.where(pos_r < tp.size, tp[np.minimum(pos_r, tp.size - 1)], m - 1)
+            lo, hi = left, right
+        # rows whose reachable columns all lie on one side of x (or nowhere) admit no martingale
+        # kernel except the point mass at x: possible only when the marginals violate convex
+        # order at round-off level in a far tail (noise-level masses), or with a reference
+        # kernel that has zeros. Such rows are pinned too; if the column at x lacks the mass,
+        # the (tiny) deficit shows up in the measured marginal error. Columns no row reaches are
+        # dropped likewise.
+        # (Repeated: pinning a row can empty the column that kept another row feasible.)
+        if logq_raw is None:
+            # product reference: allowed = [lo, hi] x (nu > 0) on rows with mass, so the
+            # one-sided test needs only prefix counts of the live columns (O(M) per pass)
+            for _ in range(m):
+                cnt = np.concatenate([[0], np.cumsum(nu[t] > 0)])
+                has_left = cnt[idx] - cnt[lo] > 0             # a live column in [lo, x)
+                has_right = cnt[hi + 1] - cnt[idx + 1] > 0    # a live column in (x, hi]
+                stuck = (mu[t] > 0) & ~(has_left & has_right)
+                if not np.any(stuck):
+                    break
+                pinned[t, stuck] = True
+                mu[t, stuck] = 0.0
+                nu[t, stuck] = np.maximum(nu[t, stuck] - mu_full[t, stuck], 0.0)
+            allowed = (idx[None, :] >= lo[:, None]) & (idx[None, :] <= hi[:, None])
+            allowed &= (mu[t] > 0)[:, None] & (nu[t] > 0)[None, :]
+            with np.errstate(divide="ignore"):
+                base = np.log(nu_full[t])[None, :]
+        else:
+            allowed = (idx[None, :] >= lo[:, None]) & (idx[None, :] <= hi[:, None])
+            allowed &= (mu[t] > 0)[:, None] & (nu[t] > 0)[None, :]
+            base = logq_raw[t]
+            allowed &= np.isfinite(base)
+            for _ in range(m):
+                cs = np.cumsum(allowed, axis=1)
+                has_left = cs[idx, idx] - allowed[idx, idx] > 0    # an allowed column y < x
+                has_right = cs[:, -1] - cs[idx, idx] > 0           # an allowed column y > x
+                stuck = (mu[t] > 0) & ~(has_left & has_right)
+                if not np.any(stuck):
+                    break
+                pinned[t, stuck] = True
+                mu[t, stuck] = 0.0
+                allowed[stuck] = False
+                nu[t, stuck] = np.maximum(nu[t, stuck] - mu_full[t, stuck], 0.0)
+                allowed &= (nu[t] > 0)[None, :]
+        dead_cols = ~allowed.any(axis=0) & (nu[t] > 0)
+        nu[t, dead_cols] = 0.0
+        logq[t] = np.where(allowed, base, -np.inf)
+    return mu, nu, pinned, logq
+
+
+def _check(grid, mu, nu, logq_raw=None, touch_tol=1e-11):
+    new = _prepare(grid, mu.copy(), nu.copy(), logq_raw, None, touch_tol=touch_tol)
+    ref = _prepare_loop(grid, mu.copy(), nu.copy(), logq_raw, None, touch_tol=touch_tol)
+    for got, want in zip((new.mu, new.nu, new.pinned, new.logq), ref):
+        np.testing.assert_array_equal(got, want)
+    return new, ref
+
+
+def _noisy(rng, w, scale):
+    """Weights with noise-level masses added in the tails and some columns emptied."""
+    w = w.copy()
+    m = w.shape[1]
+    tails = np.r_[0:m // 6, m - m // 6:m]
+    w[:, tails] += scale * rng.random((w.shape[0], tails.size))
+    w[:, rng.integers(0, m, size=3)] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prepare_equals_the_loop_on_kernel_marginals(seed):
+    rng = np.random.default_rng(seed)
+    grid, w = kernel_marginals(rng, 6, 41)
+    _check(grid, w[:-1], w[1:])
+    noisy = _noisy(rng, w, 1e-15)
+    new, _ = _check(grid, noisy[:-1], noisy[1:])
+    logq = reference_kernels_array(rng, grid, 5)
+    _check(grid, w[:-1], w[1:], logq)
+    _check(grid, noisy[:-1], noisy[1:], logq)
+
+
+def reference_kernels_array(rng, grid, n):
+    """Log of random non-negative kernels with zeros (some entries forbidden)."""
+    q = rng.random((n, grid.size, grid.size))
+    q[q < 0.2] = 0.0
+    with np.errstate(divide="ignore"):
+        return np.log(q)
+
+
+def test_prepare_equals_the_loop_on_neural_instances_with_stuck_rows():
+    from deepquant.neural.data import build_marginals, instance_spec, model_grid
+
+    grid = model_grid(150)
+    rng = np.random.default_rng(3)
+    stuck = 0
+    for i in range(6):
+        w = build_marginals(instance_spec(i, 1, n_choices=(10,)), grid).weights
+        nu = w[1:].copy()
+        nu[nu <= 1e-10] = 0.0                      # the neural pricer's column floor
+        new, _ = _check(grid, w[:-1], nu)
+        noisy = _noisy(rng, w, 1e-17)
+        new, _ = _check(grid, noisy[:-1], noisy[1:])
+        touch = touching_points(noisy[:-1], noisy[1:], grid, rel=1e-11)
+        stuck += int(np.count_nonzero(new.pinned & ~touch))
+        lq = reference_kernels(build_marginals(instance_spec(i, 1, n_choices=(10,)), grid),
+                               "lognormal")
+        _check(grid, w[:-1], nu, lq)
+    assert stuck > 0            # the repeated pinning passes were exercised
+
+
+def test_prepare_edge_cases():
+    grid = np.linspace(0.5, 1.5, 11)
+    point = np.zeros((2, 11))
+    point[:, 5] = 1.0
+    _check(grid, point, point)                                # every row pinned
+    one = np.zeros((1, 1))
+    one[0, 0] = 1.0
+    _check(np.array([1.0]), one, one)                          # a one-point grid
