@@ -1,10 +1,13 @@
-"""The last date of call- and put-like payoffs in closed form (``ChainPlan``).
+"""Call- and put-like payoffs in closed form at the end of ``ChainPlan``'s recursion.
 
 ``_hinge_terminal`` recognises a payoff pulled back through the last statistic map that is zero
 on one side of a threshold and linear on the other, column by column; ``_last_step_hinge`` then
-sums the last date as prefix sums of the kernel rows. Checked against the dense reference
-recursion (no entry dropped) and against the banded recursion with the closed form switched
-off, on the lattice (exact running sums) and on an uneven grid (interpolated sum grid).
+sums the last date as prefix sums of the kernel rows. On a running-sum lattice the recursion
+meets in the middle instead (``_meet_plan``: the forward law of (X, S) to a middle date, the
+backward law of the rest of the sum from it, combined by the same closed form). Checked against
+the dense reference recursion (no entry dropped) and against the banded recursion with the
+closed forms switched off, on the lattice (exact running sums) and on an uneven grid
+(interpolated sum grid: the last date only).
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepquant.mmot._chainplan_kernels import _hinge_terminal
+from deepquant.mmot._chainplan_kernels import _hinge_terminal, _meet_plan
 from deepquant.mmot.augment import build_chain
-from deepquant.mmot.model import CalibratedModel, ChainPlan
+from deepquant.mmot.model import CalibratedModel, ChainPlan, _full_support
 from deepquant.payoffs import AsianCall, AsianPut, LookbackCall
 
 
@@ -42,22 +45,34 @@ def test_closed_form_last_date_equals_the_recursion(payoff, grid_kind):
     models = [CalibratedModel.calibrate(marg, reference=r) for r in ("product", "lognormal")]
     kern = np.stack([mo.kernels for mo in models])
     law = np.stack([marg.weights[0]] * 2)
-    plan = ChainPlan(build_chain(marg, payoff))
-    assert (plan._last is None) == (grid_kind == "uneven" and payoff.weights is not None)
-    dense = plan._expectation_dense(kern, law)
-    vals, bound = plan.expectation_bound(kern, law)
-    plan.CLOSED_FORM = False
-    banded = plan.expectation(kern, law)
-    np.testing.assert_allclose(vals, dense, rtol=1e-12, atol=0)
-    np.testing.assert_allclose(vals, banded, rtol=1e-12, atol=0)
-    assert np.all(np.abs(vals - dense) <= bound + 1e-15)
+    pos = marg.weights > 0
+    full = _full_support([marg], pos, pos | (pos.sum(axis=1) > 1)[:, None])
+    for support in (marg, full):   # the marginals' own support; the full grid (neural pricer)
+        chain = build_chain(support, payoff)
+        plan = ChainPlan(chain)
+        assert (plan._last is None) == (grid_kind == "uneven" and payoff.weights is not None)
+        states = [s.size for s in chain.states]
+        meets = [None] + [_meet_plan(plan._steps, states, plan.terminal, mid)
+                          for mid in range(plan.last_date)]
+        if grid_kind == "lattice" and support is full and payoff.weights is None:
+            assert all(m is not None for m in meets[1:])
+        dense = plan._expectation_dense(kern, law)
+        for meet in meets:           # last date only, then every middle date that applies
+            plan._meet = meet
+            vals, bound = plan.expectation_bound(kern, law)
+            np.testing.assert_allclose(vals, dense, rtol=1e-12, atol=0)
+            assert np.all(np.abs(vals - dense) <= bound + 1e-15)
+        plan.CLOSED_FORM = False
+        banded = plan.expectation(kern, law)
+        np.testing.assert_allclose(vals, banded, rtol=1e-12, atol=0)
 
 
 def test_closed_form_not_used_where_it_does_not_apply():
     from deepquant.neural.data import model_grid
 
     marg = _heston(model_grid(60))
-    assert ChainPlan(build_chain(marg, LookbackCall(strike=1.0)))._last is None
+    plan = ChainPlan(build_chain(marg, LookbackCall(strike=1.0)))
+    assert plan._last is None and plan._meet is None
 
 
 def test_hinge_terminal_shapes():
@@ -82,3 +97,29 @@ def test_hinge_terminal_shapes():
     assert _hinge_terminal(np.hstack([call, put])) is None         # mixed sides
     assert _hinge_terminal(np.maximum(call, 0.05)) is None          # no zero side
     assert _hinge_terminal(call ** 2) is None                       # not linear
+
+
+@pytest.mark.parametrize("d", [[0, 1, 2, 3, 4, 5], [0, 2, 4, 6, 8, 10], [0, 1, 3, 4, 6, 9],
+                               [0, 0, 0, 0, 0, 0]], ids=["unit", "even", "uneven", "flat"])
+def test_backward_laws_match_a_direct_sum(d):
+    """W_t(x, rho) = sum_j k_t(x, j) W_{t+1}(y_j, rho - d_j), the strided, the scattered and
+    the repeated-offset paths against the sum written out."""
+    from deepquant.mmot._chainplan_kernels import _backward_laws
+
+    rng = np.random.default_rng(1)
+    b, n, m = 2, 3, 6
+    kern = rng.random((b, n, m, m))
+    d = np.asarray(d)
+    rows = cols = [np.arange(m)] * n
+    back, length = [], 1
+    for t in range(n - 1, -1, -1):
+        length += int(d.max())
+        back.append((t, np.arange(m), d, length))
+    got = _backward_laws(back, kern, rows, cols)
+    want = np.ones((b, m, 1))
+    for t in range(n - 1, -1, -1):
+        new = np.zeros((b, m, want.shape[2] + int(d.max())))
+        for j in range(m):
+            new[:, :, d[j]:d[j] + want.shape[2]] += kern[:, t, :, j, None] * want[:, j, None, :]
+        want = new
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)

@@ -155,3 +155,23 @@ def test_prepare_edge_cases():
     one = np.zeros((1, 1))
     one[0, 0] = 1.0
     _check(np.array([1.0]), one, one)                          # a one-point grid
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_prepare_bands_only_match_the_log_kernel(seed):
+    """``logq=False`` (product reference): the same supports, and the bands with nu > 0 are
+    exactly the finite entries of the log kernel."""
+    rng = np.random.default_rng(seed)
+    grid, w = kernel_marginals(rng, 6, 41)
+    noisy = _noisy(rng, w, 1e-15)
+    full = _prepare(grid, noisy[:-1].copy(), noisy[1:].copy(), None, None, touch_tol=1e-11)
+    bands = _prepare(grid, noisy[:-1].copy(), noisy[1:].copy(), None, None, touch_tol=1e-11,
+                     logq=False)
+    assert bands.logq is None
+    for a, b in ((full.mu, bands.mu), (full.nu, bands.nu), (full.pinned, bands.pinned)):
+        np.testing.assert_array_equal(a, b)
+    idx = np.arange(grid.size)
+    allowed = ((idx[None, None, :] >= bands.lo[:, :, None])
+               & (idx[None, None, :] <= bands.hi[:, :, None])
+               & (bands.mu > 0)[:, :, None] & (bands.nu > 0)[:, None, :])
+    np.testing.assert_array_equal(allowed, np.isfinite(full.logq))

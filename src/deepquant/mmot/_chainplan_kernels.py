@@ -27,8 +27,8 @@ import numpy as np
 from numba import njit
 from numba.extending import get_cython_function_address
 
-__all__ = ["_DGEMM", "_advance_step", "_hinge_terminal", "_last_step_hinge", "_transposed_map",
-           "_trim_step"]
+__all__ = ["_DGEMM", "_advance_step", "_backward_laws", "_hinge_terminal", "_last_step_hinge",
+           "_meet_plan", "_transposed_map", "_trim_step"]
 
 
 def _transposed_map(src, dst, w, n_src, n_dst, n, n1):
@@ -249,3 +249,77 @@ def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count):  # pragma:
                 acc += row[s] * (pa[j] + s * pb[j])
         out[b] = acc
     return out
+
+
+def _meet_plan(steps, n_states, terminal, mid):
+    """Meet in the middle at date ``mid`` for a payoff of the last state on shift maps, or None.
+
+    Applies when every step from ``mid`` on sends (column j, state s) to (row y'_j, s + d_j)
+    with weight 1 (``stride`` > 0: a running-sum lattice), and the payoff depends on the last
+    state only (``terminal`` (n_T, r_T) with equal columns) through a call- or put-like line
+    (``_hinge_terminal``). Then the last state is s_mid + rho + C, rho the sum of the offsets
+    d_j - min d of the remaining steps, and the law W_t(x, rho) of rho given X_t = x follows
+    backwards: W_t = K_t W_{t+1} shifted per column (one dense product per date,
+    ``_backward_laws``). Returns ``(back, hinge)``: per step from the last down to ``mid``,
+    ``(t, y'_j, d_j - min d, L_t)`` (L_t the number of values of rho from date t), and the
+    closed form of g(s, rho) = payoff(s + rho + C).
+    """
+    T = len(steps)
+    if not 0 <= mid < T or terminal.size == 0 or np.any(terminal != terminal[:, :1]):
+        return None
+    psi = terminal[:, 0]
+    back, length, shift = [], 1, 0
+    for t in range(T - 1, mid - 1, -1):
+        _, _, _, off, stride, n1 = steps[t]
+        if stride <= 0:
+            return None
+        y1 = off // n1
+        d = off - y1 * n1
+        low = int(d.min())
+        d = d - low
+        new = length + int(d.max())
+        back.append((t, y1, d, new))
+        length, shift = new, shift + low
+    last = np.arange(n_states[mid])[:, None] + np.arange(length)[None, :] + shift
+    if last.min() < 0 or last.max() >= psi.size:
+        return None
+    hinge = _hinge_terminal(psi[last])
+    return None if hinge is None else (back, hinge)
+
+
+def _backward_laws(back, kernels, rows, cols):
+    """W_mid (B, |rows[mid]|, L_mid) of ``_meet_plan``'s ``back`` for kernels (B, T', M, M):
+    W_{T-1}(x, d_j) = sum of k(x, j), then W_t = K_t[rows_t, cols_t] @ P, P(j, d_j + rho) =
+    W_{t+1}(y'_j, rho), dense (no entry dropped). P is written through a strided view where
+    y'_j and d_j step evenly in j (a lattice), else scattered."""
+    from numpy.lib.stride_tricks import as_strided
+
+    b, m = kernels.shape[0], kernels.shape[-1]
+    w = None
+    for t, y1, d, length in back:
+        c = cols[t].size
+        k = kernels[:, t]
+        if rows[t].size < m or c < m:
+            k = k[:, rows[t][:, None], cols[t]]
+        if w is None:           # the last step from W_T = 1: column j lands at offset d_j
+            w = np.zeros((b, rows[t].size, length))
+            if np.unique(d).size == c:
+                w[:, :, d] = k
+            else:
+                np.add.at(w, (slice(None), slice(None), d), k)
+            continue
+        old = w.shape[2]
+        p = np.zeros((b, c, length))
+        step = int(d[1] - d[0]) if c > 1 else 0
+        ystep = int(y1[1] - y1[0]) if c > 1 else 1
+        if (c > 1 and np.all(np.diff(d) == step) and np.all(np.diff(y1) == ystep)
+                and ystep == 1 and step >= 0):
+            view = as_strided(p[:, :, d[0]:], shape=(b, c, old),
+                              strides=(p.strides[0], p.strides[1] + step * p.strides[2],
+                                       p.strides[2]))
+            view[...] = w[:, y1[0]:y1[0] + c, :]
+        else:
+            for j in range(c):
+                p[:, j, d[j]:d[j] + old] = w[:, y1[j], :]
+        w = np.matmul(k, p)
+    return w

@@ -178,8 +178,11 @@ class _Batch:
     """Prepared one-period problems for a set of periods (internal).
 
     ``logq``: (B, M, M) log reference kernel with -inf on forbidden entries and on rows without
-    Gibbs mass; ``cost``: (B, M, M) or None; ``mu``/``nu``: active row masses / column targets
-    (pinned mass removed); ``mu_full``/``nu_full``: the marginals.
+    Gibbs mass (None when ``_prepare`` was asked for the bands only); ``cost``: (B, M, M) or
+    None; ``mu``/``nu``: active row masses / column targets (pinned mass removed);
+    ``mu_full``/``nu_full``: the marginals; ``lo``/``hi``: (B, M) the touching points that
+    enclose each row (with the product reference the allowed entries of a row with mass are
+    the columns in [lo, hi] with nu > 0).
     """
 
     grid: np.ndarray
@@ -193,6 +196,8 @@ class _Batch:
     logq: np.ndarray
     logq_raw: np.ndarray | None
     cost: np.ndarray | None
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -205,7 +210,14 @@ class _Batch:
 
 
 def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
-             logq_raw: np.ndarray | None, cost: np.ndarray | None, *, touch_tol: float) -> _Batch:
+             logq_raw: np.ndarray | None, cost: np.ndarray | None, *, touch_tol: float,
+             logq: bool = True) -> _Batch:
+    """The ``_Batch`` of periods with marginals ``mu_full``, ``nu_full`` (B, M) (module doc).
+
+    ``logq=False`` with the product reference skips the (B, M, M) log kernel (``logq`` is then
+    None; the supports are ``lo``, ``hi`` and ``nu > 0``), for callers that read the bands.
+    """
+    build = logq or logq_raw is not None
     b, m = mu_full.shape
     diff = grid[None, :] - grid[:, None]
     touch = touching_points(mu_full, nu_full, grid, rel=touch_tol)
@@ -249,8 +261,9 @@ def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
             nu[stuck] = np.maximum(nu[stuck] - mu_full[stuck], 0.0)
         with np.errstate(divide="ignore"):
             base = np.log(nu_full)
-        logq = np.empty((b, m, m))
-        reached = _product_logq(lo, hi, mu, nu, base, logq)
+        out = np.empty((b, m, m) if build else (0, 0, 0))
+        reached = _product_logq(lo, hi, mu, nu, base, out, build)
+        out = out if build else None
         nu[~reached & (nu > 0)] = 0.0                       # columns no row reaches
     else:
         band = (idx[None, None, :] >= lo[:, :, None]) & (idx[None, None, :] <= hi[:, :, None])
@@ -271,19 +284,31 @@ def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
             nu[stuck] = np.maximum(nu[stuck] - mu_full[stuck], 0.0)
             allowed &= (nu > 0)[:, None, :]
         nu[~allowed.any(axis=1) & (nu > 0)] = 0.0           # columns no row reaches
-        logq = np.where(allowed, base, -np.inf)
+        out = np.where(allowed, base, -np.inf)
     return _Batch(grid=grid, diff=diff, diff2=diff * diff, mu_full=mu_full, nu_full=nu_full,
-                  mu=mu, nu=nu, pinned=pinned, logq=logq, logq_raw=logq_raw, cost=cost)
+                  mu=mu, nu=nu, pinned=pinned, logq=out, logq_raw=logq_raw, cost=cost,
+                  lo=lo, hi=hi)
 
 
 @njit(cache=True, nogil=True)
-def _product_logq(lo, hi, mu, nu, lognu, logq):  # pragma: no cover
+def _product_logq(lo, hi, mu, nu, lognu, logq, build):  # pragma: no cover
     """``logq[t, x, y]`` = log nu_full(y) on the allowed entries of the product reference (x
-    with mass, y in [lo(x), hi(x)] with target mass), -inf elsewhere, in one pass; returns
-    which columns some row reaches (B, M)."""
+    with mass, y in [lo(x), hi(x)] with target mass), -inf elsewhere, in one pass (if
+    ``build``); returns which columns some row reaches (B, M)."""
     b, m = mu.shape
     reached = np.zeros((b, m), dtype=np.bool_)
     for t in range(b):
+        if not build:           # the reached columns only: the union of the rows' bands
+            cover = np.zeros(m + 1, dtype=np.int64)
+            for x in range(m):
+                if mu[t, x] > 0:
+                    cover[lo[t, x]] += 1
+                    cover[hi[t, x] + 1] -= 1
+            run = 0
+            for y in range(m):
+                run += cover[y]
+                reached[t, y] = run > 0 and nu[t, y] > 0
+            continue
         for x in range(m):
             row = logq[t, x]
             a, e = (lo[t, x], hi[t, x] + 1) if mu[t, x] > 0 else (m, m)

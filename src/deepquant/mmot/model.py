@@ -34,8 +34,10 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot._chainplan_kernels import (
     _DGEMM,
     _advance_step,
+    _backward_laws,
     _hinge_terminal,
     _last_step_hinge,
+    _meet_plan,
     _transposed_map,
     _trim_step,
 )
@@ -255,6 +257,13 @@ class ChainPlan:
     that can carry mass. ``expectation`` runs it banded (``expectation_bound``);
     ``_expectation_dense`` is the full dense product, no entry skipped.
 
+    Call- and put-like payoffs end in closed form (``CLOSED_FORM``; ``_chainplan_kernels``):
+    the last date as prefix sums of each kernel row times the lines of the payoff pulled back
+    through the last map (``_last``), or, on a running-sum lattice, a meeting in the middle
+    (``_meet``): the forward recursion stops at the date T - round(``MEET`` T), the law of the
+    rest of the sum given X at that date comes backwards (one dense product per date, no entry
+    dropped), and the two meet in the same closed form.
+
     Attributes
     ----------
     rows : list of ndarray of int
@@ -301,6 +310,8 @@ class ChainPlan:
         if T > 0:
             g = self.maps[T - 1].T @ self.terminal.ravel()         # payoff pulled back: (s, y)
             self._last = _hinge_terminal(g.reshape(chain.states[T - 1].size, self.cols[T - 1].size))
+        self._meet = _meet_plan(self._steps, [s.size for s in chain.states], self.terminal,
+                                T - max(1, int(round(self.MEET * T))))
 
     def expectation(self, kernels: np.ndarray, law0: np.ndarray, *,
                     threads: int = 1) -> np.ndarray:
@@ -320,7 +331,8 @@ class ChainPlan:
         times the instance's mass (states of the statistic, such as running sums, that no path
         reaches with more probability). The dropped mass is counted exactly; kernels are
         stochastic and the statistic maps conserve mass, so |value - exact| <= dropped x
-        max |payoff|, returned as ``bound`` (about 1e-14 and below on the benchmark chains).
+        max |payoff|, returned as ``bound`` (about 1e-14 and below on the benchmark chains),
+        plus the round-off of the closed form's lines times the mass where one is used.
 
         Parameters
         ----------
@@ -361,6 +373,9 @@ class ChainPlan:
         lost = np.zeros(b)
         last = self._last if self.CLOSED_FORM else None
         steps = self.last_date - (last is not None)
+        meet = self._meet if self.CLOSED_FORM else None
+        if meet is not None:
+            steps = meet[0][-1][0]
         for t in range(steps):
             rows, cols = self.rows[t], self.cols[t]
             shape = (b, rows.size)
@@ -376,10 +391,17 @@ class ChainPlan:
             joint = nxt.reshape(b, self.rows[t + 1].size, n1)
         if last is None:
             return np.einsum("bxs,sx->b", joint, self.terminal), lost
-        perm, alpha, beta, count, err = last
         t = steps
-        values = _last_step_hinge(np.ascontiguousarray(joint), kernels[:, t], self.rows[t],
-                                  self.cols[t], perm, alpha, beta, count)
+        if meet is None:
+            perm, alpha, beta, count, err = last
+            values = _last_step_hinge(np.ascontiguousarray(joint), kernels[:, t], self.rows[t],
+                                      self.cols[t], perm, alpha, beta, count)
+        else:
+            back, (perm, alpha, beta, count, err) = meet
+            w = _backward_laws(back, kernels, self.rows, self.cols)
+            ids = np.arange(max(w.shape[1], w.shape[2]))
+            values = _last_step_hinge(np.ascontiguousarray(joint), w, ids, ids[:w.shape[2]],
+                                      perm, alpha, beta, count)
         # the lines' round-off, in units of the dropped mass of the bound
         mass = np.abs(joint).sum(axis=(1, 2))
         return values, lost + mass * err / max(self.max_abs_payoff, 1e-300)
@@ -387,6 +409,7 @@ class ChainPlan:
     BLOCK = 64
     TILE = 32
     CLOSED_FORM = True
+    MEET = 0.3
     CHUNK = 8
     BAND_EPS = 1e-14
     MASS_EPS = 1e-18

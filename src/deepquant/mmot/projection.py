@@ -188,10 +188,13 @@ def project_periods(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, phi: np.nd
     kernels equal to the reference's to ~1e-14, tests/neural/test_fast_path.py). Rows stop on
     a residual at round-off, so with a ``tol`` below round-off which rows count as converged
     differs from the reference (``martingale_projection`` keeps the reference).
-    Returns ``(batch, kernels (K, M, M), eta (K, M), lse (K, M), residual of each solved row)``.
+    Returns ``(batch, kernels (K, M, M), eta (K, M), lse (K, M), residual of each solved row)``;
+    with the product reference the batch carries the bands, not the (K, M, M) log kernel
+    (``batch.logq`` is None: row x allows the columns in [lo(x), hi(x)] with nu > 0).
     """
     k, m = mu.shape
-    b = _prepare(grid, np.array(mu, dtype=np.float64), nu, logq_raw, None, touch_tol=touch_tol)
+    b = _prepare(grid, np.array(mu, dtype=np.float64), nu, logq_raw, None, touch_tol=touch_tol,
+                 logq=False)
     kernels = np.zeros((k, m, m))               # rows with mass are written in full below
     tp, xp = np.nonzero(~(b.mu > 0))
     kernels[tp, xp, xp] = 1.0                   # the others: the point mass at x
@@ -209,8 +212,16 @@ def project_periods(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, phi: np.nd
     amax = np.where(np.isfinite(amax), amax, 0.0)
     with np.errstate(invalid="ignore", under="ignore"):
         unit = np.where(np.isfinite(a), np.exp(a - amax[:, None]), 0.0)
-    _project_rows(b.logq, phi, grid, tt, xx, np.ascontiguousarray(eta0, dtype=np.float64),
-                  tol, iters, kernels, eta, lse, residual, unit, amax, delta)
+    if b.logq is None:          # product reference: row x allows [lo, hi] where nu > 0
+        with np.errstate(divide="ignore"):
+            lognu = np.where(b.nu > 0, np.log(b.nu_full), -np.inf)
+        logq = np.empty((0, 0, 0))
+    else:
+        lognu = np.empty((0, 0))
+        logq = b.logq
+    _project_rows(logq, lognu, b.lo, b.hi, phi, grid, tt, xx,
+                  np.ascontiguousarray(eta0, dtype=np.float64), tol, iters, kernels, eta, lse,
+                  residual, unit, amax, delta)
     return b, kernels, eta, lse, residual
 
 
@@ -218,10 +229,12 @@ _ANCHOR = 8
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _project_rows(logq, phi, grid, tt, xx, eta0, tol, iters, kernels, eta, lse, residual,
-                  unit, amax, delta):  # pragma: no cover
+def _project_rows(logq, lognu, band_lo, band_hi, phi, grid, tt, xx, eta0, tol, iters, kernels, eta, lse,
+                  residual, unit, amax, delta):  # pragma: no cover
     """Row r = (tt[r], xx[r]): eta solving E_p[Y - x] = 0 for p(y) = exp(logq(x, y) + phi(y)
     + eta (y - x) - lse), written with p into ``kernels``, ``eta``, ``lse``, ``residual``.
+    ``logq`` (K, M, M), or, when it is empty, the product reference's logq(x, y) =
+    ``lognu[t, y]`` for y in [band_lo(x), band_hi(x)] (-inf elsewhere).
 
     The same iteration as ``_row_solve`` / ``_solve_interior`` of ``deepquant.mmot._gibbs``
     (the numpy reference): steps capped at 30 / max |y - x|, the cap doubling towards an open
@@ -236,15 +249,22 @@ def _project_rows(logq, phi, grid, tt, xx, eta0, tol, iters, kernels, eta, lse, 
     the float range take the direct exp): 150 exponentials per row become about 20.
     """
     m = grid.size
+    banded = logq.shape[0] == 0
+    lq = np.empty(m)
     for r in range(tt.size):
         t, x = tt[r], xx[r]
+        if banded:
+            for j in range(m):
+                lq[j] = lognu[t, j] if band_lo[t, x] <= j <= band_hi[t, x] else -np.inf
+        else:
+            lq[:] = logq[t, x]
         p = kernels[t, x]
         p[:] = 0.0
         has_pos = has_neg = False
         zero = -1
         dmax = 0.0
         for j in range(m):
-            if np.isfinite(logq[t, x, j]):
+            if np.isfinite(lq[j]):
                 dj = grid[j] - grid[x]
                 has_pos |= dj > 0
                 has_neg |= dj < 0
@@ -252,7 +272,7 @@ def _project_rows(logq, phi, grid, tt, xx, eta0, tol, iters, kernels, eta, lse, 
                     zero = j
                 dmax = max(dmax, abs(dj))
         if not (has_pos and has_neg):
-            lse[t, x] = logq[t, x, zero] + phi[t, zero] if zero >= 0 else -np.inf
+            lse[t, x] = lq[zero] + phi[t, zero] if zero >= 0 else -np.inf
             if zero >= 0:
                 p[zero] = 1.0
                 eta[t, x] = -np.inf if has_pos else (np.inf if has_neg else 0.0)
@@ -261,7 +281,7 @@ def _project_rows(logq, phi, grid, tt, xx, eta0, tol, iters, kernels, eta, lse, 
         cap = 30.0 / max(dmax, 1e-300)
         mult, lo, hi = 1.0, -np.inf, np.inf
         mean = sec = 0.0
-        lq, ph, gx = logq[t, x], phi[t], grid[x]
+        ph, gx = phi[t], grid[x]
         for it in range(iters + 1):
             smax = -np.inf
             for j in range(m):
