@@ -309,7 +309,8 @@ class ChainPlan:
         self._last = None            # the last date in closed form (call- and put-like payoffs)
         if T > 0:
             g = self.maps[T - 1].T @ self.terminal.ravel()         # payoff pulled back: (s, y)
-            self._last = _hinge_terminal(g.reshape(chain.states[T - 1].size, self.cols[T - 1].size))
+            self._last = _hinge_terminal(g.reshape(chain.states[T - 1].size,
+                                                   self.cols[T - 1].size))
         self._meet = _meet_plan(self._steps, [s.size for s in chain.states], self.terminal,
                                 T - max(1, int(round(self.MEET * T))))
 
@@ -372,10 +373,8 @@ class ChainPlan:
         joint = law0[:, r0, None] * self.initial.T[None]                  # (B, |rows_0|, n_0)
         lost = np.zeros(b)
         last = self._last if self.CLOSED_FORM else None
-        steps = self.last_date - (last is not None)
         meet = self._meet if self.CLOSED_FORM else None
-        if meet is not None:
-            steps = meet[0][-1][0]
+        steps = meet[0][-1][0] if meet is not None else self.last_date - (last is not None)
         for t in range(steps):
             rows, cols = self.rows[t], self.cols[t]
             shape = (b, rows.size)
@@ -389,7 +388,7 @@ class ChainPlan:
             _advance_step(_DGEMM, joint, kb, lo, hi, sa, se, self.BLOCK, self.TILE, off,
                           stride, indptr, dst, w, nxt)
             joint = nxt.reshape(b, self.rows[t + 1].size, n1)
-        if last is None:
+        if last is None and meet is None:
             return np.einsum("bxs,sx->b", joint, self.terminal), lost
         t = steps
         if meet is None:
