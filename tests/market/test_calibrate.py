@@ -198,6 +198,27 @@ def test_bad_calibration_input():
                     np.array([0.2]), np.array([0.1]))
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(window=float("nan")), "window must be a finite number >= 0, got nan"),
+    (dict(window=-0.1), "window must be a finite number >= 0, got -0.1"),
+    (dict(alpha=float("nan")), r"alpha must be in \(0, 1\), got nan"),
+    (dict(alpha=1.5), r"alpha must be in \(0, 1\), got 1.5"),
+])
+def test_report_options_are_checked_before_the_solve(monkeypatch, kw, match):
+    """A NaN window silently reported 0% of quotes inside it; a bad alpha was an error only
+    after the convex program had been solved."""
+    import cvxpy
+
+    def solve(*args, **kwargs):
+        raise AssertionError("the program was solved before the options were checked")
+
+    monkeypatch.setattr(cvxpy.Problem, "solve", solve)
+    strikes = np.arange(0.8, 1.201, 0.05)
+    quotes = [lognormal_quotes(n, t, 0.2, strikes) for n, t in (("a", 0.1), ("b", 0.2))]
+    with pytest.raises(ValueError, match=match):
+        calibrate(quotes, **kw)
+
+
 def test_chain_with_a_single_expiry(tmp_path):
     path = write_normalized(tmp_path / "one.csv", synthetic_rows(expiries=("2024-03-15",)))
     with pytest.raises(ValueError, match=r"one\.csv: needs at least 2 expiries.*single expiry"):

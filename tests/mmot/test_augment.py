@@ -165,6 +165,11 @@ def test_errors():
         build_chain(mg, make_payoff("sum-squared-increments"))
     with pytest.raises(ValueError, match="sum_mode"):
         build_chain(mg, make_payoff("asian-call"), sum_mode="exact")
+    # checked in every mode: the random walk is a lattice, where the size is not used
+    for bad in (0, 1, -3, 1.5, True, "8"):
+        with pytest.raises(ValueError, match=f"sum_grid_size must be an integer >= 2 or None, "
+                                             f"got {bad!r}"):
+            build_chain(mg, make_payoff("asian-call", strike=100.0), sum_grid_size=bad)
     with pytest.raises(TypeError, match="Marginals"):
         build_chain(mg.weights, make_payoff("asian-call"))
     with pytest.raises(ValueError, match="max_states"):

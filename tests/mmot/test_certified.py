@@ -189,6 +189,21 @@ def test_certified_errors(rw):
         certified_bounds(rw, payoff, sides=("middle",))
 
 
+@pytest.mark.parametrize("max_seconds", [float("nan"), -1.0])
+def test_bad_time_budget_is_rejected_before_the_chain_is_built(rw, monkeypatch, max_seconds):
+    """A NaN budget never runs out (every comparison with NaN is false) and a negative one
+    silently returned the wide start certificate: both are errors naming the option, raised
+    before the augmented chain is built."""
+    import deepquant.mmot.certified as certified
+
+    def built(*args, **kwargs):
+        raise AssertionError("the chain was built before the options were checked")
+
+    monkeypatch.setattr(certified, "build_chain", built)
+    with pytest.raises(ValueError, match=r"max_seconds must be a number >= 0.*got (nan|-1\.0)"):
+        certified_bounds(rw, make_payoff("asian-call", strike=100.0), max_seconds=max_seconds)
+
+
 def test_column_generation_reports_its_rounds(rw):
     """The exact route reports every LP round through ``progress`` (eps = 0), and its
     restricted values increase to the final inner value (a max over growing column sets)."""

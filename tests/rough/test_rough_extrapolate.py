@@ -135,6 +135,20 @@ def test_precision_target_refines_the_grid_then_says_why_not():
         price_converged(RoughBergomi(), 100.0, pricer=pricer, steps=(2, 3))
 
 
+@pytest.mark.parametrize("cap", [float("nan"), float("inf"), 0, 16.0, True])
+def test_bad_refinement_cap_is_rejected_before_any_run(cap):
+    """NaN or inf as ``max_steps_per_date`` never stopped the doubling while ``tol`` was not
+    met (each grid twice the cost of the last): an error naming it, before the first run."""
+
+    def ran(result):
+        raise AssertionError("a run started before the options were checked")
+
+    with pytest.raises(ValueError, match=f"max_steps_per_date must be an integer >= 1, got "
+                                         f"{cap!r}"):
+        price_converged(RoughBergomi(), 100.0, pricer=BermudanPricer(**SMALL_RB), steps=(1, 2),
+                        tol=1e-9, max_steps_per_date=cap, callback=ran)
+
+
 @pytest.mark.slow  # ~85 s on the shared 2-core box
 def test_american_put_black_scholes_against_quantlib(ql_put):
     # Black-Scholes limit (exact scheme): the extrapolation in the number of exercise dates

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from deepquant.cli.output import FiniteFloat
+
 COMMANDS: list[click.Command] = []
 
 
@@ -61,12 +63,12 @@ def _parse_duration(text: str, option: str) -> float:
               help="Folder for densities.png and implied_vols.png.")
 @click.option("--fit-range", default="0.3,2.0", show_default=True,
               help="Only quotes with LO <= K/F <= HI enter the program.")
-@click.option("--reg", default=1e-2, show_default=True, type=click.FloatRange(min=0),
+@click.option("--reg", default=1e-2, show_default=True, type=FiniteFloat(min=0),
               help="Weight of the density-smoothness term (band violations count in half-spreads).")
-@click.option("--window", default=0.4, show_default=True, type=click.FloatRange(min=0),
+@click.option("--window", default=0.4, show_default=True, type=FiniteFloat(min=0),
               help="Acceptance window |K/F - 1| <= WINDOW for the 'inside' columns.")
-@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True,
-                                                                              max_open=True),
+@click.option("--alpha", default=0.05, show_default=True,
+              type=FiniteFloat(0, 1, min_open=True, max_open=True),
               help="Confidence level of the seed Cor. 6.3 half-width.")
 @click.option("--rate-range", default="-0.05,0.25", show_default=True,
               help="Plausible annual rates LO,HI: an expiry whose put-call parity implies a rate "

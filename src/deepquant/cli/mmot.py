@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from deepquant.cli.output import FiniteFloat
+
 COMMANDS: list[click.Command] = []
 
 
@@ -17,7 +19,8 @@ COMMANDS: list[click.Command] = []
               help="Target of the L1 marginal error and of the drift.")
 @click.option("--max-iter", type=int, default=100, show_default=True,
               help="Newton iterations per eps stage.")
-@click.option("--threads", type=int, default=1, show_default=True, help="BLAS threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="BLAS threads.")
 @click.option("--period", type=int, default=None,
               help="Period whose plan is plotted (default: the last).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -116,6 +119,10 @@ COMMANDS.append(solve_command)
 
 
 # ---------------------------------------------------------------------------- demo (main job)
+_DEMO_OPTIONS = {"expiries": "--expiries", "grid_step": "--grid-step", "n_paths": "--paths",
+                 "grid_sizes": "--grid-sizes", "resolution_seconds": "--max-seconds"}
+"""DemoConfig fields set from the command line, and their options (named in the errors)."""
+
 @click.command("demo")
 @click.option("--chain", "chain_path", type=click.Path(dir_okay=False), default=None,
               metavar="CHAIN.csv",
@@ -148,7 +155,7 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
     import importlib
     from dataclasses import replace
 
-    from deepquant.cli.output import console, err_console, fail, print_json, table
+    from deepquant.cli.output import console, err_console, fail, fail_option, print_json, table
     from deepquant.demo import DemoConfig, run_demo
 
     try:
@@ -167,7 +174,7 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
                 fail(f"--grid-sizes must be comma-separated integers, got {grid_sizes!r}")
             cfg = replace(cfg, grid_sizes=sizes, resolution_seconds=max_seconds)
     except ValueError as exc:
-        fail(str(exc))
+        fail_option(exc, _DEMO_OPTIONS)
     pricers = {}
     for spec in pricer_specs:
         name, _, target = spec.partition("=")
@@ -281,15 +288,17 @@ def _payoff_names():
                    "exact LP when small, else certified bounds (a checked dual and its gap); or "
                    "force one: exact LP, certified, interior point (pairwise payoffs), entropic "
                    "plans, path-space LP.")
-@click.option("--rtol", type=float, default=1e-4, show_default=True,
+@click.option("--rtol", type=FiniteFloat(0.0, 1.0, min_open=True, max_open=True), default=1e-4,
+              show_default=True,
               help="Certified and interior point methods: target relative gap between the "
                    "certified bound and the inner value.")
-@click.option("--max-seconds", type=float, default=600.0, show_default=True,
+@click.option("--max-seconds", type=FiniteFloat(0.0, min_open=True, allow_inf=True),
+              default=600.0, show_default=True,
               help="Certified method: time budget per side (the best certificate is kept).")
 @click.option("--eps", type=float, default=None, help="Entropic regularisation (entropic only).")
 @click.option("--martingale-tol", type=float, default=0.0, show_default=True,
               help="Relaxed LP: tolerance on |E[dX | X, S]| (marginals not in convex order).")
-@click.option("--sum-grid-size", type=int, default=None,
+@click.option("--sum-grid-size", type=click.IntRange(min=2), default=None,
               help="Running-sum grid size when sums do not fall on a lattice (Asian).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method, rtol,

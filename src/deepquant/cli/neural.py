@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from deepquant.cli.output import (
+    FiniteFloat,
     console,
     err_console,
     fail,
@@ -29,8 +30,8 @@ from deepquant.cli.output import (
 @click.option("--eps", type=float, default=1.0, show_default=True,
               help="Entropic eps (with c = 0 the plan is eps-free; potentials stored / eps).")
 @click.option("--tol", type=float, default=1e-9, show_default=True, help="Teacher tolerance.")
-@click.option("--grid-size", type=int, default=150, show_default=True)
-@click.option("--chunk", type=int, default=16, show_default=True,
+@click.option("--grid-size", type=click.IntRange(min=3), default=150, show_default=True)
+@click.option("--chunk", type=click.IntRange(min=1), default=16, show_default=True,
               help="Instances per crash-safe shard.")
 @click.option("--n-choices", default="2,3,5,10,20,30,50", show_default=True,
               help="Allowed numbers of periods N.")
@@ -81,8 +82,8 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
 
 @click.command("validate-data")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--residual-tol", type=float, default=1e-6, show_default=True)
-@click.option("--drift-tol", type=float, default=1e-6, show_default=True)
+@click.option("--residual-tol", type=FiniteFloat(min=0), default=1e-6, show_default=True)
+@click.option("--drift-tol", type=FiniteFloat(min=0), default=1e-6, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def validate_data_cmd(path, residual_tol, drift_tol, as_json):
     """Check a data file: NaNs, convex order, solver residuals, drift of the stored potentials."""
@@ -195,8 +196,8 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
 @click.option("--iterations", type=int, default=300, show_default=True, help="CG iterations.")
 @click.option("--ridge", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-instances", type=int, default=None)
-@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--max-instances", type=click.IntRange(min=1), default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterations, ridge, seed,
                    max_instances, threads, as_json):
@@ -233,8 +234,8 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
 @click.command("evaluate")
 @click.option("--checkpoint", default=None, help="Checkpoint (default: the shipped one).")
 @click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--max-instances", type=int, default=None)
-@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--max-instances", type=click.IntRange(min=1), default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True,
               help="Where the network runs: cpu | cuda | cuda:N | auto.")
 @click.option("--lofo-train", type=click.Path(exists=True, dir_okay=False), default=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,8 +23,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["check_writable", "console", "err_console", "print_json", "table", "progress", "fail",
-           "reported_failures"]
+__all__ = ["FiniteFloat", "check_writable", "console", "err_console", "print_json", "table",
+           "progress", "fail", "fail_option", "reported_failures"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -82,3 +83,49 @@ def check_writable(path: Any, option: str, *, folder: bool = False) -> None:
         ensure_writable(path, folder=folder)
     except ValueError as exc:
         fail(f"{option}: {exc}")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option within optional bounds that, unlike ``click.FloatRange``, rejects NaN
+    (every comparison with NaN is false, so a range alone lets it through) and infinities
+    unless ``allow_inf``.
+
+    Parameters
+    ----------
+    min, max : float, optional
+        Bounds, as for ``click.FloatRange``.
+    min_open, max_open : bool
+        Exclude the bound itself.
+    allow_inf : bool
+        Accept ``inf`` (within the bounds), e.g. for a time budget meaning "no limit".
+
+    Notes
+    -----
+    The error is click's usage error (exit code 2) naming the option and the value, e.g.
+    ``Invalid value for '--rtol': nan is not a finite number.``
+    """
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None,
+                 min_open: bool = False, max_open: bool = False, *,
+                 allow_inf: bool = False) -> None:
+        super().__init__(min, max, min_open=min_open, max_open=max_open)
+        self.allow_inf = allow_inf
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        """The float, or a usage error naming ``param`` and the value."""
+        v = super().convert(value, param, ctx)
+        if math.isnan(v) or (math.isinf(v) and not self.allow_inf):
+            self.fail(f"{v!r} is not a finite number.", param, ctx)
+        return v
+
+
+def fail_option(exc: Exception, options: dict[str, str]) -> None:
+    """Abort with ``exc``'s message (exit code 2), prefixed by the command-line option when the
+    message starts with the name of a library parameter listed in ``options`` (parameter name
+    -> option, e.g. ``{"H": "--hurst"}``), so that the line names the option the user typed."""
+    message = str(exc)
+    option = options.get(message.split(" ", 1)[0])
+    fail(f"{option}: {message}" if option else message)

@@ -13,6 +13,7 @@ import click
 from deepquant.cli.output import (
     console,
     err_console,
+    fail_option,
     print_json,
     progress,
     reported_failures,
@@ -52,6 +53,20 @@ def _check_resume(path: str) -> None:
     except OSError as exc:
         raise ValueError(f"--resume {path!r} cannot be written ({exc.strerror or exc})"
                          ) from exc
+
+
+_LIBRARY_OPTIONS = {"H": "--hurst", "eta": "--eta", "rho": "--rho", "xi0": "--xi0",
+                    "r": "--rate", "S0": "--spot", "T": "--maturity", "v0": "--v0",
+                    "kappa": "--kappa", "theta": "--theta", "strike": "--strike",
+                    "barrier": "--barrier", "n_dates": "--dates",
+                    "payoff_dates": "--payoff-dates", "sig_level": "--sig-level",
+                    "n_workers": "--workers"}
+"""Parameters of the models and pricers and the options that set them (named in the errors)."""
+
+
+def _options_of(model: str) -> dict[str, str]:
+    """``_LIBRARY_OPTIONS`` with ``sigma``: Black-Scholes ``--sigma``, Heston ``--vol-of-vol``."""
+    return {**_LIBRARY_OPTIONS, "sigma": "--vol-of-vol" if model == "heston" else "--sigma"}
 
 
 ROUGH_PAYOFFS = ("european-put", "european-call", "asian-call", "asian-put", "lookback-call",
@@ -308,7 +323,7 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                                  payoff_dates, payoff_name)
         payoff = pricer.prepare_payoff(_payoff(payoff_name, option, strike, barrier))
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+        fail_option(exc, _options_of(model))
 
     name = {"bs": f"Black-Scholes sigma={sigma:g}", "heston": "Heston"}.get(model,
                                                                           "rough Bergomi")
@@ -395,7 +410,7 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                 columns = ["bound", "estimate", "stderr", "95% CI low", "95% CI high"]
                 note = f"{ens.message}, {ens.seconds:.1f} s"
     except (ValueError, RuntimeError) as exc:
-        raise click.UsageError(str(exc)) from exc
+        fail_option(exc, _options_of(model))
 
     out.update(model=model, model_description=out.get("model", ""), strike=strike,
                option=option, payoff=payoff_label(payoff), barrier=barrier, n_dates=n_dates)

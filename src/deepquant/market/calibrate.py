@@ -289,11 +289,16 @@ def confidence_halfwidth(spread: float, n_quotes: int, alpha: float = 0.05) -> f
     with bid–ask spread s (same units as s). The seed states it without proof; we report it as
     the seed defines it, with s the mean spread of the slice.
     """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    _check_alpha(alpha)
     if n_quotes < 1:
         raise ValueError(f"n_quotes must be >= 1, got {n_quotes!r}")
     return float(spread / 2 * np.sqrt(2 * (1 + np.log(2 / alpha)) / n_quotes))
+
+
+def _check_alpha(alpha: float) -> None:
+    """ValueError unless ``alpha`` (a confidence level) is a number in (0, 1); NaN fails."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
 
 
 # ----------------------------------------------------------------------------- the program
@@ -345,7 +350,8 @@ def calibrate(
     Raises
     ------
     ValueError
-        Fewer than 2 slices, times not strictly increasing, or a bad grid.
+        Fewer than 2 slices, times not strictly increasing, a bad grid, or ``reg``,
+        ``window`` or ``alpha`` out of range (NaN included), before the solve.
     """
     import cvxpy as cp
 
@@ -362,6 +368,9 @@ def calibrate(
                          f"(t={times[i]:.6f}) then {quotes[i + 1].label} (t={times[i + 1]:.6f})")
     if not (reg >= 0 and np.isfinite(reg)):
         raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
+    if not (window >= 0 and np.isfinite(window)):
+        raise ValueError(f"window must be a finite number >= 0, got {window!r}")
+    _check_alpha(alpha)
     x = make_grid(quotes, grid_size) if grid is None else np.asarray(grid, dtype=float)
     if x.ndim != 1 or x.size < 3 or np.any(np.diff(x) <= 0):
         raise ValueError("grid must be a strictly increasing 1-D array of at least 3 points")

@@ -161,7 +161,8 @@ def build_chain(
         A payoff with ``terminal(x, s)`` (pairwise-only payoffs such as the sum of squared
         increments are rejected: decompose them per period instead).
     sum_grid_size : int, optional
-        Number of points of each running-sum grid in ``"grid"`` mode (default 4M + 1).
+        Number of points of each running-sum grid in ``"grid"`` mode (default 4M + 1); an
+        integer >= 2 (checked in every mode).
     sum_mode : {"auto", "lattice", "grid"}
         ``"lattice"``: exact distinct sums (requires equal weights and a lattice grid);
         ``"grid"``: interpolated sum grids with linear splitting; ``"auto"``: lattice when it
@@ -180,6 +181,11 @@ def build_chain(
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
     if sum_mode not in SUM_MODES:
         raise ValueError(f"sum_mode must be one of {SUM_MODES}, got {sum_mode!r}")
+    if sum_grid_size is not None and (isinstance(sum_grid_size, bool) or not isinstance(
+            sum_grid_size, int | np.integer) or sum_grid_size < 2):
+        # checked whatever the mode: a lattice chain ignores it, so a bad one went unseen
+        raise ValueError(f"sum_grid_size must be an integer >= 2 or None, got "
+                         f"{sum_grid_size!r}")
     if isinstance(payoff, _pairwise_only_types()):
         raise ValueError(
             f"payoff {payoff.name!r} is pairwise only (no terminal(x, s)); decompose it per "
@@ -207,8 +213,6 @@ def build_chain(
         mode = "lattice" if (sum_mode == "lattice" or (sum_mode == "auto" and lattice)) else "grid"
         if mode == "grid":
             g = 4 * m + 1 if sum_grid_size is None else int(sum_grid_size)
-            if g < 2:
-                raise ValueError(f"sum_grid_size must be >= 2, got {sum_grid_size!r}")
             anchor = strike if strike is not None else getattr(payoff, "strike", None)
 
     lo_hi = None  # range of the running sum (grid mode)

@@ -138,6 +138,26 @@ def stage_stop(gap: float, outer: float, scale: float, *, rtol: float, fitted: b
     return None
 
 
+def _check_options(*, rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float = 1e-7,
+                   eps_factor: float = 0.2, band: float = 40.0, max_seconds: float = 600.0,
+                   **_: object) -> None:
+    """ValueError naming the option and the value for an out-of-range option of
+    ``certify_side`` (defaults as there; other keywords are ignored), NaN included: a NaN time
+    budget would never run out."""
+    for name, v in (("rtol", rtol), ("eps_start", eps_start), ("eps_end", eps_end)):
+        if not (np.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    if not 0 < eps_factor < 1:
+        raise ValueError(f"eps_factor must be in (0, 1), got {eps_factor!r}")
+    if eps_end > eps_start:
+        raise ValueError(f"eps_end must be <= eps_start, got {eps_end!r} > {eps_start!r}")
+    if not (np.isfinite(band) and band >= 5):
+        raise ValueError(f"band must be >= 5, got {band!r}")
+    if not max_seconds >= 0:  # 0: no stage, the start's certificate (a coarse level's)
+        raise ValueError(f"max_seconds must be a number >= 0 (inf: no budget), got "
+                         f"{max_seconds!r}")
+
+
 def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                  rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float = 1e-7,
                  eps_factor: float = 0.2, band: float = 40.0, max_iter: int = 400,
@@ -203,15 +223,8 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
     """
     if sense not in ("lower", "upper"):
         raise ValueError(f"sense must be 'lower' or 'upper', got {sense!r}")
-    for name, v in (("rtol", rtol), ("eps_start", eps_start), ("eps_end", eps_end)):
-        if not (np.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    if not 0 < eps_factor < 1:
-        raise ValueError(f"eps_factor must be in (0, 1), got {eps_factor!r}")
-    if eps_end > eps_start:
-        raise ValueError(f"eps_end must be <= eps_start, got {eps_end!r} > {eps_start!r}")
-    if not (np.isfinite(band) and band >= 5):
-        raise ValueError(f"band must be >= 5, got {band!r}")
+    _check_options(rtol=rtol, eps_start=eps_start, eps_end=eps_end, eps_factor=eps_factor,
+                   band=band, max_seconds=max_seconds)
     t0 = time.perf_counter()
     sign = 1.0 if sense == "upper" else -1.0
     if chain.last_date == 0:
@@ -536,6 +549,7 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
     for s in sides:
         if s not in ("lower", "upper"):
             raise ValueError(f"sides must be a subset of ('lower', 'upper'), got {sides!r}")
+    _check_options(**options)  # before the chain is built
     t_build = time.perf_counter()
     T = payoff.last_date(marginals.n_dates)
     check_convex_order(marginals, range(1, T + 1))

@@ -281,6 +281,12 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
     pricer = pricer or BermudanPricer(feature_steps=FEATURE_STEPS)
     _check(model, pricer, tol, rate)
     steps = _doubling(steps, "steps")
+    if isinstance(max_steps_per_date, bool) or not isinstance(max_steps_per_date,
+                                                              int | np.integer) \
+            or max_steps_per_date < 1:
+        # NaN or inf never stops the doubling below while tol is not met
+        raise ValueError(f"max_steps_per_date must be an integer >= 1, got "
+                         f"{max_steps_per_date!r}")
     payoff = exercise_payoff(payoff, option)
     t0 = time.perf_counter()
     c0 = time.process_time()

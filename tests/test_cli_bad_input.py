@@ -1,0 +1,92 @@
+"""Bad command-line input: a one-line usage error (exit code 2) naming the option and the value,
+before any work starts; never a traceback, a silent wrong answer or a run without end.
+
+Each case failed before the audit of docs/robustness.md ("Bad inputs: command-line audit"):
+accepted and run (a NaN or negative time budget, a NaN acceptance window, zero threads, a
+relative gap target of 200%), a traceback (``--grid-size 1``, ``--threads 0``), or an error
+that named the library's parameter instead of the option (``H`` for ``--hurst``, ``sigma``
+for ``--vol-of-vol``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from deepquant.cli import main
+from deepquant.market.marginals import Marginals
+from tests.conftest import random_walk_marginals
+
+_AMERICAN = ["american", "--strike", "100", "--dates", "2", "--grids", "1", "--batch-size", "16",
+             "--max-batches", "2", "--paths", "16", "--seed", "0"]
+
+# (arguments, option named, value named); MARGINALS, DATA and OUT are replaced by paths
+CASES = [
+    # bounds / solve (certified budget and target, running-sum grid, BLAS threads)
+    (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method",
+      "certified", "--max-seconds", "nan"], "--max-seconds", "nan"),
+    (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method",
+      "certified", "--max-seconds", "-1"], "--max-seconds", "-1.0"),
+    (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method",
+      "certified", "--rtol", "2"], "--rtol", "2.0"),
+    (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--sum-grid-size",
+      "0"], "--sum-grid-size", "0"),
+    (["solve", "MARGINALS", "--eps", "1", "--threads", "0"], "--threads", "0"),
+    # calibrate (the report's window and the confidence level; checked before the file)
+    (["calibrate", "missing.csv", "--out", "OUT", "--window", "nan"], "--window", "nan"),
+    (["calibrate", "missing.csv", "--out", "OUT", "--reg", "nan"], "--reg", "nan"),
+    (["calibrate", "missing.csv", "--out", "OUT", "--alpha", "nan"], "--alpha", "nan"),
+    # demo (errors of DemoConfig name the option that set the field)
+    (["demo", "--out", "OUT", "--paths", "0"], "--paths", "got 0"),
+    (["demo", "--out", "OUT", "--grid-step", "nan"], "--grid-step", "nan"),
+    (["demo", "--out", "OUT", "--grid-sizes", "25", "--max-seconds", "nan"], "--max-seconds",
+     "nan"),
+    # american (errors of the model and pricer name the option, not the parameter)
+    ([*_AMERICAN, "--hurst", "0.7"], "--hurst", "0.7"),
+    ([*_AMERICAN, "--hurst", "0"], "--hurst", "0.0"),
+    ([*_AMERICAN, "--maturity", "0"], "--maturity", "0.0"),
+    ([*_AMERICAN, "--spot", "-5"], "--spot", "-5.0"),
+    ([*_AMERICAN, "--rate", "nan"], "--rate", "nan"),
+    ([*_AMERICAN, "--model", "bs", "--sigma", "nan"], "--sigma", "nan"),
+    ([*_AMERICAN, "--model", "heston", "--vol-of-vol", "-1"], "--vol-of-vol", "-1.0"),
+    ([*_AMERICAN[:2], "nan", *_AMERICAN[3:]], "--strike", "nan"),
+    ([*_AMERICAN, "--dates", "0"], "--dates", "got 0"),
+    ([*_AMERICAN, "--payoff", "asian-put", "--payoff-dates", "3"], "--payoff-dates", "got 3"),
+    ([*_AMERICAN, "--payoff", "up-and-out-put", "--barrier", "nan"], "--barrier", "nan"),
+    ([*_AMERICAN, "--sig-level", "-1"], "--sig-level", "-1"),
+    # neural (boundary checks of the CLI; the library's own checks are reported separately)
+    (["generate", "--num", "1", "--out", "OUT", "--backend", "serial", "--grid-size", "1"],
+     "--grid-size", "1"),
+    (["generate", "--num", "1", "--out", "OUT", "--backend", "serial", "--chunk", "0"],
+     "--chunk", "0"),
+    (["validate-data", "DATA", "--residual-tol", "nan"], "--residual-tol", "nan"),
+    (["validate-data", "DATA", "--drift-tol", "-1"], "--drift-tol", "-1"),
+    (["refit-head", "--data", "DATA", "--out", "OUT", "--threads", "0"], "--threads", "0"),
+    (["refit-head", "--data", "DATA", "--out", "OUT", "--max-instances", "0"],
+     "--max-instances", "0"),
+    (["evaluate", "--test", "DATA", "--threads", "0"], "--threads", "0"),
+    (["evaluate", "--test", "DATA", "--max-instances", "0"], "--max-instances", "0"),
+    (["evaluate", "--test", "DATA", "--max-instances", "-1"], "--max-instances", "-1"),
+]
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad-input")
+    marginals = root / "rw.npz"
+    Marginals(*random_walk_marginals(4)).save(marginals)
+    data = root / "data.h5"  # exists (click checks that) but is never read: the option fails
+    data.write_text("not an HDF5 file\n")
+    return {"MARGINALS": str(marginals), "DATA": str(data), "OUT": str(root / "out")}
+
+
+@pytest.mark.parametrize("args, option, value", CASES,
+                         ids=[" ".join(c[0][:1] + [c[1], c[2]]) for c in CASES])
+def test_bad_option_is_a_usage_error_naming_it(paths, args, option, value):
+    res = CliRunner().invoke(main, [paths.get(a, a) for a in args])
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit)  # click's usage error, not a crash
+    assert "Traceback" not in res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1, res.output
+    assert option in error[0] and value in error[0], error[0]
