@@ -282,3 +282,40 @@ def test_local_pool_worker_exits_when_its_parent_is_killed(tmp_path):
         if proc.poll() is None:
             proc.kill()
 
+
+
+@pytest.mark.parametrize("size, lo, hi", [(1, 0.5, 2.0), (2, 0.5, 2.0), (150, 1.2, 2.0),
+                                          (150, 0.5, float("nan")), (150.5, 0.5, 2.0)])
+def test_model_grid_rejects_bad_sizes_and_ranges(size, lo, hi):
+    # a 1-point grid divided by zero, a 2-point one was returned
+    with pytest.raises(ValueError, match="grid"):
+        nd.model_grid(size, lo, hi)
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_threads_below_one_are_refused(threads):
+    # torch raised a RuntimeError from set_num_threads
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        NeuralPricer(threads=threads)
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(residual_tol=float("nan")), "residual_tol"),
+                                     (dict(drift_tol=-1.0), "drift_tol")])
+def test_validate_dataset_rejects_tolerances_no_instance_can_fail(fake_data, kw, msg):
+    # a NaN tolerance passed every instance ("ok")
+    from deepquant.neural.dataset_io import validate_dataset
+
+    with pytest.raises(ValueError, match=msg):
+        validate_dataset(fake_data, **kw)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5])
+def test_max_instances_zero_is_not_every_instance(fake_data, n):
+    # 0 was read as "no limit" and every instance was used
+    from deepquant.neural.evaluate import evaluate
+    from deepquant.neural.refit import refit_head
+
+    with pytest.raises(ValueError, match="max_instances"):
+        evaluate(fake_data, max_instances=n)
+    with pytest.raises(ValueError, match="max_instances"):
+        refit_head(None, fake_data, "unused-out", max_instances=n)

@@ -132,6 +132,10 @@ def instance_spec(index: int, seed: int = 0, *, n_choices: Iterable[int] = N_CHO
 def model_grid(grid_size: int = 150, lo: float = 0.5, hi: float = 2.0) -> np.ndarray:
     """The model's moneyness grid: uniform, step (hi - lo) / (grid_size - 1), with 1 exactly on
     the grid (the default grid of ``deepquant.market.synthetic`` for a narrow law)."""
+    if int(grid_size) != grid_size or grid_size < 3:
+        raise ValueError(f"grid_size must be an integer >= 3, got {grid_size!r}")
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < 1 < hi):
+        raise ValueError(f"grid range must satisfy 0 < lo < 1 < hi, got ({lo!r}, {hi!r})")
     step = (hi - lo) / (grid_size - 1)
     i_one = int(round((1.0 - lo) / step))
     return 1.0 + step * (np.arange(grid_size) - i_one)

@@ -230,6 +230,12 @@ class ValidationReport:
         return not self.failures
 
 
+def check_max_instances(max_instances) -> None:
+    """``max_instances`` is None (every instance) or an integer >= 1; 0 is not "no limit"."""
+    if max_instances is not None and (int(max_instances) != max_instances or max_instances < 1):
+        raise ValueError(f"max_instances must be None or an integer >= 1, got {max_instances!r}")
+
+
 def validate_dataset(path: str | os.PathLike[str], *, residual_tol: float = 1e-6,
                      drift_tol: float = 1e-6, recompute: bool = True,
                      mass_floor: float = LIVE_MASS) -> ValidationReport:
@@ -238,6 +244,10 @@ def validate_dataset(path: str | os.PathLike[str], *, residual_tol: float = 1e-6
     kernels rebuilt from the stored gauge-fixed potentials (rows with mass > ``mass_floor``)."""
     from deepquant.market.marginals import Marginals
 
+    for name, v in (("residual_tol", residual_tol), ("drift_tol", drift_tol),
+                    ("mass_floor", mass_floor)):
+        if not (np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     records, grid, _ = read_dataset(path)
     failures: list[str] = []
     idx = [r["index"] for r in records]

@@ -155,8 +155,9 @@ def _summary(rows: list[dict], family: str) -> dict[str, Any]:
 
 
 def _read_test(test_path, max_instances: int | None):
-    from deepquant.neural.dataset_io import read_dataset
+    from deepquant.neural.dataset_io import check_max_instances, read_dataset
 
+    check_max_instances(max_instances)
     records, grid, attrs = read_dataset(test_path)
     if max_instances:
         # keep the families balanced: take instances round-robin by family

@@ -226,6 +226,8 @@ class NeuralPricer:
         from deepquant.neural.train import load_model
 
         if threads is not None:
+            if int(threads) < 1:
+                raise ValueError(f"threads must be >= 1 or None, got {threads!r}")
             torch.set_num_threads(int(threads))
         self.device = resolve_device(device)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint()

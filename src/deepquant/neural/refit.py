@@ -179,7 +179,7 @@ def refit_head(checkpoint, data, out_dir, *, metric: str = "call", per_instance:
     from safetensors.torch import save_file
 
     from deepquant.atomic import atomic_path, write_json
-    from deepquant.neural.dataset_io import read_dataset
+    from deepquant.neural.dataset_io import check_max_instances, read_dataset
     from deepquant.neural.train import load_model
 
     if metric not in METRICS:
@@ -191,7 +191,10 @@ def refit_head(checkpoint, data, out_dir, *, metric: str = "call", per_instance:
     if not (np.isfinite(ridge) and ridge > 0):
         raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
     t0 = time.perf_counter()
-    torch.set_num_threads(threads)
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads!r}")
+    check_max_instances(max_instances)
+    torch.set_num_threads(int(threads))
     model, meta = load_model(checkpoint)
     records, grid, attrs = read_dataset(data)
     excluded = {str(f) for f in exclude_families}
