@@ -428,7 +428,10 @@ def _lp_side(chain: AugmentedChain, marginals: Marginals, sense: str, options: d
     from deepquant.mmot.lp import build_chain_lp, solve_side
 
     t0 = time.perf_counter()
-    side = solve_side(build_chain_lp(chain, marginals), sense)
+    # HiGHS stops at the side's budget (at least a second: the LP is small by construction)
+    limit = max(float(options.get("max_seconds", 600.0)), 1.0)
+    side = solve_side(build_chain_lp(chain, marginals), sense,
+                      highs_options=dict(time_limit=limit))
     if not side.success or side.duals is None:
         return None
     sign = 1.0 if sense == "upper" else -1.0
@@ -452,11 +455,12 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     solved exactly by HiGHS. The coarse levels get ``COARSE_SHARE`` of the budget and are
     solved like any side (by column generation, warm-started, when small); their potentials,
     interpolated linearly onto the fine supports, are certified by one exact sweep (a valid
-    bound whatever the grid), and the fine
-    stages run only when ``FINE_SWEEPS`` smoothed sweeps (predicted as ``SOFT_OVER_HARD``
-    times the exact sweep just timed) fit in what is left. Until a fine stage gives one, the
-    inner estimate is the coarse level's: a value on other (coarsened) marginals, so the gap
-    is then an estimate of the bracket, not a bound (``info["inner_kind"]`` says so)."""
+    bound whatever the grid), and the fine stages run only when ``FINE_SWEEPS`` smoothed
+    sweeps (predicted as ``SOFT_OVER_HARD`` times the exact sweep just timed) fit in what is
+    left. Until a fine stage gives one, the inner estimate is the coarse level's: a value on
+    other (coarsened) marginals, so the gap is then an estimate of the bracket, not a bound
+    (``info["inner_kind"]`` says so). ``top`` is False on the coarse levels (the user's own
+    grid is never replaced by its LP here: a small one goes to ``certify_side``)."""
     from deepquant.mmot.entropic import coarse_marginals
 
     lp_small = lp_columns(chain) <= LP_START_COLUMNS
