@@ -67,6 +67,12 @@ CASES = [
     (["evaluate", "--test", "DATA", "--threads", "0"], "--threads", "0"),
     (["evaluate", "--test", "DATA", "--max-instances", "0"], "--max-instances", "0"),
     (["evaluate", "--test", "DATA", "--max-instances", "-1"], "--max-instances", "-1"),
+    # quote bounds (the budget, as for bounds), synthetic marginals (a point mass only), sweep
+    (["quote-bounds", "--quotes", "DATA", "--expiries", "30d", "--payoff", "asian-call",
+      "--method", "certified", "--max-seconds", "-1"], "--max-seconds", "-1.0"),
+    (["marginals", "--model", "gbm", "--dates", "0", "--out", "OUT"], "--dates", "'0'"),
+    (["marginals", "--model", "gbm", "--dates", "-0.5,1", "--out", "OUT"], "--dates", "-0.5"),
+    (["sweep", "--strike", "1", "--vols", "-0.2", "--num", "2"], "--vols", "-0.2"),
 ]
 
 

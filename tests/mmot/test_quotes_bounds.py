@@ -244,6 +244,8 @@ def test_bad_inputs():
     (dict(grid=np.r_[GRID[:-1], np.nan]), ValueError, "grid must be strictly increasing"),
     (dict(grid=np.array([1.0])), ValueError, "grid must be strictly increasing"),
     (dict(grid=np.array([0.8, 0.9, 1.0])), ValueError, "1 on it strictly inside"),
+    (dict(grid="abc"), ValueError, "grid must be an array of moneyness points, got 'abc'"),
+    (dict(thin="yes"), TypeError, "thin must be a bool, got 'yes'"),
     (dict(grid=None, grid_size=11.5), TypeError, "grid_size must be an integer, got 11.5"),
     (dict(method="certified", foo=1), TypeError, r"unknown certified option\(s\) \['foo'\]"),
     (dict(method="certified", max_seconds=-1), ValueError, "max_seconds must be > 0, got -1"),

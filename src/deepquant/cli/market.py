@@ -25,6 +25,8 @@ def _parse_dates(text: str) -> np.ndarray:
         fail(f"--dates must be comma-separated year fractions like 0.25,0.5,1; got {text!r}")
     if dates.size == 0:
         fail(f"--dates must list at least one date, got {text!r}")
+    if not np.all(np.isfinite(dates)) or np.any(dates < 0) or not np.any(dates > 0):
+        fail(f"--dates must be finite year fractions >= 0 with at least one > 0, got {text!r}")
     return dates
 
 

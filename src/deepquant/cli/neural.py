@@ -353,6 +353,8 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
     if not (np.isfinite(bump) and 0 <= bump < 1):
         fail(f"--bump must be in [0, 1), got {bump}")
     base = _floats(vols, "--vols")
+    if not all(np.isfinite(v) and v > 0 for v in base):
+        fail(f"--vols must be finite volatilities > 0, got {vols!r}")
     if len(base) not in (1, periods):
         fail(f"--vols needs 1 or --periods={periods} values, got {len(base)}")
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from deepquant.cli.output import FiniteFloat
+
 COMMANDS: list[click.Command] = []
 
 
@@ -47,8 +49,9 @@ def _range(text: str) -> tuple[float, float]:
               show_default=True,
               help="Bands no law on the grid meets: fail (none), widen them to the closest "
                    "arbitrage-free prices (minimal) or to the calibrated marginals' prices.")
-@click.option("--max-seconds", type=float, default=600.0, show_default=True,
-              help="Certified method: time budget per side.")
+@click.option("--max-seconds", type=FiniteFloat(0.0, min_open=True, allow_inf=True),
+              default=600.0, show_default=True,
+              help="Certified method: time budget per side (inf: no limit).")
 @click.option("--coarse", default="25", show_default=True, metavar="N|none",
               help="Certified method on grids of at least 2N points: start each side from "
                    "the positions of the same side on an N-point subgrid (none: off).")

@@ -372,7 +372,12 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
             raise TypeError("source must be QuoteBands, a CalibrationResult, a chain path or "
                             "OptionChain, or a sequence of SliceQuotes, got "
                             f"{type(source).__name__}") from None
-    grid = quote_grid(bands, grid_size) if grid is None else np.asarray(grid, dtype=float)
+    if not isinstance(thin, (bool, np.bool_)):
+        raise TypeError(f"thin must be a bool, got {thin!r}")
+    try:
+        grid = quote_grid(bands, grid_size) if grid is None else np.asarray(grid, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be an array of moneyness points, got {grid!r}") from None
     if grid.ndim != 1 or grid.size < 3 or not np.all(np.isfinite(grid)) \
             or np.any(np.diff(grid) <= 0) or not np.any(np.abs(grid - 1) < 1e-12) \
             or not 0 <= grid[0] < 1 < grid[-1]:
