@@ -48,15 +48,22 @@ def _spread_marginals(seed: int, size: int = 25, *, lo: float = 0.5, hi: float =
     return Marginals(grid, np.vstack([mu, nu]))
 
 
-def _check_against_lp(res: BoundsResult, lp: BoundsResult) -> None:
+def _bracket_contains_lp(res: BoundsResult, lp: BoundsResult, width) -> None:
+    """Each side's [inner, outer] contains the LP value (to LP_TOL) and is at most
+    ``width(outer, scale)`` wide."""
     for side in ("lower", "upper"):
         s = getattr(res, f"{side}_side")
         outer, inner, exact = s.value, s.info["inner"], getattr(lp, side)
         scale = max(abs(exact), 1e-3)
         lo, hi = (outer, inner) if side == "lower" else (inner, outer)
         assert lo - LP_TOL * scale <= exact <= hi + LP_TOL * scale, (side, lo, exact, hi)
-        assert abs(outer - inner) <= WIDTH * scale, (side, outer, inner)
-        assert s.primal_residual <= 1e-8
+        assert abs(outer - inner) <= width(outer, scale), (side, outer, inner)
+
+
+def _check_against_lp(res: BoundsResult, lp: BoundsResult) -> None:
+    _bracket_contains_lp(res, lp, lambda outer, scale: WIDTH * scale)
+    for side in ("lower", "upper"):
+        assert getattr(res, f"{side}_side").primal_residual <= 1e-8
     assert res.success and res.status == "certified" and res.method == "ipm"
 
 
@@ -115,13 +122,7 @@ def test_the_bracket_closes_at_rtol_around_the_lp(rtol):
     for mg, pay in cases:
         res, lp = ipm_bounds(mg, pay, rtol=rtol), bounds(mg, pay, method="lp")
         assert res.success and res.status == "certified"
-        for side in ("lower", "upper"):
-            s = getattr(res, f"{side}_side")
-            outer, inner, exact = s.value, s.info["inner"], getattr(lp, side)
-            scale = max(abs(exact), 1e-3)
-            lo, hi = (outer, inner) if side == "lower" else (inner, outer)
-            assert lo - LP_TOL * scale <= exact <= hi + LP_TOL * scale, (side, lo, exact, hi)
-            assert abs(outer - inner) <= rtol * abs(outer) + 1e-3 * rtol * 3.0, (side, rtol)
+        _bracket_contains_lp(res, lp, lambda outer, scale: rtol * abs(outer) + 1e-3 * rtol * 3.0)
 
 
 def test_the_lightest_rows_stay_put():
