@@ -123,13 +123,19 @@ class _OutOfTime(Exception):
     smoothed sweep, so that a line search of many sweeps cannot overrun the budget)."""
 
 
+def within_rtol(gap: float, outer: float, scale: float, rtol: float) -> bool:
+    """|gap| <= rtol * max(|outer|, 1e-3 * scale): the bracket is closed to ``rtol`` of the
+    bound (of the payoff's scale for bounds near 0)."""
+    return abs(gap) <= rtol * max(abs(outer), 1e-3 * scale)
+
+
 def stage_stop(gap: float, outer: float, scale: float, *, rtol: float, fitted: bool,
                t0: float, max_seconds: float, eps: float, eps_end: float
                ) -> tuple[int, str] | None:
     """The end of an eps-scaling loop after a stage, as (status, message), or None to go on:
     the gap within ``rtol`` of the bound (with the inner value's fit acceptable), the time
     budget spent, or the schedule at ``eps_end``."""
-    if abs(gap) <= rtol * max(abs(outer), 1e-3 * scale) and fitted:
+    if within_rtol(gap, outer, scale, rtol) and fitted:
         return 0, "certified gap within rtol"
     if time.perf_counter() - t0 > max_seconds:
         return 1, f"time budget {max_seconds:g} s spent"
@@ -280,7 +286,7 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
             if best[0] < cert[0]:  # a budget-stopped LP can end worse than its start
                 cert = best
             outer = cert[0]
-            within = abs(outer - cg.value) <= rtol * max(abs(outer), 1e-3 * scale)
+            within = within_rtol(outer - cg.value, outer, scale, rtol)
             status = 0 if within else 1
             message = (f"LP solved by column generation ({cg.rounds} rounds, {cg.columns} "
                        f"columns): {cg.message}")
@@ -361,7 +367,7 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
             cert = sw.certify(cg.u)
             if cert[0] < best[0]:
                 best = cert
-            if abs(best[0] - inner) <= rtol * max(abs(best[0]), 1e-3 * scale):
+            if within_rtol(best[0] - inner, best[0], scale, rtol):
                 status, message = 0, "certified gap within rtol (inner: a feasible plan)"
     return _side_result(sw, sign, t0, best, inner, resid, inner_kind, status, message, extra)
 
@@ -440,7 +446,7 @@ def _lp_side(chain: AugmentedChain, marginals: Marginals, sense: str, options: d
     cert = sw.certify(np.concatenate([np.nan_to_num(sign * u[t, sw.supp[t]])
                                       for t in range(1, sw.T + 1)]))
     rtol = options.get("rtol", 1e-4)
-    within = abs(cert[0] - sign * side.value) <= rtol * max(abs(cert[0]), 1e-3 * sw.scale)
+    within = within_rtol(cert[0] - sign * side.value, cert[0], sw.scale, rtol)
     return _side_result(sw, sign, t0, cert, sign * side.value, side.primal_residual,
                         "LP (HiGHS)", 0 if within else 1, f"chain LP solved by HiGHS: "
                         f"{side.message}", dict(eps=0.0, stages=0, iterations=0, drift=0.0))
