@@ -27,30 +27,43 @@ import numpy as np
 from numba import njit
 from numba.extending import get_cython_function_address
 
-__all__ = ["_DGEMM", "_advance_step", "_backward_laws", "_hinge_terminal", "_last_step_hinge",
-           "_meet_plan", "_transposed_map", "_trim_step"]
+__all__ = ["_DGEMM", "_advance_step", "_gemm", "_hinge_terminal", "_last_step_hinge",
+           "_transposed_map", "_trim_step"]
 
 
 def _transposed_map(src, dst, w, n_src, n_dst, n, n1):
     """One date's statistic map from flattened sources j n + s (kernel column j, state s) to
-    destinations y' n1 + s': (indptr, dst, w) in CSC over the sources, per-column offsets
-    ``off``, ``stride`` and n1. ``stride`` > 0 marks a map that sends (j, s) to off[j] + s with
-    weight 1 for every s, off[j] = off[0] + j stride (a running-sum lattice:
-    ``_advance_step`` adds the product in place); 0 a general map."""
+    destinations y' n1 + s': ``(indptr, dst, w, off, shift, n1, run_end, run_ld)``, the map
+    in CSC over the sources, then for a shift map (``shift`` 1: every (j, s) goes to
+    off[j] + s with weight 1, a running-sum lattice; ``_advance_step`` adds the product in
+    place) the columns' offsets and their runs: columns j .. run_end[j] - 1 have offsets
+    stepping evenly by run_ld[j] >= n (one strided dgemm per run; a single run where the
+    support has no holes). ``shift`` 0: a general map (off, run_end, run_ld unused)."""
     from scipy import sparse
 
     csc = sparse.csr_matrix((w, (src, dst)), shape=(n_src, n_dst))
     csc.sort_indices()
     indptr, idx = csc.indptr.astype(np.int64), csc.indices.astype(np.int64)
-    off = np.zeros(n_src // max(n, 1), dtype=np.int64)
-    stride = 0
+    c = n_src // max(n, 1)
+    off = np.zeros(c, dtype=np.int64)
+    run_end, run_ld = np.zeros(c, dtype=np.int64), np.full(c, max(n, n1, 1), dtype=np.int64)
+    shift = 0
     if n_src and np.all(np.diff(indptr) == 1) and np.all(csc.data == 1.0):
         o = (idx - np.arange(n_src) % n).reshape(-1, n)
-        step = np.diff(o[:, 0])
-        if np.all(o == o[:, :1]) and (step.size == 0 or (np.all(step == step[0])
-                                                          and step[0] >= n)):
-            off, stride = np.ascontiguousarray(o[:, 0]), int(step[0]) if step.size else n
-    return indptr, idx, csc.data.astype(float), off, stride, n1
+        if np.all(o == o[:, :1]):
+            off, shift = np.ascontiguousarray(o[:, 0]), 1
+            j0 = 0
+            while j0 < c:                  # greedy runs of evenly stepping offsets
+                j1 = j0 + 1
+                if j1 < c and off[j1] - off[j0] >= max(n, 1):
+                    ld = off[j1] - off[j0]
+                    while j1 + 1 < c and off[j1 + 1] - off[j1] == ld:
+                        j1 += 1
+                    j1 += 1
+                    run_ld[j0:j1] = ld
+                run_end[j0:j1] = j1
+                j0 = j1
+    return indptr, idx, csc.data.astype(float), off, shift, n1, run_end, run_ld
 
 
 # scipy's BLAS dgemm as a ctypes function, passed to the kernels as an argument (a global
@@ -60,11 +73,13 @@ _DGEMM = ctypes.CFUNCTYPE(None, *(ctypes.c_void_p,) * 13)(
 
 
 @njit(cache=True, nogil=True)
-def _gemm(f, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, m, n, k):  # pragma: no cover
+def _gemm(f, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, m, n, k,
+          a_trans):  # pragma: no cover
     """c[c_off:] (m x n, row stride ldc) += a.T @ b on flat row-major float64 arrays, with
     a[a_off:] stored as (k x m, row stride lda) and b[b_off:] as (k x n, ldb) (dgemm ``f`` on
-    the column-major views: no copies)."""
-    tr = np.array([78, 84], np.uint8)                                  # "N", "T"
+    the column-major views: no copies); with ``a_trans`` False, c += a @ b, a stored as
+    (m x k, lda)."""
+    tr = np.array([78, 84 if a_trans else 78], np.uint8)                # "N", "T" or "N"
     ints = np.array([n, m, k, ldb, lda, ldc], np.int32)
     one = np.ones(1)
     f(tr[0:].ctypes, tr[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
@@ -128,20 +143,21 @@ def _trim_step(jt, kern, rows, cols, thr, band_eps, kb, lo, hi, sa, se):  # prag
 
 
 @njit(cache=True, nogil=True)
-def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, stride, indptr, dst, w,
-                  out):  # pragma: no cover
+def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, shift, run_end, run_ld, indptr,
+                  dst, w, out):  # pragma: no cover
     """Second half: out (B, r' n') = map(kb.T @ jt), per block of ``block`` states and tile of
     ``tile`` rows one dgemm ``f`` on the rectangle of the tile's live rows and the union of
-    their kernel bands; with ``stride`` > 0 the product is added in place (row j at off[j] =
-    off[0] + j stride), else gathered per block and pushed through the CSC map."""
+    their kernel bands; on a shift map (``shift`` > 0) the product is added in place (row j at
+    off[j], one dgemm per run of evenly spaced offsets: ``_transposed_map``), else gathered per
+    block and pushed through the CSC map."""
     nb, r, n = jt.shape
     c = kb.shape[2]
-    prod = np.empty(0 if stride > 0 else c * block)
+    prod = np.empty(0 if shift > 0 else c * block)
     for b in range(nb):
         jf, kf, of = jt[b].ravel(), kb[b].ravel(), out[b]
         for s0 in range(0, n, block):
             s1 = min(n, s0 + block)
-            if stride <= 0:
+            if shift <= 0:
                 prod[:] = 0.0
             ya_b, ye_b = c, 0
             for t0 in range(0, r, tile):
@@ -152,12 +168,16 @@ def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, stride, indptr, d
                         ya, ye = min(ya, lo[b, i]), max(ye, hi[b, i])
                 if xe <= xa or ye <= ya:
                     continue
-                if stride > 0:  # row j of the product lands at off[j] + s = off[0] + j stride + s
-                    _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, of, off[ya] + s0, stride,
-                          ye - ya, s1 - s0, xe - xa)
+                if shift > 0:   # row j of the product lands at off[j] + s, per run of columns
+                    j = ya
+                    while j < ye:
+                        je = min(ye, run_end[j])
+                        _gemm(f, kf, xa * c + j, c, jf, xa * n + s0, n, of, off[j] + s0,
+                              run_ld[j], je - j, s1 - s0, xe - xa, True)
+                        j = je
                     continue
                 _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, prod, ya * (s1 - s0), s1 - s0,
-                      ye - ya, s1 - s0, xe - xa)
+                      ye - ya, s1 - s0, xe - xa, True)
                 ya_b, ye_b = min(ya_b, ya), max(ye_b, ye)
             for j in range(ya_b, ye_b):
                 for s in range(s0, s1):
@@ -249,77 +269,3 @@ def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count):  # pragma:
                 acc += row[s] * (pa[j] + s * pb[j])
         out[b] = acc
     return out
-
-
-def _meet_plan(steps, n_states, terminal, mid):
-    """Meet in the middle at date ``mid`` for a payoff of the last state on shift maps, or None.
-
-    Applies when every step from ``mid`` on sends (column j, state s) to (row y'_j, s + d_j)
-    with weight 1 (``stride`` > 0: a running-sum lattice), and the payoff depends on the last
-    state only (``terminal`` (n_T, r_T) with equal columns) through a call- or put-like line
-    (``_hinge_terminal``). Then the last state is s_mid + rho + C, rho the sum of the offsets
-    d_j - min d of the remaining steps, and the law W_t(x, rho) of rho given X_t = x follows
-    backwards: W_t = K_t W_{t+1} shifted per column (one dense product per date,
-    ``_backward_laws``). Returns ``(back, hinge)``: per step from the last down to ``mid``,
-    ``(t, y'_j, d_j - min d, L_t)`` (L_t the number of values of rho from date t), and the
-    closed form of g(s, rho) = payoff(s + rho + C).
-    """
-    T = len(steps)
-    if not 0 <= mid < T or terminal.size == 0 or np.any(terminal != terminal[:, :1]):
-        return None
-    psi = terminal[:, 0]
-    back, length, shift = [], 1, 0
-    for t in range(T - 1, mid - 1, -1):
-        _, _, _, off, stride, n1 = steps[t]
-        if stride <= 0:
-            return None
-        y1 = off // n1
-        d = off - y1 * n1
-        low = int(d.min())
-        d = d - low
-        new = length + int(d.max())
-        back.append((t, y1, d, new))
-        length, shift = new, shift + low
-    last = np.arange(n_states[mid])[:, None] + np.arange(length)[None, :] + shift
-    if last.min() < 0 or last.max() >= psi.size:
-        return None
-    hinge = _hinge_terminal(psi[last])
-    return None if hinge is None else (back, hinge)
-
-
-def _backward_laws(back, kernels, rows, cols):
-    """W_mid (B, |rows[mid]|, L_mid) of ``_meet_plan``'s ``back`` for kernels (B, T', M, M):
-    W_{T-1}(x, d_j) = sum of k(x, j), then W_t = K_t[rows_t, cols_t] @ P, P(j, d_j + rho) =
-    W_{t+1}(y'_j, rho), dense (no entry dropped). P is written through a strided view where
-    y'_j and d_j step evenly in j (a lattice), else scattered."""
-    from numpy.lib.stride_tricks import as_strided
-
-    b, m = kernels.shape[0], kernels.shape[-1]
-    w = None
-    for t, y1, d, length in back:
-        c = cols[t].size
-        k = kernels[:, t]
-        if rows[t].size < m or c < m:
-            k = k[:, rows[t][:, None], cols[t]]
-        if w is None:           # the last step from W_T = 1: column j lands at offset d_j
-            w = np.zeros((b, rows[t].size, length))
-            if np.unique(d).size == c:
-                w[:, :, d] = k
-            else:
-                np.add.at(w, (slice(None), slice(None), d), k)
-            continue
-        old = w.shape[2]
-        p = np.zeros((b, c, length))
-        step = int(d[1] - d[0]) if c > 1 else 0
-        ystep = int(y1[1] - y1[0]) if c > 1 else 1
-        if (c > 1 and np.all(np.diff(d) == step) and np.all(np.diff(y1) == ystep)
-                and ystep == 1 and step >= 0):
-            view = as_strided(p[:, :, d[0]:], shape=(b, c, old),
-                              strides=(p.strides[0], p.strides[1] + step * p.strides[2],
-                                       p.strides[2]))
-            view[...] = w[:, y1[0]:y1[0] + c, :]
-        else:
-            for j in range(c):
-                p[:, j, d[j]:d[j] + old] = w[:, y1[j], :]
-        w = np.matmul(k, p)
-    return w

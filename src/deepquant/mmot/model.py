@@ -34,13 +34,12 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot._chainplan_kernels import (
     _DGEMM,
     _advance_step,
-    _backward_laws,
     _hinge_terminal,
     _last_step_hinge,
-    _meet_plan,
     _transposed_map,
     _trim_step,
 )
+from deepquant.mmot._chainplan_meet import _backward_laws, _meet_plan
 from deepquant.mmot._plans import measure
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 
@@ -375,6 +374,8 @@ class ChainPlan:
         last = self._last if self.CLOSED_FORM else None
         meet = self._meet if self.CLOSED_FORM else None
         steps = meet[0][-1][0] if meet is not None else self.last_date - (last is not None)
+        sizes = [self.rows[t + 1].size * self._steps[t][5] for t in range(steps)]
+        bufs = [np.empty(b * max(sizes[i::2], default=0)) for i in (0, 1)]  # reused, not calloc'd
         for t in range(steps):
             rows, cols = self.rows[t], self.cols[t]
             shape = (b, rows.size)
@@ -383,10 +384,11 @@ class ChainPlan:
             joint = np.ascontiguousarray(joint)
             lost += _trim_step(joint, kernels[:, t], rows, cols, thr, self.BAND_EPS, kb,
                                lo, hi, sa, se)
-            indptr, dst, w, off, stride, n1 = self._steps[t]
-            nxt = np.zeros((b, self.rows[t + 1].size * n1))
+            indptr, dst, w, off, shift, n1, run_end, run_ld = self._steps[t]
+            nxt = bufs[t % 2][:b * sizes[t]].reshape(b, sizes[t])
+            nxt[...] = 0.0
             _advance_step(_DGEMM, joint, kb, lo, hi, sa, se, self.BLOCK, self.TILE, off,
-                          stride, indptr, dst, w, nxt)
+                          shift, run_end, run_ld, indptr, dst, w, nxt)
             joint = nxt.reshape(b, self.rows[t + 1].size, n1)
         if last is None and meet is None:
             return np.einsum("bxs,sx->b", joint, self.terminal), lost
@@ -397,10 +399,12 @@ class ChainPlan:
                                       self.cols[t], perm, alpha, beta, count)
         else:
             back, (perm, alpha, beta, count, err) = meet
-            w = _backward_laws(back, kernels, self.rows, self.cols)
+            w, werr = _backward_laws(back, kernels, self.rows, self.cols,
+                                     band_eps=self.BAND_EPS, mass_eps=self.MASS_EPS)
             ids = np.arange(max(w.shape[1], w.shape[2]))
-            values = _last_step_hinge(np.ascontiguousarray(joint), w, ids, ids[:w.shape[2]],
-                                      perm, alpha, beta, count)
+            joint = np.ascontiguousarray(joint)
+            values = _last_step_hinge(joint, w, ids, ids[:w.shape[2]], perm, alpha, beta, count)
+            lost = lost + np.einsum("bx,bx->b", np.abs(joint).sum(axis=2), werr)
         # the lines' round-off, in units of the dropped mass of the bound
         mass = np.abs(joint).sum(axis=(1, 2))
         return values, lost + mass * err / max(self.max_abs_payoff, 1e-300)

@@ -1,0 +1,188 @@
+"""Meeting in the middle on a running-sum lattice (``deepquant.mmot.model.ChainPlan``).
+
+When every step from a middle date on is a pure shift of the statistic (column j of period t
+sends state s to state s + d_j of grid row y'_j with weight 1) and the payoff is a call- or
+put-like line of the last state, the forward recursion stops at the middle date and the law of
+the rest of the sum comes backwards (``_meet_plan``):
+
+    W_{T-1}(x, d_j) += k_{T-1}(x, j),     W_t(x, rho) = sum_j k_t(x, j) W_{t+1}(y'_j, rho - d_j)
+
+(Markov chain, the sum's increments fixed by the columns). ``_backward_laws`` runs it banded,
+the mirror image of the forward step (``_chainplan_kernels``): kernel rows cut to the columns
+above ``band_eps`` times the row's largest, rows of W cut to the entries above ``mass_eps`` at
+both ends (each row of W is a conditional law, mass <= 1), one BLAS dgemm per tile of rows on
+the rectangle of the tile's bands and the union of the live ranges they reach. The dropped mass
+is propagated exactly as a per-row bound e_t(x) >= sum_rho |W_t(x, rho) - W~_t(x, rho)| (W the
+dense recursion, W~ the banded one):
+
+    e_t(x) = sum_j k~_t(x, j) e_{t+1}(y'_j) + tail_t(x) max_y (|W~_{t+1}(y)|_1 + e_{t+1}(y))
+             + dropped_t(x)
+
+(tail_t(x) the kernel mass outside the band, dropped_t(x) the entries of W_t cut off), so the
+joined price is within sum_x |m(x)|_1 e_mid(x) max |payoff| of the dense one.
+
+Compiled on first use, cached on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from deepquant.mmot._chainplan_kernels import _DGEMM, _gemm, _hinge_terminal
+
+__all__ = ["_backward_laws", "_meet_plan"]
+
+
+def _meet_plan(steps, n_states, terminal, mid):
+    """Meet in the middle at date ``mid`` for a payoff of the last state on shift maps, or None.
+
+    Applies when every step from ``mid`` on sends (column j, state s) to (row y'_j, s + d_j)
+    with weight 1 (a shift map, ``shift`` > 0 in ``_transposed_map``: a running-sum lattice,
+    with holes in the support or not), and the payoff depends on the last state only (``terminal``
+    (n_T, r_T) with equal columns) through a call- or put-like line (``_hinge_terminal``). Then
+    the last state is s_mid + rho + C, rho the sum of the offsets d_j - min d of the remaining
+    steps, and the law W_t(x, rho) of rho given X_t = x follows backwards
+    (``_backward_laws``). Returns ``(back, hinge)``: per step from the last down to ``mid``,
+    ``(t, y'_j, d_j - min d, L_t)`` (L_t the number of values of rho from date t), and the
+    closed form of g(s, rho) = payoff(s + rho + C).
+    """
+    T = len(steps)
+    if not 0 <= mid < T or terminal.size == 0 or np.any(terminal != terminal[:, :1]):
+        return None
+    psi = terminal[:, 0]
+    back, length, shift = [], 1, 0
+    for t in range(T - 1, mid - 1, -1):
+        off, is_shift, n1 = steps[t][3:6]
+        if is_shift <= 0:
+            return None
+        y1 = off // n1
+        d = off - y1 * n1
+        low = int(d.min())
+        d = d - low
+        new = length + int(d.max())
+        back.append((t, y1, d, new))
+        length, shift = new, shift + low
+    last = np.arange(n_states[mid])[:, None] + np.arange(length)[None, :] + shift
+    if last.min() < 0 or last.max() >= psi.size:
+        return None
+    hinge = _hinge_terminal(psi[last])
+    return None if hinge is None else (back, hinge)
+
+
+def _backward_laws(back, kernels, rows, cols, *, band_eps=0.0, mass_eps=0.0, tile=16,
+                   block=64):
+    """W_mid (B, |rows[mid]|, L_mid) of ``_meet_plan``'s ``back`` for kernels (B, T', M, M),
+    banded (kernel rows cut at ``band_eps`` of their largest entry, rows of W at ``mass_eps``;
+    one dgemm per tile of ``tile`` rows and block of ``block`` values of rho), and the per-row
+    bound e_mid (B, |rows[mid]|) on its L1 distance to the dense recursion (module docstring;
+    zero with ``band_eps`` = ``mass_eps`` = 0: nothing dropped)."""
+    b = kernels.shape[0]
+    w = np.ones((b, 1, 1))
+    wa, we = np.zeros((b, 1), dtype=np.int64), np.ones((b, 1), dtype=np.int64)
+    err = np.zeros((b, 1))
+    for t, y1, d, length in back:
+        r, c = rows[t].size, cols[t].size
+        if w.shape[1] == 1 and y1.size:            # the last step starts from W_T = 1
+            y1 = np.zeros_like(y1)
+        out = np.zeros((b, r, length))
+        oa, oe = np.empty((b, r), dtype=np.int64), np.empty((b, r), dtype=np.int64)
+        e = np.empty((b, r))
+        _backward_step(_DGEMM, kernels[:, t], rows[t], cols[t], np.ascontiguousarray(y1),
+                       np.ascontiguousarray(d), w, wa, we, err, band_eps, mass_eps, tile, block,
+                       np.empty((r, c)), np.empty((c, length)), out, oa, oe, e)
+        w, wa, we, err = out, oa, oe, e
+    return w, err
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _backward_step(f, kern, rows, cols, y1, d, wp, wa, we, ep, band_eps, thr, tile, block,
+                   kb, p, out, oa, oe, e):  # pragma: no cover
+    """One backward date for B instances: out(x, rho) += sum_j kb(x, j) P(j, rho),
+    P(j, d_j + rho) = wp(y1_j, rho) on wp's live range [wa, we) of row y1_j, kb the kernel
+    rows rows[i] over ``cols`` cut to their band; then each row of out cut to its live range
+    [oa, oe) (entries above ``thr``) and the bound e (module docstring). ``out`` starts at 0.
+    ``kb`` (r, c) and ``p`` (c, L) are scratch."""
+    nb, r, n_out = out.shape
+    c = cols.size
+    lo, hi = np.empty(r, np.int64), np.empty(r, np.int64)
+    pa, pe = np.empty(c, np.int64), np.empty(c, np.int64)
+    for b in range(nb):
+        top_mass = 0.0           # max over y of the exact row mass of W_{t+1}: <= |W~|_1 + e
+        for y in range(wp.shape[1]):
+            sm = ep[b, y]
+            for q in range(wa[b, y], we[b, y]):
+                sm += abs(wp[b, y, q])
+            top_mass = max(top_mass, sm)
+        scatter = wp.shape[2] == 1
+        if not scatter:
+            for j in range(c):
+                y, row = y1[j], p[j]
+                row[:] = 0.0
+                a, z = wa[b, y], we[b, y]
+                for q in range(a, z):
+                    row[d[j] + q] = wp[b, y, q]
+                pa[j], pe[j] = (d[j] + a, d[j] + z) if a < z else (n_out, 0)
+        for i in range(r):
+            k, src = kb[i], kern[b, rows[i]]
+            top = 0.0
+            for j in range(c):
+                k[j] = src[cols[j]]
+                top = max(top, abs(k[j]))
+            cut = band_eps * top
+            a = 0
+            while a < c and not abs(k[a]) > cut:
+                a += 1
+            z = c
+            while z > a and not abs(k[z - 1]) > cut:
+                z -= 1
+            tail = 0.0
+            for j in range(a):
+                tail += abs(k[j])
+                k[j] = 0.0
+            for j in range(z, c):
+                tail += abs(k[j])
+                k[j] = 0.0
+            acc = tail * top_mass
+            for j in range(a, z):
+                acc += abs(k[j]) * ep[b, y1[j]]
+                if scatter:
+                    out[b, i, d[j]] += k[j] * wp[b, y1[j], 0]
+            e[b, i] = acc
+            lo[i], hi[i] = a, z
+        if not scatter:
+            kf, pf, of = kb.ravel(), p.ravel(), out[b].ravel()
+            for t0 in range(0, r, tile):
+                t1 = min(r, t0 + tile)
+                ya, ye = c, 0
+                for i in range(t0, t1):
+                    if lo[i] < hi[i]:
+                        ya, ye = min(ya, lo[i]), max(ye, hi[i])
+                ra, re = n_out, 0
+                for j in range(ya, ye):
+                    ra, re = min(ra, pa[j]), max(re, pe[j])
+                for r0 in range(ra, re, block):     # per block of rho: the columns j reaching it
+                    r1 = min(re, r0 + block)
+                    ja, je = ye, ya
+                    for j in range(ya, ye):
+                        if pa[j] < r1 and pe[j] > r0:
+                            ja, je = min(ja, j), j + 1
+                    if je > ja:
+                        _gemm(f, kf, t0 * c + ja, c, pf, ja * n_out + r0, n_out, of,
+                              t0 * n_out + r0, n_out, t1 - t0, r1 - r0, je - ja, False)
+        for i in range(r):
+            row = out[b, i]
+            dropped = 0.0
+            q = 0
+            while q < n_out and not abs(row[q]) > thr:
+                dropped += abs(row[q])
+                row[q] = 0.0
+                q += 1
+            z = n_out
+            while z > q and not abs(row[z - 1]) > thr:
+                dropped += abs(row[z - 1])
+                row[z - 1] = 0.0
+                z -= 1
+            oa[b, i], oe[b, i] = q, z
+            e[b, i] += dropped
+    return 0
