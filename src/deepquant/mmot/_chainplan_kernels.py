@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 from numba.extending import get_cython_function_address
 
-__all__ = ["_DGEMM", "_advance_step", "_gemm", "_hinge_terminal", "_last_step_hinge",
+__all__ = ["_DGEMM", "_advance_step", "_band_row", "_gemm", "_hinge_terminal", "_last_step_hinge",
            "_transposed_map", "_trim_step"]
 
 
@@ -88,43 +88,51 @@ def _gemm(f, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, m, n, k,
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _band_row(src, cols, band_eps, k):  # pragma: no cover
+    """k[j] = src[cols[j]] cut to its band [a, e): the columns from the first to the last entry
+    above ``band_eps`` times the row's largest (0 outside). Returns (a, e, mass cut off)."""
+    c = cols.size
+    top = 0.0
+    for j in range(c):
+        k[j] = src[cols[j]]
+        top = max(top, abs(k[j]))
+    cut = band_eps * top
+    a = 0
+    while a < c and not abs(k[a]) > cut:
+        a += 1
+    e = c
+    while e > a and not abs(k[e - 1]) > cut:
+        e -= 1
+    tail = 0.0
+    for j in range(a):
+        tail += abs(k[j])
+        k[j] = 0.0
+    for j in range(e, c):
+        tail += abs(k[j])
+        k[j] = 0.0
+    return a, e, tail
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _trim_step(jt, kern, rows, cols, thr, band_eps, kb, lo, hi, sa, se):  # pragma: no cover
     """First half of a date for B instances: per row i (grid point rows[i]) the kernel band
-    [lo, hi) over ``cols`` and the live states [sa, se) of ``jt`` (B, r, n) (entries outside
-    are set to 0), the banded kernel rows ``kb`` (B, r, c). Returns the dropped mass."""
+    [lo, hi) over ``cols`` (``_band_row``) and the live states [sa, se) of ``jt`` (B, r, n)
+    (entries outside are set to 0), the banded kernel rows ``kb`` (B, r, c). On entry
+    [sa, se) holds a range outside which the row is known to be 0 (written by
+    ``_advance_step``). Returns the dropped mass."""
     nb, r, n = jt.shape
-    c = cols.size
     lost = np.zeros(nb)
     for b in range(nb):
         acc = 0.0
         for i in range(r):
-            k = kb[b, i]
-            src = kern[b, rows[i]]
-            top = 0.0
-            for j in range(c):
-                k[j] = src[cols[j]]
-                top = max(top, abs(k[j]))
-            cut = band_eps * top
-            a = 0
-            while a < c and not abs(k[a]) > cut:
-                a += 1
-            e = c
-            while e > a and not abs(k[e - 1]) > cut:
-                e -= 1
-            tail = 0.0
-            for j in range(a):
-                tail += abs(k[j])
-                k[j] = 0.0
-            for j in range(e, c):
-                tail += abs(k[j])
-                k[j] = 0.0
+            a, e, tail = _band_row(kern[b, rows[i]], cols, band_eps, kb[b, i])
             row = jt[b, i]
-            p = 0
+            p = min(max(sa[b, i], 0), n)
             while p < n and not abs(row[p]) > thr[b]:
                 acc += abs(row[p])
                 row[p] = 0.0
                 p += 1
-            q = n
+            q = max(min(se[b, i], n), p)
             while q > p and not abs(row[q - 1]) > thr[b]:
                 acc += abs(row[q - 1])
                 row[q - 1] = 0.0
@@ -144,17 +152,21 @@ def _trim_step(jt, kern, rows, cols, thr, band_eps, kb, lo, hi, sa, se):  # prag
 
 @njit(cache=True, nogil=True)
 def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, shift, run_end, run_ld, indptr,
-                  dst, w, out):  # pragma: no cover
+                  dst, w, out, na, ne):  # pragma: no cover
     """Second half: out (B, r' n') = map(kb.T @ jt), per block of ``block`` states and tile of
     ``tile`` rows one dgemm ``f`` on the rectangle of the tile's live rows and the union of
     their kernel bands; on a shift map (``shift`` > 0) the product is added in place (row j at
     off[j], one dgemm per run of evenly spaced offsets: ``_transposed_map``), else gathered per
-    block and pushed through the CSC map."""
+    block and pushed through the CSC map. [na, ne) (B, r'): per row of ``out`` (n' states) a
+    range outside which nothing was written (all of it for a general map)."""
     nb, r, n = jt.shape
     c = kb.shape[2]
+    n1 = out.shape[1] // max(na.shape[1], 1)
     prod = np.empty(0 if shift > 0 else c * block)
     for b in range(nb):
         jf, kf, of = jt[b].ravel(), kb[b].ravel(), out[b]
+        na[b, :] = n1 if shift > 0 else 0
+        ne[b, :] = 0 if shift > 0 else n1
         for s0 in range(0, n, block):
             s1 = min(n, s0 + block)
             if shift <= 0:
@@ -174,6 +186,11 @@ def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, shift, run_end, r
                         je = min(ye, run_end[j])
                         _gemm(f, kf, xa * c + j, c, jf, xa * n + s0, n, of, off[j] + s0,
                               run_ld[j], je - j, s1 - s0, xe - xa, True)
+                        for jj in range(j, je):         # the states written in row y'
+                            y = off[jj] // n1
+                            d = off[jj] - y * n1
+                            na[b, y] = min(na[b, y], d + s0)
+                            ne[b, y] = max(ne[b, y], d + s1)
                         j = je
                     continue
                 _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, prod, ya * (s1 - s0), s1 - s0,
@@ -237,11 +254,12 @@ def _hinge_terminal(g, rel_tol=1e-13):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count):  # pragma: no cover
+def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count, mass):  # pragma: no cover
     """E[payoff] of B instances from the law ``jt`` (B, r, n) of the previous date and the last
     kernels ``kern`` (B, M, M) with the closed form of ``_hinge_terminal``: per grid point
     rows[i], prefix sums A, C of k(x, perm[l]) alpha_l and k(x, perm[l]) beta_l, then
-    sum_s jt(x, s) (A[count[s]] + s C[count[s]])."""
+    sum_s jt(x, s) (A[count[s]] + s C[count[s]]). Writes sum_s |jt(x, s)| into ``mass``
+    (B, r)."""
     nb, r, n = jt.shape
     c = perm.size
     pa, pb = np.empty(c + 1), np.empty(c + 1)
@@ -250,6 +268,7 @@ def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count):  # pragma:
         acc = 0.0
         for i in range(r):
             row = jt[b, i]
+            mass[b, i] = 0.0
             p = 0
             while p < n and row[p] == 0.0:
                 p += 1
@@ -260,12 +279,27 @@ def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count):  # pragma:
                 q -= 1
             src = kern[b, rows[i]]
             pa[0] = pb[0] = 0.0
-            for k in range(c):
+            for k in range(c):          # the products first, then the (serial) prefix sums
                 v = src[cols[perm[k]]]
-                pa[k + 1] = pa[k] + v * alpha[k]
-                pb[k + 1] = pb[k] + v * beta[k]
-            for s in range(p, q):
-                j = count[s]
-                acc += row[s] * (pa[j] + s * pb[j])
+                pa[k + 1] = v * alpha[k]
+                pb[k + 1] = v * beta[k]
+            for k in range(c):
+                pa[k + 1] += pa[k]
+                pb[k + 1] += pb[k]
+            a0 = a1 = m0 = m1 = 0.0     # two accumulators: half the add latency chain
+            s = p
+            while s + 1 < q:
+                j0, j1 = count[s], count[s + 1]
+                a0 += row[s] * (pa[j0] + s * pb[j0])
+                a1 += row[s + 1] * (pa[j1] + (s + 1) * pb[j1])
+                m0 += abs(row[s])
+                m1 += abs(row[s + 1])
+                s += 2
+            if s < q:
+                j0 = count[s]
+                a0 += row[s] * (pa[j0] + s * pb[j0])
+                m0 += abs(row[s])
+            acc += a0 + a1
+            mass[b, i] = m0 + m1
         out[b] = acc
     return out

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from deepquant.mmot._chainplan_kernels import _DGEMM, _gemm, _hinge_terminal
+from deepquant.mmot._chainplan_kernels import _DGEMM, _band_row, _gemm, _hinge_terminal
 
 __all__ = ["_backward_laws", "_meet_plan"]
 
@@ -124,25 +124,8 @@ def _backward_step(f, kern, rows, cols, y1, d, wp, wa, we, ep, band_eps, thr, ti
                     row[d[j] + q] = wp[b, y, q]
                 pa[j], pe[j] = (d[j] + a, d[j] + z) if a < z else (n_out, 0)
         for i in range(r):
-            k, src = kb[i], kern[b, rows[i]]
-            top = 0.0
-            for j in range(c):
-                k[j] = src[cols[j]]
-                top = max(top, abs(k[j]))
-            cut = band_eps * top
-            a = 0
-            while a < c and not abs(k[a]) > cut:
-                a += 1
-            z = c
-            while z > a and not abs(k[z - 1]) > cut:
-                z -= 1
-            tail = 0.0
-            for j in range(a):
-                tail += abs(k[j])
-                k[j] = 0.0
-            for j in range(z, c):
-                tail += abs(k[j])
-                k[j] = 0.0
+            k = kb[i]
+            a, z, tail = _band_row(kern[b, rows[i]], cols, band_eps, k)
             acc = tail * top_mass
             for j in range(a, z):
                 acc += abs(k[j]) * ep[b, y1[j]]

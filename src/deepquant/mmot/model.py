@@ -376,10 +376,11 @@ class ChainPlan:
         steps = meet[0][-1][0] if meet is not None else self.last_date - (last is not None)
         sizes = [self.rows[t + 1].size * self._steps[t][5] for t in range(steps)]
         bufs = [np.empty(b * max(sizes[i::2], default=0)) for i in (0, 1)]  # reused, not calloc'd
+        sa = np.zeros((b, r0.size), dtype=np.int64)          # rows' written ranges
+        se = np.full((b, r0.size), joint.shape[2], dtype=np.int64)
         for t in range(steps):
             rows, cols = self.rows[t], self.cols[t]
-            shape = (b, rows.size)
-            lo, hi, sa, se = (np.empty(shape, dtype=np.int64) for _ in range(4))
+            lo, hi = np.empty((2, b, rows.size), dtype=np.int64)
             kb = np.empty((b, rows.size, cols.size))
             joint = np.ascontiguousarray(joint)
             lost += _trim_step(joint, kernels[:, t], rows, cols, thr, self.BAND_EPS, kb,
@@ -387,27 +388,29 @@ class ChainPlan:
             indptr, dst, w, off, shift, n1, run_end, run_ld = self._steps[t]
             nxt = bufs[t % 2][:b * sizes[t]].reshape(b, sizes[t])
             nxt[...] = 0.0
+            na, ne = np.empty((2, b, self.rows[t + 1].size), dtype=np.int64)
             _advance_step(_DGEMM, joint, kb, lo, hi, sa, se, self.BLOCK, self.TILE, off,
-                          shift, run_end, run_ld, indptr, dst, w, nxt)
-            joint = nxt.reshape(b, self.rows[t + 1].size, n1)
+                          shift, run_end, run_ld, indptr, dst, w, nxt, na, ne)
+            joint, sa, se = nxt.reshape(b, self.rows[t + 1].size, n1), na, ne
         if last is None and meet is None:
             return np.einsum("bxs,sx->b", joint, self.terminal), lost
         t = steps
+        joint = np.ascontiguousarray(joint)
+        mass = np.empty(joint.shape[:2])                   # sum_s |joint(x, s)| per row
         if meet is None:
             perm, alpha, beta, count, err = last
-            values = _last_step_hinge(np.ascontiguousarray(joint), kernels[:, t], self.rows[t],
-                                      self.cols[t], perm, alpha, beta, count)
+            values = _last_step_hinge(joint, kernels[:, t], self.rows[t], self.cols[t], perm,
+                                      alpha, beta, count, mass)
         else:
             back, (perm, alpha, beta, count, err) = meet
             w, werr = _backward_laws(back, kernels, self.rows, self.cols,
                                      band_eps=self.BAND_EPS, mass_eps=self.MASS_EPS)
             ids = np.arange(max(w.shape[1], w.shape[2]))
-            joint = np.ascontiguousarray(joint)
-            values = _last_step_hinge(joint, w, ids, ids[:w.shape[2]], perm, alpha, beta, count)
-            lost = lost + np.einsum("bx,bx->b", np.abs(joint).sum(axis=2), werr)
+            values = _last_step_hinge(joint, w, ids, ids[:w.shape[2]], perm, alpha, beta, count,
+                                      mass)
+            lost = lost + np.einsum("bx,bx->b", mass, werr)
         # the lines' round-off, in units of the dropped mass of the bound
-        mass = np.abs(joint).sum(axis=(1, 2))
-        return values, lost + mass * err / max(self.max_abs_payoff, 1e-300)
+        return values, lost + mass.sum(axis=1) * err / max(self.max_abs_payoff, 1e-300)
 
     BLOCK = 64
     TILE = 32
