@@ -132,3 +132,23 @@ def test_backward_laws_match_a_direct_sum(d):
     gap = np.abs(got - want).sum(axis=2)
     assert np.all(gap <= err + 1e-15) and gap.max() > 1e-6
     assert err.max() < 0.5
+
+
+def test_shift_map_runs_over_holes():
+    """A running-sum step whose columns skip a grid point (a hole in the support): one shift
+    map with two runs of evenly spaced offsets, each written by one strided product."""
+    from deepquant.mmot._chainplan_kernels import _transposed_map
+
+    n, n1 = 3, 9
+    ys = np.array([0, 1, 3, 4])                     # grid point 2 has no mass
+    j, s = np.divmod(np.arange(ys.size * n), n)
+    dst = ys[j] * n1 + ys[j] + s                    # (y, s) -> row y, state s + y
+    _, _, _, off, shift, _, run_end, run_ld = _transposed_map(
+        j * n + s, dst, np.ones(j.size), ys.size * n, 5 * n1, n, n1)
+    assert shift == 1
+    np.testing.assert_array_equal(off, ys * (n1 + 1))
+    np.testing.assert_array_equal(run_end, [2, 2, 4, 4])
+    np.testing.assert_array_equal(run_ld[[0, 2]], [n1 + 1, n1 + 1])
+    _, _, _, _, shift, *_ = _transposed_map(j * n + s, dst, np.full(j.size, 0.5),
+                                            ys.size * n, 5 * n1, n, n1)
+    assert shift == 0                               # weights other than 1: a general map

@@ -5,7 +5,8 @@ columns from the first to the last entry above ``band_eps`` times the row's larg
 row of the transposed joint law to its live states (entries above ``thr``), counting what it
 drops; ``_advance_step`` multiplies per block of states and tile of rows with one BLAS dgemm on
 the rectangle of live rows and the union of their bands, and pushes the product through the
-statistic map (in place for a running-sum lattice, through a CSC map otherwise). Kernels are
+statistic map (in place for a running-sum lattice, one dgemm per run of evenly spaced
+columns; through a CSC map otherwise). Kernels are
 stochastic and the maps move mass without creating it, so |result - exact| <= the counted mass
 x max |payoff| (the bound ``ChainPlan`` reports).
 
@@ -14,7 +15,8 @@ the last statistic map, g(s, y), is zero on one side of a threshold in s and lin
 other, column by column: Asian calls and puts on a lattice or an interpolated sum grid) is
 summed in closed form (``_last_step_hinge``): E[g(s, Y) | x] is a prefix sum of the kernel row
 times the columns' intercepts and slopes, O(M + n) per grid point instead of a product into
-the last date's law.
+the last date's law. The meeting in the middle on a running-sum lattice (a backward half
+joined by the same closed form) is ``deepquant.mmot._chainplan_meet``.
 
 Compiled on first use, cached on disk.
 """

@@ -258,10 +258,11 @@ class ChainPlan:
 
     Call- and put-like payoffs end in closed form (``CLOSED_FORM``; ``_chainplan_kernels``):
     the last date as prefix sums of each kernel row times the lines of the payoff pulled back
-    through the last map (``_last``), or, on a running-sum lattice, a meeting in the middle
-    (``_meet``): the forward recursion stops at the date T - round(``MEET`` T), the law of the
-    rest of the sum given X at that date comes backwards (one dense product per date, no entry
-    dropped), and the two meet in the same closed form.
+    through the last map (``_last``), or, on a running-sum lattice (with holes in the support
+    or not), a meeting in the middle (``_meet``; ``_chainplan_meet``): the forward recursion
+    stops at the date T - round(``MEET`` T), the law of the rest of the sum given X at that
+    date comes backwards (banded like the forward steps, its dropped mass propagated as a
+    per-row bound), and the two meet in the same closed form.
 
     Attributes
     ----------
@@ -332,7 +333,10 @@ class ChainPlan:
         reaches with more probability). The dropped mass is counted exactly; kernels are
         stochastic and the statistic maps conserve mass, so |value - exact| <= dropped x
         max |payoff|, returned as ``bound`` (about 1e-14 and below on the benchmark chains),
-        plus the round-off of the closed form's lines times the mass where one is used.
+        plus the round-off of the closed form's lines times the mass where one is used, plus,
+        when the chain meets in the middle, sum_x |m(x)|_1 e(x) max |payoff| with e(x) the
+        backward half's bound on the L1 error of the law of the rest of the sum given x
+        (``_chainplan_meet._backward_laws``).
 
         Parameters
         ----------
