@@ -105,6 +105,8 @@ def test_preset_pricer_names():
     (["--feature-steps", "0"], "--feature-steps must be >= 1"),
     (["--model", "heston", "--upper", "subsim"], "--upper subsim is specific to rough Bergomi"),
     (["--model", "heston", "--v0", "-1"], "v0 must be > 0"),
+    (["--grids", "1", "--share-fit"], "--share-fit needs coupled grids"),
+    (["--share-fit", "--independent"], "--share-fit needs coupled grids"),
 ])
 def test_american_options_are_named_in_errors(runner, args, match):
     res = runner.invoke(main, ["american", "--strike", "100", *args])

@@ -123,12 +123,16 @@ SMALL = dict(n_dates=4, n_regression=2**11, batch_size=2**10, min_batches=3, max
 """A small sub-simulation configuration (seconds per run)."""
 
 
-def test_black_scholes_grids_coincide():
+@pytest.mark.parametrize("share_fit", [False, True])
+def test_black_scholes_grids_coincide(share_fit):
     # the Black-Scholes scheme is exact and the features see the same points: coupled grids
-    # give the same bounds up to rounding (1e-9), the paired difference has zero stderr
+    # give the same bounds up to rounding (1e-9), the paired difference has zero stderr, with
+    # each grid's own fit or with the finest grid's fit on both (the estimated grid error of
+    # an exact scheme is zero)
     pricer = preset_pricer("rbergomi", **SMALL, subsim_outer=64, subsim_inner=16)
     run = price_levels(RoughBergomi.black_scholes(sigma=0.3), 100.0,
-                       [replace(pricer, steps_per_date=s) for s in (1, 2)], rng=2)
+                       [replace(pricer, steps_per_date=s) for s in (1, 2)], rng=2,
+                       share_fit=share_fit)
     a, b = run.runs
     assert b.lower == pytest.approx(a.lower, abs=1e-9)
     assert b.upper == pytest.approx(a.upper, abs=1e-9)
@@ -136,19 +140,22 @@ def test_black_scholes_grids_coincide():
     assert paired[0] < 1e-9 < unpaired[0]
 
 
-def test_paired_difference_has_a_smaller_stderr():
+@pytest.mark.parametrize("share_fit", [False, True])
+def test_paired_difference_has_a_smaller_stderr(share_fit):
     # rough Bergomi, 4 and 8 steps per period, features twice per period, sub-simulation
     # dual, fixed seed: one Brownian path per sample makes the standard error of the
     # difference of the grids' lower bounds and midpoints smaller than the same runs would give
-    # if independent. Measured here 0.68x (lower) and 0.66x (midpoint); the tolerance 0.9x
-    # leaves room for the 7-dof noise of the ratio. The gain grows with the path counts and a
+    # if independent. Measured here 0.68x (lower) and 0.66x (midpoint), with the finest
+    # grid's fit on both grids (share_fit) 0.71x and 0.67x; the tolerance 0.9x leaves room
+    # for the 7-dof noise of the ratio. The gain grows with the path counts and a
     # finer grid (benchmark case, 8 and 16 steps, K = 100: 0.33x for the midpoint), and is
     # limited by the scheme's strong error (rate H: the grids' S_T correlate imperfectly).
     pricer = preset_pricer("rbergomi", n_dates=4, n_regression=2**12, batch_size=2**10,
                            min_batches=8, max_batches=8, martingale_ridge=1e-2,
                            feature_steps=2, subsim_outer=128, subsim_inner=32)
     run = price_levels(RoughBergomi(), 100.0,
-                       [replace(pricer, steps_per_date=s) for s in (4, 8)], rng=6)
+                       [replace(pricer, steps_per_date=s) for s in (4, 8)], rng=6,
+                       share_fit=share_fit)
     for which in ("lower", "midpoint"):
         _, paired, unpaired = run.difference(which)
         assert paired[0] < 0.9 * unpaired[0], which
@@ -166,3 +173,55 @@ def test_finest_level_of_a_coupled_run_is_the_single_run():
     coupled = price_levels(RoughBergomi(), 100.0, [replace(p, steps_per_date=2), p],
                            rng=3).runs[1]
     assert (coupled.lower, coupled.upper) == (single.lower, single.upper)
+
+
+def test_shared_fit_uses_the_finest_fit_and_keeps_each_bracket():
+    # share_fit: the coarse grid takes the fine grid's policy and martingales (same in-sample
+    # dual value, no fitting time of its own beyond rounding), the fine level is unchanged
+    # (bit-identical to the run with separate fits), and the coarse bracket still holds for the
+    # coarse model: its lower bound is below the upper bound of the coarse grid's own fit
+    # within 3 standard errors of the difference
+    p = preset_pricer("rbergomi", n_dates=4, n_regression=2**11, batch_size=2**10,
+                      min_batches=3, max_batches=3, subsim_outer=64, subsim_inner=16,
+                      feature_steps=2)
+    levels = [replace(p, steps_per_date=s) for s in (2, 4)]
+    own = price_levels(RoughBergomi(), 100.0, levels, rng=5)
+    shared = price_levels(RoughBergomi(), 100.0, levels, rng=5, share_fit=True)
+    assert (shared.runs[1].lower, shared.runs[1].upper) == (own.runs[1].lower,
+                                                            own.runs[1].upper)
+    assert shared.runs[0].dual_in_sample == shared.runs[1].dual_in_sample
+    assert shared.runs[0].dual_in_sample != own.runs[0].dual_in_sample
+    c, o = shared.runs[0], own.runs[0]
+    assert c.lower <= o.upper + 3.0 * math.hypot(c.lower_stderr, o.upper_stderr)
+    assert o.lower <= c.upper + 3.0 * math.hypot(o.lower_stderr, c.upper_stderr)
+    assert "on 8 steps (2 per exercise period)" in c.model   # the model it brackets
+
+
+def test_shared_fit_needs_common_feature_points():
+    # features on every step see different points on the two grids: refused, naming the
+    # option; levels that differ in more than the steps are refused too
+    p = preset_pricer("rbergomi", n_dates=4, n_regression=2**10, batch_size=2**10)
+    with pytest.raises(ValueError, match="feature_steps"):
+        price_levels(RoughBergomi(), 100.0, [replace(p, steps_per_date=s) for s in (2, 4)],
+                     rng=1, share_fit=True)
+    q = replace(p, feature_steps=1)
+    with pytest.raises(ValueError, match="differ only in steps_per_date"):
+        price_levels(RoughBergomi(), 100.0,
+                     [replace(q, steps_per_date=2, martingale_ridge=1.0),
+                      replace(q, steps_per_date=4)], rng=1, share_fit=True)
+
+
+def test_shared_fit_in_the_extrapolation_and_its_refusals():
+    # price_converged passes share_fit on (the result says so) and refuses it without coupling
+    from deepquant.rough import price_converged
+
+    p = preset_pricer("rbergomi", n_dates=4, n_regression=2**10, batch_size=2**10,
+                      min_batches=2, max_batches=2, subsim_outer=32, subsim_inner=8,
+                      feature_steps=1)
+    res = price_converged(RoughBergomi(), 100.0, pricer=p, steps=(1, 2), rng=4, share_fit=True)
+    assert res.share_fit and res.to_dict()["share_fit"] is True
+    assert "finest grid's fit" in res.model
+    assert res.runs[0].dual_in_sample == res.runs[1].dual_in_sample
+    with pytest.raises(ValueError, match="coupled"):
+        price_converged(RoughBergomi(), 100.0, pricer=p, steps=(1, 2), rng=4, share_fit=True,
+                        coupled=False)

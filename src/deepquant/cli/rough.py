@@ -262,6 +262,10 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
 @click.option("--independent", is_flag=True,
               help="run the grids (and, with --american, the date counts) on independent "
                    "random numbers instead of one shared Brownian path per sample")
+@click.option("--share-fit", is_flag=True,
+              help="coupled grids: fit the policy and martingales on the finest grid only and "
+                   "use them on every grid (each bracket still holds for its own grid; needs "
+                   "--feature-steps <= the coarsest steps per period)")
 @click.option("--american", is_flag=True,
               help="American price: Bermudan runs with --dates, 2x and 4x as many dates on one "
                    "grid, extrapolated in the number of dates, plus a time-grid correction")
@@ -306,7 +310,7 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_dates, T, S0, r, sigma, H, eta, rho, xi0, v0,
              kappa, theta, vol_of_vol, steps_per_date, feature_steps, grids, grid_rate,
-             independent, american, tol, device, float32, sig_level,
+             independent, share_fit, american, tol, device, float32, sig_level,
              n_regression, batch_size, max_batches, patience, upper, dual_fit, mc, no_zero,
              seed, backend, workers, resume, as_json):
     """Bermudan/American option under rough Bergomi: LSM lower and dual upper bounds per run;
@@ -322,6 +326,9 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                                  patience, upper, dual_fit, mc, no_zero, resume,
                                  payoff_dates, payoff_name)
         payoff = pricer.prepare_payoff(_payoff(payoff_name, option, strike, barrier))
+        if share_fit and (independent or not (plan["american"] or plan["grids"] > 1)):
+            raise ValueError("--share-fit needs coupled grids: --grids >= 2 or --american, "
+                             "without --independent")
     except ValueError as exc:
         fail_option(exc, _options_of(model))
 
@@ -354,14 +361,14 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                                              coarse_total_steps=None if plan["bs"] else
                                              n_dates * spd // 2, rate=plan["rate"],
                                              tol=plan["tol"], coupled=not independent,
-                                             rng=seed, callback=tick)
+                                             share_fit=share_fit, rng=seed, callback=tick)
                     else:
                         steps = [spd // 2**k for k in range(plan["grids"] - 1, -1, -1)]
                         res = price_converged(m, payoff, pricer=pricer, steps=steps,
                                               rate=plan["rate"], tol=plan["tol"],
                                               max_steps_per_date=max(32, spd),
-                                              coupled=not independent, rng=seed,
-                                              callback=tick)
+                                              coupled=not independent,
+                                              share_fit=share_fit, rng=seed, callback=tick)
                 out = res.to_dict()
                 rows = [(f"{r.n_dates} dates, {r.model.split(' on ')[-1].split(' (')[0]}",
                          r.lower, r.upper, *r.lower_ci[:1], r.upper_ci[1]) for r in res.runs]

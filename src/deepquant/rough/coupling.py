@@ -29,7 +29,14 @@ only by the discretisation), every pricing batch is one draw shared by all grids
 sub-simulation dual's inner paths are coupled the same way (``subsim_pathwise(inner_refine=)``).
 The batch estimates of all grids are kept, so the covariance of the grids' prices (and the
 standard error of any linear combination: a difference, a Richardson extrapolation) is
-estimated from paired batches.
+estimated from paired batches. ``share_fit=True`` fits the finest grid only and applies its
+policy and martingales to the coarser grids (each bracket stays valid for its own grid).
+
+What coupling buys is limited by the scheme's strong error (rate H): the grids' raw payoffs
+correlate about 0.8 path by path, and after the martingale control variate, which removes the
+part the grids share, their residuals correlate about 0.5. So a paired difference has about 0.8x
+the standard error of an unpaired one, with each grid's own fit or one shared fit alike
+(docs/benchmarks-rough.md, "The grid difference").
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.subsim import InnerShare
 
 __all__ = ["coarsening_map", "coarsen_increments", "coupled_increments", "grids_of",
-           "coupled_paths", "CoupledRun", "price_levels"]
+           "coupled_paths", "CoupledRun", "price_levels", "share_fit_donors"]
 
 _SIDE_KEY = 0xC0A5E
 """spawn_key word of the side stream (residual normals) derived from a seed; far above the
@@ -235,8 +242,32 @@ class CoupledRun:
         return result_dict(self, skip=("batches",))
 
 
+def share_fit_donors(pricers: list) -> list[int]:
+    """For each level, the level whose fit it uses with ``share_fit``: the finest level with
+    the same exercise dates. The two must differ in ``steps_per_date`` only and see the path at
+    the same feature points (``feature_steps`` <= the coarser grid's steps per period), so
+    that the policy, the martingales and the value function take the same features;
+    ValueError otherwise."""
+    from dataclasses import replace
+
+    donors = []
+    for q in pricers:
+        k = max((i for i, p in enumerate(pricers) if p.n_dates == q.n_dates),
+                key=lambda i: int(pricers[i].n_steps))
+        d = pricers[k]
+        if replace(q, steps_per_date=d.steps_per_date) != d:
+            raise ValueError("share_fit: levels with the same exercise dates may differ only "
+                             "in steps_per_date")
+        if q.steps_per_date // q.feature_stride != d.steps_per_date // d.feature_stride:
+            raise ValueError(f"share_fit needs features at the same points on every grid: "
+                             f"feature_steps={q.feature_steps!r} must be <= the coarsest "
+                             f"steps_per_date={q.steps_per_date}")
+        donors.append(k)
+    return donors
+
+
 def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
-                 callback=None) -> CoupledRun:
+                 callback=None, share_fit: bool = False) -> CoupledRun:
     """Run each of ``pricers`` (one ``BermudanPricer`` per level: steps per period and/or
     exercise dates varied; total steps equal or doubling, see ``grids_of``) on coupled paths:
     one draw of regression paths for all levels, each pricing batch one draw shared by all
@@ -244,7 +275,16 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
     dates. The batches stop by the adaptive rule of ``pricers[-1]`` applied to the widest
     interval of any level. ``callback(result)`` once per level at the end. Seeds: ``rng``
     spawns (regression, validation, pricing) as one run does, so the finest grid sees the
-    paths that a single run with the same seed would."""
+    paths that a single run with the same seed would.
+
+    ``share_fit``: fit only the finest level of each set of exercise dates and apply ITS
+    policy, martingales and value function to the coarser grids (``share_fit_donors``). Each
+    level's bracket still holds for its own discretised model (a stopping rule adapted to the
+    coarse path gives a lower bound; the martingale basis is an exact martingale of every
+    grid's scheme for any coefficients, and the sub-simulation dual is an upper bound for any
+    value function), and the difference of two grids' lower bounds is then that of ONE
+    stopping rule: the model's discretisation without the fits' differences. The coarser
+    levels' fits (features of the regression paths, least squares) are not computed."""
     from deepquant.results import ConvergenceWarning
     from deepquant.rough.engine import exercise_payoff
 
@@ -257,6 +297,7 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
     payoffs = [q.prepare_payoff(payoff) for q in pricers]  # dates checked on each level
     grids = grids_of(pricers)
     levels = pricers
+    donors = share_fit_donors(levels) if share_fit else list(range(len(levels)))
     ref = pricers[-1]
     # inner paths: drawn on the finest grid's step among the levels with the same dates
     refine = [max(int(q.n_steps) for q in pricers if q.n_dates == p.n_dates) // int(p.n_steps)
@@ -280,11 +321,15 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
             return val_cache.pop(i)
         return get
 
-    fits = []
-    for i, lvl in enumerate(levels):
+    fits: list = [None] * len(levels)
+    for i in sorted(range(len(levels)), key=lambda i: donors[i] != i):
         ci = time.process_time()
-        fits.append(lvl._fit_paths(model, payoffs[i], _head(reg[i], lvl.n_regression),
-                                   validation(i), {}))
+        if donors[i] == i:
+            fits[i] = levels[i]._fit_paths(model, payoffs[i],
+                                           _head(reg[i], levels[i].n_regression),
+                                           validation(i), {})
+        else:
+            fits[i] = fits[donors[i]]
         reg[i] = None
         cpu[i] += time.process_time() - ci
     del reg

@@ -160,6 +160,7 @@ class ConvergedResult:
     discretisation_stderr : standard error of the signed quantity behind
         ``discretisation_error`` (small when the levels share their random numbers)
     coupled : the levels ran on common random numbers (``deepquant.rough.coupling``)
+    share_fit : every grid used the finest grid's fit (``coupling.price_levels``)
     cpu_seconds : process time of all levels
     success : the precision target (if any) was met (else a ``ConvergenceWarning``);
         status : "converged", "tol_not_met" or "no_target"; message : one line (which target
@@ -184,6 +185,7 @@ class ConvergedResult:
     discretisation_stderr: float = math.nan
     coupled: bool = False
     cpu_seconds: float = math.nan
+    share_fit: bool = False
 
     @property
     def relative_error(self) -> float:
@@ -239,12 +241,17 @@ def _verdict(value, gap, disc, tol, extra=""):
                                f"{100 * rel_disc:.2f}% within tol {100 * tol:.2f}%" + extra)
 
 
-def _run_levels(model, payoff, pricers: list, coupled: bool, root, callback):
+def _run_levels(model, payoff, pricers: list, coupled: bool, root, callback,
+                share_fit: bool = False):
     """Runs of ``pricers`` and the covariances of their midpoints, lower and upper bounds:
-    coupled (one ``price_levels`` call) or independent (one seed each, diagonal)."""
+    coupled (one ``price_levels`` call, ``share_fit`` passed on) or independent (one seed
+    each, diagonal)."""
+    if share_fit and not coupled:
+        raise ValueError("share_fit needs coupled grids (coupled=True)")
     if coupled:
         (seed,) = root.spawn(1)
-        cr = price_levels(model, payoff, pricers, rng=seed, callback=callback)
+        cr = price_levels(model, payoff, pricers, rng=seed, callback=callback,
+                          share_fit=share_fit)
         return cr.runs, {w: cr.covariance(w) for w in ("midpoint", "lower", "upper")}
     runs = []
     for p in pricers:
@@ -262,7 +269,8 @@ def _run_levels(model, payoff, pricers: list, coupled: bool, root, callback):
 def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
                     pricer: BermudanPricer | None = None, steps=(8, 16),
                     rate: float = TIME_STEP_RATE, tol: float = 0.0,
-                    max_steps_per_date: int = 32, coupled: bool = True, rng: RngLike = None,
+                    max_steps_per_date: int = 32, coupled: bool = True,
+                    share_fit: bool = False, rng: RngLike = None,
                     callback=None) -> ConvergedResult:
     """Bermudan price extrapolated in the time step (see the module docstring).
 
@@ -276,6 +284,9 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
     further grids (doubling, up to ``max_steps_per_date``) are added until the
     discretisation error estimate is <= tol x price (coupled: the levels are rerun together
     with the new grid); the finest run's duality gap must be <= tol x price too.
+    ``share_fit`` (coupled only): every grid uses the finest grid's policy, martingales and
+    value function (``coupling.price_levels``); each bracket still holds for its own grid,
+    the grids' difference is then that of one stopping rule, and the coarse fits are saved.
     ``callback(result)`` after each run.
     """
     pricer = pricer or BermudanPricer(feature_steps=FEATURE_STEPS)
@@ -292,7 +303,7 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
     c0 = time.process_time()
     root = as_seed_sequence(rng)
     runs, cov = _run_levels(model, payoff, [replace(pricer, steps_per_date=s) for s in steps],
-                            coupled, root, callback)
+                            coupled, root, callback, share_fit)
     while True:
         levels = [r.n_dates * s for r, s in zip(runs, steps, strict=True)]
         ex = richardson(levels, [r.value for r in runs], rate=rate, cov=cov["midpoint"])
@@ -302,7 +313,7 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
         if coupled:
             runs, cov = _run_levels(model, payoff,
                                     [replace(pricer, steps_per_date=s) for s in steps],
-                                    True, root, callback)
+                                    True, root, callback, share_fit)
         else:
             more, c = _run_levels(model, payoff, [replace(pricer, steps_per_date=steps[-1])],
                                   False, root, callback)
@@ -315,10 +326,12 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
     extra = "" if tol <= 0 or ex.error <= tol * abs(ex.value) else (
         f" (stopped at max_steps_per_date={max_steps_per_date})")
     ok, status, message = _verdict(ex.value, fine.gap, disc, tol, extra)
+    shared = "; the finest grid's fit (policy, martingales) on every grid" if share_fit else ""
     model_text = (f"the Bermudan price of the continuous-time model ({fine.n_dates} exercise "
                   f"dates), extrapolated (rate {rate:g}) from the discretised models with "
                   f"{', '.join(str(s) for s in steps)} steps per period"
-                  f"{' (coupled: one Brownian path per sample)' if coupled else ''}; each "
+                  f"{' (coupled: one Brownian path per sample)' if coupled else ''}"
+                  f"{shared}; each "
                   f"run's bracket holds for its discretised model: {fine.model}")
     out = ConvergedResult(value=ex.value, lower=lo, upper=up, discretisation_error=disc,
                           stderr=ex.stderr, gap=fine.gap,
@@ -326,7 +339,7 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
                           success=ok, status=status, message=message,
                           seconds=time.perf_counter() - t0, time_grid=ex, runs=runs,
                           discretisation_stderr=ex.error_stderr, coupled=coupled,
-                          cpu_seconds=time.process_time() - c0)
+                          cpu_seconds=time.process_time() - c0, share_fit=share_fit)
     warn_failure(out, "price_converged")
     return out
 
@@ -335,14 +348,17 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
                    pricer: BermudanPricer | None = None, dates=(12, 24, 48),
                    total_steps: int = 96, coarse_total_steps: int | None = 48,
                    rate: float = TIME_STEP_RATE, tol: float = 0.0, coupled: bool = True,
-                   rng: RngLike = None, callback=None) -> ConvergedResult:
+                   share_fit: bool = False, rng: RngLike = None,
+                   callback=None) -> ConvergedResult:
     """American price: Bermudan runs with ``dates`` exercise dates (each twice the previous) on
     one grid of ``total_steps`` steps, extrapolated with rate 1 in the number of dates; with
     ``coarse_total_steps`` (half of ``total_steps``) one more run at ``dates[0]`` dates on the
     coarse grid estimates the time-grid error (rate ``rate``), which is added to the value and
     to the error. ``coupled`` (default): all runs share their paths (the coarse grid's by
     coarsening, ``deepquant.rough.coupling``), and every standard error comes from the paired
-    batches. ``tol``: relative target, checked (not iterated: each level is a full run).
+    batches. ``share_fit`` (coupled only): the coarse grid's run uses the fit of the fine
+    grid's run with the same dates (``coupling.price_levels``). ``tol``: relative target,
+    checked (not iterated: each level is a full run).
     """
     pricer = pricer or BermudanPricer()
     _check(model, pricer, tol, rate)
@@ -362,7 +378,7 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
     if coarse_total_steps is not None:
         pricers.append(replace(pricer, n_dates=dates[0],
                                steps_per_date=coarse_total_steps // dates[0]))
-    runs, cov = _run_levels(model, payoff, pricers, coupled, root, callback)
+    runs, cov = _run_levels(model, payoff, pricers, coupled, root, callback, share_fit)
     nd_ = len(dates)
     C = cov["midpoint"]
     mids = np.array([r.value for r in runs])
@@ -396,12 +412,13 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
                                             if grid else " (exact scheme, no time-grid error)"
                                             if model.is_black_scholes else
                                             " (time-grid error not included)")
-                  + ("; coupled runs (one Brownian path per sample)" if coupled else ""))
+                  + ("; coupled runs (one Brownian path per sample)" if coupled else "")
+                  + ("; the coarse grid uses the fine grid's fit" if share_fit else ""))
     out = ConvergedResult(value=value, lower=lo, upper=up, discretisation_error=disc,
                           stderr=se, gap=finest.gap, error=disc + 2.0 * se + 0.5 * finest.gap,
                           model=model_text, success=ok, status=status, message=message,
                           seconds=time.perf_counter() - t0, time_grid=grid, dates=ex,
                           runs=runs, discretisation_stderr=disc_se, coupled=coupled,
-                          cpu_seconds=time.process_time() - c0)
+                          cpu_seconds=time.process_time() - c0, share_fit=share_fit)
     warn_failure(out, "price_american")
     return out
