@@ -7,6 +7,8 @@ Usage (one process, one BLAS thread)::
         [--batch-log2 12] [--regression-log2 15] [--seed 7]
     python benchmarks/rough_grid_difference.py levels --strike 100 [--batches 4]
         [--batch-log2 13] [--regression-log2 15] [--seed 7] [--out FILE]
+    python benchmarks/rough_grid_difference.py forward [--batches 32] [--batch-log2 14]
+        [--seed 11]
 
 ``decompose``: 8 and 16 steps per period on coupled paths (``coupling.coupled_paths``), the
 ``rbergomi`` preset's exercise and martingale bases with features twice per period and the
@@ -23,6 +25,10 @@ from the diagonal ("unpaired"); per-path correlation of the two grids' estimator
 ``--grids 2`` configuration), once with each grid's own fit and once with ``share_fit=True``,
 same seed: the differences of the lower bounds, upper bounds and midpoints with paired and
 unpaired standard errors, and the CPU seconds.
+
+``forward``: no pricer, only the coupled paths (2^19 by default): the grid difference of
+one-period at-the-money puts started at each exercise date (the first one starts at t = 0, a
+European) and of puts at T, plain and discretely knocked out / in at the dates.
 """
 
 from __future__ import annotations
@@ -169,23 +175,68 @@ def cmd_levels(args) -> None:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
 
+def cmd_forward(args) -> None:
+    """One-period ATM puts started at each exercise date, (S_{t_j} - S_{t_{j+1}})^+ e^{-r t_{j+1}}
+    per 100 of S_{t_j}, and puts at T (European, discretely monitored down-and-out / -in at the
+    dates), 8 vs 16 steps per period on coupled paths; the fine - coarse differences with the
+    discounted S at the dates (both grids' exact martingales) as control variates."""
+    model = RoughBergomi()
+    K = args.strike
+    pr = _pricers(args, signature=True)
+    names = ([f"ATM put {j}/12 -> {j + 1}/12, per 100 of S" for j in range(12)]
+             + ["European put at T", "down-and-out put at T, barrier 0.8 K (dates)",
+                "down-and-in put at T, barrier 0.9 K (dates)"])
+    c0 = time.process_time()
+    D, C, level = [], [], []
+    for seed in as_seed_sequence(args.seed).spawn(args.batches):
+        paths = coupled_paths(model, pr, pr[0].batch_size, seed)
+        vals = []
+        for g, q in enumerate(pr):
+            S = paths[g].S[:, ::q.steps_per_date]
+            disc = np.exp(-model.r * paths[g].times[::q.steps_per_date])
+            fwd = np.maximum(S[:, :-1] - S[:, 1:], 0.0) * disc[1:] / S[:, :-1] * 100.0
+            put = np.maximum(K - S[:, -1], 0.0) * disc[-1]
+            low = S[:, 1:].min(axis=1)
+            vals.append((np.column_stack([fwd, put, put * (low > 0.8 * K),
+                                          put * (low <= 0.9 * K)]), S[:, 1:] * disc[1:]))
+        D.append(vals[1][0] - vals[0][0])
+        C.append(vals[1][1] - vals[0][1])
+        level.append(vals[1][0].mean(axis=0))
+    nb = args.batches
+    D, C = np.concatenate(D), np.concatenate(C)
+    C = C - C.mean(axis=0)
+    out = {"strike": K, "batches": nb, "batch_size": pr[0].batch_size, "rows": []}
+    print(f"{nb} batches of {pr[0].batch_size}, {time.process_time() - c0:.0f} CPU s")
+    for k, name in enumerate(names):
+        d = D[:, k]
+        beta = np.linalg.lstsq(C, d - d.mean(), rcond=None)[0]
+        m = (d - C @ beta).reshape(nb, -1).mean(axis=1)
+        row = dict(name=name, fine=float(np.mean(level, axis=0)[k]), difference=float(m.mean()),
+                   stderr=_se(m))
+        out["rows"].append(row)
+        print(f"{name:48s} fine {row['fine']:8.4f}  fine - coarse {row['difference']:+.4f} "
+              f"+- {row['stderr']:.4f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name, nb, bl in (("decompose", 8, 12), ("levels", 4, 13)):
+    for name, nb, bl in (("decompose", 8, 12), ("levels", 4, 13), ("forward", 32, 14)):
         q = sub.add_parser(name)
         q.add_argument("--strike", type=float, default=100.0)
         q.add_argument("--batches", type=int, default=nb)
         q.add_argument("--batch-log2", type=int, default=bl)
         q.add_argument("--regression-log2", type=int, default=15)
-        q.add_argument("--seed", type=int, default=7)
+        q.add_argument("--seed", type=int, default=11 if name == "forward" else 7)
         q.add_argument("--out", default=None)
         q.add_argument("--full-martingale", action="store_true",
                        help="the default MartingaleBasis (12 payoff strikes) instead of the "
                             "preset's lighter one (4) for the control variate")
     args = p.parse_args()
     with threadpool_limits(1):
-        {"decompose": cmd_decompose, "levels": cmd_levels}[args.cmd](args)
+        {"decompose": cmd_decompose, "levels": cmd_levels, "forward": cmd_forward}[args.cmd](args)
 
 
 if __name__ == "__main__":
