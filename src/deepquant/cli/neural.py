@@ -34,15 +34,18 @@ from deepquant.cli.output import (
 @click.option("--chunk", type=click.IntRange(min=1), default=16, show_default=True,
               help="Instances per crash-safe shard.")
 @click.option("--n-choices", default="2,3,5,10,20,30,50", show_default=True,
-              help="Allowed numbers of periods N.")
+              help="Allowed numbers of periods N (>= 1; the shipped network takes N <= 63).")
 @click.option("--families", default="gbm,merton,heston", show_default=True,
               help="Families drawn in turn by index (also: termvol, a per-period vol term "
                    "structure; svi, SSVI smiles; chain, calibrations of the synthetic chain "
                    "with random parameters; spx, perturbed calibrations of the SPX chain at "
-                   "$DEEPQUANT_SPX_DATA).")
+                   "$DEEPQUANT_SPX_DATA; rbergomi, rough Bergomi at random dates).")
+@click.option("--support-scale", default=None,
+              help="LO,HI: supports of random widths, X_t -> 1 + s (X_t - 1) with s uniform "
+                   "in [LO, HI], tails below 1e-12 cut (e.g. 0.3,1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n_choices,
-                 families, as_json):
+                 families, support_scale, as_json):
     """Generate (or resume) the training set: GBM/Merton/Heston marginals and their entropic
     MMOT potentials. Rerunning after a kill keeps finished instances (none duplicated)."""
     from deepquant.neural.data import generate_dataset, model_grid
@@ -55,6 +58,11 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
              f"{n_choices!r}")
     if num < 1:
         fail(f"--num must be >= 1, got {num}")
+    scale = None
+    if support_scale is not None:
+        scale = _floats(support_scale, "--support-scale")
+        if len(scale) != 2:
+            fail(f"--support-scale must be LO,HI, got {support_scale!r}")
     try:
         check_writable_file(out, "--out")
     except ValueError as exc:
@@ -70,7 +78,8 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
                                        grid=model_grid(grid_size), backend=backend,
                                        workers=workers, chunk=chunk, progress=cb,
                                        n_choices=choices,
-                                       families=tuple(f.strip() for f in families.split(",")))
+                                       families=tuple(f.strip() for f in families.split(",")),
+                                       support_scale=scale)
         except ValueError as exc:
             fail(str(exc))
     if as_json:

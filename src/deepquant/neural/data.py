@@ -42,7 +42,7 @@ __all__ = [
 
 FAMILIES = ("gbm", "merton", "heston")
 """The default families (the shipped checkpoint's training distribution), in turn by index."""
-ALL_FAMILIES = FAMILIES + ("termvol", "svi", "chain", "spx")
+ALL_FAMILIES = FAMILIES + ("termvol", "svi", "chain", "spx", "rbergomi")
 """Every family ``instance_spec`` can draw, beyond the default three:
 
 * ``termvol``: lognormal with a per-period forward volatility term structure (each period's vol
@@ -52,13 +52,22 @@ ALL_FAMILIES = FAMILIES + ("termvol", "svi", "chain", "spx")
 * ``chain``: the calibration of the synthetic chain of a Heston or Merton model with random
   parameters at N random expiries in [1 week, 1 year] (``families.chain_marginals``);
 * ``spx``: a perturbed calibration of the SPX chain at N random expiries in [1 week, 1 year]
-  (``families.spx_marginals``; needs ``$DEEPQUANT_SPX_DATA``).
+  (``families.spx_marginals``; needs ``$DEEPQUANT_SPX_DATA``);
+* ``rbergomi``: rough Bergomi (H in [0.05, 0.2], eta in [1, 2.5], rho in [-0.95, -0.5], xi0 in
+  [0.01, 0.09]) at N random dates in (0, T] on the simulation grid of max(128, N) steps, the
+  last one T; 1024 RQMC paths, mixing estimator (``families.rbergomi_marginals``).
+
+``support_scale=(lo, hi)`` (``deepquant generate --support-scale``) gives every family's
+instances supports of random widths: s uniform in [lo, hi] is drawn last from the instance's
+stream (the family's draws are unchanged) and the marginals become those of 1 + s (X_t - 1),
+zero where the last row's weights are below 1e-12 (``families.scaled_marginals``).
 
 For ``chain`` and ``spx`` N is capped at ``CHAIN_MAX_PERIODS`` (a calibration is one convex
 program over all expiries) and the dates are the expiries' year fractions."""
 CHAIN_FAMILIES = ("chain", "spx")
 CHAIN_MAX_PERIODS = 10
 N_CHOICES = (2, 3, 5, 10, 20, 30, 50)
+RBERGOMI_STEPS = 128  # the rbergomi family's dates lie on max(RBERGOMI_STEPS, N) steps over T
 H_CLIP = 1e7  # |h| (units of 1/eps) above this is a pinned / edge row: stored clipped, masked
 V_CLIP = 1e7  # |v| above this marks a column the teacher excluded (no Gibbs mass)
 LIVE_MASS = 1e-8  # rows with less mass are ignored by the "live" drift
@@ -78,20 +87,47 @@ class InstanceSpec:
     @property
     def times(self) -> np.ndarray:
         """N+1 dates from 0 (today: X_0 = 1): t_k = k T / N, or the expiries of the ``chain``
-        family (``params["days"]`` / 365). The ``spx`` family's dates are the expiries its
-        builder draws; the stored records hold the built marginals' dates."""
+        family (``params["days"]`` / 365), or ``params["dates"]`` (the ``rbergomi`` family).
+        The ``spx`` family's dates are the expiries its builder draws; the stored records hold
+        the built marginals' dates."""
+        if "dates" in self.params:
+            return np.concatenate([[0.0], np.asarray(self.params["dates"], float)])
         if "days" in self.params:
             return np.concatenate([[0.0], np.asarray(self.params["days"], float) / 365.0])
         return np.linspace(0.0, self.maturity, self.n_periods + 1)
 
 
 def instance_spec(index: int, seed: int = 0, *, n_choices: Iterable[int] = N_CHOICES,
-                  families: Sequence[str] = FAMILIES) -> InstanceSpec:
+                  families: Sequence[str] = FAMILIES,
+                  support_scale: tuple[float, float] | None = None) -> InstanceSpec:
     """The instance ``index`` of the dataset with seed ``seed`` (DESIGN §3 ranges): family
     ``families[index % len(families)]`` (the default keeps every existing data file's
-    instances), then N, T and the family's parameters from the (seed, index) stream."""
+    instances), then N, T and the family's parameters from the (seed, index) stream, then
+    ``params["support_scale"]`` uniform in ``support_scale`` when given."""
     rng = np.random.default_rng([int(seed), int(index)])
-    family = families[index % len(families)]
+    spec = _family_spec(rng, int(index), families[index % len(families)], n_choices)
+    if support_scale is None:
+        return spec
+    lo, hi = _check_support_scale(support_scale)
+    return InstanceSpec(spec.index, spec.family, spec.n_periods, spec.maturity,
+                        {**spec.params, "support_scale": float(rng.uniform(lo, hi))})
+
+
+def _check_support_scale(support_scale) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in support_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"support_scale must be a pair (lo, hi), got {support_scale!r}") \
+            from None
+    if not (np.isfinite(hi) and 0 < lo <= hi):
+        raise ValueError(f"support_scale must be (lo, hi) with 0 < lo <= hi, got "
+                         f"{support_scale!r}")
+    return lo, hi
+
+
+def _family_spec(rng: np.random.Generator, index: int, family: str,
+                 n_choices: Iterable[int]) -> InstanceSpec:
+    """N, T and the parameters of ``family`` from ``rng`` (``instance_spec``)."""
     n = int(rng.choice(np.asarray(tuple(n_choices))))
     maturity = float(rng.uniform(0.1, 0.5))
     if family in CHAIN_FAMILIES:
@@ -116,6 +152,13 @@ def instance_spec(index: int, seed: int = 0, *, n_choices: Iterable[int] = N_CHO
         params = {"vols": [float(x) for x in rng.uniform(0.12, 0.35, n)],
                   "rho": float(rng.uniform(-0.8, -0.1)), "eta": float(rng.uniform(0.5, 1.5)),
                   "gamma": float(rng.uniform(0.3, 0.5))}
+    elif family == "rbergomi":
+        steps = max(RBERGOMI_STEPS, n)
+        k = np.append(np.sort(rng.choice(np.arange(1, steps), size=n - 1, replace=False)), steps)
+        params = {"dates": [float(maturity * j / steps) for j in k], "n_steps": steps,
+                  "H": float(rng.uniform(0.05, 0.2)), "eta": float(rng.uniform(1.0, 2.5)),
+                  "rho": float(rng.uniform(-0.95, -0.5)), "xi0": float(rng.uniform(0.01, 0.09)),
+                  "seed": int(rng.integers(2 ** 31))}
     elif family == "termvol":
         params = {"vols": [float(x) for x in rng.uniform(0.15, 0.35, n)]}
     elif family == "gbm":
@@ -221,7 +264,20 @@ def kernel_drift_np(kernels: np.ndarray, weights: np.ndarray, grid: np.ndarray,
 
 # ----------------------------------------------------------------------------- teacher
 def build_marginals(spec: InstanceSpec, grid: np.ndarray):
-    """The marginals of ``spec`` on ``grid`` (engineer C's synthetic models)."""
+    """The marginals of ``spec`` on ``grid``, of supports scaled by ``params["support_scale"]``
+    where it is set (``families.scaled_marginals``)."""
+    if "support_scale" in spec.params:
+        from dataclasses import replace
+
+        from deepquant.neural.families import scaled_marginals
+
+        params = dict(spec.params)
+        scale = params.pop("support_scale")
+        return scaled_marginals(_family_marginals(replace(spec, params=params), grid), scale)
+    return _family_marginals(spec, grid)
+
+
+def _family_marginals(spec: InstanceSpec, grid: np.ndarray):
     if spec.family == "termvol":
         from deepquant.neural.sweep import term_structure_marginals
 
@@ -242,6 +298,12 @@ def build_marginals(spec: InstanceSpec, grid: np.ndarray):
         from deepquant.neural.families import spx_marginals
 
         return spx_marginals(spec.n_periods, grid, rng=spec.params["seed"])
+    if spec.family == "rbergomi":
+        from deepquant.neural.families import rbergomi_marginals
+
+        p = spec.params
+        return rbergomi_marginals(spec.times, grid, H=p["H"], eta=p["eta"], rho=p["rho"],
+                                  xi0=p["xi0"], n_steps=p["n_steps"], rng=p["seed"])
     from deepquant.market.synthetic import synthetic_marginals
 
     return synthetic_marginals(spec.family, spec.times, grid=grid, **spec.params)
@@ -331,8 +393,13 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
                      worker: Callable[[tuple], dict] | None = None,
                      progress: Callable[[int, int], None] | None = None,
                      n_choices: Iterable[int] = N_CHOICES,
-                     families: Sequence[str] = FAMILIES) -> dict[str, Any]:
+                     families: Sequence[str] = FAMILIES,
+                     support_scale: tuple[float, float] | None = None) -> dict[str, Any]:
     """Generate (or resume) instances ``0..num-1`` into ``out``; returns a summary dict.
+
+    ``n_choices``: the numbers of periods N drawn (any N >= 1; the network takes
+    N + 1 <= ``ModelConfig.max_dates`` = 64 dates, so N <= 63 for the shipped model).
+    ``support_scale``: supports of random widths (``instance_spec``).
 
     ``worker`` maps ``(spec, grid, eps, tol)`` to a record (default ``solve_instance``; tests
     pass a fake). ``progress(done, total)`` is called after each finished instance.
@@ -356,6 +423,8 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
     if not families or any(f not in ALL_FAMILIES for f in families):
         raise ValueError(f"families must be a non-empty sequence of {ALL_FAMILIES}, got "
                          f"{families!r}")
+    if support_scale is not None:
+        support_scale = _check_support_scale(support_scale)
     for name, val in (("eps", eps), ("tol", tol)):
         if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {val!r}")
@@ -365,6 +434,8 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
              "grid_size": int(len(grid)), "version": __version__,
              "n_choices": ",".join(str(n) for n in n_choices),
              "families": ",".join(families),
+             "support_scale": ("" if support_scale is None
+                               else ",".join(f"{x:g}" for x in support_scale)),
              "potential_units": "eps (potentials divided by eps, gauge-fixed)"}
     parts = _parts_dir(out)
     check_writable_file(out, "output file")
@@ -379,8 +450,8 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
         progress(n_done, num)
     if todo:
         parts.mkdir(parents=True, exist_ok=True)
-        tasks = [(instance_spec(i, seed, n_choices=n_choices, families=families), grid, eps,
-                  tol) for i in todo]
+        tasks = [(instance_spec(i, seed, n_choices=n_choices, families=families,
+                                support_scale=support_scale), grid, eps, tol) for i in todo]
         ex = get_executor(backend, n_workers=workers) if backend != "serial" else \
             get_executor("serial")
         buf: list[dict] = []

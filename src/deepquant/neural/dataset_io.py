@@ -180,11 +180,12 @@ def _check_resume(src: Path, grid: np.ndarray, attrs: dict[str, Any]) -> None:
         raise ValueError(f"data file {str(src)!r} is corrupted or incomplete: "
                          f"{_first_line(exc)}; move it away to regenerate") from exc
     diffs = [] if same_grid else [f"grid ({len(grid)} points requested)"]
-    for key in ("eps", "seed", "tol", "n_choices", "families"):
+    for key in ("eps", "seed", "tol", "n_choices", "families", "support_scale"):
         if key not in old:           # files written before the key was stored
             continue
         a, b = old[key], attrs[key]
-        same = (str(a) == str(b)) if key in ("n_choices", "families") else float(a) == float(b)
+        same = (str(a) == str(b)) if key in ("n_choices", "families", "support_scale") \
+            else float(a) == float(b)
         if not same:
             diffs.append(f"{key} (file {a}, requested {b})")
     if diffs:

@@ -24,6 +24,26 @@ rows exactly in convex order on the grid (the network's input convention):
   band narrows to half its width around the new price. ``perturbation=0`` is the plain
   calibration on the model grid.
 
+* ``rbergomi_marginals`` — the rough Bergomi model (Bayer, Friz & Gatheral 2016; the
+  project's hybrid-scheme simulator ``deepquant.rough.rbergomi.RoughBergomi``, r = 0, S0 = 1)
+  at given dates, call prices on the grid by the mixing (conditional) estimator (Romano &
+  Touzi 1997; as in ``benchmarks/rough_weak_error.py``): given the volatility driver W, log S_t
+  is Gaussian, so
+
+      E[(S_t - k)^+] = E[ Black(F = s_t, k, total variance (1 - rho^2) Q_t) ],
+      s_t = exp(rho X_t - rho^2 Q_t / 2),  X_t = int_0^t sqrt(V) dW,  Q_t = int_0^t V ds,
+
+  with the engine's left-point sums for X and Q (exactly the expectation of its log-Euler
+  paths). The sample's s_t is divided by its mean (mean exactly 1 per date; the martingale
+  correction), then ``marginals_from_call_prices`` moves the calls onto the grid: whatever
+  Monte Carlo noise leaves of butterfly or calendar violations is removed there.
+* ``scaled_marginals`` — any grid marginals with supports of another width: the law of
+  1 + s (X_t - 1) (a martingale again; calls s C_t(1 + (k - 1) / s), exact for the piecewise
+  linear call curves of grid laws), then cut to the grid range where the widest row's weights
+  exceed ``tail`` (1e-12): the curves restricted to that range go through
+  ``marginals_from_call_prices`` on the sub-grid (the few 1e-12 of mass outside move to its
+  ends) and the rows are zero outside it, still exactly in convex order.
+
 Quotes outside ``fit_range`` (K / F) are left out of the calibrations: the calibration grid is
 the model grid, and every quote must lie strictly inside it.
 """
@@ -43,7 +63,7 @@ import numpy as np
 from deepquant.market.marginals import Marginals
 
 __all__ = ["svi_marginals", "chain_marginals", "spx_marginals", "spx_data_path",
-           "with_today", "SPX_ENV"]
+           "rbergomi_marginals", "scaled_marginals", "with_today", "SPX_ENV"]
 
 SPX_ENV = "DEEPQUANT_SPX_DATA"
 """Environment variable naming the SPX data folder (``spx_options_normalized.csv`` inside)."""
@@ -210,3 +230,110 @@ def spx_marginals(n_expiries: int, grid: np.ndarray, *, rng=None, perturbation: 
         mid = 0.5 * (q.ask + q.bid) + z * half
         quotes.append(replace(q, bid=np.maximum(mid - 0.5 * half, 0.0), ask=mid + 0.5 * half))
     return _calibrated(quotes, grid)
+
+
+def _on_simulation_grid(t: np.ndarray, n_steps: int) -> np.ndarray:
+    """Indices of the dates ``t`` (from 0, increasing) on the uniform grid of ``n_steps`` steps
+    over [0, t[-1]]; ValueError when a date is off that grid."""
+    pos = t / t[-1] * n_steps
+    idx = np.rint(pos).astype(int)
+    if np.any(np.abs(pos - idx) > 1e-9 * n_steps):
+        raise ValueError(f"times must be multiples of times[-1] / n_steps = {t[-1] / n_steps:.6g} "
+                         f"(the simulation grid), got {t.tolist()!r}")
+    return idx
+
+
+def rbergomi_marginals(times: Sequence[float], grid: np.ndarray, *, H: float = 0.1,
+                       eta: float = 1.9, rho: float = -0.9, xi0: float = 0.04,
+                       n_steps: int | None = None, n_paths: int = 1024, rng=None) -> Marginals:
+    """Rough Bergomi marginals (module doc) at ``times`` on ``grid``.
+
+    Parameters
+    ----------
+    times : array_like, shape (N+1,)
+        Increasing dates from 0 (today), each a point of the simulation grid (``n_steps``).
+    grid : ndarray, shape (M,)
+        Moneyness grid with grid[0] < 1 < grid[-1].
+    H, eta, rho, xi0 : float
+        Hurst index in (0, 0.5], vol of vol >= 0, correlation in (-1, 1) and flat forward
+        variance > 0 (``RoughBergomi``).
+    n_steps : int, optional
+        Steps of the hybrid scheme over [0, times[-1]]; default the smallest multiple of N
+        that is >= 128 (then uniform dates lie on the grid).
+    n_paths : int
+        Paths (RQMC with antithetics: a power of 2, >= 4). Cost about n_paths x M x N Black
+        prices: with 1024 paths 0.2-2 s for N = 2-63 on the 150-point model grid.
+    rng : int, Generator or None
+        Seed of the scrambled Sobol points: the same seed, the same marginals.
+    """
+    from deepquant.blackscholes import black_price
+    from deepquant.market.synthetic import marginals_from_call_prices
+    from deepquant.rough.rbergomi import RoughBergomi
+
+    t = np.asarray(times, dtype=float)
+    if t.ndim != 1 or t.size < 2 or t[0] != 0.0 or np.any(np.diff(t) <= 0):
+        raise ValueError(f"times must be increasing from 0 with at least 2 dates, got {times!r}")
+    if not -1 < rho < 1:
+        raise ValueError(f"rho must be in (-1, 1), got {rho!r}")
+    if isinstance(n_paths, bool) or not isinstance(n_paths, (int, np.integer)) or n_paths < 4 \
+            or n_paths & (n_paths - 1):
+        raise ValueError(f"n_paths must be a power of 2 >= 4, got {n_paths!r}")
+    n = t.size - 1
+    if n_steps is None:
+        n_steps = n * -(-128 // n)
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < n:
+        raise ValueError(f"n_steps must be an integer >= N = {n}, got {n_steps!r}")
+    idx = _on_simulation_grid(t, int(n_steps))
+    model = RoughBergomi(H=H, eta=eta, rho=rho, xi0=xi0, r=0.0, S0=1.0)
+    paths = model.simulate(int(n_paths), T=float(t[-1]), n_steps=int(n_steps), rng=rng)
+    dt = t[-1] / n_steps
+    V = paths.V[:, :-1]
+    X = np.concatenate([np.zeros((n_paths, 1)), np.cumsum(np.sqrt(V) * paths.dW, axis=1)], 1)
+    Q = np.concatenate([np.zeros((n_paths, 1)), np.cumsum(V, axis=1) * dt], 1)
+    x = np.asarray(grid, dtype=float)
+    calls = [np.maximum(1.0 - x, 0.0)]
+    for i in idx[1:]:
+        s = np.exp(rho * X[:, i] - 0.5 * rho ** 2 * Q[:, i])
+        s /= s.mean()
+        sd = np.sqrt((1.0 - rho ** 2) * Q[:, i])
+        calls.append(black_price(s[:, None], x[None, :], sd[:, None], 1.0).mean(axis=0))
+    return marginals_from_call_prices(x, np.array(calls), t)
+
+
+def scaled_marginals(marginals: Marginals, scale: float, *, tail: float = 1e-12) -> Marginals:
+    """``marginals`` (rows of mean 1 in convex order on their grid) with supports of another
+    width (module doc): X_t -> 1 + ``scale`` (X_t - 1), weights below ``tail`` in the tails cut.
+
+    Parameters
+    ----------
+    marginals : Marginals
+        Rows on a grid with grid[0] < 1 < grid[-1].
+    scale : float
+        > 0; below 1 the supports shrink towards 1, above 1 they widen (the mass past the grid
+        ends moves to them).
+    tail : float
+        In [0, 1e-6]: the rows are zero outside the grid range where the widest (last) row's
+        weights exceed it.
+    """
+    from deepquant.market.synthetic import marginals_from_call_prices
+
+    if not isinstance(marginals, Marginals):
+        raise TypeError(f"marginals must be a Marginals instance, got {type(marginals).__name__}")
+    if not (isinstance(scale, (int, float, np.floating)) and np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    if not 0 <= tail <= 1e-6:
+        raise ValueError(f"tail must be in [0, 1e-6], got {tail!r}")
+    x = marginals.grid
+    # E[(1 + s (X - 1) - k)^+] = s C(1 + (k - 1) / s); call_prices is exact off the grid too
+    scaled = scale * marginals.call_prices(1.0 + (x - 1.0) / scale)
+    full = marginals_from_call_prices(x, scaled, marginals.times)
+    live = np.flatnonzero(full.weights[-1] > tail)
+    i_one = int(np.searchsorted(x, 1.0))                             # first point >= 1
+    lo, hi = min(int(live[0]), i_one - 1), max(int(live[-1]), i_one + (x[i_one] == 1.0))
+    if lo == 0 and hi == x.size - 1:
+        return full
+    sub = marginals_from_call_prices(x[lo:hi + 1], full.call_prices(x[lo:hi + 1]),
+                                     marginals.times)
+    out = np.zeros_like(full.weights)
+    out[:, lo:hi + 1] = sub.weights
+    return Marginals(x, out, marginals.times)
