@@ -33,6 +33,7 @@ from scipy import optimize
 from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
+from deepquant.mmot._levels import WORK_COLUMNS_PER_SECOND, coarse_share
 from deepquant.mmot.augment import AugmentedChain, build_chain
 from deepquant.mmot.colgen import band_moves, solve_chain_colgen
 from deepquant.mmot.result import BoundSide, BoundsResult
@@ -454,12 +455,14 @@ def _lp_side(chain: AugmentedChain, marginals: Marginals, sense: str, options: d
 
 def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain, sense: str, *,
                      levels: int | None, sum_grid_size, sum_mode, progress, top: bool = True,
+                     role: str = "above", work_columns: float | None = None,
                      **options) -> BoundSide:
     """``certify_side`` started from the same side on ``coarse_marginals`` (recursively).
 
     The grid is halved until the chain LP is small (``LP_START_COLUMNS``), and that level is
-    solved exactly by HiGHS. The coarse levels get ``COARSE_SHARE`` of the budget and are
-    solved like any side (by column generation, warm-started, when small); their potentials,
+    solved exactly by HiGHS. The budget is split over the levels by ``_levels.coarse_share``
+    (``role`` and ``work_columns`` carry its state down; the work level is picked from the
+    top budget). The coarse levels are solved like any side (by column generation, warm-started, when small); their potentials,
     interpolated linearly onto the fine supports, are certified by one exact sweep (a valid
     bound whatever the grid), and the fine stages run only when ``FINE_SWEEPS`` smoothed
     sweeps (predicted as ``SOFT_OVER_HARD`` times the exact sweep just timed) fit in what is
@@ -477,10 +480,16 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     if bottom:
         # a coarse level whose LP is small is solved exactly by HiGHS; the user's own grid
         # (and anything the LP cannot take) goes to certify_side: column generation when small
+        t_lp = time.perf_counter()
         side = _lp_side(chain, marginals, sense, options) if lp_small and not top else None
+        if side is None and lp_small and not top:  # what the failed LP left of the budget
+            options = dict(options, max_seconds=max(
+                float(options.get("max_seconds", 600.0)) - (time.perf_counter() - t_lp), 0.0))
         return side or certify_side(chain, marginals, sense, progress=progress, **options)
     t_start = time.perf_counter()
     budget = float(options.get("max_seconds", 600.0))
+    if work_columns is None:
+        work_columns = WORK_COLUMNS_PER_SECOND * budget
     T = chain.last_date
     coarse = coarse_marginals(marginals)
     coarse, _ = nest_supports(coarse, T)
@@ -490,11 +499,14 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     copts = dict(options)
     copts["eps_end"] = max(options.get("eps_end", 1e-7), 1e-5)
     copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
-    copts["max_seconds"] = COARSE_SHARE * budget
+    ccols = lp_columns(cchain)
+    coarse_is_lp = ccols <= LP_START_COLUMNS and (levels is None or levels <= 1)
+    share, crole = coarse_share(lp_columns(chain), work_columns, role, coarse_is_lp)
+    copts["max_seconds"] = share * budget
     cres = _multiscale_side(coarse, payoff, cchain, sense,
                             levels=None if levels is None else levels - 1,
                             sum_grid_size=sum_grid_size, sum_mode=sum_mode, progress=None,
-                            top=False, **copts)
+                            top=False, role=crole, work_columns=work_columns, **copts)
     uc = cres.info.get("u_sweep")
     if uc is None:  # nothing to carry over (a payoff known at date 0)
         return certify_side(chain, marginals, sense, progress=progress, **options)

@@ -1,0 +1,49 @@
+"""How a certified side's time budget is split over its grid levels (DESIGN §2.8).
+
+The multiscale start of ``deepquant.mmot.certified`` halves the grid down to a level whose
+chain LP is small (solved exactly), then carries potentials up level by level; each level is
+certified by one exact sweep and may run smoothed stages. Measured (Heston, N = 5, M = 150,
+10 s per side, loaded 2-core machine): the smoothed stages gain most on the finest level whose
+smoothed sweep is still cheap (lookback 76 points: 38 ms a sweep, 446,551 LP columns; Asian
+39 points: 29 ms, 534,006 columns), less on the levels below it, and the finer levels are best
+left with their certificate only (Asian at 150 points: 1 s a sweep). So:
+
+* the **work level** is the finest level whose chain LP has at most ``WORK_COLUMNS_PER_SECOND``
+  times the side's budget columns; it gets what its coarse levels leave of its budget;
+* its coarse levels get ``WORK_SHARE`` of that budget, each passing ``BELOW_SHARE`` on to the
+  next, except the LP level at the bottom, which gets all of its parent's (HiGHS stops when
+  the LP is solved, and the LP is small by construction);
+* the levels above the work level pass ``ABOVE_SHARE`` down and keep the rest for their exact
+  certificate (and smoothed stages when ``FINE_SWEEPS`` of them still fit).
+"""
+
+from __future__ import annotations
+
+WORK_COLUMNS_PER_SECOND = 60_000.0
+"""Chain-LP columns per second of the side's budget below which a level is the work level
+(10 s: 600,000 columns)."""
+
+WORK_SHARE = 0.4
+"""Share of the work level's budget for its coarse levels."""
+
+BELOW_SHARE = 0.5
+"""Share a level below the work level passes to its coarse level (not the LP level's)."""
+
+ABOVE_SHARE = 0.95
+"""Share a level above the work level passes to its coarse level."""
+
+
+def coarse_share(columns: int, work_columns: float, role: str, coarse_is_lp: bool
+                 ) -> tuple[float, str]:
+    """(share of this level's budget for its coarse level, the coarse level's role).
+
+    ``columns``: this level's chain-LP columns; ``work_columns``: the work-level threshold;
+    ``role``: ``"above"`` while no finer level was the work level, else ``"below"``;
+    ``coarse_is_lp``: the coarse level is the LP level at the bottom."""
+    if role == "above" and columns > work_columns:
+        share = ABOVE_SHARE
+        role = "above"
+    else:
+        share = WORK_SHARE if role == "above" else BELOW_SHARE
+        role = "below"
+    return (1.0 if coarse_is_lp else share), role
