@@ -33,6 +33,14 @@ ABOVE_SHARE = 0.95
 """Share a level above the work level passes to its coarse level."""
 
 
+def is_above(columns: int, work_columns: float, role: str) -> bool:
+    """Whether a level of ``columns`` chain-LP columns lies above the work level: its smoothed
+    stages then run only when ``FINE_SWEEPS`` predicted sweeps fit (the work level and those
+    below it run them whatever the prediction, which the kernels' first load, timed in the
+    exact sweep, made 10x too long)."""
+    return role == "above" and columns > work_columns
+
+
 def coarse_share(columns: int, work_columns: float, role: str, coarse_is_lp: bool
                  ) -> tuple[float, str]:
     """(share of this level's budget for its coarse level, the coarse level's role).
@@ -40,7 +48,7 @@ def coarse_share(columns: int, work_columns: float, role: str, coarse_is_lp: boo
     ``columns``: this level's chain-LP columns; ``work_columns``: the work-level threshold;
     ``role``: ``"above"`` while no finer level was the work level, else ``"below"``;
     ``coarse_is_lp``: the coarse level is the LP level at the bottom."""
-    if role == "above" and columns > work_columns:
+    if is_above(columns, work_columns, role):
         share = ABOVE_SHARE
         role = "above"
     else:

@@ -33,7 +33,7 @@ from scipy import optimize
 from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot._levels import WORK_COLUMNS_PER_SECOND, coarse_share
+from deepquant.mmot._levels import WORK_COLUMNS_PER_SECOND, coarse_share, is_above
 from deepquant.mmot.augment import AugmentedChain, build_chain
 from deepquant.mmot.colgen import band_moves, solve_chain_colgen
 from deepquant.mmot.result import BoundSide, BoundsResult
@@ -456,6 +456,7 @@ def _lp_side(chain: AugmentedChain, marginals: Marginals, sense: str, options: d
 def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain, sense: str, *,
                      levels: int | None, sum_grid_size, sum_mode, progress, top: bool = True,
                      role: str = "above", work_columns: float | None = None,
+                     lp_budget: float | None = None,
                      **options) -> BoundSide:
     """``certify_side`` started from the same side on ``coarse_marginals`` (recursively).
 
@@ -481,7 +482,10 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         # a coarse level whose LP is small is solved exactly by HiGHS; the user's own grid
         # (and anything the LP cannot take) goes to certify_side: column generation when small
         t_lp = time.perf_counter()
-        side = _lp_side(chain, marginals, sense, options) if lp_small and not top else None
+        # the LP level is the start of every finer one: it gets the side's whole budget
+        # (HiGHS stops when it is solved; the LP is small by construction)
+        lp_opts = options if lp_budget is None else dict(options, max_seconds=lp_budget)
+        side = _lp_side(chain, marginals, sense, lp_opts) if lp_small and not top else None
         if side is None and lp_small and not top:  # what the failed LP left of the budget
             options = dict(options, max_seconds=max(
                 float(options.get("max_seconds", 600.0)) - (time.perf_counter() - t_lp), 0.0))
@@ -490,6 +494,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     budget = float(options.get("max_seconds", 600.0))
     if work_columns is None:
         work_columns = WORK_COLUMNS_PER_SECOND * budget
+        lp_budget = budget
     T = chain.last_date
     coarse = coarse_marginals(marginals)
     coarse, _ = nest_supports(coarse, T)
@@ -501,12 +506,14 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
     ccols = lp_columns(cchain)
     coarse_is_lp = ccols <= LP_START_COLUMNS and (levels is None or levels <= 1)
-    share, crole = coarse_share(lp_columns(chain), work_columns, role, coarse_is_lp)
+    cols = lp_columns(chain)
+    share, crole = coarse_share(cols, work_columns, role, coarse_is_lp)
     copts["max_seconds"] = share * budget
     cres = _multiscale_side(coarse, payoff, cchain, sense,
                             levels=None if levels is None else levels - 1,
                             sum_grid_size=sum_grid_size, sum_mode=sum_mode, progress=None,
-                            top=False, role=crole, work_columns=work_columns, **copts)
+                            top=False, role=crole, work_columns=work_columns,
+                            lp_budget=lp_budget, **copts)
     uc = cres.info.get("u_sweep")
     if uc is None:  # nothing to carry over (a payoff known at date 0)
         return certify_side(chain, marginals, sense, progress=progress, **options)
@@ -522,7 +529,8 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     start = dict(inner=cres.info["inner"], resid=np.nan,
                  kind=f"coarse grid of {coarse.size} points ({cres.info['inner_kind']})")
     fine = certify_side(chain, marginals, sense, u0=np.concatenate(pieces), start=start,
-                        min_sweeps=FINE_SWEEPS, progress=progress, **opts)
+                        min_sweeps=FINE_SWEEPS if is_above(cols, work_columns, role) else 0,
+                        progress=progress, **opts)
     info = dict(fine.info, coarse=dict(size=int(coarse.size), bound=cres.value,
                                        inner=cres.info["inner"], gap=cres.gap,
                                        status=cres.status, seconds=cres.seconds))
