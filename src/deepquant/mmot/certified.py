@@ -402,14 +402,16 @@ def _side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid
                      float(gap), duals, None, info)
 
 
-LP_START_COLUMNS = 12_000
+LP_START_COLUMNS = 25_000
 """The warm start halves the grid until the chain LP has at most this many columns (moves
 (x, s) -> y), then solves that level exactly with HiGHS (``deepquant.mmot.lp``) and carries its
 potentials up. Measured on the demo's calibrated chain (N = 5), loaded 2-core machine, one side:
 20 points, lookback 5,600 columns in 0.7 s and straddle 10,800 in 1.8 s; the Asian needs 11
 points (8,300 columns, 1.4 s; at 20 points 41,000 columns took 30 s). Column generation took
 3-4 s and over 7 s on the same two 20-point chains from cold, and the smoothed stages did not
-come within 4x of the Asian's value in 7 s."""
+come within 4x of the Asian's value in 7 s. Raised from 12,000: the benchmark's 20-point
+straddle (23,218 columns) is solved by the LP in 2.4-2.6 s, where column generation from the
+11-point level took 6 s (upper) or did not converge in 8 s (lower)."""
 
 MIN_COARSE_SIZE = 6
 """The halving stops at this many points even if the LP is still larger than
