@@ -279,7 +279,7 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
                        max_seconds: float = 600.0, max_columns: int | None = None,
                        solver: str = "simplex", feasibility_tol: float = 1e-9,
                        contact_k: int = 1, certify_stop: bool = True,
-                       highs_options: dict | None = None, log=None) -> ColgenResult:
+                       log=None) -> ColgenResult:
     """Solve the chain LP of ``sw`` (a ``sweep._Sweeper``) exactly by column generation,
     starting from the near-contact moves of the potentials ``uvec`` (see the module docstring).
 
@@ -307,8 +307,6 @@ def solve_chain_colgen(sw, uvec: np.ndarray, *, k: int = 4, extra=None,
     h.setOptionValue("solver", solver)
     h.setOptionValue("primal_feasibility_tolerance", feasibility_tol)
     h.setOptionValue("dual_feasibility_tolerance", feasibility_tol)
-    for key, val in (highs_options or {}).items():
-        h.setOptionValue(key, val)
     inf = highspy.kHighsInf
     h.addRows(lay.n_rows, lay.b, lay.b, 0, np.zeros(lay.n_rows, np.int32),
               np.zeros(0, np.int32), np.zeros(0))
