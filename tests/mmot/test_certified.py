@@ -327,3 +327,21 @@ def test_lp_columns_counts_the_chain_lp_and_the_lp_level_is_exact():
         s = _lp_side(chain, marg, side, {})
         assert s.status == "certified" and s.info["inner_kind"] == "LP (HiGHS)"
         assert abs(s.value - getattr(lp, side)) <= 1e-9 and 0 <= s.gap <= 1e-9
+
+
+def test_level_budget_split():
+    # above the work level (more chain-LP columns than the threshold) a level passes
+    # ABOVE_SHARE down; the first level under it is the work level (WORK_SHARE to its coarse
+    # levels), the levels below pass BELOW_SHARE on; the LP level at the bottom gets all of its
+    # parent's budget; only the levels above the work level wait for predicted sweeps to fit
+    from deepquant.mmot._levels import (ABOVE_SHARE, BELOW_SHARE, WORK_SHARE, coarse_share,
+                                        is_above)
+
+    assert coarse_share(10**6, 6e5, "above", False) == (ABOVE_SHARE, "above")
+    assert coarse_share(5 * 10**5, 6e5, "above", False) == (WORK_SHARE, "below")
+    assert coarse_share(10**5, 6e5, "below", False) == (BELOW_SHARE, "below")
+    assert coarse_share(10**6, 6e5, "above", True) == (1.0, "above")
+    assert coarse_share(10**5, 6e5, "below", True) == (1.0, "below")
+    assert is_above(10**6, 6e5, "above") and not is_above(10**5, 6e5, "above")
+    assert not is_above(10**6, 6e5, "below")
+    assert 0 < BELOW_SHARE < 1 and 0 < WORK_SHARE < ABOVE_SHARE < 1

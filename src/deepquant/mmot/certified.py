@@ -418,8 +418,8 @@ MIN_COARSE_SIZE = 6
 ``LP_START_COLUMNS`` (the coarsest level is then solved by ``certify_side``)."""
 
 COARSE_SHARE = 0.9
-"""Share of a side's time budget for its coarse levels (the rest: the fine certificate and the
-fine stages when they fit)."""
+"""Share of the time budget for the coarse level of the quote bounds
+(``deepquant.mmot.quotes_bounds``; the certified bounds split theirs by ``_levels``)."""
 
 FINE_SWEEPS = 4
 """Fewest predicted smoothed sweeps worth a fine stage after a coarse start."""
@@ -463,11 +463,12 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     """``certify_side`` started from the same side on ``coarse_marginals`` (recursively).
 
     The grid is halved until the chain LP is small (``LP_START_COLUMNS``), and that level is
-    solved exactly by HiGHS. The budget is split over the levels by ``_levels.coarse_share``
-    (``role`` and ``work_columns`` carry its state down; the work level is picked from the
-    top budget). The coarse levels are solved like any side (by column generation, warm-started, when small); their potentials,
-    interpolated linearly onto the fine supports, are certified by one exact sweep (a valid
-    bound whatever the grid), and the fine stages run only when ``FINE_SWEEPS`` smoothed
+    solved exactly by HiGHS with the side's whole budget (``lp_budget``). The rest is split
+    over the levels by ``_levels.coarse_share`` (``role`` and ``work_columns``, the work level's
+    threshold from the top budget, carry its state down). The coarse levels are solved like
+    any side (by column generation, warm-started, when small); their potentials, interpolated
+    linearly onto the fine supports, are certified by one exact sweep (a valid bound whatever
+    the grid); above the work level, the fine stages run only when ``FINE_SWEEPS`` smoothed
     sweeps (predicted as ``SOFT_OVER_HARD`` times the exact sweep just timed) fit in what is
     left. Until a fine stage gives one, the inner estimate is the coarse level's: a value on
     other (coarsened) marginals, so the gap is then an estimate of the bracket, not a bound
