@@ -334,8 +334,7 @@ def test_level_budget_split():
     # ABOVE_SHARE down; the first level under it is the work level (WORK_SHARE to its coarse
     # levels), the levels below pass BELOW_SHARE on; the LP level at the bottom gets all of its
     # parent's budget; only the levels above the work level wait for predicted sweeps to fit
-    from deepquant.mmot._levels import (ABOVE_SHARE, BELOW_SHARE, WORK_SHARE, coarse_share,
-                                        is_above)
+    from deepquant.mmot._levels import ABOVE_SHARE, BELOW_SHARE, WORK_SHARE, coarse_share, is_above
 
     assert coarse_share(10**6, 6e5, "above", False) == (ABOVE_SHARE, "above")
     assert coarse_share(5 * 10**5, 6e5, "above", False) == (WORK_SHARE, "below")
