@@ -23,6 +23,11 @@ WORK_COLUMNS_PER_SECOND = 60_000.0
 """Chain-LP columns per second of the side's budget below which a level is the work level
 (10 s: 600,000 columns)."""
 
+LEVEL_EPS_START = 1e-4
+"""Smallest eps (relative to the payoff scale) a level's smoothed stages start from after the
+level below (was 1e-5; measured at M = 150, 10 s per side: the Asian [0.0260, 0.0381] ->
+[0.0272, 0.0377], the lookback's upper side 0.0834 -> 0.0830, the straddle unchanged)."""
+
 WORK_SHARE = 0.4
 """Share of the work level's budget for its coarse levels."""
 

@@ -33,7 +33,7 @@ from scipy import optimize
 from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot._levels import WORK_COLUMNS_PER_SECOND, coarse_share, is_above
+from deepquant.mmot._levels import LEVEL_EPS_START, WORK_COLUMNS_PER_SECOND, coarse_share, is_above
 from deepquant.mmot.augment import AugmentedChain, build_chain
 from deepquant.mmot.colgen import band_moves, solve_chain_colgen
 from deepquant.mmot.result import BoundSide, BoundsResult
@@ -409,14 +409,8 @@ potentials up. Measured on the demo's calibrated chain (N = 5), loaded 2-core ma
 20 points, lookback 5,600 columns in 0.7 s and straddle 10,800 in 1.8 s; the Asian needs 11
 points (8,300 columns, 1.4 s; at 20 points 41,000 columns took 30 s). Column generation took
 3-4 s and over 7 s on the same two 20-point chains from cold, and the smoothed stages did not
-come within 4x of the Asian's value in 7 s. Raised from 12,000: the benchmark's 20-point
-straddle (23,218 columns) is solved by the LP in 2.4-2.6 s, where column generation from the
-11-point level took 6 s (upper) or did not converge in 8 s (lower)."""
-
-LEVEL_EPS_START = 1e-4
-"""Smallest eps (relative to the payoff scale) a level's smoothed stages start from after the
-level below (was 1e-5; measured at M = 150, 10 s per side: the Asian [0.0260, 0.0381] ->
-[0.0272, 0.0377], the lookback's upper side 0.0834 -> 0.0830, the straddle unchanged)."""
+come within 4x of the Asian's value in 7 s. Was 12,000: the 20-point straddle of the benchmark
+(23,218 columns) takes 2.4-2.6 s, column generation on it 6 s or more."""
 
 MIN_COARSE_SIZE = 6
 """The halving stops at this many points even if the LP is still larger than
@@ -495,8 +489,8 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         lp_opts = options if lp_budget is None else dict(options, max_seconds=lp_budget)
         side = _lp_side(chain, marginals, sense, lp_opts) if lp_small and not top else None
         if side is None and lp_small and not top:  # what the failed LP left of the budget
-            options = dict(options, max_seconds=max(
-                float(options.get("max_seconds", 600.0)) - (time.perf_counter() - t_lp), 0.0))
+            options["max_seconds"] = max(options.get("max_seconds", 600.0) - time.perf_counter()
+                                         + t_lp, 0.0)
         return side or certify_side(chain, marginals, sense, progress=progress, **options)
     t_start = time.perf_counter()
     budget = float(options.get("max_seconds", 600.0))
