@@ -10,6 +10,9 @@ Usage (one process, one BLAS thread)::
     python benchmarks/rough_grid_difference.py forward [--batches 32] [--batch-log2 14]
         [--seed 11]
 
+``--perp-variance forward`` (decompose, forward): the model with
+``RoughBergomi(perp_variance="forward")`` (``levels`` refuses it: sub-simulation dual).
+
 ``decompose``: 8 and 16 steps per period on coupled paths (``coupling.coupled_paths``), the
 ``rbergomi`` preset's exercise and martingale bases with features twice per period and the
 least-squares signature dual (no sub-simulation, so that one run takes about a minute). Each
@@ -81,7 +84,7 @@ def _stopped(Z, B, policy, cv, feats):
 
 
 def cmd_decompose(args) -> None:
-    model = RoughBergomi()
+    model = RoughBergomi(perp_variance=args.perp_variance)
     pr = _pricers(args, signature=True)
     payoff = exercise_payoff(args.strike, "put")
     seed_reg, _, seed_price = as_seed_sequence(args.seed).spawn(3)
@@ -151,7 +154,7 @@ def cmd_decompose(args) -> None:
 
 
 def cmd_levels(args) -> None:
-    model = RoughBergomi()
+    model = RoughBergomi(perp_variance=args.perp_variance)
     pr = _pricers(args, signature=False)
     out = {"strike": args.strike, "runs": []}
     for share in (False, True):
@@ -180,7 +183,7 @@ def cmd_forward(args) -> None:
     per 100 of S_{t_j}, and puts at T (European, discretely monitored down-and-out / -in at the
     dates), 8 vs 16 steps per period on coupled paths; the fine - coarse differences with the
     discounted S at the dates (both grids' exact martingales) as control variates."""
-    model = RoughBergomi()
+    model = RoughBergomi(perp_variance=args.perp_variance)
     K = args.strike
     pr = _pricers(args, signature=True)
     names = ([f"ATM put {j}/12 -> {j + 1}/12, per 100 of S" for j in range(12)]
@@ -231,6 +234,8 @@ def main() -> None:
         q.add_argument("--regression-log2", type=int, default=15)
         q.add_argument("--seed", type=int, default=11 if name == "forward" else 7)
         q.add_argument("--out", default=None)
+        q.add_argument("--perp-variance", default="left", choices=["left", "forward"],
+                       help="the model's price step for the W_perp part (RoughBergomi)")
         q.add_argument("--full-martingale", action="store_true",
                        help="the default MartingaleBasis (12 payoff strikes) instead of the "
                             "preset's lighter one (4) for the control variate")

@@ -387,6 +387,4 @@ def _head(paths: RoughPaths, n: int) -> RoughPaths:
         return paths
     half = paths.n_paths // 2
     rows = np.concatenate([np.arange(n // 2), half + np.arange(n // 2)])
-    return RoughPaths(times=paths.times, S=paths.S[rows], V=paths.V[rows], Y=paths.Y[rows],
-                      dW=paths.dW[rows], dW_perp=paths.dW_perp[rows], cell=paths.cell[rows],
-                      r=paths.r)
+    return paths.take(rows)

@@ -199,7 +199,8 @@ def martingale_increments(paths: RoughPaths, model: RoughBergomi, payoff: Payoff
         from deepquant.rough.kernels import payoff_increments
 
         q, col, itv, end = (np.array(v) for v in zip(*pay, strict=True))
-        payoff_increments(paths.S, np.log(paths.S), paths.V, fwd, q, col, itv, times, end, disc,
+        payoff_increments(paths.S, np.log(paths.S), paths.step_V, fwd, q, col, itv, times, end,
+                          disc,
                           K * np.asarray(basis.payoff_strikes, dtype=float), K, r, put=put,
                           out=B, offset=B.shape[2] - n_pay)
     return B

@@ -391,9 +391,7 @@ class BermudanPricer:
             rows = np.concatenate([np.arange(k // 2), n // 2 + np.arange(k // 2)])
         else:
             rows = np.arange(k)
-        sub = RoughPaths(times=paths.times, S=paths.S[rows], V=paths.V[rows], Y=paths.Y[rows],
-                         dW=paths.dW[rows], dW_perp=paths.dW_perp[rows],
-                         cell=paths.cell[rows], r=paths.r)
+        sub = paths.take(rows)
         return subsim_pathwise(model, payoff, sub, Z[rows], F[rows], value_fn,
                                basis=self.exercise_basis, steps_per_date=self.steps_per_date,
                                n_inner=self.subsim_inner, rng=inner_seed,
@@ -411,8 +409,10 @@ class BermudanPricer:
         elif model.is_black_scholes:
             name = f"Black-Scholes (sigma={math.sqrt(model.xi0):g}), exact log-Euler"
         else:
+            step = ("log-Euler" if model.perp_variance == "left" else
+                    "log-Euler with the forward variance for W_perp")
             name = (f"rough Bergomi (H={model.H:g}, eta={model.eta:g}, rho={model.rho:g}, "
-                    f"xi0={model.xi0:g}), hybrid scheme + log-Euler")
+                    f"xi0={model.xi0:g}), hybrid scheme + {step}")
         feats = ("" if self.feature_stride == 1 else
                  f", features every {self.feature_stride} steps")
         return (f"{name} on {self.n_steps} steps ({self.steps_per_date} per exercise period), "
@@ -424,6 +424,13 @@ class BermudanPricer:
         if isinstance(model, Heston) and self.dual == "subsim":
             raise ValueError("dual='subsim' is specific to the rough Bergomi scheme; use "
                              "dual='signature' (preset 'heston') for a Heston model")
+        if getattr(model, "perp_variance", "left") != "left" and not model.is_black_scholes:
+            if self.dual == "subsim":
+                raise ValueError("dual='subsim' simulates its inner paths with the left-point "
+                                 "step; use perp_variance='left' or dual='signature'")
+            if self.device is not None:
+                raise ValueError("perp_variance='forward' runs on the numpy path map only "
+                                 "(device=None)")
 
     def __call__(self, model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
                  rng: RngLike = None,

@@ -31,6 +31,22 @@ Discretisation (DESIGN §4, seed 004 §2.2) on the uniform grid t_i = i dt, i = 
   Conditionally on F_{t_i}, S_{i+1} is lognormal, so exp(-r t) S_t is an exact martingale on
   the grid.
 
+  Option ``perp_variance="forward"``: the part driven by W_perp uses the adapted forward
+  variance F_i = E_{t_i}[V_{t_i + dt/2}] (projected on the hybrid data, ``forward_weights``)
+  instead of V_i::
+
+      log S_{i+1} = log S_i + (r - (rho^2 V_i + (1 - rho^2) F_i) / 2) dt
+                    + rho sqrt(V_i) dW_{i+1} + sqrt(1 - rho^2) sqrt(F_i) dW_perp_{i+1},
+
+  still conditionally lognormal with variance ``step_variance`` = rho^2 V_i + (1 - rho^2) F_i,
+  so still an exact martingale. The left-point V_i ignores the variance's fast (rough) mean
+  reversion inside the cell, which over-disperses the orthogonal variance; F_i sees it.
+  It halves the 8 -> 16 steps-per-period difference of at-the-money forward-starting puts and
+  of the K = 100 Bermudan, but doubles the in-the-money European's error (K = 120), so it is
+  not the default (docs/benchmarks-rough.md, "The forward-start put's grid error"). numpy
+  path map only (no ``device``), and not with the sub-simulation dual, whose inner paths use
+  the left-point step.
+
 The same map runs in torch (``device="cpu"``, ``"cuda"``, ...; ``dtype`` float64 or float32):
 the convolution is an ``torch.fft.rfft`` product of length 2n, the rest elementwise and one
 cumulative sum, so a GPU runs the identical code; the paths come back as float64 numpy arrays.
@@ -46,7 +62,10 @@ from dataclasses import KW_ONLY, dataclass
 import numpy as np
 from scipy.signal import fftconvolve
 
-__all__ = ["RoughBergomi", "RoughPaths", "hybrid_kernel", "hybrid_cell_covariance"]
+__all__ = ["RoughBergomi", "RoughPaths", "hybrid_kernel", "hybrid_cell_covariance",
+           "forward_weights"]
+
+PERP_VARIANCES = ("left", "forward")
 
 
 def hybrid_cell_covariance(H: float, dt: float) -> np.ndarray:
@@ -75,6 +94,29 @@ def hybrid_kernel(H: float, n_steps: int, dt: float) -> np.ndarray:
     return gamma
 
 
+def forward_weights(H: float, n_steps: int, dt: float, theta: float = 0.5
+                    ) -> tuple[float, float, np.ndarray, float]:
+    """Weights of Z_i = sqrt(2H) (b dW_i + g I_i + sum_{k>=2} w_k dW_{i-k+1}), the projection of
+    E_{t_i}[Y_{t_i + theta dt}] on the hybrid data: (b, g, w (n_steps + 1,), Var(b dW + g I)).
+
+    (b, g): exact Gaussian projection of the last cell's part on (dW_i, I_i); w_k: the kernel
+    (t_i + theta dt - s)^(H - 1/2) averaged over the cell k - 1 steps back.
+    """
+    from scipy.special import hyp2f1
+
+    a = H - 0.5
+    c = hybrid_cell_covariance(H, dt)
+    h = theta * dt
+    cw = ((dt + h) ** (a + 1.0) - h ** (a + 1.0)) / (a + 1.0)  # Cov(last-cell part, dW_i)
+    # Cov(last-cell part, I_i) = int_0^dt u^a (u + h)^a du
+    ci = h**a * dt ** (a + 1.0) / (a + 1.0) * hyp2f1(-a, a + 1.0, a + 2.0, -dt / h)
+    b, g = np.linalg.solve(c, [cw, ci])
+    w = np.zeros(n_steps + 1)
+    k = np.arange(2, n_steps + 1, dtype=float)
+    w[2:] = ((k * dt + h) ** (a + 1.0) - ((k - 1.0) * dt + h) ** (a + 1.0)) / ((a + 1.0) * dt)
+    return float(b), float(g), w, float(np.array([b, g]) @ c @ np.array([b, g]))
+
+
 @dataclass(frozen=True)
 class RoughPaths:
     """Simulated paths on the grid t_i = i dt, i = 0..n.
@@ -89,6 +131,8 @@ class RoughPaths:
     dW_perp : ndarray (n_paths, n)  increments of the independent driver W_perp
     cell : ndarray (n_paths, n)     hybrid-scheme cell integrals I_i
     r : float                       short rate (for discounting)
+    step_variance : ndarray (n_paths, n) or None
+        variance per unit time of log S over each step given F_{t_i}; None: V_i (left point)
     """
 
     times: np.ndarray
@@ -99,6 +143,22 @@ class RoughPaths:
     dW_perp: np.ndarray
     cell: np.ndarray
     r: float
+    step_variance: np.ndarray | None = None
+
+    def take(self, rows: np.ndarray) -> RoughPaths:
+        """The paths ``rows``."""
+        sv = None if self.step_variance is None else self.step_variance[rows]
+        return RoughPaths(times=self.times, S=self.S[rows], V=self.V[rows], Y=self.Y[rows],
+                          dW=self.dW[rows], dW_perp=self.dW_perp[rows], cell=self.cell[rows],
+                          r=self.r, step_variance=sv)
+
+    @property
+    def step_V(self) -> np.ndarray:
+        """(n_paths, n+1): the step variance in columns 0..n-1 (V itself for the left-point
+        step), V_n in the last column."""
+        if self.step_variance is None:
+            return self.V
+        return np.concatenate([self.step_variance, self.V[:, -1:]], axis=1)
 
     @property
     def n_paths(self) -> int:
@@ -126,6 +186,9 @@ class RoughBergomi:
     xi0 : float      flat forward variance, > 0.
     r : float        continuously compounded short rate.
     S0 : float       spot, > 0.
+    perp_variance : str
+        variance of the W_perp part of the price step: "left" (V_i, default) or "forward"
+        (E_{t_i}[V at the cell midpoint]; module docstring).
     """
 
     _: KW_ONLY
@@ -135,8 +198,12 @@ class RoughBergomi:
     xi0: float = 0.09
     r: float = 0.05
     S0: float = 100.0
+    perp_variance: str = "left"
 
     def __post_init__(self) -> None:
+        if self.perp_variance not in PERP_VARIANCES:
+            raise ValueError(f"perp_variance must be one of {PERP_VARIANCES}, "
+                             f"got {self.perp_variance!r}")
         for name in ("H", "eta", "rho", "xi0", "r", "S0"):
             value = getattr(self, name)
             if not isinstance(value, int | float | np.floating | np.integer) or not math.isfinite(
@@ -198,6 +265,9 @@ class RoughBergomi:
         n_paths, n = dW.shape
         dt = T / n
         times = np.linspace(0.0, T, n + 1)
+        if device is not None and self.perp_variance != "left" and self.eta != 0.0:
+            raise ValueError("perp_variance='forward' runs on the numpy path map only "
+                             "(device=None)")
         if device is not None:
             Y, V, S = self._map_torch(dW, np.asarray(dW_perp, dtype=float),
                                       np.asarray(cell, dtype=float), dt, device, dtype)
@@ -214,9 +284,14 @@ class RoughBergomi:
                                   s2h=math.sqrt(2.0 * self.H), log_xi0=math.log(self.xi0),
                                   eta=self.eta, rho=self.rho, r=self.r, dt=dt,
                                   log_s0=math.log(self.S0))
+            step_var = None
+            if self.perp_variance == "forward":
+                S, step_var = self._forward_perp_step(V, dW, np.asarray(dW_perp, dtype=float),
+                                                      np.asarray(cell, dtype=float), dt)
             return RoughPaths(times=times, S=S, V=V, Y=Y, dW=dW,
                               dW_perp=np.asarray(dW_perp, dtype=float),
-                              cell=np.asarray(cell, dtype=float), r=self.r)
+                              cell=np.asarray(cell, dtype=float), r=self.r,
+                              step_variance=step_var)
         Y = np.zeros((n_paths, n + 1))
         V = np.full((n_paths, n + 1), self.xi0)
         dB = self.rho * dW + math.sqrt(max(1.0 - self.rho**2, 0.0)) * dW_perp
@@ -229,6 +304,35 @@ class RoughBergomi:
         return RoughPaths(times=times, S=np.exp(logS), V=V, Y=Y, dW=dW,
                           dW_perp=np.asarray(dW_perp, dtype=float),
                           cell=np.asarray(cell, dtype=float), r=self.r)
+
+    def forward_step_variance(self, dW: np.ndarray, cell: np.ndarray, dt: float) -> np.ndarray:
+        """F_i = E_{t_i}[V_{t_i + dt/2}] projected on the hybrid data, shape (n_paths, n)
+        (F_0 = xi0); E[F_i] = xi0 exactly (the variance of the projection is used)."""
+        n = dW.shape[1]
+        b, g, w, vc = forward_weights(self.H, n, dt)
+        Z = np.zeros_like(dW)
+        if n > 1:
+            conv = fftconvolve(dW, w[None, :], axes=1)[:, :n]
+            Z[:, 1:] = math.sqrt(2.0 * self.H) * (b * dW[:, :-1] + g * cell[:, :-1]
+                                                  + conv[:, 1:])
+        vz = np.zeros(n)
+        vz[1:] = 2.0 * self.H * (vc + np.cumsum(w[1:n] ** 2) * dt)
+        return self.xi0 * np.exp(self.eta * Z - 0.5 * self.eta**2 * vz[None, :])
+
+    def _forward_perp_step(self, V: np.ndarray, dW: np.ndarray, dW_perp: np.ndarray,
+                           cell: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """(S, step variance) of the log-Euler step with the forward variance for W_perp."""
+        F = self.forward_step_variance(dW, cell, dt)
+        Vl = V[:, :-1]
+        rho2 = self.rho**2
+        sv = rho2 * Vl + (1.0 - rho2) * F
+        dlogS = ((self.r - 0.5 * sv) * dt + self.rho * np.sqrt(Vl) * dW
+                 + math.sqrt(max(1.0 - rho2, 0.0)) * np.sqrt(F) * dW_perp)
+        logS = np.empty((V.shape[0], V.shape[1]))
+        logS[:, 0] = math.log(self.S0)
+        np.cumsum(dlogS, axis=1, out=logS[:, 1:])
+        logS[:, 1:] += math.log(self.S0)
+        return np.exp(logS), sv
 
     def _map_torch(self, dW: np.ndarray, dW_perp: np.ndarray, cell: np.ndarray, dt: float,
                    device: str, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
