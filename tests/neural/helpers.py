@@ -8,6 +8,17 @@ import numpy as np
 from deepquant.neural.data import InstanceSpec, _record
 
 
+def assert_convex_ordered(m) -> None:
+    """Rows of ``m`` on its grid: laws of mean 1, call prices non-decreasing in the date (convex
+    order on the grid), to round-off (1e-12: the builders' own correction is exact to ~1e-15)."""
+    w, g = m.weights, m.grid
+    assert np.all(w >= 0)
+    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(w @ g, 1.0, atol=1e-12)
+    calls = np.maximum(g[None, :] - g[:, None], 0.0) @ w.T          # (M strikes, dates)
+    assert np.all(np.diff(calls, axis=1) >= -1e-12)
+
+
 def kernel_marginals(rng: np.random.Generator, n_dates: int, size: int) -> tuple:
     """Laws X_0 = 1, then mean-preserving spreads on a uniform grid around 1 (convex order
     holds exactly by construction)."""

@@ -18,21 +18,11 @@ from click.testing import CliRunner  # noqa: E402
 from deepquant.cli import main  # noqa: E402
 from deepquant.neural import data as nd  # noqa: E402
 from deepquant.neural import families as fam  # noqa: E402
+from tests.neural import helpers  # noqa: E402
 
 SPX = Path(os.environ.get("DEEPQUANT_SPX_DATA",
                           Path(__file__).resolve().parents[3] / "shared" / "data"
                           / "spx_20230609"))
-
-
-def _convex_ok(m):
-    """Rows on the grid: laws of mean 1, call prices non-decreasing in the date (convex order
-    on the grid), to round-off (1e-12: the builders' own correction is exact to ~1e-15)."""
-    w, g = m.weights, m.grid
-    assert np.all(w >= 0)
-    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(w @ g, 1.0, atol=1e-12)
-    calls = np.maximum(g[None, :] - g[:, None], 0.0) @ w.T          # (M strikes, dates)
-    assert np.all(np.diff(calls, axis=1) >= -1e-12)
 
 
 def test_new_families_leave_existing_instances_unchanged():
@@ -62,7 +52,7 @@ def test_ssvi_without_smile_is_the_lognormal_term_structure():
 def test_ssvi_marginals_are_convex_ordered_with_a_skew():
     grid = nd.model_grid(150)
     m = nd.build_marginals(nd.instance_spec(2, 1, families=("gbm", "termvol", "svi")), grid)
-    _convex_ok(m)
+    helpers.assert_convex_ordered(m)
     assert m.weights[0, np.argmin(abs(grid - 1))] == 1.0          # today's point mass
     # negative rho: more mass below 1 - 2 sd than above 1 + 2 sd (left skew)
     w, sd = m.weights[-1], np.sqrt(m.weights[-1] @ (grid - 1) ** 2)
@@ -82,7 +72,7 @@ def test_chain_family_calibrates_near_the_generating_model():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = fam.chain_marginals([30, 91], grid, model="heston", params=params, seed=3)
-    _convex_ok(m)
+    helpers.assert_convex_ordered(m)
     assert m.n_dates == 3 and m.times[0] == 0.0
     ref = heston_marginals(m.times, grid=grid, **params)
     i1 = int(np.argmin(abs(grid - 1)))
@@ -112,7 +102,7 @@ def test_spx_family_is_a_valid_perturbed_calibration(monkeypatch):
         warnings.simplefilter("ignore")
         a = fam.spx_marginals(3, grid, rng=4)
         b = fam.spx_marginals(3, grid, rng=4, perturbation=0.0)
-    _convex_ok(a)
+    helpers.assert_convex_ordered(a)
     assert a.n_dates == 4 and np.all(np.diff(a.times) > 0) and a.times[-1] <= 366 / 365
     np.testing.assert_array_equal(a.times, b.times)                 # same expiries drawn
     assert 0 < np.abs(a.weights - b.weights).sum() < 1.0            # moved, not replaced

@@ -16,27 +16,17 @@ from click.testing import CliRunner  # noqa: E402
 from deepquant.cli import main  # noqa: E402
 from deepquant.neural import data as nd  # noqa: E402
 from deepquant.neural import families as fam  # noqa: E402
+from tests.neural import helpers  # noqa: E402
 
 GRID = nd.model_grid(150)
 I_ONE = int(np.argmin(np.abs(GRID - 1.0)))
-
-
-def _convex_ok(m):
-    """Rows on the grid: laws of mean 1, call prices non-decreasing in the date (convex order
-    on the grid), to round-off (1e-12: ``marginals_from_call_prices`` is exact to ~1e-15)."""
-    w, g = m.weights, m.grid
-    assert np.all(w >= 0)
-    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(w @ g, 1.0, atol=1e-12)
-    calls = np.maximum(g[None, :] - g[:, None], 0.0) @ w.T          # (M strikes, dates)
-    assert np.all(np.diff(calls, axis=1) >= -1e-12)
 
 
 def test_rbergomi_marginals_are_convex_ordered_and_reproducible():
     times = np.array([0, 16, 32, 128]) * 0.25 / 128                 # dates on the 128 steps
     kw = dict(H=0.1, eta=2.0, rho=-0.9, xi0=0.05, n_steps=128, n_paths=512)
     m = fam.rbergomi_marginals(times, GRID, rng=4, **kw)
-    _convex_ok(m)
+    helpers.assert_convex_ordered(m)
     assert m.n_dates == 4 and m.weights[0, I_ONE] == 1.0            # today's point mass
     np.testing.assert_array_equal(m.times, times)
     np.testing.assert_array_equal(m.weights, fam.rbergomi_marginals(times, GRID, rng=4,
@@ -82,7 +72,7 @@ def test_scaled_marginals_have_narrower_exact_supports():
     sd = np.sqrt(m.weights @ (GRID - 1) ** 2)
     for scale in (0.3, 0.6, 1.0, 1.3):
         s = fam.scaled_marginals(m, scale)
-        _convex_ok(s)
+        helpers.assert_convex_ordered(s)
         live = np.flatnonzero(s.weights[-1] > 0)
         # the standard deviations scale by s (up to the grid and the cut tails: 1 grid step)
         np.testing.assert_allclose(np.sqrt(s.weights @ (GRID - 1) ** 2), scale * sd,
@@ -104,7 +94,7 @@ def test_support_scale_keeps_the_family_draws():
         assert 0.2 <= b.params["support_scale"] <= 0.9
     spec = nd.instance_spec(0, 3, families=("gbm",), support_scale=(0.4, 0.4))
     m = nd.build_marginals(spec, GRID)
-    _convex_ok(m)
+    helpers.assert_convex_ordered(m)
     assert m.weights[-1, 0] == 0.0 and m.weights[-1, -1] == 0.0
     with pytest.raises(ValueError, match="support_scale must be"):
         nd.instance_spec(0, 3, support_scale=(0.0, 1.0))
