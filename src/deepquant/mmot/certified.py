@@ -475,7 +475,8 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     grid is never replaced by its LP here: a small one goes to ``certify_side``)."""
     from deepquant.mmot.entropic import coarse_marginals
 
-    lp_small = lp_columns(chain) <= LP_START_COLUMNS
+    cols = lp_columns(chain)
+    lp_small = cols <= LP_START_COLUMNS
     if levels is None:  # automatic: halve until the chain LP is small
         bottom = lp_small or marginals.size <= MIN_COARSE_SIZE
     else:
@@ -483,15 +484,18 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     if bottom:
         # a coarse level whose LP is small is solved exactly by HiGHS; the user's own grid
         # (and anything the LP cannot take) goes to certify_side: column generation when small
-        t_lp = time.perf_counter()
-        # the LP level is the start of every finer one: it gets the side's whole budget
-        # (HiGHS stops when it is solved; the LP is small by construction)
-        lp_opts = options if lp_budget is None else dict(options, max_seconds=lp_budget)
-        side = _lp_side(chain, marginals, sense, lp_opts) if lp_small and not top else None
-        if side is None and lp_small and not top:  # what the failed LP left of the budget
-            options["max_seconds"] = max(options.get("max_seconds", 600.0) - time.perf_counter()
-                                         + t_lp, 0.0)
-        return side or certify_side(chain, marginals, sense, progress=progress, **options)
+        if lp_small and not top:
+            t_lp = time.perf_counter()
+            # the LP level is the start of every finer one: it gets the side's whole budget
+            # (HiGHS stops when it is solved; the LP is small by construction)
+            side = _lp_side(chain, marginals, sense,
+                            options if lp_budget is None else dict(options, max_seconds=lp_budget))
+            if side is not None:
+                return side
+            # what the failed LP left of the budget
+            options["max_seconds"] = max(options.get("max_seconds", 600.0)
+                                         - (time.perf_counter() - t_lp), 0.0)
+        return certify_side(chain, marginals, sense, progress=progress, **options)
     t_start = time.perf_counter()
     budget = float(options.get("max_seconds", 600.0))
     if work_columns is None:
@@ -506,9 +510,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     copts = dict(options)
     copts["eps_end"] = max(options.get("eps_end", 1e-7), 1e-5)
     copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
-    ccols = lp_columns(cchain)
-    coarse_is_lp = ccols <= LP_START_COLUMNS and (levels is None or levels <= 1)
-    cols = lp_columns(chain)
+    coarse_is_lp = lp_columns(cchain) <= LP_START_COLUMNS and (levels is None or levels <= 1)
     share, crole = coarse_share(cols, work_columns, role, coarse_is_lp)
     copts["max_seconds"] = share * budget
     cres = _multiscale_side(coarse, payoff, cchain, sense,
