@@ -424,13 +424,11 @@ class BermudanPricer:
         if isinstance(model, Heston) and self.dual == "subsim":
             raise ValueError("dual='subsim' is specific to the rough Bergomi scheme; use "
                              "dual='signature' (preset 'heston') for a Heston model")
-        if getattr(model, "perp_variance", "left") != "left" and not model.is_black_scholes:
-            if self.dual == "subsim":
-                raise ValueError("dual='subsim' simulates its inner paths with the left-point "
-                                 "step; use perp_variance='left' or dual='signature'")
-            if self.device is not None:
-                raise ValueError("perp_variance='forward' runs on the numpy path map only "
-                                 "(device=None)")
+        # (a device is refused by the model's own path map, at the first simulation)
+        if (getattr(model, "perp_variance", "left") != "left" and not model.is_black_scholes
+                and self.dual == "subsim"):
+            raise ValueError("dual='subsim' simulates its inner paths with the left-point "
+                             "step; use perp_variance='left' or dual='signature'")
 
     def __call__(self, model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
                  rng: RngLike = None,
