@@ -71,6 +71,15 @@ MIN_DAYS, MAX_DAYS = 7, 366
 """Expiries drawn by the chain families lie between 1 week and 1 year."""
 
 
+def dates_from_today(times: Sequence[float]) -> np.ndarray:
+    """``times`` as a float array: increasing dates from 0 (today), at least 2; ValueError
+    naming ``times`` otherwise."""
+    t = np.asarray(times, dtype=float)
+    if t.ndim != 1 or t.size < 2 or t[0] != 0.0 or np.any(np.diff(t) <= 0):
+        raise ValueError(f"times must be increasing from 0 with at least 2 dates, got {times!r}")
+    return t
+
+
 def with_today(marginals: Marginals) -> Marginals:
     """``marginals`` with date 0 (a point mass at 1, time 0) in front; unchanged when its first
     row already is that point mass. Exact: the point mass is below every law of mean 1 in
@@ -109,9 +118,7 @@ def svi_marginals(times: Sequence[float], atm_vols: Sequence[float] | float, gri
 
     from deepquant.market.synthetic import marginals_from_call_prices
 
-    t = np.asarray(times, dtype=float)
-    if t.ndim != 1 or t.size < 2 or t[0] != 0.0 or np.any(np.diff(t) <= 0):
-        raise ValueError(f"times must be increasing from 0 with at least 2 dates, got {times!r}")
+    t = dates_from_today(times)
     sig = np.broadcast_to(np.asarray(atm_vols, dtype=float), (t.size - 1,))
     if not np.all(np.isfinite(sig)) or np.any(sig <= 0):
         raise ValueError(f"atm_vols must be finite and > 0, got {atm_vols!r}")
@@ -270,9 +277,7 @@ def rbergomi_marginals(times: Sequence[float], grid: np.ndarray, *, H: float = 0
     from deepquant.market.synthetic import marginals_from_call_prices
     from deepquant.rough.rbergomi import RoughBergomi
 
-    t = np.asarray(times, dtype=float)
-    if t.ndim != 1 or t.size < 2 or t[0] != 0.0 or np.any(np.diff(t) <= 0):
-        raise ValueError(f"times must be increasing from 0 with at least 2 dates, got {times!r}")
+    t = dates_from_today(times)
     if not -1 < rho < 1:
         raise ValueError(f"rho must be in (-1, 1), got {rho!r}")
     if isinstance(n_paths, bool) or not isinstance(n_paths, (int, np.integer)) or n_paths < 4 \

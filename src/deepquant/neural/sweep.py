@@ -53,10 +53,9 @@ def term_structure_marginals(times: Sequence[float], vols: Sequence[float] | flo
         ``deepquant.market.synthetic.marginals_from_call_prices`` (exact convex order).
     """
     from deepquant.market.synthetic import gbm_marginals
+    from deepquant.neural.families import dates_from_today
 
-    t = np.asarray(times, dtype=float)
-    if t.ndim != 1 or t.size < 2 or t[0] != 0.0 or np.any(np.diff(t) <= 0):
-        raise ValueError(f"times must be increasing from 0 with at least 2 dates, got {times!r}")
+    t = dates_from_today(times)
     sig = np.broadcast_to(np.asarray(vols, dtype=float), (t.size - 1,))
     if not np.all(np.isfinite(sig)) or np.any(sig <= 0):
         raise ValueError(f"vols must be finite and > 0, one per period ({t.size - 1}), "
