@@ -12,9 +12,10 @@ from deepquant.market.marginals import Marginals
 from deepquant.market.synthetic import heston_marginals
 from deepquant.mmot.augment import build_chain
 from deepquant.mmot.bounds import bounds
-from deepquant.mmot.certified import certified_bounds, nest_supports
+from deepquant.mmot.certified import nest_supports
 from deepquant.mmot.colgen import solve_chain_colgen
 from deepquant.mmot.hedge import superhedge, verify_hedge
+from deepquant.mmot.multiscale import certified_bounds
 from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import make_payoff
 from tests.conftest import martingale_kernel_marginals, random_walk_marginals
@@ -194,12 +195,12 @@ def test_bad_time_budget_is_rejected_before_the_chain_is_built(rw, monkeypatch, 
     """A NaN budget never runs out (every comparison with NaN is false) and a negative one
     silently returned the wide start certificate: both are errors naming the option, raised
     before the augmented chain is built."""
-    import deepquant.mmot.certified as certified
+    import deepquant.mmot.multiscale as multiscale
 
     def built(*args, **kwargs):
         raise AssertionError("the chain was built before the options were checked")
 
-    monkeypatch.setattr(certified, "build_chain", built)
+    monkeypatch.setattr(multiscale, "build_chain", built)
     with pytest.raises(ValueError, match=r"max_seconds must be a number >= 0.*got (nan|-1\.0)"):
         certified_bounds(rw, make_payoff("asian-call", strike=100.0), max_seconds=max_seconds)
 
@@ -257,12 +258,12 @@ def test_inner_above_the_outer_bound_is_clipped_and_reported(rw):
     """An inner value above the certified outer bound (a smoothed chain's marginal error, or an
     LP plan within the solver's tolerance) cannot stand in a bracket: the side keeps the outer
     bound, reports the excess, and its gap is zero, never negative."""
-    from deepquant.mmot.certified import _side_result
+    from deepquant.mmot.certified import side_result
 
     payoff = make_payoff("lookback-call", strike=100.0)
     sw = _Sweeper(build_chain(rw, payoff), rw, 1.0)
     cert = sw.certify(np.zeros(sw.mu_flat.size))
-    side = _side_result(sw, 1.0, 0.0, cert, cert[0] + 0.25, 0.0, "restricted LP", 0, "", {})
+    side = side_result(sw, 1.0, 0.0, cert, cert[0] + 0.25, 0.0, "restricted LP", 0, "", {})
     assert side.value == pytest.approx(cert[0], abs=1e-12)
     assert side.gap == 0.0 and side.info["inner"] == pytest.approx(cert[0], abs=1e-12)
     assert side.info["inner_excess"] == pytest.approx(0.25, abs=1e-12)
@@ -313,8 +314,9 @@ def test_coarse_start_is_valid_and_closes_on_the_lp():
 def test_lp_columns_counts_the_chain_lp_and_the_lp_level_is_exact():
     # the count that picks the LP level equals the built LP's columns; a level solved by the LP
     # is certified (its potentials swept exactly) at the LP's value on both sides
-    from deepquant.mmot.certified import _lp_side, lp_columns
+    from deepquant.mmot.certified import lp_columns
     from deepquant.mmot.lp import build_chain_lp
+    from deepquant.mmot.multiscale import _lp_side
 
     m = heston_marginals(np.arange(4) * 30 / 365, grid=np.linspace(0.7, 1.3, 21))
     for name in ("asian-call", "european-call", "lookback-call"):

@@ -18,12 +18,13 @@ Entry points:
 
 from deepquant.mmot.augment import AugmentedChain, build_chain, expectation
 from deepquant.mmot.bounds import METHODS, bounds
-from deepquant.mmot.certified import CertifiedProgress, certified_bounds
+from deepquant.mmot.certified import CertifiedProgress
 from deepquant.mmot.delta import BacktestResult, DeltaHedge, backtest, delta_hedge
 from deepquant.mmot.entropic import EntropicResult, newton_polish, solve_entropic
 from deepquant.mmot.hedge import SemiStaticHedge, superhedge, verify_hedge
 from deepquant.mmot.incremental import append_date, insert_date, update_date
 from deepquant.mmot.model import CalibratedModel, ModelPrice
+from deepquant.mmot.multiscale import certified_bounds
 from deepquant.mmot.result import BoundsResult
 from deepquant.mmot.sparse import adaptive_grid, sparse_marginals
 from deepquant.mmot.widening import WidenedBounds, widen, widen_bounds

@@ -1,6 +1,6 @@
 """How a certified side's time budget is split over its grid levels (DESIGN §2.8).
 
-The multiscale start of ``deepquant.mmot.certified`` halves the grid down to a level whose
+The multiscale start of ``deepquant.mmot.multiscale`` halves the grid down to a level whose
 chain LP is small (solved exactly), then carries potentials up level by level; each level is
 certified by one exact sweep and may run smoothed stages. Measured (Heston, N = 5, M = 150,
 10 s per side, loaded 2-core machine): the smoothed stages gain most on the finest level whose

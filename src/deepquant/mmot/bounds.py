@@ -11,7 +11,7 @@ Methods
                 ``result.method`` says which ran.
 ``"lp"``        exact LP (HiGHS): per-period LPs for pairwise payoffs, the augmented chain LP
                 for path-dependent ones (``deepquant.mmot.lp``).
-``"certified"`` certified bounds at market resolution (``deepquant.mmot.certified``): the
+``"certified"`` certified bounds at market resolution (``deepquant.mmot.multiscale``): the
                 smoothed dual optimised by L-BFGS with eps-scaling, each iterate certified by
                 the exact concave-envelope sweep; ``lower``/``upper`` are always valid bounds
                 and each side reports its gap to an inner estimate.
@@ -68,7 +68,7 @@ def bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", *,
         Entropic regularisation; required for (and only for) ``method="entropic"``.
     **options
         Passed to ``lp.lp_bounds`` (``sum_mode``, ``sum_grid_size``, ``martingale_tol``,
-        ``highs_options``, ``return_plan``, ...), ``certified.certified_bounds`` (``rtol``,
+        ``highs_options``, ``return_plan``, ...), ``multiscale.certified_bounds`` (``rtol``,
         ``eps_end``, ``max_seconds``, ``progress``, ...), ``ipm.ipm_bounds`` (``rtol``,
         ``feas_tol``, ``max_iter``, ``sides``, ``workers``), ``pathlp.path_lp_bounds``
         (``max_paths``, ...) or ``augmented_entropic.entropic_bounds`` (``reference``, ``tol``,
@@ -116,7 +116,7 @@ def _solve(marginals: Marginals, payoff: Payoff, method: str, *, eps: float | No
 
         return ipm_bounds(marginals, payoff, **options)
     if method == "certified":
-        from deepquant.mmot.certified import certified_bounds
+        from deepquant.mmot.multiscale import certified_bounds
 
         return certified_bounds(marginals, payoff, **options)
     if method == "lp":

@@ -274,7 +274,7 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     ``scipy.optimize.linprog(method=method)`` (HiGHS interior point with crossover by default).
     Column generation on the chain LP (without building it) lives in ``deepquant.mmot.colgen``,
     used by the certified method.
-    Grids beyond the reach of one LP go to ``deepquant.mmot.certified`` (certified bounds by
+    Grids beyond the reach of one LP go to ``deepquant.mmot.multiscale`` (certified bounds by
     the concave-envelope sweep, DESIGN §2.8).
     """
     if sense not in ("lower", "upper"):

@@ -53,8 +53,8 @@ from scipy import optimize, sparse
 from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.certified import COARSE_SHARE, FINE_SWEEPS
 from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, build_chain_lp
+from deepquant.mmot.multiscale import COARSE_SHARE, FINE_SWEEPS
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
 from deepquant.mmot.quote_problem import QuoteHedge, _Problem, _quote_hedge, verify_quote_hedge
 from deepquant.mmot.quotes_certified import (
