@@ -220,6 +220,13 @@ def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
     build = logq or logq_raw is not None
     b, m = mu_full.shape
     diff = grid[None, :] - grid[:, None]
+    if logq_raw is None and not build:      # the bands only: one compiled pass
+        mu, nu, pinned, lo, hi = _product_bands(grid, np.ascontiguousarray(mu_full, dtype=float),
+                                                np.ascontiguousarray(nu_full, dtype=float),
+                                                float(touch_tol))
+        return _Batch(grid=grid, diff=diff, diff2=diff * diff, mu_full=mu_full,
+                      nu_full=nu_full, mu=mu, nu=nu, pinned=pinned, logq=None,
+                      logq_raw=None, cost=cost, lo=lo, hi=hi)
     touch = touching_points(mu_full, nu_full, grid, rel=touch_tol)
     has_mass = mu_full > 0
     pinned = touch & has_mass
@@ -319,3 +326,100 @@ def _product_logq(lo, hi, mu, nu, lognu, logq, build):  # pragma: no cover
                 else:
                     row[y] = -np.inf
     return reached
+
+
+@njit(cache=True, nogil=True)
+def _product_bands(grid, mu_full, nu_full, rel):  # pragma: no cover
+    """``_prepare(..., logq=False)`` with the product reference, compiled: (mu, nu, pinned,
+    lo, hi), each (B, M). The same operations in the same order as the numpy path
+    (``touching_points`` with ``rel``: sequential prefix and suffix sums; the pinning
+    passes; the columns no band reaches), so the output is identical bit for bit
+    (tests/mmot/test_support_prepare.py); no fastmath."""
+    b, m = mu_full.shape
+    mu = np.empty((b, m))
+    nu = np.empty((b, m))
+    pinned = np.zeros((b, m), dtype=np.bool_)
+    lo = np.zeros((b, m), dtype=np.int64)
+    hi = np.full((b, m), m - 1, dtype=np.int64)
+    ax = np.abs(grid)
+    # prefix (p*) and suffix (r*) sums of nu x, nu, mu x, mu, (mu + nu)|x|, mu + nu
+    pnx, pn, pmx, pm, pba, pb = np.empty((6, m))
+    rnx, rn, rmx, rm, rba, rb = np.empty((6, m))
+    touch = np.empty(m, dtype=np.bool_)
+    cnt = np.zeros(m + 1, dtype=np.int64)
+    for t in range(b):
+        mw, nw = mu_full[t], nu_full[t]
+        for j in range(m):
+            both = mw[j] + nw[j]
+            if j == 0:
+                pnx[j], pn[j], pmx[j], pm[j] = nw[j] * grid[j], nw[j], mw[j] * grid[j], mw[j]
+                pba[j], pb[j] = both * ax[j], both
+            else:
+                pnx[j] = pnx[j - 1] + nw[j] * grid[j]
+                pn[j] = pn[j - 1] + nw[j]
+                pmx[j] = pmx[j - 1] + mw[j] * grid[j]
+                pm[j] = pm[j - 1] + mw[j]
+                pba[j] = pba[j - 1] + both * ax[j]
+                pb[j] = pb[j - 1] + both
+        for j in range(m - 1, -1, -1):
+            both = mw[j] + nw[j]
+            if j == m - 1:
+                rnx[j], rn[j], rmx[j], rm[j] = nw[j] * grid[j], nw[j], mw[j] * grid[j], mw[j]
+                rba[j], rb[j] = both * ax[j], both
+            else:
+                rnx[j] = rnx[j + 1] + nw[j] * grid[j]
+                rn[j] = rn[j + 1] + nw[j]
+                rmx[j] = rmx[j + 1] + mw[j] * grid[j]
+                rm[j] = rm[j + 1] + mw[j]
+                rba[j] = rba[j + 1] + both * ax[j]
+                rb[j] = rb[j + 1] + both
+        for j in range(m):
+            s_call = rba[j] + ax[j] * rb[j]
+            s_put = pba[j] + ax[j] * pb[j]
+            if s_put < s_call:
+                d = (grid[j] * pn[j] - pnx[j]) - (grid[j] * pm[j] - pmx[j])
+            else:
+                d = (rnx[j] - grid[j] * rn[j]) - (rmx[j] - grid[j] * rm[j])
+            touch[j] = d <= 0.0 + rel * min(s_put, s_call)
+        for j in range(m):
+            pinned[t, j] = touch[j] and mw[j] > 0
+            mu[t, j] = 0.0 if pinned[t, j] else mw[j]
+            v = nw[j] - (mw[j] if pinned[t, j] else 0.0)
+            v = 0.0 if v <= 1e-14 * max(nw[j], 1e-300) else v
+            nu[t, j] = max(v, 0.0)
+        for j in range(1, m):
+            lo[t, j] = max(lo[t, j - 1], j - 1 if touch[j - 1] else 0)
+        for j in range(m - 2, -1, -1):
+            hi[t, j] = min(hi[t, j + 1], j + 1 if touch[j + 1] else m - 1)
+        cnt[0] = 0
+        for _ in range(m):          # rows with live columns on one side only: pinned
+            for j in range(m):
+                cnt[j + 1] = cnt[j] + (1 if nu[t, j] > 0 else 0)
+            any_stuck = False
+            for x in range(m):
+                left = cnt[x] - cnt[lo[t, x]] > 0
+                right = cnt[hi[t, x] + 1] - cnt[x + 1] > 0
+                if mu[t, x] > 0 and not (left and right):
+                    touch[x] = True     # reused as the pass's stuck mask
+                    any_stuck = True
+                else:
+                    touch[x] = False
+            if not any_stuck:
+                break
+            for x in range(m):
+                if touch[x]:
+                    pinned[t, x] = True
+                    mu[t, x] = 0.0
+                    nu[t, x] = max(nu[t, x] - mu_full[t, x], 0.0)
+        run = 0                     # columns no row's band reaches are dropped
+        for j in range(m + 1):
+            cnt[j] = 0
+        for x in range(m):
+            if mu[t, x] > 0:
+                cnt[lo[t, x]] += 1
+                cnt[hi[t, x] + 1] -= 1
+        for y in range(m):
+            run += cnt[y]
+            if not run > 0 and nu[t, y] > 0:
+                nu[t, y] = 0.0
+    return mu, nu, pinned, lo, hi
