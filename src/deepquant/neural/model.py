@@ -31,7 +31,7 @@ from torch import nn
 from deepquant.neural.config import ModelConfig
 
 __all__ = ["marginal_features", "period_scale", "point_mass_exact", "MMOTTransformer", "MMOTMLP", "build_model", "count_parameters", "resolve_device",
-           "LeanTransformer", "SEED_PARAMETER_COUNT"]
+           "SEED_PARAMETER_COUNT"]
 
 SEED_PARAMETER_COUNT = 4_423_468  # seed 001 §9.2 ("4.4M")
 
@@ -184,49 +184,6 @@ class MMOTTransformer(_Scaled):
         s = s[..., None]
         v = self.u_head(z[:, 1:]) * self.v_scale / s
         h = self.h_head(z[:, :-1]) * self.h_scale / s
-        return point_mass_exact(weights, v), h
-
-
-class LeanTransformer(nn.Module):
-    """``MMOTTransformer.forward`` for inference (eval mode, no date mask) with the pre-norm
-    encoder layers written out in ``torch.nn.functional`` calls (layer norm, the packed q/k/v
-    projection, ``scaled_dot_product_attention``, GELU feed-forward) instead of
-    ``nn.MultiheadAttention``'s general path: the same operations on the same weights, fewer
-    dispatcher calls (about 0.25 ms of 3.1 less per traced single-instance forward); outputs
-    equal to the module's up to float32 round-off (2.6e-7 of the output scale measured, the
-    order in which the trace of either fuses its operations). Wraps the module (no copy of
-    its weights)."""
-
-    def __init__(self, model: MMOTTransformer) -> None:
-        super().__init__()
-        self.model = model
-
-    @staticmethod
-    def supports(model: nn.Module) -> bool:
-        """The module is an ``MMOTTransformer`` with pre-norm GELU layers (what this writes out)."""
-        return isinstance(model, MMOTTransformer) and all(
-            layer.norm_first and getattr(layer, "activation_relu_or_gelu", 0) == 2
-            for layer in model.encoder.layers)
-
-    def forward(self, weights: torch.Tensor):
-        m = self.model
-        b, t, _ = weights.shape
-        s = period_scale(weights, m.grid)
-        feats = marginal_features(weights, m.grid, m.cfg.in_features, s).reshape(b, t, -1)
-        z = (_conv_as_matmul(m.conv, feats) if b * t <= _CONV_AS_MATMUL_ROWS
-             else m.conv(feats.transpose(1, 2)).transpose(1, 2))
-        z = m.norm_in(m.proj(nn.functional.gelu(z))) + m.pe[:t]
-        for layer in m.encoder.layers:
-            att = layer.self_attn
-            qkv = nn.functional.linear(layer.norm1(z), att.in_proj_weight, att.in_proj_bias)
-            qkv = qkv.view(b, t, 3, att.num_heads, -1).permute(2, 0, 3, 1, 4)
-            o = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-            z = z + att.out_proj(o.transpose(1, 2).reshape(b, t, -1))
-            z = z + layer.linear2(nn.functional.gelu(layer.linear1(layer.norm2(z))))
-        z = m.norm_out(z)
-        s = s[..., None]
-        v = m.u_head(z[:, 1:]) * m.v_scale / s
-        h = m.h_head(z[:, :-1]) * m.h_scale / s
         return point_mass_exact(weights, v), h
 
 

@@ -315,8 +315,7 @@ class NeuralPricer:
     def _forward(self, w):
         """The network for inputs shaped like ``w``: for small batches (latency), a TorchScript
         trace of it specialised to that shape and frozen (constants folded; about 1.6x less
-        per-call overhead), cached per shape, of ``LeanTransformer`` (the same function with
-        fewer dispatcher calls) where it applies; for large batches the eager module."""
+        per-call overhead), cached per shape; for large batches the eager module."""
         import torch
 
         shape = tuple(w.shape)
@@ -324,13 +323,10 @@ class NeuralPricer:
             return self.model
         fn = self._traced.get(shape)
         if fn is None:
-            from deepquant.neural.model import LeanTransformer
-
-            net = self.model.eval()
-            net = LeanTransformer(net).eval() if LeanTransformer.supports(net) else net
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")          # TracerWarning: shape-specialised
-                fn = torch.jit.freeze(torch.jit.trace(net, (w,), check_trace=False))
+                fn = torch.jit.freeze(torch.jit.trace(self.model.eval(), (w,),
+                                                      check_trace=False))
             self._traced[shape] = fn
         return fn
 
