@@ -222,7 +222,7 @@ def test_auto_runs_the_ipm_for_pairwise_payoffs_beyond_the_lp(monkeypatch):
     (dict(feas_tol=2.0), "feas_tol must be a number in \\(0, 1\\), got 2.0"),
     (dict(max_iter=0), "max_iter must be an integer >= 1, got 0"),
     (dict(max_iter=2.5), "max_iter must be an integer >= 1, got 2.5"),
-    (dict(sides=("both",)), "sides must be a subset"),
+    (dict(sides=("both",)), "sides must be a non-empty tuple of distinct"),
     (dict(workers=3), "workers must be 1 or 2, got 3"),
 ])
 def test_bad_options_name_the_argument(kw, match):

@@ -53,6 +53,14 @@ def test_marginals_off_the_model_grid_fall_back_with_the_reason(pricer):
                                 rel=1e-6)
 
 
+def test_a_single_date_is_refused_by_name(pricer):
+    """One date has no period to calibrate (found by fuzzing: numpy's 'zero-size array to
+    reduction operation' before)."""
+    one = gbm_marginals([0.0, 0.1], grid=pricer.grid)
+    with pytest.raises(ValueError, match="marginals must have at least 2 dates.*got 1"):
+        pricer.solve(Marginals(one.grid, one.weights[:1]))
+
+
 def test_no_fallback_price_raises(pricer):
     strict = NeuralPricer(fallback=False)
     m = gbm_marginals([0.0, 0.1, 0.2], grid=np.linspace(0.5, 1.5, 61))

@@ -16,7 +16,20 @@ from deepquant.cli import calibrate, market, mmot, neural, quotes, rough
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group; a ``MemoryError`` of any command (a size too large for the machine)
+    ends as a one-line error (exit code 1) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MemoryError as exc:
+            raise click.ClickException(
+                f"out of memory ({str(exc) or 'MemoryError'}); reduce the sizes given (e.g. "
+                "--grid-size)") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="deepquant")
 def main() -> None:
     """deep-quant: exotic option prices with quantified uncertainty."""

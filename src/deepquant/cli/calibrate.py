@@ -6,30 +6,23 @@ from pathlib import Path
 
 import click
 
-from deepquant.cli.output import FiniteFloat
+from deepquant.cli.output import MAX_GRID_SIZE, FiniteFloat, fail, parse_list
 
 COMMANDS: list[click.Command] = []
 
 
 def _parse_range(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected LO,HI (e.g. 0.3,2.0), got {text!r}") from None
-    if not 0 <= lo < 1 < hi:
-        raise click.BadParameter(f"need 0 <= LO < 1 < HI, got {text!r}")
-    return lo, hi
+    bounds = parse_list(text, "--fit-range", float, what="numbers LO,HI (e.g. 0.3,2.0)")
+    if len(bounds) != 2 or not 0 <= bounds[0] < 1 < bounds[1]:
+        fail(f"--fit-range: need 0 <= LO < 1 < HI (two numbers), got {text!r}")
+    return bounds[0], bounds[1]
 
 
 def _parse_rates(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"--rate-range: expected LO,HI (e.g. -0.05,0.25), got "
-                                 f"{text!r}") from None
-    if not lo < hi:
-        raise click.BadParameter(f"--rate-range: need LO < HI, got {text!r}")
-    return lo, hi
+    bounds = parse_list(text, "--rate-range", float, what="numbers LO,HI (e.g. -0.05,0.25)")
+    if len(bounds) != 2 or not bounds[0] < bounds[1]:
+        fail(f"--rate-range: need LO < HI (two numbers), got {text!r}")
+    return bounds[0], bounds[1]
 
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -54,7 +47,7 @@ def _parse_duration(text: str, option: str) -> float:
 @click.option("--expiries", default="30d,60d,90d,120d,150d", show_default=True,
               help="Comma-separated tenors (30d, 6w, 3m, 1y: nearest available expiry), dates "
                    "YYYY-MM-DD[:ROOT], or ranges like 7d..1y (every expiry in it).")
-@click.option("--grid-size", default=150, show_default=True, type=click.IntRange(10, 5000),
+@click.option("--grid-size", default=150, show_default=True, type=click.IntRange(10, MAX_GRID_SIZE),
               help="Points of the common moneyness grid.")
 @click.option("--out", "out", default="marginals.npz", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path),
@@ -102,7 +95,7 @@ def calibrate_command(chain: tuple[Path, ...], expiries: str, grid_size: int, ou
     from deepquant.market.calibrate import CalibrationWarning, calibrate_chain
     from deepquant.plots import calibration_figures
 
-    specs = [e.strip() for e in expiries.split(",") if e.strip()]
+    specs = parse_list(expiries, "--expiries", what="tenors or dates", noun="expiry")
     rates = _parse_rates(rate_range)
     spread = _parse_duration(max_quote_spread, "--max-quote-spread")
     check_writable(out, "--out")

@@ -11,7 +11,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from deepquant.cli.output import check_writable, console, fail, print_json, table
+from deepquant.cli.output import (
+    MAX_GRID_SIZE,
+    check_writable,
+    console,
+    fail,
+    parse_list,
+    print_json,
+    table,
+)
 
 COMMANDS: list[click.Command] = []
 
@@ -19,13 +27,9 @@ _MODELS = click.Choice(["heston", "gbm", "merton"], case_sensitive=False)
 
 
 def _parse_dates(text: str) -> np.ndarray:
-    try:
-        dates = np.array([float(s) for s in text.split(",") if s.strip()])
-    except ValueError:
-        fail(f"--dates must be comma-separated year fractions like 0.25,0.5,1; got {text!r}")
-    if dates.size == 0:
-        fail(f"--dates must list at least one date, got {text!r}")
-    if not np.all(np.isfinite(dates)) or np.any(dates < 0) or not np.any(dates > 0):
+    dates = np.array(parse_list(text, "--dates", float, what="year fractions like 0.25,0.5,1",
+                                noun="date"))
+    if np.any(dates < 0) or not np.any(dates > 0):
         fail(f"--dates must be finite year fractions >= 0 with at least one > 0, got {text!r}")
     return dates
 
@@ -90,7 +94,8 @@ def _save_figure(m, model_calls, path: Path, title: str) -> None:
               help="Synthetic model.")
 @click.option("--dates", default="0.25,0.5,1", show_default=True,
               help="Comma-separated dates in years (increasing).")
-@click.option("--grid-size", type=int, default=150, show_default=True,
+@click.option("--grid-size", type=click.IntRange(max=MAX_GRID_SIZE), default=150,
+              show_default=True,
               help="Number of moneyness grid points M.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Model parameter, repeatable (gbm: sigma; merton: sigma, jump_intensity, "
@@ -156,7 +161,7 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
 @click.command("chain")
 @click.option("--model", type=_MODELS, default="heston", show_default=True,
               help="Pricing model.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the quote jitter, open interest and volume.")
 @click.option("--quote-date", default="2024-01-02", show_default=True, help="ISO quote date.")
 @click.option("--spot", type=float, default=4750.0, show_default=True)

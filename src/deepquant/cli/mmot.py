@@ -33,6 +33,7 @@ def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period
         check_writable,
         console,
         fail,
+        fail_option,
         print_json,
         reported_failures,
         table,
@@ -54,7 +55,7 @@ def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period
             res = solve_entropic(marginals, eps, reference=reference, tol=tol,
                                  max_iter=max_iter, threads=threads)
         except ValueError as exc:
-            fail(str(exc))
+            fail_option(exc, {"eps": "--eps", "tol": "--tol", "max_iter": "--max-iter"})
     summary = res.to_dict()
     summary.update(marginals=str(marginals_path), reference=reference, tol=tol)
     if plot_path is not None:
@@ -143,7 +144,8 @@ _DEMO_OPTIONS = {"expiries": "--expiries", "grid_step": "--grid-step", "n_paths"
                    "it.")
 @click.option("--max-seconds", type=float, default=10.0, show_default=True,
               help="Time budget per side of each certified solve of --grid-sizes.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed.")
 @click.option("--pricer", "pricer_specs", multiple=True, metavar="NAME=MODULE:FUNC",
               help="Extra pricer f(marginals, payoff) -> float shown beside the calibrated "
                    "price, with its timing (repeatable), e.g. neural=deepquant.neural.pricer:f.")
@@ -155,11 +157,21 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
     import importlib
     from dataclasses import replace
 
-    from deepquant.cli.output import console, err_console, fail, fail_option, print_json, table
+    from deepquant.cli.output import (
+        MAX_GRID_SIZE,
+        console,
+        err_console,
+        fail,
+        fail_option,
+        parse_list,
+        print_json,
+        table,
+    )
     from deepquant.demo import DemoConfig, run_demo
 
     try:
-        cfg = DemoConfig(expiries=tuple(e.strip() for e in expiries.split(",") if e.strip()),
+        cfg = DemoConfig(expiries=tuple(parse_list(expiries, "--expiries",
+                                                   what="tenors or dates", noun="expiry")),
                          seed=seed)
         if grid_step is not None:
             cfg = replace(cfg, grid_step=grid_step)
@@ -168,10 +180,10 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
         if grid_sizes.strip().lower() in ("", "none"):
             cfg = replace(cfg, grid_sizes=())
         else:
-            try:
-                sizes = tuple(int(g) for g in grid_sizes.split(",") if g.strip())
-            except ValueError:
-                fail(f"--grid-sizes must be comma-separated integers, got {grid_sizes!r}")
+            sizes = tuple(parse_list(grid_sizes, "--grid-sizes", int, what="integers",
+                                     noun="size"))
+            if max(sizes) > MAX_GRID_SIZE:
+                fail(f"--grid-sizes must be at most {MAX_GRID_SIZE}, got {grid_sizes!r}")
             cfg = replace(cfg, grid_sizes=sizes, resolution_seconds=max_seconds)
     except ValueError as exc:
         fail_option(exc, _DEMO_OPTIONS)
@@ -320,12 +332,15 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
     missing = [f"--{p}" for p in required_params(payoff_name) if params[p] is None]
     if missing:
         fail(f"--payoff {payoff_name} needs {' and '.join(missing)} (no default is assumed)")
+    if sum_grid_size is not None and method == "path-lp":
+        fail(f"--sum-grid-size {sum_grid_size} is not used by --method path-lp (it enumerates "
+             "the paths, whose running sums are exact)")
     try:
         marginals = Marginals.load(marginals_path, check_convex=martingale_tol == 0)
         payoff = make_payoff(payoff_name, **params)
         payoff.last_date(marginals.n_dates)  # validates dates against the file
         options = {}
-        if sum_grid_size is not None and method != "path-lp":
+        if sum_grid_size is not None:
             options.update(sum_grid_size=sum_grid_size)
         if method in ("lp", "auto") and martingale_tol:
             options.update(martingale_tol=martingale_tol)

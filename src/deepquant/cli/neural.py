@@ -9,10 +9,12 @@ from pathlib import Path
 import click
 
 from deepquant.cli.output import (
+    MAX_GRID_SIZE,
     FiniteFloat,
     console,
     err_console,
     fail,
+    parse_list,
     print_json,
     progress,
     reported_failures,
@@ -26,11 +28,12 @@ from deepquant.cli.output import (
 @click.option("--backend", default="local", show_default=True,
               help="serial | local | ray | auto | a Ray address.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Local workers (0 = all).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--eps", type=float, default=1.0, show_default=True,
               help="Entropic eps (with c = 0 the plan is eps-free; potentials stored / eps).")
 @click.option("--tol", type=float, default=1e-9, show_default=True, help="Teacher tolerance.")
-@click.option("--grid-size", type=click.IntRange(min=3), default=150, show_default=True)
+@click.option("--grid-size", type=click.IntRange(3, MAX_GRID_SIZE), default=150,
+              show_default=True)
 @click.option("--chunk", type=click.IntRange(min=1), default=16, show_default=True,
               help="Instances per crash-safe shard.")
 @click.option("--n-choices", default="2,3,5,10,20,30,50", show_default=True,
@@ -51,11 +54,8 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
     from deepquant.neural.data import generate_dataset, model_grid
     from deepquant.neural.dataset_io import check_writable_file
 
-    try:
-        choices = tuple(int(c) for c in n_choices.split(","))
-    except ValueError:
-        fail(f"--n-choices must be comma-separated integers >= 1 (e.g. 2,3,5), got "
-             f"{n_choices!r}")
+    choices = tuple(parse_list(n_choices, "--n-choices", int,
+                               what="integers >= 1 (e.g. 2,3,5)", noun="number of dates"))
     if num < 1:
         fail(f"--num must be >= 1, got {num}")
     scale = None
@@ -78,7 +78,8 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
                                        grid=model_grid(grid_size), backend=backend,
                                        workers=workers, chunk=chunk, progress=cb,
                                        n_choices=choices,
-                                       families=tuple(f.strip() for f in families.split(",")),
+                                       families=tuple(parse_list(families, "--families",
+                                                                 noun="family")),
                                        support_scale=scale)
         except ValueError as exc:
             fail(str(exc))
@@ -204,7 +205,7 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
               help="Random periods per instance in the fit.")
 @click.option("--iterations", type=int, default=300, show_default=True, help="CG iterations.")
 @click.option("--ridge", type=float, default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--max-instances", type=click.IntRange(min=1), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -275,7 +276,7 @@ def evaluate_cmd(checkpoint, test_path, max_instances, threads, device, lofo_tra
             rep = evaluate(test_path, checkpoint=checkpoint, max_instances=max_instances,
                            threads=threads, device=device)
         else:
-            fams = ([f.strip() for f in lofo_families.split(",") if f.strip()]
+            fams = (parse_list(lofo_families, "--lofo-families", noun="family")
                     if lofo_families else None)
             rep = leave_one_family_out(
                 lofo_train, test_path, lofo_dir, checkpoint=checkpoint, families=fams,
@@ -304,13 +305,7 @@ def evaluate_cmd(checkpoint, test_path, max_instances, threads, device, lofo_tra
 
 
 def _floats(text: str, name: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        fail(f"{name} must be comma-separated numbers, got {text!r}")
-    if not vals:
-        fail(f"{name} must hold at least one number, got {text!r}")
-    return vals
+    return parse_list(text, name, float, what="numbers", noun="number")
 
 
 @click.command("sweep")
@@ -326,7 +321,7 @@ def _floats(text: str, name: str) -> list[float]:
 @click.option("--num", type=int, default=100, show_default=True, help="Scenarios K.")
 @click.option("--bump", type=float, default=0.1, show_default=True,
               help="Relative volatility bumps drawn uniformly in [-bump, bump] per period.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--classical/--no-classical", default=True, show_default=True,
               help="Also calibrate every scenario classically (errors, speed-up).")
 @click.option("--checkpoint", default=None, help="Checkpoint (default: the shipped one).")

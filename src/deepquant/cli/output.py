@@ -7,7 +7,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -23,8 +23,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["FiniteFloat", "check_writable", "console", "err_console", "print_json", "table",
-           "progress", "fail", "fail_option", "reported_failures"]
+__all__ = ["FiniteFloat", "MAX_GRID_SIZE", "check_writable", "console", "err_console",
+           "print_json", "table", "progress", "fail", "fail_option", "parse_list",
+           "reported_failures"]
+
+MAX_GRID_SIZE = 5000
+"""Largest ``--grid-size`` a command takes: one period's dense (M, M) arrays then hold 200 MB;
+far beyond it a typo (an extra zero or three) would run for hours or exhaust the memory."""
 
 console = Console()
 err_console = Console(stderr=True)
@@ -69,6 +74,32 @@ def progress(*, disable: bool = False) -> Progress:
 def fail(message: str) -> None:
     """Abort the command with a clear message (exit code 2)."""
     raise click.UsageError(message)
+
+
+def parse_list(text: str, option: str, convert: Callable[[str], Any] = str, *,
+               what: str = "values", noun: str = "value") -> list[Any]:
+    """The comma-separated items of ``option``'s value ``text``, each passed through
+    ``convert`` (e.g. ``float``, ``int``); a usage error naming the option and the value for no
+    item at all, an empty item (``1,,2``, a trailing comma: never dropped silently), an item
+    that ``convert`` rejects, or a NaN or infinite number.
+
+    ``what`` names the expected items in the error (``"year fractions like 0.25,0.5,1"``),
+    ``noun`` one of them (``"date"``)."""
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        fail(f"{option} must list at least one {noun}, got {text!r}")
+    if not all(items):
+        fail(f"{option} has an empty item (as in '1,,2' or a trailing comma), got {text!r}")
+    out = []
+    for item in items:
+        try:
+            value = convert(item)
+        except ValueError:
+            fail(f"{option} must be comma-separated {what}, got {text!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"{option} must be finite numbers, got {item!r} in {text!r}")
+        out.append(value)
+    return out
 
 
 def check_writable(path: Any, option: str, *, folder: bool = False) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deepquant.cli.output import FiniteFloat
+from deepquant.cli.output import MAX_GRID_SIZE, FiniteFloat, fail, parse_list
 
 COMMANDS: list[click.Command] = []
 
@@ -16,13 +16,10 @@ def _payoff_names():
 
 
 def _range(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected two numbers 'LO,HI', got {text!r}") from None
-    if not 0 < lo < 1 < hi:
-        raise click.BadParameter(f"expected 0 < LO < 1 < HI, got {text!r}")
-    return lo, hi
+    bounds = parse_list(text, "--fit-range", float, what="numbers LO,HI")
+    if len(bounds) != 2 or not 0 < bounds[0] < 1 < bounds[1]:
+        fail(f"--fit-range must be two numbers 0 < LO < 1 < HI, got {text!r}")
+    return bounds[0], bounds[1]
 
 
 @click.command("quote-bounds")
@@ -37,7 +34,8 @@ def _range(text: str) -> tuple[float, float]:
 @click.option("--t1", type=int, default=None, help="Forward-start date (0 = today).")
 @click.option("--t2", type=int, default=None, help="Forward-start maturity date.")
 @click.option("--barrier", type=float, default=None, help="Barrier level (barrier payoffs).")
-@click.option("--grid-size", type=int, default=15, show_default=True,
+@click.option("--grid-size", type=click.IntRange(max=MAX_GRID_SIZE), default=15,
+              show_default=True,
               help="Points of the uniform moneyness grid (1 on it).")
 @click.option("--method", type=click.Choice(["lp", "certified"]), default="lp",
               show_default=True, help="Exact LP (small grids) or the certified sweep.")
@@ -85,7 +83,7 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
             coarse_size = int(coarse)
         except ValueError:
             fail(f"--coarse must be an integer or 'none', got {coarse!r}")
-    specs = [s.strip() for s in expiries.split(",") if s.strip()]
+    specs = parse_list(expiries, "--expiries", what="tenors or dates", noun="expiry")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

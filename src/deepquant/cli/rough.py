@@ -60,6 +60,7 @@ _LIBRARY_OPTIONS = {"H": "--hurst", "eta": "--eta", "rho": "--rho", "xi0": "--xi
                     "kappa": "--kappa", "theta": "--theta", "strike": "--strike",
                     "barrier": "--barrier", "n_dates": "--dates",
                     "payoff_dates": "--payoff-dates", "sig_level": "--sig-level",
+                    "steps_per_date": "--steps-per-date",
                     "n_workers": "--workers"}
 """Parameters of the models and pricers and the options that set them (named in the errors)."""
 
@@ -174,9 +175,10 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
         # Black-Scholes: the scheme is exact, 4 steps per period let 4x the dates share it
         pricer = replace(pricer, steps_per_date=4)
     spd = pricer.steps_per_date
-    if grids > 1 and spd % 2 ** (grids - 1):
-        raise ValueError(f"--steps-per-date must be divisible by 2^(grids-1) = "
-                         f"{2 ** (grids - 1)} for --grids {grids}, got {spd}")
+    if grids > 1 and (grids - 1 > spd.bit_length() or spd % 2 ** (grids - 1)):
+        power = 2 ** (grids - 1) if grids <= 64 else f"2^{grids - 1}"  # no 300000-digit number
+        raise ValueError(f"--steps-per-date must be divisible by 2^(grids-1) = {power} for "
+                         f"--grids {grids}, got {spd}")
     if american and spd % 4:
         raise ValueError(f"--american runs --dates x 1, 2, 4 on one grid: --steps-per-date "
                          f"must be a multiple of 4, got {spd}")
@@ -300,7 +302,8 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
                    "minimisation")
 @click.option("--mc", is_flag=True, help="plain Monte Carlo instead of randomized QMC")
 @click.option("--no-zero", is_flag=True, help="no exercise at t = 0")
-@click.option("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="random seed (default: fresh entropy)")
 @click.option("--backend", default="local", show_default=True,
               help="ensemble executor: serial, local, ray, auto or a Ray address")
 @click.option("--workers", type=int, default=0, show_default=True, help="0 = all cores")

@@ -526,7 +526,8 @@ def select_slices(chain: OptionChain, expiries: Sequence[str | float | dt.date],
     """Pick one slice per requested expiry.
 
     A tenor (``"30d"``, ``"6w"``, ``"3m"`` = 3 x 365/12 days, ``"1y"``, or a number of days)
-    maps to the slice whose ACT/365 time to expiry is nearest; a date ``YYYY-MM-DD`` to the slice
+    maps to the slice whose ACT/365 time to expiry is nearest (a tenor <= 0, or outside
+    [half the first slice's, twice the last slice's] days, is an error); a date ``YYYY-MM-DD`` to the slice
     on that date (``YYYY-MM-DD:ROOT`` to choose the root; without one, the slice with the most
     two-sided quotes); a range of tenors ``"7d..1y"`` to every slice in it (both AM and PM
     slices of a date). Only slices with at least ``min_pairs`` put–call pairs are candidates.
@@ -561,6 +562,14 @@ def select_slices(chain: OptionChain, expiries: Sequence[str | float | dt.date],
             continue
         kind, value, root = parse_expiry(spec)
         if kind == "days":
+            lo, hi = min(s.days for s in usable), max(s.days for s in usable)
+            if not (float(value) > 0 and lo / 2 <= float(value) <= 2 * hi):
+                # the nearest slice would be a different maturity, not an approximation of it
+                avail = ", ".join(f"{s.label} ({s.days:.0f} days)" for s in usable)
+                raise ValueError(f"{chain.path}: expiry {str(spec)!r} ({float(value):g} days) is "
+                                 f"too far from the chain's expiries (a tenor must be > 0 and "
+                                 f"within a factor 2 of {lo:.0f}..{hi:.0f} days); available: "
+                                 f"{avail}")
             i = int(np.argmin([abs(s.days - float(value)) for s in usable]))
         else:
             hits = [j for j, s in enumerate(usable)

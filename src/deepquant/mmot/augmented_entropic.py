@@ -494,6 +494,7 @@ def entropic_bounds(
     Parameters
     ----------
     marginals : Marginals
+        In convex order on the grid up to the payoff's last date (checked: ``ValueError``).
     payoff : Payoff
         Any payoff with ``terminal(x, s)`` (European, forward start, Asian, lookback, barrier).
     eps : float
@@ -517,8 +518,11 @@ def entropic_bounds(
         ``info`` holds per side ``nit``, ``marginal_error``, ``drift``, ``objective``,
         ``history``, ``moves`` (E|dX| per period) and, with ``lp``, the bias.
     """
+    from deepquant.mmot.lp import check_convex_order
     from deepquant.mmot.result import BoundSide, BoundsResult, Duals
 
+    # no martingale plan exists otherwise: the Sinkhorn-Newton sweeps would run to max_iter
+    check_convex_order(marginals, range(1, payoff.last_date(marginals.n_dates) + 1))
     start = time.perf_counter()
     if chain is None:
         chain = build_chain(marginals, payoff, sum_grid_size=sum_grid_size, sum_mode=sum_mode)

@@ -145,7 +145,7 @@ def stage_stop(gap: float, outer: float, scale: float, *, rtol: float, fitted: b
 
 def check_options(*, rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float = 1e-7,
                    eps_factor: float = 0.2, band: float = 40.0, max_seconds: float = 600.0,
-                   **_: object) -> None:
+                   max_iter: int = 400, **_: object) -> None:
     """ValueError naming the option and the value for an out-of-range option of
     ``certify_side`` (defaults as there; other keywords are ignored), NaN included: a NaN time
     budget would never run out."""
@@ -158,6 +158,8 @@ def check_options(*, rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float
         raise ValueError(f"eps_end must be <= eps_start, got {eps_end!r} > {eps_start!r}")
     if not (np.isfinite(band) and band >= 5):
         raise ValueError(f"band must be >= 5, got {band!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not max_seconds >= 0:  # 0: no stage, the start's certificate (a coarse level's)
         raise ValueError(f"max_seconds must be a number >= 0 (inf: no budget), got "
                          f"{max_seconds!r}")

@@ -62,7 +62,7 @@ from deepquant.mmot._ipm_kernels import (
     _update,
 )
 from deepquant.mmot.envelope import hedge_violation_period, hull_sweep_period
-from deepquant.mmot.result import BoundSide, BoundsResult, Duals
+from deepquant.mmot.result import BoundSide, BoundsResult, Duals, check_sides
 from deepquant.payoffs import Payoff
 from deepquant.results import warn_failure
 
@@ -457,9 +457,7 @@ def ipm_bounds(marginals: Marginals, payoff: Payoff, *, rtol: float = 1e-7,
     _check_options(rtol, feas_tol, max_iter)
     if workers not in (1, 2) or isinstance(workers, bool):
         raise ValueError(f"workers must be 1 or 2, got {workers!r}")
-    for s in sides:
-        if s not in ("lower", "upper"):
-            raise ValueError(f"sides must be a subset of ('lower', 'upper'), got {sides!r}")
+    check_sides(sides)
     terms = payoff.pairwise(marginals.n_dates)
     if terms is None:
         raise ValueError(f"payoff {payoff.name!r} is not pairwise on {marginals.n_dates} dates: "

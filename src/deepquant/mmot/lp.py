@@ -31,7 +31,7 @@ from scipy import optimize, sparse
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain, build_chain, trivial_chain
-from deepquant.mmot.result import BoundSide, BoundsResult, Duals, failed_side
+from deepquant.mmot.result import BoundSide, BoundsResult, Duals, check_sides, failed_side
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 from deepquant.results import warn_failure
 
@@ -437,9 +437,7 @@ def lp_bounds(
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
     if not isinstance(payoff, Payoff):
         raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
-    for s in sides:
-        if s not in ("lower", "upper"):
-            raise ValueError(f"sides must be a subset of ('lower', 'upper'), got {sides!r}")
+    check_sides(sides)
     n = marginals.n_dates
     terms = payoff.pairwise(n)
     if terms is None and isinstance(payoff, SumSquaredIncrements):

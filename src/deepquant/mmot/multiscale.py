@@ -26,12 +26,12 @@ from deepquant.mmot.certified import (
     side_result,
     within_rtol,
 )
-from deepquant.mmot.result import BoundSide, BoundsResult
+from deepquant.mmot.result import BoundSide, BoundsResult, check_sides
 from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 from deepquant.results import warn_failure
 
-__all__ = ["certified_bounds"]
+__all__ = ["certified_bounds", "max_levels"]
 
 
 LP_START_COLUMNS = 25_000
@@ -79,6 +79,16 @@ def _lp_side(chain: AugmentedChain, marginals: Marginals, sense: str, options: d
     return side_result(sw, sign, t0, cert, sign * side.value, side.primal_residual,
                         "LP (HiGHS)", 0 if within else 1, f"chain LP solved by HiGHS: "
                         f"{side.message}", dict(eps=0.0, stages=0, iterations=0, drift=0.0))
+
+
+def max_levels(size: int) -> int:
+    """How many times ``coarse_marginals`` can coarsen a grid of ``size`` points (every other
+    point and the last: ``size // 2 + 1`` points) before the grid stops shrinking (2 points)."""
+    levels = 0
+    while size > 2:
+        size = size // 2 + 1
+        levels += 1
+    return levels
 
 
 def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain, sense: str, *,
@@ -185,7 +195,7 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
     sides : tuple of str
     multiscale : int, optional
         Number of coarser levels (every other grid point, ``coarse_marginals``) solved first to
-        warm-start the potentials; default: halve until the chain LP has at most
+        warm-start the potentials, at most ``max_levels(marginals.size)``; default: halve until the chain LP has at most
         ``LP_START_COLUMNS`` columns and solve that level exactly (grids whose own LP is that
         small are solved directly).
     progress : callable, optional
@@ -208,9 +218,15 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
     if isinstance(payoff, SumSquaredIncrements):
         raise ValueError(f"payoff {payoff.name!r} is pairwise only; use method='lp' (its "
                          "bounds are model-free and cheap)")
-    for s in sides:
-        if s not in ("lower", "upper"):
-            raise ValueError(f"sides must be a subset of ('lower', 'upper'), got {sides!r}")
+    check_sides(sides)
+    if multiscale is not None and (isinstance(multiscale, bool)
+                                   or not isinstance(multiscale, int | np.integer)
+                                   or not 0 <= multiscale <= max_levels(marginals.size)):
+        raise ValueError(f"multiscale must be None or an integer in [0, "
+                         f"{max_levels(marginals.size)}] (the coarsenings of a grid of "
+                         f"{marginals.size} points), got {multiscale!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
     check_options(**options)  # before the chain is built
     t_build = time.perf_counter()
     T = payoff.last_date(marginals.n_dates)

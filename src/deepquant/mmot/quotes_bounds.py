@@ -62,7 +62,7 @@ from deepquant.mmot.quotes_certified import (
     _certified_side,
     _check_certified_options,
 )
-from deepquant.mmot.result import BoundSide, BoundsResult, failed_side
+from deepquant.mmot.result import BoundSide, BoundsResult, check_sides, failed_side
 from deepquant.payoffs import Payoff, SumSquaredIncrements
 from deepquant.results import warn_failure
 
@@ -338,10 +338,7 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
         raise ValueError(f"repair must be one of {REPAIRS}, got {repair!r}")
     if lp_method not in LP_METHODS:
         raise ValueError(f"lp_method must be one of {LP_METHODS}, got {lp_method!r}")
-    if isinstance(sides, str) or not sides or any(s not in ("lower", "upper") for s in sides) \
-            or len(set(sides)) != len(sides):
-        raise ValueError(f"sides must be a non-empty tuple of distinct 'lower' and 'upper', got "
-                         f"{sides!r}")
+    check_sides(sides)
     _check_certified_options(certified_options)
     if certified_options and method != "certified":
         raise ValueError(f"options {sorted(certified_options)} apply to method='certified' only, "

@@ -12,7 +12,8 @@ import numpy as np
 
 from deepquant.results import result_dict, total_seconds
 
-__all__ = ["Duals", "BoundSide", "BoundsResult", "EntropicResult", "HIGHS_STATUS", "failed_side"]
+__all__ = ["Duals", "BoundSide", "BoundsResult", "EntropicResult", "HIGHS_STATUS", "check_sides",
+           "failed_side"]
 
 HIGHS_STATUS = {0: "optimal", 1: "iteration_limit", 2: "infeasible", 3: "unbounded",
                 4: "numerical"}
@@ -91,6 +92,15 @@ class BoundSide:
     duals: Duals | None = field(default=None, repr=False)
     plan: list[np.ndarray] | None = field(default=None, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def check_sides(sides: Any) -> None:
+    """ValueError naming ``sides`` unless it is a non-empty tuple (or list) of distinct
+    ``"lower"`` and ``"upper"``: an empty one would return NaN bounds marked a success."""
+    if isinstance(sides, str) or not isinstance(sides, tuple | list) or not sides \
+            or any(s not in ("lower", "upper") for s in sides) or len(set(sides)) != len(sides):
+        raise ValueError(f"sides must be a non-empty tuple of distinct 'lower' and 'upper', got "
+                         f"{sides!r}")
 
 
 def failed_side(highs_status: int, message: str, seconds: float) -> BoundSide:

@@ -350,6 +350,9 @@ class NeuralPricer:
         if not isinstance(marginals, Marginals):
             raise TypeError(f"marginals must be a Marginals instance, got "
                             f"{type(marginals).__name__}")
+        if marginals.n_dates < 2:
+            raise ValueError(f"marginals must have at least 2 dates (one period) to calibrate a "
+                             f"model, got {marginals.n_dates}")
         if marginals.n_dates > self.max_dates:
             return marginals, False, (f"{marginals.n_dates} dates exceed the model's "
                                       f"max_dates={self.max_dates}")

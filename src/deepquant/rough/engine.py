@@ -77,7 +77,7 @@ from deepquant.rough.lsm import (
     exercise_values,
     fit_lsm,
 )
-from deepquant.rough.qmc import RngLike, adaptive_mean, as_seed_sequence
+from deepquant.rough.qmc import SOBOL_MAX_DIM, RngLike, adaptive_mean, as_seed_sequence
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.result import BermudanResult
 from deepquant.rough.subsim import ValueFunction, fit_value_function, subsim_pathwise
@@ -222,6 +222,11 @@ class BermudanPricer:
                 value = getattr(self, name)
                 if value & (value - 1):
                     raise ValueError(f"{name} must be a power of 2 for RQMC, got {value}")
+            if 3 * self.n_steps > SOBOL_MAX_DIM:  # checked here, not after the regression
+                raise ValueError(
+                    f"steps_per_date x n_dates = {self.steps_per_date} x {self.n_dates} steps "
+                    f"need {3 * self.n_steps} Sobol dimensions, more than the {SOBOL_MAX_DIM} "
+                    "of RQMC; use fewer steps or method='mc'")
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -260,9 +265,17 @@ class BermudanPricer:
         return list(range(0, self.n_steps + 1, self.steps_per_date))
 
     def simulate(self, model: RoughBergomi, n: int, seed) -> RoughPaths:
-        return model.simulate(n, T=self.T, n_steps=self.n_steps, method=self.method,
-                              antithetic=self.antithetic, bridge=self.bridge, rng=seed,
-                              device=self.device, dtype=self.dtype)
+        """``n`` paths of ``model``; ``ValueError`` naming ``T`` when a price leaves the
+        floating-point range (0 or inf: the maturity is far too long for the model), since
+        every estimate on such paths would be NaN or a division by zero."""
+        paths = model.simulate(n, T=self.T, n_steps=self.n_steps, method=self.method,
+                               antithetic=self.antithetic, bridge=self.bridge, rng=seed,
+                               device=self.device, dtype=self.dtype)
+        if not np.all((paths.S > 0) & (paths.S < np.inf)):
+            raise ValueError(f"T must keep the simulated prices in the floating-point range, "
+                             f"got {self.T!r} (prices overflow or underflow: far too long a "
+                             "maturity for the model)")
+        return paths
 
     def exercise_arrays(self, model: RoughBergomi, payoff: Payoff, paths: RoughPaths):
         """Z (n, n_dates+1) discounted exercise values and F (n, n_dates+1, F) exercise

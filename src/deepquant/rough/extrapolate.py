@@ -122,6 +122,8 @@ def richardson(levels, values, stderrs=None, *, rate: float, cov=None) -> Extrap
     if not (np.all(np.isfinite(v)) and np.all(np.isfinite(s))):
         raise ValueError(f"values and stderrs must be finite, got {list(values)}, "
                          f"{list(s)}")
+    if np.any(s < 0):
+        raise ValueError(f"stderrs must be >= 0, got {list(stderrs)}")
     if cov is None:
         C = np.diag(s**2)
     k = n.size

@@ -42,6 +42,10 @@ __all__ = [
 RngLike = int | np.random.Generator | np.random.SeedSequence | None
 _EPS = 1e-12
 
+SOBOL_MAX_DIM = 21201
+"""Most dimensions of scipy's Sobol points (its direction numbers); a path of n steps takes
+3 n (``driver_increments``)."""
+
 
 def as_seed_sequence(rng: RngLike) -> np.random.SeedSequence:
     """A ``SeedSequence`` from an int, a Generator, a SeedSequence or None (fresh entropy)."""
@@ -80,8 +84,8 @@ def gaussian_points(n: int, dim: int, *, method: str = "rqmc", antithetic: bool 
                 f"n_paths must be a power of 2 (times 2 with antithetics) for Sobol points, "
                 f"got {n}"
             )
-        if dim > 21201:
-            raise ValueError(f"Sobol points support dim <= 21201, got {dim}")
+        if dim > SOBOL_MAX_DIM:
+            raise ValueError(f"Sobol points support dim <= {SOBOL_MAX_DIM}, got {dim}")
         sobol = qmc.Sobol(dim, scramble=True, rng=np.random.default_rng(seed))
         u = sobol.random_base2(int(round(math.log2(m))))
         z = special.ndtri(np.clip(u, _EPS, 1.0 - _EPS))  # = norm.ppf, 5x faster (no checks)

@@ -1,0 +1,122 @@
+"""Bad inputs found by fuzzing the public API and the command line (docs/robustness.md, "Bad
+inputs: fuzzing"): each case ran away, returned an answer that looked valid, or ended in a
+traceback or an error that did not name the argument, before its fix.
+
+The command-line cases of the same standard (a one-line usage error naming the option) are in
+``tests/test_cli_bad_input.py``; the neural engine's in ``tests/neural/test_bad_input.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from deepquant.market.marginals import Marginals
+from deepquant.market.quotes import load_chain, select_slices
+from deepquant.mmot.bounds import bounds
+from deepquant.mmot.multiscale import certified_bounds, max_levels
+from deepquant.mmot.ipm import ipm_bounds
+from deepquant.mmot.lp import lp_bounds
+from deepquant.payoffs import AsianCall, EuropeanCall
+from deepquant.rough import BermudanPricer, RoughBergomi
+from deepquant.rough.extrapolate import richardson
+from tests.conftest import random_walk_marginals
+from tests.market.test_quotes import synthetic_rows, write_normalized
+
+
+@pytest.fixture(scope="module")
+def rw():
+    """Three dates of a random walk on 9 points (moneyness units), in convex order."""
+    grid, weights = random_walk_marginals(3)
+    return Marginals(grid / 100, weights)
+
+
+def test_entropic_bounds_refuse_marginals_not_in_convex_order(rw):
+    # before: no check, the Sinkhorn-Newton sweeps ran for minutes on 9 points
+    reverse = Marginals(rw.grid, rw.weights[::-1], check_convex=False)
+    with pytest.raises(ValueError, match=r"marginals\[2\] is not in convex order"):
+        bounds(reverse, AsianCall(strike=1.0), "entropic", eps=0.1)
+
+
+@pytest.mark.parametrize("levels", [-1, 4, 100, 1.5, True])
+def test_certified_multiscale_levels_beyond_the_grid(rw, levels):
+    # before: -1 ran as 0, 100 coarsened a 2-point grid into itself 100 times (minutes)
+    assert max_levels(rw.size) == 3  # 9 -> 5 -> 3 -> 2 points
+    with pytest.raises(ValueError, match=rf"multiscale must be None or an integer in \[0, 3\].*"
+                                         rf"got {levels!r}"):
+        certified_bounds(rw, AsianCall(strike=1.0), multiscale=levels)
+
+
+def test_certified_options_checked_before_the_solve(rw):
+    with pytest.raises(ValueError, match="max_iter must be an integer >= 1, got 0"):
+        certified_bounds(rw, AsianCall(strike=1.0), max_iter=0)
+    with pytest.raises(TypeError, match="progress must be callable or None, got int"):
+        certified_bounds(rw, AsianCall(strike=1.0), progress=1)
+
+
+@pytest.mark.parametrize("solver, payoff", [(lp_bounds, AsianCall(strike=1.0)),
+                                            (certified_bounds, AsianCall(strike=1.0)),
+                                            (ipm_bounds, EuropeanCall(strike=1.0))])
+@pytest.mark.parametrize("sides", [(), ("lower", "lower"), "lower"])
+def test_no_side_is_not_a_successful_nan(rw, solver, payoff, sides):
+    # before: sides=() returned lower = upper = NaN with success=True, status "optimal"
+    with pytest.raises(ValueError, match="sides must be a non-empty tuple of distinct"):
+        solver(rw, payoff, sides=sides)
+
+
+def test_richardson_refuses_a_negative_standard_error():
+    with pytest.raises(ValueError, match=r"stderrs must be >= 0, got \[-1, 0.1\]"):
+        richardson([1, 2], [1.0, 1.1], [-1, 0.1], rate=1.0)
+
+
+@pytest.mark.parametrize("tenor, days", [("0d", "0"), ("9999d", "9999"), ("1d", "1")])
+def test_tenor_far_from_every_expiry_is_an_error(tmp_path, tenor, days):
+    # before: the nearest slice was taken whatever the distance (9999d -> 161 days, 0d -> 35)
+    path = write_normalized(tmp_path / "c.csv", synthetic_rows(
+        expiries=("2024-02-16", "2024-03-15", "2024-06-21")))
+    chain = load_chain(path)
+    with pytest.raises(ValueError, match=rf"expiry '{tenor}' \({days} days\) is too far from "
+                                         r"the chain's expiries.*available: 2024-02-16 SPX"):
+        select_slices(chain, [tenor, "5m"])
+    assert len(select_slices(chain, ["20d", "300d"])) == 2  # within a factor 2: nearest
+
+
+def test_rqmc_steps_beyond_the_sobol_dimensions_fail_at_construction():
+    # before: the error came from the first batch, after the regression, naming no option
+    with pytest.raises(ValueError, match=r"steps_per_date x n_dates = 1000 x 8 steps need 24000 "
+                                         r"Sobol dimensions.*method='mc'"):
+        BermudanPricer(n_dates=8, steps_per_date=1000)
+    assert BermudanPricer(n_dates=8, steps_per_date=1000, method="mc").n_steps == 8000
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_a_maturity_that_overflows_the_prices_is_named():
+    # before: ZeroDivisionError in the martingale increments (T = 1e308 is finite)
+    pricer = BermudanPricer(n_dates=2, steps_per_date=1, batch_size=16, max_batches=2,
+                            min_batches=2, n_regression=16, T=1e308)
+    model = RoughBergomi.black_scholes(sigma=0.2)
+    with pytest.raises(ValueError, match=r"T must keep the simulated prices in the "
+                                         r"floating-point range, got 1e\+308"):
+        pricer(model, 100.0, rng=0)
+
+
+def test_out_of_memory_is_one_line(monkeypatch, tmp_path):
+    # before: a MemoryError traceback (e.g. quote-bounds --grid-size 100000000)
+    from click.testing import CliRunner
+
+    from deepquant.cli import main
+
+    module = importlib.import_module("deepquant.mmot.bounds")  # the package re-exports bounds()
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 71.1 PiB for an array")
+
+    monkeypatch.setattr(module, "bounds", no_memory)
+    grid, weights = random_walk_marginals(3)
+    Marginals(grid, weights).save(tmp_path / "m.npz")
+    res = CliRunner().invoke(main, ["bounds", str(tmp_path / "m.npz"), "--payoff",
+                                    "european-call", "--strike", "100"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip() == ("Error: out of memory (Unable to allocate 71.1 PiB for an "
+                                  "array); reduce the sizes given (e.g. --grid-size)")
