@@ -120,3 +120,20 @@ def test_out_of_memory_is_one_line(monkeypatch, tmp_path):
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert res.output.strip() == ("Error: out of memory (Unable to allocate 71.1 PiB for an "
                                   "array); reduce the sizes given (e.g. --grid-size)")
+
+
+def test_local_pool_starts_no_more_processes_than_tasks(monkeypatch):
+    # before: --workers 100000 with --runs 2 forked 100000 processes (fork starts them all)
+    import deepquant.parallel as parallel
+
+    sizes = []
+
+    class Recorder(parallel.ProcessPoolExecutor):
+        def __init__(self, max_workers, **kwargs):
+            sizes.append(max_workers)
+            super().__init__(max_workers, **kwargs)
+
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", Recorder)
+    assert parallel.LocalExecutor(100_000).map(abs, [-1, -2]) == [1, 2]
+    assert sizes == [2]
+    assert parallel.LocalExecutor(3).map(abs, []) == []

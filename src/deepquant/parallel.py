@@ -20,6 +20,7 @@ left behind.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -102,7 +103,9 @@ class LocalExecutor:
     """A pool of local processes (``concurrent.futures.ProcessPoolExecutor``).
 
     At most ``2 * n_workers`` tasks are in flight at once, so a long job submits lazily and an
-    interrupted job loses only the tasks in flight.
+    interrupted job loses only the tasks in flight. The pool never starts more processes than
+    there are tasks in the first round (a fork start method starts them all at once: a large
+    ``n_workers`` for a few tasks would fork that many processes).
     """
 
     n_workers: int = 0
@@ -115,13 +118,13 @@ class LocalExecutor:
 
     def as_completed(self, fn, items):
         it = iter(enumerate(items))
-        with ProcessPoolExecutor(self.n_workers, initializer=_single_thread_init,
+        first = list(itertools.islice(it, 2 * self.n_workers))
+        if not first:
+            return
+        with ProcessPoolExecutor(min(self.n_workers, len(first)),
+                                 initializer=_single_thread_init,
                                  initargs=(os.getpid(),)) as pool:
-            pending: dict = {}
-            for i, item in it:
-                pending[pool.submit(fn, item)] = i
-                if len(pending) >= 2 * self.n_workers:
-                    break
+            pending = {pool.submit(fn, item): i for i, item in first}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
