@@ -59,6 +59,10 @@ CASES = [
     (["demo", "--out", "OUT", "--grid-sizes", "25,1000000"], "--grid-sizes", "1000000"),
     ([*_AMERICAN[:6], "1000000", *_AMERICAN[7:]], "--grids", "1000000"),
     ([*_AMERICAN, "--steps-per-date", "100000000"], "--steps-per-date", "100000000"),
+    (["generate", "--num", "1", "--out", "OUT", "--backend", "serial", "--eps", "0"], "--eps",
+     "0.0"),
+    (["generate", "--num", "1", "--out", "OUT", "--backend", "serial", "--support-scale",
+      "2,1"], "--support-scale", "2.0, 1.0"),
     # a negative seed (numpy's "expected non-negative integer" before)
     (["chain", "--seed", "-1", "--out", "OUT"], "--seed", "-1"),
     ([*_AMERICAN[:-1], "-1"], "--seed", "-1"),

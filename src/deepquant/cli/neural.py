@@ -14,12 +14,18 @@ from deepquant.cli.output import (
     console,
     err_console,
     fail,
+    fail_option,
     parse_list,
     print_json,
     progress,
     reported_failures,
     table,
 )
+
+_GENERATE_OPTIONS = {"eps": "--eps", "tol": "--tol", "n_choices": "--n-choices",
+                     "families": "--families", "support_scale": "--support-scale",
+                     "backend": "--backend", "n_workers": "--workers"}
+"""Parameters of ``generate_dataset`` and the options that set them (named in the errors)."""
 
 
 @click.command("generate")
@@ -82,7 +88,7 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
                                                                  noun="family")),
                                        support_scale=scale)
         except ValueError as exc:
-            fail(str(exc))
+            fail_option(exc, _GENERATE_OPTIONS)
     if as_json:
         print_json(summary)
     else:
