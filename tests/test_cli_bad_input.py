@@ -63,6 +63,9 @@ CASES = [
      "0.0"),
     (["generate", "--num", "1", "--out", "OUT", "--backend", "serial", "--support-scale",
       "2,1"], "--support-scale", "2.0, 1.0"),
+    (["refit-head", "--data", "DATA", "--out", "OUT", "--ridge", "-1"], "--ridge", "-1.0"),
+    (["refit-head", "--data", "DATA", "--out", "OUT", "--per-instance", "0"], "--per-instance",
+     "got 0"),
     # a negative seed (numpy's "expected non-negative integer" before)
     (["chain", "--seed", "-1", "--out", "OUT"], "--seed", "-1"),
     ([*_AMERICAN[:-1], "-1"], "--seed", "-1"),

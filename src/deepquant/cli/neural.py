@@ -27,6 +27,10 @@ _GENERATE_OPTIONS = {"eps": "--eps", "tol": "--tol", "n_choices": "--n-choices",
                      "backend": "--backend", "n_workers": "--workers"}
 """Parameters of ``generate_dataset`` and the options that set them (named in the errors)."""
 
+_FIT_OPTIONS = {"per_instance": "--per-instance", "iterations": "--iterations",
+                "ridge": "--ridge", "device": "--device"}
+"""The same for ``refit_head`` and ``leave_one_family_out``."""
+
 
 @click.command("generate")
 @click.option("--num", type=int, default=12000, show_default=True, help="Instances 0..num-1.")
@@ -238,7 +242,7 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
                              f"--metric {metric} --per-instance {per_instance} --iterations "
                              f"{iterations} --ridge {ridge} --seed {seed}")
     except ValueError as exc:
-        fail(str(exc))
+        fail_option(exc, _FIT_OPTIONS)
     full = res.to_dict()
     summary = {k: v for k, v in full.items() if k != "history"}
     if as_json:
@@ -291,7 +295,7 @@ def evaluate_cmd(checkpoint, test_path, max_instances, threads, device, lofo_tra
                 threads=threads, device=device,
                 progress=lambda stage, fam: err_console.print(f"{stage}: {fam}"))
     except ValueError as exc:
-        fail(str(exc))
+        fail_option(exc, {**_FIT_OPTIONS, "families": "--lofo-families"})
     if as_json:
         print_json(rep)
         return
