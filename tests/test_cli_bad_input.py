@@ -66,6 +66,8 @@ CASES = [
     (["refit-head", "--data", "DATA", "--out", "OUT", "--ridge", "-1"], "--ridge", "-1.0"),
     (["refit-head", "--data", "DATA", "--out", "OUT", "--per-instance", "0"], "--per-instance",
      "got 0"),
+    (["train", "--config", "BADYAML", "--max-steps", "1"], "--config",
+     "is not valid YAML, line 2, column 1: expected ',' or ']'"),
     # a negative seed (numpy's "expected non-negative integer" before)
     (["chain", "--seed", "-1", "--out", "OUT"], "--seed", "-1"),
     ([*_AMERICAN[:-1], "-1"], "--seed", "-1"),
@@ -120,7 +122,10 @@ def paths(tmp_path_factory):
     Marginals(*random_walk_marginals(4)).save(marginals)
     data = root / "data.h5"  # exists (click checks that) but is never read: the option fails
     data.write_text("not an HDF5 file\n")
-    return {"MARGINALS": str(marginals), "DATA": str(data), "OUT": str(root / "out")}
+    bad_yaml = root / "bad.yaml"  # a YAML syntax error: a traceback of yaml's parser before
+    bad_yaml.write_text("model: [unclosed\n")
+    return {"MARGINALS": str(marginals), "DATA": str(data), "OUT": str(root / "out"),
+            "BADYAML": str(bad_yaml)}
 
 
 @pytest.mark.parametrize("args, option, value", CASES,

@@ -146,6 +146,8 @@ def validate_data_cmd(path, residual_tol, drift_tol, as_json):
 def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, export_dir,
               device, as_json):
     """Train the surrogate from a YAML config (resumes from <out_dir>/last.pt)."""
+    import yaml
+
     from deepquant.neural.config import load_config
     from deepquant.neural.dataset_io import check_writable_file
     from deepquant.neural.model import SEED_PARAMETER_COUNT
@@ -194,6 +196,11 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
                               note=f"deepquant train --config {config_path}")
     except ValueError as exc:
         fail(str(exc))
+    except yaml.YAMLError as exc:  # a syntax error of the config file (multi-line from yaml)
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        fail(f"--config {config_path!r} is not valid YAML{where}: {problem}")
     summary = res.to_dict()
     summary.pop("history")
     summary["seed_n_params"] = SEED_PARAMETER_COUNT
