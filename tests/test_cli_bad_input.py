@@ -68,6 +68,9 @@ CASES = [
      "got 0"),
     (["train", "--config", "BADYAML", "--max-steps", "1"], "--config",
      "is not valid YAML, line 2, column 1: expected ',' or ']'"),
+    (["train", "--config", "BADYAML", "--max-steps", "0"], "--max-steps", "0"),
+    (["train", "--config", "BADYAML", "--max-minutes", "nan"], "--max-minutes", "nan"),
+    (["train", "--config", "BADYAML", "--max-minutes", "-1"], "--max-minutes", "-1.0"),
     # a negative seed (numpy's "expected non-negative integer" before)
     (["chain", "--seed", "-1", "--out", "OUT"], "--seed", "-1"),
     ([*_AMERICAN[:-1], "-1"], "--seed", "-1"),

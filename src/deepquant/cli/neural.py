@@ -135,8 +135,10 @@ def validate_data_cmd(path, residual_tol, drift_tol, as_json):
               required=True)
 @click.option("--data", default=None, help="Override data.train.")
 @click.option("--out-dir", default=None, help="Override train.out_dir.")
-@click.option("--max-steps", type=int, default=None, help="Override train.max_steps.")
-@click.option("--max-minutes", type=float, default=None, help="Override train.max_minutes.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Override train.max_steps.")
+@click.option("--max-minutes", type=FiniteFloat(0.0, min_open=True), default=None,
+              help="Override train.max_minutes.")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if last.pt exists.")
 @click.option("--export", "export_dir", default=None,
               help="After training, export best.pt (safetensors + config.json) here.")
@@ -165,9 +167,9 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
         over["data.train"] = data
     if out_dir:
         over["train.out_dir"] = out_dir
-    if max_steps:
+    if max_steps is not None:  # 0 used to be dropped as falsy (the config's value ran)
         over["train.max_steps"] = max_steps
-    if max_minutes:
+    if max_minutes is not None:
         over["train.max_minutes"] = max_minutes
     if no_resume:
         over["train.resume"] = False
