@@ -15,9 +15,9 @@ import pytest
 from deepquant.market.marginals import Marginals
 from deepquant.market.quotes import load_chain, select_slices
 from deepquant.mmot.bounds import bounds
-from deepquant.mmot.multiscale import certified_bounds, max_levels
 from deepquant.mmot.ipm import ipm_bounds
 from deepquant.mmot.lp import lp_bounds
+from deepquant.mmot.multiscale import certified_bounds, max_levels
 from deepquant.payoffs import AsianCall, EuropeanCall
 from deepquant.rough import BermudanPricer, RoughBergomi
 from deepquant.rough.extrapolate import richardson
