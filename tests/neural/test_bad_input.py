@@ -61,6 +61,17 @@ def test_a_single_date_is_refused_by_name(pricer):
         pricer.solve(Marginals(one.grid, one.weights[:1]))
 
 
+def test_sweep_with_more_periods_than_the_model_is_refused(pricer, monkeypatch):
+    """Found by fuzzing: every scenario fell back to a classical solve (--periods 1000 ran for
+    minutes) in a command that prices with the neural model."""
+    monkeypatch.setattr("deepquant.neural.pricer.NeuralPricer", lambda *a, **k: pricer)
+    n = pricer.max_dates
+    r = CliRunner().invoke(main, ["sweep", "--strike", "1", "--num", "2", "--periods", str(n),
+                                  "--no-classical"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert f"--periods {n} exceeds the model's {n - 1} periods" in r.output, r.output
+
+
 def test_no_fallback_price_raises(pricer):
     strict = NeuralPricer(fallback=False)
     m = gbm_marginals([0.0, 0.1, 0.2], grid=np.linspace(0.5, 1.5, 61))

@@ -385,6 +385,9 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
             check_writable_file(out, "--out")
         payoff = make_payoff(payoff_name, **params)
         pricer = NeuralPricer(checkpoint, threads=threads, device=device)
+        if periods + 1 > pricer.max_dates:  # each scenario would be a classical solve
+            fail(f"--periods {periods} exceeds the model's {pricer.max_dates - 1} periods "
+                 f"(max_dates={pricer.max_dates}); the sweep prices with the neural model")
         times = np.linspace(0.0, maturity, periods + 1)
         rng = np.random.default_rng(seed)
         scen = bumped_scenarios(times, base, pricer.grid,
