@@ -137,3 +137,15 @@ def test_local_pool_starts_no_more_processes_than_tasks(monkeypatch):
     assert parallel.LocalExecutor(100_000).map(abs, [-1, -2]) == [1, 2]
     assert sizes == [2]
     assert parallel.LocalExecutor(3).map(abs, []) == []
+
+
+def test_single_date_marginals_report_no_violation(tmp_path):
+    # before: "worst convex-order violation -inf" (the maximum over no pair of dates)
+    from click.testing import CliRunner
+
+    from deepquant.cli import main
+
+    res = CliRunner().invoke(main, ["marginals", "--model", "gbm", "--dates", "1", "--grid-size",
+                                    "20", "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code == 0, res.output
+    assert "violation 0.00e+00" in " ".join(res.output.split()) and "-inf" not in res.output

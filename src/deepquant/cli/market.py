@@ -127,7 +127,8 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
     tails = p.call_prices(times, np.array([grid[0], grid[-1]]))
     tail_bound = tails[:, 0] - (1.0 - grid[0]) + tails[:, 1]
     moved = np.max(model_calls - m.call_prices(), axis=1)
-    conv = m.check_convex_order()
+    # one date has no pair to compare: no violation (the report's maximum over none is -inf)
+    violation = float(m.check_convex_order().violation) if m.n_dates > 1 else 0.0
     rows = [
         {"t": float(t), "mean": float(mu), "variance": float(v),
          "support_min": float(grid[np.flatnonzero(w > 0)[0]]),
@@ -140,14 +141,14 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
         "model": model, "params": _params_dict(p), "out": str(out),
         "plot": None if plot is None else str(plot), "grid_size": m.size,
         "grid_min": float(grid[0]), "grid_max": float(grid[-1]),
-        "convex_order_violation": float(conv.violation), "dates": rows,
+        "convex_order_violation": violation, "dates": rows,
     }
     if as_json:
         print_json(summary)
         return
     console.print(
         f"[bold]{model}[/] marginals: {m.n_dates} dates on {m.size} points "
-        f"[{grid[0]:.4g}, {grid[-1]:.4g}], worst convex-order violation {conv.violation:.2e}"
+        f"[{grid[0]:.4g}, {grid[-1]:.4g}], worst convex-order violation {violation:.2e}"
     )
     console.print(table(
         "marginals (forward moneyness)",
