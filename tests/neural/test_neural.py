@@ -440,6 +440,58 @@ def test_gap_finetuning_on_unlabelled_instances(tiny_data, tiny_checkpoint, tmp_
         load_config(REPO / "configs" / "tiny.yaml", **{"train.gap_weighting": "sqrt"})
 
 
+def test_finetuning_on_a_mix_of_files_from_the_cli(tiny_data, tiny_checkpoint, tmp_path):
+    """`deepquant train --init CKPT --data A --data B`: fine-tuning starts from the checkpoint's
+    weights (step 0 evaluates them) on the two files read as one set, restricted to
+    data.families; files that cannot be read as one set are refused with a clear error."""
+    from click.testing import CliRunner
+
+    from deepquant.cli import main
+    from deepquant.neural.dataset_io import read_datasets, write_instances
+    from deepquant.neural.train import load_checkpoint, load_model
+
+    recs, grid, attrs = nd.read_dataset(tiny_data)
+    other = tmp_path / "other.h5"
+    write_instances(other, recs[:12], grid=grid, attrs={**attrs, "seed": 8})
+    both, grid2, merged = read_datasets([str(tiny_data), str(other)])
+    assert len(both) == len(recs) + 12 and np.array_equal(grid2, grid)
+    assert merged["seed"] == "7;8" and merged["eps"] == attrs["eps"]     # differing: joined
+    assert {r["source"] for r in both} == {str(tiny_data), str(other)}
+    assert read_datasets(str(tiny_data))[2] == attrs                      # one file: as before
+    write_instances(tmp_path / "eps.h5", recs[:2], grid=grid, attrs={**attrs, "eps": 0.5})
+    with pytest.raises(ValueError, match="eps"):
+        read_datasets([str(tiny_data), str(tmp_path / "eps.h5")])
+    write_instances(tmp_path / "grid.h5", recs[:2], grid=grid * 1.01, attrs=attrs)
+    with pytest.raises(ValueError, match="another grid"):
+        read_datasets([str(tiny_data), str(tmp_path / "grid.h5")])
+
+    cfg_path = tmp_path / "ft.yaml"
+    cfg_path.write_text((REPO / "configs" / "tiny.yaml").read_text().replace(
+        "  val_fraction: 0.25", "  val_fraction: 0.25\n  families: [gbm, heston]"))
+    out = tmp_path / "ft"
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg_path), "--data", str(tiny_data),
+                                  "--data", str(other), "--init", str(tiny_checkpoint),
+                                  "--out-dir", str(out), "--max-steps", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    # 24 + 12 instances, the Merton third (index % 3 == 1) dropped: 12 GBM + 12 Heston kept,
+    # a quarter of each family to validation (3 + 3; 9 if Merton had stayed)
+    assert summary["step"] == 4 and summary["n_val"] == 6
+    state = load_checkpoint(out / "last.pt")
+    assert state["config"]["data"]["train"] == [str(tiny_data), str(other)]
+    assert state["config"]["train"]["init_from"] == str(tiny_checkpoint)
+    assert state["data_attrs"]["files"] == f"{tiny_data};{other}"
+    # started from the checkpoint: its output scales, not ones fitted to the data
+    init, _ = load_model(tiny_checkpoint)
+    assert float(load_model(out / "last.pt")[0].v_scale) == float(init.v_scale)
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg_path), "--init",
+                                  str(tmp_path / "nope"), "--data", str(tiny_data),
+                                  "--out-dir", str(tmp_path / "ft2"), "--max-steps", "2"])
+    assert r.exit_code != 0 and "does not exist" in r.output
+    with pytest.raises(ValueError, match="data.families"):
+        load_config(cfg_path, **{"data.families": ["gbm", "bsde"]})
+
+
 def test_refit_head_lowers_its_objective_and_changes_only_the_v_head(tiny_data, tiny_checkpoint,
                                                                    tmp_path):
     from click.testing import CliRunner

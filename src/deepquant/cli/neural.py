@@ -133,7 +133,11 @@ def validate_data_cmd(path, residual_tol, drift_tol, as_json):
 @click.command("train")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               required=True)
-@click.option("--data", default=None, help="Override data.train.")
+@click.option("--data", multiple=True,
+              help="Override data.train (repeat for a mix of files read as one set).")
+@click.option("--init", "init_from", default=None,
+              help="Override train.init_from: start from this checkpoint's weights "
+                   "(fine-tuning; an exported folder or a .pt).")
 @click.option("--out-dir", default=None, help="Override train.out_dir.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Override train.max_steps.")
@@ -145,8 +149,8 @@ def validate_data_cmd(path, residual_tol, drift_tol, as_json):
 @click.option("--device", default=None,
               help="Override train.device: cpu | cuda | cuda:N | auto.")
 @click.option("--json", "as_json", is_flag=True)
-def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, export_dir,
-              device, as_json):
+def train_cmd(config_path, data, init_from, out_dir, max_steps, max_minutes, no_resume,
+              export_dir, device, as_json):
     """Train the surrogate from a YAML config (resumes from <out_dir>/last.pt)."""
     import yaml
 
@@ -164,7 +168,9 @@ def train_cmd(config_path, data, out_dir, max_steps, max_minutes, no_resume, exp
         except ValueError as exc:
             fail(str(exc))
     if data:
-        over["data.train"] = data
+        over["data.train"] = data[0] if len(data) == 1 else list(data)
+    if init_from:
+        over["train.init_from"] = init_from
     if out_dir:
         over["train.out_dir"] = out_dir
     if max_steps is not None:  # 0 used to be dropped as falsy (the config's value ran)

@@ -68,18 +68,41 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the training data lives and how it is split."""
+    """Where the training data lives and how it is split.
 
-    train: str = "data.h5"
+    ``train`` is one data file or a list of them (same grid, teacher eps and tolerance), read
+    as one set: a fine-tuning mix of separately generated families and support widths.
+    ``families``, when given, keeps only the instances of these families (a family held out
+    of training, or a test-only family dropped from a shared file).
+    """
+
+    train: str | list[str] = "data.h5"
     val: str | None = None  # separate validation file; None = split ``train``
     val_fraction: float = 0.15
     max_instances: int | None = None  # use only the first n instances (tiny runs)
+    families: list[str] | None = None  # keep only these families (None = all)
     split_seed: int = 0
     prefix_windows: bool = True  # also train on the prefixes (dates 0..n) of each instance
     unlabelled: int = 0  # extra teacher-free instances 0..n-1 of ``unlabelled_seed`` (gap loss)
     unlabelled_seed: int = 1000
 
     def __post_init__(self) -> None:
+        files = [self.train] if isinstance(self.train, str) else self.train
+        if (not isinstance(files, (list, tuple)) or not files
+                or not all(isinstance(f, str) and f for f in files)):
+            raise ValueError(f"data.train must be a file name or a non-empty list of them, "
+                             f"got {self.train!r}")
+        if not isinstance(self.train, str):
+            self.train = list(self.train)
+        if self.families is not None:
+            from deepquant.neural.data import ALL_FAMILIES
+
+            fams = [self.families] if isinstance(self.families, str) else self.families
+            if (not isinstance(fams, (list, tuple)) or not fams
+                    or any(f not in ALL_FAMILIES for f in fams)):
+                raise ValueError(f"data.families must be a non-empty list of {ALL_FAMILIES}, "
+                                 f"got {self.families!r}")
+            self.families = list(fams)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.unlabelled < 0:

@@ -16,8 +16,10 @@ __all__ = ["NeuralDataset", "check_finite_records"]
 
 def check_finite_records(records: list[dict], path) -> None:
     """Raise ``ValueError`` naming the file and the first instance with a non-finite weight or
-    time, or a non-finite potential where it is used (``v_valid`` / ``h_valid``)."""
+    time, or a non-finite potential where it is used (``v_valid`` / ``h_valid``). A record's
+    own ``source`` file, when it has one (``read_datasets``), is named instead of ``path``."""
     for r in records:
+        src = r.get("source", path)
         for key, mask in (("weights", None), ("times", None), ("v", "v_valid"),
                           ("h", "h_valid")):
             a = np.asarray(r[key])
@@ -26,8 +28,8 @@ def check_finite_records(records: list[dict], path) -> None:
                 bad &= np.asarray(r[mask], dtype=bool)
             if bad.any():
                 raise ValueError(
-                    f"data file {str(path)!r}: instance {r['index']} has {int(bad.sum())} "
-                    f"non-finite {key} value(s); run 'deepquant validate-data {path}'")
+                    f"data file {str(src)!r}: instance {r['index']} has {int(bad.sum())} "
+                    f"non-finite {key} value(s); run 'deepquant validate-data {src}'")
 
 
 class NeuralDataset:

@@ -29,7 +29,8 @@ from deepquant.atomic import atomic_path
 from deepquant.neural.data import LIVE_MASS, gibbs_kernels_np, touching_mask
 
 __all__ = [
-    "FORMAT", "write_instances", "read_dataset", "check_writable_file", "merge_parts",
+    "FORMAT", "write_instances", "read_dataset", "read_datasets", "check_writable_file",
+    "merge_parts",
     "ValidationReport", "validate_dataset",
 ]
 
@@ -124,6 +125,47 @@ def read_dataset(path: str | os.PathLike[str]) -> tuple[list[dict], np.ndarray, 
             rec[k] = tab[k][i].item()
         records.append(rec)
     return records, grid, attrs
+
+
+def read_datasets(paths: str | os.PathLike[str] | list) -> tuple[list[dict], np.ndarray, dict]:
+    """``read_dataset`` over one file or a list of files read as one set (a training mix).
+
+    The files must share the grid and the teacher's ``eps`` and ``tol`` (``ValueError`` naming
+    the first file that does not). The attributes are the first file's where all files agree;
+    where they differ (seed, families, N choices, support widths) the files' values joined by
+    ``";"`` in file order, and ``files`` lists the paths. Each record of a list names its file
+    under ``source``. One file reads exactly as ``read_dataset``.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        return read_dataset(paths)
+    paths = list(paths)
+    if not paths:
+        raise ValueError("need at least one data file, got an empty list")
+    if len(paths) == 1:
+        return read_dataset(paths[0])
+    records, grid, attrs = read_dataset(paths[0])
+    for r in records:
+        r["source"] = str(paths[0])
+    all_attrs = [attrs]
+    for path in paths[1:]:
+        recs, g, a = read_dataset(path)
+        for r in recs:
+            r["source"] = str(path)
+        if g.shape != grid.shape or not np.array_equal(g, grid):
+            raise ValueError(f"data file {str(path)!r} has another grid than {str(paths[0])!r}")
+        for key in ("eps", "tol"):
+            if a.get(key) != attrs.get(key):
+                raise ValueError(f"data file {str(path)!r} has {key}={a.get(key)!r}, but "
+                                 f"{str(paths[0])!r} has {attrs.get(key)!r}")
+        records += recs
+        all_attrs.append(a)
+    merged = {}
+    for key in dict.fromkeys(k for a in all_attrs for k in a):
+        vals = [a.get(key, "") for a in all_attrs]
+        same = all(isinstance(v, type(vals[0])) and np.all(v == vals[0]) for v in vals)
+        merged[key] = vals[0] if same else ";".join(str(v) for v in vals)
+    merged["files"] = ";".join(str(p) for p in paths)
+    return records, grid, merged
 
 
 def _first_line(exc: BaseException) -> str:

@@ -30,7 +30,7 @@ from deepquant.atomic import atomic_path, write_json
 from deepquant.neural.config import Config, ModelConfig
 from deepquant.neural.data import marginal_records
 from deepquant.neural.dataset import NeuralDataset, check_finite_records
-from deepquant.neural.dataset_io import check_writable_file, read_dataset
+from deepquant.neural.dataset_io import check_writable_file, read_dataset, read_datasets
 from deepquant.neural.losses import dual_gap_loss, surrogate_loss
 from deepquant.neural.model import build_model, count_parameters, period_scale, resolve_device
 from deepquant.results import result_dict
@@ -336,11 +336,13 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
     check_writable_file(out_dir / "last.pt" if out_dir.is_dir() else out_dir, "train.out_dir")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    records, grid, attrs = read_dataset(cfg.data.train)
+    records, grid, attrs = read_datasets(cfg.data.train)
     check_finite_records(records, cfg.data.train)
     if cfg.model.grid_size != len(grid):
         raise ValueError(f"model.grid_size={cfg.model.grid_size} but the data grid has "
                          f"{len(grid)} points")
+    if cfg.data.families is not None:
+        records = [r for r in records if r["family"] in cfg.data.families]
     if cfg.data.max_instances:
         records = records[: cfg.data.max_instances]
     if cfg.data.val:
