@@ -481,6 +481,7 @@ def test_finetuning_on_a_mix_of_files_from_the_cli(tiny_data, tiny_checkpoint, t
     assert state["config"]["data"]["train"] == [str(tiny_data), str(other)]
     assert state["config"]["train"]["init_from"] == str(tiny_checkpoint)
     assert state["data_attrs"]["files"] == f"{tiny_data};{other}"
+    assert state["data_attrs"]["families"] == "gbm,heston"          # what was trained on
     # started from the checkpoint: its output scales, not ones fitted to the data
     init, _ = load_model(tiny_checkpoint)
     assert float(load_model(out / "last.pt")[0].v_scale) == float(init.v_scale)

@@ -345,6 +345,9 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
         records = [r for r in records if r["family"] in cfg.data.families]
     if cfg.data.max_instances:
         records = records[: cfg.data.max_instances]
+    # the families trained on, as the evaluation reads them (held-out or not): those of the
+    # records kept, not the files' lists (a filtered or merged set differs from both)
+    attrs = {**attrs, "families": ",".join(dict.fromkeys(r["family"] for r in records))}
     if cfg.data.val:
         train_recs, (val_recs, _, _) = records, read_dataset(cfg.data.val)
         check_finite_records(val_recs, cfg.data.val)
