@@ -221,7 +221,8 @@ def train_cmd(config_path, data, init_from, out_dir, max_steps, max_minutes, no_
 
 
 @click.command("refit-head")
-@click.option("--checkpoint", default=None, help="Starting checkpoint (default: the shipped one).")
+@click.option("--checkpoint", default=None,
+              help="Starting checkpoint, or 'broad' [default: the shipped one].")
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False),
               required=True, help="Labelled HDF5 data (deepquant generate).")
 @click.option("--out", "out_dir", required=True, help="Output folder (safetensors + config).")
@@ -267,7 +268,9 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
 
 
 @click.command("evaluate")
-@click.option("--checkpoint", default=None, help="Checkpoint (default: the shipped one).")
+@click.option("--checkpoint", default=None,
+              help="Checkpoint folder or file, or 'broad' (shipped: fine-tuned on broader "
+                   "families; docs/benchmarks-neural-training.md) [default: the shipped one].")
 @click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--max-instances", type=click.IntRange(min=1), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
@@ -349,7 +352,9 @@ def _floats(text: str, name: str) -> list[float]:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--classical/--no-classical", default=True, show_default=True,
               help="Also calibrate every scenario classically (errors, speed-up).")
-@click.option("--checkpoint", default=None, help="Checkpoint (default: the shipped one).")
+@click.option("--checkpoint", default=None,
+              help="Checkpoint folder or file, or 'broad' (shipped: fine-tuned on broader "
+                   "families; docs/benchmarks-neural-training.md) [default: the shipped one].")
 @click.option("--device", default="cpu", show_default=True,
               help="Where the network runs: cpu | cuda | cuda:N | auto.")
 @click.option("--threads", type=int, default=1, show_default=True)

@@ -181,7 +181,8 @@ class NeuralPricer:
     ----------
     checkpoint : path, optional
         Exported folder (``model.safetensors`` + ``config.json``), ``.safetensors`` file or
-        training ``.pt``; ``None`` loads the shipped checkpoint.
+        training ``.pt``, or the name of a packaged one (``"broad"``:
+        ``deepquant.neural.train.PACKAGED_CHECKPOINTS``); ``None`` loads the shipped default.
     threads : int, optional
         torch intra-op threads (``None`` leaves torch's setting).
     ood_drift, ood_marginal_error : float
@@ -223,14 +224,15 @@ class NeuralPricer:
         import torch
 
         from deepquant.neural.model import resolve_device
-        from deepquant.neural.train import load_model
+        from deepquant.neural.train import load_model, resolve_checkpoint
 
         if threads is not None:
             if int(threads) < 1:
                 raise ValueError(f"threads must be >= 1 or None, got {threads!r}")
             torch.set_num_threads(int(threads))
         self.device = resolve_device(device)
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+        self.checkpoint = (resolve_checkpoint(checkpoint) if checkpoint is not None
+                           else default_checkpoint())
         self.model, self.meta = load_model(self.checkpoint)
         self.model.to(self.device)
         grid64 = (self.meta.get("extra") or {}).get("grid")

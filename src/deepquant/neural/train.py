@@ -283,10 +283,27 @@ def export_checkpoint(pt_path: str | os.PathLike[str], out_dir: str | os.PathLik
     return out_dir
 
 
+PACKAGED_CHECKPOINTS = ("broad",)
+"""Checkpoints shipped beside the default one, by name (``deepquant/neural/checkpoints/NAME``):
+``broad``, the default fine-tuned on per-period vol term structures, SSVI smiles, synthetic-chain
+calibrations and supports of random widths besides GBM / Merton / Heston: 2-9x smaller Asian
+errors on those families, 3-10x larger on GBM / Merton / Heston
+(docs/benchmarks-neural-training.md)."""
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """``path``, or the packaged checkpoint of that name (``PACKAGED_CHECKPOINTS``) when no
+    file or folder of that name exists."""
+    if str(path) in PACKAGED_CHECKPOINTS and not Path(path).exists():
+        return Path(__file__).resolve().parent / "checkpoints" / str(path)
+    return Path(path)
+
+
 def load_model(path: str | os.PathLike[str]):
     """(model in eval mode, metadata dict) from a training ``.pt`` or an exported folder /
-    ``.safetensors`` file (with its ``config.json`` beside it)."""
-    path = Path(path)
+    ``.safetensors`` file (with its ``config.json`` beside it), or a packaged checkpoint's
+    name (``PACKAGED_CHECKPOINTS``)."""
+    path = resolve_checkpoint(path)
     if path.suffix == ".pt":
         state = load_checkpoint(path)
         mcfg = ModelConfig(**state["config"]["model"])
