@@ -33,6 +33,8 @@ def main(argv=None):
     ap.add_argument("--payoffs", default="asian")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--checkpoint", default=None,
+                    help="checkpoint folder or packaged name ('broad'); default: the shipped one")
     args = ap.parse_args(argv)
 
     import torch
@@ -44,14 +46,15 @@ def main(argv=None):
 
     threadpool_limits(1)
     torch.set_num_threads(1)
-    pricer = NeuralPricer(threads=1)
+    pricer = NeuralPricer(args.checkpoint, threads=1)
     times = np.linspace(0.0, 0.5, args.periods + 1)
     vols = np.linspace(0.30, 0.20, args.periods)
     rng = np.random.default_rng(0)
     scen = bumped_scenarios(times, vols, pricer.grid,
                             rng.uniform(-0.1, 0.1, (args.num, args.periods)))
     sweep(scen[:2], AsianCall(strike=1.0), pricer=pricer, classical=False)   # warm up
-    out = {"num": args.num, "periods": args.periods, "threads": 1, "neural_threads": args.threads,
+    out = {"num": args.num, "periods": args.periods, "checkpoint": str(pricer.checkpoint),
+           "threads": 1, "neural_threads": args.threads,
            "load_average": os.getloadavg(), "payoffs": {}}
     known = {"asian": AsianCall(strike=1.0), "lookback": LookbackCall(strike=1.0)}
     for pay in (known[name] for name in args.payoffs.split(",")):
