@@ -10,9 +10,11 @@ left with their certificate only (Asian at 150 points: 1 s a sweep). So:
 
 * the **work level** is the finest level whose chain LP has at most ``WORK_COLUMNS_PER_SECOND``
   times the side's budget columns; it gets what its coarse levels leave of its budget;
-* its coarse levels get ``WORK_SHARE`` of that budget, each passing ``BELOW_SHARE`` on to the
-  next, except the LP level at the bottom, which gets all of its parent's (HiGHS stops when
-  the LP is solved, and the LP is small by construction);
+* with the automatic levels, its coarse level is the LP level itself (the grid halved until
+  the LP is small, the levels in between skipped), which gets all of its budget (HiGHS stops
+  when the LP is solved, and the LP is small by construction); with a given number of levels
+  its coarse levels get ``WORK_SHARE`` of that budget, each passing ``BELOW_SHARE`` on to the
+  next, the LP level at the bottom again all of its parent's;
 * the levels above the work level pass ``ABOVE_SHARE`` down and keep the rest for their exact
   certificate (and smoothed stages when ``FINE_SWEEPS`` of them still fit).
 """

@@ -99,7 +99,8 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     """``certify_side`` started from the same side on ``coarse_marginals`` (recursively).
 
     The grid is halved until the chain LP is small (``LP_START_COLUMNS``), and that level is
-    solved exactly by HiGHS with the side's whole budget (``lp_budget``). The rest is split
+    solved exactly by HiGHS with the side's whole budget (``lp_budget``); the work level
+    (``_levels``) starts straight from it, skipping the levels in between. The rest is split
     over the levels by ``_levels.coarse_share`` (``role`` and ``work_columns``, the work level's
     threshold from the top budget, carry its state down). The coarse levels are solved like
     any side (by column generation, warm-started, when small); their potentials, interpolated
@@ -139,11 +140,22 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         work_columns = WORK_COLUMNS_PER_SECOND * budget
         lp_budget = budget
     T = chain.last_date
-    coarse = coarse_marginals(marginals)
-    coarse, _ = nest_supports(coarse, T)
-    cchain = build_chain(coarse, payoff, sum_mode=sum_mode,
-                         sum_grid_size=None if sum_grid_size is None
-                         else max(2, (int(sum_grid_size) + 1) // 2))
+
+    def halved(m):
+        coarse, _ = nest_supports(coarse_marginals(m), T)
+        return coarse, build_chain(coarse, payoff, sum_mode=sum_mode,
+                                   sum_grid_size=None if sum_grid_size is None
+                                   else max(2, (int(sum_grid_size) + 1) // 2))
+
+    coarse, cchain = halved(marginals)
+    if levels is None and role == "above" and not is_above(cols, work_columns, role):
+        # the work level starts straight from the LP level: a level between them costs its
+        # share of the budget and gains nothing (measured, Heston M = 150, 10 s per side: the
+        # Asian's 39-point stages end at 0.02797 whether started from its 20-point level's
+        # 0.0257 or the 11-point LP's 0.0190, and its upper side tightens 0.0382 -> 0.0378
+        # with the 20-point level's time; the lookback is unchanged)
+        while lp_columns(cchain) > LP_START_COLUMNS and coarse.size > MIN_COARSE_SIZE:
+            coarse, cchain = halved(coarse)
     copts = dict(options)
     copts["eps_end"] = max(options.get("eps_end", 1e-7), 1e-5)
     copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
