@@ -27,6 +27,9 @@ _GENERATE_OPTIONS = {"eps": "--eps", "tol": "--tol", "n_choices": "--n-choices",
                      "backend": "--backend", "n_workers": "--workers"}
 """Parameters of ``generate_dataset`` and the options that set them (named in the errors)."""
 
+_CHECKPOINT_HELP = ("Checkpoint folder or file, or 'broad' (shipped: fine-tuned on broader "
+                    "families; docs/benchmarks-neural-training.md) [default: the shipped one].")
+
 _FIT_OPTIONS = {"per_instance": "--per-instance", "iterations": "--iterations",
                 "ridge": "--ridge", "device": "--device"}
 """The same for ``refit_head`` and ``leave_one_family_out``."""
@@ -268,9 +271,7 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
 
 
 @click.command("evaluate")
-@click.option("--checkpoint", default=None,
-              help="Checkpoint folder or file, or 'broad' (shipped: fine-tuned on broader "
-                   "families; docs/benchmarks-neural-training.md) [default: the shipped one].")
+@click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP)
 @click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--max-instances", type=click.IntRange(min=1), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
@@ -352,9 +353,7 @@ def _floats(text: str, name: str) -> list[float]:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--classical/--no-classical", default=True, show_default=True,
               help="Also calibrate every scenario classically (errors, speed-up).")
-@click.option("--checkpoint", default=None,
-              help="Checkpoint folder or file, or 'broad' (shipped: fine-tuned on broader "
-                   "families; docs/benchmarks-neural-training.md) [default: the shipped one].")
+@click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP)
 @click.option("--device", default="cpu", show_default=True,
               help="Where the network runs: cpu | cuda | cuda:N | auto.")
 @click.option("--threads", type=int, default=1, show_default=True)

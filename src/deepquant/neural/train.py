@@ -295,7 +295,9 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """``path``, or the packaged checkpoint of that name (``PACKAGED_CHECKPOINTS``) when no
     file or folder of that name exists."""
     if str(path) in PACKAGED_CHECKPOINTS and not Path(path).exists():
-        return Path(__file__).resolve().parent / "checkpoints" / str(path)
+        from deepquant.neural.pricer import default_checkpoint
+
+        return default_checkpoint() / str(path)
     return Path(path)
 
 
