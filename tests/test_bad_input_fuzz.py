@@ -65,6 +65,13 @@ def test_no_side_is_not_a_successful_nan(rw, solver, payoff, sides):
         solver(rw, payoff, sides=sides)
 
 
+@pytest.mark.parametrize("options", [{"time_limt": 1.0}, {"presolve": False, "x": 1}])
+def test_lp_refuses_unknown_highs_options(rw, options):
+    # before: scipy warned and dropped the option, the solve ran on the defaults
+    with pytest.raises(ValueError, match=r"highs_options has unknown option"):
+        lp_bounds(rw, AsianCall(strike=1.0), highs_options=options)
+
+
 def test_richardson_refuses_a_negative_standard_error():
     with pytest.raises(ValueError, match=r"stderrs must be >= 0, got \[-1, 0.1\]"):
         richardson([1, 2], [1.0, 1.1], [-1, 0.1], rate=1.0)

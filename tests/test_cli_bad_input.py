@@ -35,6 +35,10 @@ CASES = [
     # found by fuzzing: an option the method ignored silently; a library name for the option
     (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method", "path-lp",
       "--sum-grid-size", "5"], "--sum-grid-size", "5"),
+    (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method", "lp",
+      "--rtol", "0.01"], "--rtol", "0.01"),
+    (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method", "ipm",
+      "--max-seconds", "5"], "--max-seconds", "5.0"),
     (["solve", "MARGINALS", "--eps", "1", "--tol", "0"], "--tol", "0.0"),
     (["solve", "MARGINALS", "--eps", "-1"], "--eps", "-1.0"),
     # lists with an empty item (dropped silently before), ranges that named no option

@@ -321,6 +321,7 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
         err_console,
         fail,
         print_json,
+        refuse_unused,
         reported_failures,
         table,
     )
@@ -332,6 +333,8 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
     missing = [f"--{p}" for p in required_params(payoff_name) if params[p] is None]
     if missing:
         fail(f"--payoff {payoff_name} needs {' and '.join(missing)} (no default is assumed)")
+    refuse_unused(method, {"rtol": ("auto", "certified", "ipm"),
+                           "max_seconds": ("auto", "certified")})
     if sum_grid_size is not None and method == "path-lp":
         fail(f"--sum-grid-size {sum_grid_size} is not used by --method path-lp (it enumerates "
              "the paths, whose running sums are exact)")

@@ -76,6 +76,25 @@ def fail(message: str) -> None:
     raise click.UsageError(message)
 
 
+def given(name: str) -> bool:
+    """Whether the running command's option ``name`` (its Python name) was set on the command
+    line (or by an environment variable), not left at its default."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def refuse_unused(method: str, options: dict[str, tuple[str, ...]]) -> None:
+    """Fail when an option given on the command line is not used by ``method``.
+
+    ``options`` maps each option's Python name to the methods that use it."""
+    params = click.get_current_context().params
+    for name, users in options.items():
+        if method not in users and given(name):
+            flag = "--" + name.replace("_", "-")
+            fail(f"{flag} {params[name]} is not used by --method {method} (only by --method "
+                 f"{' / '.join(users)})")
+
+
 def parse_list(text: str, option: str, convert: Callable[[str], Any] = str, *,
                what: str = "values", noun: str = "value") -> list[Any]:
     """The comma-separated items of ``option``'s value ``text``, each passed through

@@ -36,12 +36,32 @@ from deepquant.payoffs import Payoff, SumSquaredIncrements
 from deepquant.results import warn_failure
 
 __all__ = ["ChainLP", "build_chain_lp", "solve_side", "lp_bounds", "check_convex_order",
-           "DEFAULT_HIGHS_OPTIONS"]
+           "DEFAULT_HIGHS_OPTIONS", "check_highs_options"]
 
 DEFAULT_HIGHS_OPTIONS = dict(presolve=False, primal_feasibility_tolerance=1e-9,
                              dual_feasibility_tolerance=1e-9)
 """HiGHS options used unless overridden: tight tolerances, presolve off (DESIGN §7: presolve gave
 false infeasibility and 5e-8 residuals on MOT LPs with tiny tail masses; residuals are checked)."""
+
+HIGHS_OPTION_NAMES = ("disp", "presolve", "time_limit", "maxiter", "dual_feasibility_tolerance",
+                      "primal_feasibility_tolerance", "ipm_optimality_tolerance",
+                      "simplex_dual_edge_weight_strategy", "mip_rel_gap", "mip_max_nodes")
+"""The options ``scipy.optimize.linprog(method="highs")`` documents; it only warns on others."""
+
+
+def check_highs_options(user: dict | None) -> dict:
+    """``DEFAULT_HIGHS_OPTIONS`` updated with ``user``, whose names are checked (a misspelt
+    option would otherwise be dropped with a warning and the solve run on the defaults)."""
+    if user is None:
+        return dict(DEFAULT_HIGHS_OPTIONS)
+    if not isinstance(user, dict):
+        raise ValueError(f"highs_options must be a dict, got {type(user).__name__}")
+    unknown = sorted(set(user) - set(HIGHS_OPTION_NAMES), key=str)
+    if unknown:
+        raise ValueError(f"highs_options has unknown option(s) {unknown}; HiGHS through "
+                         f"scipy.optimize.linprog takes {list(HIGHS_OPTION_NAMES)}")
+    return {**DEFAULT_HIGHS_OPTIONS, **user}
+
 
 MARTINGALE_MODES = ("full", "one-step")
 ALGORITHMS = ("direct",)
@@ -287,8 +307,7 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
         val = _constant_value(chain)
         return BoundSide(val, True, "optimal", "no free variables (payoff known at date 0)",
                          time.perf_counter() - t0, 0.0, 0.0, 0.0)
-    opts = dict(DEFAULT_HIGHS_OPTIONS)
-    opts.update(highs_options or {})
+    opts = check_highs_options(highs_options)
     c = sign * lp.cost
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r} (column "
@@ -424,7 +443,8 @@ def lp_bounds(
     martingale_tol : float
         0 (exact) or the relaxed-mode tolerance on |E[X_{t+1} - X_t | X_t, S_t]|.
     highs_options : dict, optional
-        Passed to ``scipy.optimize.linprog(method="highs")`` over ``DEFAULT_HIGHS_OPTIONS``.
+        Passed to ``scipy.optimize.linprog(method="highs")`` over ``DEFAULT_HIGHS_OPTIONS``
+        (names checked by ``check_highs_options``).
     return_plan : bool
         Keep the optimal plans pi_t(x, s, y).
     sides : tuple of str
@@ -438,6 +458,7 @@ def lp_bounds(
     if not isinstance(payoff, Payoff):
         raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
     check_sides(sides)
+    check_highs_options(highs_options)
     n = marginals.n_dates
     terms = payoff.pairwise(n)
     if terms is None and isinstance(payoff, SumSquaredIncrements):

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import optimize, sparse
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, check_convex_order
+from deepquant.mmot.lp import check_convex_order, check_highs_options
 from deepquant.mmot.result import BoundSide, BoundsResult, failed_side
 from deepquant.payoffs import Payoff
 from deepquant.results import warn_failure
@@ -99,8 +99,7 @@ def path_lp_bounds(
                              shape=(r, n_paths))
     b_eq = np.concatenate(b)
     build = time.perf_counter() - t_build
-    opts = dict(DEFAULT_HIGHS_OPTIONS)
-    opts.update(highs_options or {})
+    opts = check_highs_options(highs_options)
     sides = {}
     plans = {}
     for name, sign in (("lower", 1.0), ("upper", -1.0)):

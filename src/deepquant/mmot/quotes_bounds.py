@@ -53,7 +53,7 @@ from scipy import optimize, sparse
 from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.lp import DEFAULT_HIGHS_OPTIONS, build_chain_lp
+from deepquant.mmot.lp import build_chain_lp, check_highs_options
 from deepquant.mmot.multiscale import COARSE_SHARE, FINE_SWEEPS
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
 from deepquant.mmot.quote_problem import QuoteHedge, _Problem, _quote_hedge, verify_quote_hedge
@@ -123,8 +123,7 @@ def _lp_side(prob: _Problem, sense: str, highs_options: dict | None,
                                np.concatenate(ub_c) if ub_c else np.zeros(0, int))),
                              shape=(r, n_col))
     cost = np.concatenate([-sign * lp.cost, np.zeros(n_col - n_pi)])
-    opts = dict(DEFAULT_HIGHS_OPTIONS)
-    opts.update(highs_options or {})
+    opts = check_highs_options(highs_options)
     res = optimize.linprog(cost, A_ub=a_ub if r else None, b_ub=np.array(b_ub) if r else None,
                            A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method=lp_method,
                            options=opts)
