@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = ["hull_sweep_period", "soft_sweep_period", "soft_forward_period",
-           "hedge_violation_period", "kernels"]
+           "hedge_violation_period", "point_slack_period", "kernels"]
 
 _PIN = 1e-13  # relative distance to the end of the hull at which a row is pinned (point mass)
 
@@ -329,9 +329,31 @@ def _hedge_violation_period(G, yv, xv, live, val, slope):
     return out
 
 
+def _point_slack_period(G, yv, xv, live, val, slope):
+    """Smallest slack min_{s, x} [val(s, x) + slope(s, x) (y - x) - G_s(y)] of each next point
+    y (Y,) under the supporting lines of all live pairs with a finite value (+inf if none): by
+    how much W_{t+1}(y, .) can rise (u_{t+1}(y) fall) before y touches a line of period t."""
+    n_s, n_y = G.shape
+    n_x = xv.size
+    out = np.empty(n_y)
+    for j in prange(n_y):
+        y = yv[j]
+        best = np.inf
+        for s in range(n_s):
+            g = G[s, j]
+            for a in range(n_x):
+                if live[s, a]:
+                    d = val[s, a] + slope[s, a] * (y - xv[a]) - g
+                    if d < best:
+                        best = d
+        out[j] = best
+    return out
+
+
 _PY = dict(hull_sweep_period=_hull_sweep_period, soft_sweep_period=_soft_sweep_period,
            soft_forward_period=_soft_forward_period,
-           hedge_violation_period=_hedge_violation_period)
+           hedge_violation_period=_hedge_violation_period,
+           point_slack_period=_point_slack_period)
 _SERIAL = {k: njit(cache=True)(f) for k, f in _PY.items()}
 _PARALLEL = {k: njit(cache=True, parallel=True)(f) for k, f in _PY.items()}
 PARALLEL_WORK = 400_000
@@ -348,3 +370,4 @@ hull_sweep_period = _SERIAL["hull_sweep_period"]
 soft_sweep_period = _SERIAL["soft_sweep_period"]
 soft_forward_period = _SERIAL["soft_forward_period"]
 hedge_violation_period = _SERIAL["hedge_violation_period"]
+point_slack_period = _SERIAL["point_slack_period"]
