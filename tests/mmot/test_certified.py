@@ -69,8 +69,10 @@ def test_potentials_lowered_to_their_lines_keep_the_envelopes_and_a_valid_bound(
         u = rng.normal(scale=0.3, size=sw.mu_flat.size)
         value, per_t, _, drop = sw.hard(u, slack=True)
         assert drop.min() >= 0.0 and drop @ sw.mu_flat > 1e-3
-        low_value, low_t, viol = sw.hard(sw.lower_to_lines(u), verify=True)
+        estimate, lowered = sw.lower_to_lines(u)
+        low_value, low_t, viol = sw.hard(lowered, verify=True)
         assert low_value == pytest.approx(value - drop @ sw.mu_flat, abs=1e-12)
+        assert estimate == pytest.approx(low_value, abs=1e-12)
         for (v0, *_), (v1, *_) in zip(per_t, low_t):
             np.testing.assert_allclose(v1, v0, atol=1e-12)
         cert = sw.certify(u)[0]

@@ -208,8 +208,9 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
     max_seconds : float
         Time budget; the best certificate so far is returned when it runs out.
     u0 : ndarray, optional
-        Warm start, the concatenated potentials u_1..u_T on the supports. Its certificate is
-        taken before the first stage (the side never ends worse than it), and the budget is
+        Warm start, the concatenated potentials u_1..u_T on the supports, or a (k, n) array of
+        k candidates (the stages start from the one with the best certificate). Its certificate
+        is taken before the first stage (the side never ends worse than it), and the budget is
         then checked before the first smoothed sweep too (a side may end without smoothing).
     start : dict, optional
         The inner estimate until a stage gives one (``inner``, ``resid``, ``kind``), e.g. the
@@ -252,9 +253,12 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
              max_iter, gtol, maxcor, precondition, inner_resid_tol, polish, polish_max_states,
              max_seconds, u0, start, min_sweeps, progress) -> BoundSide:
     sw = _Sweeper(chain, marginals, sign)
-    uvec = np.zeros(sw.mu_flat.size) if u0 is None else np.array(u0, dtype=float)
-    if uvec.shape != sw.mu_flat.shape:
-        raise ValueError(f"u0 must have shape {sw.mu_flat.shape}, got {uvec.shape}")
+    starts = np.zeros((1, sw.mu_flat.size)) if u0 is None else np.array(u0, dtype=float)
+    if starts.shape[-1:] != sw.mu_flat.shape or starts.ndim > 2:
+        raise ValueError(f"u0 must have shape {sw.mu_flat.shape} (or (k, "
+                         f"{sw.mu_flat.size}) for k candidates), got {starts.shape}")
+    starts = starts.reshape(-1, sw.mu_flat.size)
+    uvec = starts[0]
     scale = sw.scale
     best = (np.inf, uvec.copy(), np.zeros(sw.T))
     inner = np.nan
@@ -266,8 +270,13 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
     inner_kind = "smoothed chain"
     if u0 is not None:  # the start's certificate: the side never ends worse than it
         t_cert = time.perf_counter()
-        best = sw.certify(uvec.copy())
-        sweep = SOFT_OVER_HARD * (time.perf_counter() - t_cert)
+        # the candidates ranked by their lowered values (one exact sweep each), the best one
+        # certified (a second, verified sweep) and the stages' start
+        ranked = [sw.lower_to_lines(cand) for cand in starts]
+        k = int(np.argmin([r[0] for r in ranked]))
+        uvec = starts[k].copy()
+        best = sw.certify(uvec.copy(), ranked[k][1])
+        sweep = SOFT_OVER_HARD * (time.perf_counter() - t_cert) / (1 + starts.shape[0])
         if min_sweeps * sweep >= max_seconds - (time.perf_counter() - t0):
             max_seconds = 0.0  # no smoothed stage fits: the start's certificate stands
     if start is not None:

@@ -81,6 +81,26 @@ def _lp_side(chain: AugmentedChain, marginals: Marginals, sense: str, options: d
                         f"{side.message}", dict(eps=0.0, stages=0, iterations=0, drift=0.0))
 
 
+def carry_up(coarse_x: np.ndarray, coarse_u: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Potentials of a coarse level at the finer points ``x``, two candidates (2, x.size):
+    linear interpolation, and a cubic spline (not-a-knot) through the coarse values (linear
+    through 3 points or fewer), both flat outside the coarse hull. Any potentials give a valid
+    bound; the finer level starts from the one with the better certificate. Measured (Heston
+    Asian, M = 150, the same 40 / 100 L-BFGS iterations on the 39-point level, certificates
+    lowered to their lines): the spline carries the lower side better (0.02752 / 0.02794 ->
+    0.02790 / 0.02822 at 150 points; the LP's 11 points carried to 39: 0.02231 -> 0.02440),
+    the line the upper side after 100 iterations (0.037238 against 0.037328 at 150 points):
+    where u bends smoothly the line leaves the finer points between two coarse ones below the
+    curve, so they lift the envelopes; at a kink the spline overshoots."""
+    line = np.interp(x, coarse_x, coarse_u)
+    if coarse_x.size < 4:
+        return np.stack([line, line])
+    from scipy.interpolate import CubicSpline
+
+    return np.stack([line, CubicSpline(coarse_x, coarse_u)(np.clip(x, coarse_x[0],
+                                                                   coarse_x[-1]))])
+
+
 def max_levels(size: int) -> int:
     """How many times ``coarse_marginals`` can coarsen a grid of ``size`` points (every other
     point and the last: ``size // 2 + 1`` points) before the grid stops shrinking (2 points)."""
@@ -175,14 +195,15 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     for t in range(1, T + 1):
         ok = np.isfinite(uc[t])
         xs = np.flatnonzero(chain.support[t])
-        pieces.append(np.interp(grid[xs], cgrid[ok], uc[t, ok]))
+        pieces.append(carry_up(cgrid[ok], uc[t, ok], grid[xs]))
     opts = dict(options)
     opts.setdefault("eps_start", max(cres.info.get("eps", 0.0) / cres.info["scale"],
                                      LEVEL_EPS_START, opts.get("eps_end", 1e-7)))
     opts["max_seconds"] = max(budget - (time.perf_counter() - t_start), 0.0)
     start = dict(inner=cres.info["inner"], resid=np.nan,
                  kind=f"coarse grid of {coarse.size} points ({cres.info['inner_kind']})")
-    fine = certify_side(chain, marginals, sense, u0=np.concatenate(pieces), start=start,
+    fine = certify_side(chain, marginals, sense, u0=np.concatenate(pieces, axis=1),
+                        start=start,
                         min_sweeps=FINE_SWEEPS if is_above(cols, work_columns, role) else 0,
                         progress=progress, **opts)
     info = dict(fine.info, coarse=dict(size=int(coarse.size), bound=cres.value,

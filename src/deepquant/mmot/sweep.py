@@ -110,27 +110,25 @@ class _Sweeper:
     def split(self, uvec: np.ndarray) -> list[np.ndarray]:
         return [uvec[self.offsets[t - 1]:self.offsets[t]] for t in range(1, self.T + 1)]
 
-    def certify(self, uvec: np.ndarray):
-        """The certificate of ``uvec``: (outer bound, u, violation per period), the exact sweep's
-        value with the constant shifted by the measured worst violation of every period.
+    def certify(self, uvec: np.ndarray, lowered: np.ndarray | None = None):
+        """The certificate of ``uvec``: (outer bound, u, violation per period), the exact sweep
+        of ``lower_to_lines(u)`` (``lowered`` if given) with the constant shifted by the
+        measured worst violation of every period.
 
-        The bound is the lower of u's and of ``lower_to_lines(u)``'s (a second exact sweep,
-        never higher but for rounding); the tuple keeps ``uvec`` itself (the point the smoothed
-        stages and the finer levels go on from: measured, Heston Asian M = 150, lower side,
-        carrying the lowered potentials up ends lower, 0.02726 against 0.02799), and
-        ``duals_of`` lowers it again for the hedge."""
-        value, _, viol, drop = self.hard(uvec, verify=True, slack=True)
-        best = (value + float(viol.sum()), uvec, viol)
-        if np.any(drop > 0):
-            value, _, viol = self.hard(uvec - drop, verify=True)
-            if value + float(viol.sum()) < best[0]:
-                best = (value + float(viol.sum()), uvec, viol)
-        return best
+        The tuple keeps ``uvec`` itself (the point the smoothed stages and the finer levels go
+        on from: measured, Heston Asian M = 150, lower side, carrying the lowered potentials up
+        ends lower, 0.02726 against 0.02799), and ``duals_of`` lowers it again for the hedge."""
+        if lowered is None:
+            lowered = self.lower_to_lines(uvec)[1]
+        value, _, viol = self.hard(lowered, verify=True)
+        return value + float(viol.sum()), uvec, viol
 
-    def lower_to_lines(self, uvec: np.ndarray) -> np.ndarray:
-        """u lowered by its slack under the supporting lines (see ``hard``): the same
-        envelopes, a bound lower by sum mu_{t+1}(y) slack(y)."""
-        return uvec - self.hard(uvec, slack=True)[3]
+    def lower_to_lines(self, uvec: np.ndarray) -> tuple[float, np.ndarray]:
+        """(F of the lowered u, u lowered by its slack under the supporting lines, see
+        ``hard``): the same envelopes, a bound lower by sum mu_{t+1}(y) slack(y). The value is
+        not verified (``certify`` is)."""
+        value, _, _, drop = self.hard(uvec, slack=True)
+        return value - float(drop @ self.mu_flat), uvec - drop
 
     def hard(self, uvec: np.ndarray, *, verify: bool = False, slack: bool = False):
         """Exact sweep: (F(u), per-period (val, slope, moves), worst violation per period), and
@@ -212,7 +210,7 @@ def duals_of(sw: _Sweeper, uvec: np.ndarray) -> Duals:
     chain = sw.chain
     m = chain.size
     T = sw.T
-    uvec = sw.lower_to_lines(uvec)
+    uvec = sw.lower_to_lines(uvec)[1]
     _, per_t, _ = sw.hard(uvec)
     u = np.full((T + 1, m), np.nan)
     for t, piece in enumerate(sw.split(uvec), start=1):
