@@ -2,8 +2,9 @@
 
 ``certified_bounds`` is the entry point. Each side halves the grid (``coarse_marginals``) until
 the chain LP is small (``LP_START_COLUMNS``), solves that level exactly with HiGHS, and carries
-its potentials up level by level: interpolated linearly onto the finer supports they are a valid
-start whatever the grid, certified by one exact sweep (``deepquant.mmot.certified``), and each
+its potentials up level by level: interpolated onto the finer supports (``carry_up``: the line
+or a spline, whichever certifies better) they are a valid start whatever the grid, certified by
+one exact sweep of the potentials lowered to their lines (``deepquant.mmot.certified``), and each
 level may then run the smoothed stages of ``certify_side`` within its share of the side's time
 budget (``deepquant.mmot._levels``).
 """
@@ -124,7 +125,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     over the levels by ``_levels.coarse_share`` (``role`` and ``work_columns``, the work level's
     threshold from the top budget, carry its state down). The coarse levels are solved like
     any side (by column generation, warm-started, when small); their potentials, interpolated
-    linearly onto the fine supports, are certified by one exact sweep (a valid bound whatever
+    onto the fine supports (``carry_up``), are certified by one exact sweep (a valid bound whatever
     the grid); above the work level, the fine stages run only when ``FINE_SWEEPS`` smoothed
     sweeps (predicted as ``SOFT_OVER_HARD`` times the exact sweep just timed) fit in what is
     left. Until a fine stage gives one, the inner estimate is the coarse level's: a value on
