@@ -338,3 +338,27 @@ def test_max_instances_zero_is_not_every_instance(fake_data, n):
         evaluate(fake_data, max_instances=n)
     with pytest.raises(ValueError, match="max_instances"):
         refit_head(None, fake_data, "unused-out", max_instances=n)
+
+
+@pytest.mark.parametrize("text", ["nan", ".nan", ".inf", "-1.0e-4", "0"])
+def test_config_learning_rate_must_be_finite_and_positive(tmp_path, text):
+    # `lr: nan` was accepted (YAML reads it as text, `.nan` as a float that passes `<= 0`)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"train:\n  lr: {text}\n")
+    with pytest.raises(ValueError, match="train.lr must be"):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize("value", ["no", "false", 0, None])
+def test_fallback_must_be_a_bool(value):
+    # fallback="no" was truthy: the classical fallback ran when it was refused
+    with pytest.raises(ValueError, match="fallback must be a bool"):
+        NeuralPricer(fallback=value)
+
+
+def test_checkpoint_file_names_the_path_given(tmp_path):
+    # a file was reported as a missing config.json beside it
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"weights\.bin.*is a file.*checkpoint is a folder"):
+        NeuralPricer(f)

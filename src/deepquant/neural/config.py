@@ -13,6 +13,7 @@ YAML file never passes silently).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -155,6 +156,14 @@ class TrainConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
+        for f in fields(self):      # numbers must be finite numbers (YAML reads `nan` as text)
+            if f.type in ("float", "int", "float | None"):
+                value = getattr(self, f.name)
+                if value is None and f.type == "float | None":
+                    continue
+                if (isinstance(value, bool) or not isinstance(value, int | float)
+                        or not math.isfinite(value)):
+                    raise ValueError(f"train.{f.name} must be a finite number, got {value!r}")
         for name in ("lr", "batch_size", "max_steps", "eval_every", "patience", "threads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)!r}")

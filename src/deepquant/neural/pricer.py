@@ -226,6 +226,8 @@ class NeuralPricer:
         from deepquant.neural.model import resolve_device
         from deepquant.neural.train import load_model, resolve_checkpoint
 
+        if not isinstance(fallback, bool | np.bool_):   # fallback="no" was truthy
+            raise ValueError(f"fallback must be a bool, got {fallback!r}")
         if threads is not None:
             if int(threads) < 1:
                 raise ValueError(f"threads must be >= 1 or None, got {threads!r}")

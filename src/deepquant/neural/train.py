@@ -316,6 +316,10 @@ def load_model(path: str | os.PathLike[str]):
     folder = path if path.is_dir() else path.parent
     weights = folder / "model.safetensors" if path.is_dir() else path
     cfg_path = folder / "config.json"
+    if path.is_file() and not cfg_path.exists():
+        raise ValueError(f"checkpoint {str(path)!r} is a file with no config.json beside it; a "
+                         "checkpoint is a folder (model.safetensors + config.json) or a "
+                         "training .pt file")
     for p in (weights, cfg_path):
         if not p.exists():
             raise ValueError(f"checkpoint file {str(p)!r} does not exist")
