@@ -29,8 +29,8 @@ import numpy as np
 from numba import njit
 from numba.extending import get_cython_function_address
 
-__all__ = ["_DGEMM", "_advance_step", "_band_row", "_gemm", "_hinge_terminal", "_last_step_hinge",
-           "_transposed_map", "_trim_step"]
+__all__ = ["_DGEMM", "_advance_step", "_band_row", "_forward", "_gemm", "_hinge_terminal",
+           "_last_step_hinge", "_pack_steps", "_transposed_map", "_trim_step"]
 
 
 def _transposed_map(src, dst, w, n_src, n_dst, n, n1):
@@ -119,33 +119,37 @@ def _band_row(src, cols, band_eps, k):  # pragma: no cover
 def _trim_step(jt, kern, rows, cols, thr, band_eps, kb, lo, hi, sa, se):  # pragma: no cover
     """First half of a date for B instances: per row i (grid point rows[i]) the kernel band
     [lo, hi) over ``cols`` (``_band_row``) and the live states [sa, se) of ``jt`` (B, r, n)
-    (entries outside are set to 0), the banded kernel rows ``kb`` (B, r, c). On entry
-    [sa, se) holds a range outside which the row is known to be 0 (written by
-    ``_advance_step``). Returns the dropped mass."""
+    (entries outside are set to 0), the banded kernel rows ``kb`` (B, r, c); a row with no
+    live state gets a zero ``kb`` row without reading its kernel row. On entry [sa, se)
+    holds a range outside which the row is known to be 0 (written by ``_advance_step``), and
+    only that range is scanned. Returns the dropped mass."""
     nb, r, n = jt.shape
     lost = np.zeros(nb)
     for b in range(nb):
         acc = 0.0
         for i in range(r):
-            a, e, tail = _band_row(kern[b, rows[i]], cols, band_eps, kb[b, i])
             row = jt[b, i]
-            p = min(max(sa[b, i], 0), n)
-            while p < n and not abs(row[p]) > thr[b]:
+            p, q = min(max(sa[b, i], 0), n), min(max(se[b, i], 0), n)
+            while p < q and not abs(row[p]) > thr[b]:
                 acc += abs(row[p])
                 row[p] = 0.0
                 p += 1
-            q = max(min(se[b, i], n), p)
             while q > p and not abs(row[q - 1]) > thr[b]:
                 acc += abs(row[q - 1])
                 row[q - 1] = 0.0
                 q -= 1
-            live = 0.0
-            for s in range(p, q):
-                live += abs(row[s])
+            if q <= p:          # no live state: the kernel row is not needed, only zeros
+                kb[b, i, :] = 0.0
+                lo[b, i], hi[b, i], sa[b, i], se[b, i] = 0, 0, p, p
+                continue
+            a, e, tail = _band_row(kern[b, rows[i]], cols, band_eps, kb[b, i])
             if e <= a:          # a zero kernel row moves no mass (as the exact sum)
                 row[p:q] = 0.0
                 q = p
             else:
+                live = 0.0
+                for s in range(p, q):
+                    live += abs(row[s])
                 acc += live * tail
             lo[b, i], hi[b, i], sa[b, i], se[b, i] = a, e, p, q
         lost[b] = acc
@@ -205,6 +209,63 @@ def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, shift, run_end, r
                         for p in range(indptr[j * n + s], indptr[j * n + s + 1]):
                             of[dst[p]] += w[p] * v
     return 0
+
+
+def _pack_steps(rows, cols, steps, n_states):
+    """The forward recursion's per-date index arrays (``rows``, ``cols``, the maps of
+    ``_transposed_map``) concatenated once per chain, for ``_forward``: ``(int64 (9, ...)
+    pointer table, rows, cols, indptr, dst, w, off, run_end, run_ld, shift, n_states)``."""
+    T = len(steps)
+    cat = lambda parts, dt: (np.concatenate(parts).astype(dt) if parts  # noqa: E731
+                             else np.zeros(0, dt))
+    ptr = np.zeros((4, T + 2), dtype=np.int64)   # rows, cols, indptr, dst/w
+    for t in range(T + 1):
+        ptr[0, t + 1] = ptr[0, t] + rows[t].size
+    for t in range(T):
+        ptr[1, t + 1] = ptr[1, t] + cols[t].size
+        ptr[2, t + 1] = ptr[2, t] + steps[t][0].size
+        ptr[3, t + 1] = ptr[3, t] + steps[t][1].size
+    return (ptr, cat(list(rows), np.int64), cat(list(cols), np.int64),
+            cat([st[0] for st in steps], np.int64), cat([st[1] for st in steps], np.int64),
+            cat([st[2] for st in steps], float), cat([st[3] for st in steps], np.int64),
+            cat([st[6] for st in steps], np.int64), cat([st[7] for st in steps], np.int64),
+            np.array([st[4] for st in steps], dtype=np.int64),
+            np.asarray(n_states, dtype=np.int64))
+
+
+@njit(cache=True, nogil=True)
+def _forward(f, kernels, packed_ptr, rows, cols, indptr, dst, w, off, run_end, run_ld, shift,
+             n_states, steps, thr, band_eps, block, tile, bufs, kb, ranges):  # pragma: no cover
+    """``steps`` dates of the banded forward recursion in one compiled call (``_trim_step``
+    then ``_advance_step`` per date, on the packed index arrays of ``_pack_steps``).
+    ``bufs`` (2, L): the joint law of date t in ``bufs[t % 2]``, the initial one (B, r_0,
+    n_0) in ``bufs[0]`` on entry; ``kb`` (L',) scratch; ``ranges`` (6, B, r_max): lo, hi,
+    sa, se, na, ne, with sa, se set for date 0. Returns the dropped mass (B,); the last law
+    is in ``bufs[steps % 2]``, its written ranges in ``ranges[2:4]``."""
+    nb = kernels.shape[0]
+    lost = np.zeros(nb)
+    for t in range(steps):
+        r0, r1 = packed_ptr[0, t], packed_ptr[0, t + 1]
+        c0, c1 = packed_ptr[1, t], packed_ptr[1, t + 1]
+        r, c, rn = r1 - r0, c1 - c0, packed_ptr[0, t + 2] - r1
+        n, n1 = n_states[t], n_states[t + 1]
+        jt = bufs[t % 2, :nb * r * n].reshape((nb, r, n))
+        kbv = kb[:nb * r * c].reshape((nb, r, c))
+        lo, hi = ranges[0, :, :r], ranges[1, :, :r]
+        sa, se = ranges[2, :, :r], ranges[3, :, :r]
+        lost += _trim_step(jt, kernels[:, t], rows[r0:r1], cols[c0:c1], thr, band_eps, kbv, lo,
+                           hi, sa, se)
+        out = bufs[(t + 1) % 2, :nb * rn * n1].reshape((nb, rn * n1))
+        out[:] = 0.0
+        na, ne = ranges[4, :, :rn], ranges[5, :, :rn]
+        i0, i1 = packed_ptr[2, t], packed_ptr[2, t + 1]
+        d0, d1 = packed_ptr[3, t], packed_ptr[3, t + 1]
+        _advance_step(f, jt, kbv, lo, hi, sa, se, block, tile, off[c0:c1], shift[t],
+                      run_end[c0:c1], run_ld[c0:c1], indptr[i0:i1], dst[d0:d1], w[d0:d1], out,
+                      na, ne)
+        ranges[2, :, :rn] = na
+        ranges[3, :, :rn] = ne
+    return lost
 
 
 def _hinge_terminal(g, rel_tol=1e-13):

@@ -33,11 +33,11 @@ import numpy as np
 from deepquant.market.marginals import Marginals
 from deepquant.mmot._chainplan_kernels import (
     _DGEMM,
-    _advance_step,
+    _forward,
     _hinge_terminal,
     _last_step_hinge,
+    _pack_steps,
     _transposed_map,
-    _trim_step,
 )
 from deepquant.mmot._chainplan_meet import _backward_laws, _meet_plan
 from deepquant.mmot._plans import measure
@@ -305,6 +305,8 @@ class ChainPlan:
                 (data, (s1 * r1 + xpos[y], s * c + ypos[y])), shape=(n1 * r1, n * c)))
             self._steps.append(_transposed_map(ypos[y] * n + s, xpos[y] * n1 + s1, data,
                                                c * n, n1 * r1, n, n1))
+        self._packed = _pack_steps(self.rows, self.cols, self._steps,
+                                   [x.size for x in chain.states])
         self.max_abs_payoff = float(np.max(np.abs(self.terminal), initial=0.0))
         self._last = None            # the last date in closed form (call- and put-like payoffs)
         if T > 0:
@@ -378,28 +380,19 @@ class ChainPlan:
         last = self._last if self.CLOSED_FORM else None
         meet = self._meet if self.CLOSED_FORM else None
         steps = meet[0][-1][0] if meet is not None else self.last_date - (last is not None)
-        sizes = [self.rows[t + 1].size * self._steps[t][5] for t in range(steps)]
-        bufs = [np.empty(b * max(sizes[i::2], default=0)) for i in (0, 1)]  # reused, not calloc'd
-        sa = np.zeros((b, r0.size), dtype=np.int64)          # rows' written ranges
-        se = np.full((b, r0.size), joint.shape[2], dtype=np.int64)
-        for t in range(steps):
-            rows, cols = self.rows[t], self.cols[t]
-            lo, hi = np.empty((2, b, rows.size), dtype=np.int64)
-            kb = np.empty((b, rows.size, cols.size))
-            joint = np.ascontiguousarray(joint)
-            lost += _trim_step(joint, kernels[:, t], rows, cols, thr, self.BAND_EPS, kb,
-                               lo, hi, sa, se)
-            indptr, dst, w, off, shift, n1, run_end, run_ld = self._steps[t]
-            nxt = bufs[t % 2][:b * sizes[t]].reshape(b, sizes[t])
-            nxt[...] = 0.0
-            na, ne = np.empty((2, b, self.rows[t + 1].size), dtype=np.int64)
-            _advance_step(_DGEMM, joint, kb, lo, hi, sa, se, self.BLOCK, self.TILE, off,
-                          shift, run_end, run_ld, indptr, dst, w, nxt, na, ne)
-            joint, sa, se = nxt.reshape(b, self.rows[t + 1].size, n1), na, ne
+        n = self._packed[-1]
+        r = [x.size for x in self.rows[:steps + 1]]
+        bufs = np.empty((2, b * max(ri * ni for ri, ni in zip(r, n))))
+        kb = np.empty(b * max([ri * c.size for ri, c in zip(r, self.cols[:steps])], default=0))
+        ranges = np.empty((6, b, max(r)), dtype=np.int64)        # lo, hi, sa, se, na, ne
+        ranges[2], ranges[3] = 0, n[0]                           # rows' written ranges
+        bufs[0, :joint.size] = joint.ravel()
+        lost += _forward(_DGEMM, kernels, *self._packed[:-1], n, steps, thr, self.BAND_EPS,
+                         self.BLOCK, self.TILE, bufs, kb, ranges)
+        joint = bufs[steps % 2, :b * r[-1] * n[steps]].reshape(b, r[-1], n[steps])
         if last is None and meet is None:
             return np.einsum("bxs,sx->b", joint, self.terminal), lost
         t = steps
-        joint = np.ascontiguousarray(joint)
         mass = np.empty(joint.shape[:2])                   # sum_s |joint(x, s)| per row
         if meet is None:
             perm, alpha, beta, count, err = last
