@@ -152,3 +152,27 @@ def test_shift_map_runs_over_holes():
     _, _, _, _, shift, *_ = _transposed_map(j * n + s, dst, np.full(j.size, 0.5),
                                             ys.size * n, 5 * n1, n, n1)
     assert shift == 0                               # weights other than 1: a general map
+
+
+def test_reused_scratch_buffers_leave_no_trace():
+    """The forward law's buffers are kept per thread between calls (``_scratch``), uninitialised:
+    a price after another chain's (larger states, other shapes) and the same prices on two
+    threads at once equal the dense reference recursion within 1e-12 relative, and repeat
+    exactly."""
+    from deepquant.mmot.model import chain_plan
+
+    marg = _heston(np.linspace(0.5, 1.5, 41))
+    mod = CalibratedModel.calibrate(marg)
+    plans = [chain_plan(build_chain(marg, p)) for p in
+             (AsianCall(strike=1.0), LookbackCall(strike=1.0), AsianPut(strike=0.97))]
+    k, law = mod.kernels[None], marg.weights[0][None]
+    first = [p.expectation(k, law)[0] for p in plans]
+    for p, v in zip(plans, first):
+        ref = p._expectation_dense(k, law)[0]
+        assert abs(v - ref) <= 1e-12 * abs(ref)
+    again = [p.expectation(k, law)[0] for p in reversed(plans)][::-1]
+    assert again == first
+    ks = np.repeat(k, 2 * ChainPlan.CHUNK + 3, axis=0)     # chunks on two threads
+    laws = np.repeat(law, ks.shape[0], axis=0)
+    for p, v in zip(plans, first):
+        assert np.all(p.expectation(ks, laws, threads=2) == v)

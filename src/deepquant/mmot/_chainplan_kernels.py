@@ -24,13 +24,14 @@ Compiled on first use, cached on disk.
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import numpy as np
 from numba import njit
 from numba.extending import get_cython_function_address
 
 __all__ = ["_DGEMM", "_advance_step", "_band_row", "_forward", "_gemm", "_hinge_terminal",
-           "_last_step_hinge", "_pack_steps", "_transposed_map", "_trim_step"]
+           "_last_step_hinge", "_pack_steps", "_scratch", "_transposed_map", "_trim_step"]
 
 
 def _transposed_map(src, dst, w, n_src, n_dst, n, n1):
@@ -209,6 +210,26 @@ def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, shift, run_end, r
                         for p in range(indptr[j * n + s], indptr[j * n + s + 1]):
                             of[dst[p]] += w[p] * v
     return 0
+
+
+_POOL = threading.local()
+POOL_MAX = 1 << 21
+"""Largest scratch array (elements) ``_scratch`` keeps per thread between calls (16 MB of
+float64): the forward law's two buffers of an exact Asian chain at N = 10, M = 150 hold about
+1.1 MB each per instance."""
+
+
+def _scratch(key: str, shape, dtype=float) -> np.ndarray:
+    """An uninitialised array of ``shape``, reused by later calls in the same thread (no fresh
+    pages to fault in and zero at every price); above ``POOL_MAX`` elements a fresh one."""
+    size = int(np.prod(shape))
+    if size > POOL_MAX:
+        return np.empty(shape, dtype)
+    buf = _POOL.__dict__.get(key)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = np.empty(max(size, 1024), dtype)
+        _POOL.__dict__[key] = buf
+    return buf[:size].reshape(shape)
 
 
 def _pack_steps(rows, cols, steps, n_states):

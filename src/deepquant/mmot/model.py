@@ -37,6 +37,7 @@ from deepquant.mmot._chainplan_kernels import (
     _hinge_terminal,
     _last_step_hinge,
     _pack_steps,
+    _scratch,
     _transposed_map,
 )
 from deepquant.mmot._chainplan_meet import _backward_laws, _meet_plan
@@ -327,7 +328,9 @@ class ChainPlan:
 
         Each date is two numba steps (``_trim_step``, ``_advance_step``: one BLAS product
         per block of ``BLOCK`` states, instances in chunks of ``CHUNK``, the chunks spread
-        over ``threads`` threads) that skip what cannot matter at double precision: kernel
+        over ``threads`` threads), all the forward dates in one compiled call (``_forward``,
+        on the chain's index arrays packed once, ``_pack_steps``; its buffers kept per thread
+        between calls, ``_scratch``), that skip what cannot matter at double precision: kernel
         entries outside each row's band (the columns between the first and the last entry
         above ``BAND_EPS`` = 1e-14 times the row's largest) and, per grid point x, the joint
         entries m(x, s) before the first and after the last one above ``MASS_EPS`` = 1e-18
@@ -382,9 +385,10 @@ class ChainPlan:
         steps = meet[0][-1][0] if meet is not None else self.last_date - (last is not None)
         n = self._packed[-1]
         r = [x.size for x in self.rows[:steps + 1]]
-        bufs = np.empty((2, b * max(ri * ni for ri, ni in zip(r, n))))
-        kb = np.empty(b * max([ri * c.size for ri, c in zip(r, self.cols[:steps])], default=0))
-        ranges = np.empty((6, b, max(r)), dtype=np.int64)        # lo, hi, sa, se, na, ne
+        bufs = _scratch("bufs", (2, b * max(ri * ni for ri, ni in zip(r, n))))
+        kb = _scratch("kb", b * max([ri * c.size for ri, c in zip(r, self.cols[:steps])],
+                                    default=0))
+        ranges = _scratch("ranges", (6, b, max(r)), np.int64)   # lo, hi, sa, se, na, ne
         ranges[2], ranges[3] = 0, n[0]                           # rows' written ranges
         bufs[0, :joint.size] = joint.ravel()
         lost += _forward(_DGEMM, kernels, *self._packed[:-1], n, steps, thr, self.BAND_EPS,
