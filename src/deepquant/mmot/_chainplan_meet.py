@@ -29,7 +29,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from deepquant.mmot._chainplan_kernels import _DGEMM, _band_row, _gemm, _hinge_terminal
+from deepquant.mmot._chainplan_kernels import (
+    _DGEMM,
+    _band_row,
+    _gemm,
+    _hinge_terminal,
+    _scratch,
+)
 
 __all__ = ["_backward_laws", "_meet_plan"]
 
@@ -90,7 +96,8 @@ def _backward_laws(back, kernels, rows, cols, *, band_eps=0.0, mass_eps=0.0, til
         e = np.empty((b, r))
         _backward_step(_DGEMM, kernels[:, t], rows[t], cols[t], np.ascontiguousarray(y1),
                        np.ascontiguousarray(d), w, wa, we, err, band_eps, mass_eps, tile, block,
-                       np.empty((r, c)), np.empty((c, length)), out, oa, oe, e)
+                       _scratch("back_kb", (r, c)), _scratch("back_p", (c, length)), out, oa,
+                       oe, e)
         w, wa, we, err = out, oa, oe, e
     return w, err
 
