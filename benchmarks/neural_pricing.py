@@ -21,7 +21,11 @@ process with one BLAS thread (medians over ``--repeats``):
 * ``batch_dense_ms_per_instance`` / ``batch_ms_per_instance``: the dense and the banded
   recursion on ``--batch`` kernel sets at once, divided by the batch size;
 * ``max_abs_diff``: |plan - sparse| (exact reference), ``bound``: the banded recursion's own
-  bound on it (dropped mass x max |payoff|), ``dense_diff``: |dense - sparse|.
+  bound on it (dropped mass x max |payoff|), ``dense_diff``: |dense - sparse|;
+* ``cpu``: CPU time (``process_time``, the steadier figure on a shared machine), median and
+  fastest call in ms, of ``price`` (the classical model on its own support) and of
+  ``NeuralSolution.price`` (the shipped network's kernels, dense on the full support, priced
+  on the full-support chain), timed interleaved.
 
 Before and after are timed interleaved in the same process (each repeat runs both).
 """
@@ -75,6 +79,17 @@ def _paired_ms(fns, repeats):
     return [statistics.median(o) for o in out]
 
 
+def _paired_cpu_ms(fns, repeats):
+    """(median, fastest) CPU ms of several callables timed interleaved."""
+    out = [[] for _ in fns]
+    for _ in range(repeats):
+        for o, fn in zip(out, fns):
+            t0 = time.process_time()
+            fn()
+            o.append(1e3 * (time.process_time() - t0))
+    return [(statistics.median(o), min(o)) for o in out]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -95,6 +110,16 @@ def main(argv=None):
                             kappa=2.0, theta=0.04, sigma_v=0.3, rho=-0.5)
     model = CalibratedModel.calibrate(marg)
     kernels, law0 = model.kernels, marg.weights[0]
+    import warnings
+
+    import torch
+
+    from deepquant.neural.pricer import NeuralPricer
+
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        neural = NeuralPricer(threads=1).solve(marg)
     payoffs = {"asian": AsianCall(strike=1.0), "lookback": LookbackCall(strike=1.0),
                "up-and-out": make_payoff("up-and-out-call", strike=1.0, barrier=1.2),
                "forward-start": ForwardStartStraddle(t1=2, t2=5)}
@@ -116,6 +141,10 @@ def main(argv=None):
         batch_dense, batch_ms = _paired_ms(
             [lambda p=plan, k=kb, w=lb: p._expectation_dense(k, w),
              lambda p=plan, k=kb, w=lb: p.expectation(k, w)], max(3, args.repeats // 2))
+        neural.price(pay)    # warm the full-support chain
+        (cpu_med, cpu_min), (ncpu_med, ncpu_min) = _paired_cpu_ms(
+            [lambda pay=pay: model.price(pay), lambda pay=pay: neural.price(pay)],
+            args.repeats)
         ref = sparse_expectation(chain, kernels, law0)
         vals, bound = plan.expectation_bound(k1, l1)
         got = float(vals[0])
@@ -129,13 +158,19 @@ def main(argv=None):
                       "speedup_plan_vs_dense": dense_ms / plan_ms,
                       "price": got, "max_abs_diff": abs(got - ref),
                       "max_rel_diff": abs(got - ref) / abs(ref), "bound": float(bound[0]),
-                      "dense_diff": abs(dense - ref)}
+                      "dense_diff": abs(dense - ref),
+                      "cpu": {"price_median_ms": cpu_med, "price_fastest_ms": cpu_min,
+                              "neural_price_median_ms": ncpu_med,
+                              "neural_price_fastest_ms": ncpu_min}}
         print(f"{name:14s} states<= {max(chain.n_states):5d}  build {build:7.1f} ms  "
               f"sparse {sparse_ms:7.2f} ms  dense {dense_ms:7.2f} ms  plan {plan_ms:7.2f} ms  "
               f"price {price_ms:7.2f} ms  batch/inst {batch_dense / args.batch:7.2f} -> "
               f"{batch_ms / args.batch:7.2f} ms  |diff| {abs(got - ref):.1e} "
-              f"(rel {abs(got - ref) / abs(ref):.1e}, bound {bound[0]:.1e})", flush=True)
-    out = {"instance": "heston N=10 T=0.5 M=150 (model grid), classical kernels",
+              f"(rel {abs(got - ref) / abs(ref):.1e}, bound {bound[0]:.1e})\n{'':14s} CPU ms "
+              f"price median {cpu_med:6.2f} fastest {cpu_min:6.2f}, neural kernels median "
+              f"{ncpu_med:6.2f} fastest {ncpu_min:6.2f}", flush=True)
+    out = {"instance": "heston N=10 T=0.5 M=150 (model grid), classical kernels; cpu: also "
+                       "the shipped network's kernels",
            "repeats": args.repeats, "batch": args.batch, "threads": 1,
            "load_average": os.getloadavg(), "payoffs": rows}
     if args.json:

@@ -24,6 +24,7 @@ Compiled on first use, cached on disk.
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 
 import numpy as np
@@ -219,16 +220,16 @@ float64): the forward law's two buffers of an exact Asian chain at N = 10, M = 1
 1.1 MB each per instance."""
 
 
-def _scratch(key: str, shape, dtype=float) -> np.ndarray:
+def _scratch(key: str, shape: tuple, dtype=np.float64) -> np.ndarray:
     """An uninitialised array of ``shape``, reused by later calls in the same thread (no fresh
-    pages to fault in and zero at every price); above ``POOL_MAX`` elements a fresh one."""
-    size = int(np.prod(shape))
+    pages to fault in and zero at every price); above ``POOL_MAX`` elements a fresh one. One
+    dtype per ``key``."""
+    size = math.prod(shape)
     if size > POOL_MAX:
         return np.empty(shape, dtype)
     buf = _POOL.__dict__.get(key)
-    if buf is None or buf.size < size or buf.dtype != dtype:
-        buf = np.empty(max(size, 1024), dtype)
-        _POOL.__dict__[key] = buf
+    if buf is None or buf.size < size:
+        buf = _POOL.__dict__[key] = np.empty(max(size, 1024), dtype)
     return buf[:size].reshape(shape)
 
 

@@ -306,6 +306,7 @@ class ChainPlan:
                 (data, (s1 * r1 + xpos[y], s * c + ypos[y])), shape=(n1 * r1, n * c)))
             self._steps.append(_transposed_map(ypos[y] * n + s, xpos[y] * n1 + s1, data,
                                                c * n, n1 * r1, n, n1))
+        self._sizes: dict = {}      # scratch sizes per number of forward dates
         self._packed = _pack_steps(self.rows, self.cols, self._steps,
                                    [x.size for x in chain.states])
         self.max_abs_payoff = float(np.max(np.abs(self.terminal), initial=0.0))
@@ -376,24 +377,28 @@ class ChainPlan:
     def _recursion(self, kernels: np.ndarray, law0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``expectation_bound`` for one chunk of instances: (values, dropped mass)."""
         b = kernels.shape[0]
-        r0 = self.rows[0]
-        thr = self.MASS_EPS * np.abs(law0[:, r0]).sum(axis=1)
-        joint = law0[:, r0, None] * self.initial.T[None]                  # (B, |rows_0|, n_0)
+        law = law0[:, self.rows[0]]
+        thr = self.MASS_EPS * np.abs(law).sum(axis=1)
         lost = np.zeros(b)
         last = self._last if self.CLOSED_FORM else None
         meet = self._meet if self.CLOSED_FORM else None
         steps = meet[0][-1][0] if meet is not None else self.last_date - (last is not None)
         n = self._packed[-1]
-        r = [x.size for x in self.rows[:steps + 1]]
-        bufs = _scratch("bufs", (2, b * max(ri * ni for ri, ni in zip(r, n))))
-        kb = _scratch("kb", b * max([ri * c.size for ri, c in zip(r, self.cols[:steps])],
-                                    default=0))
-        ranges = _scratch("ranges", (6, b, max(r)), np.int64)   # lo, hi, sa, se, na, ne
+        if steps not in self._sizes:        # per instance: law, kernel bands, rows; last law
+            r, nl = [x.size for x in self.rows[:steps + 1]], n.tolist()
+            self._sizes[steps] = (max(ri * ni for ri, ni in zip(r, nl)),
+                                  max([ri * c.size for ri, c in zip(r, self.cols)], default=0),
+                                  max(r), r[-1], nl[steps])
+        size, size_kb, r_max, r_last, n_last = self._sizes[steps]
+        bufs = _scratch("bufs", (2, b * size))
+        kb = _scratch("kb", (b * size_kb,))
+        ranges = _scratch("ranges", (6, b, r_max), np.int64)     # lo, hi, sa, se, na, ne
         ranges[2], ranges[3] = 0, n[0]                           # rows' written ranges
-        bufs[0, :joint.size] = joint.ravel()
+        np.multiply(law[:, :, None], self.initial.T[None],       # joint law of (X_0, S_0)
+                    out=bufs[0, :b * law.shape[1] * n[0]].reshape(b, law.shape[1], n[0]))
         lost += _forward(_DGEMM, kernels, *self._packed[:-1], n, steps, thr, self.BAND_EPS,
                          self.BLOCK, self.TILE, bufs, kb, ranges)
-        joint = bufs[steps % 2, :b * r[-1] * n[steps]].reshape(b, r[-1], n[steps])
+        joint = bufs[steps % 2, :b * r_last * n_last].reshape(b, r_last, n_last)
         if last is None and meet is None:
             return np.einsum("bxs,sx->b", joint, self.terminal), lost
         t = steps
