@@ -69,6 +69,16 @@ def test_evaluate_marks_held_out_families(tmp_path):
     assert r.exit_code == 0 and "yes" in r.output, r.output   # the held-out column
 
 
+def test_guard_thresholds_are_the_checkpoints_own_unless_given():
+    from deepquant.neural.pricer import OOD_MARGINAL_ERROR, NeuralPricer, guard_thresholds
+
+    assert guard_thresholds({}) == {"ood_drift": 0.05, "ood_marginal_error": OOD_MARGINAL_ERROR}
+    assert NeuralPricer().ood_marginal_error == OOD_MARGINAL_ERROR
+    assert NeuralPricer("broad", ood_marginal_error=0.01).ood_marginal_error == 0.01
+    with pytest.raises(ValueError, match="ood_marginal_error must be > 0"):
+        NeuralPricer(ood_marginal_error=float("nan"))
+
+
 def test_packaged_broad_checkpoint_is_better_on_its_new_families(tmp_path):
     """The packaged ``broad`` checkpoint loads by name (library and CLI), says which families it
     saw, and on fresh term-structure instances (seeded, never in its training files) prices the
@@ -87,11 +97,13 @@ def test_packaged_broad_checkpoint_is_better_on_its_new_families(tmp_path):
                             families=("termvol",))
     records, grid, _ = nd.read_dataset(out)
     ref = classical_reference(records, grid)
-    err = {name: np.mean([r["err_pct"] for r in evaluate_instances(records, grid,
-                                                                    checkpoint=ckpt,
-                                                                    reference=ref)])
-           for name, ckpt in (("default", None), ("broad", "broad"))}
+    rows = {name: evaluate_instances(records, grid, checkpoint=ckpt, reference=ref)
+            for name, ckpt in (("default", None), ("broad", "broad"))}
+    err = {name: np.mean([r["err_pct"] for r in rows[name]]) for name in rows}
     assert err["broad"] < err["default"] and err["broad"] < 1.5, err
+    # its own guard (fitted like the default's: ~1% of fresh in-family instances fall back)
+    assert broad.ood_marginal_error == broad.meta["guard"]["ood_marginal_error"] > 0.025
+    assert sum(r["ood"] for r in rows["broad"]) <= 1, [r["marginal_error"] for r in rows["broad"]]
     r = CliRunner().invoke(main, ["evaluate", "--test", str(out), "--checkpoint", "broad",
                                   "--json"])
     assert r.exit_code == 0, r.output

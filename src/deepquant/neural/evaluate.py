@@ -83,7 +83,7 @@ def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None
     classical side; computed here when not given (pass it to compare several checkpoints on
     the same instances without solving them again)."""
     from deepquant.mmot.model import price_batch
-    from deepquant.neural.pricer import NeuralPricer
+    from deepquant.neural.pricer import NeuralPricer, guard_thresholds
 
     # no OOD guard here: pure-neural errors are reported as they are
     pricer = NeuralPricer(checkpoint, threads=threads, fallback=False, mass_floor=mass_floor,
@@ -99,7 +99,7 @@ def evaluate_instances(records: list[dict], grid: np.ndarray, *, checkpoint=None
                        device=device)
     if reference is None:
         reference = classical_reference(records, grid, tol=pricer.tol)
-    guard = NeuralPricer.__init__.__kwdefaults__   # the default guard's thresholds
+    guard = guard_thresholds(pricer.meta)   # the checkpoint's own guard
     out = []
     for r in records:
         marg = _marginals(r, grid)

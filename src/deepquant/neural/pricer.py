@@ -54,7 +54,7 @@ import numpy as np
 from deepquant.market.marginals import Marginals
 
 __all__ = ["NeuralPricer", "NeuralSolution", "NeuralGridWarning", "default_checkpoint",
-           "demo_prices"]
+           "guard_thresholds", "demo_prices"]
 
 EPS = 1.0  # potentials are in units of eps; with c = 0 the plan does not depend on eps
 
@@ -174,6 +174,26 @@ def _measure(kernels, weights, grid, mass_floor):
     return drift, live, merr
 
 
+OOD_DRIFT = 0.05
+"""The out-of-distribution guard's drift threshold of checkpoints that record none."""
+
+OOD_MARGINAL_ERROR = 0.025
+"""The guard's marginal-error threshold of checkpoints that record none: the 99th percentile of
+the shipped default's marginal L1 error on 300 fresh in-family instances."""
+
+
+def guard_thresholds(meta: dict) -> dict[str, float]:
+    """The out-of-distribution thresholds a checkpoint was fitted with (its config's ``guard``:
+    ``ood_drift``, ``ood_marginal_error``), else ``OOD_DRIFT`` and ``OOD_MARGINAL_ERROR``.
+
+    One rule for every checkpoint: the marginal-error threshold is the 99th percentile of its
+    own marginal error on fresh instances of its training families, so that about 1% of them
+    fall back (a checkpoint fine-tuned on broader inputs fits each of them less closely)."""
+    guard = meta.get("guard") or {}
+    return {"ood_drift": float(guard.get("ood_drift", OOD_DRIFT)),
+            "ood_marginal_error": float(guard.get("ood_marginal_error", OOD_MARGINAL_ERROR))}
+
+
 class NeuralPricer:
     """Pure-neural MMOT calibration from a trained checkpoint (see module doc).
 
@@ -185,9 +205,10 @@ class NeuralPricer:
         ``deepquant.neural.train.PACKAGED_CHECKPOINTS``); ``None`` loads the shipped default.
     threads : int, optional
         torch intra-op threads (``None`` leaves torch's setting).
-    ood_drift, ood_marginal_error : float
-        Out-of-distribution thresholds on the pure-neural residuals. The projected kernels'
-        drift is ~1e-13, so the marginal error is the guard: its default 0.025 is the 99th
+    ood_drift, ood_marginal_error : float, optional
+        Out-of-distribution thresholds on the pure-neural residuals; ``None``: the checkpoint's
+        own (``guard_thresholds``). The projected kernels'
+        drift is ~1e-13, so the marginal error is the guard: the shipped default's 0.025 is the 99th
         percentile of the shipped checkpoint's marginal L1 error on 300 fresh in-family
         instances (1% of them fall back); across instances the marginal error and the Asian
         price error correlate at 0.89, and on 30 instances of a family the network never saw
@@ -216,8 +237,8 @@ class NeuralPricer:
         (measured with the second-session checkpoint: mean ATM Asian error 3.2% -> 0.87%).
     """
 
-    def __init__(self, checkpoint=None, *, threads: int | None = 1, ood_drift: float = 0.05,
-                 ood_marginal_error: float = 0.025, fallback: bool = True, tol: float = 1e-9,
+    def __init__(self, checkpoint=None, *, threads: int | None = 1,
+                 ood_drift: float | None = None, ood_marginal_error: float | None = None, fallback: bool = True, tol: float = 1e-9,
                  mass_floor: float = 1e-8, project: bool = True,
                  raw_residuals: bool = False, column_floor: float | None = None,
                  device: str = "cpu") -> None:
@@ -241,7 +262,14 @@ class NeuralPricer:
         self.grid = (np.asarray(grid64, dtype=np.float64) if grid64 is not None
                      else self.model.grid.detach().double().cpu().numpy().copy())
         self.max_dates = int(getattr(self.model.cfg, "max_dates", 10 ** 9))
-        self.ood_drift, self.ood_marginal_error = float(ood_drift), float(ood_marginal_error)
+        own = guard_thresholds(self.meta)
+        self.ood_drift = own["ood_drift"] if ood_drift is None else float(ood_drift)
+        self.ood_marginal_error = (own["ood_marginal_error"] if ood_marginal_error is None
+                                   else float(ood_marginal_error))
+        for name, value in (("ood_drift", self.ood_drift),
+                            ("ood_marginal_error", self.ood_marginal_error)):
+            if not value > 0:  # NaN too; inf switches the guard off
+                raise ValueError(f"{name} must be > 0 (inf: no guard), got {value!r}")
         self.fallback, self.tol, self.mass_floor = bool(fallback), float(tol), float(mass_floor)
         if not isinstance(project, bool):
             raise ValueError(f"project must be a bool, got {project!r}")
@@ -479,21 +507,21 @@ def demo_prices(marginals: Marginals, payoffs: dict[str, Any] | list, *, checkpo
 
     Returns ``{"prices": {name: {"neural": p, "classical": p}}, "seconds": {"neural": s,
     "classical": s}, "drift": {"neural": d, "classical": d}, "mode": {"neural": m}, "ood": bool,
-    "marginal_error": {"neural": e}}``; ``ood`` is True when the default out-of-distribution
-    guard of ``NeuralPricer`` would have replaced the neural answer by the classical one (the
+    "marginal_error": {"neural": e}}``; ``ood`` is True when the checkpoint's out-of-distribution
+    guard (``guard_thresholds``) would have replaced the neural answer by the classical one (the
     pure-neural drift is reported as is).
     """
     if not isinstance(payoffs, dict):
         payoffs = {getattr(p, "name", str(i)): p for i, p in enumerate(payoffs)}
     # no OOD guard here, so the "neural" column is always the network's own answer; ``ood`` says
-    # whether the default guard would have fallen back to the classical solver
+    # whether the checkpoint's guard would have fallen back to the classical solver
     pricer = NeuralPricer(checkpoint, ood_drift=float("inf"), ood_marginal_error=float("inf"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NeuralGridWarning)
         neural = pricer.solve(marginals)
-    guard = NeuralPricer(checkpoint)
-    ood = (neural.drift_live > guard.ood_drift
-           or neural.marginal_error > guard.ood_marginal_error)
+    guard = guard_thresholds(pricer.meta)
+    ood = (neural.drift_live > guard["ood_drift"]
+           or neural.marginal_error > guard["ood_marginal_error"])
     t0 = time.perf_counter()
     classical = pricer._classical(neural.marginals)
     t_classical = time.perf_counter() - t0
