@@ -10,7 +10,7 @@ from scipy.special import ndtri
 
 from deepquant.rough import RoughBergomi, preset_pricer
 from deepquant.rough.extrapolate import price_converged
-from deepquant.rough.kernels import bs_put_call, shifted_normals
+from deepquant.rough.kernels import bs_put_call, clipped_normals, shifted_normals
 
 
 def test_small_coupled_run_matches_reference(rough_data):
@@ -67,3 +67,55 @@ def test_signature2_matches_pysiglib():
     want = pysiglib.sig_combine(np.ascontiguousarray(np.repeat(prefix, 4, axis=0)),
                                 pysiglib.sig(x, 2), 3, 2)
     np.testing.assert_allclose(signature2(x, prefix, 4), want, rtol=0, atol=1e-13)
+
+
+def _elementwise(f):
+    """A compiled loop of the scalar kernel function ``f`` over a 1-D array."""
+    from numba import njit
+
+    @njit
+    def loop(x):  # pragma: no cover - compiled
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = f(x[i])
+        return out
+
+    return loop
+
+
+def test_ndtr_and_ndtri_are_scipys_bit_for_bit():
+    from scipy.special import ndtr
+
+    from deepquant.rough import kernels
+
+    rng = np.random.default_rng(11)
+    # every branch: erf (|x| < 1), erfc below and above 8, the underflow; ndtri's centre, tails
+    # below and above exp(-32), the edges and the points either side of each threshold
+    x = np.concatenate([s * rng.standard_normal(10**6) for s in (0.5, 2.0, 8.0, 30.0)])
+    edges = np.array([0.0, -0.0, 1.0, -1.0, 2**0.5, -(2**0.5), 11.3, -11.3, 37.5, -37.5, 40.0,
+                      -40.0, np.inf, -np.inf, np.nan, 1e-300])
+    x = np.concatenate([x, edges, np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf)])
+    np.testing.assert_array_equal(_elementwise(kernels._ndtr)(x), ndtr(x))
+    e2 = np.exp(-2.0)
+    u = np.concatenate([rng.random(10**6), np.exp(-700.0 * rng.random(10**5)),
+                        1.0 - np.exp(-36.0 * rng.random(10**5))])
+    edges = np.array([0.0, 1.0, 0.5, e2, 1.0 - e2, np.exp(-32.0), 1e-12, 1.0 - 1e-12, 5e-324,
+                      -0.1, 1.1, np.nan])
+    u = np.concatenate([u, edges, np.nextafter(edges, 1.0), np.nextafter(edges, 0.0)])
+    np.testing.assert_array_equal(_elementwise(kernels._ndtri)(u), ndtri(u))
+    np.testing.assert_array_equal(clipped_normals(u[:1000].reshape(10, 100), 1e-12),
+                                  ndtri(np.clip(u[:1000], 1e-12, 1 - 1e-12)).reshape(10, 100))
+
+
+def test_bridge_kernel_is_the_numpy_construction():
+    from deepquant.rough.qmc import BrownianBridge
+
+    rng = np.random.default_rng(13)
+    for n in (1, 2, 5, 8, 96):
+        bb = BrownianBridge(n, 0.01)
+        z = rng.standard_normal((33, 2 * n))[:, ::2]  # strided, as driver_increments' slices
+        w = np.zeros((n + 1, 33))
+        for col, (tgt, lo, hi, wl, wr, std) in enumerate(bb._plan):
+            w[tgt] = z[:, col] * std if hi < 0 else wl * w[lo] + wr * w[hi] + std * z[:, col]
+        np.testing.assert_array_equal(bb.increments(z), np.diff(w, axis=0).T)
+        assert bb.increments(z[None]).shape == (1, 33, n)
