@@ -79,11 +79,16 @@ def black_price(forward, strike, sigma, t, *, is_call=True, discount=1.0) -> np.
         d1 = np.where(live, (np.log(f / np.where(live, k, 1.0)) + 0.5 * s * s)
                       / np.where(live, s, 1.0), 0.0)
     d2 = d1 - s
-    call = np.where(live, f * ndtr(d1) - k * ndtr(d2), np.maximum(f - k, 0.0))
-    call = np.where(k <= 0, f - k, call)
-    put = np.where(live, k * ndtr(-d2) - f * ndtr(-d1), np.maximum(k - f, 0.0))
-    put = np.where(k <= 0, 0.0, put)
-    return np.asarray(discount, float) * np.where(is_call, call, put)
+    calls = bool(is_call.any())  # the side(s) to evaluate (both only for a mixed is_call)
+    puts = not (calls and bool(is_call.all()))
+    if calls:
+        call = np.where(live, f * ndtr(d1) - k * ndtr(d2), np.maximum(f - k, 0.0))
+        call = np.where(k <= 0, f - k, call)
+    if puts:
+        put = np.where(live, k * ndtr(-d2) - f * ndtr(-d1), np.maximum(k - f, 0.0))
+        put = np.where(k <= 0, 0.0, put)
+    price = np.where(is_call, call, put) if calls and puts else call if calls else put
+    return np.asarray(discount, float) * price
 
 
 def bs_price(spot, strike, sigma, t, *, rate=0.0, dividend_yield=0.0, is_call=True

@@ -53,12 +53,14 @@ __all__ = [
 ]
 
 
-def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = True) -> np.ndarray:
+def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = True,
+                log_s: np.ndarray | None = None) -> np.ndarray:
     """Black–Scholes European value (broadcasting); tau = 0 gives the intrinsic value.
 
     ``deepquant.blackscholes.bs_price`` in the argument order of the feature code here; where
     every sigma sqrt(tau) > 0 (the features' hot path) the put or call alone is evaluated
-    (two normal CDFs instead of four, the same formula).
+    (two normal CDFs instead of four, the same formula). ``log_s``: log S when the caller has
+    it (several values on the same spots take one log).
     """
     sd = np.sqrt(np.asarray(tau, dtype=float)) * sigma
     if not np.all(sd > 0) or not np.all(np.asarray(K) > 0):
@@ -68,7 +70,8 @@ def bs_european(S: np.ndarray, K: float, r: float, sigma, tau, *, put: bool = Tr
     # d1 = (log S - log(K e^{-r tau})) / sd + sd / 2, d2 = d1 - sd in one compiled pass
     from deepquant.rough.kernels import bs_put_call
 
-    return bs_put_call(S, np.log(S), disc_k, np.log(disc_k), sd, put=put)
+    return bs_put_call(S, np.log(S) if log_s is None else log_s, disc_k, np.log(disc_k), sd,
+                       put=put)
 
 
 def payoff_states(paths: RoughPaths, payoff: Payoff, dates,
@@ -157,25 +160,27 @@ def exercise_features(paths: RoughPaths, model: RoughBergomi, payoff: Payoff, da
             if b and not varies:
                 continue
             cols.append(s ** (total - b) * v**b)
+    S = paths.S[:, idx]
+    log_s = np.log(S) if basis.bs_feature or basis.forward_variance or basis.european_periods \
+        else None
     if basis.bs_feature:
         tau = T - paths.times[idx]
-        cols.append(bs_european(paths.S[:, idx], K, paths.r, math.sqrt(xi0), tau[None, :],
-                                put=is_put(payoff)) / K)
+        cols.append(bs_european(S, K, paths.r, math.sqrt(xi0), tau[None, :],
+                                put=is_put(payoff), log_s=log_s) / K)
     if basis.forward_variance and varies:
         # xi_{t_j}(u) at the middle of the remaining life, and the European value with it
         u = paths.times + 0.5 * (T - paths.times)
         fv = model.forward_variance(paths, u, columns=idx)
         cols.append(fv / xi0)
-        cols.append(bs_european(paths.S[:, idx], K, paths.r, np.sqrt(fv),
-                                (T - paths.times[idx])[None, :],
-                                put=is_put(payoff)) / K)
+        cols.append(bs_european(S, K, paths.r, np.sqrt(fv), (T - paths.times[idx])[None, :],
+                                put=is_put(payoff), log_s=log_s) / K)
     if basis.european_periods:
         period = float(paths.times[idx[-1]] - paths.times[idx[-2]]) if len(idx) > 1 else T
         vol = np.sqrt(fv) if (basis.forward_variance and varies) else math.sqrt(xi0)
         for k in basis.european_periods:
             tau_k = np.minimum(k * period, T - paths.times[idx])[None, :]
-            cols.append(bs_european(paths.S[:, idx], K, paths.r, vol, tau_k,
-                                    put=is_put(payoff)) / K)
+            cols.append(bs_european(S, K, paths.r, vol, tau_k, put=is_put(payoff),
+                                    log_s=log_s) / K)
     if is_path_dependent(payoff):
         cols += state_columns(payoff, s, payoff_states(paths, payoff, idx, payoff_stride)[1])
     feats = [np.stack(cols, axis=-1)] if cols else []

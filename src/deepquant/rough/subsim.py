@@ -78,15 +78,18 @@ def features_at(S: np.ndarray, V: np.ndarray, fv: np.ndarray | None, sig: np.nda
                 continue
             cols.append(s ** (total - b) * v**b)
     tau = T - t
+    log_s = np.log(S) if basis.bs_feature or basis.forward_variance or basis.european_periods \
+        else None  # one log for all the European values below
     if basis.bs_feature:
-        cols.append(bs_european(S, K, r, math.sqrt(xi0), tau, put=put) / K)
+        cols.append(bs_european(S, K, r, math.sqrt(xi0), tau, put=put, log_s=log_s) / K)
     if basis.forward_variance and varies:
         cols.append(fv / xi0)
-        cols.append(bs_european(S, K, r, np.sqrt(fv), tau, put=put) / K)
+        cols.append(bs_european(S, K, r, np.sqrt(fv), tau, put=put, log_s=log_s) / K)
     if basis.european_periods:
         vol = np.sqrt(fv) if (basis.forward_variance and varies) else math.sqrt(xi0)
         for k in basis.european_periods:
-            cols.append(bs_european(S, K, r, vol, min(k * period, tau), put=put) / K)
+            cols.append(bs_european(S, K, r, vol, min(k * period, tau), put=put,
+                                    log_s=log_s) / K)
     cols += state or []
     out = [np.stack(cols, axis=-1)] if cols else []
     if basis.sig_level > 0:
