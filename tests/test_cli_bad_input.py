@@ -100,6 +100,15 @@ CASES = [
     ([*_AMERICAN, "--payoff", "asian-put", "--payoff-dates", "3"], "--payoff-dates", "got 3"),
     ([*_AMERICAN, "--payoff", "up-and-out-put", "--barrier", "nan"], "--barrier", "nan"),
     ([*_AMERICAN, "--sig-level", "-1"], "--sig-level", "-1"),
+    # american options that the command would ignore (accepted silently before)
+    ([*_AMERICAN, "--grid-rate", "0.5"], "--grid-rate", "--grids 1"),
+    ([*_AMERICAN, "--independent"], "--independent", "--grids 1"),
+    ([*_AMERICAN, "--american"], "--grids", "--american"),
+    ([*_AMERICAN, "--sigma", "0.3"], "--sigma", "--model rbergomi"),
+    ([*_AMERICAN, "--model", "bs", "--hurst", "0.1"], "--hurst", "--model bs"),
+    ([*_AMERICAN, "--model", "heston", "--xi0", "0.04"], "--xi0", "--model heston"),
+    ([*_AMERICAN, "--workers", "2"], "--workers", "--runs >= 2"),
+    ([*_AMERICAN, "--backend", "serial"], "--backend", "--runs >= 2"),
     # neural (boundary checks of the CLI; the library's own checks are reported separately)
     (["generate", "--num", "1", "--out", "OUT", "--backend", "serial", "--grid-size", "1"],
      "--grid-size", "1"),

@@ -70,6 +70,39 @@ def _options_of(model: str) -> dict[str, str]:
     return {**_LIBRARY_OPTIONS, "sigma": "--vol-of-vol" if model == "heston" else "--sigma"}
 
 
+_MODEL_PARAMETERS = {"rbergomi": ("H", "eta", "rho", "xi0"), "bs": ("sigma",),
+                     "heston": ("v0", "kappa", "theta", "vol_of_vol", "rho")}
+"""The model options each ``--model`` reads (the ``american`` parameters' names)."""
+
+_FLAGS = {"H": "--hurst", "eta": "--eta", "rho": "--rho", "xi0": "--xi0", "sigma": "--sigma",
+          "v0": "--v0", "kappa": "--kappa", "theta": "--theta", "vol_of_vol": "--vol-of-vol",
+          "grid_rate": "--grid-rate", "independent": "--independent", "grids": "--grids",
+          "backend": "--backend", "workers": "--workers"}
+
+
+def _check_unused(given: set, model: str, plan: dict, runs: int) -> None:
+    """Refuse an option given on the command line that this command would ignore (ValueError,
+    one line naming it and what it needs): ``given`` holds the parameters' names."""
+    used = set(_MODEL_PARAMETERS[model])
+    for name in sorted(given - used, key=list(_FLAGS).index):
+        owners = [m for m, names in _MODEL_PARAMETERS.items() if name in names]
+        if owners:
+            raise ValueError(f"{_FLAGS[name]} is a parameter of --model "
+                             f"{' / '.join(owners)}, not of --model {model}")
+    extrapolated = plan["american"] or plan["grids"] > 1
+    for name in ("grid_rate", "independent"):
+        if name in given and not extrapolated:
+            raise ValueError(f"{_FLAGS[name]} needs several grids (--grids >= 2, --tol or "
+                             f"--american); with --grids 1 it would be ignored")
+    if "grids" in given and plan["american"]:
+        raise ValueError("--grids is not used with --american (its runs are --dates x 1, 2, 4 "
+                         "on one grid, plus one coarser grid); give one of them")
+    for name in ("backend", "workers"):
+        if name in given and runs == 1:
+            raise ValueError(f"{_FLAGS[name]} is for ensembles (--runs >= 2); one run would "
+                             "ignore it")
+
+
 ROUGH_PAYOFFS = ("european-put", "european-call", "asian-call", "asian-put", "lookback-call",
                  "lookback-put", *(f"{k}-{o}" for k in ("up-and-out", "up-and-in",
                                                         "down-and-out", "down-and-in")
@@ -328,6 +361,10 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                                  float32, sig_level, n_regression, batch_size, max_batches,
                                  patience, upper, dual_fit, mc, no_zero, resume,
                                  payoff_dates, payoff_name)
+        ctx = click.get_current_context()
+        given = {name for name in _FLAGS if ctx.get_parameter_source(name) not in
+                 (None, click.core.ParameterSource.DEFAULT)}
+        _check_unused(given, model, plan, runs)
         payoff = pricer.prepare_payoff(_payoff(payoff_name, option, strike, barrier))
         if share_fit and (independent or not (plan["american"] or plan["grids"] > 1)):
             raise ValueError("--share-fit needs coupled grids: --grids >= 2 or --american, "
