@@ -119,3 +119,29 @@ def test_bridge_kernel_is_the_numpy_construction():
             w[tgt] = z[:, col] * std if hi < 0 else wl * w[lo] + wr * w[hi] + std * z[:, col]
         np.testing.assert_array_equal(bb.increments(z), np.diff(w, axis=0).T)
         assert bb.increments(z[None]).shape == (1, 33, n)
+
+
+def test_coarsening_and_delta_kernels_are_the_numpy_expressions():
+    from scipy.special import ndtr
+
+    from deepquant.rough.kernels import bs_deltas, coarsen_cells
+
+    rng = np.random.default_rng(17)
+    w, wp, c = (rng.standard_normal((3, 5, 8)) for _ in range(3))
+    z = rng.standard_normal((3, 5, 4))
+    b, sd = (0.3, -1.2, 0.7, 2.1), 0.05
+    want_c = b[0] * w[..., ::2] + b[1] * c[..., ::2] + b[2] * w[..., 1::2] + b[3] * c[..., 1::2]
+    for zz, want in ((None, want_c), (z, want_c + sd * z)):
+        got = coarsen_cells(w, wp, c, b, sd, zz)
+        np.testing.assert_array_equal(got[0], w[..., ::2] + w[..., 1::2])
+        np.testing.assert_array_equal(got[1], wp[..., ::2] + wp[..., 1::2])
+        np.testing.assert_array_equal(got[2], want)
+    S = 100.0 * np.exp(0.3 * rng.standard_normal((300, 2)))[:, 1]  # strided, as a path column
+    fv = 0.09 * np.exp(rng.standard_normal(300))
+    strikes, r, tau = np.array([70.0, 95.0, 100.0]), 0.05, 1.0 / 12
+    for put in (True, False):
+        out = np.empty((300, 3))
+        bs_deltas(S, fv, strikes, r, tau, put=put, out=out)
+        for p, k in enumerate(strikes):
+            d1 = (np.log(S / k) + (r + 0.5 * fv) * tau) / np.sqrt(fv * tau)
+            np.testing.assert_array_equal(out[:, p], ndtr(-d1) if put else ndtr(d1))

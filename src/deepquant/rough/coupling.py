@@ -116,19 +116,16 @@ def coarsen_increments(model, dW: np.ndarray, dW_perp: np.ndarray, cell: np.ndar
     n = dW.shape[-1]
     if n % 2:
         raise ValueError(f"the fine grid must have an even number of steps, got {n}")
-    shape = dW.shape[:-1] + (n // 2, 2)
-    w = dW.reshape(shape)
-    wp = dW_perp.reshape(shape)
-    dWc = w[..., 0] + w[..., 1]
-    dWpc = wp[..., 0] + wp[..., 1]
     if not isinstance(model, RoughBergomi):
-        return dWc, dWpc, np.zeros_like(dWc)
-    c = cell.reshape(shape)
-    (b0, b1, b2, b3), sd = coarsening_map(float(model.H), float(dt))
-    cellc = b0 * w[..., 0] + b1 * c[..., 0] + b2 * w[..., 1] + b3 * c[..., 1]
-    if z is not None and sd > 0:
-        cellc += sd * z
-    return dWc, dWpc, cellc
+        shape = dW.shape[:-1] + (n // 2, 2)
+        w, wp = dW.reshape(shape), dW_perp.reshape(shape)
+        dWc = w[..., 0] + w[..., 1]
+        return dWc, wp[..., 0] + wp[..., 1], np.zeros_like(dWc)
+    from deepquant.rough.kernels import coarsen_cells
+
+    beta, sd = coarsening_map(float(model.H), float(dt))
+    # pair sums; cell ((b0 dW_1 + b1 I_1) + b2 dW_2) + b3 I_2 + sd z, in one compiled pass
+    return coarsen_cells(dW, dW_perp, cell, beta, sd, z if sd > 0 else None)
 
 
 def coupled_increments(model, n_paths: int, steps: list[int], T: float, *,

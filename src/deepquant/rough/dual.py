@@ -44,7 +44,7 @@ from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import logsumexp, ndtr, softmax
+from scipy.special import logsumexp, softmax
 
 from deepquant.payoffs import Payoff
 from deepquant.rough.exercise import (
@@ -90,22 +90,32 @@ class MartingaleBasis:
 
 def _step_features(S, V, fv, t, t_next, sig, K, r, xi0, basis: MartingaleBasis, put: bool,
                    varies: bool, state: list | None = None) -> np.ndarray:
+    """phi_k (n, F): 1, (S/K)^d, V/xi0 and fv/xi0 (when V varies), the Black-Scholes deltas
+    N(-+d1) for the strikes c K to t_next with volatility sqrt(fv), the payoff-statistic
+    columns ``state``, the signature ``sig``; written into one array."""
+    from deepquant.rough.kernels import bs_deltas
+
+    state = state or []
+    two = 2 if varies and basis.poly_degree >= 1 else 0
+    L = sig.shape[1] if sig is not None else 0
+    nd = len(basis.delta_strikes)
+    first = 1 + basis.poly_degree + two
+    out = np.empty((S.shape[0], first + nd + len(state) + L))
+    out[:, 0] = 1.0
     s = S / K
-    cols = [np.ones_like(s)]
     for d in range(1, basis.poly_degree + 1):
-        cols.append(s**d)
-    if varies and basis.poly_degree >= 1:
-        cols.append(V / xi0)
-        cols.append(fv / xi0)
-    tau = max(t_next - t, 1e-12)
-    sd = np.sqrt(fv * tau)
-    for c in basis.delta_strikes:
-        d1 = (np.log(S / (c * K)) + (r + 0.5 * fv) * tau) / sd
-        cols.append(ndtr(-d1) if put else ndtr(d1))
-    cols += state or []
-    out = np.stack(cols, axis=1)
-    if sig is not None and sig.shape[1]:
-        out = np.concatenate([out, sig], axis=1)
+        out[:, d] = s**d
+    if two:
+        out[:, first - 2] = V / xi0
+        out[:, first - 1] = fv / xi0
+    if nd:
+        # d1 = (log(S / (c K)) + (r + fv / 2) tau) / sqrt(fv tau), one compiled pass
+        bs_deltas(S, fv, np.array([c * K for c in basis.delta_strikes]), r,
+                  max(t_next - t, 1e-12), put=put, out=out[:, first : first + nd])
+    for i, col in enumerate(state):
+        out[:, first + nd + i] = col
+    if L:
+        out[:, first + nd + len(state):] = sig
     return out
 
 

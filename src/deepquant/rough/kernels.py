@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["bs_put_call", "shifted_normals", "clipped_normals", "bridge_increments",
+           "coarsen_cells", "bs_deltas",
            "inner_log_paths", "outer_paths", "payoff_increments", "signature2"]
 
 
@@ -217,6 +218,31 @@ def _clipped(u, eps, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _deltas(S, fv, ck, r, tau, put, out):  # pragma: no cover - compiled
+    for a in range(S.shape[0]):
+        sd = np.sqrt(fv[a] * tau)
+        drift = (r + 0.5 * fv[a]) * tau
+        for p in range(ck.shape[0]):
+            d1 = (np.log(S[a] / ck[p]) + drift) / sd
+            out[a, p] = _ndtr(-d1) if put else _ndtr(d1)
+
+
+@njit(cache=True, nogil=True)
+def _coarsen(w, wp, c, z, b, sd, out_w, out_wp, out_c):  # pragma: no cover - compiled
+    n, h = out_w.shape
+    resid = z.shape[0] > 0
+    for a in range(n):
+        for k in range(h):
+            w0, w1 = w[a, 2 * k], w[a, 2 * k + 1]
+            out_w[a, k] = w0 + w1
+            out_wp[a, k] = wp[a, 2 * k] + wp[a, 2 * k + 1]
+            x = ((b[0] * w0 + b[1] * c[a, 2 * k]) + b[2] * w1) + b[3] * c[a, 2 * k + 1]
+            if resid:
+                x += sd * z[a, k]
+            out_c[a, k] = x
+
+
+@njit(cache=True, nogil=True)
 def _bridge(z, tgt, lo, hi, wl, wr, sd, out):  # pragma: no cover - compiled
     n, m = z.shape
     w = np.zeros(m + 1)  # w[0] = 0; the plan sets every other point once
@@ -370,6 +396,28 @@ def clipped_normals(u: np.ndarray, eps: float) -> np.ndarray:
     out = np.empty(u.shape)
     _clipped(u, float(eps), out)
     return out
+
+
+def bs_deltas(S, fv, strikes, r: float, tau: float, *, put: bool, out: np.ndarray) -> None:
+    """Write N(-d1) (put) or N(d1) (call), d1 = (log(S / K_p) + (r + fv / 2) tau) /
+    sqrt(fv tau), for spots ``S`` and variances ``fv`` (n,) and ``strikes`` (P,) into ``out``
+    (n, P) (``dual._step_features``); the numpy form's operations in its order."""
+    _deltas(np.asarray(S, dtype=float), np.asarray(fv, dtype=float),
+            np.asarray(strikes, dtype=float), float(r), float(tau), bool(put), out)
+
+
+def coarsen_cells(dW, dW_perp, cell, beta, sd: float, z) -> tuple:
+    """(dW, dW_perp, cell) on the grid with twice the step from (..., n) fine arrays
+    (``coupling.coarsen_increments``): pair sums, and the coarse cell
+    ((b0 dW_1 + b1 I_1) + b2 dW_2) + b3 I_2 (+ sd z where ``z`` (..., n/2) is given); the numpy
+    form's operations in its order."""
+    n = dW.shape[-1]
+    lead = dW.shape[:-1]
+    w, wp, c = (np.ascontiguousarray(a, dtype=float).reshape(-1, n) for a in (dW, dW_perp, cell))
+    zz = np.zeros((0, 0)) if z is None else np.ascontiguousarray(z, dtype=float).reshape(-1, n // 2)
+    out = [np.empty((w.shape[0], n // 2)) for _ in range(3)]
+    _coarsen(w, wp, c, zz, np.asarray(beta, dtype=float), float(sd), *out)
+    return tuple(o.reshape(lead + (n // 2,)) for o in out)
 
 
 def bridge_increments(z: np.ndarray, plan) -> np.ndarray:

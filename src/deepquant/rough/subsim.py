@@ -317,7 +317,16 @@ class _InnerNoise:
                     dt *= 2.0
                     factor *= 2
                     share.store[(mf, factor, *self.key, block)] = nxt
-        return tuple(np.concatenate([h, -h], axis=1) for h in half)
+        return tuple(_antithetic(h) for h in half)
+
+
+def _antithetic(h: np.ndarray) -> np.ndarray:
+    """[h, -h] along axis 1 (the inner paths), without the temporary -h."""
+    k = h.shape[1]
+    out = np.empty(h.shape[:1] + (2 * k,) + h.shape[2:])
+    out[:, :k] = h
+    np.negative(h, out=out[:, k:])
+    return out
 
 
 def inner_exercise(payoff: Payoff, hist: np.ndarray, S: np.ndarray, payoff_stride: int,
