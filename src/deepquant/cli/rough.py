@@ -14,6 +14,7 @@ from deepquant.cli.output import (
     console,
     err_console,
     fail_option,
+    given,
     print_json,
     progress,
     reported_failures,
@@ -361,10 +362,7 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                                  float32, sig_level, n_regression, batch_size, max_batches,
                                  patience, upper, dual_fit, mc, no_zero, resume,
                                  payoff_dates, payoff_name)
-        ctx = click.get_current_context()
-        given = {name for name in _FLAGS if ctx.get_parameter_source(name) not in
-                 (None, click.core.ParameterSource.DEFAULT)}
-        _check_unused(given, model, plan, runs)
+        _check_unused({name for name in _FLAGS if given(name)}, model, plan, runs)
         payoff = pricer.prepare_payoff(_payoff(payoff_name, option, strike, barrier))
         if share_fit and (independent or not (plan["american"] or plan["grids"] > 1)):
             raise ValueError("--share-fit needs coupled grids: --grids >= 2 or --american, "

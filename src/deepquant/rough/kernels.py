@@ -1,8 +1,8 @@
 """numba kernels for the hot elementwise loops of the rough engine (one pass, no temporaries).
 
 Each kernel but ``signature2`` performs the SAME floating-point operations, in the same
-order, as the numpy expression it replaces and calls scipy's own ``ndtr`` / ``ndtri`` (through
-``scipy.special.cython_special``); exp, log and sqrt are the C library's, which numpy uses too
+order, as the numpy expression it replaces, with scipy's ``ndtr`` / ``ndtri`` (Cephes,
+transcribed below bit for bit); exp, log and sqrt are the C library's, which numpy uses too
 on the machines measured (checked bit for bit; a numpy build with its own SIMD exp/log could
 differ by an ulp). So the results equal the numpy code's (tested); only the memory traffic of
 the intermediate arrays is saved. Compiled on first use and cached on disk; the modules that
@@ -21,7 +21,12 @@ use them import this one lazily (numba stays out of ``import deepquant``).
   outer path's signature (Chen); the one kernel whose sums run in another order than the code
   it replaces (pysiglib), equal to rounding.
 * ``shifted_normals``: inverse normal CDF of Sobol points under a Cranley–Patterson shift
-  modulo 1 and clipped to [eps, 1 - eps] (the sub-simulation's inner draws).
+  modulo 1 and clipped to [eps, 1 - eps] (the sub-simulation's inner draws);
+  ``clipped_normals``: the same without the shift (``qmc.gaussian_points``).
+* ``bridge_increments``: the Brownian bridge per path (``qmc.BrownianBridge.increments``).
+* ``coarsen_cells``: the increments of the grid with twice the step
+  (``coupling.coarsen_increments``).
+* ``bs_deltas``: the Black–Scholes deltas of the martingale basis (``dual._step_features``).
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ __all__ = ["bs_put_call", "shifted_normals", "clipped_normals", "bridge_incremen
 # Cephes' ndtr and ndtri (Moshier, "ndtr.c", "ndtri.c": rational approximations), scipy's
 # ``special.ndtr`` / ``special.ndtri``, transcribed: the same coefficients, the same Horner
 # evaluations (polevl, p1evl) in the same order and the C library's exp, log and sqrt, so the
-# values are scipy's bit for bit (tested on 10^7 points and the branch edges). Inlined, they
-# cost ~30% less than a call into scipy (the compiler overlaps independent evaluations, and the
-# central region of ndtri calls no library function at all).
+# values are scipy's bit for bit (tested on 5e6 points and the branch edges). Inlined, they
+# save the call into scipy and its registration as an external symbol; the gain measured in
+# the kernels is small (0-20%): the time is the exp/log and the rational functions themselves.
 _ERFC_P = np.array([2.46196981473530512524e-10, 5.64189564831068821977e-1,
                     7.46321056442269912687e0, 4.86371970985681366614e1,
                     1.96520832956077098242e2, 5.26445194995477358631e2,
