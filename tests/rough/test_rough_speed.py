@@ -83,7 +83,7 @@ def _elementwise(f):
     return loop
 
 
-def test_ndtr_and_ndtri_are_scipys_bit_for_bit():
+def test_kernels_ndtr_and_ndtri_are_scipys_bit_for_bit():
     from scipy.special import ndtr
 
     from deepquant.rough import kernels
