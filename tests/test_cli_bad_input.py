@@ -109,6 +109,7 @@ CASES = [
     ([*_AMERICAN, "--model", "heston", "--xi0", "0.04"], "--xi0", "--model heston"),
     ([*_AMERICAN, "--workers", "2"], "--workers", "--runs >= 2"),
     ([*_AMERICAN, "--backend", "serial"], "--backend", "--runs >= 2"),
+    ([*_AMERICAN, "--dual", "regression"], "--dual", "sub-simulation"),
     # neural (boundary checks of the CLI; the library's own checks are reported separately)
     (["generate", "--num", "1", "--out", "OUT", "--backend", "serial", "--grid-size", "1"],
      "--grid-size", "1"),

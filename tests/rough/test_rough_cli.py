@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from deepquant.cli import main
 
-SMALL = ["--paths", "4096", "--batch-size", "1024", "--max-batches", "2", "--seed", "3",
-         "--dual", "regression"]
+BASE = ["--paths", "4096", "--batch-size", "1024", "--max-batches", "2", "--seed", "3"]
+SMALL = [*BASE, "--dual", "regression"]  # for the signature upper bound (--dual fits it)
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_american_rbergomi_subsim_upper_json(runner):
     # the default rough Bergomi upper bound is the sub-simulation dual (preset "rbergomi");
     # invariant: the dual upper bound lies above the lower bound within their CIs
     res = runner.invoke(main, ["american", "--strike", "100", "--dates", "4",
-                               "--steps-per-date", "2", "--grids", "1", "--json", *SMALL])
+                               "--steps-per-date", "2", "--grids", "1", "--json", *BASE])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["dual_method"] == "subsim"
@@ -146,7 +146,7 @@ def test_american_unreachable_ray_backend_fails_fast(runner):
 def test_american_default_rbergomi_reports_a_discretisation_error(runner):
     # default: two grids (half and full --steps-per-date), Richardson-extrapolated midpoint
     res = runner.invoke(main, ["american", "--strike", "100", "--dates", "4",
-                               "--steps-per-date", "2", "--json", *SMALL])
+                               "--steps-per-date", "2", "--json", *BASE])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     from deepquant.rough import TIME_STEP_RATE
@@ -163,7 +163,7 @@ def test_american_feature_steps_reach_the_runs(runner):
     # two grids of 2 and 4 steps per period, features once per period: every 2 and 4 steps
     res = runner.invoke(main, ["american", "--strike", "100", "--dates", "4",
                                "--steps-per-date", "4", "--feature-steps", "1", "--json",
-                               *SMALL])
+                               *BASE])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert [r["model"].split("T=1, ")[-1] for r in out["runs"]] == [
@@ -189,9 +189,7 @@ def test_american_flag_extrapolates_in_the_dates(runner):
 def test_american_payoff_json_and_bad_input(runner):
     """--payoff with --barrier and --payoff-dates: JSON names the payoff; options that do not
     fit the payoff fail with exit code 2 and the option's name."""
-    small = ["american", "--model", "bs", "--strike", "100", "--dates", "4", "--paths", "4096",
-             "--batch-size", "1024", "--max-batches", "2", "--seed", "3", "--dual",
-             "regression"]
+    small = ["american", "--model", "bs", "--strike", "100", "--dates", "4", *BASE]
     res = runner.invoke(main, [*small, "--payoff", "down-and-out-put", "--barrier", "80",
                                "--payoff-dates", "8", "--steps-per-date", "2", "--json"])
     assert res.exit_code == 0, res.output

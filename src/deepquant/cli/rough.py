@@ -78,10 +78,10 @@ _MODEL_PARAMETERS = {"rbergomi": ("H", "eta", "rho", "xi0"), "bs": ("sigma",),
 _FLAGS = {"H": "--hurst", "eta": "--eta", "rho": "--rho", "xi0": "--xi0", "sigma": "--sigma",
           "v0": "--v0", "kappa": "--kappa", "theta": "--theta", "vol_of_vol": "--vol-of-vol",
           "grid_rate": "--grid-rate", "independent": "--independent", "grids": "--grids",
-          "backend": "--backend", "workers": "--workers"}
+          "backend": "--backend", "workers": "--workers", "dual_fit": "--dual"}
 
 
-def _check_unused(given: set, model: str, plan: dict, runs: int) -> None:
+def _check_unused(given: set, model: str, plan: dict, runs: int, dual: str) -> None:
     """Refuse an option given on the command line that this command would ignore (ValueError,
     one line naming it and what it needs): ``given`` holds the parameters' names."""
     used = set(_MODEL_PARAMETERS[model])
@@ -102,6 +102,9 @@ def _check_unused(given: set, model: str, plan: dict, runs: int) -> None:
         if name in given and runs == 1:
             raise ValueError(f"{_FLAGS[name]} is for ensembles (--runs >= 2); one run would "
                              "ignore it")
+    if "dual_fit" in given and dual == "subsim":
+        raise ValueError("--dual fits the signature martingale (--upper signature); the "
+                         "sub-simulation upper bound of this run would ignore it")
 
 
 ROUGH_PAYOFFS = ("european-put", "european-call", "asian-call", "asian-put", "lookback-call",
@@ -362,7 +365,7 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                                  float32, sig_level, n_regression, batch_size, max_batches,
                                  patience, upper, dual_fit, mc, no_zero, resume,
                                  payoff_dates, payoff_name)
-        _check_unused({name for name in _FLAGS if given(name)}, model, plan, runs)
+        _check_unused({name for name in _FLAGS if given(name)}, model, plan, runs, pricer.dual)
         payoff = pricer.prepare_payoff(_payoff(payoff_name, option, strike, barrier))
         if share_fit and (independent or not (plan["american"] or plan["grids"] > 1)):
             raise ValueError("--share-fit needs coupled grids: --grids >= 2 or --american, "
