@@ -333,6 +333,14 @@ def test_coarse_start_is_valid_and_closes_on_the_lp():
         s = getattr(quick, f"{side}_side")
         assert s.info["inner_kind"] == "coarse grid of 21 points (LP (HiGHS))"
         assert s.info["stages"] == 0 and "time budget" in s.message
+        # the coarse plan's miss on the 41-point marginals: the LP's row residual (HiGHS,
+        # below 1e-7) plus the laws' move, twice the mass of the dropped points (exact:
+        # linear splitting moves each dropped point's mass onto kept points)
+        dropped = np.ones(m.size, dtype=bool)
+        dropped[::2] = dropped[-1] = False
+        moved = 2 * float(np.asarray(m.weights)[1:, dropped].sum())
+        assert s.info["coarse"]["marginal_distance"] == pytest.approx(moved, abs=1e-12)
+        assert s.info["inner_marginal_bound"] == pytest.approx(moved, abs=1e-7)
     assert full.lower >= quick.lower and full.upper <= quick.upper
     assert lp.lower - full.lower <= 1e-3 * lp.lower and full.upper - lp.upper <= 1e-3 * lp.upper
 
@@ -372,3 +380,41 @@ def test_level_budget_split():
     assert is_above(10**6, 6e5, "above") and not is_above(10**5, 6e5, "above")
     assert not is_above(10**6, 6e5, "below")
     assert 0 < BELOW_SHARE < 1 and 0 < WORK_SHARE < ABOVE_SHARE < 1
+
+
+def test_fine_plan_is_a_martingale_chain_taken_only_when_it_fits(rw):
+    """With no stage on a grid, the smoothed chain of the certified potentials (one sweep) is
+    measured: its rows are martingales (drift at the kernel's solve tolerance), its marginal
+    error is the measured L1 distance of its laws; from the fitted potentials of a full solve
+    (at its final eps) it fits within ``inner_resid_tol`` and is then the inner value, and its
+    value lies within rtol-scale of the LP (measured 1e-6 relative; a fitted smoothed chain is
+    not a feasible plan, so the allowance is the bracket's rtol). From zero potentials it does
+    not fit and a labelled start is kept (the rule of ``better_inner``)."""
+    from deepquant.mmot.certified import better_inner, certify_side
+
+    payoff = make_payoff("lookback-call", strike=100.0)
+    lp = bounds(rw, payoff, method="lp")
+    chain = build_chain(rw, payoff)
+    full = certified_bounds(rw, payoff, rtol=1e-5, polish=False)
+    for side, sign in (("upper", 1.0), ("lower", -1.0)):
+        s = getattr(full, f"{side}_side")
+        sw = _Sweeper(chain, rw, sign)
+        u0 = np.concatenate([s.info["u_sweep"][t, sw.supp[t]] for t in range(1, sw.T + 1)])
+        got = certify_side(chain, rw, side, u0=u0, max_seconds=0.0, polish=False,
+                           fine_plan=True,
+                           eps_start=s.info["eps"] / sw.scale, eps_end=s.info["eps"] / sw.scale,
+                           start=dict(inner=np.nan, resid=np.nan, kind="start"))
+        plan = got.info["fine_plan"]
+        # drift |E[Y | x, s] - x| in grid units (measured 3.6e-9 on a grid near 100)
+        assert plan["drift"] <= 1e-10 * rw.grid.max() and plan["resid"] <= 1e-3
+        assert got.info["inner_kind"].startswith("smoothed chain of the certified potentials")
+        assert got.primal_residual == plan["resid"]
+        assert abs(plan["inner"] - getattr(lp, side)) <= 1e-4 * abs(getattr(lp, side))
+        cold = certify_side(chain, rw, side, u0=np.zeros_like(u0), max_seconds=0.0, polish=False,
+                            fine_plan=True, start=dict(inner=sign * 1.0, resid=np.nan, kind="start"))
+        assert cold.info["fine_plan"]["resid"] > 1e-3 and cold.info["inner_kind"] == "start"
+    # the rule: a fitting chain beats any unfitted one; among fitting ones the larger value;
+    # while none fits, the better fit (an unmeasured NaN error is never beaten by a non-fit)
+    assert better_inner(1.0, 1e-4, 2.0, 0.5, 1e-3) and not better_inner(1.0, 0.5, 2.0, 1e-4, 1e-3)
+    assert better_inner(2.0, 1e-4, 1.0, 1e-4, 1e-3) and not better_inner(1.0, 1e-4, 2.0, 0.0, 1e-3)
+    assert better_inner(0.0, 0.1, 1.0, 0.5, 1e-3) and not better_inner(0.0, 0.1, 1.0, np.nan, 1e-3)

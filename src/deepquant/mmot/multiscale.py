@@ -102,6 +102,18 @@ def carry_up(coarse_x: np.ndarray, coarse_u: np.ndarray, x: np.ndarray) -> np.nd
                                                                    coarse_x[-1]))])
 
 
+def marginal_distance(coarse: Marginals, fine: Marginals, last_date: int) -> float:
+    """L1 distance, summed over the dates 1..T, between the laws of ``coarse`` placed on the
+    finer grid (its points are grid points of ``fine``) and those of ``fine``. A coarse level's
+    plan read as a chain on the finer grid misses the finer marginals by at most this plus its
+    own marginal error (triangle inequality); measured on the Heston grid of 150 points: 5.0
+    from 76 points, 7.5 from 39, 9.4 from 11 (of at most 10: the dropped points' mass moves)."""
+    idx = np.searchsorted(fine.grid, coarse.grid)
+    placed = np.zeros_like(np.asarray(fine.weights, dtype=float))
+    placed[:, idx] = coarse.weights
+    return float(np.abs(placed - fine.weights)[1:last_date + 1].sum())
+
+
 def max_levels(size: int) -> int:
     """How many times ``coarse_marginals`` can coarsen a grid of ``size`` points (every other
     point and the last: ``size // 2 + 1`` points) before the grid stops shrinking (2 points)."""
@@ -130,7 +142,9 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     sweeps (predicted as ``SOFT_OVER_HARD`` times the exact sweep just timed) fit in what is
     left. Until a fine stage gives one, the inner estimate is the coarse level's: a value on
     other (coarsened) marginals, so the gap is then an estimate of the bracket, not a bound
-    (``info["inner_kind"]`` says so). ``top`` is False on the coarse levels (the user's own
+    (``info["inner_kind"]`` says so, and ``info["inner_marginal_bound"]`` bounds that chain's
+    L1 miss of this grid's marginals, summed over dates: its error on its own grid plus
+    ``marginal_distance``). ``top`` is False on the coarse levels (the user's own
     grid is never replaced by its LP here: a small one goes to ``certify_side``)."""
     from deepquant.mmot.entropic import coarse_marginals
 
@@ -177,7 +191,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         # with the 20-point level's time; the lookback is unchanged)
         while lp_columns(cchain) > LP_START_COLUMNS and coarse.size > MIN_COARSE_SIZE:
             coarse, cchain = halved(coarse)
-    copts = dict(options)
+    copts = dict(options, fine_plan=False)  # a coarse level's own chain is not measured
     copts["eps_end"] = max(options.get("eps_end", 1e-7), 1e-5)
     copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
     coarse_is_lp = lp_columns(cchain) <= LP_START_COLUMNS and (levels is None or levels <= 1)
@@ -207,9 +221,18 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
                         start=start,
                         min_sweeps=FINE_SWEEPS if is_above(cols, work_columns, role) else 0,
                         progress=progress, **opts)
-    info = dict(fine.info, coarse=dict(size=int(coarse.size), bound=cres.value,
-                                       inner=cres.info["inner"], gap=cres.gap,
-                                       status=cres.status, seconds=cres.seconds))
+    dist = marginal_distance(coarse, marginals, T)
+    # the inner value's marginal miss on this grid: its own measured error when a chain of this
+    # grid gave it, else its chain's error on the grid that gave it plus the move of the laws
+    # from that grid to this one (triangle inequality)
+    level = (cres.info.get("inner_level", dict(marginals=coarse, resid=cres.primal_residual))
+             if fine.info["inner_kind"] == start["kind"]
+             else dict(marginals=marginals, resid=fine.primal_residual))
+    miss = level["resid"] + marginal_distance(level["marginals"], marginals, T)
+    info = dict(fine.info, inner_level=level, inner_marginal_bound=float(miss),
+                coarse=dict(size=int(coarse.size), bound=cres.value, inner=cres.info["inner"],
+                            gap=cres.gap, status=cres.status, seconds=cres.seconds,
+                            marginal_distance=dist))
     return dataclasses.replace(fine, seconds=time.perf_counter() - t_start, info=info)
 
 
