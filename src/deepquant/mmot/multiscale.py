@@ -215,21 +215,20 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     opts.setdefault("eps_start", max(cres.info.get("eps", 0.0) / cres.info["scale"],
                                      LEVEL_EPS_START, opts.get("eps_end", 1e-7)))
     opts["max_seconds"] = max(budget - (time.perf_counter() - t_start), 0.0)
-    start = dict(inner=cres.info["inner"], resid=np.nan,
+    # the coarse inner's chain read on this grid misses its marginals by at most its error on
+    # the grid that gave it plus the move of the laws from that grid to this one (triangle)
+    level = cres.info.get("inner_level", dict(marginals=coarse, resid=cres.primal_residual))
+    start = dict(inner=cres.info["inner"],
+                 resid=level["resid"] + marginal_distance(level["marginals"], marginals, T),
                  kind=f"coarse grid of {coarse.size} points ({cres.info['inner_kind']})")
     fine = certify_side(chain, marginals, sense, u0=np.concatenate(pieces, axis=1),
                         start=start,
                         min_sweeps=FINE_SWEEPS if is_above(cols, work_columns, role) else 0,
                         progress=progress, **opts)
     dist = marginal_distance(coarse, marginals, T)
-    # the inner value's marginal miss on this grid: its own measured error when a chain of this
-    # grid gave it, else its chain's error on the grid that gave it plus the move of the laws
-    # from that grid to this one (triangle inequality)
-    level = (cres.info.get("inner_level", dict(marginals=coarse, resid=cres.primal_residual))
-             if fine.info["inner_kind"] == start["kind"]
-             else dict(marginals=marginals, resid=fine.primal_residual))
-    miss = level["resid"] + marginal_distance(level["marginals"], marginals, T)
-    info = dict(fine.info, inner_level=level, inner_marginal_bound=float(miss),
+    if fine.info["inner_kind"] != start["kind"]:  # a chain of this grid gave the inner value
+        level = dict(marginals=marginals, resid=fine.primal_residual)
+    info = dict(fine.info, inner_level=level, inner_marginal_bound=float(fine.primal_residual),
                 coarse=dict(size=int(coarse.size), bound=cres.value, inner=cres.info["inner"],
                             gap=cres.gap, status=cres.status, seconds=cres.seconds,
                             marginal_distance=dist))
