@@ -46,14 +46,13 @@ def marginals(case: str, size: int):
 
 
 def run(case: str, size: int, payoff_name: str, *, rtol: float, max_seconds: float,
-        lp_max_columns: int, fine_plan: bool = False) -> dict:
+        lp_max_columns: int) -> dict:
     m = marginals(case, size)
     payoff = PAYOFFS[payoff_name](m.n_dates) if case != "bs-fss" else \
         ForwardStartStraddle(t1=1, t2=2)
     stages = []
     t0 = time.perf_counter()
     res = bounds(m, payoff, method="certified", rtol=rtol, max_seconds=max_seconds,
-                 fine_plan=fine_plan,
                  progress=lambda p: stages.append(dict(side=p.side, eps=p.eps, outer=p.outer,
                                                        inner=p.inner, seconds=p.seconds)))
     wall = time.perf_counter() - t0
@@ -70,9 +69,6 @@ def run(case: str, size: int, payoff_name: str, *, rtol: float, max_seconds: flo
         # the inner chain's L1 marginal miss on the M-point grid (a bound for a coarse inner)
         entry[side + "_inner_marginal_bound"] = s.info.get("inner_marginal_bound",
                                                            s.primal_residual)
-        plan = s.info.get("fine_plan")
-        if plan is not None:  # the finest grid's own chain (no stage ran there)
-            entry[side + "_fine_plan"] = {k: v for k, v in plan.items() if k != "kind"}
     cols = lp_columns(m, payoff)
     entry["lp_columns"] = cols
     if cols <= lp_max_columns:
@@ -91,16 +87,13 @@ def main() -> None:
     ap.add_argument("--rtol", type=float, default=1e-3)
     ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--lp-max-columns", type=int, default=200_000)
-    ap.add_argument("--fine-plan", action="store_true",
-                    help="measure the smoothed chain of the certified potentials on the M-point "
-                         "grid when no stage runs there (certify_side's fine_plan)")
     args = ap.parse_args()
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     for case in args.cases:
         for size in args.sizes:
             for name in (["fss"] if case == "bs-fss" else args.payoffs):
                 e = run(case, size, name, rtol=args.rtol, max_seconds=args.max_seconds,
-                        lp_max_columns=args.lp_max_columns, fine_plan=args.fine_plan)
+                        lp_max_columns=args.lp_max_columns)
                 old[f"{case}/{name}/{size}"] = e
                 write_json(OUT, old)
                 print(f"{case:8s} {name:9s} M={size:4d} lower {e['lower']:.6f} "
@@ -110,14 +103,10 @@ def main() -> None:
                       f"{e.get('lp_lower', float('nan')):.6f} "
                       f"{e.get('lp_upper', float('nan')):.6f}", flush=True)
                 for side in ("lower", "upper"):
-                    plan = e.get(side + "_fine_plan", {})
                     print(f"    {side}: inner {e[side + '_inner']:.6f} (marginal error "
                           f"{e[side + '_marginal_error']:.2g}; {e[side + '_inner_kind']}; "
                           f"off the M-point marginals by <= "
-                          f"{e[side + '_inner_marginal_bound']:.2g}); "
-                          f"M-point chain {plan.get('inner', float('nan')):.6f} (marginal "
-                          f"error {plan.get('resid', float('nan')):.2g}, "
-                          f"{plan.get('seconds', float('nan')):.2f} s)", flush=True)
+                          f"{e[side + '_inner_marginal_bound']:.2g})", flush=True)
 
 
 if __name__ == "__main__":

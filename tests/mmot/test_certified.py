@@ -382,37 +382,9 @@ def test_level_budget_split():
     assert 0 < BELOW_SHARE < 1 and 0 < WORK_SHARE < ABOVE_SHARE < 1
 
 
-def test_fine_plan_is_a_martingale_chain_taken_only_when_it_fits(rw):
-    """With no stage on a grid, the smoothed chain of the certified potentials (one sweep) is
-    measured: its rows are martingales (drift at the kernel's solve tolerance), its marginal
-    error is the measured L1 distance of its laws; from the fitted potentials of a full solve
-    (at its final eps) it fits within ``inner_resid_tol`` and is then the inner value, and its
-    value lies within rtol-scale of the LP (measured 1e-6 relative; a fitted smoothed chain is
-    not a feasible plan, so the allowance is the bracket's rtol). From zero potentials it does
-    not fit and a labelled start is kept (the rule of ``better_inner``)."""
-    from deepquant.mmot.certified import better_inner, certify_side
+def test_inner_rule_prefers_a_fitted_chain_then_the_larger_value_then_the_better_fit():
+    from deepquant.mmot.certified import better_inner
 
-    payoff = make_payoff("lookback-call", strike=100.0)
-    lp = bounds(rw, payoff, method="lp")
-    chain = build_chain(rw, payoff)
-    full = certified_bounds(rw, payoff, rtol=1e-5, polish=False)
-    for side, sign in (("upper", 1.0), ("lower", -1.0)):
-        s = getattr(full, f"{side}_side")
-        sw = _Sweeper(chain, rw, sign)
-        u0 = np.concatenate([s.info["u_sweep"][t, sw.supp[t]] for t in range(1, sw.T + 1)])
-        got = certify_side(chain, rw, side, u0=u0, max_seconds=0.0, polish=False,
-                           fine_plan=True,
-                           eps_start=s.info["eps"] / sw.scale, eps_end=s.info["eps"] / sw.scale,
-                           start=dict(inner=np.nan, resid=np.nan, kind="start"))
-        plan = got.info["fine_plan"]
-        # drift |E[Y | x, s] - x| in grid units (measured 3.6e-9 on a grid near 100)
-        assert plan["drift"] <= 1e-10 * rw.grid.max() and plan["resid"] <= 1e-3
-        assert got.info["inner_kind"].startswith("smoothed chain of the certified potentials")
-        assert got.primal_residual == plan["resid"]
-        assert abs(plan["inner"] - getattr(lp, side)) <= 1e-4 * abs(getattr(lp, side))
-        cold = certify_side(chain, rw, side, u0=np.zeros_like(u0), max_seconds=0.0, polish=False,
-                            fine_plan=True, start=dict(inner=sign * 1.0, resid=np.nan, kind="start"))
-        assert cold.info["fine_plan"]["resid"] > 1e-3 and cold.info["inner_kind"] == "start"
     # the rule: a fitting chain beats any unfitted one; among fitting ones the larger value;
     # while none fits, the better fit (an unmeasured NaN error is never beaten by a non-fit)
     assert better_inner(1.0, 1e-4, 2.0, 0.5, 1e-3) and not better_inner(1.0, 0.5, 2.0, 1e-4, 1e-3)

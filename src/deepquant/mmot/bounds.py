@@ -137,7 +137,7 @@ def _solve(marginals: Marginals, payoff: Payoff, method: str, *, eps: float | No
 _CERTIFIED_ONLY = ("rtol", "eps_start", "eps_end", "eps_factor", "band", "max_iter",
                    "max_seconds", "multiscale", "progress", "gtol", "maxcor", "polish",
                    "polish_max_states", "inner_resid_tol", "precondition", "feas_tol",
-                   "workers", "fine_plan")
+                   "workers")
 _IPM_OPTIONS = ("rtol", "feas_tol", "max_iter", "sides", "workers")
 _LP_ONLY = ("decompose", "martingale", "martingale_tol", "highs_options", "return_plan",
             "algorithm")

@@ -40,8 +40,8 @@ from deepquant.mmot.colgen import band_moves, solve_chain_colgen
 from deepquant.mmot.result import BoundSide
 from deepquant.mmot.sweep import _Sweeper, duals_of
 
-__all__ = ["better_inner", "certify_side", "clip_inner", "nest_supports", "smoothed_plan",
-           "stage_stop", "CertifiedProgress"]
+__all__ = ["better_inner", "certify_side", "clip_inner", "nest_supports", "stage_stop",
+           "CertifiedProgress"]
 
 
 POLISH_MAX_STATES = 1_500
@@ -173,7 +173,7 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                  inner_resid_tol: float = 1e-3, polish: bool = True,
                  polish_max_states: int = POLISH_MAX_STATES, max_seconds: float = 600.0,
                  u0: np.ndarray | None = None, start: dict | None = None,
-                 min_sweeps: int = 0, fine_plan: bool = False, progress=None) -> BoundSide:
+                 min_sweeps: int = 0, progress=None) -> BoundSide:
     """One side of the certified bounds on ``chain`` (see the module docstring).
 
     Parameters
@@ -216,13 +216,6 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
     start : dict, optional
         The inner estimate until a stage gives one (``inner``, ``resid``, ``kind``), e.g. the
         inner value of a coarse grid.
-    fine_plan : bool
-        If no stage runs (a finer level after a coarse start), measure the smoothed chain of
-        the certified potentials on this grid (``smoothed_plan``, one sweep at ``eps_start``,
-        ``info["fine_plan"]``); it replaces the inner estimate by the same rule as a stage's
-        chain (``better_inner``). Off by default: measured at M = 150 (Heston, 10 s per side,
-        loaded 2-core machine) it cost 0.4-4.9 s per side, past the budget, and never fitted
-        (marginal error 2.2-4.6).
     min_sweeps : int
         With ``u0``: run the smoothed stages only if this many smoothed sweeps, predicted as
         ``SOFT_OVER_HARD`` times the exact sweep of ``u0``'s certificate, fit in the budget
@@ -254,13 +247,12 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                         gtol=gtol, maxcor=maxcor, precondition=precondition,
                         inner_resid_tol=inner_resid_tol, polish=polish,
                         polish_max_states=polish_max_states, max_seconds=max_seconds, u0=u0,
-                        start=start, min_sweeps=min_sweeps, fine_plan=fine_plan,
-                        progress=progress)
+                        start=start, min_sweeps=min_sweeps, progress=progress)
 
 
 def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps_factor, band,
              max_iter, gtol, maxcor, precondition, inner_resid_tol, polish, polish_max_states,
-             max_seconds, u0, start, min_sweeps, fine_plan, progress) -> BoundSide:
+             max_seconds, u0, start, min_sweeps, progress) -> BoundSide:
     sw = _Sweeper(chain, marginals, sign)
     starts = np.zeros((1, sw.mu_flat.size)) if u0 is None else np.array(u0, dtype=float)
     if starts.shape[-1:] != sw.mu_flat.shape or starts.ndim > 2:
@@ -367,13 +359,6 @@ def _certify(chain, marginals, sense, sign, t0, *, rtol, eps_start, eps_end, eps
             break
         eps = max(eps * eps_factor, eps_end)
     extra = dict(eps=eps * scale, stages=stages, iterations=nit, drift=drift)
-    if fine_plan and stages == 0 and u0 is not None:
-        # no stage ran on this grid (a finer level after a coarse start): the smoothed chain of
-        # the certified potentials, one sweep, measured and taken by the same rule
-        plan = smoothed_plan(sw, best[1], eps * scale, band)
-        extra["fine_plan"] = plan
-        if better_inner(sign * plan["inner"], plan["resid"], inner, resid, inner_resid_tol):
-            inner, resid, inner_kind = sign * plan["inner"], plan["resid"], plan["kind"]
     left = max_seconds - (time.perf_counter() - t0)
     if polish and left > 1.0:
         # one restricted LP on the final stage's bands and the near-contact moves of the best
@@ -403,30 +388,6 @@ def better_inner(value: float, resid: float, inner: float, inner_resid: float, t
     fits, fitted = resid <= tol, inner_resid <= tol
     return bool((fits and (not fitted or value > inner))
                 or (not fits and not fitted and resid < inner_resid))
-
-
-def smoothed_plan(sw: _Sweeper, uvec: np.ndarray, eps: float, band: float) -> dict:
-    """The smoothed chain at ``eps`` (absolute) of ``uvec`` (the certificate's potentials as
-    the stages go on from them, not lowered: lowering moves fitted potentials off their fit,
-    measured L1 error 0.47 against 3e-6 on the test's random walk): one smoothed sweep and its
-    forward pass, a martingale
-    chain on this grid (its rows solved exactly) whose marginals are off by the measured L1
-    error ``resid`` (summed over dates 1..T). Returns ``inner`` (E[f], not sign-flipped),
-    ``resid``, ``drift``, ``eps``, ``seconds`` and ``kind``.
-
-    Measured (Heston M = 150, 10 s per side, the potentials carried up to 150 points with no
-    stage there): resid 1.2-5 at eps 3e-2..1e-6 of the payoff scale (0.2-1 per date), and
-    values outside the certified bracket (the straddle's lower side 0.138-0.167 against the
-    bracket [0.0576, 0.108]): carried potentials are far from fitted on the finer grid, so such
-    a plan never passes ``inner_resid_tol`` there; the read of the exact sweep's contacts (each
-    state split on its two bracketing hull vertices) is worse (resid 9.6-10 of 10: the
-    contacts of a near-optimal u are collinear runs, and the hull keeps only their ends)."""
-    t0 = time.perf_counter()
-    sw.h_warm = [None] * sw.T
-    _, _, expected, law, drift = sw.soft(uvec, eps, band)
-    return dict(inner=sw.sign * expected, resid=float(np.sum(np.abs(law - sw.mu_flat))),
-                drift=float(drift), eps=float(eps), seconds=time.perf_counter() - t0,
-                kind=f"smoothed chain of the certified potentials (one sweep, eps {eps:.3g})")
 
 
 def clip_inner(inner: float, outer: float) -> tuple[float, float]:

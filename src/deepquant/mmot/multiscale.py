@@ -191,7 +191,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         # with the 20-point level's time; the lookback is unchanged)
         while lp_columns(cchain) > LP_START_COLUMNS and coarse.size > MIN_COARSE_SIZE:
             coarse, cchain = halved(coarse)
-    copts = dict(options, fine_plan=False)  # a coarse level's own chain is not measured
+    copts = dict(options)
     copts["eps_end"] = max(options.get("eps_end", 1e-7), 1e-5)
     copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
     coarse_is_lp = lp_columns(cchain) <= LP_START_COLUMNS and (levels is None or levels <= 1)
