@@ -20,7 +20,8 @@ import numpy as np
 from scipy import optimize, sparse
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.lp import check_convex_order, check_highs_options
+from deepquant.mmot.highs import check_highs_options
+from deepquant.mmot.lp import check_convex_order
 from deepquant.mmot.result import BoundSide, BoundsResult, failed_side
 from deepquant.payoffs import Payoff
 from deepquant.results import warn_failure

@@ -53,7 +53,8 @@ from scipy import optimize, sparse
 from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot.lp import build_chain_lp, check_highs_options
+from deepquant.mmot.highs import check_highs_options
+from deepquant.mmot.lp import build_chain_lp
 from deepquant.mmot.multiscale import COARSE_SHARE, FINE_SWEEPS
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
 from deepquant.mmot.quote_problem import QuoteHedge, _Problem, _quote_hedge, verify_quote_hedge
@@ -299,7 +300,7 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
     sum_mode, sum_grid_size
         Running-sum state (``deepquant.mmot.augment.build_chain``).
     highs_options : dict, optional
-        HiGHS options of the exact LP (over ``deepquant.mmot.lp.DEFAULT_HIGHS_OPTIONS``).
+        HiGHS options of the exact LP (over ``deepquant.mmot.highs.DEFAULT_HIGHS_OPTIONS``).
     lp_method : {"highs", "highs-ipm", "highs-ds"}
         ``scipy.optimize.linprog`` method of the exact LP. Measured on the demo's 13-point grid
         (5 expiries, 100 quotes): "highs-ipm" (interior point, then crossover to a vertex, so
