@@ -130,6 +130,59 @@ def test_loss_terms_match_numpy_reference():
         float(terms.dist) + 5.0 * mart_np + float(terms.hpen), rel=1e-10)
 
 
+def test_relative_dist_is_invariant_to_one_instance_scale_and_absolute_is_unchanged():
+    """dist_weighting="relative": each instance's error over the mean square of its own targets
+    ("relative_root": the square roots of those), so scaling one instance's targets and
+    predictions together leaves the loss unchanged; "absolute" (the default) is the plain masked
+    mean squared error, as before."""
+    rng = np.random.default_rng(5)
+    grid, w = helpers.kernel_marginals(rng, 4, 15)
+    tg, wt = torch.as_tensor(grid), torch.as_tensor(w)
+    wb = torch.stack([wt, wt])                                          # two instances
+    tv, th = torch.as_tensor(rng.normal(size=(2, 3, 15))), torch.as_tensor(rng.normal(size=(2, 3, 15)))
+    pv, ph = tv + 0.1 * torch.as_tensor(rng.normal(size=(2, 3, 15))), th + 0.2
+    batch = {"weights": wb, "grid": tg, "v": tv, "h": th,
+             "period_mask": torch.ones(2, 3, dtype=bool)}
+    kw = {"lambda_mart": 0.0, "lambda_h": 0.0, "v_scale": 2.0, "h_scale": 3.0}
+    # absolute, against a direct numpy computation of the documented formula
+    mean = w @ grid
+    var = ((grid[None, :] - mean[:, None]) ** 2 * w).sum(1)
+    s_np = np.maximum(np.diff(var), (grid[1] - grid[0]) ** 2 / 4)[:, None]
+    vm, hm = w[1:] > 1e-10, w[:-1] > 1e-10
+
+    def inst(p, t, scale, m, rel):
+        e = (((p - t) * s_np / scale) ** 2)[m].mean()
+        return e / (((t * s_np / scale) ** 2)[m].mean() if rel else 1.0)
+
+    for mode, rel, f in (("absolute", False, lambda x: x), ("relative", True, lambda x: x),
+                         ("relative_root", True, lambda x: np.sqrt(x + 1e-12))):
+        want = np.mean([f(inst(pv[i].numpy(), tv[i].numpy(), 2.0, vm, rel))
+                        + f(inst(ph[i].numpy(), th[i].numpy(), 3.0, hm, rel)) for i in range(2)])
+        got = surrogate_loss(pv, ph, batch, dist_weighting=mode, **kw)
+        assert float(got.dist) == pytest.approx(want, rel=1e-10)        # float64: round-off
+    assert float(surrogate_loss(pv, ph, batch, **kw).dist) == pytest.approx(
+        float(surrogate_loss(pv, ph, batch, dist_weighting="absolute", **kw).dist), rel=0)
+    # instance 1 scaled by 50: relative unchanged, absolute not
+    c = torch.tensor([1.0, 50.0], dtype=torch.float64)[:, None, None]
+    scaled = {**batch, "v": tv * c, "h": th * c}
+    for mode, same in (("relative", True), ("relative_root", True), ("absolute", False)):
+        a = float(surrogate_loss(pv, ph, batch, dist_weighting=mode, **kw).dist)
+        b = float(surrogate_loss(pv * c, ph * c, scaled, dist_weighting=mode, **kw).dist)
+        assert (b == pytest.approx(a, rel=1e-10)) is same, (mode, a, b)
+    # the gradient flows through the error only (the target scale is detached)
+    for mode in ("relative", "relative_root"):
+        pv2 = pv.clone().requires_grad_(True)
+        surrogate_loss(pv2, ph, batch, dist_weighting=mode, **kw).dist.backward()
+        assert torch.isfinite(pv2.grad).all()
+    with pytest.raises(ValueError, match="dist_weighting"):
+        surrogate_loss(pv, ph, batch, dist_weighting="per_family", **kw)
+    with pytest.raises(ValueError, match="train.dist_weighting"):
+        load_config(REPO / "configs" / "tiny.yaml", **{"train.dist_weighting": "rel"})
+    with pytest.raises(ValueError, match="train.dist_floor"):
+        load_config(REPO / "configs" / "tiny.yaml", **{"train.dist_floor": 0.0})
+    assert load_config(REPO / "configs" / "tiny.yaml").train.dist_weighting == "absolute"
+
+
 def test_teacher_potentials_give_martingale_kernels():
     """The stored (gauge-fixed) targets of the numpy teacher reproduce a martingale kernel, and
     the gauge fix does not change the kernel."""

@@ -139,6 +139,8 @@ class TrainConfig:
     mart_warmup: int = 0  # ... then ramps linearly to lambda_mart over this many steps
     lambda_h: float = 1.0
     lambda_dist: float = 1.0
+    dist_weighting: str = "absolute"  # or "relative" / "relative_root" per instance, see losses
+    dist_floor: float = 1e-6  # relative dist: floor of an instance's target mean square
     lambda_gap: float = 0.0  # dual gap = KL of the projected plan (teacher-free)
     lambda_hcons: float = 0.0  # h-head vs the exact row multipliers of the predicted v
     gap_periods: int = 4  # gap terms on at most this many random periods per batch (0 = all)
@@ -174,6 +176,11 @@ class TrainConfig:
                                                                 self.device):
             raise ValueError(f"train.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got "
                              f"{self.device!r}")
+        if self.dist_weighting not in ("absolute", "relative", "relative_root"):
+            raise ValueError(f"train.dist_weighting must be 'absolute', 'relative' or "
+                             f"'relative_root', got {self.dist_weighting!r}")
+        if self.dist_floor <= 0:
+            raise ValueError(f"train.dist_floor must be > 0, got {self.dist_floor!r}")
         if self.gap_weighting not in ("kl", "scaled"):
             raise ValueError(f"train.gap_weighting must be 'kl' or 'scaled', got "
                              f"{self.gap_weighting!r}")

@@ -14,7 +14,17 @@ v -> v + a + b (y - 1), h -> h - b (u absorbs the rest), fixed in the data by
 Terms (all averaged over the instances of a batch, and over the periods of an instance):
 
 * ``dist``: mean squared error of the gauge-fixed (v, h) against the targets, times the
-  period's variance increment s_t (``period_scale``) and in units of the model's output scales, on grid points that carry mass (v on supp mu_{t+1}, h on supp mu_t);
+  period's variance increment s_t (``period_scale``) and in units of the model's output scales, on grid points that carry mass (v on supp mu_{t+1}, h on supp mu_t).
+  With ``dist_weighting="relative"`` each instance's v (and h) error is divided by the mean
+  square of its own scaled targets (detached, at least ``dist_floor``): a relative error,
+  invariant to scaling one instance's targets and predictions together, so that instances
+  with large potentials (chains, narrow supports; ~1e-1 in absolute units) no longer drown
+  those with small ones (GBM / Merton / Heston, ~1e-4; docs/benchmarks-neural-training.md).
+  In the heads' units the targets' mean squares differ by ~3x between families, the errors by
+  ~1e3, so this reweights little; ``"relative_root"`` averages the square roots of the two
+  relative errors (an instance's relative RMS error) instead: the gradient of an instance is
+  divided by its own RMS error, which balances instances whose errors differ by orders of
+  magnitude (still scale invariant);
 * ``mart``: sum_x mu_t(x) (Delta_t(x) / drift_scale)^2, with Delta_t(x) = E_K[Y - X | X = x] the
   drift of the Gibbs kernel of the PREDICTED potentials (seed eq. 9.4-9.5);
 * ``hpen``: mean over rows with mass of (h_units * s_t * h)^2 (seed eq. 9.6). s_t * h is the
@@ -52,8 +62,11 @@ import torch
 
 from deepquant.neural.model import period_scale
 
-__all__ = ["allowed_entries", "gibbs_log_kernel", "kernel_drift", "LossTerms", "surrogate_loss",
+__all__ = ["DIST_WEIGHTINGS", "allowed_entries", "gibbs_log_kernel", "kernel_drift", "LossTerms", "surrogate_loss",
            "semi_dual_value", "GapTerms", "dual_gap_loss"]
+
+
+DIST_WEIGHTINGS = ("absolute", "relative", "relative_root")
 
 
 def allowed_entries(touch: torch.Tensor) -> torch.Tensor:
@@ -112,12 +125,18 @@ class LossTerms:
 def surrogate_loss(v: torch.Tensor, h: torch.Tensor, batch: dict, *, lambda_mart: float = 5.0,
                    lambda_h: float = 1.0, lambda_dist: float = 1.0, drift_scale: float = 0.01, h_units: float = 1e-2,
                    mass_floor: float = 1e-10, v_scale: float = 1.0,
-                   h_scale: float = 1.0) -> LossTerms:
+                   h_scale: float = 1.0, dist_weighting: str = "absolute",
+                   dist_floor: float = 1e-6) -> LossTerms:
     """Total loss and its terms for predictions ``v, h`` (B, N, M).
 
     ``batch`` holds ``weights`` (B, N+1, M), ``v``/``h`` targets (B, N, M), ``period_mask``
-    (B, N) and ``grid`` (M,).
+    (B, N) and ``grid`` (M,). ``dist_weighting`` is ``"absolute"`` (errors in the heads' units)
+    or ``"relative"`` (per instance, over the mean square of its targets floored at
+    ``dist_floor``, see the module doc) or ``"relative_root"`` (the square roots of those).
     """
+    if dist_weighting not in DIST_WEIGHTINGS:
+        raise ValueError(f"dist_weighting must be one of {DIST_WEIGHTINGS}, got "
+                         f"{dist_weighting!r}")
     w = batch["weights"]
     grid = batch["grid"]
     pmask = batch["period_mask"].to(v.dtype)  # (B, N)
@@ -133,8 +152,17 @@ def surrogate_loss(v: torch.Tensor, h: torch.Tensor, batch: dict, *, lambda_mart
     s = period_scale(w, grid)[..., None]  # errors in units of the natural scale 1 / s_t
     ev = ((v - batch["v"]) * s / v_scale) ** 2 * vmask
     eh = ((h - batch["h"]) * s / h_scale) ** 2 * hmask
-    dist = ((ev.sum((1, 2)) / vmask.sum((1, 2)).clamp(min=1.0))
-            + (eh.sum((1, 2)) / hmask.sum((1, 2)).clamp(min=1.0))).mean()
+    nv, nh = vmask.sum((1, 2)).clamp(min=1.0), hmask.sum((1, 2)).clamp(min=1.0)
+    dv, dh = ev.sum((1, 2)) / nv, eh.sum((1, 2)) / nh  # (B,)
+    if dist_weighting != "absolute":
+        with torch.no_grad():
+            tv = ((batch["v"] * s / v_scale) ** 2 * vmask).sum((1, 2)) / nv
+            th = ((batch["h"] * s / h_scale) ** 2 * hmask).sum((1, 2)) / nh
+        dv = dv / tv.clamp(min=dist_floor)
+        dh = dh / th.clamp(min=dist_floor)
+        if dist_weighting == "relative_root":  # 1e-12: a finite gradient at a zero error
+            dv, dh = torch.sqrt(dv + 1e-12), torch.sqrt(dh + 1e-12)
+    dist = (dv + dh).mean()
 
     sel = batch.get("mart_periods")  # optional subset of periods (cost is O(N M^2))
     if sel is not None:

@@ -145,7 +145,8 @@ def _loss_kwargs(cfg: Config, model) -> dict[str, float]:
     return {"lambda_mart": t.lambda_mart, "lambda_h": t.lambda_h, "lambda_dist": t.lambda_dist,
             "drift_scale": t.drift_scale,
             "h_units": t.h_units, "mass_floor": t.mass_floor,
-            "v_scale": float(model.v_scale), "h_scale": float(model.h_scale)}
+            "v_scale": float(model.v_scale), "h_scale": float(model.h_scale),
+            "dist_weighting": t.dist_weighting, "dist_floor": t.dist_floor}
 
 
 def _uses_gap(cfg: Config) -> bool:
