@@ -82,8 +82,8 @@ def test_guard_thresholds_are_the_checkpoints_own_unless_given():
 def test_packaged_broad_checkpoint_is_better_on_its_new_families(tmp_path):
     """The packaged ``broad`` checkpoint loads by name (library and CLI), says which families it
     saw, and on fresh term-structure instances (seeded, never in its training files) prices the
-    ATM Asian closer to the classical solve than the default checkpoint does: measured on 48
-    such instances, 1.95% -> 0.97% mean (docs/benchmarks-neural-training.md)."""
+    ATM Asian closer to the classical solve than the default checkpoint does: measured on 12
+    such instances, 1.95% -> 0.45% mean; here 2.90% -> 0.48% (docs/benchmarks-neural-training.md)."""
     from deepquant.neural.evaluate import classical_reference, evaluate_instances
     from deepquant.neural.pricer import NeuralPricer, default_checkpoint
 
