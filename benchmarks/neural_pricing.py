@@ -68,26 +68,25 @@ def _median_ms(fn, repeats):
     return statistics.median(out)
 
 
-def _paired_ms(fns, repeats):
-    """Medians of several callables timed interleaved (one call of each per repeat)."""
+def _paired(fns, repeats, clock=time.perf_counter):
+    """Samples in ms of several callables timed interleaved (one call of each per repeat)."""
     out = [[] for _ in fns]
     for _ in range(repeats):
         for o, fn in zip(out, fns):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            o.append(1e3 * (time.perf_counter() - t0))
-    return [statistics.median(o) for o in out]
+            o.append(1e3 * (clock() - t0))
+    return out
+
+
+def _paired_ms(fns, repeats):
+    """Wall-clock medians of several callables timed interleaved."""
+    return [statistics.median(o) for o in _paired(fns, repeats)]
 
 
 def _paired_cpu_ms(fns, repeats):
     """(median, fastest) CPU ms of several callables timed interleaved."""
-    out = [[] for _ in fns]
-    for _ in range(repeats):
-        for o, fn in zip(out, fns):
-            t0 = time.process_time()
-            fn()
-            o.append(1e3 * (time.process_time() - t0))
-    return [(statistics.median(o), min(o)) for o in out]
+    return [(statistics.median(o), min(o)) for o in _paired(fns, repeats, time.process_time)]
 
 
 def main(argv=None):

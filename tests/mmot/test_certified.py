@@ -54,16 +54,21 @@ def test_sweep_of_the_lp_potentials_is_the_lp_value(rw, name, params):
         assert viol.max() <= 1e-12
 
 
+def _random_asian(seed):
+    """(rng, marginals, exact LP bounds, chain) of an ATM Asian call on 4 random martingale
+    dates of 9 points."""
+    rng = np.random.default_rng(seed)
+    mg = Marginals(*martingale_kernel_marginals(rng, n_dates=4, size=9))
+    payoff = make_payoff("asian-call", strike=1.0)
+    return rng, mg, bounds(mg, payoff, method="lp"), build_chain(mg, payoff)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_potentials_lowered_to_their_lines_keep_the_envelopes_and_a_valid_bound(seed):
     """Lowering each u_{t+1}(y) by its slack under the period-t supporting lines keeps every
     envelope (the positions are unchanged), so the bound drops by exactly sum mu slack and stays
     valid (on the LP's side of the optimum); ``certify`` reports the lower of the two."""
-    rng = np.random.default_rng(seed)
-    mg = Marginals(*martingale_kernel_marginals(rng, n_dates=4, size=9))
-    payoff = make_payoff("asian-call", strike=1.0)
-    lp = bounds(mg, payoff, method="lp")
-    chain = build_chain(mg, payoff)
+    rng, mg, lp, chain = _random_asian(seed)
     for side, sign in (("upper", 1.0), ("lower", -1.0)):
         sw = _Sweeper(chain, mg, sign)
         u = rng.normal(scale=0.3, size=sw.mu_flat.size)
@@ -84,11 +89,7 @@ def test_potentials_lowered_to_their_lines_keep_the_envelopes_and_a_valid_bound(
 def test_any_potentials_give_a_valid_bound(seed):
     """Weak duality: random u certify an upper bound >= the LP maximum and a lower bound <= the
     LP minimum (the sweep picks h and the constant, so validity does not depend on u)."""
-    rng = np.random.default_rng(seed)
-    mg = Marginals(*martingale_kernel_marginals(rng, n_dates=4, size=9))
-    payoff = make_payoff("asian-call", strike=1.0)
-    lp = bounds(mg, payoff, method="lp")
-    chain = build_chain(mg, payoff)
+    rng, mg, lp, chain = _random_asian(seed)
     for side, sign in (("upper", 1.0), ("lower", -1.0)):
         sw = _Sweeper(chain, mg, sign)
         for _ in range(5):
