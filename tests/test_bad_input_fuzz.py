@@ -156,3 +156,29 @@ def test_single_date_marginals_report_no_violation(tmp_path):
                                     "20", "--out", str(tmp_path / "m.npz")])
     assert res.exit_code == 0, res.output
     assert "violation 0.00e+00" in " ".join(res.output.split()) and "-inf" not in res.output
+
+
+@pytest.mark.parametrize("sigma, warned", [("1e6", True), ("3", True), ("0.2", False)])
+def test_marginals_warn_when_the_grid_cannot_hold_the_tails(tmp_path, sigma, warned):
+    # before: sigma = 1e6 overflowed in the grid search (a numpy RuntimeWarning) and, like
+    # sigma = 3, wrote two-point laws with calls moved by up to 1.47 and no word about it
+    import json
+    import warnings
+
+    from click.testing import CliRunner
+
+    from deepquant.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = CliRunner().invoke(main, ["marginals", "--model", "gbm", "--param", f"sigma={sigma}",
+                                        "--grid-size", "20", "--out", str(tmp_path / "m.npz"),
+                                        "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    bounds_ = [d["tail_bound"] for d in summary["dates"]]
+    assert (len(summary["warnings"]) > 0) == warned
+    # one warning per date whose tail bound exceeds the threshold, naming that date
+    assert len(summary["warnings"]) == sum(b > 1e-3 for b in bounds_)
+    if warned:
+        assert "cannot hold the model's tails" in res.stderr

@@ -15,6 +15,7 @@ from deepquant.cli.output import (
     MAX_GRID_SIZE,
     check_writable,
     console,
+    err_console,
     fail,
     parse_list,
     print_json,
@@ -24,6 +25,8 @@ from deepquant.cli.output import (
 COMMANDS: list[click.Command] = []
 
 _MODELS = click.Choice(["heston", "gbm", "merton"], case_sensitive=False)
+# a tail bound above this (in forward-moneyness units of a call price) is reported as a warning
+_TAIL_WARN = 1e-3
 
 
 def _parse_dates(text: str) -> np.ndarray:
@@ -137,12 +140,21 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
         for t, mu, v, w, tb, mv in zip(m.times, m.means, m.variances(), m.weights, tail_bound,
                                        moved)
     ]
+    loose = [r for r in rows if r["tail_bound"] > _TAIL_WARN]
+    warnings = [
+        f"the grid [{grid[0]:.4g}, {grid[-1]:.4g}] cannot hold the model's tails at "
+        f"t = {r['t']:g}: moving them inside changes call prices by up to "
+        f"{r['tail_bound']:.3g} (more than {_TAIL_WARN:g}); lower the volatility or the dates"
+        for r in loose
+    ]
     summary = {
         "model": model, "params": _params_dict(p), "out": str(out),
         "plot": None if plot is None else str(plot), "grid_size": m.size,
         "grid_min": float(grid[0]), "grid_max": float(grid[-1]),
-        "convex_order_violation": violation, "dates": rows,
+        "convex_order_violation": violation, "dates": rows, "warnings": warnings,
     }
+    for line in warnings:
+        err_console.print(f"[bold red]warning[/]: {line}")
     if as_json:
         print_json(summary)
         return

@@ -432,7 +432,7 @@ def default_grid(params: ModelParams, t_max: float, size: int = 150, *,
     lower = min(lo, float(np.exp(c1[0] - n_sd * sd)))
     upper = min(max(hi, float(np.exp(c1[0] + n_sd * sd))), max_upper)
     if t_max > 0:
-        step = np.exp(0.5 * max(sd, 1e-3))
+        step = np.exp(0.5 * min(max(sd, 1e-3), 2.0))  # capped: no overflow for huge sd
         for _ in range(200):
             c = params.call_prices([t_max], np.array([lower, upper]))[0]
             put_lo, call_hi = c[0] - (1.0 - lower), c[1]
