@@ -181,4 +181,24 @@ def test_marginals_warn_when_the_grid_cannot_hold_the_tails(tmp_path, sigma, war
     # one warning per date whose tail bound exceeds the threshold, naming that date
     assert len(summary["warnings"]) == sum(b > 1e-3 for b in bounds_)
     if warned:
-        assert "cannot hold the model's tails" in res.stderr
+        assert "cannot hold the law's tails" in res.stderr
+
+
+def test_sweep_warns_when_the_network_grid_cannot_hold_the_scenarios(tmp_path):
+    # before: --maturity 1e6 priced laws squeezed onto the network grid's two ends and
+    # reported 0% error against the classical solve of the same squeezed laws, without a word
+    import json
+
+    from click.testing import CliRunner
+
+    from deepquant.cli import main
+
+    args = ["sweep", "--payoff", "asian-call", "--strike", "1", "--num", "1", "--periods", "2",
+            "--no-classical", "--json"]
+    far = CliRunner().invoke(main, args + ["--maturity", "1e6"])
+    assert far.exit_code == 0, far.output
+    assert len(json.loads(far.stdout)["warnings"]) == 1
+    assert "cannot hold the law's tails at t = 1e+06" in " ".join(far.stderr.split())
+    near = CliRunner().invoke(main, args + ["--maturity", "0.5"])
+    assert near.exit_code == 0, near.output
+    assert json.loads(near.stdout)["warnings"] == [] and "warning" not in near.stderr

@@ -20,13 +20,12 @@ from deepquant.cli.output import (
     parse_list,
     print_json,
     table,
+    tail_warnings,
 )
 
 COMMANDS: list[click.Command] = []
 
 _MODELS = click.Choice(["heston", "gbm", "merton"], case_sensitive=False)
-# a tail bound above this (in forward-moneyness units of a call price) is reported as a warning
-_TAIL_WARN = 1e-3
 
 
 def _parse_dates(text: str) -> np.ndarray:
@@ -112,7 +111,12 @@ def _save_figure(m, model_calls, path: Path, title: str) -> None:
 def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str, ...],
                       out: Path, plot: Path | None, as_json: bool) -> None:
     """Synthetic marginals (exactly in convex order on the grid) from GBM, Merton or Heston."""
-    from deepquant.market.synthetic import default_grid, marginals_from_call_prices, model_params
+    from deepquant.market.synthetic import (
+        default_grid,
+        marginals_from_call_prices,
+        model_params,
+        tail_bounds,
+    )
 
     times = _parse_dates(dates)
     check_writable(out, "--out")
@@ -127,8 +131,7 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
     m.save(out)
     if plot is not None:
         _save_figure(m, model_calls, plot, f"{model} marginals, M = {m.size}")
-    tails = p.call_prices(times, np.array([grid[0], grid[-1]]))
-    tail_bound = tails[:, 0] - (1.0 - grid[0]) + tails[:, 1]
+    tail_bound = tail_bounds(p, times, grid)
     moved = np.max(model_calls - m.call_prices(), axis=1)
     # one date has no pair to compare: no violation (the report's maximum over none is -inf)
     violation = float(m.check_convex_order().violation) if m.n_dates > 1 else 0.0
@@ -140,13 +143,7 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
         for t, mu, v, w, tb, mv in zip(m.times, m.means, m.variances(), m.weights, tail_bound,
                                        moved)
     ]
-    loose = [r for r in rows if r["tail_bound"] > _TAIL_WARN]
-    warnings = [
-        f"the grid [{grid[0]:.4g}, {grid[-1]:.4g}] cannot hold the model's tails at "
-        f"t = {r['t']:g}: moving them inside changes call prices by up to "
-        f"{r['tail_bound']:.3g} (more than {_TAIL_WARN:g}); lower the volatility or the dates"
-        for r in loose
-    ]
+    warnings = tail_warnings(grid, m.times, tail_bound, "lower the volatility or the dates")
     summary = {
         "model": model, "params": _params_dict(p), "out": str(out),
         "plot": None if plot is None else str(plot), "grid_size": m.size,

@@ -20,6 +20,7 @@ from deepquant.cli.output import (
     progress,
     reported_failures,
     table,
+    tail_warnings,
 )
 
 _GENERATE_OPTIONS = {"eps": "--eps", "tol": "--tol", "n_choices": "--n-choices",
@@ -367,6 +368,7 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
     import numpy as np
 
     from deepquant.atomic import write_json
+    from deepquant.market.synthetic import GBMParams, tail_bounds
     from deepquant.neural.dataset_io import check_writable_file
     from deepquant.neural.pricer import NeuralPricer
     from deepquant.neural.sweep import bumped_scenarios, sweep
@@ -400,15 +402,23 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
                  f"(max_dates={pricer.max_dates}); the sweep prices with the neural model")
         times = np.linspace(0.0, maturity, periods + 1)
         rng = np.random.default_rng(seed)
-        scen = bumped_scenarios(times, base, pricer.grid,
-                                rng.uniform(-bump, bump, (num, periods)))
+        bumps = rng.uniform(-bump, bump, (num, periods))
+        scen = bumped_scenarios(times, base, pricer.grid, bumps)
+        # the widest scenario's last law (total variance w, a GBM law with sigma 1 at time w)
+        w = float(np.max(np.sum((np.asarray(base) * (1.0 + bumps)) ** 2 * np.diff(times),
+                                axis=1)))
+        warnings = tail_warnings(pricer.grid, [maturity],
+                                 tail_bounds(GBMParams(sigma=1.0), [w], pricer.grid),
+                                 "the network's grid is fixed: lower --vols or --maturity")
+        for line in warnings:
+            err_console.print(f"[bold red]warning[/]: {line}")
         with reported_failures():
             res = sweep(scen, payoff, pricer=pricer, classical=classical)
     except ValueError as exc:
         fail(str(exc))
     summary = res.summary()
     summary.update(params=payoff_params(payoff), vols=base, maturity=maturity,
-                   periods=periods, bump=bump, seed=seed, device=device)
+                   periods=periods, bump=bump, seed=seed, device=device, warnings=warnings)
     if out:
         write_json(out, {**summary, "neural": res.neural.tolist(), "modes": res.modes,
                          "classical": None if res.classical is None

@@ -25,7 +25,7 @@ from rich.table import Table
 
 __all__ = ["FiniteFloat", "MAX_GRID_SIZE", "check_writable", "console", "err_console",
            "print_json", "table", "progress", "fail", "fail_option", "parse_list",
-           "reported_failures"]
+           "reported_failures", "tail_warnings", "TAIL_WARN"]
 
 MAX_GRID_SIZE = 5000
 """Largest ``--grid-size`` a command takes: one period's dense (M, M) arrays then hold 200 MB;
@@ -170,6 +170,19 @@ class FiniteFloat(click.FloatRange):
         if math.isnan(v) or (math.isinf(v) and not self.allow_inf):
             self.fail(f"{v!r} is not a finite number.", param, ctx)
         return v
+
+
+# a tail bound above this (a call price in forward-moneyness units) is reported as a warning
+TAIL_WARN = 1e-3
+
+
+def tail_warnings(grid: np.ndarray, times: Sequence[float], bounds: Sequence[float],
+                  advice: str) -> list[str]:
+    """One line per date whose tail bound (``deepquant.market.synthetic.tail_bounds``) exceeds
+    ``TAIL_WARN``: the grid cannot hold that law, and its call prices moved by up to it."""
+    return [f"the grid [{grid[0]:.4g}, {grid[-1]:.4g}] cannot hold the law's tails at "
+            f"t = {t:g}: moving them inside changes call prices by up to {b:.3g} (more than "
+            f"{TAIL_WARN:g}); {advice}" for t, b in zip(times, bounds) if b > TAIL_WARN]
 
 
 def fail_option(exc: Exception, options: dict[str, str]) -> None:

@@ -111,7 +111,7 @@ class Marginals:
             what = "duplicate" if steps[bad] == 0 else "unsorted"
             raise ValueError(
                 f"grid must be strictly increasing: {what} points at index {bad}, {bad + 1} "
-                f"({grid[bad]!r}, {grid[bad + 1]!r})"
+                f"({float(grid[bad])!r}, {float(grid[bad + 1])!r})"
             )
         if weights.ndim == 1:
             weights = weights[None, :]

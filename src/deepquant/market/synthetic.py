@@ -68,6 +68,7 @@ __all__ = [
     "heston_marginals",
     "synthetic_marginals",
     "model_params",
+    "tail_bounds",
 ]
 
 ModelName = Literal["gbm", "merton", "heston"]
@@ -453,6 +454,14 @@ def default_grid(params: ModelParams, t_max: float, size: int = 150, *,
             f"{h:.4g} >= 1 leaves no positive grid point below 1; use a larger grid_size"
         )
     return 1.0 + h * (np.arange(size) - i_one)
+
+
+def tail_bounds(params: ModelParams, times, grid: np.ndarray) -> np.ndarray:
+    """P(g_0) + C(g_{M-1}) at each date, shape (N,): the most a call price moves when the mass
+    outside ``grid`` is moved inside it (module docstring)."""
+    g = np.asarray(grid, dtype=float)
+    c = params.call_prices(times, np.array([g[0], g[-1]]))
+    return c[:, 0] - (1.0 - g[0]) + c[:, 1]
 
 
 # ---------------------------------------------------------------------------------- discretisation
