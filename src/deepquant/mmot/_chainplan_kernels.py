@@ -162,11 +162,12 @@ def _trim_step(jt, kern, rows, cols, thr, band_eps, kb, lo, hi, sa, se):  # prag
 def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, shift, run_end, run_ld, indptr,
                   dst, w, out, na, ne):  # pragma: no cover
     """Second half: out (B, r' n') = map(kb.T @ jt), per block of ``block`` states and tile of
-    ``tile`` rows one dgemm ``f`` on the rectangle of the tile's live rows and the union of
-    their kernel bands; on a shift map (``shift`` > 0) the product is added in place (row j at
-    off[j], one dgemm per run of evenly spaced offsets: ``_transposed_map``), else gathered per
-    block and pushed through the CSC map. [na, ne) (B, r'): per row of ``out`` (n' states) a
-    range outside which nothing was written (all of it for a general map)."""
+    ``tile`` rows one dgemm ``f`` on the rectangle of the tile's live rows, the union of their
+    kernel bands and the union of their live states within the block; on a shift map
+    (``shift`` > 0) the product is added in place (row j at off[j], one dgemm per run of evenly
+    spaced offsets: ``_transposed_map``), else gathered per block and pushed through the CSC
+    map. [na, ne) (B, r'): per row of ``out`` (n' states) a range outside which nothing was
+    written (all of it for a general map)."""
     nb, r, n = jt.shape
     c = kb.shape[2]
     n1 = out.shape[1] // max(na.shape[1], 1)
@@ -181,28 +182,30 @@ def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, shift, run_end, r
                 prod[:] = 0.0
             ya_b, ye_b = c, 0
             for t0 in range(0, r, tile):
-                xa, xe, ya, ye = r, 0, c, 0
+                xa, xe, ya, ye, qa, qe = r, 0, c, 0, s1, s0
                 for i in range(t0, min(r, t0 + tile)):
                     if sa[b, i] < s1 and se[b, i] > s0 and sa[b, i] < se[b, i]:
                         xa, xe = min(xa, i), i + 1
                         ya, ye = min(ya, lo[b, i]), max(ye, hi[b, i])
+                        qa, qe = min(qa, sa[b, i]), max(qe, se[b, i])
                 if xe <= xa or ye <= ya:
                     continue
+                qa, qe = max(qa, s0), min(qe, s1)       # the tile's live states in the block
                 if shift > 0:   # row j of the product lands at off[j] + s, per run of columns
                     j = ya
                     while j < ye:
                         je = min(ye, run_end[j])
-                        _gemm(f, kf, xa * c + j, c, jf, xa * n + s0, n, of, off[j] + s0,
-                              run_ld[j], je - j, s1 - s0, xe - xa, True)
+                        _gemm(f, kf, xa * c + j, c, jf, xa * n + qa, n, of, off[j] + qa,
+                              run_ld[j], je - j, qe - qa, xe - xa, True)
                         for jj in range(j, je):         # the states written in row y'
                             y = off[jj] // n1
                             d = off[jj] - y * n1
-                            na[b, y] = min(na[b, y], d + s0)
-                            ne[b, y] = max(ne[b, y], d + s1)
+                            na[b, y] = min(na[b, y], d + qa)
+                            ne[b, y] = max(ne[b, y], d + qe)
                         j = je
                     continue
-                _gemm(f, kf, xa * c + ya, c, jf, xa * n + s0, n, prod, ya * (s1 - s0), s1 - s0,
-                      ye - ya, s1 - s0, xe - xa, True)
+                _gemm(f, kf, xa * c + ya, c, jf, xa * n + qa, n, prod,
+                      ya * (s1 - s0) + qa - s0, s1 - s0, ye - ya, qe - qa, xe - xa, True)
                 ya_b, ye_b = min(ya_b, ya), max(ye_b, ye)
             for j in range(ya_b, ye_b):
                 for s in range(s0, s1):

@@ -418,8 +418,8 @@ class ChainPlan:
         # the lines' round-off, in units of the dropped mass of the bound
         return values, lost + mass.sum(axis=1) * err / max(self.max_abs_payoff, 1e-300)
 
-    BLOCK = 64
-    TILE = 32
+    BLOCK = 128
+    TILE = 16
     CLOSED_FORM = True
     MEET = 0.3
     CHUNK = 8
