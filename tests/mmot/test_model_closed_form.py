@@ -104,8 +104,9 @@ def test_hinge_terminal_shapes():
                                [0, 0, 0, 0, 0, 0]], ids=["unit", "even", "uneven", "flat"])
 def test_backward_laws_match_a_direct_sum(d):
     """W_t(x, rho) = sum_j k_t(x, j) W_{t+1}(y_j, rho - d_j) against the sum written out:
-    exact (bound 0) without thresholds; with coarse ones the L1 gap of every row stays within
-    its reported bound e(x), and the bound is not vacuous."""
+    exact (bound 0) without thresholds, for tiles of rows and blocks of columns of any size;
+    with coarse ones the L1 gap of every row stays within its reported bound e(x), and the
+    bound is not vacuous."""
     rng = np.random.default_rng(1)
     b, n, m = 2, 3, 6
     kern = rng.random((b, n, m, m)) ** 6            # a spread of sizes: thresholds bite
@@ -124,9 +125,10 @@ def test_backward_laws_match_a_direct_sum(d):
         for j in range(m):
             new[:, :, d[j]:d[j] + want.shape[2]] += kern[:, t, :, j, None] * want[:, src[j], None, :]
         want = new
-    got, err = _backward_laws(back, kern, rows, cols)
-    np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
-    assert np.all(err == 0.0)
+    for tile, block in [(16, 16), (1, 1), (2, 4)]:  # rectangles of every shape: one sum
+        got, err = _backward_laws(back, kern, rows, cols, tile=tile, block=block)
+        np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
+        assert np.all(err == 0.0)
     got, err = _backward_laws(back, kern, rows, cols, band_eps=0.05, mass_eps=1e-3, tile=4,
                               block=3)
     gap = np.abs(got - want).sum(axis=2)

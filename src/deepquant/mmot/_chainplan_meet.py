@@ -10,8 +10,10 @@ the rest of the sum comes backwards (``_meet_plan``):
 (Markov chain, the sum's increments fixed by the columns). ``_backward_laws`` runs it banded,
 the mirror image of the forward step (``_chainplan_kernels``): kernel rows cut to the columns
 above ``band_eps`` times the row's largest, rows of W cut to the entries above ``mass_eps`` at
-both ends (each row of W is a conditional law, mass <= 1), one BLAS dgemm per tile of rows on
-the rectangle of the tile's bands and the union of the live ranges they reach. The dropped mass
+both ends (each row of W is a conditional law, mass <= 1), one BLAS dgemm per tile of rows and
+block of kernel columns on the rectangle of the tile's rows whose bands meet the block and the
+union of the live ranges the block's columns reach (the ranges move with the columns' offsets:
+a narrow block keeps the rectangle close to that diagonal band). The dropped mass
 is propagated exactly as a per-row bound e_t(x) >= sum_rho |W_t(x, rho) - W~_t(x, rho)| (W the
 dense recursion, W~ the banded one):
 
@@ -77,21 +79,23 @@ def _meet_plan(steps, n_states, terminal, mid):
 
 
 def _backward_laws(back, kernels, rows, cols, *, band_eps=0.0, mass_eps=0.0, tile=16,
-                   block=64):
+                   block=16):
     """W_mid (B, |rows[mid]|, L_mid) of ``_meet_plan``'s ``back`` for kernels (B, T', M, M),
     banded (kernel rows cut at ``band_eps`` of their largest entry, rows of W at ``mass_eps``;
-    one dgemm per tile of ``tile`` rows and block of ``block`` values of rho), and the per-row
+    one dgemm per tile of ``tile`` rows and block of ``block`` kernel columns), and the per-row
     bound e_mid (B, |rows[mid]|) on its L1 distance to the dense recursion (module docstring;
-    zero with ``band_eps`` = ``mass_eps`` = 0: nothing dropped)."""
+    zero with ``band_eps`` = ``mass_eps`` = 0: nothing dropped). W_mid lives in a buffer kept
+    per thread (``_scratch``): valid until the thread's next call."""
     b = kernels.shape[0]
     w = np.ones((b, 1, 1))
     wa, we = np.zeros((b, 1), dtype=np.int64), np.ones((b, 1), dtype=np.int64)
     err = np.zeros((b, 1))
-    for t, y1, d, length in back:
+    for k, (t, y1, d, length) in enumerate(back):
         r, c = rows[t].size, cols[t].size
         if w.shape[1] == 1 and y1.size:            # the last step starts from W_T = 1
             y1 = np.zeros_like(y1)
-        out = np.zeros((b, r, length))
+        out = _scratch(f"back_w{k % 2}", (b, r, length))   # two kept buffers, in turn
+        out.fill(0.0)
         oa, oe = np.empty((b, r), dtype=np.int64), np.empty((b, r), dtype=np.int64)
         e = np.empty((b, r))
         _backward_step(_DGEMM, kernels[:, t], rows[t], cols[t], np.ascontiguousarray(y1),
@@ -148,18 +152,19 @@ def _backward_step(f, kern, rows, cols, y1, d, wp, wa, we, ep, band_eps, thr, ti
                 for i in range(t0, t1):
                     if lo[i] < hi[i]:
                         ya, ye = min(ya, lo[i]), max(ye, hi[i])
-                ra, re = n_out, 0
-                for j in range(ya, ye):
-                    ra, re = min(ra, pa[j]), max(re, pe[j])
-                for r0 in range(ra, re, block):     # per block of rho: the columns j reaching it
-                    r1 = min(re, r0 + block)
-                    ja, je = ye, ya
-                    for j in range(ya, ye):
-                        if pa[j] < r1 and pe[j] > r0:
-                            ja, je = min(ja, j), j + 1
-                    if je > ja:
-                        _gemm(f, kf, t0 * c + ja, c, pf, ja * n_out + r0, n_out, of,
-                              t0 * n_out + r0, n_out, t1 - t0, r1 - r0, je - ja, False)
+                for j0 in range(ya, ye, block):     # per chunk of columns: the rows it meets
+                    j1 = min(ye, j0 + block)
+                    xa, xe = t1, t0
+                    for i in range(t0, t1):
+                        if lo[i] < j1 and hi[i] > j0 and lo[i] < hi[i]:
+                            xa, xe = min(xa, i), i + 1
+                    ra, re = n_out, 0               # and the values of rho they reach
+                    for j in range(j0, j1):
+                        if pa[j] < pe[j]:
+                            ra, re = min(ra, pa[j]), max(re, pe[j])
+                    if xe > xa and re > ra:
+                        _gemm(f, kf, xa * c + j0, c, pf, j0 * n_out + ra, n_out, of,
+                              xa * n_out + ra, n_out, xe - xa, re - ra, j1 - j0, False)
         for i in range(r):
             row = out[b, i]
             dropped = 0.0
