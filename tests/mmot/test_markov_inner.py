@@ -33,7 +33,7 @@ def test_markov_inner_is_feasible_and_inside_the_lp_bounds(seed):
     # a feasible chain: its value lies between the exact LP bounds on both sides, and each
     # cycle of coordinate ascent ends no worse than the start
     _, mg, lp, chain = _random_asian(seed)
-    for side, sign, opt in (("lower", -1.0, lp.lower), ("upper", 1.0, lp.upper)):
+    for sign, opt in ((-1.0, lp.lower), (1.0, lp.upper)):
         sw = _Sweeper(chain, mg, sign)
         start = markov_inner(sw, max_cycles=0)
         res = markov_inner(sw)

@@ -13,9 +13,9 @@ law of (S_t, X_t) under the earlier kernels and G_t(s, y) the expected terminal 
     E[f] = sum_{x, y} pi_t(x, y) c_t(x, y),   c_t(x, y) = sum_s m_t(s, x) G_t(s, y) / mu_t(x),
 
 so the best plan of that period is a one-period martingale transport LP (n_x n_y columns, kept
-in one HiGHS model per period and re-solved from its last basis), and cycling over the periods never lowers the
-value (block coordinate ascent). The chain starts from the glued chain whose every coupling
-minimises E|X_{t+1} - X_t|.
+in one HiGHS model per period and re-solved from its last basis), and cycling over the periods
+never lowers the value (block coordinate ascent). The chain starts from the glued chain whose
+every coupling minimises E|X_{t+1} - X_t|.
 
 Markov chains are a subset of the martingale laws, so the value stays on its side of the LP
 optimum; it can be far from it where the optimum needs kernels that depend on the path. The
@@ -45,8 +45,7 @@ class MarkovInner:
     ``value``: E[sign * f] (the sweep's sign convention); ``kernels``: per period the (X, Y)
     transition matrix between the supports; ``residual``: L1 error of its laws against the
     marginals, summed over dates 1..T; ``drift``: largest martingale row residual
-    mu_t(x) |E[X_{t+1} | X_t = x] - x|;
-    ``cycles``: full passes of coordinate ascent done; ``status``: ``"converged"`` (a cycle
+    mu_t(x) |E[X_{t+1} | X_t = x] - x|; ``cycles``: full passes of coordinate ascent done; ``status``: ``"converged"`` (a cycle
     gained less than ``tol`` of the payoff scale), ``"max_cycles"``, ``"time_budget"`` or
     ``"no_coupling"`` (HiGHS found no one-period coupling; ``value`` is NaN)."""
 
