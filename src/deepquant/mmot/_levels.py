@@ -16,7 +16,8 @@ left with their certificate only (Asian at 150 points: 1 s a sweep). So:
   its coarse levels get ``WORK_SHARE`` of that budget, each passing ``BELOW_SHARE`` on to the
   next, the LP level at the bottom again all of its parent's;
 * the levels above the work level pass ``ABOVE_SHARE`` down and keep the rest for their exact
-  certificate (and smoothed stages when ``FINE_SWEEPS`` of them still fit).
+  certificate (and smoothed stages when ``FINE_SWEEPS`` of them still fit); the user's grid,
+  when above the work level, first sets ``INNER_SHARE`` aside for its Markov inner value.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ BELOW_SHARE = 0.5
 
 ABOVE_SHARE = 0.95
 """Share a level above the work level passes to its coarse level."""
+
+INNER_SHARE = 0.4
+"""Share of the side's budget kept for the Markov inner value on the user's own grid
+(``markov_inner``) when that grid lies above the work level (no stage runs there, so its inner
+value would otherwise be a coarse level's, on other marginals)."""
 
 
 def is_above(columns: int, work_columns: float, role: str) -> bool:

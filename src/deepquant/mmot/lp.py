@@ -546,17 +546,22 @@ def _glued_kernels(chain: AugmentedChain, margs: np.ndarray) -> np.ndarray | Non
         plan = _feasible_martingale_plan(grid[xs], grid[ys], margs[t, xs], margs[t + 1, ys])
         if plan is None:
             return None
-        plan = np.maximum(plan, 0.0)
-        rs = plan.sum(axis=1, keepdims=True)
-        ker = np.where(rs > 0, plan / np.where(rs > 0, rs, 1.0), 0.0)
-        # rows HiGHS left empty (mass below its tolerance): stay put if possible
-        empty = rs[:, 0] <= 0
-        for a in np.flatnonzero(empty):
-            pos = np.flatnonzero(ys == xs[a])
-            if pos.size:
-                ker[a, pos[0]] = 1.0
-        out[t][np.ix_(xs, ys)] = ker
+        out[t][np.ix_(xs, ys)] = plan_kernel(plan, xs, ys)
     return out
+
+
+def plan_kernel(plan: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Row-normalised kernel (n_x, n_y) of a one-period plan from the points ``xs`` to ``ys``
+    (grid indices); a row the solver left empty (mass below its tolerance) stays put where
+    its point is in ``ys``."""
+    plan = np.maximum(plan, 0.0)
+    rs = plan.sum(axis=1, keepdims=True)
+    ker = np.where(rs > 0, plan / np.where(rs > 0, rs, 1.0), 0.0)
+    for a in np.flatnonzero(rs[:, 0] <= 0):
+        pos = np.flatnonzero(ys == xs[a])
+        if pos.size:
+            ker[a, pos[0]] = 1.0
+    return ker
 
 
 def _feasible_martingale_plan(x: np.ndarray, y: np.ndarray, mu: np.ndarray, nu: np.ndarray

@@ -17,7 +17,13 @@ import time
 import numpy as np
 
 from deepquant.market.marginals import Marginals
-from deepquant.mmot._levels import LEVEL_EPS_START, WORK_COLUMNS_PER_SECOND, coarse_share, is_above
+from deepquant.mmot._levels import (
+    INNER_SHARE,
+    LEVEL_EPS_START,
+    WORK_COLUMNS_PER_SECOND,
+    coarse_share,
+    is_above,
+)
 from deepquant.mmot.augment import AugmentedChain, build_chain
 from deepquant.mmot.certified import (
     certify_side,
@@ -27,6 +33,7 @@ from deepquant.mmot.certified import (
     side_result,
     within_rtol,
 )
+from deepquant.mmot.markov_inner import MARGINAL_TOL, adopt_markov_inner
 from deepquant.mmot.result import BoundSide, BoundsResult, check_sides
 from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff, SumSquaredIncrements
@@ -196,7 +203,9 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     copts["rtol"] = max(options.get("rtol", 1e-4), 1e-3)
     coarse_is_lp = lp_columns(cchain) <= LP_START_COLUMNS and (levels is None or levels <= 1)
     share, crole = coarse_share(cols, work_columns, role, coarse_is_lp)
-    copts["max_seconds"] = share * budget
+    # the user's grid above the work level keeps a share for its own (Markov) inner value
+    reserve = INNER_SHARE * budget if top and is_above(cols, work_columns, role) else 0.0
+    copts["max_seconds"] = share * (budget - reserve)
     cres = _multiscale_side(coarse, payoff, cchain, sense,
                             levels=None if levels is None else levels - 1,
                             sum_grid_size=sum_grid_size, sum_mode=sum_mode, progress=None,
@@ -214,7 +223,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     opts = dict(options)
     opts.setdefault("eps_start", max(cres.info.get("eps", 0.0) / cres.info["scale"],
                                      LEVEL_EPS_START, opts.get("eps_end", 1e-7)))
-    opts["max_seconds"] = max(budget - (time.perf_counter() - t_start), 0.0)
+    opts["max_seconds"] = max(budget - reserve - (time.perf_counter() - t_start), 0.0)
     # the coarse inner's chain read on this grid misses its marginals by at most its error on
     # the grid that gave it plus the move of the laws from that grid to this one (triangle)
     level = cres.info.get("inner_level", dict(marginals=coarse, resid=cres.primal_residual))
@@ -232,7 +241,14 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
                 coarse=dict(size=int(coarse.size), bound=cres.value, inner=cres.info["inner"],
                             gap=cres.gap, status=cres.status, seconds=cres.seconds,
                             marginal_distance=dist))
-    return dataclasses.replace(fine, seconds=time.perf_counter() - t_start, info=info)
+    fine = dataclasses.replace(fine, info=info)
+    if top and not fine.primal_residual <= MARGINAL_TOL:
+        # no plan on this grid's own marginals yet: a Markov chain on them, in what is left
+        fine = adopt_markov_inner(fine, chain, marginals, sense,
+                                  max_seconds=budget - (time.perf_counter() - t_start),
+                                  inner_resid_tol=options.get("inner_resid_tol", 1e-3),
+                                  rtol=options.get("rtol", 1e-4))
+    return dataclasses.replace(fine, seconds=time.perf_counter() - t_start)
 
 
 def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int | None = None,

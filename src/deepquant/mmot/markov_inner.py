@@ -1,0 +1,242 @@
+"""Inner values on the chain's own grid from Markov martingale chains (DESIGN §2.8).
+
+A Markov chain X whose one-period plans pi_t are martingale couplings of (mu_t, mu_{t+1}) has
+exactly the marginals mu_0, ..., mu_T, so E[f] under it is a feasible value of the chain LP: a
+rigorous inner value (>= the LP minimum, <= the LP maximum) on the grid itself, whatever its
+size. Here it is computed in the layout of the sweep (``sweep._Sweeper``), exactly by one
+forward pass of the joint law of (X_t, S_t).
+
+With the other periods fixed, E[f] is linear in one period's plan: with m_t(s, x) the joint
+law of (S_t, X_t) under the earlier kernels and G_t(s, y) the expected terminal payoff given
+(S_t, X_{t+1}) = (s, y) under the later ones,
+
+    E[f] = sum_{x, y} pi_t(x, y) c_t(x, y),   c_t(x, y) = sum_s m_t(s, x) G_t(s, y) / mu_t(x),
+
+so the best plan of that period is a one-period martingale transport LP (n_x n_y columns, kept
+in one HiGHS model per period and re-solved from its last basis), and cycling over the periods
+never lowers the value (block coordinate ascent). The chain starts from the glued chain whose
+every coupling minimises E|X_{t+1} - X_t|.
+
+Markov chains are a subset of the martingale laws, so the value stays on its side of the LP
+optimum; it can be far from it where the optimum needs kernels that depend on the path. The
+marginal error of the chain (the LP's row tolerance) and its martingale drift are measured and
+returned (``residual``, ``drift``), so the caller decides whether the plan counts as feasible.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MarkovInner", "adopt_markov_inner", "chain_value", "markov_inner"]
+
+MARGINAL_TOL = 1e-7
+"""Largest L1 error of the chain's laws (summed over dates 1..T) for its value to count as an
+inner value; the martingale row residual must be within ``certified.POLISH_RESIDUAL``
+(measured at 150 points: 1e-10-3e-9 and 1e-13-6e-11, the one-period LPs' tolerance)."""
+
+
+@dataclass(frozen=True)
+class MarkovInner:
+    """A Markov martingale chain on the grid and its value.
+
+    ``value``: E[sign * f] (the sweep's sign convention); ``kernels``: per period the (X, Y)
+    transition matrix between the supports; ``residual``: L1 error of its laws against the
+    marginals, summed over dates 1..T; ``drift``: largest martingale row residual
+    mu_t(x) |E[X_{t+1} | X_t = x] - x|; ``cycles``: full passes of coordinate ascent done; ``status``: ``"converged"`` (a cycle
+    gained less than ``tol`` of the payoff scale), ``"max_cycles"``, ``"time_budget"`` or
+    ``"no_coupling"`` (HiGHS found no one-period coupling; ``value`` is NaN)."""
+
+    value: float
+    kernels: list | None
+    residual: float
+    drift: float
+    cycles: int
+    seconds: float
+    status: str
+
+
+def chain_value(sw, kernels: list) -> tuple[float, list, float]:
+    """(E[sign * f], laws of X_1..X_T on the supports, largest martingale row residual) of the Markov
+    chain with per-period kernels ``kernels[t]`` (X_t, Y_t) in the layout of ``sw``."""
+    mass = sw.mass0
+    laws = []
+    drift = 0.0
+    for t, per in enumerate(sw.periods):
+        k = kernels[t]
+        # the plan's martingale row residual mu_t(x) |E[X_{t+1} | x] - x| (a kernel row of
+        # mass below the LP's tolerance may drift by O(1) and carries no weight)
+        drift = max(drift, float(np.max(sw.mu[t, per.xs] * np.abs(k @ per.yv - per.xv
+                                                                    * k.sum(axis=1)),
+                                        initial=0.0)))
+        n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
+        mass = per.scatter(mass @ k, n_next)
+        laws.append(mass.sum(axis=0))
+    value = float(np.sum(mass * np.where(sw.live_T, sw.g_term, 0.0)))
+    return value, laws, drift
+
+
+def _backward(sw, kernels: list) -> list:
+    """w[t] (n_t, X_t): expected sign * f given (S_t, X_t) under the kernels from t on; w[T]
+    the terminal payoff."""
+    w = [None] * (sw.T + 1)
+    w[sw.T] = np.where(sw.live_T, sw.g_term, 0.0)
+    for t in range(sw.T - 1, -1, -1):
+        w[t] = sw.periods[t].gather(w[t + 1]) @ kernels[t].T
+    return w
+
+
+class _PeriodLP:
+    """The one-period martingale transport LP of period t (rows: the mass of each x, the law of
+    each y, the martingale condition of each x; one column per pair (x, y)) kept in one HiGHS
+    model, so that a new cost is solved from the previous optimal basis."""
+
+    def __init__(self, sw, t: int):
+        import highspy
+
+        from deepquant.mmot.colgen import _quiet_highs
+
+        per = sw.periods[t]
+        self.per = per
+        nx, ny = per.xs.size, per.ys.size
+        self.shape = (nx, ny)
+        a = np.repeat(np.arange(nx), ny)
+        j = np.tile(np.arange(ny), nx)
+        dx = per.yv[j] - per.xv[a]
+        rows = np.stack([a, nx + j, nx + ny + a], axis=1)
+        vals = np.stack([np.ones(a.size), np.ones(a.size), dx], axis=1)
+        keep = vals != 0.0
+        counts = keep.sum(axis=1)
+        start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+        b = np.concatenate([sw.mu[t, per.xs], sw.mu[t + 1, per.ys], np.zeros(nx)])
+        h = _quiet_highs()
+        h.setOptionValue("presolve", "off")
+        h.setOptionValue("primal_feasibility_tolerance", 1e-10)
+        h.setOptionValue("dual_feasibility_tolerance", 1e-10)
+        h.addRows(b.size, b, b, 0, np.zeros(b.size, np.int32), np.zeros(0, np.int32),
+                  np.zeros(0))
+        n = a.size
+        h.addCols(n, np.zeros(n), np.zeros(n), np.full(n, highspy.kHighsInf), int(counts.sum()),
+                  start, rows[keep].astype(np.int32), vals[keep])
+        self.h = h
+        self.optimal = highspy.HighsModelStatus.kOptimal
+        self.idx = np.arange(n, dtype=np.int32)
+
+    def kernel(self, cost: np.ndarray, seconds: float):
+        """Kernel (X, Y) of the coupling minimising <cost, pi>, or None if HiGHS fails or
+        does not finish in ``seconds``."""
+        from deepquant.mmot.lp import plan_kernel
+
+        self.h.changeColsCost(self.idx.size, self.idx, np.ravel(cost).astype(float))
+        # HiGHS's run clock accumulates over the re-solves
+        self.h.setOptionValue("time_limit", self.h.getRunTime() + max(seconds, 1e-3))
+        self.h.run()
+        if self.h.getModelStatus() != self.optimal:
+            return None
+        plan = np.asarray(self.h.getSolution().col_value).reshape(self.shape)
+        return plan_kernel(plan, self.per.xs, self.per.ys)
+
+
+def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
+                 tol: float = 1e-9) -> MarkovInner:
+    """The best Markov martingale chain found by block coordinate ascent (module docstring)
+    within ``max_seconds`` (checked before every one-period LP, each LP cut by HiGHS at what is
+    left), for the side of ``sw``.
+
+    ``tol``: stop when a cycle over the periods gains less than ``tol`` times the payoff
+    scale. The chain found so far is returned when the time runs out (``"time_budget"``; NaN
+    if not even the first start was built)."""
+    if not np.isfinite(max_seconds) or max_seconds < 0:
+        raise ValueError(f"max_seconds must be a finite number >= 0, got {max_seconds!r}")
+    if isinstance(max_cycles, bool) or not isinstance(max_cycles, int | np.integer) \
+            or max_cycles < 0:
+        raise ValueError(f"max_cycles must be an integer >= 0, got {max_cycles!r}")
+    if not np.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    t0 = time.perf_counter()
+
+    def done(kernels, cycles, status):
+        if kernels is None:
+            return MarkovInner(np.nan, None, np.inf, np.inf, cycles,
+                               time.perf_counter() - t0, status)
+        value, laws, drift = chain_value(sw, kernels)
+        resid = float(sum(np.abs(law - sw.mu[t + 1, per.ys]).sum()
+                          for t, (per, law) in enumerate(zip(sw.periods, laws))))
+        return MarkovInner(value, kernels, resid, drift, cycles, time.perf_counter() - t0,
+                           status)
+
+    def left():
+        return max_seconds - (time.perf_counter() - t0)
+
+    # the start: in every period the coupling least spread (min E|X_{t+1} - X_t|); the most
+    # spread one was dropped as a second start: its LP took 4-7 s per period at 150 points
+    # (0.3-0.5 s for this one) and the ascent from it ended no better on four of six sides
+    lps, kernels = [], []
+    for t, per in enumerate(sw.periods):
+        if left() <= 0:
+            return done(None, 0, "time_budget")
+        lps.append(_PeriodLP(sw, t))
+        k = lps[t].kernel(np.abs(per.yv[None, :] - per.xv[:, None]), left())
+        if k is None:
+            return done(None, 0, "time_budget" if left() <= 0 else "no_coupling")
+        kernels.append(k)
+    best_val = chain_value(sw, kernels)[0]
+    for cycle in range(max_cycles):
+        w = _backward(sw, kernels)
+        mass = sw.mass0
+        for t, per in enumerate(sw.periods):
+            if left() <= 0:
+                return done(kernels, cycle, "time_budget")
+            c = mass.T @ per.gather(w[t + 1])  # (X, Y)
+            k = lps[t].kernel(-c / sw.mu[t, per.xs][:, None], left())
+            if k is not None:  # else (cut by the time limit) the period keeps its kernel
+                kernels[t] = k
+            n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
+            mass = per.scatter(mass @ kernels[t], n_next)
+        val = chain_value(sw, kernels)[0]
+        gain, best_val = val - best_val, max(val, best_val)
+        if gain < tol * sw.scale:
+            return done(kernels, cycle + 1, "converged")
+    return done(kernels, max_cycles, "max_cycles")
+
+
+def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float,
+                       inner_resid_tol: float, rtol: float):
+    """``side`` (a certified ``BoundSide`` of ``chain``) with the Markov chain's value as its
+    inner value when one is found within ``max_seconds`` that fits the marginals and is
+    preferred by ``certified.better_inner`` (a fitted chain over one that misses the marginals,
+    e.g. a coarse level's, else the tighter value); the attempt is reported in
+    ``info["markov"]`` either way. Skipped (``side`` returned as is) when there is no time."""
+    import dataclasses
+
+    from deepquant.mmot.certified import POLISH_RESIDUAL, better_inner, clip_inner, within_rtol
+    from deepquant.mmot.sweep import _Sweeper
+
+    t0 = time.perf_counter()
+    if max_seconds <= 0:
+        return side
+    sign = 1.0 if sense == "upper" else -1.0
+    sw = _Sweeper(chain, marginals, sign)
+    res = markov_inner(sw, max_seconds=max(max_seconds - (time.perf_counter() - t0), 0.0))
+    fits = (np.isfinite(res.value) and res.residual <= MARGINAL_TOL
+            and res.drift <= POLISH_RESIDUAL)
+    report = dict(value=sign * res.value, marginal_error=res.residual, drift=res.drift,
+                  cycles=res.cycles, status=res.status, seconds=time.perf_counter() - t0,
+                  adopted=False)
+    if not fits or not better_inner(res.value, res.residual, sign * side.info["inner"],
+                                    side.primal_residual, inner_resid_tol):
+        return dataclasses.replace(side, info=dict(side.info, markov=report))
+    outer = sign * side.value
+    inner, excess = clip_inner(res.value, outer)
+    gap = outer - inner
+    report["adopted"] = True
+    info = dict(side.info, inner=sign * inner, inner_excess=excess, markov=report,
+                inner_kind=f"Markov chain ({res.cycles} cycles, {res.status})",
+                inner_marginal_bound=res.residual,
+                inner_level=dict(marginals=marginals, resid=res.residual),
+                relative_gap=gap / max(abs(outer), 1e-300))
+    within = within_rtol(gap, outer, sw.scale, rtol)
+    return dataclasses.replace(side, gap=float(gap), primal_residual=res.residual, info=info,
+                               status="certified" if within else side.status)

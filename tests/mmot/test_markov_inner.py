@@ -1,0 +1,93 @@
+"""Markov inner values (``deepquant.mmot.markov_inner``) against the exact chain LP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepquant.market.synthetic import heston_marginals
+from deepquant.mmot.augment import build_chain
+from deepquant.mmot.bounds import bounds
+from deepquant.mmot.certified import nest_supports
+from deepquant.mmot.markov_inner import MARGINAL_TOL, chain_value, markov_inner
+from deepquant.mmot.sweep import _Sweeper
+from deepquant.payoffs import make_payoff
+from tests.mmot.test_certified import _random_asian
+
+
+def _check_chain(sw, res):
+    """The chain's laws are the marginals and its rows martingales (measured, not assumed)."""
+    value, laws, drift = chain_value(sw, res.kernels)
+    assert value == pytest.approx(res.value, abs=1e-14)
+    for t, (per, law) in enumerate(zip(sw.periods, laws)):
+        np.testing.assert_allclose(law, sw.mu[t + 1, per.ys], atol=1e-9)
+        k = res.kernels[t]
+        assert k.min() >= 0.0
+        np.testing.assert_allclose(k.sum(axis=1), 1.0, atol=1e-12)
+        assert np.max(sw.mu[t, per.xs] * np.abs(k @ per.yv - per.xv)) <= 1e-9
+    assert res.residual <= MARGINAL_TOL and res.drift <= 1e-9
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_markov_inner_is_feasible_and_inside_the_lp_bounds(seed):
+    # a feasible chain: its value lies between the exact LP bounds on both sides, and each
+    # cycle of coordinate ascent ends no worse than the start
+    _, mg, lp, chain = _random_asian(seed)
+    for sign, opt in ((-1.0, lp.lower), (1.0, lp.upper)):
+        sw = _Sweeper(chain, mg, sign)
+        start = markov_inner(sw, max_cycles=0)
+        res = markov_inner(sw)
+        assert res.status == "converged" and res.cycles >= 1
+        _check_chain(sw, res)
+        assert res.value <= sign * opt + 1e-9  # inside: lower >= min, upper <= max
+        assert res.value >= start.value - 1e-12
+
+
+@pytest.mark.parametrize("name", ["lookback-call", "forward-start-straddle"])
+def test_markov_inner_brackets_the_lp_on_heston_chains(name):
+    m = heston_marginals(np.arange(4) * 30 / 365, grid=np.linspace(0.7, 1.3, 13))
+    opts = dict(t1=1, t2=3) if name == "forward-start-straddle" else {}
+    payoff = make_payoff(name, strike=1.0, **opts) if name == "lookback-call" else \
+        make_payoff(name, **opts)
+    lp = bounds(m, payoff, method="lp")
+    mm, _ = nest_supports(m, payoff.last_date(m.n_dates))
+    chain = build_chain(mm, payoff)
+    for sign, opt in ((-1.0, lp.lower), (1.0, lp.upper)):
+        sw = _Sweeper(chain, mm, sign)
+        res = markov_inner(sw)
+        _check_chain(sw, res)
+        assert res.value <= sign * opt + 1e-9
+
+
+def test_markov_inner_keeps_the_time_budget_and_refuses_bad_arguments():
+    _, mg, _, chain = _random_asian(0)
+    sw = _Sweeper(chain, mg, 1.0)
+    res = markov_inner(sw, max_seconds=0.0)
+    assert res.status == "time_budget" and np.isnan(res.value) and res.kernels is None
+    for bad in (dict(max_seconds=-1.0), dict(max_seconds=np.nan), dict(max_cycles=-1),
+                dict(max_cycles=1.5), dict(max_cycles=True), dict(tol=-1e-9)):
+        with pytest.raises(ValueError):
+            markov_inner(sw, **bad)
+
+
+def test_certified_side_above_the_work_level_takes_the_markov_inner(monkeypatch):
+    # a 49-point lookback (4 dates, no column generation) whose own grid lies above the work
+    # level (the threshold lowered so that it does with a budget that leaves the Markov stage
+    # its share on a loaded machine): the inner value is then a Markov chain on the 49-point marginals themselves,
+    # not the coarse level's, and [inner, outer] still brackets the exact LP
+    from deepquant.mmot import multiscale
+
+    monkeypatch.setattr(multiscale, "WORK_COLUMNS_PER_SECOND", 1_000.0)
+    m = heston_marginals(np.arange(4) * 30 / 365, grid=np.linspace(0.7, 1.3, 49))
+    payoff = make_payoff("lookback-call", strike=1.0)
+    lp = bounds(m, payoff, method="lp")
+    res = bounds(m, payoff, method="certified", polish_max_states=30, max_seconds=5.0)
+    for side, opt in (("lower", lp.lower), ("upper", lp.upper)):
+        s = getattr(res, f"{side}_side")
+        assert s.info["markov"]["adopted"], s.info["markov"]
+        assert s.info["inner_kind"].startswith("Markov chain")
+        assert s.primal_residual <= MARGINAL_TOL
+        inner, outer = s.info["inner"], s.value
+        lo, hi = (outer, inner) if side == "lower" else (inner, outer)
+        assert lo <= opt + 1e-8 and opt <= hi + 1e-8
+        assert s.gap == pytest.approx(abs(inner - outer), abs=1e-12)
