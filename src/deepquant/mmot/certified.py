@@ -57,6 +57,10 @@ solved only up to this many columns."""
 POLISH_RESIDUAL = 1e-8
 """Largest row residual of a column-generation plan accepted as a feasible (inner) plan."""
 
+INNER_RESID_TOL = 1e-3
+"""Default largest marginal error (L1 summed over dates) of an inner chain that counts as
+fitted (``certify_side``'s ``inner_resid_tol``)."""
+
 
 def live_states(chain: AugmentedChain) -> int:
     """Number of live states (x, s) at the dates 0..T-1 (the LP's martingale rows)."""
@@ -170,7 +174,7 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
                  rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float = 1e-7,
                  eps_factor: float = 0.2, band: float = 40.0, max_iter: int = 400,
                  gtol: float = 1e-9, maxcor: int = 50, precondition: float = 0.0,
-                 inner_resid_tol: float = 1e-3, polish: bool = True,
+                 inner_resid_tol: float = INNER_RESID_TOL, polish: bool = True,
                  polish_max_states: int = POLISH_MAX_STATES, max_seconds: float = 600.0,
                  u0: np.ndarray | None = None, start: dict | None = None,
                  min_sweeps: int = 0, progress=None) -> BoundSide:

@@ -26,6 +26,7 @@ from deepquant.mmot._levels import (
 )
 from deepquant.mmot.augment import AugmentedChain, build_chain
 from deepquant.mmot.certified import (
+    INNER_RESID_TOL,
     certify_side,
     check_options,
     lp_columns,
@@ -246,7 +247,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         # no plan on this grid's own marginals yet: a Markov chain on them, in what is left
         fine = adopt_markov_inner(fine, chain, marginals, sense,
                                   max_seconds=budget - (time.perf_counter() - t_start),
-                                  inner_resid_tol=options.get("inner_resid_tol", 1e-3),
+                                  inner_resid_tol=options.get("inner_resid_tol", INNER_RESID_TOL),
                                   rtol=options.get("rtol", 1e-4))
     return dataclasses.replace(fine, seconds=time.perf_counter() - t_start)
 
