@@ -351,6 +351,9 @@ def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count, mass):  # p
     nb, r, n = jt.shape
     c = perm.size
     pa, pb = np.empty(c + 1), np.empty(c + 1)
+    cp = np.empty(c, np.int64)          # the kernel column of each line, looked up once
+    for k in range(c):
+        cp[k] = cols[perm[k]]
     out = np.zeros(nb)
     for b in range(nb):
         acc = 0.0
@@ -368,12 +371,14 @@ def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count, mass):  # p
             src = kern[b, rows[i]]
             pa[0] = pb[0] = 0.0
             for k in range(c):          # the products first, then the (serial) prefix sums
-                v = src[cols[perm[k]]]
+                v = src[cp[k]]
                 pa[k + 1] = v * alpha[k]
                 pb[k + 1] = v * beta[k]
-            for k in range(c):
-                pa[k + 1] += pa[k]
-                pb[k + 1] += pb[k]
+            sa = sb = 0.0
+            for k in range(1, c + 1):   # running sums in registers, not reloaded from pa, pb
+                sa += pa[k]
+                sb += pb[k]
+                pa[k], pb[k] = sa, sb
             a0 = a1 = m0 = m1 = 0.0     # two accumulators: half the add latency chain
             s = p
             while s + 1 < q:
