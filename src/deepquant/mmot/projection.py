@@ -195,8 +195,9 @@ def project_periods(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, phi: np.nd
     k, m = mu.shape
     b = _prepare(grid, np.array(mu, dtype=np.float64), nu, logq_raw, None, touch_tol=touch_tol,
                  logq=False)
-    kernels = np.zeros((k, m, m))               # rows with mass are written in full below
+    kernels = np.empty((k, m, m))               # rows with mass are written in full below
     tp, xp = np.nonzero(~(b.mu > 0))
+    kernels[tp, xp] = 0.0
     kernels[tp, xp, xp] = 1.0                   # the others: the point mass at x
     eta, lse = np.zeros((k, m)), np.zeros((k, m))
     tt, xx = np.nonzero(b.mu > 0)
