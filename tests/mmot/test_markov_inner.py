@@ -91,3 +91,46 @@ def test_certified_side_above_the_work_level_takes_the_markov_inner(monkeypatch)
         lo, hi = (outer, inner) if side == "lower" else (inner, outer)
         assert lo <= opt + 1e-8 and opt <= hi + 1e-8
         assert s.gap == pytest.approx(abs(inner - outer), abs=1e-12)
+
+
+@pytest.mark.parametrize("sparse_start", [False, True])
+def test_priced_period_lp_is_optimal_on_all_pairs(monkeypatch, sparse_start):
+    # the one-period LP holds only some pairs and prices the rest: its plan must be optimal for
+    # the full martingale transport LP (scipy's HiGHS on every pair, an independent solve), a
+    # martingale coupling with the exact marginals; with a start too sparse to hold any
+    # coupling (one pair per x) it falls back to every pair
+    from scipy.optimize import linprog
+
+    from deepquant.mmot import markov_inner as mi
+
+    if sparse_start:
+        monkeypatch.setattr(mi._PeriodLP, "_start_pairs",
+                            lambda self: np.arange(self.shape[0]) * self.shape[1])
+    m = heston_marginals(np.arange(3) * 30 / 365, grid=np.linspace(0.7, 1.3, 25))
+    payoff = make_payoff("lookback-call", strike=1.0)
+    mm, _ = nest_supports(m, payoff.last_date(m.n_dates))
+    sw = _Sweeper(build_chain(mm, payoff), mm, 1.0)
+    rng = np.random.default_rng(0)
+    t = 1
+    per = sw.periods[t]
+    nx, ny = per.xs.size, per.ys.size
+    mu, nu = sw.mu[t, per.xs], sw.mu[t + 1, per.ys]
+    lp = mi._PeriodLP(sw, t)
+    for cost in (np.abs(per.yv[None, :] - per.xv[:, None]), rng.normal(size=(nx, ny)),
+                 -np.abs(per.yv[None, :] - per.xv[:, None]) ** 1.5):
+        k = lp.kernel(cost, 30.0)
+        plan = mu[:, None] * k
+        np.testing.assert_allclose(plan.sum(axis=0), nu, atol=1e-9)
+        assert np.max(np.abs(plan @ per.yv - mu * per.xv)) <= 1e-9
+        a_eq = np.vstack([np.kron(np.eye(nx), np.ones((1, ny))),
+                          np.kron(np.ones((1, nx)), np.eye(ny)),
+                          np.kron(np.eye(nx), np.ones((1, ny)))
+                          * (per.yv[None, :] - per.xv[:, None]).ravel()[None, :]])
+        full = linprog(cost.ravel(), A_eq=a_eq, b_eq=np.concatenate([mu, nu, np.zeros(nx)]),
+                       method="highs", options=dict(primal_feasibility_tolerance=1e-10,
+                                                    dual_feasibility_tolerance=1e-10))
+        assert full.status == 0
+        # tolerance: both solves' feasibility and optimality tolerances (1e-10) times the
+        # cost scale (scipy's default 1e-7 lets the full LP's rows miss by 4e-8)
+        assert np.sum(plan * cost) == pytest.approx(full.fun, abs=1e-8)
+    assert lp.present.all() if sparse_start else not lp.present.all()

@@ -13,7 +13,9 @@ law of (S_t, X_t) under the earlier kernels and G_t(s, y) the expected terminal 
     E[f] = sum_{x, y} pi_t(x, y) c_t(x, y),   c_t(x, y) = sum_s m_t(s, x) G_t(s, y) / mu_t(x),
 
 so the best plan of that period is a one-period martingale transport LP (n_x n_y columns, kept
-in one HiGHS model per period and re-solved from its last basis), and cycling over the periods
+in one HiGHS model per period and re-solved from its last basis; the model holds the pairs
+near x and those that pricing against all pairs asks for, so each solve is exact on all of
+them: column generation, Dantzig & Wolfe 1960), and cycling over the periods
 never lowers the value (block coordinate ascent). The chain starts from the glued chain whose
 every coupling minimises E|X_{t+1} - X_t|.
 
@@ -91,7 +93,16 @@ def _backward(sw, kernels: list) -> list:
 class _PeriodLP:
     """The one-period martingale transport LP of period t (rows: the mass of each x, the law of
     each y, the martingale condition of each x; one column per pair (x, y)) kept in one HiGHS
-    model, so that a new cost is solved from the previous optimal basis."""
+    model, so that a new cost is solved from the previous optimal basis.
+
+    The model holds only some of the pairs (at first ``_start_pairs``); every solve is priced against all of them: the pairs whose reduced cost
+    c(x, y) - a(x) - b(y) - h(x) (y - x) under the LP's duals is below ``-PRICE_TOL`` are
+    added and the LP re-solved, until none is (column generation; the plan is then optimal for
+    the full LP up to HiGHS's own dual tolerance). A restricted LP with no feasible plan gets
+    every pair."""
+
+    NEAR = 6
+    PRICE_TOL = 1e-10
 
     def __init__(self, sw, t: int):
         import highspy
@@ -102,14 +113,9 @@ class _PeriodLP:
         self.per = per
         nx, ny = per.xs.size, per.ys.size
         self.shape = (nx, ny)
-        a = np.repeat(np.arange(nx), ny)
-        j = np.tile(np.arange(ny), nx)
-        dx = per.yv[j] - per.xv[a]
-        rows = np.stack([a, nx + j, nx + ny + a], axis=1)
-        vals = np.stack([np.ones(a.size), np.ones(a.size), dx], axis=1)
-        keep = vals != 0.0
-        counts = keep.sum(axis=1)
-        start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+        self.a = np.repeat(np.arange(nx), ny)
+        self.j = np.tile(np.arange(ny), nx)
+        self.dx = per.yv[self.j] - per.xv[self.a]
         b = np.concatenate([sw.mu[t, per.xs], sw.mu[t + 1, per.ys], np.zeros(nx)])
         h = _quiet_highs()
         h.setOptionValue("presolve", "off")
@@ -117,26 +123,78 @@ class _PeriodLP:
         h.setOptionValue("dual_feasibility_tolerance", 1e-10)
         h.addRows(b.size, b, b, 0, np.zeros(b.size, np.int32), np.zeros(0, np.int32),
                   np.zeros(0))
-        n = a.size
-        h.addCols(n, np.zeros(n), np.zeros(n), np.full(n, highspy.kHighsInf), int(counts.sum()),
-                  start, rows[keep].astype(np.int32), vals[keep])
         self.h = h
+        self.inf = highspy.kHighsInf
         self.optimal = highspy.HighsModelStatus.kOptimal
-        self.idx = np.arange(n, dtype=np.int32)
+        self.infeasible = highspy.HighsModelStatus.kInfeasible
+        self.cols = np.zeros(0, dtype=np.int64)  # the pairs in the model, in its column order
+        self.present = np.zeros(nx * ny, dtype=bool)
+        self._add(self._start_pairs(), np.zeros(nx * ny))
+
+    def _start_pairs(self) -> np.ndarray:
+        """Flat indices x * n_y + y of the pairs the model starts with: the ``NEAR`` nearest y
+        of each x and x of each y, and the y at index distances 1, 2, 4, 8, ... on both sides
+        of each x (so that every x reaches every part of the next law: the nearest pairs alone
+        may hold no martingale coupling)."""
+        nx, ny = self.shape
+        dist = np.abs(self.dx).reshape(nx, ny)
+        near = np.zeros((nx, ny), dtype=bool)
+        np.put_along_axis(near, np.argsort(dist, axis=1)[:, :self.NEAR], True, axis=1)
+        np.put_along_axis(near, np.argsort(dist, axis=0)[:self.NEAR, :], True, axis=0)
+        pos = np.searchsorted(self.per.yv, self.per.xv)
+        for step in 2 ** np.arange(1, int(np.log2(max(ny, 2))) + 1):
+            for q in (pos - step, pos + step - 1):
+                ok = (q >= 0) & (q < ny)
+                near[np.flatnonzero(ok), q[ok]] = True
+        return np.flatnonzero(near.ravel())
+
+    def _add(self, pairs: np.ndarray, cost: np.ndarray):
+        nx, ny = self.shape
+        a, j, dx = self.a[pairs], self.j[pairs], self.dx[pairs]
+        rows = np.stack([a, nx + j, nx + ny + a], axis=1)
+        vals = np.stack([np.ones(a.size), np.ones(a.size), dx], axis=1)
+        keep = vals != 0.0
+        counts = keep.sum(axis=1)
+        start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+        n = pairs.size
+        self.h.addCols(n, cost[pairs], np.zeros(n), np.full(n, self.inf), int(counts.sum()),
+                       start, rows[keep].astype(np.int32), vals[keep])
+        self.cols = np.concatenate([self.cols, pairs])
+        self.present[pairs] = True
 
     def kernel(self, cost: np.ndarray, seconds: float):
         """Kernel (X, Y) of the coupling minimising <cost, pi>, or None if HiGHS fails or
         does not finish in ``seconds``."""
         from deepquant.mmot.lp import plan_kernel
 
-        self.h.changeColsCost(self.idx.size, self.idx, np.ravel(cost).astype(float))
-        # HiGHS's run clock accumulates over the re-solves
-        self.h.setOptionValue("time_limit", self.h.getRunTime() + max(seconds, 1e-3))
-        self.h.run()
-        if self.h.getModelStatus() != self.optimal:
-            return None
-        plan = np.asarray(self.h.getSolution().col_value).reshape(self.shape)
-        return plan_kernel(plan, self.per.xs, self.per.ys)
+        nx, ny = self.shape
+        cost = np.ravel(cost).astype(float)
+        t_end = time.perf_counter() + max(seconds, 1e-3)
+        self.h.changeColsCost(self.cols.size, np.arange(self.cols.size, dtype=np.int32),
+                              cost[self.cols])
+        while True:
+            # HiGHS's run clock accumulates over the re-solves
+            self.h.setOptionValue("time_limit", self.h.getRunTime()
+                                  + max(t_end - time.perf_counter(), 1e-3))
+            self.h.run()
+            status = self.h.getModelStatus()
+            if status == self.infeasible and not self.present.all():
+                self._add(np.flatnonzero(~self.present), cost)
+                continue
+            if status != self.optimal:
+                return None
+            y = np.asarray(self.h.getSolution().row_dual)
+            rc = cost - y[self.a] - y[nx + self.j] - y[nx + ny + self.a] * self.dx
+            new = np.flatnonzero((rc < -self.PRICE_TOL * max(1.0, np.max(np.abs(cost))))
+                                 & ~self.present)
+            if new.size == 0:
+                break
+            if time.perf_counter() >= t_end:
+                return None
+            self._add(new, cost)
+        plan = np.zeros(nx * ny)
+        plan[self.cols] = np.asarray(self.h.getSolution().col_value)
+        return plan_kernel(plan.reshape(self.shape), self.per.xs, self.per.ys)
 
 
 def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
