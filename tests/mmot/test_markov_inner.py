@@ -134,3 +134,31 @@ def test_priced_period_lp_is_optimal_on_all_pairs(monkeypatch, sparse_start):
         # cost scale (scipy's default 1e-7 lets the full LP's rows miss by 4e-8)
         assert np.sum(plan * cost) == pytest.approx(full.fun, abs=1e-8)
     assert lp.present.all() if sparse_start else not lp.present.all()
+
+
+def test_period_lp_cut_by_time_keeps_a_coupling_no_worse_than_its_last():
+    # cut by its time, the one-period LP returns None or the last restricted optimum: a
+    # martingale coupling with the exact marginals whose cost is at most the last kernel's
+    # (that kernel's pairs are in the model); a fresh model per budget, from the least-spread
+    # coupling to a cost that moves far from it (as on an upper side)
+    from deepquant.mmot import markov_inner as mi
+
+    m = heston_marginals(np.arange(3) * 30 / 365, grid=np.linspace(0.6, 1.4, 41))
+    payoff = make_payoff("lookback-call", strike=1.0)
+    mm, _ = nest_supports(m, payoff.last_date(m.n_dates))
+    sw = _Sweeper(build_chain(mm, payoff), mm, 1.0)
+    t = 1
+    per = sw.periods[t]
+    mu, nu = sw.mu[t, per.xs], sw.mu[t + 1, per.ys]
+    spread = np.abs(per.yv[None, :] - per.xv[:, None])
+    for seconds in (0.0, 1e-3, 1e-2, 30.0):
+        lp = mi._PeriodLP(sw, t)
+        before = mu[:, None] * lp.kernel(spread, 30.0)
+        k = lp.kernel(-spread ** 1.5, seconds)
+        if k is None:
+            continue
+        plan = mu[:, None] * k
+        np.testing.assert_allclose(plan.sum(axis=0), nu, atol=1e-9)
+        assert np.max(np.abs(plan @ per.yv - mu * per.xv)) <= 1e-9
+        # tolerance: the LP's feasibility tolerance (1e-10) times the cost scale
+        assert np.sum(plan * -spread ** 1.5) <= np.sum(before * -spread ** 1.5) + 1e-9

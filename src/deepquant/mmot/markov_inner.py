@@ -15,7 +15,7 @@ law of (S_t, X_t) under the earlier kernels and G_t(s, y) the expected terminal 
 so the best plan of that period is a one-period martingale transport LP (n_x n_y columns, kept
 in one HiGHS model per period and re-solved from its last basis; the model holds the pairs
 near x and those that pricing against all pairs asks for, so each solve is exact on all of
-them: column generation, Dantzig & Wolfe 1960), and cycling over the periods
+them: delayed column generation), and cycling over the periods
 never lowers the value (block coordinate ascent). The chain starts from the glued chain whose
 every coupling minimises E|X_{t+1} - X_t|.
 
@@ -163,8 +163,10 @@ class _PeriodLP:
         self.present[pairs] = True
 
     def kernel(self, cost: np.ndarray, seconds: float):
-        """Kernel (X, Y) of the coupling minimising <cost, pi>, or None if HiGHS fails or
-        does not finish in ``seconds``."""
+        """Kernel (X, Y) of the coupling minimising <cost, pi>; when ``seconds`` run out after a
+        pricing round, that of the last restricted optimum (a coupling with the exact marginals,
+        no worse than any plan on the model's pairs, so no worse than the period's last
+        kernel); None if HiGHS finds none in time."""
         from deepquant.mmot.lp import plan_kernel
 
         nx, ny = self.shape
@@ -172,6 +174,7 @@ class _PeriodLP:
         t_end = time.perf_counter() + max(seconds, 1e-3)
         self.h.changeColsCost(self.cols.size, np.arange(self.cols.size, dtype=np.int32),
                               cost[self.cols])
+        plan = None  # the last restricted optimum: a coupling no worse than the kernel before
         while True:
             # HiGHS's run clock accumulates over the re-solves
             self.h.setOptionValue("time_limit", self.h.getRunTime()
@@ -182,18 +185,18 @@ class _PeriodLP:
                 self._add(np.flatnonzero(~self.present), cost)
                 continue
             if status != self.optimal:
-                return None
+                break
+            plan = np.zeros(nx * ny)
+            plan[self.cols] = np.asarray(self.h.getSolution().col_value)
             y = np.asarray(self.h.getSolution().row_dual)
             rc = cost - y[self.a] - y[nx + self.j] - y[nx + ny + self.a] * self.dx
             new = np.flatnonzero((rc < -self.PRICE_TOL * max(1.0, np.max(np.abs(cost))))
                                  & ~self.present)
-            if new.size == 0:
+            if new.size == 0 or time.perf_counter() >= t_end:
                 break
-            if time.perf_counter() >= t_end:
-                return None
             self._add(new, cost)
-        plan = np.zeros(nx * ny)
-        plan[self.cols] = np.asarray(self.h.getSolution().col_value)
+        if plan is None:
+            return None
         return plan_kernel(plan.reshape(self.shape), self.per.xs, self.per.ys)
 
 
