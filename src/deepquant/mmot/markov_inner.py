@@ -95,11 +95,11 @@ class _PeriodLP:
     each y, the martingale condition of each x; one column per pair (x, y)) kept in one HiGHS
     model, so that a new cost is solved from the previous optimal basis.
 
-    The model holds only some of the pairs (at first ``_start_pairs``); every solve is priced against all of them: the pairs whose reduced cost
-    c(x, y) - a(x) - b(y) - h(x) (y - x) under the LP's duals is below ``-PRICE_TOL`` are
-    added and the LP re-solved, until none is (column generation; the plan is then optimal for
-    the full LP up to HiGHS's own dual tolerance). A restricted LP with no feasible plan gets
-    every pair."""
+    The model holds only some of the pairs (at first ``_start_pairs``); every solve is priced
+    against all of them: the pairs whose reduced cost c(x, y) - a(x) - b(y) - h(x) (y - x)
+    under the LP's duals is below ``-PRICE_TOL`` times the cost scale are added and the LP
+    re-solved, until none is (column generation; the plan is then optimal for the full LP up
+    to HiGHS's own dual tolerance). A restricted LP with no feasible plan gets every pair."""
 
     NEAR = 6
     PRICE_TOL = 1e-10
