@@ -55,21 +55,9 @@ from scipy.special import gammaln
 from deepquant.blackscholes import black_price
 from deepquant.market.marginals import Marginals
 
-__all__ = [
-    "GBMParams",
-    "MertonParams",
-    "HestonParams",
-    "MODELS",
-    "ModelName",
-    "default_grid",
-    "marginals_from_call_prices",
-    "gbm_marginals",
-    "merton_marginals",
-    "heston_marginals",
-    "synthetic_marginals",
-    "model_params",
-    "tail_bounds",
-]
+__all__ = ["GBMParams", "MertonParams", "HestonParams", "MODELS", "ModelName", "default_grid",
+           "marginals_from_call_prices", "gbm_marginals", "merton_marginals", "heston_marginals",
+           "synthetic_marginals", "model_params", "tail_bounds"]
 
 ModelName = Literal["gbm", "merton", "heston"]
 
