@@ -19,7 +19,8 @@ extrapolated price, the discretisation error estimate against half the finest ga
 seconds per strike.
 ``american``: ``price_american`` per strike (Bermudans with ``--dates`` on one grid of
 ``--total-steps`` steps plus a 12-date run on half the steps, all coupled; features
-``--feature-steps`` times per period).
+``--feature-steps`` times per period; per-level budgets: the library's "scaled" default,
+``--level DATES FIELD VALUE`` instead, or ``--uniform-levels``).
 ``dates``: the same fine grid (``--total-steps`` steps over [0, T]) with 12, 24, 48 exercise
 dates (``steps_per_date`` = total / dates), the Bermudan bounds and the Richardson extrapolation
 in the number of dates (``deepquant.rough.extrapolate.richardson``).
@@ -232,6 +233,17 @@ def cmd_converged(args) -> None:
               f"{c['cpu_seconds']:.0f} |")
 
 
+def _level_options(items, uniform: bool):
+    """``--level DATES FIELD VALUE`` triples as ``price_american(level_options=...)``; none:
+    the library default ("scaled"), or None with ``--uniform-levels``."""
+    if not items:
+        return None if uniform else "scaled"
+    out: dict = {}
+    for nd, name, value in items:
+        out.setdefault(int(nd), {})[name] = value if name == "dual" else int(value)
+    return out
+
+
 def cmd_american(args) -> None:
     """``price_american`` per strike (coupled runs, features twice per period)."""
     from dataclasses import replace
@@ -253,9 +265,13 @@ def cmd_american(args) -> None:
         c0 = time.process_time()
         res = price_american(model, float(K), pricer=pricer, dates=tuple(args.dates),
                              total_steps=args.total_steps,
-                             coarse_total_steps=args.total_steps // 2, rng=args.seed)
+                             coarse_total_steps=args.total_steps // 2,
+                             level_options=_level_options(args.level, args.uniform_levels),
+                             rng=args.seed)
         cpu = time.process_time() - c0
         row = dict(strike=float(K), dates=list(args.dates), total_steps=args.total_steps,
+                   level_options=[list(x) for x in args.level or []] or
+                   ("uniform" if args.uniform_levels else "scaled"),
                    feature_steps=args.feature_steps, value=res.value, lower=res.lower,
                    upper=res.upper, discretisation_error=res.discretisation_error,
                    discretisation_stderr=res.discretisation_stderr,
@@ -303,6 +319,13 @@ def main() -> None:
     sub.choices["american"].add_argument("--dates", type=int, nargs="+", default=[12, 24, 48])
     sub.choices["american"].add_argument("--total-steps", type=int, default=96)
     sub.choices["american"].add_argument("--feature-steps", type=int, default=2)
+    sub.choices["american"].add_argument(
+        "--level", nargs=3, action="append", metavar=("DATES", "FIELD", "VALUE"),
+        help="a pricer field for the run with DATES dates (price_american level_options), "
+             "e.g. --level 48 subsim_inner 512; repeatable (default: the scaled budgets)")
+    sub.choices["american"].add_argument("--uniform-levels", action="store_true",
+                                         help="the same pricer for every run (the earlier "
+                                              "default)")
     args = p.parse_args()
     with threadpool_limits(1):
         {"steps": cmd_steps, "dates": cmd_dates, "converged": cmd_converged,

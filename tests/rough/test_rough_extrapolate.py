@@ -21,6 +21,7 @@ from deepquant.rough import (
     richardson,
 )
 from deepquant.rough.engine import exercise_payoff
+from deepquant.rough.extrapolate import scaled_level_options
 from tests.result_protocol import ResultProtocol
 
 
@@ -165,6 +166,38 @@ def test_american_put_black_scholes_against_quantlib(ql_put):
     assert "exact scheme" in res.model
     with pytest.raises(ValueError, match="total_steps must be a multiple"):
         price_american(m, 100.0, pricer=pricer, total_steps=50)
+
+
+def test_american_level_options_set_each_runs_budget_and_are_checked():
+    # default "scaled": twice the regression paths after the first number of dates, twice the
+    # inner paths on the finest; the coarse-grid run takes the options of the first dates
+    m = RoughBergomi.black_scholes(sigma=0.2)
+    pricer = BermudanPricer(**SMALL_RB)
+    assert scaled_level_options(pricer, [2, 4, 8]) == {
+        4: {"n_regression": 2**12},
+        8: {"n_regression": 2**12, "subsim_inner": 2 * pricer.subsim_inner}}
+    res = price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=4,
+                         coarse_total_steps=2, rng=3)
+    assert [r.n_regression for r in res.runs] == [2**11, 2**12, 2**11]
+    assert [r.n_dates for r in res.runs] == [2, 4, 2]
+    assert res.lower <= res.value <= res.upper
+    res = price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=4,
+                         coarse_total_steps=2, rng=3, level_options={2: {"n_regression": 2**12}})
+    assert [r.n_regression for r in res.runs] == [2**12, 2**11, 2**12]
+    for bad, match in [([(4, {})], "level_options must be 'scaled', a dict"),
+                       ("double", "level_options must be 'scaled'"),
+                       ({8: {"n_regression": 2**12}}, r"keys must be numbers of dates among "
+                                                      r"\[2, 4\], got 8"),
+                       ({True: {}}, "keys must be numbers of dates"),
+                       ({4: {"batch_size": 2**9}}, r"level_options\[4\] must be a dict with "
+                                                   "keys among"),
+                       ({4: 2**12}, r"level_options\[4\] must be a dict")]:
+        with pytest.raises(ValueError, match=match):
+            price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=4,
+                           level_options=bad)
+    with pytest.raises(ValueError, match="n_regression must be a positive integer"):
+        price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=4,
+                       coarse_total_steps=2, level_options={4: {"n_regression": 0}})
 
 
 def test_simulation_grid_is_unchanged_by_a_torch_device():
