@@ -371,7 +371,7 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
     from deepquant.market.synthetic import GBMParams, tail_bounds
     from deepquant.neural.dataset_io import check_writable_file
     from deepquant.neural.pricer import NeuralPricer
-    from deepquant.neural.sweep import bumped_scenarios, sweep
+    from deepquant.neural.sweep import bumped_scenarios, sweep, total_variances
     from deepquant.payoffs import PAYOFF_NAMES, make_payoff, payoff_params, required_params
 
     if payoff_name not in PAYOFF_NAMES:
@@ -405,8 +405,7 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
         bumps = rng.uniform(-bump, bump, (num, periods))
         scen = bumped_scenarios(times, base, pricer.grid, bumps)
         # the widest scenario's last law (total variance w, a GBM law with sigma 1 at time w)
-        w = float(np.max(np.sum((np.asarray(base) * (1.0 + bumps)) ** 2 * np.diff(times),
-                                axis=1)))
+        w = max(total_variances(times, np.asarray(base) * (1.0 + row))[1][-1] for row in bumps)
         warnings = tail_warnings(pricer.grid, [maturity],
                                  tail_bounds(GBMParams(sigma=1.0), [w], pricer.grid),
                                  "the network's grid is fixed: lower --vols or --maturity")

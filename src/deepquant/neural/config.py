@@ -25,6 +25,9 @@ import yaml
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "load_config"]
 
 
+DIST_WEIGHTINGS = ("absolute", "relative", "relative_root")
+"""Weightings of the distillation loss per instance (``deepquant.neural.losses``)."""
+
 @dataclass
 class ModelConfig:
     """Architecture (seed 001 §9.2, DESIGN §3).
@@ -176,7 +179,7 @@ class TrainConfig:
                                                                 self.device):
             raise ValueError(f"train.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got "
                              f"{self.device!r}")
-        if self.dist_weighting not in ("absolute", "relative", "relative_root"):
+        if self.dist_weighting not in DIST_WEIGHTINGS:
             raise ValueError(f"train.dist_weighting must be 'absolute', 'relative' or "
                              f"'relative_root', got {self.dist_weighting!r}")
         if self.dist_floor <= 0:

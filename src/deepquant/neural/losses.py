@@ -60,13 +60,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deepquant.neural.config import DIST_WEIGHTINGS
 from deepquant.neural.model import period_scale
 
 __all__ = ["DIST_WEIGHTINGS", "allowed_entries", "gibbs_log_kernel", "kernel_drift", "LossTerms", "surrogate_loss",
            "semi_dual_value", "GapTerms", "dual_gap_loss"]
-
-
-DIST_WEIGHTINGS = ("absolute", "relative", "relative_root")
 
 
 def allowed_entries(touch: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ from deepquant.atomic import to_jsonable
 from deepquant.market.marginals import Marginals
 from deepquant.results import total_seconds, warn_failure
 
-__all__ = ["SweepResult", "sweep", "term_structure_marginals", "bumped_scenarios"]
+__all__ = ["SweepResult", "sweep", "term_structure_marginals", "total_variances",
+           "bumped_scenarios"]
 
 
 def term_structure_marginals(times: Sequence[float], vols: Sequence[float] | float,
@@ -53,6 +54,18 @@ def term_structure_marginals(times: Sequence[float], vols: Sequence[float] | flo
         ``deepquant.market.synthetic.marginals_from_call_prices`` (exact convex order).
     """
     from deepquant.market.synthetic import gbm_marginals
+
+    t, w = total_variances(times, vols)
+    # a lognormal law of total variance w is the GBM law with sigma = 1 at "time" w
+    m = gbm_marginals(w, grid=grid, sigma=1.0, **options)
+    return Marginals(m.grid, m.weights, t, **options)
+
+
+def total_variances(times: Sequence[float], vols: Sequence[float] | float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(dates from today, total variances w_t = sum of vol^2 dt over the periods up to t), both
+    shape (N+1,), of a per-period forward volatility term structure (``vols`` checked: finite
+    and > 0, one per period or one for all)."""
     from deepquant.neural.families import dates_from_today
 
     t = dates_from_today(times)
@@ -60,10 +73,7 @@ def term_structure_marginals(times: Sequence[float], vols: Sequence[float] | flo
     if not np.all(np.isfinite(sig)) or np.any(sig <= 0):
         raise ValueError(f"vols must be finite and > 0, one per period ({t.size - 1}), "
                          f"got {vols!r}")
-    w = np.concatenate([[0.0], np.cumsum(sig ** 2 * np.diff(t))])
-    # a lognormal law of total variance w is the GBM law with sigma = 1 at "time" w
-    m = gbm_marginals(w, grid=grid, sigma=1.0, **options)
-    return Marginals(m.grid, m.weights, t, **options)
+    return t, np.concatenate([[0.0], np.cumsum(sig ** 2 * np.diff(t))])
 
 
 def bumped_scenarios(times: Sequence[float], vols: Sequence[float] | float, grid: np.ndarray,
