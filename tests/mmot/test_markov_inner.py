@@ -162,3 +162,47 @@ def test_period_lp_cut_by_time_keeps_a_coupling_no_worse_than_its_last():
         assert np.max(np.abs(plan @ per.yv - mu * per.xv)) <= 1e-9
         # tolerance: the LP's feasibility tolerance (1e-10) times the cost scale
         assert np.sum(plan * -spread ** 1.5) <= np.sum(before * -spread ** 1.5) + 1e-9
+
+
+def _heston_chain(name, size=13):
+    m = heston_marginals(np.arange(4) * 30 / 365, grid=np.linspace(0.7, 1.3, size))
+    payoff = make_payoff(name, t1=1, t2=3) if name == "forward-start-straddle" else \
+        make_payoff(name, strike=1.0)
+    mm, _ = nest_supports(m, payoff.last_date(m.n_dates))
+    return mm, build_chain(mm, payoff)
+
+
+@pytest.mark.parametrize("name", ["lookback-call", "forward-start-straddle", "asian-call"])
+def test_dual_start_is_valid_inside_the_lp_and_no_worse_than_least_spread(name):
+    # the start from the exact LP's duals (their superhedge's continuation values): the dual
+    # swept to date 0 is the LP value (F(u) = LP optimum, HiGHS's 1e-7 tolerances times the
+    # payoff scale); its chain is feasible, inside the LP bounds, its first chain closer to the
+    # LP optimum than the least-spread start on the upper sides (where that start is far off),
+    # and the ascent (with the least-spread start after it) ends no worse than from that start
+    from deepquant.mmot.lp import build_chain_lp, solve_side
+    from deepquant.mmot.markov_inner import dual_value_to_go
+
+    mm, chain = _heston_chain(name)
+    model = build_chain_lp(chain, mm)
+    for sense in ("lower", "upper"):
+        side = solve_side(model, sense)
+        sign = 1.0 if sense == "upper" else -1.0
+        sw = _Sweeper(chain, mm, sign)
+        uvec = sw.flatten(sign * side.duals.u)
+        w = dual_value_to_go(sw, uvec)
+        assert np.sum(sw.mass0 * w[0]) + uvec @ sw.mu_flat == pytest.approx(sign * side.value,
+                                                                             abs=1e-6)
+        res = markov_inner(sw, start_values=w)
+        _check_chain(sw, res)
+        assert res.value <= sign * side.value + 1e-9
+        assert res.value >= markov_inner(sw).value - 1e-12
+        if sense == "upper":
+            first = markov_inner(sw, max_cycles=0, start_values=w).value
+            assert first > markov_inner(sw, max_cycles=0).value + 1e-4 * sw.scale
+
+
+def test_start_values_of_the_wrong_shape_are_refused():
+    mm, chain = _heston_chain("lookback-call")
+    sw = _Sweeper(chain, mm, 1.0)
+    with pytest.raises(ValueError, match="start_values must have the shapes"):
+        markov_inner(sw, start_values=[np.zeros((1, 1))] * (sw.T + 1))

@@ -15,8 +15,10 @@ law of (S_t, X_t) under the earlier kernels and G_t(s, y) the expected terminal 
 so the best plan of that period is a one-period martingale transport LP (n_x n_y columns, kept
 in one HiGHS model per period and re-solved from its last basis; the model holds the pairs
 near x and those that pricing against all pairs asks for, so each solve is exact on all of
-them: delayed column generation), and cycling over the periods
-never lowers the value (block coordinate ascent). The chain starts from the glued chain whose
+them: delayed column generation), and cycling over the periods never lowers the value (block
+coordinate ascent). The chain starts from the couplings that are best, period by period,
+against the continuation values of a certified dual's superhedge (``dual_value_to_go``: what
+the dual says the rest of the path is worth), or without a dual from the glued chain whose
 every coupling minimises E|X_{t+1} - X_t|.
 
 Markov chains are a subset of the martingale laws, so the value stays on its side of the LP
@@ -32,12 +34,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MarkovInner", "adopt_markov_inner", "chain_value", "markov_inner"]
+__all__ = ["MarkovInner", "adopt_markov_inner", "chain_value", "dual_value_to_go", "markov_inner"]
 
 MARGINAL_TOL = 1e-7
 """Largest L1 error of the chain's laws (summed over dates 1..T) for its value to count as an
 inner value; the martingale row residual must be within ``certified.POLISH_RESIDUAL``
 (measured at 150 points: 1e-10-3e-9 and 1e-13-6e-11, the one-period LPs' tolerance)."""
+
+START_TIE = 0.01
+"""Weight, in units of the payoff scale, of E|X_{t+1} - X_t| added to the start's costs from
+the dual's continuation values (``dual_value_to_go``): where those values are affine in y many
+couplings tie, and the LP's vertex among them can be far spread. Measured (Heston, N = 5,
+M = 150, the Markov stage alone for 4 s, load 4.5-5): with 0 the straddle's lower side ends at
+0.058729 (0.058492 from the least-spread start), with 0.01 at 0.058402, with 0.03 at 0.058798;
+0.003 and 0.03 leave the lookback's upper side lower (0.08053, 0.08139 against 0.08147)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,21 @@ def chain_value(sw, kernels: list) -> tuple[float, list, float]:
         laws.append(mass.sum(axis=0))
     value = float(np.sum(mass * np.where(sw.live_T, sw.g_term, 0.0)))
     return value, laws, drift
+
+
+def dual_value_to_go(sw, uvec: np.ndarray) -> list:
+    """w[t] (n_t, X_t), t = 0..T: the continuation values of the superhedge of the potentials
+    ``uvec`` (flat over the supports of dates 1..T, the sweep's sign), i.e. the envelopes V_t of
+    the exact sweep ``sw.hard(uvec)``, with w[T] the terminal payoff.
+
+    V_t(s, x) is the best expected sign * f - sum_{r > t} u_r(X_r) over the martingale
+    continuations from (S_t, X_t) = (s, x) that the dual allows; it stands in for ``_backward``'s
+    value under later kernels in the first cycle's costs. Leaving out the potentials shifts
+    each w[t] by a function of X_t alone, which moves the cost of period t - 1 by a function of
+    y alone: a constant on its couplings (their law of y is fixed), so the same plans."""
+    _, out, _ = sw.hard(np.asarray(uvec, dtype=float))
+    w = [np.where(per.live, val, 0.0) for per, (val, *_rest) in zip(sw.periods, out)]
+    return w + [np.where(sw.live_T, sw.g_term, 0.0)]
 
 
 def _backward(sw, kernels: list) -> list:
@@ -201,14 +226,18 @@ class _PeriodLP:
 
 
 def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
-                 tol: float = 1e-9) -> MarkovInner:
+                 tol: float = 1e-9, start_values: list | None = None) -> MarkovInner:
     """The best Markov martingale chain found by block coordinate ascent (module docstring)
     within ``max_seconds`` (checked before every one-period LP, each LP cut by HiGHS at what is
     left), for the side of ``sw``.
 
     ``tol``: stop when a cycle over the periods gains less than ``tol`` times the payoff
-    scale. The chain found so far is returned when the time runs out (``"time_budget"``; NaN
-    if not even the first start was built)."""
+    scale. ``start_values``: T + 1 arrays (n_t, X_t) of approximate values to go of sign * f
+    (``dual_value_to_go``, or ``_backward`` of some kernels) that the first chain is built
+    against, period by period; None: the least-spread couplings. Only the costs depend on them:
+    the chain is always valid and its value computed from its own kernels. The chain found so
+    far is returned when the time runs out (``"time_budget"``; NaN if not even the first start
+    was built)."""
     if not np.isfinite(max_seconds) or max_seconds < 0:
         raise ValueError(f"max_seconds must be a finite number >= 0, got {max_seconds!r}")
     if isinstance(max_cycles, bool) or not isinstance(max_cycles, int | np.integer) \
@@ -216,6 +245,11 @@ def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
         raise ValueError(f"max_cycles must be an integer >= 0, got {max_cycles!r}")
     if not np.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    if start_values is not None:
+        want = [(per.n_s, per.xs.size) for per in sw.periods] + [sw.g_term.shape]
+        got = [np.shape(w) for w in start_values]
+        if got != want:
+            raise ValueError(f"start_values must have the shapes {want} (dates 0..T), got {got}")
     t0 = time.perf_counter()
 
     def done(kernels, cycles, status):
@@ -231,25 +265,66 @@ def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
     def left():
         return max_seconds - (time.perf_counter() - t0)
 
-    # the start: in every period the coupling least spread (min E|X_{t+1} - X_t|); the most
-    # spread one was dropped as a second start: its LP took 4-7 s per period at 150 points
-    # (0.3-0.5 s for this one) and the ascent from it ended no better on four of six sides
-    lps, kernels = [], []
+    # the first start: with ``start_values`` the dual's; the least-spread one after it when the
+    # ascent from it converges in time (the better chain is kept: no worse than the least-spread
+    # start alone, given the time for both)
+    lps: list = []
+    best, cycles, status = None, 0, "time_budget"
+    for values in [start_values] + ([None] if start_values is not None else []):
+        kernels, status = _start(sw, lps, values, left)
+        if kernels is None:
+            break
+        kernels, done_cycles, status = _ascend(sw, lps, kernels, left, max_cycles, tol)
+        cycles += done_cycles
+        value = chain_value(sw, kernels)[0]
+        if best is None or value > best[0]:
+            best = (value, kernels)
+        if status != "converged":
+            break
+    return done(None if best is None else best[1], cycles, status)
+
+
+def _start(sw, lps: list, values: list | None, left) -> tuple[list | None, str]:
+    """(kernels of the start, status): period by period the best coupling against ``values``
+    (the law the kernels already built give, ties broken towards the least spread by
+    ``START_TIE``), or with ``values`` None the coupling least spread (min E|X_{t+1} - X_t|),
+    in every period. The one-period models ``lps`` are built on first use. The most spread
+    start was dropped: its LP took 4-7 s per period at 150 points (0.3-0.5 s for the least
+    spread one) and the ascent from it ended no better on four of six sides."""
+    kernels = []
+    mass = sw.mass0
     for t, per in enumerate(sw.periods):
         if left() <= 0:
-            return done(None, 0, "time_budget")
-        lps.append(_PeriodLP(sw, t))
-        k = lps[t].kernel(np.abs(per.yv[None, :] - per.xv[:, None]), left())
+            return None, "time_budget"
+        if len(lps) <= t:
+            lps.append(_PeriodLP(sw, t))
+        spread = np.abs(per.yv[None, :] - per.xv[:, None])
+        if values is None:
+            cost = spread
+        else:
+            cost = (START_TIE * sw.scale * spread
+                    - (mass.T @ per.gather(values[t + 1])) / sw.mu[t, per.xs][:, None])
+        k = lps[t].kernel(cost, left())
         if k is None:
-            return done(None, 0, "time_budget" if left() <= 0 else "no_coupling")
+            return None, "time_budget" if left() <= 0 else "no_coupling"
         kernels.append(k)
+        n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
+        mass = per.scatter(mass @ k, n_next)
+    return kernels, "started"
+
+
+def _ascend(sw, lps: list, kernels: list, left, max_cycles: int, tol: float
+            ) -> tuple[list, int, str]:
+    """(kernels, cycles done, status) of block coordinate ascent from ``kernels``: per cycle
+    every period's best coupling against the forward law under the new kernels before it and
+    the value under the old ones after it (``_backward``)."""
     best_val = chain_value(sw, kernels)[0]
     for cycle in range(max_cycles):
         w = _backward(sw, kernels)
         mass = sw.mass0
         for t, per in enumerate(sw.periods):
             if left() <= 0:
-                return done(kernels, cycle, "time_budget")
+                return kernels, cycle, "time_budget"
             c = mass.T @ per.gather(w[t + 1])  # (X, Y)
             k = lps[t].kernel(-c / sw.mu[t, per.xs][:, None], left())
             if k is not None:  # else (cut by the time limit) the period keeps its kernel
@@ -259,8 +334,8 @@ def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
         val = chain_value(sw, kernels)[0]
         gain, best_val = val - best_val, max(val, best_val)
         if gain < tol * sw.scale:
-            return done(kernels, cycle + 1, "converged")
-    return done(kernels, max_cycles, "max_cycles")
+            return kernels, cycle + 1, "converged"
+    return kernels, max_cycles, "max_cycles"
 
 
 def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float,
@@ -280,7 +355,10 @@ def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float
         return side
     sign = 1.0 if sense == "upper" else -1.0
     sw = _Sweeper(chain, marginals, sign)
-    res = markov_inner(sw, max_seconds=max(max_seconds - (time.perf_counter() - t0), 0.0))
+    u = side.info.get("u_sweep")  # the certified potentials (the sweep's sign), if any
+    start = None if u is None else dual_value_to_go(sw, sw.flatten(u))
+    res = markov_inner(sw, max_seconds=max(max_seconds - (time.perf_counter() - t0), 0.0),
+                       start_values=start)
     fits = (np.isfinite(res.value) and res.residual <= MARGINAL_TOL
             and res.drift <= POLISH_RESIDUAL)
     report = dict(value=sign * res.value, marginal_error=res.residual, drift=res.drift,

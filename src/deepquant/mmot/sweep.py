@@ -107,6 +107,11 @@ class _Sweeper:
         self.bands: list = [None] * self.T  # (lo, hi) of the last smoothed sweep, per period
         self.scale = float(np.max(np.abs(self.g_term[self.live_T]), initial=0.0)) or 1.0
 
+    def flatten(self, u: np.ndarray) -> np.ndarray:
+        """Grid-indexed potentials u (T+1, M) (u_0 ignored, NaN read as 0) as the flat vector
+        over the supports of dates 1..T that the sweeps take (the inverse of ``split``)."""
+        return np.concatenate([np.nan_to_num(u[t, self.supp[t]]) for t in range(1, self.T + 1)])
+
     def split(self, uvec: np.ndarray) -> list[np.ndarray]:
         return [uvec[self.offsets[t - 1]:self.offsets[t]] for t in range(1, self.T + 1)]
 
@@ -240,7 +245,7 @@ def hull_backward(chain: AugmentedChain, marginals: Marginals, g_sign: float, u:
     Returns ``(value, h, phi)``: F(u) of the sign-flipped problem, positions h_t (M, n_t) and
     envelopes V_t (M, n_t), NaN off the reachable pairs."""
     sw = _Sweeper(chain, marginals, g_sign)
-    uvec = np.concatenate([np.nan_to_num(u[t, sw.supp[t]]) for t in range(1, sw.T + 1)])
+    uvec = sw.flatten(u)
     value, per_t, _ = sw.hard(uvec)
     m = chain.size
     hs, phis = [], []
