@@ -69,6 +69,8 @@ def run(case: str, size: int, payoff_name: str, *, rtol: float, max_seconds: flo
         # the inner chain's L1 marginal miss on the M-point grid (a bound for a coarse inner)
         entry[side + "_inner_marginal_bound"] = s.info.get("inner_marginal_bound",
                                                            s.primal_residual)
+        # the Markov stage on the M-point grid (value, cycles, status, seconds), if it ran
+        entry[side + "_markov"] = s.info.get("markov")
     cols = lp_columns(m, payoff)
     entry["lp_columns"] = cols
     if cols <= lp_max_columns:
@@ -107,6 +109,10 @@ def main() -> None:
                           f"{e[side + '_marginal_error']:.2g}; {e[side + '_inner_kind']}; "
                           f"off the M-point marginals by <= "
                           f"{e[side + '_inner_marginal_bound']:.2g})", flush=True)
+                    if e[side + "_markov"] is not None:
+                        mk = e[side + "_markov"]
+                        print(f"    {side}: Markov stage {mk['value']:.6f}, {mk['cycles']} "
+                              f"cycles, {mk['status']}, {mk['seconds']:.2f} s", flush=True)
 
 
 if __name__ == "__main__":
