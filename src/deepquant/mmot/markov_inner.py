@@ -57,8 +57,10 @@ class MarkovInner:
     ``value``: E[sign * f] (the sweep's sign convention); ``kernels``: per period the (X, Y)
     transition matrix between the supports; ``residual``: L1 error of its laws against the
     marginals, summed over dates 1..T; ``drift``: largest martingale row residual
-    mu_t(x) |E[X_{t+1} | X_t = x] - x|; ``cycles``: full passes of coordinate ascent done; ``status``: ``"converged"`` (a cycle
-    gained less than ``tol`` of the payoff scale), ``"max_cycles"``, ``"time_budget"`` or
+    mu_t(x) |E[X_{t+1} | X_t = x] - x|; ``cycles``: full passes of coordinate ascent done (from
+    both starts, when the least-spread one ran after the dual's); ``status`` (of the last
+    ascent): ``"converged"`` (a cycle gained less than ``tol`` of the payoff scale),
+    ``"max_cycles"``, ``"time_budget"`` or
     ``"no_coupling"`` (HiGHS found no one-period coupling; ``value`` is NaN)."""
 
     value: float
@@ -99,9 +101,12 @@ def dual_value_to_go(sw, uvec: np.ndarray) -> list:
     continuations from (S_t, X_t) = (s, x) that the dual allows; it stands in for ``_backward``'s
     value under later kernels in the first cycle's costs. Leaving out the potentials shifts
     each w[t] by a function of X_t alone, which moves the cost of period t - 1 by a function of
-    y alone: a constant on its couplings (their law of y is fixed), so the same plans."""
+    y alone: a constant on its couplings (their law of y is fixed), so the same plans. A pair
+    with no martingale move (x outside the next support's hull: V = -inf) gets 0, as do the
+    pairs that cannot be reached."""
     _, out, _ = sw.hard(np.asarray(uvec, dtype=float))
-    w = [np.where(per.live, val, 0.0) for per, (val, *_rest) in zip(sw.periods, out)]
+    w = [np.where(per.live & np.isfinite(val), val, 0.0)
+         for per, (val, *_rest) in zip(sw.periods, out)]
     return w + [np.where(sw.live_T, sw.g_term, 0.0)]
 
 
