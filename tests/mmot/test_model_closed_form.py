@@ -36,8 +36,9 @@ def _heston(grid):
 @pytest.mark.parametrize("grid_kind", ["lattice", "uneven"])
 def test_closed_form_last_date_equals_the_recursion(payoff, grid_kind):
     """Closed form == dense reference == banded recursion without it, to 1e-12 relative; the
-    reported bound covers the gap to the dense sum. (The weighted average on the uneven grid
-    keeps the general last date: its previous date's states, 0.3 X_1, are not uniform.)"""
+    reported bound covers the gap to the dense sum. (The weighted average keeps the general last
+    date where its previous date's states, 0.3 X_1, are not evenly spaced: on the uneven grid,
+    and on the lattice when a far tail of X_1's law leaves a hole in its support.)"""
     from deepquant.neural.data import model_grid
 
     grid = (model_grid(80) if grid_kind == "lattice" else
@@ -48,15 +49,25 @@ def test_closed_form_last_date_equals_the_recursion(payoff, grid_kind):
     law = np.stack([marg.weights[0]] * 2)
     pos = marg.weights > 0
     full = _full_support([marg], pos, pos | (pos.sum(axis=1) > 1)[:, None])
+    def filled(v):                 # evenly spaced states: no hole in the lattice
+        return v.size < 2 or np.allclose(np.diff(v), v[1] - v[0], rtol=1e-6)
+
     for support in (marg, full):   # the marginals' own support; the full grid (neural pricer)
         chain = build_chain(support, payoff)
         plan = ChainPlan(chain)
-        assert (plan._last is None) == (grid_kind == "uneven" and payoff.weights is not None)
+        assert (plan._last is None) == (payoff.weights is not None
+                                        and not filled(chain.states[plan.last_date - 1]))
         states = [s.size for s in chain.states]
         meets = [None] + [_meet_plan(plan._steps, states, plan.terminal, mid)
                           for mid in range(plan.last_date)]
-        if grid_kind == "lattice" and payoff.weights is None:   # own support: with holes
-            assert all(m is not None for m in meets[1:])
+        if grid_kind == "lattice" and payoff.weights is None:
+            # the meet applies from every middle date after which the running sums fill their
+            # lattice (no hole in any later date's states; the support itself may have holes,
+            # and the far tails of a calibrated law can leave one in the first date's states)
+            full = [t for t in range(1, plan.last_date)
+                    if all(filled(chain.states[r]) for r in range(t, plan.last_date + 1))]
+            assert full and full[-1] == plan.last_date - 1
+            assert all(meets[t + 1] is not None for t in full)
         dense = plan._expectation_dense(kern, law)
         for meet in meets:           # last date only, then every middle date that applies
             plan._meet = meet
