@@ -401,12 +401,14 @@ def _hinge_terminal(g, rel_tol=1e-13):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count, mass):  # pragma: no cover
+def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count, mass, wa,
+                     we):  # pragma: no cover
     """E[payoff] of B instances from the law ``jt`` (B, r, n) of the previous date and the last
     kernels ``kern`` (B, M, M) with the closed form of ``_hinge_terminal``: per grid point
     rows[i], prefix sums A, C of k(x, perm[l]) alpha_l and k(x, perm[l]) beta_l, then
     sum_s jt(x, s) (A[count[s]] + s C[count[s]]). Writes sum_s |jt(x, s)| into ``mass``
-    (B, r)."""
+    (B, r). ``wa``, ``we`` (B, r): per row a range of states outside which it is 0 (the
+    ranges ``_forward`` wrote), the only part scanned for its first and last nonzero."""
     nb, r, n = jt.shape
     c = perm.size
     pa, pb = np.empty(c + 1), np.empty(c + 1)
@@ -419,12 +421,11 @@ def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count, mass):  # p
         for i in range(r):
             row = jt[b, i]
             mass[b, i] = 0.0
-            p = 0
-            while p < n and row[p] == 0.0:
+            p, q = min(max(wa[b, i], 0), n), min(max(we[b, i], 0), n)
+            while p < q and row[p] == 0.0:
                 p += 1
-            if p == n:
+            if p == q:
                 continue
-            q = n
             while row[q - 1] == 0.0:
                 q -= 1
             src = kern[b, rows[i]]
