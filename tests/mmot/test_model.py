@@ -311,6 +311,22 @@ def test_banded_plan_bound_counts_dropped_mass():
     assert 1e-8 < err <= bound[0]
 
 
+def _random_banded_kernels(rng, b, n, m, *, max_width, shift, spread=False):
+    """(b, n, m, m) random stochastic kernels, row x nonzero on |x - y - shift| <= a random
+    width in [1, max_width) and at y = x; with ``spread``, entries over 16 orders of magnitude
+    (many below the default band cut of 1e-14 of the row's largest)."""
+    x = np.arange(m)
+    kern = np.empty((b, n, m, m))
+    for i in range(b):
+        for t in range(n):
+            width = rng.integers(1, max_width, size=m)[:, None]
+            band = (np.abs(x[:, None] - x[None, :] - shift) <= width) | np.eye(m, dtype=bool)
+            k = (rng.random((m, m)) ** 4 * band * 10.0 ** -rng.integers(0, 16, size=(m, m))
+                 if spread else rng.random((m, m)) * band)
+            kern[i, t] = k / k.sum(axis=1, keepdims=True)
+    return kern
+
+
 @pytest.mark.parametrize("payoff", [AsianCall(strike=1.0), LookbackCall(strike=1.0)],
                          ids=["asian", "lookback"])
 def test_banded_tiles_on_diagonal_bands_match_dense(payoff):
@@ -327,14 +343,7 @@ def test_banded_tiles_on_diagonal_bands_match_dense(payoff):
     grid = np.linspace(0.5, 1.5, 41)
     marg = gbm_marginals([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], sigma=0.3, grid=grid)
     m, n = grid.size, marg.n_dates - 1
-    x = np.arange(m)
-    kern = np.empty((2, n, m, m))
-    for b in range(2):
-        for t in range(n):
-            width = rng.integers(1, 8, size=m)[:, None]
-            band = (np.abs(x[:, None] - x[None, :] - 2) <= width) | np.eye(m, dtype=bool)
-            k = rng.random((m, m)) * band
-            kern[b, t] = k / k.sum(axis=1, keepdims=True)
+    kern = _random_banded_kernels(rng, 2, n, m, max_width=8, shift=2)
     law = np.stack([marg.weights[0]] * 2)
     plan = ChainPlan(build_chain(marg, payoff))
     dense = plan._expectation_dense(kern, law)
@@ -345,3 +354,89 @@ def test_banded_tiles_on_diagonal_bands_match_dense(payoff):
             vals, bound = plan.expectation_bound(kern, law)
             np.testing.assert_allclose(vals, dense, rtol=1e-12, atol=0)
             assert np.all(np.abs(vals - dense) <= bound + 1e-15)
+
+
+def _band_row_reference(row, eps):
+    """The band of ``_band_row`` written with numpy: the columns from the first to the last
+    entry above eps times the row's largest, the mass outside it."""
+    big = np.abs(row) > eps * np.max(np.abs(row), initial=0.0)
+    if not big.any():                                   # empty: at the end, all cut off
+        return row.size, row.size, float(np.abs(row).sum())
+    a = int(np.argmax(big))
+    e = row.size - int(np.argmax(big[::-1]))
+    return a, e, float(np.abs(row[:a]).sum() + np.abs(row[e:]).sum())
+
+
+@pytest.mark.parametrize("c", [0, 1, 3, 4, 5, 7, 8, 9, 16, 17, 63, 150])
+def test_band_row_matches_numpy(c):
+    """``_band_row`` (four running maxima, edges found eight entries at a time) cuts every row
+    where the plain definition does: random rows of every length around the group sizes,
+    bands anywhere (at the ends, one column wide, none), entries equal to the cut, zero rows;
+    the band and the kept entries exactly, the mass cut off to 1e-13 relative (summed in
+    another order)."""
+    from deepquant.mmot._chainplan_kernels import _band_row
+
+    rng = np.random.default_rng(c)
+    m = 160
+    cols = np.sort(rng.choice(m, size=c, replace=False)).astype(np.int64)
+    src = np.zeros((12, m))
+    for x in range(11):
+        lo, hi = np.sort(rng.integers(0, m + 1, size=2))
+        src[x, lo:hi] = rng.random(hi - lo) * 10.0 ** rng.integers(-20, 1, size=hi - lo)
+    src[10] = 0.0                                     # row 11 too: all zero
+    src[9, cols[c // 2:c // 2 + 1]] = 1.0             # one column over the cut ...
+    if c > 2:
+        src[9, cols[0]] = src[9, cols[-1]] = 0.3      # ... and two entries exactly on it
+    k = np.full((12, c), np.nan)
+    for eps in (0.0, 1e-14, 0.3):
+        for x in range(12):
+            a, e, tail = _band_row(src, x, cols, eps, k, x)
+            ra, re_, rtail = _band_row_reference(src[x, cols], eps)
+            assert (a, e) == (ra, re_)
+            want = np.where((np.arange(c) >= a) & (np.arange(c) < e), src[x, cols], 0.0)
+            np.testing.assert_array_equal(k[x], want)
+            assert abs(tail - rtail) <= 1e-13 * rtail
+    one = np.zeros((1, m))
+    kk = np.empty((1, c))
+    for j in range(c):              # a band of one column at every offset in the groups
+        one[0, cols] = 0.2
+        one[0, cols[j]] = 1.0
+        assert _band_row(one, 0, cols, 0.3, kk, 0)[:2] == (j, j + 1)
+        one[0, cols[:j]] = 0.0      # and a band from j to the end over zeros before it
+        assert _band_row(one, 0, cols, 0.1, kk, 0)[:2] == (j, c)
+
+
+@pytest.mark.parametrize("payoff, sum_mode", [
+    (AsianCall(strike=1.0), "lattice"), (AsianCall(strike=1.0), "grid"),
+    (LookbackCall(strike=1.0), "auto"), ("up-and-out", "auto")],
+    ids=["asian-lattice", "asian-sum-grid", "lookback", "up-and-out"])
+def test_banded_plan_on_random_kernels_matches_dense(payoff, sum_mode):
+    """Random stochastic kernels with a diagonal band of random width per row: the banded
+    recursion with its default thresholds (band cuts, live-state trims, the meeting in the
+    middle's backward laws, the closed forms) equals the dense reference, which drops
+    nothing, to 1e-12 relative, and its bound covers the gap; with coarse thresholds (real
+    mass dropped at every band edge and trim) the gap stays within the bound. On the
+    running-sum lattice, the interpolated sum grid, the running max and a barrier."""
+    from deepquant.market.synthetic import gbm_marginals
+    from deepquant.mmot.augment import build_chain
+    from deepquant.mmot.model import ChainPlan
+    from deepquant.payoffs import make_payoff
+
+    if payoff == "up-and-out":
+        payoff = make_payoff("up-and-out-call", strike=1.0, barrier=1.2)
+    rng = np.random.default_rng(11)
+    grid = np.linspace(0.5, 1.5, 45)
+    marg = gbm_marginals([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], sigma=0.3, grid=grid)
+    kern = _random_banded_kernels(rng, 3, marg.n_dates - 1, grid.size, max_width=12, shift=1,
+                                  spread=True)
+    law = np.stack([marg.weights[0]] * 3)
+    opts = {} if sum_mode == "auto" else {"sum_mode": sum_mode, "sum_grid_size": 61}
+    plan = ChainPlan(build_chain(marg, payoff, **opts))
+    dense = plan._expectation_dense(kern, law)
+    vals, bound = plan.expectation_bound(kern, law)
+    np.testing.assert_allclose(vals, dense, rtol=1e-12, atol=0)
+    assert np.all(np.abs(vals - dense) <= bound + 1e-15)
+    plan.BAND_EPS, plan.MASS_EPS = 1e-4, 1e-6
+    vals, bound = plan.expectation_bound(kern, law)
+    gap = np.abs(vals - dense)
+    assert np.all(gap <= bound + 1e-15) and gap.max() > 1e-12

@@ -32,7 +32,8 @@ from numba import njit
 from numba.extending import get_cython_function_address
 
 __all__ = ["_DGEMM", "_advance_step", "_band_row", "_forward", "_gemm", "_hinge_terminal",
-           "_last_step_hinge", "_pack_steps", "_scratch", "_transposed_map", "_trim_step"]
+           "_last_step_hinge", "_pack_steps", "_scratch", "_transposed_map", "_trim_step",
+           "_zero_ends"]
 
 
 def _transposed_map(src, dst, w, n_src, n_dst, n, n1):
@@ -92,29 +93,83 @@ def _gemm(f, a, a_off, lda, b, b_off, ldb, c, c_off, ldc, m, n, k,
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _band_row(src, cols, band_eps, k):  # pragma: no cover
-    """k[j] = src[cols[j]] cut to its band [a, e): the columns from the first to the last entry
-    above ``band_eps`` times the row's largest (0 outside). Returns (a, e, mass cut off)."""
+def _band_row(src, x, cols, band_eps, k, i):  # pragma: no cover
+    """k[i, j] = src[x, cols[j]] cut to its band [a, e): the columns from the first to the last
+    entry above ``band_eps`` times the row's largest (0 outside). Returns (a, e, mass cut off).
+
+    Rows are indexed in place, not taken as views (a view per row costs two atomic reference
+    counts); the largest entry is found with four running maxima (a max is exact in any
+    order: one serial chain of compares was most of the cost) and the edges eight entries at
+    a time."""
     c = cols.size
-    top = 0.0
-    for j in range(c):
-        k[j] = src[cols[j]]
-        top = max(top, abs(k[j]))
-    cut = band_eps * top
+    m0 = m1 = m2 = m3 = 0.0
+    j = 0
+    while j + 4 <= c:
+        v0, v1 = src[x, cols[j]], src[x, cols[j + 1]]
+        v2, v3 = src[x, cols[j + 2]], src[x, cols[j + 3]]
+        k[i, j], k[i, j + 1], k[i, j + 2], k[i, j + 3] = v0, v1, v2, v3
+        v0, v1, v2, v3 = abs(v0), abs(v1), abs(v2), abs(v3)
+        m0 = v0 if v0 > m0 else m0
+        m1 = v1 if v1 > m1 else m1
+        m2 = v2 if v2 > m2 else m2
+        m3 = v3 if v3 > m3 else m3
+        j += 4
+    while j < c:
+        v0 = src[x, cols[j]]
+        k[i, j] = v0
+        v0 = abs(v0)
+        m0 = v0 if v0 > m0 else m0
+        j += 1
+    cut = band_eps * max(max(m0, m1), max(m2, m3))
     a = 0
-    while a < c and not abs(k[a]) > cut:
+    while a + 8 <= c:                   # whole groups of eight below the cut
+        hit = False
+        for u in range(8):
+            hit |= abs(k[i, a + u]) > cut
+        if hit:
+            break
+        a += 8
+    while a < c and not abs(k[i, a]) > cut:
         a += 1
     e = c
-    while e > a and not abs(k[e - 1]) > cut:
+    while e - 8 >= a:
+        hit = False
+        for u in range(1, 9):
+            hit |= abs(k[i, e - u]) > cut
+        if hit:
+            break
+        e -= 8
+    while e > a and not abs(k[i, e - 1]) > cut:
         e -= 1
     tail = 0.0
     for j in range(a):
-        tail += abs(k[j])
-        k[j] = 0.0
+        tail += abs(k[i, j])
+        k[i, j] = 0.0
     for j in range(e, c):
-        tail += abs(k[j])
-        k[j] = 0.0
+        tail += abs(k[i, j])
+        k[i, j] = 0.0
     return a, e, tail
+
+
+@njit(cache=True, nogil=True)
+def _zero_ends(a, i, p, q):  # pragma: no cover
+    """[p, q) with whole groups of eight exact zeros of row i of ``a`` at either end left out
+    (nothing there to drop or to clear: a trim that follows gives the same range and sum)."""
+    while p + 8 <= q:
+        z = True
+        for u in range(8):
+            z &= a[i, p + u] == 0.0
+        if not z:
+            break
+        p += 8
+    while q - 8 >= p:
+        z = True
+        for u in range(1, 9):
+            z &= a[i, q - u] == 0.0
+        if not z:
+            break
+        q -= 8
+    return p, q
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -129,29 +184,29 @@ def _trim_step(jt, kern, rows, cols, thr, band_eps, kb, lo, hi, sa, se):  # prag
     lost = np.zeros(nb)
     for b in range(nb):
         acc = 0.0
+        jb, kbb, kn = jt[b], kb[b], kern[b]     # rows indexed in place below, not viewed
         for i in range(r):
-            row = jt[b, i]
             p, q = min(max(sa[b, i], 0), n), min(max(se[b, i], 0), n)
-            while p < q and not abs(row[p]) > thr[b]:
-                acc += abs(row[p])
-                row[p] = 0.0
+            while p < q and not abs(jb[i, p]) > thr[b]:
+                acc += abs(jb[i, p])
+                jb[i, p] = 0.0
                 p += 1
-            while q > p and not abs(row[q - 1]) > thr[b]:
-                acc += abs(row[q - 1])
-                row[q - 1] = 0.0
+            while q > p and not abs(jb[i, q - 1]) > thr[b]:
+                acc += abs(jb[i, q - 1])
+                jb[i, q - 1] = 0.0
                 q -= 1
             if q <= p:          # no live state: the kernel row is not needed, only zeros
-                kb[b, i, :] = 0.0
+                kbb[i, :] = 0.0
                 lo[b, i], hi[b, i], sa[b, i], se[b, i] = 0, 0, p, p
                 continue
-            a, e, tail = _band_row(kern[b, rows[i]], cols, band_eps, kb[b, i])
+            a, e, tail = _band_row(kn, rows[i], cols, band_eps, kbb, i)
             if e <= a:          # a zero kernel row moves no mass (as the exact sum)
-                row[p:q] = 0.0
+                jb[i, p:q] = 0.0
                 q = p
             else:
                 live = 0.0
                 for s in range(p, q):
-                    live += abs(row[s])
+                    live += abs(jb[i, s])
                 acc += live * tail
             lo[b, i], hi[b, i], sa[b, i], se[b, i] = a, e, p, q
         lost[b] = acc
@@ -172,6 +227,11 @@ def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, shift, run_end, r
     c = kb.shape[2]
     n1 = out.shape[1] // max(na.shape[1], 1)
     prod = np.empty(0 if shift > 0 else c * block)
+    ydst = np.empty(c if shift > 0 else 0, np.int64)   # column j lands in row ydst[j] of out
+    ddst = np.empty_like(ydst)                         # at state ddst[j] + s (one division)
+    for j in range(ydst.size):
+        ydst[j] = off[j] // n1
+        ddst[j] = off[j] - ydst[j] * n1
     for b in range(nb):
         jf, kf, of = jt[b].ravel(), kb[b].ravel(), out[b]
         na[b, :] = n1 if shift > 0 else 0
@@ -198,8 +258,7 @@ def _advance_step(f, jt, kb, lo, hi, sa, se, block, tile, off, shift, run_end, r
                         _gemm(f, kf, xa * c + j, c, jf, xa * n + qa, n, of, off[j] + qa,
                               run_ld[j], je - j, qe - qa, xe - xa, True)
                         for jj in range(j, je):         # the states written in row y'
-                            y = off[jj] // n1
-                            d = off[jj] - y * n1
+                            y, d = ydst[jj], ddst[jj]
                             na[b, y] = min(na[b, y], d + qa)
                             ne[b, y] = max(ne[b, y], d + qe)
                         j = je
@@ -342,12 +401,14 @@ def _hinge_terminal(g, rel_tol=1e-13):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count, mass):  # pragma: no cover
+def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count, mass, wa,
+                     we):  # pragma: no cover
     """E[payoff] of B instances from the law ``jt`` (B, r, n) of the previous date and the last
     kernels ``kern`` (B, M, M) with the closed form of ``_hinge_terminal``: per grid point
     rows[i], prefix sums A, C of k(x, perm[l]) alpha_l and k(x, perm[l]) beta_l, then
     sum_s jt(x, s) (A[count[s]] + s C[count[s]]). Writes sum_s |jt(x, s)| into ``mass``
-    (B, r)."""
+    (B, r). ``wa``, ``we`` (B, r): per row a range of states outside which it is 0 (the
+    ranges ``_forward`` wrote), the only part scanned for its first and last nonzero."""
     nb, r, n = jt.shape
     c = perm.size
     pa, pb = np.empty(c + 1), np.empty(c + 1)
@@ -360,12 +421,11 @@ def _last_step_hinge(jt, kern, rows, cols, perm, alpha, beta, count, mass):  # p
         for i in range(r):
             row = jt[b, i]
             mass[b, i] = 0.0
-            p = 0
-            while p < n and row[p] == 0.0:
+            p, q = min(max(wa[b, i], 0), n), min(max(we[b, i], 0), n)
+            while p < q and row[p] == 0.0:
                 p += 1
-            if p == n:
+            if p == q:
                 continue
-            q = n
             while row[q - 1] == 0.0:
                 q -= 1
             src = kern[b, rows[i]]

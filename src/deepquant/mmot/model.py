@@ -403,17 +403,18 @@ class ChainPlan:
             return np.einsum("bxs,sx->b", joint, self.terminal), lost
         t = steps
         mass = np.empty(joint.shape[:2])                   # sum_s |joint(x, s)| per row
+        written = ranges[2, :, :r_last], ranges[3, :, :r_last]   # rows' nonzero ranges
         if meet is None:
             perm, alpha, beta, count, err = last
             values = _last_step_hinge(joint, kernels[:, t], self.rows[t], self.cols[t], perm,
-                                      alpha, beta, count, mass)
+                                      alpha, beta, count, mass, *written)
         else:
             back, (perm, alpha, beta, count, err) = meet
             w, werr = _backward_laws(back, kernels, self.rows, self.cols,
                                      band_eps=self.BAND_EPS, mass_eps=self.MASS_EPS)
             ids = np.arange(max(w.shape[1], w.shape[2]))
             values = _last_step_hinge(joint, w, ids, ids[:w.shape[2]], perm, alpha, beta, count,
-                                      mass)
+                                      mass, *written)
             lost = lost + np.einsum("bx,bx->b", mass, werr)
         # the lines' round-off, in units of the dropped mass of the bound
         return values, lost + mass.sum(axis=1) * err / max(self.max_abs_payoff, 1e-300)
