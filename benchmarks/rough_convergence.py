@@ -304,6 +304,7 @@ def cmd_american(args) -> None:
                    grid_observed_rate=tg.observed_rate,
                    grid_differences=list(np.diff(tg.values)),
                    grid_differences_stderr=_difference_stderrs(res),
+                   midpoint_cov=[list(row) for row in res.midpoint_cov],
                    level_options=[list(x) for x in args.level or []] or
                    ("uniform" if args.uniform_levels else "scaled"),
                    feature_steps=args.feature_steps, value=res.value, lower=res.lower,

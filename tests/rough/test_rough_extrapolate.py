@@ -118,6 +118,10 @@ def test_price_converged_is_the_richardson_limit_of_its_runs():
     assert res.discretisation_error == pytest.approx(c * abs(mids[1] - mids[0]), rel=1e-12)
     assert res.error >= res.discretisation_error + 0.5 * res.gap
     assert "continuous-time model" in res.model and res.status == "no_target"
+    # the stored covariance of the midpoints gives the reported standard error back
+    w = np.array(res.time_grid.weights)
+    assert res.stderr == pytest.approx(math.sqrt(w @ np.array(res.midpoint_cov) @ w),
+                                       rel=1e-9)
     d = res.to_dict()
     assert len(d["runs"]) == 2 and d["time_grid"]["rate"] == 0.5
 

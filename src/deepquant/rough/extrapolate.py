@@ -15,7 +15,7 @@ and Chang, Chung & Stapleton 2007, J. Futures Markets 27(3)):
 * **exercise dates** (``price_american``): Bermudan prices with N, 2N, 4N dates on ONE
   simulation grid (the same discretised model) and first-order extrapolation (p = 1) to the
   American price; the grid error of that model is estimated by a second, coarser grid at N
-  dates and added.
+  dates (or several: the difference of two extrapolations, as above) and added.
 
 Each level is one independent run, so the statistical error of an extrapolation is the
 propagated standard error of the midpoints; ``error`` is the discretisation estimate plus two
