@@ -5,6 +5,9 @@ Usage (one process, one BLAS thread; results are appended case by case to the JS
     python benchmarks/rough_convergence.py steps [--steps 4 8 16 32] [--strikes 70 100 120]
         [--regression-paths 32768] [--max-batches 4] [--seed 7]
         [--out benchmarks/results/rough_convergence_steps.json] [--summary-only]
+    python benchmarks/rough_convergence.py american [--dates 12 24 48] [--total-steps 96]
+        [--coarse-steps 48] [--strikes 70 100 120]
+        [--out benchmarks/results/rough_convergence_american.json]
     python benchmarks/rough_convergence.py dates [--dates 12 24 48] [--total-steps 96]
         [--strikes 100] [--out benchmarks/results/rough_convergence_dates.json]
 
@@ -18,7 +21,9 @@ configurations strike by strike so that they share the machine's load; the table
 extrapolated price, the discretisation error estimate against half the finest gap, and the CPU
 seconds per strike.
 ``american``: ``price_american`` per strike (Bermudans with ``--dates`` on one grid of
-``--total-steps`` steps plus a 12-date run on half the steps, all coupled; features
+``--total-steps`` steps plus a 12-date run on half the steps, or on each of
+``--coarse-steps``, all coupled; the consecutive 12-date grid differences with their paired
+standard errors are stored and printed; features
 ``--feature-steps`` times per period; per-level budgets: the library's "scaled" default,
 ``--level DATES FIELD VALUE`` instead, or ``--uniform-levels``).
 ``dates``: the same fine grid (``--total-steps`` steps over [0, T]) with 12, 24, 48 exercise
@@ -244,6 +249,27 @@ def _level_options(items, uniform: bool):
     return out
 
 
+def _case_key(c: dict) -> tuple:
+    """What identifies an ``american`` case besides the strike (older rows: one coarse grid of
+    half the steps)."""
+    lo = c.get("level_options", "scaled")
+    return (c["total_steps"], tuple(c.get("coarse_total_steps", [c["total_steps"] // 2])),
+            json.dumps(lo if isinstance(lo, list) else []), lo == "uniform")
+
+
+def _difference_stderrs(res) -> list[float]:
+    """Paired standard errors of the consecutive grid differences P(2n) - P(n) at the first
+    dates (from the coupled batches' covariance of the midpoints)."""
+    nd = len(res.dates.levels)
+    idx = [*range(nd, len(res.runs)), 0]
+    out = []
+    for a, b in zip(idx, idx[1:], strict=False):
+        w = np.zeros(len(res.runs))
+        w[b], w[a] = 1.0, -1.0
+        out.append(float(np.sqrt(max(w @ np.array(res.midpoint_cov) @ w, 0.0))))
+    return out
+
+
 def cmd_american(args) -> None:
     """``price_american`` per strike (coupled runs, features twice per period)."""
     from dataclasses import replace
@@ -252,7 +278,10 @@ def cmd_american(args) -> None:
 
     out = Path(args.out)
     data = _load(out)
-    done = {c["strike"] for c in data["cases"]}
+    coarse = args.coarse_steps or [args.total_steps // 2]
+    levels = _level_options(args.level, args.uniform_levels)
+    key = (args.total_steps, tuple(coarse), json.dumps(args.level or [],), args.uniform_levels)
+    done = {c["strike"] for c in data["cases"] if _case_key(c) == key}
     model = RoughBergomi()
     for K in args.strikes:
         if float(K) in done or args.summary_only:
@@ -265,11 +294,17 @@ def cmd_american(args) -> None:
         c0 = time.process_time()
         res = price_american(model, float(K), pricer=pricer, dates=tuple(args.dates),
                              total_steps=args.total_steps,
-                             coarse_total_steps=args.total_steps // 2,
-                             level_options=_level_options(args.level, args.uniform_levels),
-                             rng=args.seed)
+                             coarse_total_steps=coarse[0] if len(coarse) == 1 else coarse,
+                             level_options=levels, rng=args.seed)
         cpu = time.process_time() - c0
+        tg = res.time_grid
         row = dict(strike=float(K), dates=list(args.dates), total_steps=args.total_steps,
+                   coarse_total_steps=coarse, grid_levels=list(tg.levels),
+                   grid_midpoints=list(tg.values), grid_error_stderr=tg.error_stderr,
+                   grid_observed_rate=tg.observed_rate,
+                   grid_differences=list(np.diff(tg.values)),
+                   grid_differences_stderr=_difference_stderrs(res),
+                   midpoint_cov=[list(row) for row in res.midpoint_cov],
                    level_options=[list(x) for x in args.level or []] or
                    ("uniform" if args.uniform_levels else "scaled"),
                    feature_steps=args.feature_steps, value=res.value, lower=res.lower,
@@ -296,6 +331,15 @@ def cmd_american(args) -> None:
               f"{c['grid_error']:.4f}) | {c['discretisation_error']:.4f} +- "
               f"{c['discretisation_stderr']:.4f} | {c['error']:.4f} "
               f"({100 * c['relative_error']:.2f}%) | {c['cpu_seconds']:.0f} |")
+    for c in sorted(data["cases"], key=lambda c: c["strike"]):
+        if "grid_differences" in c:
+            diffs = ", ".join(f"{d:+.4f} +- {e:.4f}" for d, e in
+                              zip(c["grid_differences"], c["grid_differences_stderr"],
+                                  strict=True))
+            print(f"K={c['strike']:g} 12 dates on {c['grid_levels']} steps: midpoints "
+                  f"{', '.join(f'{v:.4f}' for v in c['grid_midpoints'])}; differences "
+                  f"{diffs}; observed rate {c['grid_observed_rate']:.2f}; grid error "
+                  f"{c['grid_error']:.4f} +- {c['grid_error_stderr']:.4f}")
 
 
 def main() -> None:
@@ -319,6 +363,10 @@ def main() -> None:
     sub.choices["american"].add_argument("--dates", type=int, nargs="+", default=[12, 24, 48])
     sub.choices["american"].add_argument("--total-steps", type=int, default=96)
     sub.choices["american"].add_argument("--feature-steps", type=int, default=2)
+    sub.choices["american"].add_argument(
+        "--coarse-steps", type=int, nargs="+", default=None,
+        help="coarse grids of the 12-date time-grid runs, each half the next, the last half "
+             "of --total-steps (default: one, --total-steps / 2)")
     sub.choices["american"].add_argument(
         "--level", nargs=3, action="append", metavar=("DATES", "FIELD", "VALUE"),
         help="a pricer field for the run with DATES dates (price_american level_options), "

@@ -4,6 +4,7 @@ and the result protocol of the rough engine."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -117,6 +118,10 @@ def test_price_converged_is_the_richardson_limit_of_its_runs():
     assert res.discretisation_error == pytest.approx(c * abs(mids[1] - mids[0]), rel=1e-12)
     assert res.error >= res.discretisation_error + 0.5 * res.gap
     assert "continuous-time model" in res.model and res.status == "no_target"
+    # the stored covariance of the midpoints gives the reported standard error back
+    w = np.array(res.time_grid.weights)
+    assert res.stderr == pytest.approx(math.sqrt(w @ np.array(res.midpoint_cov) @ w),
+                                       rel=1e-9)
     d = res.to_dict()
     assert len(d["runs"]) == 2 and d["time_grid"]["rate"] == 0.5
 
@@ -232,3 +237,49 @@ class TestConvergedResult(ResultProtocol):
         # a 1e-6 relative target: the duality gap of these small runs is far above it
         return lambda: price_converged(RoughBergomi(), 100.0, pricer=BermudanPricer(**SMALL_RB),
                                        steps=(1, 2), tol=1e-6, max_steps_per_date=2, rng=3)
+
+
+def test_american_three_time_grids_extend_the_two_grid_run():
+    # a list of coarse grids adds 12-date runs (here 2 dates) on coarser coupled grids: the
+    # runs of the two-grid call are unchanged (the finest draw and the coarsening are the
+    # same; exact to rounding), the time-grid error is the difference of the last two
+    # Richardson extrapolations (closed form below, 1e-12 relative), and the value is the
+    # date extrapolation plus the three-grid shift
+    m, pricer, p = RoughBergomi(), BermudanPricer(**SMALL_RB), 0.7
+    two = price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=8,
+                         coarse_total_steps=4, rate=p, rng=3)
+    three = price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=8,
+                           coarse_total_steps=(2, 4), rate=p, rng=3)
+    assert [r.value for r in three.runs[:2]] + [three.runs[3].value] == pytest.approx(
+        [r.value for r in two.runs], rel=1e-12)
+    p2, p4, p8 = three.runs[2].value, three.runs[3].value, three.runs[0].value
+    c = 1.0 / (2**p - 1.0)
+    assert three.time_grid.levels == (2.0, 4.0, 8.0)
+    assert three.time_grid.value == pytest.approx(p8 + c * (p8 - p4), rel=1e-12)
+    assert three.time_grid.error == pytest.approx(
+        abs(p8 + c * (p8 - p4) - p4 - c * (p4 - p2)), rel=1e-12)
+    assert three.value == pytest.approx(three.dates.value + three.time_grid.value - p8,
+                                        rel=1e-12)
+    assert three.discretisation_error == pytest.approx(
+        three.dates.error + three.time_grid.error, rel=1e-12)
+    # the stored covariance gives the value's standard error back (weights: the date
+    # extrapolation, minus the finest 2-date run, plus the grid extrapolation)
+    C = np.array(three.midpoint_cov)
+    w = np.zeros(4)
+    w[:2] = three.dates.weights
+    w[0] -= 1.0
+    w[[2, 3, 0]] += three.time_grid.weights
+    assert C.shape == (4, 4) and np.allclose(C, C.T)
+    assert three.stderr == pytest.approx(math.sqrt(w @ C @ w), rel=1e-9)
+    assert "from 2, 4 steps" in three.model
+
+
+@pytest.mark.parametrize("coarse", [(2,), (4, 2), (1, 2, 4), (), "4", 4.0, True, (2, 4, 8)])
+def test_american_bad_coarse_grids_are_rejected_before_any_run(coarse):
+    def ran(result):
+        raise AssertionError("a run started before the options were checked")
+
+    with pytest.raises(ValueError, match=r"coarse_total_steps must be total_steps / 2 = 4 .*"
+                                         r"got " + re.escape(repr(coarse))):
+        price_american(RoughBergomi(), 100.0, pricer=BermudanPricer(**SMALL_RB), dates=(2, 4),
+                       total_steps=8, coarse_total_steps=coarse, callback=ran)

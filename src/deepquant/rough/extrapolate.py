@@ -15,7 +15,7 @@ and Chang, Chung & Stapleton 2007, J. Futures Markets 27(3)):
 * **exercise dates** (``price_american``): Bermudan prices with N, 2N, 4N dates on ONE
   simulation grid (the same discretised model) and first-order extrapolation (p = 1) to the
   American price; the grid error of that model is estimated by a second, coarser grid at N
-  dates and added.
+  dates (or several: the difference of two extrapolations, as above) and added.
 
 Each level is one independent run, so the statistical error of an extrapolation is the
 propagated standard error of the midpoints; ``error`` is the discretisation estimate plus two
@@ -164,6 +164,9 @@ class ConvergedResult:
     coupled : the levels ran on common random numbers (``deepquant.rough.coupling``)
     share_fit : every grid used the finest grid's fit (``coupling.price_levels``)
     cpu_seconds : process time of all levels
+    midpoint_cov : covariance of the runs' midpoints, in the order of ``runs`` (rows of a
+        tuple; paired across coupled runs, diagonal otherwise): the standard error of any
+        combination w of the midpoints is sqrt(w' C w)
     success : the precision target (if any) was met (else a ``ConvergenceWarning``);
         status : "converged", "tol_not_met" or "no_target"; message : one line (which target
         failed and why)
@@ -188,6 +191,7 @@ class ConvergedResult:
     coupled: bool = False
     cpu_seconds: float = math.nan
     share_fit: bool = False
+    midpoint_cov: tuple = ()
 
     @property
     def relative_error(self) -> float:
@@ -200,6 +204,10 @@ class ConvergedResult:
 
 def _midpoint_se(r: BermudanResult) -> float:
     return 0.5 * math.hypot(r.lower_stderr, r.upper_stderr)
+
+
+def _rows(C: np.ndarray) -> tuple:
+    return tuple(tuple(float(x) for x in row) for row in np.asarray(C))
 
 
 def _check(model, pricer, tol, rate):
@@ -341,7 +349,8 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
                           success=ok, status=status, message=message,
                           seconds=time.perf_counter() - t0, time_grid=ex, runs=runs,
                           discretisation_stderr=ex.error_stderr, coupled=coupled,
-                          cpu_seconds=time.process_time() - c0, share_fit=share_fit)
+                          cpu_seconds=time.process_time() - c0, share_fit=share_fit,
+                          midpoint_cov=_rows(cov["midpoint"]))
     warn_failure(out, "price_converged")
     return out
 
@@ -383,9 +392,28 @@ def _level_options(options, pricer: BermudanPricer, dates: list[int]) -> dict:
     return {int(nd): dict(f) for nd, f in options.items()}
 
 
+def _coarse_grids(coarse_total_steps, total_steps: int, n_dates: int) -> list[int]:
+    """``coarse_total_steps`` checked, as a list of total steps increasing: None -> [], an
+    integer -> [it], a sequence as given; the list followed by ``total_steps`` must double at
+    each step, and every entry must be a multiple of ``n_dates``."""
+    if coarse_total_steps is None:
+        return []
+    items = (coarse_total_steps if isinstance(coarse_total_steps, list | tuple)
+             else [coarse_total_steps])
+    chain = [*items, total_steps]
+    if not items or not all(isinstance(n, int | np.integer) and not isinstance(n, bool)
+                            for n in items) \
+            or any(b != 2 * a for a, b in zip(chain, chain[1:], strict=False)) \
+            or any(n % n_dates for n in items):
+        raise ValueError(f"coarse_total_steps must be total_steps / 2 = {total_steps / 2:g} "
+                         f"(or a list of grids, each half the next, ending there), each a "
+                         f"multiple of {n_dates}, or None; got {coarse_total_steps!r}")
+    return [int(n) for n in items]
+
+
 def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
                    pricer: BermudanPricer | None = None, dates=(12, 24, 48),
-                   total_steps: int = 96, coarse_total_steps: int | None = 48,
+                   total_steps: int = 96, coarse_total_steps: int | tuple | None = 48,
                    rate: float = TIME_STEP_RATE, tol: float = 0.0, coupled: bool = True,
                    share_fit: bool = False, level_options: dict | str | None = "scaled",
                    rng: RngLike = None, callback=None) -> ConvergedResult:
@@ -393,7 +421,10 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
     one grid of ``total_steps`` steps, extrapolated with rate 1 in the number of dates; with
     ``coarse_total_steps`` (half of ``total_steps``) one more run at ``dates[0]`` dates on the
     coarse grid estimates the time-grid error (rate ``rate``), which is added to the value and
-    to the error. ``coupled`` (default): all runs share their paths (the coarse grid's by
+    to the error; a list of coarser grids (each half the next, e.g. ``(48, 96)`` with
+    ``total_steps=192``) gives a three-grid extrapolation at ``dates[0]``, whose error is the
+    difference of the last two extrapolations (``richardson``) and whose ``observed_rate``
+    checks ``rate``. ``coupled`` (default): all runs share their paths (the coarse grid's by
     coarsening, ``deepquant.rough.coupling``), and every standard error comes from the paired
     batches. ``share_fit`` (coupled only): the coarse grid's run uses the fit of the fine
     grid's run with the same dates (``coupling.price_levels``). ``tol``: relative target,
@@ -411,20 +442,15 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
     if not isinstance(total_steps, int) or total_steps % dates[-1]:
         raise ValueError(f"total_steps must be a multiple of the largest number of dates "
                          f"{dates[-1]}, got {total_steps!r}")
-    if coarse_total_steps is not None and (2 * coarse_total_steps != total_steps
-                                           or coarse_total_steps % dates[0]):
-        raise ValueError(f"coarse_total_steps must be total_steps / 2 = {total_steps / 2:g} "
-                         f"and a multiple of {dates[0]} (or None), got {coarse_total_steps!r}")
+    coarse = _coarse_grids(coarse_total_steps, total_steps, dates[0])
     payoff = exercise_payoff(payoff, option)
     t0 = time.perf_counter()
     c0 = time.process_time()
     root = as_seed_sequence(rng)
     pricers = [replace(pricer, n_dates=nd, steps_per_date=total_steps // nd,
                        **level_options.get(nd, {})) for nd in dates]
-    if coarse_total_steps is not None:
-        pricers.append(replace(pricer, n_dates=dates[0],
-                               steps_per_date=coarse_total_steps // dates[0],
-                               **level_options.get(dates[0], {})))
+    pricers += [replace(pricer, n_dates=dates[0], steps_per_date=n // dates[0],
+                        **level_options.get(dates[0], {})) for n in coarse]
     runs, cov = _run_levels(model, payoff, pricers, coupled, root, callback, share_fit)
     nd_ = len(dates)
     C = cov["midpoint"]
@@ -438,12 +464,12 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
     weights[:nd_] = ex.weights
     disc, disc_se = ex.error, ex.error_stderr
     grid = None
-    if coarse_total_steps is not None:
-        pair = [nd_, 0]                       # coarse grid, then the fine grid (dates[0])
-        grid = richardson([coarse_total_steps, total_steps], mids[pair], rate=rate,
-                          cov=C[np.ix_(pair, pair)])
+    if coarse:
+        idx = [*range(nd_, nd_ + len(coarse)), 0]    # coarse grids, then the fine (dates[0])
+        grid = richardson([*coarse, total_steps], mids[idx], rate=rate,
+                          cov=C[np.ix_(idx, idx)])
         shift = grid.value - runs[0].value
-        weights[pair] += grid.weights
+        weights[idx] += grid.weights
         weights[0] -= 1.0
         lo, up = lo + shift, up + shift
         disc = disc + grid.error
@@ -455,7 +481,8 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
     model_text = (f"the American price of the continuous-time model, extrapolated in the "
                   f"number of exercise dates ({', '.join(map(str, dates))}, rate 1) on "
                   f"{total_steps} steps" + (f" plus the time-grid correction from "
-                                            f"{coarse_total_steps} steps (rate {rate:g})"
+                                            f"{', '.join(map(str, coarse))} steps "
+                                            f"(rate {rate:g})"
                                             if grid else " (exact scheme, no time-grid error)"
                                             if model.is_black_scholes else
                                             " (time-grid error not included)")
@@ -466,6 +493,7 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
                           model=model_text, success=ok, status=status, message=message,
                           seconds=time.perf_counter() - t0, time_grid=grid, dates=ex,
                           runs=runs, discretisation_stderr=disc_se, coupled=coupled,
-                          cpu_seconds=time.process_time() - c0, share_fit=share_fit)
+                          cpu_seconds=time.process_time() - c0, share_fit=share_fit,
+                          midpoint_cov=_rows(C))
     warn_failure(out, "price_american")
     return out
