@@ -103,9 +103,50 @@ def test_a_maturity_that_overflows_the_prices_is_named():
     pricer = BermudanPricer(n_dates=2, steps_per_date=1, batch_size=16, max_batches=2,
                             min_batches=2, n_regression=16, T=1e308)
     model = RoughBergomi.black_scholes(sigma=0.2)
-    with pytest.raises(ValueError, match=r"T must keep the simulated prices in the "
-                                         r"floating-point range, got 1e\+308"):
+    with pytest.raises(ValueError, match=r"prices or variances leave the floating-point range "
+                                         r"\(0 or inf\) with T=1e\+308"):
         pricer(model, 100.0, rng=0)
+
+
+def _tiny_pricer(**kw) -> BermudanPricer:
+    return BermudanPricer(n_dates=2, steps_per_date=2, batch_size=16, max_batches=2,
+                          min_batches=2, n_regression=16, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    # before: ZeroDivisionError in the hybrid scheme's cell covariance (2H - 1 + 1 == 0.0)
+    (dict(H=1e-300), r"H must be >= 1.49e-08, got 1e-300"),
+    # before: OverflowError (eta**2 in the path map)
+    (dict(eta=1e300), r"eta must have a finite square.*got 1e\+300"),
+])
+def test_rough_bergomi_parameters_beyond_the_floating_point_range(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RoughBergomi(**kw)
+    assert RoughBergomi(H=1e-6).H == 1e-6  # small but representable: accepted
+
+
+def test_black_scholes_volatility_with_an_infinite_square():
+    # before: OverflowError from sigma ** 2
+    with pytest.raises(ValueError, match=r"sigma must be .* finite square, got 1e\+300"):
+        RoughBergomi.black_scholes(sigma=1e300)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("kw, strike, match", [
+    # the variance underflows to 0 for a large vol-of-vol: before, ZeroDivisionError in the
+    # martingale increments; the message named only T when the prices overflowed
+    (dict(eta=50.0), 100.0, r"prices or variances leave the floating-point range .* "
+                            r"eta=50\.0.*too extreme model parameters"),
+    (dict(xi0=1e300), 100.0, r"floating-point range .* xi0=1e\+300"),
+    # features (S/K)^2 overflow: before, "SVD did not converge in Linear Least Squares" from
+    # LAPACK (with its own lines on stdout)
+    (dict(S0=1e300), 100.0, r"regression features overflow .*S0=1e\+300.*strike 100"),
+    (dict(xi0=1e-300), 100.0, r"regression features overflow .*xi0=1e-300"),
+    ({}, 1e-300, r"regression features overflow .*strike 1e-300"),
+])
+def test_model_values_that_leave_the_floating_point_range_are_named(kw, strike, match):
+    with pytest.raises(ValueError, match=match):
+        _tiny_pricer()(RoughBergomi(**kw), strike, rng=0)
 
 
 def test_out_of_memory_is_one_line(monkeypatch, tmp_path):

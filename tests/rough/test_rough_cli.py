@@ -117,14 +117,51 @@ def test_american_options_are_named_in_errors(runner, args, match):
 def test_american_resume_path_checked_before_the_work(runner, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    for path, match in [(blocker / "state.json", "is a file"),
-                        (tmp_path / "missing" / "state.json", "does not exist"),
+    for path, match in [(blocker / "state.json", "is a regular file, not a folder"),
                         (tmp_path, "is a directory")]:
         res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--runs",
                                    "2", "--resume", str(path), *SMALL])
         assert res.exit_code == 2, res.output
         assert match in res.output and str(path) in res.output
         assert "Traceback" not in res.output
+
+
+def test_american_resume_file_in_a_new_folder(runner, tmp_path):
+    """The writer creates missing folders (deepquant.atomic.atomic_path); the check used to
+    refuse them ("folder ... does not exist")."""
+    state = tmp_path / "new" / "deeper" / "state.json"
+    res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates", "2",
+                               "--runs", "2", "--backend", "serial", "--paths", "16",
+                               "--batch-size", "16", "--max-batches", "2", "--dual",
+                               "regression", "--seed", "0", "--resume", str(state)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(state.read_text())["runs"].keys() == {"0", "1"}
+
+
+_TINY = ["--dates", "2", "--grids", "1", "--paths", "16", "--batch-size", "16",
+         "--max-batches", "2", "--seed", "0"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("args, match", [
+    # before: ZeroDivisionError / OverflowError tracebacks
+    (["--hurst", "1e-300"], "--hurst: H must be >= 1.49e-08, got 1e-300"),
+    (["--eta", "1e300"], "--eta: eta must have a finite square"),
+    (["--model", "bs", "--sigma", "1e300", "--dual", "regression"],
+     "--sigma: sigma must be a finite number > 0 with a finite square"),
+    # before: "--maturity: T must keep the simulated prices ..." for a model parameter
+    (["--xi0", "1e300"], "xi0=1e+300"),
+    (["--model", "heston", "--v0", "1e300", "--dual", "regression"], "v0=1e+300"),
+    # before: ZeroDivisionError (the variance underflows to 0)
+    (["--eta", "50"], "eta=50.0"),
+    # before: "SVD did not converge in Linear Least Squares" and LAPACK lines on stdout
+    (["--spot", "1e300"], "regression features overflow"),
+])
+def test_american_extreme_model_values_are_one_line(runner, args, match):
+    res = runner.invoke(main, ["american", "--strike", "100", *_TINY, *args])
+    assert res.exit_code == 2, res.output
+    assert match in res.output and "--maturity" not in res.output, res.output
+    assert "Traceback" not in res.output and "DLASCL" not in res.output
 
 
 def test_american_unreachable_ray_backend_fails_fast(runner):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from deepquant.cli.output import (
+    check_writable,
     console,
     err_console,
     fail_option,
@@ -27,33 +28,6 @@ __all__ = ["american", "COMMANDS"]
 def _power_of_two(value: int, option: str, low: int) -> None:
     if value < low or value & (value - 1):
         raise ValueError(f"{option} must be a power of 2 >= {low}, got {value}")
-
-
-def _check_resume(path: str) -> None:
-    """Fail before the work unless the state file can be written (one line naming it)."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"--resume {path!r} is a folder, not a file")
-    for q in (p.parent, *p.parent.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise ValueError(f"--resume {path!r} cannot be written: {str(q)!r} is a file")
-            break
-    if not p.parent.is_dir():
-        raise ValueError(f"--resume {path!r} cannot be written: folder {str(p.parent)!r} does "
-                         "not exist")
-    try:  # a real probe: permission bits do not stop root, read-only mounts do
-        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=".deepquant-probe-"):
-            pass
-        if p.exists() and not os.access(p, os.W_OK):
-            raise PermissionError("permission denied")
-    except OSError as exc:
-        raise ValueError(f"--resume {path!r} cannot be written ({exc.strerror or exc})"
-                         ) from exc
 
 
 _LIBRARY_OPTIONS = {"H": "--hurst", "eta": "--eta", "rho": "--rho", "xi0": "--xi0",
@@ -225,8 +199,7 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
         grid_rate = 1.0 if model == "heston" else TIME_STEP_RATE
     if not grid_rate > 0:
         raise ValueError(f"--grid-rate must be > 0, got {grid_rate}")
-    if resume is not None:
-        _check_resume(resume)
+    check_writable(resume, "--resume")  # before the work, one line naming it
     if tol > 0 and not american:
         grids = max(grids, 2)
     if feature_steps is not None and feature_steps < 1:

@@ -92,6 +92,10 @@ __all__ = [
 ]
 
 
+_SQRT_MAX = math.sqrt(np.finfo(np.float64).max)
+"""Largest regression feature whose square is finite (about 1.3e154)."""
+
+
 def check_model(model) -> None:
     """The engine prices under ``RoughBergomi`` (and its Black-Scholes limit) or ``Heston``."""
     if not isinstance(model, RoughBergomi | Heston):
@@ -265,16 +269,19 @@ class BermudanPricer:
         return list(range(0, self.n_steps + 1, self.steps_per_date))
 
     def simulate(self, model: RoughBergomi, n: int, seed) -> RoughPaths:
-        """``n`` paths of ``model``; ``ValueError`` naming ``T`` when a price leaves the
-        floating-point range (0 or inf: the maturity is far too long for the model), since
-        every estimate on such paths would be NaN or a division by zero."""
+        """``n`` paths of ``model``; ``ValueError`` naming ``T`` and the model's parameters
+        when a price leaves the floating-point range (0 or inf: far too long a maturity or too
+        extreme parameters), since every estimate on such paths would be NaN or a division by
+        zero."""
         paths = model.simulate(n, T=self.T, n_steps=self.n_steps, method=self.method,
                                antithetic=self.antithetic, bridge=self.bridge, rng=seed,
                                device=self.device, dtype=self.dtype)
-        if not np.all((paths.S > 0) & (paths.S < np.inf)):
-            raise ValueError(f"T must keep the simulated prices in the floating-point range, "
-                             f"got {self.T!r} (prices overflow or underflow: far too long a "
-                             "maturity for the model)")
+        # rough Bergomi's variance is positive (Heston's may touch 0 under full truncation)
+        v_ok = isinstance(model, Heston) or np.all((paths.V > 0) & (paths.V < np.inf))
+        if not (v_ok and np.all((paths.S > 0) & (paths.S < np.inf))):
+            raise ValueError(f"the simulated prices or variances leave the floating-point range (0 "
+                             f"or inf) with T={self.T!r} and {model!r}: far too long a maturity or "
+                             "too extreme model parameters")
         return paths
 
     def exercise_arrays(self, model: RoughBergomi, payoff: Payoff, paths: RoughPaths):
@@ -361,6 +368,16 @@ class BermudanPricer:
         t0 = time.perf_counter()
         Z, F, B = self._arrays(model, payoff, reg)
         del reg
+        extremes = (F.max(initial=0.0), -F.min(initial=0.0), B.max(initial=0.0),
+                    -B.min(initial=0.0))  # no temporary array; a NaN fails the test below
+        if np.isnan(Z).any() or np.isposinf(Z).any() or not all(
+                x < _SQRT_MAX for x in extremes):
+            # least squares on them (squares in the normal equations) would fail deep in
+            # LAPACK: "SVD did not converge", with its own lines on stdout
+            raise ValueError(f"the regression features overflow (inf, NaN or a square beyond "
+                             f"the floating-point range) for {model!r} and the strike "
+                             f"{float(payoff.strike):g}: the spot, strike or model parameters "
+                             "are too extreme")
         timings["regression_paths"] = timings.get("regression_paths", 0.0) + (
             time.perf_counter() - t0)
         t1 = time.perf_counter()

@@ -57,6 +57,7 @@ Monte Carlo error. torch is imported only when a ``device`` is given.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
@@ -66,6 +67,10 @@ __all__ = ["RoughBergomi", "RoughPaths", "hybrid_kernel", "hybrid_cell_covarianc
            "forward_weights"]
 
 PERP_VARIANCES = ("left", "forward")
+
+MIN_HURST = math.sqrt(sys.float_info.epsilon)
+"""Smallest Hurst index the hybrid scheme takes (about 1.5e-8): it evaluates dt^(2a+1) / (2a+1)
+with a = H - 1/2, and 2a + 1 keeps fewer than half of its digits below this (0 below 5.6e-17)."""
 
 
 def hybrid_cell_covariance(H: float, dt: float) -> np.ndarray:
@@ -212,8 +217,14 @@ class RoughBergomi:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if not 0.0 < self.H <= 0.5:
             raise ValueError(f"H must be in (0, 0.5], got {self.H}")
+        if self.H < MIN_HURST:
+            raise ValueError(f"H must be >= {MIN_HURST:.3g}, got {self.H}: the hybrid scheme's "
+                             "exponents 2H = 2 (H - 1/2) + 1 lose their digits below it")
         if self.eta < 0.0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if not math.isfinite(0.5 * self.eta * self.eta):
+            raise ValueError(f"eta must have a finite square (eta^2 / 2 enters the variance), "
+                             f"got {self.eta}")
         if not -1.0 <= self.rho <= 1.0:
             raise ValueError(f"rho must be in [-1, 1], got {self.rho}")
         if self.xi0 <= 0.0:
@@ -224,8 +235,10 @@ class RoughBergomi:
     @classmethod
     def black_scholes(cls, *, sigma: float, r: float = 0.05, S0: float = 100.0) -> RoughBergomi:
         """The Black–Scholes limit: eta = 0, xi0 = sigma^2 (H and rho are then irrelevant)."""
-        if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+        if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0
+                and math.isfinite(float(sigma) * float(sigma))):
+            raise ValueError(f"sigma must be a finite number > 0 with a finite square, got "
+                             f"{sigma!r}")
         return cls(H=0.5, eta=0.0, rho=0.0, xi0=float(sigma) ** 2, r=r, S0=S0)
 
     @property
