@@ -148,12 +148,16 @@ def test_generate_checks_the_output_path_first(tmp_path):
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    for out, msg in ((blocker / "d.h5", "under .* a regular file"),
-                     (tmp_path / "missing" / "d.h5", "does not exist"),
-                     (tmp_path, "is a folder")):
+    for out, msg in ((blocker / "d.h5", "output file: cannot write .* is a regular file"),
+                     (tmp_path, "output file: cannot write .* it is a folder")):
         with pytest.raises(ValueError, match=msg):
             nd.generate_dataset(out, 2, **_gen_kwargs(worker=worker))
     assert calls == []
+    # a folder that does not exist yet is created (it used to be refused, although the
+    # writer creates it: the rule of deepquant.atomic.ensure_writable)
+    out = tmp_path / "missing" / "deeper" / "d.h5"
+    nd.generate_dataset(out, 2, **_gen_kwargs(worker=worker))
+    assert out.exists() and len(calls) == 2
 
 
 @pytest.mark.parametrize("args, msg", [
@@ -362,3 +366,106 @@ def test_checkpoint_file_names_the_path_given(tmp_path):
     f.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"weights\.bin.*is a file.*checkpoint is a folder"):
         NeuralPricer(f)
+
+
+# --- found by fuzzing (docs/robustness.md, "Bad inputs: fuzzing") --------------------------
+
+@pytest.mark.parametrize("section, key, value, msg", [
+    # tracebacks before: ZeroDivisionError, IndexError, torch's RuntimeError / TypeError
+    ("model", "n_heads", 0, "model.n_heads must be > 0, got 0"),
+    ("model", "d_model", 0, "model.d_model must be > 0, got 0"),
+    ("model", "n_layers", 0, "model.n_layers must be > 0, got 0"),
+    ("model", "d_embed", -1, "model.d_embed must be > 0, got -1"),
+    ("model", "conv_kernel", -3, "model.conv_kernel must be > 0, got -3"),
+    ("model", "dropout", float("nan"), "model.dropout must be a finite number, got nan"),
+    ("model", "dropout", 1.5, r"model.dropout must be in \[0, 1\), got 1.5"),
+    ("model", "max_dates", 1, "model.max_dates must be >= 2"),
+    ("train", "batch_size", 2.5, "train.batch_size must be an integer, got 2.5"),
+    # accepted before, a training that means something else than asked
+    ("train", "grad_clip", -1.0, "train.grad_clip must be >= 0"),   # flips the gradient
+    ("train", "lambda_mart", -1.0, "train.lambda_mart must be >= 0"),  # rewards drift
+    ("train", "lambda_h", -1.0, "train.lambda_h must be >= 0"),
+    ("train", "h_units", 0.0, "train.h_units must be > 0"),
+    ("train", "drift_scale", 0.0, "train.drift_scale must be > 0"),  # NaN loss at step 0
+    ("train", "mass_floor", -1.0, "train.mass_floor must be >= 0"),
+    ("train", "warmup_steps", -5, "train.warmup_steps must be >= 0"),
+    ("train", "mart_periods", -1, "train.mart_periods must be >= 0"),
+    ("train", "min_lr_ratio", 2.0, r"train.min_lr_ratio must be in \[0, 1\]"),
+    ("train", "seed", -1, "train.seed must be >= 0"),
+    ("train", "max_minutes", 0.0, "train.max_minutes must be > 0"),
+    ("data", "max_instances", 0, "data.max_instances must be > 0, got 0"),  # read as "all"
+    ("data", "unlabelled_seed", -1, "data.unlabelled_seed must be >= 0"),
+])
+def test_config_numbers_are_checked_by_name(section, key, value, msg):
+    from deepquant.neural.config import Config
+
+    with pytest.raises(ValueError, match=msg):
+        Config.from_dict({section: {key: value}})
+
+
+def test_config_defaults_and_shipped_configs_still_load():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        load_config(path)
+    from deepquant.neural.config import Config
+
+    cfg = Config.from_dict({"train": {"grad_clip": 0.0, "max_minutes": None}})
+    assert cfg.train.grad_clip == 0.0  # 0 = no clipping
+
+
+def test_train_creates_a_missing_output_folder(tmp_path, monkeypatch):
+    """The default out_dir (runs/neural-tiny) in a fresh folder: refused before ("folder 'runs'
+    does not exist") although training creates it; now the run goes on to read its data."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["train", "--config", str(REPO / "configs" / "tiny.yaml"),
+                                  "--data", str(tmp_path / "missing.h5")])
+    assert r.exit_code == 2 and "missing.h5" in r.output and "out_dir" not in r.output, r.output
+    assert (tmp_path / "runs" / "neural-tiny").is_dir()
+
+
+@pytest.mark.parametrize("args, option", [
+    # before: NotADirectoryError traceback after the refit
+    (["refit-head", "--data", "DATA", "--out", "BLOCK/x"], "--out"),
+    (["evaluate", "--test", "DATA", "--lofo-train", "DATA", "--lofo-dir", "BLOCK/x"],
+     "--lofo-dir"),
+    (["train", "--config", "CONFIG", "--export", "BLOCK/x"], "--export"),
+])
+def test_output_folders_are_checked_before_the_work(fake_data, tmp_path, args, option):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    subst = {"DATA": str(fake_data), "CONFIG": str(REPO / "configs" / "tiny.yaml")}
+    argv = [subst.get(a, a.replace("BLOCK", str(blocker))) for a in args]
+    r = CliRunner().invoke(main, argv)
+    assert r.exit_code == 2 and f"{option}: cannot write the folder" in r.output, r.output
+    assert "is a regular file, not a folder" in r.output
+
+
+def test_generate_starts_at_once_for_a_huge_num(tmp_path):
+    """Tasks are made lazily: before, a list of every index and task was built first (minutes
+    for 10^7, the memory for more) before the first instance."""
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def worker(task):
+        calls.append(task)
+        raise Stop
+
+    t0 = time.perf_counter()
+    with pytest.raises(Stop):
+        nd.generate_dataset(tmp_path / "d.h5", 10**7, **_gen_kwargs(worker=worker))
+    assert len(calls) == 1 and time.perf_counter() - t0 < 5.0
+
+
+def test_generate_unreachable_ray_cluster_is_one_line(tmp_path, monkeypatch):
+    """A RuntimeError of the executor (a Ray address that does not answer) was a traceback."""
+    import deepquant.parallel
+
+    def unreachable(backend, **kw):
+        raise RuntimeError(f"cannot connect to the Ray cluster at {backend!r}: timed out")
+
+    monkeypatch.setattr(deepquant.parallel, "get_executor", unreachable)
+    r = CliRunner().invoke(main, ["generate", "--out", str(tmp_path / "d.h5"), "--num", "1",
+                                  "--backend", "10.0.0.1:6379", "--grid-size", "11"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "--backend 10.0.0.1:6379: cannot connect to the Ray cluster" in r.output

@@ -4,13 +4,12 @@ evaluate. torch and the neural modules are imported inside the commands only."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from deepquant.cli.output import (
     MAX_GRID_SIZE,
     FiniteFloat,
+    check_writable,
     console,
     err_console,
     fail,
@@ -66,7 +65,6 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
     """Generate (or resume) the training set: GBM/Merton/Heston marginals and their entropic
     MMOT potentials. Rerunning after a kill keeps finished instances (none duplicated)."""
     from deepquant.neural.data import generate_dataset, model_grid
-    from deepquant.neural.dataset_io import check_writable_file
 
     choices = tuple(parse_list(n_choices, "--n-choices", int,
                                what="integers >= 1 (e.g. 2,3,5)", noun="number of dates"))
@@ -77,10 +75,7 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
         scale = _floats(support_scale, "--support-scale")
         if len(scale) != 2:
             fail(f"--support-scale must be LO,HI, got {support_scale!r}")
-    try:
-        check_writable_file(out, "--out")
-    except ValueError as exc:
-        fail(str(exc))
+    check_writable(out, "--out")
     with progress(disable=as_json) as bar:
         task = bar.add_task("instances", total=num)
 
@@ -97,6 +92,8 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
                                        support_scale=scale)
         except ValueError as exc:
             fail_option(exc, _GENERATE_OPTIONS)
+        except RuntimeError as exc:  # a Ray cluster that does not answer (deepquant.parallel)
+            raise click.ClickException(f"--backend {backend}: {exc}") from None
     if as_json:
         print_json(summary)
     else:
@@ -159,18 +156,12 @@ def train_cmd(config_path, data, init_from, out_dir, max_steps, max_minutes, no_
     import yaml
 
     from deepquant.neural.config import load_config
-    from deepquant.neural.dataset_io import check_writable_file
     from deepquant.neural.model import SEED_PARAMETER_COUNT
     from deepquant.neural.train import export_checkpoint, train
 
     over = {}
-    if out_dir:
-        target = Path(out_dir)
-        try:
-            check_writable_file(target / "last.pt" if target.is_dir() else target,
-                                "--out-dir")
-        except ValueError as exc:
-            fail(str(exc))
+    check_writable(out_dir or None, "--out-dir", folder=True)
+    check_writable(export_dir or None, "--export", folder=True)
     if data:
         over["data.train"] = data[0] if len(data) == 1 else list(data)
     if init_from:
@@ -246,6 +237,7 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
     from deepquant.neural.refit import refit_head
 
     checkpoint = checkpoint or default_checkpoint()
+    check_writable(out_dir, "--out", folder=True)
     try:
         with progress(disable=as_json) as bar, reported_failures():
             tasks: dict[str, int] = {}
@@ -301,6 +293,7 @@ def evaluate_cmd(checkpoint, test_path, max_instances, threads, device, lofo_tra
 
     if (lofo_train is None) != (lofo_dir is None):
         fail("--lofo-train and --lofo-dir go together")
+    check_writable(lofo_dir, "--lofo-dir", folder=True)
     try:
         if lofo_train is None:
             rep = evaluate(test_path, checkpoint=checkpoint, max_instances=max_instances,
@@ -369,7 +362,6 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
 
     from deepquant.atomic import write_json
     from deepquant.market.synthetic import GBMParams, tail_bounds
-    from deepquant.neural.dataset_io import check_writable_file
     from deepquant.neural.pricer import NeuralPricer
     from deepquant.neural.sweep import bumped_scenarios, sweep, total_variances
     from deepquant.payoffs import PAYOFF_NAMES, make_payoff, payoff_params, required_params
@@ -392,9 +384,8 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
         fail(f"--vols must be finite volatilities > 0, got {vols!r}")
     if len(base) not in (1, periods):
         fail(f"--vols needs 1 or --periods={periods} values, got {len(base)}")
+    check_writable(out, "--out")
     try:
-        if out:
-            check_writable_file(out, "--out")
         payoff = make_payoff(payoff_name, **params)
         pricer = NeuralPricer(checkpoint, threads=threads, device=device)
         if periods + 1 > pricer.max_dates:  # each scenario would be a classical solve

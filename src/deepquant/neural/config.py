@@ -28,6 +28,35 @@ __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "load_config"]
 DIST_WEIGHTINGS = ("absolute", "relative", "relative_root")
 """Weightings of the distillation loss per instance (``deepquant.neural.losses``)."""
 
+
+def _check_numbers(section: Any, name: str, *, positive: tuple[str, ...] = (),
+                   non_negative: tuple[str, ...] = ()) -> None:
+    """``ValueError`` naming ``name.field`` and the value unless every ``int`` field of the
+    dataclass ``section`` holds an integer and every ``float`` one a finite number (``None``
+    allowed where the type says so; YAML reads ``nan`` as text and ``1.5`` where an integer
+    belongs would reach torch as a shape), the fields in ``positive`` are > 0 and those in
+    ``non_negative`` >= 0."""
+    for f in fields(section):
+        kind = str(f.type).replace(" | None", "")
+        if kind not in ("int", "float"):
+            continue
+        value = getattr(section, f.name)
+        if value is None and "None" in str(f.type):
+            continue
+        ok = (int,) if kind == "int" else (int, float)
+        if (isinstance(value, bool) or not isinstance(value, ok)
+                or (kind == "float" and not math.isfinite(value))):
+            what = "an integer" if kind == "int" else "a finite number"
+            raise ValueError(f"{name}.{f.name} must be {what}, got {value!r}")
+    for field_name in positive:
+        value = getattr(section, field_name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name}.{field_name} must be > 0, got {value!r}")
+    for field_name in non_negative:
+        if getattr(section, field_name) < 0:
+            raise ValueError(f"{name}.{field_name} must be >= 0, got "
+                             f"{getattr(section, field_name)!r}")
+
 @dataclass
 class ModelConfig:
     """Architecture (seed 001 §9.2, DESIGN §3).
@@ -58,6 +87,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("transformer", "mlp"):
             raise ValueError(f"model.kind must be 'transformer' or 'mlp', got {self.kind!r}")
+        _check_numbers(self, "model", positive=("d_embed", "d_model", "n_layers", "n_heads",
+                                                "d_ff", "conv_kernel", "mlp_hidden",
+                                                "mlp_layers"))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.max_dates < 2:
+            raise ValueError(f"model.max_dates must be >= 2 (one period), got {self.max_dates}")
         if self.grid_size < 2:
             raise ValueError(f"model.grid_size must be >= 2, got {self.grid_size}")
         if self.d_model % self.n_heads:
@@ -107,6 +143,8 @@ class DataConfig:
                 raise ValueError(f"data.families must be a non-empty list of {ALL_FAMILIES}, "
                                  f"got {self.families!r}")
             self.families = list(fams)
+        _check_numbers(self, "data", positive=("max_instances",),
+                       non_negative=("split_seed", "unlabelled", "unlabelled_seed"))
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.unlabelled < 0:
@@ -134,7 +172,7 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget; stops cleanly (checkpoint kept)
     warmup_steps: int = 200
     min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # gradient norm cap; 0 = no clipping
     eval_every: int = 200
     patience: int = 10
     lambda_mart: float = 5.0
@@ -161,20 +199,15 @@ class TrainConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
-        for f in fields(self):      # numbers must be finite numbers (YAML reads `nan` as text)
-            if f.type in ("float", "int", "float | None"):
-                value = getattr(self, f.name)
-                if value is None and f.type == "float | None":
-                    continue
-                if (isinstance(value, bool) or not isinstance(value, int | float)
-                        or not math.isfinite(value)):
-                    raise ValueError(f"train.{f.name} must be a finite number, got {value!r}")
-        for name in ("lr", "batch_size", "max_steps", "eval_every", "patience", "threads"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("lambda_dist", "lambda_gap", "lambda_hcons", "gap_periods"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        _check_numbers(self, "train", positive=("lr", "batch_size", "max_steps", "eval_every",
+                                                "patience", "threads", "drift_scale",
+                                                "h_units", "dist_floor", "max_minutes"),
+                       non_negative=("weight_decay", "warmup_steps", "min_lr_ratio",
+                                     "grad_clip", "lambda_mart", "mart_start", "mart_warmup",
+                                     "lambda_h", "lambda_dist", "lambda_gap", "lambda_hcons",
+                                     "gap_periods", "mart_periods", "mass_floor", "seed"))
+        if self.min_lr_ratio > 1:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?",
                                                                 self.device):
             raise ValueError(f"train.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got "
@@ -182,8 +215,6 @@ class TrainConfig:
         if self.dist_weighting not in DIST_WEIGHTINGS:
             raise ValueError(f"train.dist_weighting must be 'absolute', 'relative' or "
                              f"'relative_root', got {self.dist_weighting!r}")
-        if self.dist_floor <= 0:
-            raise ValueError(f"train.dist_floor must be > 0, got {self.dist_floor!r}")
         if self.gap_weighting not in ("kl", "scaled"):
             raise ValueError(f"train.gap_weighting must be 'kl' or 'scaled', got "
                              f"{self.gap_weighting!r}")

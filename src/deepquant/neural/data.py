@@ -443,15 +443,18 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
                                                   if parts.is_dir() else []):
         _check_resume(src, grid, attrs)
     done = _done_indices(out)
-    todo = [i for i in range(num) if i not in done]
     t0 = time.perf_counter()
-    n_done = len(done & set(range(num)))
+    n_done = sum(1 for i in done if 0 <= i < num)
+    n_new = num - n_done
     if progress:
         progress(n_done, num)
-    if todo:
+    if n_new:
         parts.mkdir(parents=True, exist_ok=True)
-        tasks = [(instance_spec(i, seed, n_choices=n_choices, families=families,
-                                support_scale=support_scale), grid, eps, tol) for i in todo]
+        # lazily: the executors take an iterator, and a list of every task would hang a
+        # large --num before the first instance (10^11 indices)
+        tasks = ((instance_spec(i, seed, n_choices=n_choices, families=families,
+                                support_scale=support_scale), grid, eps, tol)
+                 for i in range(num) if i not in done)
         ex = get_executor(backend, n_workers=workers) if backend != "serial" else \
             get_executor("serial")
         buf: list[dict] = []
@@ -473,7 +476,7 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
         finally:
             flush()
     merged = merge_parts(out, grid=grid, attrs=attrs)
-    return {"out": str(out), "instances": merged, "new": len(todo),
+    return {"out": str(out), "instances": merged, "new": n_new,
             "seconds": time.perf_counter() - t0}
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from deepquant.atomic import atomic_path
+from deepquant.atomic import atomic_path, ensure_writable
 from deepquant.neural.data import LIVE_MASS, gibbs_kernels_np, touching_mask
 
 __all__ = [
@@ -173,25 +173,16 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def check_writable_file(path: str | os.PathLike[str], what: str = "output file") -> Path:
-    """Raise ``ValueError`` unless a file can be created (or replaced) at ``path``: its folder
-    exists, is a folder and is writable, and ``path`` is not a folder. Checked before long work
-    so that it does not fail at the end."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{what} {str(path)!r} is a folder")
-    parent = path.parent
-    for p in (parent, *parent.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ValueError(f"{what} {str(path)!r} is under {str(p)!r}, a regular file")
-            break
-    if not parent.is_dir():
-        raise ValueError(f"{what} {str(path)!r}: folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists()
-                                                    and not os.access(path, os.W_OK)):
-        raise ValueError(f"{what} {str(path)!r} is not writable (permission denied)")
-    return path
+def check_writable_file(path: str | os.PathLike[str], what: str = "output file", *,
+                        folder: bool = False) -> Path:
+    """Raise ``ValueError`` (prefixed by ``what``, e.g. ``"train.out_dir"``) unless ``path`` can
+    be written as a file (or a folder): ``deepquant.atomic.ensure_writable``, so missing folders
+    below a writable one are fine (they are created). Checked before long work so that it does
+    not fail at the end."""
+    try:
+        return ensure_writable(path, folder=folder)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 def _parts_dir(out: Path) -> Path:

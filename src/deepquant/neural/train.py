@@ -357,7 +357,7 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
     t_start = time.perf_counter()
     out_dir = Path(t.out_dir)
     # before any work: a folder that cannot be created or written fails here, not at step 0
-    check_writable_file(out_dir / "last.pt" if out_dir.is_dir() else out_dir, "train.out_dir")
+    check_writable_file(out_dir, "train.out_dir", folder=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     records, grid, attrs = read_datasets(cfg.data.train)
