@@ -110,6 +110,11 @@ CASES = [
     ([*_AMERICAN, "--workers", "2"], "--workers", "--runs >= 2"),
     ([*_AMERICAN, "--backend", "serial"], "--backend", "--runs >= 2"),
     ([*_AMERICAN, "--dual", "regression"], "--dual", "sub-simulation"),
+    # found by fuzzing: --workers sizes the local pool only (ignored silently with serial/Ray)
+    ([*_AMERICAN, "--model", "bs", "--runs", "2", "--backend", "serial", "--workers", "3"],
+     "--workers", "--backend serial"),
+    (["generate", "--num", "1", "--out", "OUT", "--backend", "serial", "--workers", "2"],
+     "--workers", "--backend serial"),
     # neural (boundary checks of the CLI; the library's own checks are reported separately)
     (["generate", "--num", "1", "--out", "OUT", "--backend", "serial", "--grid-size", "1"],
      "--grid-size", "1"),

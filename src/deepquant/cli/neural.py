@@ -9,6 +9,7 @@ import click
 from deepquant.cli.output import (
     MAX_GRID_SIZE,
     FiniteFloat,
+    check_workers,
     check_writable,
     console,
     err_console,
@@ -76,6 +77,7 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
         if len(scale) != 2:
             fail(f"--support-scale must be LO,HI, got {support_scale!r}")
     check_writable(out, "--out")
+    check_workers(backend)
     with progress(disable=as_json) as bar:
         task = bar.add_task("instances", total=num)
 

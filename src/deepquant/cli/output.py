@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["FiniteFloat", "MAX_GRID_SIZE", "check_writable", "console", "err_console",
+__all__ = ["FiniteFloat", "MAX_GRID_SIZE", "check_workers", "check_writable", "console", "err_console",
            "print_json", "table", "progress", "fail", "fail_option", "parse_list",
            "reported_failures", "tail_warnings", "TAIL_WARN"]
 
@@ -81,6 +81,15 @@ def given(name: str) -> bool:
     line (or by an environment variable), not left at its default."""
     source = click.get_current_context().get_parameter_source(name)
     return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def check_workers(backend: str) -> None:
+    """Fail when ``--workers`` was given with a ``--backend`` that does not read it: only the
+    local process pool has a size (``deepquant.parallel.get_executor``; serial runs one task at
+    a time, Ray takes the cluster's CPUs)."""
+    if given("workers") and backend != "local":
+        fail(f"--workers sizes the local process pool (--backend local); --backend {backend} "
+             "would ignore it")
 
 
 def refuse_unused(method: str, options: dict[str, tuple[str, ...]]) -> None:

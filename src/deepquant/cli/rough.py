@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from deepquant.cli.output import (
+    check_workers,
     check_writable,
     console,
     err_console,
@@ -339,6 +340,7 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                                  patience, upper, dual_fit, mc, no_zero, resume,
                                  payoff_dates, payoff_name)
         _check_unused({name for name in _FLAGS if given(name)}, model, plan, runs, pricer.dual)
+        check_workers(backend)
         payoff = pricer.prepare_payoff(_payoff(payoff_name, option, strike, barrier))
         if share_fit and (independent or not (plan["american"] or plan["grids"] > 1)):
             raise ValueError("--share-fit needs coupled grids: --grids >= 2 or --american, "
