@@ -166,8 +166,27 @@ def test_out_of_memory_is_one_line(monkeypatch, tmp_path):
     res = CliRunner().invoke(main, ["bounds", str(tmp_path / "m.npz"), "--payoff",
                                     "european-call", "--strike", "100"])
     assert res.exit_code == 1 and "Traceback" not in res.output
+    # the hint names the command's own size options (bounds has no --grid-size: its grid is
+    # the marginals file's; the hint named --grid-size for every command before)
     assert res.output.strip() == ("Error: out of memory (Unable to allocate 71.1 PiB for an "
-                                  "array); reduce the sizes given (e.g. --grid-size)")
+                                  "array); reduce the sizes given (e.g. --sum-grid-size)")
+
+
+def test_out_of_memory_names_the_commands_sizes(monkeypatch):
+    from click.testing import CliRunner
+
+    import deepquant.rough
+    from deepquant.cli import main
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 192. GiB for an array")
+
+    monkeypatch.setattr(deepquant.rough, "price_american", no_memory)
+    res = CliRunner().invoke(main, ["american", "--strike", "100", "--american", "--dates", "2",
+                                    "--paths", "16", "--batch-size", "16", "--seed", "0"])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert res.output.strip().endswith("reduce the sizes given (e.g. --dates, --runs, "
+                                       "--steps-per-date, --paths, --batch-size)"), res.output
 
 
 def test_local_pool_starts_no_more_processes_than_tasks(monkeypatch):

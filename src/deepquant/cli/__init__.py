@@ -24,9 +24,18 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MemoryError as exc:
+            command = self.get_command(ctx, ctx.invoked_subcommand or "")
+            sizes = [p.opts[0] for p in (command.params if command else ())
+                     if isinstance(p, click.Option) and p.name in _SIZES]
+            hint = f" (e.g. {', '.join(sizes)})" if sizes else ""
             raise click.ClickException(
-                f"out of memory ({str(exc) or 'MemoryError'}); reduce the sizes given (e.g. "
-                "--grid-size)") from None
+                f"out of memory ({str(exc) or 'MemoryError'}); reduce the sizes given{hint}"
+            ) from None
+
+
+_SIZES = ("grid_size", "grid_sizes", "sum_grid_size", "n_paths", "n_regression", "batch_size",
+          "num", "runs", "n_dates", "steps_per_date", "periods")
+"""Options (Python names) that size a command's arrays, named in its out-of-memory line."""
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
