@@ -262,3 +262,13 @@ def test_sweep_warns_when_the_network_grid_cannot_hold_the_scenarios(tmp_path):
     near = CliRunner().invoke(main, args + ["--maturity", "0.5"])
     assert near.exit_code == 0, near.output
     assert json.loads(near.stdout)["warnings"] == [] and "warning" not in near.stderr
+
+
+@pytest.mark.parametrize("name, value", [("tol", float("nan")), ("tol", -1.0),
+                                         ("dual_ridge", -1.0), ("dual_ridge", float("inf")),
+                                         ("martingale_ridge", float("nan"))])
+def test_bermudan_pricer_tolerances_and_ridges_are_checked(name, value):
+    # before: tol=nan or -1 and dual_ridge=-1 were accepted (a NaN target never stops a run;
+    # a negative ridge pulls the pathwise dual away from its start)
+    with pytest.raises(ValueError, match=rf"{name} must be a finite number >= 0, got {value}"):
+        BermudanPricer(**{name: value})

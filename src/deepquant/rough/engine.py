@@ -208,8 +208,10 @@ class BermudanPricer:
                 f"max_batches must be >= min_batches={self.min_batches}, got {self.max_batches}")
         if self.method not in ("rqmc", "mc"):
             raise ValueError(f"method must be 'rqmc' or 'mc', got {self.method!r}")
-        if not (math.isfinite(self.martingale_ridge) and self.martingale_ridge >= 0):
-            raise ValueError(f"martingale_ridge must be >= 0, got {self.martingale_ridge!r}")
+        for name in ("martingale_ridge", "dual_ridge", "tol"):  # NaN passed a bare `< 0` test
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.dual_fit not in ("regression", "pathwise"):
             raise ValueError(f"dual_fit must be 'regression' or 'pathwise', got {self.dual_fit!r}")
         if self.dual not in ("signature", "subsim"):
