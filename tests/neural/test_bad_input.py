@@ -315,10 +315,10 @@ def test_model_grid_rejects_bad_sizes_and_ranges(size, lo, hi):
         nd.model_grid(size, lo, hi)
 
 
-@pytest.mark.parametrize("threads", [0, -1])
+@pytest.mark.parametrize("threads", [0, -1, 2.5, "2"])
 def test_threads_below_one_are_refused(threads):
     # torch raised a RuntimeError from set_num_threads
-    with pytest.raises(ValueError, match="threads must be >= 1"):
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
         NeuralPricer(threads=threads)
 
 
@@ -469,3 +469,15 @@ def test_generate_unreachable_ray_cluster_is_one_line(tmp_path, monkeypatch):
                                   "--backend", "10.0.0.1:6379", "--grid-size", "11"])
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     assert "--backend 10.0.0.1:6379: cannot connect to the Ray cluster" in r.output
+
+
+@pytest.mark.parametrize("kw, msg", [
+    # before: accepted; a NaN mass floor leaves no row live, so the OOD guard's drift read 0
+    (dict(mass_floor=float("nan")), "mass_floor must be a finite number >= 0, got nan"),
+    (dict(mass_floor=-1.0), "mass_floor must be a finite number >= 0, got -1.0"),
+    (dict(tol=0.0), "tol must be a finite number > 0, got 0.0"),
+    (dict(tol=float("nan")), "tol must be a finite number > 0, got nan"),
+])
+def test_pricer_tolerance_and_mass_floor_are_checked(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        NeuralPricer(**kw)

@@ -250,8 +250,9 @@ class NeuralPricer:
         if not isinstance(fallback, bool | np.bool_):   # fallback="no" was truthy
             raise ValueError(f"fallback must be a bool, got {fallback!r}")
         if threads is not None:
-            if int(threads) < 1:
-                raise ValueError(f"threads must be >= 1 or None, got {threads!r}")
+            if isinstance(threads, bool) or not isinstance(threads, int | np.integer) \
+                    or threads < 1:
+                raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
             torch.set_num_threads(int(threads))
         self.device = resolve_device(device)
         self.checkpoint = (resolve_checkpoint(checkpoint) if checkpoint is not None
@@ -270,6 +271,12 @@ class NeuralPricer:
                             ("ood_marginal_error", self.ood_marginal_error)):
             if not value > 0:  # NaN too; inf switches the guard off
                 raise ValueError(f"{name} must be > 0 (inf: no guard), got {value!r}")
+        for name, value, low in (("tol", tol, 0.0), ("mass_floor", mass_floor, None)):
+            # a NaN mass floor leaves no row live: the guard's drift would read 0
+            if (isinstance(value, bool) or not isinstance(value, int | float | np.floating)
+                    or not np.isfinite(value) or value < 0 or value == low):
+                raise ValueError(f"{name} must be a finite number "
+                                 f"{'> 0' if low is not None else '>= 0'}, got {value!r}")
         self.fallback, self.tol, self.mass_floor = bool(fallback), float(tol), float(mass_floor)
         if not isinstance(project, bool):
             raise ValueError(f"project must be a bool, got {project!r}")
