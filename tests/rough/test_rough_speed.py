@@ -147,4 +147,7 @@ def test_coarsening_and_delta_kernels_are_the_numpy_expressions():
         bs_deltas(S, fv, strikes, r, tau, put=put, out=out)
         for p, k in enumerate(strikes):
             d1 = (np.log(S / k) + (r + 0.5 * fv) * tau) / np.sqrt(fv * tau)
-            np.testing.assert_array_equal(out[:, p], ndtr(-d1) if put else ndtr(d1))
+            # the same expression; numpy's own log may round its last bit otherwise than the
+            # kernel's libm (numpy 2.4 does: 3e-15 relative in one of 300)
+            np.testing.assert_allclose(out[:, p], ndtr(-d1) if put else ndtr(d1), rtol=1e-13,
+                                       atol=0)
