@@ -112,7 +112,10 @@ def test_batched_and_threaded_paths_equal_single(pricer, instances):
         warnings.simplefilter("ignore")
         one = sweep(batch, payoff, pricer=pricer, classical=False, chunk=2)
         threaded = sweep(batch, payoff, pricer=pricer, classical=False, chunk=2, threads=2)
-    np.testing.assert_allclose(threaded.neural, one.neural, rtol=1e-12, atol=0)
+    # two forward passes at once share torch's intra-op pool and may split their float32 sums
+    # otherwise than one alone (5e-9 relative on the prices measured with 2 threads); a chunk
+    # priced for the wrong instances would be off by O(1)
+    np.testing.assert_allclose(threaded.neural, one.neural, rtol=1e-6, atol=0)
     assert threaded.modes == one.modes == ["neural"] * len(batch)
 
 
