@@ -37,6 +37,7 @@ from threadpoolctl import threadpool_limits
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain
 from deepquant.mmot.colgen import band_moves, solve_chain_colgen
+from deepquant.mmot.envelope import warm_kernels
 from deepquant.mmot.result import BoundSide
 from deepquant.mmot.sweep import _Sweeper, duals_of
 
@@ -238,6 +239,7 @@ def certify_side(chain: AugmentedChain, marginals: Marginals, sense: str, *,
         raise ValueError(f"sense must be 'lower' or 'upper', got {sense!r}")
     check_options(rtol=rtol, eps_start=eps_start, eps_end=eps_end, eps_factor=eps_factor,
                    band=band, max_seconds=max_seconds)
+    warm_kernels()  # compiled or loaded outside the budget (once per process)
     t0 = time.perf_counter()
     sign = 1.0 if sense == "upper" else -1.0
     if chain.last_date == 0:

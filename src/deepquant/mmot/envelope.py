@@ -27,16 +27,19 @@ restricted to the band of points whose gap to the exact supporting line at x is 
 ``band`` * eps (the hull bounds the gap from below, so the scan stops at the first hull vertex
 beyond the band); the dropped terms weigh less than exp(-band) each.
 
-The kernels run in numba (compiled on first use, cached on disk).
+The kernels run in numba (compiled on first use, cached on disk); ``warm_kernels`` compiles or
+loads them all once per process, so that a timed solve does not pay for it.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 from numba import njit, prange
 
 __all__ = ["hull_sweep_period", "soft_sweep_period", "soft_forward_period",
-           "hedge_violation_period", "point_slack_period", "kernels"]
+           "hedge_violation_period", "point_slack_period", "kernels", "warm_kernels"]
 
 _PIN = 1e-13  # relative distance to the end of the hull at which a row is pinned (point mass)
 
@@ -364,6 +367,41 @@ thread start-up costs more than it saves (measured 10x slower on 13-point grids)
 def kernels(work: int) -> dict:
     """The serial or the threaded compiled kernels for a period of the given work size."""
     return _PARALLEL if work > PARALLEL_WORK else _SERIAL
+
+
+_WARM = False  # set by warm_kernels once every kernel of this process is compiled or loaded
+
+
+def warm_kernels() -> float:
+    """Compile (first use after an install or an edit of this module: 6-7 s) or load from
+    numba's disk cache (0.3-1.8 s, with the threads' start) every kernel of this module, serial
+    and threaded, by running each once on a one-state, three-point period with the argument
+    types of ``deepquant.mmot.sweep`` (float64 and int64 C arrays, bool ``live``, float
+    ``eps``/``band``). Once per process: later calls return 0.0 at once.
+
+    Returns the seconds spent (what a timed solve would otherwise pay inside its budget)."""
+    global _WARM
+    if _WARM:
+        return 0.0
+    t0 = time.perf_counter()
+    yv = np.array([0.9, 1.0, 1.1])
+    G = np.array([[0.1, 0.0, 0.1]])  # convex: the envelope at 1.0 is the chord, slope 0
+    live = np.ones((1, 3), dtype=np.bool_)
+    for k in (_SERIAL, _PARALLEL):
+        val, slope, lam = np.empty((1, 3)), np.empty((1, 3)), np.empty((1, 3))
+        j1, j2 = np.empty((1, 3), np.int64), np.empty((1, 3), np.int64)
+        vert = np.empty((1, 3), np.bool_)
+        k["hull_sweep_period"](G, yv, yv, live, val, slope, j1, j2, lam, vert)
+        k["hedge_violation_period"](G, yv, yv, live, val, slope)
+        k["point_slack_period"](G, yv, yv, live, val, slope)
+        sval, h, drift = np.empty((1, 3)), np.empty((1, 3)), np.empty((1, 3))
+        lo, hi = np.empty((1, 3), np.int64), np.empty((1, 3), np.int64)
+        k["soft_sweep_period"](G, yv, yv, live, val, slope, vert, 0.01, 40.0, slope, False,
+                               sval, h, lo, hi, drift)
+        k["soft_forward_period"](G, yv, yv, np.full((1, 3), 1.0 / 3.0), h, lo, hi, sval, 0.01,
+                                 np.empty((1, 3)))
+    _WARM = True
+    return time.perf_counter() - t0
 
 
 hull_sweep_period = _SERIAL["hull_sweep_period"]

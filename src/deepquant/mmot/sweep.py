@@ -171,6 +171,7 @@ class _Sweeper:
 
     def soft(self, uvec: np.ndarray, eps: float, band: float):
         """Smoothed sweep and forward pass: (F_eps, gradient, E[f] of the chain, laws, drift)."""
+        eps, band = float(eps), float(band)  # the kernels' signatures (envelope.warm_kernels)
         u = self.split(uvec)
         w = np.where(self.live_T, self.g_term - u[self.T - 1][None, :], 0.0)
         store = [None] * self.T
