@@ -396,15 +396,12 @@ def test_inner_rule_prefers_a_fitted_chain_then_the_larger_value_then_the_better
 
 
 def _kernel_signatures() -> dict:
-    return {(mode, name): list(f.signatures)
-            for mode, table in (("serial", envelope._SERIAL), ("threaded", envelope._PARALLEL))
-            for name, f in table.items()}
+    return {name: list(f.signatures) for name, f in envelope.kernels().items()}
 
 
 def test_kernel_warmup_runs_once_and_covers_the_sweeps(rw, monkeypatch):
     """``warm_kernels`` runs every kernel once per process (a second call returns 0.0 at once)
-    with the signatures the sweeps use: a certified side after it, on the serial and on the
-    threaded kernels (every period above ``PARALLEL_WORK`` = 0), compiles nothing new, so no
+    with the signatures the sweeps use: a certified side after it compiles nothing new, so no
     compilation falls inside a side's budget."""
     monkeypatch.setattr(envelope, "_WARM", False)
     assert envelope.warm_kernels() > 0.0
@@ -413,9 +410,7 @@ def test_kernel_warmup_runs_once_and_covers_the_sweeps(rw, monkeypatch):
     assert envelope.warm_kernels() == 0.0
     assert time.perf_counter() - t0 < 1e-3  # a flag check
     payoff = make_payoff("asian-call", strike=100.0)
-    for work in (envelope.PARALLEL_WORK, 0):
-        monkeypatch.setattr(envelope, "PARALLEL_WORK", work)
-        certified_bounds(rw, payoff, sides=("lower",), polish=False, max_iter=20)
+    certified_bounds(rw, payoff, sides=("lower",), polish=False, max_iter=20)
     assert _kernel_signatures() == before
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 __all__ = ["hull_sweep_period", "soft_sweep_period", "soft_forward_period",
            "hedge_violation_period", "point_slack_period", "kernels", "warm_kernels"]
@@ -75,7 +75,7 @@ def _hull_sweep_period(G, yv, xv, live, val, slope, j1, j2, lam, vert):
     val = -inf (no martingale transition exists)."""
     n_s, n_y = G.shape
     n_x = xv.size
-    for s in prange(n_s):
+    for s in range(n_s):
         hull = np.empty(n_y, np.int64)
         g = G[s]
         nh = _upper_hull(yv, g, hull)
@@ -222,7 +222,7 @@ def _soft_sweep_period(G, yv, xv, live, hval, hslope, vert, eps, band, h_init, u
     n_x = xv.size
     thr = band * eps
     span = yv[n_y - 1] - yv[0]
-    for s in prange(n_s):
+    for s in range(n_s):
         g = G[s]
         dv = np.empty(n_y)
         for a in range(n_x):
@@ -297,7 +297,7 @@ def _soft_forward_period(G, yv, xv, mass, h, lo, hi, val, eps, q):
     p(j | x, s), p the Gibbs kernel exp((G~ - h (y - x) - val) / eps) on the band."""
     n_s, n_y = G.shape
     n_x = xv.size
-    for s in prange(n_s):
+    for s in range(n_s):
         for j in range(n_y):
             q[s, j] = 0.0
         for a in range(n_x):
@@ -318,7 +318,7 @@ def _hedge_violation_period(G, yv, xv, live, val, slope):
     n_s, n_y = G.shape
     n_x = xv.size
     out = np.zeros(n_s)
-    for s in prange(n_s):
+    for s in range(n_s):
         worst = 0.0
         for a in range(n_x):
             if not live[s, a]:
@@ -339,7 +339,7 @@ def _point_slack_period(G, yv, xv, live, val, slope):
     n_s, n_y = G.shape
     n_x = xv.size
     out = np.empty(n_y)
-    for j in prange(n_y):
+    for j in range(n_y):
         y = yv[j]
         best = np.inf
         for s in range(n_s):
@@ -358,15 +358,18 @@ _PY = dict(hull_sweep_period=_hull_sweep_period, soft_sweep_period=_soft_sweep_p
            hedge_violation_period=_hedge_violation_period,
            point_slack_period=_point_slack_period)
 _SERIAL = {k: njit(cache=True)(f) for k, f in _PY.items()}
-_PARALLEL = {k: njit(cache=True, parallel=True)(f) for k, f in _PY.items()}
-PARALLEL_WORK = 400_000
-"""Work (states x points x points) above which the threaded kernels are used: below it the
-thread start-up costs more than it saves (measured 10x slower on 13-point grids)."""
+"""The compiled kernels, serial. A threaded build (``parallel=True``) of the same functions was
+dropped: numba's disk cache keys an entry by the function and its signature, not by the
+``parallel`` flag, so the two builds shared one entry and whichever compiled first ran in both
+roles (measured: the threaded kernel a cache hit right after the serial compile, 2.3 us per
+call against 13.8 us for a real threaded build; a large first sweep would have left threaded
+code in every small one, 10x slower there). Threaded copies under their own names were
+measured no better on 2 cores (docs/benchmarks-certified.md)."""
 
 
-def kernels(work: int) -> dict:
-    """The serial or the threaded compiled kernels for a period of the given work size."""
-    return _PARALLEL if work > PARALLEL_WORK else _SERIAL
+def kernels() -> dict:
+    """The compiled kernels by name (``_SERIAL``)."""
+    return _SERIAL
 
 
 _WARM = False  # set by warm_kernels once every kernel of this process is compiled or loaded
@@ -374,9 +377,8 @@ _WARM = False  # set by warm_kernels once every kernel of this process is compil
 
 def warm_kernels() -> float:
     """Compile (first use after an install or an edit of this module: 6-7 s) or load from
-    numba's disk cache (0.3-1.8 s, with the threads' start) every kernel of this module, serial
-    and threaded, by running each once on a one-state, three-point period with the argument
-    types of ``deepquant.mmot.sweep`` (float64 and int64 C arrays, bool ``live``, float
+    numba's disk cache (0.3-1.8 s) every kernel of this module by running each once on a
+    one-state, three-point period with the argument types of ``deepquant.mmot.sweep`` (float64 and int64 C arrays, bool ``live``, float
     ``eps``/``band``). Once per process: later calls return 0.0 at once.
 
     Returns the seconds spent (what a timed solve would otherwise pay inside its budget)."""
@@ -387,7 +389,7 @@ def warm_kernels() -> float:
     yv = np.array([0.9, 1.0, 1.1])
     G = np.array([[0.1, 0.0, 0.1]])  # convex: the envelope at 1.0 is the chord, slope 0
     live = np.ones((1, 3), dtype=np.bool_)
-    for k in (_SERIAL, _PARALLEL):
+    for k in (_SERIAL,):
         val, slope, lam = np.empty((1, 3)), np.empty((1, 3)), np.empty((1, 3))
         j1, j2 = np.empty((1, 3), np.int64), np.empty((1, 3), np.int64)
         vert = np.empty((1, 3), np.bool_)

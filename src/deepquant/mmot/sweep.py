@@ -55,7 +55,7 @@ class _Period:
         self.nw[s_idx, jpos, slot] = vals
         self.logq = np.log(mu_next[self.ys])
         self.n_s = n_s
-        self.k = kernels(n_s * self.xs.size * n_y)
+        self.k = kernels()
 
     def hull(self, G: np.ndarray):
         """Exact envelopes of the rows of G at the current points: (val, slope, j1, j2, lam,
