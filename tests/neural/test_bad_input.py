@@ -72,6 +72,35 @@ def test_sweep_with_more_periods_than_the_model_is_refused(pricer, monkeypatch):
     assert f"--periods {n} exceeds the model's {n - 1} periods" in r.output, r.output
 
 
+@pytest.mark.parametrize("strike", ["-1", "0"])
+def test_sweep_refuses_a_strike_at_or_below_zero(pricer, monkeypatch, strike):
+    """Strikes are in forward moneyness of a positive underlying: a call struck at or below 0
+    is the linear forward, a put worth 0 (found by fuzzing: accepted without a word)."""
+    monkeypatch.setattr("deepquant.neural.pricer.NeuralPricer", lambda *a, **k: pricer)
+    r = CliRunner().invoke(main, ["sweep", "--strike", strike, "--num", "2", "--no-classical"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert f"Invalid value for '--strike': {float(strike)} is not in the range x>0" in r.output
+
+
+def test_sweep_refuses_a_num_beyond_the_memory(pricer, monkeypatch):
+    """Every scenario's laws (and the calibrated ones) are kept: --num 10^9 on 10 periods would
+    hold 2 x 11 x 150 x 8 bytes each, 26.4 TB (found by fuzzing: the bumps alone, 80 GB, were
+    drawn first). Refused before a bump is drawn; a machine of 1 GB refuses 10^5 (2.64 GB)."""
+    monkeypatch.setattr("deepquant.neural.pricer.NeuralPricer", lambda *a, **k: pricer)
+    built = []
+    monkeypatch.setattr("deepquant.neural.sweep.bumped_scenarios",
+                        lambda *a: built.append(a) or [])
+    assert pricer.grid.size == 150
+    r = CliRunner().invoke(main, ["sweep", "--strike", "1", "--num", "1000000000"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "--num 1000000000 would hold 26.4 TB (2 x 11 dates x 150 grid points x 8 bytes " \
+           "per scenario" in " ".join(r.output.split()), r.output
+    monkeypatch.setattr("deepquant.cli.output.physical_memory", lambda: 10**9)
+    r = CliRunner().invoke(main, ["sweep", "--strike", "1", "--num", "100000"])
+    assert r.exit_code == 2 and "more than this machine's 1 GB of memory" in r.output, r.output
+    assert built == []
+
+
 def test_no_fallback_price_raises(pricer):
     strict = NeuralPricer(fallback=False)
     m = gbm_marginals([0.0, 0.1, 0.2], grid=np.linspace(0.5, 1.5, 61))
@@ -164,6 +193,13 @@ def test_generate_checks_the_output_path_first(tmp_path):
     (["--num", "-5"], "--num must be >= 1, got -5"),
     (["--n-choices", "two"], "--n-choices must be comma-separated integers"),
     (["--n-choices", "0"], "n_choices must be a non-empty sequence of integers >= 1"),
+    # an L1 distance of two laws is at most 2: a tolerance of 2 or more is met by any plan
+    (["--tol", "10"], "Invalid value for '--tol': 10.0 is not in the range 0<x<2"),
+    (["--tol", "2"], "Invalid value for '--tol': 2.0 is not in the range 0<x<2"),
+    # the network takes ModelConfig.max_dates = 64 dates (63 periods); train refused it later
+    (["--n-choices", "2,64"], "--n-choices 2,64 has 64 periods, more than the model's 63 "
+                              "(ModelConfig.max_dates = 64 dates)"),
+    (["--n-choices", "1000"], "--n-choices 1000 has 1000 periods, more than the model's 63"),
 ])
 def test_cli_generate_bad_options(tmp_path, args, msg):
     r = CliRunner().invoke(main, ["generate", "--out", str(tmp_path / "d.h5"), "--backend",

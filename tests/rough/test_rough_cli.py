@@ -240,3 +240,39 @@ def test_american_payoff_json_and_bad_input(runner):
                          "payoff_dates must be")]:
         bad = runner.invoke(main, [*small, *args])
         assert bad.exit_code == 2 and match in bad.output, bad.output
+
+
+def test_american_huge_ensemble_starts_at_once(runner, monkeypatch):
+    """--runs 10^7: the seeds are spawned as the runs are taken (before: all of them first,
+    10 s per million here, so 10^9 did not start within an hour). A root seed sequence that
+    refuses to spawn more than 10^4 at once and a first run that stops the command show it,
+    and the lazily spawned seeds are those of one ``spawn(runs)``, in order."""
+    import importlib
+
+    import numpy as np
+
+    ens = importlib.import_module("deepquant.rough.ensemble")  # the module, not the function
+
+    class Guarded(np.random.SeedSequence):
+        def spawn(self, n):
+            if n > 10**4:
+                raise AssertionError(f"spawned {n} seeds at once")
+            return super().spawn(n)
+
+    class Stop(Exception):
+        pass
+
+    seeds = []
+
+    def first_run(args):
+        seeds.append(args[-1])
+        raise Stop
+
+    monkeypatch.setattr(ens, "as_seed_sequence", lambda rng: Guarded(rng))
+    monkeypatch.setattr(ens, "_ensemble_task", first_run)
+    res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates", "4",
+                               "--runs", "10000000", "--backend", "serial", *SMALL])
+    assert isinstance(res.exception, Stop), res.output
+    assert [s.spawn_key for s in seeds] == [(0,)] and seeds[0].entropy == 3  # --seed 3
+    lazy = [(s.entropy, s.spawn_key) for s in ens._spawned(np.random.SeedSequence(7), 2500)]
+    assert lazy == [(s.entropy, s.spawn_key) for s in np.random.SeedSequence(7).spawn(2500)]

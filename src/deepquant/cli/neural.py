@@ -9,6 +9,7 @@ import click
 from deepquant.cli.output import (
     MAX_GRID_SIZE,
     FiniteFloat,
+    check_memory,
     check_workers,
     check_writable,
     console,
@@ -45,7 +46,10 @@ _FIT_OPTIONS = {"per_instance": "--per-instance", "iterations": "--iterations",
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--eps", type=float, default=1.0, show_default=True,
               help="Entropic eps (with c = 0 the plan is eps-free; potentials stored / eps).")
-@click.option("--tol", type=float, default=1e-9, show_default=True, help="Teacher tolerance.")
+@click.option("--tol", type=FiniteFloat(0, 2, min_open=True, max_open=True), default=1e-9,
+              show_default=True,
+              help="Teacher tolerance on the L1 marginal error and the drift (< 2: two laws are "
+                   "at most 2 apart in L1, so any plan would meet 2).")
 @click.option("--grid-size", type=click.IntRange(3, MAX_GRID_SIZE), default=150,
               show_default=True)
 @click.option("--chunk", type=click.IntRange(min=1), default=16, show_default=True,
@@ -65,12 +69,19 @@ def generate_cmd(num, out, backend, workers, seed, eps, tol, grid_size, chunk, n
                  families, support_scale, as_json):
     """Generate (or resume) the training set: GBM/Merton/Heston marginals and their entropic
     MMOT potentials. Rerunning after a kill keeps finished instances (none duplicated)."""
+    from deepquant.neural.config import ModelConfig
     from deepquant.neural.data import generate_dataset, model_grid
 
     choices = tuple(parse_list(n_choices, "--n-choices", int,
                                what="integers >= 1 (e.g. 2,3,5)", noun="number of dates"))
     if num < 1:
         fail(f"--num must be >= 1, got {num}")
+    # the network of `train` (ModelConfig, the shipped ones' too) takes at most max_dates dates
+    max_periods = ModelConfig.max_dates - 1
+    if any(n > max_periods for n in choices):
+        fail(f"--n-choices {n_choices} has {max(choices)} periods, more than the model's "
+             f"{max_periods} (ModelConfig.max_dates = {ModelConfig.max_dates} dates): train "
+             "would refuse the data")
     scale = None
     if support_scale is not None:
         scale = _floats(support_scale, "--support-scale")
@@ -336,7 +347,9 @@ def _floats(text: str, name: str) -> list[float]:
 @click.command("sweep")
 @click.option("--payoff", "payoff_name", default="asian-call", show_default=True,
               help="Payoff name (deepquant bounds --help lists them).")
-@click.option("--strike", type=float, default=None, help="Strike (moneyness).")
+@click.option("--strike", type=FiniteFloat(0, min_open=True), default=None,
+              help="Strike (forward moneyness, > 0: the underlying is positive, so a call "
+                   "struck at or below 0 is the linear forward and a put is worth 0).")
 @click.option("--barrier", type=float, default=None, help="Barrier (barrier payoffs).")
 @click.option("--maturity", type=float, default=0.5, show_default=True,
               help="Last date in years; dates are equally spaced from 0.")
@@ -393,6 +406,11 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
         if periods + 1 > pricer.max_dates:  # each scenario would be a classical solve
             fail(f"--periods {periods} exceeds the model's {pricer.max_dates - 1} periods "
                  f"(max_dates={pricer.max_dates}); the sweep prices with the neural model")
+        # every scenario's bumped laws and the network's calibrated ones are kept to the end
+        m = pricer.grid.size
+        check_memory(2.0 * num * (periods + 1) * m * 8, "--num", num,
+                     f"2 x {periods + 1} dates x {m} grid points x 8 bytes per scenario: its "
+                     "laws and the calibrated ones")
         times = np.linspace(0.0, maturity, periods + 1)
         rng = np.random.default_rng(seed)
         bumps = rng.uniform(-bump, bump, (num, periods))

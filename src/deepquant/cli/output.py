@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,7 +24,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["FiniteFloat", "MAX_GRID_SIZE", "check_workers", "check_writable", "console", "err_console",
+__all__ = ["FiniteFloat", "MAX_GRID_SIZE", "check_memory", "check_workers", "check_writable",
+           "console", "err_console",
            "print_json", "table", "progress", "fail", "fail_option", "parse_list",
            "reported_failures", "tail_warnings", "TAIL_WARN"]
 
@@ -142,6 +144,33 @@ def check_writable(path: Any, option: str, *, folder: bool = False) -> None:
         ensure_writable(path, folder=folder)
     except ValueError as exc:
         fail(f"{option}: {exc}")
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (``os.sysconf``), or None where the system does
+    not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(nbytes: float, option: str, value: Any, rule: str) -> None:
+    """Fail at once (exit code 2, one line naming ``option`` and ``value``) when a job would hold
+    ``nbytes`` in memory, more than this machine has (``physical_memory``): it could only end in
+    swapping or a ``MemoryError`` after the work. ``rule`` says how ``nbytes`` is counted."""
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        fail(f"{option} {value} would hold {_bytes(nbytes)} ({rule}), more than this "
+             f"machine's {_bytes(total)} of memory; split the job or lower {option}")
+
+
+def _bytes(n: float) -> str:
+    """``n`` bytes in decimal units, 3 significant digits ("26.4 TB")."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} bytes"
 
 
 class FiniteFloat(click.FloatRange):

@@ -63,6 +63,14 @@ def _ensemble_task(args) -> BermudanResult:  # module level: picklable for proce
     return pricer(model, payoff, rng=seed)
 
 
+def _spawned(root: np.random.SeedSequence, runs: int, chunk: int = 1024):
+    """The seeds of ``root.spawn(runs)``, in the same order, spawned ``chunk`` at a time as they
+    are taken (consecutive spawns continue the children's numbering, so the seeds are the same;
+    all at once, 10^9 of them took minutes and gigabytes before the first run)."""
+    for start in range(0, runs, chunk):
+        yield from root.spawn(min(chunk, runs - start))
+
+
 def _ensemble_fingerprint(pricer, model, payoff, runs, root) -> str:
     import hashlib
 
@@ -117,16 +125,13 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
     root, state = _load_resume(resume, rng) if resume is not None else (None, {})
     root = root if root is not None else as_seed_sequence(rng)
     fingerprint = _ensemble_fingerprint(pricer, model, payoff, runs, root)
-    results: list = [None] * runs
-    if state:
+    results: dict[int, BermudanResult] = {}   # finished runs by index (not a list of
+    if state:                                  # `runs` entries: 10^9 would not start)
         if state["fingerprint"] != fingerprint:
             raise ValueError(f"resume file {str(resume)!r} was written for another ensemble "
                              "configuration (pricer, model, strike, option, runs or seed); "
                              "delete it or pass another path")
-        for i, res in state["runs"].items():
-            if 0 <= i < runs:
-                results[i] = res
-    seeds = root.spawn(runs)
+        results.update((i, res) for i, res in state["runs"].items() if 0 <= i < runs)
     t0 = time.perf_counter()
 
     def save() -> None:
@@ -137,25 +142,31 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
         entropy = root.entropy
         write_json(resume, {"fingerprint": fingerprint,
                             "entropy": entropy if isinstance(entropy, int) else list(entropy),
-                            "runs": {str(i): asdict(r) for i, r in enumerate(results)
-                                     if r is not None}})
+                            "runs": {str(i): asdict(results[i]) for i in sorted(results)}})
 
-    todo = [i for i in range(runs) if results[i] is None]
-    done = runs - len(todo)
+    done = len(results)
     if progress and done:
-        progress(done, next(r for r in results if r is not None))
-    if todo:
+        progress(done, results[min(results)])
+    if done < runs:
         executor = get_executor(backend, n_workers=n_workers)
-        tasks = [(pricer, model, payoff, seeds[i]) for i in todo]
-        for j, res in executor.as_completed(_ensemble_task, tasks):
+        todo: list[int] = []   # the run index of each task, appended as the executor takes it
+
+        def tasks():  # lazily, as deepquant.neural.data.generate_dataset makes its tasks
+            for i, seed in enumerate(_spawned(root, runs)):
+                if i not in results:
+                    todo.append(i)
+                    yield pricer, model, payoff, seed
+
+        for j, res in executor.as_completed(_ensemble_task, tasks()):
             results[todo[j]] = res
             done += 1
             save()
             if progress:
                 progress(done, res)
     save()
-    lows = np.array([r.lower for r in results])
-    ups = np.array([r.upper for r in results])
+    ordered = [results[i] for i in range(runs)]
+    lows = np.array([r.lower for r in ordered])
+    ups = np.array([r.upper for r in ordered])
     mids = 0.5 * (lows + ups)
 
     def ci(x):
@@ -165,13 +176,13 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
     mid, mid_ci = ci(mids)
     lo, lo_ci = ci(lows)
     up, up_ci = ci(ups)
-    failed = [i for i, r in enumerate(results) if not r.success]
+    failed = [i for i, r in enumerate(ordered) if not r.success]
     message = (f"{runs} runs, 95% t-intervals ({runs - 1} degrees of freedom)" if not failed
                else f"{len(failed)} of {runs} runs missed their target (runs {failed}); the "
-               f"first: {results[failed[0]].message}")
+               f"first: {ordered[failed[0]].message}")
     out = EnsembleResult(midpoint=mid, midpoint_ci=mid_ci, lower=lo, lower_ci=lo_ci, upper=up,
                          upper_ci=up_ci, n_runs=runs, seconds=time.perf_counter() - t0,
-                         runs=results, success=not failed,
+                         runs=ordered, success=not failed,
                          status="runs_failed" if failed else "done", message=message)
     warn_failure(out, "ensemble")
     return out
