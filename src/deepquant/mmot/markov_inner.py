@@ -72,6 +72,21 @@ class MarkovInner:
     status: str
 
 
+def _advance(sw, t: int, mass: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """The joint law of (S_{t+1}, X_{t+1}) from that of (S_t, X_t) (``mass``) and period t's
+    kernel."""
+    n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
+    return sw.periods[t].scatter(mass @ kernel, n_next)
+
+
+def _coefficient(sw, t: int, mass: np.ndarray, w_next: np.ndarray) -> np.ndarray:
+    """c_t(x, y) = sum_s m_t(s, x) G_t(s, y) / mu_t(x) (module docstring): E[f] is
+    sum_{x, y} pi_t(x, y) c_t(x, y) for period t's plan pi_t, with ``mass`` the law m_t and
+    ``w_next`` the value to go at t + 1."""
+    per = sw.periods[t]
+    return (mass.T @ per.gather(w_next)) / sw.mu[t, per.xs][:, None]
+
+
 def chain_value(sw, kernels: list) -> tuple[float, list, float]:
     """(E[sign * f], laws of X_1..X_T on the supports, largest martingale row residual) of the Markov
     chain with per-period kernels ``kernels[t]`` (X_t, Y_t) in the layout of ``sw``."""
@@ -85,8 +100,7 @@ def chain_value(sw, kernels: list) -> tuple[float, list, float]:
         drift = max(drift, float(np.max(sw.mu[t, per.xs] * np.abs(k @ per.yv - per.xv
                                                                     * k.sum(axis=1)),
                                         initial=0.0)))
-        n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
-        mass = per.scatter(mass @ k, n_next)
+        mass = _advance(sw, t, mass, k)
         laws.append(mass.sum(axis=0))
     value = float(np.sum(mass * np.where(sw.live_T, sw.g_term, 0.0)))
     return value, laws, drift
@@ -307,14 +321,12 @@ def _start(sw, lps: list, values: list | None, left) -> tuple[list | None, str]:
         if values is None:
             cost = spread
         else:
-            cost = (START_TIE * sw.scale * spread
-                    - (mass.T @ per.gather(values[t + 1])) / sw.mu[t, per.xs][:, None])
+            cost = START_TIE * sw.scale * spread - _coefficient(sw, t, mass, values[t + 1])
         k = lps[t].kernel(cost, left())
         if k is None:
             return None, "time_budget" if left() <= 0 else "no_coupling"
         kernels.append(k)
-        n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
-        mass = per.scatter(mass @ k, n_next)
+        mass = _advance(sw, t, mass, k)
     return kernels, "started"
 
 
@@ -327,15 +339,13 @@ def _ascend(sw, lps: list, kernels: list, left, max_cycles: int, tol: float
     for cycle in range(max_cycles):
         w = _backward(sw, kernels)
         mass = sw.mass0
-        for t, per in enumerate(sw.periods):
+        for t in range(sw.T):
             if left() <= 0:
                 return kernels, cycle, "time_budget"
-            c = mass.T @ per.gather(w[t + 1])  # (X, Y)
-            k = lps[t].kernel(-c / sw.mu[t, per.xs][:, None], left())
+            k = lps[t].kernel(-_coefficient(sw, t, mass, w[t + 1]), left())
             if k is not None:  # else (cut by the time limit) the period keeps its kernel
                 kernels[t] = k
-            n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
-            mass = per.scatter(mass @ kernels[t], n_next)
+            mass = _advance(sw, t, mass, kernels[t])
         val = chain_value(sw, kernels)[0]
         gain, best_val = val - best_val, max(val, best_val)
         if gain < tol * sw.scale:
