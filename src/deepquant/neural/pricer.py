@@ -271,12 +271,12 @@ class NeuralPricer:
                             ("ood_marginal_error", self.ood_marginal_error)):
             if not value > 0:  # NaN too; inf switches the guard off
                 raise ValueError(f"{name} must be > 0 (inf: no guard), got {value!r}")
-        for name, value, low in (("tol", tol, 0.0), ("mass_floor", mass_floor, None)):
+        for name, value, positive in (("tol", tol, True), ("mass_floor", mass_floor, False)):
             # a NaN mass floor leaves no row live: the guard's drift would read 0
             if (isinstance(value, bool) or not isinstance(value, int | float | np.floating)
-                    or not np.isfinite(value) or value < 0 or value == low):
-                raise ValueError(f"{name} must be a finite number "
-                                 f"{'> 0' if low is not None else '>= 0'}, got {value!r}")
+                    or not np.isfinite(value) or value < 0 or (positive and value == 0)):
+                raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}"
+                                 f", got {value!r}")
         self.fallback, self.tol, self.mass_floor = bool(fallback), float(tol), float(mass_floor)
         if not isinstance(project, bool):
             raise ValueError(f"project must be a bool, got {project!r}")
