@@ -1,7 +1,8 @@
 """End to end, marginals -> ATM Asian price (N = 10, M = 150): neural vs classical, single and batched.
 
     python benchmarks/neural_end_to_end.py [--num 24] [--batch 1000] [--threads 1]
-        [--batch-threads 2] [--check 4] [--seed 1] [--json out.json]
+        [--batch-threads 2] [--row-threads 1] [--price-threads 1] [--check 4] [--seed 1]
+        [--json out.json]
 
 Instances ``0..`` of seed ``--seed`` (GBM / Merton / Heston in turn, N = 10, T in [0.1, 0.5],
 on the model grid: the shipped checkpoint's own distribution).
@@ -44,6 +45,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-threads", type=int, default=2)
+    ap.add_argument("--row-threads", type=int, default=1,
+                    help="single: threads of the row projection (NeuralPricer row_threads)")
+    ap.add_argument("--price-threads", type=int, default=1,
+                    help="single: threads of the price (the two halves of the meeting in the "
+                         "middle side by side)")
     ap.add_argument("--check", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -66,9 +72,9 @@ def main(argv=None):
     payoff = AsianCall(strike=1.0)
     margs = [build_marginals(instance_spec(i, args.seed, n_choices=(10,)), grid)
              for i in range(max(args.num, args.batch))]
-    pricer = NeuralPricer(threads=args.threads)
+    pricer = NeuralPricer(threads=args.threads, row_threads=args.row_threads)
     t0 = time.perf_counter()
-    pricer.solve(margs[0]).price(payoff)            # trace, chain, compiled kernels: once
+    pricer.solve(margs[0]).price(payoff, threads=args.price_threads)  # trace, chain, compiled kernels: once
     sweep(margs[:2], payoff, pricer=pricer, classical=False)
     warm_up = time.perf_counter() - t0
 
@@ -76,7 +82,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         sol = pricer.solve(m)
         t1 = time.perf_counter()
-        p = sol.price(payoff)
+        p = sol.price(payoff, threads=args.price_threads)
         t2 = time.perf_counter()
         return {"neural_solve_s": t1 - t0, "neural_price_s": t2 - t1, "neural_s": t2 - t0,
                 "price_neural": p, "mode": sol.mode, "_sol": sol}
@@ -132,6 +138,7 @@ def main(argv=None):
         print(f"batched {len(batch)} on {th} thread(s): {res.neural_seconds:.1f} s, "
               f"{len(batch) / res.neural_seconds:.0f} instances/s", flush=True)
     out = {"num": args.num, "seed": args.seed, "threads": args.threads,
+           "row_threads": args.row_threads, "price_threads": args.price_threads,
            "load_average": os.getloadavg(), "single_ms": single, "batched": batched,
            "instances": rows}
     return emit(out, ("single_ms", "batched"), args.json)

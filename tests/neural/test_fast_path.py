@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -125,3 +126,39 @@ def test_sweep_rejects_bad_chunk_and_threads(pricer, instances, bad):
         sweep(instances[:1], AsianCall(strike=1.0), pricer=pricer, classical=False, chunk=bad)
     with pytest.raises(ValueError, match="threads must be an integer >= 1"):
         sweep(instances[:1], AsianCall(strike=1.0), pricer=pricer, classical=False, threads=bad)
+
+
+def test_projection_and_price_on_two_threads_equal_one_thread(pricer, instances):
+    # the projection's rows in two shares side by side, and a single instance's price with its
+    # backward half (meeting in the middle) on a helper thread: each row and each half is the
+    # same computation as on one thread, so the results are bit for bit those of one thread
+    marg = instances[2]
+    v, h = pricer.predict(marg.weights[None])
+    w = marg.weights
+    args = (marg.grid, w[:-1], w[1:].copy(), v[0], h[0])
+    with np.errstate(all="ignore"):
+        one = project_periods(*args)
+        two = project_periods(*args, threads=2)
+    for a, b in zip(one[1:], two[1:]):
+        assert np.array_equal(a, b, equal_nan=True)
+    assert one[4].size >= 128          # enough rows for two shares (64 rows each at least)
+    assert any(t.name.startswith("projection") for t in threading.enumerate())
+    sol = pricer.solve(marg)
+    payoff = AsianCall(strike=1.0)
+    alone = sol.price(payoff)
+    before = {t.name for t in threading.enumerate()}
+    split = sol.price(payoff, threads=2)
+    assert split == alone
+    assert any(t.name.startswith("chainplan-back") for t in threading.enumerate()), before
+    exact = expectation(build_chain(sol.marginals, payoff), sol.kernels,
+                        law0=sol.marginals.weights[0])
+    assert split == pytest.approx(exact, rel=1e-10, abs=0)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_price_rejects_bad_threads(pricer, instances, bad):
+    sol = pricer.solve(instances[0])
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        sol.price(AsianCall(strike=1.0), threads=bad)
+    with pytest.raises(ValueError, match="row_threads must be an integer >= 1 or None"):
+        NeuralPricer(row_threads=bad)

@@ -23,6 +23,7 @@ sets in one batched recursion); pairwise payoffs are priced as sum_t <c_t, pi_t>
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -241,6 +242,30 @@ class CalibratedModel:
 
 
 # ---------------------------------------------------------------------- fast forward recursion
+_HELPERS = threading.local()
+
+
+def _helper():
+    """This thread's own one-worker pool (made on first use): the backward half of a split
+    recursion runs there, so its per-thread scratch (``_scratch``) is never shared between two
+    callers, and the result is read before this thread submits again."""
+    pool = getattr(_HELPERS, "pool", None)
+    if pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = _HELPERS.pool = ThreadPoolExecutor(1, thread_name_prefix="chainplan-back")
+    return pool
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A result computed in place, read like a future's."""
+    value: tuple
+
+    def result(self):
+        return self.value
+
+
 class ChainPlan:
     """Precomputed index arrays of the forward recursion on an augmented chain.
 
@@ -361,8 +386,12 @@ class ChainPlan:
         values, lost = np.empty(b), np.empty(b)
         chunks = [slice(i, min(b, i + self.CHUNK)) for i in range(0, b, self.CHUNK)]
 
+        # one chunk on several threads: its two halves side by side where the chain meets in
+        # the middle (the forward dates here, the backward ones on a helper thread)
+        split = threads > 1 and len(chunks) == 1
+
         def run(idx):
-            values[idx], lost[idx] = self._recursion(kernels[idx], law0[idx])
+            values[idx], lost[idx] = self._recursion(kernels[idx], law0[idx], split=split)
 
         if threads > 1 and len(chunks) > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -374,8 +403,11 @@ class ChainPlan:
                 run(idx)
         return values, np.maximum(lost, 0.0) * self.max_abs_payoff
 
-    def _recursion(self, kernels: np.ndarray, law0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``expectation_bound`` for one chunk of instances: (values, dropped mass)."""
+    def _recursion(self, kernels: np.ndarray, law0: np.ndarray, *, split: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """``expectation_bound`` for one chunk of instances: (values, dropped mass). With
+        ``split`` and a meeting in the middle, the backward half runs on this thread's helper
+        thread (``_helper``) while the forward dates run here (both release the GIL)."""
         b = kernels.shape[0]
         law = law0[:, self.rows[0]]
         thr = self.MASS_EPS * np.abs(law).sum(axis=1)
@@ -390,6 +422,12 @@ class ChainPlan:
                                   max([ri * c.size for ri, c in zip(r, self.cols)], default=0),
                                   max(r), r[-1], nl[steps])
         size, size_kb, r_max, r_last, n_last = self._sizes[steps]
+        back = None
+        if meet is not None:
+            args = (meet[0], kernels, self.rows, self.cols)
+            opts = {"band_eps": self.BAND_EPS, "mass_eps": self.MASS_EPS}
+            back = (_helper().submit(_backward_laws, *args, **opts) if split
+                    else _Done(_backward_laws(*args, **opts)))
         bufs = _scratch("bufs", (2, b * size))
         kb = _scratch("kb", (b * size_kb,))
         ranges = _scratch("ranges", (6, b, r_max), np.int64)     # lo, hi, sa, se, na, ne
@@ -409,9 +447,8 @@ class ChainPlan:
             values = _last_step_hinge(joint, kernels[:, t], self.rows[t], self.cols[t], perm,
                                       alpha, beta, count, mass, *written)
         else:
-            back, (perm, alpha, beta, count, err) = meet
-            w, werr = _backward_laws(back, kernels, self.rows, self.cols,
-                                     band_eps=self.BAND_EPS, mass_eps=self.MASS_EPS)
+            perm, alpha, beta, count, err = meet[1]
+            w, werr = back.result()
             ids = np.arange(max(w.shape[1], w.shape[2]))
             values = _last_step_hinge(joint, w, ids, ids[:w.shape[2]], perm, alpha, beta, count,
                                       mass, *written)
@@ -505,7 +542,7 @@ def _full_support(margs: list[Marginals], pos: np.ndarray, full: np.ndarray) -> 
 
 
 def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str = "union",
-                **chain_options) -> np.ndarray:
+                threads: int = 1, **chain_options) -> np.ndarray:
     """Prices of one payoff under B Markov chains on one grid, in one batched recursion.
 
     Parameters
@@ -526,6 +563,9 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str 
         Both are exact: states outside an instance's support carry zero mass, and the banded
         recursion skips them. ``"full"`` suits near-full supports (the network's grid); on
         narrow supports it enlarges the running-sum lattice.
+    threads : int
+        Threads of the recursion (``ChainPlan.expectation_bound``): chunks of instances side
+        by side, or, for a single chunk, the two halves of a meeting in the middle.
     **chain_options
         Passed to the augmented chain (``sum_mode``, ``sum_grid_size``).
 
@@ -551,6 +591,8 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str 
                              f"marginals[0] {first.weights.shape}; price_batch needs one grid")
     if support not in ("union", "full"):
         raise ValueError(f"support must be 'union' or 'full', got {support!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     law0 = (np.broadcast_to(first.weights[0], (kernels.shape[0], first.size))
             if len(margs) == 1 else np.stack([m.weights[0] for m in margs]))
     pos = first.weights > 0
@@ -567,4 +609,5 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str 
     if kernels.shape[1] < chain.last_date or kernels.shape[2] != chain.size:
         raise ValueError(f"kernels must have shape (B, >= {chain.last_date}, {chain.size}, "
                          f"{chain.size}), got {kernels.shape}")
-    return chain_plan(chain).expectation(kernels, np.asarray(law0, dtype=float))
+    return chain_plan(chain).expectation(kernels, np.asarray(law0, dtype=float),
+                                         threads=threads)

@@ -9,6 +9,7 @@ of ``solve_entropic``.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -176,7 +177,7 @@ def martingale_projection(marginals: Marginals, v: np.ndarray, h: np.ndarray | N
 
 def project_periods(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, phi: np.ndarray,
                     eta0: np.ndarray, *, logq_raw: np.ndarray | None = None, tol: float = 1e-13,
-                    touch_tol: float = 1e-11, iters: int = 60):
+                    touch_tol: float = 1e-11, iters: int = 60, threads: int = 1):
     """The kernels of ``martingale_projection`` for K stacked periods (any mix of instances on
     one grid), compiled: the neural engine's batched path. Inputs are trusted (validated by
     the caller): marginals ``mu``, column targets ``nu`` (K, M), scaled potentials
@@ -191,6 +192,8 @@ def project_periods(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, phi: np.nd
     Returns ``(batch, kernels (K, M, M), eta (K, M), lse (K, M), residual of each solved row)``;
     with the product reference the batch carries the bands, not the (K, M, M) log kernel
     (``batch.logq`` is None: row x allows the columns in [lo(x), hi(x)] with nu > 0).
+    ``threads`` > 1 solves the rows in that many interleaved shares side by side (the kernels
+    release the GIL; each row's result does not depend on the split).
     """
     k, m = mu.shape
     b = _prepare(grid, np.array(mu, dtype=np.float64), nu, logq_raw, None, touch_tol=touch_tol,
@@ -207,19 +210,49 @@ def project_periods(grid: np.ndarray, mu: np.ndarray, nu: np.ndarray, phi: np.nd
     step = np.diff(grid)
     delta = float(step.mean()) if grid.size > 1 else 0.0
     if logq_raw is None and not np.any(np.abs(step - delta) > 1e-12 * delta) and delta > 0:
-        _project_rows_uniform(b.nu, b.nu_full, b.lo, b.hi, phi, grid, tt, xx, eta0, tol, iters,
-                              kernels, eta, lse, residual, delta)
-        return b, kernels, eta, lse, residual
-    if b.logq is None:          # product reference: row x allows [lo, hi] where nu > 0
-        with np.errstate(divide="ignore"):
-            lognu = np.where(b.nu > 0, np.log(b.nu_full), -np.inf)
-        logq = np.empty((0, 0, 0))
+        def solve(t, x, res):
+            _project_rows_uniform(b.nu, b.nu_full, b.lo, b.hi, phi, grid, t, x, eta0, tol,
+                                  iters, kernels, eta, lse, res, delta)
     else:
-        lognu = np.empty((0, 0))
-        logq = b.logq
-    _project_rows(logq, lognu, b.lo, b.hi, phi, grid, tt, xx, eta0, tol, iters, kernels, eta,
-                  lse, residual)
+        if b.logq is None:          # product reference: row x allows [lo, hi] where nu > 0
+            with np.errstate(divide="ignore"):
+                lognu = np.where(b.nu > 0, np.log(b.nu_full), -np.inf)
+            logq = np.empty((0, 0, 0))
+        else:
+            lognu = np.empty((0, 0))
+            logq = b.logq
+
+        def solve(t, x, res):
+            _project_rows(logq, lognu, b.lo, b.hi, phi, grid, t, x, eta0, tol, iters, kernels,
+                          eta, lse, res)
+    _in_shares(solve, tt, xx, residual, threads)
     return b, kernels, eta, lse, residual
+
+
+@functools.cache
+def _pool(workers: int):
+    """A pool of ``workers`` threads kept for the process (no thread start per call)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(workers, thread_name_prefix="projection")
+
+
+def _in_shares(solve, tt, xx, residual, threads: int) -> None:
+    """``solve(tt, xx, residual)`` for the rows (tt[r], xx[r]), on ``threads`` interleaved
+    shares of them side by side (contiguous copies, so the kernels see the same array types;
+    one share, in this thread, for ``threads`` = 1 or a handful of rows)."""
+    shares = min(int(threads), max(tt.size // 64, 1))
+    if shares <= 1:
+        solve(tt, xx, residual)
+        return
+    parts = [(np.ascontiguousarray(tt[i::shares]), np.ascontiguousarray(xx[i::shares]),
+              np.zeros(tt[i::shares].size)) for i in range(shares)]
+    rest = [_pool(shares - 1).submit(solve, *part) for part in parts[1:]]
+    solve(*parts[0])
+    for f in rest:
+        f.result()
+    for i, (_, _, res) in enumerate(parts):
+        residual[i::shares] = res
 
 
 _BLOCK = 32

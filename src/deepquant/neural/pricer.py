@@ -134,11 +134,12 @@ class NeuralSolution:
     def fallback(self) -> bool:
         return self.mode == "classical"
 
-    def price(self, payoff, **chain_options) -> float:
+    def price(self, payoff, *, threads: int = 1, **chain_options) -> float:
         """E[payoff] under the chain, by the exact forward recursion on the augmented state
-        (``deepquant.mmot.model.price_batch``); undiscounted, in moneyness units. A neural
-        solution (on the network's grid) is priced on the full-support chain, built once per
-        payoff and number of dates and shared by every later model (``support="full"``)."""
+        (``deepquant.mmot.model.price_batch``, on ``threads`` threads); undiscounted, in
+        moneyness units. A neural solution (on the network's grid) is priced on the
+        full-support chain, built once per payoff and number of dates and shared by every later
+        model (``support="full"``)."""
         from deepquant.mmot.model import price_batch
 
         if self.kernels.ndim != 3:
@@ -146,7 +147,8 @@ class NeuralSolution:
                              "NeuralPricer(fallback=True) for the classical solver instead")
         if self.mode == "neural":
             chain_options.setdefault("support", "full")
-        return float(price_batch(self.marginals, self.kernels, payoff, **chain_options)[0])
+        return float(price_batch(self.marginals, self.kernels, payoff, threads=threads,
+                                 **chain_options)[0])
 
     def sample(self, n_paths: int, rng=None) -> np.ndarray:
         """Paths (n_paths, N+1) of the chain on the grid."""
@@ -205,6 +207,9 @@ class NeuralPricer:
         ``deepquant.neural.train.PACKAGED_CHECKPOINTS``); ``None`` loads the shipped default.
     threads : int, optional
         torch intra-op threads (``None`` leaves torch's setting).
+    row_threads : int, optional
+        Threads of the row projection (its rows in shares side by side; ``None``: ``threads``,
+        or 1). On a busy machine more threads than free cores cost more than they save.
     ood_drift, ood_marginal_error : float, optional
         Out-of-distribution thresholds on the pure-neural residuals; ``None``: the checkpoint's
         own (``guard_thresholds``). The projected kernels'
@@ -238,7 +243,7 @@ class NeuralPricer:
     """
 
     def __init__(self, checkpoint=None, *, threads: int | None = 1,
-                 ood_drift: float | None = None, ood_marginal_error: float | None = None, fallback: bool = True, tol: float = 1e-9,
+                 row_threads: int | None = None, ood_drift: float | None = None, ood_marginal_error: float | None = None, fallback: bool = True, tol: float = 1e-9,
                  mass_floor: float = 1e-8, project: bool = True,
                  raw_residuals: bool = False, column_floor: float | None = None,
                  device: str = "cpu") -> None:
@@ -249,11 +254,13 @@ class NeuralPricer:
 
         if not isinstance(fallback, bool | np.bool_):   # fallback="no" was truthy
             raise ValueError(f"fallback must be a bool, got {fallback!r}")
+        for name, val in (("threads", threads), ("row_threads", row_threads)):
+            if val is not None and (isinstance(val, bool) or not isinstance(val, int | np.integer)
+                                    or val < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None, got {val!r}")
         if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int | np.integer) \
-                    or threads < 1:
-                raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
             torch.set_num_threads(int(threads))
+        self.row_threads = int(row_threads or threads or 1)
         self.device = resolve_device(device)
         self.checkpoint = (resolve_checkpoint(checkpoint) if checkpoint is not None
                            else default_checkpoint())
@@ -449,7 +456,7 @@ class NeuralPricer:
             with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
                 _, kern, eta, _, _ = project_periods(     # v, h are already in units of eps
                     self.grid, weights[:, :-1].reshape(-1, m), nu, v.reshape(-1, m),
-                    np.where(np.isfinite(h), h, 0.0).reshape(-1, m))
+                    np.where(np.isfinite(h), h, 0.0).reshape(-1, m), threads=self.row_threads)
             kern = kern.reshape(nb, n1 - 1, m, m)
             h = eta.reshape(nb, n1 - 1, m)
         return (kern, h, *_measure(kern, weights, self.grid, self.mass_floor), *raw)
