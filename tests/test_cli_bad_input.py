@@ -103,7 +103,8 @@ CASES = [
     # american options that the command would ignore (accepted silently before)
     ([*_AMERICAN, "--grid-rate", "0.5"], "--grid-rate", "--grids 1"),
     ([*_AMERICAN, "--independent"], "--independent", "--grids 1"),
-    ([*_AMERICAN, "--american"], "--grids", "--american"),
+    ([*_AMERICAN, "--american", "--grids", "4", "--steps-per-date", "4"], "--steps-per-date",
+     "2^(grids-1) = 8"),
     ([*_AMERICAN, "--sigma", "0.3"], "--sigma", "--model rbergomi"),
     ([*_AMERICAN, "--model", "bs", "--hurst", "0.1"], "--hurst", "--model bs"),
     ([*_AMERICAN, "--model", "heston", "--xi0", "0.04"], "--xi0", "--model heston"),

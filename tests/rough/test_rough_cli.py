@@ -276,3 +276,22 @@ def test_american_huge_ensemble_starts_at_once(runner, monkeypatch):
     assert [s.spawn_key for s in seeds] == [(0,)] and seeds[0].entropy == 3  # --seed 3
     lazy = [(s.entropy, s.spawn_key) for s in ens._spawned(np.random.SeedSequence(7), 2500)]
     assert lazy == [(s.entropy, s.spawn_key) for s in np.random.SeedSequence(7).spawn(2500)]
+
+
+def test_american_three_grids_estimate_the_time_grid_error_from_two_extrapolations(runner):
+    # --american --grids 3: the 4-date run on 16 steps and coarser ones on 4 and 8 steps; the
+    # time-grid error is the difference of the two Richardson extrapolations (rate 0.7)
+    res = runner.invoke(main, ["american", "--strike", "100", "--dates", "4",
+                               "--steps-per-date", "4", "--american", "--grids", "3",
+                               "--json", *BASE])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    grid = out["time_grid"]
+    assert grid["levels"] == [4, 8, 16]
+    from deepquant.rough import TIME_STEP_RATE
+
+    v1, v2, v3 = grid["values"]
+    c = 1.0 / (2**TIME_STEP_RATE - 1.0)
+    assert grid["error"] == pytest.approx(abs((v3 + c * (v3 - v2)) - (v2 + c * (v2 - v1))),
+                                          rel=1e-12)
+    assert "correction from 4, 8 steps" in out["model_description"]

@@ -70,9 +70,6 @@ def _check_unused(given: set, model: str, plan: dict, runs: int, dual: str) -> N
         if name in given and not extrapolated:
             raise ValueError(f"{_FLAGS[name]} needs several grids (--grids >= 2, --tol or "
                              f"--american); with --grids 1 it would be ignored")
-    if "grids" in given and plan["american"]:
-        raise ValueError("--grids is not used with --american (its runs are --dates x 1, 2, 4 "
-                         "on one grid, plus one coarser grid); give one of them")
     for name in ("backend", "workers"):
         if name in given and runs == 1:
             raise ValueError(f"{_FLAGS[name]} is for ensembles (--runs >= 2); one run would "
@@ -266,7 +263,9 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
                    "grids, else every step]")
 @click.option("--grids", type=int, default=None,
               help="time grids for the discretisation error estimate: the finest one and "
-                   "coarser ones with half the steps each, Richardson-extrapolated "
+                   "coarser ones with half the steps each, Richardson-extrapolated; with "
+                   "--american the coarser grids carry --dates dates, and with 3 or more the "
+                   "error is the difference of the last two extrapolations "
                    "[default: 2 rbergomi, 1 bs (its scheme is exact)]")
 @click.option("--grid-rate", "grid_rate", type=float, default=None,
               help="weak rate of the time-step extrapolation [default: 1 for heston, else the "
@@ -374,8 +373,10 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                         res = price_american(m, payoff, pricer=pricer,
                                              dates=(n_dates, 2 * n_dates, 4 * n_dates),
                                              total_steps=n_dates * spd,
-                                             coarse_total_steps=None if plan["bs"] else
-                                             n_dates * spd // 2, rate=plan["rate"],
+                                             coarse_total_steps=tuple(
+                                                 n_dates * spd // 2**k
+                                                 for k in range(plan["grids"] - 1, 0, -1))
+                                             or None, rate=plan["rate"],
                                              tol=plan["tol"], coupled=not independent,
                                              share_fit=share_fit, rng=seed, callback=tick)
                     else:
