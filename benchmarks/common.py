@@ -49,11 +49,12 @@ def neural_warm_polish(pricer, marginals, tol: float = 1e-9):
 
 def emit(out: dict, summary_keys, path=None) -> dict:
     """Print the ``summary_keys`` part of a benchmark's result as JSON and write the whole
-    result to ``path`` when given; returns ``out``."""
+    result to ``path`` when given (atomically); returns ``out``."""
     import json
 
     print(json.dumps({k: out[k] for k in summary_keys}, indent=1))
     if path:
-        with open(path, "w") as f:
-            json.dump(out, f, indent=2)
+        from deepquant.atomic import write_json
+
+        write_json(path, out)        # atomically: an interrupted run leaves the old file
     return out

@@ -33,7 +33,6 @@ Before and after are timed interleaved in the same process (each repeat runs bot
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -173,8 +172,9 @@ def main(argv=None):
            "repeats": args.repeats, "batch": args.batch, "threads": 1,
            "load_average": os.getloadavg(), "payoffs": rows}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        from deepquant.atomic import write_json
+
+        write_json(args.json, out)
     return out
 
 

@@ -17,7 +17,6 @@ part of each, the speed-up and the errors of the neural prices against the class
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -76,8 +75,9 @@ def main(argv=None):
                   f"{s[f'neural_seconds_{args.threads}_threads']:7.2f} s  x"
                   f"{s[f'speedup_{args.threads}_threads']:5.2f}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        from deepquant.atomic import write_json
+
+        write_json(args.json, out)
     return out
 
 
