@@ -285,3 +285,36 @@ def test_load_corrupted_files_is_a_clear_error(tmp_path):
             Marginals.load(tmp_path / name)
     with pytest.raises(ValueError, match="is a folder"):
         Marginals.load(tmp_path)
+
+
+def _three_dates() -> Marginals:
+    return Marginals(GRID, np.vstack([two_point(5, 5), two_point(4, 6), two_point(2, 8)]))
+
+
+@pytest.mark.parametrize("call, match", [
+    # before: NaN prices returned as if valid (library fuzz, third pass)
+    (lambda m: m.call_prices([np.nan]), r"strikes must be finite, got \[nan\]"),
+    (lambda m: m.put_prices([1.0, np.inf]), r"strikes must be finite, got \[1.0, inf\]"),
+    (lambda m: m.spot_call_price(1, np.nan, forward=1.0), "strike must be a finite number, got nan"),
+    (lambda m: m.spot_call_price(1, 1.0, forward=np.nan), "forward must be a finite number > 0, got nan"),
+    (lambda m: m.spot_call_price(1, 1.0, forward=1.0, discount=np.nan),
+     "discount must be a finite number > 0, got nan"),
+    # before: an array of shape (3, 2, 2), not the documented (N+1, K)
+    (lambda m: m.call_prices(np.ones((2, 2))), r"strikes must be a number or a 1-D sequence, got shape \(2, 2\)"),
+    # before: "could not convert string to float" without the argument
+    (lambda m: m.call_prices(["a"]), "strikes must be an array of real numbers"),
+    # before: date 0.5 read as date 0, 1.5 as 1
+    (lambda m: m.select([0.5]), "date index must be an integer, got 0.5"),
+    (lambda m: m.spot_call_price(1.5, 1.0, forward=1.0), "date index must be an integer, got 1.5"),
+    (lambda m: m.support(True), "date index must be an integer, got True"),
+])
+def test_prices_and_dates_refuse_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_three_dates())
+
+
+def test_prices_still_take_numpy_scalars():
+    m = _three_dates()
+    # (x - 1)^+ under the law 0.5 at 0.7 and 1.3 (grid[2], grid[8]): 0.15, closed form (rounding only)
+    assert m.spot_call_price(np.int64(2), np.float64(1.0), forward=1.0) == pytest.approx(0.15, abs=1e-15)
+    assert m.select(np.array([0, 2])).n_dates == 2

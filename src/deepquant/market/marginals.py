@@ -12,9 +12,11 @@ piecewise linear with kinks at grid points only, so checking k on the grid is ex
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import KW_ONLY, dataclass
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -216,22 +218,22 @@ class Marginals:
         curve = call_curve(self.grid, self.weights)
         if strikes is None:
             return curve
-        k = np.atleast_1d(np.asarray(strikes, dtype=float))
-        return _interp_curve(self.grid, curve, self.means, k)
+        return _interp_curve(self.grid, curve, self.means, _strikes(strikes))
 
     def put_prices(self, strikes: np.ndarray | float | None = None) -> np.ndarray:
         """Undiscounted put prices E[(k - X_t)^+] per date, shape (N+1, K) (by put-call parity)."""
-        k = self.grid if strikes is None else np.atleast_1d(np.asarray(strikes, dtype=float))
+        k = self.grid if strikes is None else _strikes(strikes)
         return self.call_prices(k) - self.means[:, None] + k[None, :]
 
     def spot_call_price(
         self, date: int, strike: float, *, forward: float, discount: float = 1.0
     ) -> float:
         """Call price in currency: D(0,t) F(0,t) E[(X_t - K/F)^+] for a strike K on the spot."""
-        if forward <= 0:
-            raise ValueError(f"forward must be > 0, got {forward!r}")
-        if discount <= 0:
-            raise ValueError(f"discount must be > 0, got {discount!r}")
+        for name, value in (("forward", forward), ("discount", discount)):
+            if not (isinstance(value, Real) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (isinstance(strike, Real) and math.isfinite(strike)):
+            raise ValueError(f"strike must be a finite number, got {strike!r}")
         c = self.call_prices(np.array([strike / forward]))[self._date(date), 0]
         return float(discount * forward * c)
 
@@ -416,6 +418,8 @@ class Marginals:
 
     # ------------------------------------------------------------------ helpers
     def _date(self, date: int) -> int:
+        if isinstance(date, bool) or not isinstance(date, Integral):
+            raise ValueError(f"date index must be an integer, got {date!r}")
         d = int(date)
         if not -self.n_dates <= d < self.n_dates:
             raise ValueError(f"date index {date!r} out of range for {self.n_dates} dates")
@@ -436,6 +440,17 @@ def _real_array(value, name: str) -> np.ndarray:
         return np.array(value, dtype=np.float64, copy=True)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be an array of real numbers: {exc}") from None
+
+
+def _strikes(strikes) -> np.ndarray:
+    """``strikes`` as a 1-D float array; a ``ValueError`` for a NaN or infinite strike (the
+    price would be NaN) or another shape than a number or a 1-D sequence."""
+    k = np.atleast_1d(_real_array(strikes, "strikes"))
+    if k.ndim != 1:
+        raise ValueError(f"strikes must be a number or a 1-D sequence, got shape {k.shape}")
+    if not np.isfinite(k).all():
+        raise ValueError(f"strikes must be finite, got {strikes!r}")
+    return k
 
 
 def call_curve(grid: np.ndarray, weights: np.ndarray) -> np.ndarray:
