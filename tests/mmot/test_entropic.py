@@ -597,6 +597,27 @@ def test_bad_eps(eps):
         solve_entropic(mg, eps)
 
 
+@pytest.mark.parametrize("option, value, match", [
+    # before (library fuzz, third pass): 2.5 iterations ran as 2, NaN failed in int() without
+    # the option's name, a NaN touch_tol found no touching point, threads=0 and 2.5 and
+    # chunk_entries=0 were accepted
+    ("max_iter", 2.5, "max_iter must be an integer >= 0, got 2.5"),
+    ("max_iter", float("nan"), "max_iter must be an integer >= 0, got nan"),
+    ("max_iter", -1, "max_iter must be an integer >= 0, got -1"),
+    ("stage_tol", float("nan"), "stage_tol must be a positive finite number, got nan"),
+    ("touch_tol", float("nan"), "touch_tol must be a finite number >= 0, got nan"),
+    ("touch_tol", -1.0, "touch_tol must be a finite number >= 0, got -1.0"),
+    ("tol", "1e-9", "tol must be a positive finite number, got '1e-9'"),
+    ("threads", 0, "threads must be an integer >= 1 or None, got 0"),
+    ("threads", 2.5, "threads must be an integer >= 1 or None, got 2.5"),
+    ("chunk_entries", 0, "chunk_entries must be an integer >= 1, got 0"),
+])
+def test_bad_numeric_options(option, value, match):
+    mg = lognormal_marginals(2, 10)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        solve_entropic(mg, 1e-3, **{option: value})
+
+
 def test_bad_inputs():
     mg = lognormal_marginals(2, 10)
     with pytest.raises(TypeError, match="Marginals"):

@@ -93,3 +93,14 @@ def test_incremental_failure_warns():
     with pytest.warns(ConvergenceWarning, match="incremental update above tol"):
         res = append_date(prev, new, max_iter=0, sinkhorn_sweeps=0)
     assert not res.success
+
+
+@pytest.mark.parametrize("call", [insert_date, update_date])
+@pytest.mark.parametrize("date", [1.5, float("nan"), True, "1"])
+def test_incremental_date_must_be_an_integer(call, date):
+    # before: 1.5 ran as date 1 (update_date solved and reported success), NaN failed with
+    # "cannot convert float NaN to integer" (library fuzz, third pass)
+    marg = full(VARS[:4])
+    prev = solve_entropic(marg.select(range(3)), 1e-3)
+    with pytest.raises(ValueError, match=rf"date must be an integer, got {date!r}"):
+        call(prev, marg if call is insert_date else marg.select(range(3)), date)

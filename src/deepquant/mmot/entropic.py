@@ -41,6 +41,7 @@ gives their diagonal entry (their other entries are zero, which no finite h repr
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -100,6 +101,31 @@ def _blas_limit(threads: int | None):
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=int(threads), user_api="blas")
+
+
+def _check_options(*, tol: Any, stage_tol: Any, touch_tol: Any, max_iter: Any, threads: Any,
+                   chunk_entries: Any) -> None:
+    """``solve_entropic``'s numeric options; a ``ValueError`` naming the option and the value
+    (``int()`` would read 2.5 iterations as 2 and fail on NaN without naming it; a NaN
+    ``touch_tol`` finds no touching point)."""
+    def real(value) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+            and math.isfinite(value)
+
+    def integer(value) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    for name, value in (("tol", tol), ("stage_tol", stage_tol)):
+        if not (real(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    if not (real(touch_tol) and touch_tol >= 0):
+        raise ValueError(f"touch_tol must be a finite number >= 0, got {touch_tol!r}")
+    if not (integer(max_iter) and max_iter >= 0):
+        raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+    if threads is not None and not (integer(threads) and threads >= 1):
+        raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
+    if not (integer(chunk_entries) and chunk_entries >= 1):
+        raise ValueError(f"chunk_entries must be an integer >= 1, got {chunk_entries!r}")
 
 
 # ---------------------------------------------------------------------------- public API
@@ -227,10 +253,8 @@ def solve_entropic(
     eps = _check_eps(eps)
     if marginals.n_dates < 2:
         raise ValueError("solve_entropic needs at least 2 dates (one period)")
-    if not (math.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
-    if int(max_iter) < 0:
-        raise ValueError(f"max_iter must be >= 0, got {max_iter!r}")
+    _check_options(tol=tol, stage_tol=stage_tol, touch_tol=touch_tol, max_iter=max_iter,
+                   threads=threads, chunk_entries=chunk_entries)
     if method not in ("newton", "sinkhorn"):
         raise ValueError(f"method must be 'newton' or 'sinkhorn', got {method!r}")
     n, m = marginals.n_periods, marginals.size

@@ -13,6 +13,7 @@ only, no Sinkhorn sweep); a new period starts cold (one Sinkhorn sweep, then New
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from typing import Any
@@ -134,6 +135,16 @@ def _resolve(previous: EntropicResult, marginals: Marginals, eps: float | None, 
     )
 
 
+def _check_date(date: Any, n_dates: int) -> int:
+    """``date`` as an index in [0, n_dates); a ``ValueError`` for a float, a bool or NaN (an
+    ``int()`` would read 1.5 as 1)."""
+    if isinstance(date, bool) or not isinstance(date, numbers.Integral):
+        raise ValueError(f"date must be an integer, got {date!r}")
+    if not 0 <= date < n_dates:
+        raise ValueError(f"date {date} out of range for {n_dates} dates")
+    return int(date)
+
+
 def insert_date(previous: EntropicResult, marginals: Marginals, date: int, *,
                 eps: float | None = None, cost: Any = None, reference: Any = "product",
                 **options) -> EntropicResult:
@@ -145,9 +156,7 @@ def insert_date(previous: EntropicResult, marginals: Marginals, date: int, *,
     """
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals instance, got {type(marginals).__name__}")
-    date = int(date)
-    if not 0 <= date < marginals.n_dates:
-        raise ValueError(f"date {date} out of range for {marginals.n_dates} dates")
+    date = _check_date(date, marginals.n_dates)
     _check_previous(previous, marginals, date)
     if not np.array_equal(np.delete(marginals.weights, date, axis=0), previous.weights):
         raise ValueError(
@@ -178,9 +187,7 @@ def update_date(previous: EntropicResult, marginals: Marginals, date: int, *,
     """
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals instance, got {type(marginals).__name__}")
-    date = int(date)
-    if not 0 <= date < marginals.n_dates:
-        raise ValueError(f"date {date} out of range for {marginals.n_dates} dates")
+    date = _check_date(date, marginals.n_dates)
     _check_previous(previous, marginals, None)
     other = np.delete(np.arange(marginals.n_dates), date)
     if not np.array_equal(marginals.weights[other], previous.weights[other]):
