@@ -47,6 +47,7 @@ __all__ = [
     "BarrierPut",
     "SumSquaredIncrements",
     "make_payoff",
+    "check_payoff",
     "payoff_params",
     "required_params",
     "PAYOFF_NAMES",
@@ -168,6 +169,14 @@ def _check_real(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) \
             or not np.isfinite(float(value)):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
+
+
+def check_payoff(payoff: object) -> Payoff:
+    """``payoff`` if it is a ``Payoff``; the package's one ``TypeError`` otherwise (the engines
+    call this at their public boundary)."""
+    if not isinstance(payoff, Payoff):
+        raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+    return payoff
 
 
 def _check_paths(paths: np.ndarray) -> np.ndarray:

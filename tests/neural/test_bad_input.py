@@ -517,3 +517,19 @@ def test_generate_unreachable_ray_cluster_is_one_line(tmp_path, monkeypatch):
 def test_pricer_tolerance_and_mass_floor_are_checked(kw, msg):
     with pytest.raises(ValueError, match=msg):
         NeuralPricer(**kw)
+
+
+@pytest.mark.parametrize("payoff", [None, 1.0, "asian-call"])
+def test_price_refuses_a_payoff_that_is_not_one(pricer, payoff):
+    """Found by the library fuzz (third pass): an AttributeError ('... has no attribute
+    last_date') from inside the chain builder, after the solve; now the package's payoff
+    TypeError, before it (``NeuralPricer.price``, ``NeuralSolution.price``, ``price_batch``)."""
+    from deepquant.mmot.model import price_batch
+
+    m = gbm_marginals([0.0, 0.1, 0.2], grid=pricer.grid)
+    sol = pricer.solve(m)
+    match = f"payoff must be a Payoff, got {type(payoff).__name__}"
+    for call in (lambda: pricer.price(m, payoff), lambda: sol.price(payoff),
+                 lambda: price_batch(m, sol.kernels, payoff)):
+        with pytest.raises(TypeError, match=match):
+            call()

@@ -36,7 +36,7 @@ import numpy as np
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.result import BoundsResult, MMOTProblem
-from deepquant.payoffs import Payoff
+from deepquant.payoffs import Payoff, check_payoff
 
 __all__ = ["bounds", "METHODS"]
 
@@ -91,8 +91,7 @@ def _solve(marginals: Marginals, payoff: Payoff, method: str, *, eps: float | No
            **options) -> BoundsResult:
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
-    if not isinstance(payoff, Payoff):
-        raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+    check_payoff(payoff)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "entropic" and eps is not None:

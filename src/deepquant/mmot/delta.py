@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deepquant.payoffs import Payoff
+from deepquant.payoffs import Payoff, check_payoff
 from deepquant.results import result_dict
 
 __all__ = ["DeltaHedge", "BacktestResult", "delta_hedge", "backtest"]
@@ -173,8 +173,7 @@ def delta_hedge(model, payoff: Payoff, *, method: str = "mv", sum_mode: str = "a
 
     if method not in ("mv", "fd"):
         raise ValueError(f"method must be 'mv' or 'fd', got {method!r}")
-    if not isinstance(payoff, Payoff):
-        raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+    check_payoff(payoff)
     marg = model.marginals
     chain = build_chain(marg, payoff, sum_mode=sum_mode, sum_grid_size=sum_grid_size)
     kern = np.asarray(model.kernels, dtype=float)

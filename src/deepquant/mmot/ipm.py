@@ -63,7 +63,7 @@ from deepquant.mmot._ipm_kernels import (
 )
 from deepquant.mmot.envelope import hedge_violation_period, hull_sweep_period
 from deepquant.mmot.result import BoundSide, BoundsResult, Duals, check_sides
-from deepquant.payoffs import Payoff
+from deepquant.payoffs import Payoff, check_payoff
 from deepquant.results import warn_failure
 
 __all__ = ["ipm_bounds", "solve_period", "certify_period", "PeriodSolve"]
@@ -452,8 +452,7 @@ def ipm_bounds(marginals: Marginals, payoff: Payoff, *, rtol: float = 1e-7,
 
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
-    if not isinstance(payoff, Payoff):
-        raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+    check_payoff(payoff)
     _check_options(rtol, feas_tol, max_iter)
     if workers not in (1, 2) or isinstance(workers, bool):
         raise ValueError(f"workers must be 1 or 2, got {workers!r}")

@@ -33,7 +33,7 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain, build_chain, trivial_chain
 from deepquant.mmot.highs import DEFAULT_HIGHS_OPTIONS, check_highs_options
 from deepquant.mmot.result import BoundSide, BoundsResult, Duals, check_sides, failed_side
-from deepquant.payoffs import Payoff, SumSquaredIncrements
+from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
 from deepquant.results import warn_failure
 
 __all__ = ["ChainLP", "build_chain_lp", "solve_side", "lp_bounds", "check_convex_order",
@@ -431,8 +431,7 @@ def lp_bounds(
     """
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
-    if not isinstance(payoff, Payoff):
-        raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+    check_payoff(payoff)
     check_sides(sides)
     check_highs_options(highs_options)
     n = marginals.n_dates

@@ -43,7 +43,7 @@ from deepquant.mmot._chainplan_kernels import (
 )
 from deepquant.mmot._chainplan_meet import _backward_laws, _meet_plan
 from deepquant.mmot._plans import measure
-from deepquant.payoffs import Payoff, SumSquaredIncrements
+from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
 
 __all__ = ["CalibratedModel", "ModelPrice", "ChainPlan", "chain_plan",
            "cached_chain", "price_batch"]
@@ -182,8 +182,7 @@ class CalibratedModel:
     def price_result(self, payoff: Payoff, *, sum_mode: str = "auto",
                      sum_grid_size: int | None = None) -> ModelPrice:
         """``price`` with the chain's exactness flag and timing."""
-        if not isinstance(payoff, Payoff):
-            raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+        check_payoff(payoff)
         t0 = time.perf_counter()
         n = self.marginals.n_dates
         if isinstance(payoff, SumSquaredIncrements):
@@ -574,6 +573,7 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str 
     ndarray, shape (B,)
         E[payoff] per instance (undiscounted, moneyness units).
     """
+    check_payoff(payoff)
     kernels = np.asarray(kernels, dtype=float)
     if kernels.ndim == 3:
         kernels = kernels[None]

@@ -38,7 +38,7 @@ from deepquant.mmot.envelope import warm_kernels
 from deepquant.mmot.markov_inner import MARGINAL_TOL, adopt_markov_inner
 from deepquant.mmot.result import BoundSide, BoundsResult, check_sides
 from deepquant.mmot.sweep import _Sweeper
-from deepquant.payoffs import Payoff, SumSquaredIncrements
+from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
 from deepquant.results import warn_failure
 
 __all__ = ["certified_bounds", "max_levels"]
@@ -292,8 +292,7 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
 
     if not isinstance(marginals, Marginals):
         raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
-    if not isinstance(payoff, Payoff):
-        raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+    check_payoff(payoff)
     if isinstance(payoff, SumSquaredIncrements):
         raise ValueError(f"payoff {payoff.name!r} is pairwise only; use method='lp' (its "
                          "bounds are model-free and cheap)")

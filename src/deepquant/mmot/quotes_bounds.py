@@ -64,7 +64,7 @@ from deepquant.mmot.quotes_certified import (
     _check_certified_options,
 )
 from deepquant.mmot.result import BoundSide, BoundsResult, check_sides, failed_side
-from deepquant.payoffs import Payoff, SumSquaredIncrements
+from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
 from deepquant.results import warn_failure
 
 __all__ = ["QuoteBands", "QuoteHedge", "bounds_from_quotes", "check_bands", "coarse_grid", "load_bands",
@@ -327,8 +327,7 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
     """
     from deepquant.market.calibrate import CalibrationResult
 
-    if not isinstance(payoff, Payoff):
-        raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+    check_payoff(payoff)
     if isinstance(payoff, SumSquaredIncrements):
         raise ValueError(f"payoff {payoff.name!r} is pairwise only: its bounds do not depend on "
                          "the quotes beyond the marginals; use deepquant.mmot.bounds")

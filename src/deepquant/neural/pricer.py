@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from deepquant.market.marginals import Marginals
+from deepquant.payoffs import check_payoff
 
 __all__ = ["NeuralPricer", "NeuralSolution", "NeuralGridWarning", "default_checkpoint",
            "guard_thresholds", "demo_prices"]
@@ -508,6 +509,7 @@ class NeuralPricer:
 
         Raises ``ValueError`` when the solve failed (out of distribution with
         ``fallback=False``) rather than pricing under a model the guard rejected."""
+        check_payoff(payoff)
         sol = self.solve(marginals)
         if not sol.success and sol.mode == "neural":
             raise ValueError(f"cannot price: the neural solve failed ({sol.message}); use "

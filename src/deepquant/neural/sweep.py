@@ -206,7 +206,7 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
     """
     from deepquant.mmot.model import price_batch
     from deepquant.neural.pricer import NeuralGridWarning, NeuralPricer
-    from deepquant.payoffs import Payoff
+    from deepquant.payoffs import check_payoff
 
     items = list(marginals)
     if not items:
@@ -214,8 +214,7 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
     for i, m in enumerate(items):
         if not isinstance(m, Marginals):
             raise TypeError(f"marginals[{i}] must be a Marginals, got {type(m).__name__}")
-    if not isinstance(payoff, Payoff):
-        raise TypeError(f"payoff must be a Payoff, got {type(payoff).__name__}")
+    check_payoff(payoff)
     if not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     for name, val in (("chunk", chunk), ("threads", threads)):
