@@ -200,3 +200,11 @@ def test_other_models(model):
 def test_error_paths(kwargs, match):
     with pytest.raises(ValueError, match=match):
         synthetic_chain(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [1.5, -1, "7", True])
+def test_seed_is_checked_by_name(seed):
+    # before (library fuzz, third pass): numpy's "SeedSequence expects int ..." without the
+    # argument, and True seeded as 1
+    with pytest.raises(ValueError, match=r"seed (seed )?must be"):
+        synthetic_chain(seed=seed, expiries=["2024-03-15"])

@@ -440,3 +440,23 @@ def test_banded_plan_on_random_kernels_matches_dense(payoff, sum_mode):
     vals, bound = plan.expectation_bound(kern, law)
     gap = np.abs(vals - dense)
     assert np.all(gap <= bound + 1e-15) and gap.max() > 1e-12
+
+
+@pytest.mark.parametrize("n_paths, rng, match", [
+    # before (library fuzz, third pass): numpy's messages without the argument
+    (10, 1.5, "rng must be an int, a numpy Generator, a SeedSequence or None, got 1.5"),
+    (10, float("nan"), "rng must be an int, .* got nan"),
+    (10, "x", "rng must be an int, .* got 'x'"),
+    (10, True, "rng must be an int, .* got True"),          # before: seeded as 1
+    (10, -1, "rng seed must be >= 0, got -1"),
+    (float("nan"), 0, "n_paths must be an integer >= 1, got nan"),  # before: int() of NaN
+])
+def test_sample_refuses_bad_counts_and_seeds(rw, n_paths, rng, match):
+    model = CalibratedModel.calibrate(rw)
+    with pytest.raises(ValueError, match=match):
+        model.sample(n_paths, rng=rng)
+
+
+def test_sample_takes_an_integral_float_count(rw):
+    model = CalibratedModel.calibrate(rw)
+    np.testing.assert_array_equal(model.sample(1e2, rng=3), model.sample(100, rng=3))

@@ -533,3 +533,19 @@ def test_price_refuses_a_payoff_that_is_not_one(pricer, payoff):
                  lambda: price_batch(m, sol.kernels, payoff)):
         with pytest.raises(TypeError, match=match):
             call()
+
+
+@pytest.mark.parametrize("n_paths, rng, match", [
+    # before (library fuzz, third pass): 0 gave an empty array, -1 numpy's "negative
+    # dimensions", 2.5 and NaN "'float' object cannot be interpreted as an integer", 1.5 as a
+    # seed numpy's "SeedSequence expects int" (none named the argument)
+    (0, 0, "n_paths must be an integer >= 1, got 0"),
+    (-1, 0, "n_paths must be an integer >= 1, got -1"),
+    (2.5, 0, "n_paths must be an integer >= 1, got 2.5"),
+    (float("nan"), 0, "n_paths must be an integer >= 1, got nan"),
+    (10, 1.5, "rng must be an int, a numpy Generator, a SeedSequence or None, got 1.5"),
+])
+def test_solution_sample_refuses_bad_counts_and_seeds(pricer, n_paths, rng, match):
+    sol = pricer.solve(gbm_marginals([0.0, 0.1, 0.2], grid=pricer.grid))
+    with pytest.raises(ValueError, match=match):
+        sol.sample(n_paths, rng=rng)

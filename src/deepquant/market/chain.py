@@ -39,6 +39,7 @@ from scipy.special import ndtr
 from deepquant.atomic import write_text
 from deepquant.blackscholes import black_d1, black_gamma, black_vega, implied_vol
 from deepquant.market.synthetic import ModelName, ModelParams, model_params
+from deepquant.seeds import as_generator
 
 __all__ = ["SyntheticChain", "synthetic_chain", "default_expiries", "NORMALIZED_COLUMNS",
            "EXTRA_COLUMNS", "tick_size"]
@@ -289,7 +290,7 @@ def synthetic_chain(
         exp_dates = sorted(set(exp_dates))
         if not exp_dates:
             raise ValueError("expiries must not be empty")
-    rng = np.random.default_rng(seed)
+    rng = as_generator(seed, "seed")
     parts = []
     for d in exp_dates:
         t = _year_fraction(quote_date, "16:00", d)

@@ -23,6 +23,8 @@ sets in one batched recursion); pairwise payoffs are priced as sum_t <c_t, pi_t>
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
 import weakref
@@ -44,6 +46,7 @@ from deepquant.mmot._chainplan_kernels import (
 from deepquant.mmot._chainplan_meet import _backward_laws, _meet_plan
 from deepquant.mmot._plans import measure
 from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
+from deepquant.seeds import as_generator
 
 __all__ = ["CalibratedModel", "ModelPrice", "ChainPlan", "chain_plan",
            "cached_chain", "price_batch"]
@@ -216,10 +219,8 @@ class CalibratedModel:
         ndarray, shape (n_paths, N+1)
             Grid values (or indices) of X_0, ..., X_N along each path.
         """
-        if isinstance(n_paths, bool) or int(n_paths) != n_paths or int(n_paths) < 1:
-            raise ValueError(f"n_paths must be an integer >= 1, got {n_paths!r}")
-        n_paths = int(n_paths)
-        gen = np.random.default_rng(rng)
+        n_paths = check_n_paths(n_paths)
+        gen = as_generator(rng)
         m = self.marginals.size
         idx = np.empty((n_paths, self.n_periods + 1), dtype=np.int64)
         cdf0 = np.cumsum(self.marginals.weights[0])
@@ -538,6 +539,15 @@ def _full_support(margs: list[Marginals], pos: np.ndarray, full: np.ndarray) -> 
     w = np.mean([m.weights for m in margs], axis=0)
     return Marginals(first.grid, np.where(full & ~pos, 1e-300, w), first.times,
                      check_convex=False)
+
+
+def check_n_paths(n_paths: object) -> int:
+    """``n_paths`` as an int >= 1 (an integral float such as 1e4 is taken); a ``ValueError``
+    naming it for a bool, a string, NaN, a fraction or a count below 1."""
+    if isinstance(n_paths, bool) or not isinstance(n_paths, numbers.Real) \
+            or not math.isfinite(n_paths) or int(n_paths) != n_paths or n_paths < 1:
+        raise ValueError(f"n_paths must be an integer >= 1, got {n_paths!r}")
+    return int(n_paths)
 
 
 def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str = "union",

@@ -53,6 +53,7 @@ import numpy as np
 
 from deepquant.market.marginals import Marginals
 from deepquant.payoffs import check_payoff
+from deepquant.seeds import as_generator
 
 __all__ = ["NeuralPricer", "NeuralSolution", "NeuralGridWarning", "default_checkpoint",
            "guard_thresholds", "demo_prices"]
@@ -153,7 +154,10 @@ class NeuralSolution:
 
     def sample(self, n_paths: int, rng=None) -> np.ndarray:
         """Paths (n_paths, N+1) of the chain on the grid."""
-        rng = np.random.default_rng(rng)
+        from deepquant.mmot.model import check_n_paths
+
+        n_paths = check_n_paths(n_paths)
+        rng = as_generator(rng)
         grid, w = self.marginals.grid, self.marginals.weights
         idx = np.empty((n_paths, w.shape[0]), dtype=np.int64)
         idx[:, 0] = rng.choice(grid.size, size=n_paths, p=w[0] / w[0].sum())

@@ -28,6 +28,7 @@ from scipy import stats
 from scipy.stats import qmc
 
 from deepquant.results import result_dict, warn_failure
+from deepquant.seeds import RngLike, check_rng
 
 __all__ = [
     "as_seed_sequence",
@@ -39,7 +40,6 @@ __all__ = [
     "t_interval",
 ]
 
-RngLike = int | np.random.Generator | np.random.SeedSequence | None
 _EPS = 1e-12
 
 SOBOL_MAX_DIM = 21201
@@ -49,15 +49,12 @@ SOBOL_MAX_DIM = 21201
 
 def as_seed_sequence(rng: RngLike) -> np.random.SeedSequence:
     """A ``SeedSequence`` from an int, a Generator, a SeedSequence or None (fresh entropy)."""
+    rng = check_rng(rng)
     if isinstance(rng, np.random.SeedSequence):
         return rng
     if isinstance(rng, np.random.Generator):
         return np.random.SeedSequence(rng.integers(0, 2**63 - 1, size=4).tolist())
-    if rng is None or (isinstance(rng, int | np.integer) and not isinstance(rng, bool)):
-        if rng is not None and rng < 0:
-            raise ValueError(f"rng seed must be >= 0, got {rng}")
-        return np.random.SeedSequence(rng)
-    raise ValueError(f"rng must be an int, a numpy Generator, a SeedSequence or None, got {rng!r}")
+    return np.random.SeedSequence(rng)
 
 
 def gaussian_points(n: int, dim: int, *, method: str = "rqmc", antithetic: bool = True,
