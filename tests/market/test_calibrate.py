@@ -203,6 +203,13 @@ def test_bad_calibration_input():
     (dict(window=-0.1), "window must be a finite number >= 0, got -0.1"),
     (dict(alpha=float("nan")), r"alpha must be in \(0, 1\), got nan"),
     (dict(alpha=1.5), r"alpha must be in \(0, 1\), got 1.5"),
+    # library fuzz, third pass: a NaN inside_tol reported no quote inside; an unknown solver
+    # failed after the program was built (a RuntimeError); 25.5 grid points ran as 25; a NaN
+    # grid point reached cvxpy ("Problem data contains NaN or Inf")
+    (dict(inside_tol=float("nan")), "inside_tol must be a finite number >= 0, got nan"),
+    (dict(solver="bogus"), "solver must be one of the installed cvxpy solvers .*got 'bogus'"),
+    (dict(grid_size=25.5), "grid_size must be an integer >= 10, got 25.5"),
+    (dict(grid=np.array([0.5, np.nan, 1.5])), "grid must be a finite, strictly increasing"),
 ])
 def test_report_options_are_checked_before_the_solve(monkeypatch, kw, match):
     """A NaN window silently reported 0% of quotes inside it; a bad alpha was an error only
@@ -217,6 +224,22 @@ def test_report_options_are_checked_before_the_solve(monkeypatch, kw, match):
     quotes = [lognormal_quotes(n, t, 0.2, strikes) for n, t in (("a", 0.1), ("b", 0.2))]
     with pytest.raises(ValueError, match=match):
         calibrate(quotes, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(fit_range=(2.0, 0.3)), r"fit_range must satisfy 0 <= lo < hi, got \(2.0, 0.3\)"),
+    (dict(fit_range=(float("nan"), 2.0)), "fit_range must satisfy 0 <= lo < hi"),
+    (dict(fit_range=0.5), "fit_range must be two numbers"),
+    (dict(grid_size=float("nan")), "grid_size must be an integer >= 10, got nan"),
+    (dict(solver="bogus"), "solver must be one of the installed cvxpy solvers"),
+    (dict(inside_tol=-1.0), "inside_tol must be a finite number >= 0, got -1.0"),
+])
+def test_calibrate_chain_checks_options_before_reading_the_chain(tmp_path, kw, match):
+    """Library fuzz, third pass: fit_range (2, 0.3) or NaN was "slice ... has no two-sided
+    quotes with K/F in [2, 0.3]" (the argument not named), a NaN grid size int()'s error, after
+    the chain was read and fitted. The path does not exist: the option's error comes first."""
+    with pytest.raises((ValueError, TypeError), match=match):
+        calibrate_chain(tmp_path / "missing.csv", ["30d", "60d"], **kw)
 
 
 def test_chain_with_a_single_expiry(tmp_path):

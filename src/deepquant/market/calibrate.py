@@ -50,11 +50,13 @@ with s the mean normalized bid-ask spread of the slice and M its number of quote
 from __future__ import annotations
 
 import datetime as dt
+import numbers
 import os
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -67,6 +69,7 @@ from deepquant.market.parity import (
     ParityFit,
     SliceQuotes,
     calendar_violations,
+    check_fit_range,
     check_rates,
     fit_parity,
     normalize_slice,
@@ -301,6 +304,28 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
 
 
+def _check_options(*, grid_size: Any = 150, reg: Any = 1e-2, window: Any = 0.4,
+                   alpha: Any = 0.05, inside_tol: Any = 1e-9, solver: Any = "CLARABEL",
+                   **_: Any) -> None:
+    """``calibrate``'s options, before any work (``calibrate_chain`` checks them before
+    reading the chain). A NaN ``inside_tol`` counted no quote inside; an unknown ``solver``
+    failed after the program was built; a fractional ``grid_size`` was truncated."""
+    if isinstance(grid_size, bool) or not isinstance(grid_size, numbers.Integral):
+        raise ValueError(f"grid_size must be an integer >= 10, got {grid_size!r}")
+    if not (reg >= 0 and np.isfinite(reg)):
+        raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
+    if not (window >= 0 and np.isfinite(window)):
+        raise ValueError(f"window must be a finite number >= 0, got {window!r}")
+    _check_alpha(alpha)
+    if not (inside_tol >= 0 and np.isfinite(inside_tol)):
+        raise ValueError(f"inside_tol must be a finite number >= 0, got {inside_tol!r}")
+    import cvxpy as cp
+
+    if not isinstance(solver, str) or solver.upper() not in cp.installed_solvers():
+        raise ValueError(f"solver must be one of the installed cvxpy solvers "
+                         f"{cp.installed_solvers()}, got {solver!r}")
+
+
 # ----------------------------------------------------------------------------- the program
 def calibrate(
     quotes: Sequence[SliceQuotes],
@@ -366,14 +391,12 @@ def calibrate(
         i = int(np.flatnonzero(np.diff(times) <= 0)[0])
         raise ValueError(f"slices must have strictly increasing times: {quotes[i].label} "
                          f"(t={times[i]:.6f}) then {quotes[i + 1].label} (t={times[i + 1]:.6f})")
-    if not (reg >= 0 and np.isfinite(reg)):
-        raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
-    if not (window >= 0 and np.isfinite(window)):
-        raise ValueError(f"window must be a finite number >= 0, got {window!r}")
-    _check_alpha(alpha)
+    _check_options(grid_size=grid_size, reg=reg, window=window, alpha=alpha,
+                   inside_tol=inside_tol, solver=solver)
     x = make_grid(quotes, grid_size) if grid is None else np.asarray(grid, dtype=float)
-    if x.ndim != 1 or x.size < 3 or np.any(np.diff(x) <= 0):
-        raise ValueError("grid must be a strictly increasing 1-D array of at least 3 points")
+    if x.ndim != 1 or x.size < 3 or not np.all(np.diff(x) > 0) or not np.isfinite(x).all():
+        raise ValueError(f"grid must be a finite, strictly increasing 1-D array of at least 3 "
+                         f"points, got {grid!r:.80}")
     kmin = min(float(q.k.min()) for q in quotes)
     kmax = max(float(q.k.max()) for q in quotes)
     if not (x[0] < min(kmin, 1.0) and x[-1] > max(kmax, 1.0)):
@@ -538,6 +561,8 @@ def calibrate_chain(
         ``result.slices[s].forward``/``discount`` convert back to currency.
     """
     t0 = time.perf_counter()
+    check_fit_range(fit_range)
+    _check_options(grid_size=grid_size, **options)
     ch = chain if isinstance(chain, OptionChain) else load_chain(
         chain, max_quote_spread=max_quote_spread)
     chosen = select_slices(ch, expiries)

@@ -46,6 +46,7 @@ __all__ = [
     "ParityFit",
     "SliceQuotes",
     "calendar_violations",
+    "check_fit_range",
     "check_rates",
     "common_rate",
     "fit_parity",
@@ -322,6 +323,18 @@ class SliceQuotes:
         v = implied_vol(mid[i], 1.0, self.k[i], 1.0, is_call=bool(self.is_call[i]))
         return float(v) if np.isfinite(v) and v > 0 else 0.2 * np.sqrt(self.t)
 
+
+
+def check_fit_range(fit_range) -> tuple[float, float]:
+    """``fit_range`` as ``(lo, hi)`` with 0 <= lo < hi (``hi`` may be inf); a ``TypeError`` or
+    ``ValueError`` naming it otherwise (NaN included)."""
+    try:
+        lo, hi = (float(v) for v in fit_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"fit_range must be two numbers (lo, hi), got {fit_range!r}") from None
+    if not 0 <= lo < hi:
+        raise ValueError(f"fit_range must satisfy 0 <= lo < hi, got {fit_range!r}")
+    return lo, hi
 
 
 def normalize_slice(

@@ -252,15 +252,10 @@ def load_bands(chain, expiries: Sequence[str], *, fit_range=(0.5, 1.6), near_fra
         The bands (per expiry sorted by k, call before put) and the two-sided normalized
         quotes.
     """
-    from deepquant.market.parity import fit_parity, normalize_slice
+    from deepquant.market.parity import check_fit_range, fit_parity, normalize_slice
     from deepquant.market.quotes import OptionChain, load_chain, select_slices
 
-    try:
-        lo, hi = (float(v) for v in fit_range)
-    except (TypeError, ValueError):
-        raise TypeError(f"fit_range must be two numbers (lo, hi), got {fit_range!r}") from None
-    if not 0 <= lo < hi:
-        raise ValueError(f"fit_range must satisfy 0 <= lo < hi, got {fit_range!r}")
+    lo, hi = check_fit_range(fit_range)
     if isinstance(expiries, str):
         expiries = [e.strip() for e in expiries.split(",") if e.strip()]
     ch = chain if isinstance(chain, OptionChain) else load_chain(chain)
