@@ -126,3 +126,37 @@ def test_result_carries_its_problem(rw):
     bare = dataclasses.replace(res, problem=None)
     with pytest.raises(ValueError, match="pass marginals and payoff"):
         superhedge(bare, side="upper")
+
+
+def _other_problems():
+    """Marginals on another grid (steps of 3), and a payoff the hedge was not built for."""
+    return {"marginals": Marginals(*random_walk_marginals(4, steps=(-3, 0, 3))),
+            "payoff": make_payoff("asian-call", strike=90.0)}
+
+
+@pytest.mark.parametrize("which", ["marginals", "payoff"])
+def test_other_marginals_or_payoff_are_refused(rw, which):
+    """Library fuzz, third pass: ``verify_hedge(hedge, other_marginals)`` or ``(hedge,
+    payoff=other)`` ignored both and reported ``ok=True`` (the check runs on the hedge's own
+    chain): an Asian call struck at 90 pays more than the hedge of the one at 100 covers, yet
+    it "verified". ``superhedge(result, other_marginals)`` failed with an IndexError."""
+    payoff = make_payoff("asian-call", strike=100.0)
+    res = bounds(rw, payoff, "lp", return_plan=True)
+    hedge = superhedge(res, side="upper")
+    assert verify_hedge(hedge, atol=ATOL).ok and verify_hedge(hedge, rw, payoff, atol=ATOL).ok
+    # the old ok=True was wrong: any superhedge of the strike-90 call costs at least its upper
+    # bound (LP duality), above this hedge's cost
+    assert bounds(rw, make_payoff("asian-call", strike=90.0), "lp").upper > hedge.cost + 1.0
+    kw = {which: _other_problems()[which]}
+    with pytest.raises(ValueError, match=f"{which} .* not the one.? the hedge was built"):
+        verify_hedge(hedge, **kw)
+    with pytest.raises(ValueError, match=f"{which} .* not the one.? the result was built"):
+        superhedge(res, side="upper", **kw)
+
+
+@pytest.mark.parametrize("atol", [float("nan"), -1.0, True])
+def test_verify_hedge_atol_is_checked(rw, atol):
+    # before: NaN or a negative atol ran and reported ok=False whatever the hedge
+    hedge = superhedge(bounds(rw, make_payoff("asian-call", strike=100.0), "lp"), side="upper")
+    with pytest.raises(ValueError, match=f"atol must be a finite number >= 0, got {atol!r}"):
+        verify_hedge(hedge, atol=atol)

@@ -23,6 +23,7 @@ given the X path and dominance holds in expectation over the split (the approxim
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain, build_chain, trivial_chain
 from deepquant.mmot.result import BoundsResult
 from deepquant.mmot.sweep import hull_backward
-from deepquant.payoffs import Payoff
+from deepquant.payoffs import Payoff, check_payoff
 
 __all__ = ["StaticStrip", "SemiStaticHedge", "HedgeCheck", "superhedge", "verify_hedge"]
 
@@ -155,9 +156,36 @@ class HedgeCheck:
     n_paths: int
 
 
+def _require_same(marginals: Any, payoff: Any, own_marginals: Any, own_payoff: Any,
+                  what: str, grid: np.ndarray | None = None) -> None:
+    """A ``ValueError`` when ``marginals`` or ``payoff`` (given) are not ``what``'s own (the
+    potentials and the chain belong to those; a check or a hedge on others would not hold for
+    them). Without own marginals, the given ones must at least be on ``grid``."""
+    hint = "solve bounds(marginals, payoff) for them and take its superhedge"
+    if marginals is not None:
+        if not isinstance(marginals, Marginals):
+            raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
+        if own_marginals is not None:
+            same = (np.array_equal(marginals.grid, own_marginals.grid)
+                    and np.array_equal(marginals.weights, own_marginals.weights))
+        else:
+            same = grid is None or np.array_equal(marginals.grid, grid)
+        if not same:
+            raise ValueError(f"marginals {marginals!r} are not the ones {what} was built on "
+                             f"({own_marginals!r}); {hint}")
+    if payoff is not None:
+        check_payoff(payoff)
+        if own_payoff is not None and payoff != own_payoff:
+            raise ValueError(f"payoff {payoff!r} is not the one {what} was built for "
+                             f"({own_payoff!r}); {hint}")
+
+
 def _problem_inputs(result, marginals, payoff, where: str):
-    """``marginals`` and ``payoff``, defaulting to the ones ``result.problem`` carries."""
+    """``marginals`` and ``payoff``, defaulting to the ones ``result.problem`` carries (other
+    ones than those are refused)."""
     problem = getattr(result, "problem", None)
+    _require_same(marginals, payoff, getattr(problem, "marginals", None),
+                  getattr(problem, "payoff", None), "the result")
     if marginals is None:
         marginals = getattr(problem, "marginals", None)
     if payoff is None:
@@ -249,8 +277,14 @@ def verify_hedge(hedge: SemiStaticHedge, marginals: Marginals | None = None,
     chain's (x, s) states (S is a function of the path, so this is a minimum over all
     prod_t |supp mu_t| paths without enumerating them). Also checks cost == bound within
     ``atol * max(1, |bound|)``. ``marginals`` and ``payoff`` default to the ones the hedge
-    was built for.
+    was built for; other ones are refused (the check runs on the hedge's own chain, so it would
+    say nothing about them).
     """
+    if not (isinstance(atol, int | float) and not isinstance(atol, bool) and np.isfinite(atol)
+            and atol >= 0):
+        raise ValueError(f"atol must be a finite number >= 0, got {atol!r}")
+    _require_same(marginals, payoff, hedge.marginals, hedge.payoff, "the hedge",
+                  grid=hedge.chain.grid)
     marginals = hedge.marginals if marginals is None else marginals
     payoff = hedge.payoff if payoff is None else payoff
     if marginals is None or payoff is None:
