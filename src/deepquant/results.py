@@ -55,7 +55,8 @@ import warnings
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ConvergenceWarning", "Result", "result_dict", "total_seconds", "warn_failure"]
+__all__ = ["ConvergenceWarning", "Result", "check_callback", "result_dict", "total_seconds",
+           "warn_failure"]
 
 PROTOCOL_FIELDS = ("success", "status", "message", "seconds")
 
@@ -90,6 +91,13 @@ def warn_failure(result: Any, where: str, *, stacklevel: int = 2) -> None:
     if not result.success:
         warnings.warn(f"{where}: {result.message}", ConvergenceWarning,
                       stacklevel=stacklevel + 1)
+
+
+def check_callback(fn: Any, name: str) -> None:
+    """A ``TypeError`` naming ``name`` unless ``fn`` is callable or None (a progress callback
+    is checked before the work, not when it is first called after a run)."""
+    if fn is not None and not callable(fn):
+        raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
 
 
 def total_seconds(timings: dict[str, float]) -> float:

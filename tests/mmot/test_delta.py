@@ -95,3 +95,12 @@ class TestBacktestResult(ResultProtocol):
     @classmethod
     def result(cls, model):
         return backtest(delta_hedge(model, PAYOFFS[0]), model.sample(200, rng=1))
+
+
+def test_hedge_and_model_types_are_checked():
+    # library fuzz, third pass: AttributeErrors ('NoneType' object has no attribute
+    # 'marginals' / 'kernels') from inside
+    with pytest.raises(TypeError, match="model must be a calibrated model .* got NoneType"):
+        delta_hedge(None, AsianCall(strike=100.0))
+    with pytest.raises(TypeError, match="hedge must be a DeltaHedge .* got NoneType"):
+        backtest(None, np.full((4, 3), 100.0))

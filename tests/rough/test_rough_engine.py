@@ -296,3 +296,11 @@ class TestAndersenBroadieResult(ResultProtocol):
         m = RoughBergomi.black_scholes(sigma=0.2)
         policy, _ = TINY_PRICER.fit(m, 100.0, rng=5)
         return andersen_broadie(TINY_PRICER, m, 100.0, policy, n_outer=16, n_inner=8, rng=6)
+
+
+@pytest.mark.parametrize("name, value", [("exercise_basis", None), ("martingale_basis", "x")])
+def test_bases_must_be_basis_objects(name, value):
+    # library fuzz, third pass: an AttributeError ('NoneType' object has no attribute
+    # 'poly_degree') from the first fit
+    with pytest.raises(TypeError, match=f"{name} must be a .*Basis, got {type(value).__name__}"):
+        BermudanPricer(**{name: value})

@@ -283,3 +283,20 @@ def test_american_bad_coarse_grids_are_rejected_before_any_run(coarse):
                                          r"got " + re.escape(repr(coarse))):
         price_american(RoughBergomi(), 100.0, pricer=BermudanPricer(**SMALL_RB), dates=(2, 4),
                        total_steps=8, coarse_total_steps=coarse, callback=ran)
+
+
+@pytest.mark.parametrize("call", ["price_converged", "price_american", "ensemble"])
+def test_callbacks_are_checked_before_the_first_run(call):
+    """Library fuzz, third pass: a callback that is not callable was "'int' object is not
+    callable" after the first run (minutes of work on the default sizes); now a TypeError
+    naming it before any run (on main this tiny pricer ran, then failed with numpy's words)."""
+    import deepquant.rough as rough
+
+    tiny = BermudanPricer(n_dates=2, steps_per_date=2, n_regression=2**7, batch_size=2**6,
+                          min_batches=2, max_batches=2)
+    name = "progress" if call == "ensemble" else "callback"
+    extra = {"runs": 2, "backend": "serial"} if call == "ensemble" else {}
+    if call == "price_american":
+        extra = {"dates": (2, 4), "total_steps": 8, "coarse_total_steps": 4}
+    with pytest.raises(TypeError, match=f"{name} must be callable or None, got int"):
+        getattr(rough, call)(RoughBergomi(), 100.0, pricer=tiny, rng=0, **{name: 1}, **extra)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deepquant.market.marginals import Marginals
 from deepquant.payoffs import Payoff, check_payoff
 from deepquant.results import result_dict
 
@@ -174,6 +175,10 @@ def delta_hedge(model, payoff: Payoff, *, method: str = "mv", sum_mode: str = "a
     if method not in ("mv", "fd"):
         raise ValueError(f"method must be 'mv' or 'fd', got {method!r}")
     check_payoff(payoff)
+    if not isinstance(getattr(model, "marginals", None), Marginals) \
+            or getattr(model, "kernels", None) is None:
+        raise TypeError(f"model must be a calibrated model with marginals and kernels "
+                        f"(CalibratedModel, NeuralSolution), got {type(model).__name__}")
     marg = model.marginals
     chain = build_chain(marg, payoff, sum_mode=sum_mode, sum_grid_size=sum_grid_size)
     kern = np.asarray(model.kernels, dtype=float)
@@ -277,6 +282,9 @@ def backtest(hedge: DeltaHedge, paths: np.ndarray) -> BacktestResult:
     BacktestResult
     """
     t0 = time.perf_counter()
+    if not isinstance(hedge, DeltaHedge):
+        raise TypeError(f"hedge must be a DeltaHedge (from delta_hedge), got "
+                        f"{type(hedge).__name__}")
     paths = np.asarray(paths, dtype=float)
     n_dates = hedge.kernels.shape[0] + 1
     if paths.ndim != 2 or paths.shape[1] != n_dates or paths.shape[0] < 2:

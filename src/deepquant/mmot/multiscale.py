@@ -39,7 +39,7 @@ from deepquant.mmot.markov_inner import MARGINAL_TOL, adopt_markov_inner
 from deepquant.mmot.result import BoundSide, BoundsResult, check_sides
 from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
-from deepquant.results import warn_failure
+from deepquant.results import check_callback, warn_failure
 
 __all__ = ["certified_bounds", "max_levels"]
 
@@ -303,8 +303,7 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
         raise ValueError(f"multiscale must be None or an integer in [0, "
                          f"{max_levels(marginals.size)}] (the coarsenings of a grid of "
                          f"{marginals.size} points), got {multiscale!r}")
-    if progress is not None and not callable(progress):
-        raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
+    check_callback(progress, "progress")
     check_options(**options)  # before the chain is built
     # the kernels compiled or loaded outside every side's budget (0.0 after the first call)
     warmup = warm_kernels()

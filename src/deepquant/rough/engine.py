@@ -208,6 +208,11 @@ class BermudanPricer:
                 f"max_batches must be >= min_batches={self.min_batches}, got {self.max_batches}")
         if self.method not in ("rqmc", "mc"):
             raise ValueError(f"method must be 'rqmc' or 'mc', got {self.method!r}")
+        for name, kind in (("exercise_basis", ExerciseBasis),
+                           ("martingale_basis", MartingaleBasis)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name} must be a {kind.__name__}, got "
+                                f"{type(getattr(self, name)).__name__}")
         for name in ("martingale_ridge", "dual_ridge", "tol"):  # NaN passed a bare `< 0` test
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from deepquant.payoffs import Payoff
-from deepquant.results import result_dict, warn_failure
+from deepquant.results import check_callback, result_dict, warn_failure
 from deepquant.rough.engine import BermudanPricer, BermudanResult
 from deepquant.rough.exercise import is_path_dependent, option_name
 from deepquant.rough.qmc import RngLike, as_seed_sequence, t_interval
@@ -120,6 +120,7 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
 
     if not isinstance(runs, int) or runs < 2:
         raise ValueError(f"runs must be an integer >= 2 for t-intervals, got {runs!r}")
+    check_callback(progress, "progress")
     pricer = pricer or BermudanPricer()
     payoff = pricer.prepare_payoff(strike, option)  # validated before starting workers
     root, state = _load_resume(resume, rng) if resume is not None else (None, {})

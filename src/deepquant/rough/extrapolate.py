@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from deepquant.payoffs import Payoff
-from deepquant.results import result_dict, warn_failure
+from deepquant.results import check_callback, result_dict, warn_failure
 from deepquant.rough.coupling import price_levels
 from deepquant.rough.engine import BermudanPricer, BermudanResult, check_model, exercise_payoff
 from deepquant.rough.qmc import RngLike, as_seed_sequence
@@ -210,8 +210,9 @@ def _rows(C: np.ndarray) -> tuple:
     return tuple(tuple(float(x) for x in row) for row in np.asarray(C))
 
 
-def _check(model, pricer, tol, rate):
+def _check(model, pricer, tol, rate, callback=None):
     check_model(model)
+    check_callback(callback, "callback")
     if not isinstance(pricer, BermudanPricer):
         raise ValueError(f"pricer must be a BermudanPricer, got {pricer!r}")
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
@@ -300,7 +301,7 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
     ``callback(result)`` after each run.
     """
     pricer = pricer or BermudanPricer(feature_steps=FEATURE_STEPS)
-    _check(model, pricer, tol, rate)
+    _check(model, pricer, tol, rate, callback)
     steps = _doubling(steps, "steps")
     if isinstance(max_steps_per_date, bool) or not isinstance(max_steps_per_date,
                                                               int | np.integer) \
@@ -436,7 +437,7 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
     discretised model (the fields change only the fit and the inner sample).
     """
     pricer = pricer or BermudanPricer()
-    _check(model, pricer, tol, rate)
+    _check(model, pricer, tol, rate, callback)
     dates = _doubling(dates, "dates")
     level_options = _level_options(level_options, pricer, dates)
     if not isinstance(total_steps, int) or total_steps % dates[-1]:
