@@ -304,3 +304,15 @@ def test_bases_must_be_basis_objects(name, value):
     # 'poly_degree') from the first fit
     with pytest.raises(TypeError, match=f"{name} must be a .*Basis, got {type(value).__name__}"):
         BermudanPricer(**{name: value})
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_ensemble_resume_path_is_checked_before_the_runs(tmp_path, where):
+    """Library fuzz, third pass: a folder as the resume file was an IsADirectoryError, a path
+    under a regular file a NotADirectoryError after the first run."""
+    (tmp_path / "f").write_text("x")
+    path = tmp_path if where == "folder" else tmp_path / "f" / "state.json"
+    tiny = BermudanPricer(n_dates=2, steps_per_date=2, n_regression=2**7, batch_size=2**6,
+                          min_batches=2, max_batches=2)
+    with pytest.raises(ValueError, match="resume: cannot write the file"):
+        ensemble(RoughBergomi(), 100.0, runs=2, pricer=tiny, backend="serial", resume=str(path))

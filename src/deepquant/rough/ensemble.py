@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from deepquant.atomic import ensure_writable
 from deepquant.payoffs import Payoff
 from deepquant.results import check_callback, result_dict, warn_failure
 from deepquant.rough.engine import BermudanPricer, BermudanResult
@@ -85,9 +86,11 @@ def _ensemble_fingerprint(pricer, model, payoff, runs, root) -> str:
 def _load_resume(path, rng: RngLike) -> tuple[np.random.SeedSequence | None, dict]:
     """(root seed sequence, finished runs by index) from a resume file, or (None, {})."""
     import json
-    from pathlib import Path
 
-    path = Path(path)
+    try:
+        path = ensure_writable(path)  # rewritten after every run: fail now, not after the first
+    except ValueError as exc:
+        raise ValueError(f"resume: {exc}") from None
     if not path.exists():
         return None, {}
     try:
