@@ -316,3 +316,13 @@ def test_ensemble_resume_path_is_checked_before_the_runs(tmp_path, where):
                           min_batches=2, max_batches=2)
     with pytest.raises(ValueError, match="resume: cannot write the file"):
         ensemble(RoughBergomi(), 100.0, runs=2, pricer=tiny, backend="serial", resume=str(path))
+
+
+@pytest.mark.parametrize("name, value", [("antithetic", None), ("control_variate", "yes"),
+                                         ("bridge", 0), ("exercise_at_zero", 1.0),
+                                         ("martingale_targets", "False")])  # (checked before)
+def test_switches_must_be_bools(name, value):
+    # library fuzz, third pass: None ran as False (antithetic off: a wider bracket), "yes" and
+    # "False" as True, without a word
+    with pytest.raises(ValueError, match=f"{name} must be a bool, got {value!r}"):
+        BermudanPricer(**{name: value})

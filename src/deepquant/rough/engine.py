@@ -177,9 +177,10 @@ class BermudanPricer:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
         if self.device is not None and not isinstance(self.device, str):
             raise ValueError(f"device must be a torch device name or None, got {self.device!r}")
-        if not isinstance(self.martingale_targets, bool):
-            raise ValueError(
-                f"martingale_targets must be a bool, got {self.martingale_targets!r}")
+        for name in ("exercise_at_zero", "antithetic", "bridge", "control_variate",
+                     "martingale_targets"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.feature_steps is not None:
             fs = self.feature_steps
             if not isinstance(fs, int | np.integer) or isinstance(fs, bool) or fs < 1:
