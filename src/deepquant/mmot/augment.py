@@ -186,6 +186,10 @@ def build_chain(
         # checked whatever the mode: a lattice chain ignores it, so a bad one went unseen
         raise ValueError(f"sum_grid_size must be an integer >= 2 or None, got "
                          f"{sum_grid_size!r}")
+    if strike is not None and (isinstance(strike, bool)
+                               or not isinstance(strike, int | float | np.number)
+                               or not np.isfinite(strike)):
+        raise ValueError(f"strike must be a finite number or None, got {strike!r}")
     if isinstance(payoff, _pairwise_only_types()):
         raise ValueError(
             f"payoff {payoff.name!r} is pairwise only (no terminal(x, s)); decompose it per "
