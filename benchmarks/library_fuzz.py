@@ -1,0 +1,400 @@
+"""Feed the public library API small valid inputs perturbed one argument at a time.
+
+Each call runs under a 60 s alarm and is classified: ``ok`` (a ValueError/TypeError, or a
+result), ``NAN-OK`` (a result reporting success with a NaN/inf value: a silent wrong answer),
+``HANG`` (the alarm fired) or ``DEEP`` (any other exception, or a ValueError/TypeError raised
+inside numpy/scipy/numba/torch). Prints one row per case.
+
+    PYTHONPATH=src OMP_NUM_THREADS=1 timeout 1800 python benchmarks/library_fuzz.py [FILTER]
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import traceback
+import warnings
+
+import numpy as np
+
+from deepquant import Marginals
+from deepquant.market.synthetic import gbm_marginals
+from deepquant.mmot import (
+    CalibratedModel,
+    bounds,
+    certified_bounds,
+    delta_hedge,
+    solve_entropic,
+    superhedge,
+    verify_hedge,
+    widen,
+    widen_bounds,
+)
+from deepquant.payoffs import AsianCall, EuropeanCall
+from deepquant.rough import BermudanPricer, Heston, RoughBergomi, price_converged, richardson
+
+NAN, INF = float("nan"), float("inf")
+LIBRARIES = ("numpy", "scipy", "numba", "torch", "cvxpy", "highspy")
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Hang
+
+
+def marginals(n=9, dates=3):
+    return gbm_marginals(np.linspace(0.0, 0.5, dates), grid=np.linspace(0.6, 1.4, n), sigma=0.2)
+
+
+M = marginals()
+ASIAN = AsianCall(strike=1.0)
+SMALL = dict(n_dates=3, steps_per_date=2, n_regression=2**8, batch_size=2**7, min_batches=2,
+             max_batches=2)
+
+
+def _values(res) -> list[float]:
+    out = []
+    for name in ("lower", "upper", "value", "price"):
+        v = getattr(res, name, None)
+        if isinstance(v, (int, float, np.floating)):
+            out.append(float(v))
+    if isinstance(res, (float, np.floating)):
+        out.append(float(res))
+    return out
+
+
+def classify(thunk) -> tuple[str, str]:
+    signal.alarm(60)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = thunk()
+    except Hang:
+        return "HANG", "no answer within 60 s"
+    except (ValueError, TypeError) as exc:
+        where = traceback.extract_tb(exc.__traceback__)[-1].filename
+        deep = any(f"/{lib}/" in where for lib in LIBRARIES)
+        return ("DEEP" if deep else "ok"), f"{type(exc).__name__}: {str(exc)[:110]}"
+    except Exception as exc:  # noqa: BLE001 - the point is to see every kind
+        return "DEEP", f"{type(exc).__name__}: {str(exc)[:110]}"
+    finally:
+        signal.alarm(0)
+    vals = _values(res)
+    success = getattr(res, "success", getattr(res, "ok", True))
+    if success and any(not math.isfinite(v) for v in vals):
+        return "NAN-OK", f"success with {vals}"
+    return "ok", f"returned {type(res).__name__} {[round(v, 6) for v in vals]} success={success}"
+
+
+def cases():
+    w = M.weights
+    g = M.grid
+    yield "Marginals(grid with NaN)", lambda: Marginals(np.where(g == g[3], NAN, g), w)
+    yield "Marginals(weights NaN)", lambda: Marginals(g, np.where(w == w.max(), NAN, w))
+    yield "Marginals(grid not increasing)", lambda: Marginals(g[::-1], w)
+    yield "Marginals(times=nan)", lambda: Marginals(g, w, times=[0, NAN, 1])
+    yield "Marginals(times decreasing)", lambda: Marginals(g, w, times=[1, 0.5, 0])
+    yield "Marginals(sum_tol=nan)", lambda: Marginals(g, w, sum_tol=NAN)
+    yield "Marginals(convex_tol=-1)", lambda: Marginals(g, w, convex_tol=-1)
+    yield "Marginals(weights str)", lambda: Marginals(g, w.astype(str))
+    yield "Marginals(grid None)", lambda: Marginals(None, w)
+    yield "Marginals(empty)", lambda: Marginals(np.array([]), np.zeros((2, 0)))
+    for method in ("lp", "certified", "entropic", "auto", "ipm"):
+        yield f"bounds({method}, strike nan)", lambda m=method: bounds(M, AsianCall(strike=NAN), m)
+    yield "bounds(method=None)", lambda: bounds(M, ASIAN, None)
+    yield "bounds(payoff=None)", lambda: bounds(M, None)
+    yield "bounds(marginals=array)", lambda: bounds(np.ones((3, 9)), ASIAN)
+    yield "bounds(entropic, eps=nan)", lambda: bounds(M, ASIAN, "entropic", eps=NAN)
+    yield "bounds(entropic, eps=-1)", lambda: bounds(M, ASIAN, "entropic", eps=-1)
+    yield "bounds(entropic, eps=0)", lambda: bounds(M, ASIAN, "entropic", eps=0)
+    yield "bounds(ipm, max_seconds=nan)", lambda: bounds(M, EuropeanCall(strike=1.0), "ipm",
+                                                        max_seconds=NAN)
+    yield "bounds(ipm, max_seconds=-1)", lambda: bounds(M, EuropeanCall(strike=1.0), "ipm",
+                                                       max_seconds=-1)
+    yield "bounds(ipm, max_seconds=0)", lambda: bounds(M, EuropeanCall(strike=1.0), "ipm",
+                                                      max_seconds=0)
+    yield "bounds(ipm, rtol=nan)", lambda: bounds(M, EuropeanCall(strike=1.0), "ipm", rtol=NAN)
+    for opt, val in [("rtol", NAN), ("rtol", -1), ("rtol", 0), ("max_seconds", NAN),
+                     ("max_seconds", -1), ("max_seconds", 0), ("max_iter", 2.5),
+                     ("max_iter", True), ("sum_grid_size", 0), ("sum_grid_size", 2.5),
+                     ("sum_grid_size", NAN), ("sum_mode", "bogus"), ("eps_start", NAN),
+                     ("eps_end", -1)]:
+        yield (f"certified_bounds({opt}={val})",
+               lambda o=opt, v=val: certified_bounds(M, ASIAN, **{o: v}))
+    for opt, val in [("eps", NAN), ("eps", -1), ("eps", 0), ("eps", INF), ("eps", "0.1"),
+                     ("tol", NAN), ("tol", -1), ("max_iter", 0), ("max_iter", 2.5),
+                     ("max_iter", NAN), ("stage_tol", NAN), ("touch_tol", NAN),
+                     ("threads", 0), ("threads", 2.5), ("chunk_entries", 0),
+                     ("eps_schedule", [NAN]), ("eps_schedule", []), ("eps_schedule", [-1.0]),
+                     ("sinkhorn_sweeps", -1), ("method", "bogus"), ("reference", "bogus"),
+                     ("cost", np.full((2, 9, 9), NAN))]:
+        kw = {"eps": 0.1}
+        kw[opt] = val
+        yield f"solve_entropic({opt}={val!r:.20})", lambda k=kw: solve_entropic(M, **k)
+    for opt, val in [("eps", NAN), ("eps", -1), ("tol", NAN), ("tol", 0), ("reference", "bogus")]:
+        yield (f"CalibratedModel.calibrate({opt}={val})",
+               lambda o=opt, v=val: CalibratedModel.calibrate(M, **{o: v}))
+    model = CalibratedModel.calibrate(M, eps=0.1)
+    yield "model.price(strike nan)", lambda: model.price(AsianCall(strike=NAN))
+    yield "model.price(None)", lambda: model.price(None)
+    for n in (0, -1, 2.5, NAN, "10", True):
+        yield f"model.sample(n_paths={n!r})", lambda n=n: model.sample(n, rng=0)
+    for r in (1.5, -1, NAN, "x"):
+        yield f"model.sample(rng={r!r})", lambda r=r: model.sample(10, rng=r)
+    b = bounds(M, ASIAN, "lp", return_plan=True)
+    yield "superhedge(side=bogus)", lambda: superhedge(b, side="bogus")
+    yield "superhedge(None)", lambda: superhedge(None)
+    hedge = superhedge(b, side="upper")
+    yield "verify_hedge(atol=nan)", lambda: verify_hedge(hedge, atol=NAN)
+    yield "verify_hedge(atol=-1)", lambda: verify_hedge(hedge, atol=-1)
+    for method in ("bogus",):
+        yield f"delta_hedge(method={method})", lambda m=method: delta_hedge(model, ASIAN,
+                                                                             method=m)
+    yield "delta_hedge(strike nan)", lambda: delta_hedge(model, AsianCall(strike=NAN))
+    for lo, hi in [(NAN, 1.0), (1.0, NAN), (2.0, 1.0), (-INF, INF)]:
+        yield f"widen({lo}, {hi})", lambda lo=lo, hi=hi: widen(lo, hi)
+    for opt, val in [("cost_rate", NAN), ("cost_rate", -1), ("cost_rate", INF), ("scale", NAN),
+                     ("scale", -1), ("scale", 0)]:
+        yield f"widen_bounds({opt}={val})", lambda o=opt, v=val: widen_bounds(b, **{o: v})
+    for opt, val in [("H", NAN), ("H", 0.6), ("eta", -1), ("rho", 2), ("xi0", 0), ("r", NAN),
+                     ("S0", -1), ("S0", "100"), ("perp_variance", "bogus")]:
+        yield f"RoughBergomi({opt}={val!r})", lambda o=opt, v=val: RoughBergomi(**{o: v})
+    for opt, val in [("v0", NAN), ("kappa", -1), ("sigma", -1), ("rho", 1.5), ("r", INF),
+                     ("S0", 0)]:
+        yield f"Heston({opt}={val!r})", lambda o=opt, v=val: Heston(**{o: v})
+    for opt, val in [("n_dates", 0), ("n_dates", 2.5), ("n_dates", True), ("T", NAN), ("T", -1),
+                     ("steps_per_date", 0), ("n_regression", 0), ("batch_size", 3),
+                     ("min_batches", 0), ("max_batches", NAN), ("patience", -1),
+                     ("min_improvement", NAN), ("method", "bogus"), ("dual_fit", "bogus"),
+                     ("dual_max_iter", 0), ("subsim_inner", 0), ("feature_steps", 0),
+                     ("payoff_dates", 0), ("dtype", "int8")]:
+        kw = dict(SMALL)
+        kw[opt] = val
+        yield f"BermudanPricer({opt}={val!r})", lambda k=kw: BermudanPricer(**k)(
+            RoughBergomi(), 100.0, rng=0)
+    pricer = BermudanPricer(**SMALL)
+    for strike in (NAN, -1.0, 0.0, INF, "100", None):
+        yield f"pricer(strike={strike!r})", lambda s=strike: pricer(RoughBergomi(), s, rng=0)
+    yield "pricer(option=bogus)", lambda: pricer(RoughBergomi(), 100.0, option="bogus", rng=0)
+    for r in (1.5, NAN, -1, "x"):
+        yield f"pricer(rng={r!r})", lambda r=r: pricer(RoughBergomi(), 100.0, rng=r)
+    yield "pricer(model=None)", lambda: pricer(None, 100.0, rng=0)
+    for opt, val in [("steps", (1,)), ("steps", (2, 1)), ("steps", (1, 1)), ("steps", (0, 1)),
+                     ("steps", (1.5, 3)), ("rate", NAN), ("rate", -1), ("tol", NAN),
+                     ("max_steps_per_date", 0)]:
+        yield (f"price_converged({opt}={val!r})",
+               lambda o=opt, v=val: price_converged(RoughBergomi(), 100.0, pricer=pricer, rng=0,
+                                                    **{o: v}))
+    for args in [([1, 2], [1.0, NAN]), ([1, 1], [1.0, 2.0]), ([1, 2], [1.0]), ([], [])]:
+        yield f"richardson{args}", lambda a=args: richardson(*a, rate=1.0)
+    yield "richardson(rate=nan)", lambda: richardson([1, 2], [1.0, 1.1], rate=NAN)
+    yield "richardson(rate=0)", lambda: richardson([1, 2], [1.0, 1.1], rate=0)
+    yield from more_cases()
+
+
+def more_cases():
+    from deepquant.market import heston_marginals, synthetic_chain
+    from deepquant.mmot import (
+        adaptive_grid,
+        append_date,
+        backtest,
+        build_chain,
+        insert_date,
+        sparse_marginals,
+        update_date,
+    )
+    from deepquant.rough import ensemble, preset_pricer, price_american
+
+    for k in ([NAN], [INF], ["a"], np.ones((2, 2)), []):
+        yield f"Marginals.call_prices({k!r:.12})", lambda k=k: M.call_prices(k)
+    for d in ([5], [-5], [0.5], [], [1, 0], [0, 0]):
+        yield f"Marginals.select({d!r})", lambda d=d: M.select(d)
+    yield "Marginals.with_options(bogus=1)", lambda: M.with_options(bogus=1)
+    yield "Marginals.spot_call_price(date=9)", lambda: M.spot_call_price(9, 1.0, forward=1.0)
+    yield "Marginals.spot_call_price(fwd nan)", lambda: M.spot_call_price(1, 1.0, forward=NAN)
+    yield "Marginals.spot_call_price(strike nan)", lambda: M.spot_call_price(1, NAN, forward=1.0)
+    yield "Marginals.spot_call_price(disc -1)", lambda: M.spot_call_price(1, 1.0, forward=1.0,
+                                                                             discount=-1)
+    for opt, val in [("sigma", NAN), ("sigma", -1), ("sigma", 0), ("grid_size", 0),
+                     ("grid_size", 2.5), ("grid_size", NAN)]:
+        yield (f"gbm_marginals({opt}={val!r})",
+               lambda o=opt, v=val: gbm_marginals([0.0, 0.5], **{o: v}))
+    yield "gbm_marginals(times nan)", lambda: gbm_marginals([0.0, NAN], grid_size=9)
+    yield "gbm_marginals(times [])", lambda: gbm_marginals([], grid_size=9)
+    yield "gbm_marginals(grid unsorted)", lambda: gbm_marginals([0, 0.5], grid=[1.2, 1.0, 0.8])
+    for opt, val in [("kappa", NAN), ("v0", -1), ("rho", 2), ("n_terms", 0)]:
+        yield (f"heston_marginals({opt}={val!r})",
+               lambda o=opt, v=val: heston_marginals([0.0, 0.5], grid_size=9, **{o: v}))
+    for opt, val in [("spot", NAN), ("spot", -1), ("rate", NAN), ("n_sd", 0), ("seed", 1.5),
+                     ("expiries", []), ("model", "bogus")]:
+        yield (f"synthetic_chain({opt}={val!r})",
+               lambda o=opt, v=val: synthetic_chain(**{o: v}))
+    model = CalibratedModel.calibrate(M, eps=0.1)
+    paths = model.sample(50, rng=0)
+    hedge = delta_hedge(model, ASIAN)
+    yield "backtest(paths NaN)", lambda: backtest(hedge, np.where(paths > 1.1, NAN, paths))
+    yield "backtest(paths wrong dates)", lambda: backtest(hedge, paths[:, :2])
+    yield "backtest(paths 1-D)", lambda: backtest(hedge, paths[0])
+    yield "backtest(paths empty)", lambda: backtest(hedge, paths[:0])
+    yield "backtest(paths off grid)", lambda: backtest(hedge, paths * 10)
+    yield "build_chain(max_states=0)", lambda: build_chain(M, ASIAN, max_states=0)
+    yield "build_chain(strike nan)", lambda: build_chain(M, ASIAN, strike=NAN)
+    m4 = marginals(9, 4)
+    prev = solve_entropic(M, 0.1)
+    for d in (-1, 0, 3, 10, 1.5, NAN):
+        yield f"insert_date(date={d!r})", lambda d=d: insert_date(prev, m4, d)
+        yield f"update_date(date={d!r})", lambda d=d: update_date(prev, M, d)
+    yield "append_date(same marginals)", lambda: append_date(prev, M)
+    yield "append_date(eps=nan)", lambda: append_date(prev, m4, eps=NAN)
+    for tau in (NAN, -1, 0, INF):
+        yield f"adaptive_grid(tau={tau})", lambda t=tau: adaptive_grid(M.grid, M.weights, tau=t)
+        yield f"sparse_marginals(tau={tau})", lambda t=tau: sparse_marginals(M, tau=t)
+    for opt, val in [("max_depth", -1), ("max_depth", 100), ("base_cells", 0)]:
+        yield (f"sparse_marginals({opt}={val})",
+               lambda o=opt, v=val: sparse_marginals(M, tau=1e-3, **{o: v}))
+    yield "preset_pricer(bogus)", lambda: preset_pricer("bogus")
+    yield "preset_pricer(n_dates=-1)", lambda: preset_pricer("bs", n_dates=-1)
+    yield "preset_pricer(bogus_opt=1)", lambda: preset_pricer("bs", bogus_opt=1)
+    pricer = BermudanPricer(**SMALL)
+    for opt, val in [("dates", (3,)), ("dates", (3, 2)), ("dates", (0, 3)), ("total_steps", 0),
+                     ("total_steps", 7), ("coarse_total_steps", -1), ("rate", NAN),
+                     ("tol", NAN), ("level_options", "bogus")]:
+        yield (f"price_american({opt}={val!r})",
+               lambda o=opt, v=val: price_american(RoughBergomi(), 100.0, pricer=pricer, rng=0,
+                                                   **{o: v}))
+    for opt, val in [("runs", 0), ("runs", 2.5), ("runs", NAN), ("n_workers", -1),
+                     ("backend", "bogus"), ("rng", 1.5)]:
+        kw = {"runs": 2, "backend": "serial"}
+        kw[opt] = val
+        yield f"ensemble({opt}={val!r})", lambda k=kw: ensemble(RoughBergomi(), 100.0,
+                                                                 pricer=pricer, **k)
+    yield from market_cases()
+    yield from callable_cases()
+    yield from neural_cases()
+
+
+def callable_cases():
+    from deepquant.mmot import backtest
+    from deepquant.rough import ensemble
+
+    pricer = BermudanPricer(**SMALL)
+    small = dict(SMALL)
+    model = CalibratedModel.calibrate(M, eps=0.1)
+    b = bounds(M, ASIAN, "lp", return_plan=True)
+    other = marginals(11, 3)
+    yield "price_converged(callback=1)", lambda: price_converged(
+        RoughBergomi(), 100.0, pricer=pricer, rng=0, callback=1)
+    yield "ensemble(progress=1)", lambda: ensemble(RoughBergomi(), 100.0, runs=2, pricer=pricer,
+                                                   backend="serial", progress=1)
+    yield "ensemble(resume=dir)", lambda: ensemble(RoughBergomi(), 100.0, runs=2, pricer=pricer,
+                                                   backend="serial", resume="/tmp")
+    for opt, val in [("exercise_basis", None), ("martingale_basis", "x"), ("device", "bogus"),
+                     ("control_variate", "yes"), ("antithetic", None)]:
+        kw = dict(small)
+        kw[opt] = val
+        yield f"BermudanPricer({opt}={val!r})", lambda k=kw: BermudanPricer(**k)(
+            RoughBergomi(), 100.0, rng=0)
+    yield "backtest(hedge=None)", lambda: backtest(None, model.sample(10, rng=0))
+    yield "delta_hedge(model=None)", lambda: delta_hedge(None, ASIAN)
+    yield "delta_hedge(sum_grid_size=1)", lambda: delta_hedge(model, ASIAN, sum_mode="grid",
+                                                              sum_grid_size=1)
+    yield "superhedge(other marginals)", lambda: superhedge(b, other, ASIAN)
+    yield "verify_hedge(other marginals)", lambda: verify_hedge(superhedge(b), other)
+    yield "CalibratedModel.calibrate(None)", lambda: CalibratedModel.calibrate(None)
+    yield "model.price(sum_grid_size=0)", lambda: model.price(ASIAN, sum_mode="grid",
+                                                              sum_grid_size=0)
+    yield "model.price(sum_mode=bogus)", lambda: model.price(ASIAN, sum_mode="bogus")
+    yield "bounds(unknown option)", lambda: bounds(M, ASIAN, "lp", bogus=1)
+    yield "bounds(auto, bogus option)", lambda: bounds(M, ASIAN, bogus=1)
+    yield "bounds(path-lp, max_paths=0)", lambda: bounds(M, ASIAN, "path-lp", max_paths=0)
+
+
+def market_cases():
+    import dataclasses
+    import tempfile
+
+    from deepquant.market import calibrate, calibrate_chain, synthetic_chain
+    from deepquant.mmot import build_chain
+    from deepquant.payoffs import ForwardStartStraddle, LookbackCall
+
+    yield "build_chain(grid sums, strike nan)", lambda: build_chain(
+        M, ASIAN, strike=NAN, sum_mode="grid", sum_grid_size=7)
+    yield "bounds(LookbackCall strike inf)", lambda: bounds(M, LookbackCall(strike=INF))
+    yield "bounds(AsianCall dates=(5,))", lambda: bounds(M, AsianCall(strike=1.0, dates=(5,)))
+    yield "bounds(FwdStart t1=2, t2=1)", lambda: bounds(M, ForwardStartStraddle(t1=2, t2=1))
+    yield "bounds(one date)", lambda: bounds(M.select([0]), EuropeanCall(strike=1.0))
+    yield "bounds(lp, highs_options=nan)", lambda: bounds(M, ASIAN, "lp",
+                                                          highs_options={"time_limit": NAN})
+    path = tempfile.mkdtemp() + "/chain.csv"
+    synthetic_chain(expiries=["2024-02-16", "2024-03-15"]).to_csv(path)
+    exp = ("45d", "73d")
+    for opt, val in [("grid_size", 2), ("grid_size", 2.5), ("grid_size", NAN),
+                     ("fit_range", (NAN, 2.0)), ("fit_range", (2.0, 0.3)), ("near_fraction", NAN),
+                     ("near_fraction", 0), ("rate_range", (NAN, 0.1)), ("max_quote_spread", NAN),
+                     ("max_quote_spread", -1), ("reg", NAN), ("reg", -1), ("window", NAN),
+                     ("alpha", NAN), ("inside_tol", NAN), ("solver", "bogus"),
+                     ("expiries", ()), ("expiries", ("0d",)), ("expiries", (NAN,))]:
+        kw = {"expiries": exp, "grid_size": 25}
+        kw[opt] = val
+        yield f"calibrate_chain({opt}={val!r})", lambda k=kw: calibrate_chain(path, **k)
+    res = calibrate_chain(path, expiries=exp, grid_size=25)
+    q0 = res.quotes[0]
+    bad_bid = q0.bid.copy()
+    bad_bid[2] = NAN
+    empty = dict(k=q0.k[:0], is_call=q0.is_call[:0], bid=q0.bid[:0], ask=q0.ask[:0])
+    for name, change in [("bid NaN", dict(bid=bad_bid)), ("ask < bid", dict(ask=q0.bid - 0.01)),
+                         ("k unsorted", dict(k=q0.k[::-1].copy())), ("t nan", dict(t=NAN)),
+                         ("empty", empty)]:
+        yield (f"calibrate(quotes {name})",
+               lambda c=change: calibrate([dataclasses.replace(q0, **c)] + list(res.quotes[1:]),
+                                          grid_size=25))
+    yield "calibrate(quotes [])", lambda: calibrate([], grid_size=25)
+    yield "calibrate(grid nan)", lambda: calibrate(res.quotes, grid=np.array([0.5, NAN, 1.5]))
+
+
+def neural_cases():
+    from deepquant.neural.pricer import NeuralPricer
+    from deepquant.neural.sweep import sweep
+
+    pricer = NeuralPricer()
+    g = pricer.grid
+    m = gbm_marginals([0.0, 0.1, 0.2], grid=g, sigma=0.2)
+    other = gbm_marginals([0.0, 0.1, 0.2], grid=np.linspace(0.6, 1.4, 9), sigma=0.2)
+    yield "NeuralPricer.solve(other grid)", lambda: pricer.solve(other)
+    yield "NeuralPricer.solve(None)", lambda: pricer.solve(None)
+    yield "NeuralPricer.price(strike nan)", lambda: pricer.price(m, AsianCall(strike=NAN))
+    yield "NeuralPricer.price(None payoff)", lambda: pricer.price(m, None)
+    yield "NeuralPricer.solve_batch([])", lambda: pricer.solve_batch([])
+    yield "NeuralPricer(checkpoint=missing)", lambda: NeuralPricer("/nonexistent.pt")
+    for opt, val in [("ood_drift", NAN), ("ood_drift", -1), ("ood_marginal_error", NAN),
+                     ("row_threads", 0), ("column_floor", NAN), ("column_floor", -1),
+                     ("device", "bogus")]:
+        yield f"NeuralPricer({opt}={val!r})", lambda o=opt, v=val: NeuralPricer(**{o: v}).solve(m)
+    yield "sweep([])", lambda: sweep([], ASIAN, pricer=pricer)
+    yield "sweep(payoff None)", lambda: sweep([m], None, pricer=pricer)
+    for opt, val in [("tol", NAN), ("tol", 0), ("chunk", 0), ("chunk", 2.5), ("threads", 0)]:
+        yield f"sweep({opt}={val!r})", lambda o=opt, v=val: sweep([m], ASIAN, pricer=pricer,
+                                                                   **{o: v})
+    yield "sweep(mixed grids)", lambda: sweep([m, other], ASIAN, pricer=pricer)
+
+
+def main(filter_: str = "") -> None:
+    signal.signal(signal.SIGALRM, _alarm)
+    rows = []
+    print(f"{'outcome':7} | {'input':42} | what happened")
+    for name, thunk in cases():
+        if filter_ and filter_ not in name:
+            continue
+        outcome, what = classify(thunk)
+        rows.append((outcome, name, what))
+        print(f"{outcome:7} | {name:42} | {what}", flush=True)
+    bad = [r for r in rows if r[0] != "ok"]
+    print(f"\n{len(rows)} cases, {len(bad)} not ok")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "")
