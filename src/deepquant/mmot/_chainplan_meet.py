@@ -30,6 +30,9 @@ kernels it calls from ``_chainplan_kernels`` (``_band_row``, ``_zero_ends``), de
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
@@ -42,7 +45,7 @@ from deepquant.mmot._chainplan_kernels import (
     _zero_ends,
 )
 
-__all__ = ["_backward_laws", "_meet_plan"]
+__all__ = ["_backward_laws", "_meet_plan", "backward_laws_started"]
 
 
 def _meet_plan(steps, n_states, terminal, mid):
@@ -106,6 +109,41 @@ def _backward_laws(back, kernels, rows, cols, *, band_eps=0.0, mass_eps=0.0, til
                        oe, e)
         w, wa, we, err = out, oa, oe, e
     return w, err
+
+
+_HELPERS = threading.local()
+
+
+def _helper():
+    """This thread's own one-worker pool (made on first use): the backward half of a split
+    recursion runs there, so its per-thread scratch (``_scratch``) is never shared between two
+    callers, and the result is read before this thread submits again."""
+    pool = getattr(_HELPERS, "pool", None)
+    if pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = _HELPERS.pool = ThreadPoolExecutor(1, thread_name_prefix="chainplan-back")
+    return pool
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A result computed in place, read like a future's."""
+    value: tuple
+
+    def result(self):
+        return self.value
+
+
+def backward_laws_started(back, kernels, rows, cols, *, band_eps, mass_eps, on_helper=False):
+    """``_backward_laws`` started: on this thread's helper thread with ``on_helper`` (both
+    halves release the GIL, so the caller's forward dates run meanwhile), else here. Returns an
+    object whose ``result()`` is ``(W_mid, e_mid)``; read it before this thread starts another."""
+    args = (back, kernels, rows, cols)
+    opts = {"band_eps": band_eps, "mass_eps": mass_eps}
+    if on_helper:
+        return _helper().submit(_backward_laws, *args, **opts)
+    return _Done(_backward_laws(*args, **opts))
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})

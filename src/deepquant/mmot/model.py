@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -43,7 +42,7 @@ from deepquant.mmot._chainplan_kernels import (
     _scratch,
     _transposed_map,
 )
-from deepquant.mmot._chainplan_meet import _backward_laws, _meet_plan
+from deepquant.mmot._chainplan_meet import _meet_plan, backward_laws_started
 from deepquant.mmot._plans import measure
 from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
 from deepquant.seeds import as_generator
@@ -242,30 +241,6 @@ class CalibratedModel:
 
 
 # ---------------------------------------------------------------------- fast forward recursion
-_HELPERS = threading.local()
-
-
-def _helper():
-    """This thread's own one-worker pool (made on first use): the backward half of a split
-    recursion runs there, so its per-thread scratch (``_scratch``) is never shared between two
-    callers, and the result is read before this thread submits again."""
-    pool = getattr(_HELPERS, "pool", None)
-    if pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = _HELPERS.pool = ThreadPoolExecutor(1, thread_name_prefix="chainplan-back")
-    return pool
-
-
-@dataclass(frozen=True)
-class _Done:
-    """A result computed in place, read like a future's."""
-    value: tuple
-
-    def result(self):
-        return self.value
-
-
 class ChainPlan:
     """Precomputed index arrays of the forward recursion on an augmented chain.
 
@@ -422,12 +397,9 @@ class ChainPlan:
                                   max([ri * c.size for ri, c in zip(r, self.cols)], default=0),
                                   max(r), r[-1], nl[steps])
         size, size_kb, r_max, r_last, n_last = self._sizes[steps]
-        back = None
-        if meet is not None:
-            args = (meet[0], kernels, self.rows, self.cols)
-            opts = {"band_eps": self.BAND_EPS, "mass_eps": self.MASS_EPS}
-            back = (_helper().submit(_backward_laws, *args, **opts) if split
-                    else _Done(_backward_laws(*args, **opts)))
+        back = None if meet is None else backward_laws_started(
+            meet[0], kernels, self.rows, self.cols, band_eps=self.BAND_EPS,
+            mass_eps=self.MASS_EPS, on_helper=split)
         bufs = _scratch("bufs", (2, b * size))
         kb = _scratch("kb", (b * size_kb,))
         ranges = _scratch("ranges", (6, b, r_max), np.int64)     # lo, hi, sa, se, na, ne
