@@ -52,6 +52,17 @@ def test_infeasible_band_names_expiry_and_offers_repair(chain_csv):
     assert "--repair minimal" in res.output
 
 
+@pytest.mark.parametrize("args", [["--strike", "-1"], ["--strike", "0.5", "--barrier", "0"]])
+def test_levels_at_or_below_zero_are_refused(args):
+    """Priced before (a call struck at or below 0 is the forward); refused before the chain is
+    read, as for ``bounds`` and ``sweep``."""
+    res = _run("--quotes", "missing.csv", "--expiries", "30d", "--payoff", "up-and-out-call",
+               *args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert f"Invalid value for '{args[-2]}': {float(args[-1])} is not in the range x>0.0" \
+        in res.output
+
+
 def test_missing_strike():
     res = _run("--quotes", "x.csv", "--expiries", "30d", "--payoff", "asian-call")
     assert res.exit_code == 2 and "needs --strike" in res.output

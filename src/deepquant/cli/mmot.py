@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deepquant.cli.output import FiniteFloat
+from deepquant.cli.output import LEVEL, FiniteFloat
 
 COMMANDS: list[click.Command] = []
 
@@ -288,11 +288,13 @@ def _payoff_names():
 @click.argument("marginals_path", metavar="MARGINALS.npz", type=click.Path(dir_okay=False))
 @click.option("--payoff", "payoff_name", required=True, type=click.Choice(_payoff_names()),
               help="Payoff name.")
-@click.option("--strike", type=float, default=None,
-              help="Strike (moneyness units of the grid; relative strike k for forward starts).")
+@click.option("--strike", type=LEVEL, default=None,
+              help="Strike > 0 (moneyness units of the grid; relative strike k for forward "
+                   "starts).")
 @click.option("--t1", type=int, default=None, help="Forward-start date (row index).")
 @click.option("--t2", type=int, default=None, help="Forward-start maturity (row index).")
-@click.option("--barrier", type=float, default=None, help="Barrier level (barrier payoffs).")
+@click.option("--barrier", type=LEVEL, default=None,
+              help="Barrier level > 0 (barrier payoffs).")
 @click.option("--method",
               type=click.Choice(["auto", "lp", "certified", "ipm", "entropic", "path-lp"]),
               default="auto", show_default=True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import click
 
 from deepquant.cli.output import (
+    LEVEL,
     MAX_GRID_SIZE,
     FiniteFloat,
     check_memory,
@@ -347,10 +348,10 @@ def _floats(text: str, name: str) -> list[float]:
 @click.command("sweep")
 @click.option("--payoff", "payoff_name", default="asian-call", show_default=True,
               help="Payoff name (deepquant bounds --help lists them).")
-@click.option("--strike", type=FiniteFloat(0, min_open=True), default=None,
+@click.option("--strike", type=LEVEL, default=None,
               help="Strike (forward moneyness, > 0: the underlying is positive, so a call "
                    "struck at or below 0 is the linear forward and a put is worth 0).")
-@click.option("--barrier", type=float, default=None, help="Barrier (barrier payoffs).")
+@click.option("--barrier", type=LEVEL, default=None, help="Barrier > 0 (barrier payoffs).")
 @click.option("--maturity", type=float, default=0.5, show_default=True,
               help="Last date in years; dates are equally spaced from 0.")
 @click.option("--periods", type=int, default=10, show_default=True, help="Number of periods N.")

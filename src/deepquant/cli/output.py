@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["FiniteFloat", "MAX_GRID_SIZE", "check_memory", "check_workers", "check_writable",
+__all__ = ["FiniteFloat", "LEVEL", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "check_memory", "check_workers", "check_writable",
            "console", "err_console",
            "print_json", "table", "progress", "fail", "fail_option", "parse_list",
            "reported_failures", "tail_warnings", "TAIL_WARN"]
@@ -186,6 +186,8 @@ class FiniteFloat(click.FloatRange):
         Exclude the bound itself.
     allow_inf : bool
         Accept ``inf`` (within the bounds), e.g. for a time budget meaning "no limit".
+    hint : str, optional
+        Said after every refusal, e.g. the unit the option is read in.
 
     Notes
     -----
@@ -197,9 +199,15 @@ class FiniteFloat(click.FloatRange):
 
     def __init__(self, min: float | None = None, max: float | None = None,
                  min_open: bool = False, max_open: bool = False, *,
-                 allow_inf: bool = False) -> None:
+                 allow_inf: bool = False, hint: str | None = None) -> None:
         super().__init__(min, max, min_open=min_open, max_open=max_open)
         self.allow_inf = allow_inf
+        self.hint = hint
+
+    def fail(self, message: str, param: click.Parameter | None = None,
+             ctx: click.Context | None = None):
+        """Click's usage error, with ``hint`` (what the bounds mean) after the message."""
+        super().fail(f"{message} {self.hint}" if self.hint else message, param, ctx)
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:
@@ -208,6 +216,26 @@ class FiniteFloat(click.FloatRange):
         if math.isnan(v) or (math.isinf(v) and not self.allow_inf):
             self.fail(f"{v!r} is not a finite number.", param, ctx)
         return v
+
+
+LEVEL = FiniteFloat(0.0, min_open=True)
+"""The type of every ``--strike`` and ``--barrier``: a finite level > 0. The underlying is
+positive (forward moneyness on the MMOT grids, a price for ``american``), so at or below 0 a
+call is the linear forward, a put is worth 0, an up barrier is crossed at once and a down
+barrier never, and a forward start's relative strike k makes X_t2 - k X_t1 linear too: a
+value there is a typo (a sign, a percent read as a level), not a question. The payoff classes
+of the library take any real level."""
+
+MAX_RATE = 1.0
+"""Largest ``|--rate|`` of ``american``: rates are decimals, continuously compounded, so 1.0 is
+100% a year (172% compounded annually, beyond the policy rate of any currency in recent
+decades); ``--rate 5`` meaning 5% would price a rate of 500%. The models take any finite rate;
+the synthetic chain generator (``deepquant chain``) has its own narrower range (-0.5, 0.5)."""
+
+RATE = FiniteFloat(-MAX_RATE, MAX_RATE,
+                   hint=f"Rates are decimals, continuously compounded: 0.05 = 5% (|rate| <= "
+                        f"{MAX_RATE:g}).")
+"""The type of ``--rate`` where the library takes any rate (see ``MAX_RATE``)."""
 
 
 # a tail bound above this (a call price in forward-moneyness units) is reported as a warning
