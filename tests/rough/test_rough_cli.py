@@ -325,3 +325,14 @@ def test_american_three_grids_estimate_the_time_grid_error_from_two_extrapolatio
     assert grid["error"] == pytest.approx(abs((v3 + c * (v3 - v2)) - (v2 + c * (v2 - v1))),
                                           rel=1e-12)
     assert "correction from 4, 8 steps" in out["model_description"]
+
+
+def test_american_ensemble_progress_on_a_log(runner, monkeypatch):
+    """CliRunner's stderr is not a terminal (like a CI log): rich showed the ensemble's bar only
+    at the end; plain lines now say how many runs are done."""
+    monkeypatch.setattr("deepquant.cli.output.PLAIN_PROGRESS_SECONDS", 0.0)
+    res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates", "4",
+                               "--runs", "2", "--backend", "serial", *SMALL])
+    assert res.exit_code == 0, res.output
+    assert "ensemble runs: 0/2 (0%), 0:00:00 elapsed" in res.stderr, res.stderr
+    assert "ensemble runs: 2/2 (100%)" in res.stderr

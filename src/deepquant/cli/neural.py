@@ -10,6 +10,7 @@ from deepquant.cli.output import (
     LEVEL,
     MAX_GRID_SIZE,
     FiniteFloat,
+    activity,
     check_memory,
     check_workers,
     check_writable,
@@ -167,8 +168,11 @@ def validate_data_cmd(path, residual_tol, drift_tol, as_json):
 def train_cmd(config_path, data, init_from, out_dir, max_steps, max_minutes, no_resume,
               export_dir, device, as_json):
     """Train the surrogate from a YAML config (resumes from <out_dir>/last.pt)."""
+    import time
+
     import yaml
 
+    from deepquant.cli import output
     from deepquant.neural.config import load_config
     from deepquant.neural.model import SEED_PARAMETER_COUNT
     from deepquant.neural.train import export_checkpoint, train
@@ -192,11 +196,17 @@ def train_cmd(config_path, data, init_from, out_dir, max_steps, max_minutes, no_
         over["train.device"] = device
     try:
         cfg = load_config(config_path, **over)
+        last_step = [time.monotonic()]
 
         def cb(ev):
             if as_json:
                 return
-            if ev["kind"] == "data":
+            if ev["kind"] == "step":  # between evaluations, at most one per PLAIN_PROGRESS_SECONDS
+                if time.monotonic() - last_step[0] >= output.PLAIN_PROGRESS_SECONDS:
+                    last_step[0] = time.monotonic()
+                    err_console.print(f"step {ev['step']:6d}/{cfg.train.max_steps}  loss "
+                                      f"{ev['loss']:.4g}", highlight=False)
+            elif ev["kind"] == "data":
                 err_console.print(f"unlabelled instances {ev['done']}/{ev['total']}")
             elif ev["kind"] == "eval":
                 v = ev["val"]
@@ -423,7 +433,7 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
                                  "the network's grid is fixed: lower --vols or --maturity")
         for line in warnings:
             err_console.print(f"[bold red]warning[/]: {line}")
-        with reported_failures():
+        with reported_failures(), activity(f"deepquant sweep: {num} scenarios", disable=as_json):
             res = sweep(scen, payoff, pricer=pricer, classical=classical)
     except ValueError as exc:
         fail(str(exc))

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["FiniteFloat", "LEVEL", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "check_memory", "check_workers", "check_writable",
+__all__ = ["FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "check_memory", "check_workers", "check_writable",
            "console", "err_console",
            "print_json", "table", "progress", "fail", "fail_option", "parse_list",
            "reported_failures", "tail_warnings", "TAIL_WARN"]
@@ -66,11 +66,112 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     return t
 
 
+PLAIN_PROGRESS_SECONDS = 30.0
+"""Seconds between two plain progress lines on a stderr that is not a terminal (a CI log,
+``2> log``), where rich draws neither bars nor spinners until the job ends."""
+
+
+def _elapsed(seconds: float) -> str:
+    """``seconds`` as ``1:02:03`` (h:mm:ss), like rich's elapsed column."""
+    m, sec = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{sec:02d}"
+
+
+class _LoggedProgress(Progress):
+    """rich's ``Progress`` that also prints one plain line per task when it starts, and on an
+    update at most every ``PLAIN_PROGRESS_SECONDS`` ("instances: 40/100 (40%), 0:01:02
+    elapsed"): on a stderr that is not a terminal, rich shows the bar only when it stops."""
+
+    def __init__(self, *columns: Any, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self._logged: dict[Any, float] = {}
+
+    def add_task(self, description: str, *args: Any, **kwargs: Any):
+        task_id = super().add_task(description, *args, **kwargs)
+        self._log(task_id, force=True)
+        return task_id
+
+    def update(self, task_id: Any, *args: Any, **kwargs: Any) -> None:
+        super().update(task_id, *args, **kwargs)
+        self._log(task_id)
+
+    def advance(self, task_id: Any, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log(task_id)
+
+    def _log(self, task_id: Any, *, force: bool = False) -> None:
+        import time
+
+        now = time.monotonic()
+        if not force and now - self._logged.get(task_id, now) < PLAIN_PROGRESS_SECONDS:
+            return
+        self._logged[task_id] = now
+        task = self._tasks[task_id]
+        done = f"{task.completed:g}" + (f"/{task.total:g} ({task.percentage:.0f}%)"
+                                         if task.total else " done")
+        self.console.print(f"{task.description}: {done}, {_elapsed(task.elapsed or 0.0)} "
+                           "elapsed", highlight=False, markup=False)
+
+
 def progress(*, disable: bool = False) -> Progress:
-    """A rich progress bar on stderr (so ``--json`` output on stdout stays clean)."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                    disable=disable, transient=False)
+    """A rich progress bar on stderr (so ``--json`` output on stdout stays clean); on a stderr
+    that is not a terminal, plain lines every ``PLAIN_PROGRESS_SECONDS`` as well."""
+    kind = Progress if disable or err_console.is_terminal else _LoggedProgress
+    return kind(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                disable=disable, transient=False)
+
+
+class _Heartbeat:
+    """The plain counterpart of a rich status spinner: the message at once, each new message
+    of ``update`` at once, and "MESSAGE: still running, h:mm:ss elapsed" every
+    ``PLAIN_PROGRESS_SECONDS`` from a daemon thread until ``stop``."""
+
+    def __init__(self, message: str) -> None:
+        import threading
+        import time
+
+        self._message, self._start = message, time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def start(self) -> None:
+        err_console.print(self._message, highlight=False, markup=False)
+        self._thread.start()
+
+    def update(self, message: str) -> None:
+        self._message = message
+        err_console.print(message, highlight=False, markup=False)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        import time
+
+        while not self._done.wait(PLAIN_PROGRESS_SECONDS):
+            err_console.print(f"{self._message}: still running, "
+                              f"{_elapsed(time.monotonic() - self._start)} elapsed",
+                              highlight=False, markup=False)
+
+
+@contextlib.contextmanager
+def activity(message: str, *, disable: bool = False) -> Iterator[Any]:
+    """A status line on stderr while one long call runs: rich's spinner on a terminal, else
+    the plain lines of a heartbeat (the message, then one every ``PLAIN_PROGRESS_SECONDS``).
+    Yields an object whose ``update(message)`` changes the message; nothing when ``disable``
+    (``--json``)."""
+    if disable:
+        yield type("_Quiet", (), {"update": staticmethod(lambda message: None)})()
+        return
+    status = (err_console.status(message, spinner="dots") if err_console.is_terminal
+              else _Heartbeat(message))
+    status.start()
+    try:
+        yield status
+    finally:
+        status.stop()
 
 
 def fail(message: str) -> None:
