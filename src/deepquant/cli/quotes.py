@@ -36,7 +36,7 @@ def _range(text: str) -> tuple[float, float]:
 @click.option("--t2", type=int, default=None, help="Forward-start maturity date.")
 @click.option("--barrier", type=LEVEL, default=None,
               help="Barrier level > 0 (barrier payoffs).")
-@click.option("--grid-size", type=click.IntRange(max=MAX_GRID_SIZE), default=15,
+@click.option("--grid-size", type=click.IntRange(5, MAX_GRID_SIZE), default=15,
               show_default=True,
               help="Points of the uniform moneyness grid (1 on it).")
 @click.option("--method", type=click.Choice(["lp", "certified"]), default="lp",
