@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deepquant.cli.output import LEVEL, FiniteFloat
+from deepquant.cli.output import ENTROPIC_TOL, LEVEL, FiniteFloat
 
 COMMANDS: list[click.Command] = []
 
@@ -15,8 +15,9 @@ COMMANDS: list[click.Command] = []
 @click.option("--eps", type=float, required=True, help="Entropic regularisation (cost units).")
 @click.option("--reference", type=click.Choice(["product", "lognormal"]), default="product",
               show_default=True, help="Reference kernel q(y|x).")
-@click.option("--tol", type=float, default=1e-9, show_default=True,
-              help="Target of the L1 marginal error and of the drift.")
+@click.option("--tol", type=ENTROPIC_TOL, default=1e-9, show_default=True,
+              help="Target of the L1 marginal error and of the drift (< 2: two laws are at "
+                   "most 2 apart in L1).")
 @click.option("--max-iter", type=int, default=100, show_default=True,
               help="Newton iterations per eps stage.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,

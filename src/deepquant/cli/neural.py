@@ -7,6 +7,7 @@ from __future__ import annotations
 import click
 
 from deepquant.cli.output import (
+    ENTROPIC_TOL,
     LEVEL,
     MAX_GRID_SIZE,
     FiniteFloat,
@@ -48,7 +49,7 @@ _FIT_OPTIONS = {"per_instance": "--per-instance", "iterations": "--iterations",
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--eps", type=float, default=1.0, show_default=True,
               help="Entropic eps (with c = 0 the plan is eps-free; potentials stored / eps).")
-@click.option("--tol", type=FiniteFloat(0, 2, min_open=True, max_open=True), default=1e-9,
+@click.option("--tol", type=ENTROPIC_TOL, default=1e-9,
               show_default=True,
               help="Teacher tolerance on the L1 marginal error and the drift (< 2: two laws are "
                    "at most 2 apart in L1, so any plan would meet 2).")

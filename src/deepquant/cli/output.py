@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "check_memory", "check_workers", "check_writable",
+__all__ = ["ENTROPIC_TOL", "FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "check_memory", "check_workers", "check_writable",
            "console", "err_console",
            "print_json", "table", "progress", "fail", "fail_option", "parse_list",
            "reported_failures", "tail_warnings", "TAIL_WARN"]
@@ -326,6 +326,11 @@ call is the linear forward, a put is worth 0, an up barrier is crossed at once a
 barrier never, and a forward start's relative strike k makes X_t2 - k X_t1 linear too: a
 value there is a typo (a sign, a percent read as a level), not a question. The payoff classes
 of the library take any real level."""
+
+ENTROPIC_TOL = FiniteFloat(0, 2, min_open=True, max_open=True)
+"""The type of the entropic solver's ``--tol`` (``solve``, ``generate``), the target of the L1
+marginal error and of the drift: two laws are at most 2 apart in L1, so at 2 or above the
+solver's start meets it (``solve --tol 1e308`` stopped at once, "converged" with drift 0.44)."""
 
 MAX_RATE = 1.0
 """Largest ``|--rate|`` of ``american``: rates are decimals, continuously compounded, so 1.0 is
