@@ -40,6 +40,9 @@ CASES = [
     (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method", "ipm",
       "--max-seconds", "5"], "--max-seconds", "5.0"),
     (["solve", "MARGINALS", "--eps", "1", "--tol", "0"], "--tol", "0.0"),
+    # found by fuzzing: stopped at the start plan, "converged" with drift 0.44 (generate's rule)
+    (["solve", "MARGINALS", "--eps", "1", "--tol", "1e308"], "--tol", "1e+308 is not in the "
+     "range 0<x<2"),
     (["solve", "MARGINALS", "--eps", "-1"], "--eps", "-1.0"),
     # lists with an empty item (dropped silently before), ranges that named no option
     (["marginals", "--dates", "0.5,,1", "--out", "OUT"], "--dates", "'0.5,,1'"),

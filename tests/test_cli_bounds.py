@@ -78,7 +78,28 @@ def test_errors(rw_file, tmp_path):
     res = _run(rw_file, "--payoff", "asian-call")
     assert res.exit_code == 2 and "asian-call needs --strike" in res.output
     res = _run(rw_file, "--payoff", "asian-call", "--strike", "nan")
-    assert res.exit_code == 2 and "strike must be a finite real number, got nan" in res.output
+    assert res.exit_code == 2 and "'--strike': nan is not a finite number" in res.output
+
+
+@pytest.mark.parametrize("payoff, args", [
+    ("asian-call", ["--strike", "-1"]),
+    ("european-put", ["--strike", "0"]),
+    ("forward-start-straddle", ["--strike", "0"]),
+    ("up-and-out-call", ["--strike", "1", "--barrier", "0"]),
+    ("down-and-in-put", ["--strike", "1", "--barrier", "-0.5"]),
+])
+def test_levels_at_or_below_zero_are_refused(rw_file, payoff, args):
+    """The underlying is positive: at or below 0 a call is the forward, a put worth 0, a
+    forward start's payoff linear, an up barrier crossed at once and a down one never (they were
+    priced without a word). The payoff classes still take any real level."""
+    from deepquant.payoffs import make_payoff
+
+    res = _run(rw_file, "--payoff", payoff, *args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    option, value = args[-2:]
+    assert f"Invalid value for '{option}': {float(value)} is not in the range x>0.0" \
+        in res.output
+    assert make_payoff(payoff, **{option[2:]: float(value)})  # the library accepts it
 
 
 def test_not_in_convex_order(tmp_path):

@@ -85,6 +85,9 @@ def test_chain_json(runner, tmp_path):
     (["marginals", "--model", "sabr"], "Invalid value for '--model'"),
     (["chain", "--quote-date", "yesterday"], "quote_date must be an ISO date"),
     (["chain", "--spot", "-5"], "spot must be a finite number > 0"),
+    # found by fuzzing: the library's "grid_size must be an integer >= 3" (no option named)
+    (["marginals", "--grid-size", "0"], "Invalid value for '--grid-size': 0 is not in the range "
+     "3<=x<=5000"),
 ])
 def test_error_exits(runner, tmp_path, args, match):
     res = runner.invoke(main, args + ["--out", str(tmp_path / "x.out")])

@@ -52,6 +52,17 @@ def test_infeasible_band_names_expiry_and_offers_repair(chain_csv):
     assert "--repair minimal" in res.output
 
 
+@pytest.mark.parametrize("args", [["--strike", "-1"], ["--strike", "0.5", "--barrier", "0"]])
+def test_levels_at_or_below_zero_are_refused(args):
+    """Priced before (a call struck at or below 0 is the forward); refused before the chain is
+    read, as for ``bounds`` and ``sweep``."""
+    res = _run("--quotes", "missing.csv", "--expiries", "30d", "--payoff", "up-and-out-call",
+               *args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert f"Invalid value for '{args[-2]}': {float(args[-1])} is not in the range x>0.0" \
+        in res.output
+
+
 def test_missing_strike():
     res = _run("--quotes", "x.csv", "--expiries", "30d", "--payoff", "asian-call")
     assert res.exit_code == 2 and "needs --strike" in res.output
@@ -70,7 +81,8 @@ def test_bad_options_are_usage_errors(chain_csv):
     res = _run(*base, "--top", -1)
     assert res.exit_code == 2 and "--top" in res.output
     res = _run(*base[:-5], "--grid-size", 3)
-    assert res.exit_code == 2 and "grid_size must be >= 5, got 3" in res.output
+    # found by fuzzing: the library's "grid_size must be >= 5, got 3" named no option
+    assert res.exit_code == 2 and "'--grid-size': 3 is not in the range 5<=x<=5000" in res.output
     res = _run("--quotes", chain_csv, "--expiries", "30d,60d", "--payoff",
                "forward-start-straddle", "--t1", 1, "--t2", 5, "--grid-size", 11)
     assert res.exit_code == 2 and "t2=5 out of range" in res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -134,6 +135,14 @@ def test_config_errors():
         DemoConfig(grid_step=0)
     with pytest.raises(ValueError, match=r"grid_range must satisfy 0 < lo < 1 < hi"):
         DemoConfig(grid_range=(1.1, 1.5))
+    # found by fuzzing (--grid-step 1e308): "grid must be 1-D with at least 3 points, got shape
+    # (1,)" from deep inside, naming neither the option nor the step
+    for step in (1e308, 0.5):  # 0.5 leaves 1 alone in [0.55, 1.5]
+        with pytest.raises(ValueError, match=r"grid_step must leave at least 3 points of the "
+                           r"demo grid in grid_range \[0.55, 1.5\], got " + re.escape(str(step))):
+            DemoConfig(grid_step=step)
+    assert demo_grid(0.45, *DemoConfig().grid_range).size == 3  # 0.55, 1, 1.45: accepted
+    DemoConfig(grid_step=0.45)
     with pytest.raises(ValueError, match=r"chain file '/nonexistent.csv' does not exist"):
         run_demo("/nonexistent.csv", config=SMALL)
 

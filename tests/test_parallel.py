@@ -90,3 +90,39 @@ def test_unreachable_ray_address_fails_fast_naming_it():
     for bad in ("ray://nohost", "host:notaport"):
         with pytest.raises(ValueError, match="Ray address 'host:port'"):
             get_executor(bad)
+
+
+def test_silent_ray_address_fails_within_the_connect_timeout(monkeypatch):
+    """A port that accepts the connection but never answers (not a Ray server) is refused
+    within ``connect_timeout``, before ``ray.init``, which has no overall timeout and retried
+    such an address for minutes (over 150 s here); a gRPC server that answers passes."""
+    import socket
+    import time
+    from concurrent import futures
+
+    pytest.importorskip("ray")
+    grpc = pytest.importorskip("grpc")
+    from deepquant.parallel import RayExecutor, _check_ray_address
+
+    calls = []
+    monkeypatch.setattr("ray.init", lambda **kw: calls.append(kw))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)  # the kernel accepts connections; nothing reads or answers
+        port = s.getsockname()[1]
+        for addr in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+            t0 = time.perf_counter()
+            with pytest.raises(ValueError, match=f"no Ray cluster at backend address '{addr}': "
+                               f"127.0.0.1:{port} accepted a connection but did not answer as "
+                               r"a gRPC server \(Ray\) within 0.5 s"):
+                RayExecutor(addr, connect_timeout=0.5)
+            # the bound plus the start of a gRPC channel, with room for a loaded machine
+            assert time.perf_counter() - t0 < 5
+    assert calls == []
+    server = grpc.server(futures.ThreadPoolExecutor(1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        _check_ray_address(f"127.0.0.1:{port}", 5.0)  # answers its handshake: no error
+    finally:
+        server.stop(None)

@@ -153,6 +153,11 @@ class DemoConfig:
         lo, hi = self.grid_range
         if not (0 < lo < 1 < hi):
             raise ValueError(f"grid_range must satisfy 0 < lo < 1 < hi, got {self.grid_range!r}")
+        from deepquant.demo_market import demo_grid
+
+        if demo_grid(self.grid_step, lo, hi).size < 3:
+            raise ValueError(f"grid_step must leave at least 3 points of the demo grid in "
+                             f"grid_range [{lo:g}, {hi:g}], got {self.grid_step!r}")
         if len(self.expiries) < 2:
             raise ValueError(f"expiries needs at least 2 tenors, got {self.expiries!r}")
         if int(self.n_paths) < 2:

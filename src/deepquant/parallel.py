@@ -140,20 +140,45 @@ class LocalExecutor:
 
 
 def _check_ray_address(address: str, timeout: float) -> None:
-    """Fail fast unless something listens at a Ray address ("ray://host:port" or "host:port")."""
+    """Fail fast unless a gRPC server answers at a Ray address ("ray://host:port" or
+    "host:port"), within ``timeout`` seconds in all.
+
+    Both a cluster's GCS and the Ray Client server speak gRPC (HTTP/2), which answers a new
+    connection with its settings at once. A port that accepts the connection and then stays
+    silent (not Ray, or a host that is stuck) would keep ``ray.init`` in its own retries for
+    minutes; ``ray.init`` has no overall timeout. The gRPC check is skipped where Ray uses TLS
+    (``RAY_USE_TLS``) and when grpcio (a Ray dependency) is missing."""
     import socket
+    import time
 
     hostport = address[len("ray://"):] if address.startswith("ray://") else address
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"backend must be a Ray address 'host:port' or 'ray://host:port', got "
                          f"{address!r}")
+    start = time.monotonic()
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as exc:
         raise ValueError(f"no Ray cluster at backend address {address!r}: {host}:{port} did "
                          f"not accept a connection within {timeout:g} s ({exc})") from exc
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return
+    try:
+        import grpc
+    except ImportError:  # pragma: no cover - grpcio comes with Ray
+        return
+    channel = grpc.insecure_channel(hostport)
+    try:
+        grpc.channel_ready_future(channel).result(
+            timeout=max(timeout - (time.monotonic() - start), 0.1))
+    except grpc.FutureTimeoutError:
+        raise ValueError(f"no Ray cluster at backend address {address!r}: {host}:{port} "
+                         f"accepted a connection but did not answer as a gRPC server (Ray) "
+                         f"within {timeout:g} s") from None
+    finally:
+        channel.close()
 
 
 def _ray_call(fn, item):  # module level so Ray can pickle it by reference
@@ -167,8 +192,9 @@ class RayExecutor:
     cluster and else start one) or a cluster at ``address``.
 
     ``num_cpus`` limits a runtime this executor starts itself (ignored when joining a cluster).
-    ``connect_timeout``: seconds to wait for the cluster's port to answer before a
-    ``ValueError`` naming the address (Ray itself retries a dead address for minutes).
+    ``connect_timeout``: seconds to wait for the cluster's port to answer (a connection, then
+    a gRPC handshake) before a ``ValueError`` naming the address (Ray itself retries a dead or
+    silent address for minutes).
     """
 
     address: str = "local"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,20 @@ class TestBoundsResult(ResultProtocol):
     def test_seconds_is_the_total_of_the_timings(self, result):
         assert set(result.timings) == {"lower", "upper", "build"}
         assert result.seconds == pytest.approx(sum(result.timings.values()), rel=1e-12)
+
+
+def test_martingale_tol_beyond_the_grid_width_is_refused(rw):
+    """No coupling on the grid drifts more than its width, so a larger tolerance binds nothing
+    (found by fuzzing: 1e308 made HiGHS fail with a model error, reported as "infeasible").
+    At the width itself the LP still solves (a relaxation: bounds at least as wide as exact)."""
+    payoff = make_payoff("asian-call", strike=1.0)
+    width = float(rw.grid[-1] - rw.grid[0])
+    for tol in (1e308, 1.5 * width):
+        with pytest.raises(ValueError, match=r"martingale_tol must be at most the grid's width "
+                           rf"{width:.6g} .*got {re.escape(repr(tol))}"):
+            lp_bounds(rw, payoff, martingale_tol=tol)
+    exact = lp_bounds(rw, payoff)
+    loose = lp_bounds(rw, payoff, martingale_tol=width)
+    assert loose.success
+    # relaxed rows only widen the feasible set; 1e-9: HiGHS's feasibility tolerance
+    assert loose.lower <= exact.lower + 1e-9 and loose.upper >= exact.upper - 1e-9

@@ -82,6 +82,16 @@ def test_sweep_refuses_a_strike_at_or_below_zero(pricer, monkeypatch, strike):
     assert f"Invalid value for '--strike': {float(strike)} is not in the range x>0" in r.output
 
 
+def test_sweep_refuses_a_barrier_at_or_below_zero(pricer, monkeypatch):
+    """An up barrier at or below 0 is crossed at once (the price is 0), a down one never: the
+    same rule as ``--strike`` (priced without a word before)."""
+    monkeypatch.setattr("deepquant.neural.pricer.NeuralPricer", lambda *a, **k: pricer)
+    r = CliRunner().invoke(main, ["sweep", "--payoff", "up-and-out-call", "--strike", "1",
+                                  "--barrier", "0", "--num", "2", "--no-classical"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "Invalid value for '--barrier': 0.0 is not in the range x>0.0" in r.output
+
+
 def test_sweep_refuses_a_num_beyond_the_memory(pricer, monkeypatch):
     """Every scenario's laws (and the calibrated ones) are kept: --num 10^9 on 10 periods would
     hold 2 x 11 x 150 x 8 bytes each, 26.4 TB (found by fuzzing: the bumps alone, 80 GB, were

@@ -191,3 +191,20 @@ def test_leave_one_family_out_rejects_missing_families(two_family_files, tmp_pat
     r = CliRunner().invoke(main, ["evaluate", "--test", str(d / "test.h5"), "--lofo-train",
                                   str(d / "train.h5")])
     assert r.exit_code != 0 and "go together" in r.output
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("iterations", 0, "iterations must be an integer >= 1, got 0"),
+    ("per_instance", -1, "per_instance must be an integer >= 1, got -1"),
+    ("ridge", float("nan"), "ridge must be a finite number > 0, got nan"),
+])
+def test_leave_one_family_out_checks_the_refit_options_first(tmp_path, option, value, match):
+    """Found by fuzzing (``evaluate --lofo-train ... --iterations 0``): the refit's options were
+    checked by the first ``refit_head``, after the files were read, the classical reference
+    solved and the start checkpoint evaluated. Now before the files are even opened (these do
+    not exist)."""
+    from deepquant.neural.evaluate import leave_one_family_out
+
+    with pytest.raises(ValueError, match=match):
+        leave_one_family_out(tmp_path / "missing-train.h5", tmp_path / "missing-test.h5",
+                             tmp_path / "out", **{option: value})

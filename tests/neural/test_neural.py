@@ -4,6 +4,7 @@ checkpoints and inference. Small data only; every tolerance is stated with its r
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -601,3 +602,19 @@ class TestRefitResult(ResultProtocol):
 
         out = tmp_path_factory.mktemp("protocol") / "refit"
         return refit_head(tiny_checkpoint, tiny_data, out, iterations=3, threads=1)
+
+
+def test_cli_train_prints_steps_between_evaluations(tiny_data, tmp_path, monkeypatch):
+    """Only the evaluations printed a line (every eval_every steps: minutes apart on the shipped
+    configs); a step line now comes at most every PLAIN_PROGRESS_SECONDS (0 here: every step)."""
+    from click.testing import CliRunner
+
+    from deepquant.cli import main
+
+    monkeypatch.setattr("deepquant.cli.output.PLAIN_PROGRESS_SECONDS", 0.0)
+    r = CliRunner().invoke(main, ["train", "--config", str(REPO / "configs" / "tiny.yaml"),
+                                  "--data", str(tiny_data), "--out-dir", str(tmp_path / "run"),
+                                  "--max-steps", "3"])
+    assert r.exit_code == 0, r.output
+    steps = re.findall(r"^step +(\d)/3  loss \S+$", r.stderr, re.M)
+    assert steps == ["1", "2", "3"], r.stderr

@@ -195,3 +195,22 @@ class TestSweepResult(ResultProtocol):
         # a tolerance below rounding: every classical solve stops at its iteration limit
         return lambda: sweep(bumped_scenarios(TIMES[:3], 0.2, pricer.grid, [0.0]),
                              AsianCall(strike=1.0), pricer=pricer, tol=1e-30)
+
+
+def test_cli_sweep_prints_a_heartbeat_on_a_log(pricer, monkeypatch):
+    """The sweep is one library call: a spinner on a terminal, and on a log (CliRunner's stderr
+    is not a terminal) its start and a line every PLAIN_PROGRESS_SECONDS; nothing before."""
+    import time
+
+    import deepquant.neural.sweep as ns
+
+    monkeypatch.setattr("deepquant.cli.output.PLAIN_PROGRESS_SECONDS", 0.05)
+    monkeypatch.setattr("deepquant.neural.pricer.NeuralPricer", lambda *a, **k: pricer)
+    run = ns.sweep
+    monkeypatch.setattr(ns, "sweep", lambda *a, **k: time.sleep(0.3) or run(*a, **k))
+    r = CliRunner().invoke(main, ["sweep", "--strike", "1", "--num", "2", "--periods", "2",
+                                  "--no-classical"])
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    assert lines[0] == "deepquant sweep: 2 scenarios", r.stderr
+    assert "deepquant sweep: 2 scenarios: still running, 0:00:00 elapsed" in lines

@@ -52,7 +52,7 @@ def test_american_ensemble_json_and_table(runner, tmp_path):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--strike", "-1"], "strike must be"),
+    (["--strike", "-1"], "Invalid value for '--strike': -1.0 is not in the range x>0.0"),
     (["--strike", "100", "--dates", "0"], "n_dates must be"),
     (["--strike", "100", "--paths", "1000"], "power of 2"),
     (["--strike", "100", "--hurst", "0.9"], "H must be in"),
@@ -112,6 +112,36 @@ def test_american_options_are_named_in_errors(runner, args, match):
     res = runner.invoke(main, ["american", "--strike", "100", *args])
     assert res.exit_code == 2
     assert match in res.output
+
+
+RATE_HINT = "Rates are decimals, continuously compounded: 0.05 = 5% (|rate| <= 1)."
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--rate", "5"], "'--rate': 5.0 is not in the range -1.0<=x<=1.0. " + RATE_HINT),
+    (["--rate", "-100"], "'--rate': -100.0 is not in the range -1.0<=x<=1.0. " + RATE_HINT),
+    (["--model", "heston", "--rate", "1.5"], "'--rate': 1.5 is not in the range"),
+    (["--rate", "nan"], "'--rate': nan is not a finite number. " + RATE_HINT),
+    (["--payoff", "up-and-out-put", "--barrier", "0"],
+     "'--barrier': 0.0 is not in the range x>0.0"),
+    (["--grids", "2", "--grid-rate", "inf"], "'--grid-rate': inf is not a finite number."),
+])
+def test_american_rate_is_a_decimal_and_levels_are_positive(runner, args, match):
+    """``--rate 5`` (meant as 5%) priced a rate of 500%, ``--rate -100`` one of -10000%: rates
+    are decimals, |rate| <= 1 (``deepquant.cli.output.MAX_RATE``: 100% a year, continuously
+    compounded). ``--grid-rate inf`` was refused as "rate must be ..." (the library's name,
+    read as ``--rate``)."""
+    res = runner.invoke(main, ["american", "--strike", "100", *args])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert match in " ".join(res.output.split()), res.output
+
+
+def test_rate_bound_includes_its_ends():
+    from deepquant.cli.output import MAX_RATE, RATE
+
+    assert MAX_RATE == 1.0
+    assert RATE.convert("1", None, None) == 1.0 and RATE.convert("-1", None, None) == -1.0
+    assert RATE.convert("0.05", None, None) == 0.05
 
 
 def test_american_resume_path_checked_before_the_work(runner, tmp_path):
@@ -295,3 +325,14 @@ def test_american_three_grids_estimate_the_time_grid_error_from_two_extrapolatio
     assert grid["error"] == pytest.approx(abs((v3 + c * (v3 - v2)) - (v2 + c * (v2 - v1))),
                                           rel=1e-12)
     assert "correction from 4, 8 steps" in out["model_description"]
+
+
+def test_american_ensemble_progress_on_a_log(runner, monkeypatch):
+    """CliRunner's stderr is not a terminal (like a CI log): rich showed the ensemble's bar only
+    at the end; plain lines now say how many runs are done."""
+    monkeypatch.setattr("deepquant.cli.output.PLAIN_PROGRESS_SECONDS", 0.0)
+    res = runner.invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates", "4",
+                               "--runs", "2", "--backend", "serial", *SMALL])
+    assert res.exit_code == 0, res.output
+    assert "ensemble runs: 0/2 (0%), 0:00:00 elapsed" in res.stderr, res.stderr
+    assert "ensemble runs: 2/2 (100%)" in res.stderr

@@ -96,7 +96,7 @@ def _save_figure(m, model_calls, path: Path, title: str) -> None:
               help="Synthetic model.")
 @click.option("--dates", default="0.25,0.5,1", show_default=True,
               help="Comma-separated dates in years (increasing).")
-@click.option("--grid-size", type=click.IntRange(max=MAX_GRID_SIZE), default=150,
+@click.option("--grid-size", type=click.IntRange(3, MAX_GRID_SIZE), default=150,
               show_default=True,
               help="Number of moneyness grid points M.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deepquant.cli.output import FiniteFloat
+from deepquant.cli.output import ENTROPIC_TOL, LEVEL, FiniteFloat
 
 COMMANDS: list[click.Command] = []
 
@@ -15,8 +15,9 @@ COMMANDS: list[click.Command] = []
 @click.option("--eps", type=float, required=True, help="Entropic regularisation (cost units).")
 @click.option("--reference", type=click.Choice(["product", "lognormal"]), default="product",
               show_default=True, help="Reference kernel q(y|x).")
-@click.option("--tol", type=float, default=1e-9, show_default=True,
-              help="Target of the L1 marginal error and of the drift.")
+@click.option("--tol", type=ENTROPIC_TOL, default=1e-9, show_default=True,
+              help="Target of the L1 marginal error and of the drift (< 2: two laws are at "
+                   "most 2 apart in L1).")
 @click.option("--max-iter", type=int, default=100, show_default=True,
               help="Newton iterations per eps stage.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -159,8 +160,8 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
 
     from deepquant.cli.output import (
         MAX_GRID_SIZE,
+        activity,
         console,
-        err_console,
         fail,
         fail_option,
         parse_list,
@@ -197,21 +198,11 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
             pricers[name] = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as exc:
             fail(f"--pricer {spec!r}: cannot load {target!r}: {exc}")
-    status = err_console.status("deepquant demo", spinner="dots") if not as_json else None
-
-    def progress(msg: str) -> None:
-        if status is not None:
-            status.update(f"deepquant demo: {msg}")
-
     try:
-        if status is not None:
-            status.start()
-        try:
+        # a spinner with the current step; on a log, each step and a heartbeat line
+        with activity("deepquant demo", disable=as_json) as status:
             res = run_demo(chain_path, out_dir, config=cfg, pricers=pricers,
-                           progress=progress)
-        finally:
-            if status is not None:
-                status.stop()
+                           progress=lambda msg: status.update(f"deepquant demo: {msg}"))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     if as_json:
@@ -288,11 +279,13 @@ def _payoff_names():
 @click.argument("marginals_path", metavar="MARGINALS.npz", type=click.Path(dir_okay=False))
 @click.option("--payoff", "payoff_name", required=True, type=click.Choice(_payoff_names()),
               help="Payoff name.")
-@click.option("--strike", type=float, default=None,
-              help="Strike (moneyness units of the grid; relative strike k for forward starts).")
+@click.option("--strike", type=LEVEL, default=None,
+              help="Strike > 0 (moneyness units of the grid; relative strike k for forward "
+                   "starts).")
 @click.option("--t1", type=int, default=None, help="Forward-start date (row index).")
 @click.option("--t2", type=int, default=None, help="Forward-start maturity (row index).")
-@click.option("--barrier", type=float, default=None, help="Barrier level (barrier payoffs).")
+@click.option("--barrier", type=LEVEL, default=None,
+              help="Barrier level > 0 (barrier payoffs).")
 @click.option("--method",
               type=click.Choice(["auto", "lp", "certified", "ipm", "entropic", "path-lp"]),
               default="auto", show_default=True,
@@ -316,7 +309,12 @@ def _payoff_names():
 def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method, rtol,
                    max_seconds, eps, martingale_tol, sum_grid_size, as_json):
     """Model-free lower and upper bounds of a payoff over martingales with MARGINALS.npz."""
+    import math
+    import time
+
+    from deepquant.cli import output
     from deepquant.cli.output import (
+        activity,
         console,
         err_console,
         fail,
@@ -349,8 +347,15 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
             options.update(martingale_tol=martingale_tol)
         if method in ("certified", "auto"):
             options.update(rtol=rtol, max_seconds=max_seconds)
-            if not as_json and err_console.is_terminal:
+            if not as_json:
+                last = [-math.inf]
+
                 def show(p):
+                    # every stage on a terminal; on a log at most one per PLAIN_PROGRESS_SECONDS
+                    if not err_console.is_terminal:
+                        if time.monotonic() - last[0] < output.PLAIN_PROGRESS_SECONDS:
+                            return
+                        last[0] = time.monotonic()
                     if p.eps == 0.0:  # a column-generation round of the exact LP
                         err_console.print(
                             f"certified {p.side}: LP round {p.stage}  restricted value "
@@ -366,15 +371,12 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
             options.update(rtol=rtol)
         if martingale_tol and method not in ("lp", "auto"):
             fail("--martingale-tol is only used by --method lp")
-        if not as_json and err_console.is_terminal and "progress" not in options:
-            # the LP and the entropic method report no iterations: a spinner while they run
-            with err_console.status(f"deepquant bounds: {method} on {marginals.size} points "
-                                    f"x {marginals.n_dates} dates", spinner="dots"), \
-                    reported_failures():
-                res = bounds(marginals, payoff, method, eps=eps, **options)
-        else:
-            with reported_failures():
-                res = bounds(marginals, payoff, method, eps=eps, **options)
+        # the LP and the entropic method report no iterations: a spinner while they run (on a
+        # log, a heartbeat line every PLAIN_PROGRESS_SECONDS, the certified stages beside it)
+        quiet = as_json or (err_console.is_terminal and "progress" in options)
+        with activity(f"deepquant bounds: {method} on {marginals.size} points x "
+                      f"{marginals.n_dates} dates", disable=quiet), reported_failures():
+            res = bounds(marginals, payoff, method, eps=eps, **options)
     except ValueError as exc:
         fail(str(exc))
     out = res.to_dict()

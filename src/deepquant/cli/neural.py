@@ -7,8 +7,11 @@ from __future__ import annotations
 import click
 
 from deepquant.cli.output import (
+    ENTROPIC_TOL,
+    LEVEL,
     MAX_GRID_SIZE,
     FiniteFloat,
+    activity,
     check_memory,
     check_workers,
     check_writable,
@@ -46,7 +49,7 @@ _FIT_OPTIONS = {"per_instance": "--per-instance", "iterations": "--iterations",
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--eps", type=float, default=1.0, show_default=True,
               help="Entropic eps (with c = 0 the plan is eps-free; potentials stored / eps).")
-@click.option("--tol", type=FiniteFloat(0, 2, min_open=True, max_open=True), default=1e-9,
+@click.option("--tol", type=ENTROPIC_TOL, default=1e-9,
               show_default=True,
               help="Teacher tolerance on the L1 marginal error and the drift (< 2: two laws are "
                    "at most 2 apart in L1, so any plan would meet 2).")
@@ -166,8 +169,11 @@ def validate_data_cmd(path, residual_tol, drift_tol, as_json):
 def train_cmd(config_path, data, init_from, out_dir, max_steps, max_minutes, no_resume,
               export_dir, device, as_json):
     """Train the surrogate from a YAML config (resumes from <out_dir>/last.pt)."""
+    import time
+
     import yaml
 
+    from deepquant.cli import output
     from deepquant.neural.config import load_config
     from deepquant.neural.model import SEED_PARAMETER_COUNT
     from deepquant.neural.train import export_checkpoint, train
@@ -191,11 +197,17 @@ def train_cmd(config_path, data, init_from, out_dir, max_steps, max_minutes, no_
         over["train.device"] = device
     try:
         cfg = load_config(config_path, **over)
+        last_step = [time.monotonic()]
 
         def cb(ev):
             if as_json:
                 return
-            if ev["kind"] == "data":
+            if ev["kind"] == "step":  # between evaluations, at most one per PLAIN_PROGRESS_SECONDS
+                if time.monotonic() - last_step[0] >= output.PLAIN_PROGRESS_SECONDS:
+                    last_step[0] = time.monotonic()
+                    err_console.print(f"step {ev['step']:6d}/{cfg.train.max_steps}  loss "
+                                      f"{ev['loss']:.4g}", highlight=False)
+            elif ev["kind"] == "data":
                 err_console.print(f"unlabelled instances {ev['done']}/{ev['total']}")
             elif ev["kind"] == "eval":
                 v = ev["val"]
@@ -347,10 +359,10 @@ def _floats(text: str, name: str) -> list[float]:
 @click.command("sweep")
 @click.option("--payoff", "payoff_name", default="asian-call", show_default=True,
               help="Payoff name (deepquant bounds --help lists them).")
-@click.option("--strike", type=FiniteFloat(0, min_open=True), default=None,
+@click.option("--strike", type=LEVEL, default=None,
               help="Strike (forward moneyness, > 0: the underlying is positive, so a call "
                    "struck at or below 0 is the linear forward and a put is worth 0).")
-@click.option("--barrier", type=float, default=None, help="Barrier (barrier payoffs).")
+@click.option("--barrier", type=LEVEL, default=None, help="Barrier > 0 (barrier payoffs).")
 @click.option("--maturity", type=float, default=0.5, show_default=True,
               help="Last date in years; dates are equally spaced from 0.")
 @click.option("--periods", type=int, default=10, show_default=True, help="Number of periods N.")
@@ -422,7 +434,7 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
                                  "the network's grid is fixed: lower --vols or --maturity")
         for line in warnings:
             err_console.print(f"[bold red]warning[/]: {line}")
-        with reported_failures():
+        with reported_failures(), activity(f"deepquant sweep: {num} scenarios", disable=as_json):
             res = sweep(scen, payoff, pricer=pricer, classical=classical)
     except ValueError as exc:
         fail(str(exc))

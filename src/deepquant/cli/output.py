@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["FiniteFloat", "MAX_GRID_SIZE", "check_memory", "check_workers", "check_writable",
+__all__ = ["ENTROPIC_TOL", "FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "check_memory", "check_workers", "check_writable",
            "console", "err_console",
            "print_json", "table", "progress", "fail", "fail_option", "parse_list",
            "reported_failures", "tail_warnings", "TAIL_WARN"]
@@ -66,11 +66,112 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     return t
 
 
+PLAIN_PROGRESS_SECONDS = 30.0
+"""Seconds between two plain progress lines on a stderr that is not a terminal (a CI log,
+``2> log``), where rich draws neither bars nor spinners until the job ends."""
+
+
+def _elapsed(seconds: float) -> str:
+    """``seconds`` as ``1:02:03`` (h:mm:ss), like rich's elapsed column."""
+    m, sec = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{sec:02d}"
+
+
+class _LoggedProgress(Progress):
+    """rich's ``Progress`` that also prints one plain line per task when it starts, and on an
+    update at most every ``PLAIN_PROGRESS_SECONDS`` ("instances: 40/100 (40%), 0:01:02
+    elapsed"): on a stderr that is not a terminal, rich shows the bar only when it stops."""
+
+    def __init__(self, *columns: Any, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self._logged: dict[Any, float] = {}
+
+    def add_task(self, description: str, *args: Any, **kwargs: Any):
+        task_id = super().add_task(description, *args, **kwargs)
+        self._log(task_id, force=True)
+        return task_id
+
+    def update(self, task_id: Any, *args: Any, **kwargs: Any) -> None:
+        super().update(task_id, *args, **kwargs)
+        self._log(task_id)
+
+    def advance(self, task_id: Any, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log(task_id)
+
+    def _log(self, task_id: Any, *, force: bool = False) -> None:
+        import time
+
+        now = time.monotonic()
+        if not force and now - self._logged.get(task_id, now) < PLAIN_PROGRESS_SECONDS:
+            return
+        self._logged[task_id] = now
+        task = self._tasks[task_id]
+        done = f"{task.completed:g}" + (f"/{task.total:g} ({task.percentage:.0f}%)"
+                                         if task.total else " done")
+        self.console.print(f"{task.description}: {done}, {_elapsed(task.elapsed or 0.0)} "
+                           "elapsed", highlight=False, markup=False)
+
+
 def progress(*, disable: bool = False) -> Progress:
-    """A rich progress bar on stderr (so ``--json`` output on stdout stays clean)."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                    disable=disable, transient=False)
+    """A rich progress bar on stderr (so ``--json`` output on stdout stays clean); on a stderr
+    that is not a terminal, plain lines every ``PLAIN_PROGRESS_SECONDS`` as well."""
+    kind = Progress if disable or err_console.is_terminal else _LoggedProgress
+    return kind(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                disable=disable, transient=False)
+
+
+class _Heartbeat:
+    """The plain counterpart of a rich status spinner: the message at once, each new message
+    of ``update`` at once, and "MESSAGE: still running, h:mm:ss elapsed" every
+    ``PLAIN_PROGRESS_SECONDS`` from a daemon thread until ``stop``."""
+
+    def __init__(self, message: str) -> None:
+        import threading
+        import time
+
+        self._message, self._start = message, time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def start(self) -> None:
+        err_console.print(self._message, highlight=False, markup=False)
+        self._thread.start()
+
+    def update(self, message: str) -> None:
+        self._message = message
+        err_console.print(message, highlight=False, markup=False)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        import time
+
+        while not self._done.wait(PLAIN_PROGRESS_SECONDS):
+            err_console.print(f"{self._message}: still running, "
+                              f"{_elapsed(time.monotonic() - self._start)} elapsed",
+                              highlight=False, markup=False)
+
+
+@contextlib.contextmanager
+def activity(message: str, *, disable: bool = False) -> Iterator[Any]:
+    """A status line on stderr while one long call runs: rich's spinner on a terminal, else
+    the plain lines of a heartbeat (the message, then one every ``PLAIN_PROGRESS_SECONDS``).
+    Yields an object whose ``update(message)`` changes the message; nothing when ``disable``
+    (``--json``)."""
+    if disable:
+        yield type("_Quiet", (), {"update": staticmethod(lambda message: None)})()
+        return
+    status = (err_console.status(message, spinner="dots") if err_console.is_terminal
+              else _Heartbeat(message))
+    status.start()
+    try:
+        yield status
+    finally:
+        status.stop()
 
 
 def fail(message: str) -> None:
@@ -186,6 +287,8 @@ class FiniteFloat(click.FloatRange):
         Exclude the bound itself.
     allow_inf : bool
         Accept ``inf`` (within the bounds), e.g. for a time budget meaning "no limit".
+    hint : str, optional
+        Said after every refusal, e.g. the unit the option is read in.
 
     Notes
     -----
@@ -197,9 +300,15 @@ class FiniteFloat(click.FloatRange):
 
     def __init__(self, min: float | None = None, max: float | None = None,
                  min_open: bool = False, max_open: bool = False, *,
-                 allow_inf: bool = False) -> None:
+                 allow_inf: bool = False, hint: str | None = None) -> None:
         super().__init__(min, max, min_open=min_open, max_open=max_open)
         self.allow_inf = allow_inf
+        self.hint = hint
+
+    def fail(self, message: str, param: click.Parameter | None = None,
+             ctx: click.Context | None = None):
+        """Click's usage error, with ``hint`` (what the bounds mean) after the message."""
+        super().fail(f"{message} {self.hint}" if self.hint else message, param, ctx)
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:
@@ -208,6 +317,31 @@ class FiniteFloat(click.FloatRange):
         if math.isnan(v) or (math.isinf(v) and not self.allow_inf):
             self.fail(f"{v!r} is not a finite number.", param, ctx)
         return v
+
+
+LEVEL = FiniteFloat(0.0, min_open=True)
+"""The type of every ``--strike`` and ``--barrier``: a finite level > 0. The underlying is
+positive (forward moneyness on the MMOT grids, a price for ``american``), so at or below 0 a
+call is the linear forward, a put is worth 0, an up barrier is crossed at once and a down
+barrier never, and a forward start's relative strike k makes X_t2 - k X_t1 linear too: a
+value there is a typo (a sign, a percent read as a level), not a question. The payoff classes
+of the library take any real level."""
+
+ENTROPIC_TOL = FiniteFloat(0, 2, min_open=True, max_open=True)
+"""The type of the entropic solver's ``--tol`` (``solve``, ``generate``), the target of the L1
+marginal error and of the drift: two laws are at most 2 apart in L1, so at 2 or above the
+solver's start meets it (``solve --tol 1e308`` stopped at once, "converged" with drift 0.44)."""
+
+MAX_RATE = 1.0
+"""Largest ``|--rate|`` of ``american``: rates are decimals, continuously compounded, so 1.0 is
+100% a year (172% compounded annually, beyond the policy rate of any currency in recent
+decades); ``--rate 5`` meaning 5% would price a rate of 500%. The models take any finite rate;
+the synthetic chain generator (``deepquant chain``) has its own narrower range (-0.5, 0.5)."""
+
+RATE = FiniteFloat(-MAX_RATE, MAX_RATE,
+                   hint=f"Rates are decimals, continuously compounded: 0.05 = 5% (|rate| <= "
+                        f"{MAX_RATE:g}).")
+"""The type of ``--rate`` where the library takes any rate (see ``MAX_RATE``)."""
 
 
 # a tail bound above this (a call price in forward-moneyness units) is reported as a warning

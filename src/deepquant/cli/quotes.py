@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deepquant.cli.output import MAX_GRID_SIZE, FiniteFloat, fail, parse_list
+from deepquant.cli.output import LEVEL, MAX_GRID_SIZE, FiniteFloat, fail, parse_list
 
 COMMANDS: list[click.Command] = []
 
@@ -30,11 +30,13 @@ def _range(text: str) -> tuple[float, float]:
                    "today, X_0 = 1).")
 @click.option("--payoff", "payoff_name", required=True, type=click.Choice(_payoff_names()),
               help="Payoff name.")
-@click.option("--strike", type=float, default=None, help="Strike (forward moneyness).")
+@click.option("--strike", type=LEVEL, default=None,
+              help="Strike > 0 (forward moneyness; relative strike k for forward starts).")
 @click.option("--t1", type=int, default=None, help="Forward-start date (0 = today).")
 @click.option("--t2", type=int, default=None, help="Forward-start maturity date.")
-@click.option("--barrier", type=float, default=None, help="Barrier level (barrier payoffs).")
-@click.option("--grid-size", type=click.IntRange(max=MAX_GRID_SIZE), default=15,
+@click.option("--barrier", type=LEVEL, default=None,
+              help="Barrier level > 0 (barrier payoffs).")
+@click.option("--grid-size", type=click.IntRange(5, MAX_GRID_SIZE), default=15,
               show_default=True,
               help="Points of the uniform moneyness grid (1 on it).")
 @click.option("--method", type=click.Choice(["lp", "certified"]), default="lp",

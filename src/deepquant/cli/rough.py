@@ -11,6 +11,9 @@ from __future__ import annotations
 import click
 
 from deepquant.cli.output import (
+    LEVEL,
+    RATE,
+    FiniteFloat,
     check_workers,
     check_writable,
     console,
@@ -225,7 +228,7 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
               show_default=True,
               help="rough Bergomi, its Black-Scholes limit (eta = 0), or Heston (--v0, "
                    "--kappa, --theta, --vol-of-vol, --rho; signature dual)")
-@click.option("--strike", type=float, required=True, help="strike K")
+@click.option("--strike", type=LEVEL, required=True, help="strike K > 0")
 @click.option("--dates", "n_dates", type=int, default=12, show_default=True,
               help="exercise dates j T / dates, j = 1..dates (plus t = 0 unless --no-zero)")
 @click.option("--runs", type=int, default=1, show_default=True,
@@ -236,13 +239,15 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
               help="exercise payoff of deepquant.payoffs, truncated at each exercise date: "
                    "the Asian on the average of the payoff dates so far, the lookback on the "
                    "running max/min, the barrier option on the barrier flag so far")
-@click.option("--barrier", type=float, default=None, help="barrier level (barrier payoffs)")
+@click.option("--barrier", type=LEVEL, default=None,
+              help="barrier level > 0 (barrier payoffs)")
 @click.option("--payoff-dates", "payoff_dates", type=int, default=None,
               help="N: the payoff's dates are i T / N, i = 0..N (a multiple of --dates that "
                    "divides the simulation steps) [default: the exercise dates]")
 @click.option("--maturity", "T", type=float, default=1.0, show_default=True)
 @click.option("--spot", "S0", type=float, default=100.0, show_default=True)
-@click.option("--rate", "r", type=float, default=0.05, show_default=True)
+@click.option("--rate", "r", type=RATE, default=0.05, show_default=True,
+              help="interest rate, a decimal: 0.05 = 5%, |rate| <= 1")
 @click.option("--sigma", type=float, default=0.2, show_default=True, help="volatility (bs)")
 @click.option("--hurst", "H", type=float, default=0.07, show_default=True)
 @click.option("--eta", type=float, default=1.9, show_default=True)
@@ -267,7 +272,7 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
                    "--american the coarser grids carry --dates dates, and with 3 or more the "
                    "error is the difference of the last two extrapolations "
                    "[default: 2 rbergomi, 1 bs (its scheme is exact)]")
-@click.option("--grid-rate", "grid_rate", type=float, default=None,
+@click.option("--grid-rate", "grid_rate", type=FiniteFloat(0.0, min_open=True), default=None,
               help="weak rate of the time-step extrapolation [default: 1 for heston, else the "
                    "measured rough Bergomi rate, "
                    "deepquant.rough.TIME_STEP_RATE]")

@@ -153,6 +153,11 @@ def build_chain_lp(
     m = chain.size
     T = chain.last_date
     grid = chain.grid
+    width = float(grid[-1] - grid[0])
+    if martingale_tol > width:  # |E[dX | x]| <= width always: the rows would bind nothing
+        raise ValueError(f"martingale_tol must be at most the grid's width {width:.6g} (no "
+                         f"coupling drifts more; beyond it no martingale condition is left), "
+                         f"got {martingale_tol!r}")
     mu = np.asarray(marginals.weights, dtype=float)
     pairs = [chain.pairs(t) for t in range(T + 1)]
     pid = []

@@ -229,8 +229,11 @@ def leave_one_family_out(train_path, test_path, out_dir, *, checkpoint=None,
     """
     from deepquant.neural.dataset_io import read_dataset
     from deepquant.neural.pricer import default_checkpoint
-    from deepquant.neural.refit import refit_head
+    from deepquant.neural.refit import check_refit_options, refit_head
 
+    # the refit's options before the minutes of classical reference and evaluation
+    check_refit_options(per_instance=per_instance, iterations=iterations, ridge=ridge,
+                        threads=max(1, threads))
     checkpoint = checkpoint or default_checkpoint()
     records, grid, attrs = _read_test(test_path, max_instances)
     train_records, _, _ = read_dataset(train_path)

@@ -37,7 +37,7 @@ import torch
 
 from deepquant.results import result_dict, warn_failure
 
-__all__ = ["period_metric", "refit_head", "RefitResult", "METRICS"]
+__all__ = ["check_refit_options", "period_metric", "refit_head", "RefitResult", "METRICS"]
 
 METRICS = ("kl", "call")
 
@@ -160,6 +160,22 @@ def _collect(model, records, grid, *, metric, per_instance, rng, batch_size, col
             torch.from_numpy(np.concatenate(us)).float(), len(ds))
 
 
+def check_refit_options(*, metric: str = "call", per_instance: int = 2, iterations: int = 300,
+                        ridge: float = 1e-3, batch_size: int = 32, threads: int = 2) -> None:
+    """``ValueError`` naming the first bad option of ``refit_head`` (also called by
+    ``leave_one_family_out`` before its classical reference and first evaluation)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    for name, val in (("per_instance", per_instance), ("iterations", iterations),
+                      ("batch_size", batch_size)):
+        if not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+    if not (np.isfinite(ridge) and ridge > 0):
+        raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads!r}")
+
+
 def refit_head(checkpoint, data, out_dir, *, metric: str = "call", per_instance: int = 2,
                iterations: int = 300, ridge: float = 1e-3, seed: int = 0,
                max_instances: int | None = None, batch_size: int = 32, threads: int = 2,
@@ -182,17 +198,9 @@ def refit_head(checkpoint, data, out_dir, *, metric: str = "call", per_instance:
     from deepquant.neural.dataset_io import check_max_instances, read_dataset
     from deepquant.neural.train import load_model
 
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    for name, val in (("per_instance", per_instance), ("iterations", iterations),
-                      ("batch_size", batch_size)):
-        if not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
-    if not (np.isfinite(ridge) and ridge > 0):
-        raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
+    check_refit_options(metric=metric, per_instance=per_instance, iterations=iterations,
+                        ridge=ridge, batch_size=batch_size, threads=threads)
     t0 = time.perf_counter()
-    if int(threads) < 1:
-        raise ValueError(f"threads must be >= 1, got {threads!r}")
     check_max_instances(max_instances)
     torch.set_num_threads(int(threads))
     model, meta = load_model(checkpoint)
