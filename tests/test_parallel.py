@@ -26,7 +26,7 @@ EXPECTED = [_task(i) for i in ITEMS]
 
 @pytest.mark.parametrize("backend", ["serial", "local"])
 def test_local_backends_match_in_process_results(backend):
-    ex = get_executor(backend, n_workers=2)
+    ex = get_executor(backend, n_workers=2 if backend == "local" else 0)
     assert ex.map(_task, ITEMS) == EXPECTED
     seen = dict(ex.as_completed(_task, ITEMS))
     assert [seen[i] for i in ITEMS] == EXPECTED
@@ -126,3 +126,14 @@ def test_silent_ray_address_fails_within_the_connect_timeout(monkeypatch):
         _check_ray_address(f"127.0.0.1:{port}", 5.0)  # answers its handshake: no error
     finally:
         server.stop(None)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(backend="serial", n_workers=-1), "n_workers must be an integer >= 0"),
+    (dict(backend="local", n_workers=2.5), "n_workers must be an integer >= 0"),
+    # before: accepted, and the serial executor ignored the pool size without a word
+    (dict(backend="serial", n_workers=2), "backend 'serial' would ignore it"),
+])
+def test_get_executor_checks_the_pool_size(kw, match):
+    with pytest.raises(ValueError, match=match):
+        get_executor(**kw)

@@ -21,6 +21,7 @@ left behind.
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -265,9 +266,15 @@ def get_executor(backend: str | None = "local", *, n_workers: int = 0,
     """Executor for ``backend``: ``"serial"``, ``"local"`` (default), ``"ray"``/``"auto"`` or a
     Ray address (``"ray://host:10001"``, ``"host:6379"``).
 
-    ``n_workers`` sizes the local pool (0 = all cores); ``num_cpus`` sizes a Ray runtime that
-    this call starts.
+    ``n_workers`` sizes the local pool (0 = all cores; another backend would ignore it, so
+    there it must be 0); ``num_cpus`` sizes a Ray runtime that this call starts.
     """
+    if isinstance(n_workers, bool) or not isinstance(n_workers, numbers.Integral) \
+            or n_workers < 0:
+        raise ValueError(f"n_workers must be an integer >= 0 (0 = all cores), got {n_workers!r}")
+    if n_workers and backend not in (None, "local"):
+        raise ValueError(f"n_workers sizes the local process pool (backend 'local'); backend "
+                         f"{backend!r} would ignore it, got n_workers={n_workers}")
     if backend is None or backend == "local":
         return LocalExecutor(n_workers)
     if backend == "serial":

@@ -139,6 +139,9 @@ def test_precision_target_refines_the_grid_then_says_why_not():
         price_converged(RoughBergomi(), 100.0, pricer=pricer, tol=-1.0)
     with pytest.raises(ValueError, match="steps must be"):
         price_converged(RoughBergomi(), 100.0, pricer=pricer, steps=(2, 3))
+    # before: 1.5 truncated to 1, and the message showed [1, 3]
+    with pytest.raises(ValueError, match=re.escape("steps must be integers, got [1.5, 3]")):
+        price_converged(RoughBergomi(), 100.0, pricer=pricer, steps=(1.5, 3))
 
 
 @pytest.mark.parametrize("cap", [float("nan"), float("inf"), 0, 16.0, True])

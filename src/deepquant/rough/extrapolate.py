@@ -226,8 +226,11 @@ def _doubling(levels, name: str) -> list[int]:
     """At least two positive integers, each twice the previous (Richardson with ratio 2)."""
     try:
         out = [int(x) for x in levels]
-    except (TypeError, ValueError) as exc:
+        whole = all(x == o for x, o in zip(levels, out, strict=True))
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{name} must be integers, got {levels!r}") from exc
+    if not whole:           # int() truncated: 1.5 read as 1
+        raise ValueError(f"{name} must be integers, got {list(levels)!r}")
     if len(out) < 2 or out[0] < 1 or any(b != 2 * a for a, b in zip(out, out[1:],
                                                                     strict=False)):
         raise ValueError(f"{name} must be >= 2 positive integers, each twice the previous, "
