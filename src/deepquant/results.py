@@ -51,11 +51,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ConvergenceWarning", "Result", "check_callback", "result_dict", "total_seconds",
+__all__ = ["ConvergenceWarning", "Result", "check_callback", "check_count", "result_dict", "total_seconds",
            "warn_failure"]
 
 PROTOCOL_FIELDS = ("success", "status", "message", "seconds")
@@ -98,6 +99,17 @@ def check_callback(fn: Any, name: str) -> None:
     is checked before the work, not when it is first called after a run)."""
     if fn is not None and not callable(fn):
         raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
+
+
+def check_count(value: Any, name: str, *, allow_none: bool = False) -> int | None:
+    """``value`` as an int >= 1 (None kept with ``allow_none``); a ``ValueError`` naming
+    ``name`` for a bool, a float, a string or a count below 1."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+    return int(value)
 
 
 def total_seconds(timings: dict[str, float]) -> float:

@@ -40,6 +40,7 @@ from deepquant.mmot.colgen import band_moves, solve_chain_colgen
 from deepquant.mmot.envelope import warm_kernels
 from deepquant.mmot.result import BoundSide
 from deepquant.mmot.sweep import _Sweeper, duals_of
+from deepquant.results import check_count
 
 __all__ = ["better_inner", "certify_side", "clip_inner", "nest_supports", "stage_stop",
            "CertifiedProgress"]
@@ -164,8 +165,7 @@ def check_options(*, rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float
         raise ValueError(f"eps_end must be <= eps_start, got {eps_end!r} > {eps_start!r}")
     if not (np.isfinite(band) and band >= 5):
         raise ValueError(f"band must be >= 5, got {band!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    check_count(max_iter, "max_iter")
     if not max_seconds >= 0:  # 0: no stage, the start's certificate (a coarse level's)
         raise ValueError(f"max_seconds must be a number >= 0 (inf: no budget), got "
                          f"{max_seconds!r}")

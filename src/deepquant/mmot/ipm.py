@@ -64,7 +64,7 @@ from deepquant.mmot._ipm_kernels import (
 from deepquant.mmot.envelope import hedge_violation_period, hull_sweep_period
 from deepquant.mmot.result import BoundSide, BoundsResult, Duals, check_sides
 from deepquant.payoffs import Payoff, check_payoff
-from deepquant.results import warn_failure
+from deepquant.results import check_count, warn_failure
 
 __all__ = ["ipm_bounds", "solve_period", "certify_period", "PeriodSolve"]
 
@@ -410,8 +410,7 @@ def _check_options(rtol, feas_tol, max_iter) -> None:
     for name, v in (("rtol", rtol), ("feas_tol", feas_tol)):
         if not (isinstance(v, (int, float)) and np.isfinite(v) and 0 < v < 1):
             raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    check_count(max_iter, "max_iter")
 
 
 def ipm_bounds(marginals: Marginals, payoff: Payoff, *, rtol: float = 1e-7,

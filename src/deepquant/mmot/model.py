@@ -45,6 +45,7 @@ from deepquant.mmot._chainplan_kernels import (
 from deepquant.mmot._chainplan_meet import _meet_plan, backward_laws_started
 from deepquant.mmot._plans import measure
 from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
+from deepquant.results import check_count
 from deepquant.seeds import as_generator
 
 __all__ = ["CalibratedModel", "ModelPrice", "ChainPlan", "chain_plan",
@@ -573,8 +574,7 @@ def price_batch(marginals, kernels: np.ndarray, payoff: Payoff, *, support: str 
                              f"marginals[0] {first.weights.shape}; price_batch needs one grid")
     if support not in ("union", "full"):
         raise ValueError(f"support must be 'union' or 'full', got {support!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
-        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    check_count(threads, "threads")
     law0 = (np.broadcast_to(first.weights[0], (kernels.shape[0], first.size))
             if len(margs) == 1 else np.stack([m.weights[0] for m in margs]))
     pos = first.weights > 0

@@ -416,8 +416,9 @@ def generate_dataset(out: str | os.PathLike[str], num: int, *, seed: int = 0, ep
     from deepquant.parallel import get_executor
 
     out = Path(out)
-    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
-        raise ValueError(f"num must be an integer >= 1, got {num!r}")
+    from deepquant.results import check_count
+
+    check_count(num, "num")
     n_choices = _check_n_choices(n_choices)
     families = tuple(families)
     if not families or any(f not in ALL_FAMILIES for f in families):

@@ -53,6 +53,7 @@ import numpy as np
 
 from deepquant.market.marginals import Marginals
 from deepquant.payoffs import check_payoff
+from deepquant.results import check_count
 from deepquant.seeds import as_generator
 
 __all__ = ["NeuralPricer", "NeuralSolution", "NeuralGridWarning", "default_checkpoint",
@@ -262,9 +263,7 @@ class NeuralPricer:
         if not isinstance(fallback, bool | np.bool_):   # fallback="no" was truthy
             raise ValueError(f"fallback must be a bool, got {fallback!r}")
         for name, val in (("threads", threads), ("row_threads", row_threads)):
-            if val is not None and (isinstance(val, bool) or not isinstance(val, int | np.integer)
-                                    or val < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None, got {val!r}")
+            check_count(val, name, allow_none=True)
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.row_threads = int(row_threads or threads or 1)

@@ -26,7 +26,7 @@ import numpy as np
 
 from deepquant.atomic import to_jsonable
 from deepquant.market.marginals import Marginals
-from deepquant.results import total_seconds, warn_failure
+from deepquant.results import check_count, total_seconds, warn_failure
 
 __all__ = ["SweepResult", "sweep", "term_structure_marginals", "total_variances",
            "bumped_scenarios"]
@@ -218,8 +218,7 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
     if not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     for name, val in (("chunk", chunk), ("threads", threads)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+        check_count(val, name)
     pricer = NeuralPricer() if pricer is None else pricer
 
     t0 = time.perf_counter()

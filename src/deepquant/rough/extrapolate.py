@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from deepquant.payoffs import Payoff
-from deepquant.results import check_callback, result_dict, warn_failure
+from deepquant.results import check_callback, check_count, result_dict, warn_failure
 from deepquant.rough.coupling import price_levels
 from deepquant.rough.engine import BermudanPricer, BermudanResult, check_model, exercise_payoff
 from deepquant.rough.qmc import RngLike, as_seed_sequence
@@ -306,12 +306,8 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
     pricer = pricer or BermudanPricer(feature_steps=FEATURE_STEPS)
     _check(model, pricer, tol, rate, callback)
     steps = _doubling(steps, "steps")
-    if isinstance(max_steps_per_date, bool) or not isinstance(max_steps_per_date,
-                                                              int | np.integer) \
-            or max_steps_per_date < 1:
-        # NaN or inf never stops the doubling below while tol is not met
-        raise ValueError(f"max_steps_per_date must be an integer >= 1, got "
-                         f"{max_steps_per_date!r}")
+    # NaN or inf would never stop the doubling below while tol is not met
+    check_count(max_steps_per_date, "max_steps_per_date")
     payoff = exercise_payoff(payoff, option)
     t0 = time.perf_counter()
     c0 = time.process_time()
