@@ -426,6 +426,10 @@ def side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid:
 
 
 SOFT_OVER_HARD = 100.0
-"""Cost of one smoothed sweep over one exact sweep of the same chain (measured 70-160 at 150
-points: exact 4-16 ms, smoothed 0.3-1.2 s on the Heston lookback; the prediction of the fine
-stages' cost)."""
+"""Predicted cost of one smoothed sweep over one exact sweep of the same chain, which decides
+whether a level above the work level runs smoothed stages (``min_sweeps``). Measured 70-160
+when it was set; on the current kernels (Heston, N = 5, M = 150, at the certified potentials)
+the lookback's ratio is 1-5 (exact 16 ms, smoothed 15-78 ms) and the Asian's 1.3-10 (63 ms,
+85-630 ms), so the prediction now mostly keeps the 150-point level to its certificate. Kept:
+running those stages anyway did not tighten the lookback's upper side in 10 s (0.08254
+against 0.08261; docs/benchmarks-certified.md, "The fine level's own stages")."""
