@@ -34,10 +34,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from scipy.special import ndtr
 
 from deepquant.atomic import write_text
-from deepquant.blackscholes import black_d1, black_gamma, black_vega, implied_vol
+from deepquant.blackscholes import black_delta, black_gamma, black_vega, implied_vol
 from deepquant.market.synthetic import ModelName, ModelParams, model_params
 from deepquant.seeds import as_generator
 
@@ -328,9 +327,8 @@ def synthetic_chain(
             iv_or = np.where(np.isfinite(iv), iv, 0.2)
             # spot greeks: e^{-q t} N(d1) (call), e^{-q t} (N(d1) - 1) (put), and the forward
             # gamma times (F / S)^2
-            d1 = black_d1(fwd, strikes, iv_or, t)
-            df_q = np.exp(-dividend_yield * t)
-            delta = np.where(is_call, df_q * ndtr(d1), df_q * (ndtr(d1) - 1.0))
+            delta = black_delta(fwd, strikes, iv_or, t, is_call=is_call,
+                                discount=np.exp(-dividend_yield * t))
             gamma = black_gamma(fwd, strikes, iv_or, t, discount=disc) * (fwd / spot) ** 2
             # open interest and volume: larger near the money and for short expiries
             weight = np.exp(-0.5 * (np.log(x) / max(sd, 1e-3)) ** 2) / np.sqrt(1.0 + t)

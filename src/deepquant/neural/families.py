@@ -114,8 +114,7 @@ def svi_marginals(times: Sequence[float], atm_vols: Sequence[float] | float, gri
     rho, eta, gamma : float
         SSVI correlation (|rho| < 1), curvature level (> 0) and decay (in [0, 1]).
     """
-    from scipy.stats import norm
-
+    from deepquant.blackscholes import black_price
     from deepquant.market.synthetic import marginals_from_call_prices
 
     t = dates_from_today(times)
@@ -135,9 +134,8 @@ def svi_marginals(times: Sequence[float], atm_vols: Sequence[float] | float, gri
     for th in theta:
         phi = eta / (th ** gamma * (1.0 + th) ** (1.0 - gamma))
         w = 0.5 * th * (1 + rho * phi * k + np.sqrt((phi * k + rho) ** 2 + 1 - rho ** 2))
-        s = np.sqrt(w)
-        d1 = (-k + 0.5 * w) / s
-        calls.append(norm.cdf(d1) - x * norm.cdf(d1 - s))
+        # undiscounted call on the unit forward at total volatility sqrt(w)
+        calls.append(black_price(1.0, x, np.sqrt(w), 1.0))
     return marginals_from_call_prices(x, np.array(calls), t)
 
 
