@@ -286,8 +286,9 @@ def main() -> None:
         for axis, f in axes.items():
             var = "M" if axis == "sizes" else "N"
             print(f"{name:9s} ~ {var}^ (all / without the smallest): " + ", ".join(
-                f"{k} {f[k]['exponent']:.2f}/{f[k]['upper']:.2f}" for k in METRICS
-                if f[k]["upper"] is not None))
+                f"{k} {f[k]['exponent']:.2f}/" + ("-" if f[k]["upper"] is None
+                                                  else f"{f[k]['upper']:.2f}")
+                for k in METRICS if f[k]["exponent"] is not None))
     print(f"process peak RSS {out['peak_rss_mb'] or 0:.0f} MB; load "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
