@@ -151,6 +151,7 @@ def lp_columns(marginals: Marginals, payoff: Payoff, **chain_options) -> int:
     |supp mu_t| x |supp mu_{t+1}| for a pairwise payoff (one-period LPs), of reachable pairs
     (x, s) x |supp mu_{t+1}| on the augmented chain otherwise."""
     from deepquant.mmot.augment import build_chain
+    from deepquant.mmot.certified import lp_columns as chain_lp_columns
 
     n = marginals.n_dates
     supp = np.asarray(marginals.weights > 0)
@@ -158,5 +159,4 @@ def lp_columns(marginals: Marginals, payoff: Payoff, **chain_options) -> int:
     if terms is not None:
         periods = sorted({int(t) for t, _ in terms})
         return int(sum(supp[t].sum() * supp[t + 1].sum() for t in periods))
-    chain = build_chain(marginals, payoff, **chain_options)
-    return int(sum(chain.reach[t].sum() * supp[t + 1].sum() for t in range(chain.last_date)))
+    return chain_lp_columns(build_chain(marginals, payoff, **chain_options))
