@@ -18,7 +18,7 @@ from deepquant.mmot.bounds import bounds
 from deepquant.mmot.ipm import ipm_bounds
 from deepquant.mmot.lp import lp_bounds
 from deepquant.mmot.multiscale import certified_bounds, max_levels
-from deepquant.payoffs import AsianCall, EuropeanCall
+from deepquant.payoffs import AsianCall, EuropeanCall, ForwardStartStraddle
 from deepquant.rough import BermudanPricer, RoughBergomi
 from deepquant.rough.extrapolate import richardson
 from tests.conftest import random_walk_marginals
@@ -70,6 +70,28 @@ def test_lp_refuses_unknown_highs_options(rw, options):
     # before: scipy warned and dropped the option, the solve ran on the defaults
     with pytest.raises(ValueError, match=r"highs_options has unknown option"):
         lp_bounds(rw, AsianCall(strike=1.0), highs_options=options)
+
+
+# the weights overflow in the running sum first (numpy warns there), then in the payoff
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning",
+                            "ignore:invalid value encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("method", ["lp", "ipm", "certified", "path-lp", "entropic"])
+@pytest.mark.parametrize("payoff, culprit", [
+    (ForwardStartStraddle(strike=1e308), r"strike 1e\+308 is too large for payoff "
+                                         r"'forward-start-straddle' \(strike=1e\+308, t1=0\)"),
+    # a weighted average that overflows on a grid far below 1e308
+    (AsianCall(strike=1.0, weights=(1e308, 1e308)), r"weights \(1e\+308, 1e\+308\) is too "
+                                                     r"large for payoff 'asian-call'"),
+])
+def test_a_payoff_that_overflows_on_the_grid_is_named(method, payoff, culprit):
+    # before: the payoff overflowed to inf on the grid (points near 100) and linprog said "c
+    # must not contain values inf, nan, or None" (the other methods ran on the infinities)
+    marginals = Marginals(*random_walk_marginals(3))
+    if method in ("ipm", "entropic") and payoff.pairwise(marginals.n_dates) is None:
+        pytest.skip("pairwise methods only")
+    kw = dict(eps=0.1) if method == "entropic" else {}
+    with pytest.raises(ValueError, match=culprit + r".*evaluates to (inf|nan) on the grid"):
+        bounds(marginals, payoff, method, **kw)
 
 
 def test_richardson_refuses_a_negative_standard_error():

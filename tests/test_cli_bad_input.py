@@ -32,6 +32,9 @@ CASES = [
     (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--sum-grid-size",
       "0"], "--sum-grid-size", "0"),
     (["solve", "MARGINALS", "--eps", "1", "--threads", "0"], "--threads", "0"),
+    # found by fuzzing: the payoff overflowed on the grid, linprog's "c must not contain inf"
+    (["bounds", "MARGINALS", "--payoff", "forward-start-straddle", "--strike", "1e308",
+      "--method", "lp"], "--strike", "1e+308"),
     # found by fuzzing: an option the method ignored silently; a library name for the option
     (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method", "path-lp",
       "--sum-grid-size", "5"], "--sum-grid-size", "5"),

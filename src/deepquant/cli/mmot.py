@@ -318,6 +318,7 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
         console,
         err_console,
         fail,
+        fail_option,
         print_json,
         refuse_unused,
         reported_failures,
@@ -378,7 +379,7 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
                       f"{marginals.n_dates} dates", disable=quiet), reported_failures():
             res = bounds(marginals, payoff, method, eps=eps, **options)
     except ValueError as exc:
-        fail(str(exc))
+        fail_option(exc, {**output.PAYOFF_OPTIONS, "eps": "--eps"})
     out = res.to_dict()
     out.update(payoff=payoff_name, marginals=str(marginals_path), params=payoff_params(payoff))
     if as_json:

@@ -26,7 +26,7 @@ from rich.table import Table
 
 __all__ = ["ENTROPIC_TOL", "FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "check_memory", "check_workers", "check_writable",
            "console", "err_console",
-           "print_json", "table", "progress", "fail", "fail_option", "parse_list",
+           "print_json", "table", "progress", "fail", "fail_option", "parse_list", "PAYOFF_OPTIONS",
            "reported_failures", "tail_warnings", "TAIL_WARN"]
 
 MAX_GRID_SIZE = 5000
@@ -355,6 +355,11 @@ def tail_warnings(grid: np.ndarray, times: Sequence[float], bounds: Sequence[flo
     return [f"the grid [{grid[0]:.4g}, {grid[-1]:.4g}] cannot hold the law's tails at "
             f"t = {t:g}: moving them inside changes call prices by up to {b:.3g} (more than "
             f"{TAIL_WARN:g}); {advice}" for t, b in zip(times, bounds) if b > TAIL_WARN]
+
+
+PAYOFF_OPTIONS = {"strike": "--strike", "barrier": "--barrier"}
+"""Payoff parameters and the options of ``bounds`` and ``quote-bounds`` that set them, for
+``fail_option`` (``Payoff.on_grid`` starts its error with the level it blames)."""
 
 
 def fail_option(exc: Exception, options: dict[str, str]) -> None:
