@@ -87,6 +87,8 @@ CASES = [
     # calibrate (the report's window and the confidence level; checked before the file)
     (["calibrate", "missing.csv", "--out", "OUT", "--window", "nan"], "--window", "nan"),
     (["calibrate", "missing.csv", "--out", "OUT", "--reg", "nan"], "--reg", "nan"),
+    # found by fuzzing: cvxpy's "Problem data contains NaN or Inf" (checked before the file)
+    (["calibrate", "missing.csv", "--out", "OUT", "--reg", "1e308"], "--reg", "1e+308"),
     (["calibrate", "missing.csv", "--out", "OUT", "--alpha", "nan"], "--alpha", "nan"),
     # demo (errors of DemoConfig name the option that set the field)
     (["demo", "--out", "OUT", "--paths", "0"], "--paths", "got 0"),

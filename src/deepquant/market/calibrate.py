@@ -97,6 +97,13 @@ __all__ = [
 
 DEFAULT_EXPIRIES = ("30d", "60d", "90d", "120d", "150d")
 
+MAX_REG = 1e6
+"""Largest ``reg`` (lam): a roughness of 1 then costs a million half-spreads of band violation,
+so the quotes hardly move the fit (1.5% of the synthetic chain's quotes inside at 1e6, grid
+150), and Clarabel already stops short of optimal from about 1e5 (a reported failure). Far
+larger values overflowed cvxpy's problem data (``reg=1e308``: "Problem data contains NaN or
+Inf")."""
+
 
 class CalibrationWarning(UserWarning):
     """The quotes hold calendar arbitrage or put-call parity outliers. (A solver that does not
@@ -312,8 +319,8 @@ def _check_options(*, grid_size: Any = 150, reg: Any = 1e-2, window: Any = 0.4,
     failed after the program was built; a fractional ``grid_size`` was truncated."""
     if isinstance(grid_size, bool) or not isinstance(grid_size, numbers.Integral):
         raise ValueError(f"grid_size must be an integer >= 10, got {grid_size!r}")
-    if not (reg >= 0 and np.isfinite(reg)):
-        raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
+    if not 0 <= reg <= MAX_REG:
+        raise ValueError(f"reg must be a number in [0, {MAX_REG:g}] (MAX_REG), got {reg!r}")
     if not (window >= 0 and np.isfinite(window)):
         raise ValueError(f"window must be a finite number >= 0, got {window!r}")
     _check_alpha(alpha)
@@ -351,7 +358,8 @@ def calibrate(
     grid : ndarray, shape (M,), optional
         Common moneyness grid; must contain every quoted k strictly inside.
     reg : float
-        lam, weight of the smoothness term relative to the band term (in half-spreads).
+        lam, weight of the smoothness term relative to the band term (in half-spreads), in
+        [0, MAX_REG].
     window : float
         Acceptance window |k - 1| <= window for the ``*_window`` report fields.
     alpha : float
