@@ -94,6 +94,21 @@ def test_a_payoff_that_overflows_on_the_grid_is_named(method, payoff, culprit):
         bounds(marginals, payoff, method, **kw)
 
 
+def test_entropic_eps_is_bounded_by_the_problem_scale(rw):
+    # before: eps=1e308 printed numpy's overflow warnings (eps KL overflows), then "not
+    # converged"; beyond 1e16 x the scale the payoff no longer moves the plan in float64
+    with pytest.raises(ValueError, match=r"eps must be at most MAX_EPS_RATIO = 1e\+16 times the "
+                                         r"problem's scale .*got 1e\+308"):
+        bounds(rw, AsianCall(strike=1.0), "entropic", eps=1e308)
+    # just inside the bound: the eps -> inf limit (the reference's martingale projection),
+    # reached long before (same value at eps = 1e8 to 1e-12 relative, measured 1e-16)
+    top = bounds(rw, AsianCall(strike=1.0), "entropic", eps=1e15 * float(rw.grid.max()))
+    mid = bounds(rw, AsianCall(strike=1.0), "entropic", eps=1e8)
+    assert top.success and mid.success
+    assert top.lower == pytest.approx(mid.lower, rel=1e-12)
+    assert top.upper == pytest.approx(mid.upper, rel=1e-12)
+
+
 def test_richardson_refuses_a_negative_standard_error():
     with pytest.raises(ValueError, match=r"stderrs must be >= 0, got \[-1, 0.1\]"):
         richardson([1, 2], [1.0, 1.1], [-1, 0.1], rate=1.0)

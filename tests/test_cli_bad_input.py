@@ -32,6 +32,9 @@ CASES = [
     (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--sum-grid-size",
       "0"], "--sum-grid-size", "0"),
     (["solve", "MARGINALS", "--eps", "1", "--threads", "0"], "--threads", "0"),
+    # found by fuzzing: numpy overflow warnings, then "not converged" (exit 1)
+    (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method",
+      "entropic", "--eps", "1e308"], "--eps", "1e+308"),
     # found by fuzzing: the payoff overflowed on the grid, linprog's "c must not contain inf"
     (["bounds", "MARGINALS", "--payoff", "forward-start-straddle", "--strike", "1e308",
       "--method", "lp"], "--strike", "1e+308"),
@@ -169,3 +172,4 @@ def test_bad_option_is_a_usage_error_naming_it(paths, args, option, value):
     error = [line for line in res.output.splitlines() if line.startswith("Error:")]
     assert len(error) == 1, res.output
     assert option in error[0] and value in error[0], error[0]
+
