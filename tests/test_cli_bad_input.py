@@ -173,3 +173,30 @@ def test_bad_option_is_a_usage_error_naming_it(paths, args, option, value):
     assert len(error) == 1, res.output
     assert option in error[0] and value in error[0], error[0]
 
+
+# every float option whose range the library checks: click's float() read "nan", "inf" and
+# "-inf" as numbers (a NaN fails every comparison, so some checks let it through)
+_FLOAT_OPTIONS = [
+    (["chain", "--out", "OUT"], ("--spot", "--rate", "--dividend-yield")),
+    (["solve", "MARGINALS", "--eps", "1"], ("--eps",)),
+    (["demo", "--out", "OUT"], ("--grid-step", "--max-seconds")),
+    (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "1"],
+     ("--eps", "--martingale-tol")),
+    (["generate", "--num", "1", "--out", "OUT"], ("--eps",)),
+    (["refit-head", "--data", "DATA", "--out", "OUT"], ("--ridge",)),
+    (["evaluate", "--test", "DATA"], ("--ridge",)),
+    (["sweep", "--strike", "1"], ("--maturity", "--bump")),
+    (_AMERICAN, ("--maturity", "--spot", "--sigma", "--hurst", "--eta", "--rho", "--xi0", "--v0",
+                 "--kappa", "--theta", "--vol-of-vol", "--tol")),
+]
+
+
+@pytest.mark.parametrize("args, option", [(a, o) for a, opts in _FLOAT_OPTIONS for o in opts],
+                         ids=[f"{a[0]} {o}" for a, opts in _FLOAT_OPTIONS for o in opts])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_float_options_refuse_non_finite_text(paths, args, option, value):
+    res = CliRunner().invoke(main, [*[paths.get(a, a) for a in args], option, value])
+    assert res.exit_code == 2, res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert error == [f"Error: Invalid value for '{option}': {float(value)!r} is not a finite "
+                     "number."], res.output
