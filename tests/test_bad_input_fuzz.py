@@ -109,6 +109,33 @@ def test_entropic_eps_is_bounded_by_the_problem_scale(rw):
     assert top.upper == pytest.approx(mid.upper, rel=1e-12)
 
 
+@pytest.mark.parametrize("options, match", [
+    # before: HiGHS ran a NaN time limit or tolerance as if none was given, and a negative one
+    # with a warning "Invalid option value" (the defaults used)
+    ({"time_limit": float("nan")}, r"highs_options\['time_limit'\] must be a number >= 0 "
+                                   r"\(seconds; inf: no limit\), got nan"),
+    ({"time_limit": -1.0}, r"highs_options\['time_limit'\] must be .*got -1.0"),
+    ({"time_limit": "10"}, r"highs_options\['time_limit'\] must be .*got '10'"),
+    ({"dual_feasibility_tolerance": float("nan")},
+     r"highs_options\['dual_feasibility_tolerance'\] must be a finite number > 0, got nan"),
+    ({"primal_feasibility_tolerance": 0.0}, r"primal_feasibility_tolerance'\] must be .*got 0.0"),
+    ({"mip_rel_gap": float("inf")}, r"highs_options\['mip_rel_gap'\] must be a finite number"),
+    # before: a TypeError from scipy's check_int_option; -1 ran on the default
+    ({"maxiter": 1.5}, r"highs_options\['maxiter'\] must be an integer >= 1, got 1.5"),
+    ({"maxiter": -1}, r"highs_options\['maxiter'\] must be an integer >= 1, got -1"),
+])
+def test_lp_refuses_bad_highs_option_values(rw, options, match):
+    with pytest.raises(ValueError, match=match):
+        lp_bounds(rw, AsianCall(strike=1.0), highs_options=options)
+
+
+def test_lp_takes_an_infinite_time_limit(rw):
+    # HiGHS's own default: no limit; the bounds are those of the default options (exact LP)
+    free = lp_bounds(rw, AsianCall(strike=1.0), highs_options={"time_limit": float("inf")})
+    default = lp_bounds(rw, AsianCall(strike=1.0))
+    assert free.success and (free.lower, free.upper) == (default.lower, default.upper)
+
+
 def test_richardson_refuses_a_negative_standard_error():
     with pytest.raises(ValueError, match=r"stderrs must be >= 0, got \[-1, 0.1\]"):
         richardson([1, 2], [1.0, 1.1], [-1, 0.1], rate=1.0)
