@@ -55,7 +55,7 @@ from typing import NamedTuple
 import numpy as np
 
 from deepquant.payoffs import Payoff
-from deepquant.results import warn_failure
+from deepquant.results import check_count, warn_failure
 from deepquant.rough.dual import (
     DualMartingale,
     MartingaleBasis,
@@ -181,19 +181,15 @@ class BermudanPricer:
                      "martingale_targets"):
             if not isinstance(getattr(self, name), bool | np.bool_):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.feature_steps is not None:
+        if check_count(self.feature_steps, "feature_steps", allow_none=True) is not None:
             fs = self.feature_steps
-            if not isinstance(fs, int | np.integer) or isinstance(fs, bool) or fs < 1:
-                raise ValueError(f"feature_steps must be a positive integer or None, got {fs!r}")
             if fs < self.steps_per_date and self.steps_per_date % fs:
                 raise ValueError(f"feature_steps={fs} must divide steps_per_date="
                                  f"{self.steps_per_date}")
         for name in ("n_dates", "steps_per_date", "n_regression", "batch_size", "min_batches",
                      "max_batches", "patience", "dual_max_iter", "subsim_inner",
                      "subsim_outer"):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name)
         N = self.payoff_dates
         if N is not None and (not isinstance(N, int | np.integer) or isinstance(N, bool) or N < 1
                               or N % self.n_dates or self.n_steps % N):
