@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 
 from deepquant.market.marginals import Marginals
@@ -134,6 +135,17 @@ def test_lp_takes_an_infinite_time_limit(rw):
     free = lp_bounds(rw, AsianCall(strike=1.0), highs_options={"time_limit": float("inf")})
     default = lp_bounds(rw, AsianCall(strike=1.0))
     assert free.success and (free.lower, free.upper) == (default.lower, default.upper)
+
+
+def test_entropic_payoff_values_beyond_eps_times_the_float_range():
+    # found by the library fuzz: a payoff finite on the grid (|X_2 - 1e308 X_0| with X_0 = 1)
+    # whose f / eps overflows ended in KeyError 'pm' (no dual point was ever finite)
+    from deepquant.market.synthetic import gbm_marginals
+
+    m = gbm_marginals(np.linspace(0.0, 0.5, 3), grid=np.linspace(0.6, 1.4, 9), sigma=0.2)
+    with pytest.raises(ValueError, match=r"eps 0.1 is too small for the payoff's values on the "
+                                         r"chain \(up to 1e\+308\): f / eps overflows"):
+        bounds(m, ForwardStartStraddle(strike=1e308), "entropic", eps=0.1)
 
 
 def test_richardson_refuses_a_negative_standard_error():

@@ -353,7 +353,12 @@ def solve_chain_entropic(
     prob = _Problem(chain, marginals, reference, sign)
     scale = float(np.max(np.abs(prob.grid)))
     htol = drift_tol if drift_tol is not None else 1e-12 * scale
-    span = float(np.ptp(prob.cost[prob.pairs[prob.T][:, 0], prob.pairs[prob.T][:, 1]]))
+    last = prob.cost[prob.pairs[prob.T][:, 0], prob.pairs[prob.T][:, 1]]
+    span = float(np.ptp(last))
+    largest = float(np.max(np.abs(last), initial=0.0))
+    if not np.isfinite(largest / eps):  # the Gibbs weights exp(-f / eps) need f / eps
+        raise ValueError(f"eps {eps!r} is too small for the payoff's values on the chain (up to "
+                         f"{largest:.3g}): f / eps overflows")
     if eps > MAX_EPS_RATIO * max(span, scale):
         raise ValueError(
             f"eps must be at most MAX_EPS_RATIO = {MAX_EPS_RATIO:g} times the problem's scale "
