@@ -111,6 +111,7 @@ def cases():
     yield "bounds(entropic, eps=nan)", lambda: bounds(M, ASIAN, "entropic", eps=NAN)
     yield "bounds(entropic, eps=-1)", lambda: bounds(M, ASIAN, "entropic", eps=-1)
     yield "bounds(entropic, eps=0)", lambda: bounds(M, ASIAN, "entropic", eps=0)
+    yield "bounds(entropic, eps=1e308)", lambda: bounds(M, ASIAN, "entropic", eps=1e308)
     yield "bounds(ipm, max_seconds=nan)", lambda: bounds(M, EuropeanCall(strike=1.0), "ipm",
                                                         max_seconds=NAN)
     yield "bounds(ipm, max_seconds=-1)", lambda: bounds(M, EuropeanCall(strike=1.0), "ipm",
@@ -229,7 +230,8 @@ def more_cases():
     for opt, val in [("kappa", NAN), ("v0", -1), ("rho", 2), ("n_terms", 0)]:
         yield (f"heston_marginals({opt}={val!r})",
                lambda o=opt, v=val: heston_marginals([0.0, 0.5], grid_size=9, **{o: v}))
-    for opt, val in [("spot", NAN), ("spot", -1), ("rate", NAN), ("n_sd", 0), ("seed", 1.5),
+    for opt, val in [("spot", NAN), ("spot", -1), ("spot", 1e308), ("rate", NAN), ("n_sd", 0),
+                     ("seed", 1.5),
                      ("expiries", []), ("model", "bogus")]:
         yield (f"synthetic_chain({opt}={val!r})",
                lambda o=opt, v=val: synthetic_chain(**{o: v}))
@@ -329,13 +331,21 @@ def market_cases():
     yield "bounds(one date)", lambda: bounds(M.select([0]), EuropeanCall(strike=1.0))
     yield "bounds(lp, highs_options=nan)", lambda: bounds(M, ASIAN, "lp",
                                                           highs_options={"time_limit": NAN})
+    for key, val in [("time_limit", -1.0), ("maxiter", 1.5), ("dual_feasibility_tolerance", NAN)]:
+        yield (f"bounds(lp, highs_options {key}={val!r})",
+               lambda k=key, v=val: bounds(M, ASIAN, "lp", highs_options={k: v}))
+    for method in ("lp", "ipm", "certified", "path-lp", "entropic"):
+        yield (f"bounds({method}, FwdStart strike 1e308)",
+               lambda m=method: bounds(M, ForwardStartStraddle(strike=1e308), m,
+                                       **({"eps": 0.1} if m == "entropic" else {})))
     path = tempfile.mkdtemp() + "/chain.csv"
     synthetic_chain(expiries=["2024-02-16", "2024-03-15"]).to_csv(path)
     exp = ("45d", "73d")
     for opt, val in [("grid_size", 2), ("grid_size", 2.5), ("grid_size", NAN),
                      ("fit_range", (NAN, 2.0)), ("fit_range", (2.0, 0.3)), ("near_fraction", NAN),
                      ("near_fraction", 0), ("rate_range", (NAN, 0.1)), ("max_quote_spread", NAN),
-                     ("max_quote_spread", -1), ("reg", NAN), ("reg", -1), ("window", NAN),
+                     ("max_quote_spread", -1), ("reg", NAN), ("reg", -1), ("reg", 1e308),
+                     ("window", NAN),
                      ("alpha", NAN), ("inside_tol", NAN), ("solver", "bogus"),
                      ("expiries", ()), ("expiries", ("0d",)), ("expiries", (NAN,))]:
         kw = {"expiries": exp, "grid_size": 25}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 
 from deepquant.market.marginals import Marginals
@@ -18,7 +19,7 @@ from deepquant.mmot.bounds import bounds
 from deepquant.mmot.ipm import ipm_bounds
 from deepquant.mmot.lp import lp_bounds
 from deepquant.mmot.multiscale import certified_bounds, max_levels
-from deepquant.payoffs import AsianCall, EuropeanCall
+from deepquant.payoffs import AsianCall, EuropeanCall, ForwardStartStraddle
 from deepquant.rough import BermudanPricer, RoughBergomi
 from deepquant.rough.extrapolate import richardson
 from tests.conftest import random_walk_marginals
@@ -70,6 +71,81 @@ def test_lp_refuses_unknown_highs_options(rw, options):
     # before: scipy warned and dropped the option, the solve ran on the defaults
     with pytest.raises(ValueError, match=r"highs_options has unknown option"):
         lp_bounds(rw, AsianCall(strike=1.0), highs_options=options)
+
+
+# the weights overflow in the running sum first (numpy warns there), then in the payoff
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning",
+                            "ignore:invalid value encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("method", ["lp", "ipm", "certified", "path-lp", "entropic"])
+@pytest.mark.parametrize("payoff, culprit", [
+    (ForwardStartStraddle(strike=1e308), r"strike 1e\+308 is too large for payoff "
+                                         r"'forward-start-straddle' \(strike=1e\+308, t1=0\)"),
+    # a weighted average that overflows on a grid far below 1e308
+    (AsianCall(strike=1.0, weights=(1e308, 1e308)), r"weights \(1e\+308, 1e\+308\) is too "
+                                                     r"large for payoff 'asian-call'"),
+])
+def test_a_payoff_that_overflows_on_the_grid_is_named(method, payoff, culprit):
+    # before: the payoff overflowed to inf on the grid (points near 100) and linprog said "c
+    # must not contain values inf, nan, or None" (the other methods ran on the infinities)
+    marginals = Marginals(*random_walk_marginals(3))
+    if method in ("ipm", "entropic") and payoff.pairwise(marginals.n_dates) is None:
+        pytest.skip("pairwise methods only")
+    kw = dict(eps=0.1) if method == "entropic" else {}
+    with pytest.raises(ValueError, match=culprit + r".*evaluates to (inf|nan) on the grid"):
+        bounds(marginals, payoff, method, **kw)
+
+
+def test_entropic_eps_is_bounded_by_the_problem_scale(rw):
+    # before: eps=1e308 printed numpy's overflow warnings (eps KL overflows), then "not
+    # converged"; beyond 1e16 x the scale the payoff no longer moves the plan in float64
+    with pytest.raises(ValueError, match=r"eps must be at most MAX_EPS_RATIO = 1e\+16 times the "
+                                         r"problem's scale .*got 1e\+308"):
+        bounds(rw, AsianCall(strike=1.0), "entropic", eps=1e308)
+    # just inside the bound: the eps -> inf limit (the reference's martingale projection),
+    # reached long before (same value at eps = 1e8 to 1e-12 relative, measured 1e-16)
+    top = bounds(rw, AsianCall(strike=1.0), "entropic", eps=1e15 * float(rw.grid.max()))
+    mid = bounds(rw, AsianCall(strike=1.0), "entropic", eps=1e8)
+    assert top.success and mid.success
+    assert top.lower == pytest.approx(mid.lower, rel=1e-12)
+    assert top.upper == pytest.approx(mid.upper, rel=1e-12)
+
+
+@pytest.mark.parametrize("options, match", [
+    # before: HiGHS ran a NaN time limit or tolerance as if none was given, and a negative one
+    # with a warning "Invalid option value" (the defaults used)
+    ({"time_limit": float("nan")}, r"highs_options\['time_limit'\] must be a number >= 0 "
+                                   r"\(seconds; inf: no limit\), got nan"),
+    ({"time_limit": -1.0}, r"highs_options\['time_limit'\] must be .*got -1.0"),
+    ({"time_limit": "10"}, r"highs_options\['time_limit'\] must be .*got '10'"),
+    ({"dual_feasibility_tolerance": float("nan")},
+     r"highs_options\['dual_feasibility_tolerance'\] must be a finite number > 0, got nan"),
+    ({"primal_feasibility_tolerance": 0.0}, r"primal_feasibility_tolerance'\] must be .*got 0.0"),
+    ({"mip_rel_gap": float("inf")}, r"highs_options\['mip_rel_gap'\] must be a finite number"),
+    # before: a TypeError from scipy's check_int_option; -1 ran on the default
+    ({"maxiter": 1.5}, r"highs_options\['maxiter'\] must be an integer >= 1, got 1.5"),
+    ({"maxiter": -1}, r"highs_options\['maxiter'\] must be an integer >= 1, got -1"),
+])
+def test_lp_refuses_bad_highs_option_values(rw, options, match):
+    with pytest.raises(ValueError, match=match):
+        lp_bounds(rw, AsianCall(strike=1.0), highs_options=options)
+
+
+def test_lp_takes_an_infinite_time_limit(rw):
+    # HiGHS's own default: no limit; the bounds are those of the default options (exact LP)
+    free = lp_bounds(rw, AsianCall(strike=1.0), highs_options={"time_limit": float("inf")})
+    default = lp_bounds(rw, AsianCall(strike=1.0))
+    assert free.success and (free.lower, free.upper) == (default.lower, default.upper)
+
+
+def test_entropic_payoff_values_beyond_eps_times_the_float_range():
+    # found by the library fuzz: a payoff finite on the grid (|X_2 - 1e308 X_0| with X_0 = 1)
+    # whose f / eps overflows ended in KeyError 'pm' (no dual point was ever finite)
+    from deepquant.market.synthetic import gbm_marginals
+
+    m = gbm_marginals(np.linspace(0.0, 0.5, 3), grid=np.linspace(0.6, 1.4, 9), sigma=0.2)
+    with pytest.raises(ValueError, match=r"eps 0.1 is too small for the payoff's values on the "
+                                         r"chain \(up to 1e\+308\): f / eps overflows"):
+        bounds(m, ForwardStartStraddle(strike=1e308), "entropic", eps=0.1)
 
 
 def test_richardson_refuses_a_negative_standard_error():

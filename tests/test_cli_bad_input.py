@@ -32,6 +32,12 @@ CASES = [
     (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--sum-grid-size",
       "0"], "--sum-grid-size", "0"),
     (["solve", "MARGINALS", "--eps", "1", "--threads", "0"], "--threads", "0"),
+    # found by fuzzing: numpy overflow warnings, then "not converged" (exit 1)
+    (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method",
+      "entropic", "--eps", "1e308"], "--eps", "1e+308"),
+    # found by fuzzing: the payoff overflowed on the grid, linprog's "c must not contain inf"
+    (["bounds", "MARGINALS", "--payoff", "forward-start-straddle", "--strike", "1e308",
+      "--method", "lp"], "--strike", "1e+308"),
     # found by fuzzing: an option the method ignored silently; a library name for the option
     (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "100", "--method", "path-lp",
       "--sum-grid-size", "5"], "--sum-grid-size", "5"),
@@ -84,6 +90,8 @@ CASES = [
     # calibrate (the report's window and the confidence level; checked before the file)
     (["calibrate", "missing.csv", "--out", "OUT", "--window", "nan"], "--window", "nan"),
     (["calibrate", "missing.csv", "--out", "OUT", "--reg", "nan"], "--reg", "nan"),
+    # found by fuzzing: cvxpy's "Problem data contains NaN or Inf" (checked before the file)
+    (["calibrate", "missing.csv", "--out", "OUT", "--reg", "1e308"], "--reg", "1e+308"),
     (["calibrate", "missing.csv", "--out", "OUT", "--alpha", "nan"], "--alpha", "nan"),
     # demo (errors of DemoConfig name the option that set the field)
     (["demo", "--out", "OUT", "--paths", "0"], "--paths", "got 0"),
@@ -164,3 +172,31 @@ def test_bad_option_is_a_usage_error_naming_it(paths, args, option, value):
     error = [line for line in res.output.splitlines() if line.startswith("Error:")]
     assert len(error) == 1, res.output
     assert option in error[0] and value in error[0], error[0]
+
+
+# every float option whose range the library checks: click's float() read "nan", "inf" and
+# "-inf" as numbers (a NaN fails every comparison, so some checks let it through)
+_FLOAT_OPTIONS = [
+    (["chain", "--out", "OUT"], ("--spot", "--rate", "--dividend-yield")),
+    (["solve", "MARGINALS", "--eps", "1"], ("--eps",)),
+    (["demo", "--out", "OUT"], ("--grid-step", "--max-seconds")),
+    (["bounds", "MARGINALS", "--payoff", "asian-call", "--strike", "1"],
+     ("--eps", "--martingale-tol")),
+    (["generate", "--num", "1", "--out", "OUT"], ("--eps",)),
+    (["refit-head", "--data", "DATA", "--out", "OUT"], ("--ridge",)),
+    (["evaluate", "--test", "DATA"], ("--ridge",)),
+    (["sweep", "--strike", "1"], ("--maturity", "--bump")),
+    (_AMERICAN, ("--maturity", "--spot", "--sigma", "--hurst", "--eta", "--rho", "--xi0", "--v0",
+                 "--kappa", "--theta", "--vol-of-vol", "--tol")),
+]
+
+
+@pytest.mark.parametrize("args, option", [(a, o) for a, opts in _FLOAT_OPTIONS for o in opts],
+                         ids=[f"{a[0]} {o}" for a, opts in _FLOAT_OPTIONS for o in opts])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_float_options_refuse_non_finite_text(paths, args, option, value):
+    res = CliRunner().invoke(main, [*[paths.get(a, a) for a in args], option, value])
+    assert res.exit_code == 2, res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert error == [f"Error: Invalid value for '{option}': {float(value)!r} is not a finite "
+                     "number."], res.output

@@ -84,7 +84,10 @@ def test_chain_json(runner, tmp_path):
     (["marginals", "--model", "gbm", "--param", "rho=0.1"], "bad parameters for model 'gbm'"),
     (["marginals", "--model", "sabr"], "Invalid value for '--model'"),
     (["chain", "--quote-date", "yesterday"], "quote_date must be an ISO date"),
-    (["chain", "--spot", "-5"], "spot must be a finite number > 0"),
+    (["chain", "--spot", "-5"], "--spot: spot must be a number in (0, 1e+12]"),
+    # found by fuzzing: numpy's "Maximum allowed size exceeded" (an infinite forward)
+    (["chain", "--spot", "1e308"], "--spot: spot must be a number in (0, 1e+12] (MAX_SPOT), "
+     "got 1e+308"),
     # found by fuzzing: the library's "grid_size must be an integer >= 3" (no option named)
     (["marginals", "--grid-size", "0"], "Invalid value for '--grid-size': 0 is not in the range "
      "3<=x<=5000"),

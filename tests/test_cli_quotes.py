@@ -100,3 +100,20 @@ def test_certified_coarse_start_contains_the_lp(chain_csv):
     assert out["lower"] <= lp["lower"] + 1e-8 and out["upper"] >= lp["upper"] - 1e-8
     assert out["hedges"]["lower"]["dominates"] and out["hedges"]["upper"]["dominates"]
     assert out["coarse"]["lower"]["size"] == out["coarse"]["upper"]["size"] == 11
+
+
+def test_a_failed_side_is_reported_not_a_traceback(chain_csv):
+    # found by fuzzing: a strike of 1e308 keeps the forward-start straddle finite on the quote
+    # grid (up to 1e308), HiGHS returns no solution, and the hedge table raised KeyError 'hedge'
+    args = ["--quotes", chain_csv, "--expiries", "30d,60d", "--payoff",
+            "forward-start-straddle", "--strike", "1e308", "--grid-size", 11, "--thin",
+            "--repair", "minimal"]
+    res = _run(*args, "--json")
+    assert res.exit_code == 1 and res.exception is not None and \
+        isinstance(res.exception, SystemExit), res.output
+    out = json.loads(res.stdout)
+    assert out["success"] is False and out["hedges"] == {"lower": None, "upper": None}
+    assert "HiGHS" in out["message"]
+    table = _run(*args)
+    assert table.exit_code == 1 and "Traceback" not in table.output
+    assert "message" in table.output and "HiGHS" in table.output

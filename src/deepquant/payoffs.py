@@ -241,6 +241,48 @@ class Payoff(ABC):
 
     __call__ = evaluate
 
+    def on_grid(self, method: Callable[..., np.ndarray], *args: np.ndarray) -> np.ndarray:
+        """``method(*args)`` (``terminal``, ``evaluate`` or a ``pairwise`` term of this payoff
+        on an MMOT grid or its paths) as a float array.
+
+        The one check of payoff values on the grid: a ``ValueError`` naming the payoff, its
+        parameters and the largest level when a value is not finite (``forward-start-straddle``
+        with ``strike=1e308`` overflows to inf at a grid point above 1), before an LP or a solver
+        sees it; numpy's overflow warnings are silenced since the error says it.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.asarray(method(*args), dtype=float)
+        if np.all(np.isfinite(out)):
+            return out
+        bad = out[~np.isfinite(out)].flat[0]
+        given = {f.name: getattr(self, f.name) for f in fields(self)
+                 if getattr(self, f.name) is not None}
+        params = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        # the largest level or weight is the one to blame (the grid itself is finite)
+        sizes = {k: float(np.max(np.abs(v))) for k, v in given.items()
+                 if k in ("strike", "barrier", "weights")}
+        worst = max(sizes, key=sizes.get) if sizes else None
+        culprit = f"{worst} {given[worst]!r} is too large for " if worst else ""
+        raise ValueError(f"{culprit}payoff {self.name!r} ({params}): it evaluates to {bad} on "
+                         "the grid")
+
+    def pairwise_costs(self, n_dates: int, grid: np.ndarray) -> dict[int, np.ndarray] | None:
+        """The ``pairwise`` terms on ``grid``, summed per period and checked by ``on_grid``.
+
+        Returns {t: c_t(grid[:, None], grid[None, :])} of shape (M, M) each, periods increasing;
+        None when the payoff is not pairwise on ``n_dates`` dates.
+        """
+        terms = self.pairwise(n_dates)
+        if terms is None:
+            return None
+        grid = np.asarray(grid, dtype=float)
+        m = grid.size
+        out: dict[int, np.ndarray] = {}
+        for t, fn in terms:
+            c = np.broadcast_to(self.on_grid(fn, grid[:, None], grid[None, :]), (m, m))
+            out[int(t)] = self.on_grid(np.add, out[int(t)], c) if int(t) in out else c.copy()
+        return dict(sorted(out.items()))
+
 
 # ---------------------------------------------------------------------------- Europeans
 @dataclass(frozen=True)

@@ -210,6 +210,9 @@ def test_bad_calibration_input():
     (dict(solver="bogus"), "solver must be one of the installed cvxpy solvers .*got 'bogus'"),
     (dict(grid_size=25.5), "grid_size must be an integer >= 10, got 25.5"),
     (dict(grid=np.array([0.5, np.nan, 1.5])), "grid must be a finite, strictly increasing"),
+    # CLI fuzz: reg=1e308 overflowed cvxpy's data ("Problem data contains NaN or Inf")
+    (dict(reg=1e308), r"reg must be a number in \[0, 1e\+06\] \(MAX_REG\), got 1e\+308"),
+    (dict(reg=float("nan")), r"reg must be a number in \[0, 1e\+06\].*got nan"),
 ])
 def test_report_options_are_checked_before_the_solve(monkeypatch, kw, match):
     """A NaN window silently reported 0% of quotes inside it; a bad alpha was an error only

@@ -191,7 +191,12 @@ def test_other_models(model):
 @pytest.mark.parametrize("kwargs, match", [
     ({"model": "sabr"}, r"model must be one of"),
     ({"quote_date": "02/01/2024"}, r"quote_date must be an ISO date \(YYYY-MM-DD\), got '02/01/2024'"),
-    ({"spot": -1.0}, r"spot must be a finite number > 0, got -1.0"),
+    ({"spot": -1.0}, r"spot must be a number in \(0, 1e\+12\] \(MAX_SPOT\), got -1.0"),
+    # before: bids of inf (1e300), OverflowError (1e307), numpy's "Maximum allowed size
+    # exceeded" (1e308: an infinite forward sizing the strike list)
+    ({"spot": 1e300}, r"spot must be a number in \(0, 1e\+12\].*got 1e\+300"),
+    ({"spot": 1e308}, r"spot must be a number in \(0, 1e\+12\].*got 1e\+308"),
+    ({"spot": float("nan")}, r"spot must be a number in \(0, 1e\+12\].*got nan"),
     ({"rate": 0.9}, r"rate must be a finite number in \(-0.5, 0.5\), got 0.9"),
     ({"expiries": ["2023-12-15"]}, r"expiry 2023-12-15 is not after quote_date 2024-01-02"),
     ({"expiries": []}, r"expiries must not be empty"),

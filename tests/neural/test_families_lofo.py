@@ -196,6 +196,8 @@ def test_leave_one_family_out_rejects_missing_families(two_family_files, tmp_pat
 @pytest.mark.parametrize("option, value, match", [
     ("iterations", 0, "iterations must be an integer >= 1, got 0"),
     ("per_instance", -1, "per_instance must be an integer >= 1, got -1"),
+    # one count check (results.check_count): True was one iteration before
+    ("iterations", True, "iterations must be an integer >= 1, got True"),
     ("ridge", float("nan"), "ridge must be a finite number > 0, got nan"),
 ])
 def test_leave_one_family_out_checks_the_refit_options_first(tmp_path, option, value, match):

@@ -226,7 +226,7 @@ def test_ensemble_resume_keeps_finished_runs(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"n_dates": 0}, "n_dates must be a positive integer"),
+    ({"n_dates": 0}, "n_dates must be an integer >= 1"),
     ({"n_regression": 1000}, "n_regression must be a power of 2"),
     ({"method": "sobol"}, "method must be"),
     ({"dual_fit": "lp"}, "dual_fit must be"),

@@ -203,7 +203,7 @@ def test_american_level_options_set_each_runs_budget_and_are_checked():
         with pytest.raises(ValueError, match=match):
             price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=4,
                            level_options=bad)
-    with pytest.raises(ValueError, match="n_regression must be a positive integer"):
+    with pytest.raises(ValueError, match="n_regression must be an integer >= 1"):
         price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=4,
                        coarse_total_steps=2, level_options={4: {"n_regression": 0}})
 

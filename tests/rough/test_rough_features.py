@@ -84,8 +84,8 @@ def test_feature_steps_at_or_above_the_grid_is_the_full_grid():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"steps_per_date": 8, "feature_steps": 3}, "must divide steps_per_date"),
-    ({"feature_steps": 0}, "feature_steps must be a positive integer"),
-    ({"feature_steps": 2.0}, "feature_steps must be a positive integer"),
+    ({"feature_steps": 0}, "feature_steps must be an integer >= 1 or None"),
+    ({"feature_steps": 2.0}, "feature_steps must be an integer >= 1 or None"),
 ])
 def test_feature_steps_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

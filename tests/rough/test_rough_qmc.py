@@ -30,6 +30,9 @@ def test_gaussian_points_errors():
         gaussian_points(8, 3, method="sobol")
     with pytest.raises(ValueError, match="dim must be"):
         gaussian_points(8, 0)
+    # one count check (results.check_count): a bool was read as 1 dimension before
+    with pytest.raises(ValueError, match="dim must be an integer >= 1, got True"):
+        gaussian_points(8, True)
     with pytest.raises(ValueError, match="rng seed must be >= 0"):
         as_seed_sequence(-3)
 

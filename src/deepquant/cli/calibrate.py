@@ -57,7 +57,8 @@ def _parse_duration(text: str, option: str) -> float:
 @click.option("--fit-range", default="0.3,2.0", show_default=True,
               help="Only quotes with LO <= K/F <= HI enter the program.")
 @click.option("--reg", default=1e-2, show_default=True, type=FiniteFloat(min=0),
-              help="Weight of the density-smoothness term (band violations count in half-spreads).")
+              help="Weight of the density-smoothness term (band violations count in "
+                   "half-spreads; at most 1e6).")
 @click.option("--window", default=0.4, show_default=True, type=FiniteFloat(min=0),
               help="Acceptance window |K/F - 1| <= WINDOW for the 'inside' columns.")
 @click.option("--alpha", default=0.05, show_default=True,
@@ -87,7 +88,7 @@ def calibrate_command(chain: tuple[Path, ...], expiries: str, grid_size: int, ou
     from deepquant.cli.output import (
         check_writable,
         console,
-        fail,
+        fail_option,
         print_json,
         reported_failures,
         table,
@@ -108,7 +109,8 @@ def calibrate_command(chain: tuple[Path, ...], expiries: str, grid_size: int, ou
                                   fit_range=_parse_range(fit_range), reg=reg, window=window,
                                   alpha=alpha, rate_range=rates, max_quote_spread=spread)
     except (ValueError, RuntimeError) as exc:  # bad input; a solver that returned nothing
-        fail(str(exc))
+        fail_option(exc, {"reg": "--reg", "window": "--window", "alpha": "--alpha",
+                          "grid_size": "--grid-size"})
     res.marginals.save(out)
     written = [str(out)]
     if figures is not None:

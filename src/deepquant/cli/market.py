@@ -12,11 +12,13 @@ import click
 import numpy as np
 
 from deepquant.cli.output import (
+    FINITE,
     MAX_GRID_SIZE,
     check_writable,
     console,
     err_console,
     fail,
+    fail_option,
     parse_list,
     print_json,
     table,
@@ -174,10 +176,11 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the quote jitter, open interest and volume.")
 @click.option("--quote-date", default="2024-01-02", show_default=True, help="ISO quote date.")
-@click.option("--spot", type=float, default=4750.0, show_default=True)
-@click.option("--rate", type=float, default=0.045, show_default=True,
+@click.option("--spot", type=FINITE, default=4750.0, show_default=True,
+              help="Spot level (currency; at most 1e12, the quotes are in cents).")
+@click.option("--rate", type=FINITE, default=0.045, show_default=True,
               help="Continuously compounded rate.")
-@click.option("--dividend-yield", type=float, default=0.015, show_default=True)
+@click.option("--dividend-yield", type=FINITE, default=0.015, show_default=True)
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Model parameter, repeatable (see `deepquant marginals --help`).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
@@ -195,7 +198,8 @@ def chain_command(model: str, seed: int, quote_date: str, spot: float, rate: flo
         ch = synthetic_chain(model, seed=seed, quote_date=quote_date, spot=spot, rate=rate,
                              dividend_yield=dividend_yield, params=_parse_params(params))
     except ValueError as exc:
-        fail(str(exc))
+        fail_option(exc, {"spot": "--spot", "rate": "--rate", "dividend_yield":
+                          "--dividend-yield", "quote_date": "--quote-date"})
     ch.to_csv(out)
     rows = ch.summary()
     if as_json:

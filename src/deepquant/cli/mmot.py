@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deepquant.cli.output import ENTROPIC_TOL, LEVEL, FiniteFloat
+from deepquant.cli.output import ENTROPIC_TOL, FINITE, LEVEL, FiniteFloat
 
 COMMANDS: list[click.Command] = []
 
@@ -12,7 +12,7 @@ COMMANDS: list[click.Command] = []
 # ---------------------------------------------------------------------------- solve (entropic)
 @click.command("solve")
 @click.argument("marginals_path", metavar="MARGINALS.npz", type=click.Path(dir_okay=False))
-@click.option("--eps", type=float, required=True, help="Entropic regularisation (cost units).")
+@click.option("--eps", type=FINITE, required=True, help="Entropic regularisation (cost units).")
 @click.option("--reference", type=click.Choice(["product", "lognormal"]), default="product",
               show_default=True, help="Reference kernel q(y|x).")
 @click.option("--tol", type=ENTROPIC_TOL, default=1e-9, show_default=True,
@@ -133,7 +133,7 @@ _DEMO_OPTIONS = {"expiries": "--expiries", "grid_step": "--grid-step", "n_paths"
               show_default=True, help="Report folder (figures, report.md, results.json).")
 @click.option("--expiries", default="30d,60d,90d,120d,150d", show_default=True,
               help="Comma-separated tenors picked from the chain.")
-@click.option("--grid-step", type=float, default=None,
+@click.option("--grid-step", type=FINITE, default=None,
               help="Spacing of the uniform bounds grid (default 0.075).")
 @click.option("--paths", "n_paths", type=int, default=None,
               help="Paths per hedging backtest (default 20000).")
@@ -143,7 +143,7 @@ _DEMO_OPTIONS = {"expiries": "--expiries", "grid_step": "--grid-step", "n_paths"
                    "calibration's resolution (150) and on 25 points, to show how far the grid "
                    "moves the bounds (e.g. 25,50,100,150,300 for the full study); 'none' skips "
                    "it.")
-@click.option("--max-seconds", type=float, default=10.0, show_default=True,
+@click.option("--max-seconds", type=FINITE, default=10.0, show_default=True,
               help="Time budget per side of each certified solve of --grid-sizes.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed.")
@@ -300,8 +300,8 @@ def _payoff_names():
 @click.option("--max-seconds", type=FiniteFloat(0.0, min_open=True, allow_inf=True),
               default=600.0, show_default=True,
               help="Certified method: time budget per side (the best certificate is kept).")
-@click.option("--eps", type=float, default=None, help="Entropic regularisation (entropic only).")
-@click.option("--martingale-tol", type=float, default=0.0, show_default=True,
+@click.option("--eps", type=FINITE, default=None, help="Entropic regularisation (entropic only).")
+@click.option("--martingale-tol", type=FINITE, default=0.0, show_default=True,
               help="Relaxed LP: tolerance on |E[dX | X, S]| (marginals not in convex order).")
 @click.option("--sum-grid-size", type=click.IntRange(min=2), default=None,
               help="Running-sum grid size when sums do not fall on a lattice (Asian).")
@@ -318,6 +318,7 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
         console,
         err_console,
         fail,
+        fail_option,
         print_json,
         refuse_unused,
         reported_failures,
@@ -378,7 +379,7 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
                       f"{marginals.n_dates} dates", disable=quiet), reported_failures():
             res = bounds(marginals, payoff, method, eps=eps, **options)
     except ValueError as exc:
-        fail(str(exc))
+        fail_option(exc, {**output.PAYOFF_OPTIONS, "eps": "--eps"})
     out = res.to_dict()
     out.update(payoff=payoff_name, marginals=str(marginals_path), params=payoff_params(payoff))
     if as_json:

@@ -8,6 +8,7 @@ import click
 
 from deepquant.cli.output import (
     ENTROPIC_TOL,
+    FINITE,
     LEVEL,
     MAX_GRID_SIZE,
     FiniteFloat,
@@ -47,7 +48,7 @@ _FIT_OPTIONS = {"per_instance": "--per-instance", "iterations": "--iterations",
               help="serial | local | ray | auto | a Ray address.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Local workers (0 = all).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--eps", type=float, default=1.0, show_default=True,
+@click.option("--eps", type=FINITE, default=1.0, show_default=True,
               help="Entropic eps (with c = 0 the plan is eps-free; potentials stored / eps).")
 @click.option("--tol", type=ENTROPIC_TOL, default=1e-9,
               show_default=True,
@@ -250,7 +251,7 @@ def train_cmd(config_path, data, init_from, out_dir, max_steps, max_minutes, no_
 @click.option("--per-instance", type=int, default=2, show_default=True,
               help="Random periods per instance in the fit.")
 @click.option("--iterations", type=int, default=300, show_default=True, help="CG iterations.")
-@click.option("--ridge", type=float, default=1e-3, show_default=True)
+@click.option("--ridge", type=FINITE, default=1e-3, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--max-instances", type=click.IntRange(min=1), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
@@ -306,7 +307,7 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
               help="CG steps of each v-head refit (with --lofo-train).")
 @click.option("--per-instance", type=int, default=3, show_default=True,
               help="Periods per instance in each v-head refit (with --lofo-train).")
-@click.option("--ridge", type=float, default=1e-3, show_default=True,
+@click.option("--ridge", type=FINITE, default=1e-3, show_default=True,
               help="Pull of each v-head refit towards the starting head (with --lofo-train).")
 @click.option("--json", "as_json", is_flag=True)
 def evaluate_cmd(checkpoint, test_path, max_instances, threads, device, lofo_train, lofo_dir,
@@ -363,13 +364,13 @@ def _floats(text: str, name: str) -> list[float]:
               help="Strike (forward moneyness, > 0: the underlying is positive, so a call "
                    "struck at or below 0 is the linear forward and a put is worth 0).")
 @click.option("--barrier", type=LEVEL, default=None, help="Barrier > 0 (barrier payoffs).")
-@click.option("--maturity", type=float, default=0.5, show_default=True,
+@click.option("--maturity", type=FINITE, default=0.5, show_default=True,
               help="Last date in years; dates are equally spaced from 0.")
 @click.option("--periods", type=int, default=10, show_default=True, help="Number of periods N.")
 @click.option("--vols", default="0.2", show_default=True,
               help="Base forward volatility per period (one value, or N comma-separated).")
 @click.option("--num", type=int, default=100, show_default=True, help="Scenarios K.")
-@click.option("--bump", type=float, default=0.1, show_default=True,
+@click.option("--bump", type=FINITE, default=0.1, show_default=True,
               help="Relative volatility bumps drawn uniformly in [-bump, bump] per period.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--classical/--no-classical", default=True, show_default=True,

@@ -24,9 +24,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["ENTROPIC_TOL", "FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "check_memory", "check_workers", "check_writable",
+__all__ = ["ENTROPIC_TOL", "FINITE", "FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "check_memory", "check_workers", "check_writable",
            "console", "err_console",
-           "print_json", "table", "progress", "fail", "fail_option", "parse_list",
+           "print_json", "table", "progress", "fail", "fail_option", "parse_list", "PAYOFF_OPTIONS",
            "reported_failures", "tail_warnings", "TAIL_WARN"]
 
 MAX_GRID_SIZE = 5000
@@ -310,6 +310,10 @@ class FiniteFloat(click.FloatRange):
         """Click's usage error, with ``hint`` (what the bounds mean) after the message."""
         super().fail(f"{message} {self.hint}" if self.hint else message, param, ctx)
 
+    def _describe_range(self) -> str:
+        """The bounds for ``--help``; nothing without bounds (click would print "x<=None")."""
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:
         """The float, or a usage error naming ``param`` and the value."""
@@ -318,6 +322,11 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{v!r} is not a finite number.", param, ctx)
         return v
 
+
+FINITE = FiniteFloat()
+"""The type of a float option whose range the library checks (and ``fail_option`` names): a
+finite number. Python's ``float`` (click's ``type=float``) reads "nan", "inf" and "-inf" as
+numbers, which some checks let through (a NaN fails every comparison)."""
 
 LEVEL = FiniteFloat(0.0, min_open=True)
 """The type of every ``--strike`` and ``--barrier``: a finite level > 0. The underlying is
@@ -355,6 +364,11 @@ def tail_warnings(grid: np.ndarray, times: Sequence[float], bounds: Sequence[flo
     return [f"the grid [{grid[0]:.4g}, {grid[-1]:.4g}] cannot hold the law's tails at "
             f"t = {t:g}: moving them inside changes call prices by up to {b:.3g} (more than "
             f"{TAIL_WARN:g}); {advice}" for t, b in zip(times, bounds) if b > TAIL_WARN]
+
+
+PAYOFF_OPTIONS = {"strike": "--strike", "barrier": "--barrier"}
+"""Payoff parameters and the options of ``bounds`` and ``quote-bounds`` that set them, for
+``fail_option`` (``Payoff.on_grid`` starts its error with the level it blames)."""
 
 
 def fail_option(exc: Exception, options: dict[str, str]) -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from deepquant.cli.output import LEVEL, MAX_GRID_SIZE, FiniteFloat, fail, parse_list
+from deepquant.cli.output import (
+    LEVEL,
+    MAX_GRID_SIZE,
+    PAYOFF_OPTIONS,
+    FiniteFloat,
+    fail,
+    fail_option,
+    parse_list,
+)
 
 COMMANDS: list[click.Command] = []
 
@@ -105,13 +113,16 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
     except ValueError as exc:
         hint = (" (here: --repair minimal or --repair calibration, --thin on coarse grids)"
                 if "no arbitrage-free law" in str(exc) else "")
-        fail(f"{exc}{hint}")
+        fail_option(ValueError(f"{exc}{hint}"), PAYOFF_OPTIONS)
     out = res.to_dict()
     prob = res.info["problem"]
     positions = {}
     for side in ("lower", "upper"):
         s = getattr(res, f"{side}_side")
-        hedge = s.info["hedge"]
+        hedge = s.info.get("hedge")
+        if hedge is None:  # the side failed: its status and message say why
+            positions[side] = None
+            continue
         rows = []
         for e, a in enumerate(hedge.positions):
             b = prob.bands
@@ -135,6 +146,7 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
         print_json(out)
     else:
         rows = [("lower", res.lower), ("upper", res.upper), ("status", res.status),
+                *([("message", res.message)] if not res.success else []),
                 ("method", res.method), ("expiries", ", ".join(prob.bands.labels)),
                 ("quotes used", res.sizes["quotes"]),
                 ("  with no bid (ask only)", out["no_bid"]),
@@ -155,6 +167,8 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
                             rows))
         for side in ("lower", "upper"):
             h = positions[side]
+            if h is None:
+                continue
             console.print(table(
                 f"{side} hedge of {'' if side == 'upper' else '-'}payoff (dominates: "
                 f"{h['dominates']}, cash {h['cash']:.6g}; long at the ask, short at the bid)",

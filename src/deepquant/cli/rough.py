@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from deepquant.cli.output import (
+    FINITE,
     LEVEL,
     RATE,
     FiniteFloat,
@@ -244,20 +245,20 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
 @click.option("--payoff-dates", "payoff_dates", type=int, default=None,
               help="N: the payoff's dates are i T / N, i = 0..N (a multiple of --dates that "
                    "divides the simulation steps) [default: the exercise dates]")
-@click.option("--maturity", "T", type=float, default=1.0, show_default=True)
-@click.option("--spot", "S0", type=float, default=100.0, show_default=True)
+@click.option("--maturity", "T", type=FINITE, default=1.0, show_default=True)
+@click.option("--spot", "S0", type=FINITE, default=100.0, show_default=True)
 @click.option("--rate", "r", type=RATE, default=0.05, show_default=True,
               help="interest rate, a decimal: 0.05 = 5%, |rate| <= 1")
-@click.option("--sigma", type=float, default=0.2, show_default=True, help="volatility (bs)")
-@click.option("--hurst", "H", type=float, default=0.07, show_default=True)
-@click.option("--eta", type=float, default=1.9, show_default=True)
-@click.option("--rho", type=float, default=-0.9, show_default=True)
-@click.option("--xi0", type=float, default=0.09, show_default=True)
-@click.option("--v0", type=float, default=0.04, show_default=True, help="Heston V_0")
-@click.option("--kappa", type=float, default=1.5, show_default=True, help="Heston mean reversion")
-@click.option("--theta", type=float, default=0.04, show_default=True,
+@click.option("--sigma", type=FINITE, default=0.2, show_default=True, help="volatility (bs)")
+@click.option("--hurst", "H", type=FINITE, default=0.07, show_default=True)
+@click.option("--eta", type=FINITE, default=1.9, show_default=True)
+@click.option("--rho", type=FINITE, default=-0.9, show_default=True)
+@click.option("--xi0", type=FINITE, default=0.09, show_default=True)
+@click.option("--v0", type=FINITE, default=0.04, show_default=True, help="Heston V_0")
+@click.option("--kappa", type=FINITE, default=1.5, show_default=True, help="Heston mean reversion")
+@click.option("--theta", type=FINITE, default=0.04, show_default=True,
               help="Heston long-run variance")
-@click.option("--vol-of-vol", type=float, default=0.5, show_default=True,
+@click.option("--vol-of-vol", type=FINITE, default=0.5, show_default=True,
               help="Heston volatility of the variance")
 @click.option("--steps-per-date", type=int, default=None,
               help="simulation steps per exercise period of the finest grid [default: 16 "
@@ -286,7 +287,7 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
 @click.option("--american", is_flag=True,
               help="American price: Bermudan runs with --dates, 2x and 4x as many dates on one "
                    "grid, extrapolated in the number of dates, plus a time-grid correction")
-@click.option("--tol", type=float, default=0.0, show_default=True,
+@click.option("--tol", type=FINITE, default=0.0, show_default=True,
               help="precision target relative to the price (e.g. 0.005): add finer grids until "
                    "the discretisation error estimate is below it, and report whether the "
                    "duality gap is")

@@ -7,6 +7,7 @@
 * ``parity``     forwards and discount factors by put-call parity (outlier-robust), rate and
                  calendar-arbitrage checks;
 * ``calibrate``  quotes -> arbitrage-free marginals inside the bid-ask band (one convex program).
+* ``result``     ``CalibrationResult`` and ``SliceReport`` (re-exported by ``calibrate``).
 """
 
 from deepquant.market.calibrate import CalibrationResult, calibrate, calibrate_chain

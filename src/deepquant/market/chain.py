@@ -51,6 +51,12 @@ NORMALIZED_COLUMNS = (
 """Columns of the normalized Cboe chain (shared/data/spx_20230609), in order."""
 
 EXTRA_COLUMNS = ("rate", "dividend_yield", "t_years", "model_price")
+
+MAX_SPOT = 1e12
+"""Largest ``spot`` of ``synthetic_chain``: its quotes are rounded to cents on SPX ticks, which
+a float holds exactly only below 2^53 / 100 (about 9e13), and strikes reach 3 forwards. Far
+beyond it the bids overflowed (``spot=1e300`` wrote bids of inf) and then the forward itself
+(``spot=1e308`` ended in numpy's "Maximum allowed size exceeded" sizing the strike list)."""
 """Columns appended after ``NORMALIZED_COLUMNS``: the chain's inputs and the exact model price."""
 
 QUOTE_DTYPE = np.dtype([
@@ -269,9 +275,10 @@ def synthetic_chain(
         except ValueError:
             raise ValueError(f"quote_date must be an ISO date (YYYY-MM-DD), got {quote_date!r}") \
                 from None
-    for name, value, lo in (("spot", spot, 0.0), ("n_sd", n_sd, 0.0)):
-        if not (np.isfinite(value) and value > lo):
-            raise ValueError(f"{name} must be a finite number > {lo:g}, got {value!r}")
+    if not 0 < spot <= MAX_SPOT:
+        raise ValueError(f"spot must be a number in (0, {MAX_SPOT:g}] (MAX_SPOT), got {spot!r}")
+    if not (np.isfinite(n_sd) and n_sd > 0):
+        raise ValueError(f"n_sd must be a finite number > 0, got {n_sd!r}")
     for name, value in (("rate", rate), ("dividend_yield", dividend_yield)):
         if not (np.isfinite(value) and -0.5 < value < 0.5):
             raise ValueError(f"{name} must be a finite number in (-0.5, 0.5), got {value!r}")

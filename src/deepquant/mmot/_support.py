@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from deepquant.market.marginals import Marginals
+from deepquant.payoffs import Payoff
 
 __all__ = [
     "pairwise_cost",
@@ -55,20 +56,18 @@ def pairwise_cost(marginals: Marginals, cost: Any) -> np.ndarray | None:
     n, m = marginals.n_periods, marginals.size
     if cost is None:
         return None
-    if hasattr(cost, "pairwise") and callable(cost.pairwise):
-        terms = cost.pairwise(marginals.n_dates)
-        if terms is None:
+    if isinstance(cost, Payoff):
+        by_t = cost.pairwise_costs(marginals.n_dates, marginals.grid)
+        if by_t is None:
             raise ValueError(
-                f"cost payoff {getattr(cost, 'name', cost)!r} is not pairwise-decomposable; "
+                f"cost payoff {cost.name!r} is not pairwise-decomposable; "
                 "path-dependent payoffs need the augmented-chain solver"
             )
         out = np.zeros((n, m, m))
-        x = marginals.grid[:, None]
-        y = marginals.grid[None, :]
-        for t, fn in terms:
-            if not 0 <= int(t) < n:
+        for t, c in by_t.items():
+            if not 0 <= t < n:
                 raise ValueError(f"pairwise term for period {t} outside 0..{n - 1}")
-            out[int(t)] += np.broadcast_to(np.asarray(fn(x, y), dtype=np.float64), (m, m))
+            out[t] += c
         return out
     arr = np.asarray(cost, dtype=np.float64)
     if arr.shape != (n, m, m):

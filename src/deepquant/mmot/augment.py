@@ -291,9 +291,9 @@ def build_chain(
     states, initial, transitions, reach = _prune(states, initial, transitions, support, m)
     s_t = states[-1]
     if stat.kind == "none":
-        terminal = np.asarray(payoff.terminal(grid[:, None], np.zeros((1, 1))), dtype=float)
+        terminal = payoff.on_grid(payoff.terminal, grid[:, None], np.zeros((1, 1)))
     else:
-        terminal = np.asarray(payoff.terminal(grid[:, None], s_t[None, :]), dtype=float)
+        terminal = payoff.on_grid(payoff.terminal, grid[:, None], s_t[None, :])
     terminal = np.broadcast_to(terminal, (m, s_t.size)).copy()
     return AugmentedChain(grid=grid, last_date=T, states=states, initial=initial,
                           transitions=transitions, terminal=terminal, exact=exact,

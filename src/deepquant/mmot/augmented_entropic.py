@@ -79,7 +79,15 @@ __all__ = [
     "solve_chain_entropic",
     "entropic_bounds",
     "ConvergenceWarning",
+    "MAX_EPS_RATIO",
 ]
+
+MAX_EPS_RATIO = 1e16
+"""Largest ``eps`` relative to the problem's scale, max(span of the payoff on the chain's last
+states, max|grid|): beyond it f / eps is below float64's precision next to the dual potentials,
+so the plan no longer depends on eps (it is the martingale projection of the reference), while
+eps KL(P | R) overflows as eps nears 1e308 (``bounds --method entropic --eps 1e308``: numpy
+overflow warnings, then "not converged")."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -306,7 +314,8 @@ def solve_chain_entropic(
     marginals : Marginals
         The marginals the chain was built on (rows 0..T are used).
     eps : float
-        Regularisation (> 0), in the units of the payoff.
+        Regularisation (> 0), in the units of the payoff; at most ``MAX_EPS_RATIO`` times
+        max(the payoff's range on the chain's last states, max|grid|).
     sign : {1, -1}
         +1: minimise (lower bound); -1: maximise (upper bound).
     reference : "product", "lognormal" or ndarray, shape (>= T, M, M)
@@ -344,7 +353,17 @@ def solve_chain_entropic(
     prob = _Problem(chain, marginals, reference, sign)
     scale = float(np.max(np.abs(prob.grid)))
     htol = drift_tol if drift_tol is not None else 1e-12 * scale
-    span = float(np.ptp(prob.cost[prob.pairs[prob.T][:, 0], prob.pairs[prob.T][:, 1]]))
+    last = prob.cost[prob.pairs[prob.T][:, 0], prob.pairs[prob.T][:, 1]]
+    span = float(np.ptp(last))
+    largest = float(np.max(np.abs(last), initial=0.0))
+    if not np.isfinite(largest / eps):  # the Gibbs weights exp(-f / eps) need f / eps
+        raise ValueError(f"eps {eps!r} is too small for the payoff's values on the chain (up to "
+                         f"{largest:.3g}): f / eps overflows")
+    if eps > MAX_EPS_RATIO * max(span, scale):
+        raise ValueError(
+            f"eps must be at most MAX_EPS_RATIO = {MAX_EPS_RATIO:g} times the problem's scale "
+            f"(the payoff's range {span:.3g} on the chain, the grid's {scale:.3g}): beyond, the "
+            f"payoff no longer moves the plan in float64, got {eps!r}")
     e0 = max(eps, span / 4.0) if eps0 is None else max(float(eps0), eps)
     stages = [e0]
     while stages[-1] > eps * (1 + 1e-12):

@@ -69,7 +69,7 @@ from deepquant.mmot.projection import (
     semi_dual,
 )
 from deepquant.mmot.result import EntropicResult
-from deepquant.results import ConvergenceWarning, warn_failure
+from deepquant.results import ConvergenceWarning, check_count, warn_failure
 
 __all__ = [
     "ConvergenceWarning",  # deepquant.results' class, under the name its first user gave it
@@ -122,10 +122,8 @@ def _check_options(*, tol: Any, stage_tol: Any, touch_tol: Any, max_iter: Any, t
         raise ValueError(f"touch_tol must be a finite number >= 0, got {touch_tol!r}")
     if not (integer(max_iter) and max_iter >= 0):
         raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
-    if threads is not None and not (integer(threads) and threads >= 1):
-        raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
-    if not (integer(chunk_entries) and chunk_entries >= 1):
-        raise ValueError(f"chunk_entries must be an integer >= 1, got {chunk_entries!r}")
+    check_count(threads, "threads", allow_none=True)
+    check_count(chunk_entries, "chunk_entries")
 
 
 # ---------------------------------------------------------------------------- public API

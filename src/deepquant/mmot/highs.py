@@ -4,6 +4,11 @@ and the quote bounds."""
 
 from __future__ import annotations
 
+import math
+import numbers
+
+from deepquant.results import check_count
+
 __all__ = ["DEFAULT_HIGHS_OPTIONS", "HIGHS_OPTION_NAMES", "check_highs_options"]
 
 DEFAULT_HIGHS_OPTIONS = dict(presolve=False, primal_feasibility_tolerance=1e-9,
@@ -17,9 +22,18 @@ HIGHS_OPTION_NAMES = ("disp", "presolve", "time_limit", "maxiter", "dual_feasibi
 """The options ``scipy.optimize.linprog(method="highs")`` documents; it only warns on others."""
 
 
+_POSITIVE = ("dual_feasibility_tolerance", "primal_feasibility_tolerance",
+             "ipm_optimality_tolerance")
+_COUNTS = ("maxiter", "mip_max_nodes")
+
+
 def check_highs_options(user: dict | None) -> dict:
     """``DEFAULT_HIGHS_OPTIONS`` updated with ``user``, whose names are checked (a misspelt
-    option would otherwise be dropped with a warning and the solve run on the defaults)."""
+    option would otherwise be dropped with a warning and the solve run on the defaults), and
+    whose numbers too: ``time_limit`` >= 0 (inf: no limit, HiGHS's default), the tolerances
+    finite and > 0, ``mip_rel_gap`` finite and >= 0, the counts integers >= 1. HiGHS ran with a
+    NaN time limit or tolerance as if none was given, and warned "Invalid option value" and
+    ignored a negative one."""
     if user is None:
         return dict(DEFAULT_HIGHS_OPTIONS)
     if not isinstance(user, dict):
@@ -28,4 +42,19 @@ def check_highs_options(user: dict | None) -> dict:
     if unknown:
         raise ValueError(f"highs_options has unknown option(s) {unknown}; HiGHS through "
                          f"scipy.optimize.linprog takes {list(HIGHS_OPTION_NAMES)}")
+    for key, value in user.items():
+        name = f"highs_options[{key!r}]"
+        if key in _COUNTS:
+            check_count(value, name)
+            continue
+        if key not in ("time_limit", "mip_rel_gap", *_POSITIVE):
+            continue
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if key == "time_limit" and not (real and value >= 0):
+            raise ValueError(f"{name} must be a number >= 0 (seconds; inf: no limit), "
+                             f"got {value!r}")
+        if key == "mip_rel_gap" and not (real and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if key in _POSITIVE and not (real and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return {**DEFAULT_HIGHS_OPTIONS, **user}

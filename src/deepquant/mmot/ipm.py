@@ -463,11 +463,7 @@ def ipm_bounds(marginals: Marginals, payoff: Payoff, *, rtol: float = 1e-7,
                          "method='certified')")
     t_build = time.perf_counter()
     grid = np.asarray(marginals.grid, dtype=float)
-    M = grid.size
-    by_t: dict[int, np.ndarray] = {}
-    for t, fn in terms:
-        c = np.broadcast_to(np.asarray(fn(grid[:, None], grid[None, :]), dtype=float), (M, M))
-        by_t[int(t)] = by_t.get(int(t), 0.0) + c
+    by_t = payoff.pairwise_costs(marginals.n_dates, grid)
     T = max(by_t) + 1
     check_convex_order(marginals, range(1, T + 1))
     periods, moved = [], 0.0

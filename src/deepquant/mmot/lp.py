@@ -449,7 +449,8 @@ def lp_bounds(
         check_convex_order(marginals, range(1, last + 1))
     t_build = time.perf_counter()
     if pairwise:
-        return _pairwise_bounds(marginals, terms, martingale_tol=martingale_tol,
+        return _pairwise_bounds(marginals, payoff.pairwise_costs(n, marginals.grid),
+                                martingale_tol=martingale_tol,
                                 highs_options=highs_options, sides=sides, t_build=t_build,
                                 algorithm=algorithm)
     chain = build_chain(marginals, payoff, sum_mode=sum_mode, sum_grid_size=sum_grid_size)
@@ -472,19 +473,11 @@ def lp_bounds(
     return result
 
 
-def _pairwise_bounds(marginals, terms, *, martingale_tol, highs_options, sides, t_build,
+def _pairwise_bounds(marginals, by_t, *, martingale_tol, highs_options, sides, t_build,
                      algorithm):
     m = marginals.size
-    by_t: dict[int, list] = {}
-    for t, fn in terms:
-        by_t.setdefault(int(t), []).append(fn)
-    grid = np.asarray(marginals.grid, dtype=float)
     T = max(by_t) + 1
-    costs = [np.zeros((m, m)) for _ in range(T)]
-    for t, fns in by_t.items():
-        for fn in fns:
-            costs[t] += np.broadcast_to(
-                np.asarray(fn(grid[:, None], grid[None, :]), dtype=float), (m, m))
+    costs = [by_t[t] if t in by_t else np.zeros((m, m)) for t in range(T)]
     sizes = dict(rows=0, cols=0, nnz=0)
     out = {}
     build = time.perf_counter() - t_build

@@ -189,11 +189,8 @@ class CalibratedModel:
         t0 = time.perf_counter()
         n = self.marginals.n_dates
         if isinstance(payoff, SumSquaredIncrements):
-            terms = payoff.pairwise(n)
-            g = self.grid
             val = 0.0
-            for t, c in terms:
-                cm = np.asarray(c(g[:, None], g[None, :]), dtype=float)
+            for t, cm in payoff.pairwise_costs(n, self.grid).items():
                 val += float(np.sum(self.plans[t] * cm))
             return ModelPrice(val, True, time.perf_counter() - t0, [])
         chain = cached_chain(self.marginals, payoff, sum_mode=sum_mode,

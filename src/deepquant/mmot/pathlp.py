@@ -74,7 +74,7 @@ def path_lp_bounds(
     local = np.stack([g.ravel() for g in mesh], axis=1)  # (n_paths, N+1) support positions
     idx = np.stack([supports[t][local[:, t]] for t in range(n_dates)], axis=1)
     paths = grid[idx]
-    cost = np.asarray(payoff.evaluate(paths), dtype=float)
+    cost = payoff.on_grid(payoff.evaluate, paths)
     cols = np.arange(n_paths)
     ri, ci, vi, b = [], [], [], []
     r = 0

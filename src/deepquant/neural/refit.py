@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepquant.results import result_dict, warn_failure
+from deepquant.results import check_count, result_dict, warn_failure
 
 __all__ = ["check_refit_options", "period_metric", "refit_head", "RefitResult", "METRICS"]
 
@@ -168,8 +168,7 @@ def check_refit_options(*, metric: str = "call", per_instance: int = 2, iteratio
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     for name, val in (("per_instance", per_instance), ("iterations", iterations),
                       ("batch_size", batch_size)):
-        if not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+        check_count(val, name)
     if not (np.isfinite(ridge) and ridge > 0):
         raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
     if int(threads) < 1:

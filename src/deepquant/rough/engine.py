@@ -5,7 +5,7 @@ One run (``BermudanPricer.__call__``), with independent random streams spawned f
 
 1. **Regression paths** (n_regression, one scramble): fit the Longstaff–Schwartz policy
    (``lsm.fit_lsm``) and the dual martingale. The martingale is first fitted by least squares
-   (for each interval j, regress the policy's discounted cash flow from t_{j+1} on the
+   (``dual.least_squares_martingale``: for each interval j, regress the policy's discounted cash flow from t_{j+1} on the
    F_{t_j}-measurable exercise basis and the interval's martingale increments B_j; the
    coefficients of B_j approximate the increment of the policy's value process, as in the
    Andersen–Broadie martingale but without nested simulation); with ``dual_fit="pathwise"``
@@ -55,12 +55,12 @@ from typing import NamedTuple
 import numpy as np
 
 from deepquant.payoffs import Payoff
-from deepquant.results import warn_failure
+from deepquant.results import check_count, warn_failure
 from deepquant.rough.dual import (
     DualMartingale,
     MartingaleBasis,
-    dual_objective,
     fit_dual,
+    least_squares_martingale,
     martingale_increments,
 )
 from deepquant.rough.exercise import (
@@ -181,19 +181,15 @@ class BermudanPricer:
                      "martingale_targets"):
             if not isinstance(getattr(self, name), bool | np.bool_):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.feature_steps is not None:
+        if check_count(self.feature_steps, "feature_steps", allow_none=True) is not None:
             fs = self.feature_steps
-            if not isinstance(fs, int | np.integer) or isinstance(fs, bool) or fs < 1:
-                raise ValueError(f"feature_steps must be a positive integer or None, got {fs!r}")
             if fs < self.steps_per_date and self.steps_per_date % fs:
                 raise ValueError(f"feature_steps={fs} must divide steps_per_date="
                                  f"{self.steps_per_date}")
         for name in ("n_dates", "steps_per_date", "n_regression", "batch_size", "min_batches",
                      "max_batches", "patience", "dual_max_iter", "subsim_inner",
                      "subsim_outer"):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name)
         N = self.payoff_dates
         if N is not None and (not isinstance(N, int | np.integer) or isinstance(N, bool) or N < 1
                               or N % self.n_dates or self.n_steps % N):
@@ -310,50 +306,6 @@ class BermudanPricer:
                                   payoff_stride=self.payoff_stride)
         return Z, F, B
 
-    def _regression_martingale(self, Z, F, B, policy: LSMPolicy) -> DualMartingale:
-        """Least-squares martingale: per interval j, regress the policy's discounted cash flow
-        from t_{j+1} on [1, F_j, B_j] (least squares on the raw columns; with
-        ``martingale_ridge`` > 0 a ridge penalty relative to each column's mean square, solved
-        by the penalised normal equations); the
-        B_j coefficients define M. Raw columns matter: B_0 has exactly collinear columns (all
-        features are constant at t = 0) and a standardized minimum-norm solution was measured
-        to generalise worse (BS case: control-variate variance ratio 1.1 instead of 58)."""
-        n, J, P = B.shape
-        theta = np.zeros((J, P))
-        nf = F.shape[2]
-        for j in range(J):
-            y = policy.cashflows(Z, F, start=j + 1)
-            X = np.concatenate([np.ones((n, 1)), F[:, j], B[:, j]], axis=1)
-            coef = None
-            if self.martingale_ridge > 0:
-                rms = np.sqrt((X[:, 1:] ** 2).mean(axis=0))
-                # floor: rarely non-zero columns (far out-of-the-money increments) must not
-                # get huge coefficients for free (measured: CV blow-ups with 50 dates/yr)
-                live = rms[rms > 0]
-                rms = np.maximum(rms, 1e-2 * float(np.median(live)) if live.size else 0.0)
-                # penalised normal equations (X'X + n ridge diag(rms^2)) c = X'y: positive
-                # definite once every column has a positive penalty, and ~10x faster than the
-                # SVD of the stacked (n + P) x P system (same solution up to rounding)
-                G = X.T @ X
-                G[1:, 1:] += np.diag(self.martingale_ridge * n * rms**2)
-                try:
-                    if np.all(rms > 0):
-                        coef = np.linalg.solve(G, X.T @ y)
-                except np.linalg.LinAlgError:
-                    coef = None
-                if coef is None or not np.all(np.isfinite(coef)):
-                    pen = np.zeros((X.shape[1] - 1, X.shape[1]))
-                    pen[:, 1:] = np.diag(math.sqrt(self.martingale_ridge * n) * rms)
-                    coef, *_ = np.linalg.lstsq(np.concatenate([X, pen], axis=0),
-                                               np.concatenate([y, np.zeros(pen.shape[0])]),
-                                               rcond=None)
-            else:
-                coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-            theta[j] = coef[1 + nf :]
-        return DualMartingale(theta=theta, scale=np.ones(P), in_sample=float(
-            dual_objective(theta, Z, B).mean()), n_train=n, success=True,
-            message="ridge least squares", nit=0)
-
     def fit(self, model: RoughBergomi, payoff: Payoff | float, *, option: str = "put",
             rng: RngLike = None) -> tuple[LSMPolicy, DualMartingale]:
         """Fit the exercise policy and the dual martingale only (same streams as a run)."""
@@ -390,13 +342,13 @@ class BermudanPricer:
             time.perf_counter() - t0)
         t1 = time.perf_counter()
         policy = fit_lsm(Z, F, has_zero_date=True)
-        dual = cv = self._regression_martingale(Z, F, B, policy)
+        dual = cv = least_squares_martingale(Z, F, B, policy, ridge=self.martingale_ridge)
         Mreg = None
         if self.martingale_targets:
             # second pass: regress Z_tau - (M_tau - M_j) with the least-squares martingale
             # (same conditional mean, much less noise), then refit that martingale
             policy = fit_lsm(Z, F, has_zero_date=True, martingale=dual.values(B))
-            dual = cv = self._regression_martingale(Z, F, B, policy)
+            dual = cv = least_squares_martingale(Z, F, B, policy, ridge=self.martingale_ridge)
             Mreg = dual.values(B)
         method = "regression"
         value_fn = None

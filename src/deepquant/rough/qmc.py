@@ -27,7 +27,7 @@ import numpy as np
 from scipy import stats
 from scipy.stats import qmc
 
-from deepquant.results import result_dict, warn_failure
+from deepquant.results import check_count, result_dict, warn_failure
 from deepquant.seeds import RngLike, check_rng
 
 __all__ = [
@@ -69,8 +69,7 @@ def gaussian_points(n: int, dim: int, *, method: str = "rqmc", antithetic: bool 
         raise ValueError(f"method must be 'rqmc' or 'mc', got {method!r}")
     if not isinstance(n, int | np.integer) or n < 2:
         raise ValueError(f"n_paths must be an integer >= 2, got {n!r}")
-    if not isinstance(dim, int | np.integer) or dim < 1:
-        raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
+    check_count(dim, "dim")
     if antithetic and n % 2:
         raise ValueError(f"n_paths must be even with antithetic pairs, got {n}")
     m = n // 2 if antithetic else n
@@ -144,8 +143,7 @@ def driver_increments(n_paths: int, n_steps: int, dt: float, *, method: str = "r
     residuals (see ``RoughBergomi.cell_from_normals``). Coordinates 0..2n-1 of each point are
     the W and W_perp coordinates interleaved (bridge order if ``bridge``), 2n..3n-1 are z.
     """
-    if not isinstance(n_steps, int | np.integer) or n_steps < 1:
-        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+    check_count(n_steps, "n_steps")
     g = gaussian_points(n_paths, 3 * n_steps, method=method, antithetic=antithetic, rng=rng)
     zw, zp, z = g[:, 0 : 2 * n_steps : 2], g[:, 1 : 2 * n_steps : 2], g[:, 2 * n_steps :]
     if bridge:
