@@ -326,3 +326,24 @@ def test_switches_must_be_bools(name, value):
     # "False" as True, without a word
     with pytest.raises(ValueError, match=f"{name} must be a bool, got {value!r}"):
         BermudanPricer(**{name: value})
+
+
+def test_run_message_says_when_the_lower_estimate_is_above_the_upper():
+    from deepquant.rough.engine import run_message
+
+    plain = run_message("max_batches", 2, 0.2, 0.3, 0.05, 0.01)
+    assert "above the upper" not in plain and plain.startswith("stopped on max_batches after 2")
+    crossed = run_message("max_batches", 2, 0.2, 0.3, -0.3, 0.1)
+    assert "above the upper one by 0.3 (3.0 standard errors" in crossed
+
+
+def test_a_crossed_small_run_says_so_in_its_message():
+    # 2 batches of 2^9 paths: the two sample means can cross; the message must say so exactly
+    # when they do (lower > upper), whatever the numerics of the platform give
+    from deepquant.rough import RoughBergomi, preset_pricer
+
+    bs = RoughBergomi.black_scholes(sigma=0.2, r=0.05, S0=100.0)
+    pricer = preset_pricer("bs", n_regression=2**10, batch_size=2**9, min_batches=2,
+                           max_batches=2)
+    res = pricer(bs, 100.0, rng=1)
+    assert ("above the upper one" in res.message) == (res.lower > res.upper)

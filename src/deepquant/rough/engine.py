@@ -491,8 +491,7 @@ class BermudanPricer:
         lo_hw, up_hw = ad.half_width[sl][0], ad.half_width[sl][1]
         vr = float(plain_se**2 / lo_se**2) if lo_se > 0 else math.inf
         success = not (self.tol > 0 and ad.reason != "tol")
-        message = (f"stopped on {ad.reason} after {ad.n_batches} batches; 95% half-widths "
-                   f"{lo_hw:.3g} (lower), {up_hw:.3g} (upper)")
+        message = run_message(ad.reason, ad.n_batches, lo_hw, up_hw, gap, gap_se)
         if not success:
             message += f"; the target tol={self.tol:g} was not reached (raise max_batches)"
         return BermudanResult(
@@ -510,6 +509,21 @@ class BermudanPricer:
             seconds=seconds,
             cpu_seconds=cpu_seconds, timings=timings, success=success,
             status=ad.reason, message=message, model=self.describe(model))
+
+
+def run_message(reason: str, n_batches: int, lower_hw: float, upper_hw: float, gap: float,
+                gap_stderr: float) -> str:
+    """The one-line message of a run: why it stopped, the 95% half-widths, and, when the lower
+    estimate lies above the upper one (both are sample means: on few batches their noise can
+    cross them), by how much in standard errors of their paired difference."""
+    message = (f"stopped on {reason} after {n_batches} batches; 95% half-widths "
+               f"{lower_hw:.3g} (lower), {upper_hw:.3g} (upper)")
+    if gap < 0:
+        sds = -gap / gap_stderr if gap_stderr > 0 else math.inf
+        message += (f"; the lower estimate is above the upper one by {-gap:.3g} ({sds:.1f} "
+                    "standard errors of their difference: sampling noise below about 3, so "
+                    "run more batches or paths to separate them)")
+    return message
 
 
 PRESETS = ("bs", "rbergomi", "rbergomi-signature", "heston")
