@@ -140,3 +140,37 @@ def test_ipm_matches_the_lp_on_a_pairwise_payoff(rw_file):
     assert out["lower"] <= lp["lower"] + 1e-8 and out["upper"] >= lp["upper"] - 1e-8
     assert out["lower"] == pytest.approx(lp["lower"], abs=1e-6)
     assert out["upper"] == pytest.approx(lp["upper"], abs=1e-6)
+
+
+def test_grid_check_shows_the_bounds_on_every_other_point(rw_file):
+    """``--grid-check``: the bounds of the same payoff on the laws moved onto every other grid
+    point, against the library's exact LP on ``coarse_marginals`` computed here (1e-9); the
+    walk's X_0 = 100 stays a point mass, and the halved laws keep mass and mean."""
+    from deepquant.mmot.bounds import bounds
+    from deepquant.mmot.entropic import coarse_marginals
+    from deepquant.payoffs import AsianCall
+
+    res = _run(rw_file, "--payoff", "asian-call", "--strike", 100, "--grid-check", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    fine = Marginals.load(rw_file)
+    half = coarse_marginals(fine, offset=int(np.argmax(fine.weights[0])) % 2)
+    assert 100.0 in half.grid and half.weights[0][list(half.grid).index(100.0)] == 1.0
+    np.testing.assert_allclose(half.weights @ half.grid, fine.weights @ fine.grid, atol=1e-12)
+    ref = bounds(half, AsianCall(strike=100.0), "lp")
+    check = out["grid_check"]
+    assert check["size"] == half.size == 7
+    assert check["lower"] == pytest.approx(ref.lower, abs=1e-9)
+    assert check["upper"] == pytest.approx(ref.upper, abs=1e-9)
+    assert check["lower_change"] == pytest.approx(out["lower"] - ref.lower, abs=1e-12)
+    table_out = _run(rw_file, "--payoff", "asian-call", "--strike", 100, "--grid-check").output
+    assert "lower on 7 points" in table_out and "grid effect 7 -> 13 points, upper" in table_out
+    assert "grid_check" not in json.loads(
+        _run(rw_file, "--payoff", "asian-call", "--strike", 100, "--json").output)
+
+
+def test_coarse_marginals_rejects_a_bad_offset(rw_file):
+    from deepquant.mmot.entropic import coarse_marginals
+
+    with pytest.raises(ValueError, match="offset must be 0 or 1, got 2"):
+        coarse_marginals(Marginals.load(rw_file), offset=2)

@@ -305,9 +305,13 @@ def _payoff_names():
               help="Relaxed LP: tolerance on |E[dX | X, S]| (marginals not in convex order).")
 @click.option("--sum-grid-size", type=click.IntRange(min=2), default=None,
               help="Running-sum grid size when sums do not fall on a lattice (Asian).")
+@click.option("--grid-check", is_flag=True,
+              help="Also compute the bounds with the laws moved onto every other grid point "
+                   "(mass, mean and convex order kept) and show the change: the grid's own "
+                   "effect on the bounds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method, rtol,
-                   max_seconds, eps, martingale_tol, sum_grid_size, as_json):
+                   max_seconds, eps, martingale_tol, sum_grid_size, grid_check, as_json):
     """Model-free lower and upper bounds of a payoff over martingales with MARGINALS.npz."""
     import math
     import time
@@ -326,6 +330,7 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
     )
     from deepquant.market.marginals import Marginals
     from deepquant.mmot.bounds import bounds
+    from deepquant.mmot.resolution import halved_bounds
     from deepquant.payoffs import make_payoff, payoff_params, required_params
 
     params = dict(strike=strike, t1=t1, t2=t2, barrier=barrier)
@@ -378,10 +383,21 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
         with activity(f"deepquant bounds: {method} on {marginals.size} points x "
                       f"{marginals.n_dates} dates", disable=quiet), reported_failures():
             res = bounds(marginals, payoff, method, eps=eps, **options)
+        half = None
+        if grid_check:
+            with activity(f"deepquant bounds: grid check on every other of {marginals.size} "
+                          "points", disable=quiet), reported_failures():
+                half_marginals, half = halved_bounds(marginals, payoff, method, eps=eps,
+                                                     **options)
     except ValueError as exc:
         fail_option(exc, {**output.PAYOFF_OPTIONS, "eps": "--eps"})
     out = res.to_dict()
     out.update(payoff=payoff_name, marginals=str(marginals_path), params=payoff_params(payoff))
+    if half is not None:
+        out["grid_check"] = dict(size=half_marginals.size, lower=half.lower, upper=half.upper,
+                                 method=half.method, status=half.status, success=half.success,
+                                 lower_change=res.lower - half.lower,
+                                 upper_change=res.upper - half.upper)
     if as_json:
         print_json(out)
     else:
@@ -403,6 +419,12 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
             rows.append(("martingale tol", res.martingale_tol))
         if not res.exact:
             rows.append(("exact", "no (running-sum grid with splitting)"))
+        if half is not None:
+            k, n = half_marginals.size, marginals.size
+            rows += [(f"lower on {k} points", half.lower), (f"upper on {k} points", half.upper),
+                     (f"grid effect {k} -> {n} points, lower", res.lower - half.lower),
+                     (f"grid effect {k} -> {n} points, upper", res.upper - half.upper),
+                     *([(f"status on {k} points", half.status)] if not half.success else [])]
         console.print(table(f"bounds: {payoff_name} on {marginals_path}", ["name", "value"],
                             rows))
     if not res.success:

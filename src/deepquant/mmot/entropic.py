@@ -459,16 +459,19 @@ took 645 instead of 714 fine Newton iterations for 319 instead of 270 coarse one
 iteration costs 1/4 to 1/8 of a fine one: half the points, a quarter of the kernel entries)."""
 
 
-def coarse_marginals(marginals: Marginals) -> Marginals:
-    """The marginals on every other grid point (and the last one), by linear splitting.
+def coarse_marginals(marginals: Marginals, offset: int = 0) -> Marginals:
+    """The marginals on every other grid point (from ``offset``, 0 or 1, and both ends), by
+    linear splitting.
 
     Splitting mass at a dropped point onto its two kept neighbours preserves the total mass and
     the mean, and leaves every call price at a kept point unchanged ((y - k)^+ is linear
     between kept points); the call function of a law on the kept points is linear between them,
     so the coarse laws are in convex order exactly when the fine ones are at the kept points.
     """
+    if offset not in (0, 1):
+        raise ValueError(f"offset must be 0 or 1, got {offset!r}")
     grid = marginals.grid
-    keep = np.unique(np.r_[np.arange(0, grid.size, 2), grid.size - 1])
+    keep = np.unique(np.r_[0, np.arange(offset, grid.size, 2), grid.size - 1])
     cg = grid[keep]
     w = np.stack([split_onto_grid(grid, row, cg) for row in marginals.weights])
     return Marginals(cg, w, marginals.times, check_convex=False)

@@ -5,6 +5,8 @@
 the given sizes containing 1 (through their call prices: mass, mean and convex order kept) and
 computes each payoff's bounds with ``bounds(method="auto")`` (the exact LP while small, the
 certified method beyond), with the method, the certified gaps and the seconds per entry.
+``halved_bounds(marginals, payoff)`` is the quick check of any marginals file: the same bounds
+on every other grid point.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from deepquant.market.marginals import Marginals
 from deepquant.payoffs import Payoff
 
-__all__ = ["ResolutionEntry", "resolution_study", "uniform_grid"]
+__all__ = ["ResolutionEntry", "halved_bounds", "resolution_study", "uniform_grid"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,27 @@ def resolution_study(fine: Marginals, payoffs: Mapping[str, Payoff], sizes: Sequ
                                        time.perf_counter() - t0, (float(grid[0]),
                                                                   float(grid[-1]))))
     return out
+
+
+def halved_bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", **options):
+    """The bounds of ``payoff`` on ``marginals`` moved onto every other grid point: the grid's
+    own effect on the bounds, to show beside them (a bracket on one grid says nothing of it).
+
+    The kept points are those of the parity of the first date's heaviest point (a point mass
+    X_0 stays put) and both ends; each dropped point's mass is split linearly onto its kept
+    neighbours (``entropic.coarse_marginals``: mass, mean, every call price at a kept point and
+    the convex order kept). ``method`` and ``options`` as for ``bounds``.
+
+    Returns
+    -------
+    (Marginals, BoundsResult)
+        The halved marginals and their bounds.
+    """
+    from deepquant.mmot.bounds import bounds
+    from deepquant.mmot.entropic import coarse_marginals
+
+    if not isinstance(marginals, Marginals):
+        raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
+    offset = int(np.argmax(marginals.weights[0])) % 2
+    half = coarse_marginals(marginals, offset)
+    return half, bounds(half, payoff, method, **options)
