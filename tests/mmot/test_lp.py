@@ -251,3 +251,21 @@ def test_martingale_tol_beyond_the_grid_width_is_refused(rw):
     assert loose.success
     # relaxed rows only widen the feasible set; 1e-9: HiGHS's feasibility tolerance
     assert loose.lower <= exact.lower + 1e-9 and loose.upper >= exact.upper - 1e-9
+
+
+@pytest.mark.parametrize("strike", [1e18, 1e20])
+def test_lp_solves_a_payoff_of_huge_scale(strike):
+    """A forward-start straddle |X_2 / X_1 - k| with k of 1e18-1e20 on a grid near 1: HiGHS
+    returned no solution on these objective coefficients ("status code was not recognized")
+    until the LP was scaled. Every path pays k - X_2 / X_1 here, so both bounds are k minus a
+    ratio's mean in [0.9, 1.1]: equal to k to 1e-12 relative at this scale."""
+    from deepquant.mmot.lp import lp_bounds
+    from deepquant.payoffs import ForwardStartStraddle
+
+    grid, weights = random_walk_marginals(3)
+    m = Marginals(np.asarray(grid) / 100.0, weights)
+    res = lp_bounds(m, ForwardStartStraddle(t1=1, t2=2, strike=strike))
+    assert res.success, res.message
+    assert res.lower <= res.upper
+    for v in (res.lower, res.upper):
+        assert v == pytest.approx(strike, rel=1e-12)

@@ -114,6 +114,11 @@ class ChainLP:
         return dict(rows=int(rows), cols=int(self.a_eq.shape[1]), nnz=int(nnz))
 
 
+COST_SCALE_MAX = 1e6
+"""Objective coefficients beyond this magnitude (or below its inverse) are scaled to 1 before
+HiGHS sees them (``solve_side``); in between the LP is passed as it is."""
+
+
 def check_convex_order(marginals: Marginals, dates: range | None = None) -> None:
     """Raise ``Marginals.require_convex_order``'s ``ValueError`` for the pairs of ``dates`` not
     in convex order on the grid (tolerance at least 1e-12 relative, for round-off)."""
@@ -290,6 +295,11 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
                          time.perf_counter() - t0, 0.0, 0.0, 0.0)
     opts = check_highs_options(highs_options)
     c = sign * lp.cost
+    # HiGHS returns no solution for objective coefficients far from 1 (a forward-start strike
+    # of 1e18 or 1e20 on a grid near 1: "status code was not recognized"): such an LP is solved
+    # on c / scale and its duals scaled back
+    scale = float(np.max(np.abs(c), initial=0.0))
+    scale = scale if scale > COST_SCALE_MAX or 0.0 < scale < 1.0 / COST_SCALE_MAX else 1.0
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r} (column "
                          "generation: bounds(..., method='certified'))")
@@ -301,13 +311,13 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
     # ALL rows
     keep = np.ones(lp.a_eq.shape[0], dtype=bool)
     keep[lp.redundant_rows()] = False
-    res = optimize.linprog(c, A_eq=lp.a_eq[keep], b_eq=lp.b_eq[keep], A_ub=lp.a_ub,
+    res = optimize.linprog(c / scale, A_eq=lp.a_eq[keep], b_eq=lp.b_eq[keep], A_ub=lp.a_ub,
                            b_ub=lp.b_ub, bounds=(0, None), method=method, options=opts)
     status, message, x = int(res.status), str(res.message), res.x
     if x is not None and status == 0:
         y_eq = np.zeros(lp.a_eq.shape[0])
-        y_eq[keep] = np.asarray(res.eqlin.marginals)
-        y_ub = None if lp.a_ub is None else np.asarray(res.ineqlin.marginals)
+        y_eq[keep] = np.asarray(res.eqlin.marginals) * scale
+        y_ub = None if lp.a_ub is None else np.asarray(res.ineqlin.marginals) * scale
     seconds = time.perf_counter() - t0
     if status != 0 or x is None:
         msg = f"HiGHS status {status}: {message}"
