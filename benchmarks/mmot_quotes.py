@@ -135,7 +135,8 @@ def side_row(side) -> dict:
                 seconds=side.seconds, band_violation=info.get("band_violation"),
                 stages=info.get("stages"), iterations=info.get("iterations"),
                 evaluations=info.get("evaluations"), message=side.message,
-                coarse=info.get("coarse"))
+                coarse=info.get("coarse"), inner_kind=info.get("inner_kind"),
+                markov={k: v for k, v in info.get("markov", {}).items() if k != "laws"})
 
 
 def run(config: str, payoffs: list[str], max_seconds: float, two_sided: bool,

@@ -12,7 +12,7 @@ from scipy import optimize
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot import bounds
-from deepquant.mmot.quote_bands import QuoteBands, check_bands, quote_grid
+from deepquant.mmot.quote_bands import QuoteBands, check_bands, laws_in_bands, quote_grid
 from deepquant.mmot.quotes_bounds import bounds_from_quotes, coarse_grid, verify_quote_hedge
 from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall
 from tests.conftest import spx_data_dir
@@ -326,6 +326,109 @@ def test_coarse_start_is_valid_and_converges(payoff):
     for side in ("lower", "upper"):
         s = getattr(quick, f"{side}_side")
         assert s.info["stages"] == 0 and "time budget" in s.message
+
+
+FINE_TIMES = np.array([0.0, 1.0, 2.0, 3.0]) / 12
+
+
+def fine_walk(step: int, stay: float) -> np.ndarray:
+    """Laws (4, 13) on FINE of X_t = 1 + 0.05 * (sum of t steps in {-step, 0, step}, 0 with
+    probability ``stay``): a martingale, so the rows are in convex order."""
+    law = np.zeros(FINE.size)
+    law[6] = 1.0
+    rows = [law]
+    for _ in range(3):
+        law = stay * law + (1 - stay) / 2 * (np.roll(law, step) + np.roll(law, -step))
+        rows.append(law)
+    return np.vstack(rows)
+
+
+def check_markov_inner(bands, payoff, res, lp):
+    """The fine-grid inner value of both sides of ``res`` against the exact quote LP ``lp``: the
+    Markov chain's laws price every quote inside its band (to 1e-9, the repair's padding) and
+    are martingale marginals (``Marginals`` checks mean and convex order to 1e-9); its value
+    lies between the exact LP bounds over martingales with those laws (an independent LP, to
+    1e-9: HiGHS tolerances), on its own side of their midpoint (the lower side minimises, the
+    upper side maximises), and inside the exact quote bounds (to 1e-9); the reported bracket
+    [bound, inner] contains the exact quote LP value (the bound to 1e-8, as the certified
+    sides; the inner value to its kind's tolerance)."""
+    for side in ("lower", "upper"):
+        s = getattr(res, f"{side}_side")
+        mk = s.info["markov"]
+        assert mk["feasible"] and mk["band_violation"] <= 1e-6
+        laws = mk["laws"]
+        for t in range(3):
+            p = bands.payoffs(t, FINE) @ laws[t]
+            assert np.all(p >= bands.bid[t] - 1e-9) and np.all(p <= bands.ask[t] + 1e-9)
+        fixed = bounds(Marginals(FINE, np.vstack([fine_walk(2, 0.5)[0], laws]), FINE_TIMES),
+                       payoff, method="lp")
+        v = mk["value"]
+        assert fixed.lower - 1e-9 <= v <= fixed.upper + 1e-9
+        mid = (fixed.lower + fixed.upper) / 2
+        assert fixed.upper - fixed.lower > 1e-3
+        assert (v <= mid) if side == "lower" else (v >= mid)
+        assert lp.lower - 1e-9 <= v <= lp.upper + 1e-9
+        # the reported inner value is the Markov chain's (a feasible law: on its side of the
+        # exact value to 1e-9), or a smoothed chain of this grid within band_tol = 1e-6 of the
+        # bands that is at least as tight (feasible to that tolerance: 1e-6; measured 1.6e-8)
+        inner = s.info["inner"]
+        if s.info["inner_kind"].startswith("Markov chain"):
+            assert inner == pytest.approx(v, abs=1e-12) and mk["adopted"]
+            tol = 1e-9
+        else:
+            assert s.info["inner_kind"] == "smoothed chain" and s.info["band_violation"] <= 1e-6
+            assert (inner <= v) if side == "lower" else (inner >= v)
+            tol = 1e-6
+        if side == "lower":
+            assert res.lower <= lp.lower + 1e-8 and lp.lower <= inner + tol
+        else:
+            assert inner - tol <= lp.upper and lp.upper <= res.upper + 1e-8
+
+
+@pytest.mark.parametrize("payoff", PAYOFFS, ids=lambda p: p.name)
+def test_fine_grid_inner_value_is_a_feasible_law(payoff):
+    # the coarse start's inner estimate is a chain of the 5-point subgrid; the fine grid's
+    # inner value is a Markov chain of martingale couplings of laws inside the bands, with the
+    # calibrated laws (the walk's own, inside the bands) as the tie-break's reference
+    bands = walk_bands()
+    lp = bounds_from_quotes(bands, payoff, grid=FINE, method="lp")
+    fitted = Marginals(FINE, fine_walk(2, 0.5), FINE_TIMES)
+    res = bounds_from_quotes(bands, payoff, grid=FINE, method="certified", coarse=5,
+                             fitted=fitted, repair="calibration")
+    check_markov_inner(bands, payoff, res, lp)
+
+
+def test_fine_grid_inner_value_never_uses_laws_outside_the_bands():
+    # fitted laws that miss the bands (a wider walk) with no repair: the inner value's laws
+    # must still price every quote inside its band
+    bands = walk_bands()
+    payoff = PAYOFFS[1]
+    wide = fine_walk(2, 0.2)
+    viol = max(np.max(np.maximum(bands.payoffs(t, FINE) @ wide[t + 1] - bands.ask[t], 0.0))
+               for t in range(3))
+    assert viol > 1e-3  # the wider walk's calls lie above the asks
+    lp = bounds_from_quotes(bands, payoff, grid=FINE, method="lp")
+    res = bounds_from_quotes(bands, payoff, grid=FINE, method="certified", coarse=5,
+                             fitted=Marginals(FINE, wide, FINE_TIMES))
+    check_markov_inner(bands, payoff, res, lp)
+
+
+def test_laws_in_bands_price_the_value_best():
+    # the walk's laws lie inside the bands, so the LP's laws price any value at least as well
+    # (to 1e-9, HiGHS tolerances); with a large tie weight they are the reference laws
+    bands = walk_bands()
+    walk = fine_walk(2, 0.5)[1:]
+    rng = np.random.default_rng(0)
+    for value in (rng.normal(size=walk.shape), -np.abs(FINE - 1.0)[None, :].repeat(3, 0)):
+        laws = laws_in_bands(bands, FINE, value, walk, tie=0.0)
+        Marginals(FINE, np.vstack([fine_walk(2, 0.5)[0], laws]), FINE_TIMES)  # mean, convex
+        for t in range(3):
+            p = bands.payoffs(t, FINE) @ laws[t]
+            assert np.all(p >= bands.bid[t] - 1e-9) and np.all(p <= bands.ask[t] + 1e-9)
+        assert np.sum(value * laws) >= np.sum(value * walk) - 1e-9
+        assert np.sum(value * laws) > np.sum(value * walk) + 1e-4  # the bands leave room
+    np.testing.assert_allclose(laws_in_bands(bands, FINE, value, walk, tie=1e3), walk,
+                               atol=1e-9)
 
 
 def test_coarse_grid_is_a_subgrid_with_the_same_range():

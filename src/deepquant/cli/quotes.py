@@ -158,6 +158,7 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
             for name in ("lower", "upper"):
                 side = getattr(res, f"{name}_side")
                 rows += [(f"{name} inner estimate", side.info.get("inner")),
+                         (f"{name} inner from", side.info.get("inner_kind")),
                          (f"{name} certified gap", side.gap)]
                 if side.info.get("coarse"):
                     c = side.info["coarse"]

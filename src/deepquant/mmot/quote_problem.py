@@ -76,10 +76,15 @@ class _Problem:
     """Bands, grid, chain and the position <-> potential maps of one payoff."""
 
     def __init__(self, bands: QuoteBands, grid: np.ndarray, payoff: Payoff, fitted, sum_mode,
-                 sum_grid_size):
+                 sum_grid_size, *, closest: np.ndarray | None = None):
         self.bands = bands
         self.grid = grid
         self.payoff = payoff
+        # laws on the grid, one row per expiry, that may lie inside the bands (the calibrated
+        # ones and the band check's closest ones): the marginals of the rigorous inner value
+        self.fitted = fitted
+        self.closest = closest
+        self.sum_mode, self.sum_grid_size = sum_mode, sum_grid_size
         self.ref = _reference(grid, bands.times, fitted)
         self.chain = build_chain(self.ref, payoff, sum_mode=sum_mode,
                                  sum_grid_size=sum_grid_size)
@@ -103,6 +108,16 @@ class _Problem:
     def uvec(self, a: np.ndarray) -> np.ndarray:
         """Concatenated u_1..u_T on the (full) supports: u_t = sum_i a_i c_i."""
         return np.concatenate([a_s @ mt for a_s, mt in zip(self.split(a), self.mats)])
+
+    def prices(self, laws: np.ndarray) -> np.ndarray:
+        """Model prices of the quotes used (flat, as ``bid`` and ``ask``) under ``laws`` (T, M),
+        the laws of dates 1..T on the grid."""
+        return np.concatenate([mt @ law for mt, law in zip(self.mats, laws)])
+
+    def band_violation(self, prices: np.ndarray) -> float:
+        """Largest distance of ``prices`` (flat, as ``bid``) outside the bands (0 inside)."""
+        return float(np.max(np.maximum(np.maximum(self.bid - prices, prices - self.ask), 0.0),
+                            initial=0.0))
 
     def option_cost(self, a: np.ndarray) -> float:
         long = np.where(a > 0, a * np.where(np.isfinite(self.ask), self.ask, 0.0), 0.0)

@@ -26,6 +26,13 @@ CERTIFIED_OPTIONS = ("eps_start", "eps_end", "eps_factor", "band", "max_iter", "
 """Keyword options of the certified method (``bounds_from_quotes(**certified_options)``)."""
 
 
+BAND_TOL = 1e-6
+"""Default largest band violation of an inner chain that counts as feasible (``band_tol``)."""
+
+RTOL = 1e-4
+"""Default target of the certified gap, relative to the bound (``rtol``)."""
+
+
 def _check_certified_options(options: dict) -> None:
     """ValueError/TypeError naming the option for unknown names and out-of-range values."""
     unknown = sorted(set(options) - set(CERTIFIED_OPTIONS))
@@ -62,7 +69,7 @@ def _check_certified_options(options: dict) -> None:
 
 
 def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6, eps_factor=0.2,
-                    band=40.0, max_iter=300, rtol=1e-4, band_tol=1e-6, max_seconds=600.0,
+                    band=40.0, max_iter=300, rtol=RTOL, band_tol=BAND_TOL, max_seconds=600.0,
                     a0: np.ndarray | None = None, start: dict | None = None) -> BoundSide:
     """min over positions of cost(a) + sweep(a) by L-BFGS-B on the entropic smoothing.
 
@@ -75,8 +82,9 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
     ``a0`` is certified before the first stage, so the side never returns a bound worse than
     its certificate; with it, the budget is checked before the first smoothed sweep too (a
     side may then end without smoothing). ``start`` (from a coarse grid: ``inner``,
-    ``band_violation``) is the inner estimate until a stage gives one that prices the bands
-    at least as well."""
+    ``band_violation``, ``kind``) is the inner estimate until a stage gives one that prices
+    the bands at least as well; ``info["inner_kind"]`` says which (``"smoothed chain"``: a
+    stage's, on this grid)."""
     t0 = time.perf_counter()
     sign = 1.0 if sense == "upper" else -1.0
     sw = prob.sweeper(sign)
@@ -100,12 +108,14 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
     scale = sw.scale
     best = (np.inf, a.copy(), 0.0)
     inner, band_viol, nit, stages, evals = np.nan, np.inf, 0, 0, 0
+    kind = "none"
     if a0 is not None:  # a quote without an ask is never bought (as in z)
         a = np.where(has_ask, a, np.minimum(a, 0.0))
         outer, _, rv = prob.certify(a, sign)
         best = (outer, a.copy(), rv)
     if start is not None:
         inner, band_viol = sign * start["inner"], start["band_violation"]
+        kind = start.get("kind", "start")
     eps = eps_start
     status, message = 1, "eps schedule ended before the gap reached rtol"
     while True:
@@ -144,10 +154,9 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
         stages += 1
         a = z[:nq] - z[nq:]
         pr = low["prices"]
-        viol = float(np.max(np.maximum(np.maximum(bid - pr, pr - np.where(has_ask, ask, np.inf)),
-                                       0.0), initial=0.0))
+        viol = prob.band_violation(pr)
         if viol <= max(band_viol, band_tol) or not np.isfinite(inner):
-            inner, band_viol = low["inner"], viol
+            inner, band_viol, kind = low["inner"], viol, "smoothed chain"
         outer, _, rv = prob.certify(a, sign)
         if outer < best[0]:
             best = (outer, a.copy(), rv)
@@ -165,5 +174,6 @@ def _certified_side(prob: _Problem, sense: str, *, eps_start=1e-2, eps_end=1e-6,
     return BoundSide(sign * outer, True, code, message, time.perf_counter() - t0, band_viol,
                      0.0, float(outer - inner), None, None,
                      dict(hedge=hedge, positions=hedge.positions, inner=sign * inner,
-                          inner_excess=excess, band_violation=band_viol, stages=stages,
+                          inner_excess=excess, inner_kind=kind, band_violation=band_viol,
+                          stages=stages,
                           iterations=nit, evaluations=evals, eps=eps * scale, violation=rv))

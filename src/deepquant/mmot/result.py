@@ -229,6 +229,8 @@ class BoundsResult:
                 extra[f"{name}_gap"] = side.gap
                 if "inner" in side.info:
                     extra[f"{name}_inner"] = side.info["inner"]
+                if "inner_kind" in side.info:
+                    extra[f"{name}_inner_kind"] = side.info["inner_kind"]
         if self.problem is not None:
             extra["problem"] = self.problem.to_dict()
         return result_dict(self, skip=("lower_side", "upper_side", "info", "problem"), **extra)
