@@ -164,30 +164,6 @@ class BandCheck:
         return out
 
 
-def _law_rows(x: np.ndarray, n_s: int, n_cols: int):
-    """(A_eq, b_eq, A_ub, b_ub) over ``n_cols`` columns whose first n_s * M hold laws l_s on the
-    grid ``x``: mass 1 and mean 1 per law, and call prices non-decreasing from each law to the
-    next at every grid point (convex order, exact for laws on a grid)."""
-    m = x.size
-    nl = n_s * m
-    calls = np.maximum(x[None, :] - x[:, None], 0.0)  # (M, M): C(x_j) = sum_i l(i) calls[j, i]
-    rows_eq = sparse.block_diag([np.vstack([np.ones(m), x])] * n_s)
-    a_eq = sparse.hstack([rows_eq, sparse.csr_matrix((2 * n_s, n_cols - nl))]).tocsr()
-    ub = [sparse.hstack([sparse.csr_matrix((m, s * m)), sparse.csr_matrix(calls),
-                         sparse.csr_matrix(-calls),
-                         sparse.csr_matrix((m, n_cols - (s + 2) * m))]).tocsr()
-          for s in range(n_s - 1)]  # C_s - C_{s+1} <= 0
-    return a_eq, np.ones(2 * n_s), ub, [np.zeros(m)] * (n_s - 1)
-
-
-def _price_rows(bands: QuoteBands, x: np.ndarray, s: int, n_cols: int) -> sparse.csr_matrix:
-    """(Q_s, n_cols): the prices of expiry s's quotes under the law l_s in columns s*M..(s+1)*M."""
-    m = x.size
-    return sparse.hstack([sparse.csr_matrix((bands.k[s].size, s * m)),
-                          sparse.csr_matrix(bands.payoffs(s, x)),
-                          sparse.csr_matrix((bands.k[s].size, n_cols - (s + 1) * m))]).tocsr()
-
-
 def check_bands(bands: QuoteBands, grid: np.ndarray, *, tol: float = 1e-8) -> BandCheck:
     """Is there a sequence of laws on ``grid`` (mean 1, increasing in convex order) pricing every
     quote inside its band? One LP (HiGHS) minimising sum_i (under_i + over_i) / w_i, the band
@@ -195,12 +171,22 @@ def check_bands(bands: QuoteBands, grid: np.ndarray, *, tol: float = 1e-8) -> Ba
     exact for laws on the grid (call prices non-decreasing in t at every grid point)."""
     x = np.asarray(grid, dtype=float)
     m, n_s = x.size, bands.n_expiries
+    calls = np.maximum(x[None, :] - x[:, None], 0.0)  # (M, M): C(x_j) = sum_i l(i) calls[j, i]
     n_q = [k.size for k in bands.k]
     nl, nq = n_s * m, int(sum(n_q))
-    a_eq, b_eq, ub, b_ub = _law_rows(x, n_s, nl + 2 * nq)
+    rows_eq = sparse.block_diag([np.vstack([np.ones(m), x])] * n_s)
+    a_eq = sparse.hstack([rows_eq, sparse.csr_matrix((2 * n_s, 2 * nq))])
+    b_eq = np.ones(2 * n_s)
+    ub, b_ub = [], []
+    for s in range(n_s - 1):  # C_s - C_{s+1} <= 0
+        ub.append(sparse.hstack([sparse.csr_matrix((m, s * m)), sparse.csr_matrix(calls),
+                                 sparse.csr_matrix(-calls),
+                                 sparse.csr_matrix((m, nl - (s + 2) * m + 2 * nq))]).tocsr())
+        b_ub.append(np.zeros(m))
     off = 0
     weights = []
     for s in range(n_s):
+        c = bands.payoffs(s, x)
         bid, ask = bands.bid[s], bands.ask[s]
         w = np.where(np.isfinite(ask), (ask - bid) / 2, np.maximum(bid / 2, 0.0))
         w = np.maximum(w, 1e-6)
@@ -209,7 +195,8 @@ def check_bands(bands: QuoteBands, grid: np.ndarray, *, tol: float = 1e-8) -> Ba
         idx = np.arange(q)
         under = sparse.csr_matrix((-w, (idx, nl + off + idx)), shape=(q, nl + 2 * nq))
         over = sparse.csr_matrix((-w, (idx, nl + nq + off + idx)), shape=(q, nl + 2 * nq))
-        full = _price_rows(bands, x, s, nl + 2 * nq)
+        full = sparse.hstack([sparse.csr_matrix((q, s * m)), sparse.csr_matrix(c),
+                              sparse.csr_matrix((q, nl - (s + 1) * m + 2 * nq))]).tocsr()
         lo = bid > 0
         ub.append((-full + under)[lo])  # c l + w under >= bid
         b_ub.append(-bid[lo])
@@ -219,7 +206,7 @@ def check_bands(bands: QuoteBands, grid: np.ndarray, *, tol: float = 1e-8) -> Ba
         off += q
     cost = np.concatenate([np.zeros(nl), np.ones(2 * nq)])
     res = optimize.linprog(cost, A_ub=sparse.vstack(ub).tocsr(), b_ub=np.concatenate(b_ub),
-                           A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs",
+                           A_eq=a_eq.tocsr(), b_eq=b_eq, bounds=(0, None), method="highs",
                            options=dict(primal_feasibility_tolerance=1e-10))
     if res.status != 0:
         raise RuntimeError(f"check_bands: HiGHS failed ({res.message})")  # always feasible
@@ -240,27 +227,67 @@ def laws_in_bands(bands: QuoteBands, grid: np.ndarray, value: np.ndarray,
 
         sum_s value[s] @ l_s - tie * sum_s |l_s - reference[s]|_1,
 
-    one LP (HiGHS; ``value`` and ``reference`` (S, M)); None if HiGHS finds no such laws."""
+    one LP (HiGHS; ``value`` and ``reference`` (S, M)); None if HiGHS finds no such laws.
+
+    The call prices C_s(x_j) = sum_i l_s(i) (x_i - x_j)^+ at the grid points are variables
+    too, tied to the law by its second differences, l_s(j) = (C_{j-1} - C_j) / dx_{j-1} -
+    (C_j - C_{j+1}) / dx_j (C = 0 at the last point, l there the last slope), so that convex
+    order (C_s <= C_{s+1}) and the quotes (C linear between grid points; a put is C(k) + k - 1
+    at mean 1) are rows of 2 entries instead of dense ones (``check_bands``' form): measured
+    0.1 s against 0.6-1.0 s at M = 150 (SPX, 5 expiries, ~300 quotes), the same optimum to
+    1e-12."""
     x = np.asarray(grid, dtype=float)
-    n_s = bands.n_expiries
-    nl = n_s * x.size
-    a_eq, b_eq, ub, b_ub = _law_rows(x, n_s, 3 * nl)
-    # l - d+ + d- = reference, the distance |l - reference| <= d+ + d- at the optimum
-    a_eq = sparse.vstack([a_eq, sparse.hstack([sparse.eye(nl), -sparse.eye(nl),
-                                               sparse.eye(nl)])]).tocsr()
-    b_eq = np.concatenate([b_eq, np.asarray(reference, dtype=float).ravel()])
+    m, n_s = x.size, bands.n_expiries
+    nl = n_s * m
+    dx = np.diff(x)
+    n_cols = 4 * nl  # l, C, d+, d- (l - reference = d+ - d-)
+    r, c, v = [], [], []
+    row = 0
     for s in range(n_s):
-        full = _price_rows(bands, x, s, 3 * nl)
+        lc, cc = s * m, nl + s * m
+        for j in range(1, m - 1):
+            r += [row] * 4
+            c += [lc + j, cc + j - 1, cc + j, cc + j + 1]
+            v += [-1.0, 1 / dx[j - 1], -1 / dx[j - 1] - 1 / dx[j], 1 / dx[j]]
+            row += 1
+        r += [row] * 3 + [row + 1]
+        c += [lc + m - 1, cc + m - 2, cc + m - 1, cc + m - 1]
+        v += [-1.0, 1 / dx[-1], -1 / dx[-1], 1.0]
+        row += 2
+    a_eq = sparse.vstack([
+        sparse.hstack([sparse.block_diag([np.vstack([np.ones(m), x])] * n_s),
+                       sparse.csr_matrix((2 * n_s, 3 * nl))]),  # mass 1, mean 1
+        sparse.csr_matrix((v, (r, c)), shape=(row, n_cols)),
+        sparse.hstack([sparse.eye(nl), sparse.csr_matrix((nl, nl)), -sparse.eye(nl),
+                       sparse.eye(nl)])]).tocsr()
+    b_eq = np.concatenate([np.ones(2 * n_s), np.zeros(row),
+                           np.asarray(reference, dtype=float).ravel()])
+    k_cv = (n_s - 1) * m  # C_s - C_{s+1} <= 0
+    ub = [sparse.hstack([sparse.csr_matrix((k_cv, nl)),
+                         sparse.eye(k_cv, nl) - sparse.eye(k_cv, nl, m),
+                         sparse.csr_matrix((k_cv, 2 * nl))])]
+    b_ub = [np.zeros(k_cv)]
+    for s in range(n_s):
+        k = bands.k[s]
+        j = np.clip(np.searchsorted(x, k) - 1, 0, m - 2)
+        w = (k - x[j]) / dx[j]
+        rows = np.tile(np.arange(k.size), 2)
+        full = sparse.csr_matrix((np.concatenate([1 - w, w]),
+                                  (rows, nl + s * m + np.concatenate([j, j + 1]))),
+                                 shape=(k.size, n_cols))
+        shift = np.where(bands.is_call[s], 0.0, k - 1.0)
         lo, hi = bands.bid[s] > 0, np.isfinite(bands.ask[s])
         ub += [-full[lo], full[hi]]
-        b_ub += [-bands.bid[s][lo], bands.ask[s][hi]]
-    cost = np.concatenate([-np.asarray(value, dtype=float).ravel(), np.full(2 * nl, tie)])
+        b_ub += [(shift - bands.bid[s])[lo], (bands.ask[s] - shift)[hi]]
+    cost = np.concatenate([-np.asarray(value, dtype=float).ravel(), np.zeros(nl),
+                           np.full(2 * nl, tie)])
+    bounds = [(0, None)] * nl + [(None, None)] * nl + [(0, None)] * (2 * nl)
     res = optimize.linprog(cost, A_ub=sparse.vstack(ub).tocsr(), b_ub=np.concatenate(b_ub),
-                           A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs",
+                           A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs",
                            options=dict(primal_feasibility_tolerance=1e-10))
     if res.status != 0:
         return None
-    return np.maximum(res.x[:nl].reshape(n_s, x.size), 0.0)
+    return np.maximum(res.x[:nl].reshape(n_s, m), 0.0)
 
 
 def quote_grid(bands: QuoteBands, size: int, *, margin: float = 0.05) -> np.ndarray:
