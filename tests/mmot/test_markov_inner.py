@@ -206,3 +206,16 @@ def test_start_values_of_the_wrong_shape_are_refused():
     sw = _Sweeper(chain, mm, 1.0)
     with pytest.raises(ValueError, match="start_values must have the shapes"):
         markov_inner(sw, start_values=[np.zeros((1, 1))] * (sw.T + 1))
+
+
+def test_a_start_highs_cannot_solve_falls_back_to_the_least_spread_start():
+    # continuation values of 1e300 make every one-period LP of the dual's start fail
+    # ("no_coupling"); the least-spread start after it still gives the feasible chain it gives
+    # alone (the same value: the same LPs from a fresh basis, to 1e-12)
+    mm, chain = _heston_chain("lookback-call")
+    sw = _Sweeper(chain, mm, 1.0)
+    shapes = [(per.n_s, per.xs.size) for per in sw.periods] + [sw.g_term.shape]
+    with np.errstate(invalid="ignore", over="ignore"):
+        res = markov_inner(sw, start_values=[np.full(s, 1e300) for s in shapes])
+    _check_chain(sw, res)
+    assert res.value == pytest.approx(markov_inner(sw).value, abs=1e-12)

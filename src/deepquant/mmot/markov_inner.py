@@ -292,6 +292,8 @@ def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
     for values in [start_values] + ([None] if start_values is not None else []):
         kernels, status = _start(sw, lps, values, left)
         if kernels is None:
+            if status == "no_coupling":  # HiGHS failed on these costs: the next start may do
+                continue
             break
         kernels, done_cycles, status = _ascend(sw, lps, kernels, left, max_cycles, tol)
         cycles += done_cycles
