@@ -49,10 +49,11 @@ the same inner values to 7e-5 (lookback upper 0.05394 / 0.05387, straddle upper 
 
 
 def inner_marginals(prob: _Problem, band_tol: float, positions: np.ndarray | None = None
-                    ) -> tuple[Marginals | None, str, float]:
-    """(marginals with date 0 prepended, which laws, their measured band violation) of the first
-    candidate that prices every quote used within ``band_tol`` and is a valid ``Marginals``
-    (mean 1, convex order); (None, why not, violation of the last candidate) if none is.
+                    ) -> tuple[Marginals | None, str, float, list[str]]:
+    """(marginals with date 0 prepended, which laws, their measured band violation, why the
+    candidates before them were left out) of the first candidate that prices every quote used
+    within ``band_tol`` and is a valid ``Marginals`` (mean 1, convex order); (None, "none",
+    inf, reasons) if none is.
 
     The candidates: with ``positions`` (one per quote used), the laws inside the bands that
     price them best (``quote_bands.laws_in_bands``, the calibrated or closest laws as the
@@ -70,26 +71,28 @@ def inner_marginals(prob: _Problem, band_tol: float, positions: np.ndarray | Non
         value[:prob.T] = [a_s @ mt for a_s, mt in zip(prob.split(positions), prob.mats)]
         return laws_in_bands(prob.bands, grid, value, reference, tie=TILT_TIE)
 
-    why, viol = "no laws on the grid", np.inf
-    for name, laws in (("laws pricing the positions best", tilted),
+    rejected = []
+    for name, make in (("laws pricing the positions best", tilted),
                        ("calibrated marginals", prob.fitted),
                        ("closest laws of the band check", prob.closest)):
-        laws = laws() if callable(laws) else laws
+        laws = make() if callable(make) else make
         if laws is None:
+            if callable(make) and positions is not None and reference is not None:
+                rejected.append(f"{name}: the LP found none")
             continue
         laws = np.maximum(np.asarray(laws, dtype=float), 0.0)
         laws = laws / laws.sum(axis=1, keepdims=True)
         viol = prob.band_violation(prob.prices(laws[:prob.T]))
         if not viol <= band_tol:
-            why = f"{name} miss the bands by {viol:.3g}"
+            rejected.append(f"{name} miss the bands by {viol:.3g}")
             continue
         try:
             marg = Marginals(grid, np.vstack([delta, laws]), np.concatenate([[0.0], times]))
         except ValueError as exc:
-            why = f"{name}: {exc}"
+            rejected.append(f"{name}: {exc}")
             continue
-        return marg, name, viol
-    return None, why, viol
+        return marg, name, viol, rejected
+    return None, "none", np.inf, rejected
 
 
 def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_seconds: float,
@@ -101,14 +104,15 @@ def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_
     Returns a dict: ``value`` (E[f] of the chain, NaN if none was built), ``feasible`` (its laws
     within ``MARGINAL_TOL`` (L1, summed over dates) of the marginals, martingale rows within
     ``certified.POLISH_RESIDUAL``, and quotes within ``band_tol`` of the bands),
-    ``band_violation`` (of the chain's own laws), ``marginals`` (which laws),
+    ``band_violation`` (of the chain's own laws), ``marginals`` (which laws), ``rejected``
+    (why the candidates before them were left out),
     ``marginal_violation`` (of those laws), ``marginals_seconds`` (to choose them), ``laws`` ((T, M) the chain's laws of dates 1..T on
     the grid), ``marginal_error``, ``drift``, ``cycles``, ``status``, ``seconds``."""
     t0 = time.perf_counter()
     sign = 1.0 if side == "upper" else -1.0
-    marg, which, mviol = inner_marginals(prob, band_tol, positions)
+    marg, which, mviol, rejected = inner_marginals(prob, band_tol, positions)
     out = dict(value=np.nan, feasible=False, band_violation=np.inf, marginals=which,
-               marginal_violation=mviol, marginals_seconds=time.perf_counter() - t0, laws=None,
+               rejected=rejected, marginal_violation=mviol, marginals_seconds=time.perf_counter() - t0, laws=None,
                marginal_error=np.inf, drift=np.inf, cycles=0,
                status="no_marginals" if marg is None else "time_budget")
     if marg is None or max_seconds <= 0:
