@@ -49,11 +49,10 @@ the same inner values to 7e-5 (lookback upper 0.05394 / 0.05387, straddle upper 
 
 
 def inner_marginals(prob: _Problem, band_tol: float, positions: np.ndarray | None = None
-                    ) -> tuple[Marginals | None, str, float, list[str]]:
-    """(marginals with date 0 prepended, which laws, their measured band violation, why the
-    candidates before them were left out) of the first candidate that prices every quote used
-    within ``band_tol`` and is a valid ``Marginals`` (mean 1, convex order); (None, "none",
-    inf, reasons) if none is.
+                    ) -> tuple[list[tuple[str, Marginals, float]], list[str]]:
+    """The candidate laws in order, as (which laws, marginals with date 0 prepended, measured
+    band violation), each pricing every quote used within ``band_tol`` and a valid
+    ``Marginals`` (mean 1, convex order), and why the others were left out.
 
     The candidates: with ``positions`` (one per quote used), the laws inside the bands that
     price them best (``quote_bands.laws_in_bands``, the calibrated or closest laws as the
@@ -71,7 +70,7 @@ def inner_marginals(prob: _Problem, band_tol: float, positions: np.ndarray | Non
         value[:prob.T] = [a_s @ mt for a_s, mt in zip(prob.split(positions), prob.mats)]
         return laws_in_bands(prob.bands, grid, value, reference, tie=TILT_TIE)
 
-    rejected = []
+    found, rejected = [], []
     for name, make in (("laws pricing the positions best", tilted),
                        ("calibrated marginals", prob.fitted),
                        ("closest laws of the band check", prob.closest)):
@@ -91,43 +90,51 @@ def inner_marginals(prob: _Problem, band_tol: float, positions: np.ndarray | Non
         except ValueError as exc:
             rejected.append(f"{name}: {exc}")
             continue
-        return marg, name, viol, rejected
-    return None, "none", np.inf, rejected
+        found.append((name, marg, viol))
+    return found, rejected
 
 
 def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_seconds: float,
                        band_tol: float) -> dict:
-    """The Markov chain on ``inner_marginals`` for ``side``, started from the continuation
-    values of ``positions`` (one per quote used: their static potentials u_t = sum_i a_i c_i,
-    swept exactly on the chain of those marginals), within ``max_seconds``.
+    """The Markov chain on the first of ``inner_marginals`` that gives one within
+    ``max_seconds`` for ``side``, started from the continuation values of ``positions`` (one
+    per quote used: their static potentials u_t = sum_i a_i c_i, swept exactly on the chain of
+    those marginals).
 
     Returns a dict: ``value`` (E[f] of the chain, NaN if none was built), ``feasible`` (its laws
     within ``MARGINAL_TOL`` (L1, summed over dates) of the marginals, martingale rows within
     ``certified.POLISH_RESIDUAL``, and quotes within ``band_tol`` of the bands),
-    ``band_violation`` (of the chain's own laws), ``marginals`` (which laws), ``rejected``
-    (why the candidates before them were left out),
-    ``marginal_violation`` (of those laws), ``marginals_seconds`` (to choose them), ``laws`` ((T, M) the chain's laws of dates 1..T on
-    the grid), ``marginal_error``, ``drift``, ``cycles``, ``status``, ``seconds``."""
+    ``band_violation`` (of the chain's own laws), ``marginals`` (which laws),
+    ``marginal_violation`` (their band violation), ``rejected`` (why laws before them were
+    left out: outside the bands, no valid marginals, or no chain), ``marginals_seconds`` (to
+    find the candidates), ``laws`` ((T, M) the chain's laws of dates 1..T on the grid),
+    ``marginal_error``, ``drift``, ``cycles``, ``status``, ``seconds``."""
     t0 = time.perf_counter()
     sign = 1.0 if side == "upper" else -1.0
-    marg, which, mviol, rejected = inner_marginals(prob, band_tol, positions)
-    out = dict(value=np.nan, feasible=False, band_violation=np.inf, marginals=which,
-               rejected=rejected, marginal_violation=mviol, marginals_seconds=time.perf_counter() - t0, laws=None,
-               marginal_error=np.inf, drift=np.inf, cycles=0,
-               status="no_marginals" if marg is None else "time_budget")
-    if marg is None or max_seconds <= 0:
-        return dict(out, seconds=time.perf_counter() - t0)
-    chain = build_chain(marg, prob.payoff, sum_mode=prob.sum_mode,
-                        sum_grid_size=prob.sum_grid_size)
-    sw = _Sweeper(chain, marg, sign)
+    found, rejected = inner_marginals(prob, band_tol, positions)
+    out = dict(value=np.nan, feasible=False, band_violation=np.inf, marginals="none",
+               marginal_violation=np.inf, rejected=rejected,
+               marginals_seconds=time.perf_counter() - t0, laws=None, marginal_error=np.inf,
+               drift=np.inf, cycles=0, status="no_marginals" if not found else "time_budget")
     u = np.zeros((prob.T + 1, prob.grid.size))
     u[1:] = np.vstack([a_s @ mt for a_s, mt in zip(prob.split(positions), prob.mats)])
-    start = dual_value_to_go(sw, sw.flatten(u))
-    left = max_seconds - (time.perf_counter() - t0)  # an infinite budget: markov_inner's default
-    res = markov_inner(sw, start_values=start,
-                       **(dict(max_seconds=max(left, 0.0)) if np.isfinite(left) else {}))
-    out.update(cycles=res.cycles, status=res.status)
-    if res.kernels is None:
+    res = None
+    for name, marg, mviol in found:
+        if not max_seconds - (time.perf_counter() - t0) > 0:
+            break
+        chain = build_chain(marg, prob.payoff, sum_mode=prob.sum_mode,
+                            sum_grid_size=prob.sum_grid_size)
+        sw = _Sweeper(chain, marg, sign)
+        start = dual_value_to_go(sw, sw.flatten(u))
+        left = max_seconds - (time.perf_counter() - t0)  # infinite: markov_inner's default
+        res = markov_inner(sw, start_values=start,
+                           **(dict(max_seconds=max(left, 0.0)) if np.isfinite(left) else {}))
+        out.update(marginals=name, marginal_violation=mviol, cycles=res.cycles,
+                   status=res.status)
+        if res.kernels is not None:
+            break
+        rejected.append(f"{name}: no Markov chain ({res.status})")
+    if res is None or res.kernels is None:
         return dict(out, seconds=time.perf_counter() - t0)
     _, laws, _ = chain_value(sw, res.kernels)
     on_grid = np.zeros((prob.T, prob.grid.size))
