@@ -9,6 +9,8 @@ LPs' tolerance, value computed exactly by a forward pass), started from the cont
 of the side's certified positions (``markov_inner.dual_value_to_go`` of their static
 potentials), on the first of these laws that prices the bands within ``band_tol`` (measured):
 
+* the laws inside the bands that price the side's positions best
+  (``quote_bands.laws_in_bands``, ``inner_marginals``);
 * the calibrated marginals (``fitted``): ``repair="calibration"`` widens every band to contain
   their prices (with 1e-9 room), so they lie inside by construction;
 * the closest laws of the band check (``quote_bands.check_bands``): inside the bands whenever
