@@ -102,11 +102,23 @@ def test_certified_coarse_start_contains_the_lp(chain_csv):
     assert out["coarse"]["lower"]["size"] == out["coarse"]["upper"]["size"] == 11
 
 
-def test_a_failed_side_is_reported_not_a_traceback(chain_csv):
-    # found by fuzzing: a strike of 1e308 keeps the forward-start straddle finite on the quote
-    # grid (up to 1e308), HiGHS returns no solution, and the hedge table raised KeyError 'hedge'
+def test_a_failed_side_is_reported_not_a_traceback(chain_csv, monkeypatch):
+    # found by fuzzing: a side whose LP HiGHS does not solve made the hedge table raise
+    # KeyError 'hedge' (then with a strike of 1e308, which the scaled LP now solves); the
+    # failure is forced here by a linprog that answers HiGHS's "numerical difficulties"
+    import types
+
+    from scipy import optimize
+
+    def failing(*args, **kwargs):
+        return optimize.OptimizeResult(status=4, message="HiGHS numerical difficulties",
+                                       x=None, fun=None, success=False)
+
+    # the side LPs' own scipy.optimize (the band check keeps the real one)
+    monkeypatch.setattr("deepquant.mmot.quotes_bounds.optimize",
+                        types.SimpleNamespace(linprog=failing))
     args = ["--quotes", chain_csv, "--expiries", "30d,60d", "--payoff",
-            "forward-start-straddle", "--strike", "1e308", "--grid-size", 11, "--thin",
+            "forward-start-straddle", "--strike", "1.0", "--grid-size", 11, "--thin",
             "--repair", "minimal"]
     res = _run(*args, "--json")
     assert res.exit_code == 1 and res.exception is not None and \

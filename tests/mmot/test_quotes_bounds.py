@@ -673,3 +673,17 @@ def test_fitted_marginals_on_the_grid_and_lp_methods():
         bounds_from_quotes(bands, payoff, grid=GRID, fitted=coarse)
     with pytest.raises(TypeError, match="fitted must be a Marginals"):
         bounds_from_quotes(bands, payoff, grid=GRID, fitted=walk_laws())
+
+
+@pytest.mark.parametrize("strike", [1e20, 1e300])
+def test_quote_lp_solves_a_payoff_of_huge_scale(strike):
+    """A forward-start straddle |X_2 / X_1 - k| with k of 1e20-1e300 on the walk's grid near 1:
+    HiGHS returned no solution on these objective coefficients (status 15, "not recognized")
+    until the LP was scaled. Every path pays k - X_2 / X_1, so both bounds equal k to 1e-12
+    relative, and the bracket is the right way round."""
+    res = bounds_from_quotes(walk_bands(), ForwardStartStraddle(t1=1, t2=2, strike=strike),
+                             grid=GRID, method="lp")
+    assert res.success, res.message
+    assert res.lower <= res.upper
+    assert res.lower == pytest.approx(strike, rel=1e-12)
+    assert res.upper == pytest.approx(strike, rel=1e-12)

@@ -7,9 +7,12 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from deepquant.results import check_count
 
-__all__ = ["DEFAULT_HIGHS_OPTIONS", "HIGHS_OPTION_NAMES", "check_highs_options"]
+__all__ = ["COST_SCALE_MAX", "DEFAULT_HIGHS_OPTIONS", "HIGHS_OPTION_NAMES", "check_highs_options",
+           "cost_scale"]
 
 DEFAULT_HIGHS_OPTIONS = dict(presolve=False, primal_feasibility_tolerance=1e-9,
                              dual_feasibility_tolerance=1e-9)
@@ -20,6 +23,21 @@ HIGHS_OPTION_NAMES = ("disp", "presolve", "time_limit", "maxiter", "dual_feasibi
                       "primal_feasibility_tolerance", "ipm_optimality_tolerance",
                       "simplex_dual_edge_weight_strategy", "mip_rel_gap", "mip_max_nodes")
 """The options ``scipy.optimize.linprog(method="highs")`` documents; it only warns on others."""
+
+
+COST_SCALE_MAX = 1e6
+"""Objective coefficients beyond this magnitude (or below its inverse) are scaled to 1 before
+HiGHS sees them (``cost_scale``); in between the LP is passed as it is."""
+
+
+def cost_scale(cost) -> float:
+    """The factor an LP's objective is divided by before HiGHS sees it: its largest magnitude
+    when that lies beyond ``COST_SCALE_MAX`` or below its inverse, else 1. HiGHS returns no
+    solution for objective coefficients far from 1 (a forward-start strike of 1e20 on a grid
+    near 1: "status code was not recognized"); the duals of the scaled LP times the factor are
+    those of the LP."""
+    scale = float(np.max(np.abs(cost), initial=0.0))
+    return scale if scale > COST_SCALE_MAX or 0.0 < scale < 1.0 / COST_SCALE_MAX else 1.0
 
 
 _POSITIVE = ("dual_feasibility_tolerance", "primal_feasibility_tolerance",

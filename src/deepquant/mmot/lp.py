@@ -31,7 +31,7 @@ from scipy import optimize, sparse
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import AugmentedChain, build_chain, trivial_chain
-from deepquant.mmot.highs import DEFAULT_HIGHS_OPTIONS, check_highs_options
+from deepquant.mmot.highs import DEFAULT_HIGHS_OPTIONS, check_highs_options, cost_scale
 from deepquant.mmot.result import BoundSide, BoundsResult, Duals, check_sides, failed_side
 from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
 from deepquant.results import warn_failure
@@ -112,11 +112,6 @@ class ChainLP:
         rows = self.a_eq.shape[0] + (0 if self.a_ub is None else self.a_ub.shape[0])
         nnz = self.a_eq.nnz + (0 if self.a_ub is None else self.a_ub.nnz)
         return dict(rows=int(rows), cols=int(self.a_eq.shape[1]), nnz=int(nnz))
-
-
-COST_SCALE_MAX = 1e6
-"""Objective coefficients beyond this magnitude (or below its inverse) are scaled to 1 before
-HiGHS sees them (``solve_side``); in between the LP is passed as it is."""
 
 
 def check_convex_order(marginals: Marginals, dates: range | None = None) -> None:
@@ -295,11 +290,7 @@ def solve_side(lp: ChainLP, sense: str, *, highs_options: dict | None = None,
                          time.perf_counter() - t0, 0.0, 0.0, 0.0)
     opts = check_highs_options(highs_options)
     c = sign * lp.cost
-    # HiGHS returns no solution for objective coefficients far from 1 (a forward-start strike
-    # of 1e18 or 1e20 on a grid near 1: "status code was not recognized"): such an LP is solved
-    # on c / scale and its duals scaled back
-    scale = float(np.max(np.abs(c), initial=0.0))
-    scale = scale if scale > COST_SCALE_MAX or 0.0 < scale < 1.0 / COST_SCALE_MAX else 1.0
+    scale = cost_scale(c)  # solved on c / scale, its duals scaled back
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r} (column "
                          "generation: bounds(..., method='certified'))")

@@ -54,7 +54,7 @@ from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.certified import clip_inner, within_rtol
-from deepquant.mmot.highs import check_highs_options
+from deepquant.mmot.highs import check_highs_options, cost_scale
 from deepquant.mmot.lp import build_chain_lp
 from deepquant.mmot.multiscale import COARSE_SHARE, FINE_SWEEPS
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
@@ -129,20 +129,21 @@ def _lp_side(prob: _Problem, sense: str, highs_options: dict | None,
                              shape=(r, n_col))
     cost = np.concatenate([-sign * lp.cost, np.zeros(n_col - n_pi)])
     opts = check_highs_options(highs_options)
-    res = optimize.linprog(cost, A_ub=a_ub if r else None, b_ub=np.array(b_ub) if r else None,
-                           A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method=lp_method,
-                           options=opts)
+    scale = cost_scale(cost)  # solved on cost / scale: its value and duals scaled back
+    res = optimize.linprog(cost / scale, A_ub=a_ub if r else None,
+                           b_ub=np.array(b_ub) if r else None, A_eq=a_eq, b_eq=b_eq,
+                           bounds=(0, None), method=lp_method, options=opts)
     if res.status != 0:
         return failed_side(res.status, res.message, time.perf_counter() - t0)
     z = res.x
     primal = float(max(np.max(np.abs(a_eq @ z - b_eq)),
                        np.max(a_ub @ z - b_ub, initial=0.0) if r else 0.0, -z.min()))
     a = np.zeros(prob.off[-1])
-    marg = res.ineqlin.marginals if r else np.zeros(0)
+    marg = scale * res.ineqlin.marginals if r else np.zeros(0)
     for (i, sgn), mg in zip(kind, marg):
         a[i] += -mg if sgn > 0 else mg  # ask rows: units bought; bid rows: units sold
     a = np.where((a > 0) & ~np.isfinite(prob.ask), 0.0, a)
-    value = -float(res.fun)
+    value = -float(res.fun) * scale
     hedge = _quote_hedge(prob, a, sense)
     gap = abs(sign * hedge.bound - value)
     laws = [z[lcol[t]:lcol[t] + lp.ys[t].size] for t in range(prob.T)]
