@@ -110,7 +110,7 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
             res = bounds_from_quotes(bands, payoff, grid=grid, method=method, thin=thin,
                                      repair=None if repair == "none" else repair,
                                      fitted=fitted, **options)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # bad input; a solver that returned nothing
         hint = (" (here: --repair minimal or --repair calibration, --thin on coarse grids)"
                 if "no arbitrage-free law" in str(exc) else "")
         fail_option(ValueError(f"{exc}{hint}"), PAYOFF_OPTIONS)
