@@ -102,10 +102,9 @@ def test_certified_coarse_start_contains_the_lp(chain_csv):
     assert out["coarse"]["lower"]["size"] == out["coarse"]["upper"]["size"] == 11
 
 
-def test_a_failed_side_is_reported_not_a_traceback(chain_csv, monkeypatch):
-    # found by fuzzing: a side whose LP HiGHS does not solve made the hedge table raise
-    # KeyError 'hedge' (then with a strike of 1e308, which the scaled LP now solves); the
-    # failure is forced here by a linprog that answers HiGHS's "numerical difficulties"
+def _fail_linprog(monkeypatch, module: str) -> None:
+    """Replace ``module``'s own ``scipy.optimize`` by one whose ``linprog`` answers HiGHS's
+    "numerical difficulties" (status 4, no solution)."""
     import types
 
     from scipy import optimize
@@ -114,9 +113,15 @@ def test_a_failed_side_is_reported_not_a_traceback(chain_csv, monkeypatch):
         return optimize.OptimizeResult(status=4, message="HiGHS numerical difficulties",
                                        x=None, fun=None, success=False)
 
+    monkeypatch.setattr(f"{module}.optimize", types.SimpleNamespace(linprog=failing))
+
+
+def test_a_failed_side_is_reported_not_a_traceback(chain_csv, monkeypatch):
+    # found by fuzzing: a side whose LP HiGHS does not solve made the hedge table raise
+    # KeyError 'hedge' (then with a strike of 1e308, which the scaled LP now solves); the
+    # failure is forced here by a linprog that answers HiGHS's "numerical difficulties"
     # the side LPs' own scipy.optimize (the band check keeps the real one)
-    monkeypatch.setattr("deepquant.mmot.quotes_bounds.optimize",
-                        types.SimpleNamespace(linprog=failing))
+    _fail_linprog(monkeypatch, "deepquant.mmot.quotes_bounds")
     args = ["--quotes", chain_csv, "--expiries", "30d,60d", "--payoff",
             "forward-start-straddle", "--strike", "1.0", "--grid-size", 11, "--thin",
             "--repair", "minimal"]
@@ -134,16 +139,7 @@ def test_a_failed_side_is_reported_not_a_traceback(chain_csv, monkeypatch):
 def test_a_failed_band_check_is_one_line_not_a_traceback(chain_csv, monkeypatch):
     # the band check's LP is always feasible, so the library raises RuntimeError when HiGHS
     # still returns nothing; the command reports it in one line (forced here)
-    import types
-
-    from scipy import optimize
-
-    def failing(*args, **kwargs):
-        return optimize.OptimizeResult(status=4, message="HiGHS numerical difficulties",
-                                       x=None, fun=None, success=False)
-
-    monkeypatch.setattr("deepquant.mmot.quote_bands.optimize",
-                        types.SimpleNamespace(linprog=failing))
+    _fail_linprog(monkeypatch, "deepquant.mmot.quote_bands")
     res = _run("--quotes", chain_csv, "--expiries", "30d,60d", "--payoff", "asian-call",
                "--strike", "1.0", "--grid-size", 11, "--thin", "--repair", "minimal")
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
