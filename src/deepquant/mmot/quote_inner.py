@@ -69,7 +69,7 @@ def inner_marginals(prob: _Problem, band_tol: float, positions: np.ndarray | Non
         if positions is None or reference is None:
             return None
         value = np.zeros((prob.bands.n_expiries, grid.size))
-        value[:prob.T] = [a_s @ mt for a_s, mt in zip(prob.split(positions), prob.mats)]
+        value[:prob.T] = prob.uvec(positions).reshape(-1, grid.size)
         return laws_in_bands(prob.bands, grid, value, reference, tie=TILT_TIE)
 
     found, rejected = [], []
@@ -119,7 +119,7 @@ def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_
                marginals_seconds=time.perf_counter() - t0, laws=None, marginal_error=np.inf,
                drift=np.inf, cycles=0, status="no_marginals" if not found else "time_budget")
     u = np.zeros((prob.T + 1, prob.grid.size))
-    u[1:] = np.vstack([a_s @ mt for a_s, mt in zip(prob.split(positions), prob.mats)])
+    u[1:] = prob.uvec(positions).reshape(-1, prob.grid.size)
     res = None
     for name, marg, mviol in found:
         if not max_seconds - (time.perf_counter() - t0) > 0:
