@@ -71,6 +71,8 @@ def run(case: str, size: int, payoff_name: str, *, rtol: float, max_seconds: flo
                                                            s.primal_residual)
         # the Markov stage on the M-point grid (value, cycles, status, seconds), if it ran
         entry[side + "_markov"] = s.info.get("markov")
+        # the path-dependent chains (kernels of X_t and a class of S_t), per values to go
+        entry[side + "_path"] = s.info.get("path")
     cols = lp_columns(m, payoff)
     entry["lp_columns"] = cols
     if cols <= lp_max_columns:
@@ -113,6 +115,11 @@ def main() -> None:
                         mk = e[side + "_markov"]
                         print(f"    {side}: Markov stage {mk['value']:.6f}, {mk['cycles']} "
                               f"cycles, {mk['status']}, {mk['seconds']:.2f} s", flush=True)
+                    if e.get(side + "_path") is not None:
+                        tried = ", ".join(f"{k} {v['value']:.6f} ({v['seconds']:.2f} s)"
+                                          for k, v in e[side + "_path"]["tried"].items())
+                        print(f"    {side}: path-dependent stage: {tried or 'none finished'}",
+                              flush=True)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deepquant.mmot._transport_lp import TransportLP, near_pairs
+
 __all__ = ["MarkovInner", "adopt_markov_inner", "chain_value", "dual_value_to_go", "markov_inner"]
 
 MARGINAL_TOL = 1e-7
 """Largest L1 error of the chain's laws (summed over dates 1..T) for its value to count as an
 inner value; the martingale row residual must be within ``certified.POLISH_RESIDUAL``
 (measured at 150 points: 1e-10-3e-9 and 1e-13-6e-11, the one-period LPs' tolerance)."""
+
+MARKOV_SHARE = 0.6
+"""Share of the inner value's time (``adopt_markov_inner``) for the Markov chain's ascent; the
+rest goes to the chain whose kernels see the running statistic (``path_inner``), which starts
+from it."""
 
 START_TIE = 0.01
 """Weight, in units of the payoff scale, of E|X_{t+1} - X_t| added to the start's costs from
@@ -134,77 +141,26 @@ def _backward(sw, kernels: list) -> list:
     return w
 
 
-class _PeriodLP:
-    """The one-period martingale transport LP of period t (rows: the mass of each x, the law of
-    each y, the martingale condition of each x; one column per pair (x, y)) kept in one HiGHS
-    model, so that a new cost is solved from the previous optimal basis.
-
-    The model holds only some of the pairs (at first ``_start_pairs``); every solve is priced
-    against all of them: the pairs whose reduced cost c(x, y) - a(x) - b(y) - h(x) (y - x)
-    under the LP's duals is below ``-PRICE_TOL`` times the cost scale are added and the LP
-    re-solved, until none is (column generation; the plan is then optimal for the full LP up
-    to HiGHS's own dual tolerance). A restricted LP with no feasible plan gets every pair."""
+class _PeriodLP(TransportLP):
+    """The one-period martingale transport LP of period t (``_transport_lp.TransportLP``: one
+    source per point of X_t with mass mu_t) kept in one HiGHS model, so that a new cost is
+    solved from the previous optimal basis; it starts from ``_start_pairs``."""
 
     NEAR = 6
-    PRICE_TOL = 1e-10
 
     def __init__(self, sw, t: int):
-        import highspy
-
-        from deepquant.mmot.colgen import _quiet_highs
-
         per = sw.periods[t]
         self.per = per
-        nx, ny = per.xs.size, per.ys.size
-        self.shape = (nx, ny)
-        self.a = np.repeat(np.arange(nx), ny)
-        self.j = np.tile(np.arange(ny), nx)
-        self.dx = per.yv[self.j] - per.xv[self.a]
-        b = np.concatenate([sw.mu[t, per.xs], sw.mu[t + 1, per.ys], np.zeros(nx)])
-        h = _quiet_highs()
-        h.setOptionValue("presolve", "off")
-        h.setOptionValue("primal_feasibility_tolerance", 1e-10)
-        h.setOptionValue("dual_feasibility_tolerance", 1e-10)
-        h.addRows(b.size, b, b, 0, np.zeros(b.size, np.int32), np.zeros(0, np.int32),
-                  np.zeros(0))
-        self.h = h
-        self.inf = highspy.kHighsInf
-        self.optimal = highspy.HighsModelStatus.kOptimal
-        self.infeasible = highspy.HighsModelStatus.kInfeasible
-        self.cols = np.zeros(0, dtype=np.int64)  # the pairs in the model, in its column order
-        self.present = np.zeros(nx * ny, dtype=bool)
-        self._add(self._start_pairs(), np.zeros(nx * ny))
+        self.shape = (per.xs.size, per.ys.size)
+        super().__init__(per.xv, sw.mu[t, per.xs], per.yv, sw.mu[t + 1, per.ys],
+                         self._start_pairs())
 
     def _start_pairs(self) -> np.ndarray:
         """Flat indices x * n_y + y of the pairs the model starts with: the ``NEAR`` nearest y
         of each x and x of each y, and the y at index distances 1, 2, 4, 8, ... on both sides
-        of each x (so that every x reaches every part of the next law: the nearest pairs alone
-        may hold no martingale coupling)."""
-        nx, ny = self.shape
-        dist = np.abs(self.dx).reshape(nx, ny)
-        near = np.zeros((nx, ny), dtype=bool)
-        np.put_along_axis(near, np.argsort(dist, axis=1)[:, :self.NEAR], True, axis=1)
-        np.put_along_axis(near, np.argsort(dist, axis=0)[:self.NEAR, :], True, axis=0)
-        pos = np.searchsorted(self.per.yv, self.per.xv)
-        for step in 2 ** np.arange(1, int(np.log2(max(ny, 2))) + 1):
-            for q in (pos - step, pos + step - 1):
-                ok = (q >= 0) & (q < ny)
-                near[np.flatnonzero(ok), q[ok]] = True
-        return np.flatnonzero(near.ravel())
-
-    def _add(self, pairs: np.ndarray, cost: np.ndarray):
-        nx, ny = self.shape
-        a, j, dx = self.a[pairs], self.j[pairs], self.dx[pairs]
-        rows = np.stack([a, nx + j, nx + ny + a], axis=1)
-        vals = np.stack([np.ones(a.size), np.ones(a.size), dx], axis=1)
-        keep = vals != 0.0
-        counts = keep.sum(axis=1)
-        start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
-        n = pairs.size
-        self.h.addCols(n, cost[pairs], np.zeros(n), np.full(n, self.inf), int(counts.sum()),
-                       start, rows[keep].astype(np.int32), vals[keep])
-        self.cols = np.concatenate([self.cols, pairs])
-        self.present[pairs] = True
+        of each x (``_transport_lp.near_pairs``)."""
+        return np.flatnonzero(near_pairs(self.per.xv, self.per.yv, self.NEAR, both=True,
+                                         doubling=True))
 
     def kernel(self, cost: np.ndarray, seconds: float):
         """Kernel (X, Y) of the coupling minimising <cost, pi>; when ``seconds`` run out after a
@@ -213,35 +169,8 @@ class _PeriodLP:
         kernel); None if HiGHS finds none in time."""
         from deepquant.mmot.lp import plan_kernel
 
-        nx, ny = self.shape
-        cost = np.ravel(cost).astype(float)
-        t_end = time.perf_counter() + max(seconds, 1e-3)
-        self.h.changeColsCost(self.cols.size, np.arange(self.cols.size, dtype=np.int32),
-                              cost[self.cols])
-        plan = None  # the last restricted optimum: a coupling no worse than the kernel before
-        while True:
-            # HiGHS's run clock accumulates over the re-solves
-            self.h.setOptionValue("time_limit", self.h.getRunTime()
-                                  + max(t_end - time.perf_counter(), 1e-3))
-            self.h.run()
-            status = self.h.getModelStatus()
-            if status == self.infeasible and not self.present.all():
-                self._add(np.flatnonzero(~self.present), cost)
-                continue
-            if status != self.optimal:
-                break
-            plan = np.zeros(nx * ny)
-            plan[self.cols] = np.asarray(self.h.getSolution().col_value)
-            y = np.asarray(self.h.getSolution().row_dual)
-            rc = cost - y[self.a] - y[nx + self.j] - y[nx + ny + self.a] * self.dx
-            new = np.flatnonzero((rc < -self.PRICE_TOL * max(1.0, np.max(np.abs(cost))))
-                                 & ~self.present)
-            if new.size == 0 or time.perf_counter() >= t_end:
-                break
-            self._add(new, cost)
-        if plan is None:
-            return None
-        return plan_kernel(plan.reshape(self.shape), self.per.xs, self.per.ys)
+        plan = self.solve(cost, seconds)
+        return None if plan is None else plan_kernel(plan, self.per.xs, self.per.ys)
 
 
 def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
@@ -357,42 +286,69 @@ def _ascend(sw, lps: list, kernels: list, left, max_cycles: int, tol: float
 
 def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float,
                        inner_resid_tol: float, rtol: float):
-    """``side`` (a certified ``BoundSide`` of ``chain``) with the Markov chain's value as its
-    inner value when one is found within ``max_seconds`` that fits the marginals and is
-    preferred by ``certified.better_inner`` (a fitted chain over one that misses the marginals,
-    e.g. a coarse level's, else the tighter value); the attempt is reported in
-    ``info["markov"]`` either way. Skipped (``side`` returned as is) when there is no time."""
+    """``side`` (a certified ``BoundSide`` of ``chain``) with the best chain found within
+    ``max_seconds`` as its inner value, when it fits the marginals and is preferred by
+    ``certified.better_inner`` (a fitted chain over one that misses the marginals, e.g. a
+    coarse level's, else the tighter value): the Markov chain (``markov_inner``, started from
+    the certified dual, in ``MARKOV_SHARE`` of the time) or, in what is left, a chain whose
+    kernels also see the running statistic (``path_inner.path_inner``, one pass against the
+    Markov chain's values to go, then one against the dual's). The attempts are reported in
+    ``info["markov"]`` and ``info["path"]`` either way. Skipped (``side`` returned as is) when
+    there is no time."""
     import dataclasses
 
     from deepquant.mmot.certified import POLISH_RESIDUAL, better_inner, clip_inner, within_rtol
+    from deepquant.mmot.path_inner import path_inner
     from deepquant.mmot.sweep import _Sweeper
 
     t0 = time.perf_counter()
     if max_seconds <= 0:
         return side
     sign = 1.0 if sense == "upper" else -1.0
+
+    def left():
+        return max(max_seconds - (time.perf_counter() - t0), 0.0)
+
     sw = _Sweeper(chain, marginals, sign)
     u = side.info.get("u_sweep")  # the certified potentials (the sweep's sign), if any
-    start = None if u is None else dual_value_to_go(sw, sw.flatten(u))
-    res = markov_inner(sw, max_seconds=max(max_seconds - (time.perf_counter() - t0), 0.0),
-                       start_values=start)
-    fits = (np.isfinite(res.value) and res.residual <= MARGINAL_TOL
-            and res.drift <= POLISH_RESIDUAL)
+    dual = None if u is None else dual_value_to_go(sw, sw.flatten(u))
+    found = []  # (value, residual, kind, report) of the chains that fit the marginals
+    info = dict(side.info)
+
+    res = markov_inner(sw, max_seconds=MARKOV_SHARE * max_seconds, start_values=dual)
     report = dict(value=sign * res.value, marginal_error=res.residual, drift=res.drift,
-                  cycles=res.cycles, status=res.status, seconds=time.perf_counter() - t0,
-                  adopted=False)
-    if not fits or not better_inner(res.value, res.residual, sign * side.info["inner"],
-                                    side.primal_residual, inner_resid_tol):
-        return dataclasses.replace(side, info=dict(side.info, markov=report))
+                  cycles=res.cycles, status=res.status, seconds=res.seconds, adopted=False)
+    info["markov"] = report
+    if np.isfinite(res.value) and res.residual <= MARGINAL_TOL and res.drift <= POLISH_RESIDUAL:
+        found.append((res.value, res.residual,
+                      f"Markov chain ({res.cycles} cycles, {res.status})", report))
+    if res.kernels is not None and left() > 0:
+        values = dict(markov=_backward(sw, res.kernels))
+        if dual is not None:
+            values["dual"] = dual
+        path = path_inner(sw, res.kernels, values, max_seconds=left())
+        preport = dict(value=sign * path.value, marginal_error=path.residual, drift=path.drift,
+                       start=path.start, status=path.status, seconds=path.seconds,
+                       tried={k: dict(v, value=sign * v["value"]) for k, v in path.tried.items()},
+                       adopted=False)
+        info["path"] = preport
+        if (np.isfinite(path.value) and path.residual <= MARGINAL_TOL
+                and path.drift <= POLISH_RESIDUAL):
+            found.append((path.value, path.residual,
+                          f"path-dependent chain ({path.buckets} classes of the statistic per "
+                          f"point, from the {path.start} values to go)", preport))
+    best = max(found, key=lambda c: c[0], default=None)
+    if best is None or not better_inner(best[0], best[1], sign * side.info["inner"],
+                                        side.primal_residual, inner_resid_tol):
+        return dataclasses.replace(side, info=info)
+    value, resid, kind, chosen = best
     outer = sign * side.value
-    inner, excess = clip_inner(res.value, outer)
+    inner, excess = clip_inner(value, outer)
     gap = outer - inner
-    report["adopted"] = True
-    info = dict(side.info, inner=sign * inner, inner_excess=excess, markov=report,
-                inner_kind=f"Markov chain ({res.cycles} cycles, {res.status})",
-                inner_marginal_bound=res.residual,
-                inner_level=dict(marginals=marginals, resid=res.residual),
+    chosen["adopted"] = True
+    info.update(inner=sign * inner, inner_excess=excess, inner_kind=kind,
+                inner_marginal_bound=resid, inner_level=dict(marginals=marginals, resid=resid),
                 relative_gap=gap / max(abs(outer), 1e-300))
     within = within_rtol(gap, outer, sw.scale, rtol)
-    return dataclasses.replace(side, gap=float(gap), primal_residual=res.residual, info=info,
+    return dataclasses.replace(side, gap=float(gap), primal_residual=resid, info=info,
                                status="certified" if within else side.status)

@@ -1,0 +1,202 @@
+"""Inner values from martingale chains whose kernels see the path (DESIGN §2.8).
+
+A Markov chain (``markov_inner``) moves from X_t by a kernel of X_t alone. The optimum of a
+path-dependent payoff often needs kernels that depend on the running statistic S_t as well:
+measured against exact bounds (Heston, N = 5), the best Markov chain is 0.9-3.6% off the
+optimum on the Asian's two sides and the lookback's upper side. Here the kernel of period t is
+a function of (X_t, b_t(S_t, X_t)), with ``b_t`` one of ``buckets`` classes of S_t given X_t
+(equal-mass quantiles of the law of S_t given X_t under the chain built so far).
+
+The chain is built by one forward pass of policy improvement against values to go
+w_{t+1}(s, y) of the rest of the path (those of a Markov chain, ``markov_inner._backward``,
+or the certified dual's, ``markov_inner.dual_value_to_go``): with m_t the law of (S_t, X_t)
+under the kernels already chosen, the sources of period t are the pairs (x, b) with mass
+P(x, b) = sum_{s in b} m_t(s, x), and the kernel is the one-period martingale transport of
+those sources onto mu_{t+1} maximising
+
+    sum_{x, b, y} pi(x, b, y) c(x, b, y),   c(x, b, y) = sum_{s in b} m_t(s, x) G_t(s, y) / P(x, b),
+
+with G_t(s, y) the value to go w_{t+1} gathered at the next state. Each source's row is a
+martingale kernel and the sources' law of y is mu_{t+1}, so the chain has exactly the marginals
+mu_0..mu_T whatever the values to go were: its value (computed exactly by a forward pass of
+the joint law of (S_t, X_t)) is a rigorous inner value of the chain LP. Better values to go
+give a better chain; the pass is not iterated, because a later period's bucket kernel, solved
+for one law of its sources, breaks the marginals under another (measured: a second pass from
+the chain's own values loses 0.5-3% at M = 25-49).
+
+Measured (Heston N = 5 on [0.55, 1.45]; docs/benchmarks-certified.md, "Kernels that see the
+path"): at M = 25 the Asian's lower side from 3.4% off the exact optimum (Markov) to 0.7%, its
+upper side 0.88% -> 0.06%; at M = 49 the lookback's upper side 1.6% -> 0.7%; at M = 150 the
+lookback's upper side 0.081432 -> 0.082247 from the dual's values and the Asian's lower side
+0.028681 -> 0.028560 from the Markov chain's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepquant.mmot._transport_lp import TransportLP, near_pairs
+
+__all__ = ["PathInner", "path_inner", "bucket_chain_value"]
+
+BUCKETS = 4
+"""Classes of the running statistic per grid point. Measured at M = 150 (one pass, lookback
+upper from the dual's values): 4 classes 0.082247, 2 classes less (Asian lower from the
+Markov values: 2 classes 0.028681 -> 0.028777 ... see the docs)."""
+
+LIGHT_SOURCE = 1e-12
+"""Sources (x, b) lighter than this keep the Markov kernel of x (their law of y is taken off
+the LP's target): a kernel read from pi / P of so light a source is noise at HiGHS's 1e-10
+feasibility tolerance."""
+
+NEAR = 4
+"""Nearest y of each source in a period LP's first pairs (with the Markov kernel's support)."""
+
+
+@dataclass(frozen=True)
+class PathInner:
+    """A chain with kernels of (X_t, class of S_t) and its value.
+
+    ``value``: E[sign * f] (the sweep's sign); ``residual``: L1 error of its laws against the
+    marginals, summed over dates 1..T; ``drift``: largest martingale residual
+    P(x, b) |E[X_{t+1} | x, b] - x|; ``start``: which values to go built it (``"markov"`` or
+    ``"dual"``); ``status``: ``"done"``, or ``"time_budget"`` / ``"no_coupling"`` (HiGHS gave
+    no plan) when a pass was cut short (``value`` NaN if no period of the first was done);
+    ``tried``: by start, the value, seconds and number of periods of every pass (a pass cut
+    short keeps the Markov kernels from there on);
+    ``classes``: per period the class (n_s, X) of every state (s, x); ``kernels``: per period
+    the kernels (buckets, X, Y) of the classes (None when no pass finished)."""
+
+    value: float
+    residual: float
+    drift: float
+    seconds: float
+    status: str
+    start: str | None
+    tried: dict
+    buckets: int
+    classes: list | None = None
+    kernels: list | None = None
+
+
+def bucket_classes(mass: np.ndarray, buckets: int) -> np.ndarray:
+    """(n_s, X) class in 0..buckets-1 of every state (s, x): the equal-mass quantile of s
+    (states in their order, by value of the statistic) in the law ``mass`` of S given x."""
+    cum = np.cumsum(mass, axis=0)
+    total = cum[-1:, :]
+    frac = np.where(total > 0, (cum - 0.5 * mass) / np.where(total > 0, total, 1.0), 0.0)
+    return np.minimum((frac * buckets).astype(np.int64), buckets - 1)
+
+
+def _advance(sw, t: int, mass: np.ndarray, classes: np.ndarray, kern: np.ndarray) -> np.ndarray:
+    """The law of (S_{t+1}, X_{t+1}) from that of (S_t, X_t) under class kernels ``kern``
+    (B, X, Y)."""
+    per = sw.periods[t]
+    q = np.zeros((mass.shape[0], per.ys.size))
+    for b in range(kern.shape[0]):
+        q += np.where(classes == b, mass, 0.0) @ kern[b]
+    n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
+    return per.scatter(q, n_next)
+
+
+def bucket_chain_value(sw, classes: list, kerns: list) -> tuple[float, float, float]:
+    """(E[sign * f], L1 error of the laws of X_1..X_T, largest martingale residual) of the
+    chain with class maps ``classes[t]`` (n_s, X) and kernels ``kerns[t]`` (B, X, Y)."""
+    mass = sw.mass0
+    resid = drift = 0.0
+    for t, per in enumerate(sw.periods):
+        for b in range(kerns[t].shape[0]):
+            pb = np.where(classes[t] == b, mass, 0.0).sum(axis=0)
+            k = kerns[t][b]
+            drift = max(drift, float(np.max(pb * np.abs(k @ per.yv - per.xv * k.sum(axis=1)),
+                                            initial=0.0)))
+        mass = _advance(sw, t, mass, classes[t], kerns[t])
+        resid += float(np.abs(mass.sum(axis=0) - sw.mu[t + 1, per.ys]).sum())
+    value = float(np.sum(mass * np.where(sw.live_T, sw.g_term, 0.0)))
+    return value, resid, drift
+
+
+def _period(sw, t: int, mass: np.ndarray, markov: np.ndarray, w_next: np.ndarray,
+            buckets: int, seconds: float):
+    """(classes (n_s, X), kernels (B, X, Y)) of period t against the values to go ``w_next``,
+    or None when HiGHS gives no plan in ``seconds``."""
+    per = sw.periods[t]
+    classes = bucket_classes(mass, buckets)
+    G = per.gather(w_next)
+    P = np.stack([np.where(classes == b, mass, 0.0).sum(axis=0) for b in range(buckets)])
+    kern = np.repeat(markov[None], buckets, axis=0)  # light sources keep the Markov kernel
+    heavy = P > LIGHT_SOURCE
+    bb, xx = np.nonzero(heavy)
+    light_law = np.einsum("bx,bxy->y", np.where(heavy, 0.0, P), kern)
+    nu = np.maximum(sw.mu[t + 1, per.ys] - light_law, 0.0)
+    C = np.stack([np.where(classes == b, mass, 0.0).T @ G for b in range(buckets)])
+    pv = P[bb, xx]
+    start = near_pairs(per.xv[xx], per.yv, NEAR) | (markov[xx] > 0)
+    lp = TransportLP(per.xv[xx], pv, per.yv, nu, np.flatnonzero(start))
+    plan = lp.solve(-(C[bb, xx] / pv[:, None]), seconds)
+    if plan is None:
+        return None
+    rows = plan.sum(axis=1, keepdims=True)
+    kern[bb, xx] = np.where(rows > 0, plan / np.where(rows > 0, rows, 1.0), markov[xx])
+    return classes, kern
+
+
+def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS,
+               max_seconds: float = 600.0) -> PathInner:
+    """The best chain with kernels of (X_t, class of S_t) from one forward pass (module
+    docstring) per entry of ``values`` (name -> T + 1 arrays (n_t, X_t) of values to go of
+    sign * f: ``markov_inner._backward`` of a Markov chain, ``markov_inner.dual_value_to_go``
+    of the certified potentials), in their order, within ``max_seconds`` (checked before every
+    one-period LP; a pass cut by it keeps the Markov kernels from there on, and no later pass
+    runs). ``markov_kernels``: a Markov martingale chain on the grid (its supports start each
+    LP, and the sources lighter than ``LIGHT_SOURCE`` keep its kernels)."""
+    if isinstance(buckets, bool) or not isinstance(buckets, int | np.integer) or buckets < 1:
+        raise ValueError(f"buckets must be an integer >= 1, got {buckets!r}")
+    if not np.isfinite(max_seconds) or max_seconds < 0:
+        raise ValueError(f"max_seconds must be a finite number >= 0, got {max_seconds!r}")
+    want = [(per.n_s, per.xs.size) for per in sw.periods] + [sw.g_term.shape]
+    for name, w in values.items():
+        if [np.shape(v) for v in w] != want:
+            raise ValueError(f"values[{name!r}] must have the shapes {want} (dates 0..T), got "
+                             f"{[np.shape(v) for v in w]}")
+    t0 = time.perf_counter()
+    best, tried, status = None, {}, "done"
+    for name, w in values.items():
+        t_pass = time.perf_counter()
+        mass, classes, kerns = sw.mass0, [], []
+        for t in range(sw.T):
+            left = max_seconds - (time.perf_counter() - t0)
+            got = None if left <= 0 else _period(sw, t, mass, markov_kernels[t], w[t + 1],
+                                                 buckets, left)
+            if got is None:
+                break
+            classes.append(got[0])
+            kerns.append(got[1])
+            mass = _advance(sw, t, mass, *got)
+        done = len(kerns)
+        if done == 0:
+            status = "time_budget" if time.perf_counter() - t0 >= max_seconds \
+                else "no_coupling"
+            break
+        # a pass cut short ends with the Markov kernels: the law of X_t is mu_t whatever the
+        # classes, so the chain keeps its marginals (and, against the Markov values, its
+        # improvement over the Markov chain)
+        for t in range(done, sw.T):
+            classes.append(np.zeros((sw.periods[t].n_s, sw.periods[t].xs.size), np.int64))
+            kerns.append(np.asarray(markov_kernels[t], dtype=float)[None])
+        value, resid, drift = bucket_chain_value(sw, classes, kerns)
+        tried[name] = dict(value=value, seconds=time.perf_counter() - t_pass, periods=done)
+        if best is None or value > best[0]:
+            best = (value, resid, drift, name, classes, kerns)
+        if done < sw.T:
+            status = "time_budget" if time.perf_counter() - t0 >= max_seconds \
+                else "no_coupling"
+            break
+    secs = time.perf_counter() - t0
+    if best is None:
+        return PathInner(np.nan, np.inf, np.inf, secs, status, None, tried, buckets)
+    value, resid, drift, name, classes, kerns = best
+    return PathInner(value, resid, drift, secs, status, name, tried, buckets, classes, kerns)
