@@ -121,6 +121,36 @@ def test_default_guard_sends_far_scenarios_to_the_classical_solver(pricer):
     assert all("ood_marginal_error=0.025" in res.messages[i] for i in np.flatnonzero(far))
 
 
+def test_sweep_pipeline_equals_solve_batch_then_price_batch():
+    """The sweep's pipeline (one forward pass per batch, then per chunk the projection, the
+    guard and one price of the chunk's own kernel array, a fallback's classical kernels in its
+    slot) gives the prices of the plain path: ``solve_batch`` on the same batch, then one
+    ``price_batch`` of the stacked kernels on the full-support chain. Same forward pass (one
+    eager batch of 5), same rows, same recursion per instance: 1e-12 relative. A fallback priced
+    in another slot, or a chunk's prices written to the wrong scenarios, is off by O(1e-2)."""
+    from deepquant.mmot.model import price_batch
+
+    guarded = NeuralPricer()
+    rng = np.random.default_rng(3)
+    sc = bumped_scenarios([0.0, 0.05, 0.1, 0.15, 0.2, 0.25], [0.35, 0.15, 0.35, 0.15, 0.3],
+                          guarded.grid, rng.uniform(-0.1, 0.1, (4, 5)))
+    sc.append(gbm_marginals(TIMES, grid=guarded.grid, sigma=0.2))        # another N
+    pay = AsianCall(strike=1.0)
+    res = sweep(sc, pay, pricer=guarded, classical=False, batch=5, chunk=2)
+    sols = guarded.solve_batch(sc)
+    modes = [s.mode for s in sols]
+    assert res.modes == modes and "classical" in modes and "neural" in modes
+    plain = np.empty(len(sc))
+    for n in {m.n_dates for m in sc}:
+        ids = [i for i, m in enumerate(sc) if m.n_dates == n]
+        plain[ids] = price_batch([sols[i].marginals for i in ids],
+                                 np.stack([sols[i].kernels for i in ids]), pay, support="full")
+    np.testing.assert_allclose(res.neural, plain, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(res.marginal_error, [s.marginal_error for s in sols])
+    with pytest.raises(ValueError, match="batch must be an integer >= 1, got 0"):
+        sweep(sc[:1], pay, pricer=guarded, classical=False, batch=0)
+
+
 def test_sweep_input_errors(pricer):
     with pytest.raises(ValueError, match="at least one scenario"):
         sweep([], AsianCall(strike=1.0), pricer=pricer)

@@ -1,12 +1,12 @@
 """Scenario sweeps: one payoff priced on K perturbed marginal sets, neural beside classical.
 
 The workload the surrogate is built for: risk on a bumped volatility surface re-calibrates the
-martingale model K times. ``sweep`` takes the K scenarios in chunks (``NeuralPricer.
-solve_batch``: one batched forward pass per chunk and number of dates, the exact row
-multipliers of the whole chunk in one compiled call), prices each chunk's calibrated chains in
-one batched forward recursion on the shared augmented chain (``deepquant.mmot.model.
-price_batch``), optionally spreads the chunks over threads, and, when asked, does the same with
-the classical entropic solver so that the errors and the times sit side by side.
+martingale model K times. ``sweep`` runs the network once per ``batch`` of scenarios with one
+number of dates, then per ``chunk`` of that batch solves the exact row multipliers in one
+compiled call and prices the chunk's calibrated chains in one batched forward recursion on the
+shared augmented chain (``deepquant.mmot.model.price_batch``) straight from the projection's
+kernel array; it optionally spreads the batches over threads and, when asked, does the same
+with the classical entropic solver so that the errors and the times sit side by side.
 
 Scenario builders: ``term_structure_marginals`` (lognormal marginals of a piecewise-constant
 forward volatility per period, X_t = exp(sum_s sigma_s dW_s - w_t / 2) with total variance
@@ -180,14 +180,15 @@ class SweepResult:
 
 
 def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: bool = True,
-          tol: float = 1e-9, chunk: int = 16, threads: int = 1,
+          tol: float = 1e-9, chunk: int = 8, batch: int = 64, threads: int = 1,
           **chain_options) -> SweepResult:
     """Price ``payoff`` on every marginal set of ``marginals`` (see module doc).
 
     Parameters
     ----------
     marginals : sequence of Marginals
-        K scenarios (any mix of numbers of dates; each number of dates is one forward pass).
+        K scenarios (any mix of numbers of dates; each number of dates in forward passes of
+        ``batch``).
     payoff : Payoff
     pricer : NeuralPricer, optional
         Default: ``NeuralPricer()`` (the shipped checkpoint, with its out-of-distribution guard
@@ -196,10 +197,13 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
         Also calibrate every scenario with the classical solver (``solve_entropic`` to ``tol``)
         and price under it.
     chunk : int
-        Scenarios per batch of the neural path (one forward pass, one stacked projection, one
-        batched pricing each; bounds the memory to ``chunk`` kernel sets).
+        Scenarios per batch of the exact pricing, on both paths; on the neural path also per
+        stacked row projection, priced right after on its own kernel array (no copy), while
+        the chunk's kernels are still in cache (bounds the memory to ``chunk`` kernel sets).
+    batch : int
+        Scenarios per forward pass of the network (the neural path's unit of work per thread).
     threads : int
-        Neural chunks run on this many threads (the forward pass, projection and pricing
+        Neural batches run on this many threads (the forward pass, projection and pricing
         release the GIL); the classical path runs on one.
     **chain_options
         Passed to the augmented chain (``sum_mode``, ``sum_grid_size``).
@@ -217,7 +221,7 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
     check_payoff(payoff)
     if not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
-    for name, val in (("chunk", chunk), ("threads", threads)):
+    for name, val in (("chunk", chunk), ("batch", batch), ("threads", threads)):
         check_count(val, name)
     pricer = NeuralPricer() if pricer is None else pricer
 
@@ -226,36 +230,70 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
     modes, merr, messages = [None] * len(items), np.empty(len(items)), [""] * len(items)
     margs: list[Marginals] = [None] * len(items)
     pricing = [0.0]
+    opts = dict(chain_options)
+    opts.setdefault("support", "full")          # every neural model sits on the model grid
 
-    def run(lo: int) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NeuralGridWarning)
-            sols = pricer.solve_batch(items[lo:lo + chunk])
+    def keep(i: int, s) -> None:     # keep no kernels: K models of N M^2 floats add up
+        modes[i], merr[i], messages[i], margs[i] = s.mode, s.marginal_error, s.message, \
+            s.marginals
+
+    def run(ids: list[int]) -> None:
+        """One forward pass for ``ids`` (on the model grid, one number of dates), then per
+        ``chunk`` of them the stacked projection, the guard and one batched price of the
+        chunk's own kernel array (a fallback's classical kernels written into its slot)."""
+        weights = np.stack([prepared[i][0].weights for i in ids])
+        v, h = pricer.predict(weights)
+        for lo in range(0, len(ids), chunk):
+            part = ids[lo:lo + chunk]
+            res = pricer._project(weights[lo:lo + len(part)], v[lo:lo + len(part)],
+                                  h[lo:lo + len(part)])
+            kern = res[0]
+            for j, i in enumerate(part):
+                marg, regridded, _ = prepared[i]
+                s = pricer._finish(marg, regridded, "", (v[lo + j], h[lo + j]),
+                                   tuple(a[j] for a in res), 0.0)
+                if s.mode != "neural":
+                    kern[j] = s.kernels
+                keep(i, s)
+            tp = time.perf_counter()
+            neural[part] = price_batch([prepared[i][0] for i in part], kern, payoff, **opts)
+            pricing[0] += time.perf_counter() - tp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NeuralGridWarning)
+        prepared = [pricer._prepare(m) for m in items]
+    by_n: dict[int, list[int]] = {}
+    odd = []                          # not on the model grid: the classical solver, as given
+    for i, (marg, _, problem) in enumerate(prepared):
+        if problem:
+            odd.append(i)
+        else:
+            by_n.setdefault(marg.n_dates, []).append(i)
+    if odd:
+        sols = pricer.solve_batch([items[i] for i in odd])
         tp = time.perf_counter()
-        neural[lo:lo + len(sols)] = _price_grouped(
-            [s.marginals for s in sols], [s.kernels for s in sols], payoff, price_batch,
-            chain_options, pricer.grid)
+        neural[odd] = _price_grouped([s.marginals for s in sols], [s.kernels for s in sols],
+                                     payoff, price_batch, chain_options, pricer.grid)
         pricing[0] += time.perf_counter() - tp
-        for j, s in enumerate(sols):     # keep no kernels: K models of N M^2 floats add up
-            modes[lo + j], merr[lo + j], messages[lo + j] = s.mode, s.marginal_error, s.message
-            margs[lo + j] = s.marginals
-
-    starts = list(range(0, len(items), chunk))
-    run(starts[0])                                  # builds the shared chain once
-    if threads > 1 and len(starts) > 1:
+        for i, s in zip(odd, sols):
+            keep(i, s)
+    blocks = [ids[lo:lo + batch] for ids in by_n.values() for lo in range(0, len(ids), batch)]
+    if blocks:
+        run(blocks[0])                              # builds the shared chain once
+    if threads > 1 and len(blocks) > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, starts[1:]))
+            list(pool.map(run, blocks[1:]))
     else:
-        for lo in starts[1:]:
-            run(lo)
+        for ids in blocks[1:]:
+            run(ids)
     t_end = time.perf_counter()
     n_fallback = sum(m != "neural" for m in modes)
     res = SweepResult(
         payoff=payoff.name, neural=neural, classical=None, modes=modes,
         neural_seconds=t_end - t0, classical_seconds=float("nan"),
-        neural_pricing_seconds=pricing[0] / max(1, min(threads, len(starts))),
+        neural_pricing_seconds=pricing[0] / max(1, min(threads, len(blocks))),
         classical_pricing_seconds=float("nan"), marginal_error=merr, messages=messages,
         message=f"{len(items)} scenarios, {n_fallback} classical fallbacks")
     if classical:
