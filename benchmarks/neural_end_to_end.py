@@ -18,8 +18,8 @@ cost reported as ``warm_up_ms``):
 Exactness (``--check`` instances): the fast price against the dense reference recursion
 (``ChainPlan._expectation_dense``, no entry skipped) on the same kernels; max relative gap.
 
-Batched: ``sweep(..., classical=False)`` on ``--batch`` instances (chunks of 64: one forward
-pass, one stacked row projection, one batched pricing each), once with ``--threads`` and once
+Batched: ``sweep(..., classical=False)`` on ``--batch`` instances (one forward pass per 64,
+then one stacked row projection and one batched pricing per 8), once with ``--threads`` and once
 with ``--batch-threads`` threads; ``instances/s`` = batch / seconds. Medians throughout.
 """
 

@@ -88,6 +88,11 @@ def test_sweep_matches_one_by_one_pricing(pricer):
         s = res.summary()
         assert s["scenarios"] == 5 and s["mean_err_pct"] == pytest.approx(
             np.mean(100 * np.abs(one - cl) / cl), rel=1e-5)
+        # the pricing is part of the neural path's time on one thread: the pricing-only bound
+        # is at least the speed-up, the time outside pricing >= 0
+        assert s["speedup_bound"] >= s["speedup"] and s["neural_outside_pricing_ms"] >= 0
+        assert s["speedup_bound"] == pytest.approx(
+            res.classical_seconds / res.neural_pricing_seconds, rel=1e-12)
     only = sweep(sc[:2], AsianCall(strike=1.0), pricer=pricer, classical=False)
     assert only.classical is None and np.isnan(only.errors_pct).all()
     assert "mean_err_pct" not in only.summary()
