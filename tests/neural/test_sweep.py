@@ -107,6 +107,17 @@ def test_sweep_falls_back_per_scenario(pricer):
     off = Marginals(base.grid * 3.0, base.weights, base.times)
     res = sweep([ok, off], AsianCall(strike=1.0), pricer=pricer, classical=False)
     assert res.modes == ["neural", "classical"] and "mean 3" in res.messages[1]
+    # several such scenarios, solved in chunks of one or all at once: each keeps its own price
+    # (the same classical solves; a price written to another scenario is off by O(10%))
+    off2 = Marginals(base.grid * 2.0, gbm_marginals(TIMES, grid=base.grid,
+                                                    sigma=0.3).weights, base.times)
+    mixed = [off, ok, off2, off]
+    one = sweep(mixed, AsianCall(strike=1.0), pricer=pricer, classical=False, chunk=1)
+    many = sweep(mixed, AsianCall(strike=1.0), pricer=pricer, classical=False, chunk=8)
+    assert one.modes == many.modes == ["classical", "neural", "classical", "classical"]
+    np.testing.assert_allclose(one.neural, many.neural, rtol=1e-12, atol=0)
+    assert one.neural[0] == pytest.approx(one.neural[3], rel=1e-12)
+    assert abs(one.neural[2] / one.neural[0] - 1) > 0.05
 
 
 def test_default_guard_sends_far_scenarios_to_the_classical_solver(pricer):

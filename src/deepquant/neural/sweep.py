@@ -273,13 +273,14 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
             odd.append(i)
         else:
             by_n.setdefault(marg.n_dates, []).append(i)
-    if odd:
-        sols = pricer.solve_batch([items[i] for i in odd])
+    for lo in range(0, len(odd), chunk):          # in chunks: their kernels add up too
+        part = odd[lo:lo + chunk]
+        sols = pricer.solve_batch([items[i] for i in part])
         tp = time.perf_counter()
-        neural[odd] = _price_grouped([s.marginals for s in sols], [s.kernels for s in sols],
-                                     payoff, price_batch, chain_options, pricer.grid)
+        neural[part] = _price_grouped([s.marginals for s in sols], [s.kernels for s in sols],
+                                      payoff, price_batch, chain_options, pricer.grid)
         pricing[0] += time.perf_counter() - tp
-        for i, s in zip(odd, sols):
+        for i, s in zip(part, sols):
             keep(i, s)
     blocks = [ids[lo:lo + batch] for ids in by_n.values() for lo in range(0, len(ids), batch)]
     if blocks:
