@@ -147,3 +147,29 @@ def test_the_dual_values_give_a_valid_chain_and_bad_arguments_are_refused():
             path_inner(sw, mk.kernels, values, **bad)
     with pytest.raises(ValueError, match="values\\['markov'\\] must have the shapes"):
         path_inner(sw, mk.kernels, dict(markov=[np.zeros((1, 1))] * (sw.T + 1)))
+
+
+@pytest.mark.parametrize("name", ["lookback-call", "forward-start-straddle"])
+def test_the_dual_moves_change_where_each_lp_starts_not_its_optimum(name):
+    # the superhedge's moves only seed the first pairs of each period's LP: against the same
+    # sources and values to go, the seeded and the plain LP reach the same optimal value (to
+    # the LPs' 1e-10 tolerances times the payoff scale), period by period
+    from deepquant.mmot import path_inner as module
+    from deepquant.mmot.lp import build_chain_lp, solve_side
+    from deepquant.mmot.markov_inner import _advance
+
+    mm, chain = _heston_chain(name)
+    side = solve_side(build_chain_lp(chain, mm), "upper")
+    sw = _Sweeper(chain, mm, 1.0)
+    dual, moves = dual_value_to_go(sw, sw.flatten(side.duals.u), moves=True)
+    assert dual_value_to_go(sw, sw.flatten(side.duals.u))[0].shape == dual[0].shape
+    mk = markov_inner(sw)
+    mass = sw.mass0
+    for t, per in enumerate(sw.periods):
+        G = per.gather(dual[t + 1])
+        got = [module._period(sw, t, mass, mk.kernels[t], dual[t + 1], 4, 60.0, mv)
+               for mv in (None, moves[t])]
+        objective = [sum(float(np.sum((np.where(c == b, mass, 0.0).T @ G) * k[b]))
+                         for b in range(k.shape[0])) for c, k in got]
+        assert objective[1] == pytest.approx(objective[0], abs=1e-9 * sw.scale)
+        mass = _advance(sw, t, mass, mk.kernels[t])

@@ -113,7 +113,7 @@ def chain_value(sw, kernels: list) -> tuple[float, list, float]:
     return value, laws, drift
 
 
-def dual_value_to_go(sw, uvec: np.ndarray) -> list:
+def dual_value_to_go(sw, uvec: np.ndarray, *, moves: bool = False):
     """w[t] (n_t, X_t), t = 0..T: the continuation values of the superhedge of the potentials
     ``uvec`` (flat over the supports of dates 1..T, the sweep's sign), i.e. the envelopes V_t of
     the exact sweep ``sw.hard(uvec)``, with w[T] the terminal payoff.
@@ -124,11 +124,13 @@ def dual_value_to_go(sw, uvec: np.ndarray) -> list:
     each w[t] by a function of X_t alone, which moves the cost of period t - 1 by a function of
     y alone: a constant on its couplings (their law of y is fixed), so the same plans. A pair
     with no martingale move (x outside the next support's hull: V = -inf) gets 0, as do the
-    pairs that cannot be reached."""
+    pairs that cannot be reached. With ``moves``: (w, per period the superhedge's moves (j1, j2),
+    each (n_t, X_t) positions in the next support: where the dual says the optimum goes)."""
     _, out, _ = sw.hard(np.asarray(uvec, dtype=float))
     w = [np.where(per.live & np.isfinite(val), val, 0.0)
          for per, (val, *_rest) in zip(sw.periods, out)]
-    return w + [np.where(sw.live_T, sw.g_term, 0.0)]
+    w.append(np.where(sw.live_T, sw.g_term, 0.0))
+    return (w, [(j1, j2) for _, _, j1, j2, _ in out]) if moves else w
 
 
 def _backward(sw, kernels: list) -> list:
@@ -311,7 +313,8 @@ def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float
 
     sw = _Sweeper(chain, marginals, sign)
     u = side.info.get("u_sweep")  # the certified potentials (the sweep's sign), if any
-    dual = None if u is None else dual_value_to_go(sw, sw.flatten(u))
+    dual, dual_moves = (None, None) if u is None else dual_value_to_go(sw, sw.flatten(u),
+                                                                        moves=True)
     found = []  # (value, residual, kind, report) of the chains that fit the marginals
     info = dict(side.info)
 
@@ -326,7 +329,8 @@ def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float
         values = dict(markov=_backward(sw, res.kernels))
         if dual is not None:
             values["dual"] = dual
-        path = path_inner(sw, res.kernels, values, max_seconds=left())
+        path = path_inner(sw, res.kernels, values, max_seconds=left(),
+                          moves=None if dual is None else dict(dual=dual_moves))
         preport = dict(value=sign * path.value, marginal_error=path.residual, drift=path.drift,
                        start=path.start, status=path.status, seconds=path.seconds,
                        tried={k: dict(v, value=sign * v["value"]) for k, v in path.tried.items()},

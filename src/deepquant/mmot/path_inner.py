@@ -123,7 +123,7 @@ def bucket_chain_value(sw, classes: list, kerns: list) -> tuple[float, float, fl
 
 
 def _period(sw, t: int, mass: np.ndarray, markov: np.ndarray, w_next: np.ndarray,
-            buckets: int, seconds: float):
+            buckets: int, seconds: float, moves=None):
     """(classes (n_s, X), kernels (B, X, Y)) of period t against the values to go ``w_next``,
     or None when HiGHS gives no plan in ``seconds``."""
     per = sw.periods[t]
@@ -138,6 +138,13 @@ def _period(sw, t: int, mass: np.ndarray, markov: np.ndarray, w_next: np.ndarray
     C = np.stack([np.where(classes == b, mass, 0.0).T @ G for b in range(buckets)])
     pv = P[bb, xx]
     start = near_pairs(per.xv[xx], per.yv, NEAR) | (markov[xx] > 0)
+    if moves is not None:  # the dual's moves (j1, j2) from every state with mass
+        row = np.full(P.shape, -1)
+        row[bb, xx] = np.arange(bb.size)
+        si, ai = np.nonzero((mass > 0) & per.live)
+        r = row[classes[si, ai], ai]
+        for j in moves:
+            start[r[r >= 0], j[si, ai][r >= 0]] = True
     lp = TransportLP(per.xv[xx], pv, per.yv, nu, np.flatnonzero(start))
     plan = lp.solve(-(C[bb, xx] / pv[:, None]), seconds)
     if plan is None:
@@ -148,14 +155,19 @@ def _period(sw, t: int, mass: np.ndarray, markov: np.ndarray, w_next: np.ndarray
 
 
 def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS,
-               max_seconds: float = 600.0) -> PathInner:
+               max_seconds: float = 600.0, moves: dict | None = None) -> PathInner:
     """The best chain with kernels of (X_t, class of S_t) from one forward pass (module
     docstring) per entry of ``values`` (name -> T + 1 arrays (n_t, X_t) of values to go of
     sign * f: ``markov_inner._backward`` of a Markov chain, ``markov_inner.dual_value_to_go``
     of the certified potentials), in their order, within ``max_seconds`` (checked before every
     one-period LP; a pass cut by it keeps the Markov kernels from there on, and no later pass
     runs). ``markov_kernels``: a Markov martingale chain on the grid (its supports start each
-    LP, and the sources lighter than ``LIGHT_SOURCE`` keep its kernels)."""
+    LP, and the sources lighter than ``LIGHT_SOURCE`` keep its kernels). ``moves``: name ->
+    per period the pairs (j1, j2) of next-support positions the values' own superhedge moves
+    to from each state (``dual_value_to_go(..., moves=True)``), added to the LP's first pairs:
+    the same optimum, found in fewer pricing rounds (measured, the dual's pass at M = 150:
+    1.0-1.2 s against 2.6-2.9 s on the lookback's upper side, 2.7-3.4 s against 9.6-10.8 s on
+    the straddle's)."""
     if isinstance(buckets, bool) or not isinstance(buckets, int | np.integer) or buckets < 1:
         raise ValueError(f"buckets must be an integer >= 1, got {buckets!r}")
     if not np.isfinite(max_seconds) or max_seconds < 0:
@@ -172,8 +184,9 @@ def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS
         mass, classes, kerns = sw.mass0, [], []
         for t in range(sw.T):
             left = max_seconds - (time.perf_counter() - t0)
-            got = None if left <= 0 else _period(sw, t, mass, markov_kernels[t], w[t + 1],
-                                                 buckets, left)
+            got = None if left <= 0 else _period(
+                sw, t, mass, markov_kernels[t], w[t + 1], buckets, left,
+                None if moves is None or name not in moves else moves[name][t])
             if got is None:
                 break
             classes.append(got[0])
