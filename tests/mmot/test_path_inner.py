@@ -53,8 +53,10 @@ def test_path_chain_is_feasible_inside_the_lp_and_no_worse_than_its_markov_chain
         assert res.residual <= MARGINAL_TOL and res.drift <= 1e-9
         assert res.value <= sign * opt + 1e-9
         assert res.value >= mk.value - 1e-9 * sw.scale
-        value, resid, drift = bucket_chain_value(sw, res.classes, res.kernels)
+        value, laws, resid, drift = bucket_chain_value(sw, res.classes, res.kernels)
         assert (value, resid, drift) == (res.value, res.residual, res.drift)
+        for t, (per, law) in enumerate(zip(sw.periods, laws)):
+            np.testing.assert_allclose(law, mm.weights[t + 1, per.ys], atol=1e-9)
 
 
 def test_a_pass_cut_short_keeps_the_markov_kernels_and_its_improvement(monkeypatch):

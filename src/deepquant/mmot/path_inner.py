@@ -105,11 +105,12 @@ def _advance(sw, t: int, mass: np.ndarray, classes: np.ndarray, kern: np.ndarray
     return per.scatter(q, n_next)
 
 
-def bucket_chain_value(sw, classes: list, kerns: list) -> tuple[float, float, float]:
-    """(E[sign * f], L1 error of the laws of X_1..X_T, largest martingale residual) of the
-    chain with class maps ``classes[t]`` (n_s, X) and kernels ``kerns[t]`` (B, X, Y)."""
+def bucket_chain_value(sw, classes: list, kerns: list) -> tuple[float, list, float, float]:
+    """(E[sign * f], laws of X_1..X_T on the supports, their L1 error against the marginals
+    summed over the dates, largest martingale residual) of the chain with class maps
+    ``classes[t]`` (n_s, X) and kernels ``kerns[t]`` (B, X, Y)."""
     mass = sw.mass0
-    resid = drift = 0.0
+    laws, resid, drift = [], 0.0, 0.0
     for t, per in enumerate(sw.periods):
         for b in range(kerns[t].shape[0]):
             pb = np.where(classes[t] == b, mass, 0.0).sum(axis=0)
@@ -117,9 +118,10 @@ def bucket_chain_value(sw, classes: list, kerns: list) -> tuple[float, float, fl
             drift = max(drift, float(np.max(pb * np.abs(k @ per.yv - per.xv * k.sum(axis=1)),
                                             initial=0.0)))
         mass = _advance(sw, t, mass, classes[t], kerns[t])
-        resid += float(np.abs(mass.sum(axis=0) - sw.mu[t + 1, per.ys]).sum())
+        laws.append(mass.sum(axis=0))
+        resid += float(np.abs(laws[-1] - sw.mu[t + 1, per.ys]).sum())
     value = float(np.sum(mass * np.where(sw.live_T, sw.g_term, 0.0)))
-    return value, resid, drift
+    return value, laws, resid, drift
 
 
 def _period(sw, t: int, mass: np.ndarray, markov: np.ndarray, w_next: np.ndarray,
@@ -203,7 +205,7 @@ def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS
         for t in range(done, sw.T):
             classes.append(np.zeros((sw.periods[t].n_s, sw.periods[t].xs.size), np.int64))
             kerns.append(np.asarray(markov_kernels[t], dtype=float)[None])
-        value, resid, drift = bucket_chain_value(sw, classes, kerns)
+        value, _, resid, drift = bucket_chain_value(sw, classes, kerns)
         tried[name] = dict(value=value, seconds=time.perf_counter() - t_pass, periods=done)
         if best is None or value > best[0]:
             best = (value, resid, drift, name, classes, kerns)

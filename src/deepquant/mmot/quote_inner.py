@@ -16,8 +16,11 @@ potentials), on the first of these laws that prices the bands within ``band_tol`
 * the closest laws of the band check (``quote_bands.check_bands``): inside the bands whenever
   the check passes, and after ``repair="minimal"`` by construction.
 
-The chain's own laws (the marginals to ~1e-9) are priced against the bands again, so the
-reported ``band_violation`` is that of the plan whose value is the inner value.
+When time is left after ``markov_inner.MARKOV_SHARE`` of it, a chain whose kernels also see
+the running statistic (``path_inner``: against the Markov chain's values to go, then the
+positions') replaces the Markov chain where it is tighter: it has the same marginals, so it is
+as feasible. The chain's own laws (the marginals to ~1e-9) are priced against the bands again,
+so the reported ``band_violation`` is that of the plan whose value is the inner value.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ from deepquant.mmot.augment import build_chain
 from deepquant.mmot.certified import POLISH_RESIDUAL
 from deepquant.mmot.markov_inner import (
     MARGINAL_TOL,
+    MARKOV_SHARE,
+    _backward,
     chain_value,
     dual_value_to_go,
     markov_inner,
 )
+from deepquant.mmot.path_inner import bucket_chain_value, path_inner
 from deepquant.mmot.quote_bands import laws_in_bands
 from deepquant.mmot.quote_problem import _Problem
 from deepquant.mmot.sweep import _Sweeper
@@ -98,8 +104,9 @@ def inner_marginals(prob: _Problem, band_tol: float, positions: np.ndarray | Non
 
 def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_seconds: float,
                        band_tol: float) -> dict:
-    """The Markov chain on the first of ``inner_marginals`` that gives one within
-    ``max_seconds`` for ``side``, started from the continuation values of ``positions`` (one
+    """The Markov chain (or, where tighter, the path-dependent chain of the module docstring)
+    on the first of ``inner_marginals`` that gives one within ``max_seconds`` for ``side``,
+    started from the continuation values of ``positions`` (one
     per quote used: their static potentials u_t = sum_i a_i c_i, swept exactly on the chain of
     those marginals).
 
@@ -110,7 +117,9 @@ def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_
     ``marginal_violation`` (their band violation), ``rejected`` (why laws before them were
     left out: outside the bands, no valid marginals, or no chain), ``marginals_seconds`` (to
     find the candidates), ``laws`` ((T, M) the chain's laws of dates 1..T on the grid),
-    ``marginal_error``, ``drift``, ``cycles``, ``status``, ``seconds``."""
+    ``marginal_error``, ``drift``, ``cycles``, ``status``, ``seconds``, ``markov_value`` (the
+    Markov chain's E[f]); ``path`` (when time was left for it): the path-dependent passes,
+    ``adopted`` when that chain is the one reported."""
     t0 = time.perf_counter()
     sign = 1.0 if side == "upper" else -1.0
     found, rejected = inner_marginals(prob, band_tol, positions)
@@ -127,10 +136,11 @@ def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_
         chain = build_chain(marg, prob.payoff, sum_mode=prob.sum_mode,
                             sum_grid_size=prob.sum_grid_size)
         sw = _Sweeper(chain, marg, sign)
-        start = dual_value_to_go(sw, sw.flatten(u))
+        start, moves = dual_value_to_go(sw, sw.flatten(u), moves=True)
         left = max_seconds - (time.perf_counter() - t0)  # infinite: markov_inner's default
         res = markov_inner(sw, start_values=start,
-                           **(dict(max_seconds=max(left, 0.0)) if np.isfinite(left) else {}))
+                           **(dict(max_seconds=max(MARKOV_SHARE * left, 0.0))
+                              if np.isfinite(left) else {}))
         out.update(marginals=name, marginal_violation=mviol, cycles=res.cycles,
                    status=res.status)
         if res.kernels is not None:
@@ -138,13 +148,28 @@ def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_
         rejected.append(f"{name}: no Markov chain ({res.status})")
     if res is None or res.kernels is None:
         return dict(out, seconds=time.perf_counter() - t0)
-    _, laws, _ = chain_value(sw, res.kernels)
+    value, laws, resid, drift = res.value, chain_value(sw, res.kernels)[1], res.residual, \
+        res.drift
+    left = max_seconds - (time.perf_counter() - t0)
+    if left > 0:
+        path = path_inner(sw, res.kernels, dict(markov=_backward(sw, res.kernels),
+                                                positions=start),
+                          moves=dict(positions=moves),
+                          **(dict(max_seconds=left) if np.isfinite(left) else {}))
+        out["path"] = dict(value=sign * path.value, start=path.start, status=path.status,
+                           seconds=path.seconds, adopted=False,
+                           tried={k: dict(v, value=sign * v["value"])
+                                  for k, v in path.tried.items()})
+        if (np.isfinite(path.value) and path.value > value and path.residual <= MARGINAL_TOL
+                and path.drift <= POLISH_RESIDUAL):
+            value, laws, resid, drift = bucket_chain_value(sw, path.classes, path.kernels)
+            out["path"]["adopted"] = True
     on_grid = np.zeros((prob.T, prob.grid.size))
     for t, (per, law) in enumerate(zip(sw.periods, laws)):
         on_grid[t, per.ys] = law
     viol = prob.band_violation(prob.prices(on_grid))
-    feasible = bool(np.isfinite(res.value) and res.residual <= MARGINAL_TOL
-                    and res.drift <= POLISH_RESIDUAL and viol <= band_tol)
-    return dict(out, value=sign * res.value, feasible=feasible, band_violation=viol,
-                laws=on_grid, marginal_error=res.residual, drift=res.drift,
+    feasible = bool(np.isfinite(value) and resid <= MARGINAL_TOL
+                    and drift <= POLISH_RESIDUAL and viol <= band_tol)
+    return dict(out, value=sign * value, markov_value=sign * res.value, feasible=feasible,
+                band_violation=viol, laws=on_grid, marginal_error=resid, drift=drift,
                 seconds=time.perf_counter() - t0)

@@ -268,9 +268,13 @@ def _adopt_markov_inner(fine: BoundSide, prob: _Problem, side: str, *, max_secon
     outer = sign * fine.value
     inner, excess = clip_inner(sign * mk["value"], outer)
     scale = prob.sweeper(sign).scale
+    path = mk.get("path")
+    adopted = path is not None and path["adopted"]
+    kind = "path-dependent chain" if adopted else "Markov chain"
+    how = (f"from the {path['start']} values to go of a Markov chain of " if adopted else "")
     info = dict(fine.info, inner=sign * inner, inner_excess=excess, markov=report,
                 band_violation=mk["band_violation"],
-                inner_kind=f"Markov chain on the {mk['marginals']} ({mk['cycles']} cycles, "
+                inner_kind=f"{kind} on the {mk['marginals']} ({how}{mk['cycles']} cycles, "
                            f"{mk['status']})")
     status = "certified" if within_rtol(outer - inner, outer, scale, rtol) else "certified-wide"
     return dataclasses.replace(fine, gap=float(outer - inner), status=status,
