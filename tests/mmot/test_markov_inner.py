@@ -223,3 +223,32 @@ def test_a_start_highs_cannot_solve_falls_back_to_the_least_spread_start():
         res = markov_inner(sw, start_values=[np.full(s, 1e300) for s in shapes])
     _check_chain(sw, res)
     assert res.value == pytest.approx(markov_inner(sw).value, abs=1e-12)
+
+
+def test_start_values_are_checked():
+    # fifth pass: a NaN start value gave HiGHS a NaN cost, and it ran past every time limit
+    # (killed after minutes with max_seconds=20); now a ValueError naming the dates
+    from deepquant.mmot.markov_inner import dual_value_to_go
+
+    _, mg, _, chain = _random_asian(0)
+    sw = _Sweeper(chain, mg, 1.0)
+    good = dual_value_to_go(sw, np.zeros(sw.mu_flat.size))
+    nan = [w.copy() for w in good]
+    nan[2][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"start_values must be finite, got NaN or inf at "
+                                         r"dates \[2\]"):
+        markov_inner(sw, max_seconds=20, start_values=nan)
+    inf = [np.full_like(w, np.inf) for w in good]
+    with pytest.raises(ValueError, match=r"at dates \[0, 1, 2, 3\]"):
+        markov_inner(sw, max_seconds=20, start_values=inf)
+    for bad in ("abc", 5, [w + 1j for w in good]):
+        with pytest.raises(ValueError, match="start_values must be a list of T \\+ 1 = 4 real"):
+            markov_inner(sw, start_values=bad)
+    with pytest.raises(ValueError, match=r"start_values must have the shapes"):
+        markov_inner(sw, start_values=[w.T for w in good])
+    for name in ("max_seconds", "tol"):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0, got None"):
+            markov_inner(sw, **{name: None})
+    # valid start values still give a feasible chain inside the LP bound
+    res = markov_inner(sw, start_values=good)
+    _check_chain(sw, res)

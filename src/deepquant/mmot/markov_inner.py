@@ -29,6 +29,7 @@ returned (``residual``, ``drift``), so the caller decides whether the plan count
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -175,6 +176,10 @@ class _PeriodLP(TransportLP):
         return None if plan is None else plan_kernel(plan, self.per.xs, self.per.ys)
 
 
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
                  tol: float = 1e-9, start_values: list | None = None) -> MarkovInner:
     """The best Markov martingale chain found by block coordinate ascent (module docstring)
@@ -188,18 +193,28 @@ def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
     the chain is always valid and its value computed from its own kernels. The chain found so
     far is returned when the time runs out (``"time_budget"``; NaN if not even the first start
     was built)."""
-    if not np.isfinite(max_seconds) or max_seconds < 0:
+    if not _real(max_seconds) or not np.isfinite(max_seconds) or max_seconds < 0:
         raise ValueError(f"max_seconds must be a finite number >= 0, got {max_seconds!r}")
     if isinstance(max_cycles, bool) or not isinstance(max_cycles, int | np.integer) \
             or max_cycles < 0:
         raise ValueError(f"max_cycles must be an integer >= 0, got {max_cycles!r}")
-    if not np.isfinite(tol) or tol < 0:
+    if not _real(tol) or not np.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     if start_values is not None:
         want = [(per.n_s, per.xs.size) for per in sw.periods] + [sw.g_term.shape]
-        got = [np.shape(w) for w in start_values]
+        try:
+            if any(np.iscomplexobj(w) for w in start_values):
+                raise TypeError("complex values")
+            start_values = [np.asarray(w, dtype=float) for w in start_values]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"start_values must be a list of T + 1 = {len(want)} real arrays "
+                             f"(dates 0..T), got {type(start_values).__name__}: {exc}") from None
+        got = [w.shape for w in start_values]
         if got != want:
             raise ValueError(f"start_values must have the shapes {want} (dates 0..T), got {got}")
+        bad = [t for t, w in enumerate(start_values) if not np.all(np.isfinite(w))]
+        if bad:   # a NaN cost kept HiGHS past every time limit
+            raise ValueError(f"start_values must be finite, got NaN or inf at dates {bad}")
     t0 = time.perf_counter()
 
     def done(kernels, cycles, status):
@@ -223,7 +238,7 @@ def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
     for values in [start_values] + ([None] if start_values is not None else []):
         kernels, status = _start(sw, lps, values, left)
         if kernels is None:
-            if status == "no_coupling":  # HiGHS failed on these costs: the next start may do
+            if status == "no_coupling":  # HiGHS failed on these costs (or they overflow): the next start may do
                 continue
             break
         kernels, done_cycles, status = _ascend(sw, lps, kernels, left, max_cycles, tol)
@@ -255,6 +270,8 @@ def _start(sw, lps: list, values: list | None, left) -> tuple[list | None, str]:
             cost = spread
         else:
             cost = START_TIE * sw.scale * spread - _coefficient(sw, t, mass, values[t + 1])
+            if not np.all(np.isfinite(cost)):   # finite values too large: try the next start
+                return None, "no_coupling"
         k = lps[t].kernel(cost, left())
         if k is None:
             return None, "time_budget" if left() <= 0 else "no_coupling"
