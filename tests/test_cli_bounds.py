@@ -174,3 +174,30 @@ def test_coarse_marginals_rejects_a_bad_offset(rw_file):
 
     with pytest.raises(ValueError, match="offset must be 0 or 1, got 2"):
         coarse_marginals(Marginals.load(rw_file), offset=2)
+    # fifth pass: 1.0 was an IndexError from numpy, True ran as 1, None an AttributeError
+    for bad in (1.0, True):
+        with pytest.raises(ValueError, match=f"offset must be 0 or 1, got {bad!r}"):
+            coarse_marginals(Marginals.load(rw_file), offset=bad)
+    with pytest.raises(TypeError, match="marginals must be a Marginals, got NoneType"):
+        coarse_marginals(None)
+
+
+def test_grid_check_refuses_a_grid_that_halving_keeps(tmp_path):
+    """Fifth pass: on 3 points with X_0 in the middle, "every other point and both ends" is
+    every point, and ``--grid-check`` reported a grid effect of 0 ("3 -> 3 points")."""
+    from deepquant.mmot.resolution import halved_bounds, halved_marginals
+    from deepquant.payoffs import EuropeanCall
+
+    m3 = Marginals(np.array([0.9, 1.0, 1.1]), np.array([[0, 1.0, 0], [0.5, 0, 0.5]]), [0, 1])
+    for fn in (lambda: halved_marginals(m3), lambda: halved_bounds(m3, EuropeanCall(1.0))):
+        with pytest.raises(ValueError, match="marginals on 3 grid points cannot be halved"):
+            fn()
+    path = tmp_path / "m3.npz"
+    m3.save(path)
+    res = _run(path, "--payoff", "european-call", "--strike", 1, "--grid-check")
+    assert res.exit_code == 2
+    assert "--grid-check: marginals on 3 grid points cannot be halved" in res.output
+    assert "lower" not in res.output   # refused before the bounds are computed
+    # with X_0 on an end, halving 3 points keeps 2: a check that compares something
+    m3_end = Marginals(m3.grid, np.array([[1.0, 0, 0], [1.0, 0, 0]]), [0, 1])
+    assert halved_marginals(m3_end).size == 2

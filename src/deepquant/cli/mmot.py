@@ -330,7 +330,7 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
     )
     from deepquant.market.marginals import Marginals
     from deepquant.mmot.bounds import bounds
-    from deepquant.mmot.resolution import halved_bounds
+    from deepquant.mmot.resolution import halved_bounds, halved_marginals
     from deepquant.payoffs import make_payoff, payoff_params, required_params
 
     params = dict(strike=strike, t1=t1, t2=t2, barrier=barrier)
@@ -346,6 +346,11 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
         marginals = Marginals.load(marginals_path, check_convex=martingale_tol == 0)
         payoff = make_payoff(payoff_name, **params)
         payoff.last_date(marginals.n_dates)  # validates dates against the file
+        if grid_check:   # before the work: a grid that halving leaves whole is no check
+            try:
+                halved_marginals(marginals)
+            except ValueError as exc:
+                fail(f"--grid-check: {exc}")
         options = {}
         if sum_grid_size is not None:
             options.update(sum_grid_size=sum_grid_size)

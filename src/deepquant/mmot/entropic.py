@@ -468,7 +468,10 @@ def coarse_marginals(marginals: Marginals, offset: int = 0) -> Marginals:
     between kept points); the call function of a law on the kept points is linear between them,
     so the coarse laws are in convex order exactly when the fine ones are at the kept points.
     """
-    if offset not in (0, 1):
+    if not isinstance(marginals, Marginals):
+        raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) \
+            or offset not in (0, 1):   # 1.0 was an IndexError, True ran as 1
         raise ValueError(f"offset must be 0 or 1, got {offset!r}")
     grid = marginals.grid
     keep = np.unique(np.r_[0, np.arange(offset, grid.size, 2), grid.size - 1])

@@ -20,7 +20,7 @@ import numpy as np
 from deepquant.market.marginals import Marginals
 from deepquant.payoffs import Payoff
 
-__all__ = ["ResolutionEntry", "halved_bounds", "resolution_study", "uniform_grid"]
+__all__ = ["ResolutionEntry", "halved_bounds", "halved_marginals", "resolution_study", "uniform_grid"]
 
 
 @dataclass(frozen=True)
@@ -101,14 +101,32 @@ def resolution_study(fine: Marginals, payoffs: Mapping[str, Payoff], sizes: Sequ
     return out
 
 
-def halved_bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", **options):
-    """The bounds of ``payoff`` on ``marginals`` moved onto every other grid point: the grid's
-    own effect on the bounds, to show beside them (a bracket on one grid says nothing of it).
+def halved_marginals(marginals: Marginals) -> Marginals:
+    """``marginals`` moved onto every other grid point (``halved_bounds``): the points of the
+    parity of the first date's heaviest point (a point mass X_0 stays put) and both ends, each
+    dropped point's mass split linearly onto its kept neighbours (``entropic.coarse_marginals``:
+    mass, mean, every call price at a kept point and the convex order kept).
 
-    The kept points are those of the parity of the first date's heaviest point (a point mass
-    X_0 stays put) and both ends; each dropped point's mass is split linearly onto its kept
-    neighbours (``entropic.coarse_marginals``: mass, mean, every call price at a kept point and
-    the convex order kept). ``method`` and ``options`` as for ``bounds``.
+    Raises ``ValueError`` when that keeps every point (a grid of 2 points, or 3 with the
+    heaviest first-date point in the middle): the check would compare the bounds with
+    themselves."""
+    from deepquant.mmot.entropic import coarse_marginals
+
+    if not isinstance(marginals, Marginals):
+        raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
+    offset = int(np.argmax(marginals.weights[0])) % 2
+    half = coarse_marginals(marginals, offset)
+    if half.size == marginals.size:
+        raise ValueError(f"marginals on {marginals.size} grid points cannot be halved (every "
+                         f"other point from index {offset} and both ends keep them all): the "
+                         "grid check needs at least 4 points")
+    return half
+
+
+def halved_bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", **options):
+    """The bounds of ``payoff`` on ``marginals`` moved onto every other grid point
+    (``halved_marginals``): the grid's own effect on the bounds, to show beside them (a bracket
+    on one grid says nothing of it). ``method`` and ``options`` as for ``bounds``.
 
     Returns
     -------
@@ -116,10 +134,6 @@ def halved_bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", **
         The halved marginals and their bounds.
     """
     from deepquant.mmot.bounds import bounds
-    from deepquant.mmot.entropic import coarse_marginals
 
-    if not isinstance(marginals, Marginals):
-        raise TypeError(f"marginals must be a Marginals, got {type(marginals).__name__}")
-    offset = int(np.argmax(marginals.weights[0])) % 2
-    half = coarse_marginals(marginals, offset)
+    half = halved_marginals(marginals)
     return half, bounds(half, payoff, method, **options)
