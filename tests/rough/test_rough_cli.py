@@ -103,6 +103,11 @@ def test_preset_pricer_names():
     (["--grids", "3", "--steps-per-date", "2"], "divisible by 2^(grids-1) = 4"),
     (["--steps-per-date", "8", "--feature-steps", "3"], "--feature-steps 3 must divide"),
     (["--feature-steps", "0"], "--feature-steps must be >= 1"),
+    # fifth pass: --american also runs 2x and 4x the dates on the finest grid (24 steps per
+    # period: 12 and 6); the library's "feature_steps=8 must divide steps_per_date=12" named
+    # no option
+    (["--american", "--dates", "4", "--steps-per-date", "24", "--feature-steps", "8"],
+     "--feature-steps 8 must divide the steps per period of every run (24, 12, 6)"),
     (["--model", "heston", "--upper", "subsim"], "--upper subsim is specific to rough Bergomi"),
     (["--model", "heston", "--v0", "-1"], "v0 must be > 0"),
     (["--grids", "1", "--share-fit"], "--share-fit needs coupled grids"),

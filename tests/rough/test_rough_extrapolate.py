@@ -189,6 +189,14 @@ def test_american_level_options_set_each_runs_budget_and_are_checked():
     assert [r.n_regression for r in res.runs] == [2**11, 2**12, 2**11]
     assert [r.n_dates for r in res.runs] == [2, 4, 2]
     assert res.lower <= res.value <= res.upper
+    # a numpy integer is an integer (fifth pass: "must be a multiple of 4, got np.int64(4)")
+    same = price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=np.int64(4),
+                          coarse_total_steps=2, rng=3)
+    assert same.value == res.value
+    for bad in (0, 4.0, True):
+        with pytest.raises(ValueError, match=r"total_steps must be a multiple of the largest "
+                                             r"number of dates 4 \(an integer >= 1\)"):
+            price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=bad)
     res = price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=4,
                          coarse_total_steps=2, rng=3, level_options={2: {"n_regression": 2**12}})
     assert [r.n_regression for r in res.runs] == [2**12, 2**11, 2**12]
@@ -203,9 +211,15 @@ def test_american_level_options_set_each_runs_budget_and_are_checked():
         with pytest.raises(ValueError, match=match):
             price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=4,
                            level_options=bad)
-    with pytest.raises(ValueError, match="n_regression must be an integer >= 1"):
+    # the pricer's own checks under the argument's name (fifth pass: "n_regression must be
+    # ..." did not say it came from level_options[4])
+    with pytest.raises(ValueError, match=r"level_options\[4\]: n_regression must be an integer "
+                                         ">= 1, got 0"):
         price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=4,
                        coarse_total_steps=2, level_options={4: {"n_regression": 0}})
+    with pytest.raises(ValueError, match=r"level_options\[2\]: dual must be"):
+        price_american(m, 100.0, pricer=pricer, dates=(2, 4), total_steps=4,
+                       coarse_total_steps=2, level_options={2: {"dual": "bogus"}})
 
 
 def test_simulation_grid_is_unchanged_by_a_torch_device():

@@ -214,11 +214,15 @@ def _build(model, strike, n_dates, runs, T, S0, r, sigma, H, eta, rho, xi0, hest
             feature_steps = FEATURE_STEPS
     if feature_steps is not None:
         spd = pricer.steps_per_date
-        finest_ok = feature_steps >= spd or spd % feature_steps == 0
-        coarsest = spd // 2 ** (grids - 1) if grids > 1 and not american else spd
-        if not finest_ok or (feature_steps < coarsest and coarsest % feature_steps):
+        # steps per period of every run: the grids, and with --american also the runs with
+        # 2x and 4x the dates on the finest grid (a 24-step grid gives them 12 and 6)
+        per_run = {spd // 2 ** k for k in range(grids if grids > 1 else 1)}
+        if american:
+            per_run |= {spd // 2, spd // 4}
+        if any(feature_steps < n and n % feature_steps for n in per_run):
             raise ValueError(f"--feature-steps {feature_steps} must divide the steps per "
-                             f"period of every grid (finest {spd}) or exceed them")
+                             f"period of every run ({', '.join(map(str, sorted(per_run)[::-1]))})"
+                             " or exceed them")
         pricer = replace(pricer, feature_steps=feature_steps)
     plan = dict(grids=grids, rate=grid_rate, american=american, tol=tol, bs=bs)
     return m, pricer, plan

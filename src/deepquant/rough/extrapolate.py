@@ -29,6 +29,7 @@ estimate and the finest relative duality gap are both below it, or says which on
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field, replace
 
@@ -389,6 +390,10 @@ def _level_options(options, pricer: BermudanPricer, dates: list[int]) -> dict:
         if not isinstance(fields, dict) or not set(fields) <= set(LEVEL_FIELDS):
             raise ValueError(f"level_options[{nd}] must be a dict with keys among "
                              f"{LEVEL_FIELDS}, got {fields!r}")
+        try:   # the pricer's own checks, before any run, under the argument's name
+            replace(pricer, **fields)
+        except ValueError as exc:
+            raise ValueError(f"level_options[{nd}]: {exc}") from None
     return {int(nd): dict(f) for nd, f in options.items()}
 
 
@@ -439,9 +444,11 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
     _check(model, pricer, tol, rate, callback)
     dates = _doubling(dates, "dates")
     level_options = _level_options(level_options, pricer, dates)
-    if not isinstance(total_steps, int) or total_steps % dates[-1]:
+    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) \
+            or total_steps < 1 or total_steps % dates[-1]:   # numpy integers are integers
         raise ValueError(f"total_steps must be a multiple of the largest number of dates "
-                         f"{dates[-1]}, got {total_steps!r}")
+                         f"{dates[-1]} (an integer >= 1), got {total_steps!r}")
+    total_steps = int(total_steps)
     coarse = _coarse_grids(coarse_total_steps, total_steps, dates[0])
     payoff = exercise_payoff(payoff, option)
     t0 = time.perf_counter()
