@@ -347,3 +347,46 @@ def test_a_crossed_small_run_says_so_in_its_message():
                            max_batches=2)
     res = pricer(bs, 100.0, rng=1)
     assert ("above the upper one" in res.message) == (res.lower > res.upper)
+    assert res.crossed == (res.lower - res.upper > 3.0 * res.gap_stderr)
+
+
+def test_a_run_crossed_beyond_sampling_noise_is_flagged_and_warned(monkeypatch):
+    # the upper estimate of every batch lowered by 1.0 (a biased dual, simulated): the lower
+    # estimate then lies above the upper one by far more than CROSSED_STDERRS standard errors
+    # of their paired difference; the run was success=True without a flag or a warning
+    from deepquant.rough import RoughBergomi, ensemble, preset_pricer
+    from deepquant.rough.engine import CROSSED_STDERRS, BermudanPricer, crossing_stderrs
+
+    bs = RoughBergomi.black_scholes(sigma=0.2, r=0.05, S0=100.0)
+    # (2^10 regression paths can cross on their own: seed 1 gives lower 5.998, upper 5.779,
+    # 3.5 standard errors apart, an upper estimate below the Bermudan price ~6.03)
+    pricer = preset_pricer("bs", n_regression=2**12, batch_size=2**9, min_batches=4,
+                           max_batches=4)
+    honest = pricer(bs, 100.0, rng=1)
+    assert not honest.crossed and honest.gap < 0.5
+    batches = BermudanPricer._batch_estimates
+
+    def biased(self, *args, **kwargs):
+        return batches(self, *args, **kwargs) - np.array([0.0, 1.0, 0.0, 1.0])
+
+    monkeypatch.setattr(BermudanPricer, "_batch_estimates", biased)
+    with pytest.warns(RuntimeWarning, match="more than the 3 sampling noise explains"):
+        res = pricer(bs, 100.0, rng=1)
+    # the same paths: only the upper estimate moved, by exactly the shift
+    assert res.lower == honest.lower
+    assert res.upper == pytest.approx(honest.upper - 1.0, abs=1e-9)
+    assert crossing_stderrs(res.gap, res.gap_stderr) > CROSSED_STDERRS
+    assert res.crossed and res.success and res.to_dict()["crossed"] is True
+    with pytest.warns(RuntimeWarning, match=r"2 of 2 runs .* \(runs \[0, 1\]\)"):
+        ens = ensemble(bs, 100.0, runs=2, pricer=pricer, backend="serial", rng=0)
+    assert all(r.crossed for r in ens.runs)
+
+
+def test_crossing_stderrs_and_the_message_agree_on_the_threshold():
+    from deepquant.rough.engine import crossing_stderrs, run_message
+
+    assert crossing_stderrs(0.1, 0.01) == 0.0 and crossing_stderrs(-0.3, 0.0) == np.inf
+    noise = run_message("max_batches", 2, 0.2, 0.3, -0.29, 0.1)
+    assert "sampling noise below about 3" in noise
+    beyond = run_message("max_batches", 2, 0.2, 0.3, -0.31, 0.1)
+    assert "more than the 3 sampling noise explains" in beyond

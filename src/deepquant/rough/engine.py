@@ -494,6 +494,9 @@ class BermudanPricer:
         message = run_message(ad.reason, ad.n_batches, lo_hw, up_hw, gap, gap_se)
         if not success:
             message += f"; the target tol={self.tol:g} was not reached (raise max_batches)"
+        crossed = bool(crossing_stderrs(gap, gap_se) > CROSSED_STDERRS)
+        if crossed:
+            warnings.warn(f"Bermudan pricer: {message}", RuntimeWarning, stacklevel=3)
         return BermudanResult(
             value=float(0.5 * (lo + up)), lower=float(lo), upper=float(up),
             lower_stderr=float(lo_se), upper_stderr=float(up_se),
@@ -508,21 +511,43 @@ class BermudanPricer:
             option=option_name(payoff), payoff=payoff_label(payoff), n_dates=self.n_dates,
             seconds=seconds,
             cpu_seconds=cpu_seconds, timings=timings, success=success,
-            status=ad.reason, message=message, model=self.describe(model))
+            status=ad.reason, message=message, model=self.describe(model), crossed=crossed)
+
+
+CROSSED_STDERRS = 3.0
+"""Standard errors of the paired difference (upper - lower) by which the lower estimate may lie
+above the upper one as sampling noise (both are sample means: on few batches they can cross).
+Beyond it the two estimates disagree (P < 0.14% for a normal difference): a run is flagged
+``crossed`` with a ``RuntimeWarning``, its numbers kept."""
+
+
+def crossing_stderrs(gap: float, gap_stderr: float) -> float:
+    """By how many standard errors of their paired difference the lower estimate lies above
+    the upper one (``gap`` = upper - lower < 0); 0 when it does not, inf with no standard
+    error."""
+    if not gap < 0:
+        return 0.0
+    return -gap / gap_stderr if gap_stderr > 0 else math.inf
 
 
 def run_message(reason: str, n_batches: int, lower_hw: float, upper_hw: float, gap: float,
                 gap_stderr: float) -> str:
     """The one-line message of a run: why it stopped, the 95% half-widths, and, when the lower
-    estimate lies above the upper one (both are sample means: on few batches their noise can
-    cross them), by how much in standard errors of their paired difference."""
+    estimate lies above the upper one, by how much in standard errors of their paired
+    difference, and whether that is sampling noise (within ``CROSSED_STDERRS``)."""
     message = (f"stopped on {reason} after {n_batches} batches; 95% half-widths "
                f"{lower_hw:.3g} (lower), {upper_hw:.3g} (upper)")
     if gap < 0:
-        sds = -gap / gap_stderr if gap_stderr > 0 else math.inf
-        message += (f"; the lower estimate is above the upper one by {-gap:.3g} ({sds:.1f} "
-                    "standard errors of their difference: sampling noise below about 3, so "
-                    "run more batches or paths to separate them)")
+        sds = crossing_stderrs(gap, gap_stderr)
+        message += f"; the lower estimate is above the upper one by {-gap:.3g} ({sds:.1f} "
+        if sds <= CROSSED_STDERRS:
+            message += (f"standard errors of their difference: sampling noise below about "
+                        f"{CROSSED_STDERRS:g}, so run more batches or paths to separate them)")
+        else:
+            message += (f"standard errors of their difference, more than the "
+                        f"{CROSSED_STDERRS:g} sampling noise explains: one estimate is biased "
+                        "(e.g. a dual fitted on too few paths), so the bracket is not to be "
+                        "trusted)")
     return message
 
 

@@ -10,6 +10,7 @@ lower and the upper bound. A JSON state file makes an interrupted ensemble resum
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -184,6 +185,12 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
     message = (f"{runs} runs, 95% t-intervals ({runs - 1} degrees of freedom)" if not failed
                else f"{len(failed)} of {runs} runs missed their target (runs {failed}); the "
                f"first: {ordered[failed[0]].message}")
+    crossed = [i for i, r in enumerate(ordered) if r.crossed]
+    if crossed:   # the runs' own warnings stay in their worker processes
+        message += (f"; {len(crossed)} of {runs} runs have their lower estimate above the "
+                    f"upper one beyond sampling noise (runs {crossed}): their brackets are not "
+                    "to be trusted")
+        warnings.warn(f"ensemble: {message}", RuntimeWarning, stacklevel=2)
     out = EnsembleResult(midpoint=mid, midpoint_ci=mid_ci, lower=lo, lower_ci=lo_ci, upper=up,
                          upper_ci=up_ci, n_runs=runs, seconds=time.perf_counter() - t0,
                          runs=ordered, success=not failed,

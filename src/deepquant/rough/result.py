@@ -35,6 +35,11 @@ class BermudanResult:
     payoff : the payoff's name (``deepquant.payoffs``; truncated at each exercise date)
     model : what the bounds bracket: the Bermudan price of the DISCRETISED model (scheme and
         grid named), not its continuous-time limit (see ``deepquant.rough.extrapolate``)
+    crossed : the lower estimate lies above the upper one by more than
+        ``engine.CROSSED_STDERRS`` standard errors of their paired difference (``gap_stderr``):
+        more than sampling noise explains, so the bracket is not to be trusted (a
+        ``RuntimeWarning`` says so; the message gives the number). A small crossing stays
+        unflagged: few batches can cross two sample means.
     """
 
     value: float
@@ -67,6 +72,7 @@ class BermudanResult:
     message: str = ""
     model: str = ""
     payoff: str = ""
+    crossed: bool = False
 
     @property
     def relative_gap(self) -> float:
