@@ -12,6 +12,7 @@ import click
 
 from deepquant import __version__
 from deepquant.cli import calibrate, market, mmot, neural, quotes, rough
+from deepquant.neural.threads import prefer_passive_wait
 
 __all__ = ["main"]
 
@@ -42,6 +43,9 @@ _SIZES = ("grid_size", "grid_sizes", "sum_grid_size", "n_paths", "n_regression",
 @click.version_option(__version__, prog_name="deepquant")
 def main() -> None:
     """deep-quant: exotic option prices with quantified uncertainty."""
+    # before any command imports torch: --threads 2 under OMP_NUM_THREADS=1 would otherwise
+    # spin on a busy core (deepquant.neural.threads)
+    prefer_passive_wait()
 
 
 for _module in (market, calibrate, mmot, neural, rough, quotes):

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from deepquant.market.marginals import Marginals
+from deepquant.neural.threads import set_torch_threads
 from deepquant.payoffs import check_payoff
 from deepquant.results import check_count
 from deepquant.seeds import as_generator
@@ -255,8 +256,6 @@ class NeuralPricer:
                  mass_floor: float = 1e-8, project: bool = True,
                  raw_residuals: bool = False, column_floor: float | None = None,
                  device: str = "cpu") -> None:
-        import torch
-
         from deepquant.neural.model import resolve_device
         from deepquant.neural.train import load_model, resolve_checkpoint
 
@@ -265,7 +264,7 @@ class NeuralPricer:
         for name, val in (("threads", threads), ("row_threads", row_threads)):
             check_count(val, name, allow_none=True)
         if threads is not None:
-            torch.set_num_threads(int(threads))
+            set_torch_threads(threads)
         self.row_threads = int(row_threads or threads or 1)
         self.device = resolve_device(device)
         self.checkpoint = (resolve_checkpoint(checkpoint) if checkpoint is not None

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepquant.neural.threads import set_torch_threads
 from deepquant.results import check_count, result_dict, warn_failure
 
 __all__ = ["check_refit_options", "period_metric", "refit_head", "RefitResult", "METRICS"]
@@ -201,7 +202,7 @@ def refit_head(checkpoint, data, out_dir, *, metric: str = "call", per_instance:
                         ridge=ridge, batch_size=batch_size, threads=threads)
     t0 = time.perf_counter()
     check_max_instances(max_instances)
-    torch.set_num_threads(int(threads))
+    set_torch_threads(threads)
     model, meta = load_model(checkpoint)
     records, grid, attrs = read_dataset(data)
     excluded = {str(f) for f in exclude_families}

@@ -33,6 +33,7 @@ from deepquant.neural.dataset import NeuralDataset, check_finite_records
 from deepquant.neural.dataset_io import check_writable_file, read_dataset, read_datasets
 from deepquant.neural.losses import dual_gap_loss, surrogate_loss
 from deepquant.neural.model import build_model, count_parameters, period_scale, resolve_device
+from deepquant.neural.threads import set_torch_threads
 from deepquant.results import result_dict
 
 __all__ = ["train", "TrainResult", "save_checkpoint", "load_checkpoint", "export_checkpoint",
@@ -351,7 +352,7 @@ def train(cfg: Config, *, callback=None) -> TrainResult:
     """Train the surrogate described by ``cfg``. ``callback(event: dict)`` receives progress
     (``{"kind": "eval", "step": ..., "val": ...}`` and ``{"kind": "step", ...}``)."""
     t = cfg.train
-    torch.set_num_threads(t.threads)
+    set_torch_threads(t.threads, "train.threads")
     torch.manual_seed(t.seed)
     device = resolve_device(t.device)
     t_start = time.perf_counter()
