@@ -65,3 +65,21 @@ def test_the_command_line_sets_the_passive_policy_before_torch(tmp_path, env, po
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-2:] == ["False", str(policy)]
+
+
+def test_a_million_torch_threads_are_refused_by_name():
+    # fifth pass: NeuralPricer(threads=10**6) started a million OpenMP threads, and the next
+    # shared library failed to map ("failed to map segment from shared object")
+    from click.testing import CliRunner
+
+    from deepquant.cli import main
+    from deepquant.neural.threads import max_torch_threads
+
+    with pytest.raises(ValueError, match=r"threads must be at most MAX_THREADS_PER_CORE x "
+                                         rf"cores = 8 x \d+ = {max_torch_threads()}, "
+                                         r"got 1000000"):
+        NeuralPricer(threads=10**6)
+    res = CliRunner().invoke(main, ["sweep", "--strike", "1", "--num", "2", "--periods", "2",
+                                    "--no-classical", "--threads", "1000000"])
+    assert res.exit_code == 2
+    assert f"'--threads': 1000000 is not in the range 1<=x<={max_torch_threads()}" in res.output

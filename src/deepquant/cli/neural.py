@@ -27,6 +27,12 @@ from deepquant.cli.output import (
     table,
     tail_warnings,
 )
+from deepquant.neural.threads import max_torch_threads
+
+TORCH_THREADS = click.IntRange(1, max_torch_threads())
+"""``--threads`` of the commands that run torch (``refit-head``, ``evaluate``, ``sweep``): at
+least 1, at most ``deepquant.neural.threads.MAX_THREADS_PER_CORE`` per core (a million
+threads failed to start)."""
 
 _GENERATE_OPTIONS = {"eps": "--eps", "tol": "--tol", "n_choices": "--n-choices",
                      "families": "--families", "support_scale": "--support-scale",
@@ -254,7 +260,7 @@ def train_cmd(config_path, data, init_from, out_dir, max_steps, max_minutes, no_
 @click.option("--ridge", type=FINITE, default=1e-3, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--max-instances", type=click.IntRange(min=1), default=None)
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--threads", type=TORCH_THREADS, default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterations, ridge, seed,
                    max_instances, threads, as_json):
@@ -293,7 +299,7 @@ def refit_head_cmd(checkpoint, data_path, out_dir, metric, per_instance, iterati
 @click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP)
 @click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--max-instances", type=click.IntRange(min=1), default=None)
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--threads", type=TORCH_THREADS, default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True,
               help="Where the network runs: cpu | cuda | cuda:N | auto.")
 @click.option("--lofo-train", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -378,7 +384,7 @@ def _floats(text: str, name: str) -> list[float]:
 @click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP)
 @click.option("--device", default="cpu", show_default=True,
               help="Where the network runs: cpu | cuda | cuda:N | auto.")
-@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--threads", type=TORCH_THREADS, default=1, show_default=True)
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Write the per-scenario prices as JSON here.")
 @click.option("--json", "as_json", is_flag=True)
@@ -400,7 +406,7 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
     missing = [f"--{p}" for p in required_params(payoff_name) if params.get(p) is None]
     if missing:
         fail(f"--payoff {payoff_name} needs {' and '.join(missing)} (no default is assumed)")
-    for name, val, lo in (("--num", num, 1), ("--periods", periods, 1), ("--threads", threads, 1)):
+    for name, val, lo in (("--num", num, 1), ("--periods", periods, 1)):
         if val < lo:
             fail(f"{name} must be >= {lo}, got {val}")
     if not (np.isfinite(maturity) and maturity > 0):

@@ -18,7 +18,19 @@ import os
 import sys
 import warnings
 
-__all__ = ["prefer_passive_wait", "set_torch_threads", "spin_risk"]
+__all__ = ["MAX_THREADS_PER_CORE", "max_torch_threads", "prefer_passive_wait", "set_torch_threads", "spin_risk"]
+
+MAX_THREADS_PER_CORE = 8
+"""Most torch threads per core of the machine (``os.cpu_count()``) that ``set_torch_threads``
+takes: more threads than cores only cost (the docstring of ``NeuralPricer``), the margin is for
+configs written for larger machines. ``NeuralPricer(threads=10**6)`` started a million OpenMP
+threads, and the next shared library then failed to map ("failed to map segment from shared
+object")."""
+
+
+def max_torch_threads() -> int:
+    """``MAX_THREADS_PER_CORE`` times this machine's cores."""
+    return MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
 
 
 def spin_risk(threads: int | None) -> bool:
@@ -32,9 +44,13 @@ def spin_risk(threads: int | None) -> bool:
 
 def set_torch_threads(threads: int, name: str = "threads") -> None:
     """``torch.set_num_threads(threads)``, with a ``RuntimeWarning`` naming ``name`` when
-    ``spin_risk(threads)``."""
+    ``spin_risk(threads)``; a ``ValueError`` beyond ``MAX_THREADS_PER_CORE`` per core."""
     import torch
 
+    if int(threads) > max_torch_threads():
+        raise ValueError(f"{name} must be at most MAX_THREADS_PER_CORE x cores = "
+                         f"{MAX_THREADS_PER_CORE} x {os.cpu_count() or 1} = "
+                         f"{max_torch_threads()}, got {threads!r}")
     if spin_risk(threads):
         warnings.warn(
             f"{name}={threads} torch threads with OMP_NUM_THREADS=1 and no "
