@@ -436,6 +436,30 @@ def test_laws_in_bands_price_the_value_best():
                                atol=1e-9)
 
 
+def test_laws_in_bands_checks_its_inputs():
+    # fifth pass: a transposed value (M, S) ran as if it were (S, M) (the same entries, moved),
+    # a negative tie or an unsorted grid returned None ("no laws in the bands"), NaN values,
+    # references or ties ended in linprog's "c must not contain values inf, nan, or None"
+    bands = walk_bands()
+    walk = fine_walk(2, 0.5)[1:]
+    value = np.random.default_rng(0).normal(size=walk.shape)
+    nan = value.copy()
+    nan[1, 2] = np.nan
+    for kwargs, error, match in [
+            (dict(value=value.T), ValueError, r"value must be a finite array of shape \(S, M\) "
+                                             r"= \(3, 13\), got shape \(13, 3\)"),
+            (dict(value=nan), ValueError, "value must be .* with NaN or inf"),
+            (dict(reference=walk[:, :5]), ValueError, r"reference must be .* got shape \(3, 5\)"),
+            (dict(tie=-1.0), ValueError, "tie must be a finite number >= 0, got -1.0"),
+            (dict(tie=np.nan), ValueError, "tie must be a finite number >= 0, got nan"),
+            (dict(grid=FINE[::-1]), ValueError, "grid must be strictly increasing with 1"),
+            (dict(bands=None), TypeError, "bands must be a QuoteBands, got NoneType")]:
+        args = {**dict(bands=bands, grid=FINE, value=value, reference=walk, tie=1e-6), **kwargs}
+        with pytest.raises(error, match=match):
+            laws_in_bands(args.pop("bands"), args.pop("grid"), args.pop("value"),
+                          args.pop("reference"), **args)
+
+
 def test_coarse_grid_is_a_subgrid_with_the_same_range():
     g = quote_grid(walk_bands(), 150)
     c = coarse_grid(g, 25)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, sparse
 
-__all__ = ["QuoteBands", "BandCheck", "check_bands", "laws_in_bands", "quote_grid", "load_bands"]
+__all__ = ["QuoteBands", "BandCheck", "check_bands", "check_quote_grid", "laws_in_bands", "quote_grid", "load_bands"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,6 +220,23 @@ def check_bands(bands: QuoteBands, grid: np.ndarray, *, tol: float = 1e-8) -> Ba
     return BandCheck(total <= tol, total, tuple(viol), tuple(prices), laws, tol)
 
 
+def check_quote_grid(grid) -> np.ndarray:
+    """``grid`` as a float array, or a ``ValueError``: a moneyness grid of the quote problems
+    is 1-D, finite, >= 0, strictly increasing, of at least 3 points, with 1 on it strictly
+    inside."""
+    try:
+        grid = np.asarray(grid, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be an array of moneyness points, got {grid!r}") from None
+    if grid.ndim != 1 or grid.size < 3 or not np.all(np.isfinite(grid)) \
+            or np.any(np.diff(grid) <= 0) or not np.any(np.abs(grid - 1) < 1e-12) \
+            or not 0 <= grid[0] < 1 < grid[-1]:
+        raise ValueError("grid must be strictly increasing with 1 on it strictly inside "
+                         "(1-D, finite, >= 0, at least 3 points), got "
+                         f"{np.array2string(grid, threshold=12)}")
+    return grid
+
+
 def laws_in_bands(bands: QuoteBands, grid: np.ndarray, value: np.ndarray,
                   reference: np.ndarray, *, tie: float) -> np.ndarray | None:
     """Laws (S, M) on ``grid`` (mean 1, increasing in convex order, exact on the grid) pricing
@@ -236,8 +253,26 @@ def laws_in_bands(bands: QuoteBands, grid: np.ndarray, value: np.ndarray,
     at mean 1) are rows of 2 entries instead of dense ones (``check_bands``' form): measured
     0.1 s against 0.6-1.0 s at M = 150 (SPX, 5 expiries, ~300 quotes), the same optimum to
     1e-12."""
-    x = np.asarray(grid, dtype=float)
+    if not isinstance(bands, QuoteBands):
+        raise TypeError(f"bands must be a QuoteBands, got {type(bands).__name__}")
+    x = check_quote_grid(grid)
     m, n_s = x.size, bands.n_expiries
+    arrays = {}
+    for name, arr in (("value", value), ("reference", reference)):
+        try:
+            arrays[name] = np.asarray(arr, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a real array of shape (S, M) = ({n_s}, {m}), "
+                             f"got {type(arr).__name__}") from None
+        if arrays[name].shape != (n_s, m) or not np.all(np.isfinite(arrays[name])):
+            raise ValueError(f"{name} must be a finite array of shape (S, M) = ({n_s}, {m}), "
+                             f"got shape {arrays[name].shape}"
+                             + ("" if arrays[name].shape != (n_s, m) else " with NaN or inf"))
+    value, reference = arrays["value"], arrays["reference"]
+    # a negative tie rewards moving away from the reference: the LP is unbounded (no laws)
+    if isinstance(tie, bool) or not isinstance(tie, int | float | np.floating) \
+            or not np.isfinite(tie) or tie < 0:
+        raise ValueError(f"tie must be a finite number >= 0, got {tie!r}")
     nl = n_s * m
     dx = np.diff(x)
     n_cols = 4 * nl  # l, C, d+, d- (l - reference = d+ - d-)

@@ -57,7 +57,13 @@ from deepquant.mmot.certified import clip_inner, within_rtol
 from deepquant.mmot.highs import check_highs_options, cost_scale
 from deepquant.mmot.lp import build_chain_lp
 from deepquant.mmot.multiscale import COARSE_SHARE, FINE_SWEEPS
-from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, quote_grid
+from deepquant.mmot.quote_bands import (
+    QuoteBands,
+    check_bands,
+    check_quote_grid,
+    load_bands,
+    quote_grid,
+)
 from deepquant.mmot.quote_inner import quote_markov_inner
 from deepquant.mmot.quote_problem import QuoteHedge, _Problem, _quote_hedge, verify_quote_hedge
 from deepquant.mmot.quotes_certified import (
@@ -425,16 +431,7 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
                             f"{type(source).__name__}") from None
     if not isinstance(thin, (bool, np.bool_)):
         raise TypeError(f"thin must be a bool, got {thin!r}")
-    try:
-        grid = quote_grid(bands, grid_size) if grid is None else np.asarray(grid, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"grid must be an array of moneyness points, got {grid!r}") from None
-    if grid.ndim != 1 or grid.size < 3 or not np.all(np.isfinite(grid)) \
-            or np.any(np.diff(grid) <= 0) or not np.any(np.abs(grid - 1) < 1e-12) \
-            or not 0 <= grid[0] < 1 < grid[-1]:
-        raise ValueError("grid must be strictly increasing with 1 on it strictly inside "
-                         "(1-D, finite, >= 0, at least 3 points), got "
-                         f"{np.array2string(grid, threshold=12)}")
+    grid = check_quote_grid(quote_grid(bands, grid_size) if grid is None else grid)
     try:
         payoff.last_date(bands.n_expiries + 1)
     except ValueError as exc:
