@@ -87,6 +87,11 @@ def classify(thunk) -> tuple[str, str]:
     success = getattr(res, "success", getattr(res, "ok", True))
     if success and any(not math.isfinite(v) for v in vals):
         return "NAN-OK", f"success with {vals}"
+    gap_se = getattr(res, "gap_stderr", None)
+    if gap_se is not None and res.lower - res.upper > 3.0 * gap_se \
+            and not getattr(res, "crossed", False):
+        return "CROSSED", (f"lower {res.lower:.4g} above upper {res.upper:.4g} by "
+                           f"{(res.lower - res.upper) / gap_se:.1f} standard errors, unflagged")
     return "ok", f"returned {type(res).__name__} {[round(v, 6) for v in vals]} success={success}"
 
 
@@ -277,6 +282,7 @@ def more_cases():
     yield from market_cases()
     yield from callable_cases()
     yield from neural_cases()
+    yield from fifth_pass_cases()
 
 
 def callable_cases():
@@ -390,6 +396,73 @@ def neural_cases():
         yield f"sweep({opt}={val!r})", lambda o=opt, v=val: sweep([m], ASIAN, pricer=pricer,
                                                                    **{o: v})
     yield "sweep(mixed grids)", lambda: sweep([m, other], ASIAN, pricer=pricer)
+
+
+def fifth_pass_cases():
+    """The entry points added since the fourth pass (docs/robustness.md, "Fifth pass"). On
+    ``main`` before it, ``markov_inner(start NaN)`` never returned (HiGHS on a NaN cost, past
+    the alarm) and ``NeuralPricer(threads=10**6)`` could take the process down."""
+    from deepquant.mmot.entropic import coarse_marginals
+    from deepquant.mmot.markov_inner import dual_value_to_go, markov_inner
+    from deepquant.mmot.model import price_batch
+    from deepquant.mmot.quote_bands import QuoteBands, laws_in_bands
+    from deepquant.mmot.resolution import halved_bounds
+    from deepquant.mmot.sweep import _Sweeper
+    from deepquant.neural.pricer import NeuralPricer
+    from deepquant.rough import preset_pricer, price_american
+
+    m3 = Marginals(np.array([0.9, 1.0, 1.1]), np.array([[0, 1.0, 0], [0.5, 0, 0.5]]), [0, 1])
+    yield "halved_bounds(3 points, X_0 inside)", lambda: halved_bounds(m3, EuropeanCall(1.0))
+    yield "halved_bounds(None)", lambda: halved_bounds(None, ASIAN)
+    for off in (1.0, True, None, 2):
+        yield f"coarse_marginals(offset={off!r})", lambda o=off: coarse_marginals(M, o)
+    yield "coarse_marginals(None)", lambda: coarse_marginals(None)
+    from deepquant.mmot.augment import build_chain
+
+    sw = _Sweeper(build_chain(M, ASIAN), M, 1.0)
+    good = dual_value_to_go(sw, np.zeros(sw.mu_flat.size))
+    for name, change in [("NaN", lambda w: w * NAN), ("inf", lambda w: w + INF),
+                         ("transposed", lambda w: w.T), ("complex", lambda w: w + 1j)]:
+        yield (f"markov_inner(start {name})",
+               lambda c=change: markov_inner(sw, max_seconds=5, start_values=[c(w) for w in good]))
+    yield "markov_inner(max_seconds=None)", lambda: markov_inner(sw, max_seconds=None)
+    g = np.linspace(0.6, 1.4, 9)
+    k = np.array([0.9, 1.0, 1.1])
+    law = M.weights[1:]
+    prices = [np.maximum(g[None, :] - k[:, None], 0) @ law[t] for t in range(2)]
+    bands = QuoteBands(("a", "b"), M.times[1:], (k, k), (np.ones(3, bool),) * 2,
+                       tuple(np.maximum(p - 0.01, 0) for p in prices),
+                       tuple(p + 0.01 for p in prices))
+    value = np.random.default_rng(0).normal(size=law.shape)
+    for name, kw in [("value.T", dict(value=np.c_[value, value].T[:9])),
+                     ("value NaN", dict(value=value * NAN)), ("tie -1", dict(tie=-1.0)),
+                     ("grid unsorted", dict(grid=g[::-1])), ("reference (2, 5)",
+                                                             dict(reference=law[:, :5]))]:
+        args = {**dict(bands=bands, grid=g, value=value, reference=law, tie=1e-6), **kw}
+        yield (f"laws_in_bands({name})",
+               lambda a=args: laws_in_bands(a["bands"], a["grid"], a["value"], a["reference"],
+                                            tie=a["tie"]))
+    pricer = BermudanPricer(**SMALL)
+    for opt, val in [("total_steps", np.int64(8)), ("total_steps", 0), ("total_steps", 8.0),
+                     ("level_options", {2: {"n_regression": -1}}),
+                     ("level_options", {4: {"dual": "bogus"}})]:
+        kw = {"dates": (2, 4), "total_steps": 8, "coarse_total_steps": 4, opt: val}
+        yield (f"price_american({opt}={val!r})",
+               lambda k=kw: price_american(RoughBergomi(), 100.0, pricer=pricer, rng=0, **k))
+    small_bs = preset_pricer("bs", n_regression=2**10, batch_size=2**9, min_batches=4,
+                             max_batches=4)
+    yield "BermudanPricer(bs, 2^10 regression, seed 1)", lambda: small_bs(
+        RoughBergomi.black_scholes(sigma=0.2, r=0.05, S0=100.0), 100.0, rng=1)
+    neural = NeuralPricer()
+    mn = gbm_marginals([0.0, 0.1, 0.2], grid=neural.grid, sigma=0.2)
+    sol = neural.solve(mn)
+    for val in (0, NAN, 2.5, True, "2", 10**6):
+        yield (f"NeuralPricer(row_threads={val!r})",
+               lambda v=val: NeuralPricer(row_threads=v).solve(mn))
+        yield f"NeuralSolution.price(threads={val!r})", lambda v=val: sol.price(ASIAN, threads=v)
+        yield (f"price_batch(threads={val!r})",
+               lambda v=val: price_batch(mn, sol.kernels, ASIAN, threads=v))
+    yield "NeuralPricer(threads=10**6)", lambda: NeuralPricer(threads=10**6).solve(mn)
 
 
 def main(filter_: str = "") -> None:
