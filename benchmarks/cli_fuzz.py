@@ -1,6 +1,6 @@
 """Feed every numeric option of every command 0, -1, nan, inf and 1e308 (integers: 0, -1).
 
-    PYTHONPATH=src python benchmarks/cli_fuzz.py --out /tmp/fuzz.tsv [COMMAND ...]
+    PYTHONPATH=src python benchmarks/cli_fuzz.py --out /tmp/fuzz.tsv [COMMAND ...] [--with=ARG]
 
 Each case runs ``deepquant COMMAND ... --OPTION VALUE`` in a fresh process under ``timeout 60``
 on tiny sizes (a 20-point marginals file, the synthetic chain, a 4-instance data file, all made
@@ -24,6 +24,7 @@ from pathlib import Path
 
 FLOATS = ["0", "-1", "nan", "inf", "1e308"]
 INTS = ["0", "-1"]
+THREADS = INTS + ["1000000"]   # torch threads (fifth pass: a million could not start)
 CLI = "from deepquant.cli import main; main()"
 
 
@@ -45,6 +46,12 @@ def cases(fx: str) -> list[tuple[str, str, list[str], list[str]]]:
     out.append(("american", "--payoff-dates", INTS, am + ["--payoff", "asian-put"]))
     out.append(("american", "--workers", INTS, am + ["--runs", "2"]))
     out.append(("american", "--grids", INTS, am[:3] + am[5:]))
+    # fifth pass: --american with several grids, and its feature steps (runs with 2x and 4x
+    # the dates on the finest grid)
+    amer = am[:3] + am[5:] + ["--american"]
+    out.append(("american", "--grids", INTS + ["3", "4", "64"], amer))
+    out.append(("american", "--feature-steps", INTS + ["3", "8"],
+                amer + ["--steps-per-date", "8", "--grids", "2"]))
 
     def bounds(payoff, *extra):
         return ["bounds", f"{fx}/m.npz", "--payoff", payoff, *extra]
@@ -61,6 +68,11 @@ def cases(fx: str) -> list[tuple[str, str, list[str], list[str]]]:
             ("bounds", "--sum-grid-size", INTS, bounds("asian-call", "--strike", "1", *lp))]
     out += [("bounds", o, FLOATS, bounds("asian-call", "--strike", "1", "--method", "certified"))
             for o in ("--rtol", "--max-seconds")]
+    # fifth pass: --grid-check, on the 20-point file and on 3 points with X_0 in the middle
+    out.append(("bounds", "--strike", FLOATS, bounds("asian-call", "--grid-check", *lp)))
+    out.append(("bounds", "--method", ["lp", "auto", "path-lp", "certified"],
+                ["bounds", f"{fx}/m3.npz", "--payoff", "european-call", "--strike", "1",
+                 "--grid-check"]))
     solve = ["solve", f"{fx}/m.npz", "--eps", "0.01"]
     out += [("solve", o, v, solve) for o, v in (("--eps", FLOATS), ("--tol", FLOATS),
                                                  ("--max-iter", INTS), ("--threads", INTS),
@@ -104,9 +116,9 @@ def cases(fx: str) -> list[tuple[str, str, list[str], list[str]]]:
                                                       ("--iterations", INTS),
                                                       ("--ridge", FLOATS),
                                                       ("--max-instances", INTS),
-                                                      ("--threads", INTS))]
+                                                      ("--threads", THREADS))]
     ev = ["evaluate", "--test", f"{fx}/d.h5", "--max-instances", "1"]
-    out += [("evaluate", o, INTS, ev) for o in ("--max-instances", "--threads")]
+    out += [("evaluate", "--max-instances", INTS, ev), ("evaluate", "--threads", THREADS, ev)]
     lofo = ev + ["--lofo-train", f"{fx}/d.h5", "--lofo-dir", "OUT", "--iterations", "2"]
     out += [("evaluate", o, v, lofo) for o, v in (("--iterations", INTS),
                                                    ("--per-instance", INTS),
@@ -114,7 +126,7 @@ def cases(fx: str) -> list[tuple[str, str, list[str], list[str]]]:
     sw = ["sweep", "--strike", "1", "--num", "2", "--periods", "2", "--no-classical"]
     out += [("sweep", o, v, sw) for o, v in (("--strike", FLOATS), ("--maturity", FLOATS),
                                               ("--periods", INTS), ("--num", INTS),
-                                              ("--bump", FLOATS), ("--threads", INTS))]
+                                              ("--bump", FLOATS), ("--threads", THREADS))]
     out.append(("sweep", "--barrier", FLOATS, sw[:1] + ["--payoff", "up-and-out-call"] + sw[1:]))
     out += [("validate-data", o, FLOATS, ["validate-data", f"{fx}/d.h5"])
             for o in ("--residual-tol", "--drift-tol")]
@@ -143,6 +155,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("commands", nargs="*", help="Only these commands (default: all).")
     ap.add_argument("--out", required=True, help="Tab-separated results (appended).")
+    ap.add_argument("--with", dest="with_", action="append", default=[],
+                    help="Only the cases whose option or base arguments include this one "
+                         "(repeatable: any of them), e.g. --with=--grid-check.")
     ap.add_argument("--src", default=str(Path(__file__).parents[1] / "src"),
                     help="The src folder whose deepquant runs [default: this checkout's].")
     a = ap.parse_args()
@@ -151,6 +166,7 @@ def main() -> None:
     fx = tempfile.mkdtemp(prefix="cli-fuzz-")
     for made in (["marginals", "--grid-size", "20", "--dates", "0.25,0.5", "--out",
                   f"{fx}/m.npz"],
+                 ["marginals", "--grid-size", "3", "--dates", "0.25", "--out", f"{fx}/m3.npz"],
                  ["chain", "--out", f"{fx}/c.csv"],
                  ["generate", "--num", "4", "--grid-size", "150", "--n-choices", "2",
                   "--backend", "serial", "--families", "gbm,merton", "--out", f"{fx}/d.h5"]):
@@ -161,6 +177,8 @@ def main() -> None:
         with open(a.out, "a") as f:
             for command, option, values, base in cases(fx):
                 if a.commands and command not in a.commands:
+                    continue
+                if a.with_ and not any(w == option or w in base for w in a.with_):
                     continue
                 for value in values:
                     tmp = tempfile.mkdtemp(dir=fx)
