@@ -215,7 +215,9 @@ class NeuralPricer:
     threads : int, optional
         torch intra-op threads (``None`` leaves torch's setting). One suits single instances:
         on a busy 2-core machine two took 17 ms per solve, and 240 ms with ``OMP_NUM_THREADS=1``
-        in the environment (OpenMP's waiting threads; 5-6 ms on one thread).
+        in the environment (OpenMP's waiting threads; 5-6 ms on one thread): a
+        ``RuntimeWarning`` then (``deepquant.neural.threads``); at most
+        ``threads.MAX_THREADS_PER_CORE`` per core.
     row_threads : int, optional
         Threads of the row projection (its rows in shares side by side; ``None``: ``threads``,
         or 1). On a busy machine more threads than free cores cost more than they save.
