@@ -175,3 +175,23 @@ def test_the_dual_moves_change_where_each_lp_starts_not_its_optimum(name):
                          for b in range(k.shape[0])) for c, k in got]
         assert objective[1] == pytest.approx(objective[0], abs=1e-9 * sw.scale)
         mass = _advance(sw, t, mass, mk.kernels[t])
+
+
+def test_values_to_go_are_checked_like_the_markov_start():
+    # fifth pass: one NaN value to go gave HiGHS a NaN cost and path_inner never returned
+    # (killed by a 60 s timeout with max_seconds=10); the rule of markov_inner's start values
+    _, mg, _, chain = _random_asian(0)
+    sw = _Sweeper(chain, mg, 1.0)
+    mk = markov_inner(sw)
+    w = _backward(sw, mk.kernels)
+    nan = [x.copy() for x in w]
+    nan[2][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"values\['nan'\] must be finite, got NaN or inf at "
+                                         r"dates \[2\]"):
+        path_inner(sw, mk.kernels, {"nan": nan}, max_seconds=10)
+    with pytest.raises(ValueError, match=r"values\['t'\] must have the shapes"):
+        path_inner(sw, mk.kernels, {"t": [x.T for x in w]})
+    with pytest.raises(ValueError, match="values must be a dict"):
+        path_inner(sw, mk.kernels, w)
+    with pytest.raises(ValueError, match="max_seconds must be a finite number >= 0, got None"):
+        path_inner(sw, mk.kernels, {"m": w}, max_seconds=None)

@@ -180,6 +180,34 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def check_seconds(max_seconds) -> None:
+    """A ``ValueError`` unless ``max_seconds`` is a finite real number >= 0."""
+    if not _real(max_seconds) or not np.isfinite(max_seconds) or max_seconds < 0:
+        raise ValueError(f"max_seconds must be a finite number >= 0, got {max_seconds!r}")
+
+
+def check_values_to_go(sw, values, name: str) -> list:
+    """``values`` (T + 1 arrays (n_t, X_t) of values to go, dates 0..T, in the layout of
+    ``sw``) as float arrays, or a ``ValueError`` naming ``name``: not real arrays (text,
+    complex), other shapes, NaN or inf (a NaN cost kept HiGHS's one-period LP past every time
+    limit)."""
+    want = [(per.n_s, per.xs.size) for per in sw.periods] + [sw.g_term.shape]
+    try:
+        if any(np.iscomplexobj(w) for w in values):
+            raise TypeError("complex values")
+        values = [np.asarray(w, dtype=float) for w in values]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a list of T + 1 = {len(want)} real arrays (dates "
+                         f"0..T), got {type(values).__name__}: {exc}") from None
+    got = [w.shape for w in values]
+    if got != want:
+        raise ValueError(f"{name} must have the shapes {want} (dates 0..T), got {got}")
+    bad = [t for t, w in enumerate(values) if not np.all(np.isfinite(w))]
+    if bad:
+        raise ValueError(f"{name} must be finite, got NaN or inf at dates {bad}")
+    return values
+
+
 def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
                  tol: float = 1e-9, start_values: list | None = None) -> MarkovInner:
     """The best Markov martingale chain found by block coordinate ascent (module docstring)
@@ -193,28 +221,14 @@ def markov_inner(sw, *, max_seconds: float = 600.0, max_cycles: int = 20,
     the chain is always valid and its value computed from its own kernels. The chain found so
     far is returned when the time runs out (``"time_budget"``; NaN if not even the first start
     was built)."""
-    if not _real(max_seconds) or not np.isfinite(max_seconds) or max_seconds < 0:
-        raise ValueError(f"max_seconds must be a finite number >= 0, got {max_seconds!r}")
+    check_seconds(max_seconds)
     if isinstance(max_cycles, bool) or not isinstance(max_cycles, int | np.integer) \
             or max_cycles < 0:
         raise ValueError(f"max_cycles must be an integer >= 0, got {max_cycles!r}")
     if not _real(tol) or not np.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     if start_values is not None:
-        want = [(per.n_s, per.xs.size) for per in sw.periods] + [sw.g_term.shape]
-        try:
-            if any(np.iscomplexobj(w) for w in start_values):
-                raise TypeError("complex values")
-            start_values = [np.asarray(w, dtype=float) for w in start_values]
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"start_values must be a list of T + 1 = {len(want)} real arrays "
-                             f"(dates 0..T), got {type(start_values).__name__}: {exc}") from None
-        got = [w.shape for w in start_values]
-        if got != want:
-            raise ValueError(f"start_values must have the shapes {want} (dates 0..T), got {got}")
-        bad = [t for t, w in enumerate(start_values) if not np.all(np.isfinite(w))]
-        if bad:   # a NaN cost kept HiGHS past every time limit
-            raise ValueError(f"start_values must be finite, got NaN or inf at dates {bad}")
+        start_values = check_values_to_go(sw, start_values, "start_values")
     t0 = time.perf_counter()
 
     def done(kernels, cycles, status):

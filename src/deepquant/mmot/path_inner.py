@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepquant.mmot._transport_lp import TransportLP, near_pairs
+from deepquant.mmot.markov_inner import check_seconds, check_values_to_go
 
 __all__ = ["PathInner", "path_inner", "bucket_chain_value"]
 
@@ -172,13 +173,12 @@ def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS
     the straddle's)."""
     if isinstance(buckets, bool) or not isinstance(buckets, int | np.integer) or buckets < 1:
         raise ValueError(f"buckets must be an integer >= 1, got {buckets!r}")
-    if not np.isfinite(max_seconds) or max_seconds < 0:
-        raise ValueError(f"max_seconds must be a finite number >= 0, got {max_seconds!r}")
-    want = [(per.n_s, per.xs.size) for per in sw.periods] + [sw.g_term.shape]
-    for name, w in values.items():
-        if [np.shape(v) for v in w] != want:
-            raise ValueError(f"values[{name!r}] must have the shapes {want} (dates 0..T), got "
-                             f"{[np.shape(v) for v in w]}")
+    check_seconds(max_seconds)
+    if not isinstance(values, dict):
+        raise ValueError(f"values must be a dict name -> values to go, got "
+                         f"{type(values).__name__}")
+    values = {name: check_values_to_go(sw, w, f"values[{name!r}]")
+              for name, w in values.items()}
     t0 = time.perf_counter()
     best, tried, status = None, {}, "done"
     for name, w in values.items():
