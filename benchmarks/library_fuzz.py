@@ -400,8 +400,8 @@ def neural_cases():
 
 def fifth_pass_cases():
     """The entry points added since the fourth pass (docs/robustness.md, "Fifth pass"). On
-    ``main`` before it, ``markov_inner(start NaN)`` never returned (HiGHS on a NaN cost, past
-    the alarm) and ``NeuralPricer(threads=10**6)`` could take the process down."""
+    ``main`` before it, ``markov_inner(start NaN)`` and ``path_inner(values NaN)`` never
+    returned (HiGHS on a NaN cost, past the alarm) and ``NeuralPricer(threads=10**6)`` could take the process down."""
     from deepquant.mmot.entropic import coarse_marginals
     from deepquant.mmot.markov_inner import dual_value_to_go, markov_inner
     from deepquant.mmot.model import price_batch
@@ -426,6 +426,12 @@ def fifth_pass_cases():
         yield (f"markov_inner(start {name})",
                lambda c=change: markov_inner(sw, max_seconds=5, start_values=[c(w) for w in good]))
     yield "markov_inner(max_seconds=None)", lambda: markov_inner(sw, max_seconds=None)
+    from deepquant.mmot.path_inner import path_inner
+
+    kernels = markov_inner(sw, max_seconds=5).kernels
+    yield ("path_inner(values NaN)",
+           lambda: path_inner(sw, kernels, {"nan": [w * NAN for w in good]}, max_seconds=5))
+    yield "path_inner(values list)", lambda: path_inner(sw, kernels, good, max_seconds=5)
     g = np.linspace(0.6, 1.4, 9)
     k = np.array([0.9, 1.0, 1.1])
     law = M.weights[1:]
