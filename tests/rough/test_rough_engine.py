@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -345,9 +347,14 @@ def test_a_crossed_small_run_says_so_in_its_message():
     bs = RoughBergomi.black_scholes(sigma=0.2, r=0.05, S0=100.0)
     pricer = preset_pricer("bs", n_regression=2**10, batch_size=2**9, min_batches=2,
                            max_batches=2)
-    res = pricer(bs, 100.0, rng=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pricer(bs, 100.0, rng=1)
     assert ("above the upper one" in res.message) == (res.lower > res.upper)
     assert res.crossed == (res.lower - res.upper > 3.0 * res.gap_stderr)
+    # the run warns exactly when it is flagged
+    assert any(issubclass(w.category, RuntimeWarning) and "sampling noise explains"
+               in str(w.message) for w in caught) == res.crossed
 
 
 def test_a_run_crossed_beyond_sampling_noise_is_flagged_and_warned(monkeypatch):
@@ -377,9 +384,14 @@ def test_a_run_crossed_beyond_sampling_noise_is_flagged_and_warned(monkeypatch):
     assert res.upper == pytest.approx(honest.upper - 1.0, abs=1e-9)
     assert crossing_stderrs(res.gap, res.gap_stderr) > CROSSED_STDERRS
     assert res.crossed and res.success and res.to_dict()["crossed"] is True
-    with pytest.warns(RuntimeWarning, match=r"2 of 2 runs .* \(runs \[0, 1\]\)"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         ens = ensemble(bs, 100.0, runs=2, pricer=pricer, backend="serial", rng=0)
     assert all(r.crossed for r in ens.runs)
+    # each run warns, and the ensemble names both
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert any(re.search(r"2 of 2 runs .* \(runs \[0, 1\]\)", m) for m in messages)
+    assert sum("sampling noise explains" in m for m in messages) >= 2
 
 
 def test_crossing_stderrs_and_the_message_agree_on_the_threshold():
