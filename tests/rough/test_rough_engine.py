@@ -341,8 +341,10 @@ def test_run_message_says_when_the_lower_estimate_is_above_the_upper():
 
 def test_a_crossed_small_run_says_so_in_its_message():
     # 2 batches of 2^9 paths: the two sample means can cross; the message must say so exactly
-    # when they do (lower > upper), whatever the numerics of the platform give
+    # when they do (lower > upper), whatever the numerics of the platform give; on 2 batches
+    # (1 degree of freedom) a crossing of 3.6 standard errors (seed 1) is sampling noise
     from deepquant.rough import RoughBergomi, preset_pricer
+    from deepquant.rough.engine import crossed_threshold
 
     bs = RoughBergomi.black_scholes(sigma=0.2, r=0.05, S0=100.0)
     pricer = preset_pricer("bs", n_regression=2**10, batch_size=2**9, min_batches=2,
@@ -351,7 +353,7 @@ def test_a_crossed_small_run_says_so_in_its_message():
         warnings.simplefilter("always")
         res = pricer(bs, 100.0, rng=1)
     assert ("above the upper one" in res.message) == (res.lower > res.upper)
-    assert res.crossed == (res.lower - res.upper > 3.0 * res.gap_stderr)
+    assert res.crossed == (res.lower - res.upper > crossed_threshold(2) * res.gap_stderr)
     # the run warns exactly when it is flagged
     assert any(issubclass(w.category, RuntimeWarning) and "sampling noise explains"
                in str(w.message) for w in caught) == res.crossed
@@ -359,10 +361,10 @@ def test_a_crossed_small_run_says_so_in_its_message():
 
 def test_a_run_crossed_beyond_sampling_noise_is_flagged_and_warned(monkeypatch):
     # the upper estimate of every batch lowered by 1.0 (a biased dual, simulated): the lower
-    # estimate then lies above the upper one by far more than CROSSED_STDERRS standard errors
+    # estimate then lies above the upper one by far more than crossed_threshold standard errors
     # of their paired difference; the run was success=True without a flag or a warning
     from deepquant.rough import RoughBergomi, ensemble, preset_pricer
-    from deepquant.rough.engine import CROSSED_STDERRS, BermudanPricer, crossing_stderrs
+    from deepquant.rough.engine import BermudanPricer, crossed_threshold, crossing_stderrs
 
     bs = RoughBergomi.black_scholes(sigma=0.2, r=0.05, S0=100.0)
     # (2^10 regression paths can cross on their own: seed 1 gives lower 5.998, upper 5.779,
@@ -377,12 +379,12 @@ def test_a_run_crossed_beyond_sampling_noise_is_flagged_and_warned(monkeypatch):
         return batches(self, *args, **kwargs) - np.array([0.0, 1.0, 0.0, 1.0])
 
     monkeypatch.setattr(BermudanPricer, "_batch_estimates", biased)
-    with pytest.warns(RuntimeWarning, match="more than the 3 sampling noise explains"):
+    with pytest.warns(RuntimeWarning, match="more than the 9.22 sampling noise explains on 4"):
         res = pricer(bs, 100.0, rng=1)
     # the same paths: only the upper estimate moved, by exactly the shift
     assert res.lower == honest.lower
     assert res.upper == pytest.approx(honest.upper - 1.0, abs=1e-9)
-    assert crossing_stderrs(res.gap, res.gap_stderr) > CROSSED_STDERRS
+    assert crossing_stderrs(res.gap, res.gap_stderr) > crossed_threshold(res.n_batches)
     assert res.crossed and res.success and res.to_dict()["crossed"] is True
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -395,10 +397,25 @@ def test_a_run_crossed_beyond_sampling_noise_is_flagged_and_warned(monkeypatch):
 
 
 def test_crossing_stderrs_and_the_message_agree_on_the_threshold():
-    from deepquant.rough.engine import crossing_stderrs, run_message
+    # the threshold is the Student-t quantile (n - 1 degrees of freedom, as the 95% half-widths)
+    # at the one-sided level of 3 normal standard errors (scipy's t and normal, independently):
+    # 2 batches 235.8, 4 batches 9.22, many batches -> 3
+    from scipy import stats
+
+    from deepquant.rough.engine import crossed_threshold, crossing_stderrs, run_message
 
     assert crossing_stderrs(0.1, 0.01) == 0.0 and crossing_stderrs(-0.3, 0.0) == np.inf
-    noise = run_message("max_batches", 2, 0.2, 0.3, -0.29, 0.1)
-    assert "sampling noise below about 3" in noise
-    beyond = run_message("max_batches", 2, 0.2, 0.3, -0.31, 0.1)
-    assert "more than the 3 sampling noise explains" in beyond
+    assert crossed_threshold(1) == np.inf
+    for n in (2, 4, 32):
+        assert stats.t.sf(crossed_threshold(n), n - 1) == pytest.approx(stats.norm.sf(3.0),
+                                                                         rel=1e-9)
+    assert crossed_threshold(2) == pytest.approx(235.8, abs=0.1)
+    assert 3.0 < crossed_threshold(10**6) < 3.001
+    limit = crossed_threshold(4)
+    noise = run_message("max_batches", 4, 0.2, 0.3, -0.099 * limit, 0.1)
+    assert f"sampling noise below about {limit:.3g} on 4 batches" in noise
+    beyond = run_message("max_batches", 4, 0.2, 0.3, -0.101 * limit, 0.1)
+    assert f"more than the {limit:.3g} sampling noise explains on 4 batches" in beyond
+    # 3.6 standard errors on 2 batches (1 degree of freedom) are noise, on 64 they are not
+    assert "sampling noise below" in run_message("max_batches", 2, 0.2, 0.3, -0.36, 0.1)
+    assert "sampling noise explains" in run_message("max_batches", 64, 0.2, 0.3, -0.36, 0.1)

@@ -494,7 +494,7 @@ class BermudanPricer:
         message = run_message(ad.reason, ad.n_batches, lo_hw, up_hw, gap, gap_se)
         if not success:
             message += f"; the target tol={self.tol:g} was not reached (raise max_batches)"
-        crossed = bool(crossing_stderrs(gap, gap_se) > CROSSED_STDERRS)
+        crossed = bool(crossing_stderrs(gap, gap_se) > crossed_threshold(ad.n_batches))
         if crossed:
             warnings.warn(f"Bermudan pricer: {message}", RuntimeWarning, stacklevel=3)
         return BermudanResult(
@@ -515,10 +515,24 @@ class BermudanPricer:
 
 
 CROSSED_STDERRS = 3.0
-"""Standard errors of the paired difference (upper - lower) by which the lower estimate may lie
-above the upper one as sampling noise (both are sample means: on few batches they can cross).
-Beyond it the two estimates disagree (P < 0.14% for a normal difference): a run is flagged
-``crossed`` with a ``RuntimeWarning``, its numbers kept."""
+"""Normal standard errors of the paired difference (upper - lower) by which the lower estimate
+may lie above the upper one as sampling noise (both are sample means: on few batches they can
+cross); on n batches the threshold is the Student-t quantile with n - 1 degrees of freedom at
+the same one-sided level (P = 0.135%, ``crossed_threshold``), as the 95% half-widths use t.
+Beyond it the two estimates disagree: a run is flagged ``crossed`` with a
+``RuntimeWarning``, its numbers kept."""
+
+
+def crossed_threshold(n_batches: int) -> float:
+    """Standard errors of the paired difference beyond which a crossing of n batches is not
+    sampling noise: the t quantile (n - 1 degrees of freedom) at the one-sided tail of
+    ``CROSSED_STDERRS`` normal standard errors; 2 batches: 236, 4: 9.2, 32: 3.3; inf for one
+    batch (no standard error)."""
+    from scipy import stats
+
+    if n_batches < 2:
+        return math.inf
+    return float(stats.t.ppf(stats.norm.cdf(CROSSED_STDERRS), n_batches - 1))
 
 
 def crossing_stderrs(gap: float, gap_stderr: float) -> float:
@@ -534,18 +548,20 @@ def run_message(reason: str, n_batches: int, lower_hw: float, upper_hw: float, g
                 gap_stderr: float) -> str:
     """The one-line message of a run: why it stopped, the 95% half-widths, and, when the lower
     estimate lies above the upper one, by how much in standard errors of their paired
-    difference, and whether that is sampling noise (within ``CROSSED_STDERRS``)."""
+    difference, and whether that is sampling noise (within ``crossed_threshold(n_batches)``)."""
     message = (f"stopped on {reason} after {n_batches} batches; 95% half-widths "
                f"{lower_hw:.3g} (lower), {upper_hw:.3g} (upper)")
     if gap < 0:
         sds = crossing_stderrs(gap, gap_stderr)
+        limit = crossed_threshold(n_batches)
         message += f"; the lower estimate is above the upper one by {-gap:.3g} ({sds:.1f} "
-        if sds <= CROSSED_STDERRS:
+        if sds <= limit:
             message += (f"standard errors of their difference: sampling noise below about "
-                        f"{CROSSED_STDERRS:g}, so run more batches or paths to separate them)")
+                        f"{limit:.3g} on {n_batches} batches, so run more batches or paths to "
+                        "separate them)")
         else:
-            message += (f"standard errors of their difference, more than the "
-                        f"{CROSSED_STDERRS:g} sampling noise explains: one estimate is biased "
+            message += (f"standard errors of their difference, more than the {limit:.3g} "
+                        f"sampling noise explains on {n_batches} batches: one estimate is biased "
                         "(e.g. a dual fitted on too few paths), so the bracket is not to be "
                         "trusted)")
     return message

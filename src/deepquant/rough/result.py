@@ -36,7 +36,8 @@ class BermudanResult:
     model : what the bounds bracket: the Bermudan price of the DISCRETISED model (scheme and
         grid named), not its continuous-time limit (see ``deepquant.rough.extrapolate``)
     crossed : the lower estimate lies above the upper one by more than
-        ``engine.CROSSED_STDERRS`` standard errors of their paired difference (``gap_stderr``):
+        ``engine.crossed_threshold(n_batches)`` standard errors of their paired difference
+        (``gap_stderr``; the t quantile at the one-sided level of 3 normal ones):
         more than sampling noise explains, so the bracket is not to be trusted (a
         ``RuntimeWarning`` says so; the message gives the number). A small crossing stays
         unflagged: few batches can cross two sample means.
