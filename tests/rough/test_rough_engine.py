@@ -331,7 +331,7 @@ def test_switches_must_be_bools(name, value):
 
 
 def test_run_message_says_when_the_lower_estimate_is_above_the_upper():
-    from deepquant.rough.engine import run_message
+    from deepquant.rough.result import run_message
 
     plain = run_message("max_batches", 2, 0.2, 0.3, 0.05, 0.01)
     assert "above the upper" not in plain and plain.startswith("stopped on max_batches after 2")
@@ -344,7 +344,7 @@ def test_a_crossed_small_run_says_so_in_its_message():
     # when they do (lower > upper), whatever the numerics of the platform give; on 2 batches
     # (1 degree of freedom) a crossing of 3.6 standard errors (seed 1) is sampling noise
     from deepquant.rough import RoughBergomi, preset_pricer
-    from deepquant.rough.engine import crossed_threshold
+    from deepquant.rough.result import crossed_threshold
 
     bs = RoughBergomi.black_scholes(sigma=0.2, r=0.05, S0=100.0)
     pricer = preset_pricer("bs", n_regression=2**10, batch_size=2**9, min_batches=2,
@@ -364,7 +364,8 @@ def test_a_run_crossed_beyond_sampling_noise_is_flagged_and_warned(monkeypatch):
     # estimate then lies above the upper one by far more than crossed_threshold standard errors
     # of their paired difference; the run was success=True without a flag or a warning
     from deepquant.rough import RoughBergomi, ensemble, preset_pricer
-    from deepquant.rough.engine import BermudanPricer, crossed_threshold, crossing_stderrs
+    from deepquant.rough.engine import BermudanPricer
+    from deepquant.rough.result import crossed_threshold, crossing_stderrs
 
     bs = RoughBergomi.black_scholes(sigma=0.2, r=0.05, S0=100.0)
     # (2^10 regression paths can cross on their own: seed 1 gives lower 5.998, upper 5.779,
@@ -402,7 +403,7 @@ def test_crossing_stderrs_and_the_message_agree_on_the_threshold():
     # 2 batches 235.8, 4 batches 9.22, many batches -> 3
     from scipy import stats
 
-    from deepquant.rough.engine import crossed_threshold, crossing_stderrs, run_message
+    from deepquant.rough.result import crossed_threshold, crossing_stderrs, run_message
 
     assert crossing_stderrs(0.1, 0.01) == 0.0 and crossing_stderrs(-0.3, 0.0) == np.inf
     assert crossed_threshold(1) == np.inf

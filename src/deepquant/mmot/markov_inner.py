@@ -176,6 +176,14 @@ class _PeriodLP(TransportLP):
         return None if plan is None else plan_kernel(plan, self.per.xs, self.per.ys)
 
 
+def fits_marginals(value: float, residual: float, drift: float) -> bool:
+    """Whether a chain counts as an inner value on its grid: a finite value, laws within
+    ``MARGINAL_TOL`` of the marginals and martingale rows within ``certified.POLISH_RESIDUAL``."""
+    from deepquant.mmot.certified import POLISH_RESIDUAL
+
+    return bool(np.isfinite(value) and residual <= MARGINAL_TOL and drift <= POLISH_RESIDUAL)
+
+
 def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
@@ -330,8 +338,8 @@ def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float
     there is no time."""
     import dataclasses
 
-    from deepquant.mmot.certified import POLISH_RESIDUAL, better_inner, clip_inner, within_rtol
-    from deepquant.mmot.path_inner import path_inner
+    from deepquant.mmot.certified import better_inner, clip_inner, within_rtol
+    from deepquant.mmot.path_inner import improve
     from deepquant.mmot.sweep import _Sweeper
 
     t0 = time.perf_counter()
@@ -353,25 +361,16 @@ def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float
     report = dict(value=sign * res.value, marginal_error=res.residual, drift=res.drift,
                   cycles=res.cycles, status=res.status, seconds=res.seconds, adopted=False)
     info["markov"] = report
-    if np.isfinite(res.value) and res.residual <= MARGINAL_TOL and res.drift <= POLISH_RESIDUAL:
+    if fits_marginals(res.value, res.residual, res.drift):
         found.append((res.value, res.residual,
                       f"Markov chain ({res.cycles} cycles, {res.status})", report))
     if res.kernels is not None and left() > 0:
-        values = dict(markov=_backward(sw, res.kernels))
-        if dual is not None:
-            values["dual"] = dual
-        path = path_inner(sw, res.kernels, values, max_seconds=left(),
-                          moves=None if dual is None else dict(dual=dual_moves))
-        preport = dict(value=sign * path.value, marginal_error=path.residual, drift=path.drift,
-                       start=path.start, status=path.status, seconds=path.seconds,
-                       tried={k: dict(v, value=sign * v["value"]) for k, v in path.tried.items()},
-                       adopted=False)
-        info["path"] = preport
-        if (np.isfinite(path.value) and path.residual <= MARGINAL_TOL
-                and path.drift <= POLISH_RESIDUAL):
+        path, info["path"] = improve(sw, res.kernels, sign, max_seconds=left(), dual=dual,
+                                     moves=dual_moves)
+        if info["path"]["fits"]:
             found.append((path.value, path.residual,
                           f"path-dependent chain ({path.buckets} classes of the statistic per "
-                          f"point, from the {path.start} values to go)", preport))
+                          f"point, from the {path.start} values to go)", info["path"]))
     best = max(found, key=lambda c: c[0], default=None)
     if best is None or not better_inner(best[0], best[1], sign * side.info["inner"],
                                         side.primal_residual, inner_resid_tol):

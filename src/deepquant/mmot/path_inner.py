@@ -41,9 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepquant.mmot._transport_lp import TransportLP, near_pairs
-from deepquant.mmot.markov_inner import check_seconds, check_values_to_go
+from deepquant.mmot.markov_inner import (
+    _backward,
+    check_seconds,
+    check_values_to_go,
+    fits_marginals,
+)
 
-__all__ = ["PathInner", "path_inner", "bucket_chain_value"]
+__all__ = ["PathInner", "bucket_chain_value", "improve", "path_inner"]
 
 BUCKETS = 4
 """Classes of the running statistic per grid point. Measured at M = 150 (Heston, N = 5, best
@@ -74,7 +79,8 @@ class PathInner:
     ``tried``: by start, the value, seconds and number of periods of every pass (a pass cut
     short keeps the Markov kernels from there on);
     ``classes``: per period the class (n_s, X) of every state (s, x); ``kernels``: per period
-    the kernels (buckets, X, Y) of the classes (None when no pass finished)."""
+    the kernels (buckets, X, Y) of the classes; ``laws``: its laws of X_1..X_T on the supports
+    (None when no pass finished)."""
 
     value: float
     residual: float
@@ -86,6 +92,7 @@ class PathInner:
     buckets: int
     classes: list | None = None
     kernels: list | None = None
+    laws: list | None = None
 
 
 def bucket_classes(mass: np.ndarray, buckets: int) -> np.ndarray:
@@ -207,10 +214,10 @@ def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS
         for t in range(done, sw.T):
             classes.append(np.zeros((sw.periods[t].n_s, sw.periods[t].xs.size), np.int64))
             kerns.append(np.asarray(markov_kernels[t], dtype=float)[None])
-        value, _, resid, drift = bucket_chain_value(sw, classes, kerns)
+        value, laws, resid, drift = bucket_chain_value(sw, classes, kerns)
         tried[name] = dict(value=value, seconds=time.perf_counter() - t_pass, periods=done)
         if best is None or value > best[0]:
-            best = (value, resid, drift, name, classes, kerns)
+            best = (value, resid, drift, name, classes, kerns, laws)
         if done < sw.T:
             status = "time_budget" if time.perf_counter() - t0 >= max_seconds \
                 else "no_coupling"
@@ -218,5 +225,26 @@ def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS
     secs = time.perf_counter() - t0
     if best is None:
         return PathInner(np.nan, np.inf, np.inf, secs, status, None, tried, buckets)
-    value, resid, drift, name, classes, kerns = best
-    return PathInner(value, resid, drift, secs, status, name, tried, buckets, classes, kerns)
+    value, resid, drift, name, classes, kerns, laws = best
+    return PathInner(value, resid, drift, secs, status, name, tried, buckets, classes, kerns,
+                     laws)
+
+
+def improve(sw, markov_kernels: list, sign: float, *, max_seconds: float,
+            dual: list | None = None, moves: list | None = None, dual_name: str = "dual"
+            ) -> tuple[PathInner, dict]:
+    """(``path_inner`` of the Markov chain ``markov_kernels`` against its own values to go,
+    then against ``dual`` (a superhedge's values to go, ``dual_value_to_go``, named
+    ``dual_name``, its LPs started from ``moves``), its report): value (times ``sign``, the
+    payoff's own sign), marginal error, drift, start, status, seconds, every pass tried,
+    ``fits`` (``markov_inner.fits_marginals``) and ``adopted`` (False; the caller sets it)."""
+    values = dict(markov=_backward(sw, markov_kernels))
+    if dual is not None:
+        values[dual_name] = dual
+    path = path_inner(sw, markov_kernels, values, max_seconds=max_seconds,
+                      moves=None if moves is None else {dual_name: moves})
+    report = dict(value=sign * path.value, marginal_error=path.residual, drift=path.drift,
+                  start=path.start, status=path.status, seconds=path.seconds,
+                  tried={k: dict(v, value=sign * v["value"]) for k, v in path.tried.items()},
+                  fits=fits_marginals(path.value, path.residual, path.drift), adopted=False)
+    return path, report

@@ -31,16 +31,14 @@ import numpy as np
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import build_chain
-from deepquant.mmot.certified import POLISH_RESIDUAL
 from deepquant.mmot.markov_inner import (
-    MARGINAL_TOL,
     MARKOV_SHARE,
-    _backward,
     chain_value,
     dual_value_to_go,
+    fits_marginals,
     markov_inner,
 )
-from deepquant.mmot.path_inner import bucket_chain_value, path_inner
+from deepquant.mmot.path_inner import improve
 from deepquant.mmot.quote_bands import laws_in_bands
 from deepquant.mmot.quote_problem import _Problem
 from deepquant.mmot.sweep import _Sweeper
@@ -152,24 +150,17 @@ def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_
         res.drift
     left = max_seconds - (time.perf_counter() - t0)
     if left > 0:
-        path = path_inner(sw, res.kernels, dict(markov=_backward(sw, res.kernels),
-                                                positions=start),
-                          moves=dict(positions=moves),
-                          **(dict(max_seconds=left) if np.isfinite(left) else {}))
-        out["path"] = dict(value=sign * path.value, start=path.start, status=path.status,
-                           seconds=path.seconds, adopted=False,
-                           tried={k: dict(v, value=sign * v["value"])
-                                  for k, v in path.tried.items()})
-        if (np.isfinite(path.value) and path.value > value and path.residual <= MARGINAL_TOL
-                and path.drift <= POLISH_RESIDUAL):
-            value, laws, resid, drift = bucket_chain_value(sw, path.classes, path.kernels)
+        path, out["path"] = improve(sw, res.kernels, sign,
+                                    max_seconds=left if np.isfinite(left) else 600.0,
+                                    dual=start, moves=moves, dual_name="positions")
+        if out["path"]["fits"] and path.value > value:
+            value, laws, resid, drift = path.value, path.laws, path.residual, path.drift
             out["path"]["adopted"] = True
     on_grid = np.zeros((prob.T, prob.grid.size))
     for t, (per, law) in enumerate(zip(sw.periods, laws)):
         on_grid[t, per.ys] = law
     viol = prob.band_violation(prob.prices(on_grid))
-    feasible = bool(np.isfinite(value) and resid <= MARGINAL_TOL
-                    and drift <= POLISH_RESIDUAL and viol <= band_tol)
+    feasible = fits_marginals(value, resid, drift) and viol <= band_tol
     return dict(out, value=sign * value, markov_value=sign * res.value, feasible=feasible,
                 band_violation=viol, laws=on_grid, marginal_error=resid, drift=drift,
                 seconds=time.perf_counter() - t0)

@@ -79,7 +79,7 @@ from deepquant.rough.lsm import (
 )
 from deepquant.rough.qmc import SOBOL_MAX_DIM, RngLike, adaptive_mean, as_seed_sequence
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
-from deepquant.rough.result import BermudanResult
+from deepquant.rough.result import BermudanResult, is_crossed, run_message
 from deepquant.rough.subsim import ValueFunction, fit_value_function, subsim_pathwise
 
 __all__ = [
@@ -494,7 +494,7 @@ class BermudanPricer:
         message = run_message(ad.reason, ad.n_batches, lo_hw, up_hw, gap, gap_se)
         if not success:
             message += f"; the target tol={self.tol:g} was not reached (raise max_batches)"
-        crossed = bool(crossing_stderrs(gap, gap_se) > crossed_threshold(ad.n_batches))
+        crossed = is_crossed(gap, gap_se, ad.n_batches)
         if crossed:
             warnings.warn(f"Bermudan pricer: {message}", RuntimeWarning, stacklevel=3)
         return BermudanResult(
@@ -512,59 +512,6 @@ class BermudanPricer:
             seconds=seconds,
             cpu_seconds=cpu_seconds, timings=timings, success=success,
             status=ad.reason, message=message, model=self.describe(model), crossed=crossed)
-
-
-CROSSED_STDERRS = 3.0
-"""Normal standard errors of the paired difference (upper - lower) by which the lower estimate
-may lie above the upper one as sampling noise (both are sample means: on few batches they can
-cross); on n batches the threshold is the Student-t quantile with n - 1 degrees of freedom at
-the same one-sided level (P = 0.135%, ``crossed_threshold``), as the 95% half-widths use t.
-Beyond it the two estimates disagree: a run is flagged ``crossed`` with a
-``RuntimeWarning``, its numbers kept."""
-
-
-def crossed_threshold(n_batches: int) -> float:
-    """Standard errors of the paired difference beyond which a crossing of n batches is not
-    sampling noise: the t quantile (n - 1 degrees of freedom) at the one-sided tail of
-    ``CROSSED_STDERRS`` normal standard errors; 2 batches: 236, 4: 9.2, 32: 3.3; inf for one
-    batch (no standard error)."""
-    from scipy import stats
-
-    if n_batches < 2:
-        return math.inf
-    return float(stats.t.ppf(stats.norm.cdf(CROSSED_STDERRS), n_batches - 1))
-
-
-def crossing_stderrs(gap: float, gap_stderr: float) -> float:
-    """By how many standard errors of their paired difference the lower estimate lies above
-    the upper one (``gap`` = upper - lower < 0); 0 when it does not, inf with no standard
-    error."""
-    if not gap < 0:
-        return 0.0
-    return -gap / gap_stderr if gap_stderr > 0 else math.inf
-
-
-def run_message(reason: str, n_batches: int, lower_hw: float, upper_hw: float, gap: float,
-                gap_stderr: float) -> str:
-    """The one-line message of a run: why it stopped, the 95% half-widths, and, when the lower
-    estimate lies above the upper one, by how much in standard errors of their paired
-    difference, and whether that is sampling noise (within ``crossed_threshold(n_batches)``)."""
-    message = (f"stopped on {reason} after {n_batches} batches; 95% half-widths "
-               f"{lower_hw:.3g} (lower), {upper_hw:.3g} (upper)")
-    if gap < 0:
-        sds = crossing_stderrs(gap, gap_stderr)
-        limit = crossed_threshold(n_batches)
-        message += f"; the lower estimate is above the upper one by {-gap:.3g} ({sds:.1f} "
-        if sds <= limit:
-            message += (f"standard errors of their difference: sampling noise below about "
-                        f"{limit:.3g} on {n_batches} batches, so run more batches or paths to "
-                        "separate them)")
-        else:
-            message += (f"standard errors of their difference, more than the {limit:.3g} "
-                        f"sampling noise explains on {n_batches} batches: one estimate is biased "
-                        "(e.g. a dual fitted on too few paths), so the bracket is not to be "
-                        "trusted)")
-    return message
 
 
 PRESETS = ("bs", "rbergomi", "rbergomi-signature", "heston")

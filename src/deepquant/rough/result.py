@@ -36,7 +36,7 @@ class BermudanResult:
     model : what the bounds bracket: the Bermudan price of the DISCRETISED model (scheme and
         grid named), not its continuous-time limit (see ``deepquant.rough.extrapolate``)
     crossed : the lower estimate lies above the upper one by more than
-        ``engine.crossed_threshold(n_batches)`` standard errors of their paired difference
+        ``crossed_threshold(n_batches)`` (below) standard errors of their paired difference
         (``gap_stderr``; the t quantile at the one-sided level of 3 normal ones):
         more than sampling noise explains, so the bracket is not to be trusted (a
         ``RuntimeWarning`` says so; the message gives the number). A small crossing stays
@@ -99,3 +99,62 @@ class BermudanResult:
         for k in ("lower_ci", "upper_ci"):
             kw[k] = tuple(math.nan if x is None else float(x) for x in kw[k])
         return cls(**kw)
+
+
+CROSSED_STDERRS = 3.0
+"""Normal standard errors of the paired difference (upper - lower) by which the lower estimate
+may lie above the upper one as sampling noise (both are sample means: on few batches they can
+cross); on n batches the threshold is the Student-t quantile with n - 1 degrees of freedom at
+the same one-sided level (P = 0.135%, ``crossed_threshold``), as the 95% half-widths use t.
+Beyond it the two estimates disagree: a run is flagged ``crossed`` with a
+``RuntimeWarning``, its numbers kept."""
+
+
+def crossed_threshold(n_batches: int) -> float:
+    """Standard errors of the paired difference beyond which a crossing of n batches is not
+    sampling noise: the t quantile (n - 1 degrees of freedom) at the one-sided tail of
+    ``CROSSED_STDERRS`` normal standard errors; 2 batches: 236, 4: 9.2, 32: 3.3; inf for one
+    batch (no standard error)."""
+    from scipy import stats
+
+    if n_batches < 2:
+        return math.inf
+    return float(stats.t.ppf(stats.norm.cdf(CROSSED_STDERRS), n_batches - 1))
+
+
+def crossing_stderrs(gap: float, gap_stderr: float) -> float:
+    """By how many standard errors of their paired difference the lower estimate lies above
+    the upper one (``gap`` = upper - lower < 0); 0 when it does not, inf with no standard
+    error."""
+    if not gap < 0:
+        return 0.0
+    return -gap / gap_stderr if gap_stderr > 0 else math.inf
+
+
+def is_crossed(gap: float, gap_stderr: float, n_batches: int) -> bool:
+    """Whether the lower estimate lies above the upper one by more than sampling noise
+    explains: more than ``crossed_threshold(n_batches)`` standard errors of their difference."""
+    return bool(crossing_stderrs(gap, gap_stderr) > crossed_threshold(n_batches))
+
+
+def run_message(reason: str, n_batches: int, lower_hw: float, upper_hw: float, gap: float,
+                gap_stderr: float) -> str:
+    """The one-line message of a run: why it stopped, the 95% half-widths, and, when the lower
+    estimate lies above the upper one, by how much in standard errors of their paired
+    difference, and whether that is sampling noise (within ``crossed_threshold(n_batches)``)."""
+    message = (f"stopped on {reason} after {n_batches} batches; 95% half-widths "
+               f"{lower_hw:.3g} (lower), {upper_hw:.3g} (upper)")
+    if gap < 0:
+        sds = crossing_stderrs(gap, gap_stderr)
+        limit = crossed_threshold(n_batches)
+        message += f"; the lower estimate is above the upper one by {-gap:.3g} ({sds:.1f} "
+        if not is_crossed(gap, gap_stderr, n_batches):
+            message += (f"standard errors of their difference: sampling noise below about "
+                        f"{limit:.3g} on {n_batches} batches, so run more batches or paths to "
+                        "separate them)")
+        else:
+            message += (f"standard errors of their difference, more than the {limit:.3g} "
+                        f"sampling noise explains on {n_batches} batches: one estimate is biased "
+                        "(e.g. a dual fitted on too few paths), so the bracket is not to be "
+                        "trusted)")
+    return message
