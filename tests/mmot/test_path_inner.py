@@ -195,3 +195,40 @@ def test_values_to_go_are_checked_like_the_markov_start():
         path_inner(sw, mk.kernels, w)
     with pytest.raises(ValueError, match="max_seconds must be a finite number >= 0, got None"):
         path_inner(sw, mk.kernels, {"m": w}, max_seconds=None)
+
+
+def test_a_period_whose_law_is_off_the_marginal_by_the_lp_tolerance_still_gets_its_plan():
+    # the law of X_t under kernels already chosen is off mu_t by the one-period LPs' tolerance;
+    # with mu_{t+1} as the target, the sources' mean then differs from the target's by about
+    # 1e-10 and HiGHS reads the LP as infeasible (the 12-period Asian at M = 150 lost its pass
+    # at period 5 that way). The target is the law the Markov kernel gives the actual sources,
+    # so that kernel stays a feasible plan: the period gets a plan, with martingale rows and
+    # the Markov kernel's law of X_{t+1} to the LP tolerance
+    from deepquant.mmot.path_inner import _advance, _period
+
+    _, mm, _, chain = _random_asian(0)
+    sw = _Sweeper(chain, mm, -1.0)
+    mk = markov_inner(sw)
+    w = _backward(sw, mk.kernels)
+    t = 1
+    per = sw.periods[t]
+    mass = sw.mass0
+    for r in range(t):
+        mass = _advance(sw, r, mass, np.zeros((sw.periods[r].n_s, sw.periods[r].xs.size),
+                                              np.int64), mk.kernels[r][None])
+    # move 1e-8 of mass one grid point up wherever it can go: the mean moves by about 1e-9
+    x_hi = np.flatnonzero(mass.sum(axis=0) > 1e-3)[-1]
+    s_hi = int(np.argmax(mass[:, x_hi - 1]))
+    shifted = mass.copy()
+    shifted[s_hi, x_hi - 1] -= 1e-8
+    shifted[s_hi, x_hi] += 1e-8
+    got = _period(sw, t, shifted, mk.kernels[t], w[t + 1], 4, 30.0)
+    assert got is not None
+    classes, kern = got
+    P = np.stack([np.where(classes == b, shifted, 0.0).sum(axis=0) for b in range(4)])
+    for b in range(4):
+        rows = kern[b]
+        np.testing.assert_allclose(rows.sum(axis=1), 1.0, atol=1e-9)
+        assert np.max(P[b] * np.abs(rows @ per.yv - per.xv)) <= 1e-9
+    law = np.einsum("bx,bxy->y", P, kern)
+    np.testing.assert_allclose(law, shifted.sum(axis=0) @ mk.kernels[t], atol=1e-9)

@@ -58,10 +58,14 @@ same time per pass (0.2-7 s); 8 classes gain 1e-5 on the Asian's lower side (0.0
 lose on the lookback's upper (the dual's pass 0.079758: one greedy pass is not monotone in the
 classes)."""
 
-LIGHT_SOURCE = 1e-12
+LIGHT_SOURCE = 1e-9
 """Sources (x, b) lighter than this keep the Markov kernel of x (their law of y is taken off
 the LP's target): a kernel read from pi / P of so light a source is noise at HiGHS's 1e-10
-feasibility tolerance."""
+feasibility tolerance, and the earlier periods' plans, feasible to that tolerance, can leave
+such mass where the marginal has none (measured: 1e-11-1e-10 at x = 1.8 on the 12-period Asian
+at M = 150, beyond the hull of the next law, which made the period's LP infeasible with 1e-12
+here). At most one source per point and class, so at most 1e-9 * B * M of mass keeps its
+Markov kernel."""
 
 NEAR = 4
 """Nearest y of each source in a period LP's first pairs (with the Markov kernel's support)."""
@@ -145,8 +149,12 @@ def _period(sw, t: int, mass: np.ndarray, markov: np.ndarray, w_next: np.ndarray
     kern = np.repeat(markov[None], buckets, axis=0)  # light sources keep the Markov kernel
     heavy = P > LIGHT_SOURCE
     bb, xx = np.nonzero(heavy)
-    light_law = np.einsum("bx,bxy->y", np.where(heavy, 0.0, P), kern)
-    nu = np.maximum(sw.mu[t + 1, per.ys] - light_law, 0.0)
+    # the heavy sources' law of y under the Markov kernel: so that kernel is a feasible plan
+    # (its rows' martingale residual apart), also when the law of X_t under the kernels already
+    # chosen is off mu_t by the LPs' tolerance (mu_{t+1} itself as the target then leaves the
+    # sources' mean 1e-10 off its own, and HiGHS reads the LP as infeasible: measured on the
+    # 12-period Asian at M = 150, period 5)
+    nu = np.einsum("bx,bxy->y", np.where(heavy, P, 0.0), kern)
     C = np.stack([np.where(classes == b, mass, 0.0).T @ G for b in range(buckets)])
     pv = P[bb, xx]
     start = near_pairs(per.xv[xx], per.yv, NEAR) | (markov[xx] > 0)
