@@ -73,6 +73,8 @@ def run(case: str, size: int, payoff_name: str, *, rtol: float, max_seconds: flo
         entry[side + "_markov"] = s.info.get("markov")
         # the path-dependent chains (kernels of X_t and a class of S_t), per values to go
         entry[side + "_path"] = s.info.get("path")
+        # the certificate's subgradient polish (start and end, steps, seconds), if it ran
+        entry[side + "_polish"] = s.info.get("polish")
     cols = lp_columns(m, payoff)
     entry["lp_columns"] = cols
     if cols <= lp_max_columns:
@@ -120,6 +122,10 @@ def main() -> None:
                                           for k, v in e[side + "_path"]["tried"].items())
                         print(f"    {side}: path-dependent stage: {tried or 'none finished'}",
                               flush=True)
+                    if e.get(side + "_polish") is not None:
+                        po = e[side + "_polish"]
+                        print(f"    {side}: polish {po['start']:.6f} -> {po['value']:.6f}, "
+                              f"{po['steps']} steps, {po['seconds']:.2f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,14 +40,22 @@ BELOW_SHARE = 0.5
 ABOVE_SHARE = 0.95
 """Share a level above the work level passes to its coarse level."""
 
-INNER_SHARE = 0.4
-"""Share of the side's budget kept for the Markov inner value on the user's own grid
-(``markov_inner``) when that grid lies above the work level (no stage runs there, so its inner
-value would otherwise be a coarse level's, on other marginals). Measured with the ascent
-started from the certified dual (Heston, N = 5, M = 150, 10 s per side, load 4.4-5.6): 0.5 and
-0.55 tighten the straddle's and lookback's upper gaps a little (1.6% against 1.3-3.7%, 1.7-2.5%
-against 2.0-3.4%) but cost the Asian lower side's outer bound more (gap 6.6-18% against
-5.2-5.7%), so it stays 0.4."""
+INNER_SHARE = 0.3
+"""Share of the side's budget kept for the inner value on the user's own grid (the Markov and
+path-dependent chains of ``markov_inner``, ``path_inner``) when that grid lies above the work
+level (no stage runs there, so its inner value would otherwise be a coarse level's, on other
+marginals). Was 0.4 before the polish (``POLISH_SHARE``) took its part: measured with the
+polish, Heston, N = 5, M = 150, 10 s per side, one run each at load 2.1-2.4, the outer bounds
+with (inner, polish) shares (0.4, 0), (0.3, 0.2), (0.2, 0.2), (0.25, 0.15), (0.3, 0.1): Asian
+lower 0.028244, 0.028277, 0.028311, 0.028309, 0.028284; lookback upper 0.082662, 0.082486,
+0.082491, 0.082455, 0.082576; straddle lower 0.057604, 0.057749, 0.057746, 0.057814, 0.057608
+(the inner values moved with the load by more than with the shares)."""
+
+
+POLISH_SHARE = 0.2
+"""Share of the side's budget kept, on the user's own grid above the work level, for polishing
+its certificate by subgradient steps on the exact dual (``deepquant.mmot.polish``), after the
+inner value (whose value is the steps' floor)."""
 
 
 def is_above(columns: int, work_columns: float, role: str) -> bool:

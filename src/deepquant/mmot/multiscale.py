@@ -20,6 +20,7 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot._levels import (
     INNER_SHARE,
     LEVEL_EPS_START,
+    POLISH_SHARE,
     WORK_COLUMNS_PER_SECOND,
     coarse_share,
     is_above,
@@ -36,6 +37,7 @@ from deepquant.mmot.certified import (
 )
 from deepquant.mmot.envelope import warm_kernels
 from deepquant.mmot.markov_inner import MARGINAL_TOL, adopt_markov_inner
+from deepquant.mmot.polish import polish_side
 from deepquant.mmot.result import BoundSide, BoundsResult, check_sides
 from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
@@ -206,7 +208,9 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     coarse_is_lp = lp_columns(cchain) <= LP_START_COLUMNS and (levels is None or levels <= 1)
     share, crole = coarse_share(cols, work_columns, role, coarse_is_lp)
     # the user's grid above the work level keeps a share for its own (Markov) inner value
-    reserve = INNER_SHARE * budget if top and is_above(cols, work_columns, role) else 0.0
+    # (and for polishing its certificate, after the inner value)
+    reserve = (INNER_SHARE + POLISH_SHARE) * budget if top and is_above(cols, work_columns, role) \
+        else 0.0
     copts["max_seconds"] = share * (budget - reserve)
     cres = _multiscale_side(coarse, payoff, cchain, sense,
                             levels=None if levels is None else levels - 1,
@@ -246,10 +250,16 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     fine = dataclasses.replace(fine, info=info)
     if top and not fine.primal_residual <= MARGINAL_TOL:
         # no plan on this grid's own marginals yet: a Markov chain on them, in what is left
+        polish_time = POLISH_SHARE * budget if reserve > 0 else 0.0
         fine = adopt_markov_inner(fine, chain, marginals, sense,
-                                  max_seconds=budget - (time.perf_counter() - t_start),
+                                  max_seconds=budget - polish_time
+                                  - (time.perf_counter() - t_start),
                                   inner_resid_tol=options.get("inner_resid_tol", INNER_RESID_TOL),
                                   rtol=options.get("rtol", 1e-4))
+    if reserve > 0 and fine.status != "certified":
+        fine = polish_side(fine, chain, marginals, sense,
+                           max_seconds=budget - (time.perf_counter() - t_start),
+                           rtol=options.get("rtol", 1e-4))
     return dataclasses.replace(fine, seconds=time.perf_counter() - t_start)
 
 

@@ -1,0 +1,67 @@
+"""The certificate polished by subgradient steps: the subgradient is one (the subgradient
+inequality of the convex F at random points), every bound returned is valid (against the exact
+LP) and re-certifies to itself, and the steps close most of a poor start's distance to the
+optimum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepquant.mmot.polish import moves_laws, polish
+from deepquant.mmot.sweep import _Sweeper
+from tests.mmot.test_certified import _random_asian
+from tests.mmot.test_markov_inner import _heston_chain
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mu_minus_the_moves_laws_is_a_subgradient_of_the_exact_dual(seed):
+    # F convex: F(v) >= F(u) + g . (v - u) for every v, with g = mu - laws of the sweep's own
+    # moves; a wrong sign or a wrong law breaks it (checked: with g negated 52 of these 120
+    # checks fail, with the laws mixed 10% with uniform ones 40)
+    rng, mg, _, chain = _random_asian(seed)
+    for sign in (1.0, -1.0):
+        sw = _Sweeper(chain, mg, sign)
+        for _ in range(10):
+            u = rng.normal(scale=0.2, size=sw.mu_flat.size)
+            value, out, _ = sw.hard(u)
+            laws = moves_laws(sw, out)
+            # the laws of a chain: mass 1 at every date
+            np.testing.assert_allclose(np.add.reduceat(laws, sw.offsets[:-1]), 1.0, atol=1e-12)
+            g = sw.mu_flat - laws
+            for scale in (1e-3, 0.1, 1.0):
+                v = u + rng.normal(scale=scale, size=u.size)
+                assert sw.hard(v)[0] >= value + g @ (v - u) - 1e-10
+
+
+@pytest.mark.parametrize("name", ["lookback-call", "asian-call", "forward-start-straddle"])
+def test_polished_bound_is_valid_recertifies_and_closes_most_of_a_poor_start(name):
+    # start: potentials 0 (F is the price of the payoff's pathwise superhedge with no static
+    # part); floor: the LP optimum itself. Every returned bound is on the LP's side of the
+    # optimum and equals the certificate of its own potentials; within 1,000 steps (0.4 s) the
+    # bound closes >= 85% of its distance to the optimum (measured: 87% on the straddle's lower
+    # side, 92% on the lookback's, 98-99.96% on the other four)
+    from deepquant.mmot.lp import build_chain_lp, solve_side
+
+    mm, chain = _heston_chain(name)
+    model = build_chain_lp(chain, mm)
+    for sense in ("lower", "upper"):
+        sign = 1.0 if sense == "upper" else -1.0
+        opt = sign * solve_side(model, sense).value
+        sw = _Sweeper(chain, mm, sign)
+        start = sw.certify(np.zeros(sw.mu_flat.size))
+        assert start[0] > opt + 1e-3 * sw.scale
+        best, report = polish(sw, start, opt, max_seconds=60.0, max_steps=1000)
+        assert best[0] >= opt - 1e-7 * sw.scale
+        assert sw.certify(best[1])[0] == pytest.approx(best[0], abs=1e-12)
+        assert report["value"] == best[0] and report["steps"] == 1000
+        assert best[0] - opt <= 0.15 * (start[0] - opt)
+
+
+def test_polish_leaves_the_start_without_time_or_a_floor_below_it():
+    _, mg, lp, chain = _random_asian(0)
+    sw = _Sweeper(chain, mg, 1.0)
+    start = sw.certify(np.zeros(sw.mu_flat.size))
+    for floor, seconds in ((lp.upper, 0.0), (start[0] + 1.0, 10.0), (np.nan, 10.0)):
+        best, report = polish(sw, start, floor, max_seconds=seconds)
+        assert best is start and report["steps"] == 0
