@@ -65,3 +65,56 @@ def test_polish_leaves_the_start_without_time_or_a_floor_below_it():
     for floor, seconds in ((lp.upper, 0.0), (start[0] + 1.0, 10.0), (np.nan, 10.0)):
         best, report = polish(sw, start, floor, max_seconds=seconds)
         assert best is start and report["steps"] == 0
+
+
+@pytest.fixture(scope="module")
+def quote_problem():
+    from deepquant.mmot.quotes_bounds import bounds_from_quotes
+    from deepquant.payoffs import make_payoff
+    from tests.mmot.test_quotes_bounds import FINE, walk_bands
+
+    bands = walk_bands()
+    payoff = make_payoff("asian-call", strike=1.0)
+    lp = bounds_from_quotes(bands, payoff, grid=FINE, method="lp")
+    res = bounds_from_quotes(bands, payoff, grid=FINE, method="certified", coarse=None,
+                             max_seconds=1e-9)
+    return res.info["problem"], lp
+
+
+def test_position_step_gives_a_subgradient_of_the_quote_bound(quote_problem):
+    # the bound of positions a (cost at the quotes + cash of the exact sweep) is convex in a:
+    # bound(b) >= bound(a) + g . (b - a) at random pairs, positions of either sign and 0
+    # (checked: g perturbed by half its mean size breaks 12 of 40 such pairs)
+    from deepquant.mmot.polish import position_step
+
+    prob, _ = quote_problem
+    rng = np.random.default_rng(3)
+    n = prob.off[-1]
+    for sign in (1.0, -1.0):
+        for _ in range(10):
+            a = rng.normal(scale=0.3, size=n) * (rng.random(n) < 0.6)
+            a = np.where(np.isfinite(prob.ask), a, np.minimum(a, 0.0))
+            value, g = position_step(prob, sign, a)
+            assert value == pytest.approx(prob.certify(a, sign)[0], abs=1e-9)
+            for scale in (1e-3, 0.3):
+                b = a + rng.normal(scale=scale, size=n)
+                b = np.where(np.isfinite(prob.ask), b, np.minimum(b, 0.0))
+                assert position_step(prob, sign, b)[0] >= value + g @ (b - a) - 1e-10
+
+
+def test_polished_positions_give_a_valid_bound_and_hedge(quote_problem):
+    # from no positions, floor = the exact quote LP: the polished bound stays on its side of
+    # the LP value, its hedge superhedges on every path, and it closes >= 80% of the start's
+    # distance to the LP in 1,000 steps (measured: 99.7% / 99.9%)
+    from deepquant.mmot.polish import polish_positions
+    from deepquant.mmot.quote_problem import _quote_hedge, verify_quote_hedge
+
+    prob, lp = quote_problem
+    for side, sign, opt in (("lower", -1.0, -lp.lower), ("upper", 1.0, lp.upper)):
+        start = prob.certify(np.zeros(prob.off[-1]), sign)
+        start = (start[0], np.zeros(prob.off[-1]), start[2])
+        best, report = polish_positions(prob, sign, start, opt, max_seconds=60.0,
+                                        max_steps=1000)
+        assert best[0] >= opt - 1e-7
+        assert verify_quote_hedge(_quote_hedge(prob, best[1], side), prob).ok
+        assert best[0] - opt <= 0.2 * (start[0] - opt)

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-__all__ = ["moves_laws", "polish", "polish_side"]
+__all__ = ["moves_laws", "polish", "polish_positions", "polish_side", "polyak", "position_step"]
 
 LEVEL = 0.5
 """Polyak's level: this fraction of the way from the floor to the best value found."""
@@ -71,32 +71,41 @@ def moves_laws(sw, out: list) -> np.ndarray:
     return np.concatenate(laws)
 
 
-def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int | None = None
-           ) -> tuple[tuple, dict]:
+def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
+           max_steps: int | None = None, project=None) -> tuple[tuple, dict]:
     """(the best certificate found, its report) from Polyak subgradient steps (module
-    docstring) started at the certificate ``cert`` = (outer, u, violation per period) of
-    ``sw.certify``, within ``max_seconds`` (checked before every step; the last certificate is
-    taken after) and ``max_steps`` (None: no limit). ``floor``: a value F cannot go below (sweep's sign), e.g. an inner value; a
-    non-finite floor or one above ``cert``'s value leaves ``cert`` as it is. The report: the
-    start's and the end's outer value (sweep's sign), steps, certificates, seconds."""
+    docstring) on a convex function, started at the certificate ``cert`` = (bound, point, ...):
+    ``step(x)`` -> (value at x, a subgradient), ``certify(x)`` -> a certificate tuple of x
+    (bound first, x second), ``project`` (optional) maps a point back into the feasible set.
+    Within ``max_seconds`` (checked before every step, with room for the last certificate) and
+    ``max_steps`` (None: no limit). ``floor``: a value the function cannot go below (e.g. an
+    inner value); a non-finite floor or one above ``cert``'s bound leaves ``cert`` as it is.
+    The report: the start's and the end's bound, steps, certificates, seconds."""
     t0 = time.perf_counter()
     best = cert
     report = dict(start=float(cert[0]), value=float(cert[0]), steps=0, certificates=0,
                   seconds=0.0)
     if not (np.isfinite(floor) and floor < cert[0]) or max_seconds <= 0:
         return best, report
-    u = np.array(cert[1], dtype=float)
+    x = np.array(cert[1], dtype=float)
     f_best = np.inf
     stalled = 0
     step_seconds = 0.0
+
+    def check(x):
+        nonlocal best
+        c = certify(x)
+        report["certificates"] += 1
+        if c[0] < best[0]:
+            best = c
+
     for k in range(1, (10**9 if max_steps is None else int(max_steps)) + 1):
         # room for this step and the last certificate (about three sweeps)
         if time.perf_counter() - t0 + 4 * step_seconds > max_seconds:
             break
         t_step = time.perf_counter()
-        value, out, _ = sw.hard(u)
-        g = sw.mu_flat - moves_laws(sw, out)
-        if value < f_best - 1e-12 * abs(f_best) if np.isfinite(f_best) else True:
+        value, g = step(x)
+        if not np.isfinite(f_best) or value < f_best - 1e-12 * abs(f_best):
             f_best, stalled = value, 0
         else:
             stalled += 1
@@ -107,21 +116,64 @@ def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int 
         if not (np.isfinite(value) and gg > 0):
             break
         level = floor + LEVEL * (min(f_best, best[0]) - floor)
-        u = u - (max(value - level, 0.0) / gg) * g
+        x = x - (max(value - level, 0.0) / gg) * g
+        if project is not None:
+            x = project(x)
         report["steps"] = k
         step_seconds = time.perf_counter() - t_step
         if k % CHECK_EVERY == 0:
-            c = sw.certify(u)
-            report["certificates"] += 1
-            if c[0] < best[0]:
-                best = c
+            check(x)
     if report["steps"] % CHECK_EVERY:
-        c = sw.certify(u)
-        report["certificates"] += 1
-        if c[0] < best[0]:
-            best = c
+        check(x)
     report.update(value=float(best[0]), seconds=time.perf_counter() - t0)
     return best, report
+
+
+def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int | None = None
+           ) -> tuple[tuple, dict]:
+    """``polyak`` on the potentials: F(u) swept exactly, the subgradient mu minus the laws of
+    the superhedge's moves (module docstring), started at ``cert`` = (outer, u, violation per
+    period) of ``sw.certify`` and certified by it; ``floor`` in the sweep's sign."""
+    def step(u):
+        value, out, _ = sw.hard(u)
+        return value, sw.mu_flat - moves_laws(sw, out)
+
+    return polyak(step, sw.certify, cert, floor, max_seconds=max_seconds, max_steps=max_steps)
+
+
+def position_step(prob, sign: float, a: np.ndarray) -> tuple[float, np.ndarray]:
+    """(bound, a subgradient) of the bounds from quotes at option positions ``a``
+    (``quote_problem._Problem``, the sign-flipped side ``sign``; rounding violations not added):
+    the bound is the positions' cost at the quotes (asks for longs, bids for shorts) plus the
+    cash of the exact sweep of their potentials u = sum_i a_i c_i, so a subgradient is c(a) - P
+    with P the quotes' prices under the laws of the superhedge's moves and c_i the ask
+    (a_i > 0), the bid (a_i < 0), or at a_i = 0 the price P_i clipped to the band (no gain
+    inside it)."""
+    sw = prob.sweeper(sign)
+    ask = np.where(np.isfinite(prob.ask), prob.ask, np.inf)
+    u = prob.uvec(a)
+    value, out, _ = sw.hard(u)
+    laws = moves_laws(sw, out)
+    price = np.concatenate([mt @ laws[sw.offsets[t]:sw.offsets[t + 1]]
+                            for t, mt in enumerate(prob.mats)])
+    cost = np.where(a > 0, ask, np.where(a < 0, prob.bid, np.clip(price, prob.bid, ask)))
+    return prob.option_cost(a) + value - float(u @ sw.mu_flat), cost - price
+
+
+def polish_positions(prob, sign: float, cert: tuple, floor: float, *, max_seconds: float,
+                     max_steps: int | None = None) -> tuple[tuple, dict]:
+    """``polyak`` on the option positions of the bounds from quotes (``position_step``),
+    started at ``cert`` = (bound, a, violation) of ``prob.certify`` and certified by it; a
+    quote without an ask is never bought (positions projected to <= 0)."""
+    has_ask = np.isfinite(prob.ask)
+
+    def certify(a):
+        total, _, viol = prob.certify(a, sign)
+        return total, a, viol
+
+    return polyak(lambda a: position_step(prob, sign, a), certify, cert, floor,
+                  max_seconds=max_seconds, max_steps=max_steps,
+                  project=lambda a: np.where(has_ask, a, np.minimum(a, 0.0)))
 
 
 def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol: float):

@@ -57,6 +57,7 @@ from deepquant.mmot.certified import clip_inner, within_rtol
 from deepquant.mmot.highs import check_highs_options, cost_scale
 from deepquant.mmot.lp import build_chain_lp
 from deepquant.mmot.multiscale import COARSE_SHARE, FINE_SWEEPS
+from deepquant.mmot.polish import polish_positions
 from deepquant.mmot.quote_bands import (
     QuoteBands,
     check_bands,
@@ -174,6 +175,11 @@ values of five sides differ by < 7e-5 (the lookback's upper side, whose fine sta
 (Asian upper 0.02374 -> 0.02426; 0.3: 0.02425)."""
 
 
+POLISH_SHARE = 0.2
+"""Share of a side's time budget kept, after a coarse start and the inner value, for polishing
+the positions by subgradient steps on the exact bound (``polish.polish_positions``)."""
+
+
 def coarse_grid(grid: np.ndarray, size: int) -> np.ndarray:
     """Every r-th point of ``grid`` through 1 (r the largest step giving at least ``size``
     points), with the two ends of ``grid`` added: a subgrid, so a law on it is a law on
@@ -226,7 +232,7 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
         return _certified_side(prob, side, **options)
     t0 = time.perf_counter()
     budget = float(options.get("max_seconds", 600.0))
-    reserve = INNER_SHARE * budget if np.isfinite(budget) else 0.0
+    reserve = (INNER_SHARE + POLISH_SHARE) * budget if np.isfinite(budget) else 0.0
     sub = {k: v for k, v in options.items() if k != "max_seconds"}
     cg = coarse_grid(prob.grid, size)
     cres = bounds_from_quotes(prob.bands, prob.payoff, grid=cg, method="certified",
@@ -247,11 +253,38 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
                                        band_violation=cside.info["band_violation"],
                                        band_widening=cres.info["band_widening"],
                                        seconds=cside.seconds))
+    polish_time = POLISH_SHARE * budget if np.isfinite(budget) else 0.0
     fine = _adopt_markov_inner(dataclasses.replace(fine, info=info), prob, side,
-                               max_seconds=budget - (time.perf_counter() - t0),
+                               max_seconds=budget - polish_time - (time.perf_counter() - t0),
                                band_tol=options.get("band_tol", BAND_TOL),
                                rtol=options.get("rtol", RTOL))
+    if fine.status != "certified" and np.isfinite(budget):
+        fine = _polish_side(fine, prob, side, max_seconds=budget - (time.perf_counter() - t0),
+                            rtol=options.get("rtol", RTOL))
     return dataclasses.replace(fine, seconds=time.perf_counter() - t0)
+
+
+def _polish_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: float,
+                 rtol: float) -> BoundSide:
+    """``fine`` with its positions polished by subgradient steps on the exact bound
+    (``polish.polish_positions``, the side's inner value as the floor) within ``max_seconds``:
+    the better bound, its hedge and gap; ``info["polish"]`` reports the attempt (start and end
+    in the payoff's sign)."""
+    sign = 1.0 if side == "upper" else -1.0
+    start = (sign * fine.value, np.concatenate(fine.info["positions"]), fine.info["violation"])
+    best, report = polish_positions(prob, sign, start, sign * fine.info["inner"],
+                                    max_seconds=max_seconds)
+    info = dict(fine.info, polish=dict(report, start=sign * report["start"],
+                                       value=sign * report["value"]))
+    if not best[0] < start[0]:
+        return dataclasses.replace(fine, info=info)
+    outer, a, viol = best
+    hedge = _quote_hedge(prob, a, side)
+    inner, excess = clip_inner(sign * fine.info["inner"], outer)
+    info.update(hedge=hedge, positions=hedge.positions, violation=viol, inner_excess=excess)
+    within = within_rtol(outer - inner, outer, prob.sweeper(sign).scale, rtol)
+    return dataclasses.replace(fine, value=sign * outer, gap=float(outer - inner), info=info,
+                               status="certified" if within else fine.status)
 
 
 def _adopt_markov_inner(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: float,
