@@ -19,7 +19,7 @@ Exactness (``--check`` instances): the fast price against the dense reference re
 (``ChainPlan._expectation_dense``, no entry skipped) on the same kernels; max relative gap.
 
 Batched: ``sweep(..., classical=False)`` on ``--batch`` instances (one forward pass per 64,
-then one stacked row projection and one batched pricing per 8), once with ``--threads`` and once
+then one stacked row projection and one batched pricing per 2), once with ``--threads`` and once
 with ``--batch-threads`` threads; ``instances/s`` = batch / seconds. Medians throughout.
 """
 

@@ -7,7 +7,7 @@ Scenarios (``deepquant.neural.sweep.bumped_scenarios``): lognormal marginals of 
 volatility term structure 0.30 -> 0.20 over N periods to T = 0.5 on the model grid, each
 period's vol bumped by an independent uniform relative shift in [-10%, +10%] (seed 0). For the
 payoff (ATM Asian call by default, ``--payoffs asian,lookback`` for both) the script runs
-``sweep`` (one forward pass per 64 scenarios, then per chunk of 8 one stacked exact row
+``sweep`` (one forward pass per 64 scenarios, then per chunk of 2 one stacked exact row
 projection and one batched pricing on the shared chain; then the classical solver per scenario
 and the same pricing in the same chunks) on one thread for both paths, side by side, and
 reports the wall times, the pricing part of each, the speed-up and the errors of the neural
