@@ -136,7 +136,8 @@ def side_row(side) -> dict:
                 stages=info.get("stages"), iterations=info.get("iterations"),
                 evaluations=info.get("evaluations"), message=side.message,
                 coarse=info.get("coarse"), inner_kind=info.get("inner_kind"),
-                markov={k: v for k, v in info.get("markov", {}).items() if k != "laws"})
+                markov={k: v for k, v in info.get("markov", {}).items() if k != "laws"},
+                polish=info.get("polish"))
 
 
 def run(config: str, payoffs: list[str], max_seconds: float, two_sided: bool,
@@ -242,6 +243,11 @@ def run_grid(sizes: list[int], payoffs: list[str], max_seconds: float,
                   f"{up['band_violation']:.1e}  {lo['seconds']:.1f} + {up['seconds']:.1f} s "
                   f"(build {qb.timings['build']:.1f} s, {lo['evaluations']} + "
                   f"{up['evaluations']} sweeps of {sweep:.2f} s)", flush=True)
+            for side, row in sides.items():
+                if row["polish"] is not None:
+                    po = row["polish"]
+                    print(f"    {side}: polish {po['start']:.6f} -> {po['value']:.6f}, "
+                          f"{po['steps']} steps, {po['seconds']:.2f} s", flush=True)
         entry["sizes"][str(size)] = per
     return entry
 
