@@ -118,3 +118,29 @@ def test_polished_positions_give_a_valid_bound_and_hedge(quote_problem):
         assert best[0] >= opt - 1e-7
         assert verify_quote_hedge(_quote_hedge(prob, best[1], side), prob).ok
         assert best[0] - opt <= 0.2 * (start[0] - opt)
+
+
+def test_a_point_far_above_its_certificate_starts_from_its_lowered_potentials():
+    # potentials near the LP's, then raised by 2 at 30% of the points (far above the
+    # supporting lines: F(u) 0.7-2.1 above the optimum, its certificate 0.006-0.05): the
+    # steps start from the lowered point and every side gains >= 10% of its distance in 200
+    # steps (measured 17-63%); started from u itself the straddle's lower side gained nothing
+    # (Polyak from F(u) far above), a WRONG start that this test catches
+    from deepquant.mmot.lp import build_chain_lp, solve_side
+
+    rng = np.random.default_rng(0)
+    for name in ["forward-start-straddle", "lookback-call", "asian-call"]:
+        mm, chain = _heston_chain(name)
+        model = build_chain_lp(chain, mm)
+        for sense in ("lower", "upper"):
+            sign = 1.0 if sense == "upper" else -1.0
+            side = solve_side(model, sense)
+            opt = sign * side.value
+            sw = _Sweeper(chain, mm, sign)
+            u = sw.flatten(sign * side.duals.u) + rng.normal(scale=0.02, size=sw.mu_flat.size)
+            u = u + 2.0 * (rng.random(u.size) < 0.3)
+            cert = sw.certify(u)
+            assert sw.hard(u)[0] - cert[0] > 10 * (cert[0] - opt)
+            best, _ = polish(sw, cert, opt, max_seconds=60.0, max_steps=200)
+            assert best[0] >= opt - 1e-7 * sw.scale
+            assert best[0] - opt <= 0.9 * (cert[0] - opt), (name, sense)
