@@ -144,3 +144,111 @@ def test_a_point_far_above_its_certificate_starts_from_its_lowered_potentials():
             best, _ = polish(sw, cert, opt, max_seconds=60.0, max_steps=200)
             assert best[0] >= opt - 1e-7 * sw.scale
             assert best[0] - opt <= 0.9 * (cert[0] - opt), (name, sense)
+
+
+def test_polish_refuses_bad_arguments_naming_them(quote_problem):
+    # a NaN budget never ran out (polish and polish_positions ran until killed), inf with no
+    # step limit neither; the others were read silently (max_steps 2.5 -> 2, True -> 1, "3" ->
+    # 3, sign 2 -> a bound of twice the payoff, sense "bogus" -> the lower side)
+    from deepquant.mmot.certified import certify_side
+    from deepquant.mmot.polish import polish_positions, polish_side, polyak, position_step
+
+    _, mg, _, chain = _random_asian(0)
+    sw = _Sweeper(chain, mg, 1.0)
+    start = sw.certify(np.zeros(sw.mu_flat.size))
+    calls = []
+
+    def step(x):  # a step that never stops improving, counted: no refusal runs past 50
+        calls.append(1)
+        assert len(calls) < 50, "ran on instead of refusing"
+        return float(x @ x) - len(calls), x + 1.0
+
+    toy = (1.0, np.zeros(3))
+    for kw, match in ((dict(max_seconds=np.nan, max_steps=5), "max_seconds"),
+                      (dict(max_seconds=np.inf), "max_seconds must be finite"),
+                      (dict(max_seconds=None), "max_seconds"),
+                      (dict(max_seconds=True), "max_seconds"),
+                      (dict(max_seconds=1.0, max_steps=2.5), "max_steps"),
+                      (dict(max_seconds=1.0, max_steps=True), "max_steps"),
+                      (dict(max_seconds=1.0, max_steps="3"), "max_steps"),
+                      (dict(max_seconds=1.0, max_steps=-1), "max_steps")):
+        with pytest.raises(ValueError, match=match):
+            polyak(step, lambda x: (float(x @ x), x), toy, -1e9, **kw)
+        with pytest.raises(ValueError, match=match):
+            polish(sw, start, 0.0, **kw)
+    assert not calls
+    with pytest.raises(ValueError, match="floor"):
+        polish(sw, start, None, max_seconds=1.0)
+    for bad in (start[1][:3], start[1] * np.nan):
+        with pytest.raises(ValueError, match=r"cert\[1\] \(potentials\)"):
+            polish(sw, (start[0], bad, start[2]), 0.0, max_seconds=1.0)
+    prob, _ = quote_problem
+    a = np.zeros(prob.off[-1])
+    for sign in (0.0, 2.0, np.nan):
+        with pytest.raises(ValueError, match="sign"):
+            position_step(prob, sign, a)
+        with pytest.raises(ValueError, match="sign"):
+            polish_positions(prob, sign, (1.0, a, 0.0), 0.0, max_seconds=1.0)
+    with pytest.raises(ValueError, match=r"a \(the positions\)"):
+        position_step(prob, 1.0, a[:2])
+    with pytest.raises(ValueError, match="max_seconds"):
+        polish_positions(prob, 1.0, (1.0, a, 0.0), 0.0, max_seconds=np.nan)
+    side = certify_side(chain, mg, "upper", max_seconds=0, polish=False)
+    for kw, match in ((dict(sense="bogus"), "sense"), (dict(rtol=np.nan), "rtol"),
+                      (dict(max_seconds=np.nan), "max_seconds"),
+                      (dict(marginals=None), "marginals"), (dict(side=None), "side")):
+        args = dict(side=side, chain=chain, marginals=mg, sense="upper", max_seconds=1.0,
+                    rtol=1e-4) | kw
+        with pytest.raises(ValueError, match=match):
+            polish_side(args.pop("side"), args.pop("chain"), args.pop("marginals"),
+                        args.pop("sense"), **args)
+
+
+def test_polished_side_is_not_certified_on_an_inner_value_that_misses_the_marginals():
+    # an inner value beyond the optimum (here halfway from the LP optimum to the start's
+    # bound, its chain 0.5 off the marginals in L1: a coarse level's or a smoothed chain's) is
+    # the steps' floor, so the bound closes on it (or passes it and clips it): the gap reads
+    # within rtol = 1e-4, and it was reported "certified" while the bound stayed above the
+    # exact LP by far more than that. Now the status needs the inner chain fitted, as
+    # certify_side's stages do; with the same inner reported fitted it is certified (the rule
+    # keys on the fit)
+    import dataclasses
+
+    from deepquant.mmot.certified import certify_side
+    from deepquant.mmot.lp import build_chain_lp, solve_side
+    from deepquant.mmot.polish import polish_side
+
+    mm, chain = _heston_chain("lookback-call")
+    opt = solve_side(build_chain_lp(chain, mm), "upper").value
+    s0 = certify_side(chain, mm, "upper", max_seconds=0, polish=False)
+    assert s0.value > opt + 1e-3
+    beyond = opt + 0.5 * (s0.value - opt)
+    for resid, status in ((0.5, "certified-wide"), (0.0, "certified")):
+        side = dataclasses.replace(s0, primal_residual=resid, status="certified-wide",
+                                   info=dict(s0.info, inner=beyond))
+        out = polish_side(side, chain, mm, "upper", max_seconds=2.0, rtol=1e-4)
+        assert opt - 1e-9 <= out.value < s0.value  # polished, still valid
+        assert out.value - opt > 1e-3 * opt  # far from the true optimum
+        assert out.gap <= 1e-4 * out.value and out.status == status
+
+
+def test_polished_quote_side_is_not_certified_on_an_inner_value_outside_the_bands(
+        quote_problem):
+    # the quote bounds' version (quotes_bounds._polish_side): certified only when the inner
+    # chain prices the bands within band_tol
+    from deepquant.mmot.quotes_bounds import _polish_side
+    from deepquant.mmot.result import BoundSide
+
+    prob, lp = quote_problem
+    a = np.zeros(prob.off[-1])
+    bound, _, viol = prob.certify(a, 1.0)
+    assert bound > lp.upper + 1e-3
+    beyond = lp.upper + 0.5 * (bound - lp.upper)
+    for band_violation, status in ((0.5, "certified-wide"), (0.0, "certified")):
+        fine = BoundSide(bound, True, "certified-wide", "start", 0.0, band_violation, 0.0, 0.0,
+                         None, None, dict(positions=prob.split(a), violation=viol,
+                                          inner=beyond))
+        out = _polish_side(fine, prob, "upper", max_seconds=2.0, rtol=1e-4, band_tol=1e-6)
+        assert lp.upper - 1e-7 <= out.value < bound
+        assert out.value - lp.upper > 1e-3 * lp.upper
+        assert out.gap <= 1e-4 * out.value and out.status == status

@@ -259,7 +259,8 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     if reserve > 0 and fine.status != "certified":
         fine = polish_side(fine, chain, marginals, sense,
                            max_seconds=budget - (time.perf_counter() - t_start),
-                           rtol=options.get("rtol", 1e-4))
+                           rtol=options.get("rtol", 1e-4),
+                           inner_resid_tol=options.get("inner_resid_tol", INNER_RESID_TOL))
     return dataclasses.replace(fine, seconds=time.perf_counter() - t_start)
 
 

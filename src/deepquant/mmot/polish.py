@@ -28,9 +28,12 @@ step ended lower on the Asian (0.028299 against 0.028360 in 300 steps); levels a
 
 from __future__ import annotations
 
+import numbers
 import time
 
 import numpy as np
+
+from deepquant.mmot.certified import INNER_RESID_TOL
 
 __all__ = ["moves_laws", "polish", "polish_positions", "polish_side", "polyak", "position_step"]
 
@@ -48,6 +51,56 @@ of never raising or better); after 20 or 50, 0.79 / 0.83 (lookback lower) and 0.
 
 CHECK_EVERY = 10
 """Steps between two certificates (one costs about three exact sweeps)."""
+
+
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_run(max_seconds, max_steps, floor) -> None:
+    """A ``ValueError`` naming the argument unless ``max_seconds`` is a real number, not NaN
+    (<= 0: no step, as a caller's budget already spent; inf only with ``max_steps``: the steps
+    alone would never stop), ``max_steps`` None or an integer >= 0 (not a bool) and ``floor``
+    a real number (NaN or inf: no step)."""
+    if not _real(max_seconds) or np.isnan(max_seconds):
+        raise ValueError(f"max_seconds must be a real number (<= 0: no step), got "
+                         f"{max_seconds!r}")
+    if max_steps is not None and (isinstance(max_steps, bool)
+                                  or not isinstance(max_steps, numbers.Integral)
+                                  or max_steps < 0):
+        raise ValueError(f"max_steps must be None or an integer >= 0, got {max_steps!r}")
+    if max_seconds == np.inf and max_steps is None:
+        raise ValueError("max_seconds must be finite when max_steps is None (the steps alone "
+                         f"never stop), got {max_seconds!r}")
+    if not _real(floor):
+        raise ValueError(f"floor must be a real number (NaN: no step), got {floor!r}")
+
+
+def _check_vector(x, size: int, name: str) -> np.ndarray:
+    """``x`` as a float vector of ``size`` finite entries, or a ``ValueError`` naming ``name``."""
+    try:
+        v = np.asarray(x, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be {size} finite numbers, got {x!r:.80}") from exc
+    if v.shape != (size,) or not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} must be {size} finite numbers, got "
+                         f"{f'shape {v.shape}' if v.shape != (size,) else 'NaN or inf'}")
+    return v
+
+
+def _check_cert(cert, size: int, what: str) -> None:
+    """A ``ValueError`` unless ``cert`` is a tuple (bound, point, ...) with a real bound and a
+    point of ``size`` finite entries (``what`` names it)."""
+    if not isinstance(cert, tuple) or len(cert) < 2 or not _real(cert[0]):
+        raise ValueError(f"cert must be a tuple (bound, {what}, ...) with a real bound, got "
+                         f"{cert!r:.80}")
+    _check_vector(cert[1], size, f"cert[1] ({what})")
+
+
+def _check_sign(sign) -> float:
+    if not _real(sign) or sign not in (1.0, -1.0):
+        raise ValueError(f"sign must be 1.0 (upper side) or -1.0 (lower side), got {sign!r}")
+    return float(sign)
 
 
 def moves_laws(sw, out: list) -> np.ndarray:
@@ -80,7 +133,10 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
     Within ``max_seconds`` (checked before every step, with room for the last certificate) and
     ``max_steps`` (None: no limit). ``floor``: a value the function cannot go below (e.g. an
     inner value); a non-finite floor or one above ``cert``'s bound leaves ``cert`` as it is.
-    The report: the start's and the end's bound, steps, certificates, seconds."""
+    The report: the start's and the end's bound, steps, certificates, seconds. ``max_seconds``
+    <= 0 (a budget already spent) takes no step; NaN, or inf with no ``max_steps``, is a
+    ``ValueError`` (``check_run``)."""
+    check_run(max_seconds, max_steps, floor)
     t0 = time.perf_counter()
     best = cert
     report = dict(start=float(cert[0]), value=float(cert[0]), steps=0, certificates=0,
@@ -134,6 +190,9 @@ def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int 
     """``polyak`` on the potentials: F(u) swept exactly, the subgradient mu minus the laws of
     the superhedge's moves (module docstring), started at ``cert`` = (outer, u, violation per
     period) of ``sw.certify`` and certified by it; ``floor`` in the sweep's sign."""
+    check_run(max_seconds, max_steps, floor)
+    _check_cert(cert, sw.mu_flat.size, "potentials")
+
     def step(u):
         value, out, _ = sw.hard(u)
         return value, sw.mu_flat - moves_laws(sw, out)
@@ -159,6 +218,8 @@ def position_step(prob, sign: float, a: np.ndarray) -> tuple[float, np.ndarray]:
     with P the quotes' prices under the laws of the superhedge's moves and c_i the ask
     (a_i > 0), the bid (a_i < 0), or at a_i = 0 the price P_i clipped to the band (no gain
     inside it)."""
+    sign = _check_sign(sign)
+    a = _check_vector(a, int(prob.off[-1]), "a (the positions)")
     sw = prob.sweeper(sign)
     ask = np.where(np.isfinite(prob.ask), prob.ask, np.inf)
     u = prob.uvec(a)
@@ -175,6 +236,9 @@ def polish_positions(prob, sign: float, cert: tuple, floor: float, *, max_second
     """``polyak`` on the option positions of the bounds from quotes (``position_step``),
     started at ``cert`` = (bound, a, violation) of ``prob.certify`` and certified by it; a
     quote without an ask is never bought (positions projected to <= 0)."""
+    sign = _check_sign(sign)
+    check_run(max_seconds, max_steps, floor)
+    _check_cert(cert, int(prob.off[-1]), "positions")
     has_ask = np.isfinite(prob.ask)
 
     def certify(a):
@@ -186,22 +250,42 @@ def polish_positions(prob, sign: float, cert: tuple, floor: float, *, max_second
                   project=lambda a: np.where(has_ask, a, np.minimum(a, 0.0)))
 
 
-def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol: float):
+def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol: float,
+                inner_resid_tol: float = INNER_RESID_TOL):
     """``side`` (a certified ``BoundSide`` of ``chain`` with its potentials in
     ``info["u_sweep"]``) with its outer bound polished (``polish``, the side's inner value as the
     floor) within ``max_seconds``: the better certificate, its hedge, gap and status;
-    ``info["polish"]`` reports the attempt either way (start and end in the payoff's sign)."""
+    ``info["polish"]`` reports the attempt either way (start and end in the payoff's sign).
+    The status becomes ``"certified"`` only when the gap is within ``rtol`` and the inner
+    value's chain fits the marginals (``side.primal_residual <= inner_resid_tol``, as
+    ``certify_side`` asks): an inner value of other marginals (a coarse level's, a smoothed
+    chain's) may lie beyond the optimum, and the polished bound would then close on it."""
     import dataclasses
 
+    from deepquant.market.marginals import Marginals
+    from deepquant.mmot.augment import AugmentedChain
     from deepquant.mmot.certified import clip_inner, within_rtol
+    from deepquant.mmot.result import BoundSide
     from deepquant.mmot.sweep import _Sweeper, duals_of
 
+    for name, v, kind in (("side", side, BoundSide), ("chain", chain, AugmentedChain),
+                          ("marginals", marginals, Marginals)):
+        if not isinstance(v, kind):
+            raise ValueError(f"{name} must be a {kind.__name__}, got {type(v).__name__}")
+    if sense not in ("lower", "upper"):
+        raise ValueError(f"sense must be 'lower' or 'upper', got {sense!r}")
+    for name, v in (("rtol", rtol), ("inner_resid_tol", inner_resid_tol)):
+        if not _real(v) or not (np.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    check_run(max_seconds, None, 0.0)
     u = side.info.get("u_sweep")
     if u is None or max_seconds <= 0:
         return side
     sign = 1.0 if sense == "upper" else -1.0
     sw = _Sweeper(chain, marginals, sign)
     start = (sign * side.value, sw.flatten(u), None)
+    if not np.all(np.isfinite(start[1])):  # no potentials to step from: the side stands
+        return side
     best, report = polish(sw, start, sign * side.info["inner"], max_seconds=max_seconds)
     info = dict(side.info, polish=dict(report, start=sign * report["start"],
                                        value=sign * report["value"]))
@@ -215,6 +299,7 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
         u_grid[t, sw.supp[t]] = piece
     info.update(u_sweep=u_grid, violation=float(viol.sum()), inner_excess=excess,
                 relative_gap=gap / max(abs(outer), 1e-300))
-    within = within_rtol(gap, outer, sw.scale, rtol)
+    within = (within_rtol(gap, outer, sw.scale, rtol)
+              and side.primal_residual <= inner_resid_tol)
     return dataclasses.replace(side, value=sign * outer, gap=float(gap), duals=duals_of(sw, ubest),
                                info=info, status="certified" if within else side.status)

@@ -260,16 +260,19 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
                                rtol=options.get("rtol", RTOL))
     if fine.status != "certified" and np.isfinite(budget):
         fine = _polish_side(fine, prob, side, max_seconds=budget - (time.perf_counter() - t0),
-                            rtol=options.get("rtol", RTOL))
+                            rtol=options.get("rtol", RTOL),
+                            band_tol=options.get("band_tol", BAND_TOL))
     return dataclasses.replace(fine, seconds=time.perf_counter() - t0)
 
 
 def _polish_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: float,
-                 rtol: float) -> BoundSide:
+                 rtol: float, band_tol: float) -> BoundSide:
     """``fine`` with its positions polished by subgradient steps on the exact bound
     (``polish.polish_positions``, the side's inner value as the floor) within ``max_seconds``:
     the better bound, its hedge and gap; ``info["polish"]`` reports the attempt (start and end
-    in the payoff's sign)."""
+    in the payoff's sign). Certified only when the gap is within ``rtol`` and the inner value's
+    chain prices the bands within ``band_tol`` (``fine.primal_residual``, as the stages ask):
+    the bound may otherwise have closed on an inner value beyond the optimum."""
     sign = 1.0 if side == "upper" else -1.0
     start = (sign * fine.value, np.concatenate(fine.info["positions"]), fine.info["violation"])
     best, report = polish_positions(prob, sign, start, sign * fine.info["inner"],
@@ -282,7 +285,8 @@ def _polish_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: flo
     hedge = _quote_hedge(prob, a, side)
     inner, excess = clip_inner(sign * fine.info["inner"], outer)
     info.update(hedge=hedge, positions=hedge.positions, violation=viol, inner_excess=excess)
-    within = within_rtol(outer - inner, outer, prob.sweeper(sign).scale, rtol)
+    within = (within_rtol(outer - inner, outer, prob.sweeper(sign).scale, rtol)
+              and fine.primal_residual <= band_tol)
     return dataclasses.replace(fine, value=sign * outer, gap=float(outer - inner), info=info,
                                status="certified" if within else fine.status)
 
