@@ -219,18 +219,20 @@ def test_certified_errors(rw):
         certified_bounds(rw, payoff, sides=("middle",))
 
 
-@pytest.mark.parametrize("max_seconds", [float("nan"), -1.0])
+@pytest.mark.parametrize("max_seconds", [float("nan"), -1.0, "1", True, None])
 def test_bad_time_budget_is_rejected_before_the_chain_is_built(rw, monkeypatch, max_seconds):
     """A NaN budget never runs out (every comparison with NaN is false) and a negative one
     silently returned the wide start certificate: both are errors naming the option, raised
-    before the augmented chain is built."""
+    before the augmented chain is built. A string or None failed in a comparison ("'>='
+    not supported"), True ran as 1 s."""
     import deepquant.mmot.multiscale as multiscale
 
     def built(*args, **kwargs):
         raise AssertionError("the chain was built before the options were checked")
 
     monkeypatch.setattr(multiscale, "build_chain", built)
-    with pytest.raises(ValueError, match=r"max_seconds must be a number >= 0.*got (nan|-1\.0)"):
+    with pytest.raises(ValueError,
+                       match=r"max_seconds must be a number.*got (nan|-1\.0|'1'|True|None)"):
         certified_bounds(rw, make_payoff("asian-call", strike=100.0), max_seconds=max_seconds)
 
 

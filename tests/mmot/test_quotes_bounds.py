@@ -249,6 +249,13 @@ def test_bad_inputs():
     (dict(grid=None, grid_size=11.5), TypeError, "grid_size must be an integer, got 11.5"),
     (dict(method="certified", foo=1), TypeError, r"unknown certified option\(s\) \['foo'\]"),
     (dict(method="certified", max_seconds=-1), ValueError, "max_seconds must be > 0, got -1"),
+    # a string was read as a number on a grid with a coarse start and failed in a comparison
+    # without one; True ran as 1 s
+    (dict(method="certified", max_seconds="1"), TypeError, "max_seconds must be a number, got '1'"),
+    (dict(method="certified", max_seconds="1", coarse=5, grid=np.linspace(0.7, 1.3, 13)),
+     TypeError,
+     "max_seconds must be a number, got '1'"),
+    (dict(method="certified", max_seconds=True), TypeError, "max_seconds must be a number, got True"),
     (dict(method="certified", eps_factor=1.0), ValueError, "eps_factor must be in"),
     (dict(method="certified", max_iter=0), ValueError, "max_iter must be an integer >= 1"),
     (dict(method="certified", band_tol="a"), TypeError, "band_tol must be a number"),

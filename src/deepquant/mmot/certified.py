@@ -27,6 +27,7 @@ starts it from coarser grids.
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -156,6 +157,10 @@ def check_options(*, rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float
     """ValueError naming the option and the value for an out-of-range option of
     ``certify_side`` (defaults as there; other keywords are ignored), NaN included: a NaN time
     budget would never run out."""
+    for name, v in (("rtol", rtol), ("eps_start", eps_start), ("eps_end", eps_end),
+                    ("eps_factor", eps_factor), ("band", band), ("max_seconds", max_seconds)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):  # "1", True, None
+            raise ValueError(f"{name} must be a number, got {v!r}")
     for name, v in (("rtol", rtol), ("eps_start", eps_start), ("eps_end", eps_end)):
         if not (np.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")

@@ -9,6 +9,7 @@ violation.
 
 from __future__ import annotations
 
+import numbers
 import time
 
 import numpy as np
@@ -48,10 +49,9 @@ def _check_certified_options(options: dict) -> None:
                                       or not isinstance(value, int | np.integer) or value < 5):
                 raise ValueError(f"coarse must be None or an integer >= 5, got {value!r}")
             continue
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # "1", True, None
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        v = float(value)
         if not np.isfinite(v) and not (name == "max_seconds" and v == np.inf):
             raise ValueError(f"{name} must be finite, got {value!r}")
         if name in positive and not v > 0:
