@@ -91,6 +91,13 @@ def cases(fx: str) -> list[tuple[str, str, list[str], list[str]]]:
             ("quote-bounds", "--grid-size", INTS, asian),
             ("quote-bounds", "--top", INTS, asian),
             ("quote-bounds", "--max-seconds", FLOATS, asian + ["--method", "certified"])]
+    # sixth pass: budgets around the polish's share, on a grid with a coarse start (50 points)
+    # and on the 20-point file
+    fifty = [x if x != "11" else "50" for x in asian]
+    out.append(("quote-bounds", "--max-seconds", ["1e-9", "0.01", "0.5", "2"],
+                fifty + ["--method", "certified"]))
+    out.append(("bounds", "--max-seconds", ["1e-9", "0.001", "0.5"],
+                bounds("lookback-call", "--strike", "1", "--method", "certified")))
     cal = ["calibrate", f"{fx}/c.csv", "--expiries", "30d,60d", "--grid-size", "20", "--out",
            "OUT.npz"]
     out += [("calibrate", o, v, cal) for o, v in (("--grid-size", INTS), ("--reg", FLOATS),

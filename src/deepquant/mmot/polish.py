@@ -271,7 +271,7 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
     for name, v, kind in (("side", side, BoundSide), ("chain", chain, AugmentedChain),
                           ("marginals", marginals, Marginals)):
         if not isinstance(v, kind):
-            raise ValueError(f"{name} must be a {kind.__name__}, got {type(v).__name__}")
+            raise ValueError(f"{name} must be of type {kind.__name__}, got {type(v).__name__}")
     if sense not in ("lower", "upper"):
         raise ValueError(f"sense must be 'lower' or 'upper', got {sense!r}")
     for name, v in (("rtol", rtol), ("inner_resid_tol", inner_resid_tol)):
