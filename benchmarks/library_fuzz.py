@@ -142,7 +142,7 @@ def cases():
                      ("max_seconds", -1), ("max_seconds", 0), ("max_iter", 2.5),
                      ("max_iter", True), ("sum_grid_size", 0), ("sum_grid_size", 2.5),
                      ("sum_grid_size", NAN), ("sum_mode", "bogus"), ("eps_start", NAN),
-                     ("eps_end", -1)]:
+                     ("eps_end", -1), ("inner_resid_tol", NAN), ("inner_resid_tol", -1)]:
         yield (f"certified_bounds({opt}={val})",
                lambda o=opt, v=val: certified_bounds(M, ASIAN, **{o: v}))
     for opt, val in [("eps", NAN), ("eps", -1), ("eps", 0), ("eps", INF), ("eps", "0.1"),

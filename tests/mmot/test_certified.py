@@ -236,6 +236,20 @@ def test_bad_time_budget_is_rejected_before_the_chain_is_built(rw, monkeypatch, 
         certified_bounds(rw, make_payoff("asian-call", strike=100.0), max_seconds=max_seconds)
 
 
+@pytest.mark.parametrize("tol", [float("nan"), -1.0, "1e-3", True])
+def test_bad_inner_resid_tol_is_rejected_before_the_chain_is_built(rw, monkeypatch, tol):
+    """The fit an inner chain needs for a certified side: a NaN one never fitted (silently
+    wide), and the polish, which reads it last, refused it only after the whole budget."""
+    import deepquant.mmot.multiscale as multiscale
+
+    def built(*args, **kwargs):
+        raise AssertionError("the chain was built before the options were checked")
+
+    monkeypatch.setattr(multiscale, "build_chain", built)
+    with pytest.raises(ValueError, match="inner_resid_tol must be a finite number >= 0"):
+        certified_bounds(rw, make_payoff("asian-call", strike=100.0), inner_resid_tol=tol)
+
+
 def test_column_generation_reports_its_rounds(rw):
     """The exact route reports every LP round through ``progress`` (eps = 0), and its
     restricted values increase to the final inner value (a max over growing column sets)."""

@@ -153,7 +153,8 @@ def stage_stop(gap: float, outer: float, scale: float, *, rtol: float, fitted: b
 
 def check_options(*, rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float = 1e-7,
                    eps_factor: float = 0.2, band: float = 40.0, max_seconds: float = 600.0,
-                   max_iter: int = 400, **_: object) -> None:
+                   max_iter: int = 400, inner_resid_tol: float = INNER_RESID_TOL,
+                   **_: object) -> None:
     """ValueError naming the option and the value for an out-of-range option of
     ``certify_side`` (defaults as there; other keywords are ignored), NaN included: a NaN time
     budget would never run out."""
@@ -171,6 +172,10 @@ def check_options(*, rtol: float = 1e-4, eps_start: float = 1e-2, eps_end: float
     if not (np.isfinite(band) and band >= 5):
         raise ValueError(f"band must be >= 5, got {band!r}")
     check_count(max_iter, "max_iter")
+    if isinstance(inner_resid_tol, bool) or not isinstance(inner_resid_tol, numbers.Real) \
+            or not (np.isfinite(inner_resid_tol) and inner_resid_tol >= 0):
+        raise ValueError(f"inner_resid_tol must be a finite number >= 0, got "
+                         f"{inner_resid_tol!r}")
     if not max_seconds >= 0:  # 0: no stage, the start's certificate (a coarse level's)
         raise ValueError(f"max_seconds must be a number >= 0 (inf: no budget), got "
                          f"{max_seconds!r}")

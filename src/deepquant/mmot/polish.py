@@ -274,9 +274,11 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
             raise ValueError(f"{name} must be of type {kind.__name__}, got {type(v).__name__}")
     if sense not in ("lower", "upper"):
         raise ValueError(f"sense must be 'lower' or 'upper', got {sense!r}")
-    for name, v in (("rtol", rtol), ("inner_resid_tol", inner_resid_tol)):
-        if not _real(v) or not (np.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    if not _real(rtol) or not (np.isfinite(rtol) and rtol > 0):
+        raise ValueError(f"rtol must be a finite number > 0, got {rtol!r}")
+    if not _real(inner_resid_tol) or not (np.isfinite(inner_resid_tol) and inner_resid_tol >= 0):
+        raise ValueError(f"inner_resid_tol must be a finite number >= 0, got "
+                         f"{inner_resid_tol!r}")
     check_run(max_seconds, None, 0.0)
     u = side.info.get("u_sweep")
     if u is None or max_seconds <= 0:
