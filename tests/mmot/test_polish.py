@@ -252,3 +252,44 @@ def test_polished_quote_side_is_not_certified_on_an_inner_value_outside_the_band
         assert lp.upper - 1e-7 <= out.value < bound
         assert out.value - lp.upper > 1e-3 * lp.upper
         assert out.gap <= 1e-4 * out.value and out.status == status
+
+
+def test_a_side_polish_ends_on_a_budget_the_clock_never_reaches(quote_problem, monkeypatch):
+    # max_seconds=1e308 (an rtol the stages cannot meet leaves the side to the polish): the
+    # steps stop at SIDE_MAX_STEPS (here 40), for the chain side and the quote side. Without
+    # the cap they ran on (bounds_from_quotes(rtol=1e-10, max_seconds=1e308) on 50 points was
+    # killed after 200 s); the sweep counter stops such a run instead of hanging the test
+    import dataclasses
+
+    import deepquant.mmot.polish as polish_module
+    import deepquant.mmot.quotes_bounds as quotes_bounds
+    from deepquant.mmot.certified import certify_side
+    from deepquant.mmot.lp import build_chain_lp, solve_side
+    from deepquant.mmot.result import BoundSide
+
+    monkeypatch.setattr(polish_module, "SIDE_MAX_STEPS", 40, raising=False)
+    monkeypatch.setattr(quotes_bounds, "SIDE_MAX_STEPS", 40, raising=False)
+    hard = _Sweeper.hard
+    sweeps = []
+
+    def counted(self, *args, **kwargs):
+        sweeps.append(1)
+        assert len(sweeps) < 2000, "the polish ran on past its step cap"
+        return hard(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Sweeper, "hard", counted)
+    mm, chain = _heston_chain("lookback-call")
+    opt = solve_side(build_chain_lp(chain, mm), "upper").value
+    s0 = certify_side(chain, mm, "upper", max_seconds=0, polish=False)
+    side = dataclasses.replace(s0, info=dict(s0.info, inner=opt - 0.1 * (s0.value - opt)))
+    out = polish_module.polish_side(side, chain, mm, "upper", max_seconds=1e308, rtol=1e-4)
+    assert out.info["polish"]["steps"] == 40 and opt - 1e-9 <= out.value < s0.value
+    prob, lp = quote_problem
+    a = np.zeros(prob.off[-1])
+    bound, _, viol = prob.certify(a, 1.0)
+    fine = BoundSide(bound, True, "certified-wide", "start", 0.0, 0.0, 0.0, 0.0, None, None,
+                     dict(positions=prob.split(a), violation=viol,
+                          inner=lp.upper - 0.1 * (bound - lp.upper)))
+    out = quotes_bounds._polish_side(fine, prob, "upper", max_seconds=1e308, rtol=1e-4,
+                                     band_tol=1e-6)
+    assert out.info["polish"]["steps"] == 40 and lp.upper - 1e-7 <= out.value < bound

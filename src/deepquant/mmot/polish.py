@@ -52,6 +52,13 @@ of never raising or better); after 20 or 50, 0.79 / 0.83 (lookback lower) and 0.
 CHECK_EVERY = 10
 """Steps between two certificates (one costs about three exact sweeps)."""
 
+SIDE_MAX_STEPS = 100_000
+"""Most steps of a side's polish (``polish_side``, the quote bounds' ``_polish_side``): the
+steps have no stop of their own but the budget, so a budget the clock never reaches (1e308,
+with an rtol the stages cannot meet) kept the side running forever. Measured 0.4-1.2 ms a step
+on 13-50 points (1e5 steps: 40-120 s there); the 150-point benchmarks' polishes (about 2 s a
+side) take far fewer, so no measured bound changes."""
+
 
 def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
@@ -254,9 +261,9 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
                 inner_resid_tol: float = INNER_RESID_TOL):
     """``side`` (a certified ``BoundSide`` of ``chain`` with its potentials in
     ``info["u_sweep"]``) with its outer bound polished (``polish``, the side's inner value as the
-    floor) within ``max_seconds``: the better certificate, its hedge, gap and status;
-    ``info["polish"]`` reports the attempt either way (start and end in the payoff's sign).
-    The status becomes ``"certified"`` only when the gap is within ``rtol`` and the inner
+    floor) within ``max_seconds`` and ``SIDE_MAX_STEPS``: the better certificate, its hedge,
+    gap and status; ``info["polish"]`` reports the attempt either way (start and end in the
+    payoff's sign). The status becomes ``"certified"`` only when the gap is within ``rtol`` and the inner
     value's chain fits the marginals (``side.primal_residual <= inner_resid_tol``, as
     ``certify_side`` asks): an inner value of other marginals (a coarse level's, a smoothed
     chain's) may lie beyond the optimum, and the polished bound would then close on it."""
@@ -288,7 +295,8 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
     start = (sign * side.value, sw.flatten(u), None)
     if not np.all(np.isfinite(start[1])):  # no potentials to step from: the side stands
         return side
-    best, report = polish(sw, start, sign * side.info["inner"], max_seconds=max_seconds)
+    best, report = polish(sw, start, sign * side.info["inner"], max_seconds=max_seconds,
+                          max_steps=SIDE_MAX_STEPS)
     info = dict(side.info, polish=dict(report, start=sign * report["start"],
                                        value=sign * report["value"]))
     if not best[0] < start[0]:

@@ -57,7 +57,7 @@ from deepquant.mmot.certified import clip_inner, within_rtol
 from deepquant.mmot.highs import check_highs_options, cost_scale
 from deepquant.mmot.lp import build_chain_lp
 from deepquant.mmot.multiscale import COARSE_SHARE, FINE_SWEEPS
-from deepquant.mmot.polish import polish_positions
+from deepquant.mmot.polish import SIDE_MAX_STEPS, polish_positions
 from deepquant.mmot.quote_bands import (
     QuoteBands,
     check_bands,
@@ -268,15 +268,15 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
 def _polish_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: float,
                  rtol: float, band_tol: float) -> BoundSide:
     """``fine`` with its positions polished by subgradient steps on the exact bound
-    (``polish.polish_positions``, the side's inner value as the floor) within ``max_seconds``:
-    the better bound, its hedge and gap; ``info["polish"]`` reports the attempt (start and end
+    (``polish.polish_positions``, the side's inner value as the floor) within ``max_seconds``
+    and ``polish.SIDE_MAX_STEPS``: the better bound, its hedge and gap; ``info["polish"]`` reports the attempt (start and end
     in the payoff's sign). Certified only when the gap is within ``rtol`` and the inner value's
     chain prices the bands within ``band_tol`` (``fine.primal_residual``, as the stages ask):
     the bound may otherwise have closed on an inner value beyond the optimum."""
     sign = 1.0 if side == "upper" else -1.0
     start = (sign * fine.value, np.concatenate(fine.info["positions"]), fine.info["violation"])
     best, report = polish_positions(prob, sign, start, sign * fine.info["inner"],
-                                    max_seconds=max_seconds)
+                                    max_seconds=max_seconds, max_steps=SIDE_MAX_STEPS)
     info = dict(fine.info, polish=dict(report, start=sign * report["start"],
                                        value=sign * report["value"]))
     if not best[0] < start[0]:
