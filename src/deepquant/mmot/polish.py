@@ -52,6 +52,16 @@ of never raising or better); after 20 or 50, 0.79 / 0.83 (lookback lower) and 0.
 CHECK_EVERY = 10
 """Steps between two certificates (one costs about three exact sweeps)."""
 
+LOWERED_START = 10.0
+"""``polish`` starts from the potentials lowered to their lines (``_Sweeper.lower_to_lines``)
+when F(u) lies further above the certificate than this many times the certificate above the
+floor. Measured: the forward-start straddle at M = 76 (F(u) = 1.65, certificate 0.1089, floor
+0.1075) gained nothing in 2,000 steps from u, 1% in 2 s from the lowered point; at M = 150
+(10 s certificates, 2 s of steps each way, one process): from u / lowered, straddle lower
+0.057902 / 0.057881, Asian lower 0.028315 / 0.028332, straddle upper 0.107850 / 0.107857,
+lookback upper 0.082392 / 0.082393 (F(u) 0.3-30 times the certificate's distance to the floor
+above it): a wash, so only a point far above starts lowered."""
+
 SIDE_MAX_STEPS = 100_000
 """Most steps of a side's polish (``polish_side``, the quote bounds' ``_polish_side``): the
 steps have no stop of their own but the budget, so a budget the clock never reaches (1e308,
@@ -205,13 +215,10 @@ def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int 
         return value, sw.mu_flat - moves_laws(sw, out)
 
     if np.isfinite(floor) and floor < cert[0] and max_seconds > 0:
-        # a point far above its own certificate (further than the certificate lies above the
-        # floor) starts from its potentials lowered to their lines, whose value is the
-        # certificate's (measured: the forward-start straddle at M = 76, F(u) = 1.65 against
-        # a certificate of 0.1089, gained nothing in 2,000 steps from u and 0.5% in 200 from
-        # the lowered u; near their certificates, as at M = 150, u itself went as far or further)
+        # a point far above its own certificate (``LOWERED_START``) starts from its potentials
+        # lowered to their lines, whose value is the certificate's
         t0 = time.perf_counter()
-        if sw.hard(cert[1])[0] - cert[0] > cert[0] - floor:
+        if sw.hard(cert[1])[0] - cert[0] > LOWERED_START * (cert[0] - floor):
             cert = (cert[0], sw.lower_to_lines(cert[1])[1], *cert[2:])
         max_seconds = max_seconds - (time.perf_counter() - t0)
     return polyak(step, sw.certify, cert, floor, max_seconds=max_seconds, max_steps=max_steps)
