@@ -418,16 +418,12 @@ def clip_inner(inner: float, outer: float) -> tuple[float, float]:
 def side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid: float,
                  inner_kind: str, status: int, message: str, extra: dict) -> BoundSide:
     """The BoundSide of the certificate ``best`` = (outer, u, violation per period)."""
-    chain = sw.chain
     outer, ubest, viol = best
     duals = duals_of(sw, ubest)
     inner, excess = clip_inner(inner, outer)
     extra = dict(extra, inner_excess=excess)
     gap = outer - inner
-    u_grid = np.full((sw.T + 1, chain.size), np.nan)
-    for t, piece in enumerate(sw.split(ubest), start=1):
-        u_grid[t, sw.supp[t]] = piece
-    info = dict(inner=sign * inner, inner_kind=inner_kind, u_sweep=u_grid,
+    info = dict(inner=sign * inner, inner_kind=inner_kind, u_sweep=sw.unflatten(ubest),
                 violation=float(viol.sum()), scale=sw.scale,
                 relative_gap=gap / max(abs(outer), 1e-300), **extra)
     code = "certified" if status == 0 else "certified-wide"

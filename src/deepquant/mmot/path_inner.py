@@ -17,8 +17,9 @@ those sources onto mu_{t+1} maximising
     sum_{x, b, y} pi(x, b, y) c(x, b, y),   c(x, b, y) = sum_{s in b} m_t(s, x) G_t(s, y) / P(x, b),
 
 with G_t(s, y) the value to go w_{t+1} gathered at the next state. Each source's row is a
-martingale kernel and the sources' law of y is mu_{t+1}, so the chain has exactly the marginals
-mu_0..mu_T whatever the values to go were: its value (computed exactly by a forward pass of
+martingale kernel and the sources' law of y is the one the Markov chain's kernel gives them
+(mu_{t+1} up to the one-period LPs' tolerance), so the chain has the Markov chain's marginals
+whatever the values to go were: its value (computed exactly by a forward pass of
 the joint law of (S_t, X_t)) is a rigorous inner value of the chain LP. Against a Markov
 chain's own values to go the pass is a policy improvement: that chain's kernel is feasible in
 every period's LP, so the new chain is never worse than it (also when the pass is cut short

@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from deepquant.mmot.certified import INNER_RESID_TOL
+from deepquant.mmot.markov_inner import _real
 
 __all__ = ["moves_laws", "polish", "polish_positions", "polish_side", "polyak", "position_step"]
 
@@ -68,10 +69,6 @@ steps have no stop of their own but the budget, so a budget the clock never reac
 with an rtol the stages cannot meet) kept the side running forever. Measured 0.4-1.2 ms a step
 on 13-50 points (1e5 steps: 40-120 s there); the 150-point benchmarks' polishes (about 2 s a
 side) take far fewer, so no measured bound changes."""
-
-
-def _real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def check_run(max_seconds, max_steps, floor) -> None:
@@ -239,8 +236,7 @@ def position_step(prob, sign: float, a: np.ndarray) -> tuple[float, np.ndarray]:
     u = prob.uvec(a)
     value, out, _ = sw.hard(u)
     laws = moves_laws(sw, out)
-    price = np.concatenate([mt @ laws[sw.offsets[t]:sw.offsets[t + 1]]
-                            for t, mt in enumerate(prob.mats)])
+    price = prob.prices(sw.split(laws))
     cost = np.where(a > 0, ask, np.where(a < 0, prob.bid, np.clip(price, prob.bid, ask)))
     return prob.option_cost(a) + value - float(u @ sw.mu_flat), cost - price
 
@@ -311,10 +307,7 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
     outer, ubest, viol = best
     inner, excess = clip_inner(sign * side.info["inner"], outer)
     gap = outer - inner
-    u_grid = np.full((sw.T + 1, chain.size), np.nan)
-    for t, piece in enumerate(sw.split(ubest), start=1):
-        u_grid[t, sw.supp[t]] = piece
-    info.update(u_sweep=u_grid, violation=float(viol.sum()), inner_excess=excess,
+    info.update(u_sweep=sw.unflatten(ubest), violation=float(viol.sum()), inner_excess=excess,
                 relative_gap=gap / max(abs(outer), 1e-300))
     within = (within_rtol(gap, outer, sw.scale, rtol)
               and side.primal_residual <= inner_resid_tol)

@@ -112,6 +112,14 @@ class _Sweeper:
         over the supports of dates 1..T that the sweeps take (the inverse of ``split``)."""
         return np.concatenate([np.nan_to_num(u[t, self.supp[t]]) for t in range(1, self.T + 1)])
 
+    def unflatten(self, uvec: np.ndarray) -> np.ndarray:
+        """The flat potentials ``uvec`` as grid-indexed ones (T+1, M), NaN off the supports and
+        at date 0 (the inverse of ``flatten``)."""
+        u = np.full((self.T + 1, self.chain.size), np.nan)
+        for t, piece in enumerate(self.split(uvec), start=1):
+            u[t, self.supp[t]] = piece
+        return u
+
     def split(self, uvec: np.ndarray) -> list[np.ndarray]:
         return [uvec[self.offsets[t - 1]:self.offsets[t]] for t in range(1, self.T + 1)]
 
