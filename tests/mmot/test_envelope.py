@@ -8,7 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepquant.mmot.envelope import hull_sweep_period, soft_sweep_period
+from deepquant.mmot.envelope import (
+    gather_period,
+    hedge_violation_period,
+    hull_sweep_period,
+    point_slack_period,
+    scatter_period,
+    soft_sweep_period,
+)
 
 
 def _reference_row(g, yv, x, lo, hi, h_mid, radius, eps):
@@ -95,3 +102,59 @@ def test_soft_envelope_kernel_warm_start_gives_the_same_rows():
     np.testing.assert_array_equal(hi, hi2)
     np.testing.assert_allclose(val2[live], val[live], rtol=0, atol=1e-9 * eps)
     assert dr2.max() <= 1e-10
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_violation_and_slack_kernels_equal_the_brute_force_over_all_pairs(seed):
+    """The worst violation per state and the smallest slack per point, on lines that are not
+    the hull's (the hull's lines shifted by noise, so both are nonzero), equal numpy's
+    evaluation of the same expression over every live pair and point, bit for bit (max and
+    min are exact, so the kernels' loop order cannot change them); dead pairs are skipped."""
+    G, yv, xv, live = _period(seed)
+    rng = np.random.default_rng(seed + 10)
+    shape = live.shape
+    val, slope = np.empty(shape), np.empty(shape)
+    j1, j2, lam = np.empty(shape, np.int64), np.empty(shape, np.int64), np.empty(shape)
+    hull_sweep_period(G, yv, xv, live, val, slope, j1, j2, lam, np.empty(G.shape, np.bool_))
+    val = val + 0.01 * rng.standard_normal(shape)
+    slope = slope + 0.05 * rng.standard_normal(shape)
+    val[~live] = -1e3  # a dead pair far below: would dominate both if it were counted
+    d = G[:, None, :] - val[:, :, None] - slope[:, :, None] * (yv[None, None, :] - xv[None, :, None])
+    want_viol = np.max(np.where(live[:, :, None], d, 0.0), axis=(1, 2), initial=0.0)
+    e = val[:, :, None] + slope[:, :, None] * (yv[None, None, :] - xv[None, :, None]) - G[:, None, :]
+    want_slack = np.min(np.where(live[:, :, None], e, np.inf), axis=(0, 1))
+    got_viol = hedge_violation_period(G, yv, xv, live, val, slope)
+    got_slack = point_slack_period(G, yv, xv, live, val, slope)
+    assert np.all(want_viol > 0) and np.any(want_slack < 0)
+    np.testing.assert_array_equal(got_viol, want_viol)
+    np.testing.assert_array_equal(got_slack, want_slack)
+
+
+def test_gather_and_scatter_kernels_are_the_statistic_moves_and_their_adjoint():
+    """On random moves of the statistic (each (s, y_j) to one or two next states), gather
+    equals the weighted sum written out in numpy, scatter keeps the mass and equals numpy's
+    bincount in the same order bit for bit, and the two are adjoint: <gather(w), q> =
+    <w, scatter(q)> to rounding."""
+    rng = np.random.default_rng(3)
+    n_s, n_y, n_next = 7, 11, 9
+    nidx = rng.integers(0, n_next, (n_s, n_y, 2))
+    nw = np.zeros((n_s, n_y, 2))
+    nw[..., 0] = rng.uniform(0.1, 1.0, (n_s, n_y))
+    two = rng.uniform(size=(n_s, n_y)) < 0.5
+    nw[..., 1] = np.where(two, 1.0 - nw[..., 0], 0.0)
+    nw[..., 0] = np.where(two, nw[..., 0], 1.0)
+    nidx[..., 1] = np.where(two, nidx[..., 1], 0)
+    w = rng.standard_normal((n_next, n_y))
+    q = rng.uniform(size=(n_s, n_y))
+    j = np.arange(n_y)[None, :]
+    want_g = nw[..., 0] * w[nidx[..., 0], j] + np.where(two, nw[..., 1] * w[nidx[..., 1], j], 0.0)
+    got_g = np.empty((n_s, n_y))
+    gather_period(nidx, nw, w, got_g)
+    np.testing.assert_array_equal(got_g, want_g)
+    idx = (nidx * n_y + np.arange(n_y)[None, :, None]).ravel()
+    want_s = np.bincount(idx, (q[:, :, None] * nw).ravel(), minlength=n_next * n_y)
+    got_s = np.full((n_next, n_y), np.nan)  # the kernel zeroes it
+    scatter_period(nidx, nw, q, got_s)
+    np.testing.assert_array_equal(got_s.ravel(), want_s)
+    assert abs(got_s.sum() - q.sum()) <= 1e-12 * q.sum()
+    assert abs(float(np.sum(got_g * q)) - float(np.sum(w * got_s))) <= 1e-12 * np.abs(w).sum()

@@ -39,7 +39,8 @@ import numpy as np
 from numba import njit
 
 __all__ = ["hull_sweep_period", "soft_sweep_period", "soft_forward_period",
-           "hedge_violation_period", "point_slack_period", "kernels", "warm_kernels"]
+           "hedge_violation_period", "point_slack_period", "gather_period", "scatter_period",
+           "kernels", "warm_kernels"]
 
 _PIN = 1e-13  # relative distance to the end of the hull at which a row is pinned (point mass)
 
@@ -297,6 +298,7 @@ def _soft_forward_period(G, yv, xv, mass, h, lo, hi, val, eps, q):
     p(j | x, s), p the Gibbs kernel exp((G~ - h (y - x) - val) / eps) on the band."""
     n_s, n_y = G.shape
     n_x = xv.size
+    e = np.empty(n_y)  # the row's terms, each computed once
     for s in range(n_s):
         for j in range(n_y):
             q[s, j] = 0.0
@@ -307,56 +309,97 @@ def _soft_forward_period(G, yv, xv, mass, h, lo, hi, val, eps, q):
             x = xv[a]
             tot = 0.0
             for j in range(lo[s, a], hi[s, a] + 1):
-                tot += np.exp((G[s, j] - h[s, a] * (yv[j] - x) - val[s, a]) / eps)
+                e[j] = np.exp((G[s, j] - h[s, a] * (yv[j] - x) - val[s, a]) / eps)
+                tot += e[j]
             for j in range(lo[s, a], hi[s, a] + 1):
-                q[s, j] += w * np.exp((G[s, j] - h[s, a] * (yv[j] - x) - val[s, a]) / eps) / tot
+                q[s, j] += w * e[j] / tot
 
 
 def _hedge_violation_period(G, yv, xv, live, val, slope):
     """Largest violation max_y [G_s(y) - val(s, x) - slope(s, x) (y - x)] over the live pairs,
-    per state (n_s,): what the superhedge of this period misses on its worst move."""
+    per state (n_s,): what the superhedge of this period misses on its worst move. (The loop
+    over y is innermost and element-wise, so it vectorises; max is exact, so the order of the
+    pairs does not change the result.)"""
     n_s, n_y = G.shape
     n_x = xv.size
     out = np.zeros(n_s)
+    worst = np.empty(n_y)
     for s in range(n_s):
-        worst = 0.0
+        for j in range(n_y):
+            worst[j] = 0.0
         for a in range(n_x):
             if not live[s, a]:
                 continue
             x = xv[a]
+            v = val[s, a]
+            p = slope[s, a]
             for j in range(n_y):
-                d = G[s, j] - val[s, a] - slope[s, a] * (yv[j] - x)
-                if d > worst:
-                    worst = d
-        out[s] = worst
+                d = G[s, j] - v - p * (yv[j] - x)
+                worst[j] = d if d > worst[j] else worst[j]
+        best = 0.0
+        for j in range(n_y):
+            if worst[j] > best:
+                best = worst[j]
+        out[s] = best
     return out
 
 
 def _point_slack_period(G, yv, xv, live, val, slope):
     """Smallest slack min_{s, x} [val(s, x) + slope(s, x) (y - x) - G_s(y)] of each next point
     y (Y,) under the supporting lines of all live pairs with a finite value (+inf if none): by
-    how much W_{t+1}(y, .) can rise (u_{t+1}(y) fall) before y touches a line of period t."""
+    how much W_{t+1}(y, .) can rise (u_{t+1}(y) fall) before y touches a line of period t.
+    (The loop over y is innermost and element-wise, so it vectorises.)"""
     n_s, n_y = G.shape
     n_x = xv.size
-    out = np.empty(n_y)
-    for j in range(n_y):
-        y = yv[j]
-        best = np.inf
-        for s in range(n_s):
-            g = G[s, j]
-            for a in range(n_x):
-                if live[s, a]:
-                    d = val[s, a] + slope[s, a] * (y - xv[a]) - g
-                    if d < best:
-                        best = d
-        out[j] = best
+    out = np.full(n_y, np.inf)
+    for s in range(n_s):
+        for a in range(n_x):
+            if not live[s, a]:
+                continue
+            x = xv[a]
+            v = val[s, a]
+            p = slope[s, a]
+            for j in range(n_y):
+                d = v + p * (yv[j] - x) - G[s, j]
+                out[j] = d if d < out[j] else out[j]
     return out
+
+
+def _gather_period(nidx, nw, w_next, out):
+    """out[s, j] = sum_k nw[s, j, k] w_next[nidx[s, j, k], j] over the (at most two) states the
+    statistic moves (s, y_j) to, the second only where its weight is > 0 (``sweep._Period``'s
+    layout): G_{t,s}(y) of the sweeps from W_{t+1}."""
+    n_s, n_y = out.shape
+    for s in range(n_s):
+        for j in range(n_y):
+            a = nw[s, j, 0] * w_next[nidx[s, j, 0], j]
+            if nw[s, j, 1] > 0.0:
+                a = a + nw[s, j, 1] * w_next[nidx[s, j, 1], j]
+            else:
+                a = a + 0.0
+            out[s, j] = a
+
+
+def _scatter_period(nidx, nw, q, out):
+    """out[nidx[s, j, k], j] += q[s, j] nw[s, j, k] in the order of (s, j, k) (``out`` zeroed
+    first): the law at t+1 of the states the statistic moves the mass q of (S_t = s,
+    X_{t+1} = y_j) to."""
+    n_s, n_y = q.shape
+    for i in range(out.shape[0]):
+        for j in range(n_y):
+            out[i, j] = 0.0
+    for s in range(n_s):
+        for j in range(n_y):
+            m = q[s, j]
+            out[nidx[s, j, 0], j] += m * nw[s, j, 0]
+            out[nidx[s, j, 1], j] += m * nw[s, j, 1]
 
 
 _PY = dict(hull_sweep_period=_hull_sweep_period, soft_sweep_period=_soft_sweep_period,
            soft_forward_period=_soft_forward_period,
            hedge_violation_period=_hedge_violation_period,
-           point_slack_period=_point_slack_period)
+           point_slack_period=_point_slack_period, gather_period=_gather_period,
+           scatter_period=_scatter_period)
 _SERIAL = {k: njit(cache=True)(f) for k, f in _PY.items()}
 """The compiled kernels, serial. A threaded build (``parallel=True``) of the same functions was
 dropped: numba's disk cache keys an entry by the function and its signature, not by the
@@ -402,6 +445,9 @@ def warm_kernels() -> float:
                                sval, h, lo, hi, drift)
         k["soft_forward_period"](G, yv, yv, np.full((1, 3), 1.0 / 3.0), h, lo, hi, sval, 0.01,
                                  np.empty((1, 3)))
+        nidx, nw = np.zeros((1, 3, 2), np.int64), np.zeros((1, 3, 2))
+        k["gather_period"](nidx, nw, G, np.empty((1, 3)))
+        k["scatter_period"](nidx, nw, G, np.empty((1, 3)))
     _WARM = True
     return time.perf_counter() - t0
 
@@ -411,3 +457,5 @@ soft_sweep_period = _SERIAL["soft_sweep_period"]
 soft_forward_period = _SERIAL["soft_forward_period"]
 hedge_violation_period = _SERIAL["hedge_violation_period"]
 point_slack_period = _SERIAL["point_slack_period"]
+gather_period = _SERIAL["gather_period"]
+scatter_period = _SERIAL["scatter_period"]

@@ -69,18 +69,16 @@ class _Period:
 
     def gather(self, w_next: np.ndarray) -> np.ndarray:
         """G[s, j] = sum_k K(s, y_j; s'_k) W_{t+1}(y_j, s'_k); w_next is (n_{t+1}, Y)."""
-        j = np.arange(self.ys.size)[None, :]
-        second = np.where(self.nw[..., 1] > 0, self.nw[..., 1] * w_next[self.nidx[..., 1], j],
-                          0.0)
-        return np.ascontiguousarray(self.nw[..., 0] * w_next[self.nidx[..., 0], j] + second)
+        out = np.empty(self.nw.shape[:2])
+        self.k["gather_period"](self.nidx, self.nw, np.ascontiguousarray(w_next, dtype=float),
+                                out)
+        return out
 
     def scatter(self, q: np.ndarray, n_next: int) -> np.ndarray:
         """Mass (n_{t+1}, Y) at t+1 from q[s, j] = mass of (S_t = s, X_{t+1} = y_j)."""
-        n_y = self.ys.size
-        j = np.broadcast_to(np.arange(n_y)[None, :, None], self.nidx.shape)
-        idx = (self.nidx * n_y + j).ravel()
-        out = np.bincount(idx, (q[:, :, None] * self.nw).ravel(), minlength=n_next * n_y)
-        return out.reshape(n_next, n_y)
+        out = np.empty((n_next, self.ys.size))
+        self.k["scatter_period"](self.nidx, self.nw, np.ascontiguousarray(q, dtype=float), out)
+        return out
 
 
 class _Sweeper:
