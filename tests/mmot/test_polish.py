@@ -39,8 +39,9 @@ def test_polished_bound_is_valid_recertifies_and_closes_most_of_a_poor_start(nam
     # start: potentials 0 (F is the price of the payoff's pathwise superhedge with no static
     # part); floor: the LP optimum itself. Every returned bound is on the LP's side of the
     # optimum and equals the certificate of its own potentials; within 1,000 steps (0.4 s) the
-    # bound closes >= 85% of its distance to the optimum (measured: 87% on the straddle's lower
-    # side, 92% on the lookback's, 98-99.96% on the other four)
+    # bound closes >= 80% of its distance to the optimum (measured with the variable target:
+    # 85% on the straddle's lower side, 91% on the lookback's, 98-99.96% on the other four;
+    # with the floor raised for good, the rule before it, 87%, 92%, 98-99.96%)
     from deepquant.mmot.lp import build_chain_lp, solve_side
 
     mm, chain = _heston_chain(name)
@@ -55,7 +56,7 @@ def test_polished_bound_is_valid_recertifies_and_closes_most_of_a_poor_start(nam
         assert best[0] >= opt - 1e-7 * sw.scale
         assert sw.certify(best[1])[0] == pytest.approx(best[0], abs=1e-12)
         assert report["value"] == best[0] and report["steps"] == 1000
-        assert best[0] - opt <= 0.15 * (start[0] - opt)
+        assert best[0] - opt <= 0.2 * (start[0] - opt)
 
 
 def test_polish_leaves_the_start_without_time_or_a_floor_below_it():
@@ -66,6 +67,19 @@ def test_polish_leaves_the_start_without_time_or_a_floor_below_it():
         best, report = polish(sw, start, floor, max_seconds=seconds)
         assert best is start and report["steps"] == 0
 
+
+def test_polish_stops_once_the_best_value_reaches_the_floor():
+    # a floor just below the start (here 1% of the way to the exact optimum): the target can
+    # never lie below it, so once a step's value reaches it there is nothing left to aim at and
+    # the steps stop long before max_steps; the bound stays valid and on the floor's far side
+    # at most by the last steps' gain (the optimum is far below: they do not stall on it)
+    _, mg, lp, chain = _random_asian(0)
+    sw = _Sweeper(chain, mg, 1.0)
+    start = sw.certify(np.zeros(sw.mu_flat.size))
+    floor = start[0] - 0.01 * (start[0] - lp.upper)
+    best, report = polish(sw, start, floor, max_seconds=60.0, max_steps=5000)
+    assert 0 < report["steps"] < 5000
+    assert lp.upper - 1e-9 <= best[0] < start[0]
 
 @pytest.fixture(scope="module")
 def quote_problem():
