@@ -158,3 +158,23 @@ def test_gather_and_scatter_kernels_are_the_statistic_moves_and_their_adjoint():
     np.testing.assert_array_equal(got_s.ravel(), want_s)
     assert abs(got_s.sum() - q.sum()) <= 1e-12 * q.sum()
     assert abs(float(np.sum(got_g * q)) - float(np.sum(w * got_s))) <= 1e-12 * np.abs(w).sum()
+
+
+def test_the_sweeps_moves_refuse_arrays_the_compiled_kernels_would_index_past():
+    # the compiled gather / scatter do not check bounds, so the period checks the shapes:
+    # a w_next with fewer rows than date t+1 has states, a q of another shape, or fewer
+    # states than the moves reach are a ValueError, not a read or write past the arrays
+    from deepquant.mmot.sweep import _Sweeper
+    from tests.mmot.test_certified import _random_asian
+
+    _, mg, _, chain = _random_asian(0)
+    per = _Sweeper(chain, mg, 1.0).periods[1]
+    w = np.zeros((per.n_next, per.ys.size))
+    q = np.zeros((per.n_s, per.ys.size))
+    assert per.gather(w).shape == q.shape and per.scatter(q, per.n_next).shape == w.shape
+    with pytest.raises(ValueError, match="w_next"):
+        per.gather(w[:-1])
+    with pytest.raises(ValueError, match="n_next"):
+        per.scatter(q, per.n_next - 1)
+    with pytest.raises(ValueError, match="q of shape"):
+        per.scatter(q[:, :-1], per.n_next)

@@ -53,6 +53,12 @@ class _Period:
         self.nw = np.zeros((n_s, n_y, 2))
         self.nidx[s_idx, jpos, slot] = cols
         self.nw[s_idx, jpos, slot] = vals
+        # the compiled gather / scatter index without bounds checks: every move must land on a
+        # state of date t+1
+        self.n_next = chain.states[t + 1].size
+        if cols.size and not (0 <= cols.min() and cols.max() < self.n_next):
+            raise ValueError(f"the statistic's moves of period {t} leave the {self.n_next} "
+                             f"states of date {t + 1}")
         self.logq = np.log(mu_next[self.ys])
         self.n_s = n_s
         self.k = kernels()
@@ -69,6 +75,9 @@ class _Period:
 
     def gather(self, w_next: np.ndarray) -> np.ndarray:
         """G[s, j] = sum_k K(s, y_j; s'_k) W_{t+1}(y_j, s'_k); w_next is (n_{t+1}, Y)."""
+        if w_next.shape[0] < self.n_next or w_next.shape[1] != self.ys.size:
+            raise ValueError(f"gather needs w_next with >= {self.n_next} rows and "
+                             f"{self.ys.size} columns, got {w_next.shape}")
         out = np.empty(self.nw.shape[:2])
         self.k["gather_period"](self.nidx, self.nw, np.ascontiguousarray(w_next, dtype=float),
                                 out)
@@ -76,6 +85,9 @@ class _Period:
 
     def scatter(self, q: np.ndarray, n_next: int) -> np.ndarray:
         """Mass (n_{t+1}, Y) at t+1 from q[s, j] = mass of (S_t = s, X_{t+1} = y_j)."""
+        if n_next < self.n_next or q.shape != self.nw.shape[:2]:
+            raise ValueError(f"scatter needs q of shape {self.nw.shape[:2]} and n_next >= "
+                             f"{self.n_next}, got {q.shape} and {n_next}")
         out = np.empty((n_next, self.ys.size))
         self.k["scatter_period"](self.nidx, self.nw, np.ascontiguousarray(q, dtype=float), out)
         return out
