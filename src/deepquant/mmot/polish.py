@@ -20,7 +20,8 @@ and halves after ``STALL`` steps that do not (a variable target value, ``WIDEN``
 (``_Sweeper.certify``: lowered to its lines, swept with the violations measured), so the bound
 returned is valid whatever the steps did.
 
-Measured (Heston, N = 5, M = 150, from the side's 10 s certificate, one BLAS thread, load 1-2):
+Measured with the first target rule and the sweeps' moves in numpy (Heston, N = 5, M = 150,
+from the side's 10 s certificate, one BLAS thread, load 1-2):
 the lookback's upper side 0.082612 -> 0.082441 in 0.8 s and 0.082402 in 5.8 s (the certificate
 of 60 s of smoothed stages was 0.082370); the Asian's lower side 0.028245 -> 0.028360 in 6 s
 (180 s of smoothed stages: 0.028335); 13 monthly dates, the Asian's lower side 0.038026 ->
