@@ -83,8 +83,7 @@ class MarkovInner:
 def _advance(sw, t: int, mass: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """The joint law of (S_{t+1}, X_{t+1}) from that of (S_t, X_t) (``mass``) and period t's
     kernel."""
-    n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
-    return sw.periods[t].scatter(mass @ kernel, n_next)
+    return sw.periods[t].scatter(mass @ kernel)
 
 
 def _coefficient(sw, t: int, mass: np.ndarray, w_next: np.ndarray) -> np.ndarray:

@@ -116,8 +116,7 @@ def _advance(sw, t: int, mass: np.ndarray, classes: np.ndarray, kern: np.ndarray
     q = np.zeros((mass.shape[0], per.ys.size))
     for b in range(kern.shape[0]):
         q += np.where(classes == b, mass, 0.0) @ kern[b]
-    n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
-    return per.scatter(q, n_next)
+    return per.scatter(q)
 
 
 def bucket_chain_value(sw, classes: list, kerns: list) -> tuple[float, list, float, float]:

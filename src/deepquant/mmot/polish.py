@@ -151,8 +151,7 @@ def moves_laws(sw, out: list) -> np.ndarray:
         q = np.bincount(np.concatenate([si * ny + j1[si, xi], si * ny + j2[si, xi]]),
                         np.concatenate([m * lt, m * (1.0 - lt)]),
                         minlength=mass.shape[0] * ny).reshape(mass.shape[0], ny)
-        n_next = sw.periods[t + 1].n_s if t + 1 < sw.T else sw.g_term.shape[0]
-        mass = per.scatter(q, n_next)
+        mass = per.scatter(q)
         laws.append(mass.sum(axis=0))
     return np.concatenate(laws)
 
@@ -195,10 +194,10 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
             break
         t_step = time.perf_counter()
         value, g = step(x)
-        f_best = min(f_best, value) if np.isfinite(value) else f_best
         gg = float(g @ g)
         if not (np.isfinite(value) and gg > 0):
             break
+        f_best = min(f_best, value)
         top = min(f_best, best[0])
         if top <= floor:  # at the floor: nothing left to aim at
             break

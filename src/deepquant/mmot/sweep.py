@@ -83,8 +83,10 @@ class _Period:
                                 out)
         return out
 
-    def scatter(self, q: np.ndarray, n_next: int) -> np.ndarray:
-        """Mass (n_{t+1}, Y) at t+1 from q[s, j] = mass of (S_t = s, X_{t+1} = y_j)."""
+    def scatter(self, q: np.ndarray, n_next: int | None = None) -> np.ndarray:
+        """Mass (n_{t+1}, Y) at t+1 from q[s, j] = mass of (S_t = s, X_{t+1} = y_j); ``n_next``
+        rows (default: the states of date t+1)."""
+        n_next = self.n_next if n_next is None else n_next
         if n_next < self.n_next or q.shape != self.nw.shape[:2]:
             raise ValueError(f"scatter needs q of shape {self.nw.shape[:2]} and n_next >= "
                              f"{self.n_next}, got {q.shape} and {n_next}")
@@ -219,8 +221,7 @@ class _Sweeper:
             q = np.empty(G.shape)
             per.k["soft_forward_period"](G, per.yv, per.xv, np.ascontiguousarray(mass), hh, lo, hi, val,
                                 eps, q)
-            n_next = (self.periods[t + 1].n_s if t + 1 < self.T else self.g_term.shape[0])
-            mass = per.scatter(q, n_next)
+            mass = per.scatter(q)
             laws.append(mass.sum(axis=0))
         expected = float(np.sum(mass * np.where(self.live_T, self.g_term, 0.0)))
         law = np.concatenate(laws)
