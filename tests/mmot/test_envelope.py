@@ -178,3 +178,40 @@ def test_the_sweeps_moves_refuse_arrays_the_compiled_kernels_would_index_past():
         per.scatter(q, per.n_next - 1)
     with pytest.raises(ValueError, match="q of shape"):
         per.scatter(q[:, :-1], per.n_next)
+
+
+def test_the_moves_kernel_is_numpys_bincount_of_the_envelopes_moves_bit_for_bit():
+    """The mass the exact sweep's envelopes move from each live state (weight lam to y_j1,
+    1 - lam to y_j2) equals numpy's bincount over [the j1 moves; the j2 moves] bit for bit,
+    keeps the live mass, moves it with its mean (a martingale move: sum_j q y_j = sum m x),
+    and skips the dead states and those without mass."""
+    from deepquant.mmot.sweep import _Sweeper
+    from tests.mmot.test_certified import _random_asian
+
+    rng = np.random.default_rng(5)
+    _, mg, _, chain = _random_asian(0)
+    sw = _Sweeper(chain, mg, 1.0)
+    u = rng.standard_normal(sw.mu_flat.size) * 0.01
+    out = sw.hard(u)[1]
+    per = sw.periods[1]
+    _, _, j1, j2, lam = out[1]
+    mass = rng.uniform(size=(per.n_s, per.xv.size))
+    mass[rng.uniform(size=mass.shape) < 0.3] = 0.0
+    ny = per.ys.size
+    si, xi = np.nonzero((mass > 0) & per.live)
+    m, lt = mass[si, xi], lam[si, xi]
+    want = np.bincount(np.concatenate([si * ny + j1[si, xi], si * ny + j2[si, xi]]),
+                       np.concatenate([m * lt, m * (1.0 - lt)]),
+                       minlength=per.n_s * ny).reshape(per.n_s, ny)
+    got = per.moves(mass, j1, j2, lam)
+    np.testing.assert_array_equal(got, want)
+    assert abs(got.sum() - mass[(mass > 0) & per.live].sum()) <= 1e-12 * mass.sum()
+    # where the line is finite the move is a martingale move: the mass keeps its mean
+    fin = np.where(np.isfinite(out[1][0]), mass, 0.0)
+    np.testing.assert_allclose(per.moves(fin, j1, j2, lam) @ per.yv,
+                               (np.where(per.live, fin, 0.0) * per.xv[None, :]).sum(axis=1),
+                               rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="j1 and j2"):
+        per.moves(mass, np.full_like(j1, ny), j2, lam)
+    with pytest.raises(ValueError, match="shape"):
+        per.moves(mass[:-1], j1, j2, lam)

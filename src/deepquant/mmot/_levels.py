@@ -44,7 +44,7 @@ INNER_SHARE = 0.3
 """Share of the side's budget kept for the inner value on the user's own grid (the Markov and
 path-dependent chains of ``markov_inner``, ``path_inner``) when that grid lies above the work
 level (no stage runs there, so its inner value would otherwise be a coarse level's, on other
-marginals). Was 0.4 before the polish (``POLISH_SHARE``) took its part: measured with the
+marginals). Was 0.4 before the polish (``polish_share``) took its part: measured with the
 polish, Heston, N = 5, M = 150, 10 s per side, one run each at load 2.1-2.4, the outer bounds
 with (inner, polish) shares (0.4, 0), (0.3, 0.2), (0.2, 0.2), (0.25, 0.15), (0.3, 0.1): Asian
 lower 0.028244, 0.028277, 0.028311, 0.028309, 0.028284; lookback upper 0.082662, 0.082486,
@@ -52,10 +52,29 @@ lower 0.028244, 0.028277, 0.028311, 0.028309, 0.028284; lookback upper 0.082662,
 (the inner values moved with the load by more than with the shares)."""
 
 
-POLISH_SHARE = 0.2
-"""Share of the side's budget kept, on the user's own grid above the work level, for polishing
-its certificate by subgradient steps on the exact dual (``deepquant.mmot.polish``), after the
-inner value (whose value is the steps' floor)."""
+POLISH_SHARE_PER_PERIOD = 0.04
+"""Share of the side's budget kept per period (``polish_share``), on the user's own grid above
+the work level, for polishing its certificate by subgradient steps on the exact dual
+(``deepquant.mmot.polish``), after the inner value (whose value is the steps' floor): 0.2 at
+five periods, as measured there (Heston, N = 5, M = 150, 10 s per side: 0.3 and 0.25 beside 0.2
+moved the outer bounds by 0.01-0.05% and cut the lookback's upper path pass short). A step
+sweeps every period, and the longer chains need more of them: 13 monthly dates (12 periods),
+M = 150, Asian, 60 s per side, shares 0.2 / 0.3 / 0.4 / 0.5 of the polish (inner 0.3, the
+coarse levels the rest; rounds alternating, load 1.2-2.3): lower 0.039540, 0.039564 /
+0.039522, 0.039736 / 0.039741, 0.039812, 0.039769 / 0.039856, 0.039860, upper 0.053632,
+0.053597 / 0.053588, 0.053576 / 0.053564, 0.053559 / 0.053557, 0.053557; the fine
+certificate the steps start from is the same in all (0.038026-0.038034 and 0.053969): the
+coarse levels end before their share there."""
+
+POLISH_SHARE_MAX = 0.5
+"""Largest share of the side's budget for the polish (``polish_share``), so that the coarse
+levels keep at least 1 - ``INNER_SHARE`` - this of it."""
+
+
+def polish_share(periods: int) -> float:
+    """Share of a side's budget for the polish of a chain of ``periods`` periods:
+    ``POLISH_SHARE_PER_PERIOD`` per period, at most ``POLISH_SHARE_MAX``."""
+    return min(POLISH_SHARE_PER_PERIOD * periods, POLISH_SHARE_MAX)
 
 
 def is_above(columns: int, work_columns: float, role: str) -> bool:

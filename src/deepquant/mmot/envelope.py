@@ -40,7 +40,7 @@ from numba import njit
 
 __all__ = ["hull_sweep_period", "soft_sweep_period", "soft_forward_period",
            "hedge_violation_period", "point_slack_period", "gather_period", "scatter_period",
-           "kernels", "warm_kernels"]
+           "moves_period", "kernels", "warm_kernels"]
 
 _PIN = 1e-13  # relative distance to the end of the hull at which a row is pinned (point mass)
 
@@ -395,11 +395,32 @@ def _scatter_period(nidx, nw, q, out):
             out[nidx[s, j, 1], j] += m * nw[s, j, 1]
 
 
+def _moves_period(mass, live, j1, j2, lam, q):
+    """q[s, j] = the mass the exact sweep's envelopes move from the live states (s, x) of
+    ``mass`` (n_s, X) to (S_t = s, X_{t+1} = y_j): weight lam to y_j1, 1 - lam to y_j2 (``q``
+    zeroed first), added in numpy's bincount order of the index list [the j1 moves; the j2
+    moves], states with mass in row-major order, so the sums are numpy's to the bit."""
+    n_s, n_x = mass.shape
+    for s in range(n_s):
+        for j in range(q.shape[1]):
+            q[s, j] = 0.0
+    for s in range(n_s):
+        for a in range(n_x):
+            m = mass[s, a]
+            if m > 0.0 and live[s, a]:
+                q[s, j1[s, a]] += m * lam[s, a]
+    for s in range(n_s):
+        for a in range(n_x):
+            m = mass[s, a]
+            if m > 0.0 and live[s, a]:
+                q[s, j2[s, a]] += m * (1.0 - lam[s, a])
+
+
 _PY = dict(hull_sweep_period=_hull_sweep_period, soft_sweep_period=_soft_sweep_period,
            soft_forward_period=_soft_forward_period,
            hedge_violation_period=_hedge_violation_period,
            point_slack_period=_point_slack_period, gather_period=_gather_period,
-           scatter_period=_scatter_period)
+           scatter_period=_scatter_period, moves_period=_moves_period)
 _SERIAL = {k: njit(cache=True)(f) for k, f in _PY.items()}
 """The compiled kernels, serial. A threaded build (``parallel=True``) of the same functions was
 dropped: numba's disk cache keys an entry by the function and its signature, not by the
@@ -448,6 +469,7 @@ def warm_kernels() -> float:
         nidx, nw = np.zeros((1, 3, 2), np.int64), np.zeros((1, 3, 2))
         k["gather_period"](nidx, nw, G, np.empty((1, 3)))
         k["scatter_period"](nidx, nw, G, np.empty((1, 3)))
+        k["moves_period"](np.full((1, 3), 1.0 / 3.0), live, j1, j2, lam, np.empty((1, 3)))
     _WARM = True
     return time.perf_counter() - t0
 
@@ -459,3 +481,4 @@ hedge_violation_period = _SERIAL["hedge_violation_period"]
 point_slack_period = _SERIAL["point_slack_period"]
 gather_period = _SERIAL["gather_period"]
 scatter_period = _SERIAL["scatter_period"]
+moves_period = _SERIAL["moves_period"]

@@ -20,10 +20,10 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot._levels import (
     INNER_SHARE,
     LEVEL_EPS_START,
-    POLISH_SHARE,
     WORK_COLUMNS_PER_SECOND,
     coarse_share,
     is_above,
+    polish_share,
 )
 from deepquant.mmot.augment import AugmentedChain, build_chain
 from deepquant.mmot.certified import (
@@ -209,7 +209,8 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     share, crole = coarse_share(cols, work_columns, role, coarse_is_lp)
     # the user's grid above the work level keeps a share for its own (Markov) inner value
     # (and for polishing its certificate, after the inner value)
-    reserve = (INNER_SHARE + POLISH_SHARE) * budget if top and is_above(cols, work_columns, role) \
+    polish = polish_share(T)
+    reserve = (INNER_SHARE + polish) * budget if top and is_above(cols, work_columns, role) \
         else 0.0
     copts["max_seconds"] = share * (budget - reserve)
     cres = _multiscale_side(coarse, payoff, cchain, sense,
@@ -250,7 +251,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     fine = dataclasses.replace(fine, info=info)
     if top and not fine.primal_residual <= MARGINAL_TOL:
         # no plan on this grid's own marginals yet: a Markov chain on them, in what is left
-        polish_time = POLISH_SHARE * budget if reserve > 0 else 0.0
+        polish_time = polish * budget if reserve > 0 else 0.0
         fine = adopt_markov_inner(fine, chain, marginals, sense,
                                   max_seconds=budget - polish_time
                                   - (time.perf_counter() - t_start),

@@ -144,14 +144,7 @@ def moves_laws(sw, out: list) -> np.ndarray:
     laws = []
     for t, per in enumerate(sw.periods):
         _, _, j1, j2, lam = out[t]
-        ny = per.ys.size
-        si, xi = np.nonzero((mass > 0) & per.live)
-        m = mass[si, xi]
-        lt = lam[si, xi]
-        q = np.bincount(np.concatenate([si * ny + j1[si, xi], si * ny + j2[si, xi]]),
-                        np.concatenate([m * lt, m * (1.0 - lt)]),
-                        minlength=mass.shape[0] * ny).reshape(mass.shape[0], ny)
-        mass = per.scatter(q)
+        mass = per.scatter(per.moves(mass, j1, j2, lam))
         laws.append(mass.sum(axis=0))
     return np.concatenate(laws)
 

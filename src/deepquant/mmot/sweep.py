@@ -94,6 +94,27 @@ class _Period:
         self.k["scatter_period"](self.nidx, self.nw, np.ascontiguousarray(q, dtype=float), out)
         return out
 
+    def moves(self, mass: np.ndarray, j1: np.ndarray, j2: np.ndarray, lam: np.ndarray
+              ) -> np.ndarray:
+        """q[s, j] (n_s, Y) = mass of (S_t = s, X_{t+1} = y_j) when the live states of ``mass``
+        (n_s, X) move as the exact sweep's envelopes say (``hull``'s j1, j2, lam), see
+        ``envelope.moves_period``."""
+        shape = (self.n_s, self.xv.size)
+        if mass.shape != shape or j1.shape != shape or j2.shape != shape or lam.shape != shape:
+            raise ValueError(f"moves needs mass, j1, j2 and lam of shape {shape}, got "
+                             f"{mass.shape}, {j1.shape}, {j2.shape}, {lam.shape}")
+        ny = self.ys.size
+        lo, hi = min(j1.min(), j2.min()), max(j1.max(), j2.max())
+        if lo < 0 or hi >= ny:
+            raise ValueError(f"moves needs j1 and j2 in [0, {ny}) (positions of date t+1's "
+                             f"points), got [{lo}, {hi}]")
+        q = np.empty((self.n_s, ny))
+        self.k["moves_period"](np.ascontiguousarray(mass, dtype=float), self.live,
+                               np.ascontiguousarray(j1, dtype=np.int64),
+                               np.ascontiguousarray(j2, dtype=np.int64),
+                               np.ascontiguousarray(lam, dtype=float), q)
+        return q
+
 
 class _Sweeper:
     """Exact and smoothed sweeps of one side of one chain."""
