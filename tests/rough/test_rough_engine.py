@@ -342,9 +342,10 @@ def test_run_message_says_when_the_lower_estimate_is_above_the_upper():
 def test_a_crossed_small_run_says_so_in_its_message():
     # 2 batches of 2^9 paths: the two sample means can cross; the message must say so exactly
     # when they do (lower > upper), whatever the numerics of the platform give; on 2 batches
-    # (1 degree of freedom) a crossing of 3.6 standard errors (seed 1) is sampling noise
+    # (1 degree of freedom) a crossing of 3.6 batch standard errors (seed 1), 3.0 path-level
+    # ones, is sampling noise
     from deepquant.rough import RoughBergomi, preset_pricer
-    from deepquant.rough.result import crossed_threshold
+    from deepquant.rough.result import PATH_CROSSED_STDERRS, crossed_threshold
 
     bs = RoughBergomi.black_scholes(sigma=0.2, r=0.05, S0=100.0)
     pricer = preset_pricer("bs", n_regression=2**10, batch_size=2**9, min_batches=2,
@@ -353,7 +354,12 @@ def test_a_crossed_small_run_says_so_in_its_message():
         warnings.simplefilter("always")
         res = pricer(bs, 100.0, rng=1)
     assert ("above the upper one" in res.message) == (res.lower > res.upper)
-    assert res.crossed == (res.lower - res.upper > crossed_threshold(2) * res.gap_stderr)
+    # no floor is crossed here (the European price 5.57 is below both estimates)
+    assert res.upper > res.price_floor
+    assert res.crossed == (res.lower - res.upper > min(crossed_threshold(2) * res.gap_stderr,
+                                                       PATH_CROSSED_STDERRS
+                                                       * res.gap_path_stderr))
+    assert res.success == (not res.crossed)
     # the run warns exactly when it is flagged
     assert any(issubclass(w.category, RuntimeWarning) and "sampling noise explains"
                in str(w.message) for w in caught) == res.crossed
@@ -376,8 +382,8 @@ def test_a_run_crossed_beyond_sampling_noise_is_flagged_and_warned(monkeypatch):
     assert not honest.crossed and honest.gap < 0.5
     batches = BermudanPricer._batch_estimates
 
-    def biased(self, *args, **kwargs):
-        return batches(self, *args, **kwargs) - np.array([0.0, 1.0, 0.0, 1.0])
+    def biased(self, *args, **kwargs):   # the path-level variances (last two) unchanged
+        return batches(self, *args, **kwargs) - np.array([0.0, 1.0, 0.0, 1.0, 0.0, 0.0])
 
     monkeypatch.setattr(BermudanPricer, "_batch_estimates", biased)
     with pytest.warns(RuntimeWarning, match="more than the 9.22 sampling noise explains on 4"):
@@ -386,11 +392,13 @@ def test_a_run_crossed_beyond_sampling_noise_is_flagged_and_warned(monkeypatch):
     assert res.lower == honest.lower
     assert res.upper == pytest.approx(honest.upper - 1.0, abs=1e-9)
     assert crossing_stderrs(res.gap, res.gap_stderr) > crossed_threshold(res.n_batches)
-    assert res.crossed and res.success and res.to_dict()["crossed"] is True
+    # an invalid bracket is a failed run: success False, status "crossed", the message first
+    assert res.crossed and not res.success and res.status == "crossed"
+    assert res.to_dict()["crossed"] is True and res.message.startswith("invalid bracket: ")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ens = ensemble(bs, 100.0, runs=2, pricer=pricer, backend="serial", rng=0)
-    assert all(r.crossed for r in ens.runs)
+    assert all(r.crossed for r in ens.runs) and not ens.success
     # each run warns, and the ensemble names both
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert any(re.search(r"2 of 2 runs .* \(runs \[0, 1\]\)", m) for m in messages)
@@ -403,7 +411,12 @@ def test_crossing_stderrs_and_the_message_agree_on_the_threshold():
     # 2 batches 235.8, 4 batches 9.22, many batches -> 3
     from scipy import stats
 
-    from deepquant.rough.result import crossed_threshold, crossing_stderrs, run_message
+    from deepquant.rough.result import (
+        bracket_failures,
+        crossed_threshold,
+        crossing_stderrs,
+        run_message,
+    )
 
     assert crossing_stderrs(0.1, 0.01) == 0.0 and crossing_stderrs(-0.3, 0.0) == np.inf
     assert crossed_threshold(1) == np.inf
@@ -415,8 +428,15 @@ def test_crossing_stderrs_and_the_message_agree_on_the_threshold():
     limit = crossed_threshold(4)
     noise = run_message("max_batches", 4, 0.2, 0.3, -0.099 * limit, 0.1)
     assert f"sampling noise below about {limit:.3g} on 4 batches" in noise
-    beyond = run_message("max_batches", 4, 0.2, 0.3, -0.101 * limit, 0.1)
-    assert f"more than the {limit:.3g} sampling noise explains on 4 batches" in beyond
+    # beyond the threshold the crossing is a failure clause, no longer a note of the message
+    beyond = bracket_failures(lower=1.0, upper=1.0 - 0.101 * limit, gap=-0.101 * limit,
+                              gap_stderr=0.1, upper_stderr=0.1, n_batches=4)
+    assert len(beyond) == 1
+    assert f"more than the {limit:.3g} sampling noise explains on 4 batches" in beyond[0]
+    assert "above the upper" not in run_message("max_batches", 4, 0.2, 0.3, -0.101 * limit, 0.1)
     # 3.6 standard errors on 2 batches (1 degree of freedom) are noise, on 64 they are not
     assert "sampling noise below" in run_message("max_batches", 2, 0.2, 0.3, -0.36, 0.1)
-    assert "sampling noise explains" in run_message("max_batches", 64, 0.2, 0.3, -0.36, 0.1)
+    assert bracket_failures(lower=1.0, upper=0.64, gap=-0.36, gap_stderr=0.1,
+                            upper_stderr=0.1, n_batches=2) == []
+    assert "sampling noise explains" in bracket_failures(
+        lower=1.0, upper=0.64, gap=-0.36, gap_stderr=0.1, upper_stderr=0.1, n_batches=64)[0]

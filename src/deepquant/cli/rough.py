@@ -8,6 +8,8 @@ The exercise payoff is ``--option put|call`` with ``--strike`` (the plain Bermud
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from deepquant.cli.output import (
@@ -41,7 +43,7 @@ _LIBRARY_OPTIONS = {"H": "--hurst", "eta": "--eta", "rho": "--rho", "xi0": "--xi
                     "barrier": "--barrier", "n_dates": "--dates",
                     "payoff_dates": "--payoff-dates", "sig_level": "--sig-level",
                     "steps_per_date": "--steps-per-date",
-                    "n_workers": "--workers"}
+                    "n_workers": "--workers", "device": "--device"}
 """Parameters of the models and pricers and the options that set them (named in the errors)."""
 
 
@@ -366,7 +368,10 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
              + (f" barrier={barrier:g}" if barrier is not None else "")
              + f", {n_dates} dates, T={T:g}, {name}")
     try:
-        with reported_failures():  # success and message are in the output
+        with reported_failures(), warnings.catch_warnings():  # success and message are in
+            # the output; an invalid bracket ends the command with its message (below)
+            warnings.filterwarnings("ignore", message=".*invalid bracket",
+                                    category=RuntimeWarning)
             if plan["american"] or plan["grids"] > 1:
                 from threadpoolctl import threadpool_limits
 
@@ -408,6 +413,7 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                 note = (f"estimates {res.model}. {res.message}. Total error = discretisation + "
                         f"2 stderr + gap/2 = {res.error:.4g} ({100 * res.relative_error:.2f}%), "
                         f"{res.seconds:.1f} s")
+                invalid = res.message if res.status == "crossed" else None
             elif runs == 1:
                 from threadpoolctl import threadpool_limits
 
@@ -430,7 +436,8 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                         f"({res.stop_reason}), {res.n_regression} regression paths, gap "
                         f"{res.gap:.4g} ({100 * res.relative_gap:.2f}%), {res.seconds:.1f} s; "
                         f"brackets {res.model} (no discretisation error estimate: --grids 1)"
-                        + ("" if res.success else f"; {res.message}"))
+                        + ("" if res.success or res.crossed else f"; {res.message}"))
+                invalid = res.message if res.crossed else None   # the error line below
             else:
                 with progress(disable=as_json) as bar:
                     task = bar.add_task("ensemble runs", total=runs)
@@ -443,6 +450,7 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                         ("midpoint", ens.midpoint, "", *ens.midpoint_ci)]
                 columns = ["bound", "estimate", "stderr", "95% CI low", "95% CI high"]
                 note = f"{ens.message}, {ens.seconds:.1f} s"
+                invalid = ens.message if any(r.crossed for r in ens.runs) else None
     except (ValueError, RuntimeError) as exc:
         fail_option(exc, _options_of(model))
 
@@ -450,9 +458,14 @@ def american(model, strike, n_dates, runs, option, payoff_name, barrier, payoff_
                option=option, payoff=payoff_label(payoff), barrier=barrier, n_dates=n_dates)
     if as_json:
         print_json(out)
-        return
-    console.print(table(title, columns, rows))
-    err_console.print(note)
+    else:
+        console.print(table(title, columns, rows))
+        err_console.print(note)
+    if invalid is not None:
+        # an upper estimate below a lower bound of the price beyond sampling noise: the
+        # numbers are printed for diagnosis, the command fails with the crossing (one line)
+        click.echo(f"Error: {invalid}", err=True)
+        raise SystemExit(1)
 
 
 COMMANDS: list[click.Command] = [american]

@@ -199,8 +199,9 @@ class CoupledRun:
 
     steps : steps per exercise period of each level
     runs : a ``BermudanResult`` per level (its intervals from the shared batches)
-    batches : (n_batches, n_levels, 4) per-batch estimates (lower with control variate,
-        upper, plain lower, gap) of every level
+    batches : (n_batches, n_levels, ``engine.BATCH_COLUMNS``) per-batch estimates (lower with
+        control variate, upper, plain lower, gap, and the path-level variances of the gap's
+        and the upper estimate's batch means) of every level
     cpu_seconds : process time of the whole run; cpu_by_grid : the part spent in each level
         (features, fits, sub-simulation), the shared simulation of the paths apart
     """
@@ -283,7 +284,7 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
     stopping rule: the model's discretisation without the fits' differences. The coarser
     levels' fits (features of the regression paths, least squares) are not computed."""
     from deepquant.results import ConvergenceWarning
-    from deepquant.rough.engine import exercise_payoff
+    from deepquant.rough.engine import BATCH_COLUMNS, exercise_payoff
 
     pricers = list(pricers)
     if not pricers:
@@ -353,7 +354,7 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
         return np.concatenate(out)
 
     def monitor(h: np.ndarray) -> float:
-        return float(np.max(h.reshape(len(levels), 4)[:, :2]))
+        return float(np.max(h.reshape(len(levels), BATCH_COLUMNS)[:, :2]))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -362,12 +363,13 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
                            min_improvement=ref.min_improvement, monitor=monitor)
     timings["pricing"] = time.perf_counter() - t_price
     L = len(levels)
-    batches = ad.batches.reshape(ad.n_batches, L, 4)
+    batches = ad.batches.reshape(ad.n_batches, L, BATCH_COLUMNS)
     wall = time.perf_counter() - t0
     cpu_total = time.process_time() - c0
     runs = []
     for i, lvl in enumerate(levels):
-        res = lvl._result(model, payoffs[i], fits[i], ad, slice(4 * i, 4 * i + 4), seconds=wall,
+        res = lvl._result(model, payoffs[i], fits[i], ad,
+                          slice(BATCH_COLUMNS * i, BATCH_COLUMNS * (i + 1)), seconds=wall,
                           cpu_seconds=cpu[i], timings=dict(timings))
         runs.append(res)
         if callback:

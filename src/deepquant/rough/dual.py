@@ -54,6 +54,7 @@ from deepquant.rough.exercise import (
     payoff_grid_states,
     state_columns,
 )
+from deepquant.rough.qmc import variance_of_mean
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.signature import iter_signatures, lifted_path
 
@@ -64,6 +65,8 @@ __all__ = [
     "fit_dual",
     "dual_objective",
     "least_squares_martingale",
+    "martingale_mean_stderrs",
+    "MARTINGALE_MEAN_STDERRS",
 ]
 
 
@@ -249,6 +252,35 @@ class DualMartingale:
     def pathwise(self, Z: np.ndarray, B: np.ndarray) -> np.ndarray:
         """max_j (Z_j - M_j) on (independent) paths, shape (n,)."""
         return dual_objective(self.theta / self.scale, Z, B)
+
+
+MARTINGALE_MEAN_STDERRS = 5.0
+"""Standard errors by which a fitted martingale's sample mean at a date may miss its
+expectation 0 on independent paths (``martingale_mean_stderrs``); beyond, the engine drops
+the pathwise refinement. Measured: at most 2.7 over 45 sound fits (Black-Scholes sigma 0.2-3,
+rough Bergomi, strikes 80-120, 3 seeds, 4-12 dates); 7.6 to 8e4 for the collapsed fits at
+sigma = 12 (upper estimates 0 to 32 for prices 79-118)."""
+
+
+def martingale_mean_stderrs(M: np.ndarray, *, antithetic: bool) -> float:
+    """The largest |sample mean| / standard error of M_{t_j} over the dates j >= 1, for
+    martingale values M (n, J+1) on paths that did not fit it (``DualMartingale.values``;
+    antithetic pairs as the units, ``qmc.variance_of_mean``). A martingale has mean 0, so a
+    large value says the sample does not represent its distribution: the pathwise fit found
+    increments that are nearly the same non-zero number on every sampled path (e.g. the
+    discounted stock increment -S_t/K at extreme volatility, where a rare path carries the
+    zero mean) and used them as a constant shift of M, so max_j (Z_j - M_j) averages far below
+    its expectation on any feasible sample. inf when a date's M is constant but not 0; 0 with
+    no dates."""
+    M = np.asarray(M, dtype=float)[:, 1:]
+    if M.shape[1] == 0:
+        return 0.0
+    mean = np.abs(M.mean(axis=0))
+    se = np.sqrt(variance_of_mean(M, antithetic=antithetic))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(se > 0, mean / np.where(se > 0, se, 1.0),
+                         np.where(mean > 0, np.inf, 0.0))
+    return float(np.max(ratio))
 
 
 def least_squares_martingale(Z: np.ndarray, F: np.ndarray, B: np.ndarray, policy, *,

@@ -12,13 +12,16 @@ One run (``BermudanPricer.__call__``), with independent random streams spawned f
    (default) it is then refined by minimising the smoothed sample mean of max_j (Z_j - M_j)
    from that start (``dual.fit_dual``, ridge ``dual_ridge`` towards the start), and the
    refinement is kept only if it lowers that mean on independent validation paths by more than
-   two standard errors.
+   two standard errors and has the mean 0 of a martingale there (``dual.MARTINGALE_MEAN_STDERRS``).
 2. **Pricing batches** (batch_size each, an independent scramble per batch) until the adaptive
    rule of ``qmc.adaptive_mean`` stops: per batch, the lower bound is the mean of Z_tau over the
    policy's stopping times tau, computed as mean(Z_tau - M_tau) with the least-squares
    martingale as a control variate (``control_variate=True``; E[M_tau] = 0 by optional stopping, so the
    estimator stays unbiased for E[Z_tau] <= V_0); the upper bound is the mean of
    max_j (Z_j - M_j) >= V_0. The plain estimator mean(Z_tau) is reported too.
+3. **Verdict**: the bracket is invalid (``crossed``, success=False, status "crossed") when the
+   upper estimate lies below the lower one or below ``exercise.price_floor`` by more than
+   sampling noise explains (``result.bracket_failures``).
 
 With ``dual="subsim"`` the upper bound comes instead from the Doob martingale of the
 regression value function max(Z_j, C_j), with its one-period conditional means estimated by
@@ -57,17 +60,20 @@ import numpy as np
 from deepquant.payoffs import Payoff
 from deepquant.results import check_count, warn_failure
 from deepquant.rough.dual import (
+    MARTINGALE_MEAN_STDERRS,
     DualMartingale,
     MartingaleBasis,
     fit_dual,
     least_squares_martingale,
     martingale_increments,
+    martingale_mean_stderrs,
 )
 from deepquant.rough.exercise import (
     check_payoff_dates,
     exercise_payoff,
     option_name,
     payoff_label,
+    price_floor,
 )
 from deepquant.rough.heston import Heston
 from deepquant.rough.lsm import (
@@ -77,9 +83,15 @@ from deepquant.rough.lsm import (
     exercise_values,
     fit_lsm,
 )
-from deepquant.rough.qmc import SOBOL_MAX_DIM, RngLike, adaptive_mean, as_seed_sequence
-from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
-from deepquant.rough.result import BermudanResult, is_crossed, run_message
+from deepquant.rough.qmc import (
+    SOBOL_MAX_DIM,
+    RngLike,
+    adaptive_mean,
+    as_seed_sequence,
+    variance_of_mean,
+)
+from deepquant.rough.rbergomi import RoughBergomi, RoughPaths, torch_device
+from deepquant.rough.result import BermudanResult, bracket_failures, run_message
 from deepquant.rough.subsim import ValueFunction, fit_value_function, subsim_pathwise
 
 __all__ = [
@@ -94,6 +106,10 @@ __all__ = [
 
 _SQRT_MAX = math.sqrt(np.finfo(np.float64).max)
 """Largest regression feature whose square is finite (about 1.3e154)."""
+
+BATCH_COLUMNS = 6
+"""Columns of a pricing batch's estimates (``BermudanPricer._batch_estimates``): lower, upper,
+plain lower, gap, and the path-level variances of the gap's and upper's batch means."""
 
 
 def check_model(model) -> None:
@@ -139,6 +155,8 @@ class BermudanPricer:
     ``payoff_dates``: N, the payoff's dates 0..N are the times i T / N (``deepquant.rough.
     exercise``); None: the exercise dates (N = n_dates). A multiple of n_dates dividing the
     number of simulation steps: e.g. n_dates=1, payoff_dates=12 is a European Asian on 12 dates.
+    ``device``: None (numpy) or "cpu", "cuda", "cuda:N", "auto" for the torch path map
+    (``rbergomi.torch_device``: a ``ValueError`` naming it when CUDA is not usable).
     """
 
     _: KW_ONLY
@@ -175,8 +193,8 @@ class BermudanPricer:
     def __post_init__(self) -> None:
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
-        if self.device is not None and not isinstance(self.device, str):
-            raise ValueError(f"device must be a torch device name or None, got {self.device!r}")
+        if self.device is not None:
+            torch_device(self.device)  # ValueError naming it (CUDA asked for, none usable)
         for name in ("exercise_at_zero", "antithetic", "bridge", "control_variate",
                      "martingale_targets"):
             if not isinstance(getattr(self, name), bool | np.bool_):
@@ -360,10 +378,13 @@ class BermudanPricer:
                                max_iter=self.dual_max_iter, ridge=self.dual_ridge)
             # keep the refinement only if it is better on independent validation paths by
             # more than two standard errors of the difference (guards against overfitting to
-            # rare events that the training sample barely contains)
+            # rare events) and has the mean 0 of a martingale there (at sigma = 12 the fit
+            # made M ~ 99 on every path: an upper estimate of 0.4 for a price of 98.75)
             Zv, _, Bv = self._arrays(model, payoff, validation())
             diff = dual.pathwise(Zv, Bv) - refined.pathwise(Zv, Bv)
-            if diff.mean() > 2.0 * diff.std(ddof=1) / math.sqrt(diff.size):
+            if diff.mean() > 2.0 * diff.std(ddof=1) / math.sqrt(diff.size) and (
+                    martingale_mean_stderrs(refined.values(Bv), antithetic=self.antithetic)
+                    <= MARTINGALE_MEAN_STDERRS):
                 dual, method = refined, "pathwise"
         timings["fit"] = time.perf_counter() - t1
         return _Fitted(policy, dual, cv, method, value_fn)
@@ -449,17 +470,19 @@ class BermudanPricer:
                                patience=self.patience, min_improvement=self.min_improvement,
                                monitor=lambda h: float(max(h[0], h[1])), callback=callback)
         timings["pricing"] = time.perf_counter() - t2
-        out = self._result(model, payoff, fitted, ad, slice(0, 4),
+        out = self._result(model, payoff, fitted, ad, slice(0, BATCH_COLUMNS),
                            seconds=time.perf_counter() - t0,
                            cpu_seconds=time.process_time() - c0, timings=timings)
-        warn_failure(out, "Bermudan pricer")
+        if not out.crossed:   # a crossed run has warned already (RuntimeWarning)
+            warn_failure(out, "Bermudan pricer")
         return out
 
     def _batch_estimates(self, model, payoff: Payoff, fitted: _Fitted, p: RoughPaths,
                          inner_seed, *, inner_refine: int = 1, inner_share=None,
                          timings=None) -> np.ndarray:
         """One pricing batch on the paths ``p``: (lower with control variate, upper, plain
-        lower, upper - lower), each the batch mean."""
+        lower, upper - lower), each the batch mean, then the path-level variances of the batch
+        means of upper - lower and of upper (``BATCH_COLUMNS``)."""
         Zb, Fb, Bb = self._arrays(model, payoff, p)
         tau = fitted.policy.stopping_index(Zb, Fb)
         rows = np.arange(Zb.shape[0])
@@ -481,21 +504,40 @@ class BermudanPricer:
                                         axis=1)[rows, tau]
         else:
             cv = plain
-        return np.array([cv.mean(), upper.mean(), plain.mean(), upper.mean() - cv.mean()])
+        anti = self.antithetic
+        if upper.shape[0] == cv.shape[0]:   # the same paths: the paired difference
+            var_gap = variance_of_mean(upper - cv, antithetic=anti)
+        else:   # sub-simulation subset: as if independent (0.8-1.1x the paired one, measured)
+            var_gap = variance_of_mean(upper, antithetic=anti) + variance_of_mean(
+                cv, antithetic=anti)
+        return np.array([cv.mean(), upper.mean(), plain.mean(), upper.mean() - cv.mean(),
+                         var_gap, variance_of_mean(upper, antithetic=anti)])
 
     def _result(self, model, payoff: Payoff, fitted: _Fitted, ad, sl: slice, *,
                 seconds: float, cpu_seconds: float, timings: dict) -> BermudanResult:
-        """The run's result from the batch statistics ``ad`` (columns ``sl`` of its mean)."""
-        lo, up, plain, gap = ad.mean[sl]
-        lo_se, up_se, plain_se, gap_se = ad.stderr[sl]
+        """The run's result from the batch statistics ``ad`` (columns ``sl``, ``BATCH_COLUMNS``
+        of them); an invalid bracket (``result.bracket_failures``) fails with status "crossed",
+        its crossing first in the message, and a ``RuntimeWarning``."""
+        lo, up, plain, gap, var_gap, var_up = ad.mean[sl]
+        lo_se, up_se, plain_se, gap_se = ad.stderr[sl][:4]
         lo_hw, up_hw = ad.half_width[sl][0], ad.half_width[sl][1]
+        gap_pse = math.sqrt(max(var_gap, 0.0) / ad.n_batches)   # path-level standard errors
+        up_pse = math.sqrt(max(var_up, 0.0) / ad.n_batches)
         vr = float(plain_se**2 / lo_se**2) if lo_se > 0 else math.inf
-        success = not (self.tol > 0 and ad.reason != "tol")
-        message = run_message(ad.reason, ad.n_batches, lo_hw, up_hw, gap, gap_se)
-        if not success:
+        floor, floor_name = price_floor(model, payoff, T=self.T, n_dates=self.n_dates,
+                                        exercise_at_zero=self.exercise_at_zero)
+        failures = bracket_failures(lower=lo, upper=up, gap=gap, gap_stderr=gap_se,
+                                    upper_stderr=up_se, n_batches=ad.n_batches,
+                                    gap_path_stderr=gap_pse, upper_path_stderr=up_pse,
+                                    price_floor=floor, floor_name=floor_name)
+        crossed, reached = bool(failures), not (self.tol > 0 and ad.reason != "tol")
+        message = run_message(ad.reason, ad.n_batches, lo_hw, up_hw, gap, gap_se, gap_pse,
+                              level=lo)
+        if not reached:
             message += f"; the target tol={self.tol:g} was not reached (raise max_batches)"
-        crossed = is_crossed(gap, gap_se, ad.n_batches)
         if crossed:
+            message = (f"invalid bracket: {'; '.join(failures)}, so the bracket is not to be "
+                       f"trusted and its midpoint is no price; {message}")
             warnings.warn(f"Bermudan pricer: {message}", RuntimeWarning, stacklevel=3)
         return BermudanResult(
             value=float(0.5 * (lo + up)), lower=float(lo), upper=float(up),
@@ -510,8 +552,10 @@ class BermudanPricer:
             exercise_at_zero=fitted.policy.exercise_at_zero, strike=float(payoff.strike),
             option=option_name(payoff), payoff=payoff_label(payoff), n_dates=self.n_dates,
             seconds=seconds,
-            cpu_seconds=cpu_seconds, timings=timings, success=success,
-            status=ad.reason, message=message, model=self.describe(model), crossed=crossed)
+            cpu_seconds=cpu_seconds, timings=timings, success=reached and not crossed,
+            status="crossed" if crossed else ad.reason, message=message,
+            model=self.describe(model), crossed=crossed, gap_path_stderr=gap_pse,
+            upper_path_stderr=up_pse, price_floor=floor)
 
 
 PRESETS = ("bs", "rbergomi", "rbergomi-signature", "heston")

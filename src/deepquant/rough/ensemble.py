@@ -35,7 +35,9 @@ class EnsembleResult:
     lower, upper : means of the runs' bounds, with lower_ci, upper_ci
     runs : the individual ``BermudanResult`` objects
     seconds : wall time of the ensemble
-    success : every run succeeded (``status`` "done", else "runs_failed"); message : one line
+    success : every run succeeded (``status`` "done", else "runs_failed"): none missed its
+        target and none is ``crossed`` (an invalid bracket); message : one line naming the
+        failed runs
     """
 
     midpoint: float
@@ -182,18 +184,22 @@ def ensemble(model: RoughBergomi, strike: Payoff | float, *, runs: int = 10, opt
     lo, lo_ci = ci(lows)
     up, up_ci = ci(ups)
     failed = [i for i, r in enumerate(ordered) if not r.success]
-    message = (f"{runs} runs, 95% t-intervals ({runs - 1} degrees of freedom)" if not failed
-               else f"{len(failed)} of {runs} runs missed their target (runs {failed}); the "
-               f"first: {ordered[failed[0]].message}")
     crossed = [i for i, r in enumerate(ordered) if r.crossed]
+    missed = [i for i in failed if i not in crossed]
+    message = f"{runs} runs, 95% t-intervals ({runs - 1} degrees of freedom)"
+    if missed:
+        message = (f"{len(missed)} of {runs} runs missed their target (runs {missed}); the "
+                   f"first: {ordered[missed[0]].message}")
     if crossed:   # the runs' own warnings stay in their worker processes
-        message += (f"; {len(crossed)} of {runs} runs have their lower estimate above the "
-                    f"upper one beyond sampling noise (runs {crossed}): their brackets are not "
-                    "to be trusted")
+        message += (f"; {len(crossed)} of {runs} runs have an invalid bracket, the upper "
+                    f"estimate below a lower bound of the price beyond sampling noise (runs "
+                    f"{crossed}): their brackets are not to be trusted; the first: "
+                    f"{ordered[crossed[0]].message}")
         warnings.warn(f"ensemble: {message}", RuntimeWarning, stacklevel=2)
     out = EnsembleResult(midpoint=mid, midpoint_ci=mid_ci, lower=lo, lower_ci=lo_ci, upper=up,
                          upper_ci=up_ci, n_runs=runs, seconds=time.perf_counter() - t0,
                          runs=ordered, success=not failed,
                          status="runs_failed" if failed else "done", message=message)
-    warn_failure(out, "ensemble")
+    if not crossed:   # a crossed ensemble has warned already (RuntimeWarning)
+        warn_failure(out, "ensemble")
     return out

@@ -50,8 +50,8 @@ import numpy as np
 from deepquant.payoffs import EuropeanCall, EuropeanPut, Payoff
 
 __all__ = ["check_exercise_payoff", "check_payoff_dates", "exercise_payoff", "is_put",
-           "is_path_dependent", "option_name", "payoff_label", "payoff_grid_states", "state_columns",
-           "statistic_kind", "truncated_payoff"]
+           "is_path_dependent", "option_name", "payoff_label", "payoff_grid_states", "price_floor",
+           "state_columns", "statistic_kind", "truncated_payoff"]
 
 _PATH_KINDS = ("sum", "max", "min", "hit")  # statistics whose truncated payoff is defined
 
@@ -207,3 +207,29 @@ def state_columns(payoff: Payoff, s: np.ndarray, a: np.ndarray) -> list[np.ndarr
         return [a, a * s]
     a = a / float(payoff.strike)
     return [a, a * a, a * s]
+
+
+def price_floor(model, payoff: Payoff, *, T: float, n_dates: int, exercise_at_zero: bool
+                ) -> tuple[float, str]:
+    """A lower bound of the Bermudan price that every upper bound must respect, and its name:
+    the exercise value at t = 0, h_0 = ``payoff`` on the path X_0 = S0 (when t = 0 is an
+    exercise date: stopping at once is a stopping rule), and, in the Black-Scholes limit
+    (``model.is_black_scholes``: constant variance xi0, where the log-Euler scheme is exact)
+    for a put or call, the largest European price to an exercise date t_j = j T / n_dates
+    (Black-Scholes with sigma = sqrt(xi0); stopping at t_j is a stopping rule); the largest of
+    them. (nan, "") when neither applies."""
+    floors = []
+    if exercise_at_zero:
+        h0 = float(truncated_payoff(payoff, np.array([[float(model.S0)]]))[0][0])
+        floors.append((h0, "the exercise value at t = 0"))
+    if model.is_black_scholes and not is_path_dependent(payoff):
+        from deepquant.blackscholes import bs_price
+
+        t = T * np.arange(1, n_dates + 1) / n_dates
+        euro = bs_price(float(model.S0), float(payoff.strike), math.sqrt(model.xi0), t,
+                        rate=model.r, is_call=not is_put(payoff))
+        j = int(np.argmax(euro))
+        floors.append((float(euro[j]), f"the Black-Scholes European price to t={t[j]:.4g}"))
+    if not floors:
+        return math.nan, ""
+    return max(floors, key=lambda f: f[0])

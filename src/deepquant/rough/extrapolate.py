@@ -168,9 +168,10 @@ class ConvergedResult:
     midpoint_cov : covariance of the runs' midpoints, in the order of ``runs`` (rows of a
         tuple; paired across coupled runs, diagonal otherwise): the standard error of any
         combination w of the midpoints is sqrt(w' C w)
-    success : the precision target (if any) was met (else a ``ConvergenceWarning``);
-        status : "converged", "tol_not_met" or "no_target"; message : one line (which target
-        failed and why)
+    success : the precision target (if any) was met and no run's bracket is invalid (else a
+        ``ConvergenceWarning``); status : "converged", "tol_not_met", "no_target", or
+        "crossed" when a run is ``crossed`` (``BermudanResult``); message : one line (which
+        target failed and why, or which runs crossed and the first one's message)
     """
 
     value: float
@@ -256,6 +257,16 @@ def _verdict(value, gap, disc, tol, extra=""):
                                f"{100 * rel_disc:.2f}% within tol {100 * tol:.2f}%" + extra)
 
 
+def _with_crossed(runs, verdict):
+    """``verdict`` (ok, status, message), failed with status "crossed" when a run's bracket is
+    invalid (``BermudanResult.crossed``): an extrapolation of it is no price either."""
+    bad = [i for i, r in enumerate(runs) if r.crossed]
+    if not bad:
+        return verdict
+    return False, "crossed", (f"{len(bad)} of {len(runs)} runs have an invalid bracket (runs "
+                              f"{bad}); the first: {runs[bad[0]].message}; {verdict[2]}")
+
+
 def _run_levels(model, payoff, pricers: list, coupled: bool, root, callback,
                 share_fit: bool = False):
     """Runs of ``pricers`` and the covariances of their midpoints, lower and upper bounds:
@@ -336,7 +347,7 @@ def price_converged(model: RoughBergomi, payoff: Payoff | float, *, option: str 
     disc = ex.error
     extra = "" if tol <= 0 or ex.error <= tol * abs(ex.value) else (
         f" (stopped at max_steps_per_date={max_steps_per_date})")
-    ok, status, message = _verdict(ex.value, fine.gap, disc, tol, extra)
+    ok, status, message = _with_crossed(runs, _verdict(ex.value, fine.gap, disc, tol, extra))
     shared = "; the finest grid's fit (policy, martingales) on every grid" if share_fit else ""
     model_text = (f"the Bermudan price of the continuous-time model ({fine.n_dates} exercise "
                   f"dates), extrapolated (rate {rate:g}) from the discretised models with "
@@ -484,7 +495,7 @@ def price_american(model: RoughBergomi, payoff: Payoff | float, *, option: str =
     value = float(weights @ mids)
     se = math.sqrt(max(float(weights @ C @ weights), 0.0))
     finest = runs[nd_ - 1]
-    ok, status, message = _verdict(value, finest.gap, disc, tol)
+    ok, status, message = _with_crossed(runs, _verdict(value, finest.gap, disc, tol))
     model_text = (f"the American price of the continuous-time model, extrapolated in the "
                   f"number of exercise dates ({', '.join(map(str, dates))}, rate 1) on "
                   f"{total_steps} steps" + (f" plus the time-grid correction from "

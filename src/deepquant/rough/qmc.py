@@ -38,6 +38,7 @@ __all__ = [
     "AdaptiveResult",
     "adaptive_mean",
     "t_interval",
+    "variance_of_mean",
 ]
 
 _EPS = 1e-12
@@ -163,6 +164,27 @@ def t_interval(samples: np.ndarray, level: float = 0.95, axis: int = 0
     mean = samples.mean(axis=axis)
     se = samples.std(axis=axis, ddof=1) / math.sqrt(n)
     return mean, se, stats.t.ppf(0.5 + level / 2.0, n - 1) * se
+
+
+def variance_of_mean(x: np.ndarray, *, antithetic: bool) -> np.ndarray:
+    """Sample variance of the mean of ``x`` (n, ...) along axis 0 over its independent units:
+    the antithetic pairs (row i with row n/2 + i, as ``gaussian_points`` draws them; their
+    means) or the rows, s^2 / n_units with ddof = 1; shape x.shape[1:]; NaN with one unit.
+
+    Unbiased for plain Monte Carlo; for one scramble of a Sobol batch it is the variance of as
+    many independent points, not the scrambled net's own (which the spread of independent
+    batches estimates, on only n_batches - 1 degrees of freedom): measured within a factor
+    0.76-1.32 of it in standard errors for the engine's estimators
+    (``rough.result.PATH_CROSSED_STDERRS``)."""
+    x = np.asarray(x, dtype=float)
+    n = x.shape[0]
+    if antithetic:
+        if n % 2:
+            raise ValueError(f"antithetic pairs need an even number of rows, got {n}")
+        x = 0.5 * (x[: n // 2] + x[n // 2 :])
+    if x.shape[0] < 2:   # one unit (e.g. a batch of one antithetic pair): no estimate
+        return np.full(x.shape[1:], np.nan)
+    return x.var(axis=0, ddof=1) / x.shape[0]
 
 
 @dataclass(frozen=True, eq=False)

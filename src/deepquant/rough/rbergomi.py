@@ -47,7 +47,8 @@ Discretisation (DESIGN §4, seed 004 §2.2) on the uniform grid t_i = i dt, i = 
   path map only (no ``device``), and not with the sub-simulation dual, whose inner paths use
   the left-point step.
 
-The same map runs in torch (``device="cpu"``, ``"cuda"``, ...; ``dtype`` float64 or float32):
+The same map runs in torch (``device`` "cpu", "cuda", "cuda:N" or "auto", checked by
+``torch_device``; ``dtype`` float64 or float32):
 the convolution is an ``torch.fft.rfft`` product of length 2n, the rest elementwise and one
 cumulative sum, so a GPU runs the identical code; the paths come back as float64 numpy arrays.
 float32 keeps ~1e-6 relative accuracy of S over a few hundred steps (tested), far below the
@@ -64,7 +65,7 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 __all__ = ["RoughBergomi", "RoughPaths", "hybrid_kernel", "hybrid_cell_covariance",
-           "forward_weights"]
+           "forward_weights", "torch_device"]
 
 PERP_VARIANCES = ("left", "forward")
 
@@ -177,6 +178,20 @@ class RoughPaths:
     def discounted_S(self) -> np.ndarray:
         """exp(-r t_i) S_i, shape (n_paths, n+1) (a martingale)."""
         return np.exp(-self.r * self.times) * self.S
+
+
+def torch_device(device: str):
+    """The torch device for ``device`` ("cpu", "cuda", "cuda:N" or "auto"), resolved by
+    ``deepquant.neural.model.resolve_device``: a ``ValueError`` naming ``device`` for another
+    name, or when CUDA is asked for and this torch build or machine has none (instead of
+    torch's ``AssertionError`` at the first tensor). Imports torch."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a torch device name or None, got {device!r}")
+    try:
+        from deepquant.neural.model import resolve_device
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("device= needs torch: pip install 'deepquant-mmot[neural]'") from exc
+    return resolve_device(device)
 
 
 @dataclass(frozen=True)
@@ -350,16 +365,10 @@ class RoughBergomi:
     def _map_torch(self, dW: np.ndarray, dW_perp: np.ndarray, cell: np.ndarray, dt: float,
                    device: str, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(Y, V, S) of ``paths_from_increments`` computed in torch on ``device``."""
-        try:
-            import torch
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError("device= needs torch: pip install 'deepquant-mmot[neural]'") from exc
         if dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"device must be a torch device name, got {device!r}") from exc
+        dev = torch_device(device)
+        import torch
         tdt = getattr(torch, dtype)
         n_paths, n = dW.shape
 
