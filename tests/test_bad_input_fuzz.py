@@ -334,8 +334,10 @@ def test_sweep_warns_when_the_network_grid_cannot_hold_the_scenarios(tmp_path):
     args = ["sweep", "--payoff", "asian-call", "--strike", "1", "--num", "1", "--periods", "2",
             "--no-classical", "--json"]
     far = CliRunner().invoke(main, args + ["--maturity", "1e6"])
-    assert far.exit_code == 0, far.output
+    # the squeezed laws' prices are not the scenario's: success False (exit 1), not only a warning
+    assert far.exit_code == 1, far.output
     assert len(json.loads(far.stdout)["warnings"]) == 1
+    assert json.loads(far.stdout)["status"] == "tails_off_grid"
     assert "cannot hold the law's tails at t = 1e+06" in " ".join(far.stderr.split())
     near = CliRunner().invoke(main, args + ["--maturity", "0.5"])
     assert near.exit_code == 0, near.output

@@ -13,8 +13,14 @@ from scipy import optimize
 from deepquant.market.marginals import Marginals
 from deepquant.mmot import bounds
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, laws_in_bands, quote_grid
-from deepquant.mmot.quotes_bounds import bounds_from_quotes, coarse_grid, verify_quote_hedge
+from deepquant.mmot.quotes_bounds import (
+    MAX_REPAIR_WIDENING,
+    bounds_from_quotes,
+    coarse_grid,
+    verify_quote_hedge,
+)
 from deepquant.payoffs import AsianCall, ForwardStartStraddle, LookbackCall
+from deepquant.results import ConvergenceWarning
 from tests.conftest import spx_data_dir
 
 GRID = np.round(np.linspace(0.7, 1.3, 7), 12)
@@ -293,7 +299,8 @@ def test_unreachable_bid_is_reported_not_a_solver_failure():
     # a bid above every price a law on the grid can give (the 1.2 call of the first expiry is
     # worth at most 0.1 * P(X = 1.3) <= 0.05 under mean 1): check_bands reports it below the
     # bid by the exact amount (0.3 - 0.05 on the closest law, 1e-9: HiGHS tolerance), and
-    # bounds_from_quotes names it and repairs it
+    # bounds_from_quotes names it and repairs it; the repair lowers that bid by 0.25, 12% of
+    # the quotes' total price, so the repaired result says success=False
     bands = walk_bands()
     bid = list(bands.bid)
     ask = list(bands.ask)
@@ -305,8 +312,11 @@ def test_unreachable_bid_is_reported_not_a_solver_failure():
     assert check.violation[0][4] >= 0.3 - 0.05 - 1e-9
     with pytest.raises(ValueError, match=r"expiry 1m: C 1\.2000: [0-9.]+ below bid"):
         bounds_from_quotes(bad, PAYOFFS[0], grid=GRID)
-    r = bounds_from_quotes(bad, PAYOFFS[0], grid=GRID, repair="minimal")
-    assert r.success and check_bands(r.info["bands"], GRID).feasible
+    with pytest.warns(ConvergenceWarning, match="more than MAX_REPAIR_WIDENING"):
+        r = bounds_from_quotes(bad, PAYOFFS[0], grid=GRID, repair="minimal")
+    assert check_bands(r.info["bands"], GRID).feasible
+    assert not r.success and r.status == "repair-too-wide"
+    assert r.info["band_widening_share"] > MAX_REPAIR_WIDENING
 
 
 FINE = np.round(np.linspace(0.7, 1.3, 13), 12)

@@ -124,6 +124,8 @@ def calibrate_command(chain: tuple[Path, ...], expiries: str, grid_size: int, ou
     if c is not None:
         console.print(f"[bold]{c.path}[/]: {c.n_rows} contracts, dropped {c.n_expired} expired, "
                       f"{c.n_zero_bid} zero-bid, {c.n_crossed} crossed"
+                      + (f", {c.n_negative} corrupt (negative bid or ask)" if c.n_negative
+                         else "")
                       + (f", {c.n_superseded} superseded by a later snapshot"
                          if c.n_superseded else "")
                       + f"; kept {c.n_kept} two-sided; quote times span {c.quote_spread:g} s "

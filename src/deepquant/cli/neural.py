@@ -395,9 +395,8 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
     import numpy as np
 
     from deepquant.atomic import write_json
-    from deepquant.market.synthetic import GBMParams, tail_bounds
     from deepquant.neural.pricer import NeuralPricer
-    from deepquant.neural.sweep import bumped_scenarios, sweep, total_variances
+    from deepquant.neural.sweep import bumped_scenarios, scenario_tail_bounds, sweep
     from deepquant.payoffs import PAYOFF_NAMES, make_payoff, payoff_params, required_params
 
     if payoff_name not in PAYOFF_NAMES:
@@ -434,15 +433,15 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
         rng = np.random.default_rng(seed)
         bumps = rng.uniform(-bump, bump, (num, periods))
         scen = bumped_scenarios(times, base, pricer.grid, bumps)
-        # the widest scenario's last law (total variance w, a GBM law with sigma 1 at time w)
-        w = max(total_variances(times, np.asarray(base) * (1.0 + row))[1][-1] for row in bumps)
-        warnings = tail_warnings(pricer.grid, [maturity],
-                                 tail_bounds(GBMParams(sigma=1.0), [w], pricer.grid),
+        # each scenario's last (widest) law against the network's fixed grid: the widest one
+        # is warned about, and a result whose tails moved too far says success=False
+        tails = scenario_tail_bounds(times, base, pricer.grid, bumps)
+        warnings = tail_warnings(pricer.grid, [maturity], [float(tails.max())],
                                  "the network's grid is fixed: lower --vols or --maturity")
         for line in warnings:
             err_console.print(f"[bold red]warning[/]: {line}")
         with reported_failures(), activity(f"deepquant sweep: {num} scenarios", disable=as_json):
-            res = sweep(scen, payoff, pricer=pricer, classical=classical)
+            res = sweep(scen, payoff, pricer=pricer, classical=classical, tail_bounds=tails)
     except ValueError as exc:
         fail(str(exc))
     summary = res.summary()
@@ -457,6 +456,8 @@ def sweep_cmd(payoff_name, strike, barrier, maturity, periods, vols, num, bump, 
     else:
         console.print(table(f"sweep: {payoff_name} on {num} bumped term structures", ["key",
                             "value"], summary.items()))
+    if not res.success:  # the table or the JSON holds the status and the reason
+        raise SystemExit(1)
 
 
 COMMANDS: list[click.Command] = [generate_cmd, validate_data_cmd, train_cmd, refit_head_cmd,

@@ -77,7 +77,7 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
     from deepquant.cli.output import console, fail, print_json, table
     from deepquant.market.calibrate import calibrate_chain
     from deepquant.market.quotes import load_chain
-    from deepquant.mmot.quote_bands import load_bands, quote_grid
+    from deepquant.mmot.quote_bands import check_grid_span, load_bands, quote_grid
     from deepquant.mmot.quotes_bounds import bounds_from_quotes, verify_quote_hedge
     from deepquant.payoffs import make_payoff, payoff_params, required_params
 
@@ -102,7 +102,16 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
             payoff = make_payoff(payoff_name, **params)
             payoff.last_date(bands.n_expiries + 1)
             grid = quote_grid(bands, grid_size)
+            try:  # the grid spans the strikes --fit-range keeps: it must carry the laws
+                check_grid_span(bands, grid, advice="widen --fit-range: the grid spans the "
+                                "quoted strikes with K/F in it")
+            except ValueError as exc:
+                fail(f"--fit-range {fit_range}: {exc}")
             fitted = None
+            if repair == "calibration" and bands.n_expiries < 2:
+                fail("--repair calibration needs at least 2 expiries (the calibration fits "
+                     "marginals in convex order across expiries); with one expiry use "
+                     "--repair minimal")
             if repair == "calibration":  # the bands keep the zero-bid and one-sided quotes
                 fitted = calibrate_chain(chain, specs, grid=grid, fit_range=frange).marginals
             options = dict(max_seconds=max_seconds, coarse=coarse_size) \
@@ -138,7 +147,8 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
                expiries=list(prob.bands.labels), grid=[float(grid[0]), float(grid[-1])],
                dropped_quotes=res.info["dropped_quotes"], no_bid=res.info["no_bid"],
                no_ask=res.info["no_ask"], repaired=res.info["repaired"],
-               band_widening=res.info["band_widening"], hedges=positions)
+               band_widening=res.info["band_widening"],
+               band_widening_share=res.info["band_widening_share"], hedges=positions)
     if method == "certified":
         out["coarse"] = {side: getattr(res, f"{side}_side").info.get("coarse")
                          for side in ("lower", "upper")}
@@ -153,6 +163,7 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
                 ("  with no ask (bid only)", out["no_ask"]),
                 ("quotes left out", out["dropped_quotes"]),
                 ("bands widened by", out["band_widening"]),
+                ("  share of the quotes' price", out["band_widening_share"]),
                 ("seconds lower", res.timings["lower"]), ("seconds upper", res.timings["upper"])]
         if method == "certified":
             for name in ("lower", "upper"):

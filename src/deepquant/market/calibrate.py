@@ -388,7 +388,7 @@ def calibrate_chain(
     _check_options(grid_size=grid_size, **options)
     ch = chain if isinstance(chain, OptionChain) else load_chain(
         chain, max_quote_spread=max_quote_spread)
-    chosen = select_slices(ch, expiries)
+    chosen = select_slices(ch, expiries, min_slices=2)
     spot = ch.spot if np.isfinite(ch.spot) else None
     fits = [fit_parity(sl, spot=spot, near_fraction=near_fraction, source=ch.path)
             for sl in chosen]

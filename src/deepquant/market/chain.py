@@ -18,6 +18,14 @@ an index option chain:
   to the spread by construction;
 - a bid under one tick is shown as 0 (no bid), as Cboe does for far out-of-the-money strikes.
 
+Prices scale with ``spot`` and the ticks do not: below some spot (about 10 for the default
+models and expiries) the bids of an expiry fall under one tick at almost every strike, and the
+chain degenerates (every bid 0, no implied volatility). ``synthetic_chain`` refuses such a spot:
+an expiry needs ``deepquant.market.quotes.MIN_PAIRS`` strikes where the call and the put both
+have a bid, the least a chain loader can fit put-call parity on, and a spot that leaves one
+with fewer (where a larger spot would not) is an error that states the least spot enough for
+every expiry.
+
 ``SyntheticChain.to_csv`` writes the *normalized* long format of
 ``shared/data/spx_20230609/spx_options_normalized.csv`` (same column names, one row per contract),
 followed by ``rate``, ``dividend_yield``, ``t_years`` and ``model_price``.
@@ -37,6 +45,7 @@ import numpy as np
 
 from deepquant.atomic import write_text
 from deepquant.blackscholes import black_delta, black_gamma, black_vega, implied_vol
+from deepquant.market.quotes import MIN_PAIRS
 from deepquant.market.synthetic import ModelName, ModelParams, model_params
 from deepquant.seeds import as_generator
 
@@ -230,6 +239,21 @@ class SyntheticChain:
         return out
 
 
+def _spot_for_a_bid(spot: float, price: np.ndarray, vega_part: np.ndarray) -> np.ndarray:
+    """The spot from which a contract priced ``price`` at ``spot`` (vega part of its spread
+    ``vega_part``) has a bid of at least one tick whatever its jitter (module docstring).
+
+    At spot S the price and the vega part are S / spot times theirs; the bid is at least one
+    tick (0.05) when the lowest jittered mid less half the spread, price - 0.75 spread, is:
+    with spread = max(0.1, 0.003 price + vega part) that needs S price / spot >= 0.125 and
+    S (price - 0.75 (0.003 price + vega part)) / spot >= 0.05 (inf where the latter never holds).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = price - 0.75 * (0.003 * price + vega_part)
+        need = np.maximum(0.125 / price, np.where(room > 0, 0.05 / room, np.inf))
+    return spot * np.where(price > 0, need, np.inf)
+
+
 def _strike_step(spot: float, t: float) -> float:
     """A round strike spacing near 0.5% (T < 0.25), 1% (T < 1) or 2% of spot."""
     target = spot * (0.005 if t < 0.25 else 0.01 if t < 1.0 else 0.02)
@@ -298,6 +322,7 @@ def synthetic_chain(
             raise ValueError("expiries must not be empty")
     rng = as_generator(seed, "seed")
     parts = []
+    few = []  # (expiry, strikes with a call and a put bid, spot enough for MIN_PAIRS of them)
     for d in exp_dates:
         t = _year_fraction(quote_date, "16:00", d)
         fwd = spot * np.exp((rate - dividend_yield) * t)
@@ -311,6 +336,7 @@ def synthetic_chain(
         c = p.call_prices([t], x)[0]
         call = disc * fwd * c
         put = call - disc * (fwd - strikes)
+        has_bid, needs = np.ones(strikes.size, bool), np.zeros(strikes.size)
         for typ, price in (("C", call), ("P", np.maximum(put, 0.0))):
             is_call = typ == "C"
             iv_true = implied_vol(price, fwd, strikes, t, is_call=is_call, discount=disc,
@@ -328,6 +354,8 @@ def synthetic_chain(
             ta = tick_size(raw_ask)
             ask = np.maximum(np.ceil(np.round(raw_ask / ta, 9)) * ta, 0.05)
             bid, ask = np.round(bid, 2), np.round(ask, 2)
+            has_bid &= bid > 0
+            needs = np.maximum(needs, _spot_for_a_bid(spot, price, s_vol * vega))
             quote_mid = 0.5 * (bid + ask)
             iv = np.where(bid > 0, implied_vol(quote_mid, fwd, strikes, t, is_call=is_call,
                                                discount=disc, min_vol=1e-4, max_vol=5.0), np.nan)
@@ -358,6 +386,20 @@ def synthetic_chain(
             rec["open_interest"] = oi
             rec["volume"] = vol_traded
             parts.append(rec)
+        need = float(np.sort(needs)[MIN_PAIRS - 1]) if needs.size >= MIN_PAIRS else np.inf
+        if has_bid.sum() < MIN_PAIRS and spot < need < np.inf:  # a larger spot would do
+            few.append((d, int(has_bid.sum()), need))
+    if few:
+        d, n, _ = few[0]
+        least = max(need for _, _, need in few)
+        raise ValueError(
+            f"spot must be large enough for quotes on SPX ticks (prices scale with the spot, the "
+            f"0.05 tick does not), got {spot!r}: expiry {d.isoformat()}"
+            + (f" (and {len(few) - 1} more)" if len(few) > 1 else "")
+            + f" has {n} strikes where both the call and the put have a bid of at least one "
+            f"tick, fewer than the {MIN_PAIRS} a chain needs (MIN_PAIRS, for its put-call parity "
+            f"fit); for this model, these expiries and parameters spot must be in about "
+            f"[{least:.3g}, {MAX_SPOT:g}]")
     quotes = np.concatenate(parts)
     return SyntheticChain(
         quotes, quote_date=quote_date, spot=float(spot), rate=float(rate),

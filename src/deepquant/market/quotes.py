@@ -20,9 +20,10 @@ keeps its latest quote (the older ones are counted as ``n_superseded``); each sl
 spread of its rows' quote times (``ChainSlice.quote_spread``).
 
 Cleaning (counts kept in ``CleaningReport``): a contract is dropped when its slice has expired
-(settlement instant not after the quote instant), when its bid is zero (or missing), or when it is
-crossed (bid > ask, or no ask). A slice is keyed on (expiry, root): SPX AM-settled and SPXW
-PM-settled series on the same date are different contracts with different settlement values.
+(settlement instant not after the quote instant), when a price is negative (a corrupt row,
+``n_negative``), when its bid is zero (or missing), or when it is crossed (bid > ask, or no ask).
+A slice is keyed on (expiry, root): SPX AM-settled and SPXW PM-settled series on the same date
+are different contracts with different settlement values.
 
 The slices' two-sided quotes (0 < bid <= ask) are what the parity fit and the calibration use.
 Two kinds of dropped contract still bound a price and are kept apart, per slice, in
@@ -64,9 +65,11 @@ from deepquant.market.layouts import (
     read_cboe,
     read_normalized,
 )
+from deepquant.results import check_count
 
 __all__ = [
     "EASTERN",
+    "MIN_PAIRS",
     "ChainSlice",
     "CleaningReport",
     "OneSidedQuotes",
@@ -77,6 +80,9 @@ __all__ = [
     "settlement_instant",
     "year_fraction",
 ]
+
+MIN_PAIRS = 5
+"""Two-sided call/put pairs an expiry needs for its put-call parity fit (``select_slices``)."""
 
 DEFAULT_MAX_QUOTE_SPREAD = 300.0
 """Seconds: the widest span of quote times accepted in one chain (merged snapshots)."""
@@ -101,7 +107,7 @@ class CleaningReport:
     n_expired : int
         Contracts in slices whose settlement instant is not after the quote instant.
     n_zero_bid : int
-        Contracts (not expired) with a zero or missing bid.
+        Contracts (not expired) with a zero or missing bid (and no negative price).
     n_crossed : int
         Contracts (not expired, bid > 0) with bid > ask.
     n_kept : int
@@ -118,6 +124,8 @@ class CleaningReport:
     n_one_sided : int
         Contracts among ``n_zero_bid`` and ``n_crossed`` kept apart as one-sided quotes (zero
         or missing bid with an ask, or a bid with no ask) in a slice's ``one_sided``.
+    n_negative : int
+        Contracts (not expired) with a negative bid or ask: corrupt, dropped (not one-sided).
     """
 
     path: str
@@ -131,13 +139,14 @@ class CleaningReport:
     quote_spread: float = 0.0
     max_quote_spread: float = 0.0
     n_one_sided: int = 0
+    n_negative: int = 0
 
     def as_dict(self) -> dict[str, int | str | float]:
         return dict(path=self.path, n_rows=self.n_rows, n_expired=self.n_expired,
                     n_zero_bid=self.n_zero_bid, n_crossed=self.n_crossed, n_kept=self.n_kept,
                     n_duplicate=self.n_duplicate, n_superseded=self.n_superseded,
                     quote_spread=self.quote_spread, max_quote_spread=self.max_quote_spread,
-                    n_one_sided=self.n_one_sided)
+                    n_one_sided=self.n_one_sided, n_negative=self.n_negative)
 
 
 @dataclass(frozen=True, eq=False)
@@ -402,7 +411,7 @@ def _clean(name: str, parsed: ParsedChain, max_quote_spread: float) -> OptionCha
             "load_chain(max_quote_spread=...) to accept it")
     groups: dict[tuple[dt.date, str, str], dict[float, dict[str, object]]] = {}
     n_rows = len(parsed.contracts)
-    n_expired = n_zero = n_crossed = n_dup = n_old = 0
+    n_expired = n_zero = n_crossed = n_dup = n_old = n_negative = 0
     times: dict[tuple[dt.date, str, str], float] = {}
     partial: dict[tuple[dt.date, str, str], dict[tuple[float, bool], tuple[float, float]]] = {}
     # a contract quoted in several snapshots: only its latest quote counts (even without a bid)
@@ -422,7 +431,10 @@ def _clean(name: str, parsed: ParsedChain, max_quote_spread: float) -> OptionCha
         if times[key] <= 0:
             n_expired += 1
             continue
-        if not (c.bid > 0):  # zero, negative or missing
+        if c.bid < 0 or c.ask < 0:  # corrupt: no price of an option is below 0
+            n_negative += 1
+            continue
+        if not (c.bid > 0):  # zero or missing
             n_zero += 1
             if c.ask > 0:    # worth between 0 and the ask: kept apart as a one-sided quote
                 _keep_one_sided(name, partial, key, c, 0.0, c.ask)
@@ -449,12 +461,13 @@ def _clean(name: str, parsed: ParsedChain, max_quote_spread: float) -> OptionCha
     one_sided = {key: _one_sided(partial.get(key, {}), by_strike)
                  for key, by_strike in groups.items()}
     report = CleaningReport(name, n_rows, n_expired, n_zero, n_crossed, n_kept, n_dup, n_old,
-                            spread, max_quote_spread, sum(map(len, one_sided.values())))
+                            spread, max_quote_spread, sum(map(len, one_sided.values())),
+                            n_negative=n_negative)
     if n_kept == 0:
         raise ValueError(
             f"{name}: no two-sided quotes (0 < bid <= ask) in unexpired slices: {n_rows} contracts "
-            f"read, {n_expired} expired, {n_zero} with zero bid, {n_crossed} crossed"
-        )
+            f"read, {n_expired} expired, {n_zero} with zero bid, {n_crossed} crossed, "
+            f"{n_negative} with a negative bid or ask")
     slices = []
     for (expiry, root, settle), by_strike in groups.items():
         ks = np.array(sorted(by_strike))
@@ -522,7 +535,7 @@ def parse_expiry(spec: str | float | dt.date) -> tuple[str, float | dt.date, str
 
 
 def select_slices(chain: OptionChain, expiries: Sequence[str | float | dt.date],
-                  *, min_pairs: int = 5) -> list[ChainSlice]:
+                  *, min_pairs: int = MIN_PAIRS, min_slices: int = 1) -> list[ChainSlice]:
     """Pick one slice per requested expiry.
 
     A tenor (``"30d"``, ``"6w"``, ``"3m"`` = 3 x 365/12 days, ``"1y"``, or a number of days)
@@ -533,18 +546,23 @@ def select_slices(chain: OptionChain, expiries: Sequence[str | float | dt.date],
     slices of a date). Only slices with at least ``min_pairs`` put–call pairs are candidates.
     The result is sorted by time to expiry.
 
+    ``min_slices``: usable slices the chain must have (1 for bid-ask bounds, a one-period
+    problem; 2 for a calibration in convex order, ``calibrate_chain``).
+
     Raises
     ------
     ValueError
-        The chain has fewer than 2 usable slices (e.g. a single expiry), a date is not in the
-        chain, or two requests map to the same slice.
+        The chain has fewer than ``min_slices`` usable slices, a date is not in the chain, or
+        two requests map to the same slice.
     """
+    check_count(min_slices, "min_slices")
     usable = [s for s in chain.slices if s.n_pairs >= min_pairs]
-    if len(usable) < 2:
+    if len(usable) < min_slices:
         labels = ", ".join(s.label for s in usable) or "none"
-        raise ValueError(f"{chain.path}: needs at least 2 expiries with >= {min_pairs} two-sided "
-                         f"call/put pairs, found {len(usable)} ({labels}); a single expiry "
-                         "cannot be calibrated in convex order")
+        why = "; a single expiry cannot be calibrated in convex order" * (min_slices == 2)
+        raise ValueError(f"{chain.path}: needs at least {min_slices} expir"
+                         f"{'y' if min_slices == 1 else 'ies'} with >= {min_pairs} two-sided "
+                         f"call/put pairs, found {len(usable)} ({labels}){why}")
     if len(expiries) == 0:
         raise ValueError("no expiries requested")
     chosen: dict[int, str] = {}

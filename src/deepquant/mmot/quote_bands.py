@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, sparse
 
-__all__ = ["QuoteBands", "BandCheck", "check_bands", "check_quote_grid", "laws_in_bands", "quote_grid", "load_bands"]
+__all__ = ["QuoteBands", "BandCheck", "band_changes", "check_bands", "check_grid_span", "check_quote_grid",
+           "describe_span_misses", "laws_in_bands", "quote_grid", "load_bands", "span_misses"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,6 +221,65 @@ def check_bands(bands: QuoteBands, grid: np.ndarray, *, tol: float = 1e-8) -> Ba
     return BandCheck(total <= tol, total, tuple(viol), tuple(prices), laws, tol)
 
 
+def band_changes(before: QuoteBands, after: QuoteBands) -> tuple[float, int, float]:
+    """(total widening, quotes moved, total price) from ``before`` to ``after`` (the same quotes
+    with bands widened): the widening sums each bid's decrease and each finite ask's increase;
+    the price sums the asks of ``before``, or the bids where there is no ask."""
+    total, moved, price = 0.0, 0, 0.0
+    for b0, b1, a0, a1 in zip(before.bid, after.bid, before.ask, after.ask):
+        fin = np.isfinite(a0)
+        total += float(np.sum(b0 - b1) + np.sum(a1[fin] - a0[fin]))
+        moved += int(np.sum((b0 != b1) | (a0 != a1)))
+        price += float(np.sum(np.where(fin, a0, b0)))
+    return total, moved, price
+
+
+def span_misses(bands: QuoteBands, grid: np.ndarray) -> list[tuple[float, str]]:
+    """The bids that no law of mean 1 on [g_0, g_{M-1}] reaches, however fine the grid: pairs
+    (excess, "expiry 1m: C 1.2000 bids 0.3 > 0.05"), largest excess first.
+
+    Among the laws of mean 1 on [g_0, g_{M-1}], the two-point law on the ends has the largest
+    call and put prices at every k (its call curve is the chord):
+
+        C_max(k) = (g_{M-1} - k) (1 - g_0) / (g_{M-1} - g_0),
+        P_max(k) = (k - g_0) (g_{M-1} - 1) / (g_{M-1} - g_0).
+
+    A bid above that bound (relative tolerance 1e-9) is out of reach of every grid with that
+    span: a finer grid cannot help, and a repair has to lower the bid to the bound at least.
+    """
+    g0, g1 = float(grid[0]), float(grid[-1])
+    items = []
+    for s in range(bands.n_expiries):
+        k, call, bid = bands.k[s], bands.is_call[s], bands.bid[s]
+        top = np.maximum(np.where(call, (g1 - k) * (1.0 - g0), (k - g0) * (g1 - 1.0))
+                         / (g1 - g0), 0.0)
+        excess = bid - top
+        for i in np.flatnonzero(excess > 1e-12 + 1e-9 * bid):
+            items.append((float(excess[i]),
+                          f"expiry {bands.labels[s]}: {'C' if call[i] else 'P'} {k[i]:.4f} "
+                          f"bids {bid[i]:.3g} > {top[i]:.3g}"))
+    items.sort(key=lambda it: -it[0])
+    return items
+
+
+def describe_span_misses(items: list[tuple[float, str]], grid: np.ndarray) -> str:
+    """One sentence on ``span_misses(bands, grid)`` (at most 4 quotes named)."""
+    where = "; ".join(text for _, text in items[:4])
+    more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
+    return (f"the grid's span [{grid[0]:.6g}, {grid[-1]:.6g}] is too narrow to carry laws that "
+            f"price the quotes: {len(items)} bids exceed the most any law of mean 1 on it is "
+            f"worth at their strikes ({where}{more}); a finer grid on the same span cannot help, "
+            f"and a repair would have to lower these bids by up to {items[0][0]:.3g}")
+
+
+def check_grid_span(bands: QuoteBands, grid: np.ndarray, *, advice: str) -> None:
+    """A ``ValueError`` (``describe_span_misses`` then ``advice``) when some bid is out of reach
+    of every law of mean 1 on the span of ``grid`` (``span_misses``)."""
+    items = span_misses(bands, grid)
+    if items:
+        raise ValueError(f"{describe_span_misses(items, grid)}: {advice}")
+
+
 def check_quote_grid(grid) -> np.ndarray:
     """``grid`` as a float array, or a ``ValueError``: a moneyness grid of the quote problems
     is 1-D, finite, >= 0, strictly increasing, of at least 3 points, with 1 on it strictly
@@ -327,7 +387,11 @@ def laws_in_bands(bands: QuoteBands, grid: np.ndarray, value: np.ndarray,
 
 def quote_grid(bands: QuoteBands, size: int, *, margin: float = 0.05) -> np.ndarray:
     """Uniform grid of ``size`` points with 1 on it, covering the quoted strikes with ``margin``
-    (a fraction of their span) of room on each side (running sums then fall on a lattice)."""
+    (a fraction of their span) of room on each side (running sums then fall on a lattice).
+
+    Its span follows the strikes of ``bands`` (for ``load_bands``, those with K/F in
+    ``fit_range``): a narrow range of strikes gives a grid too narrow to carry the laws, which
+    ``check_grid_span`` reports."""
     if int(size) < 5:
         raise ValueError(f"grid_size must be >= 5, got {size!r}")
     kmin = min(float(k.min()) for k in bands.k if k.size)

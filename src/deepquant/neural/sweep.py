@@ -12,6 +12,13 @@ Scenario builders: ``term_structure_marginals`` (lognormal marginals of a piecew
 forward volatility per period, X_t = exp(sum_s sigma_s dW_s - w_t / 2) with total variance
 w_t = sum_{s < t} sigma_s^2 (t_{s+1} - t_s); convex order holds because w_t increases) and
 ``bumped_scenarios`` (K sets from one base term structure and K x N relative volatility bumps).
+
+The network's grid is fixed: a scenario whose laws reach beyond it is moved onto it, its tails
+squeezed onto the end points, which changes its call prices by up to the tail bound
+P(g_0) + C(g_{M-1}) (``deepquant.market.synthetic.tail_bounds``). ``scenario_tail_bounds``
+gives that bound per scenario; passed to ``sweep(tail_bounds=)``, a bound above ``TAIL_TOL``
+makes the result ``success=False`` (status ``"tails_off_grid"``): both the neural and the
+classical prices are then those of the squeezed laws, not of the scenario.
 """
 
 from __future__ import annotations
@@ -28,8 +35,17 @@ from deepquant.atomic import to_jsonable
 from deepquant.market.marginals import Marginals
 from deepquant.results import check_count, total_seconds, warn_failure
 
-__all__ = ["SweepResult", "sweep", "term_structure_marginals", "total_variances",
-           "bumped_scenarios"]
+__all__ = ["SweepResult", "TAIL_TOL", "sweep", "scenario_tail_bounds",
+           "term_structure_marginals", "total_variances", "bumped_scenarios"]
+
+TAIL_TOL = 1e-3
+"""Largest tail bound (a call price in forward-moneyness units, ``scenario_tail_bounds``) of a
+scenario priced by a ``sweep`` that says ``success=True``; the CLI's warning threshold too
+(``deepquant.cli.output.TAIL_WARN``). Measured on the shipped network's grid [0.497, 1.997]
+over its training families (DESIGN §3, T <= 0.5): GBM sigma = 0.35 gives 3.9e-4, Merton 7.0e-4,
+Heston 2.0e-5; the default sweep (vol 0.2, T = 0.5, bumps 10%) 2e-7. Beyond it: vol 0.3 at
+T = 1 gives 2.2e-3, vol 1 at T = 0.5 0.12, ``--vols 50`` or T = 1e6 about 1.5 (every law
+squeezed onto the two end points)."""
 
 
 def term_structure_marginals(times: Sequence[float], vols: Sequence[float] | float,
@@ -96,6 +112,25 @@ def bumped_scenarios(times: Sequence[float], vols: Sequence[float] | float, grid
     return [term_structure_marginals(t, base * (1.0 + row), grid) for row in b]
 
 
+def scenario_tail_bounds(times: Sequence[float], vols: Sequence[float] | float,
+                         grid: np.ndarray, bumps: np.ndarray) -> np.ndarray:
+    """Tail bound of each scenario of ``bumped_scenarios(times, vols, grid, bumps)``, shape (K,):
+    the largest over its dates of P(g_0) + C(g_{M-1}) for its lognormal law (the most a call
+    price moves when the mass outside ``grid`` is moved onto it); the last date has the widest
+    law, so it is the bound there."""
+    from deepquant.market.synthetic import GBMParams, tail_bounds
+
+    t = np.asarray(times, dtype=float)
+    b = np.asarray(bumps, dtype=float)
+    b = b[:, None] if b.ndim == 1 else b
+    base = np.broadcast_to(np.asarray(vols, dtype=float), (t.size - 1,))
+    g = np.asarray(grid, dtype=float)
+    # a lognormal law of total variance w is the GBM law with sigma = 1 at "time" w
+    unit = GBMParams(sigma=1.0)
+    return np.array([float(tail_bounds(unit, [total_variances(t, base * (1.0 + row))[1][-1]],
+                                       g)[0]) for row in b])
+
+
 @dataclass(frozen=True, eq=False)
 class SweepResult:
     """Prices of one payoff on K scenarios (the result protocol of ``deepquant.results``).
@@ -118,8 +153,10 @@ class SweepResult:
     classical_success : ndarray of bool, shape (K,) or None
         Whether each classical solve converged.
     success, status, message
-        False / ``"classical_failed"`` when a classical solve did not converge (its price is
-        still reported; a ``ConvergenceWarning`` says so); else True / ``"done"``.
+        False / ``"tails_off_grid"`` when a scenario's tail bound (``sweep(tail_bounds=)``)
+        exceeds ``TAIL_TOL``, else False / ``"classical_failed"`` when a classical solve did
+        not converge (prices still reported; a ``ConvergenceWarning`` says so); else True /
+        ``"done"``.
     seconds : float
         neural_seconds + classical_seconds (the latter when run).
     """
@@ -185,7 +222,7 @@ class SweepResult:
 
 def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: bool = True,
           tol: float = 1e-9, chunk: int = 2, batch: int = 64, threads: int = 1,
-          **chain_options) -> SweepResult:
+          tail_bounds: Sequence[float] | None = None, **chain_options) -> SweepResult:
     """Price ``payoff`` on every marginal set of ``marginals`` (see module doc).
 
     Parameters
@@ -212,6 +249,10 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
     threads : int
         Neural batches run on this many threads (the forward pass, projection and pricing
         release the GIL); the classical path runs on one.
+    tail_bounds : array_like, shape (K,), optional
+        How much moving each scenario's laws onto its grid changed its call prices
+        (``scenario_tail_bounds`` for ``bumped_scenarios``): above ``TAIL_TOL`` the prices are
+        those of other laws than the scenario's, and the result says ``success=False``.
     **chain_options
         Passed to the augmented chain (``sum_mode``, ``sum_grid_size``).
     """
@@ -230,6 +271,14 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     for name, val in (("chunk", chunk), ("batch", batch), ("threads", threads)):
         check_count(val, name)
+    if tail_bounds is not None:
+        try:
+            tails = np.asarray(tail_bounds, dtype=float)
+        except (TypeError, ValueError):
+            tails = np.full(1, np.nan)
+        if tails.shape != (len(items),) or not np.all(tails >= 0):
+            raise ValueError(f"tail_bounds must hold one number >= 0 per scenario, shape "
+                             f"({len(items)},), got {tail_bounds!r:.80}")
     pricer = NeuralPricer() if pricer is None else pricer
 
     t0 = time.perf_counter()
@@ -332,7 +381,14 @@ def sweep(marginals: Sequence[Marginals], payoff, *, pricer=None, classical: boo
                                              f"converge (scenarios {failed.tolist()}; first: "
                                              f"{first_fail})"
                                              if failed.size else ""))
-        warn_failure(res, "sweep")
+    if tail_bounds is not None and np.any(tails > TAIL_TOL):
+        wide = np.flatnonzero(tails > TAIL_TOL)
+        res = replace(res, success=False, status="tails_off_grid", message=(
+            f"{wide.size} of {len(items)} scenarios (first {wide[:5].tolist()}) reach beyond "
+            f"the grid [{pricer.grid[0]:.4g}, {pricer.grid[-1]:.4g}]: moving their tails onto "
+            f"it changes call prices by up to {tails.max():.3g} (more than TAIL_TOL = "
+            f"{TAIL_TOL:g}), so the prices are those of the squeezed laws; " + res.message))
+    warn_failure(res, "sweep")
     return res
 
 
