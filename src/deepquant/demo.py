@@ -48,6 +48,7 @@ seconds) in the CLI table, the JSON and the report. On the command line:
 from __future__ import annotations
 
 import importlib.util
+import numbers
 import os
 import time
 import warnings
@@ -388,7 +389,7 @@ def _bounds(run: _Run, market: Market, model, pricers: Mapping[str, Pricer]
         extra = {}
         for name, fn in pricers.items():
             t1 = time.perf_counter()
-            val = float(fn(marg, payoff))
+            val = _pricer_value(name, fn(marg, payoff), label)
             extra[name] = dict(price=val, seconds=time.perf_counter() - t1)
         rows.append(DemoRow(
             label=label, payoff=payoff.name, lower=float(lp.lower), upper=float(lp.upper),
@@ -399,6 +400,18 @@ def _bounds(run: _Run, market: Market, model, pricers: Mapping[str, Pricer]
             epsilon_lower=el, epsilon_upper=eu))
     run.timings["bounds"] = t_lp
     return rows, lp_results
+
+
+def _pricer_value(name: str, value: Any, label: str) -> float:
+    """A pricer's answer as a float; a ``ValueError`` naming the pricer, the payoff and the
+    value when it is not a real number (a string, a bool, an array, None)."""
+    if isinstance(value, bool | str | bytes) or not isinstance(value, numbers.Real | np.ndarray):
+        raise ValueError(f"pricer {name!r} returned {value!r} ({type(value).__name__}) for the "
+                         f"{label}, not a real number")
+    if isinstance(value, np.ndarray) and (value.ndim or value.dtype.kind not in "iuf"):
+        raise ValueError(f"pricer {name!r} returned an array of shape {value.shape} (dtype "
+                         f"{value.dtype}) for the {label}, not a real number")
+    return float(value)
 
 
 def _quote_bounds(run: _Run, market: Market, rows: list[DemoRow]) -> dict:

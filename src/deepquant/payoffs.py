@@ -199,17 +199,19 @@ class Payoff(ABC):
         """Check the parameters at construction (a ``ValueError`` naming the bad one)."""
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue  # the documented default, resolved once the number of dates is known
             if f.name in ("strike", "barrier"):
                 _check_real(value, f.name)
-            elif f.name in ("date", "t1", "t2") and value is not None:
+            elif f.name in ("date", "t1", "t2"):
                 if not _is_int(value):
                     raise ValueError(f"{f.name} must be a date index (int), got {value!r}")
-            elif f.name == "dates" and value is not None:
+            elif f.name == "dates":
                 if isinstance(value, str | bytes) or not isinstance(value, Sequence) or \
                         not all(_is_int(d) for d in value):
                     raise ValueError(f"dates must be a sequence of date indices (ints), "
                                      f"got {value!r}")
-            elif f.name == "weights" and value is not None:
+            elif f.name == "weights":
                 if isinstance(value, str | bytes) or not isinstance(value, Sequence):
                     raise ValueError(f"weights must be a sequence of numbers, got {value!r}")
                 for w in value:

@@ -14,6 +14,7 @@ import numpy as np
 from deepquant.cli.output import (
     FINITE,
     MAX_GRID_SIZE,
+    check_figure,
     check_writable,
     console,
     err_console,
@@ -57,8 +58,9 @@ def _params_dict(params) -> dict[str, float]:
     return {k: v for k, v in vars(params).items() if not k.startswith("_")}
 
 
-def _save_figure(m, model_calls, path: Path, title: str) -> None:
-    """Densities (weights / cell width) and call curves per date; Agg canvas, atomic write."""
+def _save_figure(m, model_calls, path: Path, fmt: str, title: str) -> None:
+    """Densities (weights / cell width) and call curves per date in format ``fmt`` (checked by
+    ``check_figure``); Agg canvas, atomic write."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -88,8 +90,7 @@ def _save_figure(m, model_calls, path: Path, title: str) -> None:
     for ax in (ax_d, ax_c, ax_v):
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    with atomic_path(path, suffix=path.suffix or ".png") as tmp:
+    with atomic_path(path, suffix=f".{fmt}") as tmp:
         fig.savefig(tmp, format=fmt, dpi=120)
 
 
@@ -122,7 +123,7 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
 
     times = _parse_dates(dates)
     check_writable(out, "--out")
-    check_writable(plot, "--plot")
+    plot_format = check_figure(plot, "--plot")
     try:
         p = model_params(model, **_parse_params(params))
         grid = default_grid(p, float(np.max(times)), grid_size)
@@ -132,7 +133,7 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
         fail(str(exc))
     m.save(out)
     if plot is not None:
-        _save_figure(m, model_calls, plot, f"{model} marginals, M = {m.size}")
+        _save_figure(m, model_calls, plot, plot_format, f"{model} marginals, M = {m.size}")
     tail_bound = tail_bounds(p, times, grid)
     moved = np.max(model_calls - m.call_prices(), axis=1)
     # one date has no pair to compare: no violation (the report's maximum over none is -inf)

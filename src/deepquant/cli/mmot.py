@@ -23,15 +23,16 @@ COMMANDS: list[click.Command] = []
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="BLAS threads.")
 @click.option("--period", type=int, default=None,
-              help="Period whose plan is plotted (default: the last).")
+              help="Period whose plan is plotted, 0..N-1 (default: the last).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG with the transport-plan heatmap and the convergence curve.")
+              help="Write a figure (png, pdf or svg) with the transport-plan heatmap and the "
+                   "convergence curve.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period, plot_path,
                   as_json):
     """Entropic martingale transport of MARGINALS.npz (c = 0): the calibrated Markov chain."""
     from deepquant.cli.output import (
-        check_writable,
+        check_figure,
         console,
         fail,
         fail_option,
@@ -42,15 +43,16 @@ def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period
     from deepquant.market.marginals import Marginals
     from deepquant.mmot.entropic import solve_entropic
 
-    check_writable(plot_path, "--plot")
+    plot_format = check_figure(plot_path, "--plot")
     try:
         marginals = Marginals.load(marginals_path)
     except ValueError as exc:
         fail(str(exc))
     if marginals.n_dates < 2:
         fail(f"{marginals_path!r} holds a single date; solve needs at least two")
-    if period is not None and not -marginals.n_periods <= period < marginals.n_periods:
-        fail(f"--period {period} out of range for {marginals.n_periods} period(s)")
+    if period is not None and not 0 <= period < marginals.n_periods:
+        fail(f"--period {period} out of range for {marginals.n_periods} period(s) "
+             f"(0..{marginals.n_periods - 1})")
     with reported_failures():
         try:
             res = solve_entropic(marginals, eps, reference=reference, tol=tol,
@@ -60,7 +62,7 @@ def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period
     summary = res.to_dict()
     summary.update(marginals=str(marginals_path), reference=reference, tol=tol)
     if plot_path is not None:
-        summary["plot"] = str(_plot_solve(res, marginals, plot_path, period))
+        summary["plot"] = str(_plot_solve(res, marginals, plot_path, plot_format, period))
     if as_json:
         print_json(summary)
     else:
@@ -74,8 +76,9 @@ def solve_command(marginals_path, eps, reference, tol, max_iter, threads, period
         raise SystemExit(1)
 
 
-def _plot_solve(res, marginals, path, period):
-    """Heatmap of one period's plan and the residual history; written atomically (Agg)."""
+def _plot_solve(res, marginals, path, fmt, period):
+    """Heatmap of one period's plan and the residual history, in format ``fmt`` (checked by
+    ``check_figure``); written atomically (Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +87,7 @@ def _plot_solve(res, marginals, path, period):
 
     from deepquant.atomic import atomic_path
 
-    t = res.n_periods - 1 if period is None else period % res.n_periods
+    t = res.n_periods - 1 if period is None else period
     grid = marginals.grid
     plan = res.plans[t]
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -111,8 +114,8 @@ def _plot_solve(res, marginals, path, period):
     ax1.set_title(f"convergence: {res.nit} Newton iterations, {res.seconds * 1e3:.1f} ms")
     ax1.legend()
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    with atomic_path(path, suffix=f".{fmt}") as tmp:
+        fig.savefig(tmp, format=fmt, dpi=110)
     plt.close(fig)
     return path
 
@@ -204,7 +207,7 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
             res = run_demo(chain_path, out_dir, config=cfg, pricers=pricers,
                            progress=lambda msg: status.update(f"deepquant demo: {msg}"))
     except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+        fail_option(exc, {"pricer": "--pricer"})   # a pricer's bad answer names the option
     if as_json:
         print_json(res.to_dict())
         return

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-__all__ = ["ENTROPIC_TOL", "FINITE", "FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "check_memory", "check_workers", "check_writable",
+__all__ = ["ENTROPIC_TOL", "FINITE", "FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "FIGURE_FORMATS", "check_figure", "check_memory", "check_workers", "check_writable",
            "console", "err_console",
            "print_json", "table", "progress", "fail", "fail_option", "parse_list", "PAYOFF_OPTIONS",
            "reported_failures", "tail_warnings", "TAIL_WARN"]
@@ -245,6 +245,29 @@ def check_writable(path: Any, option: str, *, folder: bool = False) -> None:
         ensure_writable(path, folder=folder)
     except ValueError as exc:
         fail(f"{option}: {exc}")
+
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
+"""Formats a ``--plot`` figure is written in, chosen by the path's suffix (matplotlib's Agg
+canvas writes each of them; it refuses others, e.g. ``.xyz``, only when it saves)."""
+
+
+def check_figure(path: Any, option: str) -> str | None:
+    """The format of the figure file ``path`` (its suffix, lower case), or None for no path.
+
+    Fails at once (exit code 2, one line naming ``option`` and the path) when the suffix is not
+    one of ``FIGURE_FORMATS`` or the path cannot be written (``check_writable``); call it
+    before the work, so that a bad name neither wastes a run nor leaves a file of another
+    format under it."""
+    if path is None:
+        return None
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    if fmt not in FIGURE_FORMATS:
+        ends = ", ".join(f".{f}" for f in FIGURE_FORMATS[:-1]) + f" or .{FIGURE_FORMATS[-1]}"
+        fail(f"{option} must end in {ends} (the suffix picks the figure's format), got "
+             f"{os.fspath(path)!r}")
+    check_writable(path, option)
+    return fmt
 
 
 def physical_memory() -> int | None:

@@ -19,6 +19,7 @@ weight are dropped (no log 0, no division by zero).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,12 @@ __all__ = [
 
 
 def _check_eps(eps: Any, name: str = "eps") -> float:
-    try:
-        val = float(eps)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {eps!r}") from None
+    """``eps`` as a float; a ``ValueError`` naming ``name`` and the value for anything but a
+    positive finite real number (a bool or a string is not read as a number: ``float(True)``
+    would run eps = 1, ``float("0.1")`` would hide a caller's mistake)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise ValueError(f"{name} must be a positive number, got {eps!r}")
+    val = float(eps)
     if not (math.isfinite(val) and val > 0):
         raise ValueError(f"{name} must be a positive finite number, got {eps!r}")
     return val

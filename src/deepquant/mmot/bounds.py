@@ -65,7 +65,9 @@ def bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", *,
         From ``deepquant.payoffs`` (e.g. ``make_payoff("asian-call", strike=1.0)``).
     method : {"auto", "lp", "certified", "ipm", "path-lp", "entropic"}
     eps : float, optional
-        Entropic regularisation; required for (and only for) ``method="entropic"``.
+        Entropic regularisation; required for (and only for) ``method="entropic"``: a real
+        number between ``MIN_EPS_RATIO`` and ``MAX_EPS_RATIO`` times the problem's scale
+        (``deepquant.mmot.augmented_entropic``).
     **options
         Passed to ``lp.lp_bounds`` (``sum_mode``, ``sum_grid_size``, ``martingale_tol``,
         ``highs_options``, ``return_plan``, ...), ``multiscale.certified_bounds`` (``rtol``,
@@ -126,11 +128,12 @@ def _solve(marginals: Marginals, payoff: Payoff, method: str, *, eps: float | No
         from deepquant.mmot.pathlp import path_lp_bounds
 
         return path_lp_bounds(marginals, payoff, **options)
-    if eps is None or not eps > 0:
-        raise ValueError(f"method='entropic' needs eps > 0, got eps={eps!r}")
+    if eps is None:
+        raise ValueError("method='entropic' needs eps > 0, got eps=None")
+    from deepquant.mmot._support import _check_eps
     from deepquant.mmot.augmented_entropic import entropic_bounds
 
-    return entropic_bounds(marginals, payoff, float(eps), **options)
+    return entropic_bounds(marginals, payoff, _check_eps(eps), **options)
 
 
 _CERTIFIED_ONLY = ("rtol", "eps_start", "eps_end", "eps_factor", "band", "max_iter",
