@@ -178,7 +178,8 @@ def marginals_command(model: str, dates: str, grid_size: int, params: tuple[str,
               help="Seed of the quote jitter, open interest and volume.")
 @click.option("--quote-date", default="2024-01-02", show_default=True, help="ISO quote date.")
 @click.option("--spot", type=FINITE, default=4750.0, show_default=True,
-              help="Spot level (currency; at most 1e12, the quotes are in cents).")
+              help="Spot level (currency; at most 1e12, the quotes are in cents; at least what "
+                   "keeps bids at every expiry, about 10 for the default models).")
 @click.option("--rate", type=FINITE, default=0.045, show_default=True,
               help="Continuously compounded rate.")
 @click.option("--dividend-yield", type=FINITE, default=0.015, show_default=True)
