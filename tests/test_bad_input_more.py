@@ -201,3 +201,20 @@ def test_demo_pricer_that_returns_no_number_is_named(tmp_path):
                            "mine=tests.test_bad_input_more:text_pricer"))
     assert line == ("Error: --pricer: pricer 'mine' returned 'abc' (str) for the Asian call, "
                     "not a real number")
+
+
+NOT_A_PRICER = 3.5  # ``--pricer x=tests.test_bad_input_more:NOT_A_PRICER`` names a number
+
+
+def test_demo_pricer_that_is_not_a_function_is_refused_before_the_market(tmp_path):
+    # before: accepted, and the run failed only when the pricer was first called, after the
+    # market and calibration steps
+    res = run("demo", "--out", tmp_path / "r", "--pricer",
+              "x=tests.test_bad_input_more:NOT_A_PRICER")
+    assert res.exit_code != 0
+    assert "is a float, not a function f(marginals, payoff) -> float" in res.output
+    assert not (tmp_path / "r").exists()   # refused before any work
+    from deepquant.demo import run_demo
+    with pytest.raises(ValueError, match=r"pricers\['x'\] must be a function"):
+        run_demo(out_dir=tmp_path / "r2", pricers={"x": NOT_A_PRICER})
+    assert not (tmp_path / "r2").exists()

@@ -314,6 +314,10 @@ def run_demo(chain: str | os.PathLike[str] | None = None,
     DemoResult
     """
     cfg = config or DemoConfig()
+    for name, fn in (pricers or {}).items():
+        if not callable(fn):
+            raise ValueError(f"pricers[{name!r}] must be a function f(marginals, payoff) -> "
+                             f"float, got {type(fn).__name__}")
     if chain is not None and not Path(chain).exists():
         raise ValueError(f"chain file {str(chain)!r} does not exist")
     out = Path(out_dir)

@@ -152,8 +152,11 @@ def test_lognormal_reference_also_converges():
 
 def test_input_errors(rw):
     chain = build_chain(rw, DESIGN_VALUES["asian"][0])
-    with pytest.raises(ValueError, match=r"eps must be a finite number > 0, got -1\.0"):
+    with pytest.raises(ValueError, match=r"eps must be a positive finite number, got -1\.0"):
         solve_chain_entropic(chain, rw, -1.0)
+    for bad in ("0.1", True):  # not read as numbers
+        with pytest.raises(ValueError, match=r"eps must be a positive number, got"):
+            solve_chain_entropic(chain, rw, bad)
     with pytest.raises(ValueError, match=r"sign must be \+1 \(lower\) or -1 \(upper\), got 2"):
         solve_chain_entropic(chain, rw, 0.1, sign=2)
     with pytest.raises(ValueError, match=r"reference must be 'product', 'lognormal'"):

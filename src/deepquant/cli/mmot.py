@@ -201,6 +201,9 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
             pricers[name] = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as exc:
             fail(f"--pricer {spec!r}: cannot load {target!r}: {exc}")
+        if not callable(pricers[name]):  # before the market and calibration steps
+            fail(f"--pricer {spec!r}: {target!r} is a {type(pricers[name]).__name__}, not a "
+                 "function f(marginals, payoff) -> float")
     try:
         # a spinner with the current step; on a log, each step and a heartbeat line
         with activity("deepquant demo", disable=as_json) as status:

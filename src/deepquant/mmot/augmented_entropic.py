@@ -70,6 +70,7 @@ from scipy import optimize, sparse
 from deepquant.market.marginals import Marginals
 from deepquant.mmot._chain_rows import _lse, _segment_logsumexp
 from deepquant.mmot._gibbs import _row_solve
+from deepquant.mmot._support import _check_eps
 from deepquant.mmot.augment import AugmentedChain, build_chain
 from deepquant.payoffs import Payoff
 from deepquant.results import ConvergenceWarning
@@ -350,9 +351,7 @@ def solve_chain_entropic(
     ChainSolution
     """
     start = time.perf_counter()
-    eps = float(eps)
-    if not (np.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    eps = _check_eps(eps)  # a bool or text is no eps
     if sign not in (1, -1):
         raise ValueError(f"sign must be +1 (lower) or -1 (upper), got {sign!r}")
     if not (0 < eps_factor < 1):
