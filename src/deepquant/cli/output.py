@@ -24,6 +24,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from deepquant.market.synthetic import TAIL_TOL
+
 __all__ = ["ENTROPIC_TOL", "FINITE", "FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "FIGURE_FORMATS", "check_figure", "check_memory", "check_workers", "check_writable",
            "console", "err_console",
            "print_json", "table", "progress", "fail", "fail_option", "parse_list", "PAYOFF_OPTIONS",
@@ -376,8 +378,9 @@ RATE = FiniteFloat(-MAX_RATE, MAX_RATE,
 """The type of ``--rate`` where the library takes any rate (see ``MAX_RATE``)."""
 
 
-# a tail bound above this (a call price in forward-moneyness units) is reported as a warning
-TAIL_WARN = 1e-3
+TAIL_WARN = TAIL_TOL
+"""A tail bound above this (a call price in forward-moneyness units) is reported as a warning
+(``deepquant.market.synthetic.TAIL_TOL``)."""
 
 
 def tail_warnings(grid: np.ndarray, times: Sequence[float], bounds: Sequence[float],

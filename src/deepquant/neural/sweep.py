@@ -33,19 +33,12 @@ import numpy as np
 
 from deepquant.atomic import to_jsonable
 from deepquant.market.marginals import Marginals
+from deepquant.market.synthetic import TAIL_TOL
 from deepquant.results import check_count, total_seconds, warn_failure
 
 __all__ = ["SweepResult", "TAIL_TOL", "sweep", "scenario_tail_bounds",
            "term_structure_marginals", "total_variances", "bumped_scenarios"]
 
-TAIL_TOL = 1e-3
-"""Largest tail bound (a call price in forward-moneyness units, ``scenario_tail_bounds``) of a
-scenario priced by a ``sweep`` that says ``success=True``; the CLI's warning threshold too
-(``deepquant.cli.output.TAIL_WARN``). Measured on the shipped network's grid [0.497, 1.997]
-over its training families (DESIGN §3, T <= 0.5): GBM sigma = 0.35 gives 3.9e-4, Merton 7.0e-4,
-Heston 2.0e-5; the default sweep (vol 0.2, T = 0.5, bumps 10%) 2e-7. Beyond it: vol 0.3 at
-T = 1 gives 2.2e-3, vol 1 at T = 0.5 0.12, ``--vols 50`` or T = 1e6 about 1.5 (every law
-squeezed onto the two end points)."""
 
 
 def term_structure_marginals(times: Sequence[float], vols: Sequence[float] | float,
