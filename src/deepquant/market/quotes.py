@@ -559,7 +559,8 @@ def select_slices(chain: OptionChain, expiries: Sequence[str | float | dt.date],
     usable = [s for s in chain.slices if s.n_pairs >= min_pairs]
     if len(usable) < min_slices:
         labels = ", ".join(s.label for s in usable) or "none"
-        why = "; a single expiry cannot be calibrated in convex order" * (min_slices == 2)
+        why = ("; a single expiry cannot be calibrated in convex order" if min_slices == 2
+               else "")
         raise ValueError(f"{chain.path}: needs at least {min_slices} expir"
                          f"{'y' if min_slices == 1 else 'ies'} with >= {min_pairs} two-sided "
                          f"call/put pairs, found {len(usable)} ({labels}){why}")
