@@ -46,21 +46,27 @@ _PIN = 1e-13  # relative distance to the end of the hull at which a row is pinne
 
 
 @njit(cache=True, nogil=True)
-def _upper_hull(yv, g, out):
+def _upper_hull(yv, g, out, hx, hg):
     """Positions of the vertices of the upper concave hull of (yv[j], g[j]) (yv increasing).
-    Writes them into ``out`` and returns their number. Collinear points are dropped."""
+    Writes them into ``out``, their abscissae and values into ``hx`` and ``hg`` (the chain
+    reads its last vertices from these, not through ``out``: one load instead of two dependent
+    ones per test), and returns their number. Collinear points are dropped."""
     n = 0
     for j in range(yv.size):
+        yj = yv[j]
+        gj = g[j]
         while n >= 2:
-            a = out[n - 2]
-            b = out[n - 1]
-            # drop b if it lies on or below the chord a -> j
-            cross = (yv[b] - yv[a]) * (g[j] - g[a]) - (g[b] - g[a]) * (yv[j] - yv[a])
+            ax = hx[n - 2]
+            ag = hg[n - 2]
+            # drop the last vertex if it lies on or below the chord from the one before to j
+            cross = (hx[n - 1] - ax) * (gj - ag) - (hg[n - 1] - ag) * (yj - ax)
             if cross >= 0.0:
                 n -= 1
             else:
                 break
         out[n] = j
+        hx[n] = yj
+        hg[n] = gj
         n += 1
     return n
 
@@ -76,10 +82,11 @@ def _hull_sweep_period(G, yv, xv, live, val, slope, j1, j2, lam, vert):
     val = -inf (no martingale transition exists)."""
     n_s, n_y = G.shape
     n_x = xv.size
+    hull = np.empty(n_y, np.int64)
+    hx = np.empty(n_y)
+    hg = np.empty(n_y)
     for s in range(n_s):
-        hull = np.empty(n_y, np.int64)
-        g = G[s]
-        nh = _upper_hull(yv, g, hull)
+        nh = _upper_hull(yv, G[s], hull, hx, hg)
         for k in range(n_y):
             vert[s, k] = False
         for k in range(nh):
@@ -94,19 +101,19 @@ def _hull_sweep_period(G, yv, xv, live, val, slope, j1, j2, lam, vert):
                 lam[s, a] = 1.0
                 continue
             x = xv[a]
-            if x < yv[hull[0]] or x > yv[hull[nh - 1]]:
+            if x < hx[0] or x > hx[nh - 1]:
                 val[s, a] = -np.inf
                 slope[s, a] = 0.0
                 j1[s, a] = 0
                 j2[s, a] = 0
                 lam[s, a] = 1.0
                 continue
-            while k < nh - 2 and yv[hull[k + 1]] < x:
+            while k < nh - 2 and hx[k + 1] < x:
                 k += 1
-            while k > 0 and yv[hull[k]] > x:
+            while k > 0 and hx[k] > x:
                 k -= 1
             if nh == 1:
-                val[s, a] = g[hull[0]]
+                val[s, a] = hg[0]
                 slope[s, a] = 0.0
                 j1[s, a] = hull[0]
                 j2[s, a] = hull[0]
@@ -114,23 +121,25 @@ def _hull_sweep_period(G, yv, xv, live, val, slope, j1, j2, lam, vert):
                 continue
             ia = hull[k]
             ib = hull[k + 1]
-            ya = yv[ia]
-            yb = yv[ib]
-            sl = (g[ib] - g[ia]) / (yb - ya)
+            ya = hx[k]
+            yb = hx[k + 1]
+            ga = hg[k]
+            gb = hg[k + 1]
+            sl = (gb - ga) / (yb - ya)
             slope[s, a] = sl
             if x == ya:
-                val[s, a] = g[ia]
+                val[s, a] = ga
                 j1[s, a] = ia
                 j2[s, a] = ia
                 lam[s, a] = 1.0
             elif x == yb:
-                val[s, a] = g[ib]
+                val[s, a] = gb
                 j1[s, a] = ib
                 j2[s, a] = ib
                 lam[s, a] = 1.0
             else:
                 w = (yb - x) / (yb - ya)
-                val[s, a] = w * g[ia] + (1.0 - w) * g[ib]
+                val[s, a] = w * ga + (1.0 - w) * gb
                 j1[s, a] = ia
                 j2[s, a] = ib
                 lam[s, a] = w
