@@ -13,8 +13,9 @@ import importlib
 import numpy as np
 import pytest
 
+from deepquant.market.expiries import select_slices
 from deepquant.market.marginals import Marginals
-from deepquant.market.quotes import load_chain, select_slices
+from deepquant.market.quotes import load_chain
 from deepquant.mmot.bounds import bounds
 from deepquant.mmot.ipm import ipm_bounds
 from deepquant.mmot.lp import lp_bounds

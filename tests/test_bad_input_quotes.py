@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from deepquant.cli import main
 from deepquant.market.calibrate import calibrate_chain
 from deepquant.market.chain import synthetic_chain
-from deepquant.market.quotes import MIN_PAIRS, load_chain, select_slices
+from deepquant.market.expiries import select_slices
+from deepquant.market.quotes import MIN_PAIRS, load_chain
 from deepquant.mmot.quote_bands import QuoteBands, check_bands, load_bands, span_misses
 from deepquant.mmot.quotes_bounds import MAX_REPAIR_WIDENING, bounds_from_quotes
 from deepquant.payoffs import AsianCall, EuropeanCall, LookbackCall

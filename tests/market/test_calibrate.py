@@ -26,9 +26,10 @@ from deepquant.market.calibrate import (
     calibrate_chain,
     confidence_halfwidth,
 )
+from deepquant.market.expiries import select_slices
 from deepquant.market.grid import clean_rows, make_grid
 from deepquant.market.marginals import Marginals, call_matrix
-from deepquant.market.quotes import load_chain, select_slices
+from deepquant.market.quotes import load_chain
 from tests.conftest import random_walk_marginals, spx_data_dir
 from tests.market.test_quotes import synthetic_rows, write_normalized
 from tests.result_protocol import ResultProtocol

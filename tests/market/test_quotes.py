@@ -349,7 +349,7 @@ def test_zero_bid_and_one_sided_quotes_kept_apart(tmp_path):
     ("2023-07-21:SPXW", ("date", dt.date(2023, 7, 21), "SPXW")),
 ])
 def test_parse_expiry(spec, expected):
-    from deepquant.market.quotes import parse_expiry
+    from deepquant.market.expiries import parse_expiry
 
     kind, value, root = parse_expiry(spec)
     assert (kind, root) == (expected[0], expected[2])
@@ -358,7 +358,7 @@ def test_parse_expiry(spec, expected):
 
 @pytest.mark.parametrize("spec", ["30x", "2023-13-01", "soon", True])
 def test_parse_expiry_rejects(spec):
-    from deepquant.market.quotes import parse_expiry
+    from deepquant.market.expiries import parse_expiry
 
     with pytest.raises(ValueError):
         parse_expiry(spec)

@@ -15,7 +15,13 @@ from click.testing import CliRunner
 
 import deepquant.rough.engine as engine
 from deepquant.cli import main
-from deepquant.rough import BermudanPricer, BermudanResult, RoughBergomi, preset_pricer
+from deepquant.rough import (
+    BermudanPricer,
+    BermudanResult,
+    RoughBergomi,
+    preset_pricer,
+    price_bermudan,
+)
 from deepquant.rough.dual import MARTINGALE_MEAN_STDERRS, martingale_mean_stderrs
 from deepquant.rough.exercise import exercise_payoff, price_floor
 from deepquant.rough.qmc import variance_of_mean
@@ -257,7 +263,7 @@ def test_api_refuses_a_missing_cuda_device_with_a_value_error():
     name, message = _missing_cuda_device()
     model = RoughBergomi(H=0.5, eta=0.0, rho=0.0, xi0=0.04)
     with pytest.raises(ValueError, match=re.escape(message)):
-        engine.price_bermudan(model, K, device=name, n_dates=2, n_regression=2**8,
+        price_bermudan(model, K, device=name, n_dates=2, n_regression=2**8,
                               batch_size=2**6, min_batches=2, max_batches=2)
     with pytest.raises(ValueError, match="device must be 'cpu', 'cuda', 'cuda:N' or 'auto'"):
         BermudanPricer(device="no-such-device")

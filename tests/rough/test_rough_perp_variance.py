@@ -13,7 +13,8 @@ from scipy.special import ndtr
 from deepquant.rough import RoughBergomi
 from deepquant.rough.coupling import coupled_increments
 from deepquant.rough.dual import MartingaleBasis, martingale_increments
-from deepquant.rough.engine import exercise_payoff, preset_pricer
+from deepquant.rough.engine import exercise_payoff
+from deepquant.rough.presets import preset_pricer
 from deepquant.rough.rbergomi import forward_weights, hybrid_cell_covariance
 
 STD = dict(H=0.07, eta=1.9, rho=-0.9, xi0=0.09, r=0.05, S0=100.0)

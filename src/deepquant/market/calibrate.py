@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from deepquant.market.expiries import select_slices
 from deepquant.market.grid import clean_rows, interp_matrix, make_grid, second_difference
 from deepquant.market.marginals import Marginals
 from deepquant.market.parity import (
@@ -77,7 +78,6 @@ from deepquant.market.quotes import (
     ChainSlice,
     OptionChain,
     load_chain,
-    select_slices,
 )
 from deepquant.market.result import CalibrationResult, SliceReport
 

@@ -421,8 +421,9 @@ def load_bands(chain, expiries: Sequence[str], *, fit_range=(0.5, 1.6), near_fra
         The bands (per expiry sorted by k, call before put) and the two-sided normalized
         quotes.
     """
+    from deepquant.market.expiries import select_slices
     from deepquant.market.parity import check_fit_range, fit_parity, normalize_slice
-    from deepquant.market.quotes import OptionChain, load_chain, select_slices
+    from deepquant.market.quotes import OptionChain, load_chain
 
     lo, hi = check_fit_range(fit_range)
     if isinstance(expiries, str):

@@ -153,8 +153,8 @@ def chain_marginals(days: Sequence[int], grid: np.ndarray, *, model: str = "hest
                     fit_range: tuple[float, float] = (0.52, 1.97)) -> Marginals:
     """The calibration on ``grid`` of the synthetic chain of ``model`` (``params``) at the
     expiries ``days`` after the quote date (at least 2), with today in front."""
-    from deepquant.market.calibrate import select_slices
     from deepquant.market.chain import synthetic_chain
+    from deepquant.market.expiries import select_slices
     from deepquant.market.parity import fit_parity, normalize_slice
     from deepquant.market.quotes import load_chain
 

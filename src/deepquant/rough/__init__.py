@@ -17,13 +17,7 @@ Only numpy/scipy are imported here; pysiglib (signatures) is imported when featu
 """
 
 from deepquant.rough.dual import DualMartingale, MartingaleBasis, fit_dual, martingale_increments
-from deepquant.rough.engine import (
-    PRESETS,
-    BermudanPricer,
-    BermudanResult,
-    preset_pricer,
-    price_bermudan,
-)
+from deepquant.rough.engine import BermudanPricer, BermudanResult
 from deepquant.rough.ensemble import EnsembleResult, ensemble
 from deepquant.rough.exercise import check_exercise_payoff, exercise_payoff
 from deepquant.rough.extrapolate import (
@@ -38,6 +32,7 @@ from deepquant.rough.extrapolate import (
 from deepquant.rough.heston import Heston
 from deepquant.rough.lsm import ExerciseBasis, LSMPolicy, fit_lsm
 from deepquant.rough.nested import AndersenBroadieResult, andersen_broadie
+from deepquant.rough.presets import PRESETS, preset_pricer, price_bermudan
 from deepquant.rough.qmc import AdaptiveResult, adaptive_mean, driver_increments, gaussian_points
 from deepquant.rough.rbergomi import RoughBergomi, RoughPaths
 from deepquant.rough.subsim import ValueFunction, fit_value_function, subsim_pathwise
