@@ -179,6 +179,34 @@ def test_extreme_volatility_bracket_holds_the_closed_form_range(sigma):
     assert res.price_floor == pytest.approx(low, rel=1e-12)
 
 
+def test_the_lower_estimate_drops_a_control_variate_that_raises_its_variance():
+    # at sigma = 8 the least-squares martingale's increments are heavy-tailed, and as a
+    # control variate it multiplied the lower estimate's variance (seed 0: -163.7 +- 195.3
+    # for a put in [94.2, 100]; seed 2: 98.33 +- 0.13 against the plain 98.398 +- 0.0099).
+    # Now the lower bound is the plain estimate there, its gap paired with the upper one
+    low, _ = closed_form_range(8.0)
+    pricer = preset_pricer("bs", n_dates=4, n_regression=256, batch_size=64, min_batches=2,
+                           max_batches=2)
+    dropped = 0
+    for seed in range(4):
+        with warnings.catch_warnings(record=True) as caught:   # seed 0's upper lies below
+            warnings.simplefilter("always")                    # the floor: a crossed run
+            res = pricer(RoughBergomi.black_scholes(sigma=8.0, r=R), K, rng=seed)
+        assert res.crossed == any("invalid bracket" in str(w.message) for w in caught)
+        assert res.lower_stderr <= res.lower_plain_stderr * (1 + 1e-12)
+        if not res.control_variate:
+            dropped += 1
+            assert res.variance_reduction < 1.0
+            assert res.lower == res.lower_plain and res.lower_stderr == res.lower_plain_stderr
+            assert res.gap == pytest.approx(res.upper - res.lower, abs=1e-9)
+            assert low - 4 * res.lower_stderr <= res.lower <= K
+    assert dropped >= 3
+    # where it helps (sigma = 0.2: the variance 300 times smaller) it stays
+    res = preset_pricer("bs", **TINY)(RoughBergomi.black_scholes(sigma=0.2, r=R), K, rng=1)
+    assert res.control_variate and res.variance_reduction > 10.0
+    assert res.lower != res.lower_plain and res.lower_stderr < res.lower_plain_stderr
+
+
 def test_a_collapsed_dual_is_flagged_not_priced(monkeypatch):
     # the collapse forced back (the refinement kept whatever its mean): the run must come
     # back failed, status "crossed", the message naming both crossings and their sizes,
@@ -207,7 +235,7 @@ def test_converged_result_fails_when_a_run_crossed(monkeypatch):
     batches = BermudanPricer._batch_estimates
 
     def biased(self, *args, **kwargs):
-        return batches(self, *args, **kwargs) - np.array([0.0, 5.0, 0.0, 5.0, 0.0, 0.0])
+        return batches(self, *args, **kwargs) - np.array([0.0, 5.0, 0.0, 5.0, 0.0, 0.0, 0.0])
 
     monkeypatch.setattr(BermudanPricer, "_batch_estimates", biased)
     pricer = preset_pricer("bs", n_dates=2, n_regression=2**9, batch_size=2**7,
@@ -302,7 +330,7 @@ def test_cli_grids_and_ensembles_exit_non_zero_on_crossed_runs(monkeypatch, extr
     batches = BermudanPricer._batch_estimates
 
     def biased(self, *args, **kwargs):
-        return batches(self, *args, **kwargs) - np.array([0.0, 5.0, 0.0, 5.0, 0.0, 0.0])
+        return batches(self, *args, **kwargs) - np.array([0.0, 5.0, 0.0, 5.0, 0.0, 0.0, 0.0])
 
     monkeypatch.setattr(BermudanPricer, "_batch_estimates", biased)
     res = CliRunner().invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates",

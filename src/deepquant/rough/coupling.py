@@ -200,8 +200,8 @@ class CoupledRun:
     steps : steps per exercise period of each level
     runs : a ``BermudanResult`` per level (its intervals from the shared batches)
     batches : (n_batches, n_levels, ``engine.BATCH_COLUMNS``) per-batch estimates (lower with
-        control variate, upper, plain lower, gap, and the path-level variances of the gap's
-        and the upper estimate's batch means) of every level
+        control variate, upper, plain lower, gap, and the path-level variances of the batch
+        means of the gap, the upper estimate and upper minus the plain lower) of every level
     cpu_seconds : process time of the whole run; cpu_by_grid : the part spent in each level
         (features, fits, sub-simulation), the shared simulation of the paths apart
     """
@@ -221,8 +221,10 @@ class CoupledRun:
         """Covariance (n_grids, n_grids) of the grids' estimates ("midpoint", "lower",
         "upper"): the sample covariance of the paired batch estimates / n_batches."""
         b = self.batches
-        x = {"lower": b[:, :, 0], "upper": b[:, :, 1],
-             "midpoint": 0.5 * (b[:, :, 0] + b[:, :, 1])}[which]
+        # each grid's lower estimate: with its control variate, or plain where it was dropped
+        low = np.stack([b[:, i, 0 if r.control_variate else 2] for i, r in enumerate(self.runs)],
+                       axis=1)
+        x = {"lower": low, "upper": b[:, :, 1], "midpoint": 0.5 * (low + b[:, :, 1])}[which]
         return np.atleast_2d(np.cov(x, rowvar=False, ddof=1)) / x.shape[0]
 
     def difference(self, which: str = "midpoint") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -284,7 +286,7 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
     stopping rule: the model's discretisation without the fits' differences. The coarser
     levels' fits (features of the regression paths, least squares) are not computed."""
     from deepquant.results import ConvergenceWarning
-    from deepquant.rough.engine import BATCH_COLUMNS, exercise_payoff
+    from deepquant.rough.engine import BATCH_COLUMNS, exercise_payoff, monitored_half_width
 
     pricers = list(pricers)
     if not pricers:
@@ -354,7 +356,7 @@ def price_levels(model, payoff: Payoff, pricers: list, *, rng: RngLike = None,
         return np.concatenate(out)
 
     def monitor(h: np.ndarray) -> float:
-        return float(np.max(h.reshape(len(levels), BATCH_COLUMNS)[:, :2]))
+        return max(monitored_half_width(x) for x in h.reshape(len(levels), BATCH_COLUMNS))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

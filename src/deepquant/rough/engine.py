@@ -104,9 +104,18 @@ __all__ = [
 _SQRT_MAX = math.sqrt(np.finfo(np.float64).max)
 """Largest regression feature whose square is finite (about 1.3e154)."""
 
-BATCH_COLUMNS = 6
+BATCH_COLUMNS = 7
 """Columns of a pricing batch's estimates (``BermudanPricer._batch_estimates``): lower, upper,
-plain lower, gap, and the path-level variances of the gap's and upper's batch means."""
+plain lower, gap, and the path-level variances of the batch means of the gap, of the upper
+estimate and of upper minus the plain lower."""
+
+
+def monitored_half_width(h: np.ndarray) -> float:
+    """The half-width the adaptive stop watches, from the 95% half-widths ``h`` of one run's
+    ``BATCH_COLUMNS``: the wider of the two bounds', the lower one the narrower of its
+    estimates with and without the control variate (``_result`` reports the one with the
+    smaller variance)."""
+    return float(max(min(h[0], h[2]), h[1]))
 
 
 def check_model(model) -> None:
@@ -465,7 +474,7 @@ class BermudanPricer:
             ad = adaptive_mean(batch, seed_price, min_batches=self.min_batches,
                                max_batches=self.max_batches, tol=self.tol,
                                patience=self.patience, min_improvement=self.min_improvement,
-                               monitor=lambda h: float(max(h[0], h[1])), callback=callback)
+                               monitor=monitored_half_width, callback=callback)
         timings["pricing"] = time.perf_counter() - t2
         out = self._result(model, payoff, fitted, ad, slice(0, BATCH_COLUMNS),
                            seconds=time.perf_counter() - t0,
@@ -479,7 +488,7 @@ class BermudanPricer:
                          timings=None) -> np.ndarray:
         """One pricing batch on the paths ``p``: (lower with control variate, upper, plain
         lower, upper - lower), each the batch mean, then the path-level variances of the batch
-        means of upper - lower and of upper (``BATCH_COLUMNS``)."""
+        means of upper - lower, of upper and of upper - plain lower (``BATCH_COLUMNS``)."""
         Zb, Fb, Bb = self._arrays(model, payoff, p)
         tau = fitted.policy.stopping_index(Zb, Fb)
         rows = np.arange(Zb.shape[0])
@@ -502,25 +511,40 @@ class BermudanPricer:
         else:
             cv = plain
         anti = self.antithetic
-        if upper.shape[0] == cv.shape[0]:   # the same paths: the paired difference
-            var_gap = variance_of_mean(upper - cv, antithetic=anti)
-        else:   # sub-simulation subset: as if independent (0.8-1.1x the paired one, measured)
-            var_gap = variance_of_mean(upper, antithetic=anti) + variance_of_mean(
-                cv, antithetic=anti)
+
+        def var_gap(low):
+            if upper.shape[0] == low.shape[0]:   # the same paths: the paired difference
+                return variance_of_mean(upper - low, antithetic=anti)
+            # sub-simulation subset: as if independent (0.8-1.1x the paired one, measured)
+            return variance_of_mean(upper, antithetic=anti) + variance_of_mean(low,
+                                                                               antithetic=anti)
+
         return np.array([cv.mean(), upper.mean(), plain.mean(), upper.mean() - cv.mean(),
-                         var_gap, variance_of_mean(upper, antithetic=anti)])
+                         var_gap(cv), variance_of_mean(upper, antithetic=anti),
+                         var_gap(plain)])
 
     def _result(self, model, payoff: Payoff, fitted: _Fitted, ad, sl: slice, *,
                 seconds: float, cpu_seconds: float, timings: dict) -> BermudanResult:
         """The run's result from the batch statistics ``ad`` (columns ``sl``, ``BATCH_COLUMNS``
         of them); an invalid bracket (``result.bracket_failures``) fails with status "crossed",
         its crossing first in the message, and a ``RuntimeWarning``."""
-        lo, up, plain, gap, var_gap, var_up = ad.mean[sl]
+        lo, up, plain, gap, var_gap, var_up, var_gap_plain = ad.mean[sl]
         lo_se, up_se, plain_se, gap_se = ad.stderr[sl][:4]
         lo_hw, up_hw = ad.half_width[sl][0], ad.half_width[sl][1]
+        vr = float(plain_se**2 / lo_se**2) if lo_se > 0 else math.inf
+        # the control variate is kept where it lowers the variance of the batch means; where
+        # it raises it (heavy-tailed martingale increments: at sigma = 8 the lower estimate
+        # was -164 +- 195 for a put worth 98.4) the plain estimate is the lower bound
+        control = bool(self.control_variate and not vr < 1.0)
+        if not control:
+            b = ad.batches[:, sl]
+            gaps = b[:, 1] - b[:, 2]
+            lo, lo_se, lo_hw, var_gap = plain, plain_se, ad.half_width[sl][2], var_gap_plain
+            gap = float(gaps.mean())
+            gap_se = float(gaps.std(ddof=1) / math.sqrt(gaps.size)) if gaps.size > 1 \
+                else math.inf
         gap_pse = math.sqrt(max(var_gap, 0.0) / ad.n_batches)   # path-level standard errors
         up_pse = math.sqrt(max(var_up, 0.0) / ad.n_batches)
-        vr = float(plain_se**2 / lo_se**2) if lo_se > 0 else math.inf
         floor, floor_name = price_floor(model, payoff, T=self.T, n_dates=self.n_dates,
                                         exercise_at_zero=self.exercise_at_zero)
         failures = bracket_failures(lower=lo, upper=up, gap=gap, gap_stderr=gap_se,
@@ -542,7 +566,7 @@ class BermudanPricer:
             lower_ci=(float(lo - lo_hw), float(lo + lo_hw)),
             upper_ci=(float(up - up_hw), float(up + up_hw)),
             gap=float(gap), gap_stderr=float(gap_se), lower_plain=float(plain),
-            lower_plain_stderr=float(plain_se), variance_reduction=vr,
+            lower_plain_stderr=float(plain_se), variance_reduction=vr, control_variate=control,
             n_paths=ad.n_batches * self.batch_size, n_batches=ad.n_batches,
             stop_reason=ad.reason, n_regression=self.n_regression,
             dual_in_sample=fitted.dual.in_sample, dual_method=fitted.method,

@@ -22,6 +22,10 @@ class BermudanResult:
     gap : upper - lower; gap_stderr from the paired batch differences
     lower_plain, lower_plain_stderr : the lower bound without the control variate
     variance_reduction : var(plain) / var(control variate) of the batch means
+    control_variate : whether ``lower`` uses the control variate (the least-squares
+        martingale at the stopping time, mean 0): False when it was switched off or raised the
+        variance of the batch means (``variance_reduction`` < 1), and then ``lower`` is
+        ``lower_plain`` and ``gap`` its paired difference with ``upper``
     n_paths : pricing paths used; n_batches ; stop_reason : "tol", "patience", "max_batches"
     n_regression : regression paths; dual_in_sample : training value of the dual objective
         (with dual="subsim": of the least-squares signature martingale, a diagnostic only)
@@ -93,6 +97,7 @@ class BermudanResult:
     gap_path_stderr: float = math.nan
     upper_path_stderr: float = math.nan
     price_floor: float = math.nan
+    control_variate: bool = True
 
     @property
     def relative_gap(self) -> float:
