@@ -235,7 +235,7 @@ def test_converged_result_fails_when_a_run_crossed(monkeypatch):
     batches = BermudanPricer._batch_estimates
 
     def biased(self, *args, **kwargs):
-        return batches(self, *args, **kwargs) - np.array([0.0, 5.0, 0.0, 5.0, 0.0, 0.0, 0.0])
+        return batches(self, *args, **kwargs) - np.array([0.0, 5.0, 0.0, 5.0, 0.0, 0.0, 5.0, 0.0])
 
     monkeypatch.setattr(BermudanPricer, "_batch_estimates", biased)
     pricer = preset_pricer("bs", n_dates=2, n_regression=2**9, batch_size=2**7,
@@ -330,7 +330,7 @@ def test_cli_grids_and_ensembles_exit_non_zero_on_crossed_runs(monkeypatch, extr
     batches = BermudanPricer._batch_estimates
 
     def biased(self, *args, **kwargs):
-        return batches(self, *args, **kwargs) - np.array([0.0, 5.0, 0.0, 5.0, 0.0, 0.0, 0.0])
+        return batches(self, *args, **kwargs) - np.array([0.0, 5.0, 0.0, 5.0, 0.0, 0.0, 5.0, 0.0])
 
     monkeypatch.setattr(BermudanPricer, "_batch_estimates", biased)
     res = CliRunner().invoke(main, ["american", "--model", "bs", "--strike", "100", "--dates",

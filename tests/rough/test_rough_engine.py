@@ -382,8 +382,8 @@ def test_a_run_crossed_beyond_sampling_noise_is_flagged_and_warned(monkeypatch):
     assert not honest.crossed and honest.gap < 0.5
     batches = BermudanPricer._batch_estimates
 
-    def biased(self, *args, **kwargs):   # the path-level variances (last three) unchanged
-        return batches(self, *args, **kwargs) - np.array([0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    def biased(self, *args, **kwargs):   # the gaps move with upper; the variances do not
+        return batches(self, *args, **kwargs) - np.array([0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
 
     monkeypatch.setattr(BermudanPricer, "_batch_estimates", biased)
     with pytest.warns(RuntimeWarning, match="more than the 9.22 sampling noise explains on 4"):

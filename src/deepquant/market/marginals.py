@@ -30,8 +30,9 @@ __all__ = ["Marginals", "ConvexOrderReport", "RepairReport", "call_matrix", "MIN
 MIN_GRID_SCALE = 1e-5
 MAX_GRID_SCALE = 1e5
 """Range of the grid's scale max|x_j| that ``Marginals`` accepts: solver tolerances are absolute
-(HiGHS's feasibility tolerances, 1e-9 in the LP and 1e-10 in the certified method's start plan,
-on martingale rows whose coefficients y - x scale with the grid; ``solve_entropic``'s drift
+(HiGHS's feasibility tolerance, 1e-9 in the LP, on martingale rows whose coefficients y - x
+scale with the grid; the certified method's start plan now divides its rows by the grid's scale,
+``lp._feasible_martingale_plan``, and the measurements below predate that; ``solve_entropic``'s drift
 target ``tol`` = 1e-9), so the answers are right only for grids of moderate size.
 
 Measured on the README's three-date example (11 points on [0.5, 1.5]; at-the-money Asian call,

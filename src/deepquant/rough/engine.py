@@ -104,10 +104,10 @@ __all__ = [
 _SQRT_MAX = math.sqrt(np.finfo(np.float64).max)
 """Largest regression feature whose square is finite (about 1.3e154)."""
 
-BATCH_COLUMNS = 7
+BATCH_COLUMNS = 8
 """Columns of a pricing batch's estimates (``BermudanPricer._batch_estimates``): lower, upper,
-plain lower, gap, and the path-level variances of the batch means of the gap, of the upper
-estimate and of upper minus the plain lower."""
+plain lower, gap (upper - lower), the path-level variances of the batch means of the gap and of
+the upper estimate, then the gap to the plain lower and its path-level variance."""
 
 
 def monitored_half_width(h: np.ndarray) -> float:
@@ -487,8 +487,9 @@ class BermudanPricer:
                          inner_seed, *, inner_refine: int = 1, inner_share=None,
                          timings=None) -> np.ndarray:
         """One pricing batch on the paths ``p``: (lower with control variate, upper, plain
-        lower, upper - lower), each the batch mean, then the path-level variances of the batch
-        means of upper - lower, of upper and of upper - plain lower (``BATCH_COLUMNS``)."""
+        lower, upper - lower), each the batch mean, the path-level variances of the batch means
+        of upper - lower and of upper, then upper - plain lower and its path-level variance
+        (``BATCH_COLUMNS``)."""
         Zb, Fb, Bb = self._arrays(model, payoff, p)
         tau = fitted.policy.stopping_index(Zb, Fb)
         rows = np.arange(Zb.shape[0])
@@ -521,28 +522,25 @@ class BermudanPricer:
 
         return np.array([cv.mean(), upper.mean(), plain.mean(), upper.mean() - cv.mean(),
                          var_gap(cv), variance_of_mean(upper, antithetic=anti),
-                         var_gap(plain)])
+                         upper.mean() - plain.mean(), var_gap(plain)])
 
     def _result(self, model, payoff: Payoff, fitted: _Fitted, ad, sl: slice, *,
                 seconds: float, cpu_seconds: float, timings: dict) -> BermudanResult:
         """The run's result from the batch statistics ``ad`` (columns ``sl``, ``BATCH_COLUMNS``
         of them); an invalid bracket (``result.bracket_failures``) fails with status "crossed",
         its crossing first in the message, and a ``RuntimeWarning``."""
-        lo, up, plain, gap, var_gap, var_up, var_gap_plain = ad.mean[sl]
-        lo_se, up_se, plain_se, gap_se = ad.stderr[sl][:4]
-        lo_hw, up_hw = ad.half_width[sl][0], ad.half_width[sl][1]
-        vr = float(plain_se**2 / lo_se**2) if lo_se > 0 else math.inf
+        mean, se, hw = ad.mean[sl], ad.stderr[sl], ad.half_width[sl]
+        up, up_se, up_hw, var_up = mean[1], se[1], hw[1], mean[5]
+        plain, plain_se = mean[2], se[2]
+        vr = float(plain_se**2 / se[0]**2) if se[0] > 0 else math.inf
         # the control variate is kept where it lowers the variance of the batch means; where
         # it raises it (heavy-tailed martingale increments: at sigma = 8 the lower estimate
-        # was -164 +- 195 for a put worth 98.4) the plain estimate is the lower bound
+        # was -164 +- 195 for a put worth 98.4) the plain estimate is the lower bound, and the
+        # gap its paired difference with the upper one (columns 6, 7)
         control = bool(self.control_variate and not vr < 1.0)
-        if not control:
-            b = ad.batches[:, sl]
-            gaps = b[:, 1] - b[:, 2]
-            lo, lo_se, lo_hw, var_gap = plain, plain_se, ad.half_width[sl][2], var_gap_plain
-            gap = float(gaps.mean())
-            gap_se = float(gaps.std(ddof=1) / math.sqrt(gaps.size)) if gaps.size > 1 \
-                else math.inf
+        lo, lo_se, lo_hw = (mean[0], se[0], hw[0]) if control else (plain, plain_se, hw[2])
+        g = 3 if control else 6   # the gap's column; its path-level variance the next one
+        gap, gap_se, var_gap = mean[g], se[g], mean[g + 1]
         gap_pse = math.sqrt(max(var_gap, 0.0) / ad.n_batches)   # path-level standard errors
         up_pse = math.sqrt(max(var_up, 0.0) / ad.n_batches)
         floor, floor_name = price_floor(model, payoff, T=self.T, n_dates=self.n_dates,
