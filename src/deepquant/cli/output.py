@@ -29,7 +29,7 @@ from deepquant.market.synthetic import TAIL_TOL
 __all__ = ["ENTROPIC_TOL", "FINITE", "FiniteFloat", "LEVEL", "PLAIN_PROGRESS_SECONDS", "activity", "MAX_GRID_SIZE", "MAX_RATE", "RATE", "FIGURE_FORMATS", "check_figure", "check_memory", "check_workers", "check_writable",
            "console", "err_console",
            "print_json", "table", "progress", "fail", "fail_option", "parse_list", "PAYOFF_OPTIONS",
-           "reported_failures", "tail_warnings", "TAIL_WARN"]
+           "reported_failures", "tail_warnings"]
 
 MAX_GRID_SIZE = 5000
 """Largest ``--grid-size`` a command takes: one period's dense (M, M) arrays then hold 200 MB;
@@ -378,18 +378,14 @@ RATE = FiniteFloat(-MAX_RATE, MAX_RATE,
 """The type of ``--rate`` where the library takes any rate (see ``MAX_RATE``)."""
 
 
-TAIL_WARN = TAIL_TOL
-"""A tail bound above this (a call price in forward-moneyness units) is reported as a warning
-(``deepquant.market.synthetic.TAIL_TOL``)."""
-
-
 def tail_warnings(grid: np.ndarray, times: Sequence[float], bounds: Sequence[float],
                   advice: str) -> list[str]:
     """One line per date whose tail bound (``deepquant.market.synthetic.tail_bounds``) exceeds
-    ``TAIL_WARN``: the grid cannot hold that law, and its call prices moved by up to it."""
+    ``deepquant.market.synthetic.TAIL_TOL`` (a call price in forward-moneyness units): the grid
+    cannot hold that law, and its call prices moved by up to it."""
     return [f"the grid [{grid[0]:.4g}, {grid[-1]:.4g}] cannot hold the law's tails at "
             f"t = {t:g}: moving them inside changes call prices by up to {b:.3g} (more than "
-            f"{TAIL_WARN:g}); {advice}" for t, b in zip(times, bounds) if b > TAIL_WARN]
+            f"{TAIL_TOL:g}); {advice}" for t, b in zip(times, bounds) if b > TAIL_TOL]
 
 
 PAYOFF_OPTIONS = {"strike": "--strike", "barrier": "--barrier"}
