@@ -215,3 +215,38 @@ def test_the_moves_kernel_is_numpys_bincount_of_the_envelopes_moves_bit_for_bit(
         per.moves(mass, np.full_like(j1, ny), j2, lam)
     with pytest.raises(ValueError, match="shape"):
         per.moves(mass[:-1], j1, j2, lam)
+
+
+def test_the_sweep_in_work_arrays_gives_the_fresh_sweeps_numbers_bit_for_bit():
+    """``hard(u, scratch=True)`` (the periods' work arrays, reused from call to call) returns
+    the numbers of the sweep in fresh arrays bit for bit, with and without the violations; a
+    second scratch sweep overwrites the first one's arrays in place (so the polish's steps
+    allocate nothing); the moves' laws and the certificate are the fresh ones' too."""
+    from deepquant.mmot.polish import moves_laws
+    from deepquant.mmot.sweep import _Sweeper
+    from tests.mmot.test_certified import _random_asian
+
+    rng = np.random.default_rng(11)
+    _, mg, _, chain = _random_asian(1)
+    sw = _Sweeper(chain, mg, -1.0)
+    fresh = _Sweeper(chain, mg, -1.0)
+    for _ in range(3):
+        u = rng.standard_normal(sw.mu_flat.size) * 0.02
+        want = fresh.hard(u, verify=True)
+        got = sw.hard(u, verify=True, scratch=True)
+        assert got[0] == want[0]
+        np.testing.assert_array_equal(got[2], want[2])
+        for a, b in zip(got[1], want[1]):
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(moves_laws(sw, got[1]), moves_laws(fresh, want[1]))
+    first = sw.hard(u, scratch=True)[1][1][0]
+    second = sw.hard(u + 0.01, scratch=True)[1][1][0]
+    assert second is first  # the same work array, refilled
+    np.testing.assert_array_equal(second, fresh.hard(u + 0.01)[1][1][0])
+    c = sw.certify(u)
+    d = fresh.certify(u)
+    assert c[0] == d[0] and np.array_equal(c[2], d[2])
+    with pytest.raises(ValueError, match="n_next"):
+        sw.periods[1].scatter(np.zeros((sw.periods[1].n_s, sw.periods[1].ys.size)),
+                              sw.periods[1].n_next + 1, scratch=True)

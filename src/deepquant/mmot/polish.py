@@ -144,12 +144,13 @@ def _check_sign(sign) -> float:
 def moves_laws(sw, out: list) -> np.ndarray:
     """Laws of X_1..X_T (flat over the supports, ``sw.mu_flat``'s layout) of the chain that
     moves every live state of period t as the exact sweep's envelopes ``out`` say (to y_j1 with
-    weight lam, to y_j2 with 1 - lam), started from the law of (S_0, X_0)."""
+    weight lam, to y_j2 with 1 - lam), started from the law of (S_0, X_0). The joint laws pass
+    through the periods' work arrays (``sweep._Period.scratch``)."""
     mass = sw.mass0
     laws = []
     for t, per in enumerate(sw.periods):
         _, _, j1, j2, lam = out[t]
-        mass = per.scatter(per.moves(mass, j1, j2, lam))
+        mass = per.scatter(per.moves(mass, j1, j2, lam, scratch=True), scratch=True)
         laws.append(mass.sum(axis=0))
     return np.concatenate(laws)
 
@@ -230,7 +231,7 @@ def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int 
     _check_cert(cert, sw.mu_flat.size, "potentials")
 
     def step(u):
-        value, out, _ = sw.hard(u)
+        value, out, _ = sw.hard(u, scratch=True)
         return value, sw.mu_flat - moves_laws(sw, out)
 
     if np.isfinite(floor) and floor < cert[0] and max_seconds > 0:
@@ -256,7 +257,7 @@ def position_step(prob, sign: float, a: np.ndarray) -> tuple[float, np.ndarray]:
     sw = prob.sweeper(sign)
     ask = np.where(np.isfinite(prob.ask), prob.ask, np.inf)
     u = prob.uvec(a)
-    value, out, _ = sw.hard(u)
+    value, out, _ = sw.hard(u, scratch=True)
     laws = moves_laws(sw, out)
     price = prob.prices(sw.split(laws))
     cost = np.where(a > 0, ask, np.where(a < 0, prob.bid, np.clip(price, prob.bid, ask)))

@@ -61,44 +61,73 @@ class _Period:
                              f"states of date {t + 1}")
         self.logq = np.log(mu_next[self.ys])
         self.n_s = n_s
+        self.dead = ~self.live
         self.k = kernels()
+        self._scratch = None
 
-    def hull(self, G: np.ndarray):
+    def scratch(self) -> dict:
+        """This period's work arrays for the sweeps that reuse them (``_Sweeper.hard`` and
+        ``polish.moves_laws`` with ``scratch=True``), allocated on first use. Why: a 12-period
+        exact sweep keeps every period's outputs until its end (about 80 MB at M = 150 on the
+        Asian's lattice), and fresh arrays of that size are new pages for the kernel to fault
+        in on every call: 13 of the sweep's 42 ms (measured, 13 monthly dates)."""
+        if self._scratch is None:
+            xs, ys = (self.n_s, self.xv.size), (self.n_s, self.ys.size)
+            self._scratch = dict(
+                G=np.empty(ys), val=np.empty(xs), slope=np.empty(xs), lam=np.empty(xs),
+                j1=np.empty(xs, np.int64), j2=np.empty(xs, np.int64),
+                vert=np.empty(ys, np.bool_), w=np.empty(xs), q=np.empty(ys),
+                mass=np.empty((self.n_next, self.ys.size)))
+        return self._scratch
+
+    def hull(self, G: np.ndarray, *, scratch: bool = False):
         """Exact envelopes of the rows of G at the current points: (val, slope, j1, j2, lam,
-        vert), see ``envelope.hull_sweep_period``."""
+        vert), see ``envelope.hull_sweep_period``; with ``scratch`` in this period's work arrays
+        (``scratch()``: overwritten by the next such call)."""
         shape = (self.n_s, self.xv.size)
-        val, slope, lam = np.empty(shape), np.empty(shape), np.empty(shape)
-        j1, j2 = np.empty(shape, np.int64), np.empty(shape, np.int64)
-        vert = np.empty(G.shape, dtype=np.bool_)
+        if scratch:
+            b = self.scratch()
+            val, slope, lam, j1, j2, vert = (b[k] for k in ("val", "slope", "lam", "j1", "j2",
+                                                            "vert"))
+        else:
+            val, slope, lam = np.empty(shape), np.empty(shape), np.empty(shape)
+            j1, j2 = np.empty(shape, np.int64), np.empty(shape, np.int64)
+            vert = np.empty(G.shape, dtype=np.bool_)
         self.k["hull_sweep_period"](G, self.yv, self.xv, self.live, val, slope, j1, j2, lam, vert)
         return val, slope, j1, j2, lam, vert
 
-    def gather(self, w_next: np.ndarray) -> np.ndarray:
-        """G[s, j] = sum_k K(s, y_j; s'_k) W_{t+1}(y_j, s'_k); w_next is (n_{t+1}, Y)."""
+    def gather(self, w_next: np.ndarray, *, scratch: bool = False) -> np.ndarray:
+        """G[s, j] = sum_k K(s, y_j; s'_k) W_{t+1}(y_j, s'_k); w_next is (n_{t+1}, Y). With
+        ``scratch`` in this period's work array (``scratch()``)."""
         if w_next.shape[0] < self.n_next or w_next.shape[1] != self.ys.size:
             raise ValueError(f"gather needs w_next with >= {self.n_next} rows and "
                              f"{self.ys.size} columns, got {w_next.shape}")
-        out = np.empty(self.nw.shape[:2])
+        out = self.scratch()["G"] if scratch else np.empty(self.nw.shape[:2])
         self.k["gather_period"](self.nidx, self.nw, np.ascontiguousarray(w_next, dtype=float),
                                 out)
         return out
 
-    def scatter(self, q: np.ndarray, n_next: int | None = None) -> np.ndarray:
+    def scatter(self, q: np.ndarray, n_next: int | None = None, *, scratch: bool = False
+                ) -> np.ndarray:
         """Mass (n_{t+1}, Y) at t+1 from q[s, j] = mass of (S_t = s, X_{t+1} = y_j); ``n_next``
-        rows (default: the states of date t+1)."""
+        rows (default: the states of date t+1). With ``scratch`` (``n_next`` the default) in
+        this period's work array (``scratch()``)."""
         n_next = self.n_next if n_next is None else n_next
         if n_next < self.n_next or q.shape != self.nw.shape[:2]:
             raise ValueError(f"scatter needs q of shape {self.nw.shape[:2]} and n_next >= "
                              f"{self.n_next}, got {q.shape} and {n_next}")
-        out = np.empty((n_next, self.ys.size))
+        if scratch and n_next != self.n_next:
+            raise ValueError(f"scatter with scratch needs n_next = {self.n_next}, got {n_next}")
+        out = self.scratch()["mass"] if scratch else np.empty((n_next, self.ys.size))
         self.k["scatter_period"](self.nidx, self.nw, np.ascontiguousarray(q, dtype=float), out)
         return out
 
-    def moves(self, mass: np.ndarray, j1: np.ndarray, j2: np.ndarray, lam: np.ndarray
-              ) -> np.ndarray:
+    def moves(self, mass: np.ndarray, j1: np.ndarray, j2: np.ndarray, lam: np.ndarray, *,
+              scratch: bool = False) -> np.ndarray:
         """q[s, j] (n_s, Y) = mass of (S_t = s, X_{t+1} = y_j) when the live states of ``mass``
         (n_s, X) move as the exact sweep's envelopes say (``hull``'s j1, j2, lam), see
-        ``envelope.moves_period``."""
+        ``envelope.moves_period``. With ``scratch`` in this period's work array
+        (``scratch()``)."""
         shape = (self.n_s, self.xv.size)
         if mass.shape != shape or j1.shape != shape or j2.shape != shape or lam.shape != shape:
             raise ValueError(f"moves needs mass, j1, j2 and lam of shape {shape}, got "
@@ -108,7 +137,7 @@ class _Period:
         if lo < 0 or hi >= ny:
             raise ValueError(f"moves needs j1 and j2 in [0, {ny}) (positions of date t+1's "
                              f"points), got [{lo}, {hi}]")
-        q = np.empty((self.n_s, ny))
+        q = self.scratch()["q"] if scratch else np.empty((self.n_s, ny))
         self.k["moves_period"](np.ascontiguousarray(mass, dtype=float), self.live,
                                np.ascontiguousarray(j1, dtype=np.int64),
                                np.ascontiguousarray(j2, dtype=np.int64),
@@ -166,20 +195,23 @@ class _Sweeper:
         ends lower, 0.02726 against 0.02799), and ``duals_of`` lowers it again for the hedge."""
         if lowered is None:
             lowered = self.lower_to_lines(uvec)[1]
-        value, _, viol = self.hard(lowered, verify=True)
+        value, _, viol = self.hard(lowered, verify=True, scratch=True)
         return value + float(viol.sum()), uvec, viol
 
     def lower_to_lines(self, uvec: np.ndarray) -> tuple[float, np.ndarray]:
         """(F of the lowered u, u lowered by its slack under the supporting lines, see
         ``hard``): the same envelopes, a bound lower by sum mu_{t+1}(y) slack(y). The value is
         not verified (``certify`` is)."""
-        value, _, _, drop = self.hard(uvec, slack=True)
+        value, _, _, drop = self.hard(uvec, slack=True, scratch=True)
         return value - float(drop @ self.mu_flat), uvec - drop
 
-    def hard(self, uvec: np.ndarray, *, verify: bool = False, slack: bool = False):
+    def hard(self, uvec: np.ndarray, *, verify: bool = False, slack: bool = False,
+             scratch: bool = False):
         """Exact sweep: (F(u), per-period (val, slope, moves), worst violation per period), and
         with ``slack`` the slack of each u_{t+1}(y) (a list over periods, >= 0, 0 where not
-        finite).
+        finite). With ``scratch`` the per-period arrays are the periods' work arrays
+        (``_Period.scratch``), valid until the next sweep with ``scratch``: for callers that
+        read them at once (the polish's steps, the certificates); the numbers are the same.
 
         Lowering u_{t+1}(y) by its slack, the smallest gap between the supporting lines of
         period t (the sweep's envelopes) and G_{t,s}(y) over all live pairs, keeps every line
@@ -195,8 +227,8 @@ class _Sweeper:
         drops = [None] * self.T
         for t in range(self.T - 1, -1, -1):
             per = self.periods[t]
-            G = per.gather(w)
-            val, slope, j1, j2, lam, _ = per.hull(G)
+            G = per.gather(w, scratch=scratch)
+            val, slope, j1, j2, lam, _ = per.hull(G, scratch=scratch)
             if verify:
                 viol[t] = float(np.max(per.k["hedge_violation_period"](
                     G, per.yv, per.xv, per.live, val, slope), initial=0.0))
@@ -204,7 +236,12 @@ class _Sweeper:
                 d = per.k["point_slack_period"](G, per.yv, per.xv, per.live, val, slope)
                 drops[t] = np.where(np.isfinite(d), np.maximum(d, 0.0), 0.0)
             out[t] = (val, slope, j1, j2, lam)
-            w = np.where(per.live, val - (u[t - 1][None, :] if t > 0 else 0.0), 0.0)
+            if scratch:  # np.where(per.live, val - u_t, 0.0) in place
+                w = per.scratch()["w"]
+                np.subtract(val, u[t - 1][None, :] if t > 0 else 0.0, out=w)
+                np.copyto(w, 0.0, where=per.dead)
+            else:
+                w = np.where(per.live, val - (u[t - 1][None, :] if t > 0 else 0.0), 0.0)
         value = float(np.sum(self.mass0 * w)) + float(uvec @ self.mu_flat)
         if slack:
             return value, out, viol, np.concatenate(drops)
