@@ -65,7 +65,8 @@ def test_markov_inner_keeps_the_time_budget_and_refuses_bad_arguments():
     res = markov_inner(sw, max_seconds=0.0)
     assert res.status == "time_budget" and np.isnan(res.value) and res.kernels is None
     for bad in (dict(max_seconds=-1.0), dict(max_seconds=np.nan), dict(max_cycles=-1),
-                dict(max_cycles=1.5), dict(max_cycles=True), dict(tol=-1e-9)):
+                dict(max_cycles=1.5), dict(max_cycles=True), dict(tol=-1e-9),
+                dict(stall=-1e-3), dict(stall=np.inf), dict(stall="1e-3")):
         with pytest.raises(ValueError):
             markov_inner(sw, **bad)
 
@@ -252,3 +253,20 @@ def test_start_values_are_checked():
     # valid start values still give a feasible chain inside the LP bound
     res = markov_inner(sw, start_values=good)
     _check_chain(sw, res)
+
+
+def test_a_stalled_ascent_ends_the_stage_with_the_chain_it_has():
+    """``stall``: the ascent stops after the first cycle that gains less than that share of
+    the chain's value (status "stalled", no second start), with the chain of that cycle: the
+    same as an ascent cut at that many cycles, feasible, no worse than the start, and no
+    better than the ascent run on."""
+    mm, chain = _heston_chain("lookback-call")
+    sw = _Sweeper(chain, mm, 1.0)  # three cycles from the least-spread start, a large first gain
+    full = markov_inner(sw)
+    start = markov_inner(sw, max_cycles=0)
+    res = markov_inner(sw, stall=1.0)  # every cycle gains less than the whole value
+    assert res.status == "stalled" and res.cycles == 1
+    _check_chain(sw, res)
+    assert res.value == markov_inner(sw, max_cycles=1).value
+    assert start.value + 1e-3 * sw.scale < res.value <= full.value + 1e-12
+    assert markov_inner(sw, stall=0.0).value == full.value and full.cycles > 1
