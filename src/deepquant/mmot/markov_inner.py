@@ -60,7 +60,10 @@ after 10 of the 12 periods (0.040471). Measured in the pipeline (60 s per side, 
 beside the rule before, load 0.8-1.1): the Markov stage stalls after 3 cycles (6-9 s instead of
 11.3 s), the dual's pass finishes, the lower inner value 0.040476-0.040533 -> 0.040357-0.040358,
 the lower gap 1.6-1.7% -> 1.3%; the upper side's unchanged (0.45%). At N = 5 (10 s per side)
-the stage is cut by its time first on most sides; the bounds within their run-to-run spread."""
+the stage is cut by its time first on most sides; the bounds within their run-to-run spread.
+The bounds from quotes (``quote_inner.quote_markov_inner``) use it too: at 150 points on the
+SPX quotes the Asian's two sides and the lookback's upper side came out tighter in both rounds
+(docs/benchmarks-certified.md)."""
 
 START_TIE = 0.01
 """Weight, in units of the payoff scale, of E|X_{t+1} - X_t| added to the start's costs from

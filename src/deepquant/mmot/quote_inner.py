@@ -33,6 +33,7 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import build_chain
 from deepquant.mmot.markov_inner import (
     MARKOV_SHARE,
+    MARKOV_STALL,
     chain_value,
     dual_value_to_go,
     fits_marginals,
@@ -136,7 +137,7 @@ def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_
         sw = _Sweeper(chain, marg, sign)
         start, moves = dual_value_to_go(sw, sw.flatten(u), moves=True)
         left = max_seconds - (time.perf_counter() - t0)  # infinite: markov_inner's default
-        res = markov_inner(sw, start_values=start,
+        res = markov_inner(sw, start_values=start, stall=MARKOV_STALL,
                            **(dict(max_seconds=max(MARKOV_SHARE * left, 0.0))
                               if np.isfinite(left) else {}))
         out.update(marginals=name, marginal_violation=mviol, cycles=res.cycles,
