@@ -212,6 +212,7 @@ class _Sweeper:
         finite). With ``scratch`` the per-period arrays are the periods' work arrays
         (``_Period.scratch``), valid until the next sweep with ``scratch``: for callers that
         read them at once (the polish's steps, the certificates); the numbers are the same.
+        One scratch sweep at a time per sweeper (no two threads on one ``_Sweeper``).
 
         Lowering u_{t+1}(y) by its slack, the smallest gap between the supporting lines of
         period t (the sweep's envelopes) and G_{t,s}(y) over all live pairs, keeps every line
