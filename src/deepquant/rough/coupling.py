@@ -220,10 +220,12 @@ class CoupledRun:
     def covariance(self, which: str = "midpoint") -> np.ndarray:
         """Covariance (n_grids, n_grids) of the grids' estimates ("midpoint", "lower",
         "upper"): the sample covariance of the paired batch estimates / n_batches."""
+        from deepquant.rough.engine import lower_columns
+
         b = self.batches
         # each grid's lower estimate: with its control variate, or plain where it was dropped
-        low = np.stack([b[:, i, 0 if r.control_variate else 2] for i, r in enumerate(self.runs)],
-                       axis=1)
+        low = np.stack([b[:, i, lower_columns(r.control_variate)[0]]
+                        for i, r in enumerate(self.runs)], axis=1)
         x = {"lower": low, "upper": b[:, :, 1], "midpoint": 0.5 * (low + b[:, :, 1])}[which]
         return np.atleast_2d(np.cov(x, rowvar=False, ddof=1)) / x.shape[0]
 

@@ -98,6 +98,7 @@ __all__ = [
     "BermudanPricer",
     "BermudanResult",
     "exercise_payoff",
+    "lower_columns",
 ]
 
 
@@ -108,6 +109,13 @@ BATCH_COLUMNS = 8
 """Columns of a pricing batch's estimates (``BermudanPricer._batch_estimates``): lower, upper,
 plain lower, gap (upper - lower), the path-level variances of the batch means of the gap and of
 the upper estimate, then the gap to the plain lower and its path-level variance."""
+
+
+def lower_columns(control_variate: bool) -> tuple[int, int]:
+    """(the lower estimate's column, the gap's column) of ``BATCH_COLUMNS`` for a run whose
+    lower bound uses the control variate or not (the gap's path-level variance is the column
+    after the gap's)."""
+    return (0, 3) if control_variate else (2, 6)
 
 
 def monitored_half_width(h: np.ndarray) -> float:
@@ -538,8 +546,8 @@ class BermudanPricer:
         # was -164 +- 195 for a put worth 98.4) the plain estimate is the lower bound, and the
         # gap its paired difference with the upper one (columns 6, 7)
         control = bool(self.control_variate and not vr < 1.0)
-        lo, lo_se, lo_hw = (mean[0], se[0], hw[0]) if control else (plain, plain_se, hw[2])
-        g = 3 if control else 6   # the gap's column; its path-level variance the next one
+        c, g = lower_columns(control)
+        lo, lo_se, lo_hw = mean[c], se[c], hw[c]
         gap, gap_se, var_gap = mean[g], se[g], mean[g + 1]
         gap_pse = math.sqrt(max(var_gap, 0.0) / ad.n_batches)   # path-level standard errors
         up_pse = math.sqrt(max(var_up, 0.0) / ad.n_batches)
