@@ -46,17 +46,17 @@ def marginals(case: str, size: int):
 
 
 def run(case: str, size: int, payoff_name: str, *, rtol: float, max_seconds: float,
-        lp_max_columns: int) -> dict:
+        lp_max_columns: int, workers: int = 1) -> dict:
     m = marginals(case, size)
     payoff = PAYOFFS[payoff_name](m.n_dates) if case != "bs-fss" else \
         ForwardStartStraddle(t1=1, t2=2)
     stages = []
     t0 = time.perf_counter()
     res = bounds(m, payoff, method="certified", rtol=rtol, max_seconds=max_seconds,
-                 progress=lambda p: stages.append(dict(side=p.side, eps=p.eps, outer=p.outer,
+                 workers=workers, progress=lambda p: stages.append(dict(side=p.side, eps=p.eps, outer=p.outer,
                                                        inner=p.inner, seconds=p.seconds)))
     wall = time.perf_counter() - t0
-    entry = dict(case=case, size=size, payoff=payoff_name, n_periods=m.n_dates - 1,
+    entry = dict(case=case, size=size, payoff=payoff_name, n_periods=m.n_dates - 1, workers=workers,
                  lower=res.lower, upper=res.upper, status=res.status, seconds=res.timings,
                  wall=wall, sizes=res.sizes, exact_statistic=res.exact, stages=stages)
     for side in ("lower", "upper"):
@@ -93,13 +93,15 @@ def main() -> None:
     ap.add_argument("--rtol", type=float, default=1e-3)
     ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--lp-max-columns", type=int, default=200_000)
+    ap.add_argument("--workers", type=int, choices=(1, 2), default=1,
+                    help="processes per side (2: the path passes beside the polish)")
     args = ap.parse_args()
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     for case in args.cases:
         for size in args.sizes:
             for name in (["fss"] if case == "bs-fss" else args.payoffs):
                 e = run(case, size, name, rtol=args.rtol, max_seconds=args.max_seconds,
-                        lp_max_columns=args.lp_max_columns)
+                        lp_max_columns=args.lp_max_columns, workers=args.workers)
                 old[f"{case}/{name}/{size}"] = e
                 write_json(OUT, old)
                 print(f"{case:8s} {name:9s} M={size:4d} lower {e['lower']:.6f} "

@@ -201,3 +201,19 @@ def test_grid_check_refuses_a_grid_that_halving_keeps(tmp_path):
     # with X_0 on an end, halving 3 points keeps 2: a check that compares something
     m3_end = Marginals(m3.grid, np.array([[1.0, 0, 0], [1.0, 0, 0]]), [0, 1])
     assert halved_marginals(m3_end).size == 2
+
+
+def test_workers_reach_the_certified_method_and_are_refused_where_unused(rw_file):
+    """``--workers 2`` runs the certified method (the bracket still holds the exact LP values
+    of ``test_asian_json``); methods that do not read it, and values other than 1 or 2, are
+    usage errors naming the option."""
+    res = _run(rw_file, "--payoff", "asian-call", "--strike", 100, "--method", "certified",
+               "--workers", 2, "--max-seconds", 20, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["lower"] <= 0.639111 + 1e-6 and out["upper"] >= 0.794667 - 1e-6
+    res = _run(rw_file, "--payoff", "asian-call", "--strike", 100, "--method", "lp",
+               "--workers", 2)
+    assert res.exit_code == 2 and "--workers 2 is not used by --method lp" in res.output
+    res = _run(rw_file, "--payoff", "asian-call", "--strike", 100, "--workers", 3)
+    assert res.exit_code == 2 and "'--workers': 3 is not in the range 1<=x<=2" in res.output

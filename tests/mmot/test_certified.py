@@ -217,6 +217,9 @@ def test_certified_errors(rw):
         certified_bounds(rw, make_payoff("sum-squared-increments"))
     with pytest.raises(ValueError, match="sides must be"):
         certified_bounds(rw, payoff, sides=("middle",))
+    for workers in (0, 3, True, "2", 2.0):
+        with pytest.raises(ValueError, match=r"workers must be 1 or 2, got"):
+            certified_bounds(rw, payoff, workers=workers)
 
 
 @pytest.mark.parametrize("max_seconds", [float("nan"), -1.0, "1", True, None])

@@ -71,22 +71,27 @@ def test_markov_inner_keeps_the_time_budget_and_refuses_bad_arguments():
             markov_inner(sw, **bad)
 
 
-def test_certified_side_above_the_work_level_takes_the_markov_inner(monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_certified_side_above_the_work_level_takes_the_markov_inner(monkeypatch, workers):
     # a 49-point lookback (4 dates, no column generation) whose own grid lies above the work
     # level (the threshold lowered so that it does with a budget that leaves the Markov stage
     # its share on a loaded machine): the inner value is then a chain on the 49-point
     # marginals themselves (the Markov chain, or the chain whose kernels also see the running
     # maximum, whichever is tighter), not the coarse level's, and [inner, outer] still
-    # brackets the exact LP
+    # brackets the exact LP; with two workers the path passes run in a second process beside
+    # the polish and are adopted by the same rule
     from deepquant.mmot import multiscale
 
     monkeypatch.setattr(multiscale, "WORK_COLUMNS_PER_SECOND", 1_000.0)
     m = heston_marginals(np.arange(4) * 30 / 365, grid=np.linspace(0.7, 1.3, 49))
     payoff = make_payoff("lookback-call", strike=1.0)
     lp = bounds(m, payoff, method="lp")
-    res = bounds(m, payoff, method="certified", polish_max_states=30, max_seconds=5.0)
+    res = bounds(m, payoff, method="certified", polish_max_states=30, max_seconds=5.0,
+                 workers=workers)
     for side, opt in (("lower", lp.lower), ("upper", lp.upper)):
         s = getattr(res, f"{side}_side")
+        if workers == 2 and "path" in s.info:  # the second process answered
+            assert s.info["path"]["status"] != "no answer", s.info["path"]
         adopted = [k for k in ("markov", "path") if s.info.get(k, {}).get("adopted")]
         assert len(adopted) == 1, (s.info["markov"], s.info.get("path"))
         assert s.info["inner_kind"].startswith(

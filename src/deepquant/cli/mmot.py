@@ -306,6 +306,10 @@ def _payoff_names():
 @click.option("--max-seconds", type=FiniteFloat(0.0, min_open=True, allow_inf=True),
               default=600.0, show_default=True,
               help="Certified method: time budget per side (the best certificate is kept).")
+@click.option("--workers", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="Certified and interior point methods: processes per bound. 2: the "
+                   "interior point method solves both sides at once; the certified method "
+                   "runs the inner value's path passes beside the polish of the certificate.")
 @click.option("--eps", type=FINITE, default=None, help="Entropic regularisation (entropic only).")
 @click.option("--martingale-tol", type=FINITE, default=0.0, show_default=True,
               help="Relaxed LP: tolerance on |E[dX | X, S]| (marginals not in convex order).")
@@ -317,7 +321,8 @@ def _payoff_names():
                    "effect on the bounds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method, rtol,
-                   max_seconds, eps, martingale_tol, sum_grid_size, grid_check, as_json):
+                   max_seconds, workers, eps, martingale_tol, sum_grid_size, grid_check,
+                   as_json):
     """Model-free lower and upper bounds of a payoff over martingales with MARGINALS.npz."""
     import math
     import time
@@ -344,7 +349,8 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
     if missing:
         fail(f"--payoff {payoff_name} needs {' and '.join(missing)} (no default is assumed)")
     refuse_unused(method, {"rtol": ("auto", "certified", "ipm"),
-                           "max_seconds": ("auto", "certified")})
+                           "max_seconds": ("auto", "certified"),
+                           "workers": ("auto", "certified", "ipm")})
     if sum_grid_size is not None and method == "path-lp":
         fail(f"--sum-grid-size {sum_grid_size} is not used by --method path-lp (it enumerates "
              "the paths, whose running sums are exact)")
@@ -362,6 +368,8 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
             options.update(sum_grid_size=sum_grid_size)
         if method in ("lp", "auto") and martingale_tol:
             options.update(martingale_tol=martingale_tol)
+        if method in ("certified", "auto", "ipm"):
+            options.update(workers=workers)
         if method in ("certified", "auto"):
             options.update(rtol=rtol, max_seconds=max_seconds)
             if not as_json:

@@ -37,7 +37,7 @@ import numpy as np
 
 from deepquant.mmot._transport_lp import TransportLP, near_pairs
 
-__all__ = ["MarkovInner", "adopt_markov_inner", "chain_value", "dual_value_to_go", "markov_inner"]
+__all__ = ["InnerSearch", "MarkovInner", "adopt_markov_inner", "chain_value", "dual_value_to_go", "markov_inner"]
 
 MARGINAL_TOL = 1e-7
 """Largest L1 error of the chain's laws (summed over dates 1..T) for its value to count as an
@@ -359,54 +359,86 @@ def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float
     Markov chain's values to go, then one against the dual's). The attempts are reported in
     ``info["markov"]`` and ``info["path"]`` either way. Skipped (``side`` returned as is) when
     there is no time."""
-    import dataclasses
-
-    from deepquant.mmot.certified import better_inner, clip_inner, within_rtol
-    from deepquant.mmot.path_inner import improve
-    from deepquant.mmot.sweep import _Sweeper
-
     t0 = time.perf_counter()
     if max_seconds <= 0:
         return side
-    sign = 1.0 if sense == "upper" else -1.0
+    search = InnerSearch(side, chain, marginals, sense)
+    found = search.markov(MARKOV_SHARE * max_seconds)
+    left = max(max_seconds - (time.perf_counter() - t0), 0.0)
+    if search.kernels is not None and left > 0:
+        found += search.path(left)
+    return search.adopt(side, found, inner_resid_tol=inner_resid_tol, rtol=rtol)
 
-    def left():
-        return max(max_seconds - (time.perf_counter() - t0), 0.0)
 
-    sw = _Sweeper(chain, marginals, sign)
-    u = side.info.get("u_sweep")  # the certified potentials (the sweep's sign), if any
-    dual, dual_moves = (None, None) if u is None else dual_value_to_go(sw, sw.flatten(u),
-                                                                        moves=True)
-    found = []  # (value, residual, kind, report) of the chains that fit the marginals
-    info = dict(side.info)
+class InnerSearch:
+    """The stages of ``adopt_markov_inner`` on one side, so that a caller can run them apart
+    (the path passes in another process, ``beside.inner_beside_polish``): ``markov`` and
+    ``path`` return the chains found that fit the marginals, as (value in the sweep's sign,
+    marginal error, kind, report), and record their reports in ``info``; ``adopt`` puts the
+    best into a side."""
 
-    res = markov_inner(sw, max_seconds=MARKOV_SHARE * max_seconds, stall=MARKOV_STALL,
-                       start_values=dual)
-    report = dict(value=sign * res.value, marginal_error=res.residual, drift=res.drift,
-                  cycles=res.cycles, status=res.status, seconds=res.seconds, adopted=False)
-    info["markov"] = report
-    if fits_marginals(res.value, res.residual, res.drift):
-        found.append((res.value, res.residual,
-                      f"Markov chain ({res.cycles} cycles, {res.status})", report))
-    if res.kernels is not None and left() > 0:
-        path, info["path"] = improve(sw, res.kernels, sign, max_seconds=left(), dual=dual,
-                                     moves=dual_moves)
-        if info["path"]["fits"]:
-            found.append((path.value, path.residual,
-                          f"path-dependent chain ({path.buckets} classes of the statistic per "
-                          f"point, from the {path.start} values to go)", info["path"]))
-    best = max(found, key=lambda c: c[0], default=None)
-    if best is None or not better_inner(best[0], best[1], sign * side.info["inner"],
-                                        side.primal_residual, inner_resid_tol):
-        return dataclasses.replace(side, info=info)
-    value, resid, kind, chosen = best
-    outer = sign * side.value
-    inner, excess = clip_inner(value, outer)
-    gap = outer - inner
-    chosen["adopted"] = True
-    info.update(inner=sign * inner, inner_excess=excess, inner_kind=kind,
-                inner_marginal_bound=resid, inner_level=dict(marginals=marginals, resid=resid),
-                relative_gap=gap / max(abs(outer), 1e-300))
-    within = within_rtol(gap, outer, sw.scale, rtol)
-    return dataclasses.replace(side, gap=float(gap), primal_residual=resid, info=info,
-                               status="certified" if within else side.status)
+    def __init__(self, side, chain, marginals, sense: str):
+        from deepquant.mmot.sweep import _Sweeper
+
+        self.sign = 1.0 if sense == "upper" else -1.0
+        self.marginals = marginals
+        self.sw = _Sweeper(chain, marginals, self.sign)
+        u = side.info.get("u_sweep")  # the certified potentials (the sweep's sign), if any
+        self.dual, self.moves = (None, None) if u is None else dual_value_to_go(
+            self.sw, self.sw.flatten(u), moves=True)
+        self.kernels = None  # the Markov chain's, once ``markov`` ran
+        self.info = {}
+
+    def markov(self, seconds: float) -> list:
+        res = markov_inner(self.sw, max_seconds=seconds, stall=MARKOV_STALL,
+                           start_values=self.dual)
+        report = dict(value=self.sign * res.value, marginal_error=res.residual, drift=res.drift,
+                      cycles=res.cycles, status=res.status, seconds=res.seconds, adopted=False)
+        self.info["markov"] = report
+        self.kernels = res.kernels
+        if not fits_marginals(res.value, res.residual, res.drift):
+            return []
+        return [(res.value, res.residual, f"Markov chain ({res.cycles} cycles, {res.status})",
+                 report)]
+
+    def path(self, seconds: float) -> list:
+        from deepquant.mmot.path_inner import improve
+
+        path, report = improve(self.sw, self.kernels, self.sign, max_seconds=seconds,
+                               dual=self.dual, moves=self.moves)
+        self.info["path"] = report
+        if not report["fits"]:
+            return []
+        return [(path.value, path.residual,
+                 f"path-dependent chain ({path.buckets} classes of the statistic per point, "
+                 f"from the {path.start} values to go)", report)]
+
+    def adopt(self, side, found: list, *, inner_resid_tol: float, rtol: float):
+        """``side`` with ``info`` (the attempts' reports) and, when ``certified.better_inner``
+        prefers it, the best of ``found`` as its inner value (clipped to the outer bound),
+        with the gap and status that follow."""
+        import dataclasses
+
+        from deepquant.mmot.certified import better_inner, clip_inner, within_rtol
+
+        sign = self.sign
+        info = dict(side.info, **self.info)
+        best = max(found, key=lambda c: c[0], default=None)
+        if best is None or not better_inner(best[0], best[1], sign * side.info["inner"],
+                                            side.primal_residual, inner_resid_tol):
+            return dataclasses.replace(side, info=info)
+        value, resid, kind, chosen = best
+        outer = sign * side.value
+        inner, excess = clip_inner(value, outer)
+        gap = outer - inner
+        for report in (info.get("markov"), info.get("path")):  # one chain is the inner value
+            if report is not None:
+                report["adopted"] = False
+        chosen["adopted"] = True
+        info.update(inner=sign * inner, inner_excess=excess, inner_kind=kind,
+                    inner_marginal_bound=resid,
+                    inner_level=dict(marginals=self.marginals, resid=resid),
+                    relative_gap=gap / max(abs(outer), 1e-300))
+        within = within_rtol(gap, outer, self.sw.scale, rtol)
+        return dataclasses.replace(side, gap=float(gap), primal_residual=resid, info=info,
+                                   status="certified" if within else side.status)

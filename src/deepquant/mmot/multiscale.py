@@ -26,6 +26,7 @@ from deepquant.mmot._levels import (
     polish_share,
 )
 from deepquant.mmot.augment import AugmentedChain, build_chain
+from deepquant.mmot.beside import fork_available, inner_beside_polish
 from deepquant.mmot.certified import (
     INNER_RESID_TOL,
     certify_side,
@@ -36,7 +37,7 @@ from deepquant.mmot.certified import (
     within_rtol,
 )
 from deepquant.mmot.envelope import warm_kernels
-from deepquant.mmot.markov_inner import MARGINAL_TOL, adopt_markov_inner
+from deepquant.mmot.markov_inner import MARGINAL_TOL, MARKOV_SHARE, adopt_markov_inner
 from deepquant.mmot.polish import polish_side
 from deepquant.mmot.result import BoundSide, BoundsResult, check_sides
 from deepquant.mmot.sweep import _Sweeper
@@ -138,7 +139,7 @@ def max_levels(size: int) -> int:
 def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain, sense: str, *,
                      levels: int | None, sum_grid_size, sum_mode, progress, top: bool = True,
                      role: str = "above", work_columns: float | None = None,
-                     lp_budget: float | None = None,
+                     lp_budget: float | None = None, workers: int = 1,
                      **options) -> BoundSide:
     """``certify_side`` started from the same side on ``coarse_marginals`` (recursively).
 
@@ -249,25 +250,30 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
                             gap=cres.gap, status=cres.status, seconds=cres.seconds,
                             marginal_distance=dist))
     fine = dataclasses.replace(fine, info=info)
+    tols = dict(inner_resid_tol=options.get("inner_resid_tol", INNER_RESID_TOL),
+                rtol=options.get("rtol", 1e-4))
     if top and not fine.primal_residual <= MARGINAL_TOL:
         # no plan on this grid's own marginals yet: a Markov chain on them, in what is left
         polish_time = polish * budget if reserve > 0 else 0.0
-        fine = adopt_markov_inner(fine, chain, marginals, sense,
-                                  max_seconds=budget - polish_time
-                                  - (time.perf_counter() - t_start),
-                                  inner_resid_tol=options.get("inner_resid_tol", INNER_RESID_TOL),
-                                  rtol=options.get("rtol", 1e-4))
+        inner_time = budget - polish_time - (time.perf_counter() - t_start)
+        if workers == 2 and reserve > 0 and inner_time > 0 and fork_available():
+            # the path passes in a second process beside the polish, both to the deadline
+            fine = inner_beside_polish(fine, chain, marginals, sense,
+                                       markov_seconds=MARKOV_SHARE * inner_time,
+                                       max_seconds=budget - (time.perf_counter() - t_start),
+                                       **tols)
+            return dataclasses.replace(fine, seconds=time.perf_counter() - t_start)
+        fine = adopt_markov_inner(fine, chain, marginals, sense, max_seconds=inner_time, **tols)
     if reserve > 0 and fine.status != "certified":
         fine = polish_side(fine, chain, marginals, sense,
-                           max_seconds=budget - (time.perf_counter() - t_start),
-                           rtol=options.get("rtol", 1e-4),
-                           inner_resid_tol=options.get("inner_resid_tol", INNER_RESID_TOL))
+                           max_seconds=budget - (time.perf_counter() - t_start), **tols)
     return dataclasses.replace(fine, seconds=time.perf_counter() - t_start)
 
 
 def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int | None = None,
                      sum_mode: str = "auto", sides: tuple[str, ...] = ("lower", "upper"),
-                     multiscale: int | None = None, progress=None, **options) -> BoundsResult:
+                     multiscale: int | None = None, progress=None, workers: int = 1,
+                     **options) -> BoundsResult:
     """Certified lower and upper bounds of E[payoff] over martingale laws with ``marginals``.
 
     Parameters
@@ -286,6 +292,11 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
         small are solved directly).
     progress : callable, optional
         Called with a ``CertifiedProgress`` after every eps stage of every side.
+    workers : {1, 2}
+        Processes per side. With 2, on a grid above the work level the inner value's path
+        passes run in a forked second process while the certificate is polished, each to the
+        side's deadline (``beside.inner_beside_polish``); where ``fork`` is not available, and
+        on grids the stages do not reach, as with 1.
     **options
         Passed to ``certify_side`` (``rtol``, ``eps_end``, ``max_seconds``, ...).
         ``max_seconds`` is each side's budget; it does not count the one-time compilation (or
@@ -316,6 +327,9 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
                          f"{max_levels(marginals.size)}] (the coarsenings of a grid of "
                          f"{marginals.size} points), got {multiscale!r}")
     check_callback(progress, "progress")
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) \
+            or workers not in (1, 2):
+        raise ValueError(f"workers must be 1 or 2, got {workers!r}")
     check_options(**options)  # before the chain is built
     # the kernels compiled or loaded outside every side's budget (0.0 after the first call)
     warmup = warm_kernels()
@@ -327,7 +341,7 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
     build = time.perf_counter() - t_build
     res = {s: _multiscale_side(marginals, payoff, chain, s, levels=multiscale,
                                sum_grid_size=sum_grid_size, sum_mode=sum_mode,
-                               progress=progress, **options) for s in sides}
+                               progress=progress, workers=workers, **options) for s in sides}
     missing = BoundSide(float("nan"), True, "not_requested", "not requested", 0.0)
     lo, up = res.get("lower", missing), res.get("upper", missing)
     ok = all(r.success for r in res.values())

@@ -1,0 +1,122 @@
+"""The inner value's path passes in a second process, beside the polish of the certificate.
+
+On the user's own grid a certified side ends with three stages that share what is left of its
+budget: the Markov chain's ascent (``markov_inner``), the passes whose kernels see the running
+statistic (``path_inner``; the best inner values there) and the subgradient polish of the
+outer bound (``polish``). The path passes and the polish are independent once the Markov chain
+is known: the passes read the chain and the certified dual's values to go from before the
+polish, and the polish needs a valid floor (the Markov chain's value on the same marginals)
+but nothing from the passes. With ``workers=2`` the passes run in a forked child process while
+the parent polishes, so each gets all of the time that is left instead of a share of it.
+
+The child only computes and sends back the chains it found (values, errors and reports; the
+arithmetic is that of the serial stages); the parent adopts them by the same rule
+(``InnerSearch.adopt``). The parent waits for it at most ``GRACE_SECONDS`` past the deadline
+and then stops it (the side keeps the Markov chain, and says so). Where ``fork`` is not
+available the stages run in turn, as with ``workers=1``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import time
+
+__all__ = ["GRACE_SECONDS", "Beside", "fork_available", "inner_beside_polish"]
+
+GRACE_SECONDS = 2.0
+"""How long past the side's deadline the parent waits for the child's path passes (a pass
+stops at its deadline but finishes the one-period LP it is in, about a second at 12 periods
+of 150 points)."""
+
+
+def fork_available() -> bool:
+    """Whether a child process can start as a copy of this one (``fork``: Linux and the other
+    POSIX systems, not Windows). Only a fork starts fast enough for a side's budget: a fresh
+    interpreter would import the library and load the compiled kernels again."""
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _child(fn, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
+    try:
+        out = (True, fn())
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
+        out = (False, f"{type(exc).__name__}: {exc}")
+    try:
+        conn.send(out)
+    finally:
+        conn.close()
+
+
+class Beside:
+    """``fn()`` run in a forked child process while the caller goes on; ``result`` collects
+    its return value. A context manager: leaving it stops the child if it still runs."""
+
+    def __init__(self, fn):
+        ctx = multiprocessing.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_child, args=(fn, send), daemon=True)
+        self._proc.start()
+        send.close()
+
+    def result(self, timeout: float):
+        """(True, value) when the child answered within ``timeout`` seconds, else (False,
+        None); an exception in the child is raised here as a ``RuntimeError``."""
+        try:
+            if not self._recv.poll(max(timeout, 0.0)):
+                return False, None
+            ok, value = self._recv.recv()
+        except (EOFError, OSError):  # the child died without an answer
+            return False, None
+        finally:
+            self.close()
+        if not ok:
+            raise RuntimeError(f"the process beside the polish failed: {value}")
+        return True, value
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+        self._recv.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: float,
+                        max_seconds: float, inner_resid_tol: float, rtol: float):
+    """``side`` with the inner value of ``markov_inner.adopt_markov_inner`` and the outer bound
+    of ``polish.polish_side``, in ``max_seconds`` for both: the Markov chain's ascent first
+    (``markov_seconds`` of it; its value is the polish's floor), then its path passes in a
+    forked child process while this one polishes the certificate, each to the deadline.
+    ``info["path"]`` says ``status="no answer"`` when the child did not answer in time."""
+    from deepquant.mmot.markov_inner import InnerSearch
+    from deepquant.mmot.polish import polish_side
+
+    t0 = time.perf_counter()
+
+    def left():
+        return max(max_seconds - (time.perf_counter() - t0), 0.0)
+
+    opts = dict(inner_resid_tol=inner_resid_tol, rtol=rtol)
+    search = InnerSearch(side, chain, marginals, sense)
+    side = search.adopt(side, search.markov(min(markov_seconds, left())), **opts)
+    if side.status == "certified" or left() <= 0:
+        return side
+    if search.kernels is None:
+        return polish_side(side, chain, marginals, sense, max_seconds=left(), **opts)
+    seconds = left()
+    with Beside(lambda: (search.path(seconds), search.info["path"])) as child:
+        polished = polish_side(side, chain, marginals, sense, max_seconds=seconds, **opts)
+        answered, out = child.result(left() + GRACE_SECONDS)
+    if answered:
+        found, search.info["path"] = out
+    else:
+        found, search.info["path"] = [], dict(status="no answer", seconds=seconds, tried={},
+                                              fits=False, adopted=False)
+    return search.adopt(polished, found, **opts)

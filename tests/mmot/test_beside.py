@@ -1,0 +1,37 @@
+"""The forked second process of ``deepquant.mmot.beside``: answers, failures and time-outs."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from deepquant.mmot.beside import Beside, fork_available
+
+pytestmark = pytest.mark.skipif(not fork_available(), reason="no fork on this platform")
+
+
+def test_the_child_answers_with_what_it_computed_from_the_parents_memory():
+    data = list(range(1000))  # inherited by the fork, not sent
+    with Beside(lambda: (sum(data), os.getpid())) as child:
+        answered, (total, pid) = child.result(30.0)
+    assert answered and total == 499500 and pid != os.getpid()
+
+
+def test_a_failure_in_the_child_is_raised_in_the_parent():
+    def fail():
+        raise ValueError("bad pass")
+
+    with Beside(fail) as child, pytest.raises(RuntimeError, match="ValueError: bad pass"):
+        child.result(30.0)
+
+
+def test_a_child_late_past_the_timeout_is_stopped_and_gives_no_answer():
+    with Beside(lambda: time.sleep(60)) as child:
+        t0 = time.perf_counter()
+        answered, value = child.result(0.2)
+        waited = time.perf_counter() - t0
+        assert not answered and value is None
+        assert not child._proc.is_alive()  # stopped, not left running
+    assert waited < 10.0
