@@ -206,12 +206,13 @@ def run(config: str, payoffs: list[str], max_seconds: float, two_sided: bool,
 
 
 def run_grid(sizes: list[int], payoffs: list[str], max_seconds: float,
-             two_sided: bool, coarse: int | None) -> dict:
+             two_sided: bool, coarse: int | None, workers: int = 1) -> dict:
     """The certified quote bounds at each grid size, with a time budget per side."""
     cfg = CONFIGS["grid"]
     chain = load_chain(DATA / "spx_options_normalized.csv")
     entry = dict(config="grid", two_sided=two_sided, fit_range=list(cfg["fit_range"]),
-                 max_seconds=max_seconds, certified=CERTIFIED, coarse=coarse, sizes={})
+                 max_seconds=max_seconds, certified=CERTIFIED, coarse=coarse, workers=workers,
+                 sizes={})
     for size in sizes:
         bands, grid, cal, t_cal = market(chain, size, cfg["fit_range"], two_sided)
         per = dict(grid=[float(grid[0]), float(grid[-1])], calibration_seconds=t_cal,
@@ -222,7 +223,7 @@ def run_grid(sizes: list[int], payoffs: list[str], max_seconds: float,
             qb = bounds_from_quotes(bands, payoff, grid=grid, method="certified",
                                     repair="calibration", fitted=cal.marginals,
                                     thin=cfg["thin"], max_seconds=max_seconds, coarse=coarse,
-                                    **CERTIFIED)
+                                    workers=workers, **CERTIFIED)
             wall = time.perf_counter() - t0
             sides = {s: side_row(getattr(qb, f"{s}_side")) for s in ("lower", "upper")}
             prob = qb.info["problem"]  # one smoothed sweep at the last stage's eps, timed
@@ -244,6 +245,13 @@ def run_grid(sizes: list[int], payoffs: list[str], max_seconds: float,
                   f"(build {qb.timings['build']:.1f} s, {lo['evaluations']} + "
                   f"{up['evaluations']} sweeps of {sweep:.2f} s)", flush=True)
             for side, row in sides.items():
+                path = row["markov"].get("path")
+                if path is not None:
+                    tried = ", ".join(f"{k} {v['value']:.6f} ({v['seconds']:.2f} s)"
+                                      for k, v in path["tried"].items())
+                    print(f"    {side}: inner {row['inner']:.6f} (Markov "
+                          f"{row['markov'].get('markov_value', float('nan')):.6f}); path "
+                          f"passes: {tried or path['status']}", flush=True)
                 if row["polish"] is not None:
                     po = row["polish"]
                     print(f"    {side}: polish {po['start']:.6f} -> {po['value']:.6f}, "
@@ -285,19 +293,23 @@ def main() -> None:
     ap.add_argument("--coarse", default=str(COARSE),
                     help="Config grid: size of the coarse start of the certified sides "
                          "('none': no coarse start).")
+    ap.add_argument("--workers", type=int, choices=(1, 2), default=1,
+                    help="Config grid: processes per certified side (2: the inner value's "
+                         "path passes beside the positions' polish).")
     args = ap.parse_args()
     coarse = None if args.coarse == "none" else int(args.coarse)
     if not DATA.exists():
         raise SystemExit(f"SPX data not found at {DATA} (set DEEPQUANT_SPX_DATA)")
     if args.config == "grid":
         entry = run_grid(args.grid_sizes, args.payoffs, args.max_seconds, args.two_sided,
-                         coarse)
+                         coarse, args.workers)
     else:
         entry = run(args.config, args.payoffs, args.max_seconds, args.two_sided,
                     args.check_certified)
     key = args.config + (f"-{args.max_seconds:g}s" if args.config == "grid" else "") \
         + ("-two-sided" if args.two_sided else "") \
-        + (f"-coarse-{args.coarse}" if args.config == "grid" and coarse != COARSE else "")
+        + (f"-coarse-{args.coarse}" if args.config == "grid" and coarse != COARSE else "") \
+        + ("-workers-2" if args.workers == 2 else "")
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     old[key] = merge(old.get(key), entry)
     write_json(OUT, old)

@@ -80,6 +80,10 @@ def test_bad_options_are_usage_errors(chain_csv):
     assert res.exit_code == 2 and "coarse must be None or an integer >= 5, got 3" in res.output
     res = _run(*base, "--top", -1)
     assert res.exit_code == 2 and "--top" in res.output
+    res = _run(*base, "--workers", 2)  # the LP reads no workers
+    assert res.exit_code == 2 and "--workers 2 is not used by --method lp" in res.output
+    res = _run(*base, "--method", "certified", "--workers", 0)
+    assert res.exit_code == 2 and "'--workers': 0 is not in the range 1<=x<=2" in res.output
     res = _run(*base[:-5], "--grid-size", 3)
     # found by fuzzing: the library's "grid_size must be >= 5, got 3" named no option
     assert res.exit_code == 2 and "'--grid-size': 3 is not in the range 5<=x<=5000" in res.output
@@ -94,12 +98,14 @@ def test_certified_coarse_start_contains_the_lp(chain_csv):
     base = ["--quotes", chain_csv, "--expiries", "30d,60d", "--payoff", "lookback-call",
             "--strike", 1, "--grid-size", 21, "--thin", "--repair", "minimal", "--json"]
     lp = json.loads(_run(*base).output)
-    res = _run(*base, "--method", "certified", "--coarse", 10, "--max-seconds", 20)
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
-    assert out["lower"] <= lp["lower"] + 1e-8 and out["upper"] >= lp["upper"] - 1e-8
-    assert out["hedges"]["lower"]["dominates"] and out["hedges"]["upper"]["dominates"]
-    assert out["coarse"]["lower"]["size"] == out["coarse"]["upper"]["size"] == 11
+    for workers in (1, 2):
+        res = _run(*base, "--method", "certified", "--coarse", 10, "--max-seconds", 20,
+                   "--workers", workers)
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.output)
+        assert out["lower"] <= lp["lower"] + 1e-8 and out["upper"] >= lp["upper"] - 1e-8
+        assert out["hedges"]["lower"]["dominates"] and out["hedges"]["upper"]["dominates"]
+        assert out["coarse"]["lower"]["size"] == out["coarse"]["upper"]["size"] == 11
 
 
 def _fail_linprog(monkeypatch, module: str) -> None:

@@ -265,6 +265,8 @@ def test_bad_inputs():
     (dict(method="certified", eps_factor=1.0), ValueError, "eps_factor must be in"),
     (dict(method="certified", max_iter=0), ValueError, "max_iter must be an integer >= 1"),
     (dict(method="certified", band_tol="a"), TypeError, "band_tol must be a number"),
+    (dict(method="certified", workers=3), ValueError, "workers must be 1 or 2, got 3"),
+    (dict(method="certified", workers=True), ValueError, "workers must be 1 or 2, got True"),
     (dict(method="certified", eps_start=1e-6, eps_end=1e-3), ValueError,
      "eps_end must be <= eps_start"),
     (dict(max_seconds=10), ValueError, "apply to method='certified' only"),
@@ -418,6 +420,27 @@ def test_fine_grid_inner_value_is_a_feasible_law(payoff):
     res = bounds_from_quotes(bands, payoff, grid=FINE, method="certified", coarse=5,
                              fitted=fitted, repair="calibration")
     check_markov_inner(bands, payoff, res, lp)
+
+
+def test_path_passes_beside_the_polish_give_a_feasible_law(monkeypatch):
+    # with two workers the inner value's path passes run in a forked second process while the
+    # positions are polished (an rtol no stage reaches, so that both run on every side); the
+    # inner value is still a feasible law inside the exact quote bounds
+    from deepquant.mmot import beside
+
+    started = []
+    monkeypatch.setattr(beside.Beside, "__init__", lambda self, fn, init=beside.Beside.__init__:
+                        (started.append(1), init(self, fn))[1])
+    bands, payoff = walk_bands(), PAYOFFS[1]
+    lp = bounds_from_quotes(bands, payoff, grid=FINE, method="lp")
+    fitted = Marginals(FINE, fine_walk(2, 0.5), FINE_TIMES)
+    res = bounds_from_quotes(bands, payoff, grid=FINE, method="certified", coarse=5,
+                             fitted=fitted, repair="calibration", workers=2, rtol=1e-9)
+    check_markov_inner(bands, payoff, res, lp)
+    assert len(started) == 2 if beside.fork_available() else not started
+    for side in (res.lower_side, res.upper_side):
+        assert side.info["markov"]["path"]["status"] == "done", side.info["markov"]["path"]
+        assert side.info["polish"]["steps"] > 0
 
 
 def test_fine_grid_inner_value_never_uses_laws_outside_the_bands():

@@ -63,18 +63,22 @@ def _range(text: str) -> tuple[float, float]:
 @click.option("--coarse", default="25", show_default=True, metavar="N|none",
               help="Certified method on grids of at least 2N points: start each side from "
                    "the positions of the same side on an N-point subgrid (none: off).")
+@click.option("--workers", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="Certified method: processes per side (2: the inner value's path passes "
+                   "run beside the polish of the positions).")
 @click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
               help="Largest option positions shown per side.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barrier, grid_size,
-                         method, fit_range, thin, repair, max_seconds, coarse, top, as_json):
+                         method, fit_range, thin, repair, max_seconds, coarse, workers, top,
+                         as_json):
     """Bounds of a payoff over every martingale law pricing each quote inside its bid-ask band,
     with the static option positions of each side's hedge (long at the ask, short at the bid)."""
     import warnings
 
     import numpy as np
 
-    from deepquant.cli.output import console, fail, print_json, table
+    from deepquant.cli.output import console, fail, print_json, refuse_unused, table
     from deepquant.market.calibrate import calibrate_chain
     from deepquant.market.quotes import load_chain
     from deepquant.mmot.quote_bands import check_grid_span, load_bands, quote_grid
@@ -85,6 +89,7 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
     missing = [f"--{p}" for p in required_params(payoff_name) if params[p] is None]
     if missing:
         fail(f"--payoff {payoff_name} needs {' and '.join(missing)} (no default is assumed)")
+    refuse_unused(method, {"workers": ("certified",)})
     frange = _range(fit_range)
     if coarse.strip().lower() == "none":
         coarse_size = None
@@ -114,7 +119,7 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
                      "--repair minimal")
             if repair == "calibration":  # the bands keep the zero-bid and one-sided quotes
                 fitted = calibrate_chain(chain, specs, grid=grid, fit_range=frange).marginals
-            options = dict(max_seconds=max_seconds, coarse=coarse_size) \
+            options = dict(max_seconds=max_seconds, coarse=coarse_size, workers=workers) \
                 if method == "certified" else {}
             res = bounds_from_quotes(bands, payoff, grid=grid, method=method, thin=thin,
                                      repair=None if repair == "none" else repair,

@@ -22,7 +22,8 @@ import multiprocessing
 import signal
 import time
 
-__all__ = ["GRACE_SECONDS", "Beside", "fork_available", "inner_beside_polish"]
+__all__ = ["GRACE_SECONDS", "Beside", "fork_available", "inner_beside_polish",
+           "quote_inner_beside_polish"]
 
 GRACE_SECONDS = 2.0
 """How long past the side's deadline the parent waits for the child's path passes (a pass
@@ -120,3 +121,43 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
         found, search.info["path"] = [], dict(status="no answer", seconds=seconds, tried={},
                                               fits=False, adopted=False)
     return search.adopt(polished, found, **opts)
+
+
+def quote_inner_beside_polish(fine, prob, side: str, *, inner_seconds: float,
+                              max_seconds: float, band_tol: float, rtol: float):
+    """As ``inner_beside_polish`` for a side of the bounds from quotes
+    (``quotes_bounds``): the Markov chain on laws inside the bands
+    (``quote_inner.QuoteSearch.markov`` with ``inner_seconds``, the inner value's time of the
+    serial stages, of which the ascent takes ``MARKOV_SHARE``) first, as the inner value and
+    the floor of the positions' polish; then its path passes in a forked child process while
+    this one polishes the positions (``quotes_bounds._polish_side``), each to the deadline.
+    ``info["markov"]["path"]`` says ``status="no answer"`` when the child did not answer in
+    time."""
+    import numpy as np
+
+    from deepquant.mmot.quote_inner import QuoteSearch
+    from deepquant.mmot.quotes_bounds import _adopt_quote_chain, _polish_side
+
+    t0 = time.perf_counter()
+
+    def left():
+        return max(max_seconds - (time.perf_counter() - t0), 0.0)
+
+    tols = dict(band_tol=band_tol, rtol=rtol)
+    search = QuoteSearch(prob, side, np.concatenate(fine.info["positions"]), band_tol)
+    search.markov(min(inner_seconds, left()))
+    fine = _adopt_quote_chain(fine, prob, side,
+                              search.result(seconds=time.perf_counter() - t0), **tols)
+    if fine.status == "certified" or left() <= 0:
+        return fine
+    if search.res is None:
+        return _polish_side(fine, prob, side, max_seconds=left(), **tols)
+    seconds = left()
+    with Beside(lambda: search.path(seconds)) as child:
+        polished = _polish_side(fine, prob, side, max_seconds=seconds, **tols)
+        answered, path = child.result(left() + GRACE_SECONDS)
+    if not answered:
+        path = (np.nan, None, np.inf, np.inf, dict(status="no answer", seconds=seconds,
+                                                   tried={}, fits=False, adopted=False))
+    mk = search.result(path, seconds=time.perf_counter() - t0)
+    return _adopt_quote_chain(polished, prob, side, mk, **tols)

@@ -44,7 +44,7 @@ from deepquant.mmot.quote_bands import laws_in_bands
 from deepquant.mmot.quote_problem import _Problem
 from deepquant.mmot.sweep import _Sweeper
 
-__all__ = ["inner_marginals", "quote_markov_inner"]
+__all__ = ["QuoteSearch", "inner_marginals", "quote_markov_inner"]
 
 
 TILT_TIE = 1e-6
@@ -120,48 +120,78 @@ def quote_markov_inner(prob: _Problem, side: str, positions: np.ndarray, *, max_
     Markov chain's E[f]); ``path`` (when time was left for it): the path-dependent passes,
     ``adopted`` when that chain is the one reported."""
     t0 = time.perf_counter()
-    sign = 1.0 if side == "upper" else -1.0
-    found, rejected = inner_marginals(prob, band_tol, positions)
-    out = dict(value=np.nan, feasible=False, band_violation=np.inf, marginals="none",
-               marginal_violation=np.inf, rejected=rejected,
-               marginals_seconds=time.perf_counter() - t0, laws=None, marginal_error=np.inf,
-               drift=np.inf, cycles=0, status="no_marginals" if not found else "time_budget")
-    u = np.zeros((prob.T + 1, prob.grid.size))
-    u[1:] = prob.uvec(positions).reshape(-1, prob.grid.size)
-    res = None
-    for name, marg, mviol in found:
-        if not max_seconds - (time.perf_counter() - t0) > 0:
-            break
-        chain = build_chain(marg, prob.payoff, sum_mode=prob.sum_mode,
-                            sum_grid_size=prob.sum_grid_size)
-        sw = _Sweeper(chain, marg, sign)
-        start, moves = dual_value_to_go(sw, sw.flatten(u), moves=True)
-        left = max_seconds - (time.perf_counter() - t0)  # infinite: markov_inner's default
-        res = markov_inner(sw, start_values=start, stall=MARKOV_STALL,
-                           **(dict(max_seconds=max(MARKOV_SHARE * left, 0.0))
-                              if np.isfinite(left) else {}))
-        out.update(marginals=name, marginal_violation=mviol, cycles=res.cycles,
-                   status=res.status)
-        if res.kernels is not None:
-            break
-        rejected.append(f"{name}: no Markov chain ({res.status})")
-    if res is None or res.kernels is None:
-        return dict(out, seconds=time.perf_counter() - t0)
-    value, laws, resid, drift = res.value, chain_value(sw, res.kernels)[1], res.residual, \
-        res.drift
+    search = QuoteSearch(prob, side, positions, band_tol)
+    search.markov(max_seconds)
     left = max_seconds - (time.perf_counter() - t0)
-    if left > 0:
-        path, out["path"] = improve(sw, res.kernels, sign,
-                                    max_seconds=left if np.isfinite(left) else 600.0,
-                                    dual=start, moves=moves, dual_name="positions")
-        if out["path"]["fits"] and path.value > value:
-            value, laws, resid, drift = path.value, path.laws, path.residual, path.drift
-            out["path"]["adopted"] = True
-    on_grid = np.zeros((prob.T, prob.grid.size))
-    for t, (per, law) in enumerate(zip(sw.periods, laws)):
-        on_grid[t, per.ys] = law
-    viol = prob.band_violation(prob.prices(on_grid))
-    feasible = fits_marginals(value, resid, drift) and viol <= band_tol
-    return dict(out, value=sign * value, markov_value=sign * res.value, feasible=feasible,
-                band_violation=viol, laws=on_grid, marginal_error=resid, drift=drift,
-                seconds=time.perf_counter() - t0)
+    path = search.path(left) if search.res is not None and left > 0 else None
+    return search.result(path, seconds=time.perf_counter() - t0)
+
+
+class QuoteSearch:
+    """The stages of ``quote_markov_inner`` on one side, so that a caller can run them apart
+    (the path passes in another process, ``beside.quote_inner_beside_polish``): ``markov``
+    finds the laws and the Markov chain, ``path`` returns the path-dependent passes' chain
+    (value, laws, marginal error, drift, report) and ``result`` the dict of
+    ``quote_markov_inner`` with it (or without, ``path=None``)."""
+
+    def __init__(self, prob: _Problem, side: str, positions: np.ndarray, band_tol: float):
+        self.prob, self.band_tol = prob, band_tol
+        self.sign = 1.0 if side == "upper" else -1.0
+        self.positions = positions
+        self.res = None  # the Markov chain, once ``markov`` built one
+        self.out = {}
+
+    def markov(self, max_seconds: float) -> None:
+        t0 = time.perf_counter()
+        prob, sign = self.prob, self.sign
+        found, rejected = inner_marginals(prob, self.band_tol, self.positions)
+        self.out = dict(value=np.nan, feasible=False, band_violation=np.inf, marginals="none",
+                        marginal_violation=np.inf, rejected=rejected,
+                        marginals_seconds=time.perf_counter() - t0, laws=None,
+                        marginal_error=np.inf, drift=np.inf, cycles=0,
+                        status="no_marginals" if not found else "time_budget")
+        u = np.zeros((prob.T + 1, prob.grid.size))
+        u[1:] = prob.uvec(self.positions).reshape(-1, prob.grid.size)
+        for name, marg, mviol in found:
+            if not max_seconds - (time.perf_counter() - t0) > 0:
+                break
+            chain = build_chain(marg, prob.payoff, sum_mode=prob.sum_mode,
+                                sum_grid_size=prob.sum_grid_size)
+            self.sw = _Sweeper(chain, marg, sign)
+            self.start, self.moves = dual_value_to_go(self.sw, self.sw.flatten(u), moves=True)
+            left = max_seconds - (time.perf_counter() - t0)  # infinite: markov_inner's default
+            res = markov_inner(self.sw, start_values=self.start, stall=MARKOV_STALL,
+                               **(dict(max_seconds=max(MARKOV_SHARE * left, 0.0))
+                                  if np.isfinite(left) else {}))
+            self.out.update(marginals=name, marginal_violation=mviol, cycles=res.cycles,
+                            status=res.status)
+            if res.kernels is not None:
+                self.res = res
+                break
+            rejected.append(f"{name}: no Markov chain ({res.status})")
+
+    def path(self, seconds: float) -> tuple:
+        path, report = improve(self.sw, self.res.kernels, self.sign,
+                               max_seconds=seconds if np.isfinite(seconds) else 600.0,
+                               dual=self.start, moves=self.moves, dual_name="positions")
+        return path.value, path.laws, path.residual, path.drift, report
+
+    def result(self, path: tuple | None = None, *, seconds: float) -> dict:
+        out, prob, sign, res = dict(self.out), self.prob, self.sign, self.res
+        if res is None:
+            return dict(out, seconds=seconds)
+        value, laws, resid, drift = res.value, chain_value(self.sw, res.kernels)[1], \
+            res.residual, res.drift
+        if path is not None:
+            out["path"] = path[4]
+            if path[4]["fits"] and path[0] > value:
+                value, laws, resid, drift = path[:4]
+                out["path"]["adopted"] = True
+        on_grid = np.zeros((prob.T, prob.grid.size))
+        for t, (per, law) in enumerate(zip(self.sw.periods, laws)):
+            on_grid[t, per.ys] = law
+        viol = prob.band_violation(prob.prices(on_grid))
+        feasible = fits_marginals(value, resid, drift) and viol <= self.band_tol
+        return dict(out, value=sign * value, markov_value=sign * res.value, feasible=feasible,
+                    band_violation=viol, laws=on_grid, marginal_error=resid, drift=drift,
+                    seconds=seconds)

@@ -59,6 +59,7 @@ from scipy import optimize, sparse
 from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
+from deepquant.mmot.beside import fork_available, quote_inner_beside_polish
 from deepquant.mmot.certified import clip_inner, within_rtol
 from deepquant.mmot.highs import check_highs_options, cost_scale
 from deepquant.mmot.lp import build_chain_lp
@@ -248,6 +249,7 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
     (``_adopt_markov_inner``): a coarse chain is no law of the fine problem."""
     options = dict(options)
     size = options.pop("coarse", COARSE)
+    workers = options.pop("workers", 1)
     if size is None or options.get("a0") is not None or prob.grid.size < 2 * size:
         return _certified_side(prob, side, **options)
     t0 = time.perf_counter()
@@ -274,14 +276,19 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
                                        band_widening=cres.info["band_widening"],
                                        seconds=cside.seconds))
     polish_time = POLISH_SHARE * budget if np.isfinite(budget) else 0.0
-    fine = _adopt_markov_inner(dataclasses.replace(fine, info=info), prob, side,
-                               max_seconds=budget - polish_time - (time.perf_counter() - t0),
-                               band_tol=options.get("band_tol", BAND_TOL),
-                               rtol=options.get("rtol", RTOL))
+    tols = dict(band_tol=options.get("band_tol", BAND_TOL), rtol=options.get("rtol", RTOL))
+    fine = dataclasses.replace(fine, info=info)
+    inner_time = budget - polish_time - (time.perf_counter() - t0)
+    if workers == 2 and np.isfinite(budget) and inner_time > 0 and fork_available():
+        # the path passes in a second process beside the polish, both to the deadline
+        fine = quote_inner_beside_polish(fine, prob, side, inner_seconds=inner_time,
+                                         max_seconds=budget - (time.perf_counter() - t0),
+                                         **tols)
+        return dataclasses.replace(fine, seconds=time.perf_counter() - t0)
+    fine = _adopt_markov_inner(fine, prob, side, max_seconds=inner_time, **tols)
     if fine.status != "certified" and np.isfinite(budget):
         fine = _polish_side(fine, prob, side, max_seconds=budget - (time.perf_counter() - t0),
-                            rtol=options.get("rtol", RTOL),
-                            band_tol=options.get("band_tol", BAND_TOL))
+                            **tols)
     return dataclasses.replace(fine, seconds=time.perf_counter() - t0)
 
 
@@ -318,9 +325,16 @@ def _adopt_markov_inner(fine: BoundSide, prob: _Problem, side: str, *, max_secon
     (marginals, martingale rows and bands within tolerance) and the side's inner value is not a
     feasible one of this grid that is tighter (a smoothed chain of this grid within
     ``band_tol`` of the bands). The attempt is reported in ``info["markov"]`` either way."""
-    sign = 1.0 if side == "upper" else -1.0
     positions = np.concatenate(fine.info["positions"])
     mk = quote_markov_inner(prob, side, positions, max_seconds=max_seconds, band_tol=band_tol)
+    return _adopt_quote_chain(fine, prob, side, mk, band_tol=band_tol, rtol=rtol)
+
+
+def _adopt_quote_chain(fine: BoundSide, prob: _Problem, side: str, mk: dict, *,
+                       band_tol: float, rtol: float) -> BoundSide:
+    """``fine`` with the chain ``mk`` (a ``quote_inner.quote_markov_inner`` result) as its
+    inner value, by the rule of ``_adopt_markov_inner``."""
+    sign = 1.0 if side == "upper" else -1.0
     current = sign * fine.info["inner"]
     own = (fine.info["inner_kind"] == "smoothed chain"
            and fine.info["band_violation"] <= band_tol and np.isfinite(current))

@@ -23,7 +23,7 @@ __all__ = ["CERTIFIED_OPTIONS"]
 
 
 CERTIFIED_OPTIONS = ("eps_start", "eps_end", "eps_factor", "band", "max_iter", "rtol", "band_tol",
-                     "max_seconds", "a0", "coarse")
+                     "max_seconds", "a0", "coarse", "workers")
 """Keyword options of the certified method (``bounds_from_quotes(**certified_options)``)."""
 
 
@@ -43,6 +43,11 @@ def _check_certified_options(options: dict) -> None:
     positive = ("eps_start", "eps_end", "band", "rtol", "max_seconds")
     for name, value in options.items():
         if name == "a0":
+            continue
+        if name == "workers":
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) \
+                    or value not in (1, 2):
+                raise ValueError(f"workers must be 1 or 2, got {value!r}")
             continue
         if name == "coarse":
             if value is not None and (isinstance(value, bool)
