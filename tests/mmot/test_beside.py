@@ -35,3 +35,11 @@ def test_a_child_late_past_the_timeout_is_stopped_and_gives_no_answer():
         assert not answered and value is None
         assert not child._proc.is_alive()  # stopped, not left running
     assert waited < 10.0
+
+
+def test_an_interrupt_in_the_parent_stops_the_child():
+    # Ctrl-C reaches the parent (the child ignores SIGINT): leaving the block stops the child
+    with pytest.raises(KeyboardInterrupt), Beside(lambda: time.sleep(60)) as child:
+        proc = child._proc
+        raise KeyboardInterrupt
+    assert not proc.is_alive()

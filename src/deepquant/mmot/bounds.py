@@ -71,7 +71,7 @@ def bounds(marginals: Marginals, payoff: Payoff, method: str = "auto", *,
     **options
         Passed to ``lp.lp_bounds`` (``sum_mode``, ``sum_grid_size``, ``martingale_tol``,
         ``highs_options``, ``return_plan``, ...), ``multiscale.certified_bounds`` (``rtol``,
-        ``eps_end``, ``max_seconds``, ``progress``, ...), ``ipm.ipm_bounds`` (``rtol``,
+        ``eps_end``, ``max_seconds``, ``progress``, ``workers``, ...), ``ipm.ipm_bounds`` (``rtol``,
         ``feas_tol``, ``max_iter``, ``sides``, ``workers``), ``pathlp.path_lp_bounds``
         (``max_paths``, ...) or ``augmented_entropic.entropic_bounds`` (``reference``, ``tol``,
         ...).

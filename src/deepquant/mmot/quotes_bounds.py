@@ -430,7 +430,10 @@ def bounds_from_quotes(source, payoff: Payoff, *, expiries: Sequence[str] | None
         ``eps_factor`` (the eps schedule, relative to the payoff's scale), ``band``,
         ``max_iter`` (L-BFGS-B iterations per stage), ``rtol``, ``band_tol``, ``max_seconds``
         (time budget per side, checked before every smoothed sweep; the side then ends with
-        the best certified bound so far) and ``a0`` (starting positions, one per quote used).
+        the best certified bound so far), ``a0`` (starting positions, one per quote used),
+        ``coarse`` (the coarse start's size, or None) and ``workers`` (1 or 2: with 2 and a
+        coarse start, the inner value's path passes run in a forked second process beside
+        the positions' polish, ``beside.quote_inner_beside_polish``).
         Unknown names raise ``TypeError``, out-of-range values ``ValueError``.
 
     Returns
