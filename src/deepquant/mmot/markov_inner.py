@@ -37,7 +37,8 @@ import numpy as np
 
 from deepquant.mmot._transport_lp import TransportLP, near_pairs
 
-__all__ = ["InnerSearch", "MarkovInner", "adopt_markov_inner", "chain_value", "dual_value_to_go", "markov_inner"]
+__all__ = ["InnerSearch", "MarkovInner", "adopt_markov_inner", "chain_value", "dual_value_to_go",
+           "markov_inner"]
 
 MARGINAL_TOL = 1e-7
 """Largest L1 error of the chain's laws (summed over dates 1..T) for its value to count as an
