@@ -43,3 +43,20 @@ def test_an_interrupt_in_the_parent_stops_the_child():
         proc = child._proc
         raise KeyboardInterrupt
     assert not proc.is_alive()
+
+
+def test_no_second_process_is_no_answer_with_the_reason(monkeypatch):
+    # the system refuses the fork (process or memory limits): no exception, an answer at once
+    # that there is none, and the reason for the caller's report
+    import multiprocessing.process
+
+    def refuse(self):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+    with Beside(lambda: 1) as child:
+        t0 = time.perf_counter()
+        assert child.result(30.0) == (False, None)
+        assert time.perf_counter() - t0 < 1.0
+    assert child.status == "no second process (BlockingIOError: [Errno 11] Resource " \
+        "temporarily unavailable)"  # errno 11 is EAGAIN, raised as its subclass

@@ -12,8 +12,8 @@ the parent polishes, so each gets all of the time that is left instead of a shar
 The child only computes and sends back the chains it found (values, errors and reports; the
 arithmetic is that of the serial stages); the parent adopts them by the same rule
 (``InnerSearch.adopt``). The parent waits for it at most ``GRACE_SECONDS`` past the deadline
-and then stops it (the side keeps the Markov chain, and says so). Where ``fork`` is not
-available the stages run in turn, as with ``workers=1``.
+and then stops it (the side keeps the Markov chain, and says so; likewise when no process can
+start). Where ``fork`` is not available the stages run in turn, as with ``workers=1``.
 """
 
 from __future__ import annotations
@@ -52,20 +52,32 @@ def _child(fn, conn) -> None:
 
 class Beside:
     """``fn()`` run in a forked child process while the caller goes on; ``result`` collects
-    its return value. A context manager: leaving it stops the child if it still runs."""
+    its return value. A context manager: leaving it stops the child if it still runs. When no
+    process can start (the system's process or memory limits), ``error`` says why and
+    ``result`` answers at once that there is no answer."""
 
     def __init__(self, fn):
         ctx = multiprocessing.get_context("fork")
         self._recv, send = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_child, args=(fn, send), daemon=True)
-        self._proc.start()
-        send.close()
+        self.error = None
+        try:
+            self._proc.start()
+        except OSError as exc:
+            self.error, self._proc = f"{type(exc).__name__}: {exc}", None
+        finally:
+            send.close()
+
+    @property
+    def status(self) -> str:
+        """What a caller reports when ``result`` gave no answer."""
+        return "no answer" if self.error is None else f"no second process ({self.error})"
 
     def result(self, timeout: float):
         """(True, value) when the child answered within ``timeout`` seconds, else (False,
         None); an exception in the child is raised here as a ``RuntimeError``."""
         try:
-            if not self._recv.poll(max(timeout, 0.0)):
+            if self._proc is None or not self._recv.poll(max(timeout, 0.0)):
                 return False, None
             ok, value = self._recv.recv()
         except (EOFError, OSError):  # the child died without an answer
@@ -77,9 +89,10 @@ class Beside:
         return True, value
 
     def close(self) -> None:
-        if self._proc.is_alive():
-            self._proc.terminate()
-        self._proc.join()
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()
+            self._proc.join()
         self._recv.close()
 
     def __enter__(self):
@@ -95,7 +108,8 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
     of ``polish.polish_side``, in ``max_seconds`` for both: the Markov chain's ascent first
     (``markov_seconds`` of it; its value is the polish's floor), then its path passes in a
     forked child process while this one polishes the certificate, each to the deadline.
-    ``info["path"]`` says ``status="no answer"`` when the child did not answer in time."""
+    ``info["path"]["status"]`` says ``"no answer"`` when the child did not answer in time (or
+    why no child could start: the side then keeps the Markov chain)."""
     from deepquant.mmot.markov_inner import InnerSearch
     from deepquant.mmot.polish import polish_side
 
@@ -118,7 +132,7 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
     if answered:
         found, search.info["path"] = out
     else:
-        found, search.info["path"] = [], dict(status="no answer", seconds=seconds, tried={},
+        found, search.info["path"] = [], dict(status=child.status, seconds=seconds, tried={},
                                               fits=False, adopted=False)
     return search.adopt(polished, found, **opts)
 
@@ -131,8 +145,7 @@ def quote_inner_beside_polish(fine, prob, side: str, *, inner_seconds: float,
     serial stages, of which the ascent takes ``MARKOV_SHARE``) first, as the inner value and
     the floor of the positions' polish; then its path passes in a forked child process while
     this one polishes the positions (``quotes_bounds._polish_side``), each to the deadline.
-    ``info["markov"]["path"]`` says ``status="no answer"`` when the child did not answer in
-    time."""
+    ``info["markov"]["path"]["status"]`` as in ``inner_beside_polish``."""
     import numpy as np
 
     from deepquant.mmot.quote_inner import QuoteSearch
@@ -157,7 +170,7 @@ def quote_inner_beside_polish(fine, prob, side: str, *, inner_seconds: float,
         polished = _polish_side(fine, prob, side, max_seconds=seconds, **tols)
         answered, path = child.result(left() + GRACE_SECONDS)
     if not answered:
-        path = (np.nan, None, np.inf, np.inf, dict(status="no answer", seconds=seconds,
+        path = (np.nan, None, np.inf, np.inf, dict(status=child.status, seconds=seconds,
                                                    tried={}, fits=False, adopted=False))
     mk = search.result(path, seconds=time.perf_counter() - t0)
     return _adopt_quote_chain(polished, prob, side, mk, **tols)
