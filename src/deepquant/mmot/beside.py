@@ -107,11 +107,13 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
     """``side`` with the inner value of ``markov_inner.adopt_markov_inner`` and the outer bound
     of ``polish.polish_side``, in ``max_seconds`` for both: the Markov chain's ascent first
     (``markov_seconds`` of it; its value is the polish's floor), then its path passes in a
-    forked child process while this one polishes the certificate, each to the deadline.
+    forked child process while this one polishes the certificate, each to the deadline; the
+    child then polishes the same certificate with ``polish.REACH`` (longer steps) in what is
+    left, and the tighter of the two polished bounds is kept (``info["polish"]["kept"]``).
     ``info["path"]["status"]`` says ``"no answer"`` when the child did not answer in time (or
     why no child could start: the side then keeps the Markov chain)."""
     from deepquant.mmot.markov_inner import InnerSearch
-    from deepquant.mmot.polish import polish_side
+    from deepquant.mmot.polish import REACH, polish_side
 
     t0 = time.perf_counter()
 
@@ -126,15 +128,41 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
     if search.kernels is None:
         return polish_side(side, chain, marginals, sense, max_seconds=left(), **opts)
     seconds = left()
-    with Beside(lambda: (search.path(seconds), search.info["path"])) as child:
+    deadline = time.perf_counter() + seconds
+
+    def passes_then_polish():
+        found = search.path(seconds)
+        rest = deadline - time.perf_counter()
+        second = None if rest <= 0 else polish_side(side, chain, marginals, sense,
+                                                    max_seconds=rest, reach=REACH, **opts)
+        return found, search.info["path"], second
+
+    with Beside(passes_then_polish) as child:
         polished = polish_side(side, chain, marginals, sense, max_seconds=seconds, **opts)
         answered, out = child.result(left() + GRACE_SECONDS)
     if answered:
-        found, search.info["path"] = out
+        found, search.info["path"], second = out
+        polished = _better_polish(polished, second, search.sign)
     else:
         found, search.info["path"] = [], dict(status=child.status, seconds=seconds, tried={},
                                               fits=False, adopted=False)
     return search.adopt(polished, found, **opts)
+
+
+def _better_polish(first, second, sign: float):
+    """The side of the tighter certificate of two polishes of one side (``second``: the
+    child's, with ``polish.REACH``; None if it had no time), the other's report in
+    ``info["polish"]["other"]``. Both certificates come from the same exact sweep and check
+    (``_Sweeper.certify``), the child's computed in its process."""
+    import dataclasses
+
+    if second is None or "polish" not in second.info:
+        return first
+    keep, other = (second, first) if sign * second.value < sign * first.value else (first,
+                                                                                    second)
+    report = dict(keep.info.get("polish", {}), kept="reach" if keep is second else "plain",
+                  other=other.info.get("polish"))
+    return dataclasses.replace(keep, info=dict(keep.info, polish=report))
 
 
 def quote_inner_beside_polish(fine, prob, side: str, *, inner_seconds: float,

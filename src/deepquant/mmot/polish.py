@@ -69,6 +69,20 @@ rule's (Asian lower 0.028332, 0.028358 against 0.028350, 0.028333; lookback uppe
 0.057790). Offline from the captured 10 s states (2 s of steps) the N = 5 sides gained up to
 0.06% (Asian lower, straddle upper) where the pipeline's own starts show none."""
 
+REACH = 1.0
+"""``polyak``'s ``reach`` for the second polish that ``beside.inner_beside_polish`` runs in the
+child process after its path passes (the parent's polish keeps 0; the better certificate is
+kept): targets below the floor, down to |the bound| below the start (the first halfway
+there), so the steps are longer (Polyak's step with an underestimate of the optimum). Measured
+on the captured states of the pipeline (``workers=2``, the Markov chain's value as the floor,
+the polish's own time, one process), 0 -> 1: 13 monthly dates, M = 150, Asian, 44 s, lower
+0.039927 -> 0.040180, upper 0.053545 -> 0.053403; the lookback and the forward-start
+straddle there (20 s), lower 0.079102 -> 0.079023 and 0.112520 -> 0.112577, upper 0.145533 ->
+0.145117 and 0.170812 -> 0.170999; Heston N = 5 (3-5 s), lower Asian 0.028393 -> 0.028305,
+lookback 0.050937 -> 0.050897, straddle 0.057925 -> 0.057824, upper Asian 0.037163 ->
+0.037134, lookback 0.082371 -> 0.082348, straddle 0.107764 -> 0.107937: better on some sides,
+worse on others, so both run and the better one is kept."""
+
 CHECK_EVERY = 20
 """Steps between two certificates (one costs three to five exact sweeps; the last point is
 certified whatever the count). Was 10; measured from the captured 10 s / 60 s states (one
@@ -156,7 +170,8 @@ def moves_laws(sw, out: list) -> np.ndarray:
 
 
 def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
-           max_steps: int | None = None, project=None) -> tuple[tuple, dict]:
+           max_steps: int | None = None, project=None, reach: float = 0.0
+           ) -> tuple[tuple, dict]:
     """(the best certificate found, its report) from Polyak subgradient steps (module
     docstring) on a convex function, started at the certificate ``cert`` = (bound, point, ...):
     ``step(x)`` -> (value at x, a subgradient), ``certify(x)`` -> a certificate tuple of x
@@ -164,6 +179,9 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
     Within ``max_seconds`` (checked before every step, with room for the last certificate) and
     ``max_steps`` (None: no limit). ``floor``: a value the function cannot go below (e.g. an
     inner value); a non-finite floor or one above ``cert``'s bound leaves ``cert`` as it is.
+    ``reach``: the targets may lie down to ``reach`` x |the start's bound| below the start
+    where that is below the floor (the first one ``LEVEL`` of the way there); the floor still
+    ends the run.
     The report: the start's and the end's bound, steps, certificates, seconds. ``max_seconds``
     <= 0 (a budget already spent) takes no step; NaN, or inf with no ``max_steps``, is a
     ``ValueError`` (``check_run``)."""
@@ -176,7 +194,9 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
         return best, report
     x = np.array(cert[1], dtype=float)
     f_best = np.inf
-    delta = LEVEL * (cert[0] - floor)  # the target's distance below the best value
+    # the targets' lowest level: the floor, or reach x |bound| below the start if further
+    low = min(floor, cert[0] - reach * abs(cert[0]))
+    delta = LEVEL * (cert[0] - low)  # the target's distance below the best value
     missed = 0
     step_seconds = 0.0
 
@@ -200,9 +220,9 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
         top = min(f_best, best[0])
         if top <= floor:  # at the floor: nothing left to aim at
             break
-        level = max(top - delta, floor)
+        level = max(top - delta, low)
         if value <= level + 0.5 * delta:  # near the target: aim further
-            delta = min(WIDEN * delta, top - floor)
+            delta = min(WIDEN * delta, top - low)
             missed = 0
         else:
             missed += 1
@@ -222,11 +242,12 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
     return best, report
 
 
-def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int | None = None
-           ) -> tuple[tuple, dict]:
+def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int | None = None,
+           reach: float = 0.0) -> tuple[tuple, dict]:
     """``polyak`` on the potentials: F(u) swept exactly, the subgradient mu minus the laws of
     the superhedge's moves (module docstring), started at ``cert`` = (outer, u, violation per
-    period) of ``sw.certify`` and certified by it; ``floor`` in the sweep's sign."""
+    period) of ``sw.certify`` and certified by it; ``floor`` in the sweep's sign; ``reach`` as
+    in ``polyak``."""
     check_run(max_seconds, max_steps, floor)
     _check_cert(cert, sw.mu_flat.size, "potentials")
 
@@ -241,7 +262,8 @@ def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int 
         if sw.hard(cert[1])[0] - cert[0] > LOWERED_START * (cert[0] - floor):
             cert = (cert[0], sw.lower_to_lines(cert[1])[1], *cert[2:])
         max_seconds = max_seconds - (time.perf_counter() - t0)
-    return polyak(step, sw.certify, cert, floor, max_seconds=max_seconds, max_steps=max_steps)
+    return polyak(step, sw.certify, cert, floor, max_seconds=max_seconds, max_steps=max_steps,
+                  reach=reach)
 
 
 def position_step(prob, sign: float, a: np.ndarray) -> tuple[float, np.ndarray]:
@@ -284,7 +306,7 @@ def polish_positions(prob, sign: float, cert: tuple, floor: float, *, max_second
 
 
 def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol: float,
-                inner_resid_tol: float = INNER_RESID_TOL):
+                inner_resid_tol: float = INNER_RESID_TOL, reach: float = 0.0):
     """``side`` (a certified ``BoundSide`` of ``chain`` with its potentials in
     ``info["u_sweep"]``) with its outer bound polished (``polish``, the side's inner value as the
     floor) within ``max_seconds`` and ``SIDE_MAX_STEPS``: the better certificate, its hedge,
@@ -292,7 +314,8 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
     payoff's sign). The status becomes ``"certified"`` only when the gap is within ``rtol`` and the inner
     value's chain fits the marginals (``side.primal_residual <= inner_resid_tol``, as
     ``certify_side`` asks): an inner value of other marginals (a coarse level's, a smoothed
-    chain's) may lie beyond the optimum, and the polished bound would then close on it."""
+    chain's) may lie beyond the optimum, and the polished bound would then close on it.
+    ``reach`` as in ``polyak`` (``REACH`` where the second process polishes as well)."""
     import dataclasses
 
     from deepquant.market.marginals import Marginals
@@ -322,7 +345,7 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
     if not np.all(np.isfinite(start[1])):  # no potentials to step from: the side stands
         return side
     best, report = polish(sw, start, sign * side.info["inner"], max_seconds=max_seconds,
-                          max_steps=SIDE_MAX_STEPS)
+                          max_steps=SIDE_MAX_STEPS, reach=reach)
     info = dict(side.info, polish=dict(report, start=sign * report["start"],
                                        value=sign * report["value"]))
     if not best[0] < start[0]:
