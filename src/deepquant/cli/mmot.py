@@ -309,7 +309,8 @@ def _payoff_names():
 @click.option("--workers", type=click.IntRange(1, 2), default=1, show_default=True,
               help="Certified and interior point methods: processes per bound. 2: the "
                    "interior point method solves both sides at once; the certified method "
-                   "runs the inner value's path passes beside the polish of the certificate.")
+                   "runs the inner value's path passes beside the polish of the certificate, "
+                   "then a second polish, and keeps the tighter bound.")
 @click.option("--eps", type=FINITE, default=None, help="Entropic regularisation (entropic only).")
 @click.option("--martingale-tol", type=FINITE, default=0.0, show_default=True,
               help="Relaxed LP: tolerance on |E[dX | X, S]| (marginals not in convex order).")

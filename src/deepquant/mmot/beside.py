@@ -8,6 +8,9 @@ is known: the passes read the chain and the certified dual's values to go from b
 polish, and the polish needs a valid floor (the Markov chain's value on the same marginals)
 but nothing from the passes. With ``workers=2`` the passes run in a forked child process while
 the parent polishes, so each gets all of the time that is left instead of a share of it.
+Once its passes are done the child polishes the same certificate as well, with targets below
+the floor (``polish.REACH``: longer steps, better on some sides and worse on others), and the
+tighter of the two certificates is kept.
 
 The child only computes and sends back the chains it found (values, errors and reports; the
 arithmetic is that of the serial stages); the parent adopts them by the same rule

@@ -295,8 +295,9 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
     workers : {1, 2}
         Processes per side. With 2, on a grid above the work level the inner value's path
         passes run in a forked second process while the certificate is polished, each to the
-        side's deadline (``beside.inner_beside_polish``); where ``fork`` is not available, and
-        on grids the stages do not reach, as with 1.
+        side's deadline, and that process then polishes the certificate too, with longer
+        steps; the tighter certificate is kept (``beside.inner_beside_polish``). Where ``fork``
+        is not available, and on grids the stages do not reach, as with 1.
     **options
         Passed to ``certify_side`` (``rtol``, ``eps_end``, ``max_seconds``, ...).
         ``max_seconds`` is each side's budget; it does not count the one-time compilation (or
