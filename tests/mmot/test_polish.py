@@ -188,7 +188,10 @@ def test_polish_refuses_bad_arguments_naming_them(quote_problem):
                       (dict(max_seconds=1.0, max_steps=2.5), "max_steps"),
                       (dict(max_seconds=1.0, max_steps=True), "max_steps"),
                       (dict(max_seconds=1.0, max_steps="3"), "max_steps"),
-                      (dict(max_seconds=1.0, max_steps=-1), "max_steps")):
+                      (dict(max_seconds=1.0, max_steps=-1), "max_steps"),
+                      (dict(max_seconds=1.0, reach=-0.5), "reach must be a finite number >= 0"),
+                      (dict(max_seconds=1.0, reach=np.nan), "reach must be a finite number"),
+                      (dict(max_seconds=1.0, reach=True), "reach must be a finite number")):
         with pytest.raises(ValueError, match=match):
             polyak(step, lambda x: (float(x @ x), x), toy, -1e9, **kw)
         with pytest.raises(ValueError, match=match):

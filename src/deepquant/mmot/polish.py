@@ -128,6 +128,12 @@ def check_run(max_seconds, max_steps, floor) -> None:
         raise ValueError(f"floor must be a real number (NaN: no step), got {floor!r}")
 
 
+def check_reach(reach) -> None:
+    """A ``ValueError`` naming ``reach`` unless it is a finite real number >= 0."""
+    if not _real(reach) or not (np.isfinite(reach) and reach >= 0):
+        raise ValueError(f"reach must be a finite number >= 0, got {reach!r}")
+
+
 def _check_vector(x, size: int, name: str) -> np.ndarray:
     """``x`` as a float vector of ``size`` finite entries, or a ``ValueError`` naming ``name``."""
     try:
@@ -186,6 +192,7 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
     <= 0 (a budget already spent) takes no step; NaN, or inf with no ``max_steps``, is a
     ``ValueError`` (``check_run``)."""
     check_run(max_seconds, max_steps, floor)
+    check_reach(reach)
     t0 = time.perf_counter()
     best = cert
     report = dict(start=float(cert[0]), value=float(cert[0]), steps=0, certificates=0,
@@ -249,6 +256,7 @@ def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int 
     period) of ``sw.certify`` and certified by it; ``floor`` in the sweep's sign; ``reach`` as
     in ``polyak``."""
     check_run(max_seconds, max_steps, floor)
+    check_reach(reach)
     _check_cert(cert, sw.mu_flat.size, "potentials")
 
     def step(u):
@@ -336,6 +344,7 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
         raise ValueError(f"inner_resid_tol must be a finite number >= 0, got "
                          f"{inner_resid_tol!r}")
     check_run(max_seconds, None, 0.0)
+    check_reach(reach)
     u = side.info.get("u_sweep")
     if u is None or max_seconds <= 0:
         return side
