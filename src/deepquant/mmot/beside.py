@@ -25,13 +25,22 @@ import multiprocessing
 import signal
 import time
 
-__all__ = ["GRACE_SECONDS", "Beside", "fork_available", "inner_beside_polish",
+__all__ = ["GRACE_SECONDS", "Beside", "check_workers", "fork_available", "inner_beside_polish",
            "quote_inner_beside_polish"]
 
 GRACE_SECONDS = 2.0
 """How long past the side's deadline the parent waits for the child's path passes (a pass
 stops at its deadline but finishes the one-period LP it is in, about a second at 12 periods
 of 150 points)."""
+
+
+def check_workers(workers) -> None:
+    """A ``ValueError`` naming ``workers`` unless it is the integer 1 or 2 (not a bool)."""
+    import numpy as np
+
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) \
+            or workers not in (1, 2):
+        raise ValueError(f"workers must be 1 or 2, got {workers!r}")
 
 
 def fork_available() -> bool:

@@ -26,7 +26,7 @@ from deepquant.mmot._levels import (
     polish_share,
 )
 from deepquant.mmot.augment import AugmentedChain, build_chain
-from deepquant.mmot.beside import fork_available, inner_beside_polish
+from deepquant.mmot.beside import check_workers, fork_available, inner_beside_polish
 from deepquant.mmot.certified import (
     INNER_RESID_TOL,
     certify_side,
@@ -328,9 +328,7 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
                          f"{max_levels(marginals.size)}] (the coarsenings of a grid of "
                          f"{marginals.size} points), got {multiscale!r}")
     check_callback(progress, "progress")
-    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) \
-            or workers not in (1, 2):
-        raise ValueError(f"workers must be 1 or 2, got {workers!r}")
+    check_workers(workers)
     check_options(**options)  # before the chain is built
     # the kernels compiled or loaded outside every side's budget (0.0 after the first call)
     warmup = warm_kernels()

@@ -166,7 +166,7 @@ class QuoteSearch:
             self.out.update(marginals=name, marginal_violation=mviol, cycles=res.cycles,
                             status=res.status)
             if res.kernels is not None:
-                self.res = res
+                self.res, self.markov_laws = res, chain_value(self.sw, res.kernels)[1]
                 break
             rejected.append(f"{name}: no Markov chain ({res.status})")
 
@@ -180,8 +180,7 @@ class QuoteSearch:
         out, prob, sign, res = dict(self.out), self.prob, self.sign, self.res
         if res is None:
             return dict(out, seconds=seconds)
-        value, laws, resid, drift = res.value, chain_value(self.sw, res.kernels)[1], \
-            res.residual, res.drift
+        value, laws, resid, drift = res.value, self.markov_laws, res.residual, res.drift
         if path is not None:
             out["path"] = path[4]
             if path[4]["fits"] and path[0] > value:

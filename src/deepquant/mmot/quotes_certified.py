@@ -15,6 +15,7 @@ import time
 import numpy as np
 from scipy import optimize
 
+from deepquant.mmot.beside import check_workers
 from deepquant.mmot.certified import _OutOfTime, clip_inner, stage_stop
 from deepquant.mmot.quote_problem import _Problem, _quote_hedge
 from deepquant.mmot.result import BoundSide
@@ -45,9 +46,7 @@ def _check_certified_options(options: dict) -> None:
         if name == "a0":
             continue
         if name == "workers":
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) \
-                    or value not in (1, 2):
-                raise ValueError(f"workers must be 1 or 2, got {value!r}")
+            check_workers(value)
             continue
         if name == "coarse":
             if value is not None and (isinstance(value, bool)
