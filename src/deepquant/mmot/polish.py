@@ -15,7 +15,10 @@ forward pass of the moves. L lies a distance delta below the best F, never below
 value the optimum cannot be below, in the sweep's sign (the inner value of a chain on the same
 grid; a floor above the optimum only shortens the steps, and they stop once the best F
 reaches it). delta starts halfway to the floor, grows after a step that comes near its target
-and halves after ``STALL`` steps that do not (a variable target value, ``WIDEN``). Every
+and halves after ``STALL`` steps that do not (a variable target value, ``WIDEN``). The step is
+taken in a metric that Shor's space dilation contracts along the difference of successive
+subgradients (``DILATION``, the r-algorithm's metric with Polyak's step length): the dual is
+badly scaled and its subgradients alternate between faces, which plain steps zigzag across. Every
 ``CHECK_EVERY`` steps the point is certified
 (``_Sweeper.certify``: lowered to its lines, swept with the violations measured), so the bound
 returned is valid whatever the steps did.
@@ -36,6 +39,7 @@ import numbers
 import time
 
 import numpy as np
+from scipy.linalg import blas
 
 from deepquant.mmot.certified import INNER_RESID_TOL
 from deepquant.mmot.markov_inner import _real
@@ -83,6 +87,29 @@ lookback 0.050937 -> 0.050897, straddle 0.057925 -> 0.057824, upper Asian 0.0371
 0.037134, lookback 0.082371 -> 0.082348, straddle 0.107764 -> 0.107937: better on some sides,
 worse on others, so both run and the better one is kept."""
 
+DILATION = 2.0
+"""Shor's space-dilation coefficient alpha of the polish's steps (``polish``, ``polish_side``;
+``polyak``'s ``dilation``): before each step the metric H (from the identity) is contracted by
+1 / alpha along the difference of the last two subgradients, and the step is Polyak's in that
+metric, u <- u - (F(u) - L) H g / g'H g (the r-algorithm's step with Polyak's length, the metric
+kept as H = B B' by rank-one updates). The exact dual is badly scaled (masses from 1e-13 to
+1e-1) and its subgradients alternate between a few faces; the dilation damps the directions in
+which they alternate. Measured on the captured polish inputs of the pipeline (``workers=2``,
+the Markov chain's value as the floor, the polish's own time, two processes side by side, one
+BLAS thread each), plain -> alpha 2, in the payoff's sign: Heston N = 5, M = 150 (3.3-4.7 s),
+lower Asian 0.028394 -> 0.028402, lookback 0.050937 -> 0.050947 (alpha 1.5), straddle 0.057925
+-> 0.057952, upper Asian 0.037163 -> 0.037134, lookback 0.082371 -> 0.082348, straddle
+0.107764 -> 0.107706; 13 monthly dates, Asian (44 s), lower 0.039927 -> 0.040139, upper
+0.053545 -> 0.053452 (the second polish's targets below the floor, ``REACH``, give 0.040180 and
+0.053403 there without dilation, and 0.039929 with alpha 2); held out (lookback and straddle at
+13 dates, 20 s), lower 0.079102 -> 0.079110 and 0.112520 -> 0.112846, upper 0.145534 ->
+0.145225 and 0.170812 -> 0.170741. Alpha 1.3 and 1.5 were between plain and 2 on most sides;
+alpha 3 did not move the 13-date lower side at all (the metric degenerates)."""
+
+DILATION_MAX_SIZE = 6_000
+"""Most potentials (the problem's size n) for which the polish keeps the dilated metric, an
+n x n array (6,000: 288 MB); a larger problem takes plain steps."""
+
 CHECK_EVERY = 20
 """Steps between two certificates (one costs three to five exact sweeps; the last point is
 certified whatever the count). Was 10; measured from the captured 10 s / 60 s states (one
@@ -126,6 +153,40 @@ def check_run(max_seconds, max_steps, floor) -> None:
                          f"never stop), got {max_seconds!r}")
     if not _real(floor):
         raise ValueError(f"floor must be a real number (NaN: no step), got {floor!r}")
+
+
+def check_dilation(dilation) -> None:
+    """A ``ValueError`` naming ``dilation`` unless it is a finite real number >= 1."""
+    if not _real(dilation) or not (np.isfinite(dilation) and dilation >= 1):
+        raise ValueError(f"dilation must be a finite number >= 1 (1: plain steps), got "
+                         f"{dilation!r}")
+
+
+class _Metric:
+    """Shor's space dilation (``DILATION``) kept as the metric H = B B' of the step: ``direction(g)``
+    contracts H by 1 / alpha along the difference of ``g`` and the last subgradient, then
+    returns H g. One symmetric matrix-vector product and one rank-one update a step (BLAS on
+    the upper triangle)."""
+
+    def __init__(self, n: int, alpha: float):
+        self.n, self.shrink = n, 1.0 - 1.0 / alpha**2
+        self.reset()
+
+    def reset(self) -> None:
+        self.H = np.asfortranarray(np.eye(self.n))
+        self.g = self.p = None
+
+    def direction(self, g: np.ndarray) -> np.ndarray:
+        q = blas.dsymv(1.0, self.H, g)
+        if self.p is not None:
+            s = q - self.p  # H (g - the last g), H before this update
+            gam = float((g - self.g) @ s)
+            if np.isfinite(gam) and gam > 0:
+                c = self.shrink / gam
+                self.H = blas.dsyr(-c, s, a=self.H, overwrite_a=1)
+                q = q - (c * float(s @ g)) * s
+        self.g, self.p = g, q
+        return q
 
 
 def check_reach(reach) -> None:
@@ -176,8 +237,8 @@ def moves_laws(sw, out: list) -> np.ndarray:
 
 
 def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
-           max_steps: int | None = None, project=None, reach: float = 0.0
-           ) -> tuple[tuple, dict]:
+           max_steps: int | None = None, project=None, reach: float = 0.0,
+           dilation: float = 1.0) -> tuple[tuple, dict]:
     """(the best certificate found, its report) from Polyak subgradient steps (module
     docstring) on a convex function, started at the certificate ``cert`` = (bound, point, ...):
     ``step(x)`` -> (value at x, a subgradient), ``certify(x)`` -> a certificate tuple of x
@@ -187,16 +248,23 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
     inner value); a non-finite floor or one above ``cert``'s bound leaves ``cert`` as it is.
     ``reach``: the targets may lie down to ``reach`` x |the start's bound| below the start
     where that is below the floor (the first one ``LEVEL`` of the way there); the floor still
-    ends the run.
-    The report: the start's and the end's bound, steps, certificates, seconds. ``max_seconds``
+    ends the run. ``dilation``: Shor's coefficient alpha of the steps' metric (``DILATION``;
+    1: plain steps, as for a problem of more than ``DILATION_MAX_SIZE`` entries or with a
+    ``project``ion, which the dilated metric would not respect).
+    The report: the start's and the end's bound, steps, certificates, seconds, the dilation
+    used. ``max_seconds``
     <= 0 (a budget already spent) takes no step; NaN, or inf with no ``max_steps``, is a
     ``ValueError`` (``check_run``)."""
     check_run(max_seconds, max_steps, floor)
     check_reach(reach)
+    check_dilation(dilation)
     t0 = time.perf_counter()
     best = cert
+    size = np.size(cert[1])
+    if project is not None or size > DILATION_MAX_SIZE:
+        dilation = 1.0
     report = dict(start=float(cert[0]), value=float(cert[0]), steps=0, certificates=0,
-                  seconds=0.0)
+                  seconds=0.0, dilation=float(dilation))
     if not (np.isfinite(floor) and floor < cert[0]) or max_seconds <= 0:
         return best, report
     x = np.array(cert[1], dtype=float)
@@ -206,6 +274,7 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
     delta = LEVEL * (cert[0] - low)  # the target's distance below the best value
     missed = 0
     step_seconds = 0.0
+    metric = _Metric(size, dilation) if dilation > 1 else None
 
     def check(x):
         nonlocal best
@@ -220,7 +289,12 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
             break
         t_step = time.perf_counter()
         value, g = step(x)
-        gg = float(g @ g)
+        d = g if metric is None else metric.direction(g)
+        gg = float(g @ d)
+        if metric is not None and not (np.isfinite(gg) and gg > 0):
+            metric.reset()  # the metric lost its definiteness: start it again
+            d = metric.direction(g)
+            gg = float(g @ d)
         if not (np.isfinite(value) and gg > 0):
             break
         f_best = min(f_best, value)
@@ -236,7 +310,7 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
             if missed >= STALL:  # the target lies too far below the optimum: come closer
                 delta *= 0.5
                 missed = 0
-        x = x - (max(value - level, 0.0) / gg) * g
+        x = x - (max(value - level, 0.0) / gg) * d
         if project is not None:
             x = project(x)
         report["steps"] = k
@@ -250,13 +324,14 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
 
 
 def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int | None = None,
-           reach: float = 0.0) -> tuple[tuple, dict]:
+           reach: float = 0.0, dilation: float = DILATION) -> tuple[tuple, dict]:
     """``polyak`` on the potentials: F(u) swept exactly, the subgradient mu minus the laws of
     the superhedge's moves (module docstring), started at ``cert`` = (outer, u, violation per
-    period) of ``sw.certify`` and certified by it; ``floor`` in the sweep's sign; ``reach`` as
-    in ``polyak``."""
+    period) of ``sw.certify`` and certified by it; ``floor`` in the sweep's sign; ``reach`` and
+    ``dilation`` as in ``polyak``."""
     check_run(max_seconds, max_steps, floor)
     check_reach(reach)
+    check_dilation(dilation)
     _check_cert(cert, sw.mu_flat.size, "potentials")
 
     def step(u):
@@ -271,7 +346,7 @@ def polish(sw, cert: tuple, floor: float, *, max_seconds: float, max_steps: int 
             cert = (cert[0], sw.lower_to_lines(cert[1])[1], *cert[2:])
         max_seconds = max_seconds - (time.perf_counter() - t0)
     return polyak(step, sw.certify, cert, floor, max_seconds=max_seconds, max_steps=max_steps,
-                  reach=reach)
+                  reach=reach, dilation=dilation)
 
 
 def position_step(prob, sign: float, a: np.ndarray) -> tuple[float, np.ndarray]:
@@ -314,7 +389,8 @@ def polish_positions(prob, sign: float, cert: tuple, floor: float, *, max_second
 
 
 def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol: float,
-                inner_resid_tol: float = INNER_RESID_TOL, reach: float = 0.0):
+                inner_resid_tol: float = INNER_RESID_TOL, reach: float = 0.0,
+                dilation: float = DILATION):
     """``side`` (a certified ``BoundSide`` of ``chain`` with its potentials in
     ``info["u_sweep"]``) with its outer bound polished (``polish``, the side's inner value as the
     floor) within ``max_seconds`` and ``SIDE_MAX_STEPS``: the better certificate, its hedge,
@@ -323,7 +399,8 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
     value's chain fits the marginals (``side.primal_residual <= inner_resid_tol``, as
     ``certify_side`` asks): an inner value of other marginals (a coarse level's, a smoothed
     chain's) may lie beyond the optimum, and the polished bound would then close on it.
-    ``reach`` as in ``polyak`` (``REACH`` where the second process polishes as well)."""
+    ``reach`` and ``dilation`` as in ``polyak`` (the second process's polish: ``REACH`` and
+    plain steps)."""
     import dataclasses
 
     from deepquant.market.marginals import Marginals
@@ -345,6 +422,7 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
                          f"{inner_resid_tol!r}")
     check_run(max_seconds, None, 0.0)
     check_reach(reach)
+    check_dilation(dilation)
     u = side.info.get("u_sweep")
     if u is None or max_seconds <= 0:
         return side
@@ -354,7 +432,7 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
     if not np.all(np.isfinite(start[1])):  # no potentials to step from: the side stands
         return side
     best, report = polish(sw, start, sign * side.info["inner"], max_seconds=max_seconds,
-                          max_steps=SIDE_MAX_STEPS, reach=reach)
+                          max_steps=SIDE_MAX_STEPS, reach=reach, dilation=dilation)
     info = dict(side.info, polish=dict(report, start=sign * report["start"],
                                        value=sign * report["value"]))
     if not best[0] < start[0]:
