@@ -175,3 +175,50 @@ def test_prepare_bands_only_match_the_log_kernel(seed):
                & (idx[None, None, :] <= bands.hi[:, :, None])
                & (bands.mu > 0)[:, :, None] & (bands.nu > 0)[:, None, :])
     np.testing.assert_array_equal(allowed, np.isfinite(full.logq))
+
+
+def _close_spread(mass: float):
+    """Two dates on a grid with one step of 0.015625 beside a step of 1: mu = 0.4 / 0.2 / 0.4
+    at 15.2 / 16.2 / 32.215625, nu = mu with ``mass`` at 16.2 spread exactly (mean-preserving)
+    to 15.2 and 16.215625. D(16.2) = mass x 0.0154 > 0: a genuine gap."""
+    grid = np.concatenate([0.2 + np.arange(17.0), 16.215625 + np.arange(17.0)])
+    w = np.zeros((2, grid.size))
+    w[:, 15], w[:, 16], w[:, 32] = 0.4, 0.2, 0.4
+    a = mass * (grid[17] - grid[16]) / (grid[17] - grid[15])
+    w[1, 16] -= mass
+    w[1, 15] += a
+    w[1, 17] += mass - a
+    return grid, w
+
+
+@pytest.mark.parametrize("logq", [True, False])
+def test_a_gap_that_stands_for_real_mass_is_not_a_touching_point(logq):
+    # 2e-8 of mass crosses 16.2: D = 3.1e-10 lies below 1e-11 x s(16.2) = 7.7e-10, so the
+    # relative test alone pinned the point and the solver could never place that mass
+    # (marginal error 4e-8 > tol at any eps and iteration count). A spread of 1e-14 of mass
+    # (D = 1.5e-16, round-off level) is still a touching point; both the numpy and the
+    # compiled path agree
+    from deepquant.mmot._support import TOUCH_MASS
+
+    for mass, touching in ((2e-8, False), (1e-14, True)):
+        grid, w = _close_spread(mass)
+        touch = touching_points(w[:-1], w[1:], grid, rel=1e-11)
+        assert bool(touch[0, 16]) is touching, mass
+        assert (mass * 0.0154 > TOUCH_MASS * 0.015625) is not touching
+        b = _prepare(grid, w[:-1].copy(), w[1:].copy(), None, None, touch_tol=1e-11, logq=logq)
+        assert bool(b.pinned[0, 16]) is touching
+
+
+def test_the_entropic_solver_places_a_tiny_exact_spread():
+    # the same pair through the solver: converged to its tol with no ConvergenceWarning
+    # (before: success False, marginal error 4.0e-8)
+    import warnings
+
+    from deepquant.market.marginals import Marginals
+    from deepquant.mmot.entropic import solve_entropic
+
+    grid, w = _close_spread(2e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = solve_entropic(Marginals(grid, w, np.array([1.0, 2.0])), 1e-2)
+    assert res.success and res.marginal_error <= 1e-9 and res.drift <= 1e-9

@@ -49,6 +49,32 @@ def _check_eps(eps: Any, name: str = "eps") -> float:
     return val
 
 
+TOUCH_FLOOR = 1e-12
+"""Multiple of the round-off scale s(k) below which D(k) = C_nu(k) - C_mu(k) always counts as
+zero (``touching_points``' ``rel`` part): about 4,500 machine epsilons, above the worst-case
+round-off of the prefix sums of a few thousand grid points."""
+
+TOUCH_MASS = 1e-10
+"""Between ``TOUCH_FLOOR`` and ``rel`` times s(k), a point counts as touching only when
+D(k) <= ``TOUCH_MASS`` x (the smaller grid step beside k). Any martingale plan moves at least
+D(k) / (that step) of mass across or out of k, so a pinned point then misplaces at most this
+much mass (a tenth of the entropic solver's default ``tol``). Without it a genuine gap below
+``rel`` x s(k) was pinned whatever mass it stood for: an exact mean-preserving spread of 2e-8
+of mass to a point 0.016 away (D = 3.1e-10, 1e-11 x s = 7.7e-10) left the solver a marginal
+error of 4e-8 it could never remove."""
+
+
+def _side_steps(grid: np.ndarray) -> np.ndarray:
+    """The smaller of the two grid steps beside each point (the one step at the ends; inf on
+    a one-point grid)."""
+    steps = np.full(grid.size, np.inf)
+    if grid.size > 1:
+        d = np.diff(grid)
+        steps[:-1] = d
+        steps[1:] = np.minimum(steps[1:], d)
+    return steps
+
+
 # ---------------------------------------------------------------------------- inputs
 def pairwise_cost(marginals: Marginals, cost: Any) -> np.ndarray | None:
     """Cost arrays c_t(x, y), shape (N, M, M), from ``None``, an array or a pairwise ``Payoff``.
@@ -132,7 +158,9 @@ def reference_kernels(marginals: Marginals, reference: Any = "product") -> np.nd
 
 def touching_points(mu: np.ndarray, nu: np.ndarray, grid: np.ndarray, *, tol: float = 0.0,
                     rel: float = 0.0) -> np.ndarray:
-    """Grid points k where D(k) = C_nu(k) - C_mu(k) <= tol + rel * s(k): no mass crosses k.
+    """Grid points k where D(k) = C_nu(k) - C_mu(k) <= tol + rel * s(k) (and, above
+    ``tol + TOUCH_FLOOR * s(k)``, D(k) <= ``TOUCH_MASS`` x the grid step beside k): no mass
+    crosses k.
 
     ``mu``, ``nu`` have shape (B, M); returns a boolean array (B, M). The call curves of laws on
     the grid are piecewise linear with kinks at grid points, so testing grid points is exact.
@@ -140,7 +168,8 @@ def touching_points(mu: np.ndarray, nu: np.ndarray, grid: np.ndarray, *, tol: fl
     x_i <= k, equal to D for equal means) below, so tail values keep their precision; s(k) is
     the round-off scale of those sums, sum (mu_i + nu_i)(|x_i| + |k|) over the same side.
     ``tol`` is an absolute tolerance, ``rel`` a multiple of s(k) (a relative test stays correct
-    in tails whose masses are far below any absolute tolerance).
+    in tails whose masses are far below any absolute tolerance); a gap the relative test alone
+    would call zero but that stands for more than ``TOUCH_MASS`` of mass is not one.
     """
     mu = np.atleast_2d(mu)
     nu = np.atleast_2d(nu)
@@ -155,7 +184,9 @@ def touching_points(mu: np.ndarray, nu: np.ndarray, grid: np.ndarray, *, tol: fl
     s_call = right(both * ax) + ax * right(both)
     s_put = np.cumsum(both * ax, axis=1) + ax * np.cumsum(both, axis=1)
     d = np.where(s_put < s_call, puts(nu) - puts(mu), calls(nu) - calls(mu))
-    return d <= tol + rel * np.minimum(s_put, s_call)
+    scale = np.minimum(s_put, s_call)
+    return ((d <= tol + min(rel, TOUCH_FLOOR) * scale)
+            | ((d <= tol + rel * scale) & (d <= TOUCH_MASS * _side_steps(grid))))
 
 
 def support_structure(marginals: Marginals, *, touch_tol: float = 1e-11
@@ -225,7 +256,8 @@ def _prepare(grid: np.ndarray, mu_full: np.ndarray, nu_full: np.ndarray,
     if logq_raw is None and not build:      # the bands only: one compiled pass
         mu, nu, pinned, lo, hi = _product_bands(grid, np.ascontiguousarray(mu_full, dtype=float),
                                                 np.ascontiguousarray(nu_full, dtype=float),
-                                                float(touch_tol))
+                                                float(touch_tol), _side_steps(grid),
+                                                TOUCH_FLOOR, TOUCH_MASS)
         return _Batch(grid=grid, diff=diff, diff2=diff * diff, mu_full=mu_full,
                       nu_full=nu_full, mu=mu, nu=nu, pinned=pinned, logq=None,
                       logq_raw=None, cost=cost, lo=lo, hi=hi)
@@ -331,10 +363,11 @@ def _product_logq(lo, hi, mu, nu, lognu, logq, build):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def _product_bands(grid, mu_full, nu_full, rel):  # pragma: no cover
+def _product_bands(grid, mu_full, nu_full, rel, steps, floor, mass):  # pragma: no cover
     """``_prepare(..., logq=False)`` with the product reference, compiled: (mu, nu, pinned,
     lo, hi), each (B, M). The same operations in the same order as the numpy path
-    (``touching_points`` with ``rel``: sequential prefix and suffix sums; the pinning
+    (``touching_points`` with ``rel``, ``floor`` = ``TOUCH_FLOOR``, ``mass`` = ``TOUCH_MASS``
+    and ``steps`` = ``_side_steps(grid)``: sequential prefix and suffix sums; the pinning
     passes; the columns no band reaches), so the output is identical bit for bit
     (tests/mmot/test_support_prepare.py); no fastmath."""
     b, m = mu_full.shape
@@ -382,7 +415,9 @@ def _product_bands(grid, mu_full, nu_full, rel):  # pragma: no cover
                 d = (grid[j] * pn[j] - pnx[j]) - (grid[j] * pm[j] - pmx[j])
             else:
                 d = (rnx[j] - grid[j] * rn[j]) - (rmx[j] - grid[j] * rm[j])
-            touch[j] = d <= 0.0 + rel * min(s_put, s_call)
+            sc = min(s_put, s_call)
+            touch[j] = (d <= 0.0 + min(rel, floor) * sc) or (d <= 0.0 + rel * sc
+                                                              and d <= mass * steps[j])
         for j in range(m):
             pinned[t, j] = touch[j] and mw[j] > 0
             mu[t, j] = 0.0 if pinned[t, j] else mw[j]
