@@ -34,8 +34,8 @@ def test_mu_minus_the_moves_laws_is_a_subgradient_of_the_exact_dual(seed):
                 assert sw.hard(v)[0] >= value + g @ (v - u) - 1e-10
 
 
-@pytest.mark.parametrize("reach, dilation", [(0.0, 1.0), (1.0, 1.0), (0.0, 2.0)],
-                         ids=["plain", "reach", "dilated"])
+@pytest.mark.parametrize("reach, dilation", [(0.0, 1.0), (1.0, 1.0), (0.0, 2.0), (0.2, 2.0)],
+                         ids=["plain", "reach", "dilated", "dilated-reach"])
 @pytest.mark.parametrize("name", ["lookback-call", "asian-call", "forward-start-straddle"])
 def test_polished_bound_is_valid_recertifies_and_closes_most_of_a_poor_start(name, reach,
                                                                             dilation):
@@ -45,10 +45,12 @@ def test_polished_bound_is_valid_recertifies_and_closes_most_of_a_poor_start(nam
     # bound closes >= 80% of its distance to the optimum (measured with the variable target:
     # 85% on the straddle's lower side, 91% on the lookback's, 98-99.96% on the other four;
     # with the floor raised for good, the rule before it, 87%, 92%, 98-99.96%). With reach 1
-    # (targets far below the floor, the second polish of two workers) the same holds
+    # (targets far below the floor; the second polish of two workers before its steps were
+    # dilated) the same holds
     # (measured: lookback 94% / 99.9%, Asian 98% / 99.9%, lower / upper). Dilated steps
     # (the default) close all but 1e-6 of it (measured: all but 0.4e-9 to 3e-11 on the six
-    # sides; plain steps there 85-99.96%)
+    # sides; plain steps there 85-99.96%), and all but 2e-3 with the second polish's reach 0.2
+    # (measured: all but 5.1e-4 on the Asian's lower side, 7e-11 or less on the others)
     from deepquant.mmot.lp import build_chain_lp, solve_side
 
     mm, chain = _heston_chain(name)
@@ -65,7 +67,8 @@ def test_polished_bound_is_valid_recertifies_and_closes_most_of_a_poor_start(nam
         assert sw.certify(best[1])[0] == pytest.approx(best[0], abs=1e-12)
         assert report["value"] == best[0] and report["steps"] == 1000
         assert report["dilation"] == dilation
-        assert best[0] - opt <= (0.2 if dilation == 1 else 1e-6) * (start[0] - opt)
+        left = 0.2 if dilation == 1 else (1e-6 if reach == 0 else 2e-3)
+        assert best[0] - opt <= left * (start[0] - opt)
 
 
 def test_the_dilated_metric_is_shors_space_dilation():

@@ -8,10 +8,10 @@ is known: the passes read the chain and the certified dual's values to go from b
 polish, and the polish needs a valid floor (the Markov chain's value on the same marginals)
 but nothing from the passes. With ``workers=2`` the passes run in a forked child process while
 the parent polishes, so each gets all of the time that is left instead of a share of it.
-Once its passes are done the child polishes the same certificate as well, with plain steps
-whose targets lie below the floor (``polish.REACH``: longer steps; the parent's steps are
-dilated, ``polish.DILATION``; each is better on some sides), and the tighter of the two
-certificates is kept.
+Once its passes are done the child polishes the same certificate as well, with targets below
+the floor (``polish.REACH``: longer steps, better on some sides and worse on others; both
+polishes take dilated steps, ``polish.DILATION``), and the tighter of the two certificates is
+kept.
 
 The child only computes and sends back the chains it found (values, errors and reports; the
 arithmetic is that of the serial stages); the parent adopts them by the same rule
@@ -121,8 +121,8 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
     of ``polish.polish_side``, in ``max_seconds`` for both: the Markov chain's ascent first
     (``markov_seconds`` of it; its value is the polish's floor), then its path passes in a
     forked child process while this one polishes the certificate, each to the deadline; the
-    child then polishes the same certificate with ``polish.REACH`` and plain steps in what is
-    left, and the tighter of the two polished bounds is kept (``info["polish"]["kept"]``).
+    child then polishes the same certificate with ``polish.REACH`` in what is left, and the
+    tighter of the two polished bounds is kept (``info["polish"]["kept"]``).
     ``info["path"]["status"]`` says ``"no answer"`` when the child did not answer in time (or
     why no child could start: the side then keeps the Markov chain)."""
     from deepquant.mmot.markov_inner import InnerSearch
@@ -147,8 +147,7 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
         found = search.path(seconds)
         rest = deadline - time.perf_counter()
         second = None if rest <= 0 else polish_side(side, chain, marginals, sense,
-                                                    max_seconds=rest, reach=REACH,
-                                                    dilation=1.0, **opts)
+                                                    max_seconds=rest, reach=REACH, **opts)
         return found, search.info["path"], second
 
     with Beside(passes_then_polish) as child:
@@ -165,7 +164,7 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
 
 def _better_polish(first, second, sign: float):
     """The side of the tighter certificate of two polishes of one side (``second``: the
-    child's, with ``polish.REACH`` and plain steps; None if it had no time), the other's report in
+    child's, with ``polish.REACH``; None if it had no time), the other's report in
     ``info["polish"]["other"]``. Both certificates come from the same exact sweep and check
     (``_Sweeper.certify``), the child's computed in its process."""
     import dataclasses

@@ -73,19 +73,21 @@ rule's (Asian lower 0.028332, 0.028358 against 0.028350, 0.028333; lookback uppe
 0.057790). Offline from the captured 10 s states (2 s of steps) the N = 5 sides gained up to
 0.06% (Asian lower, straddle upper) where the pipeline's own starts show none."""
 
-REACH = 1.0
+REACH = 0.2
 """``polyak``'s ``reach`` for the second polish that ``beside.inner_beside_polish`` runs in the
-child process after its path passes (the parent's polish keeps 0; the better certificate is
-kept): targets below the floor, down to |the bound| below the start (the first halfway
-there), so the steps are longer (Polyak's step with an underestimate of the optimum). Measured
-on the captured states of the pipeline (``workers=2``, the Markov chain's value as the floor,
-the polish's own time, one process), 0 -> 1: 13 monthly dates, M = 150, Asian, 44 s, lower
-0.039927 -> 0.040180, upper 0.053545 -> 0.053403; the lookback and the forward-start
-straddle there (20 s), lower 0.079102 -> 0.079023 and 0.112520 -> 0.112577, upper 0.145533 ->
-0.145117 and 0.170812 -> 0.170999; Heston N = 5 (3-5 s), lower Asian 0.028393 -> 0.028305,
-lookback 0.050937 -> 0.050897, straddle 0.057925 -> 0.057824, upper Asian 0.037163 ->
-0.037134, lookback 0.082371 -> 0.082348, straddle 0.107764 -> 0.107937: better on some sides,
-worse on others, so both run and the better one is kept."""
+child process after its path passes (the parent's polish keeps 0; both dilated; the better
+certificate is kept): targets below the floor, down to 0.2 x |the bound| below the start (the
+first halfway there), so the steps are longer (Polyak's step with an underestimate of the
+optimum). Chosen on the captured 13-date Asian lower side (44 s; dilated: reach 0 / 0.05 /
+0.2 / 1: 0.040149 / 0.040151 / 0.040198 / 0.039929; the upper side 0.053452 / - / 0.053404 /
+-, reach 0.5 0.053465) against the child's earlier plain steps with reach 1 (0.040180,
+0.053403), then checked on the other ten captured sides (the polish's own time, plain reach 1
+-> dilated reach 0.2): Heston N = 5 lower Asian 0.028312 -> 0.028304, lookback 0.050897 ->
+0.050943, straddle 0.057824 -> 0.057918, upper Asian 0.037134 -> 0.037149, lookback 0.082348
+-> 0.082320, straddle 0.107933 -> 0.107777; 13 dates lookback 0.079023 -> 0.079059 / 0.145117
+-> 0.145033, straddle 0.112577 -> 0.112731 / 0.171004 -> 0.170777. Where the child's
+certificate is the better of the two (the 13-date Asian's lower side, both lookbacks' upper
+sides) it is now better still; elsewhere the parent's (reach 0) stays ahead either way."""
 
 DILATION = 2.0
 """Shor's space-dilation coefficient alpha of the polish's steps (``polish``, ``polish_side``;
@@ -399,8 +401,7 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
     value's chain fits the marginals (``side.primal_residual <= inner_resid_tol``, as
     ``certify_side`` asks): an inner value of other marginals (a coarse level's, a smoothed
     chain's) may lie beyond the optimum, and the polished bound would then close on it.
-    ``reach`` and ``dilation`` as in ``polyak`` (the second process's polish: ``REACH`` and
-    plain steps)."""
+    ``reach`` and ``dilation`` as in ``polyak`` (the second process's polish: ``REACH``)."""
     import dataclasses
 
     from deepquant.market.marginals import Marginals
