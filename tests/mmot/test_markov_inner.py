@@ -94,7 +94,7 @@ def test_certified_side_above_the_work_level_takes_the_markov_inner(monkeypatch,
             assert s.info["path"]["status"] != "no answer", s.info["path"]
             # and polished too where it had time: the tighter certificate kept (the bracket
             # below holds whichever it is)
-            assert s.info.get("polish", {}).get("kept", "dilated") in ("dilated", "reach")
+            assert s.info.get("polish", {}).get("kept", "floor") in ("floor", "reach")
         adopted = [k for k in ("markov", "path") if s.info.get(k, {}).get("adopted")]
         assert len(adopted) == 1, (s.info["markov"], s.info.get("path"))
         assert s.info["inner_kind"].startswith(

@@ -164,8 +164,9 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
 
 def _better_polish(first, second, sign: float):
     """The side of the tighter certificate of two polishes of one side (``second``: the
-    child's, with ``polish.REACH``; None if it had no time), the other's report in
-    ``info["polish"]["other"]``. Both certificates come from the same exact sweep and check
+    child's, with ``polish.REACH``; None if it had no time), ``info["polish"]["kept"]`` naming
+    it ("floor": the parent's, targets down to the floor; "reach": the child's) and the
+    other's report in ``info["polish"]["other"]``. Both certificates come from the same exact sweep and check
     (``_Sweeper.certify``), the child's computed in its process."""
     import dataclasses
 
@@ -173,7 +174,7 @@ def _better_polish(first, second, sign: float):
         return first
     keep, other = (second, first) if sign * second.value < sign * first.value else (first,
                                                                                     second)
-    report = dict(keep.info.get("polish", {}), kept="reach" if keep is second else "dilated",
+    report = dict(keep.info.get("polish", {}), kept="reach" if keep is second else "floor",
                   other=other.info.get("polish"))
     return dataclasses.replace(keep, info=dict(keep.info, polish=report))
 
