@@ -26,6 +26,8 @@ import multiprocessing
 import signal
 import time
 
+import numpy as np
+
 __all__ = ["GRACE_SECONDS", "Beside", "check_workers", "fork_available", "inner_beside_polish",
            "quote_inner_beside_polish"]
 
@@ -37,8 +39,6 @@ of 150 points)."""
 
 def check_workers(workers) -> None:
     """A ``ValueError`` naming ``workers`` unless it is the integer 1 or 2 (not a bool)."""
-    import numpy as np
-
     if isinstance(workers, bool) or not isinstance(workers, int | np.integer) \
             or workers not in (1, 2):
         raise ValueError(f"workers must be 1 or 2, got {workers!r}")
@@ -166,8 +166,8 @@ def _better_polish(first, second, sign: float):
     """The side of the tighter certificate of two polishes of one side (``second``: the
     child's, with ``polish.REACH``; None if it had no time), ``info["polish"]["kept"]`` naming
     it ("floor": the parent's, targets down to the floor; "reach": the child's) and the
-    other's report in ``info["polish"]["other"]``. Both certificates come from the same exact sweep and check
-    (``_Sweeper.certify``), the child's computed in its process."""
+    other's report in ``info["polish"]["other"]``. Both certificates come from the same exact
+    sweep and check (``_Sweeper.certify``), the child's computed in its process."""
     import dataclasses
 
     if second is None or "polish" not in second.info:
@@ -188,8 +188,6 @@ def quote_inner_beside_polish(fine, prob, side: str, *, inner_seconds: float,
     the floor of the positions' polish; then its path passes in a forked child process while
     this one polishes the positions (``quotes_bounds._polish_side``), each to the deadline.
     ``info["markov"]["path"]["status"]`` as in ``inner_beside_polish``."""
-    import numpy as np
-
     from deepquant.mmot.quote_inner import QuoteSearch
     from deepquant.mmot.quotes_bounds import _adopt_quote_chain, _polish_side
 

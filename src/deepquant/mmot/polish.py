@@ -165,9 +165,9 @@ def check_dilation(dilation) -> None:
 
 
 class _Metric:
-    """Shor's space dilation (``DILATION``) kept as the metric H = B B' of the step: ``direction(g)``
-    contracts H by 1 / alpha along the difference of ``g`` and the last subgradient, then
-    returns H g. One symmetric matrix-vector product and one rank-one update a step (BLAS on
+    """Shor's space dilation (``DILATION``) kept as the metric H = B B' of the step:
+    ``direction(g)`` contracts H by 1 / alpha along the difference of ``g`` and the last
+    subgradient, then returns H g. One symmetric matrix-vector product and one rank-one update a step (BLAS on
     the upper triangle)."""
 
     def __init__(self, n: int, alpha: float):
