@@ -77,6 +77,66 @@ def test_a_pass_cut_short_keeps_the_markov_kernels_and_its_improvement(monkeypat
         assert all(k.shape[0] == 1 for k in res.kernels[1:])
 
 
+@pytest.mark.parametrize("name", ["forward-start-straddle", "asian-call"])
+def test_a_remembered_value_gets_a_second_round_with_more_classes(name):
+    # the forward start's statistic (kind "value"): the passes with BUCKETS classes, then
+    # with VALUE_BUCKETS; every chain feasible and inside the exact LP, the best kept (no
+    # worse than the first round's); other statistics get the first round only
+    from deepquant.mmot.bounds import bounds
+    from deepquant.mmot.path_inner import BUCKETS, VALUE_BUCKETS, classes_per_point
+
+    mm, chain = _heston_chain(name)
+    lp = bounds(mm, _payoff(name), method="lp")
+    counts = classes_per_point(chain.kind)
+    assert counts == ((BUCKETS, VALUE_BUCKETS) if name.startswith("forward") else (BUCKETS,))
+    for sign, opt in ((-1.0, lp.lower), (1.0, lp.upper)):
+        sw = _Sweeper(chain, mm, sign)
+        mk = markov_inner(sw)
+        res = path_inner(sw, mk.kernels, dict(markov=_backward(sw, mk.kernels)))
+        keys = ["markov"] + [f"markov, {b} classes" for b in counts[1:]]
+        assert list(res.tried) == keys and res.status == "done"
+        assert [v["buckets"] for v in res.tried.values()] == list(counts)
+        assert res.value == max(v["value"] for v in res.tried.values())
+        assert res.buckets == res.tried[keys[int(np.argmax([res.tried[k]["value"]
+                                                            for k in keys]))]]["buckets"]
+        assert res.residual <= MARGINAL_TOL and res.drift <= 1e-9
+        assert mk.value - 1e-9 * sw.scale <= res.value <= sign * opt + 1e-9
+        value, _, resid, _ = bucket_chain_value(sw, res.classes, res.kernels)
+        assert value == res.value and resid == res.residual
+
+
+def test_a_pass_without_a_plan_does_not_stop_the_next_pass(monkeypatch):
+    # HiGHS gives no plan in period 1 of the first pass only (the Markov values'): that pass
+    # keeps its period 0 and the Markov kernels after it, and the dual's pass still runs to
+    # the end; the better chain is kept, feasible and inside the LP
+    from deepquant.mmot import path_inner as module
+    from deepquant.mmot.bounds import bounds
+
+    mm, chain = _heston_chain("asian-call")
+    lp = bounds(mm, _payoff("asian-call"), method="lp")
+    real = module._period
+    for sign, opt in ((-1.0, lp.lower), (1.0, lp.upper)):
+        sw = _Sweeper(chain, mm, sign)
+        mk = markov_inner(sw)
+        failed = []
+
+        def period(sw, t, *a, failed=failed):
+            if t == 1 and not failed:  # the first pass's period 1 (the passes run in turn)
+                failed.append(t)
+                return None
+            return real(sw, t, *a)
+
+        monkeypatch.setattr(module, "_period", period)
+        dual = dual_value_to_go(sw, np.zeros(sw.mu_flat.size))
+        res = path_inner(sw, mk.kernels, dict(markov=_backward(sw, mk.kernels), dual=dual))
+        monkeypatch.setattr(module, "_period", real)
+        assert res.status == "no_coupling"
+        assert res.tried["markov"]["periods"] == 1 and res.tried["dual"]["periods"] == sw.T
+        assert res.value == max(v["value"] for v in res.tried.values())
+        assert res.residual <= MARGINAL_TOL and res.drift <= 1e-9
+        assert res.value <= sign * opt + 1e-9
+
+
 def test_path_chain_closes_most_of_the_markov_gap_where_the_optimum_needs_the_path():
     # the Asian's lower side on 13 Heston points (N = 3): the best Markov chain stays 1.2%
     # above the exact LP minimum (0.026434 against 0.026123), the chain with 4 classes of the
@@ -143,8 +203,8 @@ def test_the_dual_values_give_a_valid_chain_and_bad_arguments_are_refused():
     assert res.residual <= MARGINAL_TOL and res.drift <= 1e-9
     values = dict(markov=_backward(sw, mk.kernels))
     assert path_inner(sw, mk.kernels, values, max_seconds=0.0).status == "time_budget"
-    for bad in (dict(buckets=0), dict(buckets=1.5), dict(buckets=True),
-                dict(max_seconds=-1.0), dict(max_seconds=np.nan)):
+    for bad in (dict(buckets=0), dict(buckets=1.5), dict(buckets=True), dict(buckets=()),
+                dict(buckets=(4, 0)), dict(max_seconds=-1.0), dict(max_seconds=np.nan)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             path_inner(sw, mk.kernels, values, **bad)
     with pytest.raises(ValueError, match="values\\['markov'\\] must have the shapes"):

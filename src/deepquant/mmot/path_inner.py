@@ -49,7 +49,7 @@ from deepquant.mmot.markov_inner import (
     fits_marginals,
 )
 
-__all__ = ["PathInner", "bucket_chain_value", "improve", "path_inner"]
+__all__ = ["PathInner", "bucket_chain_value", "classes_per_point", "improve", "path_inner"]
 
 BUCKETS = 4
 """Classes of the running statistic per grid point. Measured at M = 150 (Heston, N = 5, best
@@ -67,6 +67,30 @@ such mass where the marginal has none (measured: 1e-11-1e-10 at x = 1.8 on the 1
 at M = 150, beyond the hull of the next law, which made the period's LP infeasible with 1e-12
 here). At most one source per point and class, so at most 1e-9 * B * M of mass keeps its
 Markov kernel."""
+
+VALUE_BUCKETS = 32
+"""Classes per grid point of a second round of passes when the statistic is a remembered value
+(``kind == "value"``: the forward start's X_t1, whose law given X_t stays as wide as X_t1's
+own, where a running sum or maximum given X_t is narrow and a few classes resolve it); the
+passes with ``BUCKETS`` classes run first, since one greedy pass is not monotone in the
+classes (held out, 13 monthly dates, 20 s per side: the straddle's lower side 0.113327 with 4
+classes -> 0.113274 with 32 alone, its upper side 0.170015 -> 0.169844). Measured at M = 150, Heston, N = 5,
+10 s per side, ``workers=2`` (pipeline, two rounds): the forward-start straddle's upper side
+0.107491 with 4 classes (the Markov values' pass), 0.107559 with 16, 0.107583 with 32 and 64
+(the dual's pass, 1.1-1.8 s), against the certificate 0.107686: gap 0.18% -> 0.12% -> 0.096%;
+its lower side 0.058121-0.058138 -> 0.058094-0.058096 -> 0.058089-0.058090 (64: 0.058094-
+0.058098). The Asian's and the lookback's sides do not move with 16-64 classes (offline,
+captured N = 5 sides: within 1e-6 but the Asian's lower, 0.028586 -> 0.028585), and at 13
+monthly dates 32 classes for the Asian cost 4-10x the passes' time (the upper side's dual pass
+32 s against 3 s), which the second polish needed: [0.040190, 0.053398] -> [0.040152,
+0.053448] in 60 s. So only the remembered value gets them."""
+
+
+def classes_per_point(kind: str) -> tuple[int, ...]:
+    """Classes of the statistic per grid point of the passes, in their order, for a chain of
+    statistic ``kind``: ``BUCKETS``, then ``VALUE_BUCKETS`` for a remembered value."""
+    return (BUCKETS, VALUE_BUCKETS) if kind == "value" else (BUCKETS,)
+
 
 NEAR = 4
 """Nearest y of each source in a period LP's first pairs (with the Markov kernel's support)."""
@@ -174,22 +198,30 @@ def _period(sw, t: int, mass: np.ndarray, markov: np.ndarray, w_next: np.ndarray
     return classes, kern
 
 
-def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS,
+def path_inner(sw, markov_kernels: list, values: dict, *, buckets=None,
                max_seconds: float = 600.0, moves: dict | None = None) -> PathInner:
     """The best chain with kernels of (X_t, class of S_t) from one forward pass (module
     docstring) per entry of ``values`` (name -> T + 1 arrays (n_t, X_t) of values to go of
     sign * f: ``markov_inner._backward`` of a Markov chain, ``markov_inner.dual_value_to_go``
     of the certified potentials), in their order, within ``max_seconds`` (checked before every
     one-period LP; a pass cut by it keeps the Markov kernels from there on, and no later pass
-    runs). ``markov_kernels``: a Markov martingale chain on the grid (its supports start each
-    LP, and the sources lighter than ``LIGHT_SOURCE`` keep its kernels). ``moves``: name ->
-    per period the pairs (j1, j2) of next-support positions the values' own superhedge moves
-    to from each state (``dual_value_to_go(..., moves=True)``), added to the LP's first pairs:
-    the same optimum, found in fewer pricing rounds (measured, the dual's pass at M = 150:
-    1.0-1.2 s against 2.6-2.9 s on the lookback's upper side, 2.7-3.4 s against 9.6-10.8 s on
-    the straddle's)."""
-    if isinstance(buckets, bool) or not isinstance(buckets, int | np.integer) or buckets < 1:
-        raise ValueError(f"buckets must be an integer >= 1, got {buckets!r}")
+    runs; a pass cut short because HiGHS gave no plan keeps them too, and the next pass still
+    runs: its costs, and from its second period its sources, differ). ``markov_kernels``: a
+    Markov martingale chain on the grid (its supports start each LP, and the sources lighter
+    than ``LIGHT_SOURCE`` keep its kernels). ``moves``: name -> per period the pairs (j1, j2)
+    of next-support positions the values' own superhedge moves to from each state
+    (``dual_value_to_go(..., moves=True)``), added to the LP's first pairs: the same optimum,
+    found in fewer pricing rounds (measured, the dual's pass at M = 150: 1.0-1.2 s against
+    2.6-2.9 s on the lookback's upper side, 2.7-3.4 s against 9.6-10.8 s on the straddle's).
+    ``buckets``: classes of the statistic per point, an integer or a sequence of them (every
+    entry of ``values`` with the first, then with the next, ...; ``tried`` names the later
+    ones' passes "name, b classes"); None: ``classes_per_point`` of the chain's statistic."""
+    counts = classes_per_point(sw.chain.kind) if buckets is None else buckets
+    counts = tuple(counts) if isinstance(counts, list | tuple) else (counts,)
+    if not counts or any(isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 1
+                         for b in counts):
+        raise ValueError(f"buckets must be None, an integer >= 1 or a sequence of them, got "
+                         f"{buckets!r}")
     check_seconds(max_seconds)
     if not isinstance(values, dict):
         raise ValueError(f"values must be a dict name -> values to go, got "
@@ -198,13 +230,16 @@ def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS
               for name, w in values.items()}
     t0 = time.perf_counter()
     best, tried, status = None, {}, "done"
-    for name, w in values.items():
+    passes = [(name if k == 0 else f"{name}, {b} classes", name, int(b))
+              for k, b in enumerate(counts) for name in values]
+    for key, name, b in passes:
+        w = values[name]
         t_pass = time.perf_counter()
         mass, classes, kerns = sw.mass0, [], []
         for t in range(sw.T):
             left = max_seconds - (time.perf_counter() - t0)
             got = None if left <= 0 else _period(
-                sw, t, mass, markov_kernels[t], w[t + 1], buckets, left,
+                sw, t, mass, markov_kernels[t], w[t + 1], b, left,
                 None if moves is None or name not in moves else moves[name][t])
             if got is None:
                 break
@@ -212,10 +247,13 @@ def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS
             kerns.append(got[1])
             mass = _advance(sw, t, mass, *got)
         done = len(kerns)
+        out_of_time = time.perf_counter() - t0 >= max_seconds
+        if done < sw.T and status == "done":  # the first pass cut short names the status
+            status = "time_budget" if out_of_time else "no_coupling"
         if done == 0:
-            status = "time_budget" if time.perf_counter() - t0 >= max_seconds \
-                else "no_coupling"
-            break
+            if out_of_time:
+                break
+            continue  # HiGHS gave no plan on these values' costs: the next values may do
         # a pass cut short ends with the Markov kernels: the law of X_t is mu_t whatever the
         # classes, so the chain keeps its marginals (and, against the Markov values, its
         # improvement over the Markov chain)
@@ -223,19 +261,17 @@ def path_inner(sw, markov_kernels: list, values: dict, *, buckets: int = BUCKETS
             classes.append(np.zeros((sw.periods[t].n_s, sw.periods[t].xs.size), np.int64))
             kerns.append(np.asarray(markov_kernels[t], dtype=float)[None])
         value, laws, resid, drift = bucket_chain_value(sw, classes, kerns)
-        tried[name] = dict(value=value, seconds=time.perf_counter() - t_pass, periods=done)
+        tried[key] = dict(value=value, seconds=time.perf_counter() - t_pass, periods=done,
+                          buckets=b)
         if best is None or value > best[0]:
-            best = (value, resid, drift, name, classes, kerns, laws)
-        if done < sw.T:
-            status = "time_budget" if time.perf_counter() - t0 >= max_seconds \
-                else "no_coupling"
+            best = (value, resid, drift, name, b, classes, kerns, laws)
+        if done < sw.T and out_of_time:
             break
     secs = time.perf_counter() - t0
     if best is None:
-        return PathInner(np.nan, np.inf, np.inf, secs, status, None, tried, buckets)
-    value, resid, drift, name, classes, kerns, laws = best
-    return PathInner(value, resid, drift, secs, status, name, tried, buckets, classes, kerns,
-                     laws)
+        return PathInner(np.nan, np.inf, np.inf, secs, status, None, tried, int(counts[0]))
+    value, resid, drift, name, b, classes, kerns, laws = best
+    return PathInner(value, resid, drift, secs, status, name, tried, b, classes, kerns, laws)
 
 
 def improve(sw, markov_kernels: list, sign: float, *, max_seconds: float,
