@@ -57,7 +57,7 @@ pass per side): 4 classes against 2 tighten the lookback's upper side 0.082139 -
 the Asian's lower side 0.028586 -> 0.028560, the other sides by less than 3e-5, at about the
 same time per pass (0.2-7 s); 8 classes gain 1e-5 on the Asian's lower side (0.028549) and
 lose on the lookback's upper (the dual's pass 0.079758: one greedy pass is not monotone in the
-classes)."""
+classes). A remembered value gets a second round with ``VALUE_BUCKETS``."""
 
 LIGHT_SOURCE = 1e-9
 """Sources (x, b) lighter than this keep the Markov kernel of x (their law of y is taken off
@@ -73,17 +73,17 @@ VALUE_BUCKETS = 32
 (``kind == "value"``: the forward start's X_t1, whose law given X_t stays as wide as X_t1's
 own, where a running sum or maximum given X_t is narrow and a few classes resolve it); the
 passes with ``BUCKETS`` classes run first, since one greedy pass is not monotone in the
-classes (held out, 13 monthly dates, 20 s per side: the straddle's lower side 0.113327 with 4
-classes -> 0.113274 with 32 alone, its upper side 0.170015 -> 0.169844). Measured at M = 150, Heston, N = 5,
-10 s per side, ``workers=2`` (pipeline, two rounds): the forward-start straddle's upper side
-0.107491 with 4 classes (the Markov values' pass), 0.107559 with 16, 0.107583 with 32 and 64
-(the dual's pass, 1.1-1.8 s), against the certificate 0.107686: gap 0.18% -> 0.12% -> 0.096%;
-its lower side 0.058121-0.058138 -> 0.058094-0.058096 -> 0.058089-0.058090 (64: 0.058094-
-0.058098). The Asian's and the lookback's sides do not move with 16-64 classes (offline,
-captured N = 5 sides: within 1e-6 but the Asian's lower, 0.028586 -> 0.028585), and at 13
-monthly dates 32 classes for the Asian cost 4-10x the passes' time (the upper side's dual pass
-32 s against 3 s), which the second polish needed: [0.040190, 0.053398] -> [0.040152,
-0.053448] in 60 s. So only the remembered value gets them."""
+classes (held out, 13 monthly dates, 20 s per side: 32 classes alone took the straddle's upper
+side from 0.170015 to 0.169844). Measured at M = 150, Heston, N = 5, 10 s per side,
+``workers=2`` (pipeline, two rounds): the forward-start straddle's upper side 0.107491 with 4
+classes (the Markov values' pass), 0.107559 with 16, 0.107583 with 32 and 64 (the dual's pass,
+1.1-1.8 s), against the certificate 0.107686: gap 0.18% -> 0.12% -> 0.096%; its lower side
+0.058121-0.058138 -> 0.058094-0.058096 -> 0.058089-0.058090 (64: 0.058094-0.058098). The
+Asian's and the lookback's sides do not move with 16-64 classes (offline, captured N = 5
+sides: within 1e-6 but the Asian's lower, 0.028586 -> 0.028585), and at 13 monthly dates 32
+classes for the Asian cost 4-10x the passes' time (the upper side's dual pass 32 s against
+3 s), which the second polish needed: [0.040190, 0.053398] -> [0.040152, 0.053448] in 60 s.
+So only the remembered value gets them."""
 
 
 def classes_per_point(kind: str) -> tuple[int, ...]:
@@ -104,10 +104,10 @@ class PathInner:
     marginals, summed over dates 1..T; ``drift``: largest martingale residual
     P(x, b) |E[X_{t+1} | x, b] - x|; ``start``: which values to go built it (``"markov"`` or
     ``"dual"``); ``status``: ``"done"``, or ``"time_budget"`` / ``"no_coupling"`` (HiGHS gave
-    no plan) when a pass was cut short (``value`` NaN if no period of the first was done);
-    ``tried``: by start, the value, seconds and number of periods of every pass (a pass cut
-    short keeps the Markov kernels from there on);
-    ``classes``: per period the class (n_s, X) of every state (s, x); ``kernels``: per period
+    no plan) for the first pass cut short (``value`` NaN if no pass did a period);
+    ``tried``: by pass (the start, with ", b classes" for a later round), the value, seconds,
+    number of periods and classes of every pass (a pass cut short keeps the Markov kernels
+    from there on); ``buckets``: the kept pass's classes per point; ``classes``: per period the class (n_s, X) of every state (s, x); ``kernels``: per period
     the kernels (buckets, X, Y) of the classes; ``laws``: its laws of X_1..X_T on the supports
     (None when no pass finished)."""
 
