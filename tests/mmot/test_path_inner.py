@@ -105,6 +105,38 @@ def test_a_remembered_value_gets_a_second_round_with_more_classes(name):
         assert value == res.value and resid == res.residual
 
 
+@pytest.mark.parametrize("name", ["asian-call", "lookback-call"])
+def test_improve_runs_the_mixed_pass_last_and_keeps_the_best(name, monkeypatch):
+    # improve: the Markov values' pass, the dual's, then MIX x Markov + (1 - MIX) x dual's;
+    # every chain feasible and inside the exact LP, the best kept; the mixed pass at MIX = 1
+    # is the Markov values' pass and at MIX = 0 the dual's (same values, same LPs)
+    from deepquant.mmot import path_inner as module
+    from deepquant.mmot.bounds import bounds
+    from deepquant.mmot.lp import build_chain_lp, solve_side
+
+    mm, chain = _heston_chain(name)
+    lp = bounds(mm, _payoff(name), method="lp")
+    for sense, sign, opt in (("lower", -1.0, lp.lower), ("upper", 1.0, lp.upper)):
+        side = solve_side(build_chain_lp(chain, mm), sense)
+        sw = _Sweeper(chain, mm, sign)
+        dual, moves = dual_value_to_go(sw, sw.flatten(sign * side.duals.u), moves=True)
+        mk = markov_inner(sw)
+        path, report = module.improve(sw, mk.kernels, sign, max_seconds=60, dual=dual,
+                                      moves=moves)
+        assert list(report["tried"]) == ["markov", "dual", "mixed"]
+        assert path.value == max(v["value"] for v in path.tried.values())
+        assert report["value"] == sign * path.value and report["fits"]
+        assert path.residual <= MARGINAL_TOL and path.drift <= 1e-9
+        assert path.value <= sign * opt + 1e-9
+        for mix, same in ((1.0, "markov"), (0.0, "dual")):
+            monkeypatch.setattr(module, "MIX", mix)
+            again, _ = module.improve(sw, mk.kernels, sign, max_seconds=60, dual=dual,
+                                      moves=moves)
+            assert again.tried["mixed"]["value"] == pytest.approx(
+                again.tried[same]["value"], abs=1e-9 * sw.scale)
+        monkeypatch.setattr(module, "MIX", 0.25)
+
+
 def test_a_pass_without_a_plan_does_not_stop_the_next_pass(monkeypatch):
     # HiGHS gives no plan in period 1 of the first pass only (the Markov values'): that pass
     # keeps its period 0 and the Markov kernels after it, and the dual's pass still runs to
