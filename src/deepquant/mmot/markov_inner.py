@@ -356,8 +356,8 @@ def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float
     ``certified.better_inner`` (a fitted chain over one that misses the marginals, e.g. a
     coarse level's, else the tighter value): the Markov chain (``markov_inner``, started from
     the certified dual, in ``MARKOV_SHARE`` of the time) or, in what is left, a chain whose
-    kernels also see the running statistic (``path_inner.path_inner``, one pass against the
-    Markov chain's values to go, then one against the dual's). The attempts are reported in
+    kernels also see the running statistic (``path_inner.improve``: passes against the
+    Markov chain's values to go, the dual's and a mix of the two). The attempts are reported in
     ``info["markov"]`` and ``info["path"]`` either way. Skipped (``side`` returned as is) when
     there is no time."""
     t0 = time.perf_counter()
