@@ -251,8 +251,9 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
     ``reach``: the targets may lie down to ``reach`` x |the start's bound| below the start
     where that is below the floor (the first one ``LEVEL`` of the way there); the floor still
     ends the run. ``dilation``: Shor's coefficient alpha of the steps' metric (``DILATION``;
-    1: plain steps, as for a problem of more than ``DILATION_MAX_SIZE`` entries or with a
-    ``project``ion, which the dilated metric would not respect).
+    1: plain steps, as for a problem of more than ``DILATION_MAX_SIZE`` entries). With a
+    ``project``ion the dilated step is projected in the Euclidean metric (not a projected step
+    in the dilated one, but every point is feasible and certified all the same).
     The report: the start's and the end's bound, steps, certificates, seconds, the dilation
     used. ``max_seconds``
     <= 0 (a budget already spent) takes no step; NaN, or inf with no ``max_steps``, is a
@@ -263,7 +264,7 @@ def polyak(step, certify, cert: tuple, floor: float, *, max_seconds: float,
     t0 = time.perf_counter()
     best = cert
     size = np.size(cert[1])
-    if project is not None or size > DILATION_MAX_SIZE:
+    if size > DILATION_MAX_SIZE:
         dilation = 1.0
     report = dict(start=float(cert[0]), value=float(cert[0]), steps=0, certificates=0,
                   seconds=0.0, dilation=float(dilation))
@@ -372,12 +373,18 @@ def position_step(prob, sign: float, a: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def polish_positions(prob, sign: float, cert: tuple, floor: float, *, max_seconds: float,
-                     max_steps: int | None = None) -> tuple[tuple, dict]:
+                     max_steps: int | None = None, dilation: float = DILATION
+                     ) -> tuple[tuple, dict]:
     """``polyak`` on the option positions of the bounds from quotes (``position_step``),
     started at ``cert`` = (bound, a, violation) of ``prob.certify`` and certified by it; a
-    quote without an ask is never bought (positions projected to <= 0)."""
+    quote without an ask is never bought (positions projected to <= 0 after each step).
+    ``dilation`` as in ``polyak`` (measured on the SPX quotes, M = 150, 10 s per side, the
+    six sides of the benchmark: plain -> alpha 2, Asian [0.015832, 0.023494] -> [0.016327,
+    0.023201], lookback [0.033797, 0.055429] -> [0.034013, 0.054857], forward-start straddle
+    [0.043921, 0.078864] -> [0.044665, 0.077379]; docs/quote-bounds.md)."""
     sign = _check_sign(sign)
     check_run(max_seconds, max_steps, floor)
+    check_dilation(dilation)
     _check_cert(cert, int(prob.off[-1]), "positions")
     has_ask = np.isfinite(prob.ask)
 
@@ -387,7 +394,7 @@ def polish_positions(prob, sign: float, cert: tuple, floor: float, *, max_second
 
     return polyak(lambda a: position_step(prob, sign, a), certify, cert, floor,
                   max_seconds=max_seconds, max_steps=max_steps,
-                  project=lambda a: np.where(has_ask, a, np.minimum(a, 0.0)))
+                  project=lambda a: np.where(has_ask, a, np.minimum(a, 0.0)), dilation=dilation)
 
 
 def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol: float,
