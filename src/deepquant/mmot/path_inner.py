@@ -23,9 +23,12 @@ whatever the values to go were: its value (computed exactly by a forward pass of
 the joint law of (S_t, X_t)) is a rigorous inner value of the chain LP. Against a Markov
 chain's own values to go the pass is a policy improvement: that chain's kernel is feasible in
 every period's LP, so the new chain is never worse than it (also when the pass is cut short
-and the Markov kernels finish the path). The pass is not iterated, because a later period's bucket kernel, solved
-for one law of its sources, breaks the marginals under another (measured: a second pass from
-the chain's own values loses 0.5-3% at M = 25-49).
+and the Markov kernels finish the path). ``improve`` adds a pass against the dual's values and
+one against a mix of the two (``MIX``). The pass is not iterated, because a later period's
+bucket kernel, solved for one law of its sources, breaks the marginals under another
+(measured: a second pass from the chain's own values loses 0.5-3% at M = 25-49; at M = 150,
+N = 5, passes against those values mixed with the dual's gained 0.07-0.19% on the Asian's
+lower side (one or two such passes) and lost 0.06-3% on the other five sides).
 
 Measured (Heston N = 5 on [0.55, 1.45]; docs/benchmarks-certified.md, "Kernels that see the
 path"): at M = 25 the Asian's lower side from 3.4% off the exact optimum (Markov) to 0.67%, its
@@ -122,9 +125,10 @@ class PathInner:
     no plan) for the first pass cut short (``value`` NaN if no pass did a period);
     ``tried``: by pass (the start, with ", b classes" for a later round), the value, seconds,
     number of periods and classes of every pass (a pass cut short keeps the Markov kernels
-    from there on); ``buckets``: the kept pass's classes per point; ``classes``: per period the class (n_s, X) of every state (s, x); ``kernels``: per period
-    the kernels (buckets, X, Y) of the classes; ``laws``: its laws of X_1..X_T on the supports
-    (None when no pass finished)."""
+    from there on); ``buckets``: the kept pass's classes per point; ``classes``: per period
+    the class (n_s, X) of every state (s, x); ``kernels``: per period the kernels (buckets, X,
+    Y) of the classes; ``laws``: its laws of X_1..X_T on the supports (None when no pass
+    finished)."""
 
     value: float
     residual: float
@@ -295,9 +299,10 @@ def improve(sw, markov_kernels: list, sign: float, *, max_seconds: float,
     """(``path_inner`` of the Markov chain ``markov_kernels`` against its own values to go,
     then against ``dual`` (a superhedge's values to go, ``dual_value_to_go``, named
     ``dual_name``, its LPs started from ``moves``), then against ``MIX`` times the first plus
-    1 - ``MIX`` times the second (``"mixed"``, its LPs started from ``moves`` too), its report): value (times ``sign``, the
-    payoff's own sign), marginal error, drift, start, status, seconds, every pass tried,
-    ``fits`` (``markov_inner.fits_marginals``) and ``adopted`` (False; the caller sets it)."""
+    1 - ``MIX`` times the second (``"mixed"``, its LPs started from ``moves`` too), its
+    report): value (times ``sign``, the payoff's own sign), marginal error, drift, start,
+    status, seconds, every pass tried, ``fits`` (``markov_inner.fits_marginals``) and
+    ``adopted`` (False; the caller sets it)."""
     values = dict(markov=_backward(sw, markov_kernels))
     if dual is not None:
         values[dual_name] = dual

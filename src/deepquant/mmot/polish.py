@@ -167,8 +167,8 @@ def check_dilation(dilation) -> None:
 class _Metric:
     """Shor's space dilation (``DILATION``) kept as the metric H = B B' of the step:
     ``direction(g)`` contracts H by 1 / alpha along the difference of ``g`` and the last
-    subgradient, then returns H g. One symmetric matrix-vector product and one rank-one update a step (BLAS on
-    the upper triangle)."""
+    subgradient, then returns H g. One symmetric matrix-vector product and one rank-one update
+    a step (BLAS on the upper triangle)."""
 
     def __init__(self, n: int, alpha: float):
         self.n, self.shrink = n, 1.0 - 1.0 / alpha**2
@@ -404,8 +404,8 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
     ``info["u_sweep"]``) with its outer bound polished (``polish``, the side's inner value as the
     floor) within ``max_seconds`` and ``SIDE_MAX_STEPS``: the better certificate, its hedge,
     gap and status; ``info["polish"]`` reports the attempt either way (start and end in the
-    payoff's sign). The status becomes ``"certified"`` only when the gap is within ``rtol`` and the inner
-    value's chain fits the marginals (``side.primal_residual <= inner_resid_tol``, as
+    payoff's sign). The status becomes ``"certified"`` only when the gap is within ``rtol``
+    and the inner value's chain fits the marginals (``side.primal_residual <= inner_resid_tol``, as
     ``certify_side`` asks): an inner value of other marginals (a coarse level's, a smoothed
     chain's) may lie beyond the optimum, and the polished bound would then close on it.
     ``reach`` and ``dilation`` as in ``polyak`` (the second process's polish: ``REACH``)."""
