@@ -370,10 +370,19 @@ def check_markov_inner(bands, payoff, res, lp):
     1e-9: HiGHS tolerances), on its own side of their midpoint (the lower side minimises, the
     upper side maximises), and inside the exact quote bounds (to 1e-9); the reported bracket
     [bound, inner] contains the exact quote LP value (the bound to 1e-8, as the certified
-    sides; the inner value to its kind's tolerance)."""
+    sides; the inner value to its kind's tolerance). A second chain, started from the polished
+    positions (``info["reinner"]``), is checked the same way where it is the reported one, and
+    is reported only where it is feasible and tighter than the first."""
     for side in ("lower", "upper"):
         s = getattr(res, f"{side}_side")
-        mk = s.info["markov"]
+        sgn = 1.0 if side == "upper" else -1.0
+        re = s.info.get("reinner", {})
+        if re.get("adopted"):
+            first = s.info["markov"]
+            assert re["feasible"] and sgn * re["value"] > sgn * first["value"]
+            assert s.info["inner"] == pytest.approx(re["value"], abs=1e-12)
+            assert s.info["inner_kind"].endswith("from the polished positions")
+        mk = re if re.get("adopted") else s.info["markov"]
         assert mk["feasible"] and mk["band_violation"] <= 1e-6
         laws = mk["laws"]
         for t in range(3):
@@ -397,7 +406,7 @@ def check_markov_inner(bands, payoff, res, lp):
         if mk.get("path", {}).get("adopted"):
             assert sgn * v > sgn * mk["markov_value"]
         if s.info["inner_kind"].startswith(("Markov chain", "path-dependent chain")):
-            assert inner == pytest.approx(v, abs=1e-12) and mk["adopted"]
+            assert inner == pytest.approx(v, abs=1e-12) and (mk["adopted"] or mk is re)
             tol = 1e-9
         else:
             assert s.info["inner_kind"] == "smoothed chain" and s.info["band_violation"] <= 1e-6
@@ -441,6 +450,45 @@ def test_path_passes_beside_the_polish_give_a_feasible_law(monkeypatch):
     for side in (res.lower_side, res.upper_side):
         assert side.info["markov"]["path"]["status"] == "done", side.info["markov"]["path"]
         assert side.info["polish"]["steps"] > 0
+        # the chain from the polished positions was tried where the polish left a gap
+        assert "reinner" in side.info or side.status == "certified"
+
+
+def test_a_second_inner_value_from_the_polished_positions():
+    # after the polish the inner value is tried again from the polished positions (the laws
+    # pricing them best, their chain): adopted only when feasible and tighter than a feasible
+    # inner value of this grid, or over a coarse grid's; the bracket stays around the exact LP
+    import dataclasses
+
+    from deepquant.mmot.quote_inner import reinner_side
+
+    bands, payoff = walk_bands(), PAYOFFS[1]
+    lp = bounds_from_quotes(bands, payoff, grid=FINE, method="lp")
+    fitted = Marginals(FINE, fine_walk(2, 0.5), FINE_TIMES)
+    res = bounds_from_quotes(bands, payoff, grid=FINE, method="certified", coarse=5,
+                             fitted=fitted, repair="calibration", rtol=1e-9, max_seconds=3.0)
+    check_markov_inner(bands, payoff, res, lp)
+    side, prob = res.lower_side, res.info["problem"]
+    assert side.info["polish"]["steps"] > 0 and side.status != "certified"
+    assert "reinner" in side.info  # tried after the polish
+    opts = dict(max_seconds=5.0, band_tol=1e-6, rtol=1e-9)
+    for kind, inner, adopted in (("Markov chain on test laws", lp.upper, True),
+                                 ("Markov chain on test laws", lp.lower, False),
+                                 ("coarse grid of 5 points (smoothed chain)", lp.lower, True)):
+        start = dataclasses.replace(side, info=dict(side.info, inner=inner, inner_kind=kind,
+                                                    band_violation=0.0))
+        out = reinner_side(start, prob, "lower", **opts)
+        assert out.info["reinner"]["adopted"] is adopted and out.info["reinner"]["feasible"]
+        if adopted:
+            v = out.info["reinner"]["value"]
+            assert out.info["inner"] == v and lp.lower - 1e-9 <= v <= lp.upper + 1e-9
+            assert out.info["inner_kind"].endswith("from the polished positions")
+            assert out.info["markov"] is side.info["markov"] and out.value == side.value
+        else:
+            assert out.info["inner"] == inner
+    unpolished = dataclasses.replace(side, info={k: v for k, v in side.info.items()
+                                                 if k != "polish"})
+    assert reinner_side(unpolished, prob, "lower", **opts) is unpolished
 
 
 def test_fine_grid_inner_value_never_uses_laws_outside_the_bands():

@@ -25,6 +25,7 @@ so the reported ``band_violation`` is that of the plan whose value is the inner 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -42,9 +43,10 @@ from deepquant.mmot.markov_inner import (
 from deepquant.mmot.path_inner import improve
 from deepquant.mmot.quote_bands import laws_in_bands
 from deepquant.mmot.quote_problem import _Problem
+from deepquant.mmot.result import BoundSide
 from deepquant.mmot.sweep import _Sweeper
 
-__all__ = ["QuoteSearch", "inner_marginals", "quote_markov_inner"]
+__all__ = ["QuoteSearch", "inner_marginals", "quote_markov_inner", "reinner_side"]
 
 
 TILT_TIE = 1e-6
@@ -194,3 +196,33 @@ class QuoteSearch:
         return dict(out, value=sign * value, markov_value=sign * res.value, feasible=feasible,
                     band_violation=viol, laws=on_grid, marginal_error=resid, drift=drift,
                     seconds=seconds)
+
+
+def reinner_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: float,
+                  band_tol: float, rtol: float) -> BoundSide:
+    """``fine`` (a side of the bounds from quotes) with the chain of ``quote_markov_inner``
+    started from its polished positions (``quotes_bounds.REINNER_SHARE``) as its inner value
+    when that chain is feasible and tighter than the inner value it has (or that one is not a
+    feasible value of this grid: a coarse grid's); ``info["reinner"]`` reports the attempt
+    either way (``info["markov"]`` stays the first one's). Skipped when the positions were not
+    polished or no time is left."""
+    from deepquant.mmot.quotes_bounds import _adopt_quote_chain
+
+    if "polish" not in fine.info or not fine.info["polish"]["steps"] or max_seconds <= 0:
+        return fine
+    sign = 1.0 if side == "upper" else -1.0
+    positions = np.concatenate(fine.info["positions"])
+    mk = quote_markov_inner(prob, side, positions, max_seconds=max_seconds, band_tol=band_tol)
+    on_grid = (not fine.info["inner_kind"].startswith("coarse grid")
+               and fine.info.get("band_violation", np.inf) <= band_tol)
+    better = bool(mk["feasible"] and (not on_grid
+                                      or sign * mk["value"] > sign * fine.info["inner"]))
+    report = dict(mk, adopted=better)
+    if not better:
+        return dataclasses.replace(fine, info=dict(fine.info, reinner=report))
+    out = _adopt_quote_chain(fine, prob, side, mk, band_tol=band_tol, rtol=rtol)
+    info = dict(out.info, reinner=report,
+                inner_kind=out.info["inner_kind"] + ", from the polished positions")
+    if "markov" in fine.info:
+        info["markov"] = fine.info["markov"]
+    return dataclasses.replace(out, info=info)
