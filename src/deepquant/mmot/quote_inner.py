@@ -217,12 +217,8 @@ def reinner_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: flo
                and fine.info.get("band_violation", np.inf) <= band_tol)
     better = bool(mk["feasible"] and (not on_grid
                                       or sign * mk["value"] > sign * fine.info["inner"]))
-    report = dict(mk, adopted=better)
     if not better:
-        return dataclasses.replace(fine, info=dict(fine.info, reinner=report))
-    out = _adopt_quote_chain(fine, prob, side, mk, band_tol=band_tol, rtol=rtol)
-    info = dict(out.info, reinner=report,
-                inner_kind=out.info["inner_kind"] + ", from the polished positions")
-    if "markov" in fine.info:
-        info["markov"] = fine.info["markov"]
-    return dataclasses.replace(out, info=info)
+        return dataclasses.replace(fine, info=dict(fine.info, reinner=dict(mk, adopted=False)))
+    out = _adopt_quote_chain(fine, prob, side, mk, band_tol=band_tol, rtol=rtol, key="reinner")
+    return dataclasses.replace(out, info=dict(
+        out.info, inner_kind=out.info["inner_kind"] + ", from the polished positions"))

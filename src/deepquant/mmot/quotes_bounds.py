@@ -202,10 +202,10 @@ the positions by subgradient steps on the exact bound (``polish.polish_positions
 
 REINNER_SHARE = 0.1
 """Share of a side's time budget kept, out of the polish's, for a second inner value started
-from the polished positions (``quote_inner.reinner_side``): the laws that price them best, their Markov
-chain and its path passes. The first inner value starts from the positions before the polish,
-which moves the bound by up to 9% (the Asian's lower side); the laws chosen by the polished
-positions lie nearer the optimum's. Measured offline from the 10 s sides' polished positions
+from the polished positions (``quote_inner.reinner_side``): the laws that price them best,
+their Markov chain and its path passes. The first inner value starts from the positions
+before the polish, which moves the bound by up to 9% (the Asian's lower side); the laws chosen
+by the polished positions lie nearer the optimum's. Measured offline from the 10 s sides' polished positions
 (SPX, M = 150, three processes on two cores): the lookback's upper inner value 0.054217 ->
 0.054778 against the bound 0.054855, the straddle's upper 0.076828 -> 0.077294 (bound
 0.077410), its lower 0.044959 -> 0.044929, the lookback's lower 0.034082 -> 0.034066, the
@@ -349,9 +349,10 @@ def _adopt_markov_inner(fine: BoundSide, prob: _Problem, side: str, *, max_secon
 
 
 def _adopt_quote_chain(fine: BoundSide, prob: _Problem, side: str, mk: dict, *,
-                       band_tol: float, rtol: float) -> BoundSide:
+                       band_tol: float, rtol: float, key: str = "markov") -> BoundSide:
     """``fine`` with the chain ``mk`` (a ``quote_inner.quote_markov_inner`` result) as its
-    inner value, by the rule of ``_adopt_markov_inner``."""
+    inner value, by the rule of ``_adopt_markov_inner``; the attempt reported in
+    ``info[key]``."""
     sign = 1.0 if side == "upper" else -1.0
     current = sign * fine.info["inner"]
     own = (fine.info["inner_kind"] == "smoothed chain"
@@ -359,7 +360,7 @@ def _adopt_quote_chain(fine: BoundSide, prob: _Problem, side: str, mk: dict, *,
     report = dict(mk)
     report["adopted"] = bool(mk["feasible"] and (not own or sign * mk["value"] > current))
     if not report["adopted"]:
-        return dataclasses.replace(fine, info=dict(fine.info, markov=report))
+        return dataclasses.replace(fine, info=dict(fine.info, **{key: report}))
     outer = sign * fine.value
     inner, excess = clip_inner(sign * mk["value"], outer)
     scale = prob.sweeper(sign).scale
@@ -367,7 +368,7 @@ def _adopt_quote_chain(fine: BoundSide, prob: _Problem, side: str, mk: dict, *,
     adopted = path is not None and path["adopted"]
     kind = "path-dependent chain" if adopted else "Markov chain"
     how = (f"from the {path['start']} values to go of a Markov chain of " if adopted else "")
-    info = dict(fine.info, inner=sign * inner, inner_excess=excess, markov=report,
+    info = dict(fine.info, inner=sign * inner, inner_excess=excess, **{key: report},
                 band_violation=mk["band_violation"],
                 inner_kind=f"{kind} on the {mk['marginals']} ({how}{mk['cycles']} cycles, "
                            f"{mk['status']})")
