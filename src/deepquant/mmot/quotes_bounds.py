@@ -201,17 +201,17 @@ POLISH_SHARE = 0.2
 the positions by subgradient steps on the exact bound (``polish.polish_positions``)."""
 
 REINNER_SHARE = 0.1
-"""Share of a side's time budget kept, out of the polish's, for a second inner value started
-from the polished positions (``quote_inner.reinner_side``): the laws that price them best,
-their Markov chain and its path passes. The first inner value starts from the positions
-before the polish, which moves the bound by up to 9% (the Asian's lower side); the laws chosen
-by the polished positions lie nearer the optimum's. Measured offline from the 10 s sides' polished positions
-(SPX, M = 150, three processes on two cores): the lookback's upper inner value 0.054217 ->
-0.054778 against the bound 0.054855, the straddle's upper 0.076828 -> 0.077294 (bound
-0.077410), its lower 0.044959 -> 0.044929, the lookback's lower 0.034082 -> 0.034066, the
-Asian's upper 0.023176 -> 0.023182; the Asian's lower worse (0.016465 -> 0.016500: kept as
-it was); 1.2-3.4 s each. The polish gives up that time: with its dilated steps, 0.35 of the
-budget against 0.2 moved no bound by more than 1.3e-5."""
+"""Share of a side's time budget kept, out of the polish's, for a second inner value started from
+the polished positions (``quote_inner.reinner_side``): the laws that price them best, their
+Markov chain and its path passes. The first inner value starts from the positions before the
+polish, which moves the bound by up to 9% (the Asian's lower side); the laws chosen by the
+polished positions lie nearer the optimum's. Measured offline from the 10 s sides' polished
+positions (SPX, M = 150, three processes on two cores): the lookback's upper inner value
+0.054217 -> 0.054778 against the bound 0.054855, the straddle's upper 0.076828 -> 0.077294
+(bound 0.077410), its lower 0.044959 -> 0.044929, the lookback's lower 0.034082 -> 0.034066, the
+Asian's upper 0.023176 -> 0.023182; the Asian's lower worse (0.016465 -> 0.016500: kept as it
+was); 1.2-3.4 s each. The polish gives up that time: with its dilated steps, 0.35 of the budget
+against 0.2 moved no bound by more than 1.3e-5."""
 
 
 def coarse_grid(grid: np.ndarray, size: int) -> np.ndarray:
