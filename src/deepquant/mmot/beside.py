@@ -188,8 +188,8 @@ def quote_inner_beside_polish(fine, prob, side: str, *, inner_seconds: float,
     the floor of the positions' polish; then its path passes in a forked child process while
     this one polishes the positions (``quotes_bounds._polish_side``), each to the deadline.
     ``info["markov"]["path"]["status"]`` as in ``inner_beside_polish``."""
-    from deepquant.mmot.quote_inner import QuoteSearch
-    from deepquant.mmot.quotes_bounds import _adopt_quote_chain, _polish_side
+    from deepquant.mmot.quote_inner import QuoteSearch, adopt_quote_chain
+    from deepquant.mmot.quotes_bounds import _polish_side
 
     t0 = time.perf_counter()
 
@@ -199,7 +199,7 @@ def quote_inner_beside_polish(fine, prob, side: str, *, inner_seconds: float,
     tols = dict(band_tol=band_tol, rtol=rtol)
     search = QuoteSearch(prob, side, np.concatenate(fine.info["positions"]), band_tol)
     search.markov(min(inner_seconds, left()))
-    fine = _adopt_quote_chain(fine, prob, side,
+    fine = adopt_quote_chain(fine, prob, side,
                               search.result(seconds=time.perf_counter() - t0), **tols)
     if fine.status == "certified" or left() <= 0:
         return fine
@@ -213,4 +213,4 @@ def quote_inner_beside_polish(fine, prob, side: str, *, inner_seconds: float,
         path = (np.nan, None, np.inf, np.inf, dict(status=child.status, seconds=seconds,
                                                    tried={}, fits=False, adopted=False))
     mk = search.result(path, seconds=time.perf_counter() - t0)
-    return _adopt_quote_chain(polished, prob, side, mk, **tols)
+    return adopt_quote_chain(polished, prob, side, mk, **tols)

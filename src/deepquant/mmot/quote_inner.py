@@ -32,6 +32,7 @@ import numpy as np
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import build_chain
+from deepquant.mmot.certified import clip_inner, within_rtol
 from deepquant.mmot.markov_inner import (
     MARKOV_SHARE,
     MARKOV_STALL,
@@ -198,6 +199,47 @@ class QuoteSearch:
                     seconds=seconds)
 
 
+def adopt_quote_markov(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: float,
+                        band_tol: float, rtol: float) -> BoundSide:
+    """``fine`` with the Markov chain of ``quote_inner.quote_markov_inner`` (started from its
+    certified positions, within ``max_seconds``) as its inner value when that chain is feasible
+    (marginals, martingale rows and bands within tolerance) and the side's inner value is not a
+    feasible one of this grid that is tighter (a smoothed chain of this grid within
+    ``band_tol`` of the bands). The attempt is reported in ``info["markov"]`` either way."""
+    positions = np.concatenate(fine.info["positions"])
+    mk = quote_markov_inner(prob, side, positions, max_seconds=max_seconds, band_tol=band_tol)
+    return adopt_quote_chain(fine, prob, side, mk, band_tol=band_tol, rtol=rtol)
+
+
+def adopt_quote_chain(fine: BoundSide, prob: _Problem, side: str, mk: dict, *,
+                       band_tol: float, rtol: float, key: str = "markov") -> BoundSide:
+    """``fine`` with the chain ``mk`` (a ``quote_inner.quote_markov_inner`` result) as its
+    inner value, by the rule of ``adopt_quote_markov``; the attempt reported in
+    ``info[key]``."""
+    sign = 1.0 if side == "upper" else -1.0
+    current = sign * fine.info["inner"]
+    own = (fine.info["inner_kind"] == "smoothed chain"
+           and fine.info["band_violation"] <= band_tol and np.isfinite(current))
+    report = dict(mk)
+    report["adopted"] = bool(mk["feasible"] and (not own or sign * mk["value"] > current))
+    if not report["adopted"]:
+        return dataclasses.replace(fine, info=dict(fine.info, **{key: report}))
+    outer = sign * fine.value
+    inner, excess = clip_inner(sign * mk["value"], outer)
+    scale = prob.sweeper(sign).scale
+    path = mk.get("path")
+    adopted = path is not None and path["adopted"]
+    kind = "path-dependent chain" if adopted else "Markov chain"
+    how = (f"from the {path['start']} values to go of a Markov chain of " if adopted else "")
+    info = dict(fine.info, inner=sign * inner, inner_excess=excess, **{key: report},
+                band_violation=mk["band_violation"],
+                inner_kind=f"{kind} on the {mk['marginals']} ({how}{mk['cycles']} cycles, "
+                           f"{mk['status']})")
+    status = "certified" if within_rtol(outer - inner, outer, scale, rtol) else "certified-wide"
+    return dataclasses.replace(fine, gap=float(outer - inner), status=status,
+                               primal_residual=mk["band_violation"], info=info)
+
+
 def reinner_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: float,
                   band_tol: float, rtol: float) -> BoundSide:
     """``fine`` (a side of the bounds from quotes) with the chain of ``quote_markov_inner``
@@ -206,8 +248,6 @@ def reinner_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: flo
     feasible value of this grid: a coarse grid's); ``info["reinner"]`` reports the attempt
     either way (``info["markov"]`` stays the first one's). Skipped when the positions were not
     polished or no time is left."""
-    from deepquant.mmot.quotes_bounds import _adopt_quote_chain
-
     if "polish" not in fine.info or not fine.info["polish"]["steps"] or max_seconds <= 0:
         return fine
     sign = 1.0 if side == "upper" else -1.0
@@ -219,6 +259,6 @@ def reinner_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: flo
                                       or sign * mk["value"] > sign * fine.info["inner"]))
     if not better:
         return dataclasses.replace(fine, info=dict(fine.info, reinner=dict(mk, adopted=False)))
-    out = _adopt_quote_chain(fine, prob, side, mk, band_tol=band_tol, rtol=rtol, key="reinner")
+    out = adopt_quote_chain(fine, prob, side, mk, band_tol=band_tol, rtol=rtol, key="reinner")
     return dataclasses.replace(out, info=dict(
         out.info, inner_kind=out.info["inner_kind"] + ", from the polished positions"))

@@ -76,7 +76,7 @@ from deepquant.mmot.quote_bands import (
     quote_grid,
     span_misses,
 )
-from deepquant.mmot.quote_inner import quote_markov_inner, reinner_side
+from deepquant.mmot.quote_inner import adopt_quote_markov, reinner_side
 from deepquant.mmot.quote_problem import QuoteHedge, _Problem, _quote_hedge, verify_quote_hedge
 from deepquant.mmot.quotes_certified import (
     BAND_TOL,
@@ -259,7 +259,7 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
     reaches its rtol early), and are skipped when ``FINE_SWEEPS`` smoothed sweeps (predicted
     from the coarse ones) would not fit in it: the first sweep is at the coarse positions
     themselves. What is left then goes to a rigorous inner value on the fine grid
-    (``_adopt_markov_inner``): a coarse chain is no law of the fine problem."""
+    (``quote_inner.adopt_quote_markov``): a coarse chain is no law of the fine problem."""
     options = dict(options)
     size = options.pop("coarse", COARSE)
     workers = options.pop("workers", 1)
@@ -299,7 +299,7 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
             fine, prob, side, inner_seconds=inner_time,
             max_seconds=budget - reinner - (time.perf_counter() - t0), **tols)
     else:
-        fine = _adopt_markov_inner(fine, prob, side, max_seconds=inner_time, **tols)
+        fine = adopt_quote_markov(fine, prob, side, max_seconds=inner_time, **tols)
         if fine.status != "certified" and np.isfinite(budget):
             fine = _polish_side(fine, prob, side,
                                 max_seconds=budget - reinner - (time.perf_counter() - t0),
@@ -334,47 +334,6 @@ def _polish_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: flo
               and fine.primal_residual <= band_tol)
     return dataclasses.replace(fine, value=sign * outer, gap=float(outer - inner), info=info,
                                status="certified" if within else fine.status)
-
-
-def _adopt_markov_inner(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: float,
-                        band_tol: float, rtol: float) -> BoundSide:
-    """``fine`` with the Markov chain of ``quote_inner.quote_markov_inner`` (started from its
-    certified positions, within ``max_seconds``) as its inner value when that chain is feasible
-    (marginals, martingale rows and bands within tolerance) and the side's inner value is not a
-    feasible one of this grid that is tighter (a smoothed chain of this grid within
-    ``band_tol`` of the bands). The attempt is reported in ``info["markov"]`` either way."""
-    positions = np.concatenate(fine.info["positions"])
-    mk = quote_markov_inner(prob, side, positions, max_seconds=max_seconds, band_tol=band_tol)
-    return _adopt_quote_chain(fine, prob, side, mk, band_tol=band_tol, rtol=rtol)
-
-
-def _adopt_quote_chain(fine: BoundSide, prob: _Problem, side: str, mk: dict, *,
-                       band_tol: float, rtol: float, key: str = "markov") -> BoundSide:
-    """``fine`` with the chain ``mk`` (a ``quote_inner.quote_markov_inner`` result) as its
-    inner value, by the rule of ``_adopt_markov_inner``; the attempt reported in
-    ``info[key]``."""
-    sign = 1.0 if side == "upper" else -1.0
-    current = sign * fine.info["inner"]
-    own = (fine.info["inner_kind"] == "smoothed chain"
-           and fine.info["band_violation"] <= band_tol and np.isfinite(current))
-    report = dict(mk)
-    report["adopted"] = bool(mk["feasible"] and (not own or sign * mk["value"] > current))
-    if not report["adopted"]:
-        return dataclasses.replace(fine, info=dict(fine.info, **{key: report}))
-    outer = sign * fine.value
-    inner, excess = clip_inner(sign * mk["value"], outer)
-    scale = prob.sweeper(sign).scale
-    path = mk.get("path")
-    adopted = path is not None and path["adopted"]
-    kind = "path-dependent chain" if adopted else "Markov chain"
-    how = (f"from the {path['start']} values to go of a Markov chain of " if adopted else "")
-    info = dict(fine.info, inner=sign * inner, inner_excess=excess, **{key: report},
-                band_violation=mk["band_violation"],
-                inner_kind=f"{kind} on the {mk['marginals']} ({how}{mk['cycles']} cycles, "
-                           f"{mk['status']})")
-    status = "certified" if within_rtol(outer - inner, outer, scale, rtol) else "certified-wide"
-    return dataclasses.replace(fine, gap=float(outer - inner), status=status,
-                               primal_residual=mk["band_violation"], info=info)
 
 
 def _fitted_rows(fitted: Marginals, bands: QuoteBands) -> np.ndarray:
