@@ -28,7 +28,7 @@ from __future__ import annotations
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -233,6 +233,12 @@ class Payoff(ABC):
         """Terms (t, c_t) with payoff = sum_t c_t(X_t, X_{t+1}), or None if not decomposable."""
         return None
 
+    def own_dates(self, n_dates: int) -> tuple[tuple[int, ...], Payoff] | None:
+        """(the dates this payoff reads, the same payoff on the marginals of those dates alone)
+        when a date between them is not read, else None: the relaxation that drops the dates
+        in between (``deepquant.mmot.relaxed``)."""
+        return None
+
     def evaluate(self, paths: np.ndarray) -> np.ndarray:
         """Payoff on ``paths`` of shape (..., N+1); returns shape (...)."""
         paths = _check_paths(paths)
@@ -348,6 +354,12 @@ class _ForwardStart(Payoff):
         if t2 != t1 + 1:
             return None
         return [(t1, lambda x, y: self.terminal(y, x))]
+
+    def own_dates(self, n_dates: int) -> tuple[tuple[int, ...], Payoff] | None:
+        t1, t2 = self._dates(n_dates)
+        if t2 == t1 + 1:
+            return None
+        return (t1, t2), replace(self, t1=0, t2=1)
 
 
 @dataclass(frozen=True)

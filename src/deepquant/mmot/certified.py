@@ -415,6 +415,36 @@ def clip_inner(inner: float, outer: float) -> tuple[float, float]:
     return min(inner, outer), max(0.0, float(inner - outer))
 
 
+def adopt_certificate(side: BoundSide, sw: _Sweeper, best, *, rtol: float,
+                      inner_resid_tol: float = INNER_RESID_TOL, info: dict | None = None,
+                      note: str | None = None) -> BoundSide:
+    """``side`` with the certificate ``best`` = (outer, u, violation per period) of
+    ``sw.certify`` (the sweep's sign) as its outer bound when it is tighter, else ``side`` (with
+    ``info`` either way: the caller's report of the attempt). The gap is taken to the side's
+    inner value (clipped to the new bound), the hedge (``duals_of``) and potentials
+    (``info["u_sweep"]``) are the new certificate's, and the status becomes ``"certified"`` only
+    when the gap is within ``rtol`` and the inner value's chain fits the marginals
+    (``side.primal_residual <= inner_resid_tol``, as ``certify_side`` asks); ``note`` is added
+    to the message of an adopted certificate."""
+    import dataclasses
+
+    sign = sw.sign
+    info = dict(side.info if info is None else info)
+    outer, ubest, viol = best
+    if not outer < sign * side.value:
+        return dataclasses.replace(side, info=info)
+    inner, excess = clip_inner(sign * side.info["inner"], outer)
+    gap = outer - inner
+    info.update(u_sweep=sw.unflatten(ubest), violation=float(viol.sum()), inner_excess=excess,
+                relative_gap=gap / max(abs(outer), 1e-300))
+    within = (within_rtol(gap, outer, sw.scale, rtol)
+              and side.primal_residual <= inner_resid_tol)
+    return dataclasses.replace(side, value=sign * outer, gap=float(gap), duals=duals_of(sw, ubest),
+                               info=info, status="certified" if within else side.status,
+                               message=side.message if note is None
+                               else f"{side.message}; {note}")
+
+
 def side_result(sw: _Sweeper, sign: float, t0: float, best, inner: float, resid: float,
                  inner_kind: str, status: int, message: str, extra: dict) -> BoundSide:
     """The BoundSide of the certificate ``best`` = (outer, u, violation per period)."""

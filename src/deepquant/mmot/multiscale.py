@@ -39,6 +39,7 @@ from deepquant.mmot.certified import (
 from deepquant.mmot.envelope import warm_kernels
 from deepquant.mmot.markov_inner import MARGINAL_TOL, MARKOV_SHARE, adopt_markov_inner
 from deepquant.mmot.polish import polish_side
+from deepquant.mmot.relaxed import adopt_relaxed, relaxed_bounds
 from deepquant.mmot.result import BoundSide, BoundsResult, check_sides
 from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
@@ -140,7 +141,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
                      levels: int | None, sum_grid_size, sum_mode, progress, top: bool = True,
                      role: str = "above", work_columns: float | None = None,
                      lp_budget: float | None = None, workers: int = 1,
-                     **options) -> BoundSide:
+                     relaxed: BoundsResult | None = None, **options) -> BoundSide:
     """``certify_side`` started from the same side on ``coarse_marginals`` (recursively).
 
     The grid is halved until the chain LP is small (``LP_START_COLUMNS``), and that level is
@@ -180,7 +181,9 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
             # what the failed LP left of the budget
             options["max_seconds"] = max(options.get("max_seconds", 600.0)
                                          - (time.perf_counter() - t_lp), 0.0)
-        return certify_side(chain, marginals, sense, progress=progress, **options)
+        side = certify_side(chain, marginals, sense, progress=progress, **options)
+        return adopt_relaxed(side, relaxed, chain, marginals, sense,
+                             rtol=options.get("rtol", 1e-4)) if top else side
     t_start = time.perf_counter()
     budget = float(options.get("max_seconds", 600.0))
     if work_columns is None:
@@ -252,9 +255,14 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
     fine = dataclasses.replace(fine, info=info)
     tols = dict(inner_resid_tol=options.get("inner_resid_tol", INNER_RESID_TOL),
                 rtol=options.get("rtol", 1e-4))
+    if top:  # the inner value's stages and the polish go on from the tighter certificate
+        fine = adopt_relaxed(fine, relaxed, chain, marginals, sense, rtol=tols["rtol"])
     if top and not fine.primal_residual <= MARGINAL_TOL:
         # no plan on this grid's own marginals yet: a Markov chain on them, in what is left
-        polish_time = polish * budget if reserve > 0 else 0.0
+        # a certificate of the relaxation is its optimum, which the polish has not moved in
+        # any run measured: the inner value gets the polish's share as well then
+        relaxed_cert = fine.info.get("relaxation", {}).get("adopted", False)
+        polish_time = polish * budget if reserve > 0 and not relaxed_cert else 0.0
         inner_time = budget - polish_time - (time.perf_counter() - t_start)
         if workers == 2 and reserve > 0 and inner_time > 0 and fork_available():
             # the path passes in a second process beside the polish, both to the deadline
@@ -338,9 +346,16 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
     marginals, moved = nest_supports(marginals, T)
     chain = build_chain(marginals, payoff, sum_mode=sum_mode, sum_grid_size=sum_grid_size)
     build = time.perf_counter() - t_build
+    # the bounds of the dates the payoff reads alone, if it skips some (``relaxed``): their
+    # time is taken from the sides' budgets
+    relaxed = relaxed_bounds(marginals, payoff, tuple(sides))
+    if relaxed is not None and "max_seconds" in options:
+        options["max_seconds"] = max(options["max_seconds"]
+                                     - relaxed.info["seconds"] / len(sides), 0.0)
     res = {s: _multiscale_side(marginals, payoff, chain, s, levels=multiscale,
                                sum_grid_size=sum_grid_size, sum_mode=sum_mode,
-                               progress=progress, workers=workers, **options) for s in sides}
+                               progress=progress, workers=workers, relaxed=relaxed, **options)
+           for s in sides}
     missing = BoundSide(float("nan"), True, "not_requested", "not requested", 0.0)
     lo, up = res.get("lower", missing), res.get("upper", missing)
     ok = all(r.success for r in res.values())
@@ -355,7 +370,10 @@ def certified_bounds(marginals: Marginals, payoff: Payoff, *, sum_grid_size: int
         lower_side=lo if "lower" in res else None, upper_side=up if "upper" in res else None,
         exact=chain.exact, structure="augmented",
         info=dict(states=chain.n_states, kind=chain.kind, chain=chain, tail_mass_moved=moved,
-                  support=[int(s.sum()) for s in chain.support], warmup_seconds=warmup),
+                  support=[int(s.sum()) for s in chain.support], warmup_seconds=warmup,
+                  relaxation=None if relaxed is None else dict(
+                      dates=relaxed.info["dates"], lower=relaxed.lower, upper=relaxed.upper,
+                      seconds=relaxed.info["seconds"])),
     )
     warn_failure(result, "certified bounds")
     return result

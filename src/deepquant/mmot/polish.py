@@ -409,13 +409,11 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
     ``certify_side`` asks): an inner value of other marginals (a coarse level's, a smoothed
     chain's) may lie beyond the optimum, and the polished bound would then close on it.
     ``reach`` and ``dilation`` as in ``polyak`` (the second process's polish: ``REACH``)."""
-    import dataclasses
-
     from deepquant.market.marginals import Marginals
     from deepquant.mmot.augment import AugmentedChain
-    from deepquant.mmot.certified import clip_inner, within_rtol
+    from deepquant.mmot.certified import adopt_certificate
     from deepquant.mmot.result import BoundSide
-    from deepquant.mmot.sweep import _Sweeper, duals_of
+    from deepquant.mmot.sweep import _Sweeper
 
     for name, v, kind in (("side", side, BoundSide), ("chain", chain, AugmentedChain),
                           ("marginals", marginals, Marginals)):
@@ -443,14 +441,5 @@ def polish_side(side, chain, marginals, sense: str, *, max_seconds: float, rtol:
                           max_steps=SIDE_MAX_STEPS, reach=reach, dilation=dilation)
     info = dict(side.info, polish=dict(report, start=sign * report["start"],
                                        value=sign * report["value"]))
-    if not best[0] < start[0]:
-        return dataclasses.replace(side, info=info)
-    outer, ubest, viol = best
-    inner, excess = clip_inner(sign * side.info["inner"], outer)
-    gap = outer - inner
-    info.update(u_sweep=sw.unflatten(ubest), violation=float(viol.sum()), inner_excess=excess,
-                relative_gap=gap / max(abs(outer), 1e-300))
-    within = (within_rtol(gap, outer, sw.scale, rtol)
-              and side.primal_residual <= inner_resid_tol)
-    return dataclasses.replace(side, value=sign * outer, gap=float(gap), duals=duals_of(sw, ubest),
-                               info=info, status="certified" if within else side.status)
+    return adopt_certificate(side, sw, best, rtol=rtol, inner_resid_tol=inner_resid_tol,
+                             info=info)

@@ -1,0 +1,100 @@
+"""Outer bounds from the dates a payoff reads: the relaxation to those dates, solved exactly
+and certified on the chain (DESIGN §2.1, §2.8).
+
+A payoff of (X_t1, X_t2) alone with dates between them (a forward start with t2 > t1 + 1,
+``Payoff.own_dates``) needs the augmented chain of the remembered X_t1 over every period from
+t1 to t2. But every martingale law with the marginals mu_0, ..., mu_N gives (X_t1, X_t2) a
+martingale coupling of (mu_t1, mu_t2), so the bounds over those couplings, a one-period problem
+that the interior point method (``ipm``) solves exactly in a fraction of a second at 150
+points, bound the multi-period ones: the lower one from below, the upper from above. The dates
+in between can only tighten the multi-period bounds.
+
+The relaxation's potentials (u_t1, u_t2; zero at the other dates) are potentials of the chain
+too: the chain's exact sweep certifies them there (``_Sweeper.certify``: the cheapest
+positions h_t(X_t, X_t1), among them the relaxation's h(X_t1) held from t1 to t2, and the
+constant shifted by the measured worst violation), so the adopted bound is one of the chain's
+own certificates, with its hedge from ``duals_of`` like any other, whatever the interior point
+method reached. The certified pipeline (``multiscale``) takes it where it is tighter, before
+the inner value's stages and the polish, which then go on from it.
+
+Measured (Heston on [0.55, 1.45], N = 5, and 13 monthly dates on [0.4, 1.8], M = 150; one
+process): the relaxation's bounds and their certificates on the chain agree to 1e-7, in
+0.02-0.2 s for the interior point method and 0.01-0.02 s for the sweep. In the pipeline (the
+forward-start straddle, t1 = 1): N = 5, 10 s per side, [0.057963, 0.107686] -> [0.057966,
+0.107663] and, from the dual's pass against the relaxation's values to go, the upper inner
+value 0.107583 -> 0.107640: gaps 0.15-0.17% / 0.096% -> 0.17% / 0.022% (``workers=2``); 13
+monthly dates, 20 s per side, [0.112860, 0.170770] -> [0.113008, 0.170397], gaps 0.35% /
+0.55% -> 0.23% / 0.21%. The polish has not moved an adopted bound in any of these runs, so an
+adopted side gives the polish's share of its budget to the inner value
+(docs/benchmarks-certified.md, "The relaxation to the payoff's own dates").
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from deepquant.market.marginals import Marginals
+from deepquant.mmot.augment import AugmentedChain
+from deepquant.mmot.certified import adopt_certificate
+from deepquant.mmot.result import BoundSide, BoundsResult
+from deepquant.mmot.sweep import _Sweeper
+from deepquant.payoffs import Payoff
+
+__all__ = ["MAX_POINTS", "RTOL", "adopt_relaxed", "relaxed_bounds"]
+
+RTOL = 1e-7
+"""Relative width of the interior point method's brackets on the relaxation (its default):
+the certificate on the chain is what counts, and it is exact whatever the IPM reached."""
+
+MAX_POINTS = 400
+"""Largest grid the relaxation runs on: its cost grows as M^3 (a dense Cholesky factorisation
+of M x M per step; 0.2 s for both sides at M = 150, about 9 s at M = 800 on 2 cores), and a
+multi-period certified side beyond a few hundred points is not the case it helps."""
+
+
+def relaxed_bounds(marginals: Marginals, payoff: Payoff, sides: tuple[str, ...]
+                   ) -> BoundsResult | None:
+    """The interior point method's bounds of ``payoff`` on the marginals of the dates it reads
+    alone (``payoff.own_dates``), with ``info["dates"]`` those dates and ``info["seconds"]``
+    its time; None when the payoff reads every date up to its last or the grid has more than
+    ``MAX_POINTS`` points. ``marginals``: nested as the chain's (``certified.nest_supports``),
+    so that the relaxation's supports are the chain's."""
+    from deepquant.mmot.ipm import ipm_bounds
+
+    own = payoff.own_dates(marginals.n_dates)
+    if own is None or marginals.size > MAX_POINTS:
+        return None
+    dates, relaxed = own
+    t0 = time.perf_counter()
+    res = ipm_bounds(marginals.select(list(dates)), relaxed, rtol=RTOL, sides=tuple(sides))
+    res.info.update(dates=tuple(int(d) for d in dates), seconds=time.perf_counter() - t0)
+    return res
+
+
+def adopt_relaxed(side: BoundSide, relaxed: BoundsResult | None, chain: AugmentedChain,
+                  marginals: Marginals, sense: str, *, rtol: float) -> BoundSide:
+    """``side`` (a certified side of ``chain`` on ``marginals``) with the certificate on the
+    chain of the relaxation's potentials (module docstring) as its outer bound when it is
+    tighter (``certified.adopt_certificate``); ``info["relaxation"]`` reports the attempt:
+    the dates, the relaxation's own bound, its certificate on the chain, ``adopted``. ``side``
+    as it is when there is no relaxation, or no certificate to compare with."""
+    rel = None if relaxed is None else (relaxed.lower_side if sense == "lower"
+                                        else relaxed.upper_side)
+    if rel is None or rel.duals is None or side.info.get("u_sweep") is None \
+            or not np.isfinite(rel.value):
+        return side
+    t0 = time.perf_counter()
+    sign = 1.0 if sense == "upper" else -1.0
+    t1, t2 = relaxed.info["dates"]
+    u = np.zeros((chain.last_date + 1, chain.size))  # the payoff's sign, as Duals.u
+    u[t1] = np.nan_to_num(rel.duals.u[0])
+    u[t2] = np.nan_to_num(rel.duals.u[1])
+    sw = _Sweeper(chain, marginals, sign)
+    best = sw.certify(sw.flatten(sign * u))
+    report = dict(dates=(t1, t2), bound=rel.value, certified=sign * best[0],
+                  adopted=bool(best[0] < sign * side.value),
+                  seconds=relaxed.info["seconds"] + time.perf_counter() - t0)
+    return adopt_certificate(side, sw, best, rtol=rtol, info=dict(side.info, relaxation=report),
+                             note=f"outer bound from the relaxation to dates {t1} and {t2}")

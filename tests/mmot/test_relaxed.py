@@ -1,0 +1,120 @@
+"""The relaxation to the dates a payoff reads: its bounds bracket the exact LP of the whole
+chain from outside, its potentials certified on the chain give the same bound, and the
+certified pipeline adopts that certificate only where it is tighter."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from deepquant.market.synthetic import heston_marginals
+from deepquant.mmot import relaxed as module
+from deepquant.mmot.augment import build_chain
+from deepquant.mmot.bounds import bounds
+from deepquant.mmot.certified import nest_supports, side_result
+from deepquant.mmot.relaxed import adopt_relaxed, relaxed_bounds
+from deepquant.mmot.sweep import _Sweeper
+from deepquant.payoffs import (
+    AsianCall,
+    ForwardStartCall,
+    ForwardStartStraddle,
+    LookbackCall,
+)
+
+
+def _case(payoff, size=13, dates=5):
+    m = heston_marginals(np.arange(dates) * 30 / 365, grid=np.linspace(0.7, 1.3, size))
+    mm, _ = nest_supports(m, payoff.last_date(m.n_dates))
+    return mm, build_chain(mm, payoff)
+
+
+def _weak_side(chain, mm, sense):
+    """A certified side of ``chain`` from zero potentials (a valid, loose bound) with the
+    exact LP's value as its inner value."""
+    sign = 1.0 if sense == "upper" else -1.0
+    sw = _Sweeper(chain, mm, sign)
+    best = sw.certify(np.zeros(sw.mu_flat.size))
+    return sw, best
+
+
+@pytest.mark.parametrize("payoff, expected", [
+    (ForwardStartStraddle(t1=1, t2=4), ((1, 4), ForwardStartStraddle(t1=0, t2=1))),
+    (ForwardStartCall(strike=1.1, t1=0), ((0, 4), ForwardStartCall(strike=1.1, t1=0, t2=1))),
+    (ForwardStartStraddle(t1=2, t2=3), None),
+    (AsianCall(strike=1.0), None),
+    (LookbackCall(strike=1.0), None),
+])
+def test_own_dates_name_the_dates_read_and_the_payoff_on_them(payoff, expected):
+    assert payoff.own_dates(5) == expected
+
+
+@pytest.mark.parametrize("payoff", [ForwardStartStraddle(t1=1, t2=4),
+                                    ForwardStartCall(strike=1.05, t1=1, t2=4),
+                                    ForwardStartStraddle(strike=0.95, t1=1, t2=3)])
+def test_relaxed_bounds_hold_the_exact_lp_and_certify_on_the_chain(payoff):
+    # dropping the dates in between can only widen the bounds: relaxed lower <= LP lower and
+    # relaxed upper >= LP upper (HiGHS's 1e-7 tolerances times the payoff's scale); the
+    # relaxation's potentials, certified by the chain's exact sweep, give its bound to 1e-7
+    # (the positions h(X_t1) held from t1 to t2 are among the chain's) and stay valid
+    mm, chain = _case(payoff)
+    lp = bounds(mm, payoff, method="lp")
+    rel = relaxed_bounds(mm, payoff, ("lower", "upper"))
+    t1, t2 = rel.info["dates"]
+    assert (t1, t2) == payoff.own_dates(mm.n_dates)[0]
+    assert rel.lower <= lp.lower + 1e-7 and rel.upper >= lp.upper - 1e-7
+    for sense, opt in (("lower", lp.lower), ("upper", lp.upper)):
+        sw, weak = _weak_side(chain, mm, sense)
+        side = side_result(sw, sw.sign, time.perf_counter(), weak, sw.sign * opt, 0.0,
+                           "exact LP", 1, "weak start", {})
+        out = adopt_relaxed(side, rel, chain, mm, sense, rtol=1e-4)
+        report = out.info["relaxation"]
+        assert report["adopted"] and report["dates"] == (t1, t2)
+        bound = rel.lower if sense == "lower" else rel.upper
+        assert out.value == pytest.approx(bound, abs=1e-7 * sw.scale)
+        assert sw.sign * out.value >= sw.sign * opt - 1e-9
+        assert out.gap == pytest.approx(sw.sign * (out.value - opt), abs=1e-12)
+        assert "relaxation to dates" in out.message
+        # the side's potentials are its certificate: certified again, the same bound
+        again = sw.certify(sw.flatten(out.info["u_sweep"]))
+        assert sw.sign * again[0] == pytest.approx(out.value, abs=1e-12)
+
+
+def test_a_tighter_side_keeps_its_certificate():
+    # the exact side (the LP value as both bound and inner value): the relaxation is looser or
+    # equal, nothing is adopted, the side is unchanged but for the report
+    payoff = ForwardStartStraddle(t1=1, t2=4)
+    mm, chain = _case(payoff)
+    rel = relaxed_bounds(mm, payoff, ("lower", "upper"))
+    res = bounds(mm, payoff, method="certified", max_seconds=30)
+    for sense in ("lower", "upper"):
+        side = res.lower_side if sense == "lower" else res.upper_side
+        out = adopt_relaxed(side, rel, chain, mm, sense, rtol=1e-4)
+        assert out.value == side.value and out.gap == side.gap
+        assert out.info["relaxation"]["adopted"] is (out.value != side.value)
+
+
+def test_the_pipeline_reports_the_relaxation_and_brackets_the_lp():
+    payoff = ForwardStartStraddle(t1=1, t2=4)
+    mm, _ = _case(payoff)
+    lp = bounds(mm, payoff, method="lp")
+    res = bounds(mm, payoff, method="certified", max_seconds=30)
+    assert res.info["relaxation"]["dates"] == (1, 4)
+    assert res.lower <= lp.lower + 1e-7 and res.upper >= lp.upper - 1e-7
+    assert res.info["relaxation"]["lower"] <= res.lower + 1e-12
+    assert res.info["relaxation"]["upper"] >= res.upper - 1e-12
+    for side, opt in ((res.lower_side, lp.lower), (res.upper_side, lp.upper)):
+        assert "relaxation" in side.info
+        assert min(side.value, side.info["inner"]) - 1e-7 <= opt \
+            <= max(side.value, side.info["inner"]) + 1e-7
+
+
+def test_no_relaxation_where_every_date_is_read_or_the_grid_is_large(monkeypatch):
+    mm, _ = _case(AsianCall(strike=1.0))
+    assert relaxed_bounds(mm, AsianCall(strike=1.0), ("lower",)) is None
+    assert relaxed_bounds(mm, ForwardStartStraddle(t1=3, t2=4), ("lower",)) is None
+    monkeypatch.setattr(module, "MAX_POINTS", mm.size - 1)
+    assert relaxed_bounds(mm, ForwardStartStraddle(t1=1, t2=4), ("lower",)) is None
+    res = bounds(mm, ForwardStartStraddle(t1=1, t2=4), method="certified", max_seconds=5)
+    assert res.info["relaxation"] is None
