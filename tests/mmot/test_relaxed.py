@@ -118,3 +118,34 @@ def test_no_relaxation_where_every_date_is_read_or_the_grid_is_large(monkeypatch
     assert relaxed_bounds(mm, ForwardStartStraddle(t1=1, t2=4), ("lower",)) is None
     res = bounds(mm, ForwardStartStraddle(t1=1, t2=4), method="certified", max_seconds=5)
     assert res.info["relaxation"] is None
+
+
+def test_a_relaxation_that_fails_or_falls_short_is_no_failure(monkeypatch):
+    # the interior point method refusing the two dates (a ValueError: their laws out of convex
+    # order by the round-off of the periods between) leaves no relaxation; one short of its
+    # rtol warns nothing, since only the certificate on the chain counts
+    import warnings
+
+    from deepquant.mmot import ipm
+    from deepquant.results import ConvergenceWarning
+
+    payoff = ForwardStartStraddle(t1=1, t2=4)
+    mm, _ = _case(payoff)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("marginals are not in convex order")
+
+    monkeypatch.setattr(ipm, "ipm_bounds", refuse)
+    assert relaxed_bounds(mm, payoff, ("lower", "upper")) is None
+    monkeypatch.undo()
+    real = ipm.ipm_bounds
+
+    def short(*args, **kwargs):
+        warnings.warn("IPM bounds: not converged", ConvergenceWarning, stacklevel=2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ipm, "ipm_bounds", short)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rel = relaxed_bounds(mm, payoff, ("lower", "upper"))
+    assert rel is not None and rel.info["dates"] == (1, 4)
