@@ -233,11 +233,15 @@ class Payoff(ABC):
         """Terms (t, c_t) with payoff = sum_t c_t(X_t, X_{t+1}), or None if not decomposable."""
         return None
 
-    def own_dates(self, n_dates: int) -> tuple[tuple[int, ...], Payoff] | None:
-        """(the dates this payoff reads, the same payoff on the marginals of those dates alone)
-        when a date between them is not read, else None: the relaxation that drops the dates
-        in between (``deepquant.mmot.relaxed``)."""
+    def own_dates(self, n_dates: int) -> tuple[int, ...] | None:
+        """The dates this payoff reads, in order, when a date between them is not read, else
+        None: the relaxation that drops the dates in between (``deepquant.mmot.relaxed``)."""
         return None
+
+    def on_dates(self, dates: Sequence[int]) -> Payoff:
+        """The same payoff on the marginals of ``dates`` alone (increasing, holding every date
+        of ``own_dates``): its date indices renumbered into positions in ``dates``."""
+        raise ValueError(f"payoff {self.name!r} reads every date: it has no relaxation")
 
     def evaluate(self, paths: np.ndarray) -> np.ndarray:
         """Payoff on ``paths`` of shape (..., N+1); returns shape (...)."""
@@ -355,11 +359,20 @@ class _ForwardStart(Payoff):
             return None
         return [(t1, lambda x, y: self.terminal(y, x))]
 
-    def own_dates(self, n_dates: int) -> tuple[tuple[int, ...], Payoff] | None:
+    def own_dates(self, n_dates: int) -> tuple[int, ...] | None:
         t1, t2 = self._dates(n_dates)
-        if t2 == t1 + 1:
-            return None
-        return (t1, t2), replace(self, t1=0, t2=1)
+        return None if t2 == t1 + 1 else (t1, t2)
+
+    def on_dates(self, dates: Sequence[int]) -> Payoff:
+        if isinstance(dates, str | bytes) or not isinstance(dates, Sequence) or not dates \
+                or not all(_is_int(d) for d in dates):
+            raise ValueError(f"dates must be increasing date indices, got {dates!r}")
+        dates = [int(d) for d in dates]
+        t2 = dates[-1] if self.t2 is None else self.t2
+        if self.t1 not in dates or t2 not in dates or dates != sorted(set(dates)):
+            raise ValueError(f"dates must be increasing and hold t1={self.t1} and t2={t2}, got "
+                             f"{dates!r}")
+        return replace(self, t1=dates.index(self.t1), t2=dates.index(t2))
 
 
 @dataclass(frozen=True)

@@ -804,3 +804,41 @@ def test_quote_lp_solves_a_payoff_of_huge_scale(strike):
     assert res.lower <= res.upper
     assert res.lower == pytest.approx(strike, rel=1e-12)
     assert res.upper == pytest.approx(strike, rel=1e-12)
+
+
+def test_the_relaxation_to_the_expiries_read_bounds_the_whole_problem():
+    # the forward start between expiries 1 and 3 of the walk: the exact LP of expiries 1 and 3
+    # alone gives positions in their quotes (none at expiry 2); the whole problem's exact sweep
+    # certifies them at the relaxed LP's value (to 1e-8: the envelope of an envelope is
+    # itself), outside the whole problem's exact LP; the pipeline reports the attempt, and its
+    # bounds hold the LP with hedges that hold on every path
+    from deepquant.mmot.relaxed import quote_relaxation
+
+    bands = walk_bands()
+    payoff = ForwardStartStraddle(t1=1, t2=3)
+    lp = bounds_from_quotes(bands, payoff, grid=FINE, method="lp")
+    keep = [0, 2]
+    sub = QuoteBands(("1m", "3m"), bands.times[keep],
+                     *(tuple(getattr(bands, f)[s] for s in keep)
+                       for f in ("k", "is_call", "bid", "ask")))
+    sub_lp = bounds_from_quotes(sub, ForwardStartStraddle(t1=1, t2=2), grid=FINE, method="lp")
+    prob = lp.info["problem"]
+    for side in ("lower", "upper"):
+        sign = 1.0 if side == "upper" else -1.0
+        best, a, report = quote_relaxation(prob, side)
+        assert report["dates"] == (1, 3)
+        assert sign * best[0] == pytest.approx(getattr(sub_lp, side), abs=1e-8)
+        assert report["certified"] == pytest.approx(report["bound"], abs=1e-8)
+        assert best[0] >= sign * getattr(lp, side) - 1e-8
+        assert np.all(a[prob.off[1]:prob.off[2]] == 0) and np.any(a != 0)
+    res = bounds_from_quotes(bands, payoff, grid=FINE, method="certified", coarse=5)
+    assert res.lower <= lp.lower + 1e-8 and res.upper >= lp.upper - 1e-8
+    for side in ("lower", "upper"):
+        s = getattr(res, f"{side}_side")
+        assert s.info["relaxation"]["dates"] == (1, 3)
+        assert verify_quote_hedge(s.info["hedge"], res).ok
+    assert quote_relaxation(prob_of(bands, AsianCall(strike=1.0)), "upper") is None
+
+
+def prob_of(bands, payoff):
+    return bounds_from_quotes(bands, payoff, grid=GRID, method="lp").info["problem"]

@@ -5,6 +5,7 @@ certified pipeline adopts that certificate only where it is tighter."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -39,15 +40,33 @@ def _weak_side(chain, mm, sense):
     return sw, best
 
 
-@pytest.mark.parametrize("payoff, expected", [
-    (ForwardStartStraddle(t1=1, t2=4), ((1, 4), ForwardStartStraddle(t1=0, t2=1))),
-    (ForwardStartCall(strike=1.1, t1=0), ((0, 4), ForwardStartCall(strike=1.1, t1=0, t2=1))),
-    (ForwardStartStraddle(t1=2, t2=3), None),
-    (AsianCall(strike=1.0), None),
-    (LookbackCall(strike=1.0), None),
+@pytest.mark.parametrize("payoff, expected, relaxed", [
+    (ForwardStartStraddle(t1=1, t2=4), (1, 4), ForwardStartStraddle(t1=0, t2=1)),
+    (ForwardStartCall(strike=1.1, t1=0), (0, 4), ForwardStartCall(strike=1.1, t1=0, t2=1)),
+    (ForwardStartStraddle(t1=2, t2=3), None, None),
+    (AsianCall(strike=1.0), None, None),
+    (LookbackCall(strike=1.0), None, None),
 ])
-def test_own_dates_name_the_dates_read_and_the_payoff_on_them(payoff, expected):
+def test_own_dates_name_the_dates_read_and_the_payoff_on_them(payoff, expected, relaxed):
     assert payoff.own_dates(5) == expected
+    if expected is None:
+        return
+    assert payoff.on_dates(expected) == relaxed
+    # with today kept in front (the quote problem's date 0) the dates shift by one
+    if expected[0] > 0:
+        assert payoff.on_dates((0, *expected)) == replace(payoff, t1=1, t2=2)
+    # the same values on paths of the kept dates as on the whole paths
+    paths = np.random.default_rng(0).uniform(0.5, 1.5, size=(50, 5))
+    np.testing.assert_array_equal(payoff.on_dates(expected).evaluate(paths[:, list(expected)]),
+                                  payoff.evaluate(paths))
+
+
+@pytest.mark.parametrize("dates", [(1, 3), (2, 1, 4), (1, 1, 4), "14"])
+def test_on_dates_needs_increasing_dates_holding_those_read(dates):
+    with pytest.raises(ValueError, match="dates must be increasing"):
+        ForwardStartStraddle(t1=1, t2=4).on_dates(dates)
+    with pytest.raises(ValueError, match="reads every date"):
+        AsianCall(strike=1.0).on_dates((1, 4))
 
 
 @pytest.mark.parametrize("payoff", [ForwardStartStraddle(t1=1, t2=4),
@@ -62,7 +81,7 @@ def test_relaxed_bounds_hold_the_exact_lp_and_certify_on_the_chain(payoff):
     lp = bounds(mm, payoff, method="lp")
     rel = relaxed_bounds(mm, payoff, ("lower", "upper"))
     t1, t2 = rel.info["dates"]
-    assert (t1, t2) == payoff.own_dates(mm.n_dates)[0]
+    assert (t1, t2) == payoff.own_dates(mm.n_dates)
     assert rel.lower <= lp.lower + 1e-7 and rel.upper >= lp.upper - 1e-7
     for sense, opt in (("lower", lp.lower), ("upper", lp.upper)):
         sw, weak = _weak_side(chain, mm, sense)

@@ -9,6 +9,7 @@ option cost + cash, long units at the ask and short units at the bid.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ from deepquant.market.marginals import Marginals
 from deepquant.mmot.augment import build_chain
 from deepquant.mmot.hedge import SemiStaticHedge, StaticStrip, verify_hedge
 from deepquant.mmot.quote_bands import QuoteBands
-from deepquant.mmot.result import BoundsResult
+from deepquant.mmot.result import BoundSide, BoundsResult
 from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff
 
@@ -163,3 +164,30 @@ def verify_quote_hedge(hedge: QuoteHedge, prob_or_result, *, atol: float = 1e-9)
     prob = prob_or_result.info["problem"] if isinstance(prob_or_result, BoundsResult) \
         else prob_or_result
     return verify_hedge(hedge.semistatic, prob.ref, prob.payoff, atol=atol)
+
+
+def with_positions(fine: BoundSide, prob: _Problem, side: str, best, *, rtol: float,
+                   band_tol: float, info: dict, note: str | None = None) -> BoundSide:
+    """``fine`` (a certified side of the bounds from quotes) with the positions of ``best`` =
+    (outer bound in the side's sign, positions, violation; ``_Problem.certify``) as its bound
+    and hedge when they are tighter, else ``fine`` (with ``info`` either way: the caller's
+    report of the attempt). Certified only when the gap is within ``rtol`` and the inner
+    value's chain prices the bands within ``band_tol`` (``fine.primal_residual``, as the stages
+    ask): the bound may otherwise have closed on an inner value beyond the optimum. ``note``
+    is added to the message of adopted positions."""
+    from deepquant.mmot.certified import clip_inner, within_rtol
+
+    sign = 1.0 if side == "upper" else -1.0
+    outer, a, viol = best
+    if not outer < sign * fine.value:
+        return dataclasses.replace(fine, info=info)
+    hedge = _quote_hedge(prob, a, side)
+    inner, excess = clip_inner(sign * fine.info["inner"], outer)
+    info = dict(info, hedge=hedge, positions=hedge.positions, violation=viol,
+                inner_excess=excess)
+    within = (within_rtol(outer - inner, outer, prob.sweeper(sign).scale, rtol)
+              and fine.primal_residual <= band_tol)
+    return dataclasses.replace(fine, value=sign * outer, gap=float(outer - inner), info=info,
+                               status="certified" if within else fine.status,
+                               message=fine.message if note is None
+                               else f"{fine.message}; {note}")

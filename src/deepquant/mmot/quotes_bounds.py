@@ -60,7 +60,6 @@ from threadpoolctl import threadpool_limits
 
 from deepquant.market.marginals import Marginals
 from deepquant.mmot.beside import fork_available, quote_inner_beside_polish
-from deepquant.mmot.certified import clip_inner, within_rtol
 from deepquant.mmot.highs import check_highs_options, cost_scale
 from deepquant.mmot.lp import build_chain_lp
 from deepquant.mmot.multiscale import COARSE_SHARE, FINE_SWEEPS
@@ -77,7 +76,13 @@ from deepquant.mmot.quote_bands import (
     span_misses,
 )
 from deepquant.mmot.quote_inner import adopt_quote_markov, reinner_side
-from deepquant.mmot.quote_problem import QuoteHedge, _Problem, _quote_hedge, verify_quote_hedge
+from deepquant.mmot.quote_problem import (
+    QuoteHedge,
+    _Problem,
+    _quote_hedge,
+    verify_quote_hedge,
+    with_positions,
+)
 from deepquant.mmot.quotes_certified import (
     BAND_TOL,
     CERTIFIED_OPTIONS,
@@ -85,6 +90,7 @@ from deepquant.mmot.quotes_certified import (
     _certified_side,
     _check_certified_options,
 )
+from deepquant.mmot.relaxed import quote_relaxation
 from deepquant.mmot.result import BoundSide, BoundsResult, check_sides, failed_side
 from deepquant.payoffs import Payoff, SumSquaredIncrements, check_payoff
 from deepquant.results import warn_failure
@@ -275,6 +281,8 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
                               max_seconds=COARSE_SHARE * (budget - reserve), coarse=None, **sub)
     cside = getattr(cres, f"{side}_side")
     a0 = _map_positions(prob, cres.info["problem"], cside.info["positions"])
+    # the exact LP of the expiries the payoff reads alone, if it skips some (``relaxed``)
+    relaxation = quote_relaxation(prob, side)
     start = dict(inner=cside.info["inner"], band_violation=cside.info["band_violation"],
                  kind=f"coarse grid of {cg.size} points ({cside.info['inner_kind']})")
     left = budget - reserve - (time.perf_counter() - t0)
@@ -291,6 +299,14 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
     polish_time = POLISH_SHARE * budget if np.isfinite(budget) else 0.0
     tols = dict(band_tol=options.get("band_tol", BAND_TOL), rtol=options.get("rtol", RTOL))
     fine = dataclasses.replace(fine, info=info)
+    if relaxation is not None:  # the inner value and the polish go on from the tighter bound
+        best, _, report = relaxation
+        report["adopted"] = bool(best[0] < (1.0 if side == "upper" else -1.0) * fine.value)
+        fine = with_positions(fine, prob, side, best, info=dict(fine.info, relaxation=report),
+                              note=f"bound from the relaxation to dates {report['dates']}",
+                              **tols)
+        if report["adopted"]:  # its optimum, which the polish has not moved in any run
+            polish_time = 0.0  # measured: the inner value gets the polish's share then
     inner_time = budget - polish_time - (time.perf_counter() - t0)
     reinner = REINNER_SHARE * budget if np.isfinite(budget) else 0.0
     if workers == 2 and np.isfinite(budget) and inner_time > 0 and fork_available():
@@ -324,16 +340,7 @@ def _polish_side(fine: BoundSide, prob: _Problem, side: str, *, max_seconds: flo
                                     max_seconds=max_seconds, max_steps=SIDE_MAX_STEPS)
     info = dict(fine.info, polish=dict(report, start=sign * report["start"],
                                        value=sign * report["value"]))
-    if not best[0] < start[0]:
-        return dataclasses.replace(fine, info=info)
-    outer, a, viol = best
-    hedge = _quote_hedge(prob, a, side)
-    inner, excess = clip_inner(sign * fine.info["inner"], outer)
-    info.update(hedge=hedge, positions=hedge.positions, violation=viol, inner_excess=excess)
-    within = (within_rtol(outer - inner, outer, prob.sweeper(sign).scale, rtol)
-              and fine.primal_residual <= band_tol)
-    return dataclasses.replace(fine, value=sign * outer, gap=float(outer - inner), info=info,
-                               status="certified" if within else fine.status)
+    return with_positions(fine, prob, side, best, rtol=rtol, band_tol=band_tol, info=info)
 
 
 def _fitted_rows(fitted: Marginals, bands: QuoteBands) -> np.ndarray:
