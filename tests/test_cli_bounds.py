@@ -217,3 +217,19 @@ def test_workers_reach_the_certified_method_and_are_refused_where_unused(rw_file
     assert res.exit_code == 2 and "--workers 2 is not used by --method lp" in res.output
     res = _run(rw_file, "--payoff", "asian-call", "--strike", 100, "--workers", 3)
     assert res.exit_code == 2 and "'--workers': 3 is not in the range 1<=x<=2" in res.output
+
+
+def test_a_bound_from_the_relaxation_says_so(rw_file):
+    # a forward start skipping a date, with no time for the chain's own stages: each side's
+    # bound is the relaxation's to the two dates read, and the table names them
+    res = _run(rw_file, "--payoff", "forward-start-straddle", "--t1", 1, "--t2", 3,
+               "--method", "certified", "--max-seconds", 1e-6)
+    assert res.exit_code in (0, 1), res.output
+    for name in ("lower", "upper"):
+        assert f"{name} bound from" in res.output
+    assert "the dates 1 and 3 alone (relaxation)" in res.output
+    exact = json.loads(_run(rw_file, "--payoff", "forward-start-straddle", "--t1", 1, "--t2", 3,
+                            "--method", "lp", "--json").output)
+    out = json.loads(_run(rw_file, "--payoff", "forward-start-straddle", "--t1", 1, "--t2", 3,
+                          "--method", "certified", "--max-seconds", 1e-6, "--json").output)
+    assert out["lower"] <= exact["lower"] + 1e-9 and out["upper"] >= exact["upper"] - 1e-9

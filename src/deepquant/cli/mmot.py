@@ -430,9 +430,13 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
                      for k, v in res.sizes.items()]
         if res.method in ("certified", "ipm"):
             for name, side in (("lower", res.lower_side), ("upper", res.upper_side)):
+                relaxation = side.info.get("relaxation") or {}
                 rows += [(f"{name} inner estimate", side.info.get("inner")),
                          (f"{name} certified gap", side.gap),
-                         (f"{name} inner marginal error (L1)", side.primal_residual)]
+                         (f"{name} inner marginal error (L1)", side.primal_residual),
+                         *([(f"{name} bound from", "the dates {} and {} alone (relaxation)"
+                             .format(*relaxation["dates"]))] if relaxation.get("adopted")
+                           else [])]
         elif res.method != "entropic":
             rows += [("primal residual", res.primal_residual), ("gap", res.gap)]
         if res.martingale_tol:
