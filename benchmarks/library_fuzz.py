@@ -349,6 +349,10 @@ def market_cases():
     yield "bounds(LookbackCall strike inf)", lambda: bounds(M, LookbackCall(strike=INF))
     yield "bounds(AsianCall dates=(5,))", lambda: bounds(M, AsianCall(strike=1.0, dates=(5,)))
     yield "bounds(FwdStart t1=2, t2=1)", lambda: bounds(M, ForwardStartStraddle(t1=2, t2=1))
+    for dates in [(2, 1), (1, 1, 3), "13", (1.5, 3), ()]:
+        yield (f"ForwardStartStraddle(t1=1, t2=3).on_dates({dates!r})",
+               lambda d=dates: ForwardStartStraddle(t1=1, t2=3).on_dates(d))
+    yield "AsianCall.on_dates((1, 3))", lambda: ASIAN.on_dates((1, 3))
     yield "bounds(one date)", lambda: bounds(M.select([0]), EuropeanCall(strike=1.0))
     yield "bounds(lp, highs_options=nan)", lambda: bounds(M, ASIAN, "lp",
                                                           highs_options={"time_limit": NAN})
