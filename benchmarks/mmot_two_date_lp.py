@@ -12,10 +12,14 @@ the value is a primal value, and when it equals the relaxation's bound the relax
 multi-period optimum. Rows of mu_t1 lighter than ``LIGHT`` follow a Markov chain's kernels
 (``markov_inner``, 3 s), taken off the aggregate laws, as the path passes treat them.
 
-This measures; it builds no chain (the kernels that join the conditional laws are not
-constructed, so the value is not an inner value of the library). Usage:
+With ``--chain`` the LP is solved to HiGHS tolerances of 1e-9 and its laws are joined into a
+chain: per period one block-diagonal LP of martingale couplings from each law to the next
+(the target rows with slacks, since the laws are in convex order to the LP's tolerance only;
+the chain goes on from the laws the couplings reach), kernels of (X_t, X_t1), valued exactly
+with its marginal and martingale residuals by ``path_inner.bucket_chain_value`` and judged by
+``markov_inner.fits_marginals`` as the library's inner values are. Usage:
 
-    python benchmarks/mmot_two_date_lp.py --case n5 --side lower [--margin 0]
+    python benchmarks/mmot_two_date_lp.py --case n5 --side lower [--margin 0] [--chain]
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from deepquant.market.synthetic import heston_marginals
 from deepquant.mmot.augment import build_chain
 from deepquant.mmot.certified import nest_supports
 from deepquant.mmot.lp import lp_bounds
-from deepquant.mmot.markov_inner import markov_inner
+from deepquant.mmot.markov_inner import fits_marginals, markov_inner
+from deepquant.mmot.path_inner import bucket_chain_value
 from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import ForwardStartStraddle
 
@@ -62,6 +67,7 @@ def main() -> None:
     ap.add_argument("--side", choices=("lower", "upper"), default="lower")
     ap.add_argument("--margin", type=int, default=0)
     ap.add_argument("--size", type=int, default=150)
+    ap.add_argument("--chain", action="store_true", help="join the laws into a chain")
     args = ap.parse_args()
     times, (lo, hi), t1, t2 = CASES[args.case]
     m, _ = nest_supports(heston_marginals(times, grid=np.linspace(lo, hi, args.size)), t2)
@@ -153,14 +159,85 @@ def main() -> None:
     a_ub, b_ub = ub.matrix(n)
     build = time.perf_counter() - t0
     t0 = time.perf_counter()
+    tol = dict(primal_feasibility_tolerance=1e-9, dual_feasibility_tolerance=1e-9) \
+        if args.chain else {}
     res = optimize.linprog(-sign * cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq,
-                           bounds=(0, None), method="highs-ipm")
+                           bounds=(0, None), method="highs-ipm", options=tol)
     solve = time.perf_counter() - t0
     value = -sign * res.fun + light_value if res.status == 0 else float("nan")
     print(f"{args.case} {args.side}, M = {size}, margin {args.margin}: relaxation "
-          f"{rside.value:.7f}; conditional-law LP {value:.7f} ({res.message[:60]}); "
+          f"{rside.value:.9f}; conditional-law LP {value:.9f} ({res.message[:60]}); "
           f"{n} variables, {a_eq.nnz + a_ub.nnz} nonzeros; build {build:.1f} s, "
           f"solve {solve:.1f} s; Markov chain {sign * mk.value:.7f}")
+    if args.chain and res.status == 0:
+        t0 = time.perf_counter()
+        laws = {k: (ys, np.maximum(res.x[n0:n0 + ys.size], 0.0)) for k, (n0, ys) in
+                law_col.items()}
+        value, resid, drift = _chain(sw, mk.kernels, laws, heavy, t1)
+        print(f"chain: value {sign * value:.9f}, L1 marginal error {resid:.1e}, martingale "
+              f"residual {drift:.1e}, fits {fits_marginals(value, resid, drift)}, "
+              f"{time.perf_counter() - t0:.1f} s")
+
+
+def _chain(sw, markov, laws, heavy, t1):
+    """(value, marginal error, drift) of the chain joining the conditional ``laws`` (t, i) ->
+    (points, weights) by martingale couplings, period by period; Markov kernels before t1 and
+    for the light rows."""
+    g = sw.chain.grid
+    state = {int(np.flatnonzero(np.isclose(g, v))[0]): s
+             for s, v in enumerate(sw.chain.states[t1])}
+    classes, kernels, reached = [], [], {}
+    for t, per in enumerate(sw.periods):
+        if t < t1:
+            classes.append(np.zeros((per.n_s, per.xs.size), np.int64))
+            kernels.append(np.asarray(markov[t], float)[None])
+            continue
+        k = np.repeat(np.asarray(markov[t], float)[None], per.n_s, axis=0)
+        xpos = {int(x): a for a, x in enumerate(per.xs)}
+        ypos = {int(y): b for b, y in enumerate(per.ys)}
+        if t == t1:  # from X_t1 = x_i straight to its law at t1 + 1
+            for i in heavy:
+                ys, w = laws[t + 1, i]
+                k[state[i], xpos[i]] = 0.0
+                k[state[i], xpos[i], [ypos[int(y)] for y in ys]] = w / w.sum()
+        else:
+            eq, blocks, n, targets = _Rows(), [], 0, []
+            for i in heavy:
+                xs, wx = reached.get((t, i), laws[t, i])
+                xs, wx = xs[wx > 1e-15], wx[wx > 1e-15]
+                ys, wy = laws[t + 1, i]
+                blocks.append((i, xs, ys, n))
+                for a, x in enumerate(xs):
+                    cols = list(n + a * ys.size + np.arange(ys.size))
+                    eq.add(cols, [1.0] * ys.size, wx[a])
+                    eq.add(cols, list(g[ys] - g[x]), 0.0)
+                for j in range(ys.size):
+                    targets.append(len(eq.b))
+                    eq.add(list(n + np.arange(xs.size) * ys.size + j), [1.0] * xs.size, wy[j])
+                n += xs.size * ys.size
+            m = len(targets)  # slacks s+ - s- on the targets, their sum minimised
+            for r, j in zip(targets, range(m)):
+                eq.r.extend([r, r])
+                eq.c.extend([n + j, n + m + j])
+                eq.v.extend([1.0, -1.0])
+            a_eq, b_eq = eq.matrix(n + 2 * m)
+            res = optimize.linprog(np.r_[np.zeros(n), np.ones(2 * m)], A_eq=a_eq, b_eq=b_eq,
+                                   bounds=(0, None), method="highs-ds")
+            if res.status != 0:
+                return float("nan"), float("inf"), float("inf")
+            for i, xs, ys, n0 in blocks:
+                plan = res.x[n0:n0 + xs.size * ys.size].reshape(xs.size, ys.size)
+                reached[t + 1, i] = (ys, plan.sum(axis=0))
+                cols = [ypos[int(y)] for y in ys]
+                for a, x in enumerate(xs):
+                    if plan[a].sum() > 0:
+                        k[state[i], xpos[int(x)]] = 0.0
+                        k[state[i], xpos[int(x)], cols] = plan[a] / plan[a].sum()
+        classes.append(np.broadcast_to(np.arange(per.n_s)[:, None],
+                                       (per.n_s, per.xs.size)).copy())
+        kernels.append(k)
+    value, _, resid, drift = bucket_chain_value(sw, classes, kernels)
+    return value, resid, drift
 
 
 if __name__ == "__main__":
