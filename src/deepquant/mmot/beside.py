@@ -116,7 +116,8 @@ class Beside:
 
 
 def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: float,
-                        max_seconds: float, inner_resid_tol: float, rtol: float):
+                        max_seconds: float, inner_resid_tol: float, rtol: float,
+                        two_date: tuple | None = None):
     """``side`` with the inner value of ``markov_inner.adopt_markov_inner`` and the outer bound
     of ``polish.polish_side``, in ``max_seconds`` for both: the Markov chain's ascent first
     (``markov_seconds`` of it; its value is the polish's floor), then its path passes in a
@@ -124,7 +125,8 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
     child then polishes the same certificate with ``polish.REACH`` in what is left, and the
     tighter of the two polished bounds is kept (``info["polish"]["kept"]``).
     ``info["path"]["status"]`` says ``"no answer"`` when the child did not answer in time (or
-    why no child could start: the side then keeps the Markov chain)."""
+    why no child could start: the side then keeps the Markov chain). ``two_date``: as in
+    ``adopt_markov_inner``, after the Markov chain, in this process."""
     from deepquant.mmot.markov_inner import InnerSearch
     from deepquant.mmot.polish import REACH, polish_side
 
@@ -136,6 +138,8 @@ def inner_beside_polish(side, chain, marginals, sense: str, *, markov_seconds: f
     opts = dict(inner_resid_tol=inner_resid_tol, rtol=rtol)
     search = InnerSearch(side, chain, marginals, sense)
     side = search.adopt(side, search.markov(min(markov_seconds, left())), **opts)
+    if search.kernels is not None and two_date is not None and left() > 0:
+        side = search.adopt(side, search.two_date(left(), *two_date), **opts)
     if side.status == "certified" or left() <= 0:
         return side
     if search.kernels is None:

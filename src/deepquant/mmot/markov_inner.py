@@ -350,15 +350,17 @@ def _ascend(sw, lps: list, kernels: list, left, max_cycles: int, tol: float,
 
 
 def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float,
-                       inner_resid_tol: float, rtol: float):
+                       inner_resid_tol: float, rtol: float, two_date: tuple | None = None):
     """``side`` (a certified ``BoundSide`` of ``chain``) with the best chain found within
     ``max_seconds`` as its inner value, when it fits the marginals and is preferred by
     ``certified.better_inner`` (a fitted chain over one that misses the marginals, e.g. a
     coarse level's, else the tighter value): the Markov chain (``markov_inner``, started from
     the certified dual, in ``MARKOV_SHARE`` of the time) or, in what is left, a chain whose
     kernels also see the running statistic (``path_inner.improve``: passes against the
-    Markov chain's values to go, the dual's and a mix of the two). The attempts are reported in
-    ``info["markov"]`` and ``info["path"]`` either way. Skipped (``side`` returned as is) when
+    Markov chain's values to go, the dual's and a mix of the two); with ``two_date`` = (the
+    relaxation's optimal plan, t1), between the two, the chain of the conditional laws of a
+    payoff of (X_t1, X_t2) (``InnerSearch.two_date``). The attempts are reported in
+    ``info["markov"]``, ``info["path"]`` (and ``info["two_date"]``) either way. Skipped (``side`` returned as is) when
     there is no time."""
     t0 = time.perf_counter()
     if max_seconds <= 0:
@@ -366,6 +368,9 @@ def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float
     search = InnerSearch(side, chain, marginals, sense)
     found = search.markov(MARKOV_SHARE * max_seconds)
     left = max(max_seconds - (time.perf_counter() - t0), 0.0)
+    if search.kernels is not None and two_date is not None and left > 0:
+        found += search.two_date(left, *two_date)
+        left = max(max_seconds - (time.perf_counter() - t0), 0.0)
     if search.kernels is not None and left > 0:
         found += search.path(left)
     return search.adopt(side, found, inner_resid_tol=inner_resid_tol, rtol=rtol)
@@ -414,6 +419,24 @@ class InnerSearch:
                  f"path-dependent chain ({path.buckets} classes of the statistic per point, "
                  f"from the {path.start} values to go)", report)]
 
+    def two_date(self, seconds: float, plan, t1: int) -> list:
+        """The chain of the conditional laws (``two_date.conditional_law_chain``; a payoff of
+        (X_t1, X_t2) whose relaxation's optimal plan is ``plan``) within ``seconds``."""
+        from deepquant.mmot.two_date import conditional_law_chain
+
+        out = conditional_law_chain(self.sw, self.kernels, plan, t1, max_seconds=seconds)
+        report = {k: out[k] for k in ("status", "variables", "seconds")}
+        if out["status"] == "done":
+            report.update(value=self.sign * out["value"], marginal_error=out["residual"],
+                          drift=out["drift"], fits=out["fits"])
+        report["adopted"] = False
+        self.info["two_date"] = report
+        if out["status"] != "done" or not out["fits"]:
+            return []
+        return [(out["value"], out["residual"],
+                 f"chain of the conditional laws given X_{t1} (dates {t1} and {self.sw.T})",
+                 report)]
+
     def adopt(self, side, found: list, *, inner_resid_tol: float, rtol: float):
         """``side`` with ``info`` (the attempts' reports) and, when ``certified.better_inner``
         prefers it, the best of ``found`` as its inner value (clipped to the outer bound),
@@ -432,7 +455,8 @@ class InnerSearch:
         outer = sign * side.value
         inner, excess = clip_inner(value, outer)
         gap = outer - inner
-        for report in (info.get("markov"), info.get("path")):  # one chain is the inner value
+        for report in (info.get("markov"), info.get("path"), info.get("two_date")):
+            # one chain is the inner value
             if report is not None:
                 report["adopted"] = False
         chosen["adopted"] = True

@@ -262,6 +262,9 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         # a certificate of the relaxation is its optimum, which the polish has not moved in
         # any run measured: the inner value gets the polish's share as well then
         relaxed_cert = fine.info.get("relaxation", {}).get("adopted", False)
+        plan = None if relaxed is None else relaxed.info["plans"].get(sense)
+        two_date = (plan, relaxed.info["dates"][0]) if relaxed_cert and plan is not None \
+            else None
         polish_time = polish * budget if reserve > 0 and not relaxed_cert else 0.0
         inner_time = budget - polish_time - (time.perf_counter() - t_start)
         if workers == 2 and reserve > 0 and inner_time > 0 and fork_available():
@@ -269,9 +272,10 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
             fine = inner_beside_polish(fine, chain, marginals, sense,
                                        markov_seconds=MARKOV_SHARE * inner_time,
                                        max_seconds=budget - (time.perf_counter() - t_start),
-                                       **tols)
+                                       two_date=two_date, **tols)
             return dataclasses.replace(fine, seconds=time.perf_counter() - t_start)
-        fine = adopt_markov_inner(fine, chain, marginals, sense, max_seconds=inner_time, **tols)
+        fine = adopt_markov_inner(fine, chain, marginals, sense, max_seconds=inner_time,
+                                  two_date=two_date, **tols)
     if reserve > 0 and fine.status != "certified":
         fine = polish_side(fine, chain, marginals, sense,
                            max_seconds=budget - (time.perf_counter() - t_start), **tols)

@@ -15,7 +15,8 @@ positions h_t(X_t, X_t1), among them the relaxation's h(X_t1) held from t1 to t2
 constant shifted by the measured worst violation), so the adopted bound is one of the chain's
 own certificates, with its hedge from ``duals_of`` like any other, whatever the interior point
 method reached. The certified pipeline (``multiscale``) takes it where it is tighter, before
-the inner value's stages and the polish, which then go on from it.
+the inner value's stages and the polish, which then go on from it; its optimal plans give the
+windows of the conditional laws' chain (``two_date``), the inner value of such a payoff.
 
 Measured (Heston on [0.55, 1.45], N = 5, and 13 monthly dates on [0.4, 1.8], M = 150; one
 process): the relaxation's bounds and their certificates on the chain agree to 1e-7, in
@@ -51,7 +52,8 @@ from deepquant.mmot.sweep import _Sweeper
 from deepquant.payoffs import Payoff
 from deepquant.results import ConvergenceWarning
 
-__all__ = ["MAX_POINTS", "RTOL", "adopt_relaxed", "relaxed_bounds"]
+__all__ = ["MAX_POINTS", "PLAN_MAX_POINTS", "RTOL", "adopt_relaxed", "quote_relaxation",
+           "relaxed_bounds"]
 
 RTOL = 1e-7
 """Relative width of the interior point method's brackets on the relaxation (its default):
@@ -63,11 +65,18 @@ of M x M per step; 0.2 s for both sides at M = 150, about 9 s at M = 800 on 2 co
 multi-period certified side beyond a few hundred points is not the case it helps."""
 
 
+PLAN_MAX_POINTS = 200
+"""Largest grid whose relaxation's optimal plans are also computed (HiGHS, 0.3 s for both sides
+at 150 points): the windows of ``two_date.conditional_law_chain``, whose LP beyond it is
+larger than ``two_date.MAX_VARIABLES`` anyway."""
+
+
 def relaxed_bounds(marginals: Marginals, payoff: Payoff, sides: tuple[str, ...]
                    ) -> BoundsResult | None:
     """The interior point method's bounds of ``payoff`` on the marginals of the dates it reads
-    alone (``payoff.own_dates``), with ``info["dates"]`` those dates and ``info["seconds"]``
-    its time; None when the payoff reads every date up to its last or the grid has more than
+    alone (``payoff.own_dates``), with ``info["dates"]`` those dates, ``info["plans"]`` the
+    optimal plans (M, M) of (X_t1, X_t2) by side (on grids up to ``PLAN_MAX_POINTS``, for a
+    remembered value) and ``info["seconds"]`` its time; None when the payoff reads every date up to its last or the grid has more than
     ``MAX_POINTS`` points. ``marginals``: nested as the chain's (``certified.nest_supports``),
     so that the relaxation's supports are the chain's."""
     from deepquant.mmot.ipm import ipm_bounds
@@ -87,7 +96,22 @@ def relaxed_bounds(marginals: Marginals, payoff: Payoff, sides: tuple[str, ...]
             # the two dates' laws out of convex order by more than the check's tolerance (the
             # round-off of the periods between adds up): no relaxation, the chain stands
             return None
-    res.info.update(dates=tuple(int(d) for d in dates), seconds=time.perf_counter() - t0)
+    plans = {}
+    if marginals.size <= PLAN_MAX_POINTS and payoff.statistic(marginals.n_dates).kind == "value":
+        # the optimal plans of (X_t1, X_t2): the windows of the conditional laws (``two_date``)
+        from deepquant.mmot.lp import lp_bounds
+
+        try:
+            lp = lp_bounds(marginals.select(list(dates)), relaxed, return_plan=True,
+                           decompose=False, sides=tuple(sides))
+            for side in sides:
+                bs = lp.lower_side if side == "lower" else lp.upper_side
+                if bs is not None and bs.success and bs.plan is not None:
+                    plans[side] = np.asarray(bs.plan[0]).sum(axis=1)
+        except ValueError:
+            plans = {}
+    res.info.update(dates=tuple(int(d) for d in dates), plans=plans,
+                    seconds=time.perf_counter() - t0)
     return res
 
 
