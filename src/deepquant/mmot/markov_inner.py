@@ -360,8 +360,8 @@ def adopt_markov_inner(side, chain, marginals, sense: str, *, max_seconds: float
     Markov chain's values to go, the dual's and a mix of the two); with ``two_date`` = (the
     relaxation's optimal plan, t1), between the two, the chain of the conditional laws of a
     payoff of (X_t1, X_t2) (``InnerSearch.two_date``). The attempts are reported in
-    ``info["markov"]``, ``info["path"]`` (and ``info["two_date"]``) either way. Skipped (``side`` returned as is) when
-    there is no time."""
+    ``info["markov"]``, ``info["path"]`` (and ``info["two_date"]``) either way. Skipped
+    (``side`` returned as is) when there is no time."""
     t0 = time.perf_counter()
     if max_seconds <= 0:
         return side

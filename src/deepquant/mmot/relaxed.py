@@ -76,9 +76,10 @@ def relaxed_bounds(marginals: Marginals, payoff: Payoff, sides: tuple[str, ...]
     """The interior point method's bounds of ``payoff`` on the marginals of the dates it reads
     alone (``payoff.own_dates``), with ``info["dates"]`` those dates, ``info["plans"]`` the
     optimal plans (M, M) of (X_t1, X_t2) by side (on grids up to ``PLAN_MAX_POINTS``, for a
-    remembered value) and ``info["seconds"]`` its time; None when the payoff reads every date up to its last or the grid has more than
-    ``MAX_POINTS`` points. ``marginals``: nested as the chain's (``certified.nest_supports``),
-    so that the relaxation's supports are the chain's."""
+    remembered value) and ``info["seconds"]`` its time; None when the payoff reads every
+    date up to its last or the grid has more than ``MAX_POINTS`` points. ``marginals``:
+    nested as the chain's (``certified.nest_supports``), so that the relaxation's supports
+    are the chain's."""
     from deepquant.mmot.ipm import ipm_bounds
 
     dates = payoff.own_dates(marginals.n_dates)
