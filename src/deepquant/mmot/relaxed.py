@@ -99,7 +99,11 @@ def relaxed_bounds(marginals: Marginals, payoff: Payoff, sides: tuple[str, ...]
             return None
     plans = {}
     if marginals.size <= PLAN_MAX_POINTS and payoff.statistic(marginals.n_dates).kind == "value":
-        # the optimal plans of (X_t1, X_t2): the windows of the conditional laws (``two_date``)
+        # the optimal plans of (X_t1, X_t2): the windows of the conditional laws (``two_date``).
+        # A second solve on purpose: HiGHS's vertex duals would do as the certificate, but the
+        # inner value's passes run against the adopted potentials' values to go, and the
+        # interior point method's central ones lead them to better chains (measured, 13 dates,
+        # 20 s, the straddle's upper inner value: 0.170046 against 0.169501 with HiGHS's duals)
         from deepquant.mmot.lp import lp_bounds
 
         try:
