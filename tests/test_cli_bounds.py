@@ -227,7 +227,7 @@ def test_a_bound_from_the_relaxation_says_so(rw_file):
     assert res.exit_code in (0, 1), res.output
     for name in ("lower", "upper"):
         assert f"{name} bound from" in res.output
-    assert "the dates 1 and 3 alone (relaxation)" in res.output
+    assert "relaxation to dates 1, 3" in res.output
     exact = json.loads(_run(rw_file, "--payoff", "forward-start-straddle", "--t1", 1, "--t2", 3,
                             "--method", "lp", "--json").output)
     out = json.loads(_run(rw_file, "--payoff", "forward-start-straddle", "--t1", 1, "--t2", 3,

@@ -36,18 +36,31 @@ def neural_markdown(neural: dict, report) -> str:
             + NEURAL_HYBRID_NOTE)
 
 
+def bounds_from(entry: dict) -> str:
+    """Which bounds of a resolution entry (``ResolutionEntry.to_dict``) did not come from its
+    method's own solve, and where from (``BoundSide.bound_from``), e.g. ``"both: relaxation to
+    dates 1, 5"``; ``""`` when both did."""
+    lo, up = entry.get("lower_from", ""), entry.get("upper_from", "")
+    if lo and lo == up:
+        return f"both: {lo}"
+    return "; ".join(f"{name}: {src}" for name, src in (("lower", lo), ("upper", up)) if src)
+
+
 def resolution_markdown(resolution: list[dict], report, demo_size: int) -> str:
     """The report section of the bounds at the calibration's resolution and against the grid."""
     rows = [[e["label"], e["size"], e["lower"], e["upper"], e["method"], e["lower_gap"],
-             e["upper_gap"], round(e["seconds"], 1)] for e in resolution]
+             e["upper_gap"], round(e["seconds"], 1), bounds_from(e) or "-"] for e in resolution]
     tab = report.markdown_table(["payoff", "M", "lower", "upper", "method", "gap lower",
-                                 "gap upper", "seconds"], rows)
+                                 "gap upper", "seconds", "bound from"], rows)
     return ("The same calibrated laws moved onto uniform grids of M points (1 on the grid) and "
             "bounded again: by the exact LP while it is small, by the certified method beyond. "
             "Certified ``lower``/``upper`` are valid bounds for their grid: a dual checked on "
             "every path of the grid chain, whatever the solver reached. The gap is the distance "
             "to an inner estimate (a martingale chain's value, on a coarser grid when the time "
-            "budget ended there: an estimate, not a bound). The change with M is the "
+            "budget ended there: an estimate, not a bound). \"Bound from\" names a bound "
+            "that came from the relaxation to a forward start's own two dates (its exact "
+            "one-period bound, certified on the whole chain: the dates in between do not move "
+            "it), \"-\" one from the method's own solve. The change with M is the "
             "discretisation error of the bounds on the coarser grids, the demo grid's "
             f"({demo_size} points) included.\n\n{tab}\n\n"
             "![bounds against the grid](resolution.png)\n\n*Figure: lower and upper bounds of "

@@ -168,3 +168,24 @@ def test_a_relaxation_that_fails_or_falls_short_is_no_failure(monkeypatch):
         warnings.simplefilter("error")
         rel = relaxed_bounds(mm, payoff, ("lower", "upper"))
     assert rel is not None and rel.info["dates"] == (1, 4)
+
+
+def test_the_resolution_study_and_the_report_say_which_bounds_came_from_the_relaxation():
+    from deepquant import report
+    from deepquant.demo_report import bounds_from, resolution_markdown
+    from deepquant.mmot.resolution import resolution_study
+
+    fine = heston_marginals(np.arange(1, 5) * 30 / 365, grid=np.linspace(0.7, 1.3, 61))
+    payoffs = {"straddle": ForwardStartStraddle(t1=1, t2=4), "asian": AsianCall(strike=1.0)}
+    # no time for the chain's own stages: the straddle's bounds are the relaxation's
+    entries = resolution_study(fine, payoffs, [13], method="certified", max_seconds=1e-6)
+    by_label = {e.label: e.to_dict() for e in entries}
+    straddle, asian = by_label["straddle"], by_label["asian"]
+    assert straddle["lower_from"] == straddle["upper_from"] == "relaxation to dates 1, 4"
+    assert asian["lower_from"] == asian["upper_from"] == ""
+    assert bounds_from(straddle) == "both: relaxation to dates 1, 4"
+    assert bounds_from(asian) == ""
+    assert bounds_from(dict(straddle, upper_from="")) == "lower: relaxation to dates 1, 4"
+    assert bounds_from({}) == ""  # an entry saved before the field existed
+    text = resolution_markdown([straddle, asian], report, 13)
+    assert "| both: relaxation to dates 1, 4 |" in text and "| - |" in text

@@ -258,13 +258,16 @@ def demo_command(chain_path, out_dir, expiries, grid_step, n_paths, grid_sizes, 
             ["payoff", "neural", "classical", "neural - classical"], neural_rows(res.neural)))
         console.print(NEURAL_HYBRID_NOTE)
     if res.resolution:
+        from deepquant.demo_report import bounds_from
+
         console.print(table(
             "Bounds against the grid (exact LP while small, certified beyond; gap = bound "
             "- inner estimate)",
-            ["payoff", "M", "lower", "upper", "method", "gap lower", "gap upper", "s"],
+            ["payoff", "M", "lower", "upper", "method", "gap lower", "gap upper", "s",
+             "bound from"],
             [[e["label"], e["size"], f"{e['lower']:.6f}", f"{e['upper']:.6f}", e["method"],
-              f"{e['lower_gap']:.1e}", f"{e['upper_gap']:.1e}", f"{e['seconds']:.1f}"]
-             for e in res.resolution]))
+              f"{e['lower_gap']:.1e}", f"{e['upper_gap']:.1e}", f"{e['seconds']:.1f}",
+              bounds_from(e) or "-"] for e in res.resolution]))
     console.print(f"calibration: {100 * res.calibration['fraction_inside']:.1f}% of quotes "
                   f"inside bid-ask; model drift {res.model.drift():.1e}; "
                   f"total {res.timings['total']:.1f} s")
@@ -430,12 +433,10 @@ def bounds_command(marginals_path, payoff_name, strike, t1, t2, barrier, method,
                      for k, v in res.sizes.items()]
         if res.method in ("certified", "ipm"):
             for name, side in (("lower", res.lower_side), ("upper", res.upper_side)):
-                relaxation = side.info.get("relaxation") or {}
                 rows += [(f"{name} inner estimate", side.info.get("inner")),
                          (f"{name} certified gap", side.gap),
                          (f"{name} inner marginal error (L1)", side.primal_residual),
-                         *([(f"{name} bound from", "the dates {} and {} alone (relaxation)"
-                             .format(*relaxation["dates"]))] if relaxation.get("adopted")
+                         *([(f"{name} bound from", side.bound_from)] if side.bound_from
                            else [])]
         elif res.method != "entropic":
             rows += [("primal residual", res.primal_residual), ("gap", res.gap)]

@@ -175,7 +175,9 @@ def quote_bounds_command(chain_path, expiries, payoff_name, strike, t1, t2, barr
                 side = getattr(res, f"{name}_side")
                 rows += [(f"{name} inner estimate", side.info.get("inner")),
                          (f"{name} inner from", side.info.get("inner_kind")),
-                         (f"{name} certified gap", side.gap)]
+                         (f"{name} certified gap", side.gap),
+                         *([(f"{name} bound from", side.bound_from)] if side.bound_from
+                           else [])]
                 if side.info.get("coarse"):
                     c = side.info["coarse"]
                     rows.append((f"{name} coarse start", f"{c['size']} points, bound "

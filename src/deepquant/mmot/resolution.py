@@ -38,12 +38,16 @@ class ResolutionEntry:
     upper_gap: float
     seconds: float
     grid: tuple[float, float] = field(default=(np.nan, np.nan))
+    lower_from: str = ""
+    upper_from: str = ""
+    """Where each bound came from when not from the method's own solve (``BoundSide.bound_from``:
+    the relaxation to a forward start's own dates), else ``""``."""
 
     def to_dict(self) -> dict:
         return dict(label=self.label, size=self.size, lower=self.lower, upper=self.upper,
                     method=self.method, status=self.status, success=self.success,
                     lower_gap=self.lower_gap, upper_gap=self.upper_gap, seconds=self.seconds,
-                    grid=list(self.grid))
+                    grid=list(self.grid), lower_from=self.lower_from, upper_from=self.upper_from)
 
 
 def uniform_grid(size: int, lo: float, hi: float) -> np.ndarray:
@@ -92,12 +96,15 @@ def resolution_study(fine: Marginals, payoffs: Mapping[str, Payoff], sizes: Sequ
             say(f"bounds of {label} on {grid.size} points")
             t0 = time.perf_counter()
             res = bounds(marg, payoff, **options)
-            gaps = [getattr(getattr(res, f"{s}_side"), "gap", np.nan) for s in ("lower", "upper")]
+            sides = [getattr(res, f"{s}_side") for s in ("lower", "upper")]
+            gaps = [getattr(s, "gap", np.nan) for s in sides]
+            froms = [getattr(s, "bound_from", "") for s in sides]
             out.append(ResolutionEntry(label, int(grid.size), float(res.lower), float(res.upper),
                                        res.method, res.status, bool(res.success),
                                        float(gaps[0]), float(gaps[1]),
                                        time.perf_counter() - t0, (float(grid[0]),
-                                                                  float(grid[-1]))))
+                                                                  float(grid[-1])),
+                                       *froms))
     return out
 
 

@@ -93,6 +93,16 @@ class BoundSide:
     plan: list[np.ndarray] | None = field(default=None, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def bound_from(self) -> str:
+        """Where the bound came from when not from the method's own solve: ``"relaxation to
+        dates t1, t2"`` when the relaxation to the payoff's own dates (``relaxed``) gave it,
+        otherwise ``""``."""
+        relaxation = self.info.get("relaxation") or {}
+        if not relaxation.get("adopted"):
+            return ""
+        return "relaxation to dates {}, {}".format(*relaxation["dates"])
+
 
 def check_sides(sides: Any) -> None:
     """ValueError naming ``sides`` unless it is a non-empty tuple (or list) of distinct
