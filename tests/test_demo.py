@@ -153,7 +153,7 @@ def test_cli_demo_json(tmp_path):
     res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "r"), "--grid-step", "0.1",
                                     "--paths", "500", "--pricer",
                                     "same=tests.test_demo:_model_price", "--max-seconds", "2",
-                                    "--json"])
+                                    "--grid-sizes", "25,150", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert {"rows", "timings", "calibration", "backtest", "quotes"} <= set(data)
@@ -164,8 +164,8 @@ def test_cli_demo_json(tmp_path):
         assert 0 < r["extra"]["same"]["seconds"] < data["timings"]["total"]
     labels = [r["label"] for r in data["rows"]]
     assert labels == ["Asian call", "Lookback call", "Fwd-start straddle"]
-    # by default the same bounds on a 25-point grid (exact LP) and at the calibration's
-    # resolution (150 points, certified within the time budget) beside the demo grid's
+    # the same bounds on a 25-point grid (exact LP) and at the calibration's resolution (150
+    # points, certified within the time budget) beside the demo grid's
     res_grid = data["resolution"]
     assert [(e["label"], e["size"]) for e in res_grid] == \
         [(label, size) for size in (25, 150) for label in labels]

@@ -140,12 +140,12 @@ _DEMO_OPTIONS = {"expiries": "--expiries", "grid_step": "--grid-step", "n_paths"
               help="Spacing of the uniform bounds grid (default 0.075).")
 @click.option("--paths", "n_paths", type=int, default=None,
               help="Paths per hedging backtest (default 20000).")
-@click.option("--grid-sizes", default="25,150", show_default=True, metavar="M1,M2,...|none",
+@click.option("--grid-sizes", default="25,50,100,150,300", show_default=True,
+              metavar="M1,M2,...|none",
               help="Also bound every payoff on uniform grids of these sizes (exact LP while "
-                   "small, certified bounds with their gaps beyond): by default at the "
-                   "calibration's resolution (150) and on 25 points, to show how far the grid "
-                   "moves the bounds (e.g. 25,50,100,150,300 for the full study); 'none' skips "
-                   "it.")
+                   "small, certified bounds with their gaps beyond): by default from 25 points "
+                   "to twice the calibration's resolution (150), to show how far the grid moves "
+                   "the bounds; 'none' skips it.")
 @click.option("--max-seconds", type=FINITE, default=10.0, show_default=True,
               help="Time budget per side of each certified solve of --grid-sizes.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,

@@ -35,7 +35,13 @@ MAX_GRID_SIZE = 5000
 """Largest ``--grid-size`` a command takes: one period's dense (M, M) arrays then hold 200 MB;
 far beyond it a typo (an extra zero or three) would run for hours or exhaust the memory."""
 
-console = Console()
+PIPED_WIDTH = 160
+"""Width of the console's tables when stdout is not a terminal (a file, a pipe, a CI log):
+rich would assume 80 columns there and cut the digits of wide tables (the demo's bounds against
+the grid read "0.029..."); a terminal keeps its own width."""
+
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
+                  else PIPED_WIDTH)
 err_console = Console(stderr=True)
 
 
