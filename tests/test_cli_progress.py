@@ -85,3 +85,24 @@ def test_demo_prints_each_step_on_a_log(often, monkeypatch, tmp_path):
     lines = r.stderr.splitlines()
     assert lines[:2] == ["deepquant demo", "deepquant demo: calibrating the chain"], r.stderr
     assert "deepquant demo: calibrating the chain: still running, 0:00:00 elapsed" in lines
+
+
+def test_tables_on_a_pipe_keep_every_digit():
+    # stdout a pipe, no COLUMNS: rich would assume 80 columns and cut a wide table's numbers
+    # ("0.0284..."); the console is PIPED_WIDTH wide there
+    import os
+    import subprocess
+    import sys
+
+    code = ("from deepquant.cli.output import console, table\n"
+            "cols = ['payoff', 'M', 'lower', 'upper', 'method', 'gap lower', 'gap upper', 's',"
+            " 'bound from']\n"
+            "console.print(table('t', cols, [['Fwd-start straddle', 150, 0.0579569123,"
+            " 0.107558321, 'certified', '3.1e-10', '1.5e-13', '18.6',"
+            " 'both: relaxation to dates 1, 5']]))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    for text in ("Fwd-start straddle", "0.0579569", "0.107558", "both: relaxation to dates 1, 5"):
+        assert text in out, out
+    assert "…" not in out
