@@ -189,3 +189,44 @@ def test_the_resolution_study_and_the_report_say_which_bounds_came_from_the_rela
     assert bounds_from({}) == ""  # an entry saved before the field existed
     text = resolution_markdown([straddle, asian], report, 13)
     assert "| both: relaxation to dates 1, 4 |" in text and "| - |" in text
+
+
+@pytest.mark.parametrize("sense", ["lower", "upper"])
+def test_a_final_certificate_shares_the_path_passes_between_two_processes(sense):
+    # with the relaxation's certificate (final: no polish moves it) and two workers, the
+    # child runs the first round of classes and the parent the later one; the best chain of
+    # both is the serial search's, every pass of both is reported, and the bound is untouched
+    from deepquant.mmot.beside import fork_available, inner_beside_polish
+    from deepquant.mmot.markov_inner import InnerSearch
+    from deepquant.mmot.multiscale import INNER_RESID_TOL, MARGINAL_TOL
+
+    if not fork_available():
+        pytest.skip("no fork on this system")
+    payoff = ForwardStartStraddle(t1=1, t2=4)
+    mm, chain = _case(payoff, size=25)
+    lp = bounds(mm, payoff, method="lp")
+    opt = lp.lower if sense == "lower" else lp.upper
+    rel = relaxed_bounds(mm, payoff, (sense,))
+    sw, weak = _weak_side(chain, mm, sense)
+    loose = sw.sign * opt - 0.5 * abs(opt)  # a poor inner value on other marginals
+    side = side_result(sw, sw.sign, time.perf_counter(), weak, loose, 1.0, "coarse grid", 1,
+                       "weak start", {})
+    side = adopt_relaxed(side, rel, chain, mm, sense, rtol=1e-12)
+    assert side.info["relaxation"]["adopted"]
+    tols = dict(inner_resid_tol=INNER_RESID_TOL, rtol=1e-12)
+    out = inner_beside_polish(side, chain, mm, sense, markov_seconds=60.0, max_seconds=120.0,
+                              polish=False, **tols)
+    path = out.info["path"]
+    assert path["shared"] and path["status"] == "done", path
+    names = {"markov", "dual", "mixed"}
+    assert set(path["tried"]) == names | {f"{n}, 32 classes" for n in names}
+    assert out.value == side.value and "polish" not in out.info
+    serial = InnerSearch(side, chain, mm, sense)
+    serial.markov(60.0)
+    best = max(v for v, *_ in serial.path(120.0))
+    assert sw.sign * path["value"] == pytest.approx(best, abs=1e-12)
+    assert out.info["inner"] == pytest.approx(max(sw.sign * best, out.value) if sense == "lower"
+                                              else min(best, out.value), abs=1e-12)
+    assert out.primal_residual <= MARGINAL_TOL
+    lo, hi = sorted((out.value, out.info["inner"]))
+    assert lo - 1e-8 <= opt <= hi + 1e-8

@@ -407,11 +407,12 @@ class InnerSearch:
         return [(res.value, res.residual, f"Markov chain ({res.cycles} cycles, {res.status})",
                  report)]
 
-    def path(self, seconds: float) -> list:
+    def path(self, seconds: float, buckets=None) -> list:
+        """The path passes (``path_inner.improve``; ``buckets`` as for ``path_inner``)."""
         from deepquant.mmot.path_inner import improve
 
         path, report = improve(self.sw, self.kernels, self.sign, max_seconds=seconds,
-                               dual=self.dual, moves=self.moves)
+                               dual=self.dual, moves=self.moves, buckets=buckets)
         self.info["path"] = report
         if not report["fits"]:
             return []

@@ -272,7 +272,7 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
             fine = inner_beside_polish(fine, chain, marginals, sense,
                                        markov_seconds=MARKOV_SHARE * inner_time,
                                        max_seconds=budget - (time.perf_counter() - t_start),
-                                       two_date=two_date, **tols)
+                                       two_date=two_date, polish=not relaxed_cert, **tols)
             return dataclasses.replace(fine, seconds=time.perf_counter() - t_start)
         fine = adopt_markov_inner(fine, chain, marginals, sense, max_seconds=inner_time,
                                   two_date=two_date, **tols)

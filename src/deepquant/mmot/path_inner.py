@@ -294,21 +294,21 @@ def path_inner(sw, markov_kernels: list, values: dict, *, buckets=None,
 
 
 def improve(sw, markov_kernels: list, sign: float, *, max_seconds: float,
-            dual: list | None = None, moves: list | None = None, dual_name: str = "dual"
-            ) -> tuple[PathInner, dict]:
+            dual: list | None = None, moves: list | None = None, dual_name: str = "dual",
+            buckets=None) -> tuple[PathInner, dict]:
     """(``path_inner`` of the Markov chain ``markov_kernels`` against its own values to go,
     then against ``dual`` (a superhedge's values to go, ``dual_value_to_go``, named
     ``dual_name``, its LPs started from ``moves``), then against ``MIX`` times the first plus
     1 - ``MIX`` times the second (``"mixed"``, its LPs started from ``moves`` too), its
     report): value (times ``sign``, the payoff's own sign), marginal error, drift, start,
     status, seconds, every pass tried, ``fits`` (``markov_inner.fits_marginals``) and
-    ``adopted`` (False; the caller sets it)."""
+    ``adopted`` (False; the caller sets it). ``buckets``: as for ``path_inner``."""
     values = dict(markov=_backward(sw, markov_kernels))
     if dual is not None:
         values[dual_name] = dual
         values["mixed"] = [MIX * a + (1.0 - MIX) * np.asarray(b, dtype=float)
                            for a, b in zip(values["markov"], dual)]
-    path = path_inner(sw, markov_kernels, values, max_seconds=max_seconds,
+    path = path_inner(sw, markov_kernels, values, max_seconds=max_seconds, buckets=buckets,
                       moves=None if moves is None else {dual_name: moves, "mixed": moves})
     report = dict(value=sign * path.value, marginal_error=path.residual, drift=path.drift,
                   start=path.start, status=path.status, seconds=path.seconds,
