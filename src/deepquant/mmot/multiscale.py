@@ -268,7 +268,8 @@ def _multiscale_side(marginals: Marginals, payoff: Payoff, chain: AugmentedChain
         polish_time = polish * budget if reserve > 0 and not relaxed_cert else 0.0
         inner_time = budget - polish_time - (time.perf_counter() - t_start)
         if workers == 2 and reserve > 0 and inner_time > 0 and fork_available():
-            # the path passes in a second process beside the polish, both to the deadline
+            # the path passes in a second process beside the polish, both to the deadline (a
+            # final certificate, the relaxation's optimum: the two share the passes instead)
             fine = inner_beside_polish(fine, chain, marginals, sense,
                                        markov_seconds=MARKOV_SHARE * inner_time,
                                        max_seconds=budget - (time.perf_counter() - t_start),
