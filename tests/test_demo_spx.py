@@ -11,7 +11,7 @@ from deepquant.demo import DemoConfig, coarsen_marginals, demo_grid, demo_payoff
 from tests.conftest import SPX_DATA
 
 CFG = DemoConfig(grid_step=0.1, grid_range=(0.6, 1.5), calibration_grid_size=60,
-                 sweep_strikes=(1.0,), n_paths=2_000, neural=False)
+                 sweep_strikes=(1.0,), n_paths=2_000, neural=False, grid_sizes=(25, 150))
 
 
 @pytest.fixture(scope="module")
