@@ -825,7 +825,8 @@ def test_the_relaxation_to_the_expiries_read_bounds_the_whole_problem():
     prob = lp.info["problem"]
     for side in ("lower", "upper"):
         sign = 1.0 if side == "upper" else -1.0
-        best, a, report = quote_relaxation(prob, side)
+        best, report = quote_relaxation(prob, side)
+        a = best[1]
         assert report["dates"] == (1, 3)
         assert sign * best[0] == pytest.approx(getattr(sub_lp, side), abs=1e-8)
         assert report["certified"] == pytest.approx(report["bound"], abs=1e-8)

@@ -300,7 +300,7 @@ def _certified_with_start(prob: _Problem, side: str, sum_mode: str, options: dic
     tols = dict(band_tol=options.get("band_tol", BAND_TOL), rtol=options.get("rtol", RTOL))
     fine = dataclasses.replace(fine, info=info)
     if relaxation is not None:  # the inner value and the polish go on from the tighter bound
-        best, _, report = relaxation
+        best, report = relaxation
         report["adopted"] = bool(best[0] < (1.0 if side == "upper" else -1.0) * fine.value)
         fine = with_positions(fine, prob, side, best, info=dict(fine.info, relaxation=report),
                               note=f"bound from the relaxation to dates {report['dates']}",

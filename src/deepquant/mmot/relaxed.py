@@ -150,10 +150,10 @@ def adopt_relaxed(side: BoundSide, relaxed: BoundsResult | None, chain: Augmente
 
 
 def quote_relaxation(prob, side: str, highs_options: dict | None = None
-                     ) -> tuple[tuple, np.ndarray, dict] | None:
+                     ) -> tuple[tuple, dict] | None:
     """The bounds from quotes (``quotes_bounds``) relaxed to the expiries the payoff reads:
     (best = (bound in the side's sign, positions of ``prob``, violation) by ``prob.certify``,
-    the positions, a report), or None when the payoff reads every date, the grid has more than
+    a report), or None when the payoff reads every date, the grid has more than
     ``MAX_POINTS`` points or HiGHS gives no solution. The exact quote LP (``_lp_side``) of the
     bands of those expiries alone (today's date 0 kept) gives positions in their quotes; as
     positions of the whole problem (none at the other expiries) the exact sweep of ``prob``
@@ -185,4 +185,4 @@ def quote_relaxation(prob, side: str, highs_options: dict | None = None
     total, _, viol = prob.certify(a, sign)
     report = dict(dates=tuple(int(d) for d in dates), bound=lp.value, certified=sign * total,
                   seconds=time.perf_counter() - t0)
-    return (total, a, viol), a, report
+    return (total, a, viol), report
